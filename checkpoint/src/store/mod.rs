@@ -1,0 +1,342 @@
+//! The RocksDB checkpoint store: positions, watermark, table version, dedup state, history.
+//!
+//! Column families:
+//! - `meta`: `format_version` (u32 LE) and `current` (epoch, u64 BE).
+//! - `history`: epoch (u64 BE) -> [`CheckpointRecord`]; the newest `retain` are kept, so a
+//!   rewind can pick an older one.
+//! - `dedup`: [`record::dedup_entry_key`] (event time, then key) -> empty. Time-ordered keys make
+//!   eviction below a watermark ONE range tombstone, however many keys it drops. Point lookups by
+//!   key are not needed: the engine loads the state into memory at start ([`CheckpointStore::dedup_entries`]).
+//!
+//! Invariant: a checkpoint is ONE synced `WriteBatch` (record, history entry, `current` pointer,
+//! dedup inserts and eviction, history pruning), so after a crash either all of it is visible or
+//! none.
+
+pub mod record;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use tracing::{debug, info};
+
+pub use record::{CheckpointRecord, Counts, RecordError, SourcePosition};
+
+/// The store layout version this build writes.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+
+const CF_META: &str = "meta";
+const CF_HISTORY: &str = "history";
+const CF_DEDUP: &str = "dedup";
+const KEY_FORMAT: &[u8] = b"format_version";
+const KEY_CURRENT: &[u8] = b"current";
+
+/// A failed store operation, naming the path and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB failed.
+    #[error("checkpoint store {path}: {op} failed: {source}")]
+    Rocks {
+        /// The operation.
+        op: &'static str,
+        /// The store directory.
+        path: PathBuf,
+        /// RocksDB's error.
+        source: rocksdb::Error,
+    },
+    /// The store was written by a newer layout version.
+    #[error("checkpoint store {path} has format version {found}; this build supports {supported} (upgrade Tidemark)")]
+    NewerFormat {
+        /// The store directory.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Version supported.
+        supported: u32,
+    },
+    /// A stored record cannot be read.
+    #[error("checkpoint store {path}: {what}: {source}")]
+    Record {
+        /// The store directory.
+        path: PathBuf,
+        /// Which record.
+        what: String,
+        /// Why.
+        source: RecordError,
+    },
+    /// The directory holds something that is not a Tidemark checkpoint store.
+    #[error("checkpoint store {path}: {message}")]
+    Foreign {
+        /// The store directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Settings of a [`CheckpointStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Checkpoints kept in history (at least 1).
+    pub retain: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { retain: 10 }
+    }
+}
+
+/// What one checkpoint write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckpointMetrics {
+    /// Dedup keys inserted.
+    pub inserted: usize,
+    /// History entries pruned.
+    pub pruned: usize,
+    /// Wall time of building and writing the batch, in microseconds.
+    pub micros: u64,
+}
+
+/// The RocksDB checkpoint store: see the module documentation.
+pub struct CheckpointStore {
+    db: DB,
+    path: PathBuf,
+    options: StoreOptions,
+}
+
+impl std::fmt::Debug for CheckpointStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointStore").field("path", &self.path).finish()
+    }
+}
+
+fn db_options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    o.set_write_buffer_size(64 << 20);
+    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    o
+}
+
+impl CheckpointStore {
+    /// Opens (or creates) the store at `path`. Fails clearly on a newer format version.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        let rocks = |op: &'static str| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Rocks { op, path, source }
+        };
+        let existed = path.join("CURRENT").exists();
+        let cfs = [CF_META, CF_HISTORY, CF_DEDUP]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, db_options()));
+        let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(rocks("open"))?;
+        let store = Self {
+            db,
+            path: path.to_path_buf(),
+            options: StoreOptions {
+                retain: options.retain.max(1),
+            },
+        };
+        let meta = store.cf(CF_META)?;
+        match store.db.get_cf(meta, KEY_FORMAT).map_err(rocks("read format version"))? {
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_slice())
+                    .map(u32::from_le_bytes)
+                    .map_err(|_| StoreError::Foreign {
+                        path: path.to_path_buf(),
+                        message: "format_version is not 4 bytes".into(),
+                    })?;
+                if found > STORE_FORMAT_VERSION {
+                    return Err(StoreError::NewerFormat {
+                        path: path.to_path_buf(),
+                        found,
+                        supported: STORE_FORMAT_VERSION,
+                    });
+                }
+            }
+            None if existed && store.latest()?.is_some() => {
+                return Err(StoreError::Foreign {
+                    path: path.to_path_buf(),
+                    message: "has checkpoints but no format version".into(),
+                })
+            }
+            None => {
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                let mut b = WriteBatch::default();
+                b.put_cf(meta, KEY_FORMAT, STORE_FORMAT_VERSION.to_le_bytes());
+                store.db.write_opt(b, &wo).map_err(rocks("write format version"))?;
+            }
+        }
+        info!(path = %path.display(), "checkpoint store opened");
+        Ok(store)
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db.cf_handle(name).ok_or_else(|| StoreError::Foreign {
+            path: self.path.clone(),
+            message: format!("column family {name} is missing"),
+        })
+    }
+
+    fn rocks(&self, op: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError + '_ {
+        move |source| StoreError::Rocks {
+            op,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn decode(&self, epoch: u64, bytes: &[u8]) -> Result<CheckpointRecord, StoreError> {
+        CheckpointRecord::decode(bytes).map_err(|source| StoreError::Record {
+            path: self.path.clone(),
+            what: format!("checkpoint of epoch {epoch}"),
+            source,
+        })
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The newest checkpoint, if any.
+    pub fn latest(&self) -> Result<Option<CheckpointRecord>, StoreError> {
+        let meta = self.cf(CF_META)?;
+        let Some(cur) = self.db.get_cf(meta, KEY_CURRENT).map_err(self.rocks("read current"))? else {
+            return Ok(None);
+        };
+        let epoch = <[u8; 8]>::try_from(cur.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Foreign {
+                path: self.path.clone(),
+                message: "current pointer is not 8 bytes".into(),
+            })?;
+        self.get(epoch)
+    }
+
+    /// The retained checkpoint of `epoch`, if any.
+    pub fn get(&self, epoch: u64) -> Result<Option<CheckpointRecord>, StoreError> {
+        let history = self.cf(CF_HISTORY)?;
+        match self
+            .db
+            .get_cf(history, epoch.to_be_bytes())
+            .map_err(self.rocks("read history"))?
+        {
+            Some(b) => Ok(Some(self.decode(epoch, &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Retained checkpoints, newest first.
+    pub fn history(&self) -> Result<Vec<CheckpointRecord>, StoreError> {
+        let history = self.cf(CF_HISTORY)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(history, IteratorMode::End) {
+            let (k, v) = item.map_err(self.rocks("scan history"))?;
+            let epoch = <[u8; 8]>::try_from(&k[..]).map(u64::from_be_bytes).unwrap_or(0);
+            out.push(self.decode(epoch, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Writes checkpoint `record` atomically with the epoch's dedup changes: `inserts` are
+    /// `(key, event_time)` of keys new in this epoch; entries with event time below
+    /// `evict_below` are dropped. Synced before it returns.
+    ///
+    /// Invariant (kept by the caller): a key is inserted only while it is not in state, so each
+    /// key has one entry.
+    pub fn write(
+        &self,
+        record: &CheckpointRecord,
+        inserts: &[(Vec<u8>, i64)],
+        evict_below: Option<i64>,
+    ) -> Result<CheckpointMetrics, StoreError> {
+        let started = Instant::now();
+        let (meta, history, dedup) = (self.cf(CF_META)?, self.cf(CF_HISTORY)?, self.cf(CF_DEDUP)?);
+        let mut batch = WriteBatch::default();
+        // Eviction first, inserts after: an insert at or above the watermark survives it.
+        if let Some(w) = evict_below {
+            batch.delete_range_cf(dedup, [0u8; 8], record::time_prefix(w));
+        }
+        for (key, time) in inserts {
+            batch.put_cf(dedup, record::dedup_entry_key(*time, key), []);
+        }
+        batch.put_cf(history, record.epoch.to_be_bytes(), record.encode());
+        batch.put_cf(meta, KEY_CURRENT, record.epoch.to_be_bytes());
+        let mut pruned = 0;
+        let keep_from = {
+            let mut epochs: Vec<u64> = self
+                .db
+                .iterator_cf(history, IteratorMode::End)
+                .take(self.options.retain)
+                .filter_map(|i| i.ok())
+                .filter_map(|(k, _)| <[u8; 8]>::try_from(&k[..]).ok().map(u64::from_be_bytes))
+                .collect();
+            epochs.push(record.epoch);
+            epochs.sort_unstable_by(|a, b| b.cmp(a));
+            epochs.dedup();
+            epochs.get(self.options.retain - 1).copied()
+        };
+        if let Some(oldest_kept) = keep_from {
+            for item in self.db.iterator_cf(history, IteratorMode::Start) {
+                let (k, _) = item.map_err(self.rocks("scan history"))?;
+                let epoch = <[u8; 8]>::try_from(&k[..]).map(u64::from_be_bytes).unwrap_or(0);
+                if epoch >= oldest_kept {
+                    break;
+                }
+                batch.delete_cf(history, k);
+                pruned += 1;
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(self.rocks("write checkpoint"))?;
+        let metrics = CheckpointMetrics {
+            inserted: inserts.len(),
+            pruned,
+            micros: started.elapsed().as_micros() as u64,
+        };
+        debug!(epoch = record.epoch, ?metrics, "checkpoint written");
+        Ok(metrics)
+    }
+
+    /// Every dedup entry `(key, event_time)` in event-time order: the state to load at start.
+    pub fn dedup_entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, i64), StoreError>> + '_ {
+        let dedup = self.cf(CF_DEDUP);
+        let iter = dedup
+            .as_ref()
+            .ok()
+            .map(|cf| self.db.iterator_cf(*cf, IteratorMode::Start));
+        let first_err = dedup.err();
+        first_err.into_iter().map(Err).chain(iter.into_iter().flatten().map(move |item| {
+            let (k, _) = item.map_err(|source| StoreError::Rocks {
+                op: "scan dedup state",
+                path: self.path.clone(),
+                source,
+            })?;
+            let (time, key) = record::split_dedup_entry_key(&k).ok_or_else(|| StoreError::Foreign {
+                path: self.path.clone(),
+                message: "dedup entry key shorter than 8 bytes".into(),
+            })?;
+            Ok((key.to_vec(), time))
+        }))
+    }
+
+    /// Writes a consistent copy of the store to `dir` (hard-linked SST files where possible),
+    /// openable elsewhere with [`CheckpointStore::open`]. `dir` must not exist.
+    pub fn snapshot(&self, dir: &Path) -> Result<(), StoreError> {
+        let cp = Checkpoint::new(&self.db).map_err(self.rocks("prepare snapshot"))?;
+        cp.create_checkpoint(dir).map_err(|source| StoreError::Rocks {
+            op: "create snapshot",
+            path: dir.to_path_buf(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

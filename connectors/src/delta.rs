@@ -1,0 +1,364 @@
+//! A Delta Lake sink that commits one epoch per Delta commit, exactly once.
+//!
+//! Every commit carries a `txn` action `{appId: pipeline_id, version: epoch}` and a `tidemark`
+//! object in its commitInfo ([`EpochCommitInfo`]) with the epoch's end positions. So the table
+//! alone says how far the pipeline got: on restart, positions are read back from the newest
+//! Tidemark commit, and an epoch whose txn version is already in the table is never written
+//! again.
+//!
+//! Durability: deltalake's local-file backend does not fsync. For `file://` tables this sink
+//! fsyncs each Parquet file before committing, and the commit file plus `_delta_log/` after, so
+//! "committed" survives a power cut and not only a process kill.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, StructField, Transaction};
+use deltalake::protocol::{DeltaOperation, OutputMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableError};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info};
+use url::Url;
+
+use crate::record::Positions;
+
+/// The commitInfo key under which Tidemark records its progress.
+pub const COMMIT_INFO_KEY: &str = "tidemark";
+
+/// A failed sink operation, naming the operation and the table.
+#[derive(Debug, thiserror::Error)]
+#[error("delta sink: {op} on table {table} failed: {source}")]
+pub struct DeltaSinkError {
+    /// What the sink was doing.
+    pub op: &'static str,
+    /// The table's URI.
+    pub table: String,
+    /// The underlying error.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// A record skipped as invalid, as recorded durably in the commit that covers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedRecord {
+    /// Topic of the record.
+    pub topic: String,
+    /// Partition of the record.
+    pub partition: i32,
+    /// Offset of the record.
+    pub offset: i64,
+    /// Reason category (`malformed_json`, `schema_mismatch`, `missing_payload`).
+    pub reason: String,
+}
+
+/// What each Tidemark commit records in its commitInfo under [`COMMIT_INFO_KEY`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochCommitInfo {
+    /// The pipeline that wrote the commit (also the txn appId).
+    pub pipeline_id: String,
+    /// The epoch the commit holds (also the txn version).
+    pub epoch: i64,
+    /// Positions at the start of the epoch.
+    pub start_positions: Positions,
+    /// Positions at the end of the epoch: where the next epoch starts.
+    pub end_positions: Positions,
+    /// Records read in the epoch.
+    pub records_read: u64,
+    /// Rows written to the table in the epoch.
+    pub rows_written: u64,
+    /// Records skipped as invalid in the epoch (also listed in `skipped`).
+    pub records_skipped: u64,
+    /// The skipped records, each by its coordinates.
+    #[serde(default)]
+    pub skipped: Vec<SkippedRecord>,
+}
+
+/// The outcome of [`DeltaSink::commit_epoch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The commit landed at this table version.
+    Committed {
+        /// The new table version.
+        version: u64,
+    },
+    /// The table already held this epoch (txn version `>= epoch`): nothing was written.
+    AlreadyCommitted {
+        /// The table's txn version for the pipeline.
+        txn_version: i64,
+    },
+}
+
+/// The newest Tidemark commit found in a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableProgress {
+    /// The table version of that commit.
+    pub table_version: u64,
+    /// What it recorded.
+    pub info: EpochCommitInfo,
+}
+
+/// Metrics of one epoch's Parquet write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteMetrics {
+    /// Parquet files written.
+    pub files: usize,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Rows written.
+    pub rows: u64,
+    /// Wall time of the write and fsyncs, in microseconds.
+    pub micros: u64,
+}
+
+/// The Delta sink: see the module documentation.
+pub struct DeltaSink {
+    table: DeltaTable,
+    uri: String,
+    app_id: String,
+    local_root: Option<PathBuf>,
+    arrow_schema: SchemaRef,
+}
+
+impl DeltaSink {
+    /// Opens the table at `url`, creating it with `columns` when it does not exist yet.
+    /// An existing table keeps its own schema (`columns` are then only checked by the caller).
+    pub async fn open_or_create(
+        url: &Url,
+        app_id: &str,
+        table_name: &str,
+        columns: Vec<StructField>,
+    ) -> Result<Self, DeltaSinkError> {
+        let uri = url.to_string();
+        let err = |op: &'static str| {
+            let uri = uri.clone();
+            move |e: DeltaTableError| DeltaSinkError {
+                op,
+                table: uri,
+                source: Box::new(e),
+            }
+        };
+        let local_root = (url.scheme() == "file")
+            .then(|| url.to_file_path().ok())
+            .flatten();
+        if let Some(root) = &local_root {
+            std::fs::create_dir_all(root).map_err(|e| DeltaSinkError {
+                op: "create table directory",
+                table: uri.clone(),
+                source: Box::new(e),
+            })?;
+        }
+        let mut table = DeltaTable::try_from_url(url.clone())
+            .await
+            .map_err(err("open"))?;
+        if table.version().is_none() {
+            info!(table = %uri, columns = columns.len(), "creating delta table");
+            table = table
+                .create()
+                .with_table_name(table_name)
+                .with_columns(columns)
+                .await
+                .map_err(err("create"))?;
+            if let Some(root) = &local_root {
+                sync_commit(root, 0).map_err(|e| DeltaSinkError {
+                    op: "fsync create commit",
+                    table: uri.clone(),
+                    source: Box::new(e),
+                })?;
+            }
+        }
+        let arrow_schema = RecordBatchWriter::for_table(&table)
+            .map_err(err("read schema"))?
+            .arrow_schema();
+        Ok(Self {
+            table,
+            uri,
+            app_id: app_id.to_string(),
+            local_root,
+            arrow_schema,
+        })
+    }
+
+    /// The table's schema as Arrow.
+    pub fn arrow_schema(&self) -> &SchemaRef {
+        &self.arrow_schema
+    }
+
+    /// The table's URI.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The table version currently loaded.
+    pub fn table_version(&self) -> Option<u64> {
+        self.table.version()
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(DeltaTableError) -> DeltaSinkError + '_ {
+        move |e| DeltaSinkError {
+            op,
+            table: self.uri.clone(),
+            source: Box::new(e),
+        }
+    }
+
+    /// Reloads the newest table state (other writers, or our own earlier process, may have
+    /// committed since).
+    pub async fn refresh(&mut self) -> Result<(), DeltaSinkError> {
+        let uri = self.uri.clone();
+        self.table.update_state().await.map_err(|e| DeltaSinkError {
+            op: "refresh",
+            table: uri,
+            source: Box::new(e),
+        })
+    }
+
+    /// The table's txn version for this pipeline: the newest epoch committed, if any.
+    pub async fn txn_version(&mut self) -> Result<Option<i64>, DeltaSinkError> {
+        self.refresh().await?;
+        let snapshot = self.table.snapshot().map_err(self.err("snapshot"))?;
+        snapshot
+            .transaction_version(self.table.log_store().as_ref(), &self.app_id)
+            .await
+            .map_err(self.err("read txn version"))
+    }
+
+    /// The newest commit of this pipeline and what it recorded, read from commitInfo.
+    pub async fn last_progress(&mut self) -> Result<Option<TableProgress>, DeltaSinkError> {
+        self.refresh().await?;
+        let Some(latest) = self.table.version() else {
+            return Ok(None);
+        };
+        // Most of the time the newest commit is ours; look further back only when it is not.
+        for limit in [Some(16usize), None] {
+            let infos: Vec<_> = self
+                .table
+                .history(limit)
+                .try_collect()
+                .await
+                .map_err(self.err("read history"))?;
+            // history is newest first; commit i of the listing is version latest - i.
+            for (i, info) in infos.iter().enumerate() {
+                let Some(value) = info.info.get(COMMIT_INFO_KEY) else {
+                    continue;
+                };
+                let parsed: EpochCommitInfo =
+                    serde_json::from_value(value.clone()).map_err(|e| DeltaSinkError {
+                        op: "parse tidemark commitInfo",
+                        table: self.uri.clone(),
+                        source: Box::new(e),
+                    })?;
+                if parsed.pipeline_id == self.app_id {
+                    return Ok(Some(TableProgress {
+                        table_version: latest - i as u64,
+                        info: parsed,
+                    }));
+                }
+            }
+            if limit.is_some_and(|l| infos.len() < l) {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes `batch` as Parquet files (fsynced on local storage) and returns their `add`
+    /// actions; nothing is visible in the table until [`DeltaSink::commit_epoch`].
+    pub async fn write_files(
+        &mut self,
+        batch: RecordBatch,
+    ) -> Result<(Vec<Add>, WriteMetrics), DeltaSinkError> {
+        let started = Instant::now();
+        let rows = batch.num_rows() as u64;
+        let mut writer = RecordBatchWriter::for_table(&self.table).map_err(self.err("open writer"))?;
+        writer.write(batch).await.map_err(self.err("write parquet"))?;
+        let adds = writer.flush().await.map_err(self.err("flush parquet"))?;
+        if let Some(root) = &self.local_root {
+            for add in &adds {
+                fsync_file(&root.join(&add.path)).map_err(|e| DeltaSinkError {
+                    op: "fsync parquet file",
+                    table: self.uri.clone(),
+                    source: Box::new(e),
+                })?;
+            }
+            // The new names must be durable too, before a commit refers to them.
+            fsync_file(root).map_err(|e| DeltaSinkError {
+                op: "fsync table directory",
+                table: self.uri.clone(),
+                source: Box::new(e),
+            })?;
+        }
+        let metrics = WriteMetrics {
+            files: adds.len(),
+            bytes: adds.iter().map(|a| a.size.max(0) as u64).sum(),
+            rows,
+            micros: started.elapsed().as_micros() as u64,
+        };
+        Ok((adds, metrics))
+    }
+
+    /// Commits `adds` as epoch `info.epoch`: one Delta commit with the `txn` action and the
+    /// commitInfo. Reads the txn version first and writes nothing if the epoch is already in.
+    pub async fn commit_epoch(
+        &mut self,
+        adds: Vec<Add>,
+        info: &EpochCommitInfo,
+    ) -> Result<CommitOutcome, DeltaSinkError> {
+        if let Some(txn_version) = self.txn_version().await? {
+            if txn_version >= info.epoch {
+                return Ok(CommitOutcome::AlreadyCommitted { txn_version });
+            }
+        }
+        let info_json = serde_json::to_value(info).map_err(|e| DeltaSinkError {
+            op: "encode commitInfo",
+            table: self.uri.clone(),
+            source: Box::new(e),
+        })?;
+        let properties = CommitProperties::default()
+            .with_application_transaction(Transaction::new(&self.app_id, info.epoch))
+            .with_metadata([(COMMIT_INFO_KEY.to_string(), info_json)]);
+        let operation = DeltaOperation::StreamingUpdate {
+            output_mode: OutputMode::Append,
+            query_id: self.app_id.clone(),
+            epoch_id: info.epoch,
+        };
+        let snapshot = self.table.snapshot().map_err(self.err("snapshot"))?;
+        let finalized = CommitBuilder::from(properties)
+            .with_actions(adds.into_iter().map(Action::Add).collect())
+            .build(Some(snapshot), self.table.log_store(), operation)
+            .await
+            .map_err(self.err("commit"))?;
+        let version = finalized.version();
+        if let Some(root) = &self.local_root {
+            sync_commit(root, version).map_err(|e| DeltaSinkError {
+                op: "fsync commit",
+                table: self.uri.clone(),
+                source: Box::new(e),
+            })?;
+        }
+        debug!(epoch = info.epoch, version, "epoch committed");
+        Ok(CommitOutcome::Committed { version })
+    }
+
+    /// The local directory of a `file://` table.
+    pub fn local_root(&self) -> Option<&Path> {
+        self.local_root.as_deref()
+    }
+}
+
+fn fsync_file(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// Fsyncs the commit file of `version` and the directories that name it.
+fn sync_commit(root: &Path, version: u64) -> std::io::Result<()> {
+    let log_dir = root.join("_delta_log");
+    fsync_file(&log_dir.join(format!("{version:020}.json")))?;
+    File::open(&log_dir)?.sync_all()?;
+    File::open(root)?.sync_all()
+}

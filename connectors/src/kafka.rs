@@ -1,0 +1,269 @@
+//! A Kafka source whose positions Tidemark owns.
+//!
+//! The consumer never subscribes and never auto-commits: it discovers the partitions of the
+//! configured topics, `assign`s them at the positions Tidemark hands it (or at the beginning of a
+//! partition it has no position for), and reports the next offset per partition as it reads.
+//! A position that Kafka no longer holds (deleted by retention) is an error, never a silent
+//! jump (`auto.offset.reset=error`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{debug, info};
+
+use crate::record::{Positions, SourceRecord, TopicPartition};
+use crate::source::Source;
+
+/// How long metadata and watermark requests may take before the source gives up.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Settings of a [`KafkaSource`].
+#[derive(Debug, Clone)]
+pub struct KafkaSourceConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Topics to read; every partition of each is assigned.
+    pub topics: Vec<String>,
+    /// Consumer group id: used only for lag tools, never to decide where to read.
+    pub group_id: String,
+    /// Extra librdkafka properties (e.g. `security.protocol`), applied last.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Errors of the Kafka source, each naming what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    /// The client could not be created (bad property, unreachable library setting).
+    #[error("cannot create a Kafka consumer for brokers {brokers}: {source}")]
+    Create {
+        /// The configured bootstrap servers.
+        brokers: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// Metadata for a topic could not be fetched.
+    #[error("cannot read metadata of topic {topic:?} from {brokers}: {source}")]
+    Metadata {
+        /// Topic asked for.
+        topic: String,
+        /// The configured bootstrap servers.
+        brokers: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// The topic does not exist (Tidemark never creates topics).
+    #[error("topic {topic:?} does not exist on {brokers} (or has no partitions)")]
+    TopicMissing {
+        /// Topic asked for.
+        topic: String,
+        /// The configured bootstrap servers.
+        brokers: String,
+    },
+    /// Watermarks for a partition could not be fetched.
+    #[error("cannot read the offsets of {partition}: {source}")]
+    Watermarks {
+        /// The partition asked for.
+        partition: TopicPartition,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// Assigning partitions at positions failed.
+    #[error("cannot assign partitions at positions {positions}: {source}")]
+    Assign {
+        /// Positions asked for.
+        positions: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// Reading failed (including a position Kafka no longer holds).
+    #[error("reading from Kafka failed: {source}")]
+    Consume {
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+}
+
+/// The Kafka source: see the module documentation.
+pub struct KafkaSource {
+    consumer: StreamConsumer,
+    positions: Positions,
+    /// Offset each partition starts at when no position is known (its low watermark at start).
+    low_at_start: HashMap<TopicPartition, i64>,
+    /// End of each partition when the source started: what "caught up" means.
+    high_at_start: HashMap<TopicPartition, i64>,
+    topic_names: HashMap<String, Arc<str>>,
+}
+
+impl KafkaSource {
+    /// Connects, discovers partitions and assigns them at `start` (beginning where unknown).
+    pub fn connect(config: &KafkaSourceConfig, start: &Positions) -> Result<Self, KafkaSourceError> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error")
+            .set("enable.partition.eof", "false");
+        for (k, v) in &config.properties {
+            client.set(k, v);
+        }
+        let consumer: StreamConsumer = client.create().map_err(|source| KafkaSourceError::Create {
+            brokers: config.brokers.clone(),
+            source,
+        })?;
+
+        let mut assignment = TopicPartitionList::new();
+        let mut low_at_start = HashMap::new();
+        let mut high_at_start = HashMap::new();
+        let mut positions = Positions::new();
+        let mut topic_names = HashMap::new();
+        for topic in &config.topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+                .map_err(|source| KafkaSourceError::Metadata {
+                    topic: topic.clone(),
+                    brokers: config.brokers.clone(),
+                    source,
+                })?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            if partitions.is_empty() {
+                return Err(KafkaSourceError::TopicMissing {
+                    topic: topic.clone(),
+                    brokers: config.brokers.clone(),
+                });
+            }
+            topic_names.insert(topic.clone(), Arc::from(topic.as_str()));
+            for partition in partitions {
+                let tp = TopicPartition {
+                    topic: topic.clone(),
+                    partition,
+                };
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+                    .map_err(|source| KafkaSourceError::Watermarks {
+                        partition: tp.clone(),
+                        source,
+                    })?;
+                let offset = match start.get(topic, partition) {
+                    Some(next) => {
+                        positions.set(topic, partition, next);
+                        Offset::Offset(next)
+                    }
+                    None => Offset::Beginning,
+                };
+                debug!(partition = %tp, low, high, ?offset, "assigning partition");
+                assignment
+                    .add_partition_offset(topic, partition, offset)
+                    .map_err(|source| KafkaSourceError::Assign {
+                        positions: start.to_string(),
+                        source,
+                    })?;
+                low_at_start.insert(tp.clone(), low);
+                high_at_start.insert(tp, high);
+            }
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|source| KafkaSourceError::Assign {
+                positions: start.to_string(),
+                source,
+            })?;
+        info!(
+            brokers = %config.brokers,
+            partitions = high_at_start.len(),
+            start = %start,
+            "kafka source assigned"
+        );
+        Ok(Self {
+            consumer,
+            positions,
+            low_at_start,
+            high_at_start,
+            topic_names,
+        })
+    }
+
+    /// Total records between the start positions and the ends seen at start (lag at start).
+    pub fn lag_at_start(&self, start: &Positions) -> i64 {
+        self.high_at_start
+            .iter()
+            .map(|(tp, high)| {
+                let from = start
+                    .get(&tp.topic, tp.partition)
+                    .unwrap_or_else(|| self.low_at_start.get(tp).copied().unwrap_or(0));
+                (high - from).max(0)
+            })
+            .sum()
+    }
+
+    fn owned(&self, msg: &rdkafka::message::BorrowedMessage<'_>) -> SourceRecord {
+        let topic = self
+            .topic_names
+            .get(msg.topic())
+            .cloned()
+            .unwrap_or_else(|| Arc::from(msg.topic()));
+        SourceRecord {
+            topic,
+            partition: msg.partition(),
+            offset: msg.offset(),
+            timestamp_ms: msg.timestamp().to_millis(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+impl Source for KafkaSource {
+    type Error = KafkaSourceError;
+
+    async fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<SourceRecord>, KafkaSourceError> {
+        let deadline = Instant::now() + max_wait;
+        let mut batch = Vec::with_capacity(max_records.min(65_536));
+        while batch.len() < max_records {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            match tokio::time::timeout(remaining, self.consumer.recv()).await {
+                Err(_elapsed) => break,
+                Ok(Err(source)) => return Err(KafkaSourceError::Consume { source }),
+                Ok(Ok(msg)) => {
+                    let record = self.owned(&msg);
+                    self.positions.advance_past(&record);
+                    batch.push(record);
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    fn positions(&self) -> &Positions {
+        &self.positions
+    }
+
+    fn caught_up(&self) -> bool {
+        self.high_at_start.iter().all(|(tp, high)| {
+            let at = self
+                .positions
+                .get(&tp.topic, tp.partition)
+                .unwrap_or_else(|| self.low_at_start.get(tp).copied().unwrap_or(0));
+            at >= *high
+        })
+    }
+}

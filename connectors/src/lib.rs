@@ -1,0 +1,17 @@
+//! Sources and sinks for Tidemark.
+//!
+//! - [`record`]: the record a source yields and the positions it stands at.
+//! - [`source`]: the [`source::Source`] trait the engine drives.
+//! - [`kafka`]: a Kafka source whose positions Tidemark owns (assign + seek, no auto-commit).
+//! - [`decode`]: JSON messages to Arrow record batches, with errors naming the record at fault.
+//! - [`delta`]: a Delta Lake sink that commits one epoch per Delta commit, with a `txn` action.
+//!
+//! This crate never imports the engine or the checkpoint crate.
+
+pub mod decode;
+pub mod delta;
+pub mod kafka;
+pub mod record;
+pub mod source;
+
+pub use record::{Positions, SourceRecord, TopicPartition};

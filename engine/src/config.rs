@@ -1,0 +1,425 @@
+//! The pipeline configuration (`pipeline.toml`) and its validation.
+//!
+//! Every invalid setting fails at start-up with an error naming the file and the setting, so a
+//! pipeline never starts half-configured. Unknown keys are errors too (a typo must not be
+//! silently ignored).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arrow::datatypes::{DataType as ArrowType, Field, TimeUnit};
+use deltalake::kernel::{DataType as DeltaType, StructField};
+use serde::Deserialize;
+use url::Url;
+
+/// A configuration that cannot be used, naming the file and the setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the expected shape.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (it names the key and the line).
+        message: String,
+    },
+    /// A setting has a value Tidemark cannot use.
+    #[error("config file {path}: setting `{setting}` {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The dotted name of the setting.
+        setting: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// What to do with a record that does not decode or does not fit the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInvalidRecord {
+    /// Stop the pipeline with an error naming the record (nothing after it is committed).
+    #[default]
+    Fail,
+    /// Skip the record, log it, and list it in the commitInfo of the epoch that covers it.
+    Skip,
+}
+
+/// A whole pipeline: one source, one table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Stable name of the pipeline: the Delta txn appId. Changing it starts over.
+    pub pipeline_id: String,
+    /// Where records come from.
+    pub source: SourceConfig,
+    /// Where rows go.
+    pub sink: SinkConfig,
+    /// How records are grouped into epochs.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// What happens to bad records.
+    #[serde(default)]
+    pub errors: ErrorsConfig,
+}
+
+/// `[source]`: the Kafka topics to read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `bootstrap.servers`, e.g. `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Topics to read (all partitions of each).
+    pub topics: Vec<String>,
+    /// Extra librdkafka consumer properties.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// `[sink]`: the Delta table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// A local path (relative to the config file) or a URL such as `file:///data/orders`.
+    pub table_uri: String,
+    /// Name recorded in the table's metadata when Tidemark creates it.
+    #[serde(default)]
+    pub table_name: Option<String>,
+    /// Columns of the table; required only when the table does not exist yet.
+    #[serde(default)]
+    pub columns: Vec<ColumnConfig>,
+    /// Add `_kafka_topic`, `_kafka_partition`, `_kafka_offset`, `_kafka_timestamp` to every row.
+    #[serde(default = "default_true")]
+    pub source_columns: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One `[[sink.columns]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnConfig {
+    /// Column name (the JSON field name).
+    pub name: String,
+    /// Column type.
+    #[serde(rename = "type")]
+    pub kind: ColumnType,
+    /// Whether the field may be null or missing.
+    #[serde(default = "default_true")]
+    pub nullable: bool,
+}
+
+/// The column types a JSON field can land in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    /// UTF-8 string.
+    String,
+    /// 32-bit signed integer.
+    Int,
+    /// 64-bit signed integer.
+    Long,
+    /// 32-bit float.
+    Float,
+    /// 64-bit float.
+    Double,
+    /// true/false.
+    Boolean,
+    /// Instant in microseconds, UTC (JSON: RFC 3339 string or integer microseconds).
+    Timestamp,
+    /// Calendar date (JSON: `YYYY-MM-DD`).
+    Date,
+}
+
+impl ColumnType {
+    fn delta(self) -> DeltaType {
+        match self {
+            ColumnType::String => DeltaType::STRING,
+            ColumnType::Int => DeltaType::INTEGER,
+            ColumnType::Long => DeltaType::LONG,
+            ColumnType::Float => DeltaType::FLOAT,
+            ColumnType::Double => DeltaType::DOUBLE,
+            ColumnType::Boolean => DeltaType::BOOLEAN,
+            ColumnType::Timestamp => DeltaType::TIMESTAMP,
+            ColumnType::Date => DeltaType::DATE,
+        }
+    }
+
+    fn arrow(self) -> ArrowType {
+        match self {
+            ColumnType::String => ArrowType::Utf8,
+            ColumnType::Int => ArrowType::Int32,
+            ColumnType::Long => ArrowType::Int64,
+            ColumnType::Float => ArrowType::Float32,
+            ColumnType::Double => ArrowType::Float64,
+            ColumnType::Boolean => ArrowType::Boolean,
+            ColumnType::Timestamp => ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ColumnType::Date => ArrowType::Date32,
+        }
+    }
+}
+
+/// `[batch]`: where an epoch ends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Longest time an epoch collects records, in milliseconds.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// Most records in one epoch.
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+}
+
+fn default_interval_ms() -> u64 {
+    1000
+}
+
+fn default_max_records() -> usize {
+    100_000
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_interval_ms(),
+            max_records: default_max_records(),
+        }
+    }
+}
+
+impl BatchConfig {
+    /// The interval as a [`Duration`].
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+}
+
+/// `[errors]`: bad-record handling.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsConfig {
+    /// `fail` (default) or `skip`.
+    #[serde(default)]
+    pub on_invalid_record: OnInvalidRecord,
+}
+
+/// Consumer properties Tidemark owns; setting them would break exactly-once.
+const RESERVED_PROPERTIES: &[&str] = &[
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "bootstrap.servers",
+];
+
+impl PipelineConfig {
+    /// Reads and validates `path`; a relative `sink.table_uri` is resolved against the file's
+    /// directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text` as if read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: PipelineConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |setting: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            setting: setting.to_string(),
+            message,
+        };
+        if self.pipeline_id.is_empty()
+            || !self
+                .pipeline_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(invalid(
+                "pipeline_id",
+                format!(
+                    "must be non-empty and use only letters, digits, '-', '_' and '.', got {:?}",
+                    self.pipeline_id
+                ),
+            ));
+        }
+        if self.source.brokers.trim().is_empty() {
+            return Err(invalid("source.brokers", "must not be empty".into()));
+        }
+        if self.source.topics.is_empty() {
+            return Err(invalid("source.topics", "must name at least one topic".into()));
+        }
+        if let Some(t) = self.source.topics.iter().find(|t| t.trim().is_empty()) {
+            return Err(invalid("source.topics", format!("holds an empty topic name {t:?}")));
+        }
+        for key in self.source.properties.keys() {
+            if RESERVED_PROPERTIES.contains(&key.as_str()) {
+                return Err(invalid(
+                    &format!("source.properties.\"{key}\""),
+                    "is managed by Tidemark (positions live in the Delta table); remove it".into(),
+                ));
+            }
+        }
+        if self.sink.table_uri.trim().is_empty() {
+            return Err(invalid("sink.table_uri", "must not be empty".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, c) in self.sink.columns.iter().enumerate() {
+            let setting = format!("sink.columns[{i}].name");
+            if c.name.is_empty() {
+                return Err(invalid(&setting, "must not be empty".into()));
+            }
+            if c.name.starts_with("_kafka_") {
+                return Err(invalid(
+                    &setting,
+                    format!("{:?}: the `_kafka_` prefix is reserved for source columns", c.name),
+                ));
+            }
+            if !seen.insert(c.name.as_str()) {
+                return Err(invalid(&setting, format!("{:?} appears twice", c.name)));
+            }
+        }
+        if self.batch.interval_ms == 0 {
+            return Err(invalid("batch.interval_ms", "must be greater than 0".into()));
+        }
+        if self.batch.max_records == 0 {
+            return Err(invalid("batch.max_records", "must be greater than 0".into()));
+        }
+        self.table_url(path)?;
+        Ok(())
+    }
+
+    /// The table's URL: `sink.table_uri` as given if it is a URL, else a path resolved against
+    /// the config file's directory.
+    pub fn table_url(&self, config_path: &Path) -> Result<Url, ConfigError> {
+        let raw = self.sink.table_uri.trim();
+        if raw.contains("://") {
+            return Url::parse(raw).map_err(|e| ConfigError::Invalid {
+                path: config_path.to_path_buf(),
+                setting: "sink.table_uri".into(),
+                message: format!("{raw:?} is not a valid URL: {e}"),
+            });
+        }
+        let base = config_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let joined = base.join(raw);
+        let absolute = std::path::absolute(&joined).unwrap_or(joined);
+        Url::from_directory_path(&absolute).map_err(|()| ConfigError::Invalid {
+            path: config_path.to_path_buf(),
+            setting: "sink.table_uri".into(),
+            message: format!("{} is not a usable directory path", absolute.display()),
+        })
+    }
+
+    /// Delta columns for creating the table: configured columns, then source columns if on.
+    pub fn delta_columns(&self) -> Vec<StructField> {
+        let mut out: Vec<StructField> = self
+            .sink
+            .columns
+            .iter()
+            .map(|c| StructField::new(c.name.clone(), c.kind.delta(), c.nullable))
+            .collect();
+        if self.sink.source_columns {
+            out.extend([
+                StructField::new("_kafka_topic", DeltaType::STRING, false),
+                StructField::new("_kafka_partition", DeltaType::INTEGER, false),
+                StructField::new("_kafka_offset", DeltaType::LONG, false),
+                StructField::new("_kafka_timestamp", DeltaType::TIMESTAMP, true),
+            ]);
+        }
+        out
+    }
+
+    /// Arrow fields of the configured columns (to compare with an existing table).
+    pub fn arrow_fields(&self) -> Vec<Field> {
+        self.sink
+            .columns
+            .iter()
+            .map(|c| Field::new(c.name.clone(), c.kind.arrow(), c.nullable))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+pipeline_id = "orders"
+[source]
+brokers = "127.0.0.1:9092"
+topics = ["orders"]
+[sink]
+table_uri = "tables/orders"
+[[sink.columns]]
+name = "id"
+type = "string"
+nullable = false
+[[sink.columns]]
+name = "amount"
+type = "double"
+"#;
+
+    fn parse(text: &str) -> Result<PipelineConfig, ConfigError> {
+        PipelineConfig::parse(text, Path::new("/etc/tidemark/pipeline.toml"))
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.batch.interval_ms, 1000);
+        assert_eq!(c.errors.on_invalid_record, OnInvalidRecord::Fail);
+        assert!(c.sink.source_columns);
+        assert_eq!(c.delta_columns().len(), 6);
+        let url = c.table_url(Path::new("/etc/tidemark/pipeline.toml")).unwrap();
+        assert_eq!(url.as_str(), "file:///etc/tidemark/tables/orders/");
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        let cases = [
+            (GOOD.replace("\"orders\"\n[source]", "\"a b\"\n[source]"), "pipeline_id"),
+            (GOOD.replace("topics = [\"orders\"]", "topics = []"), "source.topics"),
+            (GOOD.replace("type = \"double\"", "type = \"dubble\""), "dubble"),
+            (GOOD.replace("name = \"amount\"", "name = \"id\""), "sink.columns[1].name"),
+            (GOOD.replace("name = \"amount\"", "name = \"_kafka_x\""), "sink.columns[1].name"),
+            (format!("{GOOD}\n[batch]\ninterval_ms = 0\n"), "batch.interval_ms"),
+            (format!("{GOOD}\n[batch]\nintervl_ms = 5\n"), "intervl_ms"),
+            (
+                GOOD.replace("topics = [\"orders\"]", "topics = [\"orders\"]\nproperties = { \"enable.auto.commit\" = \"true\" }"),
+                "enable.auto.commit",
+            ),
+            (format!("{GOOD}\n[errors]\non_invalid_record = \"ignore\"\n"), "ignore"),
+        ];
+        for (text, needle) in cases {
+            let err = parse(&text).expect_err(needle).to_string();
+            assert!(err.contains(needle), "{needle:?} not in {err:?}");
+            assert!(err.contains("pipeline.toml"), "file not named in {err:?}");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Named crash points, armed through the environment, for crash tests.
+//!
+//! `TIDEMARK_CRASH_AT=<point>` kills the process with SIGKILL the first time it reaches
+//! `<point>`; `<point>@<n>` on the n-th time. Compiled in always, inert unless armed: an unarmed
+//! check is one relaxed atomic load after the first call.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// The environment variable that arms a crash point.
+pub const ENV: &str = "TIDEMARK_CRASH_AT";
+
+/// Every place the pipeline can be made to crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// An epoch's records are read, nothing written yet.
+    BeforeParquetWrite,
+    /// Parquet files are written (and fsynced), the Delta commit is not.
+    AfterParquetWrite,
+    /// The Delta commit landed; nothing after it happened.
+    AfterDeltaCommit,
+}
+
+impl CrashPoint {
+    /// All points, for tests that crash at each.
+    pub const ALL: [CrashPoint; 3] = [
+        CrashPoint::BeforeParquetWrite,
+        CrashPoint::AfterParquetWrite,
+        CrashPoint::AfterDeltaCommit,
+    ];
+
+    /// The name used in [`ENV`].
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashPoint::BeforeParquetWrite => "before_parquet_write",
+            CrashPoint::AfterParquetWrite => "after_parquet_write",
+            CrashPoint::AfterDeltaCommit => "after_delta_commit",
+        }
+    }
+}
+
+impl fmt::Display for CrashPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for CrashPoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        CrashPoint::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = CrashPoint::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown crash point {s:?}; known: {}", names.join(", "))
+            })
+    }
+}
+
+/// An armed crash: which point, and on which hit (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Armed {
+    /// The point.
+    pub point: CrashPoint,
+    /// Crash on this hit of the point.
+    pub on_hit: u64,
+}
+
+/// Parses `point` or `point@n`.
+pub fn parse(spec: &str) -> Result<Armed, String> {
+    let (name, hit) = match spec.split_once('@') {
+        Some((n, h)) => (
+            n,
+            h.parse::<u64>()
+                .ok()
+                .filter(|h| *h >= 1)
+                .ok_or_else(|| format!("bad hit count in {ENV}={spec:?}: want a number >= 1"))?,
+        ),
+        None => (spec, 1),
+    };
+    Ok(Armed {
+        point: name.trim().parse()?,
+        on_hit: hit,
+    })
+}
+
+fn armed() -> Option<Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+    *ARMED.get_or_init(|| {
+        let spec = std::env::var(ENV).ok()?;
+        match parse(&spec) {
+            Ok(a) => {
+                tracing::warn!(point = %a.point, on_hit = a.on_hit, "crash point armed");
+                Some(a)
+            }
+            Err(e) => {
+                // A test that mistypes a point must not pass by never crashing.
+                eprintln!("tidemark: {e}");
+                std::process::exit(2);
+            }
+        }
+    })
+}
+
+static HITS: AtomicU64 = AtomicU64::new(0);
+
+/// Crashes the process here with SIGKILL if `point` is armed and this is the armed hit.
+pub fn hit(point: CrashPoint) {
+    let Some(a) = armed() else { return };
+    if a.point != point {
+        return;
+    }
+    let n = HITS.fetch_add(1, Ordering::SeqCst) + 1;
+    if n == a.on_hit {
+        eprintln!("tidemark: crash point {point} reached (hit {n}): SIGKILL");
+        // SAFETY: getpid and kill have no memory-safety preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!(
+            parse("after_parquet_write@3").unwrap(),
+            Armed {
+                point: CrashPoint::AfterParquetWrite,
+                on_hit: 3
+            }
+        );
+        assert_eq!(parse("after_delta_commit").unwrap().on_hit, 1);
+        assert!(parse("after_lunch").unwrap_err().contains("after_parquet_write"));
+        assert!(parse("after_delta_commit@0").is_err());
+        for p in CrashPoint::ALL {
+            assert_eq!(p.name().parse::<CrashPoint>().unwrap(), p);
+        }
+    }
+}

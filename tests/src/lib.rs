@@ -1,0 +1,199 @@
+//! Shared helpers for Tidemark's integration, crash and chaos tests against a real broker.
+//!
+//! The broker comes from `TIDEMARK_TEST_BROKERS` (set by `scripts/test`, which starts tansu).
+//! Under `CI=true` a missing broker is a failure, never a silent skip.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::util::Timeout;
+
+/// The environment variable naming the test broker's bootstrap address.
+pub const BROKERS_ENV: &str = "TIDEMARK_TEST_BROKERS";
+
+/// The broker to test against; `None` (with a loud note) only outside CI.
+///
+/// # Panics
+/// When no broker is configured and `CI=true`.
+pub fn broker() -> Option<String> {
+    match std::env::var(BROKERS_ENV) {
+        Ok(b) if !b.trim().is_empty() => Some(b),
+        _ => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{BROKERS_ENV} is not set but CI=true: broker tests must run in CI (use scripts/test)");
+            }
+            eprintln!("SKIPPED: {BROKERS_ENV} is not set; run scripts/test to start tansu and run broker tests");
+            None
+        }
+    }
+}
+
+/// A topic name unique to this test run.
+pub fn unique_topic(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// Creates `topic` with `partitions` partitions and waits until it is usable.
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create_topics request");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// Produces `n` messages round-robin over `partitions`, the i-th with value `value(i)`;
+/// returns the end offset of each partition (offsets start at 0).
+pub fn produce(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    n: u64,
+    value: impl Fn(u64) -> Vec<u8>,
+) -> BTreeMap<(String, i32), i64> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    let mut ends = BTreeMap::new();
+    for i in 0..n {
+        let partition = (i % partitions as u64) as i32;
+        let key = format!("k{i}");
+        let payload = value(i);
+        let mut record = BaseRecord::to(topic).partition(partition).key(&key).payload(&payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    producer.poll(Duration::from_millis(5));
+                    record = r;
+                }
+            }
+        }
+        *ends.entry((topic.to_string(), partition)).or_insert(0) += 1;
+    }
+    producer
+        .flush(Timeout::After(Duration::from_secs(60)))
+        .expect("flush");
+    ends
+}
+
+/// A small JSON order record that fits [`COLUMNS`].
+pub fn order_json(i: u64) -> Vec<u8> {
+    format!(
+        r#"{{"id":"id-{i:09}","n":{i},"note":"order number {i} with some padding text"}}"#
+    )
+    .into_bytes()
+}
+
+/// The column block matching [`order_json`].
+pub const COLUMNS: &str = r#"columns = [
+  { name = "id", type = "string", nullable = false },
+  { name = "n", type = "long", nullable = false },
+  { name = "note", type = "string" },
+]"#;
+
+/// A pipeline under test: a temporary directory with its config and table.
+pub struct Fixture {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+    /// The `pipeline.toml`.
+    pub config: PathBuf,
+    /// The table directory.
+    pub table: PathBuf,
+    exe: PathBuf,
+}
+
+impl Fixture {
+    /// Writes a config reading `topic` into `<tmp>/table`, with `extra` TOML appended.
+    pub fn new(exe: &Path, brokers: &str, topic: &str, extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("pipeline.toml");
+        let text = format!(
+            "pipeline_id = \"test\"\n\n[source]\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\n\n[sink]\ntable_uri = \"table\"\n{COLUMNS}\n\n{extra}\n"
+        );
+        std::fs::write(&config, text).expect("write config");
+        let table = dir.path().join("table");
+        Self {
+            dir,
+            config,
+            table,
+            exe: exe.to_path_buf(),
+        }
+    }
+
+    /// Starts `tidemark run` on the fixture's config with extra env vars.
+    pub fn spawn(&self, until_caught_up: bool, env: &[(&str, &str)]) -> Child {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("run").arg("--config").arg(&self.config);
+        if until_caught_up {
+            cmd.arg("--until-caught-up");
+        }
+        cmd.env("RUST_LOG", "info")
+            .env_remove(tidemark_engine::fault::ENV)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tidemark")
+    }
+
+    /// Runs until caught up and returns the process output.
+    pub fn run_to_end(&self, env: &[(&str, &str)]) -> Output {
+        self.spawn(true, env).wait_with_output().expect("wait")
+    }
+}
+
+/// The JSON summary line `tidemark run` prints on stdout.
+pub fn summary(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no summary line; status {:?}\nstderr:\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+}
+
+/// The deterministic content the `checkpoint-torture` child writes, shared with the checks.
+pub mod torture {
+    /// Payload of WAL frame `i`: its number, then `i % 200` filler bytes.
+    pub fn payload(i: u64) -> Vec<u8> {
+        let mut p = i.to_le_bytes().to_vec();
+        p.extend(std::iter::repeat_n((i % 251) as u8, (i % 200) as usize));
+        p
+    }
+
+    /// Dedup keys inserted by checkpoint `epoch`, all at event time `epoch`.
+    pub fn store_keys(epoch: u64) -> Vec<(Vec<u8>, i64)> {
+        (0..1000)
+            .map(|k| (format!("e{epoch}-k{k}").into_bytes(), epoch as i64))
+            .collect()
+    }
+}

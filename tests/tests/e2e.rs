@@ -1,0 +1,226 @@
+//! End-to-end tests of the Kafka -> Delta path against a real broker (tansu, via scripts/test),
+//! plus the broker-free demo.
+
+use std::collections::BTreeSet;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::Duration;
+
+use rand::Rng;
+use tidemark_engine::audit;
+use tidemark_engine::fault::CrashPoint;
+use tidemark_tests::{broker, create_topic, order_json, produce, summary, unique_topic, Fixture};
+
+const EXE: &str = env!("CARGO_BIN_EXE_tidemark-under-test");
+
+/// The table read back through deltalake: live files and the pipeline's txn version.
+async fn deltalake_view(table: &Path) -> (BTreeSet<String>, Option<i64>) {
+    let url = url::Url::from_directory_path(table).unwrap();
+    let t = deltalake::open_table(url).await.expect("deltalake opens the table");
+    let root = format!("{}/", table.display());
+    let files = t
+        .get_file_uris()
+        .unwrap()
+        .map(|u| {
+            let path = u.strip_prefix("file://").unwrap_or(&u).to_string();
+            path.strip_prefix(&root).unwrap_or(&path).to_string()
+        })
+        .collect();
+    let txn = t
+        .snapshot()
+        .unwrap()
+        .transaction_version(t.log_store().as_ref(), "test")
+        .await
+        .unwrap();
+    (files, txn)
+}
+
+/// Asserts exactly-once both ways (independent replay and deltalake), and that epochs are
+/// 1..=n with each committed once.
+async fn assert_exactly_once(
+    fixture: &Fixture,
+    ends: &std::collections::BTreeMap<(String, i32), i64>,
+    expect_rows: u64,
+) {
+    let report = audit::check_exactly_once(&fixture.table, ends).unwrap();
+    assert!(
+        report.ok(),
+        "missing {:?}, duplicated {:?}, unexpected {:?}",
+        &report.missing[..report.missing.len().min(5)],
+        &report.duplicated[..report.duplicated.len().min(5)],
+        &report.unexpected[..report.unexpected.len().min(5)]
+    );
+    assert_eq!(report.rows, expect_rows);
+    let replay = audit::replay_log(&fixture.table).unwrap();
+    let epochs: Vec<i64> = replay.epochs.iter().map(|(_, e)| e.epoch).collect();
+    let expected: Vec<i64> = (1..=epochs.len() as i64).collect();
+    assert_eq!(epochs, expected, "epochs must be 1..=n, each committed once");
+    let (files, txn) = deltalake_view(&fixture.table).await;
+    assert_eq!(files, replay.live_files, "deltalake and the log replay disagree on live files");
+    assert_eq!(txn, replay.txn.get("test").copied());
+    assert_eq!(txn, epochs.last().copied());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_moments_keeps_exactly_once() {
+    let Some(brokers) = broker() else { return };
+    let topic = unique_topic("chaos");
+    create_topic(&brokers, &topic, 3).await;
+    let ends = produce(&brokers, &topic, 3, 100_000, order_json);
+    let fixture = Fixture::new(
+        Path::new(EXE),
+        &brokers,
+        &topic,
+        "[batch]\ninterval_ms = 200\nmax_records = 2000\n",
+    );
+    let mut rng = rand::rng();
+    // A kill counts when the run was still going AND had committed something since the last
+    // kill: it then died between commits, with work in flight.
+    let mut kills = 0;
+    let committed = |f: &Fixture| {
+        audit::replay_log(&f.table)
+            .ok()
+            .and_then(|r| r.txn.get("test").copied())
+            .unwrap_or(0)
+    };
+    for _ in 0..15 {
+        let before = committed(&fixture);
+        let mut child = fixture.spawn(true, &[]);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
+        if child.try_wait().unwrap().is_some() {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            break;
+        }
+        child.kill().unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        if committed(&fixture) > before {
+            kills += 1;
+        }
+        if kills >= 5 {
+            break;
+        }
+    }
+    assert!(kills >= 3, "only {kills} runs were killed mid-way after making progress");
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_exactly_once(&fixture, &ends, 100_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_crash_point_keeps_exactly_once() {
+    let Some(brokers) = broker() else { return };
+    for point in CrashPoint::ALL {
+        let topic = unique_topic(point.name());
+        create_topic(&brokers, &topic, 3).await;
+        let ends = produce(&brokers, &topic, 3, 3_000, order_json);
+        let fixture = Fixture::new(
+            Path::new(EXE),
+            &brokers,
+            &topic,
+            "[batch]\ninterval_ms = 200\nmax_records = 500\n",
+        );
+        let spec = format!("{}@2", point.name());
+        let crashed = fixture.run_to_end(&[(tidemark_engine::fault::ENV, &spec)]);
+        assert_eq!(crashed.status.signal(), Some(libc::SIGKILL), "{point}: no crash");
+        let replay = audit::replay_log(&fixture.table).unwrap();
+        let committed = replay.txn.get("test").copied();
+        let expect = if point == CrashPoint::AfterDeltaCommit { 2 } else { 1 };
+        assert_eq!(committed, Some(expect), "{point}: epochs committed before the crash");
+        if point == CrashPoint::AfterParquetWrite {
+            let on_disk = std::fs::read_dir(&fixture.table)
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet"))
+                .count();
+            assert!(on_disk > replay.live_files.len(), "{point}: the crash must follow a Parquet write");
+        }
+        let out = fixture.run_to_end(&[]);
+        assert!(out.status.success(), "{point}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(summary(&out)["first_epoch"], expect + 1, "{point}: resumed at the wrong epoch");
+        assert_exactly_once(&fixture, &ends, 3_000).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_record_fails_naming_topic_partition_offset() {
+    let Some(brokers) = broker() else { return };
+    for (bad, reason) in [
+        (b"{\"id\":\"x\",\"n\":".to_vec(), "malformed_json"),
+        (b"{\"id\":\"x\",\"n\":\"seven\"}".to_vec(), "schema_mismatch"),
+    ] {
+        let topic = unique_topic("invalid");
+        create_topic(&brokers, &topic, 1).await;
+        let bad2 = bad.clone();
+        produce(&brokers, &topic, 1, 20, move |i| if i == 13 { bad2.clone() } else { order_json(i) });
+        let fixture = Fixture::new(Path::new(EXE), &brokers, &topic, "");
+        let out = fixture.run_to_end(&[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a bad record must stop the pipeline: {stderr}");
+        assert!(stderr.contains(&format!("{topic}/0@13")), "coordinates not named: {stderr}");
+        assert!(stderr.contains(reason), "reason {reason} not named: {stderr}");
+        // Nothing of the failing epoch is in the table.
+        let replay = audit::replay_log(&fixture.table).unwrap();
+        assert!(replay.live_files.is_empty() && replay.epochs.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skipped_records_are_listed_in_commit_info() {
+    let Some(brokers) = broker() else { return };
+    let topic = unique_topic("skip");
+    create_topic(&brokers, &topic, 2).await;
+    let ends = produce(&brokers, &topic, 2, 1_000, |i| {
+        if i % 97 == 0 {
+            b"not json".to_vec()
+        } else {
+            order_json(i)
+        }
+    });
+    let fixture = Fixture::new(
+        Path::new(EXE),
+        &brokers,
+        &topic,
+        "[errors]\non_invalid_record = \"skip\"\n",
+    );
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bad = (0..1_000u64).filter(|i| i % 97 == 0).count() as u64;
+    assert_eq!(summary(&out)["records_skipped"], bad);
+    let report = audit::check_exactly_once(&fixture.table, &ends).unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.skipped, bad);
+    assert_eq!(report.rows, 1_000 - bad);
+}
+
+#[test]
+fn bad_config_fails_at_start_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        "pipeline_id = \"p\"\n[source]\nbrokers = \"127.0.0.1:1\"\ntopics = [\"t\"]\n[sink]\ntable_uri = \"t\"\n[batch]\nmax_records = 0\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(EXE)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("batch.max_records"), "{stderr}");
+}
+
+#[test]
+fn demo_runs_without_any_external_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(EXE)
+        .args(["demo", "--records", "30000", "--dir"])
+        .arg(dir.path().join("demo"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("exactly-once  OK"), "{stdout}");
+    assert!(stdout.contains("orders        OK"), "{stdout}");
+}
