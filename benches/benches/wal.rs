@@ -16,23 +16,37 @@ const BATCH: usize = 100;
 
 fn bench_append(c: &mut Criterion) {
     let mut group = c.benchmark_group("wal_append");
-    group.sample_size(10).measurement_time(Duration::from_secs(8));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(8));
     for size in [100usize, 1024] {
         for (name, policy) in [
             ("on_seal", SyncPolicy::OnSeal),
-            ("interval_10ms", SyncPolicy::Interval(Duration::from_millis(10))),
+            (
+                "interval_10ms",
+                SyncPolicy::Interval(Duration::from_millis(10)),
+            ),
             ("every_batch", SyncPolicy::EveryBatch),
         ] {
             group.throughput(Throughput::Bytes((RECORDS_PER_EPOCH * size) as u64));
             let dir = tempfile::tempdir().expect("tempdir");
-            let (mut wal, _) = Wal::open(dir.path(), WalOptions { segment_size: 64 << 20, sync: policy }, None).expect("open wal");
+            let (mut wal, _) = Wal::open(
+                dir.path(),
+                WalOptions {
+                    segment_size: 64 << 20,
+                    sync: policy,
+                },
+                None,
+            )
+            .expect("open wal");
             let payload = vec![0x5au8; size];
             let mut epoch = 0u64;
             group.bench_function(BenchmarkId::new(name, format!("{size}B")), |b| {
                 b.iter(|| {
                     epoch += 1;
                     for i in 0..RECORDS_PER_EPOCH {
-                        wal.append(FrameKind::Record, epoch, &payload).expect("append");
+                        wal.append(FrameKind::Record, epoch, &payload)
+                            .expect("append");
                         if (i + 1) % BATCH == 0 {
                             wal.commit().expect("commit");
                         }

@@ -7,8 +7,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::array::TimestampMicrosecondArray;
+use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use arrow::json::reader::{Decoder, ReaderBuilder};
@@ -325,7 +325,10 @@ mod tests {
     fn good_records_decode_with_source_columns() {
         let d = JsonDecoder::new(schema(true));
         let out = d
-            .decode(&[rec(5, r#"{"id":"a","amount":1.5}"#), rec(6, r#"{"id":"b"}"#)])
+            .decode(&[
+                rec(5, r#"{"id":"a","amount":1.5}"#),
+                rec(6, r#"{"id":"b"}"#),
+            ])
             .unwrap();
         assert!(out.invalid.is_empty());
         let batch = out.batch.unwrap();

@@ -275,8 +275,12 @@ impl DeltaSink {
     ) -> Result<(Vec<Add>, WriteMetrics), DeltaSinkError> {
         let started = Instant::now();
         let rows = batch.num_rows() as u64;
-        let mut writer = RecordBatchWriter::for_table(&self.table).map_err(self.err("open writer"))?;
-        writer.write(batch).await.map_err(self.err("write parquet"))?;
+        let mut writer =
+            RecordBatchWriter::for_table(&self.table).map_err(self.err("open writer"))?;
+        writer
+            .write(batch)
+            .await
+            .map_err(self.err("write parquet"))?;
         let adds = writer.flush().await.map_err(self.err("flush parquet"))?;
         if let Some(root) = &self.local_root {
             for add in &adds {

@@ -45,7 +45,7 @@ pub enum KafkaSourceError {
         /// The configured bootstrap servers.
         brokers: String,
         /// librdkafka's error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// Metadata for a topic could not be fetched.
     #[error("cannot read metadata of topic {topic:?} from {brokers}: {source}")]
@@ -55,7 +55,7 @@ pub enum KafkaSourceError {
         /// The configured bootstrap servers.
         brokers: String,
         /// librdkafka's error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// The topic does not exist (Tidemark never creates topics).
     #[error("topic {topic:?} does not exist on {brokers} (or has no partitions)")]
@@ -71,7 +71,7 @@ pub enum KafkaSourceError {
         /// The partition asked for.
         partition: TopicPartition,
         /// librdkafka's error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// Assigning partitions at positions failed.
     #[error("cannot assign partitions at positions {positions}: {source}")]
@@ -79,13 +79,13 @@ pub enum KafkaSourceError {
         /// Positions asked for.
         positions: String,
         /// librdkafka's error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// Reading failed (including a position Kafka no longer holds).
     #[error("reading from Kafka failed: {source}")]
     Consume {
         /// librdkafka's error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
 }
 
@@ -102,7 +102,10 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     /// Connects, discovers partitions and assigns them at `start` (beginning where unknown).
-    pub fn connect(config: &KafkaSourceConfig, start: &Positions) -> Result<Self, KafkaSourceError> {
+    pub fn connect(
+        config: &KafkaSourceConfig,
+        start: &Positions,
+    ) -> Result<Self, KafkaSourceError> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.brokers)
@@ -114,10 +117,11 @@ impl KafkaSource {
         for (k, v) in &config.properties {
             client.set(k, v);
         }
-        let consumer: StreamConsumer = client.create().map_err(|source| KafkaSourceError::Create {
-            brokers: config.brokers.clone(),
-            source,
-        })?;
+        let consumer: StreamConsumer =
+            client.create().map_err(|source| KafkaSourceError::Create {
+                brokers: config.brokers.clone(),
+                source: Box::new(source),
+            })?;
 
         let mut assignment = TopicPartitionList::new();
         let mut low_at_start = HashMap::new();
@@ -130,7 +134,7 @@ impl KafkaSource {
                 .map_err(|source| KafkaSourceError::Metadata {
                     topic: topic.clone(),
                     brokers: config.brokers.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             let partitions: Vec<i32> = metadata
                 .topics()
@@ -154,7 +158,7 @@ impl KafkaSource {
                     .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
                     .map_err(|source| KafkaSourceError::Watermarks {
                         partition: tp.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 let offset = match start.get(topic, partition) {
                     Some(next) => {
@@ -168,7 +172,7 @@ impl KafkaSource {
                     .add_partition_offset(topic, partition, offset)
                     .map_err(|source| KafkaSourceError::Assign {
                         positions: start.to_string(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 low_at_start.insert(tp.clone(), low);
                 high_at_start.insert(tp, high);
@@ -178,7 +182,7 @@ impl KafkaSource {
             .assign(&assignment)
             .map_err(|source| KafkaSourceError::Assign {
                 positions: start.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         info!(
             brokers = %config.brokers,
@@ -242,7 +246,11 @@ impl Source for KafkaSource {
             }
             match tokio::time::timeout(remaining, self.consumer.recv()).await {
                 Err(_elapsed) => break,
-                Ok(Err(source)) => return Err(KafkaSourceError::Consume { source }),
+                Ok(Err(source)) => {
+                    return Err(KafkaSourceError::Consume {
+                        source: Box::new(source),
+                    })
+                }
                 Ok(Ok(msg)) => {
                     let record = self.owned(&msg);
                     self.positions.advance_past(&record);

@@ -102,14 +102,22 @@ pub fn replay_log(table_dir: &Path) -> Result<LogReplay, AuditError> {
             };
             let action: Value = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
             if let Some(add) = action.get("add") {
-                let p = add["path"].as_str().ok_or_else(|| bad("add without path".into()))?;
+                let p = add["path"]
+                    .as_str()
+                    .ok_or_else(|| bad("add without path".into()))?;
                 replay.live_files.insert(p.to_string());
             } else if let Some(remove) = action.get("remove") {
-                let p = remove["path"].as_str().ok_or_else(|| bad("remove without path".into()))?;
+                let p = remove["path"]
+                    .as_str()
+                    .ok_or_else(|| bad("remove without path".into()))?;
                 replay.live_files.remove(p);
             } else if let Some(txn) = action.get("txn") {
-                let app = txn["appId"].as_str().ok_or_else(|| bad("txn without appId".into()))?;
-                let v = txn["version"].as_i64().ok_or_else(|| bad("txn without version".into()))?;
+                let app = txn["appId"]
+                    .as_str()
+                    .ok_or_else(|| bad("txn without appId".into()))?;
+                let v = txn["version"]
+                    .as_i64()
+                    .ok_or_else(|| bad("txn without version".into()))?;
                 replay.txn.insert(app.to_string(), v);
             } else if let Some(ci) = action.get("commitInfo") {
                 if let Some(t) = ci.get(COMMIT_INFO_KEY) {
@@ -127,23 +135,37 @@ pub fn replay_log(table_dir: &Path) -> Result<LogReplay, AuditError> {
 pub type Coordinates = (String, i32, i64);
 
 /// Reads `_kafka_topic`, `_kafka_partition`, `_kafka_offset` of every row of the live files.
-pub fn read_coordinates(table_dir: &Path, files: &BTreeSet<String>) -> Result<Vec<Coordinates>, AuditError> {
+pub fn read_coordinates(
+    table_dir: &Path,
+    files: &BTreeSet<String>,
+) -> Result<Vec<Coordinates>, AuditError> {
     let mut out = Vec::new();
-    for_each_batch(table_dir, files, &[COL_TOPIC, COL_PARTITION, COL_OFFSET], |path, batch| {
-        let col = |name: &str| {
-            batch.column_by_name(name).ok_or_else(|| AuditError::Parquet {
-                path: path.to_path_buf(),
-                message: format!("column {name} missing"),
-            })
-        };
-        let topics = col(COL_TOPIC)?.as_string::<i32>().clone();
-        let partitions = col(COL_PARTITION)?.as_primitive::<Int32Type>().clone();
-        let offsets = col(COL_OFFSET)?.as_primitive::<Int64Type>().clone();
-        for i in 0..batch.num_rows() {
-            out.push((topics.value(i).to_string(), partitions.value(i), offsets.value(i)));
-        }
-        Ok(())
-    })?;
+    for_each_batch(
+        table_dir,
+        files,
+        &[COL_TOPIC, COL_PARTITION, COL_OFFSET],
+        |path, batch| {
+            let col = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .ok_or_else(|| AuditError::Parquet {
+                        path: path.to_path_buf(),
+                        message: format!("column {name} missing"),
+                    })
+            };
+            let topics = col(COL_TOPIC)?.as_string::<i32>().clone();
+            let partitions = col(COL_PARTITION)?.as_primitive::<Int32Type>().clone();
+            let offsets = col(COL_OFFSET)?.as_primitive::<Int64Type>().clone();
+            for i in 0..batch.num_rows() {
+                out.push((
+                    topics.value(i).to_string(),
+                    partitions.value(i),
+                    offsets.value(i),
+                ));
+            }
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
@@ -155,10 +177,12 @@ pub fn read_string_column(
 ) -> Result<Vec<Option<String>>, AuditError> {
     let mut out = Vec::new();
     for_each_batch(table_dir, files, &[column], |path, batch| {
-        let array = batch.column_by_name(column).ok_or_else(|| AuditError::Parquet {
-            path: path.to_path_buf(),
-            message: format!("column {column} missing"),
-        })?;
+        let array = batch
+            .column_by_name(column)
+            .ok_or_else(|| AuditError::Parquet {
+                path: path.to_path_buf(),
+                message: format!("column {column} missing"),
+            })?;
         let strings = array.as_string::<i32>();
         for i in 0..strings.len() {
             out.push((!strings.is_null(i)).then(|| strings.value(i).to_string()));
@@ -184,7 +208,8 @@ fn for_each_batch(
             path: path.clone(),
             source,
         })?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| perr(e.to_string()))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| perr(e.to_string()))?;
         let schema = builder.parquet_schema();
         let indices: Vec<usize> = columns
             .iter()
@@ -250,7 +275,9 @@ pub fn check_exactly_once(
     for (_, info) in &replay.epochs {
         for s in &info.skipped {
             report.skipped += 1;
-            *counts.entry((s.topic.clone(), s.partition, s.offset)).or_default() += 1;
+            *counts
+                .entry((s.topic.clone(), s.partition, s.offset))
+                .or_default() += 1;
         }
     }
     for ((topic, partition), end) in ends {
@@ -294,17 +321,34 @@ mod tests {
         );
         let r = replay_log(dir.path()).unwrap();
         assert_eq!(r.version, 2);
-        assert_eq!(r.live_files.into_iter().collect::<Vec<_>>(), vec!["b.parquet".to_string()]);
+        assert_eq!(
+            r.live_files.into_iter().collect::<Vec<_>>(),
+            vec!["b.parquet".to_string()]
+        );
         assert_eq!(r.txn.get("p"), Some(&2));
-        assert_eq!(r.epochs.iter().map(|(v, e)| (*v, e.epoch)).collect::<Vec<_>>(), vec![(1, 1), (2, 2)]);
+        assert_eq!(
+            r.epochs
+                .iter()
+                .map(|(v, e)| (*v, e.epoch))
+                .collect::<Vec<_>>(),
+            vec![(1, 1), (2, 2)]
+        );
     }
 
     #[test]
     fn a_gap_in_the_log_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         write_log(dir.path(), &["{}", "{}", "{}"]);
-        std::fs::remove_file(dir.path().join("_delta_log").join(format!("{:020}.json", 1))).unwrap();
+        std::fs::remove_file(
+            dir.path()
+                .join("_delta_log")
+                .join(format!("{:020}.json", 1)),
+        )
+        .unwrap();
         let err = replay_log(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("00000000000000000002.json") && err.contains("missing"), "{err}");
+        assert!(
+            err.contains("00000000000000000002.json") && err.contains("missing"),
+            "{err}"
+        );
     }
 }

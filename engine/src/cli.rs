@@ -13,8 +13,10 @@ use crate::pipeline::{self, RunOptions, Shutdown};
 /// Tidemark moves records from Kafka into a Delta Lake table exactly once, and survives crashes.
 #[derive(Debug, Parser)]
 #[command(name = "tidemark", version, about, long_about = None)]
-#[command(after_help = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see more.\n\
-Start with `tidemark demo`: it needs no broker and shows a crash and an exactly-once check.")]
+#[command(
+    after_help = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see more.\n\
+Start with `tidemark demo`: it needs no broker and shows a crash and an exactly-once check."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,7 +53,10 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tidemark: cannot start the async runtime: {e}");

@@ -165,7 +165,9 @@ impl ColumnType {
             ColumnType::Float => ArrowType::Float32,
             ColumnType::Double => ArrowType::Float64,
             ColumnType::Boolean => ArrowType::Boolean,
-            ColumnType::Timestamp => ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ColumnType::Timestamp => {
+                ArrowType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+            }
             ColumnType::Date => ArrowType::Date32,
         }
     }
@@ -269,10 +271,16 @@ impl PipelineConfig {
             return Err(invalid("source.brokers", "must not be empty".into()));
         }
         if self.source.topics.is_empty() {
-            return Err(invalid("source.topics", "must name at least one topic".into()));
+            return Err(invalid(
+                "source.topics",
+                "must name at least one topic".into(),
+            ));
         }
         if let Some(t) = self.source.topics.iter().find(|t| t.trim().is_empty()) {
-            return Err(invalid("source.topics", format!("holds an empty topic name {t:?}")));
+            return Err(invalid(
+                "source.topics",
+                format!("holds an empty topic name {t:?}"),
+            ));
         }
         for key in self.source.properties.keys() {
             if RESERVED_PROPERTIES.contains(&key.as_str()) {
@@ -294,7 +302,10 @@ impl PipelineConfig {
             if c.name.starts_with("_kafka_") {
                 return Err(invalid(
                     &setting,
-                    format!("{:?}: the `_kafka_` prefix is reserved for source columns", c.name),
+                    format!(
+                        "{:?}: the `_kafka_` prefix is reserved for source columns",
+                        c.name
+                    ),
                 ));
             }
             if !seen.insert(c.name.as_str()) {
@@ -302,10 +313,16 @@ impl PipelineConfig {
             }
         }
         if self.batch.interval_ms == 0 {
-            return Err(invalid("batch.interval_ms", "must be greater than 0".into()));
+            return Err(invalid(
+                "batch.interval_ms",
+                "must be greater than 0".into(),
+            ));
         }
         if self.batch.max_records == 0 {
-            return Err(invalid("batch.max_records", "must be greater than 0".into()));
+            return Err(invalid(
+                "batch.max_records",
+                "must be greater than 0".into(),
+            ));
         }
         self.table_url(path)?;
         Ok(())
@@ -396,25 +413,51 @@ type = "double"
         assert_eq!(c.errors.on_invalid_record, OnInvalidRecord::Fail);
         assert!(c.sink.source_columns);
         assert_eq!(c.delta_columns().len(), 6);
-        let url = c.table_url(Path::new("/etc/tidemark/pipeline.toml")).unwrap();
+        let url = c
+            .table_url(Path::new("/etc/tidemark/pipeline.toml"))
+            .unwrap();
         assert_eq!(url.as_str(), "file:///etc/tidemark/tables/orders/");
     }
 
     #[test]
     fn each_bad_setting_is_named() {
         let cases = [
-            (GOOD.replace("\"orders\"\n[source]", "\"a b\"\n[source]"), "pipeline_id"),
-            (GOOD.replace("topics = [\"orders\"]", "topics = []"), "source.topics"),
-            (GOOD.replace("type = \"double\"", "type = \"dubble\""), "dubble"),
-            (GOOD.replace("name = \"amount\"", "name = \"id\""), "sink.columns[1].name"),
-            (GOOD.replace("name = \"amount\"", "name = \"_kafka_x\""), "sink.columns[1].name"),
-            (format!("{GOOD}\n[batch]\ninterval_ms = 0\n"), "batch.interval_ms"),
+            (
+                GOOD.replace("\"orders\"\n[source]", "\"a b\"\n[source]"),
+                "pipeline_id",
+            ),
+            (
+                GOOD.replace("topics = [\"orders\"]", "topics = []"),
+                "source.topics",
+            ),
+            (
+                GOOD.replace("type = \"double\"", "type = \"dubble\""),
+                "dubble",
+            ),
+            (
+                GOOD.replace("name = \"amount\"", "name = \"id\""),
+                "sink.columns[1].name",
+            ),
+            (
+                GOOD.replace("name = \"amount\"", "name = \"_kafka_x\""),
+                "sink.columns[1].name",
+            ),
+            (
+                format!("{GOOD}\n[batch]\ninterval_ms = 0\n"),
+                "batch.interval_ms",
+            ),
             (format!("{GOOD}\n[batch]\nintervl_ms = 5\n"), "intervl_ms"),
             (
-                GOOD.replace("topics = [\"orders\"]", "topics = [\"orders\"]\nproperties = { \"enable.auto.commit\" = \"true\" }"),
+                GOOD.replace(
+                    "topics = [\"orders\"]",
+                    "topics = [\"orders\"]\nproperties = { \"enable.auto.commit\" = \"true\" }",
+                ),
                 "enable.auto.commit",
             ),
-            (format!("{GOOD}\n[errors]\non_invalid_record = \"ignore\"\n"), "ignore"),
+            (
+                format!("{GOOD}\n[errors]\non_invalid_record = \"ignore\"\n"),
+                "ignore",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(&text).expect_err(needle).to_string();

@@ -63,7 +63,9 @@ struct Produced {
 
 /// Runs the demo; an error if any check fails.
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
-    if !(0.0..1.0).contains(&options.duplicate_rate) || !(0.0..1.0).contains(&options.malformed_rate) {
+    if !(0.0..1.0).contains(&options.duplicate_rate)
+        || !(0.0..1.0).contains(&options.malformed_rate)
+    {
         bail!("--duplicate-rate and --malformed-rate must be in [0, 1)");
     }
     let dir = std::path::absolute(&options.dir)
@@ -73,7 +75,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             .with_context(|| format!("cannot clear the demo directory {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    println!("Tidemark demo: Kafka (in-process mock cluster) -> Delta table, with a SIGKILL part-way");
+    println!(
+        "Tidemark demo: Kafka (in-process mock cluster) -> Delta table, with a SIGKILL part-way"
+    );
 
     let cluster = MockCluster::new(1).context("cannot start librdkafka's mock cluster")?;
     cluster
@@ -93,7 +97,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     );
 
     let config_path = dir.join("pipeline.toml");
-    std::fs::write(&config_path, demo_config(&brokers))
+    // About 20 epochs whatever the stream length, so the kill lands part-way.
+    let epoch_records = (options.records / 20).clamp(500, 50_000);
+    std::fs::write(&config_path, demo_config(&brokers, epoch_records))
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let table_dir = dir.join("orders");
     let exe = std::env::current_exe().context("cannot find the tidemark executable")?;
@@ -190,7 +196,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         produced.total,
         pipeline_secs
     );
-    println!("  logs          {} and run-2.log", dir.join("run-1.log").display());
+    println!(
+        "  logs          {} and run-2.log",
+        dir.join("run-1.log").display()
+    );
     drop(cluster);
     if failures.is_empty() {
         Ok(())
@@ -199,7 +208,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     }
 }
 
-fn demo_config(brokers: &str) -> String {
+fn demo_config(brokers: &str, epoch_records: u64) -> String {
     format!(
         r#"# Written by `tidemark demo`.
 pipeline_id = "demo-orders"
@@ -221,7 +230,7 @@ columns = [
 
 [batch]
 interval_ms = 500
-max_records = 20000
+max_records = {epoch_records}
 
 [errors]
 on_invalid_record = "skip"
@@ -241,25 +250,32 @@ fn produce(brokers: &str, options: &DemoOptions) -> anyhow::Result<Produced> {
     let mut produced = Produced::default();
     let base_ms: i64 = 1_764_000_000_000;
     let currencies = ["EUR", "USD", "GBP", "JPY"];
-    let send = |partition: i32, key: &[u8], value: &[u8], produced: &mut Produced| -> anyhow::Result<()> {
-        let mut record = BaseRecord::to(TOPIC).partition(partition).key(key).payload(value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((e, r)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
-                    producer.poll(Duration::from_millis(10));
-                    record = r;
+    let send =
+        |partition: i32, key: &[u8], value: &[u8], produced: &mut Produced| -> anyhow::Result<()> {
+            let mut record = BaseRecord::to(TOPIC)
+                .partition(partition)
+                .key(key)
+                .payload(value);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((e, r))
+                        if e.rdkafka_error_code()
+                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                    {
+                        producer.poll(Duration::from_millis(10));
+                        record = r;
+                    }
+                    Err((e, _)) => return Err(e).context("producing a demo message"),
                 }
-                Err((e, _)) => return Err(e).context("producing a demo message"),
             }
-        }
-        produced.total += 1;
-        *produced
-            .per_partition
-            .entry((TOPIC.to_string(), partition))
-            .or_default() += 1;
-        Ok(())
-    };
+            produced.total += 1;
+            *produced
+                .per_partition
+                .entry((TOPIC.to_string(), partition))
+                .or_default() += 1;
+            Ok(())
+        };
     let mut i: u64 = 0;
     while produced.total < options.records {
         let partition = (i % options.partitions as u64) as i32;
@@ -280,10 +296,20 @@ fn produce(brokers: &str, options: &DemoOptions) -> anyhow::Result<Produced> {
                 currencies[rng.random_range(0..currencies.len())],
                 (base_ms + i as i64 * 7) * 1000
             );
-            send(partition, order_id.as_bytes(), value.as_bytes(), &mut produced)?;
+            send(
+                partition,
+                order_id.as_bytes(),
+                value.as_bytes(),
+                &mut produced,
+            )?;
             *produced.orders.entry(order_id.clone()).or_default() += 1;
             if produced.total < options.records && rng.random_bool(options.duplicate_rate) {
-                send(partition, order_id.as_bytes(), value.as_bytes(), &mut produced)?;
+                send(
+                    partition,
+                    order_id.as_bytes(),
+                    value.as_bytes(),
+                    &mut produced,
+                )?;
                 *produced.orders.entry(order_id).or_default() += 1;
                 produced.duplicates += 1;
             }
@@ -297,7 +323,8 @@ fn produce(brokers: &str, options: &DemoOptions) -> anyhow::Result<Produced> {
 }
 
 fn spawn_run(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
-    let log_file = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     Command::new(exe)
         .arg("run")
         .arg("--config")
@@ -311,7 +338,11 @@ fn spawn_run(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
 
 /// Waits until the table has `epochs` commits after its creation, then SIGKILLs `child`.
 /// Returns the table version seen at the kill, or `None` if the child ended first.
-fn kill_after_commits(child: &mut Child, table_dir: &Path, epochs: u64) -> anyhow::Result<Option<u64>> {
+fn kill_after_commits(
+    child: &mut Child,
+    table_dir: &Path,
+    epochs: u64,
+) -> anyhow::Result<Option<u64>> {
     let log_dir = table_dir.join("_delta_log");
     loop {
         if let Some(status) = child.try_wait()? {

@@ -138,7 +138,9 @@ mod tests {
             }
         );
         assert_eq!(parse("after_delta_commit").unwrap().on_hit, 1);
-        assert!(parse("after_lunch").unwrap_err().contains("after_parquet_write"));
+        assert!(parse("after_lunch")
+            .unwrap_err()
+            .contains("after_parquet_write"));
         assert!(parse("after_delta_commit@0").is_err());
         for p in CrashPoint::ALL {
             assert_eq!(p.name().parse::<CrashPoint>().unwrap(), p);

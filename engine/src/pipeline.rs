@@ -14,7 +14,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tidemark_connectors::decode::{InvalidRecord, JsonDecoder};
-use tidemark_connectors::delta::{CommitOutcome, DeltaSink, DeltaSinkError, EpochCommitInfo, SkippedRecord};
+use tidemark_connectors::delta::{
+    CommitOutcome, DeltaSink, DeltaSinkError, EpochCommitInfo, SkippedRecord,
+};
 use tidemark_connectors::kafka::{KafkaSource, KafkaSourceConfig, KafkaSourceError};
 use tidemark_connectors::source::Source;
 use tidemark_connectors::Positions;
@@ -139,9 +141,13 @@ pub async fn run(
         .table_name
         .clone()
         .unwrap_or_else(|| config.pipeline_id.clone());
-    let mut sink =
-        DeltaSink::open_or_create(&url, &config.pipeline_id, &table_name, config.delta_columns())
-            .await?;
+    let mut sink = DeltaSink::open_or_create(
+        &url,
+        &config.pipeline_id,
+        &table_name,
+        config.delta_columns(),
+    )
+    .await?;
     check_schema(config, &sink)?;
 
     // Where to resume: the newest commit of this pipeline in the table.
@@ -191,7 +197,10 @@ pub async fn run(
         table: sink.uri().to_string(),
         message: format!("source connect task failed: {e}"),
     })??;
-    info!(lag = source.lag_at_start(&start_positions), "records waiting at start");
+    info!(
+        lag = source.lag_at_start(&start_positions),
+        "records waiting at start"
+    );
 
     let decoder = JsonDecoder::new(sink.arrow_schema().clone());
     let mut summary = RunSummary {
@@ -210,7 +219,9 @@ pub async fn run(
         if options.until_caught_up && source.caught_up() {
             break "caught_up";
         }
-        let records = source.next_batch(config.batch.max_records, interval).await?;
+        let records = source
+            .next_batch(config.batch.max_records, interval)
+            .await?;
         if records.is_empty() {
             continue;
         }
@@ -318,7 +329,12 @@ fn check_schema(config: &PipelineConfig, sink: &DeltaSink) -> Result<(), Pipelin
             return Err(mismatch(format!(
                 "configured column {:?} is not in the table (table columns: {})",
                 want.name(),
-                table.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                table
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         };
         if have.data_type() != want.data_type() || have.is_nullable() != want.is_nullable() {
@@ -338,13 +354,14 @@ fn check_schema(config: &PipelineConfig, sink: &DeltaSink) -> Result<(), Pipelin
 /// Waits for Ctrl-C or SIGTERM and raises `shutdown`; a second signal exits at once.
 pub fn install_signal_handlers(shutdown: Shutdown) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("cannot listen for SIGTERM: {e}");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("cannot listen for SIGTERM: {e}");
+                    return;
+                }
+            };
         for n in 0.. {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}

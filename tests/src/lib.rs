@@ -81,7 +81,10 @@ pub fn produce(
         let partition = (i % partitions as u64) as i32;
         let key = format!("k{i}");
         let payload = value(i);
-        let mut record = BaseRecord::to(topic).partition(partition).key(&key).payload(&payload);
+        let mut record = BaseRecord::to(topic)
+            .partition(partition)
+            .key(&key)
+            .payload(&payload);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -101,10 +104,8 @@ pub fn produce(
 
 /// A small JSON order record that fits [`COLUMNS`].
 pub fn order_json(i: u64) -> Vec<u8> {
-    format!(
-        r#"{{"id":"id-{i:09}","n":{i},"note":"order number {i} with some padding text"}}"#
-    )
-    .into_bytes()
+    format!(r#"{{"id":"id-{i:09}","n":{i},"note":"order number {i} with some padding text"}}"#)
+        .into_bytes()
 }
 
 /// The column block matching [`order_json`].

@@ -16,7 +16,9 @@ const EXE: &str = env!("CARGO_BIN_EXE_tidemark-under-test");
 /// The table read back through deltalake: live files and the pipeline's txn version.
 async fn deltalake_view(table: &Path) -> (BTreeSet<String>, Option<i64>) {
     let url = url::Url::from_directory_path(table).unwrap();
-    let t = deltalake::open_table(url).await.expect("deltalake opens the table");
+    let t = deltalake::open_table(url)
+        .await
+        .expect("deltalake opens the table");
     let root = format!("{}/", table.display());
     let files = t
         .get_file_uris()
@@ -54,9 +56,15 @@ async fn assert_exactly_once(
     let replay = audit::replay_log(&fixture.table).unwrap();
     let epochs: Vec<i64> = replay.epochs.iter().map(|(_, e)| e.epoch).collect();
     let expected: Vec<i64> = (1..=epochs.len() as i64).collect();
-    assert_eq!(epochs, expected, "epochs must be 1..=n, each committed once");
+    assert_eq!(
+        epochs, expected,
+        "epochs must be 1..=n, each committed once"
+    );
     let (files, txn) = deltalake_view(&fixture.table).await;
-    assert_eq!(files, replay.live_files, "deltalake and the log replay disagree on live files");
+    assert_eq!(
+        files, replay.live_files,
+        "deltalake and the log replay disagree on live files"
+    );
     assert_eq!(txn, replay.txn.get("test").copied());
     assert_eq!(txn, epochs.last().copied());
 }
@@ -86,10 +94,22 @@ async fn sigkill_at_random_moments_keeps_exactly_once() {
     for _ in 0..15 {
         let before = committed(&fixture);
         let mut child = fixture.spawn(true, &[]);
-        tokio::time::sleep(Duration::from_millis(rng.random_range(300..1200))).await;
+        // Let the run commit at least one epoch, then kill it at a random moment after that.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while committed(&fixture) == before && std::time::Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..250))).await;
         if child.try_wait().unwrap().is_some() {
             let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             break;
         }
         child.kill().unwrap();
@@ -101,9 +121,16 @@ async fn sigkill_at_random_moments_keeps_exactly_once() {
             break;
         }
     }
-    assert!(kills >= 3, "only {kills} runs were killed mid-way after making progress");
+    assert!(
+        kills >= 3,
+        "only {kills} runs were killed mid-way after making progress"
+    );
     let out = fixture.run_to_end(&[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_exactly_once(&fixture, &ends, 100_000).await;
 }
 
@@ -122,21 +149,50 @@ async fn each_crash_point_keeps_exactly_once() {
         );
         let spec = format!("{}@2", point.name());
         let crashed = fixture.run_to_end(&[(tidemark_engine::fault::ENV, &spec)]);
-        assert_eq!(crashed.status.signal(), Some(libc::SIGKILL), "{point}: no crash");
+        assert_eq!(
+            crashed.status.signal(),
+            Some(libc::SIGKILL),
+            "{point}: no crash"
+        );
         let replay = audit::replay_log(&fixture.table).unwrap();
         let committed = replay.txn.get("test").copied();
-        let expect = if point == CrashPoint::AfterDeltaCommit { 2 } else { 1 };
-        assert_eq!(committed, Some(expect), "{point}: epochs committed before the crash");
+        let expect = if point == CrashPoint::AfterDeltaCommit {
+            2
+        } else {
+            1
+        };
+        assert_eq!(
+            committed,
+            Some(expect),
+            "{point}: epochs committed before the crash"
+        );
         if point == CrashPoint::AfterParquetWrite {
             let on_disk = std::fs::read_dir(&fixture.table)
                 .unwrap()
-                .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet"))
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "parquet")
+                })
                 .count();
-            assert!(on_disk > replay.live_files.len(), "{point}: the crash must follow a Parquet write");
+            assert!(
+                on_disk > replay.live_files.len(),
+                "{point}: the crash must follow a Parquet write"
+            );
         }
         let out = fixture.run_to_end(&[]);
-        assert!(out.status.success(), "{point}: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(summary(&out)["first_epoch"], expect + 1, "{point}: resumed at the wrong epoch");
+        assert!(
+            out.status.success(),
+            "{point}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            summary(&out)["first_epoch"],
+            expect + 1,
+            "{point}: resumed at the wrong epoch"
+        );
         assert_exactly_once(&fixture, &ends, 3_000).await;
     }
 }
@@ -146,18 +202,36 @@ async fn invalid_record_fails_naming_topic_partition_offset() {
     let Some(brokers) = broker() else { return };
     for (bad, reason) in [
         (b"{\"id\":\"x\",\"n\":".to_vec(), "malformed_json"),
-        (b"{\"id\":\"x\",\"n\":\"seven\"}".to_vec(), "schema_mismatch"),
+        (
+            b"{\"id\":\"x\",\"n\":\"seven\"}".to_vec(),
+            "schema_mismatch",
+        ),
     ] {
         let topic = unique_topic("invalid");
         create_topic(&brokers, &topic, 1).await;
         let bad2 = bad.clone();
-        produce(&brokers, &topic, 1, 20, move |i| if i == 13 { bad2.clone() } else { order_json(i) });
+        produce(&brokers, &topic, 1, 20, move |i| {
+            if i == 13 {
+                bad2.clone()
+            } else {
+                order_json(i)
+            }
+        });
         let fixture = Fixture::new(Path::new(EXE), &brokers, &topic, "");
         let out = fixture.run_to_end(&[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "a bad record must stop the pipeline: {stderr}");
-        assert!(stderr.contains(&format!("{topic}/0@13")), "coordinates not named: {stderr}");
-        assert!(stderr.contains(reason), "reason {reason} not named: {stderr}");
+        assert!(
+            !out.status.success(),
+            "a bad record must stop the pipeline: {stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("{topic}/0@13")),
+            "coordinates not named: {stderr}"
+        );
+        assert!(
+            stderr.contains(reason),
+            "reason {reason} not named: {stderr}"
+        );
         // Nothing of the failing epoch is in the table.
         let replay = audit::replay_log(&fixture.table).unwrap();
         assert!(replay.live_files.is_empty() && replay.epochs.is_empty());
@@ -183,7 +257,11 @@ async fn skipped_records_are_listed_in_commit_info() {
         "[errors]\non_invalid_record = \"skip\"\n",
     );
     let out = fixture.run_to_end(&[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bad = (0..1_000u64).filter(|i| i % 97 == 0).count() as u64;
     assert_eq!(summary(&out)["records_skipped"], bad);
     let report = audit::check_exactly_once(&fixture.table, &ends).unwrap();
@@ -220,7 +298,12 @@ fn demo_runs_without_any_external_service() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("killed with SIGKILL"), "{stdout}");
     assert!(stdout.contains("exactly-once  OK"), "{stdout}");
     assert!(stdout.contains("orders        OK"), "{stdout}");
 }

@@ -234,7 +234,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn kind() -> impl Strategy<Value = FrameKind> {
-        prop_oneof![Just(FrameKind::Record), Just(FrameKind::Seal), Just(FrameKind::Marker)]
+        prop_oneof![
+            Just(FrameKind::Record),
+            Just(FrameKind::Seal),
+            Just(FrameKind::Marker)
+        ]
     }
 
     proptest! {
@@ -269,7 +273,11 @@ mod tests {
 
     #[test]
     fn newer_version_is_refused_by_number() {
-        let mut b = SegmentHeader { segment_id: 1, first_epoch: 1 }.encode();
+        let mut b = SegmentHeader {
+            segment_id: 1,
+            first_epoch: 1,
+        }
+        .encode();
         b[8..10].copy_from_slice(&2u16.to_le_bytes());
         let crc = crc32fast::hash(&b[0..28]);
         b[28..32].copy_from_slice(&crc.to_le_bytes());

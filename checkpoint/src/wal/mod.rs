@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-pub use format::{Frame, FrameKind};
 use format::{
     decode_frame_header, encode_frame, frame_crc_ok, frame_len, FrameError, HeaderError,
     SegmentHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
+pub use format::{Frame, FrameKind};
 
 /// When appended frames are fsynced. A seal is always fsynced, whatever the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,11 +218,14 @@ fn scan_segment(
                 supported: format::VERSION,
             })
         }
-        Err(HeaderError::Short) => return Ok((None, ScanEnd::Damaged(0, "segment header is torn".into()))),
+        Err(HeaderError::Short) => {
+            return Ok((None, ScanEnd::Damaged(0, "segment header is torn".into())))
+        }
         Err(HeaderError::Corrupt(why)) => return Ok((None, ScanEnd::Damaged(0, why.into()))),
     };
     let mut pos = offset.max(SEGMENT_HEADER_LEN as u64);
-    file.seek(SeekFrom::Start(pos)).map_err(io_err("seek", path))?;
+    file.seek(SeekFrom::Start(pos))
+        .map_err(io_err("seek", path))?;
     let mut reader = BufReader::with_capacity(1 << 16, file);
     loop {
         match read_frame(&mut reader).map_err(io_err("read", path))? {
@@ -305,9 +308,17 @@ impl Wal {
                 let mut f = File::open(path).map_err(io_err("open", path))?;
                 let got = read_full(&mut f, &mut head).map_err(io_err("read", path))?;
                 match SegmentHeader::decode(&head[..got]) {
-                    Ok(h) => segments.push(Segment { id: *id, first_epoch: h.first_epoch, path: path.clone() }),
+                    Ok(h) => segments.push(Segment {
+                        id: *id,
+                        first_epoch: h.first_epoch,
+                        path: path.clone(),
+                    }),
                     Err(HeaderError::Version(found)) => {
-                        return Err(WalError::UnsupportedVersion { path: path.clone(), found, supported: format::VERSION })
+                        return Err(WalError::UnsupportedVersion {
+                            path: path.clone(),
+                            found,
+                            supported: format::VERSION,
+                        })
                     }
                     Err(_) => {
                         damage = Some((i, 0, "segment header damaged".into()));
@@ -327,13 +338,26 @@ impl Wal {
             })?;
             if let Some(h) = header {
                 if h.segment_id != *id {
-                    damage = Some((i, 0, format!("header names segment {} but file is {}", h.segment_id, id)));
+                    damage = Some((
+                        i,
+                        0,
+                        format!("header names segment {} but file is {}", h.segment_id, id),
+                    ));
                     break;
                 }
-                segments.push(Segment { id: *id, first_epoch: h.first_epoch, path: path.clone() });
+                segments.push(Segment {
+                    id: *id,
+                    first_epoch: h.first_epoch,
+                    path: path.clone(),
+                });
             }
             match end {
-                ScanEnd::Clean(len) => report.end = WalPosition { segment: *id, offset: len },
+                ScanEnd::Clean(len) => {
+                    report.end = WalPosition {
+                        segment: *id,
+                        offset: len,
+                    }
+                }
                 ScanEnd::Damaged(at, why) => {
                     damage = Some((i, at, why));
                     break;
@@ -353,10 +377,16 @@ impl Wal {
                 fs::remove_file(path).map_err(io_err("remove damaged segment", path))?;
                 segments.retain(|s| &s.path != path);
             } else {
-                let f = OpenOptions::new().write(true).open(path).map_err(io_err("open", path))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_err("open", path))?;
                 f.set_len(at).map_err(io_err("truncate", path))?;
                 f.sync_all().map_err(io_err("fsync", path))?;
-                report.end = WalPosition { segment: listed[i].0, offset: at };
+                report.end = WalPosition {
+                    segment: listed[i].0,
+                    offset: at,
+                };
             }
             sync_dir(dir)?;
             if at == 0 {
@@ -386,7 +416,10 @@ impl Wal {
         }
         let (file, file_len) = match segments.last() {
             Some(s) => {
-                let f = OpenOptions::new().append(true).open(&s.path).map_err(io_err("open", &s.path))?;
+                let f = OpenOptions::new()
+                    .append(true)
+                    .open(&s.path)
+                    .map_err(io_err("open", &s.path))?;
                 let len = f.metadata().map_err(io_err("stat", &s.path))?.len();
                 (Some(f), len)
             }
@@ -418,9 +451,17 @@ impl Wal {
 
     /// Adds a frame to the current batch; nothing is written until [`Wal::commit`] or
     /// [`Wal::seal`] (or until the batch must roll into a new segment).
-    pub fn append(&mut self, kind: FrameKind, epoch: u64, payload: &[u8]) -> Result<WalPosition, WalError> {
+    pub fn append(
+        &mut self,
+        kind: FrameKind,
+        epoch: u64,
+        payload: &[u8],
+    ) -> Result<WalPosition, WalError> {
         if payload.len() > format::MAX_PAYLOAD {
-            return Err(WalError::TooLarge { len: payload.len(), max: format::MAX_PAYLOAD });
+            return Err(WalError::TooLarge {
+                len: payload.len(),
+                max: format::MAX_PAYLOAD,
+            });
         }
         let len = frame_len(payload.len()) as u64;
         let used = self.file_len + self.pending.len() as u64;
@@ -475,7 +516,8 @@ impl Wal {
         let (Some(f), Some(s)) = (self.file.as_mut(), self.segments.last()) else {
             return Ok(());
         };
-        f.write_all(&self.pending).map_err(io_err("append", &s.path))?;
+        f.write_all(&self.pending)
+            .map_err(io_err("append", &s.path))?;
         self.file_len += self.pending.len() as u64;
         self.pending.clear();
         self.unsynced = true;
@@ -492,11 +534,21 @@ impl Wal {
             .append(true)
             .open(&path)
             .map_err(io_err("create segment", &path))?;
-        f.write_all(&SegmentHeader { segment_id: id, first_epoch }.encode())
-            .map_err(io_err("write segment header", &path))?;
+        f.write_all(
+            &SegmentHeader {
+                segment_id: id,
+                first_epoch,
+            }
+            .encode(),
+        )
+        .map_err(io_err("write segment header", &path))?;
         f.sync_all().map_err(io_err("fsync", &path))?;
         sync_dir(&self.dir)?;
-        self.segments.push(Segment { id, first_epoch, path });
+        self.segments.push(Segment {
+            id,
+            first_epoch,
+            path,
+        });
         self.file = Some(f);
         self.file_len = SEGMENT_HEADER_LEN as u64;
         Ok(())
@@ -521,7 +573,13 @@ impl Wal {
     pub fn segments(&self) -> Vec<(u64, u64, u64)> {
         self.segments
             .iter()
-            .map(|s| (s.id, s.first_epoch, fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0)))
+            .map(|s| {
+                (
+                    s.id,
+                    s.first_epoch,
+                    fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0),
+                )
+            })
             .collect()
     }
 
@@ -546,10 +604,22 @@ impl WalReader {
     /// A reader of the log in `dir` from `from`.
     pub fn new(dir: &Path, from: WalPosition) -> Self {
         let (segments, error) = match list_segments(dir) {
-            Ok(s) => (s.into_iter().filter(|(id, _)| *id >= from.segment).collect(), None),
+            Ok(s) => (
+                s.into_iter()
+                    .filter(|(id, _)| *id >= from.segment)
+                    .collect(),
+                None,
+            ),
             Err(e) => (Vec::new(), Some(e)),
         };
-        Self { segments, from, index: 0, current: None, failed: false, error }
+        Self {
+            segments,
+            from,
+            index: 0,
+            current: None,
+            failed: false,
+            error,
+        }
     }
 
     fn open_next(&mut self) -> Result<bool, WalError> {
@@ -561,10 +631,19 @@ impl WalReader {
         let mut head = [0u8; SEGMENT_HEADER_LEN];
         let got = read_full(&mut f, &mut head).map_err(io_err("read", &path))?;
         if let Err(e) = SegmentHeader::decode(&head[..got]) {
-            return Err(WalError::Corrupt { path, offset: 0, reason: format!("{e:?}") });
+            return Err(WalError::Corrupt {
+                path,
+                offset: 0,
+                reason: format!("{e:?}"),
+            });
         }
-        let start = if id == self.from.segment { self.from.offset.max(SEGMENT_HEADER_LEN as u64) } else { SEGMENT_HEADER_LEN as u64 };
-        f.seek(SeekFrom::Start(start)).map_err(io_err("seek", &path))?;
+        let start = if id == self.from.segment {
+            self.from.offset.max(SEGMENT_HEADER_LEN as u64)
+        } else {
+            SEGMENT_HEADER_LEN as u64
+        };
+        f.seek(SeekFrom::Start(start))
+            .map_err(io_err("seek", &path))?;
         self.current = Some((BufReader::with_capacity(1 << 16, f), start));
         Ok(true)
     }
@@ -598,15 +677,26 @@ impl Iterator for WalReader {
             match read_frame(reader) {
                 Err(e) => {
                     self.failed = true;
-                    return Some(Err(WalError::Io { op: "read", path: path.clone(), source: e }));
+                    return Some(Err(WalError::Io {
+                        op: "read",
+                        path: path.clone(),
+                        source: e,
+                    }));
                 }
                 Ok(ReadFrame::Eof) => self.current = None,
                 Ok(ReadFrame::Bad(why)) => {
                     self.failed = true;
-                    return Some(Err(WalError::Corrupt { path: path.clone(), offset: *pos, reason: why.into() }));
+                    return Some(Err(WalError::Corrupt {
+                        path: path.clone(),
+                        offset: *pos,
+                        reason: why.into(),
+                    }));
                 }
                 Ok(ReadFrame::Frame(frame)) => {
-                    let at = WalPosition { segment: *id, offset: *pos };
+                    let at = WalPosition {
+                        segment: *id,
+                        offset: *pos,
+                    };
                     *pos += frame_len(frame.payload.len()) as u64;
                     return Some(Ok((at, frame)));
                 }

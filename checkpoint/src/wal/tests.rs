@@ -5,13 +5,24 @@ use proptest::prelude::*;
 use super::*;
 
 fn kind() -> impl Strategy<Value = FrameKind> {
-    prop_oneof![Just(FrameKind::Record), Just(FrameKind::Seal), Just(FrameKind::Marker)]
+    prop_oneof![
+        Just(FrameKind::Record),
+        Just(FrameKind::Seal),
+        Just(FrameKind::Marker)
+    ]
 }
 
 /// Frames as `(kind, epoch, payload)` with non-decreasing epochs, and the batch sizes to commit.
 fn frames() -> impl Strategy<Value = (Vec<(FrameKind, u64, Vec<u8>)>, usize)> {
     (
-        proptest::collection::vec((kind(), 0u64..3, proptest::collection::vec(any::<u8>(), 0..150)), 1..50),
+        proptest::collection::vec(
+            (
+                kind(),
+                0u64..3,
+                proptest::collection::vec(any::<u8>(), 0..150),
+            ),
+            1..50,
+        ),
         1usize..6,
     )
         .prop_map(|(raw, batch)| {
@@ -33,7 +44,13 @@ struct Written {
     frames: Vec<(FrameKind, u64, Vec<u8>)>,
 }
 
-fn write_all(dir: &Path, segment_size: u64, frames: &[(FrameKind, u64, Vec<u8>)], batch: usize, sync: SyncPolicy) -> Written {
+fn write_all(
+    dir: &Path,
+    segment_size: u64,
+    frames: &[(FrameKind, u64, Vec<u8>)],
+    batch: usize,
+    sync: SyncPolicy,
+) -> Written {
     let (mut wal, report) = Wal::open(dir, WalOptions { segment_size, sync }, None).unwrap();
     assert_eq!(report.frames, 0);
     let mut ends = Vec::new();
@@ -45,7 +62,10 @@ fn write_all(dir: &Path, segment_size: u64, frames: &[(FrameKind, u64, Vec<u8>)]
         }
     }
     wal.sync().unwrap();
-    Written { ends, frames: frames.to_vec() }
+    Written {
+        ends,
+        frames: frames.to_vec(),
+    }
 }
 
 fn read_all(dir: &Path) -> Vec<(FrameKind, u64, Vec<u8>)> {
@@ -143,10 +163,20 @@ proptest! {
 #[test]
 fn open_from_a_checkpointed_position_scans_only_what_follows() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), WalOptions { segment_size: 300, sync: SyncPolicy::EveryBatch }, None).unwrap();
+    let (mut wal, _) = Wal::open(
+        dir.path(),
+        WalOptions {
+            segment_size: 300,
+            sync: SyncPolicy::EveryBatch,
+        },
+        None,
+    )
+    .unwrap();
     let mut mid = WalPosition::default();
     for i in 0..20u64 {
-        let at = wal.append(FrameKind::Record, 1 + i / 5, &[i as u8; 40]).unwrap();
+        let at = wal
+            .append(FrameKind::Record, 1 + i / 5, &[i as u8; 40])
+            .unwrap();
         if i == 12 {
             mid = at;
         }
@@ -157,14 +187,24 @@ fn open_from_a_checkpointed_position_scans_only_what_follows() {
     let (_, report) = Wal::open(dir.path(), WalOptions::default(), Some(mid)).unwrap();
     assert_eq!(report.frames, 9, "frames 12..=19 and the seal");
     assert_eq!(report.last_seal, Some((4, b"seal-4".to_vec())));
-    let from_mid: Vec<_> = WalReader::new(dir.path(), mid).map(|r| r.unwrap().1.payload[0]).collect();
+    let from_mid: Vec<_> = WalReader::new(dir.path(), mid)
+        .map(|r| r.unwrap().1.payload[0])
+        .collect();
     assert_eq!(from_mid[..8], [12, 13, 14, 15, 16, 17, 18, 19]);
 }
 
 #[test]
 fn segments_wholly_before_an_epoch_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), WalOptions { segment_size: 200, sync: SyncPolicy::OnSeal }, None).unwrap();
+    let (mut wal, _) = Wal::open(
+        dir.path(),
+        WalOptions {
+            segment_size: 200,
+            sync: SyncPolicy::OnSeal,
+        },
+        None,
+    )
+    .unwrap();
     for epoch in 1..=6u64 {
         for _ in 0..4 {
             wal.append(FrameKind::Record, epoch, &[0u8; 30]).unwrap();
@@ -177,7 +217,10 @@ fn segments_wholly_before_an_epoch_are_deleted() {
     assert!(removed > 0);
     let left: Vec<_> = read_all(dir.path()).into_iter().map(|f| f.1).collect();
     assert!(left.contains(&4) && !left.is_empty());
-    assert!(left.iter().all(|e| *e >= 3), "only a segment shared with epoch 4 may keep epoch 3: {left:?}");
+    assert!(
+        left.iter().all(|e| *e >= 3),
+        "only a segment shared with epoch 4 may keep epoch 3: {left:?}"
+    );
     assert_eq!(*left.last().unwrap(), 6);
 }
 
@@ -195,6 +238,13 @@ fn a_newer_format_version_is_refused_and_left_alone() {
     fs::write(&path, &bytes).unwrap();
     let err = Wal::open(dir.path(), WalOptions::default(), None).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("format version 9") && msg.contains("0000000000000000.wal"), "{msg}");
-    assert_eq!(fs::read(&path).unwrap(), bytes, "a newer segment must not be modified");
+    assert!(
+        msg.contains("format version 9") && msg.contains("0000000000000000.wal"),
+        "{msg}"
+    );
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        bytes,
+        "a newer segment must not be modified"
+    );
 }
