@@ -1,4 +1,5 @@
 //! End-to-end tests of the Kafka -> Delta path against a real broker (tansu, via scripts/test),
+//! the checkpoint crate's SIGKILL crash tests (module `checkpoint_crash`),
 //! plus the broker-free demo.
 
 use std::collections::BTreeSet;
@@ -10,6 +11,9 @@ use rand::Rng;
 use tidemark_engine::audit;
 use tidemark_engine::fault::CrashPoint;
 use tidemark_tests::{broker, create_topic, order_json, produce, summary, unique_topic, Fixture};
+
+#[path = "e2e/checkpoint_crash.rs"]
+mod checkpoint_crash;
 
 const EXE: &str = env!("CARGO_BIN_EXE_tidemark-under-test");
 

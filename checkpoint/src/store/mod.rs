@@ -108,7 +108,9 @@ pub struct CheckpointStore {
 
 impl std::fmt::Debug for CheckpointStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CheckpointStore").field("path", &self.path).finish()
+        f.debug_struct("CheckpointStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -141,7 +143,11 @@ impl CheckpointStore {
             },
         };
         let meta = store.cf(CF_META)?;
-        match store.db.get_cf(meta, KEY_FORMAT).map_err(rocks("read format version"))? {
+        match store
+            .db
+            .get_cf(meta, KEY_FORMAT)
+            .map_err(rocks("read format version"))?
+        {
             Some(v) => {
                 let found = <[u8; 4]>::try_from(v.as_slice())
                     .map(u32::from_le_bytes)
@@ -168,7 +174,10 @@ impl CheckpointStore {
                 wo.set_sync(true);
                 let mut b = WriteBatch::default();
                 b.put_cf(meta, KEY_FORMAT, STORE_FORMAT_VERSION.to_le_bytes());
-                store.db.write_opt(b, &wo).map_err(rocks("write format version"))?;
+                store
+                    .db
+                    .write_opt(b, &wo)
+                    .map_err(rocks("write format version"))?;
             }
         }
         info!(path = %path.display(), "checkpoint store opened");
@@ -206,7 +215,11 @@ impl CheckpointStore {
     /// The newest checkpoint, if any.
     pub fn latest(&self) -> Result<Option<CheckpointRecord>, StoreError> {
         let meta = self.cf(CF_META)?;
-        let Some(cur) = self.db.get_cf(meta, KEY_CURRENT).map_err(self.rocks("read current"))? else {
+        let Some(cur) = self
+            .db
+            .get_cf(meta, KEY_CURRENT)
+            .map_err(self.rocks("read current"))?
+        else {
             return Ok(None);
         };
         let epoch = <[u8; 8]>::try_from(cur.as_slice())
@@ -237,7 +250,9 @@ impl CheckpointStore {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(history, IteratorMode::End) {
             let (k, v) = item.map_err(self.rocks("scan history"))?;
-            let epoch = <[u8; 8]>::try_from(&k[..]).map(u64::from_be_bytes).unwrap_or(0);
+            let epoch = <[u8; 8]>::try_from(&k[..])
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
             out.push(self.decode(epoch, &v)?);
         }
         Ok(out)
@@ -284,7 +299,9 @@ impl CheckpointStore {
         if let Some(oldest_kept) = keep_from {
             for item in self.db.iterator_cf(history, IteratorMode::Start) {
                 let (k, _) = item.map_err(self.rocks("scan history"))?;
-                let epoch = <[u8; 8]>::try_from(&k[..]).map(u64::from_be_bytes).unwrap_or(0);
+                let epoch = <[u8; 8]>::try_from(&k[..])
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
                 if epoch >= oldest_kept {
                     break;
                 }
@@ -294,7 +311,9 @@ impl CheckpointStore {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.write_opt(batch, &wo).map_err(self.rocks("write checkpoint"))?;
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(self.rocks("write checkpoint"))?;
         let metrics = CheckpointMetrics {
             inserted: inserts.len(),
             pruned,
@@ -312,29 +331,34 @@ impl CheckpointStore {
             .ok()
             .map(|cf| self.db.iterator_cf(*cf, IteratorMode::Start));
         let first_err = dedup.err();
-        first_err.into_iter().map(Err).chain(iter.into_iter().flatten().map(move |item| {
-            let (k, _) = item.map_err(|source| StoreError::Rocks {
-                op: "scan dedup state",
-                path: self.path.clone(),
-                source,
-            })?;
-            let (time, key) = record::split_dedup_entry_key(&k).ok_or_else(|| StoreError::Foreign {
-                path: self.path.clone(),
-                message: "dedup entry key shorter than 8 bytes".into(),
-            })?;
-            Ok((key.to_vec(), time))
-        }))
+        first_err
+            .into_iter()
+            .map(Err)
+            .chain(iter.into_iter().flatten().map(move |item| {
+                let (k, _) = item.map_err(|source| StoreError::Rocks {
+                    op: "scan dedup state",
+                    path: self.path.clone(),
+                    source,
+                })?;
+                let (time, key) =
+                    record::split_dedup_entry_key(&k).ok_or_else(|| StoreError::Foreign {
+                        path: self.path.clone(),
+                        message: "dedup entry key shorter than 8 bytes".into(),
+                    })?;
+                Ok((key.to_vec(), time))
+            }))
     }
 
     /// Writes a consistent copy of the store to `dir` (hard-linked SST files where possible),
     /// openable elsewhere with [`CheckpointStore::open`]. `dir` must not exist.
     pub fn snapshot(&self, dir: &Path) -> Result<(), StoreError> {
         let cp = Checkpoint::new(&self.db).map_err(self.rocks("prepare snapshot"))?;
-        cp.create_checkpoint(dir).map_err(|source| StoreError::Rocks {
-            op: "create snapshot",
-            path: dir.to_path_buf(),
-            source,
-        })
+        cp.create_checkpoint(dir)
+            .map_err(|source| StoreError::Rocks {
+                op: "create snapshot",
+                path: dir.to_path_buf(),
+                source,
+            })
     }
 }
 

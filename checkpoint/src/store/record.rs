@@ -221,25 +221,44 @@ mod tests {
 
     fn record() -> impl Strategy<Value = CheckpointRecord> {
         (
-            (any::<u64>(), any::<u64>(), proptest::option::of(0i64..i64::MAX), proptest::option::of(i64::MIN + 1..i64::MAX)),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::option::of(0i64..i64::MAX),
+                proptest::option::of(i64::MIN + 1..i64::MAX),
+            ),
             (any::<u64>(), any::<u64>(), any::<u64>()),
             any::<[u64; 5]>(),
             proptest::collection::vec(("[a-z.-]{0,20}", any::<i32>(), any::<i64>()), 0..10),
         )
-            .prop_map(|((epoch, committed_epoch, table_version, watermark), (seg, off, at), c, pos)| CheckpointRecord {
-                epoch,
-                committed_epoch,
-                table_version,
-                watermark,
-                wal_segment: seg,
-                wal_offset: off,
-                created_at_ms: at,
-                counts: Counts { read: c[0], written: c[1], duplicates: c[2], late: c[3], dead_lettered: c[4] },
-                positions: pos
-                    .into_iter()
-                    .map(|(source, partition, offset)| SourcePosition { source, partition, offset })
-                    .collect(),
-            })
+            .prop_map(
+                |((epoch, committed_epoch, table_version, watermark), (seg, off, at), c, pos)| {
+                    CheckpointRecord {
+                        epoch,
+                        committed_epoch,
+                        table_version,
+                        watermark,
+                        wal_segment: seg,
+                        wal_offset: off,
+                        created_at_ms: at,
+                        counts: Counts {
+                            read: c[0],
+                            written: c[1],
+                            duplicates: c[2],
+                            late: c[3],
+                            dead_lettered: c[4],
+                        },
+                        positions: pos
+                            .into_iter()
+                            .map(|(source, partition, offset)| SourcePosition {
+                                source,
+                                partition,
+                                offset,
+                            })
+                            .collect(),
+                    }
+                },
+            )
     }
 
     proptest! {
@@ -267,7 +286,10 @@ mod tests {
     fn newer_record_version_is_named() {
         let mut b = CheckpointRecord::decode(&record_bytes()).unwrap().encode();
         b[0] = 7;
-        assert_eq!(CheckpointRecord::decode(&b), Err(RecordError::NewerVersion(7)));
+        assert_eq!(
+            CheckpointRecord::decode(&b),
+            Err(RecordError::NewerVersion(7))
+        );
     }
 
     fn record_bytes() -> Vec<u8> {
@@ -280,7 +302,11 @@ mod tests {
             wal_offset: 32,
             created_at_ms: 1,
             counts: Counts::default(),
-            positions: vec![SourcePosition { source: "t".into(), partition: 0, offset: 9 }],
+            positions: vec![SourcePosition {
+                source: "t".into(),
+                partition: 0,
+                offset: 9,
+            }],
         }
         .encode()
     }

@@ -13,8 +13,16 @@ fn record(epoch: u64) -> CheckpointRecord {
         wal_segment: 0,
         wal_offset: 32,
         created_at_ms: 1_700_000_000_000,
-        counts: Counts { read: epoch * 3, written: epoch * 3, ..Counts::default() },
-        positions: vec![SourcePosition { source: "orders".into(), partition: 0, offset: epoch as i64 * 100 }],
+        counts: Counts {
+            read: epoch * 3,
+            written: epoch * 3,
+            ..Counts::default()
+        },
+        positions: vec![SourcePosition {
+            source: "orders".into(),
+            partition: 0,
+            offset: epoch as i64 * 100,
+        }],
     }
 }
 
@@ -44,10 +52,14 @@ fn latest_and_history_keep_the_newest_n() {
 fn eviction_drops_exactly_the_entries_below_the_watermark() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
-    let inserts: Vec<(Vec<u8>, i64)> = (-50i64..50).map(|t| (format!("k{t}").into_bytes(), t * 7)).collect();
+    let inserts: Vec<(Vec<u8>, i64)> = (-50i64..50)
+        .map(|t| (format!("k{t}").into_bytes(), t * 7))
+        .collect();
     store.write(&record(1), &inserts, None).unwrap();
     assert_eq!(entries(&store).len(), 100);
-    store.write(&record(2), &[(b"new".to_vec(), 400)], Some(0)).unwrap();
+    store
+        .write(&record(2), &[(b"new".to_vec(), 400)], Some(0))
+        .unwrap();
     let left = entries(&store);
     assert!(left.iter().all(|(_, t)| *t >= 0));
     assert_eq!(left.len(), 50 + 1);
@@ -57,9 +69,13 @@ fn eviction_drops_exactly_the_entries_below_the_watermark() {
 fn a_snapshot_opens_elsewhere_with_the_same_state() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(&dir.path().join("live"), StoreOptions::default()).unwrap();
-    store.write(&record(1), &[(b"a".to_vec(), 5), (b"b".to_vec(), 6)], None).unwrap();
+    store
+        .write(&record(1), &[(b"a".to_vec(), 5), (b"b".to_vec(), 6)], None)
+        .unwrap();
     store.snapshot(&dir.path().join("snap")).unwrap();
-    store.write(&record(2), &[(b"c".to_vec(), 7)], None).unwrap();
+    store
+        .write(&record(2), &[(b"c".to_vec(), 7)], None)
+        .unwrap();
     let snap = CheckpointStore::open(&dir.path().join("snap"), StoreOptions::default()).unwrap();
     assert_eq!(snap.latest().unwrap(), Some(record(1)));
     assert_eq!(entries(&snap).len(), 2);
@@ -71,10 +87,18 @@ fn a_newer_store_format_fails_clearly() {
     {
         let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
         let meta = store.cf(CF_META).unwrap();
-        store.db.put_cf(meta, KEY_FORMAT, 9u32.to_le_bytes()).unwrap();
+        store
+            .db
+            .put_cf(meta, KEY_FORMAT, 9u32.to_le_bytes())
+            .unwrap();
     }
-    let err = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("format version 9") && err.contains(&dir.path().display().to_string()), "{err}");
+    let err = CheckpointStore::open(dir.path(), StoreOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("format version 9") && err.contains(&dir.path().display().to_string()),
+        "{err}"
+    );
 }
 
 proptest! {

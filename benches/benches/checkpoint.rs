@@ -1,0 +1,116 @@
+//! Checkpoint write latency: one synced RocksDB batch holding the checkpoint record, an epoch's
+//! new dedup keys and the eviction below the watermark, with 10k or 1M keys already in state.
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tidemark_checkpoint::store::{
+    CheckpointRecord, CheckpointStore, Counts, SourcePosition, StoreOptions,
+};
+
+fn record(epoch: u64) -> CheckpointRecord {
+    CheckpointRecord {
+        epoch,
+        committed_epoch: epoch,
+        table_version: Some(epoch as i64),
+        watermark: Some(epoch as i64),
+        wal_segment: 0,
+        wal_offset: 32,
+        created_at_ms: 0,
+        counts: Counts::default(),
+        positions: (0..8)
+            .map(|p| SourcePosition {
+                source: "orders".into(),
+                partition: p,
+                offset: epoch as i64,
+            })
+            .collect(),
+    }
+}
+
+fn keys(epoch: u64, n: usize) -> Vec<(Vec<u8>, i64)> {
+    (0..n)
+        .map(|i| {
+            (
+                format!("order-{epoch:06}-{i:08}").into_bytes(),
+                epoch as i64,
+            )
+        })
+        .collect()
+}
+
+fn bench_checkpoint(c: &mut Criterion) {
+    let mut group = c.benchmark_group("checkpoint_write");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    for (state, new_keys) in [
+        (10_000usize, 10_000usize),
+        (1_000_000, 10_000),
+        (1_000_000, 100_000),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).expect("open store");
+        // Steady state: `state` keys spread over the epochs inside the lateness window, each
+        // epoch adding `new_keys` and evicting the epoch that falls out of the window.
+        let window = (state / new_keys) as u64;
+        let per_epoch = new_keys;
+        for e in 1..=window {
+            store
+                .write(&record(e), &keys(e, per_epoch), None)
+                .expect("preload");
+        }
+        let mut epoch = window;
+        let inserts_for = |e: u64| keys(e, new_keys);
+        group.throughput(Throughput::Elements(new_keys as u64));
+        group.bench_function(
+            BenchmarkId::new(format!("state_{state}"), format!("new_{new_keys}")),
+            |b| {
+                b.iter_batched(
+                    || {
+                        epoch += 1;
+                        (epoch, inserts_for(epoch))
+                    },
+                    |(e, inserts)| {
+                        // Keys older than the window fall below the watermark and are evicted.
+                        store
+                            .write(&record(e), &inserts, Some(e as i64 - window as i64))
+                            .expect("checkpoint");
+                    },
+                    criterion::BatchSize::PerIteration,
+                )
+            },
+        );
+    }
+    group.finish();
+}
+
+/// Loading the whole dedup state at start (what a restart pays before its first commit).
+fn bench_load_state(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dedup_state_load");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).expect("open store");
+    for e in 1..=10u64 {
+        store
+            .write(&record(e), &keys(e, 100_000), None)
+            .expect("preload");
+    }
+    group.throughput(Throughput::Elements(1_000_000));
+    group.bench_function("keys_1000000", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for entry in store.dedup_entries() {
+                let (key, _) = entry.expect("entry");
+                n += usize::from(!key.is_empty());
+            }
+            assert_eq!(n, 1_000_000);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_checkpoint, bench_load_state);
+criterion_main!(benches);
