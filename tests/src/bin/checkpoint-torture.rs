@@ -39,10 +39,10 @@ fn main() -> ExitCode {
                 wal.append(FrameKind::Record, i / 50, &payload(i))
                     .expect("append");
                 i += 1;
-                if i % 7 == 0 {
+                if i.is_multiple_of(7) {
                     wal.commit().expect("commit");
                 }
-                if i % 50 == 0 {
+                if i.is_multiple_of(50) {
                     wal.seal(i / 50, &i.to_le_bytes()).expect("seal");
                     writeln!(out, "durable {i}").expect("stdout");
                     out.flush().expect("stdout");
