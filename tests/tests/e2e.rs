@@ -361,3 +361,55 @@ fn python_delta_rs_and_duckdb_read_the_table() {
     assert_eq!(got["duckdb_distinct_offsets"], rows);
     assert_eq!(got["newest_epoch"], replay.epochs.last().unwrap().1.epoch);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_the_current_epoch_and_stops_cleanly() {
+    let Some(brokers) = broker() else { return };
+    let topic = unique_topic("sigterm");
+    create_topic(&brokers, &topic, 2).await;
+    let ends = produce(&brokers, &topic, 2, 20_000, order_json);
+    let fixture = Fixture::new(
+        Path::new(EXE),
+        &brokers,
+        &topic,
+        "[batch]\ninterval_ms = 200\nmax_records = 1000\n",
+    );
+    // Not --until-caught-up: only the signal ends this run.
+    let child = fixture.spawn(false, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while audit::replay_log(&fixture.table).map_or(true, |r| r.epochs.is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "no epoch committed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // SAFETY: kill has no memory-safety preconditions; the pid is our live child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out);
+    assert_eq!(s["stopped_because"], "shutdown");
+    // What the run says it wrote is exactly what the table holds: the epoch in flight was
+    // committed, not dropped, and nothing after it was started.
+    let replay = audit::replay_log(&fixture.table).unwrap();
+    let last = &replay.epochs.last().unwrap().1;
+    assert_eq!(s["epochs_committed"], replay.epochs.len());
+    assert_eq!(
+        serde_json::to_value(&last.end_positions).unwrap(),
+        s["positions"]
+    );
+    let rows = audit::read_coordinates(&fixture.table, &replay.live_files)
+        .unwrap()
+        .len() as u64;
+    assert_eq!(s["rows_written"], rows);
+    // A restart finishes the stream exactly once.
+    let out = fixture.run_to_end(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_exactly_once(&fixture, &ends, 20_000).await;
+}
