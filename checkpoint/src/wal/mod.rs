@@ -165,13 +165,7 @@ pub struct Wal {
     pending: Vec<u8>,
     unsynced: bool,
     last_sync: Instant,
-    /// Bytes written since writeback was last started (see [`WRITEBACK_EVERY`]).
-    unflushed: u64,
 }
-
-/// Between fsyncs, start the kernel's writeback of each this many written bytes, so the disk
-/// works while appends go on and the next fsync (at a seal) has little left to do.
-const WRITEBACK_EVERY: u64 = 256 << 10;
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}.wal"))
@@ -440,7 +434,6 @@ impl Wal {
                 file,
                 file_len,
                 pending: Vec::new(),
-                unflushed: 0,
                 unsynced: false,
                 last_sync: Instant::now(),
             },
@@ -512,7 +505,6 @@ impl Wal {
             }
             self.unsynced = false;
         }
-        self.unflushed = 0;
         self.last_sync = Instant::now();
         Ok(())
     }
@@ -596,25 +588,6 @@ impl Wal {
         WalReader::new(&self.dir, from)
     }
 }
-
-/// Asks the kernel to start writing `len` bytes at `offset` to disk without waiting. Only a
-/// performance hint: durability still comes from fsync, so a failure here is ignored.
-#[cfg(target_os = "linux")]
-fn start_writeback(f: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the fd is open for the lifetime of `f`; sync_file_range reads no memory of ours.
-    unsafe {
-        libc::sync_file_range(
-            f.as_raw_fd(),
-            offset as i64,
-            len as i64,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_f: &File, _offset: u64, _len: u64) {}
 
 /// Streams frames from a position across segments, one frame in memory at a time.
 #[derive(Debug)]
