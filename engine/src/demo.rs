@@ -296,23 +296,19 @@ fn produce(brokers: &str, options: &DemoOptions) -> anyhow::Result<Produced> {
                 currencies[rng.random_range(0..currencies.len())],
                 (base_ms + i as i64 * 7) * 1000
             );
-            send(
-                partition,
-                order_id.as_bytes(),
-                value.as_bytes(),
-                &mut produced,
-            )?;
-            *produced.orders.entry(order_id.clone()).or_default() += 1;
-            if produced.total < options.records && rng.random_bool(options.duplicate_rate) {
+            // A producer duplicate: the same message sent again, as after a lost ack.
+            let duplicate =
+                produced.total + 1 < options.records && rng.random_bool(options.duplicate_rate);
+            for _ in 0..1 + u64::from(duplicate) {
                 send(
                     partition,
                     order_id.as_bytes(),
                     value.as_bytes(),
                     &mut produced,
                 )?;
-                *produced.orders.entry(order_id).or_default() += 1;
-                produced.duplicates += 1;
+                *produced.orders.entry(order_id.clone()).or_default() += 1;
             }
+            produced.duplicates += u64::from(duplicate);
         }
         i += 1;
     }

@@ -17,6 +17,21 @@ mod checkpoint_crash;
 
 const EXE: &str = env!("CARGO_BIN_EXE_tidemark-under-test");
 
+/// A fresh topic with `n` order records over `partitions`, and a pipeline fixture reading it
+/// with `extra` config; returns the fixture and each partition's end offset.
+async fn topic_and_fixture(
+    brokers: &str,
+    prefix: &str,
+    partitions: i32,
+    n: u64,
+    extra: &str,
+) -> (Fixture, std::collections::BTreeMap<(String, i32), i64>) {
+    let topic = unique_topic(prefix);
+    create_topic(brokers, &topic, partitions).await;
+    let ends = produce(brokers, &topic, partitions, n, order_json);
+    (Fixture::new(Path::new(EXE), brokers, &topic, extra), ends)
+}
+
 /// The table read back through deltalake: live files and the pipeline's txn version.
 async fn deltalake_view(table: &Path) -> (BTreeSet<String>, Option<i64>) {
     let url = url::Url::from_directory_path(table).unwrap();
@@ -76,15 +91,14 @@ async fn assert_exactly_once(
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_random_moments_keeps_exactly_once() {
     let Some(brokers) = broker() else { return };
-    let topic = unique_topic("chaos");
-    create_topic(&brokers, &topic, 3).await;
-    let ends = produce(&brokers, &topic, 3, 100_000, order_json);
-    let fixture = Fixture::new(
-        Path::new(EXE),
+    let (fixture, ends) = topic_and_fixture(
         &brokers,
-        &topic,
+        "chaos",
+        3,
+        100_000,
         "[batch]\ninterval_ms = 200\nmax_records = 2000\n",
-    );
+    )
+    .await;
     let mut rng = rand::rng();
     // A kill counts when the run was still going AND had committed something since the last
     // kill: it then died between commits, with work in flight.
@@ -142,15 +156,14 @@ async fn sigkill_at_random_moments_keeps_exactly_once() {
 async fn each_crash_point_keeps_exactly_once() {
     let Some(brokers) = broker() else { return };
     for point in CrashPoint::ALL {
-        let topic = unique_topic(point.name());
-        create_topic(&brokers, &topic, 3).await;
-        let ends = produce(&brokers, &topic, 3, 3_000, order_json);
-        let fixture = Fixture::new(
-            Path::new(EXE),
+        let (fixture, ends) = topic_and_fixture(
             &brokers,
-            &topic,
+            point.name(),
+            3,
+            3_000,
             "[batch]\ninterval_ms = 200\nmax_records = 500\n",
-        );
+        )
+        .await;
         let spec = format!("{}@2", point.name());
         let crashed = fixture.run_to_end(&[(tidemark_engine::fault::ENV, &spec)]);
         assert_eq!(
@@ -365,15 +378,14 @@ fn python_delta_rs_and_duckdb_read_the_table() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_finishes_the_current_epoch_and_stops_cleanly() {
     let Some(brokers) = broker() else { return };
-    let topic = unique_topic("sigterm");
-    create_topic(&brokers, &topic, 2).await;
-    let ends = produce(&brokers, &topic, 2, 20_000, order_json);
-    let fixture = Fixture::new(
-        Path::new(EXE),
+    let (fixture, ends) = topic_and_fixture(
         &brokers,
-        &topic,
+        "sigterm",
+        2,
+        20_000,
         "[batch]\ninterval_ms = 200\nmax_records = 1000\n",
-    );
+    )
+    .await;
     // Not --until-caught-up: only the signal ends this run.
     let child = fixture.spawn(false, &[]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
