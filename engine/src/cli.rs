@@ -12,7 +12,7 @@ use crate::pipeline::{self, RunOptions, Shutdown};
 
 /// Tidemark moves records from Kafka into a Delta Lake table exactly once, and survives crashes.
 #[derive(Debug, Parser)]
-#[command(name = "tidemark", version, about, long_about = None)]
+#[command(name = "tidemark", version)]
 #[command(
     after_help = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see more.\n\
 Start with `tidemark demo`: it needs no broker and shows a crash and an exactly-once check."

@@ -23,6 +23,8 @@ use rdkafka::util::Timeout;
 use crate::audit;
 
 const TOPIC: &str = "orders";
+/// First line of the config the demo writes: marks a directory the demo may replace.
+const DEMO_CONFIG_MARK: &str = "# Written by `tidemark demo`.";
 
 /// Options of `tidemark demo`.
 #[derive(Debug, Clone, Args)]
@@ -71,6 +73,15 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let dir = std::path::absolute(&options.dir)
         .with_context(|| format!("cannot resolve --dir {}", options.dir.display()))?;
     if dir.exists() {
+        let ours = std::fs::read_to_string(dir.join("pipeline.toml"))
+            .is_ok_and(|t| t.starts_with(DEMO_CONFIG_MARK));
+        let empty = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_none());
+        if !ours && !empty {
+            bail!(
+                "--dir {} exists and is not an earlier demo's directory; pick another --dir",
+                dir.display()
+            );
+        }
         std::fs::remove_dir_all(&dir)
             .with_context(|| format!("cannot clear the demo directory {}", dir.display()))?;
     }
@@ -210,7 +221,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
 
 fn demo_config(brokers: &str, epoch_records: u64) -> String {
     format!(
-        r#"# Written by `tidemark demo`.
+        r#"{DEMO_CONFIG_MARK}
 pipeline_id = "demo-orders"
 
 [source]
