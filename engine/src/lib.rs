@@ -5,6 +5,7 @@
 //! - [`fault`]: crash points armed by `TIDEMARK_CRASH_AT` for crash tests.
 //! - [`audit`]: an independent reader of the table for exactly-once checks.
 //! - [`demo`]: the self-contained demo on librdkafka's in-process mock cluster.
+//! - [`protocol`]: the recovery decision of the epoch protocol, pure and exhaustively tested.
 //! - [`cli`]: the command line.
 
 pub mod audit;
@@ -13,3 +14,4 @@ pub mod config;
 pub mod demo;
 pub mod fault;
 pub mod pipeline;
+pub mod protocol;
