@@ -15,7 +15,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::record::{Positions, SourceRecord, TopicPartition};
 use crate::source::Source;
@@ -165,7 +165,17 @@ impl KafkaSource {
                         positions.set(topic, partition, next);
                         Offset::Offset(next)
                     }
-                    None => Offset::Beginning,
+                    None => {
+                        if low > 0 {
+                            warn!(
+                                partition = %tp,
+                                log_start = low,
+                                "no position for this partition: starting at its log start; \
+                                 offsets below it were deleted by the broker before this pipeline read them"
+                            );
+                        }
+                        Offset::Beginning
+                    }
                 };
                 debug!(partition = %tp, low, high, ?offset, "assigning partition");
                 assignment

@@ -107,6 +107,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         produced.malformed
     );
 
+    check_nothing_dropped(&brokers, &produced)?;
+
     let config_path = dir.join("pipeline.toml");
     // About 20 epochs whatever the stream length, so the kill lands part-way.
     let epoch_records = (options.records / 20).clamp(500, 50_000);
@@ -255,6 +257,9 @@ fn produce(brokers: &str, options: &DemoOptions) -> anyhow::Result<Produced> {
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
         .set("enable.idempotence", "true")
+        // The mock cluster keeps at most 5 MiB (or 100k messages) per partition, counted as
+        // stored: compressed batches let the default 200k orders fit in 4 partitions.
+        .set("compression.type", "gzip")
         .create()
         .context("cannot create the demo producer")?;
     let mut rng = StdRng::seed_from_u64(options.seed);
@@ -327,6 +332,30 @@ fn produce(brokers: &str, options: &DemoOptions) -> anyhow::Result<Produced> {
         .flush(Timeout::After(Duration::from_secs(60)))
         .context("flushing the demo producer")?;
     Ok(produced)
+}
+
+/// The mock cluster silently drops a partition's oldest messages past its size limit; the
+/// exactly-once check counts from offset 0, so make sure nothing was dropped.
+fn check_nothing_dropped(brokers: &str, produced: &Produced) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "tidemark-demo-check")
+        .create()
+        .context("cannot create the demo's watermark reader")?;
+    for (topic, partition) in produced.per_partition.keys() {
+        let (low, _) = consumer
+            .fetch_watermarks(topic, *partition, Duration::from_secs(10))
+            .context("reading the demo topic's watermarks")?;
+        if low > 0 {
+            bail!(
+                "the in-process mock cluster dropped the first {low} messages of {topic}/{partition} \
+                 (it keeps at most 5 MiB or 100k messages per partition): use fewer --records or \
+                 more --partitions"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn spawn_run(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
