@@ -310,7 +310,8 @@ fn bad_config_fails_at_start_naming_the_setting() {
 fn demo_runs_without_any_external_service() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(EXE)
-        .args(["demo", "--records", "30000", "--dir"])
+        // The defaults, exactly as the README's quick start runs them.
+        .args(["demo", "--dir"])
         .arg(dir.path().join("demo"))
         .output()
         .unwrap();
