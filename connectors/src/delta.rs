@@ -348,11 +348,6 @@ impl DeltaSink {
         debug!(epoch = info.epoch, version, "epoch committed");
         Ok(CommitOutcome::Committed { version })
     }
-
-    /// The local directory of a `file://` table.
-    pub fn local_root(&self) -> Option<&Path> {
-        self.local_root.as_deref()
-    }
 }
 
 fn fsync_file(path: &Path) -> std::io::Result<()> {
