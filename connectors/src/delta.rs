@@ -20,7 +20,7 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, OutputMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use deltalake::{DeltaTable, DeltaTableError};
+use deltalake::DeltaTable;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
@@ -135,27 +135,15 @@ impl DeltaSink {
         columns: Vec<StructField>,
     ) -> Result<Self, DeltaSinkError> {
         let uri = url.to_string();
-        let err = |op: &'static str| {
-            let uri = uri.clone();
-            move |e: DeltaTableError| DeltaSinkError {
-                op,
-                table: uri,
-                source: Box::new(e),
-            }
-        };
         let local_root = (url.scheme() == "file")
             .then(|| url.to_file_path().ok())
             .flatten();
         if let Some(root) = &local_root {
-            std::fs::create_dir_all(root).map_err(|e| DeltaSinkError {
-                op: "create table directory",
-                table: uri.clone(),
-                source: Box::new(e),
-            })?;
+            std::fs::create_dir_all(root).map_err(sink_err("create table directory", &uri))?;
         }
         let mut table = DeltaTable::try_from_url(url.clone())
             .await
-            .map_err(err("open"))?;
+            .map_err(sink_err("open", &uri))?;
         if table.version().is_none() {
             info!(table = %uri, columns = columns.len(), "creating delta table");
             table = table
@@ -163,17 +151,13 @@ impl DeltaSink {
                 .with_table_name(table_name)
                 .with_columns(columns)
                 .await
-                .map_err(err("create"))?;
+                .map_err(sink_err("create", &uri))?;
             if let Some(root) = &local_root {
-                sync_commit(root, 0).map_err(|e| DeltaSinkError {
-                    op: "fsync create commit",
-                    table: uri.clone(),
-                    source: Box::new(e),
-                })?;
+                sync_commit(root, 0).map_err(sink_err("fsync create commit", &uri))?;
             }
         }
         let arrow_schema = RecordBatchWriter::for_table(&table)
-            .map_err(err("read schema"))?
+            .map_err(sink_err("read schema", &uri))?
             .arrow_schema();
         Ok(Self {
             table,
@@ -199,28 +183,30 @@ impl DeltaSink {
         self.table.version()
     }
 
-    fn err(&self, op: &'static str) -> impl FnOnce(DeltaTableError) -> DeltaSinkError + '_ {
-        move |e| DeltaSinkError {
-            op,
-            table: self.uri.clone(),
-            source: Box::new(e),
-        }
+    fn err<E: std::error::Error + Send + Sync + 'static>(
+        &self,
+        op: &'static str,
+    ) -> impl FnOnce(E) -> DeltaSinkError + '_ {
+        sink_err(op, &self.uri)
     }
 
     /// Reloads the newest table state (other writers, or our own earlier process, may have
     /// committed since).
     pub async fn refresh(&mut self) -> Result<(), DeltaSinkError> {
-        let uri = self.uri.clone();
-        self.table.update_state().await.map_err(|e| DeltaSinkError {
-            op: "refresh",
-            table: uri,
-            source: Box::new(e),
-        })
+        self.table
+            .update_state()
+            .await
+            .map_err(sink_err("refresh", &self.uri))
     }
 
     /// The table's txn version for this pipeline: the newest epoch committed, if any.
     pub async fn txn_version(&mut self) -> Result<Option<i64>, DeltaSinkError> {
         self.refresh().await?;
+        self.loaded_txn_version().await
+    }
+
+    /// The txn version in the state as last loaded (no refresh).
+    async fn loaded_txn_version(&self) -> Result<Option<i64>, DeltaSinkError> {
         let snapshot = self.table.snapshot().map_err(self.err("snapshot"))?;
         snapshot
             .transaction_version(self.table.log_store().as_ref(), &self.app_id)
@@ -228,9 +214,20 @@ impl DeltaSink {
             .map_err(self.err("read txn version"))
     }
 
-    /// The newest commit of this pipeline and what it recorded, read from commitInfo.
-    pub async fn last_progress(&mut self) -> Result<Option<TableProgress>, DeltaSinkError> {
+    /// Where the pipeline stands in the table, from ONE load of the newest state: its txn
+    /// version and its newest commit with what that commit recorded in commitInfo.
+    pub async fn progress(
+        &mut self,
+    ) -> Result<(Option<i64>, Option<TableProgress>), DeltaSinkError> {
         self.refresh().await?;
+        Ok((
+            self.loaded_txn_version().await?,
+            self.loaded_last_progress().await?,
+        ))
+    }
+
+    /// The newest commit of this pipeline in the state as last loaded (no refresh).
+    async fn loaded_last_progress(&self) -> Result<Option<TableProgress>, DeltaSinkError> {
         let Some(latest) = self.table.version() else {
             return Ok(None);
         };
@@ -247,12 +244,8 @@ impl DeltaSink {
                 let Some(value) = info.info.get(COMMIT_INFO_KEY) else {
                     continue;
                 };
-                let parsed: EpochCommitInfo =
-                    serde_json::from_value(value.clone()).map_err(|e| DeltaSinkError {
-                        op: "parse tidemark commitInfo",
-                        table: self.uri.clone(),
-                        source: Box::new(e),
-                    })?;
+                let parsed: EpochCommitInfo = serde_json::from_value(value.clone())
+                    .map_err(self.err("parse tidemark commitInfo"))?;
                 if parsed.pipeline_id == self.app_id {
                     return Ok(Some(TableProgress {
                         table_version: latest - i as u64,
@@ -284,18 +277,10 @@ impl DeltaSink {
         let adds = writer.flush().await.map_err(self.err("flush parquet"))?;
         if let Some(root) = &self.local_root {
             for add in &adds {
-                fsync_file(&root.join(&add.path)).map_err(|e| DeltaSinkError {
-                    op: "fsync parquet file",
-                    table: self.uri.clone(),
-                    source: Box::new(e),
-                })?;
+                fsync_file(&root.join(&add.path)).map_err(self.err("fsync parquet file"))?;
             }
             // The new names must be durable too, before a commit refers to them.
-            fsync_file(root).map_err(|e| DeltaSinkError {
-                op: "fsync table directory",
-                table: self.uri.clone(),
-                source: Box::new(e),
-            })?;
+            fsync_file(root).map_err(self.err("fsync table directory"))?;
         }
         let metrics = WriteMetrics {
             files: adds.len(),
@@ -318,11 +303,7 @@ impl DeltaSink {
                 return Ok(CommitOutcome::AlreadyCommitted { txn_version });
             }
         }
-        let info_json = serde_json::to_value(info).map_err(|e| DeltaSinkError {
-            op: "encode commitInfo",
-            table: self.uri.clone(),
-            source: Box::new(e),
-        })?;
+        let info_json = serde_json::to_value(info).map_err(self.err("encode commitInfo"))?;
         let properties = CommitProperties::default()
             .with_application_transaction(Transaction::new(&self.app_id, info.epoch))
             .with_metadata([(COMMIT_INFO_KEY.to_string(), info_json)]);
@@ -339,14 +320,22 @@ impl DeltaSink {
             .map_err(self.err("commit"))?;
         let version = finalized.version();
         if let Some(root) = &self.local_root {
-            sync_commit(root, version).map_err(|e| DeltaSinkError {
-                op: "fsync commit",
-                table: self.uri.clone(),
-                source: Box::new(e),
-            })?;
+            sync_commit(root, version).map_err(self.err("fsync commit"))?;
         }
         debug!(epoch = info.epoch, version, "epoch committed");
         Ok(CommitOutcome::Committed { version })
+    }
+}
+
+/// Wraps any error as a [`DeltaSinkError`] naming `op` and the table.
+fn sink_err<'a, E: std::error::Error + Send + Sync + 'static>(
+    op: &'static str,
+    table: &'a str,
+) -> impl FnOnce(E) -> DeltaSinkError + 'a {
+    move |e| DeltaSinkError {
+        op,
+        table: table.to_string(),
+        source: Box::new(e),
     }
 }
 

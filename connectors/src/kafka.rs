@@ -213,13 +213,15 @@ impl KafkaSource {
     pub fn lag_at_start(&self, start: &Positions) -> i64 {
         self.high_at_start
             .iter()
-            .map(|(tp, high)| {
-                let from = start
-                    .get(&tp.topic, tp.partition)
-                    .unwrap_or_else(|| self.low_at_start.get(tp).copied().unwrap_or(0));
-                (high - from).max(0)
-            })
+            .map(|(tp, high)| (high - self.start_of(start, tp)).max(0))
             .sum()
+    }
+
+    /// Where `tp` stands in `positions`, or its log start when it has no position.
+    fn start_of(&self, positions: &Positions, tp: &TopicPartition) -> i64 {
+        positions
+            .get(&tp.topic, tp.partition)
+            .unwrap_or_else(|| self.low_at_start.get(tp).copied().unwrap_or(0))
     }
 
     fn owned(&self, msg: &rdkafka::message::BorrowedMessage<'_>) -> SourceRecord {
@@ -276,12 +278,8 @@ impl Source for KafkaSource {
     }
 
     fn caught_up(&self) -> bool {
-        self.high_at_start.iter().all(|(tp, high)| {
-            let at = self
-                .positions
-                .get(&tp.topic, tp.partition)
-                .unwrap_or_else(|| self.low_at_start.get(tp).copied().unwrap_or(0));
-            at >= *high
-        })
+        self.high_at_start
+            .iter()
+            .all(|(tp, high)| self.start_of(&self.positions, tp) >= *high)
     }
 }

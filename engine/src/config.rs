@@ -11,6 +11,7 @@ use std::time::Duration;
 use arrow::datatypes::{DataType as ArrowType, Field, TimeUnit};
 use deltalake::kernel::{DataType as DeltaType, StructField};
 use serde::Deserialize;
+use tidemark_connectors::decode::{COL_OFFSET, COL_PARTITION, COL_TIMESTAMP, COL_TOPIC};
 use url::Url;
 
 /// A configuration that cannot be used, naming the file and the setting at fault.
@@ -363,10 +364,10 @@ impl PipelineConfig {
             .collect();
         if self.sink.source_columns {
             out.extend([
-                StructField::new("_kafka_topic", DeltaType::STRING, false),
-                StructField::new("_kafka_partition", DeltaType::INTEGER, false),
-                StructField::new("_kafka_offset", DeltaType::LONG, false),
-                StructField::new("_kafka_timestamp", DeltaType::TIMESTAMP, true),
+                StructField::new(COL_TOPIC, DeltaType::STRING, false),
+                StructField::new(COL_PARTITION, DeltaType::INTEGER, false),
+                StructField::new(COL_OFFSET, DeltaType::LONG, false),
+                StructField::new(COL_TIMESTAMP, DeltaType::TIMESTAMP, true),
             ]);
         }
         out

@@ -151,8 +151,7 @@ pub async fn run(
     check_schema(config, &sink)?;
 
     // Where to resume: the newest commit of this pipeline in the table.
-    let txn_version = sink.txn_version().await?;
-    let progress = sink.last_progress().await?;
+    let (txn_version, progress) = sink.progress().await?;
     let (start_positions, last_epoch) = match (&progress, txn_version) {
         (None, None) => {
             info!(pipeline = %config.pipeline_id, table = %sink.uri(), "no earlier commit of this pipeline: starting from the beginning of each partition");

@@ -12,6 +12,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
 /// The environment variable naming the test broker's bootstrap address.
@@ -88,10 +89,12 @@ pub fn produce(
         loop {
             match producer.send(record) {
                 Ok(()) => break,
-                Err((_, r)) => {
+                // Only a full queue is worth waiting out; any other error fails the test.
+                Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
                     producer.poll(Duration::from_millis(5));
                     record = r;
                 }
+                Err((e, _)) => panic!("producing to {topic}: {e}"),
             }
         }
         *ends.entry((topic.to_string(), partition)).or_insert(0) += 1;

@@ -200,17 +200,14 @@ enum ScanEnd {
     Damaged(u64, String),
 }
 
-/// Reads frames of one segment from `offset`, calling `f` for each valid frame.
-fn scan_segment(
-    path: &Path,
-    offset: u64,
-    mut f: impl FnMut(u64, Frame),
-) -> Result<(Option<SegmentHeader>, ScanEnd), WalError> {
+/// Opens a segment and reads its header: `Ok((file, Err(reason)))` when the header is torn or
+/// damaged; a newer format version is an error (such a segment is never touched).
+fn open_segment(path: &Path) -> Result<(File, Result<SegmentHeader, String>), WalError> {
     let mut file = File::open(path).map_err(io_err("open", path))?;
     let mut head = [0u8; SEGMENT_HEADER_LEN];
     let got = read_full(&mut file, &mut head).map_err(io_err("read", path))?;
     let header = match SegmentHeader::decode(&head[..got]) {
-        Ok(h) => h,
+        Ok(h) => Ok(h),
         Err(HeaderError::Version(found)) => {
             return Err(WalError::UnsupportedVersion {
                 path: path.to_path_buf(),
@@ -218,10 +215,22 @@ fn scan_segment(
                 supported: format::VERSION,
             })
         }
-        Err(HeaderError::Short) => {
-            return Ok((None, ScanEnd::Damaged(0, "segment header is torn".into())))
-        }
-        Err(HeaderError::Corrupt(why)) => return Ok((None, ScanEnd::Damaged(0, why.into()))),
+        Err(HeaderError::Short) => Err("segment header is torn".to_string()),
+        Err(HeaderError::Corrupt(why)) => Err(why.to_string()),
+    };
+    Ok((file, header))
+}
+
+/// Reads frames of one segment from `offset`, calling `f` for each valid frame.
+fn scan_segment(
+    path: &Path,
+    offset: u64,
+    mut f: impl FnMut(u64, Frame),
+) -> Result<(Option<SegmentHeader>, ScanEnd), WalError> {
+    let (mut file, header) = open_segment(path)?;
+    let header = match header {
+        Ok(h) => h,
+        Err(why) => return Ok((None, ScanEnd::Damaged(0, why))),
     };
     let mut pos = offset.max(SEGMENT_HEADER_LEN as u64);
     file.seek(SeekFrom::Start(pos))
@@ -304,24 +313,14 @@ impl Wal {
         for (i, (id, path)) in listed.iter().enumerate() {
             if *id < from.segment {
                 // Before the checkpointed position: trusted, not rescanned. Read its header only.
-                let mut head = [0u8; SEGMENT_HEADER_LEN];
-                let mut f = File::open(path).map_err(io_err("open", path))?;
-                let got = read_full(&mut f, &mut head).map_err(io_err("read", path))?;
-                match SegmentHeader::decode(&head[..got]) {
+                match open_segment(path)?.1 {
                     Ok(h) => segments.push(Segment {
                         id: *id,
                         first_epoch: h.first_epoch,
                         path: path.clone(),
                     }),
-                    Err(HeaderError::Version(found)) => {
-                        return Err(WalError::UnsupportedVersion {
-                            path: path.clone(),
-                            found,
-                            supported: format::VERSION,
-                        })
-                    }
-                    Err(_) => {
-                        damage = Some((i, 0, "segment header damaged".into()));
+                    Err(why) => {
+                        damage = Some((i, 0, why));
                         break;
                     }
                 }
@@ -627,14 +626,12 @@ impl WalReader {
             return Ok(false);
         };
         self.index += 1;
-        let mut f = File::open(&path).map_err(io_err("open", &path))?;
-        let mut head = [0u8; SEGMENT_HEADER_LEN];
-        let got = read_full(&mut f, &mut head).map_err(io_err("read", &path))?;
-        if let Err(e) = SegmentHeader::decode(&head[..got]) {
+        let (mut f, header) = open_segment(&path)?;
+        if let Err(reason) = header {
             return Err(WalError::Corrupt {
                 path,
                 offset: 0,
-                reason: format!("{e:?}"),
+                reason,
             });
         }
         let start = if id == self.from.segment {
