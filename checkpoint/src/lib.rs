@@ -5,9 +5,12 @@
 //! - [`store`]: the RocksDB checkpoint store (positions, watermark, table version, dedup state,
 //!   checkpoint history, snapshots); its record format is documented in [`store::record`].
 //!
+//! - [`fault`]: named crash points of the epoch protocol, inert unless `TIDEMARK_CRASH_AT` arms one.
+//!
 //! This crate imports nothing from the other Tidemark crates: the engine builds on it, never the
 //! other way round.
 
+pub mod fault;
 pub mod store;
 pub mod wal;
 

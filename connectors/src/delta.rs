@@ -19,13 +19,15 @@ use arrow::datatypes::SchemaRef;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, OutputMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::RecordBatchWriter;
 use deltalake::DeltaTable;
 use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 use url::Url;
 
+use crate::parquet_file;
 use crate::record::Positions;
 
 /// The commitInfo key under which Tidemark records its progress.
@@ -134,17 +136,43 @@ impl DeltaSink {
         table_name: &str,
         columns: Vec<StructField>,
     ) -> Result<Self, DeltaSinkError> {
+        Self::open(url, app_id, Some((table_name, columns)))
+            .await?
+            .ok_or_else(|| DeltaSinkError {
+                op: "create",
+                table: url.to_string(),
+                source: "the table does not exist after creating it".into(),
+            })
+    }
+
+    /// Opens the table at `url` if it exists (`None` if not), never creating it: for tools
+    /// that only look.
+    pub async fn open_existing(url: &Url, app_id: &str) -> Result<Option<Self>, DeltaSinkError> {
+        if url.scheme() == "file" && url.to_file_path().is_ok_and(|p| !p.join("_delta_log").exists()) {
+            return Ok(None);
+        }
+        Self::open(url, app_id, None).await
+    }
+
+    async fn open(
+        url: &Url,
+        app_id: &str,
+        create: Option<(&str, Vec<StructField>)>,
+    ) -> Result<Option<Self>, DeltaSinkError> {
         let uri = url.to_string();
         let local_root = (url.scheme() == "file")
             .then(|| url.to_file_path().ok())
             .flatten();
-        if let Some(root) = &local_root {
+        if let (Some(root), Some(_)) = (&local_root, &create) {
             std::fs::create_dir_all(root).map_err(sink_err("create table directory", &uri))?;
         }
         let mut table = DeltaTable::try_from_url(url.clone())
             .await
             .map_err(sink_err("open", &uri))?;
         if table.version().is_none() {
+            let Some((table_name, columns)) = create else {
+                return Ok(None);
+            };
             info!(table = %uri, columns = columns.len(), "creating delta table");
             table = table
                 .create()
@@ -159,13 +187,13 @@ impl DeltaSink {
         let arrow_schema = RecordBatchWriter::for_table(&table)
             .map_err(sink_err("read schema", &uri))?
             .arrow_schema();
-        Ok(Self {
+        Ok(Some(Self {
             table,
             uri,
             app_id: app_id.to_string(),
             local_root,
             arrow_schema,
-        })
+        }))
     }
 
     /// The table's schema as Arrow.
@@ -260,35 +288,105 @@ impl DeltaSink {
         Ok(None)
     }
 
-    /// Writes `batch` as Parquet files (fsynced on local storage) and returns their `add`
-    /// actions; nothing is visible in the table until [`DeltaSink::commit_epoch`].
-    pub async fn write_files(
+    /// Writes an epoch's rows as Parquet files (fsynced on local storage) and returns their
+    /// `add` actions; nothing is visible in the table until [`DeltaSink::commit_epoch`].
+    ///
+    /// File names are a pure function of (pipeline, epoch, part): a retried epoch rewrites the
+    /// same files instead of leaving the first attempt's behind, and
+    /// [`DeltaSink::sweep_uncommitted_files`] can find files of epochs the table does not hold.
+    /// Each file is uploaded whole (the local store writes a temporary file and renames it), so
+    /// a crash never leaves a half-written file under a final name.
+    pub async fn write_epoch_files(
         &mut self,
-        batch: RecordBatch,
+        epoch: i64,
+        batches: &[RecordBatch],
     ) -> Result<(Vec<Add>, WriteMetrics), DeltaSinkError> {
         let started = Instant::now();
-        let rows = batch.num_rows() as u64;
-        let mut writer =
-            RecordBatchWriter::for_table(&self.table).map_err(self.err("open writer"))?;
-        writer
-            .write(batch)
-            .await
-            .map_err(self.err("write parquet"))?;
-        let adds = writer.flush().await.map_err(self.err("flush parquet"))?;
-        if let Some(root) = &self.local_root {
-            for add in &adds {
-                fsync_file(&root.join(&add.path)).map_err(self.err("fsync parquet file"))?;
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if rows == 0 {
+            return Ok((Vec::new(), WriteMetrics::default()));
+        }
+        let all = arrow::compute::concat_batches(&self.arrow_schema, batches)
+            .map_err(self.err("concatenate epoch rows"))?;
+        let store = self.table.object_store();
+        let mut adds = Vec::new();
+        let mut part = 0usize;
+        let mut offset = 0usize;
+        while offset < rows {
+            let len = MAX_ROWS_PER_FILE.min(rows - offset);
+            let slice = all.slice(offset, len);
+            let name = data_file_name(&self.app_id, epoch, part);
+            let bytes = parquet_file::encode(&slice).map_err(self.err("encode parquet"))?;
+            let size = bytes.len() as i64;
+            store
+                .put(&deltalake::Path::from(name.as_str()), bytes.into())
+                .await
+                .map_err(self.err("write parquet file"))?;
+            if let Some(root) = &self.local_root {
+                fsync_file(&root.join(&name)).map_err(self.err("fsync parquet file"))?;
             }
+            adds.push(parquet_file::add_action(name, size, &slice));
+            offset += len;
+            part += 1;
+        }
+        if let Some(root) = &self.local_root {
             // The new names must be durable too, before a commit refers to them.
             fsync_file(root).map_err(self.err("fsync table directory"))?;
         }
         let metrics = WriteMetrics {
             files: adds.len(),
             bytes: adds.iter().map(|a| a.size.max(0) as u64).sum(),
-            rows,
+            rows: rows as u64,
             micros: started.elapsed().as_micros() as u64,
         };
         Ok((adds, metrics))
+    }
+
+    /// Deletes this pipeline's data files of epochs above `committed_epoch` (the table's txn
+    /// version): files of a write or commit that did not land. Returns their names.
+    ///
+    /// Safe because no commit of an epoch above the txn version exists, and no other writer
+    /// uses this pipeline's file names; the next attempt of such an epoch writes them again.
+    pub async fn sweep_uncommitted_files(
+        &mut self,
+        committed_epoch: i64,
+    ) -> Result<Vec<String>, DeltaSinkError> {
+        let store = self.table.object_store();
+        let listing = store
+            .list_with_delimiter(None)
+            .await
+            .map_err(self.err("list data files"))?;
+        let mut removed = Vec::new();
+        for object in listing.objects {
+            let name = object.location.to_string();
+            let Some(epoch) = data_file_epoch(&self.app_id, &name) else {
+                continue;
+            };
+            if epoch > committed_epoch {
+                store
+                    .delete(&object.location)
+                    .await
+                    .map_err(self.err("delete uncommitted data file"))?;
+                removed.push(name);
+            }
+        }
+        if !removed.is_empty() {
+            if let Some(root) = &self.local_root {
+                fsync_file(root).map_err(self.err("fsync table directory"))?;
+            }
+            info!(table = %self.uri, files = removed.len(), above_epoch = committed_epoch, "deleted data files of epochs the table does not hold");
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the files in `adds` (best effort): the commit they were written for failed.
+    pub async fn discard_files(&mut self, adds: &[Add]) {
+        let store = self.table.object_store();
+        for add in adds {
+            if let Err(e) = store.delete(&deltalake::Path::from(add.path.as_str())).await {
+                tracing::warn!(file = %add.path, "cannot delete the data file of a failed commit (the next start deletes it): {e}");
+            }
+        }
     }
 
     /// Commits `adds` as epoch `info.epoch`: one Delta commit with the `txn` action and the
@@ -325,6 +423,21 @@ impl DeltaSink {
         debug!(epoch = info.epoch, version, "epoch committed");
         Ok(CommitOutcome::Committed { version })
     }
+}
+
+/// Most rows in one data file: an epoch larger than this is split, deterministically.
+pub const MAX_ROWS_PER_FILE: usize = 1 << 20;
+
+/// The name of part `part` of `epoch`'s data for pipeline `app_id`.
+pub fn data_file_name(app_id: &str, epoch: i64, part: usize) -> String {
+    format!("tidemark-{app_id}-e{epoch:012}-p{part:04}.snappy.parquet")
+}
+
+/// The epoch in a data file name written by pipeline `app_id`, if it is one.
+pub fn data_file_epoch(app_id: &str, name: &str) -> Option<i64> {
+    let rest = name.strip_prefix("tidemark-")?.strip_prefix(app_id)?.strip_prefix("-e")?;
+    let (epoch, tail) = rest.split_at_checked(12)?;
+    tail.starts_with("-p").then(|| epoch.parse().ok()).flatten()
 }
 
 /// Wraps any error as a [`DeltaSinkError`] naming `op` and the table.

@@ -6,7 +6,7 @@
 //! A position that Kafka no longer holds (deleted by retention) is an error, never a silent
 //! jump (`auto.offset.reset=error`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,9 @@ pub struct KafkaSource {
     /// End of each partition when the source started: what "caught up" means.
     high_at_start: HashMap<TopicPartition, i64>,
     topic_names: HashMap<String, Arc<str>>,
+    /// Records that arrived while paused: handed out first by the next `next_batch`.
+    /// Positions advance only when a record is handed out, never when it is buffered.
+    pending: VecDeque<SourceRecord>,
 }
 
 impl KafkaSource {
@@ -206,7 +209,45 @@ impl KafkaSource {
             low_at_start,
             high_at_start,
             topic_names,
+            pending: VecDeque::new(),
         })
+    }
+
+    /// Keeps the consumer served while the caller's commit runs, however long it takes: what
+    /// arrives is kept (up to `cap` records) for the next batch. Past `cap` it stops taking
+    /// records, so librdkafka's bounded prefetch queue (`queued.max.messages.kbytes`) fills
+    /// and fetching stops: that is the back-pressure. Never returns on its own: race it against
+    /// the slow work. Counts its polls in `polls`.
+    ///
+    /// Why not `rd_kafka_pause`: a consumer that paused and resumed its partitions hung in
+    /// `rd_kafka_destroy` at shutdown (observed with librdkafka 2.12.1, broker thread never
+    /// exits). The assign-mode consumer has no group membership that a long gap between polls
+    /// could cost (librdkafka enforces `max.poll.interval.ms` only for subscribed consumers).
+    pub async fn poll_during_commit(&mut self, cap: usize, polls: &mut u64) -> KafkaSourceError {
+        loop {
+            *polls += 1;
+            if self.pending.len() >= cap {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            match tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()).await {
+                Err(_elapsed) => {}
+                Ok(Err(source)) => {
+                    return KafkaSourceError::Consume {
+                        source: Box::new(source),
+                    }
+                }
+                Ok(Ok(msg)) => {
+                    let record = self.owned(&msg);
+                    self.pending.push_back(record);
+                }
+            }
+        }
+    }
+
+    /// Records taken during a commit and not yet handed out.
+    pub fn buffered(&self) -> usize {
+        self.pending.len()
     }
 
     /// Total records between the start positions and the ends seen at start (lag at start).
@@ -241,6 +282,15 @@ impl KafkaSource {
     }
 }
 
+impl Drop for KafkaSource {
+    /// Gives the partitions back before librdkafka destroys the client.
+    fn drop(&mut self) {
+        if let Err(e) = self.consumer.unassign() {
+            warn!("kafka source: unassign at shutdown failed: {e}");
+        }
+    }
+}
+
 impl Source for KafkaSource {
     type Error = KafkaSourceError;
 
@@ -252,6 +302,11 @@ impl Source for KafkaSource {
         let deadline = Instant::now() + max_wait;
         let mut batch = Vec::with_capacity(max_records.min(65_536));
         while batch.len() < max_records {
+            if let Some(record) = self.pending.pop_front() {
+                self.positions.advance_past(&record);
+                batch.push(record);
+                continue;
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 break;

@@ -5,12 +5,14 @@
 //! - [`kafka`]: a Kafka source whose positions Tidemark owns (assign + seek, no auto-commit).
 //! - [`decode`]: JSON messages to Arrow record batches, with errors naming the record at fault.
 //! - [`delta`]: a Delta Lake sink that commits one epoch per Delta commit, with a `txn` action.
+//! - [`parquet_file`]: an epoch's rows as a Parquet file with its Delta `add` action and stats.
 //!
 //! This crate never imports the engine or the checkpoint crate.
 
 pub mod decode;
 pub mod delta;
 pub mod kafka;
+pub mod parquet_file;
 pub mod record;
 pub mod source;
 

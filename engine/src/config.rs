@@ -66,9 +66,12 @@ pub struct PipelineConfig {
     pub source: SourceConfig,
     /// Where rows go.
     pub sink: SinkConfig,
-    /// How records are grouped into epochs.
+    /// Epoch boundaries, the WAL and the checkpoint store.
     #[serde(default)]
-    pub batch: BatchConfig,
+    pub checkpoint: CheckpointConfig,
+    /// Renamed to `[checkpoint]`; kept only to say so.
+    #[serde(default)]
+    batch: Option<toml::Value>,
     /// What happens to bad records.
     #[serde(default)]
     pub errors: ErrorsConfig,
@@ -174,16 +177,47 @@ impl ColumnType {
     }
 }
 
-/// `[batch]`: where an epoch ends.
+/// `[checkpoint]`: where an epoch ends, and where the WAL and checkpoint store live.
+///
+/// An epoch ends when the first of `interval_ms`, `max_records` and `max_bytes` is reached
+/// (counted from its first record; an idle pipeline seals nothing).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BatchConfig {
+pub struct CheckpointConfig {
+    /// Directory of the WAL (`wal/`) and the checkpoint store (`store/`); relative paths are
+    /// resolved against the config file's directory. Default `.tidemark/<pipeline_id>`.
+    #[serde(default)]
+    pub dir: Option<String>,
     /// Longest time an epoch collects records, in milliseconds.
     #[serde(default = "default_interval_ms")]
     pub interval_ms: u64,
     /// Most records in one epoch.
     #[serde(default = "default_max_records")]
     pub max_records: usize,
+    /// Most payload bytes (keys + values) in one epoch.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// When WAL appends are fsynced: `on_seal` (default: a seal fsyncs the whole epoch; an
+    /// unsynced tail lost in a power cut is simply re-read from Kafka) or `every_batch`.
+    #[serde(default)]
+    pub wal_sync: WalSync,
+    /// WAL segment size in bytes; segments wholly before the checkpoint are deleted.
+    #[serde(default = "default_wal_segment_bytes")]
+    pub wal_segment_bytes: u64,
+    /// Checkpoints kept in the store's history (for `--rewind-to`).
+    #[serde(default = "default_retain")]
+    pub retain: usize,
+}
+
+/// `checkpoint.wal_sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WalSync {
+    /// fsync at each seal only.
+    #[default]
+    OnSeal,
+    /// fsync after each batch read from the source.
+    EveryBatch,
 }
 
 fn default_interval_ms() -> u64 {
@@ -194,16 +228,33 @@ fn default_max_records() -> usize {
     100_000
 }
 
-impl Default for BatchConfig {
+fn default_max_bytes() -> u64 {
+    64 << 20
+}
+
+fn default_wal_segment_bytes() -> u64 {
+    64 << 20
+}
+
+fn default_retain() -> usize {
+    10
+}
+
+impl Default for CheckpointConfig {
     fn default() -> Self {
         Self {
+            dir: None,
             interval_ms: default_interval_ms(),
             max_records: default_max_records(),
+            max_bytes: default_max_bytes(),
+            wal_sync: WalSync::default(),
+            wal_segment_bytes: default_wal_segment_bytes(),
+            retain: default_retain(),
         }
     }
 }
 
-impl BatchConfig {
+impl CheckpointConfig {
     /// The interval as a [`Duration`].
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms)
@@ -313,17 +364,31 @@ impl PipelineConfig {
                 return Err(invalid(&setting, format!("{:?} appears twice", c.name)));
             }
         }
-        if self.batch.interval_ms == 0 {
+        if self.batch.is_some() {
             return Err(invalid(
-                "batch.interval_ms",
-                "must be greater than 0".into(),
+                "batch",
+                "was renamed: put interval_ms and max_records under [checkpoint]".into(),
             ));
         }
-        if self.batch.max_records == 0 {
+        let c = &self.checkpoint;
+        for (setting, value) in [
+            ("checkpoint.interval_ms", c.interval_ms),
+            ("checkpoint.max_records", c.max_records as u64),
+            ("checkpoint.max_bytes", c.max_bytes),
+            ("checkpoint.retain", c.retain as u64),
+        ] {
+            if value == 0 {
+                return Err(invalid(setting, "must be greater than 0".into()));
+            }
+        }
+        if c.wal_segment_bytes < 4096 {
             return Err(invalid(
-                "batch.max_records",
-                "must be greater than 0".into(),
+                "checkpoint.wal_segment_bytes",
+                format!("must be at least 4096, got {}", c.wal_segment_bytes),
             ));
+        }
+        if c.dir.as_deref().is_some_and(|d| d.trim().is_empty()) {
+            return Err(invalid("checkpoint.dir", "must not be empty".into()));
         }
         self.table_url(path)?;
         Ok(())
@@ -352,6 +417,20 @@ impl PipelineConfig {
             setting: "sink.table_uri".into(),
             message: format!("{} is not a usable directory path", absolute.display()),
         })
+    }
+
+    /// The state directory (`checkpoint.dir`, resolved against the config file's directory).
+    pub fn state_dir(&self, config_path: &Path) -> PathBuf {
+        let base = config_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let dir = match &self.checkpoint.dir {
+            Some(d) => base.join(d.trim()),
+            None => base.join(".tidemark").join(&self.pipeline_id),
+        };
+        std::path::absolute(&dir).unwrap_or(dir)
     }
 
     /// Delta columns for creating the table: configured columns, then source columns if on.
@@ -410,7 +489,12 @@ type = "double"
     #[test]
     fn good_config_parses_with_defaults() {
         let c = parse(GOOD).unwrap();
-        assert_eq!(c.batch.interval_ms, 1000);
+        assert_eq!(c.checkpoint.interval_ms, 1000);
+        assert_eq!(c.checkpoint.wal_sync, WalSync::OnSeal);
+        assert_eq!(
+            c.state_dir(Path::new("/etc/tidemark/pipeline.toml")),
+            Path::new("/etc/tidemark/.tidemark/orders")
+        );
         assert_eq!(c.errors.on_invalid_record, OnInvalidRecord::Fail);
         assert!(c.sink.source_columns);
         assert_eq!(c.delta_columns().len(), 6);
@@ -444,10 +528,23 @@ type = "double"
                 "sink.columns[1].name",
             ),
             (
-                format!("{GOOD}\n[batch]\ninterval_ms = 0\n"),
-                "batch.interval_ms",
+                format!("{GOOD}\n[checkpoint]\ninterval_ms = 0\n"),
+                "checkpoint.interval_ms",
             ),
-            (format!("{GOOD}\n[batch]\nintervl_ms = 5\n"), "intervl_ms"),
+            (
+                format!("{GOOD}\n[checkpoint]\nmax_bytes = 0\n"),
+                "checkpoint.max_bytes",
+            ),
+            (
+                format!("{GOOD}\n[checkpoint]\nwal_segment_bytes = 10\n"),
+                "checkpoint.wal_segment_bytes",
+            ),
+            (
+                format!("{GOOD}\n[checkpoint]\nwal_sync = \"sometimes\"\n"),
+                "sometimes",
+            ),
+            (format!("{GOOD}\n[checkpoint]\nintervl_ms = 5\n"), "intervl_ms"),
+            (format!("{GOOD}\n[batch]\ninterval_ms = 5\n"), "[checkpoint]"),
             (
                 GOOD.replace(
                     "topics = [\"orders\"]",

@@ -241,7 +241,7 @@ columns = [
   {{ name = "created_at", type = "timestamp", nullable = false }},
 ]
 
-[batch]
+[checkpoint]
 interval_ms = 500
 max_records = {epoch_records}
 

@@ -1,7 +1,11 @@
 //! Tidemark's engine: the pipeline runtime and the `tidemark` CLI.
 //!
 //! - [`config`]: `pipeline.toml` and its validation.
-//! - [`pipeline`]: the run loop (one Delta commit per epoch, resume from the table).
+//! - [`pipeline`]: the run loop of the epoch protocol.
+//! - [`epoch`]: the epoch being read; [`epoch_log`]: what WAL frames hold.
+//! - [`committer`]: seal, Delta commit, checkpoint, truncation, in protocol order.
+//! - [`recovery`]: what to do on start, from the checkpoint, the WAL and the table.
+//! - [`status`]: `tidemark status`, what recovery would do next.
 //! - [`fault`]: crash points armed by `TIDEMARK_CRASH_AT` for crash tests.
 //! - [`audit`]: an independent reader of the table for exactly-once checks.
 //! - [`demo`]: the self-contained demo on librdkafka's in-process mock cluster.
@@ -10,8 +14,14 @@
 
 pub mod audit;
 pub mod cli;
+pub mod committer;
 pub mod config;
 pub mod demo;
-pub mod fault;
+pub mod epoch;
+pub mod epoch_log;
 pub mod pipeline;
 pub mod protocol;
+pub mod recovery;
+pub mod status;
+
+pub use tidemark_checkpoint::fault;

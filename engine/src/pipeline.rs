@@ -1,29 +1,35 @@
-//! The pipeline runtime: Kafka -> JSON decode -> Parquet -> one Delta commit per epoch.
+//! The pipeline runtime: Kafka -> WAL -> seal -> Parquet + one Delta commit -> checkpoint ->
+//! WAL truncation, one epoch at a time (the epoch protocol of ARCHITECTURE.md).
 //!
-//! Exactly-once rests on one invariant, kept in [`run`]: an epoch's rows and the positions at its
-//! end become visible in ONE Delta commit (with the `txn` action `{pipeline_id, epoch}`), and a
-//! restart resumes from the positions of the newest such commit. A crash anywhere therefore
-//! either loses the whole uncommitted epoch (re-read on restart) or none of it; nothing is
-//! written twice because an epoch whose txn version is already in the table is never committed
-//! again.
+//! Exactly-once rests on two invariants. An epoch's content is fixed at its seal (its WAL
+//! records, in order), and decoding is a pure function of it, so a redo after a crash writes the
+//! same rows. And an epoch's rows and end positions become visible in ONE Delta commit carrying
+//! `txn = epoch`, which is never made twice: recovery ([`crate::recovery`]) compares the
+//! checkpoint, the WAL and the table's txn version before anything is written.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tidemark_checkpoint::{StoreError, WalError};
 use tidemark_connectors::decode::{InvalidRecord, JsonDecoder};
-use tidemark_connectors::delta::{
-    CommitOutcome, DeltaSink, DeltaSinkError, EpochCommitInfo, SkippedRecord,
-};
+use tidemark_connectors::delta::{DeltaSink, DeltaSinkError};
 use tidemark_connectors::kafka::{KafkaSource, KafkaSourceConfig, KafkaSourceError};
 use tidemark_connectors::source::Source;
 use tidemark_connectors::Positions;
 use tracing::{info, warn};
 
-use crate::config::{ConfigError, OnInvalidRecord, PipelineConfig};
-use crate::fault::{self, CrashPoint};
+use crate::committer::EpochReport;
+use crate::config::{ConfigError, PipelineConfig};
+use crate::epoch::OpenEpoch;
+use crate::recovery::{self, RecoveryOutcome};
+
+/// Most records taken from the source per WAL group commit.
+const POLL_BATCH: usize = 8192;
+/// Longest wait for records before checking for a stop request or a due epoch.
+const POLL_WAIT: Duration = Duration::from_millis(200);
 
 /// Why a pipeline stopped other than by being asked to.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +67,26 @@ pub enum PipelineError {
         /// Which column differs and how.
         message: String,
     },
+    /// The write-ahead log failed.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The checkpoint store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The state directory (WAL, store) is not what recovery expects.
+    #[error("state {path}: {message}")]
+    State {
+        /// The file or place at fault.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Recovery refuses to start (the table and the checkpoint disagree).
+    #[error("recovery refused to start: {message}")]
+    Refused {
+        /// Both numbers and what to do.
+        message: String,
+    },
     /// The table's progress for this pipeline cannot be trusted.
     #[error("table {table}: {message}")]
     Progress {
@@ -76,6 +102,9 @@ pub enum PipelineError {
 pub struct RunOptions {
     /// Stop once every partition is read up to where it ended when the run started.
     pub until_caught_up: bool,
+    /// Allow starting when the table is behind the checkpoint store, rewinding to this
+    /// retained checkpoint (its committed epoch must be `<=` the table's txn version).
+    pub rewind_to: Option<u64>,
 }
 
 /// What a run did; printed as one JSON line when `tidemark run` ends.
@@ -103,6 +132,33 @@ pub struct RunSummary {
     pub elapsed_secs: f64,
     /// Why the run ended: `caught_up` or `shutdown`.
     pub stopped_because: &'static str,
+    /// What recovery found and did at start.
+    pub recovery: RecoveryOutcome,
+    /// Milliseconds from the start of the run to its first Delta commit (recovery time).
+    pub first_commit_ms: Option<u64>,
+    /// Median time from seal to durable checkpoint, milliseconds.
+    pub commit_ms_p50: Option<f64>,
+    /// 99th percentile of the same.
+    pub commit_ms_p99: Option<f64>,
+    /// Share of wall time spent writing checkpoints (RocksDB), 0..1.
+    pub checkpoint_time_share: f64,
+    /// Totals over the pipeline's life, as in the newest checkpoint.
+    pub totals: Totals,
+}
+
+/// Totals that must add up: `read = written + duplicates + late + dead_lettered`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Totals {
+    /// Records read.
+    pub read: u64,
+    /// Rows written.
+    pub written: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Late records dropped.
+    pub late: u64,
+    /// Records skipped or dead-lettered.
+    pub dead_lettered: u64,
 }
 
 /// A flag set by Ctrl-C / SIGTERM: the current epoch finishes, then the run stops.
@@ -127,7 +183,7 @@ impl Shutdown {
 }
 
 /// Runs the pipeline described by `config` (read from `config_path`) until caught up (if asked)
-/// or until `shutdown` is requested.
+/// or until `shutdown` is requested. Recovery runs first.
 pub async fn run(
     config: &PipelineConfig,
     config_path: &Path,
@@ -141,7 +197,7 @@ pub async fn run(
         .table_name
         .clone()
         .unwrap_or_else(|| config.pipeline_id.clone());
-    let mut sink = DeltaSink::open_or_create(
+    let sink = DeltaSink::open_or_create(
         &url,
         &config.pipeline_id,
         &table_name,
@@ -149,37 +205,42 @@ pub async fn run(
     )
     .await?;
     check_schema(config, &sink)?;
-
-    // Where to resume: the newest commit of this pipeline in the table.
-    let (txn_version, progress) = sink.progress().await?;
-    let (start_positions, last_epoch) = match (&progress, txn_version) {
-        (None, None) => {
-            info!(pipeline = %config.pipeline_id, table = %sink.uri(), "no earlier commit of this pipeline: starting from the beginning of each partition");
-            (Positions::new(), 0)
-        }
-        (Some(p), Some(v)) if p.info.epoch == v => {
-            info!(
-                pipeline = %config.pipeline_id,
-                epoch = v,
-                table_version = p.table_version,
-                positions = %p.info.end_positions,
-                "resuming after the newest committed epoch"
-            );
-            (p.info.end_positions.clone(), v)
-        }
-        (p, v) => {
-            return Err(PipelineError::Progress {
-                table: sink.uri().to_string(),
-                message: format!(
-                    "txn version for pipeline {:?} is {:?} but its newest commitInfo records epoch {:?}; \
-                     the table's log was altered or another writer uses this pipeline id",
-                    config.pipeline_id,
-                    v,
-                    p.as_ref().map(|p| p.info.epoch)
-                ),
-            })
-        }
+    let decoder = JsonDecoder::new(sink.arrow_schema().clone());
+    let state = config.state_dir(config_path);
+    let (mut committer, mut open, recovered) =
+        recovery::recover(config, &state, sink, &decoder, options.rewind_to).await?;
+    let mut summary = RunSummary {
+        pipeline_id: config.pipeline_id.clone(),
+        first_epoch: open.epoch as i64,
+        positions: open.end.clone(),
+        recovery: recovered.clone(),
+        ..RunSummary::default()
     };
+    let mut latencies = Vec::new();
+    let mut checkpoint_micros = 0u64;
+    let mut note_epoch = |report: &EpochReport, summary: &mut RunSummary| {
+        if report.version.is_some() {
+            summary.epochs_committed += 1;
+            if summary.first_commit_ms.is_none() {
+                let ms = started.elapsed().as_millis() as u64;
+                summary.first_commit_ms = Some(ms);
+                info!(ms, case = summary.recovery.case, replayed = summary.recovery.replayed_records, "first commit after start");
+            }
+        }
+        summary.records_read += report.records;
+        summary.rows_written += report.rows;
+        summary.records_skipped += report.skipped;
+        summary.files_written += report.files;
+        latencies.push(report.commit_micros);
+        checkpoint_micros += report.checkpoint_micros;
+    };
+    if recovered.case == "redo_epoch" {
+        // The redone epoch's commit counts as this run's first.
+        let ms = started.elapsed().as_millis() as u64;
+        summary.first_commit_ms = Some(ms);
+        summary.epochs_committed += 1;
+        info!(ms, case = recovered.case, replayed = recovered.replayed_records, "first commit after start");
+    }
 
     let source_config = KafkaSourceConfig {
         brokers: config.source.brokers.clone(),
@@ -187,116 +248,83 @@ pub async fn run(
         group_id: format!("tidemark-{}", config.pipeline_id),
         properties: config.source.properties.clone(),
     };
-    let start_for_connect = start_positions.clone();
+    let start_for_connect = open.end.clone();
     let mut source = tokio::task::spawn_blocking(move || {
         KafkaSource::connect(&source_config, &start_for_connect)
     })
     .await
     .map_err(|e| PipelineError::Progress {
-        table: sink.uri().to_string(),
+        table: committer.sink.uri().to_string(),
         message: format!("source connect task failed: {e}"),
     })??;
     info!(
-        lag = source.lag_at_start(&start_positions),
+        lag = source.lag_at_start(&open.end),
+        epoch = open.epoch,
+        replayed = open.records,
         "records waiting at start"
     );
 
-    let decoder = JsonDecoder::new(sink.arrow_schema().clone());
-    let mut summary = RunSummary {
-        pipeline_id: config.pipeline_id.clone(),
-        first_epoch: last_epoch + 1,
-        positions: start_positions.clone(),
-        ..RunSummary::default()
-    };
-    let mut epoch = last_epoch + 1;
-    let mut positions = start_positions;
-    let interval = config.batch.interval();
+    let on_invalid = config.errors.on_invalid_record;
+    let cp = &config.checkpoint;
     summary.stopped_because = loop {
-        if shutdown.requested() {
-            break "shutdown";
+        let stop = if shutdown.requested() {
+            Some("shutdown")
+        } else if options.until_caught_up && source.caught_up() {
+            Some("caught_up")
+        } else {
+            None
+        };
+        if open.is_due(cp) || (stop.is_some() && open.records > 0) {
+            let next = OpenEpoch::new(open.epoch + 1, open.end.clone());
+            let sealed = std::mem::replace(&mut open, next);
+            committer.seal(&sealed)?;
+            let report = committer.commit_sealed(sealed, Some(&mut source)).await?;
+            info!(
+                epoch = report.epoch,
+                version = ?report.version,
+                records = report.records,
+                rows = report.rows,
+                skipped = report.skipped,
+                files = report.files,
+                commit_ms = report.commit_micros / 1000,
+                checkpoint_us = report.checkpoint_micros,
+                polls_during_commit = report.polls_during_commit,
+                "epoch committed"
+            );
+            note_epoch(&report, &mut summary);
+            continue;
         }
-        if options.until_caught_up && source.caught_up() {
-            break "caught_up";
+        if let Some(why) = stop {
+            break why;
         }
-        let records = source
-            .next_batch(config.batch.max_records, interval)
-            .await?;
+        let want = (cp.max_records as u64 - open.records).min(POLL_BATCH as u64) as usize;
+        let wait = open.time_left(cp).min(POLL_WAIT);
+        let records = source.next_batch(want.max(1), wait).await?;
         if records.is_empty() {
             continue;
         }
-        let end_positions = source.positions().clone();
-        let epoch_started = Instant::now();
-        let decoded = decoder
-            .decode(&records)
-            .map_err(|source| PipelineError::Decode { epoch, source })?;
-        if let Some(first) = decoded.invalid.first() {
-            if config.errors.on_invalid_record == OnInvalidRecord::Fail {
-                return Err(PipelineError::InvalidRecord {
-                    record: first.clone(),
-                    epoch,
-                });
-            }
-            for bad in &decoded.invalid {
-                warn!(epoch, "skipping {bad}");
-            }
-        }
-        fault::hit(CrashPoint::BeforeParquetWrite);
-        let (adds, write) = match decoded.batch {
-            Some(batch) => sink.write_files(batch).await?,
-            None => (Vec::new(), Default::default()),
-        };
-        fault::hit(CrashPoint::AfterParquetWrite);
-        let info = EpochCommitInfo {
-            pipeline_id: config.pipeline_id.clone(),
-            epoch,
-            start_positions: positions.clone(),
-            end_positions: end_positions.clone(),
-            records_read: records.len() as u64,
-            rows_written: write.rows,
-            records_skipped: decoded.invalid.len() as u64,
-            skipped: decoded.invalid.iter().map(skipped).collect(),
-        };
-        match sink.commit_epoch(adds, &info).await? {
-            CommitOutcome::Committed { version } => {
-                fault::hit(CrashPoint::AfterDeltaCommit);
-                info!(
-                    epoch,
-                    version,
-                    records = info.records_read,
-                    rows = info.rows_written,
-                    skipped = info.records_skipped,
-                    files = write.files,
-                    bytes = write.bytes,
-                    write_ms = write.micros / 1000,
-                    epoch_ms = epoch_started.elapsed().as_millis() as u64,
-                    "epoch committed"
-                );
-                summary.table_version = Some(version);
-            }
-            CommitOutcome::AlreadyCommitted { txn_version } => {
-                return Err(PipelineError::Progress {
-                    table: sink.uri().to_string(),
-                    message: format!(
-                        "epoch {epoch} is already in the table (txn version {txn_version}): another \
-                         process writes with pipeline id {:?}; stopping without writing it again",
-                        config.pipeline_id
-                    ),
-                });
-            }
-        }
-        summary.epochs_committed += 1;
-        summary.records_read += info.records_read;
-        summary.rows_written += info.rows_written;
-        summary.records_skipped += info.records_skipped;
-        summary.files_written += write.files as u64;
-        positions = end_positions;
-        epoch += 1;
+        committer.log_records(open.epoch, &records)?;
+        open.add(&records, &decoder, on_invalid)?;
     };
-    summary.positions = positions;
-    if summary.table_version.is_none() {
-        summary.table_version = sink.table_version();
-    }
+    summary.positions = open.end.clone();
+    summary.table_version = committer.table_version.map(|v| v as u64);
     summary.elapsed_secs = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        (!latencies.is_empty())
+            .then(|| latencies[((latencies.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0)
+    };
+    summary.commit_ms_p50 = pct(0.5);
+    summary.commit_ms_p99 = pct(0.99);
+    summary.checkpoint_time_share = checkpoint_micros as f64 / 1e6 / summary.elapsed_secs.max(1e-9);
+    let t = committer.totals;
+    summary.totals = Totals {
+        read: t.read,
+        written: t.written,
+        duplicates: t.duplicates,
+        late: t.late,
+        dead_lettered: t.dead_lettered,
+    };
     info!(
         stopped_because = summary.stopped_because,
         epochs = summary.epochs_committed,
@@ -305,15 +333,6 @@ pub async fn run(
         "pipeline stopped"
     );
     Ok(summary)
-}
-
-fn skipped(r: &InvalidRecord) -> SkippedRecord {
-    SkippedRecord {
-        topic: r.topic.clone(),
-        partition: r.partition,
-        offset: r.offset,
-        reason: r.reason.as_str().to_string(),
-    }
 }
 
 /// Every configured column must exist in the table with the same type and nullability.

@@ -71,6 +71,18 @@ pub fn produce(
     n: u64,
     value: impl Fn(u64) -> Vec<u8>,
 ) -> BTreeMap<(String, i32), i64> {
+    produce_range(brokers, topic, partitions, 0..n, value)
+}
+
+/// Like [`produce`] for messages `range` (message i goes to partition `i % partitions`);
+/// returns how many went to each partition.
+pub fn produce_range(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    range: std::ops::Range<u64>,
+    value: impl Fn(u64) -> Vec<u8>,
+) -> BTreeMap<(String, i32), i64> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
@@ -78,7 +90,7 @@ pub fn produce(
         .create()
         .expect("producer");
     let mut ends = BTreeMap::new();
-    for i in 0..n {
+    for i in range {
         let partition = (i % partitions as u64) as i32;
         let key = format!("k{i}");
         let payload = value(i);
@@ -147,10 +159,20 @@ impl Fixture {
         }
     }
 
+    /// The pipeline's state directory (WAL and checkpoint store), as configured by default.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join(".tidemark").join("test")
+    }
+
     /// Starts `tidemark run` on the fixture's config with extra env vars.
     pub fn spawn(&self, until_caught_up: bool, env: &[(&str, &str)]) -> Child {
+        self.spawn_with(until_caught_up, &[], env)
+    }
+
+    /// Starts `tidemark run` with extra arguments and env vars.
+    pub fn spawn_with(&self, until_caught_up: bool, args: &[&str], env: &[(&str, &str)]) -> Child {
         let mut cmd = Command::new(&self.exe);
-        cmd.arg("run").arg("--config").arg(&self.config);
+        cmd.arg("run").arg("--config").arg(&self.config).args(args);
         if until_caught_up {
             cmd.arg("--until-caught-up");
         }
@@ -167,6 +189,49 @@ impl Fixture {
     pub fn run_to_end(&self, env: &[(&str, &str)]) -> Output {
         self.spawn(true, env).wait_with_output().expect("wait")
     }
+
+    /// Runs `tidemark status` (with `--json` if asked) and returns its output.
+    pub fn status(&self, json: bool) -> Output {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("status").arg("--config").arg(&self.config);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.env("RUST_LOG", "warn").output().expect("run tidemark status")
+    }
+
+    /// Parquet files in the table directory that the table does not reference: must be none.
+    pub fn orphan_files(&self, live: &std::collections::BTreeSet<String>) -> Vec<String> {
+        std::fs::read_dir(&self.table)
+            .expect("list table")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".parquet") && !live.contains(n))
+            .collect()
+    }
+}
+
+/// `text` without ANSI colour codes (tracing colours its output even into pipes).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The stderr of `output`, without colour codes.
+pub fn stderr_of(output: &Output) -> String {
+    strip_ansi(&String::from_utf8_lossy(&output.stderr))
 }
 
 /// The JSON summary line `tidemark run` prints on stdout.

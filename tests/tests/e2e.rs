@@ -1,19 +1,19 @@
 //! End-to-end tests of the Kafka -> Delta path against a real broker (tansu, via scripts/test),
-//! the checkpoint crate's SIGKILL crash tests (module `checkpoint_crash`),
+//! the epoch protocol's crash, chaos and recovery tests (module `protocol`), the checkpoint
+//! crate's SIGKILL crash tests (module `checkpoint_crash`),
 //! plus the broker-free demo.
 
 use std::collections::BTreeSet;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::Duration;
 
-use rand::Rng;
 use tidemark_engine::audit;
-use tidemark_engine::fault::CrashPoint;
 use tidemark_tests::{broker, create_topic, order_json, produce, summary, unique_topic, Fixture};
 
 #[path = "e2e/checkpoint_crash.rs"]
 mod checkpoint_crash;
+#[path = "e2e/protocol.rs"]
+mod protocol;
 
 const EXE: &str = env!("CARGO_BIN_EXE_tidemark-under-test");
 
@@ -86,132 +86,6 @@ async fn assert_exactly_once(
     );
     assert_eq!(txn, replay.txn.get("test").copied());
     assert_eq!(txn, epochs.last().copied());
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn sigkill_at_random_moments_keeps_exactly_once() {
-    let Some(brokers) = broker() else { return };
-    let (fixture, ends) = topic_and_fixture(
-        &brokers,
-        "chaos",
-        3,
-        100_000,
-        "[batch]\ninterval_ms = 200\nmax_records = 2000\n",
-    )
-    .await;
-    let mut rng = rand::rng();
-    // A kill counts when the run was still going AND had committed something since the last
-    // kill: it then died between commits, with work in flight.
-    let mut kills = 0;
-    let committed = |f: &Fixture| {
-        audit::replay_log(&f.table)
-            .ok()
-            .and_then(|r| r.txn.get("test").copied())
-            .unwrap_or(0)
-    };
-    for _ in 0..15 {
-        let before = committed(&fixture);
-        let mut child = fixture.spawn(true, &[]);
-        // Let the run commit at least one epoch, then kill it at a random moment after that.
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while committed(&fixture) == before && std::time::Instant::now() < deadline {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..250))).await;
-        if child.try_wait().unwrap().is_some() {
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            break;
-        }
-        child.kill().unwrap();
-        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
-        if committed(&fixture) > before {
-            kills += 1;
-        }
-        if kills >= 5 {
-            break;
-        }
-    }
-    assert!(
-        kills >= 3,
-        "only {kills} runs were killed mid-way after making progress"
-    );
-    let out = fixture.run_to_end(&[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_exactly_once(&fixture, &ends, 100_000).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn each_crash_point_keeps_exactly_once() {
-    let Some(brokers) = broker() else { return };
-    for point in CrashPoint::ALL {
-        let (fixture, ends) = topic_and_fixture(
-            &brokers,
-            point.name(),
-            3,
-            3_000,
-            "[batch]\ninterval_ms = 200\nmax_records = 500\n",
-        )
-        .await;
-        let spec = format!("{}@2", point.name());
-        let crashed = fixture.run_to_end(&[(tidemark_engine::fault::ENV, &spec)]);
-        assert_eq!(
-            crashed.status.signal(),
-            Some(libc::SIGKILL),
-            "{point}: no crash"
-        );
-        let replay = audit::replay_log(&fixture.table).unwrap();
-        let committed = replay.txn.get("test").copied();
-        let expect = if point == CrashPoint::AfterDeltaCommit {
-            2
-        } else {
-            1
-        };
-        assert_eq!(
-            committed,
-            Some(expect),
-            "{point}: epochs committed before the crash"
-        );
-        if point == CrashPoint::AfterParquetWrite {
-            let on_disk = std::fs::read_dir(&fixture.table)
-                .unwrap()
-                .filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .path()
-                        .extension()
-                        .is_some_and(|x| x == "parquet")
-                })
-                .count();
-            assert!(
-                on_disk > replay.live_files.len(),
-                "{point}: the crash must follow a Parquet write"
-            );
-        }
-        let out = fixture.run_to_end(&[]);
-        assert!(
-            out.status.success(),
-            "{point}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            summary(&out)["first_epoch"],
-            expect + 1,
-            "{point}: resumed at the wrong epoch"
-        );
-        assert_exactly_once(&fixture, &ends, 3_000).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -293,7 +167,7 @@ fn bad_config_fails_at_start_naming_the_setting() {
     let config = dir.path().join("pipeline.toml");
     std::fs::write(
         &config,
-        "pipeline_id = \"p\"\n[source]\nbrokers = \"127.0.0.1:1\"\ntopics = [\"t\"]\n[sink]\ntable_uri = \"t\"\n[batch]\nmax_records = 0\n",
+        "pipeline_id = \"p\"\n[source]\nbrokers = \"127.0.0.1:1\"\ntopics = [\"t\"]\n[sink]\ntable_uri = \"t\"\n[checkpoint]\nmax_records = 0\n",
     )
     .unwrap();
     let out = std::process::Command::new(EXE)
@@ -303,7 +177,7 @@ fn bad_config_fails_at_start_naming_the_setting() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("batch.max_records"), "{stderr}");
+    assert!(stderr.contains("checkpoint.max_records"), "{stderr}");
 }
 
 #[test]
@@ -384,7 +258,7 @@ async fn sigterm_finishes_the_current_epoch_and_stops_cleanly() {
         "sigterm",
         2,
         20_000,
-        "[batch]\ninterval_ms = 200\nmax_records = 1000\n",
+        "[checkpoint]\ninterval_ms = 200\nmax_records = 1000\n",
     )
     .await;
     // Not --until-caught-up: only the signal ends this run.

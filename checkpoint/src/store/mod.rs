@@ -184,6 +184,44 @@ impl CheckpointStore {
         Ok(store)
     }
 
+    /// Opens an existing store for reading only, without taking its lock: for tools that
+    /// inspect a store a running pipeline holds open.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let db = DB::open_cf_for_read_only(
+            &Options::default(),
+            path,
+            [CF_META, CF_HISTORY, CF_DEDUP],
+            false,
+        )
+        .map_err(|source| StoreError::Rocks {
+            op: "open read-only",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+            options: StoreOptions::default(),
+        })
+    }
+
+    /// Forgets every checkpoint and the dedup state (one synced batch): used when the table
+    /// was restored behind the store and the pipeline restarts from the table's progress.
+    pub fn reset(&self) -> Result<(), StoreError> {
+        let (meta, history, dedup) = (self.cf(CF_META)?, self.cf(CF_HISTORY)?, self.cf(CF_DEDUP)?);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(history, &[0u8; 8][..], &[0xffu8; 9][..]);
+        batch.delete_range_cf(dedup, Vec::<u8>::new(), vec![0xffu8; 64]);
+        batch.delete_cf(meta, KEY_CURRENT);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(self.rocks("reset checkpoints"))?;
+        info!(path = %self.path.display(), "checkpoint history and dedup state cleared");
+        Ok(())
+    }
+
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
         self.db.cf_handle(name).ok_or_else(|| StoreError::Foreign {
             path: self.path.clone(),
@@ -309,6 +347,7 @@ impl CheckpointStore {
                 pruned += 1;
             }
         }
+        crate::fault::hit(crate::fault::CrashPoint::MidCheckpointWrite);
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db

@@ -186,6 +186,21 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     Ok(out)
 }
 
+/// The segment files in `dir` as `(id, path, size in bytes)`, oldest first, without opening
+/// or repairing anything: for tools that inspect a log another process may be writing.
+pub fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>, WalError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    list_segments(dir)?
+        .into_iter()
+        .map(|(id, path)| {
+            let size = fs::metadata(&path).map_err(io_err("stat", &path))?.len();
+            Ok((id, path, size))
+        })
+        .collect()
+}
+
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -523,6 +538,14 @@ impl Wal {
         Ok(())
     }
 
+    /// Starts a new segment whose first frames belong to `first_epoch`, so the next frame
+    /// lands at a position after every earlier one: recovery calls it when the valid log ended
+    /// before the checkpointed position (its tail was lost), to re-anchor the checkpoint there.
+    pub fn start_new_segment(&mut self, first_epoch: u64) -> Result<WalPosition, WalError> {
+        self.roll(first_epoch)?;
+        Ok(self.end())
+    }
+
     /// Closes the current segment (written and fsynced) and starts a new one.
     fn roll(&mut self, first_epoch: u64) -> Result<(), WalError> {
         self.sync()?;
@@ -553,11 +576,30 @@ impl Wal {
         Ok(())
     }
 
+    /// Drops the whole log: starts a new (empty) segment for `first_epoch`, then deletes every
+    /// earlier one. For a restart that does not resume from the log (the checkpoint store was
+    /// lost, or the pipeline rewinds): segment ids keep growing, so no old position can point
+    /// into the new log. Returns the segments and bytes deleted.
+    pub fn reset(&mut self, first_epoch: u64) -> Result<(usize, u64), WalError> {
+        self.roll(first_epoch)?;
+        let old: Vec<Segment> = self.segments.drain(..self.segments.len() - 1).collect();
+        let mut bytes = 0;
+        for s in &old {
+            bytes += fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(&s.path).map_err(io_err("remove segment", &s.path))?;
+        }
+        sync_dir(&self.dir)?;
+        Ok((old.len(), bytes))
+    }
+
     /// Deletes segments whose frames all belong to epochs before `epoch`; returns how many.
     /// The newest segment is always kept.
     pub fn truncate_before(&mut self, epoch: u64) -> Result<usize, WalError> {
         let mut removed = 0;
         while self.segments.len() > 1 && self.segments[1].first_epoch < epoch {
+            if removed > 0 {
+                crate::fault::hit(crate::fault::CrashPoint::DuringTruncation);
+            }
             let s = self.segments.remove(0);
             fs::remove_file(&s.path).map_err(io_err("remove segment", &s.path))?;
             removed += 1;

@@ -1,4 +1,7 @@
-//! Named crash points, armed through the environment, for crash tests.
+//! Named crash points of the epoch protocol, armed through the environment, for crash tests.
+//!
+//! They live in this crate (the lowest one) because two of them sit inside it: the middle of a
+//! checkpoint write and the middle of WAL truncation; the engine calls the others.
 //!
 //! `TIDEMARK_CRASH_AT=<point>` kills the process with SIGKILL the first time it reaches
 //! `<point>`; `<point>@<n>` on the n-th time. Compiled in always, inert unless armed: an unarmed
@@ -12,31 +15,55 @@ use std::sync::OnceLock;
 /// The environment variable that arms a crash point.
 pub const ENV: &str = "TIDEMARK_CRASH_AT";
 
-/// Every place the pipeline can be made to crash.
+/// Every place the pipeline can be made to crash, in protocol order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
-    /// An epoch's records are read, nothing written yet.
+    /// Records were read from the source; none of the batch is in the WAL yet.
+    BeforeWalAppend,
+    /// A batch of records is in the WAL (written, maybe not synced); the epoch is open.
+    AfterWalAppend,
+    /// `SEAL(e)` is durable; nothing of the epoch is in the table.
+    AfterSeal,
+    /// The epoch is sealed, its rows decoded; no Parquet file is written yet.
     BeforeParquetWrite,
     /// Parquet files are written (and fsynced), the Delta commit is not.
     AfterParquetWrite,
-    /// The Delta commit landed; nothing after it happened.
+    /// The Delta commit landed; the checkpoint is not written.
     AfterDeltaCommit,
+    /// Inside the checkpoint write: the RocksDB batch is built but not applied.
+    MidCheckpointWrite,
+    /// The checkpoint is durable; the WAL is not truncated.
+    AfterCheckpoint,
+    /// Between two segment deletions of WAL truncation.
+    DuringTruncation,
 }
 
 impl CrashPoint {
     /// All points, for tests that crash at each.
-    pub const ALL: [CrashPoint; 3] = [
+    pub const ALL: [CrashPoint; 9] = [
+        CrashPoint::BeforeWalAppend,
+        CrashPoint::AfterWalAppend,
+        CrashPoint::AfterSeal,
         CrashPoint::BeforeParquetWrite,
         CrashPoint::AfterParquetWrite,
         CrashPoint::AfterDeltaCommit,
+        CrashPoint::MidCheckpointWrite,
+        CrashPoint::AfterCheckpoint,
+        CrashPoint::DuringTruncation,
     ];
 
     /// The name used in [`ENV`].
     pub fn name(self) -> &'static str {
         match self {
+            CrashPoint::BeforeWalAppend => "before_wal_append",
+            CrashPoint::AfterWalAppend => "after_wal_append",
+            CrashPoint::AfterSeal => "after_seal",
             CrashPoint::BeforeParquetWrite => "before_parquet_write",
             CrashPoint::AfterParquetWrite => "after_parquet_write",
             CrashPoint::AfterDeltaCommit => "after_delta_commit",
+            CrashPoint::MidCheckpointWrite => "mid_checkpoint_write",
+            CrashPoint::AfterCheckpoint => "after_checkpoint",
+            CrashPoint::DuringTruncation => "during_truncation",
         }
     }
 }
@@ -121,6 +148,8 @@ pub fn hit(point: CrashPoint) {
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);
         }
+        // kill(2) to ourselves with SIGKILL does not return; if it somehow did, do not go on.
+        std::process::abort();
     }
 }
 

@@ -1,0 +1,275 @@
+//! Steps 1–5 of the epoch protocol (ARCHITECTURE.md) as I/O: WAL append, seal, Delta commit,
+//! checkpoint, truncate. The order is the invariant; it is kept here and nowhere else:
+//!
+//! 1. records go to the WAL before they count as part of an epoch;
+//! 2. `SEAL(e)` is durable before any Parquet file of `e` is written;
+//! 3. the Delta commit of `e` (with `txn = e`) lands before checkpoint `e` is written;
+//! 4. checkpoint `e` is durable before any WAL segment of `e` is deleted.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tidemark_checkpoint::store::Counts;
+use tidemark_checkpoint::wal::FrameKind;
+use tidemark_checkpoint::{CheckpointRecord, CheckpointStore, Wal};
+use tidemark_connectors::decode::InvalidRecord;
+use tidemark_connectors::delta::{CommitOutcome, DeltaSink, EpochCommitInfo, SkippedRecord};
+use tidemark_connectors::kafka::KafkaSource;
+use tidemark_connectors::{Positions, SourceRecord};
+use tracing::info;
+
+use crate::epoch::OpenEpoch;
+use crate::epoch_log::{encode_record, to_store_positions, SealInfo};
+use crate::fault::{self, CrashPoint};
+use crate::pipeline::PipelineError;
+
+/// Environment variable that delays every Delta commit by this many milliseconds: a fault
+/// injection for liveness tests (a slow object store). Inert unless set.
+pub const COMMIT_DELAY_ENV: &str = "TIDEMARK_FAULT_COMMIT_DELAY_MS";
+
+/// Most records taken from the source while an epoch commits (then librdkafka's own bounded
+/// prefetch queue holds the rest and fetching stops).
+const BUFFER_DURING_COMMIT: usize = 50_000;
+
+/// What committing one epoch did.
+#[derive(Debug, Clone, Default)]
+pub struct EpochReport {
+    /// The epoch.
+    pub epoch: u64,
+    /// Records in it.
+    pub records: u64,
+    /// Rows written.
+    pub rows: u64,
+    /// Records skipped as invalid.
+    pub skipped: u64,
+    /// Parquet files written.
+    pub files: u64,
+    /// The Delta version of its commit (`None`: the epoch needed no commit).
+    pub version: Option<u64>,
+    /// Time from seal to durable checkpoint, in microseconds.
+    pub commit_micros: u64,
+    /// Of which the checkpoint write, in microseconds.
+    pub checkpoint_micros: u64,
+    /// Polls of the consumer while the commit ran (it is never left unpolled).
+    pub polls_during_commit: u64,
+}
+
+/// The durable side of a pipeline: the table, the WAL and the checkpoint store.
+pub struct Committer {
+    /// The Delta table.
+    pub sink: DeltaSink,
+    /// The write-ahead log.
+    pub wal: Wal,
+    /// The checkpoint store.
+    pub store: CheckpointStore,
+    /// The pipeline id (the txn appId).
+    pub pipeline_id: String,
+    /// Totals as of the newest checkpoint (plus the epochs committed since).
+    pub totals: Counts,
+    /// Newest epoch that made a Delta commit (`t`).
+    pub committed_epoch: u64,
+    /// Delta version of that commit.
+    pub table_version: Option<i64>,
+    encode_buf: Vec<u8>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn skipped(r: &InvalidRecord) -> SkippedRecord {
+    SkippedRecord {
+        topic: r.topic.clone(),
+        partition: r.partition,
+        offset: r.offset,
+        reason: r.reason.as_str().to_string(),
+    }
+}
+
+impl Committer {
+    /// A committer over opened parts, continuing from `totals` and `t`.
+    pub fn new(
+        sink: DeltaSink,
+        wal: Wal,
+        store: CheckpointStore,
+        pipeline_id: String,
+        totals: Counts,
+        committed_epoch: u64,
+        table_version: Option<i64>,
+    ) -> Self {
+        Self {
+            sink,
+            wal,
+            store,
+            pipeline_id,
+            totals,
+            committed_epoch,
+            table_version,
+            encode_buf: Vec::new(),
+        }
+    }
+
+    /// Step 1: appends `records` of `epoch` to the WAL as one group commit.
+    pub fn log_records(&mut self, epoch: u64, records: &[SourceRecord]) -> Result<(), PipelineError> {
+        fault::hit(CrashPoint::BeforeWalAppend);
+        for r in records {
+            self.encode_buf.clear();
+            encode_record(r, &mut self.encode_buf);
+            self.wal.append(FrameKind::Record, epoch, &self.encode_buf)?;
+        }
+        self.wal.commit()?;
+        fault::hit(CrashPoint::AfterWalAppend);
+        Ok(())
+    }
+
+    /// Step 2: seals `open` (durable when this returns).
+    pub fn seal(&mut self, open: &OpenEpoch) -> Result<(), PipelineError> {
+        let info = SealInfo {
+            start_positions: open.start.clone(),
+            end_positions: open.end.clone(),
+            records: open.records,
+        };
+        self.wal.seal(open.epoch, &info.encode())?;
+        fault::hit(CrashPoint::AfterSeal);
+        Ok(())
+    }
+
+    /// Steps 3–5 for a sealed epoch: Parquet + one Delta commit (skipped when the epoch has
+    /// nothing to record), checkpoint, WAL truncation. While the commit runs, `source` (if any)
+    /// keeps being polled (bounded buffering is the back-pressure).
+    pub async fn commit_sealed(
+        &mut self,
+        open: OpenEpoch,
+        source: Option<&mut KafkaSource>,
+    ) -> Result<EpochReport, PipelineError> {
+        let started = Instant::now();
+        let epoch = open.epoch;
+        let rows = open.rows();
+        let mut report = EpochReport {
+            epoch,
+            records: open.records,
+            rows,
+            skipped: open.invalid.len() as u64,
+            ..EpochReport::default()
+        };
+        if rows > 0 || !open.invalid.is_empty() {
+            fault::hit(CrashPoint::BeforeParquetWrite);
+            let (adds, write) = self
+                .sink
+                .write_epoch_files(epoch as i64, &open.batches)
+                .await?;
+            fault::hit(CrashPoint::AfterParquetWrite);
+            report.files = write.files as u64;
+            let info = EpochCommitInfo {
+                pipeline_id: self.pipeline_id.clone(),
+                epoch: epoch as i64,
+                start_positions: open.start.clone(),
+                end_positions: open.end.clone(),
+                records_read: open.records,
+                rows_written: rows,
+                records_skipped: report.skipped,
+                skipped: open.invalid.iter().map(skipped).collect(),
+            };
+            let outcome = match source {
+                Some(source) => {
+                    let mut polls = 0;
+                    let outcome = {
+                        let commit = commit_with_delay(&mut self.sink, adds.clone(), &info);
+                        tokio::pin!(commit);
+                        tokio::select! {
+                            outcome = &mut commit => outcome,
+                            err = source.poll_during_commit(BUFFER_DURING_COMMIT, &mut polls) => {
+                                return Err(PipelineError::Source(err));
+                            }
+                        }
+                    };
+                    report.polls_during_commit = polls;
+                    outcome
+                }
+                None => commit_with_delay(&mut self.sink, adds.clone(), &info).await,
+            };
+            match outcome {
+                Ok(CommitOutcome::Committed { version }) => {
+                    fault::hit(CrashPoint::AfterDeltaCommit);
+                    report.version = Some(version);
+                    self.committed_epoch = epoch;
+                    self.table_version = Some(version as i64);
+                }
+                Ok(CommitOutcome::AlreadyCommitted { txn_version }) => {
+                    return Err(PipelineError::Progress {
+                        table: self.sink.uri().to_string(),
+                        message: format!(
+                            "epoch {epoch} is already in the table (txn version {txn_version}): another \
+                             process writes with pipeline id {:?}; stopping without writing it again",
+                            self.pipeline_id
+                        ),
+                    });
+                }
+                Err(e) => {
+                    self.sink.discard_files(&adds).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        self.totals.read += open.records;
+        self.totals.written += rows;
+        self.totals.dead_lettered += report.skipped;
+        let cp_started = Instant::now();
+        self.checkpoint(epoch, &open.end)?;
+        report.checkpoint_micros = cp_started.elapsed().as_micros() as u64;
+        report.commit_micros = started.elapsed().as_micros() as u64;
+        Ok(report)
+    }
+
+    /// Steps 4–5: writes checkpoint `epoch` at `positions` (the WAL position is the log's end,
+    /// just after `SEAL(epoch)`), then deletes WAL segments wholly before `epoch + 1`.
+    pub fn checkpoint(&mut self, epoch: u64, positions: &Positions) -> Result<(), PipelineError> {
+        let wal_at = self.wal.end();
+        let record = CheckpointRecord {
+            epoch,
+            committed_epoch: self.committed_epoch,
+            table_version: self.table_version,
+            watermark: None,
+            wal_segment: wal_at.segment,
+            wal_offset: wal_at.offset,
+            created_at_ms: now_ms(),
+            counts: self.totals,
+            positions: to_store_positions(positions),
+        };
+        self.store.write(&record, &[], None)?;
+        fault::hit(CrashPoint::AfterCheckpoint);
+        let removed = self.wal.truncate_before(epoch + 1)?;
+        if removed > 0 {
+            tracing::debug!(epoch, segments = removed, "wal segments before the checkpoint deleted");
+        }
+        Ok(())
+    }
+
+    /// Logs what the table and store say after recovery.
+    pub fn log_state(&self, what: &str) {
+        info!(
+            committed_epoch = self.committed_epoch,
+            table_version = ?self.table_version,
+            read = self.totals.read,
+            written = self.totals.written,
+            "{what}"
+        );
+    }
+}
+
+async fn commit_with_delay(
+    sink: &mut DeltaSink,
+    adds: Vec<deltalake::kernel::Add>,
+    info: &EpochCommitInfo,
+) -> Result<CommitOutcome, tidemark_connectors::delta::DeltaSinkError> {
+    if let Some(ms) = std::env::var(COMMIT_DELAY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tracing::warn!(ms, "fault injection: delaying the Delta commit");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    sink.commit_epoch(adds, info).await
+}

@@ -1,0 +1,461 @@
+//! Recovery on start (ARCHITECTURE.md, "Recovery"): gathers the facts — checkpoint `c` with
+//! its `t`, the WAL after `c`, the table's txn version `v` — asks [`protocol::decide`] what to
+//! do, and does it. Also the two starts without a usable checkpoint: the store was lost (resume
+//! from the table's own progress) and a rewind after the table was restored behind the store.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tidemark_checkpoint::store::Counts;
+use tidemark_checkpoint::wal::{FrameKind, RecoveryReport as WalRecovery};
+use tidemark_checkpoint::{
+    CheckpointRecord, CheckpointStore, StoreError, StoreOptions, SyncPolicy, Wal, WalOptions,
+    WalPosition,
+};
+use tidemark_connectors::decode::JsonDecoder;
+use tidemark_connectors::delta::{DeltaSink, TableProgress};
+use tidemark_connectors::{Positions, SourceRecord};
+use tracing::{error, info, warn};
+
+use crate::committer::Committer;
+use crate::config::{PipelineConfig, WalSync};
+use crate::epoch::OpenEpoch;
+use crate::epoch_log::{from_store_positions, RecordDecoder, SealInfo};
+use crate::pipeline::PipelineError;
+use crate::protocol::{decide, RecoveryDecision, RecoveryFacts};
+
+/// What recovery found and did; part of the run summary.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecoveryOutcome {
+    /// Which case applied: `fresh`, `resume_epoch`, `redo_epoch`, `write_missing_checkpoint`,
+    /// `from_table` (store lost or empty while the table has commits), `rewind`.
+    pub case: &'static str,
+    /// Checkpoint epoch found (`c`).
+    pub checkpoint_epoch: u64,
+    /// Its committed epoch (`t`).
+    pub committed_epoch: u64,
+    /// The table's txn version (`v`).
+    pub table_txn: u64,
+    /// Records replayed from the WAL.
+    pub replayed_records: u64,
+    /// Bytes of damaged WAL tail cut off.
+    pub wal_bytes_cut: u64,
+    /// True when the checkpoint store was missing or unreadable and the table's progress was
+    /// used instead.
+    pub store_lost: bool,
+    /// Uncommitted data files deleted at start.
+    pub orphan_files_deleted: usize,
+    /// The epoch the run continues with.
+    pub next_epoch: u64,
+}
+
+/// Where the WAL and the store live under the state directory.
+pub fn wal_dir(state: &Path) -> PathBuf {
+    state.join("wal")
+}
+
+/// See [`wal_dir`].
+pub fn store_dir(state: &Path) -> PathBuf {
+    state.join("store")
+}
+
+/// WAL settings from the config.
+pub fn wal_options(config: &PipelineConfig) -> WalOptions {
+    WalOptions {
+        segment_size: config.checkpoint.wal_segment_bytes,
+        sync: match config.checkpoint.wal_sync {
+            WalSync::OnSeal => SyncPolicy::OnSeal,
+            WalSync::EveryBatch => SyncPolicy::EveryBatch,
+        },
+    }
+}
+
+fn wal_position(c: &CheckpointRecord) -> WalPosition {
+    WalPosition {
+        segment: c.wal_segment,
+        offset: c.wal_offset,
+    }
+}
+
+/// Opens the store; a store that exists but cannot be opened is moved aside (kept for
+/// inspection) and replaced by an empty one. Returns the store and whether it was lost.
+fn open_store(dir: &Path, retain: usize) -> Result<(CheckpointStore, bool), PipelineError> {
+    let existed = dir.join("CURRENT").exists();
+    match CheckpointStore::open(dir, StoreOptions { retain }) {
+        Ok(store) => Ok((store, false)),
+        Err(e @ StoreError::NewerFormat { .. }) => Err(e.into()),
+        Err(e) if existed => {
+            let ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            let aside = dir.with_file_name(format!("store.unreadable-{ms}"));
+            error!(store = %dir.display(), moved_to = %aside.display(), "CHECKPOINT STORE UNREADABLE ({e}); moving it aside and resuming from the table's own progress");
+            std::fs::rename(dir, &aside).map_err(|io| PipelineError::State {
+                path: dir.to_path_buf(),
+                message: format!("cannot move the unreadable store aside: {io}"),
+            })?;
+            let store = CheckpointStore::open(dir, StoreOptions { retain })?;
+            Ok((store, true))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The records and seal of epoch `epoch` found in the WAL from `from`.
+fn scan_epoch(
+    wal: &Wal,
+    from: WalPosition,
+    epoch: u64,
+) -> Result<(Vec<SourceRecord>, Option<SealInfo>), PipelineError> {
+    let mut decoder = RecordDecoder::default();
+    let mut records = Vec::new();
+    let mut seal = None;
+    for item in wal.reader(from) {
+        let (at, frame) = item?;
+        let unexpected = |what: String| PipelineError::State {
+            path: PathBuf::from(format!("wal segment {} offset {}", at.segment, at.offset)),
+            message: what,
+        };
+        if frame.epoch != epoch {
+            return Err(unexpected(format!(
+                "frame of epoch {} after checkpoint {}: the WAL does not belong to this checkpoint store",
+                frame.epoch,
+                epoch - 1
+            )));
+        }
+        match frame.kind {
+            FrameKind::Record if seal.is_some() => {
+                return Err(unexpected(format!("record after SEAL({epoch})")))
+            }
+            FrameKind::Record => records.push(
+                decoder
+                    .decode(&frame.payload)
+                    .map_err(|e| unexpected(e.to_string()))?,
+            ),
+            FrameKind::Seal => {
+                seal = Some(SealInfo::decode(&frame.payload).map_err(|e| unexpected(e.to_string()))?)
+            }
+            FrameKind::Marker => {}
+        }
+    }
+    Ok((records, seal))
+}
+
+/// Runs recovery and returns the committer and the epoch to continue with (holding any
+/// replayed records). `rewind_to` allows starting when the table is behind the store.
+pub async fn recover(
+    config: &PipelineConfig,
+    state: &Path,
+    mut sink: DeltaSink,
+    decoder: &JsonDecoder,
+    rewind_to: Option<u64>,
+) -> Result<(Committer, OpenEpoch, RecoveryOutcome), PipelineError> {
+    std::fs::create_dir_all(state).map_err(|io| PipelineError::State {
+        path: state.to_path_buf(),
+        message: format!("cannot create the state directory: {io}"),
+    })?;
+    let store_path = store_dir(state);
+    let store_existed = store_path.join("CURRENT").exists();
+    let (store, unreadable) = open_store(&store_path, config.checkpoint.retain)?;
+    let latest = store.latest()?;
+
+    let (txn, progress) = sink.progress().await?;
+    let v = txn.unwrap_or(0).max(0) as u64;
+    if let Some(p) = &progress {
+        if p.info.epoch as u64 != v {
+            return Err(PipelineError::Progress {
+                table: sink.uri().to_string(),
+                message: format!(
+                    "txn version for pipeline {:?} is {v} but its newest commitInfo records epoch {}; \
+                     the table's log was altered or another writer uses this pipeline id",
+                    config.pipeline_id, p.info.epoch
+                ),
+            });
+        }
+    } else if v != 0 {
+        return Err(PipelineError::Progress {
+            table: sink.uri().to_string(),
+            message: format!("txn version for pipeline {:?} is {v} but no commit of it records Tidemark progress", config.pipeline_id),
+        });
+    }
+    let mut outcome = RecoveryOutcome {
+        table_txn: v,
+        ..RecoveryOutcome::default()
+    };
+    // Files of epochs the table does not hold: a write or commit that did not land.
+    outcome.orphan_files_deleted = sink.sweep_uncommitted_files(v as i64).await?.len();
+
+    let from = latest.as_ref().map(wal_position);
+    let (mut wal, wal_report) = Wal::open(&wal_dir(state), wal_options(config), from)?;
+    log_wal_recovery(&wal_report, &mut outcome);
+
+    let Some(c) = latest else {
+        let store_lost = unreadable || (!store_existed && (v > 0 || wal_report.frames > 0));
+        if v == 0 && !store_lost {
+            // No checkpoint and no commit: epoch 1 may be open or sealed in the WAL.
+            let committer = Committer::new(sink, wal, store, config.pipeline_id.clone(), Counts::default(), 0, None);
+            return from_checkpoint(config, committer, decoder, None, v, None, outcome).await;
+        }
+        return from_table(config, sink, wal, store, progress, store_lost, outcome, "from_table");
+    };
+    outcome.checkpoint_epoch = c.epoch;
+    outcome.committed_epoch = c.committed_epoch;
+    if wal.end() < wal_position(&c) {
+        // The log's tail was lost below the checkpointed position: re-anchor the checkpoint
+        // in a new segment so later frames are found after it.
+        warn!(checkpoint_wal = ?wal_position(&c), wal_end = ?wal.end(), "the WAL ends before the checkpointed position; re-anchoring checkpoint {} in a new segment", c.epoch);
+        let at = wal.start_new_segment(c.epoch + 1)?;
+        let mut anchored = c.clone();
+        anchored.wal_segment = at.segment;
+        anchored.wal_offset = at.offset;
+        store.write(&anchored, &[], None)?;
+    }
+    let facts_table_txn = v;
+    let committer = Committer::new(
+        sink,
+        wal,
+        store,
+        config.pipeline_id.clone(),
+        c.counts,
+        c.committed_epoch,
+        c.table_version,
+    );
+    let Some(r) = rewind_to else {
+        let version_now = progress.as_ref().map(|p| p.table_version as i64);
+        return from_checkpoint(config, committer, decoder, Some(c), v, version_now, outcome).await;
+    };
+    match decide_for(&committer, &c, facts_table_txn)? {
+        RecoveryDecision::TableBehind { .. } => rewind(config, committer, progress, r, outcome).await,
+        other => Err(PipelineError::Refused {
+            message: format!("--rewind-to {r} was given but the table is not behind the checkpoint ({other}); start without it"),
+        }),
+    }
+}
+
+fn decide_for(
+    committer: &Committer,
+    c: &CheckpointRecord,
+    v: u64,
+) -> Result<RecoveryDecision, PipelineError> {
+    let (_, seal) = scan_epoch(&committer.wal, wal_position(c), c.epoch + 1)?;
+    Ok(decide(RecoveryFacts {
+        checkpoint_epoch: c.epoch,
+        committed_epoch: c.committed_epoch,
+        next_sealed: seal.is_some(),
+        table_txn: v,
+    }))
+}
+
+fn log_wal_recovery(report: &WalRecovery, outcome: &mut RecoveryOutcome) {
+    if let Some(t) = &report.truncation {
+        let removed: u64 = t.removed_segments.iter().map(|(_, s)| s).sum();
+        outcome.wal_bytes_cut = t.bytes_dropped + removed;
+        warn!(
+            segment = %t.segment.display(),
+            at = t.at,
+            bytes_dropped = outcome.wal_bytes_cut,
+            reason = %t.reason,
+            "recovery: the WAL's damaged tail was cut off; records in it are re-read from the source"
+        );
+    }
+}
+
+/// The four cases with a checkpoint `c` (or none yet, with `v == 0`).
+async fn from_checkpoint(
+    config: &PipelineConfig,
+    mut committer: Committer,
+    decoder: &JsonDecoder,
+    c: Option<CheckpointRecord>,
+    v: u64,
+    table_version_now: Option<i64>,
+    mut outcome: RecoveryOutcome,
+) -> Result<(Committer, OpenEpoch, RecoveryOutcome), PipelineError> {
+    let (c_epoch, c_t, from, positions) = match &c {
+        Some(c) => (
+            c.epoch,
+            c.committed_epoch,
+            // Re-read: it may have been re-anchored.
+            committer
+                .store
+                .latest()?
+                .map(|r| wal_position(&r))
+                .unwrap_or_default(),
+            from_store_positions(&c.positions),
+        ),
+        None => (0, 0, WalPosition::default(), Positions::new()),
+    };
+    let next = c_epoch + 1;
+    let (records, seal) = scan_epoch(&committer.wal, from, next)?;
+    let decision = decide(RecoveryFacts {
+        checkpoint_epoch: c_epoch,
+        committed_epoch: c_t,
+        next_sealed: seal.is_some(),
+        table_txn: v,
+    });
+    let on_invalid = config.errors.on_invalid_record;
+    outcome.replayed_records = records.len() as u64;
+    match decision {
+        RecoveryDecision::ResumeEpoch { epoch } => {
+            outcome.case = if c.is_none() && records.is_empty() { "fresh" } else { "resume_epoch" };
+            let mut open = OpenEpoch::new(epoch, positions);
+            open.add(&records, decoder, on_invalid)?;
+            info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: no seal after the checkpoint: replayed the unsealed WAL records; continuing the epoch");
+            outcome.next_epoch = epoch;
+            Ok((committer, open, outcome))
+        }
+        RecoveryDecision::RedoEpoch { epoch } => {
+            outcome.case = "redo_epoch";
+            let seal = seal.ok_or_else(|| PipelineError::State { path: PathBuf::from("wal"), message: "seal vanished".into() })?;
+            check_seal(&seal, &records, epoch)?;
+            let mut open = OpenEpoch::new(epoch, seal.start_positions.clone());
+            open.add(&records, decoder, on_invalid)?;
+            info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed but not in the table: redoing it from the WAL");
+            let report = committer.commit_sealed(open, None).await?;
+            info!(epoch, version = ?report.version, rows = report.rows, "recovery: redone epoch committed");
+            outcome.next_epoch = epoch + 1;
+            Ok((committer, OpenEpoch::new(epoch + 1, seal.end_positions), outcome))
+        }
+        RecoveryDecision::WriteMissingCheckpoint { epoch } => {
+            outcome.case = "write_missing_checkpoint";
+            let seal = seal.ok_or_else(|| PipelineError::State { path: PathBuf::from("wal"), message: "seal vanished".into() })?;
+            check_seal(&seal, &records, epoch)?;
+            // Replay through decoding rebuilds the epoch's counts (and, with dedup, its state).
+            let mut open = OpenEpoch::new(epoch, seal.start_positions.clone());
+            open.add(&records, decoder, on_invalid)?;
+            info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch}");
+            committer.committed_epoch = epoch;
+            committer.table_version = table_version_now;
+            committer.totals.read += open.records;
+            committer.totals.written += open.rows();
+            committer.totals.dead_lettered += open.invalid.len() as u64;
+            committer.checkpoint(epoch, &seal.end_positions)?;
+            outcome.next_epoch = epoch + 1;
+            Ok((committer, OpenEpoch::new(epoch + 1, seal.end_positions), outcome))
+        }
+        refusal @ RecoveryDecision::TableBehind { .. } => Err(PipelineError::Refused {
+            message: format!(
+                "{refusal}. Retained checkpoints: {}. Start with --rewind-to <epoch> to rewind to one whose committed epoch is <= {v}",
+                retained(&committer.store)
+            ),
+        }),
+        refusal => Err(PipelineError::Refused {
+            message: refusal.to_string(),
+        }),
+    }
+}
+
+fn check_seal(seal: &SealInfo, records: &[SourceRecord], epoch: u64) -> Result<(), PipelineError> {
+    if seal.records != records.len() as u64 {
+        return Err(PipelineError::State {
+            path: PathBuf::from("wal"),
+            message: format!(
+                "SEAL({epoch}) counts {} records but the WAL holds {} of that epoch",
+                seal.records,
+                records.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn retained(store: &CheckpointStore) -> String {
+    match store.history() {
+        Ok(h) if h.is_empty() => "none".into(),
+        Ok(h) => h
+            .iter()
+            .map(|r| format!("{} (committed epoch {})", r.epoch, r.committed_epoch))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(e) => format!("unreadable ({e})"),
+    }
+}
+
+/// Starts from the table's own progress: the store is lost (or empty while the table has
+/// commits). The WAL is dropped: whatever it held after the table's newest commit is re-read
+/// from the source at that commit's end positions.
+#[allow(clippy::too_many_arguments)]
+fn from_table(
+    config: &PipelineConfig,
+    sink: DeltaSink,
+    mut wal: Wal,
+    store: CheckpointStore,
+    progress: Option<TableProgress>,
+    store_lost: bool,
+    mut outcome: RecoveryOutcome,
+    case: &'static str,
+) -> Result<(Committer, OpenEpoch, RecoveryOutcome), PipelineError> {
+    let v = outcome.table_txn;
+    let positions = progress
+        .as_ref()
+        .map(|p| p.info.end_positions.clone())
+        .unwrap_or_default();
+    if store_lost {
+        error!(table_txn = v, positions = %positions, "CHECKPOINT STORE LOST: resuming from the table's newest Tidemark commit (epoch {v}); nothing is lost or doubled, the dedup state is rebuilt from the table");
+    } else {
+        info!(table_txn = v, positions = %positions, "no checkpoint yet but the table holds epoch {v}: resuming from the table");
+    }
+    store.reset()?;
+    let (segments, bytes) = wal.reset(v + 1)?;
+    if segments > 0 {
+        warn!(segments, bytes, "WAL dropped: its records are re-read from the source");
+    }
+    let mut committer = Committer::new(
+        sink,
+        wal,
+        store,
+        config.pipeline_id.clone(),
+        Counts::default(),
+        v,
+        progress.as_ref().map(|p| p.table_version as i64),
+    );
+    if v > 0 {
+        committer.checkpoint(v, &positions)?;
+    }
+    outcome.case = case;
+    outcome.store_lost = store_lost;
+    outcome.next_epoch = v + 1;
+    Ok((committer, OpenEpoch::new(v + 1, positions), outcome))
+}
+
+/// `--rewind-to r` when the table is behind the store: checks `r` is retained and that its
+/// committed epoch is `<= v`, then restarts from the table's progress with new epochs above `v`.
+async fn rewind(
+    config: &PipelineConfig,
+    committer: Committer,
+    progress: Option<TableProgress>,
+    r: u64,
+    mut outcome: RecoveryOutcome,
+) -> Result<(Committer, OpenEpoch, RecoveryOutcome), PipelineError> {
+    let v = outcome.table_txn;
+    let Some(target) = committer.store.get(r)? else {
+        return Err(PipelineError::Refused {
+            message: format!(
+                "--rewind-to {r}: no retained checkpoint of epoch {r}; retained: {}",
+                retained(&committer.store)
+            ),
+        });
+    };
+    if target.committed_epoch > v {
+        return Err(PipelineError::Refused {
+            message: format!(
+                "--rewind-to {r}: checkpoint {r} has committed epoch {} but the table's txn version is {v}; pick one whose committed epoch is <= {v} (retained: {})",
+                target.committed_epoch,
+                retained(&committer.store)
+            ),
+        });
+    }
+    warn!(rewind_to = r, checkpoint_committed_epoch = target.committed_epoch, table_txn = v, "REWIND: the table is behind the store; restarting from the table's progress at epoch {v}, new epochs numbered from {}", v + 1);
+    outcome.case = "rewind";
+    let Committer { sink, wal, store, .. } = committer;
+    let mut progress = progress;
+    if target.committed_epoch == v && v > 0 {
+        // The checkpoint agrees with the table: its positions may already be past trailing
+        // epochs that needed no commit.
+        if let Some(p) = progress.as_mut() {
+            p.info.end_positions = from_store_positions(&target.positions);
+        }
+    }
+    from_table(config, sink, wal, store, progress, false, outcome, "rewind")
+}

@@ -1,0 +1,268 @@
+//! `tidemark status`: the last checkpoint, the WAL after it, the table's txn version, and what
+//! recovery would do next. It only reads: the store is opened read-only (a running pipeline
+//! keeps its lock), the WAL is read without repairing it, and the table is never created.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tidemark_checkpoint::wal::{segment_files, FrameKind, WalReader};
+use tidemark_checkpoint::{CheckpointStore, WalPosition};
+use tidemark_connectors::delta::DeltaSink;
+
+use crate::config::PipelineConfig;
+use crate::epoch_log::from_store_positions;
+use crate::pipeline::PipelineError;
+use crate::protocol::{decide, RecoveryFacts};
+use crate::recovery::{store_dir, wal_dir};
+
+/// Everything `tidemark status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The pipeline.
+    pub pipeline_id: String,
+    /// The state directory.
+    pub state_dir: String,
+    /// The newest checkpoint, if the store has one.
+    pub checkpoint: Option<CheckpointStatus>,
+    /// Why the store could not be read, if it could not.
+    pub store_problem: Option<String>,
+    /// WAL segments and bytes.
+    pub wal: WalStatus,
+    /// The table.
+    pub table: TableStatus,
+    /// What recovery would do on the next start.
+    pub next: String,
+}
+
+/// The newest checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointStatus {
+    /// Epoch (`c`).
+    pub epoch: u64,
+    /// Newest epoch that made a Delta commit (`t`).
+    pub committed_epoch: u64,
+    /// Delta version of that commit.
+    pub table_version: Option<i64>,
+    /// Watermark (micros), if any.
+    pub watermark: Option<i64>,
+    /// Next offset per partition.
+    pub positions: tidemark_connectors::Positions,
+    /// Seconds since it was written.
+    pub age_secs: f64,
+    /// Retained checkpoints (epochs, newest first).
+    pub retained: Vec<u64>,
+    /// Totals: read, written, duplicates, late, dead-lettered.
+    pub counts: [u64; 5],
+}
+
+/// The WAL.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WalStatus {
+    /// Segment files.
+    pub segments: usize,
+    /// Their total size.
+    pub bytes: u64,
+    /// Record frames after the checkpoint.
+    pub records_after_checkpoint: u64,
+    /// Epoch sealed after the checkpoint, if any.
+    pub sealed_after_checkpoint: Option<u64>,
+    /// Damage met while reading (recovery would cut the log there).
+    pub damage: Option<String>,
+}
+
+/// The table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableStatus {
+    /// Its URI.
+    pub uri: String,
+    /// Whether it exists.
+    pub exists: bool,
+    /// Its newest version.
+    pub version: Option<u64>,
+    /// The pipeline's txn version (`v`).
+    pub txn_version: Option<i64>,
+}
+
+/// Gathers the status of the pipeline in `config`.
+pub async fn status(config: &PipelineConfig, config_path: &Path) -> Result<Status, PipelineError> {
+    let state = config.state_dir(config_path);
+    let store_path = store_dir(&state);
+    let (latest, store_problem) = if store_path.join("CURRENT").exists() {
+        match CheckpointStore::open_read_only(&store_path)
+            .and_then(|s| Ok((s.latest()?, s.history()?)))
+        {
+            Ok((latest, history)) => (latest.map(|c| (c, history)), None),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    } else {
+        (None, Some(format!("no checkpoint store at {}", store_path.display())))
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let checkpoint = latest.as_ref().map(|(c, history)| CheckpointStatus {
+        epoch: c.epoch,
+        committed_epoch: c.committed_epoch,
+        table_version: c.table_version,
+        watermark: c.watermark,
+        positions: from_store_positions(&c.positions),
+        age_secs: now.saturating_sub(c.created_at_ms) as f64 / 1000.0,
+        retained: history.iter().map(|r| r.epoch).collect(),
+        counts: [
+            c.counts.read,
+            c.counts.written,
+            c.counts.duplicates,
+            c.counts.late,
+            c.counts.dead_lettered,
+        ],
+    });
+
+    let wal_path = wal_dir(&state);
+    let files = segment_files(&wal_path)?;
+    let mut wal = WalStatus {
+        segments: files.len(),
+        bytes: files.iter().map(|(_, _, size)| size).sum(),
+        ..WalStatus::default()
+    };
+    let from = latest
+        .as_ref()
+        .map(|(c, _)| WalPosition {
+            segment: c.wal_segment,
+            offset: c.wal_offset,
+        })
+        .unwrap_or_default();
+    for item in WalReader::new(&wal_path, from) {
+        match item {
+            Ok((_, frame)) => match frame.kind {
+                FrameKind::Record => wal.records_after_checkpoint += 1,
+                FrameKind::Seal => wal.sealed_after_checkpoint = Some(frame.epoch),
+                FrameKind::Marker => {}
+            },
+            Err(e) => {
+                wal.damage = Some(e.to_string());
+                break;
+            }
+        }
+    }
+
+    let url = config.table_url(config_path)?;
+    let table = match DeltaSink::open_existing(&url, &config.pipeline_id).await? {
+        Some(mut sink) => {
+            let (txn, _) = sink.progress().await?;
+            TableStatus {
+                uri: url.to_string(),
+                exists: true,
+                version: sink.table_version(),
+                txn_version: txn,
+            }
+        }
+        None => TableStatus {
+            uri: url.to_string(),
+            exists: false,
+            version: None,
+            txn_version: None,
+        },
+    };
+    let v = table.txn_version.unwrap_or(0).max(0) as u64;
+    let next = match &checkpoint {
+        Some(c) => {
+            let sealed = wal.sealed_after_checkpoint == Some(c.epoch + 1);
+            let d = decide(RecoveryFacts {
+                checkpoint_epoch: c.epoch,
+                committed_epoch: c.committed_epoch,
+                next_sealed: sealed,
+                table_txn: v,
+            });
+            format!("{d} ({} WAL records after the checkpoint)", wal.records_after_checkpoint)
+        }
+        None if v > 0 => format!(
+            "no checkpoint: resume from the table's newest Tidemark commit (epoch {v}) and rebuild state from the table"
+        ),
+        None => format!(
+            "no checkpoint and no commit: start epoch 1 ({} WAL records to replay)",
+            wal.records_after_checkpoint
+        ),
+    };
+    Ok(Status {
+        pipeline_id: config.pipeline_id.clone(),
+        state_dir: state.display().to_string(),
+        checkpoint,
+        store_problem,
+        wal,
+        table,
+        next,
+    })
+}
+
+impl Status {
+    /// The human-readable form.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        line(format!("pipeline     {}", self.pipeline_id));
+        line(format!("state dir    {}", self.state_dir));
+        match &self.checkpoint {
+            Some(c) => {
+                line(format!(
+                    "checkpoint   epoch {} (committed epoch {}, table version {}), {:.1} s old",
+                    c.epoch,
+                    c.committed_epoch,
+                    c.table_version.map_or("none".into(), |v| v.to_string()),
+                    c.age_secs
+                ));
+                line(format!("  positions  {}", c.positions));
+                line(format!(
+                    "  watermark  {}",
+                    c.watermark.map_or("none".into(), |w| w.to_string())
+                ));
+                line(format!(
+                    "  totals     read {} = written {} + duplicates {} + late {} + dead-lettered {}",
+                    c.counts[0], c.counts[1], c.counts[2], c.counts[3], c.counts[4]
+                ));
+                line(format!("  retained   {:?}", c.retained));
+            }
+            None => line(format!(
+                "checkpoint   none{}",
+                self.store_problem
+                    .as_ref()
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default()
+            )),
+        }
+        line(format!(
+            "wal          {} segment(s), {} bytes; {} record(s) after the checkpoint{}{}",
+            self.wal.segments,
+            self.wal.bytes,
+            self.wal.records_after_checkpoint,
+            self.wal
+                .sealed_after_checkpoint
+                .map(|e| format!(", SEAL({e})"))
+                .unwrap_or_default(),
+            self.wal
+                .damage
+                .as_ref()
+                .map(|d| format!("; damaged: {d}"))
+                .unwrap_or_default()
+        ));
+        line(format!(
+            "table        {} {}",
+            self.table.uri,
+            if self.table.exists {
+                format!(
+                    "version {}, txn version {}",
+                    self.table.version.map_or("none".into(), |v| v.to_string()),
+                    self.table.txn_version.map_or("none".into(), |v| v.to_string())
+                )
+            } else {
+                "(does not exist yet)".into()
+            }
+        ));
+        line(format!("next start   {}", self.next));
+        out
+    }
+}

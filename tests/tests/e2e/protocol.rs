@@ -1,0 +1,426 @@
+//! The epoch protocol against tansu: every crash point, SIGKILL chaos with the producer still
+//! writing, a torn or corrupted WAL tail, a lost checkpoint store, a table restored behind the
+//! store, and a slow commit. Every test ends with the independent exactly-once audit.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tidemark_engine::audit;
+use tidemark_engine::fault::CrashPoint;
+use tidemark_tests::{
+    broker, create_topic, order_json, produce, produce_range, stderr_of, summary, unique_topic,
+    Fixture,
+};
+
+use super::{assert_exactly_once, topic_and_fixture, EXE};
+
+type Ends = BTreeMap<(String, i32), i64>;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn committed(fixture: &Fixture) -> i64 {
+    audit::replay_log(&fixture.table)
+        .ok()
+        .and_then(|r| r.txn.get("test").copied())
+        .unwrap_or(0)
+}
+
+fn assert_no_orphans(fixture: &Fixture) {
+    let replay = audit::replay_log(&fixture.table).unwrap();
+    let orphans = fixture.orphan_files(&replay.live_files);
+    assert!(orphans.is_empty(), "orphan Parquet files: {orphans:?}");
+}
+
+fn wal_segments(fixture: &Fixture) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(fixture.state_dir().join("wal"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// What each crash point must lead to on restart: recovery case and epochs in the table
+/// before the restart.
+fn expected(point: CrashPoint) -> (&'static str, i64) {
+    match point {
+        CrashPoint::BeforeWalAppend | CrashPoint::AfterWalAppend => ("resume_epoch", 1),
+        CrashPoint::AfterSeal
+        | CrashPoint::BeforeParquetWrite
+        | CrashPoint::AfterParquetWrite => ("redo_epoch", 1),
+        CrashPoint::AfterDeltaCommit | CrashPoint::MidCheckpointWrite => {
+            ("write_missing_checkpoint", 2)
+        }
+        CrashPoint::AfterCheckpoint => ("resume_epoch", 2),
+        CrashPoint::DuringTruncation => ("resume_epoch", 1),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_crash_point_recovers_as_the_protocol_says() {
+    let Some(brokers) = broker() else { return };
+    let mut report = Vec::new();
+    for point in CrashPoint::ALL {
+        let (fixture, ends) = topic_and_fixture(
+            &brokers,
+            point.name(),
+            3,
+            3_000,
+            // Small segments: an epoch spans many, so truncation deletes several.
+            "[checkpoint]\ninterval_ms = 300\nmax_records = 500\nwal_segment_bytes = 4096\n",
+        )
+        .await;
+        // Truncation's first deletion is hit 1 (the crash falls before its second).
+        let spec = if point == CrashPoint::DuringTruncation {
+            format!("{}@1", point.name())
+        } else {
+            format!("{}@2", point.name())
+        };
+        let crashed = fixture.run_to_end(&[(tidemark_engine::fault::ENV, &spec)]);
+        assert_eq!(
+            crashed.status.signal(),
+            Some(libc::SIGKILL),
+            "{point}: no crash: {}",
+            stderr_of(&crashed)
+        );
+        let (case, committed_before) = expected(point);
+        assert_eq!(
+            committed(&fixture),
+            committed_before,
+            "{point}: epochs in the table at the crash"
+        );
+        if point == CrashPoint::AfterSeal {
+            // status tells what recovery will do, without changing anything.
+            let text = String::from_utf8_lossy(&fixture.status(false).stdout).to_string();
+            assert!(text.contains("sealed but not in the table"), "{text}");
+            let json: serde_json::Value =
+                serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+            assert_eq!(json["checkpoint"]["epoch"], 1, "{json}");
+            assert_eq!(json["wal"]["sealed_after_checkpoint"], 2, "{json}");
+            assert_eq!(json["table"]["txn_version"], 1, "{json}");
+        }
+        if point == CrashPoint::AfterParquetWrite {
+            let replay = audit::replay_log(&fixture.table).unwrap();
+            assert!(
+                !fixture.orphan_files(&replay.live_files).is_empty(),
+                "{point}: the crash must follow a Parquet write"
+            );
+        }
+        if point == CrashPoint::DuringTruncation {
+            assert!(
+                wal_segments(&fixture).len() > 1,
+                "{point}: truncation was cut short, segments must remain"
+            );
+        }
+        let out = fixture.run_to_end(&[]);
+        assert!(out.status.success(), "{point}: {}", stderr_of(&out));
+        let s = summary(&out);
+        assert_eq!(s["recovery"]["case"], case, "{point}: {s}");
+        let replayed = s["recovery"]["replayed_records"].as_u64().unwrap();
+        match point {
+            CrashPoint::AfterWalAppend | CrashPoint::AfterSeal => {
+                assert!(replayed > 0, "{point}: nothing replayed from the WAL")
+            }
+            CrashPoint::BeforeWalAppend
+            | CrashPoint::AfterCheckpoint
+            | CrashPoint::DuringTruncation => assert_eq!(replayed, 0, "{point}"),
+            _ => {}
+        }
+        if point == CrashPoint::AfterParquetWrite {
+            assert!(s["recovery"]["orphan_files_deleted"].as_u64().unwrap() >= 1);
+        }
+        assert_no_orphans(&fixture);
+        assert_exactly_once(&fixture, &ends, 3_000).await;
+        report.push(format!(
+            "{point}: case {case}, replayed {replayed}, first commit after {} ms",
+            s["first_commit_ms"]
+        ));
+    }
+    eprintln!("crash points:\n  {}", report.join("\n  "));
+}
+
+/// Kills the pipeline at random moments (including during recovery) while a producer is still
+/// writing; scale with TIDEMARK_CHAOS_RECORDS and TIDEMARK_CHAOS_KILLS.
+#[tokio::test(flavor = "multi_thread")]
+async fn chaos_sigkills_while_producing_keep_exactly_once() {
+    let Some(brokers) = broker() else { return };
+    let records = env_u64("TIDEMARK_CHAOS_RECORDS", 500_000);
+    let kills_wanted = env_u64("TIDEMARK_CHAOS_KILLS", 50);
+    let partitions = 3;
+    let topic = unique_topic("chaos");
+    create_topic(&brokers, &topic, partitions).await;
+    let fixture = Fixture::new(
+        Path::new(EXE),
+        &brokers,
+        &topic,
+        "[checkpoint]\ninterval_ms = 250\nmax_records = 20000\nwal_segment_bytes = 1048576\n",
+    );
+    // The producer writes in paced chunks for most of the kill phase.
+    let producer = {
+        let (brokers, topic) = (brokers.clone(), topic.clone());
+        std::thread::spawn(move || {
+            let chunk = (records / 100).max(1);
+            let mut ends: Ends = BTreeMap::new();
+            let mut i = 0;
+            while i < records {
+                let end = (i + chunk).min(records);
+                for (k, n) in produce_range(&brokers, &topic, partitions, i..end, order_json) {
+                    *ends.entry(k).or_insert(0) += n;
+                }
+                i = end;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            ends
+        })
+    };
+    let mut rng = rand::rng();
+    let mut kills = 0;
+    let mut cases: BTreeMap<String, u64> = BTreeMap::new();
+    let started = Instant::now();
+    while kills < kills_wanted {
+        let mut child = fixture.spawn(false, &[]);
+        // Random moment: a third of the kills fall in the first 300 ms (recovery, connect).
+        let ms = if rng.random_bool(0.33) {
+            rng.random_range(0..300)
+        } else {
+            rng.random_range(300..1800)
+        };
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!("pipeline exited on its own ({status}): {}", stderr_of(&out));
+        }
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL));
+        kills += 1;
+        let log = stderr_of(&out);
+        for line in log.lines().filter(|l| l.contains("first commit after start")) {
+            if let Some(case) = line.split("case=").nth(1) {
+                let case = case.split_whitespace().next().unwrap_or("").to_string();
+                *cases.entry(case).or_default() += 1;
+            }
+        }
+    }
+    let kill_phase = started.elapsed();
+    let ends = producer.join().expect("producer thread");
+    let total: i64 = ends.values().sum();
+    assert_eq!(total as u64, records);
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let s = summary(&out);
+    eprintln!(
+        "chaos: {kills} SIGKILLs over {:.0} s, {records} records on {partitions} partitions; recovery cases of runs that reached a commit: {cases:?}; final run: {s}",
+        kill_phase.as_secs_f64()
+    );
+    assert_no_orphans(&fixture);
+    assert_exactly_once(&fixture, &ends, records).await;
+    let t = &s["totals"];
+    assert_eq!(t["read"], records, "totals over all runs must count each record once: {t}");
+    assert_eq!(t["written"], records, "{t}");
+}
+
+/// Cuts the newest WAL segment at a random byte, or flips a byte of its last frame, between
+/// crashed runs: recovery cuts the damaged tail, says so, and nothing is lost or doubled.
+#[tokio::test(flavor = "multi_thread")]
+async fn torn_and_corrupted_wal_tails_are_cut_and_nothing_is_lost() {
+    let Some(brokers) = broker() else { return };
+    let (fixture, ends) = topic_and_fixture(
+        &brokers,
+        "torn",
+        3,
+        6_000,
+        "[checkpoint]\ninterval_ms = 300\nmax_records = 700\nwal_segment_bytes = 65536\n",
+    )
+    .await;
+    let mut rng = rand::rng();
+    let mut damage_reported = 0;
+    for round in 0..6 {
+        let spec = format!("after_wal_append@{}", 2 + round % 3);
+        let out = fixture.run_to_end(&[(tidemark_engine::fault::ENV, &spec)]);
+        let log = stderr_of(&out);
+        if log.contains("damaged tail cut off") {
+            damage_reported += 1;
+        }
+        if out.status.success() {
+            break;
+        }
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{log}");
+        let newest = wal_segments(&fixture).pop().expect("a WAL segment");
+        let len = std::fs::metadata(&newest).unwrap().len();
+        if len <= 40 {
+            continue;
+        }
+        if round % 2 == 0 {
+            let cut = rng.random_range(33..len);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&newest)
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+        } else {
+            let mut bytes = std::fs::read(&newest).unwrap();
+            let at = bytes.len() - 1 - rng.random_range(0..4usize);
+            bytes[at] ^= 0x5a;
+            std::fs::write(&newest, bytes).unwrap();
+        }
+    }
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    if stderr_of(&out).contains("damaged tail cut off") {
+        damage_reported += 1;
+    }
+    assert!(
+        damage_reported >= 2,
+        "recovery must report the cut tails ({damage_reported} reported)"
+    );
+    assert_no_orphans(&fixture);
+    assert_exactly_once(&fixture, &ends, 6_000).await;
+}
+
+/// The checkpoint directory deleted between runs, then the store made unreadable: the
+/// pipeline resumes from the table's own progress, says so loudly, and stays exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_checkpoint_store_resumes_from_the_table() {
+    let Some(brokers) = broker() else { return };
+    let (fixture, ends) = topic_and_fixture(
+        &brokers,
+        "lost-store",
+        3,
+        6_000,
+        "[checkpoint]\ninterval_ms = 300\nmax_records = 600\n",
+    )
+    .await;
+    let crash = [(tidemark_engine::fault::ENV, "after_wal_append@4")];
+    let out = fixture.run_to_end(&crash);
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL));
+    assert!(committed(&fixture) >= 2);
+    std::fs::remove_dir_all(fixture.state_dir()).unwrap();
+
+    let out = fixture.run_to_end(&crash);
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL));
+    let log = stderr_of(&out);
+    assert!(log.contains("CHECKPOINT STORE LOST"), "{log}");
+    // Now garbage instead of a store.
+    let current = fixture.state_dir().join("store").join("CURRENT");
+    std::fs::write(&current, b"not a manifest name\n").unwrap();
+
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let log = stderr_of(&out);
+    assert!(log.contains("CHECKPOINT STORE UNREADABLE"), "{log}");
+    let s = summary(&out);
+    assert_eq!(s["recovery"]["store_lost"], true, "{s}");
+    assert_eq!(s["recovery"]["case"], "from_table", "{s}");
+    assert_no_orphans(&fixture);
+    assert_exactly_once(&fixture, &ends, 6_000).await;
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// The table restored from an older copy: start refuses with both numbers; `--rewind-to`
+/// a retained checkpoint replays the gap, exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn table_behind_the_store_refuses_then_rewinds() {
+    let Some(brokers) = broker() else { return };
+    let topic = unique_topic("behind");
+    create_topic(&brokers, &topic, 2).await;
+    let mut ends = produce(&brokers, &topic, 2, 3_000, order_json);
+    let fixture = Fixture::new(
+        Path::new(EXE),
+        &brokers,
+        &topic,
+        "[checkpoint]\ninterval_ms = 300\nmax_records = 500\nretain = 100\n",
+    );
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let v = committed(&fixture);
+    let backup = fixture.dir.path().join("table-backup");
+    copy_dir(&fixture.table, &backup);
+
+    for (k, n) in produce_range(&brokers, &topic, 2, 3_000..6_000, order_json) {
+        *ends.entry(k).or_insert(0) += n;
+    }
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let t = committed(&fixture);
+    assert!(t > v);
+
+    std::fs::remove_dir_all(&fixture.table).unwrap();
+    std::fs::rename(&backup, &fixture.table).unwrap();
+    let out = fixture.run_to_end(&[]);
+    assert!(!out.status.success(), "a table behind the store must refuse");
+    let log = stderr_of(&out);
+    assert!(
+        log.contains(&format!("txn version {v}"))
+            && log.contains(&format!("committed epoch {t}"))
+            && log.contains("--rewind-to"),
+        "{log}"
+    );
+    let status = String::from_utf8_lossy(&fixture.status(false).stdout).to_string();
+    assert!(status.contains("behind the checkpoint"), "{status}");
+
+    let rewind_to = v.to_string();
+    let out = fixture
+        .spawn_with(true, &["--rewind-to", &rewind_to], &[])
+        .wait_with_output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(summary(&out)["recovery"]["case"], "rewind");
+    assert_no_orphans(&fixture);
+    assert_exactly_once(&fixture, &ends, 6_000).await;
+}
+
+/// A Delta commit that takes seconds: the consumer is polled all along and the run goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_commits_keep_the_consumer_polled() {
+    let Some(brokers) = broker() else { return };
+    let (fixture, ends) = topic_and_fixture(
+        &brokers,
+        "slow-commit",
+        2,
+        2_000,
+        "[checkpoint]\ninterval_ms = 300\nmax_records = 1000\n",
+    )
+    .await;
+    let out = fixture.run_to_end(&[(
+        tidemark_engine::committer::COMMIT_DELAY_ENV,
+        "2500",
+    )]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let log = stderr_of(&out);
+    let polls: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("epoch committed"))
+        .filter_map(|l| l.split("polls_during_commit=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(polls.len() >= 2, "{log}");
+    // 2.5 s at one poll per <= 100 ms.
+    assert!(polls.iter().all(|p| *p >= 20), "polls during commits: {polls:?}");
+    assert_exactly_once(&fixture, &ends, 2_000).await;
+}
