@@ -148,7 +148,11 @@ impl DeltaSink {
     /// Opens the table at `url` if it exists (`None` if not), never creating it: for tools
     /// that only look.
     pub async fn open_existing(url: &Url, app_id: &str) -> Result<Option<Self>, DeltaSinkError> {
-        if url.scheme() == "file" && url.to_file_path().is_ok_and(|p| !p.join("_delta_log").exists()) {
+        if url.scheme() == "file"
+            && url
+                .to_file_path()
+                .is_ok_and(|p| !p.join("_delta_log").exists())
+        {
             return Ok(None);
         }
         Self::open(url, app_id, None).await
@@ -383,7 +387,10 @@ impl DeltaSink {
     pub async fn discard_files(&mut self, adds: &[Add]) {
         let store = self.table.object_store();
         for add in adds {
-            if let Err(e) = store.delete(&deltalake::Path::from(add.path.as_str())).await {
+            if let Err(e) = store
+                .delete(&deltalake::Path::from(add.path.as_str()))
+                .await
+            {
                 tracing::warn!(file = %add.path, "cannot delete the data file of a failed commit (the next start deletes it): {e}");
             }
         }
@@ -435,7 +442,10 @@ pub fn data_file_name(app_id: &str, epoch: i64, part: usize) -> String {
 
 /// The epoch in a data file name written by pipeline `app_id`, if it is one.
 pub fn data_file_epoch(app_id: &str, name: &str) -> Option<i64> {
-    let rest = name.strip_prefix("tidemark-")?.strip_prefix(app_id)?.strip_prefix("-e")?;
+    let rest = name
+        .strip_prefix("tidemark-")?
+        .strip_prefix(app_id)?
+        .strip_prefix("-e")?;
     let (epoch, tail) = rest.split_at_checked(12)?;
     tail.starts_with("-p").then(|| epoch.parse().ok()).flatten()
 }

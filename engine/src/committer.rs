@@ -112,12 +112,17 @@ impl Committer {
     }
 
     /// Step 1: appends `records` of `epoch` to the WAL as one group commit.
-    pub fn log_records(&mut self, epoch: u64, records: &[SourceRecord]) -> Result<(), PipelineError> {
+    pub fn log_records(
+        &mut self,
+        epoch: u64,
+        records: &[SourceRecord],
+    ) -> Result<(), PipelineError> {
         fault::hit(CrashPoint::BeforeWalAppend);
         for r in records {
             self.encode_buf.clear();
             encode_record(r, &mut self.encode_buf);
-            self.wal.append(FrameKind::Record, epoch, &self.encode_buf)?;
+            self.wal
+                .append(FrameKind::Record, epoch, &self.encode_buf)?;
         }
         self.wal.commit()?;
         fault::hit(CrashPoint::AfterWalAppend);
@@ -242,7 +247,11 @@ impl Committer {
         fault::hit(CrashPoint::AfterCheckpoint);
         let removed = self.wal.truncate_before(epoch + 1)?;
         if removed > 0 {
-            tracing::debug!(epoch, segments = removed, "wal segments before the checkpoint deleted");
+            tracing::debug!(
+                epoch,
+                segments = removed,
+                "wal segments before the checkpoint deleted"
+            );
         }
         Ok(())
     }

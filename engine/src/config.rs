@@ -543,8 +543,14 @@ type = "double"
                 format!("{GOOD}\n[checkpoint]\nwal_sync = \"sometimes\"\n"),
                 "sometimes",
             ),
-            (format!("{GOOD}\n[checkpoint]\nintervl_ms = 5\n"), "intervl_ms"),
-            (format!("{GOOD}\n[batch]\ninterval_ms = 5\n"), "[checkpoint]"),
+            (
+                format!("{GOOD}\n[checkpoint]\nintervl_ms = 5\n"),
+                "intervl_ms",
+            ),
+            (
+                format!("{GOOD}\n[batch]\ninterval_ms = 5\n"),
+                "[checkpoint]",
+            ),
             (
                 GOOD.replace(
                     "topics = [\"orders\"]",

@@ -217,14 +217,16 @@ mod tests {
             any::<Option<Vec<u8>>>(),
             any::<Option<Vec<u8>>>(),
         )
-            .prop_map(|(topic, partition, offset, ts, key, payload)| SourceRecord {
-                topic: Arc::from(topic.as_str()),
-                partition,
-                offset,
-                timestamp_ms: ts,
-                key,
-                payload,
-            })
+            .prop_map(
+                |(topic, partition, offset, ts, key, payload)| SourceRecord {
+                    topic: Arc::from(topic.as_str()),
+                    partition,
+                    offset,
+                    timestamp_ms: ts,
+                    key,
+                    payload,
+                },
+            )
     }
 
     proptest! {

@@ -207,8 +207,17 @@ pub async fn run(
     check_schema(config, &sink)?;
     let decoder = JsonDecoder::new(sink.arrow_schema().clone());
     let state = config.state_dir(config_path);
-    let (mut committer, mut open, recovered) =
+    let recovery_started = Instant::now();
+    let (mut committer, mut open, mut recovered) =
         recovery::recover(config, &state, sink, &decoder, options.rewind_to).await?;
+    recovered.recovery_ms = recovery_started.elapsed().as_millis() as u64;
+    info!(
+        case = recovered.case,
+        ms = recovered.recovery_ms,
+        replayed = recovered.replayed_records,
+        next_epoch = recovered.next_epoch,
+        "recovery done"
+    );
     let mut summary = RunSummary {
         pipeline_id: config.pipeline_id.clone(),
         first_epoch: open.epoch as i64,
@@ -224,7 +233,12 @@ pub async fn run(
             if summary.first_commit_ms.is_none() {
                 let ms = started.elapsed().as_millis() as u64;
                 summary.first_commit_ms = Some(ms);
-                info!(ms, case = summary.recovery.case, replayed = summary.recovery.replayed_records, "first commit after start");
+                info!(
+                    ms,
+                    case = summary.recovery.case,
+                    replayed = summary.recovery.replayed_records,
+                    "first commit after start"
+                );
             }
         }
         summary.records_read += report.records;
@@ -239,7 +253,12 @@ pub async fn run(
         let ms = started.elapsed().as_millis() as u64;
         summary.first_commit_ms = Some(ms);
         summary.epochs_committed += 1;
-        info!(ms, case = recovered.case, replayed = recovered.replayed_records, "first commit after start");
+        info!(
+            ms,
+            case = recovered.case,
+            replayed = recovered.replayed_records,
+            "first commit after start"
+        );
     }
 
     let source_config = KafkaSourceConfig {

@@ -48,6 +48,9 @@ pub struct RecoveryOutcome {
     pub orphan_files_deleted: usize,
     /// The epoch the run continues with.
     pub next_epoch: u64,
+    /// Milliseconds recovery took (store, WAL scan, table read, any redo), before the source
+    /// connects.
+    pub recovery_ms: u64,
 }
 
 /// Where the WAL and the store live under the state directory.
@@ -135,7 +138,8 @@ fn scan_epoch(
                     .map_err(|e| unexpected(e.to_string()))?,
             ),
             FrameKind::Seal => {
-                seal = Some(SealInfo::decode(&frame.payload).map_err(|e| unexpected(e.to_string()))?)
+                seal =
+                    Some(SealInfo::decode(&frame.payload).map_err(|e| unexpected(e.to_string()))?)
             }
             FrameKind::Marker => {}
         }
@@ -195,10 +199,27 @@ pub async fn recover(
         let store_lost = unreadable || (!store_existed && (v > 0 || wal_report.frames > 0));
         if v == 0 && !store_lost {
             // No checkpoint and no commit: epoch 1 may be open or sealed in the WAL.
-            let committer = Committer::new(sink, wal, store, config.pipeline_id.clone(), Counts::default(), 0, None);
+            let committer = Committer::new(
+                sink,
+                wal,
+                store,
+                config.pipeline_id.clone(),
+                Counts::default(),
+                0,
+                None,
+            );
             return from_checkpoint(config, committer, decoder, None, v, None, outcome).await;
         }
-        return from_table(config, sink, wal, store, progress, store_lost, outcome, "from_table");
+        return from_table(
+            config,
+            sink,
+            wal,
+            store,
+            progress,
+            store_lost,
+            outcome,
+            "from_table",
+        );
     };
     outcome.checkpoint_epoch = c.epoch;
     outcome.committed_epoch = c.committed_epoch;
@@ -399,7 +420,10 @@ fn from_table(
     store.reset()?;
     let (segments, bytes) = wal.reset(v + 1)?;
     if segments > 0 {
-        warn!(segments, bytes, "WAL dropped: its records are re-read from the source");
+        warn!(
+            segments,
+            bytes, "WAL dropped: its records are re-read from the source"
+        );
     }
     let mut committer = Committer::new(
         sink,
@@ -448,7 +472,9 @@ async fn rewind(
     }
     warn!(rewind_to = r, checkpoint_committed_epoch = target.committed_epoch, table_txn = v, "REWIND: the table is behind the store; restarting from the table's progress at epoch {v}, new epochs numbered from {}", v + 1);
     outcome.case = "rewind";
-    let Committer { sink, wal, store, .. } = committer;
+    let Committer {
+        sink, wal, store, ..
+    } = committer;
     let mut progress = progress;
     if target.committed_epoch == v && v > 0 {
         // The checkpoint agrees with the table: its positions may already be past trailing

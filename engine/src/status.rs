@@ -96,7 +96,10 @@ pub async fn status(config: &PipelineConfig, config_path: &Path) -> Result<Statu
             Err(e) => (None, Some(e.to_string())),
         }
     } else {
-        (None, Some(format!("no checkpoint store at {}", store_path.display())))
+        (
+            None,
+            Some(format!("no checkpoint store at {}", store_path.display())),
+        )
     };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -256,7 +259,9 @@ impl Status {
                 format!(
                     "version {}, txn version {}",
                     self.table.version.map_or("none".into(), |v| v.to_string()),
-                    self.table.txn_version.map_or("none".into(), |v| v.to_string())
+                    self.table
+                        .txn_version
+                        .map_or("none".into(), |v| v.to_string())
                 )
             } else {
                 "(does not exist yet)".into()

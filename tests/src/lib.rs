@@ -197,7 +197,9 @@ impl Fixture {
         if json {
             cmd.arg("--json");
         }
-        cmd.env("RUST_LOG", "warn").output().expect("run tidemark status")
+        cmd.env("RUST_LOG", "warn")
+            .output()
+            .expect("run tidemark status")
     }
 
     /// Parquet files in the table directory that the table does not reference: must be none.
