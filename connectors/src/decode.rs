@@ -79,6 +79,8 @@ pub struct InvalidRecord {
     pub partition: i32,
     /// Offset of the record.
     pub offset: i64,
+    /// Index of the record in the slice given to [`JsonDecoder::decode`].
+    pub index: usize,
     /// Category of the failure.
     pub reason: InvalidReason,
     /// What the decoder said.
@@ -100,6 +102,8 @@ impl fmt::Display for InvalidRecord {
 pub struct Decoded {
     /// The rows of the valid records, in source order, in the table's schema (`None` if no row).
     pub batch: Option<RecordBatch>,
+    /// For each row of `batch`, the index of its record in the decoded slice.
+    pub rows: Vec<usize>,
     /// The records that did not decode, in source order.
     pub invalid: Vec<InvalidRecord>,
 }
@@ -145,25 +149,32 @@ impl JsonDecoder {
         if records.is_empty() {
             return Ok(Decoded {
                 batch: None,
+                rows: Vec::new(),
                 invalid: Vec::new(),
             });
         }
         if let Some(batch) = self.try_fast(records)? {
             return Ok(Decoded {
                 batch: Some(self.with_source_columns(batch, records.iter())?),
+                rows: (0..records.len()).collect(),
                 invalid: Vec::new(),
             });
         }
         // Slow path: find the bad records one by one, then decode the good ones together.
         let mut good = Vec::with_capacity(records.len());
+        let mut rows = Vec::with_capacity(records.len());
         let mut invalid = Vec::new();
-        for record in records {
+        for (index, record) in records.iter().enumerate() {
             match self.check_one(record) {
-                Ok(()) => good.push(record),
+                Ok(()) => {
+                    good.push(record);
+                    rows.push(index);
+                }
                 Err((reason, message)) => invalid.push(InvalidRecord {
                     topic: record.topic.to_string(),
                     partition: record.partition,
                     offset: record.offset,
+                    index,
                     reason,
                     message,
                 }),
@@ -181,7 +192,11 @@ impl JsonDecoder {
             })?;
             Some(self.with_source_columns(rows, good.into_iter())?)
         };
-        Ok(Decoded { batch, invalid })
+        Ok(Decoded {
+            batch,
+            rows,
+            invalid,
+        })
     }
 
     /// All records in one decoder; `None` when any of them does not decode.
@@ -374,6 +389,8 @@ mod tests {
             ]
         );
         assert_eq!(out.batch.unwrap().num_rows(), 2);
+        assert_eq!(out.rows, vec![0, 7]);
+        assert_eq!(out.invalid[0].index, 1);
         assert!(out.invalid[0].to_string().contains("orders/2@11"));
     }
 }

@@ -79,6 +79,18 @@ pub struct EpochCommitInfo {
     /// The skipped records, each by its coordinates.
     #[serde(default)]
     pub skipped: Vec<SkippedRecord>,
+    /// Duplicates dropped in the epoch.
+    #[serde(default)]
+    pub duplicates: u64,
+    /// Late records in the epoch (dropped or dead-lettered).
+    #[serde(default)]
+    pub late: u64,
+    /// Records dead-lettered in the epoch for other reasons than lateness.
+    #[serde(default)]
+    pub dead_lettered: u64,
+    /// The event-time watermark (micros) after the epoch, if dedup is on.
+    #[serde(default)]
+    pub watermark: Option<i64>,
 }
 
 /// The outcome of [`DeltaSink::commit_epoch`].
@@ -381,6 +393,47 @@ impl DeltaSink {
             info!(table = %self.uri, files = removed.len(), above_epoch = committed_epoch, "deleted data files of epochs the table does not hold");
         }
         Ok(removed)
+    }
+
+    /// Reads `columns` of every row in the table's live files (local tables only): used to
+    /// rebuild dedup state from the table when the checkpoint store is lost.
+    pub fn read_columns(&mut self, columns: &[String]) -> Result<Vec<RecordBatch>, DeltaSinkError> {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        use parquet::arrow::ProjectionMask;
+        let uris: Vec<String> = self
+            .table
+            .get_file_uris()
+            .map_err(self.err("list live files"))?
+            .collect();
+        let mut out = Vec::new();
+        for uri in uris {
+            let path = Url::parse(&uri)
+                .ok()
+                .and_then(|u| u.to_file_path().ok())
+                .ok_or_else(|| DeltaSinkError {
+                    op: "read live file",
+                    table: self.uri.clone(),
+                    source: format!(
+                        "{uri} is not a local file; rebuilding state needs a local table"
+                    )
+                    .into(),
+                })?;
+            let file = File::open(&path).map_err(self.err("open live file"))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(self.err("read parquet footer"))?;
+            let mask = ProjectionMask::columns(
+                builder.parquet_schema(),
+                columns.iter().map(String::as_str),
+            );
+            let reader = builder
+                .with_projection(mask)
+                .build()
+                .map_err(self.err("read parquet"))?;
+            for batch in reader {
+                out.push(batch.map_err(self.err("read parquet rows"))?);
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes the files in `adds` (best effort): the commit they were written for failed.

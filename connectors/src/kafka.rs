@@ -245,6 +245,17 @@ impl KafkaSource {
         }
     }
 
+    /// Every assigned `(topic, partition)`.
+    pub fn partitions(&self) -> Vec<(String, i32)> {
+        let mut v: Vec<(String, i32)> = self
+            .high_at_start
+            .keys()
+            .map(|tp| (tp.topic.clone(), tp.partition))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Records taken during a commit and not yet handed out.
     pub fn buffered(&self) -> usize {
         self.pending.len()

@@ -3,12 +3,14 @@
 //! - [`record`]: the record a source yields and the positions it stands at.
 //! - [`source`]: the [`source::Source`] trait the engine drives.
 //! - [`kafka`]: a Kafka source whose positions Tidemark owns (assign + seek, no auto-commit).
+//! - [`dead_letter`]: records that cannot be written, kept whole with why, in their own table.
 //! - [`decode`]: JSON messages to Arrow record batches, with errors naming the record at fault.
 //! - [`delta`]: a Delta Lake sink that commits one epoch per Delta commit, with a `txn` action.
 //! - [`parquet_file`]: an epoch's rows as a Parquet file with its Delta `add` action and stats.
 //!
 //! This crate never imports the engine or the checkpoint crate.
 
+pub mod dead_letter;
 pub mod decode;
 pub mod delta;
 pub mod kafka;

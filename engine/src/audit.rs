@@ -169,6 +169,51 @@ pub fn read_coordinates(
     Ok(out)
 }
 
+/// The dead-letter table next to `table_dir` (`<table>_dead_letters`), if it exists.
+pub fn dead_letter_dir(table_dir: &Path) -> Option<std::path::PathBuf> {
+    let name = format!("{}_dead_letters", table_dir.file_name()?.to_string_lossy());
+    let dir = table_dir.with_file_name(name);
+    dir.join("_delta_log").exists().then_some(dir)
+}
+
+/// Every dead letter of the table at `dir`: coordinates and reason, read from `_delta_log`
+/// and Parquet like the main table.
+pub fn read_dead_letters(dir: &Path) -> Result<Vec<(Coordinates, String)>, AuditError> {
+    let replay = replay_log(dir)?;
+    let mut out = Vec::new();
+    for_each_batch(
+        dir,
+        &replay.live_files,
+        &["topic", "partition", "offset", "reason"],
+        |path, batch| {
+            let col = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .ok_or_else(|| AuditError::Parquet {
+                        path: path.to_path_buf(),
+                        message: format!("column {name} missing"),
+                    })
+            };
+            let topics = col("topic")?.as_string::<i32>().clone();
+            let partitions = col("partition")?.as_primitive::<Int32Type>().clone();
+            let offsets = col("offset")?.as_primitive::<Int64Type>().clone();
+            let reasons = col("reason")?.as_string::<i32>().clone();
+            for i in 0..batch.num_rows() {
+                out.push((
+                    (
+                        topics.value(i).to_string(),
+                        partitions.value(i),
+                        offsets.value(i),
+                    ),
+                    reasons.value(i).to_string(),
+                ));
+            }
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
+
 /// Reads one string column of every row of the live files (nulls as `None`).
 pub fn read_string_column(
     table_dir: &Path,
@@ -241,6 +286,8 @@ pub struct ExactlyOnceReport {
     pub rows: u64,
     /// Records listed as skipped in commitInfo.
     pub skipped: u64,
+    /// Rows in the dead-letter table next to the table.
+    pub dead_letters: u64,
     /// Expected records (from the source's ends) found neither as a row nor as skipped.
     pub missing: Vec<Coordinates>,
     /// Records present more than once (as rows, or as a row and a skip), with their count.
@@ -257,7 +304,9 @@ impl ExactlyOnceReport {
 }
 
 /// Checks that every offset `0..end` of each `(topic, partition)` in `ends` is in the table
-/// exactly once (as a row, or listed once as skipped), using only [`replay_log`] and Parquet.
+/// exactly once (as a row, listed once as skipped, or once in the dead-letter table next to it),
+/// using only [`replay_log`] and Parquet. (With dedup, dropped duplicates and late records are
+/// in neither: check those with the counts.)
 pub fn check_exactly_once(
     table_dir: &Path,
     ends: &BTreeMap<(String, i32), i64>,
@@ -271,6 +320,12 @@ pub fn check_exactly_once(
     };
     for c in rows {
         *counts.entry(c).or_default() += 1;
+    }
+    if let Some(dlq) = dead_letter_dir(table_dir) {
+        for (c, _) in read_dead_letters(&dlq)? {
+            report.dead_letters += 1;
+            *counts.entry(c).or_default() += 1;
+        }
     }
     for (_, info) in &replay.epochs {
         for s in &info.skipped {

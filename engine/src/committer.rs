@@ -11,13 +11,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tidemark_checkpoint::store::Counts;
 use tidemark_checkpoint::wal::FrameKind;
 use tidemark_checkpoint::{CheckpointRecord, CheckpointStore, Wal};
+use tidemark_connectors::dead_letter;
 use tidemark_connectors::decode::InvalidRecord;
 use tidemark_connectors::delta::{CommitOutcome, DeltaSink, EpochCommitInfo, SkippedRecord};
 use tidemark_connectors::kafka::KafkaSource;
 use tidemark_connectors::{Positions, SourceRecord};
 use tracing::info;
 
-use crate::epoch::OpenEpoch;
+use crate::epoch::{DedupRuntime, OpenEpoch};
 use crate::epoch_log::{encode_record, to_store_positions, SealInfo};
 use crate::fault::{self, CrashPoint};
 use crate::pipeline::PipelineError;
@@ -39,8 +40,14 @@ pub struct EpochReport {
     pub records: u64,
     /// Rows written.
     pub rows: u64,
-    /// Records skipped as invalid.
+    /// Records skipped or dead-lettered as invalid.
     pub skipped: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Late records.
+    pub late: u64,
+    /// Rows written to the dead-letter table.
+    pub dead_letters: u64,
     /// Parquet files written.
     pub files: u64,
     /// The Delta version of its commit (`None`: the epoch needed no commit).
@@ -69,6 +76,10 @@ pub struct Committer {
     pub committed_epoch: u64,
     /// Delta version of that commit.
     pub table_version: Option<i64>,
+    /// The dead-letter table, if bad records go there.
+    pub dead_letter_sink: Option<DeltaSink>,
+    /// Dedup state and watermark progress, if dedup is on.
+    pub dedup: Option<DedupRuntime>,
     encode_buf: Vec<u8>,
 }
 
@@ -107,6 +118,8 @@ impl Committer {
             totals,
             committed_epoch,
             table_version,
+            dead_letter_sink: None,
+            dedup: None,
             encode_buf: Vec::new(),
         }
     }
@@ -129,21 +142,28 @@ impl Committer {
         Ok(())
     }
 
-    /// Step 2: seals `open` (durable when this returns).
+    /// Step 2: seals `open` (durable when this returns). With dedup on, the watermark moves
+    /// here (the partitions' progress decides it, wall-clock idleness included) and the new
+    /// value is recorded in the seal, so a replay uses it instead of recomputing it.
     pub fn seal(&mut self, open: &OpenEpoch) -> Result<(), PipelineError> {
+        let watermark = self.dedup.as_mut().and_then(|d| {
+            let candidate = d.tracker.candidate(Instant::now());
+            d.state.advance(candidate)
+        });
         let info = SealInfo {
             start_positions: open.start.clone(),
             end_positions: open.end.clone(),
             records: open.records,
+            watermark,
         };
         self.wal.seal(open.epoch, &info.encode())?;
         fault::hit(CrashPoint::AfterSeal);
         Ok(())
     }
 
-    /// Steps 3–5 for a sealed epoch: Parquet + one Delta commit (skipped when the epoch has
-    /// nothing to record), checkpoint, WAL truncation. While the commit runs, `source` (if any)
-    /// keeps being polled (bounded buffering is the back-pressure).
+    /// Steps 3–5 for a sealed epoch: dead letters (own table, own commit, first), then rows as
+    /// Parquet + ONE Delta commit, then checkpoint and WAL truncation. While the commits run,
+    /// `source` (if any) keeps being polled (bounded buffering is the back-pressure).
     pub async fn commit_sealed(
         &mut self,
         open: OpenEpoch,
@@ -152,80 +172,131 @@ impl Committer {
         let started = Instant::now();
         let epoch = open.epoch;
         let rows = open.rows();
+        debug_assert_eq!(
+            open.records,
+            rows + open.duplicates + open.late + open.invalid(),
+            "every record is written, a duplicate, late or invalid"
+        );
         let mut report = EpochReport {
             epoch,
             records: open.records,
             rows,
-            skipped: open.invalid.len() as u64,
+            skipped: open.invalid(),
+            duplicates: open.duplicates,
+            late: open.late,
+            dead_letters: open.dead_letters.len() as u64,
             ..EpochReport::default()
         };
-        if rows > 0 || !open.invalid.is_empty() {
-            fault::hit(CrashPoint::BeforeParquetWrite);
-            let (adds, write) = self
-                .sink
-                .write_epoch_files(epoch as i64, &open.batches)
-                .await?;
-            fault::hit(CrashPoint::AfterParquetWrite);
-            report.files = write.files as u64;
-            let info = EpochCommitInfo {
-                pipeline_id: self.pipeline_id.clone(),
-                epoch: epoch as i64,
-                start_positions: open.start.clone(),
-                end_positions: open.end.clone(),
-                records_read: open.records,
-                rows_written: rows,
-                records_skipped: report.skipped,
-                skipped: open.invalid.iter().map(skipped).collect(),
-            };
-            let outcome = match source {
-                Some(source) => {
-                    let mut polls = 0;
-                    let outcome = {
-                        let commit = commit_with_delay(&mut self.sink, adds.clone(), &info);
-                        tokio::pin!(commit);
-                        tokio::select! {
-                            outcome = &mut commit => outcome,
-                            err = source.poll_during_commit(BUFFER_DURING_COMMIT, &mut polls) => {
-                                return Err(PipelineError::Source(err));
-                            }
-                        }
-                    };
-                    report.polls_during_commit = polls;
-                    outcome
-                }
-                None => commit_with_delay(&mut self.sink, adds.clone(), &info).await,
-            };
-            match outcome {
-                Ok(CommitOutcome::Committed { version }) => {
-                    fault::hit(CrashPoint::AfterDeltaCommit);
-                    report.version = Some(version);
-                    self.committed_epoch = epoch;
-                    self.table_version = Some(version as i64);
-                }
-                Ok(CommitOutcome::AlreadyCommitted { txn_version }) => {
-                    return Err(PipelineError::Progress {
-                        table: self.sink.uri().to_string(),
-                        message: format!(
-                            "epoch {epoch} is already in the table (txn version {txn_version}): another \
-                             process writes with pipeline id {:?}; stopping without writing it again",
-                            self.pipeline_id
-                        ),
-                    });
-                }
-                Err(e) => {
-                    self.sink.discard_files(&adds).await;
-                    return Err(e.into());
+        let watermark = self.dedup.as_ref().and_then(|d| d.state.watermark());
+        let mut skipped_list: Vec<SkippedRecord> = open.skipped.iter().map(skipped).collect();
+        skipped_list.extend(open.skipped_other.iter().map(|(r, reason)| SkippedRecord {
+            topic: r.topic.to_string(),
+            partition: r.partition,
+            offset: r.offset,
+            reason: reason.to_string(),
+        }));
+        let info = EpochCommitInfo {
+            pipeline_id: self.pipeline_id.clone(),
+            epoch: epoch as i64,
+            start_positions: open.start.clone(),
+            end_positions: open.end.clone(),
+            records_read: open.records,
+            rows_written: rows,
+            records_skipped: (open.skipped.len() + open.skipped_other.len()) as u64,
+            skipped: skipped_list,
+            duplicates: open.duplicates,
+            late: open.late,
+            dead_lettered: open.invalid() - (open.skipped.len() + open.skipped_other.len()) as u64,
+            watermark,
+        };
+        let mut polls = 0;
+        let outcome = match source {
+            Some(source) => {
+                let work = self.write_and_commit(&open, &info, &mut report);
+                tokio::pin!(work);
+                tokio::select! {
+                    outcome = &mut work => outcome,
+                    err = source.poll_during_commit(BUFFER_DURING_COMMIT, &mut polls) => {
+                        return Err(PipelineError::Source(err));
+                    }
                 }
             }
-        }
-        self.totals.read += open.records;
-        self.totals.written += rows;
-        self.totals.dead_lettered += report.skipped;
+            None => self.write_and_commit(&open, &info, &mut report).await,
+        };
+        report.polls_during_commit = polls;
+        let version = outcome?;
+        fault::hit(CrashPoint::AfterDeltaCommit);
+        report.version = Some(version);
+        self.committed_epoch = epoch;
+        self.table_version = Some(version as i64);
+        self.add_totals(&open);
         let cp_started = Instant::now();
         self.checkpoint(epoch, &open.end)?;
         report.checkpoint_micros = cp_started.elapsed().as_micros() as u64;
         report.commit_micros = started.elapsed().as_micros() as u64;
         Ok(report)
+    }
+
+    /// Adds an epoch's counts to the totals.
+    pub fn add_totals(&mut self, open: &OpenEpoch) {
+        self.totals.read += open.records;
+        self.totals.written += open.rows();
+        self.totals.duplicates += open.duplicates;
+        self.totals.late += open.late;
+        self.totals.dead_lettered += open.invalid();
+    }
+
+    /// Dead letters first (a commit of the dead-letter table that already holds the epoch is
+    /// skipped: a redo after a crash between the two commits), then the rows.
+    async fn write_and_commit(
+        &mut self,
+        open: &OpenEpoch,
+        info: &EpochCommitInfo,
+        report: &mut EpochReport,
+    ) -> Result<u64, PipelineError> {
+        let epoch = open.epoch as i64;
+        if let (Some(dlq), false) = (self.dead_letter_sink.as_mut(), open.dead_letters.is_empty()) {
+            let already = dlq.txn_version().await?.is_some_and(|v| v >= epoch);
+            if !already {
+                let batch = dead_letter::to_batch(
+                    dlq.arrow_schema(),
+                    &self.pipeline_id,
+                    epoch,
+                    &open.dead_letters,
+                )
+                .map_err(|source| PipelineError::Decode { epoch, source })?;
+                let (adds, _) = dlq.write_epoch_files(epoch, &[batch]).await?;
+                let mut dlq_info = info.clone();
+                dlq_info.rows_written = open.dead_letters.len() as u64;
+                dlq_info.skipped.clear();
+                match commit_with_delay(dlq, adds.clone(), &dlq_info).await {
+                    Ok(_) => {}
+                    Err(e) => {
+                        dlq.discard_files(&adds).await;
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        fault::hit(CrashPoint::BeforeParquetWrite);
+        let (adds, write) = self.sink.write_epoch_files(epoch, &open.batches).await?;
+        fault::hit(CrashPoint::AfterParquetWrite);
+        report.files = write.files as u64;
+        match commit_with_delay(&mut self.sink, adds.clone(), info).await {
+            Ok(CommitOutcome::Committed { version }) => Ok(version),
+            Ok(CommitOutcome::AlreadyCommitted { txn_version }) => Err(PipelineError::Progress {
+                table: self.sink.uri().to_string(),
+                message: format!(
+                    "epoch {epoch} is already in the table (txn version {txn_version}): another \
+                     process writes with pipeline id {:?}; stopping without writing it again",
+                    self.pipeline_id
+                ),
+            }),
+            Err(e) => {
+                self.sink.discard_files(&adds).await;
+                Err(e.into())
+            }
+        }
     }
 
     /// Steps 4–5: writes checkpoint `epoch` at `positions` (the WAL position is the log's end,
@@ -236,14 +307,18 @@ impl Committer {
             epoch,
             committed_epoch: self.committed_epoch,
             table_version: self.table_version,
-            watermark: None,
+            watermark: self.dedup.as_ref().and_then(|d| d.state.watermark()),
             wal_segment: wal_at.segment,
             wal_offset: wal_at.offset,
             created_at_ms: now_ms(),
             counts: self.totals,
             positions: to_store_positions(positions),
         };
-        self.store.write(&record, &[], None)?;
+        let (inserts, evict_below) = match self.dedup.as_mut() {
+            Some(d) => (d.state.take_inserted(), d.state.watermark()),
+            None => (Vec::new(), None),
+        };
+        self.store.write(&record, &inserts, evict_below)?;
         fault::hit(CrashPoint::AfterCheckpoint);
         let removed = self.wal.truncate_before(epoch + 1)?;
         if removed > 0 {

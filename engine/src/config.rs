@@ -45,15 +45,70 @@ pub enum ConfigError {
     },
 }
 
-/// What to do with a record that does not decode or does not fit the schema.
+/// What to do with a record that does not decode, does not fit the schema, is too large, or
+/// has no dedup key or event time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OnInvalidRecord {
-    /// Stop the pipeline with an error naming the record (nothing after it is committed).
+    /// Write it to the dead-letter table (raw bytes, coordinates, reason) and go on.
     #[default]
+    DeadLetter,
+    /// Stop the pipeline with an error naming the record (nothing after it is committed).
     Fail,
     /// Skip the record, log it, and list it in the commitInfo of the epoch that covers it.
     Skip,
+}
+
+/// What to do with a record whose event time is below the watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLate {
+    /// Write it to the dead-letter table (reason `late`).
+    #[default]
+    DeadLetter,
+    /// Drop it (counted as late).
+    Drop,
+}
+
+/// Where a dedup key or event time comes from.
+pub const KAFKA_KEY: &str = "_kafka_key";
+
+/// `[dedup]`: watermark deduplication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Columns whose values together form the dedup key, or `["_kafka_key"]` for the Kafka
+    /// message key.
+    pub key: Vec<String>,
+    /// The event-time column (`timestamp`, or `long` in `event_time_unit`), or
+    /// `_kafka_timestamp` for the Kafka message timestamp.
+    pub event_time: String,
+    /// Unit of a `long` event-time column: `millis` (default) or `micros`.
+    #[serde(default)]
+    pub event_time_unit: EventTimeUnit,
+    /// How far behind the newest event time a record may arrive and still count, in ms.
+    pub allowed_lateness_ms: u64,
+    /// A partition with no record for this long stops holding the watermark back, in ms.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// What happens to late records.
+    #[serde(default)]
+    pub late: OnLate,
+}
+
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+
+/// Unit of an integer event-time column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EventTimeUnit {
+    /// Milliseconds since the Unix epoch.
+    #[default]
+    Millis,
+    /// Microseconds since the Unix epoch.
+    Micros,
 }
 
 /// A whole pipeline: one source, one table.
@@ -75,6 +130,9 @@ pub struct PipelineConfig {
     /// What happens to bad records.
     #[serde(default)]
     pub errors: ErrorsConfig,
+    /// Watermark deduplication (off when absent).
+    #[serde(default)]
+    pub dedup: Option<DedupConfig>,
 }
 
 /// `[source]`: the Kafka topics to read.
@@ -262,12 +320,33 @@ impl CheckpointConfig {
 }
 
 /// `[errors]`: bad-record handling.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorsConfig {
-    /// `fail` (default) or `skip`.
+    /// `dead_letter` (default), `skip` or `fail`.
     #[serde(default)]
     pub on_invalid_record: OnInvalidRecord,
+    /// The dead-letter Delta table: a path relative to the config file or a URL. Default: the
+    /// sink table's path with `_dead_letters` appended.
+    #[serde(default)]
+    pub dead_letter_table: Option<String>,
+    /// A record whose key + value exceed this many bytes is dead-lettered as `too_large`.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+}
+
+fn default_max_record_bytes() -> usize {
+    1 << 20
+}
+
+impl Default for ErrorsConfig {
+    fn default() -> Self {
+        Self {
+            on_invalid_record: OnInvalidRecord::default(),
+            dead_letter_table: None,
+            max_record_bytes: default_max_record_bytes(),
+        }
+    }
 }
 
 /// Consumer properties Tidemark owns; setting them would break exactly-once.
@@ -390,35 +469,84 @@ impl PipelineConfig {
         if c.dir.as_deref().is_some_and(|d| d.trim().is_empty()) {
             return Err(invalid("checkpoint.dir", "must not be empty".into()));
         }
+        if self.errors.max_record_bytes == 0 {
+            return Err(invalid(
+                "errors.max_record_bytes",
+                "must be greater than 0".into(),
+            ));
+        }
+        if let Some(d) = &self.dedup {
+            if d.key.is_empty() {
+                return Err(invalid(
+                    "dedup.key",
+                    "must name at least one column (or \"_kafka_key\")".into(),
+                ));
+            }
+            let columns: Vec<&str> = self.sink.columns.iter().map(|c| c.name.as_str()).collect();
+            for k in &d.key {
+                if k == KAFKA_KEY {
+                    if d.key.len() > 1 {
+                        return Err(invalid(
+                            "dedup.key",
+                            "\"_kafka_key\" cannot be combined with columns".into(),
+                        ));
+                    }
+                } else if !columns.contains(&k.as_str()) {
+                    return Err(invalid(
+                        "dedup.key",
+                        format!(
+                            "names {k:?}, which is not a configured column (columns: {})",
+                            columns.join(", ")
+                        ),
+                    ));
+                }
+            }
+            if d.event_time != COL_TIMESTAMP {
+                match self.sink.columns.iter().find(|c| c.name == d.event_time) {
+                    Some(c) if matches!(c.kind, ColumnType::Timestamp | ColumnType::Long) => {}
+                    Some(c) => {
+                        return Err(invalid(
+                            "dedup.event_time",
+                            format!("column {:?} is {:?}; it must be a timestamp or a long", c.name, c.kind),
+                        ))
+                    }
+                    None => {
+                        return Err(invalid(
+                            "dedup.event_time",
+                            format!("names {:?}, which is neither a configured column nor \"{COL_TIMESTAMP}\"", d.event_time),
+                        ))
+                    }
+                }
+            }
+            if d.idle_timeout_ms == 0 {
+                return Err(invalid(
+                    "dedup.idle_timeout_ms",
+                    "must be greater than 0".into(),
+                ));
+            }
+        }
         self.table_url(path)?;
+        self.dead_letter_url(path)?;
         Ok(())
+    }
+
+    /// The dead-letter table's URL (see [`ErrorsConfig::dead_letter_table`]).
+    pub fn dead_letter_url(&self, config_path: &Path) -> Result<Url, ConfigError> {
+        let raw = match &self.errors.dead_letter_table {
+            Some(t) => t.trim().to_string(),
+            None => format!(
+                "{}_dead_letters",
+                self.sink.table_uri.trim().trim_end_matches('/')
+            ),
+        };
+        resolve_table(&raw, config_path, "errors.dead_letter_table")
     }
 
     /// The table's URL: `sink.table_uri` as given if it is a URL, else a path resolved against
     /// the config file's directory.
     pub fn table_url(&self, config_path: &Path) -> Result<Url, ConfigError> {
-        let raw = self.sink.table_uri.trim();
-        if raw.contains("://") {
-            return Url::parse(raw).map_err(|e| ConfigError::Invalid {
-                path: config_path.to_path_buf(),
-                setting: "sink.table_uri".into(),
-                message: format!("{raw:?} is not a valid URL: {e}"),
-            });
-        }
-        let base = config_path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let joined = base.join(raw);
-        let absolute = std::path::absolute(&joined).unwrap_or(joined);
-        Url::from_directory_path(&absolute).map_err(|()| ConfigError::Invalid {
-            path: config_path.to_path_buf(),
-            setting: "sink.table_uri".into(),
-            message: format!("{} is not a usable directory path", absolute.display()),
-        })
+        resolve_table(self.sink.table_uri.trim(), config_path, "sink.table_uri")
     }
-
     /// The state directory (`checkpoint.dir`, resolved against the config file's directory).
     pub fn state_dir(&self, config_path: &Path) -> PathBuf {
         let base = config_path
@@ -462,6 +590,31 @@ impl PipelineConfig {
     }
 }
 
+/// A table location: `raw` as given if it is a URL, else a path resolved against the config
+/// file's directory. Errors name `setting`.
+fn resolve_table(raw: &str, config_path: &Path, setting: &str) -> Result<Url, ConfigError> {
+    if raw.contains("://") {
+        return Url::parse(raw).map_err(|e| ConfigError::Invalid {
+            path: config_path.to_path_buf(),
+            setting: setting.into(),
+            message: format!("{raw:?} is not a valid URL: {e}"),
+        });
+    }
+
+    let base = config_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let joined = base.join(raw);
+    let absolute = std::path::absolute(&joined).unwrap_or(joined);
+    Url::from_directory_path(&absolute).map_err(|()| ConfigError::Invalid {
+        path: config_path.to_path_buf(),
+        setting: setting.into(),
+        message: format!("{} is not a usable directory path", absolute.display()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,7 +648,13 @@ type = "double"
             c.state_dir(Path::new("/etc/tidemark/pipeline.toml")),
             Path::new("/etc/tidemark/.tidemark/orders")
         );
-        assert_eq!(c.errors.on_invalid_record, OnInvalidRecord::Fail);
+        assert_eq!(c.errors.on_invalid_record, OnInvalidRecord::DeadLetter);
+        assert_eq!(
+            c.dead_letter_url(Path::new("/etc/tidemark/pipeline.toml"))
+                .unwrap()
+                .as_str(),
+            "file:///etc/tidemark/tables/orders_dead_letters/"
+        );
         assert!(c.sink.source_columns);
         assert_eq!(c.delta_columns().len(), 6);
         let url = c
@@ -561,6 +720,22 @@ type = "double"
             (
                 format!("{GOOD}\n[errors]\non_invalid_record = \"ignore\"\n"),
                 "ignore",
+            ),
+            (
+                format!("{GOOD}\n[dedup]\nkey = [\"nope\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 1\n"),
+                "dedup.key",
+            ),
+            (
+                format!("{GOOD}\n[dedup]\nkey = [\"id\"]\nevent_time = \"amount\"\nallowed_lateness_ms = 1\n"),
+                "dedup.event_time",
+            ),
+            (
+                format!("{GOOD}\n[dedup]\nkey = [\"_kafka_key\", \"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 1\n"),
+                "dedup.key",
+            ),
+            (
+                format!("{GOOD}\n[errors]\nmax_record_bytes = 0\n"),
+                "errors.max_record_bytes",
             ),
         ];
         for (text, needle) in cases {

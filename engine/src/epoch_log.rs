@@ -167,6 +167,9 @@ pub struct SealInfo {
     pub end_positions: Positions,
     /// Record frames of the epoch before the seal.
     pub records: u64,
+    /// The event-time watermark decided at this seal (micros), in effect from the next epoch.
+    #[serde(default)]
+    pub watermark: Option<i64>,
 }
 
 impl SealInfo {
@@ -249,7 +252,7 @@ mod tests {
         fn seals_round_trip(offsets in proptest::collection::vec((0i32..8, 0i64..1_000_000), 0..8), n in any::<u64>()) {
             let mut end = Positions::new();
             for (p, o) in offsets { end.set("t", p, o); }
-            let s = SealInfo { start_positions: Positions::new(), end_positions: end, records: n };
+            let s = SealInfo { start_positions: Positions::new(), end_positions: end, records: n, watermark: Some(n as i64) };
             prop_assert_eq!(SealInfo::decode(&s.encode()).unwrap(), s);
         }
     }

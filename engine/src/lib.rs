@@ -2,7 +2,8 @@
 //!
 //! - [`config`]: `pipeline.toml` and its validation.
 //! - [`pipeline`]: the run loop of the epoch protocol.
-//! - [`epoch`]: the epoch being read; [`epoch_log`]: what WAL frames hold.
+//! - [`dedup`]: watermark deduplication, pure and property-tested.
+//! - [`epoch`]: the epoch being read and how records become rows or dead letters; [`epoch_log`]: what WAL frames hold.
 //! - [`committer`]: seal, Delta commit, checkpoint, truncation, in protocol order.
 //! - [`recovery`]: what to do on start, from the checkpoint, the WAL and the table.
 //! - [`status`]: `tidemark status`, what recovery would do next.
@@ -16,6 +17,7 @@ pub mod audit;
 pub mod cli;
 pub mod committer;
 pub mod config;
+pub mod dedup;
 pub mod demo;
 pub mod epoch;
 pub mod epoch_log;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tidemark_checkpoint::{StoreError, WalError};
+use tidemark_connectors::dead_letter;
 use tidemark_connectors::decode::{InvalidRecord, JsonDecoder};
 use tidemark_connectors::delta::{DeltaSink, DeltaSinkError};
 use tidemark_connectors::kafka::{KafkaSource, KafkaSourceConfig, KafkaSourceError};
@@ -22,8 +23,8 @@ use tidemark_connectors::Positions;
 use tracing::{info, warn};
 
 use crate::committer::EpochReport;
-use crate::config::{ConfigError, PipelineConfig};
-use crate::epoch::OpenEpoch;
+use crate::config::{ConfigError, OnInvalidRecord, OnLate, PipelineConfig};
+use crate::epoch::{OpenEpoch, RecordProcessor};
 use crate::recovery::{self, RecoveryOutcome};
 
 /// Most records taken from the source per WAL group commit.
@@ -44,10 +45,23 @@ pub enum PipelineError {
     #[error(transparent)]
     Source(#[from] KafkaSourceError),
     /// A record did not decode and `errors.on_invalid_record = "fail"`.
-    #[error("{record}; stopping because errors.on_invalid_record = \"fail\" (nothing of epoch {epoch} was committed; set it to \"skip\" to skip and list such records in the commitInfo)")]
+    #[error("{record}; stopping because errors.on_invalid_record = \"fail\" (nothing of epoch {epoch} was committed; set it to \"dead_letter\" to keep such records in the dead-letter table and go on)")]
     InvalidRecord {
         /// The first bad record of the epoch.
         record: InvalidRecord,
+        /// The epoch it was in.
+        epoch: i64,
+    },
+    /// A record was rejected (too large, no dedup key or event time) and
+    /// `errors.on_invalid_record = "fail"`.
+    #[error("record {record} is invalid ({reason}): {message}; stopping because errors.on_invalid_record = \"fail\" (nothing of epoch {epoch} was committed; set it to \"dead_letter\" to keep such records in the dead-letter table)")]
+    Rejected {
+        /// `topic/partition@offset`.
+        record: String,
+        /// Reason category.
+        reason: &'static str,
+        /// What is wrong.
+        message: String,
         /// The epoch it was in.
         epoch: i64,
     },
@@ -120,8 +134,18 @@ pub struct RunSummary {
     pub records_read: u64,
     /// Rows written to the table.
     pub rows_written: u64,
-    /// Records skipped as invalid.
+    /// Records skipped or dead-lettered as invalid.
     pub records_skipped: u64,
+    /// Duplicates dropped.
+    pub duplicates: u64,
+    /// Late records.
+    pub late: u64,
+    /// Rows written to the dead-letter table.
+    pub dead_letters: u64,
+    /// Keys in dedup state at the end of the run.
+    pub dedup_keys: Option<u64>,
+    /// The watermark at the end of the run (micros).
+    pub watermark: Option<i64>,
     /// Parquet files written.
     pub files_written: u64,
     /// Newest table version after the run.
@@ -205,11 +229,38 @@ pub async fn run(
     )
     .await?;
     check_schema(config, &sink)?;
-    let decoder = JsonDecoder::new(sink.arrow_schema().clone());
+    let processor = RecordProcessor::new(config, JsonDecoder::new(sink.arrow_schema().clone()))?;
+    let dead_letter_sink = if config.errors.on_invalid_record == OnInvalidRecord::DeadLetter
+        || config
+            .dedup
+            .as_ref()
+            .is_some_and(|d| d.late == OnLate::DeadLetter)
+    {
+        let url = config.dead_letter_url(config_path)?;
+        let name = format!("{table_name}_dead_letters");
+        let dlq = DeltaSink::open_or_create(
+            &url,
+            &config.pipeline_id,
+            &name,
+            dead_letter::delta_columns(),
+        )
+        .await?;
+        info!(table = %dlq.uri(), "dead letters go to this table");
+        Some(dlq)
+    } else {
+        None
+    };
     let state = config.state_dir(config_path);
     let recovery_started = Instant::now();
-    let (mut committer, mut open, mut recovered) =
-        recovery::recover(config, &state, sink, &decoder, options.rewind_to).await?;
+    let (mut committer, mut open, mut recovered) = recovery::recover(
+        config,
+        &state,
+        sink,
+        dead_letter_sink,
+        &processor,
+        options.rewind_to,
+    )
+    .await?;
     recovered.recovery_ms = recovery_started.elapsed().as_millis() as u64;
     info!(
         case = recovered.case,
@@ -244,6 +295,9 @@ pub async fn run(
         summary.records_read += report.records;
         summary.rows_written += report.rows;
         summary.records_skipped += report.skipped;
+        summary.duplicates += report.duplicates;
+        summary.late += report.late;
+        summary.dead_letters += report.dead_letters;
         summary.files_written += report.files;
         latencies.push(report.commit_micros);
         checkpoint_micros += report.checkpoint_micros;
@@ -276,6 +330,9 @@ pub async fn run(
         table: committer.sink.uri().to_string(),
         message: format!("source connect task failed: {e}"),
     })??;
+    if let Some(d) = committer.dedup.as_mut() {
+        d.tracker.register(source.partitions(), Instant::now());
+    }
     info!(
         lag = source.lag_at_start(&open.end),
         epoch = open.epoch,
@@ -283,7 +340,6 @@ pub async fn run(
         "records waiting at start"
     );
 
-    let on_invalid = config.errors.on_invalid_record;
     let cp = &config.checkpoint;
     summary.stopped_because = loop {
         let stop = if shutdown.requested() {
@@ -304,6 +360,9 @@ pub async fn run(
                 records = report.records,
                 rows = report.rows,
                 skipped = report.skipped,
+                duplicates = report.duplicates,
+                late = report.late,
+                dead_letters = report.dead_letters,
                 files = report.files,
                 commit_ms = report.commit_micros / 1000,
                 checkpoint_us = report.checkpoint_micros,
@@ -323,7 +382,7 @@ pub async fn run(
             continue;
         }
         committer.log_records(open.epoch, &records)?;
-        open.add(&records, &decoder, on_invalid)?;
+        open.add(&records, &processor, committer.dedup.as_mut())?;
     };
     summary.positions = open.end.clone();
     summary.table_version = committer.table_version.map(|v| v as u64);
@@ -336,6 +395,10 @@ pub async fn run(
     summary.commit_ms_p50 = pct(0.5);
     summary.commit_ms_p99 = pct(0.99);
     summary.checkpoint_time_share = checkpoint_micros as f64 / 1e6 / summary.elapsed_secs.max(1e-9);
+    if let Some(d) = &committer.dedup {
+        summary.dedup_keys = Some(d.state.len() as u64);
+        summary.watermark = d.state.watermark();
+    }
     let t = committer.totals;
     summary.totals = Totals {
         read: t.read,

@@ -13,14 +13,14 @@ use tidemark_checkpoint::{
     CheckpointRecord, CheckpointStore, StoreError, StoreOptions, SyncPolicy, Wal, WalOptions,
     WalPosition,
 };
-use tidemark_connectors::decode::JsonDecoder;
 use tidemark_connectors::delta::{DeltaSink, TableProgress};
 use tidemark_connectors::{Positions, SourceRecord};
 use tracing::{error, info, warn};
 
 use crate::committer::Committer;
 use crate::config::{PipelineConfig, WalSync};
-use crate::epoch::OpenEpoch;
+use crate::dedup::{DedupState, WatermarkTracker};
+use crate::epoch::{DedupRuntime, DedupSpec, KeySource, OpenEpoch, RecordProcessor};
 use crate::epoch_log::{from_store_positions, RecordDecoder, SealInfo};
 use crate::pipeline::PipelineError;
 use crate::protocol::{decide, RecoveryDecision, RecoveryFacts};
@@ -153,7 +153,8 @@ pub async fn recover(
     config: &PipelineConfig,
     state: &Path,
     mut sink: DeltaSink,
-    decoder: &JsonDecoder,
+    mut dead_letter_sink: Option<DeltaSink>,
+    processor: &RecordProcessor,
     rewind_to: Option<u64>,
 ) -> Result<(Committer, OpenEpoch, RecoveryOutcome), PipelineError> {
     std::fs::create_dir_all(state).map_err(|io| PipelineError::State {
@@ -190,6 +191,10 @@ pub async fn recover(
     };
     // Files of epochs the table does not hold: a write or commit that did not land.
     outcome.orphan_files_deleted = sink.sweep_uncommitted_files(v as i64).await?.len();
+    if let Some(dlq) = dead_letter_sink.as_mut() {
+        let dv = dlq.txn_version().await?.unwrap_or(0);
+        outcome.orphan_files_deleted += dlq.sweep_uncommitted_files(dv).await?.len();
+    }
 
     let from = latest.as_ref().map(wal_position);
     let (mut wal, wal_report) = Wal::open(&wal_dir(state), wal_options(config), from)?;
@@ -199,7 +204,7 @@ pub async fn recover(
         let store_lost = unreadable || (!store_existed && (v > 0 || wal_report.frames > 0));
         if v == 0 && !store_lost {
             // No checkpoint and no commit: epoch 1 may be open or sealed in the WAL.
-            let committer = Committer::new(
+            let mut committer = Committer::new(
                 sink,
                 wal,
                 store,
@@ -208,13 +213,22 @@ pub async fn recover(
                 0,
                 None,
             );
-            return from_checkpoint(config, committer, decoder, None, v, None, outcome).await;
+            committer.dead_letter_sink = dead_letter_sink;
+            return from_checkpoint(committer, processor, None, v, None, outcome).await;
         }
-        return from_table(
-            config,
+        let mut committer = Committer::new(
             sink,
             wal,
             store,
+            config.pipeline_id.clone(),
+            Counts::default(),
+            0,
+            None,
+        );
+        committer.dead_letter_sink = dead_letter_sink;
+        return from_table(
+            committer,
+            processor,
             progress,
             store_lost,
             outcome,
@@ -234,7 +248,7 @@ pub async fn recover(
         store.write(&anchored, &[], None)?;
     }
     let facts_table_txn = v;
-    let committer = Committer::new(
+    let mut committer = Committer::new(
         sink,
         wal,
         store,
@@ -243,12 +257,13 @@ pub async fn recover(
         c.committed_epoch,
         c.table_version,
     );
+    committer.dead_letter_sink = dead_letter_sink;
     let Some(r) = rewind_to else {
         let version_now = progress.as_ref().map(|p| p.table_version as i64);
-        return from_checkpoint(config, committer, decoder, Some(c), v, version_now, outcome).await;
+        return from_checkpoint(committer, processor, Some(c), v, version_now, outcome).await;
     };
     match decide_for(&committer, &c, facts_table_txn)? {
-        RecoveryDecision::TableBehind { .. } => rewind(config, committer, progress, r, outcome).await,
+        RecoveryDecision::TableBehind { .. } => rewind(committer, processor, progress, r, outcome).await,
         other => Err(PipelineError::Refused {
             message: format!("--rewind-to {r} was given but the table is not behind the checkpoint ({other}); start without it"),
         }),
@@ -285,9 +300,8 @@ fn log_wal_recovery(report: &WalRecovery, outcome: &mut RecoveryOutcome) {
 
 /// The four cases with a checkpoint `c` (or none yet, with `v == 0`).
 async fn from_checkpoint(
-    config: &PipelineConfig,
     mut committer: Committer,
-    decoder: &JsonDecoder,
+    processor: &RecordProcessor,
     c: Option<CheckpointRecord>,
     v: u64,
     table_version_now: Option<i64>,
@@ -308,6 +322,26 @@ async fn from_checkpoint(
         None => (0, 0, WalPosition::default(), Positions::new()),
     };
     let next = c_epoch + 1;
+    if let Some(spec) = processor.dedup() {
+        let started = std::time::Instant::now();
+        let entries = committer
+            .store
+            .dedup_entries()
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = entries.len();
+        let watermark = c.as_ref().and_then(|c| c.watermark);
+        committer.dedup = Some(dedup_runtime(
+            spec,
+            DedupState::from_entries(entries, watermark),
+            &positions,
+        ));
+        info!(
+            keys,
+            ?watermark,
+            ms = started.elapsed().as_millis() as u64,
+            "dedup state loaded from the checkpoint"
+        );
+    }
     let (records, seal) = scan_epoch(&committer.wal, from, next)?;
     let decision = decide(RecoveryFacts {
         checkpoint_epoch: c_epoch,
@@ -315,13 +349,12 @@ async fn from_checkpoint(
         next_sealed: seal.is_some(),
         table_txn: v,
     });
-    let on_invalid = config.errors.on_invalid_record;
     outcome.replayed_records = records.len() as u64;
     match decision {
         RecoveryDecision::ResumeEpoch { epoch } => {
             outcome.case = if c.is_none() && records.is_empty() { "fresh" } else { "resume_epoch" };
             let mut open = OpenEpoch::new(epoch, positions);
-            open.add(&records, decoder, on_invalid)?;
+            open.add(&records, processor, committer.dedup.as_mut())?;
             info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: no seal after the checkpoint: replayed the unsealed WAL records; continuing the epoch");
             outcome.next_epoch = epoch;
             Ok((committer, open, outcome))
@@ -331,7 +364,10 @@ async fn from_checkpoint(
             let seal = seal.ok_or_else(|| PipelineError::State { path: PathBuf::from("wal"), message: "seal vanished".into() })?;
             check_seal(&seal, &records, epoch)?;
             let mut open = OpenEpoch::new(epoch, seal.start_positions.clone());
-            open.add(&records, decoder, on_invalid)?;
+            open.add(&records, processor, committer.dedup.as_mut())?;
+            if let Some(d) = committer.dedup.as_mut() {
+                d.state.advance(seal.watermark);
+            }
             info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed but not in the table: redoing it from the WAL");
             let report = committer.commit_sealed(open, None).await?;
             info!(epoch, version = ?report.version, rows = report.rows, "recovery: redone epoch committed");
@@ -344,13 +380,14 @@ async fn from_checkpoint(
             check_seal(&seal, &records, epoch)?;
             // Replay through decoding rebuilds the epoch's counts (and, with dedup, its state).
             let mut open = OpenEpoch::new(epoch, seal.start_positions.clone());
-            open.add(&records, decoder, on_invalid)?;
+            open.add(&records, processor, committer.dedup.as_mut())?;
+            if let Some(d) = committer.dedup.as_mut() {
+                d.state.advance(seal.watermark);
+            }
             info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch}");
             committer.committed_epoch = epoch;
             committer.table_version = table_version_now;
-            committer.totals.read += open.records;
-            committer.totals.written += open.rows();
-            committer.totals.dead_lettered += open.invalid.len() as u64;
+            committer.add_totals(&open);
             committer.checkpoint(epoch, &seal.end_positions)?;
             outcome.next_epoch = epoch + 1;
             Ok((committer, OpenEpoch::new(epoch + 1, seal.end_positions), outcome))
@@ -395,13 +432,11 @@ fn retained(store: &CheckpointStore) -> String {
 
 /// Starts from the table's own progress: the store is lost (or empty while the table has
 /// commits). The WAL is dropped: whatever it held after the table's newest commit is re-read
-/// from the source at that commit's end positions.
-#[allow(clippy::too_many_arguments)]
+/// from the source at that commit's end positions. Dedup state is rebuilt from the rows whose
+/// event time is at or above the watermark of that commit.
 fn from_table(
-    config: &PipelineConfig,
-    sink: DeltaSink,
-    mut wal: Wal,
-    store: CheckpointStore,
+    mut committer: Committer,
+    processor: &RecordProcessor,
     progress: Option<TableProgress>,
     store_lost: bool,
     mut outcome: RecoveryOutcome,
@@ -417,23 +452,22 @@ fn from_table(
     } else {
         info!(table_txn = v, positions = %positions, "no checkpoint yet but the table holds epoch {v}: resuming from the table");
     }
-    store.reset()?;
-    let (segments, bytes) = wal.reset(v + 1)?;
+    committer.store.reset()?;
+    let (segments, bytes) = committer.wal.reset(v + 1)?;
     if segments > 0 {
         warn!(
             segments,
             bytes, "WAL dropped: its records are re-read from the source"
         );
     }
-    let mut committer = Committer::new(
-        sink,
-        wal,
-        store,
-        config.pipeline_id.clone(),
-        Counts::default(),
-        v,
-        progress.as_ref().map(|p| p.table_version as i64),
-    );
+    committer.totals = Counts::default();
+    committer.committed_epoch = v;
+    committer.table_version = progress.as_ref().map(|p| p.table_version as i64);
+    if let Some(spec) = processor.dedup() {
+        let watermark = progress.as_ref().and_then(|p| p.info.watermark);
+        let state = rebuild_dedup_state(&mut committer, processor, spec, watermark)?;
+        committer.dedup = Some(dedup_runtime(spec, state, &positions));
+    }
     if v > 0 {
         committer.checkpoint(v, &positions)?;
     }
@@ -443,11 +477,63 @@ fn from_table(
     Ok((committer, OpenEpoch::new(v + 1, positions), outcome))
 }
 
+/// The dedup runtime for a restart at `positions` with `state`.
+fn dedup_runtime(spec: &DedupSpec, state: DedupState, positions: &Positions) -> DedupRuntime {
+    DedupRuntime {
+        state,
+        tracker: WatermarkTracker::new(
+            positions.iter().map(|(tp, _)| (tp.topic, tp.partition)),
+            spec.lateness_micros,
+            spec.idle_timeout,
+            std::time::Instant::now(),
+        ),
+    }
+}
+
+/// Dedup state from the table's rows with event time at or above `watermark`.
+fn rebuild_dedup_state(
+    committer: &mut Committer,
+    processor: &RecordProcessor,
+    spec: &DedupSpec,
+    watermark: Option<i64>,
+) -> Result<DedupState, PipelineError> {
+    if matches!(spec.key, KeySource::KafkaKey) {
+        error!("dedup state CANNOT be rebuilt from the table: the dedup key is the Kafka message key, which the table does not store; duplicates of records already written may be written again until the watermark passes them");
+        return Ok(DedupState::from_entries(Vec::new(), watermark));
+    }
+    let started = std::time::Instant::now();
+    let schema = committer.sink.arrow_schema().clone();
+    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let batches = committer.sink.read_columns(&columns)?;
+    let mut state = DedupState::from_entries(Vec::new(), None);
+    let mut rows = 0u64;
+    for batch in &batches {
+        for (key, time) in processor.keys_and_times(batch, &[])? {
+            rows += 1;
+            if let (Some(key), Some(time)) = (key, time) {
+                if watermark.is_none_or(|w| time >= w) {
+                    state.check(&key, time);
+                }
+            }
+        }
+    }
+    state.advance(watermark);
+    // The rebuilt keys go into the first checkpoint written after this.
+    warn!(
+        rows_read = rows,
+        keys = state.len(),
+        ?watermark,
+        ms = started.elapsed().as_millis() as u64,
+        "dedup state rebuilt from the table's rows"
+    );
+    Ok(state)
+}
+
 /// `--rewind-to r` when the table is behind the store: checks `r` is retained and that its
 /// committed epoch is `<= v`, then restarts from the table's progress with new epochs above `v`.
 async fn rewind(
-    config: &PipelineConfig,
     committer: Committer,
+    processor: &RecordProcessor,
     progress: Option<TableProgress>,
     r: u64,
     mut outcome: RecoveryOutcome,
@@ -472,9 +558,6 @@ async fn rewind(
     }
     warn!(rewind_to = r, checkpoint_committed_epoch = target.committed_epoch, table_txn = v, "REWIND: the table is behind the store; restarting from the table's progress at epoch {v}, new epochs numbered from {}", v + 1);
     outcome.case = "rewind";
-    let Committer {
-        sink, wal, store, ..
-    } = committer;
     let mut progress = progress;
     if target.committed_epoch == v && v > 0 {
         // The checkpoint agrees with the table: its positions may already be past trailing
@@ -483,5 +566,5 @@ async fn rewind(
             p.info.end_positions = from_store_positions(&target.positions);
         }
     }
-    from_table(config, sink, wal, store, progress, false, outcome, "rewind")
+    from_table(committer, processor, progress, false, outcome, "rewind")
 }

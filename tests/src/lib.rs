@@ -117,6 +117,52 @@ pub fn produce_range(
     ends
 }
 
+/// One message to produce: partition, key, value.
+pub type Message = (i32, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Produces `messages` in order (to a fresh topic) and returns each one's offset, counting
+/// from `next` (the next offset of each partition, updated).
+pub fn produce_messages(
+    brokers: &str,
+    topic: &str,
+    messages: &[Message],
+    next: &mut BTreeMap<i32, i64>,
+) -> Vec<i64> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer");
+    let mut offsets = Vec::with_capacity(messages.len());
+    for (partition, key, value) in messages {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).partition(*partition);
+        if let Some(k) = key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = value {
+            record = record.payload(v.as_slice());
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    producer.poll(Duration::from_millis(5));
+                    record = r;
+                }
+                Err((e, _)) => panic!("producing to {topic}: {e}"),
+            }
+        }
+        let slot = next.entry(*partition).or_insert(0);
+        offsets.push(*slot);
+        *slot += 1;
+    }
+    producer
+        .flush(Timeout::After(Duration::from_secs(60)))
+        .expect("flush");
+    offsets
+}
+
 /// A small JSON order record that fits [`COLUMNS`].
 pub fn order_json(i: u64) -> Vec<u8> {
     format!(r#"{{"id":"id-{i:09}","n":{i},"note":"order number {i} with some padding text"}}"#)
@@ -144,10 +190,21 @@ pub struct Fixture {
 impl Fixture {
     /// Writes a config reading `topic` into `<tmp>/table`, with `extra` TOML appended.
     pub fn new(exe: &Path, brokers: &str, topic: &str, extra: &str) -> Self {
+        Self::with_columns(exe, brokers, topic, COLUMNS, extra)
+    }
+
+    /// Like [`Fixture::new`] with another `columns = [...]` block.
+    pub fn with_columns(
+        exe: &Path,
+        brokers: &str,
+        topic: &str,
+        columns: &str,
+        extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("pipeline.toml");
         let text = format!(
-            "pipeline_id = \"test\"\n\n[source]\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\n\n[sink]\ntable_uri = \"table\"\n{COLUMNS}\n\n{extra}\n"
+            "pipeline_id = \"test\"\n\n[source]\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\n\n[sink]\ntable_uri = \"table\"\n{columns}\n\n{extra}\n"
         );
         std::fs::write(&config, text).expect("write config");
         let table = dir.path().join("table");

@@ -12,6 +12,8 @@ use tidemark_tests::{broker, create_topic, order_json, produce, summary, unique_
 
 #[path = "e2e/checkpoint_crash.rs"]
 mod checkpoint_crash;
+#[path = "e2e/dedup.rs"]
+mod dedup;
 #[path = "e2e/protocol.rs"]
 mod protocol;
 
@@ -108,7 +110,12 @@ async fn invalid_record_fails_naming_topic_partition_offset() {
                 order_json(i)
             }
         });
-        let fixture = Fixture::new(Path::new(EXE), &brokers, &topic, "");
+        let fixture = Fixture::new(
+            Path::new(EXE),
+            &brokers,
+            &topic,
+            "[errors]\non_invalid_record = \"fail\"\n",
+        );
         let out = fixture.run_to_end(&[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(

@@ -1,0 +1,395 @@
+//! Watermark dedup, late data and dead letters against tansu, with SIGKILLs in the middle.
+//!
+//! The stream is built so every record's fate is fixed whatever the epoch boundaries: each
+//! phase's event times span 50 s < the 60 s lateness, so no record is late inside its own
+//! phase; and between phases a heartbeat moves the watermark to exactly (phase end - 60 s).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tidemark_engine::audit;
+use tidemark_tests::{
+    broker, create_topic, produce_messages, stderr_of, summary, unique_topic, Fixture, Message,
+};
+
+use super::EXE;
+
+const COLUMNS: &str = r#"columns = [
+  { name = "id", type = "string" },
+  { name = "n", type = "long" },
+  { name = "ts", type = "timestamp" },
+  { name = "note", type = "string" },
+]"#;
+
+const LATENESS_MS: i64 = 60_000;
+const BASE_MS: i64 = 1_760_000_000_000;
+
+fn phase_base(k: i64) -> i64 {
+    BASE_MS + k * 100_000
+}
+
+fn json(id: Option<&str>, n: i64, ts_ms: Option<i64>, note: &str) -> Vec<u8> {
+    let mut fields = Vec::new();
+    if let Some(id) = id {
+        fields.push(format!("\"id\":\"{id}\""));
+    }
+    fields.push(format!("\"n\":{n}"));
+    if let Some(ts) = ts_ms {
+        fields.push(format!("\"ts\":{}", ts * 1000));
+    }
+    fields.push(format!("\"note\":\"{note}\""));
+    format!("{{{}}}", fields.join(",")).into_bytes()
+}
+
+/// What the test expects, built while producing.
+#[derive(Default)]
+struct Expected {
+    rows: BTreeSet<String>,
+    dead: BTreeSet<((String, i32, i64), String)>,
+    rows_again: u64,
+    duplicates: u64,
+    late: u64,
+    read: u64,
+    next: BTreeMap<i32, i64>,
+}
+
+impl Expected {
+    fn send(&mut self, brokers: &str, topic: &str, batch: Vec<(Message, Fate)>) {
+        let messages: Vec<Message> = batch.iter().map(|(m, _)| m.clone()).collect();
+        let offsets = produce_messages(brokers, topic, &messages, &mut self.next);
+        for (((partition, _, _), fate), offset) in batch.into_iter().zip(offsets) {
+            self.read += 1;
+            match fate {
+                Fate::Row(id) => assert!(self.rows.insert(id), "test bug: id twice"),
+                Fate::RowAgain => self.rows_again += 1,
+                Fate::Duplicate => self.duplicates += 1,
+                Fate::Dead(reason) => {
+                    self.dead
+                        .insert(((topic.to_string(), partition, offset), reason.to_string()));
+                }
+                Fate::Late => {
+                    self.late += 1;
+                    self.dead
+                        .insert(((topic.to_string(), partition, offset), "late".to_string()));
+                }
+            }
+        }
+    }
+
+    fn ends(&self) -> BTreeMap<i32, i64> {
+        self.next.clone()
+    }
+}
+
+enum Fate {
+    Row(String),
+    /// A key written before, evicted since: written again.
+    RowAgain,
+    Duplicate,
+    Late,
+    Dead(&'static str),
+}
+
+fn msg(partition: i32, value: Option<Vec<u8>>) -> Message {
+    (partition, Some(b"k".to_vec()), value)
+}
+
+/// True once the table's newest commit has read everything up to `ends`.
+fn caught_up(fixture: &Fixture, topic: &str, ends: &BTreeMap<i32, i64>) -> bool {
+    let Ok(replay) = audit::replay_log(&fixture.table) else {
+        return false;
+    };
+    let Some((_, last)) = replay.epochs.last() else {
+        return ends.values().all(|e| *e == 0);
+    };
+    ends.iter()
+        .all(|(p, end)| last.end_positions.get(topic, *p).unwrap_or(0) >= *end)
+}
+
+async fn wait_caught_up(
+    fixture: &Fixture,
+    child: &mut std::process::Child,
+    topic: &str,
+    ends: &BTreeMap<i32, i64>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !caught_up(fixture, topic, ends) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("pipeline exited ({status}) before catching up");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pipeline did not catch up to {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the pipeline with random SIGKILLs, then a long run that takes two heartbeats 1.5 s
+/// apart on `active` partitions (with event time `ts_ms`), so the watermark ends at
+/// `ts_ms - lateness` and idle partitions stop holding it back. Returns the last summary.
+async fn finish_phase(
+    fixture: &Fixture,
+    brokers: &str,
+    topic: &str,
+    exp: &mut Expected,
+    active: &[i32],
+    ts_ms: i64,
+    phase: i64,
+    rng: &mut StdRng,
+) -> serde_json::Value {
+    for _ in 0..2 {
+        let mut child = fixture.spawn(true, &[]);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..2500))).await;
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGKILL),
+            "{}",
+            stderr_of(&out)
+        );
+    }
+    let mut child = fixture.spawn(false, &[]);
+    // Drain stderr as it comes: a full pipe would block the pipeline's logging.
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    for beat in 0..2 {
+        wait_caught_up(fixture, &mut child, topic, &exp.ends()).await;
+        let batch = active
+            .iter()
+            .map(|p| {
+                let id = format!("hb-{phase}-{p}-{beat}");
+                (
+                    msg(*p, Some(json(Some(&id), 0, Some(ts_ms), "heartbeat"))),
+                    Fate::Row(id),
+                )
+            })
+            .collect();
+        exp.send(brokers, topic, batch);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    wait_caught_up(fixture, &mut child, topic, &exp.ends()).await;
+    // SAFETY: kill has no memory-safety preconditions; the pid is our live child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let log = tidemark_tests::strip_ansi(&log.join().unwrap());
+    assert!(out.status.success(), "{log}");
+    summary(&out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dedup_late_and_dead_letters_are_exact_across_sigkills() {
+    let Some(brokers) = broker() else { return };
+    let topic = unique_topic("dedup");
+    create_topic(&brokers, &topic, 3).await;
+    let fixture = Fixture::with_columns(
+        Path::new(EXE),
+        &brokers,
+        &topic,
+        COLUMNS,
+        &format!(
+            "[checkpoint]\ninterval_ms = 300\nmax_records = 200\n\n[errors]\nmax_record_bytes = 2048\n\n\
+             [dedup]\nkey = [\"id\"]\nevent_time = \"ts\"\nallowed_lateness_ms = {LATENESS_MS}\nidle_timeout_ms = 1000\nlate = \"dead_letter\"\n"
+        ),
+    );
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut exp = Expected::default();
+    let mut originals: Vec<Vec<(String, i64)>> = Vec::new();
+    let mut last = serde_json::Value::Null;
+    for phase in 0..3i64 {
+        let active: Vec<i32> = if phase < 2 { vec![0, 1, 2] } else { vec![0, 1] };
+        let base = phase_base(phase);
+        let mut batch = Vec::new();
+        let mut mine: Vec<(String, i64)> = Vec::new();
+        for i in 0..600 {
+            let id = format!("p{phase}-{i}");
+            let ts = base + rng.random_range(0..50_000);
+            let p = active[i % active.len()];
+            batch.push((
+                msg(p, Some(json(Some(&id), i as i64, Some(ts), "new"))),
+                Fate::Row(id.clone()),
+            ));
+            mine.push((id.clone(), ts));
+            // Within the window: the same record again, a little later in the stream.
+            if i % 10 == 9 {
+                let (id, ts) = mine[rng.random_range(0..mine.len())].clone();
+                let p = active[rng.random_range(0..active.len())];
+                batch.push((
+                    msg(p, Some(json(Some(&id), 0, Some(ts), "retry"))),
+                    Fate::Duplicate,
+                ));
+            }
+        }
+        if phase < 2 {
+            // Every class of bad input, three of each.
+            for j in 0..3 {
+                let p = active[j % active.len()];
+                let ts = Some(base + 1_000);
+                let big = "x".repeat(3000);
+                batch.push((
+                    msg(p, Some(b"{\"id\":\"broken\",".to_vec())),
+                    Fate::Dead("malformed_json"),
+                ));
+                batch.push((
+                    msg(p, Some(b"{\"id\":\"bad\",\"n\":\"seven\"}".to_vec())),
+                    Fate::Dead("schema_mismatch"),
+                ));
+                batch.push((
+                    msg(p, Some(json(Some("huge"), 0, ts, &big))),
+                    Fate::Dead("too_large"),
+                ));
+                batch.push((
+                    msg(p, Some(json(None, 0, ts, "no id"))),
+                    Fate::Dead("null_key"),
+                ));
+                batch.push((
+                    msg(
+                        p,
+                        Some(json(Some(&format!("nots-{phase}-{j}")), 0, None, "no ts")),
+                    ),
+                    Fate::Dead("null_event_time"),
+                ));
+                batch.push((msg(p, None), Fate::Dead("missing_payload")));
+            }
+        } else {
+            let old = &originals[0];
+            for j in 0..40 {
+                let p = active[j % active.len()];
+                // Far below the watermark: late.
+                let id = format!("late-{j}");
+                let ts = phase_base(0) + rng.random_range(0..50_000);
+                batch.push((
+                    msg(p, Some(json(Some(&id), 0, Some(ts), "late"))),
+                    Fate::Late,
+                ));
+                // A phase-0 record again with its own (now late) event time: late, not a duplicate.
+                let (id, ts) = old[j].clone();
+                batch.push((
+                    msg(p, Some(json(Some(&id), 0, Some(ts), "old retry"))),
+                    Fate::Late,
+                ));
+                // A phase-0 key again with a new event time: beyond the window, so a new row
+                // (its first copy was evicted when the watermark passed it).
+                let (id, _) = old[100 + j].clone();
+                let ts = base + rng.random_range(0..50_000);
+                batch.push((
+                    msg(p, Some(json(Some(&id), 1, Some(ts), "beyond window"))),
+                    Fate::RowAgain,
+                ));
+            }
+        }
+        exp.send(&brokers, &topic, batch);
+        originals.push(mine);
+        last = finish_phase(
+            &fixture,
+            &brokers,
+            &topic,
+            &mut exp,
+            &active,
+            base + 50_000,
+            phase,
+            &mut rng,
+        )
+        .await;
+    }
+
+    // The table: every expected id, each once (ids re-sent beyond the window appear twice).
+    let replay = audit::replay_log(&fixture.table).unwrap();
+    let ids = audit::read_string_column(&fixture.table, &replay.live_files, "id").unwrap();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for id in ids {
+        *counts
+            .entry(id.expect("no null id in the table"))
+            .or_default() += 1;
+    }
+    let beyond: BTreeSet<String> = originals[0][100..140]
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    for (id, n) in &counts {
+        let want = if beyond.contains(id) { 2 } else { 1 };
+        assert_eq!(*n, want, "id {id} written {n} times");
+    }
+    let got: BTreeSet<String> = counts.keys().cloned().collect();
+    assert_eq!(got, exp.rows, "table ids differ from the expected ones");
+
+    // The dead-letter table: exactly the bad and late records, by coordinates and reason.
+    let dlq = audit::dead_letter_dir(&fixture.table).expect("dead-letter table exists");
+    let dead: BTreeSet<((String, i32, i64), String)> = audit::read_dead_letters(&dlq)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(dead.len(), exp.dead.len());
+    assert_eq!(dead, exp.dead);
+
+    // The counts add up, and match what was produced.
+    let t = &last["totals"];
+    let n = |k: &str| t[k].as_u64().unwrap();
+    assert_eq!(n("read"), exp.read, "{t}");
+    assert_eq!(
+        n("read"),
+        n("written") + n("duplicates") + n("late") + n("dead_lettered"),
+        "{t}"
+    );
+    assert_eq!(n("duplicates"), exp.duplicates, "{t}");
+    assert_eq!(n("written"), exp.rows.len() as u64 + exp.rows_again, "{t}");
+    assert_eq!(n("late"), exp.late, "{t}");
+    assert_eq!(n("dead_lettered"), exp.dead.len() as u64 - exp.late, "{t}");
+    // Partition 2 went idle: it no longer holds the watermark back.
+    assert_eq!(
+        last["watermark"].as_i64(),
+        Some((phase_base(2) + 50_000 - LATENESS_MS) * 1000),
+        "{last}"
+    );
+}
+
+/// After a long run with event time sliding forward, state holds only the keys inside the
+/// lateness window (plus at most one epoch's worth not yet evicted), not the whole history.
+#[tokio::test(flavor = "multi_thread")]
+async fn dedup_state_stays_within_the_lateness_window() {
+    let Some(brokers) = broker() else { return };
+    let topic = unique_topic("bounded");
+    create_topic(&brokers, &topic, 2).await;
+    let fixture = Fixture::with_columns(
+        Path::new(EXE),
+        &brokers,
+        &topic,
+        COLUMNS,
+        "[checkpoint]\ninterval_ms = 200\nmax_records = 1000\n\n\
+         [dedup]\nkey = [\"id\"]\nevent_time = \"ts\"\nallowed_lateness_ms = 5000\nidle_timeout_ms = 60000\n",
+    );
+    let total = 12_000i64;
+    let messages: Vec<Message> = (0..total)
+        .map(|i| {
+            let id = format!("s-{i}");
+            msg(
+                (i % 2) as i32,
+                Some(json(Some(&id), i, Some(BASE_MS + i * 10), "slide")),
+            )
+        })
+        .collect();
+    let mut next = BTreeMap::new();
+    produce_messages(&brokers, &topic, &messages, &mut next);
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let s = summary(&out);
+    let keys = s["dedup_keys"].as_u64().unwrap();
+    // 5 s of event time at 10 ms per record = 500 keys in the window; eviction runs at each
+    // seal, so up to one epoch (1000 records) more may be held.
+    assert!(
+        keys > 0 && keys <= 1_500,
+        "keys in state: {keys} of {total}: {s}"
+    );
+    assert_eq!(s["totals"]["written"], total);
+    eprintln!("bounded state: {keys} keys in state after {total} records (window: 500)");
+}
