@@ -58,6 +58,13 @@ enum Command {
     /// Self-contained demo: an in-process Kafka mock cluster, a SIGKILL mid-run, a restart, and
     /// an exactly-once check of the resulting Delta table. Needs no external service.
     Demo(DemoOptions),
+    /// Measure checkpoint interval against throughput and recovery cost on this machine.
+    ///
+    /// Produces one synthetic stream (in-process mock cluster unless --brokers is given), runs
+    /// the real pipeline over it once per interval into a fresh table, then once more per
+    /// interval with a SIGKILL mid-epoch and a restart. Prints a table and writes bench.csv,
+    /// bench.json and bench.svg (throughput and recovery time against interval) to --dir.
+    Bench(crate::bench::BenchOptions),
 }
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
@@ -89,6 +96,7 @@ pub fn main() -> ExitCode {
             } => run(config, until_caught_up, rewind_to).await,
             Command::Status { config, json } => status(config, json).await,
             Command::Demo(options) => demo::run(options).await,
+            Command::Bench(options) => crate::bench::run(options).await,
         }
     });
     match result {

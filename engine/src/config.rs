@@ -265,6 +265,11 @@ pub struct CheckpointConfig {
     /// Checkpoints kept in the store's history (for `--rewind-to`).
     #[serde(default = "default_retain")]
     pub retain: usize,
+    /// `false` turns the WAL and the checkpoint store off: plain batched writes, one Delta
+    /// commit per epoch, resuming from the table alone (still exactly once for the table, but
+    /// no WAL replay, no dedup state across restarts). For measuring what checkpoints cost.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
 }
 
 /// `checkpoint.wal_sync`.
@@ -308,6 +313,7 @@ impl Default for CheckpointConfig {
             wal_sync: WalSync::default(),
             wal_segment_bytes: default_wal_segment_bytes(),
             retain: default_retain(),
+            enabled: true,
         }
     }
 }
@@ -464,6 +470,12 @@ impl PipelineConfig {
             return Err(invalid(
                 "checkpoint.wal_segment_bytes",
                 format!("must be at least 4096, got {}", c.wal_segment_bytes),
+            ));
+        }
+        if !c.enabled && self.dedup.is_some() {
+            return Err(invalid(
+                "checkpoint.enabled",
+                "cannot be false with [dedup]: dedup state lives in the checkpoint store".into(),
             ));
         }
         if c.dir.as_deref().is_some_and(|d| d.trim().is_empty()) {

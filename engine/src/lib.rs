@@ -9,11 +9,13 @@
 //! - [`status`]: `tidemark status`, what recovery would do next.
 //! - [`fault`]: crash points armed by `TIDEMARK_CRASH_AT` for crash tests.
 //! - [`audit`]: an independent reader of the table for exactly-once checks.
+//! - [`bench`]: `tidemark bench`, checkpoint interval against throughput and recovery.
 //! - [`demo`]: the self-contained demo on librdkafka's in-process mock cluster.
 //! - [`protocol`]: the recovery decision of the epoch protocol, pure and exhaustively tested.
 //! - [`cli`]: the command line.
 
 pub mod audit;
+pub mod bench;
 pub mod cli;
 pub mod committer;
 pub mod config;

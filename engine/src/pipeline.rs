@@ -168,6 +168,18 @@ pub struct RunSummary {
     pub checkpoint_time_share: f64,
     /// Totals over the pipeline's life, as in the newest checkpoint.
     pub totals: Totals,
+    /// Bytes this run appended to the WAL.
+    pub wal_bytes: u64,
+    /// Peak resident memory of the process (VmHWM), in bytes.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// The process's peak resident set size, from `/proc/self/status` (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Totals that must add up: `read = written + duplicates + late + dead_lettered`.
@@ -399,6 +411,8 @@ pub async fn run(
         summary.dedup_keys = Some(d.state.len() as u64);
         summary.watermark = d.state.watermark();
     }
+    summary.wal_bytes = committer.wal_bytes;
+    summary.peak_rss_bytes = peak_rss_bytes();
     let t = committer.totals;
     summary.totals = Totals {
         read: t.read,

@@ -51,6 +51,8 @@ pub struct RecoveryOutcome {
     /// Milliseconds recovery took (store, WAL scan, table read, any redo), before the source
     /// connects.
     pub recovery_ms: u64,
+    /// Dedup keys loaded (or rebuilt) into state.
+    pub dedup_keys_loaded: u64,
 }
 
 /// Where the WAL and the store live under the state directory.
@@ -200,6 +202,21 @@ pub async fn recover(
     let (mut wal, wal_report) = Wal::open(&wal_dir(state), wal_options(config), from)?;
     log_wal_recovery(&wal_report, &mut outcome);
 
+    if !config.checkpoint.enabled {
+        // No WAL, no checkpoints: the table alone says where to resume.
+        let mut committer = Committer::new(
+            sink,
+            wal,
+            store,
+            config.pipeline_id.clone(),
+            Counts::default(),
+            0,
+            None,
+        );
+        committer.dead_letter_sink = dead_letter_sink;
+        committer.durable = false;
+        return from_table(committer, processor, progress, false, outcome, "table_only");
+    }
     let Some(c) = latest else {
         let store_lost = unreadable || (!store_existed && (v > 0 || wal_report.frames > 0));
         if v == 0 && !store_lost {
@@ -329,6 +346,7 @@ async fn from_checkpoint(
             .dedup_entries()
             .collect::<Result<Vec<_>, _>>()?;
         let keys = entries.len();
+        outcome.dedup_keys_loaded = keys as u64;
         let watermark = c.as_ref().and_then(|c| c.watermark);
         committer.dedup = Some(dedup_runtime(
             spec,
@@ -466,6 +484,7 @@ fn from_table(
     if let Some(spec) = processor.dedup() {
         let watermark = progress.as_ref().and_then(|p| p.info.watermark);
         let state = rebuild_dedup_state(&mut committer, processor, spec, watermark)?;
+        outcome.dedup_keys_loaded = state.len() as u64;
         committer.dedup = Some(dedup_runtime(spec, state, &positions));
     }
     if v > 0 {

@@ -208,6 +208,58 @@ fn demo_runs_without_any_external_service() {
 }
 
 #[test]
+fn bench_measures_each_interval_and_writes_table_csv_json_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench = dir.path().join("bench");
+    let out = std::process::Command::new(EXE)
+        .args([
+            "bench",
+            "--records",
+            "20000",
+            "--partitions",
+            "4",
+            "--duplicate-rate",
+            "0",
+            "--intervals",
+            "100ms,none",
+            "--dir",
+        ])
+        .arg(&bench)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("of the no-checkpoint throughput"),
+        "{stdout}"
+    );
+    let rows: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bench.join("bench.json")).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let (cp, none) = (&rows[0], &rows[1]);
+    assert!(cp["wal_bytes"].as_u64().unwrap() > 20_000 * 200, "{cp}");
+    assert_eq!(none["wal_bytes"], 0, "no WAL without checkpoints: {none}");
+    assert!(cp["recovery_replayed"].as_u64().unwrap() > 0, "{cp}");
+    assert!(cp["recovery_first_commit_ms"].as_u64().is_some(), "{cp}");
+    let csv = std::fs::read_to_string(bench.join("bench.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let svg = std::fs::read_to_string(bench.join("bench.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+    // Every run, crashed or not, and with or without checkpoints, holds the stream exactly once.
+    let ends: std::collections::BTreeMap<(String, i32), i64> =
+        (0..4).map(|p| (("bench".to_string(), p), 5_000)).collect();
+    for run in ["run-100ms", "run-none", "recovery-100ms", "recovery-none"] {
+        let report = audit::check_exactly_once(&bench.join(run).join("table"), &ends).unwrap();
+        assert!(report.ok() && report.rows == 20_000, "{run}: {report:?}");
+    }
+}
+
+#[test]
 fn python_delta_rs_and_duckdb_read_the_table() {
     let have = std::process::Command::new("python3")
         .args(["-c", "import deltalake, duckdb, pyarrow"])

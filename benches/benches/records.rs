@@ -1,0 +1,168 @@
+//! The per-record hot path, each step alone and with a throughput figure:
+//! - `dedup`: [`DedupState::check`] with 1M keys already in state (target: >= 1M records/s);
+//! - `decode`: JSON -> Arrow for 200-byte records with 5 columns;
+//! - `parquet`: encoding those rows as one Snappy Parquet file;
+//! - `process`: decode + dedup key/time extraction + verdicts, as the engine runs them.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use tidemark_connectors::decode::JsonDecoder;
+use tidemark_connectors::parquet_file;
+use tidemark_connectors::SourceRecord;
+use tidemark_engine::config::PipelineConfig;
+use tidemark_engine::dedup::DedupState;
+use tidemark_engine::epoch::{DedupRuntime, OpenEpoch, RecordProcessor};
+
+const BATCH: usize = 100_000;
+
+fn key(i: u64) -> Vec<u8> {
+    format!("order-{i:012}").into_bytes()
+}
+
+/// A 1M-key state; keys 0..1M at event time 1_000_000.
+fn state_with_1m() -> DedupState {
+    DedupState::from_entries((0..1_000_000u64).map(|i| (key(i), 1_000_000)), Some(0))
+}
+
+fn bench_dedup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("dedup");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.measurement_time(Duration::from_secs(10));
+    // Half duplicates of keys in state, half new keys.
+    let input: Vec<(Vec<u8>, i64)> = (0..BATCH as u64)
+        .map(|i| {
+            if i % 2 == 0 {
+                (key(i * 7 % 1_000_000), 2_000_000)
+            } else {
+                (key(2_000_000 + i), 2_000_000)
+            }
+        })
+        .collect();
+    let base = state_with_1m();
+    g.bench_function("check_100k_with_1m_in_state", |b| {
+        b.iter_batched(
+            || base.clone(),
+            |mut s| {
+                for (k, t) in &input {
+                    std::hint::black_box(s.check(k, *t));
+                }
+                s
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+const CONFIG: &str = r#"
+pipeline_id = "bench"
+[source]
+brokers = "127.0.0.1:1"
+topics = ["orders"]
+[sink]
+table_uri = "t"
+columns = [
+  { name = "order_id", type = "string", nullable = false },
+  { name = "customer", type = "string", nullable = false },
+  { name = "amount", type = "double", nullable = false },
+  { name = "currency", type = "string", nullable = false },
+  { name = "created_at", type = "timestamp", nullable = false },
+]
+[dedup]
+key = ["order_id"]
+event_time = "created_at"
+allowed_lateness_ms = 600000
+"#;
+
+/// 200-byte JSON orders with 5 columns.
+fn records(n: usize) -> Vec<SourceRecord> {
+    let topic: Arc<str> = Arc::from("orders");
+    (0..n)
+        .map(|i| {
+            let v = format!(
+                r#"{{"order_id":"o-{i:012}","customer":"customer-{c:06}-with-a-longer-name","amount":{a}.{b:02},"currency":"EUR","created_at":"2026-11-25T12:{m:02}:{s:02}.{us:06}Z","pad":"x"}}"#,
+                c = i % 50_000,
+                a = i % 1000,
+                b = i % 100,
+                m = (i / 60) % 60,
+                s = i % 60,
+                us = i % 1_000_000
+            );
+            SourceRecord {
+                topic: topic.clone(),
+                partition: (i % 4) as i32,
+                offset: i as i64,
+                timestamp_ms: Some(1_764_000_000_000 + i as i64),
+                key: None,
+                payload: Some(v.into_bytes()),
+            }
+        })
+        .collect()
+}
+
+fn bench_records(c: &mut Criterion) {
+    let mut config: PipelineConfig =
+        PipelineConfig::parse(CONFIG, Path::new("/tmp/bench.toml")).expect("config");
+    config.sink.source_columns = false;
+    let fields: Vec<_> = config.arrow_fields();
+    let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+    let decoder = JsonDecoder::new(schema.clone());
+    let input = records(BATCH);
+    // The "pad" field is not a column: strip it so strict decoding accepts the record.
+    let input: Vec<SourceRecord> = input
+        .into_iter()
+        .map(|mut r| {
+            let p = String::from_utf8(r.payload.take().unwrap_or_default()).unwrap_or_default();
+            r.payload = Some(p.replace(r#","pad":"x""#, "").into_bytes());
+            r
+        })
+        .collect();
+    let bytes: usize = input
+        .iter()
+        .map(|r| r.payload.as_ref().map_or(0, Vec::len))
+        .sum();
+    let mut g = c.benchmark_group("records");
+    g.measurement_time(Duration::from_secs(10));
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(BATCH as u64));
+    eprintln!(
+        "records: {BATCH} JSON values, {:.0} bytes each on average",
+        bytes as f64 / BATCH as f64
+    );
+    g.bench_function("decode_100k", |b| {
+        b.iter(|| std::hint::black_box(decoder.decode(&input).expect("decode")))
+    });
+    let batch = decoder.decode(&input).expect("decode").batch.expect("rows");
+    g.bench_function("parquet_encode_100k", |b| {
+        b.iter(|| std::hint::black_box(parquet_file::encode(&batch).expect("encode")))
+    });
+    let processor = RecordProcessor::new(&config, JsonDecoder::new(schema)).expect("processor");
+    let spec = processor.dedup().expect("dedup on").clone();
+    g.bench_function("process_100k_decode_and_dedup", |b| {
+        b.iter_batched(
+            || DedupRuntime {
+                state: DedupState::default(),
+                tracker: tidemark_engine::dedup::WatermarkTracker::new(
+                    Vec::new(),
+                    spec.lateness_micros,
+                    spec.idle_timeout,
+                    std::time::Instant::now(),
+                ),
+            },
+            |mut rt| {
+                let mut open = OpenEpoch::new(1, Default::default());
+                open.add(&input, &processor, Some(&mut rt))
+                    .expect("process");
+                std::hint::black_box(open.rows())
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_dedup, bench_records);
+criterion_main!(benches);

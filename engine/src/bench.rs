@@ -1,0 +1,633 @@
+//! `tidemark bench`: checkpoint interval against throughput and recovery cost, end to end.
+//!
+//! It produces one fixed synthetic stream (record size, key cardinality, duplicate rate,
+//! partitions) into a broker — librdkafka's in-process mock cluster by default, or any
+//! bootstrap address — then runs the real pipeline as a child process over the whole stream
+//! once per interval, each into a fresh table, and once more per interval with a SIGKILL
+//! mid-epoch followed by a restart. It reports what each run's summary and wall clock say:
+//! nothing is estimated. Output: a table on the terminal, `bench.csv`, `bench.json` and
+//! `bench.svg` (throughput and recovery time against interval).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::config::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::util::Timeout;
+use serde::Serialize;
+
+const TOPIC: &str = "bench";
+const MARK: &str = "# Written by `tidemark bench`.";
+
+/// Options of `tidemark bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchOptions {
+    /// Directory for tables, configs, logs and results (its previous content is replaced).
+    #[arg(long, default_value = "tidemark-bench")]
+    pub dir: PathBuf,
+    /// Records in the stream.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Approximate size of each JSON record in bytes (5 columns; the last one pads).
+    #[arg(long, default_value_t = 200)]
+    pub record_bytes: usize,
+    /// Partitions of the topic (the mock cluster keeps at most 100k messages per partition).
+    #[arg(long, default_value_t = 12)]
+    pub partitions: i32,
+    /// Distinct keys (0: every record its own key).
+    #[arg(long, default_value_t = 0)]
+    pub keys: u64,
+    /// Share of records sent twice (a producer retry).
+    #[arg(long, default_value_t = 0.01)]
+    pub duplicate_rate: f64,
+    /// Checkpoint intervals to run, e.g. `50ms,200ms,1s,5s,none` (`none`: WAL and checkpoint
+    /// store off, epochs as long as the longest interval).
+    #[arg(long, default_value = "50ms,200ms,1s,5s,none")]
+    pub intervals: String,
+    /// Use this broker instead of the in-process mock cluster (e.g. a tansu address).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Turn watermark dedup on (key = id, event time = created_at, lateness 1 h: with the
+    /// stream's 1 ms per record, every key of the first 3.6M records stays in state).
+    #[arg(long)]
+    pub dedup: bool,
+    /// Skip the SIGKILL-and-restart run per interval.
+    #[arg(long)]
+    pub no_recovery: bool,
+    /// Where in the stream the recovery run is killed (0..1 of its poll batches).
+    #[arg(long, default_value_t = 0.5)]
+    pub crash_at: f64,
+    /// Seed of the generated stream.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// One interval's measurements.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    /// The interval as given (`none` for no checkpoint).
+    pub interval: String,
+    /// Interval in milliseconds (the epoch length for `none`).
+    pub interval_ms: u64,
+    /// Records read.
+    pub records: u64,
+    /// Wall time of the run (process start to exit), seconds.
+    pub wall_secs: f64,
+    /// Records per second end to end.
+    pub records_per_sec: f64,
+    /// Input megabytes (key + value) per second.
+    pub mb_per_sec: f64,
+    /// Median seal-to-checkpoint time per epoch, ms.
+    pub commit_ms_p50: f64,
+    /// 99th percentile of the same, ms.
+    pub commit_ms_p99: f64,
+    /// Parquet files written.
+    pub parquet_files: u64,
+    /// Delta versions written (epoch commits).
+    pub delta_versions: u64,
+    /// WAL bytes appended.
+    pub wal_bytes: u64,
+    /// Share of wall time spent writing checkpoints.
+    pub checkpoint_share: f64,
+    /// Peak RSS of the pipeline process, MiB.
+    pub peak_rss_mib: f64,
+    /// After a SIGKILL mid-epoch: ms from restart to the first commit.
+    pub recovery_first_commit_ms: Option<u64>,
+    /// Records replayed from the WAL by that restart.
+    pub recovery_replayed: Option<u64>,
+    /// ms the recovery itself took (before the source connected).
+    pub recovery_ms: Option<u64>,
+    /// Dedup keys loaded from the checkpoint by that restart.
+    pub recovery_dedup_keys: Option<u64>,
+}
+
+fn parse_interval(s: &str) -> anyhow::Result<Option<u64>> {
+    let s = s.trim();
+    if s == "none" {
+        return Ok(None);
+    }
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        bail!("interval {s:?}: write it as e.g. 200ms, 1s or none");
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("interval {s:?} is not a number of ms or s"))?;
+    if n == 0 {
+        bail!("interval {s:?} must be greater than 0");
+    }
+    Ok(Some(n * mult))
+}
+
+/// Runs the benchmark.
+pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
+    let intervals: Vec<(String, Option<u64>)> = options
+        .intervals
+        .split(',')
+        .map(|s| Ok((s.trim().to_string(), parse_interval(s)?)))
+        .collect::<anyhow::Result<_>>()?;
+    if intervals.is_empty() {
+        bail!("--intervals is empty");
+    }
+    let longest = intervals
+        .iter()
+        .filter_map(|(_, i)| *i)
+        .max()
+        .unwrap_or(1000);
+    let dir = std::path::absolute(&options.dir)
+        .with_context(|| format!("cannot resolve --dir {}", options.dir.display()))?;
+    if dir.exists() {
+        let ours =
+            std::fs::read_to_string(dir.join("bench.mark")).is_ok_and(|t| t.starts_with(MARK));
+        let empty = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_none());
+        if !ours && !empty {
+            bail!(
+                "--dir {} exists and is not an earlier bench's directory; pick another --dir",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("bench.mark"), MARK)?;
+
+    let cluster;
+    let brokers = match &options.brokers {
+        Some(b) => b.clone(),
+        None => {
+            cluster = MockCluster::new(1).context("cannot start librdkafka's mock cluster")?;
+            cluster
+                .create_topic(TOPIC, options.partitions, 1)
+                .context("cannot create the bench topic")?;
+            cluster.bootstrap_servers()
+        }
+    };
+    let topic = if options.brokers.is_some() {
+        let t = format!("tidemark-bench-{}", std::process::id());
+        create_topic(&brokers, &t, options.partitions).await?;
+        t
+    } else {
+        TOPIC.to_string()
+    };
+    let started = Instant::now();
+    let (produced, bytes) = produce(&brokers, &topic, &options)?;
+    println!(
+        "tidemark bench: {produced} records ({:.1} MB of JSON, ~{} B each) into {topic} ({} partitions, {}) in {:.1} s",
+        bytes as f64 / 1e6,
+        bytes / produced.max(1),
+        options.partitions,
+        if options.brokers.is_some() { brokers.as_str() } else { "in-process mock cluster" },
+        started.elapsed().as_secs_f64()
+    );
+    let exe = std::env::current_exe().context("cannot find the tidemark executable")?;
+    let mut rows = Vec::new();
+    for (name, interval) in &intervals {
+        let run_dir = dir.join(format!("run-{name}"));
+        let config = write_config(
+            &run_dir,
+            &brokers,
+            &topic,
+            *interval,
+            longest,
+            options.dedup,
+        )?;
+        eprint!("  {name:>6}: throughput run ...");
+        let t0 = Instant::now();
+        let summary = run_child(&exe, &config, &run_dir.join("run.log"), &[])?;
+        let wall = t0.elapsed().as_secs_f64();
+        let read = summary["records_read"].as_u64().unwrap_or(0);
+        if read != produced {
+            bail!(
+                "interval {name}: the run read {read} records, {produced} were produced (see {})",
+                run_dir.join("run.log").display()
+            );
+        }
+        let mut row = BenchRow {
+            interval: name.clone(),
+            interval_ms: interval.unwrap_or(longest),
+            records: read,
+            wall_secs: wall,
+            records_per_sec: read as f64 / wall,
+            mb_per_sec: bytes as f64 / 1e6 / wall,
+            commit_ms_p50: summary["commit_ms_p50"].as_f64().unwrap_or(0.0),
+            commit_ms_p99: summary["commit_ms_p99"].as_f64().unwrap_or(0.0),
+            parquet_files: summary["files_written"].as_u64().unwrap_or(0),
+            delta_versions: summary["epochs_committed"].as_u64().unwrap_or(0),
+            wal_bytes: summary["wal_bytes"].as_u64().unwrap_or(0),
+            checkpoint_share: summary["checkpoint_time_share"].as_f64().unwrap_or(0.0),
+            peak_rss_mib: summary["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0,
+            recovery_first_commit_ms: None,
+            recovery_replayed: None,
+            recovery_ms: None,
+            recovery_dedup_keys: None,
+        };
+        eprint!(" {:.0} rec/s;", row.records_per_sec);
+        if !options.no_recovery {
+            eprint!(" recovery run ...");
+            let rec_dir = dir.join(format!("recovery-{name}"));
+            let config = write_config(
+                &rec_dir,
+                &brokers,
+                &topic,
+                *interval,
+                longest,
+                options.dedup,
+            )?;
+            // Crash in the middle of the stream, inside an open epoch.
+            let batches = produced / 8192;
+            let at = ((batches as f64 * options.crash_at.clamp(0.0, 1.0)) as u64).max(1);
+            let spec = format!("after_wal_append@{at}");
+            let crashed = run_child_raw(
+                &exe,
+                &config,
+                &rec_dir.join("run-1.log"),
+                &[("TIDEMARK_CRASH_AT", &spec)],
+            )?;
+            if crashed.status.success() {
+                bail!("interval {name}: the recovery run finished before its crash point {spec}");
+            }
+            let summary = run_child(&exe, &config, &rec_dir.join("run-2.log"), &[])?;
+            row.recovery_first_commit_ms = summary["first_commit_ms"].as_u64();
+            row.recovery_replayed = summary["recovery"]["replayed_records"].as_u64();
+            row.recovery_ms = summary["recovery"]["recovery_ms"].as_u64();
+            row.recovery_dedup_keys = summary["recovery"]["dedup_keys_loaded"].as_u64();
+        }
+        eprintln!(" done");
+        rows.push(row);
+    }
+    let table = render_table(&rows);
+    println!("{table}");
+    std::fs::write(dir.join("bench.csv"), render_csv(&rows))?;
+    std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&rows)?)?;
+    std::fs::write(
+        dir.join("bench.svg"),
+        render_svg(&rows, produced, options.record_bytes),
+    )?;
+    if let Some(none) = rows.iter().find(|r| r.interval == "none") {
+        for r in rows.iter().filter(|r| r.interval != "none") {
+            println!(
+                "  {:>6}: {:.0}% of the no-checkpoint throughput",
+                r.interval,
+                100.0 * r.records_per_sec / none.records_per_sec
+            );
+        }
+    }
+    println!(
+        "results: {0}/bench.csv, {0}/bench.json, plot {0}/bench.svg",
+        dir.display()
+    );
+    Ok(())
+}
+
+async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("admin client")?;
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?
+    {
+        r.map_err(|(t, e)| anyhow::anyhow!("cannot create topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn write_config(
+    dir: &Path,
+    brokers: &str,
+    topic: &str,
+    interval: Option<u64>,
+    longest: u64,
+    dedup: bool,
+) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let (interval_ms, enabled) = match interval {
+        Some(ms) => (ms, true),
+        None => (longest, false),
+    };
+    let dedup = if dedup {
+        "\n[dedup]\nkey = [\"id\"]\nevent_time = \"created_at\"\nallowed_lateness_ms = 3600000\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        r#"{MARK}
+pipeline_id = "bench"
+[source]
+brokers = "{brokers}"
+topics = ["{topic}"]
+[sink]
+table_uri = "table"
+source_columns = true
+columns = [
+  {{ name = "id", type = "string", nullable = false }},
+  {{ name = "customer", type = "string", nullable = false }},
+  {{ name = "amount", type = "double", nullable = false }},
+  {{ name = "created_at", type = "timestamp", nullable = false }},
+  {{ name = "note", type = "string" }},
+]
+[checkpoint]
+interval_ms = {interval_ms}
+max_records = 100000000
+max_bytes = 4294967296
+enabled = {enabled}
+{dedup}"#
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn run_child_raw(
+    exe: &Path,
+    config: &Path,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<std::process::Output> {
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    Command::new(exe)
+        .args(["run", "--config"])
+        .arg(config)
+        .arg("--until-caught-up")
+        .env_remove("TIDEMARK_CRASH_AT")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .output()
+        .with_context(|| format!("cannot run {}", exe.display()))
+}
+
+fn run_child(
+    exe: &Path,
+    config: &Path,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<serde_json::Value> {
+    let out = run_child_raw(exe, config, log, env)?;
+    if !out.status.success() {
+        bail!(
+            "pipeline run failed ({}); see {}",
+            out.status,
+            log.display()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("no summary line from the run; see {}", log.display()))
+}
+
+/// Produces the stream; returns (records, key + value bytes).
+fn produce(brokers: &str, topic: &str, o: &BenchOptions) -> anyhow::Result<(u64, u64)> {
+    if !(0.0..1.0).contains(&o.duplicate_rate) {
+        bail!("--duplicate-rate must be in [0, 1)");
+    }
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("enable.idempotence", "true")
+        // The mock cluster keeps at most 5 MiB per partition, counted compressed.
+        .set("compression.type", "lz4")
+        .create()
+        .context("cannot create the bench producer")?;
+    let mut rng = StdRng::seed_from_u64(o.seed);
+    let base_us: i64 = 1_764_000_000_000_000;
+    let mut sent = 0u64;
+    let mut bytes = 0u64;
+    let mut i = 0u64;
+    let mut last = String::new();
+    while sent < o.records {
+        let value = if sent > 0 && rng.random_bool(o.duplicate_rate) {
+            last.clone()
+        } else {
+            let key = if o.keys > 0 { i % o.keys } else { i };
+            let mut v = format!(
+                r#"{{"id":"o-{key:012}","customer":"c-{:06}","amount":{}.{:02},"created_at":{},"note":""#,
+                rng.random_range(0..100_000),
+                rng.random_range(0..10_000),
+                rng.random_range(0..100),
+                base_us + i as i64 * 1000
+            );
+            while v.len() + 2 < o.record_bytes {
+                v.push('x');
+            }
+            v.push_str("\"}");
+            i += 1;
+            v
+        };
+        let partition = (sent % o.partitions as u64) as i32;
+        let mut record = BaseRecord::<(), _>::to(topic)
+            .partition(partition)
+            .payload(value.as_bytes());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, r))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    producer.poll(Duration::from_millis(5));
+                    record = r;
+                }
+                Err((e, _)) => return Err(e).context("producing a bench record"),
+            }
+        }
+        bytes += value.len() as u64;
+        last = value;
+        sent += 1;
+    }
+    producer
+        .flush(Timeout::After(Duration::from_secs(120)))
+        .context("flushing the bench producer")?;
+    Ok((sent, bytes))
+}
+
+fn render_table(rows: &[BenchRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n{:>8} {:>10} {:>7} {:>9} {:>8} {:>8} {:>6} {:>6} {:>9} {:>7} {:>7} {:>9} {:>8}",
+        "interval",
+        "records/s",
+        "MB/s",
+        "commit50",
+        "commit99",
+        "files",
+        "vers",
+        "wal MB",
+        "ckpt %",
+        "RSS MiB",
+        "rec ms",
+        "replayed",
+        "recov ms"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:>8} {:>10.0} {:>7.1} {:>9.1} {:>8.1} {:>8} {:>6} {:>6.1} {:>9.2} {:>7.0} {:>7} {:>9} {:>8}",
+            r.interval,
+            r.records_per_sec,
+            r.mb_per_sec,
+            r.commit_ms_p50,
+            r.commit_ms_p99,
+            r.parquet_files,
+            r.delta_versions,
+            r.wal_bytes as f64 / 1e6,
+            r.checkpoint_share * 100.0,
+            r.peak_rss_mib,
+            r.recovery_first_commit_ms.map_or("-".into(), |v| v.to_string()),
+            r.recovery_replayed.map_or("-".into(), |v| v.to_string()),
+            r.recovery_ms.map_or("-".into(), |v| v.to_string()),
+        );
+    }
+    s
+}
+
+fn render_csv(rows: &[BenchRow]) -> String {
+    let mut s = String::from("interval,interval_ms,records,wall_secs,records_per_sec,mb_per_sec,commit_ms_p50,commit_ms_p99,parquet_files,delta_versions,wal_bytes,checkpoint_share,peak_rss_mib,recovery_first_commit_ms,recovery_replayed,recovery_ms\n");
+    for r in rows {
+        let o = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
+        let _ = writeln!(
+            s,
+            "{},{},{},{:.3},{:.1},{:.2},{:.2},{:.2},{},{},{},{:.4},{:.1},{},{},{}",
+            r.interval,
+            r.interval_ms,
+            r.records,
+            r.wall_secs,
+            r.records_per_sec,
+            r.mb_per_sec,
+            r.commit_ms_p50,
+            r.commit_ms_p99,
+            r.parquet_files,
+            r.delta_versions,
+            r.wal_bytes,
+            r.checkpoint_share,
+            r.peak_rss_mib,
+            o(r.recovery_first_commit_ms),
+            o(r.recovery_replayed),
+            o(r.recovery_ms)
+        );
+    }
+    s
+}
+
+/// Two panels side by side: throughput and time-to-first-commit after a SIGKILL, against the
+/// intervals in the order run (categorical x axis).
+fn render_svg(rows: &[BenchRow], records: u64, record_bytes: usize) -> String {
+    let (w, h) = (900.0, 380.0);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{}" y="20" text-anchor="middle" font-size="14">tidemark bench: {records} records of ~{record_bytes} B, checkpoint interval against throughput and recovery</text>
+"#,
+        w / 2.0
+    );
+    let panels: [(&str, Box<dyn Fn(&BenchRow) -> Option<f64>>, &str); 2] = [
+        (
+            "records/s end to end",
+            Box::new(|r: &BenchRow| Some(r.records_per_sec)),
+            "#1f77b4",
+        ),
+        (
+            "ms to first commit after SIGKILL",
+            Box::new(|r: &BenchRow| r.recovery_first_commit_ms.map(|v| v as f64)),
+            "#d62728",
+        ),
+    ];
+    for (p, (title, value, color)) in panels.iter().enumerate() {
+        let x0 = 70.0 + p as f64 * 450.0;
+        let (pw, ph, y0) = (340.0, 260.0, 50.0);
+        let vals: Vec<Option<f64>> = rows.iter().map(|r| value(r)).collect();
+        let max = vals.iter().flatten().cloned().fold(0.0, f64::max).max(1.0) * 1.1;
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle" font-size="13">{title}</text>"#,
+            x0 + pw / 2.0,
+            y0 - 8.0
+        );
+        let _ = writeln!(
+            s,
+            r##"<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>"##
+        );
+        for t in 0..=4 {
+            let v = max * t as f64 / 4.0;
+            let y = y0 + ph - ph * t as f64 / 4.0;
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x0}" x2="{}" y1="{y}" y2="{y}" stroke="#eee"/><text x="{}" y="{}" text-anchor="end">{:.0}</text>"##,
+                x0 + pw,
+                x0 - 4.0,
+                y + 4.0,
+                v
+            );
+        }
+        let n = rows.len().max(1) as f64;
+        let mut points = Vec::new();
+        for (i, (r, v)) in rows.iter().zip(&vals).enumerate() {
+            let x = x0 + pw * (i as f64 + 0.5) / n;
+            let _ = writeln!(
+                s,
+                r#"<text x="{x}" y="{}" text-anchor="middle">{}</text>"#,
+                y0 + ph + 16.0,
+                r.interval
+            );
+            if let Some(v) = v {
+                let y = y0 + ph - ph * v / max;
+                points.push(format!("{x:.1},{y:.1}"));
+                let _ = writeln!(
+                    s,
+                    r#"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="{color}"/><text x="{x:.1}" y="{:.1}" text-anchor="middle" font-size="10">{v:.0}</text>"#,
+                    y - 8.0
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
+            points.join(" ")
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">checkpoint interval</text>"#,
+            x0 + pw / 2.0,
+            y0 + ph + 34.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_parse_with_units_and_none() {
+        assert_eq!(parse_interval("50ms").unwrap(), Some(50));
+        assert_eq!(parse_interval("5s").unwrap(), Some(5000));
+        assert_eq!(parse_interval(" none ").unwrap(), None);
+        assert!(parse_interval("5m").is_err());
+        assert!(parse_interval("0ms").is_err());
+    }
+}
