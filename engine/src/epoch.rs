@@ -414,7 +414,7 @@ impl OpenEpoch {
                 keep.push(false);
                 continue;
             };
-            match rt.state.check(&key, time) {
+            match rt.state.check_owned(key, time) {
                 Verdict::Accept => keep.push(true),
                 Verdict::Duplicate => {
                     self.duplicates += 1;
@@ -475,5 +475,121 @@ impl OpenEpoch {
     /// Time left before the interval ends (the whole interval before the first record).
     pub fn time_left(&self, c: &CheckpointConfig) -> Duration {
         c.interval().saturating_sub(self.age())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+pipeline_id = "p"
+[source]
+brokers = "b:1"
+topics = ["t"]
+[sink]
+table_uri = "t"
+source_columns = false
+columns = [{ name = "id", type = "string" }, { name = "ts", type = "long" }]
+[checkpoint]
+interval_ms = 60000
+max_records = 3
+max_bytes = 40
+[dedup]
+key = ["id"]
+event_time = "ts"
+allowed_lateness_ms = 10
+"#;
+
+    fn rec(offset: i64, payload: &str) -> SourceRecord {
+        SourceRecord {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset,
+            timestamp_ms: None,
+            key: None,
+            payload: Some(payload.as_bytes().to_vec()),
+        }
+    }
+
+    fn processor(config: &PipelineConfig) -> RecordProcessor {
+        let schema = Arc::new(arrow::datatypes::Schema::new(config.arrow_fields()));
+        RecordProcessor::new(config, JsonDecoder::new(schema)).unwrap()
+    }
+
+    #[test]
+    fn an_epoch_ends_at_the_first_limit_reached() {
+        let config = PipelineConfig::parse(CONFIG, Path::new("/x/p.toml")).unwrap();
+        let p = processor(&config);
+        let c = &config.checkpoint;
+        let mut by_count = OpenEpoch::new(1, Positions::new());
+        assert!(!by_count.is_due(c), "an empty epoch is never due");
+        for i in 0..3 {
+            assert!(!by_count.is_due(c));
+            by_count
+                .add(&[rec(i, &format!(r#"{{"id":"{i}","ts":1}}"#))], &p, None)
+                .unwrap();
+        }
+        assert!(by_count.is_due(c), "3 records = checkpoint.max_records");
+        let mut by_bytes = OpenEpoch::new(1, Positions::new());
+        by_bytes
+            .add(
+                &[rec(0, r#"{"id":"a-very-long-identifier-of-bytes","ts":1}"#)],
+                &p,
+                None,
+            )
+            .unwrap();
+        assert!(by_bytes.is_due(c), "over checkpoint.max_bytes");
+        let mut by_time = OpenEpoch::new(1, Positions::new());
+        by_time
+            .add(&[rec(0, r#"{"id":"a","ts":1}"#)], &p, None)
+            .unwrap();
+        by_time.first_record_at = Some(Instant::now() - Duration::from_secs(61));
+        assert!(by_time.is_due(c), "older than checkpoint.interval_ms");
+    }
+
+    #[test]
+    fn every_record_is_counted_once_as_row_duplicate_late_or_dead_letter() {
+        let config = PipelineConfig::parse(CONFIG, Path::new("/x/p.toml")).unwrap();
+        let p = processor(&config);
+        let spec = p.dedup().unwrap().clone();
+        let mut rt = DedupRuntime {
+            state: DedupState::from_entries(Vec::new(), Some(100_000)),
+            tracker: WatermarkTracker::new(
+                Vec::new(),
+                spec.lateness_micros,
+                spec.idle_timeout,
+                Instant::now(),
+            ),
+        };
+        let mut open = OpenEpoch::new(1, Positions::new());
+        let input = [
+            rec(0, r#"{"id":"a","ts":200}"#),
+            rec(1, r#"{"id":"a","ts":200}"#),
+            rec(2, r#"{"id":"b","ts":50}"#),
+            rec(3, r#"{"id":"c""#),
+            rec(4, r#"{"ts":300}"#),
+            rec(5, r#"{"id":"d"}"#),
+            rec(6, r#"{"id":"e","ts":300}"#),
+        ];
+        open.add(&input, &p, Some(&mut rt)).unwrap();
+        assert_eq!(open.records, 7);
+        assert_eq!(open.rows(), 2, "a and e");
+        assert_eq!(open.duplicates, 1);
+        assert_eq!(open.late, 1, "b: 50 ms < watermark 100 ms");
+        assert_eq!(open.invalid(), 3, "malformed, no key, no event time");
+        let reasons: Vec<&str> = open.dead_letters.iter().map(|d| d.reason).collect();
+        assert_eq!(
+            reasons,
+            vec!["malformed_json", "late", "null_key", "null_event_time"]
+        );
+        assert_eq!(
+            open.records,
+            open.rows() + open.duplicates + open.late + open.invalid()
+        );
+        assert_eq!(open.end.get("t", 0), Some(7));
     }
 }
