@@ -318,11 +318,20 @@ impl Source for KafkaSource {
                 batch.push(record);
                 continue;
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                break;
-            }
-            match tokio::time::timeout(remaining, self.consumer.recv()).await {
+            // A message already fetched is taken without arming a timer (the common case
+            // under backlog: no clock read, no timer entry per message).
+            let ready = futures::FutureExt::now_or_never(self.consumer.recv());
+            let next = match ready {
+                Some(result) => Ok(result),
+                None => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        break;
+                    }
+                    tokio::time::timeout(remaining, self.consumer.recv()).await
+                }
+            };
+            match next {
                 Err(_elapsed) => break,
                 Ok(Err(source)) => {
                     return Err(KafkaSourceError::Consume {

@@ -72,18 +72,24 @@ impl Positions {
             .insert(partition, next_offset);
     }
 
-    /// Advances past `record` (positions only move forward).
+    /// Advances past `record` (positions only move forward). Allocates only for a partition
+    /// seen for the first time (this runs once per record).
     pub fn advance_past(&mut self, record: &SourceRecord) {
         let next = record.offset + 1;
-        let slot = self
+        if let Some(slot) = self
             .0
+            .get_mut(record.topic.as_ref())
+            .and_then(|parts| parts.get_mut(&record.partition))
+        {
+            if *slot < next {
+                *slot = next;
+            }
+            return;
+        }
+        self.0
             .entry(record.topic.to_string())
             .or_default()
-            .entry(record.partition)
-            .or_insert(next);
-        if *slot < next {
-            *slot = next;
-        }
+            .insert(record.partition, next);
     }
 
     /// Every known `(topic/partition, next offset)`, in order.

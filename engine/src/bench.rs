@@ -543,22 +543,23 @@ fn render_svg(rows: &[BenchRow], records: u64, record_bytes: usize) -> String {
 "#,
         w / 2.0
     );
-    let panels: [(&str, Box<dyn Fn(&BenchRow) -> Option<f64>>, &str); 2] = [
+    type Value = fn(&BenchRow) -> Option<f64>;
+    let panels: [(&str, Value, &str); 2] = [
         (
             "records/s end to end",
-            Box::new(|r: &BenchRow| Some(r.records_per_sec)),
+            |r: &BenchRow| Some(r.records_per_sec),
             "#1f77b4",
         ),
         (
             "ms to first commit after SIGKILL",
-            Box::new(|r: &BenchRow| r.recovery_first_commit_ms.map(|v| v as f64)),
+            |r: &BenchRow| r.recovery_first_commit_ms.map(|v| v as f64),
             "#d62728",
         ),
     ];
     for (p, (title, value, color)) in panels.iter().enumerate() {
         let x0 = 70.0 + p as f64 * 450.0;
         let (pw, ph, y0) = (340.0, 260.0, 50.0);
-        let vals: Vec<Option<f64>> = rows.iter().map(|r| value(r)).collect();
+        let vals: Vec<Option<f64>> = rows.iter().map(value).collect();
         let max = vals.iter().flatten().cloned().fold(0.0, f64::max).max(1.0) * 1.1;
         let _ = writeln!(
             s,

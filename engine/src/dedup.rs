@@ -83,7 +83,9 @@ impl DedupState {
         entries: impl IntoIterator<Item = (Vec<u8>, i64)>,
         watermark: Option<i64>,
     ) -> Self {
-        let mut keys = KeyMap::default();
+        let entries = entries.into_iter();
+        let mut keys =
+            KeyMap::with_capacity_and_hasher(entries.size_hint().0, BuildHasherDefault::default());
         for (k, t) in entries {
             keys.insert(k, t);
         }

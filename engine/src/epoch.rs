@@ -58,6 +58,9 @@ pub struct DedupSpec {
     pub idle_timeout: Duration,
 }
 
+/// A row's dedup key and event time (micros), `None` where null or missing.
+pub type KeyAndTime = (Option<Vec<u8>>, Option<i64>);
+
 /// Turns source records into rows and dead letters: decoding, size check, dedup.
 pub struct RecordProcessor {
     decoder: JsonDecoder,
@@ -154,7 +157,7 @@ impl RecordProcessor {
         &self,
         batch: &RecordBatch,
         records: &[&SourceRecord],
-    ) -> Result<Vec<(Option<Vec<u8>>, Option<i64>)>, PipelineError> {
+    ) -> Result<Vec<KeyAndTime>, PipelineError> {
         let Some(spec) = &self.dedup else {
             return Ok(Vec::new());
         };
@@ -319,7 +322,7 @@ impl OpenEpoch {
         &mut self,
         records: &[SourceRecord],
         p: &RecordProcessor,
-        mut dedup: Option<&mut DedupRuntime>,
+        dedup: Option<&mut DedupRuntime>,
     ) -> Result<(), PipelineError> {
         if records.is_empty() {
             return Ok(());
@@ -383,7 +386,7 @@ impl OpenEpoch {
         let Some(batch) = decoded.batch else {
             return Ok(());
         };
-        let (Some(spec), Some(rt)) = (p.dedup(), dedup.as_deref_mut()) else {
+        let (Some(spec), Some(rt)) = (p.dedup(), dedup) else {
             self.batches.push(batch);
             return Ok(());
         };

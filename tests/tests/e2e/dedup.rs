@@ -132,16 +132,26 @@ async fn wait_caught_up(
 /// Runs the pipeline with random SIGKILLs, then a long run that takes two heartbeats 1.5 s
 /// apart on `active` partitions (with event time `ts_ms`), so the watermark ends at
 /// `ts_ms - lateness` and idle partitions stop holding it back. Returns the last summary.
+/// The heartbeat that ends a phase: on `active` partitions, at event time `ts_ms`.
+struct Heartbeat<'a> {
+    active: &'a [i32],
+    ts_ms: i64,
+    phase: i64,
+}
+
 async fn finish_phase(
     fixture: &Fixture,
     brokers: &str,
     topic: &str,
     exp: &mut Expected,
-    active: &[i32],
-    ts_ms: i64,
-    phase: i64,
+    beat: Heartbeat<'_>,
     rng: &mut StdRng,
 ) -> serde_json::Value {
+    let Heartbeat {
+        active,
+        ts_ms,
+        phase,
+    } = beat;
     for _ in 0..2 {
         let mut child = fixture.spawn(true, &[]);
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..2500))).await;
@@ -295,9 +305,11 @@ async fn dedup_late_and_dead_letters_are_exact_across_sigkills() {
             &brokers,
             &topic,
             &mut exp,
-            &active,
-            base + 50_000,
-            phase,
+            Heartbeat {
+                active: &active,
+                ts_ms: base + 50_000,
+                phase,
+            },
             &mut rng,
         )
         .await;
