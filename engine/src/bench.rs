@@ -67,6 +67,9 @@ pub struct BenchOptions {
     /// Seed of the generated stream.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Throughput runs per interval (interleaved by round); each row is the median run.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
 }
 
 /// One interval's measurements.
@@ -98,6 +101,8 @@ pub struct BenchRow {
     pub checkpoint_share: f64,
     /// Peak RSS of the pipeline process, MiB.
     pub peak_rss_mib: f64,
+    /// Records/s of every throughput run of this interval (the row shows the median run).
+    pub all_records_per_sec: Vec<f64>,
     /// After a SIGKILL mid-epoch: ms from restart to the first commit.
     pub recovery_first_commit_ms: Option<u64>,
     /// Records replayed from the WAL by that restart.
@@ -191,28 +196,48 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     let exe = std::env::current_exe().context("cannot find the tidemark executable")?;
-    let mut rows = Vec::new();
-    for (name, interval) in &intervals {
-        let run_dir = dir.join(format!("run-{name}"));
-        let config = write_config(
-            &run_dir,
-            &brokers,
-            &topic,
-            *interval,
-            longest,
-            options.dedup,
-        )?;
-        eprint!("  {name:>6}: throughput run ...");
-        let t0 = Instant::now();
-        let summary = run_child(&exe, &config, &run_dir.join("run.log"), &[])?;
-        let wall = t0.elapsed().as_secs_f64();
-        let read = summary["records_read"].as_u64().unwrap_or(0);
-        if read != produced {
-            bail!(
-                "interval {name}: the run read {read} records, {produced} were produced (see {})",
-                run_dir.join("run.log").display()
+    // Throughput runs, interleaved by round so a slow moment of the machine hits every
+    // interval alike; each interval's row is its median run.
+    let rounds = options.repeat.max(1);
+    let mut runs: Vec<Vec<(f64, serde_json::Value)>> = vec![Vec::new(); intervals.len()];
+    for round in 0..rounds {
+        for (i, (name, interval)) in intervals.iter().enumerate() {
+            let run_dir = dir.join(format!("run-{name}"));
+            if run_dir.exists() {
+                std::fs::remove_dir_all(&run_dir)?;
+            }
+            let config = write_config(
+                &run_dir,
+                &brokers,
+                &topic,
+                *interval,
+                longest,
+                options.dedup,
+            )?;
+            let t0 = Instant::now();
+            let summary = run_child(&exe, &config, &run_dir.join("run.log"), &[])?;
+            let wall = t0.elapsed().as_secs_f64();
+            let read = summary["records_read"].as_u64().unwrap_or(0);
+            if read != produced {
+                bail!(
+                    "interval {name}: the run read {read} records, {produced} were produced (see {})",
+                    run_dir.join("run.log").display()
+                );
+            }
+            eprintln!(
+                "  round {}/{rounds} {name:>6}: {:.0} records/s",
+                round + 1,
+                read as f64 / wall
             );
+            runs[i].push((wall, summary));
         }
+    }
+    let mut rows = Vec::new();
+    for ((name, interval), mut these) in intervals.iter().zip(runs) {
+        these.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let all_rates: Vec<f64> = these.iter().map(|(w, _)| produced as f64 / w).collect();
+        let (wall, summary) = these.swap_remove(these.len() / 2);
+        let read = produced;
         let mut row = BenchRow {
             interval: name.clone(),
             interval_ms: interval.unwrap_or(longest),
@@ -227,14 +252,14 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             wal_bytes: summary["wal_bytes"].as_u64().unwrap_or(0),
             checkpoint_share: summary["checkpoint_time_share"].as_f64().unwrap_or(0.0),
             peak_rss_mib: summary["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0,
+            all_records_per_sec: all_rates,
             recovery_first_commit_ms: None,
             recovery_replayed: None,
             recovery_ms: None,
             recovery_dedup_keys: None,
         };
-        eprint!(" {:.0} rec/s;", row.records_per_sec);
         if !options.no_recovery {
-            eprint!(" recovery run ...");
+            eprint!("  {name:>6}: SIGKILL mid-epoch and restart ...");
             let rec_dir = dir.join(format!("recovery-{name}"));
             let config = write_config(
                 &rec_dir,
@@ -262,8 +287,11 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             row.recovery_replayed = summary["recovery"]["replayed_records"].as_u64();
             row.recovery_ms = summary["recovery"]["recovery_ms"].as_u64();
             row.recovery_dedup_keys = summary["recovery"]["dedup_keys_loaded"].as_u64();
+            eprintln!(
+                " {} ms to first commit",
+                row.recovery_first_commit_ms.unwrap_or(0)
+            );
         }
-        eprintln!(" done");
         rows.push(row);
     }
     let table = render_table(&rows);
@@ -274,13 +302,28 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         dir.join("bench.svg"),
         render_svg(&rows, produced, options.record_bytes),
     )?;
-    if let Some(none) = rows.iter().find(|r| r.interval == "none") {
-        for r in rows.iter().filter(|r| r.interval != "none") {
-            println!(
-                "  {:>6}: {:.0}% of the no-checkpoint throughput",
-                r.interval,
-                100.0 * r.records_per_sec / none.records_per_sec
-            );
+    let rates = |r: &BenchRow| {
+        r.all_records_per_sec
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match rows.iter().find(|r| r.interval == "none") {
+        Some(none) => {
+            for r in &rows {
+                println!(
+                    "  {:>6}: {:.0}% of the no-checkpoint throughput (median of {rounds}; runs: {})",
+                    r.interval,
+                    100.0 * r.records_per_sec / none.records_per_sec,
+                    rates(r)
+                );
+            }
+        }
+        None => {
+            for r in &rows {
+                println!("  {:>6}: runs: {}", r.interval, rates(r));
+            }
         }
     }
     println!(

@@ -165,6 +165,8 @@ pub struct Wal {
     pending: Vec<u8>,
     unsynced: bool,
     last_sync: Instant,
+    /// Offset in the current segment up to which kernel writeback has been started.
+    writeback_from: u64,
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -184,6 +186,30 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Appended bytes after which kernel writeback of the current segment is started.
+const WRITEBACK_CHUNK: u64 = 4 << 20;
+
+/// Asks the kernel to start writing `len` bytes at `offset` back to disk, without waiting
+/// (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`). Durability still comes from fsync; this
+/// only moves the work earlier. Errors are ignored for the same reason.
+fn start_writeback(f: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the fd is open for the lifetime of `f`; the call reads no memory of ours.
+        unsafe {
+            libc::sync_file_range(
+                f.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (f, offset, len);
 }
 
 /// The segment files in `dir` as `(id, path, size in bytes)`, oldest first, without opening
@@ -450,6 +476,7 @@ impl Wal {
                 pending: Vec::new(),
                 unsynced: false,
                 last_sync: Instant::now(),
+                writeback_from: 0,
             },
             report,
         ))
@@ -535,6 +562,13 @@ impl Wal {
         self.file_len += self.pending.len() as u64;
         self.pending.clear();
         self.unsynced = true;
+        // Start the kernel writing what is there now (without waiting), so the fsync at the
+        // seal finds little left to do: measured in `tidemark bench`, the seal's fsync of a
+        // whole 1 s epoch (~40 MB) was the main cost of the WAL.
+        if self.file_len - self.writeback_from >= WRITEBACK_CHUNK {
+            start_writeback(f, self.writeback_from, self.file_len - self.writeback_from);
+            self.writeback_from = self.file_len;
+        }
         Ok(())
     }
 
@@ -573,6 +607,7 @@ impl Wal {
         });
         self.file = Some(f);
         self.file_len = SEGMENT_HEADER_LEN as u64;
+        self.writeback_from = 0;
         Ok(())
     }
 
