@@ -428,9 +428,10 @@ async fn slow_commits_keep_the_consumer_polled() {
         .filter_map(|v| v.split_whitespace().next()?.parse().ok())
         .collect();
     assert!(polls.len() >= 2, "{log}");
-    // 2.5 s at one poll per <= 100 ms.
+    // 2.5 s at one poll per <= 100 ms is ~25; allow for a loaded machine, but a consumer left
+    // unpolled during the commit would show 1.
     assert!(
-        polls.iter().all(|p| *p >= 20),
+        polls.iter().all(|p| *p >= 10),
         "polls during commits: {polls:?}"
     );
     assert_exactly_once(&fixture, &ends, 2_000).await;
