@@ -480,22 +480,10 @@ fn produce(brokers: &str, topic: &str, o: &BenchOptions) -> anyhow::Result<(u64,
             v
         };
         let partition = (sent % o.partitions as u64) as i32;
-        let mut record = BaseRecord::<(), _>::to(topic)
+        let record = BaseRecord::<(), _>::to(topic)
             .partition(partition)
             .payload(value.as_bytes());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((e, r))
-                    if e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                {
-                    producer.poll(Duration::from_millis(5));
-                    record = r;
-                }
-                Err((e, _)) => return Err(e).context("producing a bench record"),
-            }
-        }
+        crate::produce::send_retrying(&producer, record).context("producing a bench record")?;
         bytes += value.len() as u64;
         last = value;
         sent += 1;

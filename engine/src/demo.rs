@@ -268,23 +268,11 @@ fn produce(brokers: &str, options: &DemoOptions) -> anyhow::Result<Produced> {
     let currencies = ["EUR", "USD", "GBP", "JPY"];
     let send =
         |partition: i32, key: &[u8], value: &[u8], produced: &mut Produced| -> anyhow::Result<()> {
-            let mut record = BaseRecord::to(TOPIC)
+            let record = BaseRecord::to(TOPIC)
                 .partition(partition)
                 .key(key)
                 .payload(value);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((e, r))
-                        if e.rdkafka_error_code()
-                            == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                    {
-                        producer.poll(Duration::from_millis(10));
-                        record = r;
-                    }
-                    Err((e, _)) => return Err(e).context("producing a demo message"),
-                }
-            }
+            crate::produce::send_retrying(&producer, record).context("producing a demo message")?;
             produced.total += 1;
             *produced
                 .per_partition

@@ -12,6 +12,7 @@
 //! - [`bench`]: `tidemark bench`, checkpoint interval against throughput and recovery.
 //! - [`demo`]: the self-contained demo on librdkafka's in-process mock cluster.
 //! - [`protocol`]: the recovery decision of the epoch protocol, pure and exhaustively tested.
+//! - [`produce`]: a retrying send shared by the demo and the bench.
 //! - [`cli`]: the command line.
 
 pub mod audit;
@@ -24,6 +25,7 @@ pub mod demo;
 pub mod epoch;
 pub mod epoch_log;
 pub mod pipeline;
+pub mod produce;
 pub mod protocol;
 pub mod recovery;
 pub mod status;

@@ -199,21 +199,22 @@ pub async fn recover(
     }
 
     let from = latest.as_ref().map(wal_position);
-    let (mut wal, wal_report) = Wal::open(&wal_dir(state), wal_options(config), from)?;
+    let (wal, wal_report) = Wal::open(&wal_dir(state), wal_options(config), from)?;
     log_wal_recovery(&wal_report, &mut outcome);
 
+    // One committer for every case; a checkpoint, if any, sets its totals and progress below.
+    let mut committer = Committer::new(
+        sink,
+        wal,
+        store,
+        config.pipeline_id.clone(),
+        Counts::default(),
+        0,
+        None,
+    );
+    committer.dead_letter_sink = dead_letter_sink;
     if !config.checkpoint.enabled {
         // No WAL, no checkpoints: the table alone says where to resume.
-        let mut committer = Committer::new(
-            sink,
-            wal,
-            store,
-            config.pipeline_id.clone(),
-            Counts::default(),
-            0,
-            None,
-        );
-        committer.dead_letter_sink = dead_letter_sink;
         committer.durable = false;
         return from_table(committer, processor, progress, false, outcome, "table_only");
     }
@@ -221,28 +222,8 @@ pub async fn recover(
         let store_lost = unreadable || (!store_existed && (v > 0 || wal_report.frames > 0));
         if v == 0 && !store_lost {
             // No checkpoint and no commit: epoch 1 may be open or sealed in the WAL.
-            let mut committer = Committer::new(
-                sink,
-                wal,
-                store,
-                config.pipeline_id.clone(),
-                Counts::default(),
-                0,
-                None,
-            );
-            committer.dead_letter_sink = dead_letter_sink;
             return from_checkpoint(committer, processor, None, v, None, outcome).await;
         }
-        let mut committer = Committer::new(
-            sink,
-            wal,
-            store,
-            config.pipeline_id.clone(),
-            Counts::default(),
-            0,
-            None,
-        );
-        committer.dead_letter_sink = dead_letter_sink;
         return from_table(
             committer,
             processor,
@@ -254,27 +235,20 @@ pub async fn recover(
     };
     outcome.checkpoint_epoch = c.epoch;
     outcome.committed_epoch = c.committed_epoch;
-    if wal.end() < wal_position(&c) {
+    if committer.wal.end() < wal_position(&c) {
         // The log's tail was lost below the checkpointed position: re-anchor the checkpoint
         // in a new segment so later frames are found after it.
-        warn!(checkpoint_wal = ?wal_position(&c), wal_end = ?wal.end(), "the WAL ends before the checkpointed position; re-anchoring checkpoint {} in a new segment", c.epoch);
-        let at = wal.start_new_segment(c.epoch + 1)?;
+        warn!(checkpoint_wal = ?wal_position(&c), wal_end = ?committer.wal.end(), "the WAL ends before the checkpointed position; re-anchoring checkpoint {} in a new segment", c.epoch);
+        let at = committer.wal.start_new_segment(c.epoch + 1)?;
         let mut anchored = c.clone();
         anchored.wal_segment = at.segment;
         anchored.wal_offset = at.offset;
-        store.write(&anchored, &[], None)?;
+        committer.store.write(&anchored, &[], None)?;
     }
     let facts_table_txn = v;
-    let mut committer = Committer::new(
-        sink,
-        wal,
-        store,
-        config.pipeline_id.clone(),
-        c.counts,
-        c.committed_epoch,
-        c.table_version,
-    );
-    committer.dead_letter_sink = dead_letter_sink;
+    committer.totals = c.counts;
+    committer.committed_epoch = c.committed_epoch;
+    committer.table_version = c.table_version;
     let Some(r) = rewind_to else {
         let version_now = progress.as_ref().map(|p| p.table_version as i64);
         return from_checkpoint(committer, processor, Some(c), v, version_now, outcome).await;
