@@ -131,6 +131,20 @@ pub fn replay_log(table_dir: &Path) -> Result<LogReplay, AuditError> {
     Ok(replay)
 }
 
+/// Column `name` of `batch` (read from `path`), or an error naming both.
+fn column<'b>(
+    path: &Path,
+    batch: &'b arrow::array::RecordBatch,
+    name: &str,
+) -> Result<&'b arrow::array::ArrayRef, AuditError> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| AuditError::Parquet {
+            path: path.to_path_buf(),
+            message: format!("column {name} missing"),
+        })
+}
+
 /// Kafka coordinates of one row.
 pub type Coordinates = (String, i32, i64);
 
@@ -145,14 +159,7 @@ pub fn read_coordinates(
         files,
         &[COL_TOPIC, COL_PARTITION, COL_OFFSET],
         |path, batch| {
-            let col = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .ok_or_else(|| AuditError::Parquet {
-                        path: path.to_path_buf(),
-                        message: format!("column {name} missing"),
-                    })
-            };
+            let col = |name: &str| column(path, batch, name);
             let topics = col(COL_TOPIC)?.as_string::<i32>().clone();
             let partitions = col(COL_PARTITION)?.as_primitive::<Int32Type>().clone();
             let offsets = col(COL_OFFSET)?.as_primitive::<Int64Type>().clone();
@@ -186,14 +193,7 @@ pub fn read_dead_letters(dir: &Path) -> Result<Vec<(Coordinates, String)>, Audit
         &replay.live_files,
         &["topic", "partition", "offset", "reason"],
         |path, batch| {
-            let col = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .ok_or_else(|| AuditError::Parquet {
-                        path: path.to_path_buf(),
-                        message: format!("column {name} missing"),
-                    })
-            };
+            let col = |name: &str| column(path, batch, name);
             let topics = col("topic")?.as_string::<i32>().clone();
             let partitions = col("partition")?.as_primitive::<Int32Type>().clone();
             let offsets = col("offset")?.as_primitive::<Int64Type>().clone();

@@ -218,7 +218,7 @@ pub async fn recover(
         committer.durable = false;
         return from_table(committer, processor, progress, false, outcome, "table_only");
     }
-    let Some(c) = latest else {
+    let Some(mut c) = latest else {
         let store_lost = unreadable || (!store_existed && (v > 0 || wal_report.frames > 0));
         if v == 0 && !store_lost {
             // No checkpoint and no commit: epoch 1 may be open or sealed in the WAL.
@@ -240,10 +240,9 @@ pub async fn recover(
         // in a new segment so later frames are found after it.
         warn!(checkpoint_wal = ?wal_position(&c), wal_end = ?committer.wal.end(), "the WAL ends before the checkpointed position; re-anchoring checkpoint {} in a new segment", c.epoch);
         let at = committer.wal.start_new_segment(c.epoch + 1)?;
-        let mut anchored = c.clone();
-        anchored.wal_segment = at.segment;
-        anchored.wal_offset = at.offset;
-        committer.store.write(&anchored, &[], None)?;
+        c.wal_segment = at.segment;
+        c.wal_offset = at.offset;
+        committer.store.write(&c, &[], None)?;
     }
     let facts_table_txn = v;
     committer.totals = c.counts;
@@ -302,12 +301,7 @@ async fn from_checkpoint(
         Some(c) => (
             c.epoch,
             c.committed_epoch,
-            // Re-read: it may have been re-anchored.
-            committer
-                .store
-                .latest()?
-                .map(|r| wal_position(&r))
-                .unwrap_or_default(),
+            wal_position(c),
             from_store_positions(&c.positions),
         ),
         None => (0, 0, WalPosition::default(), Positions::new()),
@@ -353,13 +347,7 @@ async fn from_checkpoint(
         }
         RecoveryDecision::RedoEpoch { epoch } => {
             outcome.case = "redo_epoch";
-            let seal = seal.ok_or_else(|| PipelineError::State { path: PathBuf::from("wal"), message: "seal vanished".into() })?;
-            check_seal(&seal, &records, epoch)?;
-            let mut open = OpenEpoch::new(epoch, seal.start_positions.clone());
-            open.add(&records, processor, committer.dedup.as_mut())?;
-            if let Some(d) = committer.dedup.as_mut() {
-                d.state.advance(seal.watermark);
-            }
+            let (seal, open) = replay_sealed(&mut committer, processor, seal, &records, epoch)?;
             info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed but not in the table: redoing it from the WAL");
             let report = committer.commit_sealed(open, None).await?;
             info!(epoch, version = ?report.version, rows = report.rows, "recovery: redone epoch committed");
@@ -368,14 +356,8 @@ async fn from_checkpoint(
         }
         RecoveryDecision::WriteMissingCheckpoint { epoch } => {
             outcome.case = "write_missing_checkpoint";
-            let seal = seal.ok_or_else(|| PipelineError::State { path: PathBuf::from("wal"), message: "seal vanished".into() })?;
-            check_seal(&seal, &records, epoch)?;
-            // Replay through decoding rebuilds the epoch's counts (and, with dedup, its state).
-            let mut open = OpenEpoch::new(epoch, seal.start_positions.clone());
-            open.add(&records, processor, committer.dedup.as_mut())?;
-            if let Some(d) = committer.dedup.as_mut() {
-                d.state.advance(seal.watermark);
-            }
+            // Replay rebuilds the epoch's counts (and, with dedup, its state).
+            let (seal, open) = replay_sealed(&mut committer, processor, seal, &records, epoch)?;
             info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch}");
             committer.committed_epoch = epoch;
             committer.table_version = table_version_now;
@@ -396,18 +378,34 @@ async fn from_checkpoint(
     }
 }
 
-fn check_seal(seal: &SealInfo, records: &[SourceRecord], epoch: u64) -> Result<(), PipelineError> {
+/// Replays the records of sealed epoch `epoch` exactly as they were processed the first time
+/// (the watermark in effect is the checkpoint's), then moves the watermark to the sealed value.
+fn replay_sealed(
+    committer: &mut Committer,
+    processor: &RecordProcessor,
+    seal: Option<SealInfo>,
+    records: &[SourceRecord],
+    epoch: u64,
+) -> Result<(SealInfo, OpenEpoch), PipelineError> {
+    let state_error = |message: String| PipelineError::State {
+        path: PathBuf::from("wal"),
+        message,
+    };
+    // The decision said "sealed" only because the scan found the seal.
+    let seal = seal.ok_or_else(|| state_error(format!("SEAL({epoch}) expected")))?;
     if seal.records != records.len() as u64 {
-        return Err(PipelineError::State {
-            path: PathBuf::from("wal"),
-            message: format!(
-                "SEAL({epoch}) counts {} records but the WAL holds {} of that epoch",
-                seal.records,
-                records.len()
-            ),
-        });
+        return Err(state_error(format!(
+            "SEAL({epoch}) counts {} records but the WAL holds {} of that epoch",
+            seal.records,
+            records.len()
+        )));
     }
-    Ok(())
+    let mut open = OpenEpoch::new(epoch, seal.start_positions.clone());
+    open.add(records, processor, committer.dedup.as_mut())?;
+    if let Some(d) = committer.dedup.as_mut() {
+        d.state.advance(seal.watermark);
+    }
+    Ok((seal, open))
 }
 
 fn retained(store: &CheckpointStore) -> String {

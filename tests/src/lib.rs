@@ -12,8 +12,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
+use tidemark_engine::produce::send_retrying;
 
 /// The environment variable naming the test broker's bootstrap address.
 pub const BROKERS_ENV: &str = "TIDEMARK_TEST_BROKERS";
@@ -94,21 +94,12 @@ pub fn produce_range(
         let partition = (i % partitions as u64) as i32;
         let key = format!("k{i}");
         let payload = value(i);
-        let mut record = BaseRecord::to(topic)
+        let record = BaseRecord::to(topic)
             .partition(partition)
             .key(&key)
             .payload(&payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                // Only a full queue is worth waiting out; any other error fails the test.
-                Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                    producer.poll(Duration::from_millis(5));
-                    record = r;
-                }
-                Err((e, _)) => panic!("producing to {topic}: {e}"),
-            }
-        }
+        // Only a full queue is waited out; any other error fails the test.
+        send_retrying(&producer, record).unwrap_or_else(|e| panic!("producing to {topic}: {e}"));
         *ends.entry((topic.to_string(), partition)).or_insert(0) += 1;
     }
     producer
@@ -143,16 +134,7 @@ pub fn produce_messages(
         if let Some(v) = value {
             record = record.payload(v.as_slice());
         }
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((e, r)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                    producer.poll(Duration::from_millis(5));
-                    record = r;
-                }
-                Err((e, _)) => panic!("producing to {topic}: {e}"),
-            }
-        }
+        send_retrying(&producer, record).unwrap_or_else(|e| panic!("producing to {topic}: {e}"));
         let slot = next.entry(*partition).or_insert(0);
         offsets.push(*slot);
         *slot += 1;

@@ -327,6 +327,19 @@ async fn sigterm_finishes_the_current_epoch_and_stops_cleanly() {
         assert!(std::time::Instant::now() < deadline, "no epoch committed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // `tidemark status` reads while the pipeline holds its store and WAL open.
+    let status = fixture.status(true);
+    assert!(
+        status.status.success(),
+        "status while running: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(json["checkpoint"]["epoch"].as_u64().unwrap() >= 1, "{json}");
+    assert!(
+        json["table"]["txn_version"].as_i64().unwrap() >= 1,
+        "{json}"
+    );
     // SAFETY: kill has no memory-safety preconditions; the pid is our live child's.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
