@@ -221,7 +221,8 @@ impl Status {
                 line(format!("  positions  {}", c.positions));
                 line(format!(
                     "  watermark  {}",
-                    c.watermark.map_or("none".into(), |w| w.to_string())
+                    c.watermark
+                        .map_or("none".into(), |w| format!("{} ({w} µs)", micros_as_utc(w)))
                 ));
                 line(format!(
                     "  totals     read {} = written {} + duplicates {} + late {} + dead-lettered {}",
@@ -269,5 +270,25 @@ impl Status {
         ));
         line(format!("next start   {}", self.next));
         out
+    }
+}
+
+/// An event time in microseconds as an ISO 8601 UTC time, for people reading `status`.
+fn micros_as_utc(micros: i64) -> String {
+    arrow::temporal_conversions::timestamp_us_to_datetime(micros).map_or_else(
+        || "out of range".into(),
+        |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn watermarks_read_as_utc_times() {
+        assert_eq!(
+            super::micros_as_utc(1_700_000_000_123_456),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(super::micros_as_utc(0), "1970-01-01T00:00:00.000Z");
     }
 }
