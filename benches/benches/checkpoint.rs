@@ -57,7 +57,7 @@ fn bench_checkpoint(c: &mut Criterion) {
         let per_epoch = new_keys;
         for e in 1..=window {
             store
-                .write(&record(e), &keys(e, per_epoch), None)
+                .write(&record(e), kv(&keys(e, per_epoch)), None)
                 .expect("preload");
         }
         let mut epoch = window;
@@ -74,7 +74,7 @@ fn bench_checkpoint(c: &mut Criterion) {
                     |(e, inserts)| {
                         // Keys older than the window fall below the watermark and are evicted.
                         store
-                            .write(&record(e), &inserts, Some(e as i64 - window as i64))
+                            .write(&record(e), kv(&inserts), Some(e as i64 - window as i64))
                             .expect("checkpoint");
                     },
                     criterion::BatchSize::PerIteration,
@@ -95,18 +95,25 @@ fn bench_load_state(c: &mut Criterion) {
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).expect("open store");
     for e in 1..=10u64 {
         store
-            .write(&record(e), &keys(e, 100_000), None)
+            .write(&record(e), kv(&keys(e, 100_000)), None)
             .expect("preload");
     }
     group.throughput(Throughput::Elements(1_000_000));
     group.bench_function("keys_1000000", |b| {
         b.iter(|| {
             let mut n = 0usize;
-            for entry in store.dedup_entries() {
-                let (key, _) = entry.expect("entry");
-                n += usize::from(!key.is_empty());
-            }
+            store
+                .for_each_dedup_entry(|key, _| n += usize::from(!key.is_empty()))
+                .expect("scan");
             assert_eq!(n, 1_000_000);
+        })
+    });
+    // What a restart does: the scan plus the inserts into the in-memory state.
+    group.bench_function("into_state_1000000", |b| {
+        b.iter(|| {
+            let state =
+                tidemark_engine::recovery::load_dedup_state(&store, None).expect("load state");
+            assert_eq!(state.len(), 1_000_000);
         })
     });
     group.finish();
@@ -114,3 +121,8 @@ fn bench_load_state(c: &mut Criterion) {
 
 criterion_group!(benches, bench_checkpoint, bench_load_state);
 criterion_main!(benches);
+
+/// The store takes borrowed `(key, event_time)` pairs.
+fn kv(v: &[(Vec<u8>, i64)]) -> impl Iterator<Item = (&[u8], i64)> + '_ {
+    v.iter().map(|(k, t)| (k.as_slice(), *t))
+}

@@ -95,7 +95,7 @@ pub fn to_batch(
     schema: &SchemaRef,
     pipeline_id: &str,
     epoch: i64,
-    letters: &[DeadLetter],
+    letters: &[&DeadLetter],
 ) -> Result<RecordBatch, ArrowError> {
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
@@ -151,7 +151,7 @@ mod tests {
             &arrow_schema(),
             "p",
             3,
-            &[DeadLetter::of(&r, "malformed_json", "bad")],
+            &[&DeadLetter::of(&r, "malformed_json", "bad")],
         )
         .unwrap();
         assert_eq!(b.num_rows(), 1);

@@ -317,6 +317,17 @@ impl DeltaSink {
         epoch: i64,
         batches: &[RecordBatch],
     ) -> Result<(Vec<Add>, WriteMetrics), DeltaSinkError> {
+        self.write_epoch_parts(epoch, 0, batches).await
+    }
+
+    /// [`DeltaSink::write_epoch_files`] numbering the files from `first_part`: for rows added
+    /// to an epoch the table already holds files of (see [`DeltaSink::next_free_part`]).
+    pub async fn write_epoch_parts(
+        &mut self,
+        epoch: i64,
+        first_part: usize,
+        batches: &[RecordBatch],
+    ) -> Result<(Vec<Add>, WriteMetrics), DeltaSinkError> {
         let started = Instant::now();
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         if rows == 0 {
@@ -326,7 +337,7 @@ impl DeltaSink {
             .map_err(self.err("concatenate epoch rows"))?;
         let store = self.table.object_store();
         let mut adds = Vec::new();
-        let mut part = 0usize;
+        let mut part = first_part;
         let mut offset = 0usize;
         while offset < rows {
             let len = MAX_ROWS_PER_FILE.min(rows - offset);
@@ -395,6 +406,24 @@ impl DeltaSink {
         Ok(removed)
     }
 
+    /// The first part number of `epoch` no file in the table's directory uses yet.
+    pub async fn next_free_part(&self, epoch: i64) -> Result<usize, DeltaSinkError> {
+        let listing = self
+            .table
+            .object_store()
+            .list_with_delimiter(None)
+            .await
+            .map_err(self.err("list data files"))?;
+        Ok(listing
+            .objects
+            .iter()
+            .filter_map(|o| data_file_epoch_part(&self.app_id, o.location.as_ref()))
+            .filter(|(e, _)| *e == epoch)
+            .map(|(_, part)| part + 1)
+            .max()
+            .unwrap_or(0))
+    }
+
     /// Reads `columns` of every row in the table's live files (local tables only): used to
     /// rebuild dedup state from the table when the checkpoint store is lost.
     pub fn read_columns(&mut self, columns: &[String]) -> Result<Vec<RecordBatch>, DeltaSinkError> {
@@ -461,9 +490,30 @@ impl DeltaSink {
                 return Ok(CommitOutcome::AlreadyCommitted { txn_version });
             }
         }
+        self.commit_with_txn(adds, info, info.epoch).await
+    }
+
+    /// Commits `adds` of an epoch the table may hold already (dead letters of an epoch re-read
+    /// with other boundaries). The txn version becomes the larger of its current value and the
+    /// epoch: it never goes backwards, so files of later epochs are never taken for uncommitted.
+    pub async fn commit_more_of_epoch(
+        &mut self,
+        adds: Vec<Add>,
+        info: &EpochCommitInfo,
+    ) -> Result<CommitOutcome, DeltaSinkError> {
+        let txn = self.txn_version().await?.unwrap_or(0).max(info.epoch);
+        self.commit_with_txn(adds, info, txn).await
+    }
+
+    async fn commit_with_txn(
+        &mut self,
+        adds: Vec<Add>,
+        info: &EpochCommitInfo,
+        txn: i64,
+    ) -> Result<CommitOutcome, DeltaSinkError> {
         let info_json = serde_json::to_value(info).map_err(self.err("encode commitInfo"))?;
         let properties = CommitProperties::default()
-            .with_application_transaction(Transaction::new(&self.app_id, info.epoch))
+            .with_application_transaction(Transaction::new(&self.app_id, txn))
             .with_metadata([(COMMIT_INFO_KEY.to_string(), info_json)]);
         let operation = DeltaOperation::StreamingUpdate {
             output_mode: OutputMode::Append,
@@ -494,6 +544,7 @@ pub fn data_file_name(app_id: &str, epoch: i64, part: usize) -> String {
 }
 
 /// The epoch in a data file name written by pipeline `app_id`, if it is one.
+/// (Lenient about what follows the part: a temporary upload file counts as the epoch's too.)
 pub fn data_file_epoch(app_id: &str, name: &str) -> Option<i64> {
     let rest = name
         .strip_prefix("tidemark-")?
@@ -501,6 +552,17 @@ pub fn data_file_epoch(app_id: &str, name: &str) -> Option<i64> {
         .strip_prefix("-e")?;
     let (epoch, tail) = rest.split_at_checked(12)?;
     tail.starts_with("-p").then(|| epoch.parse().ok()).flatten()
+}
+
+/// The epoch and part in a data file name written by pipeline `app_id`, if it is one.
+pub fn data_file_epoch_part(app_id: &str, name: &str) -> Option<(i64, usize)> {
+    let rest = name
+        .strip_prefix("tidemark-")?
+        .strip_prefix(app_id)?
+        .strip_prefix("-e")?;
+    let (epoch, tail) = rest.split_at_checked(12)?;
+    let part = tail.strip_prefix("-p")?.strip_suffix(".snappy.parquet")?;
+    Some((epoch.parse().ok()?, part.parse().ok()?))
 }
 
 /// Wraps any error as a [`DeltaSinkError`] naming `op` and the table.
@@ -525,4 +587,24 @@ fn sync_commit(root: &Path, version: u64) -> std::io::Result<()> {
     fsync_file(&log_dir.join(format!("{version:020}.json")))?;
     File::open(&log_dir)?.sync_all()?;
     File::open(root)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// A data file's name gives back its pipeline's epoch and part, and no other
+        /// pipeline's (whose id may share a prefix).
+        #[test]
+        fn file_names_round_trip(epoch in 0i64..1_000_000_000_000, part in 0usize..100_000) {
+            let name = data_file_name("orders", epoch, part);
+            prop_assert_eq!(data_file_epoch_part("orders", &name), Some((epoch, part)));
+            prop_assert_eq!(data_file_epoch("orders", &name), Some(epoch));
+            prop_assert_eq!(data_file_epoch_part("orders-2", &name), None);
+            prop_assert_eq!(data_file_epoch("order", &name), None);
+        }
+    }
 }

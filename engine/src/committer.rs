@@ -12,13 +12,14 @@ use tidemark_checkpoint::store::Counts;
 use tidemark_checkpoint::wal::format::FRAME_HEADER_LEN;
 use tidemark_checkpoint::wal::FrameKind;
 use tidemark_checkpoint::{CheckpointRecord, CheckpointStore, Wal};
-use tidemark_connectors::dead_letter;
+use tidemark_connectors::dead_letter::{self, DeadLetter};
 use tidemark_connectors::decode::InvalidRecord;
 use tidemark_connectors::delta::{CommitOutcome, DeltaSink, EpochCommitInfo, SkippedRecord};
 use tidemark_connectors::kafka::KafkaSource;
 use tidemark_connectors::{Positions, SourceRecord};
 use tracing::info;
 
+use crate::dedup::PackedKeys;
 use crate::epoch::{DedupRuntime, OpenEpoch};
 use crate::epoch_log::{encode_record, to_store_positions, SealInfo};
 use crate::fault::{self, CrashPoint};
@@ -78,7 +79,7 @@ pub struct Committer {
     /// Delta version of that commit.
     pub table_version: Option<i64>,
     /// The dead-letter table, if bad records go there.
-    pub dead_letter_sink: Option<DeltaSink>,
+    pub dead_letter_sink: Option<DeadLetterTable>,
     /// Dedup state and watermark progress, if dedup is on.
     pub dedup: Option<DedupRuntime>,
     /// False when `checkpoint.enabled = false`: no WAL appends, seals or checkpoints.
@@ -86,6 +87,51 @@ pub struct Committer {
     /// Bytes appended to the WAL by this run (frames with their headers).
     pub wal_bytes: u64,
     encode_buf: Vec<u8>,
+}
+
+/// The dead-letter table and how far it holds this pipeline's letters.
+///
+/// Invariant: the table holds exactly the dead letters of this pipeline's records below `end`
+/// (per partition) and none at or after it. So a letter is written iff its record is at or
+/// after `end`: an epoch redone with the same boundaries writes nothing twice, and an epoch
+/// re-read with other boundaries (the store was lost between the dead-letter commit and the
+/// main commit) neither skips nor doubles a letter.
+pub struct DeadLetterTable {
+    /// The table.
+    pub sink: DeltaSink,
+    /// Its txn version for this pipeline (the newest epoch with letters).
+    pub txn: i64,
+    /// End positions of that epoch.
+    pub end: Positions,
+}
+
+impl DeadLetterTable {
+    /// Opens the table's progress: txn version and the newest commit's end positions.
+    pub async fn open(mut sink: DeltaSink) -> Result<Self, PipelineError> {
+        let (txn, progress) = sink.progress().await?;
+        Ok(Self {
+            sink,
+            txn: txn.unwrap_or(0),
+            end: progress.map(|p| p.info.end_positions).unwrap_or_default(),
+        })
+    }
+
+    /// The letters of `letters` the table does not hold yet (see the invariant).
+    pub fn not_yet_written<'a>(&self, letters: &'a [DeadLetter]) -> Vec<&'a DeadLetter> {
+        letters_at_or_after(&self.end, letters)
+    }
+}
+
+/// The letters whose record is at or after `end` in its partition (all of a partition `end`
+/// does not name).
+fn letters_at_or_after<'a>(end: &Positions, letters: &'a [DeadLetter]) -> Vec<&'a DeadLetter> {
+    letters
+        .iter()
+        .filter(|d| {
+            end.get(&d.topic, d.partition)
+                .is_none_or(|at| d.offset >= at)
+        })
+        .collect()
 }
 
 fn now_ms() -> u64 {
@@ -269,24 +315,54 @@ impl Committer {
         report: &mut EpochReport,
     ) -> Result<u64, PipelineError> {
         let epoch = open.epoch as i64;
-        if let (Some(dlq), false) = (self.dead_letter_sink.as_mut(), open.dead_letters.is_empty()) {
-            let already = dlq.txn_version().await?.is_some_and(|v| v >= epoch);
-            if !already {
+        if let Some(dlq) = self.dead_letter_sink.as_mut() {
+            let letters = dlq.not_yet_written(&open.dead_letters);
+            if !letters.is_empty() {
                 let batch = dead_letter::to_batch(
-                    dlq.arrow_schema(),
+                    dlq.sink.arrow_schema(),
                     &self.pipeline_id,
                     epoch,
-                    &open.dead_letters,
+                    &letters,
                 )
                 .map_err(|source| PipelineError::Decode { epoch, source })?;
-                let (adds, _) = dlq.write_epoch_files(epoch, &[batch]).await?;
+                // An epoch number the table holds already (re-read with other boundaries
+                // after a lost store): its new letters go in files after the committed ones.
+                let first_part = if dlq.txn >= epoch {
+                    dlq.sink.next_free_part(epoch).await?
+                } else {
+                    0
+                };
+                let (adds, _) = dlq
+                    .sink
+                    .write_epoch_parts(epoch, first_part, &[batch])
+                    .await?;
                 let mut dlq_info = info.clone();
-                dlq_info.rows_written = open.dead_letters.len() as u64;
+                dlq_info.rows_written = letters.len() as u64;
                 dlq_info.skipped.clear();
-                match commit_with_delay(dlq, adds.clone(), &dlq_info).await {
-                    Ok(_) => {}
+                let committed = if dlq.txn >= epoch {
+                    dlq.sink.commit_more_of_epoch(adds.clone(), &dlq_info).await
+                } else {
+                    commit_with_delay(&mut dlq.sink, adds.clone(), &dlq_info).await
+                };
+                match committed {
+                    Ok(CommitOutcome::Committed { .. }) => {
+                        dlq.txn = dlq.txn.max(epoch);
+                        dlq.end = open.end.clone();
+                    }
+                    Ok(CommitOutcome::AlreadyCommitted { txn_version }) => {
+                        dlq.sink.discard_files(&adds).await;
+                        return Err(PipelineError::Progress {
+                            table: dlq.sink.uri().to_string(),
+                            message: format!(
+                                "epoch {epoch} is already in the dead-letter table (txn version \
+                                 {txn_version}, {} expected): another process writes with \
+                                 pipeline id {:?}; stopping without writing it again",
+                                dlq.txn, self.pipeline_id
+                            ),
+                        });
+                    }
                     Err(e) => {
-                        dlq.discard_files(&adds).await;
+                        dlq.sink.discard_files(&adds).await;
                         return Err(e.into());
                     }
                 }
@@ -333,9 +409,9 @@ impl Committer {
         };
         let (inserts, evict_below) = match self.dedup.as_mut() {
             Some(d) => (d.state.take_inserted(), d.state.watermark()),
-            None => (Vec::new(), None),
+            None => (PackedKeys::default(), None),
         };
-        self.store.write(&record, &inserts, evict_below)?;
+        self.store.write(&record, inserts.iter(), evict_below)?;
         fault::hit(CrashPoint::AfterCheckpoint);
         let removed = self.wal.truncate_before(epoch + 1)?;
         if removed > 0 {
@@ -373,4 +449,39 @@ async fn commit_with_delay(
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     sink.commit_epoch(adds, info).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tidemark_connectors::dead_letter::DeadLetter;
+    use tidemark_connectors::{Positions, SourceRecord};
+
+    use super::letters_at_or_after;
+
+    fn letter(partition: i32, offset: i64) -> DeadLetter {
+        let r = SourceRecord {
+            topic: Arc::from("t"),
+            partition,
+            offset,
+            timestamp_ms: None,
+            key: None,
+            payload: None,
+        };
+        DeadLetter::of(&r, "missing_payload", "no value")
+    }
+
+    #[test]
+    fn only_letters_at_or_after_the_tables_end_are_written() {
+        let mut end = Positions::new();
+        end.set("t", 0, 10);
+        let letters = [letter(0, 9), letter(0, 10), letter(0, 11), letter(1, 0)];
+        let got: Vec<(i32, i64)> = letters_at_or_after(&end, &letters)
+            .iter()
+            .map(|d| (d.partition, d.offset))
+            .collect();
+        assert_eq!(got, [(0, 10), (0, 11), (1, 0)]);
+        assert_eq!(letters_at_or_after(&Positions::new(), &letters).len(), 4);
+    }
 }

@@ -19,6 +19,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
+use crate::dedup_key::DedupKey;
+
 /// FxHash (rustc's hasher) with a final mix: dedup keys are not attacker-chosen hash-flooding input in a
 /// single-tenant pipeline, and SipHash cost ~40% of a lookup in the `records` bench.
 #[derive(Default, Clone, Copy)]
@@ -55,7 +57,7 @@ impl Hasher for FxHasher {
     }
 }
 
-type KeyMap = HashMap<Vec<u8>, i64, BuildHasherDefault<FxHasher>>;
+type KeyMap = HashMap<DedupKey, i64, BuildHasherDefault<FxHasher>>;
 
 /// A record's fate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,32 +70,79 @@ pub enum Verdict {
     Late,
 }
 
+/// `(key, event_time)` pairs packed in one buffer, in order (no allocation per key): the keys
+/// accepted since the last checkpoint (what the next one inserts), and the chunks a restart
+/// loads state in.
+#[derive(Debug, Default, Clone)]
+pub struct PackedKeys {
+    bytes: Vec<u8>,
+    /// (end offset in `bytes`, event time) per key.
+    entries: Vec<(usize, i64)>,
+}
+
+impl PackedKeys {
+    /// Appends one pair.
+    pub fn push(&mut self, key: &[u8], event_time: i64) {
+        self.bytes.extend_from_slice(key);
+        self.entries.push((self.bytes.len(), event_time));
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// `(key, event_time)` in the order they were accepted.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], i64)> + '_ {
+        self.entries.iter().enumerate().map(|(i, &(end, t))| {
+            let start = if i == 0 { 0 } else { self.entries[i - 1].0 };
+            (&self.bytes[start..end], t)
+        })
+    }
+}
+
 /// The dedup state: keys with their event times, and the watermark in effect.
 #[derive(Debug, Default, Clone)]
 pub struct DedupState {
     keys: KeyMap,
     watermark: Option<i64>,
     /// Keys accepted since the last [`DedupState::take_inserted`], in order.
-    inserted: Vec<(Vec<u8>, i64)>,
+    inserted: PackedKeys,
 }
 
 impl DedupState {
+    /// Empty state with room for `capacity` keys and `watermark` in effect: the start of a
+    /// load from a checkpoint ([`DedupState::load`] each entry).
+    pub fn with_capacity(capacity: usize, watermark: Option<i64>) -> Self {
+        Self {
+            keys: KeyMap::with_capacity_and_hasher(capacity, BuildHasherDefault::default()),
+            watermark,
+            inserted: PackedKeys::default(),
+        }
+    }
+
     /// State loaded from a checkpoint: `entries` and the watermark in effect.
-    pub fn from_entries(
-        entries: impl IntoIterator<Item = (Vec<u8>, i64)>,
+    pub fn from_entries<K: AsRef<[u8]>>(
+        entries: impl IntoIterator<Item = (K, i64)>,
         watermark: Option<i64>,
     ) -> Self {
         let entries = entries.into_iter();
-        let mut keys =
-            KeyMap::with_capacity_and_hasher(entries.size_hint().0, BuildHasherDefault::default());
+        let mut state = Self::with_capacity(entries.size_hint().0, watermark);
         for (k, t) in entries {
-            keys.insert(k, t);
+            state.load(k.as_ref(), t);
         }
-        Self {
-            keys,
-            watermark,
-            inserted: Vec::new(),
-        }
+        state
+    }
+
+    /// Adds one checkpointed entry (it is in the store already, so it is not recorded as
+    /// inserted).
+    pub fn load(&mut self, key: &[u8], event_time: i64) {
+        self.keys.insert(DedupKey::from(key), event_time);
     }
 
     /// The watermark in effect.
@@ -119,34 +168,20 @@ impl DedupState {
         if self.keys.contains_key(key) {
             return Verdict::Duplicate;
         }
-        self.accept(key.to_vec(), event_time)
-    }
-
-    /// [`DedupState::check`] for a key the caller owns (saves a copy when it is new).
-    pub fn check_owned(&mut self, key: Vec<u8>, event_time: i64) -> Verdict {
-        if self.watermark.is_some_and(|w| event_time < w) {
-            return Verdict::Late;
-        }
-        if self.keys.contains_key(&key) {
-            return Verdict::Duplicate;
-        }
-        self.accept(key, event_time)
-    }
-
-    fn accept(&mut self, key: Vec<u8>, event_time: i64) -> Verdict {
-        self.inserted.push((key.clone(), event_time));
-        self.keys.insert(key, event_time);
+        self.inserted.push(key, event_time);
+        self.keys.insert(DedupKey::from(key), event_time);
         Verdict::Accept
     }
 
     /// Moves the watermark to `to` (if higher) and evicts every key below it. Returns the
     /// watermark now in effect.
     pub fn advance(&mut self, to: Option<i64>) -> Option<i64> {
+        let before = self.watermark;
         self.watermark = match (self.watermark, to) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        if let Some(w) = self.watermark {
+        if let Some(w) = self.watermark.filter(|_| self.watermark != before) {
             self.keys.retain(|_, t| *t >= w);
         }
         self.watermark
@@ -154,19 +189,23 @@ impl DedupState {
 
     /// The keys accepted since the last call that are still at or above the watermark: what
     /// the next checkpoint must insert.
-    pub fn take_inserted(&mut self) -> Vec<(Vec<u8>, i64)> {
-        let w = self.watermark;
-        let mut out = std::mem::take(&mut self.inserted);
-        if let Some(w) = w {
-            out.retain(|(_, t)| *t >= w);
+    pub fn take_inserted(&mut self) -> PackedKeys {
+        let all = std::mem::take(&mut self.inserted);
+        match self.watermark {
+            Some(w) if all.iter().any(|(_, t)| t < w) => {
+                let mut kept = PackedKeys::default();
+                for (k, t) in all.iter().filter(|(_, t)| *t >= w) {
+                    kept.push(k, t);
+                }
+                kept
+            }
+            _ => all,
         }
-        out
     }
 
-    /// Forgets the keys accepted since the last [`DedupState::take_inserted`] without undoing
-    /// them (used after a checkpoint that wrote them).
-    pub fn clear_inserted(&mut self) {
-        self.inserted.clear();
+    /// Every `(key, event_time)` in state, in no order (tests and tools).
+    pub fn entries(&self) -> impl Iterator<Item = (&[u8], i64)> + '_ {
+        self.keys.iter().map(|(k, t)| (k.as_slice(), *t))
     }
 }
 
@@ -354,7 +393,7 @@ mod tests {
             let done: usize = epochs[..crash_epoch].iter().sum::<usize>().min(input.len());
             let mut before = DedupState::default();
             let prefix = run(&mut before, &input[..done], &epochs[..crash_epoch], &marks);
-            let entries: Vec<(Vec<u8>, i64)> = before.keys.iter().map(|(k, t)| (k.clone(), *t)).collect();
+            let entries: Vec<(Vec<u8>, i64)> = before.entries().map(|(k, t)| (k.to_vec(), t)).collect();
             let mut restored = DedupState::from_entries(entries, before.watermark());
             let rest = run(&mut restored, &input[done..], &epochs[crash_epoch..], &marks[crash_epoch.min(marks.len())..]);
             let mut replayed = prefix;

@@ -417,7 +417,7 @@ impl OpenEpoch {
                 keep.push(false);
                 continue;
             };
-            match rt.state.check_owned(key, time) {
+            match rt.state.check(&key, time) {
                 Verdict::Accept => keep.push(true),
                 Verdict::Duplicate => {
                     self.duplicates += 1;
@@ -560,7 +560,7 @@ allowed_lateness_ms = 10
         let p = processor(&config);
         let spec = p.dedup().unwrap().clone();
         let mut rt = DedupRuntime {
-            state: DedupState::from_entries(Vec::new(), Some(100_000)),
+            state: DedupState::with_capacity(0, Some(100_000)),
             tracker: WatermarkTracker::new(
                 Vec::new(),
                 spec.lateness_micros,

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod committer;
 pub mod config;
 pub mod dedup;
+pub mod dedup_key;
 pub mod demo;
 pub mod epoch;
 pub mod epoch_log;

@@ -160,6 +160,9 @@ pub struct RunSummary {
     pub recovery: RecoveryOutcome,
     /// Milliseconds from the start of the run to its first Delta commit (recovery time).
     pub first_commit_ms: Option<u64>,
+    /// Milliseconds from the start of the run to its first commit of records read from the
+    /// source in this run (after a crash, the first commit may be of replayed WAL records).
+    pub first_source_commit_ms: Option<u64>,
     /// Median time from seal to durable checkpoint, milliseconds.
     pub commit_ms_p50: Option<f64>,
     /// 99th percentile of the same.
@@ -274,6 +277,7 @@ pub async fn run(
     )
     .await?;
     recovered.recovery_ms = recovery_started.elapsed().as_millis() as u64;
+    let committed_at_start = recovered.committed_at_start.take();
     info!(
         case = recovered.case,
         ms = recovered.recovery_ms,
@@ -290,9 +294,12 @@ pub async fn run(
     };
     let mut latencies = Vec::new();
     let mut checkpoint_micros = 0u64;
-    let mut note_epoch = |report: &EpochReport, summary: &mut RunSummary| {
+    let mut note_epoch = |report: &EpochReport, summary: &mut RunSummary, from_source: bool| {
         if report.version.is_some() {
             summary.epochs_committed += 1;
+            if from_source && summary.first_source_commit_ms.is_none() {
+                summary.first_source_commit_ms = Some(started.elapsed().as_millis() as u64);
+            }
             if summary.first_commit_ms.is_none() {
                 let ms = started.elapsed().as_millis() as u64;
                 summary.first_commit_ms = Some(ms);
@@ -314,17 +321,9 @@ pub async fn run(
         latencies.push(report.commit_micros);
         checkpoint_micros += report.checkpoint_micros;
     };
-    if recovered.case == "redo_epoch" {
-        // The redone epoch's commit counts as this run's first.
-        let ms = started.elapsed().as_millis() as u64;
-        summary.first_commit_ms = Some(ms);
-        summary.epochs_committed += 1;
-        info!(
-            ms,
-            case = recovered.case,
-            replayed = recovered.replayed_records,
-            "first commit after start"
-        );
+    if let Some(report) = committed_at_start {
+        // A redone or resumed epoch committed during recovery: this run's first commit.
+        note_epoch(&report, &mut summary, false);
     }
 
     let source_config = KafkaSourceConfig {
@@ -381,7 +380,7 @@ pub async fn run(
                 polls_during_commit = report.polls_during_commit,
                 "epoch committed"
             );
-            note_epoch(&report, &mut summary);
+            note_epoch(&report, &mut summary, true);
             continue;
         }
         if let Some(why) = stop {

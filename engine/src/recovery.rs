@@ -17,9 +17,9 @@ use tidemark_connectors::delta::{DeltaSink, TableProgress};
 use tidemark_connectors::{Positions, SourceRecord};
 use tracing::{error, info, warn};
 
-use crate::committer::Committer;
+use crate::committer::{Committer, DeadLetterTable, EpochReport};
 use crate::config::{PipelineConfig, WalSync};
-use crate::dedup::{DedupState, WatermarkTracker};
+use crate::dedup::{DedupState, PackedKeys, WatermarkTracker};
 use crate::epoch::{DedupRuntime, DedupSpec, KeySource, OpenEpoch, RecordProcessor};
 use crate::epoch_log::{from_store_positions, RecordDecoder, SealInfo};
 use crate::pipeline::PipelineError;
@@ -53,6 +53,10 @@ pub struct RecoveryOutcome {
     pub recovery_ms: u64,
     /// Dedup keys loaded (or rebuilt) into state.
     pub dedup_keys_loaded: u64,
+    /// The epoch recovery itself committed (a redo, or a resumed epoch's replayed records),
+    /// counted as the run's first commit.
+    #[serde(skip)]
+    pub committed_at_start: Option<EpochReport>,
 }
 
 /// Where the WAL and the store live under the state directory.
@@ -155,7 +159,7 @@ pub async fn recover(
     config: &PipelineConfig,
     state: &Path,
     mut sink: DeltaSink,
-    mut dead_letter_sink: Option<DeltaSink>,
+    dead_letter_sink: Option<DeltaSink>,
     processor: &RecordProcessor,
     rewind_to: Option<u64>,
 ) -> Result<(Committer, OpenEpoch, RecoveryOutcome), PipelineError> {
@@ -193,10 +197,14 @@ pub async fn recover(
     };
     // Files of epochs the table does not hold: a write or commit that did not land.
     outcome.orphan_files_deleted = sink.sweep_uncommitted_files(v as i64).await?.len();
-    if let Some(dlq) = dead_letter_sink.as_mut() {
-        let dv = dlq.txn_version().await?.unwrap_or(0);
-        outcome.orphan_files_deleted += dlq.sweep_uncommitted_files(dv).await?.len();
-    }
+    let dead_letter_table = match dead_letter_sink {
+        Some(sink) => {
+            let mut dlq = DeadLetterTable::open(sink).await?;
+            outcome.orphan_files_deleted += dlq.sink.sweep_uncommitted_files(dlq.txn).await?.len();
+            Some(dlq)
+        }
+        None => None,
+    };
 
     let from = latest.as_ref().map(wal_position);
     let (wal, wal_report) = Wal::open(&wal_dir(state), wal_options(config), from)?;
@@ -212,7 +220,7 @@ pub async fn recover(
         0,
         None,
     );
-    committer.dead_letter_sink = dead_letter_sink;
+    committer.dead_letter_sink = dead_letter_table;
     if !config.checkpoint.enabled {
         // No WAL, no checkpoints: the table alone says where to resume.
         committer.durable = false;
@@ -242,7 +250,7 @@ pub async fn recover(
         let at = committer.wal.start_new_segment(c.epoch + 1)?;
         c.wal_segment = at.segment;
         c.wal_offset = at.offset;
-        committer.store.write(&c, &[], None)?;
+        committer.store.write(&c, [], None)?;
     }
     let facts_table_txn = v;
     committer.totals = c.counts;
@@ -309,18 +317,11 @@ async fn from_checkpoint(
     let next = c_epoch + 1;
     if let Some(spec) = processor.dedup() {
         let started = std::time::Instant::now();
-        let entries = committer
-            .store
-            .dedup_entries()
-            .collect::<Result<Vec<_>, _>>()?;
-        let keys = entries.len();
-        outcome.dedup_keys_loaded = keys as u64;
         let watermark = c.as_ref().and_then(|c| c.watermark);
-        committer.dedup = Some(dedup_runtime(
-            spec,
-            DedupState::from_entries(entries, watermark),
-            &positions,
-        ));
+        let state = load_dedup_state(&committer.store, watermark)?;
+        let keys = state.len();
+        outcome.dedup_keys_loaded = keys as u64;
+        committer.dedup = Some(dedup_runtime(spec, state, &positions));
         info!(
             keys,
             ?watermark,
@@ -341,9 +342,21 @@ async fn from_checkpoint(
             outcome.case = if c.is_none() && records.is_empty() { "fresh" } else { "resume_epoch" };
             let mut open = OpenEpoch::new(epoch, positions);
             open.add(&records, processor, committer.dedup.as_mut())?;
-            info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: no seal after the checkpoint: replayed the unsealed WAL records; continuing the epoch");
-            outcome.next_epoch = epoch;
-            Ok((committer, open, outcome))
+            if records.is_empty() {
+                outcome.next_epoch = epoch;
+                return Ok((committer, open, outcome));
+            }
+            // The replayed records were read before the crash: seal and commit them now instead
+            // of waiting for the source and the epoch's interval, so a restart's first commit
+            // does not depend on the broker (the seal fixes the epoch's end as usual).
+            info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: no seal after the checkpoint: replayed the unsealed WAL records; sealing and committing them now");
+            let end = open.end.clone();
+            committer.seal(&open)?;
+            let report = committer.commit_sealed(open, None).await?;
+            info!(epoch, version = ?report.version, rows = report.rows, "recovery: resumed epoch committed");
+            outcome.committed_at_start = Some(report);
+            outcome.next_epoch = epoch + 1;
+            Ok((committer, OpenEpoch::new(epoch + 1, end), outcome))
         }
         RecoveryDecision::RedoEpoch { epoch } => {
             outcome.case = "redo_epoch";
@@ -351,6 +364,7 @@ async fn from_checkpoint(
             info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed but not in the table: redoing it from the WAL");
             let report = committer.commit_sealed(open, None).await?;
             info!(epoch, version = ?report.version, rows = report.rows, "recovery: redone epoch committed");
+            outcome.committed_at_start = Some(report);
             outcome.next_epoch = epoch + 1;
             Ok((committer, OpenEpoch::new(epoch + 1, seal.end_positions), outcome))
         }
@@ -468,6 +482,48 @@ fn from_table(
     Ok((committer, OpenEpoch::new(v + 1, positions), outcome))
 }
 
+/// Pairs per chunk handed from the scanning thread to the inserting one.
+const LOAD_CHUNK: usize = 16 * 1024;
+
+/// Loads the checkpointed dedup state, on the restart's critical path: one thread scans
+/// RocksDB into packed chunks while this one inserts them into the map, so a restart pays
+/// about the larger of the two halves rather than their sum.
+pub fn load_dedup_state(
+    store: &CheckpointStore,
+    watermark: Option<i64>,
+) -> Result<DedupState, PipelineError> {
+    let mut state = DedupState::with_capacity(store.estimated_dedup_entries() as usize, watermark);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<PackedKeys>(4);
+    let scanned = std::thread::scope(|scope| {
+        let scan = scope.spawn(move || {
+            let mut chunk = PackedKeys::default();
+            let scanned = store.for_each_dedup_entry(|key, time| {
+                chunk.push(key, time);
+                if chunk.len() == LOAD_CHUNK {
+                    // A send fails only when the receiver is gone, i.e. never before the end.
+                    let _ = tx.send(std::mem::take(&mut chunk));
+                }
+            });
+            if !chunk.is_empty() {
+                let _ = tx.send(chunk);
+            }
+            scanned
+        });
+        for chunk in rx {
+            for (key, time) in chunk.iter() {
+                state.load(key, time);
+            }
+        }
+        scan.join()
+    });
+    let scanned = scanned.map_err(|_| PipelineError::State {
+        path: store.path().to_path_buf(),
+        message: "the dedup state scan panicked".into(),
+    })??;
+    debug_assert_eq!(scanned as usize, state.len(), "each key is stored once");
+    Ok(state)
+}
+
 /// The dedup runtime for a restart at `positions` with `state`.
 fn dedup_runtime(spec: &DedupSpec, state: DedupState, positions: &Positions) -> DedupRuntime {
     DedupRuntime {
@@ -490,13 +546,13 @@ fn rebuild_dedup_state(
 ) -> Result<DedupState, PipelineError> {
     if matches!(spec.key, KeySource::KafkaKey) {
         error!("dedup state CANNOT be rebuilt from the table: the dedup key is the Kafka message key, which the table does not store; duplicates of records already written may be written again until the watermark passes them");
-        return Ok(DedupState::from_entries(Vec::new(), watermark));
+        return Ok(DedupState::with_capacity(0, watermark));
     }
     let started = std::time::Instant::now();
     let schema = committer.sink.arrow_schema().clone();
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let batches = committer.sink.read_columns(&columns)?;
-    let mut state = DedupState::from_entries(Vec::new(), None);
+    let mut state = DedupState::default();
     let mut rows = 0u64;
     for batch in &batches {
         for (key, time) in processor.keys_and_times(batch, &[])? {
@@ -558,4 +614,51 @@ async fn rewind(
         }
     }
     from_table(committer, processor, progress, false, outcome, "rewind")
+}
+
+#[cfg(test)]
+mod tests {
+    use tidemark_checkpoint::store::{CheckpointRecord, StoreOptions};
+
+    use super::*;
+
+    #[test]
+    fn the_loaded_state_is_exactly_the_checkpointed_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let record = |epoch| CheckpointRecord {
+            epoch,
+            committed_epoch: epoch,
+            table_version: None,
+            watermark: None,
+            wal_segment: 0,
+            wal_offset: 0,
+            created_at_ms: 0,
+            counts: Default::default(),
+            positions: Vec::new(),
+        };
+        // More than one chunk, keys short and long, then an eviction below 1_000.
+        let keys: Vec<(Vec<u8>, i64)> = (0..(LOAD_CHUNK as i64 * 2 + 7))
+            .map(|i| {
+                (
+                    format!("k{i}-{}", "x".repeat((i % 40) as usize)).into_bytes(),
+                    i,
+                )
+            })
+            .collect();
+        store
+            .write(
+                &record(1),
+                keys.iter().map(|(k, t)| (k.as_slice(), *t)),
+                None,
+            )
+            .unwrap();
+        store.write(&record(2), [], Some(1_000)).unwrap();
+        let state = load_dedup_state(&store, Some(1_000)).unwrap();
+        let mut got: Vec<(Vec<u8>, i64)> = state.entries().map(|(k, t)| (k.to_vec(), t)).collect();
+        got.sort_by_key(|e| e.1);
+        let want: Vec<(Vec<u8>, i64)> = keys.into_iter().filter(|e| e.1 >= 1_000).collect();
+        assert_eq!(got, want);
+        assert_eq!(state.watermark(), Some(1_000));
+    }
 }

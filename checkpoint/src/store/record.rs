@@ -198,9 +198,15 @@ impl<'a> Reader<'a> {
 /// order) followed by the dedup key. Eviction below a watermark is one range delete.
 pub fn dedup_entry_key(event_time: i64, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + key.len());
-    k.extend_from_slice(&time_prefix(event_time));
-    k.extend_from_slice(key);
+    write_dedup_entry_key(&mut k, event_time, key);
     k
+}
+
+/// [`dedup_entry_key`] into a reused buffer (cleared first).
+pub fn write_dedup_entry_key(buf: &mut Vec<u8>, event_time: i64, key: &[u8]) {
+    buf.clear();
+    buf.extend_from_slice(&time_prefix(event_time));
+    buf.extend_from_slice(key);
 }
 
 /// The 8-byte ordered prefix of an event time.

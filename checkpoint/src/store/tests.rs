@@ -27,7 +27,7 @@ fn record(epoch: u64) -> CheckpointRecord {
 }
 
 fn entries(store: &CheckpointStore) -> BTreeSet<(Vec<u8>, i64)> {
-    store.dedup_entries().map(|e| e.unwrap()).collect()
+    store.dedup_entries().unwrap().into_iter().collect()
 }
 
 #[test]
@@ -36,7 +36,7 @@ fn latest_and_history_keep_the_newest_n() {
     let store = CheckpointStore::open(dir.path(), StoreOptions { retain: 3 }).unwrap();
     assert_eq!(store.latest().unwrap(), None);
     for e in 1..=5 {
-        store.write(&record(e), &[], None).unwrap();
+        store.write(&record(e), [], None).unwrap();
     }
     assert_eq!(store.latest().unwrap(), Some(record(5)));
     let epochs: Vec<u64> = store.history().unwrap().iter().map(|r| r.epoch).collect();
@@ -55,10 +55,10 @@ fn eviction_drops_exactly_the_entries_below_the_watermark() {
     let inserts: Vec<(Vec<u8>, i64)> = (-50i64..50)
         .map(|t| (format!("k{t}").into_bytes(), t * 7))
         .collect();
-    store.write(&record(1), &inserts, None).unwrap();
+    store.write(&record(1), kv(&inserts), None).unwrap();
     assert_eq!(entries(&store).len(), 100);
     store
-        .write(&record(2), &[(b"new".to_vec(), 400)], Some(0))
+        .write(&record(2), [(&b"new"[..], 400)], Some(0))
         .unwrap();
     let left = entries(&store);
     assert!(left.iter().all(|(_, t)| *t >= 0));
@@ -70,12 +70,10 @@ fn a_snapshot_opens_elsewhere_with_the_same_state() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(&dir.path().join("live"), StoreOptions::default()).unwrap();
     store
-        .write(&record(1), &[(b"a".to_vec(), 5), (b"b".to_vec(), 6)], None)
+        .write(&record(1), [(&b"a"[..], 5), (&b"b"[..], 6)], None)
         .unwrap();
     store.snapshot(&dir.path().join("snap")).unwrap();
-    store
-        .write(&record(2), &[(b"c".to_vec(), 7)], None)
-        .unwrap();
+    store.write(&record(2), [(&b"c"[..], 7)], None).unwrap();
     let snap = CheckpointStore::open(&dir.path().join("snap"), StoreOptions::default()).unwrap();
     assert_eq!(snap.latest().unwrap(), Some(record(1)));
     assert_eq!(entries(&snap).len(), 2);
@@ -126,9 +124,14 @@ proptest! {
                 batch.push((key, *t));
             }
             model.extend(batch.iter().cloned());
-            store.write(&record(i as u64 + 1), &batch, *evict).unwrap();
+            store.write(&record(i as u64 + 1), kv(&batch), *evict).unwrap();
             prop_assert_eq!(entries(&store), model.clone());
         }
         prop_assert_eq!(store.history().unwrap().len(), steps.len().min(4));
     }
+}
+
+/// The store takes borrowed `(key, event_time)` pairs.
+fn kv(v: &[(Vec<u8>, i64)]) -> impl Iterator<Item = (&[u8], i64)> + '_ {
+    v.iter().map(|(k, t)| (k.as_slice(), *t))
 }

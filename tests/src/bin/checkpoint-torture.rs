@@ -74,7 +74,7 @@ fn main() -> ExitCode {
                     positions: Vec::new(),
                 };
                 store
-                    .write(&record, &store_keys(epoch), Some(epoch as i64 - 5))
+                    .write(&record, kv(&store_keys(epoch)), Some(epoch as i64 - 5))
                     .expect("checkpoint");
                 writeln!(out, "durable {epoch}").expect("stdout");
                 out.flush().expect("stdout");
@@ -85,4 +85,9 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The store takes borrowed `(key, event_time)` pairs.
+fn kv(v: &[(Vec<u8>, i64)]) -> impl Iterator<Item = (&[u8], i64)> + '_ {
+    v.iter().map(|(k, t)| (k.as_slice(), *t))
 }

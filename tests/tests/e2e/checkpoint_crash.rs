@@ -98,7 +98,7 @@ fn checkpoints_are_all_or_nothing_under_sigkill() {
         let expected: BTreeSet<(Vec<u8>, i64)> = (c.saturating_sub(5).max(1)..=c)
             .flat_map(store_keys)
             .collect();
-        let got: BTreeSet<(Vec<u8>, i64)> = store.dedup_entries().map(|e| e.unwrap()).collect();
+        let got: BTreeSet<(Vec<u8>, i64)> = store.dedup_entries().unwrap().into_iter().collect();
         assert_eq!(
             got.len(),
             expected.len(),

@@ -337,6 +337,62 @@ async fn lost_checkpoint_store_resumes_from_the_table() {
     assert_exactly_once(&fixture, &ends, 6_000).await;
 }
 
+/// The store lost after an epoch's dead-letter commit and before its main commit, then the
+/// epoch re-read with other boundaries (`max_records` raised between the runs): the
+/// dead-letter table still holds every bad record exactly once, none skipped, none doubled.
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_store_between_the_two_commits_keeps_dead_letters_exactly_once() {
+    let Some(brokers) = broker() else { return };
+    let topic = unique_topic("lost-dlq");
+    create_topic(&brokers, &topic, 1).await;
+    let bad = |i: u64| i % 7 == 3;
+    let n = 3_000;
+    let ends = produce(&brokers, &topic, 1, n, |i| {
+        if bad(i) {
+            b"not json".to_vec()
+        } else {
+            order_json(i)
+        }
+    });
+    let fixture = Fixture::new(
+        Path::new(EXE),
+        &brokers,
+        &topic,
+        "[checkpoint]\ninterval_ms = 600000\nmax_records = 500\n",
+    );
+    // Epochs 1 and 2 commit; epoch 3 commits its dead letters, then the process dies.
+    let crash = [(tidemark_engine::fault::ENV, "before_parquet_write@3")];
+    let out = fixture.run_to_end(&crash);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(committed(&fixture), 2);
+    std::fs::remove_dir_all(fixture.state_dir()).unwrap();
+    let config = std::fs::read_to_string(&fixture.config).unwrap();
+    std::fs::write(
+        &fixture.config,
+        config.replace("max_records = 500", "max_records = 700"),
+    )
+    .unwrap();
+
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("CHECKPOINT STORE LOST"));
+    let bad_count = (0..n).filter(|i| bad(*i)).count();
+    let dlq = audit::dead_letter_dir(&fixture.table).expect("dead-letter table");
+    let letters = audit::read_dead_letters(&dlq).unwrap();
+    assert_eq!(
+        letters.len(),
+        bad_count,
+        "each bad record once in the dead-letter table"
+    );
+    assert_no_orphans(&fixture);
+    assert_exactly_once(&fixture, &ends, n - bad_count as u64).await;
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
