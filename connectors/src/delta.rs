@@ -270,6 +270,29 @@ impl DeltaSink {
         ))
     }
 
+    /// Every commit of this pipeline the table's log holds (state as last loaded): what the
+    /// running totals are rebuilt from when no checkpoint has them.
+    pub async fn pipeline_commits(&self) -> Result<Vec<EpochCommitInfo>, DeltaSinkError> {
+        let infos: Vec<_> = self
+            .table
+            .history(None)
+            .try_collect()
+            .await
+            .map_err(self.err("read history"))?;
+        let mut out = Vec::new();
+        for info in infos {
+            let Some(value) = info.info.get(COMMIT_INFO_KEY) else {
+                continue;
+            };
+            let parsed: EpochCommitInfo = serde_json::from_value(value.clone())
+                .map_err(self.err("parse tidemark commitInfo"))?;
+            if parsed.pipeline_id == self.app_id {
+                out.push(parsed);
+            }
+        }
+        Ok(out)
+    }
+
     /// The newest commit of this pipeline in the state as last loaded (no refresh).
     async fn loaded_last_progress(&self) -> Result<Option<TableProgress>, DeltaSinkError> {
         let Some(latest) = self.table.version() else {

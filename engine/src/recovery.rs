@@ -224,7 +224,7 @@ pub async fn recover(
     if !config.checkpoint.enabled {
         // No WAL, no checkpoints: the table alone says where to resume.
         committer.durable = false;
-        return from_table(committer, processor, progress, false, outcome, "table_only");
+        return from_table(committer, processor, progress, false, outcome, "table_only").await;
     }
     let Some(mut c) = latest else {
         let store_lost = unreadable || (!store_existed && (v > 0 || wal_report.frames > 0));
@@ -239,7 +239,8 @@ pub async fn recover(
             store_lost,
             outcome,
             "from_table",
-        );
+        )
+        .await;
     };
     outcome.checkpoint_epoch = c.epoch;
     outcome.committed_epoch = c.committed_epoch;
@@ -438,7 +439,7 @@ fn retained(store: &CheckpointStore) -> String {
 /// commits). The WAL is dropped: whatever it held after the table's newest commit is re-read
 /// from the source at that commit's end positions. Dedup state is rebuilt from the rows whose
 /// event time is at or above the watermark of that commit.
-fn from_table(
+async fn from_table(
     mut committer: Committer,
     processor: &RecordProcessor,
     progress: Option<TableProgress>,
@@ -464,7 +465,20 @@ fn from_table(
             bytes, "WAL dropped: its records are re-read from the source"
         );
     }
+    // No checkpoint has the totals: they are the sum of what each of the table's commits of
+    // this pipeline recorded (an epoch committed before its checkpoint still counts).
+    let commits = committer.sink.pipeline_commits().await?;
     committer.totals = Counts::default();
+    for c in &commits {
+        committer.totals.read += c.records_read;
+        committer.totals.written += c.rows_written;
+        committer.totals.duplicates += c.duplicates;
+        committer.totals.late += c.late;
+        committer.totals.dead_lettered += c.dead_lettered + c.records_skipped;
+    }
+    if !commits.is_empty() {
+        info!(commits = commits.len(), totals = ?committer.totals, "running totals rebuilt from the table's commits");
+    }
     committer.committed_epoch = v;
     committer.table_version = progress.as_ref().map(|p| p.table_version as i64);
     if let Some(spec) = processor.dedup() {
@@ -613,7 +627,7 @@ async fn rewind(
             p.info.end_positions = from_store_positions(&target.positions);
         }
     }
-    from_table(committer, processor, progress, false, outcome, "rewind")
+    from_table(committer, processor, progress, false, outcome, "rewind").await
 }
 
 #[cfg(test)]

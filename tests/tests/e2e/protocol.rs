@@ -333,6 +333,9 @@ async fn lost_checkpoint_store_resumes_from_the_table() {
     let s = summary(&out);
     assert_eq!(s["recovery"]["store_lost"], true, "{s}");
     assert_eq!(s["recovery"]["case"], "from_table", "{s}");
+    // No checkpoint had them: the running totals were rebuilt from the table's commits.
+    assert_eq!(s["totals"]["read"], 6_000, "{s}");
+    assert_eq!(s["totals"]["written"], 6_000, "{s}");
     assert_no_orphans(&fixture);
     assert_exactly_once(&fixture, &ends, 6_000).await;
 }
