@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -242,6 +242,27 @@ impl KafkaSource {
                     self.pending.push_back(record);
                 }
             }
+        }
+    }
+
+    /// Commits `positions` to the consumer group (`group.id`) so lag tools
+    /// (`kafka-consumer-groups --describe`, Burrow, exporters) see how far the pipeline is.
+    /// Asynchronous and advisory: Tidemark never reads these offsets back (positions come from
+    /// its checkpoint and the table), so a failed commit is only logged.
+    pub fn commit_positions(&self, positions: &Positions) {
+        let mut list = TopicPartitionList::new();
+        for (tp, next) in positions.iter() {
+            if let Err(e) = list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(next))
+            {
+                warn!(partition = %tp, error = %e, "cannot list an offset to commit for lag tools");
+                return;
+            }
+        }
+        if list.count() == 0 {
+            return;
+        }
+        if let Err(e) = self.consumer.commit(&list, CommitMode::Async) {
+            warn!(error = %e, "committing offsets to the consumer group failed (lag tools only; progress is safe in the checkpoint and the table)");
         }
     }
 

@@ -270,7 +270,8 @@ impl Committer {
             watermark,
         };
         let mut polls = 0;
-        let outcome = match source {
+        let mut source = source;
+        let outcome = match source.as_mut() {
             Some(source) => {
                 let work = self.write_and_commit(&open, &info, &mut report);
                 tokio::pin!(work);
@@ -293,6 +294,10 @@ impl Committer {
         let cp_started = Instant::now();
         self.checkpoint(epoch, &open.end)?;
         report.checkpoint_micros = cp_started.elapsed().as_micros() as u64;
+        if let Some(source) = source {
+            // Step 5's last part: for lag tools only, never read back.
+            source.commit_positions(&open.end);
+        }
         report.commit_micros = started.elapsed().as_micros() as u64;
         Ok(report)
     }

@@ -371,4 +371,38 @@ async fn sigterm_finishes_the_current_epoch_and_stops_cleanly() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_exactly_once(&fixture, &ends, 20_000).await;
+    // For lag tools: the consumer group holds the positions of the last checkpoint.
+    assert_eq!(committed_offsets(&brokers, "tidemark-test", &ends), ends);
+}
+
+/// The offsets `group` has committed for the partitions of `ends` (-1 where none).
+fn committed_offsets(
+    brokers: &str,
+    group: &str,
+    ends: &std::collections::BTreeMap<(String, i32), i64>,
+) -> std::collections::BTreeMap<(String, i32), i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut list = rdkafka::TopicPartitionList::new();
+    for (topic, partition) in ends.keys() {
+        list.add_partition(topic, *partition);
+    }
+    let got = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed offsets");
+    got.elements()
+        .iter()
+        .map(|e| {
+            let offset = match e.offset() {
+                rdkafka::Offset::Offset(o) => o,
+                _ => -1,
+            };
+            ((e.topic().to_string(), e.partition()), offset)
+        })
+        .collect()
 }
