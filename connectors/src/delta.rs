@@ -273,24 +273,35 @@ impl DeltaSink {
     /// Every commit of this pipeline the table's log holds (state as last loaded): what the
     /// running totals are rebuilt from when no checkpoint has them.
     pub async fn pipeline_commits(&self) -> Result<Vec<EpochCommitInfo>, DeltaSinkError> {
+        let (_, ours) = self.pipeline_history(None).await?;
+        Ok(ours.into_iter().map(|(_, info)| info).collect())
+    }
+
+    /// This pipeline's commitInfos among the newest `limit` commits (all when `None`), newest
+    /// first, each with its index in that listing (index i is version `latest - i`); also how
+    /// many commits were listed.
+    async fn pipeline_history(
+        &self,
+        limit: Option<usize>,
+    ) -> Result<(usize, Vec<(usize, EpochCommitInfo)>), DeltaSinkError> {
         let infos: Vec<_> = self
             .table
-            .history(None)
+            .history(limit)
             .try_collect()
             .await
             .map_err(self.err("read history"))?;
-        let mut out = Vec::new();
-        for info in infos {
+        let mut ours = Vec::new();
+        for (i, info) in infos.iter().enumerate() {
             let Some(value) = info.info.get(COMMIT_INFO_KEY) else {
                 continue;
             };
             let parsed: EpochCommitInfo = serde_json::from_value(value.clone())
                 .map_err(self.err("parse tidemark commitInfo"))?;
             if parsed.pipeline_id == self.app_id {
-                out.push(parsed);
+                ours.push((i, parsed));
             }
         }
-        Ok(out)
+        Ok((infos.len(), ours))
     }
 
     /// The newest commit of this pipeline in the state as last loaded (no refresh).
@@ -300,27 +311,14 @@ impl DeltaSink {
         };
         // Most of the time the newest commit is ours; look further back only when it is not.
         for limit in [Some(16usize), None] {
-            let infos: Vec<_> = self
-                .table
-                .history(limit)
-                .try_collect()
-                .await
-                .map_err(self.err("read history"))?;
-            // history is newest first; commit i of the listing is version latest - i.
-            for (i, info) in infos.iter().enumerate() {
-                let Some(value) = info.info.get(COMMIT_INFO_KEY) else {
-                    continue;
-                };
-                let parsed: EpochCommitInfo = serde_json::from_value(value.clone())
-                    .map_err(self.err("parse tidemark commitInfo"))?;
-                if parsed.pipeline_id == self.app_id {
-                    return Ok(Some(TableProgress {
-                        table_version: latest - i as u64,
-                        info: parsed,
-                    }));
-                }
+            let (listed, ours) = self.pipeline_history(limit).await?;
+            if let Some((i, info)) = ours.into_iter().next() {
+                return Ok(Some(TableProgress {
+                    table_version: latest - i as u64,
+                    info,
+                }));
             }
-            if limit.is_some_and(|l| infos.len() < l) {
+            if limit.is_some_and(|l| listed < l) {
                 break;
             }
         }
