@@ -116,7 +116,11 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "error")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // librdkafka 2.x stops fetching a partition for this long once its local queue is
+            // past `queued.min.messages`; its 1 s default made the consumer deliver ~1 s bursts
+            // and the pipeline idle between them (`tidemark bench`: 200 ms epochs ~1 s apart).
+            .set("fetch.queue.backoff.ms", "20");
         for (k, v) in &config.properties {
             client.set(k, v);
         }
