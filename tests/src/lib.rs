@@ -151,6 +151,18 @@ pub fn order_json(i: u64) -> Vec<u8> {
         .into_bytes()
 }
 
+/// [`order_json`], except `b"not json"` for the records where `bad(i)` holds: a stream with
+/// known malformed records.
+pub fn order_json_unless(bad: impl Fn(u64) -> bool) -> impl Fn(u64) -> Vec<u8> {
+    move |i| {
+        if bad(i) {
+            b"not json".to_vec()
+        } else {
+            order_json(i)
+        }
+    }
+}
+
 /// The column block matching [`order_json`].
 pub const COLUMNS: &str = r#"columns = [
   { name = "id", type = "string", nullable = false },

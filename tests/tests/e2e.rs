@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use tidemark_engine::audit;
-use tidemark_tests::{broker, create_topic, order_json, produce, summary, unique_topic, Fixture};
+use tidemark_tests::{
+    broker, create_topic, order_json, order_json_unless, produce, summary, unique_topic, Fixture,
+};
 
 #[path = "e2e/checkpoint_crash.rs"]
 mod checkpoint_crash;
@@ -141,13 +143,13 @@ async fn skipped_records_are_listed_in_commit_info() {
     let Some(brokers) = broker() else { return };
     let topic = unique_topic("skip");
     create_topic(&brokers, &topic, 2).await;
-    let ends = produce(&brokers, &topic, 2, 1_000, |i| {
-        if i % 97 == 0 {
-            b"not json".to_vec()
-        } else {
-            order_json(i)
-        }
-    });
+    let ends = produce(
+        &brokers,
+        &topic,
+        2,
+        1_000,
+        order_json_unless(|i| i % 97 == 0),
+    );
     let fixture = Fixture::new(
         Path::new(EXE),
         &brokers,

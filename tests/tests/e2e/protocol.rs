@@ -11,8 +11,8 @@ use rand::Rng;
 use tidemark_engine::audit;
 use tidemark_engine::fault::CrashPoint;
 use tidemark_tests::{
-    broker, create_topic, order_json, produce, produce_range, stderr_of, summary, unique_topic,
-    Fixture,
+    broker, create_topic, order_json, order_json_unless, produce, produce_range, stderr_of,
+    summary, unique_topic, Fixture,
 };
 
 use super::{assert_exactly_once, topic_and_fixture, EXE};
@@ -350,13 +350,7 @@ async fn lost_store_between_the_two_commits_keeps_dead_letters_exactly_once() {
     create_topic(&brokers, &topic, 1).await;
     let bad = |i: u64| i % 7 == 3;
     let n = 3_000;
-    let ends = produce(&brokers, &topic, 1, n, |i| {
-        if bad(i) {
-            b"not json".to_vec()
-        } else {
-            order_json(i)
-        }
-    });
+    let ends = produce(&brokers, &topic, 1, n, order_json_unless(bad));
     let fixture = Fixture::new(
         Path::new(EXE),
         &brokers,
