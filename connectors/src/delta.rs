@@ -400,22 +400,14 @@ impl DeltaSink {
         committed_epoch: i64,
     ) -> Result<Vec<String>, DeltaSinkError> {
         let store = self.table.object_store();
-        let listing = store
-            .list_with_delimiter(None)
-            .await
-            .map_err(self.err("list data files"))?;
         let mut removed = Vec::new();
-        for object in listing.objects {
-            let name = object.location.to_string();
-            let Some(epoch) = data_file_epoch(&self.app_id, &name) else {
-                continue;
-            };
+        for (location, epoch) in self.own_data_files().await? {
             if epoch > committed_epoch {
                 store
-                    .delete(&object.location)
+                    .delete(&location)
                     .await
                     .map_err(self.err("delete uncommitted data file"))?;
-                removed.push(name);
+                removed.push(location.to_string());
             }
         }
         if !removed.is_empty() {
@@ -429,6 +421,20 @@ impl DeltaSink {
 
     /// The first part number of `epoch` no file in the table's directory uses yet.
     pub async fn next_free_part(&self, epoch: i64) -> Result<usize, DeltaSinkError> {
+        Ok(self
+            .own_data_files()
+            .await?
+            .iter()
+            .filter_map(|(location, _)| data_file_epoch_part(&self.app_id, location.as_ref()))
+            .filter(|(e, _)| *e == epoch)
+            .map(|(_, part)| part + 1)
+            .max()
+            .unwrap_or(0))
+    }
+
+    /// This pipeline's data files in the table's directory (committed or not, temporary
+    /// uploads included), with the epoch each name carries.
+    async fn own_data_files(&self) -> Result<Vec<(deltalake::Path, i64)>, DeltaSinkError> {
         let listing = self
             .table
             .object_store()
@@ -437,12 +443,12 @@ impl DeltaSink {
             .map_err(self.err("list data files"))?;
         Ok(listing
             .objects
-            .iter()
-            .filter_map(|o| data_file_epoch_part(&self.app_id, o.location.as_ref()))
-            .filter(|(e, _)| *e == epoch)
-            .map(|(_, part)| part + 1)
-            .max()
-            .unwrap_or(0))
+            .into_iter()
+            .filter_map(|o| {
+                let epoch = data_file_epoch(&self.app_id, o.location.as_ref())?;
+                Some((o.location, epoch))
+            })
+            .collect())
     }
 
     /// Reads `columns` of every row in the table's live files (local tables only): used to

@@ -302,6 +302,17 @@ impl Committer {
         Ok(report)
     }
 
+    /// Adds what a commit of this pipeline recorded to the totals: the inverse of how
+    /// [`Committer::commit_sealed`] fills [`EpochCommitInfo`] (skipped records count as
+    /// dead-lettered). Used to rebuild totals from the table when no checkpoint has them.
+    pub fn add_committed(&mut self, info: &EpochCommitInfo) {
+        self.totals.read += info.records_read;
+        self.totals.written += info.rows_written;
+        self.totals.duplicates += info.duplicates;
+        self.totals.late += info.late;
+        self.totals.dead_lettered += info.dead_lettered + info.records_skipped;
+    }
+
     /// Adds an epoch's counts to the totals.
     pub fn add_totals(&mut self, open: &OpenEpoch) {
         self.totals.read += open.records;
@@ -311,8 +322,8 @@ impl Committer {
         self.totals.dead_lettered += open.invalid();
     }
 
-    /// Dead letters first (a commit of the dead-letter table that already holds the epoch is
-    /// skipped: a redo after a crash between the two commits), then the rows.
+    /// Dead letters first (only those the dead-letter table does not hold yet, see
+    /// [`DeadLetterTable`]), then the rows.
     async fn write_and_commit(
         &mut self,
         open: &OpenEpoch,
@@ -331,8 +342,10 @@ impl Committer {
                 )
                 .map_err(|source| PipelineError::Decode { epoch, source })?;
                 // An epoch number the table holds already (re-read with other boundaries
-                // after a lost store): its new letters go in files after the committed ones.
-                let first_part = if dlq.txn >= epoch {
+                // after a lost store): its new letters go in files after the committed ones,
+                // in a commit that keeps the txn version where it is.
+                let again = dlq.txn >= epoch;
+                let first_part = if again {
                     dlq.sink.next_free_part(epoch).await?
                 } else {
                     0
@@ -344,7 +357,7 @@ impl Committer {
                 let mut dlq_info = info.clone();
                 dlq_info.rows_written = letters.len() as u64;
                 dlq_info.skipped.clear();
-                let committed = if dlq.txn >= epoch {
+                let committed = if again {
                     dlq.sink.commit_more_of_epoch(adds.clone(), &dlq_info).await
                 } else {
                     commit_with_delay(&mut dlq.sink, adds.clone(), &dlq_info).await

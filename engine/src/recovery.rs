@@ -465,19 +465,19 @@ async fn from_table(
             bytes, "WAL dropped: its records are re-read from the source"
         );
     }
-    // No checkpoint has the totals: they are the sum of what each of the table's commits of
-    // this pipeline recorded (an epoch committed before its checkpoint still counts).
-    let commits = committer.sink.pipeline_commits().await?;
     committer.totals = Counts::default();
-    for c in &commits {
-        committer.totals.read += c.records_read;
-        committer.totals.written += c.rows_written;
-        committer.totals.duplicates += c.duplicates;
-        committer.totals.late += c.late;
-        committer.totals.dead_lettered += c.dead_lettered + c.records_skipped;
-    }
-    if !commits.is_empty() {
-        info!(commits = commits.len(), totals = ?committer.totals, "running totals rebuilt from the table's commits");
+    if committer.durable {
+        // No checkpoint has the totals: they are the sum of what each of the table's commits
+        // of this pipeline recorded (an epoch committed before its checkpoint still counts).
+        // With checkpoints off nothing keeps totals anyway: they are per run, and a start
+        // does not read the whole history.
+        let commits = committer.sink.pipeline_commits().await?;
+        for c in &commits {
+            committer.add_committed(c);
+        }
+        if !commits.is_empty() {
+            info!(commits = commits.len(), totals = ?committer.totals, "running totals rebuilt from the table's commits");
+        }
     }
     committer.committed_epoch = v;
     committer.table_version = progress.as_ref().map(|p| p.table_version as i64);
