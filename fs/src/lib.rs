@@ -1,0 +1,161 @@
+//! The file-system seam of Tidemark (after tikv's raft-engine): every file Tidemark writes
+//! itself — WAL segments, Parquet data files, Delta commit files — goes through a
+//! [`FileSystem`], so tests can see faults that no SIGKILL produces:
+//!
+//! - [`StdFs`]: the real file system (what a release build uses).
+//! - [`FaultFs`]: wraps another file system and makes a chosen call fail with EIO or ENOSPC
+//!   (a failed write, possibly after writing part of the buffer; a failed fsync; a failed
+//!   rename...), once or from then on.
+//! - [`PowerCutFs`]: wraps the real file system and records what is durable: file contents as
+//!   of their last fsync, directory entries as of their directory's last fsync.
+//!   [`PowerCutFs::crash_image`] writes what a power cut at this instant would leave, so a
+//!   test fails if any one fsync the protocol relies on were missing.
+//!
+//! Reads are part of the seam only where the writer reads its own files back (the WAL scan).
+
+mod fault;
+mod power_cut;
+mod std_fs;
+
+use std::fmt;
+use std::io::{self, Read, Seek};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use fault::{Fault, FaultFs, FaultKind, Op};
+pub use power_cut::PowerCutFs;
+pub use std_fs::StdFs;
+
+/// A file open for writing through a [`FileSystem`].
+pub trait WritableFile: Send + fmt::Debug {
+    /// Writes all of `buf` at the end of what this handle wrote (append mode) or at its
+    /// position (a new file).
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// `fdatasync`: the file's data is durable when this returns.
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// `fsync`: data and metadata are durable when this returns.
+    fn sync_all(&mut self) -> io::Result<()>;
+    /// Truncates or extends the file to `len` bytes (not durable until a sync).
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// Asks the kernel to start writing back `len` bytes at `offset` without waiting: a hint
+    /// that moves fsync work earlier; never needed for durability.
+    fn start_writeback(&mut self, _offset: u64, _len: u64) {}
+}
+
+/// A file open for reading through a [`FileSystem`].
+pub trait ReadableFile: Read + Seek + Send {}
+impl<T: Read + Seek + Send> ReadableFile for T {}
+
+/// The file operations Tidemark's own writers use. Paths are absolute or relative to the
+/// process's working directory, as with `std::fs`.
+pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
+    /// `mkdir -p`. Directories are treated as durable once created.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Creates `path`, failing if it exists, open for writing.
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Opens an existing `path` for appending.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Opens `path` for reading.
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadableFile>>;
+    /// The entries of `dir` (full paths, any order).
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+    /// The size of `path` in bytes.
+    fn len(&self, path: &Path) -> io::Result<u64>;
+    /// Renames `from` to `to`, replacing `to` (durable after a sync of both directories).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Links `to` to the file at `from`; fails with `AlreadyExists` if `to` exists
+    /// (put-if-absent). Durable after a sync of `to`'s directory.
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes `path` (durable after a sync of its directory).
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Fsyncs the directory `dir`: entries created, renamed or removed in it become durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+
+    /// True if `path` exists.
+    fn exists(&self, path: &Path) -> bool {
+        self.len(path).is_ok()
+    }
+}
+
+/// A file system shared by the writers of one process.
+pub type SharedFs = Arc<dyn FileSystem>;
+
+/// The real file system, shared.
+pub fn std_fs() -> SharedFs {
+    Arc::new(StdFs)
+}
+
+/// The directory holding `path` (`.` for a bare name).
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Writes `bytes` to `path` durably and whole: into a temporary file beside it, fsynced, then
+/// renamed over `path` (or linked to it when `if_absent`, failing with `AlreadyExists` if
+/// `path` exists), then the directory fsynced. A crash at any point leaves either no file or
+/// the whole file under `path`, never part of it. The temporary file is removed on failure.
+pub fn write_file_durably(
+    fs: &dyn FileSystem,
+    path: &Path,
+    bytes: &[u8],
+    if_absent: bool,
+) -> io::Result<()> {
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tidemark-tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        unique_suffix()
+    ));
+    let written = (|| {
+        let mut f = fs.create_new(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    let placed = written.and_then(|()| {
+        if if_absent {
+            fs.hard_link(&tmp, path)
+        } else {
+            fs.rename(&tmp, path)
+        }
+    });
+    match placed {
+        Ok(()) => {
+            if if_absent {
+                // The link is the final name; the temporary name goes. Losing this removal
+                // to a crash leaves a hidden temporary file, never a wrong final one.
+                let _ = fs.remove_file(&tmp);
+            }
+            fs.sync_dir(&dir)
+        }
+        Err(e) => {
+            let _ = fs.remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn unique_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    (NEXT.fetch_add(1, Ordering::Relaxed) << 32) | nanos
+}
+
+/// True when an I/O error says the disk is full (ENOSPC, EDQUOT).
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.kind() == io::ErrorKind::StorageFull
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,107 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+#[test]
+fn unsynced_data_and_names_are_lost_in_the_crash_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("old"), b"before").unwrap();
+    let fs = PowerCutFs::new(&root).unwrap();
+
+    // Synced content, unsynced name: the file is gone after a crash.
+    let mut a = fs.create_new(&root.join("a")).unwrap();
+    a.write_all(b"hello").unwrap();
+    a.sync_data().unwrap();
+    // Synced name, content partly synced: only the synced prefix survives.
+    fs.sync_dir(&root).unwrap();
+    a.write_all(b" world").unwrap();
+    // Removed but the directory not synced: the old file comes back.
+    fs.remove_file(&root.join("old")).unwrap();
+    let mut b = fs.create_new(&root.join("b")).unwrap();
+    b.write_all(b"never synced").unwrap();
+
+    let image = dir.path().join("image");
+    fs.crash_image(&image).unwrap();
+    assert_eq!(read(&image.join("a")), b"hello");
+    assert_eq!(read(&image.join("old")), b"before");
+    assert!(!image.join("b").exists(), "an unsynced name survives");
+
+    fs.sync_dir(&root).unwrap();
+    let image2 = dir.path().join("image2");
+    fs.crash_image(&image2).unwrap();
+    assert!(!image2.join("old").exists());
+    assert_eq!(read(&image2.join("b")), b"", "unsynced content survives");
+}
+
+#[test]
+fn a_durable_write_survives_a_power_cut_and_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let fs = PowerCutFs::new(&root).unwrap();
+    write_file_durably(&fs, &root.join("f"), b"content", true).unwrap();
+    let image = dir.path().join("image");
+    fs.crash_image(&image).unwrap();
+    assert_eq!(read(&image.join("f")), b"content");
+    let names: Vec<_> = std::fs::read_dir(&image).unwrap().collect();
+    assert_eq!(names.len(), 1, "temporary files left: {names:?}");
+    // Put-if-absent refuses to replace.
+    let e = write_file_durably(&fs, &root.join("f"), b"other", true).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(read(&root.join("f")), b"content");
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 1);
+}
+
+#[test]
+fn injected_faults_fail_the_chosen_call_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new(Arc::new(StdFs));
+    fs.arm(Fault {
+        op: Op::Write,
+        nth: 2,
+        path_contains: "x".into(),
+        kind: FaultKind::DiskFull,
+        sticky: false,
+        partial: true,
+    });
+    let mut f = fs.create_new(&dir.path().join("x")).unwrap();
+    f.write_all(b"1234").unwrap();
+    let e = f.write_all(b"abcd").unwrap_err();
+    assert!(is_disk_full(&e), "{e}");
+    assert!(e.to_string().contains("injected"), "{e}");
+    f.write_all(b"!").unwrap();
+    assert_eq!(read(&dir.path().join("x")), b"1234ab!");
+    assert_eq!(fs.injected(), 1);
+
+    fs.arm(Fault {
+        sticky: true,
+        ..Fault::once(Op::Sync, FaultKind::Eio)
+    });
+    assert!(f.sync_data().is_err());
+    assert!(f.sync_all().is_err(), "a sticky fault keeps failing");
+    fs.clear();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn a_failed_durable_write_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultFs::new(Arc::new(StdFs));
+    for op in [Op::Write, Op::Sync, Op::Rename] {
+        fs.arm(Fault::once(op, FaultKind::DiskFull));
+        let target = dir.path().join("f");
+        assert!(write_file_durably(&fs, &target, b"data", false).is_err());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{op:?} left a file"
+        );
+    }
+}
