@@ -61,7 +61,7 @@ pub struct BenchOptions {
     /// Skip the SIGKILL-and-restart run per interval.
     #[arg(long)]
     pub no_recovery: bool,
-    /// Where in the stream the recovery run is killed (0..1 of its poll batches).
+    /// When the recovery run is SIGKILLed, as a share (0..1) of the measured run time.
     #[arg(long, default_value_t = 0.5)]
     pub crash_at: f64,
     /// Seed of the generated stream.
@@ -273,18 +273,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                 longest,
                 options.dedup,
             )?;
-            // Crash in the middle of the stream, inside an open epoch.
-            let batches = produced / 8192;
-            let at = ((batches as f64 * options.crash_at.clamp(0.0, 1.0)) as u64).max(1);
-            let spec = format!("after_wal_append@{at}");
-            let crashed = run_child_raw(
-                &exe,
-                &config,
-                &rec_dir.join("run-1.log"),
-                &[("TIDEMARK_CRASH_AT", &spec)],
-            )?;
-            if crashed.status.success() {
-                bail!("interval {name}: the recovery run finished before its crash point {spec}");
+            // SIGKILL from outside at that share of the measured run time: the middle of the
+            // stream, most likely inside an open epoch (crash points are compiled only into
+            // test builds, so the release binary is killed as an operator's kill -9 would).
+            let kill_after = Duration::from_secs_f64(wall * options.crash_at.clamp(0.05, 0.95));
+            let finished = run_child_killed(&exe, &config, &rec_dir.join("run-1.log"), kill_after)?;
+            if finished {
+                bail!("interval {name}: the recovery run finished before its kill at {kill_after:?}");
             }
             let summary = run_child(&exe, &config, &rec_dir.join("run-2.log"), &[])?;
             row.recovery_first_commit_ms = summary["first_commit_ms"].as_u64();
@@ -423,6 +418,35 @@ fn run_child_raw(
         .stderr(log_file)
         .output()
         .with_context(|| format!("cannot run {}", exe.display()))
+}
+
+/// Runs the pipeline and SIGKILLs it after `after`; returns true if it finished first.
+fn run_child_killed(
+    exe: &Path,
+    config: &Path,
+    log: &Path,
+    after: Duration,
+) -> anyhow::Result<bool> {
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let mut child = Command::new(exe)
+        .args(["run", "--config"])
+        .arg(config)
+        .arg("--until-caught-up")
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    let until = Instant::now() + after;
+    while Instant::now() < until {
+        if child.try_wait()?.is_some() {
+            return Ok(true);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill()?;
+    child.wait()?;
+    Ok(false)
 }
 
 fn run_child(

@@ -44,6 +44,10 @@ enum Command {
         /// checkpoint epoch (see `tidemark status`) and replay from the table's progress.
         #[arg(long, value_name = "EPOCH")]
         rewind_to: Option<u64>,
+        /// The WAL was damaged before its end (its damaged segments were moved aside): go on,
+        /// re-reading from Kafka at the checkpoint's positions what those segments held.
+        #[arg(long)]
+        accept_wal_damage: bool,
     },
     /// Show the last checkpoint, the WAL, the table's txn version, and what recovery would do
     /// on the next start. Read-only: safe while the pipeline runs.
@@ -92,12 +96,15 @@ pub fn main() -> ExitCode {
                 config,
                 until_caught_up,
                 rewind_to,
-            } => run(config, until_caught_up, rewind_to).await,
+                accept_wal_damage,
+            } => run(config, until_caught_up, rewind_to, accept_wal_damage).await,
             Command::Status { config, json } => status(config, json).await,
             Command::Demo(options) => demo::run(options).await,
             Command::Bench(options) => crate::bench::run(options).await,
         }
     });
+    // A connect still waiting for an unreachable broker must not hold the exit back.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -122,6 +129,7 @@ async fn run(
     config_path: PathBuf,
     until_caught_up: bool,
     rewind_to: Option<u64>,
+    accept_wal_damage: bool,
 ) -> anyhow::Result<()> {
     let config = PipelineConfig::load(&config_path)?;
     let shutdown = Shutdown::new();
@@ -132,6 +140,7 @@ async fn run(
         RunOptions {
             until_caught_up,
             rewind_to,
+            accept_wal_damage,
         },
         shutdown,
     )

@@ -6,7 +6,7 @@
 //! 3. the Delta commit of `e` (with `txn = e`) lands before checkpoint `e` is written;
 //! 4. checkpoint `e` is durable before any WAL segment of `e` is deleted.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tidemark_checkpoint::store::Counts;
 use tidemark_checkpoint::wal::format::FRAME_HEADER_LEN;
@@ -17,16 +17,18 @@ use tidemark_connectors::decode::InvalidRecord;
 use tidemark_connectors::delta::{CommitOutcome, DeltaSink, EpochCommitInfo, SkippedRecord};
 use tidemark_connectors::kafka::KafkaSource;
 use tidemark_connectors::{Positions, SourceRecord};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::dedup::PackedKeys;
 use crate::epoch::{DedupRuntime, OpenEpoch};
 use crate::epoch_log::{encode_record, to_store_positions, SealInfo};
 use crate::fault::{self, CrashPoint};
 use crate::pipeline::PipelineError;
+use crate::state_lock::RunId;
 
 /// Environment variable that delays every Delta commit by this many milliseconds: a fault
-/// injection for liveness tests (a slow object store). Inert unless set.
+/// injection for liveness tests (a slow object store). Compiled in only with the
+/// `crash-points` feature (test builds); inert unless set.
 pub const COMMIT_DELAY_ENV: &str = "TIDEMARK_FAULT_COMMIT_DELAY_MS";
 
 /// Most records taken from the source while an epoch commits (then librdkafka's own bounded
@@ -60,6 +62,65 @@ pub struct EpochReport {
     pub checkpoint_micros: u64,
     /// Polls of the consumer while the commit ran (it is never left unpolled).
     pub polls_during_commit: u64,
+    /// Positions after the epoch.
+    pub end: Positions,
+}
+
+/// An epoch whose `SEAL` is durable in the WAL: its records are final. Only
+/// [`Committer::seal`] (or recovery, for a seal found in the WAL) makes one, so an epoch
+/// cannot be committed before it is sealed.
+#[derive(Debug)]
+pub struct SealedEpoch {
+    open: OpenEpoch,
+}
+
+impl SealedEpoch {
+    /// An epoch recovery found sealed in the WAL and replayed.
+    pub(crate) fn replayed(open: OpenEpoch) -> Self {
+        Self { open }
+    }
+
+    /// Its number.
+    pub fn epoch(&self) -> u64 {
+        self.open.epoch
+    }
+}
+
+/// An epoch whose Delta commit landed; only [`Committer::commit`] makes one, and only
+/// [`Committer::checkpoint_committed`] takes it, so no checkpoint is written for an epoch the
+/// table does not hold.
+#[derive(Debug)]
+pub struct CommittedEpoch {
+    open: OpenEpoch,
+    report: EpochReport,
+    started: Instant,
+}
+
+/// Bounded exponential backoff for transient errors: 100 ms doubling to 10 s, at most
+/// [`Backoff::MAX_ATTEMPTS`] retries (about 2 minutes in all).
+#[derive(Debug, Default)]
+pub struct Backoff {
+    attempts: u32,
+}
+
+impl Backoff {
+    /// Retries before giving up.
+    pub const MAX_ATTEMPTS: u32 = 16;
+
+    /// The wait before the next attempt, or `None` when the retries are used up.
+    pub fn next(&mut self) -> Option<Duration> {
+        if self.attempts >= Self::MAX_ATTEMPTS {
+            return None;
+        }
+        let ms = 100u64.saturating_mul(1 << self.attempts.min(7)).min(10_000);
+        self.attempts += 1;
+        Some(Duration::from_millis(ms))
+    }
+
+    /// Retries made so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
 }
 
 /// The durable side of a pipeline: the table, the WAL and the checkpoint store.
@@ -72,6 +133,8 @@ pub struct Committer {
     pub store: CheckpointStore,
     /// The pipeline id (the txn appId).
     pub pipeline_id: String,
+    /// This process's run id (in its data file names and commitInfos).
+    pub run: RunId,
     /// Totals as of the newest checkpoint (plus the epochs committed since).
     pub totals: Counts,
     /// Newest epoch that made a Delta commit (`t`).
@@ -157,6 +220,7 @@ impl Committer {
         wal: Wal,
         store: CheckpointStore,
         pipeline_id: String,
+        run: RunId,
         totals: Counts,
         committed_epoch: u64,
         table_version: Option<i64>,
@@ -166,6 +230,7 @@ impl Committer {
             wal,
             store,
             pipeline_id,
+            run,
             totals,
             committed_epoch,
             table_version,
@@ -201,7 +266,7 @@ impl Committer {
     /// Step 2: seals `open` (durable when this returns). With dedup on, the watermark moves
     /// here (the partitions' progress decides it, wall-clock idleness included) and the new
     /// value is recorded in the seal, so a replay uses it instead of recomputing it.
-    pub fn seal(&mut self, open: &OpenEpoch) -> Result<(), PipelineError> {
+    pub fn seal(&mut self, open: OpenEpoch) -> Result<SealedEpoch, PipelineError> {
         let watermark = self.dedup.as_mut().and_then(|d| {
             let candidate = d.tracker.candidate(Instant::now());
             d.state.advance(candidate)
@@ -218,17 +283,37 @@ impl Committer {
             self.wal.seal(open.epoch, &payload)?;
         }
         fault::hit(CrashPoint::AfterSeal);
-        Ok(())
+        Ok(SealedEpoch { open })
     }
 
-    /// Steps 3–5 for a sealed epoch: dead letters (own table, own commit, first), then rows as
-    /// Parquet + ONE Delta commit, then checkpoint and WAL truncation. While the commits run,
-    /// `source` (if any) keeps being polled (bounded buffering is the back-pressure).
+    /// Steps 3–5 for a sealed epoch: [`Committer::commit`], then
+    /// [`Committer::checkpoint_committed`].
     pub async fn commit_sealed(
         &mut self,
-        open: OpenEpoch,
+        sealed: SealedEpoch,
         source: Option<&mut KafkaSource>,
     ) -> Result<EpochReport, PipelineError> {
+        let mut source = source;
+        let committed = self.commit(sealed, source.as_deref_mut()).await?;
+        let report = self.checkpoint_committed(committed)?;
+        if let Some(source) = source {
+            // Step 5's last part: for lag tools only, never read back.
+            source.commit_positions(&report.end);
+        }
+        Ok(report)
+    }
+
+    /// Step 3: dead letters (own table, own commit, first), then rows as Parquet + ONE Delta
+    /// commit. While the commits run, `source` (if any) keeps being polled (bounded buffering
+    /// is the back-pressure). Transient storage errors are retried with bounded backoff; after
+    /// any error the table is the truth (the sink re-reads it), and no data file is deleted
+    /// here: files of a commit that did not land are swept at the next start.
+    pub async fn commit(
+        &mut self,
+        sealed: SealedEpoch,
+        source: Option<&mut KafkaSource>,
+    ) -> Result<CommittedEpoch, PipelineError> {
+        let open = sealed.open;
         let started = Instant::now();
         let epoch = open.epoch;
         let rows = open.rows();
@@ -245,35 +330,15 @@ impl Committer {
             duplicates: open.duplicates,
             late: open.late,
             dead_letters: open.dead_letters.len() as u64,
+            end: open.end.clone(),
             ..EpochReport::default()
         };
-        let watermark = self.dedup.as_ref().and_then(|d| d.state.watermark());
-        let mut skipped_list: Vec<SkippedRecord> = open.skipped.iter().map(skipped).collect();
-        skipped_list.extend(open.skipped_other.iter().map(|(r, reason)| SkippedRecord {
-            topic: r.topic.to_string(),
-            partition: r.partition,
-            offset: r.offset,
-            reason: reason.to_string(),
-        }));
-        let info = EpochCommitInfo {
-            pipeline_id: self.pipeline_id.clone(),
-            epoch: epoch as i64,
-            start_positions: open.start.clone(),
-            end_positions: open.end.clone(),
-            records_read: open.records,
-            rows_written: rows,
-            records_skipped: (open.skipped.len() + open.skipped_other.len()) as u64,
-            skipped: skipped_list,
-            duplicates: open.duplicates,
-            late: open.late,
-            dead_lettered: open.invalid() - (open.skipped.len() + open.skipped_other.len()) as u64,
-            watermark,
-        };
+        let info = self.commit_info(&open);
         let mut polls = 0;
         let mut source = source;
         let outcome = match source.as_mut() {
             Some(source) => {
-                let work = self.write_and_commit(&open, &info, &mut report);
+                let work = self.write_and_commit_retrying(&open, &info, &mut report);
                 tokio::pin!(work);
                 tokio::select! {
                     outcome = &mut work => outcome,
@@ -282,7 +347,10 @@ impl Committer {
                     }
                 }
             }
-            None => self.write_and_commit(&open, &info, &mut report).await,
+            None => {
+                self.write_and_commit_retrying(&open, &info, &mut report)
+                    .await
+            }
         };
         report.polls_during_commit = polls;
         let version = outcome?;
@@ -291,15 +359,80 @@ impl Committer {
         self.committed_epoch = epoch;
         self.table_version = Some(version as i64);
         self.add_totals(&open);
+        Ok(CommittedEpoch {
+            open,
+            report,
+            started,
+        })
+    }
+
+    /// Steps 4–5 for an epoch whose commit landed: checkpoint, then WAL truncation.
+    pub fn checkpoint_committed(
+        &mut self,
+        committed: CommittedEpoch,
+    ) -> Result<EpochReport, PipelineError> {
+        let CommittedEpoch {
+            open,
+            mut report,
+            started,
+        } = committed;
         let cp_started = Instant::now();
-        self.checkpoint(epoch, &open.end)?;
+        self.checkpoint(open.epoch, &open.end)?;
         report.checkpoint_micros = cp_started.elapsed().as_micros() as u64;
-        if let Some(source) = source {
-            // Step 5's last part: for lag tools only, never read back.
-            source.commit_positions(&open.end);
-        }
         report.commit_micros = started.elapsed().as_micros() as u64;
         Ok(report)
+    }
+
+    /// What the commit of `open` records in its commitInfo.
+    fn commit_info(&self, open: &OpenEpoch) -> EpochCommitInfo {
+        let watermark = self.dedup.as_ref().and_then(|d| d.state.watermark());
+        let mut skipped_list: Vec<SkippedRecord> = open.skipped.iter().map(skipped).collect();
+        skipped_list.extend(open.skipped_other.iter().map(|(r, reason)| SkippedRecord {
+            topic: r.topic.to_string(),
+            partition: r.partition,
+            offset: r.offset,
+            reason: reason.to_string(),
+        }));
+        EpochCommitInfo {
+            pipeline_id: self.pipeline_id.clone(),
+            run_id: Some(self.run.to_string()),
+            epoch: open.epoch as i64,
+            start_positions: open.start.clone(),
+            end_positions: open.end.clone(),
+            records_read: open.records,
+            rows_written: open.rows(),
+            records_skipped: (open.skipped.len() + open.skipped_other.len()) as u64,
+            skipped: skipped_list,
+            duplicates: open.duplicates,
+            late: open.late,
+            dead_lettered: open.invalid()
+                - (open.skipped.len() + open.skipped_other.len()) as u64,
+            watermark,
+        }
+    }
+
+    /// [`Committer::write_and_commit`] with bounded exponential backoff on transient storage
+    /// errors (a log line per retry); a fatal error, or the last attempt's, stops the run.
+    async fn write_and_commit_retrying(
+        &mut self,
+        open: &OpenEpoch,
+        info: &EpochCommitInfo,
+        report: &mut EpochReport,
+    ) -> Result<u64, PipelineError> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.write_and_commit(open, info, report).await {
+                Ok(version) => return Ok(version),
+                Err(PipelineError::Sink(e)) if e.is_transient() => match backoff.next() {
+                    Some(wait) => {
+                        warn!(epoch = open.epoch, attempt = backoff.attempts(), wait_ms = wait.as_millis() as u64, "transient storage error, retrying the epoch's commit: {e}");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => return Err(PipelineError::Sink(e)),
+                },
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Adds what a commit of this pipeline recorded to the totals: the inverse of how
@@ -352,7 +485,7 @@ impl Committer {
                 };
                 let (adds, _) = dlq
                     .sink
-                    .write_epoch_parts(epoch, first_part, &[batch])
+                    .write_epoch_parts(epoch, &self.run, first_part, &[batch])
                     .await?;
                 let mut dlq_info = info.clone();
                 dlq_info.rows_written = letters.len() as u64;
@@ -368,7 +501,6 @@ impl Committer {
                         dlq.end = open.end.clone();
                     }
                     Ok(CommitOutcome::AlreadyCommitted { txn_version }) => {
-                        dlq.sink.discard_files(&adds).await;
                         return Err(PipelineError::Progress {
                             table: dlq.sink.uri().to_string(),
                             message: format!(
@@ -379,15 +511,17 @@ impl Committer {
                             ),
                         });
                     }
-                    Err(e) => {
-                        dlq.sink.discard_files(&adds).await;
-                        return Err(e.into());
-                    }
+                    // The files stay: the sink found the commit did not land, and the next
+                    // start sweeps this run's uncommitted files.
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
         fault::hit(CrashPoint::BeforeParquetWrite);
-        let (adds, write) = self.sink.write_epoch_files(epoch, &open.batches).await?;
+        let (adds, write) = self
+            .sink
+            .write_epoch_files(epoch, &self.run, &open.batches)
+            .await?;
         fault::hit(CrashPoint::AfterParquetWrite);
         report.files = write.files as u64;
         match commit_with_delay(&mut self.sink, adds.clone(), info).await {
@@ -400,10 +534,7 @@ impl Committer {
                     self.pipeline_id
                 ),
             }),
-            Err(e) => {
-                self.sink.discard_files(&adds).await;
-                Err(e.into())
-            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -442,6 +573,16 @@ impl Committer {
         Ok(())
     }
 
+    /// Replaces the WAL by the one `open` makes (after the old one is closed): for recovery
+    /// cases that set the old log aside.
+    pub fn replace_wal(
+        &mut self,
+        open: impl FnOnce() -> Result<Wal, PipelineError>,
+    ) -> Result<(), PipelineError> {
+        self.wal = open()?;
+        Ok(())
+    }
+
     /// Logs what the table and store say after recovery.
     pub fn log_state(&self, what: &str) {
         info!(
@@ -459,6 +600,7 @@ async fn commit_with_delay(
     adds: Vec<deltalake::kernel::Add>,
     info: &EpochCommitInfo,
 ) -> Result<CommitOutcome, tidemark_connectors::delta::DeltaSinkError> {
+    #[cfg(feature = "crash-points")]
     if let Some(ms) = std::env::var(COMMIT_DELAY_ENV)
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -488,6 +630,18 @@ mod tests {
             payload: None,
         };
         DeadLetter::of(&r, "missing_payload", "no value")
+    }
+
+    #[test]
+    fn backoff_doubles_to_ten_seconds_and_gives_up() {
+        let mut b = super::Backoff::default();
+        let waits: Vec<u64> = std::iter::from_fn(|| b.next())
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        assert_eq!(waits.len(), super::Backoff::MAX_ATTEMPTS as usize);
+        assert_eq!(&waits[..8], &[100, 200, 400, 800, 1600, 3200, 6400, 10_000]);
+        assert!(waits[8..].iter().all(|&w| w == 10_000));
+        assert_eq!(b.next(), None);
     }
 
     #[test]

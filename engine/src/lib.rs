@@ -7,7 +7,9 @@
 //! - [`committer`]: seal, Delta commit, checkpoint, truncation, in protocol order.
 //! - [`recovery`]: what to do on start, from the checkpoint, the WAL and the table.
 //! - [`status`]: `tidemark status`, what recovery would do next.
-//! - [`fault`]: crash points armed by `TIDEMARK_CRASH_AT` for crash tests.
+//! - [`state_lock`]: the exclusive lock on a state directory and the ids of its runs.
+//! - [`fault`]: crash points armed by `TIDEMARK_CRASH_AT` for crash tests; [`io_faults`]: the
+//!   file system the pipeline writes through (faults injected by `TIDEMARK_FAULT_FS` in tests).
 //! - [`audit`]: an independent reader of the table for exactly-once checks.
 //! - [`bench`]: `tidemark bench`, checkpoint interval against throughput and recovery.
 //! - [`demo`]: the self-contained demo on librdkafka's in-process mock cluster.
@@ -25,10 +27,12 @@ pub mod dedup_key;
 pub mod demo;
 pub mod epoch;
 pub mod epoch_log;
+pub mod io_faults;
 pub mod pipeline;
 pub mod produce;
 pub mod protocol;
 pub mod recovery;
+pub mod state_lock;
 pub mod status;
 
 pub use tidemark_checkpoint::fault;

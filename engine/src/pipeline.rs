@@ -25,7 +25,8 @@ use tracing::{info, warn};
 use crate::committer::EpochReport;
 use crate::config::{ConfigError, OnInvalidRecord, OnLate, PipelineConfig};
 use crate::epoch::{OpenEpoch, RecordProcessor};
-use crate::recovery::{self, RecoveryOutcome};
+use crate::recovery::{self, RecoveryOutcome, StartOptions};
+use crate::state_lock::{RunId, StateLock, StateLockError};
 
 /// Most records taken from the source per WAL group commit.
 const POLL_BATCH: usize = 8192;
@@ -87,6 +88,9 @@ pub enum PipelineError {
     /// The checkpoint store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The state directory is locked by another process, or its lock cannot be taken.
+    #[error(transparent)]
+    Locked(#[from] StateLockError),
     /// The state directory (WAL, store) is not what recovery expects.
     #[error("state {path}: {message}")]
     State {
@@ -99,6 +103,14 @@ pub enum PipelineError {
     #[error("recovery refused to start: {message}")]
     Refused {
         /// Both numbers and what to do.
+        message: String,
+    },
+    /// A background task of the run failed (panicked or was cancelled).
+    #[error("{what} failed: {message}")]
+    Task {
+        /// What the task was doing.
+        what: &'static str,
+        /// Why it failed.
         message: String,
     },
     /// The table's progress for this pipeline cannot be trusted.
@@ -119,6 +131,9 @@ pub struct RunOptions {
     /// Allow starting when the table is behind the checkpoint store, rewinding to this
     /// retained checkpoint (its committed epoch must be `<=` the table's txn version).
     pub rewind_to: Option<u64>,
+    /// Continue past WAL damage before the log's end, re-reading from Kafka what the damaged
+    /// (moved-aside) segments held.
+    pub accept_wal_damage: bool,
 }
 
 /// What a run did; printed as one JSON line when `tidemark run` ends.
@@ -230,6 +245,10 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
+    // First of all: the state directory is this process's alone, or nothing is touched.
+    let state = config.state_dir(config_path);
+    let lock = StateLock::acquire(&state, RunId::new())?;
+    info!(state = %state.display(), run = %lock.run(), "state directory locked");
     let url = config.table_url(config_path)?;
     let table_name = config
         .sink
@@ -265,15 +284,17 @@ pub async fn run(
     } else {
         None
     };
-    let state = config.state_dir(config_path);
     let recovery_started = Instant::now();
     let (mut committer, mut open, mut recovered) = recovery::recover(
         config,
-        &state,
+        &lock,
         sink,
         dead_letter_sink,
         &processor,
-        options.rewind_to,
+        StartOptions {
+            rewind_to: options.rewind_to,
+            accept_wal_damage: options.accept_wal_damage,
+        },
     )
     .await?;
     recovered.recovery_ms = recovery_started.elapsed().as_millis() as u64;
@@ -333,14 +354,28 @@ pub async fn run(
         properties: config.source.properties.clone(),
     };
     let start_for_connect = open.end.clone();
-    let mut source = tokio::task::spawn_blocking(move || {
+    let mut connect = tokio::task::spawn_blocking(move || {
         KafkaSource::connect(&source_config, &start_for_connect)
-    })
-    .await
-    .map_err(|e| PipelineError::Progress {
-        table: committer.sink.uri().to_string(),
-        message: format!("source connect task failed: {e}"),
-    })??;
+    });
+    // A stop asked for during recovery or while the broker does not answer ends the run here
+    // (recovery's own commits are complete; nothing is half done).
+    let mut source = loop {
+        if shutdown.requested() {
+            info!("stop requested before the source connected: stopping");
+            summary.stopped_because = "shutdown";
+            summary.elapsed_secs = started.elapsed().as_secs_f64();
+            return Ok(summary);
+        }
+        tokio::select! {
+            joined = &mut connect => {
+                break joined.map_err(|e| PipelineError::Task {
+                    what: "connecting to Kafka",
+                    message: e.to_string(),
+                })??;
+            }
+            _ = tokio::time::sleep(POLL_WAIT) => {}
+        }
+    };
     if let Some(d) = committer.dedup.as_mut() {
         d.tracker.register(source.partitions(), Instant::now());
     }
@@ -362,8 +397,7 @@ pub async fn run(
         };
         if open.is_due(cp) || (stop.is_some() && open.records > 0) {
             let next = OpenEpoch::new(open.epoch + 1, open.end.clone());
-            let sealed = std::mem::replace(&mut open, next);
-            committer.seal(&sealed)?;
+            let sealed = committer.seal(std::mem::replace(&mut open, next))?;
             let report = committer.commit_sealed(sealed, Some(&mut source)).await?;
             info!(
                 epoch = report.epoch,

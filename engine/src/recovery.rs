@@ -17,13 +17,16 @@ use tidemark_connectors::delta::{DeltaSink, TableProgress};
 use tidemark_connectors::{Positions, SourceRecord};
 use tracing::{error, info, warn};
 
-use crate::committer::{Committer, DeadLetterTable, EpochReport};
+use crate::committer::{Committer, DeadLetterTable, EpochReport, SealedEpoch};
 use crate::config::{PipelineConfig, WalSync};
 use crate::dedup::{DedupState, PackedKeys, WatermarkTracker};
 use crate::epoch::{DedupRuntime, DedupSpec, KeySource, OpenEpoch, RecordProcessor};
 use crate::epoch_log::{from_store_positions, RecordDecoder, SealInfo};
 use crate::pipeline::PipelineError;
-use crate::protocol::{decide, RecoveryDecision, RecoveryFacts};
+use crate::protocol::{
+    decide, FromTableReason, Refusal, RewindFacts, StartCase, StartFacts, StoreFacts,
+};
+use crate::state_lock::StateLock;
 
 /// What recovery found and did; part of the run summary.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -87,29 +90,55 @@ fn wal_position(c: &CheckpointRecord) -> WalPosition {
     }
 }
 
-/// Opens the store; a store that exists but cannot be opened is moved aside (kept for
-/// inspection) and replaced by an empty one. Returns the store and whether it was lost.
-fn open_store(dir: &Path, retain: usize) -> Result<(CheckpointStore, bool), PipelineError> {
+/// How the checkpoint store opened.
+enum OpenedStore {
+    /// It opened (maybe new and empty).
+    Usable(CheckpointStore),
+    /// It was corrupt or foreign: moved aside, replaced by an empty one.
+    Replaced(CheckpointStore),
+}
+
+/// Opens the store. Only real corruption or a foreign store takes the lost-store path (moved
+/// aside, kept for inspection, replaced by an empty one); any other error — the store locked,
+/// too many open files, permission denied, disk full — stops the start with that error and
+/// changes nothing.
+fn open_store(dir: &Path, retain: usize) -> Result<OpenedStore, PipelineError> {
     let existed = dir.join("CURRENT").exists();
     match CheckpointStore::open(dir, StoreOptions { retain }) {
-        Ok(store) => Ok((store, false)),
-        Err(e @ StoreError::NewerFormat { .. }) => Err(e.into()),
-        Err(e) if existed => {
-            let ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0);
-            let aside = dir.with_file_name(format!("store.unreadable-{ms}"));
-            error!(store = %dir.display(), moved_to = %aside.display(), "CHECKPOINT STORE UNREADABLE ({e}); moving it aside and resuming from the table's own progress");
-            std::fs::rename(dir, &aside).map_err(|io| PipelineError::State {
-                path: dir.to_path_buf(),
-                message: format!("cannot move the unreadable store aside: {io}"),
-            })?;
+        Ok(store) => Ok(OpenedStore::Usable(store)),
+        Err(e) if existed && e.is_corruption() => {
+            let aside = set_aside(dir, "unreadable")?;
+            error!(store = %dir.display(), moved_to = %aside.display(), "CHECKPOINT STORE UNREADABLE ({e}); it was moved aside; resuming from the table's own progress");
             let store = CheckpointStore::open(dir, StoreOptions { retain })?;
-            Ok((store, true))
+            Ok(OpenedStore::Replaced(store))
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Moves `path` (the store or the WAL directory) aside to `<name>.<what>-<unix ms>` beside
+/// it, and fsyncs the parent: nothing of the state is ever deleted by recovery.
+fn set_aside(path: &Path, what: &str) -> Result<PathBuf, PipelineError> {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let aside = path.with_file_name(format!("{name}.{what}-{ms}"));
+    let failed = |io: std::io::Error| PipelineError::State {
+        path: path.to_path_buf(),
+        message: format!("cannot move it aside to {}: {io}", aside.display()),
+    };
+    std::fs::rename(path, &aside).map_err(failed)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(failed)?;
+    }
+    Ok(aside)
 }
 
 /// The records and seal of epoch `epoch` found in the WAL from `from`.
@@ -153,62 +182,124 @@ fn scan_epoch(
     Ok((records, seal))
 }
 
+/// What a start may be asked beyond the config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// `--rewind-to`: the table is behind the store; rewind to this retained checkpoint.
+    pub rewind_to: Option<u64>,
+    /// `--accept-wal-damage`: continue past WAL damage before its end, re-reading from the
+    /// source what the damaged segments held.
+    pub accept_wal_damage: bool,
+}
+
 /// Runs recovery and returns the committer and the epoch to continue with (holding any
-/// replayed records). `rewind_to` allows starting when the table is behind the store.
+/// replayed records). Every start goes through [`protocol::decide`]: the facts are gathered
+/// here, the decision is pure, and each case is carried out below.
 pub async fn recover(
     config: &PipelineConfig,
-    state: &Path,
+    lock: &StateLock,
     mut sink: DeltaSink,
     dead_letter_sink: Option<DeltaSink>,
     processor: &RecordProcessor,
-    rewind_to: Option<u64>,
+    options: StartOptions,
 ) -> Result<(Committer, OpenEpoch, RecoveryOutcome), PipelineError> {
-    std::fs::create_dir_all(state).map_err(|io| PipelineError::State {
-        path: state.to_path_buf(),
-        message: format!("cannot create the state directory: {io}"),
-    })?;
+    let state = lock.dir();
     let store_path = store_dir(state);
     let store_existed = store_path.join("CURRENT").exists();
-    let (store, unreadable) = open_store(&store_path, config.checkpoint.retain)?;
+    let (store, replaced) = match open_store(&store_path, config.checkpoint.retain)? {
+        OpenedStore::Usable(s) => (s, false),
+        OpenedStore::Replaced(s) => (s, true),
+    };
     let latest = store.latest()?;
 
     let (txn, progress) = sink.progress().await?;
     let v = txn.unwrap_or(0).max(0) as u64;
-    if let Some(p) = &progress {
-        if p.info.epoch as u64 != v {
-            return Err(PipelineError::Progress {
-                table: sink.uri().to_string(),
-                message: format!(
-                    "txn version for pipeline {:?} is {v} but its newest commitInfo records epoch {}; \
-                     the table's log was altered or another writer uses this pipeline id",
-                    config.pipeline_id, p.info.epoch
-                ),
-            });
-        }
-    } else if v != 0 {
-        return Err(PipelineError::Progress {
-            table: sink.uri().to_string(),
-            message: format!("txn version for pipeline {:?} is {v} but no commit of it records Tidemark progress", config.pipeline_id),
-        });
-    }
+    check_table_progress(config, &sink, v, progress.as_ref())?;
     let mut outcome = RecoveryOutcome {
         table_txn: v,
         ..RecoveryOutcome::default()
     };
-    // Files of epochs the table does not hold: a write or commit that did not land.
-    outcome.orphan_files_deleted = sink.sweep_uncommitted_files(v as i64).await?.len();
+    // Files of epochs the table does not hold, written by runs of this state directory (all
+    // dead but this one): a write or commit that did not land.
+    outcome.orphan_files_deleted = sink
+        .sweep_uncommitted_files(v as i64, lock.own_runs())
+        .await?
+        .len();
     let dead_letter_table = match dead_letter_sink {
         Some(sink) => {
             let mut dlq = DeadLetterTable::open(sink).await?;
-            outcome.orphan_files_deleted += dlq.sink.sweep_uncommitted_files(dlq.txn).await?.len();
+            outcome.orphan_files_deleted += dlq
+                .sink
+                .sweep_uncommitted_files(dlq.txn, lock.own_runs())
+                .await?
+                .len();
             Some(dlq)
         }
         None => None,
     };
 
     let from = latest.as_ref().map(wal_position);
-    let (wal, wal_report) = Wal::open(&wal_dir(state), wal_options(config), from)?;
+    let (mut wal, wal_report) = Wal::open(&wal_dir(state), wal_options(config), from)?;
     log_wal_recovery(&wal_report, &mut outcome);
+    if let Some(c) = &latest {
+        if wal.end() < wal_position(c) {
+            // The log's tail was lost below the checkpointed position: re-anchor the
+            // checkpoint in a new segment so later frames are found after it.
+            warn!(checkpoint_wal = ?wal_position(c), wal_end = ?wal.end(), "the WAL ends before the checkpointed position; re-anchoring checkpoint {} in a new segment", c.epoch);
+            let at = wal.start_new_segment(c.epoch + 1)?;
+            let mut c = c.clone();
+            c.wal_segment = at.segment;
+            c.wal_offset = at.offset;
+            store.write(&c, [], None)?;
+        }
+    }
+    let latest = store.latest()?;
+
+    let store_lost = replaced || (!store_existed && (v > 0 || wal_report.frames > 0));
+    let store_facts = match &latest {
+        _ if store_lost => StoreFacts::Lost,
+        Some(c) => StoreFacts::Checkpoint {
+            epoch: c.epoch,
+            committed_epoch: c.committed_epoch,
+        },
+        None => StoreFacts::Empty,
+    };
+    let c_epoch = latest.as_ref().map_or(0, |c| c.epoch);
+    let (records, seal) = if config.checkpoint.enabled && !store_lost {
+        let from = latest.as_ref().map(wal_position).unwrap_or_default();
+        scan_epoch(&wal, from, c_epoch + 1)?
+    } else {
+        (Vec::new(), None)
+    };
+    let checkpoint_positions = latest
+        .as_ref()
+        .map(|c| from_store_positions(&c.positions))
+        .unwrap_or_default();
+    let rewind = match options.rewind_to {
+        Some(r) => Some(RewindFacts {
+            to: r,
+            target_committed_epoch: store.get(r)?.map(|t| t.committed_epoch),
+        }),
+        None => None,
+    };
+    let facts = StartFacts {
+        checkpoints: config.checkpoint.enabled,
+        store: store_facts,
+        next_sealed: seal.is_some(),
+        wal_has_frames: !records.is_empty() || seal.is_some(),
+        table_txn: v,
+        table_continues_checkpoint: progress.as_ref().is_some_and(|p| {
+            p.info.epoch as u64 == c_epoch + 1 && p.info.start_positions == checkpoint_positions
+        }),
+        wal_damage_newest_epoch: damage_newest_epoch(&wal_report),
+        accept_wal_damage: options.accept_wal_damage,
+        rewind,
+    };
+    let decision = decide(facts);
+    info!(case = decision.name(), ?facts, "recovery: {decision}");
+    outcome.checkpoint_epoch = c_epoch;
+    outcome.committed_epoch = latest.as_ref().map_or(0, |c| c.committed_epoch);
+    outcome.case = decision.name();
 
     // One committer for every case; a checkpoint, if any, sets its totals and progress below.
     let mut committer = Committer::new(
@@ -216,71 +307,110 @@ pub async fn recover(
         wal,
         store,
         config.pipeline_id.clone(),
+        lock.run().clone(),
         Counts::default(),
         0,
         None,
     );
     committer.dead_letter_sink = dead_letter_table;
-    if !config.checkpoint.enabled {
-        // No WAL, no checkpoints: the table alone says where to resume.
-        committer.durable = false;
-        return from_table(committer, processor, progress, false, outcome, "table_only").await;
+    committer.durable = config.checkpoint.enabled;
+    if let Some(c) = &latest {
+        committer.totals = c.counts;
+        committer.committed_epoch = c.committed_epoch;
+        committer.table_version = c.table_version;
     }
-    let Some(mut c) = latest else {
-        let store_lost = unreadable || (!store_existed && (v > 0 || wal_report.frames > 0));
-        if v == 0 && !store_lost {
-            // No checkpoint and no commit: epoch 1 may be open or sealed in the WAL.
-            return from_checkpoint(committer, processor, None, v, None, outcome).await;
+    let replay = Replay { records, seal };
+    match decision {
+        StartCase::Fresh
+        | StartCase::ResumeEpoch { .. }
+        | StartCase::RedoEpoch { .. }
+        | StartCase::WriteMissingCheckpoint { .. } => {
+            let version_now = progress.as_ref().map(|p| p.table_version as i64);
+            from_checkpoint(committer, processor, latest, decision, replay, version_now, outcome).await
         }
-        return from_table(
-            committer,
-            processor,
-            progress,
-            store_lost,
-            outcome,
-            "from_table",
-        )
-        .await;
-    };
-    outcome.checkpoint_epoch = c.epoch;
-    outcome.committed_epoch = c.committed_epoch;
-    if committer.wal.end() < wal_position(&c) {
-        // The log's tail was lost below the checkpointed position: re-anchor the checkpoint
-        // in a new segment so later frames are found after it.
-        warn!(checkpoint_wal = ?wal_position(&c), wal_end = ?committer.wal.end(), "the WAL ends before the checkpointed position; re-anchoring checkpoint {} in a new segment", c.epoch);
-        let at = committer.wal.start_new_segment(c.epoch + 1)?;
-        c.wal_segment = at.segment;
-        c.wal_offset = at.offset;
-        committer.store.write(&c, [], None)?;
-    }
-    let facts_table_txn = v;
-    committer.totals = c.counts;
-    committer.committed_epoch = c.committed_epoch;
-    committer.table_version = c.table_version;
-    let Some(r) = rewind_to else {
-        let version_now = progress.as_ref().map(|p| p.table_version as i64);
-        return from_checkpoint(committer, processor, Some(c), v, version_now, outcome).await;
-    };
-    match decide_for(&committer, &c, facts_table_txn)? {
-        RecoveryDecision::TableBehind { .. } => rewind(committer, processor, progress, r, outcome).await,
-        other => Err(PipelineError::Refused {
-            message: format!("--rewind-to {r} was given but the table is not behind the checkpoint ({other}); start without it"),
+        StartCase::FromTable { reason, .. } => {
+            let mut progress = progress;
+            if reason == FromTableReason::Rewind {
+                if let Some(target) = options.rewind_to.map(|r| committer.store.get(r)).transpose()?.flatten() {
+                    warn!(rewind_to = target.epoch, checkpoint_committed_epoch = target.committed_epoch, table_txn = v, "REWIND: the table is behind the store; restarting from the table's progress at epoch {v}, new epochs numbered from {}", v + 1);
+                    if target.committed_epoch == v && v > 0 {
+                        // The checkpoint agrees with the table: its positions may already be
+                        // past trailing epochs that needed no commit.
+                        if let Some(p) = progress.as_mut() {
+                            p.info.end_positions = from_store_positions(&target.positions);
+                        }
+                    }
+                }
+            }
+            if reason != FromTableReason::CheckpointsOff {
+                committer = set_wal_aside(committer, config, state, reason)?;
+            }
+            from_table(committer, processor, progress, reason, outcome).await
+        }
+        StartCase::Refuse(refusal @ Refusal::TableBehind { .. }) => Err(PipelineError::Refused {
+            message: format!(
+                "{refusal}. Retained checkpoints: {}. Start with --rewind-to <epoch> to rewind to one whose committed epoch is <= {v}",
+                retained(&committer.store)
+            ),
+        }),
+        StartCase::Refuse(refusal @ (Refusal::RewindTargetMissing { .. } | Refusal::RewindTargetAhead { .. })) => {
+            Err(PipelineError::Refused {
+                message: format!("{refusal} (retained: {})", retained(&committer.store)),
+            })
+        }
+        StartCase::Refuse(refusal) => Err(PipelineError::Refused {
+            message: refusal.to_string(),
         }),
     }
 }
 
-fn decide_for(
-    committer: &Committer,
-    c: &CheckpointRecord,
+/// The table's newest commit of this pipeline must record the txn version's epoch.
+fn check_table_progress(
+    config: &PipelineConfig,
+    sink: &DeltaSink,
     v: u64,
-) -> Result<RecoveryDecision, PipelineError> {
-    let (_, seal) = scan_epoch(&committer.wal, wal_position(c), c.epoch + 1)?;
-    Ok(decide(RecoveryFacts {
-        checkpoint_epoch: c.epoch,
-        committed_epoch: c.committed_epoch,
-        next_sealed: seal.is_some(),
-        table_txn: v,
-    }))
+    progress: Option<&TableProgress>,
+) -> Result<(), PipelineError> {
+    match progress {
+        Some(p) if p.info.epoch as u64 != v => Err(PipelineError::Progress {
+            table: sink.uri().to_string(),
+            message: format!(
+                "txn version for pipeline {:?} is {v} but its newest commitInfo records epoch {}; \
+                 the table's log was altered or another writer uses this pipeline id",
+                config.pipeline_id, p.info.epoch
+            ),
+        }),
+        None if v != 0 => Err(PipelineError::Progress {
+            table: sink.uri().to_string(),
+            message: format!("txn version for pipeline {:?} is {v} but no commit of it records Tidemark progress", config.pipeline_id),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Moves the WAL directory aside (never deleting it) and opens a new, empty WAL in its place:
+/// for starts that resume from the table, whose old log positions mean nothing any more.
+fn set_wal_aside(
+    committer: Committer,
+    config: &PipelineConfig,
+    state: &Path,
+    reason: FromTableReason,
+) -> Result<Committer, PipelineError> {
+    let dir = wal_dir(state);
+    let on_disk = committer.wal.segments();
+    let segments = on_disk.len();
+    let bytes: u64 = on_disk.iter().map(|(_, _, size)| size).sum();
+    if segments == 0 {
+        return Ok(committer);
+    }
+    let mut committer = committer;
+    committer.replace_wal(|| {
+        let aside = set_aside(&dir, "set-aside")?;
+        warn!(moved_to = %aside.display(), segments, bytes, ?reason, "WAL moved aside (not deleted): its records are re-read from the source");
+        let (wal, _) = Wal::open(&dir, wal_options(config), None)?;
+        Ok(wal)
+    })?;
+    Ok(committer)
 }
 
 fn log_wal_recovery(report: &WalRecovery, outcome: &mut RecoveryOutcome) {
@@ -292,30 +422,39 @@ fn log_wal_recovery(report: &WalRecovery, outcome: &mut RecoveryOutcome) {
             at = t.at,
             bytes_dropped = outcome.wal_bytes_cut,
             reason = %t.reason,
-            "recovery: the WAL's damaged tail was cut off; records in it are re-read from the source"
+            "recovery: the WAL's torn tail was cut off; records in it are re-read from the source"
         );
     }
 }
 
-/// The four cases with a checkpoint `c` (or none yet, with `v == 0`).
+/// The newest epoch held by WAL segments that were damaged before the log's end (moved
+/// aside by the WAL's open), if any.
+fn damage_newest_epoch(report: &WalRecovery) -> Option<u64> {
+    let _ = report;
+    None
+}
+
+/// The WAL's content after the checkpoint: the records of `c+1` and its seal, if any.
+struct Replay {
+    records: Vec<SourceRecord>,
+    seal: Option<SealInfo>,
+}
+
+/// The cases that continue from the checkpoint `c` (or from none yet).
 async fn from_checkpoint(
     mut committer: Committer,
     processor: &RecordProcessor,
     c: Option<CheckpointRecord>,
-    v: u64,
+    decision: StartCase,
+    replay: Replay,
     table_version_now: Option<i64>,
     mut outcome: RecoveryOutcome,
 ) -> Result<(Committer, OpenEpoch, RecoveryOutcome), PipelineError> {
-    let (c_epoch, c_t, from, positions) = match &c {
-        Some(c) => (
-            c.epoch,
-            c.committed_epoch,
-            wal_position(c),
-            from_store_positions(&c.positions),
-        ),
-        None => (0, 0, WalPosition::default(), Positions::new()),
+    let (c_epoch, c_t, positions) = match &c {
+        Some(c) => (c.epoch, c.committed_epoch, from_store_positions(&c.positions)),
+        None => (0, 0, Positions::new()),
     };
-    let next = c_epoch + 1;
+    let v = outcome.table_txn;
     if let Some(spec) = processor.dedup() {
         let started = std::time::Instant::now();
         let watermark = c.as_ref().and_then(|c| c.watermark);
@@ -330,17 +469,11 @@ async fn from_checkpoint(
             "dedup state loaded from the checkpoint"
         );
     }
-    let (records, seal) = scan_epoch(&committer.wal, from, next)?;
-    let decision = decide(RecoveryFacts {
-        checkpoint_epoch: c_epoch,
-        committed_epoch: c_t,
-        next_sealed: seal.is_some(),
-        table_txn: v,
-    });
+    let Replay { records, seal } = replay;
     outcome.replayed_records = records.len() as u64;
     match decision {
-        RecoveryDecision::ResumeEpoch { epoch } => {
-            outcome.case = if c.is_none() && records.is_empty() { "fresh" } else { "resume_epoch" };
+        StartCase::Fresh | StartCase::ResumeEpoch { .. } => {
+            let epoch = c_epoch + 1;
             let mut open = OpenEpoch::new(epoch, positions);
             open.add(&records, processor, committer.dedup.as_mut())?;
             if records.is_empty() {
@@ -352,25 +485,23 @@ async fn from_checkpoint(
             // does not depend on the broker (the seal fixes the epoch's end as usual).
             info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: no seal after the checkpoint: replayed the unsealed WAL records; sealing and committing them now");
             let end = open.end.clone();
-            committer.seal(&open)?;
-            let report = committer.commit_sealed(open, None).await?;
+            let sealed = committer.seal(open)?;
+            let report = committer.commit_sealed(sealed, None).await?;
             info!(epoch, version = ?report.version, rows = report.rows, "recovery: resumed epoch committed");
             outcome.committed_at_start = Some(report);
             outcome.next_epoch = epoch + 1;
             Ok((committer, OpenEpoch::new(epoch + 1, end), outcome))
         }
-        RecoveryDecision::RedoEpoch { epoch } => {
-            outcome.case = "redo_epoch";
+        StartCase::RedoEpoch { epoch } => {
             let (seal, open) = replay_sealed(&mut committer, processor, seal, &records, epoch)?;
             info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed but not in the table: redoing it from the WAL");
-            let report = committer.commit_sealed(open, None).await?;
+            let report = committer.commit_sealed(SealedEpoch::replayed(open), None).await?;
             info!(epoch, version = ?report.version, rows = report.rows, "recovery: redone epoch committed");
             outcome.committed_at_start = Some(report);
             outcome.next_epoch = epoch + 1;
             Ok((committer, OpenEpoch::new(epoch + 1, seal.end_positions), outcome))
         }
-        RecoveryDecision::WriteMissingCheckpoint { epoch } => {
-            outcome.case = "write_missing_checkpoint";
+        StartCase::WriteMissingCheckpoint { epoch } => {
             // Replay rebuilds the epoch's counts (and, with dedup, its state).
             let (seal, open) = replay_sealed(&mut committer, processor, seal, &records, epoch)?;
             info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch}");
@@ -381,14 +512,8 @@ async fn from_checkpoint(
             outcome.next_epoch = epoch + 1;
             Ok((committer, OpenEpoch::new(epoch + 1, seal.end_positions), outcome))
         }
-        refusal @ RecoveryDecision::TableBehind { .. } => Err(PipelineError::Refused {
-            message: format!(
-                "{refusal}. Retained checkpoints: {}. Start with --rewind-to <epoch> to rewind to one whose committed epoch is <= {v}",
-                retained(&committer.store)
-            ),
-        }),
-        refusal => Err(PipelineError::Refused {
-            message: refusal.to_string(),
+        other => Err(PipelineError::Refused {
+            message: format!("internal: {other} is not a checkpoint case"),
         }),
     }
 }
@@ -435,36 +560,29 @@ fn retained(store: &CheckpointStore) -> String {
     }
 }
 
-/// Starts from the table's own progress: the store is lost (or empty while the table has
-/// commits). The WAL is dropped: whatever it held after the table's newest commit is re-read
-/// from the source at that commit's end positions. Dedup state is rebuilt from the rows whose
-/// event time is at or above the watermark of that commit.
+/// Starts from the table's own progress (store lost, checkpoints off, a lost seal after a
+/// landed commit, a rewind). The WAL was set aside by the caller: whatever it held after the
+/// table's newest commit is re-read from the source at that commit's end positions. Dedup
+/// state is rebuilt from the rows whose event time is at or above that commit's watermark.
 async fn from_table(
     mut committer: Committer,
     processor: &RecordProcessor,
     progress: Option<TableProgress>,
-    store_lost: bool,
+    reason: FromTableReason,
     mut outcome: RecoveryOutcome,
-    case: &'static str,
 ) -> Result<(Committer, OpenEpoch, RecoveryOutcome), PipelineError> {
     let v = outcome.table_txn;
     let positions = progress
         .as_ref()
         .map(|p| p.info.end_positions.clone())
         .unwrap_or_default();
-    if store_lost {
-        error!(table_txn = v, positions = %positions, "CHECKPOINT STORE LOST: resuming from the table's newest Tidemark commit (epoch {v}); nothing is lost or doubled, the dedup state is rebuilt from the table");
-    } else {
-        info!(table_txn = v, positions = %positions, "no checkpoint yet but the table holds epoch {v}: resuming from the table");
+    let store_lost = reason == FromTableReason::StoreLost;
+    match reason {
+        FromTableReason::StoreLost => error!(table_txn = v, positions = %positions, "CHECKPOINT STORE LOST: resuming from the table's newest Tidemark commit (epoch {v}); nothing is lost or doubled, the dedup state is rebuilt from the table"),
+        FromTableReason::SealLostCommitLanded => error!(table_txn = v, positions = %positions, "WAL SEAL LOST after its commit landed: resuming from the table's newest Tidemark commit (epoch {v}); the dedup state is rebuilt from the table"),
+        _ => info!(table_txn = v, positions = %positions, ?reason, "resuming from the table's newest Tidemark commit (epoch {v})"),
     }
     committer.store.reset()?;
-    let (segments, bytes) = committer.wal.reset(v + 1)?;
-    if segments > 0 {
-        warn!(
-            segments,
-            bytes, "WAL dropped: its records are re-read from the source"
-        );
-    }
     committer.totals = Counts::default();
     if committer.durable {
         // No checkpoint has the totals: they are the sum of what each of the table's commits
@@ -490,7 +608,6 @@ async fn from_table(
     if v > 0 {
         committer.checkpoint(v, &positions)?;
     }
-    outcome.case = case;
     outcome.store_lost = store_lost;
     outcome.next_epoch = v + 1;
     Ok((committer, OpenEpoch::new(v + 1, positions), outcome))
@@ -588,46 +705,6 @@ fn rebuild_dedup_state(
         "dedup state rebuilt from the table's rows"
     );
     Ok(state)
-}
-
-/// `--rewind-to r` when the table is behind the store: checks `r` is retained and that its
-/// committed epoch is `<= v`, then restarts from the table's progress with new epochs above `v`.
-async fn rewind(
-    committer: Committer,
-    processor: &RecordProcessor,
-    progress: Option<TableProgress>,
-    r: u64,
-    mut outcome: RecoveryOutcome,
-) -> Result<(Committer, OpenEpoch, RecoveryOutcome), PipelineError> {
-    let v = outcome.table_txn;
-    let Some(target) = committer.store.get(r)? else {
-        return Err(PipelineError::Refused {
-            message: format!(
-                "--rewind-to {r}: no retained checkpoint of epoch {r}; retained: {}",
-                retained(&committer.store)
-            ),
-        });
-    };
-    if target.committed_epoch > v {
-        return Err(PipelineError::Refused {
-            message: format!(
-                "--rewind-to {r}: checkpoint {r} has committed epoch {} but the table's txn version is {v}; pick one whose committed epoch is <= {v} (retained: {})",
-                target.committed_epoch,
-                retained(&committer.store)
-            ),
-        });
-    }
-    warn!(rewind_to = r, checkpoint_committed_epoch = target.committed_epoch, table_txn = v, "REWIND: the table is behind the store; restarting from the table's progress at epoch {v}, new epochs numbered from {}", v + 1);
-    outcome.case = "rewind";
-    let mut progress = progress;
-    if target.committed_epoch == v && v > 0 {
-        // The checkpoint agrees with the table: its positions may already be past trailing
-        // epochs that needed no commit.
-        if let Some(p) = progress.as_mut() {
-            p.info.end_positions = from_store_positions(&target.positions);
-        }
-    }
-    from_table(committer, processor, progress, false, outcome, "rewind").await
 }
 
 #[cfg(test)]

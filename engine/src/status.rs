@@ -13,7 +13,8 @@ use tidemark_connectors::delta::DeltaSink;
 use crate::config::PipelineConfig;
 use crate::epoch_log::from_store_positions;
 use crate::pipeline::PipelineError;
-use crate::protocol::{decide, RecoveryFacts};
+use crate::protocol::{decide, StartFacts, StoreFacts};
+use crate::state_lock;
 use crate::recovery::{store_dir, wal_dir};
 
 /// Everything `tidemark status` shows.
@@ -31,8 +32,12 @@ pub struct Status {
     pub wal: WalStatus,
     /// The table.
     pub table: TableStatus,
-    /// What recovery would do on the next start.
+    /// What recovery would do on the next start (the same decision as `tidemark run`'s).
     pub next: String,
+    /// Its short name (`resume_epoch`, `redo_epoch`, `from_table`, `refused`, ...).
+    pub next_case: &'static str,
+    /// The process holding the state directory's lock, if one runs now.
+    pub running: Option<String>,
 }
 
 /// The newest checkpoint.
@@ -151,9 +156,11 @@ pub async fn status(config: &PipelineConfig, config_path: &Path) -> Result<Statu
     }
 
     let url = config.table_url(config_path)?;
+    let mut continues = None;
     let table = match DeltaSink::open_existing(&url, &config.pipeline_id).await? {
         Some(mut sink) => {
-            let (txn, _) = sink.progress().await?;
+            let (txn, progress) = sink.progress().await?;
+            continues = progress.map(|p| (p.info.epoch as u64, p.info.start_positions));
             TableStatus {
                 uri: url.to_string(),
                 exists: true,
@@ -169,27 +176,39 @@ pub async fn status(config: &PipelineConfig, config_path: &Path) -> Result<Statu
         },
     };
     let v = table.txn_version.unwrap_or(0).max(0) as u64;
-    let next = match &checkpoint {
-        Some(c) => {
-            let sealed = wal.sealed_after_checkpoint == Some(c.epoch + 1);
-            let d = decide(RecoveryFacts {
-                checkpoint_epoch: c.epoch,
+    let c_epoch = checkpoint.as_ref().map_or(0, |c| c.epoch);
+    let store_exists = store_path.join("CURRENT").exists();
+    let facts = StartFacts {
+        checkpoints: config.checkpoint.enabled,
+        store: match &checkpoint {
+            Some(c) => StoreFacts::Checkpoint {
+                epoch: c.epoch,
                 committed_epoch: c.committed_epoch,
-                next_sealed: sealed,
-                table_txn: v,
-            });
-            format!("{d} ({} WAL records after the checkpoint)", wal.records_after_checkpoint)
-        }
-        None if v > 0 => format!(
-            "no checkpoint: resume from the table's newest Tidemark commit (epoch {v}) and rebuild state from the table"
-        ),
-        None => format!(
-            "no checkpoint and no commit: start epoch 1 ({} WAL records to replay)",
-            wal.records_after_checkpoint
-        ),
+            },
+            None if store_problem.is_some() && (store_exists || v > 0) => StoreFacts::Lost,
+            None => StoreFacts::Empty,
+        },
+        next_sealed: wal.sealed_after_checkpoint == Some(c_epoch + 1),
+        wal_has_frames: wal.records_after_checkpoint > 0 || wal.sealed_after_checkpoint.is_some(),
+        table_txn: v,
+        table_continues_checkpoint: match (&continues, &checkpoint) {
+            (Some((epoch, start)), Some(c)) => *epoch == c.epoch + 1 && *start == c.positions,
+            (Some((epoch, start)), None) => *epoch == 1 && start.iter().next().is_none(),
+            _ => false,
+        },
+        wal_damage_newest_epoch: None,
+        accept_wal_damage: false,
+        rewind: None,
     };
+    let case = decide(facts);
+    let next = format!(
+        "{case} ({} WAL records after the checkpoint)",
+        wal.records_after_checkpoint
+    );
     Ok(Status {
         pipeline_id: config.pipeline_id.clone(),
+        running: state_lock::holder(&state),
+        next_case: case.name(),
         state_dir: state.display().to_string(),
         checkpoint,
         store_problem,
@@ -209,6 +228,10 @@ impl Status {
         };
         line(format!("pipeline     {}", self.pipeline_id));
         line(format!("state dir    {}", self.state_dir));
+        line(format!(
+            "running      {}",
+            self.running.as_deref().unwrap_or("no (the state directory is not locked)")
+        ));
         match &self.checkpoint {
             Some(c) => {
                 line(format!(

@@ -16,6 +16,8 @@ use tidemark_tests::{
 mod checkpoint_crash;
 #[path = "e2e/dedup.rs"]
 mod dedup;
+#[path = "e2e/hardening.rs"]
+mod hardening;
 #[path = "e2e/protocol.rs"]
 mod protocol;
 

@@ -153,17 +153,16 @@ async fn finish_phase(
         phase,
     } = beat;
     for _ in 0..2 {
-        let mut child = fixture.spawn(true, &[]);
+        // Not until-caught-up: the run cannot end by itself, so the kill always lands.
+        let mut child = fixture.spawn(false, &[]);
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..2500))).await;
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
         assert!(
-            out.status.success() || out.status.signal() == Some(libc::SIGKILL),
-            "{}",
-            stderr_of(&out)
+            child.try_wait().unwrap().is_none(),
+            "the pipeline exited before its kill"
         );
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{}", stderr_of(&out));
     }
     let mut child = fixture.spawn(false, &[]);
     // Drain stderr as it comes: a full pipe would block the pipeline's logging.

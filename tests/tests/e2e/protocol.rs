@@ -15,6 +15,7 @@ use tidemark_tests::{
     summary, unique_topic, Fixture,
 };
 
+use super::hardening::{set_table_path, TablePath};
 use super::{assert_exactly_once, topic_and_fixture, EXE};
 
 type Ends = BTreeMap<(String, i32), i64>;
@@ -53,8 +54,23 @@ fn wal_segments(fixture: &Fixture) -> Vec<PathBuf> {
 }
 
 /// What each crash point must lead to on restart: recovery case and epochs in the table
-/// before the restart.
-fn expected(point: CrashPoint) -> (&'static str, i64) {
+/// before the restart, for a crash at the point's first hit (`@1`: the first epoch, before any
+/// checkpoint exists) or its second (`@2`).
+fn expected(point: CrashPoint, hit: u32) -> (&'static str, i64) {
+    if hit == 1 {
+        return match point {
+            CrashPoint::BeforeWalAppend => ("fresh", 0),
+            CrashPoint::AfterWalAppend => ("resume_epoch", 0),
+            CrashPoint::AfterSeal
+            | CrashPoint::BeforeParquetWrite
+            | CrashPoint::AfterParquetWrite => ("redo_epoch", 0),
+            // Issue 11 item 4: the first commit landed, the first checkpoint did not.
+            CrashPoint::AfterDeltaCommit | CrashPoint::MidCheckpointWrite => {
+                ("write_missing_checkpoint", 1)
+            }
+            CrashPoint::AfterCheckpoint | CrashPoint::DuringTruncation => ("resume_epoch", 1),
+        };
+    }
     match point {
         CrashPoint::BeforeWalAppend | CrashPoint::AfterWalAppend => ("resume_epoch", 1),
         CrashPoint::AfterSeal | CrashPoint::BeforeParquetWrite | CrashPoint::AfterParquetWrite => {
@@ -72,36 +88,43 @@ fn expected(point: CrashPoint) -> (&'static str, i64) {
 async fn each_crash_point_recovers_as_the_protocol_says() {
     let Some(brokers) = broker() else { return };
     let mut report = Vec::new();
-    for point in CrashPoint::ALL {
-        let (fixture, ends) = topic_and_fixture(
-            &brokers,
-            point.name(),
-            3,
-            3_000,
-            // Small segments: an epoch spans many, so truncation deletes several.
-            "[checkpoint]\ninterval_ms = 300\nmax_records = 500\nwal_segment_bytes = 4096\n",
-        )
-        .await;
+    let runs = CrashPoint::ALL
+        .into_iter()
+        .flat_map(|p| [(p, 1u32), (p, 2)])
         // Truncation's first deletion is hit 1 (the crash falls before its second).
-        let spec = if point == CrashPoint::DuringTruncation {
-            format!("{}@1", point.name())
-        } else {
-            format!("{}@2", point.name())
-        };
-        let crashed = fixture.run_to_end(&[(tidemark_engine::fault::ENV, &spec)]);
+        .filter(|(p, hit)| *p != CrashPoint::DuringTruncation || *hit == 1);
+    let forms = [TablePath::Relative, TablePath::Absolute, TablePath::FileUrl];
+    for (k, (point, hit)) in runs.enumerate() {
+        // Every recovery path with dedup on and off, and the table named by a relative path,
+        // an absolute path and a file:// URL (no duplicates in the stream: same rows either way).
+        let (form, dedup) = (forms[k % 3], (k / 3) % 2 == 1);
+        let extra = format!(
+            // Small segments: an epoch spans many, so truncation deletes several.
+            "[checkpoint]\ninterval_ms = 300\nmax_records = 500\nwal_segment_bytes = 4096\n{}",
+            if dedup {
+                "[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\n"
+            } else {
+                ""
+            }
+        );
+        let (fixture, ends) = topic_and_fixture(&brokers, point.name(), 3, 3_000, &extra).await;
+        set_table_path(&fixture, form);
+        let spec = format!("{}@{hit} ({form:?}, dedup {dedup})", point.name());
+        let spec_env = format!("{}@{hit}", point.name());
+        let crashed = fixture.run_to_end(&[(tidemark_engine::fault::ENV, &spec_env)]);
         assert_eq!(
             crashed.status.signal(),
             Some(libc::SIGKILL),
             "{point}: no crash: {}",
             stderr_of(&crashed)
         );
-        let (case, committed_before) = expected(point);
+        let (case, committed_before) = expected(point, hit);
         assert_eq!(
             committed(&fixture),
             committed_before,
-            "{point}: epochs in the table at the crash"
+            "{spec}: epochs in the table at the crash"
         );
-        if point == CrashPoint::AfterSeal {
+        if point == CrashPoint::AfterSeal && hit == 2 {
             // status tells what recovery will do, without changing anything.
             let text = String::from_utf8_lossy(&fixture.status(false).stdout).to_string();
             assert!(text.contains("sealed but not in the table"), "{text}");
@@ -111,7 +134,7 @@ async fn each_crash_point_recovers_as_the_protocol_says() {
             assert_eq!(json["wal"]["sealed_after_checkpoint"], 2, "{json}");
             assert_eq!(json["table"]["txn_version"], 1, "{json}");
         }
-        if point == CrashPoint::AfterParquetWrite {
+        if point == CrashPoint::AfterParquetWrite && hit == 2 {
             let replay = audit::replay_log(&fixture.table).unwrap();
             assert!(
                 !fixture.orphan_files(&replay.live_files).is_empty(),
@@ -125,9 +148,9 @@ async fn each_crash_point_recovers_as_the_protocol_says() {
             );
         }
         let out = fixture.run_to_end(&[]);
-        assert!(out.status.success(), "{point}: {}", stderr_of(&out));
+        assert!(out.status.success(), "{spec}: {}", stderr_of(&out));
         let s = summary(&out);
-        assert_eq!(s["recovery"]["case"], case, "{point}: {s}");
+        assert_eq!(s["recovery"]["case"], case, "{spec}: {s}");
         let replayed = s["recovery"]["replayed_records"].as_u64().unwrap();
         match point {
             CrashPoint::AfterWalAppend | CrashPoint::AfterSeal => {
@@ -144,7 +167,7 @@ async fn each_crash_point_recovers_as_the_protocol_says() {
         assert_no_orphans(&fixture);
         assert_exactly_once(&fixture, &ends, 3_000).await;
         report.push(format!(
-            "{point}: case {case}, replayed {replayed}, first commit after {} ms",
+            "{spec}: case {case}, replayed {replayed}, first commit after {} ms",
             s["first_commit_ms"]
         ));
     }
@@ -188,26 +211,65 @@ async fn chaos_sigkills_while_producing_keep_exactly_once() {
     let mut rng = rand::rng();
     let mut kills = 0;
     let mut cases: BTreeMap<String, u64> = BTreeMap::new();
+    // Kills by protocol phase, from what each killed run got to (issue 11: the test must
+    // show that kills landed after a seal, after a Delta commit and during recovery).
+    let mut phases: BTreeMap<&'static str, u64> = BTreeMap::new();
+    // Every 4th run is killed by a crash point at a random hit instead of a timer, cycling
+    // through the points whose windows are too short for a timer to find reliably.
+    let aimed = [
+        CrashPoint::AfterSeal,
+        CrashPoint::AfterDeltaCommit,
+        CrashPoint::AfterParquetWrite,
+        CrashPoint::AfterCheckpoint,
+    ];
     let started = Instant::now();
     while kills < kills_wanted {
-        let mut child = fixture.spawn(false, &[]);
+        let armed = (kills % 4 == 1).then(|| {
+            let point = aimed[(kills as usize / 4) % aimed.len()];
+            (point, format!("{}@{}", point.name(), rng.random_range(1..4)))
+        });
+        let env: Vec<(&str, &str)> = armed
+            .iter()
+            .map(|(_, spec)| (tidemark_engine::fault::ENV, spec.as_str()))
+            .collect();
+        let mut child = fixture.spawn(false, &env);
         // Random moment: a third of the kills fall in the first 300 ms (recovery, connect),
         // the rest anywhere in the next few epochs.
-        let ms = if rng.random_bool(0.33) {
+        let ms = if armed.is_some() {
+            // Give the crash point time to fire (the producer is still writing).
+            8_000
+        } else if rng.random_bool(0.33) {
             rng.random_range(0..300)
         } else {
             rng.random_range(300..3500)
         };
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        if let Some(status) = child.try_wait().unwrap() {
-            let out = child.wait_with_output().unwrap();
-            panic!("pipeline exited on its own ({status}): {}", stderr_of(&out));
+        let until = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < until && child.try_wait().unwrap().is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        child.kill().unwrap();
+        let by_crash_point = match child.try_wait().unwrap() {
+            Some(status) if armed.is_some() && status.signal() == Some(libc::SIGKILL) => true,
+            Some(status) => {
+                let out = child.wait_with_output().unwrap();
+                panic!("pipeline exited on its own ({status}): {}", stderr_of(&out));
+            }
+            None => {
+                child.kill().unwrap();
+                false
+            }
+        };
         let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.signal(), Some(libc::SIGKILL));
         kills += 1;
         let log = stderr_of(&out);
+        let phase = match (&armed, by_crash_point) {
+            (Some((CrashPoint::AfterSeal, _)), true) => "after_seal",
+            (Some((CrashPoint::AfterDeltaCommit, _)), true) => "after_delta_commit",
+            (Some((_, _)), true) => "other_crash_point",
+            _ if !log.contains("recovery done") => "during_recovery",
+            _ => "timed_after_recovery",
+        };
+        *phases.entry(phase).or_default() += 1;
         for line in log
             .lines()
             .filter(|l| l.contains("first commit after start"))
@@ -218,6 +280,13 @@ async fn chaos_sigkills_while_producing_keep_exactly_once() {
                 *cases.entry(case).or_default() += 1;
             }
         }
+    }
+    eprintln!("chaos: kills by phase {phases:?}");
+    for phase in ["after_seal", "after_delta_commit", "during_recovery"] {
+        assert!(
+            phases.get(phase).copied().unwrap_or(0) >= 1,
+            "no kill landed {phase}: {phases:?}"
+        );
     }
     let kill_phase = started.elapsed();
     let ends = producer.join().expect("producer thread");

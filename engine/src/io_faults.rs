@@ -1,0 +1,90 @@
+//! The file system the pipeline writes through: the real one, or — in test builds (the
+//! `crash-points` feature) — one that fails where `TIDEMARK_FAULT_FS` says, so end-to-end tests
+//! can show what a full disk or a failing device does to a running pipeline.
+//!
+//! `TIDEMARK_FAULT_FS=<op>:<error>:<path text>@<n>[:sticky]`, several separated by `,`:
+//! - `<op>`: `write`, `sync`, `create`, `rename`, `remove`, `syncdir`, `setlen`;
+//! - `<error>`: `eio` or `enospc`;
+//! - `<path text>`: only paths containing it count (`wal`, `.parquet`, `_delta_log`, or empty);
+//! - `@<n>`: the n-th matching call fails (1 = the first);
+//! - `:sticky`: every later matching call fails too (a disk that stays full).
+
+use tidemark_fs::SharedFs;
+
+/// The environment variable read by [`pipeline_fs`] in test builds.
+pub const ENV: &str = "TIDEMARK_FAULT_FS";
+
+/// The file system for the WAL and the table's files.
+pub fn pipeline_fs() -> Result<SharedFs, String> {
+    #[cfg(feature = "crash-points")]
+    if let Ok(spec) = std::env::var(ENV) {
+        let fs = tidemark_fs::FaultFs::new(tidemark_fs::std_fs());
+        for fault in parse(&spec)? {
+            fs.arm(fault);
+        }
+        tracing::warn!(spec, "fault injection: the pipeline's file system fails as told");
+        return Ok(std::sync::Arc::new(fs));
+    }
+    Ok(tidemark_fs::std_fs())
+}
+
+/// Parses a `TIDEMARK_FAULT_FS` value.
+pub fn parse(spec: &str) -> Result<Vec<tidemark_fs::Fault>, String> {
+    use tidemark_fs::{Fault, FaultKind, Op};
+    spec.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|one| {
+            let bad = |why: &str| format!("{ENV}={spec:?}: {one:?} {why}");
+            let (head, sticky) = match one.trim().strip_suffix(":sticky") {
+                Some(h) => (h, true),
+                None => (one.trim(), false),
+            };
+            let (head, nth) = head
+                .rsplit_once('@')
+                .ok_or_else(|| bad("lacks @<n>"))?;
+            let nth: u64 = nth.parse().map_err(|_| bad("has a bad count"))?;
+            let mut parts = head.splitn(3, ':');
+            let op = match parts.next().unwrap_or("") {
+                "write" => Op::Write,
+                "sync" => Op::Sync,
+                "create" => Op::Create,
+                "rename" => Op::Rename,
+                "remove" => Op::Remove,
+                "syncdir" => Op::SyncDir,
+                "setlen" => Op::SetLen,
+                _ => return Err(bad("names no known operation")),
+            };
+            let kind = match parts.next().unwrap_or("") {
+                "eio" => FaultKind::Eio,
+                "enospc" => FaultKind::DiskFull,
+                _ => return Err(bad("names no known error (eio, enospc)")),
+            };
+            Ok(Fault {
+                op,
+                nth: nth.max(1),
+                path_contains: parts.next().unwrap_or("").to_string(),
+                kind,
+                sticky,
+                partial: op == Op::Write,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use tidemark_fs::{FaultKind, Op};
+
+    #[test]
+    fn specs_parse_or_name_what_is_wrong() {
+        let f = super::parse("write:enospc:wal@3:sticky,sync:eio:_delta_log@1").unwrap();
+        assert_eq!(f.len(), 2);
+        assert_eq!((f[0].op, f[0].kind, f[0].nth, f[0].sticky), (Op::Write, FaultKind::DiskFull, 3, true));
+        assert_eq!(f[0].path_contains, "wal");
+        assert_eq!((f[1].op, f[1].kind, f[1].sticky), (Op::Sync, FaultKind::Eio, false));
+        for bad in ["write:enospc:wal", "fly:eio:x@1", "write:boom:x@1", "write:eio:x@z"] {
+            let e = super::parse(bad).unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+}

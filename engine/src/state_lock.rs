@@ -1,0 +1,248 @@
+//! The exclusive lock on a pipeline's state directory, and the ids of the runs that owned it.
+//!
+//! Invariants kept here:
+//! - At most one process works on a state directory at a time: [`StateLock::acquire`] takes an
+//!   `flock` on `<state>/LOCK` and holds it for the life of the returned value (the kernel drops
+//!   it when the process dies, so a SIGKILL never leaves a stale lock). A second process fails
+//!   fast with the pid, host and start time of the holder, and changes nothing.
+//! - Every run that held the lock is listed in `<state>/runs` (one run id per line, appended
+//!   and fsynced before the run writes any data file). Files named with one of these ids can
+//!   only have been written by a process that is dead or is this one, so the start-up sweep may
+//!   delete their uncommitted files; files of any other run id may belong to a live writer
+//!   with another state directory and are left alone.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Why the state directory could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum StateLockError {
+    /// Another live process holds the lock.
+    #[error("state directory {dir} is in use by another tidemark process ({holder}); two instances of one pipeline must not run at once: stop the other one first (or give this one another checkpoint.dir AND another pipeline_id)")]
+    Held {
+        /// The state directory.
+        dir: PathBuf,
+        /// What the holder wrote into the lock file (pid, host, start time, run id).
+        holder: String,
+    },
+    /// The lock file or the run list could not be read or written.
+    #[error("state directory {path}: {op} failed: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateLockError + '_ {
+    move |source| StateLockError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A run id: 8 hex digits, chosen at random when a process starts. It is part of every data
+/// file name the run writes, so two writers never produce the same file name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RunId(String);
+
+impl RunId {
+    /// A new random run id.
+    pub fn new() -> Self {
+        Self(format!("{:08x}", rand::random::<u32>()))
+    }
+
+    /// The id as written in file names.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The held lock on a state directory; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+    dir: PathBuf,
+    run: RunId,
+    /// Run ids that held this directory before, this one included.
+    runs: Vec<String>,
+}
+
+/// The lock file's name inside the state directory.
+pub const LOCK_FILE: &str = "LOCK";
+/// The run list's name inside the state directory.
+pub const RUNS_FILE: &str = "runs";
+
+impl StateLock {
+    /// Creates `dir` if needed, takes its lock without waiting, records `run` in the run list.
+    pub fn acquire(dir: &Path, run: RunId) -> Result<Self, StateLockError> {
+        std::fs::create_dir_all(dir).map_err(io_err("create the state directory", dir))?;
+        let path = dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err("open the lock file", &path))?;
+        // SAFETY: flock on an fd we own for the duration of the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim().replace('\n', ", ");
+                return Err(StateLockError::Held {
+                    dir: dir.to_path_buf(),
+                    holder: if holder.is_empty() {
+                        "holder unknown".into()
+                    } else {
+                        holder
+                    },
+                });
+            }
+            return Err(io_err("lock the state directory", &path)(e));
+        }
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let text = format!(
+            "pid {}\nhost {}\nstarted_unix {started}\nrun {run}\n",
+            std::process::id(),
+            hostname(),
+        );
+        file.set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)).map(|_| ()))
+            .and_then(|()| file.write_all(text.as_bytes()))
+            .and_then(|()| file.sync_all())
+            .map_err(io_err("write the lock file", &path))?;
+        let runs = record_run(dir, &run)?;
+        Ok(Self {
+            _file: file,
+            dir: dir.to_path_buf(),
+            run,
+            runs,
+        })
+    }
+
+    /// This process's run id.
+    pub fn run(&self) -> &RunId {
+        &self.run
+    }
+
+    /// Every run id that held this state directory, this run's included: the runs whose
+    /// uncommitted files the start-up sweep may delete.
+    pub fn own_runs(&self) -> &[String] {
+        &self.runs
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Who holds the lock of `dir` right now, if anyone (read-only, for `tidemark status`).
+pub fn holder(dir: &Path) -> Option<String> {
+    let path = dir.join(LOCK_FILE);
+    let mut file = File::open(&path).ok()?;
+    // SAFETY: flock on an fd we own; a shared non-blocking probe, released at once.
+    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    if free {
+        // SAFETY: as above.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        return None;
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    Some(text.trim().replace('\n', ", "))
+}
+
+/// Appends `run` to the run list (fsynced) and returns the whole list.
+fn record_run(dir: &Path, run: &RunId) -> Result<Vec<String>, StateLockError> {
+    let path = dir.join(RUNS_FILE);
+    let mut runs: Vec<String> = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io_err("read the run list", &path)(e)),
+    };
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io_err("open the run list", &path))?;
+    f.write_all(format!("{run}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io_err("append to the run list", &path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync the state directory", dir))?;
+    runs.push(run.to_string());
+    Ok(runs)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_fails_naming_the_holder_and_the_runs_accumulate() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateLock::acquire(dir.path(), RunId::new()).unwrap();
+        // flock locks belong to the open file description: a second open in this process
+        // conflicts like another process would.
+        let e = StateLock::acquire(dir.path(), RunId::new()).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())) && msg.contains(first.run().as_str()),
+            "{msg}"
+        );
+        assert!(holder(dir.path()).is_some());
+        let first_run = first.run().to_string();
+        drop(first);
+        assert_eq!(holder(dir.path()), None);
+        let second = StateLock::acquire(dir.path(), RunId::new()).unwrap();
+        assert_eq!(second.own_runs().len(), 2);
+        assert_eq!(second.own_runs()[0], first_run);
+        assert_eq!(second.own_runs()[1], second.run().as_str());
+    }
+
+    #[test]
+    fn run_ids_are_eight_hex_digits() {
+        let r = RunId::new();
+        assert_eq!(r.as_str().len(), 8);
+        assert!(r.as_str().chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}
