@@ -863,7 +863,7 @@ impl DeltaSink {
         &self,
         columns: &[String],
     ) -> Result<BoxStream<'static, Result<RecordBatch, DeltaSinkError>>, DeltaSinkError> {
-        use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+        use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
         use parquet::arrow::ProjectionMask;
         let snapshot = self.table.snapshot().map_err(self.err("snapshot"))?;
         let files: Vec<(deltalake::Path, u64)> = snapshot
@@ -888,7 +888,7 @@ impl DeltaSink {
                             source: Box::new(e),
                         }
                     };
-                    let reader = ParquetObjectReader::new(store, path).with_file_size(size);
+                    let reader = parquet_file::StoreFileReader::new(store, path, size);
                     let builder = ParquetRecordBatchStreamBuilder::new(reader)
                         .await
                         .map_err(err("read parquet footer"))?;

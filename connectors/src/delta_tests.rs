@@ -670,7 +670,8 @@ async fn a_power_cut_after_committed_keeps_the_commit_and_its_files() {
 /// The power-cut test is not vacuous: with any one fsync of the write path left out, it fails.
 #[tokio::test]
 async fn the_power_cut_test_catches_each_missing_fsync() {
-    let cases: [(&str, Box<dyn Fn(&Path) -> Dropped>); 4] = [
+    type Choice = Box<dyn Fn(&Path) -> Dropped>;
+    let cases: [(&str, Choice); 4] = [
         (
             "data file fsync",
             Box::new(|_| Dropped::FileSync(".parquet")),
