@@ -1,49 +1,315 @@
 //! A Delta Lake sink that commits one epoch per Delta commit, exactly once.
 //!
 //! Every commit carries a `txn` action `{appId: pipeline_id, version: epoch}` and a `tidemark`
-//! object in its commitInfo ([`EpochCommitInfo`]) with the epoch's end positions. So the table
-//! alone says how far the pipeline got: on restart, positions are read back from the newest
-//! Tidemark commit, and an epoch whose txn version is already in the table is never written
-//! again.
+//! object in its commitInfo ([`EpochCommitInfo`]) with the epoch's end positions and the
+//! [`RunId`] of the process that wrote it. So the table alone says how far the pipeline got: on
+//! restart, positions are read back from the newest Tidemark commit, and an epoch whose txn
+//! version is already in the table is never written again.
 //!
-//! Durability: deltalake's local-file backend does not fsync. For `file://` tables this sink
-//! fsyncs each Parquet file before committing, and the commit file plus `_delta_log/` after, so
-//! "committed" survives a power cut and not only a process kill.
+//! Durability: for `file://` tables every file the sink writes — Parquet data files, `_delta_log`
+//! commits, deltalake's checkpoints and `_last_checkpoint` — goes through a
+//! [`DurableLocalStore`] over a [`SharedFs`]: temp file, fsync, link/rename, directory fsync. A
+//! call that reports a file written or an epoch committed returns only once it survives a power
+//! cut.
+//!
+//! Fencing (two writers of one pipeline with different state directories):
+//! - a commit is written with deltalake's retries off, on a snapshot whose txn version was
+//!   checked to be below the epoch, at the version right after that snapshot and with
+//!   put-if-absent; so it can never land over a concurrent commit of the same epoch;
+//! - data file names carry the writer's [`RunId`], so two writers never write the same file;
+//! - [`DeltaSink::sweep_uncommitted_files`] deletes only files of runs the caller owns.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::collections::HashSet;
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake::kernel::{Action, Add, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, OutputMode};
 use deltalake::writer::RecordBatchWriter;
-use deltalake::DeltaTable;
-use futures::TryStreamExt;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info};
+use tidemark_fs::SharedFs;
+use tracing::{debug, info, warn};
 use url::Url;
 
+use crate::durable_store::DurableLocalStore;
 use crate::parquet_file;
 use crate::record::Positions;
 
 /// The commitInfo key under which Tidemark records its progress.
 pub const COMMIT_INFO_KEY: &str = "tidemark";
 
-/// A failed sink operation, naming the operation and the table.
+/// How many times a commit is tried again after losing a race to an unrelated commit (one of
+/// another pipeline, or a table maintenance job); each try re-checks the txn version first.
+pub const MAX_COMMIT_ATTEMPTS: usize = 8;
+
+/// A failed sink operation, naming the operation, the table and (when there is one) the file.
 #[derive(Debug, thiserror::Error)]
-#[error("delta sink: {op} on table {table} failed: {source}")]
+#[error("delta sink: {op} on table {table}{} failed: {source}", file.as_deref().map(|f| format!(", file {f}")).unwrap_or_default())]
 pub struct DeltaSinkError {
     /// What the sink was doing.
     pub op: &'static str,
     /// The table's URI.
     pub table: String,
+    /// The file at fault, relative to the table root, when the operation was on one file.
+    pub file: Option<String>,
     /// The underlying error.
     #[source]
     pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl DeltaSinkError {
+    /// True when trying the same operation again later may succeed: I/O timeouts, connection
+    /// resets, interrupted calls, "too many open files", object-store 5xx and throttling.
+    /// The engine retries those with bounded backoff; everything else stops the pipeline.
+    ///
+    /// Not transient: schema and data errors, version conflicts and commits lost to another
+    /// writer (trying again cannot change the table's verdict), missing files, permissions,
+    /// and a full disk (ENOSPC/EDQUOT, see [`DeltaSinkError::is_disk_full`]): space rarely
+    /// comes back within a retry budget, and the operator must see it; a restart after space
+    /// is freed commits the epoch exactly once.
+    pub fn is_transient(&self) -> bool {
+        let mut current: Option<&(dyn StdError + 'static)> = Some(self.source.as_ref());
+        while let Some(e) = current {
+            if let Some(verdict) = classify_one(e) {
+                return verdict;
+            }
+            current = e.source();
+        }
+        false
+    }
+
+    /// True when the cause is a full disk (ENOSPC, EDQUOT).
+    pub fn is_disk_full(&self) -> bool {
+        let mut current: Option<&(dyn StdError + 'static)> = Some(self.source.as_ref());
+        while let Some(e) = current {
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(tidemark_fs::is_disk_full)
+            {
+                return true;
+            }
+            current = e.source();
+        }
+        false
+    }
+}
+
+/// The transient/permanent verdict on one error of a cause chain (`None`: look deeper).
+fn classify_one(e: &(dyn StdError + 'static)) -> Option<bool> {
+    if let Some(io) = e.downcast_ref::<io::Error>() {
+        if let Some(v) = classify_io(io) {
+            return Some(v);
+        }
+    } else if let Some(d) = e.downcast_ref::<DeltaTableError>() {
+        match d {
+            DeltaTableError::VersionAlreadyExists(_)
+            | DeltaTableError::NotATable(_)
+            | DeltaTableError::SchemaMismatch { .. }
+            | DeltaTableError::InvalidData { .. } => return Some(false),
+            DeltaTableError::Transaction { source } => {
+                return match source {
+                    TransactionError::ObjectStore { .. }
+                    | TransactionError::LogStoreError { .. } => None,
+                    _ => Some(false),
+                };
+            }
+            _ => {}
+        }
+    } else if let Some(o) = e.downcast_ref::<object_store::Error>() {
+        match o {
+            object_store::Error::NotFound { .. }
+            | object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. }
+            | object_store::Error::InvalidPath { .. }
+            | object_store::Error::NotSupported { .. }
+            | object_store::Error::NotImplemented { .. } => return Some(false),
+            _ => {}
+        }
+    } else if e.downcast_ref::<arrow::error::ArrowError>().is_some()
+        && e.source().is_none()
+        && !looks_transient(&e.to_string())
+    {
+        // A schema or data error of Arrow itself.
+        return Some(false);
+    }
+    looks_transient(&e.to_string()).then_some(true)
+}
+
+fn classify_io(io: &io::Error) -> Option<bool> {
+    use io::ErrorKind as K;
+    if tidemark_fs::is_disk_full(io) {
+        return Some(false);
+    }
+    if let Some(code) = io.raw_os_error() {
+        if [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::EAGAIN,
+            libc::EINTR,
+            libc::ETIMEDOUT,
+            libc::ECONNRESET,
+        ]
+        .contains(&code)
+        {
+            return Some(true);
+        }
+    }
+    match io.kind() {
+        K::TimedOut
+        | K::Interrupted
+        | K::WouldBlock
+        | K::ConnectionReset
+        | K::ConnectionAborted
+        | K::ConnectionRefused
+        | K::NotConnected
+        | K::BrokenPipe => Some(true),
+        K::NotFound
+        | K::PermissionDenied
+        | K::AlreadyExists
+        | K::InvalidInput
+        | K::InvalidData
+        | K::Unsupported => Some(false),
+        _ if looks_transient(&io.to_string()) => Some(true),
+        // An io::Error wrapping another error (io::Error::other): judge the inner one.
+        _ => None,
+    }
+}
+
+/// Messages of transient failures that reach us only as text (HTTP clients, object stores).
+fn looks_transient(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "timed out",
+        "timeout",
+        "connection reset",
+        "connection closed",
+        "connection refused",
+        "broken pipe",
+        "too many open files",
+        "service unavailable",
+        "internal server error",
+        "bad gateway",
+        "gateway timeout",
+        "too many requests",
+        "slowdown",
+        "slow down",
+        "throttl",
+        "temporarily unavailable",
+        "status code: 5",
+        "status: 5",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
+}
+
+/// The id of one run of a writer: 8 hex digits chosen at process start. It goes into data file
+/// names (so two writers never write the same file) and into each commit's commitInfo (so a
+/// writer can tell its own commit from another writer's after an ambiguous error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RunId(u32);
+
+impl RunId {
+    /// A new random run id.
+    pub fn generate() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        // RandomState is seeded from the OS's randomness once per process; the clock, pid and
+        // a counter make each call differ.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        let x = h.finish();
+        Self((x ^ (x >> 32)) as u32)
+    }
+
+    /// This process's run id: chosen at its first use, the same for every later call.
+    pub fn for_process() -> Self {
+        static ID: OnceLock<RunId> = OnceLock::new();
+        *ID.get_or_init(RunId::generate)
+    }
+
+    /// The run id with these 32 bits (tests, and ids read back from a state directory).
+    pub const fn from_u32(bits: u32) -> Self {
+        Self(bits)
+    }
+
+    /// The run id's 32 bits.
+    pub const fn as_u32(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+impl std::str::FromStr for RunId {
+    type Err = String;
+
+    /// Exactly 8 lowercase hex digits, as [`RunId`]'s `Display` writes them.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() == 8
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            u32::from_str_radix(s, 16)
+                .map(RunId)
+                .map_err(|e| format!("run id {s:?}: {e}"))
+        } else {
+            Err(format!("run id {s:?} is not 8 lowercase hex digits"))
+        }
+    }
+}
+
+impl TryFrom<String> for RunId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<RunId> for String {
+    fn from(r: RunId) -> Self {
+        r.to_string()
+    }
+}
+
+/// How a [`DeltaSink`] does its I/O and who it is: the file system its local writes go through
+/// (the real one by default; tests inject faults or power cuts) and its [`RunId`].
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    /// The file system for `file://` tables (ignored for other schemes).
+    pub fs: SharedFs,
+    /// This writer's run id (default: [`RunId::for_process`]).
+    pub run_id: RunId,
+}
+
+impl Default for SinkOptions {
+    fn default() -> Self {
+        Self {
+            fs: tidemark_fs::std_fs(),
+            run_id: RunId::for_process(),
+        }
+    }
 }
 
 /// A record skipped as invalid, as recorded durably in the commit that covers it.
@@ -91,17 +357,23 @@ pub struct EpochCommitInfo {
     /// The event-time watermark (micros) after the epoch, if dedup is on.
     #[serde(default)]
     pub watermark: Option<i64>,
+    /// The run that wrote the commit (`None` in commits older than run ids). Set by the sink
+    /// at commit time from its [`SinkOptions::run_id`], whatever the caller put here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<RunId>,
 }
 
 /// The outcome of [`DeltaSink::commit_epoch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitOutcome {
-    /// The commit landed at this table version.
+    /// The commit landed at this table version (possibly found so after an error: see
+    /// [`DeltaSink::commit_epoch`]).
     Committed {
         /// The new table version.
         version: u64,
     },
-    /// The table already held this epoch (txn version `>= epoch`): nothing was written.
+    /// The table already held this epoch (txn version `>= epoch`), written by another run:
+    /// nothing was written.
     AlreadyCommitted {
         /// The table's txn version for the pipeline.
         txn_version: i64,
@@ -130,17 +402,67 @@ pub struct WriteMetrics {
     pub micros: u64,
 }
 
+/// What [`DeltaSink::sweep_uncommitted_files`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Files deleted: this pipeline's files of the caller's runs (or without a run id) that
+    /// no commit can reference, and temporary uploads of those runs.
+    pub deleted: Vec<String>,
+    /// This pipeline's files of other runs that the table does not reference, left in place:
+    /// a live writer may still commit them. For `status` and a later vacuum.
+    pub foreign: Vec<String>,
+}
+
+/// The parts of a data file name (see [`data_file_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataFileName {
+    /// The epoch whose rows it holds.
+    pub epoch: i64,
+    /// Its part number within the epoch.
+    pub part: usize,
+    /// The run that wrote it (`None`: a name from before run ids).
+    pub run: Option<RunId>,
+    /// A temporary upload (never referenced by a commit), not the final file.
+    pub temporary: bool,
+}
+
 /// The Delta sink: see the module documentation.
 pub struct DeltaSink {
     table: DeltaTable,
     uri: String,
     app_id: String,
+    /// The table's directory for `file://` tables.
     local_root: Option<PathBuf>,
+    fs: SharedFs,
+    run_id: RunId,
     arrow_schema: SchemaRef,
 }
 
+/// The table URL for a table given as a URL (`file:///...`, `s3://...`), an absolute path or a
+/// path relative to the working directory.
+pub fn table_url(uri: &str) -> Result<Url, DeltaSinkError> {
+    let err = |source: Box<dyn StdError + Send + Sync>| DeltaSinkError {
+        op: "parse table location",
+        table: uri.to_string(),
+        file: None,
+        source,
+    };
+    // One-letter "schemes" are Windows drive letters: paths.
+    if let Ok(url) = Url::parse(uri) {
+        if url.scheme().len() > 1 {
+            return Ok(url);
+        }
+    }
+    let path = std::path::absolute(uri).map_err(|e| err(Box::new(e)))?;
+    let url = Url::from_directory_path(&path)
+        .map_err(|()| err(format!("{} is not a usable path", path.display()).into()))?;
+    // Parsing the URL's text resolves `..` segments of a relative path.
+    Url::parse(url.as_str()).map_err(|e| err(Box::new(e)))
+}
+
 impl DeltaSink {
-    /// Opens the table at `url`, creating it with `columns` when it does not exist yet.
+    /// Opens the table at `url`, creating it with `columns` when it does not exist yet, with
+    /// the real file system and this process's run id.
     /// An existing table keeps its own schema (`columns` are then only checked by the caller).
     pub async fn open_or_create(
         url: &Url,
@@ -148,11 +470,23 @@ impl DeltaSink {
         table_name: &str,
         columns: Vec<StructField>,
     ) -> Result<Self, DeltaSinkError> {
-        Self::open(url, app_id, Some((table_name, columns)))
+        Self::open_or_create_with(url, app_id, table_name, columns, SinkOptions::default()).await
+    }
+
+    /// [`DeltaSink::open_or_create`] with explicit [`SinkOptions`] (file system, run id).
+    pub async fn open_or_create_with(
+        url: &Url,
+        app_id: &str,
+        table_name: &str,
+        columns: Vec<StructField>,
+        options: SinkOptions,
+    ) -> Result<Self, DeltaSinkError> {
+        Self::open(url, app_id, Some((table_name, columns)), options)
             .await?
             .ok_or_else(|| DeltaSinkError {
                 op: "create",
                 table: url.to_string(),
+                file: None,
                 source: "the table does not exist after creating it".into(),
             })
     }
@@ -160,6 +494,15 @@ impl DeltaSink {
     /// Opens the table at `url` if it exists (`None` if not), never creating it: for tools
     /// that only look.
     pub async fn open_existing(url: &Url, app_id: &str) -> Result<Option<Self>, DeltaSinkError> {
+        Self::open_existing_with(url, app_id, SinkOptions::default()).await
+    }
+
+    /// [`DeltaSink::open_existing`] with explicit [`SinkOptions`].
+    pub async fn open_existing_with(
+        url: &Url,
+        app_id: &str,
+        options: SinkOptions,
+    ) -> Result<Option<Self>, DeltaSinkError> {
         if url.scheme() == "file"
             && url
                 .to_file_path()
@@ -167,38 +510,52 @@ impl DeltaSink {
         {
             return Ok(None);
         }
-        Self::open(url, app_id, None).await
+        Self::open(url, app_id, None, options).await
     }
 
     async fn open(
         url: &Url,
         app_id: &str,
         create: Option<(&str, Vec<StructField>)>,
+        options: SinkOptions,
     ) -> Result<Option<Self>, DeltaSinkError> {
         let uri = url.to_string();
         let local_root = (url.scheme() == "file")
             .then(|| url.to_file_path().ok())
             .flatten();
+        let SinkOptions { fs, run_id } = options;
         if let (Some(root), Some(_)) = (&local_root, &create) {
-            std::fs::create_dir_all(root).map_err(sink_err("create table directory", &uri))?;
+            if !fs.exists(root) {
+                fs.create_dir_all(root)
+                    .map_err(sink_err("create table directory", &uri))?;
+                fs.sync_dir(&tidemark_fs::parent_dir(root))
+                    .map_err(sink_err("fsync the table directory's parent", &uri))?;
+            }
         }
-        let mut table = DeltaTable::try_from_url(url.clone())
-            .await
-            .map_err(sink_err("open", &uri))?;
+        let mut builder =
+            DeltaTableBuilder::from_url(url.clone()).map_err(sink_err("open", &uri))?;
+        if local_root.is_some() {
+            let store: Arc<dyn object_store::ObjectStore> =
+                Arc::new(DurableLocalStore::new(fs.clone()));
+            builder = builder.with_storage_backend(store, url.clone());
+        }
+        let mut table = builder.build().map_err(sink_err("open", &uri))?;
+        match table.load().await {
+            Ok(()) | Err(DeltaTableError::NotATable(_)) => {}
+            Err(e) => return Err(sink_err("open", &uri)(e)),
+        }
         if table.version().is_none() {
             let Some((table_name, columns)) = create else {
                 return Ok(None);
             };
             info!(table = %uri, columns = columns.len(), "creating delta table");
+            // The create commit goes through the table's store: durable before this returns.
             table = table
                 .create()
                 .with_table_name(table_name)
                 .with_columns(columns)
                 .await
                 .map_err(sink_err("create", &uri))?;
-            if let Some(root) = &local_root {
-                sync_commit(root, 0).map_err(sink_err("fsync create commit", &uri))?;
-            }
         }
         let arrow_schema = RecordBatchWriter::for_table(&table)
             .map_err(sink_err("read schema", &uri))?
@@ -208,6 +565,8 @@ impl DeltaSink {
             uri,
             app_id: app_id.to_string(),
             local_root,
+            fs,
+            run_id,
             arrow_schema,
         }))
     }
@@ -222,6 +581,11 @@ impl DeltaSink {
         &self.uri
     }
 
+    /// This writer's run id (in its file names and commitInfos).
+    pub fn run_id(&self) -> RunId {
+        self.run_id
+    }
+
     /// The table version currently loaded.
     pub fn table_version(&self) -> Option<u64> {
         self.table.version()
@@ -232,6 +596,20 @@ impl DeltaSink {
         op: &'static str,
     ) -> impl FnOnce(E) -> DeltaSinkError + '_ {
         sink_err(op, &self.uri)
+    }
+
+    fn file_err<E: std::error::Error + Send + Sync + 'static>(
+        &self,
+        op: &'static str,
+        file: &str,
+    ) -> impl FnOnce(E) -> DeltaSinkError {
+        let (table, file) = (self.uri.clone(), file.to_string());
+        move |e| DeltaSinkError {
+            op,
+            table,
+            file: Some(file),
+            source: Box::new(e),
+        }
     }
 
     /// Reloads the newest table state (other writers, or our own earlier process, may have
@@ -325,14 +703,14 @@ impl DeltaSink {
         Ok(None)
     }
 
-    /// Writes an epoch's rows as Parquet files (fsynced on local storage) and returns their
+    /// Writes an epoch's rows as Parquet files (durable on local storage) and returns their
     /// `add` actions; nothing is visible in the table until [`DeltaSink::commit_epoch`].
     ///
-    /// File names are a pure function of (pipeline, epoch, part): a retried epoch rewrites the
-    /// same files instead of leaving the first attempt's behind, and
-    /// [`DeltaSink::sweep_uncommitted_files`] can find files of epochs the table does not hold.
-    /// Each file is uploaded whole (the local store writes a temporary file and renames it), so
-    /// a crash never leaves a half-written file under a final name.
+    /// File names are a pure function of (pipeline, epoch, part, run): a retried epoch of the
+    /// same run rewrites the same files instead of leaving the first attempt's behind, another
+    /// writer never writes them, and [`DeltaSink::sweep_uncommitted_files`] can find files of
+    /// epochs the table does not hold. Each file is written whole (temporary file, then
+    /// rename), so a crash or a full disk never leaves a partial file under a final name.
     pub async fn write_epoch_files(
         &mut self,
         epoch: i64,
@@ -363,23 +741,18 @@ impl DeltaSink {
         while offset < rows {
             let len = MAX_ROWS_PER_FILE.min(rows - offset);
             let slice = all.slice(offset, len);
-            let name = data_file_name(&self.app_id, epoch, part);
-            let bytes = parquet_file::encode(&slice).map_err(self.err("encode parquet"))?;
+            let name = data_file_name(&self.app_id, epoch, part, self.run_id);
+            let bytes =
+                parquet_file::encode(&slice).map_err(self.file_err("encode parquet", &name))?;
             let size = bytes.len() as i64;
+            // On a local table the store makes the file and its name durable before returning.
             store
                 .put(&deltalake::Path::from(name.as_str()), bytes.into())
                 .await
-                .map_err(self.err("write parquet file"))?;
-            if let Some(root) = &self.local_root {
-                fsync_file(&root.join(&name)).map_err(self.err("fsync parquet file"))?;
-            }
+                .map_err(self.file_err("write parquet file", &name))?;
             adds.push(parquet_file::add_action(name, size, &slice));
             offset += len;
             part += 1;
-        }
-        if let Some(root) = &self.local_root {
-            // The new names must be durable too, before a commit refers to them.
-            fsync_file(root).map_err(self.err("fsync table directory"))?;
         }
         let metrics = WriteMetrics {
             files: adds.len(),
@@ -390,51 +763,70 @@ impl DeltaSink {
         Ok((adds, metrics))
     }
 
-    /// Deletes this pipeline's data files of epochs above `committed_epoch` (the table's txn
-    /// version): files of a write or commit that did not land. Returns their names.
+    /// The start-up sweep: deletes this pipeline's files that no commit can reference and no
+    /// live writer may still commit, and lists those it must leave.
     ///
-    /// Safe because no commit of an epoch above the txn version exists, and no other writer
-    /// uses this pipeline's file names; the next attempt of such an epoch writes them again.
+    /// `own_runs` are the runs the caller owns (recorded in its exclusively locked state
+    /// directory); this sink's own run counts as owned too. Deleted: files of owned runs or
+    /// without a run id (names from before run ids) of epochs above `committed_epoch` (the
+    /// table's txn version), and temporary uploads of owned runs — unless the table references
+    /// them. Left and listed in [`SweepReport::foreign`]: files of other runs the table does
+    /// not reference (a live writer may still commit them; a vacuum removes them later).
+    ///
+    /// Invariant: a file is deleted only if it was written by a run that cannot be running
+    /// (the caller's own, or an old-format writer, as before run ids), and no commit of its
+    /// epoch exists.
     pub async fn sweep_uncommitted_files(
         &mut self,
         committed_epoch: i64,
-    ) -> Result<Vec<String>, DeltaSinkError> {
+        own_runs: &[RunId],
+    ) -> Result<SweepReport, DeltaSinkError> {
+        self.refresh().await?;
+        let live = self.live_paths()?;
         let store = self.table.object_store();
-        let mut removed = Vec::new();
-        for (location, epoch) in self.own_data_files().await? {
-            if epoch > committed_epoch {
+        let mut report = SweepReport::default();
+        for (location, name) in self.own_data_files().await? {
+            if live.contains(location.as_ref()) {
+                continue;
+            }
+            let owned = match name.run {
+                None => true,
+                Some(run) => run == self.run_id || own_runs.contains(&run),
+            };
+            if !owned {
+                report.foreign.push(location.to_string());
+            } else if name.temporary || name.epoch > committed_epoch {
                 store
                     .delete(&location)
                     .await
-                    .map_err(self.err("delete uncommitted data file"))?;
-                removed.push(location.to_string());
+                    .map_err(self.file_err("delete uncommitted data file", location.as_ref()))?;
+                report.deleted.push(location.to_string());
             }
         }
-        if !removed.is_empty() {
-            if let Some(root) = &self.local_root {
-                fsync_file(root).map_err(self.err("fsync table directory"))?;
-            }
-            info!(table = %self.uri, files = removed.len(), above_epoch = committed_epoch, "deleted data files of epochs the table does not hold");
+        if !report.deleted.is_empty() {
+            info!(table = %self.uri, files = report.deleted.len(), above_epoch = committed_epoch, "deleted data files of epochs the table does not hold");
         }
-        Ok(removed)
+        if !report.foreign.is_empty() {
+            warn!(table = %self.uri, files = report.foreign.len(), "data files of other runs of this pipeline are not in the table; left in place (another writer may still commit them)");
+        }
+        Ok(report)
     }
 
-    /// The first part number of `epoch` no file in the table's directory uses yet.
+    /// The first part number of `epoch` no file of this pipeline (of any run) uses yet.
     pub async fn next_free_part(&self, epoch: i64) -> Result<usize, DeltaSinkError> {
         Ok(self
             .own_data_files()
             .await?
             .iter()
-            .filter_map(|(location, _)| data_file_epoch_part(&self.app_id, location.as_ref()))
-            .filter(|(e, _)| *e == epoch)
-            .map(|(_, part)| part + 1)
+            .filter(|(_, n)| n.epoch == epoch)
+            .map(|(_, n)| n.part + 1)
             .max()
             .unwrap_or(0))
     }
 
     /// This pipeline's data files in the table's directory (committed or not, temporary
-    /// uploads included), with the epoch each name carries.
-    async fn own_data_files(&self) -> Result<Vec<(deltalake::Path, i64)>, DeltaSinkError> {
+    /// uploads included), each with its parsed name.
+    async fn own_data_files(&self) -> Result<Vec<(deltalake::Path, DataFileName)>, DeltaSinkError> {
         let listing = self
             .table
             .object_store()
@@ -445,151 +837,320 @@ impl DeltaSink {
             .objects
             .into_iter()
             .filter_map(|o| {
-                let epoch = data_file_epoch(&self.app_id, o.location.as_ref())?;
-                Some((o.location, epoch))
+                let name = parse_data_file_name(&self.app_id, o.location.filename()?)?;
+                Some((o.location, name))
             })
             .collect())
     }
 
-    /// Reads `columns` of every row in the table's live files (local tables only): used to
-    /// rebuild dedup state from the table when the checkpoint store is lost.
-    pub fn read_columns(&mut self, columns: &[String]) -> Result<Vec<RecordBatch>, DeltaSinkError> {
-        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-        use parquet::arrow::ProjectionMask;
-        let uris: Vec<String> = self
-            .table
-            .get_file_uris()
-            .map_err(self.err("list live files"))?
-            .collect();
-        let mut out = Vec::new();
-        for uri in uris {
-            let path = Url::parse(&uri)
-                .ok()
-                .and_then(|u| u.to_file_path().ok())
-                .ok_or_else(|| DeltaSinkError {
-                    op: "read live file",
-                    table: self.uri.clone(),
-                    source: format!(
-                        "{uri} is not a local file; rebuilding state needs a local table"
-                    )
-                    .into(),
-                })?;
-            let file = File::open(&path).map_err(self.err("open live file"))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-                .map_err(self.err("read parquet footer"))?;
-            let mask = ProjectionMask::columns(
-                builder.parquet_schema(),
-                columns.iter().map(String::as_str),
-            );
-            let reader = builder
-                .with_projection(mask)
-                .build()
-                .map_err(self.err("read parquet"))?;
-            for batch in reader {
-                out.push(batch.map_err(self.err("read parquet rows"))?);
-            }
-        }
-        Ok(out)
+    /// The paths (relative to the table root) of the live files in the state as last loaded.
+    fn live_paths(&self) -> Result<HashSet<String>, DeltaSinkError> {
+        let snapshot = self.table.snapshot().map_err(self.err("snapshot"))?;
+        Ok(snapshot
+            .log_data()
+            .into_iter()
+            .map(|f| f.object_store_path().to_string())
+            .collect())
     }
 
-    /// Deletes the files in `adds` (best effort): the commit they were written for failed.
+    /// Reads `columns` of every row in the table's live files (state as last loaded), batch by
+    /// batch: used to rebuild dedup state from the table when the checkpoint store is lost.
+    ///
+    /// Files are read through the table's object store (local or remote alike), only the
+    /// projected columns, one row group at a time: a large table need not fit in memory.
+    /// Columns a file lacks are left out of its batches.
+    pub fn read_columns(
+        &self,
+        columns: &[String],
+    ) -> Result<BoxStream<'static, Result<RecordBatch, DeltaSinkError>>, DeltaSinkError> {
+        use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+        use parquet::arrow::ProjectionMask;
+        let snapshot = self.table.snapshot().map_err(self.err("snapshot"))?;
+        let files: Vec<(deltalake::Path, u64)> = snapshot
+            .log_data()
+            .into_iter()
+            .map(|f| (f.object_store_path(), f.size().max(0) as u64))
+            .collect();
+        let store = self.table.object_store();
+        let columns = columns.to_vec();
+        let table = self.uri.clone();
+        let stream = futures::stream::iter(files)
+            .then(move |(path, size)| {
+                let (store, columns, table) = (store.clone(), columns.clone(), table.clone());
+                async move {
+                    let file = path.to_string();
+                    let err = |op: &'static str| {
+                        let (table, file) = (table.clone(), file.clone());
+                        move |e: parquet::errors::ParquetError| DeltaSinkError {
+                            op,
+                            table: table.clone(),
+                            file: Some(file.clone()),
+                            source: Box::new(e),
+                        }
+                    };
+                    let reader = parquet_file::StoreFileReader::new(store, path, size);
+                    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+                        .await
+                        .map_err(err("read parquet footer"))?;
+                    let mask = ProjectionMask::columns(
+                        builder.parquet_schema(),
+                        columns.iter().map(String::as_str),
+                    );
+                    let batches = builder
+                        .with_projection(mask)
+                        .build()
+                        .map_err(err("read parquet"))?;
+                    Ok::<_, DeltaSinkError>(batches.map_err(err("read parquet rows")))
+                }
+            })
+            .try_flatten();
+        Ok(stream.boxed())
+    }
+
+    /// Deletes the files in `adds` the table does not reference: the commit they were written
+    /// for did not land (see [`DeltaSink::commit_epoch`]: an error from it means so, as far as
+    /// the table shows). Best effort: a file kept here is deleted by the next start's sweep.
+    ///
+    /// Invariant: never deletes a file the table references. It re-reads the table first and
+    /// skips every live file; if the table cannot be read, it deletes nothing.
     pub async fn discard_files(&mut self, adds: &[Add]) {
+        let live = match self.refresh().await.and_then(|()| self.live_paths()) {
+            Ok(live) => live,
+            Err(e) => {
+                warn!(table = %self.uri, files = adds.len(), "cannot read the table to check which files it references; deleting none (the next start's sweep does): {e}");
+                return;
+            }
+        };
         let store = self.table.object_store();
         for add in adds {
-            if let Err(e) = store
-                .delete(&deltalake::Path::from(add.path.as_str()))
-                .await
-            {
-                tracing::warn!(file = %add.path, "cannot delete the data file of a failed commit (the next start deletes it): {e}");
+            let path = deltalake::Path::from(add.path.as_str());
+            if live.contains(path.as_ref()) {
+                warn!(table = %self.uri, file = %add.path, "not deleting a data file the table references");
+                continue;
+            }
+            if let Err(e) = store.delete(&path).await {
+                warn!(table = %self.uri, file = %add.path, "cannot delete the data file of a failed commit (the next start deletes it): {e}");
             }
         }
     }
 
-    /// Commits `adds` as epoch `info.epoch`: one Delta commit with the `txn` action and the
-    /// commitInfo. Reads the txn version first and writes nothing if the epoch is already in.
+    /// Commits `adds` as epoch `info.epoch`: one Delta commit with the `txn` action
+    /// `{pipeline, epoch}` and the commitInfo (with this sink's run id).
+    ///
+    /// - If the table's txn version is already `>= epoch`: [`CommitOutcome::Committed`] when
+    ///   the newest commit of the pipeline is this run's commit of this epoch (a retry after an
+    ///   ambiguous error), else [`CommitOutcome::AlreadyCommitted`]; nothing is written.
+    /// - The commit is fenced: written with deltalake's retries off on a snapshot whose txn
+    ///   version was just checked, so it lands at the version after that snapshot or not at
+    ///   all. Losing the race to an unrelated commit re-checks and tries again (up to
+    ///   [`MAX_COMMIT_ATTEMPTS`]); losing it to a commit of the same epoch gives
+    ///   `AlreadyCommitted`.
+    /// - After any error, the truth is the table: it is re-read, and if this run's commit of the
+    ///   epoch landed (the error came after it: a directory fsync, a post-commit checkpoint,
+    ///   the state reload), its durability is re-established and `Committed` is returned, with
+    ///   a warning carrying the error. An `Err` therefore means: not committed, as far as the
+    ///   table shows.
     pub async fn commit_epoch(
         &mut self,
         adds: Vec<Add>,
         info: &EpochCommitInfo,
     ) -> Result<CommitOutcome, DeltaSinkError> {
-        if let Some(txn_version) = self.txn_version().await? {
-            if txn_version >= info.epoch {
-                return Ok(CommitOutcome::AlreadyCommitted { txn_version });
-            }
-        }
-        self.commit_with_txn(adds, info, info.epoch).await
+        self.commit_fenced(adds, info, false).await
     }
 
     /// Commits `adds` of an epoch the table may hold already (dead letters of an epoch re-read
     /// with other boundaries). The txn version becomes the larger of its current value and the
     /// epoch: it never goes backwards, so files of later epochs are never taken for uncommitted.
+    /// Errors are resolved against the table as in [`DeltaSink::commit_epoch`].
     pub async fn commit_more_of_epoch(
         &mut self,
         adds: Vec<Add>,
         info: &EpochCommitInfo,
     ) -> Result<CommitOutcome, DeltaSinkError> {
-        let txn = self.txn_version().await?.unwrap_or(0).max(info.epoch);
-        self.commit_with_txn(adds, info, txn).await
+        self.commit_fenced(adds, info, true).await
     }
 
-    async fn commit_with_txn(
+    async fn commit_fenced(
+        &mut self,
+        adds: Vec<Add>,
+        info: &EpochCommitInfo,
+        more_of_epoch: bool,
+    ) -> Result<CommitOutcome, DeltaSinkError> {
+        let mut info = info.clone();
+        info.run_id = Some(self.run_id);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.refresh().await?;
+            let txn_version = self.loaded_txn_version().await?;
+            let txn = match txn_version {
+                Some(t) if !more_of_epoch && t >= info.epoch => {
+                    if let Some(version) = self.own_commit_since(&info, None).await? {
+                        return Ok(CommitOutcome::Committed { version });
+                    }
+                    return Ok(CommitOutcome::AlreadyCommitted { txn_version: t });
+                }
+                Some(t) if more_of_epoch => t.max(info.epoch),
+                _ => info.epoch,
+            };
+            let before = self.table.version();
+            let error = match self.try_commit(adds.clone(), &info, txn).await {
+                Ok(version) => {
+                    debug!(epoch = info.epoch, version, "epoch committed");
+                    return Ok(CommitOutcome::Committed { version });
+                }
+                Err(e) => e,
+            };
+            // The truth is the table: the error may have come after the commit landed.
+            if let Err(refresh) = self.refresh().await {
+                warn!(table = %self.uri, "cannot re-read the table after a failed commit: {refresh}");
+                return Err(sink_err("commit", &self.uri)(error));
+            }
+            if let Some(version) = self.own_commit_since(&info, before).await? {
+                self.ensure_commit_durable(version)?;
+                warn!(table = %self.uri, epoch = info.epoch, version, "the commit landed before an error; counting it as committed: {error}");
+                return Ok(CommitOutcome::Committed { version });
+            }
+            if is_commit_conflict(&error) && attempt < MAX_COMMIT_ATTEMPTS {
+                debug!(table = %self.uri, epoch = info.epoch, attempt, "another commit came first; checking the table again: {error}");
+                continue;
+            }
+            return Err(sink_err("commit", &self.uri)(error));
+        }
+    }
+
+    /// One fenced commit try on the state as loaded: deltalake's retries off, so it lands at
+    /// the version after the loaded one, or fails.
+    async fn try_commit(
         &mut self,
         adds: Vec<Add>,
         info: &EpochCommitInfo,
         txn: i64,
-    ) -> Result<CommitOutcome, DeltaSinkError> {
-        let info_json = serde_json::to_value(info).map_err(self.err("encode commitInfo"))?;
+    ) -> Result<u64, DeltaTableError> {
+        let info_json = serde_json::to_value(info)
+            .map_err(|e| DeltaTableError::Generic(format!("encode commitInfo: {e}")))?;
         let properties = CommitProperties::default()
             .with_application_transaction(Transaction::new(&self.app_id, txn))
-            .with_metadata([(COMMIT_INFO_KEY.to_string(), info_json)]);
+            .with_metadata([(COMMIT_INFO_KEY.to_string(), info_json)])
+            .with_max_retries(0);
         let operation = DeltaOperation::StreamingUpdate {
             output_mode: OutputMode::Append,
             query_id: self.app_id.clone(),
             epoch_id: info.epoch,
         };
-        let snapshot = self.table.snapshot().map_err(self.err("snapshot"))?;
+        let snapshot = self.table.snapshot()?;
         let finalized = CommitBuilder::from(properties)
             .with_actions(adds.into_iter().map(Action::Add).collect())
             .build(Some(snapshot), self.table.log_store(), operation)
-            .await
-            .map_err(self.err("commit"))?;
-        let version = finalized.version();
-        if let Some(root) = &self.local_root {
-            sync_commit(root, version).map_err(self.err("fsync commit"))?;
-        }
-        debug!(epoch = info.epoch, version, "epoch committed");
-        Ok(CommitOutcome::Committed { version })
+            .await?;
+        Ok(finalized.version())
     }
+
+    /// The version of this run's commit of `info.epoch`, if it is the pipeline's newest commit
+    /// in the state as loaded (and newer than `after`).
+    async fn own_commit_since(
+        &self,
+        info: &EpochCommitInfo,
+        after: Option<u64>,
+    ) -> Result<Option<u64>, DeltaSinkError> {
+        Ok(self.loaded_last_progress().await?.and_then(|p| {
+            (p.info.run_id == info.run_id
+                && p.info.epoch == info.epoch
+                && after.is_none_or(|b| p.table_version > b))
+            .then_some(p.table_version)
+        }))
+    }
+
+    /// Makes a commit found in the table durable again after an error: its content was fsynced
+    /// before it got its name, so only `_delta_log/`'s entry may be missing from the disk.
+    fn ensure_commit_durable(&self, version: u64) -> Result<(), DeltaSinkError> {
+        if let Some(root) = &self.local_root {
+            let log_dir = root.join("_delta_log");
+            self.fs.sync_dir(&log_dir).map_err(self.file_err(
+                "fsync _delta_log after the commit landed",
+                &format!("_delta_log/{version:020}.json"),
+            ))?;
+        }
+        Ok(())
+    }
+}
+
+/// True when a commit lost a race for its version (deltalake's retries are off).
+fn is_commit_conflict(e: &DeltaTableError) -> bool {
+    matches!(
+        e,
+        DeltaTableError::VersionAlreadyExists(_)
+            | DeltaTableError::Transaction {
+                source: TransactionError::MaxCommitAttempts(_)
+                    | TransactionError::VersionAlreadyExists(_)
+                    | TransactionError::CommitConflict(_)
+            }
+    )
 }
 
 /// Most rows in one data file: an epoch larger than this is split, deterministically.
 pub const MAX_ROWS_PER_FILE: usize = 1 << 20;
 
-/// The name of part `part` of `epoch`'s data for pipeline `app_id`.
-pub fn data_file_name(app_id: &str, epoch: i64, part: usize) -> String {
-    format!("tidemark-{app_id}-e{epoch:012}-p{part:04}.snappy.parquet")
+const DATA_FILE_SUFFIX: &str = ".snappy.parquet";
+
+/// The name of part `part` of `epoch`'s data written by run `run` of pipeline `app_id`:
+/// `tidemark-<app_id>-e<epoch:012>-p<part:04>-r<run>.snappy.parquet`.
+pub fn data_file_name(app_id: &str, epoch: i64, part: usize, run: RunId) -> String {
+    format!("tidemark-{app_id}-e{epoch:012}-p{part:04}-r{run}{DATA_FILE_SUFFIX}")
 }
 
-/// The epoch in a data file name written by pipeline `app_id`, if it is one.
-/// (Lenient about what follows the part: a temporary upload file counts as the epoch's too.)
-pub fn data_file_epoch(app_id: &str, name: &str) -> Option<i64> {
+/// Parses a data file name of pipeline `app_id` (see [`data_file_name`]); also names from
+/// before run ids (`...-p<part>.snappy.parquet`) and temporary uploads of either (Tidemark's
+/// `.<name>.tidemark-tmp-...`, object_store's `<name>#<n>`). Strict: a name of any other
+/// pipeline — even one whose id starts with `app_id` — is `None`.
+pub fn parse_data_file_name(app_id: &str, name: &str) -> Option<DataFileName> {
+    if let Some(hidden) = name.strip_prefix('.') {
+        let (final_name, _) = hidden.split_once(".tidemark-tmp-")?;
+        let parsed = parse_final_name(app_id, final_name)?;
+        return Some(DataFileName {
+            temporary: true,
+            ..parsed
+        });
+    }
+    if let Some((final_name, n)) = name.rsplit_once('#') {
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let parsed = parse_final_name(app_id, final_name)?;
+        return Some(DataFileName {
+            temporary: true,
+            ..parsed
+        });
+    }
+    parse_final_name(app_id, name)
+}
+
+fn parse_final_name(app_id: &str, name: &str) -> Option<DataFileName> {
     let rest = name
         .strip_prefix("tidemark-")?
         .strip_prefix(app_id)?
-        .strip_prefix("-e")?;
-    let (epoch, tail) = rest.split_at_checked(12)?;
-    tail.starts_with("-p").then(|| epoch.parse().ok()).flatten()
-}
-
-/// The epoch and part in a data file name written by pipeline `app_id`, if it is one.
-pub fn data_file_epoch_part(app_id: &str, name: &str) -> Option<(i64, usize)> {
-    let rest = name
-        .strip_prefix("tidemark-")?
-        .strip_prefix(app_id)?
-        .strip_prefix("-e")?;
-    let (epoch, tail) = rest.split_at_checked(12)?;
-    let part = tail.strip_prefix("-p")?.strip_suffix(".snappy.parquet")?;
-    Some((epoch.parse().ok()?, part.parse().ok()?))
+        .strip_prefix("-e")?
+        .strip_suffix(DATA_FILE_SUFFIX)?;
+    let (epoch, rest) = rest.split_at_checked(12)?;
+    if !epoch.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let rest = rest.strip_prefix("-p")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let (part, rest) = rest.split_at(digits);
+    if part.len() < 4 {
+        return None;
+    }
+    let run = match rest {
+        "" => None,
+        _ => Some(rest.strip_prefix("-r")?.parse().ok()?),
+    };
+    Some(DataFileName {
+        epoch: epoch.parse().ok()?,
+        part: part.parse().ok()?,
+        run,
+        temporary: false,
+    })
 }
 
 /// Wraps any error as a [`DeltaSinkError`] naming `op` and the table.
@@ -600,38 +1161,11 @@ fn sink_err<'a, E: std::error::Error + Send + Sync + 'static>(
     move |e| DeltaSinkError {
         op,
         table: table.to_string(),
+        file: None,
         source: Box::new(e),
     }
 }
 
-fn fsync_file(path: &Path) -> std::io::Result<()> {
-    File::open(path)?.sync_all()
-}
-
-/// Fsyncs the commit file of `version` and the directories that name it.
-fn sync_commit(root: &Path, version: u64) -> std::io::Result<()> {
-    let log_dir = root.join("_delta_log");
-    fsync_file(&log_dir.join(format!("{version:020}.json")))?;
-    File::open(&log_dir)?.sync_all()?;
-    File::open(root)?.sync_all()
-}
-
 #[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    proptest! {
-        /// A data file's name gives back its pipeline's epoch and part, and no other
-        /// pipeline's (whose id may share a prefix).
-        #[test]
-        fn file_names_round_trip(epoch in 0i64..1_000_000_000_000, part in 0usize..100_000) {
-            let name = data_file_name("orders", epoch, part);
-            prop_assert_eq!(data_file_epoch_part("orders", &name), Some((epoch, part)));
-            prop_assert_eq!(data_file_epoch("orders", &name), Some(epoch));
-            prop_assert_eq!(data_file_epoch_part("orders-2", &name), None);
-            prop_assert_eq!(data_file_epoch("order", &name), None);
-        }
-    }
-}
+#[path = "delta_tests.rs"]
+mod tests;

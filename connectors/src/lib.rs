@@ -6,6 +6,8 @@
 //! - [`dead_letter`]: records that cannot be written, kept whole with why, in their own table.
 //! - [`decode`]: JSON messages to Arrow record batches, with errors naming the record at fault.
 //! - [`delta`]: a Delta Lake sink that commits one epoch per Delta commit, with a `txn` action.
+//! - [`durable_store`]: the local disk as an object store whose writes are durable (temp file,
+//!   fsync, link/rename, directory fsync) through the `tidemark-fs` seam.
 //! - [`parquet_file`]: an epoch's rows as a Parquet file with its Delta `add` action and stats.
 //!
 //! This crate never imports the engine or the checkpoint crate.
@@ -13,6 +15,7 @@
 pub mod dead_letter;
 pub mod decode;
 pub mod delta;
+pub mod durable_store;
 pub mod kafka;
 pub mod parquet_file;
 pub mod record;

@@ -132,6 +132,76 @@ fn timestamp(micros: i64) -> Option<String> {
     ))
 }
 
+/// A Parquet file in an object store, read by ranges: the async reader for files of a table
+/// (local or remote) whose size the table's log already gives, so no request is spent on it.
+#[derive(Debug, Clone)]
+pub struct StoreFileReader {
+    store: std::sync::Arc<dyn object_store::ObjectStore>,
+    path: object_store::path::Path,
+    size: u64,
+}
+
+impl StoreFileReader {
+    /// A reader of the `size`-byte file at `path` in `store`.
+    pub fn new(
+        store: std::sync::Arc<dyn object_store::ObjectStore>,
+        path: object_store::path::Path,
+        size: u64,
+    ) -> Self {
+        Self { store, path, size }
+    }
+}
+
+fn store_err(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl parquet::arrow::async_reader::AsyncFileReader for StoreFileReader {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<bytes::Bytes>> {
+        use futures::{FutureExt, TryFutureExt};
+        use object_store::ObjectStoreExt;
+        self.store
+            .get_range(&self.path, range)
+            .map_err(store_err)
+            .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> futures::future::BoxFuture<'_, parquet::errors::Result<Vec<bytes::Bytes>>> {
+        use futures::FutureExt;
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(store_err)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a parquet::arrow::arrow_reader::ArrowReaderOptions>,
+    ) -> futures::future::BoxFuture<
+        'a,
+        parquet::errors::Result<std::sync::Arc<parquet::file::metadata::ParquetMetaData>>,
+    > {
+        use futures::FutureExt;
+        async move {
+            let size = self.size;
+            let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
+                .load_and_finish(self, size)
+                .await?;
+            Ok(std::sync::Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
 /// Civil-date arithmetic (Howard Hinnant's algorithm), to avoid a date crate for two calls.
 mod chrono_like {
     /// Days since 1970-01-01 to (year, month, day).
