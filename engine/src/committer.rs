@@ -395,7 +395,8 @@ impl Committer {
         }));
         EpochCommitInfo {
             pipeline_id: self.pipeline_id.clone(),
-            run_id: Some(self.run.to_string()),
+            // The sink records its own run id.
+            run_id: None,
             epoch: open.epoch as i64,
             start_positions: open.start.clone(),
             end_positions: open.end.clone(),
@@ -485,7 +486,7 @@ impl Committer {
                 };
                 let (adds, _) = dlq
                     .sink
-                    .write_epoch_parts(epoch, &self.run, first_part, &[batch])
+                    .write_epoch_parts(epoch, first_part, &[batch])
                     .await?;
                 let mut dlq_info = info.clone();
                 dlq_info.rows_written = letters.len() as u64;
@@ -520,7 +521,7 @@ impl Committer {
         fault::hit(CrashPoint::BeforeParquetWrite);
         let (adds, write) = self
             .sink
-            .write_epoch_files(epoch, &self.run, &open.batches)
+            .write_epoch_files(epoch, &open.batches)
             .await?;
         fault::hit(CrashPoint::AfterParquetWrite);
         report.files = write.files as u64;

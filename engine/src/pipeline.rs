@@ -16,7 +16,7 @@ use serde::Serialize;
 use tidemark_checkpoint::{StoreError, WalError};
 use tidemark_connectors::dead_letter;
 use tidemark_connectors::decode::{InvalidRecord, JsonDecoder};
-use tidemark_connectors::delta::{DeltaSink, DeltaSinkError};
+use tidemark_connectors::delta::{DeltaSink, DeltaSinkError, SinkOptions};
 use tidemark_connectors::kafka::{KafkaSource, KafkaSourceConfig, KafkaSourceError};
 use tidemark_connectors::source::Source;
 use tidemark_connectors::Positions;
@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use crate::committer::EpochReport;
 use crate::config::{ConfigError, OnInvalidRecord, OnLate, PipelineConfig};
 use crate::epoch::{OpenEpoch, RecordProcessor};
+use crate::io_faults;
 use crate::recovery::{self, RecoveryOutcome, StartOptions};
 use crate::state_lock::{RunId, StateLock, StateLockError};
 
@@ -247,19 +248,27 @@ pub async fn run(
     let started = Instant::now();
     // First of all: the state directory is this process's alone, or nothing is touched.
     let state = config.state_dir(config_path);
-    let lock = StateLock::acquire(&state, RunId::new())?;
+    let lock = StateLock::acquire(&state, RunId::generate())?;
     info!(state = %state.display(), run = %lock.run(), "state directory locked");
+    let sink_options = SinkOptions {
+        fs: io_faults::pipeline_fs().map_err(|message| PipelineError::State {
+            path: state.clone(),
+            message,
+        })?,
+        run_id: *lock.run(),
+    };
     let url = config.table_url(config_path)?;
     let table_name = config
         .sink
         .table_name
         .clone()
         .unwrap_or_else(|| config.pipeline_id.clone());
-    let sink = DeltaSink::open_or_create(
+    let sink = DeltaSink::open_or_create_with(
         &url,
         &config.pipeline_id,
         &table_name,
         config.delta_columns(),
+        sink_options.clone(),
     )
     .await?;
     check_schema(config, &sink)?;
@@ -272,11 +281,12 @@ pub async fn run(
     {
         let url = config.dead_letter_url(config_path)?;
         let name = format!("{table_name}_dead_letters");
-        let dlq = DeltaSink::open_or_create(
+        let dlq = DeltaSink::open_or_create_with(
             &url,
             &config.pipeline_id,
             &name,
             dead_letter::delta_columns(),
+            sink_options.clone(),
         )
         .await?;
         info!(table = %dlq.uri(), "dead letters go to this table");

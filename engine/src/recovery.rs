@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use futures::StreamExt;
 use serde::Serialize;
 use tidemark_checkpoint::store::Counts;
 use tidemark_checkpoint::wal::{FrameKind, RecoveryReport as WalRecovery};
@@ -13,7 +14,7 @@ use tidemark_checkpoint::{
     CheckpointRecord, CheckpointStore, StoreError, StoreOptions, SyncPolicy, Wal, WalOptions,
     WalPosition,
 };
-use tidemark_connectors::delta::{DeltaSink, TableProgress};
+use tidemark_connectors::delta::{DeltaSink, SweepReport, TableProgress};
 use tidemark_connectors::{Positions, SourceRecord};
 use tracing::{error, info, warn};
 
@@ -106,7 +107,7 @@ fn open_store(dir: &Path, retain: usize) -> Result<OpenedStore, PipelineError> {
     let existed = dir.join("CURRENT").exists();
     match CheckpointStore::open(dir, StoreOptions { retain }) {
         Ok(store) => Ok(OpenedStore::Usable(store)),
-        Err(e) if existed && e.is_corruption() => {
+        Err(e) if existed && store_is_corrupt(&e) => {
             let aside = set_aside(dir, "unreadable")?;
             error!(store = %dir.display(), moved_to = %aside.display(), "CHECKPOINT STORE UNREADABLE ({e}); it was moved aside; resuming from the table's own progress");
             let store = CheckpointStore::open(dir, StoreOptions { retain })?;
@@ -114,6 +115,12 @@ fn open_store(dir: &Path, retain: usize) -> Result<OpenedStore, PipelineError> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// INTERIM until the checkpoint crate's classification lands.
+fn store_is_corrupt(e: &StoreError) -> bool {
+    matches!(e, StoreError::Foreign { .. } | StoreError::Record { .. })
+        || e.to_string().contains("Corruption")
 }
 
 /// Moves `path` (the store or the WAL directory) aside to `<name>.<what>-<unix ms>` beside
@@ -221,18 +228,15 @@ pub async fn recover(
     };
     // Files of epochs the table does not hold, written by runs of this state directory (all
     // dead but this one): a write or commit that did not land.
-    outcome.orphan_files_deleted = sink
-        .sweep_uncommitted_files(v as i64, lock.own_runs())
-        .await?
-        .len();
+    outcome.orphan_files_deleted = swept(sink.sweep_uncommitted_files(v as i64, lock.own_runs()).await?, sink.uri());
     let dead_letter_table = match dead_letter_sink {
         Some(sink) => {
             let mut dlq = DeadLetterTable::open(sink).await?;
-            outcome.orphan_files_deleted += dlq
+            let report = dlq
                 .sink
                 .sweep_uncommitted_files(dlq.txn, lock.own_runs())
-                .await?
-                .len();
+                .await?;
+            outcome.orphan_files_deleted += swept(report, dlq.sink.uri());
             Some(dlq)
         }
         None => None,
@@ -362,6 +366,14 @@ pub async fn recover(
             message: refusal.to_string(),
         }),
     }
+}
+
+/// Logs what the start-up sweep found; returns how many files it deleted.
+fn swept(report: SweepReport, table: &str) -> usize {
+    if !report.foreign.is_empty() {
+        warn!(table, files = report.foreign.len(), first = %report.foreign[0], "uncommitted data files of other runs (another writer with its own state directory, or a lost state directory) were left in place: a vacuum removes them once no writer can commit them");
+    }
+    report.deleted.len()
 }
 
 /// The table's newest commit of this pipeline must record the txn version's epoch.
@@ -601,7 +613,7 @@ async fn from_table(
     committer.table_version = progress.as_ref().map(|p| p.table_version as i64);
     if let Some(spec) = processor.dedup() {
         let watermark = progress.as_ref().and_then(|p| p.info.watermark);
-        let state = rebuild_dedup_state(&mut committer, processor, spec, watermark)?;
+        let state = rebuild_dedup_state(&mut committer, processor, spec, watermark).await?;
         outcome.dedup_keys_loaded = state.len() as u64;
         committer.dedup = Some(dedup_runtime(spec, state, &positions));
     }
@@ -669,7 +681,7 @@ fn dedup_runtime(spec: &DedupSpec, state: DedupState, positions: &Positions) -> 
 }
 
 /// Dedup state from the table's rows with event time at or above `watermark`.
-fn rebuild_dedup_state(
+async fn rebuild_dedup_state(
     committer: &mut Committer,
     processor: &RecordProcessor,
     spec: &DedupSpec,
@@ -682,11 +694,13 @@ fn rebuild_dedup_state(
     let started = std::time::Instant::now();
     let schema = committer.sink.arrow_schema().clone();
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let batches = committer.sink.read_columns(&columns)?;
+    // One batch in memory at a time: the table need not fit in memory.
+    let mut batches = committer.sink.read_columns(&columns)?;
     let mut state = DedupState::default();
     let mut rows = 0u64;
-    for batch in &batches {
-        for (key, time) in processor.keys_and_times(batch, &[])? {
+    while let Some(batch) = batches.next().await {
+        let batch = batch?;
+        for (key, time) in processor.keys_and_times(&batch, &[])? {
             rows += 1;
             if let (Some(key), Some(time)) = (key, time) {
                 if watermark.is_none_or(|w| time >= w) {

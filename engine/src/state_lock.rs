@@ -17,6 +17,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use tidemark_connectors::delta::RunId;
+
 /// Why the state directory could not be locked.
 #[derive(Debug, thiserror::Error)]
 pub enum StateLockError {
@@ -40,40 +42,14 @@ pub enum StateLockError {
     },
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateLockError + '_ {
+fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StateLockError + 'a {
     move |source| StateLockError::Io {
         op,
         path: path.to_path_buf(),
         source,
-    }
-}
-
-/// A run id: 8 hex digits, chosen at random when a process starts. It is part of every data
-/// file name the run writes, so two writers never produce the same file name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RunId(String);
-
-impl RunId {
-    /// A new random run id.
-    pub fn new() -> Self {
-        Self(format!("{:08x}", rand::random::<u32>()))
-    }
-
-    /// The id as written in file names.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Default for RunId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl std::fmt::Display for RunId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -84,7 +60,7 @@ pub struct StateLock {
     dir: PathBuf,
     run: RunId,
     /// Run ids that held this directory before, this one included.
-    runs: Vec<String>,
+    runs: Vec<RunId>,
 }
 
 /// The lock file's name inside the state directory.
@@ -153,7 +129,7 @@ impl StateLock {
 
     /// Every run id that held this state directory, this run's included: the runs whose
     /// uncommitted files the start-up sweep may delete.
-    pub fn own_runs(&self) -> &[String] {
+    pub fn own_runs(&self) -> &[RunId] {
         &self.runs
     }
 
@@ -179,15 +155,15 @@ pub fn holder(dir: &Path) -> Option<String> {
     Some(text.trim().replace('\n', ", "))
 }
 
-/// Appends `run` to the run list (fsynced) and returns the whole list.
-fn record_run(dir: &Path, run: &RunId) -> Result<Vec<String>, StateLockError> {
+/// Appends `run` to the run list (fsynced) and returns the whole list. A line that is not a
+/// run id (a torn append) is skipped: its run never wrote a file, since the append is
+/// durable before a run writes anything.
+fn record_run(dir: &Path, run: &RunId) -> Result<Vec<RunId>, StateLockError> {
     let path = dir.join(RUNS_FILE);
-    let mut runs: Vec<String> = match std::fs::read_to_string(&path) {
+    let mut runs: Vec<RunId> = match std::fs::read_to_string(&path) {
         Ok(text) => text
             .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
+            .filter_map(|l| l.trim().parse().ok())
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io_err("read the run list", &path)(e)),
@@ -203,7 +179,7 @@ fn record_run(dir: &Path, run: &RunId) -> Result<Vec<String>, StateLockError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("fsync the state directory", dir))?;
-    runs.push(run.to_string());
+    runs.push(*run);
     Ok(runs)
 }
 
@@ -220,29 +196,26 @@ mod tests {
     #[test]
     fn a_second_lock_fails_naming_the_holder_and_the_runs_accumulate() {
         let dir = tempfile::tempdir().unwrap();
-        let first = StateLock::acquire(dir.path(), RunId::new()).unwrap();
+        let first = StateLock::acquire(dir.path(), RunId::generate()).unwrap();
         // flock locks belong to the open file description: a second open in this process
         // conflicts like another process would.
-        let e = StateLock::acquire(dir.path(), RunId::new()).unwrap_err();
+        let e = StateLock::acquire(dir.path(), RunId::generate()).unwrap_err();
         let msg = e.to_string();
         assert!(
-            msg.contains(&format!("pid {}", std::process::id())) && msg.contains(first.run().as_str()),
+            msg.contains(&format!("pid {}", std::process::id()))
+                && msg.contains(&first.run().to_string()),
             "{msg}"
         );
         assert!(holder(dir.path()).is_some());
-        let first_run = first.run().to_string();
+        let first_run = *first.run();
         drop(first);
         assert_eq!(holder(dir.path()), None);
-        let second = StateLock::acquire(dir.path(), RunId::new()).unwrap();
-        assert_eq!(second.own_runs().len(), 2);
-        assert_eq!(second.own_runs()[0], first_run);
-        assert_eq!(second.own_runs()[1], second.run().as_str());
-    }
-
-    #[test]
-    fn run_ids_are_eight_hex_digits() {
-        let r = RunId::new();
-        assert_eq!(r.as_str().len(), 8);
-        assert!(r.as_str().chars().all(|c| c.is_ascii_hexdigit()));
+        // A torn last line of the run list is skipped, not an error.
+        let runs = dir.path().join(RUNS_FILE);
+        let mut text = std::fs::read_to_string(&runs).unwrap();
+        text.push_str("12ab");
+        std::fs::write(&runs, text).unwrap();
+        let second = StateLock::acquire(dir.path(), RunId::generate()).unwrap();
+        assert_eq!(second.own_runs(), &[first_run, *second.run()]);
     }
 }

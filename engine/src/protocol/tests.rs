@@ -129,7 +129,7 @@ fn wal_damage_and_lost_seals() {
     let rows: &[(&str, StartFacts, StartCase)] = &[
         // Issue 11 item 5: a lost seal of an epoch whose commit landed is not another writer.
         ("seal of 8 lost, commit 8 landed and continues checkpoint 7", continues(facts(cp(7, 7), false, false, 8)), S::FromTable { reason: R::SealLostCommitLanded, table_txn: 8 }),
-        ("seal of 1 lost, commit 1 landed", continues(facts(StoreFacts::Empty, false, false, 1)), S::FromTable { reason: R::SealLostCommitLanded, table_txn: 1 }),
+        ("seal of 1 lost (its records still logged), commit 1 landed", continues(facts(StoreFacts::Empty, false, true, 1)), S::FromTable { reason: R::SealLostCommitLanded, table_txn: 1 }),
         ("damage held epoch 8, table at 7", damaged(8, false, facts(cp(7, 7), false, true, 7)), S::Refuse(Refusal::WalDamaged { newest_epoch: 8, table_txn: 7 })),
         ("same, accepted: re-read from the checkpoint", damaged(8, true, facts(cp(7, 7), false, true, 7)), S::ResumeEpoch { epoch: 8 }),
         ("damage held epoch 8 and its seal, commit 8 landed", damaged(8, false, continues(facts(cp(7, 7), false, true, 8))), S::FromTable { reason: R::SealLostCommitLanded, table_txn: 8 }),
