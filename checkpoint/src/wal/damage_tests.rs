@@ -268,3 +268,64 @@ fn a_move_aside_cut_short_by_a_crash_is_finished_by_the_next_open() {
         assert_eq!(live_frames(dir.path()), damaged, "nth={nth}");
     }
 }
+
+/// A power cut at any step of a move-aside (a failed call there, then only what was made
+/// durable survives): the next open still ends the valid log before the damage, reports it as
+/// mid-log, and every original segment from the damaged one on is kept in a `damaged-*`
+/// directory.
+#[test]
+fn a_power_cut_during_a_move_aside_loses_no_segment() {
+    let ops = [Op::Create, Op::Sync, Op::Rename, Op::SyncDir];
+    let mut injected_runs = 0;
+    for op in ops {
+        for nth in 1..=8 {
+            let root = tempfile::tempdir().unwrap();
+            let dir = root.path().join("wal");
+            let frames = write_log(&dir);
+            let damaged = frames.iter().position(|f| f.segment == 2).unwrap() + 1;
+            flip(&segment_path(&dir, 2), frames[damaged].offset + 21);
+            let originals: Vec<(u64, Vec<u8>)> = ids(&dir)
+                .into_iter()
+                .filter(|id| *id >= 2)
+                .map(|id| (id, fs::read(segment_path(&dir, id)).unwrap()))
+                .collect();
+            let pc = tidemark_fs::PowerCutFs::new(root.path()).unwrap();
+            let ffs = FaultFs::new(Arc::new(pc.clone()));
+            ffs.arm(Fault {
+                nth,
+                ..Fault::once(op, FaultKind::Eio)
+            });
+            let opened =
+                Wal::open_with_fs(Arc::new(ffs.clone()), &dir, WalOptions::default(), None);
+            if ffs.injected() == 0 {
+                continue;
+            }
+            injected_runs += 1;
+            drop(opened);
+            let image = root.path().join("image");
+            pc.crash_image(&image).unwrap();
+            let wal_dir = image.join("wal");
+            let (_wal, report) = Wal::open(&wal_dir, WalOptions::default(), None).unwrap();
+            let m = report
+                .mid_log
+                .unwrap_or_else(|| panic!("{op:?}@{nth}: damage not reported"));
+            assert_eq!((m.at_segment, m.at_offset), (2, frames[damaged].offset));
+            assert_eq!(live_frames(&wal_dir), damaged, "{op:?}@{nth}");
+            let kept: Vec<PathBuf> = fs::read_dir(&wal_dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.is_dir())
+                .flat_map(|d| fs::read_dir(d).unwrap().map(|e| e.unwrap().path()))
+                .collect();
+            for (id, bytes) in &originals {
+                let name = format!("{id:016x}.wal");
+                assert!(
+                    kept.iter().any(|p| p.file_name().unwrap() == name.as_str()
+                        && fs::read(p).unwrap() == *bytes),
+                    "{op:?}@{nth}: segment {id} lost"
+                );
+            }
+        }
+    }
+    assert!(injected_runs >= 10, "{injected_runs}");
+}

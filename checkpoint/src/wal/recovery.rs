@@ -19,6 +19,7 @@
 //! directory, from which the next open finishes the move and reports it again. A later
 //! segment is never left behind a cut segment (that would splice the log over the gap).
 
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -297,15 +298,19 @@ fn scan(
 }
 
 /// True if a frame whose header and CRC check out starts anywhere after the damage at `at`
-/// in `path` (after the header if the header itself is damaged).
+/// in `path` (after the header if the header itself is damaged). Reads only from there on.
 fn valid_frame_follows(fs: &dyn FileSystem, path: &Path, at: u64) -> Result<bool, WalError> {
-    let bytes = read_file(fs, path)?;
     let from = if at == 0 {
-        SEGMENT_HEADER_LEN
+        SEGMENT_HEADER_LEN as u64
     } else {
-        at as usize + 1
+        at + 1
     };
-    Ok(!salvage_frames(&bytes, from).is_empty())
+    let mut f = fs.open_read(path).map_err(io_err("open", path))?;
+    f.seek(SeekFrom::Start(from))
+        .map_err(io_err("seek", path))?;
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).map_err(io_err("read", path))?;
+    Ok(!salvage_frames(&rest, 0).is_empty())
 }
 
 /// Cuts a torn tail: truncates `path` at `at`, or removes it if its header is torn.
