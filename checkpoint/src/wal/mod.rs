@@ -8,7 +8,7 @@
 //!   current one, and the previous segment is fsynced before the new one gets its first frame,
 //!   so the durable log is always a prefix of what was appended.
 //! - [`Wal::seal`] returns only once the seal frame (and everything before it) is on disk.
-//! - After any failed write, fsync, roll or truncation the WAL is poisoned: every later
+//! - After any failed write, fsync, segment roll or cut-back the WAL is poisoned: every later
 //!   write-side call returns [`WalError::Poisoned`] until it is reopened. A failed write is cut
 //!   back to the segment's last good length and a failed fsync to its last synced length, so no
 //!   half frame and no frame of unknown durability is left for this process to build on (a
@@ -127,7 +127,9 @@ pub struct Wal {
     last_sync: Instant,
     /// Offset in the current segment up to which kernel writeback has been started.
     writeback_from: u64,
-    /// Set by the first failed write, fsync, roll or cut; see the module documentation.
+    /// Set by the first failed write, fsync, roll or cut; see the module documentation. A
+    /// failed removal of old segments (`truncate_before`, `reset`) does not poison: the log's
+    /// tail is not in doubt, and the next truncation retries it.
     poisoned: Option<Poison>,
 }
 
