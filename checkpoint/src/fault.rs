@@ -4,12 +4,27 @@
 //! checkpoint write and the middle of WAL truncation; the engine calls the others.
 //!
 //! `TIDEMARK_CRASH_AT=<point>` kills the process with SIGKILL the first time it reaches
-//! `<point>`; `<point>@<n>` on the n-th time. Compiled in always, inert unless armed: an unarmed
-//! check is one relaxed atomic load after the first call.
+//! `<point>`; `<point>@<n>` on the n-th time.
+//!
+//! Compiled in only with the cargo feature `crash-points` (the crash tests enable it). Without
+//! it, [`hit`] is an empty `#[inline(always)]` function: a release build's hot path carries no
+//! check at all, and the environment variable is ignored. The names, [`parse`] and
+//! [`CrashPoint::ALL`] exist either way, so callers compile the same with and without it.
+//!
+//! `mid_checkpoint_write` sits between building the checkpoint's RocksDB `WriteBatch` and
+//! applying it. A SIGKILL there cannot leave a torn batch: the batch is only in this process's
+//! memory until `write_opt` hands it to RocksDB, which applies a batch atomically (one record in
+//! RocksDB's own log, replayed whole or not at all). So this point tests "crash after the Delta
+//! commit, before the checkpoint" (like `after_delta_commit`), not a torn batch. That RocksDB
+//! never shows part of a batch, even when its log file is cut at any byte inside the batch, is
+//! shown by the store test `a_checkpoint_batch_cut_at_any_byte_is_all_or_nothing`. The point
+//! is kept because the engine's crash tests name it.
 
 use std::fmt;
 use std::str::FromStr;
+#[cfg(feature = "crash-points")]
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "crash-points")]
 use std::sync::OnceLock;
 
 /// The environment variable that arms a crash point.
@@ -30,7 +45,8 @@ pub enum CrashPoint {
     AfterParquetWrite,
     /// The Delta commit landed; the checkpoint is not written.
     AfterDeltaCommit,
-    /// Inside the checkpoint write: the RocksDB batch is built but not applied.
+    /// Inside the checkpoint write: the RocksDB batch is built but not applied. Not a torn
+    /// batch (RocksDB batches are atomic; see the module documentation).
     MidCheckpointWrite,
     /// The checkpoint is durable; the WAL is not truncated.
     AfterCheckpoint,
@@ -115,6 +131,7 @@ pub fn parse(spec: &str) -> Result<Armed, String> {
     })
 }
 
+#[cfg(feature = "crash-points")]
 fn armed() -> Option<Armed> {
     static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
     *ARMED.get_or_init(|| {
@@ -133,9 +150,15 @@ fn armed() -> Option<Armed> {
     })
 }
 
+#[cfg(feature = "crash-points")]
 static HITS: AtomicU64 = AtomicU64::new(0);
 
+/// True when crash points are compiled in (the `crash-points` feature): a test that needs a
+/// crash can refuse to run without them instead of passing by never crashing.
+pub const ENABLED: bool = cfg!(feature = "crash-points");
+
 /// Crashes the process here with SIGKILL if `point` is armed and this is the armed hit.
+#[cfg(feature = "crash-points")]
 pub fn hit(point: CrashPoint) {
     let Some(a) = armed() else { return };
     if a.point != point {
@@ -152,6 +175,11 @@ pub fn hit(point: CrashPoint) {
         std::process::abort();
     }
 }
+
+/// Crash points are not compiled in (no `crash-points` feature): does nothing.
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+pub fn hit(_point: CrashPoint) {}
 
 #[cfg(test)]
 mod tests {

@@ -5,14 +5,21 @@
 //! - [`store`]: the RocksDB checkpoint store (positions, watermark, table version, dedup state,
 //!   checkpoint history, snapshots); its record format is documented in [`store::record`].
 //!
-//! - [`fault`]: named crash points of the epoch protocol, inert unless `TIDEMARK_CRASH_AT` arms one.
+//! - [`fault`]: named crash points of the epoch protocol, compiled in only with the
+//!   `crash-points` feature and inert unless `TIDEMARK_CRASH_AT` arms one.
 //!
-//! This crate imports nothing from the other Tidemark crates: the engine builds on it, never the
-//! other way round.
+//! All WAL file I/O goes through a [`tidemark_fs::FileSystem`] ([`Wal::open_with_fs`]), so
+//! tests inject I/O errors and power cuts; [`Wal::open`] uses the real file system.
+//!
+//! This crate imports nothing from the other Tidemark crates but the file-system seam
+//! (`tidemark-fs`): the engine builds on it, never the other way round.
 
 pub mod fault;
 pub mod store;
 pub mod wal;
 
-pub use store::{CheckpointRecord, CheckpointStore, StoreError, StoreOptions};
-pub use wal::{SyncPolicy, Wal, WalError, WalOptions, WalPosition, WalReader};
+pub use store::{CheckpointRecord, CheckpointStore, StoreError, StoreErrorKind, StoreOptions};
+pub use wal::{
+    MidLogDamage, RecoveryReport, SyncPolicy, Truncation, Wal, WalDamage, WalError, WalOptions,
+    WalPosition, WalReader,
+};

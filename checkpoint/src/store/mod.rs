@@ -12,6 +12,7 @@
 //! dedup inserts and eviction, history pruning), so after a crash either all of it is visible or
 //! none.
 
+mod error;
 pub mod record;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use tracing::{debug, info};
 
+pub use error::{classify_rocks, StoreError, StoreErrorKind};
 pub use record::{CheckpointRecord, Counts, RecordError, SourcePosition};
 
 /// The store layout version this build writes.
@@ -31,49 +33,6 @@ const CF_HISTORY: &str = "history";
 const CF_DEDUP: &str = "dedup";
 const KEY_FORMAT: &[u8] = b"format_version";
 const KEY_CURRENT: &[u8] = b"current";
-
-/// A failed store operation, naming the path and the operation.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// RocksDB failed.
-    #[error("checkpoint store {path}: {op} failed: {source}")]
-    Rocks {
-        /// The operation.
-        op: &'static str,
-        /// The store directory.
-        path: PathBuf,
-        /// RocksDB's error.
-        source: rocksdb::Error,
-    },
-    /// The store was written by a newer layout version.
-    #[error("checkpoint store {path} has format version {found}; this build supports {supported} (upgrade Tidemark)")]
-    NewerFormat {
-        /// The store directory.
-        path: PathBuf,
-        /// Version found.
-        found: u32,
-        /// Version supported.
-        supported: u32,
-    },
-    /// A stored record cannot be read.
-    #[error("checkpoint store {path}: {what}: {source}")]
-    Record {
-        /// The store directory.
-        path: PathBuf,
-        /// Which record.
-        what: String,
-        /// Why.
-        source: RecordError,
-    },
-    /// The directory holds something that is not a Tidemark checkpoint store.
-    #[error("checkpoint store {path}: {message}")]
-    Foreign {
-        /// The store directory.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-}
 
 /// Settings of a [`CheckpointStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

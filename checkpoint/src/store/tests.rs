@@ -1,4 +1,5 @@
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 
@@ -134,4 +135,175 @@ proptest! {
 /// The store takes borrowed `(key, event_time)` pairs.
 fn kv(v: &[(Vec<u8>, i64)]) -> impl Iterator<Item = (&[u8], i64)> + '_ {
     v.iter().map(|(k, t)| (k.as_slice(), *t))
+}
+
+/// A store's open error, classified.
+fn open_kind(path: &Path) -> (StoreErrorKind, String) {
+    let e = CheckpointStore::open(path, StoreOptions::default()).unwrap_err();
+    (e.kind(), e.to_string())
+}
+
+fn written_store(path: &Path) {
+    let store = CheckpointStore::open(path, StoreOptions::default()).unwrap();
+    store.write(&record(1), [(&b"a"[..], 5)], None).unwrap();
+}
+
+#[test]
+fn a_store_open_in_another_instance_is_locked_not_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let (kind, msg) = open_kind(dir.path());
+    assert_eq!(kind, StoreErrorKind::Locked, "{msg}");
+    assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+}
+
+#[test]
+fn garbage_current_or_manifest_is_corruption() {
+    type Damage = fn(&Path);
+    let damages: [(&str, Damage); 4] = [
+        ("CURRENT without newline", |p| {
+            std::fs::write(p.join("CURRENT"), "garbage").unwrap()
+        }),
+        ("CURRENT naming no manifest", |p| {
+            std::fs::write(p.join("CURRENT"), "garbage\n").unwrap()
+        }),
+        ("CURRENT naming a missing manifest", |p| {
+            std::fs::write(p.join("CURRENT"), "MANIFEST-999999\n").unwrap()
+        }),
+        ("garbage MANIFEST", |p| {
+            let current = std::fs::read_to_string(p.join("CURRENT")).unwrap();
+            std::fs::write(p.join(current.trim()), vec![0x5au8; 4096]).unwrap()
+        }),
+    ];
+    for (name, damage) in damages {
+        let dir = tempfile::tempdir().unwrap();
+        written_store(dir.path());
+        damage(dir.path());
+        let (kind, msg) = open_kind(dir.path());
+        assert_eq!(kind, StoreErrorKind::Corruption, "{name}: {msg}");
+    }
+}
+
+#[test]
+fn a_path_that_cannot_hold_a_store_is_not_corruption() {
+    // Tests run as root, so permissions cannot be taken away; a file where the store's
+    // directory should be is an error RocksDB reports as I/O, like EACCES.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    std::fs::write(&path, b"not a directory").unwrap();
+    let (kind, msg) = open_kind(&path);
+    assert_ne!(kind, StoreErrorKind::Corruption, "{msg}");
+}
+
+#[test]
+fn rocksdb_messages_are_classified() {
+    use rocksdb::ErrorKind as K;
+    let cases = [
+        (K::IOError, "IO error: While lock file: /s/LOCK: Resource temporarily unavailable", StoreErrorKind::Locked),
+        (K::IOError, "IO error: lock hold by current process, acquire time 1 acquiring thread 2: /s/LOCK: No locks available", StoreErrorKind::Locked),
+        (K::IOError, "IO error: While open a file for appending: /s/000012.log: Permission denied", StoreErrorKind::Transient),
+        (K::IOError, "IO error: While appending to file: /s/000012.log: No space left on device", StoreErrorKind::Transient),
+        (K::IOError, "IO error: While open a file for random read: /s/000009.sst: Too many open files", StoreErrorKind::Transient),
+        (K::IOError, "IO error: While reading block at offset 4096 of /s/000009.sst: Input/output error", StoreErrorKind::Transient),
+        (K::IOError, "IO error: No such file or directory: While opening a file for sequentially reading: /s/MANIFEST-000005: No such file or directory", StoreErrorKind::Corruption),
+        (K::Corruption, "Corruption: CURRENT file does not end with newline", StoreErrorKind::Corruption),
+        (K::InvalidArgument, "Invalid argument: Column families not opened: other", StoreErrorKind::Corruption),
+        (K::Busy, "Resource busy: ", StoreErrorKind::Transient),
+    ];
+    for (kind, msg, want) in cases {
+        assert_eq!(error::classify(kind, msg), want, "{msg}");
+    }
+}
+
+/// The files of a store directory, copied while the store is open (as a power cut or SIGKILL
+/// would leave them: nothing flushed at close).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+}
+
+/// RocksDB's own write-ahead log in a store directory (the newest `<number>.log`).
+fn rocks_log(dir: &Path) -> PathBuf {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    logs.pop().expect("a RocksDB log file")
+}
+
+/// Why `mid_checkpoint_write` cannot leave a torn batch (see `fault.rs`): a checkpoint is one
+/// record in RocksDB's log; cut that log at any byte inside the record and the store shows
+/// either the previous checkpoint with its dedup keys or the new one with all of its changes.
+#[test]
+fn a_checkpoint_batch_cut_at_any_byte_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let store = CheckpointStore::open(&live, StoreOptions::default()).unwrap();
+    let first: Vec<(Vec<u8>, i64)> = (0..60)
+        .map(|i| (format!("first-{i}").into_bytes(), i * 2))
+        .collect();
+    store.write(&record(1), kv(&first), None).unwrap();
+    let log = rocks_log(&live);
+    let before = std::fs::metadata(&log).unwrap().len();
+    let second: Vec<(Vec<u8>, i64)> = (0..300)
+        .map(|i| (format!("second-{i}").into_bytes(), 100 + i))
+        .collect();
+    store.write(&record(2), kv(&second), Some(60)).unwrap();
+    let after = std::fs::metadata(&log).unwrap().len();
+    assert!(
+        after > before + 3000,
+        "the second batch is in RocksDB's log: {before}..{after}"
+    );
+    let snapshot = dir.path().join("snapshot");
+    copy_dir(&live, &snapshot);
+    assert_eq!(rocks_log(&live), log, "no log switch while writing");
+    let state_1: BTreeSet<_> = first.iter().cloned().collect();
+    let state_2: BTreeSet<_> = first
+        .iter()
+        .filter(|(_, t)| *t >= 60)
+        .chain(&second)
+        .cloned()
+        .collect();
+    let span = after - before;
+    let mut cuts: Vec<u64> = (0..=64).map(|i| before + span * i / 64).collect();
+    cuts.extend([before + 1, before + 7, after - 1]);
+    let mut outcomes = [0, 0];
+    for cut in cuts {
+        let copy = dir.path().join(format!("cut-{cut}"));
+        copy_dir(&snapshot, &copy);
+        let log_copy = copy.join(log.file_name().unwrap());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log_copy)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        let opened = CheckpointStore::open(&copy, StoreOptions::default()).unwrap();
+        let latest = opened.latest().unwrap().map(|r| r.epoch);
+        let state = entries(&opened);
+        match latest {
+            Some(1) => {
+                assert_eq!(state, state_1, "cut at {cut}: checkpoint 1 with other keys");
+                outcomes[0] += 1;
+            }
+            Some(2) => {
+                assert_eq!(state, state_2, "cut at {cut}: checkpoint 2 with other keys");
+                outcomes[1] += 1;
+            }
+            other => panic!("cut at {cut}: latest checkpoint {other:?}"),
+        }
+        if cut < after {
+            assert_eq!(latest, Some(1), "cut at {cut} inside the batch");
+        } else {
+            assert_eq!(latest, Some(2));
+        }
+        drop(opened);
+        std::fs::remove_dir_all(&copy).unwrap();
+    }
+    assert!(outcomes[0] > 10 && outcomes[1] >= 1, "{outcomes:?}");
 }

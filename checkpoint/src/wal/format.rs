@@ -27,6 +27,22 @@
 //!
 //! The CRC covers the length, so a flipped length bit is caught like a flipped payload bit; a
 //! zero-filled tail (kind 0) or a length past `MAX_PAYLOAD` ends the valid log as well.
+//!
+//! # Directory layout
+//!
+//! ```text
+//! <wal dir>/<segment_id:016x>.wal      the live log; ids are consecutive (a gap is damage)
+//! <wal dir>/damaged-<unix ms>/         segments moved aside at open (damage before the end):
+//!     <segment_id:016x>.wal            the damaged segment, whole (its valid part before the
+//!                                      damage also stays in the live log), and every later one
+//!     REPAIR                           while the move is in progress: its manifest, so an
+//!                                      open after a crash finishes it
+//!     REPORT                           the same manifest once the move is done
+//! ```
+//!
+//! The manifest is text, one `key=value` per line: `segment=<id>` (decimal), `offset=<byte
+//! offset of the damage, 0 for the header or a missing segment>`, `reason=<one line>`.
+//! Nothing in Tidemark deletes a `damaged-*` directory: it is evidence for the operator.
 
 /// Segment magic.
 pub const MAGIC: [u8; 8] = *b"TIDEWAL\0";

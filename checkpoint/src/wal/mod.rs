@@ -1,28 +1,45 @@
-//! A segmented, CRC-framed write-ahead log with group commit and torn-tail recovery.
+//! A segmented, CRC-framed write-ahead log with group commit and torn-tail recovery, doing all
+//! its file I/O through a [`tidemark_fs::FileSystem`] (so tests inject I/O faults and power
+//! cuts).
 //!
-//! The byte format is documented in [`format`]. Invariants kept here:
+//! The byte format (and the `damaged-*` directory layout) is documented in [`format`]; what
+//! open does with damage is in [`recovery`]. Invariants kept here:
 //! - Frames are appended in order; a segment is created only when a frame does not fit in the
 //!   current one, and the previous segment is fsynced before the new one gets its first frame,
 //!   so the durable log is always a prefix of what was appended.
 //! - [`Wal::seal`] returns only once the seal frame (and everything before it) is on disk.
-//! - On open, the first bad frame (short, checksum mismatch, garbage) ends the valid log: its
-//!   segment is truncated there and every later segment is removed, and both are reported
-//!   through `tracing`. A segment of a newer format version is never touched: open fails.
+//! - After any failed write, fsync, segment roll or cut-back the WAL is poisoned: every later
+//!   write-side call returns [`WalError::Poisoned`] until it is reopened. A failed write is cut
+//!   back to the segment's last good length and a failed fsync to its last synced length, so no
+//!   half frame and no frame of unknown durability is left for this process to build on (a
+//!   failed fsync is never retried as if it could succeed: the kernel may have dropped the
+//!   pages). If that cut fails too, the next open cuts the torn tail.
+//! - A segment of a newer format version is never touched: open fails.
 
 pub mod format;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
+mod error;
+mod reader;
+pub mod recovery;
+mod segment;
+
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tidemark_fs::{std_fs, SharedFs, WritableFile};
 use tracing::{info, warn};
 
-use format::{
-    decode_frame_header, encode_frame, frame_crc_ok, frame_len, FrameError, HeaderError,
-    SegmentHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
-};
+use error::io_err;
+use format::{encode_frame, frame_len, SegmentHeader, SEGMENT_HEADER_LEN};
+use recovery::Segment;
+use segment::{list_segments, segment_path};
+
+pub use error::WalError;
 pub use format::{Frame, FrameKind};
+pub use reader::WalReader;
+pub use recovery::{MidLogDamage, RecoveryReport, Truncation, WalDamage};
 
 /// When appended frames are fsynced. A seal is always fsynced, whatever the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,424 +79,185 @@ pub struct WalPosition {
     pub offset: u64,
 }
 
-/// A WAL operation that failed, naming the file and the operation.
-#[derive(Debug, thiserror::Error)]
-pub enum WalError {
-    /// An I/O call failed.
-    #[error("wal: {op} {path} failed: {source}")]
-    Io {
-        /// The operation.
-        op: &'static str,
-        /// The file or directory.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A segment was written by a format version this build cannot read.
-    #[error("wal: segment {path} has format version {found}; this build reads version {supported} (upgrade Tidemark)")]
-    UnsupportedVersion {
-        /// The segment.
-        path: PathBuf,
-        /// Version found.
-        found: u16,
-        /// Version supported.
-        supported: u16,
-    },
-    /// A reader met a damaged frame (the log was damaged after it was opened).
-    #[error("wal: segment {path} is damaged at byte {offset}: {reason}")]
-    Corrupt {
-        /// The segment.
-        path: PathBuf,
-        /// Offset of the damaged frame.
-        offset: u64,
-        /// What is wrong.
-        reason: String,
-    },
-    /// A frame is larger than the format allows.
-    #[error("wal: payload of {len} bytes exceeds the maximum of {max}")]
-    TooLarge {
-        /// Payload size.
-        len: usize,
-        /// Maximum.
-        max: usize,
-    },
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> WalError + 'a {
-    move |source| WalError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
+/// The segment files in `dir` as `(id, path, size in bytes)`, oldest first, without opening
+/// or repairing anything: for tools that inspect a log another process may be writing.
+pub fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>, WalError> {
+    let fs = std_fs();
+    if !dir.exists() {
+        return Ok(Vec::new());
     }
+    list_segments(&*fs, dir)?
+        .into_iter()
+        .map(|(id, path)| {
+            let size = fs.len(&path).map_err(io_err("stat", &path))?;
+            Ok((id, path, size))
+        })
+        .collect()
 }
 
-/// A torn or damaged tail cut off at open.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Truncation {
-    /// The segment cut.
-    pub segment: PathBuf,
-    /// Where the valid log ends in it.
-    pub at: u64,
-    /// Bytes dropped from that segment.
-    pub bytes_dropped: u64,
-    /// Why the frame at `at` is not valid.
-    pub reason: String,
-    /// Later segments removed whole, with their sizes.
-    pub removed_segments: Vec<(PathBuf, u64)>,
-}
+/// Appended bytes after which kernel writeback of the current segment is started.
+const WRITEBACK_CHUNK: u64 = 4 << 20;
 
-/// What [`Wal::open`] found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RecoveryReport {
-    /// Segments scanned.
-    pub segments_scanned: usize,
-    /// Valid frames scanned.
-    pub frames: u64,
-    /// The newest seal scanned: its epoch and payload.
-    pub last_seal: Option<(u64, Vec<u8>)>,
-    /// The newest epoch of any frame scanned.
-    pub last_epoch: Option<u64>,
-    /// The damaged tail cut off, if any.
-    pub truncation: Option<Truncation>,
-    /// The end of the valid log.
-    pub end: WalPosition,
-}
-
+/// The first failure that poisoned a [`Wal`].
 #[derive(Debug, Clone)]
-struct Segment {
-    id: u64,
-    first_epoch: u64,
+struct Poison {
     path: PathBuf,
+    cause: Arc<WalError>,
 }
 
 /// The write-ahead log: see the module documentation.
 #[derive(Debug)]
 pub struct Wal {
+    fs: SharedFs,
     dir: PathBuf,
     options: WalOptions,
     segments: Vec<Segment>,
-    /// Open handle of the last segment and its durable-or-written length.
-    file: Option<File>,
+    /// Id of the next segment a roll creates.
+    next_id: u64,
+    /// Open handle of the last segment.
+    file: Option<Box<dyn WritableFile>>,
+    /// Bytes written to the last segment (what a reader sees).
     file_len: u64,
+    /// Bytes of the last segment known durable (as of its last successful fsync, or as found
+    /// at open). Invariant: `synced_len <= file_len`.
+    synced_len: u64,
     /// Frames appended but not yet written (the group-commit batch).
     pending: Vec<u8>,
     unsynced: bool,
     last_sync: Instant,
     /// Offset in the current segment up to which kernel writeback has been started.
     writeback_from: u64,
+    /// Set by the first failed write, fsync, roll or cut; see the module documentation. A
+    /// failed removal of old segments (`truncate_before`, `reset`) does not poison: the log's
+    /// tail is not in doubt, and the next truncation retries it.
+    poisoned: Option<Poison>,
 }
 
-fn segment_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("{id:016x}.wal"))
-}
-
-fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
-        let entry = entry.map_err(io_err("list", dir))?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(hex) = name.strip_suffix(".wal") {
-            if let Ok(id) = u64::from_str_radix(hex, 16) {
-                out.push((id, entry.path()));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Appended bytes after which kernel writeback of the current segment is started.
-const WRITEBACK_CHUNK: u64 = 4 << 20;
-
-/// Asks the kernel to start writing `len` bytes at `offset` back to disk, without waiting
-/// (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`). Durability still comes from fsync; this
-/// only moves the work earlier. Errors are ignored for the same reason.
-fn start_writeback(f: &File, offset: u64, len: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: the fd is open for the lifetime of `f`; the call reads no memory of ours.
-        unsafe {
-            libc::sync_file_range(
-                f.as_raw_fd(),
-                offset as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (f, offset, len);
-}
-
-/// The segment files in `dir` as `(id, path, size in bytes)`, oldest first, without opening
-/// or repairing anything: for tools that inspect a log another process may be writing.
-pub fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>, WalError> {
-    if !dir.exists() {
-        return Ok(Vec::new());
-    }
-    list_segments(dir)?
-        .into_iter()
-        .map(|(id, path)| {
-            let size = fs::metadata(&path).map_err(io_err("stat", &path))?.len();
-            Ok((id, path, size))
-        })
-        .collect()
-}
-
-fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", dir))
-}
-
-/// Where a scan of one segment stopped.
-enum ScanEnd {
-    /// Clean end of the segment at this length.
-    Clean(u64),
-    /// Damage at this offset.
-    Damaged(u64, String),
-}
-
-/// Opens a segment and reads its header: `Ok((file, Err(reason)))` when the header is torn or
-/// damaged; a newer format version is an error (such a segment is never touched).
-fn open_segment(path: &Path) -> Result<(File, Result<SegmentHeader, String>), WalError> {
-    let mut file = File::open(path).map_err(io_err("open", path))?;
-    let mut head = [0u8; SEGMENT_HEADER_LEN];
-    let got = read_full(&mut file, &mut head).map_err(io_err("read", path))?;
-    let header = match SegmentHeader::decode(&head[..got]) {
-        Ok(h) => Ok(h),
-        Err(HeaderError::Version(found)) => {
-            return Err(WalError::UnsupportedVersion {
-                path: path.to_path_buf(),
-                found,
-                supported: format::VERSION,
-            })
-        }
-        Err(HeaderError::Short) => Err("segment header is torn".to_string()),
-        Err(HeaderError::Corrupt(why)) => Err(why.to_string()),
-    };
-    Ok((file, header))
-}
-
-/// Reads frames of one segment from `offset`, calling `f` for each valid frame.
-fn scan_segment(
-    path: &Path,
-    offset: u64,
-    mut f: impl FnMut(u64, Frame),
-) -> Result<(Option<SegmentHeader>, ScanEnd), WalError> {
-    let (mut file, header) = open_segment(path)?;
-    let header = match header {
-        Ok(h) => h,
-        Err(why) => return Ok((None, ScanEnd::Damaged(0, why))),
-    };
-    let mut pos = offset.max(SEGMENT_HEADER_LEN as u64);
-    file.seek(SeekFrom::Start(pos))
-        .map_err(io_err("seek", path))?;
-    let mut reader = BufReader::with_capacity(1 << 16, file);
-    loop {
-        match read_frame(&mut reader).map_err(io_err("read", path))? {
-            ReadFrame::Eof => return Ok((Some(header), ScanEnd::Clean(pos))),
-            ReadFrame::Bad(why) => return Ok((Some(header), ScanEnd::Damaged(pos, why.into()))),
-            ReadFrame::Frame(frame) => {
-                let len = frame_len(frame.payload.len()) as u64;
-                f(pos, frame);
-                pos += len;
-            }
-        }
+/// A copy of an I/O error for the poison record (io::Error is not Clone).
+fn copy_io(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
     }
 }
 
-enum ReadFrame {
-    Eof,
-    Bad(&'static str),
-    Frame(Frame),
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// A copy of `e` for the poison record.
+fn copy_err(e: &WalError) -> WalError {
+    match e {
+        WalError::Io { op, path, source } => WalError::Io {
+            op,
+            path: path.clone(),
+            source: copy_io(source),
+        },
+        WalError::UnsupportedVersion {
+            path,
+            found,
+            supported,
+        } => WalError::UnsupportedVersion {
+            path: path.clone(),
+            found: *found,
+            supported: *supported,
+        },
+        WalError::Corrupt {
+            path,
+            offset,
+            reason,
+        } => WalError::Corrupt {
+            path: path.clone(),
+            offset: *offset,
+            reason: reason.clone(),
+        },
+        WalError::TooLarge { len, max } => WalError::TooLarge {
+            len: *len,
+            max: *max,
+        },
+        WalError::Poisoned { path, cause } => WalError::Poisoned {
+            path: path.clone(),
+            cause: cause.clone(),
+        },
     }
-    Ok(got)
-}
-
-fn read_frame(r: &mut impl Read) -> std::io::Result<ReadFrame> {
-    let mut head = [0u8; FRAME_HEADER_LEN];
-    let got = read_full(r, &mut head)?;
-    if got == 0 {
-        return Ok(ReadFrame::Eof);
-    }
-    if got < FRAME_HEADER_LEN {
-        return Ok(ReadFrame::Bad("frame header is torn"));
-    }
-    let h = match decode_frame_header(&head) {
-        Ok(h) => h,
-        Err(FrameError::Corrupt(why)) => return Ok(ReadFrame::Bad(why)),
-        Err(FrameError::Short) => return Ok(ReadFrame::Bad("frame header is torn")),
-    };
-    let mut payload = vec![0u8; h.len];
-    if read_full(r, &mut payload)? < h.len {
-        return Ok(ReadFrame::Bad("frame payload is torn"));
-    }
-    if !frame_crc_ok(&head, h.crc, &payload) {
-        return Ok(ReadFrame::Bad("frame checksum mismatch"));
-    }
-    Ok(ReadFrame::Frame(Frame {
-        kind: h.kind,
-        epoch: h.epoch,
-        payload,
-    }))
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir`, scanning from `from` (the last checkpointed
-    /// position; `None` scans everything) and cutting off a torn or damaged tail.
+    /// Opens (or creates) the log in `dir` on the real file system; see [`Wal::open_with_fs`].
     pub fn open(
         dir: &Path,
         options: WalOptions,
         from: Option<WalPosition>,
     ) -> Result<(Self, RecoveryReport), WalError> {
-        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-        let listed = list_segments(dir)?;
-        let from = from.unwrap_or_default();
-        let mut report = RecoveryReport::default();
-        let mut segments: Vec<Segment> = Vec::new();
-        let mut damage: Option<(usize, u64, String)> = None;
-        for (i, (id, path)) in listed.iter().enumerate() {
-            if *id < from.segment {
-                // Before the checkpointed position: trusted, not rescanned. Read its header only.
-                match open_segment(path)?.1 {
-                    Ok(h) => segments.push(Segment {
-                        id: *id,
-                        first_epoch: h.first_epoch,
-                        path: path.clone(),
-                    }),
-                    Err(why) => {
-                        damage = Some((i, 0, why));
-                        break;
-                    }
-                }
-                continue;
-            }
-            let offset = if *id == from.segment { from.offset } else { 0 };
-            report.segments_scanned += 1;
-            let (header, end) = scan_segment(path, offset, |_pos, frame| {
-                report.frames += 1;
-                report.last_epoch = Some(frame.epoch);
-                if frame.kind == FrameKind::Seal {
-                    report.last_seal = Some((frame.epoch, frame.payload));
-                }
-            })?;
-            if let Some(h) = header {
-                if h.segment_id != *id {
-                    damage = Some((
-                        i,
-                        0,
-                        format!("header names segment {} but file is {}", h.segment_id, id),
-                    ));
-                    break;
-                }
-                segments.push(Segment {
-                    id: *id,
-                    first_epoch: h.first_epoch,
-                    path: path.clone(),
-                });
-            }
-            match end {
-                ScanEnd::Clean(len) => {
-                    report.end = WalPosition {
-                        segment: *id,
-                        offset: len,
-                    }
-                }
-                ScanEnd::Damaged(at, why) => {
-                    damage = Some((i, at, why));
-                    break;
-                }
-            }
-        }
-        if let Some((i, at, reason)) = damage {
-            let (_, path) = &listed[i];
-            let len = fs::metadata(path).map_err(io_err("stat", path))?.len();
-            let mut removed = Vec::new();
-            for (_, later) in &listed[i + 1..] {
-                let size = fs::metadata(later).map(|m| m.len()).unwrap_or(0);
-                fs::remove_file(later).map_err(io_err("remove damaged segment", later))?;
-                removed.push((later.clone(), size));
-            }
-            if at == 0 {
-                fs::remove_file(path).map_err(io_err("remove damaged segment", path))?;
-                segments.retain(|s| &s.path != path);
-            } else {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(io_err("open", path))?;
-                f.set_len(at).map_err(io_err("truncate", path))?;
-                f.sync_all().map_err(io_err("fsync", path))?;
-                report.end = WalPosition {
-                    segment: listed[i].0,
-                    offset: at,
-                };
-            }
-            sync_dir(dir)?;
-            if at == 0 {
-                report.end = segments
-                    .last()
-                    .map(|s| WalPosition {
-                        segment: s.id,
-                        offset: fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0),
-                    })
-                    .unwrap_or_default();
-            }
-            warn!(
-                segment = %path.display(),
-                at,
-                bytes_dropped = len - at,
-                later_segments_removed = removed.len(),
-                reason = %reason,
-                "wal: damaged tail cut off"
-            );
-            report.truncation = Some(Truncation {
-                segment: path.clone(),
-                at,
-                bytes_dropped: len - at,
-                reason,
-                removed_segments: removed,
-            });
-        }
-        let (file, file_len) = match segments.last() {
+        Self::open_with_fs(std_fs(), dir, options, from)
+    }
+
+    /// Opens (or creates) the log in `dir`, doing all I/O through `fs`, scanning from `from`
+    /// (the last checkpointed position; `None` scans everything): a torn tail is cut off,
+    /// damage before the end is moved aside (see [`recovery`]); the report says which.
+    pub fn open_with_fs(
+        fs: SharedFs,
+        dir: &Path,
+        options: WalOptions,
+        from: Option<WalPosition>,
+    ) -> Result<(Self, RecoveryReport), WalError> {
+        fs.create_dir_all(dir)
+            .map_err(io_err("create directory", dir))?;
+        let recovered = recovery::recover(&*fs, dir, from)?;
+        let (file, file_len) = match recovered.segments.last() {
             Some(s) => {
-                let f = OpenOptions::new()
-                    .append(true)
-                    .open(&s.path)
-                    .map_err(io_err("open", &s.path))?;
-                let len = f.metadata().map_err(io_err("stat", &s.path))?.len();
+                let f = fs.open_append(&s.path).map_err(io_err("open", &s.path))?;
+                let len = fs.len(&s.path).map_err(io_err("stat", &s.path))?;
                 (Some(f), len)
             }
             None => (None, 0),
         };
-        info!(dir = %dir.display(), segments = segments.len(), frames_scanned = report.frames, end = ?report.end, "wal opened");
+        let report = recovered.report;
+        info!(dir = %dir.display(), segments = recovered.segments.len(), frames_scanned = report.frames, end = ?report.end, "wal opened");
         Ok((
             Self {
+                fs,
                 dir: dir.to_path_buf(),
                 options,
-                segments,
+                segments: recovered.segments,
+                next_id: recovered.next_id,
                 file,
                 file_len,
+                synced_len: file_len,
                 pending: Vec::new(),
                 unsynced: false,
                 last_sync: Instant::now(),
                 writeback_from: 0,
+                poisoned: None,
             },
             report,
         ))
+    }
+
+    /// The failure that poisoned this WAL, if one did: every write-side call fails until the
+    /// WAL is reopened.
+    pub fn poisoned(&self) -> Option<&WalError> {
+        self.poisoned.as_ref().map(|p| &*p.cause)
+    }
+
+    /// Refuses a write-side call on a poisoned WAL.
+    fn check_poison(&self) -> Result<(), WalError> {
+        match &self.poisoned {
+            Some(p) => Err(WalError::Poisoned {
+                path: p.path.clone(),
+                cause: p.cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records `e` as the cause of poisoning (if it is the first failure) and returns it.
+    fn poison(&mut self, e: WalError) -> WalError {
+        if self.poisoned.is_none() {
+            let path = e.path().unwrap_or(&self.dir).to_path_buf();
+            warn!(path = %path.display(), error = %e, "wal: poisoned; refusing writes until reopened");
+            self.poisoned = Some(Poison {
+                path,
+                cause: Arc::new(copy_err(&e)),
+            });
+        }
+        e
     }
 
     /// The position just past the last appended frame (pending frames included).
@@ -498,6 +276,7 @@ impl Wal {
         epoch: u64,
         payload: &[u8],
     ) -> Result<WalPosition, WalError> {
+        self.check_poison()?;
         if payload.len() > format::MAX_PAYLOAD {
             return Err(WalError::TooLarge {
                 len: payload.len(),
@@ -517,6 +296,7 @@ impl Wal {
 
     /// Writes the pending batch with one write call and fsyncs it as the policy says.
     pub fn commit(&mut self) -> Result<WalPosition, WalError> {
+        self.check_poison()?;
         self.write_pending()?;
         let due = match self.options.sync {
             SyncPolicy::EveryBatch => true,
@@ -539,11 +319,22 @@ impl Wal {
 
     /// Forces everything written so far to disk.
     pub fn sync(&mut self) -> Result<(), WalError> {
+        self.check_poison()?;
         self.write_pending()?;
         if self.unsynced {
-            if let (Some(f), Some(s)) = (&self.file, self.segments.last()) {
-                f.sync_data().map_err(io_err("fsync", &s.path))?;
+            if let (Some(f), Some(s)) = (self.file.as_mut(), self.segments.last()) {
+                if let Err(e) = f.sync_data() {
+                    // What the kernel holds past `synced_len` may never reach the disk: cut
+                    // it, so no reader of this process sees frames that a power cut may take.
+                    if let Err(cut) = f.set_len(self.synced_len) {
+                        warn!(segment = %s.path.display(), error = %cut, "wal: cannot cut back after a failed fsync; the next open will");
+                    }
+                    self.file_len = self.synced_len;
+                    let e = io_err("fsync", &s.path)(e);
+                    return Err(self.poison(e));
+                }
             }
+            self.synced_len = self.file_len;
             self.unsynced = false;
         }
         self.last_sync = Instant::now();
@@ -551,14 +342,22 @@ impl Wal {
     }
 
     fn write_pending(&mut self) -> Result<(), WalError> {
+        self.check_poison()?;
         if self.pending.is_empty() {
             return Ok(());
         }
         let (Some(f), Some(s)) = (self.file.as_mut(), self.segments.last()) else {
             return Ok(());
         };
-        f.write_all(&self.pending)
-            .map_err(io_err("append", &s.path))?;
+        if let Err(e) = f.write_all(&self.pending) {
+            // Part of the batch may be in the file: cut back to the last whole frame.
+            if let Err(cut) = f.set_len(self.file_len) {
+                warn!(segment = %s.path.display(), error = %cut, "wal: cannot cut a failed append back; the next open will");
+            }
+            self.pending.clear();
+            let e = io_err("append", &s.path)(e);
+            return Err(self.poison(e));
+        }
         self.file_len += self.pending.len() as u64;
         self.pending.clear();
         self.unsynced = true;
@@ -566,7 +365,7 @@ impl Wal {
         // seal finds little left to do: measured in `tidemark bench`, the seal's fsync of a
         // whole 1 s epoch (~40 MB) was the main cost of the WAL.
         if self.file_len - self.writeback_from >= WRITEBACK_CHUNK {
-            start_writeback(f, self.writeback_from, self.file_len - self.writeback_from);
+            f.start_writeback(self.writeback_from, self.file_len - self.writeback_from);
             self.writeback_from = self.file_len;
         }
         Ok(())
@@ -576,37 +375,57 @@ impl Wal {
     /// lands at a position after every earlier one: recovery calls it when the valid log ended
     /// before the checkpointed position (its tail was lost), to re-anchor the checkpoint there.
     pub fn start_new_segment(&mut self, first_epoch: u64) -> Result<WalPosition, WalError> {
+        self.check_poison()?;
         self.roll(first_epoch)?;
         Ok(self.end())
     }
 
-    /// Closes the current segment (written and fsynced) and starts a new one.
+    /// Closes the current segment (written and fsynced) and starts a new one: created,
+    /// its header written and fsynced, and the directory fsynced, before any frame goes in.
     fn roll(&mut self, first_epoch: u64) -> Result<(), WalError> {
         self.sync()?;
-        let id = self.segments.last().map(|s| s.id + 1).unwrap_or(0);
+        let id = self.next_id;
         let path = segment_path(&self.dir, id);
-        let mut f = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err("create segment", &path))?;
-        f.write_all(
-            &SegmentHeader {
+        let mut created = false;
+        let made = (|| {
+            let mut f = self
+                .fs
+                .create_new(&path)
+                .map_err(io_err("create segment", &path))?;
+            created = true;
+            let header = SegmentHeader {
                 segment_id: id,
                 first_epoch,
+            };
+            f.write_all(&header.encode())
+                .map_err(io_err("write segment header", &path))?;
+            f.sync_all().map_err(io_err("fsync", &path))?;
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(io_err("fsync the directory entry of", &path))?;
+            Ok(f)
+        })();
+        let f = match made {
+            Ok(f) => f,
+            Err(e) => {
+                if created {
+                    // Best effort: a half-made segment is the log's torn tail anyway, and the
+                    // next open removes it if this fails.
+                    let _ = self.fs.remove_file(&path);
+                    let _ = self.fs.sync_dir(&self.dir);
+                }
+                return Err(self.poison(e));
             }
-            .encode(),
-        )
-        .map_err(io_err("write segment header", &path))?;
-        f.sync_all().map_err(io_err("fsync", &path))?;
-        sync_dir(&self.dir)?;
+        };
         self.segments.push(Segment {
             id,
             first_epoch,
             path,
         });
+        self.next_id = id + 1;
         self.file = Some(f);
         self.file_len = SEGMENT_HEADER_LEN as u64;
+        self.synced_len = self.file_len;
         self.writeback_from = 0;
         Ok(())
     }
@@ -616,31 +435,41 @@ impl Wal {
     /// lost, or the pipeline rewinds): segment ids keep growing, so no old position can point
     /// into the new log. Returns the segments and bytes deleted.
     pub fn reset(&mut self, first_epoch: u64) -> Result<(usize, u64), WalError> {
+        self.check_poison()?;
         self.roll(first_epoch)?;
         let old: Vec<Segment> = self.segments.drain(..self.segments.len() - 1).collect();
         let mut bytes = 0;
         for s in &old {
-            bytes += fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
-            fs::remove_file(&s.path).map_err(io_err("remove segment", &s.path))?;
+            bytes += self.fs.len(&s.path).unwrap_or(0);
+            self.fs
+                .remove_file(&s.path)
+                .map_err(io_err("remove segment", &s.path))?;
         }
-        sync_dir(&self.dir)?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(io_err("fsync directory", &self.dir))?;
         Ok((old.len(), bytes))
     }
 
     /// Deletes segments whose frames all belong to epochs before `epoch`; returns how many.
     /// The newest segment is always kept.
     pub fn truncate_before(&mut self, epoch: u64) -> Result<usize, WalError> {
+        self.check_poison()?;
         let mut removed = 0;
         while self.segments.len() > 1 && self.segments[1].first_epoch < epoch {
             if removed > 0 {
                 crate::fault::hit(crate::fault::CrashPoint::DuringTruncation);
             }
             let s = self.segments.remove(0);
-            fs::remove_file(&s.path).map_err(io_err("remove segment", &s.path))?;
+            self.fs
+                .remove_file(&s.path)
+                .map_err(io_err("remove segment", &s.path))?;
             removed += 1;
         }
         if removed > 0 {
-            sync_dir(&self.dir)?;
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(io_err("fsync directory", &self.dir))?;
         }
         Ok(removed)
     }
@@ -649,135 +478,21 @@ impl Wal {
     pub fn segments(&self) -> Vec<(u64, u64, u64)> {
         self.segments
             .iter()
-            .map(|s| {
-                (
-                    s.id,
-                    s.first_epoch,
-                    fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0),
-                )
-            })
+            .map(|s| (s.id, s.first_epoch, self.fs.len(&s.path).unwrap_or(0)))
             .collect()
     }
 
     /// A reader of the written frames from `from` (pending frames are not visible).
     pub fn reader(&self, from: WalPosition) -> WalReader {
-        WalReader::new(&self.dir, from)
+        WalReader::with_fs(self.fs.clone(), &self.dir, from)
     }
 }
 
-/// Streams frames from a position across segments, one frame in memory at a time.
-#[derive(Debug)]
-pub struct WalReader {
-    segments: Vec<(u64, PathBuf)>,
-    from: WalPosition,
-    index: usize,
-    current: Option<(BufReader<File>, u64)>,
-    failed: bool,
-    error: Option<WalError>,
-}
-
-impl WalReader {
-    /// A reader of the log in `dir` from `from`.
-    pub fn new(dir: &Path, from: WalPosition) -> Self {
-        let (segments, error) = match list_segments(dir) {
-            Ok(s) => (
-                s.into_iter()
-                    .filter(|(id, _)| *id >= from.segment)
-                    .collect(),
-                None,
-            ),
-            Err(e) => (Vec::new(), Some(e)),
-        };
-        Self {
-            segments,
-            from,
-            index: 0,
-            current: None,
-            failed: false,
-            error,
-        }
-    }
-
-    fn open_next(&mut self) -> Result<bool, WalError> {
-        let Some((id, path)) = self.segments.get(self.index).cloned() else {
-            return Ok(false);
-        };
-        self.index += 1;
-        let (mut f, header) = open_segment(&path)?;
-        if let Err(reason) = header {
-            return Err(WalError::Corrupt {
-                path,
-                offset: 0,
-                reason,
-            });
-        }
-        let start = if id == self.from.segment {
-            self.from.offset.max(SEGMENT_HEADER_LEN as u64)
-        } else {
-            SEGMENT_HEADER_LEN as u64
-        };
-        f.seek(SeekFrom::Start(start))
-            .map_err(io_err("seek", &path))?;
-        self.current = Some((BufReader::with_capacity(1 << 16, f), start));
-        Ok(true)
-    }
-}
-
-impl Iterator for WalReader {
-    type Item = Result<(WalPosition, Frame), WalError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if let Some(e) = self.error.take() {
-            self.failed = true;
-            return Some(Err(e));
-        }
-        if self.failed {
-            return None;
-        }
-        loop {
-            if self.current.is_none() {
-                match self.open_next() {
-                    Ok(true) => {}
-                    Ok(false) => return None,
-                    Err(e) => {
-                        self.failed = true;
-                        return Some(Err(e));
-                    }
-                }
-            }
-            let index = self.index;
-            let (reader, pos) = self.current.as_mut()?;
-            let (id, path) = &self.segments[index - 1];
-            match read_frame(reader) {
-                Err(e) => {
-                    self.failed = true;
-                    return Some(Err(WalError::Io {
-                        op: "read",
-                        path: path.clone(),
-                        source: e,
-                    }));
-                }
-                Ok(ReadFrame::Eof) => self.current = None,
-                Ok(ReadFrame::Bad(why)) => {
-                    self.failed = true;
-                    return Some(Err(WalError::Corrupt {
-                        path: path.clone(),
-                        offset: *pos,
-                        reason: why.into(),
-                    }));
-                }
-                Ok(ReadFrame::Frame(frame)) => {
-                    let at = WalPosition {
-                        segment: *id,
-                        offset: *pos,
-                    };
-                    *pos += frame_len(frame.payload.len()) as u64;
-                    return Some(Ok((at, frame)));
-                }
-            }
-        }
-    }
-}
-
+#[cfg(test)]
+mod damage_tests;
+#[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
+mod power_cut_tests;
 #[cfg(test)]
 mod tests;

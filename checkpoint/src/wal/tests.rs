@@ -75,7 +75,7 @@ fn read_all(dir: &Path) -> Vec<(FrameKind, u64, Vec<u8>)> {
 }
 
 fn segment_files(dir: &Path) -> Vec<(u64, PathBuf, u64)> {
-    list_segments(dir)
+    list_segments(&tidemark_fs::StdFs, dir)
         .unwrap()
         .into_iter()
         .map(|(id, p)| {
@@ -153,10 +153,23 @@ proptest! {
         bytes[offset as usize] ^= 1 << bit;
         fs::write(&path, bytes).unwrap();
         let expected = expected_prefix(&w, seg, offset);
+        let before: Vec<(u64, Vec<u8>)> = segment_files(dir.path()).into_iter().map(|(id, p, _)| (id, fs::read(p).unwrap())).collect();
+        let last = before.last().unwrap().0;
         let (_wal, report) = Wal::open(dir.path(), WalOptions { segment_size, sync: SyncPolicy::EveryBatch }, None).unwrap();
-        prop_assert!(report.truncation.is_some(), "a flipped bit must be reported");
+        prop_assert!(report.damage().is_some(), "a flipped bit must be reported");
         prop_assert_eq!(report.frames, expected.len() as u64);
         prop_assert_eq!(read_all(dir.path()), expected);
+        if seg < last {
+            // Damage before the end: nothing deleted, every segment from the damaged one on is
+            // kept byte for byte in the moved-aside directory.
+            let m = report.mid_log.as_ref().expect("damage before the last segment is mid-log");
+            prop_assert!(report.truncation.is_none());
+            prop_assert_eq!(m.at_segment, seg);
+            for (id, bytes) in before.iter().filter(|(id, _)| *id >= seg) {
+                let kept = m.moved_to.join(format!("{id:016x}.wal"));
+                prop_assert_eq!(&fs::read(&kept).unwrap(), bytes);
+            }
+        }
     }
 }
 

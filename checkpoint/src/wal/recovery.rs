@@ -1,0 +1,550 @@
+//! What [`super::Wal::open`] does before the log takes appends: scan, then repair.
+//!
+//! The scan finds the first damage (a torn or garbled frame or segment header, or a missing
+//! segment between two present ones) and classifies it:
+//!
+//! - **Torn tail**: the damage is in the last segment and no valid frame follows it there.
+//!   That is what a crash or power cut leaves (a write that did not finish), so it is cut off:
+//!   the segment is truncated at the damage (removed if its header is torn), as before.
+//! - **Damage before the end** (mid-log): later segments follow the damaged one, or a frame
+//!   whose header and CRC check out follows the damage in the same segment. A crash does not
+//!   do that: the disk or someone else damaged acknowledged data. Nothing is deleted: the
+//!   damaged segment and every later one are moved into `<wal dir>/damaged-<unix ms>/` (see
+//!   [`super::format`] for that directory's layout), the valid log ends before the damage, and
+//!   the report says what the moved part held (epochs, seals) so the engine can decide whether
+//!   the table already holds it.
+//!
+//! Invariant kept by [`move_aside`]: a crash at any point of the move leaves either the
+//! damage in place (the next open finds it again) or a `REPAIR` manifest in the `damaged-*`
+//! directory, from which the next open finishes the move and reports it again. A later
+//! segment is never left behind a cut segment (that would splice the log over the gap).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tidemark_fs::{write_file_durably, FileSystem};
+use tracing::warn;
+
+use super::error::{io_err, WalError};
+use super::format::{FrameKind, SegmentHeader, SEGMENT_HEADER_LEN};
+use super::segment::{
+    list_segments, open_segment, read_file, salvage_frames, scan_segment, segment_name,
+    segment_path, ScanEnd,
+};
+use super::WalPosition;
+
+/// The manifest of a move-aside in progress, in the `damaged-*` directory.
+const REPAIR_FILE: &str = "REPAIR";
+/// The manifest of a finished move-aside (the in-progress one, renamed when done).
+const REPORT_FILE: &str = "REPORT";
+/// Prefix of the directories holding moved-aside segments.
+pub(crate) const DAMAGED_PREFIX: &str = "damaged-";
+
+/// A torn tail cut off at open (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    /// The segment cut.
+    pub segment: PathBuf,
+    /// Where the valid log ends in it (0: the segment was removed, its header was torn).
+    pub at: u64,
+    /// Bytes dropped from that segment.
+    pub bytes_dropped: u64,
+    /// Why the frame at `at` is not valid.
+    pub reason: String,
+    /// Later segments removed whole, with their sizes. Always empty since damage followed by
+    /// later segments is moved aside ([`MidLogDamage`]); kept for callers that sum it.
+    pub removed_segments: Vec<(PathBuf, u64)>,
+}
+
+/// Damage before the end of the log, moved aside at open (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MidLogDamage {
+    /// The directory the segments were moved to (`<wal dir>/damaged-<unix ms>`).
+    pub moved_to: PathBuf,
+    /// The moved segment files, inside `moved_to`. The damaged segment is among them whole
+    /// (its valid part before the damage also stays in the live log).
+    pub segments: Vec<PathBuf>,
+    /// The damaged segment's id.
+    pub at_segment: u64,
+    /// Where in it the damage starts (0: its header, or the segment is missing).
+    pub at_offset: u64,
+    /// What is wrong there.
+    pub reason: String,
+    /// The smallest and largest epoch of any valid frame or segment header in the moved part
+    /// (past the damage): with the table's progress, tells whether the table holds it all.
+    pub epochs_seen: Option<(u64, u64)>,
+    /// Epochs of the valid seal frames in the moved part, oldest first.
+    pub seals_seen: Vec<u64>,
+    /// True if an earlier open started this move and crashed before it finished.
+    pub resumed: bool,
+}
+
+/// Which kind of damage an open found, borrowed from its [`RecoveryReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalDamage<'a> {
+    /// A torn tail, cut off.
+    TornTail(&'a Truncation),
+    /// Damage before the end, moved aside.
+    MidLog(&'a MidLogDamage),
+}
+
+/// What [`super::Wal::open`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments scanned.
+    pub segments_scanned: usize,
+    /// Valid frames scanned.
+    pub frames: u64,
+    /// The newest seal scanned: its epoch and payload.
+    pub last_seal: Option<(u64, Vec<u8>)>,
+    /// The newest epoch of any frame scanned.
+    pub last_epoch: Option<u64>,
+    /// The torn tail cut off, if any.
+    pub truncation: Option<Truncation>,
+    /// Damage before the end, moved aside, if any.
+    pub mid_log: Option<MidLogDamage>,
+    /// The end of the valid log.
+    pub end: WalPosition,
+}
+
+impl RecoveryReport {
+    /// The damage found, if any; mid-log damage first (it is the one that needs a decision).
+    pub fn damage(&self) -> Option<WalDamage<'_>> {
+        self.mid_log
+            .as_ref()
+            .map(WalDamage::MidLog)
+            .or(self.truncation.as_ref().map(WalDamage::TornTail))
+    }
+}
+
+/// A segment of the valid log.
+#[derive(Debug, Clone)]
+pub(crate) struct Segment {
+    pub(crate) id: u64,
+    pub(crate) first_epoch: u64,
+    pub(crate) path: PathBuf,
+}
+
+/// The result of recovery: the valid log's segments, the report, and the id the next new
+/// segment takes.
+pub(crate) struct Recovered {
+    pub(crate) segments: Vec<Segment>,
+    pub(crate) report: RecoveryReport,
+    pub(crate) next_id: u64,
+}
+
+/// The first damage a scan found.
+struct Found {
+    /// Index in the listing.
+    index: usize,
+    at: u64,
+    reason: String,
+    /// A missing segment: never a torn tail.
+    gap: bool,
+}
+
+/// Scans the log in `dir` from `from`, finishes an interrupted move-aside, and repairs the
+/// first damage found (see the module documentation).
+pub(crate) fn recover(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    from: Option<WalPosition>,
+) -> Result<Recovered, WalError> {
+    let mut report = RecoveryReport {
+        mid_log: resume_interrupted(fs, dir)?,
+        ..RecoveryReport::default()
+    };
+    let listed = list_segments(fs, dir)?;
+    let from = from.unwrap_or_default();
+    let mut segments = Vec::new();
+    let found = scan(fs, &listed, from, &mut segments, &mut report)?;
+    let mut next_id = listed.last().map(|(id, _)| id + 1).unwrap_or(0);
+    if let Some(found) = found {
+        let (id, path) = &listed[found.index];
+        let is_last = found.index + 1 == listed.len();
+        let mid_log = found.gap || !is_last || valid_frame_follows(fs, path, found.at)?;
+        if found.at == 0 {
+            segments.retain(|s| s.id != *id);
+        }
+        // The next segment follows the live log's last one (no gap the next open would take
+        // for damage); an id moved aside or removed is reused: the live directory no longer
+        // holds it.
+        next_id = segments.last().map(|s| s.id + 1).unwrap_or(*id);
+        report.end = if found.at == 0 {
+            match segments.last() {
+                Some(s) => WalPosition {
+                    segment: s.id,
+                    offset: fs.len(&s.path).map_err(io_err("stat", &s.path))?,
+                },
+                None => WalPosition::default(),
+            }
+        } else {
+            WalPosition {
+                segment: *id,
+                offset: found.at,
+            }
+        };
+        if mid_log {
+            let aside = new_damaged_dir(fs, dir)?;
+            let damage = move_aside(fs, dir, &aside, *id, found.at, &found.reason, false)?;
+            report.mid_log = Some(damage);
+        } else {
+            report.truncation = Some(cut_torn_tail(fs, dir, path, found.at, found.reason)?);
+        }
+    }
+    Ok(Recovered {
+        segments,
+        report,
+        next_id,
+    })
+}
+
+/// Reads every listed segment (headers only before `from`), filling `segments` and `report`
+/// with the valid log, and returns the first damage.
+fn scan(
+    fs: &dyn FileSystem,
+    listed: &[(u64, PathBuf)],
+    from: WalPosition,
+    segments: &mut Vec<Segment>,
+    report: &mut RecoveryReport,
+) -> Result<Option<Found>, WalError> {
+    for (i, (id, path)) in listed.iter().enumerate() {
+        let damaged = |at: u64, reason: String| {
+            Some(Found {
+                index: i,
+                at,
+                reason,
+                gap: false,
+            })
+        };
+        if i > 0 && listed[i - 1].0 + 1 != *id {
+            return Ok(Some(Found {
+                index: i,
+                at: 0,
+                reason: format!(
+                    "segments {} to {} are missing",
+                    segment_name(listed[i - 1].0 + 1),
+                    segment_name(id - 1)
+                ),
+                gap: true,
+            }));
+        }
+        let header_ok = |h: SegmentHeader| {
+            if h.segment_id == *id {
+                Ok(h)
+            } else {
+                Err(format!(
+                    "header names segment {} but file is {}",
+                    h.segment_id, id
+                ))
+            }
+        };
+        if *id < from.segment {
+            // Before the checkpointed position: trusted, not rescanned. Read its header only.
+            match open_segment(fs, path)?.1.and_then(header_ok) {
+                Ok(h) => segments.push(Segment {
+                    id: *id,
+                    first_epoch: h.first_epoch,
+                    path: path.clone(),
+                }),
+                Err(why) => return Ok(damaged(0, why)),
+            }
+            continue;
+        }
+        let offset = if *id == from.segment { from.offset } else { 0 };
+        report.segments_scanned += 1;
+        let mut frames = 0;
+        let mut last_epoch = None;
+        let mut last_seal = None;
+        let (header, end) = scan_segment(fs, path, offset, |_pos, frame| {
+            frames += 1;
+            last_epoch = Some(frame.epoch);
+            if frame.kind == FrameKind::Seal {
+                last_seal = Some((frame.epoch, frame.payload));
+            }
+        })?;
+        let header = match header.map(header_ok) {
+            Some(Ok(h)) => h,
+            Some(Err(why)) => return Ok(damaged(0, why)),
+            None => match end {
+                ScanEnd::Damaged(_, why) => return Ok(damaged(0, why)),
+                ScanEnd::Clean(_) => return Ok(damaged(0, "segment header is damaged".into())),
+            },
+        };
+        report.frames += frames;
+        if last_epoch.is_some() {
+            report.last_epoch = last_epoch;
+        }
+        if last_seal.is_some() {
+            report.last_seal = last_seal;
+        }
+        segments.push(Segment {
+            id: *id,
+            first_epoch: header.first_epoch,
+            path: path.clone(),
+        });
+        match end {
+            ScanEnd::Clean(len) => {
+                report.end = WalPosition {
+                    segment: *id,
+                    offset: len,
+                }
+            }
+            ScanEnd::Damaged(at, why) => return Ok(damaged(at, why)),
+        }
+    }
+    Ok(None)
+}
+
+/// True if a frame whose header and CRC check out starts anywhere after the damage at `at`
+/// in `path` (after the header if the header itself is damaged). Reads only from there on.
+fn valid_frame_follows(fs: &dyn FileSystem, path: &Path, at: u64) -> Result<bool, WalError> {
+    let from = if at == 0 {
+        SEGMENT_HEADER_LEN as u64
+    } else {
+        at + 1
+    };
+    let mut f = fs.open_read(path).map_err(io_err("open", path))?;
+    f.seek(SeekFrom::Start(from))
+        .map_err(io_err("seek", path))?;
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).map_err(io_err("read", path))?;
+    Ok(!salvage_frames(&rest, 0).is_empty())
+}
+
+/// Cuts a torn tail: truncates `path` at `at`, or removes it if its header is torn.
+fn cut_torn_tail(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    path: &Path,
+    at: u64,
+    reason: String,
+) -> Result<Truncation, WalError> {
+    let len = fs.len(path).map_err(io_err("stat", path))?;
+    if at == 0 {
+        fs.remove_file(path)
+            .map_err(io_err("remove torn segment", path))?;
+        fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+    } else {
+        let mut f = fs.open_append(path).map_err(io_err("open", path))?;
+        f.set_len(at).map_err(io_err("truncate", path))?;
+        f.sync_all().map_err(io_err("fsync", path))?;
+    }
+    warn!(
+        segment = %path.display(),
+        at,
+        bytes_dropped = len - at,
+        reason = %reason,
+        "wal: torn tail cut off"
+    );
+    Ok(Truncation {
+        segment: path.to_path_buf(),
+        at,
+        bytes_dropped: len - at,
+        reason,
+        removed_segments: Vec::new(),
+    })
+}
+
+/// A fresh `damaged-<unix ms>` directory name in `dir` (not yet created).
+fn new_damaged_dir(fs: &dyn FileSystem, dir: &Path) -> Result<PathBuf, WalError> {
+    let mut ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let existing = fs.read_dir(dir).map_err(io_err("list", dir))?;
+    loop {
+        let candidate = dir.join(format!("{DAMAGED_PREFIX}{ms}"));
+        if !existing.contains(&candidate) {
+            return Ok(candidate);
+        }
+        ms += 1;
+    }
+}
+
+/// The manifest of a move-aside: where the damage is and why (one `key=value` per line).
+fn manifest(at_segment: u64, at_offset: u64, reason: &str) -> String {
+    let reason = reason.replace('\n', " ");
+    format!("segment={at_segment}\noffset={at_offset}\nreason={reason}\n")
+}
+
+fn parse_manifest(text: &str) -> Option<(u64, u64, String)> {
+    let mut segment = None;
+    let mut offset = None;
+    let mut reason = String::new();
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("segment", v)) => segment = v.parse().ok(),
+            Some(("offset", v)) => offset = v.parse().ok(),
+            Some(("reason", v)) => reason = v.to_string(),
+            _ => {}
+        }
+    }
+    Some((segment?, offset?, reason))
+}
+
+/// Finishes every move-aside an earlier open started and did not finish (a `REPAIR`
+/// manifest left in a `damaged-*` directory); returns the last one's report.
+fn resume_interrupted(fs: &dyn FileSystem, dir: &Path) -> Result<Option<MidLogDamage>, WalError> {
+    let mut entries = fs.read_dir(dir).map_err(io_err("list", dir))?;
+    entries.sort();
+    let mut last = None;
+    for aside in entries {
+        let is_damaged_dir = aside
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(DAMAGED_PREFIX));
+        let manifest_path = aside.join(REPAIR_FILE);
+        if !is_damaged_dir || !fs.exists(&manifest_path) {
+            continue;
+        }
+        let text = read_file(fs, &manifest_path)?;
+        let Some((at_segment, at_offset, reason)) = parse_manifest(&String::from_utf8_lossy(&text))
+        else {
+            return Err(WalError::Corrupt {
+                path: manifest_path,
+                offset: 0,
+                reason: "unreadable move-aside manifest".into(),
+            });
+        };
+        warn!(dir = %aside.display(), "wal: finishing a move-aside of damaged segments that a crash interrupted");
+        last = Some(move_aside(
+            fs, dir, &aside, at_segment, at_offset, &reason, true,
+        )?);
+    }
+    Ok(last)
+}
+
+/// Moves the damaged segment `at_segment` and every later one from `dir` into `aside`, and
+/// leaves the valid part of the damaged segment (bytes before `at_offset`) in `dir`.
+/// Idempotent: an interrupted run is finished by running it again with the same arguments.
+///
+/// Order (each step durable before the next): the manifest; a hard link of the damaged
+/// segment into `aside` (the original bytes, kept whole); the later segments renamed into
+/// `aside`; the damaged segment replaced by its valid prefix (written whole beside it, then
+/// renamed over it); the manifest renamed to `REPORT`.
+fn move_aside(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    aside: &Path,
+    at_segment: u64,
+    at_offset: u64,
+    reason: &str,
+    resumed: bool,
+) -> Result<MidLogDamage, WalError> {
+    let sync = |d: &Path| fs.sync_dir(d).map_err(io_err("fsync directory", d));
+    fs.create_dir_all(aside)
+        .map_err(io_err("create directory", aside))?;
+    sync(dir)?;
+    let repair = aside.join(REPAIR_FILE);
+    let done = aside.join(REPORT_FILE);
+    if !fs.exists(&repair) && !fs.exists(&done) {
+        write_file_durably(
+            fs,
+            &repair,
+            manifest(at_segment, at_offset, reason).as_bytes(),
+            false,
+        )
+        .map_err(io_err("write move-aside manifest", &repair))?;
+    }
+    let live = segment_path(dir, at_segment);
+    let kept = aside.join(segment_name(at_segment));
+    if at_offset > 0 && fs.exists(&live) && !fs.exists(&kept) {
+        fs.hard_link(&live, &kept)
+            .map_err(io_err("link damaged segment aside", &kept))?;
+        sync(aside)?;
+    }
+    let mut moved_any = false;
+    for (id, path) in list_segments(fs, dir)? {
+        if id > at_segment || (id == at_segment && at_offset == 0) {
+            let to = aside.join(segment_name(id));
+            fs.rename(&path, &to)
+                .map_err(io_err("move damaged segment aside", &path))?;
+            moved_any = true;
+        }
+    }
+    if moved_any {
+        sync(aside)?;
+        sync(dir)?;
+    }
+    if at_offset > 0
+        && fs.exists(&live)
+        && fs.len(&live).map_err(io_err("stat", &live))? > at_offset
+    {
+        let bytes = read_file(fs, &kept)?;
+        let prefix = bytes
+            .get(..at_offset as usize)
+            .ok_or_else(|| WalError::Corrupt {
+                path: kept.clone(),
+                offset: at_offset,
+                reason: "the moved-aside copy is shorter than the valid part".into(),
+            })?;
+        write_file_durably(fs, &live, prefix, false)
+            .map_err(io_err("rewrite valid part of damaged segment", &live))?;
+    }
+    if fs.exists(&repair) {
+        fs.rename(&repair, &done)
+            .map_err(io_err("finish move-aside manifest", &repair))?;
+        sync(aside)?;
+    }
+    let damage = describe_moved(fs, aside, at_segment, at_offset, reason, resumed)?;
+    warn!(
+        moved_to = %aside.display(),
+        segments = damage.segments.len(),
+        at_segment,
+        at_offset,
+        epochs_seen = ?damage.epochs_seen,
+        seals_seen = ?damage.seals_seen,
+        reason,
+        "wal: DAMAGE BEFORE THE END OF THE LOG; the damaged segment and all later ones were moved aside (not deleted)"
+    );
+    Ok(damage)
+}
+
+/// What the moved-aside segments in `aside` hold past the damage: epochs and seals.
+fn describe_moved(
+    fs: &dyn FileSystem,
+    aside: &Path,
+    at_segment: u64,
+    at_offset: u64,
+    reason: &str,
+    resumed: bool,
+) -> Result<MidLogDamage, WalError> {
+    let moved = list_segments(fs, aside)?;
+    let mut epochs: Option<(u64, u64)> = None;
+    let mut seen = |e: u64| {
+        epochs = Some(match epochs {
+            Some((lo, hi)) => (lo.min(e), hi.max(e)),
+            None => (e, e),
+        })
+    };
+    let mut seals = Vec::new();
+    for (id, path) in &moved {
+        let bytes = read_file(fs, path)?;
+        let from = if *id == at_segment && at_offset > 0 {
+            at_offset as usize + 1
+        } else {
+            if let Ok(h) = SegmentHeader::decode(&bytes) {
+                seen(h.first_epoch);
+            }
+            SEGMENT_HEADER_LEN
+        };
+        for (_, frame) in salvage_frames(&bytes, from) {
+            seen(frame.epoch);
+            if frame.kind == FrameKind::Seal {
+                seals.push(frame.epoch);
+            }
+        }
+    }
+    Ok(MidLogDamage {
+        moved_to: aside.to_path_buf(),
+        segments: moved.into_iter().map(|(_, p)| p).collect(),
+        at_segment,
+        at_offset,
+        reason: reason.to_string(),
+        epochs_seen: epochs,
+        seals_seen: seals,
+        resumed,
+    })
+}

@@ -1,0 +1,195 @@
+//! Segment files through the file-system seam: naming, listing, reading headers and frames.
+//! No repair and no writing here: [`super::recovery`] decides, the writer in [`super`] writes.
+
+use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use tidemark_fs::{FileSystem, ReadableFile};
+
+use super::error::{io_err, WalError};
+use super::format::{
+    self, decode_frame, decode_frame_header, frame_crc_ok, frame_len, Frame, FrameError,
+    HeaderError, SegmentHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
+
+/// The file name of segment `id`: `<id:016x>.wal`.
+pub(crate) fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(segment_name(id))
+}
+
+/// See [`segment_path`].
+pub(crate) fn segment_name(id: u64) -> String {
+    format!("{id:016x}.wal")
+}
+
+/// The segment id in a file name, if it is one.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".wal")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The segments directly in `dir` as `(id, path)`, oldest first. Subdirectories (such as
+/// moved-aside `damaged-*` ones) and temporary files are not segments.
+pub(crate) fn list_segments(
+    fs: &dyn FileSystem,
+    dir: &Path,
+) -> Result<Vec<(u64, PathBuf)>, WalError> {
+    let mut out = Vec::new();
+    for path in fs.read_dir(dir).map_err(io_err("list", dir))? {
+        let id = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(parse_segment_name);
+        if let Some(id) = id {
+            out.push((id, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A segment open for reading, positioned after its header, and the header (or why it is
+/// torn or damaged).
+pub(crate) type OpenSegment = (Box<dyn ReadableFile>, Result<SegmentHeader, String>);
+
+/// Opens a segment and reads its header: `Ok((file, Err(reason)))` when the header is torn or
+/// damaged; a newer format version is an error (such a segment is never touched).
+pub(crate) fn open_segment(fs: &dyn FileSystem, path: &Path) -> Result<OpenSegment, WalError> {
+    let mut file = fs.open_read(path).map_err(io_err("open", path))?;
+    let mut head = [0u8; SEGMENT_HEADER_LEN];
+    let got = read_full(&mut file, &mut head).map_err(io_err("read", path))?;
+    let header = match SegmentHeader::decode(&head[..got]) {
+        Ok(h) => Ok(h),
+        Err(HeaderError::Version(found)) => {
+            return Err(WalError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found,
+                supported: format::VERSION,
+            })
+        }
+        Err(HeaderError::Short) => Err("segment header is torn".to_string()),
+        Err(HeaderError::Corrupt(why)) => Err(why.to_string()),
+    };
+    Ok((file, header))
+}
+
+/// Where a scan of one segment stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScanEnd {
+    /// Clean end of the segment at this length.
+    Clean(u64),
+    /// Damage at this offset (0: the header), and why.
+    Damaged(u64, String),
+}
+
+/// Reads frames of one segment from `offset`, calling `f` with each valid frame's offset.
+/// Returns the header (`None` if it is damaged) and where the valid frames end.
+pub(crate) fn scan_segment(
+    fs: &dyn FileSystem,
+    path: &Path,
+    offset: u64,
+    mut f: impl FnMut(u64, Frame),
+) -> Result<(Option<SegmentHeader>, ScanEnd), WalError> {
+    let (mut file, header) = open_segment(fs, path)?;
+    let header = match header {
+        Ok(h) => h,
+        Err(why) => return Ok((None, ScanEnd::Damaged(0, why))),
+    };
+    let mut pos = offset.max(SEGMENT_HEADER_LEN as u64);
+    file.seek(SeekFrom::Start(pos))
+        .map_err(io_err("seek", path))?;
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    loop {
+        match read_frame(&mut reader).map_err(io_err("read", path))? {
+            ReadFrame::Eof => return Ok((Some(header), ScanEnd::Clean(pos))),
+            ReadFrame::Bad(why) => return Ok((Some(header), ScanEnd::Damaged(pos, why.into()))),
+            ReadFrame::Frame(frame) => {
+                let len = frame_len(frame.payload.len()) as u64;
+                f(pos, frame);
+                pos += len;
+            }
+        }
+    }
+}
+
+/// Every frame whose header and CRC check out in `bytes` from `from` on, found by trying each
+/// byte offset after a bad one (a resynchronising scan), as `(offset, frame)`. Used to tell
+/// damage before the end from a torn tail, and to say what a moved-aside part held.
+pub(crate) fn salvage_frames(bytes: &[u8], from: usize) -> Vec<(usize, Frame)> {
+    let mut out = Vec::new();
+    let mut pos = from;
+    while pos + FRAME_HEADER_LEN <= bytes.len() {
+        match decode_frame(&bytes[pos..]) {
+            Ok((frame, len)) => {
+                out.push((pos, frame));
+                pos += len;
+            }
+            Err(_) => pos += 1,
+        }
+    }
+    out
+}
+
+/// The result of reading one frame.
+pub(crate) enum ReadFrame {
+    /// Clean end of the file.
+    Eof,
+    /// A frame that is torn or damaged.
+    Bad(&'static str),
+    /// A valid frame.
+    Frame(Frame),
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Reads the next frame.
+pub(crate) fn read_frame(r: &mut impl Read) -> std::io::Result<ReadFrame> {
+    let mut head = [0u8; FRAME_HEADER_LEN];
+    let got = read_full(r, &mut head)?;
+    if got == 0 {
+        return Ok(ReadFrame::Eof);
+    }
+    if got < FRAME_HEADER_LEN {
+        return Ok(ReadFrame::Bad("frame header is torn"));
+    }
+    let h = match decode_frame_header(&head) {
+        Ok(h) => h,
+        Err(FrameError::Corrupt(why)) => return Ok(ReadFrame::Bad(why)),
+        Err(FrameError::Short) => return Ok(ReadFrame::Bad("frame header is torn")),
+    };
+    let mut payload = vec![0u8; h.len];
+    if read_full(r, &mut payload)? < h.len {
+        return Ok(ReadFrame::Bad("frame payload is torn"));
+    }
+    if !frame_crc_ok(&head, h.crc, &payload) {
+        return Ok(ReadFrame::Bad("frame checksum mismatch"));
+    }
+    Ok(ReadFrame::Frame(Frame {
+        kind: h.kind,
+        epoch: h.epoch,
+        payload,
+    }))
+}
+
+/// Reads a whole file through the seam.
+pub(crate) fn read_file(fs: &dyn FileSystem, path: &Path) -> Result<Vec<u8>, WalError> {
+    let mut f = fs.open_read(path).map_err(io_err("open", path))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).map_err(io_err("read", path))?;
+    Ok(bytes)
+}
