@@ -333,8 +333,9 @@ pub async fn run(
         properties: config.source.properties.clone(),
     };
     let start_for_connect = open.end.clone();
+    let stop = shutdown.clone();
     let mut source = tokio::task::spawn_blocking(move || {
-        KafkaSource::connect(&source_config, &start_for_connect)
+        KafkaSource::connect_until(&source_config, &start_for_connect, &|| stop.requested())
     })
     .await
     .map_err(|e| PipelineError::Progress {
@@ -389,6 +390,10 @@ pub async fn run(
         let want = (cp.max_records as u64 - open.records).min(POLL_BATCH as u64) as usize;
         let wait = open.time_left(cp).min(POLL_WAIT);
         let records = source.next_batch(want.max(1), wait).await?;
+        let added = source.take_added_partitions();
+        if let (false, Some(d)) = (added.is_empty(), committer.dedup.as_mut()) {
+            d.tracker.register(added, Instant::now());
+        }
         if records.is_empty() {
             continue;
         }
