@@ -26,4 +26,11 @@ pub trait Source {
 
     /// True when every partition has been read up to the end it had when the source started.
     fn caught_up(&self) -> bool;
+
+    /// Partitions the source started reading since the last call (e.g. partitions added to a
+    /// topic while running), each reported once, so the caller can track them (the dedup
+    /// watermark). Their records appear in [`Source::positions`] as they are read.
+    fn take_added_partitions(&mut self) -> Vec<(String, i32)> {
+        Vec::new()
+    }
 }

@@ -364,24 +364,35 @@ pub async fn run(
         properties: config.source.properties.clone(),
     };
     let start_for_connect = open.end.clone();
+    let stop = shutdown.clone();
     let mut connect = tokio::task::spawn_blocking(move || {
-        KafkaSource::connect(&source_config, &start_for_connect)
+        KafkaSource::connect_until(&source_config, &start_for_connect, &|| stop.requested())
     });
     // A stop asked for during recovery or while the broker does not answer ends the run here
     // (recovery's own commits are complete; nothing is half done).
+    let stopped_early = |summary: &mut RunSummary| {
+        info!("stop requested before the source connected: stopping");
+        summary.stopped_because = "shutdown";
+        summary.elapsed_secs = started.elapsed().as_secs_f64();
+    };
     let mut source = loop {
         if shutdown.requested() {
-            info!("stop requested before the source connected: stopping");
-            summary.stopped_because = "shutdown";
-            summary.elapsed_secs = started.elapsed().as_secs_f64();
+            stopped_early(&mut summary);
             return Ok(summary);
         }
         tokio::select! {
             joined = &mut connect => {
-                break joined.map_err(|e| PipelineError::Task {
+                match joined.map_err(|e| PipelineError::Task {
                     what: "connecting to Kafka",
                     message: e.to_string(),
-                })??;
+                })? {
+                    Ok(source) => break source,
+                    Err(_) if shutdown.requested() => {
+                        stopped_early(&mut summary);
+                        return Ok(summary);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             _ = tokio::time::sleep(POLL_WAIT) => {}
         }
@@ -433,6 +444,10 @@ pub async fn run(
         let want = (cp.max_records as u64 - open.records).min(POLL_BATCH as u64) as usize;
         let wait = open.time_left(cp).min(POLL_WAIT);
         let records = source.next_batch(want.max(1), wait).await?;
+        let added = source.take_added_partitions();
+        if let (false, Some(d)) = (added.is_empty(), committer.dedup.as_mut()) {
+            d.tracker.register(added, Instant::now());
+        }
         if records.is_empty() {
             continue;
         }

@@ -20,6 +20,8 @@ mod dedup;
 mod hardening;
 #[path = "e2e/protocol.rs"]
 mod protocol;
+#[path = "e2e/topology.rs"]
+mod topology;
 
 const EXE: &str = env!("CARGO_BIN_EXE_tidemark-under-test");
 
