@@ -279,7 +279,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             let kill_after = Duration::from_secs_f64(wall * options.crash_at.clamp(0.05, 0.95));
             let finished = run_child_killed(&exe, &config, &rec_dir.join("run-1.log"), kill_after)?;
             if finished {
-                bail!("interval {name}: the recovery run finished before its kill at {kill_after:?}");
+                bail!(
+                    "interval {name}: the recovery run finished before its kill at {kill_after:?}"
+                );
             }
             let summary = run_child(&exe, &config, &rec_dir.join("run-2.log"), &[])?;
             row.recovery_first_commit_ms = summary["first_commit_ms"].as_u64();

@@ -406,8 +406,7 @@ impl Committer {
             skipped: skipped_list,
             duplicates: open.duplicates,
             late: open.late,
-            dead_lettered: open.invalid()
-                - (open.skipped.len() + open.skipped_other.len()) as u64,
+            dead_lettered: open.invalid() - (open.skipped.len() + open.skipped_other.len()) as u64,
             watermark,
         }
     }
@@ -426,7 +425,12 @@ impl Committer {
                 Ok(version) => return Ok(version),
                 Err(PipelineError::Sink(e)) if e.is_transient() => match backoff.next() {
                     Some(wait) => {
-                        warn!(epoch = open.epoch, attempt = backoff.attempts(), wait_ms = wait.as_millis() as u64, "transient storage error, retrying the epoch's commit: {e}");
+                        warn!(
+                            epoch = open.epoch,
+                            attempt = backoff.attempts(),
+                            wait_ms = wait.as_millis() as u64,
+                            "transient storage error, retrying the epoch's commit: {e}"
+                        );
                         tokio::time::sleep(wait).await;
                     }
                     None => return Err(PipelineError::Sink(e)),
@@ -519,10 +523,7 @@ impl Committer {
             }
         }
         fault::hit(CrashPoint::BeforeParquetWrite);
-        let (adds, write) = self
-            .sink
-            .write_epoch_files(epoch, &open.batches)
-            .await?;
+        let (adds, write) = self.sink.write_epoch_files(epoch, &open.batches).await?;
         fault::hit(CrashPoint::AfterParquetWrite);
         report.files = write.files as u64;
         match commit_with_delay(&mut self.sink, adds.clone(), info).await {

@@ -22,7 +22,10 @@ pub fn pipeline_fs() -> Result<SharedFs, String> {
         for fault in parse(&spec)? {
             fs.arm(fault);
         }
-        tracing::warn!(spec, "fault injection: the pipeline's file system fails as told");
+        tracing::warn!(
+            spec,
+            "fault injection: the pipeline's file system fails as told"
+        );
         return Ok(std::sync::Arc::new(fs));
     }
     Ok(tidemark_fs::std_fs())
@@ -39,9 +42,7 @@ pub fn parse(spec: &str) -> Result<Vec<tidemark_fs::Fault>, String> {
                 Some(h) => (h, true),
                 None => (one.trim(), false),
             };
-            let (head, nth) = head
-                .rsplit_once('@')
-                .ok_or_else(|| bad("lacks @<n>"))?;
+            let (head, nth) = head.rsplit_once('@').ok_or_else(|| bad("lacks @<n>"))?;
             let nth: u64 = nth.parse().map_err(|_| bad("has a bad count"))?;
             let mut parts = head.splitn(3, ':');
             let op = match parts.next().unwrap_or("") {
@@ -79,10 +80,21 @@ mod tests {
     fn specs_parse_or_name_what_is_wrong() {
         let f = super::parse("write:enospc:wal@3:sticky,sync:eio:_delta_log@1").unwrap();
         assert_eq!(f.len(), 2);
-        assert_eq!((f[0].op, f[0].kind, f[0].nth, f[0].sticky), (Op::Write, FaultKind::DiskFull, 3, true));
+        assert_eq!(
+            (f[0].op, f[0].kind, f[0].nth, f[0].sticky),
+            (Op::Write, FaultKind::DiskFull, 3, true)
+        );
         assert_eq!(f[0].path_contains, "wal");
-        assert_eq!((f[1].op, f[1].kind, f[1].sticky), (Op::Sync, FaultKind::Eio, false));
-        for bad in ["write:enospc:wal", "fly:eio:x@1", "write:boom:x@1", "write:eio:x@z"] {
+        assert_eq!(
+            (f[1].op, f[1].kind, f[1].sticky),
+            (Op::Sync, FaultKind::Eio, false)
+        );
+        for bad in [
+            "write:enospc:wal",
+            "fly:eio:x@1",
+            "write:boom:x@1",
+            "write:eio:x@z",
+        ] {
             let e = super::parse(bad).unwrap_err();
             assert!(e.contains(bad), "{e}");
         }

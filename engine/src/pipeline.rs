@@ -298,6 +298,7 @@ pub async fn run(
     let (mut committer, mut open, mut recovered) = recovery::recover(
         config,
         &lock,
+        &sink_options.fs,
         sink,
         dead_letter_sink,
         &processor,

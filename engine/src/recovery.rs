@@ -11,11 +11,11 @@ use serde::Serialize;
 use tidemark_checkpoint::store::Counts;
 use tidemark_checkpoint::wal::{FrameKind, RecoveryReport as WalRecovery};
 use tidemark_checkpoint::{
-    CheckpointRecord, CheckpointStore, StoreError, StoreOptions, SyncPolicy, Wal, WalOptions,
-    WalPosition,
+    CheckpointRecord, CheckpointStore, StoreOptions, SyncPolicy, Wal, WalOptions, WalPosition,
 };
 use tidemark_connectors::delta::{DeltaSink, SweepReport, TableProgress};
 use tidemark_connectors::{Positions, SourceRecord};
+use tidemark_fs::SharedFs;
 use tracing::{error, info, warn};
 
 use crate::committer::{Committer, DeadLetterTable, EpochReport, SealedEpoch};
@@ -107,7 +107,7 @@ fn open_store(dir: &Path, retain: usize) -> Result<OpenedStore, PipelineError> {
     let existed = dir.join("CURRENT").exists();
     match CheckpointStore::open(dir, StoreOptions { retain }) {
         Ok(store) => Ok(OpenedStore::Usable(store)),
-        Err(e) if existed && store_is_corrupt(&e) => {
+        Err(e) if existed && e.is_corruption() => {
             let aside = set_aside(dir, "unreadable")?;
             error!(store = %dir.display(), moved_to = %aside.display(), "CHECKPOINT STORE UNREADABLE ({e}); it was moved aside; resuming from the table's own progress");
             let store = CheckpointStore::open(dir, StoreOptions { retain })?;
@@ -115,12 +115,6 @@ fn open_store(dir: &Path, retain: usize) -> Result<OpenedStore, PipelineError> {
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// INTERIM until the checkpoint crate's classification lands.
-fn store_is_corrupt(e: &StoreError) -> bool {
-    matches!(e, StoreError::Foreign { .. } | StoreError::Record { .. })
-        || e.to_string().contains("Corruption")
 }
 
 /// Moves `path` (the store or the WAL directory) aside to `<name>.<what>-<unix ms>` beside
@@ -205,6 +199,7 @@ pub struct StartOptions {
 pub async fn recover(
     config: &PipelineConfig,
     lock: &StateLock,
+    fs: &SharedFs,
     mut sink: DeltaSink,
     dead_letter_sink: Option<DeltaSink>,
     processor: &RecordProcessor,
@@ -228,7 +223,11 @@ pub async fn recover(
     };
     // Files of epochs the table does not hold, written by runs of this state directory (all
     // dead but this one): a write or commit that did not land.
-    outcome.orphan_files_deleted = swept(sink.sweep_uncommitted_files(v as i64, lock.own_runs()).await?, sink.uri());
+    outcome.orphan_files_deleted = swept(
+        sink.sweep_uncommitted_files(v as i64, lock.own_runs())
+            .await?,
+        sink.uri(),
+    );
     let dead_letter_table = match dead_letter_sink {
         Some(sink) => {
             let mut dlq = DeadLetterTable::open(sink).await?;
@@ -243,7 +242,8 @@ pub async fn recover(
     };
 
     let from = latest.as_ref().map(wal_position);
-    let (mut wal, wal_report) = Wal::open(&wal_dir(state), wal_options(config), from)?;
+    let (mut wal, wal_report) =
+        Wal::open_with_fs(fs.clone(), &wal_dir(state), wal_options(config), from)?;
     log_wal_recovery(&wal_report, &mut outcome);
     if let Some(c) = &latest {
         if wal.end() < wal_position(c) {
@@ -295,7 +295,7 @@ pub async fn recover(
         table_continues_checkpoint: progress.as_ref().is_some_and(|p| {
             p.info.epoch as u64 == c_epoch + 1 && p.info.start_positions == checkpoint_positions
         }),
-        wal_damage_newest_epoch: damage_newest_epoch(&wal_report),
+        wal_damage_newest_epoch: damage_newest_epoch(&wal_report, c_epoch),
         accept_wal_damage: options.accept_wal_damage,
         rewind,
     };
@@ -347,7 +347,7 @@ pub async fn recover(
                 }
             }
             if reason != FromTableReason::CheckpointsOff {
-                committer = set_wal_aside(committer, config, state, reason)?;
+                committer = set_wal_aside(committer, config, fs, state, reason)?;
             }
             from_table(committer, processor, progress, reason, outcome).await
         }
@@ -405,6 +405,7 @@ fn check_table_progress(
 fn set_wal_aside(
     committer: Committer,
     config: &PipelineConfig,
+    fs: &SharedFs,
     state: &Path,
     reason: FromTableReason,
 ) -> Result<Committer, PipelineError> {
@@ -419,13 +420,25 @@ fn set_wal_aside(
     committer.replace_wal(|| {
         let aside = set_aside(&dir, "set-aside")?;
         warn!(moved_to = %aside.display(), segments, bytes, ?reason, "WAL moved aside (not deleted): its records are re-read from the source");
-        let (wal, _) = Wal::open(&dir, wal_options(config), None)?;
+        let (wal, _) = Wal::open_with_fs(fs.clone(), &dir, wal_options(config), None)?;
         Ok(wal)
     })?;
     Ok(committer)
 }
 
 fn log_wal_recovery(report: &WalRecovery, outcome: &mut RecoveryOutcome) {
+    if let Some(m) = &report.mid_log {
+        error!(
+            moved_to = %m.moved_to.display(),
+            segments = m.segments.len(),
+            at_segment = m.at_segment,
+            at_offset = m.at_offset,
+            epochs = ?m.epochs_seen,
+            seals = ?m.seals_seen,
+            reason = %m.reason,
+            "recovery: the WAL is DAMAGED BEFORE ITS END (not a torn tail); the damaged segment and every later one were moved aside, not deleted"
+        );
+    }
     if let Some(t) = &report.truncation {
         let removed: u64 = t.removed_segments.iter().map(|(_, s)| s).sum();
         outcome.wal_bytes_cut = t.bytes_dropped + removed;
@@ -440,10 +453,15 @@ fn log_wal_recovery(report: &WalRecovery, outcome: &mut RecoveryOutcome) {
 }
 
 /// The newest epoch held by WAL segments that were damaged before the log's end (moved
-/// aside by the WAL's open), if any.
-fn damage_newest_epoch(report: &WalRecovery) -> Option<u64> {
-    let _ = report;
-    None
+/// aside by the WAL's open), if any. When the damaged part shows no epoch at all, it is taken
+/// to hold the epoch after the checkpoint (the only one a WAL after it can hold).
+fn damage_newest_epoch(report: &WalRecovery, checkpoint_epoch: u64) -> Option<u64> {
+    let damage = report.mid_log.as_ref()?;
+    Some(
+        damage
+            .epochs_seen
+            .map_or(checkpoint_epoch + 1, |(_, newest)| newest),
+    )
 }
 
 /// The WAL's content after the checkpoint: the records of `c+1` and its seal, if any.
@@ -463,7 +481,11 @@ async fn from_checkpoint(
     mut outcome: RecoveryOutcome,
 ) -> Result<(Committer, OpenEpoch, RecoveryOutcome), PipelineError> {
     let (c_epoch, c_t, positions) = match &c {
-        Some(c) => (c.epoch, c.committed_epoch, from_store_positions(&c.positions)),
+        Some(c) => (
+            c.epoch,
+            c.committed_epoch,
+            from_store_positions(&c.positions),
+        ),
         None => (0, 0, Positions::new()),
     };
     let v = outcome.table_txn;
@@ -506,12 +528,25 @@ async fn from_checkpoint(
         }
         StartCase::RedoEpoch { epoch } => {
             let (seal, open) = replay_sealed(&mut committer, processor, seal, &records, epoch)?;
-            info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed but not in the table: redoing it from the WAL");
-            let report = committer.commit_sealed(SealedEpoch::replayed(open), None).await?;
+            info!(
+                checkpoint = c_epoch,
+                committed_epoch = c_t,
+                table_txn = v,
+                epoch,
+                replayed = records.len(),
+                "recovery: epoch sealed but not in the table: redoing it from the WAL"
+            );
+            let report = committer
+                .commit_sealed(SealedEpoch::replayed(open), None)
+                .await?;
             info!(epoch, version = ?report.version, rows = report.rows, "recovery: redone epoch committed");
             outcome.committed_at_start = Some(report);
             outcome.next_epoch = epoch + 1;
-            Ok((committer, OpenEpoch::new(epoch + 1, seal.end_positions), outcome))
+            Ok((
+                committer,
+                OpenEpoch::new(epoch + 1, seal.end_positions),
+                outcome,
+            ))
         }
         StartCase::WriteMissingCheckpoint { epoch } => {
             // Replay rebuilds the epoch's counts (and, with dedup, its state).
@@ -522,7 +557,11 @@ async fn from_checkpoint(
             committer.add_totals(&open);
             committer.checkpoint(epoch, &seal.end_positions)?;
             outcome.next_epoch = epoch + 1;
-            Ok((committer, OpenEpoch::new(epoch + 1, seal.end_positions), outcome))
+            Ok((
+                committer,
+                OpenEpoch::new(epoch + 1, seal.end_positions),
+                outcome,
+            ))
         }
         other => Err(PipelineError::Refused {
             message: format!("internal: {other} is not a checkpoint case"),
@@ -590,9 +629,15 @@ async fn from_table(
         .unwrap_or_default();
     let store_lost = reason == FromTableReason::StoreLost;
     match reason {
-        FromTableReason::StoreLost => error!(table_txn = v, positions = %positions, "CHECKPOINT STORE LOST: resuming from the table's newest Tidemark commit (epoch {v}); nothing is lost or doubled, the dedup state is rebuilt from the table"),
-        FromTableReason::SealLostCommitLanded => error!(table_txn = v, positions = %positions, "WAL SEAL LOST after its commit landed: resuming from the table's newest Tidemark commit (epoch {v}); the dedup state is rebuilt from the table"),
-        _ => info!(table_txn = v, positions = %positions, ?reason, "resuming from the table's newest Tidemark commit (epoch {v})"),
+        FromTableReason::StoreLost => {
+            error!(table_txn = v, positions = %positions, "CHECKPOINT STORE LOST: resuming from the table's newest Tidemark commit (epoch {v}); nothing is lost or doubled, the dedup state is rebuilt from the table")
+        }
+        FromTableReason::SealLostCommitLanded => {
+            error!(table_txn = v, positions = %positions, "WAL SEAL LOST after its commit landed: resuming from the table's newest Tidemark commit (epoch {v}); the dedup state is rebuilt from the table")
+        }
+        _ => {
+            info!(table_txn = v, positions = %positions, ?reason, "resuming from the table's newest Tidemark commit (epoch {v})")
+        }
     }
     committer.store.reset()?;
     committer.totals = Counts::default();

@@ -161,10 +161,7 @@ pub fn holder(dir: &Path) -> Option<String> {
 fn record_run(dir: &Path, run: &RunId) -> Result<Vec<RunId>, StateLockError> {
     let path = dir.join(RUNS_FILE);
     let mut runs: Vec<RunId> = match std::fs::read_to_string(&path) {
-        Ok(text) => text
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect(),
+        Ok(text) => text.lines().filter_map(|l| l.trim().parse().ok()).collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io_err("read the run list", &path)(e)),
     };

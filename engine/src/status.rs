@@ -14,8 +14,8 @@ use crate::config::PipelineConfig;
 use crate::epoch_log::from_store_positions;
 use crate::pipeline::PipelineError;
 use crate::protocol::{decide, StartFacts, StoreFacts};
-use crate::state_lock;
 use crate::recovery::{store_dir, wal_dir};
+use crate::state_lock;
 
 /// Everything `tidemark status` shows.
 #[derive(Debug, Clone, Serialize)]
@@ -230,7 +230,9 @@ impl Status {
         line(format!("state dir    {}", self.state_dir));
         line(format!(
             "running      {}",
-            self.running.as_deref().unwrap_or("no (the state directory is not locked)")
+            self.running
+                .as_deref()
+                .unwrap_or("no (the state directory is not locked)")
         ));
         match &self.checkpoint {
             Some(c) => {

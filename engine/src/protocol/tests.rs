@@ -31,20 +31,64 @@ use StartCase as S;
 #[test]
 fn the_ordinary_cases_of_the_architecture() {
     let rows: &[(&str, StartFacts, StartCase)] = &[
-        ("first start ever", facts(StoreFacts::Empty, false, false, 0), S::Fresh),
-        ("killed in epoch 1 before its seal", facts(StoreFacts::Empty, false, true, 0), S::ResumeEpoch { epoch: 1 }),
-        ("killed after SEAL(1), before its commit", facts(StoreFacts::Empty, true, true, 0), S::RedoEpoch { epoch: 1 }),
+        (
+            "first start ever",
+            facts(StoreFacts::Empty, false, false, 0),
+            S::Fresh,
+        ),
+        (
+            "killed in epoch 1 before its seal",
+            facts(StoreFacts::Empty, false, true, 0),
+            S::ResumeEpoch { epoch: 1 },
+        ),
+        (
+            "killed after SEAL(1), before its commit",
+            facts(StoreFacts::Empty, true, true, 0),
+            S::RedoEpoch { epoch: 1 },
+        ),
         // Issue 11 item 4: the first epoch's commit landed, its checkpoint did not.
-        ("killed after commit 1, before checkpoint 1", facts(StoreFacts::Empty, true, true, 1), S::WriteMissingCheckpoint { epoch: 1 }),
-        ("clean restart after checkpoint 7", facts(cp(7, 7), false, false, 7), S::ResumeEpoch { epoch: 8 }),
-        ("killed mid epoch 8", facts(cp(7, 7), false, true, 7), S::ResumeEpoch { epoch: 8 }),
-        ("killed after SEAL(8)", facts(cp(7, 7), true, true, 7), S::RedoEpoch { epoch: 8 }),
-        ("killed after commit 8", facts(cp(7, 7), true, true, 8), S::WriteMissingCheckpoint { epoch: 8 }),
+        (
+            "killed after commit 1, before checkpoint 1",
+            facts(StoreFacts::Empty, true, true, 1),
+            S::WriteMissingCheckpoint { epoch: 1 },
+        ),
+        (
+            "clean restart after checkpoint 7",
+            facts(cp(7, 7), false, false, 7),
+            S::ResumeEpoch { epoch: 8 },
+        ),
+        (
+            "killed mid epoch 8",
+            facts(cp(7, 7), false, true, 7),
+            S::ResumeEpoch { epoch: 8 },
+        ),
+        (
+            "killed after SEAL(8)",
+            facts(cp(7, 7), true, true, 7),
+            S::RedoEpoch { epoch: 8 },
+        ),
+        (
+            "killed after commit 8",
+            facts(cp(7, 7), true, true, 8),
+            S::WriteMissingCheckpoint { epoch: 8 },
+        ),
         // Epochs 6 and 7 needed no commit (all records deduplicated away would still commit,
         // but an epoch with nothing at all is never opened): t may trail c.
-        ("checkpoint 7 with committed epoch 5, table at 5", facts(cp(7, 5), false, false, 5), S::ResumeEpoch { epoch: 8 }),
-        ("same, SEAL(8) logged", facts(cp(7, 5), true, true, 5), S::RedoEpoch { epoch: 8 }),
-        ("same, commit 8 landed", facts(cp(7, 5), true, true, 8), S::WriteMissingCheckpoint { epoch: 8 }),
+        (
+            "checkpoint 7 with committed epoch 5, table at 5",
+            facts(cp(7, 5), false, false, 5),
+            S::ResumeEpoch { epoch: 8 },
+        ),
+        (
+            "same, SEAL(8) logged",
+            facts(cp(7, 5), true, true, 5),
+            S::RedoEpoch { epoch: 8 },
+        ),
+        (
+            "same, commit 8 landed",
+            facts(cp(7, 5), true, true, 8),
+            S::WriteMissingCheckpoint { epoch: 8 },
+        ),
     ];
     for (what, f, want) in rows {
         assert_eq!(decide(*f), *want, "{what}: {f:?}");
@@ -54,18 +98,59 @@ fn the_ordinary_cases_of_the_architecture() {
 #[test]
 fn starts_without_a_usable_store() {
     let rows: &[(&str, StartFacts, StartCase)] = &[
-        ("state directory deleted, table at 12", facts(StoreFacts::Lost, false, false, 12), S::FromTable { reason: R::StoreLost, table_txn: 12 }),
-        ("store corrupt, WAL still sealed", facts(StoreFacts::Lost, true, true, 3), S::FromTable { reason: R::StoreLost, table_txn: 3 }),
-        ("checkpoints turned on after running without them", facts(StoreFacts::Empty, false, false, 5), S::FromTable { reason: R::NoCheckpointYet, table_txn: 5 }),
-        ("state lost before any commit", facts(StoreFacts::Lost, false, true, 0), S::FromTable { reason: R::StoreLost, table_txn: 0 }),
+        (
+            "state directory deleted, table at 12",
+            facts(StoreFacts::Lost, false, false, 12),
+            S::FromTable {
+                reason: R::StoreLost,
+                table_txn: 12,
+            },
+        ),
+        (
+            "store corrupt, WAL still sealed",
+            facts(StoreFacts::Lost, true, true, 3),
+            S::FromTable {
+                reason: R::StoreLost,
+                table_txn: 3,
+            },
+        ),
+        (
+            "checkpoints turned on after running without them",
+            facts(StoreFacts::Empty, false, false, 5),
+            S::FromTable {
+                reason: R::NoCheckpointYet,
+                table_txn: 5,
+            },
+        ),
+        (
+            "state lost before any commit",
+            facts(StoreFacts::Lost, false, true, 0),
+            S::FromTable {
+                reason: R::StoreLost,
+                table_txn: 0,
+            },
+        ),
         (
             "checkpoints off",
-            StartFacts { checkpoints: false, ..facts(cp(4, 4), true, true, 9) },
-            S::FromTable { reason: R::CheckpointsOff, table_txn: 9 },
+            StartFacts {
+                checkpoints: false,
+                ..facts(cp(4, 4), true, true, 9)
+            },
+            S::FromTable {
+                reason: R::CheckpointsOff,
+                table_txn: 9,
+            },
         ),
         (
             "a rewind with checkpoints off",
-            StartFacts { checkpoints: false, rewind: Some(RewindFacts { to: 2, target_committed_epoch: Some(2) }), ..facts(cp(4, 4), false, false, 1) },
+            StartFacts {
+                checkpoints: false,
+                rewind: Some(RewindFacts {
+                    to: 2,
+                    target_committed_epoch: Some(2),
+                }),
+                ..facts(cp(4, 4), false, false, 1)
+            },
             S::Refuse(Refusal::RewindWithoutStore { to: 2 }),
         ),
     ];
@@ -76,39 +161,119 @@ fn starts_without_a_usable_store() {
 
 #[test]
 fn refusals_and_rewinds() {
-    let rewind = |to, tc| Some(RewindFacts { to, target_committed_epoch: tc });
+    let rewind = |to, tc| {
+        Some(RewindFacts {
+            to,
+            target_committed_epoch: tc,
+        })
+    };
     let rows: &[(&str, StartFacts, StartCase)] = &[
-        ("checkpoint claims more than itself", facts(cp(3, 4), false, false, 4), S::Refuse(Refusal::CorruptCheckpoint { checkpoint_epoch: 3, committed_epoch: 4 })),
-        ("table restored to 4, store at 9", facts(cp(9, 9), false, false, 4), S::Refuse(Refusal::TableBehind { table_txn: 4, committed_epoch: 9 })),
+        (
+            "checkpoint claims more than itself",
+            facts(cp(3, 4), false, false, 4),
+            S::Refuse(Refusal::CorruptCheckpoint {
+                checkpoint_epoch: 3,
+                committed_epoch: 4,
+            }),
+        ),
+        (
+            "table restored to 4, store at 9",
+            facts(cp(9, 9), false, false, 4),
+            S::Refuse(Refusal::TableBehind {
+                table_txn: 4,
+                committed_epoch: 9,
+            }),
+        ),
         (
             "rewind to 4 (committed 4), table at 4",
-            StartFacts { rewind: rewind(4, Some(4)), ..facts(cp(9, 9), false, false, 4) },
-            S::FromTable { reason: R::Rewind, table_txn: 4 },
+            StartFacts {
+                rewind: rewind(4, Some(4)),
+                ..facts(cp(9, 9), false, false, 4)
+            },
+            S::FromTable {
+                reason: R::Rewind,
+                table_txn: 4,
+            },
         ),
         (
             "rewind to 3 (committed 2), table at 4",
-            StartFacts { rewind: rewind(3, Some(2)), ..facts(cp(9, 9), false, false, 4) },
-            S::FromTable { reason: R::Rewind, table_txn: 4 },
+            StartFacts {
+                rewind: rewind(3, Some(2)),
+                ..facts(cp(9, 9), false, false, 4)
+            },
+            S::FromTable {
+                reason: R::Rewind,
+                table_txn: 4,
+            },
         ),
         (
             "rewind to 6 (committed 6), table at 4",
-            StartFacts { rewind: rewind(6, Some(6)), ..facts(cp(9, 9), false, false, 4) },
-            S::Refuse(Refusal::RewindTargetAhead { to: 6, committed_epoch: 6, table_txn: 4 }),
+            StartFacts {
+                rewind: rewind(6, Some(6)),
+                ..facts(cp(9, 9), false, false, 4)
+            },
+            S::Refuse(Refusal::RewindTargetAhead {
+                to: 6,
+                committed_epoch: 6,
+                table_txn: 4,
+            }),
         ),
         (
             "rewind to an epoch not retained",
-            StartFacts { rewind: rewind(1, None), ..facts(cp(9, 9), false, false, 4) },
+            StartFacts {
+                rewind: rewind(1, None),
+                ..facts(cp(9, 9), false, false, 4)
+            },
             S::Refuse(Refusal::RewindTargetMissing { to: 1 }),
         ),
         (
             "rewind asked, table not behind",
-            StartFacts { rewind: rewind(5, Some(5)), ..facts(cp(9, 9), false, false, 9) },
-            S::Refuse(Refusal::RewindNotNeeded { to: 5, table_txn: 9, committed_epoch: 9 }),
+            StartFacts {
+                rewind: rewind(5, Some(5)),
+                ..facts(cp(9, 9), false, false, 9)
+            },
+            S::Refuse(Refusal::RewindNotNeeded {
+                to: 5,
+                table_txn: 9,
+                committed_epoch: 9,
+            }),
         ),
-        ("another writer two epochs ahead", facts(cp(7, 7), true, true, 9), S::Refuse(Refusal::ForeignProgress { table_txn: 9, checkpoint_epoch: 7, committed_epoch: 7 })),
-        ("table between t and c", facts(cp(7, 5), false, false, 6), S::Refuse(Refusal::ForeignProgress { table_txn: 6, checkpoint_epoch: 7, committed_epoch: 5 })),
-        ("commit 8 landed but does not continue checkpoint 7, no seal", facts(cp(7, 7), false, true, 8), S::Refuse(Refusal::ForeignProgress { table_txn: 8, checkpoint_epoch: 7, committed_epoch: 7 })),
-        ("an empty store, WAL frames of epoch 1, a table at 2", facts(StoreFacts::Empty, false, true, 2), S::Refuse(Refusal::ForeignProgress { table_txn: 2, checkpoint_epoch: 0, committed_epoch: 0 })),
+        (
+            "another writer two epochs ahead",
+            facts(cp(7, 7), true, true, 9),
+            S::Refuse(Refusal::ForeignProgress {
+                table_txn: 9,
+                checkpoint_epoch: 7,
+                committed_epoch: 7,
+            }),
+        ),
+        (
+            "table between t and c",
+            facts(cp(7, 5), false, false, 6),
+            S::Refuse(Refusal::ForeignProgress {
+                table_txn: 6,
+                checkpoint_epoch: 7,
+                committed_epoch: 5,
+            }),
+        ),
+        (
+            "commit 8 landed but does not continue checkpoint 7, no seal",
+            facts(cp(7, 7), false, true, 8),
+            S::Refuse(Refusal::ForeignProgress {
+                table_txn: 8,
+                checkpoint_epoch: 7,
+                committed_epoch: 7,
+            }),
+        ),
+        (
+            "an empty store, WAL frames of epoch 1, a table at 2",
+            facts(StoreFacts::Empty, false, true, 2),
+            S::Refuse(Refusal::ForeignProgress {
+                table_txn: 2,
+                checkpoint_epoch: 0,
+                committed_epoch: 0,
+            }),
+        ),
     ];
     for (what, f, want) in rows {
         assert_eq!(decide(*f), *want, "{what}: {f:?}");
@@ -128,12 +293,48 @@ fn wal_damage_and_lost_seals() {
     };
     let rows: &[(&str, StartFacts, StartCase)] = &[
         // Issue 11 item 5: a lost seal of an epoch whose commit landed is not another writer.
-        ("seal of 8 lost, commit 8 landed and continues checkpoint 7", continues(facts(cp(7, 7), false, false, 8)), S::FromTable { reason: R::SealLostCommitLanded, table_txn: 8 }),
-        ("seal of 1 lost (its records still logged), commit 1 landed", continues(facts(StoreFacts::Empty, false, true, 1)), S::FromTable { reason: R::SealLostCommitLanded, table_txn: 1 }),
-        ("damage held epoch 8, table at 7", damaged(8, false, facts(cp(7, 7), false, true, 7)), S::Refuse(Refusal::WalDamaged { newest_epoch: 8, table_txn: 7 })),
-        ("same, accepted: re-read from the checkpoint", damaged(8, true, facts(cp(7, 7), false, true, 7)), S::ResumeEpoch { epoch: 8 }),
-        ("damage held epoch 8 and its seal, commit 8 landed", damaged(8, false, continues(facts(cp(7, 7), false, true, 8))), S::FromTable { reason: R::SealLostCommitLanded, table_txn: 8 }),
-        ("damage held only checkpointed epochs", damaged(7, false, facts(cp(7, 7), false, false, 7)), S::ResumeEpoch { epoch: 8 }),
+        (
+            "seal of 8 lost, commit 8 landed and continues checkpoint 7",
+            continues(facts(cp(7, 7), false, false, 8)),
+            S::FromTable {
+                reason: R::SealLostCommitLanded,
+                table_txn: 8,
+            },
+        ),
+        (
+            "seal of 1 lost (its records still logged), commit 1 landed",
+            continues(facts(StoreFacts::Empty, false, true, 1)),
+            S::FromTable {
+                reason: R::SealLostCommitLanded,
+                table_txn: 1,
+            },
+        ),
+        (
+            "damage held epoch 8, table at 7",
+            damaged(8, false, facts(cp(7, 7), false, true, 7)),
+            S::Refuse(Refusal::WalDamaged {
+                newest_epoch: 8,
+                table_txn: 7,
+            }),
+        ),
+        (
+            "same, accepted: re-read from the checkpoint",
+            damaged(8, true, facts(cp(7, 7), false, true, 7)),
+            S::ResumeEpoch { epoch: 8 },
+        ),
+        (
+            "damage held epoch 8 and its seal, commit 8 landed",
+            damaged(8, false, continues(facts(cp(7, 7), false, true, 8))),
+            S::FromTable {
+                reason: R::SealLostCommitLanded,
+                table_txn: 8,
+            },
+        ),
+        (
+            "damage held only checkpointed epochs",
+            damaged(7, false, facts(cp(7, 7), false, false, 7)),
+            S::ResumeEpoch { epoch: 8 },
+        ),
     ];
     for (what, f, want) in rows {
         assert_eq!(decide(*f), *want, "{what}: {f:?}");
@@ -147,20 +348,32 @@ fn all_facts() -> impl Iterator<Item = StartFacts> {
     stores.flat_map(|store| {
         (0..8u64).flat_map(move |v| {
             (0..16u8).flat_map(move |bits| {
-                let rewinds = [None, Some(RewindFacts { to: 2, target_committed_epoch: None }), Some(RewindFacts { to: 2, target_committed_epoch: Some(2) })];
-                [None, Some(3u64), Some(6)].into_iter().flat_map(move |damage| {
-                    rewinds.into_iter().map(move |rewind| StartFacts {
-                        checkpoints: bits & 1 == 0,
-                        store,
-                        next_sealed: bits & 2 != 0,
-                        wal_has_frames: bits & 6 != 0,
-                        table_txn: v,
-                        table_continues_checkpoint: bits & 8 != 0,
-                        wal_damage_newest_epoch: damage,
-                        accept_wal_damage: false,
-                        rewind,
+                let rewinds = [
+                    None,
+                    Some(RewindFacts {
+                        to: 2,
+                        target_committed_epoch: None,
+                    }),
+                    Some(RewindFacts {
+                        to: 2,
+                        target_committed_epoch: Some(2),
+                    }),
+                ];
+                [None, Some(3u64), Some(6)]
+                    .into_iter()
+                    .flat_map(move |damage| {
+                        rewinds.into_iter().map(move |rewind| StartFacts {
+                            checkpoints: bits & 1 == 0,
+                            store,
+                            next_sealed: bits & 2 != 0,
+                            wal_has_frames: bits & 6 != 0,
+                            table_txn: v,
+                            table_continues_checkpoint: bits & 8 != 0,
+                            wal_damage_newest_epoch: damage,
+                            accept_wal_damage: false,
+                            rewind,
+                        })
                     })
-                })
             })
         })
     })
@@ -189,7 +402,11 @@ fn unaccepted_wal_damage_above_the_table_never_starts() {
     for f in all_facts() {
         if let (Some(n), true) = (f.wal_damage_newest_epoch, f.checkpoints) {
             if n > f.table_txn && f.store != StoreFacts::Lost {
-                assert!(matches!(decide(f), S::Refuse(_)), "{f:?} -> {:?}", decide(f));
+                assert!(
+                    matches!(decide(f), S::Refuse(_)),
+                    "{f:?} -> {:?}",
+                    decide(f)
+                );
             }
         }
     }
