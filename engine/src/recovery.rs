@@ -14,14 +14,16 @@ use tidemark_checkpoint::{
     WalPosition,
 };
 use tidemark_connectors::delta::{DeltaSink, TableProgress};
-use tidemark_connectors::{Positions, SourceRecord};
+use tidemark_connectors::Positions;
 use tracing::{error, info, warn};
 
 use crate::committer::{Committer, DeadLetterTable, EpochReport};
 use crate::config::{PipelineConfig, WalSync};
 use crate::dedup::{DedupState, PackedKeys, WatermarkTracker};
-use crate::epoch::{DedupRuntime, DedupSpec, KeySource, OpenEpoch, RecordProcessor};
-use crate::epoch_log::{from_store_positions, RecordDecoder, SealInfo};
+use crate::epoch::{
+    settings_diff, settings_refusal, DedupRuntime, DedupSpec, KeySource, OpenEpoch, RecordProcessor,
+};
+use crate::epoch_log::{from_store_positions, RecordDecoder, Replay, SealInfo};
 use crate::pipeline::PipelineError;
 use crate::protocol::{decide, RecoveryDecision, RecoveryFacts};
 
@@ -112,14 +114,15 @@ fn open_store(dir: &Path, retain: usize) -> Result<(CheckpointStore, bool), Pipe
     }
 }
 
-/// The records and seal of epoch `epoch` found in the WAL from `from`.
+/// The records (in their logged batches, with batch clocks and too-large stubs) and seal of
+/// epoch `epoch` found in the WAL from `from`.
 fn scan_epoch(
     wal: &Wal,
     from: WalPosition,
     epoch: u64,
-) -> Result<(Vec<SourceRecord>, Option<SealInfo>), PipelineError> {
+) -> Result<(Replay, Option<SealInfo>), PipelineError> {
     let mut decoder = RecordDecoder::default();
-    let mut records = Vec::new();
+    let mut records = Replay::default();
     let mut seal = None;
     for item in wal.reader(from) {
         let (at, frame) = item?;
@@ -138,16 +141,13 @@ fn scan_epoch(
             FrameKind::Record if seal.is_some() => {
                 return Err(unexpected(format!("record after SEAL({epoch})")))
             }
-            FrameKind::Record => records.push(
-                decoder
-                    .decode(&frame.payload)
-                    .map_err(|e| unexpected(e.to_string()))?,
-            ),
             FrameKind::Seal => {
                 seal =
                     Some(SealInfo::decode(&frame.payload).map_err(|e| unexpected(e.to_string()))?)
             }
-            FrameKind::Marker => {}
+            kind => records
+                .add_frame(kind, &frame.payload, &mut decoder)
+                .map_err(|e| unexpected(e.to_string()))?,
         }
     }
     Ok((records, seal))
@@ -342,7 +342,7 @@ async fn from_checkpoint(
         RecoveryDecision::ResumeEpoch { epoch } => {
             outcome.case = if c.is_none() && records.is_empty() { "fresh" } else { "resume_epoch" };
             let mut open = OpenEpoch::new(epoch, positions);
-            open.add(&records, processor, committer.dedup.as_mut())?;
+            open.add_replay(&records, processor, committer.dedup.as_mut())?;
             if records.is_empty() {
                 outcome.next_epoch = epoch;
                 return Ok((committer, open, outcome));
@@ -394,12 +394,14 @@ async fn from_checkpoint(
 }
 
 /// Replays the records of sealed epoch `epoch` exactly as they were processed the first time
-/// (the watermark in effect is the checkpoint's), then moves the watermark to the sealed value.
+/// (the watermark in effect is the checkpoint's, each batch under its logged clock), then moves
+/// the watermark to the sealed value. Refuses when the settings that decide an epoch's content
+/// differ from those recorded in the seal: the redo would write another epoch.
 fn replay_sealed(
     committer: &mut Committer,
     processor: &RecordProcessor,
     seal: Option<SealInfo>,
-    records: &[SourceRecord],
+    records: &Replay,
     epoch: u64,
 ) -> Result<(SealInfo, OpenEpoch), PipelineError> {
     let state_error = |message: String| PipelineError::State {
@@ -415,8 +417,16 @@ fn replay_sealed(
             records.len()
         )));
     }
+    if let Some(sealed) = &seal.settings {
+        let diffs = settings_diff(sealed, processor.settings());
+        if !diffs.is_empty() {
+            return Err(PipelineError::Refused {
+                message: settings_refusal(epoch, &diffs),
+            });
+        }
+    }
     let mut open = OpenEpoch::new(epoch, seal.start_positions.clone());
-    open.add(records, processor, committer.dedup.as_mut())?;
+    open.add_replay(records, processor, committer.dedup.as_mut())?;
     if let Some(d) = committer.dedup.as_mut() {
         d.state.advance(seal.watermark);
     }
