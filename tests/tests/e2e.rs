@@ -18,6 +18,8 @@ mod checkpoint_crash;
 mod dedup;
 #[path = "e2e/protocol.rs"]
 mod protocol;
+#[path = "e2e/records.rs"]
+mod records;
 
 const EXE: &str = env!("CARGO_BIN_EXE_tidemark-under-test");
 
