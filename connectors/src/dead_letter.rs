@@ -31,7 +31,9 @@ pub struct DeadLetter {
     /// Raw value bytes.
     pub value: Option<Vec<u8>>,
     /// Reason category: `malformed_json`, `schema_mismatch`, `missing_payload`, `too_large`,
-    /// `null_key`, `null_event_time`, `late`.
+    /// `timestamp_out_of_range`, `null_key`, `null_event_time`, `event_time_out_of_range`,
+    /// `event_time_in_future`, `late`. A `too_large` letter holds no value (its message gives
+    /// the original size) and its key only up to 4 KiB.
     pub reason: &'static str,
     /// The specific message.
     pub message: String,
@@ -109,7 +111,9 @@ pub fn to_batch(
         )),
         Arc::new(
             TimestampMicrosecondArray::from_iter(
-                letters.iter().map(|d| d.timestamp_ms.map(|ms| ms * 1000)),
+                letters
+                    .iter()
+                    .map(|d| d.timestamp_ms.and_then(crate::decode::timestamp_micros)),
             )
             .with_timezone("UTC"),
         ),
@@ -163,5 +167,21 @@ mod tests {
             .unwrap();
         assert_eq!(v.value(0), &[0xff, 0x00]);
         assert_eq!(delta_columns().len(), b.num_columns());
+    }
+
+    #[test]
+    fn a_timestamp_out_of_range_is_kept_as_null() {
+        use arrow::array::Array;
+        let r = SourceRecord {
+            topic: Arc::from("t"),
+            partition: 1,
+            offset: 9,
+            timestamp_ms: Some(i64::MAX),
+            key: None,
+            payload: None,
+        };
+        let letter = DeadLetter::of(&r, "timestamp_out_of_range", "x");
+        let b = to_batch(&arrow_schema(), "p", 3, &[&letter]).unwrap();
+        assert!(b.column_by_name("kafka_timestamp").unwrap().is_null(0));
     }
 }

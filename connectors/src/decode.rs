@@ -281,7 +281,9 @@ impl JsonDecoder {
                 )),
                 COL_TIMESTAMP => Arc::new(
                     TimestampMicrosecondArray::from_iter(
-                        records.clone().map(|r| r.timestamp_ms.map(|ms| ms * 1000)),
+                        records
+                            .clone()
+                            .map(|r| r.timestamp_ms.and_then(timestamp_micros)),
                     )
                     .with_timezone("UTC"),
                 ),
@@ -294,6 +296,12 @@ impl JsonDecoder {
         }
         RecordBatch::try_new(self.table_schema.clone(), columns)
     }
+}
+
+/// A Kafka timestamp (ms) in microseconds; `None` when it does not fit (never wrapped: the
+/// engine refuses such records before decoding, as `timestamp_out_of_range`).
+pub fn timestamp_micros(ms: i64) -> Option<i64> {
+    ms.checked_mul(1000)
 }
 
 /// Feeds one JSON value followed by a separator; an error if the decoder did not take it all.
@@ -392,5 +400,17 @@ mod tests {
         assert_eq!(out.rows, vec![0, 7]);
         assert_eq!(out.invalid[0].index, 1);
         assert!(out.invalid[0].to_string().contains("orders/2@11"));
+    }
+
+    #[test]
+    fn a_timestamp_that_overflows_micros_is_null_not_wrapped() {
+        let d = JsonDecoder::new(schema(true));
+        let mut r = rec(1, r#"{"id":"a"}"#);
+        r.timestamp_ms = Some(i64::MAX / 999);
+        let out = d.decode(&[r]).unwrap();
+        let batch = out.batch.unwrap();
+        assert!(batch.column_by_name(COL_TIMESTAMP).unwrap().is_null(0));
+        assert_eq!(timestamp_micros(-5), Some(-5000));
+        assert_eq!(timestamp_micros(i64::MIN / 1000 - 1), None);
     }
 }

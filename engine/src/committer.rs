@@ -10,7 +10,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tidemark_checkpoint::store::Counts;
 use tidemark_checkpoint::wal::format::FRAME_HEADER_LEN;
-use tidemark_checkpoint::wal::FrameKind;
 use tidemark_checkpoint::{CheckpointRecord, CheckpointStore, Wal};
 use tidemark_connectors::dead_letter::{self, DeadLetter};
 use tidemark_connectors::decode::InvalidRecord;
@@ -21,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::dedup::PackedKeys;
 use crate::epoch::{DedupRuntime, OpenEpoch};
-use crate::epoch_log::{encode_record, to_store_positions, SealInfo};
+use crate::epoch_log::{log_batch, record_size, to_store_positions, SealInfo};
 use crate::fault::{self, CrashPoint};
 use crate::pipeline::PipelineError;
 use crate::state_lock::RunId;
@@ -242,20 +241,28 @@ impl Committer {
         }
     }
 
-    /// Step 1: appends `records` of `epoch` to the WAL as one group commit.
+    /// Step 1: appends `records` of `epoch` to the WAL as one group commit, after a marker
+    /// holding the batch's wall clock (which decides `event_time_in_future`, on replay too). A
+    /// record too large for one WAL frame is logged as a bounded stub (no value) and is
+    /// dead-lettered as `too_large`, so it can never make the append fail (see `epoch_log`).
     pub fn log_records(
         &mut self,
         epoch: u64,
         records: &[SourceRecord],
     ) -> Result<(), PipelineError> {
         fault::hit(CrashPoint::BeforeWalAppend);
+        let clock = now_ms() as i64;
+        if let Some(d) = self.dedup.as_mut() {
+            d.state.set_batch_clock(Some(clock));
+        }
         if self.durable {
-            for r in records {
-                self.encode_buf.clear();
-                encode_record(r, &mut self.encode_buf);
-                self.wal_bytes += (self.encode_buf.len() + FRAME_HEADER_LEN) as u64;
-                self.wal
-                    .append(FrameKind::Record, epoch, &self.encode_buf)?;
+            let (wal, wal_bytes) = (&mut self.wal, &mut self.wal_bytes);
+            let stubs = log_batch(clock, records, &mut self.encode_buf, |kind, payload| {
+                *wal_bytes += (payload.len() + FRAME_HEADER_LEN) as u64;
+                wal.append(kind, epoch, payload).map(|_| ())
+            })?;
+            for r in stubs.iter().map(|i| &records[*i]) {
+                tracing::warn!(epoch, record = %r.coordinates(), bytes = record_size(r), "record too large for one WAL frame: logged without its value; it is dead-lettered as too_large");
             }
             self.wal.commit()?;
         }
@@ -265,7 +272,8 @@ impl Committer {
 
     /// Step 2: seals `open` (durable when this returns). With dedup on, the watermark moves
     /// here (the partitions' progress decides it, wall-clock idleness included) and the new
-    /// value is recorded in the seal, so a replay uses it instead of recomputing it.
+    /// value is recorded in the seal, so a replay uses it instead of recomputing it. The
+    /// settings the epoch was processed under are recorded too (a redo refuses other values).
     pub fn seal(&mut self, open: OpenEpoch) -> Result<SealedEpoch, PipelineError> {
         let watermark = self.dedup.as_mut().and_then(|d| {
             let candidate = d.tracker.candidate(Instant::now());
@@ -276,6 +284,7 @@ impl Committer {
             end_positions: open.end.clone(),
             records: open.records,
             watermark,
+            settings: open.settings.as_deref().cloned(),
         };
         if self.durable {
             let payload = info.encode();

@@ -14,6 +14,8 @@ use serde::Deserialize;
 use tidemark_connectors::decode::{COL_OFFSET, COL_PARTITION, COL_TIMESTAMP, COL_TOPIC};
 use url::Url;
 
+use crate::epoch_log::MAX_RECORD_BYTES;
+
 /// A configuration that cannot be used, naming the file and the setting at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -59,6 +61,17 @@ pub enum OnInvalidRecord {
     Skip,
 }
 
+impl OnInvalidRecord {
+    /// The setting's value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnInvalidRecord::DeadLetter => "dead_letter",
+            OnInvalidRecord::Fail => "fail",
+            OnInvalidRecord::Skip => "skip",
+        }
+    }
+}
+
 /// What to do with a record whose event time is below the watermark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -68,6 +81,16 @@ pub enum OnLate {
     DeadLetter,
     /// Drop it (counted as late).
     Drop,
+}
+
+impl OnLate {
+    /// The setting's value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnLate::DeadLetter => "dead_letter",
+            OnLate::Drop => "drop",
+        }
+    }
 }
 
 /// Where a dedup key or event time comes from.
@@ -94,11 +117,23 @@ pub struct DedupConfig {
     /// What happens to late records.
     #[serde(default)]
     pub late: OnLate,
+    /// Most an event time may be ahead of the wall clock, in ms: a record beyond its batch's
+    /// wall clock plus this is dead-lettered as `event_time_in_future` (counted, never in
+    /// state, never moving the watermark). Default one hour.
+    #[serde(default = "default_max_event_time_skew_ms")]
+    pub max_event_time_skew_ms: u64,
 }
 
 fn default_idle_timeout_ms() -> u64 {
     60_000
 }
+
+fn default_max_event_time_skew_ms() -> u64 {
+    3_600_000
+}
+
+/// Largest `dedup.max_event_time_skew_ms` (100 years): larger values would only overflow.
+pub const MAX_EVENT_TIME_SKEW_MS: u64 = 100 * 366 * 24 * 3_600_000;
 
 /// Unit of an integer event-time column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -109,6 +144,60 @@ pub enum EventTimeUnit {
     Millis,
     /// Microseconds since the Unix epoch.
     Micros,
+}
+
+impl EventTimeUnit {
+    /// The setting's value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventTimeUnit::Millis => "millis",
+            EventTimeUnit::Micros => "micros",
+        }
+    }
+}
+
+/// Longest `pipeline_id` in bytes (it is part of file and directory names).
+pub const MAX_PIPELINE_ID_BYTES: usize = 200;
+
+/// Why `id` cannot be a pipeline id, if it cannot. The id names the state directory
+/// (`.tidemark/<id>`) and the data files (`tidemark-<id>-e<epoch:012>-p<part>...`), so it must
+/// be a plain file-name component and must not contain what the file-name parser looks for:
+/// with `-e<12 digits>-p` inside an id, one pipeline's files could parse as another's.
+pub fn pipeline_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if id == "." || id == ".." {
+        return Some(format!("{id:?} is not a usable directory name"));
+    }
+    if id.len() > MAX_PIPELINE_ID_BYTES {
+        return Some(format!(
+            "is {} bytes long; at most {MAX_PIPELINE_ID_BYTES} (it is part of file names)",
+            id.len()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Some(format!(
+            "must use only letters, digits, '-', '_' and '.', got {id:?} (holds {c:?})"
+        ));
+    }
+    let b = id.as_bytes();
+    let file_pattern = (0..b.len()).any(|i| {
+        b[i..].starts_with(b"-e")
+            && b.len() >= i + 16
+            && b[i + 2..i + 14].iter().all(u8::is_ascii_digit)
+            && &b[i + 14..i + 16] == b"-p"
+    });
+    if file_pattern {
+        return Some(format!(
+            "{id:?} holds \"-e\" + 12 digits + \"-p\", the epoch/part pattern of data file names \
+             (tidemark-<pipeline_id>-e<epoch>-p<part>): another pipeline's files could be taken for this one's"
+        ));
+    }
+    None
 }
 
 /// A whole pipeline: one source, one table.
@@ -336,7 +425,9 @@ pub struct ErrorsConfig {
     /// sink table's path with `_dead_letters` appended.
     #[serde(default)]
     pub dead_letter_table: Option<String>,
-    /// A record whose key + value exceed this many bytes is dead-lettered as `too_large`.
+    /// A record whose key + value exceed this many bytes is dead-lettered as `too_large`
+    /// (coordinates, timestamp, size and a key of at most 4 KiB; never the value). At most
+    /// what one WAL frame holds (`epoch_log::MAX_RECORD_BYTES`, 64 MiB less 287 bytes).
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
 }
@@ -390,19 +481,8 @@ impl PipelineConfig {
             setting: setting.to_string(),
             message,
         };
-        if self.pipeline_id.is_empty()
-            || !self
-                .pipeline_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(invalid(
-                "pipeline_id",
-                format!(
-                    "must be non-empty and use only letters, digits, '-', '_' and '.', got {:?}",
-                    self.pipeline_id
-                ),
-            ));
+        if let Some(problem) = pipeline_id_problem(&self.pipeline_id) {
+            return Err(invalid("pipeline_id", problem));
         }
         if self.source.brokers.trim().is_empty() {
             return Err(invalid("source.brokers", "must not be empty".into()));
@@ -487,6 +567,16 @@ impl PipelineConfig {
                 "must be greater than 0".into(),
             ));
         }
+        if self.errors.max_record_bytes > MAX_RECORD_BYTES {
+            return Err(invalid(
+                "errors.max_record_bytes",
+                format!(
+                    "is {}, more than one WAL frame holds ({MAX_RECORD_BYTES} bytes of key + value); \
+                     larger records are dead-lettered as too_large anyway",
+                    self.errors.max_record_bytes
+                ),
+            ));
+        }
         if let Some(d) = &self.dedup {
             if d.key.is_empty() {
                 return Err(invalid(
@@ -529,6 +619,15 @@ impl PipelineConfig {
                         ))
                     }
                 }
+            }
+            if d.max_event_time_skew_ms > MAX_EVENT_TIME_SKEW_MS {
+                return Err(invalid(
+                    "dedup.max_event_time_skew_ms",
+                    format!(
+                        "is {}; at most {MAX_EVENT_TIME_SKEW_MS} (100 years)",
+                        d.max_event_time_skew_ms
+                    ),
+                ));
             }
             if d.idle_timeout_ms == 0 {
                 return Err(invalid(
@@ -749,11 +848,109 @@ type = "double"
                 format!("{GOOD}\n[errors]\nmax_record_bytes = 0\n"),
                 "errors.max_record_bytes",
             ),
+            (
+                format!("{GOOD}\n[errors]\nmax_record_bytes = {}\n", MAX_RECORD_BYTES + 1),
+                "errors.max_record_bytes",
+            ),
+            (
+                format!("{GOOD}\n[errors]\nmax_record_bytes = 67108864\n"),
+                "more than one WAL frame holds",
+            ),
+            (
+                format!("{GOOD}\n[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 1\nmax_event_time_skew_ms = {}\n", MAX_EVENT_TIME_SKEW_MS + 1),
+                "dedup.max_event_time_skew_ms",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(&text).expect_err(needle).to_string();
             assert!(err.contains(needle), "{needle:?} not in {err:?}");
             assert!(err.contains("pipeline.toml"), "file not named in {err:?}");
+        }
+    }
+
+    #[test]
+    fn the_limits_themselves_are_accepted_and_skew_defaults_to_an_hour() {
+        let c = parse(&format!(
+            "{GOOD}\n[errors]\nmax_record_bytes = {MAX_RECORD_BYTES}\n[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 1\n"
+        ))
+        .unwrap();
+        assert_eq!(c.errors.max_record_bytes, MAX_RECORD_BYTES);
+        assert_eq!(c.dedup.unwrap().max_event_time_skew_ms, 3_600_000);
+    }
+
+    /// Item 12: ids that are no plain file-name component, or that hold the data-file
+    /// name pattern, are refused naming `pipeline_id`.
+    #[test]
+    fn pipeline_ids_that_break_paths_or_file_names_are_refused() {
+        let bad = [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "a\\b",
+            "a b",
+            " a",
+            "a\tb",
+            "a\nb",
+            "a\u{7}b",
+            "a\u{0}b",
+            "ordérs",
+            "orders-e000000000001-p0000",
+            "x-e123456789012-p",
+            "x-e123456789012-p9-y",
+        ];
+        for id in bad {
+            let quoted = toml::Value::String(id.to_string()).to_string();
+            let text = GOOD.replace("\"orders\"\n[source]", &format!("{quoted}\n[source]"));
+            let err = parse(&text).expect_err(id).to_string();
+            assert!(err.contains("setting `pipeline_id`"), "{id:?}: {err}");
+        }
+        let long = "a".repeat(MAX_PIPELINE_ID_BYTES + 1);
+        assert!(pipeline_id_problem(&long).is_some());
+        for id in [
+            "orders",
+            "orders-to-delta",
+            "a.b_c-1",
+            ".hidden",
+            "...",
+            "x-e12345678901-p",
+            "x-e1234567890123",
+            "x-e123456789012p",
+            "e2e-test",
+            &"a".repeat(MAX_PIPELINE_ID_BYTES),
+        ] {
+            assert_eq!(pipeline_id_problem(id), None, "{id:?}");
+            let text = GOOD.replace("\"orders\"\n[source]", &format!("{id:?}\n[source]"));
+            parse(&text).unwrap_or_else(|e| panic!("{id:?}: {e}"));
+        }
+    }
+
+    /// The rule above is what keeps file names apart: no data file of another valid pipeline
+    /// parses as one of this pipeline's.
+    #[test]
+    fn valid_ids_never_read_each_others_data_files() {
+        use tidemark_connectors::delta::{data_file_epoch, data_file_name};
+        let ids = [
+            "a",
+            "a-e",
+            "a-e1",
+            "a-e000000000001",
+            "a-e000000000001-",
+            "a-e00000000000",
+            "a-p",
+            "a-",
+            "a--e000000000001",
+            "a.e000000000001-p0000",
+        ];
+        for x in ids {
+            assert_eq!(pipeline_id_problem(x), None, "{x:?}");
+            for y in ids.iter().filter(|y| **y != x) {
+                for epoch in [0, 1, 999_999_999_999] {
+                    let name = data_file_name(y, epoch, 0);
+                    assert_eq!(data_file_epoch(x, &name), None, "{x:?} reads {name:?}");
+                }
+            }
         }
     }
 }

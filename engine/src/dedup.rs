@@ -4,8 +4,11 @@
 //! Two parts with different rules about time:
 //! - [`DedupState`] decides each record: `Late` if its event time is below the watermark in
 //!   effect for the epoch, `Duplicate` if its key is in state, else `Accept` (and the key enters
-//!   state). It never looks at a clock: its verdicts are a pure function of (state, watermark,
-//!   records in order), which is what makes replaying an epoch from the WAL safe.
+//!   state). It never reads a clock: its verdicts are a pure function of (state, watermark,
+//!   batch clocks, records in order), which is what makes replaying an epoch from the WAL safe.
+//!   The batch clock is the wall clock `log_records` read and logged in the WAL before the
+//!   batch ([`DedupState::set_batch_clock`]); an event time beyond it plus the allowed skew is
+//!   refused ([`DedupState::in_future`]) before it can move the watermark.
 //! - [`WatermarkTracker`] computes the NEXT watermark at a seal from per-partition maximum event
 //!   times and wall-clock idleness. It is not deterministic (idleness is wall-clock), so its
 //!   result is recorded in the seal and the checkpoint and never recomputed on replay.
@@ -113,6 +116,8 @@ pub struct DedupState {
     watermark: Option<i64>,
     /// Keys accepted since the last [`DedupState::take_inserted`], in order.
     inserted: PackedKeys,
+    /// Wall clock (Unix ms) of the batch being decided, as logged in the WAL.
+    batch_clock_ms: Option<i64>,
 }
 
 impl DedupState {
@@ -123,7 +128,27 @@ impl DedupState {
             keys: KeyMap::with_capacity_and_hasher(capacity, BuildHasherDefault::default()),
             watermark,
             inserted: PackedKeys::default(),
+            batch_clock_ms: None,
         }
+    }
+
+    /// Sets the wall clock (Unix ms) of the batch about to be decided: the value logged in the
+    /// WAL before the batch (`None` for records logged by a build that logged no clock: then
+    /// no event time counts as in the future).
+    pub fn set_batch_clock(&mut self, wall_clock_ms: Option<i64>) {
+        self.batch_clock_ms = wall_clock_ms;
+    }
+
+    /// The batch clock in effect.
+    pub fn batch_clock(&self) -> Option<i64> {
+        self.batch_clock_ms
+    }
+
+    /// True when `event_time` (micros) is more than `max_skew_micros` after the batch clock:
+    /// such a record must not reach the watermark (one far-future event time would freeze it).
+    pub fn in_future(&self, event_time: i64, max_skew_micros: i64) -> bool {
+        self.batch_clock_ms
+            .is_some_and(|ms| event_time > ms.saturating_mul(1000).saturating_add(max_skew_micros))
     }
 
     /// State loaded from a checkpoint: `entries` and the watermark in effect.
@@ -308,6 +333,22 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn only_event_times_beyond_the_batch_clock_plus_skew_are_in_the_future() {
+        let mut s = DedupState::default();
+        assert!(
+            !s.in_future(i64::MAX, 0),
+            "no clock logged: never in the future"
+        );
+        s.set_batch_clock(Some(1_000));
+        assert_eq!(s.batch_clock(), Some(1_000));
+        assert!(!s.in_future(1_000_000 + 5, 5));
+        assert!(s.in_future(1_000_000 + 6, 5));
+        assert!(!s.in_future(i64::MIN, 0));
+        s.set_batch_clock(Some(i64::MAX));
+        assert!(!s.in_future(i64::MAX, i64::MAX), "saturates, never wraps");
+    }
 
     #[test]
     fn duplicates_and_late_records_are_told_apart() {

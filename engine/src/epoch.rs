@@ -2,12 +2,16 @@
 //! dead letter ([`RecordProcessor`]).
 //!
 //! Records enter an epoch in WAL order, whether they come from the source or are replayed from
-//! the WAL after a crash, and go through the same steps: size check, JSON decode, dedup key and
-//! event time, dedup verdict. Each step is a pure function of the record and the dedup state
-//! (the watermark in effect is fixed for the whole epoch), so a replayed epoch yields exactly
-//! the rows, drops and dead letters it yielded the first time. That determinism is what makes
-//! redo from the WAL safe.
+//! the WAL after a crash, and go through the same steps: size and Kafka-timestamp checks, JSON
+//! decode, dedup key and event time, future-event-time check, dedup verdict. Each step is a
+//! pure function of the record, the batch clock logged in the WAL before it, the dedup state
+//! (the watermark in effect is fixed for the whole epoch) and the settings recorded in the
+//! seal ([`RecordProcessor::settings`]), so a replayed epoch yields exactly the rows, drops and
+//! dead letters it yielded the first time. That determinism is what makes redo from the WAL
+//! safe.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
@@ -21,6 +25,7 @@ use crate::config::{
     CheckpointConfig, EventTimeUnit, OnInvalidRecord, OnLate, PipelineConfig, KAFKA_KEY,
 };
 use crate::dedup::{DedupState, Verdict, WatermarkTracker};
+use crate::epoch_log::{fits_in_frame, record_size, Replay, MAX_KEPT_KEY_BYTES};
 use crate::pipeline::PipelineError;
 
 /// Where a dedup key comes from.
@@ -43,6 +48,22 @@ pub enum TimeSource {
     LongColumn(usize, EventTimeUnit),
 }
 
+/// Why a sealed epoch is not redone under changed settings, naming each one.
+pub fn settings_refusal(epoch: u64, diffs: &[(String, String, String)]) -> String {
+    let list = diffs
+        .iter()
+        .map(|(name, sealed, now)| {
+            format!("`{name}` was {sealed:?} when epoch {epoch} was sealed, is {now:?} now")
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    format!(
+        "recovery must replay epoch {epoch}, sealed in the WAL, but settings that decide its content changed since it was sealed: {list}. \
+         Replaying it under the new values would give another epoch than the one sealed (other rows, dead letters, counts or dedup state). \
+         To proceed, restore the old value(s) and restart; once epoch {epoch} is committed and checkpointed, stop the pipeline and apply the new value(s)"
+    )
+}
+
 /// The dedup settings resolved against the table schema.
 #[derive(Debug, Clone)]
 pub struct DedupSpec {
@@ -56,10 +77,47 @@ pub struct DedupSpec {
     pub lateness_micros: i64,
     /// Idle timeout.
     pub idle_timeout: Duration,
+    /// `dedup.max_event_time_skew_ms` in microseconds.
+    pub max_skew_micros: i64,
 }
 
 /// A row's dedup key and event time (micros), `None` where null or missing.
 pub type KeyAndTime = (Option<Vec<u8>>, Option<i64>);
+
+/// A row's dedup key bytes, `None` where null or missing.
+type DedupKeyBytes = Option<Vec<u8>>;
+
+/// A row's event time: `None` where null or missing, `Some(Err(value))` where the column's
+/// value does not fit microseconds, else `Some(Ok(micros))`.
+type EventTime = Option<Result<i64, i64>>;
+
+/// The settings that decide an epoch's content, in canonical form: setting name -> value.
+pub type EpochSettings = BTreeMap<String, String>;
+
+/// The settings of `sealed` and `current` that differ: (setting, sealed value, current value),
+/// `(not set)` where one side lacks it.
+pub fn settings_diff(
+    sealed: &EpochSettings,
+    current: &EpochSettings,
+) -> Vec<(String, String, String)> {
+    let unset = || "(not set)".to_string();
+    let mut names: Vec<&String> = sealed.keys().chain(current.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let (a, b) = (sealed.get(name), current.get(name));
+            (a != b).then(|| {
+                (
+                    name.clone(),
+                    a.cloned().unwrap_or_else(unset),
+                    b.cloned().unwrap_or_else(unset),
+                )
+            })
+        })
+        .collect()
+}
 
 /// Turns source records into rows and dead letters: decoding, size check, dedup.
 pub struct RecordProcessor {
@@ -68,6 +126,10 @@ pub struct RecordProcessor {
     max_record_bytes: usize,
     dedup: Option<DedupSpec>,
     key_converter: Option<RowConverter>,
+    /// Rows carry the Kafka timestamp (source column or event time): a timestamp that does
+    /// not fit microseconds makes the record invalid.
+    uses_kafka_timestamp: bool,
+    settings: Arc<EpochSettings>,
 }
 
 impl RecordProcessor {
@@ -132,16 +194,37 @@ impl RecordProcessor {
                     late: d.late,
                     lateness_micros: (d.allowed_lateness_ms as i64).saturating_mul(1000),
                     idle_timeout: Duration::from_millis(d.idle_timeout_ms),
+                    max_skew_micros: (d.max_event_time_skew_ms.min(i64::MAX as u64) as i64)
+                        .saturating_mul(1000),
                 })
             }
         };
+        let uses_kafka_timestamp = schema.index_of(COL_TIMESTAMP).is_ok()
+            || matches!(
+                dedup.as_ref().map(|d| d.time),
+                Some(TimeSource::KafkaTimestamp)
+            );
+        let settings = Arc::new(epoch_settings(config, &schema));
         Ok(Self {
             decoder,
             on_invalid: config.errors.on_invalid_record,
             max_record_bytes: config.errors.max_record_bytes,
             dedup,
             key_converter,
+            uses_kafka_timestamp,
+            settings,
         })
+    }
+
+    /// The settings that decide what an epoch holds, recorded in its seal: a redo under
+    /// other values would write another epoch, so recovery refuses it
+    /// (`recovery::replay_sealed`). Not included, because a sealed epoch's content does not
+    /// depend on them: the epoch boundaries (`checkpoint.*`, fixed by the seal), and
+    /// `dedup.allowed_lateness_ms` / `dedup.idle_timeout_ms` (they decide the watermark at the
+    /// seal, which the seal records; the watermark in effect during the epoch comes from the
+    /// checkpoint).
+    pub fn settings(&self) -> &Arc<EpochSettings> {
+        &self.settings
     }
 
     /// The dedup settings, if dedup is on.
@@ -152,18 +235,31 @@ impl RecordProcessor {
     /// Dedup keys and event times of `batch`'s rows (`None` where null), computed as during
     /// processing; `records[rows[i]]` is row i's record when the source is Kafka metadata.
     /// Used to rebuild state from the table's rows too (then `records` is empty and Kafka
-    /// sources yield `None`).
+    /// sources yield `None`). An event time that does not fit microseconds is `None` here
+    /// (such records are dead-lettered, never written).
     pub fn keys_and_times(
         &self,
         batch: &RecordBatch,
         records: &[&SourceRecord],
     ) -> Result<Vec<KeyAndTime>, PipelineError> {
+        let (keys, times) = self.keys_and_event_times(batch, records)?;
+        Ok(keys
+            .into_iter()
+            .zip(times.into_iter().map(|t| t.and_then(Result::ok)))
+            .collect())
+    }
+
+    fn keys_and_event_times(
+        &self,
+        batch: &RecordBatch,
+        records: &[&SourceRecord],
+    ) -> Result<(Vec<DedupKeyBytes>, Vec<EventTime>), PipelineError> {
         let Some(spec) = &self.dedup else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         };
         let n = batch.num_rows();
         let record = |i: usize| records.get(i).copied();
-        let keys: Vec<Option<Vec<u8>>> = match &spec.key {
+        let keys: Vec<DedupKeyBytes> = match &spec.key {
             KeySource::KafkaKey => (0..n)
                 .map(|i| record(i).and_then(|r| r.key.clone()))
                 .collect(),
@@ -190,32 +286,87 @@ impl RecordProcessor {
                     .collect()
             }
         };
-        let times: Vec<Option<i64>> = match spec.time {
+        let millis = |ms: i64| ms.checked_mul(1000).ok_or(ms);
+        let times: Vec<EventTime> = match spec.time {
             TimeSource::KafkaTimestamp => match batch.schema().index_of(COL_TIMESTAMP) {
-                Ok(i) if records.is_empty() => micros_column(batch.column(i)),
+                Ok(i) if records.is_empty() => micros_column(batch.column(i))
+                    .into_iter()
+                    .map(|t| t.map(Ok))
+                    .collect(),
                 _ => (0..n)
-                    .map(|i| {
-                        record(i)
-                            .and_then(|r| r.timestamp_ms)
-                            .map(|ms| ms.saturating_mul(1000))
-                    })
+                    .map(|i| record(i).and_then(|r| r.timestamp_ms).map(millis))
                     .collect(),
             },
-            TimeSource::TimestampColumn(i) => micros_column(batch.column(i)),
+            TimeSource::TimestampColumn(i) => micros_column(batch.column(i))
+                .into_iter()
+                .map(|t| t.map(Ok))
+                .collect(),
             TimeSource::LongColumn(i, unit) => {
                 let a = batch.column(i).as_primitive::<Int64Type>();
                 (0..n)
                     .map(|r| {
                         (!a.is_null(r)).then(|| match unit {
-                            EventTimeUnit::Millis => a.value(r).saturating_mul(1000),
-                            EventTimeUnit::Micros => a.value(r),
+                            EventTimeUnit::Millis => millis(a.value(r)),
+                            EventTimeUnit::Micros => Ok(a.value(r)),
                         })
                     })
                     .collect()
             }
         };
-        Ok(keys.into_iter().zip(times).collect())
+        Ok((keys, times))
     }
+}
+
+/// The canonical settings of `config` reading into `schema` (see [`RecordProcessor::settings`]).
+fn epoch_settings(config: &PipelineConfig, schema: &arrow::datatypes::Schema) -> EpochSettings {
+    let mut s = EpochSettings::new();
+    let mut put = |k: &str, v: String| {
+        s.insert(k.to_string(), v);
+    };
+    // The decoder's schema is the table's (sink.columns only create the table, and
+    // sink.source_columns only add the `_kafka_*` columns to a new one): it decides the rows.
+    put(
+        "table schema (sink.columns, sink.source_columns)",
+        schema
+            .fields()
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {}{}",
+                    f.name(),
+                    f.data_type(),
+                    if f.is_nullable() { "" } else { " not null" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    put(
+        "errors.on_invalid_record",
+        config.errors.on_invalid_record.as_str().into(),
+    );
+    put(
+        "errors.max_record_bytes",
+        config.errors.max_record_bytes.to_string(),
+    );
+    match &config.dedup {
+        None => put("dedup", "off".into()),
+        Some(d) => {
+            put("dedup", "on".into());
+            put(
+                "dedup.key",
+                serde_json::to_string(&d.key).unwrap_or_default(),
+            );
+            put("dedup.event_time", d.event_time.clone());
+            put("dedup.event_time_unit", d.event_time_unit.as_str().into());
+            put("dedup.late", d.late.as_str().into());
+            put(
+                "dedup.max_event_time_skew_ms",
+                d.max_event_time_skew_ms.to_string(),
+            );
+        }
+    }
+    s
 }
 
 fn micros_column(col: &ArrayRef) -> Vec<Option<i64>> {
@@ -265,6 +416,9 @@ pub struct OpenEpoch {
     pub bytes: u64,
     /// When its first record arrived (the interval runs from there).
     pub first_record_at: Option<Instant>,
+    /// The settings its records were processed under (set by the first record), recorded in
+    /// its seal.
+    pub settings: Option<Arc<EpochSettings>>,
 }
 
 impl OpenEpoch {
@@ -284,6 +438,7 @@ impl OpenEpoch {
             invalid: 0,
             bytes: 0,
             first_record_at: None,
+            settings: None,
         }
     }
 
@@ -318,46 +473,134 @@ impl OpenEpoch {
     }
 
     /// Processes `records` (already in the WAL) into the epoch and advances its end positions.
+    /// With dedup, the batch clock in effect is the one `log_records` logged for this batch.
     pub fn add(
         &mut self,
         records: &[SourceRecord],
         p: &RecordProcessor,
         dedup: Option<&mut DedupRuntime>,
     ) -> Result<(), PipelineError> {
+        self.add_logged(records, &[], p, dedup)
+    }
+
+    /// Processes records read back from the WAL exactly as they were processed when read:
+    /// each batch under the clock logged before it, too-large stubs as `too_large`.
+    pub fn add_replay(
+        &mut self,
+        replay: &Replay,
+        p: &RecordProcessor,
+        mut dedup: Option<&mut DedupRuntime>,
+    ) -> Result<(), PipelineError> {
+        for batch in &replay.batches {
+            if let Some(rt) = dedup.as_deref_mut() {
+                rt.state.set_batch_clock(batch.clock_ms);
+            }
+            self.add_logged(&batch.records, &batch.too_large, p, dedup.as_deref_mut())?;
+        }
+        Ok(())
+    }
+
+    /// Why `record` is refused before decoding, if it is: too large (key + value over
+    /// `errors.max_record_bytes`, or more than a WAL frame holds; `stub` is the original size
+    /// of a record the WAL holds without its value), or a Kafka timestamp that does not fit
+    /// microseconds. A too-large record's dead letter never holds the value, and holds the key
+    /// only up to [`MAX_KEPT_KEY_BYTES`]: the same whether the record or its WAL stub is seen.
+    fn precheck(
+        p: &RecordProcessor,
+        record: &SourceRecord,
+        stub: Option<u64>,
+    ) -> Option<(SourceRecord, &'static str, String)> {
+        let (size, fits) = match stub {
+            Some(size) => (size, false),
+            None => (record_size(record) as u64, fits_in_frame(record)),
+        };
+        if size > p.max_record_bytes as u64 || !fits {
+            let message = if size > p.max_record_bytes as u64 {
+                format!(
+                    "{size} bytes of key + value > errors.max_record_bytes = {} (original_size={size}; value not kept)",
+                    p.max_record_bytes
+                )
+            } else {
+                format!(
+                    "{size} bytes of key + value do not fit one WAL frame (original_size={size}; value not kept)"
+                )
+            };
+            let kept = SourceRecord {
+                topic: record.topic.clone(),
+                partition: record.partition,
+                offset: record.offset,
+                timestamp_ms: record.timestamp_ms,
+                key: record
+                    .key
+                    .as_ref()
+                    .filter(|k| k.len() <= MAX_KEPT_KEY_BYTES)
+                    .cloned(),
+                payload: None,
+            };
+            return Some((kept, "too_large", message));
+        }
+        if let Some(ms) = record
+            .timestamp_ms
+            .filter(|ms| p.uses_kafka_timestamp && ms.checked_mul(1000).is_none())
+        {
+            return Some((
+                record.clone(),
+                "timestamp_out_of_range",
+                format!("Kafka timestamp {ms} ms does not fit microseconds"),
+            ));
+        }
+        None
+    }
+
+    /// [`OpenEpoch::add`] where `stubs` lists the too-large stubs among `records` (index,
+    /// original size; in index order).
+    fn add_logged(
+        &mut self,
+        records: &[SourceRecord],
+        stubs: &[(usize, u64)],
+        p: &RecordProcessor,
+        dedup: Option<&mut DedupRuntime>,
+    ) -> Result<(), PipelineError> {
         if records.is_empty() {
             return Ok(());
         }
+        if self.settings.is_none() {
+            self.settings = Some(p.settings.clone());
+        }
+        let stub = |i: usize| {
+            stubs
+                .binary_search_by_key(&i, |(j, _)| *j)
+                .ok()
+                .map(|at| stubs[at].1)
+        };
         let now = Instant::now();
         self.first_record_at.get_or_insert(now);
-        for r in records {
+        for (i, r) in records.iter().enumerate() {
             self.end.advance_past(r);
-            self.bytes += r.key.as_ref().map_or(0, Vec::len) as u64
-                + r.payload.as_ref().map_or(0, Vec::len) as u64;
+            self.bytes += stub(i).unwrap_or(record_size(r) as u64);
         }
         self.records += records.len() as u64;
 
-        // Too large: never decoded.
-        let size = |r: &SourceRecord| {
-            r.key.as_ref().map_or(0, Vec::len) + r.payload.as_ref().map_or(0, Vec::len)
-        };
+        // Too large or a Kafka timestamp out of range: never decoded.
+        let refused: Vec<(usize, SourceRecord, &'static str, String)> = records
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Self::precheck(p, r, stub(i)).map(|(k, why, m)| (i, k, why, m)))
+            .collect();
         let owned: Vec<SourceRecord>;
-        let fitting: &[SourceRecord] = if records.iter().any(|r| size(r) > p.max_record_bytes) {
-            for r in records.iter().filter(|r| size(r) > p.max_record_bytes) {
-                let msg = format!(
-                    "{} bytes of key + value > errors.max_record_bytes = {}",
-                    size(r),
-                    p.max_record_bytes
-                );
-                self.reject(p, r, "too_large", msg)?;
+        let fitting: &[SourceRecord] = if refused.is_empty() {
+            records
+        } else {
+            for (_, kept, reason, message) in &refused {
+                self.reject(p, kept, reason, message.clone())?;
             }
             owned = records
                 .iter()
-                .filter(|r| size(r) <= p.max_record_bytes)
-                .cloned()
+                .enumerate()
+                .filter(|(i, _)| refused.binary_search_by_key(i, |r| r.0).is_err())
+                .map(|(_, r)| r.clone())
                 .collect();
             &owned
-        } else {
-            records
         };
 
         let decoded = p
@@ -391,20 +634,47 @@ impl OpenEpoch {
             return Ok(());
         };
         let row_records: Vec<&SourceRecord> = decoded.rows.iter().map(|i| &fitting[*i]).collect();
-        let kt = p.keys_and_times(&batch, &row_records)?;
-        let mut keep = Vec::with_capacity(kt.len());
-        for (i, (key, time)) in kt.into_iter().enumerate() {
+        let (keys, times) = p.keys_and_event_times(&batch, &row_records)?;
+        let mut keep = Vec::with_capacity(keys.len());
+        for (i, (key, time)) in keys.into_iter().zip(times).enumerate() {
             let record = row_records[i];
-            let Some(time) = time else {
+            let time = match time {
+                None => {
+                    self.reject(
+                        p,
+                        record,
+                        "null_event_time",
+                        "the event time is null or missing".into(),
+                    )?;
+                    keep.push(false);
+                    continue;
+                }
+                Some(Err(value)) => {
+                    self.reject(
+                        p,
+                        record,
+                        "event_time_out_of_range",
+                        format!("event time {value} ms does not fit microseconds"),
+                    )?;
+                    keep.push(false);
+                    continue;
+                }
+                Some(Ok(time)) => time,
+            };
+            if rt.state.in_future(time, spec.max_skew_micros) {
+                let clock = rt.state.batch_clock().unwrap_or_default();
                 self.reject(
                     p,
                     record,
-                    "null_event_time",
-                    "the event time is null or missing".into(),
+                    "event_time_in_future",
+                    format!(
+                        "event time {time} µs is more than dedup.max_event_time_skew_ms = {} ms after the wall clock {clock} ms",
+                        spec.max_skew_micros / 1000
+                    ),
                 )?;
                 keep.push(false);
                 continue;
-            };
+            }
             rt.tracker
                 .observe(&record.topic, record.partition, time, now);
             let Some(key) = key else {
@@ -594,5 +864,390 @@ allowed_lateness_ms = 10
             open.rows() + open.duplicates + open.late + open.invalid()
         );
         assert_eq!(open.end.get("t", 0), Some(7));
+    }
+
+    fn runtime(p: &RecordProcessor) -> DedupRuntime {
+        let spec = p.dedup().unwrap().clone();
+        DedupRuntime {
+            state: DedupState::with_capacity(0, None),
+            tracker: WatermarkTracker::new(
+                [("t".to_string(), 0)],
+                spec.lateness_micros,
+                spec.idle_timeout,
+                Instant::now(),
+            ),
+        }
+    }
+
+    fn config(extra_errors: &str, extra_dedup: &str) -> PipelineConfig {
+        let text = CONFIG.replace(
+            "[dedup]\n",
+            &format!("[errors]\n{extra_errors}\n[dedup]\n{extra_dedup}\n"),
+        );
+        PipelineConfig::parse(&text, Path::new("/x/p.toml")).unwrap()
+    }
+
+    fn reasons(open: &OpenEpoch) -> Vec<(i64, &'static str)> {
+        open.dead_letters
+            .iter()
+            .map(|d| (d.offset, d.reason))
+            .collect()
+    }
+
+    /// Frames as `log_records` writes them, read back as `scan_epoch` does.
+    fn logged(batches: &[(i64, Vec<SourceRecord>)]) -> Replay {
+        let mut frames = Vec::new();
+        let mut buf = Vec::new();
+        for (clock, records) in batches {
+            crate::epoch_log::log_batch(*clock, records, &mut buf, |kind, payload| {
+                frames.push((kind, payload.to_vec()));
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        }
+        let mut replay = Replay::default();
+        let mut decoder = crate::epoch_log::RecordDecoder::default();
+        for (kind, payload) in &frames {
+            replay.add_frame(*kind, payload, &mut decoder).unwrap();
+        }
+        replay
+    }
+
+    /// Runs `batches` as the pipeline does (clock set by `log_records`, then `add`) and as a
+    /// replay of their WAL frames does; returns both epochs and dedup runtimes.
+    fn live_and_replayed(
+        p: &RecordProcessor,
+        batches: &[(i64, Vec<SourceRecord>)],
+    ) -> ((OpenEpoch, DedupRuntime), (OpenEpoch, DedupRuntime)) {
+        let mut rt = runtime(p);
+        let mut live = OpenEpoch::new(1, Positions::new());
+        for (clock, records) in batches {
+            rt.state.set_batch_clock(Some(*clock));
+            live.add(records, p, Some(&mut rt)).unwrap();
+        }
+        let mut rt2 = runtime(p);
+        let mut again = OpenEpoch::new(1, Positions::new());
+        again
+            .add_replay(&logged(batches), p, Some(&mut rt2))
+            .unwrap();
+        ((live, rt), (again, rt2))
+    }
+
+    fn assert_same(a: &OpenEpoch, b: &OpenEpoch) {
+        assert_eq!(a.batches, b.batches, "rows");
+        assert_eq!(a.dead_letters, b.dead_letters, "dead letters");
+        assert_eq!(
+            (a.records, a.duplicates, a.late, a.invalid, a.bytes),
+            (b.records, b.duplicates, b.late, b.invalid, b.bytes),
+            "counts"
+        );
+        assert_eq!(a.end, b.end);
+        assert_eq!(a.settings, b.settings);
+    }
+
+    /// Item 7: a record over `errors.max_record_bytes` is dead-lettered as `too_large` with
+    /// its coordinates, timestamp, key and size but not its value, the same on replay.
+    #[test]
+    fn a_record_over_max_record_bytes_is_a_too_large_letter_without_its_value() {
+        let config = config("max_record_bytes = 100", "");
+        let p = processor(&config);
+        let mut big = rec(
+            1,
+            &format!(r#"{{"id":"b","ts":5,"pad":"{}"}}"#, "x".repeat(200)),
+        );
+        big.key = Some(b"key-b".to_vec());
+        big.timestamp_ms = Some(77);
+        let batches = vec![(
+            1_000,
+            vec![
+                rec(0, r#"{"id":"a","ts":5}"#),
+                big,
+                rec(2, r#"{"id":"c","ts":5}"#),
+            ],
+        )];
+        let ((live, _), (again, _)) = live_and_replayed(&p, &batches);
+        assert_eq!(reasons(&live), [(1, "too_large")]);
+        let d = &live.dead_letters[0];
+        assert_eq!(d.value, None);
+        assert_eq!(d.key.as_deref(), Some(&b"key-b"[..]));
+        assert_eq!(d.timestamp_ms, Some(77));
+        assert!(d.message.contains("original_size=231"), "{}", d.message);
+        assert!(
+            d.message.contains("errors.max_record_bytes = 100"),
+            "{}",
+            d.message
+        );
+        assert_eq!(live.rows(), 2);
+        assert_same(&live, &again);
+    }
+
+    /// Item 7, the wedge: a record larger than one WAL frame goes through the real WAL as a
+    /// stub (the append no longer fails) and replays as the same `too_large` letter.
+    #[test]
+    fn a_record_over_the_wal_frame_limit_goes_through_the_wal_and_replays_identically() {
+        use tidemark_checkpoint::wal::format::MAX_PAYLOAD;
+        use tidemark_checkpoint::{SyncPolicy, Wal, WalOptions, WalPosition};
+
+        let config = config("", "");
+        let p = processor(&config);
+        let mut huge = rec(1, "");
+        huge.payload = Some(vec![b'x'; MAX_PAYLOAD + 1]);
+        huge.key = Some(vec![b'k'; MAX_KEPT_KEY_BYTES + 1]);
+        let batch = vec![
+            rec(0, r#"{"id":"a","ts":5}"#),
+            huge,
+            rec(2, r#"{"id":"c","ts":6}"#),
+        ];
+
+        let dir = tempfile::tempdir().unwrap();
+        let options = WalOptions {
+            segment_size: 1 << 20,
+            sync: SyncPolicy::OnSeal,
+        };
+        let (mut wal, _) = Wal::open(dir.path(), options, None).unwrap();
+        let mut buf = Vec::new();
+        let stubs = crate::epoch_log::log_batch(9_000, &batch, &mut buf, |kind, payload| {
+            wal.append(kind, 1, payload).map(|_| ())
+        })
+        .unwrap();
+        assert_eq!(stubs, [1]);
+        wal.commit().unwrap();
+        wal.seal(1, b"{}").unwrap();
+        drop(wal);
+        let (wal, _) = Wal::open(dir.path(), options, None).unwrap();
+        let mut replay = Replay::default();
+        let mut decoder = crate::epoch_log::RecordDecoder::default();
+        for item in wal.reader(WalPosition::default()) {
+            let (_, frame) = item.unwrap();
+            replay
+                .add_frame(frame.kind, &frame.payload, &mut decoder)
+                .unwrap();
+        }
+        assert_eq!(replay.len(), 3);
+
+        let mut rt = runtime(&p);
+        rt.state.set_batch_clock(Some(9_000));
+        let mut live = OpenEpoch::new(1, Positions::new());
+        live.add(&batch, &p, Some(&mut rt)).unwrap();
+        let mut rt2 = runtime(&p);
+        let mut again = OpenEpoch::new(1, Positions::new());
+        again.add_replay(&replay, &p, Some(&mut rt2)).unwrap();
+        assert_eq!(reasons(&live), [(1, "too_large")]);
+        let d = &live.dead_letters[0];
+        assert_eq!(
+            (d.key.as_ref(), d.value.as_ref()),
+            (None, None),
+            "a long key is not kept either"
+        );
+        assert!(d.message.contains(&format!(
+            "original_size={}",
+            MAX_PAYLOAD + MAX_KEPT_KEY_BYTES + 2
+        )));
+        assert_eq!(live.rows(), 2);
+        assert_same(&live, &again);
+    }
+
+    /// Item 8: an event time beyond the batch's wall clock + the allowed skew is
+    /// dead-lettered as `event_time_in_future`, counted, kept out of state, and does not move
+    /// the watermark; at the limit it is accepted.
+    #[test]
+    fn a_far_future_event_time_is_dead_lettered_and_does_not_move_the_watermark() {
+        let config = config("", "max_event_time_skew_ms = 1000");
+        let p = processor(&config);
+        let clock = 1_000_000; // ms
+        let batches = vec![(
+            clock,
+            vec![
+                rec(0, r#"{"id":"a","ts":999000}"#),
+                rec(1, r#"{"id":"far","ts":1001001}"#),
+                rec(2, r#"{"id":"edge","ts":1001000}"#),
+                rec(3, r#"{"id":"far","ts":9000000000000}"#),
+            ],
+        )];
+        let ((live, rt), (again, rt2)) = live_and_replayed(&p, &batches);
+        assert_eq!(
+            reasons(&live),
+            [(1, "event_time_in_future"), (3, "event_time_in_future")]
+        );
+        assert_eq!(live.invalid(), 2, "counted as dead-lettered");
+        assert_eq!(live.rows(), 2);
+        assert_eq!(rt.state.len(), 2, "far is not in state");
+        // The watermark candidate follows the newest accepted time (edge), not the far one.
+        let candidate = rt.tracker.candidate(Instant::now());
+        assert_eq!(candidate, Some(1_001_000 * 1000 - 10_000));
+        assert_eq!(candidate, rt2.tracker.candidate(Instant::now()));
+        assert_same(&live, &again);
+    }
+
+    /// Records logged by a build that logged no clock replay without the future check.
+    #[test]
+    fn records_without_a_logged_clock_replay_without_the_future_check() {
+        let config = config("", "max_event_time_skew_ms = 0");
+        let p = processor(&config);
+        let mut replay = Replay::default();
+        replay.push(crate::epoch_log::LoggedRecord {
+            record: rec(0, r#"{"id":"far","ts":9000000000000}"#),
+            too_large: None,
+        });
+        let mut rt = runtime(&p);
+        rt.state.set_batch_clock(Some(1));
+        let mut open = OpenEpoch::new(1, Positions::new());
+        open.add_replay(&replay, &p, Some(&mut rt)).unwrap();
+        assert_eq!(open.rows(), 1);
+        assert!(open.dead_letters.is_empty());
+    }
+
+    /// Item 12: a Kafka timestamp or a millisecond event time that does not fit
+    /// microseconds is dead-lettered, never wrapped or saturated into a row.
+    #[test]
+    fn timestamps_that_overflow_micros_are_dead_lettered() {
+        let text = CONFIG
+            .replace("source_columns = false", "source_columns = true")
+            .replace(
+                "allowed_lateness_ms = 10",
+                "allowed_lateness_ms = 10\nmax_event_time_skew_ms = 0",
+            );
+        let config = PipelineConfig::parse(&text, Path::new("/x/p.toml")).unwrap();
+        let schema = Arc::new(arrow::datatypes::Schema::new(
+            config
+                .arrow_fields()
+                .into_iter()
+                .chain(tidemark_connectors::decode::source_column_fields())
+                .collect::<Vec<_>>(),
+        ));
+        let p = RecordProcessor::new(&config, JsonDecoder::new(schema)).unwrap();
+        let mut bad_ts = rec(1, r#"{"id":"b","ts":5}"#);
+        bad_ts.timestamp_ms = Some(i64::MAX / 100);
+        let batches = vec![(
+            1_000,
+            vec![
+                rec(0, r#"{"id":"a","ts":5}"#),
+                bad_ts,
+                rec(2, &format!(r#"{{"id":"c","ts":{}}}"#, i64::MAX / 10)),
+                rec(3, &format!(r#"{{"id":"d","ts":{}}}"#, i64::MIN / 10)),
+            ],
+        )];
+        let ((live, _), (again, _)) = live_and_replayed(&p, &batches);
+        assert_eq!(
+            reasons(&live),
+            [
+                (1, "timestamp_out_of_range"),
+                (2, "event_time_out_of_range"),
+                (3, "event_time_out_of_range")
+            ]
+        );
+        assert_eq!(live.rows(), 1);
+        assert_same(&live, &again);
+    }
+
+    /// Item 11: the settings that decide content are recorded, and a change names itself.
+    #[test]
+    fn a_changed_setting_that_decides_content_is_named_with_both_values() {
+        let base = processor(&config("", ""));
+        let s = base.settings();
+        assert_eq!(s["errors.max_record_bytes"], "1048576");
+        assert_eq!(s["dedup.key"], r#"["id"]"#);
+        assert_eq!(s["dedup.max_event_time_skew_ms"], "3600000");
+        assert!(s.contains_key("table schema (sink.columns, sink.source_columns)"));
+        let bigger = processor(&config("max_record_bytes = 2048", ""));
+        let diffs = settings_diff(s, bigger.settings());
+        assert_eq!(
+            diffs,
+            [(
+                "errors.max_record_bytes".to_string(),
+                "1048576".to_string(),
+                "2048".to_string()
+            )]
+        );
+        let message = settings_refusal(4, &diffs);
+        assert!(
+            message.contains("`errors.max_record_bytes` was \"1048576\""),
+            "{message}"
+        );
+        assert!(message.contains("is \"2048\" now"), "{message}");
+        assert!(message.contains("restore the old value"), "{message}");
+        // Settings that only decide epoch boundaries or the next watermark do not count.
+        let other = CONFIG
+            .replace(
+                "allowed_lateness_ms = 10",
+                "allowed_lateness_ms = 99\nidle_timeout_ms = 5",
+            )
+            .replace("max_records = 3", "max_records = 30");
+        let other = processor(&PipelineConfig::parse(&other, Path::new("/x/p.toml")).unwrap());
+        assert!(settings_diff(s, other.settings()).is_empty());
+        // Dedup off: its settings are gone, named as such.
+        let off = CONFIG[..CONFIG.find("[dedup]").unwrap()].to_string();
+        let off = processor(&PipelineConfig::parse(&off, Path::new("/x/p.toml")).unwrap());
+        let diffs = settings_diff(s, off.settings());
+        assert!(diffs
+            .iter()
+            .any(|d| d == &("dedup".into(), "on".into(), "off".into())));
+        assert!(diffs
+            .iter()
+            .any(|d| d.0 == "dedup.key" && d.2 == "(not set)"));
+        // The epoch records the settings of its processor.
+        let mut open = OpenEpoch::new(1, Positions::new());
+        open.add(&[rec(0, r#"{"id":"a","ts":1}"#)], &base, None)
+            .unwrap();
+        assert_eq!(open.settings.as_deref(), Some(&**s));
+    }
+
+    mod replay {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn payload(kind: u8, id: u8, ts: i64) -> String {
+            match kind {
+                0 => format!(r#"{{"id":"k{id}","ts":{ts}}}"#),
+                1 => "not json".into(),
+                2 => format!(r#"{{"id":"k{id}","ts":{ts},"pad":"{}"}}"#, "x".repeat(300)),
+                3 => format!(r#"{{"ts":{ts}}}"#),
+                _ => format!(r#"{{"id":"k{id}","ts":{}}}"#, i64::MAX / 7),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Whatever the records and clocks, a replay of the WAL decides every record as
+            /// the first run did (rows, letters and reasons, counts, state, watermark candidate).
+            #[test]
+            fn replay_gives_the_same_verdicts_as_the_first_run(
+                batches in proptest::collection::vec(
+                    (0i64..5_000, proptest::collection::vec((0u8..5, 0u8..6, 0i64..8_000, any::<Option<i64>>()), 1..8)),
+                    1..5,
+                ),
+            ) {
+                let config = config("max_record_bytes = 200", "max_event_time_skew_ms = 1000");
+                let p = processor(&config);
+                let mut offset = 0;
+                let batches: Vec<(i64, Vec<SourceRecord>)> = batches
+                    .into_iter()
+                    .map(|(clock, recs)| {
+                        let records = recs
+                            .into_iter()
+                            .map(|(kind, id, ts, kts)| {
+                                offset += 1;
+                                let mut r = rec(offset, &payload(kind, id, ts * 1000));
+                                r.timestamp_ms = kts;
+                                r
+                            })
+                            .collect();
+                        (clock * 1000, records)
+                    })
+                    .collect();
+                let ((live, rt), (again, rt2)) = live_and_replayed(&p, &batches);
+                assert_same(&live, &again);
+                let mut a: Vec<_> = rt.state.entries().map(|(k, t)| (k.to_vec(), t)).collect();
+                let mut b: Vec<_> = rt2.state.entries().map(|(k, t)| (k.to_vec(), t)).collect();
+                a.sort();
+                b.sort();
+                prop_assert_eq!(a, b);
+                let now = Instant::now();
+                prop_assert_eq!(rt.tracker.candidate(now), rt2.tracker.candidate(now));
+                prop_assert_eq!(live.records, live.rows() + live.duplicates + live.late + live.invalid());
+            }
+        }
     }
 }

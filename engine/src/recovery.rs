@@ -14,15 +14,17 @@ use tidemark_checkpoint::{
     CheckpointRecord, CheckpointStore, StoreOptions, SyncPolicy, Wal, WalOptions, WalPosition,
 };
 use tidemark_connectors::delta::{DeltaSink, SweepReport, TableProgress};
-use tidemark_connectors::{Positions, SourceRecord};
+use tidemark_connectors::Positions;
 use tidemark_fs::SharedFs;
 use tracing::{error, info, warn};
 
 use crate::committer::{Committer, DeadLetterTable, EpochReport, SealedEpoch};
 use crate::config::{PipelineConfig, WalSync};
 use crate::dedup::{DedupState, PackedKeys, WatermarkTracker};
-use crate::epoch::{DedupRuntime, DedupSpec, KeySource, OpenEpoch, RecordProcessor};
-use crate::epoch_log::{from_store_positions, RecordDecoder, SealInfo};
+use crate::epoch::{
+    settings_diff, settings_refusal, DedupRuntime, DedupSpec, KeySource, OpenEpoch, RecordProcessor,
+};
+use crate::epoch_log::{from_store_positions, RecordDecoder, Replay, SealInfo};
 use crate::pipeline::PipelineError;
 use crate::protocol::{
     decide, FromTableReason, Refusal, RewindFacts, StartCase, StartFacts, StoreFacts,
@@ -142,14 +144,15 @@ fn set_aside(path: &Path, what: &str) -> Result<PathBuf, PipelineError> {
     Ok(aside)
 }
 
-/// The records and seal of epoch `epoch` found in the WAL from `from`.
+/// The records (in their logged batches, with batch clocks and too-large stubs) and seal of
+/// epoch `epoch` found in the WAL from `from`.
 fn scan_epoch(
     wal: &Wal,
     from: WalPosition,
     epoch: u64,
-) -> Result<(Vec<SourceRecord>, Option<SealInfo>), PipelineError> {
+) -> Result<(Replay, Option<SealInfo>), PipelineError> {
     let mut decoder = RecordDecoder::default();
-    let mut records = Vec::new();
+    let mut records = Replay::default();
     let mut seal = None;
     for item in wal.reader(from) {
         let (at, frame) = item?;
@@ -168,16 +171,13 @@ fn scan_epoch(
             FrameKind::Record if seal.is_some() => {
                 return Err(unexpected(format!("record after SEAL({epoch})")))
             }
-            FrameKind::Record => records.push(
-                decoder
-                    .decode(&frame.payload)
-                    .map_err(|e| unexpected(e.to_string()))?,
-            ),
             FrameKind::Seal => {
                 seal =
                     Some(SealInfo::decode(&frame.payload).map_err(|e| unexpected(e.to_string()))?)
             }
-            FrameKind::Marker => {}
+            kind => records
+                .add_frame(kind, &frame.payload, &mut decoder)
+                .map_err(|e| unexpected(e.to_string()))?,
         }
     }
     Ok((records, seal))
@@ -273,7 +273,7 @@ pub async fn recover(
         let from = latest.as_ref().map(wal_position).unwrap_or_default();
         scan_epoch(&wal, from, c_epoch + 1)?
     } else {
-        (Vec::new(), None)
+        (Replay::default(), None)
     };
     let checkpoint_positions = latest
         .as_ref()
@@ -323,7 +323,7 @@ pub async fn recover(
         committer.committed_epoch = c.committed_epoch;
         committer.table_version = c.table_version;
     }
-    let replay = Replay { records, seal };
+    let replay = AfterCheckpoint { records, seal };
     match decision {
         StartCase::Fresh
         | StartCase::ResumeEpoch { .. }
@@ -465,8 +465,8 @@ fn damage_newest_epoch(report: &WalRecovery, checkpoint_epoch: u64) -> Option<u6
 }
 
 /// The WAL's content after the checkpoint: the records of `c+1` and its seal, if any.
-struct Replay {
-    records: Vec<SourceRecord>,
+struct AfterCheckpoint {
+    records: Replay,
     seal: Option<SealInfo>,
 }
 
@@ -476,7 +476,7 @@ async fn from_checkpoint(
     processor: &RecordProcessor,
     c: Option<CheckpointRecord>,
     decision: StartCase,
-    replay: Replay,
+    replay: AfterCheckpoint,
     table_version_now: Option<i64>,
     mut outcome: RecoveryOutcome,
 ) -> Result<(Committer, OpenEpoch, RecoveryOutcome), PipelineError> {
@@ -503,13 +503,13 @@ async fn from_checkpoint(
             "dedup state loaded from the checkpoint"
         );
     }
-    let Replay { records, seal } = replay;
+    let AfterCheckpoint { records, seal } = replay;
     outcome.replayed_records = records.len() as u64;
     match decision {
         StartCase::Fresh | StartCase::ResumeEpoch { .. } => {
             let epoch = c_epoch + 1;
             let mut open = OpenEpoch::new(epoch, positions);
-            open.add(&records, processor, committer.dedup.as_mut())?;
+            open.add_replay(&records, processor, committer.dedup.as_mut())?;
             if records.is_empty() {
                 outcome.next_epoch = epoch;
                 return Ok((committer, open, outcome));
@@ -570,12 +570,14 @@ async fn from_checkpoint(
 }
 
 /// Replays the records of sealed epoch `epoch` exactly as they were processed the first time
-/// (the watermark in effect is the checkpoint's), then moves the watermark to the sealed value.
+/// (the watermark in effect is the checkpoint's, each batch under its logged clock), then moves
+/// the watermark to the sealed value. Refuses when the settings that decide an epoch's content
+/// differ from those recorded in the seal: the redo would write another epoch.
 fn replay_sealed(
     committer: &mut Committer,
     processor: &RecordProcessor,
     seal: Option<SealInfo>,
-    records: &[SourceRecord],
+    records: &Replay,
     epoch: u64,
 ) -> Result<(SealInfo, OpenEpoch), PipelineError> {
     let state_error = |message: String| PipelineError::State {
@@ -591,8 +593,16 @@ fn replay_sealed(
             records.len()
         )));
     }
+    if let Some(sealed) = &seal.settings {
+        let diffs = settings_diff(sealed, processor.settings());
+        if !diffs.is_empty() {
+            return Err(PipelineError::Refused {
+                message: settings_refusal(epoch, &diffs),
+            });
+        }
+    }
     let mut open = OpenEpoch::new(epoch, seal.start_positions.clone());
-    open.add(records, processor, committer.dedup.as_mut())?;
+    open.add_replay(records, processor, committer.dedup.as_mut())?;
     if let Some(d) = committer.dedup.as_mut() {
         d.state.advance(seal.watermark);
     }

@@ -22,6 +22,8 @@ mod hardening;
 mod protocol;
 #[path = "e2e/topology.rs"]
 mod topology;
+#[path = "e2e/records.rs"]
+mod records;
 
 const EXE: &str = env!("CARGO_BIN_EXE_tidemark-under-test");
 
