@@ -6,7 +6,7 @@
 //! 3. the Delta commit of `e` (with `txn = e`) lands before checkpoint `e` is written;
 //! 4. checkpoint `e` is durable before any WAL segment of `e` is deleted.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tidemark_checkpoint::store::Counts;
 use tidemark_checkpoint::wal::format::FRAME_HEADER_LEN;
@@ -14,7 +14,7 @@ use tidemark_checkpoint::{CheckpointRecord, CheckpointStore, Wal};
 use tidemark_connectors::dead_letter::{self, DeadLetter};
 use tidemark_connectors::decode::InvalidRecord;
 use tidemark_connectors::delta::{CommitOutcome, DeltaSink, EpochCommitInfo, SkippedRecord};
-use tidemark_connectors::kafka::KafkaSource;
+use tidemark_connectors::kafka::{Backoff, KafkaSource};
 use tidemark_connectors::{Positions, SourceRecord};
 use tracing::{info, warn};
 
@@ -23,7 +23,6 @@ use crate::epoch::{DedupRuntime, OpenEpoch};
 use crate::epoch_log::{log_batch, record_size, to_store_positions, SealInfo};
 use crate::fault::{self, CrashPoint};
 use crate::pipeline::PipelineError;
-use crate::state_lock::RunId;
 
 /// Environment variable that delays every Delta commit by this many milliseconds: a fault
 /// injection for liveness tests (a slow object store). Compiled in only with the
@@ -95,32 +94,9 @@ pub struct CommittedEpoch {
     started: Instant,
 }
 
-/// Bounded exponential backoff for transient errors: 100 ms doubling to 10 s, at most
-/// [`Backoff::MAX_ATTEMPTS`] retries (about 2 minutes in all).
-#[derive(Debug, Default)]
-pub struct Backoff {
-    attempts: u32,
-}
-
-impl Backoff {
-    /// Retries before giving up.
-    pub const MAX_ATTEMPTS: u32 = 16;
-
-    /// The wait before the next attempt, or `None` when the retries are used up.
-    pub fn next(&mut self) -> Option<Duration> {
-        if self.attempts >= Self::MAX_ATTEMPTS {
-            return None;
-        }
-        let ms = 100u64.saturating_mul(1 << self.attempts.min(7)).min(10_000);
-        self.attempts += 1;
-        Some(Duration::from_millis(ms))
-    }
-
-    /// Retries made so far.
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
-}
+/// Retries of an epoch's commit after transient storage errors before the run stops (with
+/// the Kafka source's backoff, 100 ms doubling to 10 s: about 2 minutes in all).
+pub const MAX_COMMIT_RETRIES: u32 = 16;
 
 /// The durable side of a pipeline: the table, the WAL and the checkpoint store.
 pub struct Committer {
@@ -132,8 +108,6 @@ pub struct Committer {
     pub store: CheckpointStore,
     /// The pipeline id (the txn appId).
     pub pipeline_id: String,
-    /// This process's run id (in its data file names and commitInfos).
-    pub run: RunId,
     /// Totals as of the newest checkpoint (plus the epochs committed since).
     pub totals: Counts,
     /// Newest epoch that made a Delta commit (`t`).
@@ -219,7 +193,6 @@ impl Committer {
         wal: Wal,
         store: CheckpointStore,
         pipeline_id: String,
-        run: RunId,
         totals: Counts,
         committed_epoch: u64,
         table_version: Option<i64>,
@@ -229,7 +202,6 @@ impl Committer {
             wal,
             store,
             pipeline_id,
-            run,
             totals,
             committed_epoch,
             table_version,
@@ -428,22 +400,23 @@ impl Committer {
         info: &EpochCommitInfo,
         report: &mut EpochReport,
     ) -> Result<u64, PipelineError> {
-        let mut backoff = Backoff::default();
+        let mut backoff = Backoff::new();
         loop {
             match self.write_and_commit(open, info, report).await {
                 Ok(version) => return Ok(version),
-                Err(PipelineError::Sink(e)) if e.is_transient() => match backoff.next() {
-                    Some(wait) => {
-                        warn!(
-                            epoch = open.epoch,
-                            attempt = backoff.attempts(),
-                            wait_ms = wait.as_millis() as u64,
-                            "transient storage error, retrying the epoch's commit: {e}"
-                        );
-                        tokio::time::sleep(wait).await;
+                Err(PipelineError::Sink(e)) if e.is_transient() => {
+                    let (attempt, wait) = backoff.failed();
+                    if attempt > MAX_COMMIT_RETRIES {
+                        return Err(PipelineError::Sink(e));
                     }
-                    None => return Err(PipelineError::Sink(e)),
-                },
+                    warn!(
+                        epoch = open.epoch,
+                        attempt,
+                        wait_ms = wait.as_millis() as u64,
+                        "transient storage error, retrying the epoch's commit: {e}"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -641,18 +614,6 @@ mod tests {
             payload: None,
         };
         DeadLetter::of(&r, "missing_payload", "no value")
-    }
-
-    #[test]
-    fn backoff_doubles_to_ten_seconds_and_gives_up() {
-        let mut b = super::Backoff::default();
-        let waits: Vec<u64> = std::iter::from_fn(|| b.next())
-            .map(|d| d.as_millis() as u64)
-            .collect();
-        assert_eq!(waits.len(), super::Backoff::MAX_ATTEMPTS as usize);
-        assert_eq!(&waits[..8], &[100, 200, 400, 800, 1600, 3200, 6400, 10_000]);
-        assert!(waits[8..].iter().all(|&w| w == 10_000));
-        assert_eq!(b.next(), None);
     }
 
     #[test]

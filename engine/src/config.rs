@@ -930,7 +930,7 @@ type = "double"
     /// parses as one of this pipeline's.
     #[test]
     fn valid_ids_never_read_each_others_data_files() {
-        use tidemark_connectors::delta::{data_file_epoch, data_file_name};
+        use tidemark_connectors::delta::{data_file_name, parse_data_file_name, RunId};
         let ids = [
             "a",
             "a-e",
@@ -947,8 +947,8 @@ type = "double"
             assert_eq!(pipeline_id_problem(x), None, "{x:?}");
             for y in ids.iter().filter(|y| **y != x) {
                 for epoch in [0, 1, 999_999_999_999] {
-                    let name = data_file_name(y, epoch, 0);
-                    assert_eq!(data_file_epoch(x, &name), None, "{x:?} reads {name:?}");
+                    let name = data_file_name(y, epoch, 0, RunId::from_u32(7));
+                    assert_eq!(parse_data_file_name(x, &name), None, "{x:?} reads {name:?}");
                 }
             }
         }

@@ -4,7 +4,7 @@
 //!
 //! `TIDEMARK_FAULT_FS=<op>:<error>:<path text>@<n>[:sticky]`, several separated by `,`:
 //! - `<op>`: `write`, `sync`, `create`, `rename`, `remove`, `syncdir`, `setlen`;
-//! - `<error>`: `eio` or `enospc`;
+//! - `<error>`: `eio`, `enospc` or `etimedout` (the last is transient: the commit is retried);
 //! - `<path text>`: only paths containing it count (`wal`, `.parquet`, `_delta_log`, or empty);
 //! - `@<n>`: the n-th matching call fails (1 = the first);
 //! - `:sticky`: every later matching call fails too (a disk that stays full).
@@ -58,7 +58,8 @@ pub fn parse(spec: &str) -> Result<Vec<tidemark_fs::Fault>, String> {
             let kind = match parts.next().unwrap_or("") {
                 "eio" => FaultKind::Eio,
                 "enospc" => FaultKind::DiskFull,
-                _ => return Err(bad("names no known error (eio, enospc)")),
+                "etimedout" => FaultKind::TimedOut,
+                _ => return Err(bad("names no known error (eio, enospc, etimedout)")),
             };
             Ok(Fault {
                 op,

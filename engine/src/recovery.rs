@@ -311,7 +311,6 @@ pub async fn recover(
         wal,
         store,
         config.pipeline_id.clone(),
-        lock.run().clone(),
         Counts::default(),
         0,
         None,

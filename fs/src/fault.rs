@@ -33,6 +33,8 @@ pub enum FaultKind {
     Eio,
     /// ENOSPC: the disk is full.
     DiskFull,
+    /// ETIMEDOUT: a network file system or device that timed out (a transient error).
+    TimedOut,
 }
 
 impl FaultKind {
@@ -40,6 +42,7 @@ impl FaultKind {
         let code = match self {
             FaultKind::Eio => libc::EIO,
             FaultKind::DiskFull => libc::ENOSPC,
+            FaultKind::TimedOut => libc::ETIMEDOUT,
         };
         let os = io::Error::from_raw_os_error(code);
         io::Error::new(
@@ -120,7 +123,9 @@ pub struct FaultFs {
 
 impl fmt::Debug for FaultFs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FaultFs").field("inner", &self.inner).finish()
+        f.debug_struct("FaultFs")
+            .field("inner", &self.inner)
+            .finish()
     }
 }
 

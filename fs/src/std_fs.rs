@@ -71,9 +71,7 @@ impl FileSystem for StdFs {
     }
 
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        fs::read_dir(dir)?
-            .map(|e| e.map(|e| e.path()))
-            .collect()
+        fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect()
     }
 
     fn len(&self, path: &Path) -> io::Result<u64> {

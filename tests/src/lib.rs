@@ -227,7 +227,7 @@ impl Fixture {
         if until_caught_up {
             cmd.arg("--until-caught-up");
         }
-        cmd.env("RUST_LOG", "info")
+        cmd.env("RUST_LOG", TEST_LOG_FILTER)
             .env_remove(tidemark_engine::fault::ENV)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -262,6 +262,23 @@ impl Fixture {
             .filter(|n| n.ends_with(".parquet") && !live.contains(n))
             .collect()
     }
+}
+
+/// The log filter of pipelines under test: Tidemark at info, the Delta kernel's per-snapshot
+/// chatter off (it would drown the lines the tests read).
+pub const TEST_LOG_FILTER: &str = "info,buoyant_kernel=warn,deltalake_core=warn,librdkafka=warn";
+
+/// Reads `child`'s stderr to the end on a thread, so a running pipeline never blocks on a full
+/// pipe; join the handle for the log once the child has exited.
+pub fn drain_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let stderr = child.stderr.take();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut e) = stderr {
+            let _ = std::io::Read::read_to_string(&mut e, &mut s);
+        }
+        strip_ansi(&s)
+    })
 }
 
 /// `text` without ANSI colour codes (tracing colours its output even into pipes).

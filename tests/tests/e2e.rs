@@ -20,10 +20,10 @@ mod dedup;
 mod hardening;
 #[path = "e2e/protocol.rs"]
 mod protocol;
-#[path = "e2e/topology.rs"]
-mod topology;
 #[path = "e2e/records.rs"]
 mod records;
+#[path = "e2e/topology.rs"]
+mod topology;
 
 const EXE: &str = env!("CARGO_BIN_EXE_tidemark-under-test");
 

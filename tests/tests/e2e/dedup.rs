@@ -162,7 +162,12 @@ async fn finish_phase(
         );
         child.kill().unwrap();
         let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{}", stderr_of(&out));
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "{}",
+            stderr_of(&out)
+        );
     }
     let mut child = fixture.spawn(false, &[]);
     // Drain stderr as it comes: a full pipe would block the pipeline's logging.

@@ -102,7 +102,7 @@ async fn each_crash_point_recovers_as_the_protocol_says() {
             // Small segments: an epoch spans many, so truncation deletes several.
             "[checkpoint]\ninterval_ms = 300\nmax_records = 500\nwal_segment_bytes = 4096\n{}",
             if dedup {
-                "[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\n"
+                "[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 600000\n"
             } else {
                 ""
             }
@@ -226,7 +226,10 @@ async fn chaos_sigkills_while_producing_keep_exactly_once() {
     while kills < kills_wanted {
         let armed = (kills % 4 == 1).then(|| {
             let point = aimed[(kills as usize / 4) % aimed.len()];
-            (point, format!("{}@{}", point.name(), rng.random_range(1..4)))
+            (
+                point,
+                format!("{}@{}", point.name(), rng.random_range(1..4)),
+            )
         });
         let env: Vec<(&str, &str)> = armed
             .iter()
@@ -328,7 +331,7 @@ async fn torn_and_corrupted_wal_tails_are_cut_and_nothing_is_lost() {
         let spec = format!("after_wal_append@{}", 2 + round % 3);
         let out = fixture.run_to_end(&[(tidemark_engine::fault::ENV, &spec)]);
         let log = stderr_of(&out);
-        if log.contains("damaged tail cut off") {
+        if log.contains("torn tail cut off") {
             damage_reported += 1;
         }
         if out.status.success() {
@@ -357,7 +360,7 @@ async fn torn_and_corrupted_wal_tails_are_cut_and_nothing_is_lost() {
     }
     let out = fixture.run_to_end(&[]);
     assert!(out.status.success(), "{}", stderr_of(&out));
-    if stderr_of(&out).contains("damaged tail cut off") {
+    if stderr_of(&out).contains("torn tail cut off") {
         damage_reported += 1;
     }
     assert!(

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -18,8 +18,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tidemark_engine::audit;
 use tidemark_tests::{
-    broker, create_topic, order_json, produce, produce_messages, stderr_of, strip_ansi, summary,
-    unique_topic, Fixture, Message,
+    broker, create_topic, drain_stderr, order_json, produce, produce_messages, stderr_of,
+    strip_ansi, summary, unique_topic, Fixture, Message,
 };
 
 use super::EXE;
@@ -213,7 +213,7 @@ fn sigterm_and_wait(child: Child) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
-const PIPELINE: &str = "[checkpoint]\ninterval_ms = 300\n\n[source.properties]\n\"tidemark.partition.discovery.interval.ms\" = \"1000\"\n\n[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\n";
+const PIPELINE: &str = "[checkpoint]\ninterval_ms = 300\n\n[source.properties]\n\"tidemark.partition.discovery.interval.ms\" = \"1000\"\n\n[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 600000\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn partitions_added_while_running_are_read_from_offset_zero_without_restart() {
@@ -228,6 +228,7 @@ async fn partitions_added_while_running_are_read_from_offset_zero_without_restar
     produce_messages(&brokers, &topic, &messages(0..300, &[0, 1]), &mut next);
     let fixture = Fixture::new(Path::new(EXE), &brokers, &topic, PIPELINE);
     let mut child = fixture.spawn(false, &[]);
+    let log = drain_stderr(&mut child);
     wait_rows(&fixture.table, 300, Duration::from_secs(60), &mut child);
 
     own.add_partitions(&topic, 4);
@@ -238,7 +239,7 @@ async fn partitions_added_while_running_are_read_from_offset_zero_without_restar
     wait_rows(&fixture.table, 600, Duration::from_secs(60), &mut child);
 
     let out = sigterm_and_wait(child);
-    let stderr = stderr_of(&out);
+    let stderr = log.join().expect("log reader");
     assert!(out.status.success(), "{stderr}");
     assert_eq!(summary(&out)["stopped_because"], "shutdown");
     for p in [2, 3] {
