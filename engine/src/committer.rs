@@ -23,6 +23,7 @@ use crate::epoch::{DedupRuntime, OpenEpoch};
 use crate::epoch_log::{log_batch, record_size, to_store_positions, SealInfo};
 use crate::fault::{self, CrashPoint};
 use crate::pipeline::PipelineError;
+use crate::shutdown::Shutdown;
 
 /// Environment variable that delays every Delta commit by this many milliseconds: a fault
 /// injection for liveness tests (a slow object store). Compiled in only with the
@@ -98,6 +99,9 @@ pub struct CommittedEpoch {
 /// the Kafka source's backoff, 100 ms doubling to 10 s: about 2 minutes in all).
 pub const MAX_COMMIT_RETRIES: u32 = 16;
 
+/// How often a retry's backoff looks at the stop flag.
+const STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The durable side of a pipeline: the table, the WAL and the checkpoint store.
 pub struct Committer {
     /// The Delta table.
@@ -122,6 +126,8 @@ pub struct Committer {
     pub durable: bool,
     /// Bytes appended to the WAL by this run (frames with their headers).
     pub wal_bytes: u64,
+    /// Raised when the process is asked to stop: a commit's retries give up at once.
+    pub stop: Shutdown,
     encode_buf: Vec<u8>,
 }
 
@@ -209,6 +215,7 @@ impl Committer {
             dedup: None,
             durable: true,
             wal_bytes: 0,
+            stop: Shutdown::new(),
             encode_buf: Vec::new(),
         }
     }
@@ -415,7 +422,15 @@ impl Committer {
                         wait_ms = wait.as_millis() as u64,
                         "transient storage error, retrying the epoch's commit: {e}"
                     );
-                    tokio::time::sleep(wait).await;
+                    // Sleep in short steps: a stop request ends the retries (the epoch is
+                    // sealed in the WAL and is redone at the next start).
+                    let until = Instant::now() + wait;
+                    while Instant::now() < until {
+                        if self.stop.requested() {
+                            return Err(PipelineError::Sink(e));
+                        }
+                        tokio::time::sleep(STOP_CHECK.min(until - Instant::now())).await;
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -557,8 +572,9 @@ impl Committer {
         Ok(())
     }
 
-    /// Replaces the WAL by the one `open` makes (after the old one is closed): for recovery
-    /// cases that set the old log aside.
+    /// Replaces the WAL by the one `open` makes (the old one is dropped once the new one is
+    /// open; its directory may already have been renamed): for recovery cases that set the old
+    /// log aside.
     pub fn replace_wal(
         &mut self,
         open: impl FnOnce() -> Result<Wal, PipelineError>,

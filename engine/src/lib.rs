@@ -7,6 +7,7 @@
 //! - [`committer`]: seal, Delta commit, checkpoint, truncation, in protocol order.
 //! - [`recovery`]: what to do on start, from the checkpoint, the WAL and the table.
 //! - [`status`]: `tidemark status`, what recovery would do next.
+//! - [`shutdown`]: the stop flag raised by Ctrl-C / SIGTERM.
 //! - [`state_lock`]: the exclusive lock on a state directory and the ids of its runs.
 //! - [`fault`]: crash points armed by `TIDEMARK_CRASH_AT` for crash tests; [`io_faults`]: the
 //!   file system the pipeline writes through (faults injected by `TIDEMARK_FAULT_FS` in tests).
@@ -32,6 +33,7 @@ pub mod pipeline;
 pub mod produce;
 pub mod protocol;
 pub mod recovery;
+pub mod shutdown;
 pub mod state_lock;
 pub mod status;
 

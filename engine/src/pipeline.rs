@@ -8,8 +8,6 @@
 //! checkpoint, the WAL and the table's txn version before anything is written.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -20,13 +18,14 @@ use tidemark_connectors::delta::{DeltaSink, DeltaSinkError, SinkOptions};
 use tidemark_connectors::kafka::{KafkaSource, KafkaSourceConfig, KafkaSourceError};
 use tidemark_connectors::source::Source;
 use tidemark_connectors::Positions;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::committer::EpochReport;
 use crate::config::{ConfigError, OnInvalidRecord, OnLate, PipelineConfig};
 use crate::epoch::{OpenEpoch, RecordProcessor};
 use crate::io_faults;
 use crate::recovery::{self, RecoveryOutcome, StartOptions};
+pub use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::state_lock::{RunId, StateLock, StateLockError};
 
 /// Most records taken from the source per WAL group commit.
@@ -216,27 +215,6 @@ pub struct Totals {
     pub dead_lettered: u64,
 }
 
-/// A flag set by Ctrl-C / SIGTERM: the current epoch finishes, then the run stops.
-#[derive(Debug, Clone, Default)]
-pub struct Shutdown(Arc<AtomicBool>);
-
-impl Shutdown {
-    /// A flag nobody has raised yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Asks the run to stop after its current epoch.
-    pub fn request(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    /// True once [`Shutdown::request`] was called.
-    pub fn requested(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 /// Runs the pipeline described by `config` (read from `config_path`) until caught up (if asked)
 /// or until `shutdown` is requested. Recovery runs first.
 pub async fn run(
@@ -309,6 +287,7 @@ pub async fn run(
     )
     .await?;
     recovered.recovery_ms = recovery_started.elapsed().as_millis() as u64;
+    committer.stop = shutdown.clone();
     let committed_at_start = recovered.committed_at_start.take();
     info!(
         case = recovered.case,
@@ -522,31 +501,4 @@ fn check_schema(config: &PipelineConfig, sink: &DeltaSink) -> Result<(), Pipelin
         }
     }
     Ok(())
-}
-
-/// Waits for Ctrl-C or SIGTERM and raises `shutdown`; a second signal exits at once.
-pub fn install_signal_handlers(shutdown: Shutdown) {
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!("cannot listen for SIGTERM: {e}");
-                    return;
-                }
-            };
-        for n in 0.. {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            if n == 0 {
-                info!("stop requested: finishing the current epoch, then stopping (signal again to exit at once)");
-                shutdown.request();
-            } else {
-                warn!("second stop signal: exiting now; the unfinished epoch will be re-read on restart");
-                std::process::exit(130);
-            }
-        }
-    });
 }

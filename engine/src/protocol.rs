@@ -32,6 +32,29 @@ pub enum StoreFacts {
     Lost,
 }
 
+impl StoreFacts {
+    /// How a start sees its store, from what the store held (`checkpoint`: its newest
+    /// checkpoint's `c` and `t`), whether it was `replaced` (corrupt or foreign, moved aside),
+    /// whether it `existed` before this start, and whether anything else shows the pipeline ran
+    /// before (`ran_before`: table commits of the pipeline or WAL frames). A store that is
+    /// missing while the pipeline ran before was lost (the state directory was deleted).
+    pub fn classify(
+        checkpoint: Option<(u64, u64)>,
+        replaced: bool,
+        existed: bool,
+        ran_before: bool,
+    ) -> Self {
+        match checkpoint {
+            _ if replaced || (!existed && ran_before) => Self::Lost,
+            Some((epoch, committed_epoch)) => Self::Checkpoint {
+                epoch,
+                committed_epoch,
+            },
+            None => Self::Empty,
+        }
+    }
+}
+
 /// A `--rewind-to` request and what the store holds for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RewindFacts {

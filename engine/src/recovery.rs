@@ -120,7 +120,9 @@ fn open_store(dir: &Path, retain: usize) -> Result<OpenedStore, PipelineError> {
 }
 
 /// Moves `path` (the store or the WAL directory) aside to `<name>.<what>-<unix ms>` beside
-/// it, and fsyncs the parent: nothing of the state is ever deleted by recovery.
+/// it, and fsyncs the parent: a corrupt store and a WAL that no longer applies are kept for
+/// inspection, never deleted. (Starts that resume from the table do clear the store's
+/// checkpoints and dedup state, which the table then replaces.)
 fn set_aside(path: &Path, what: &str) -> Result<PathBuf, PipelineError> {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -221,23 +223,8 @@ pub async fn recover(
         table_txn: v,
         ..RecoveryOutcome::default()
     };
-    // Files of epochs the table does not hold, written by runs of this state directory (all
-    // dead but this one): a write or commit that did not land.
-    outcome.orphan_files_deleted = swept(
-        sink.sweep_uncommitted_files(v as i64, lock.own_runs())
-            .await?,
-        sink.uri(),
-    );
-    let dead_letter_table = match dead_letter_sink {
-        Some(sink) => {
-            let mut dlq = DeadLetterTable::open(sink).await?;
-            let report = dlq
-                .sink
-                .sweep_uncommitted_files(dlq.txn, lock.own_runs())
-                .await?;
-            outcome.orphan_files_deleted += swept(report, dlq.sink.uri());
-            Some(dlq)
-        }
+    let mut dead_letter_table = match dead_letter_sink {
+        Some(sink) => Some(DeadLetterTable::open(sink).await?),
         None => None,
     };
 
@@ -245,29 +232,13 @@ pub async fn recover(
     let (mut wal, wal_report) =
         Wal::open_with_fs(fs.clone(), &wal_dir(state), wal_options(config), from)?;
     log_wal_recovery(&wal_report, &mut outcome);
-    if let Some(c) = &latest {
-        if wal.end() < wal_position(c) {
-            // The log's tail was lost below the checkpointed position: re-anchor the
-            // checkpoint in a new segment so later frames are found after it.
-            warn!(checkpoint_wal = ?wal_position(c), wal_end = ?wal.end(), "the WAL ends before the checkpointed position; re-anchoring checkpoint {} in a new segment", c.epoch);
-            let at = wal.start_new_segment(c.epoch + 1)?;
-            let mut c = c.clone();
-            c.wal_segment = at.segment;
-            c.wal_offset = at.offset;
-            store.write(&c, [], None)?;
-        }
-    }
-    let latest = store.latest()?;
-
-    let store_lost = replaced || (!store_existed && (v > 0 || wal_report.frames > 0));
-    let store_facts = match &latest {
-        _ if store_lost => StoreFacts::Lost,
-        Some(c) => StoreFacts::Checkpoint {
-            epoch: c.epoch,
-            committed_epoch: c.committed_epoch,
-        },
-        None => StoreFacts::Empty,
-    };
+    let store_facts = StoreFacts::classify(
+        latest.as_ref().map(|c| (c.epoch, c.committed_epoch)),
+        replaced,
+        store_existed,
+        v > 0 || wal_report.frames > 0,
+    );
+    let store_lost = store_facts == StoreFacts::Lost;
     let c_epoch = latest.as_ref().map_or(0, |c| c.epoch);
     let (records, seal) = if config.checkpoint.enabled && !store_lost {
         let from = latest.as_ref().map(wal_position).unwrap_or_default();
@@ -304,6 +275,35 @@ pub async fn recover(
     outcome.checkpoint_epoch = c_epoch;
     outcome.committed_epoch = latest.as_ref().map_or(0, |c| c.committed_epoch);
     outcome.case = decision.name();
+    if let StartCase::Refuse(refusal) = decision {
+        // A start that refuses changes nothing: no sweep, no re-anchoring, no reset.
+        return Err(refused(refusal, v, &store));
+    }
+    // Files of epochs the table does not hold, written by runs of this state directory (all
+    // dead but this one): a write or commit that did not land.
+    outcome.orphan_files_deleted = swept(
+        sink.sweep_uncommitted_files(v as i64, lock.own_runs())
+            .await?,
+        sink.uri(),
+    );
+    if let Some(dlq) = dead_letter_table.as_mut() {
+        let report = dlq
+            .sink
+            .sweep_uncommitted_files(dlq.txn, lock.own_runs())
+            .await?;
+        outcome.orphan_files_deleted += swept(report, dlq.sink.uri());
+    }
+    if let Some(c) = latest.as_ref().filter(|c| wal.end() < wal_position(c)) {
+        // The log's tail was lost below the checkpointed position: re-anchor the checkpoint
+        // in a new segment so later frames are found after it.
+        warn!(checkpoint_wal = ?wal_position(c), wal_end = ?wal.end(), "the WAL ends before the checkpointed position; re-anchoring checkpoint {} in a new segment", c.epoch);
+        let at = wal.start_new_segment(c.epoch + 1)?;
+        let mut c = c.clone();
+        c.wal_segment = at.segment;
+        c.wal_offset = at.offset;
+        store.write(&c, [], None)?;
+    }
+    let latest = store.latest()?;
 
     // One committer for every case; a checkpoint, if any, sets its totals and progress below.
     let mut committer = Committer::new(
@@ -329,12 +329,26 @@ pub async fn recover(
         | StartCase::RedoEpoch { .. }
         | StartCase::WriteMissingCheckpoint { .. } => {
             let version_now = progress.as_ref().map(|p| p.table_version as i64);
-            from_checkpoint(committer, processor, latest, decision, replay, version_now, outcome).await
+            from_checkpoint(
+                committer,
+                processor,
+                latest,
+                decision,
+                replay,
+                version_now,
+                outcome,
+            )
+            .await
         }
         StartCase::FromTable { reason, .. } => {
             let mut progress = progress;
             if reason == FromTableReason::Rewind {
-                if let Some(target) = options.rewind_to.map(|r| committer.store.get(r)).transpose()?.flatten() {
+                if let Some(target) = options
+                    .rewind_to
+                    .map(|r| committer.store.get(r))
+                    .transpose()?
+                    .flatten()
+                {
                     warn!(rewind_to = target.epoch, checkpoint_committed_epoch = target.committed_epoch, table_txn = v, "REWIND: the table is behind the store; restarting from the table's progress at epoch {v}, new epochs numbered from {}", v + 1);
                     if target.committed_epoch == v && v > 0 {
                         // The checkpoint agrees with the table: its positions may already be
@@ -350,21 +364,23 @@ pub async fn recover(
             }
             from_table(committer, processor, progress, reason, outcome).await
         }
-        StartCase::Refuse(refusal @ Refusal::TableBehind { .. }) => Err(PipelineError::Refused {
-            message: format!(
-                "{refusal}. Retained checkpoints: {}. Start with --rewind-to <epoch> to rewind to one whose committed epoch is <= {v}",
-                retained(&committer.store)
-            ),
-        }),
-        StartCase::Refuse(refusal @ (Refusal::RewindTargetMissing { .. } | Refusal::RewindTargetAhead { .. })) => {
-            Err(PipelineError::Refused {
-                message: format!("{refusal} (retained: {})", retained(&committer.store)),
-            })
-        }
-        StartCase::Refuse(refusal) => Err(PipelineError::Refused {
-            message: refusal.to_string(),
-        }),
+        StartCase::Refuse(refusal) => Err(refused(refusal, v, &committer.store)),
     }
+}
+
+/// The error for a refused start, with what the operator can do.
+fn refused(refusal: Refusal, v: u64, store: &CheckpointStore) -> PipelineError {
+    let message = match refusal {
+        Refusal::TableBehind { .. } => format!(
+            "{refusal}. Retained checkpoints: {}. Start with --rewind-to <epoch> to rewind to one whose committed epoch is <= {v}",
+            retained(store)
+        ),
+        Refusal::RewindTargetMissing { .. } | Refusal::RewindTargetAhead { .. } => {
+            format!("{refusal} (retained: {})", retained(store))
+        }
+        other => other.to_string(),
+    };
+    PipelineError::Refused { message }
 }
 
 /// Logs what the start-up sweep found; returns how many files it deleted.

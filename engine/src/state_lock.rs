@@ -160,17 +160,24 @@ pub fn holder(dir: &Path) -> Option<String> {
 /// durable before a run writes anything.
 fn record_run(dir: &Path, run: &RunId) -> Result<Vec<RunId>, StateLockError> {
     let path = dir.join(RUNS_FILE);
-    let mut runs: Vec<RunId> = match std::fs::read_to_string(&path) {
-        Ok(text) => text.lines().filter_map(|l| l.trim().parse().ok()).collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(io_err("read the run list", &path)(e)),
+    };
+    let mut runs: Vec<RunId> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    // After a torn append, start a fresh line so this run's id is not glued onto it.
+    let line = if text.is_empty() || text.ends_with('\n') {
+        format!("{run}\n")
+    } else {
+        format!("\n{run}\n")
     };
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
         .map_err(io_err("open the run list", &path))?;
-    f.write_all(format!("{run}\n").as_bytes())
+    f.write_all(line.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(io_err("append to the run list", &path))?;
     File::open(dir)
@@ -214,5 +221,10 @@ mod tests {
         std::fs::write(&runs, text).unwrap();
         let second = StateLock::acquire(dir.path(), RunId::generate()).unwrap();
         assert_eq!(second.own_runs(), &[first_run, *second.run()]);
+        let second_run = *second.run();
+        drop(second);
+        // The id written after the torn line is read back by the next run.
+        let third = StateLock::acquire(dir.path(), RunId::generate()).unwrap();
+        assert_eq!(third.own_runs(), &[first_run, second_run, *third.run()]);
     }
 }

@@ -93,12 +93,21 @@ pub struct TableStatus {
 pub async fn status(config: &PipelineConfig, config_path: &Path) -> Result<Status, PipelineError> {
     let state = config.state_dir(config_path);
     let store_path = store_dir(&state);
+    // What `run` would make of the store: corruption is a lost store, any other error stops.
+    let mut store_corrupt = false;
+    let mut store_stops = None;
     let (latest, store_problem) = if store_path.join("CURRENT").exists() {
         match CheckpointStore::open_read_only(&store_path)
             .and_then(|s| Ok((s.latest()?, s.history()?)))
         {
             Ok((latest, history)) => (latest.map(|c| (c, history)), None),
-            Err(e) => (None, Some(e.to_string())),
+            Err(e) => {
+                store_corrupt = e.is_corruption();
+                if !store_corrupt {
+                    store_stops = Some(e.to_string());
+                }
+                (None, Some(e.to_string()))
+            }
         }
     } else {
         (
@@ -178,18 +187,17 @@ pub async fn status(config: &PipelineConfig, config_path: &Path) -> Result<Statu
     let v = table.txn_version.unwrap_or(0).max(0) as u64;
     let c_epoch = checkpoint.as_ref().map_or(0, |c| c.epoch);
     let store_exists = store_path.join("CURRENT").exists();
+    let wal_frames = wal.records_after_checkpoint > 0 || wal.sealed_after_checkpoint.is_some();
     let facts = StartFacts {
         checkpoints: config.checkpoint.enabled,
-        store: match &checkpoint {
-            Some(c) => StoreFacts::Checkpoint {
-                epoch: c.epoch,
-                committed_epoch: c.committed_epoch,
-            },
-            None if store_problem.is_some() && (store_exists || v > 0) => StoreFacts::Lost,
-            None => StoreFacts::Empty,
-        },
+        store: StoreFacts::classify(
+            checkpoint.as_ref().map(|c| (c.epoch, c.committed_epoch)),
+            store_corrupt,
+            store_exists,
+            v > 0 || wal_frames,
+        ),
         next_sealed: wal.sealed_after_checkpoint == Some(c_epoch + 1),
-        wal_has_frames: wal.records_after_checkpoint > 0 || wal.sealed_after_checkpoint.is_some(),
+        wal_has_frames: wal_frames,
         table_txn: v,
         table_continues_checkpoint: match (&continues, &checkpoint) {
             (Some((epoch, start)), Some(c)) => *epoch == c.epoch + 1 && *start == c.positions,
@@ -201,14 +209,21 @@ pub async fn status(config: &PipelineConfig, config_path: &Path) -> Result<Statu
         rewind: None,
     };
     let case = decide(facts);
-    let next = format!(
-        "{case} ({} WAL records after the checkpoint)",
-        wal.records_after_checkpoint
-    );
+    let next = match &store_stops {
+        Some(e) => format!("the start stops: the checkpoint store cannot be opened ({e})"),
+        None => format!(
+            "{case} ({} WAL records after the checkpoint)",
+            wal.records_after_checkpoint
+        ),
+    };
     Ok(Status {
         pipeline_id: config.pipeline_id.clone(),
         running: state_lock::holder(&state),
-        next_case: case.name(),
+        next_case: if store_stops.is_some() {
+            "stops"
+        } else {
+            case.name()
+        },
         state_dir: state.display().to_string(),
         checkpoint,
         store_problem,

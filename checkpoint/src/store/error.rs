@@ -72,7 +72,11 @@ impl StoreError {
     pub fn kind(&self) -> StoreErrorKind {
         match self {
             StoreError::Rocks { source, .. } => classify_rocks(source),
-            StoreError::NewerFormat { .. } => StoreErrorKind::NewerFormat,
+            StoreError::NewerFormat { .. }
+            | StoreError::Record {
+                source: RecordError::NewerVersion(_),
+                ..
+            } => StoreErrorKind::NewerFormat,
             StoreError::Record { .. } | StoreError::Foreign { .. } => StoreErrorKind::Corruption,
         }
     }
@@ -107,5 +111,28 @@ pub(crate) fn classify(kind: rocksdb::ErrorKind, message: &str) -> StoreErrorKin
             StoreErrorKind::Corruption
         }
         _ => StoreErrorKind::Transient,
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    /// A record written by a newer build is an upgrade problem, never a corrupt store (which
+    /// would be moved aside and replaced).
+    #[test]
+    fn a_newer_record_version_is_not_corruption() {
+        let newer = StoreError::Record {
+            path: "store".into(),
+            what: "checkpoint 3".into(),
+            source: RecordError::NewerVersion(9),
+        };
+        assert_eq!(newer.kind(), StoreErrorKind::NewerFormat);
+        let damaged = StoreError::Record {
+            path: "store".into(),
+            what: "checkpoint 3".into(),
+            source: RecordError::Damaged("short"),
+        };
+        assert!(damaged.is_corruption());
     }
 }

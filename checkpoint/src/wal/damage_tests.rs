@@ -162,6 +162,27 @@ fn damage_in_the_last_segment_followed_by_valid_frames_is_mid_log() {
     assert_eq!(live_frames(dir.path()), damaged);
 }
 
+/// Unsealed records after the damage were never acknowledged (only a seal is): a power cut
+/// can keep a later page of them and lose an earlier one. That is a torn tail, not damage.
+#[test]
+fn damage_followed_only_by_unsealed_records_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let sealed = write_log(dir.path()).len();
+    let (mut wal, _) = Wal::open(dir.path(), WalOptions::default(), None).unwrap();
+    let first = wal.append(FrameKind::Record, 7, &[7; 40]).unwrap();
+    for _ in 0..3 {
+        wal.append(FrameKind::Record, 7, &[8; 40]).unwrap();
+    }
+    wal.commit().unwrap();
+    drop(wal);
+    flip(&segment_path(dir.path(), first.segment), first.offset + 21);
+    let (_wal, report) = Wal::open(dir.path(), WalOptions::default(), None).unwrap();
+    assert!(report.mid_log.is_none(), "{:?}", report.mid_log);
+    let t = report.truncation.expect("torn tail");
+    assert_eq!(t.at, first.offset);
+    assert_eq!(live_frames(dir.path()), sealed);
+}
+
 #[test]
 fn a_torn_last_frame_is_still_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();

@@ -163,7 +163,7 @@ pub(crate) fn recover(
     if let Some(found) = found {
         let (id, path) = &listed[found.index];
         let is_last = found.index + 1 == listed.len();
-        let mid_log = found.gap || !is_last || valid_frame_follows(fs, path, found.at)?;
+        let mid_log = found.gap || !is_last || valid_seal_follows(fs, path, found.at)?;
         if found.at == 0 {
             segments.retain(|s| s.id != *id);
         }
@@ -297,9 +297,13 @@ fn scan(
     Ok(None)
 }
 
-/// True if a frame whose header and CRC check out starts anywhere after the damage at `at`
-/// in `path` (after the header if the header itself is damaged). Reads only from there on.
-fn valid_frame_follows(fs: &dyn FileSystem, path: &Path, at: u64) -> Result<bool, WalError> {
+/// True if a SEAL frame whose header and CRC check out starts anywhere after the damage at
+/// `at` in `path` (after the header if the header itself is damaged). Reads only from there on.
+///
+/// Only a seal proves the damaged bytes were acknowledged (a seal is fsynced with everything
+/// before it). Unsealed records after the damage may be a power cut's unordered writeback of
+/// an unacknowledged tail: that is a torn tail, cut like any other.
+fn valid_seal_follows(fs: &dyn FileSystem, path: &Path, at: u64) -> Result<bool, WalError> {
     let from = if at == 0 {
         SEGMENT_HEADER_LEN as u64
     } else {
@@ -310,7 +314,9 @@ fn valid_frame_follows(fs: &dyn FileSystem, path: &Path, at: u64) -> Result<bool
         .map_err(io_err("seek", path))?;
     let mut rest = Vec::new();
     f.read_to_end(&mut rest).map_err(io_err("read", path))?;
-    Ok(!salvage_frames(&rest, 0).is_empty())
+    Ok(salvage_frames(&rest, 0)
+        .iter()
+        .any(|(_, frame)| frame.kind == FrameKind::Seal))
 }
 
 /// Cuts a torn tail: truncates `path` at `at`, or removes it if its header is torn.

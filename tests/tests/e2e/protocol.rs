@@ -11,8 +11,8 @@ use rand::Rng;
 use tidemark_engine::audit;
 use tidemark_engine::fault::CrashPoint;
 use tidemark_tests::{
-    broker, create_topic, order_json, order_json_unless, produce, produce_range, stderr_of,
-    summary, unique_topic, Fixture,
+    broker, create_topic, drain_stderr, order_json, order_json_unless, produce, produce_range,
+    stderr_of, summary, unique_topic, Fixture,
 };
 
 use super::hardening::{set_table_path, TablePath};
@@ -236,6 +236,7 @@ async fn chaos_sigkills_while_producing_keep_exactly_once() {
             .map(|(_, spec)| (tidemark_engine::fault::ENV, spec.as_str()))
             .collect();
         let mut child = fixture.spawn(false, &env);
+        let log = drain_stderr(&mut child);
         // Random moment: a third of the kills fall in the first 300 ms (recovery, connect),
         // the rest anywhere in the next few epochs.
         let ms = if armed.is_some() {
@@ -253,23 +254,28 @@ async fn chaos_sigkills_while_producing_keep_exactly_once() {
         let by_crash_point = match child.try_wait().unwrap() {
             Some(status) if armed.is_some() && status.signal() == Some(libc::SIGKILL) => true,
             Some(status) => {
-                let out = child.wait_with_output().unwrap();
-                panic!("pipeline exited on its own ({status}): {}", stderr_of(&out));
+                let log = log.join().unwrap();
+                panic!("pipeline exited on its own ({status}): {log}");
             }
             None => {
                 child.kill().unwrap();
                 false
             }
         };
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.signal(), Some(libc::SIGKILL));
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
         kills += 1;
-        let log = stderr_of(&out);
+        let log = log.join().unwrap();
+        // "During recovery": the run had locked its state directory (recovery had begun) and
+        // had not finished recovering.
         let phase = match (&armed, by_crash_point) {
             (Some((CrashPoint::AfterSeal, _)), true) => "after_seal",
             (Some((CrashPoint::AfterDeltaCommit, _)), true) => "after_delta_commit",
             (Some((_, _)), true) => "other_crash_point",
-            _ if !log.contains("recovery done") => "during_recovery",
+            _ if log.contains("state directory locked") && !log.contains("recovery done") => {
+                "during_recovery"
+            }
+            _ if !log.contains("state directory locked") => "before_recovery",
             _ => "timed_after_recovery",
         };
         *phases.entry(phase).or_default() += 1;
