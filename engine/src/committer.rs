@@ -10,19 +10,20 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tidemark_checkpoint::store::Counts;
 use tidemark_checkpoint::wal::format::FRAME_HEADER_LEN;
-use tidemark_checkpoint::{CheckpointRecord, CheckpointStore, Wal};
+use tidemark_checkpoint::{CheckpointRecord, CheckpointStore, StoreError, Wal, WalError};
 use tidemark_connectors::dead_letter::{self, DeadLetter};
 use tidemark_connectors::decode::InvalidRecord;
-use tidemark_connectors::delta::{CommitOutcome, DeltaSink, EpochCommitInfo, SkippedRecord};
-use tidemark_connectors::kafka::{Backoff, KafkaSource};
+use tidemark_connectors::delta::{
+    CommitOutcome, DeltaSink, DeltaSinkError, EpochCommitInfo, SkippedRecord,
+};
+use tidemark_connectors::kafka::{Backoff, KafkaSource, KafkaSourceError};
 use tidemark_connectors::{Positions, SourceRecord};
 use tracing::{info, warn};
 
 use crate::dedup::PackedKeys;
-use crate::epoch::{DedupRuntime, OpenEpoch};
+use crate::epoch::{DedupRuntime, OpenEpoch, ProcessError};
 use crate::epoch_log::{log_batch, record_size, to_store_positions, SealInfo};
 use crate::fault::{self, CrashPoint};
-use crate::pipeline::PipelineError;
 use crate::shutdown::Shutdown;
 
 /// Environment variable that delays every Delta commit by this many milliseconds: a fault
@@ -33,6 +34,35 @@ pub const COMMIT_DELAY_ENV: &str = "TIDEMARK_FAULT_COMMIT_DELAY_MS";
 /// Most records taken from the source while an epoch commits (then librdkafka's own bounded
 /// prefetch queue holds the rest and fetching stops).
 const BUFFER_DURING_COMMIT: usize = 50_000;
+
+/// Why an epoch could not be logged, sealed, committed or checkpointed (the commit layer's
+/// error; the pipeline converts it upward).
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The Delta table (or the dead-letter table) could not be written.
+    #[error(transparent)]
+    Sink(#[from] DeltaSinkError),
+    /// Kafka failed while it was polled during the commit.
+    #[error(transparent)]
+    Source(#[from] KafkaSourceError),
+    /// The write-ahead log failed.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The checkpoint store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The epoch's dead letters could not be turned into rows.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// The table already holds the epoch: another process writes with this pipeline id.
+    #[error("table {table}: {message}")]
+    AlreadyCommitted {
+        /// The table URI.
+        table: String,
+        /// Which epoch, which txn version, and what the run does about it.
+        message: String,
+    },
+}
 
 /// What committing one epoch did.
 #[derive(Debug, Clone, Default)]
@@ -149,7 +179,7 @@ pub struct DeadLetterTable {
 
 impl DeadLetterTable {
     /// Opens the table's progress: txn version and the newest commit's end positions.
-    pub async fn open(mut sink: DeltaSink) -> Result<Self, PipelineError> {
+    pub async fn open(mut sink: DeltaSink) -> Result<Self, CommitError> {
         let (txn, progress) = sink.progress().await?;
         Ok(Self {
             sink,
@@ -224,11 +254,7 @@ impl Committer {
     /// holding the batch's wall clock (which decides `event_time_in_future`, on replay too). A
     /// record too large for one WAL frame is logged as a bounded stub (no value) and is
     /// dead-lettered as `too_large`, so it can never make the append fail (see `epoch_log`).
-    pub fn log_records(
-        &mut self,
-        epoch: u64,
-        records: &[SourceRecord],
-    ) -> Result<(), PipelineError> {
+    pub fn log_records(&mut self, epoch: u64, records: &[SourceRecord]) -> Result<(), CommitError> {
         fault::hit(CrashPoint::BeforeWalAppend);
         let clock = now_ms() as i64;
         if let Some(d) = self.dedup.as_mut() {
@@ -253,7 +279,7 @@ impl Committer {
     /// here (the partitions' progress decides it, wall-clock idleness included) and the new
     /// value is recorded in the seal, so a replay uses it instead of recomputing it. The
     /// settings the epoch was processed under are recorded too (a redo refuses other values).
-    pub fn seal(&mut self, open: OpenEpoch) -> Result<SealedEpoch, PipelineError> {
+    pub fn seal(&mut self, open: OpenEpoch) -> Result<SealedEpoch, CommitError> {
         let watermark = self.dedup.as_mut().and_then(|d| {
             let candidate = d.tracker.candidate(Instant::now());
             d.state.advance(candidate)
@@ -280,7 +306,7 @@ impl Committer {
         &mut self,
         sealed: SealedEpoch,
         source: Option<&mut KafkaSource>,
-    ) -> Result<EpochReport, PipelineError> {
+    ) -> Result<EpochReport, CommitError> {
         let mut source = source;
         let committed = self.commit(sealed, source.as_deref_mut()).await?;
         let report = self.checkpoint_committed(committed)?;
@@ -300,7 +326,7 @@ impl Committer {
         &mut self,
         sealed: SealedEpoch,
         source: Option<&mut KafkaSource>,
-    ) -> Result<CommittedEpoch, PipelineError> {
+    ) -> Result<CommittedEpoch, CommitError> {
         let open = sealed.open;
         let started = Instant::now();
         let epoch = open.epoch;
@@ -331,7 +357,7 @@ impl Committer {
                 tokio::select! {
                     outcome = &mut work => outcome,
                     err = source.poll_during_commit(BUFFER_DURING_COMMIT, &mut polls) => {
-                        return Err(PipelineError::Source(err));
+                        return Err(CommitError::Source(err));
                     }
                 }
             }
@@ -358,7 +384,7 @@ impl Committer {
     pub fn checkpoint_committed(
         &mut self,
         committed: CommittedEpoch,
-    ) -> Result<EpochReport, PipelineError> {
+    ) -> Result<EpochReport, CommitError> {
         let CommittedEpoch {
             open,
             mut report,
@@ -406,15 +432,15 @@ impl Committer {
         open: &OpenEpoch,
         info: &EpochCommitInfo,
         report: &mut EpochReport,
-    ) -> Result<u64, PipelineError> {
+    ) -> Result<u64, CommitError> {
         let mut backoff = Backoff::new();
         loop {
             match self.write_and_commit(open, info, report).await {
                 Ok(version) => return Ok(version),
-                Err(PipelineError::Sink(e)) if e.is_transient() => {
+                Err(CommitError::Sink(e)) if e.is_transient() => {
                     let (attempt, wait) = backoff.failed();
                     if attempt > MAX_COMMIT_RETRIES {
-                        return Err(PipelineError::Sink(e));
+                        return Err(CommitError::Sink(e));
                     }
                     warn!(
                         epoch = open.epoch,
@@ -427,7 +453,7 @@ impl Committer {
                     let until = Instant::now() + wait;
                     while Instant::now() < until {
                         if self.stop.requested() {
-                            return Err(PipelineError::Sink(e));
+                            return Err(CommitError::Sink(e));
                         }
                         tokio::time::sleep(STOP_CHECK.min(until - Instant::now())).await;
                     }
@@ -464,7 +490,7 @@ impl Committer {
         open: &OpenEpoch,
         info: &EpochCommitInfo,
         report: &mut EpochReport,
-    ) -> Result<u64, PipelineError> {
+    ) -> Result<u64, CommitError> {
         let epoch = open.epoch as i64;
         if let Some(dlq) = self.dead_letter_sink.as_mut() {
             let letters = dlq.not_yet_written(&open.dead_letters);
@@ -475,7 +501,7 @@ impl Committer {
                     epoch,
                     &letters,
                 )
-                .map_err(|source| PipelineError::Decode { epoch, source })?;
+                .map_err(|source| ProcessError::Decode { epoch, source })?;
                 // An epoch number the table holds already (re-read with other boundaries
                 // after a lost store): its new letters go in files after the committed ones,
                 // in a commit that keeps the txn version where it is.
@@ -503,7 +529,7 @@ impl Committer {
                         dlq.end = open.end.clone();
                     }
                     Ok(CommitOutcome::AlreadyCommitted { txn_version }) => {
-                        return Err(PipelineError::Progress {
+                        return Err(CommitError::AlreadyCommitted {
                             table: dlq.sink.uri().to_string(),
                             message: format!(
                                 "epoch {epoch} is already in the dead-letter table (txn version \
@@ -525,21 +551,23 @@ impl Committer {
         report.files = write.files as u64;
         match commit_with_delay(&mut self.sink, adds.clone(), info).await {
             Ok(CommitOutcome::Committed { version }) => Ok(version),
-            Ok(CommitOutcome::AlreadyCommitted { txn_version }) => Err(PipelineError::Progress {
-                table: self.sink.uri().to_string(),
-                message: format!(
+            Ok(CommitOutcome::AlreadyCommitted { txn_version }) => {
+                Err(CommitError::AlreadyCommitted {
+                    table: self.sink.uri().to_string(),
+                    message: format!(
                     "epoch {epoch} is already in the table (txn version {txn_version}): another \
                      process writes with pipeline id {:?}; stopping without writing it again",
                     self.pipeline_id
                 ),
-            }),
+                })
+            }
             Err(e) => Err(e.into()),
         }
     }
 
     /// Steps 4–5: writes checkpoint `epoch` at `positions` (the WAL position is the log's end,
     /// just after `SEAL(epoch)`), then deletes WAL segments wholly before `epoch + 1`.
-    pub fn checkpoint(&mut self, epoch: u64, positions: &Positions) -> Result<(), PipelineError> {
+    pub fn checkpoint(&mut self, epoch: u64, positions: &Positions) -> Result<(), CommitError> {
         if !self.durable {
             return Ok(());
         }
@@ -575,10 +603,7 @@ impl Committer {
     /// Replaces the WAL by the one `open` makes (the old one is dropped once the new one is
     /// open; its directory may already have been renamed): for recovery cases that set the old
     /// log aside.
-    pub fn replace_wal(
-        &mut self,
-        open: impl FnOnce() -> Result<Wal, PipelineError>,
-    ) -> Result<(), PipelineError> {
+    pub fn replace_wal<E>(&mut self, open: impl FnOnce() -> Result<Wal, E>) -> Result<(), E> {
         self.wal = open()?;
         Ok(())
     }

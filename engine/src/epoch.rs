@@ -26,7 +26,54 @@ use crate::config::{
 };
 use crate::dedup::{DedupState, Verdict, WatermarkTracker};
 use crate::epoch_log::{fits_in_frame, record_size, Replay, MAX_KEPT_KEY_BYTES};
-use crate::pipeline::PipelineError;
+
+/// Why records could not be processed into an epoch (the processing layer's error).
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// A record did not decode and `errors.on_invalid_record = "fail"`.
+    #[error("{record}; stopping because errors.on_invalid_record = \"fail\" (nothing of epoch {epoch} was committed; set it to \"dead_letter\" to keep such records in the dead-letter table and go on)")]
+    InvalidRecord {
+        /// The first bad record of the epoch.
+        record: InvalidRecord,
+        /// The epoch it was in.
+        epoch: i64,
+    },
+    /// A record was rejected (too large, no dedup key or event time) and
+    /// `errors.on_invalid_record = "fail"`.
+    #[error("record {record} is invalid ({reason}): {message}; stopping because errors.on_invalid_record = \"fail\" (nothing of epoch {epoch} was committed; set it to \"dead_letter\" to keep such records in the dead-letter table)")]
+    Rejected {
+        /// `topic/partition@offset`.
+        record: String,
+        /// Reason category.
+        reason: &'static str,
+        /// What is wrong.
+        message: String,
+        /// The epoch it was in.
+        epoch: i64,
+    },
+    /// The decoder itself failed (not a bad record: a bug or an unsupported schema).
+    #[error("decoding epoch {epoch} failed: {source}")]
+    Decode {
+        /// The epoch.
+        epoch: i64,
+        /// Arrow's error.
+        source: arrow::error::ArrowError,
+    },
+    /// Dedup key columns could not be encoded into key bytes.
+    #[error("encoding dedup keys failed: {source}")]
+    KeyEncoding {
+        /// Arrow's error.
+        source: arrow::error::ArrowError,
+    },
+    /// The table does not match the configured columns.
+    #[error("table {table} does not match the config: {message}")]
+    SchemaMismatch {
+        /// The table URI.
+        table: String,
+        /// Which column differs and how.
+        message: String,
+    },
+}
 
 /// Where a dedup key comes from.
 #[derive(Debug, Clone)]
@@ -134,12 +181,12 @@ pub struct RecordProcessor {
 
 impl RecordProcessor {
     /// A processor for `config` writing rows of `decoder`'s schema.
-    pub fn new(config: &PipelineConfig, decoder: JsonDecoder) -> Result<Self, PipelineError> {
+    pub fn new(config: &PipelineConfig, decoder: JsonDecoder) -> Result<Self, ProcessError> {
         let schema = decoder.schema().clone();
         let index = |name: &str| {
             schema
                 .index_of(name)
-                .map_err(|_| PipelineError::SchemaMismatch {
+                .map_err(|_| ProcessError::SchemaMismatch {
                     table: config.sink.table_uri.clone(),
                     message: format!("dedup needs column {name:?}, which the table does not have"),
                 })
@@ -161,7 +208,7 @@ impl RecordProcessor {
                         .map(|i| SortField::new(schema.field(*i).data_type().clone()))
                         .collect();
                     key_converter = Some(RowConverter::new(fields).map_err(|e| {
-                        PipelineError::SchemaMismatch {
+                        ProcessError::SchemaMismatch {
                             table: config.sink.table_uri.clone(),
                             message: format!("dedup key columns cannot form a key: {e}"),
                         }
@@ -178,7 +225,7 @@ impl RecordProcessor {
                         }
                         DataType::Int64 => TimeSource::LongColumn(i, d.event_time_unit),
                         other => {
-                            return Err(PipelineError::SchemaMismatch {
+                            return Err(ProcessError::SchemaMismatch {
                                 table: config.sink.table_uri.clone(),
                                 message: format!(
                                     "dedup.event_time column {:?} is {other} in the table; it must be a timestamp or a long",
@@ -241,7 +288,7 @@ impl RecordProcessor {
         &self,
         batch: &RecordBatch,
         records: &[&SourceRecord],
-    ) -> Result<Vec<KeyAndTime>, PipelineError> {
+    ) -> Result<Vec<KeyAndTime>, ProcessError> {
         let (keys, times) = self.keys_and_event_times(batch, records)?;
         Ok(keys
             .into_iter()
@@ -253,7 +300,7 @@ impl RecordProcessor {
         &self,
         batch: &RecordBatch,
         records: &[&SourceRecord],
-    ) -> Result<(Vec<DedupKeyBytes>, Vec<EventTime>), PipelineError> {
+    ) -> Result<(Vec<DedupKeyBytes>, Vec<EventTime>), ProcessError> {
         let Some(spec) = &self.dedup else {
             return Ok((Vec::new(), Vec::new()));
         };
@@ -268,13 +315,15 @@ impl RecordProcessor {
                 let converter =
                     self.key_converter
                         .as_ref()
-                        .ok_or_else(|| PipelineError::State {
-                            path: "dedup".into(),
-                            message: "key converter missing".into(),
+                        .ok_or_else(|| ProcessError::SchemaMismatch {
+                            table: "dedup".into(),
+                            message:
+                                "dedup key columns are configured but no key converter was built"
+                                    .into(),
                         })?;
                 let rows = converter
                     .convert_columns(&cols)
-                    .map_err(|source| PipelineError::Decode { epoch: -1, source })?;
+                    .map_err(|source| ProcessError::KeyEncoding { source })?;
                 (0..n)
                     .map(|i| {
                         if cols.iter().any(|c| c.is_null(i)) {
@@ -448,9 +497,9 @@ impl OpenEpoch {
         record: &SourceRecord,
         reason: &'static str,
         message: String,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<(), ProcessError> {
         match p.on_invalid {
-            OnInvalidRecord::Fail => Err(PipelineError::Rejected {
+            OnInvalidRecord::Fail => Err(ProcessError::Rejected {
                 record: record.coordinates(),
                 reason,
                 message,
@@ -479,7 +528,7 @@ impl OpenEpoch {
         records: &[SourceRecord],
         p: &RecordProcessor,
         dedup: Option<&mut DedupRuntime>,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<(), ProcessError> {
         self.add_logged(records, &[], p, dedup)
     }
 
@@ -490,7 +539,7 @@ impl OpenEpoch {
         replay: &Replay,
         p: &RecordProcessor,
         mut dedup: Option<&mut DedupRuntime>,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<(), ProcessError> {
         for batch in &replay.batches {
             if let Some(rt) = dedup.as_deref_mut() {
                 rt.state.set_batch_clock(batch.clock_ms);
@@ -560,7 +609,7 @@ impl OpenEpoch {
         stubs: &[(usize, u64)],
         p: &RecordProcessor,
         dedup: Option<&mut DedupRuntime>,
-    ) -> Result<(), PipelineError> {
+    ) -> Result<(), ProcessError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -606,14 +655,14 @@ impl OpenEpoch {
         let decoded = p
             .decoder
             .decode(fitting)
-            .map_err(|source| PipelineError::Decode {
+            .map_err(|source| ProcessError::Decode {
                 epoch: self.epoch as i64,
                 source,
             })?;
         for bad in &decoded.invalid {
             let record = &fitting[bad.index];
             if p.on_invalid == OnInvalidRecord::Fail {
-                return Err(PipelineError::InvalidRecord {
+                return Err(ProcessError::InvalidRecord {
                     record: bad.clone(),
                     epoch: self.epoch as i64,
                 });
@@ -709,7 +758,7 @@ impl OpenEpoch {
         }
         let mask = BooleanArray::from(keep);
         let kept = arrow::compute::filter_record_batch(&batch, &mask).map_err(|source| {
-            PipelineError::Decode {
+            ProcessError::Decode {
                 epoch: self.epoch as i64,
                 source,
             }

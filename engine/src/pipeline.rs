@@ -11,20 +11,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tidemark_checkpoint::{StoreError, WalError};
 use tidemark_connectors::dead_letter;
-use tidemark_connectors::decode::{InvalidRecord, JsonDecoder};
+use tidemark_connectors::decode::JsonDecoder;
 use tidemark_connectors::delta::{DeltaSink, DeltaSinkError, SinkOptions};
 use tidemark_connectors::kafka::{KafkaSource, KafkaSourceConfig, KafkaSourceError};
 use tidemark_connectors::source::Source;
 use tidemark_connectors::Positions;
 use tracing::info;
 
-use crate::committer::EpochReport;
+use crate::committer::{CommitError, EpochReport};
 use crate::config::{ConfigError, OnInvalidRecord, OnLate, PipelineConfig};
-use crate::epoch::{OpenEpoch, RecordProcessor};
+use crate::epoch::{OpenEpoch, ProcessError, RecordProcessor};
 use crate::io_faults;
-use crate::recovery::{self, RecoveryOutcome, StartOptions};
+use crate::recovery::{self, RecoveryError, RecoveryOutcome, StartOptions};
 pub use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::state_lock::{RunId, StateLock, StateLockError};
 
@@ -33,76 +32,36 @@ const POLL_BATCH: usize = 8192;
 /// Longest wait for records before checking for a stop request or a due epoch.
 const POLL_WAIT: Duration = Duration::from_millis(200);
 
-/// Why a pipeline stopped other than by being asked to.
+/// Why a pipeline stopped other than by being asked to: each layer's error, converted upward.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// The configuration cannot be used.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The Delta table could not be read or written.
+    /// The state directory is locked by another process, or its lock cannot be taken.
+    #[error(transparent)]
+    Locked(#[from] StateLockError),
+    /// The Delta table could not be opened or created.
     #[error(transparent)]
     Sink(#[from] DeltaSinkError),
     /// Kafka could not be read.
     #[error(transparent)]
     Source(#[from] KafkaSourceError),
-    /// A record did not decode and `errors.on_invalid_record = "fail"`.
-    #[error("{record}; stopping because errors.on_invalid_record = \"fail\" (nothing of epoch {epoch} was committed; set it to \"dead_letter\" to keep such records in the dead-letter table and go on)")]
-    InvalidRecord {
-        /// The first bad record of the epoch.
-        record: InvalidRecord,
-        /// The epoch it was in.
-        epoch: i64,
-    },
-    /// A record was rejected (too large, no dedup key or event time) and
-    /// `errors.on_invalid_record = "fail"`.
-    #[error("record {record} is invalid ({reason}): {message}; stopping because errors.on_invalid_record = \"fail\" (nothing of epoch {epoch} was committed; set it to \"dead_letter\" to keep such records in the dead-letter table)")]
-    Rejected {
-        /// `topic/partition@offset`.
-        record: String,
-        /// Reason category.
-        reason: &'static str,
-        /// What is wrong.
-        message: String,
-        /// The epoch it was in.
-        epoch: i64,
-    },
-    /// The decoder itself failed (not a bad record: a bug or an unsupported schema).
-    #[error("decoding epoch {epoch} failed: {source}")]
-    Decode {
-        /// The epoch.
-        epoch: i64,
-        /// Arrow's error.
-        source: arrow::error::ArrowError,
-    },
-    /// The existing table does not match the configured columns.
-    #[error("table {table} does not match the config: {message}")]
-    SchemaMismatch {
-        /// The table URI.
-        table: String,
-        /// Which column differs and how.
-        message: String,
-    },
-    /// The write-ahead log failed.
+    /// Records could not be processed (or the table does not match the config).
     #[error(transparent)]
-    Wal(#[from] WalError),
-    /// The checkpoint store failed.
+    Process(#[from] ProcessError),
+    /// Recovery failed or refused to start.
     #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The state directory is locked by another process, or its lock cannot be taken.
+    Recovery(#[from] RecoveryError),
+    /// An epoch could not be logged, sealed, committed or checkpointed.
     #[error(transparent)]
-    Locked(#[from] StateLockError),
-    /// The state directory (WAL, store) is not what recovery expects.
+    Commit(#[from] CommitError),
+    /// The file system for the run could not be set up.
     #[error("state {path}: {message}")]
     State {
         /// The file or place at fault.
         path: std::path::PathBuf,
         /// What is wrong.
-        message: String,
-    },
-    /// Recovery refuses to start (the table and the checkpoint disagree).
-    #[error("recovery refused to start: {message}")]
-    Refused {
-        /// Both numbers and what to do.
         message: String,
     },
     /// A background task of the run failed (panicked or was cancelled).
@@ -111,14 +70,6 @@ pub enum PipelineError {
         /// What the task was doing.
         what: &'static str,
         /// Why it failed.
-        message: String,
-    },
-    /// The table's progress for this pipeline cannot be trusted.
-    #[error("table {table}: {message}")]
-    Progress {
-        /// The table URI.
-        table: String,
-        /// What is wrong.
         message: String,
     },
 }
@@ -470,10 +421,10 @@ pub async fn run(
 }
 
 /// Every configured column must exist in the table with the same type and nullability.
-fn check_schema(config: &PipelineConfig, sink: &DeltaSink) -> Result<(), PipelineError> {
+fn check_schema(config: &PipelineConfig, sink: &DeltaSink) -> Result<(), ProcessError> {
     let table = sink.arrow_schema();
     for want in config.arrow_fields() {
-        let mismatch = |message: String| PipelineError::SchemaMismatch {
+        let mismatch = |message: String| ProcessError::SchemaMismatch {
             table: sink.uri().to_string(),
             message,
         };

@@ -11,25 +11,79 @@ use serde::Serialize;
 use tidemark_checkpoint::store::Counts;
 use tidemark_checkpoint::wal::{FrameKind, RecoveryReport as WalRecovery};
 use tidemark_checkpoint::{
-    CheckpointRecord, CheckpointStore, StoreOptions, SyncPolicy, Wal, WalOptions, WalPosition,
+    CheckpointRecord, CheckpointStore, StoreError, StoreOptions, SyncPolicy, Wal, WalError,
+    WalOptions, WalPosition,
 };
-use tidemark_connectors::delta::{DeltaSink, SweepReport, TableProgress};
+use tidemark_connectors::delta::{DeltaSink, DeltaSinkError, SweepReport, TableProgress};
 use tidemark_connectors::Positions;
 use tidemark_fs::SharedFs;
 use tracing::{error, info, warn};
 
-use crate::committer::{Committer, DeadLetterTable, EpochReport, SealedEpoch};
+use crate::committer::{CommitError, Committer, DeadLetterTable, EpochReport, SealedEpoch};
 use crate::config::{PipelineConfig, WalSync};
 use crate::dedup::{DedupState, PackedKeys, WatermarkTracker};
 use crate::epoch::{
-    settings_diff, settings_refusal, DedupRuntime, DedupSpec, KeySource, OpenEpoch, RecordProcessor,
+    settings_diff, settings_refusal, DedupRuntime, DedupSpec, KeySource, OpenEpoch, ProcessError,
+    RecordProcessor,
 };
 use crate::epoch_log::{from_store_positions, RecordDecoder, Replay, SealInfo};
-use crate::pipeline::PipelineError;
 use crate::protocol::{
     decide, FromTableReason, Refusal, RewindFacts, StartCase, StartFacts, StoreFacts,
 };
 use crate::state_lock::StateLock;
+
+/// Why a start could not recover (the recovery layer's error). A refusal carries the start
+/// decision that refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    /// The start decision refused: the table, the checkpoint and the WAL disagree.
+    #[error("recovery refused to start: {message}")]
+    Refused {
+        /// The decision.
+        refusal: Refusal,
+        /// Both numbers and what to do.
+        message: String,
+    },
+    /// A sealed epoch would be redone under other settings than it was sealed with.
+    #[error("recovery refused to start: {message}")]
+    SettingsChanged {
+        /// The sealed epoch.
+        epoch: u64,
+        /// Each differing setting with both values, and what to do.
+        message: String,
+    },
+    /// The table's progress for this pipeline cannot be trusted.
+    #[error("table {table}: {message}")]
+    Progress {
+        /// The table URI.
+        table: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The state directory (WAL, store) is not what recovery expects.
+    #[error("state {path}: {message}")]
+    State {
+        /// The file or place at fault.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The table could not be read or swept.
+    #[error(transparent)]
+    Sink(#[from] DeltaSinkError),
+    /// The write-ahead log could not be opened or read.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// The checkpoint store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An epoch committed during recovery (a redo, a resumed epoch) failed.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    /// Replayed records could not be processed.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+}
 
 /// What recovery found and did; part of the run summary.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -105,7 +159,7 @@ enum OpenedStore {
 /// aside, kept for inspection, replaced by an empty one); any other error — the store locked,
 /// too many open files, permission denied, disk full — stops the start with that error and
 /// changes nothing.
-fn open_store(dir: &Path, retain: usize) -> Result<OpenedStore, PipelineError> {
+fn open_store(dir: &Path, retain: usize) -> Result<OpenedStore, RecoveryError> {
     let existed = dir.join("CURRENT").exists();
     match CheckpointStore::open(dir, StoreOptions { retain }) {
         Ok(store) => Ok(OpenedStore::Usable(store)),
@@ -123,7 +177,7 @@ fn open_store(dir: &Path, retain: usize) -> Result<OpenedStore, PipelineError> {
 /// it, and fsyncs the parent: a corrupt store and a WAL that no longer applies are kept for
 /// inspection, never deleted. (Starts that resume from the table do clear the store's
 /// checkpoints and dedup state, which the table then replaces.)
-fn set_aside(path: &Path, what: &str) -> Result<PathBuf, PipelineError> {
+fn set_aside(path: &Path, what: &str) -> Result<PathBuf, RecoveryError> {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
@@ -133,7 +187,7 @@ fn set_aside(path: &Path, what: &str) -> Result<PathBuf, PipelineError> {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     let aside = path.with_file_name(format!("{name}.{what}-{ms}"));
-    let failed = |io: std::io::Error| PipelineError::State {
+    let failed = |io: std::io::Error| RecoveryError::State {
         path: path.to_path_buf(),
         message: format!("cannot move it aside to {}: {io}", aside.display()),
     };
@@ -152,13 +206,13 @@ fn scan_epoch(
     wal: &Wal,
     from: WalPosition,
     epoch: u64,
-) -> Result<(Replay, Option<SealInfo>), PipelineError> {
+) -> Result<(Replay, Option<SealInfo>), RecoveryError> {
     let mut decoder = RecordDecoder::default();
     let mut records = Replay::default();
     let mut seal = None;
     for item in wal.reader(from) {
         let (at, frame) = item?;
-        let unexpected = |what: String| PipelineError::State {
+        let unexpected = |what: String| RecoveryError::State {
             path: PathBuf::from(format!("wal segment {} offset {}", at.segment, at.offset)),
             message: what,
         };
@@ -206,7 +260,7 @@ pub async fn recover(
     dead_letter_sink: Option<DeltaSink>,
     processor: &RecordProcessor,
     options: StartOptions,
-) -> Result<(Committer, OpenEpoch, RecoveryOutcome), PipelineError> {
+) -> Result<(Committer, OpenEpoch, RecoveryOutcome), RecoveryError> {
     let state = lock.dir();
     let store_path = store_dir(state);
     let store_existed = store_path.join("CURRENT").exists();
@@ -369,7 +423,7 @@ pub async fn recover(
 }
 
 /// The error for a refused start, with what the operator can do.
-fn refused(refusal: Refusal, v: u64, store: &CheckpointStore) -> PipelineError {
+fn refused(refusal: Refusal, v: u64, store: &CheckpointStore) -> RecoveryError {
     let message = match refusal {
         Refusal::TableBehind { .. } => format!(
             "{refusal}. Retained checkpoints: {}. Start with --rewind-to <epoch> to rewind to one whose committed epoch is <= {v}",
@@ -380,7 +434,7 @@ fn refused(refusal: Refusal, v: u64, store: &CheckpointStore) -> PipelineError {
         }
         other => other.to_string(),
     };
-    PipelineError::Refused { message }
+    RecoveryError::Refused { refusal, message }
 }
 
 /// Logs what the start-up sweep found; returns how many files it deleted.
@@ -397,9 +451,9 @@ fn check_table_progress(
     sink: &DeltaSink,
     v: u64,
     progress: Option<&TableProgress>,
-) -> Result<(), PipelineError> {
+) -> Result<(), RecoveryError> {
     match progress {
-        Some(p) if p.info.epoch as u64 != v => Err(PipelineError::Progress {
+        Some(p) if p.info.epoch as u64 != v => Err(RecoveryError::Progress {
             table: sink.uri().to_string(),
             message: format!(
                 "txn version for pipeline {:?} is {v} but its newest commitInfo records epoch {}; \
@@ -407,7 +461,7 @@ fn check_table_progress(
                 config.pipeline_id, p.info.epoch
             ),
         }),
-        None if v != 0 => Err(PipelineError::Progress {
+        None if v != 0 => Err(RecoveryError::Progress {
             table: sink.uri().to_string(),
             message: format!("txn version for pipeline {:?} is {v} but no commit of it records Tidemark progress", config.pipeline_id),
         }),
@@ -423,7 +477,7 @@ fn set_wal_aside(
     fs: &SharedFs,
     state: &Path,
     reason: FromTableReason,
-) -> Result<Committer, PipelineError> {
+) -> Result<Committer, RecoveryError> {
     let dir = wal_dir(state);
     let on_disk = committer.wal.segments();
     let segments = on_disk.len();
@@ -436,7 +490,7 @@ fn set_wal_aside(
         let aside = set_aside(&dir, "set-aside")?;
         warn!(moved_to = %aside.display(), segments, bytes, ?reason, "WAL moved aside (not deleted): its records are re-read from the source");
         let (wal, _) = Wal::open_with_fs(fs.clone(), &dir, wal_options(config), None)?;
-        Ok(wal)
+        Ok::<Wal, RecoveryError>(wal)
     })?;
     Ok(committer)
 }
@@ -494,7 +548,7 @@ async fn from_checkpoint(
     replay: AfterCheckpoint,
     table_version_now: Option<i64>,
     mut outcome: RecoveryOutcome,
-) -> Result<(Committer, OpenEpoch, RecoveryOutcome), PipelineError> {
+) -> Result<(Committer, OpenEpoch, RecoveryOutcome), RecoveryError> {
     let (c_epoch, c_t, positions) = match &c {
         Some(c) => (
             c.epoch,
@@ -578,8 +632,9 @@ async fn from_checkpoint(
                 outcome,
             ))
         }
-        other => Err(PipelineError::Refused {
-            message: format!("internal: {other} is not a checkpoint case"),
+        other => Err(RecoveryError::State {
+            path: PathBuf::from("recovery"),
+            message: format!("internal: {other} is not a case that continues from a checkpoint"),
         }),
     }
 }
@@ -594,8 +649,8 @@ fn replay_sealed(
     seal: Option<SealInfo>,
     records: &Replay,
     epoch: u64,
-) -> Result<(SealInfo, OpenEpoch), PipelineError> {
-    let state_error = |message: String| PipelineError::State {
+) -> Result<(SealInfo, OpenEpoch), RecoveryError> {
+    let state_error = |message: String| RecoveryError::State {
         path: PathBuf::from("wal"),
         message,
     };
@@ -611,7 +666,8 @@ fn replay_sealed(
     if let Some(sealed) = &seal.settings {
         let diffs = settings_diff(sealed, processor.settings());
         if !diffs.is_empty() {
-            return Err(PipelineError::Refused {
+            return Err(RecoveryError::SettingsChanged {
+                epoch,
                 message: settings_refusal(epoch, &diffs),
             });
         }
@@ -646,7 +702,7 @@ async fn from_table(
     progress: Option<TableProgress>,
     reason: FromTableReason,
     mut outcome: RecoveryOutcome,
-) -> Result<(Committer, OpenEpoch, RecoveryOutcome), PipelineError> {
+) -> Result<(Committer, OpenEpoch, RecoveryOutcome), RecoveryError> {
     let v = outcome.table_txn;
     let positions = progress
         .as_ref()
@@ -704,7 +760,7 @@ const LOAD_CHUNK: usize = 16 * 1024;
 pub fn load_dedup_state(
     store: &CheckpointStore,
     watermark: Option<i64>,
-) -> Result<DedupState, PipelineError> {
+) -> Result<DedupState, RecoveryError> {
     let mut state = DedupState::with_capacity(store.estimated_dedup_entries() as usize, watermark);
     let (tx, rx) = std::sync::mpsc::sync_channel::<PackedKeys>(4);
     let scanned = std::thread::scope(|scope| {
@@ -729,7 +785,7 @@ pub fn load_dedup_state(
         }
         scan.join()
     });
-    let scanned = scanned.map_err(|_| PipelineError::State {
+    let scanned = scanned.map_err(|_| RecoveryError::State {
         path: store.path().to_path_buf(),
         message: "the dedup state scan panicked".into(),
     })??;
@@ -756,7 +812,7 @@ async fn rebuild_dedup_state(
     processor: &RecordProcessor,
     spec: &DedupSpec,
     watermark: Option<i64>,
-) -> Result<DedupState, PipelineError> {
+) -> Result<DedupState, RecoveryError> {
     if matches!(spec.key, KeySource::KafkaKey) {
         error!("dedup state CANNOT be rebuilt from the table: the dedup key is the Kafka message key, which the table does not store; duplicates of records already written may be written again until the watermark passes them");
         return Ok(DedupState::with_capacity(0, watermark));

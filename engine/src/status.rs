@@ -12,10 +12,23 @@ use tidemark_connectors::delta::DeltaSink;
 
 use crate::config::PipelineConfig;
 use crate::epoch_log::from_store_positions;
-use crate::pipeline::PipelineError;
 use crate::protocol::{decide, StartFacts, StoreFacts};
 use crate::recovery::{store_dir, wal_dir};
 use crate::state_lock;
+
+/// Why `tidemark status` could not gather what it shows.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The table could not be read.
+    #[error(transparent)]
+    Sink(#[from] tidemark_connectors::delta::DeltaSinkError),
+    /// The WAL directory could not be listed.
+    #[error(transparent)]
+    Wal(#[from] tidemark_checkpoint::WalError),
+}
 
 /// Everything `tidemark status` shows.
 #[derive(Debug, Clone, Serialize)]
@@ -90,7 +103,7 @@ pub struct TableStatus {
 }
 
 /// Gathers the status of the pipeline in `config`.
-pub async fn status(config: &PipelineConfig, config_path: &Path) -> Result<Status, PipelineError> {
+pub async fn status(config: &PipelineConfig, config_path: &Path) -> Result<Status, StatusError> {
     let state = config.state_dir(config_path);
     let store_path = store_dir(&state);
     // What `run` would make of the store: corruption is a lost store, any other error stops.
