@@ -14,12 +14,12 @@ use serde::Serialize;
 use tidemark_connectors::dead_letter;
 use tidemark_connectors::decode::JsonDecoder;
 use tidemark_connectors::delta::{DeltaSink, DeltaSinkError, SinkOptions};
-use tidemark_connectors::kafka::{KafkaSource, KafkaSourceConfig, KafkaSourceError};
+use tidemark_connectors::kafka::{Backoff, KafkaSource, KafkaSourceConfig, KafkaSourceError};
 use tidemark_connectors::source::Source;
 use tidemark_connectors::Positions;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::committer::{CommitError, EpochReport};
+use crate::committer::{CommitError, EpochReport, MAX_COMMIT_RETRIES};
 use crate::config::{ConfigError, OnInvalidRecord, OnLate, PipelineConfig};
 use crate::epoch::{OpenEpoch, ProcessError, RecordProcessor};
 use crate::io_faults;
@@ -192,12 +192,12 @@ pub async fn run(
         .table_name
         .clone()
         .unwrap_or_else(|| config.pipeline_id.clone());
-    let sink = DeltaSink::open_or_create_with(
+    let sink = open_table(
         &url,
         &config.pipeline_id,
         &table_name,
         config.delta_columns(),
-        sink_options.clone(),
+        &sink_options,
     )
     .await?;
     check_schema(config, &sink)?;
@@ -210,12 +210,12 @@ pub async fn run(
     {
         let url = config.dead_letter_url(config_path)?;
         let name = format!("{table_name}_dead_letters");
-        let dlq = DeltaSink::open_or_create_with(
+        let dlq = open_table(
             &url,
             &config.pipeline_id,
             &name,
             dead_letter::delta_columns(),
-            sink_options.clone(),
+            &sink_options,
         )
         .await?;
         info!(table = %dlq.uri(), "dead letters go to this table");
@@ -418,6 +418,39 @@ pub async fn run(
         "pipeline stopped"
     );
     Ok(summary)
+}
+
+/// Opens (or creates) a table, retrying transient storage errors with the commit's bounded
+/// backoff (a log line per retry).
+async fn open_table(
+    url: &url::Url,
+    pipeline_id: &str,
+    name: &str,
+    columns: Vec<deltalake::kernel::StructField>,
+    options: &SinkOptions,
+) -> Result<DeltaSink, DeltaSinkError> {
+    let mut backoff = Backoff::new();
+    loop {
+        match DeltaSink::open_or_create_with(
+            url,
+            pipeline_id,
+            name,
+            columns.clone(),
+            options.clone(),
+        )
+        .await
+        {
+            Err(e) if e.is_transient() => {
+                let (attempt, wait) = backoff.failed();
+                if attempt > MAX_COMMIT_RETRIES {
+                    return Err(e);
+                }
+                warn!(table = %url, attempt, wait_ms = wait.as_millis() as u64, "transient storage error, retrying the opening of the table: {e}");
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Every configured column must exist in the table with the same type and nullability.
