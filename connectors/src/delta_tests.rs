@@ -698,3 +698,37 @@ async fn the_power_cut_test_catches_each_missing_fsync() {
         );
     }
 }
+
+/// A timeout writing the create commit or an epoch's commit is transient (the engine retries
+/// it), whatever layers deltalake wraps around the store's error.
+#[tokio::test]
+async fn a_timeout_creating_or_committing_is_transient() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("table");
+    let faults = FaultFs::new(tidemark_fs::std_fs());
+    let timeout = Fault {
+        path_contains: "_delta_log".into(),
+        ..Fault::once(Op::Write, FaultKind::TimedOut)
+    };
+    faults.arm(timeout.clone());
+    let shared: SharedFs = Arc::new(faults.clone());
+    let err = DeltaSink::open_or_create_with(
+        &url_of(&root),
+        APP,
+        "t",
+        columns(),
+        options(shared.clone(), 1),
+    )
+    .await
+    .err()
+    .expect("the create commit times out");
+    assert!(err.is_transient(), "{err} / {:?}", err.source);
+    let mut sink = open(&root, shared, 1).await;
+    let (adds, _) = sink
+        .write_epoch_files(1, &[batch(&sink, 0..5)])
+        .await
+        .unwrap();
+    faults.arm(timeout);
+    let err = sink.commit_epoch(adds, &info(1)).await.unwrap_err();
+    assert!(err.is_transient(), "{err} / {:?}", err.source);
+}
