@@ -134,30 +134,25 @@ const STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The durable side of a pipeline: the table, the WAL and the checkpoint store.
 pub struct Committer {
-    /// The Delta table.
-    pub sink: DeltaSink,
-    /// The write-ahead log.
-    pub wal: Wal,
-    /// The checkpoint store.
-    pub store: CheckpointStore,
-    /// The pipeline id (the txn appId).
-    pub pipeline_id: String,
-    /// Totals as of the newest checkpoint (plus the epochs committed since).
-    pub totals: Counts,
-    /// Newest epoch that made a Delta commit (`t`).
-    pub committed_epoch: u64,
-    /// Delta version of that commit.
-    pub table_version: Option<i64>,
-    /// The dead-letter table, if bad records go there.
-    pub dead_letter_sink: Option<DeadLetterTable>,
-    /// Dedup state and watermark progress, if dedup is on.
-    pub dedup: Option<DedupRuntime>,
+    // Invariant kept by the methods below (the fields are private so nothing else can break
+    // it): `committed_epoch` and `table_version` are the newest epoch this pipeline committed
+    // and its Delta version, as far as this process knows; `totals` count every committed
+    // epoch once.
+    sink: DeltaSink,
+    wal: Wal,
+    store: CheckpointStore,
+    pipeline_id: String,
+    totals: Counts,
+    committed_epoch: u64,
+    table_version: Option<i64>,
+    dead_letter_sink: Option<DeadLetterTable>,
+    dedup: Option<DedupRuntime>,
     /// False when `checkpoint.enabled = false`: no WAL appends, seals or checkpoints.
-    pub durable: bool,
+    durable: bool,
     /// Bytes appended to the WAL by this run (frames with their headers).
-    pub wal_bytes: u64,
+    wal_bytes: u64,
     /// Raised when the process is asked to stop: a commit's retries give up at once.
-    pub stop: Shutdown,
+    stop: Shutdown,
     encode_buf: Vec<u8>,
 }
 
@@ -223,31 +218,124 @@ fn skipped(r: &InvalidRecord) -> SkippedRecord {
 }
 
 impl Committer {
-    /// A committer over opened parts, continuing from `totals` and `t`.
+    /// A committer over opened parts, with no epoch committed yet; `durable` is false when
+    /// checkpoints are off (no WAL appends, seals or checkpoints).
     pub fn new(
         sink: DeltaSink,
         wal: Wal,
         store: CheckpointStore,
         pipeline_id: String,
-        totals: Counts,
-        committed_epoch: u64,
-        table_version: Option<i64>,
+        dead_letter_sink: Option<DeadLetterTable>,
+        durable: bool,
     ) -> Self {
         Self {
             sink,
             wal,
             store,
             pipeline_id,
-            totals,
-            committed_epoch,
-            table_version,
-            dead_letter_sink: None,
+            totals: Counts::default(),
+            committed_epoch: 0,
+            table_version: None,
+            dead_letter_sink,
             dedup: None,
-            durable: true,
+            durable,
             wal_bytes: 0,
             stop: Shutdown::new(),
             encode_buf: Vec::new(),
         }
+    }
+
+    /// Continues from checkpoint `c`: its totals, committed epoch and table version.
+    pub fn continue_from(&mut self, c: &CheckpointRecord) {
+        self.totals = c.counts;
+        self.committed_epoch = c.committed_epoch;
+        self.table_version = c.table_version;
+    }
+
+    /// Records that epoch `epoch`'s commit landed at `table_version` (found in the table by
+    /// recovery, not made by this process).
+    pub fn note_landed(&mut self, epoch: u64, table_version: Option<i64>) {
+        self.committed_epoch = epoch;
+        self.table_version = table_version;
+    }
+
+    /// Forgets the store's checkpoints and dedup state and takes the table's progress as the
+    /// truth: its newest commit of this pipeline is epoch `v` at `table_version`, and the
+    /// totals are the sum of what each of this pipeline's commits recorded (when checkpoints
+    /// are on; with them off totals are per run, and a start does not read the whole history).
+    pub async fn reset_to_table(
+        &mut self,
+        v: u64,
+        table_version: Option<i64>,
+    ) -> Result<(), CommitError> {
+        self.store.reset()?;
+        self.totals = Counts::default();
+        if self.durable {
+            let commits = self.sink.pipeline_commits().await?;
+            for c in &commits {
+                self.add_committed(c);
+            }
+            if !commits.is_empty() {
+                info!(commits = commits.len(), totals = ?self.totals, "running totals rebuilt from the table's commits");
+            }
+        }
+        self.note_landed(v, table_version);
+        Ok(())
+    }
+
+    /// Installs the dedup runtime (state and watermark progress) recovery built.
+    pub fn set_dedup(&mut self, dedup: DedupRuntime) {
+        self.dedup = Some(dedup);
+    }
+
+    /// The dedup runtime, if dedup is on.
+    pub fn dedup(&self) -> Option<&DedupRuntime> {
+        self.dedup.as_ref()
+    }
+
+    /// The dedup runtime, for records entering an epoch.
+    pub fn dedup_mut(&mut self) -> Option<&mut DedupRuntime> {
+        self.dedup.as_mut()
+    }
+
+    /// Ends a commit's retries at once when `stop` is raised.
+    pub fn set_stop(&mut self, stop: Shutdown) {
+        self.stop = stop;
+    }
+
+    /// The checkpoint store (read-only: checkpoints are written by [`Committer::checkpoint`]).
+    pub fn store(&self) -> &CheckpointStore {
+        &self.store
+    }
+
+    /// The table, for reads (its commits are made by [`Committer::commit`]).
+    pub fn sink(&self) -> &DeltaSink {
+        &self.sink
+    }
+
+    /// WAL segments on disk: `(id, first epoch, size in bytes)`.
+    pub fn wal_segments(&self) -> Vec<(u64, u64, u64)> {
+        self.wal.segments()
+    }
+
+    /// Whether checkpoints are on (WAL appends, seals, checkpoints).
+    pub fn durable(&self) -> bool {
+        self.durable
+    }
+
+    /// Totals over the pipeline's life as this process knows them.
+    pub fn totals(&self) -> Counts {
+        self.totals
+    }
+
+    /// The Delta version of the newest commit of this pipeline.
+    pub fn table_version(&self) -> Option<i64> {
+        self.table_version
+    }
+
+    /// Bytes this run appended to the WAL.
+    pub fn wal_bytes(&self) -> u64 {
+        self.wal_bytes
     }
 
     /// Step 1: appends `records` of `epoch` to the WAL as one group commit, after a marker
@@ -474,7 +562,7 @@ impl Committer {
         self.totals.dead_lettered += info.dead_lettered + info.records_skipped;
     }
 
-    /// Adds an epoch's counts to the totals.
+    /// Adds an epoch's counts to the totals (an epoch whose commit landed).
     pub fn add_totals(&mut self, open: &OpenEpoch) {
         self.totals.read += open.records;
         self.totals.written += open.rows();

@@ -238,7 +238,7 @@ pub async fn run(
     )
     .await?;
     recovered.recovery_ms = recovery_started.elapsed().as_millis() as u64;
-    committer.stop = shutdown.clone();
+    committer.set_stop(shutdown.clone());
     let committed_at_start = recovered.committed_at_start.take();
     info!(
         case = recovered.case,
@@ -328,7 +328,7 @@ pub async fn run(
             _ = tokio::time::sleep(POLL_WAIT) => {}
         }
     };
-    if let Some(d) = committer.dedup.as_mut() {
+    if let Some(d) = committer.dedup_mut() {
         d.tracker.register(source.partitions(), Instant::now());
     }
     info!(
@@ -376,17 +376,17 @@ pub async fn run(
         let wait = open.time_left(cp).min(POLL_WAIT);
         let records = source.next_batch(want.max(1), wait).await?;
         let added = source.take_added_partitions();
-        if let (false, Some(d)) = (added.is_empty(), committer.dedup.as_mut()) {
+        if let (false, Some(d)) = (added.is_empty(), committer.dedup_mut()) {
             d.tracker.register(added, Instant::now());
         }
         if records.is_empty() {
             continue;
         }
         committer.log_records(open.epoch, &records)?;
-        open.add(&records, &processor, committer.dedup.as_mut())?;
+        open.add(&records, &processor, committer.dedup_mut())?;
     };
     summary.positions = open.end.clone();
-    summary.table_version = committer.table_version.map(|v| v as u64);
+    summary.table_version = committer.table_version().map(|v| v as u64);
     summary.elapsed_secs = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
     let pct = |p: f64| {
@@ -396,13 +396,13 @@ pub async fn run(
     summary.commit_ms_p50 = pct(0.5);
     summary.commit_ms_p99 = pct(0.99);
     summary.checkpoint_time_share = checkpoint_micros as f64 / 1e6 / summary.elapsed_secs.max(1e-9);
-    if let Some(d) = &committer.dedup {
+    if let Some(d) = committer.dedup() {
         summary.dedup_keys = Some(d.state.len() as u64);
         summary.watermark = d.state.watermark();
     }
-    summary.wal_bytes = committer.wal_bytes;
+    summary.wal_bytes = committer.wal_bytes();
     summary.peak_rss_bytes = peak_rss_bytes();
-    let t = committer.totals;
+    let t = committer.totals();
     summary.totals = Totals {
         read: t.read,
         written: t.written,

@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use serde::Serialize;
-use tidemark_checkpoint::store::Counts;
 use tidemark_checkpoint::wal::{FrameKind, RecoveryReport as WalRecovery};
 use tidemark_checkpoint::{
     CheckpointRecord, CheckpointStore, StoreError, StoreOptions, SyncPolicy, Wal, WalError,
@@ -365,16 +364,11 @@ pub async fn recover(
         wal,
         store,
         config.pipeline_id.clone(),
-        Counts::default(),
-        0,
-        None,
+        dead_letter_table,
+        config.checkpoint.enabled,
     );
-    committer.dead_letter_sink = dead_letter_table;
-    committer.durable = config.checkpoint.enabled;
     if let Some(c) = &latest {
-        committer.totals = c.counts;
-        committer.committed_epoch = c.committed_epoch;
-        committer.table_version = c.table_version;
+        committer.continue_from(c);
     }
     let replay = AfterCheckpoint { records, seal };
     match decision {
@@ -399,7 +393,7 @@ pub async fn recover(
             if reason == FromTableReason::Rewind {
                 if let Some(target) = options
                     .rewind_to
-                    .map(|r| committer.store.get(r))
+                    .map(|r| committer.store().get(r))
                     .transpose()?
                     .flatten()
                 {
@@ -418,7 +412,7 @@ pub async fn recover(
             }
             from_table(committer, processor, progress, reason, outcome).await
         }
-        StartCase::Refuse(refusal) => Err(refused(refusal, v, &committer.store)),
+        StartCase::Refuse(refusal) => Err(refused(refusal, v, committer.store())),
     }
 }
 
@@ -479,7 +473,7 @@ fn set_wal_aside(
     reason: FromTableReason,
 ) -> Result<Committer, RecoveryError> {
     let dir = wal_dir(state);
-    let on_disk = committer.wal.segments();
+    let on_disk = committer.wal_segments();
     let segments = on_disk.len();
     let bytes: u64 = on_disk.iter().map(|(_, _, size)| size).sum();
     if segments == 0 {
@@ -561,10 +555,10 @@ async fn from_checkpoint(
     if let Some(spec) = processor.dedup() {
         let started = std::time::Instant::now();
         let watermark = c.as_ref().and_then(|c| c.watermark);
-        let state = load_dedup_state(&committer.store, watermark)?;
+        let state = load_dedup_state(committer.store(), watermark)?;
         let keys = state.len();
         outcome.dedup_keys_loaded = keys as u64;
-        committer.dedup = Some(dedup_runtime(spec, state, &positions));
+        committer.set_dedup(dedup_runtime(spec, state, &positions));
         info!(
             keys,
             ?watermark,
@@ -578,7 +572,7 @@ async fn from_checkpoint(
         StartCase::Fresh | StartCase::ResumeEpoch { .. } => {
             let epoch = c_epoch + 1;
             let mut open = OpenEpoch::new(epoch, positions);
-            open.add_replay(&records, processor, committer.dedup.as_mut())?;
+            open.add_replay(&records, processor, committer.dedup_mut())?;
             if records.is_empty() {
                 outcome.next_epoch = epoch;
                 return Ok((committer, open, outcome));
@@ -621,8 +615,7 @@ async fn from_checkpoint(
             // Replay rebuilds the epoch's counts (and, with dedup, its state).
             let (seal, open) = replay_sealed(&mut committer, processor, seal, &records, epoch)?;
             info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch}");
-            committer.committed_epoch = epoch;
-            committer.table_version = table_version_now;
+            committer.note_landed(epoch, table_version_now);
             committer.add_totals(&open);
             committer.checkpoint(epoch, &seal.end_positions)?;
             outcome.next_epoch = epoch + 1;
@@ -673,8 +666,8 @@ fn replay_sealed(
         }
     }
     let mut open = OpenEpoch::new(epoch, seal.start_positions.clone());
-    open.add_replay(records, processor, committer.dedup.as_mut())?;
-    if let Some(d) = committer.dedup.as_mut() {
+    open.add_replay(records, processor, committer.dedup_mut())?;
+    if let Some(d) = committer.dedup_mut() {
         d.state.advance(seal.watermark);
     }
     Ok((seal, open))
@@ -720,28 +713,14 @@ async fn from_table(
             info!(table_txn = v, positions = %positions, ?reason, "resuming from the table's newest Tidemark commit (epoch {v})")
         }
     }
-    committer.store.reset()?;
-    committer.totals = Counts::default();
-    if committer.durable {
-        // No checkpoint has the totals: they are the sum of what each of the table's commits
-        // of this pipeline recorded (an epoch committed before its checkpoint still counts).
-        // With checkpoints off nothing keeps totals anyway: they are per run, and a start
-        // does not read the whole history.
-        let commits = committer.sink.pipeline_commits().await?;
-        for c in &commits {
-            committer.add_committed(c);
-        }
-        if !commits.is_empty() {
-            info!(commits = commits.len(), totals = ?committer.totals, "running totals rebuilt from the table's commits");
-        }
-    }
-    committer.committed_epoch = v;
-    committer.table_version = progress.as_ref().map(|p| p.table_version as i64);
+    committer
+        .reset_to_table(v, progress.as_ref().map(|p| p.table_version as i64))
+        .await?;
     if let Some(spec) = processor.dedup() {
         let watermark = progress.as_ref().and_then(|p| p.info.watermark);
         let state = rebuild_dedup_state(&mut committer, processor, spec, watermark).await?;
         outcome.dedup_keys_loaded = state.len() as u64;
-        committer.dedup = Some(dedup_runtime(spec, state, &positions));
+        committer.set_dedup(dedup_runtime(spec, state, &positions));
     }
     if v > 0 {
         committer.checkpoint(v, &positions)?;
@@ -818,10 +797,10 @@ async fn rebuild_dedup_state(
         return Ok(DedupState::with_capacity(0, watermark));
     }
     let started = std::time::Instant::now();
-    let schema = committer.sink.arrow_schema().clone();
+    let schema = committer.sink().arrow_schema().clone();
     let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     // One batch in memory at a time: the table need not fit in memory.
-    let mut batches = committer.sink.read_columns(&columns)?;
+    let mut batches = committer.sink().read_columns(&columns)?;
     let mut state = DedupState::default();
     let mut rows = 0u64;
     while let Some(batch) = batches.next().await {
