@@ -19,7 +19,7 @@ use tidemark_connectors::source::Source;
 use tidemark_connectors::Positions;
 use tracing::{info, warn};
 
-use crate::committer::{CommitError, EpochReport, MAX_COMMIT_RETRIES};
+use crate::committer::{CommitError, Committer, EpochReport, MAX_COMMIT_RETRIES};
 use crate::config::{ConfigError, OnInvalidRecord, OnLate, PipelineConfig};
 use crate::epoch::{OpenEpoch, ProcessError, RecordProcessor};
 use crate::io_faults;
@@ -186,51 +186,16 @@ pub async fn run(
         })?,
         run_id: *lock.run(),
     };
-    let url = config.table_url(config_path)?;
-    let table_name = config
-        .sink
-        .table_name
-        .clone()
-        .unwrap_or_else(|| config.pipeline_id.clone());
-    let sink = open_table(
-        &url,
-        &config.pipeline_id,
-        &table_name,
-        config.delta_columns(),
-        &sink_options,
-    )
-    .await?;
-    check_schema(config, &sink)?;
-    let processor = RecordProcessor::new(config, JsonDecoder::new(sink.arrow_schema().clone()))?;
-    let dead_letter_sink = if config.errors.on_invalid_record == OnInvalidRecord::DeadLetter
-        || config
-            .dedup
-            .as_ref()
-            .is_some_and(|d| d.late == OnLate::DeadLetter)
-    {
-        let url = config.dead_letter_url(config_path)?;
-        let name = format!("{table_name}_dead_letters");
-        let dlq = open_table(
-            &url,
-            &config.pipeline_id,
-            &name,
-            dead_letter::delta_columns(),
-            &sink_options,
-        )
-        .await?;
-        info!(table = %dlq.uri(), "dead letters go to this table");
-        Some(dlq)
-    } else {
-        None
-    };
+    let tables = open_tables(config, config_path, &sink_options).await?;
+
     let recovery_started = Instant::now();
     let (mut committer, mut open, mut recovered) = recovery::recover(
         config,
         &lock,
         &sink_options.fs,
-        sink,
-        dead_letter_sink,
-        &processor,
+        tables.sink,
+        tables.dead_letters,
+        &tables.processor,
         StartOptions {
             rewind_to: options.rewind_to,
             accept_wal_damage: options.accept_wal_damage,
@@ -251,19 +216,240 @@ pub async fn run(
         pipeline_id: config.pipeline_id.clone(),
         first_epoch: open.epoch as i64,
         positions: open.end.clone(),
-        recovery: recovered.clone(),
+        recovery: recovered,
         ..RunSummary::default()
     };
-    let mut latencies = Vec::new();
-    let mut checkpoint_micros = 0u64;
-    let mut note_epoch = |report: &EpochReport, summary: &mut RunSummary, from_source: bool| {
+    let mut stats = RunStats::new(started);
+    if let Some(report) = committed_at_start {
+        // A redone or resumed epoch committed during recovery: this run's first commit.
+        stats.note(&report, &mut summary, false);
+    }
+
+    let Some(mut source) = connect_source(config, &open.end, &shutdown).await? else {
+        // A stop asked for during recovery or while the broker does not answer ends the run
+        // here (recovery's own commits are complete; nothing is half done).
+        info!("stop requested before the source connected: stopping");
+        summary.stopped_because = "shutdown";
+        summary.elapsed_secs = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    };
+    if let Some(d) = committer.dedup_mut() {
+        d.tracker.register(source.partitions(), Instant::now());
+    }
+    info!(
+        lag = source.lag_at_start(&open.end),
+        epoch = open.epoch,
+        replayed = open.records,
+        "records waiting at start"
+    );
+
+    summary.stopped_because = run_epochs(
+        config,
+        &options,
+        &shutdown,
+        &tables.processor,
+        &mut committer,
+        &mut source,
+        &mut open,
+        &mut stats,
+        &mut summary,
+    )
+    .await?;
+    summary.positions = open.end.clone();
+    stats.finish(&mut summary, &committer);
+    info!(
+        stopped_because = summary.stopped_because,
+        epochs = summary.epochs_committed,
+        records = summary.records_read,
+        secs = format!("{:.2}", summary.elapsed_secs),
+        "pipeline stopped"
+    );
+    Ok(summary)
+}
+
+/// The tables a run writes and how records become their rows.
+struct Tables {
+    sink: DeltaSink,
+    dead_letters: Option<DeltaSink>,
+    processor: RecordProcessor,
+}
+
+/// Opens (or creates) the table and, when bad or late records go there, the dead-letter table;
+/// checks the table against the configured columns.
+async fn open_tables(
+    config: &PipelineConfig,
+    config_path: &Path,
+    sink_options: &SinkOptions,
+) -> Result<Tables, PipelineError> {
+    let url = config.table_url(config_path)?;
+    let table_name = config
+        .sink
+        .table_name
+        .clone()
+        .unwrap_or_else(|| config.pipeline_id.clone());
+    let sink = open_table(
+        &url,
+        &config.pipeline_id,
+        &table_name,
+        config.delta_columns(),
+        sink_options,
+    )
+    .await?;
+    check_schema(config, &sink)?;
+    let processor = RecordProcessor::new(config, JsonDecoder::new(sink.arrow_schema().clone()))?;
+    let wants_dead_letters = config.errors.on_invalid_record == OnInvalidRecord::DeadLetter
+        || config
+            .dedup
+            .as_ref()
+            .is_some_and(|d| d.late == OnLate::DeadLetter);
+    let dead_letters = if wants_dead_letters {
+        let url = config.dead_letter_url(config_path)?;
+        let name = format!("{table_name}_dead_letters");
+        let dlq = open_table(
+            &url,
+            &config.pipeline_id,
+            &name,
+            dead_letter::delta_columns(),
+            sink_options,
+        )
+        .await?;
+        info!(table = %dlq.uri(), "dead letters go to this table");
+        Some(dlq)
+    } else {
+        None
+    };
+    Ok(Tables {
+        sink,
+        dead_letters,
+        processor,
+    })
+}
+
+/// Connects to Kafka at `start` on a blocking thread; `None` when a stop was asked for first.
+async fn connect_source(
+    config: &PipelineConfig,
+    start: &Positions,
+    shutdown: &Shutdown,
+) -> Result<Option<KafkaSource>, PipelineError> {
+    let source_config = KafkaSourceConfig {
+        brokers: config.source.brokers.clone(),
+        topics: config.source.topics.clone(),
+        group_id: format!("tidemark-{}", config.pipeline_id),
+        properties: config.source.properties.clone(),
+    };
+    let start = start.clone();
+    let stop = shutdown.clone();
+    let mut connect = tokio::task::spawn_blocking(move || {
+        KafkaSource::connect_until(&source_config, &start, &|| stop.requested())
+    });
+    loop {
+        if shutdown.requested() {
+            return Ok(None);
+        }
+        tokio::select! {
+            joined = &mut connect => {
+                return match joined.map_err(|e| PipelineError::Task {
+                    what: "connecting to Kafka",
+                    message: e.to_string(),
+                })? {
+                    Ok(source) => Ok(Some(source)),
+                    Err(_) if shutdown.requested() => Ok(None),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            _ = tokio::time::sleep(POLL_WAIT) => {}
+        }
+    }
+}
+
+/// The epoch loop: read into the open epoch, seal and commit it when it is due, until asked to
+/// stop or caught up. Returns why it stopped.
+#[allow(clippy::too_many_arguments)]
+async fn run_epochs(
+    config: &PipelineConfig,
+    options: &RunOptions,
+    shutdown: &Shutdown,
+    processor: &RecordProcessor,
+    committer: &mut Committer,
+    source: &mut KafkaSource,
+    open: &mut OpenEpoch,
+    stats: &mut RunStats,
+    summary: &mut RunSummary,
+) -> Result<&'static str, PipelineError> {
+    let cp = &config.checkpoint;
+    loop {
+        let stop = if shutdown.requested() {
+            Some("shutdown")
+        } else if options.until_caught_up && source.caught_up() {
+            Some("caught_up")
+        } else {
+            None
+        };
+        if open.is_due(cp) || (stop.is_some() && open.records > 0) {
+            let next = OpenEpoch::new(open.epoch + 1, open.end.clone());
+            let sealed = committer.seal(std::mem::replace(open, next))?;
+            let report = committer.commit_sealed(sealed, Some(&mut *source)).await?;
+            info!(
+                epoch = report.epoch,
+                version = ?report.version,
+                records = report.records,
+                rows = report.rows,
+                skipped = report.skipped,
+                duplicates = report.duplicates,
+                late = report.late,
+                dead_letters = report.dead_letters,
+                files = report.files,
+                commit_ms = report.commit_micros / 1000,
+                checkpoint_us = report.checkpoint_micros,
+                polls_during_commit = report.polls_during_commit,
+                "epoch committed"
+            );
+            stats.note(&report, summary, true);
+            continue;
+        }
+        if let Some(why) = stop {
+            return Ok(why);
+        }
+        let want = (cp.max_records as u64 - open.records).min(POLL_BATCH as u64) as usize;
+        let wait = open.time_left(cp).min(POLL_WAIT);
+        let records = source.next_batch(want.max(1), wait).await?;
+        let added = source.take_added_partitions();
+        if let (false, Some(d)) = (added.is_empty(), committer.dedup_mut()) {
+            d.tracker.register(added, Instant::now());
+        }
+        if records.is_empty() {
+            continue;
+        }
+        committer.log_records(open.epoch, &records)?;
+        open.add(&records, processor, committer.dedup_mut())?;
+    }
+}
+
+/// What a run measures as it goes, folded into the summary at the end.
+struct RunStats {
+    started: Instant,
+    latencies: Vec<u64>,
+    checkpoint_micros: u64,
+}
+
+impl RunStats {
+    fn new(started: Instant) -> Self {
+        Self {
+            started,
+            latencies: Vec::new(),
+            checkpoint_micros: 0,
+        }
+    }
+
+    /// Counts a committed epoch (`from_source`: read in this run, not replayed).
+    fn note(&mut self, report: &EpochReport, summary: &mut RunSummary, from_source: bool) {
         if report.version.is_some() {
             summary.epochs_committed += 1;
+            let ms = self.started.elapsed().as_millis() as u64;
             if from_source && summary.first_source_commit_ms.is_none() {
-                summary.first_source_commit_ms = Some(started.elapsed().as_millis() as u64);
+                summary.first_source_commit_ms = Some(ms);
             }
             if summary.first_commit_ms.is_none() {
-                let ms = started.elapsed().as_millis() as u64;
                 summary.first_commit_ms = Some(ms);
                 info!(
                     ms,
@@ -280,144 +466,40 @@ pub async fn run(
         summary.late += report.late;
         summary.dead_letters += report.dead_letters;
         summary.files_written += report.files;
-        latencies.push(report.commit_micros);
-        checkpoint_micros += report.checkpoint_micros;
-    };
-    if let Some(report) = committed_at_start {
-        // A redone or resumed epoch committed during recovery: this run's first commit.
-        note_epoch(&report, &mut summary, false);
+        self.latencies.push(report.commit_micros);
+        self.checkpoint_micros += report.checkpoint_micros;
     }
 
-    let source_config = KafkaSourceConfig {
-        brokers: config.source.brokers.clone(),
-        topics: config.source.topics.clone(),
-        group_id: format!("tidemark-{}", config.pipeline_id),
-        properties: config.source.properties.clone(),
-    };
-    let start_for_connect = open.end.clone();
-    let stop = shutdown.clone();
-    let mut connect = tokio::task::spawn_blocking(move || {
-        KafkaSource::connect_until(&source_config, &start_for_connect, &|| stop.requested())
-    });
-    // A stop asked for during recovery or while the broker does not answer ends the run here
-    // (recovery's own commits are complete; nothing is half done).
-    let stopped_early = |summary: &mut RunSummary| {
-        info!("stop requested before the source connected: stopping");
-        summary.stopped_because = "shutdown";
-        summary.elapsed_secs = started.elapsed().as_secs_f64();
-    };
-    let mut source = loop {
-        if shutdown.requested() {
-            stopped_early(&mut summary);
-            return Ok(summary);
-        }
-        tokio::select! {
-            joined = &mut connect => {
-                match joined.map_err(|e| PipelineError::Task {
-                    what: "connecting to Kafka",
-                    message: e.to_string(),
-                })? {
-                    Ok(source) => break source,
-                    Err(_) if shutdown.requested() => {
-                        stopped_early(&mut summary);
-                        return Ok(summary);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            _ = tokio::time::sleep(POLL_WAIT) => {}
-        }
-    };
-    if let Some(d) = committer.dedup_mut() {
-        d.tracker.register(source.partitions(), Instant::now());
-    }
-    info!(
-        lag = source.lag_at_start(&open.end),
-        epoch = open.epoch,
-        replayed = open.records,
-        "records waiting at start"
-    );
-
-    let cp = &config.checkpoint;
-    summary.stopped_because = loop {
-        let stop = if shutdown.requested() {
-            Some("shutdown")
-        } else if options.until_caught_up && source.caught_up() {
-            Some("caught_up")
-        } else {
-            None
+    /// Fills the summary's timings, state and totals at the end of the run.
+    fn finish(&mut self, summary: &mut RunSummary, committer: &Committer) {
+        summary.table_version = committer.table_version().map(|v| v as u64);
+        summary.elapsed_secs = self.started.elapsed().as_secs_f64();
+        self.latencies.sort_unstable();
+        let latencies = &self.latencies;
+        let pct = |p: f64| {
+            (!latencies.is_empty()).then(|| {
+                latencies[((latencies.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+            })
         };
-        if open.is_due(cp) || (stop.is_some() && open.records > 0) {
-            let next = OpenEpoch::new(open.epoch + 1, open.end.clone());
-            let sealed = committer.seal(std::mem::replace(&mut open, next))?;
-            let report = committer.commit_sealed(sealed, Some(&mut source)).await?;
-            info!(
-                epoch = report.epoch,
-                version = ?report.version,
-                records = report.records,
-                rows = report.rows,
-                skipped = report.skipped,
-                duplicates = report.duplicates,
-                late = report.late,
-                dead_letters = report.dead_letters,
-                files = report.files,
-                commit_ms = report.commit_micros / 1000,
-                checkpoint_us = report.checkpoint_micros,
-                polls_during_commit = report.polls_during_commit,
-                "epoch committed"
-            );
-            note_epoch(&report, &mut summary, true);
-            continue;
+        summary.commit_ms_p50 = pct(0.5);
+        summary.commit_ms_p99 = pct(0.99);
+        summary.checkpoint_time_share =
+            self.checkpoint_micros as f64 / 1e6 / summary.elapsed_secs.max(1e-9);
+        if let Some(d) = committer.dedup() {
+            summary.dedup_keys = Some(d.state.len() as u64);
+            summary.watermark = d.state.watermark();
         }
-        if let Some(why) = stop {
-            break why;
-        }
-        let want = (cp.max_records as u64 - open.records).min(POLL_BATCH as u64) as usize;
-        let wait = open.time_left(cp).min(POLL_WAIT);
-        let records = source.next_batch(want.max(1), wait).await?;
-        let added = source.take_added_partitions();
-        if let (false, Some(d)) = (added.is_empty(), committer.dedup_mut()) {
-            d.tracker.register(added, Instant::now());
-        }
-        if records.is_empty() {
-            continue;
-        }
-        committer.log_records(open.epoch, &records)?;
-        open.add(&records, &processor, committer.dedup_mut())?;
-    };
-    summary.positions = open.end.clone();
-    summary.table_version = committer.table_version().map(|v| v as u64);
-    summary.elapsed_secs = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        (!latencies.is_empty())
-            .then(|| latencies[((latencies.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0)
-    };
-    summary.commit_ms_p50 = pct(0.5);
-    summary.commit_ms_p99 = pct(0.99);
-    summary.checkpoint_time_share = checkpoint_micros as f64 / 1e6 / summary.elapsed_secs.max(1e-9);
-    if let Some(d) = committer.dedup() {
-        summary.dedup_keys = Some(d.state.len() as u64);
-        summary.watermark = d.state.watermark();
+        summary.wal_bytes = committer.wal_bytes();
+        summary.peak_rss_bytes = peak_rss_bytes();
+        let t = committer.totals();
+        summary.totals = Totals {
+            read: t.read,
+            written: t.written,
+            duplicates: t.duplicates,
+            late: t.late,
+            dead_lettered: t.dead_lettered,
+        };
     }
-    summary.wal_bytes = committer.wal_bytes();
-    summary.peak_rss_bytes = peak_rss_bytes();
-    let t = committer.totals();
-    summary.totals = Totals {
-        read: t.read,
-        written: t.written,
-        duplicates: t.duplicates,
-        late: t.late,
-        dead_lettered: t.dead_lettered,
-    };
-    info!(
-        stopped_because = summary.stopped_because,
-        epochs = summary.epochs_committed,
-        records = summary.records_read,
-        secs = format!("{:.2}", summary.elapsed_secs),
-        "pipeline stopped"
-    );
-    Ok(summary)
 }
 
 /// Opens (or creates) a table, retrying transient storage errors with the commit's bounded
