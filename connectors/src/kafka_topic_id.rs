@@ -67,7 +67,10 @@ pub fn describe_topic_ids<C: ClientContext>(
     let queue = unsafe { rd::rd_kafka_queue_new(rk) };
     // SAFETY: `rk` is live; the options are destroyed below.
     let options = unsafe {
-        rd::rd_kafka_AdminOptions_new(rk, rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS)
+        rd::rd_kafka_AdminOptions_new(
+            rk,
+            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS,
+        )
     };
     let result = if collection.is_null() || queue.is_null() || options.is_null() {
         Err(KafkaError::MetadataFetch(RDKafkaErrorCode::Fail))
@@ -315,7 +318,9 @@ mod tests {
         .expect("describe");
         // The mock cluster reports ids (librdkafka 2.12): one, stable across calls.
         assert_eq!(ids.keys().collect::<Vec<_>>(), ["orders"]);
-        let id = ids["orders"].clone().expect("the mock cluster reports topic ids");
+        let id = ids["orders"]
+            .clone()
+            .expect("the mock cluster reports topic ids");
         let again = describe_topic_ids(
             consumer.client(),
             &["orders".to_string()],
