@@ -389,6 +389,7 @@ impl Committer {
             late: open.late,
             dead_lettered: open.invalid() - (open.skipped.len() + open.skipped_other.len()) as u64,
             watermark,
+            topic_ids: self.sink.topic_ids().clone(),
         }
     }
 

@@ -263,7 +263,7 @@ pub async fn run(
         .table_name
         .clone()
         .unwrap_or_else(|| config.pipeline_id.clone());
-    let sink = DeltaSink::open_or_create_with(
+    let mut sink = DeltaSink::open_or_create_with(
         &url,
         &config.pipeline_id,
         &table_name,
@@ -271,6 +271,9 @@ pub async fn run(
         sink_options.clone(),
     )
     .await?;
+    // The topic ids recorded with the positions: recorded again by commits (including a redo
+    // during recovery) and checked against the broker's when the source connects.
+    sink.set_topic_ids(sink.recorded_topic_ids().await?);
     check_schema(config, &sink)?;
     let processor = RecordProcessor::new(config, JsonDecoder::new(sink.arrow_schema().clone()))?;
     let dead_letter_sink = if config.errors.on_invalid_record == OnInvalidRecord::DeadLetter
@@ -365,9 +368,15 @@ pub async fn run(
         properties: config.source.properties.clone(),
     };
     let start_for_connect = open.end.clone();
+    let stored_topic_ids = committer.sink.topic_ids().clone();
     let stop = shutdown.clone();
     let mut connect = tokio::task::spawn_blocking(move || {
-        KafkaSource::connect_until(&source_config, &start_for_connect, &|| stop.requested())
+        KafkaSource::connect_until(
+            &source_config,
+            &start_for_connect,
+            &stored_topic_ids,
+            &|| stop.requested(),
+        )
     });
     // A stop asked for during recovery or while the broker does not answer ends the run here
     // (recovery's own commits are complete; nothing is half done).
@@ -398,6 +407,7 @@ pub async fn run(
             _ = tokio::time::sleep(POLL_WAIT) => {}
         }
     };
+    committer.sink.set_topic_ids(source.topic_ids());
     if let Some(d) = committer.dedup.as_mut() {
         d.tracker.register(source.partitions(), Instant::now());
     }
