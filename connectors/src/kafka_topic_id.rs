@@ -335,7 +335,8 @@ mod tests {
     }
 
     /// Against a real broker when one is configured (`TIDEMARK_TEST_BROKERS`, set by
-    /// `scripts/test`): a topic's id is reported and stable across calls.
+    /// `scripts/test`): a topic's id is reported and stable across calls; an unknown topic is
+    /// an error the source's classification retries, then stops on.
     #[test]
     fn a_real_broker_reports_stable_ids() {
         let Ok(brokers) = std::env::var("TIDEMARK_TEST_BROKERS") else {
@@ -352,6 +353,17 @@ mod tests {
         if topics.is_empty() {
             return;
         }
+        let missing = describe_topic_ids(
+            consumer.client(),
+            &["tidemark-no-such-topic".to_string()],
+            Duration::from_secs(10),
+        );
+        assert!(matches!(
+            missing,
+            Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::UnknownTopicOrPartition
+            ))
+        ));
         let first = describe_topic_ids(consumer.client(), &topics, Duration::from_secs(10))
             .expect("describe");
         eprintln!("broker topic ids: {first:?}");
