@@ -19,7 +19,7 @@
 //! - data file names carry the writer's [`RunId`], so two writers never write the same file;
 //! - [`DeltaSink::sweep_uncommitted_files`] deletes only files of runs the caller owns.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
@@ -361,6 +361,12 @@ pub struct EpochCommitInfo {
     /// at commit time from its [`SinkOptions::run_id`], whatever the caller put here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<RunId>,
+    /// The broker's id of each topic the positions are in (topic name -> id, as the Kafka
+    /// source reports it): a topic deleted and recreated under the same name gets a new id,
+    /// and its positions here no longer mean anything. Empty in commits older than topic ids
+    /// and when the broker does not report ids.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub topic_ids: BTreeMap<String, String>,
 }
 
 /// The outcome of [`DeltaSink::commit_epoch`].
@@ -436,6 +442,8 @@ pub struct DeltaSink {
     fs: SharedFs,
     run_id: RunId,
     arrow_schema: SchemaRef,
+    /// The topic ids the next commits record (see [`DeltaSink::set_topic_ids`]).
+    topic_ids: BTreeMap<String, String>,
 }
 
 /// The table URL for a table given as a URL (`file:///...`, `s3://...`), an absolute path or a
@@ -568,6 +576,7 @@ impl DeltaSink {
             fs,
             run_id,
             arrow_schema,
+            topic_ids: BTreeMap::new(),
         }))
     }
 
@@ -680,6 +689,37 @@ impl DeltaSink {
             }
         }
         Ok((infos.len(), ours))
+    }
+
+    /// The topic ids the engine puts in the next commits' [`EpochCommitInfo::topic_ids`].
+    pub fn topic_ids(&self) -> &BTreeMap<String, String> {
+        &self.topic_ids
+    }
+
+    /// Sets what [`DeltaSink::topic_ids`] returns: at start the ids the table recorded
+    /// ([`DeltaSink::recorded_topic_ids`]), once the source has connected the ids it vouches for.
+    pub fn set_topic_ids(&mut self, ids: BTreeMap<String, String>) {
+        self.topic_ids = ids;
+    }
+
+    /// The topic ids recorded by this pipeline's newest commit that records any (state as
+    /// last loaded; empty when no commit does: a new table, or commits older than topic ids).
+    /// Commits whose ids were unknown (a broker without ids) are skipped, so the last ids
+    /// seen are kept.
+    pub async fn recorded_topic_ids(&self) -> Result<BTreeMap<String, String>, DeltaSinkError> {
+        if self.table.version().is_none() {
+            return Ok(BTreeMap::new());
+        }
+        for limit in [Some(16usize), None] {
+            let (listed, ours) = self.pipeline_history(limit).await?;
+            if let Some((_, info)) = ours.into_iter().find(|(_, i)| !i.topic_ids.is_empty()) {
+                return Ok(info.topic_ids);
+            }
+            if limit.is_some_and(|l| listed < l) {
+                break;
+            }
+        }
+        Ok(BTreeMap::new())
     }
 
     /// The newest commit of this pipeline in the state as last loaded (no refresh).

@@ -1,7 +1,7 @@
 //! Tests of the Delta sink against real tables on disk, with injected I/O faults, simulated
 //! power cuts and two racing writers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -68,6 +68,7 @@ fn info(epoch: i64) -> EpochCommitInfo {
         dead_lettered: 0,
         watermark: None,
         run_id: None,
+        topic_ids: BTreeMap::new(),
     }
 }
 
@@ -181,6 +182,37 @@ fn commit_infos_without_a_run_id_still_parse() {
     let v = serde_json::to_value(&with).unwrap();
     assert_eq!(v["run_id"], "00000007");
     assert_eq!(serde_json::from_value::<EpochCommitInfo>(v).unwrap(), with);
+}
+
+#[test]
+fn commit_infos_without_topic_ids_still_parse() {
+    let v = serde_json::to_value(info(3)).unwrap();
+    assert!(v.get("topic_ids").is_none(), "no key written when empty");
+    let back: EpochCommitInfo = serde_json::from_value(v).unwrap();
+    assert!(back.topic_ids.is_empty());
+    let mut with = info(3);
+    with.topic_ids
+        .insert("orders".into(), "im+2f2KhSEO8QcmbqAlrnw".into());
+    let v = serde_json::to_value(&with).unwrap();
+    assert_eq!(v["topic_ids"]["orders"], "im+2f2KhSEO8QcmbqAlrnw");
+    assert_eq!(serde_json::from_value::<EpochCommitInfo>(v).unwrap(), with);
+}
+
+#[tokio::test]
+async fn recorded_topic_ids_come_from_the_newest_commit_that_has_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = open(dir.path(), tidemark_fs::std_fs(), 1).await;
+    assert!(sink.recorded_topic_ids().await.unwrap().is_empty());
+    let ids = |id: &str| BTreeMap::from([("orders".to_string(), id.to_string())]);
+    for (epoch, recorded) in [(1, ids("old")), (2, ids("A")), (3, BTreeMap::new())] {
+        let mut i = info(epoch);
+        i.topic_ids = recorded;
+        let b = batch(&sink, epoch * 10..epoch * 10 + 1);
+        let (adds, _) = sink.write_epoch_files(epoch, &[b]).await.unwrap();
+        sink.commit_epoch(adds, &i).await.unwrap();
+    }
+    // Epoch 3 did not know the ids (a broker without them): epoch 2's are the last known.
+    assert_eq!(sink.recorded_topic_ids().await.unwrap(), ids("A"));
 }
 
 #[test]

@@ -15,8 +15,13 @@
 //! means the topic was deleted and recreated (or the broker lost data), and the source refuses to
 //! start ([`KafkaSourceError::TopicRecreated`]), naming the topic, the partition, the stored
 //! position and what the broker reports. A topic recreated with at least as many records as
-//! were read cannot be told apart this way (that needs the topic id, which librdkafka exposes
-//! only through the DescribeTopics admin call, and persisting it next to the positions).
+//! were read cannot be told apart this way, so the source also reads each topic's id from the
+//! broker ([`crate::kafka_topic_id`]); the engine records the ids next to the positions (the
+//! table's commitInfo) and hands them back at the next start: a stored id that differs from
+//! the broker's, for a topic with stored positions, is refused
+//! ([`KafkaSourceError::TopicIdChanged`]), and so is an id that changes while running (seen by
+//! the periodic discovery). A broker that reports no ids leaves only the checks above (logged
+//! once).
 //!
 //! **Errors.** [`classify`] sorts librdkafka errors: transient ones (transport failure, all
 //! brokers down, timeouts, leader not available, ...) are retried with exponential backoff
@@ -37,6 +42,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
+use crate::kafka_topic_id::{check_topic_id, describe_topic_ids, TopicIdCheck};
 use crate::record::{Positions, SourceRecord, TopicPartition};
 use crate::source::Source;
 
@@ -263,6 +269,32 @@ pub enum KafkaSourceError {
         /// What the broker reports instead (its partition count or offset range).
         broker_reports: String,
     },
+    /// The topic's id differs from the one stored with the positions: the topic was deleted
+    /// and recreated under the same name (possibly with as many records as were read, which
+    /// the offset checks of [`KafkaSourceError::TopicRecreated`] cannot see).
+    #[error("topic {topic:?} was deleted and recreated {when}: the table's commits record topic id {stored_id} for it, but the broker's topic {topic:?} has id {broker_id}; the stored positions ({positions}) belong to the old topic, so Tidemark refuses to resume mid-topic. To read the new topic from its beginning, start a new pipeline (a new pipeline_id, table and state directory); to resume this one, restore the original topic")]
+    TopicIdChanged {
+        /// The topic.
+        topic: String,
+        /// The id recorded with the positions.
+        stored_id: String,
+        /// The id the broker reports now.
+        broker_id: String,
+        /// The positions of the topic that no longer fit.
+        positions: String,
+        /// "since this pipeline last read it" or "while this pipeline was running".
+        when: &'static str,
+    },
+    /// The topic ids could not be read (a fatal broker error, not "ids unsupported").
+    #[error("cannot read the ids of topics {topics:?} from {brokers}: {source}")]
+    TopicIds {
+        /// The topics asked for.
+        topics: Vec<String>,
+        /// The configured bootstrap servers.
+        brokers: String,
+        /// librdkafka's error.
+        source: Box<KafkaError>,
+    },
     /// A stop was requested while connecting (waiting out a broker outage).
     #[error("stop requested while connecting to Kafka ({brokers})")]
     Stopped {
@@ -328,6 +360,10 @@ pub struct KafkaSource {
     discovery_backoff: Backoff,
     /// Failures while reading records.
     read_backoff: Backoff,
+    /// Each topic's id as the broker reported it at connect (`None`: not reported).
+    broker_topic_ids: BTreeMap<String, Option<String>>,
+    /// The ids handed to [`KafkaSource::connect_until`] (what the table recorded).
+    stored_topic_ids: BTreeMap<String, String>,
 }
 
 /// The partitions of `topic` per the broker, as an error librdkafka-style when the topic is
@@ -354,6 +390,72 @@ fn topic_partitions(
     }
     partitions.sort_unstable();
     Ok(partitions)
+}
+
+/// `topic`'s entries of `positions`, for messages (`p0=10, p1=12`).
+fn topic_positions(positions: &Positions, topic: &str) -> String {
+    let list: Vec<String> = positions
+        .iter()
+        .filter(|(tp, _)| tp.topic == topic)
+        .map(|(tp, next)| format!("partition {} at offset {next}", tp.partition))
+        .collect();
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// The start-time decision on topic ids: for each topic with stored positions, a stored id
+/// that differs from the broker's refuses the start. A topic without stored positions is read
+/// from its beginning anyway, so a new id there is only logged. Unknown ids on either side
+/// (an older table, a broker without ids) leave the offset checks alone; logged once.
+fn check_ids_at_start(
+    start: &Positions,
+    stored: &BTreeMap<String, String>,
+    broker: &BTreeMap<String, Option<String>>,
+) -> Result<(), KafkaSourceError> {
+    let mut unknown = Vec::new();
+    for (topic, broker_id) in broker {
+        let stored_id = stored.get(topic).map(String::as_str);
+        match check_topic_id(stored_id, broker_id.as_deref()) {
+            TopicIdCheck::Same => {}
+            TopicIdCheck::Changed { stored, broker } => {
+                let positions = topic_positions(start, topic);
+                if start.iter().any(|(tp, _)| tp.topic == *topic) {
+                    return Err(KafkaSourceError::TopicIdChanged {
+                        topic: topic.clone(),
+                        stored_id: stored,
+                        broker_id: broker,
+                        positions,
+                        when: "since this pipeline last read it",
+                    });
+                }
+                warn!(
+                    topic = %topic,
+                    stored_id = %stored,
+                    broker_id = %broker,
+                    "kafka: topic was recreated since the stored id was recorded; no position is stored for it, so it is read from its beginning"
+                );
+            }
+            TopicIdCheck::Unknown => {
+                if broker_id.is_none()
+                    || (stored_id.is_none() && start.iter().any(|(tp, _)| tp.topic == *topic))
+                {
+                    unknown.push(topic.as_str());
+                }
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        let broker_has_none = broker.values().all(Option::is_none);
+        info!(
+            topics = ?unknown,
+            broker_reports_ids = !broker_has_none,
+            "kafka: topic ids unknown (the broker does not report them, or the table's commits predate them): a deleted and recreated topic is recognized only by its partitions and offsets"
+        );
+    }
+    Ok(())
 }
 
 /// Runs `op` until it succeeds, retrying what [`Backoff::on_error`] allows (sleeping on this
@@ -401,15 +503,18 @@ impl KafkaSource {
         config: &KafkaSourceConfig,
         start: &Positions,
     ) -> Result<Self, KafkaSourceError> {
-        Self::connect_until(config, start, &|| false)
+        Self::connect_until(config, start, &BTreeMap::new(), &|| false)
     }
 
     /// [`KafkaSource::connect`], giving up with [`KafkaSourceError::Stopped`] once `stop`
     /// returns true while it waits out a transient error. Refuses positions that do not fit
-    /// the broker's topic ([`KafkaSourceError::TopicRecreated`]).
+    /// the broker's topic ([`KafkaSourceError::TopicRecreated`]), and positions of a topic
+    /// whose id in `stored_ids` (topic -> id, as recorded with the positions; empty when
+    /// unknown) differs from the broker's ([`KafkaSourceError::TopicIdChanged`]).
     pub fn connect_until(
         config: &KafkaSourceConfig,
         start: &Positions,
+        stored_ids: &BTreeMap<String, String>,
         stop: &dyn Fn() -> bool,
     ) -> Result<Self, KafkaSourceError> {
         let mut discovery_interval = DEFAULT_DISCOVERY_INTERVAL;
@@ -542,6 +647,16 @@ impl KafkaSource {
                 high_at_start.insert(tp, high);
             }
         }
+        let broker_topic_ids = retry_blocking("reading topic ids", stop, || {
+            describe_topic_ids(consumer.client(), &config.topics, METADATA_TIMEOUT)
+        })
+        .map_err(|()| stopped())?
+        .map_err(|source| KafkaSourceError::TopicIds {
+            topics: config.topics.clone(),
+            brokers: config.brokers.clone(),
+            source: Box::new(source),
+        })?;
+        check_ids_at_start(start, stored_ids, &broker_topic_ids)?;
         consumer
             .assign(&assignment)
             .map_err(|source| KafkaSourceError::Assign {
@@ -570,7 +685,57 @@ impl KafkaSource {
             next_discovery: Instant::now() + discovery_interval,
             discovery_backoff: Backoff::new(),
             read_backoff: Backoff::new(),
+            broker_topic_ids,
+            stored_topic_ids: stored_ids.clone(),
         })
+    }
+
+    /// The id of each configured topic this source vouches for, for the engine to record
+    /// with the positions: the broker's, or where the broker reports none, the stored one
+    /// (kept, so a later start against a broker with ids can still check it).
+    pub fn topic_ids(&self) -> BTreeMap<String, String> {
+        self.topics
+            .iter()
+            .filter_map(|t| {
+                let id = self
+                    .broker_topic_ids
+                    .get(t)
+                    .cloned()
+                    .flatten()
+                    .or_else(|| self.stored_topic_ids.get(t).cloned())?;
+                Some((t.clone(), id))
+            })
+            .collect()
+    }
+
+    /// Re-reads the topics' ids during discovery: an id that changed since connect means the
+    /// topic was deleted and recreated under the running pipeline. `Ok(Err(_))` when the ids
+    /// could not be read this time (logged by the caller like a failed metadata refresh).
+    fn ids_unchanged(&self) -> Result<Result<(), KafkaError>, KafkaSourceError> {
+        if self.broker_topic_ids.values().all(Option::is_none) {
+            return Ok(Ok(()));
+        }
+        let now = match blocking(|| {
+            describe_topic_ids(self.consumer.client(), &self.topics, DISCOVERY_TIMEOUT)
+        }) {
+            Ok(now) => now,
+            Err(e) => return Ok(Err(e)),
+        };
+        for (topic, at_connect) in &self.broker_topic_ids {
+            let now = now.get(topic).cloned().flatten();
+            if let TopicIdCheck::Changed { stored, broker } =
+                check_topic_id(at_connect.as_deref(), now.as_deref())
+            {
+                return Err(KafkaSourceError::TopicIdChanged {
+                    topic: topic.clone(),
+                    stored_id: stored,
+                    broker_id: broker,
+                    positions: topic_positions(&self.positions, topic),
+                    when: "while this pipeline was running",
+                });
+            }
+        }
+        Ok(Ok(()))
     }
 
     /// Re-reads the topics' metadata and assigns partitions added since, from their beginning.
@@ -606,6 +771,18 @@ impl KafkaSource {
                     return Ok(());
                 }
             }
+        }
+        if let Err(e) = self.ids_unchanged()? {
+            let (attempt, delay) = self.discovery_backoff.failed();
+            let delay = delay.min(self.discovery_interval);
+            warn!(
+                error = %e,
+                attempt,
+                retry_in_ms = delay.as_millis() as u64,
+                "kafka: partition discovery (topic ids) failed; retrying"
+            );
+            self.next_discovery = Instant::now() + delay;
+            return Ok(());
         }
         self.discovery_backoff.reset();
         self.next_discovery = Instant::now() + self.discovery_interval;
@@ -1073,6 +1250,75 @@ mod tests {
             KafkaSource::connect(&c, &start),
             Err(KafkaSourceError::Property { .. })
         ));
+    }
+
+    fn ids(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(t, id)| (t.to_string(), id.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn ids_at_start_refuse_only_a_changed_id_of_a_topic_with_positions() {
+        let mut start = Positions::new();
+        start.set("orders", 0, 10);
+        let broker = |id: Option<&str>| {
+            BTreeMap::from([
+                ("orders".to_string(), id.map(str::to_string)),
+                ("empty".to_string(), Some("E2".to_string())),
+            ])
+        };
+        // Equal: accepted. The other topic has no positions: a new id there is only logged.
+        let stored = ids(&[("orders", "A"), ("empty", "E1")]);
+        check_ids_at_start(&start, &stored, &broker(Some("A"))).expect("same ids");
+        // Unknown on either side: the offset checks alone decide.
+        check_ids_at_start(&start, &BTreeMap::new(), &broker(Some("A"))).expect("no stored ids");
+        check_ids_at_start(&start, &stored, &broker(None)).expect("broker without ids");
+        // Different: refused, naming the topic, both ids, the positions and what to do.
+        let err = check_ids_at_start(&start, &stored, &broker(Some("B"))).unwrap_err();
+        assert!(matches!(err, KafkaSourceError::TopicIdChanged { .. }));
+        let msg = err.to_string();
+        for want in [
+            "\"orders\"",
+            "id A",
+            "id B",
+            "partition 0 at offset 10",
+            "deleted and recreated",
+            "new pipeline",
+            "restore the original topic",
+        ] {
+            assert!(msg.contains(want), "{want:?} not in: {msg}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_stored_topic_id_the_broker_does_not_have_is_refused() {
+        let cluster = mock_with("orders", 2, 20);
+        let c = config(cluster.bootstrap_servers(), "orders");
+        let mut start = Positions::new();
+        start.set("orders", 0, 3);
+        // The mock cluster reports ids: the source vouches for the broker's.
+        let source = KafkaSource::connect(&c, &start).expect("no stored ids");
+        let recorded = source.topic_ids();
+        let id = recorded
+            .get("orders")
+            .cloned()
+            .expect("the mock cluster reports ids");
+        drop(source);
+        let source = KafkaSource::connect_until(&c, &start, &recorded, &|| false).expect("same id");
+        assert_eq!(source.topic_ids(), recorded);
+        drop(source);
+        let stale = ids(&[("orders", "AAAAAAAAAAAAAAAAAAAAAA")]);
+        let msg = match KafkaSource::connect_until(&c, &start, &stale, &|| false) {
+            Err(e @ KafkaSourceError::TopicIdChanged { .. }) => e.to_string(),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a changed topic id must be refused"),
+        };
+        assert!(
+            msg.contains("AAAAAAAAAAAAAAAAAAAAAA") && msg.contains(&id),
+            "{msg}"
+        );
     }
 
     /// The retry loop of `next_batch` against a broker that goes away and comes back

@@ -3,6 +3,7 @@
 //! - [`record`]: the record a source yields and the positions it stands at.
 //! - [`source`]: the [`source::Source`] trait the engine drives.
 //! - [`kafka`]: a Kafka source whose positions Tidemark owns (assign + seek, no auto-commit).
+//! - [`kafka_topic_id`]: topic ids from the broker (DescribeTopics), to tell a recreated topic.
 //! - [`dead_letter`]: records that cannot be written, kept whole with why, in their own table.
 //! - [`decode`]: JSON messages to Arrow record batches, with errors naming the record at fault.
 //! - [`delta`]: a Delta Lake sink that commits one epoch per Delta commit, with a `txn` action.
@@ -17,6 +18,7 @@ pub mod decode;
 pub mod delta;
 pub mod durable_store;
 pub mod kafka;
+pub mod kafka_topic_id;
 pub mod parquet_file;
 pub mod record;
 pub mod source;

@@ -283,6 +283,12 @@ impl Committer {
         Ok(())
     }
 
+    /// The topic ids the connected source reports: recorded with the positions in every
+    /// commit from now on.
+    pub fn record_topic_ids(&mut self, ids: std::collections::BTreeMap<String, String>) {
+        self.sink.set_topic_ids(ids);
+    }
+
     /// Installs the dedup runtime (state and watermark progress) recovery built.
     pub fn set_dedup(&mut self, dedup: DedupRuntime) {
         self.dedup = Some(dedup);
@@ -510,6 +516,7 @@ impl Committer {
             late: open.late,
             dead_lettered: open.invalid() - (open.skipped.len() + open.skipped_other.len()) as u64,
             watermark,
+            topic_ids: self.sink.topic_ids().clone(),
         }
     }
 

@@ -225,7 +225,9 @@ pub async fn run(
         stats.note(&report, &mut summary, false);
     }
 
-    let Some(mut source) = connect_source(config, &open.end, &shutdown).await? else {
+    let stored_topic_ids = committer.sink().topic_ids().clone();
+    let Some(mut source) = connect_source(config, &open.end, &stored_topic_ids, &shutdown).await?
+    else {
         // A stop asked for during recovery or while the broker does not answer ends the run
         // here (recovery's own commits are complete; nothing is half done).
         info!("stop requested before the source connected: stopping");
@@ -233,6 +235,7 @@ pub async fn run(
         summary.elapsed_secs = started.elapsed().as_secs_f64();
         return Ok(summary);
     };
+    committer.record_topic_ids(source.topic_ids());
     if let Some(d) = committer.dedup_mut() {
         d.tracker.register(source.partitions(), Instant::now());
     }
@@ -287,7 +290,7 @@ async fn open_tables(
         .table_name
         .clone()
         .unwrap_or_else(|| config.pipeline_id.clone());
-    let sink = open_table(
+    let mut sink = open_table(
         &url,
         &config.pipeline_id,
         &table_name,
@@ -295,6 +298,9 @@ async fn open_tables(
         sink_options,
     )
     .await?;
+    // The topic ids recorded with the positions: recorded again by commits (including a redo
+    // during recovery) and checked against the broker's when the source connects.
+    sink.set_topic_ids(sink.recorded_topic_ids().await?);
     check_schema(config, &sink)?;
     let processor = RecordProcessor::new(config, JsonDecoder::new(sink.arrow_schema().clone()))?;
     let wants_dead_letters = config.errors.on_invalid_record == OnInvalidRecord::DeadLetter
@@ -329,6 +335,7 @@ async fn open_tables(
 async fn connect_source(
     config: &PipelineConfig,
     start: &Positions,
+    stored_topic_ids: &std::collections::BTreeMap<String, String>,
     shutdown: &Shutdown,
 ) -> Result<Option<KafkaSource>, PipelineError> {
     let source_config = KafkaSourceConfig {
@@ -338,9 +345,12 @@ async fn connect_source(
         properties: config.source.properties.clone(),
     };
     let start = start.clone();
+    let stored_topic_ids = stored_topic_ids.clone();
     let stop = shutdown.clone();
     let mut connect = tokio::task::spawn_blocking(move || {
-        KafkaSource::connect_until(&source_config, &start, &|| stop.requested())
+        KafkaSource::connect_until(&source_config, &start, &stored_topic_ids, &|| {
+            stop.requested()
+        })
     });
     loop {
         if shutdown.requested() {

@@ -384,3 +384,121 @@ async fn a_deleted_and_recreated_topic_is_refused_naming_it() {
         assert_eq!(after.live_files, before.live_files);
     }
 }
+
+/// The topic's id as the broker reports it now.
+fn broker_topic_id(brokers: &str, topic: &str) -> String {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    tidemark_connectors::kafka_topic_id::describe_topic_ids(
+        consumer.client(),
+        &[topic.to_string()],
+        Duration::from_secs(10),
+    )
+    .unwrap()
+    .remove(topic)
+    .flatten()
+    .expect("tansu reports topic ids")
+}
+
+/// A topic recreated with as many partitions and MORE records than were read: every stored
+/// position fits the new topic's offsets, so only the topic id tells it apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recreated_topic_with_more_records_is_refused_by_its_topic_id() {
+    let Some(brokers) = broker() else { return };
+    let topic = unique_topic("recreate_id");
+    create_topic(&brokers, &topic, 2).await;
+    let ends = produce(&brokers, &topic, 2, 200, order_json);
+    let fixture = Fixture::new(Path::new(EXE), &brokers, &topic, "");
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(audit::check_exactly_once(&fixture.table, &ends)
+        .unwrap()
+        .ok());
+    let before = audit::replay_log(&fixture.table).unwrap();
+    let old_id = broker_topic_id(&brokers, &topic);
+    let recorded = &before.epochs.last().unwrap().1.topic_ids;
+    assert_eq!(
+        recorded.get(&topic),
+        Some(&old_id),
+        "the commit records the topic id"
+    );
+
+    delete_topic(&brokers, &topic).await;
+    create_topic(&brokers, &topic, 2).await;
+    produce(&brokers, &topic, 2, 600, order_json);
+    let new_id = broker_topic_id(&brokers, &topic);
+    assert_ne!(old_id, new_id, "tansu gives a recreated topic a new id");
+
+    let out = fixture.run_to_end(&[]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "restart must refuse:\n{stderr}");
+    for want in [
+        format!("{topic:?} was deleted and recreated"),
+        format!("topic id {old_id}"),
+        format!("has id {new_id}"),
+        "partition 0 at offset 100".to_string(),
+        "new pipeline".to_string(),
+        "restore the original topic".to_string(),
+    ] {
+        assert!(stderr.contains(&want), "{want:?} not in:\n{stderr}");
+    }
+    let after = audit::replay_log(&fixture.table).unwrap();
+    assert_eq!(after.version, before.version, "something was written");
+    assert_eq!(after.live_files, before.live_files);
+}
+
+/// A topic deleted and recreated under a running pipeline: the periodic discovery sees the
+/// new id and the pipeline stops with the same error.
+// IGNORED: the pipeline process dies with SIGSEGV within ~3 s of the topic's deletion, inside
+// librdkafka 2.12.1 (main thread: rd_kafka_metadata_update_op -> rd_kafka_metadata_cache_find
+// -> strcmp), also with the topic-id check of discovery disabled: not caused by it, and
+// before it can run. Needs its own investigation (a librdkafka bug with a topic deleted under
+// an assigned consumer on tansu?).
+#[ignore]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_topic_recreated_while_running_stops_the_pipeline() {
+    let Some(brokers) = broker() else { return };
+    let topic = unique_topic("recreate_live");
+    create_topic(&brokers, &topic, 2).await;
+    let ends = produce(&brokers, &topic, 2, 200, order_json);
+    let fixture = Fixture::new(Path::new(EXE), &brokers, &topic, PIPELINE);
+    let mut child = fixture.spawn(false, &[]);
+    let log = drain_stderr(&mut child);
+    wait_rows(&fixture.table, 200, Duration::from_secs(60), &mut child);
+    let old_id = broker_topic_id(&brokers, &topic);
+
+    delete_topic(&brokers, &topic).await;
+    create_topic(&brokers, &topic, 2).await;
+    produce(&brokers, &topic, 2, 600, order_json);
+    let new_id = broker_topic_id(&brokers, &topic);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pipeline kept running on a recreated topic"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stderr = log.join().expect("log reader");
+    assert!(!status.success(), "{stderr}");
+    for want in [
+        format!("{topic:?} was deleted and recreated while this pipeline was running"),
+        format!("topic id {old_id}"),
+        format!("has id {new_id}"),
+    ] {
+        assert!(
+            stderr.contains(&want),
+            "{want:?} not in ({status}):\n{stderr}"
+        );
+    }
+    // Nothing of the new topic reached the table: exactly the old topic's 200 records.
+    let report = audit::check_exactly_once(&fixture.table, &ends).unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.rows, 200);
+}
