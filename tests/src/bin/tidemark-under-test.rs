@@ -2,5 +2,5 @@
 //! child process (and SIGKILL it) via `CARGO_BIN_EXE_tidemark-under-test`.
 
 fn main() -> std::process::ExitCode {
-    tidemark_engine::cli::main()
+    tidemark_cli::main()
 }
