@@ -1,4 +1,6 @@
-//! Tidemark's engine: the pipeline runtime and the `tidemark` CLI.
+//! Tidemark's engine: the pipeline runtime only. The `tidemark` command line is the
+//! `tidemark-cli` crate (`cli/`); the audit, demo, bench and test producer are `tidemark-tools`
+//! (`tools/`).
 //!
 //! - [`config`]: `pipeline.toml` and its validation.
 //! - [`pipeline`]: the run loop of the epoch protocol.
@@ -11,26 +13,16 @@
 //! - [`state_lock`]: the exclusive lock on a state directory and the ids of its runs.
 //! - [`fault`]: crash points armed by `TIDEMARK_CRASH_AT` for crash tests; [`io_faults`]: the
 //!   file system the pipeline writes through (faults injected by `TIDEMARK_FAULT_FS` in tests).
-//! - [`audit`]: an independent reader of the table for exactly-once checks.
-//! - [`bench`]: `tidemark bench`, checkpoint interval against throughput and recovery.
-//! - [`demo`]: the self-contained demo on librdkafka's in-process mock cluster.
 //! - [`protocol`]: the recovery decision of the epoch protocol, pure and exhaustively tested.
-//! - [`produce`]: a retrying send shared by the demo and the bench.
-//! - [`cli`]: the command line.
 
-pub mod audit;
-pub mod bench;
-pub mod cli;
 pub mod committer;
 pub mod config;
 pub mod dedup;
 pub mod dedup_key;
-pub mod demo;
 pub mod epoch;
 pub mod epoch_log;
 pub mod io_faults;
 pub mod pipeline;
-pub mod produce;
 pub mod protocol;
 pub mod recovery;
 pub mod shutdown;

@@ -13,7 +13,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::util::Timeout;
-use tidemark_engine::produce::send_retrying;
+use tidemark_tools::produce::send_retrying;
 
 /// The environment variable naming the test broker's bootstrap address.
 pub const BROKERS_ENV: &str = "TIDEMARK_TEST_BROKERS";

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use tidemark_engine::audit;
 use tidemark_tests::{
     broker, create_topic, order_json, order_json_unless, produce, summary, unique_topic, Fixture,
 };
+use tidemark_tools::audit;
 
 #[path = "e2e/checkpoint_crash.rs"]
 mod checkpoint_crash;

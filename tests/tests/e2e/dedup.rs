@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tidemark_engine::audit;
 use tidemark_tests::{
     broker, create_topic, produce_messages, stderr_of, summary, unique_topic, Fixture, Message,
 };
+use tidemark_tools::audit;
 
 use super::EXE;
 

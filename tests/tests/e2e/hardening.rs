@@ -8,11 +8,11 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tidemark_engine::audit;
 use tidemark_tests::{
     broker, create_topic, drain_stderr, produce_messages, stderr_of, summary, unique_topic,
     Fixture, Message,
 };
+use tidemark_tools::audit;
 
 use super::{assert_exactly_once, topic_and_fixture, EXE};
 

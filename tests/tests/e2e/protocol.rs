@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tidemark_engine::audit;
 use tidemark_engine::fault::CrashPoint;
 use tidemark_tests::{
     broker, create_topic, drain_stderr, order_json, order_json_unless, produce, produce_range,
     stderr_of, summary, unique_topic, Fixture,
 };
+use tidemark_tools::audit;
 
 use super::hardening::{set_table_path, TablePath};
 use super::{assert_exactly_once, topic_and_fixture, EXE};

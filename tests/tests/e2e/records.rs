@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 
-use tidemark_engine::audit;
 use tidemark_engine::fault;
 use tidemark_tests::{
     broker, create_topic, order_json, produce, produce_messages, stderr_of, summary, unique_topic,
     Fixture, Message,
 };
+use tidemark_tools::audit;
 
 use super::{assert_exactly_once, EXE};
 

@@ -16,11 +16,11 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use tidemark_engine::audit;
 use tidemark_tests::{
     broker, create_topic, drain_stderr, order_json, produce, produce_messages, stderr_of,
     strip_ansi, summary, unique_topic, Fixture, Message,
 };
+use tidemark_tools::audit;
 
 use super::EXE;
 

@@ -1,5 +1,5 @@
 //! The `tidemark` binary: see `tidemark --help`.
 
 fn main() -> std::process::ExitCode {
-    tidemark_engine::cli::main()
+    tidemark_cli::main()
 }

@@ -1,4 +1,8 @@
-//! The `tidemark` command line.
+//! The `tidemark` command line: `run` and `status` from the engine ([`tidemark_engine`]),
+//! `demo` and `bench` from the tools ([`tidemark_tools`]).
+//!
+//! A library as well as the `tidemark` binary so that the crash tests' binary
+//! (`tests/src/bin/tidemark-under-test.rs`) is the same CLI built with the `crash-points` feature.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,9 +10,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::PipelineConfig;
-use crate::demo::{self, DemoOptions};
-use crate::pipeline::{self, RunOptions, Shutdown};
+use tidemark_engine::config::PipelineConfig;
+use tidemark_engine::pipeline::{self, RunOptions, Shutdown};
+use tidemark_tools::bench::{self, BenchOptions};
+use tidemark_tools::demo::{self, DemoOptions};
 
 /// Tidemark moves records from Kafka into a Delta Lake table exactly once, and survives crashes.
 #[derive(Debug, Parser)]
@@ -68,7 +73,7 @@ enum Command {
     /// the real pipeline over it once per interval into a fresh table, then once more per
     /// interval with a SIGKILL mid-epoch and a restart. Prints a table and writes bench.csv,
     /// bench.json and bench.svg (throughput and recovery time against interval) to --dir.
-    Bench(crate::bench::BenchOptions),
+    Bench(BenchOptions),
 }
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
@@ -100,7 +105,7 @@ pub fn main() -> ExitCode {
             } => run(config, until_caught_up, rewind_to, accept_wal_damage).await,
             Command::Status { config, json } => status(config, json).await,
             Command::Demo(options) => demo::run(options).await,
-            Command::Bench(options) => crate::bench::run(options).await,
+            Command::Bench(options) => bench::run(options).await,
         }
     });
     // A connect still waiting for an unreachable broker must not hold the exit back.
@@ -116,7 +121,7 @@ pub fn main() -> ExitCode {
 
 async fn status(config_path: PathBuf, json: bool) -> anyhow::Result<()> {
     let config = PipelineConfig::load(&config_path)?;
-    let status = crate::status::status(&config, &config_path).await?;
+    let status = tidemark_engine::status::status(&config, &config_path).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

@@ -138,23 +138,86 @@ fn parse_interval(s: &str) -> anyhow::Result<Option<u64>> {
     Ok(Some(n * mult))
 }
 
-/// Runs the benchmark.
+/// A checkpoint interval to measure: its name as given, and milliseconds (`None`: no checkpoint).
+type Interval = (String, Option<u64>);
+
+/// librdkafka's in-process mock cluster.
+type Cluster = MockCluster<'static, DefaultProducerContext>;
+
+/// Per interval, each of its throughput runs: (wall seconds, the run's summary line).
+type Runs = Vec<Vec<(f64, serde_json::Value)>>;
+
+/// What every run of one bench shares.
+struct Setup {
+    /// The bench's directory (absolute).
+    dir: PathBuf,
+    /// Bootstrap address of the broker.
+    brokers: String,
+    /// The topic holding the stream.
+    topic: String,
+    /// The longest interval: the epoch length of the `none` runs.
+    longest: u64,
+    /// Records produced.
+    produced: u64,
+    /// Their key + value bytes.
+    bytes: u64,
+    /// The `tidemark` executable the runs start.
+    exe: PathBuf,
+}
+
+/// Runs the benchmark, by stage: parse the intervals, prepare --dir, start the broker and
+/// produce the stream, the throughput rounds, per interval a SIGKILL-and-restart run, results.
 pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
-    let intervals: Vec<(String, Option<u64>)> = options
-        .intervals
+    let intervals = parse_intervals(&options.intervals)?;
+    let longest = intervals
+        .iter()
+        .filter_map(|(_, i)| *i)
+        .max()
+        .unwrap_or(1000);
+    let dir = prepare_dir(&options.dir)?;
+    // The mock cluster (without --brokers) lives until the bench ends.
+    let (_cluster, brokers, topic) = start_broker(&options).await?;
+    let (produced, bytes) = produce_stream(&brokers, &topic, &options)?;
+    let exe = std::env::current_exe().context("cannot find the tidemark executable")?;
+    let setup = Setup {
+        dir,
+        brokers,
+        topic,
+        longest,
+        produced,
+        bytes,
+        exe,
+    };
+    let rounds = options.repeat.max(1);
+    let runs = throughput_runs(&setup, &intervals, rounds, options.dedup)?;
+    let mut rows = Vec::new();
+    for ((name, interval), these) in intervals.iter().zip(runs) {
+        let mut row = median_row(&setup, name, *interval, these);
+        if !options.no_recovery {
+            recovery_run(&setup, &options, name, *interval, &mut row)?;
+        }
+        rows.push(row);
+    }
+    write_results(&setup, &rows, rounds, options.record_bytes)
+}
+
+/// `--intervals`, e.g. `50ms,200ms,1s,5s,none`.
+fn parse_intervals(list: &str) -> anyhow::Result<Vec<Interval>> {
+    let intervals: Vec<Interval> = list
         .split(',')
         .map(|s| Ok((s.trim().to_string(), parse_interval(s)?)))
         .collect::<anyhow::Result<_>>()?;
     if intervals.is_empty() {
         bail!("--intervals is empty");
     }
-    let longest = intervals
-        .iter()
-        .filter_map(|(_, i)| *i)
-        .max()
-        .unwrap_or(1000);
-    let dir = std::path::absolute(&options.dir)
-        .with_context(|| format!("cannot resolve --dir {}", options.dir.display()))?;
+    Ok(intervals)
+}
+
+/// Resolves --dir, replaces an earlier bench's directory there (refusing any other non-empty
+/// one) and marks the new one as the bench's.
+fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = std::path::absolute(dir)
+        .with_context(|| format!("cannot resolve --dir {}", dir.display()))?;
     if dir.exists() {
         let ours =
             std::fs::read_to_string(dir.join("bench.mark")).is_ok_and(|t| t.starts_with(MARK));
@@ -169,56 +232,70 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("bench.mark"), MARK)?;
+    Ok(dir)
+}
 
-    let cluster;
-    let brokers = match &options.brokers {
-        Some(b) => b.clone(),
-        None => {
-            cluster = MockCluster::new(1).context("cannot start librdkafka's mock cluster")?;
-            cluster
-                .create_topic(TOPIC, options.partitions, 1)
-                .context("cannot create the bench topic")?;
-            cluster.bootstrap_servers()
-        }
+/// The broker and topic of the stream: the mock cluster (returned, to keep it alive) with the
+/// topic `bench`, or with --brokers a fresh topic created there.
+async fn start_broker(options: &BenchOptions) -> anyhow::Result<(Option<Cluster>, String, String)> {
+    let Some(brokers) = &options.brokers else {
+        let cluster = MockCluster::new(1).context("cannot start librdkafka's mock cluster")?;
+        cluster
+            .create_topic(TOPIC, options.partitions, 1)
+            .context("cannot create the bench topic")?;
+        let brokers = cluster.bootstrap_servers();
+        return Ok((Some(cluster), brokers, TOPIC.to_string()));
     };
-    let topic = if options.brokers.is_some() {
-        let t = format!("tidemark-bench-{}", std::process::id());
-        create_topic(&brokers, &t, options.partitions).await?;
-        t
-    } else {
-        TOPIC.to_string()
-    };
+    let topic = format!("tidemark-bench-{}", std::process::id());
+    create_topic(brokers, &topic, options.partitions).await?;
+    Ok((None, brokers.clone(), topic))
+}
+
+/// Produces the stream and says so; returns (records, key + value bytes).
+fn produce_stream(
+    brokers: &str,
+    topic: &str,
+    options: &BenchOptions,
+) -> anyhow::Result<(u64, u64)> {
     let started = Instant::now();
-    let (produced, bytes) = produce(&brokers, &topic, &options)?;
+    let (produced, bytes) = produce(brokers, topic, options)?;
     println!(
         "tidemark bench: {produced} records ({:.1} MB of JSON, ~{} B each) into {topic} ({} partitions, {}) in {:.1} s",
         bytes as f64 / 1e6,
         bytes / produced.max(1),
         options.partitions,
-        if options.brokers.is_some() { brokers.as_str() } else { "in-process mock cluster" },
+        if options.brokers.is_some() { brokers } else { "in-process mock cluster" },
         started.elapsed().as_secs_f64()
     );
-    let exe = std::env::current_exe().context("cannot find the tidemark executable")?;
-    // Throughput runs, interleaved by round so a slow moment of the machine hits every
-    // interval alike; each interval's row is its median run.
-    let rounds = options.repeat.max(1);
-    let mut runs: Vec<Vec<(f64, serde_json::Value)>> = vec![Vec::new(); intervals.len()];
+    Ok((produced, bytes))
+}
+
+/// Throughput runs, interleaved by round so a slow moment of the machine hits every interval
+/// alike. Each run must read the whole stream.
+fn throughput_runs(
+    setup: &Setup,
+    intervals: &[Interval],
+    rounds: usize,
+    dedup: bool,
+) -> anyhow::Result<Runs> {
+    let produced = setup.produced;
+    let mut runs: Runs = vec![Vec::new(); intervals.len()];
     for round in 0..rounds {
         for (i, (name, interval)) in intervals.iter().enumerate() {
-            let run_dir = dir.join(format!("run-{name}"));
+            let run_dir = setup.dir.join(format!("run-{name}"));
             if run_dir.exists() {
                 std::fs::remove_dir_all(&run_dir)?;
             }
             let config = write_config(
                 &run_dir,
-                &brokers,
-                &topic,
+                &setup.brokers,
+                &setup.topic,
                 *interval,
-                longest,
-                options.dedup,
+                setup.longest,
+                dedup,
             )?;
             let t0 = Instant::now();
-            let summary = run_child(&exe, &config, &run_dir.join("run.log"), &[])?;
+            let summary = run_child(&setup.exe, &config, &run_dir.join("run.log"), &[])?;
             let wall = t0.elapsed().as_secs_f64();
             let read = summary["records_read"].as_u64().unwrap_or(0);
             if read != produced {
@@ -235,77 +312,103 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             runs[i].push((wall, summary));
         }
     }
-    let mut rows = Vec::new();
-    for ((name, interval), mut these) in intervals.iter().zip(runs) {
-        these.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let all_rates: Vec<f64> = these.iter().map(|(w, _)| produced as f64 / w).collect();
-        let (wall, summary) = these.swap_remove(these.len() / 2);
-        let read = produced;
-        let mut row = BenchRow {
-            interval: name.clone(),
-            interval_ms: interval.unwrap_or(longest),
-            records: read,
-            wall_secs: wall,
-            records_per_sec: read as f64 / wall,
-            mb_per_sec: bytes as f64 / 1e6 / wall,
-            commit_ms_p50: summary["commit_ms_p50"].as_f64().unwrap_or(0.0),
-            commit_ms_p99: summary["commit_ms_p99"].as_f64().unwrap_or(0.0),
-            parquet_files: summary["files_written"].as_u64().unwrap_or(0),
-            delta_versions: summary["epochs_committed"].as_u64().unwrap_or(0),
-            wal_bytes: summary["wal_bytes"].as_u64().unwrap_or(0),
-            checkpoint_share: summary["checkpoint_time_share"].as_f64().unwrap_or(0.0),
-            peak_rss_mib: summary["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0,
-            all_records_per_sec: all_rates,
-            recovery_first_commit_ms: None,
-            recovery_first_source_commit_ms: None,
-            recovery_replayed: None,
-            recovery_ms: None,
-            recovery_dedup_keys: None,
-        };
-        if !options.no_recovery {
-            eprint!("  {name:>6}: SIGKILL mid-epoch and restart ...");
-            let rec_dir = dir.join(format!("recovery-{name}"));
-            let config = write_config(
-                &rec_dir,
-                &brokers,
-                &topic,
-                *interval,
-                longest,
-                options.dedup,
-            )?;
-            // SIGKILL from outside at that share of the measured run time: the middle of the
-            // stream, most likely inside an open epoch (crash points are compiled only into
-            // test builds, so the release binary is killed as an operator's kill -9 would).
-            let kill_after = Duration::from_secs_f64(wall * options.crash_at.clamp(0.05, 0.95));
-            let finished = run_child_killed(&exe, &config, &rec_dir.join("run-1.log"), kill_after)?;
-            if finished {
-                bail!(
-                    "interval {name}: the recovery run finished before its kill at {kill_after:?}"
-                );
-            }
-            let summary = run_child(&exe, &config, &rec_dir.join("run-2.log"), &[])?;
-            row.recovery_first_commit_ms = summary["first_commit_ms"].as_u64();
-            row.recovery_first_source_commit_ms = summary["first_source_commit_ms"].as_u64();
-            row.recovery_replayed = summary["recovery"]["replayed_records"].as_u64();
-            row.recovery_ms = summary["recovery"]["recovery_ms"].as_u64();
-            row.recovery_dedup_keys = summary["recovery"]["dedup_keys_loaded"].as_u64();
-            eprintln!(
-                " {} ms to first commit ({} replayed, {} dedup keys loaded), {} ms to the first commit of new records",
-                row.recovery_first_commit_ms.unwrap_or(0),
-                row.recovery_replayed.unwrap_or(0),
-                row.recovery_dedup_keys.unwrap_or(0),
-                row.recovery_first_source_commit_ms.unwrap_or(0),
-            );
-        }
-        rows.push(row);
+    Ok(runs)
+}
+
+/// One interval's row from its throughput runs: the median run, with every run's rate.
+fn median_row(
+    setup: &Setup,
+    name: &str,
+    interval: Option<u64>,
+    mut these: Vec<(f64, serde_json::Value)>,
+) -> BenchRow {
+    let produced = setup.produced;
+    these.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let all_rates: Vec<f64> = these.iter().map(|(w, _)| produced as f64 / w).collect();
+    let (wall, summary) = these.swap_remove(these.len() / 2);
+    let read = produced;
+    BenchRow {
+        interval: name.to_string(),
+        interval_ms: interval.unwrap_or(setup.longest),
+        records: read,
+        wall_secs: wall,
+        records_per_sec: read as f64 / wall,
+        mb_per_sec: setup.bytes as f64 / 1e6 / wall,
+        commit_ms_p50: summary["commit_ms_p50"].as_f64().unwrap_or(0.0),
+        commit_ms_p99: summary["commit_ms_p99"].as_f64().unwrap_or(0.0),
+        parquet_files: summary["files_written"].as_u64().unwrap_or(0),
+        delta_versions: summary["epochs_committed"].as_u64().unwrap_or(0),
+        wal_bytes: summary["wal_bytes"].as_u64().unwrap_or(0),
+        checkpoint_share: summary["checkpoint_time_share"].as_f64().unwrap_or(0.0),
+        peak_rss_mib: summary["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0,
+        all_records_per_sec: all_rates,
+        recovery_first_commit_ms: None,
+        recovery_first_source_commit_ms: None,
+        recovery_replayed: None,
+        recovery_ms: None,
+        recovery_dedup_keys: None,
     }
-    let table = render_table(&rows);
+}
+
+/// SIGKILLs a run of `interval` part-way, restarts it, and fills `row`'s recovery columns
+/// from the restart's summary.
+fn recovery_run(
+    setup: &Setup,
+    options: &BenchOptions,
+    name: &str,
+    interval: Option<u64>,
+    row: &mut BenchRow,
+) -> anyhow::Result<()> {
+    eprint!("  {name:>6}: SIGKILL mid-epoch and restart ...");
+    let rec_dir = setup.dir.join(format!("recovery-{name}"));
+    let config = write_config(
+        &rec_dir,
+        &setup.brokers,
+        &setup.topic,
+        interval,
+        setup.longest,
+        options.dedup,
+    )?;
+    // SIGKILL from outside at that share of the measured run time: the middle of the
+    // stream, most likely inside an open epoch (crash points are compiled only into
+    // test builds, so the release binary is killed as an operator's kill -9 would).
+    let kill_after = Duration::from_secs_f64(row.wall_secs * options.crash_at.clamp(0.05, 0.95));
+    let finished = run_child_killed(&setup.exe, &config, &rec_dir.join("run-1.log"), kill_after)?;
+    if finished {
+        bail!("interval {name}: the recovery run finished before its kill at {kill_after:?}");
+    }
+    let summary = run_child(&setup.exe, &config, &rec_dir.join("run-2.log"), &[])?;
+    row.recovery_first_commit_ms = summary["first_commit_ms"].as_u64();
+    row.recovery_first_source_commit_ms = summary["first_source_commit_ms"].as_u64();
+    row.recovery_replayed = summary["recovery"]["replayed_records"].as_u64();
+    row.recovery_ms = summary["recovery"]["recovery_ms"].as_u64();
+    row.recovery_dedup_keys = summary["recovery"]["dedup_keys_loaded"].as_u64();
+    eprintln!(
+        " {} ms to first commit ({} replayed, {} dedup keys loaded), {} ms to the first commit of new records",
+        row.recovery_first_commit_ms.unwrap_or(0),
+        row.recovery_replayed.unwrap_or(0),
+        row.recovery_dedup_keys.unwrap_or(0),
+        row.recovery_first_source_commit_ms.unwrap_or(0),
+    );
+    Ok(())
+}
+
+/// Prints the table and each interval against the no-checkpoint throughput, and writes
+/// bench.csv, bench.json and bench.svg.
+fn write_results(
+    setup: &Setup,
+    rows: &[BenchRow],
+    rounds: usize,
+    record_bytes: usize,
+) -> anyhow::Result<()> {
+    let dir = &setup.dir;
+    let table = render_table(rows);
     println!("{table}");
-    std::fs::write(dir.join("bench.csv"), render_csv(&rows))?;
-    std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&rows)?)?;
+    std::fs::write(dir.join("bench.csv"), render_csv(rows))?;
+    std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(rows)?)?;
     std::fs::write(
         dir.join("bench.svg"),
-        render_svg(&rows, produced, options.record_bytes),
+        render_svg(rows, setup.produced, record_bytes),
     )?;
     let rates = |r: &BenchRow| {
         r.all_records_per_sec
@@ -316,7 +419,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     };
     match rows.iter().find(|r| r.interval == "none") {
         Some(none) => {
-            for r in &rows {
+            for r in rows {
                 println!(
                     "  {:>6}: {:.0}% of the no-checkpoint throughput (median of {rounds}; runs: {})",
                     r.interval,
@@ -326,7 +429,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
             }
         }
         None => {
-            for r in &rows {
+            for r in rows {
                 println!("  {:>6}: runs: {}", r.interval, rates(r));
             }
         }

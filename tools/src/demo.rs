@@ -63,15 +63,52 @@ struct Produced {
     orders: HashMap<String, u64>,
 }
 
-/// Runs the demo; an error if any check fails.
+/// librdkafka's in-process mock cluster.
+type Cluster = MockCluster<'static, DefaultProducerContext>;
+
+/// Runs the demo, by stage: prepare --dir, start the mock cluster and produce the stream, run
+/// the pipeline with a SIGKILL and a restart, audit the table; an error if any check fails.
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     if !(0.0..1.0).contains(&options.duplicate_rate)
         || !(0.0..1.0).contains(&options.malformed_rate)
     {
         bail!("--duplicate-rate and --malformed-rate must be in [0, 1)");
     }
-    let dir = std::path::absolute(&options.dir)
-        .with_context(|| format!("cannot resolve --dir {}", options.dir.display()))?;
+    let dir = prepare_dir(&options.dir)?;
+    println!(
+        "Tidemark demo: Kafka (in-process mock cluster) -> Delta table, with a SIGKILL part-way"
+    );
+    let cluster = start_cluster(options.partitions)?;
+    let brokers = cluster.bootstrap_servers();
+    let produced = produce_stream(&brokers, &options)?;
+    let config_path = write_config(&dir, &brokers, options.records)?;
+    let table_dir = dir.join("orders");
+    let pipeline_secs =
+        run_killed_and_restarted(&dir, &config_path, &table_dir, options.kill_after_epochs)?;
+    let failures = audit_table(&table_dir, &produced)?;
+    println!(
+        "  throughput    {:.0} records/s end to end ({} records in {:.2} s across both runs, incl. the crash and restart)",
+        produced.total as f64 / pipeline_secs,
+        produced.total,
+        pipeline_secs
+    );
+    println!(
+        "  logs          {} and run-2.log",
+        dir.join("run-1.log").display()
+    );
+    drop(cluster);
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("demo checks failed: {}", failures.join(", "))
+    }
+}
+
+/// Resolves --dir and gives the demo an empty directory there, replacing an earlier demo's
+/// (and refusing any other non-empty one).
+fn prepare_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = std::path::absolute(dir)
+        .with_context(|| format!("cannot resolve --dir {}", dir.display()))?;
     if dir.exists() {
         let ours = std::fs::read_to_string(dir.join("pipeline.toml"))
             .is_ok_and(|t| t.starts_with(DEMO_CONFIG_MARK));
@@ -86,18 +123,22 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             .with_context(|| format!("cannot clear the demo directory {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    println!(
-        "Tidemark demo: Kafka (in-process mock cluster) -> Delta table, with a SIGKILL part-way"
-    );
+    Ok(dir)
+}
 
+/// Starts the mock cluster with the demo topic.
+fn start_cluster(partitions: i32) -> anyhow::Result<Cluster> {
     let cluster = MockCluster::new(1).context("cannot start librdkafka's mock cluster")?;
     cluster
-        .create_topic(TOPIC, options.partitions, 1)
+        .create_topic(TOPIC, partitions, 1)
         .context("cannot create the demo topic")?;
-    let brokers = cluster.bootstrap_servers();
+    Ok(cluster)
+}
 
+/// Produces the stream, says what it holds, and checks the cluster kept all of it.
+fn produce_stream(brokers: &str, options: &DemoOptions) -> anyhow::Result<Produced> {
     let produce_started = Instant::now();
-    let produced = produce(&brokers, &options)?;
+    let produced = produce(brokers, options)?;
     println!(
         "  produced      {} messages to {TOPIC} ({} partitions) in {:.1} s: {} producer duplicates, {} malformed",
         produced.total,
@@ -106,20 +147,32 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         produced.duplicates,
         produced.malformed
     );
+    check_nothing_dropped(brokers, &produced)?;
+    Ok(produced)
+}
 
-    check_nothing_dropped(&brokers, &produced)?;
-
+/// Writes the demo's `pipeline.toml` into `dir`.
+fn write_config(dir: &Path, brokers: &str, records: u64) -> anyhow::Result<PathBuf> {
     let config_path = dir.join("pipeline.toml");
     // About 20 epochs whatever the stream length, so the kill lands part-way.
-    let epoch_records = (options.records / 20).clamp(500, 50_000);
-    std::fs::write(&config_path, demo_config(&brokers, epoch_records))
+    let epoch_records = (records / 20).clamp(500, 50_000);
+    std::fs::write(&config_path, demo_config(brokers, epoch_records))
         .with_context(|| format!("cannot write {}", config_path.display()))?;
-    let table_dir = dir.join("orders");
-    let exe = std::env::current_exe().context("cannot find the tidemark executable")?;
+    Ok(config_path)
+}
 
+/// Run 1 of the pipeline, SIGKILLed after `kill_after_epochs` commits, then run 2 until caught
+/// up; returns the seconds from the start of run 1 to the end of run 2.
+fn run_killed_and_restarted(
+    dir: &Path,
+    config_path: &Path,
+    table_dir: &Path,
+    kill_after_epochs: u64,
+) -> anyhow::Result<f64> {
+    let exe = std::env::current_exe().context("cannot find the tidemark executable")?;
     let pipeline_started = Instant::now();
-    let mut first = spawn_run(&exe, &config_path, &dir.join("run-1.log"))?;
-    let killed_at = kill_after_commits(&mut first, &table_dir, options.kill_after_epochs)?;
+    let mut first = spawn_run(&exe, config_path, &dir.join("run-1.log"))?;
+    let killed_at = kill_after_commits(&mut first, table_dir, kill_after_epochs)?;
     match killed_at {
         Some(version) => println!(
             "  run 1         killed with SIGKILL after {:.2} s, table at version {version}",
@@ -127,7 +180,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         ),
         None => println!("  run 1         finished before it could be killed (no crash was shown)"),
     }
-    let second = spawn_run(&exe, &config_path, &dir.join("run-2.log"))?;
+    let second = spawn_run(&exe, config_path, &dir.join("run-2.log"))?;
     let output = second.wait_with_output().context("waiting for run 2")?;
     if !output.status.success() {
         bail!(
@@ -147,10 +200,27 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         "  run 2         resumed at epoch {}, caught up: {} epochs, {} records read",
         summary["first_epoch"], summary["epochs_committed"], summary["records_read"]
     );
+    Ok(pipeline_secs)
+}
 
-    // The audit: log replay + Parquet, no deltalake snapshot code.
-    let replay = audit::replay_log(&table_dir)?;
-    let report = audit::check_exactly_once(&table_dir, &produced.per_partition)?;
+/// The audit (log replay + Parquet, no deltalake snapshot code): prints each check and
+/// returns the names of those that failed.
+fn audit_table(table_dir: &Path, produced: &Produced) -> anyhow::Result<Vec<&'static str>> {
+    let mut failures = Vec::new();
+    let replay = check_offsets(table_dir, produced, &mut failures)?;
+    check_orders(table_dir, &replay, produced, &mut failures)?;
+    Ok(failures)
+}
+
+/// Every produced Kafka offset once in the table or listed as skipped, and as many skipped as
+/// malformed were produced. Returns the log replay.
+fn check_offsets(
+    table_dir: &Path,
+    produced: &Produced,
+    failures: &mut Vec<&'static str>,
+) -> anyhow::Result<audit::LogReplay> {
+    let replay = audit::replay_log(table_dir)?;
+    let report = audit::check_exactly_once(table_dir, &produced.per_partition)?;
     println!(
         "  table         {}: version {}, {} live Parquet files, {} rows, {} epochs committed",
         table_dir.display(),
@@ -163,7 +233,6 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         "  skipped       {} invalid messages, each listed by topic/partition/offset in its epoch's commitInfo",
         report.skipped
     );
-    let mut failures = Vec::new();
     if report.ok() {
         println!(
             "  exactly-once  OK: all {} Kafka offsets accounted for once ({} rows + {} skipped), none twice",
@@ -189,8 +258,18 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             report.skipped, produced.malformed
         );
     }
+    Ok(replay)
+}
+
+/// Every produced order id in the table's live files exactly as often as it was produced.
+fn check_orders(
+    table_dir: &Path,
+    replay: &audit::LogReplay,
+    produced: &Produced,
+    failures: &mut Vec<&'static str>,
+) -> anyhow::Result<()> {
     let mut in_table: HashMap<String, u64> = HashMap::new();
-    for id in audit::read_string_column(&table_dir, &replay.live_files, "order_id")? {
+    for id in audit::read_string_column(table_dir, &replay.live_files, "order_id")? {
         *in_table.entry(id.unwrap_or_default()).or_default() += 1;
     }
     if in_table == produced.orders {
@@ -203,22 +282,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         failures.push("orders");
         println!("  orders        FAILED: the table's order ids differ from what was produced");
     }
-    println!(
-        "  throughput    {:.0} records/s end to end ({} records in {:.2} s across both runs, incl. the crash and restart)",
-        produced.total as f64 / pipeline_secs,
-        produced.total,
-        pipeline_secs
-    );
-    println!(
-        "  logs          {} and run-2.log",
-        dir.join("run-1.log").display()
-    );
-    drop(cluster);
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        bail!("demo checks failed: {}", failures.join(", "))
-    }
+    Ok(())
 }
 
 fn demo_config(brokers: &str, epoch_records: u64) -> String {

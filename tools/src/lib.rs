@@ -1,0 +1,16 @@
+//! Tools around the Tidemark runtime, outside the engine library: none of them is on the
+//! pipeline's path, and the engine does not depend on them.
+//!
+//! - [`audit`]: an independent reader of a Delta table for exactly-once checks (log replay and
+//!   Parquet, no deltalake snapshot code); used by `tidemark demo` and the e2e tests.
+//! - [`demo`]: `tidemark demo`, the self-contained demo on librdkafka's in-process mock cluster.
+//! - [`bench`]: `tidemark bench`, checkpoint interval against throughput and recovery.
+//! - [`produce`]: a retrying send shared by the demo, the bench and the tests.
+//!
+//! The demo and the bench run the real pipeline as a child process: the `tidemark` executable
+//! they are running in (`std::env::current_exe`), so they are offered only by that binary.
+
+pub mod audit;
+pub mod bench;
+pub mod demo;
+pub mod produce;
