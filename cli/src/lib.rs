@@ -121,7 +121,7 @@ pub fn main() -> ExitCode {
 
 async fn status(config_path: PathBuf, json: bool) -> anyhow::Result<()> {
     let config = PipelineConfig::load(&config_path)?;
-    let status = tidemark_engine::status::status(&config, &config_path).await?;
+    let status = tidemark_engine::status::status(&config).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -141,7 +141,6 @@ async fn run(
     pipeline::install_signal_handlers(shutdown.clone());
     let summary = pipeline::run(
         &config,
-        &config_path,
         RunOptions {
             until_caught_up,
             rewind_to,

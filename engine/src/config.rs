@@ -200,9 +200,12 @@ pub fn pipeline_id_problem(id: &str) -> Option<String> {
     None
 }
 
-/// A whole pipeline: one source, one table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A whole pipeline: one source, one table, validated and with its locations resolved.
+///
+/// Built only by [`PipelineConfig::load`] / [`PipelineConfig::parse`], so every
+/// `PipelineConfig` has passed validation and carries [`ResolvedPaths`] computed once, from the
+/// config file's location.
+#[derive(Debug, Clone)]
 pub struct PipelineConfig {
     /// Stable name of the pipeline: the Delta txn appId. Changing it starts over.
     pub pipeline_id: String,
@@ -211,17 +214,46 @@ pub struct PipelineConfig {
     /// Where rows go.
     pub sink: SinkConfig,
     /// Epoch boundaries, the WAL and the checkpoint store.
-    #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// What happens to bad records.
+    pub errors: ErrorsConfig,
+    /// Watermark deduplication (off when absent).
+    pub dedup: Option<DedupConfig>,
+    /// The table, the dead-letter table and the state directory, resolved at load against the
+    /// config file's directory (changing `sink.table_uri` afterwards does not move them).
+    pub paths: ResolvedPaths,
+}
+
+/// The locations a config names, resolved once at load: a URL as given, a relative path
+/// against the config file's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedPaths {
+    /// The table (`sink.table_uri`).
+    pub table_url: Url,
+    /// The dead-letter table (see [`ErrorsConfig::dead_letter_table`]); resolved and checked
+    /// even when no setting sends records there.
+    pub dead_letter_url: Url,
+    /// The state directory (`checkpoint.dir`, default `.tidemark/<pipeline_id>`), absolute.
+    pub state_dir: PathBuf,
+}
+
+/// `pipeline.toml` as written, before validation: the sections of [`PipelineConfig`] plus the
+/// settings that exist only to be refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    pipeline_id: String,
+    source: SourceConfig,
+    sink: SinkConfig,
+    #[serde(default)]
+    checkpoint: CheckpointConfig,
     /// Renamed to `[checkpoint]`; kept only to say so.
     #[serde(default)]
     batch: Option<toml::Value>,
-    /// What happens to bad records.
     #[serde(default)]
-    pub errors: ErrorsConfig,
-    /// Watermark deduplication (off when absent).
+    errors: ErrorsConfig,
     #[serde(default)]
-    pub dedup: Option<DedupConfig>,
+    dedup: Option<DedupConfig>,
 }
 
 /// `[source]`: the Kafka topics to read.
@@ -455,8 +487,8 @@ const RESERVED_PROPERTIES: &[&str] = &[
 ];
 
 impl PipelineConfig {
-    /// Reads and validates `path`; a relative `sink.table_uri` is resolved against the file's
-    /// directory.
+    /// Reads and validates `path`; relative locations are resolved against the file's
+    /// directory (see [`ResolvedPaths`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -467,211 +499,287 @@ impl PipelineConfig {
 
     /// Parses and validates `text` as if read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: PipelineConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        config.validate(path)?;
-        Ok(config)
+        file.validate(path)
     }
+}
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |setting: &str, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
+impl ConfigFile {
+    /// Checks each section in file order (the first problem found is the one reported), then
+    /// resolves the locations.
+    fn validate(self, path: &Path) -> Result<PipelineConfig, ConfigError> {
+        let invalid = Invalid(path);
+        check_pipeline_id(&self.pipeline_id, &invalid)?;
+        check_source(&self.source, &invalid)?;
+        check_sink(&self.sink, &invalid)?;
+        check_checkpoint(
+            &self.checkpoint,
+            self.batch.is_some(),
+            self.dedup.is_some(),
+            &invalid,
+        )?;
+        check_errors(&self.errors, &invalid)?;
+        if let Some(d) = &self.dedup {
+            check_dedup(d, &self.sink.columns, &invalid)?;
+        }
+        let paths = ResolvedPaths::resolve(
+            &self.pipeline_id,
+            &self.sink,
+            &self.checkpoint,
+            &self.errors,
+            path,
+        )?;
+        Ok(PipelineConfig {
+            pipeline_id: self.pipeline_id,
+            source: self.source,
+            sink: self.sink,
+            checkpoint: self.checkpoint,
+            errors: self.errors,
+            dedup: self.dedup,
+            paths,
+        })
+    }
+}
+
+/// Makes the [`ConfigError::Invalid`] of one config file.
+struct Invalid<'a>(&'a Path);
+
+impl Invalid<'_> {
+    fn at(&self, setting: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.0.to_path_buf(),
             setting: setting.to_string(),
-            message,
-        };
-        if let Some(problem) = pipeline_id_problem(&self.pipeline_id) {
-            return Err(invalid("pipeline_id", problem));
+            message: message.into(),
         }
-        if self.source.brokers.trim().is_empty() {
-            return Err(invalid("source.brokers", "must not be empty".into()));
+    }
+}
+
+/// `pipeline_id` (see [`pipeline_id_problem`]).
+fn check_pipeline_id(id: &str, invalid: &Invalid) -> Result<(), ConfigError> {
+    match pipeline_id_problem(id) {
+        Some(problem) => Err(invalid.at("pipeline_id", problem)),
+        None => Ok(()),
+    }
+}
+
+/// `[source]`: brokers, topics, and no property Tidemark owns.
+fn check_source(source: &SourceConfig, invalid: &Invalid) -> Result<(), ConfigError> {
+    if source.brokers.trim().is_empty() {
+        return Err(invalid.at("source.brokers", "must not be empty"));
+    }
+    if source.topics.is_empty() {
+        return Err(invalid.at("source.topics", "must name at least one topic"));
+    }
+    if let Some(t) = source.topics.iter().find(|t| t.trim().is_empty()) {
+        return Err(invalid.at("source.topics", format!("holds an empty topic name {t:?}")));
+    }
+    if let Some(key) = source
+        .properties
+        .keys()
+        .find(|key| RESERVED_PROPERTIES.contains(&key.as_str()))
+    {
+        return Err(invalid.at(
+            &format!("source.properties.\"{key}\""),
+            "is managed by Tidemark (positions live in the Delta table); remove it",
+        ));
+    }
+    Ok(())
+}
+
+/// `[sink]`: a table location, and column names that are unique and not reserved.
+fn check_sink(sink: &SinkConfig, invalid: &Invalid) -> Result<(), ConfigError> {
+    if sink.table_uri.trim().is_empty() {
+        return Err(invalid.at("sink.table_uri", "must not be empty"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in sink.columns.iter().enumerate() {
+        let setting = format!("sink.columns[{i}].name");
+        if c.name.is_empty() {
+            return Err(invalid.at(&setting, "must not be empty"));
         }
-        if self.source.topics.is_empty() {
-            return Err(invalid(
-                "source.topics",
-                "must name at least one topic".into(),
-            ));
-        }
-        if let Some(t) = self.source.topics.iter().find(|t| t.trim().is_empty()) {
-            return Err(invalid(
-                "source.topics",
-                format!("holds an empty topic name {t:?}"),
-            ));
-        }
-        for key in self.source.properties.keys() {
-            if RESERVED_PROPERTIES.contains(&key.as_str()) {
-                return Err(invalid(
-                    &format!("source.properties.\"{key}\""),
-                    "is managed by Tidemark (positions live in the Delta table); remove it".into(),
-                ));
-            }
-        }
-        if self.sink.table_uri.trim().is_empty() {
-            return Err(invalid("sink.table_uri", "must not be empty".into()));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for (i, c) in self.sink.columns.iter().enumerate() {
-            let setting = format!("sink.columns[{i}].name");
-            if c.name.is_empty() {
-                return Err(invalid(&setting, "must not be empty".into()));
-            }
-            if c.name.starts_with("_kafka_") {
-                return Err(invalid(
-                    &setting,
-                    format!(
-                        "{:?}: the `_kafka_` prefix is reserved for source columns",
-                        c.name
-                    ),
-                ));
-            }
-            if !seen.insert(c.name.as_str()) {
-                return Err(invalid(&setting, format!("{:?} appears twice", c.name)));
-            }
-        }
-        if self.batch.is_some() {
-            return Err(invalid(
-                "batch",
-                "was renamed: put interval_ms and max_records under [checkpoint]".into(),
-            ));
-        }
-        let c = &self.checkpoint;
-        for (setting, value) in [
-            ("checkpoint.interval_ms", c.interval_ms),
-            ("checkpoint.max_records", c.max_records as u64),
-            ("checkpoint.max_bytes", c.max_bytes),
-            ("checkpoint.retain", c.retain as u64),
-        ] {
-            if value == 0 {
-                return Err(invalid(setting, "must be greater than 0".into()));
-            }
-        }
-        if c.wal_segment_bytes < 4096 {
-            return Err(invalid(
-                "checkpoint.wal_segment_bytes",
-                format!("must be at least 4096, got {}", c.wal_segment_bytes),
-            ));
-        }
-        if !c.enabled && self.dedup.is_some() {
-            return Err(invalid(
-                "checkpoint.enabled",
-                "cannot be false with [dedup]: dedup state lives in the checkpoint store".into(),
-            ));
-        }
-        if c.dir.as_deref().is_some_and(|d| d.trim().is_empty()) {
-            return Err(invalid("checkpoint.dir", "must not be empty".into()));
-        }
-        if self.errors.max_record_bytes == 0 {
-            return Err(invalid(
-                "errors.max_record_bytes",
-                "must be greater than 0".into(),
-            ));
-        }
-        if self.errors.max_record_bytes > MAX_RECORD_BYTES {
-            return Err(invalid(
-                "errors.max_record_bytes",
+        if c.name.starts_with("_kafka_") {
+            return Err(invalid.at(
+                &setting,
                 format!(
-                    "is {}, more than one WAL frame holds ({MAX_RECORD_BYTES} bytes of key + value); \
-                     larger records are dead-lettered as too_large anyway",
-                    self.errors.max_record_bytes
+                    "{:?}: the `_kafka_` prefix is reserved for source columns",
+                    c.name
                 ),
             ));
         }
-        if let Some(d) = &self.dedup {
-            if d.key.is_empty() {
-                return Err(invalid(
+        if !seen.insert(c.name.as_str()) {
+            return Err(invalid.at(&setting, format!("{:?} appears twice", c.name)));
+        }
+    }
+    Ok(())
+}
+
+/// `[checkpoint]` (and the old `[batch]`, refused): positive limits, a usable segment size, a
+/// non-empty directory, and the store on whenever dedup needs it.
+fn check_checkpoint(
+    c: &CheckpointConfig,
+    has_batch_section: bool,
+    dedup_on: bool,
+    invalid: &Invalid,
+) -> Result<(), ConfigError> {
+    if has_batch_section {
+        return Err(invalid.at(
+            "batch",
+            "was renamed: put interval_ms and max_records under [checkpoint]",
+        ));
+    }
+    for (setting, value) in [
+        ("checkpoint.interval_ms", c.interval_ms),
+        ("checkpoint.max_records", c.max_records as u64),
+        ("checkpoint.max_bytes", c.max_bytes),
+        ("checkpoint.retain", c.retain as u64),
+    ] {
+        if value == 0 {
+            return Err(invalid.at(setting, "must be greater than 0"));
+        }
+    }
+    if c.wal_segment_bytes < 4096 {
+        return Err(invalid.at(
+            "checkpoint.wal_segment_bytes",
+            format!("must be at least 4096, got {}", c.wal_segment_bytes),
+        ));
+    }
+    if !c.enabled && dedup_on {
+        return Err(invalid.at(
+            "checkpoint.enabled",
+            "cannot be false with [dedup]: dedup state lives in the checkpoint store",
+        ));
+    }
+    if c.dir.as_deref().is_some_and(|d| d.trim().is_empty()) {
+        return Err(invalid.at("checkpoint.dir", "must not be empty"));
+    }
+    Ok(())
+}
+
+/// `[errors]`: a record size limit between 1 and what one WAL frame holds.
+fn check_errors(errors: &ErrorsConfig, invalid: &Invalid) -> Result<(), ConfigError> {
+    if errors.max_record_bytes == 0 {
+        return Err(invalid.at("errors.max_record_bytes", "must be greater than 0"));
+    }
+    if errors.max_record_bytes > MAX_RECORD_BYTES {
+        return Err(invalid.at(
+            "errors.max_record_bytes",
+            format!(
+                "is {}, more than one WAL frame holds ({MAX_RECORD_BYTES} bytes of key + value); \
+                 larger records are dead-lettered as too_large anyway",
+                errors.max_record_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `[dedup]`: a key of configured columns (or the Kafka key alone), an event-time column of a
+/// usable type, and limits in range.
+fn check_dedup(
+    d: &DedupConfig,
+    columns: &[ColumnConfig],
+    invalid: &Invalid,
+) -> Result<(), ConfigError> {
+    if d.key.is_empty() {
+        return Err(invalid.at(
+            "dedup.key",
+            "must name at least one column (or \"_kafka_key\")",
+        ));
+    }
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    for k in &d.key {
+        if k == KAFKA_KEY {
+            if d.key.len() > 1 {
+                return Err(invalid.at(
                     "dedup.key",
-                    "must name at least one column (or \"_kafka_key\")".into(),
+                    "\"_kafka_key\" cannot be combined with columns",
                 ));
             }
-            let columns: Vec<&str> = self.sink.columns.iter().map(|c| c.name.as_str()).collect();
-            for k in &d.key {
-                if k == KAFKA_KEY {
-                    if d.key.len() > 1 {
-                        return Err(invalid(
-                            "dedup.key",
-                            "\"_kafka_key\" cannot be combined with columns".into(),
-                        ));
-                    }
-                } else if !columns.contains(&k.as_str()) {
-                    return Err(invalid(
-                        "dedup.key",
-                        format!(
-                            "names {k:?}, which is not a configured column (columns: {})",
-                            columns.join(", ")
-                        ),
-                    ));
-                }
-            }
-            if d.event_time != COL_TIMESTAMP {
-                match self.sink.columns.iter().find(|c| c.name == d.event_time) {
-                    Some(c) if matches!(c.kind, ColumnType::Timestamp | ColumnType::Long) => {}
-                    Some(c) => {
-                        return Err(invalid(
-                            "dedup.event_time",
-                            format!("column {:?} is {:?}; it must be a timestamp or a long", c.name, c.kind),
-                        ))
-                    }
-                    None => {
-                        return Err(invalid(
-                            "dedup.event_time",
-                            format!("names {:?}, which is neither a configured column nor \"{COL_TIMESTAMP}\"", d.event_time),
-                        ))
-                    }
-                }
-            }
-            if d.max_event_time_skew_ms > MAX_EVENT_TIME_SKEW_MS {
-                return Err(invalid(
-                    "dedup.max_event_time_skew_ms",
+        } else if !names.contains(&k.as_str()) {
+            return Err(invalid.at(
+                "dedup.key",
+                format!(
+                    "names {k:?}, which is not a configured column (columns: {})",
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    if d.event_time != COL_TIMESTAMP {
+        match columns.iter().find(|c| c.name == d.event_time) {
+            Some(c) if matches!(c.kind, ColumnType::Timestamp | ColumnType::Long) => {}
+            Some(c) => {
+                return Err(invalid.at(
+                    "dedup.event_time",
                     format!(
-                        "is {}; at most {MAX_EVENT_TIME_SKEW_MS} (100 years)",
-                        d.max_event_time_skew_ms
+                        "column {:?} is {:?}; it must be a timestamp or a long",
+                        c.name, c.kind
                     ),
-                ));
+                ))
             }
-            if d.idle_timeout_ms == 0 {
-                return Err(invalid(
-                    "dedup.idle_timeout_ms",
-                    "must be greater than 0".into(),
-                ));
+            None => {
+                return Err(invalid.at(
+                    "dedup.event_time",
+                    format!(
+                        "names {:?}, which is neither a configured column nor \"{COL_TIMESTAMP}\"",
+                        d.event_time
+                    ),
+                ))
             }
         }
-        self.table_url(path)?;
-        self.dead_letter_url(path)?;
-        Ok(())
     }
+    if d.max_event_time_skew_ms > MAX_EVENT_TIME_SKEW_MS {
+        return Err(invalid.at(
+            "dedup.max_event_time_skew_ms",
+            format!(
+                "is {}; at most {MAX_EVENT_TIME_SKEW_MS} (100 years)",
+                d.max_event_time_skew_ms
+            ),
+        ));
+    }
+    if d.idle_timeout_ms == 0 {
+        return Err(invalid.at("dedup.idle_timeout_ms", "must be greater than 0"));
+    }
+    Ok(())
+}
 
-    /// The dead-letter table's URL (see [`ErrorsConfig::dead_letter_table`]).
-    pub fn dead_letter_url(&self, config_path: &Path) -> Result<Url, ConfigError> {
-        let raw = match &self.errors.dead_letter_table {
+impl ResolvedPaths {
+    /// Resolves the table, the dead-letter table (errors name `sink.table_uri` and
+    /// `errors.dead_letter_table`) and the state directory against `config_path`'s directory.
+    fn resolve(
+        pipeline_id: &str,
+        sink: &SinkConfig,
+        checkpoint: &CheckpointConfig,
+        errors: &ErrorsConfig,
+        config_path: &Path,
+    ) -> Result<Self, ConfigError> {
+        let table_url = resolve_table(sink.table_uri.trim(), config_path, "sink.table_uri")?;
+        let dead_letter_raw = match &errors.dead_letter_table {
             Some(t) => t.trim().to_string(),
             None => format!(
                 "{}_dead_letters",
-                self.sink.table_uri.trim().trim_end_matches('/')
+                sink.table_uri.trim().trim_end_matches('/')
             ),
         };
-        resolve_table(&raw, config_path, "errors.dead_letter_table")
-    }
-
-    /// The table's URL: `sink.table_uri` as given if it is a URL, else a path resolved against
-    /// the config file's directory.
-    pub fn table_url(&self, config_path: &Path) -> Result<Url, ConfigError> {
-        resolve_table(self.sink.table_uri.trim(), config_path, "sink.table_uri")
-    }
-    /// The state directory (`checkpoint.dir`, resolved against the config file's directory).
-    pub fn state_dir(&self, config_path: &Path) -> PathBuf {
-        let base = config_path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let dir = match &self.checkpoint.dir {
-            Some(d) => base.join(d.trim()),
-            None => base.join(".tidemark").join(&self.pipeline_id),
+        let dead_letter_url =
+            resolve_table(&dead_letter_raw, config_path, "errors.dead_letter_table")?;
+        let dir = match &checkpoint.dir {
+            Some(d) => config_dir(config_path).join(d.trim()),
+            None => config_dir(config_path).join(".tidemark").join(pipeline_id),
         };
-        std::path::absolute(&dir).unwrap_or(dir)
+        let state_dir = std::path::absolute(&dir).unwrap_or(dir);
+        Ok(Self {
+            table_url,
+            dead_letter_url,
+            state_dir,
+        })
     }
+}
 
+impl PipelineConfig {
     /// Delta columns for creating the table: configured columns, then source columns if on.
     pub fn delta_columns(&self) -> Vec<StructField> {
         let mut out: Vec<StructField> = self
@@ -701,6 +809,16 @@ impl PipelineConfig {
     }
 }
 
+/// The directory relative locations in `config_path` are resolved against (`.` for a bare
+/// file name).
+fn config_dir(config_path: &Path) -> PathBuf {
+    config_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
 /// A table location: `raw` as given if it is a URL, else a path resolved against the config
 /// file's directory. Errors name `setting`.
 fn resolve_table(raw: &str, config_path: &Path, setting: &str) -> Result<Url, ConfigError> {
@@ -712,12 +830,7 @@ fn resolve_table(raw: &str, config_path: &Path, setting: &str) -> Result<Url, Co
         });
     }
 
-    let base = config_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let joined = base.join(raw);
+    let joined = config_dir(config_path).join(raw);
     let absolute = std::path::absolute(&joined).unwrap_or(joined);
     Url::from_directory_path(&absolute).map_err(|()| ConfigError::Invalid {
         path: config_path.to_path_buf(),
@@ -756,22 +869,65 @@ type = "double"
         assert_eq!(c.checkpoint.interval_ms, 1000);
         assert_eq!(c.checkpoint.wal_sync, WalSync::OnSeal);
         assert_eq!(
-            c.state_dir(Path::new("/etc/tidemark/pipeline.toml")),
+            c.paths.state_dir,
             Path::new("/etc/tidemark/.tidemark/orders")
         );
         assert_eq!(c.errors.on_invalid_record, OnInvalidRecord::DeadLetter);
         assert_eq!(
-            c.dead_letter_url(Path::new("/etc/tidemark/pipeline.toml"))
-                .unwrap()
-                .as_str(),
+            c.paths.dead_letter_url.as_str(),
             "file:///etc/tidemark/tables/orders_dead_letters/"
         );
         assert!(c.sink.source_columns);
         assert_eq!(c.delta_columns().len(), 6);
-        let url = c
-            .table_url(Path::new("/etc/tidemark/pipeline.toml"))
-            .unwrap();
-        assert_eq!(url.as_str(), "file:///etc/tidemark/tables/orders/");
+        assert_eq!(
+            c.paths.table_url.as_str(),
+            "file:///etc/tidemark/tables/orders/"
+        );
+    }
+
+    /// Locations are resolved once, at load: URLs as given, paths against the config file's
+    /// directory (`.` for a bare file name), and a bad one is refused naming its setting.
+    #[test]
+    fn locations_are_resolved_at_load_against_the_config_file() {
+        let text = GOOD.replace("\"tables/orders\"", "\"s3://bucket/orders/\"")
+            + "\n[errors]\ndead_letter_table = \" dlq \"\n[checkpoint]\ndir = \"state\"\n";
+        let c = parse(&text).unwrap();
+        assert_eq!(c.paths.table_url.as_str(), "s3://bucket/orders/");
+        assert_eq!(
+            c.paths.dead_letter_url.as_str(),
+            "file:///etc/tidemark/dlq/"
+        );
+        assert_eq!(c.paths.state_dir, Path::new("/etc/tidemark/state"));
+
+        let url = GOOD.replace("\"tables/orders\"", "\"s3://bucket/orders/\"");
+        let c = parse(&url).unwrap();
+        assert_eq!(
+            c.paths.dead_letter_url.as_str(),
+            "s3://bucket/orders_dead_letters"
+        );
+
+        let bare = PipelineConfig::parse(GOOD, Path::new("pipeline.toml")).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(bare.paths.state_dir, cwd.join(".tidemark").join("orders"));
+        assert_eq!(
+            bare.paths.table_url,
+            Url::from_directory_path(cwd.join("tables").join("orders")).unwrap()
+        );
+
+        for (text, setting) in [
+            (
+                GOOD.replace("\"tables/orders\"", "\"http://[::1\""),
+                "setting `sink.table_uri`",
+            ),
+            (
+                format!("{GOOD}\n[errors]\ndead_letter_table = \"http://[::1\"\n"),
+                "setting `errors.dead_letter_table`",
+            ),
+        ] {
+            let err = parse(&text).expect_err(setting).to_string();
+            assert!(err.contains(setting), "{setting:?} not in {err:?}");
+            assert!(err.contains("is not a valid URL"), "{err}");
+        }
     }
 
     #[test]
@@ -859,6 +1015,46 @@ type = "double"
             (
                 format!("{GOOD}\n[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 1\nmax_event_time_skew_ms = {}\n", MAX_EVENT_TIME_SKEW_MS + 1),
                 "dedup.max_event_time_skew_ms",
+            ),
+            (
+                GOOD.replace("brokers = \"127.0.0.1:9092\"", "brokers = \" \""),
+                "source.brokers",
+            ),
+            (
+                GOOD.replace("topics = [\"orders\"]", "topics = [\"orders\", \"\"]"),
+                "source.topics",
+            ),
+            (
+                GOOD.replace("table_uri = \"tables/orders\"", "table_uri = \"  \""),
+                "sink.table_uri",
+            ),
+            (
+                GOOD.replace("name = \"amount\"", "name = \"\""),
+                "sink.columns[1].name",
+            ),
+            (
+                format!("{GOOD}\n[checkpoint]\nretain = 0\n"),
+                "checkpoint.retain",
+            ),
+            (
+                format!("{GOOD}\n[checkpoint]\ndir = \" \"\n"),
+                "checkpoint.dir",
+            ),
+            (
+                format!("{GOOD}\n[checkpoint]\nenabled = false\n[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 1\n"),
+                "checkpoint.enabled",
+            ),
+            (
+                format!("{GOOD}\n[dedup]\nkey = []\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 1\n"),
+                "dedup.key",
+            ),
+            (
+                format!("{GOOD}\n[dedup]\nkey = [\"id\"]\nevent_time = \"nope\"\nallowed_lateness_ms = 1\n"),
+                "dedup.event_time",
+            ),
+            (
+                format!("{GOOD}\n[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 1\nidle_timeout_ms = 0\n"),
+                "dedup.idle_timeout_ms",
             ),
         ];
         for (text, needle) in cases {

@@ -10,6 +10,7 @@
 //! dead letters it yielded the first time. That determinism is what makes redo from the WAL
 //! safe.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
 use arrow::row::{RowConverter, SortField};
 use tidemark_connectors::dead_letter::DeadLetter;
-use tidemark_connectors::decode::{InvalidRecord, JsonDecoder, COL_TIMESTAMP};
+use tidemark_connectors::decode::{Decoded, InvalidRecord, JsonDecoder, COL_TIMESTAMP};
 use tidemark_connectors::{Positions, SourceRecord};
 
 use crate::config::{
@@ -602,7 +603,10 @@ impl OpenEpoch {
     }
 
     /// [`OpenEpoch::add`] where `stubs` lists the too-large stubs among `records` (index,
-    /// original size; in index order).
+    /// original size; in index order). The stages, in order: count the records in
+    /// ([`Self::take_in`]), refuse those that are too large or carry an unusable Kafka
+    /// timestamp ([`Self::size_check`]), decode the rest ([`Self::decode`]), and, with dedup,
+    /// give each row its verdict ([`Self::dedup_verdicts`]).
     fn add_logged(
         &mut self,
         records: &[SourceRecord],
@@ -613,45 +617,80 @@ impl OpenEpoch {
         if records.is_empty() {
             return Ok(());
         }
+        let now = self.take_in(records, stubs, p);
+        let fitting = self.size_check(records, stubs, p)?;
+        let decoded = self.decode(&fitting, p)?;
+        let Some(batch) = decoded.batch else {
+            return Ok(());
+        };
+        let (Some(spec), Some(rt)) = (p.dedup(), dedup) else {
+            self.batches.push(batch);
+            return Ok(());
+        };
+        let row_records: Vec<&SourceRecord> = decoded.rows.iter().map(|i| &fitting[*i]).collect();
+        self.dedup_verdicts(batch, &row_records, p, spec, rt, now)
+    }
+
+    /// Counts `records` into the epoch: its settings (from the first record), its start time,
+    /// end positions, records and bytes (a stub's original size). Returns the time they
+    /// arrived.
+    fn take_in(
+        &mut self,
+        records: &[SourceRecord],
+        stubs: &[(usize, u64)],
+        p: &RecordProcessor,
+    ) -> Instant {
         if self.settings.is_none() {
             self.settings = Some(p.settings.clone());
         }
-        let stub = |i: usize| {
-            stubs
-                .binary_search_by_key(&i, |(j, _)| *j)
-                .ok()
-                .map(|at| stubs[at].1)
-        };
         let now = Instant::now();
         self.first_record_at.get_or_insert(now);
         for (i, r) in records.iter().enumerate() {
             self.end.advance_past(r);
-            self.bytes += stub(i).unwrap_or(record_size(r) as u64);
+            self.bytes += stub_size(stubs, i).unwrap_or(record_size(r) as u64);
         }
         self.records += records.len() as u64;
+        now
+    }
 
-        // Too large or a Kafka timestamp out of range: never decoded.
+    /// The size stage: records too large or with a Kafka timestamp out of range are rejected
+    /// here (see [`Self::precheck`]) and never decoded. Returns the records that go on.
+    fn size_check<'r>(
+        &mut self,
+        records: &'r [SourceRecord],
+        stubs: &[(usize, u64)],
+        p: &RecordProcessor,
+    ) -> Result<Cow<'r, [SourceRecord]>, ProcessError> {
         let refused: Vec<(usize, SourceRecord, &'static str, String)> = records
             .iter()
             .enumerate()
-            .filter_map(|(i, r)| Self::precheck(p, r, stub(i)).map(|(k, why, m)| (i, k, why, m)))
+            .filter_map(|(i, r)| {
+                Self::precheck(p, r, stub_size(stubs, i)).map(|(k, why, m)| (i, k, why, m))
+            })
             .collect();
-        let owned: Vec<SourceRecord>;
-        let fitting: &[SourceRecord] = if refused.is_empty() {
+        if refused.is_empty() {
+            return Ok(Cow::Borrowed(records));
+        }
+        for (_, kept, reason, message) in &refused {
+            self.reject(p, kept, reason, message.clone())?;
+        }
+        Ok(Cow::Owned(
             records
-        } else {
-            for (_, kept, reason, message) in &refused {
-                self.reject(p, kept, reason, message.clone())?;
-            }
-            owned = records
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| refused.binary_search_by_key(i, |r| r.0).is_err())
                 .map(|(_, r)| r.clone())
-                .collect();
-            &owned
-        };
+                .collect(),
+        ))
+    }
 
+    /// The decode stage: JSON to rows of the table's schema; a record that does not decode
+    /// stops the epoch, is skipped or is dead-lettered (`errors.on_invalid_record`).
+    fn decode(
+        &mut self,
+        fitting: &[SourceRecord],
+        p: &RecordProcessor,
+    ) -> Result<Decoded, ProcessError> {
         let decoded = p
             .decoder
             .decode(fitting)
@@ -675,86 +714,24 @@ impl OpenEpoch {
                 self.reject(p, record, bad.reason.as_str(), bad.message.clone())?;
             }
         }
-        let Some(batch) = decoded.batch else {
-            return Ok(());
-        };
-        let (Some(spec), Some(rt)) = (p.dedup(), dedup) else {
-            self.batches.push(batch);
-            return Ok(());
-        };
-        let row_records: Vec<&SourceRecord> = decoded.rows.iter().map(|i| &fitting[*i]).collect();
-        let (keys, times) = p.keys_and_event_times(&batch, &row_records)?;
+        Ok(decoded)
+    }
+
+    /// The dedup stage: each row of `batch` (whose records are `row_records`) is kept, dropped
+    /// as a duplicate or late, or rejected; the kept rows join the epoch.
+    fn dedup_verdicts(
+        &mut self,
+        batch: RecordBatch,
+        row_records: &[&SourceRecord],
+        p: &RecordProcessor,
+        spec: &DedupSpec,
+        rt: &mut DedupRuntime,
+        now: Instant,
+    ) -> Result<(), ProcessError> {
+        let (keys, times) = p.keys_and_event_times(&batch, row_records)?;
         let mut keep = Vec::with_capacity(keys.len());
-        for (i, (key, time)) in keys.into_iter().zip(times).enumerate() {
-            let record = row_records[i];
-            let time = match time {
-                None => {
-                    self.reject(
-                        p,
-                        record,
-                        "null_event_time",
-                        "the event time is null or missing".into(),
-                    )?;
-                    keep.push(false);
-                    continue;
-                }
-                Some(Err(value)) => {
-                    self.reject(
-                        p,
-                        record,
-                        "event_time_out_of_range",
-                        format!("event time {value} ms does not fit microseconds"),
-                    )?;
-                    keep.push(false);
-                    continue;
-                }
-                Some(Ok(time)) => time,
-            };
-            if rt.state.in_future(time, spec.max_skew_micros) {
-                let clock = rt.state.batch_clock().unwrap_or_default();
-                self.reject(
-                    p,
-                    record,
-                    "event_time_in_future",
-                    format!(
-                        "event time {time} µs is more than dedup.max_event_time_skew_ms = {} ms after the wall clock {clock} ms",
-                        spec.max_skew_micros / 1000
-                    ),
-                )?;
-                keep.push(false);
-                continue;
-            }
-            rt.tracker
-                .observe(&record.topic, record.partition, time, now);
-            let Some(key) = key else {
-                self.reject(
-                    p,
-                    record,
-                    "null_key",
-                    "the dedup key is null or missing".into(),
-                )?;
-                keep.push(false);
-                continue;
-            };
-            match rt.state.check(&key, time) {
-                Verdict::Accept => keep.push(true),
-                Verdict::Duplicate => {
-                    self.duplicates += 1;
-                    keep.push(false);
-                }
-                Verdict::Late => {
-                    self.late += 1;
-                    if spec.late == OnLate::DeadLetter {
-                        let w = rt.state.watermark().unwrap_or(i64::MIN);
-                        self.dead_letters.push(DeadLetter::of(
-                            record,
-                            "late",
-                            format!("event time {time} µs is below the watermark {w} µs"),
-                        ));
-                    }
-                    keep.push(false);
-                }
-            }
+        for ((key, time), record) in keys.into_iter().zip(times).zip(row_records) {
+            keep.push(self.dedup_verdict(p, spec, rt, record, key, time, now)?);
         }
         let mask = BooleanArray::from(keep);
         let kept = arrow::compute::filter_record_batch(&batch, &mask).map_err(|source| {
@@ -767,6 +744,86 @@ impl OpenEpoch {
             self.batches.push(kept);
         }
         Ok(())
+    }
+
+    /// One row's verdict: whether it is kept. In order: no event time or one out of range,
+    /// too far in the future (never observed by the tracker), no key (observed), then the
+    /// dedup state's verdict (accept, duplicate, late).
+    #[allow(clippy::too_many_arguments)]
+    fn dedup_verdict(
+        &mut self,
+        p: &RecordProcessor,
+        spec: &DedupSpec,
+        rt: &mut DedupRuntime,
+        record: &SourceRecord,
+        key: DedupKeyBytes,
+        time: EventTime,
+        now: Instant,
+    ) -> Result<bool, ProcessError> {
+        let time = match time {
+            None => {
+                self.reject(
+                    p,
+                    record,
+                    "null_event_time",
+                    "the event time is null or missing".into(),
+                )?;
+                return Ok(false);
+            }
+            Some(Err(value)) => {
+                self.reject(
+                    p,
+                    record,
+                    "event_time_out_of_range",
+                    format!("event time {value} ms does not fit microseconds"),
+                )?;
+                return Ok(false);
+            }
+            Some(Ok(time)) => time,
+        };
+        if rt.state.in_future(time, spec.max_skew_micros) {
+            let clock = rt.state.batch_clock().unwrap_or_default();
+            self.reject(
+                p,
+                record,
+                "event_time_in_future",
+                format!(
+                    "event time {time} µs is more than dedup.max_event_time_skew_ms = {} ms after the wall clock {clock} ms",
+                    spec.max_skew_micros / 1000
+                ),
+            )?;
+            return Ok(false);
+        }
+        rt.tracker
+            .observe(&record.topic, record.partition, time, now);
+        let Some(key) = key else {
+            self.reject(
+                p,
+                record,
+                "null_key",
+                "the dedup key is null or missing".into(),
+            )?;
+            return Ok(false);
+        };
+        Ok(match rt.state.check(&key, time) {
+            Verdict::Accept => true,
+            Verdict::Duplicate => {
+                self.duplicates += 1;
+                false
+            }
+            Verdict::Late => {
+                self.late += 1;
+                if spec.late == OnLate::DeadLetter {
+                    let w = rt.state.watermark().unwrap_or(i64::MIN);
+                    self.dead_letters.push(DeadLetter::of(
+                        record,
+                        "late",
+                        format!("event time {time} µs is below the watermark {w} µs"),
+                    ));
+                }
+                false
+            }
+        })
     }
 
     /// Records skipped or dead-lettered for other reasons than lateness.
@@ -798,6 +855,15 @@ impl OpenEpoch {
     pub fn time_left(&self, c: &CheckpointConfig) -> Duration {
         c.interval().saturating_sub(self.age())
     }
+}
+
+/// The original size of the too-large stub at `index` among `stubs` (index, size; in index
+/// order), if that record is one.
+fn stub_size(stubs: &[(usize, u64)], index: usize) -> Option<u64> {
+    stubs
+        .binary_search_by_key(&index, |(j, _)| *j)
+        .ok()
+        .map(|at| stubs[at].1)
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 //! `txn = epoch`, which is never made twice: recovery ([`crate::recovery`]) compares the
 //! checkpoint, the WAL and the table's txn version before anything is written.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -166,17 +165,16 @@ pub struct Totals {
     pub dead_lettered: u64,
 }
 
-/// Runs the pipeline described by `config` (read from `config_path`) until caught up (if asked)
+/// Runs the pipeline described by `config` until caught up (if asked)
 /// or until `shutdown` is requested. Recovery runs first.
 pub async fn run(
     config: &PipelineConfig,
-    config_path: &Path,
     options: RunOptions,
     shutdown: Shutdown,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
     // First of all: the state directory is this process's alone, or nothing is touched.
-    let state = config.state_dir(config_path);
+    let state = config.paths.state_dir.clone();
     let lock = StateLock::acquire(&state, RunId::generate())?;
     info!(state = %state.display(), run = %lock.run(), "state directory locked");
     let sink_options = SinkOptions {
@@ -186,7 +184,7 @@ pub async fn run(
         })?,
         run_id: *lock.run(),
     };
-    let tables = open_tables(config, config_path, &sink_options).await?;
+    let tables = open_tables(config, &sink_options).await?;
 
     let recovery_started = Instant::now();
     let (mut committer, mut open, mut recovered) = recovery::recover(
@@ -281,10 +279,9 @@ struct Tables {
 /// checks the table against the configured columns.
 async fn open_tables(
     config: &PipelineConfig,
-    config_path: &Path,
     sink_options: &SinkOptions,
 ) -> Result<Tables, PipelineError> {
-    let url = config.table_url(config_path)?;
+    let url = config.paths.table_url.clone();
     let table_name = config
         .sink
         .table_name
@@ -309,7 +306,7 @@ async fn open_tables(
             .as_ref()
             .is_some_and(|d| d.late == OnLate::DeadLetter);
     let dead_letters = if wants_dead_letters {
-        let url = config.dead_letter_url(config_path)?;
+        let url = config.paths.dead_letter_url.clone();
         let name = format!("{table_name}_dead_letters");
         let dlq = open_table(
             &url,

@@ -2,7 +2,6 @@
 //! recovery would do next. It only reads: the store is opened read-only (a running pipeline
 //! keeps its lock), the WAL is read without repairing it, and the table is never created.
 
-use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -103,8 +102,8 @@ pub struct TableStatus {
 }
 
 /// Gathers the status of the pipeline in `config`.
-pub async fn status(config: &PipelineConfig, config_path: &Path) -> Result<Status, StatusError> {
-    let state = config.state_dir(config_path);
+pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
+    let state = config.paths.state_dir.clone();
     let store_path = store_dir(&state);
     // What `run` would make of the store: corruption is a lost store, any other error stops.
     let mut store_corrupt = false;
@@ -177,7 +176,7 @@ pub async fn status(config: &PipelineConfig, config_path: &Path) -> Result<Statu
         }
     }
 
-    let url = config.table_url(config_path)?;
+    let url = config.paths.table_url.clone();
     let mut continues = None;
     let table = match DeltaSink::open_existing(&url, &config.pipeline_id).await? {
         Some(mut sink) => {
