@@ -474,6 +474,18 @@ mod tests {
         }
     }
 
+    /// Offset 1 of partition 0 of topic `t`, with no timestamp, key or payload.
+    fn bare_record() -> SourceRecord {
+        SourceRecord {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset: 1,
+            timestamp_ms: None,
+            key: None,
+            payload: None,
+        }
+    }
+
     proptest! {
         #[test]
         fn records_round_trip(r in record()) {
@@ -584,14 +596,7 @@ mod tests {
         assert!(decode_batch_clock(&buf[..5]).is_err());
         // Records before any clock (a WAL of an older build) form a batch without one.
         let mut replay = Replay::default();
-        let r = SourceRecord {
-            topic: Arc::from("t"),
-            partition: 0,
-            offset: 1,
-            timestamp_ms: None,
-            key: None,
-            payload: None,
-        };
+        let r = bare_record();
         replay.push(whole(r.clone()));
         replay.clock(7);
         replay.push(whole(r));
@@ -645,17 +650,7 @@ mod tests {
     #[test]
     fn a_newer_version_is_named() {
         let mut buf = Vec::new();
-        encode_record(
-            &SourceRecord {
-                topic: Arc::from("t"),
-                partition: 0,
-                offset: 1,
-                timestamp_ms: None,
-                key: None,
-                payload: None,
-            },
-            &mut buf,
-        );
+        encode_record(&bare_record(), &mut buf);
         buf[0] = 9;
         assert_eq!(
             RecordDecoder::default().decode(&buf),
