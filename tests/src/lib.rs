@@ -154,9 +154,17 @@ pub fn order_json(i: u64) -> Vec<u8> {
 /// [`order_json`], except `b"not json"` for the records where `bad(i)` holds: a stream with
 /// known malformed records.
 pub fn order_json_unless(bad: impl Fn(u64) -> bool) -> impl Fn(u64) -> Vec<u8> {
+    order_json_except(bad, |_| b"not json".to_vec())
+}
+
+/// [`order_json`], except `other(i)` for the records where `special(i)` holds.
+pub fn order_json_except(
+    special: impl Fn(u64) -> bool,
+    other: impl Fn(u64) -> Vec<u8>,
+) -> impl Fn(u64) -> Vec<u8> {
     move |i| {
-        if bad(i) {
-            b"not json".to_vec()
+        if special(i) {
+            other(i)
         } else {
             order_json(i)
         }

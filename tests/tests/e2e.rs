@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use tidemark_tests::{
-    broker, create_topic, order_json, order_json_unless, produce, summary, unique_topic, Fixture,
+    broker, create_topic, order_json, order_json_except, order_json_unless, produce, summary,
+    unique_topic, Fixture,
 };
 use tidemark_tools::audit;
 
@@ -36,10 +37,29 @@ async fn topic_and_fixture(
     n: u64,
     extra: &str,
 ) -> (Fixture, std::collections::BTreeMap<(String, i32), i64>) {
+    let (_, fixture, ends) =
+        topic_of_values_and_fixture(brokers, prefix, partitions, n, order_json, extra).await;
+    (fixture, ends)
+}
+
+/// Like [`topic_and_fixture`] with `value(i)` as the i-th record; returns the topic too.
+async fn topic_of_values_and_fixture(
+    brokers: &str,
+    prefix: &str,
+    partitions: i32,
+    n: u64,
+    value: impl Fn(u64) -> Vec<u8>,
+    extra: &str,
+) -> (
+    String,
+    Fixture,
+    std::collections::BTreeMap<(String, i32), i64>,
+) {
     let topic = unique_topic(prefix);
     create_topic(brokers, &topic, partitions).await;
-    let ends = produce(brokers, &topic, partitions, n, order_json);
-    (Fixture::new(Path::new(EXE), brokers, &topic, extra), ends)
+    let ends = produce(brokers, &topic, partitions, n, value);
+    let fixture = Fixture::new(Path::new(EXE), brokers, &topic, extra);
+    (topic, fixture, ends)
 }
 
 /// The table read back through deltalake: live files and the pipeline's txn version.
@@ -108,22 +128,15 @@ async fn invalid_record_fails_naming_topic_partition_offset() {
             "schema_mismatch",
         ),
     ] {
-        let topic = unique_topic("invalid");
-        create_topic(&brokers, &topic, 1).await;
-        let bad2 = bad.clone();
-        produce(&brokers, &topic, 1, 20, move |i| {
-            if i == 13 {
-                bad2.clone()
-            } else {
-                order_json(i)
-            }
-        });
-        let fixture = Fixture::new(
-            Path::new(EXE),
+        let (topic, fixture, _) = topic_of_values_and_fixture(
             &brokers,
-            &topic,
+            "invalid",
+            1,
+            20,
+            order_json_except(|i| i == 13, move |_| bad.clone()),
             "[errors]\non_invalid_record = \"fail\"\n",
-        );
+        )
+        .await;
         let out = fixture.run_to_end(&[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -147,21 +160,15 @@ async fn invalid_record_fails_naming_topic_partition_offset() {
 #[tokio::test(flavor = "multi_thread")]
 async fn skipped_records_are_listed_in_commit_info() {
     let Some(brokers) = broker() else { return };
-    let topic = unique_topic("skip");
-    create_topic(&brokers, &topic, 2).await;
-    let ends = produce(
+    let (_, fixture, ends) = topic_of_values_and_fixture(
         &brokers,
-        &topic,
+        "skip",
         2,
         1_000,
         order_json_unless(|i| i % 97 == 0),
-    );
-    let fixture = Fixture::new(
-        Path::new(EXE),
-        &brokers,
-        &topic,
         "[errors]\non_invalid_record = \"skip\"\n",
-    );
+    )
+    .await;
     let out = fixture.run_to_end(&[]);
     assert!(
         out.status.success(),

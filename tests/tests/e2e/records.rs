@@ -8,12 +8,12 @@ use std::path::Path;
 
 use tidemark_engine::fault;
 use tidemark_tests::{
-    broker, create_topic, order_json, produce, produce_messages, stderr_of, summary, unique_topic,
+    broker, create_topic, order_json_except, produce_messages, stderr_of, summary, unique_topic,
     Fixture, Message,
 };
 use tidemark_tools::audit;
 
-use super::{assert_exactly_once, EXE};
+use super::{assert_exactly_once, topic_of_values_and_fixture, EXE};
 
 /// Runs the pipeline with the crash point `spec` armed and asserts it was SIGKILLed there.
 fn run_crashing_at(fixture: &Fixture, spec: &str) {
@@ -50,28 +50,38 @@ fn is_oversized(i: u64) -> bool {
     i % 97 == 5
 }
 
+/// A fresh topic of `n` order records over `partitions`, those where [`is_oversized`] holds
+/// [`oversized_json`], and a pipeline fixture reading it with `max_record_bytes = 2048` and
+/// epochs of `max_records`; returns the topic, the fixture and each partition's end offset.
+async fn oversized_topic_and_fixture(
+    brokers: &str,
+    prefix: &str,
+    partitions: i32,
+    n: u64,
+    max_records: u64,
+) -> (String, Fixture, BTreeMap<(String, i32), i64>) {
+    topic_of_values_and_fixture(
+        brokers,
+        prefix,
+        partitions,
+        n,
+        order_json_except(is_oversized, oversized_json),
+        &format!(
+            "[checkpoint]\ninterval_ms = 200\nmax_records = {max_records}\n\n[errors]\nmax_record_bytes = 2048\n"
+        ),
+    )
+    .await
+}
+
 /// Item 7: records over `errors.max_record_bytes` go to the dead-letter table as `too_large`,
 /// exactly once, through a SIGKILL mid-epoch (unsealed replay) and one after a seal (redo);
 /// every other record is in the table exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_records_are_dead_lettered_exactly_once_across_sigkills() {
     let Some(brokers) = broker() else { return };
-    let topic = unique_topic("oversized");
-    create_topic(&brokers, &topic, 2).await;
     let n = 2_000u64;
-    let ends = produce(&brokers, &topic, 2, n, |i| {
-        if is_oversized(i) {
-            oversized_json(i)
-        } else {
-            order_json(i)
-        }
-    });
-    let fixture = Fixture::new(
-        Path::new(EXE),
-        &brokers,
-        &topic,
-        "[checkpoint]\ninterval_ms = 200\nmax_records = 150\n\n[errors]\nmax_record_bytes = 2048\n",
-    );
+    let (topic, fixture, ends) =
+        oversized_topic_and_fixture(&brokers, "oversized", 2, n, 150).await;
     run_crashing_at(&fixture, "after_wal_append@3");
     run_crashing_at(&fixture, "after_seal@2");
     let out = fixture.run_to_end(&[]);
@@ -201,22 +211,8 @@ async fn far_future_event_times_are_dead_lettered_and_do_not_freeze_the_watermar
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redo_after_a_config_change_is_refused_naming_the_setting() {
     let Some(brokers) = broker() else { return };
-    let topic = unique_topic("redocfg");
-    create_topic(&brokers, &topic, 1).await;
     let n = 600u64;
-    let ends = produce(&brokers, &topic, 1, n, |i| {
-        if is_oversized(i) {
-            oversized_json(i)
-        } else {
-            order_json(i)
-        }
-    });
-    let fixture = Fixture::new(
-        Path::new(EXE),
-        &brokers,
-        &topic,
-        "[checkpoint]\ninterval_ms = 200\nmax_records = 200\n\n[errors]\nmax_record_bytes = 2048\n",
-    );
+    let (topic, fixture, ends) = oversized_topic_and_fixture(&brokers, "redocfg", 1, n, 200).await;
     run_crashing_at(&fixture, "after_seal");
     let original = std::fs::read_to_string(&fixture.config).unwrap();
     let changed = original.replace("max_record_bytes = 2048", "max_record_bytes = 4096");
