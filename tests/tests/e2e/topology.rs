@@ -20,9 +20,9 @@ use tidemark_tests::{
     broker, create_topic, drain_stderr, order_json, produce, produce_messages, stderr_of,
     strip_ansi, summary, unique_topic, Fixture, Message,
 };
-use tidemark_tools::audit;
+use tidemark_tools::audit::{self, LogReplay};
 
-use super::EXE;
+use super::{topic_of_values_and_fixture, EXE};
 
 /// A tansu broker of this test alone (so it can be stopped and its storage changed).
 struct OwnBroker {
@@ -273,10 +273,8 @@ async fn a_broker_outage_while_running_is_retried_and_survived() {
     }
     let mut own = OwnBroker::start();
     let brokers = own.brokers();
-    let topic = unique_topic("outage");
-    create_topic(&brokers, &topic, 2).await;
-    let ends = produce(&brokers, &topic, 2, 200, order_json);
-    let fixture = Fixture::new(Path::new(EXE), &brokers, &topic, PIPELINE);
+    let (topic, fixture, ends) =
+        topic_of_values_and_fixture(&brokers, "outage", 2, 200, order_json, PIPELINE).await;
     let mut child = fixture.spawn(false, &[]);
     wait_rows(&fixture.table, 200, Duration::from_secs(60), &mut child);
 
@@ -329,26 +327,37 @@ async fn delete_topic(brokers: &str, topic: &str) {
     }
 }
 
+/// A fresh topic of 200 order records over 2 partitions, read to its end exactly once by a
+/// fresh pipeline; returns the topic, the fixture and the table's log as it was then.
+async fn a_topic_read_to_its_end(brokers: &str, prefix: &str) -> (String, Fixture, LogReplay) {
+    let (topic, fixture, ends) =
+        topic_of_values_and_fixture(brokers, prefix, 2, 200, order_json, "").await;
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(audit::check_exactly_once(&fixture.table, &ends)
+        .unwrap()
+        .ok());
+    let before = audit::replay_log(&fixture.table).unwrap();
+    (topic, fixture, before)
+}
+
+/// Deletes `topic` and creates it again with `records` order records over `partitions`.
+async fn recreate_topic(brokers: &str, topic: &str, partitions: i32, records: u64) {
+    delete_topic(brokers, topic).await;
+    create_topic(brokers, topic, partitions).await;
+    produce(brokers, topic, partitions, records, order_json);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_and_recreated_topic_is_refused_naming_it() {
     let Some(brokers) = broker() else { return };
     // (partitions after recreation, records after recreation): fewer records on as many
     // partitions (a position past the end), and a partition fewer (a stored partition gone).
     for (case, (partitions, records)) in [(2, 20u64), (1, 400)].into_iter().enumerate() {
-        let topic = unique_topic(&format!("recreate{case}"));
-        create_topic(&brokers, &topic, 2).await;
-        let ends = produce(&brokers, &topic, 2, 200, order_json);
-        let fixture = Fixture::new(Path::new(EXE), &brokers, &topic, "");
-        let out = fixture.run_to_end(&[]);
-        assert!(out.status.success(), "{}", stderr_of(&out));
-        assert!(audit::check_exactly_once(&fixture.table, &ends)
-            .unwrap()
-            .ok());
-        let before = audit::replay_log(&fixture.table).unwrap();
+        let (topic, fixture, before) =
+            a_topic_read_to_its_end(&brokers, &format!("recreate{case}")).await;
 
-        delete_topic(&brokers, &topic).await;
-        create_topic(&brokers, &topic, partitions).await;
-        produce(&brokers, &topic, partitions, records, order_json);
+        recreate_topic(&brokers, &topic, partitions, records).await;
 
         let out = fixture.run_to_end(&[]);
         let stderr = stderr_of(&out);
@@ -407,16 +416,7 @@ fn broker_topic_id(brokers: &str, topic: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recreated_topic_with_more_records_is_refused_by_its_topic_id() {
     let Some(brokers) = broker() else { return };
-    let topic = unique_topic("recreate_id");
-    create_topic(&brokers, &topic, 2).await;
-    let ends = produce(&brokers, &topic, 2, 200, order_json);
-    let fixture = Fixture::new(Path::new(EXE), &brokers, &topic, "");
-    let out = fixture.run_to_end(&[]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
-    assert!(audit::check_exactly_once(&fixture.table, &ends)
-        .unwrap()
-        .ok());
-    let before = audit::replay_log(&fixture.table).unwrap();
+    let (topic, fixture, before) = a_topic_read_to_its_end(&brokers, "recreate_id").await;
     let old_id = broker_topic_id(&brokers, &topic);
     let recorded = &before.epochs.last().unwrap().1.topic_ids;
     assert_eq!(
@@ -425,9 +425,7 @@ async fn a_recreated_topic_with_more_records_is_refused_by_its_topic_id() {
         "the commit records the topic id"
     );
 
-    delete_topic(&brokers, &topic).await;
-    create_topic(&brokers, &topic, 2).await;
-    produce(&brokers, &topic, 2, 600, order_json);
+    recreate_topic(&brokers, &topic, 2, 600).await;
     let new_id = broker_topic_id(&brokers, &topic);
     assert_ne!(old_id, new_id, "tansu gives a recreated topic a new id");
 
@@ -460,18 +458,14 @@ async fn a_recreated_topic_with_more_records_is_refused_by_its_topic_id() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_topic_recreated_while_running_stops_the_pipeline() {
     let Some(brokers) = broker() else { return };
-    let topic = unique_topic("recreate_live");
-    create_topic(&brokers, &topic, 2).await;
-    let ends = produce(&brokers, &topic, 2, 200, order_json);
-    let fixture = Fixture::new(Path::new(EXE), &brokers, &topic, PIPELINE);
+    let (topic, fixture, ends) =
+        topic_of_values_and_fixture(&brokers, "recreate_live", 2, 200, order_json, PIPELINE).await;
     let mut child = fixture.spawn(false, &[]);
     let log = drain_stderr(&mut child);
     wait_rows(&fixture.table, 200, Duration::from_secs(60), &mut child);
     let old_id = broker_topic_id(&brokers, &topic);
 
-    delete_topic(&brokers, &topic).await;
-    create_topic(&brokers, &topic, 2).await;
-    produce(&brokers, &topic, 2, 600, order_json);
+    recreate_topic(&brokers, &topic, 2, 600).await;
     let new_id = broker_topic_id(&brokers, &topic);
 
     let deadline = Instant::now() + Duration::from_secs(60);
