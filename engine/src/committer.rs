@@ -69,16 +69,8 @@ pub enum CommitError {
 pub struct EpochReport {
     /// The epoch.
     pub epoch: u64,
-    /// Records in it.
-    pub records: u64,
-    /// Rows written.
-    pub rows: u64,
-    /// Records skipped or dead-lettered as invalid.
-    pub skipped: u64,
-    /// Duplicates dropped.
-    pub duplicates: u64,
-    /// Late records.
-    pub late: u64,
+    /// What became of its records.
+    pub counts: Counts,
     /// Rows written to the dead-letter table.
     pub dead_letters: u64,
     /// Parquet files written.
@@ -186,6 +178,18 @@ impl DeadLetterTable {
     /// The letters of `letters` the table does not hold yet (see the invariant).
     pub fn not_yet_written<'a>(&self, letters: &'a [DeadLetter]) -> Vec<&'a DeadLetter> {
         letters_at_or_after(&self.end, letters)
+    }
+}
+
+/// The [`Counts`] a commit of this pipeline recorded: the inverse of
+/// [`Committer::commit_info`] (skipped records count as dead-lettered).
+pub fn counts_of_commit(info: &EpochCommitInfo) -> Counts {
+    Counts {
+        read: info.records_read,
+        written: info.rows_written,
+        duplicates: info.duplicates,
+        late: info.late,
+        dead_lettered: info.dead_lettered + info.records_skipped,
     }
 }
 
@@ -424,19 +428,13 @@ impl Committer {
         let open = sealed.open;
         let started = Instant::now();
         let epoch = open.epoch;
-        let rows = open.rows();
-        debug_assert_eq!(
-            open.records,
-            rows + open.duplicates + open.late + open.invalid(),
+        debug_assert!(
+            open.counts().add_up(),
             "every record is written, a duplicate, late or invalid"
         );
         let mut report = EpochReport {
             epoch,
-            records: open.records,
-            rows,
-            skipped: open.invalid(),
-            duplicates: open.duplicates,
-            late: open.late,
+            counts: open.counts(),
             dead_letters: open.dead_letters.len() as u64,
             end: open.end.clone(),
             ..EpochReport::default()
@@ -491,8 +489,12 @@ impl Committer {
         Ok(report)
     }
 
-    /// What the commit of `open` records in its commitInfo.
+    /// What the commit of `open` records in its commitInfo: its [`Counts`] in the commitInfo's
+    /// wire shape, where skipped records (`errors.on_invalid_record = "skip"`) are listed and
+    /// counted apart from the dead-lettered ones ([`counts_of_commit`] is the inverse).
     fn commit_info(&self, open: &OpenEpoch) -> EpochCommitInfo {
+        let counts = open.counts();
+        let skipped_count = (open.skipped.len() + open.skipped_other.len()) as u64;
         let watermark = self.dedup.as_ref().and_then(|d| d.state.watermark());
         let mut skipped_list: Vec<SkippedRecord> = open.skipped.iter().map(skipped).collect();
         skipped_list.extend(open.skipped_other.iter().map(|(r, reason)| SkippedRecord {
@@ -508,13 +510,13 @@ impl Committer {
             epoch: open.epoch as i64,
             start_positions: open.start.clone(),
             end_positions: open.end.clone(),
-            records_read: open.records,
-            rows_written: open.rows(),
-            records_skipped: (open.skipped.len() + open.skipped_other.len()) as u64,
+            records_read: counts.read,
+            rows_written: counts.written,
+            records_skipped: skipped_count,
             skipped: skipped_list,
-            duplicates: open.duplicates,
-            late: open.late,
-            dead_lettered: open.invalid() - (open.skipped.len() + open.skipped_other.len()) as u64,
+            duplicates: counts.duplicates,
+            late: counts.late,
+            dead_lettered: counts.dead_lettered - skipped_count,
             watermark,
             topic_ids: self.sink.topic_ids().clone(),
         }
@@ -562,20 +564,12 @@ impl Committer {
     /// [`Committer::commit_sealed`] fills [`EpochCommitInfo`] (skipped records count as
     /// dead-lettered). Used to rebuild totals from the table when no checkpoint has them.
     pub fn add_committed(&mut self, info: &EpochCommitInfo) {
-        self.totals.read += info.records_read;
-        self.totals.written += info.rows_written;
-        self.totals.duplicates += info.duplicates;
-        self.totals.late += info.late;
-        self.totals.dead_lettered += info.dead_lettered + info.records_skipped;
+        self.totals += counts_of_commit(info);
     }
 
     /// Adds an epoch's counts to the totals (an epoch whose commit landed).
     pub fn add_totals(&mut self, open: &OpenEpoch) {
-        self.totals.read += open.records;
-        self.totals.written += open.rows();
-        self.totals.duplicates += open.duplicates;
-        self.totals.late += open.late;
-        self.totals.dead_lettered += open.invalid();
+        self.totals += open.counts();
     }
 
     /// Dead letters first (only those the dead-letter table does not hold yet, see

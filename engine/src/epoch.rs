@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
 use arrow::row::{RowConverter, SortField};
+use tidemark_checkpoint::store::Counts;
 use tidemark_connectors::dead_letter::DeadLetter;
 use tidemark_connectors::decode::{Decoded, InvalidRecord, JsonDecoder, COL_TIMESTAMP};
 use tidemark_connectors::{Positions, SourceRecord};
@@ -829,6 +830,17 @@ impl OpenEpoch {
     /// Records skipped or dead-lettered for other reasons than lateness.
     pub fn invalid(&self) -> u64 {
         self.invalid
+    }
+
+    /// The epoch's record accounting (every record is a row, a duplicate, late or invalid).
+    pub fn counts(&self) -> Counts {
+        Counts {
+            read: self.records,
+            written: self.rows(),
+            duplicates: self.duplicates,
+            late: self.late,
+            dead_lettered: self.invalid(),
+        }
     }
 
     /// Rows the epoch will write.

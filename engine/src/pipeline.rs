@@ -9,6 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+use tidemark_checkpoint::store::Counts;
+
 use serde::Serialize;
 use tidemark_connectors::dead_letter;
 use tidemark_connectors::decode::JsonDecoder;
@@ -135,7 +137,7 @@ pub struct RunSummary {
     /// Share of wall time spent writing checkpoints (RocksDB), 0..1.
     pub checkpoint_time_share: f64,
     /// Totals over the pipeline's life, as in the newest checkpoint.
-    pub totals: Totals,
+    pub totals: Counts,
     /// Bytes this run appended to the WAL.
     pub wal_bytes: u64,
     /// Peak resident memory of the process (VmHWM), in bytes.
@@ -148,21 +150,6 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-/// Totals that must add up: `read = written + duplicates + late + dead_lettered`.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Totals {
-    /// Records read.
-    pub read: u64,
-    /// Rows written.
-    pub written: u64,
-    /// Duplicates dropped.
-    pub duplicates: u64,
-    /// Late records dropped.
-    pub late: u64,
-    /// Records skipped or dead-lettered.
-    pub dead_lettered: u64,
 }
 
 /// Runs the pipeline described by `config` until caught up (if asked)
@@ -399,11 +386,11 @@ async fn run_epochs(
             info!(
                 epoch = report.epoch,
                 version = ?report.version,
-                records = report.records,
-                rows = report.rows,
-                skipped = report.skipped,
-                duplicates = report.duplicates,
-                late = report.late,
+                records = report.counts.read,
+                rows = report.counts.written,
+                skipped = report.counts.dead_lettered,
+                duplicates = report.counts.duplicates,
+                late = report.counts.late,
                 dead_letters = report.dead_letters,
                 files = report.files,
                 commit_ms = report.commit_micros / 1000,
@@ -435,6 +422,8 @@ async fn run_epochs(
 /// What a run measures as it goes, folded into the summary at the end.
 struct RunStats {
     started: Instant,
+    /// What became of the records this run committed.
+    run: Counts,
     latencies: Vec<u64>,
     checkpoint_micros: u64,
 }
@@ -443,6 +432,7 @@ impl RunStats {
     fn new(started: Instant) -> Self {
         Self {
             started,
+            run: Counts::default(),
             latencies: Vec::new(),
             checkpoint_micros: 0,
         }
@@ -466,11 +456,7 @@ impl RunStats {
                 );
             }
         }
-        summary.records_read += report.records;
-        summary.rows_written += report.rows;
-        summary.records_skipped += report.skipped;
-        summary.duplicates += report.duplicates;
-        summary.late += report.late;
+        self.run += report.counts;
         summary.dead_letters += report.dead_letters;
         summary.files_written += report.files;
         self.latencies.push(report.commit_micros);
@@ -498,14 +484,13 @@ impl RunStats {
         }
         summary.wal_bytes = committer.wal_bytes();
         summary.peak_rss_bytes = peak_rss_bytes();
-        let t = committer.totals();
-        summary.totals = Totals {
-            read: t.read,
-            written: t.written,
-            duplicates: t.duplicates,
-            late: t.late,
-            dead_lettered: t.dead_lettered,
-        };
+        summary.totals = committer.totals();
+        // The summary's per-run fields are its JSON contract; they come from one `Counts`.
+        summary.records_read = self.run.read;
+        summary.rows_written = self.run.written;
+        summary.records_skipped = self.run.dead_lettered;
+        summary.duplicates = self.run.duplicates;
+        summary.late = self.run.late;
     }
 }
 

@@ -584,7 +584,7 @@ async fn from_checkpoint(
             let end = open.end.clone();
             let sealed = committer.seal(open)?;
             let report = committer.commit_sealed(sealed, None).await?;
-            info!(epoch, version = ?report.version, rows = report.rows, "recovery: resumed epoch committed");
+            info!(epoch, version = ?report.version, rows = report.counts.written, "recovery: resumed epoch committed");
             outcome.committed_at_start = Some(report);
             outcome.next_epoch = epoch + 1;
             Ok((committer, OpenEpoch::new(epoch + 1, end), outcome))
@@ -602,7 +602,7 @@ async fn from_checkpoint(
             let report = committer
                 .commit_sealed(SealedEpoch::replayed(open), None)
                 .await?;
-            info!(epoch, version = ?report.version, rows = report.rows, "recovery: redone epoch committed");
+            info!(epoch, version = ?report.version, rows = report.counts.written, "recovery: redone epoch committed");
             outcome.committed_at_start = Some(report);
             outcome.next_epoch = epoch + 1;
             Ok((

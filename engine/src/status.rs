@@ -5,6 +5,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use tidemark_checkpoint::store::Counts;
 use tidemark_checkpoint::wal::{segment_files, FrameKind, WalReader};
 use tidemark_checkpoint::{CheckpointStore, WalPosition};
 use tidemark_connectors::delta::DeltaSink;
@@ -70,7 +71,7 @@ pub struct CheckpointStatus {
     /// Retained checkpoints (epochs, newest first).
     pub retained: Vec<u64>,
     /// Totals: read, written, duplicates, late, dead-lettered.
-    pub counts: [u64; 5],
+    pub counts: Counts,
 }
 
 /// The WAL.
@@ -139,13 +140,7 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
         positions: from_store_positions(&c.positions),
         age_secs: now.saturating_sub(c.created_at_ms) as f64 / 1000.0,
         retained: history.iter().map(|r| r.epoch).collect(),
-        counts: [
-            c.counts.read,
-            c.counts.written,
-            c.counts.duplicates,
-            c.counts.late,
-            c.counts.dead_lettered,
-        ],
+        counts: c.counts,
     });
 
     let wal_path = wal_dir(&state);
@@ -278,7 +273,11 @@ impl Status {
                 ));
                 line(format!(
                     "  totals     read {} = written {} + duplicates {} + late {} + dead-lettered {}",
-                    c.counts[0], c.counts[1], c.counts[2], c.counts[3], c.counts[4]
+                    c.counts.read,
+                    c.counts.written,
+                    c.counts.duplicates,
+                    c.counts.late,
+                    c.counts.dead_lettered
                 ));
                 line(format!("  retained   {:?}", c.retained));
             }

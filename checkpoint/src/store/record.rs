@@ -27,8 +27,10 @@ pub struct SourcePosition {
     pub offset: i64,
 }
 
-/// Running totals that must always add up: read = written + duplicates + late + dead_lettered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+/// Counts that must always add up: read = written + duplicates + late + dead_lettered. The
+/// one shape of record accounting: an epoch's counts, a checkpoint's running totals, a run's
+/// summary and `tidemark status` are all `Counts`, added with `+`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Counts {
     /// Records read.
     pub read: u64,
@@ -40,6 +42,32 @@ pub struct Counts {
     pub late: u64,
     /// Records sent to the dead-letter sink.
     pub dead_lettered: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Self) {
+        self.read += other.read;
+        self.written += other.written;
+        self.duplicates += other.duplicates;
+        self.late += other.late;
+        self.dead_lettered += other.dead_lettered;
+    }
+}
+
+impl std::ops::Add for Counts {
+    type Output = Self;
+
+    fn add(mut self, other: Self) -> Self {
+        self += other;
+        self
+    }
+}
+
+impl Counts {
+    /// True when `read = written + duplicates + late + dead_lettered`.
+    pub fn add_up(&self) -> bool {
+        self.read == self.written + self.duplicates + self.late + self.dead_lettered
+    }
 }
 
 /// Everything a checkpoint records besides the dedup state.
