@@ -13,6 +13,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 use deltalake::kernel::{DataType as DeltaType, StructField};
 
+use crate::ids::Epoch;
 use crate::record::SourceRecord;
 
 /// One dead letter: the record's coordinates and bytes, and why it is here.
@@ -96,7 +97,7 @@ pub fn arrow_schema() -> SchemaRef {
 pub fn to_batch(
     schema: &SchemaRef,
     pipeline_id: &str,
-    epoch: i64,
+    epoch: Epoch,
     letters: &[&DeadLetter],
 ) -> Result<RecordBatch, ArrowError> {
     let columns: Vec<ArrayRef> = vec![
@@ -132,7 +133,9 @@ pub fn to_batch(
         Arc::new(StringArray::from_iter_values(
             letters.iter().map(|_| pipeline_id),
         )),
-        Arc::new(Int64Array::from_iter_values(letters.iter().map(|_| epoch))),
+        Arc::new(Int64Array::from_iter_values(
+            letters.iter().map(|_| epoch.to_txn()),
+        )),
     ];
     RecordBatch::try_new(schema.clone(), columns)
 }
@@ -154,7 +157,7 @@ mod tests {
         let b = to_batch(
             &arrow_schema(),
             "p",
-            3,
+            Epoch::new(3),
             &[&DeadLetter::of(&r, "malformed_json", "bad")],
         )
         .unwrap();
@@ -181,7 +184,7 @@ mod tests {
             payload: None,
         };
         let letter = DeadLetter::of(&r, "timestamp_out_of_range", "x");
-        let b = to_batch(&arrow_schema(), "p", 3, &[&letter]).unwrap();
+        let b = to_batch(&arrow_schema(), "p", Epoch::new(3), &[&letter]).unwrap();
         assert!(b.column_by_name("kafka_timestamp").unwrap().is_null(0));
     }
 }

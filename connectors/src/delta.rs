@@ -43,6 +43,7 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use crate::durable_store::DurableLocalStore;
+use crate::ids::Epoch;
 use crate::parquet_file;
 use crate::record::Positions;
 
@@ -331,7 +332,7 @@ pub struct EpochCommitInfo {
     /// The pipeline that wrote the commit (also the txn appId).
     pub pipeline_id: String,
     /// The epoch the commit holds (also the txn version).
-    pub epoch: i64,
+    pub epoch: Epoch,
     /// Positions at the start of the epoch.
     pub start_positions: Positions,
     /// Positions at the end of the epoch: where the next epoch starts.
@@ -382,7 +383,7 @@ pub enum CommitOutcome {
     /// nothing was written.
     AlreadyCommitted {
         /// The table's txn version for the pipeline.
-        txn_version: i64,
+        txn_version: Epoch,
     },
 }
 
@@ -423,7 +424,7 @@ pub struct SweepReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataFileName {
     /// The epoch whose rows it holds.
-    pub epoch: i64,
+    pub epoch: Epoch,
     /// Its part number within the epoch.
     pub part: usize,
     /// The run that wrote it (`None`: a name from before run ids).
@@ -631,17 +632,18 @@ impl DeltaSink {
     }
 
     /// The table's txn version for this pipeline: the newest epoch committed, if any.
-    pub async fn txn_version(&mut self) -> Result<Option<i64>, DeltaSinkError> {
+    pub async fn txn_version(&mut self) -> Result<Option<Epoch>, DeltaSinkError> {
         self.refresh().await?;
         self.loaded_txn_version().await
     }
 
     /// The txn version in the state as last loaded (no refresh).
-    async fn loaded_txn_version(&self) -> Result<Option<i64>, DeltaSinkError> {
+    async fn loaded_txn_version(&self) -> Result<Option<Epoch>, DeltaSinkError> {
         let snapshot = self.table.snapshot().map_err(self.err("snapshot"))?;
         snapshot
             .transaction_version(self.table.log_store().as_ref(), &self.app_id)
             .await
+            .map(|v| v.map(Epoch::from_txn))
             .map_err(self.err("read txn version"))
     }
 
@@ -649,7 +651,7 @@ impl DeltaSink {
     /// version and its newest commit with what that commit recorded in commitInfo.
     pub async fn progress(
         &mut self,
-    ) -> Result<(Option<i64>, Option<TableProgress>), DeltaSinkError> {
+    ) -> Result<(Option<Epoch>, Option<TableProgress>), DeltaSinkError> {
         self.refresh().await?;
         Ok((
             self.loaded_txn_version().await?,
@@ -753,7 +755,7 @@ impl DeltaSink {
     /// rename), so a crash or a full disk never leaves a partial file under a final name.
     pub async fn write_epoch_files(
         &mut self,
-        epoch: i64,
+        epoch: Epoch,
         batches: &[RecordBatch],
     ) -> Result<(Vec<Add>, WriteMetrics), DeltaSinkError> {
         self.write_epoch_parts(epoch, 0, batches).await
@@ -763,7 +765,7 @@ impl DeltaSink {
     /// to an epoch the table already holds files of (see [`DeltaSink::next_free_part`]).
     pub async fn write_epoch_parts(
         &mut self,
-        epoch: i64,
+        epoch: Epoch,
         first_part: usize,
         batches: &[RecordBatch],
     ) -> Result<(Vec<Add>, WriteMetrics), DeltaSinkError> {
@@ -818,7 +820,7 @@ impl DeltaSink {
     /// epoch exists.
     pub async fn sweep_uncommitted_files(
         &mut self,
-        committed_epoch: i64,
+        committed_epoch: Epoch,
         own_runs: &[RunId],
     ) -> Result<SweepReport, DeltaSinkError> {
         self.refresh().await?;
@@ -844,7 +846,7 @@ impl DeltaSink {
             }
         }
         if !report.deleted.is_empty() {
-            info!(table = %self.uri, files = report.deleted.len(), above_epoch = committed_epoch, "deleted data files of epochs the table does not hold");
+            info!(table = %self.uri, files = report.deleted.len(), above_epoch = %committed_epoch, "deleted data files of epochs the table does not hold");
         }
         if !report.foreign.is_empty() {
             warn!(table = %self.uri, files = report.foreign.len(), "data files of other runs of this pipeline are not in the table; left in place (another writer may still commit them)");
@@ -853,7 +855,7 @@ impl DeltaSink {
     }
 
     /// The first part number of `epoch` no file of this pipeline (of any run) uses yet.
-    pub async fn next_free_part(&self, epoch: i64) -> Result<usize, DeltaSinkError> {
+    pub async fn next_free_part(&self, epoch: Epoch) -> Result<usize, DeltaSinkError> {
         Ok(self
             .own_data_files()
             .await?
@@ -1036,7 +1038,7 @@ impl DeltaSink {
             let before = self.table.version();
             let error = match self.try_commit(adds.clone(), &info, txn).await {
                 Ok(version) => {
-                    debug!(epoch = info.epoch, version, "epoch committed");
+                    debug!(epoch = %info.epoch, version, "epoch committed");
                     return Ok(CommitOutcome::Committed { version });
                 }
                 Err(e) => e,
@@ -1048,11 +1050,11 @@ impl DeltaSink {
             }
             if let Some(version) = self.own_commit_since(&info, before).await? {
                 self.ensure_commit_durable(version)?;
-                warn!(table = %self.uri, epoch = info.epoch, version, "the commit landed before an error; counting it as committed: {error}");
+                warn!(table = %self.uri, epoch = %info.epoch, version, "the commit landed before an error; counting it as committed: {error}");
                 return Ok(CommitOutcome::Committed { version });
             }
             if is_commit_conflict(&error) && attempt < MAX_COMMIT_ATTEMPTS {
-                debug!(table = %self.uri, epoch = info.epoch, attempt, "another commit came first; checking the table again: {error}");
+                debug!(table = %self.uri, epoch = %info.epoch, attempt, "another commit came first; checking the table again: {error}");
                 continue;
             }
             return Err(sink_err("commit", &self.uri)(error));
@@ -1065,18 +1067,18 @@ impl DeltaSink {
         &mut self,
         adds: Vec<Add>,
         info: &EpochCommitInfo,
-        txn: i64,
+        txn: Epoch,
     ) -> Result<u64, DeltaTableError> {
         let info_json = serde_json::to_value(info)
             .map_err(|e| DeltaTableError::Generic(format!("encode commitInfo: {e}")))?;
         let properties = CommitProperties::default()
-            .with_application_transaction(Transaction::new(&self.app_id, txn))
+            .with_application_transaction(Transaction::new(&self.app_id, txn.to_txn()))
             .with_metadata([(COMMIT_INFO_KEY.to_string(), info_json)])
             .with_max_retries(0);
         let operation = DeltaOperation::StreamingUpdate {
             output_mode: OutputMode::Append,
             query_id: self.app_id.clone(),
-            epoch_id: info.epoch,
+            epoch_id: info.epoch.to_txn(),
         };
         let snapshot = self.table.snapshot()?;
         let finalized = CommitBuilder::from(properties)
@@ -1135,7 +1137,7 @@ const DATA_FILE_SUFFIX: &str = ".snappy.parquet";
 
 /// The name of part `part` of `epoch`'s data written by run `run` of pipeline `app_id`:
 /// `tidemark-<app_id>-e<epoch:012>-p<part:04>-r<run>.snappy.parquet`.
-pub fn data_file_name(app_id: &str, epoch: i64, part: usize, run: RunId) -> String {
+pub fn data_file_name(app_id: &str, epoch: Epoch, part: usize, run: RunId) -> String {
     format!("tidemark-{app_id}-e{epoch:012}-p{part:04}-r{run}{DATA_FILE_SUFFIX}")
 }
 
@@ -1186,7 +1188,7 @@ fn parse_final_name(app_id: &str, name: &str) -> Option<DataFileName> {
         _ => Some(rest.strip_prefix("-r")?.parse().ok()?),
     };
     Some(DataFileName {
-        epoch: epoch.parse().ok()?,
+        epoch: Epoch::new(epoch.parse().ok()?),
         part: part.parse().ok()?,
         run,
         temporary: false,

@@ -15,6 +15,11 @@ use tidemark_fs::{
 
 use super::*;
 
+/// Epoch `n` of a test (test epochs are written as plain numbers).
+fn ep(n: i64) -> Epoch {
+    Epoch::from_txn(n)
+}
+
 const APP: &str = "orders";
 
 fn columns() -> Vec<StructField> {
@@ -54,6 +59,7 @@ fn batch(sink: &DeltaSink, ids: std::ops::Range<i64>) -> RecordBatch {
 }
 
 fn info(epoch: i64) -> EpochCommitInfo {
+    let epoch = ep(epoch);
     EpochCommitInfo {
         pipeline_id: APP.into(),
         epoch,
@@ -122,16 +128,16 @@ proptest! {
         suffix in "[a-z0-9-]{1,6}",
     ) {
         let run = RunId::from_u32(run);
-        let name = data_file_name("orders", epoch, part, run);
-        let want = DataFileName { epoch, part, run: Some(run), temporary: false };
+        let name = data_file_name("orders", ep(epoch), part, run);
+        let want = DataFileName { epoch: ep(epoch), part, run: Some(run), temporary: false };
         prop_assert_eq!(parse_data_file_name("orders", &name), Some(want));
         // Other pipelines, including ids that extend or shorten this one.
         prop_assert_eq!(parse_data_file_name(&format!("orders-{suffix}"), &name), None);
         prop_assert_eq!(parse_data_file_name("order", &name), None);
-        let other = data_file_name(&format!("orders-{suffix}"), epoch, part, run);
+        let other = data_file_name(&format!("orders-{suffix}"), ep(epoch), part, run);
         prop_assert_eq!(parse_data_file_name("orders", &other), None);
         // A pipeline whose id looks like a file-name tail.
-        let tricky = data_file_name(&format!("orders-e{epoch:012}-p{part:04}"), epoch, part, run);
+        let tricky = data_file_name(&format!("orders-e{epoch:012}-p{part:04}"), ep(epoch), part, run);
         prop_assert_eq!(parse_data_file_name("orders", &tricky), None);
         // Old names (no run id).
         let old = format!("tidemark-orders-e{epoch:012}-p{part:04}.snappy.parquet");
@@ -208,7 +214,7 @@ async fn recorded_topic_ids_come_from_the_newest_commit_that_has_them() {
         let mut i = info(epoch);
         i.topic_ids = recorded;
         let b = batch(&sink, epoch * 10..epoch * 10 + 1);
-        let (adds, _) = sink.write_epoch_files(epoch, &[b]).await.unwrap();
+        let (adds, _) = sink.write_epoch_files(ep(epoch), &[b]).await.unwrap();
         sink.commit_epoch(adds, &i).await.unwrap();
     }
     // Epoch 3 did not know the ids (a broker without them): epoch 2's are the last known.
@@ -289,7 +295,7 @@ async fn read_columns_works_for_paths_relative_and_absolute_and_file_urls() {
     let mut sink = open(&root, tidemark_fs::std_fs(), 1).await;
     for (epoch, ids) in [(1, 0..10), (2, 10..25)] {
         let b = batch(&sink, ids);
-        let (adds, _) = sink.write_epoch_files(epoch, &[b]).await.unwrap();
+        let (adds, _) = sink.write_epoch_files(ep(epoch), &[b]).await.unwrap();
         let out = sink.commit_epoch(adds, &info(epoch)).await.unwrap();
         assert!(matches!(out, CommitOutcome::Committed { .. }));
     }
@@ -328,7 +334,7 @@ async fn an_error_after_the_commit_landed_reports_committed_and_keeps_the_files(
     let faults = FaultFs::new(tidemark_fs::std_fs());
     let mut sink = open(&root, Arc::new(faults.clone()), 1).await;
     let b = batch(&sink, 0..100);
-    let (adds, _) = sink.write_epoch_files(1, &[b]).await.unwrap();
+    let (adds, _) = sink.write_epoch_files(ep(1), &[b]).await.unwrap();
     faults.arm(Fault {
         path_contains: "_delta_log".into(),
         ..Fault::once(Op::SyncDir, FaultKind::Eio)
@@ -356,7 +362,7 @@ async fn an_error_after_the_commit_landed_reports_committed_and_keeps_the_files(
         );
     }
     assert_eq!(commits_of_epoch(&root, 1), 1);
-    assert_eq!(sink.txn_version().await.unwrap(), Some(1));
+    assert_eq!(sink.txn_version().await.unwrap(), Some(ep(1)));
 }
 
 /// Item 2: two writers (different runs) racing on the same epochs: exactly one commit per
@@ -370,11 +376,11 @@ async fn two_writers_racing_commit_each_epoch_once() {
     let (mut wins_a, mut wins_b) = (0, 0);
     for epoch in 1..=8 {
         let (adds_a, _) = a
-            .write_epoch_files(epoch, &[batch(&a, 0..10)])
+            .write_epoch_files(ep(epoch), &[batch(&a, 0..10)])
             .await
             .unwrap();
         let (adds_b, _) = b
-            .write_epoch_files(epoch, &[batch(&b, 0..10)])
+            .write_epoch_files(ep(epoch), &[batch(&b, 0..10)])
             .await
             .unwrap();
         let epoch_info = info(epoch);
@@ -396,7 +402,7 @@ async fn two_writers_racing_commit_each_epoch_once() {
             (&out_a, &adds_b, &adds_a)
         };
         assert!(
-            matches!(loser_out, Ok(CommitOutcome::AlreadyCommitted { txn_version }) if *txn_version == epoch),
+            matches!(loser_out, Ok(CommitOutcome::AlreadyCommitted { txn_version }) if *txn_version == ep(epoch)),
             "epoch {epoch}: the loser is told: {loser_out:?}"
         );
         if won_a {
@@ -429,20 +435,32 @@ async fn the_sweep_deletes_only_files_of_owned_runs() {
     let root = dir.path().join("table");
     let mut a = open(&root, tidemark_fs::std_fs(), 1).await;
     let mut b = open(&root, tidemark_fs::std_fs(), 2).await;
-    let (adds, _) = a.write_epoch_files(1, &[batch(&a, 0..5)]).await.unwrap();
+    let (adds, _) = a
+        .write_epoch_files(ep(1), &[batch(&a, 0..5)])
+        .await
+        .unwrap();
     a.commit_epoch(adds.clone(), &info(1)).await.unwrap();
-    let (a2, _) = a.write_epoch_files(2, &[batch(&a, 0..5)]).await.unwrap();
-    let (b1, _) = b.write_epoch_files(1, &[batch(&b, 0..5)]).await.unwrap();
-    let (b2, _) = b.write_epoch_files(2, &[batch(&b, 0..5)]).await.unwrap();
+    let (a2, _) = a
+        .write_epoch_files(ep(2), &[batch(&a, 0..5)])
+        .await
+        .unwrap();
+    let (b1, _) = b
+        .write_epoch_files(ep(1), &[batch(&b, 0..5)])
+        .await
+        .unwrap();
+    let (b2, _) = b
+        .write_epoch_files(ep(2), &[batch(&b, 0..5)])
+        .await
+        .unwrap();
     let legacy = "tidemark-orders-e000000000003-p0000.snappy.parquet";
     std::fs::write(root.join(legacy), b"x").unwrap();
-    let other_pipeline = data_file_name("orders-x", 2, 0, RunId::from_u32(1));
+    let other_pipeline = data_file_name("orders-x", ep(2), 0, RunId::from_u32(1));
     std::fs::write(root.join(&other_pipeline), b"x").unwrap();
 
     // A new run (3) of the process that owned run 1.
     let mut c = open(&root, tidemark_fs::std_fs(), 3).await;
     let report = c
-        .sweep_uncommitted_files(1, &[RunId::from_u32(1)])
+        .sweep_uncommitted_files(ep(1), &[RunId::from_u32(1)])
         .await
         .unwrap();
     let deleted: BTreeSet<_> = report.deleted.iter().cloned().collect();
@@ -466,11 +484,11 @@ async fn the_sweep_deletes_only_files_of_owned_runs() {
         ])
     );
     assert_eq!(
-        c.next_free_part(2).await.unwrap(),
+        c.next_free_part(ep(2)).await.unwrap(),
         1,
         "run 2's part 0 is taken"
     );
-    assert_eq!(c.next_free_part(4).await.unwrap(), 0);
+    assert_eq!(c.next_free_part(ep(4)).await.unwrap(), 0);
 }
 
 /// Item 6 (disk full): ENOSPC during the Parquet write and during the commit: an error naming
@@ -491,10 +509,10 @@ async fn disk_full_during_write_and_commit_then_retry_commits_once() {
 
     faults.arm(full(".parquet"));
     let err = sink
-        .write_epoch_files(1, &[batch(&sink, 0..50)])
+        .write_epoch_files(ep(1), &[batch(&sink, 0..50)])
         .await
         .unwrap_err();
-    let name = data_file_name(APP, 1, 0, RunId::from_u32(1));
+    let name = data_file_name(APP, ep(1), 0, RunId::from_u32(1));
     let msg = err.to_string();
     assert!(msg.contains(sink.uri()) && msg.contains(&name), "{msg}");
     assert!(err.is_disk_full() && !err.is_transient(), "{msg}");
@@ -502,7 +520,7 @@ async fn disk_full_during_write_and_commit_then_retry_commits_once() {
     faults.clear();
 
     let (adds, _) = sink
-        .write_epoch_files(1, &[batch(&sink, 0..50)])
+        .write_epoch_files(ep(1), &[batch(&sink, 0..50)])
         .await
         .unwrap();
     faults.arm(full("_delta_log"));
@@ -676,7 +694,7 @@ async fn power_cut_scenario(dropped: impl Fn(&Path) -> Dropped) -> Result<(), St
     let mut sink = open(&root, fs, 1).await;
     for epoch in 1..=3 {
         let (adds, _) = sink
-            .write_epoch_files(epoch, &[batch(&sink, 0..(100 * epoch))])
+            .write_epoch_files(ep(epoch), &[batch(&sink, 0..(100 * epoch))])
             .await
             .unwrap();
         let out = sink.commit_epoch(adds, &info(epoch)).await.unwrap();
@@ -757,7 +775,7 @@ async fn a_timeout_creating_or_committing_is_transient() {
     assert!(err.is_transient(), "{err} / {:?}", err.source);
     let mut sink = open(&root, shared, 1).await;
     let (adds, _) = sink
-        .write_epoch_files(1, &[batch(&sink, 0..5)])
+        .write_epoch_files(ep(1), &[batch(&sink, 0..5)])
         .await
         .unwrap();
     faults.arm(timeout);

@@ -1,5 +1,6 @@
 //! Sources and sinks for Tidemark.
 //!
+//! - [`ids`]: typed numbers ([`Epoch`]) where numbers of different meaning meet.
 //! - [`record`]: the record a source yields and the positions it stands at.
 //! - [`source`]: the [`source::Source`] trait the engine drives.
 //! - [`kafka`]: a Kafka source whose positions Tidemark owns (assign + seek, no auto-commit).
@@ -17,10 +18,12 @@ pub mod dead_letter;
 pub mod decode;
 pub mod delta;
 pub mod durable_store;
+pub mod ids;
 pub mod kafka;
 pub mod kafka_topic_id;
 pub mod parquet_file;
 pub mod record;
 pub mod source;
 
+pub use ids::Epoch;
 pub use record::{Positions, SourceRecord, TopicPartition};

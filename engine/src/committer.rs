@@ -17,7 +17,7 @@ use tidemark_connectors::delta::{
     CommitOutcome, DeltaSink, DeltaSinkError, EpochCommitInfo, SkippedRecord,
 };
 use tidemark_connectors::kafka::{Backoff, KafkaSource, KafkaSourceError};
-use tidemark_connectors::{Positions, SourceRecord};
+use tidemark_connectors::{Epoch, Positions, SourceRecord};
 use tracing::{info, warn};
 
 use crate::dedup::PackedKeys;
@@ -159,7 +159,7 @@ pub struct DeadLetterTable {
     /// The table.
     pub sink: DeltaSink,
     /// Its txn version for this pipeline (the newest epoch with letters).
-    pub txn: i64,
+    pub txn: Epoch,
     /// End positions of that epoch.
     pub end: Positions,
 }
@@ -170,7 +170,7 @@ impl DeadLetterTable {
         let (txn, progress) = sink.progress().await?;
         Ok(Self {
             sink,
-            txn: txn.unwrap_or(0),
+            txn: txn.unwrap_or(Epoch::ZERO),
             end: progress.map(|p| p.info.end_positions).unwrap_or_default(),
         })
     }
@@ -507,7 +507,7 @@ impl Committer {
             pipeline_id: self.pipeline_id.clone(),
             // The sink records its own run id.
             run_id: None,
-            epoch: open.epoch as i64,
+            epoch: Epoch::new(open.epoch),
             start_positions: open.start.clone(),
             end_positions: open.end.clone(),
             records_read: counts.read,
@@ -580,7 +580,7 @@ impl Committer {
         info: &EpochCommitInfo,
         report: &mut EpochReport,
     ) -> Result<u64, CommitError> {
-        let epoch = open.epoch as i64;
+        let epoch = Epoch::new(open.epoch);
         if let Some(dlq) = self.dead_letter_sink.as_mut() {
             let letters = dlq.not_yet_written(&open.dead_letters);
             if !letters.is_empty() {

@@ -1127,6 +1127,7 @@ type = "double"
     #[test]
     fn valid_ids_never_read_each_others_data_files() {
         use tidemark_connectors::delta::{data_file_name, parse_data_file_name, RunId};
+        use tidemark_connectors::Epoch;
         let ids = [
             "a",
             "a-e",
@@ -1143,7 +1144,7 @@ type = "double"
             assert_eq!(pipeline_id_problem(x), None, "{x:?}");
             for y in ids.iter().filter(|y| **y != x) {
                 for epoch in [0, 1, 999_999_999_999] {
-                    let name = data_file_name(y, epoch, 0, RunId::from_u32(7));
+                    let name = data_file_name(y, Epoch::new(epoch), 0, RunId::from_u32(7));
                     assert_eq!(parse_data_file_name(x, &name), None, "{x:?} reads {name:?}");
                 }
             }

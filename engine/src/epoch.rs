@@ -21,7 +21,7 @@ use arrow::row::{RowConverter, SortField};
 use tidemark_checkpoint::store::Counts;
 use tidemark_connectors::dead_letter::DeadLetter;
 use tidemark_connectors::decode::{Decoded, InvalidRecord, JsonDecoder, COL_TIMESTAMP};
-use tidemark_connectors::{Positions, SourceRecord};
+use tidemark_connectors::{Epoch, Positions, SourceRecord};
 
 use crate::config::{
     CheckpointConfig, EventTimeUnit, OnInvalidRecord, OnLate, PipelineConfig, KAFKA_KEY,
@@ -38,7 +38,7 @@ pub enum ProcessError {
         /// The first bad record of the epoch.
         record: InvalidRecord,
         /// The epoch it was in.
-        epoch: i64,
+        epoch: Epoch,
     },
     /// A record was rejected (too large, no dedup key or event time) and
     /// `errors.on_invalid_record = "fail"`.
@@ -51,13 +51,13 @@ pub enum ProcessError {
         /// What is wrong.
         message: String,
         /// The epoch it was in.
-        epoch: i64,
+        epoch: Epoch,
     },
     /// The decoder itself failed (not a bad record: a bug or an unsupported schema).
     #[error("decoding epoch {epoch} failed: {source}")]
     Decode {
         /// The epoch.
-        epoch: i64,
+        epoch: Epoch,
         /// Arrow's error.
         source: arrow::error::ArrowError,
     },
@@ -505,7 +505,7 @@ impl OpenEpoch {
                 record: record.coordinates(),
                 reason,
                 message,
-                epoch: self.epoch as i64,
+                epoch: Epoch::new(self.epoch),
             }),
             OnInvalidRecord::Skip => {
                 tracing::warn!(epoch = self.epoch, record = %record.coordinates(), reason, "skipping: {message}");
@@ -696,7 +696,7 @@ impl OpenEpoch {
             .decoder
             .decode(fitting)
             .map_err(|source| ProcessError::Decode {
-                epoch: self.epoch as i64,
+                epoch: Epoch::new(self.epoch),
                 source,
             })?;
         for bad in &decoded.invalid {
@@ -704,7 +704,7 @@ impl OpenEpoch {
             if p.on_invalid == OnInvalidRecord::Fail {
                 return Err(ProcessError::InvalidRecord {
                     record: bad.clone(),
-                    epoch: self.epoch as i64,
+                    epoch: Epoch::new(self.epoch),
                 });
             }
             if p.on_invalid == OnInvalidRecord::Skip {
@@ -737,7 +737,7 @@ impl OpenEpoch {
         let mask = BooleanArray::from(keep);
         let kept = arrow::compute::filter_record_batch(&batch, &mask).map_err(|source| {
             ProcessError::Decode {
-                epoch: self.epoch as i64,
+                epoch: Epoch::new(self.epoch),
                 source,
             }
         })?;

@@ -14,7 +14,7 @@ use tidemark_checkpoint::{
     WalOptions, WalPosition,
 };
 use tidemark_connectors::delta::{DeltaSink, DeltaSinkError, SweepReport, TableProgress};
-use tidemark_connectors::Positions;
+use tidemark_connectors::{Epoch, Positions};
 use tidemark_fs::SharedFs;
 use tracing::{error, info, warn};
 
@@ -270,7 +270,7 @@ pub async fn recover(
     let latest = store.latest()?;
 
     let (txn, progress) = sink.progress().await?;
-    let v = txn.unwrap_or(0).max(0) as u64;
+    let v = txn.unwrap_or(Epoch::ZERO).get();
     check_table_progress(config, &sink, v, progress.as_ref())?;
     let mut outcome = RecoveryOutcome {
         table_txn: v,
@@ -317,7 +317,7 @@ pub async fn recover(
         wal_has_frames: !records.is_empty() || seal.is_some(),
         table_txn: v,
         table_continues_checkpoint: progress.as_ref().is_some_and(|p| {
-            p.info.epoch as u64 == c_epoch + 1 && p.info.start_positions == checkpoint_positions
+            p.info.epoch.get() == c_epoch + 1 && p.info.start_positions == checkpoint_positions
         }),
         wal_damage_newest_epoch: damage_newest_epoch(&wal_report, c_epoch),
         accept_wal_damage: options.accept_wal_damage,
@@ -335,7 +335,7 @@ pub async fn recover(
     // Files of epochs the table does not hold, written by runs of this state directory (all
     // dead but this one): a write or commit that did not land.
     outcome.orphan_files_deleted = swept(
-        sink.sweep_uncommitted_files(v as i64, lock.own_runs())
+        sink.sweep_uncommitted_files(Epoch::new(v), lock.own_runs())
             .await?,
         sink.uri(),
     );
@@ -447,7 +447,7 @@ fn check_table_progress(
     progress: Option<&TableProgress>,
 ) -> Result<(), RecoveryError> {
     match progress {
-        Some(p) if p.info.epoch as u64 != v => Err(RecoveryError::Progress {
+        Some(p) if p.info.epoch.get() != v => Err(RecoveryError::Progress {
             table: sink.uri().to_string(),
             message: format!(
                 "txn version for pipeline {:?} is {v} but its newest commitInfo records epoch {}; \

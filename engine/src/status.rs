@@ -9,6 +9,7 @@ use tidemark_checkpoint::store::Counts;
 use tidemark_checkpoint::wal::{segment_files, FrameKind, WalReader};
 use tidemark_checkpoint::{CheckpointStore, WalPosition};
 use tidemark_connectors::delta::DeltaSink;
+use tidemark_connectors::Epoch;
 
 use crate::config::PipelineConfig;
 use crate::epoch_log::from_store_positions;
@@ -99,7 +100,7 @@ pub struct TableStatus {
     /// Its newest version.
     pub version: Option<u64>,
     /// The pipeline's txn version (`v`).
-    pub txn_version: Option<i64>,
+    pub txn_version: Option<Epoch>,
 }
 
 /// Gathers the status of the pipeline in `config`.
@@ -176,7 +177,7 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
     let table = match DeltaSink::open_existing(&url, &config.pipeline_id).await? {
         Some(mut sink) => {
             let (txn, progress) = sink.progress().await?;
-            continues = progress.map(|p| (p.info.epoch as u64, p.info.start_positions));
+            continues = progress.map(|p| (p.info.epoch.get(), p.info.start_positions));
             TableStatus {
                 uri: url.to_string(),
                 exists: true,
@@ -191,7 +192,7 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
             txn_version: None,
         },
     };
-    let v = table.txn_version.unwrap_or(0).max(0) as u64;
+    let v = table.txn_version.unwrap_or(Epoch::ZERO).get();
     let c_epoch = checkpoint.as_ref().map_or(0, |c| c.epoch);
     let store_exists = store_path.join("CURRENT").exists();
     let wal_frames = wal.records_after_checkpoint > 0 || wal.sealed_after_checkpoint.is_some();

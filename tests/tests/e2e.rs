@@ -103,8 +103,8 @@ async fn assert_exactly_once(
     );
     assert_eq!(report.rows, expect_rows);
     let replay = audit::replay_log(&fixture.table).unwrap();
-    let epochs: Vec<i64> = replay.epochs.iter().map(|(_, e)| e.epoch).collect();
-    let expected: Vec<i64> = (1..=epochs.len() as i64).collect();
+    let epochs: Vec<u64> = replay.epochs.iter().map(|(_, e)| e.epoch.get()).collect();
+    let expected: Vec<u64> = (1..=epochs.len() as u64).collect();
     assert_eq!(
         epochs, expected,
         "epochs must be 1..=n, each committed once"
@@ -115,7 +115,7 @@ async fn assert_exactly_once(
         "deltalake and the log replay disagree on live files"
     );
     assert_eq!(txn, replay.txn.get("test").copied());
-    assert_eq!(txn, epochs.last().copied());
+    assert_eq!(txn, epochs.last().map(|e| *e as i64));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -321,7 +321,10 @@ fn python_delta_rs_and_duckdb_read_the_table() {
     assert_eq!(got["delta_rs_rows"], rows);
     assert_eq!(got["duckdb_rows"], rows);
     assert_eq!(got["duckdb_distinct_offsets"], rows);
-    assert_eq!(got["newest_epoch"], replay.epochs.last().unwrap().1.epoch);
+    assert_eq!(
+        got["newest_epoch"],
+        replay.epochs.last().unwrap().1.epoch.get()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

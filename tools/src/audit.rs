@@ -384,7 +384,7 @@ mod tests {
         assert_eq!(
             r.epochs
                 .iter()
-                .map(|(v, e)| (*v, e.epoch))
+                .map(|(v, e)| (*v, e.epoch.get()))
                 .collect::<Vec<_>>(),
             vec![(1, 1), (2, 2)]
         );

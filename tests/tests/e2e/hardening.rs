@@ -260,8 +260,8 @@ async fn two_writers_with_different_state_dirs_never_double_an_epoch() {
     // Whatever happened, every epoch number is in the log once and no referenced file is
     // missing.
     let replay = audit::replay_log(&fixture.table).unwrap();
-    let epochs: Vec<i64> = replay.epochs.iter().map(|(_, e)| e.epoch).collect();
-    let distinct: BTreeSet<i64> = epochs.iter().copied().collect();
+    let epochs: Vec<u64> = replay.epochs.iter().map(|(_, e)| e.epoch.get()).collect();
+    let distinct: BTreeSet<u64> = epochs.iter().copied().collect();
     assert_eq!(
         distinct.len(),
         epochs.len(),
