@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use crate::durable_store::DurableLocalStore;
-use crate::ids::Epoch;
+use crate::ids::{Epoch, TableVersion};
 use crate::parquet_file;
 use crate::record::Positions;
 
@@ -377,7 +377,7 @@ pub enum CommitOutcome {
     /// [`DeltaSink::commit_epoch`]).
     Committed {
         /// The new table version.
-        version: u64,
+        version: TableVersion,
     },
     /// The table already held this epoch (txn version `>= epoch`), written by another run:
     /// nothing was written.
@@ -391,7 +391,7 @@ pub enum CommitOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableProgress {
     /// The table version of that commit.
-    pub table_version: u64,
+    pub table_version: TableVersion,
     /// What it recorded.
     pub info: EpochCommitInfo,
 }
@@ -734,7 +734,7 @@ impl DeltaSink {
             let (listed, ours) = self.pipeline_history(limit).await?;
             if let Some((i, info)) = ours.into_iter().next() {
                 return Ok(Some(TableProgress {
-                    table_version: latest - i as u64,
+                    table_version: TableVersion::new(latest - i as u64),
                     info,
                 }));
             }
@@ -1028,7 +1028,9 @@ impl DeltaSink {
             let txn = match txn_version {
                 Some(t) if !more_of_epoch && t >= info.epoch => {
                     if let Some(version) = self.own_commit_since(&info, None).await? {
-                        return Ok(CommitOutcome::Committed { version });
+                        return Ok(CommitOutcome::Committed {
+                            version: TableVersion::new(version),
+                        });
                     }
                     return Ok(CommitOutcome::AlreadyCommitted { txn_version: t });
                 }
@@ -1039,7 +1041,9 @@ impl DeltaSink {
             let error = match self.try_commit(adds.clone(), &info, txn).await {
                 Ok(version) => {
                     debug!(epoch = %info.epoch, version, "epoch committed");
-                    return Ok(CommitOutcome::Committed { version });
+                    return Ok(CommitOutcome::Committed {
+                        version: TableVersion::new(version),
+                    });
                 }
                 Err(e) => e,
             };
@@ -1051,7 +1055,9 @@ impl DeltaSink {
             if let Some(version) = self.own_commit_since(&info, before).await? {
                 self.ensure_commit_durable(version)?;
                 warn!(table = %self.uri, epoch = %info.epoch, version, "the commit landed before an error; counting it as committed: {error}");
-                return Ok(CommitOutcome::Committed { version });
+                return Ok(CommitOutcome::Committed {
+                    version: TableVersion::new(version),
+                });
             }
             if is_commit_conflict(&error) && attempt < MAX_COMMIT_ATTEMPTS {
                 debug!(table = %self.uri, epoch = %info.epoch, attempt, "another commit came first; checking the table again: {error}");
@@ -1098,8 +1104,8 @@ impl DeltaSink {
         Ok(self.loaded_last_progress().await?.and_then(|p| {
             (p.info.run_id == info.run_id
                 && p.info.epoch == info.epoch
-                && after.is_none_or(|b| p.table_version > b))
-            .then_some(p.table_version)
+                && after.is_none_or(|b| p.table_version.get() > b))
+            .then_some(p.table_version.get())
         }))
     }
 

@@ -345,10 +345,17 @@ async fn an_error_after_the_commit_landed_reports_committed_and_keeps_the_files(
         1,
         "the fault fired after the commit file was linked"
     );
-    assert_eq!(out, CommitOutcome::Committed { version: 1 });
+    assert_eq!(
+        out,
+        CommitOutcome::Committed {
+            version: TableVersion::new(1)
+        }
+    );
     assert_eq!(
         sink.commit_epoch(adds.clone(), &info(1)).await.unwrap(),
-        CommitOutcome::Committed { version: 1 },
+        CommitOutcome::Committed {
+            version: TableVersion::new(1)
+        },
         "a retry by the same run finds its own commit"
     );
     sink.discard_files(&adds).await;
@@ -543,7 +550,12 @@ async fn disk_full_during_write_and_commit_then_retry_commits_once() {
     faults.clear();
 
     let out = sink.commit_epoch(adds.clone(), &info(1)).await.unwrap();
-    assert_eq!(out, CommitOutcome::Committed { version: 1 });
+    assert_eq!(
+        out,
+        CommitOutcome::Committed {
+            version: TableVersion::new(1)
+        }
+    );
     assert_eq!(commits_of_epoch(&root, 1), 1);
     let live = live_files(&root).await;
     assert_eq!(live.len(), 1);
@@ -703,7 +715,7 @@ async fn power_cut_scenario(dropped: impl Fn(&Path) -> Dropped) -> Result<(), St
         };
         let image = dir.path().join(format!("image-{epoch}"));
         power.crash_image(&image).unwrap();
-        check_crash_image(&image, version, epoch)
+        check_crash_image(&image, version.get(), epoch)
             .await
             .map_err(|e| format!("after epoch {epoch}: {e}"))?;
     }

@@ -1,5 +1,6 @@
 //! Typed numbers where numbers of different meaning meet: an [`Epoch`] (the protocol's unit,
-//! also the Delta `txn` version of a pipeline) is never a Delta table version or an offset.
+//! also the Delta `txn` version of a pipeline) is never a [`TableVersion`] (a `_delta_log`
+//! commit's number). Offsets stay Kafka's own `i64` everywhere.
 //!
 //! Delta's `txn` action stores the version as an `i64`; [`Epoch::to_txn`] and
 //! [`Epoch::from_txn`] are the one place that conversion happens.
@@ -58,9 +59,57 @@ impl From<u64> for Epoch {
     }
 }
 
+/// A Delta table version (the number of a `_delta_log` commit file). Never an epoch: the
+/// table also holds commits of other writers, so versions and epochs drift apart.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct TableVersion(u64);
+
+impl TableVersion {
+    /// Version `n`.
+    pub const fn new(n: u64) -> Self {
+        Self(n)
+    }
+
+    /// The number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// As the checkpoint store records it (`i64`, with -1 for none: see its record format).
+    pub fn to_stored(version: Option<Self>) -> Option<i64> {
+        version.map(|v| i64::try_from(v.0).unwrap_or(i64::MAX))
+    }
+
+    /// From the checkpoint store's form.
+    pub fn from_stored(stored: Option<i64>) -> Option<Self> {
+        stored.and_then(|v| u64::try_from(v).ok()).map(Self)
+    }
+}
+
+impl fmt::Display for TableVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Epoch;
+    use super::{Epoch, TableVersion};
+
+    #[test]
+    fn table_versions_round_trip_through_the_stored_form() {
+        for v in [
+            None,
+            Some(TableVersion::new(0)),
+            Some(TableVersion::new(42)),
+        ] {
+            assert_eq!(TableVersion::from_stored(TableVersion::to_stored(v)), v);
+        }
+        assert_eq!(TableVersion::from_stored(Some(-1)), None);
+    }
 
     #[test]
     fn epochs_round_trip_through_txn_versions_and_json() {

@@ -25,5 +25,5 @@ pub mod parquet_file;
 pub mod record;
 pub mod source;
 
-pub use ids::Epoch;
+pub use ids::{Epoch, TableVersion};
 pub use record::{Positions, SourceRecord, TopicPartition};

@@ -17,7 +17,7 @@ use tidemark_connectors::delta::{
     CommitOutcome, DeltaSink, DeltaSinkError, EpochCommitInfo, SkippedRecord,
 };
 use tidemark_connectors::kafka::{Backoff, KafkaSource, KafkaSourceError};
-use tidemark_connectors::{Epoch, Positions, SourceRecord};
+use tidemark_connectors::{Epoch, Positions, SourceRecord, TableVersion};
 use tracing::{info, warn};
 
 use crate::dedup::PackedKeys;
@@ -76,7 +76,7 @@ pub struct EpochReport {
     /// Parquet files written.
     pub files: u64,
     /// The Delta version of its commit (`None`: the epoch needed no commit).
-    pub version: Option<u64>,
+    pub version: Option<TableVersion>,
     /// Time from seal to durable checkpoint, in microseconds.
     pub commit_micros: u64,
     /// Of which the checkpoint write, in microseconds.
@@ -136,7 +136,7 @@ pub struct Committer {
     pipeline_id: String,
     totals: Counts,
     committed_epoch: u64,
-    table_version: Option<i64>,
+    table_version: Option<TableVersion>,
     dead_letter_sink: Option<DeadLetterTable>,
     dedup: Option<DedupRuntime>,
     /// False when `checkpoint.enabled = false`: no WAL appends, seals or checkpoints.
@@ -253,12 +253,12 @@ impl Committer {
     pub fn continue_from(&mut self, c: &CheckpointRecord) {
         self.totals = c.counts;
         self.committed_epoch = c.committed_epoch;
-        self.table_version = c.table_version;
+        self.table_version = TableVersion::from_stored(c.table_version);
     }
 
     /// Records that epoch `epoch`'s commit landed at `table_version` (found in the table by
     /// recovery, not made by this process).
-    pub fn note_landed(&mut self, epoch: u64, table_version: Option<i64>) {
+    pub fn note_landed(&mut self, epoch: u64, table_version: Option<TableVersion>) {
         self.committed_epoch = epoch;
         self.table_version = table_version;
     }
@@ -270,7 +270,7 @@ impl Committer {
     pub async fn reset_to_table(
         &mut self,
         v: u64,
-        table_version: Option<i64>,
+        table_version: Option<TableVersion>,
     ) -> Result<(), CommitError> {
         self.store.reset()?;
         self.totals = Counts::default();
@@ -339,7 +339,7 @@ impl Committer {
     }
 
     /// The Delta version of the newest commit of this pipeline.
-    pub fn table_version(&self) -> Option<i64> {
+    pub fn table_version(&self) -> Option<TableVersion> {
         self.table_version
     }
 
@@ -463,7 +463,7 @@ impl Committer {
         fault::hit(CrashPoint::AfterDeltaCommit);
         report.version = Some(version);
         self.committed_epoch = epoch;
-        self.table_version = Some(version as i64);
+        self.table_version = Some(version);
         self.add_totals(&open);
         Ok(CommittedEpoch {
             open,
@@ -529,7 +529,7 @@ impl Committer {
         open: &OpenEpoch,
         info: &EpochCommitInfo,
         report: &mut EpochReport,
-    ) -> Result<u64, CommitError> {
+    ) -> Result<TableVersion, CommitError> {
         let mut backoff = Backoff::new();
         loop {
             match self.write_and_commit(open, info, report).await {
@@ -579,7 +579,7 @@ impl Committer {
         open: &OpenEpoch,
         info: &EpochCommitInfo,
         report: &mut EpochReport,
-    ) -> Result<u64, CommitError> {
+    ) -> Result<TableVersion, CommitError> {
         let epoch = Epoch::new(open.epoch);
         if let Some(dlq) = self.dead_letter_sink.as_mut() {
             let letters = dlq.not_yet_written(&open.dead_letters);
@@ -664,7 +664,7 @@ impl Committer {
         let record = CheckpointRecord {
             epoch,
             committed_epoch: self.committed_epoch,
-            table_version: self.table_version,
+            table_version: TableVersion::to_stored(self.table_version),
             watermark: self.dedup.as_ref().and_then(|d| d.state.watermark()),
             wal_segment: wal_at.segment,
             wal_offset: wal_at.offset,

@@ -17,7 +17,7 @@ use tidemark_connectors::decode::JsonDecoder;
 use tidemark_connectors::delta::{DeltaSink, DeltaSinkError, SinkOptions};
 use tidemark_connectors::kafka::{Backoff, KafkaSource, KafkaSourceConfig, KafkaSourceError};
 use tidemark_connectors::source::Source;
-use tidemark_connectors::Positions;
+use tidemark_connectors::{Positions, TableVersion};
 use tracing::{info, warn};
 
 use crate::committer::{CommitError, Committer, EpochReport, MAX_COMMIT_RETRIES};
@@ -116,7 +116,7 @@ pub struct RunSummary {
     /// Parquet files written.
     pub files_written: u64,
     /// Newest table version after the run.
-    pub table_version: Option<u64>,
+    pub table_version: Option<TableVersion>,
     /// Positions at the end of the run.
     pub positions: Positions,
     /// Wall time of the run in seconds.
@@ -465,7 +465,7 @@ impl RunStats {
 
     /// Fills the summary's timings, state and totals at the end of the run.
     fn finish(&mut self, summary: &mut RunSummary, committer: &Committer) {
-        summary.table_version = committer.table_version().map(|v| v as u64);
+        summary.table_version = committer.table_version();
         summary.elapsed_secs = self.started.elapsed().as_secs_f64();
         self.latencies.sort_unstable();
         let latencies = &self.latencies;

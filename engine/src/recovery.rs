@@ -14,7 +14,7 @@ use tidemark_checkpoint::{
     WalOptions, WalPosition,
 };
 use tidemark_connectors::delta::{DeltaSink, DeltaSinkError, SweepReport, TableProgress};
-use tidemark_connectors::{Epoch, Positions};
+use tidemark_connectors::{Epoch, Positions, TableVersion};
 use tidemark_fs::SharedFs;
 use tracing::{error, info, warn};
 
@@ -376,7 +376,7 @@ pub async fn recover(
         | StartCase::ResumeEpoch { .. }
         | StartCase::RedoEpoch { .. }
         | StartCase::WriteMissingCheckpoint { .. } => {
-            let version_now = progress.as_ref().map(|p| p.table_version as i64);
+            let version_now = progress.as_ref().map(|p| p.table_version);
             from_checkpoint(
                 committer,
                 processor,
@@ -540,7 +540,7 @@ async fn from_checkpoint(
     c: Option<CheckpointRecord>,
     decision: StartCase,
     replay: AfterCheckpoint,
-    table_version_now: Option<i64>,
+    table_version_now: Option<TableVersion>,
     mut outcome: RecoveryOutcome,
 ) -> Result<(Committer, OpenEpoch, RecoveryOutcome), RecoveryError> {
     let (c_epoch, c_t, positions) = match &c {
@@ -714,7 +714,7 @@ async fn from_table(
         }
     }
     committer
-        .reset_to_table(v, progress.as_ref().map(|p| p.table_version as i64))
+        .reset_to_table(v, progress.as_ref().map(|p| p.table_version))
         .await?;
     if let Some(spec) = processor.dedup() {
         let watermark = progress.as_ref().and_then(|p| p.info.watermark);
