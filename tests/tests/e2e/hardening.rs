@@ -232,7 +232,7 @@ async fn two_writers_with_different_state_dirs_never_double_an_epoch() {
         std::process::Command::new(EXE)
             .args(["run", "--until-caught-up", "--config"])
             .arg(&other_config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", tidemark_tests::TEST_LOG_FILTER)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -283,9 +283,23 @@ async fn two_writers_with_different_state_dirs_never_double_an_epoch() {
         losers >= 1 || runs.len() >= 2,
         "the two writers did not race (losers {losers}, runs {runs:?})"
     );
-    // The original writer finishes the stream.
-    let out = fixture.run_to_end(&[]);
-    assert!(out.status.success(), "{}", stderr_of(&out));
+    // A writer that lost an epoch refuses to go on with its own state (the table moved past
+    // its checkpoint: "another writer uses this pipeline id") — that is the fencing working.
+    // The winner finishes the stream.
+    let winner_ok = if sa.success() {
+        fixture.run_to_end(&[])
+    } else {
+        spawn_other().wait_with_output().unwrap()
+    };
+    assert!(winner_ok.status.success(), "{}", stderr_of(&winner_ok));
+    if !sa.success() {
+        let out = fixture.run_to_end(&[]);
+        assert!(
+            !out.status.success() && stderr_of(&out).contains("another writer"),
+            "the losing state directory must refuse to continue: {}",
+            stderr_of(&out)
+        );
+    }
     let rows: u64 = audit::check_exactly_once(&fixture.table, &ends)
         .unwrap()
         .rows;
