@@ -307,6 +307,21 @@ fn demo_runs_without_any_external_service() {
     assert_eq!(dropped, retries_sent, "{stdout}");
     let counted: u64 = replay.epochs.iter().map(|(_, e)| e.duplicates).sum();
     assert_eq!(counted, retries_sent, "the pipeline's own count");
+
+    // --help lists the faults the demo injects.
+    let help = std::process::Command::new(EXE)
+        .args(["demo", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for fault in [
+        "producer retries",
+        "malformed messages",
+        "SIGKILL",
+        "checkpoint directory",
+    ] {
+        assert!(help.contains(fault), "{fault:?} not in\n{help}");
+    }
 }
 
 /// The demo's output lines whose label (after the two-space indent) is `label`.

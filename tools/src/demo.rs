@@ -33,27 +33,23 @@ const DEMO_CONFIG_MARK: &str = "# Written by `tidemark demo`.";
 /// Tidemark (the table's path is its last argument); the demo runs it when python3 can.
 const PYTHON_QUERY: &str = "import sys, duckdb, deltalake; t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_dataset(); print(duckdb.sql('select count(*), count(distinct order_id) from t').fetchall()[0])";
 
-/// Options of `tidemark demo`.
-///
-/// Runs Kafka -> Delta on one machine with no external service (librdkafka's in-process mock
-/// cluster), with the default pipeline settings plus watermark dedup on order_id, and injects:
-///
-///   - producer retries: some order events are sent twice, as after a lost ack (--duplicate-rate);
-///     the pipeline drops and counts the second copy;
-///
-///   - malformed messages: broken JSON, invalid UTF-8 and schema mismatches (--malformed-rate);
-///     they land in the dead-letter table with their reason;
-///
-///   - a SIGKILL of the pipeline after --kill-after-epochs commits, then a restart;
-///
-///   - a lost checkpoint directory (WAL and checkpoint store deleted) before the last run,
-///     which resumes from the table alone; one more producer retry, of the last order written
-///     before the loss, comes after it.
-///
-/// Then it audits both tables by replaying their _delta_log and reading the Parquet files itself:
-/// every Kafka offset once as a row, a dropped duplicate or a dead letter, and every order id
-/// exactly once in the table.
+/// The faults the demo injects, listed by `tidemark demo --help`.
+const DEMO_FAULTS: &str = "\
+The pipeline runs with the default settings plus watermark dedup on order_id. Faults injected:
+  - producer retries: some order events are sent twice, as after a lost ack (--duplicate-rate);
+    the pipeline drops and counts each second copy
+  - malformed messages: broken JSON, invalid UTF-8, a field of the wrong type (--malformed-rate);
+    they land in the dead-letter table (orders_dead_letters) with their reason
+  - SIGKILL of the pipeline after --kill-after-epochs commits, then a restart
+  - the checkpoint directory (WAL and checkpoint store) deleted before the third run, which
+    resumes from the table alone; the first message it reads is a producer retry of an order
+    written before the loss
+Then both tables are audited by replaying their _delta_log and reading the Parquet files:
+every Kafka offset once as a row, a dropped duplicate or a dead letter; every order id once.";
+
+/// Options of `tidemark demo` (the faults it injects are in [`DEMO_FAULTS`]).
 #[derive(Debug, Clone, Args)]
+#[command(after_help = DEMO_FAULTS)]
 pub struct DemoOptions {
     /// Directory for the demo's tables, config, checkpoint directory and logs (its previous
     /// content is replaced).
