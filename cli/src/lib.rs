@@ -64,8 +64,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Self-contained demo: an in-process Kafka mock cluster, a SIGKILL mid-run, a restart, and
-    /// an exactly-once check of the resulting Delta table. Needs no external service.
+    /// Self-contained demo: an in-process Kafka mock cluster, producer retries, malformed
+    /// messages, a SIGKILL and a lost checkpoint store, and an exactly-once audit of the resulting
+    /// Delta tables. Needs no external service.
     Demo(DemoOptions),
     /// Measure checkpoint interval against throughput and recovery cost on this machine.
     ///

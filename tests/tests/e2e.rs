@@ -205,10 +205,12 @@ fn bad_config_fails_at_start_naming_the_setting() {
 #[test]
 fn demo_runs_without_any_external_service() {
     let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let started = std::time::Instant::now();
     let out = std::process::Command::new(EXE)
         // The defaults, exactly as the README's quick start runs them.
         .args(["demo", "--dir"])
-        .arg(dir.path().join("demo"))
+        .arg(&demo)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -217,9 +219,139 @@ fn demo_runs_without_any_external_service() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("killed with SIGKILL"), "{stdout}");
-    assert!(stdout.contains("exactly-once  OK"), "{stdout}");
-    assert!(stdout.contains("orders        OK"), "{stdout}");
+    // Debug build, 2 shared cores: the release build takes a few seconds.
+    assert!(started.elapsed() < Duration::from_secs(60), "{stdout}");
+    for shown in [
+        "killed with SIGKILL",
+        "run 3         recovery case from_table",
+        "log: ERROR CHECKPOINT STORE LOST",
+        "exactly-once  OK",
+        "orders        OK",
+    ] {
+        assert!(stdout.contains(shown), "{shown:?} not in\n{stdout}");
+    }
+
+    // What the demo printed...
+    let produced_lines: Vec<&str> = demo_lines(&stdout, "produced");
+    assert_eq!(produced_lines.len(), 2, "{stdout}");
+    let retries_sent: u64 = produced_lines
+        .iter()
+        .map(|l| number_before(l, " producer retries"))
+        .sum();
+    let messages: u64 = produced_lines
+        .iter()
+        .map(|l| number_before(l, " messages"))
+        .sum();
+    let duplicates_line = demo_lines(&stdout, "duplicates")[0];
+    let dropped = number_before(duplicates_line, " dropped");
+    let dead_line = demo_lines(&stdout, "dead letters")[0];
+    let orders_line = demo_lines(&stdout, "orders")[0];
+
+    // ... against an independent read of both tables.
+    let table = demo.join("orders");
+    let replay = audit::replay_log(&table).unwrap();
+    let ids: Vec<String> = audit::read_string_column(&table, &replay.live_files, "order_id")
+        .unwrap()
+        .into_iter()
+        .map(Option::unwrap)
+        .collect();
+    let distinct: BTreeSet<&String> = ids.iter().collect();
+    let rows = ids.len() as u64;
+    assert_eq!(
+        distinct.len() as u64,
+        rows,
+        "an order id twice in the table"
+    );
+    assert!(
+        orders_line.contains(&format!("{rows} rows, {rows} distinct order ids")),
+        "{orders_line}"
+    );
+    let dlq = audit::dead_letter_dir(&table).expect("a dead-letter table");
+    assert!(
+        dead_line.contains(&dlq.display().to_string()),
+        "{dead_line}"
+    );
+    let letters = audit::read_dead_letters(&dlq).unwrap();
+    let mut by_reason: std::collections::BTreeMap<String, u64> = Default::default();
+    for (_, reason) in &letters {
+        *by_reason.entry(reason.clone()).or_default() += 1;
+    }
+    assert!(
+        by_reason.contains_key("malformed_json") && by_reason.contains_key("schema_mismatch"),
+        "{by_reason:?}"
+    );
+    for (reason, n) in &by_reason {
+        assert!(dead_line.contains(&format!("{n} {reason}")), "{dead_line}");
+    }
+    let dead = letters.len() as u64;
+    // The Kafka offsets the table says it read (its newest commit's end positions): each is a
+    // row, a dead letter or a dropped duplicate, and the duplicates are the producer retries.
+    let last = &replay.epochs.last().unwrap().1;
+    let ends: std::collections::BTreeMap<(String, i32), i64> = (0..4)
+        .map(|p| {
+            let end = last.end_positions.get("orders", p).unwrap_or(0);
+            (("orders".to_string(), p), end)
+        })
+        .collect();
+    let read: u64 = ends.values().map(|e| *e as u64).sum();
+    assert_eq!(read, messages, "the table read every message produced");
+    let report = audit::check_exactly_once(&table, &ends).unwrap();
+    assert!(
+        report.duplicated.is_empty() && report.unexpected.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!((report.rows, report.dead_letters), (rows, dead));
+    assert_eq!(report.missing.len() as u64, read - rows - dead);
+    assert!(retries_sent > 0);
+    assert_eq!(read - rows - dead, retries_sent, "{stdout}");
+    assert_eq!(dropped, retries_sent, "{stdout}");
+    let counted: u64 = replay.epochs.iter().map(|(_, e)| e.duplicates).sum();
+    assert_eq!(counted, retries_sent, "the pipeline's own count");
+
+    // --help lists the faults the demo injects.
+    let help = std::process::Command::new(EXE)
+        .args(["demo", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for fault in [
+        "producer retries",
+        "malformed messages",
+        "SIGKILL",
+        "checkpoint directory",
+    ] {
+        assert!(help.contains(fault), "{fault:?} not in\n{help}");
+    }
+}
+
+/// The demo's output lines whose label (after the two-space indent) is `label`.
+fn demo_lines<'a>(stdout: &'a str, label: &str) -> Vec<&'a str> {
+    stdout
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("  ")
+                .and_then(|l| l.strip_prefix(label))
+                .is_some_and(|rest| rest.starts_with("  "))
+        })
+        .collect()
+}
+
+/// The number just before the first `what` in `line`.
+fn number_before(line: &str, what: &str) -> u64 {
+    let at = line
+        .find(what)
+        .unwrap_or_else(|| panic!("{what:?} not in {line}"));
+    let digits: String = line[..at]
+        .chars()
+        .rev()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .chars()
+        .rev()
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("no number before {what:?} in {line}"))
 }
 
 #[test]
