@@ -541,30 +541,48 @@ impl DeltaSink {
                     .map_err(sink_err("fsync the table directory's parent", &uri))?;
             }
         }
-        let mut builder =
-            DeltaTableBuilder::from_url(url.clone()).map_err(sink_err("open", &uri))?;
-        if local_root.is_some() {
-            let store: Arc<dyn object_store::ObjectStore> =
-                Arc::new(DurableLocalStore::new(fs.clone()));
-            builder = builder.with_storage_backend(store, url.clone());
-        }
-        let mut table = builder.build().map_err(sink_err("open", &uri))?;
-        match table.load().await {
-            Ok(()) | Err(DeltaTableError::NotATable(_)) => {}
-            Err(e) => return Err(sink_err("open", &uri)(e)),
-        }
+        let load = || async {
+            let mut builder =
+                DeltaTableBuilder::from_url(url.clone()).map_err(sink_err("open", &uri))?;
+            if local_root.is_some() {
+                let store: Arc<dyn object_store::ObjectStore> =
+                    Arc::new(DurableLocalStore::new(fs.clone()));
+                builder = builder.with_storage_backend(store, url.clone());
+            }
+            let mut table = builder.build().map_err(sink_err("open", &uri))?;
+            match table.load().await {
+                Ok(()) | Err(DeltaTableError::NotATable(_)) => Ok(table),
+                Err(e) => Err(sink_err("open", &uri)(e)),
+            }
+        };
+        let mut table = load().await?;
         if table.version().is_none() {
             let Some((table_name, columns)) = create else {
                 return Ok(None);
             };
             info!(table = %uri, columns = columns.len(), "creating delta table");
             // The create commit goes through the table's store: durable before this returns.
-            table = table
+            // Retries off: a create that loses the race to another writer's must fail, not land
+            // a second create commit at the next version.
+            table = match table
                 .create()
                 .with_table_name(table_name)
                 .with_columns(columns)
+                .with_commit_properties(CommitProperties::default().with_max_retries(0))
                 .await
-                .map_err(sink_err("create", &uri))?;
+            {
+                Ok(created) => created,
+                Err(e) => {
+                    // Another writer may have created it between our load and our create (two
+                    // instances starting together): its create commit is the table's version 0.
+                    let again = load().await?;
+                    if again.version().is_none() {
+                        return Err(sink_err("create", &uri)(e));
+                    }
+                    info!(table = %uri, "the table was created by another writer meanwhile; using it");
+                    again
+                }
+            };
         }
         let arrow_schema = RecordBatchWriter::for_table(&table)
             .map_err(sink_err("read schema", &uri))?

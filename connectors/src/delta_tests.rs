@@ -794,3 +794,37 @@ async fn a_timeout_creating_or_committing_is_transient() {
     let err = sink.commit_epoch(adds, &info(1)).await.unwrap_err();
     assert!(err.is_transient(), "{err} / {:?}", err.source);
 }
+
+/// Two writers starting together on a table that does not exist yet both open it: the one
+/// whose create commit loses the race uses the table the other created (one create commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_creating_one_table_at_once_both_open_it() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("table");
+        let url = url_of(&root);
+        let open_one = |run| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                DeltaSink::open_or_create_with(
+                    &url,
+                    APP,
+                    "t",
+                    columns(),
+                    options(tidemark_fs::std_fs(), run),
+                )
+                .await
+                .map(|s| s.table_version())
+            })
+        };
+        let (a, b) = tokio::join!(open_one(1), open_one(2));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(a.is_ok() && b.is_ok(), "round {round}: {a:?} / {b:?}");
+        let log: Vec<_> = std::fs::read_dir(root.join("_delta_log"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".json"))
+            .collect();
+        assert_eq!(log, ["00000000000000000000.json"], "round {round}");
+    }
+}
