@@ -290,22 +290,7 @@ pub fn drain_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
 }
 
 /// `text` without ANSI colour codes (tracing colours its output even into pipes).
-pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub use tidemark_tools::child_log::strip_ansi;
 
 /// The stderr of `output`, without colour codes.
 pub fn stderr_of(output: &Output) -> String {

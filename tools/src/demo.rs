@@ -22,6 +22,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::util::Timeout;
 
 use crate::audit::{self, Coordinates};
+use crate::child_log::strip_ansi;
 
 const TOPIC: &str = "orders";
 const PIPELINE_ID: &str = "demo-orders";
@@ -345,24 +346,6 @@ fn log_message(line: &str) -> String {
     };
     let message = message.split(" table_txn=").next().unwrap_or(message);
     format!("{level} {message}")
-}
-
-/// `s` without ANSI colour sequences (ESC [ ... m).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The audit (log replay + Parquet, no deltalake snapshot code): prints each check and
