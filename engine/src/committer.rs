@@ -108,8 +108,9 @@ impl SealedEpoch {
 }
 
 /// An epoch whose Delta commit landed; only [`Committer::commit`] makes one, and only
-/// [`Committer::checkpoint_committed`] takes it, so no checkpoint is written for an epoch the
-/// table does not hold.
+/// [`Committer::checkpoint_committed`] takes it, so the run loop cannot checkpoint an epoch the
+/// table does not hold. (Recovery, inside this crate, also checkpoints an epoch it *found*
+/// committed in the table, through the crate-private [`Committer::checkpoint`].)
 #[derive(Debug)]
 pub struct CommittedEpoch {
     open: OpenEpoch,
@@ -563,12 +564,12 @@ impl Committer {
     /// Adds what a commit of this pipeline recorded to the totals: the inverse of how
     /// [`Committer::commit_sealed`] fills [`EpochCommitInfo`] (skipped records count as
     /// dead-lettered). Used to rebuild totals from the table when no checkpoint has them.
-    pub fn add_committed(&mut self, info: &EpochCommitInfo) {
+    pub(crate) fn add_committed(&mut self, info: &EpochCommitInfo) {
         self.totals += counts_of_commit(info);
     }
 
     /// Adds an epoch's counts to the totals (an epoch whose commit landed).
-    pub fn add_totals(&mut self, open: &OpenEpoch) {
+    pub(crate) fn add_totals(&mut self, open: &OpenEpoch) {
         self.totals += open.counts();
     }
 
@@ -656,7 +657,11 @@ impl Committer {
 
     /// Steps 4–5: writes checkpoint `epoch` at `positions` (the WAL position is the log's end,
     /// just after `SEAL(epoch)`), then deletes WAL segments wholly before `epoch + 1`.
-    pub fn checkpoint(&mut self, epoch: u64, positions: &Positions) -> Result<(), CommitError> {
+    pub(crate) fn checkpoint(
+        &mut self,
+        epoch: u64,
+        positions: &Positions,
+    ) -> Result<(), CommitError> {
         if !self.durable {
             return Ok(());
         }

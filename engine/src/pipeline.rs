@@ -94,7 +94,7 @@ pub struct RunSummary {
     /// The pipeline.
     pub pipeline_id: String,
     /// First epoch this run worked on.
-    pub first_epoch: i64,
+    pub first_epoch: u64,
     /// Epochs this run committed.
     pub epochs_committed: u64,
     /// Records read from the source.
@@ -199,7 +199,7 @@ pub async fn run(
     );
     let mut summary = RunSummary {
         pipeline_id: config.pipeline_id.clone(),
-        first_epoch: open.epoch as i64,
+        first_epoch: open.epoch,
         positions: open.end.clone(),
         recovery: recovered,
         ..RunSummary::default()
