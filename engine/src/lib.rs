@@ -10,6 +10,7 @@
 //! - [`recovery`]: what to do on start, from the checkpoint, the WAL and the table.
 //! - [`status`]: `tidemark status`, what recovery would do next.
 //! - [`shutdown`]: the stop flag raised by Ctrl-C / SIGTERM.
+//! - [`wal_damage`]: WAL damage remembered until the operator accepts it.
 //! - [`state_lock`]: the exclusive lock on a state directory and the ids of its runs.
 //! - [`fault`]: crash points armed by `TIDEMARK_CRASH_AT` for crash tests; [`io_faults`]: the
 //!   file system the pipeline writes through (faults injected by `TIDEMARK_FAULT_FS` in tests).
@@ -28,5 +29,6 @@ pub mod recovery;
 pub mod shutdown;
 pub mod state_lock;
 pub mod status;
+pub mod wal_damage;
 
 pub use tidemark_checkpoint::fault;

@@ -30,6 +30,7 @@ use crate::protocol::{
     decide, FromTableReason, Refusal, RewindFacts, StartCase, StartFacts, StoreFacts,
 };
 use crate::state_lock::StateLock;
+use crate::wal_damage;
 
 /// Why a start could not recover (the recovery layer's error). A refusal carries the start
 /// decision that refused.
@@ -310,6 +311,16 @@ pub async fn recover(
         }),
         None => None,
     };
+    // Damage this open moved aside, and damage an earlier start refused on and nobody accepted.
+    let pending_damage =
+        wal_damage::pending(&wal_dir(state)).map_err(|io| RecoveryError::State {
+            path: wal_dir(state),
+            message: format!("cannot list damaged WAL segments set aside: {io}"),
+        })?;
+    let damage_newest = damage_newest_epoch(&wal_report, c_epoch)
+        .into_iter()
+        .chain(pending_damage.iter().map(|(_, e)| *e))
+        .max();
     let facts = StartFacts {
         checkpoints: config.checkpoint.enabled,
         store: store_facts,
@@ -319,7 +330,7 @@ pub async fn recover(
         table_continues_checkpoint: progress.as_ref().is_some_and(|p| {
             p.info.epoch.get() == c_epoch + 1 && p.info.start_positions == checkpoint_positions
         }),
-        wal_damage_newest_epoch: damage_newest_epoch(&wal_report, c_epoch),
+        wal_damage_newest_epoch: damage_newest,
         accept_wal_damage: options.accept_wal_damage,
         rewind,
     };
@@ -329,8 +340,27 @@ pub async fn recover(
     outcome.committed_epoch = latest.as_ref().map_or(0, |c| c.committed_epoch);
     outcome.case = decision.name();
     if let StartCase::Refuse(refusal) = decision {
-        // A start that refuses changes nothing: no sweep, no re-anchoring, no reset.
+        // A start that refuses changes nothing (no sweep, no re-anchoring, no reset) but for
+        // remembering WAL damage it refused on, so every later start refuses too.
+        if let (Refusal::WalDamaged { newest_epoch, .. }, Some(m)) = (refusal, &wal_report.mid_log)
+        {
+            wal_damage::mark_pending(&m.moved_to, newest_epoch).map_err(|io| {
+                RecoveryError::State {
+                    path: m.moved_to.clone(),
+                    message: format!("cannot record the WAL damage as pending: {io}"),
+                }
+            })?;
+        }
         return Err(refused(refusal, v, &store));
+    }
+    if options.accept_wal_damage {
+        for (dir, newest_epoch) in &pending_damage {
+            warn!(damaged = %dir.display(), newest_epoch, "WAL damage accepted (--accept-wal-damage): what it held is re-read from Kafka");
+            wal_damage::mark_accepted(dir).map_err(|io| RecoveryError::State {
+                path: dir.clone(),
+                message: format!("cannot record the WAL damage as accepted: {io}"),
+            })?;
+        }
     }
     // Files of epochs the table does not hold, written by runs of this state directory (all
     // dead but this one): a write or commit that did not land.

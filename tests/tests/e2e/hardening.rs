@@ -478,3 +478,63 @@ async fn disk_full_and_io_errors_stop_the_pipeline_and_lose_nothing() {
         assert_exactly_once(&fixture, &ends, 3_000).await;
     }
 }
+
+/// Issue 11 item 5: a WAL damaged before its end (a byte flipped in a middle segment of a sealed,
+/// uncommitted epoch) refuses the start, naming the case and the way on; the refusal holds on the
+/// next start too; `--accept-wal-damage` re-reads the lost records from Kafka, exactly once. With
+/// dedup off (relative table path) and on (absolute path).
+#[tokio::test(flavor = "multi_thread")]
+async fn wal_damage_before_the_end_refuses_until_accepted() {
+    let Some(brokers) = broker() else { return };
+    for (dedup, form) in [(false, TablePath::Relative), (true, TablePath::Absolute)] {
+        let what = format!("dedup {dedup}, {form:?}");
+        let extra = format!(
+            "[checkpoint]\ninterval_ms = 300\nmax_records = 500\nwal_segment_bytes = 4096\n{}",
+            if dedup {
+                "[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 600000\n"
+            } else {
+                ""
+            }
+        );
+        let (fixture, ends) = topic_and_fixture(&brokers, "wal-damage", 2, 3_000, &extra).await;
+        set_table_path(&fixture, form);
+        let out = fixture.run_to_end(&[(tidemark_engine::fault::ENV, "after_seal@2")]);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "{what}: {}",
+            stderr_of(&out)
+        );
+        let wal = fixture.state_dir().join("wal");
+        let mut segments: Vec<_> = std::fs::read_dir(&wal)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            .collect();
+        segments.sort();
+        assert!(segments.len() >= 3, "{what}: {segments:?}");
+        let middle = &segments[segments.len() / 2];
+        let mut bytes = std::fs::read(middle).unwrap();
+        bytes[40] ^= 0x5a;
+        std::fs::write(middle, bytes).unwrap();
+
+        for attempt in 0..2 {
+            let out = fixture.run_to_end(&[]);
+            let log = stderr_of(&out);
+            assert!(
+                !out.status.success(),
+                "{what}, start {attempt}: must refuse: {log}"
+            );
+            assert!(
+                log.contains("damaged before its end") && log.contains("--accept-wal-damage"),
+                "{what}, start {attempt}: {log}"
+            );
+        }
+        let out = fixture
+            .spawn_with(true, &["--accept-wal-damage"], &[])
+            .wait_with_output()
+            .unwrap();
+        assert!(out.status.success(), "{what}: {}", stderr_of(&out));
+        assert_exactly_once(&fixture, &ends, 3_000).await;
+    }
+}
