@@ -122,6 +122,52 @@ pub struct CommittedEpoch {
 /// the Kafka source's backoff, 100 ms doubling to 10 s: about 2 minutes in all).
 pub const MAX_COMMIT_RETRIES: u32 = 16;
 
+/// An error of an operation [`retry_transient`] runs: a storage error, which may be transient,
+/// or any other, which is not.
+pub(crate) enum Retry<E> {
+    /// A storage error.
+    Sink(DeltaSinkError),
+    /// Anything else: never retried.
+    Other(E),
+}
+
+/// Runs `op` until it succeeds or fails with anything but a transient storage error; transient
+/// ones are retried with bounded exponential backoff (100 ms doubling to 10 s, at most
+/// [`MAX_COMMIT_RETRIES`] times, a log line each). A raised `stop` ends the retries at once.
+/// The one retry loop for storage work: an epoch's commit and opening a table.
+pub(crate) async fn retry_transient<T, E>(
+    what: &str,
+    stop: &Shutdown,
+    mut op: impl AsyncFnMut() -> Result<T, Retry<E>>,
+) -> Result<T, Retry<E>> {
+    let mut backoff = Backoff::new();
+    loop {
+        match op().await {
+            Err(Retry::Sink(e)) if e.is_transient() => {
+                let (attempt, wait) = backoff.failed();
+                if attempt > MAX_COMMIT_RETRIES {
+                    return Err(Retry::Sink(e));
+                }
+                warn!(
+                    attempt,
+                    wait_ms = wait.as_millis() as u64,
+                    "transient storage error, retrying {what}: {e}"
+                );
+                // Sleep in short steps: a stop request ends the retries (an epoch is sealed in
+                // the WAL and is redone at the next start).
+                let until = Instant::now() + wait;
+                while Instant::now() < until {
+                    if stop.requested() {
+                        return Err(Retry::Sink(e));
+                    }
+                    tokio::time::sleep(STOP_CHECK.min(until - Instant::now())).await;
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
 /// How often a retry's backoff looks at the stop flag.
 const STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -329,11 +375,6 @@ impl Committer {
         self.wal.segments()
     }
 
-    /// Whether checkpoints are on (WAL appends, seals, checkpoints).
-    pub fn durable(&self) -> bool {
-        self.durable
-    }
-
     /// Totals over the pipeline's life as this process knows them.
     pub fn totals(&self) -> Counts {
         self.totals
@@ -531,34 +572,21 @@ impl Committer {
         info: &EpochCommitInfo,
         report: &mut EpochReport,
     ) -> Result<TableVersion, CommitError> {
-        let mut backoff = Backoff::new();
-        loop {
-            match self.write_and_commit(open, info, report).await {
-                Ok(version) => return Ok(version),
-                Err(CommitError::Sink(e)) if e.is_transient() => {
-                    let (attempt, wait) = backoff.failed();
-                    if attempt > MAX_COMMIT_RETRIES {
-                        return Err(CommitError::Sink(e));
-                    }
-                    warn!(
-                        epoch = open.epoch,
-                        attempt,
-                        wait_ms = wait.as_millis() as u64,
-                        "transient storage error, retrying the epoch's commit: {e}"
-                    );
-                    // Sleep in short steps: a stop request ends the retries (the epoch is
-                    // sealed in the WAL and is redone at the next start).
-                    let until = Instant::now() + wait;
-                    while Instant::now() < until {
-                        if self.stop.requested() {
-                            return Err(CommitError::Sink(e));
-                        }
-                        tokio::time::sleep(STOP_CHECK.min(until - Instant::now())).await;
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let stop = self.stop.clone();
+        let what = format!("the commit of epoch {}", open.epoch);
+        retry_transient(&what, &stop, async || {
+            self.write_and_commit(open, info, report)
+                .await
+                .map_err(|e| match e {
+                    CommitError::Sink(s) => Retry::Sink(s),
+                    other => Retry::Other(other),
+                })
+        })
+        .await
+        .map_err(|e| match e {
+            Retry::Sink(s) => CommitError::Sink(s),
+            Retry::Other(other) => other,
+        })
     }
 
     /// Adds what a commit of this pipeline recorded to the totals: the inverse of how
@@ -694,23 +722,10 @@ impl Committer {
         Ok(())
     }
 
-    /// Replaces the WAL by the one `open` makes (the old one is dropped once the new one is
-    /// open; its directory may already have been renamed): for recovery cases that set the old
-    /// log aside.
-    pub fn replace_wal<E>(&mut self, open: impl FnOnce() -> Result<Wal, E>) -> Result<(), E> {
-        self.wal = open()?;
-        Ok(())
-    }
-
-    /// Logs what the table and store say after recovery.
-    pub fn log_state(&self, what: &str) {
-        info!(
-            committed_epoch = self.committed_epoch,
-            table_version = ?self.table_version,
-            read = self.totals.read,
-            written = self.totals.written,
-            "{what}"
-        );
+    /// Takes `wal` as the log from now on (the old one is dropped): for recovery cases that
+    /// set the old log aside.
+    pub(crate) fn set_wal(&mut self, wal: Wal) {
+        self.wal = wal;
     }
 }
 

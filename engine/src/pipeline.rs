@@ -15,12 +15,12 @@ use serde::Serialize;
 use tidemark_connectors::dead_letter;
 use tidemark_connectors::decode::JsonDecoder;
 use tidemark_connectors::delta::{DeltaSink, DeltaSinkError, SinkOptions};
-use tidemark_connectors::kafka::{Backoff, KafkaSource, KafkaSourceConfig, KafkaSourceError};
+use tidemark_connectors::kafka::{KafkaSource, KafkaSourceConfig, KafkaSourceError};
 use tidemark_connectors::source::Source;
 use tidemark_connectors::{Positions, TableVersion};
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::committer::{CommitError, Committer, EpochReport, MAX_COMMIT_RETRIES};
+use crate::committer::{retry_transient, CommitError, Committer, EpochReport, Retry};
 use crate::config::{ConfigError, OnInvalidRecord, OnLate, PipelineConfig};
 use crate::epoch::{OpenEpoch, ProcessError, RecordProcessor};
 use crate::io_faults;
@@ -503,28 +503,20 @@ async fn open_table(
     columns: Vec<deltalake::kernel::StructField>,
     options: &SinkOptions,
 ) -> Result<DeltaSink, DeltaSinkError> {
-    let mut backoff = Backoff::new();
-    loop {
-        match DeltaSink::open_or_create_with(
-            url,
-            pipeline_id,
-            name,
-            columns.clone(),
-            options.clone(),
-        )
-        .await
-        {
-            Err(e) if e.is_transient() => {
-                let (attempt, wait) = backoff.failed();
-                if attempt > MAX_COMMIT_RETRIES {
-                    return Err(e);
-                }
-                warn!(table = %url, attempt, wait_ms = wait.as_millis() as u64, "transient storage error, retrying the opening of the table: {e}");
-                tokio::time::sleep(wait).await;
-            }
-            other => return other,
-        }
-    }
+    let what = format!("the opening of table {url}");
+    // Opening happens before the run can be asked to stop through the committer: a flag
+    // nobody raises.
+    let stop = Shutdown::new();
+    retry_transient::<_, std::convert::Infallible>(&what, &stop, async || {
+        DeltaSink::open_or_create_with(url, pipeline_id, name, columns.clone(), options.clone())
+            .await
+            .map_err(Retry::Sink)
+    })
+    .await
+    .map_err(|e| match e {
+        Retry::Sink(e) => e,
+        Retry::Other(never) => match never {},
+    })
 }
 
 /// Every configured column must exist in the table with the same type and nullability.

@@ -268,7 +268,7 @@ pub async fn recover(
         OpenedStore::Usable(s) => (s, false),
         OpenedStore::Replaced(s) => (s, true),
     };
-    let latest = store.latest()?;
+    let mut latest = store.latest()?;
 
     let (txn, progress) = sink.progress().await?;
     let v = txn.unwrap_or(Epoch::ZERO).get();
@@ -295,8 +295,7 @@ pub async fn recover(
     let store_lost = store_facts == StoreFacts::Lost;
     let c_epoch = latest.as_ref().map_or(0, |c| c.epoch);
     let (records, seal) = if config.checkpoint.enabled && !store_lost {
-        let from = latest.as_ref().map(wal_position).unwrap_or_default();
-        scan_epoch(&wal, from, c_epoch + 1)?
+        scan_epoch(&wal, from.unwrap_or_default(), c_epoch + 1)?
     } else {
         (Replay::default(), None)
     };
@@ -311,16 +310,22 @@ pub async fn recover(
         }),
         None => None,
     };
-    // Damage this open moved aside, and damage an earlier start refused on and nobody accepted.
+    // Damage this open moved aside is remembered at once (a kill or another refusal before the
+    // decision must not forget it); with damage earlier starts found and nobody accepted, it
+    // decides whether this start may go on.
+    if let Some(m) = &wal_report.mid_log {
+        let newest = damage_newest_epoch(&wal_report, c_epoch).unwrap_or(c_epoch + 1);
+        wal_damage::mark_pending(&m.moved_to, newest).map_err(|io| RecoveryError::State {
+            path: m.moved_to.clone(),
+            message: format!("cannot record the WAL damage as pending: {io}"),
+        })?;
+    }
     let pending_damage =
         wal_damage::pending(&wal_dir(state)).map_err(|io| RecoveryError::State {
             path: wal_dir(state),
             message: format!("cannot list damaged WAL segments set aside: {io}"),
         })?;
-    let damage_newest = damage_newest_epoch(&wal_report, c_epoch)
-        .into_iter()
-        .chain(pending_damage.iter().map(|(_, e)| *e))
-        .max();
+    let damage_newest = pending_damage.iter().map(|(_, e)| *e).max();
     let facts = StartFacts {
         checkpoints: config.checkpoint.enabled,
         store: store_facts,
@@ -340,17 +345,7 @@ pub async fn recover(
     outcome.committed_epoch = latest.as_ref().map_or(0, |c| c.committed_epoch);
     outcome.case = decision.name();
     if let StartCase::Refuse(refusal) = decision {
-        // A start that refuses changes nothing (no sweep, no re-anchoring, no reset) but for
-        // remembering WAL damage it refused on, so every later start refuses too.
-        if let (Refusal::WalDamaged { newest_epoch, .. }, Some(m)) = (refusal, &wal_report.mid_log)
-        {
-            wal_damage::mark_pending(&m.moved_to, newest_epoch).map_err(|io| {
-                RecoveryError::State {
-                    path: m.moved_to.clone(),
-                    message: format!("cannot record the WAL damage as pending: {io}"),
-                }
-            })?;
-        }
+        // A start that refuses changes nothing: no sweep, no re-anchoring, no reset.
         return Err(refused(refusal, v, &store));
     }
     if options.accept_wal_damage {
@@ -376,17 +371,15 @@ pub async fn recover(
             .await?;
         outcome.orphan_files_deleted += swept(report, dlq.sink.uri());
     }
-    if let Some(c) = latest.as_ref().filter(|c| wal.end() < wal_position(c)) {
+    if let Some(c) = latest.as_mut().filter(|c| wal.end() < wal_position(c)) {
         // The log's tail was lost below the checkpointed position: re-anchor the checkpoint
         // in a new segment so later frames are found after it.
         warn!(checkpoint_wal = ?wal_position(c), wal_end = ?wal.end(), "the WAL ends before the checkpointed position; re-anchoring checkpoint {} in a new segment", c.epoch);
         let at = wal.start_new_segment(c.epoch + 1)?;
-        let mut c = c.clone();
         c.wal_segment = at.segment;
         c.wal_offset = at.offset;
-        store.write(&c, [], None)?;
+        store.write(c, [], None)?;
     }
-    let latest = store.latest()?;
 
     // One committer for every case; a checkpoint, if any, sets its totals and progress below.
     let mut committer = Committer::new(
@@ -442,7 +435,7 @@ pub async fn recover(
             }
             from_table(committer, processor, progress, reason, outcome).await
         }
-        StartCase::Refuse(refusal) => Err(refused(refusal, v, committer.store())),
+        StartCase::Refuse(_) => unreachable!("a refused start returned before the committer"),
     }
 }
 
@@ -509,13 +502,11 @@ fn set_wal_aside(
     if segments == 0 {
         return Ok(committer);
     }
+    let aside = set_aside(&dir, "set-aside")?;
+    warn!(moved_to = %aside.display(), segments, bytes, ?reason, "WAL moved aside (not deleted): its records are re-read from the source");
+    let (wal, _) = Wal::open_with_fs(fs.clone(), &dir, wal_options(config), None)?;
     let mut committer = committer;
-    committer.replace_wal(|| {
-        let aside = set_aside(&dir, "set-aside")?;
-        warn!(moved_to = %aside.display(), segments, bytes, ?reason, "WAL moved aside (not deleted): its records are re-read from the source");
-        let (wal, _) = Wal::open_with_fs(fs.clone(), &dir, wal_options(config), None)?;
-        Ok::<Wal, RecoveryError>(wal)
-    })?;
+    committer.set_wal(wal);
     Ok(committer)
 }
 

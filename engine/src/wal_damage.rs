@@ -2,10 +2,10 @@
 //!
 //! The WAL's open moves damaged segments to `wal/damaged-<ms>/` once; the start decision then
 //! refuses while the table does not hold what they held. So that the refusal holds on every
-//! later start too (a supervisor restarting the process must not slip past it), a refused start
-//! writes `PENDING` (the newest epoch the damaged part held) into that directory; a start with
-//! `--accept-wal-damage` renames it to `ACCEPTED`. Invariant: a `PENDING` file exists exactly for
-//! damage that refused a start and was not accepted since.
+//! later start too (a supervisor restarting the process must not slip past it), recovery writes
+//! `PENDING` (the newest epoch the damaged part held) into that directory as soon as the open
+//! reports the move; a start with `--accept-wal-damage` renames it to `ACCEPTED`. Invariant: a
+//! `PENDING` file exists exactly for damage found and not accepted since.
 
 use std::path::{Path, PathBuf};
 
