@@ -153,10 +153,6 @@ fn armed() -> Option<Armed> {
 #[cfg(feature = "crash-points")]
 static HITS: AtomicU64 = AtomicU64::new(0);
 
-/// True when crash points are compiled in (the `crash-points` feature): a test that needs a
-/// crash can refuse to run without them instead of passing by never crashing.
-pub const ENABLED: bool = cfg!(feature = "crash-points");
-
 /// Crashes the process here with SIGKILL if `point` is armed and this is the armed hit.
 #[cfg(feature = "crash-points")]
 pub fn hit(point: CrashPoint) {

@@ -250,11 +250,6 @@ impl RunId {
     pub const fn from_u32(bits: u32) -> Self {
         Self(bits)
     }
-
-    /// The run id's 32 bits.
-    pub const fn as_u32(self) -> u32 {
-        self.0
-    }
 }
 
 impl fmt::Display for RunId {
@@ -471,18 +466,8 @@ pub fn table_url(uri: &str) -> Result<Url, DeltaSinkError> {
 
 impl DeltaSink {
     /// Opens the table at `url`, creating it with `columns` when it does not exist yet, with
-    /// the real file system and this process's run id.
-    /// An existing table keeps its own schema (`columns` are then only checked by the caller).
-    pub async fn open_or_create(
-        url: &Url,
-        app_id: &str,
-        table_name: &str,
-        columns: Vec<StructField>,
-    ) -> Result<Self, DeltaSinkError> {
-        Self::open_or_create_with(url, app_id, table_name, columns, SinkOptions::default()).await
-    }
-
-    /// [`DeltaSink::open_or_create`] with explicit [`SinkOptions`] (file system, run id).
+    /// the file system and run id of `options`. An existing table keeps its own schema
+    /// (`columns` are then only checked by the caller).
     pub async fn open_or_create_with(
         url: &Url,
         app_id: &str,

@@ -66,11 +66,6 @@ impl DurableLocalStore {
         }
     }
 
-    /// The file system writes go through.
-    pub fn fs(&self) -> &SharedFs {
-        &self.fs
-    }
-
     /// The file behind `location`.
     pub fn path_of(&self, location: &Path) -> object_store::Result<PathBuf> {
         self.local.path_to_filesystem(location)

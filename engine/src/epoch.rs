@@ -648,7 +648,7 @@ impl OpenEpoch {
         self.first_record_at.get_or_insert(now);
         for (i, r) in records.iter().enumerate() {
             self.end.advance_past(r);
-            self.bytes += stub_size(stubs, i).unwrap_or(record_size(r) as u64);
+            self.bytes += stub_size(stubs, i).unwrap_or_else(|| record_size(r) as u64);
         }
         self.records += records.len() as u64;
         now

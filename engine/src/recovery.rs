@@ -524,8 +524,7 @@ fn log_wal_recovery(report: &WalRecovery, outcome: &mut RecoveryOutcome) {
         );
     }
     if let Some(t) = &report.truncation {
-        let removed: u64 = t.removed_segments.iter().map(|(_, s)| s).sum();
-        outcome.wal_bytes_cut = t.bytes_dropped + removed;
+        outcome.wal_bytes_cut = t.bytes_dropped;
         warn!(
             segment = %t.segment.display(),
             at = t.at,

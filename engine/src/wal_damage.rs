@@ -9,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
+use tidemark_checkpoint::wal::DAMAGED_PREFIX;
+
 /// The marker of damage that refused a start and is not accepted yet.
 pub const PENDING: &str = "PENDING";
 /// The marker of damage the operator accepted (`--accept-wal-damage`).
@@ -24,7 +26,7 @@ pub fn pending(wal_dir: &Path) -> std::io::Result<Vec<(PathBuf, u64)>> {
         let dir = entry?.path();
         let named_damaged = dir
             .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("damaged-"));
+            .is_some_and(|n| n.to_string_lossy().starts_with(DAMAGED_PREFIX));
         if !named_damaged {
             continue;
         }

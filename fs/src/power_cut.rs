@@ -28,7 +28,6 @@ struct State {
     current: HashMap<PathBuf, u64>,
     /// Names as a crash would leave them.
     durable: HashMap<PathBuf, u64>,
-    syncs: u64,
 }
 
 impl State {
@@ -86,11 +85,6 @@ impl PowerCutFs {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// How many file and directory fsyncs were made through this wrapper.
-    pub fn syncs(&self) -> u64 {
-        self.lock().syncs
     }
 
     /// Writes into `dest` (created if needed) the tree under the root that a power cut at
@@ -164,7 +158,6 @@ impl fmt::Debug for TrackedFile {
 impl TrackedFile {
     fn record_sync(&mut self) -> io::Result<()> {
         let mut s = self.fs.lock();
-        s.syncs += 1;
         let name = s
             .current
             .iter()
@@ -272,7 +265,6 @@ impl FileSystem for PowerCutFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         StdFs.sync_dir(dir)?;
         let mut s = self.lock();
-        s.syncs += 1;
         let in_dir = |p: &Path| parent_dir(p) == dir;
         s.durable.retain(|p, _| !in_dir(p));
         let now: Vec<(PathBuf, u64)> = s

@@ -39,7 +39,7 @@ use segment::{list_segments, segment_path};
 pub use error::WalError;
 pub use format::{Frame, FrameKind};
 pub use reader::WalReader;
-pub use recovery::{MidLogDamage, RecoveryReport, Truncation, WalDamage};
+pub use recovery::{MidLogDamage, RecoveryReport, Truncation, WalDamage, DAMAGED_PREFIX};
 
 /// When appended frames are fsynced. A seal is always fsynced, whatever the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

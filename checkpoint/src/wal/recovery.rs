@@ -38,8 +38,8 @@ use super::WalPosition;
 const REPAIR_FILE: &str = "REPAIR";
 /// The manifest of a finished move-aside (the in-progress one, renamed when done).
 const REPORT_FILE: &str = "REPORT";
-/// Prefix of the directories holding moved-aside segments.
-pub(crate) const DAMAGED_PREFIX: &str = "damaged-";
+/// The name prefix of a directory damaged segments are moved to (`damaged-<unix ms>`).
+pub const DAMAGED_PREFIX: &str = "damaged-";
 
 /// A torn tail cut off at open (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,9 +52,6 @@ pub struct Truncation {
     pub bytes_dropped: u64,
     /// Why the frame at `at` is not valid.
     pub reason: String,
-    /// Later segments removed whole, with their sizes. Always empty since damage followed by
-    /// later segments is moved aside ([`MidLogDamage`]); kept for callers that sum it.
-    pub removed_segments: Vec<(PathBuf, u64)>,
 }
 
 /// Damage before the end of the log, moved aside at open (see the module documentation).
@@ -349,7 +346,6 @@ fn cut_torn_tail(
         at,
         bytes_dropped: len - at,
         reason,
-        removed_segments: Vec::new(),
     })
 }
 
