@@ -359,21 +359,26 @@ fn all_facts() -> impl Iterator<Item = StartFacts> {
                         target_committed_epoch: Some(2),
                     }),
                 ];
-                [None, Some(3u64), Some(6)]
-                    .into_iter()
-                    .flat_map(move |damage| {
-                        rewinds.into_iter().map(move |rewind| StartFacts {
-                            checkpoints: bits & 1 == 0,
-                            store,
-                            next_sealed: bits & 2 != 0,
-                            wal_has_frames: bits & 6 != 0,
-                            table_txn: v,
-                            table_continues_checkpoint: bits & 8 != 0,
-                            wal_damage_newest_epoch: damage,
-                            accept_wal_damage: false,
-                            rewind,
-                        })
+                [
+                    (None, false),
+                    (Some(3u64), false),
+                    (Some(6), false),
+                    (Some(6), true),
+                ]
+                .into_iter()
+                .flat_map(move |(damage, accepted)| {
+                    rewinds.into_iter().map(move |rewind| StartFacts {
+                        checkpoints: bits & 1 == 0,
+                        store,
+                        next_sealed: bits & 2 != 0,
+                        wal_has_frames: bits & 6 != 0,
+                        table_txn: v,
+                        table_continues_checkpoint: bits & 8 != 0,
+                        wal_damage_newest_epoch: damage,
+                        accept_wal_damage: accepted,
+                        rewind,
                     })
+                })
             })
         })
     })
@@ -401,7 +406,7 @@ fn no_decision_rewrites_an_epoch_the_table_holds_or_numbers_below_it() {
 fn unaccepted_wal_damage_above_the_table_never_starts() {
     for f in all_facts() {
         if let (Some(n), true) = (f.wal_damage_newest_epoch, f.checkpoints) {
-            if n > f.table_txn && f.store != StoreFacts::Lost {
+            if n > f.table_txn && f.store != StoreFacts::Lost && !f.accept_wal_damage {
                 assert!(
                     matches!(decide(f), S::Refuse(_)),
                     "{f:?} -> {:?}",
