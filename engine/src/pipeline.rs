@@ -274,7 +274,7 @@ async fn open_tables(
         .table_name
         .clone()
         .unwrap_or_else(|| config.pipeline_id.clone());
-    let mut sink = open_table(
+    let sink = open_table(
         &url,
         &config.pipeline_id,
         &table_name,
@@ -282,9 +282,6 @@ async fn open_tables(
         sink_options,
     )
     .await?;
-    // The topic ids recorded with the positions: recorded again by commits (including a redo
-    // during recovery) and checked against the broker's when the source connects.
-    sink.set_topic_ids(sink.recorded_topic_ids().await?);
     check_schema(config, &sink)?;
     let processor = RecordProcessor::new(config, JsonDecoder::new(sink.arrow_schema().clone()))?;
     let wants_dead_letters = config.errors.on_invalid_record == OnInvalidRecord::DeadLetter

@@ -271,6 +271,14 @@ pub async fn recover(
     let mut latest = store.latest()?;
 
     let (txn, progress) = sink.progress().await?;
+    // The topic ids recorded with the positions: recorded again by commits (a redo during
+    // recovery included) and checked against the broker's when the source connects. The newest
+    // commit usually has them; the history is read further back only when it does not.
+    let topic_ids = match progress.as_ref().map(|p| &p.info.topic_ids) {
+        Some(ids) if !ids.is_empty() => ids.clone(),
+        _ => sink.recorded_topic_ids().await?,
+    };
+    sink.set_topic_ids(topic_ids);
     let v = txn.unwrap_or(Epoch::ZERO).get();
     check_table_progress(config, &sink, v, progress.as_ref())?;
     let mut outcome = RecoveryOutcome {
