@@ -140,7 +140,8 @@ pub fn wal_options(config: &PipelineConfig) -> WalOptions {
     }
 }
 
-fn wal_position(c: &CheckpointRecord) -> WalPosition {
+/// Where checkpoint `c` says the WAL after it begins.
+pub(crate) fn wal_position(c: &CheckpointRecord) -> WalPosition {
     WalPosition {
         segment: c.wal_segment,
         offset: c.wal_offset,
@@ -340,9 +341,9 @@ pub async fn recover(
         next_sealed: seal.is_some(),
         wal_has_frames: !records.is_empty() || seal.is_some(),
         table_txn: v,
-        table_continues_checkpoint: progress.as_ref().is_some_and(|p| {
-            p.info.epoch.get() == c_epoch + 1 && p.info.start_positions == checkpoint_positions
-        }),
+        table_continues_checkpoint: progress
+            .as_ref()
+            .is_some_and(|p| continues_checkpoint(p, c_epoch, &checkpoint_positions)),
         wal_damage_newest_epoch: damage_newest,
         accept_wal_damage: options.accept_wal_damage,
         rewind,
@@ -468,6 +469,13 @@ fn swept(report: SweepReport, table: &str) -> usize {
         warn!(table, files = report.foreign.len(), first = %report.foreign[0], "uncommitted data files of other runs (another writer with its own state directory, or a lost state directory) were left in place: a vacuum removes them once no writer can commit them");
     }
     report.deleted.len()
+}
+
+/// True when the table's newest commit `p` is epoch `c+1` and starts where checkpoint `c` (at
+/// `positions`; no checkpoint: epoch 0, empty positions) ends: it continues that checkpoint.
+/// The one definition `run` and `status` both use.
+pub(crate) fn continues_checkpoint(p: &TableProgress, c: u64, positions: &Positions) -> bool {
+    p.info.epoch.get() == c + 1 && p.info.start_positions == *positions
 }
 
 /// The table's newest commit of this pipeline must record the txn version's epoch.

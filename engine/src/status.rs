@@ -7,15 +7,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tidemark_checkpoint::store::Counts;
 use tidemark_checkpoint::wal::{segment_files, FrameKind, WalReader};
-use tidemark_checkpoint::{CheckpointStore, WalPosition};
+use tidemark_checkpoint::CheckpointStore;
 use tidemark_connectors::delta::DeltaSink;
 use tidemark_connectors::Epoch;
 
 use crate::config::PipelineConfig;
 use crate::epoch_log::from_store_positions;
 use crate::protocol::{decide, StartFacts, StoreFacts};
-use crate::recovery::{store_dir, wal_dir};
+use crate::recovery::{continues_checkpoint, store_dir, wal_dir, wal_position};
 use crate::state_lock;
+use crate::wal_damage;
 
 /// Why `tidemark status` could not gather what it shows.
 #[derive(Debug, thiserror::Error)]
@@ -153,10 +154,7 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
     };
     let from = latest
         .as_ref()
-        .map(|(c, _)| WalPosition {
-            segment: c.wal_segment,
-            offset: c.wal_offset,
-        })
+        .map(|(c, _)| wal_position(c))
         .unwrap_or_default();
     for item in WalReader::new(&wal_path, from) {
         match item {
@@ -173,11 +171,11 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
     }
 
     let url = config.paths.table_url.clone();
-    let mut continues = None;
+    let mut newest_commit = None;
     let table = match DeltaSink::open_existing(&url, &config.pipeline_id).await? {
         Some(mut sink) => {
             let (txn, progress) = sink.progress().await?;
-            continues = progress.map(|p| (p.info.epoch.get(), p.info.start_positions));
+            newest_commit = progress;
             TableStatus {
                 uri: url.to_string(),
                 exists: true,
@@ -207,12 +205,17 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
         next_sealed: wal.sealed_after_checkpoint == Some(c_epoch + 1),
         wal_has_frames: wal_frames,
         table_txn: v,
-        table_continues_checkpoint: match (&continues, &checkpoint) {
-            (Some((epoch, start)), Some(c)) => *epoch == c.epoch + 1 && *start == c.positions,
-            (Some((epoch, start)), None) => *epoch == 1 && start.iter().next().is_none(),
-            _ => false,
-        },
-        wal_damage_newest_epoch: None,
+        table_continues_checkpoint: newest_commit.as_ref().is_some_and(|p| {
+            let positions = checkpoint.as_ref().map(|c| c.positions.clone());
+            continues_checkpoint(p, c_epoch, &positions.unwrap_or_default())
+        }),
+        // Damage an earlier start found and nobody accepted (status does not repair the WAL,
+        // so damage no start has seen yet shows as `wal.damage` instead).
+        wal_damage_newest_epoch: wal_damage::pending(&wal_path)
+            .unwrap_or_default()
+            .iter()
+            .map(|(_, e)| *e)
+            .max(),
         accept_wal_damage: false,
         rewind: None,
     };

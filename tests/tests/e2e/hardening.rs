@@ -541,6 +541,10 @@ async fn wal_damage_before_the_end_refuses_until_accepted() {
                 "{what}, start {attempt}: {log}"
             );
         }
+        // `tidemark status` shows the same decision a start takes.
+        let status: serde_json::Value =
+            serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+        assert_eq!(status["next_case"], "refused", "{what}: {status}");
         let out = fixture
             .spawn_with(true, &["--accept-wal-damage"], &[])
             .wait_with_output()
