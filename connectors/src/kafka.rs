@@ -922,6 +922,36 @@ impl KafkaSource {
             .collect()
     }
 
+    /// Each assigned partition's end offset (high watermark) as librdkafka last saw it in a
+    /// fetch response, or as it was at start when no fetch reported it yet: no request is
+    /// sent, so it is cheap enough to call every second (for lag metrics).
+    pub fn partition_ends(&self) -> Vec<(String, i32, i64)> {
+        let rk = self.consumer.client().native_ptr();
+        self.assigned
+            .iter()
+            .filter_map(|tp| {
+                let topic = std::ffi::CString::new(tp.topic.as_str()).ok()?;
+                let (mut low, mut high) = (-1i64, -1i64);
+                // SAFETY: `rk` is this consumer's live handle and `topic` a NUL-terminated
+                // string that outlives the call; librdkafka only reads its cached offsets.
+                let err = unsafe {
+                    rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                        rk,
+                        topic.as_ptr(),
+                        tp.partition,
+                        &mut low,
+                        &mut high,
+                    )
+                };
+                let cached = (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                    && high >= 0)
+                    .then_some(high);
+                let high = cached.or_else(|| self.high_at_start.get(tp).copied())?;
+                Some((tp.topic.clone(), tp.partition, high))
+            })
+            .collect()
+    }
+
     /// Records taken during a commit and not yet handed out.
     pub fn buffered(&self) -> usize {
         self.pending.len()

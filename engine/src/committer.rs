@@ -507,6 +507,7 @@ impl Committer {
         self.committed_epoch = epoch;
         self.table_version = Some(version);
         self.add_totals(&open);
+        crate::metrics::epoch_committed(&open, &report);
         Ok(CommittedEpoch {
             open,
             report,
@@ -664,10 +665,10 @@ impl Committer {
             }
         }
         fault::hit(CrashPoint::BeforeParquetWrite);
-        let (adds, write) = self.sink.write_epoch_files(epoch, &open.batches).await?;
+        let (adds, write) = crate::metrics::time_parquet(self.sink.write_epoch_files(epoch, &open.batches)).await?;
         fault::hit(CrashPoint::AfterParquetWrite);
         report.files = write.files as u64;
-        match commit_with_delay(&mut self.sink, adds.clone(), info).await {
+        match crate::metrics::time_delta_commit(commit_with_delay(&mut self.sink, adds.clone(), info)).await {
             Ok(CommitOutcome::Committed { version }) => Ok(version),
             Ok(CommitOutcome::AlreadyCommitted { txn_version }) => {
                 Err(CommitError::AlreadyCommitted {
@@ -742,6 +743,7 @@ async fn commit_with_delay(
         tracing::warn!(ms, "fault injection: delaying the Delta commit");
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
+    crate::io_faults::commit_hang().await;
     sink.commit_epoch(adds, info).await
 }
 

@@ -1,0 +1,607 @@
+//! The run's metrics and live state, for `/metrics`, `/readyz` and the status page: a thin
+//! layer of named functions the pipeline calls at a few points (a batch read, a seal, a
+//! commit, a checkpoint), never per record.
+//!
+//! Nothing is recorded until [`install`] is called (`tidemark run` with an HTTP endpoint): each
+//! function starts with one `OnceLock` load and returns when metrics are off.
+//!
+//! Invariant kept here: the record counters of an epoch are added together under the `live`
+//! lock, and [`render`] encodes under the same lock, so every scrape sees
+//! `read = written + duplicates + late + dead-lettered` (summed over `reason`). Records count
+//! when their epoch's Delta commit landed, like the checkpoint's totals.
+//!
+//! The exposition is the Prometheus text format 0.0.4, encoded by `prometheus-client`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tidemark_connectors::Positions;
+
+use crate::committer::EpochReport;
+use crate::epoch::OpenEpoch;
+use crate::health::{self, Health, HealthFacts, WatermarkProgress};
+use crate::recovery::RecoveryOutcome;
+
+/// The `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Points of the throughput history kept for the status page's sparkline.
+const HISTORY: usize = 120;
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+type Labels = Vec<(&'static str, String)>;
+
+/// Thresholds of the health rules and what identifies the run.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    /// The pipeline.
+    pub pipeline_id: String,
+    /// The checkpoint interval (an epoch's longest duration).
+    pub interval: Duration,
+    /// No commit for this long while records wait: not ready.
+    pub commit_stall_after: Duration,
+    /// The watermark unmoved this long while records are read: not ready.
+    pub watermark_stuck_after: Duration,
+    /// Whether dedup (and so a watermark) is on.
+    pub dedup: bool,
+}
+
+/// The metric handles (shared atomics) and the live state behind the page and `/readyz`.
+pub struct Metrics {
+    info: RunInfo,
+    registry: Registry,
+    read: Counter,
+    written: Counter,
+    duplicates: Counter,
+    late: Counter,
+    dead_lettered: Family<Labels, Counter>,
+    epochs_sealed: Counter,
+    epochs_committed: Counter,
+    wal_appended: Counter,
+    epoch_duration: Histogram,
+    seal_fsync: Histogram,
+    parquet_write: Histogram,
+    delta_commit: Histogram,
+    checkpoint_write: Histogram,
+    wal_segments: Gauge,
+    wal_bytes: Gauge,
+    dedup_keys: Gauge,
+    watermark: FloatGauge,
+    watermark_lag: FloatGauge,
+    next_offset: Family<Labels, Gauge>,
+    high_watermark: Family<Labels, Gauge>,
+    partition_lag: Family<Labels, Gauge>,
+    consumer_lag: Gauge,
+    open_epoch_records: Gauge,
+    epoch: Gauge,
+    table_version: Gauge,
+    last_commit_ts: FloatGauge,
+    last_checkpoint_ts: FloatGauge,
+    last_commit_age: FloatGauge,
+    last_checkpoint_age: FloatGauge,
+    recovery_case: Family<Labels, Gauge>,
+    recovery_duration: FloatGauge,
+    recovery_replayed: Gauge,
+    replica_lag_versions: Family<Labels, Gauge>,
+    replica_lag_seconds: Family<Labels, FloatGauge>,
+    rss: Gauge,
+    ready: Gauge,
+    live: Mutex<Live>,
+}
+
+/// What the page and the health rules read; changed only under the `live` lock.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Live {
+    /// The pipeline.
+    pub pipeline_id: String,
+    /// Unix seconds at start.
+    pub started_at: f64,
+    /// Recovery's case, duration and replayed records (`None` while recovering).
+    pub recovery: Option<RecoverySnapshot>,
+    /// The epoch being read.
+    pub epoch: u64,
+    /// The newest committed epoch of this run, and its Delta version.
+    pub committed_epoch: Option<u64>,
+    /// The table version of the newest commit.
+    pub table_version: Option<u64>,
+    /// Records counted so far by this run: read, written, duplicates, late, dead-lettered.
+    pub counts: tidemark_checkpoint::store::Counts,
+    /// Dead-lettered records by reason.
+    pub dead_lettered: BTreeMap<String, u64>,
+    /// Unix seconds of the last commit and checkpoint.
+    pub last_commit_at: Option<f64>,
+    /// Unix seconds of the last checkpoint.
+    pub last_checkpoint_at: Option<f64>,
+    /// The watermark (event time, unix seconds) and when it last moved.
+    pub watermark: Option<f64>,
+    /// Unix seconds when the watermark last changed.
+    pub watermark_changed_at: Option<f64>,
+    /// Records read (committed) when it last changed.
+    pub read_at_watermark_change: u64,
+    /// Per `topic/partition`: committed next offset and high watermark.
+    pub partitions: BTreeMap<String, PartitionSnapshot>,
+    /// Records in the open epoch.
+    pub open_epoch_records: u64,
+    /// Replica lag, once set.
+    pub replica: Option<ReplicaLag>,
+    /// (unix seconds, records read) at each commit, oldest first.
+    pub history: VecDeque<(f64, u64)>,
+    /// WAL segments and bytes on disk, dedup keys.
+    pub wal_segments: u64,
+    /// WAL bytes on disk.
+    pub wal_bytes: u64,
+    /// Keys in dedup state.
+    pub dedup_keys: Option<u64>,
+}
+
+/// What recovery found and did at start.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoverySnapshot {
+    /// The case (`fresh`, `resume_epoch`, ...).
+    pub case: &'static str,
+    /// Milliseconds it took.
+    pub ms: u64,
+    /// Records replayed from the WAL.
+    pub replayed: u64,
+    /// Unix seconds when it finished.
+    pub at: f64,
+}
+
+/// One partition on the page.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PartitionSnapshot {
+    /// Next offset after the committed records.
+    pub next_offset: Option<i64>,
+    /// The broker's high watermark (end offset) as last seen.
+    pub high_watermark: Option<i64>,
+}
+
+impl PartitionSnapshot {
+    /// Records in Kafka not yet committed to the table.
+    pub fn lag(&self) -> Option<i64> {
+        Some((self.high_watermark? - self.next_offset.unwrap_or(0)).max(0))
+    }
+}
+
+/// How far a replica is behind the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaLag {
+    /// The replica's URI.
+    pub table: String,
+    /// Versions behind.
+    pub versions: u64,
+    /// Seconds behind.
+    pub seconds: f64,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// Turns metrics on for this process (idempotent: a second call keeps the first run's info).
+pub fn install(info: RunInfo) -> &'static Metrics {
+    METRICS.get_or_init(|| Metrics::new(info))
+}
+
+/// The metrics, if [`install`]ed.
+pub fn get() -> Option<&'static Metrics> {
+    METRICS.get()
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        120.0,
+    ]
+    .into_iter()
+}
+
+fn partition_labels(topic: &str, partition: i32) -> Labels {
+    vec![("topic", topic.to_string()), ("partition", partition.to_string())]
+}
+
+impl Metrics {
+    fn new(info: RunInfo) -> Self {
+        let m = Metrics {
+            registry: Registry::default(),
+            read: Counter::default(),
+            written: Counter::default(),
+            duplicates: Counter::default(),
+            late: Counter::default(),
+            dead_lettered: Family::default(),
+            epochs_sealed: Counter::default(),
+            epochs_committed: Counter::default(),
+            wal_appended: Counter::default(),
+            epoch_duration: Histogram::new(seconds_buckets()),
+            seal_fsync: Histogram::new(seconds_buckets()),
+            parquet_write: Histogram::new(seconds_buckets()),
+            delta_commit: Histogram::new(seconds_buckets()),
+            checkpoint_write: Histogram::new(seconds_buckets()),
+            wal_segments: Gauge::default(),
+            wal_bytes: Gauge::default(),
+            dedup_keys: Gauge::default(),
+            watermark: FloatGauge::default(),
+            watermark_lag: FloatGauge::default(),
+            next_offset: Family::default(),
+            high_watermark: Family::default(),
+            partition_lag: Family::default(),
+            consumer_lag: Gauge::default(),
+            open_epoch_records: Gauge::default(),
+            epoch: Gauge::default(),
+            table_version: Gauge::default(),
+            last_commit_ts: FloatGauge::default(),
+            last_checkpoint_ts: FloatGauge::default(),
+            last_commit_age: FloatGauge::default(),
+            last_checkpoint_age: FloatGauge::default(),
+            recovery_case: Family::default(),
+            recovery_duration: FloatGauge::default(),
+            recovery_replayed: Gauge::default(),
+            replica_lag_versions: Family::default(),
+            replica_lag_seconds: Family::default(),
+            rss: Gauge::default(),
+            ready: Gauge::default(),
+            live: Mutex::new(Live {
+                pipeline_id: info.pipeline_id.clone(),
+                started_at: now_secs(),
+                ..Live::default()
+            }),
+            info,
+        };
+        m.register()
+    }
+
+    fn register(mut self) -> Self {
+        let r = &mut self.registry;
+        let c = |r: &mut Registry, name: &str, help: &str, m: &Counter| {
+            r.register(name, help, m.clone())
+        };
+        c(r, "tidemark_records_read", "Records read, counted when their epoch's Delta commit landed", &self.read);
+        c(r, "tidemark_records_written", "Rows written to the table", &self.written);
+        c(r, "tidemark_records_duplicate", "Duplicates dropped by watermark dedup", &self.duplicates);
+        c(r, "tidemark_records_late", "Records below the watermark (dropped or dead-lettered as late)", &self.late);
+        r.register(
+            "tidemark_records_dead_lettered",
+            "Records dead-lettered or skipped as invalid, by reason (late records are counted apart)",
+            self.dead_lettered.clone(),
+        );
+        c(r, "tidemark_epochs_sealed", "Epochs sealed (SEAL durable in the WAL)", &self.epochs_sealed);
+        c(r, "tidemark_epochs_committed", "Epochs whose Delta commit landed", &self.epochs_committed);
+        c(r, "tidemark_wal_appended_bytes", "Bytes appended to the WAL by this process", &self.wal_appended);
+        let h = |r: &mut Registry, name: &str, help: &str, m: &Histogram| {
+            r.register(name, help, m.clone())
+        };
+        h(r, "tidemark_epoch_duration_seconds", "Time from an epoch's first record to its seal", &self.epoch_duration);
+        h(r, "tidemark_seal_fsync_seconds", "Time to seal an epoch (the WAL fsync)", &self.seal_fsync);
+        h(r, "tidemark_parquet_write_seconds", "Time to write an epoch's Parquet files", &self.parquet_write);
+        h(r, "tidemark_delta_commit_seconds", "Time of one Delta commit", &self.delta_commit);
+        h(r, "tidemark_checkpoint_seconds", "Time to write a checkpoint (RocksDB) and truncate the WAL", &self.checkpoint_write);
+        let g = |r: &mut Registry, name: &str, help: &str, m: &Gauge| {
+            r.register(name, help, m.clone())
+        };
+        g(r, "tidemark_wal_segments", "WAL segment files on disk", &self.wal_segments);
+        g(r, "tidemark_wal_size_bytes", "Bytes of the WAL segments on disk", &self.wal_bytes);
+        g(r, "tidemark_dedup_state_keys", "Keys in dedup state", &self.dedup_keys);
+        r.register("tidemark_watermark_seconds", "The dedup watermark (event time, unix seconds)", self.watermark.clone());
+        r.register("tidemark_watermark_lag_seconds", "Wall clock minus the watermark", self.watermark_lag.clone());
+        r.register("tidemark_partition_next_offset", "Next offset after the committed records, per partition", self.next_offset.clone());
+        r.register("tidemark_partition_high_watermark", "The broker's end offset, per partition", self.high_watermark.clone());
+        r.register("tidemark_partition_lag_records", "Records in Kafka not yet committed to the table, per partition", self.partition_lag.clone());
+        g(r, "tidemark_consumer_lag_records", "Records in Kafka not yet committed to the table, all partitions", &self.consumer_lag);
+        g(r, "tidemark_open_epoch_records", "Records in the epoch being read", &self.open_epoch_records);
+        g(r, "tidemark_epoch", "The epoch being read", &self.epoch);
+        g(r, "tidemark_table_version", "Delta version of the newest commit", &self.table_version);
+        r.register("tidemark_last_commit_timestamp_seconds", "Unix time of the last Delta commit", self.last_commit_ts.clone());
+        r.register("tidemark_last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint", self.last_checkpoint_ts.clone());
+        r.register("tidemark_last_commit_age_seconds", "Seconds since the last Delta commit (since start before the first)", self.last_commit_age.clone());
+        r.register("tidemark_last_checkpoint_age_seconds", "Seconds since the last checkpoint (since start before the first)", self.last_checkpoint_age.clone());
+        r.register("tidemark_recovery_case", "1 for the recovery case of the last start", self.recovery_case.clone());
+        r.register("tidemark_recovery_duration_seconds", "Duration of the last start's recovery", self.recovery_duration.clone());
+        g(r, "tidemark_recovery_replayed_records", "Records the last start replayed from the WAL", &self.recovery_replayed);
+        r.register("tidemark_replica_lag_versions", "Delta versions the replica is behind the table", self.replica_lag_versions.clone());
+        r.register("tidemark_replica_lag_seconds", "Seconds the replica is behind the table", self.replica_lag_seconds.clone());
+        g(r, "process_resident_memory_bytes", "Resident memory of the process", &self.rss);
+        g(r, "tidemark_ready", "1 when /readyz is healthy (recovered and committing)", &self.ready);
+        self
+    }
+
+    fn live(&self) -> MutexGuard<'_, Live> {
+        // A panic while holding the lock leaves plain data: keep serving it.
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the live state (for the status page).
+    pub fn snapshot(&self) -> Live {
+        self.live().clone()
+    }
+
+    /// The run's identity and thresholds.
+    pub fn info(&self) -> &RunInfo {
+        &self.info
+    }
+
+    /// The health rules applied to the live state now.
+    pub fn health(&self) -> Health {
+        let live = self.live();
+        self.health_of(&live, now_secs())
+    }
+
+    fn health_of(&self, live: &Live, now: f64) -> Health {
+        let since = |t: Option<f64>| Duration::from_secs_f64((now - t.unwrap_or(now)).max(0.0));
+        let waiting: i64 = live.partitions.values().filter_map(|p| p.lag()).sum();
+        let facts = HealthFacts {
+            recovered: live.recovery.is_some(),
+            records_waiting: waiting.max(0) as u64 + live.open_epoch_records,
+            since_last_commit: since(
+                live.last_commit_at
+                    .or(live.recovery.as_ref().map(|r| r.at)),
+            ),
+            commit_stall_after: self.info.commit_stall_after,
+            watermark: live.watermark_changed_at.map(|at| WatermarkProgress {
+                unchanged_for: since(Some(at)),
+                records_read_since: live.counts.read - live.read_at_watermark_change,
+            }),
+            watermark_stuck_after: self.info.watermark_stuck_after,
+        };
+        health::evaluate(&facts)
+    }
+
+    /// The exposition in the Prometheus text format, with the ages, RSS and readiness computed
+    /// now; encoded under the `live` lock (see the module's invariant).
+    pub fn render(&self) -> String {
+        let live = self.live();
+        let now = now_secs();
+        let age = |t: Option<f64>| now - t.unwrap_or(live.started_at);
+        self.last_commit_age.set(age(live.last_commit_at));
+        self.last_checkpoint_age.set(age(live.last_checkpoint_at));
+        if let Some(w) = live.watermark {
+            self.watermark_lag.set(now - w);
+        }
+        if let Some(rss) = current_rss_bytes() {
+            self.rss.set(rss as i64);
+        }
+        self.ready.set(i64::from(self.health_of(&live, now).ready));
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry) {
+            tracing::warn!("encoding metrics failed: {e}");
+        }
+        out
+    }
+
+    fn set_partition(&self, live: &mut Live, topic: &str, partition: i32, next: Option<i64>, high: Option<i64>) {
+        let key = format!("{topic}/{partition}");
+        let p = live.partitions.entry(key).or_default();
+        if next.is_some() {
+            p.next_offset = next;
+        }
+        if high.is_some() {
+            p.high_watermark = high;
+        }
+        let labels = partition_labels(topic, partition);
+        if let Some(n) = p.next_offset {
+            self.next_offset.get_or_create(&labels).set(n);
+        }
+        if let Some(h) = p.high_watermark {
+            self.high_watermark.get_or_create(&labels).set(h);
+        }
+        if let Some(lag) = p.lag() {
+            self.partition_lag.get_or_create(&labels).set(lag);
+        }
+    }
+
+    fn sum_lag(&self, live: &Live) {
+        let total: i64 = live.partitions.values().filter_map(|p| p.lag()).sum();
+        self.consumer_lag.set(total);
+    }
+}
+
+/// The process's resident set size now, from `/proc/self/statm` (Linux).
+fn current_rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+/// Recovery finished: its case, duration and replays; the run continues at `epoch` from
+/// `positions` (what the table holds).
+pub fn recovered(outcome: &RecoveryOutcome, epoch: u64, positions: &Positions) {
+    let Some(m) = get() else { return };
+    let mut live = m.live();
+    live.recovery = Some(RecoverySnapshot {
+        case: outcome.case,
+        ms: outcome.recovery_ms,
+        replayed: outcome.replayed_records,
+        at: now_secs(),
+    });
+    live.epoch = epoch;
+    m.epoch.set(epoch as i64);
+    m.recovery_case.clear();
+    m.recovery_case
+        .get_or_create(&vec![("case", outcome.case.to_string())])
+        .set(1);
+    m.recovery_duration.set(outcome.recovery_ms as f64 / 1000.0);
+    m.recovery_replayed.set(outcome.replayed_records as i64);
+    for (tp, next) in positions.iter() {
+        m.set_partition(&mut live, &tp.topic, tp.partition, Some(next), None);
+    }
+    m.sum_lag(&live);
+}
+
+/// A batch entered the open epoch, which now holds `records`.
+pub fn batch_read(records: u64) {
+    let Some(m) = get() else { return };
+    m.open_epoch_records.set(records as i64);
+}
+
+/// The broker's end offsets as last seen, per partition.
+pub fn partition_ends(ends: &[(String, i32, i64)]) {
+    let Some(m) = get() else { return };
+    let mut live = m.live();
+    for (topic, partition, high) in ends {
+        m.set_partition(&mut live, topic, *partition, None, Some(*high));
+    }
+    m.sum_lag(&live);
+}
+
+/// An epoch was sealed: it collected records for `epoch_age`; the seal took `seal`.
+pub fn epoch_sealed(epoch_age: Duration, seal: Duration, next_epoch: u64) {
+    let Some(m) = get() else { return };
+    m.epochs_sealed.inc();
+    m.epoch_duration.observe(epoch_age.as_secs_f64());
+    m.seal_fsync.observe(seal.as_secs_f64());
+    m.epoch.set(next_epoch as i64);
+    m.open_epoch_records.set(0);
+    let mut live = m.live();
+    live.epoch = next_epoch;
+    live.open_epoch_records = 0;
+}
+
+/// `open`'s Delta commit landed (`report.version`): its records count now, all together.
+pub fn epoch_committed(open: &OpenEpoch, report: &EpochReport) {
+    let Some(m) = get() else { return };
+    let counts = open.counts();
+    let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
+    for d in open.dead_letters.iter().filter(|d| d.reason != "late") {
+        *reasons.entry(d.reason).or_default() += 1;
+    }
+    for s in &open.skipped {
+        *reasons.entry(s.reason.as_str()).or_default() += 1;
+    }
+    for (_, reason) in &open.skipped_other {
+        *reasons.entry(reason).or_default() += 1;
+    }
+    // Whatever the lists do not explain still counts, so the identity holds.
+    let listed: u64 = reasons.values().sum();
+    if counts.dead_lettered > listed {
+        *reasons.entry("other").or_default() += counts.dead_lettered - listed;
+    }
+    let now = now_secs();
+    let mut live = m.live();
+    m.read.inc_by(counts.read);
+    m.written.inc_by(counts.written);
+    m.duplicates.inc_by(counts.duplicates);
+    m.late.inc_by(counts.late);
+    for (reason, n) in &reasons {
+        m.dead_lettered
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc_by(*n);
+        *live.dead_lettered.entry(reason.to_string()).or_default() += n;
+    }
+    m.epochs_committed.inc();
+    live.counts += counts;
+    live.committed_epoch = Some(report.epoch);
+    if let Some(v) = report.version {
+        live.table_version = Some(v.get());
+        m.table_version.set(v.get() as i64);
+    }
+    live.last_commit_at = Some(now);
+    m.last_commit_ts.set(now);
+    for (tp, next) in report.end.iter() {
+        m.set_partition(&mut live, &tp.topic, tp.partition, Some(next), None);
+    }
+    m.sum_lag(&live);
+    let read = live.counts.read;
+    live.history.push_back((now, read));
+    if live.history.len() > HISTORY {
+        live.history.pop_front();
+    }
+}
+
+/// Times `write` (an epoch's Parquet files) into the Parquet histogram.
+pub async fn time_parquet<T>(write: impl Future<Output = T>) -> T {
+    timed(write, |m| &m.parquet_write).await
+}
+
+/// Times `commit` (one Delta commit) into the commit histogram.
+pub async fn time_delta_commit<T>(commit: impl Future<Output = T>) -> T {
+    timed(commit, |m| &m.delta_commit).await
+}
+
+async fn timed<T>(work: impl Future<Output = T>, into: fn(&Metrics) -> &Histogram) -> T {
+    let Some(m) = get() else { return work.await };
+    let started = Instant::now();
+    let out = work.await;
+    into(m).observe(started.elapsed().as_secs_f64());
+    out
+}
+
+/// What the durable side holds after a checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct AfterCheckpoint {
+    /// WAL segment files on disk.
+    pub wal_segments: u64,
+    /// Their bytes.
+    pub wal_bytes: u64,
+    /// Bytes this process appended to the WAL so far.
+    pub wal_appended: u64,
+    /// Keys in dedup state.
+    pub dedup_keys: Option<u64>,
+    /// The watermark (micros).
+    pub watermark: Option<i64>,
+}
+
+/// An epoch's checkpoint is durable (`report.checkpoint_micros` it took).
+pub fn checkpointed(report: &EpochReport, after: &AfterCheckpoint) {
+    let Some(m) = get() else { return };
+    m.checkpoint_write
+        .observe(report.checkpoint_micros as f64 / 1e6);
+    m.wal_segments.set(after.wal_segments as i64);
+    m.wal_bytes.set(after.wal_bytes as i64);
+    let appended = after.wal_appended.saturating_sub(m.wal_appended.get());
+    m.wal_appended.inc_by(appended);
+    let now = now_secs();
+    m.last_checkpoint_ts.set(now);
+    let mut live = m.live();
+    live.last_checkpoint_at = Some(now);
+    live.wal_segments = after.wal_segments;
+    live.wal_bytes = after.wal_bytes;
+    live.dedup_keys = after.dedup_keys;
+    if let Some(k) = after.dedup_keys {
+        m.dedup_keys.set(k as i64);
+    }
+    if let Some(w) = after.watermark {
+        let w = w as f64 / 1e6;
+        m.watermark.set(w);
+        if live.watermark != Some(w) {
+            live.watermark = Some(w);
+            live.watermark_changed_at = Some(now);
+            live.read_at_watermark_change = live.counts.read;
+        }
+    }
+}
+
+/// Sets the replica lag behind the table (versions and seconds): the gauges and the page's row
+/// appear from the first call on.
+pub fn set_replica_lag(table: &str, versions: u64, seconds: f64) {
+    let Some(m) = get() else { return };
+    let labels = vec![("replica", table.to_string())];
+    m.replica_lag_versions
+        .get_or_create(&labels)
+        .set(versions as i64);
+    m.replica_lag_seconds.get_or_create(&labels).set(seconds);
+    m.live().replica = Some(ReplicaLag {
+        table: table.to_string(),
+        versions,
+        seconds,
+    });
+}
+
+/// The exposition, or `None` when metrics are off.
+pub fn render() -> Option<String> {
+    get().map(Metrics::render)
+}
