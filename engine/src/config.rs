@@ -491,6 +491,16 @@ const RESERVED_PROPERTIES: &[&str] = &[
 ];
 
 impl PipelineConfig {
+    /// Serves the HTTP endpoint on `addr` (`tidemark run --http`), checked like
+    /// `observability.http`.
+    pub fn set_http(&mut self, addr: String) -> Result<(), ConfigError> {
+        let mut o = self.observability.clone();
+        o.http = Some(addr);
+        check_observability(&o, &Invalid(Path::new("--http")))?;
+        self.observability = o;
+        Ok(())
+    }
+
     /// Reads and validates `path`; relative locations are resolved against the file's
     /// directory (see [`ResolvedPaths`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

@@ -63,6 +63,12 @@ pub enum Problem {
         /// Records read since.
         records_read: u64,
     },
+    /// A fact could not be gathered (`tidemark status --check` only: e.g. the broker did not
+    /// answer), so readiness cannot be vouched for.
+    Unknown {
+        /// What could not be read, and why.
+        what: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -80,6 +86,7 @@ impl fmt::Display for Problem {
                 f,
                 "watermark stuck: unchanged for {secs:.1} s while {records_read} record(s) were read"
             ),
+            Problem::Unknown { what } => write!(f, "cannot tell: {what}"),
         }
     }
 }
