@@ -34,8 +34,11 @@ use crate::recovery::RecoveryOutcome;
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// Points of the throughput history kept for the status page's sparkline.
+/// Points of the throughput history kept for the status page's sparkline (one a second).
 const HISTORY: usize = 120;
+
+/// Least time between two points of the throughput history.
+const HISTORY_EVERY: f64 = 1.0;
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 type Labels = Vec<(&'static str, String)>;
@@ -133,7 +136,7 @@ pub struct Live {
     pub open_epoch_records: u64,
     /// Replica lag, once set.
     pub replica: Option<ReplicaLag>,
-    /// (unix seconds, records read) at each commit, oldest first.
+    /// (unix seconds, records read) about once a second, oldest first.
     pub history: VecDeque<(f64, u64)>,
     /// WAL segments and bytes on disk, dedup keys.
     pub wal_segments: u64,
@@ -422,6 +425,7 @@ fn current_rss_bytes() -> Option<u64> {
 pub fn recovered(outcome: &RecoveryOutcome, epoch: u64, positions: &Positions) {
     let Some(m) = get() else { return };
     let mut live = m.live();
+    sample_history(&mut live, now_secs());
     live.recovery = Some(RecoverySnapshot {
         case: outcome.case,
         ms: outcome.recovery_ms,
@@ -456,6 +460,7 @@ pub fn partition_ends(ends: &[(String, i32, i64)]) {
         m.set_partition(&mut live, topic, *partition, None, Some(*high));
     }
     m.sum_lag(&live);
+    sample_history(&mut live, now_secs());
 }
 
 /// An epoch was sealed: it collected records for `epoch_age`; the seal took `seal`.
@@ -515,6 +520,17 @@ pub fn epoch_committed(open: &OpenEpoch, report: &EpochReport) {
         m.set_partition(&mut live, &tp.topic, tp.partition, Some(next), None);
     }
     m.sum_lag(&live);
+}
+
+/// Adds a point to the throughput history if the last one is at least [`HISTORY_EVERY`] old.
+fn sample_history(live: &mut Live, now: f64) {
+    if live
+        .history
+        .back()
+        .is_some_and(|(t, _)| now - t < HISTORY_EVERY)
+    {
+        return;
+    }
     let read = live.counts.read;
     live.history.push_back((now, read));
     if live.history.len() > HISTORY {
@@ -604,4 +620,193 @@ pub fn set_replica_lag(table: &str, versions: u64, seconds: f64) {
 /// The exposition, or `None` when metrics are off.
 pub fn render() -> Option<String> {
     get().map(Metrics::render)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn info() -> RunInfo {
+        RunInfo {
+            pipeline_id: "p".into(),
+            interval: Duration::from_secs(1),
+            commit_stall_after: Duration::from_secs(30),
+            watermark_stuck_after: Duration::from_secs(600),
+            dedup: true,
+        }
+    }
+
+    /// Every series name the exposition holds once each labelled family has a sample, read
+    /// back by a Prometheus text parser (histograms as `_bucket`, `_sum`, `_count`).
+    fn exported_names() -> BTreeSet<String> {
+        let m = Metrics::new(info());
+        {
+            let mut live = m.live();
+            m.set_partition(&mut live, "t", 0, Some(5), Some(9));
+        }
+        m.dead_lettered
+            .get_or_create(&vec![("reason", "malformed_json".to_string())])
+            .inc();
+        m.recovery_case
+            .get_or_create(&vec![("case", "fresh".to_string())])
+            .set(1);
+        let replica = vec![("replica", "s3://dr/t".to_string())];
+        m.replica_lag_versions.get_or_create(&replica).set(2);
+        m.replica_lag_seconds.get_or_create(&replica).set(3.5);
+        let text = m.render();
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let mut names = BTreeSet::new();
+        for sample in scrape.samples {
+            // The parser folds a histogram's `_bucket` lines into one sample of its base name.
+            if matches!(sample.value, prometheus_parse::Value::Histogram(_)) {
+                names.insert(format!("{}_bucket", sample.metric));
+            }
+            names.insert(sample.metric);
+        }
+        names
+    }
+
+    /// The metric names a PromQL expression uses (Tidemark's, the process's, and `up`).
+    fn metric_names(expr: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut depth = 0;
+        let mut quoted = false;
+        let mut plain = String::new();
+        for c in expr.chars() {
+            match c {
+                '"' => quoted = !quoted,
+                '{' | '[' if !quoted => depth += 1,
+                '}' | ']' if !quoted => depth -= 1,
+                c if !quoted && depth == 0 => plain.push(c),
+                _ => {}
+            }
+            if (c == '{' || c == '[') && !quoted {
+                plain.push(' ');
+            }
+        }
+        for token in plain.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+            if token.starts_with("tidemark_") || token.starts_with("process_") || token == "up" {
+                out.push(token.to_string());
+            }
+        }
+        out
+    }
+
+    fn docs(file: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs").join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn the_alert_rules_parse_and_name_only_exported_metrics() {
+        let exported = exported_names();
+        let rules: serde_yaml::Value = serde_yaml::from_str(&docs("prometheus-alerts.yml")).unwrap();
+        let rules = rules["groups"][0]["rules"].as_sequence().unwrap();
+        let mut alerts = BTreeSet::new();
+        for rule in rules {
+            let name = rule["alert"].as_str().unwrap();
+            alerts.insert(name.to_string());
+            let expr = rule["expr"].as_str().unwrap();
+            let used = metric_names(expr);
+            assert!(!used.is_empty(), "{name}: {expr} names no metric");
+            for metric in used {
+                assert!(
+                    metric == "up" || exported.contains(&metric),
+                    "{name}: {metric} is not exported (exported: {exported:?})"
+                );
+            }
+            let duration = rule["for"].as_str().unwrap();
+            assert!(
+                duration.ends_with('m') && duration[..duration.len() - 1].parse::<u32>().is_ok(),
+                "{name}: for {duration}"
+            );
+            assert!(rule["labels"]["severity"].as_str().is_some(), "{name}");
+            assert!(rule["annotations"]["summary"].as_str().is_some(), "{name}");
+        }
+        // What the issue asks to alert on.
+        for wanted in [
+            "TidemarkCheckpointStale",
+            "TidemarkCommitStalled",
+            "TidemarkWatermarkStuck",
+            "TidemarkReplicaLagAboveRPO",
+            "TidemarkDeadLetterRate",
+        ] {
+            assert!(alerts.contains(wanted), "{wanted} missing");
+        }
+    }
+
+    #[test]
+    fn the_grafana_dashboard_names_only_exported_metrics() {
+        let exported = exported_names();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&docs("grafana-dashboard.json")).unwrap();
+        let panels = dashboard["panels"].as_array().unwrap();
+        assert!(panels.len() >= 10);
+        let mut seen = BTreeSet::new();
+        for panel in panels {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for metric in metric_names(expr) {
+                    assert!(exported.contains(&metric), "{}: {metric}", panel["title"]);
+                    seen.insert(metric);
+                }
+            }
+        }
+        for wanted in [
+            "tidemark_partition_lag_records",
+            "tidemark_last_checkpoint_age_seconds",
+            "tidemark_watermark_lag_seconds",
+            "tidemark_replica_lag_seconds",
+            "tidemark_delta_commit_seconds_bucket",
+        ] {
+            assert!(seen.contains(wanted), "the dashboard does not show {wanted}");
+        }
+    }
+
+    #[test]
+    fn promql_names_are_found_outside_matchers_and_ranges() {
+        assert_eq!(
+            metric_names(r#"sum without (reason) (rate(tidemark_a_total{x="tidemark_no"}[5m])) / up"#),
+            ["tidemark_a_total", "up"]
+        );
+    }
+
+    #[test]
+    fn the_exposition_holds_every_metric_the_issue_lists() {
+        let exported = exported_names();
+        for name in [
+            "tidemark_records_read_total",
+            "tidemark_records_written_total",
+            "tidemark_records_duplicate_total",
+            "tidemark_records_late_total",
+            "tidemark_records_dead_lettered_total",
+            "tidemark_epochs_sealed_total",
+            "tidemark_epochs_committed_total",
+            "tidemark_epoch_duration_seconds_bucket",
+            "tidemark_seal_fsync_seconds_bucket",
+            "tidemark_parquet_write_seconds_bucket",
+            "tidemark_delta_commit_seconds_bucket",
+            "tidemark_checkpoint_seconds_bucket",
+            "tidemark_wal_appended_bytes_total",
+            "tidemark_wal_segments",
+            "tidemark_dedup_state_keys",
+            "tidemark_watermark_seconds",
+            "tidemark_watermark_lag_seconds",
+            "tidemark_partition_next_offset",
+            "tidemark_partition_high_watermark",
+            "tidemark_partition_lag_records",
+            "tidemark_last_checkpoint_age_seconds",
+            "tidemark_last_commit_age_seconds",
+            "tidemark_recovery_case",
+            "tidemark_recovery_duration_seconds",
+            "tidemark_replica_lag_versions",
+            "tidemark_replica_lag_seconds",
+            "process_resident_memory_bytes",
+        ] {
+            assert!(exported.contains(name), "{name} missing from {exported:?}");
+        }
+    }
 }

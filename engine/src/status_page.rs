@@ -184,7 +184,7 @@ td.lag{{font-variant-numeric:tabular-nums}} .muted{{color:#777}}
 <h1>Tidemark pipeline <span id="pipeline-id">{id}</span></h1>
 <table id="summary">{rows}</table>
 <h2>Throughput</h2>
-<p>{sparkline} <span id="throughput">{latest:.0}</span> records/s at the last commit <span class="muted">(per commit, last {n} commits)</span></p>
+<p>{sparkline} <span id="throughput">{latest:.0}</span> records/s committed <span class="muted">(the last {n} s, per second)</span></p>
 <h2>Lag per partition</h2>
 <table id="partitions"><tr><th>partition</th><th>next offset (committed)</th><th>high watermark</th><th>lag</th></tr>{partitions}</table>
 <p class="muted">Refreshes every {REFRESH_SECS} s · <a href="/metrics">/metrics</a> · <a href="/readyz">/readyz</a> · rendered {now}</p>
