@@ -982,7 +982,8 @@ impl KafkaSource {
                         &mut high,
                     )
                 };
-                let cached = (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                let cached = (err
+                    == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
                     && high >= 0)
                     .then_some(high);
                 let high = cached.or_else(|| self.high_at_start.get(tp).copied())?;

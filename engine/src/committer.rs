@@ -665,10 +665,11 @@ impl Committer {
             }
         }
         fault::hit(CrashPoint::BeforeParquetWrite);
-        let (adds, write) = crate::metrics::time_parquet(self.sink.write_epoch_files(epoch, &open.batches)).await?;
+        let (adds, write) =
+            crate::metrics::time_parquet(self.sink.write_epoch_files(epoch, &open.batches)).await?;
         fault::hit(CrashPoint::AfterParquetWrite);
         report.files = write.files as u64;
-        match crate::metrics::time_delta_commit(commit_with_delay(&mut self.sink, adds.clone(), info)).await {
+        match commit_with_delay(&mut self.sink, adds.clone(), info).await {
             Ok(CommitOutcome::Committed { version }) => Ok(version),
             Ok(CommitOutcome::AlreadyCommitted { txn_version }) => {
                 Err(CommitError::AlreadyCommitted {
@@ -744,7 +745,7 @@ async fn commit_with_delay(
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     crate::io_faults::commit_hang().await;
-    sink.commit_epoch(adds, info).await
+    crate::metrics::time_delta_commit(sink.commit_epoch(adds, info)).await
 }
 
 #[cfg(test)]

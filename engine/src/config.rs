@@ -732,7 +732,10 @@ fn check_observability(o: &ObservabilityConfig, invalid: &Invalid) -> Result<(),
         }
     }
     if o.commit_stall_intervals == 0 {
-        return Err(invalid.at("observability.commit_stall_intervals", "must be greater than 0"));
+        return Err(invalid.at(
+            "observability.commit_stall_intervals",
+            "must be greater than 0",
+        ));
     }
     if o.watermark_stuck_ms == 0 {
         return Err(invalid.at("observability.watermark_stuck_ms", "must be greater than 0"));

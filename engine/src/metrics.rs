@@ -214,7 +214,10 @@ fn seconds_buckets() -> impl Iterator<Item = f64> {
 }
 
 fn partition_labels(topic: &str, partition: i32) -> Labels {
-    vec![("topic", topic.to_string()), ("partition", partition.to_string())]
+    vec![
+        ("topic", topic.to_string()),
+        ("partition", partition.to_string()),
+    ]
 }
 
 impl Metrics {
@@ -272,52 +275,208 @@ impl Metrics {
         let c = |r: &mut Registry, name: &str, help: &str, m: &Counter| {
             r.register(name, help, m.clone())
         };
-        c(r, "tidemark_records_read", "Records read, counted when their epoch's Delta commit landed", &self.read);
-        c(r, "tidemark_records_written", "Rows written to the table", &self.written);
-        c(r, "tidemark_records_duplicate", "Duplicates dropped by watermark dedup", &self.duplicates);
-        c(r, "tidemark_records_late", "Records below the watermark (dropped or dead-lettered as late)", &self.late);
+        c(
+            r,
+            "tidemark_records_read",
+            "Records read, counted when their epoch's Delta commit landed",
+            &self.read,
+        );
+        c(
+            r,
+            "tidemark_records_written",
+            "Rows written to the table",
+            &self.written,
+        );
+        c(
+            r,
+            "tidemark_records_duplicate",
+            "Duplicates dropped by watermark dedup",
+            &self.duplicates,
+        );
+        c(
+            r,
+            "tidemark_records_late",
+            "Records below the watermark (dropped or dead-lettered as late)",
+            &self.late,
+        );
         r.register(
             "tidemark_records_dead_lettered",
             "Records dead-lettered or skipped as invalid, by reason (late records are counted apart)",
             self.dead_lettered.clone(),
         );
-        c(r, "tidemark_epochs_sealed", "Epochs sealed (SEAL durable in the WAL)", &self.epochs_sealed);
-        c(r, "tidemark_epochs_committed", "Epochs whose Delta commit landed", &self.epochs_committed);
-        c(r, "tidemark_wal_appended_bytes", "Bytes appended to the WAL by this process", &self.wal_appended);
+        c(
+            r,
+            "tidemark_epochs_sealed",
+            "Epochs sealed (SEAL durable in the WAL)",
+            &self.epochs_sealed,
+        );
+        c(
+            r,
+            "tidemark_epochs_committed",
+            "Epochs whose Delta commit landed",
+            &self.epochs_committed,
+        );
+        c(
+            r,
+            "tidemark_wal_appended_bytes",
+            "Bytes appended to the WAL by this process",
+            &self.wal_appended,
+        );
         let h = |r: &mut Registry, name: &str, help: &str, m: &Histogram| {
             r.register(name, help, m.clone())
         };
-        h(r, "tidemark_epoch_duration_seconds", "Time from an epoch's first record to its seal", &self.epoch_duration);
-        h(r, "tidemark_seal_fsync_seconds", "Time to seal an epoch (the WAL fsync)", &self.seal_fsync);
-        h(r, "tidemark_parquet_write_seconds", "Time to write an epoch's Parquet files", &self.parquet_write);
-        h(r, "tidemark_delta_commit_seconds", "Time of one Delta commit", &self.delta_commit);
-        h(r, "tidemark_checkpoint_seconds", "Time to write a checkpoint (RocksDB) and truncate the WAL", &self.checkpoint_write);
-        let g = |r: &mut Registry, name: &str, help: &str, m: &Gauge| {
-            r.register(name, help, m.clone())
-        };
-        g(r, "tidemark_wal_segments", "WAL segment files on disk", &self.wal_segments);
-        g(r, "tidemark_wal_size_bytes", "Bytes of the WAL segments on disk", &self.wal_bytes);
-        g(r, "tidemark_dedup_state_keys", "Keys in dedup state", &self.dedup_keys);
-        r.register("tidemark_watermark_seconds", "The dedup watermark (event time, unix seconds)", self.watermark.clone());
-        r.register("tidemark_watermark_lag_seconds", "Wall clock minus the watermark", self.watermark_lag.clone());
-        r.register("tidemark_partition_next_offset", "Next offset after the committed records, per partition", self.next_offset.clone());
-        r.register("tidemark_partition_high_watermark", "The broker's end offset, per partition", self.high_watermark.clone());
-        r.register("tidemark_partition_lag_records", "Records in Kafka not yet committed to the table, per partition", self.partition_lag.clone());
-        g(r, "tidemark_consumer_lag_records", "Records in Kafka not yet committed to the table, all partitions", &self.consumer_lag);
-        g(r, "tidemark_open_epoch_records", "Records in the epoch being read", &self.open_epoch_records);
+        h(
+            r,
+            "tidemark_epoch_duration_seconds",
+            "Time from an epoch's first record to its seal",
+            &self.epoch_duration,
+        );
+        h(
+            r,
+            "tidemark_seal_fsync_seconds",
+            "Time to seal an epoch (the WAL fsync)",
+            &self.seal_fsync,
+        );
+        h(
+            r,
+            "tidemark_parquet_write_seconds",
+            "Time to write an epoch's Parquet files",
+            &self.parquet_write,
+        );
+        h(
+            r,
+            "tidemark_delta_commit_seconds",
+            "Time of one Delta commit",
+            &self.delta_commit,
+        );
+        h(
+            r,
+            "tidemark_checkpoint_seconds",
+            "Time to write a checkpoint (RocksDB) and truncate the WAL",
+            &self.checkpoint_write,
+        );
+        let g =
+            |r: &mut Registry, name: &str, help: &str, m: &Gauge| r.register(name, help, m.clone());
+        g(
+            r,
+            "tidemark_wal_segments",
+            "WAL segment files on disk",
+            &self.wal_segments,
+        );
+        g(
+            r,
+            "tidemark_wal_size_bytes",
+            "Bytes of the WAL segments on disk",
+            &self.wal_bytes,
+        );
+        g(
+            r,
+            "tidemark_dedup_state_keys",
+            "Keys in dedup state",
+            &self.dedup_keys,
+        );
+        r.register(
+            "tidemark_watermark_seconds",
+            "The dedup watermark (event time, unix seconds)",
+            self.watermark.clone(),
+        );
+        r.register(
+            "tidemark_watermark_lag_seconds",
+            "Wall clock minus the watermark",
+            self.watermark_lag.clone(),
+        );
+        r.register(
+            "tidemark_partition_next_offset",
+            "Next offset after the committed records, per partition",
+            self.next_offset.clone(),
+        );
+        r.register(
+            "tidemark_partition_high_watermark",
+            "The broker's end offset, per partition",
+            self.high_watermark.clone(),
+        );
+        r.register(
+            "tidemark_partition_lag_records",
+            "Records in Kafka not yet committed to the table, per partition",
+            self.partition_lag.clone(),
+        );
+        g(
+            r,
+            "tidemark_consumer_lag_records",
+            "Records in Kafka not yet committed to the table, all partitions",
+            &self.consumer_lag,
+        );
+        g(
+            r,
+            "tidemark_open_epoch_records",
+            "Records in the epoch being read",
+            &self.open_epoch_records,
+        );
         g(r, "tidemark_epoch", "The epoch being read", &self.epoch);
-        g(r, "tidemark_table_version", "Delta version of the newest commit", &self.table_version);
-        r.register("tidemark_last_commit_timestamp_seconds", "Unix time of the last Delta commit", self.last_commit_ts.clone());
-        r.register("tidemark_last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint", self.last_checkpoint_ts.clone());
-        r.register("tidemark_last_commit_age_seconds", "Seconds since the last Delta commit (since start before the first)", self.last_commit_age.clone());
-        r.register("tidemark_last_checkpoint_age_seconds", "Seconds since the last checkpoint (since start before the first)", self.last_checkpoint_age.clone());
-        r.register("tidemark_recovery_case", "1 for the recovery case of the last start", self.recovery_case.clone());
-        r.register("tidemark_recovery_duration_seconds", "Duration of the last start's recovery", self.recovery_duration.clone());
-        g(r, "tidemark_recovery_replayed_records", "Records the last start replayed from the WAL", &self.recovery_replayed);
-        r.register("tidemark_replica_lag_versions", "Delta versions the replica is behind the table", self.replica_lag_versions.clone());
-        r.register("tidemark_replica_lag_seconds", "Seconds the replica is behind the table", self.replica_lag_seconds.clone());
-        g(r, "process_resident_memory_bytes", "Resident memory of the process", &self.rss);
-        g(r, "tidemark_ready", "1 when /readyz is healthy (recovered and committing)", &self.ready);
+        g(
+            r,
+            "tidemark_table_version",
+            "Delta version of the newest commit",
+            &self.table_version,
+        );
+        r.register(
+            "tidemark_last_commit_timestamp_seconds",
+            "Unix time of the last Delta commit",
+            self.last_commit_ts.clone(),
+        );
+        r.register(
+            "tidemark_last_checkpoint_timestamp_seconds",
+            "Unix time of the last checkpoint",
+            self.last_checkpoint_ts.clone(),
+        );
+        r.register(
+            "tidemark_last_commit_age_seconds",
+            "Seconds since the last Delta commit (since start before the first)",
+            self.last_commit_age.clone(),
+        );
+        r.register(
+            "tidemark_last_checkpoint_age_seconds",
+            "Seconds since the last checkpoint (since start before the first)",
+            self.last_checkpoint_age.clone(),
+        );
+        r.register(
+            "tidemark_recovery_case",
+            "1 for the recovery case of the last start",
+            self.recovery_case.clone(),
+        );
+        r.register(
+            "tidemark_recovery_duration_seconds",
+            "Duration of the last start's recovery",
+            self.recovery_duration.clone(),
+        );
+        g(
+            r,
+            "tidemark_recovery_replayed_records",
+            "Records the last start replayed from the WAL",
+            &self.recovery_replayed,
+        );
+        r.register(
+            "tidemark_replica_lag_versions",
+            "Delta versions the replica is behind the table",
+            self.replica_lag_versions.clone(),
+        );
+        r.register(
+            "tidemark_replica_lag_seconds",
+            "Seconds the replica is behind the table",
+            self.replica_lag_seconds.clone(),
+        );
+        g(
+            r,
+            "process_resident_memory_bytes",
+            "Resident memory of the process",
+            &self.rss,
+        );
+        g(
+            r,
+            "tidemark_ready",
+            "1 when /readyz is healthy (recovered and committing)",
+            &self.ready,
+        );
         self
     }
 
@@ -348,10 +507,7 @@ impl Metrics {
         let facts = HealthFacts {
             recovered: live.recovery.is_some(),
             records_waiting: waiting.max(0) as u64 + live.open_epoch_records,
-            since_last_commit: since(
-                live.last_commit_at
-                    .or(live.recovery.as_ref().map(|r| r.at)),
-            ),
+            since_last_commit: since(live.last_commit_at.or(live.recovery.as_ref().map(|r| r.at))),
             commit_stall_after: self.info.commit_stall_after,
             watermark: live.watermark_changed_at.map(|at| WatermarkProgress {
                 unchanged_for: since(Some(at)),
@@ -378,13 +534,22 @@ impl Metrics {
         }
         self.ready.set(i64::from(self.health_of(&live, now).ready));
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry) {
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
             tracing::warn!("encoding metrics failed: {e}");
         }
         out
     }
 
-    fn set_partition(&self, live: &mut Live, topic: &str, partition: i32, next: Option<i64>, high: Option<i64>) {
+    fn set_partition(
+        &self,
+        live: &mut Live,
+        topic: &str,
+        partition: i32,
+        next: Option<i64>,
+        high: Option<i64>,
+    ) {
         let key = format!("{topic}/{partition}");
         let p = live.partitions.entry(key).or_default();
         if next.is_some() {
@@ -696,14 +861,17 @@ mod tests {
     }
 
     fn docs(file: &str) -> String {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs").join(file);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs")
+            .join(file);
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
     #[test]
     fn the_alert_rules_parse_and_name_only_exported_metrics() {
         let exported = exported_names();
-        let rules: serde_yaml::Value = serde_yaml::from_str(&docs("prometheus-alerts.yml")).unwrap();
+        let rules: serde_yaml::Value =
+            serde_yaml::from_str(&docs("prometheus-alerts.yml")).unwrap();
         let rules = rules["groups"][0]["rules"].as_sequence().unwrap();
         let mut alerts = BTreeSet::new();
         for rule in rules {
@@ -762,14 +930,19 @@ mod tests {
             "tidemark_replica_lag_seconds",
             "tidemark_delta_commit_seconds_bucket",
         ] {
-            assert!(seen.contains(wanted), "the dashboard does not show {wanted}");
+            assert!(
+                seen.contains(wanted),
+                "the dashboard does not show {wanted}"
+            );
         }
     }
 
     #[test]
     fn promql_names_are_found_outside_matchers_and_ranges() {
         assert_eq!(
-            metric_names(r#"sum without (reason) (rate(tidemark_a_total{x="tidemark_no"}[5m])) / up"#),
+            metric_names(
+                r#"sum without (reason) (rate(tidemark_a_total{x="tidemark_no"}[5m])) / up"#
+            ),
             ["tidemark_a_total", "up"]
         );
     }

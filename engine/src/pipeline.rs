@@ -171,7 +171,10 @@ pub async fn run(
     info!(state = %state.display(), run = %lock.run(), "state directory locked");
     // Served from before recovery on: /healthz answers and /readyz says "not recovered".
     let _http = match &config.observability.http {
-        Some(addr) => Some(crate::http::serve(addr, metrics::install(run_info(config)))?),
+        Some(addr) => Some(crate::http::serve(
+            addr,
+            metrics::install(run_info(config)),
+        )?),
         None => None,
     };
     let sink_options = SinkOptions {
@@ -412,9 +415,13 @@ async fn run_epochs(
     if metrics_on {
         metrics::partition_ends(&source.partition_ends());
     }
-    let mut catching_up = options
-        .until_caught_up
-        .then(|| Progress::new("reading until caught up", source.lag_at_start(&open.end).max(0) as u64));
+    let mut catching_up = options.until_caught_up.then(|| {
+        Progress::new(
+            "reading until caught up",
+            "records",
+            source.lag_at_start(&open.end).max(0) as u64,
+        )
+    });
     loop {
         let stop = if shutdown.requested() {
             Some("shutdown")

@@ -1,6 +1,7 @@
 //! Progress of long work (reading until caught up, replaying the WAL, loading or rebuilding
-//! dedup state): a bar with records and % of the target when stderr is a terminal, otherwise
-//! a plain log line at most every [`LOG_EVERY`] (log shippers get lines, not control codes).
+//! dedup state): a bar with the amount done and % of the target when stderr is a terminal,
+//! otherwise a plain log line at most every [`LOG_EVERY`] (log shippers get lines, not control
+//! codes). Work done within [`QUIET_FOR`] shows nothing at all.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -11,14 +12,20 @@ use tracing::info;
 /// Least time between two progress log lines when stderr is not a terminal.
 pub const LOG_EVERY: Duration = Duration::from_secs(5);
 
+/// Work that ends sooner than this shows no bar and logs no progress line.
+pub const QUIET_FOR: Duration = Duration::from_secs(1);
+
 /// One piece of long work.
 pub struct Progress {
     what: &'static str,
+    unit: &'static str,
     target: u64,
     done: u64,
+    terminal: bool,
     bar: Option<ProgressBar>,
     started: Instant,
-    last_log: Instant,
+    /// When a line was last logged (`None`: nothing shown yet).
+    last_log: Option<Instant>,
 }
 
 /// `done` as a share of `target` in percent (100 when the target is 0).
@@ -31,28 +38,33 @@ pub fn percent(done: u64, target: u64) -> f64 {
 }
 
 impl Progress {
-    /// Starts reporting `what` towards `target` records.
-    pub fn new(what: &'static str, target: u64) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+    /// Starts reporting `what` towards `target` `unit`s (`records`, `keys`, `bytes`, ...).
+    pub fn new(what: &'static str, unit: &'static str, target: u64) -> Self {
+        Self {
+            what,
+            unit,
+            target,
+            done: 0,
+            terminal: std::io::stderr().is_terminal(),
+            bar: None,
+            started: Instant::now(),
+            last_log: None,
+        }
+    }
+
+    fn show_bar(&mut self) -> &ProgressBar {
+        let (what, unit, target) = (self.what, self.unit, self.target);
+        self.bar.get_or_insert_with(|| {
             let bar = ProgressBar::with_draw_target(Some(target), ProgressDrawTarget::stderr());
-            if let Ok(style) = ProgressStyle::with_template(
-                "{msg} [{bar:30}] {human_pos}/{human_len} records ({percent}%) {per_sec} eta {eta}",
-            ) {
+            let template = format!(
+                "{{msg}} [{{bar:30}}] {{human_pos}}/{{human_len}} {unit} ({{percent}}%) eta {{eta}}"
+            );
+            if let Ok(style) = ProgressStyle::with_template(&template) {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar.set_message(what);
             bar
-        });
-        info!(what, target, "started");
-        let now = Instant::now();
-        Self {
-            what,
-            target,
-            done: 0,
-            bar,
-            started: now,
-            last_log: now,
-        }
+        })
     }
 
     /// `n` more records done.
@@ -63,21 +75,22 @@ impl Progress {
     /// `done` records done in all.
     pub fn set(&mut self, done: u64) {
         self.done = done;
-        match &self.bar {
-            Some(bar) => bar.set_position(done),
-            None => {
-                if self.last_log.elapsed() >= LOG_EVERY {
-                    self.last_log = Instant::now();
-                    self.log("progress");
-                }
-            }
+        if self.started.elapsed() < QUIET_FOR {
+            return;
+        }
+        if self.terminal {
+            self.show_bar().set_position(done);
+        } else if self.last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+            self.last_log = Some(Instant::now());
+            self.log("progress");
         }
     }
 
     fn log(&self, message: &'static str) {
         info!(
             what = self.what,
-            records = self.done,
+            unit = self.unit,
+            done = self.done,
             target = self.target,
             percent = format!("{:.1}", percent(self.done, self.target)),
             secs = format!("{:.1}", self.started.elapsed().as_secs_f64()),
@@ -85,12 +98,14 @@ impl Progress {
         );
     }
 
-    /// The work is over: clears the bar and logs the total.
+    /// The work is over: clears the bar and, if progress was shown, logs the total.
     pub fn finish(self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        self.log("done");
+        if self.bar.is_some() || self.last_log.is_some() {
+            self.log("done");
+        }
     }
 }
 
@@ -100,7 +115,7 @@ mod tests {
     fn percent_of_the_target() {
         assert_eq!(super::percent(50, 200), 25.0);
         assert_eq!(super::percent(0, 0), 100.0);
-        let mut p = super::Progress::new("test", 10);
+        let mut p = super::Progress::new("test", "records", 10);
         p.add(4);
         p.add(6);
         assert_eq!(p.done, 10);

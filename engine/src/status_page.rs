@@ -37,7 +37,9 @@ fn utc(secs: f64) -> String {
 }
 
 fn age(now: f64, at: Option<f64>) -> String {
-    at.map_or("none yet".into(), |t| format!("{:.1} s ago", (now - t).max(0.0)))
+    at.map_or("none yet".into(), |t| {
+        format!("{:.1} s ago", (now - t).max(0.0))
+    })
 }
 
 /// Records per second between successive commits, oldest first.
@@ -87,12 +89,16 @@ pub fn render(live: &Live, info: &RunInfo, health: &Health, now: f64) -> String 
             format!(r#"<span class="bad">{}</span>"#, esc(&health.to_string()))
         },
     );
-    row("epoch", format!(r#"<span id="epoch">{}</span> (being read)"#, live.epoch));
+    row(
+        "epoch",
+        format!(r#"<span id="epoch">{}</span> (being read)"#, live.epoch),
+    );
     row(
         "last commit",
         format!(
             "epoch {}, table version {}, {}",
-            live.committed_epoch.map_or("none".into(), |e| e.to_string()),
+            live.committed_epoch
+                .map_or("none".into(), |e| e.to_string()),
             live.table_version.map_or("none".into(), |v| v.to_string()),
             age(now, live.last_commit_at)
         ),
@@ -232,7 +238,10 @@ mod tests {
         assert_eq!(page.matches(r#"<tr class="partition""#).count(), 3);
         assert!(page.contains(r#"<td class="lag">7</td>"#));
         assert!(page.contains(r#"<span id="throughput">1000</span>"#));
-        assert!(!page.contains("replica lag"), "no replica row until one is set");
+        assert!(
+            !page.contains("replica lag"),
+            "no replica row until one is set"
+        );
         assert_eq!(throughput(&live), [500.0, 1000.0]);
     }
 }

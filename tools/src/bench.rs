@@ -316,7 +316,10 @@ fn throughput_runs(
             let scrapes = scraper.map(Scraper::stop);
             let summary = summary?;
             if scrapes == Some(0) {
-                bail!("interval {name}: /metrics was never scraped; see {}", run_dir.join("run.log").display());
+                bail!(
+                    "interval {name}: /metrics was never scraped; see {}",
+                    run_dir.join("run.log").display()
+                );
             }
             let read = summary["records_read"].as_u64().unwrap_or(0);
             if read != produced {
@@ -329,7 +332,9 @@ fn throughput_runs(
                 "  round {}/{rounds} {name:>6}: {:.0} records/s{}",
                 round + 1,
                 read as f64 / wall,
-                scrapes.map(|n| format!(" ({n} scrapes of /metrics)")).unwrap_or_default()
+                scrapes
+                    .map(|n| format!(" ({n} scrapes of /metrics)"))
+                    .unwrap_or_default()
             );
             runs[i].push((wall, summary));
         }
@@ -487,7 +492,9 @@ impl Scraper {
     /// Turns metrics on in `config` (a free loopback port) and starts scraping it.
     fn start(config: &Path) -> anyhow::Result<Self> {
         use std::io::Write;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let addr = format!("127.0.0.1:{port}");
         let mut file = std::fs::OpenOptions::new().append(true).open(config)?;
         writeln!(file, "\n[observability]\nhttp = \"{addr}\"")?;

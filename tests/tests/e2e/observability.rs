@@ -25,7 +25,9 @@ fn free_addr() -> String {
 /// `GET path` over HTTP/1.0: (status code, body); `None` while nothing listens.
 fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
@@ -59,7 +61,11 @@ impl Scraped {
                 Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
                 Value::Summary(_) => continue,
             };
-            let labels = s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let labels = s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             by_name.entry(s.metric).or_default().push((labels, value));
         }
         Scraped(by_name)
@@ -67,7 +73,9 @@ impl Scraped {
 
     /// The sum over every label set of `name` (0 when absent).
     fn sum(&self, name: &str) -> f64 {
-        self.0.get(name).map_or(0.0, |v| v.iter().map(|(_, x)| x).sum())
+        self.0
+            .get(name)
+            .map_or(0.0, |v| v.iter().map(|(_, x)| x).sum())
     }
 
     fn has(&self, name: &str) -> bool {
@@ -140,10 +148,14 @@ async fn metrics_scrapes_are_monotone_add_up_and_lag_reaches_zero() {
     let (mut scrapes, mut saw_lag, mut reads) = (0, false, Vec::new());
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        assert!(Instant::now() < deadline, "not caught up in time; log:\n{}", {
-            child.kill().ok();
-            log.join().unwrap()
-        });
+        assert!(
+            Instant::now() < deadline,
+            "not caught up in time; log:\n{}",
+            {
+                child.kill().ok();
+                log.join().unwrap()
+            }
+        );
         let (status, text) = get(&addr, "/metrics").expect("scrape");
         assert_eq!(status, 200);
         let now = Scraped::parse(&text);
@@ -154,7 +166,10 @@ async fn metrics_scrapes_are_monotone_add_up_and_lag_reaches_zero() {
             + now.sum("tidemark_records_duplicate_total")
             + now.sum("tidemark_records_late_total")
             + now.sum("tidemark_records_dead_lettered_total");
-        assert_eq!(read, parts, "read = written + duplicates + late + dead-lettered:\n{text}");
+        assert_eq!(
+            read, parts,
+            "read = written + duplicates + late + dead-lettered:\n{text}"
+        );
         // Counters never go down, label set by label set.
         if let Some(before) = &previous {
             for name in COUNTERS {
@@ -169,7 +184,10 @@ async fn metrics_scrapes_are_monotone_add_up_and_lag_reaches_zero() {
             }
         }
         let lag = now.sum("tidemark_consumer_lag_records");
-        let per_partition = now.0.get("tidemark_partition_lag_records").map_or(0, Vec::len);
+        let per_partition = now
+            .0
+            .get("tidemark_partition_lag_records")
+            .map_or(0, Vec::len);
         saw_lag |= lag > 0.0;
         if reads.last() != Some(&read) {
             reads.push(read);
@@ -183,13 +201,16 @@ async fn metrics_scrapes_are_monotone_add_up_and_lag_reaches_zero() {
     producer.join().unwrap();
     let last = previous.unwrap();
     assert!(saw_lag, "no scrape saw records waiting");
-    assert!(reads.len() >= 3, "the counters moved in too few steps: {reads:?}");
+    assert!(
+        reads.len() >= 3,
+        "the counters moved in too few steps: {reads:?}"
+    );
     assert!(last.sum("tidemark_records_duplicate_total") > 0.0);
     let reasons = &last.0["tidemark_records_dead_lettered_total"];
     assert!(
-        reasons
-            .iter()
-            .any(|(l, v)| l.get("reason").map(String::as_str) == Some("malformed_json") && *v > 0.0),
+        reasons.iter().any(
+            |(l, v)| l.get("reason").map(String::as_str) == Some("malformed_json") && *v > 0.0
+        ),
         "{reasons:?}"
     );
     for p in 0..partitions {
@@ -214,7 +235,10 @@ async fn metrics_scrapes_are_monotone_add_up_and_lag_reaches_zero() {
     ] {
         assert!(last.has(name), "{name} missing");
     }
-    assert!(!last.has("tidemark_replica_lag_versions"), "no replica configured");
+    assert!(
+        !last.has("tidemark_replica_lag_versions"),
+        "no replica configured"
+    );
     assert_eq!(get(&addr, "/readyz").map(|r| r.0), Some(200));
     sigterm(&child);
     let status = child.wait().unwrap();
@@ -288,7 +312,10 @@ async fn readyz_fails_while_a_delta_commit_hangs_and_recovers_after() {
     let ready_at = seen.iter().position(|s| s.0 == 200).unwrap();
     let stalled = seen[ready_at..].iter().find(|s| s.0 == 503).unwrap();
     assert!(stalled.1.contains("commit stalled"), "{seen:?}");
-    assert!(log.contains("fault injection: the Delta commit hangs"), "{log}");
+    assert!(
+        log.contains("fault injection: the Delta commit hangs"),
+        "{log}"
+    );
     // `status --check` applies the same rules from outside the process.
     let (code, out) = check_while_stalled.expect("status --check ran during the stall");
     assert_eq!(code, Some(1), "{out}");
@@ -379,7 +406,12 @@ async fn the_status_page_renders_in_headless_chromium() {
     create_topic(&brokers, &topic, partitions).await;
     produce(&brokers, &topic, partitions, 3_000, order_json);
     let addr = free_addr();
-    let fixture = Fixture::new(Path::new(EXE), &brokers, &topic, &config_with_http(&addr, ""));
+    let fixture = Fixture::new(
+        Path::new(EXE),
+        &brokers,
+        &topic,
+        &config_with_http(&addr, ""),
+    );
     let mut child = fixture.spawn(false, &[]);
     let log = drain_stderr(&mut child);
     wait_for_http(&addr);
@@ -405,7 +437,10 @@ async fn the_status_page_renders_in_headless_chromium() {
     let profile = tempfile::tempdir().unwrap();
     let out = chromium(
         profile.path(),
-        &[&format!("--screenshot={}", shot.display()), "--window-size=1100,900"],
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1100,900",
+        ],
         &url,
     );
     sigterm(&child);
@@ -413,7 +448,10 @@ async fn the_status_page_renders_in_headless_chromium() {
     let log = log.join().unwrap();
     assert!(out.status.success(), "chromium --screenshot failed");
 
-    assert!(dom.contains(r#"<span id="pipeline-id">test</span>"#), "{dom}\n{log}");
+    assert!(
+        dom.contains(r#"<span id="pipeline-id">test</span>"#),
+        "{dom}\n{log}"
+    );
     let epoch = dom
         .split(r#"<span id="epoch">"#)
         .nth(1)
@@ -425,9 +463,20 @@ async fn the_status_page_renders_in_headless_chromium() {
         let row = format!(r#"<tr class="partition" data-partition="{topic}/{p}">"#);
         assert!(dom.contains(&row), "no lag row for partition {p}:\n{dom}");
     }
-    assert_eq!(dom.matches(r#"<tr class="partition""#).count(), partitions as usize);
-    assert_eq!(dom.matches(r#"<td class="lag">0</td>"#).count(), partitions as usize, "{dom}");
+    assert_eq!(
+        dom.matches(r#"<tr class="partition""#).count(),
+        partitions as usize
+    );
+    assert_eq!(
+        dom.matches(r#"<td class="lag">0</td>"#).count(),
+        partitions as usize,
+        "{dom}"
+    );
     let png = std::fs::read(&shot).expect("screenshot written");
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "{} bytes", png.len());
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
     println!("screenshot: {}", shot.display());
 }
