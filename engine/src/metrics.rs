@@ -555,8 +555,10 @@ impl Metrics {
         if next.is_some() {
             p.next_offset = next;
         }
-        if high.is_some() {
-            p.high_watermark = high;
+        if let Some(h) = high {
+            // Never below what was read: a sealed epoch's records exist whatever the cached
+            // end offsets say (they may predate them, e.g. while a commit runs).
+            p.high_watermark = Some(p.high_watermark.map_or(h, |old| old.max(h)));
         }
         let labels = partition_labels(topic, partition);
         if let Some(n) = p.next_offset {
@@ -615,6 +617,7 @@ pub fn recovered(outcome: &RecoveryOutcome, epoch: u64, positions: &Positions) {
 pub fn batch_read(records: u64) {
     let Some(m) = get() else { return };
     m.open_epoch_records.set(records as i64);
+    m.live().open_epoch_records = records;
 }
 
 /// The broker's end offsets as last seen, per partition.
@@ -628,8 +631,9 @@ pub fn partition_ends(ends: &[(String, i32, i64)]) {
     sample_history(&mut live, now_secs());
 }
 
-/// An epoch was sealed: it collected records for `epoch_age`; the seal took `seal`.
-pub fn epoch_sealed(epoch_age: Duration, seal: Duration, next_epoch: u64) {
+/// An epoch was sealed: it collected records for `epoch_age` up to `end`; the seal took `seal`.
+/// Its records wait (count as lag) until its commit lands.
+pub fn epoch_sealed(epoch_age: Duration, seal: Duration, next_epoch: u64, end: &Positions) {
     let Some(m) = get() else { return };
     m.epochs_sealed.inc();
     m.epoch_duration.observe(epoch_age.as_secs_f64());
@@ -639,6 +643,10 @@ pub fn epoch_sealed(epoch_age: Duration, seal: Duration, next_epoch: u64) {
     let mut live = m.live();
     live.epoch = next_epoch;
     live.open_epoch_records = 0;
+    for (tp, read_to) in end.iter() {
+        m.set_partition(&mut live, &tp.topic, tp.partition, None, Some(read_to));
+    }
+    m.sum_lag(&live);
 }
 
 /// `open`'s Delta commit landed (`report.version`): its records count now, all together.

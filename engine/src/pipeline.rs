@@ -434,7 +434,7 @@ async fn run_epochs(
             let next = OpenEpoch::new(open.epoch + 1, open.end.clone());
             let (epoch_age, sealing) = (open.age(), Instant::now());
             let sealed = committer.seal(std::mem::replace(open, next))?;
-            metrics::epoch_sealed(epoch_age, sealing.elapsed(), open.epoch);
+            metrics::epoch_sealed(epoch_age, sealing.elapsed(), open.epoch, &open.start);
             let report = committer.commit_sealed(sealed, Some(&mut *source)).await?;
             metrics::checkpointed(&report, &after_checkpoint(committer));
             info!(
