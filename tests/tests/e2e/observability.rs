@@ -48,8 +48,11 @@ fn wait_for_http(addr: &str) {
     panic!("{addr}/healthz never answered");
 }
 
+/// One sample's labels.
+type Labels = BTreeMap<String, String>;
+
 /// The samples of one scrape, by metric name: (labels, value) pairs.
-struct Scraped(BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>);
+struct Scraped(BTreeMap<String, Vec<(Labels, f64)>>);
 
 impl Scraped {
     fn parse(text: &str) -> Self {
