@@ -243,5 +243,13 @@ mod tests {
             "no replica row until one is set"
         );
         assert_eq!(throughput(&live), [500.0, 1000.0]);
+        live.replica = Some(crate::metrics::ReplicaLag {
+            table: "s3://dr/orders".into(),
+            versions: 3,
+            seconds: 42.0,
+        });
+        let page = render(&live, &info, &Health::default(), 3.0);
+        assert!(page
+            .contains("<th>replica lag</th><td>s3://dr/orders: 3 version(s), 42.0 s behind</td>"));
     }
 }

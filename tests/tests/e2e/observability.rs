@@ -132,7 +132,8 @@ async fn metrics_scrapes_are_monotone_add_up_and_lag_reaches_zero() {
         &topic,
         &config_with_http(&addr, dedup),
     );
-    let mut child = fixture.spawn(false, &[]);
+    // Logs as JSON lines (`--log-format json`), checked at the end.
+    let mut child = fixture.spawn_with(false, &["--log-format", "json"], &[]);
     let log = drain_stderr(&mut child);
     wait_for_http(&addr);
 
@@ -247,6 +248,21 @@ async fn metrics_scrapes_are_monotone_add_up_and_lag_reaches_zero() {
     let status = child.wait().unwrap();
     let log = log.join().unwrap();
     assert!(status.success(), "{log}");
+    // Every log line is one JSON object with a level and a message, for log shippers.
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines
+        .iter()
+        .all(|l| l["level"].is_string() && l["fields"].is_object()));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "recovery done"),
+        "{log}"
+    );
     println!("{scrapes} scrapes, read counter steps: {reads:?}");
 }
 
