@@ -221,6 +221,7 @@ pub async fn run(
     let mut stats = RunStats::new(started);
     if let Some(report) = committed_at_start {
         // A redone or resumed epoch committed during recovery: this run's first commit.
+        metrics::checkpointed(&report, &after_checkpoint(&committer));
         stats.note(&report, &mut summary, false);
     }
 
