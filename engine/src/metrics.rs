@@ -271,211 +271,49 @@ impl Metrics {
     }
 
     fn register(mut self) -> Self {
-        let r = &mut self.registry;
-        let c = |r: &mut Registry, name: &str, help: &str, m: &Counter| {
-            r.register(name, help, m.clone())
-        };
-        c(
-            r,
-            "tidemark_records_read",
-            "Records read, counted when their epoch's Delta commit landed",
-            &self.read,
-        );
-        c(
-            r,
-            "tidemark_records_written",
-            "Rows written to the table",
-            &self.written,
-        );
-        c(
-            r,
-            "tidemark_records_duplicate",
-            "Duplicates dropped by watermark dedup",
-            &self.duplicates,
-        );
-        c(
-            r,
-            "tidemark_records_late",
-            "Records below the watermark (dropped or dead-lettered as late)",
-            &self.late,
-        );
-        r.register(
-            "tidemark_records_dead_lettered",
-            "Records dead-lettered or skipped as invalid, by reason (late records are counted apart)",
-            self.dead_lettered.clone(),
-        );
-        c(
-            r,
-            "tidemark_epochs_sealed",
-            "Epochs sealed (SEAL durable in the WAL)",
-            &self.epochs_sealed,
-        );
-        c(
-            r,
-            "tidemark_epochs_committed",
-            "Epochs whose Delta commit landed",
-            &self.epochs_committed,
-        );
-        c(
-            r,
-            "tidemark_wal_appended_bytes",
-            "Bytes appended to the WAL by this process",
-            &self.wal_appended,
-        );
-        let h = |r: &mut Registry, name: &str, help: &str, m: &Histogram| {
-            r.register(name, help, m.clone())
-        };
-        h(
-            r,
-            "tidemark_epoch_duration_seconds",
-            "Time from an epoch's first record to its seal",
-            &self.epoch_duration,
-        );
-        h(
-            r,
-            "tidemark_seal_fsync_seconds",
-            "Time to seal an epoch (the WAL fsync)",
-            &self.seal_fsync,
-        );
-        h(
-            r,
-            "tidemark_parquet_write_seconds",
-            "Time to write an epoch's Parquet files",
-            &self.parquet_write,
-        );
-        h(
-            r,
-            "tidemark_delta_commit_seconds",
-            "Time of one Delta commit",
-            &self.delta_commit,
-        );
-        h(
-            r,
-            "tidemark_checkpoint_seconds",
-            "Time to write a checkpoint (RocksDB) and truncate the WAL",
-            &self.checkpoint_write,
-        );
-        let g =
-            |r: &mut Registry, name: &str, help: &str, m: &Gauge| r.register(name, help, m.clone());
-        g(
-            r,
-            "tidemark_wal_segments",
-            "WAL segment files on disk",
-            &self.wal_segments,
-        );
-        g(
-            r,
-            "tidemark_wal_size_bytes",
-            "Bytes of the WAL segments on disk",
-            &self.wal_bytes,
-        );
-        g(
-            r,
-            "tidemark_dedup_state_keys",
-            "Keys in dedup state",
-            &self.dedup_keys,
-        );
-        r.register(
-            "tidemark_watermark_seconds",
-            "The dedup watermark (event time, unix seconds)",
-            self.watermark.clone(),
-        );
-        r.register(
-            "tidemark_watermark_lag_seconds",
-            "Wall clock minus the watermark",
-            self.watermark_lag.clone(),
-        );
-        r.register(
-            "tidemark_partition_next_offset",
-            "Next offset after the committed records, per partition",
-            self.next_offset.clone(),
-        );
-        r.register(
-            "tidemark_partition_high_watermark",
-            "The broker's end offset, per partition",
-            self.high_watermark.clone(),
-        );
-        r.register(
-            "tidemark_partition_lag_records",
-            "Records in Kafka not yet committed to the table, per partition",
-            self.partition_lag.clone(),
-        );
-        g(
-            r,
-            "tidemark_consumer_lag_records",
-            "Records in Kafka not yet committed to the table, all partitions",
-            &self.consumer_lag,
-        );
-        g(
-            r,
-            "tidemark_open_epoch_records",
-            "Records in the epoch being read",
-            &self.open_epoch_records,
-        );
-        g(r, "tidemark_epoch", "The epoch being read", &self.epoch);
-        g(
-            r,
-            "tidemark_table_version",
-            "Delta version of the newest commit",
-            &self.table_version,
-        );
-        r.register(
-            "tidemark_last_commit_timestamp_seconds",
-            "Unix time of the last Delta commit",
-            self.last_commit_ts.clone(),
-        );
-        r.register(
-            "tidemark_last_checkpoint_timestamp_seconds",
-            "Unix time of the last checkpoint",
-            self.last_checkpoint_ts.clone(),
-        );
-        r.register(
-            "tidemark_last_commit_age_seconds",
-            "Seconds since the last Delta commit (since start before the first)",
-            self.last_commit_age.clone(),
-        );
-        r.register(
-            "tidemark_last_checkpoint_age_seconds",
-            "Seconds since the last checkpoint (since start before the first)",
-            self.last_checkpoint_age.clone(),
-        );
-        r.register(
-            "tidemark_recovery_case",
-            "1 for the recovery case of the last start",
-            self.recovery_case.clone(),
-        );
-        r.register(
-            "tidemark_recovery_duration_seconds",
-            "Duration of the last start's recovery",
-            self.recovery_duration.clone(),
-        );
-        g(
-            r,
-            "tidemark_recovery_replayed_records",
-            "Records the last start replayed from the WAL",
-            &self.recovery_replayed,
-        );
-        r.register(
-            "tidemark_replica_lag_versions",
-            "Delta versions the replica is behind the table",
-            self.replica_lag_versions.clone(),
-        );
-        r.register(
-            "tidemark_replica_lag_seconds",
-            "Seconds the replica is behind the table",
-            self.replica_lag_seconds.clone(),
-        );
-        g(
-            r,
-            "process_resident_memory_bytes",
-            "Resident memory of the process",
-            &self.rss,
-        );
-        g(
-            r,
-            "tidemark_ready",
-            "1 when /readyz is healthy (recovered and committing)",
-            &self.ready,
+        /// `name, help => metric;` registered in order (a clone shares the metric's atomics).
+        macro_rules! register {
+            ($r:expr, $($name:literal, $help:literal => $m:expr;)*) => {
+                $($r.register($name, $help, $m.clone());)*
+            };
+        }
+        register!(self.registry,
+            "tidemark_records_read", "Records read, counted when their epoch's Delta commit landed" => self.read;
+            "tidemark_records_written", "Rows written to the table" => self.written;
+            "tidemark_records_duplicate", "Duplicates dropped by watermark dedup" => self.duplicates;
+            "tidemark_records_late", "Records below the watermark (dropped or dead-lettered as late)" => self.late;
+            "tidemark_records_dead_lettered", "Records dead-lettered or skipped as invalid, by reason (late records are counted apart)" => self.dead_lettered;
+            "tidemark_epochs_sealed", "Epochs sealed (SEAL durable in the WAL)" => self.epochs_sealed;
+            "tidemark_epochs_committed", "Epochs whose Delta commit landed" => self.epochs_committed;
+            "tidemark_wal_appended_bytes", "Bytes appended to the WAL by this process" => self.wal_appended;
+            "tidemark_epoch_duration_seconds", "Time from an epoch's first record to its seal" => self.epoch_duration;
+            "tidemark_seal_fsync_seconds", "Time to seal an epoch (the WAL fsync)" => self.seal_fsync;
+            "tidemark_parquet_write_seconds", "Time to write an epoch's Parquet files" => self.parquet_write;
+            "tidemark_delta_commit_seconds", "Time of one Delta commit (the table's or the dead-letter table's)" => self.delta_commit;
+            "tidemark_checkpoint_seconds", "Time to write a checkpoint (RocksDB) and truncate the WAL" => self.checkpoint_write;
+            "tidemark_wal_segments", "WAL segment files on disk" => self.wal_segments;
+            "tidemark_wal_size_bytes", "Bytes of the WAL segments on disk" => self.wal_bytes;
+            "tidemark_dedup_state_keys", "Keys in dedup state" => self.dedup_keys;
+            "tidemark_watermark_seconds", "The dedup watermark (event time, unix seconds)" => self.watermark;
+            "tidemark_watermark_lag_seconds", "Wall clock minus the watermark" => self.watermark_lag;
+            "tidemark_partition_next_offset", "Next offset after the committed records, per partition" => self.next_offset;
+            "tidemark_partition_high_watermark", "The broker's end offset as last seen (at least what was read), per partition" => self.high_watermark;
+            "tidemark_partition_lag_records", "Records in Kafka not yet committed to the table, per partition" => self.partition_lag;
+            "tidemark_consumer_lag_records", "Records in Kafka not yet committed to the table, all partitions" => self.consumer_lag;
+            "tidemark_open_epoch_records", "Records in the epoch being read" => self.open_epoch_records;
+            "tidemark_epoch", "The epoch being read" => self.epoch;
+            "tidemark_table_version", "Delta version of the newest commit" => self.table_version;
+            "tidemark_last_commit_timestamp_seconds", "Unix time of the last Delta commit" => self.last_commit_ts;
+            "tidemark_last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint" => self.last_checkpoint_ts;
+            "tidemark_last_commit_age_seconds", "Seconds since the last Delta commit (since start before the first)" => self.last_commit_age;
+            "tidemark_last_checkpoint_age_seconds", "Seconds since the last checkpoint (since start before the first)" => self.last_checkpoint_age;
+            "tidemark_recovery_case", "1 for the recovery case of the last start" => self.recovery_case;
+            "tidemark_recovery_duration_seconds", "Duration of the last start's recovery" => self.recovery_duration;
+            "tidemark_recovery_replayed_records", "Records the last start replayed from the WAL" => self.recovery_replayed;
+            "tidemark_replica_lag_versions", "Delta versions the replica is behind the table" => self.replica_lag_versions;
+            "tidemark_replica_lag_seconds", "Seconds the replica is behind the table" => self.replica_lag_seconds;
+            "process_resident_memory_bytes", "Resident memory of the process" => self.rss;
+            "tidemark_ready", "1 when /readyz is healthy (recovered and committing)" => self.ready;
         );
         self
     }
