@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use tidemark_engine::config::PipelineConfig;
@@ -19,12 +19,25 @@ use tidemark_tools::demo::{self, DemoOptions};
 #[derive(Debug, Parser)]
 #[command(name = "tidemark", version)]
 #[command(
-    after_help = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to see more.\n\
+    after_help = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug, or \
+RUST_LOG=info,tidemark_engine=debug) to see more, --log-format json for log shippers.\n\
 Start with `tidemark demo`: it needs no broker and shows a crash and an exactly-once check."
 )]
 struct Cli {
+    /// Log lines as text (default) or as one JSON object per line (for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +66,10 @@ enum Command {
         /// re-reading from Kafka at the checkpoint's positions what those segments held.
         #[arg(long)]
         accept_wal_damage: bool,
+        /// Serve /metrics (Prometheus), /healthz, /readyz and a live status page (/) on this
+        /// address, e.g. 127.0.0.1:9464 (overrides `observability.http`).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
     },
     /// Show the last checkpoint, the WAL, the table's txn version, and what recovery would do
     /// on the next start. Read-only: safe while the pipeline runs.
@@ -63,6 +80,11 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Apply the health rules of /readyz instead (a process holds the pipeline, no commit
+        /// stall while records wait, the watermark moves): exit 0 when ready, 1 when not, 2
+        /// when the check itself fails. For cron jobs and Kubernetes exec probes.
+        #[arg(long)]
+        check: bool,
     },
     /// Self-contained demo: an in-process Kafka mock cluster, producer retries, malformed
     /// messages, a SIGKILL and a lost checkpoint store, and an exactly-once audit of the resulting
@@ -80,12 +102,16 @@ enum Command {
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            EnvFilter::new("info,deltalake_core=warn,buoyant_kernel=warn,librdkafka=warn")
-        }))
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,deltalake_core=warn,buoyant_kernel=warn,librdkafka=warn")
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -103,19 +129,51 @@ pub fn main() -> ExitCode {
                 until_caught_up,
                 rewind_to,
                 accept_wal_damage,
-            } => run(config, until_caught_up, rewind_to, accept_wal_damage).await,
-            Command::Status { config, json } => status(config, json).await,
-            Command::Demo(options) => demo::run(options).await,
-            Command::Bench(options) => bench::run(options).await,
+                http,
+            } => run(config, until_caught_up, rewind_to, accept_wal_damage, http)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Status {
+                config,
+                json,
+                check: true,
+            } => status_check(config, json).await,
+            Command::Status { config, json, .. } => {
+                status(config, json).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Demo(options) => demo::run(options).await.map(|()| ExitCode::SUCCESS),
+            Command::Bench(options) => bench::run(options).await.map(|()| ExitCode::SUCCESS),
         }
     });
     // A connect still waiting for an unreachable broker must not hold the exit back.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("tidemark: error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `status --check`: exit 0 ready, 1 not ready, 2 the check failed.
+async fn status_check(config_path: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
+    let checked = async {
+        let config = PipelineConfig::load(&config_path)?;
+        anyhow::Ok(tidemark_engine::status::check(&config).await?)
+    };
+    match checked.await {
+        Ok(check) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&check)?);
+            } else {
+                println!("{}: {}", check.pipeline_id, check.health);
+            }
+            Ok(ExitCode::from(if check.health.ready { 0 } else { 1 }))
+        }
+        Err(e) => {
+            eprintln!("tidemark: status --check failed: {e:#}");
+            Ok(ExitCode::from(2))
         }
     }
 }
@@ -136,8 +194,12 @@ async fn run(
     until_caught_up: bool,
     rewind_to: Option<u64>,
     accept_wal_damage: bool,
+    http: Option<String>,
 ) -> anyhow::Result<()> {
-    let config = PipelineConfig::load(&config_path)?;
+    let mut config = PipelineConfig::load(&config_path)?;
+    if let Some(addr) = http {
+        config.set_http(addr)?;
+    }
     let shutdown = Shutdown::new();
     pipeline::install_signal_handlers(shutdown.clone());
     let summary = pipeline::run(

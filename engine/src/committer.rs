@@ -507,6 +507,7 @@ impl Committer {
         self.committed_epoch = epoch;
         self.table_version = Some(version);
         self.add_totals(&open);
+        crate::metrics::epoch_committed(&open, &report);
         Ok(CommittedEpoch {
             open,
             report,
@@ -664,7 +665,8 @@ impl Committer {
             }
         }
         fault::hit(CrashPoint::BeforeParquetWrite);
-        let (adds, write) = self.sink.write_epoch_files(epoch, &open.batches).await?;
+        let (adds, write) =
+            crate::metrics::time_parquet(self.sink.write_epoch_files(epoch, &open.batches)).await?;
         fault::hit(CrashPoint::AfterParquetWrite);
         report.files = write.files as u64;
         match commit_with_delay(&mut self.sink, adds.clone(), info).await {
@@ -742,7 +744,8 @@ async fn commit_with_delay(
         tracing::warn!(ms, "fault injection: delaying the Delta commit");
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
-    sink.commit_epoch(adds, info).await
+    crate::io_faults::commit_hang().await;
+    crate::metrics::time_delta_commit(sink.commit_epoch(adds, info)).await
 }
 
 #[cfg(test)]

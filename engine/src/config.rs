@@ -219,6 +219,8 @@ pub struct PipelineConfig {
     pub errors: ErrorsConfig,
     /// Watermark deduplication (off when absent).
     pub dedup: Option<DedupConfig>,
+    /// The HTTP endpoint (metrics, health, status page) and the health rules.
+    pub observability: ObservabilityConfig,
     /// The table, the dead-letter table and the state directory, resolved at load against the
     /// config file's directory (changing `sink.table_uri` afterwards does not move them).
     pub paths: ResolvedPaths,
@@ -254,6 +256,8 @@ struct ConfigFile {
     errors: ErrorsConfig,
     #[serde(default)]
     dedup: Option<DedupConfig>,
+    #[serde(default)]
+    observability: ObservabilityConfig,
 }
 
 /// `[source]`: the Kafka topics to read.
@@ -487,6 +491,16 @@ const RESERVED_PROPERTIES: &[&str] = &[
 ];
 
 impl PipelineConfig {
+    /// Serves the HTTP endpoint on `addr` (`tidemark run --http`), checked like
+    /// `observability.http`.
+    pub fn set_http(&mut self, addr: String) -> Result<(), ConfigError> {
+        let mut o = self.observability.clone();
+        o.http = Some(addr);
+        check_observability(&o, &Invalid(Path::new("--http")))?;
+        self.observability = o;
+        Ok(())
+    }
+
     /// Reads and validates `path`; relative locations are resolved against the file's
     /// directory (see [`ResolvedPaths`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -522,6 +536,7 @@ impl ConfigFile {
             &invalid,
         )?;
         check_errors(&self.errors, &invalid)?;
+        check_observability(&self.observability, &invalid)?;
         if let Some(d) = &self.dedup {
             check_dedup(d, &self.sink.columns, &invalid)?;
         }
@@ -539,6 +554,7 @@ impl ConfigFile {
             checkpoint: self.checkpoint,
             errors: self.errors,
             dedup: self.dedup,
+            observability: self.observability,
             paths,
         })
     }
@@ -654,6 +670,75 @@ fn check_checkpoint(
     }
     if c.dir.as_deref().is_some_and(|d| d.trim().is_empty()) {
         return Err(invalid.at("checkpoint.dir", "must not be empty"));
+    }
+    Ok(())
+}
+
+/// `[observability]`: the HTTP endpoint and the health rules (see [`crate::health`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservabilityConfig {
+    /// Address to serve `/metrics`, `/healthz`, `/readyz` and the status page on
+    /// (`127.0.0.1:9464`); off when absent (`tidemark run --http` overrides it).
+    #[serde(default)]
+    pub http: Option<String>,
+    /// Not ready when no commit landed for this many checkpoint intervals while records wait.
+    #[serde(default = "default_commit_stall_intervals")]
+    pub commit_stall_intervals: u32,
+    /// Not ready (dedup only) when the watermark has not moved for this long while records
+    /// were read, in ms.
+    #[serde(default = "default_watermark_stuck_ms")]
+    pub watermark_stuck_ms: u64,
+}
+
+fn default_commit_stall_intervals() -> u32 {
+    30
+}
+
+fn default_watermark_stuck_ms() -> u64 {
+    600_000
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        Self {
+            http: None,
+            commit_stall_intervals: default_commit_stall_intervals(),
+            watermark_stuck_ms: default_watermark_stuck_ms(),
+        }
+    }
+}
+
+impl ObservabilityConfig {
+    /// How long without a commit is a stall, for a checkpoint interval of `interval`.
+    pub fn commit_stall_after(&self, interval: Duration) -> Duration {
+        interval * self.commit_stall_intervals
+    }
+
+    /// How long an unmoving watermark is tolerated while records are read.
+    pub fn watermark_stuck_after(&self) -> Duration {
+        Duration::from_millis(self.watermark_stuck_ms)
+    }
+}
+
+/// `[observability]`: a socket address (when given) and positive thresholds.
+fn check_observability(o: &ObservabilityConfig, invalid: &Invalid) -> Result<(), ConfigError> {
+    if let Some(addr) = &o.http {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid.at(
+                "observability.http",
+                format!("must be an address and port such as \"127.0.0.1:9464\", got {addr:?}"),
+            ));
+        }
+    }
+    if o.commit_stall_intervals == 0 {
+        return Err(invalid.at(
+            "observability.commit_stall_intervals",
+            "must be greater than 0",
+        ));
+    }
+    if o.watermark_stuck_ms == 0 {
+        return Err(invalid.at("observability.watermark_stuck_ms", "must be greater than 0"));
     }
     Ok(())
 }

@@ -8,6 +8,10 @@
 //! - `<path text>`: only paths containing it count (`wal`, `.parquet`, `_delta_log`, or empty);
 //! - `@<n>`: the n-th matching call fails (1 = the first);
 //! - `:sticky`: every later matching call fails too (a disk that stays full).
+//!
+//! `TIDEMARK_FAULT_COMMIT_HANG=<ms>@<n>` (test builds too): the n-th Delta commit of the run
+//! (counting the dead-letter table's) hangs for `<ms>` before it is made — an object store that
+//! stops answering for a while, to show `/readyz` turning unhealthy and back.
 
 use tidemark_fs::SharedFs;
 
@@ -29,6 +33,48 @@ pub fn pipeline_fs() -> Result<SharedFs, String> {
         return Ok(std::sync::Arc::new(fs));
     }
     Ok(tidemark_fs::std_fs())
+}
+
+/// The environment variable read by [`commit_hang`] in test builds.
+pub const COMMIT_HANG_ENV: &str = "TIDEMARK_FAULT_COMMIT_HANG";
+
+/// Parses a `TIDEMARK_FAULT_COMMIT_HANG` value: `(milliseconds, n-th commit)`.
+pub fn parse_commit_hang(spec: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{COMMIT_HANG_ENV}={spec:?}: want <ms>@<n>, e.g. 8000@3");
+    let (ms, nth) = spec.trim().split_once('@').ok_or_else(bad)?;
+    let ms = ms.parse().map_err(|_| bad())?;
+    let nth: u64 = nth.parse().map_err(|_| bad())?;
+    if nth == 0 {
+        return Err(bad());
+    }
+    Ok((ms, nth))
+}
+
+/// Waits before a Delta commit if `TIDEMARK_FAULT_COMMIT_HANG` names this one (test builds
+/// only; nothing without the `crash-points` feature).
+pub async fn commit_hang() {
+    #[cfg(feature = "crash-points")]
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COMMITS: AtomicU64 = AtomicU64::new(0);
+        let Ok(spec) = std::env::var(COMMIT_HANG_ENV) else {
+            return;
+        };
+        let n = COMMITS.fetch_add(1, Ordering::SeqCst) + 1;
+        match parse_commit_hang(&spec) {
+            Ok((ms, nth)) if n == nth => {
+                tracing::warn!(ms, commit = n, "fault injection: the Delta commit hangs");
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                tracing::warn!(commit = n, "fault injection: the Delta commit goes on");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // A test that mistypes the fault must not pass by never hanging.
+                eprintln!("tidemark: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
 }
 
 /// Parses a `TIDEMARK_FAULT_FS` value.
@@ -76,6 +122,14 @@ pub fn parse(spec: &str) -> Result<Vec<tidemark_fs::Fault>, String> {
 #[cfg(test)]
 mod tests {
     use tidemark_fs::{FaultKind, Op};
+
+    #[test]
+    fn commit_hangs_parse() {
+        assert_eq!(super::parse_commit_hang("8000@3"), Ok((8000, 3)));
+        for bad in ["8000", "x@1", "10@0", "10@y"] {
+            assert!(super::parse_commit_hang(bad).unwrap_err().contains(bad));
+        }
+    }
 
     #[test]
     fn specs_parse_or_name_what_is_wrong() {

@@ -15,6 +15,9 @@
 //! - [`fault`]: crash points armed by `TIDEMARK_CRASH_AT` for crash tests; [`io_faults`]: the
 //!   file system the pipeline writes through (faults injected by `TIDEMARK_FAULT_FS` in tests).
 //! - [`protocol`]: the recovery decision of the epoch protocol, pure and exhaustively tested.
+//! - [`metrics`]: the run's Prometheus metrics and live state; [`health`]: the readiness rules
+//!   of `/readyz` and `tidemark status --check`; [`http`]: `/metrics`, `/healthz`, `/readyz`
+//!   and the [`status_page`]; [`progress`]: progress of long work.
 
 pub mod committer;
 pub mod config;
@@ -22,13 +25,18 @@ pub mod dedup;
 pub mod dedup_key;
 pub mod epoch;
 pub mod epoch_log;
+pub mod health;
+pub mod http;
 pub mod io_faults;
+pub mod metrics;
 pub mod pipeline;
+pub mod progress;
 pub mod protocol;
 pub mod recovery;
 pub mod shutdown;
 pub mod state_lock;
 pub mod status;
+pub mod status_page;
 pub mod wal_damage;
 
 pub use tidemark_checkpoint::fault;

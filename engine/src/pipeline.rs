@@ -24,6 +24,8 @@ use crate::committer::{retry_transient, CommitError, Committer, EpochReport, Ret
 use crate::config::{ConfigError, OnInvalidRecord, OnLate, PipelineConfig};
 use crate::epoch::{OpenEpoch, ProcessError, RecordProcessor};
 use crate::io_faults;
+use crate::metrics;
+use crate::progress::Progress;
 use crate::recovery::{self, RecoveryError, RecoveryOutcome, StartOptions};
 pub use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::state_lock::{RunId, StateLock, StateLockError};
@@ -65,6 +67,9 @@ pub enum PipelineError {
         /// What is wrong.
         message: String,
     },
+    /// The HTTP endpoint could not be started.
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     /// A background task of the run failed (panicked or was cancelled).
     #[error("{what} failed: {message}")]
     Task {
@@ -164,6 +169,14 @@ pub async fn run(
     let state = config.paths.state_dir.clone();
     let lock = StateLock::acquire(&state, RunId::generate())?;
     info!(state = %state.display(), run = %lock.run(), "state directory locked");
+    // Served from before recovery on: /healthz answers and /readyz says "not recovered".
+    let _http = match &config.observability.http {
+        Some(addr) => Some(crate::http::serve(
+            addr,
+            metrics::install(run_info(config)),
+        )?),
+        None => None,
+    };
     let sink_options = SinkOptions {
         fs: io_faults::pipeline_fs().map_err(|message| PipelineError::State {
             path: state.clone(),
@@ -190,6 +203,7 @@ pub async fn run(
     recovered.recovery_ms = recovery_started.elapsed().as_millis() as u64;
     committer.set_stop(shutdown.clone());
     let committed_at_start = recovered.committed_at_start.take();
+    metrics::recovered(&recovered, open.epoch, &open.end);
     info!(
         case = recovered.case,
         ms = recovered.recovery_ms,
@@ -207,6 +221,7 @@ pub async fn run(
     let mut stats = RunStats::new(started);
     if let Some(report) = committed_at_start {
         // A redone or resumed epoch committed during recovery: this run's first commit.
+        metrics::checkpointed(&report, &after_checkpoint(&committer));
         stats.note(&report, &mut summary, false);
     }
 
@@ -253,6 +268,34 @@ pub async fn run(
         "pipeline stopped"
     );
     Ok(summary)
+}
+
+/// What the metrics and the health rules need to know about the run.
+fn run_info(config: &PipelineConfig) -> metrics::RunInfo {
+    metrics::RunInfo {
+        pipeline_id: config.pipeline_id.clone(),
+        interval: config.checkpoint.interval(),
+        commit_stall_after: config
+            .observability
+            .commit_stall_after(config.checkpoint.interval()),
+        watermark_stuck_after: config.observability.watermark_stuck_after(),
+        dedup: config.dedup.is_some(),
+    }
+}
+
+/// How often the broker's end offsets are copied into the lag metrics.
+const ENDS_EVERY: Duration = Duration::from_secs(1);
+
+/// What the metrics see after a checkpoint.
+fn after_checkpoint(committer: &Committer) -> metrics::AfterCheckpoint {
+    let segments = committer.wal_segments();
+    metrics::AfterCheckpoint {
+        wal_segments: segments.len() as u64,
+        wal_bytes: segments.iter().map(|(_, _, size)| size).sum(),
+        wal_appended: committer.wal_bytes(),
+        dedup_keys: committer.dedup().map(|d| d.state.len() as u64),
+        watermark: committer.dedup().and_then(|d| d.state.watermark()),
+    }
 }
 
 /// The tables a run writes and how records become their rows.
@@ -368,6 +411,18 @@ async fn run_epochs(
     summary: &mut RunSummary,
 ) -> Result<&'static str, PipelineError> {
     let cp = &config.checkpoint;
+    let metrics_on = metrics::get().is_some();
+    let mut ends_at = Instant::now();
+    if metrics_on {
+        metrics::partition_ends(&source.partition_ends());
+    }
+    let mut catching_up = options.until_caught_up.then(|| {
+        Progress::new(
+            "reading until caught up",
+            "records",
+            source.lag_at_start(&open.end).max(0) as u64,
+        )
+    });
     loop {
         let stop = if shutdown.requested() {
             Some("shutdown")
@@ -378,8 +433,11 @@ async fn run_epochs(
         };
         if open.is_due(cp) || (stop.is_some() && open.records > 0) {
             let next = OpenEpoch::new(open.epoch + 1, open.end.clone());
+            let (epoch_age, sealing) = (open.age(), Instant::now());
             let sealed = committer.seal(std::mem::replace(open, next))?;
+            metrics::epoch_sealed(epoch_age, sealing.elapsed(), open.epoch, &open.start);
             let report = committer.commit_sealed(sealed, Some(&mut *source)).await?;
+            metrics::checkpointed(&report, &after_checkpoint(committer));
             info!(
                 epoch = report.epoch,
                 version = ?report.version,
@@ -399,7 +457,14 @@ async fn run_epochs(
             continue;
         }
         if let Some(why) = stop {
+            if let Some(p) = catching_up.take() {
+                p.finish();
+            }
             return Ok(why);
+        }
+        if metrics_on && ends_at.elapsed() >= ENDS_EVERY {
+            ends_at = Instant::now();
+            metrics::partition_ends(&source.partition_ends());
         }
         let want = (cp.max_records as u64 - open.records).min(POLL_BATCH as u64) as usize;
         let wait = open.time_left(cp).min(POLL_WAIT);
@@ -413,6 +478,10 @@ async fn run_epochs(
         }
         committer.log_records(open.epoch, &records)?;
         open.add(&records, processor, committer.dedup_mut())?;
+        metrics::batch_read(open.records);
+        if let Some(p) = catching_up.as_mut() {
+            p.add(records.len() as u64);
+        }
     }
 }
 

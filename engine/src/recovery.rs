@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use serde::Serialize;
+use tidemark_checkpoint::wal::format::FRAME_HEADER_LEN;
 use tidemark_checkpoint::wal::{FrameKind, RecoveryReport as WalRecovery};
 use tidemark_checkpoint::{
     CheckpointRecord, CheckpointStore, StoreError, StoreOptions, SyncPolicy, Wal, WalError,
@@ -26,6 +27,7 @@ use crate::epoch::{
     RecordProcessor,
 };
 use crate::epoch_log::{from_store_positions, RecordDecoder, Replay, SealInfo};
+use crate::progress::Progress;
 use crate::protocol::{
     decide, FromTableReason, Refusal, RewindFacts, StartCase, StartFacts, StoreFacts,
 };
@@ -211,8 +213,20 @@ fn scan_epoch(
     let mut decoder = RecordDecoder::default();
     let mut records = Replay::default();
     let mut seal = None;
+    let after: u64 = wal
+        .segments()
+        .iter()
+        .filter(|(id, _, _)| *id >= from.segment)
+        .map(|(_, _, size)| size)
+        .sum();
+    let mut progress = Progress::new(
+        "reading the WAL to replay",
+        "bytes",
+        after.saturating_sub(from.offset),
+    );
     for item in wal.reader(from) {
         let (at, frame) = item?;
+        progress.add((frame.payload.len() + FRAME_HEADER_LEN) as u64);
         let unexpected = |what: String| RecoveryError::State {
             path: PathBuf::from(format!("wal segment {} offset {}", at.segment, at.offset)),
             message: what,
@@ -237,6 +251,7 @@ fn scan_epoch(
                 .map_err(|e| unexpected(e.to_string()))?,
         }
     }
+    progress.finish();
     Ok((records, seal))
 }
 
@@ -793,11 +808,18 @@ pub fn load_dedup_state(
             }
             scanned
         });
+        let mut progress = Progress::new(
+            "loading dedup state",
+            "keys",
+            store.estimated_dedup_entries(),
+        );
         for chunk in rx {
             for (key, time) in chunk.iter() {
                 state.load(key, time);
             }
+            progress.add(chunk.len() as u64);
         }
+        progress.finish();
         scan.join()
     });
     let scanned = scanned.map_err(|_| RecoveryError::State {
@@ -839,8 +861,14 @@ async fn rebuild_dedup_state(
     let mut batches = committer.sink().read_columns(&columns)?;
     let mut state = DedupState::default();
     let mut rows = 0u64;
+    let mut progress = Progress::new(
+        "rebuilding dedup state from the table",
+        "rows",
+        committer.totals().written,
+    );
     while let Some(batch) = batches.next().await {
         let batch = batch?;
+        progress.add(batch.num_rows() as u64);
         for (key, time) in processor.keys_and_times(&batch, &[])? {
             rows += 1;
             if let (Some(key), Some(time)) = (key, time) {
@@ -850,6 +878,7 @@ async fn rebuild_dedup_state(
             }
         }
     }
+    progress.finish();
     state.advance(watermark);
     // The rebuilt keys go into the first checkpoint written after this.
     warn!(

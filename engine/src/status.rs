@@ -328,6 +328,116 @@ impl Status {
     }
 }
 
+/// What `tidemark status --check` found: the health rules of `/readyz` applied to what the
+/// checkpoint store, the WAL, the state lock and the broker say.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// The pipeline.
+    pub pipeline_id: String,
+    /// The verdict.
+    pub health: crate::health::Health,
+    /// Records waiting: in the WAL after the checkpoint, plus Kafka's end offsets beyond the
+    /// checkpoint's positions (when the broker answered).
+    pub records_waiting: u64,
+    /// Seconds since the last checkpoint (each follows a commit), if any.
+    pub checkpoint_age_secs: Option<f64>,
+}
+
+/// How long a broker request of `--check` may take.
+const CHECK_BROKER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Applies the health rules (see [`crate::health`]) from outside the running process.
+pub async fn check(config: &PipelineConfig) -> Result<Check, StatusError> {
+    use crate::health::{evaluate, HealthFacts, Problem};
+    let status = status(config).await?;
+    let now = now_ms();
+    let mut unknown = Vec::new();
+    let mut waiting = status.wal.records_after_checkpoint;
+    let source = tidemark_connectors::kafka::KafkaSourceConfig {
+        brokers: config.source.brokers.clone(),
+        topics: config.source.topics.clone(),
+        group_id: format!("tidemark-{}", config.pipeline_id),
+        properties: config.source.properties.clone(),
+    };
+    let positions = status
+        .checkpoint
+        .as_ref()
+        .map(|c| c.positions.clone())
+        .unwrap_or_default();
+    match tidemark_connectors::kafka::fetch_partition_ends(&source, CHECK_BROKER_TIMEOUT) {
+        Ok(ends) => {
+            for (topic, partition, high) in ends {
+                let next = positions.get(&topic, partition).unwrap_or(0);
+                waiting += (high - next).max(0) as u64;
+            }
+        }
+        Err(e) => unknown.push(Problem::Unknown {
+            what: format!("the broker's end offsets ({e})"),
+        }),
+    }
+    let state = &config.paths.state_dir;
+    // Before the first checkpoint: time since the running process took the lock.
+    let since_commit_ms = match &status.checkpoint {
+        Some(c) => (c.age_secs * 1000.0) as u64,
+        None => std::fs::metadata(state.join(state_lock::LOCK_FILE))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |t| now.saturating_sub(t.as_millis() as u64)),
+    };
+    let history = if config.dedup.is_some() {
+        CheckpointStore::open_read_only(&store_dir(state))
+            .and_then(|s| s.history())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let o = &config.observability;
+    let facts = HealthFacts {
+        recovered: status.running.is_some(),
+        records_waiting: waiting,
+        since_last_commit: std::time::Duration::from_millis(since_commit_ms),
+        commit_stall_after: o.commit_stall_after(config.checkpoint.interval()),
+        watermark: watermark_progress(&history, now),
+        watermark_stuck_after: o.watermark_stuck_after(),
+    };
+    let mut health = evaluate(&facts);
+    health.problems.extend(unknown);
+    health.ready = health.problems.is_empty();
+    Ok(Check {
+        pipeline_id: status.pipeline_id,
+        health,
+        records_waiting: waiting,
+        checkpoint_age_secs: status.checkpoint.map(|c| c.age_secs),
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How the watermark moved over the retained checkpoints (`history`, newest first): since the
+/// oldest checkpoint holding the newest watermark, how long and how many records read. `None`
+/// without a watermark.
+pub fn watermark_progress(
+    history: &[tidemark_checkpoint::CheckpointRecord],
+    now_ms: u64,
+) -> Option<crate::health::WatermarkProgress> {
+    let newest = history.first()?;
+    let current = newest.watermark?;
+    let since = history
+        .iter()
+        .take_while(|c| c.watermark == Some(current))
+        .last()?;
+    Some(crate::health::WatermarkProgress {
+        unchanged_for: std::time::Duration::from_millis(now_ms.saturating_sub(since.created_at_ms)),
+        records_read_since: newest.counts.read.saturating_sub(since.counts.read),
+    })
+}
+
 /// An event time in microseconds as an ISO 8601 UTC time, for people reading `status`.
 fn micros_as_utc(micros: i64) -> String {
     arrow::temporal_conversions::timestamp_us_to_datetime(micros).map_or_else(
@@ -338,6 +448,40 @@ fn micros_as_utc(micros: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use tidemark_checkpoint::CheckpointRecord;
+
+    fn checkpoint(epoch: u64, watermark: Option<i64>, at_ms: u64, read: u64) -> CheckpointRecord {
+        CheckpointRecord {
+            epoch,
+            committed_epoch: epoch,
+            table_version: None,
+            watermark,
+            wal_segment: 0,
+            wal_offset: 0,
+            created_at_ms: at_ms,
+            counts: tidemark_checkpoint::store::Counts {
+                read,
+                ..Default::default()
+            },
+            positions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_watermark_is_unchanged_since_the_oldest_checkpoint_holding_it() {
+        // Newest first: 4 and 3 hold watermark 20, 2 held 10.
+        let history = [
+            checkpoint(4, Some(20), 4_000, 400),
+            checkpoint(3, Some(20), 3_000, 300),
+            checkpoint(2, Some(10), 2_000, 200),
+        ];
+        let p = super::watermark_progress(&history, 10_000).unwrap();
+        assert_eq!(p.unchanged_for.as_millis(), 7_000);
+        assert_eq!(p.records_read_since, 100);
+        assert!(super::watermark_progress(&history[..0], 0).is_none());
+        assert!(super::watermark_progress(&[checkpoint(1, None, 0, 0)], 0).is_none());
+    }
+
     #[test]
     fn watermarks_read_as_utc_times() {
         assert_eq!(

@@ -70,6 +70,11 @@ pub struct BenchOptions {
     /// Throughput runs per interval (interleaved by round); each row is the median run.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
+    /// Also run each interval with metrics on (`observability.http`, scraped once a second
+    /// like Prometheus would, as `<interval>+metrics`) in the same rounds, and print the
+    /// throughput with metrics against without.
+    #[arg(long)]
+    pub metrics: bool,
 }
 
 /// One interval's measurements.
@@ -168,7 +173,13 @@ struct Setup {
 /// Runs the benchmark, by stage: parse the intervals, prepare --dir, start the broker and
 /// produce the stream, the throughput rounds, per interval a SIGKILL-and-restart run, results.
 pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
-    let intervals = parse_intervals(&options.intervals)?;
+    let mut intervals = parse_intervals(&options.intervals)?;
+    if options.metrics {
+        intervals = intervals
+            .into_iter()
+            .flat_map(|(name, ms)| [(name.clone(), ms), (format!("{name}{WITH_METRICS}"), ms)])
+            .collect();
+    }
     let longest = intervals
         .iter()
         .filter_map(|(_, i)| *i)
@@ -193,7 +204,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for ((name, interval), these) in intervals.iter().zip(runs) {
         let mut row = median_row(&setup, name, *interval, these);
-        if !options.no_recovery {
+        if !options.no_recovery && !name.ends_with(WITH_METRICS) {
             recovery_run(&setup, &options, name, *interval, &mut row)?;
         }
         rows.push(row);
@@ -294,9 +305,22 @@ fn throughput_runs(
                 setup.longest,
                 dedup,
             )?;
+            let scraper = if name.ends_with(WITH_METRICS) {
+                Some(Scraper::start(&config)?)
+            } else {
+                None
+            };
             let t0 = Instant::now();
-            let summary = run_child(&setup.exe, &config, &run_dir.join("run.log"), &[])?;
+            let summary = run_child(&setup.exe, &config, &run_dir.join("run.log"), &[]);
             let wall = t0.elapsed().as_secs_f64();
+            let scrapes = scraper.map(Scraper::stop);
+            let summary = summary?;
+            if scrapes == Some(0) {
+                bail!(
+                    "interval {name}: /metrics was never scraped; see {}",
+                    run_dir.join("run.log").display()
+                );
+            }
             let read = summary["records_read"].as_u64().unwrap_or(0);
             if read != produced {
                 bail!(
@@ -305,9 +329,12 @@ fn throughput_runs(
                 );
             }
             eprintln!(
-                "  round {}/{rounds} {name:>6}: {:.0} records/s",
+                "  round {}/{rounds} {name:>6}: {:.0} records/s{}",
                 round + 1,
-                read as f64 / wall
+                read as f64 / wall,
+                scrapes
+                    .map(|n| format!(" ({n} scrapes of /metrics)"))
+                    .unwrap_or_default()
             );
             runs[i].push((wall, summary));
         }
@@ -434,11 +461,74 @@ fn write_results(
             }
         }
     }
+    for with in rows.iter().filter(|r| r.interval.ends_with(WITH_METRICS)) {
+        let base = with.interval.trim_end_matches(WITH_METRICS);
+        if let Some(without) = rows.iter().find(|r| r.interval == base) {
+            println!(
+                "  metrics at {base}: {:.0} records/s with, {:.0} without (medians of {rounds}): {:+.2}%",
+                with.records_per_sec,
+                without.records_per_sec,
+                100.0 * (with.records_per_sec / without.records_per_sec - 1.0)
+            );
+        }
+    }
     println!(
         "results: {0}/bench.csv, {0}/bench.json, plot {0}/bench.svg",
         dir.display()
     );
     Ok(())
+}
+
+/// The suffix of an interval run with metrics on (`--metrics`).
+const WITH_METRICS: &str = "+metrics";
+
+/// Scrapes a run's `/metrics` once a second, as Prometheus would, while the run lasts.
+struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl Scraper {
+    /// Turns metrics on in `config` (a free loopback port) and starts scraping it.
+    fn start(config: &Path) -> anyhow::Result<Self> {
+        use std::io::Write;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut file = std::fs::OpenOptions::new().append(true).open(config)?;
+        writeln!(file, "\n[observability]\nhttp = \"{addr}\"")?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut scrapes = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                if scrape(&addr).is_ok_and(|body| body.contains("tidemark_records_read_total")) {
+                    scrapes += 1;
+                }
+            }
+            scrapes
+        });
+        Ok(Self { stop, thread })
+    }
+
+    /// Stops scraping; returns how many scrapes succeeded.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+/// One `GET /metrics` over plain HTTP/1.0.
+fn scrape(addr: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(body)
 }
 
 async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
