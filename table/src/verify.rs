@@ -1,1 +1,3 @@
+//! `tidemark verify`: corrupt-file detection for a Delta table's snapshot.
 
+pub mod file;
