@@ -4,6 +4,8 @@
 //! A library as well as the `tidemark` binary so that the crash tests' binary
 //! (`tests/src/bin/tidemark-under-test.rs`) is the same CLI built with the `crash-points` feature.
 
+mod backup_cmds;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -75,6 +77,16 @@ enum Command {
     /// interval with a SIGKILL mid-epoch and a restart. Prints a table and writes bench.csv,
     /// bench.json and bench.svg (throughput and recovery time against interval) to --dir.
     Bench(BenchOptions),
+    /// Back up a Delta table into a backup directory: full, or incremental after the newest
+    /// backup there (only the new commits and the files they add); `backup list DIR`,
+    /// `backup prune DIR --keep-full K`.
+    Backup(backup_cmds::BackupArgs),
+    /// Rebuild a readable Delta table at any covered version (or time) from a chain of
+    /// backups, checking every file's SHA-256 against its manifest.
+    RestoreBackup(backup_cmds::RestoreBackupArgs),
+    /// Find corrupt or missing data files of a table's snapshot (and repair them from a
+    /// backup); exits 1 when a file is bad.
+    Verify(backup_cmds::VerifyArgs),
 }
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
@@ -107,6 +119,13 @@ pub fn main() -> ExitCode {
             Command::Status { config, json } => status(config, json).await,
             Command::Demo(options) => demo::run(options).await,
             Command::Bench(options) => bench::run(options).await,
+            Command::Backup(args) => backup_cmds::backup(args).await,
+            Command::RestoreBackup(args) => backup_cmds::restore(args).await,
+            Command::Verify(args) => match backup_cmds::verify(args).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(anyhow::anyhow!("verify found bad data files (listed above)")),
+                Err(e) => Err(e),
+            },
         }
     });
     // A connect still waiting for an unreachable broker must not hold the exit back.
