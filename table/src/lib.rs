@@ -1,0 +1,17 @@
+//! Delta tables as files: a table's `_delta_log` read version by version ([`log`]), files copied
+//! durably and verified against their size and SHA-256 ([`copy`]), and table replication in log
+//! order on top of them.
+//!
+//! Everything here works on `Arc<dyn ObjectStore>` for both sides ([`location::TableLocation`]):
+//! local tables today (through the `fs` seam's durable writes), other object stores by
+//! constructing another store.
+
+pub mod copy;
+pub mod location;
+pub mod log;
+
+pub use copy::{
+    copy_verified, digest_of, CopyError, CopyOptions, CopyOutcome, FileDigest, Sha256Sum,
+};
+pub use location::{open_store, LocationError, TableLocation};
+pub use log::{read_commit, Commit, LogError, LogListing};
