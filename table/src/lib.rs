@@ -7,11 +7,18 @@
 //! constructing another store.
 
 pub mod copy;
+pub mod fault;
+pub mod lag;
 pub mod location;
 pub mod log;
+pub mod replicate;
+pub mod snapshot;
 
 pub use copy::{
     copy_verified, digest_of, CopyError, CopyOptions, CopyOutcome, FileDigest, Sha256Sum,
 };
+pub use lag::{measure_lag, replication_lag, ReplicationLag};
 pub use location::{open_store, LocationError, TableLocation};
 pub use log::{read_commit, Commit, LogError, LogListing};
+pub use replicate::{ReplicateError, ReplicateOptions, Replicator, RoundReport};
+pub use snapshot::Snapshot;
