@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::backup::chain::{ChainError, PlannedFile, Target};
 use crate::backup::dir::{BackupDir, DirError};
-use crate::backup::manifest::{BackupId, FileRole, Sha256Hex};
+use crate::backup::manifest::{BackupId, FileRole};
 use crate::copy::{copy_verified, digest_of, CopyError, CopyOptions, DEFAULT_CHUNK_BYTES};
 use crate::location::{open_store, TableLocation};
 use crate::progress::Progress;
@@ -186,7 +186,7 @@ async fn restore_file(
         }) => return Err(damaged("missing from the backup".into())),
         Err(e) => return Err(e.into()),
     };
-    if held.size != file.entry.size || Sha256Hex(held.sha256.0) != file.entry.sha256 {
+    if held.size != file.entry.size || held.sha256 != file.entry.sha256 {
         return Err(damaged(format!(
             "{} bytes with SHA-256 {}, the manifest says {} bytes with SHA-256 {}",
             held.size, held.sha256, file.entry.size, file.entry.sha256
@@ -206,7 +206,7 @@ async fn restore_file(
     )
     .await?;
     // The bytes copied are the bytes checked (a change in between is caught here).
-    if Sha256Hex(outcome.digest().sha256.0) != file.entry.sha256 {
+    if outcome.digest().sha256 != file.entry.sha256 {
         return Err(damaged("changed while being restored".into()));
     }
     Ok(())

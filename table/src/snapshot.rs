@@ -1,286 +1,240 @@
-//! A table's live data files at one version, replayed from its log: what a full backup copies
-//! and what `verify` checks. Built on [`crate::log`]: commits are replayed from version 0 when
-//! the log still holds them all (so each file's adding version is known), otherwise from the
-//! newest complete checkpoint at or before the version (files it lists were added at or
-//! before the checkpoint's version).
+//! The live files of a table at a version: a checkpoint's `add` rows (if the log starts at one)
+//! and every later commit's `add`/`remove` actions folded in order ([`Snapshot`]). Replication
+//! uses it for a full copy (the files a checkpoint's snapshot needs); verification and backups
+//! use it for the files a version references.
+//!
+//! Checkpoint Parquet files are read for their `add` and `remove` columns only (Delta protocol,
+//! "Checkpoint Schema"): `add.path`, `add.size`, `add.stats`, `add.dataChange`,
+//! `add.deletionVector`; `remove.path`, `remove.size`. V2 checkpoints that keep their actions in
+//! sidecar files are refused with an error naming the file.
 
 use std::collections::BTreeMap;
 
-use arrow::json::LineDelimitedWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use arrow::array::{Array, AsArray, StructArray};
+use arrow::datatypes::{DataType, Int64Type};
 use object_store::ObjectStoreExt;
-use serde_json::Value;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::location::TableLocation;
-use crate::log::{action_from, read_commit, Action, FilePath, LogError, LogFileKind, LogListing};
+use crate::log::{
+    read_commit, Action, AddFile, Commit, FilePath, LogError, LogFile, LogListing, RemoveFile,
+};
 
-/// Why a snapshot could not be replayed.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    /// Reading or parsing the log failed.
-    #[error(transparent)]
-    Log(#[from] LogError),
-    /// There is no table at the location.
-    #[error("no Delta table at {table} (its _delta_log/ holds no commit)")]
-    NoTable {
-        /// The table.
-        table: String,
-    },
-    /// The version is newer than the log's newest.
-    #[error("table {table} has no version {version} (newest: {newest})")]
-    NoSuchVersion {
-        /// The table.
-        table: String,
-        /// Asked for.
-        version: u64,
-        /// The newest version.
-        newest: u64,
-    },
-    /// The log no longer holds what replaying the version needs.
-    #[error("table {table}: version {version} cannot be replayed: {reason}")]
-    NotReplayable {
-        /// The table.
-        table: String,
-        /// Asked for.
-        version: u64,
-        /// What is missing.
-        reason: String,
-    },
-    /// A checkpoint file could not be read.
-    #[error("table {table}: checkpoint {file}: {reason}")]
-    Checkpoint {
-        /// The table.
-        table: String,
-        /// The checkpoint file.
-        file: String,
-        /// What went wrong.
-        reason: String,
-    },
-}
-
-/// When a live file was added.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AddedIn {
-    /// By the commit of this version.
-    Version(u64),
-    /// At or before this checkpoint's version (the older commits are no longer in the log).
-    AtOrBefore(u64),
-}
-
-impl std::fmt::Display for AddedIn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Version(v) => write!(f, "version {v}"),
-            Self::AtOrBefore(v) => write!(f, "version <= {v} (checkpoint)"),
-        }
-    }
-}
-
-/// One live data file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LiveFile {
-    /// Its path (decoded and as in the log).
-    pub path: FilePath,
-    /// The `add` action's size.
-    pub size: u64,
-    /// The `add` action's `numRecords`.
-    pub num_records: Option<u64>,
-    /// Which version added it.
-    pub added_in: AddedIn,
-}
-
-/// How the snapshot was replayed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Base {
-    /// Every commit from version 0.
-    Commits,
-    /// This checkpoint, then the commits after it.
-    Checkpoint(u64),
-}
-
-/// A table's live files at one version.
-#[derive(Clone, Debug)]
+/// The live data files of a table at one version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// The version.
     pub version: u64,
-    /// The table's `metaData.id`, when the replayed actions hold it.
-    pub table_id: Option<String>,
-    /// The version's commit timestamp (commitInfo, else the commit file's modification time).
-    pub timestamp_ms: i64,
-    /// Live data files by decoded path.
-    pub files: BTreeMap<String, LiveFile>,
-    /// Where the replay started.
-    pub base: Base,
+    /// Live files by decoded path.
+    pub files: BTreeMap<String, AddFile>,
 }
 
-/// Replays `location`'s log (as `listing` shows it) up to `version` (`None`: the newest).
-pub async fn snapshot_at(
+impl Snapshot {
+    /// Applies commit `commit` (its removes, then its adds, as Delta readers reconcile).
+    pub fn apply(&mut self, commit: &Commit) {
+        for action in &commit.actions {
+            if let Action::Remove(r) = action {
+                self.files.remove(&r.path.decoded);
+            }
+        }
+        for action in &commit.actions {
+            if let Action::Add(a) = action {
+                self.files.insert(a.path.decoded.clone(), a.clone());
+            }
+        }
+        self.version = commit.version;
+    }
+
+    /// The snapshot of `location` at `version`: from the newest complete checkpoint at or
+    /// before it when the commits before that are not all present (or when `prefer_checkpoint`),
+    /// otherwise by replaying every commit from 0; then the commits up to `version`.
+    pub async fn load(
+        location: &TableLocation,
+        listing: &LogListing,
+        version: u64,
+        prefer_checkpoint: bool,
+    ) -> Result<Self, LogError> {
+        let from_zero = listing.oldest_commit() == Some(0)
+            && listing.commits().take_while(|(v, _)| *v <= version).count() as u64 == version + 1;
+        let checkpoint = listing.checkpoint_at_or_before(version);
+        let mut snapshot = match checkpoint {
+            Some((v, files)) if prefer_checkpoint || !from_zero => {
+                let mut s = read_checkpoint(location, v, files).await?;
+                s.version = v;
+                s
+            }
+            _ if from_zero => Snapshot::default(),
+            _ => {
+                return Err(LogError::MissingVersion {
+                    table: location.to_string(),
+                    version: listing.oldest_commit().unwrap_or(0).saturating_sub(1),
+                    file: "a checkpoint or the commits before the oldest one".into(),
+                })
+            }
+        };
+        let start = if checkpoint.is_some() && (prefer_checkpoint || !from_zero) {
+            snapshot.version + 1
+        } else {
+            0
+        };
+        for v in start..=version {
+            let commit = read_commit(location, v)
+                .await?
+                .parse(&location.to_string())?;
+            snapshot.apply(&commit);
+        }
+        snapshot.version = version;
+        Ok(snapshot)
+    }
+}
+
+/// The live files a (complete) checkpoint of `version` holds.
+pub async fn read_checkpoint(
     location: &TableLocation,
-    listing: &LogListing,
-    version: Option<u64>,
-) -> Result<Snapshot, SnapshotError> {
-    let table = location.to_string();
-    let newest = listing
-        .newest_version()
-        .ok_or_else(|| SnapshotError::NoTable {
-            table: table.clone(),
+    version: u64,
+    files: &[LogFile],
+) -> Result<Snapshot, LogError> {
+    let mut snapshot = Snapshot {
+        version,
+        files: BTreeMap::new(),
+    };
+    for file in files {
+        let parse_err = |reason: String| LogError::Parse {
+            table: location.to_string(),
+            file: file.name.clone(),
+            line: 0,
+            reason,
+        };
+        if !file.name.ends_with(".parquet") {
+            return Err(parse_err(
+                "JSON (V2) checkpoints are not supported yet".into(),
+            ));
+        }
+        let bytes = match location.store().get(&file.location).await {
+            Ok(get) => get.bytes().await,
+            Err(e) => Err(e),
+        }
+        .map_err(|source| LogError::Read {
+            table: location.to_string(),
+            file: file.location.to_string(),
+            source,
         })?;
-    let version = version.unwrap_or(newest);
-    if version > newest {
-        return Err(SnapshotError::NoSuchVersion {
-            table,
-            version,
-            newest,
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .and_then(|b| b.build())
+            .map_err(|e| parse_err(format!("not a readable checkpoint: {e}")))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| parse_err(format!("not a readable checkpoint: {e}")))?;
+            if batch
+                .column_by_name("sidecar")
+                .is_some_and(|c| c.null_count() < c.len())
+            {
+                return Err(parse_err(
+                    "the checkpoint keeps its actions in sidecar files (not supported yet)".into(),
+                ));
+            }
+            if let Some(removes) = batch.column_by_name("remove") {
+                for r in remove_rows(removes, "remove").map_err(parse_err)? {
+                    snapshot.files.remove(&r.path.decoded);
+                }
+            }
+            if let Some(adds) = batch.column_by_name("add") {
+                for a in add_rows(adds).map_err(parse_err)? {
+                    snapshot.files.insert(a.path.decoded.clone(), a);
+                }
+            }
+        }
+    }
+    Ok(snapshot)
+}
+
+fn strings(array: &StructArray, field: &str) -> Result<Option<Vec<Option<String>>>, String> {
+    let Some(column) = array.column_by_name(field) else {
+        return Ok(None);
+    };
+    let utf8 = arrow::compute::cast(column, &DataType::Utf8)
+        .map_err(|e| format!("column {field}: {e}"))?;
+    let s = utf8.as_string::<i32>();
+    Ok(Some(
+        (0..s.len())
+            .map(|i| s.is_valid(i).then(|| s.value(i).to_string()))
+            .collect(),
+    ))
+}
+
+fn longs(array: &StructArray, field: &str) -> Result<Option<Vec<Option<i64>>>, String> {
+    let Some(column) = array.column_by_name(field) else {
+        return Ok(None);
+    };
+    let c = arrow::compute::cast(column, &DataType::Int64)
+        .map_err(|e| format!("column {field}: {e}"))?;
+    let c = c.as_primitive::<Int64Type>();
+    Ok(Some(
+        (0..c.len())
+            .map(|i| c.is_valid(i).then(|| c.value(i)))
+            .collect(),
+    ))
+}
+
+fn as_struct<'a>(column: &'a dyn Array, name: &str) -> Result<&'a StructArray, String> {
+    column
+        .as_any()
+        .downcast_ref::<StructArray>()
+        .ok_or_else(|| format!("column {name} is not a struct"))
+}
+
+fn remove_rows(column: &dyn Array, name: &str) -> Result<Vec<RemoveFile>, String> {
+    let s = as_struct(column, name)?;
+    let paths = strings(s, "path")?.ok_or("remove without a path column")?;
+    let sizes = longs(s, "size")?;
+    let mut out = Vec::new();
+    for (i, path) in paths.into_iter().enumerate() {
+        if !s.is_valid(i) {
+            continue;
+        }
+        let path = path.ok_or("remove row without a path")?;
+        out.push(RemoveFile {
+            path: FilePath::from_encoded(&path)?,
+            size: sizes
+                .as_ref()
+                .and_then(|v| v[i])
+                .and_then(|n| u64::try_from(n).ok()),
         });
     }
-    let all_commits = (0..=version).all(|v| listing.commit(v).is_some());
-    let mut files: BTreeMap<String, LiveFile> = BTreeMap::new();
-    let mut table_id = None;
-    let (base, first_commit) = if all_commits {
-        (Base::Commits, 0)
-    } else {
-        let Some((cp, parts)) = listing.checkpoint_at_or_before(version) else {
-            return Err(SnapshotError::NotReplayable {
-                table,
-                version,
-                reason: format!(
-                    "commits from {} are missing and no checkpoint at or before it exists",
-                    listing.oldest_commit().unwrap_or(0)
-                ),
-            });
-        };
-        if let Some(gap) = (cp + 1..=version).find(|v| listing.commit(*v).is_none()) {
-            return Err(SnapshotError::NotReplayable {
-                table,
-                version,
-                reason: format!("commit {gap} after checkpoint {cp} is missing"),
-            });
-        }
-        for part in parts {
-            read_checkpoint_part(location, &part.location, cp, &mut files, &mut table_id).await?;
-        }
-        (Base::Checkpoint(cp), cp + 1)
-    };
-    let mut timestamp_ms = None;
-    for v in first_commit..=version {
-        let bytes = read_commit(location, v).await?;
-        if table_id.is_none() {
-            table_id = metadata_id(&bytes.bytes);
-        }
-        let commit = bytes.parse(&table)?;
-        for action in &commit.actions {
-            match action {
-                Action::Add(add) => {
-                    files.insert(
-                        add.path.decoded.clone(),
-                        LiveFile {
-                            path: add.path.clone(),
-                            size: add.size,
-                            num_records: add.num_records,
-                            added_in: AddedIn::Version(v),
-                        },
-                    );
-                }
-                Action::Remove(r) => {
-                    files.remove(&r.path.decoded);
-                }
-                _ => {}
-            }
-        }
-        if v == version {
-            timestamp_ms = commit.timestamp_ms();
-        }
-    }
-    let timestamp_ms = timestamp_ms
-        .or_else(|| listing.commit(version).map(|f| f.last_modified_ms))
-        .or_else(|| {
-            listing
-                .checkpoint(version)
-                .and_then(|p| p.first())
-                .map(|f| f.last_modified_ms)
-        })
-        .unwrap_or(0);
-    Ok(Snapshot {
-        version,
-        table_id,
-        timestamp_ms,
-        files,
-        base,
-    })
+    Ok(out)
 }
 
-/// The `metaData.id` in a commit file's bytes, if it sets the metadata.
-pub fn metadata_id(commit: &[u8]) -> Option<String> {
-    commit
-        .split(|b| *b == b'\n')
-        .filter(|l| l.windows(10).any(|w| w == b"\"metaData\""))
-        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
-        .find_map(|v| v.get("metaData")?.get("id")?.as_str().map(str::to_string))
-}
-
-/// Adds a checkpoint part's `add` rows to `files` (and the metadata id to `table_id`).
-async fn read_checkpoint_part(
-    location: &TableLocation,
-    path: &object_store::path::Path,
-    version: u64,
-    files: &mut BTreeMap<String, LiveFile>,
-    table_id: &mut Option<String>,
-) -> Result<(), SnapshotError> {
-    let table = location.to_string();
-    let fail = |reason: String| SnapshotError::Checkpoint {
-        table: table.clone(),
-        file: path.to_string(),
-        reason,
-    };
-    let name = path.filename().unwrap_or_default();
-    if !matches!(crate::log::classify(name), LogFileKind::Checkpoint { .. })
-        || !name.ends_with(".parquet")
-    {
-        return Err(fail("only Parquet checkpoints are read".into()));
-    }
-    let bytes = location
-        .store()
-        .get(path)
-        .await
-        .map_err(|e| fail(e.to_string()))?
-        .bytes()
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.build())
-        .map_err(|e| fail(e.to_string()))?;
-    for batch in reader {
-        let batch = batch.map_err(|e| fail(e.to_string()))?;
-        let mut json = Vec::new();
-        {
-            let mut writer = LineDelimitedWriter::new(&mut json);
-            writer.write(&batch).map_err(|e| fail(e.to_string()))?;
-            writer.finish().map_err(|e| fail(e.to_string()))?;
+fn add_rows(column: &dyn Array) -> Result<Vec<AddFile>, String> {
+    let s = as_struct(column, "add")?;
+    let paths = strings(s, "path")?.ok_or("add without a path column")?;
+    let sizes = longs(s, "size")?.ok_or("add without a size column")?;
+    let stats = strings(s, "stats")?;
+    let data_change = s
+        .column_by_name("dataChange")
+        .and_then(|c| c.as_boolean_opt().cloned());
+    let dv = s.column_by_name("deletionVector");
+    let mut out = Vec::new();
+    for (i, path) in paths.into_iter().enumerate() {
+        if !s.is_valid(i) {
+            continue;
         }
-        for line in json.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let row: Value = serde_json::from_slice(line).map_err(|e| fail(e.to_string()))?;
-            if let Some(add) = row.get("add").filter(|a| !a.is_null()) {
-                if let Action::Add(add) = action_from("add", add).map_err(fail)? {
-                    files.insert(
-                        add.path.decoded.clone(),
-                        LiveFile {
-                            path: add.path,
-                            size: add.size,
-                            num_records: add.num_records,
-                            added_in: AddedIn::AtOrBefore(version),
-                        },
-                    );
-                }
-            }
-            if table_id.is_none() {
-                *table_id = row
-                    .get("metaData")
-                    .and_then(|m| m.get("id"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-            }
-        }
+        let path = path.ok_or("add row without a path")?;
+        let size = sizes[i]
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| format!("add {path}: no valid size"))?;
+        let num_records = stats
+            .as_ref()
+            .and_then(|v| v[i].as_deref())
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .and_then(|v| v.get("numRecords").and_then(serde_json::Value::as_u64));
+        out.push(AddFile {
+            path: FilePath::from_encoded(&path)?,
+            size,
+            num_records,
+            data_change: data_change
+                .as_ref()
+                .is_none_or(|b| !b.is_valid(i) || b.value(i)),
+            has_deletion_vector: dv.is_some_and(|d| d.is_valid(i)),
+        });
     }
-    Ok(())
+    Ok(out)
 }

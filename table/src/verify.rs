@@ -15,12 +15,12 @@ use serde::Serialize;
 
 use crate::backup::chain::Catalog;
 use crate::backup::dir::catalog_of;
-use crate::backup::manifest::{BackupId, FileEntry, FileRole, Sha256Hex, TABLE_DIR};
+use crate::backup::manifest::{BackupId, FileEntry, FileRole, TABLE_DIR};
 use crate::copy::{copy_verified, digest_of, CopyOptions, DEFAULT_CHUNK_BYTES};
 use crate::location::{open_store, TableLocation};
 use crate::log::{LogError, LogListing};
 use crate::progress::Progress;
-use crate::snapshot::{snapshot_at, AddedIn, SnapshotError};
+use crate::live::{live_files, AddedIn, LiveError};
 use file::{check_file, Expected, Problem};
 
 /// Files checked at once.
@@ -34,7 +34,7 @@ pub enum VerifyError {
     Log(#[from] LogError),
     /// Replaying the snapshot.
     #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
+    Live(#[from] LiveError),
     /// The table path.
     #[error("{path}: {reason}")]
     BadPath {
@@ -234,7 +234,8 @@ pub async fn verify_table(
         })?
         .to_path_buf();
     let listing = LogListing::list(&location).await?;
-    let snapshot = snapshot_at(&location, &listing, options.version).await?;
+    let live = live_files(&location, &listing, options.version).await?;
+    let snapshot = &live.snapshot;
     let checksum_source = options.manifest.as_ref().or(options.repair_from.as_ref());
     let copies = match (options.deep, checksum_source) {
         (true, Some(path)) => Some(Copies::of(&backups(path)?.0)),
@@ -246,10 +247,9 @@ pub async fn verify_table(
         total,
     ));
     let mut compared = 0;
-    let jobs: Vec<_> = snapshot
-        .files
-        .values()
-        .map(|f| {
+    let jobs: Vec<_> = live
+        .files()
+        .map(|(f, added_in)| {
             let sha256 = copies
                 .as_ref()
                 .and_then(|c| c.find(&f.path.decoded, f.size).next())
@@ -260,11 +260,11 @@ pub async fn verify_table(
                 num_records: f.num_records,
                 sha256,
             };
-            (f.clone(), dir.join(&f.path.decoded), expected)
+            ((f.clone(), added_in), dir.join(&f.path.decoded), expected)
         })
         .collect();
     let deep = options.deep;
-    let bad: Vec<Option<BadFile>> = futures::stream::iter(jobs.into_iter().map(|(f, path, expected)| {
+    let bad: Vec<Option<BadFile>> = futures::stream::iter(jobs.into_iter().map(|((f, added_in), path, expected)| {
         let progress = Arc::clone(&progress);
         async move {
             let size = f.size;
@@ -275,7 +275,7 @@ pub async fn verify_table(
                 Ok(Ok(_)) => Ok(None),
                 Ok(Err(problem)) => Ok(Some(BadFile {
                     path: f.path.decoded.clone(),
-                    added_in: f.added_in,
+                    added_in,
                     problem,
                 })),
                 Err(e) => Err(VerifyError::Task(e.to_string())),
@@ -356,7 +356,7 @@ async fn repair(
             let held = digest_of(from.store().as_ref(), &src, DEFAULT_CHUNK_BYTES)
                 .await
                 .map_err(|e| e.to_string())?;
-            if Sha256Hex(held.sha256.0) != entry.sha256 || held.size != entry.size {
+            if held.sha256 != entry.sha256 || held.size != entry.size {
                 return Err(format!(
                     "backup {id}'s copy no longer matches its manifest (SHA-256 {} vs {})",
                     held.sha256, entry.sha256

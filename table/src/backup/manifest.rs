@@ -27,10 +27,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sha2::{Digest, Sha256};
+use serde::{Deserialize, Serialize};
 use tidemark_fs::FileSystem;
 
 /// The manifest's file name inside a backup directory.
@@ -73,9 +71,9 @@ pub enum ManifestError {
     #[error("manifest is corrupt: body SHA-256 is {found}, the header says {expected}")]
     ChecksumMismatch {
         /// Digest from the header.
-        expected: Sha256Hex,
+        expected: Sha256Sum,
         /// Digest of the body read.
-        found: Sha256Hex,
+        found: Sha256Sum,
     },
     /// The body is not valid JSON for a manifest.
     #[error("manifest body is not valid: {0}")]
@@ -85,59 +83,11 @@ pub enum ManifestError {
     Invalid(String),
 }
 
-/// A SHA-256 digest; written as 64 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Sha256Hex(pub [u8; 32]);
+pub use crate::copy::Sha256Sum;
 
-impl Sha256Hex {
-    /// The digest of `bytes`.
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(Sha256::digest(bytes).into())
-    }
-}
-
-impl fmt::Display for Sha256Hex {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Sha256Hex {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for Sha256Hex {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bytes = s.as_bytes();
-        if bytes.len() != 64 || !bytes.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(format!("a SHA-256 is 64 lowercase hex digits, got {s:?}"));
-        }
-        let mut out = [0u8; 32];
-        for (i, pair) in bytes.chunks(2).enumerate() {
-            let hex = std::str::from_utf8(pair).map_err(|e| e.to_string())?;
-            out[i] = u8::from_str_radix(hex, 16).map_err(|_| format!("not hex: {s:?}"))?;
-        }
-        Ok(Self(out))
-    }
-}
-
-impl Serialize for Sha256Hex {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Sha256Hex {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
+/// The SHA-256 of `bytes`.
+pub fn sha256_of(bytes: &[u8]) -> Sha256Sum {
+    crate::copy::FileDigest::of_bytes(bytes).sha256
 }
 
 /// What a file in a backup is to the table.
@@ -171,7 +121,7 @@ pub struct FileEntry {
     /// Bytes.
     pub size: u64,
     /// SHA-256 of the whole file.
-    pub sha256: Sha256Hex,
+    pub sha256: Sha256Sum,
     /// What the file is.
     pub role: FileRole,
 }
@@ -346,7 +296,7 @@ impl Manifest {
         let mut out = format!(
             "{MAGIC} {FORMAT_VERSION} {} {}\n",
             body.len(),
-            Sha256Hex::of(&body)
+            sha256_of(&body)
         )
         .into_bytes();
         out.extend_from_slice(&body);
@@ -380,7 +330,10 @@ impl Manifest {
             return Err(ManifestError::NotAManifest);
         }
         let len: u64 = len.parse().map_err(|_| ManifestError::NotAManifest)?;
-        let sum: Sha256Hex = sum.parse().map_err(|_| ManifestError::NotAManifest)?;
+        if !sum.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(ManifestError::NotAManifest);
+        }
+        let sum: Sha256Sum = sum.parse().map_err(|_| ManifestError::NotAManifest)?;
         let body = &bytes[newline + 1..];
         if body.len() as u64 != len {
             return Err(ManifestError::LengthMismatch {
@@ -388,7 +341,7 @@ impl Manifest {
                 found: body.len() as u64,
             });
         }
-        let found = Sha256Hex::of(body);
+        let found = sha256_of(body);
         if found != sum {
             return Err(ManifestError::ChecksumMismatch {
                 expected: sum,

@@ -14,13 +14,13 @@ use serde::Serialize;
 use super::chain::Catalog;
 use super::dir::{BackupDir, DirError};
 use super::manifest::{
-    BackupId, CommitEntry, FileEntry, FileRole, Manifest, ManifestError, Sha256Hex,
+    BackupId, CommitEntry, FileEntry, FileRole, Manifest, ManifestError,
 };
 use crate::copy::{copy_verified, digest_of, CopyError, CopyOptions, DEFAULT_CHUNK_BYTES};
 use crate::location::TableLocation;
 use crate::log::{read_commit, LogError, LogFile, LogFileKind, LogListing};
 use crate::progress::Progress;
-use crate::snapshot::{snapshot_at, Base, SnapshotError};
+use crate::live::{live_files, Base, LiveError};
 
 /// Data files copied at once.
 const PARALLEL_COPIES: usize = 8;
@@ -36,7 +36,7 @@ pub enum BackupError {
     Log(#[from] LogError),
     /// Replaying the source's snapshot (full backups).
     #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
+    Live(#[from] LiveError),
     /// Copying a file.
     #[error(transparent)]
     Copy(#[from] CopyError),
@@ -335,9 +335,9 @@ async fn full_plan(
     version: u64,
 ) -> Result<Plan, BackupError> {
     let table = source.to_string();
-    let snapshot = snapshot_at(source, listing, Some(version)).await?;
+    let live = live_files(source, listing, Some(version)).await?;
     let mut files = Vec::new();
-    let first_commit = match snapshot.base {
+    let first_commit = match live.base {
         Base::Commits => 0,
         Base::Checkpoint(cp) => {
             for part in listing.checkpoint(cp).unwrap_or_default() {
@@ -366,7 +366,7 @@ async fn full_plan(
             role: FileRole::LastCheckpoint { version: v },
         });
     }
-    for f in snapshot.files.values() {
+    for f in live.snapshot.files.values() {
         if !f.path.is_relative() {
             return Err(BackupError::Outside {
                 table,
@@ -381,12 +381,12 @@ async fn full_plan(
         });
     }
     Ok(Plan {
-        table_id: snapshot.table_id.unwrap_or_else(|| "unknown".into()),
+        table_id: live.table_id.unwrap_or_else(|| "unknown".into()),
         first_version: version,
         last_version: version,
         commits: vec![CommitEntry {
             version,
-            timestamp_ms: snapshot.timestamp_ms,
+            timestamp_ms: live.timestamp_ms,
             adds: vec![],
             removes: vec![],
         }],
@@ -562,7 +562,7 @@ async fn continues(
         }));
     };
     let digest = digest_of(source.store().as_ref(), &file.location, DEFAULT_CHUNK_BYTES).await?;
-    if digest.size != anchor.size || Sha256Hex(digest.sha256.0) != anchor.sha256 {
+    if digest.size != anchor.size || digest.sha256 != anchor.sha256 {
         return Ok(Err(format!(
             "its {name} differs from the backup's (another table, or the table was recreated)"
         )));
@@ -614,7 +614,7 @@ async fn copy_all(
             Ok::<FileEntry, BackupError>(FileEntry {
                 path: rel,
                 size: digest.size,
-                sha256: Sha256Hex(digest.sha256.0),
+                sha256: digest.sha256,
                 role,
             })
         }

@@ -9,7 +9,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::ParquetMetaDataReader;
 use serde::Serialize;
 
-use crate::backup::manifest::Sha256Hex;
+use crate::backup::manifest::{sha256_of, Sha256Sum};
 
 /// What the table's log (and a backup manifest, if given) say a data file is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,7 +19,7 @@ pub struct Expected {
     /// The `add` action's `stats.numRecords`, when it has stats.
     pub num_records: Option<u64>,
     /// The SHA-256 a backup manifest lists for the file (deep checks only).
-    pub sha256: Option<Sha256Hex>,
+    pub sha256: Option<Sha256Sum>,
 }
 
 /// Why a data file is bad.
@@ -67,9 +67,9 @@ pub enum Problem {
     #[error("SHA-256 is {found}, the backup manifest says {expected}")]
     ChecksumMismatch {
         /// The manifest's digest.
-        expected: Sha256Hex,
+        expected: Sha256Sum,
         /// The file's digest.
-        found: Sha256Hex,
+        found: Sha256Sum,
     },
 }
 
@@ -79,7 +79,7 @@ pub struct Checked {
     /// Rows per its footer.
     pub rows: u64,
     /// Its SHA-256 (deep checks only).
-    pub sha256: Option<Sha256Hex>,
+    pub sha256: Option<Sha256Sum>,
 }
 
 /// Checks the data file at `path` against `expected`; the first problem found, if any.
@@ -109,7 +109,7 @@ pub fn check_file(path: &Path, expected: &Expected, deep: bool) -> Result<Checke
     let rows = footer_rows(&bytes)?;
     check_rows(expected, rows)?;
     decode_every_page(bytes.clone())?;
-    let sha256 = Sha256Hex::of(&bytes);
+    let sha256 = sha256_of(&bytes);
     if let Some(want) = expected.sha256 {
         if want != sha256 {
             return Err(Problem::ChecksumMismatch {
@@ -221,7 +221,7 @@ mod tests {
         Expected {
             size: bytes.len() as u64,
             num_records: Some(rows as u64),
-            sha256: Some(Sha256Hex::of(&bytes)),
+            sha256: Some(sha256_of(&bytes)),
         }
     }
 

@@ -3,7 +3,7 @@
 //! chains branch), some of them lost afterwards (broken chains).
 
 use super::*;
-use crate::backup::manifest::{CommitEntry, Sha256Hex};
+use crate::backup::manifest::{sha256_of, CommitEntry};
 use proptest::prelude::*;
 
 /// The model table: the live data files after each version.
@@ -51,7 +51,7 @@ fn entry(path: &str, role: FileRole) -> FileEntry {
     FileEntry {
         path: path.to_string(),
         size: path.len() as u64,
-        sha256: Sha256Hex::of(path.as_bytes()),
+        sha256: sha256_of(path.as_bytes()),
         role,
     }
 }
@@ -210,7 +210,7 @@ fn check_plan(table: &Table, plan: &RestorePlan) -> Result<(), TestCaseError> {
     // The full backups of the model hold the whole log, so a restore holds 0..=version.
     prop_assert_eq!(commits, (0..=plan.version).collect::<Vec<_>>());
     for f in &plan.files {
-        prop_assert_eq!(f.entry.sha256, Sha256Hex::of(f.entry.path.as_bytes()));
+        prop_assert_eq!(f.entry.sha256, sha256_of(f.entry.path.as_bytes()));
     }
     Ok(())
 }

@@ -10,8 +10,8 @@ fn sample() -> Manifest {
         .current()
 }
 
-fn digest(seed: u8) -> Sha256Hex {
-    Sha256Hex::of(&[seed])
+fn digest(seed: u8) -> Sha256Sum {
+    sha256_of(&[seed])
 }
 
 /// A valid manifest: full when `parent` is `None`, else an incremental of `n` versions.
