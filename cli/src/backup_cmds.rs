@@ -284,7 +284,7 @@ fn render_list(catalog: &Catalog) -> String {
             );
             for m in members {
                 out += &format!(
-                    "    {:<44} {:<11} v{:<16} {:>7} files {:>14} bytes  {}\n",
+                    "    {:<44} {:<11} versions {:<14} {:>7} files {:>14} bytes  {}\n",
                     m.id.as_str(),
                     if m.is_full() { "full" } else { "incremental" },
                     if m.first_version == m.last_version {

@@ -13,6 +13,8 @@ use tidemark_tests::{
 };
 use tidemark_tools::audit;
 
+#[path = "e2e/backup.rs"]
+mod backup;
 #[path = "e2e/checkpoint_crash.rs"]
 mod checkpoint_crash;
 #[path = "e2e/dedup.rs"]
