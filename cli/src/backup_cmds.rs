@@ -75,11 +75,13 @@ enum BackupCommand {
 
 /// `tidemark restore-backup`.
 #[derive(Debug, Args)]
-#[command(after_help = "The version comes from the shortest chain of backups covering it \
+#[command(
+    after_help = "The version comes from the shortest chain of backups covering it \
 (`tidemark backup list DIR` shows what is covered). Every file is checked against its \
 manifest's SHA-256 while restoring. To bring a pipeline's table back, stop the pipeline, restore \
 into the table's path, and start it with `tidemark run --rewind-to EPOCH` (an epoch at or before \
-the restored table's newest, see `tidemark status`): it re-reads from Kafka what the table lost.")]
+the restored table's newest, see `tidemark status`): it re-reads from Kafka what the table lost."
+)]
 pub struct RestoreBackupArgs {
     /// The backup directory.
     dir: PathBuf,
@@ -104,14 +106,16 @@ pub struct RestoreBackupArgs {
 
 /// `tidemark verify`.
 #[derive(Debug, Args)]
-#[command(after_help = "Checks, for every data file the snapshot references: present; size \
+#[command(
+    after_help = "Checks, for every data file the snapshot references: present; size \
 equal to its add action's; Parquet footer readable; row count equal to the add's numRecords. \
 --deep also decodes every page and compares each file's SHA-256 with a backup manifest \
 (--manifest, else --repair-from). Each bad file is printed with the version that added it and \
 the reason; the exit code is 1 when anything is (still) bad.\n\nExamples:\n  \
 tidemark verify tables/orders\n  \
 tidemark verify tables/orders --deep --manifest /backups/orders\n  \
-tidemark verify tables/orders --repair-from /backups/orders")]
+tidemark verify tables/orders --repair-from /backups/orders"
+)]
 pub struct VerifyArgs {
     /// The table (a local path or file:// URL).
     table: PathBuf,
@@ -254,7 +258,13 @@ fn render_list(catalog: &Catalog) -> String {
             .covered_ranges(Some(table))
             .unwrap_or_default()
             .iter()
-            .map(|(a, b)| if a == b { format!("{a}") } else { format!("{a}..={b}") })
+            .map(|(a, b)| {
+                if a == b {
+                    format!("{a}")
+                } else {
+                    format!("{a}..={b}")
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ");
         out += &format!("table {table}: restorable versions {covered}\n");
@@ -266,11 +276,7 @@ fn render_list(catalog: &Catalog) -> String {
         for root in roots {
             let members: Vec<_> = catalog
                 .backups()
-                .filter(|m| {
-                    catalog
-                        .chain(&m.id)
-                        .is_ok_and(|c| c[0].id == root.id)
-                })
+                .filter(|m| catalog.chain(&m.id).is_ok_and(|c| c[0].id == root.id))
                 .collect();
             let last = members.iter().map(|m| m.last_version).max().unwrap_or(0);
             let bytes: u64 = members.iter().map(|m| m.bytes()).sum();

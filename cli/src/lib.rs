@@ -123,7 +123,9 @@ pub fn main() -> ExitCode {
             Command::RestoreBackup(args) => backup_cmds::restore(args).await,
             Command::Verify(args) => match backup_cmds::verify(args).await {
                 Ok(true) => Ok(()),
-                Ok(false) => Err(anyhow::anyhow!("verify found bad data files (listed above)")),
+                Ok(false) => Err(anyhow::anyhow!(
+                    "verify found bad data files (listed above)"
+                )),
                 Err(e) => Err(e),
             },
         }

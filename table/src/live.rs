@@ -114,11 +114,9 @@ pub async fn live_files(
     version: Option<u64>,
 ) -> Result<LiveFiles, LiveError> {
     let table = location.to_string();
-    let newest = listing
-        .newest_version()
-        .ok_or_else(|| LiveError::NoTable {
-            table: table.clone(),
-        })?;
+    let newest = listing.newest_version().ok_or_else(|| LiveError::NoTable {
+        table: table.clone(),
+    })?;
     let version = version.unwrap_or(newest);
     if version > newest {
         return Err(LiveError::NoSuchVersion {

@@ -33,7 +33,9 @@ pub enum RestoreError {
     #[error(transparent)]
     Chain(#[from] ChainError),
     /// The destination is not empty.
-    #[error("{dest} is not empty ({found}): restore-backup writes only into an empty or new directory")]
+    #[error(
+        "{dest} is not empty ({found}): restore-backup writes only into an empty or new directory"
+    )]
     NotEmpty {
         /// The destination.
         dest: String,
@@ -113,10 +115,13 @@ pub async fn restore_backup(
         .files
         .iter()
         .partition(|f| f.entry.role == FileRole::Data);
-    futures::stream::iter(data.iter().map(|f| restore_file(&backups, &to, f, &progress)))
-        .buffer_unordered(PARALLEL_COPIES)
-        .try_collect::<Vec<()>>()
-        .await?;
+    futures::stream::iter(
+        data.iter()
+            .map(|f| restore_file(&backups, &to, f, &progress)),
+    )
+    .buffer_unordered(PARALLEL_COPIES)
+    .try_collect::<Vec<()>>()
+    .await?;
     // The log in version order, `_last_checkpoint` last (plan order: by path, then it).
     for f in &log {
         restore_file(&backups, &to, f, &progress).await?;

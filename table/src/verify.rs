@@ -17,10 +17,10 @@ use crate::backup::chain::Catalog;
 use crate::backup::dir::catalog_of;
 use crate::backup::manifest::{BackupId, FileEntry, FileRole, TABLE_DIR};
 use crate::copy::{copy_verified, digest_of, CopyOptions, DEFAULT_CHUNK_BYTES};
+use crate::live::{live_files, AddedIn, LiveError};
 use crate::location::{open_store, TableLocation};
 use crate::log::{LogError, LogListing};
 use crate::progress::Progress;
-use crate::live::{live_files, AddedIn, LiveError};
 use file::{check_file, Expected, Problem};
 
 /// Files checked at once.
@@ -144,9 +144,7 @@ impl VerifyReport {
         }
         for r in &self.repairs {
             match (&r.from, r.repaired) {
-                (Some(from), true) => {
-                    out += &format!("REPAIRED  {} from backup {from}\n", r.path)
-                }
+                (Some(from), true) => out += &format!("REPAIRED  {} from backup {from}\n", r.path),
                 _ => {
                     out += &format!(
                         "NOT REPAIRED {}: {}\n",
@@ -159,7 +157,10 @@ impl VerifyReport {
         out += &if self.bad.is_empty() {
             "result    OK: every live data file is present and sound\n".to_string()
         } else if self.still_bad == 0 {
-            format!("result    REPAIRED: {} bad files put back\n", self.bad.len())
+            format!(
+                "result    REPAIRED: {} bad files put back\n",
+                self.bad.len()
+            )
         } else {
             format!(
                 "result    BAD: {} of {} files bad{}\n",
@@ -264,32 +265,38 @@ pub async fn verify_table(
         })
         .collect();
     let deep = options.deep;
-    let bad: Vec<Option<BadFile>> = futures::stream::iter(jobs.into_iter().map(|((f, added_in), path, expected)| {
-        let progress = Arc::clone(&progress);
-        async move {
-            let size = f.size;
-            let result =
-                tokio::task::spawn_blocking(move || check_file(&path, &expected, deep)).await;
-            progress.add(size);
-            match result {
-                Ok(Ok(_)) => Ok(None),
-                Ok(Err(problem)) => Ok(Some(BadFile {
-                    path: f.path.decoded.clone(),
-                    added_in,
-                    problem,
-                })),
-                Err(e) => Err(VerifyError::Task(e.to_string())),
+    let bad: Vec<Option<BadFile>> =
+        futures::stream::iter(jobs.into_iter().map(|((f, added_in), path, expected)| {
+            let progress = Arc::clone(&progress);
+            async move {
+                let size = f.size;
+                let result =
+                    tokio::task::spawn_blocking(move || check_file(&path, &expected, deep)).await;
+                progress.add(size);
+                match result {
+                    Ok(Ok(_)) => Ok(None),
+                    Ok(Err(problem)) => Ok(Some(BadFile {
+                        path: f.path.decoded.clone(),
+                        added_in,
+                        problem,
+                    })),
+                    Err(e) => Err(VerifyError::Task(e.to_string())),
+                }
             }
-        }
-    }))
-    .buffer_unordered(PARALLEL_CHECKS)
-    .try_collect()
-    .await?;
+        }))
+        .buffer_unordered(PARALLEL_CHECKS)
+        .try_collect()
+        .await?;
     progress.finish();
     let mut bad: Vec<BadFile> = bad.into_iter().flatten().collect();
     bad.sort_by(|a, b| a.path.cmp(&b.path));
     for b in &bad {
-        tracing::warn!("bad file {} (added in {}): {}", b.path, b.added_in, b.problem);
+        tracing::warn!(
+            "bad file {} (added in {}): {}",
+            b.path,
+            b.added_in,
+            b.problem
+        );
     }
     let mut repairs = Vec::new();
     if let Some(from) = &options.repair_from {
@@ -351,7 +358,8 @@ async fn repair(
     for (id, entry) in candidates {
         let backup_table = backups_root.join(id.as_str()).join(TABLE_DIR);
         let attempt = async {
-            let from = open_store(&backup_table.display().to_string()).map_err(|e| e.to_string())?;
+            let from =
+                open_store(&backup_table.display().to_string()).map_err(|e| e.to_string())?;
             let src = from.child(path).map_err(|e| e.to_string())?;
             let held = digest_of(from.store().as_ref(), &src, DEFAULT_CHUNK_BYTES)
                 .await

@@ -25,7 +25,9 @@ pub enum ChainError {
     #[error("backups of {} tables are here ({}): choose one with --table-id", .0.len(), .0.join(", "))]
     SeveralTables(Vec<String>),
     /// A backup's parent (or an ancestor) is missing.
-    #[error("backup {id} cannot be restored: its chain needs {missing}, which is missing or unfinished")]
+    #[error(
+        "backup {id} cannot be restored: its chain needs {missing}, which is missing or unfinished"
+    )]
     Broken {
         /// The backup whose chain is broken.
         id: BackupId,
@@ -58,7 +60,13 @@ fn ranges(covered: &[(u64, u64)]) -> String {
     }
     covered
         .iter()
-        .map(|(a, b)| if a == b { format!("{a}") } else { format!("{a}..={b}") })
+        .map(|(a, b)| {
+            if a == b {
+                format!("{a}")
+            } else {
+                format!("{a}..={b}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -237,9 +245,11 @@ impl Catalog {
             Target::Version(v) => v,
             Target::Latest => match covered.last() {
                 Some((v, _)) => *v,
-                None => return Err(ChainError::NoBackups {
-                    table_id: Some(table.to_string()),
-                }),
+                None => {
+                    return Err(ChainError::NoBackups {
+                        table_id: Some(table.to_string()),
+                    })
+                }
             },
             Target::Timestamp(t) => match covered.iter().rev().find(|(_, ts)| *ts <= t) {
                 Some((v, _)) => *v,

@@ -171,9 +171,7 @@ impl BackupDir {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), DirError> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io(dir))
+    File::open(dir).and_then(|f| f.sync_all()).map_err(io(dir))
 }
 
 /// Reads `path` as either one backup (it holds a `MANIFEST`) or a backup directory.
@@ -198,7 +196,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = BackupDir::open_exclusive(dir.path()).unwrap();
         let err = BackupDir::open_exclusive(dir.path()).unwrap_err();
-        assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
         assert!(BackupDir::open_shared(dir.path()).is_err());
         drop(first);
         let a = BackupDir::open_shared(dir.path()).unwrap();
@@ -212,13 +213,18 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("0000000000001-full-v0-v0/table")).unwrap();
         std::fs::create_dir_all(dir.path().join("0000000000002-full-v1-v1")).unwrap();
         std::fs::write(
-            dir.path().join("0000000000002-full-v1-v1").join(MANIFEST_FILE),
+            dir.path()
+                .join("0000000000002-full-v1-v1")
+                .join(MANIFEST_FILE),
             b"garbage",
         )
         .unwrap();
         let d = BackupDir::open_shared(dir.path()).unwrap();
         let scan = d.scan().unwrap();
-        assert_eq!(scan.unfinished, vec!["0000000000001-full-v0-v0".to_string()]);
+        assert_eq!(
+            scan.unfinished,
+            vec!["0000000000001-full-v0-v0".to_string()]
+        );
         assert_eq!(scan.unreadable.len(), 1);
         assert_eq!(scan.catalog.backups().count(), 0);
     }

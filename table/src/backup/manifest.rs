@@ -51,7 +51,9 @@ pub enum ManifestError {
         source: std::io::Error,
     },
     /// The file does not start with the manifest header.
-    #[error("not a Tidemark backup manifest (no `{MAGIC} <version> <length> <sha256>` header line)")]
+    #[error(
+        "not a Tidemark backup manifest (no `{MAGIC} <version> <length> <sha256>` header line)"
+    )]
     NotAManifest,
     /// Written by a newer (or unknown) format version.
     #[error("manifest format version {found} is not supported (this tidemark reads version {FORMAT_VERSION})")]
@@ -158,8 +160,7 @@ impl BackupId {
     pub fn parse(s: &str) -> Result<Self, String> {
         let ok = !s.is_empty()
             && s.len() <= 200
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if ok {
             Ok(Self(s.to_string()))
@@ -268,9 +269,14 @@ impl Manifest {
         for f in &self.files {
             if f.path.is_empty()
                 || f.path.starts_with('/')
-                || f.path.split('/').any(|c| c == ".." || c == "." || c.is_empty())
+                || f.path
+                    .split('/')
+                    .any(|c| c == ".." || c == "." || c.is_empty())
             {
-                return bad(format!("file path {:?} is not a plain relative path", f.path));
+                return bad(format!(
+                    "file path {:?} is not a plain relative path",
+                    f.path
+                ));
             }
             if !paths.insert(f.path.as_str()) {
                 return bad(format!("file {:?} listed twice", f.path));

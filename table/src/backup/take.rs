@@ -13,14 +13,12 @@ use serde::Serialize;
 
 use super::chain::Catalog;
 use super::dir::{BackupDir, DirError};
-use super::manifest::{
-    BackupId, CommitEntry, FileEntry, FileRole, Manifest, ManifestError,
-};
+use super::manifest::{BackupId, CommitEntry, FileEntry, FileRole, Manifest, ManifestError};
 use crate::copy::{copy_verified, digest_of, CopyError, CopyOptions, DEFAULT_CHUNK_BYTES};
+use crate::live::{live_files, Base, LiveError};
 use crate::location::TableLocation;
 use crate::log::{read_commit, LogError, LogFile, LogFileKind, LogListing};
 use crate::progress::Progress;
-use crate::live::{live_files, Base, LiveError};
 
 /// Data files copied at once.
 const PARALLEL_COPIES: usize = 8;
@@ -224,7 +222,11 @@ pub async fn take_backup(
     let total: u64 = plan.files.iter().map(|f| f.size).sum();
     tracing::info!(
         "backup {id} of {table}: {} versions {}..={}, {} files, {total} bytes{}",
-        if parent.is_some() { "incremental," } else { "full," },
+        if parent.is_some() {
+            "incremental,"
+        } else {
+            "full,"
+        },
         plan.first_version,
         plan.last_version,
         plan.files.len(),
@@ -256,7 +258,11 @@ pub async fn take_backup(
         .count();
     let mut report = BackupReport {
         id: Some(id),
-        kind: if parent.is_some() { "incremental" } else { "full" },
+        kind: if parent.is_some() {
+            "incremental"
+        } else {
+            "full"
+        },
         parent: manifest.parent.clone(),
         first_version: manifest.first_version,
         last_version: manifest.last_version,

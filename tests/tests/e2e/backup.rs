@@ -187,14 +187,30 @@ fn an_incremental_chain_restores_every_version_like_time_travel() {
     // Never into a non-empty directory.
     let out = tidemark(&["restore-backup", s(&backups), "--to", s(&dest)]);
     assert!(!out.status.success());
-    assert!(stderr_of(&out).contains("is not empty"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("is not empty"),
+        "{}",
+        stderr_of(&out)
+    );
 
     // Retention: a new full backup with --keep-full 1 deletes the old chain whole.
     let report = ok_json(&[
-        "backup", "--from", s(&src), "--to", s(&backups), "--full", "--keep-full", "1", "--json",
+        "backup",
+        "--from",
+        s(&src),
+        "--to",
+        s(&backups),
+        "--full",
+        "--keep-full",
+        "1",
+        "--json",
     ]);
     assert_eq!(report["kind"], "full");
-    assert_eq!(report["pruned"].as_array().unwrap().len(), ops.len(), "{report}");
+    assert_eq!(
+        report["pruned"].as_array().unwrap().len(),
+        ops.len(),
+        "{report}"
+    );
     let list = ok_json(&["backup", "list", s(&backups), "--json"]);
     assert_eq!(list["backups"].as_array().unwrap().len(), 1, "{list}");
     let out = tidemark(&[
@@ -267,7 +283,12 @@ fn verify_finds_every_corrupt_file_and_repairs_those_a_backup_holds() {
     for f in deleted.iter().chain([&fresh_deleted]) {
         std::fs::remove_file(table.join(f)).unwrap();
     }
-    let mut all_bad: BTreeSet<String> = flipped.iter().chain(&truncated).chain(&deleted).cloned().collect();
+    let mut all_bad: BTreeSet<String> = flipped
+        .iter()
+        .chain(&truncated)
+        .chain(&deleted)
+        .cloned()
+        .collect();
     all_bad.insert(fresh_truncated.clone());
     all_bad.insert(fresh_deleted.clone());
 
@@ -281,7 +302,10 @@ fn verify_finds_every_corrupt_file_and_repairs_those_a_backup_holds() {
             .map(|b| {
                 (
                     b["path"].as_str().unwrap().to_string(),
-                    (b["added_in"].clone(), b["problem"]["reason"].as_str().unwrap().to_string()),
+                    (
+                        b["added_in"].clone(),
+                        b["problem"]["reason"].as_str().unwrap().to_string(),
+                    ),
                 )
             })
             .collect()
@@ -292,15 +316,33 @@ fn verify_finds_every_corrupt_file_and_repairs_those_a_backup_holds() {
     let out = tidemark(&["verify", s(&table), "--json"]);
     assert!(!out.status.success(), "bad files must fail verify");
     let shallow = bad_of(&out);
-    for f in truncated.iter().chain(&deleted).chain([&fresh_truncated, &fresh_deleted]) {
-        assert!(shallow.contains_key(f), "{f} not found by the shallow verify: {shallow:?}");
+    for f in truncated
+        .iter()
+        .chain(&deleted)
+        .chain([&fresh_truncated, &fresh_deleted])
+    {
+        assert!(
+            shallow.contains_key(f),
+            "{f} not found by the shallow verify: {shallow:?}"
+        );
     }
 
     // Deep, with the backup's checksums: exactly the corrupted files, each with its version.
-    let out = tidemark(&["verify", s(&table), "--deep", "--manifest", s(&backups), "--json"]);
+    let out = tidemark(&[
+        "verify",
+        s(&table),
+        "--deep",
+        "--manifest",
+        s(&backups),
+        "--json",
+    ]);
     assert!(!out.status.success());
     let deep = bad_of(&out);
-    assert_eq!(deep.keys().cloned().collect::<BTreeSet<_>>(), all_bad, "{deep:?}");
+    assert_eq!(
+        deep.keys().cloned().collect::<BTreeSet<_>>(),
+        all_bad,
+        "{deep:?}"
+    );
     for (f, (added_in, reason)) in &deep {
         assert_eq!(added_in["version"], added_by[f], "{f}: {added_in}");
         if deleted.contains(f) || *f == fresh_deleted {
@@ -309,6 +351,22 @@ fn verify_finds_every_corrupt_file_and_repairs_those_a_backup_holds() {
             assert_eq!(reason, "size_mismatch", "{f}");
         }
     }
+    // An older version's snapshot: the files added after it are not its concern.
+    let out = tidemark(&[
+        "verify",
+        s(&table),
+        "--version",
+        "3",
+        "--deep",
+        "--manifest",
+        s(&backups),
+        "--json",
+    ]);
+    let at_3 = bad_of(&out);
+    let mut expect_3 = all_bad.clone();
+    expect_3.remove(&fresh_truncated);
+    expect_3.remove(&fresh_deleted);
+    assert_eq!(at_3.keys().cloned().collect::<BTreeSet<_>>(), expect_3);
     // The text report names each file, its version and the reason.
     let out = tidemark(&["verify", s(&table), "--deep", "--manifest", s(&backups)]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -321,7 +379,14 @@ fn verify_finds_every_corrupt_file_and_repairs_those_a_backup_holds() {
 
     // Repair (deep, so the flipped bytes are found by the backup's checksums): every file
     // the backup holds is put back; the two newer ones cannot be.
-    let out = tidemark(&["verify", s(&table), "--deep", "--repair-from", s(&backups), "--json"]);
+    let out = tidemark(&[
+        "verify",
+        s(&table),
+        "--deep",
+        "--repair-from",
+        s(&backups),
+        "--json",
+    ]);
     assert!(!out.status.success(), "two files cannot be repaired");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let repairs = report["repairs"].as_array().unwrap();
@@ -338,7 +403,14 @@ fn verify_finds_every_corrupt_file_and_repairs_those_a_backup_holds() {
         }
     }
     assert_eq!(report["still_bad"], 2);
-    let out = tidemark(&["verify", s(&table), "--deep", "--manifest", s(&backups), "--json"]);
+    let out = tidemark(&[
+        "verify",
+        s(&table),
+        "--deep",
+        "--manifest",
+        s(&backups),
+        "--json",
+    ]);
     let left = bad_of(&out);
     assert_eq!(
         left.keys().cloned().collect::<BTreeSet<_>>(),
@@ -353,6 +425,42 @@ fn verify_finds_every_corrupt_file_and_repairs_those_a_backup_holds() {
             "{f}"
         );
     }
+    // A damaged backup copy is never restored: the restore names the backup and the file.
+    let victim = &flipped[0];
+    let (copy, _) = find_backup_copy(&backups, victim);
+    let mut bytes = std::fs::read(&copy).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&copy, bytes).unwrap();
+    let out = tidemark(&[
+        "restore-backup",
+        s(&backups),
+        "--to",
+        s(&dir.path().join("r")),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(victim.as_str()) && err.contains("is damaged"),
+        "{err}"
+    );
+    // Nor used for a repair.
+    std::fs::remove_file(table.join(victim)).unwrap();
+    let out = tidemark(&["verify", s(&table), "--repair-from", s(&backups), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = report["repairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == victim.as_str())
+        .unwrap();
+    assert_eq!(r["repaired"], false, "{report}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no longer matches its manifest"),
+        "{report}"
+    );
 }
 
 /// The backup's copy of table file `rel` (the only backup in `backups`).
@@ -395,7 +503,10 @@ async fn accidental_table_delete_is_undone_by_restore_backup_and_a_rewind() {
             if rows >= n {
                 return;
             }
-            assert!(Instant::now() < deadline, "the pipeline did not reach {n} rows");
+            assert!(
+                Instant::now() < deadline,
+                "the pipeline did not reach {n} rows"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
@@ -403,13 +514,26 @@ async fn accidental_table_delete_is_undone_by_restore_backup_and_a_rewind() {
     wait_rows(1_000);
     let mut taken = 0;
     let mut backup = || {
-        let out = tidemark(&["backup", "--from", s(&fixture.table), "--to", s(&backups), "--json"]);
+        let out = tidemark(&[
+            "backup",
+            "--from",
+            s(&fixture.table),
+            "--to",
+            s(&backups),
+            "--json",
+        ]);
         assert!(out.status.success(), "backup: {}", stderr_of(&out));
         taken += 1;
     };
     backup();
     for round in 1..=3u64 {
-        for (k, n) in produce_range(&brokers, &topic, 2, round * 3_000..(round + 1) * 3_000, order_json) {
+        for (k, n) in produce_range(
+            &brokers,
+            &topic,
+            2,
+            round * 3_000..(round + 1) * 3_000,
+            order_json,
+        ) {
             *ends.entry(k).or_insert(0) += n;
         }
         wait_rows(1_000 + round * 3_000);
@@ -445,10 +569,20 @@ async fn accidental_table_delete_is_undone_by_restore_backup_and_a_rewind() {
     let _ = log.join();
     if fixture.table.exists() {
         // Whatever the pipeline wrote after the delete is not the table: out of the way.
-        std::fs::rename(&fixture.table, fixture.dir.path().join("table-after-delete")).unwrap();
+        std::fs::rename(
+            &fixture.table,
+            fixture.dir.path().join("table-after-delete"),
+        )
+        .unwrap();
     }
 
-    let report = ok_json(&["restore-backup", s(&backups), "--to", s(&fixture.table), "--json"]);
+    let report = ok_json(&[
+        "restore-backup",
+        s(&backups),
+        "--to",
+        s(&fixture.table),
+        "--json",
+    ]);
     let replay = audit::replay_log(&fixture.table).unwrap();
     assert_eq!(report["version"], replay.version, "{report}");
     let restored_epoch = replay.txn["test"];
@@ -472,6 +606,16 @@ async fn accidental_table_delete_is_undone_by_restore_backup_and_a_rewind() {
     );
     assert_exactly_once(&fixture, &ends, 14_000).await;
     // And the restored-then-continued table verifies clean.
-    let out = tidemark(&["verify", s(&fixture.table), "--deep", "--manifest", s(&backups)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = tidemark(&[
+        "verify",
+        s(&fixture.table),
+        "--deep",
+        "--manifest",
+        s(&backups),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

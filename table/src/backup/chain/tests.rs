@@ -29,7 +29,9 @@ impl Table {
                 now.remove(&pick);
                 gone.push(pick);
             }
-            let new: Vec<String> = (0..*n_adds).map(|k| format!("part-{v}-{k}.parquet")).collect();
+            let new: Vec<String> = (0..*n_adds)
+                .map(|k| format!("part-{v}-{k}.parquet"))
+                .collect();
             now.extend(new.iter().cloned());
             live.push(now.clone());
             adds.push(new);
@@ -68,7 +70,11 @@ fn full(table: &Table, v: u64, created: u64) -> Manifest {
     let mut files: Vec<FileEntry> = (0..=v)
         .map(|c| entry(&commit_path(c), FileRole::Commit { version: c }))
         .collect();
-    files.extend(table.live[v as usize].iter().map(|p| entry(p, FileRole::Data)));
+    files.extend(
+        table.live[v as usize]
+            .iter()
+            .map(|p| entry(p, FileRole::Data)),
+    );
     Manifest {
         id: BackupId::new(created, true, v, v),
         parent: None,
@@ -93,7 +99,11 @@ fn incremental(table: &Table, parent: &Manifest, last: u64, created: u64) -> Man
     let mut commits = Vec::new();
     for v in first..=last {
         files.push(entry(&commit_path(v), FileRole::Commit { version: v }));
-        files.extend(table.adds[v as usize].iter().map(|p| entry(p, FileRole::Data)));
+        files.extend(
+            table.adds[v as usize]
+                .iter()
+                .map(|p| entry(p, FileRole::Data)),
+        );
         commits.push(CommitEntry {
             version: v,
             timestamp_ms: ts(v),
@@ -139,7 +149,10 @@ type Steps = Vec<(u8, Vec<prop::sample::Index>)>;
 fn history() -> impl Strategy<Value = (Steps, Vec<Op>)> {
     (
         proptest::collection::vec(
-            (0u8..4, proptest::collection::vec(any::<prop::sample::Index>(), 0..3)),
+            (
+                0u8..4,
+                proptest::collection::vec(any::<prop::sample::Index>(), 0..3),
+            ),
             60..61,
         ),
         proptest::collection::vec(op(), 1..16),
@@ -198,7 +211,12 @@ fn check_plan(table: &Table, plan: &RestorePlan) -> Result<(), TestCaseError> {
         .filter(|f| f.entry.role == FileRole::Data)
         .map(|f| f.entry.path.clone())
         .collect();
-    prop_assert_eq!(&data, &table.live[plan.version as usize], "live files at {}", plan.version);
+    prop_assert_eq!(
+        &data,
+        &table.live[plan.version as usize],
+        "live files at {}",
+        plan.version
+    );
     let commits: Vec<u64> = plan
         .files
         .iter()
