@@ -31,10 +31,10 @@ const PARALLEL_CHECKS: usize = 4;
 pub enum VerifyError {
     /// Reading the table's log.
     #[error(transparent)]
-    Log(#[from] LogError),
+    Log(Box<LogError>),
     /// Replaying the snapshot.
     #[error(transparent)]
-    Live(#[from] LiveError),
+    Live(Box<LiveError>),
     /// The table path.
     #[error("{path}: {reason}")]
     BadPath {
@@ -49,6 +49,19 @@ pub enum VerifyError {
     /// A check task failed to run.
     #[error("verify task failed: {0}")]
     Task(String),
+}
+
+// Boxed: the log's and the copier's errors are large, and these travel far up.
+impl From<LogError> for VerifyError {
+    fn from(e: LogError) -> Self {
+        Self::Log(Box::new(e))
+    }
+}
+
+impl From<LiveError> for VerifyError {
+    fn from(e: LiveError) -> Self {
+        Self::Live(Box::new(e))
+    }
 }
 
 /// What to verify.

@@ -353,10 +353,10 @@ fn plan_chain(chain: &[&Manifest], version: u64) -> RestorePlan {
                 {
                     log.insert(f.path.clone(), planned());
                 }
-                FileRole::LastCheckpoint { version: v } if v <= version => {
-                    if last_checkpoint.as_ref().is_none_or(|(at, _)| *at <= v) {
-                        last_checkpoint = Some((v, planned()));
-                    }
+                FileRole::LastCheckpoint { version: v }
+                    if v <= version && last_checkpoint.as_ref().is_none_or(|(at, _)| *at <= v) =>
+                {
+                    last_checkpoint = Some((v, planned()));
                 }
                 FileRole::Data if i == 0 => {
                     live.insert(f.path.clone(), m.id.clone());

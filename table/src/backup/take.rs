@@ -31,13 +31,13 @@ pub enum BackupError {
     Dir(#[from] DirError),
     /// Reading the source's log.
     #[error(transparent)]
-    Log(#[from] LogError),
+    Log(Box<LogError>),
     /// Replaying the source's snapshot (full backups).
     #[error(transparent)]
-    Live(#[from] LiveError),
+    Live(Box<LiveError>),
     /// Copying a file.
     #[error(transparent)]
-    Copy(#[from] CopyError),
+    Copy(Box<CopyError>),
     /// Writing the manifest.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
@@ -99,6 +99,25 @@ pub enum BackupError {
         /// Why.
         reason: String,
     },
+}
+
+// Boxed: the log's and the copier's errors are large, and these travel far up.
+impl From<LogError> for BackupError {
+    fn from(e: LogError) -> Self {
+        Self::Log(Box::new(e))
+    }
+}
+
+impl From<LiveError> for BackupError {
+    fn from(e: LiveError) -> Self {
+        Self::Live(Box::new(e))
+    }
+}
+
+impl From<CopyError> for BackupError {
+    fn from(e: CopyError) -> Self {
+        Self::Copy(Box::new(e))
+    }
 }
 
 /// How to take a backup.
