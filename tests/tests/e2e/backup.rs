@@ -463,6 +463,79 @@ fn verify_finds_every_corrupt_file_and_repairs_those_a_backup_holds() {
     );
 }
 
+/// A log cleaned up to a checkpoint: an incremental after a backup whose versions the log
+/// no longer holds is refused (saying to take --full); a full backup starts at the
+/// checkpoint and restores the same rows as the source.
+#[test]
+fn a_cleaned_up_log_refuses_an_incremental_and_a_full_backup_starts_at_the_checkpoint() {
+    if !have_python() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let backups = dir.path().join("backups");
+    step(&src, "append", 0);
+    let (_, many) = step(&src, "append_many", 1);
+    ok_json(&["backup", "--from", s(&src), "--to", s(&backups), "--json"]);
+    step(&src, "append", 2);
+    // A checkpoint of version 2, then version 3; then the log cleaned up to the checkpoint.
+    let (v, _) = step(&src, "checkpoint", 3);
+    assert_eq!(v, 3);
+    let log = src.join("_delta_log");
+    assert!(log.join("00000000000000000002.checkpoint.parquet").exists());
+    for old in 0..=2 {
+        std::fs::remove_file(log.join(format!("{old:020}.json"))).unwrap();
+    }
+    let out = tidemark(&["backup", "--from", s(&src), "--to", s(&backups)]);
+    assert!(
+        !out.status.success(),
+        "an incremental across a cleaned-up log"
+    );
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("--full") && err.contains("00000000000000000001.json"),
+        "{err}"
+    );
+
+    let report = ok_json(&[
+        "backup",
+        "--from",
+        s(&src),
+        "--to",
+        s(&backups),
+        "--full",
+        "--json",
+    ]);
+    assert_eq!(report["kind"], "full");
+    let id = report["id"].as_str().unwrap();
+    let copied = backups.join(id).join("table/_delta_log");
+    assert!(copied
+        .join("00000000000000000002.checkpoint.parquet")
+        .exists());
+    assert!(copied.join("00000000000000000003.json").exists());
+    assert!(!copied.join("00000000000000000002.json").exists());
+    let dest = dir.path().join("restored");
+    let report = ok_json(&["restore-backup", s(&backups), "--to", s(&dest), "--json"]);
+    assert_eq!(report["version"], 3);
+    let compared = py(&["compare", s(&src), &format!("3:{}", dest.display())]);
+    assert_eq!(compared[0]["equal"], true, "{compared}");
+    assert_eq!(compared[0]["restored_version"], 3, "{compared}");
+    // A file the checkpoint holds (its adding commit is gone) is reported as added at or
+    // before the checkpoint's version.
+    let out = tidemark(&["verify", s(&dest), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::remove_file(dest.join(&many[3])).unwrap();
+    let out = tidemark(&["verify", s(&dest), "--json"]);
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["bad"][0]["path"], many[3].as_str(), "{report}");
+    assert_eq!(report["bad"][0]["added_in"]["at_or_before"], 2, "{report}");
+}
+
 /// The backup's copy of table file `rel` (the only backup in `backups`).
 fn find_backup_copy(backups: &Path, rel: &str) -> (PathBuf, ()) {
     for e in std::fs::read_dir(backups).unwrap() {
