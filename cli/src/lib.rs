@@ -15,6 +15,8 @@ use tidemark_engine::pipeline::{self, RunOptions, Shutdown};
 use tidemark_tools::bench::{self, BenchOptions};
 use tidemark_tools::demo::{self, DemoOptions};
 
+mod replicate;
+
 /// Tidemark moves records from Kafka into a Delta Lake table exactly once, and survives crashes.
 #[derive(Debug, Parser)]
 #[command(name = "tidemark", version)]
@@ -75,6 +77,8 @@ enum Command {
     /// interval with a SIGKILL mid-epoch and a restart. Prints a table and writes bench.csv,
     /// bench.json and bench.svg (throughput and recovery time against interval) to --dir.
     Bench(BenchOptions),
+    // The help text is ReplicateArgs' doc comment (cli/src/replicate.rs).
+    Replicate(replicate::ReplicateArgs),
 }
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
@@ -107,6 +111,7 @@ pub fn main() -> ExitCode {
             Command::Status { config, json } => status(config, json).await,
             Command::Demo(options) => demo::run(options).await,
             Command::Bench(options) => bench::run(options).await,
+            Command::Replicate(args) => replicate::run(args).await,
         }
     });
     // A connect still waiting for an unreachable broker must not hold the exit back.
