@@ -17,6 +17,8 @@ use tidemark_engine::pipeline::{self, RunOptions, Shutdown};
 use tidemark_tools::bench::{self, BenchOptions};
 use tidemark_tools::demo::{self, DemoOptions};
 
+mod replicate;
+
 /// Tidemark moves records from Kafka into a Delta Lake table exactly once, and survives crashes.
 #[derive(Debug, Parser)]
 #[command(name = "tidemark", version)]
@@ -77,6 +79,8 @@ enum Command {
     /// interval with a SIGKILL mid-epoch and a restart. Prints a table and writes bench.csv,
     /// bench.json and bench.svg (throughput and recovery time against interval) to --dir.
     Bench(BenchOptions),
+    // The help text is ReplicateArgs' doc comment (cli/src/replicate.rs).
+    Replicate(replicate::ReplicateArgs),
     /// Back up a Delta table into a backup directory: full, or incremental after the newest
     /// backup there (only the new commits and the files they add); `backup list DIR`,
     /// `backup prune DIR --keep-full K`.
@@ -119,6 +123,7 @@ pub fn main() -> ExitCode {
             Command::Status { config, json } => status(config, json).await,
             Command::Demo(options) => demo::run(options).await,
             Command::Bench(options) => bench::run(options).await,
+            Command::Replicate(args) => replicate::run(args).await,
             Command::Backup(args) => backup_cmds::backup(args).await,
             Command::RestoreBackup(args) => backup_cmds::restore(args).await,
             Command::Verify(args) => match backup_cmds::verify(args).await {
