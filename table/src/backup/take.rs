@@ -13,7 +13,9 @@ use serde::Serialize;
 
 use super::chain::Catalog;
 use super::dir::{BackupDir, DirError};
-use super::manifest::{BackupId, CommitEntry, FileEntry, FileRole, Manifest, ManifestError};
+use super::manifest::{
+    sha256_of, BackupId, CommitEntry, FileEntry, FileRole, Manifest, ManifestError,
+};
 use crate::copy::{copy_verified, digest_of, CopyError, CopyOptions, DEFAULT_CHUNK_BYTES};
 use crate::live::{live_files, Base, LiveError};
 use crate::location::TableLocation;
@@ -255,8 +257,9 @@ pub async fn take_backup(
             .unwrap_or_default()
     );
     let progress = Progress::bytes(format!("backup {id}"), total);
-    let entries = copy_all(source, &dest, &plan, &progress).await?;
+    let mut entries = copy_all(source, &dest, &plan, &progress).await?;
     progress.finish();
+    entries.extend(copy_last_checkpoint(source, &listing, &dest, &entries).await?);
     let manifest = Manifest {
         id: id.clone(),
         parent: parent.as_ref().map(|p| p.id.clone()),
@@ -331,13 +334,11 @@ fn log_rel(file: &LogFile) -> String {
     format!("_delta_log/{}", file.name)
 }
 
-/// The `_last_checkpoint` file and the version it names, when it names one at or before
-/// `at_most`.
-async fn last_checkpoint(
+/// `_last_checkpoint` as read now, with the version it names.
+async fn read_last_checkpoint(
     source: &TableLocation,
     listing: &LogListing,
-    at_most: u64,
-) -> Option<(u64, u64)> {
+) -> Option<(u64, bytes::Bytes)> {
     let file = listing.last_checkpoint()?;
     let bytes = source
         .store()
@@ -351,7 +352,45 @@ async fn last_checkpoint(
         .ok()?
         .get("version")?
         .as_u64()?;
-    (v <= at_most && listing.checkpoint(v).is_some()).then_some((v, file.size))
+    Some((v, bytes))
+}
+
+/// Writes into the backup the `_last_checkpoint` bytes just read, when the checkpoint they
+/// name is among the files copied (writers rewrite it in place: the version recorded is the
+/// one in the bytes kept, never a newer checkpoint this backup lacks).
+async fn copy_last_checkpoint(
+    source: &TableLocation,
+    listing: &LogListing,
+    dest: &TableLocation,
+    entries: &[FileEntry],
+) -> Result<Option<FileEntry>, BackupError> {
+    let Some((version, bytes)) = read_last_checkpoint(source, listing).await else {
+        return Ok(None);
+    };
+    if !entries
+        .iter()
+        .any(|e| e.role == FileRole::Checkpoint { version })
+    {
+        return Ok(None);
+    }
+    let rel = "_delta_log/_last_checkpoint";
+    let to = dest.child(rel).map_err(|e| BackupError::BadPath {
+        file: rel.into(),
+        reason: e.to_string(),
+    })?;
+    dest.store()
+        .put(&to, bytes.clone().into())
+        .await
+        .map_err(|source| CopyError::Write {
+            file: to.to_string(),
+            source,
+        })?;
+    Ok(Some(FileEntry {
+        path: rel.into(),
+        size: bytes.len() as u64,
+        sha256: sha256_of(&bytes),
+        role: FileRole::LastCheckpoint { version },
+    }))
 }
 
 async fn full_plan(
@@ -383,13 +422,6 @@ async fn full_plan(
                 role: FileRole::Commit { version: v },
             });
         }
-    }
-    if let Some((v, size)) = last_checkpoint(source, listing, version).await {
-        files.push(ToCopy {
-            rel: "_delta_log/_last_checkpoint".into(),
-            size,
-            role: FileRole::LastCheckpoint { version: v },
-        });
     }
     for f in live.snapshot.files.values() {
         if !f.path.is_relative() {
@@ -472,15 +504,6 @@ async fn incremental_plan(
                 rel: log_rel(part),
                 size: part.size,
                 role: FileRole::Checkpoint { version: v },
-            });
-        }
-    }
-    if let Some((v, size)) = last_checkpoint(source, listing, newest).await {
-        if v >= first {
-            files.push(ToCopy {
-                rel: "_delta_log/_last_checkpoint".into(),
-                size,
-                role: FileRole::LastCheckpoint { version: v },
             });
         }
     }
@@ -616,14 +639,8 @@ async fn copy_all(
             };
             let from = source.child(&rel).map_err(bad)?;
             let to = dest.child(&rel).map_err(bad)?;
-            // `_last_checkpoint` is rewritten in place by writers: its size is as listed.
-            let expected_size = (role != FileRole::Data || size > 0).then_some(size);
             let options = CopyOptions {
-                expected_size: if matches!(role, FileRole::LastCheckpoint { .. }) {
-                    None
-                } else {
-                    expected_size
-                },
+                expected_size: Some(size),
                 progress: Some(report),
                 ..CopyOptions::default()
             };

@@ -514,6 +514,11 @@ fn a_cleaned_up_log_refuses_an_incremental_and_a_full_backup_starts_at_the_check
         .exists());
     assert!(copied.join("00000000000000000003.json").exists());
     assert!(!copied.join("00000000000000000002.json").exists());
+    // `_last_checkpoint` is kept only with the checkpoint it names.
+    assert_eq!(
+        std::fs::read(copied.join("_last_checkpoint")).unwrap(),
+        std::fs::read(log.join("_last_checkpoint")).unwrap()
+    );
     let dest = dir.path().join("restored");
     let report = ok_json(&["restore-backup", s(&backups), "--to", s(&dest), "--json"]);
     assert_eq!(report["version"], 3);
