@@ -2,7 +2,7 @@
 tables back with delta-rs and DuckDB, sharing no code with Tidemark. Prints one JSON line.
 
 Usage:
-  backup_table.py step <table> <op> <i>          one change to the table (op: append, append_many,
+  backup_table.py step <table> <op> <i>          one change to the table (op: append, append_many, append_wide,
                                                  overwrite, delete, checkpoint); prints the new
                                                  version and the data files it added
   backup_table.py compare <src> <N>:<restored> ...  for each pair: rows of <src> at version N
@@ -38,6 +38,9 @@ def step(path, op, i):
     elif op == "append_many":
         # Eight files in one commit, one per partition directory (part=0/ ... part=7/).
         write_deltalake(path, rows(i, 400, 8), mode="append", partition_by=["part"])
+    elif op == "append_wide":
+        # A thousand files in one commit.
+        write_deltalake(path, rows(i, 1000, 1000), mode="append", partition_by=["part"])
     elif op == "overwrite":
         write_deltalake(path, rows(i), mode="overwrite", partition_by=["part"])
     elif op == "delete":

@@ -541,6 +541,65 @@ fn a_cleaned_up_log_refuses_an_incremental_and_a_full_backup_starts_at_the_check
     assert_eq!(report["bad"][0]["added_in"]["at_or_before"], 2, "{report}");
 }
 
+/// `tidemark backup` SIGKILLed at random moments: a killed backup leaves a directory without
+/// a manifest, listed as unfinished and never used; every backup that has a manifest restores
+/// exactly; the next backup after the kills succeeds.
+#[test]
+fn a_killed_backup_is_never_taken_for_a_whole_one() {
+    if !have_python() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let backups = dir.path().join("backups");
+    step(&src, "append_wide", 0);
+    let (version, _) = step(&src, "append_many", 1);
+    let mut rng = rand::rng();
+    for _ in 0..6 {
+        let mut child = std::process::Command::new(EXE)
+            .args(["backup", "--from", s(&src), "--to", s(&backups), "--full"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.random_range(20..1500)));
+        // SAFETY: kill has no memory-safety preconditions; the pid is our live child's.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+    }
+    let list = ok_json(&["backup", "list", s(&backups), "--json"]);
+    let whole = list["backups"].as_array().unwrap().len();
+    let unfinished = list["unfinished"].as_array().unwrap().len();
+    assert_eq!(whole + unfinished, 6, "{list}");
+    assert!(unfinished > 0, "no kill landed mid-backup: {list}");
+    assert!(list["unreadable"].as_array().unwrap().is_empty(), "{list}");
+    for b in list["backups"].as_array().unwrap() {
+        // Each whole backup alone restores the source's rows.
+        let one = dir
+            .path()
+            .join(format!("only-{}", b["id"].as_str().unwrap()));
+        std::fs::create_dir_all(&one).unwrap();
+        std::fs::rename(
+            backups.join(b["id"].as_str().unwrap()),
+            one.join(b["id"].as_str().unwrap()),
+        )
+        .unwrap();
+        let dest = dir
+            .path()
+            .join(format!("restored-{}", b["id"].as_str().unwrap()));
+        ok_json(&["restore-backup", s(&one), "--to", s(&dest), "--json"]);
+        let compared = py(&["compare", s(&src), &format!("{version}:{}", dest.display())]);
+        assert_eq!(compared[0]["equal"], true, "{compared}");
+    }
+    // The next backup ignores the unfinished ones.
+    let report = ok_json(&["backup", "--from", s(&src), "--to", s(&backups), "--json"]);
+    assert_eq!(report["kind"], "full", "{report}");
+    let dest = dir.path().join("restored-after");
+    ok_json(&["restore-backup", s(&backups), "--to", s(&dest), "--json"]);
+    let compared = py(&["compare", s(&src), &format!("{version}:{}", dest.display())]);
+    assert_eq!(compared[0]["equal"], true, "{compared}");
+}
+
 /// The backup's copy of table file `rel` (the only backup in `backups`).
 fn find_backup_copy(backups: &Path, rel: &str) -> (PathBuf, ()) {
     for e in std::fs::read_dir(backups).unwrap() {
