@@ -79,6 +79,9 @@ enum Command {
     Bench(BenchOptions),
     // The help text is ReplicateArgs' doc comment (cli/src/replicate.rs).
     Replicate(replicate::ReplicateArgs),
+    /// Measure replication lag behind a running pipeline (needs a broker; see
+    /// scripts/bench-replicate, which starts tansu and also measures throughput against cp -r).
+    BenchReplicate(tidemark_tools::bench_replicate::ReplicateBenchOptions),
 }
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
@@ -112,6 +115,7 @@ pub fn main() -> ExitCode {
             Command::Demo(options) => demo::run(options).await,
             Command::Bench(options) => bench::run(options).await,
             Command::Replicate(args) => replicate::run(args).await,
+            Command::BenchReplicate(options) => tidemark_tools::bench_replicate::run(options).await,
         }
     });
     // A connect still waiting for an unreachable broker must not hold the exit back.
