@@ -81,6 +81,9 @@ enum Command {
     Bench(BenchOptions),
     // The help text is ReplicateArgs' doc comment (cli/src/replicate.rs).
     Replicate(replicate::ReplicateArgs),
+    /// Measure replication lag behind a running pipeline (needs a broker; see
+    /// scripts/bench-replicate, which starts tansu and also measures throughput against cp -r).
+    BenchReplicate(tidemark_tools::bench_replicate::ReplicateBenchOptions),
     /// Back up a Delta table into a backup directory: full, or incremental after the newest
     /// backup there (only the new commits and the files they add); `backup list DIR`,
     /// `backup prune DIR --keep-full K`.
@@ -124,6 +127,7 @@ pub fn main() -> ExitCode {
             Command::Demo(options) => demo::run(options).await,
             Command::Bench(options) => bench::run(options).await,
             Command::Replicate(args) => replicate::run(args).await,
+            Command::BenchReplicate(options) => tidemark_tools::bench_replicate::run(options).await,
             Command::Backup(args) => backup_cmds::backup(args).await,
             Command::RestoreBackup(args) => backup_cmds::restore(args).await,
             Command::Verify(args) => match backup_cmds::verify(args).await {

@@ -211,14 +211,12 @@ struct Summary {
     stopped_because: &'static str,
 }
 
-/// Errors a follower retries (I/O); the rest stop it.
+/// Errors a follower retries (I/O); the rest stop it (a refusal, a file gone from the source
+/// for good, an unsupported feature).
 fn retryable(e: &ReplicateError) -> bool {
     matches!(
         e,
-        ReplicateError::Log(_)
-            | ReplicateError::Copy { .. }
-            | ReplicateError::Replica { .. }
-            | ReplicateError::SourceFileMissing { .. }
+        ReplicateError::Log(_) | ReplicateError::Copy { .. } | ReplicateError::Replica { .. }
     )
 }
 

@@ -458,6 +458,57 @@ pub async fn copy_verified(
     Ok(CopyOutcome::Copied(digest))
 }
 
+/// Writes `bytes` (already read and checked by the caller, e.g. a commit it parsed) to `to`
+/// in `dst` and verifies the written object like [`copy_verified`]. With
+/// [`WriteMode::CreateNew`], an identical existing object counts as written
+/// ([`CopyOutcome::AlreadyPresent`]) and a different one is [`CopyError::ExistsDifferent`].
+pub async fn write_verified(
+    dst: &dyn ObjectStore,
+    to: &Path,
+    bytes: Bytes,
+    mode: WriteMode,
+    verify: Verify,
+) -> Result<CopyOutcome, CopyError> {
+    let digest = FileDigest::of_bytes(&bytes);
+    let put_mode = match mode {
+        WriteMode::Overwrite => PutMode::Overwrite,
+        WriteMode::CreateNew => PutMode::Create,
+    };
+    let put = dst
+        .put_opts(
+            to,
+            PutPayload::from(bytes),
+            PutOptions {
+                mode: put_mode,
+                ..PutOptions::default()
+            },
+        )
+        .await;
+    match put {
+        Ok(_) => {}
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            let existing = digest_of(dst, to, DEFAULT_CHUNK_BYTES).await?;
+            return if existing == digest {
+                Ok(CopyOutcome::AlreadyPresent(digest))
+            } else {
+                Err(CopyError::ExistsDifferent {
+                    file: to.to_string(),
+                    existing,
+                    source_digest: digest,
+                })
+            };
+        }
+        Err(e) => return Err(write_err(to)(e)),
+    }
+    let options = CopyOptions {
+        mode,
+        verify,
+        ..CopyOptions::default()
+    };
+    verify_written(dst, to, &digest, &options).await?;
+    Ok(CopyOutcome::Copied(digest))
+}
+
 fn report(options: &CopyOptions<'_>, n: usize) {
     if let Some(progress) = options.progress {
         progress(n as u64);

@@ -37,7 +37,9 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
 use serde::Serialize;
 
-use crate::copy::{copy_verified, CopyError, CopyOptions, CopyOutcome, Verify, WriteMode};
+use crate::copy::{
+    copy_verified, write_verified, CopyError, CopyOptions, CopyOutcome, Verify, WriteMode,
+};
 use crate::fault;
 use crate::lag::{measure_lag, ReplicationLag};
 use crate::location::TableLocation;
@@ -444,6 +446,15 @@ impl Replicator {
         };
         tracing::debug!(?plan, source = %self.source, replica = %self.replica, "replication round");
         let tally = Tally::default();
+        // A replica started from a checkpoint (killed before that version's commit file was
+        // copied) lacks its newest commit file: copy it first, if the source still has it.
+        if let Some(r) = replica_newest {
+            if dst_log.commit(r).is_none() && src_log.commit(r).is_some() {
+                let commit = read_commit(&self.source, r).await?;
+                let o = self.write_commit(r, commit.bytes).await?;
+                tally.bytes.fetch_add(o.bytes_written(), Ordering::Relaxed);
+            }
+        }
         let mut newest = replica_newest;
         match plan {
             Plan::UpToDate { .. } => {}
@@ -572,6 +583,24 @@ impl Replicator {
         .map_err(|source| ReplicateError::Copy { version, source })
     }
 
+    /// Writes commit `version`'s file with `bytes` (put-if-absent, verified).
+    async fn write_commit(
+        &self,
+        version: u64,
+        bytes: bytes::Bytes,
+    ) -> Result<CopyOutcome, ReplicateError> {
+        let to = self.replica.log_dir().join(commit_file_name(version));
+        write_verified(
+            self.replica.store().as_ref(),
+            &to,
+            bytes,
+            WriteMode::CreateNew,
+            self.options.verify,
+        )
+        .await
+        .map_err(|source| ReplicateError::Copy { version, source })
+    }
+
     /// Checks that every file of `commit` can be copied with the table.
     fn check_copyable(&self, commit: &Commit) -> Result<(), ReplicateError> {
         let unsupported = |what: String| ReplicateError::Unsupported {
@@ -638,18 +667,9 @@ impl Replicator {
                     .collect();
                 self.copy_data_files(v, files, observer, tally).await?;
                 fault::hit(fault::BEFORE_COMMIT_FILE);
-                let outcome = self
-                    .copy_log_file(v, &commit_file_name(v), WriteMode::CreateNew, observer)
-                    .await?;
-                if outcome.digest().size != bytes.bytes.len() as u64 {
-                    return Err(ReplicateError::Copy {
-                        version: v,
-                        source: CopyError::SourceChanged {
-                            file: bytes.location.to_string(),
-                            detail: "the commit file changed between two reads".into(),
-                        },
-                    });
-                }
+                // The bytes whose files were just copied are the bytes written.
+                let outcome = self.write_commit(v, bytes.bytes.clone()).await?;
+                observer.bytes(bytes.bytes.len() as u64);
                 tally
                     .bytes
                     .fetch_add(outcome.bytes_written(), Ordering::Relaxed);
@@ -798,9 +818,25 @@ impl Replicator {
         if version > newest || dst_log.checkpoint(version).is_none() {
             return Ok(());
         }
-        let outcome = self
-            .copy_log_file(version, &last.name, WriteMode::Overwrite, &NoObserver)
-            .await?;
+        // The bytes just read (naming a checkpoint the replica holds), not a newer
+        // `_last_checkpoint` the source may have written since.
+        let to = self.replica.log_dir().join(last.name.as_str());
+        let same = match self.replica.store().get(&to).await {
+            Ok(get) => get.bytes().await.ok().is_some_and(|b| b == bytes),
+            Err(_) => false,
+        };
+        if same {
+            return Ok(());
+        }
+        let outcome = write_verified(
+            self.replica.store().as_ref(),
+            &to,
+            bytes,
+            WriteMode::Overwrite,
+            self.options.verify,
+        )
+        .await
+        .map_err(|source| ReplicateError::Copy { version, source })?;
         if let CopyOutcome::Copied(d) = outcome {
             tally.checkpoint_files.fetch_add(1, Ordering::Relaxed);
             tally.bytes.fetch_add(d.size, Ordering::Relaxed);

@@ -514,6 +514,44 @@ async fn a_cleaned_up_source_log_is_refused_and_full_copies_from_its_checkpoint(
         }
     );
     assert_replica_equal(&src_dir, &fresh_dir).await;
+
+    // Killed right after the checkpoint file (before commits 7 and 8 were copied): the replica
+    // is at version 7 through its checkpoint; the next round copies commit 7, then 8.
+    for v in [7, 8] {
+        std::fs::remove_file(fresh_dir.join("_delta_log").join(commit_file_name(v))).unwrap();
+    }
+    std::fs::remove_file(fresh_dir.join("_delta_log/_last_checkpoint")).unwrap();
+    assert_eq!(
+        deltalake_files(&fresh_dir, 7).await,
+        deltalake_files(&src_dir, 7).await
+    );
+    let report = fresh.round(&NoObserver).await.unwrap();
+    assert_eq!(report.plan, Plan::Incremental { from: 8, to: 8 });
+    assert_replica_equal(&src_dir, &fresh_dir).await;
+    // Byte for byte the source (whose log starts at checkpoint 7), data files included.
+    let mut live_source = tree(&src_dir);
+    live_source.retain(|name, _| {
+        !name.ends_with(".parquet") || name.starts_with("_delta_log/") || {
+            deltalake_files_sync(&src_dir).contains(&name.to_string())
+        }
+    });
+    assert_eq!(
+        tree(&fresh_dir).keys().collect::<Vec<_>>(),
+        live_source.keys().collect::<Vec<_>>()
+    );
+}
+
+/// The live files of `dir` at version 8 as deltalake reads them, callable from a `retain`
+/// closure (on its own thread and runtime).
+fn deltalake_files_sync(dir: &FsPath) -> Vec<String> {
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async move { deltalake_files(&dir, 8).await })
+    })
+    .join()
+    .unwrap()
 }
 
 #[tokio::test]

@@ -25,6 +25,8 @@ mod hardening;
 mod protocol;
 #[path = "e2e/records.rs"]
 mod records;
+#[path = "e2e/replicate.rs"]
+mod replicate;
 #[path = "e2e/topology.rs"]
 mod topology;
 
