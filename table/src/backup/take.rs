@@ -626,7 +626,11 @@ async fn copy_all(
     plan: &Plan,
     progress: &Progress,
 ) -> Result<Vec<FileEntry>, BackupError> {
-    let report = |n: u64| progress.add(n);
+    let report = |n: u64| {
+        progress.add(n);
+        // Crash tests slow copies down so a kill lands inside one (crash-points builds only).
+        crate::fault::copy_delay();
+    };
     let copy_one = |f: &ToCopy| {
         let report = &report;
         let rel = f.rel.clone();
