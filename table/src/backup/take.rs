@@ -93,6 +93,16 @@ pub enum BackupError {
         /// The version.
         version: u64,
     },
+    /// A table feature backups do not copy yet.
+    #[error("{table}: {file} (version {version}) has a deletion vector, whose file backups do not copy yet: refusing rather than taking an incomplete backup")]
+    DeletionVector {
+        /// The source.
+        table: String,
+        /// The data file.
+        file: String,
+        /// The version adding it (the snapshot's, for a full backup).
+        version: u64,
+    },
     /// A path the backup directory cannot hold.
     #[error("{file}: not a valid object path: {reason}")]
     BadPath {
@@ -424,6 +434,13 @@ async fn full_plan(
         }
     }
     for f in live.snapshot.files.values() {
+        if f.has_deletion_vector {
+            return Err(BackupError::DeletionVector {
+                table,
+                file: f.path.decoded.clone(),
+                version,
+            });
+        }
         if !f.path.is_relative() {
             return Err(BackupError::Outside {
                 table,
@@ -475,6 +492,13 @@ async fn incremental_plan(
             });
         };
         let commit = read_commit(source, v).await?.parse(&table)?;
+        if let Some(add) = commit.adds().find(|a| a.has_deletion_vector) {
+            return Err(BackupError::DeletionVector {
+                table,
+                file: add.path.decoded.clone(),
+                version: v,
+            });
+        }
         let mut adds = Vec::new();
         for (path, size) in commit.files_added() {
             if !path.is_relative() {
