@@ -4,6 +4,8 @@
 //! A library as well as the `tidemark` binary so that the crash tests' binary
 //! (`tests/src/bin/tidemark-under-test.rs`) is the same CLI built with the `crash-points` feature.
 
+mod backup_cmds;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,6 +16,8 @@ use tidemark_engine::config::PipelineConfig;
 use tidemark_engine::pipeline::{self, RunOptions, Shutdown};
 use tidemark_tools::bench::{self, BenchOptions};
 use tidemark_tools::demo::{self, DemoOptions};
+
+mod replicate;
 
 /// Tidemark moves records from Kafka into a Delta Lake table exactly once, and survives crashes.
 #[derive(Debug, Parser)]
@@ -97,6 +101,21 @@ enum Command {
     /// interval with a SIGKILL mid-epoch and a restart. Prints a table and writes bench.csv,
     /// bench.json and bench.svg (throughput and recovery time against interval) to --dir.
     Bench(BenchOptions),
+    // The help text is ReplicateArgs' doc comment (cli/src/replicate.rs).
+    Replicate(replicate::ReplicateArgs),
+    /// Measure replication lag behind a running pipeline (needs a broker; see
+    /// scripts/bench-replicate, which starts tansu and also measures throughput against cp -r).
+    BenchReplicate(tidemark_tools::bench_replicate::ReplicateBenchOptions),
+    /// Back up a Delta table into a backup directory: full, or incremental after the newest
+    /// backup there (only the new commits and the files they add); `backup list DIR`,
+    /// `backup prune DIR --keep-full K`.
+    Backup(backup_cmds::BackupArgs),
+    /// Rebuild a readable Delta table at any covered version (or time) from a chain of
+    /// backups, checking every file's SHA-256 against its manifest.
+    RestoreBackup(backup_cmds::RestoreBackupArgs),
+    /// Find corrupt or missing data files of a table's snapshot (and repair them from a
+    /// backup); exits 1 when a file is bad.
+    Verify(backup_cmds::VerifyArgs),
 }
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
@@ -143,6 +162,22 @@ pub fn main() -> ExitCode {
             }
             Command::Demo(options) => demo::run(options).await.map(|()| ExitCode::SUCCESS),
             Command::Bench(options) => bench::run(options).await.map(|()| ExitCode::SUCCESS),
+            Command::Replicate(args) => replicate::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::BenchReplicate(options) => tidemark_tools::bench_replicate::run(options)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Backup(args) => backup_cmds::backup(args).await.map(|()| ExitCode::SUCCESS),
+            Command::RestoreBackup(args) => {
+                backup_cmds::restore(args).await.map(|()| ExitCode::SUCCESS)
+            }
+            // Bad files were listed above; the exit code says so to scripts.
+            Command::Verify(args) => backup_cmds::verify(args).await.map(|clean| {
+                if clean {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }),
         }
     });
     // A connect still waiting for an unreachable broker must not hold the exit back.

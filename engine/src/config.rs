@@ -221,6 +221,8 @@ pub struct PipelineConfig {
     pub dedup: Option<DedupConfig>,
     /// The HTTP endpoint (metrics, health, status page) and the health rules.
     pub observability: ObservabilityConfig,
+    /// A replica of the table kept by `tidemark replicate` (absent: none); `status` shows its lag.
+    pub replica: Option<ReplicaConfig>,
     /// The table, the dead-letter table and the state directory, resolved at load against the
     /// config file's directory (changing `sink.table_uri` afterwards does not move them).
     pub paths: ResolvedPaths,
@@ -237,6 +239,8 @@ pub struct ResolvedPaths {
     pub dead_letter_url: Url,
     /// The state directory (`checkpoint.dir`, default `.tidemark/<pipeline_id>`), absolute.
     pub state_dir: PathBuf,
+    /// The replica (`replica.table_uri`), if configured.
+    pub replica_url: Option<Url>,
 }
 
 /// `pipeline.toml` as written, before validation: the sections of [`PipelineConfig`] plus the
@@ -258,6 +262,17 @@ struct ConfigFile {
     dedup: Option<DedupConfig>,
     #[serde(default)]
     observability: ObservabilityConfig,
+    #[serde(default)]
+    replica: Option<ReplicaConfig>,
+}
+
+/// `[replica]`: a replica of the table that `tidemark replicate` keeps (in another region,
+/// on another disk); the pipeline never writes it, `tidemark status` shows its lag.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// A local path (relative to the config file) or a URL such as `file:///dr/orders`.
+    pub table_uri: String,
 }
 
 /// `[source]`: the Kafka topics to read.
@@ -540,13 +555,23 @@ impl ConfigFile {
         if let Some(d) = &self.dedup {
             check_dedup(d, &self.sink.columns, &invalid)?;
         }
-        let paths = ResolvedPaths::resolve(
+        let mut paths = ResolvedPaths::resolve(
             &self.pipeline_id,
             &self.sink,
             &self.checkpoint,
             &self.errors,
             path,
         )?;
+        if let Some(replica) = &self.replica {
+            let url = resolve_table(replica.table_uri.trim(), path, "replica.table_uri")?;
+            if url == paths.table_url {
+                return Err(invalid.at(
+                    "replica.table_uri",
+                    "the replica must not be the table itself (sink.table_uri)",
+                ));
+            }
+            paths.replica_url = Some(url);
+        }
         Ok(PipelineConfig {
             pipeline_id: self.pipeline_id,
             source: self.source,
@@ -555,6 +580,7 @@ impl ConfigFile {
             errors: self.errors,
             dedup: self.dedup,
             observability: self.observability,
+            replica: self.replica,
             paths,
         })
     }
@@ -860,6 +886,7 @@ impl ResolvedPaths {
             table_url,
             dead_letter_url,
             state_dir,
+            replica_url: None,
         })
     }
 }
@@ -968,6 +995,30 @@ type = "double"
             c.paths.table_url.as_str(),
             "file:///etc/tidemark/tables/orders/"
         );
+    }
+
+    /// `[replica] table_uri` is optional, resolved like the table, and may not be the table.
+    #[test]
+    fn a_replica_is_resolved_like_the_table_and_may_not_be_it() {
+        assert_eq!(parse(GOOD).unwrap().paths.replica_url, None);
+        let c = parse(&format!("{GOOD}\n[replica]\ntable_uri = \"dr/orders\"\n")).unwrap();
+        assert_eq!(
+            c.paths.replica_url.as_ref().map(Url::as_str),
+            Some("file:///etc/tidemark/dr/orders/")
+        );
+        let err = parse(&format!(
+            "{GOOD}\n[replica]\ntable_uri = \"/etc/tidemark/tables/orders\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("replica.table_uri") && err.contains("not be the table"),
+            "{err}"
+        );
+        let err = parse(&format!("{GOOD}\n[replica]\nuri = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("uri"), "{err}");
     }
 
     /// Locations are resolved once, at load: URLs as given, paths against the config file's

@@ -53,6 +53,40 @@ pub struct Status {
     pub next_case: &'static str,
     /// The process holding the state directory's lock, if one runs now.
     pub running: Option<String>,
+    /// The configured `[replica]` and its lag behind the table (absent without one).
+    pub replica: Option<ReplicaStatus>,
+}
+
+/// A configured replica and how far it is behind the table: the RPO of a failover to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaStatus {
+    /// Its URI.
+    pub uri: String,
+    /// Its lag (versions, bytes, seconds behind), when both logs could be read.
+    pub lag: Option<tidemark_table::ReplicationLag>,
+    /// Why the lag could not be measured.
+    pub problem: Option<String>,
+}
+
+/// Measures the replica's lag read-only; a failure is shown, never fatal to `status`.
+async fn replica_status(table: &url::Url, replica: &url::Url) -> ReplicaStatus {
+    let measured = async {
+        let source = tidemark_table::open_store(table.as_str()).map_err(|e| e.to_string())?;
+        let copy = tidemark_table::open_store(replica.as_str()).map_err(|e| e.to_string())?;
+        tidemark_table::measure_lag(&source, &copy)
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    let (lag, problem) = match measured {
+        Ok(lag) => (Some(lag), None),
+        Err(e) => (None, Some(e)),
+    };
+    ReplicaStatus {
+        uri: replica.to_string(),
+        lag,
+        problem,
+    }
 }
 
 /// The newest checkpoint.
@@ -227,8 +261,13 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
             wal.records_after_checkpoint
         ),
     };
+    let replica = match &config.paths.replica_url {
+        Some(r) => Some(replica_status(&url, r).await),
+        None => None,
+    };
     Ok(Status {
         pipeline_id: config.pipeline_id.clone(),
+        replica,
         running: state_lock::holder(&state),
         next_case: if store_stops.is_some() {
             "stops"
@@ -323,6 +362,28 @@ impl Status {
                 "(does not exist yet)".into()
             }
         ));
+        if let Some(r) = &self.replica {
+            line(format!(
+                "replica      {} {}",
+                r.uri,
+                match (&r.lag, &r.problem) {
+                    (Some(l), _) if l.caught_up() => format!(
+                        "version {}: caught up",
+                        l.replica_version.map_or("none".into(), |v| v.to_string())
+                    ),
+                    (Some(l), _) => format!(
+                        "version {}: {} version(s), {} bytes, {:.1} s behind (oldest missing commit {:.1} s old)",
+                        l.replica_version.map_or("none".into(), |v| v.to_string()),
+                        l.versions_behind,
+                        l.bytes_behind,
+                        l.seconds_behind,
+                        l.oldest_unreplicated_age_s
+                    ),
+                    (None, Some(p)) => format!("(lag unknown: {p})"),
+                    (None, None) => "(lag unknown)".into(),
+                }
+            ));
+        }
         line(format!("next start   {}", self.next));
         out
     }

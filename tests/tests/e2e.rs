@@ -13,6 +13,8 @@ use tidemark_tests::{
 };
 use tidemark_tools::audit;
 
+#[path = "e2e/backup.rs"]
+mod backup;
 #[path = "e2e/checkpoint_crash.rs"]
 mod checkpoint_crash;
 #[path = "e2e/dedup.rs"]
@@ -25,6 +27,8 @@ mod observability;
 mod protocol;
 #[path = "e2e/records.rs"]
 mod records;
+#[path = "e2e/replicate.rs"]
+mod replicate;
 #[path = "e2e/topology.rs"]
 mod topology;
 

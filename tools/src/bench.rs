@@ -531,7 +531,11 @@ fn scrape(addr: &str) -> std::io::Result<String> {
     Ok(body)
 }
 
-async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+pub(crate) async fn create_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)

@@ -1,0 +1,625 @@
+//! One file copied from a source store to a destination store, verified: the bytes are read in
+//! ranged chunks (never the whole file at once on the read side), their SHA-256 and size
+//! computed while reading, written durably, then the written object is checked against them.
+//!
+//! Durability and atomicity are the destination store's: a [`DurableLocalStore`] writes every
+//! `put` (and a multipart upload at `complete`) to a temporary name, fsyncs it, renames (or,
+//! for [`WriteMode::CreateNew`], links) it under the final name and fsyncs the directory, so a
+//! crash or an I/O error never leaves part of a file under its final name; an object store
+//! such as S3 makes a `put` or a completed multipart upload visible whole.
+//!
+//! Invariants kept here:
+//! - [`copy_verified`] returns `Ok` only when the object under the destination name has the
+//!   source's size and (with [`Verify::SizeAndChecksum`], the default) its SHA-256, as read
+//!   back from the destination.
+//! - A source that does not match the size the caller expects (the log's `add.size`), or that
+//!   changes while being read, is an error naming the file; nothing is written under the final
+//!   name in that case.
+//! - [`WriteMode::CreateNew`] never replaces an existing object: an identical one counts as
+//!   already copied, a different one is an error naming the file.
+//!
+//! [`DurableLocalStore`]: tidemark_connectors::durable_store::DurableLocalStore
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A SHA-256 checksum, shown and serialized as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sha256Sum(pub [u8; 32]);
+
+impl fmt::Display for Sha256Sum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Sha256Sum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256Sum({self})")
+    }
+}
+
+impl FromStr for Sha256Sum {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{s:?} is not 64 hex digits (a SHA-256)"));
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+        }
+        Ok(Self(out))
+    }
+}
+
+impl Serialize for Sha256Sum {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256Sum {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A file's size and SHA-256: what a copy is verified against and what a backup manifest
+/// stores for each file (`{"size": 123, "sha256": "ab..."}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileDigest {
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole file.
+    pub sha256: Sha256Sum,
+}
+
+impl FileDigest {
+    /// The digest of bytes in memory.
+    pub fn of_bytes(bytes: &[u8]) -> Self {
+        Self {
+            size: bytes.len() as u64,
+            sha256: Sha256Sum(Sha256::digest(bytes).into()),
+        }
+    }
+}
+
+impl fmt::Display for FileDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes, sha256 {}", self.size, self.sha256)
+    }
+}
+
+/// A copy that failed or could not be verified; each variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// Reading the source (or reading back the destination) failed.
+    #[error("read {file}: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// Writing the destination failed (nothing is left under its final name).
+    #[error("write {file}: {source}")]
+    Write {
+        /// The file.
+        file: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// The source file's size is not what the table's log says it is.
+    #[error("{file} has {actual} bytes but the log says {expected}: the source file is damaged or not the one the log refers to")]
+    SourceSize {
+        /// The file.
+        file: String,
+        /// What the caller (the log) expects.
+        expected: u64,
+        /// What the source holds.
+        actual: u64,
+    },
+    /// The source changed while it was being copied.
+    #[error("{file} changed while being copied: {detail}")]
+    SourceChanged {
+        /// The file.
+        file: String,
+        /// What changed.
+        detail: String,
+    },
+    /// The written object does not match what was read (removed again when this copy wrote it).
+    #[error(
+        "{file} was written but does not match its source: source {expected}, written {found}"
+    )]
+    Mismatch {
+        /// The destination file.
+        file: String,
+        /// The source's digest.
+        expected: FileDigest,
+        /// What the destination holds (its checksum all zero when only its size was read).
+        found: FileDigest,
+    },
+    /// [`WriteMode::CreateNew`] found a different object under the destination name.
+    #[error("{file} already exists with different content ({existing}; the source is {source_digest}): refusing to replace it")]
+    ExistsDifferent {
+        /// The destination file.
+        file: String,
+        /// What the destination holds.
+        existing: FileDigest,
+        /// What the source holds.
+        source_digest: FileDigest,
+    },
+}
+
+/// How the destination name may be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Replace whatever is there (data files: unique names, never referenced before their
+    /// commit is copied).
+    Overwrite,
+    /// Only if absent (`PutMode::Create`): commit files, so an existing commit is never
+    /// replaced. An identical existing object counts as copied.
+    CreateNew,
+}
+
+/// How a written object is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Size from the store's metadata and SHA-256 of the object read back.
+    SizeAndChecksum,
+    /// Size only (cheaper; the bytes are trusted to the store).
+    Size,
+}
+
+/// Options of [`copy_verified`].
+#[derive(Clone, Copy)]
+pub struct CopyOptions<'a> {
+    /// How the destination name may be written.
+    pub mode: WriteMode,
+    /// How the written object is checked.
+    pub verify: Verify,
+    /// The size the source must have (the log's `add.size`), if known.
+    pub expected_size: Option<u64>,
+    /// When the destination already holds an object of the source's size, compare checksums
+    /// and skip the write if they match (resuming an interrupted copy).
+    pub skip_identical: bool,
+    /// Bytes per read (and per multipart part).
+    pub chunk_bytes: usize,
+    /// Called with the number of source bytes read, as they are read (progress bars).
+    pub progress: Option<&'a (dyn Fn(u64) + Send + Sync)>,
+}
+
+impl fmt::Debug for CopyOptions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CopyOptions")
+            .field("mode", &self.mode)
+            .field("verify", &self.verify)
+            .field("expected_size", &self.expected_size)
+            .field("skip_identical", &self.skip_identical)
+            .field("chunk_bytes", &self.chunk_bytes)
+            .finish()
+    }
+}
+
+/// The default read size: 8 MiB.
+pub const DEFAULT_CHUNK_BYTES: usize = 8 << 20;
+
+impl Default for CopyOptions<'_> {
+    fn default() -> Self {
+        Self {
+            mode: WriteMode::Overwrite,
+            verify: Verify::SizeAndChecksum,
+            expected_size: None,
+            skip_identical: true,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            progress: None,
+        }
+    }
+}
+
+/// What [`copy_verified`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyOutcome {
+    /// The file was written and verified.
+    Copied(FileDigest),
+    /// An identical file was already there; nothing was written.
+    AlreadyPresent(FileDigest),
+}
+
+impl CopyOutcome {
+    /// The file's digest either way.
+    pub fn digest(&self) -> FileDigest {
+        match self {
+            Self::Copied(d) | Self::AlreadyPresent(d) => *d,
+        }
+    }
+
+    /// Bytes written to the destination (0 when already present).
+    pub fn bytes_written(&self) -> u64 {
+        match self {
+            Self::Copied(d) => d.size,
+            Self::AlreadyPresent(_) => 0,
+        }
+    }
+}
+
+fn read_err(path: &Path) -> impl FnOnce(object_store::Error) -> CopyError + '_ {
+    move |source| CopyError::Read {
+        file: path.to_string(),
+        source,
+    }
+}
+
+fn write_err(path: &Path) -> impl FnOnce(object_store::Error) -> CopyError + '_ {
+    move |source| CopyError::Write {
+        file: path.to_string(),
+        source,
+    }
+}
+
+/// The object's metadata, `None` when it does not exist.
+pub async fn head_if_exists(
+    store: &dyn ObjectStore,
+    path: &Path,
+) -> Result<Option<ObjectMeta>, CopyError> {
+    match store.head(path).await {
+        Ok(meta) => Ok(Some(meta)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(read_err(path)(e)),
+    }
+}
+
+/// Reads `path` in `chunk_bytes` ranges of its `size` bytes, feeding each to `each` in order.
+/// A range that comes back short is reported as the file having changed.
+async fn read_chunks(
+    store: &dyn ObjectStore,
+    path: &Path,
+    size: u64,
+    chunk_bytes: usize,
+    mut each: impl FnMut(Bytes) -> Result<(), CopyError>,
+) -> Result<(), CopyError> {
+    let chunk = chunk_bytes.max(1) as u64;
+    let mut offset = 0u64;
+    while offset < size {
+        let end = (offset + chunk).min(size);
+        let bytes = match store.get_range(path, offset..end).await {
+            Ok(bytes) => bytes,
+            // A range past the end: the file shrank under us.
+            Err(e) => {
+                return match head_if_exists(store, path).await? {
+                    Some(meta) if meta.size != size => Err(CopyError::SourceChanged {
+                        file: path.to_string(),
+                        detail: format!("it had {size} bytes, now {}", meta.size),
+                    }),
+                    None => Err(CopyError::SourceChanged {
+                        file: path.to_string(),
+                        detail: "it was deleted".into(),
+                    }),
+                    Some(_) => Err(read_err(path)(e)),
+                }
+            }
+        };
+        if bytes.len() as u64 != end - offset {
+            return Err(CopyError::SourceChanged {
+                file: path.to_string(),
+                detail: format!(
+                    "a read of bytes {offset}..{end} returned {} bytes",
+                    bytes.len()
+                ),
+            });
+        }
+        offset = end;
+        each(bytes)?;
+    }
+    Ok(())
+}
+
+/// The size and SHA-256 of `path`, read in chunks of `chunk_bytes`.
+pub async fn digest_of(
+    store: &dyn ObjectStore,
+    path: &Path,
+    chunk_bytes: usize,
+) -> Result<FileDigest, CopyError> {
+    let meta = store.head(path).await.map_err(read_err(path))?;
+    let mut hasher = Sha256::new();
+    read_chunks(store, path, meta.size, chunk_bytes, |bytes| {
+        hasher.update(&bytes);
+        Ok(())
+    })
+    .await?;
+    Ok(FileDigest {
+        size: meta.size,
+        sha256: Sha256Sum(hasher.finalize().into()),
+    })
+}
+
+/// Copies `from` in `src` to `to` in `dst` and verifies it; see the module documentation.
+pub async fn copy_verified(
+    src: &dyn ObjectStore,
+    from: &Path,
+    dst: &dyn ObjectStore,
+    to: &Path,
+    options: &CopyOptions<'_>,
+) -> Result<CopyOutcome, CopyError> {
+    let source_meta = src.head(from).await.map_err(read_err(from))?;
+    let size = source_meta.size;
+    if let Some(expected) = options.expected_size {
+        if expected != size {
+            return Err(CopyError::SourceSize {
+                file: from.to_string(),
+                expected,
+                actual: size,
+            });
+        }
+    }
+    let check_existing = options.skip_identical || options.mode == WriteMode::CreateNew;
+    if check_existing {
+        if let Some(existing) = head_if_exists(dst, to).await? {
+            if let Some(outcome) =
+                compare_existing(src, from, dst, to, &existing, size, options).await?
+            {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    let mut hasher = Sha256::new();
+    let digest;
+    // Small files (and anything put-if-absent) in one put; big ones as a multipart upload,
+    // one part per chunk (a local durable store gathers the parts and writes them whole).
+    if size <= options.chunk_bytes as u64 || options.mode == WriteMode::CreateNew {
+        let mut parts = Vec::new();
+        read_chunks(src, from, size, options.chunk_bytes, |bytes| {
+            hasher.update(&bytes);
+            report(options, bytes.len());
+            parts.push(bytes);
+            Ok(())
+        })
+        .await?;
+        digest = FileDigest {
+            size,
+            sha256: Sha256Sum(hasher.finalize().into()),
+        };
+        ensure_unchanged(src, from, &source_meta).await?;
+        let payload = PutPayload::from_iter(parts);
+        let mode = match options.mode {
+            WriteMode::Overwrite => PutMode::Overwrite,
+            WriteMode::CreateNew => PutMode::Create,
+        };
+        let put = dst
+            .put_opts(
+                to,
+                payload,
+                PutOptions {
+                    mode,
+                    ..PutOptions::default()
+                },
+            )
+            .await;
+        match put {
+            Ok(_) => {}
+            // Created meanwhile by someone else: identical counts as copied.
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let existing = digest_of(dst, to, options.chunk_bytes).await?;
+                return if existing == digest {
+                    Ok(CopyOutcome::AlreadyPresent(digest))
+                } else {
+                    Err(CopyError::ExistsDifferent {
+                        file: to.to_string(),
+                        existing,
+                        source_digest: digest,
+                    })
+                };
+            }
+            Err(e) => return Err(write_err(to)(e)),
+        }
+    } else {
+        let upload = dst.put_multipart(to).await.map_err(write_err(to))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, options.chunk_bytes);
+        let read = read_chunks(src, from, size, options.chunk_bytes, |bytes| {
+            hasher.update(&bytes);
+            report(options, bytes.len());
+            writer.put(bytes);
+            Ok(())
+        })
+        .await;
+        let unchanged = match read {
+            Ok(()) => ensure_unchanged(src, from, &source_meta).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = unchanged {
+            let _ = writer.abort().await;
+            return Err(e);
+        }
+        digest = FileDigest {
+            size,
+            sha256: Sha256Sum(hasher.finalize().into()),
+        };
+        writer.finish().await.map_err(write_err(to))?;
+    }
+
+    verify_written(dst, to, &digest, options).await?;
+    Ok(CopyOutcome::Copied(digest))
+}
+
+/// Writes `bytes` (already read and checked by the caller, e.g. a commit it parsed) to `to`
+/// in `dst` and verifies the written object like [`copy_verified`]. With
+/// [`WriteMode::CreateNew`], an identical existing object counts as written
+/// ([`CopyOutcome::AlreadyPresent`]) and a different one is [`CopyError::ExistsDifferent`].
+pub async fn write_verified(
+    dst: &dyn ObjectStore,
+    to: &Path,
+    bytes: Bytes,
+    mode: WriteMode,
+    verify: Verify,
+) -> Result<CopyOutcome, CopyError> {
+    let digest = FileDigest::of_bytes(&bytes);
+    let put_mode = match mode {
+        WriteMode::Overwrite => PutMode::Overwrite,
+        WriteMode::CreateNew => PutMode::Create,
+    };
+    let put = dst
+        .put_opts(
+            to,
+            PutPayload::from(bytes),
+            PutOptions {
+                mode: put_mode,
+                ..PutOptions::default()
+            },
+        )
+        .await;
+    match put {
+        Ok(_) => {}
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            let existing = digest_of(dst, to, DEFAULT_CHUNK_BYTES).await?;
+            return if existing == digest {
+                Ok(CopyOutcome::AlreadyPresent(digest))
+            } else {
+                Err(CopyError::ExistsDifferent {
+                    file: to.to_string(),
+                    existing,
+                    source_digest: digest,
+                })
+            };
+        }
+        Err(e) => return Err(write_err(to)(e)),
+    }
+    let options = CopyOptions {
+        mode,
+        verify,
+        ..CopyOptions::default()
+    };
+    verify_written(dst, to, &digest, &options).await?;
+    Ok(CopyOutcome::Copied(digest))
+}
+
+fn report(options: &CopyOptions<'_>, n: usize) {
+    if let Some(progress) = options.progress {
+        progress(n as u64);
+    }
+}
+
+/// After reading: the source still has the size and version it had when the copy started.
+async fn ensure_unchanged(
+    src: &dyn ObjectStore,
+    from: &Path,
+    before: &ObjectMeta,
+) -> Result<(), CopyError> {
+    let Some(after) = head_if_exists(src, from).await? else {
+        return Err(CopyError::SourceChanged {
+            file: from.to_string(),
+            detail: "it was deleted".into(),
+        });
+    };
+    if after.size != before.size {
+        return Err(CopyError::SourceChanged {
+            file: from.to_string(),
+            detail: format!("it had {} bytes, now {}", before.size, after.size),
+        });
+    }
+    if after.e_tag != before.e_tag || after.last_modified != before.last_modified {
+        return Err(CopyError::SourceChanged {
+            file: from.to_string(),
+            detail: "it was modified (same size, new version)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The destination already has `to`: decides whether it is the source's copy.
+async fn compare_existing(
+    src: &dyn ObjectStore,
+    from: &Path,
+    dst: &dyn ObjectStore,
+    to: &Path,
+    existing: &ObjectMeta,
+    size: u64,
+    options: &CopyOptions<'_>,
+) -> Result<Option<CopyOutcome>, CopyError> {
+    let same_size = existing.size == size;
+    if same_size {
+        let source = digest_of(src, from, options.chunk_bytes).await?;
+        let there = digest_of(dst, to, options.chunk_bytes).await?;
+        if source == there {
+            report(options, size as usize);
+            return Ok(Some(CopyOutcome::AlreadyPresent(source)));
+        }
+        if options.mode == WriteMode::CreateNew {
+            return Err(CopyError::ExistsDifferent {
+                file: to.to_string(),
+                existing: there,
+                source_digest: source,
+            });
+        }
+    } else if options.mode == WriteMode::CreateNew {
+        let source = digest_of(src, from, options.chunk_bytes).await?;
+        let there = digest_of(dst, to, options.chunk_bytes).await?;
+        return Err(CopyError::ExistsDifferent {
+            file: to.to_string(),
+            existing: there,
+            source_digest: source,
+        });
+    }
+    tracing::warn!(
+        file = %to,
+        existing_bytes = existing.size,
+        source_bytes = size,
+        "the destination holds a different file under this name; replacing it"
+    );
+    Ok(None)
+}
+
+/// Checks the written object against `digest`; a mismatching object this copy wrote is removed
+/// (best effort) so that no wrong file stays under the final name.
+async fn verify_written(
+    dst: &dyn ObjectStore,
+    to: &Path,
+    digest: &FileDigest,
+    options: &CopyOptions<'_>,
+) -> Result<(), CopyError> {
+    let meta = dst.head(to).await.map_err(read_err(to))?;
+    let found = if meta.size != digest.size {
+        Some(FileDigest {
+            size: meta.size,
+            sha256: Sha256Sum([0; 32]),
+        })
+    } else if options.verify == Verify::SizeAndChecksum {
+        let read_back = digest_of(dst, to, options.chunk_bytes).await?;
+        (read_back != *digest).then_some(read_back)
+    } else {
+        None
+    };
+    match found {
+        None => Ok(()),
+        Some(found) => {
+            if let Err(e) = dst.delete(to).await {
+                tracing::error!(file = %to, error = %e, "could not remove a copy that failed verification");
+            }
+            Err(CopyError::Mismatch {
+                file: to.to_string(),
+                expected: *digest,
+                found,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "copy_tests.rs"]
+mod tests;

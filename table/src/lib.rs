@@ -1,0 +1,30 @@
+//! Delta tables as files: a table's `_delta_log` read version by version ([`log`]), files copied
+//! durably and verified against their size and SHA-256 ([`copy`]), and table replication in log
+//! order on top of them; backups ([`backup`]) and restores from them ([`restore_backup`]), and
+//! corrupt-file detection ([`verify`]).
+//!
+//! Everything here works on `Arc<dyn ObjectStore>` for both sides ([`location::TableLocation`]):
+//! local tables today (through the `fs` seam's durable writes), other object stores by
+//! constructing another store.
+
+pub mod backup;
+pub mod copy;
+pub mod fault;
+pub mod lag;
+pub mod live;
+pub mod location;
+pub mod log;
+pub mod progress;
+pub mod replicate;
+pub mod restore_backup;
+pub mod snapshot;
+pub mod verify;
+
+pub use copy::{
+    copy_verified, digest_of, CopyError, CopyOptions, CopyOutcome, FileDigest, Sha256Sum,
+};
+pub use lag::{measure_lag, replication_lag, ReplicationLag};
+pub use location::{open_store, LocationError, TableLocation};
+pub use log::{read_commit, Commit, LogError, LogListing};
+pub use replicate::{ReplicateError, ReplicateOptions, Replicator, RoundReport};
+pub use snapshot::Snapshot;

@@ -1,0 +1,892 @@
+//! Table replication in log order: a replica that is, at every moment, a readable version of
+//! its source, byte for byte the source's log.
+//!
+//! One [`Replicator::round`] brings the replica up to the source's newest version:
+//!
+//! 1. Both logs are listed; the replica's newest commit is compared with the source's commit of
+//!    the same version (a replica that diverged is refused).
+//! 2. [`plan`] (pure, tested on its own) decides where to start: nothing to do, the versions
+//!    after the replica's newest ([`Plan::Incremental`]), or — for an empty replica of a source
+//!    whose log starts at a checkpoint, or with `full` when the source's log no longer holds
+//!    the versions the replica needs — the source's newest usable checkpoint
+//!    ([`Plan::FromCheckpoint`]).
+//! 3. For a checkpoint start: every live file of the checkpoint's snapshot, then the checkpoint
+//!    file(s), then its commit file if the source still has it.
+//! 4. For each version in order: every file it adds (`add` and `cdc` actions; a file already at
+//!    the destination with the right size and SHA-256 is kept, so a restart after a SIGKILL
+//!    resumes), then the commit file itself (put-if-absent: an existing different commit is
+//!    never replaced), then its `.crc` file if any, then a checkpoint of that version if the
+//!    source has a complete one.
+//! 5. Checkpoints the source wrote since (for versions the replica holds) are copied, then
+//!    `_last_checkpoint` once the replica holds the checkpoint it names.
+//!
+//! Invariants: a commit file is written only after every file it refers to is durable and
+//! verified, so the replica never holds a version whose files are not all there; a checkpoint
+//! and `_last_checkpoint` are written only for versions the replica holds; every file is
+//! verified (size and SHA-256 read back) before the next step. A crash between any two writes
+//! leaves the replica at a consistent version plus, at most, data files of the next version that
+//! no commit refers to yet (and hidden temporary files of the store, swept at the next start);
+//! the restart copies on from there.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStoreExt};
+use serde::Serialize;
+
+use crate::copy::{
+    copy_verified, write_verified, CopyError, CopyOptions, CopyOutcome, Verify, WriteMode,
+};
+use crate::fault;
+use crate::lag::{measure_lag, ReplicationLag};
+use crate::location::TableLocation;
+use crate::log::{commit_file_name, read_commit, Commit, CommitBytes, LogError, LogListing};
+use crate::snapshot::read_checkpoint;
+
+/// The facts [`plan`] decides on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanFacts {
+    /// Commit versions present in the source's log.
+    pub source_commits: BTreeSet<u64>,
+    /// Versions of the source's complete checkpoints.
+    pub source_checkpoints: BTreeSet<u64>,
+    /// The replica's newest version (`None`: empty).
+    pub replica_newest: Option<u64>,
+    /// Whether the replica's newest commit is byte-for-byte the source's commit of that
+    /// version (`None`: not comparable — the source no longer has it, or the replica has no
+    /// commit file for its newest version).
+    pub newest_matches: Option<bool>,
+    /// Start from the newest checkpoint when the incremental path is impossible (or the replica
+    /// is empty).
+    pub full: bool,
+}
+
+/// Where a round starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Plan {
+    /// The replica holds the source's newest version.
+    UpToDate {
+        /// That version.
+        version: u64,
+    },
+    /// Copy versions `from..=to`.
+    Incremental {
+        /// First version to copy.
+        from: u64,
+        /// Last version to copy.
+        to: u64,
+    },
+    /// Copy the snapshot of checkpoint `checkpoint`, then versions `checkpoint+1..=to`.
+    FromCheckpoint {
+        /// The checkpoint's version.
+        checkpoint: u64,
+        /// Last version to copy.
+        to: u64,
+    },
+}
+
+/// Why a round refuses to copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The source holds no table.
+    SourceEmpty,
+    /// The replica's version `version` is not the source's version `version`.
+    Diverged {
+        /// The version that differs.
+        version: u64,
+    },
+    /// The replica is ahead of its source: another table, or a source restored to an older
+    /// state.
+    ReplicaAhead {
+        /// The replica's newest version.
+        replica: u64,
+        /// The source's newest version.
+        source: u64,
+    },
+    /// The source's log no longer holds the versions the replica needs.
+    LogCleanedUp {
+        /// The first version the replica needs.
+        needed: u64,
+        /// The source's oldest commit.
+        oldest_commit: Option<u64>,
+    },
+    /// Neither a commit log from version 0 nor a checkpoint followed by every later commit.
+    NoStartingPoint {
+        /// The source's oldest commit.
+        oldest_commit: Option<u64>,
+    },
+}
+
+fn contiguous(commits: &BTreeSet<u64>, from: u64, to: u64) -> bool {
+    from > to || commits.range(from..=to).count() as u64 == to - from + 1
+}
+
+/// Decides where a round starts; see the module documentation.
+pub fn plan(f: &PlanFacts) -> Result<Plan, Refusal> {
+    let newest_commit = f.source_commits.last().copied();
+    let newest_checkpoint = f.source_checkpoints.last().copied();
+    let Some(source) = newest_commit.max(newest_checkpoint) else {
+        return Err(Refusal::SourceEmpty);
+    };
+    let oldest_commit = f.source_commits.first().copied();
+    let from_checkpoint = || {
+        f.source_checkpoints
+            .iter()
+            .rev()
+            .find(|c| contiguous(&f.source_commits, *c + 1, source))
+            .map(|&checkpoint| Plan::FromCheckpoint {
+                checkpoint,
+                to: source,
+            })
+    };
+    match f.replica_newest {
+        Some(replica) => {
+            if f.newest_matches == Some(false) {
+                return Err(Refusal::Diverged { version: replica });
+            }
+            if replica > source {
+                return Err(Refusal::ReplicaAhead { replica, source });
+            }
+            if replica == source {
+                return Ok(Plan::UpToDate { version: replica });
+            }
+            if contiguous(&f.source_commits, replica + 1, source) {
+                return Ok(Plan::Incremental {
+                    from: replica + 1,
+                    to: source,
+                });
+            }
+            if f.full {
+                if let Some(plan) = from_checkpoint() {
+                    return Ok(plan);
+                }
+            }
+            Err(Refusal::LogCleanedUp {
+                needed: replica + 1,
+                oldest_commit,
+            })
+        }
+        None => {
+            if !f.full && contiguous(&f.source_commits, 0, source) {
+                return Ok(Plan::Incremental {
+                    from: 0,
+                    to: source,
+                });
+            }
+            if let Some(plan) = from_checkpoint() {
+                return Ok(plan);
+            }
+            if contiguous(&f.source_commits, 0, source) {
+                return Ok(Plan::Incremental {
+                    from: 0,
+                    to: source,
+                });
+            }
+            Err(Refusal::NoStartingPoint { oldest_commit })
+        }
+    }
+}
+
+/// Replication failed or was refused; each variant names the tables, version or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicateError {
+    /// Reading a log failed.
+    #[error(transparent)]
+    Log(Box<LogError>),
+    /// Copying a file failed.
+    #[error("version {version}: {source}")]
+    Copy {
+        /// The version being copied.
+        version: u64,
+        /// The copy's error.
+        #[source]
+        source: CopyError,
+    },
+    /// A file a version needs is gone from the source.
+    #[error("version {version}: {file} is gone from the source (removed by VACUUM?) before it was copied; `tidemark replicate --full` copies the source's newest checkpoint and its live files instead")]
+    SourceFileMissing {
+        /// The version.
+        version: u64,
+        /// The file.
+        file: String,
+    },
+    /// The round refused to copy (see [`Refusal`]); the message says why and what to do.
+    #[error("{message}")]
+    Refused {
+        /// Why.
+        refusal: Refusal,
+        /// The explanation, naming both tables, versions and files.
+        message: String,
+    },
+    /// The table uses a feature replication does not copy yet.
+    #[error("{table} version {version}: {what} is not supported by replication yet")]
+    Unsupported {
+        /// The table.
+        table: String,
+        /// The version.
+        version: u64,
+        /// What.
+        what: String,
+    },
+    /// Source and replica are the same table.
+    #[error("the source and the replica are the same table ({0})")]
+    SameTable(String),
+    /// Listing or cleaning the replica failed.
+    #[error("replica {table}: {source}")]
+    Replica {
+        /// The replica.
+        table: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+impl From<LogError> for ReplicateError {
+    fn from(e: LogError) -> Self {
+        Self::Log(Box::new(e))
+    }
+}
+
+fn refusal_message(refusal: &Refusal, source: &TableLocation, replica: &TableLocation) -> String {
+    let file = |t: &TableLocation, v: u64| format!("{}/_delta_log/{}", t, commit_file_name(v));
+    match refusal {
+        Refusal::SourceEmpty => format!("the source {source} holds no Delta table (no _delta_log commit or checkpoint)"),
+        Refusal::Diverged { version } => format!(
+            "the replica diverged from its source: the replica's version {version} ({}) differs from the source's version {version} ({}); it is another table or was written to directly. Replicate into a new, empty destination",
+            file(replica, *version),
+            file(source, *version)
+        ),
+        Refusal::ReplicaAhead { replica: r, source: s } => format!(
+            "the replica {replica} is at version {r}, ahead of its source {source} (version {s}): it is another table, or the source was restored to an older state. Replicate into a new, empty destination"
+        ),
+        Refusal::LogCleanedUp { needed, oldest_commit } => format!(
+            "the source's log was cleaned up: the replica {replica} needs version {needed} next, but the source {source} holds commits only from {} on. Run with --full to copy the source's newest checkpoint, its live files and every later commit",
+            oldest_commit.map_or("nowhere".to_string(), |v| format!("version {v}"))
+        ),
+        Refusal::NoStartingPoint { oldest_commit } => format!(
+            "the source {source} cannot be copied: its log has neither every commit from version 0 nor a complete checkpoint followed by every later commit (oldest commit: {})",
+            oldest_commit.map_or("none".to_string(), |v| v.to_string())
+        ),
+    }
+}
+
+/// How a replicator copies.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicateOptions {
+    /// Start from the source's newest checkpoint when needed (see [`PlanFacts::full`]).
+    pub full: bool,
+    /// How each written file is checked.
+    pub verify: Verify,
+    /// Bytes per read.
+    pub chunk_bytes: usize,
+    /// Files copied at once within a version.
+    pub parallel: usize,
+}
+
+impl Default for ReplicateOptions {
+    fn default() -> Self {
+        Self {
+            full: false,
+            verify: Verify::SizeAndChecksum,
+            chunk_bytes: crate::copy::DEFAULT_CHUNK_BYTES,
+            parallel: 4,
+        }
+    }
+}
+
+/// What a round tells its caller as it goes (progress bars, logs). Every method has an empty
+/// default.
+pub trait Observer: Send + Sync {
+    /// `bytes` more bytes and `files` more files are planned (called per batch of versions).
+    fn planned(&self, _plan: &Plan, _files: u64, _bytes: u64) {}
+    /// `n` source bytes were read.
+    fn bytes(&self, _n: u64) {}
+    /// The replica now holds `version`.
+    fn version_done(&self, _version: u64) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+/// What one round did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoundReport {
+    /// Where it started.
+    pub plan: Plan,
+    /// The source's newest version when the round listed it.
+    pub source_version: u64,
+    /// The replica's newest version after the round.
+    pub replica_version: Option<u64>,
+    /// Versions copied (commit files written).
+    pub versions_copied: u64,
+    /// Data files written.
+    pub files_copied: u64,
+    /// Data files already at the destination, verified and kept.
+    pub files_already_present: u64,
+    /// Bytes written (data, commit and checkpoint files).
+    pub bytes_copied: u64,
+    /// Checkpoint files (and `_last_checkpoint`) written.
+    pub checkpoint_files_copied: u64,
+    /// Temporary files of interrupted writes removed from the replica.
+    pub temp_files_removed: u64,
+    /// Wall time of the round.
+    pub elapsed_ms: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    versions: AtomicU64,
+    files: AtomicU64,
+    present: AtomicU64,
+    bytes: AtomicU64,
+    checkpoint_files: AtomicU64,
+}
+
+impl Tally {
+    fn count(&self, outcome: &CopyOutcome) {
+        match outcome {
+            CopyOutcome::Copied(d) => {
+                self.files.fetch_add(1, Ordering::Relaxed);
+                self.bytes.fetch_add(d.size, Ordering::Relaxed);
+            }
+            CopyOutcome::AlreadyPresent(_) => {
+                self.present.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Copies a source table into a replica, round by round.
+#[derive(Debug)]
+pub struct Replicator {
+    source: TableLocation,
+    replica: TableLocation,
+    options: ReplicateOptions,
+    swept: AtomicBool,
+}
+
+/// Versions whose commits are read ahead at once (to plan their bytes).
+const BATCH_VERSIONS: u64 = 500;
+
+impl Replicator {
+    /// A replicator from `source` into `replica`.
+    pub fn new(
+        source: TableLocation,
+        replica: TableLocation,
+        options: ReplicateOptions,
+    ) -> Result<Self, ReplicateError> {
+        if source.to_string() == replica.to_string() {
+            return Err(ReplicateError::SameTable(source.to_string()));
+        }
+        Ok(Self {
+            source,
+            replica,
+            options,
+            swept: AtomicBool::new(false),
+        })
+    }
+
+    /// The source.
+    pub fn source(&self) -> &TableLocation {
+        &self.source
+    }
+
+    /// The replica.
+    pub fn replica(&self) -> &TableLocation {
+        &self.replica
+    }
+
+    /// The replica's lag behind the source, measured read-only.
+    pub async fn lag(&self) -> Result<ReplicationLag, LogError> {
+        measure_lag(&self.source, &self.replica).await
+    }
+
+    fn refused(&self, refusal: Refusal) -> ReplicateError {
+        let message = refusal_message(&refusal, &self.source, &self.replica);
+        ReplicateError::Refused { refusal, message }
+    }
+
+    /// Brings the replica up to the source's newest version; see the module documentation.
+    pub async fn round(&self, observer: &dyn Observer) -> Result<RoundReport, ReplicateError> {
+        let started = Instant::now();
+        let temp_files_removed = if self.swept.swap(true, Ordering::SeqCst) {
+            0
+        } else {
+            self.sweep_temporary_files().await?
+        };
+        let src_log = LogListing::list(&self.source).await?;
+        let dst_log = LogListing::list(&self.replica).await?;
+        let replica_newest = dst_log.newest_version();
+        let newest_matches = match replica_newest {
+            Some(r) if dst_log.commit(r).is_some() && src_log.commit(r).is_some() => {
+                let ours = read_commit(&self.replica, r).await?;
+                let theirs = read_commit(&self.source, r).await?;
+                Some(ours.bytes == theirs.bytes)
+            }
+            _ => None,
+        };
+        let facts = PlanFacts {
+            source_commits: src_log.commits().map(|(v, _)| v).collect(),
+            source_checkpoints: src_log.complete_checkpoints().map(|(v, _)| v).collect(),
+            replica_newest,
+            newest_matches,
+            full: self.options.full,
+        };
+        let plan = plan(&facts).map_err(|r| self.refused(r))?;
+        let source_version = match plan {
+            Plan::UpToDate { version } => version,
+            Plan::Incremental { to, .. } | Plan::FromCheckpoint { to, .. } => to,
+        };
+        tracing::debug!(?plan, source = %self.source, replica = %self.replica, "replication round");
+        let tally = Tally::default();
+        // A replica started from a checkpoint (killed before that version's commit file was
+        // copied) lacks its newest commit file: copy it first, if the source still has it.
+        if let Some(r) = replica_newest {
+            if dst_log.commit(r).is_none() && src_log.commit(r).is_some() {
+                let commit = read_commit(&self.source, r).await?;
+                let o = self.write_commit(r, commit.bytes).await?;
+                tally.bytes.fetch_add(o.bytes_written(), Ordering::Relaxed);
+            }
+        }
+        let mut newest = replica_newest;
+        match plan {
+            Plan::UpToDate { .. } => {}
+            Plan::Incremental { from, to } => {
+                self.copy_versions(&plan, &src_log, from, to, observer, &tally)
+                    .await?;
+                newest = Some(to);
+            }
+            Plan::FromCheckpoint { checkpoint, to } => {
+                self.copy_checkpoint_snapshot(&plan, &src_log, checkpoint, observer, &tally)
+                    .await?;
+                newest = Some(checkpoint);
+                self.copy_versions(&plan, &src_log, checkpoint + 1, to, observer, &tally)
+                    .await?;
+                newest = newest.max(Some(to));
+            }
+        }
+        if let Some(newest) = newest {
+            self.sync_checkpoints(newest, &tally).await?;
+        }
+        Ok(RoundReport {
+            plan,
+            source_version,
+            replica_version: newest,
+            versions_copied: tally.versions.load(Ordering::Relaxed),
+            files_copied: tally.files.load(Ordering::Relaxed),
+            files_already_present: tally.present.load(Ordering::Relaxed),
+            bytes_copied: tally.bytes.load(Ordering::Relaxed),
+            checkpoint_files_copied: tally.checkpoint_files.load(Ordering::Relaxed),
+            temp_files_removed,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    fn copy_options<'a>(
+        &self,
+        mode: WriteMode,
+        expected_size: Option<u64>,
+        progress: &'a (dyn Fn(u64) + Send + Sync),
+    ) -> CopyOptions<'a> {
+        CopyOptions {
+            mode,
+            verify: self.options.verify,
+            expected_size,
+            skip_identical: true,
+            chunk_bytes: self.options.chunk_bytes,
+            progress: Some(progress),
+        }
+    }
+
+    /// Copies the data files `files` (decoded relative paths with their sizes) of `version`,
+    /// several at once.
+    async fn copy_data_files(
+        &self,
+        version: u64,
+        files: Vec<(String, u64)>,
+        observer: &dyn Observer,
+        tally: &Tally,
+    ) -> Result<(), ReplicateError> {
+        let progress = |n: u64| {
+            observer.bytes(n);
+            fault::copy_delay();
+        };
+        futures::stream::iter(files)
+            .map(|(path, size)| {
+                let progress = &progress;
+                async move {
+                    let bad_path = |e: object_store::path::Error| ReplicateError::Unsupported {
+                        table: self.source.to_string(),
+                        version,
+                        what: format!("the file path {path:?} ({e})"),
+                    };
+                    let from = self.source.child(&path).map_err(bad_path)?;
+                    let to = self.replica.child(&path).map_err(bad_path)?;
+                    let options = self.copy_options(WriteMode::Overwrite, Some(size), progress);
+                    let outcome = copy_verified(
+                        self.source.store().as_ref(),
+                        &from,
+                        self.replica.store().as_ref(),
+                        &to,
+                        &options,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        CopyError::Read {
+                            source: object_store::Error::NotFound { .. },
+                            ..
+                        } => ReplicateError::SourceFileMissing {
+                            version,
+                            file: from.to_string(),
+                        },
+                        source => ReplicateError::Copy { version, source },
+                    })?;
+                    tally.count(&outcome);
+                    fault::hit(fault::AFTER_DATA_FILE);
+                    Ok::<(), ReplicateError>(())
+                }
+            })
+            .buffer_unordered(self.options.parallel.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Copies one log file (commit, checksum, checkpoint part, `_last_checkpoint`) by its
+    /// name in `_delta_log/`.
+    async fn copy_log_file(
+        &self,
+        version: u64,
+        name: &str,
+        mode: WriteMode,
+        observer: &dyn Observer,
+    ) -> Result<CopyOutcome, ReplicateError> {
+        let from = self.source.log_dir().join(name);
+        let to = self.replica.log_dir().join(name);
+        let progress = |n: u64| observer.bytes(n);
+        let options = self.copy_options(mode, None, &progress);
+        copy_verified(
+            self.source.store().as_ref(),
+            &from,
+            self.replica.store().as_ref(),
+            &to,
+            &options,
+        )
+        .await
+        .map_err(|source| ReplicateError::Copy { version, source })
+    }
+
+    /// Writes commit `version`'s file with `bytes` (put-if-absent, verified).
+    async fn write_commit(
+        &self,
+        version: u64,
+        bytes: bytes::Bytes,
+    ) -> Result<CopyOutcome, ReplicateError> {
+        let to = self.replica.log_dir().join(commit_file_name(version));
+        write_verified(
+            self.replica.store().as_ref(),
+            &to,
+            bytes,
+            WriteMode::CreateNew,
+            self.options.verify,
+        )
+        .await
+        .map_err(|source| ReplicateError::Copy { version, source })
+    }
+
+    /// Checks that every file of `commit` can be copied with the table.
+    fn check_copyable(&self, commit: &Commit) -> Result<(), ReplicateError> {
+        let unsupported = |what: String| ReplicateError::Unsupported {
+            table: self.source.to_string(),
+            version: commit.version,
+            what,
+        };
+        for add in commit.adds() {
+            if add.has_deletion_vector {
+                return Err(unsupported(format!(
+                    "the deletion vector of {}",
+                    add.path.encoded
+                )));
+            }
+        }
+        for (path, _) in commit.files_added() {
+            if !path.is_relative() {
+                return Err(unsupported(format!(
+                    "the absolute file path {} (a file outside the table)",
+                    path.encoded
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies versions `from..=to` in order, each one's files before its commit.
+    async fn copy_versions(
+        &self,
+        plan: &Plan,
+        src_log: &LogListing,
+        from: u64,
+        to: u64,
+        observer: &dyn Observer,
+        tally: &Tally,
+    ) -> Result<(), ReplicateError> {
+        let table = self.source.to_string();
+        let mut batch_start = from;
+        while batch_start <= to {
+            let batch_end = to.min(batch_start + BATCH_VERSIONS - 1);
+            let mut commits: Vec<(CommitBytes, Commit)> = Vec::new();
+            for v in batch_start..=batch_end {
+                let bytes = read_commit(&self.source, v).await?;
+                let commit = bytes.parse(&table)?;
+                self.check_copyable(&commit)?;
+                commits.push((bytes, commit));
+            }
+            let files: u64 = commits
+                .iter()
+                .map(|(_, c)| c.files_added().count() as u64)
+                .sum();
+            let bytes: u64 = commits
+                .iter()
+                .map(|(b, c)| b.bytes.len() as u64 + c.files_added().map(|(_, s)| s).sum::<u64>())
+                .sum();
+            observer.planned(plan, files, bytes);
+            for (bytes, commit) in commits {
+                let v = commit.version;
+                let mut seen = BTreeSet::new();
+                let files: Vec<(String, u64)> = commit
+                    .files_added()
+                    .filter(|(p, _)| seen.insert(p.decoded.clone()))
+                    .map(|(p, s)| (p.decoded.clone(), s))
+                    .collect();
+                self.copy_data_files(v, files, observer, tally).await?;
+                fault::hit(fault::BEFORE_COMMIT_FILE);
+                // The bytes whose files were just copied are the bytes written.
+                let outcome = self.write_commit(v, bytes.bytes.clone()).await?;
+                observer.bytes(bytes.bytes.len() as u64);
+                tally
+                    .bytes
+                    .fetch_add(outcome.bytes_written(), Ordering::Relaxed);
+                tally.versions.fetch_add(1, Ordering::Relaxed);
+                fault::hit(fault::AFTER_COMMIT_FILE);
+                if let Some(crc) = src_log.checksum(v) {
+                    let name = crc.name.clone();
+                    let o = self
+                        .copy_log_file(v, &name, WriteMode::Overwrite, observer)
+                        .await?;
+                    tally.bytes.fetch_add(o.bytes_written(), Ordering::Relaxed);
+                }
+                if let Some(parts) = src_log.checkpoint(v) {
+                    let names: Vec<String> = parts.iter().map(|f| f.name.clone()).collect();
+                    self.copy_checkpoint_files(v, &names, observer, tally)
+                        .await?;
+                }
+                observer.version_done(v);
+                tracing::debug!(version = v, "replica holds version");
+            }
+            batch_start = batch_end + 1;
+        }
+        Ok(())
+    }
+
+    async fn copy_checkpoint_files(
+        &self,
+        version: u64,
+        names: &[String],
+        observer: &dyn Observer,
+        tally: &Tally,
+    ) -> Result<(), ReplicateError> {
+        for name in names {
+            let outcome = self
+                .copy_log_file(version, name, WriteMode::Overwrite, observer)
+                .await?;
+            if let CopyOutcome::Copied(d) = outcome {
+                tally.checkpoint_files.fetch_add(1, Ordering::Relaxed);
+                tally.bytes.fetch_add(d.size, Ordering::Relaxed);
+            }
+            fault::hit(fault::AFTER_CHECKPOINT_FILE);
+        }
+        Ok(())
+    }
+
+    /// Copies checkpoint `checkpoint`'s snapshot: its live files, its checkpoint file(s), its
+    /// commit file if the source still has it.
+    async fn copy_checkpoint_snapshot(
+        &self,
+        plan: &Plan,
+        src_log: &LogListing,
+        checkpoint: u64,
+        observer: &dyn Observer,
+        tally: &Tally,
+    ) -> Result<(), ReplicateError> {
+        let parts = src_log.checkpoint(checkpoint).unwrap_or_default();
+        let snapshot = read_checkpoint(&self.source, checkpoint, parts).await?;
+        for add in snapshot.files.values() {
+            if add.has_deletion_vector || !add.path.is_relative() {
+                return Err(ReplicateError::Unsupported {
+                    table: self.source.to_string(),
+                    version: checkpoint,
+                    what: format!(
+                        "the file {} (absolute path or deletion vector)",
+                        add.path.encoded
+                    ),
+                });
+            }
+        }
+        let files: Vec<(String, u64)> = snapshot
+            .files
+            .values()
+            .map(|a| (a.path.decoded.clone(), a.size))
+            .collect();
+        let bytes =
+            files.iter().map(|(_, s)| s).sum::<u64>() + parts.iter().map(|p| p.size).sum::<u64>();
+        observer.planned(plan, files.len() as u64, bytes);
+        tracing::info!(
+            checkpoint,
+            files = files.len(),
+            bytes,
+            "copying the snapshot of the source's checkpoint"
+        );
+        self.copy_data_files(checkpoint, files, observer, tally)
+            .await?;
+        let names: Vec<String> = parts.iter().map(|f| f.name.clone()).collect();
+        self.copy_checkpoint_files(checkpoint, &names, observer, tally)
+            .await?;
+        if src_log.commit(checkpoint).is_some() {
+            let o = self
+                .copy_log_file(
+                    checkpoint,
+                    &commit_file_name(checkpoint),
+                    WriteMode::CreateNew,
+                    observer,
+                )
+                .await?;
+            tally.bytes.fetch_add(o.bytes_written(), Ordering::Relaxed);
+            tally.versions.fetch_add(1, Ordering::Relaxed);
+        }
+        observer.version_done(checkpoint);
+        Ok(())
+    }
+
+    /// Copies the source's newest checkpoint at or before `newest` if the replica lacks it,
+    /// then `_last_checkpoint` if it names a checkpoint the replica holds.
+    async fn sync_checkpoints(&self, newest: u64, tally: &Tally) -> Result<(), ReplicateError> {
+        let src_log = LogListing::list(&self.source).await?;
+        let dst_log = LogListing::list(&self.replica).await?;
+        let ours = dst_log.complete_checkpoints().map(|(v, _)| v).next_back();
+        if let Some((v, parts)) = src_log.checkpoint_at_or_before(newest) {
+            if ours.is_none_or(|o| o < v) {
+                let names: Vec<String> = parts.iter().map(|f| f.name.clone()).collect();
+                self.copy_checkpoint_files(v, &names, &NoObserver, tally)
+                    .await?;
+            }
+        }
+        let Some(last) = src_log.last_checkpoint() else {
+            return Ok(());
+        };
+        let bytes = match self.source.store().get(&last.location).await {
+            Ok(get) => get.bytes().await,
+            Err(e) => Err(e),
+        };
+        let bytes = match bytes {
+            Ok(b) => b,
+            // Rewritten or removed while we looked: the next round sees it.
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(source) => {
+                return Err(LogError::Read {
+                    table: self.source.to_string(),
+                    file: last.location.to_string(),
+                    source,
+                }
+                .into())
+            }
+        };
+        let Some(version) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64))
+        else {
+            tracing::warn!(file = %last.location, "the source's _last_checkpoint is not readable; not copied");
+            return Ok(());
+        };
+        let dst_log = LogListing::list(&self.replica).await?;
+        if version > newest || dst_log.checkpoint(version).is_none() {
+            return Ok(());
+        }
+        // The bytes just read (naming a checkpoint the replica holds), not a newer
+        // `_last_checkpoint` the source may have written since.
+        let to = self.replica.log_dir().join(last.name.as_str());
+        let same = match self.replica.store().get(&to).await {
+            Ok(get) => get.bytes().await.ok().is_some_and(|b| b == bytes),
+            Err(_) => false,
+        };
+        if same {
+            return Ok(());
+        }
+        let outcome = write_verified(
+            self.replica.store().as_ref(),
+            &to,
+            bytes,
+            WriteMode::Overwrite,
+            self.options.verify,
+        )
+        .await
+        .map_err(|source| ReplicateError::Copy { version, source })?;
+        if let CopyOutcome::Copied(d) = outcome {
+            tally.checkpoint_files.fetch_add(1, Ordering::Relaxed);
+            tally.bytes.fetch_add(d.size, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Removes hidden temporary files that interrupted durable writes left in the replica
+    /// (`.<name>.tidemark-tmp-<pid>-<n>`): never data, never referenced by the log.
+    async fn sweep_temporary_files(&self) -> Result<u64, ReplicateError> {
+        let replica_err = |source| ReplicateError::Replica {
+            table: self.replica.to_string(),
+            source,
+        };
+        let listed: Vec<ObjectMeta> = match self
+            .replica
+            .store()
+            .list(Some(self.replica.root()))
+            .try_collect()
+            .await
+        {
+            Ok(l) => l,
+            Err(object_store::Error::NotFound { .. }) => return Ok(0),
+            Err(e) => return Err(replica_err(e)),
+        };
+        let temps: Vec<Path> = listed
+            .into_iter()
+            .map(|m| m.location)
+            .filter(|p| {
+                p.filename()
+                    .is_some_and(|n| n.starts_with('.') && n.contains(".tidemark-tmp-"))
+            })
+            .collect();
+        for t in &temps {
+            match self.replica.store().delete(t).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(replica_err(e)),
+            }
+        }
+        if !temps.is_empty() {
+            tracing::info!(
+                removed = temps.len(),
+                replica = %self.replica,
+                "removed temporary files of interrupted writes"
+            );
+        }
+        Ok(temps.len() as u64)
+    }
+}
+
+#[cfg(test)]
+#[path = "replicate_tests.rs"]
+mod tests;
