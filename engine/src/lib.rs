@@ -33,6 +33,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod protocol;
 pub mod recovery;
+pub mod replica_watch;
 pub mod shutdown;
 pub mod state_lock;
 pub mod status;

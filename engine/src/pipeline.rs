@@ -204,6 +204,11 @@ pub async fn run(
     committer.set_stop(shutdown.clone());
     let committed_at_start = recovered.committed_at_start.take();
     metrics::recovered(&recovered, open.epoch, &open.end);
+    let _replica_watch = config
+        .paths
+        .replica_url
+        .as_ref()
+        .and_then(|replica| crate::replica_watch::start(&config.paths.table_url, replica));
     info!(
         case = recovered.case,
         ms = recovered.recovery_ms,

@@ -70,14 +70,7 @@ pub struct ReplicaStatus {
 
 /// Measures the replica's lag read-only; a failure is shown, never fatal to `status`.
 async fn replica_status(table: &url::Url, replica: &url::Url) -> ReplicaStatus {
-    let measured = async {
-        let source = tidemark_table::open_store(table.as_str()).map_err(|e| e.to_string())?;
-        let copy = tidemark_table::open_store(replica.as_str()).map_err(|e| e.to_string())?;
-        tidemark_table::measure_lag(&source, &copy)
-            .await
-            .map_err(|e| e.to_string())
-    }
-    .await;
+    let measured = crate::replica_watch::measure_lag(table, replica).await;
     let (lag, problem) = match measured {
         Ok(lag) => (Some(lag), None),
         Err(e) => (None, Some(e)),

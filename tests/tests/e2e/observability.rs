@@ -499,3 +499,79 @@ async fn the_status_page_renders_in_headless_chromium() {
     );
     println!("screenshot: {}", shot.display());
 }
+
+/// The value of `name` for the sample labelled `replica`, when present.
+fn replica_gauge(scraped: &Scraped, name: &str) -> Option<f64> {
+    scraped.0.get(name)?.first().map(|(_, v)| *v)
+}
+
+/// With `[replica]` configured, the running pipeline measures the replica's lag: versions
+/// behind grow while nothing replicates, and fall to 0 once `tidemark replicate` caught up.
+#[tokio::test(flavor = "multi_thread")]
+async fn replica_lag_metrics_follow_the_replica() {
+    let Some(brokers) = broker() else { return };
+    let topic = unique_topic("obs-replica");
+    create_topic(&brokers, &topic, 2).await;
+    produce(&brokers, &topic, 2, 600, order_json);
+    let addr = free_addr();
+    let fixture = Fixture::new(
+        Path::new(EXE),
+        &brokers,
+        &topic,
+        &config_with_http(&addr, "\n[replica]\ntable_uri = \"replica\"\n"),
+    );
+    let replica = fixture.dir.path().join("replica");
+    let mut child = fixture.spawn(false, &[]);
+    let log = drain_stderr(&mut child);
+    wait_for_http(&addr);
+    let scrape_until = |what: &str, ok: &dyn Fn(f64) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, body) = get(&addr, "/metrics").expect("metrics answer");
+            let scraped = Scraped::parse(&body);
+            if let Some(v) = replica_gauge(&scraped, "tidemark_replica_lag_versions") {
+                if ok(v) {
+                    return (v, body);
+                }
+            }
+            assert!(Instant::now() < deadline, "{what}: last scrape\n{body}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    // Every record committed (so the table stays put), nothing replicated yet: the replica
+    // lacks every version of the table.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = get(&addr, "/metrics").expect("metrics answer");
+        if Scraped::parse(&body).sum("tidemark_records_written_total") >= 600.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "600 records never committed:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (behind, _) = scrape_until("lag before replicating", &|v| v >= 1.0);
+    assert!(behind >= 1.0);
+    let out = Command::new(EXE)
+        .args(["replicate", "--from"])
+        .arg(&fixture.table)
+        .arg("--to")
+        .arg(&replica)
+        .output()
+        .expect("replicate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Caught up (no new records arrive, so the table stays at what was replicated).
+    let (after, body) = scrape_until("lag after replicating", &|v| v == 0.0);
+    assert_eq!(after, 0.0);
+    assert!(body.contains("tidemark_replica_lag_seconds"), "{body}");
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(status.success(), "{log}");
+}
