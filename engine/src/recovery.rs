@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use serde::Serialize;
+use tidemark_checkpoint::store::StateDelta;
+use tidemark_checkpoint::wal::format::frame_len;
 use tidemark_checkpoint::wal::{FrameKind, RecoveryReport as WalRecovery};
 use tidemark_checkpoint::{
     CheckpointRecord, CheckpointStore, StoreError, StoreOptions, SyncPolicy, Wal, WalError,
@@ -25,7 +27,7 @@ use crate::epoch::{
     settings_diff, settings_refusal, DedupRuntime, DedupSpec, KeySource, OpenEpoch, ProcessError,
     RecordProcessor,
 };
-use crate::epoch_log::{from_store_positions, RecordDecoder, Replay, SealInfo};
+use crate::epoch_log::{decode_state_delta, from_store_positions, RecordDecoder, Replay, SealInfo};
 use crate::protocol::{
     decide, FromTableReason, Refusal, RewindFacts, StartCase, StartFacts, StoreFacts,
 };
@@ -146,6 +148,95 @@ pub(crate) fn wal_position(c: &CheckpointRecord) -> WalPosition {
         segment: c.wal_segment,
         offset: c.wal_offset,
     }
+}
+
+/// Where checkpoint `c` says the WAL's changelog of its state begins (the deltas of epochs
+/// `c.state_epoch + 1 ..= c.epoch`; `wal_position(c)` when the state is synced through `c`).
+pub(crate) fn state_position(c: &CheckpointRecord) -> WalPosition {
+    WalPosition {
+        segment: c.state_wal_segment,
+        offset: c.state_wal_offset,
+    }
+}
+
+/// The state deltas checkpoint `c`'s state lacks, read back from the WAL: epochs
+/// `c.state_epoch + 1 ..= c.epoch` in order, each with the position just after its seal.
+#[derive(Debug, Default)]
+pub(crate) struct Changelog {
+    /// The deltas found, in epoch order.
+    pub deltas: Vec<(u64, WalPosition, StateDelta)>,
+    /// True when every epoch the state lacks has its whole delta (its seal, counting as many
+    /// keys as the frames before it hold).
+    pub complete: bool,
+}
+
+/// Reads the changelog checkpoint `c`'s state lacks from `frames` (the WAL read from
+/// [`state_position`]): the frames before the checkpoint's own position. Incomplete (never an
+/// error) when an epoch is missing, out of order, or its delta does not add up: recovery then
+/// rebuilds the state from the table instead.
+pub(crate) fn read_changelog<E>(
+    c: &CheckpointRecord,
+    frames: impl IntoIterator<Item = Result<(WalPosition, tidemark_checkpoint::wal::Frame), E>>,
+) -> Result<Changelog, E> {
+    let mut out = Changelog::default();
+    let end = wal_position(c);
+    if c.state_epoch >= c.epoch {
+        out.complete = true;
+        return Ok(out);
+    }
+    let mut next = c.state_epoch + 1;
+    let mut keys = tidemark_checkpoint::store::PackedKeys::default();
+    let mut whole = true;
+    for item in frames {
+        let (at, frame) = item?;
+        if at >= end {
+            break;
+        }
+        if frame.epoch != next {
+            whole = false;
+            break;
+        }
+        match frame.kind {
+            FrameKind::Marker => match decode_state_delta(&frame.payload, &mut keys) {
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(
+                        epoch = frame.epoch,
+                        segment = at.segment,
+                        offset = at.offset,
+                        "state delta frame unreadable: {e}"
+                    );
+                    whole = false;
+                    break;
+                }
+            },
+            FrameKind::Record => {}
+            FrameKind::Seal => {
+                let seal = SealInfo::decode(&frame.payload).ok();
+                let n = seal.as_ref().and_then(|s| s.state_keys);
+                if n != Some(keys.len() as u64) {
+                    whole = false;
+                    break;
+                }
+                let after = WalPosition {
+                    segment: at.segment,
+                    offset: at.offset + frame_len(frame.payload.len()) as u64,
+                };
+                out.deltas.push((
+                    next,
+                    after,
+                    StateDelta {
+                        epoch: next,
+                        inserts: std::mem::take(&mut keys),
+                        evict_below: seal.and_then(|s| s.watermark),
+                    },
+                ));
+                next += 1;
+            }
+        }
+    }
+    out.complete = whole && next == c.epoch + 1;
+    Ok(out)
 }
 
 /// How the checkpoint store opened.
@@ -292,8 +383,14 @@ pub async fn recover(
     };
 
     let from = latest.as_ref().map(wal_position);
-    let (mut wal, wal_report) =
-        Wal::open_with_fs(fs.clone(), &wal_dir(state), wal_options(config), from)?;
+    // The open scans (and repairs) from where the state's changelog begins: that part of the
+    // log is still needed.
+    let (mut wal, wal_report) = Wal::open_with_fs(
+        fs.clone(),
+        &wal_dir(state),
+        wal_options(config),
+        latest.as_ref().map(state_position),
+    )?;
     log_wal_recovery(&wal_report, &mut outcome);
     let store_facts = StoreFacts::classify(
         latest.as_ref().map(|c| (c.epoch, c.committed_epoch)),
@@ -308,6 +405,18 @@ pub async fn recover(
     } else {
         (Replay::default(), None)
     };
+    let changelog = match latest.as_ref() {
+        Some(c) if config.checkpoint.enabled && !store_lost && processor.dedup().is_some() => {
+            read_changelog(c, wal.reader(state_position(c)))?
+        }
+        _ => Changelog {
+            complete: true,
+            ..Changelog::default()
+        },
+    };
+    if !changelog.complete {
+        error!(checkpoint = c_epoch, state_epoch = latest.as_ref().map(|c| c.state_epoch), deltas_found = changelog.deltas.len(), "the WAL does not hold the dedup state's changelog the checkpoint needs (damaged or lost segments)");
+    }
     let checkpoint_positions = latest
         .as_ref()
         .map(|c| from_store_positions(&c.positions))
@@ -347,6 +456,7 @@ pub async fn recover(
         wal_damage_newest_epoch: damage_newest,
         accept_wal_damage: options.accept_wal_damage,
         rewind,
+        state_changelog_complete: changelog.complete,
     };
     let decision = decide(facts);
     info!(case = decision.name(), ?facts, "recovery: {decision}");
@@ -385,9 +495,13 @@ pub async fn recover(
         // in a new segment so later frames are found after it.
         warn!(checkpoint_wal = ?wal_position(c), wal_end = ?wal.end(), "the WAL ends before the checkpointed position; re-anchoring checkpoint {} in a new segment", c.epoch);
         let at = wal.start_new_segment(c.epoch + 1)?;
+        if c.state_epoch >= c.epoch {
+            c.state_wal_segment = at.segment;
+            c.state_wal_offset = at.offset;
+        }
         c.wal_segment = at.segment;
         c.wal_offset = at.offset;
-        store.write(c, [], None)?;
+        store.write_record(c)?;
     }
 
     // One committer for every case; a checkpoint, if any, sets its totals and progress below.
@@ -402,7 +516,11 @@ pub async fn recover(
     if let Some(c) = &latest {
         committer.continue_from(c);
     }
-    let replay = AfterCheckpoint { records, seal };
+    let replay = AfterCheckpoint {
+        records,
+        seal,
+        changelog: changelog.deltas,
+    };
     match decision {
         StartCase::Fresh
         | StartCase::ResumeEpoch { .. }
@@ -567,6 +685,8 @@ fn damage_newest_epoch(report: &WalRecovery, checkpoint_epoch: u64) -> Option<u6
 struct AfterCheckpoint {
     records: Replay,
     seal: Option<SealInfo>,
+    /// The state deltas the checkpoint's state lacks (epochs after its `state_epoch`).
+    changelog: Vec<(u64, WalPosition, StateDelta)>,
 }
 
 /// The cases that continue from the checkpoint `c` (or from none yet).
@@ -588,21 +708,32 @@ async fn from_checkpoint(
         None => (0, 0, Positions::new()),
     };
     let v = outcome.table_txn;
+    let AfterCheckpoint {
+        records,
+        seal,
+        changelog,
+    } = replay;
     if let Some(spec) = processor.dedup() {
         let started = std::time::Instant::now();
         let watermark = c.as_ref().and_then(|c| c.watermark);
-        let state = load_dedup_state(committer.store(), watermark)?;
+        let mut state = load_dedup_state(committer.store(), watermark)?;
+        let stored = state.len();
+        for (_, _, delta) in &changelog {
+            state.load_changelog(&delta.inserts);
+        }
         let keys = state.len();
         outcome.dedup_keys_loaded = keys as u64;
         committer.set_dedup(dedup_runtime(spec, state, &positions));
         info!(
             keys,
+            from_store = stored,
+            changelog_epochs = changelog.len(),
             ?watermark,
             ms = started.elapsed().as_millis() as u64,
-            "dedup state loaded from the checkpoint"
+            "dedup state loaded from the checkpoint and the WAL's changelog"
         );
+        committer.resume_changelog(changelog)?;
     }
-    let AfterCheckpoint { records, seal } = replay;
     outcome.replayed_records = records.len() as u64;
     match decision {
         StartCase::Fresh | StartCase::ResumeEpoch { .. } => {
@@ -781,7 +912,8 @@ pub fn load_dedup_state(
     let scanned = std::thread::scope(|scope| {
         let scan = scope.spawn(move || {
             let mut chunk = PackedKeys::default();
-            let scanned = store.for_each_dedup_entry(|key, time| {
+            // Entries below the watermark (an eviction not persisted yet) are skipped.
+            let scanned = store.for_each_dedup_entry_from(watermark, |key, time| {
                 chunk.push(key, time);
                 if chunk.len() == LOAD_CHUNK {
                     // A send fails only when the receiver is gone, i.e. never before the end.
@@ -804,7 +936,7 @@ pub fn load_dedup_state(
         path: store.path().to_path_buf(),
         message: "the dedup state scan panicked".into(),
     })??;
-    debug_assert_eq!(scanned as usize, state.len(), "each key is stored once");
+    debug_assert!(scanned as usize >= state.len(), "each key is stored once");
     Ok(state)
 }
 
@@ -882,6 +1014,9 @@ mod tests {
             created_at_ms: 0,
             counts: Default::default(),
             positions: Vec::new(),
+            state_epoch: epoch,
+            state_wal_segment: 0,
+            state_wal_offset: 0,
         };
         // More than one chunk, keys short and long, then an eviction below 1_000.
         let keys: Vec<(Vec<u8>, i64)> = (0..(LOAD_CHUNK as i64 * 2 + 7))
