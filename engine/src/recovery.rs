@@ -361,6 +361,15 @@ pub async fn recover(
         OpenedStore::Replaced(s) => (s, true),
     };
     let mut latest = store.latest()?;
+    // The dedup state is the slowest part of a restart with a big state: its load starts now,
+    // in the background, while the table, the WAL and the sweep are read; the first verdict
+    // waits for it (nothing is decided before the whole state is in).
+    let preload = match (&latest, processor.dedup()) {
+        (Some(c), Some(_)) if config.checkpoint.enabled => {
+            Some(StateLoad::start(store.clone(), c.watermark))
+        }
+        _ => None,
+    };
 
     let (txn, progress) = sink.progress().await?;
     // The topic ids recorded with the positions: recorded again by commits (a redo during
@@ -465,6 +474,7 @@ pub async fn recover(
     outcome.case = decision.name();
     if let StartCase::Refuse(refusal) = decision {
         // A start that refuses changes nothing: no sweep, no re-anchoring, no reset.
+        drop(preload);
         return Err(refused(refusal, v, &store));
     }
     if options.accept_wal_damage {
@@ -520,6 +530,7 @@ pub async fn recover(
         records,
         seal,
         changelog: changelog.deltas,
+        preload,
     };
     match decision {
         StartCase::Fresh
@@ -539,6 +550,8 @@ pub async fn recover(
             .await
         }
         StartCase::FromTable { reason, .. } => {
+            // The store's state is not used: the load ends before the store is reset.
+            drop(replay.preload);
             let mut progress = progress;
             if reason == FromTableReason::Rewind {
                 if let Some(target) = options
@@ -687,6 +700,8 @@ struct AfterCheckpoint {
     seal: Option<SealInfo>,
     /// The state deltas the checkpoint's state lacks (epochs after its `state_epoch`).
     changelog: Vec<(u64, WalPosition, StateDelta)>,
+    /// The store's dedup state, loading since the store opened.
+    preload: Option<StateLoad>,
 }
 
 /// The cases that continue from the checkpoint `c` (or from none yet).
@@ -712,11 +727,15 @@ async fn from_checkpoint(
         records,
         seal,
         changelog,
+        preload,
     } = replay;
     if let Some(spec) = processor.dedup() {
         let started = std::time::Instant::now();
         let watermark = c.as_ref().and_then(|c| c.watermark);
-        let mut state = load_dedup_state(committer.store(), watermark)?;
+        let mut state = match preload {
+            Some(load) => load.join()?,
+            None => load_dedup_state(committer.store(), watermark)?,
+        };
         let stored = state.len();
         for (_, _, delta) in &changelog {
             state.load_changelog(&delta.inserts);
@@ -895,6 +914,55 @@ async fn from_table(
     outcome.store_lost = store_lost;
     outcome.next_epoch = v + 1;
     Ok((committer, OpenEpoch::new(v + 1, positions), outcome))
+}
+
+/// A load of the store's dedup state running in the background (see [`recover`]). Dropping
+/// it waits for the load to end.
+struct StateLoad {
+    thread: Option<std::thread::JoinHandle<Result<DedupState, RecoveryError>>>,
+    path: PathBuf,
+    started: std::time::Instant,
+}
+
+impl StateLoad {
+    fn start(store: CheckpointStore, watermark: Option<i64>) -> Self {
+        let path = store.path().to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("tidemark-state-load".into())
+            .spawn(move || load_dedup_state(&store, watermark))
+            .ok();
+        Self {
+            thread,
+            path,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The loaded state (waits for the load to end).
+    fn join(mut self) -> Result<DedupState, RecoveryError> {
+        let failed = |what: &str| RecoveryError::State {
+            path: self.path.clone(),
+            message: format!("the dedup state load {what}"),
+        };
+        let state = match self.thread.take() {
+            Some(t) => t.join().map_err(|_| failed("panicked"))?,
+            None => return Err(failed("could not start a thread")),
+        }?;
+        info!(
+            keys = state.len(),
+            ms = self.started.elapsed().as_millis() as u64,
+            "dedup state loaded from the store (in the background of recovery)"
+        );
+        Ok(state)
+    }
+}
+
+impl Drop for StateLoad {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Pairs per chunk handed from the scanning thread to the inserting one.

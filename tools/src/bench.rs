@@ -58,6 +58,15 @@ pub struct BenchOptions {
     /// stream's 1 ms per record, every key of the first 3.6M records stays in state).
     #[arg(long)]
     pub dedup: bool,
+    /// Run every interval twice per round, with dedup off and on (rows `<interval>` and
+    /// `<interval>+dedup`), on the same stream in the same run, and print what dedup costs.
+    #[arg(long)]
+    pub compare_dedup: bool,
+    /// `dedup.allowed_lateness_ms` of the dedup runs: the stream's event time moves 1 ms per
+    /// record, so every key of the last this-many records stays in state (raise it to bench a
+    /// bigger state, e.g. 10800000 keeps 10M keys).
+    #[arg(long, default_value_t = 3_600_000)]
+    pub dedup_lateness_ms: u64,
     /// Skip the SIGKILL-and-restart run per interval.
     #[arg(long)]
     pub no_recovery: bool,
@@ -114,6 +123,10 @@ pub struct BenchRow {
     pub recovery_ms: Option<u64>,
     /// Dedup keys loaded from the checkpoint by that restart.
     pub recovery_dedup_keys: Option<u64>,
+    /// Peak RSS of that restarted process, MiB.
+    pub recovery_peak_rss_mib: Option<f64>,
+    /// Whether the runs of this row had dedup on.
+    pub dedup: bool,
 }
 
 fn parse_interval(s: &str) -> anyhow::Result<Option<u64>> {
@@ -140,6 +153,37 @@ fn parse_interval(s: &str) -> anyhow::Result<Option<u64>> {
 
 /// A checkpoint interval to measure: its name as given, and milliseconds (`None`: no checkpoint).
 type Interval = (String, Option<u64>);
+
+/// One kind of run: a row of the results.
+#[derive(Debug, Clone)]
+struct Variant {
+    /// The row's name: the interval, with `+dedup` in a `--compare-dedup` bench.
+    name: String,
+    /// Milliseconds (`None`: no checkpoint).
+    interval: Option<u64>,
+    /// Dedup on.
+    dedup: bool,
+}
+
+/// The runs `options` asks for, per interval: with dedup as `--dedup` says, or off then on
+/// with `--compare-dedup`.
+fn variants(intervals: &[Interval], options: &BenchOptions) -> Vec<Variant> {
+    intervals
+        .iter()
+        .flat_map(|(name, interval)| {
+            let one = |dedup: bool, suffix: &str| Variant {
+                name: format!("{name}{suffix}"),
+                interval: *interval,
+                dedup,
+            };
+            if options.compare_dedup {
+                vec![one(false, ""), one(true, "+dedup")]
+            } else {
+                vec![one(options.dedup, "")]
+            }
+        })
+        .collect()
+}
 
 /// librdkafka's in-process mock cluster.
 type Cluster = MockCluster<'static, DefaultProducerContext>;
@@ -189,12 +233,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         exe,
     };
     let rounds = options.repeat.max(1);
-    let runs = throughput_runs(&setup, &intervals, rounds, options.dedup)?;
+    let variants = variants(&intervals, &options);
+    let runs = throughput_runs(&setup, &variants, rounds, options.dedup_lateness_ms)?;
     let mut rows = Vec::new();
-    for ((name, interval), these) in intervals.iter().zip(runs) {
-        let mut row = median_row(&setup, name, *interval, these);
+    for (variant, these) in variants.iter().zip(runs) {
+        let mut row = median_row(&setup, variant, these);
         if !options.no_recovery {
-            recovery_run(&setup, &options, name, *interval, &mut row)?;
+            recovery_run(&setup, &options, variant, &mut row)?;
         }
         rows.push(row);
     }
@@ -274,14 +319,15 @@ fn produce_stream(
 /// alike. Each run must read the whole stream.
 fn throughput_runs(
     setup: &Setup,
-    intervals: &[Interval],
+    variants: &[Variant],
     rounds: usize,
-    dedup: bool,
+    lateness_ms: u64,
 ) -> anyhow::Result<Runs> {
     let produced = setup.produced;
-    let mut runs: Runs = vec![Vec::new(); intervals.len()];
+    let mut runs: Runs = vec![Vec::new(); variants.len()];
     for round in 0..rounds {
-        for (i, (name, interval)) in intervals.iter().enumerate() {
+        for (i, v) in variants.iter().enumerate() {
+            let name = &v.name;
             let run_dir = setup.dir.join(format!("run-{name}"));
             if run_dir.exists() {
                 std::fs::remove_dir_all(&run_dir)?;
@@ -290,9 +336,9 @@ fn throughput_runs(
                 &run_dir,
                 &setup.brokers,
                 &setup.topic,
-                *interval,
+                v.interval,
                 setup.longest,
-                dedup,
+                v.dedup.then_some(lateness_ms),
             )?;
             let t0 = Instant::now();
             let summary = run_child(&setup.exe, &config, &run_dir.join("run.log"), &[])?;
@@ -305,7 +351,7 @@ fn throughput_runs(
                 );
             }
             eprintln!(
-                "  round {}/{rounds} {name:>6}: {:.0} records/s",
+                "  round {}/{rounds} {name:>12}: {:.0} records/s",
                 round + 1,
                 read as f64 / wall
             );
@@ -318,13 +364,14 @@ fn throughput_runs(
 /// One interval's row from its throughput runs: the median run, with every run's rate.
 fn median_row(
     setup: &Setup,
-    name: &str,
-    interval: Option<u64>,
+    variant: &Variant,
     mut these: Vec<(f64, serde_json::Value)>,
 ) -> BenchRow {
+    let (name, interval) = (&variant.name, variant.interval);
     let produced = setup.produced;
-    these.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // In round order: a --compare-dedup bench pairs the rounds.
     let all_rates: Vec<f64> = these.iter().map(|(w, _)| produced as f64 / w).collect();
+    these.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (wall, summary) = these.swap_remove(these.len() / 2);
     let read = produced;
     BenchRow {
@@ -347,6 +394,8 @@ fn median_row(
         recovery_replayed: None,
         recovery_ms: None,
         recovery_dedup_keys: None,
+        recovery_peak_rss_mib: None,
+        dedup: variant.dedup,
     }
 }
 
@@ -355,11 +404,11 @@ fn median_row(
 fn recovery_run(
     setup: &Setup,
     options: &BenchOptions,
-    name: &str,
-    interval: Option<u64>,
+    variant: &Variant,
     row: &mut BenchRow,
 ) -> anyhow::Result<()> {
-    eprint!("  {name:>6}: SIGKILL mid-epoch and restart ...");
+    let (name, interval) = (&variant.name, variant.interval);
+    eprint!("  {name:>12}: SIGKILL mid-epoch and restart ...");
     let rec_dir = setup.dir.join(format!("recovery-{name}"));
     let config = write_config(
         &rec_dir,
@@ -367,7 +416,7 @@ fn recovery_run(
         &setup.topic,
         interval,
         setup.longest,
-        options.dedup,
+        variant.dedup.then_some(options.dedup_lateness_ms),
     )?;
     // SIGKILL from outside at that share of the measured run time: the middle of the
     // stream, most likely inside an open epoch (crash points are compiled only into
@@ -383,11 +432,16 @@ fn recovery_run(
     row.recovery_replayed = summary["recovery"]["replayed_records"].as_u64();
     row.recovery_ms = summary["recovery"]["recovery_ms"].as_u64();
     row.recovery_dedup_keys = summary["recovery"]["dedup_keys_loaded"].as_u64();
+    row.recovery_peak_rss_mib = summary["peak_rss_bytes"]
+        .as_u64()
+        .map(|b| b as f64 / 1048576.0);
     eprintln!(
-        " {} ms to first commit ({} replayed, {} dedup keys loaded), {} ms to the first commit of new records",
+        " {} ms to first commit ({} replayed, {} dedup keys loaded, recovery {} ms, peak RSS {:.0} MiB), {} ms to the first commit of new records",
         row.recovery_first_commit_ms.unwrap_or(0),
         row.recovery_replayed.unwrap_or(0),
         row.recovery_dedup_keys.unwrap_or(0),
+        row.recovery_ms.unwrap_or(0),
+        row.recovery_peak_rss_mib.unwrap_or(0.0),
         row.recovery_first_source_commit_ms.unwrap_or(0),
     );
     Ok(())
@@ -421,7 +475,7 @@ fn write_results(
         Some(none) => {
             for r in rows {
                 println!(
-                    "  {:>6}: {:.0}% of the no-checkpoint throughput (median of {rounds}; runs: {})",
+                    "  {:>12}: {:.0}% of the no-checkpoint throughput (median of {rounds}; runs: {})",
                     r.interval,
                     100.0 * r.records_per_sec / none.records_per_sec,
                     rates(r)
@@ -430,9 +484,38 @@ fn write_results(
         }
         None => {
             for r in rows {
-                println!("  {:>6}: runs: {}", r.interval, rates(r));
+                println!("  {:>12}: runs: {}", r.interval, rates(r));
             }
         }
+    }
+    // --compare-dedup: each dedup row against the row before it (same interval, dedup off),
+    // round by round (the two ran back to back on the same stream).
+    for pair in rows.windows(2) {
+        let (off, on) = (&pair[0], &pair[1]);
+        if off.dedup || !on.dedup || on.interval_ms != off.interval_ms {
+            continue;
+        }
+        let mut per_round: Vec<f64> = off
+            .all_records_per_sec
+            .iter()
+            .zip(&on.all_records_per_sec)
+            .map(|(a, b)| b / a)
+            .collect();
+        let shown: Vec<String> = per_round
+            .iter()
+            .map(|r| format!("{:.0}%", r * 100.0))
+            .collect();
+        per_round.sort_by(f64::total_cmp);
+        println!(
+            "  {:>12}: dedup on at {:.0}% of dedup off (median of the per-round ratios; rounds: {}); medians {:.0} vs {:.0} records/s; checkpoint share {:.2}% vs {:.2}%",
+            on.interval,
+            per_round[per_round.len() / 2] * 100.0,
+            shown.join(", "),
+            on.records_per_sec,
+            off.records_per_sec,
+            on.checkpoint_share * 100.0,
+            off.checkpoint_share * 100.0,
+        );
     }
     println!(
         "results: {0}/bench.csv, {0}/bench.json, plot {0}/bench.svg",
@@ -465,17 +548,18 @@ fn write_config(
     topic: &str,
     interval: Option<u64>,
     longest: u64,
-    dedup: bool,
+    dedup_lateness_ms: Option<u64>,
 ) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let (interval_ms, enabled) = match interval {
         Some(ms) => (ms, true),
         None => (longest, false),
     };
-    let dedup = if dedup {
-        "\n[dedup]\nkey = [\"id\"]\nevent_time = \"created_at\"\nallowed_lateness_ms = 3600000\n"
-    } else {
-        ""
+    let dedup = match dedup_lateness_ms {
+        Some(ms) => format!(
+            "\n[dedup]\nkey = [\"id\"]\nevent_time = \"created_at\"\nallowed_lateness_ms = {ms}\n"
+        ),
+        None => String::new(),
     };
     let text = format!(
         r#"{MARK}
@@ -635,7 +719,7 @@ fn render_table(rows: &[BenchRow]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n{:>8} {:>10} {:>7} {:>9} {:>8} {:>8} {:>6} {:>6} {:>9} {:>7} {:>7} {:>9} {:>8}",
+        "\n{:>12} {:>10} {:>7} {:>9} {:>8} {:>8} {:>6} {:>6} {:>9} {:>7} {:>7} {:>9} {:>8}",
         "interval",
         "records/s",
         "MB/s",
@@ -653,7 +737,7 @@ fn render_table(rows: &[BenchRow]) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "{:>8} {:>10.0} {:>7.1} {:>9.1} {:>8.1} {:>8} {:>6} {:>6.1} {:>9.2} {:>7.0} {:>7} {:>9} {:>8}",
+            "{:>12} {:>10.0} {:>7.1} {:>9.1} {:>8.1} {:>8} {:>6} {:>6.1} {:>9.2} {:>7.0} {:>7} {:>9} {:>8}",
             r.interval,
             r.records_per_sec,
             r.mb_per_sec,
