@@ -95,6 +95,9 @@ pub use tidemark_checkpoint::store::PackedKeys;
 pub struct DedupState {
     keys: KeyMap,
     watermark: Option<i64>,
+    /// No key in state has an event time below this (a lower bound, exact after each
+    /// eviction): an advance that evicts nothing skips the scan of the whole map.
+    oldest: i64,
     /// Keys accepted since the last [`DedupState::take_inserted`], in order.
     inserted: PackedKeys,
     /// Wall clock (Unix ms) of the batch being decided, as logged in the WAL.
@@ -108,6 +111,7 @@ impl DedupState {
         Self {
             keys: KeyMap::with_capacity_and_hasher(capacity, BuildHasherDefault::default()),
             watermark,
+            oldest: i64::MAX,
             inserted: PackedKeys::default(),
             batch_clock_ms: None,
         }
@@ -151,6 +155,7 @@ impl DedupState {
     pub fn load(&mut self, key: &[u8], event_time: i64) {
         if self.watermark.is_none_or(|w| event_time >= w) {
             self.keys.insert(DedupKey::from(key), event_time);
+            self.oldest = self.oldest.min(event_time);
         }
     }
 
@@ -199,6 +204,7 @@ impl DedupState {
             self.keys.insert(DedupKey::from(key), event_time);
         }
         self.inserted.push(key, event_time);
+        self.oldest = self.oldest.min(event_time);
         Verdict::Accept
     }
 
@@ -211,7 +217,17 @@ impl DedupState {
             (a, b) => a.or(b),
         };
         if let Some(w) = self.watermark.filter(|_| self.watermark != before) {
-            self.keys.retain(|_, t| *t >= w);
+            if self.oldest < w {
+                let mut oldest = i64::MAX;
+                self.keys.retain(|_, t| {
+                    let keep = *t >= w;
+                    if keep {
+                        oldest = oldest.min(*t);
+                    }
+                    keep
+                });
+                self.oldest = oldest;
+            }
         }
         self.watermark
     }
