@@ -67,6 +67,11 @@ pub struct BenchOptions {
     /// bigger state, e.g. 10800000 keeps 10M keys).
     #[arg(long, default_value_t = 3_600_000)]
     pub dedup_lateness_ms: u64,
+    /// Another `tidemark` executable (e.g. a build of an older commit) to run every variant
+    /// with as well, in the same rounds on the same stream (rows `<name>@base`), and print this
+    /// build's throughput against it.
+    #[arg(long)]
+    pub baseline_exe: Option<PathBuf>,
     /// Skip the SIGKILL-and-restart run per interval.
     #[arg(long)]
     pub no_recovery: bool,
@@ -163,24 +168,34 @@ struct Variant {
     interval: Option<u64>,
     /// Dedup on.
     dedup: bool,
+    /// The pipeline executable (`None`: this one).
+    exe: Option<PathBuf>,
 }
 
 /// The runs `options` asks for, per interval: with dedup as `--dedup` says, or off then on
 /// with `--compare-dedup`.
 fn variants(intervals: &[Interval], options: &BenchOptions) -> Vec<Variant> {
+    let mut exes = vec![(None, "")];
+    if let Some(base) = &options.baseline_exe {
+        exes.push((Some(base.clone()), "@base"));
+    }
     intervals
         .iter()
         .flat_map(|(name, interval)| {
-            let one = |dedup: bool, suffix: &str| Variant {
-                name: format!("{name}{suffix}"),
-                interval: *interval,
-                dedup,
-            };
-            if options.compare_dedup {
-                vec![one(false, ""), one(true, "+dedup")]
-            } else {
-                vec![one(options.dedup, "")]
-            }
+            let exes = exes.clone();
+            exes.into_iter().flat_map(move |(exe, tag)| {
+                let one = |dedup: bool, suffix: &str| Variant {
+                    name: format!("{name}{suffix}{tag}"),
+                    interval: *interval,
+                    dedup,
+                    exe: exe.clone(),
+                };
+                if options.compare_dedup {
+                    vec![one(false, ""), one(true, "+dedup")]
+                } else {
+                    vec![one(options.dedup, "")]
+                }
+            })
         })
         .collect()
 }
@@ -341,7 +356,8 @@ fn throughput_runs(
                 v.dedup.then_some(lateness_ms),
             )?;
             let t0 = Instant::now();
-            let summary = run_child(&setup.exe, &config, &run_dir.join("run.log"), &[])?;
+            let exe = v.exe.as_ref().unwrap_or(&setup.exe);
+            let summary = run_child(exe, &config, &run_dir.join("run.log"), &[])?;
             let wall = t0.elapsed().as_secs_f64();
             let read = summary["records_read"].as_u64().unwrap_or(0);
             if read != produced {
@@ -422,11 +438,12 @@ fn recovery_run(
     // stream, most likely inside an open epoch (crash points are compiled only into
     // test builds, so the release binary is killed as an operator's kill -9 would).
     let kill_after = Duration::from_secs_f64(row.wall_secs * options.crash_at.clamp(0.05, 0.95));
-    let finished = run_child_killed(&setup.exe, &config, &rec_dir.join("run-1.log"), kill_after)?;
+    let exe = variant.exe.as_ref().unwrap_or(&setup.exe);
+    let finished = run_child_killed(exe, &config, &rec_dir.join("run-1.log"), kill_after)?;
     if finished {
         bail!("interval {name}: the recovery run finished before its kill at {kill_after:?}");
     }
-    let summary = run_child(&setup.exe, &config, &rec_dir.join("run-2.log"), &[])?;
+    let summary = run_child(exe, &config, &rec_dir.join("run-2.log"), &[])?;
     row.recovery_first_commit_ms = summary["first_commit_ms"].as_u64();
     row.recovery_first_source_commit_ms = summary["first_source_commit_ms"].as_u64();
     row.recovery_replayed = summary["recovery"]["replayed_records"].as_u64();
@@ -515,6 +532,30 @@ fn write_results(
             off.records_per_sec,
             on.checkpoint_share * 100.0,
             off.checkpoint_share * 100.0,
+        );
+    }
+    // --baseline-exe: this build against the baseline, variant by variant, round by round.
+    for base in rows.iter().filter(|r| r.interval.ends_with("@base")) {
+        let name = base.interval.trim_end_matches("@base");
+        let Some(this) = rows.iter().find(|r| r.interval == name) else {
+            continue;
+        };
+        let mut per_round: Vec<f64> = this
+            .all_records_per_sec
+            .iter()
+            .zip(&base.all_records_per_sec)
+            .map(|(a, b)| a / b)
+            .collect();
+        per_round.sort_by(f64::total_cmp);
+        println!(
+            "  {name:>12}: this build at {:.0}% of the baseline's throughput (median of the per-round ratios); medians {:.0} vs {:.0} records/s; commit p50 {:.0} vs {:.0} ms; checkpoint share {:.2}% vs {:.2}%",
+            per_round[per_round.len() / 2] * 100.0,
+            this.records_per_sec,
+            base.records_per_sec,
+            this.commit_ms_p50,
+            base.commit_ms_p50,
+            this.checkpoint_share * 100.0,
+            base.checkpoint_share * 100.0,
         );
     }
     println!(
