@@ -1068,6 +1068,118 @@ mod tests {
 
     use super::*;
 
+    /// A checkpoint record of `epoch` whose state is synced only through epoch 0 (so every
+    /// delta of epochs 1..=epoch must come from the WAL, from its start).
+    fn lagging_record(epoch: u64) -> CheckpointRecord {
+        CheckpointRecord {
+            epoch,
+            committed_epoch: epoch,
+            table_version: None,
+            watermark: None,
+            wal_segment: u64::MAX,
+            wal_offset: 0,
+            created_at_ms: 0,
+            counts: Default::default(),
+            positions: Vec::new(),
+            state_epoch: 0,
+            state_wal_segment: 0,
+            state_wal_offset: 0,
+        }
+    }
+
+    /// Power cuts (`PowerCutFs`): the state deltas an epoch logs before its seal are durable
+    /// exactly when the seal is. After each seal the crash image holds the whole changelog so
+    /// far; a delta and a seal that were written but not synced are gone from the image, so a
+    /// record claiming that epoch would find its changelog incomplete (and the start would
+    /// rebuild the state from the table) instead of restoring a state missing those keys.
+    #[test]
+    fn a_power_cut_keeps_exactly_the_synced_changelog() {
+        use crate::epoch_log::log_state_delta;
+        use tidemark_checkpoint::store::PackedKeys;
+        use tidemark_checkpoint::wal::FrameKind;
+        let root = tempfile::tempdir().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let pc = tidemark_fs::PowerCutFs::new(root.path()).unwrap();
+        let dir = root.path().join("wal");
+        let options = WalOptions {
+            segment_size: 4096,
+            sync: SyncPolicy::OnSeal,
+        };
+        let (mut wal, _) =
+            Wal::open_with_fs(std::sync::Arc::new(pc.clone()), &dir, options, None).unwrap();
+        let delta = |epoch: u64| {
+            let mut p = PackedKeys::default();
+            for k in 0..(epoch * 40) {
+                p.push(
+                    format!("key-{epoch}-{k}").as_bytes(),
+                    (epoch * 1000 + k) as i64,
+                );
+            }
+            p
+        };
+        let mut buf = Vec::new();
+        let mut images = 0;
+        let mut changelog_in_image = |epoch: u64| {
+            images += 1;
+            let image = scratch.path().join(format!("image-{images}"));
+            pc.crash_image(&image).unwrap();
+            let wal_dir = image.join("wal");
+            let (wal, _) = Wal::open(&wal_dir, WalOptions::default(), None).unwrap();
+            read_changelog(&lagging_record(epoch), wal.reader(WalPosition::default())).unwrap()
+        };
+        let log_epoch = |wal: &mut Wal, buf: &mut Vec<u8>, epoch: u64| {
+            for r in 0..30u8 {
+                wal.append(FrameKind::Record, epoch, &[r; 50]).unwrap();
+            }
+            let keys = delta(epoch);
+            log_state_delta(&keys, buf, |p| {
+                wal.append(FrameKind::Marker, epoch, p).map(|_| ())
+            })
+            .unwrap();
+            SealInfo {
+                start_positions: Positions::new(),
+                end_positions: Positions::new(),
+                records: 30,
+                watermark: Some(epoch as i64),
+                settings: None,
+                state_keys: Some(keys.len() as u64),
+            }
+            .encode()
+        };
+        for epoch in 1..=4 {
+            let seal = log_epoch(&mut wal, &mut buf, epoch);
+            wal.seal(epoch, &seal).unwrap();
+            let log = changelog_in_image(epoch);
+            assert!(
+                log.complete,
+                "epoch {epoch}: the synced changelog must survive"
+            );
+            let got: Vec<(u64, PackedKeys, Option<i64>)> = log
+                .deltas
+                .into_iter()
+                .map(|(e, _, d)| (e, d.inserts, d.evict_below))
+                .collect();
+            let want: Vec<(u64, PackedKeys, Option<i64>)> =
+                (1..=epoch).map(|e| (e, delta(e), Some(e as i64))).collect();
+            assert_eq!(got, want, "epoch {epoch}");
+        }
+        // Epoch 5: its records, delta and seal written but not synced (no `seal`, only a
+        // group commit under the on-seal policy): a power cut takes them.
+        let seal = log_epoch(&mut wal, &mut buf, 5);
+        wal.append(FrameKind::Seal, 5, &seal).unwrap();
+        wal.commit().unwrap();
+        let log = changelog_in_image(5);
+        assert!(
+            !log.complete,
+            "an unsynced delta must not count: {} deltas found",
+            log.deltas.len()
+        );
+        assert_eq!(log.deltas.len(), 4, "the synced ones are all there");
+        // Once synced, it counts.
+        wal.sync().unwrap();
+        assert!(changelog_in_image(5).complete);
+    }
+
     #[test]
     fn the_loaded_state_is_exactly_the_checkpointed_entries() {
         let dir = tempfile::tempdir().unwrap();
