@@ -760,6 +760,13 @@ impl OpenEpoch {
         for (i, (time, record)) in times.into_iter().zip(row_records).enumerate() {
             keep.push(self.dedup_verdict(p, spec, rt, record, keys.get(i), time, now)?);
         }
+        if keep.iter().all(|k| *k) {
+            // Nothing dropped (the common batch): no copy.
+            if batch.num_rows() > 0 {
+                self.batches.push(batch);
+            }
+            return Ok(());
+        }
         let mask = BooleanArray::from(keep);
         let kept = arrow::compute::filter_record_batch(&batch, &mask).map_err(|source| {
             ProcessError::Decode {
