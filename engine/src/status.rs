@@ -325,6 +325,15 @@ impl Status {
                 .map(|d| format!("; damaged: {d}"))
                 .unwrap_or_default()
         ));
+        if let (Some(m), Some(c)) = (self.wal.state_epoch, self.checkpoint.as_ref()) {
+            if m < c.epoch {
+                line(format!(
+                    "  state      dedup state synced through epoch {m}; the WAL holds the state deltas of epochs {}..={}",
+                    m + 1,
+                    c.epoch
+                ));
+            }
+        }
         line(format!(
             "table        {} {}",
             self.table.uri,
