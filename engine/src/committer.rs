@@ -847,6 +847,7 @@ impl Committer {
                     _ => (PackedKeys::default(), None),
                 };
                 self.store.write(&record, inserts.iter(), evict_below)?;
+                self.store.set_evict_below(evict_below);
                 self.unsynced_state.clear();
                 self.state_epoch = epoch;
                 self.state_at = wal_at;

@@ -20,6 +20,15 @@
 //!   already (its state-delta frames, before the epoch's seal), so the record says how far the
 //!   store's state is durable (`state_epoch`) and the WAL keeps every later delta.
 //!
+//! **Eviction on the changelog path** writes no range tombstone: a tombstone `[0, w)` in every
+//! flushed file made each file span the whole key space, so every compaction rewrote the whole
+//! state (measured: RocksDB's compaction took more CPU than the pipeline's own work). Instead,
+//! entries below the watermark of the newest durable record ([`CheckpointStore::set_evict_below`])
+//! are dropped by a compaction filter when their file is compacted, and files wholly below it are
+//! deleted ([`CheckpointStore::drop_files_below`]). Entries below the watermark that are still
+//! on disk are never read: every load seeks to the watermark first
+//! ([`CheckpointStore::for_each_dedup_entry_from`]).
+//!
 //! Invariants (the recovery argument in `engine/src/dedup.rs` rests on them): the delta of
 //! epoch `e` reaches the store only after a record of epoch `>= e` is durable, deltas are applied
 //! in epoch order, and a record names `state_epoch = m` only once every delta up to `m` is
@@ -32,6 +41,7 @@ pub mod record;
 mod state_writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -86,6 +96,9 @@ pub struct CheckpointStore {
     db: Arc<DB>,
     path: PathBuf,
     options: StoreOptions,
+    /// Entries of the dedup column family below this event time may be dropped by compaction
+    /// (`i64::MIN`: none): the watermark of a durable checkpoint record.
+    evict_below: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for CheckpointStore {
@@ -94,6 +107,23 @@ impl std::fmt::Debug for CheckpointStore {
             .field("path", &self.path)
             .finish()
     }
+}
+
+/// The dedup column family's options: [`db_options`] plus the compaction filter that drops
+/// entries below `evict_below`.
+fn dedup_options(evict_below: Arc<AtomicI64>) -> Options {
+    let mut o = db_options();
+    o.set_compaction_filter(
+        "tidemark-evict-below-watermark",
+        move |_level, key: &[u8], _value: &[u8]| {
+            let w = evict_below.load(Ordering::Acquire);
+            match record::split_dedup_entry_key(key) {
+                Some((time, _)) if time < w => rocksdb::compaction_filter::Decision::Remove,
+                _ => rocksdb::compaction_filter::Decision::Keep,
+            }
+        },
+    );
+    o
 }
 
 fn db_options() -> Options {
@@ -117,12 +147,16 @@ impl CheckpointStore {
             move |source| StoreError::Rocks { op, path, source }
         };
         let existed = path.join("CURRENT").exists();
-        let cfs = [CF_META, CF_HISTORY, CF_DEDUP]
-            .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, db_options()));
+        let evict_below = Arc::new(AtomicI64::new(i64::MIN));
+        let cfs = [
+            ColumnFamilyDescriptor::new(CF_META, db_options()),
+            ColumnFamilyDescriptor::new(CF_HISTORY, db_options()),
+            ColumnFamilyDescriptor::new(CF_DEDUP, dedup_options(evict_below.clone())),
+        ];
         let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(rocks("open"))?;
         let store = Self {
             db: Arc::new(db),
+            evict_below,
             path: path.to_path_buf(),
             options: StoreOptions {
                 retain: options.retain.max(1),
@@ -188,6 +222,7 @@ impl CheckpointStore {
             db: Arc::new(db),
             path: path.to_path_buf(),
             options: StoreOptions::default(),
+            evict_below: Arc::new(AtomicI64::new(i64::MIN)),
         })
     }
 
@@ -317,17 +352,19 @@ impl CheckpointStore {
         self.write(record, [], None)
     }
 
-    /// Applies one epoch's dedup delta (eviction below `evict_below`, then `inserts`) WITHOUT
+    /// Applies one epoch's dedup inserts WITHOUT
     /// RocksDB's log and without a sync: it is in the store's memory only until
     /// [`CheckpointStore::sync_state`] (or RocksDB's own flush) persists it, and a crash before
     /// that loses it. The caller keeps the delta in its own durable log until then.
+    ///
+    /// Entries below the watermark are not deleted here (no range tombstone: see the module
+    /// documentation); [`CheckpointStore::set_evict_below`] lets compaction drop them.
     pub fn apply_state_delta<'k>(
         &self,
         inserts: impl IntoIterator<Item = (&'k [u8], i64)>,
-        evict_below: Option<i64>,
     ) -> Result<usize, StoreError> {
         let mut batch = WriteBatch::default();
-        let inserted = self.delta_into(&mut batch, inserts, evict_below)?;
+        let inserted = self.delta_into(&mut batch, inserts, None)?;
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
         wo.set_sync(false);
@@ -335,6 +372,29 @@ impl CheckpointStore {
             .write_opt(batch, &wo)
             .map_err(self.rocks("write state delta"))?;
         Ok(inserted)
+    }
+
+    /// Lets compaction drop dedup entries below `watermark` (it only rises). Only the
+    /// watermark of a DURABLE checkpoint record may be given: a restart reads the state at or
+    /// above the newest record's watermark, so nothing below it is ever needed again.
+    pub fn set_evict_below(&self, watermark: Option<i64>) {
+        if let Some(w) = watermark {
+            self.evict_below.fetch_max(w, Ordering::AcqRel);
+        }
+    }
+
+    /// Deletes the dedup column family's files whose entries are all below the eviction
+    /// watermark ([`CheckpointStore::set_evict_below`]): in a sliding window, old files are
+    /// not compacted again, so this is what frees their space. Metadata only.
+    pub fn drop_files_below(&self) -> Result<(), StoreError> {
+        let w = self.evict_below.load(Ordering::Acquire);
+        if w == i64::MIN {
+            return Ok(());
+        }
+        let dedup = self.cf(CF_DEDUP)?;
+        self.db
+            .delete_file_in_range_cf(dedup, [0u8; 8], record::time_prefix(w))
+            .map_err(self.rocks("drop files below the watermark"))
     }
 
     /// Makes every delta applied so far durable: flushes the dedup column family's memtables

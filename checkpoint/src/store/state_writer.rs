@@ -26,7 +26,7 @@ use crate::fault::{self, CrashPoint};
 const QUEUE_DEPTH: usize = 4;
 
 /// One epoch's change to the dedup state: the keys it added (still at or above its watermark)
-/// and the watermark below which entries are evicted.
+/// and its watermark, below which entries are never read again (compaction drops them).
 #[derive(Debug, Clone, Default)]
 pub struct StateDelta {
     /// The epoch.
@@ -165,7 +165,9 @@ fn run(
             };
             match job {
                 Job::Apply(delta) => {
-                    let n = store.apply_state_delta(delta.inserts.iter(), delta.evict_below)?;
+                    let n = store.apply_state_delta(delta.inserts.iter())?;
+                    // Its record is durable: what is below its watermark is never read again.
+                    store.set_evict_below(delta.evict_below);
                     applied = applied.max(delta.epoch);
                     fault::hit(CrashPoint::AfterStateWrite);
                     debug!(
@@ -213,6 +215,7 @@ fn sync(
     if applied > *synced {
         store.sync_state()?;
         fault::hit(CrashPoint::AfterStateSync);
+        store.drop_files_below()?;
         *synced = applied;
         durable.store(applied, Ordering::Release);
         debug!(epoch = applied, "state synced");

@@ -352,7 +352,12 @@ fn state_deltas_through_the_writer_are_durable_once_synced() {
         assert_eq!(writer.durable_epoch(), 2);
     }
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
-    let got: BTreeSet<(Vec<u8>, i64)> = store.dedup_entries().unwrap().into_iter().collect();
+    let mut got = BTreeSet::new();
+    store
+        .for_each_dedup_entry_from(Some(15), |k, t| {
+            got.insert((k.to_vec(), t));
+        })
+        .unwrap();
     let want: BTreeSet<(Vec<u8>, i64)> = [(b"b".to_vec(), 20), (b"c".to_vec(), 30)]
         .into_iter()
         .collect();
@@ -366,7 +371,7 @@ fn a_load_from_the_watermark_skips_what_is_below_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
     store
-        .apply_state_delta(packed(&[("x", -5), ("a", 10), ("b", 20)]).iter(), None)
+        .apply_state_delta(packed(&[("x", -5), ("a", 10), ("b", 20)]).iter())
         .unwrap();
     store.sync_state().unwrap();
     let mut seen = Vec::new();
@@ -379,4 +384,30 @@ fn a_load_from_the_watermark_skips_what_is_below_it() {
         .for_each_dedup_entry_from(None, |_, _| all += 1)
         .unwrap();
     assert_eq!(all, 3);
+}
+
+/// Compaction drops entries below the eviction watermark, and whole files below it are
+/// deleted; nothing at or above it is touched.
+#[test]
+fn compaction_and_file_drops_evict_below_the_watermark_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    for chunk in 0..4i64 {
+        let keys: Vec<(String, i64)> = (0..100)
+            .map(|i| (format!("k{chunk}-{i}"), chunk * 100 + i))
+            .collect();
+        let refs: Vec<(&str, i64)> = keys.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+        store.apply_state_delta(packed(&refs).iter()).unwrap();
+        store.sync_state().unwrap();
+    }
+    store.set_evict_below(Some(150));
+    store.set_evict_below(Some(120)); // never goes back
+    store.drop_files_below().unwrap();
+    let dedup = store.cf(CF_DEDUP).unwrap();
+    store
+        .db
+        .compact_range_cf(dedup, None::<&[u8]>, None::<&[u8]>);
+    let left = entries(&store);
+    assert_eq!(left.len(), 250, "entries 150..400 stay");
+    assert!(left.iter().all(|(_, t)| *t >= 150));
 }
