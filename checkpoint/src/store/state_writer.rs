@@ -3,7 +3,8 @@
 //!
 //! One thread, one queue. A delta is queued only after the checkpoint record of its epoch is
 //! durable (the caller's order), and applied in queue order, without RocksDB's log and without
-//! a sync. When the queue is empty the thread flushes the dedup column family
+//! a sync. When nothing more is queued and [`SYNC_EVERY`] has passed since the last sync, the
+//! thread flushes the dedup column family
 //! ([`CheckpointStore::sync_state`]) and publishes the newest epoch whose delta is now durable
 //! ([`StateWriter::durable_epoch`]); the next checkpoint record names it as its `state_epoch`,
 //! and only then may the WAL drop the delta frames up to it.
@@ -13,9 +14,10 @@
 //! next call on the writer returns the error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvError, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvError, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
@@ -24,6 +26,25 @@ use crate::fault::{self, CrashPoint};
 
 /// Deltas waiting to be applied before [`StateWriter::queue`] blocks.
 const QUEUE_DEPTH: usize = 4;
+
+/// Least time between two background syncs: each sync is a flush, i.e. a new file in the
+/// store; fewer, bigger files mean less compaction. The WAL keeps the deltas meanwhile.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Test builds (`crash-points`) may shorten [`SYNC_EVERY`] with this variable (ms), so crash
+/// tests reach a sync within a short run.
+pub const SYNC_EVERY_ENV: &str = "TIDEMARK_FAULT_STATE_SYNC_MS";
+
+fn sync_every() -> Duration {
+    #[cfg(feature = "crash-points")]
+    if let Some(ms) = std::env::var(SYNC_EVERY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    SYNC_EVERY
+}
 
 /// One epoch's change to the dedup state: the keys it added (still at or above its watermark)
 /// and its watermark, below which entries are never read again (compaction drops them).
@@ -153,15 +174,28 @@ fn run(
     failed: Arc<Mutex<Option<StoreError>>>,
 ) {
     let mut applied = synced;
-    let mut next: Option<Job> = None;
+    let mut last_sync = Instant::now();
+    let every = sync_every();
     let result = (|| -> Result<(), StoreError> {
         loop {
-            let job = match next.take() {
-                Some(j) => j,
-                None => match rx.recv() {
+            // Wait for work; once something is applied but not synced, at most until the
+            // next sync is due (then sync, unless more came meanwhile).
+            let job = if applied > synced {
+                let due = (last_sync + every).saturating_duration_since(Instant::now());
+                match rx.recv_timeout(due) {
+                    Ok(j) => j,
+                    Err(RecvTimeoutError::Timeout) => {
+                        sync(&store, applied, &mut synced, &durable)?;
+                        last_sync = Instant::now();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
                     Ok(j) => j,
                     Err(RecvError) => break,
-                },
+                }
             };
             match job {
                 Job::Apply(delta) => {
@@ -175,18 +209,10 @@ fn run(
                         keys = n,
                         "state delta written (not synced)"
                     );
-                    match rx.try_recv() {
-                        Ok(j) => {
-                            // More to apply: sync once after the last of them.
-                            next = Some(j);
-                            continue;
-                        }
-                        Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => {}
-                    }
-                    sync(&store, applied, &mut synced, &durable)?;
                 }
                 Job::Sync(reply) => {
                     let r = sync(&store, applied, &mut synced, &durable);
+                    last_sync = Instant::now();
                     let failed_now = r.is_err();
                     let _ = reply.send(r);
                     if failed_now {

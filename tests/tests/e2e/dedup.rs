@@ -410,6 +410,10 @@ async fn dedup_state_stays_within_the_lateness_window() {
     eprintln!("bounded state: {keys} keys in state after {total} records (window: 500)");
 }
 
+/// The state writer syncs after every delta in these tests (1 s apart by default), so short
+/// runs reach every state crash point.
+const SYNC_NOW: (&str, &str) = (tidemark_checkpoint::store::SYNC_EVERY_ENV, "0");
+
 /// Record `i` of the state-crash stream: mostly new ids; every 7th repeats the id of record
 /// `i - 301` and every 11th the id of record `i - 1203` (producer retries across epochs), so
 /// records of later epochs are duplicates of keys an earlier epoch added.
@@ -499,7 +503,10 @@ async fn state_changelog_crashes_keep_dedup_exact() {
             extra,
         )
         .await;
-        let crashed = fixture.run_to_end(&[(tidemark_engine::fault::ENV, spec)]);
+        let crashed = fixture.run_to_end(&[
+            (tidemark_engine::fault::ENV, spec),
+            (SYNC_NOW.0, SYNC_NOW.1),
+        ]);
         assert_eq!(
             crashed.status.signal(),
             Some(libc::SIGKILL),
@@ -542,7 +549,10 @@ async fn state_changelog_crashes_keep_dedup_exact() {
         extra,
     )
     .await;
-    let crashed = fixture.run_to_end(&[(tidemark_engine::fault::ENV, "after_state_write@4")]);
+    let crashed = fixture.run_to_end(&[
+        (tidemark_engine::fault::ENV, "after_state_write@4"),
+        (SYNC_NOW.0, SYNC_NOW.1),
+    ]);
     assert_eq!(
         crashed.status.signal(),
         Some(libc::SIGKILL),
