@@ -124,11 +124,21 @@ async fn each_crash_point_recovers_as_the_protocol_says() {
             stderr_of(&crashed)
         );
         let (case, committed_before) = expected(point, hit);
-        assert_eq!(
-            committed(&fixture),
-            committed_before,
-            "{spec}: epochs in the table at the crash"
-        );
+        if point == CrashPoint::DuringTruncation && dedup {
+            // With dedup the WAL is truncated only up to the epoch whose state delta the store
+            // has synced (in the background, after the checkpoint): the first truncation that
+            // deletes two segments comes an epoch or more later.
+            assert!(
+                committed(&fixture) >= committed_before,
+                "{spec}: epochs in the table at the crash"
+            );
+        } else {
+            assert_eq!(
+                committed(&fixture),
+                committed_before,
+                "{spec}: epochs in the table at the crash"
+            );
+        }
         if point == CrashPoint::AfterSeal && hit == 2 {
             // status tells what recovery will do, without changing anything.
             let text = String::from_utf8_lossy(&fixture.status(false).stdout).to_string();
