@@ -25,6 +25,9 @@ fn record(epoch: u64) -> CheckpointRecord {
                 offset: epoch as i64,
             })
             .collect(),
+        state_epoch: epoch,
+        state_wal_segment: 0,
+        state_wal_offset: 32,
     }
 }
 

@@ -52,11 +52,17 @@ pub enum CrashPoint {
     AfterCheckpoint,
     /// Between two segment deletions of WAL truncation.
     DuringTruncation,
+    /// An epoch's dedup delta is in the store's memory (written without RocksDB's log), not
+    /// synced: a crash loses it; the WAL still holds it.
+    AfterStateWrite,
+    /// The store's dedup state is synced, but no checkpoint record names it yet and the WAL
+    /// still holds the deltas it covers (the sync is ahead of WAL truncation).
+    AfterStateSync,
 }
 
 impl CrashPoint {
     /// All points, for tests that crash at each.
-    pub const ALL: [CrashPoint; 9] = [
+    pub const ALL: [CrashPoint; 11] = [
         CrashPoint::BeforeWalAppend,
         CrashPoint::AfterWalAppend,
         CrashPoint::AfterSeal,
@@ -66,7 +72,17 @@ impl CrashPoint {
         CrashPoint::MidCheckpointWrite,
         CrashPoint::AfterCheckpoint,
         CrashPoint::DuringTruncation,
+        CrashPoint::AfterStateWrite,
+        CrashPoint::AfterStateSync,
     ];
+
+    /// True for the points of the dedup state's changelog path (reached only with dedup on).
+    pub fn is_state_point(self) -> bool {
+        matches!(
+            self,
+            CrashPoint::AfterStateWrite | CrashPoint::AfterStateSync
+        )
+    }
 
     /// The name used in [`ENV`].
     pub fn name(self) -> &'static str {
@@ -80,6 +96,8 @@ impl CrashPoint {
             CrashPoint::MidCheckpointWrite => "mid_checkpoint_write",
             CrashPoint::AfterCheckpoint => "after_checkpoint",
             CrashPoint::DuringTruncation => "during_truncation",
+            CrashPoint::AfterStateWrite => "after_state_write",
+            CrashPoint::AfterStateSync => "after_state_sync",
         }
     }
 }

@@ -5,12 +5,25 @@
 //! 2. `SEAL(e)` is durable before any Parquet file of `e` is written;
 //! 3. the Delta commit of `e` (with `txn = e`) lands before checkpoint `e` is written;
 //! 4. checkpoint `e` is durable before any WAL segment of `e` is deleted.
+//!
+//! With dedup, the keys an epoch adds (its state delta) are logged in the WAL just before its
+//! seal (same synced write), so the checkpoint does not write and sync them on the critical
+//! path: it writes the small record (synced), then hands the delta to the store's
+//! [`StateWriter`], which applies it unsynced and syncs in the background. The record names the
+//! newest epoch whose delta the store has synced (`state_epoch`), and the WAL keeps every
+//! segment from `state_epoch + 1` on (invariant 4 becomes: no WAL segment of an epoch above the
+//! durable `state_epoch` is deleted). Recovery restores the state from the store plus those
+//! deltas (see `dedup.rs`).
 
+use std::collections::VecDeque;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use tidemark_checkpoint::store::Counts;
+use tidemark_checkpoint::store::{Counts, StateDelta, StateWriter};
 use tidemark_checkpoint::wal::format::FRAME_HEADER_LEN;
-use tidemark_checkpoint::{CheckpointRecord, CheckpointStore, StoreError, Wal, WalError};
+use tidemark_checkpoint::wal::FrameKind;
+use tidemark_checkpoint::{
+    CheckpointRecord, CheckpointStore, StoreError, Wal, WalError, WalPosition,
+};
 use tidemark_connectors::dead_letter::{self, DeadLetter};
 use tidemark_connectors::decode::InvalidRecord;
 use tidemark_connectors::delta::{
@@ -22,7 +35,7 @@ use tracing::{info, warn};
 
 use crate::dedup::PackedKeys;
 use crate::epoch::{DedupRuntime, OpenEpoch, ProcessError};
-use crate::epoch_log::{log_batch, record_size, to_store_positions, SealInfo};
+use crate::epoch_log::{log_batch, log_state_delta, record_size, to_store_positions, SealInfo};
 use crate::fault::{self, CrashPoint};
 use crate::shutdown::Shutdown;
 
@@ -93,12 +106,15 @@ pub struct EpochReport {
 #[derive(Debug)]
 pub struct SealedEpoch {
     open: OpenEpoch,
+    /// The state delta logged before the seal by this process (`None`: no dedup, checkpoints
+    /// off, or a seal recovery found: then the checkpoint writes the delta synced).
+    delta: Option<PackedKeys>,
 }
 
 impl SealedEpoch {
     /// An epoch recovery found sealed in the WAL and replayed.
     pub(crate) fn replayed(open: OpenEpoch) -> Self {
-        Self { open }
+        Self { open, delta: None }
     }
 
     /// Its number.
@@ -116,6 +132,7 @@ pub struct CommittedEpoch {
     open: OpenEpoch,
     report: EpochReport,
     started: Instant,
+    delta: Option<PackedKeys>,
 }
 
 /// Retries of an epoch's commit after transient storage errors before the run stops (with
@@ -193,6 +210,16 @@ pub struct Committer {
     /// Raised when the process is asked to stop: a commit's retries give up at once.
     stop: Shutdown,
     encode_buf: Vec<u8>,
+    /// Applies state deltas to the store off the critical path (started at the first delta).
+    state_writer: Option<StateWriter>,
+    /// The newest epoch whose state delta is durable in the store, as the newest checkpoint
+    /// record names it, and the WAL position just after its seal (where the WAL's changelog of
+    /// later epochs begins). Invariant: the WAL holds every segment from there on.
+    state_epoch: u64,
+    state_at: WalPosition,
+    /// Checkpointed epochs whose delta is queued or applied but maybe not synced yet, with the
+    /// WAL position just after each one's seal, oldest first.
+    unsynced_state: VecDeque<(u64, WalPosition)>,
 }
 
 /// The dead-letter table and how far it holds this pipeline's letters.
@@ -293,6 +320,10 @@ impl Committer {
             wal_bytes: 0,
             stop: Shutdown::new(),
             encode_buf: Vec::new(),
+            state_writer: None,
+            state_epoch: 0,
+            state_at: WalPosition::default(),
+            unsynced_state: VecDeque::new(),
         }
     }
 
@@ -301,6 +332,49 @@ impl Committer {
         self.totals = c.counts;
         self.committed_epoch = c.committed_epoch;
         self.table_version = TableVersion::from_stored(c.table_version);
+        self.state_epoch = c.state_epoch;
+        self.state_at = WalPosition {
+            segment: c.state_wal_segment,
+            offset: c.state_wal_offset,
+        };
+    }
+
+    /// Hands the deltas of epochs `state_epoch + 1 ..= c` that recovery read back from the
+    /// WAL's changelog (with the position after each epoch's seal) to the state writer, in
+    /// order: once it has synced them, a checkpoint names the newer state and the WAL drops
+    /// them. Their checkpoint records are durable already.
+    pub(crate) fn resume_changelog(
+        &mut self,
+        deltas: Vec<(u64, WalPosition, StateDelta)>,
+    ) -> Result<(), CommitError> {
+        for (epoch, at, delta) in deltas {
+            self.state_writer().queue(delta)?;
+            self.unsynced_state.push_back((epoch, at));
+        }
+        Ok(())
+    }
+
+    /// The state writer, started on first use with the store's state durable through
+    /// `state_epoch`.
+    fn state_writer(&mut self) -> &StateWriter {
+        let (store, durable) = (&self.store, self.state_epoch);
+        self.state_writer
+            .get_or_insert_with(|| StateWriter::start(store.clone(), durable))
+    }
+
+    /// Moves `state_epoch` to the newest epoch the state writer has synced.
+    fn note_synced_state(&mut self) {
+        let Some(synced) = self.state_writer.as_ref().map(StateWriter::durable_epoch) else {
+            return;
+        };
+        while let Some(&(epoch, at)) = self.unsynced_state.front() {
+            if epoch > synced {
+                break;
+            }
+            self.state_epoch = epoch;
+            self.state_at = at;
+            self.unsynced_state.pop_front();
+        }
     }
 
     /// Records that epoch `epoch`'s commit landed at `table_version` (found in the table by
@@ -319,6 +393,9 @@ impl Committer {
         v: u64,
         table_version: Option<TableVersion>,
     ) -> Result<(), CommitError> {
+        // Deltas still queued are applied (and synced) before the reset, never after it.
+        drop(self.state_writer.take());
+        self.unsynced_state.clear();
         self.store.reset()?;
         self.totals = Counts::default();
         if self.durable {
@@ -424,20 +501,36 @@ impl Committer {
             let candidate = d.tracker.candidate(Instant::now());
             d.state.advance(candidate)
         });
-        let info = SealInfo {
+        // The keys the epoch added (still at or above the new watermark): logged before the
+        // seal when checkpoints are on (the changelog), dropped when they are off (no store).
+        let delta = self
+            .dedup
+            .as_mut()
+            .map(|d| d.state.take_inserted())
+            .filter(|_| self.durable);
+        let mut info = SealInfo {
             start_positions: open.start.clone(),
             end_positions: open.end.clone(),
             records: open.records,
             watermark,
             settings: open.settings.as_deref().cloned(),
+            state_keys: None,
         };
         if self.durable {
+            if let Some(keys) = &delta {
+                let (wal, wal_bytes, epoch) = (&mut self.wal, &mut self.wal_bytes, open.epoch);
+                let n = log_state_delta(keys, &mut self.encode_buf, |payload| {
+                    *wal_bytes += (payload.len() + FRAME_HEADER_LEN) as u64;
+                    wal.append(FrameKind::Marker, epoch, payload).map(|_| ())
+                })?;
+                info.state_keys = Some(n);
+            }
             let payload = info.encode();
             self.wal_bytes += (payload.len() + FRAME_HEADER_LEN) as u64;
             self.wal.seal(open.epoch, &payload)?;
         }
         fault::hit(CrashPoint::AfterSeal);
-        Ok(SealedEpoch { open })
+        Ok(SealedEpoch { open, delta })
     }
 
     /// Steps 3–5 for a sealed epoch: [`Committer::commit`], then
@@ -467,7 +560,7 @@ impl Committer {
         sealed: SealedEpoch,
         source: Option<&mut KafkaSource>,
     ) -> Result<CommittedEpoch, CommitError> {
-        let open = sealed.open;
+        let SealedEpoch { open, delta } = sealed;
         let started = Instant::now();
         let epoch = open.epoch;
         debug_assert!(
@@ -512,6 +605,7 @@ impl Committer {
             open,
             report,
             started,
+            delta,
         })
     }
 
@@ -524,9 +618,10 @@ impl Committer {
             open,
             mut report,
             started,
+            delta,
         } = committed;
         let cp_started = Instant::now();
-        self.checkpoint(open.epoch, &open.end)?;
+        self.checkpoint_with(open.epoch, &open.end, delta)?;
         report.checkpoint_micros = cp_started.elapsed().as_micros() as u64;
         report.commit_micros = started.elapsed().as_micros() as u64;
         Ok(report)
@@ -686,39 +781,88 @@ impl Committer {
     }
 
     /// Steps 4–5: writes checkpoint `epoch` at `positions` (the WAL position is the log's end,
-    /// just after `SEAL(epoch)`), then deletes WAL segments wholly before `epoch + 1`.
+    /// just after `SEAL(epoch)`) with the dedup state synced in the same batch, then deletes
+    /// WAL segments wholly before `epoch + 1`. For epochs whose delta is not in the WAL's
+    /// changelog (recovery's checkpoints).
     pub(crate) fn checkpoint(
         &mut self,
         epoch: u64,
         positions: &Positions,
     ) -> Result<(), CommitError> {
+        self.checkpoint_with(epoch, positions, None)
+    }
+
+    /// Steps 4–5. With `delta` (the epoch's state delta, logged before its seal by
+    /// [`Committer::seal`]) the changelog path: the record alone is synced, naming the newest
+    /// synced state; the delta goes to the state writer. Without it, the record and the state
+    /// the epoch changed are ONE synced batch (after every queued delta is synced). Then WAL
+    /// segments wholly before `state_epoch + 1` are deleted.
+    fn checkpoint_with(
+        &mut self,
+        epoch: u64,
+        positions: &Positions,
+        delta: Option<PackedKeys>,
+    ) -> Result<(), CommitError> {
         if !self.durable {
             return Ok(());
         }
         let wal_at = self.wal.end();
-        let record = CheckpointRecord {
+        let watermark = self.dedup.as_ref().and_then(|d| d.state.watermark());
+        let mut record = CheckpointRecord {
             epoch,
             committed_epoch: self.committed_epoch,
             table_version: TableVersion::to_stored(self.table_version),
-            watermark: self.dedup.as_ref().and_then(|d| d.state.watermark()),
+            watermark,
             wal_segment: wal_at.segment,
             wal_offset: wal_at.offset,
             created_at_ms: now_ms(),
             counts: self.totals,
             positions: to_store_positions(positions),
+            state_epoch: epoch,
+            state_wal_segment: wal_at.segment,
+            state_wal_offset: wal_at.offset,
         };
-        let (inserts, evict_below) = match self.dedup.as_mut() {
-            Some(d) => (d.state.take_inserted(), d.state.watermark()),
-            None => (PackedKeys::default(), None),
-        };
-        self.store.write(&record, inserts.iter(), evict_below)?;
+        match (delta, self.dedup.is_some()) {
+            (Some(inserts), true) => {
+                // The record first (durable), then the delta: the store never holds a delta of
+                // an epoch no durable record has reached.
+                self.state_writer();
+                self.note_synced_state();
+                record.state_epoch = self.state_epoch;
+                record.state_wal_segment = self.state_at.segment;
+                record.state_wal_offset = self.state_at.offset;
+                self.store.write_record(&record)?;
+                self.unsynced_state.push_back((epoch, wal_at));
+                self.state_writer().queue(StateDelta {
+                    epoch,
+                    inserts,
+                    evict_below: watermark,
+                })?;
+            }
+            (_, dedup) => {
+                if let Some(w) = &self.state_writer {
+                    // Queued deltas must be durable before a record claims a newer state.
+                    w.sync()?;
+                }
+                let (inserts, evict_below) = match self.dedup.as_mut() {
+                    Some(d) if dedup => (d.state.take_inserted(), watermark),
+                    _ => (PackedKeys::default(), None),
+                };
+                self.store.write(&record, inserts.iter(), evict_below)?;
+                self.store.set_evict_below(evict_below);
+                self.unsynced_state.clear();
+                self.state_epoch = epoch;
+                self.state_at = wal_at;
+            }
+        }
         fault::hit(CrashPoint::AfterCheckpoint);
-        let removed = self.wal.truncate_before(epoch + 1)?;
+        let removed = self.wal.truncate_before(self.state_epoch + 1)?;
         if removed > 0 {
             tracing::debug!(
                 epoch,
+                state_epoch = self.state_epoch,
                 segments = removed,
-                "wal segments before the checkpoint deleted"
+                "wal segments before the checkpoint's state deleted"
             );
         }
         Ok(())

@@ -16,13 +16,25 @@
 //! Invariants: the watermark never decreases ([`DedupState::advance`] keeps the larger); each
 //! key is in state at most once; after `advance(w)`, no key below `w` remains in state.
 //!
+//! **Restoring state after a crash** ([`DedupState::load`], [`DedupState::load_changelog`]).
+//! The checkpoint store holds the state of its record's `state_epoch` m, plus possibly some
+//! prefix of the later epochs' deltas (applied unsynced; see `checkpoint/src/store/mod.rs`), and
+//! the WAL holds the deltas of epochs m+1 ..= c. The state of checkpoint c is then exactly
+//! `{(k, t) in store ∪ deltas : t >= w_c}`, whatever prefix of the later deltas the store kept:
+//! every key an epoch adds has `t >=` the watermark then in effect, so no eviction before it can
+//! remove it; an eviction removes everything below a watermark, so what it removes is below
+//! `w_c` anyway; and a key is accepted again only after its earlier entry was evicted, i.e.
+//! after that entry fell below some watermark `<= w_c`, so after the filter each key is there
+//! once. (Property-tested below against a model with a crash at every point.)
+//!
 //! Event times are microseconds since the Unix epoch.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
-use crate::dedup_key::DedupKey;
+use crate::dedup_key::{DedupKey, INLINE_MAX};
 
 /// FxHash (rustc's hasher) with a final mix: dedup keys are not attacker-chosen hash-flooding input in a
 /// single-tenant pipeline, and SipHash cost ~40% of a lookup in the `records` bench.
@@ -73,47 +85,19 @@ pub enum Verdict {
     Late,
 }
 
-/// `(key, event_time)` pairs packed in one buffer, in order (no allocation per key): the keys
-/// accepted since the last checkpoint (what the next one inserts), and the chunks a restart
-/// loads state in.
-#[derive(Debug, Default, Clone)]
-pub struct PackedKeys {
-    bytes: Vec<u8>,
-    /// (end offset in `bytes`, event time) per key.
-    entries: Vec<(usize, i64)>,
-}
-
-impl PackedKeys {
-    /// Appends one pair.
-    pub fn push(&mut self, key: &[u8], event_time: i64) {
-        self.bytes.extend_from_slice(key);
-        self.entries.push((self.bytes.len(), event_time));
-    }
-
-    /// Number of keys.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True when there are none.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// `(key, event_time)` in the order they were accepted.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], i64)> + '_ {
-        self.entries.iter().enumerate().map(|(i, &(end, t))| {
-            let start = if i == 0 { 0 } else { self.entries[i - 1].0 };
-            (&self.bytes[start..end], t)
-        })
-    }
-}
+/// `(key, event_time)` pairs packed in one buffer: the keys an epoch added (its state delta,
+/// logged before its seal and applied to the store after its checkpoint), and the chunks a
+/// restart loads state in.
+pub use tidemark_checkpoint::store::PackedKeys;
 
 /// The dedup state: keys with their event times, and the watermark in effect.
 #[derive(Debug, Default, Clone)]
 pub struct DedupState {
     keys: KeyMap,
     watermark: Option<i64>,
+    /// No key in state has an event time below this (a lower bound, exact after each
+    /// eviction): an advance that evicts nothing skips the scan of the whole map.
+    oldest: i64,
     /// Keys accepted since the last [`DedupState::take_inserted`], in order.
     inserted: PackedKeys,
     /// Wall clock (Unix ms) of the batch being decided, as logged in the WAL.
@@ -127,6 +111,7 @@ impl DedupState {
         Self {
             keys: KeyMap::with_capacity_and_hasher(capacity, BuildHasherDefault::default()),
             watermark,
+            oldest: i64::MAX,
             inserted: PackedKeys::default(),
             batch_clock_ms: None,
         }
@@ -165,9 +150,22 @@ impl DedupState {
     }
 
     /// Adds one checkpointed entry (it is in the store already, so it is not recorded as
-    /// inserted).
+    /// inserted). Entries below the watermark are not state (their eviction was not
+    /// persisted yet): they are skipped.
     pub fn load(&mut self, key: &[u8], event_time: i64) {
-        self.keys.insert(DedupKey::from(key), event_time);
+        if self.watermark.is_none_or(|w| event_time >= w) {
+            self.keys.insert(DedupKey::from(key), event_time);
+            self.oldest = self.oldest.min(event_time);
+        }
+    }
+
+    /// Adds an epoch's delta read back from the WAL's changelog (see the module documentation):
+    /// like [`DedupState::load`], the keys at or above the watermark, not recorded as inserted
+    /// (the changelog is already durable; the store gets it from there).
+    pub fn load_changelog(&mut self, delta: &PackedKeys) {
+        for (k, t) in delta.iter() {
+            self.load(k, t);
+        }
     }
 
     /// The watermark in effect.
@@ -190,11 +188,23 @@ impl DedupState {
         if self.watermark.is_some_and(|w| event_time < w) {
             return Verdict::Late;
         }
-        if self.keys.contains_key(key) {
-            return Verdict::Duplicate;
+        if key.len() <= INLINE_MAX {
+            // One probe, and no allocation: an inline key is built on the stack.
+            match self.keys.entry(DedupKey::from(key)) {
+                Entry::Occupied(_) => return Verdict::Duplicate,
+                Entry::Vacant(v) => {
+                    v.insert(event_time);
+                }
+            }
+        } else {
+            // A long key is looked up as a slice first: a duplicate allocates nothing.
+            if self.keys.contains_key(key) {
+                return Verdict::Duplicate;
+            }
+            self.keys.insert(DedupKey::from(key), event_time);
         }
         self.inserted.push(key, event_time);
-        self.keys.insert(DedupKey::from(key), event_time);
+        self.oldest = self.oldest.min(event_time);
         Verdict::Accept
     }
 
@@ -207,7 +217,17 @@ impl DedupState {
             (a, b) => a.or(b),
         };
         if let Some(w) = self.watermark.filter(|_| self.watermark != before) {
-            self.keys.retain(|_, t| *t >= w);
+            if self.oldest < w {
+                let mut oldest = i64::MAX;
+                self.keys.retain(|_, t| {
+                    let keep = *t >= w;
+                    if keep {
+                        oldest = oldest.min(*t);
+                    }
+                    keep
+                });
+                self.oldest = oldest;
+            }
         }
         self.watermark
     }
@@ -215,17 +235,7 @@ impl DedupState {
     /// The keys accepted since the last call that are still at or above the watermark: what
     /// the next checkpoint must insert.
     pub fn take_inserted(&mut self) -> PackedKeys {
-        let all = std::mem::take(&mut self.inserted);
-        match self.watermark {
-            Some(w) if all.iter().any(|(_, t)| t < w) => {
-                let mut kept = PackedKeys::default();
-                for (k, t) in all.iter().filter(|(_, t)| *t >= w) {
-                    kept.push(k, t);
-                }
-                kept
-            }
-            _ => all,
-        }
+        std::mem::take(&mut self.inserted).at_or_above(self.watermark)
     }
 
     /// Every `(key, event_time)` in state, in no order (tests and tools).
@@ -440,6 +450,82 @@ mod tests {
             let mut replayed = prefix;
             replayed.extend(rest);
             prop_assert_eq!(replayed, reference);
+        }
+
+        /// The changelog recovery of the module documentation: epochs run, each checkpoint's
+        /// delta is logged (the WAL) and applied to a store model in order; the store syncs
+        /// now and then (its durable state then covers every delta applied). A crash after any
+        /// checkpoint keeps the synced state plus ANY prefix of the deltas applied after it;
+        /// restoring (that store, then the WAL's deltas after the synced epoch, all filtered by
+        /// the newest checkpoint's watermark) gives exactly the live state, and the run goes on
+        /// with the same verdicts.
+        #[test]
+        fn the_store_plus_the_changelog_restores_the_exact_state_after_any_crash(
+            input in records(),
+            epochs in proptest::collection::vec(1usize..40, 1..10),
+            marks in proptest::collection::vec(0i64..1_000, 10),
+            syncs in proptest::collection::vec(any::<bool>(), 10),
+            crash_after in 0usize..10,
+            kept in any::<proptest::sample::Index>(),
+        ) {
+            use std::collections::BTreeSet;
+            let mut marks = marks;
+            marks.sort_unstable();
+            let crash_after = crash_after.min(epochs.len() - 1);
+            // Store model: the synced set, and the deltas applied since (not synced).
+            let mut synced: BTreeSet<(Vec<u8>, i64)> = BTreeSet::new();
+            let mut synced_epoch = 0usize;
+            let mut unsynced: Vec<(PackedKeys, Option<i64>)> = Vec::new();
+            let mut wal: Vec<(PackedKeys, Option<i64>)> = Vec::new();
+            let apply = |set: &mut BTreeSet<(Vec<u8>, i64)>, (keys, w): &(PackedKeys, Option<i64>)| {
+                if let Some(w) = w {
+                    set.retain(|(_, t)| t >= w);
+                }
+                for (k, t) in keys.iter() {
+                    set.insert((k.to_vec(), t));
+                }
+            };
+            let mut live = DedupState::default();
+            let mut at = 0;
+            for (e, &len) in epochs.iter().enumerate().take(crash_after + 1) {
+                let end = (at + len).min(input.len());
+                for &(k, t) in &input[at..end] {
+                    live.check(&[k], t);
+                }
+                at = end;
+                let w = live.advance(Some(marks[e]));
+                let delta = (live.take_inserted(), w);
+                wal.push(delta.clone());
+                unsynced.push(delta);
+                if syncs[e] {
+                    for d in unsynced.drain(..) {
+                        apply(&mut synced, &d);
+                    }
+                    synced_epoch = e + 1;
+                }
+            }
+            // The crash: the store keeps the synced state plus a prefix of the rest.
+            let mut store = synced.clone();
+            for d in &unsynced[..kept.index(unsynced.len() + 1)] {
+                apply(&mut store, d);
+            }
+            let w = live.watermark();
+            let mut restored = DedupState::with_capacity(0, w);
+            for (k, t) in &store {
+                restored.load(k, *t);
+            }
+            for (keys, _) in &wal[synced_epoch..] {
+                restored.load_changelog(keys);
+            }
+            let mut want: Vec<(Vec<u8>, i64)> = live.entries().map(|(k, t)| (k.to_vec(), t)).collect();
+            let mut got: Vec<(Vec<u8>, i64)> = restored.entries().map(|(k, t)| (k.to_vec(), t)).collect();
+            want.sort();
+            got.sort();
+            prop_assert_eq!(got, want);
+            // And the rest of the stream gets the same verdicts from either.
+            for &(k, t) in &input[at..] {
+                prop_assert_eq!(restored.check(&[k], t), live.check(&[k], t));
+            }
         }
 
         /// Each accepted key is unique while in state; nothing below the watermark stays.

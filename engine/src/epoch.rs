@@ -133,8 +133,37 @@ pub struct DedupSpec {
 /// A row's dedup key and event time (micros), `None` where null or missing.
 pub type KeyAndTime = (Option<Vec<u8>>, Option<i64>);
 
-/// A row's dedup key bytes, `None` where null or missing.
-type DedupKeyBytes = Option<Vec<u8>>;
+/// A batch's dedup keys, encoded once for the whole batch: the key columns in Arrow's row
+/// format (one buffer), or the records' Kafka keys, borrowed. [`BatchKeys::get`] borrows a
+/// row's key bytes: the hot path allocates nothing per record.
+pub struct BatchKeys<'a> {
+    inner: KeysInner<'a>,
+}
+
+enum KeysInner<'a> {
+    /// Dedup is off.
+    Off,
+    /// Key columns: their rows, and the columns (a null in any makes the key null).
+    Rows {
+        rows: arrow::row::Rows,
+        cols: Vec<ArrayRef>,
+    },
+    /// The Kafka message key of each row's record.
+    Kafka(&'a [&'a SourceRecord]),
+}
+
+impl BatchKeys<'_> {
+    /// Row `i`'s key bytes; `None` where null or missing.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        match &self.inner {
+            KeysInner::Off => None,
+            KeysInner::Rows { rows, cols } => {
+                (!cols.iter().any(|c| c.is_null(i))).then(|| rows.row(i).data())
+            }
+            KeysInner::Kafka(records) => records.get(i).and_then(|r| r.key.as_deref()),
+        }
+    }
+}
 
 /// A row's event time: `None` where null or missing, `Some(Err(value))` where the column's
 /// value does not fit microseconds, else `Some(Ok(micros))`.
@@ -292,26 +321,30 @@ impl RecordProcessor {
         records: &[&SourceRecord],
     ) -> Result<Vec<KeyAndTime>, ProcessError> {
         let (keys, times) = self.keys_and_event_times(batch, records)?;
-        Ok(keys
+        Ok(times
             .into_iter()
-            .zip(times.into_iter().map(|t| t.and_then(Result::ok)))
+            .enumerate()
+            .map(|(i, t)| (keys.get(i).map(<[u8]>::to_vec), t.and_then(Result::ok)))
             .collect())
     }
 
-    fn keys_and_event_times(
+    fn keys_and_event_times<'a>(
         &self,
         batch: &RecordBatch,
-        records: &[&SourceRecord],
-    ) -> Result<(Vec<DedupKeyBytes>, Vec<EventTime>), ProcessError> {
+        records: &'a [&'a SourceRecord],
+    ) -> Result<(BatchKeys<'a>, Vec<EventTime>), ProcessError> {
         let Some(spec) = &self.dedup else {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok((
+                BatchKeys {
+                    inner: KeysInner::Off,
+                },
+                Vec::new(),
+            ));
         };
         let n = batch.num_rows();
         let record = |i: usize| records.get(i).copied();
-        let keys: Vec<DedupKeyBytes> = match &spec.key {
-            KeySource::KafkaKey => (0..n)
-                .map(|i| record(i).and_then(|r| r.key.clone()))
-                .collect(),
+        let keys = match &spec.key {
+            KeySource::KafkaKey => KeysInner::Kafka(records),
             KeySource::Columns(idx) => {
                 let cols: Vec<ArrayRef> = idx.iter().map(|i| batch.column(*i).clone()).collect();
                 let converter =
@@ -326,17 +359,10 @@ impl RecordProcessor {
                 let rows = converter
                     .convert_columns(&cols)
                     .map_err(|source| ProcessError::KeyEncoding { source })?;
-                (0..n)
-                    .map(|i| {
-                        if cols.iter().any(|c| c.is_null(i)) {
-                            None
-                        } else {
-                            Some(rows.row(i).as_ref().to_vec())
-                        }
-                    })
-                    .collect()
+                KeysInner::Rows { rows, cols }
             }
         };
+        let keys = BatchKeys { inner: keys };
         let millis = |ms: i64| ms.checked_mul(1000).ok_or(ms);
         let times: Vec<EventTime> = match spec.time {
             TimeSource::KafkaTimestamp => match batch.schema().index_of(COL_TIMESTAMP) {
@@ -730,9 +756,16 @@ impl OpenEpoch {
         now: Instant,
     ) -> Result<(), ProcessError> {
         let (keys, times) = p.keys_and_event_times(&batch, row_records)?;
-        let mut keep = Vec::with_capacity(keys.len());
-        for ((key, time), record) in keys.into_iter().zip(times).zip(row_records) {
-            keep.push(self.dedup_verdict(p, spec, rt, record, key, time, now)?);
+        let mut keep = Vec::with_capacity(times.len());
+        for (i, (time, record)) in times.into_iter().zip(row_records).enumerate() {
+            keep.push(self.dedup_verdict(p, spec, rt, record, keys.get(i), time, now)?);
+        }
+        if keep.iter().all(|k| *k) {
+            // Nothing dropped (the common batch): no copy.
+            if batch.num_rows() > 0 {
+                self.batches.push(batch);
+            }
+            return Ok(());
         }
         let mask = BooleanArray::from(keep);
         let kept = arrow::compute::filter_record_batch(&batch, &mask).map_err(|source| {
@@ -757,7 +790,7 @@ impl OpenEpoch {
         spec: &DedupSpec,
         rt: &mut DedupRuntime,
         record: &SourceRecord,
-        key: DedupKeyBytes,
+        key: Option<&[u8]>,
         time: EventTime,
         now: Instant,
     ) -> Result<bool, ProcessError> {
@@ -806,7 +839,7 @@ impl OpenEpoch {
             )?;
             return Ok(false);
         };
-        Ok(match rt.state.check(&key, time) {
+        Ok(match rt.state.check(key, time) {
             Verdict::Accept => true,
             Verdict::Duplicate => {
                 self.duplicates += 1;

@@ -34,7 +34,21 @@
 //! batch is what decides `event_time_in_future` (see `dedup.max_event_time_skew_ms`), so a
 //! replay decides it from the WAL, exactly as the first time. Record frames with no clock
 //! before them (a WAL written by an older build) are replayed without that check. Markers of
-//! another type are skipped by this build.
+//! another type are skipped by this build (and type 2 by builds before it).
+//!
+//! **State delta** (marker type 2; with dedup, written just before the epoch's seal, in the
+//! same synced write): the keys the epoch added to the dedup state (those still at or above
+//! the watermark decided at the seal), split over as many frames as needed:
+//!
+//! ```text
+//! u8   marker type  2 = state delta
+//! u32  n keys in this frame
+//! n x { i64 event_time, u32 key length, key bytes }
+//! ```
+//! The seal after them counts the epoch's delta keys (`state_keys`), so a scan knows the
+//! delta is whole. They are the dedup state's changelog: the checkpoint store applies an
+//! epoch's delta without a sync, and the WAL keeps these frames until a later checkpoint's
+//! state covers them (see `checkpoint/src/store/mod.rs`).
 //!
 //! # Seal frame payload (frame kind `Seal`)
 //!
@@ -47,7 +61,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tidemark_checkpoint::store::SourcePosition;
+use tidemark_checkpoint::store::{PackedKeys, SourcePosition};
 use tidemark_checkpoint::wal::format::MAX_PAYLOAD;
 use tidemark_checkpoint::wal::FrameKind;
 use tidemark_connectors::{Positions, SourceRecord};
@@ -76,6 +90,10 @@ pub const MAX_RECORD_BYTES: usize = MAX_PAYLOAD - RECORD_OVERHEAD - MAX_TOPIC_BY
 
 /// Marker type of a batch clock.
 const MARKER_BATCH_CLOCK: u8 = 1;
+/// Marker type of a state delta.
+const MARKER_STATE_DELTA: u8 = 2;
+/// Key bytes per state-delta frame before the next frame starts (far below a frame's limit).
+const STATE_DELTA_FRAME_BYTES: usize = 1 << 20;
 
 /// Bytes that are not a record payload this build can read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -192,6 +210,67 @@ pub fn decode_batch_clock(payload: &[u8]) -> Result<Option<i64>, EpochLogError> 
             Ok(Some(i64::from_le_bytes(ms)))
         }
         _ => Ok(None),
+    }
+}
+
+/// Encodes `keys` as state-delta marker payloads (module documentation), one per frame of at
+/// most about [`STATE_DELTA_FRAME_BYTES`], and hands each to `append`. Returns the keys
+/// encoded. A key longer than a frame holds cannot occur (keys come from records that fit a
+/// frame), and is an error.
+pub fn log_state_delta<E>(
+    keys: &PackedKeys,
+    buf: &mut Vec<u8>,
+    mut append: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<u64, E> {
+    let mut iter = keys.iter().peekable();
+    let mut total = 0u64;
+    while iter.peek().is_some() {
+        buf.clear();
+        buf.push(MARKER_STATE_DELTA);
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        let mut n = 0u32;
+        while let Some((key, time)) = iter.peek().copied() {
+            if n > 0 && buf.len() + 12 + key.len() > STATE_DELTA_FRAME_BYTES {
+                break;
+            }
+            buf.extend_from_slice(&time.to_le_bytes());
+            buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            buf.extend_from_slice(key);
+            n += 1;
+            iter.next();
+        }
+        buf[1..5].copy_from_slice(&n.to_le_bytes());
+        total += u64::from(n);
+        append(buf)?;
+    }
+    Ok(total)
+}
+
+/// The keys of a state-delta marker payload, appended to `out`; `Ok(false)` for a marker of
+/// another type (nothing appended).
+pub fn decode_state_delta(payload: &[u8], out: &mut PackedKeys) -> Result<bool, EpochLogError> {
+    let damaged = || EpochLogError::Damaged("state delta marker is cut short");
+    match payload.split_first() {
+        Some((&MARKER_STATE_DELTA, rest)) => {
+            let (n, mut rest) = rest.split_first_chunk::<4>().ok_or_else(damaged)?;
+            for _ in 0..u32::from_le_bytes(*n) {
+                let (time, r) = rest.split_first_chunk::<8>().ok_or_else(damaged)?;
+                let (len, r) = r.split_first_chunk::<4>().ok_or_else(damaged)?;
+                let len = u32::from_le_bytes(*len) as usize;
+                if r.len() < len {
+                    return Err(damaged());
+                }
+                out.push(&r[..len], i64::from_le_bytes(*time));
+                rest = &r[len..];
+            }
+            if !rest.is_empty() {
+                return Err(EpochLogError::Damaged(
+                    "state delta marker has trailing bytes",
+                ));
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }
 
@@ -405,6 +484,10 @@ pub struct SealInfo {
     /// nothing is compared).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<BTreeMap<String, String>>,
+    /// Keys in the state-delta frames logged just before this seal (with dedup and
+    /// checkpoints on); absent when none were logged (dedup off, or an older build).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_keys: Option<u64>,
 }
 
 impl SealInfo {
@@ -525,6 +608,49 @@ mod tests {
             }
         }
 
+        /// A state delta reads back whole, in order, over as many frames as it needs; a cut
+        /// frame is an error; other markers are not deltas; a batch replay skips deltas.
+        #[test]
+        fn state_deltas_round_trip_over_frames(
+            keys in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..40), any::<i64>()), 0..200),
+            big in proptest::collection::vec(any::<u8>(), 0..(STATE_DELTA_FRAME_BYTES / 3)),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let mut packed = PackedKeys::default();
+            for (k, t) in &keys {
+                packed.push(k, *t);
+            }
+            // Keys big enough that the delta spans frames.
+            packed.push(&big, 1);
+            packed.push(&big, 2);
+            packed.push(&big, 3);
+            let mut frames = Vec::new();
+            let n = log_state_delta(&packed, &mut Vec::new(), |p| {
+                frames.push(p.to_vec());
+                Ok::<(), ()>(())
+            }).unwrap();
+            prop_assert_eq!(n, packed.len() as u64);
+            prop_assert!(big.len() < STATE_DELTA_FRAME_BYTES / 3 || frames.len() > 1);
+            let mut back = PackedKeys::default();
+            for f in &frames {
+                prop_assert!(f.len() <= STATE_DELTA_FRAME_BYTES + 12 + big.len());
+                prop_assert!(decode_state_delta(f, &mut back).unwrap());
+                prop_assert_eq!(decode_batch_clock(f).unwrap(), None);
+                let mut replay = Replay::default();
+                replay.add_frame(FrameKind::Marker, f, &mut RecordDecoder::default()).unwrap();
+                prop_assert!(replay.is_empty());
+            }
+            prop_assert_eq!(&back, &packed);
+            let f = &frames[0];
+            let cut = cut.index(f.len());
+            if cut >= 5 && cut < f.len() {
+                prop_assert!(decode_state_delta(&f[..cut], &mut PackedKeys::default()).is_err());
+            }
+            let mut clock = Vec::new();
+            encode_batch_clock(5, &mut clock);
+            prop_assert!(!decode_state_delta(&clock, &mut PackedKeys::default()).unwrap());
+        }
+
         #[test]
         fn a_cut_payload_is_an_error_not_a_wrong_record(r in record(), cut in 0usize..64, limit in 40usize..400) {
             for limit in [MAX_PAYLOAD, limit] {
@@ -571,7 +697,7 @@ mod tests {
         ) {
             let mut end = Positions::new();
             for (p, o) in offsets { end.set("t", p, o); }
-            let s = SealInfo { start_positions: Positions::new(), end_positions: end, records: n, watermark: Some(n as i64), settings };
+            let s = SealInfo { start_positions: Positions::new(), end_positions: end, records: n, watermark: Some(n as i64), settings, state_keys: Some(n) };
             prop_assert_eq!(SealInfo::decode(&s.encode()).unwrap(), s);
         }
     }

@@ -10,6 +10,9 @@
 //!   `v > c+1`, `t < v <= c`, a commit of `c+1` that does not start where `c` ends: refuse);
 //! - it never continues past WAL damage that held records the table does not hold, unless the
 //!   operator accepted re-reading them from the source;
+//! - it never continues from a checkpoint whose dedup state it cannot restore exactly (the
+//!   store's synced state plus the WAL's changelog after it): without the whole changelog it
+//!   resumes from the table, which rebuilds the state from the rows;
 //! - the next epoch it hands out is always above `v`.
 
 use std::fmt;
@@ -88,6 +91,10 @@ pub struct StartFacts {
     pub accept_wal_damage: bool,
     /// A `--rewind-to` request.
     pub rewind: Option<RewindFacts>,
+    /// The WAL holds the whole changelog of the checkpoint's dedup state: the state deltas of
+    /// every epoch after the store's synced `state_epoch` up to `c` (trivially true when the
+    /// state is synced through `c`, with dedup off, or without a checkpoint).
+    pub state_changelog_complete: bool,
 }
 
 /// Why a start resumes from the table's own progress.
@@ -107,6 +114,10 @@ pub enum FromTableReason {
     /// pipeline ran with checkpoints off before, or a crash came before the first checkpoint
     /// and the WAL was set aside).
     NoCheckpointYet,
+    /// The checkpoint's dedup state lags its epoch (its later deltas only in the WAL) and the
+    /// WAL no longer holds all of them (damage, lost segments): the state is rebuilt from the
+    /// table's rows instead.
+    StateChangelogLost,
 }
 
 /// What to do on start.
@@ -221,6 +232,7 @@ impl StartCase {
                 FromTableReason::SealLostCommitLanded => "seal_lost_commit_landed",
                 FromTableReason::Rewind => "rewind",
                 FromTableReason::NoCheckpointYet => "no_checkpoint_yet",
+                FromTableReason::StateChangelogLost => "state_changelog_lost",
             },
             Self::Refuse(_) => "refused",
         }
@@ -240,6 +252,7 @@ impl fmt::Display for StartCase {
                 FromTableReason::SealLostCommitLanded => write!(f, "epoch {table_txn} is in the table and continues the checkpoint, but its WAL seal is lost: resume from the table's newest commit and rebuild state from the table"),
                 FromTableReason::Rewind => write!(f, "rewind: restart from the table's progress at epoch {table_txn}"),
                 FromTableReason::NoCheckpointYet => write!(f, "no checkpoint yet and nothing in the WAL, but the table holds epoch {table_txn}: resume from the table"),
+                FromTableReason::StateChangelogLost => write!(f, "the WAL lost part of the dedup state's changelog the checkpoint needs: resume from the table's newest Tidemark commit (epoch {table_txn}) and rebuild state from the table"),
             },
             Self::Refuse(r) => write!(f, "{r}"),
         }
@@ -263,6 +276,24 @@ impl fmt::Display for Refusal {
 
 /// Decides what a start does from `facts`.
 pub fn decide(facts: StartFacts) -> StartCase {
+    match decide_from_checkpoint(facts) {
+        StartCase::Fresh
+        | StartCase::ResumeEpoch { .. }
+        | StartCase::RedoEpoch { .. }
+        | StartCase::WriteMissingCheckpoint { .. }
+            if !facts.state_changelog_complete =>
+        {
+            StartCase::FromTable {
+                reason: FromTableReason::StateChangelogLost,
+                table_txn: facts.table_txn,
+            }
+        }
+        case => case,
+    }
+}
+
+/// [`decide`] before the dedup state's changelog is considered.
+fn decide_from_checkpoint(facts: StartFacts) -> StartCase {
     let v = facts.table_txn;
     let refuse = StartCase::Refuse;
     if !facts.checkpoints || facts.store == StoreFacts::Lost {

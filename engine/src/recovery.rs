@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use serde::Serialize;
-use tidemark_checkpoint::wal::format::FRAME_HEADER_LEN;
+use tidemark_checkpoint::store::StateDelta;
+use tidemark_checkpoint::wal::format::{frame_len, FRAME_HEADER_LEN};
 use tidemark_checkpoint::wal::{FrameKind, RecoveryReport as WalRecovery};
 use tidemark_checkpoint::{
     CheckpointRecord, CheckpointStore, StoreError, StoreOptions, SyncPolicy, Wal, WalError,
@@ -26,7 +27,7 @@ use crate::epoch::{
     settings_diff, settings_refusal, DedupRuntime, DedupSpec, KeySource, OpenEpoch, ProcessError,
     RecordProcessor,
 };
-use crate::epoch_log::{from_store_positions, RecordDecoder, Replay, SealInfo};
+use crate::epoch_log::{decode_state_delta, from_store_positions, RecordDecoder, Replay, SealInfo};
 use crate::progress::Progress;
 use crate::protocol::{
     decide, FromTableReason, Refusal, RewindFacts, StartCase, StartFacts, StoreFacts,
@@ -148,6 +149,95 @@ pub(crate) fn wal_position(c: &CheckpointRecord) -> WalPosition {
         segment: c.wal_segment,
         offset: c.wal_offset,
     }
+}
+
+/// Where checkpoint `c` says the WAL's changelog of its state begins (the deltas of epochs
+/// `c.state_epoch + 1 ..= c.epoch`; `wal_position(c)` when the state is synced through `c`).
+pub(crate) fn state_position(c: &CheckpointRecord) -> WalPosition {
+    WalPosition {
+        segment: c.state_wal_segment,
+        offset: c.state_wal_offset,
+    }
+}
+
+/// The state deltas checkpoint `c`'s state lacks, read back from the WAL: epochs
+/// `c.state_epoch + 1 ..= c.epoch` in order, each with the position just after its seal.
+#[derive(Debug, Default)]
+pub(crate) struct Changelog {
+    /// The deltas found, in epoch order.
+    pub deltas: Vec<(u64, WalPosition, StateDelta)>,
+    /// True when every epoch the state lacks has its whole delta (its seal, counting as many
+    /// keys as the frames before it hold).
+    pub complete: bool,
+}
+
+/// Reads the changelog checkpoint `c`'s state lacks from `frames` (the WAL read from
+/// [`state_position`]): the frames before the checkpoint's own position. Incomplete (never an
+/// error) when an epoch is missing, out of order, or its delta does not add up: recovery then
+/// rebuilds the state from the table instead.
+pub(crate) fn read_changelog<E>(
+    c: &CheckpointRecord,
+    frames: impl IntoIterator<Item = Result<(WalPosition, tidemark_checkpoint::wal::Frame), E>>,
+) -> Result<Changelog, E> {
+    let mut out = Changelog::default();
+    let end = wal_position(c);
+    if c.state_epoch >= c.epoch {
+        out.complete = true;
+        return Ok(out);
+    }
+    let mut next = c.state_epoch + 1;
+    let mut keys = tidemark_checkpoint::store::PackedKeys::default();
+    let mut whole = true;
+    for item in frames {
+        let (at, frame) = item?;
+        if at >= end {
+            break;
+        }
+        if frame.epoch != next {
+            whole = false;
+            break;
+        }
+        match frame.kind {
+            FrameKind::Marker => match decode_state_delta(&frame.payload, &mut keys) {
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(
+                        epoch = frame.epoch,
+                        segment = at.segment,
+                        offset = at.offset,
+                        "state delta frame unreadable: {e}"
+                    );
+                    whole = false;
+                    break;
+                }
+            },
+            FrameKind::Record => {}
+            FrameKind::Seal => {
+                let seal = SealInfo::decode(&frame.payload).ok();
+                let n = seal.as_ref().and_then(|s| s.state_keys);
+                if n != Some(keys.len() as u64) {
+                    whole = false;
+                    break;
+                }
+                let after = WalPosition {
+                    segment: at.segment,
+                    offset: at.offset + frame_len(frame.payload.len()) as u64,
+                };
+                out.deltas.push((
+                    next,
+                    after,
+                    StateDelta {
+                        epoch: next,
+                        inserts: std::mem::take(&mut keys),
+                        evict_below: seal.and_then(|s| s.watermark),
+                    },
+                ));
+                next += 1;
+            }
+        }
+    }
+    out.complete = whole && next == c.epoch + 1;
+    Ok(out)
 }
 
 /// How the checkpoint store opened.
@@ -285,6 +375,15 @@ pub async fn recover(
         OpenedStore::Replaced(s) => (s, true),
     };
     let mut latest = store.latest()?;
+    // The dedup state is the slowest part of a restart with a big state: its load starts now,
+    // in the background, while the table, the WAL and the sweep are read; the first verdict
+    // waits for it (nothing is decided before the whole state is in).
+    let preload = match (&latest, processor.dedup()) {
+        (Some(c), Some(_)) if config.checkpoint.enabled => {
+            Some(StateLoad::start(store.clone(), c.watermark))
+        }
+        _ => None,
+    };
 
     let (txn, progress) = sink.progress().await?;
     // The topic ids recorded with the positions: recorded again by commits (a redo during
@@ -307,8 +406,14 @@ pub async fn recover(
     };
 
     let from = latest.as_ref().map(wal_position);
-    let (mut wal, wal_report) =
-        Wal::open_with_fs(fs.clone(), &wal_dir(state), wal_options(config), from)?;
+    // The open scans (and repairs) from where the state's changelog begins: that part of the
+    // log is still needed.
+    let (mut wal, wal_report) = Wal::open_with_fs(
+        fs.clone(),
+        &wal_dir(state),
+        wal_options(config),
+        latest.as_ref().map(state_position),
+    )?;
     log_wal_recovery(&wal_report, &mut outcome);
     let store_facts = StoreFacts::classify(
         latest.as_ref().map(|c| (c.epoch, c.committed_epoch)),
@@ -323,6 +428,18 @@ pub async fn recover(
     } else {
         (Replay::default(), None)
     };
+    let changelog = match latest.as_ref() {
+        Some(c) if config.checkpoint.enabled && !store_lost && processor.dedup().is_some() => {
+            read_changelog(c, wal.reader(state_position(c)))?
+        }
+        _ => Changelog {
+            complete: true,
+            ..Changelog::default()
+        },
+    };
+    if !changelog.complete {
+        error!(checkpoint = c_epoch, state_epoch = latest.as_ref().map(|c| c.state_epoch), deltas_found = changelog.deltas.len(), "the WAL does not hold the dedup state's changelog the checkpoint needs (damaged or lost segments)");
+    }
     let checkpoint_positions = latest
         .as_ref()
         .map(|c| from_store_positions(&c.positions))
@@ -362,6 +479,7 @@ pub async fn recover(
         wal_damage_newest_epoch: damage_newest,
         accept_wal_damage: options.accept_wal_damage,
         rewind,
+        state_changelog_complete: changelog.complete,
     };
     let decision = decide(facts);
     info!(case = decision.name(), ?facts, "recovery: {decision}");
@@ -370,6 +488,7 @@ pub async fn recover(
     outcome.case = decision.name();
     if let StartCase::Refuse(refusal) = decision {
         // A start that refuses changes nothing: no sweep, no re-anchoring, no reset.
+        drop(preload);
         return Err(refused(refusal, v, &store));
     }
     if options.accept_wal_damage {
@@ -400,9 +519,13 @@ pub async fn recover(
         // in a new segment so later frames are found after it.
         warn!(checkpoint_wal = ?wal_position(c), wal_end = ?wal.end(), "the WAL ends before the checkpointed position; re-anchoring checkpoint {} in a new segment", c.epoch);
         let at = wal.start_new_segment(c.epoch + 1)?;
+        if c.state_epoch >= c.epoch {
+            c.state_wal_segment = at.segment;
+            c.state_wal_offset = at.offset;
+        }
         c.wal_segment = at.segment;
         c.wal_offset = at.offset;
-        store.write(c, [], None)?;
+        store.write_record(c)?;
     }
 
     // One committer for every case; a checkpoint, if any, sets its totals and progress below.
@@ -417,7 +540,12 @@ pub async fn recover(
     if let Some(c) = &latest {
         committer.continue_from(c);
     }
-    let replay = AfterCheckpoint { records, seal };
+    let replay = AfterCheckpoint {
+        records,
+        seal,
+        changelog: changelog.deltas,
+        preload,
+    };
     match decision {
         StartCase::Fresh
         | StartCase::ResumeEpoch { .. }
@@ -436,6 +564,8 @@ pub async fn recover(
             .await
         }
         StartCase::FromTable { reason, .. } => {
+            // The store's state is not used: the load ends before the store is reset.
+            drop(replay.preload);
             let mut progress = progress;
             if reason == FromTableReason::Rewind {
                 if let Some(target) = options
@@ -582,6 +712,10 @@ fn damage_newest_epoch(report: &WalRecovery, checkpoint_epoch: u64) -> Option<u6
 struct AfterCheckpoint {
     records: Replay,
     seal: Option<SealInfo>,
+    /// The state deltas the checkpoint's state lacks (epochs after its `state_epoch`).
+    changelog: Vec<(u64, WalPosition, StateDelta)>,
+    /// The store's dedup state, loading since the store opened.
+    preload: Option<StateLoad>,
 }
 
 /// The cases that continue from the checkpoint `c` (or from none yet).
@@ -603,21 +737,36 @@ async fn from_checkpoint(
         None => (0, 0, Positions::new()),
     };
     let v = outcome.table_txn;
+    let AfterCheckpoint {
+        records,
+        seal,
+        changelog,
+        preload,
+    } = replay;
     if let Some(spec) = processor.dedup() {
         let started = std::time::Instant::now();
         let watermark = c.as_ref().and_then(|c| c.watermark);
-        let state = load_dedup_state(committer.store(), watermark)?;
+        let mut state = match preload {
+            Some(load) => load.join()?,
+            None => load_dedup_state(committer.store(), watermark)?,
+        };
+        let stored = state.len();
+        for (_, _, delta) in &changelog {
+            state.load_changelog(&delta.inserts);
+        }
         let keys = state.len();
         outcome.dedup_keys_loaded = keys as u64;
         committer.set_dedup(dedup_runtime(spec, state, &positions));
         info!(
             keys,
+            from_store = stored,
+            changelog_epochs = changelog.len(),
             ?watermark,
             ms = started.elapsed().as_millis() as u64,
-            "dedup state loaded from the checkpoint"
+            "dedup state loaded from the checkpoint and the WAL's changelog"
         );
+        committer.resume_changelog(changelog)?;
     }
-    let AfterCheckpoint { records, seal } = replay;
     outcome.replayed_records = records.len() as u64;
     match decision {
         StartCase::Fresh | StartCase::ResumeEpoch { .. } => {
@@ -781,6 +930,55 @@ async fn from_table(
     Ok((committer, OpenEpoch::new(v + 1, positions), outcome))
 }
 
+/// A load of the store's dedup state running in the background (see [`recover`]). Dropping
+/// it waits for the load to end.
+struct StateLoad {
+    thread: Option<std::thread::JoinHandle<Result<DedupState, RecoveryError>>>,
+    path: PathBuf,
+    started: std::time::Instant,
+}
+
+impl StateLoad {
+    fn start(store: CheckpointStore, watermark: Option<i64>) -> Self {
+        let path = store.path().to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("tidemark-state-load".into())
+            .spawn(move || load_dedup_state(&store, watermark))
+            .ok();
+        Self {
+            thread,
+            path,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The loaded state (waits for the load to end).
+    fn join(mut self) -> Result<DedupState, RecoveryError> {
+        let failed = |what: &str| RecoveryError::State {
+            path: self.path.clone(),
+            message: format!("the dedup state load {what}"),
+        };
+        let state = match self.thread.take() {
+            Some(t) => t.join().map_err(|_| failed("panicked"))?,
+            None => return Err(failed("could not start a thread")),
+        }?;
+        info!(
+            keys = state.len(),
+            ms = self.started.elapsed().as_millis() as u64,
+            "dedup state loaded from the store (in the background of recovery)"
+        );
+        Ok(state)
+    }
+}
+
+impl Drop for StateLoad {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Pairs per chunk handed from the scanning thread to the inserting one.
 const LOAD_CHUNK: usize = 16 * 1024;
 
@@ -796,7 +994,8 @@ pub fn load_dedup_state(
     let scanned = std::thread::scope(|scope| {
         let scan = scope.spawn(move || {
             let mut chunk = PackedKeys::default();
-            let scanned = store.for_each_dedup_entry(|key, time| {
+            // Entries below the watermark (an eviction not persisted yet) are skipped.
+            let scanned = store.for_each_dedup_entry_from(watermark, |key, time| {
                 chunk.push(key, time);
                 if chunk.len() == LOAD_CHUNK {
                     // A send fails only when the receiver is gone, i.e. never before the end.
@@ -826,7 +1025,7 @@ pub fn load_dedup_state(
         path: store.path().to_path_buf(),
         message: "the dedup state scan panicked".into(),
     })??;
-    debug_assert_eq!(scanned as usize, state.len(), "each key is stored once");
+    debug_assert!(scanned as usize >= state.len(), "each key is stored once");
     Ok(state)
 }
 
@@ -897,6 +1096,118 @@ mod tests {
 
     use super::*;
 
+    /// A checkpoint record of `epoch` whose state is synced only through epoch 0 (so every
+    /// delta of epochs 1..=epoch must come from the WAL, from its start).
+    fn lagging_record(epoch: u64) -> CheckpointRecord {
+        CheckpointRecord {
+            epoch,
+            committed_epoch: epoch,
+            table_version: None,
+            watermark: None,
+            wal_segment: u64::MAX,
+            wal_offset: 0,
+            created_at_ms: 0,
+            counts: Default::default(),
+            positions: Vec::new(),
+            state_epoch: 0,
+            state_wal_segment: 0,
+            state_wal_offset: 0,
+        }
+    }
+
+    /// Power cuts (`PowerCutFs`): the state deltas an epoch logs before its seal are durable
+    /// exactly when the seal is. After each seal the crash image holds the whole changelog so
+    /// far; a delta and a seal that were written but not synced are gone from the image, so a
+    /// record claiming that epoch would find its changelog incomplete (and the start would
+    /// rebuild the state from the table) instead of restoring a state missing those keys.
+    #[test]
+    fn a_power_cut_keeps_exactly_the_synced_changelog() {
+        use crate::epoch_log::log_state_delta;
+        use tidemark_checkpoint::store::PackedKeys;
+        use tidemark_checkpoint::wal::FrameKind;
+        let root = tempfile::tempdir().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let pc = tidemark_fs::PowerCutFs::new(root.path()).unwrap();
+        let dir = root.path().join("wal");
+        let options = WalOptions {
+            segment_size: 4096,
+            sync: SyncPolicy::OnSeal,
+        };
+        let (mut wal, _) =
+            Wal::open_with_fs(std::sync::Arc::new(pc.clone()), &dir, options, None).unwrap();
+        let delta = |epoch: u64| {
+            let mut p = PackedKeys::default();
+            for k in 0..(epoch * 40) {
+                p.push(
+                    format!("key-{epoch}-{k}").as_bytes(),
+                    (epoch * 1000 + k) as i64,
+                );
+            }
+            p
+        };
+        let mut buf = Vec::new();
+        let mut images = 0;
+        let mut changelog_in_image = |epoch: u64| {
+            images += 1;
+            let image = scratch.path().join(format!("image-{images}"));
+            pc.crash_image(&image).unwrap();
+            let wal_dir = image.join("wal");
+            let (wal, _) = Wal::open(&wal_dir, WalOptions::default(), None).unwrap();
+            read_changelog(&lagging_record(epoch), wal.reader(WalPosition::default())).unwrap()
+        };
+        let log_epoch = |wal: &mut Wal, buf: &mut Vec<u8>, epoch: u64| {
+            for r in 0..30u8 {
+                wal.append(FrameKind::Record, epoch, &[r; 50]).unwrap();
+            }
+            let keys = delta(epoch);
+            log_state_delta(&keys, buf, |p| {
+                wal.append(FrameKind::Marker, epoch, p).map(|_| ())
+            })
+            .unwrap();
+            SealInfo {
+                start_positions: Positions::new(),
+                end_positions: Positions::new(),
+                records: 30,
+                watermark: Some(epoch as i64),
+                settings: None,
+                state_keys: Some(keys.len() as u64),
+            }
+            .encode()
+        };
+        for epoch in 1..=4 {
+            let seal = log_epoch(&mut wal, &mut buf, epoch);
+            wal.seal(epoch, &seal).unwrap();
+            let log = changelog_in_image(epoch);
+            assert!(
+                log.complete,
+                "epoch {epoch}: the synced changelog must survive"
+            );
+            let got: Vec<(u64, PackedKeys, Option<i64>)> = log
+                .deltas
+                .into_iter()
+                .map(|(e, _, d)| (e, d.inserts, d.evict_below))
+                .collect();
+            let want: Vec<(u64, PackedKeys, Option<i64>)> =
+                (1..=epoch).map(|e| (e, delta(e), Some(e as i64))).collect();
+            assert_eq!(got, want, "epoch {epoch}");
+        }
+        // Epoch 5: its records, delta and seal written but not synced (no `seal`, only a
+        // group commit under the on-seal policy): a power cut takes them.
+        let seal = log_epoch(&mut wal, &mut buf, 5);
+        wal.append(FrameKind::Seal, 5, &seal).unwrap();
+        wal.commit().unwrap();
+        let log = changelog_in_image(5);
+        assert!(
+            !log.complete,
+            "an unsynced delta must not count: {} deltas found",
+            log.deltas.len()
+        );
+        assert_eq!(log.deltas.len(), 4, "the synced ones are all there");
+        // Once synced, it counts.
+        wal.sync().unwrap();
+        assert!(changelog_in_image(5).complete);
+    }
+
     #[test]
     fn the_loaded_state_is_exactly_the_checkpointed_entries() {
         let dir = tempfile::tempdir().unwrap();
@@ -911,6 +1222,9 @@ mod tests {
             created_at_ms: 0,
             counts: Default::default(),
             positions: Vec::new(),
+            state_epoch: epoch,
+            state_wal_segment: 0,
+            state_wal_offset: 0,
         };
         // More than one chunk, keys short and long, then an eviction below 1_000.
         let keys: Vec<(Vec<u8>, i64)> = (0..(LOAD_CHUNK as i64 * 2 + 7))

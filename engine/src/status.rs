@@ -14,7 +14,9 @@ use tidemark_connectors::Epoch;
 use crate::config::PipelineConfig;
 use crate::epoch_log::from_store_positions;
 use crate::protocol::{decide, StartFacts, StoreFacts};
-use crate::recovery::{continues_checkpoint, store_dir, wal_dir, wal_position};
+use crate::recovery::{
+    continues_checkpoint, read_changelog, state_position, store_dir, wal_dir, wal_position,
+};
 use crate::state_lock;
 use crate::wal_damage;
 
@@ -114,6 +116,9 @@ pub struct WalStatus {
     pub records_after_checkpoint: u64,
     /// Epoch sealed after the checkpoint, if any.
     pub sealed_after_checkpoint: Option<u64>,
+    /// The newest epoch whose dedup state the store has synced (the WAL keeps the state
+    /// deltas after it), per the checkpoint.
+    pub state_epoch: Option<u64>,
     /// Damage met while reading (recovery would cut the log there).
     pub damage: Option<String>,
 }
@@ -197,6 +202,17 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
         }
     }
 
+    // The dedup state's changelog the checkpoint needs (the WAL from the state's position).
+    let changelog_complete = match latest.as_ref() {
+        Some((c, _)) if config.dedup.is_some() => {
+            read_changelog(c, WalReader::new(&wal_path, state_position(c)))
+                .map(|l| l.complete)
+                .unwrap_or(false)
+        }
+        _ => true,
+    };
+    wal.state_epoch = latest.as_ref().map(|(c, _)| c.state_epoch);
+
     let url = config.paths.table_url.clone();
     let mut newest_commit = None;
     let table = match DeltaSink::open_existing(&url, &config.pipeline_id).await? {
@@ -245,6 +261,7 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
             .max(),
         accept_wal_damage: false,
         rewind: None,
+        state_changelog_complete: changelog_complete,
     };
     let case = decide(facts);
     let next = match &store_stops {
@@ -340,6 +357,15 @@ impl Status {
                 .map(|d| format!("; damaged: {d}"))
                 .unwrap_or_default()
         ));
+        if let (Some(m), Some(c)) = (self.wal.state_epoch, self.checkpoint.as_ref()) {
+            if m < c.epoch {
+                line(format!(
+                    "  state      dedup state synced through epoch {m}; the WAL holds the state deltas of epochs {}..={}",
+                    m + 1,
+                    c.epoch
+                ));
+            }
+        }
         line(format!(
             "table        {} {}",
             self.table.uri,
@@ -518,6 +544,9 @@ mod tests {
                 ..Default::default()
             },
             positions: Vec::new(),
+            state_epoch: epoch,
+            state_wal_segment: 0,
+            state_wal_offset: 0,
         }
     }
 

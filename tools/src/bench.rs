@@ -58,6 +58,20 @@ pub struct BenchOptions {
     /// stream's 1 ms per record, every key of the first 3.6M records stays in state).
     #[arg(long)]
     pub dedup: bool,
+    /// Run every interval twice per round, with dedup off and on (rows `<interval>` and
+    /// `<interval>+dedup`), on the same stream in the same run, and print what dedup costs.
+    #[arg(long)]
+    pub compare_dedup: bool,
+    /// `dedup.allowed_lateness_ms` of the dedup runs: the stream's event time moves 1 ms per
+    /// record, so every key of the last this-many records stays in state (raise it to bench a
+    /// bigger state, e.g. 10800000 keeps 10M keys).
+    #[arg(long, default_value_t = 3_600_000)]
+    pub dedup_lateness_ms: u64,
+    /// Another `tidemark` executable (e.g. a build of an older commit) to run every variant
+    /// with as well, in the same rounds on the same stream (rows `<name>@base`), and print this
+    /// build's throughput against it.
+    #[arg(long)]
+    pub baseline_exe: Option<PathBuf>,
     /// Skip the SIGKILL-and-restart run per interval.
     #[arg(long)]
     pub no_recovery: bool,
@@ -119,6 +133,10 @@ pub struct BenchRow {
     pub recovery_ms: Option<u64>,
     /// Dedup keys loaded from the checkpoint by that restart.
     pub recovery_dedup_keys: Option<u64>,
+    /// Peak RSS of that restarted process, MiB.
+    pub recovery_peak_rss_mib: Option<f64>,
+    /// Whether the runs of this row had dedup on.
+    pub dedup: bool,
 }
 
 fn parse_interval(s: &str) -> anyhow::Result<Option<u64>> {
@@ -145,6 +163,68 @@ fn parse_interval(s: &str) -> anyhow::Result<Option<u64>> {
 
 /// A checkpoint interval to measure: its name as given, and milliseconds (`None`: no checkpoint).
 type Interval = (String, Option<u64>);
+
+/// One kind of run: a row of the results.
+#[derive(Debug, Clone)]
+struct Variant {
+    /// The row's name: the interval, with `+dedup` in a `--compare-dedup` bench.
+    name: String,
+    /// Milliseconds (`None`: no checkpoint).
+    interval: Option<u64>,
+    /// Dedup on.
+    dedup: bool,
+    /// Metrics on and scraped (`--metrics`; the name ends with `+metrics`).
+    metrics: bool,
+    /// The pipeline executable (`None`: this one).
+    exe: Option<PathBuf>,
+}
+
+/// The runs `options` asks for, per interval: with dedup as `--dedup` says, or off then on
+/// with `--compare-dedup`.
+fn variants(intervals: &[Interval], options: &BenchOptions) -> Vec<Variant> {
+    let mut exes = vec![(None, "")];
+    if let Some(base) = &options.baseline_exe {
+        exes.push((Some(base.clone()), "@base"));
+    }
+    intervals
+        .iter()
+        .flat_map(|(name, interval)| {
+            let exes = exes.clone();
+            exes.into_iter().flat_map(move |(exe, tag)| {
+                let one = |dedup: bool, metrics: bool, suffix: &str| Variant {
+                    name: format!(
+                        "{name}{suffix}{}{tag}",
+                        if metrics { WITH_METRICS } else { "" }
+                    ),
+                    interval: *interval,
+                    dedup,
+                    metrics,
+                    exe: exe.clone(),
+                };
+                let dedups: &[(bool, &str)] = if options.compare_dedup {
+                    &[(false, ""), (true, "+dedup")]
+                } else {
+                    &[(options.dedup, "")]
+                };
+                let metrics: &[bool] = if options.metrics {
+                    &[false, true]
+                } else {
+                    &[false]
+                };
+                // Metrics outermost: a dedup-off row stays right before its dedup-on row.
+                metrics
+                    .iter()
+                    .flat_map(|&m| {
+                        dedups
+                            .iter()
+                            .map(move |&(dedup, suffix)| (dedup, m, suffix))
+                    })
+                    .map(|(dedup, m, suffix)| one(dedup, m, suffix))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect()
+}
 
 /// librdkafka's in-process mock cluster.
 type Cluster = MockCluster<'static, DefaultProducerContext>;
@@ -173,13 +253,7 @@ struct Setup {
 /// Runs the benchmark, by stage: parse the intervals, prepare --dir, start the broker and
 /// produce the stream, the throughput rounds, per interval a SIGKILL-and-restart run, results.
 pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
-    let mut intervals = parse_intervals(&options.intervals)?;
-    if options.metrics {
-        intervals = intervals
-            .into_iter()
-            .flat_map(|(name, ms)| [(name.clone(), ms), (format!("{name}{WITH_METRICS}"), ms)])
-            .collect();
-    }
+    let intervals = parse_intervals(&options.intervals)?;
     let longest = intervals
         .iter()
         .filter_map(|(_, i)| *i)
@@ -200,12 +274,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         exe,
     };
     let rounds = options.repeat.max(1);
-    let runs = throughput_runs(&setup, &intervals, rounds, options.dedup)?;
+    let variants = variants(&intervals, &options);
+    let runs = throughput_runs(&setup, &variants, rounds, options.dedup_lateness_ms)?;
     let mut rows = Vec::new();
-    for ((name, interval), these) in intervals.iter().zip(runs) {
-        let mut row = median_row(&setup, name, *interval, these);
-        if !options.no_recovery && !name.ends_with(WITH_METRICS) {
-            recovery_run(&setup, &options, name, *interval, &mut row)?;
+    for (variant, these) in variants.iter().zip(runs) {
+        let mut row = median_row(&setup, variant, these);
+        if !options.no_recovery && !variant.metrics {
+            recovery_run(&setup, &options, variant, &mut row)?;
         }
         rows.push(row);
     }
@@ -285,14 +360,15 @@ fn produce_stream(
 /// alike. Each run must read the whole stream.
 fn throughput_runs(
     setup: &Setup,
-    intervals: &[Interval],
+    variants: &[Variant],
     rounds: usize,
-    dedup: bool,
+    lateness_ms: u64,
 ) -> anyhow::Result<Runs> {
     let produced = setup.produced;
-    let mut runs: Runs = vec![Vec::new(); intervals.len()];
+    let mut runs: Runs = vec![Vec::new(); variants.len()];
     for round in 0..rounds {
-        for (i, (name, interval)) in intervals.iter().enumerate() {
+        for (i, v) in variants.iter().enumerate() {
+            let name = &v.name;
             let run_dir = setup.dir.join(format!("run-{name}"));
             if run_dir.exists() {
                 std::fs::remove_dir_all(&run_dir)?;
@@ -301,17 +377,18 @@ fn throughput_runs(
                 &run_dir,
                 &setup.brokers,
                 &setup.topic,
-                *interval,
+                v.interval,
                 setup.longest,
-                dedup,
+                v.dedup.then_some(lateness_ms),
             )?;
-            let scraper = if name.ends_with(WITH_METRICS) {
+            let scraper = if v.metrics {
                 Some(Scraper::start(&config)?)
             } else {
                 None
             };
             let t0 = Instant::now();
-            let summary = run_child(&setup.exe, &config, &run_dir.join("run.log"), &[]);
+            let exe = v.exe.as_ref().unwrap_or(&setup.exe);
+            let summary = run_child(exe, &config, &run_dir.join("run.log"), &[]);
             let wall = t0.elapsed().as_secs_f64();
             let scrapes = scraper.map(Scraper::stop);
             let summary = summary?;
@@ -329,7 +406,7 @@ fn throughput_runs(
                 );
             }
             eprintln!(
-                "  round {}/{rounds} {name:>6}: {:.0} records/s{}",
+                "  round {}/{rounds} {name:>12}: {:.0} records/s{}",
                 round + 1,
                 read as f64 / wall,
                 scrapes
@@ -345,13 +422,14 @@ fn throughput_runs(
 /// One interval's row from its throughput runs: the median run, with every run's rate.
 fn median_row(
     setup: &Setup,
-    name: &str,
-    interval: Option<u64>,
+    variant: &Variant,
     mut these: Vec<(f64, serde_json::Value)>,
 ) -> BenchRow {
+    let (name, interval) = (&variant.name, variant.interval);
     let produced = setup.produced;
-    these.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // In round order: a --compare-dedup bench pairs the rounds.
     let all_rates: Vec<f64> = these.iter().map(|(w, _)| produced as f64 / w).collect();
+    these.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (wall, summary) = these.swap_remove(these.len() / 2);
     let read = produced;
     BenchRow {
@@ -374,6 +452,8 @@ fn median_row(
         recovery_replayed: None,
         recovery_ms: None,
         recovery_dedup_keys: None,
+        recovery_peak_rss_mib: None,
+        dedup: variant.dedup,
     }
 }
 
@@ -382,11 +462,11 @@ fn median_row(
 fn recovery_run(
     setup: &Setup,
     options: &BenchOptions,
-    name: &str,
-    interval: Option<u64>,
+    variant: &Variant,
     row: &mut BenchRow,
 ) -> anyhow::Result<()> {
-    eprint!("  {name:>6}: SIGKILL mid-epoch and restart ...");
+    let (name, interval) = (&variant.name, variant.interval);
+    eprint!("  {name:>12}: SIGKILL mid-epoch and restart ...");
     let rec_dir = setup.dir.join(format!("recovery-{name}"));
     let config = write_config(
         &rec_dir,
@@ -394,27 +474,33 @@ fn recovery_run(
         &setup.topic,
         interval,
         setup.longest,
-        options.dedup,
+        variant.dedup.then_some(options.dedup_lateness_ms),
     )?;
     // SIGKILL from outside at that share of the measured run time: the middle of the
     // stream, most likely inside an open epoch (crash points are compiled only into
     // test builds, so the release binary is killed as an operator's kill -9 would).
     let kill_after = Duration::from_secs_f64(row.wall_secs * options.crash_at.clamp(0.05, 0.95));
-    let finished = run_child_killed(&setup.exe, &config, &rec_dir.join("run-1.log"), kill_after)?;
+    let exe = variant.exe.as_ref().unwrap_or(&setup.exe);
+    let finished = run_child_killed(exe, &config, &rec_dir.join("run-1.log"), kill_after)?;
     if finished {
         bail!("interval {name}: the recovery run finished before its kill at {kill_after:?}");
     }
-    let summary = run_child(&setup.exe, &config, &rec_dir.join("run-2.log"), &[])?;
+    let summary = run_child(exe, &config, &rec_dir.join("run-2.log"), &[])?;
     row.recovery_first_commit_ms = summary["first_commit_ms"].as_u64();
     row.recovery_first_source_commit_ms = summary["first_source_commit_ms"].as_u64();
     row.recovery_replayed = summary["recovery"]["replayed_records"].as_u64();
     row.recovery_ms = summary["recovery"]["recovery_ms"].as_u64();
     row.recovery_dedup_keys = summary["recovery"]["dedup_keys_loaded"].as_u64();
+    row.recovery_peak_rss_mib = summary["peak_rss_bytes"]
+        .as_u64()
+        .map(|b| b as f64 / 1048576.0);
     eprintln!(
-        " {} ms to first commit ({} replayed, {} dedup keys loaded), {} ms to the first commit of new records",
+        " {} ms to first commit ({} replayed, {} dedup keys loaded, recovery {} ms, peak RSS {:.0} MiB), {} ms to the first commit of new records",
         row.recovery_first_commit_ms.unwrap_or(0),
         row.recovery_replayed.unwrap_or(0),
         row.recovery_dedup_keys.unwrap_or(0),
+        row.recovery_ms.unwrap_or(0),
+        row.recovery_peak_rss_mib.unwrap_or(0.0),
         row.recovery_first_source_commit_ms.unwrap_or(0),
     );
     Ok(())
@@ -448,7 +534,7 @@ fn write_results(
         Some(none) => {
             for r in rows {
                 println!(
-                    "  {:>6}: {:.0}% of the no-checkpoint throughput (median of {rounds}; runs: {})",
+                    "  {:>12}: {:.0}% of the no-checkpoint throughput (median of {rounds}; runs: {})",
                     r.interval,
                     100.0 * r.records_per_sec / none.records_per_sec,
                     rates(r)
@@ -457,7 +543,7 @@ fn write_results(
         }
         None => {
             for r in rows {
-                println!("  {:>6}: runs: {}", r.interval, rates(r));
+                println!("  {:>12}: runs: {}", r.interval, rates(r));
             }
         }
     }
@@ -471,6 +557,59 @@ fn write_results(
                 100.0 * (with.records_per_sec / without.records_per_sec - 1.0)
             );
         }
+    }
+    // --compare-dedup: each dedup row against the row before it (same interval, dedup off),
+    // round by round (the two ran back to back on the same stream).
+    for pair in rows.windows(2) {
+        let (off, on) = (&pair[0], &pair[1]);
+        if off.dedup || !on.dedup || on.interval_ms != off.interval_ms {
+            continue;
+        }
+        let mut per_round: Vec<f64> = off
+            .all_records_per_sec
+            .iter()
+            .zip(&on.all_records_per_sec)
+            .map(|(a, b)| b / a)
+            .collect();
+        let shown: Vec<String> = per_round
+            .iter()
+            .map(|r| format!("{:.0}%", r * 100.0))
+            .collect();
+        per_round.sort_by(f64::total_cmp);
+        println!(
+            "  {:>12}: dedup on at {:.0}% of dedup off (median of the per-round ratios; rounds: {}); medians {:.0} vs {:.0} records/s; checkpoint share {:.2}% vs {:.2}%",
+            on.interval,
+            per_round[per_round.len() / 2] * 100.0,
+            shown.join(", "),
+            on.records_per_sec,
+            off.records_per_sec,
+            on.checkpoint_share * 100.0,
+            off.checkpoint_share * 100.0,
+        );
+    }
+    // --baseline-exe: this build against the baseline, variant by variant, round by round.
+    for base in rows.iter().filter(|r| r.interval.ends_with("@base")) {
+        let name = base.interval.trim_end_matches("@base");
+        let Some(this) = rows.iter().find(|r| r.interval == name) else {
+            continue;
+        };
+        let mut per_round: Vec<f64> = this
+            .all_records_per_sec
+            .iter()
+            .zip(&base.all_records_per_sec)
+            .map(|(a, b)| a / b)
+            .collect();
+        per_round.sort_by(f64::total_cmp);
+        println!(
+            "  {name:>12}: this build at {:.0}% of the baseline's throughput (median of the per-round ratios); medians {:.0} vs {:.0} records/s; commit p50 {:.0} vs {:.0} ms; checkpoint share {:.2}% vs {:.2}%",
+            per_round[per_round.len() / 2] * 100.0,
+            this.records_per_sec,
+            base.records_per_sec,
+            this.commit_ms_p50,
+            base.commit_ms_p50,
+            this.checkpoint_share * 100.0,
+            base.checkpoint_share * 100.0,
+        );
     }
     println!(
         "results: {0}/bench.csv, {0}/bench.json, plot {0}/bench.svg",
@@ -559,17 +698,18 @@ fn write_config(
     topic: &str,
     interval: Option<u64>,
     longest: u64,
-    dedup: bool,
+    dedup_lateness_ms: Option<u64>,
 ) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let (interval_ms, enabled) = match interval {
         Some(ms) => (ms, true),
         None => (longest, false),
     };
-    let dedup = if dedup {
-        "\n[dedup]\nkey = [\"id\"]\nevent_time = \"created_at\"\nallowed_lateness_ms = 3600000\n"
-    } else {
-        ""
+    let dedup = match dedup_lateness_ms {
+        Some(ms) => format!(
+            "\n[dedup]\nkey = [\"id\"]\nevent_time = \"created_at\"\nallowed_lateness_ms = {ms}\n"
+        ),
+        None => String::new(),
     };
     let text = format!(
         r#"{MARK}
@@ -729,7 +869,7 @@ fn render_table(rows: &[BenchRow]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n{:>8} {:>10} {:>7} {:>9} {:>8} {:>8} {:>6} {:>6} {:>9} {:>7} {:>7} {:>9} {:>8}",
+        "\n{:>12} {:>10} {:>7} {:>9} {:>8} {:>8} {:>6} {:>6} {:>9} {:>7} {:>7} {:>9} {:>8}",
         "interval",
         "records/s",
         "MB/s",
@@ -747,7 +887,7 @@ fn render_table(rows: &[BenchRow]) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "{:>8} {:>10.0} {:>7.1} {:>9.1} {:>8.1} {:>8} {:>6} {:>6.1} {:>9.2} {:>7.0} {:>7} {:>9} {:>8}",
+            "{:>12} {:>10.0} {:>7.1} {:>9.1} {:>8.1} {:>8} {:>6} {:>6.1} {:>9.2} {:>7.0} {:>7} {:>9} {:>8}",
             r.interval,
             r.records_per_sec,
             r.mb_per_sec,

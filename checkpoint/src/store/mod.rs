@@ -8,22 +8,53 @@
 //!   eviction below a watermark ONE range tombstone, however many keys it drops. Point lookups by
 //!   key are not needed: the engine loads the state into memory at start ([`CheckpointStore::for_each_dedup_entry`]).
 //!
-//! Invariant: a checkpoint is ONE synced `WriteBatch` (record, history entry, `current` pointer,
-//! dedup inserts and eviction, history pruning), so after a crash either all of it is visible or
-//! none.
+//! Two ways to write a checkpoint:
+//! - [`CheckpointStore::write`]: ONE synced `WriteBatch` (record, history entry, `current`
+//!   pointer, dedup inserts and eviction, history pruning), so after a crash either all of it is
+//!   visible or none. The record's `state_epoch` is its own epoch.
+//! - the changelog path, on the run's critical path: [`CheckpointStore::write_record`] (the
+//!   record alone, one small synced batch), then the epoch's dedup delta through the
+//!   [`StateWriter`]: written without RocksDB's log and without a sync
+//!   ([`CheckpointStore::apply_state_delta`]), made durable later by a flush
+//!   ([`CheckpointStore::sync_state`]). The delta's keys are durable in the engine's WAL
+//!   already (its state-delta frames, before the epoch's seal), so the record says how far the
+//!   store's state is durable (`state_epoch`) and the WAL keeps every later delta.
+//!
+//! **Eviction on the changelog path** writes no range tombstone: a tombstone `[0, w)` in every
+//! flushed file made each file span the whole key space, so every compaction rewrote the whole
+//! state (measured: RocksDB's compaction took more CPU than the pipeline's own work). Instead,
+//! entries below the watermark of the newest durable record ([`CheckpointStore::set_evict_below`])
+//! are dropped by a compaction filter when their file is compacted, and files wholly below it are
+//! deleted ([`CheckpointStore::drop_files_below`]). Entries below the watermark that are still
+//! on disk are never read: every load seeks to the watermark first
+//! ([`CheckpointStore::for_each_dedup_entry_from`]).
+//!
+//! Invariants (the recovery argument in `engine/src/dedup.rs` rests on them): the delta of
+//! epoch `e` reaches the store only after a record of epoch `>= e` is durable, deltas are applied
+//! in epoch order, and a record names `state_epoch = m` only once every delta up to `m` is
+//! flushed. So after any crash the dedup column family holds the state of `state_epoch` plus
+//! some prefix of the later deltas (up to the newest record's epoch), nothing more.
 
 mod error;
+mod packed;
 pub mod record;
+mod state_writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rocksdb::checkpoint::Checkpoint;
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, FlushOptions, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use tracing::{debug, info};
 
 pub use error::{classify_rocks, StoreError, StoreErrorKind};
+pub use packed::PackedKeys;
 pub use record::{CheckpointRecord, Counts, RecordError, SourcePosition};
+pub use state_writer::{StateDelta, StateWriter, SYNC_EVERY_ENV};
 
 /// The store layout version this build writes.
 pub const STORE_FORMAT_VERSION: u32 = 1;
@@ -58,11 +89,16 @@ pub struct CheckpointMetrics {
     pub micros: u64,
 }
 
-/// The RocksDB checkpoint store: see the module documentation.
+/// The RocksDB checkpoint store: see the module documentation. Clones share one open
+/// database (the [`StateWriter`]'s thread holds one).
+#[derive(Clone)]
 pub struct CheckpointStore {
-    db: DB,
+    db: Arc<DB>,
     path: PathBuf,
     options: StoreOptions,
+    /// Entries of the dedup column family below this event time may be dropped by compaction
+    /// (`i64::MIN`: none): the watermark of a durable checkpoint record.
+    evict_below: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for CheckpointStore {
@@ -71,6 +107,33 @@ impl std::fmt::Debug for CheckpointStore {
             .field("path", &self.path)
             .finish()
     }
+}
+
+/// The dedup column family's options: [`db_options`] plus the compaction filter that drops
+/// entries below `evict_below`.
+fn dedup_options(evict_below: Arc<AtomicI64>) -> Options {
+    let mut o = db_options();
+    // Deltas come without RocksDB's log (no log replay at open, whatever the memtable size),
+    // sorted, one flush per sync: a bigger memtable and rare compactions keep the background
+    // work near one write per key (profiled: compacting after every small flush cost more CPU
+    // than the pipeline's own work). Files wholly below the watermark are dropped, not compacted.
+    o.set_write_buffer_size(64 << 20);
+    o.set_max_write_buffer_number(4);
+    o.set_level_zero_file_num_compaction_trigger(16);
+    o.set_level_zero_slowdown_writes_trigger(64);
+    o.set_level_zero_stop_writes_trigger(128);
+    o.set_target_file_size_base(32 << 20);
+    o.set_compaction_filter(
+        "tidemark-evict-below-watermark",
+        move |_level, key: &[u8], _value: &[u8]| {
+            let w = evict_below.load(Ordering::Acquire);
+            match record::split_dedup_entry_key(key) {
+                Some((time, _)) if time < w => rocksdb::compaction_filter::Decision::Remove,
+                _ => rocksdb::compaction_filter::Decision::Keep,
+            }
+        },
+    );
+    o
 }
 
 fn db_options() -> Options {
@@ -94,12 +157,16 @@ impl CheckpointStore {
             move |source| StoreError::Rocks { op, path, source }
         };
         let existed = path.join("CURRENT").exists();
-        let cfs = [CF_META, CF_HISTORY, CF_DEDUP]
-            .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, db_options()));
+        let evict_below = Arc::new(AtomicI64::new(i64::MIN));
+        let cfs = [
+            ColumnFamilyDescriptor::new(CF_META, db_options()),
+            ColumnFamilyDescriptor::new(CF_HISTORY, db_options()),
+            ColumnFamilyDescriptor::new(CF_DEDUP, dedup_options(evict_below.clone())),
+        ];
         let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(rocks("open"))?;
         let store = Self {
-            db,
+            db: Arc::new(db),
+            evict_below,
             path: path.to_path_buf(),
             options: StoreOptions {
                 retain: options.retain.max(1),
@@ -162,9 +229,10 @@ impl CheckpointStore {
             source,
         })?;
         Ok(Self {
-            db,
+            db: Arc::new(db),
             path: path.to_path_buf(),
             options: StoreOptions::default(),
+            evict_below: Arc::new(AtomicI64::new(i64::MIN)),
         })
     }
 
@@ -261,7 +329,9 @@ impl CheckpointStore {
 
     /// Writes checkpoint `record` atomically with the epoch's dedup changes: `inserts` are
     /// `(key, event_time)` of keys new in this epoch; entries with event time below
-    /// `evict_below` are dropped. Synced before it returns.
+    /// `evict_below` are dropped. Synced before it returns. Every delta applied unsynced
+    /// before ([`CheckpointStore::apply_state_delta`]) must be synced first
+    /// ([`CheckpointStore::sync_state`]) if `record.state_epoch` claims it.
     ///
     /// Invariant (kept by the caller): a key is inserted only while it is not in state, so each
     /// key has one entry.
@@ -272,9 +342,104 @@ impl CheckpointStore {
         evict_below: Option<i64>,
     ) -> Result<CheckpointMetrics, StoreError> {
         let started = Instant::now();
-        let (meta, history, dedup) = (self.cf(CF_META)?, self.cf(CF_HISTORY)?, self.cf(CF_DEDUP)?);
         let mut batch = WriteBatch::default();
-        // Eviction first, inserts after: an insert at or above the watermark survives it.
+        let inserted = self.delta_into(&mut batch, inserts, evict_below)?;
+        let pruned = self.record_into(&mut batch, record)?;
+        crate::fault::hit(crate::fault::CrashPoint::MidCheckpointWrite);
+        self.write_synced(batch)?;
+        let metrics = CheckpointMetrics {
+            inserted,
+            pruned,
+            micros: started.elapsed().as_micros() as u64,
+        };
+        debug!(epoch = record.epoch, ?metrics, "checkpoint written");
+        Ok(metrics)
+    }
+
+    /// Writes checkpoint `record` alone (history entry, `current` pointer, pruning): one small
+    /// synced batch, the critical-path half of the changelog path (module documentation).
+    pub fn write_record(&self, record: &CheckpointRecord) -> Result<CheckpointMetrics, StoreError> {
+        self.write(record, [], None)
+    }
+
+    /// Applies one epoch's dedup inserts WITHOUT
+    /// RocksDB's log and without a sync: it is in the store's memory only until
+    /// [`CheckpointStore::sync_state`] (or RocksDB's own flush) persists it, and a crash before
+    /// that loses it. The caller keeps the delta in its own durable log until then.
+    ///
+    /// Entries below the watermark are not deleted here (no range tombstone: see the module
+    /// documentation); [`CheckpointStore::set_evict_below`] lets compaction drop them.
+    pub fn apply_state_delta<'k>(
+        &self,
+        inserts: impl IntoIterator<Item = (&'k [u8], i64)>,
+    ) -> Result<usize, StoreError> {
+        // In key order (event time, then key): the memtable's skip list inserts a sorted run
+        // at the end of its last insert instead of searching from the top each time.
+        let mut sorted: Vec<(i64, &[u8])> = inserts.into_iter().map(|(k, t)| (t, k)).collect();
+        sorted.sort_unstable();
+        let mut batch = WriteBatch::default();
+        let inserted =
+            self.delta_into(&mut batch, sorted.into_iter().map(|(t, k)| (k, t)), None)?;
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        wo.set_sync(false);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(self.rocks("write state delta"))?;
+        Ok(inserted)
+    }
+
+    /// Lets compaction drop dedup entries below `watermark` (it only rises). Only the
+    /// watermark of a DURABLE checkpoint record may be given: a restart reads the state at or
+    /// above the newest record's watermark, so nothing below it is ever needed again.
+    pub fn set_evict_below(&self, watermark: Option<i64>) {
+        if let Some(w) = watermark {
+            self.evict_below.fetch_max(w, Ordering::AcqRel);
+        }
+    }
+
+    /// Deletes the dedup column family's files whose entries are all below the eviction
+    /// watermark ([`CheckpointStore::set_evict_below`]): in a sliding window, old files are
+    /// not compacted again, so this is what frees their space. Metadata only.
+    pub fn drop_files_below(&self) -> Result<(), StoreError> {
+        let w = self.evict_below.load(Ordering::Acquire);
+        if w == i64::MIN {
+            return Ok(());
+        }
+        let dedup = self.cf(CF_DEDUP)?;
+        self.db
+            .delete_file_in_range_cf(dedup, [0u8; 8], record::time_prefix(w))
+            .map_err(self.rocks("drop files below the watermark"))
+    }
+
+    /// Makes every delta applied so far durable: flushes the dedup column family's memtables
+    /// to synced files (RocksDB records them in its synced MANIFEST) and waits for it.
+    pub fn sync_state(&self) -> Result<(), StoreError> {
+        let dedup = self.cf(CF_DEDUP)?;
+        let mut fo = FlushOptions::default();
+        fo.set_wait(true);
+        self.db
+            .flush_cf_opt(dedup, &fo)
+            .map_err(self.rocks("sync state"))
+    }
+
+    fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(self.rocks("write checkpoint"))
+    }
+
+    /// Adds a dedup delta to `batch`: eviction first, inserts after (an insert at or above the
+    /// watermark survives it). Returns the inserts.
+    fn delta_into<'k>(
+        &self,
+        batch: &mut WriteBatch,
+        inserts: impl IntoIterator<Item = (&'k [u8], i64)>,
+        evict_below: Option<i64>,
+    ) -> Result<usize, StoreError> {
+        let dedup = self.cf(CF_DEDUP)?;
         if let Some(w) = evict_below {
             batch.delete_range_cf(dedup, [0u8; 8], record::time_prefix(w));
         }
@@ -285,6 +450,17 @@ impl CheckpointStore {
             batch.put_cf(dedup, &entry_key, []);
             inserted += 1;
         }
+        Ok(inserted)
+    }
+
+    /// Adds `record`, the `current` pointer and history pruning to `batch`; returns the
+    /// history entries pruned.
+    fn record_into(
+        &self,
+        batch: &mut WriteBatch,
+        record: &CheckpointRecord,
+    ) -> Result<usize, StoreError> {
+        let (meta, history) = (self.cf(CF_META)?, self.cf(CF_HISTORY)?);
         batch.put_cf(history, record.epoch.to_be_bytes(), record.encode());
         batch.put_cf(meta, KEY_CURRENT, record.epoch.to_be_bytes());
         let mut pruned = 0;
@@ -314,26 +490,22 @@ impl CheckpointStore {
                 pruned += 1;
             }
         }
-        crate::fault::hit(crate::fault::CrashPoint::MidCheckpointWrite);
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db
-            .write_opt(batch, &wo)
-            .map_err(self.rocks("write checkpoint"))?;
-        let metrics = CheckpointMetrics {
-            inserted,
-            pruned,
-            micros: started.elapsed().as_micros() as u64,
-        };
-        debug!(epoch = record.epoch, ?metrics, "checkpoint written");
-        Ok(metrics)
+        Ok(pruned)
     }
 
     /// Visits every dedup entry as `(key, event_time)`, in event-time order, with the key
     /// borrowed from the iterator (no allocation per entry): the state load at start, on the
     /// restart's critical path (1M keys must load in well under a second). Returns the count.
-    pub fn for_each_dedup_entry(
+    pub fn for_each_dedup_entry(&self, visit: impl FnMut(&[u8], i64)) -> Result<u64, StoreError> {
+        self.for_each_dedup_entry_from(None, visit)
+    }
+
+    /// [`CheckpointStore::for_each_dedup_entry`] for the entries with event time at or above
+    /// `from` only (it seeks past the rest): entries below the watermark whose eviction was
+    /// not persisted yet are never visited.
+    pub fn for_each_dedup_entry_from(
         &self,
+        from: Option<i64>,
         mut visit: impl FnMut(&[u8], i64),
     ) -> Result<u64, StoreError> {
         let dedup = self.cf(CF_DEDUP)?;
@@ -342,7 +514,10 @@ impl CheckpointStore {
         ro.fill_cache(false);
         ro.set_readahead_size(4 << 20);
         let mut it = self.db.raw_iterator_cf_opt(dedup, ro);
-        it.seek_to_first();
+        match from {
+            Some(w) => it.seek(record::time_prefix(w)),
+            None => it.seek_to_first(),
+        }
         let mut n = 0u64;
         while let Some(k) = it.key() {
             let (time, key) =

@@ -10,11 +10,16 @@
 //! u64  created_at_ms
 //! u64 x 5  counts: read, written, duplicates, late, dead_lettered (totals so far)
 //! u32  n positions, then n x { u16 len, source name bytes, i32 partition, i64 next offset }
+//! u64  state_epoch            (version 2) newest epoch whose dedup-state changes are durable
+//!                             in the store (<= epoch); version 1: = epoch
+//! u64  state_wal_segment, u64 state_wal_offset   (version 2) where the WAL's state-delta
+//!                             frames of epochs state_epoch+1 ..= epoch begin (just after
+//!                             SEAL(state_epoch)); version 1: = wal_segment, wal_offset
 //! ```
-//! All integers little-endian.
+//! All integers little-endian. Version 1 records (older builds) still decode.
 
 /// Version of the record encoding written by this build.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 
 /// One source partition's next offset.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,6 +96,15 @@ pub struct CheckpointRecord {
     pub counts: Counts,
     /// Next offset per source partition.
     pub positions: Vec<SourcePosition>,
+    /// The newest epoch whose dedup-state changes are durable in the store (`<= epoch`): the
+    /// changes of epochs `state_epoch + 1 ..= epoch` are only in the WAL (their state-delta
+    /// frames, from `state_wal_*`), which keeps them until a later checkpoint's state covers
+    /// them.
+    pub state_epoch: u64,
+    /// WAL segment where the state-delta frames after `state_epoch` begin.
+    pub state_wal_segment: u64,
+    /// Offset in that segment.
+    pub state_wal_offset: u64,
 }
 
 /// Bytes that are not a checkpoint record this build can read.
@@ -129,6 +143,13 @@ impl CheckpointRecord {
             b.extend_from_slice(&p.partition.to_le_bytes());
             b.extend_from_slice(&p.offset.to_le_bytes());
         }
+        for n in [
+            self.state_epoch,
+            self.state_wal_segment,
+            self.state_wal_offset,
+        ] {
+            b.extend_from_slice(&n.to_le_bytes());
+        }
         b
     }
 
@@ -139,7 +160,7 @@ impl CheckpointRecord {
         if version > RECORD_VERSION {
             return Err(RecordError::NewerVersion(version));
         }
-        if version != RECORD_VERSION {
+        if version == 0 {
             return Err(RecordError::Damaged("unknown record version"));
         }
         let epoch = r.u64()?;
@@ -169,6 +190,16 @@ impl CheckpointRecord {
                 offset: r.i64()?,
             });
         }
+        let (state_epoch, state_wal_segment, state_wal_offset) = if version >= 2 {
+            (r.u64()?, r.u64()?, r.u64()?)
+        } else {
+            (epoch, wal_segment, wal_offset)
+        };
+        if state_epoch > epoch {
+            return Err(RecordError::Damaged(
+                "state epoch after the checkpoint's epoch",
+            ));
+        }
         if !r.0.is_empty() {
             return Err(RecordError::Damaged("trailing bytes"));
         }
@@ -182,6 +213,9 @@ impl CheckpointRecord {
             created_at_ms,
             counts,
             positions,
+            state_epoch,
+            state_wal_segment,
+            state_wal_offset,
         })
     }
 }
@@ -264,9 +298,16 @@ mod tests {
             (any::<u64>(), any::<u64>(), any::<u64>()),
             any::<[u64; 5]>(),
             proptest::collection::vec(("[a-z.-]{0,20}", any::<i32>(), any::<i64>()), 0..10),
+            (any::<u64>(), any::<u64>(), any::<u64>()),
         )
             .prop_map(
-                |((epoch, committed_epoch, table_version, watermark), (seg, off, at), c, pos)| {
+                |(
+                    (epoch, committed_epoch, table_version, watermark),
+                    (seg, off, at),
+                    c,
+                    pos,
+                    st,
+                )| {
                     CheckpointRecord {
                         epoch,
                         committed_epoch,
@@ -290,6 +331,9 @@ mod tests {
                                 offset,
                             })
                             .collect(),
+                        state_epoch: st.0.min(epoch),
+                        state_wal_segment: st.1,
+                        state_wal_offset: st.2,
                     }
                 },
             )
@@ -341,7 +385,33 @@ mod tests {
                 partition: 0,
                 offset: 9,
             }],
+            state_epoch: 3,
+            state_wal_segment: 0,
+            state_wal_offset: 32,
         }
         .encode()
+    }
+
+    /// A version 1 record (older builds) reads with its state as durable as the checkpoint.
+    #[test]
+    fn a_version_1_record_has_its_state_at_its_epoch() {
+        let mut v2 = CheckpointRecord::decode(&record_bytes()).unwrap();
+        v2.state_epoch = 1;
+        v2.state_wal_offset = 7;
+        let mut b = v2.encode();
+        b.truncate(b.len() - 24);
+        b[0] = 1;
+        let v1 = CheckpointRecord::decode(&b).unwrap();
+        assert_eq!(
+            (v1.state_epoch, v1.state_wal_segment, v1.state_wal_offset),
+            (3, 0, 32)
+        );
+    }
+
+    #[test]
+    fn a_state_epoch_after_the_checkpoint_is_damage() {
+        let mut r = CheckpointRecord::decode(&record_bytes()).unwrap();
+        r.state_epoch = r.epoch + 1;
+        assert!(CheckpointRecord::decode(&r.encode()).is_err());
     }
 }

@@ -22,6 +22,7 @@ fn facts(store: StoreFacts, sealed: bool, frames: bool, v: u64) -> StartFacts {
         wal_damage_newest_epoch: None,
         accept_wal_damage: false,
         rewind: None,
+        state_changelog_complete: true,
     }
 }
 
@@ -347,7 +348,7 @@ fn all_facts() -> impl Iterator<Item = StartFacts> {
         .chain([StoreFacts::Empty, StoreFacts::Lost]);
     stores.flat_map(|store| {
         (0..8u64).flat_map(move |v| {
-            (0..16u8).flat_map(move |bits| {
+            (0..32u8).flat_map(move |bits| {
                 let rewinds = [
                     None,
                     Some(RewindFacts {
@@ -377,6 +378,7 @@ fn all_facts() -> impl Iterator<Item = StartFacts> {
                         wal_damage_newest_epoch: damage,
                         accept_wal_damage: accepted,
                         rewind,
+                        state_changelog_complete: bits & 16 == 0,
                     })
                 })
             })
@@ -414,6 +416,113 @@ fn unaccepted_wal_damage_above_the_table_never_starts() {
                 );
             }
         }
+    }
+}
+
+/// Issue 22: the checkpoint's dedup state is synced only through an earlier epoch and the WAL
+/// holds the deltas after it (the changelog). Rows written out by hand.
+#[test]
+fn a_lost_state_changelog_resumes_from_the_table() {
+    let lost = |f: StartFacts| StartFacts {
+        state_changelog_complete: false,
+        ..f
+    };
+    let rows: &[(&str, StartFacts, StartCase)] = &[
+        (
+            "state synced through 5, checkpoint 7, changelog 6..7 in the WAL, killed mid epoch 8",
+            facts(cp(7, 7), false, true, 7),
+            S::ResumeEpoch { epoch: 8 },
+        ),
+        (
+            "same, killed after SEAL(8)",
+            facts(cp(7, 7), true, true, 7),
+            S::RedoEpoch { epoch: 8 },
+        ),
+        (
+            "same, killed after commit 8",
+            facts(cp(7, 7), true, true, 8),
+            S::WriteMissingCheckpoint { epoch: 8 },
+        ),
+        (
+            "changelog of 6..7 damaged, killed mid epoch 8",
+            lost(facts(cp(7, 7), false, true, 7)),
+            S::FromTable {
+                reason: R::StateChangelogLost,
+                table_txn: 7,
+            },
+        ),
+        (
+            "changelog lost, clean restart",
+            lost(facts(cp(7, 7), false, false, 7)),
+            S::FromTable {
+                reason: R::StateChangelogLost,
+                table_txn: 7,
+            },
+        ),
+        (
+            "changelog lost, SEAL(8) logged",
+            lost(facts(cp(7, 7), true, true, 7)),
+            S::FromTable {
+                reason: R::StateChangelogLost,
+                table_txn: 7,
+            },
+        ),
+        (
+            "changelog lost, commit 8 landed",
+            lost(facts(cp(7, 7), true, true, 8)),
+            S::FromTable {
+                reason: R::StateChangelogLost,
+                table_txn: 8,
+            },
+        ),
+        (
+            "changelog lost, but the table is behind: still refused",
+            lost(facts(cp(7, 7), false, false, 5)),
+            S::Refuse(Refusal::TableBehind {
+                table_txn: 5,
+                committed_epoch: 7,
+            }),
+        ),
+        (
+            "changelog lost, another writer: still refused",
+            lost(facts(cp(7, 7), false, false, 9)),
+            S::Refuse(Refusal::ForeignProgress {
+                table_txn: 9,
+                checkpoint_epoch: 7,
+                committed_epoch: 7,
+            }),
+        ),
+        (
+            "changelog lost and unaccepted damage above the table: still refused",
+            StartFacts {
+                wal_damage_newest_epoch: Some(8),
+                ..lost(facts(cp(7, 7), false, true, 7))
+            },
+            S::Refuse(Refusal::WalDamaged {
+                newest_epoch: 8,
+                table_txn: 7,
+            }),
+        ),
+    ];
+    for (what, f, want) in rows {
+        assert_eq!(decide(*f), *want, "{what}: {f:?}");
+    }
+}
+
+#[test]
+fn an_incomplete_changelog_never_continues_from_the_checkpoint() {
+    for f in all_facts().filter(|f| !f.state_changelog_complete) {
+        assert!(
+            !matches!(
+                decide(f),
+                S::Fresh
+                    | S::ResumeEpoch { .. }
+                    | S::RedoEpoch { .. }
+                    | S::WriteMissingCheckpoint { .. }
+            ),
+            "{f:?} -> {:?}",
+            decide(f)
+        );
     }
 }
 

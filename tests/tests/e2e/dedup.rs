@@ -409,3 +409,172 @@ async fn dedup_state_stays_within_the_lateness_window() {
     assert_eq!(s["totals"]["written"], total);
     eprintln!("bounded state: {keys} keys in state after {total} records (window: 500)");
 }
+
+/// The state writer syncs after every delta in these tests (1 s apart by default), so short
+/// runs reach every state crash point.
+const SYNC_NOW: (&str, &str) = (tidemark_checkpoint::store::SYNC_EVERY_ENV, "0");
+
+/// Record `i` of the state-crash stream: mostly new ids; every 7th repeats the id of record
+/// `i - 301` and every 11th the id of record `i - 1203` (producer retries across epochs), so
+/// records of later epochs are duplicates of keys an earlier epoch added.
+fn retried_order(i: u64) -> (String, bool) {
+    match i {
+        i if i % 7 == 3 && i >= 301 => (retried_order(i - 301).0, true),
+        i if i % 11 == 5 && i >= 1203 => (retried_order(i - 1203).0, true),
+        i => (format!("id-{i:09}"), false),
+    }
+}
+
+fn retried_order_json(i: u64) -> Vec<u8> {
+    let (id, _) = retried_order(i);
+    format!(r#"{{"id":"{id}","n":{i},"note":"record {i}"}}"#).into_bytes()
+}
+
+/// Every id in the table once, exactly the stream's distinct ids; the totals count each retry
+/// as a duplicate.
+fn assert_dedup_exact(fixture: &super::Fixture, n: u64, totals: &serde_json::Value, what: &str) {
+    let replay = audit::replay_log(&fixture.table).unwrap();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for id in audit::read_string_column(&fixture.table, &replay.live_files, "id").unwrap() {
+        *counts.entry(id.expect("no null id")).or_default() += 1;
+    }
+    let want: BTreeSet<String> = (0..n).map(|i| retried_order(i).0).collect();
+    let retries = (0..n).filter(|i| retried_order(*i).1).count() as u64;
+    let twice: Vec<&String> = counts
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "{what}: ids written more than once: {:?}",
+        &twice[..twice.len().min(5)]
+    );
+    let got: BTreeSet<String> = counts.into_keys().collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: a unique record was dropped or a foreign one written"
+    );
+    assert_eq!(got, want, "{what}");
+    assert_eq!(
+        totals["duplicates"].as_u64(),
+        Some(retries),
+        "{what}: {totals}"
+    );
+    assert_eq!(
+        totals["written"].as_u64(),
+        Some(want.len() as u64),
+        "{what}: {totals}"
+    );
+}
+
+/// Issue 22: the dedup state's changelog path under SIGKILL. The state delta of an epoch is
+/// applied to the store unsynced in the background and synced later; the checkpoint record
+/// names the synced epoch and the WAL keeps the deltas after it. A kill between the state
+/// write and its sync (the store loses the write), between the sync and the next record (the
+/// store is ahead of what any record names; the WAL still holds the deltas), and after a
+/// record before the WAL's truncation: each restart restores exactly the committed epochs'
+/// state, so no retry of a key an earlier epoch added is written again and no unique record is
+/// dropped. Then the changelog itself is lost (the WAL deleted while the state lags): the start
+/// rebuilds the state from the table instead, still exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn state_changelog_crashes_keep_dedup_exact() {
+    let Some(brokers) = broker() else { return };
+    const N: u64 = 4_000;
+    let extra = "[checkpoint]\ninterval_ms = 200\nmax_records = 400\nwal_segment_bytes = 8192\n\
+                 [dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 600000\n";
+    let points = [
+        "after_state_write@2",
+        "after_state_write@5",
+        "after_state_sync@1",
+        "after_state_sync@4",
+        "after_checkpoint@3",
+        "during_truncation@2",
+    ];
+    let mut report = Vec::new();
+    for spec in points {
+        let (_, fixture, _) = super::topic_of_values_and_fixture(
+            &brokers,
+            &spec.replace(['@', '_'], "-"),
+            3,
+            N,
+            retried_order_json,
+            extra,
+        )
+        .await;
+        let crashed = fixture.run_to_end(&[
+            (tidemark_engine::fault::ENV, spec),
+            (SYNC_NOW.0, SYNC_NOW.1),
+        ]);
+        assert_eq!(
+            crashed.status.signal(),
+            Some(libc::SIGKILL),
+            "{spec}: no crash: {}",
+            stderr_of(&crashed)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+        let out = fixture.run_to_end(&[]);
+        assert!(out.status.success(), "{spec}: {}", stderr_of(&out));
+        let s = summary(&out);
+        let case = s["recovery"]["case"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_ne!(
+            case, "state_changelog_lost",
+            "{spec}: the WAL must still hold the changelog: {s}"
+        );
+        assert_eq!(
+            json["next_case"].as_str(),
+            Some(case.as_str()),
+            "{spec}: status foresaw another case: {json}"
+        );
+        assert_dedup_exact(&fixture, N, &s["totals"], spec);
+        report.push(format!(
+            "{spec}: case {case}, state epoch {} behind checkpoint {}, {} keys loaded",
+            json["wal"]["state_epoch"],
+            json["checkpoint"]["epoch"],
+            s["recovery"]["dedup_keys_loaded"]
+        ));
+    }
+
+    // The changelog lost: kill between a state write and its sync, then delete the WAL.
+    let (_, fixture, _) = super::topic_of_values_and_fixture(
+        &brokers,
+        "changelog-lost",
+        3,
+        N,
+        retried_order_json,
+        extra,
+    )
+    .await;
+    let crashed = fixture.run_to_end(&[
+        (tidemark_engine::fault::ENV, "after_state_write@4"),
+        (SYNC_NOW.0, SYNC_NOW.1),
+    ]);
+    assert_eq!(
+        crashed.status.signal(),
+        Some(libc::SIGKILL),
+        "{}",
+        stderr_of(&crashed)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+    let (c, m) = (
+        json["checkpoint"]["epoch"].as_u64().unwrap(),
+        json["wal"]["state_epoch"].as_u64().unwrap(),
+    );
+    assert!(
+        m < c,
+        "the state must lag its checkpoint here ({m} vs {c}): {json}"
+    );
+    std::fs::remove_dir_all(fixture.state_dir().join("wal")).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+    assert_eq!(json["next_case"], "state_changelog_lost", "{json}");
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let s = summary(&out);
+    assert_eq!(s["recovery"]["case"], "state_changelog_lost", "{s}");
+    assert_dedup_exact(&fixture, N, &s["totals"], "changelog lost");
+    eprintln!("state crash points:\n  {}", report.join("\n  "));
+}

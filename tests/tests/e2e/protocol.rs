@@ -69,6 +69,8 @@ fn expected(point: CrashPoint, hit: u32) -> (&'static str, i64) {
                 ("write_missing_checkpoint", 1)
             }
             CrashPoint::AfterCheckpoint | CrashPoint::DuringTruncation => ("resume_epoch", 1),
+            // Dedup's changelog path: `dedup::state_changelog_crashes_keep_dedup_exact`.
+            CrashPoint::AfterStateWrite | CrashPoint::AfterStateSync => ("resume_epoch", 1),
         };
     }
     match point {
@@ -81,6 +83,7 @@ fn expected(point: CrashPoint, hit: u32) -> (&'static str, i64) {
         }
         CrashPoint::AfterCheckpoint => ("resume_epoch", 2),
         CrashPoint::DuringTruncation => ("resume_epoch", 1),
+        CrashPoint::AfterStateWrite | CrashPoint::AfterStateSync => ("resume_epoch", 2),
     }
 }
 
@@ -90,6 +93,8 @@ async fn each_crash_point_recovers_as_the_protocol_says() {
     let mut report = Vec::new();
     let runs = CrashPoint::ALL
         .into_iter()
+        // The state points are reached only with dedup on: tested in `dedup`.
+        .filter(|p| !p.is_state_point())
         .flat_map(|p| [(p, 1u32), (p, 2)])
         // Truncation's first deletion is hit 1 (the crash falls before its second).
         .filter(|(p, hit)| *p != CrashPoint::DuringTruncation || *hit == 1);
@@ -119,11 +124,21 @@ async fn each_crash_point_recovers_as_the_protocol_says() {
             stderr_of(&crashed)
         );
         let (case, committed_before) = expected(point, hit);
-        assert_eq!(
-            committed(&fixture),
-            committed_before,
-            "{spec}: epochs in the table at the crash"
-        );
+        if point == CrashPoint::DuringTruncation && dedup {
+            // With dedup the WAL is truncated only up to the epoch whose state delta the store
+            // has synced (in the background, after the checkpoint): the first truncation that
+            // deletes two segments comes an epoch or more later.
+            assert!(
+                committed(&fixture) >= committed_before,
+                "{spec}: epochs in the table at the crash"
+            );
+        } else {
+            assert_eq!(
+                committed(&fixture),
+                committed_before,
+                "{spec}: epochs in the table at the crash"
+            );
+        }
         if point == CrashPoint::AfterSeal && hit == 2 {
             // status tells what recovery will do, without changing anything.
             let text = String::from_utf8_lossy(&fixture.status(false).stdout).to_string();

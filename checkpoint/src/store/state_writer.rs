@@ -1,0 +1,250 @@
+//! [`StateWriter`]: applies epochs' dedup deltas to the store off the run's critical path, and
+//! makes them durable in the background.
+//!
+//! One thread, one queue. A delta is queued only after the checkpoint record of its epoch is
+//! durable (the caller's order), and applied in queue order, without RocksDB's log and without
+//! a sync. When nothing more is queued and [`SYNC_EVERY`] has passed since the last sync, the
+//! thread flushes the dedup column family
+//! ([`CheckpointStore::sync_state`]) and publishes the newest epoch whose delta is now durable
+//! ([`StateWriter::durable_epoch`]); the next checkpoint record names it as its `state_epoch`,
+//! and only then may the WAL drop the delta frames up to it.
+//!
+//! The queue is bounded: a store that cannot keep up slows the checkpoints (back-pressure)
+//! instead of holding ever more deltas in memory. A failed write or flush stops the thread; the
+//! next call on the writer returns the error.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvError, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use super::{CheckpointStore, PackedKeys, StoreError};
+use crate::fault::{self, CrashPoint};
+
+/// Deltas waiting to be applied before [`StateWriter::queue`] blocks.
+const QUEUE_DEPTH: usize = 4;
+
+/// Least time between two background syncs: each sync is a flush, i.e. a new file in the
+/// store; fewer, bigger files mean less compaction. The WAL keeps the deltas meanwhile.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Test builds (`crash-points`) may shorten [`SYNC_EVERY`] with this variable (ms), so crash
+/// tests reach a sync within a short run.
+pub const SYNC_EVERY_ENV: &str = "TIDEMARK_FAULT_STATE_SYNC_MS";
+
+fn sync_every() -> Duration {
+    #[cfg(feature = "crash-points")]
+    if let Some(ms) = std::env::var(SYNC_EVERY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    SYNC_EVERY
+}
+
+/// One epoch's change to the dedup state: the keys it added (still at or above its watermark)
+/// and its watermark, below which entries are never read again (compaction drops them).
+#[derive(Debug, Clone, Default)]
+pub struct StateDelta {
+    /// The epoch.
+    pub epoch: u64,
+    /// Keys the epoch added, with their event times.
+    pub inserts: PackedKeys,
+    /// The watermark after the epoch: entries below it are evicted.
+    pub evict_below: Option<i64>,
+}
+
+enum Job {
+    Apply(StateDelta),
+    /// Apply everything queued, sync it, then answer.
+    Sync(SyncSender<Result<(), StoreError>>),
+}
+
+/// The background state writer: see the module documentation.
+pub struct StateWriter {
+    tx: Option<SyncSender<Job>>,
+    durable: Arc<AtomicU64>,
+    failed: Arc<Mutex<Option<StoreError>>>,
+    thread: Option<JoinHandle<()>>,
+    path: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for StateWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateWriter")
+            .field("durable_epoch", &self.durable_epoch())
+            .finish()
+    }
+}
+
+impl StateWriter {
+    /// Starts the writer over `store`, whose state is durable through `durable_epoch`.
+    pub fn start(store: CheckpointStore, durable_epoch: u64) -> Self {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
+        let durable = Arc::new(AtomicU64::new(durable_epoch));
+        let failed = Arc::new(Mutex::new(None));
+        let path = store.path().to_path_buf();
+        let thread = {
+            let (durable, failed) = (durable.clone(), failed.clone());
+            std::thread::Builder::new()
+                .name("tidemark-state".into())
+                .spawn(move || run(store, rx, durable, durable_epoch, failed))
+                .ok()
+        };
+        Self {
+            tx: Some(tx),
+            durable,
+            failed,
+            thread,
+            path,
+        }
+    }
+
+    /// The newest epoch whose delta is durable in the store.
+    pub fn durable_epoch(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// The error that stopped the thread, if one did (taken: reported once).
+    fn check(&self) -> Result<(), StoreError> {
+        let taken = self.failed.lock().ok().and_then(|mut f| f.take());
+        match taken {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn stopped(&self) -> StoreError {
+        StoreError::Foreign {
+            path: self.path.clone(),
+            message: "the state writer thread stopped".into(),
+        }
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        self.check()?;
+        let tx = self.tx.as_ref().ok_or_else(|| self.stopped())?;
+        if self.thread.is_none() || tx.send(job).is_err() {
+            self.check()?;
+            return Err(self.stopped());
+        }
+        Ok(())
+    }
+
+    /// Queues `delta` (blocks while the queue is full). Its epoch's checkpoint record must be
+    /// durable already.
+    pub fn queue(&self, delta: StateDelta) -> Result<(), StoreError> {
+        self.send(Job::Apply(delta))
+    }
+
+    /// Applies everything queued and makes it durable; returns the durable epoch.
+    pub fn sync(&self) -> Result<u64, StoreError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Job::Sync(reply))?;
+        match answer.recv() {
+            Ok(r) => r?,
+            Err(RecvError) => {
+                self.check()?;
+                return Err(self.stopped());
+            }
+        }
+        Ok(self.durable_epoch())
+    }
+}
+
+impl Drop for StateWriter {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it has applied (and synced) what was queued.
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(
+    store: CheckpointStore,
+    rx: Receiver<Job>,
+    durable: Arc<AtomicU64>,
+    mut synced: u64,
+    failed: Arc<Mutex<Option<StoreError>>>,
+) {
+    let mut applied = synced;
+    let mut last_sync = Instant::now();
+    let every = sync_every();
+    let result = (|| -> Result<(), StoreError> {
+        loop {
+            // Wait for work; once something is applied but not synced, at most until the
+            // next sync is due (then sync, unless more came meanwhile).
+            let job = if applied > synced {
+                let due = (last_sync + every).saturating_duration_since(Instant::now());
+                match rx.recv_timeout(due) {
+                    Ok(j) => j,
+                    Err(RecvTimeoutError::Timeout) => {
+                        sync(&store, applied, &mut synced, &durable)?;
+                        last_sync = Instant::now();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(j) => j,
+                    Err(RecvError) => break,
+                }
+            };
+            match job {
+                Job::Apply(delta) => {
+                    let n = store.apply_state_delta(delta.inserts.iter())?;
+                    // Its record is durable: what is below its watermark is never read again.
+                    store.set_evict_below(delta.evict_below);
+                    applied = applied.max(delta.epoch);
+                    fault::hit(CrashPoint::AfterStateWrite);
+                    debug!(
+                        epoch = delta.epoch,
+                        keys = n,
+                        "state delta written (not synced)"
+                    );
+                }
+                Job::Sync(reply) => {
+                    let r = sync(&store, applied, &mut synced, &durable);
+                    last_sync = Instant::now();
+                    let failed_now = r.is_err();
+                    let _ = reply.send(r);
+                    if failed_now {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        sync(&store, applied, &mut synced, &durable)
+    })();
+    if let Err(e) = result {
+        warn!(error = %e, "state writer stopped");
+        if let Ok(mut f) = failed.lock() {
+            *f = Some(e);
+        }
+    }
+}
+
+/// Syncs the store if a delta was applied since the last sync, then publishes the epoch.
+fn sync(
+    store: &CheckpointStore,
+    applied: u64,
+    synced: &mut u64,
+    durable: &AtomicU64,
+) -> Result<(), StoreError> {
+    if applied > *synced {
+        store.sync_state()?;
+        fault::hit(CrashPoint::AfterStateSync);
+        store.drop_files_below()?;
+        *synced = applied;
+        durable.store(applied, Ordering::Release);
+        debug!(epoch = applied, "state synced");
+    }
+    Ok(())
+}
