@@ -10,28 +10,12 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tidemark_tests::{
-    broker, create_topic, drain_stderr, order_json, produce, produce_range, stderr_of,
-    unique_topic, Fixture,
+    broker, create_topic, drain_stderr, have_python, order_json, produce, produce_range,
+    stderr_of, unique_topic, Fixture,
 };
 use tidemark_tools::audit;
 
 use super::{assert_exactly_once, EXE};
-
-/// Python with deltalake, duckdb and pyarrow; `false` (skip) only outside CI.
-fn have_python() -> bool {
-    let have = std::process::Command::new("python3")
-        .args(["-c", "import deltalake, duckdb, pyarrow"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "python deltalake/duckdb missing under CI=true (scripts/setup installs them)"
-        );
-        eprintln!("SKIPPED: python3 deltalake/duckdb not installed; run scripts/setup");
-    }
-    have
-}
 
 fn py(args: &[&str]) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/backup_table.py");
