@@ -9,13 +9,10 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tidemark_tests::{
-    broker, create_topic, drain_stderr, have_python, order_json, produce, produce_range,
-    stderr_of, unique_topic, Fixture,
-};
+use tidemark_tests::{broker, drain_stderr, have_python, order_json, produce_range, stderr_of};
 use tidemark_tools::audit;
 
-use super::{assert_exactly_once, EXE};
+use super::{assert_exactly_once, topic_of_values_and_fixture, EXE};
 
 fn py(args: &[&str]) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/backup_table.py");
@@ -648,15 +645,15 @@ fn find_backup_copy(backups: &Path, rel: &str) -> (PathBuf, ()) {
 #[tokio::test(flavor = "multi_thread")]
 async fn accidental_table_delete_is_undone_by_restore_backup_and_a_rewind() {
     let Some(brokers) = broker() else { return };
-    let topic = unique_topic("backup-delete");
-    create_topic(&brokers, &topic, 2).await;
-    let mut ends = produce(&brokers, &topic, 2, 3_000, order_json);
-    let fixture = Fixture::new(
-        Path::new(EXE),
+    let (topic, fixture, mut ends) = topic_of_values_and_fixture(
         &brokers,
-        &topic,
+        "backup-delete",
+        2,
+        3_000,
+        order_json,
         "[checkpoint]\ninterval_ms = 200\nmax_records = 400\nretain = 1000\n",
-    );
+    )
+    .await;
     let backups = fixture.dir.path().join("backups");
     let mut child = fixture.spawn(false, &[]);
     let log = drain_stderr(&mut child);
