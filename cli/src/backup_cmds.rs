@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use tidemark_table::backup::chain::{Catalog, Target};
+use tidemark_table::backup::chain::{format_ranges, Catalog, Target};
 use tidemark_table::backup::dir::BackupDir;
 use tidemark_table::backup::take::prune_locked;
 use tidemark_table::backup::{take_backup, BackupOptions};
@@ -254,19 +254,7 @@ fn render_list(catalog: &Catalog) -> String {
         return "no backups\n".into();
     }
     for table in catalog.table_ids() {
-        let covered = catalog
-            .covered_ranges(Some(table))
-            .unwrap_or_default()
-            .iter()
-            .map(|(a, b)| {
-                if a == b {
-                    format!("{a}")
-                } else {
-                    format!("{a}..={b}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let covered = format_ranges(&catalog.covered_ranges(Some(table)).unwrap_or_default());
         out += &format!("table {table}: restorable versions {covered}\n");
         let mut roots: Vec<_> = catalog
             .backups()

@@ -398,36 +398,9 @@ pub async fn copy_verified(
         };
         ensure_unchanged(src, from, &source_meta).await?;
         let payload = PutPayload::from_iter(parts);
-        let mode = match options.mode {
-            WriteMode::Overwrite => PutMode::Overwrite,
-            WriteMode::CreateNew => PutMode::Create,
-        };
-        let put = dst
-            .put_opts(
-                to,
-                payload,
-                PutOptions {
-                    mode,
-                    ..PutOptions::default()
-                },
-            )
-            .await;
-        match put {
-            Ok(_) => {}
-            // Created meanwhile by someone else: identical counts as copied.
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                let existing = digest_of(dst, to, options.chunk_bytes).await?;
-                return if existing == digest {
-                    Ok(CopyOutcome::AlreadyPresent(digest))
-                } else {
-                    Err(CopyError::ExistsDifferent {
-                        file: to.to_string(),
-                        existing,
-                        source_digest: digest,
-                    })
-                };
-            }
-            Err(e) => return Err(write_err(to)(e)),
+        let put = put_whole(dst, to, payload, options.mode, digest, options.chunk_bytes).await?;
+        if let CopyOutcome::AlreadyPresent(_) = put {
+            return Ok(put);
         }
     } else {
         let upload = dst.put_multipart(to).await.map_err(write_err(to))?;
@@ -470,35 +443,10 @@ pub async fn write_verified(
     verify: Verify,
 ) -> Result<CopyOutcome, CopyError> {
     let digest = FileDigest::of_bytes(&bytes);
-    let put_mode = match mode {
-        WriteMode::Overwrite => PutMode::Overwrite,
-        WriteMode::CreateNew => PutMode::Create,
-    };
-    let put = dst
-        .put_opts(
-            to,
-            PutPayload::from(bytes),
-            PutOptions {
-                mode: put_mode,
-                ..PutOptions::default()
-            },
-        )
-        .await;
-    match put {
-        Ok(_) => {}
-        Err(object_store::Error::AlreadyExists { .. }) => {
-            let existing = digest_of(dst, to, DEFAULT_CHUNK_BYTES).await?;
-            return if existing == digest {
-                Ok(CopyOutcome::AlreadyPresent(digest))
-            } else {
-                Err(CopyError::ExistsDifferent {
-                    file: to.to_string(),
-                    existing,
-                    source_digest: digest,
-                })
-            };
-        }
-        Err(e) => return Err(write_err(to)(e)),
+    let payload = PutPayload::from(bytes);
+    let put = put_whole(dst, to, payload, mode, digest, DEFAULT_CHUNK_BYTES).await?;
+    if let CopyOutcome::AlreadyPresent(_) = put {
+        return Ok(put);
     }
     let options = CopyOptions {
         mode,
@@ -583,6 +531,51 @@ async fn compare_existing(
         "the destination holds a different file under this name; replacing it"
     );
     Ok(None)
+}
+
+/// Puts `payload` (whose digest is `digest`) at `to` in one request. With
+/// [`WriteMode::CreateNew`], an object created meanwhile by someone else counts as written
+/// when identical ([`CopyOutcome::AlreadyPresent`]; its digest read in chunks of
+/// `chunk_bytes`) and is [`CopyError::ExistsDifferent`] otherwise. [`CopyOutcome::Copied`]
+/// means this put wrote the object (not yet verified).
+async fn put_whole(
+    dst: &dyn ObjectStore,
+    to: &Path,
+    payload: PutPayload,
+    mode: WriteMode,
+    digest: FileDigest,
+    chunk_bytes: usize,
+) -> Result<CopyOutcome, CopyError> {
+    let mode = match mode {
+        WriteMode::Overwrite => PutMode::Overwrite,
+        WriteMode::CreateNew => PutMode::Create,
+    };
+    let put = dst
+        .put_opts(
+            to,
+            payload,
+            PutOptions {
+                mode,
+                ..PutOptions::default()
+            },
+        )
+        .await;
+    match put {
+        Ok(_) => Ok(CopyOutcome::Copied(digest)),
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            let existing = digest_of(dst, to, chunk_bytes).await?;
+            if existing == digest {
+                Ok(CopyOutcome::AlreadyPresent(digest))
+            } else {
+                Err(CopyError::ExistsDifferent {
+                    file: to.to_string(),
+                    existing,
+                    source_digest: digest,
+                })
+            }
+        }
+        Err(e) => Err(write_err(to)(e)),
+    }
 }
 
 /// Checks the written object against `digest`; a mismatching object this copy wrote is removed

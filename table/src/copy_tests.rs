@@ -165,48 +165,88 @@ async fn a_source_not_of_the_logged_size_is_refused_and_nothing_is_written() {
     assert!(!dir.path().join("out").exists());
 }
 
-/// A source store that really changes the file on disk right after the first range is read
-/// from it: it appends to it (`grow`) or truncates it to half.
-#[derive(Debug)]
-struct ChangingSource {
-    inner: DurableLocalStore,
-    file: std::path::PathBuf,
-    grow: bool,
-    done: AtomicBool,
+/// What a test store does besides forwarding everything to the local store under it.
+trait Tamper: std::fmt::Debug + Send + Sync + 'static {
+    /// The payload a put really stores (default: the one given).
+    fn put(&self, payload: PutPayload) -> PutPayload {
+        payload
+    }
+    /// Called after each get; `ranged`: it read bytes (not a `head`); `ok`: it succeeded.
+    fn after_get(&self, _ranged: bool, _ok: bool) {}
 }
 
-impl std::fmt::Display for ChangingSource {
+/// A [`DurableLocalStore`] with a [`Tamper`] on its puts and gets.
+#[derive(Debug)]
+struct Tampered<T>(DurableLocalStore, T);
+
+impl<T> std::fmt::Display for Tampered<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ChangingSource")
+        write!(f, "Tampered")
     }
 }
 
 #[async_trait]
-impl ObjectStore for ChangingSource {
+impl<T: Tamper> ObjectStore for Tampered<T> {
     async fn put_opts(
         &self,
         location: &Path,
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        self.inner.put_opts(location, payload, opts).await
+        self.0.put_opts(location, self.1.put(payload), opts).await
     }
     async fn put_multipart_opts(
         &self,
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
+        self.0.put_multipart_opts(location, opts).await
     }
     async fn get_opts(
         &self,
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        // Only a ranged read (the copy reading bytes, not a `head`) sets the change off.
         let ranged = options.range.is_some();
-        let result = self.inner.get_opts(location, options).await;
-        if ranged && !self.done.swap(true, Ordering::SeqCst) && result.is_ok() {
+        let result = self.0.get_opts(location, options).await;
+        self.1.after_get(ranged, result.is_ok());
+        result
+    }
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.0.delete_stream(locations)
+    }
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.0.list(prefix)
+    }
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.0.list_with_delimiter(prefix).await
+    }
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: StoreCopyOptions,
+    ) -> object_store::Result<()> {
+        self.0.copy_opts(from, to, options).await
+    }
+}
+
+/// A source that really changes the file on disk right after the first range is read from
+/// it: it appends to it (`grow`) or truncates it to half.
+#[derive(Debug)]
+struct ChangingSource {
+    file: std::path::PathBuf,
+    grow: bool,
+    done: AtomicBool,
+}
+
+impl Tamper for ChangingSource {
+    fn after_get(&self, ranged: bool, ok: bool) {
+        // Only a ranged read (the copy reading bytes, not a `head`) sets the change off.
+        if ranged && !self.done.swap(true, Ordering::SeqCst) && ok {
             let len = std::fs::metadata(&self.file).unwrap().len();
             if self.grow {
                 use std::io::Write;
@@ -224,27 +264,6 @@ impl ObjectStore for ChangingSource {
                     .unwrap();
             }
         }
-        result
-    }
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: StoreCopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
     }
 }
 
@@ -257,12 +276,14 @@ async fn a_source_that_changes_size_mid_copy_is_an_error_and_leaves_no_file() {
             let out = dir.path().join("out");
             let dst = out.join("part.parquet");
             std::fs::write(&src, content(len, 3)).unwrap();
-            let changing = ChangingSource {
-                inner: store(),
-                file: src.clone(),
-                grow,
-                done: AtomicBool::new(false),
-            };
+            let changing = Tampered(
+                store(),
+                ChangingSource {
+                    file: src.clone(),
+                    grow,
+                    done: AtomicBool::new(false),
+                },
+            );
             let options = CopyOptions {
                 chunk_bytes: chunk,
                 ..CopyOptions::default()
@@ -335,61 +356,15 @@ async fn an_eio_while_writing_leaves_nothing_under_the_final_name() {
 /// A destination that corrupts what it stores (flips one byte of every put): the copy must
 /// notice on read-back and remove the bad object.
 #[derive(Debug)]
-struct CorruptingStore(DurableLocalStore);
+struct FlipFirstByte;
 
-impl std::fmt::Display for CorruptingStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CorruptingStore")
-    }
-}
-
-#[async_trait]
-impl ObjectStore for CorruptingStore {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
+impl Tamper for FlipFirstByte {
+    fn put(&self, payload: PutPayload) -> PutPayload {
         let mut bytes: Vec<u8> = Bytes::from(payload).to_vec();
         if let Some(b) = bytes.get_mut(0) {
             *b ^= 0xff;
         }
-        self.0.put_opts(location, bytes.into(), opts).await
-    }
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.0.put_multipart_opts(location, opts).await
-    }
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.0.get_opts(location, options).await
-    }
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.0.delete_stream(locations)
-    }
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.0.list(prefix)
-    }
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.0.list_with_delimiter(prefix).await
-    }
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: StoreCopyOptions,
-    ) -> object_store::Result<()> {
-        self.0.copy_opts(from, to, options).await
+        bytes.into()
     }
 }
 
@@ -403,7 +378,7 @@ async fn a_written_file_that_does_not_read_back_equal_is_an_error_and_removed() 
     let err = copy_verified(
         &store(),
         &at(&src),
-        &CorruptingStore(store()),
+        &Tampered(store(), FlipFirstByte),
         &at(&out.join("part.parquet")),
         &CopyOptions::default(),
     )
@@ -417,7 +392,7 @@ async fn a_written_file_that_does_not_read_back_equal_is_an_error_and_removed() 
     let ok = copy_verified(
         &store(),
         &at(&src),
-        &CorruptingStore(store()),
+        &Tampered(store(), FlipFirstByte),
         &at(&out.join("part.parquet")),
         &CopyOptions {
             verify: Verify::Size,

@@ -489,20 +489,32 @@ impl Replicator {
         })
     }
 
-    fn copy_options<'a>(
+    /// Copies `from` in the source to `to` in the replica with this replication's verify
+    /// and chunk settings, skipping an identical file already there.
+    async fn copy_file(
         &self,
+        from: &Path,
+        to: &Path,
         mode: WriteMode,
         expected_size: Option<u64>,
-        progress: &'a (dyn Fn(u64) + Send + Sync),
-    ) -> CopyOptions<'a> {
-        CopyOptions {
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<CopyOutcome, CopyError> {
+        let options = CopyOptions {
             mode,
             verify: self.options.verify,
             expected_size,
             skip_identical: true,
             chunk_bytes: self.options.chunk_bytes,
             progress: Some(progress),
-        }
+        };
+        copy_verified(
+            self.source.store().as_ref(),
+            from,
+            self.replica.store().as_ref(),
+            to,
+            &options,
+        )
+        .await
     }
 
     /// Copies the data files `files` (decoded relative paths with their sizes) of `version`,
@@ -529,25 +541,19 @@ impl Replicator {
                     };
                     let from = self.source.child(&path).map_err(bad_path)?;
                     let to = self.replica.child(&path).map_err(bad_path)?;
-                    let options = self.copy_options(WriteMode::Overwrite, Some(size), progress);
-                    let outcome = copy_verified(
-                        self.source.store().as_ref(),
-                        &from,
-                        self.replica.store().as_ref(),
-                        &to,
-                        &options,
-                    )
-                    .await
-                    .map_err(|e| match e {
-                        CopyError::Read {
-                            source: object_store::Error::NotFound { .. },
-                            ..
-                        } => ReplicateError::SourceFileMissing {
-                            version,
-                            file: from.to_string(),
-                        },
-                        source => ReplicateError::Copy { version, source },
-                    })?;
+                    let outcome = self
+                        .copy_file(&from, &to, WriteMode::Overwrite, Some(size), progress)
+                        .await
+                        .map_err(|e| match e {
+                            CopyError::Read {
+                                source: object_store::Error::NotFound { .. },
+                                ..
+                            } => ReplicateError::SourceFileMissing {
+                                version,
+                                file: from.to_string(),
+                            },
+                            source => ReplicateError::Copy { version, source },
+                        })?;
                     tally.count(&outcome);
                     fault::hit(fault::AFTER_DATA_FILE);
                     Ok::<(), ReplicateError>(())
@@ -571,16 +577,9 @@ impl Replicator {
         let from = self.source.log_dir().join(name);
         let to = self.replica.log_dir().join(name);
         let progress = |n: u64| observer.bytes(n);
-        let options = self.copy_options(mode, None, &progress);
-        copy_verified(
-            self.source.store().as_ref(),
-            &from,
-            self.replica.store().as_ref(),
-            &to,
-            &options,
-        )
-        .await
-        .map_err(|source| ReplicateError::Copy { version, source })
+        self.copy_file(&from, &to, mode, None, &progress)
+            .await
+            .map_err(|source| ReplicateError::Copy { version, source })
     }
 
     /// Writes commit `version`'s file with `bytes` (put-if-absent, verified).

@@ -35,6 +35,26 @@ pub fn broker() -> Option<String> {
     }
 }
 
+/// Python 3 with deltalake, duckdb and pyarrow (the independent readers of the tables);
+/// `false` (skip, with a loud note) only outside CI.
+///
+/// # Panics
+/// When they are missing and `CI=true`.
+pub fn have_python() -> bool {
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import deltalake, duckdb, pyarrow"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "python deltalake/duckdb missing under CI=true (scripts/setup installs them)"
+        );
+        eprintln!("SKIPPED: python3 deltalake/duckdb not installed; run scripts/setup");
+    }
+    have
+}
+
 /// A topic name unique to this test run.
 pub fn unique_topic(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use tidemark_tests::{
-    broker, create_topic, order_json, order_json_except, order_json_unless, produce, summary,
-    unique_topic, Fixture,
+    broker, create_topic, have_python, order_json, order_json_except, order_json_unless, produce,
+    summary, unique_topic, Fixture,
 };
 use tidemark_tools::audit;
 
@@ -414,16 +414,7 @@ fn bench_measures_each_interval_and_writes_table_csv_json_svg() {
 
 #[test]
 fn python_delta_rs_and_duckdb_read_the_table() {
-    let have = std::process::Command::new("python3")
-        .args(["-c", "import deltalake, duckdb, pyarrow"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "python deltalake/duckdb missing under CI=true (scripts/setup installs them)"
-        );
-        eprintln!("SKIPPED: python3 deltalake/duckdb not installed; run scripts/setup");
+    if !have_python() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -58,6 +58,12 @@ fn ranges(covered: &[(u64, u64)]) -> String {
     if covered.is_empty() {
         return "none".into();
     }
+    format_ranges(covered)
+}
+
+/// Version ranges as people read them: `3`, `5..=9`, joined by `, ` (empty for none), so
+/// errors and `tidemark backup list` write them alike.
+pub fn format_ranges(covered: &[(u64, u64)]) -> String {
     covered
         .iter()
         .map(|(a, b)| {

@@ -9,29 +9,10 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tidemark_tests::{
-    broker, create_topic, drain_stderr, order_json, produce, produce_range, stderr_of,
-    unique_topic, Fixture,
-};
+use tidemark_tests::{broker, drain_stderr, have_python, order_json, produce_range, stderr_of};
 use tidemark_tools::audit;
 
-use super::{assert_exactly_once, EXE};
-
-/// Python with deltalake, duckdb and pyarrow; `false` (skip) only outside CI.
-fn have_python() -> bool {
-    let have = std::process::Command::new("python3")
-        .args(["-c", "import deltalake, duckdb, pyarrow"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "python deltalake/duckdb missing under CI=true (scripts/setup installs them)"
-        );
-        eprintln!("SKIPPED: python3 deltalake/duckdb not installed; run scripts/setup");
-    }
-    have
-}
+use super::{assert_exactly_once, topic_of_values_and_fixture, EXE};
 
 fn py(args: &[&str]) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/backup_table.py");
@@ -84,6 +65,52 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// A scratch directory with where a test's source table and its backups go (`src`,
+/// `backups` in it); `None` (skip) without Python, only outside CI.
+fn scratch() -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
+    if !have_python() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (src, backups) = (dir.path().join("src"), dir.path().join("backups"));
+    Some((dir, src, backups))
+}
+
+/// `tidemark backup --from table --to backups <extra> --json`, which must succeed: its report.
+fn backup_json(table: &Path, backups: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["backup", "--from", s(table), "--to", s(backups)];
+    args.extend(extra);
+    args.push("--json");
+    ok_json(&args)
+}
+
+/// `tidemark restore-backup backups --to dest <extra> --json`, which must succeed: its report.
+fn restore_json(backups: &Path, dest: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["restore-backup", s(backups), "--to", s(dest)];
+    args.extend(extra);
+    args.push("--json");
+    ok_json(&args)
+}
+
+/// `tidemark verify table <extra> --deep --manifest backups --json`.
+fn verify_deep_json(table: &Path, backups: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["verify", s(table)];
+    args.extend(extra);
+    args.extend(["--deep", "--manifest", s(backups), "--json"]);
+    tidemark(&args)
+}
+
+/// Delta-rs and DuckDB read `restored` as the same rows as `src` at `version`.
+fn assert_restores(src: &Path, version: u64, restored: &Path) -> serde_json::Value {
+    let compared = py(&[
+        "compare",
+        s(src),
+        &format!("{version}:{}", restored.display()),
+    ]);
+    assert_eq!(compared[0]["equal"], true, "{compared}");
+    compared
+}
+
 /// Backups after each of 8 changes (appends, a multi-file append, a delete, a checkpoint, an
 /// overwrite): a full one, then 7 incrementals, each copying only the new commit and the
 /// files it adds. Every covered version restores to exactly the rows time travel on the
@@ -92,12 +119,9 @@ fn s(p: &Path) -> &str {
 /// the newest chain.
 #[test]
 fn an_incremental_chain_restores_every_version_like_time_travel() {
-    if !have_python() {
+    let Some((dir, src, backups)) = scratch() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    let backups = dir.path().join("backups");
+    };
     let ops = [
         "append",
         "append_many",
@@ -111,7 +135,7 @@ fn an_incremental_chain_restores_every_version_like_time_travel() {
     let mut ids: Vec<String> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         let (version, added) = step(&src, op, i as u64);
-        let report = ok_json(&["backup", "--from", s(&src), "--to", s(&backups), "--json"]);
+        let report = backup_json(&src, &backups, &[]);
         assert_eq!(report["last_version"], version, "{report}");
         if i == 0 {
             assert_eq!(report["kind"], "full", "{report}");
@@ -125,7 +149,7 @@ fn an_incremental_chain_restores_every_version_like_time_travel() {
         }
         ids.push(report["id"].as_str().unwrap().to_string());
     }
-    let again = ok_json(&["backup", "--from", s(&src), "--to", s(&backups), "--json"]);
+    let again = backup_json(&src, &backups, &[]);
     assert_eq!(again["kind"], "up_to_date", "{again}");
 
     let list = ok_json(&["backup", "list", s(&backups), "--json"]);
@@ -138,15 +162,7 @@ fn an_incremental_chain_restores_every_version_like_time_travel() {
     let mut pairs = Vec::new();
     for v in 0..=newest {
         let dest = dir.path().join(format!("restored-{v}"));
-        let report = ok_json(&[
-            "restore-backup",
-            s(&backups),
-            "--to",
-            s(&dest),
-            "--version",
-            &v.to_string(),
-            "--json",
-        ]);
+        let report = restore_json(&backups, &dest, &["--version", &v.to_string()]);
         assert_eq!(report["version"], v);
         pairs.push(format!("{v}:{}", dest.display()));
     }
@@ -173,15 +189,11 @@ fn an_incremental_chain_restores_every_version_like_time_travel() {
     let t5 = times["5"];
     assert!(times["6"] > t5, "{times:?}");
     let dest = dir.path().join("restored-at-time");
-    let report = ok_json(&[
-        "restore-backup",
-        s(&backups),
-        "--to",
-        s(&dest),
-        "--timestamp",
-        &(times["6"] - 1).to_string(),
-        "--json",
-    ]);
+    let report = restore_json(
+        &backups,
+        &dest,
+        &["--timestamp", &(times["6"] - 1).to_string()],
+    );
     assert_eq!(report["version"], 5, "{report}");
 
     // Never into a non-empty directory.
@@ -194,17 +206,7 @@ fn an_incremental_chain_restores_every_version_like_time_travel() {
     );
 
     // Retention: a new full backup with --keep-full 1 deletes the old chain whole.
-    let report = ok_json(&[
-        "backup",
-        "--from",
-        s(&src),
-        "--to",
-        s(&backups),
-        "--full",
-        "--keep-full",
-        "1",
-        "--json",
-    ]);
+    let report = backup_json(&src, &backups, &["--full", "--keep-full", "1"]);
     assert_eq!(report["kind"], "full");
     assert_eq!(
         report["pruned"].as_array().unwrap().len(),
@@ -234,12 +236,9 @@ fn an_incremental_chain_restores_every_version_like_time_travel() {
 /// and says which it could not.
 #[test]
 fn verify_finds_every_corrupt_file_and_repairs_those_a_backup_holds() {
-    if !have_python() {
+    let Some((dir, table, backups)) = scratch() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let table = dir.path().join("table");
-    let backups = dir.path().join("backups");
+    };
     let mut added_by: BTreeMap<String, u64> = BTreeMap::new();
     for (i, op) in ["append", "append_many", "append_many", "append_many"]
         .iter()
@@ -248,7 +247,7 @@ fn verify_finds_every_corrupt_file_and_repairs_those_a_backup_holds() {
         let (v, added) = step(&table, op, i as u64);
         added_by.extend(added.into_iter().map(|p| (p, v)));
     }
-    ok_json(&["backup", "--from", s(&table), "--to", s(&backups), "--json"]);
+    backup_json(&table, &backups, &[]);
     let backed_up: Vec<String> = added_by.keys().cloned().collect();
     let (v, after) = step(&table, "append_many", 9);
     added_by.extend(after.iter().map(|p| (p.clone(), v)));
@@ -328,14 +327,7 @@ fn verify_finds_every_corrupt_file_and_repairs_those_a_backup_holds() {
     }
 
     // Deep, with the backup's checksums: exactly the corrupted files, each with its version.
-    let out = tidemark(&[
-        "verify",
-        s(&table),
-        "--deep",
-        "--manifest",
-        s(&backups),
-        "--json",
-    ]);
+    let out = verify_deep_json(&table, &backups, &[]);
     assert!(!out.status.success());
     let deep = bad_of(&out);
     assert_eq!(
@@ -352,16 +344,7 @@ fn verify_finds_every_corrupt_file_and_repairs_those_a_backup_holds() {
         }
     }
     // An older version's snapshot: the files added after it are not its concern.
-    let out = tidemark(&[
-        "verify",
-        s(&table),
-        "--version",
-        "3",
-        "--deep",
-        "--manifest",
-        s(&backups),
-        "--json",
-    ]);
+    let out = verify_deep_json(&table, &backups, &["--version", "3"]);
     let at_3 = bad_of(&out);
     let mut expect_3 = all_bad.clone();
     expect_3.remove(&fresh_truncated);
@@ -403,14 +386,7 @@ fn verify_finds_every_corrupt_file_and_repairs_those_a_backup_holds() {
         }
     }
     assert_eq!(report["still_bad"], 2);
-    let out = tidemark(&[
-        "verify",
-        s(&table),
-        "--deep",
-        "--manifest",
-        s(&backups),
-        "--json",
-    ]);
+    let out = verify_deep_json(&table, &backups, &[]);
     let left = bad_of(&out);
     assert_eq!(
         left.keys().cloned().collect::<BTreeSet<_>>(),
@@ -468,15 +444,12 @@ fn verify_finds_every_corrupt_file_and_repairs_those_a_backup_holds() {
 /// checkpoint and restores the same rows as the source.
 #[test]
 fn a_cleaned_up_log_refuses_an_incremental_and_a_full_backup_starts_at_the_checkpoint() {
-    if !have_python() {
+    let Some((dir, src, backups)) = scratch() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    let backups = dir.path().join("backups");
+    };
     step(&src, "append", 0);
     let (_, many) = step(&src, "append_many", 1);
-    ok_json(&["backup", "--from", s(&src), "--to", s(&backups), "--json"]);
+    backup_json(&src, &backups, &[]);
     step(&src, "append", 2);
     // A checkpoint of version 2, then version 3; then the log cleaned up to the checkpoint.
     let (v, _) = step(&src, "checkpoint", 3);
@@ -497,15 +470,7 @@ fn a_cleaned_up_log_refuses_an_incremental_and_a_full_backup_starts_at_the_check
         "{err}"
     );
 
-    let report = ok_json(&[
-        "backup",
-        "--from",
-        s(&src),
-        "--to",
-        s(&backups),
-        "--full",
-        "--json",
-    ]);
+    let report = backup_json(&src, &backups, &["--full"]);
     assert_eq!(report["kind"], "full");
     let id = report["id"].as_str().unwrap();
     let copied = backups.join(id).join("table/_delta_log");
@@ -520,10 +485,9 @@ fn a_cleaned_up_log_refuses_an_incremental_and_a_full_backup_starts_at_the_check
         std::fs::read(log.join("_last_checkpoint")).unwrap()
     );
     let dest = dir.path().join("restored");
-    let report = ok_json(&["restore-backup", s(&backups), "--to", s(&dest), "--json"]);
+    let report = restore_json(&backups, &dest, &[]);
     assert_eq!(report["version"], 3);
-    let compared = py(&["compare", s(&src), &format!("3:{}", dest.display())]);
-    assert_eq!(compared[0]["equal"], true, "{compared}");
+    let compared = assert_restores(&src, 3, &dest);
     assert_eq!(compared[0]["restored_version"], 3, "{compared}");
     // A file the checkpoint holds (its adding commit is gone) is reported as added at or
     // before the checkpoint's version.
@@ -546,12 +510,9 @@ fn a_cleaned_up_log_refuses_an_incremental_and_a_full_backup_starts_at_the_check
 /// exactly; the next backup after the kills succeeds.
 #[test]
 fn a_killed_backup_is_never_taken_for_a_whole_one() {
-    if !have_python() {
+    let Some((dir, src, backups)) = scratch() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    let backups = dir.path().join("backups");
+    };
     step(&src, "append_wide", 0);
     let (version, _) = step(&src, "append_many", 1);
     let mut rng = rand::rng();
@@ -597,31 +558,26 @@ fn a_killed_backup_is_never_taken_for_a_whole_one() {
         let dest = dir
             .path()
             .join(format!("restored-{}", b["id"].as_str().unwrap()));
-        ok_json(&["restore-backup", s(&one), "--to", s(&dest), "--json"]);
-        let compared = py(&["compare", s(&src), &format!("{version}:{}", dest.display())]);
-        assert_eq!(compared[0]["equal"], true, "{compared}");
+        restore_json(&one, &dest, &[]);
+        assert_restores(&src, version, &dest);
     }
     // The next backup ignores the unfinished ones.
-    let report = ok_json(&["backup", "--from", s(&src), "--to", s(&backups), "--json"]);
+    let report = backup_json(&src, &backups, &[]);
     assert_eq!(report["kind"], "full", "{report}");
     let dest = dir.path().join("restored-after");
-    ok_json(&["restore-backup", s(&backups), "--to", s(&dest), "--json"]);
-    let compared = py(&["compare", s(&src), &format!("{version}:{}", dest.display())]);
-    assert_eq!(compared[0]["equal"], true, "{compared}");
+    restore_json(&backups, &dest, &[]);
+    assert_restores(&src, version, &dest);
 }
 
 /// A file with a deletion vector (whose own file backups do not copy yet) is refused, for
 /// an incremental and for a full backup, naming the file and the version.
 #[test]
 fn a_deletion_vector_is_refused_not_backed_up_incompletely() {
-    if !have_python() {
+    let Some((_dir, src, backups)) = scratch() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    let backups = dir.path().join("backups");
+    };
     let (_, added) = step(&src, "append", 0);
-    ok_json(&["backup", "--from", s(&src), "--to", s(&backups), "--json"]);
+    backup_json(&src, &backups, &[]);
     // Version 1 re-adds the file with a deletion vector (as a DV-writing engine would).
     let path = &added[0];
     let size = std::fs::metadata(src.join(path)).unwrap().len();
@@ -664,15 +620,15 @@ fn find_backup_copy(backups: &Path, rel: &str) -> (PathBuf, ()) {
 #[tokio::test(flavor = "multi_thread")]
 async fn accidental_table_delete_is_undone_by_restore_backup_and_a_rewind() {
     let Some(brokers) = broker() else { return };
-    let topic = unique_topic("backup-delete");
-    create_topic(&brokers, &topic, 2).await;
-    let mut ends = produce(&brokers, &topic, 2, 3_000, order_json);
-    let fixture = Fixture::new(
-        Path::new(EXE),
+    let (topic, fixture, mut ends) = topic_of_values_and_fixture(
         &brokers,
-        &topic,
+        "backup-delete",
+        2,
+        3_000,
+        order_json,
         "[checkpoint]\ninterval_ms = 200\nmax_records = 400\nretain = 1000\n",
-    );
+    )
+    .await;
     let backups = fixture.dir.path().join("backups");
     let mut child = fixture.spawn(false, &[]);
     let log = drain_stderr(&mut child);
@@ -697,15 +653,7 @@ async fn accidental_table_delete_is_undone_by_restore_backup_and_a_rewind() {
     wait_rows(1_000);
     let mut taken = 0;
     let mut backup = || {
-        let out = tidemark(&[
-            "backup",
-            "--from",
-            s(&fixture.table),
-            "--to",
-            s(&backups),
-            "--json",
-        ]);
-        assert!(out.status.success(), "backup: {}", stderr_of(&out));
+        backup_json(&fixture.table, &backups, &[]);
         taken += 1;
     };
     backup();
@@ -759,13 +707,7 @@ async fn accidental_table_delete_is_undone_by_restore_backup_and_a_rewind() {
         .unwrap();
     }
 
-    let report = ok_json(&[
-        "restore-backup",
-        s(&backups),
-        "--to",
-        s(&fixture.table),
-        "--json",
-    ]);
+    let report = restore_json(&backups, &fixture.table, &[]);
     let replay = audit::replay_log(&fixture.table).unwrap();
     assert_eq!(report["version"], replay.version, "{report}");
     let restored_epoch = replay.txn["test"];

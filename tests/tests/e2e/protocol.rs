@@ -16,7 +16,7 @@ use tidemark_tests::{
 use tidemark_tools::audit;
 
 use super::hardening::{set_table_path, TablePath};
-use super::{assert_exactly_once, topic_and_fixture, EXE};
+use super::{assert_exactly_once, topic_and_fixture, topic_of_values_and_fixture, EXE};
 
 type Ends = BTreeMap<(String, i32), i64>;
 
@@ -501,15 +501,15 @@ fn copy_dir(from: &Path, to: &Path) {
 #[tokio::test(flavor = "multi_thread")]
 async fn table_behind_the_store_refuses_then_rewinds() {
     let Some(brokers) = broker() else { return };
-    let topic = unique_topic("behind");
-    create_topic(&brokers, &topic, 2).await;
-    let mut ends = produce(&brokers, &topic, 2, 3_000, order_json);
-    let fixture = Fixture::new(
-        Path::new(EXE),
+    let (topic, fixture, mut ends) = topic_of_values_and_fixture(
         &brokers,
-        &topic,
+        "behind",
+        2,
+        3_000,
+        order_json,
         "[checkpoint]\ninterval_ms = 300\nmax_records = 500\nretain = 100\n",
-    );
+    )
+    .await;
     let out = fixture.run_to_end(&[]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let v = committed(&fixture);
