@@ -200,6 +200,7 @@ async fn each_crash_point_recovers_as_the_protocol_says() {
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_sigkills_while_producing_keep_exactly_once() {
     let Some(brokers) = broker() else { return };
+    let _exclusive = tidemark_tests::broker_exclusive().await;
     let records = env_u64("TIDEMARK_CHAOS_RECORDS", 500_000);
     let kills_wanted = env_u64("TIDEMARK_CHAOS_KILLS", 50);
     let partitions = 3;
@@ -244,8 +245,13 @@ async fn chaos_sigkills_while_producing_keep_exactly_once() {
         CrashPoint::AfterCheckpoint,
     ];
     let started = Instant::now();
-    while kills < kills_wanted {
-        let armed = (kills % 4 == 1).then(|| {
+    // A kill during recovery needs a short timer to fall inside a short window: should none
+    // of the planned kills have landed there, up to 30 more timed kills aim at it.
+    let recovery_kill_missing =
+        |phases: &BTreeMap<&'static str, u64>| !phases.contains_key("during_recovery");
+    while kills < kills_wanted || (recovery_kill_missing(&phases) && kills < kills_wanted + 30) {
+        let extra = kills >= kills_wanted;
+        let armed = (kills % 4 == 1 && !extra).then(|| {
             let point = aimed[(kills as usize / 4) % aimed.len()];
             (
                 point,
@@ -263,7 +269,7 @@ async fn chaos_sigkills_while_producing_keep_exactly_once() {
         let ms = if armed.is_some() {
             // Give the crash point time to fire (the producer is still writing).
             8_000
-        } else if rng.random_bool(0.33) {
+        } else if extra || rng.random_bool(0.33) {
             rng.random_range(0..300)
         } else {
             rng.random_range(300..3500)

@@ -351,6 +351,7 @@ async fn recreate_topic(brokers: &str, topic: &str, partitions: i32, records: u6
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_and_recreated_topic_is_refused_naming_it() {
     let Some(brokers) = broker() else { return };
+    let _exclusive = tidemark_tests::broker_exclusive().await;
     // (partitions after recreation, records after recreation): fewer records on as many
     // partitions (a position past the end), and a partition fewer (a stored partition gone).
     for (case, (partitions, records)) in [(2, 20u64), (1, 400)].into_iter().enumerate() {
@@ -416,6 +417,7 @@ fn broker_topic_id(brokers: &str, topic: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_recreated_topic_with_more_records_is_refused_by_its_topic_id() {
     let Some(brokers) = broker() else { return };
+    let _exclusive = tidemark_tests::broker_exclusive().await;
     let (topic, fixture, before) = a_topic_read_to_its_end(&brokers, "recreate_id").await;
     let old_id = broker_topic_id(&brokers, &topic);
     let recorded = &before.epochs.last().unwrap().1.topic_ids;
@@ -458,6 +460,7 @@ async fn a_recreated_topic_with_more_records_is_refused_by_its_topic_id() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_topic_recreated_while_running_stops_the_pipeline() {
     let Some(brokers) = broker() else { return };
+    let _exclusive = tidemark_tests::broker_exclusive().await;
     let (topic, fixture, ends) =
         topic_of_values_and_fixture(&brokers, "recreate_live", 2, 200, order_json, PIPELINE).await;
     let mut child = fixture.spawn(false, &[]);
