@@ -565,21 +565,15 @@ fn write_results(
         if off.dedup || !on.dedup || on.interval_ms != off.interval_ms {
             continue;
         }
-        let mut per_round: Vec<f64> = off
-            .all_records_per_sec
-            .iter()
-            .zip(&on.all_records_per_sec)
-            .map(|(a, b)| b / a)
-            .collect();
+        let per_round = round_ratios(&on.all_records_per_sec, &off.all_records_per_sec);
         let shown: Vec<String> = per_round
             .iter()
             .map(|r| format!("{:.0}%", r * 100.0))
             .collect();
-        per_round.sort_by(f64::total_cmp);
         println!(
             "  {:>12}: dedup on at {:.0}% of dedup off (median of the per-round ratios; rounds: {}); medians {:.0} vs {:.0} records/s; checkpoint share {:.2}% vs {:.2}%",
             on.interval,
-            per_round[per_round.len() / 2] * 100.0,
+            median(&per_round) * 100.0,
             shown.join(", "),
             on.records_per_sec,
             off.records_per_sec,
@@ -593,16 +587,10 @@ fn write_results(
         let Some(this) = rows.iter().find(|r| r.interval == name) else {
             continue;
         };
-        let mut per_round: Vec<f64> = this
-            .all_records_per_sec
-            .iter()
-            .zip(&base.all_records_per_sec)
-            .map(|(a, b)| a / b)
-            .collect();
-        per_round.sort_by(f64::total_cmp);
+        let per_round = round_ratios(&this.all_records_per_sec, &base.all_records_per_sec);
         println!(
             "  {name:>12}: this build at {:.0}% of the baseline's throughput (median of the per-round ratios); medians {:.0} vs {:.0} records/s; commit p50 {:.0} vs {:.0} ms; checkpoint share {:.2}% vs {:.2}%",
-            per_round[per_round.len() / 2] * 100.0,
+            median(&per_round) * 100.0,
             this.records_per_sec,
             base.records_per_sec,
             this.commit_ms_p50,
@@ -616,6 +604,18 @@ fn write_results(
         dir.display()
     );
     Ok(())
+}
+
+/// Round by round, `a`'s rate over `b`'s (the two ran back to back on the same stream).
+fn round_ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(a, b)| a / b).collect()
+}
+
+/// The median of `values` (the upper one of an even count; 0 for none).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The suffix of an interval run with metrics on (`--metrics`).
