@@ -39,11 +39,6 @@ use crate::epoch_log::{log_batch, log_state_delta, record_size, to_store_positio
 use crate::fault::{self, CrashPoint};
 use crate::shutdown::Shutdown;
 
-/// Environment variable that delays every Delta commit by this many milliseconds: a fault
-/// injection for liveness tests (a slow object store). Compiled in only with the
-/// `crash-points` feature (test builds); inert unless set.
-pub const COMMIT_DELAY_ENV: &str = "TIDEMARK_FAULT_COMMIT_DELAY_MS";
-
 /// Most records taken from the source while an epoch commits (then librdkafka's own bounded
 /// prefetch queue holds the rest and fetching stops).
 const BUFFER_DURING_COMMIT: usize = 50_000;
@@ -880,15 +875,7 @@ async fn commit_with_delay(
     adds: Vec<deltalake::kernel::Add>,
     info: &EpochCommitInfo,
 ) -> Result<CommitOutcome, tidemark_connectors::delta::DeltaSinkError> {
-    #[cfg(feature = "crash-points")]
-    if let Some(ms) = std::env::var(COMMIT_DELAY_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        tracing::warn!(ms, "fault injection: delaying the Delta commit");
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-    }
-    crate::io_faults::commit_hang().await;
+    crate::io_faults::before_delta_commit().await;
     crate::metrics::time_delta_commit(sink.commit_epoch(adds, info)).await
 }
 

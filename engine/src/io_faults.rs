@@ -9,9 +9,12 @@
 //! - `@<n>`: the n-th matching call fails (1 = the first);
 //! - `:sticky`: every later matching call fails too (a disk that stays full).
 //!
-//! `TIDEMARK_FAULT_COMMIT_HANG=<ms>@<n>` (test builds too): the n-th Delta commit of the run
-//! (counting the dead-letter table's) hangs for `<ms>` before it is made — an object store that
-//! stops answering for a while, to show `/readyz` turning unhealthy and back.
+//! Slow Delta commits (test builds too), both applied by [`before_delta_commit`]:
+//! - `TIDEMARK_FAULT_COMMIT_DELAY_MS=<ms>`: every Delta commit waits `<ms>` first — a slow
+//!   object store, for liveness tests;
+//! - `TIDEMARK_FAULT_COMMIT_HANG=<ms>@<n>`: the n-th Delta commit of the run (counting the
+//!   dead-letter table's) hangs for `<ms>` — an object store that stops answering for a while,
+//!   to show `/readyz` turning unhealthy and back.
 
 use tidemark_fs::SharedFs;
 
@@ -35,7 +38,10 @@ pub fn pipeline_fs() -> Result<SharedFs, String> {
     Ok(tidemark_fs::std_fs())
 }
 
-/// The environment variable read by [`commit_hang`] in test builds.
+/// Delays every Delta commit by this many milliseconds (test builds; see the module docs).
+pub const COMMIT_DELAY_ENV: &str = "TIDEMARK_FAULT_COMMIT_DELAY_MS";
+
+/// The n-th Delta commit hangs (test builds; see the module docs).
 pub const COMMIT_HANG_ENV: &str = "TIDEMARK_FAULT_COMMIT_HANG";
 
 /// Parses a `TIDEMARK_FAULT_COMMIT_HANG` value: `(milliseconds, n-th commit)`.
@@ -50,11 +56,19 @@ pub fn parse_commit_hang(spec: &str) -> Result<(u64, u64), String> {
     Ok((ms, nth))
 }
 
-/// Waits before a Delta commit if `TIDEMARK_FAULT_COMMIT_HANG` names this one (test builds
-/// only; nothing without the `crash-points` feature).
-pub async fn commit_hang() {
+/// Waits before a Delta commit as `TIDEMARK_FAULT_COMMIT_DELAY_MS` and
+/// `TIDEMARK_FAULT_COMMIT_HANG` say (test builds only; nothing without the `crash-points`
+/// feature).
+pub async fn before_delta_commit() {
     #[cfg(feature = "crash-points")]
     {
+        if let Some(ms) = std::env::var(COMMIT_DELAY_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            tracing::warn!(ms, "fault injection: delaying the Delta commit");
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
         use std::sync::atomic::{AtomicU64, Ordering};
         static COMMITS: AtomicU64 = AtomicU64::new(0);
         let Ok(spec) = std::env::var(COMMIT_HANG_ENV) else {

@@ -147,7 +147,7 @@ async fn a_second_instance_fails_fast_and_changes_nothing() {
     // Slow commits keep the first instance mid-epoch while the second starts.
     let mut first = fixture.spawn(
         false,
-        &[(tidemark_engine::committer::COMMIT_DELAY_ENV, "400")],
+        &[(tidemark_engine::io_faults::COMMIT_DELAY_ENV, "400")],
     );
     // Drain its log as it comes: a full pipe would block the pipeline.
     let first_log = drain_stderr(&mut first);

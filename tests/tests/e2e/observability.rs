@@ -281,7 +281,10 @@ async fn readyz_fails_while_a_delta_commit_hangs_and_recovers_after() {
         &topic,
         &config_with_http(&addr, "commit_stall_intervals = 10\n"),
     );
-    let mut child = fixture.spawn(false, &[("TIDEMARK_FAULT_COMMIT_HANG", "8000@3")]);
+    let mut child = fixture.spawn(
+        false,
+        &[(tidemark_engine::io_faults::COMMIT_HANG_ENV, "8000@3")],
+    );
     let log = drain_stderr(&mut child);
     wait_for_http(&addr);
     // Records keep arriving, so epochs keep coming and records wait during the hang.

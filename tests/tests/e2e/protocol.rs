@@ -576,7 +576,7 @@ async fn slow_commits_keep_the_consumer_polled() {
         "[checkpoint]\ninterval_ms = 300\nmax_records = 1000\n",
     )
     .await;
-    let out = fixture.run_to_end(&[(tidemark_engine::committer::COMMIT_DELAY_ENV, "2500")]);
+    let out = fixture.run_to_end(&[(tidemark_engine::io_faults::COMMIT_DELAY_ENV, "2500")]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let log = stderr_of(&out);
     let polls: Vec<u64> = log
