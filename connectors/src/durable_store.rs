@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::channel::oneshot;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::local::LocalFileSystem;
@@ -32,7 +33,7 @@ use object_store::{
     ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
     RenameTargetMode, UploadPart,
 };
-use tidemark_fs::{parent_dir, write_file_durably, SharedFs};
+use tidemark_fs::{parent_dir, write_file_durably, DurableFile, SharedFs};
 
 const STORE: &str = "DurableLocalStore";
 
@@ -190,13 +191,12 @@ impl ObjectStore for DurableLocalStore {
         location: &Path,
         _opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        // Parts are gathered in memory and written whole at `complete`: a file appears under
-        // its final name only complete and durable.
-        Ok(Box::new(BufferedUpload {
-            fs: self.fs.clone(),
-            path: self.path_of(location)?,
-            parts: Vec::new(),
-        }))
+        // Parts are streamed to a temporary file and placed at `complete`: a file appears
+        // under its final name only complete and durable.
+        Ok(Box::new(StreamingUpload::start(
+            self.fs.clone(),
+            self.path_of(location)?,
+        )?))
     }
 
     async fn get_opts(
@@ -311,30 +311,127 @@ impl ObjectStore for DurableLocalStore {
     }
 }
 
-/// A multipart upload kept in memory and written whole, durably, at `complete`.
+/// What a [`StreamingUpload`] asks of its writer thread, in the order the parts were given.
+enum UploadStep {
+    /// Append these bytes; answer when they are written (not yet fsynced).
+    Part(PutPayload, oneshot::Sender<object_store::Result<()>>),
+    /// Fsync, place under the final name, fsync the directory; answer with the outcome.
+    Complete(oneshot::Sender<object_store::Result<()>>),
+    /// Remove the temporary file; answer when done.
+    Abort(oneshot::Sender<()>),
+}
+
+/// A multipart upload streamed to a temporary file by a writer thread of its own (parts are
+/// appended in the order `put_part` was called, so memory holds only the parts in flight) and
+/// placed under its final name, whole and durable, at `complete` ([`DurableFile`]). Dropped or
+/// aborted, it leaves no file.
 #[derive(Debug)]
-struct BufferedUpload {
-    fs: SharedFs,
+struct StreamingUpload {
     path: PathBuf,
-    parts: Vec<PutPayload>,
+    steps: std::sync::mpsc::Sender<UploadStep>,
+}
+
+impl StreamingUpload {
+    fn start(fs: SharedFs, path: PathBuf) -> object_store::Result<Self> {
+        let (steps, received) = std::sync::mpsc::channel();
+        let writer_path = path.clone();
+        std::thread::Builder::new()
+            .name("durable-upload".into())
+            .spawn(move || write_upload(fs, writer_path, received))
+            .map_err(|e| store_err("start the writer of", &path, e))?;
+        Ok(Self { path, steps })
+    }
+
+    fn writer_gone(&self) -> object_store::Error {
+        store_err(
+            "write",
+            &self.path,
+            io::Error::other("the upload's writer thread ended early"),
+        )
+    }
+}
+
+/// The writer thread of a [`StreamingUpload`]: appends parts in order, completes or aborts.
+/// After a failure every later step fails with the first error's text; the temporary file is
+/// removed (by [`DurableFile`]'s drop) unless completed.
+fn write_upload(fs: SharedFs, path: PathBuf, steps: std::sync::mpsc::Receiver<UploadStep>) {
+    let dir = parent_dir(&path);
+    let mut failed: Option<String> = None;
+    let created = ensure_dir(&fs, &dir).and_then(|()| {
+        DurableFile::create(fs.as_ref(), &path).map_err(|e| store_err("create", &path, e))
+    });
+    let mut file = match created {
+        Ok(file) => Some(file),
+        Err(e) => {
+            failed = Some(e.to_string());
+            None
+        }
+    };
+    let earlier = |failed: &Option<String>| {
+        store_err(
+            "write",
+            &path,
+            io::Error::other(format!(
+                "an earlier step of this upload failed: {}",
+                failed.as_deref().unwrap_or("the file was already placed")
+            )),
+        )
+    };
+    for step in steps {
+        match step {
+            UploadStep::Part(data, answer) => {
+                let result = match file.as_mut() {
+                    Some(f) if failed.is_none() => data
+                        .iter()
+                        .try_for_each(|chunk| f.append(chunk))
+                        .map_err(|e| store_err("write", &path, e)),
+                    _ => Err(earlier(&failed)),
+                };
+                if let Err(e) = &result {
+                    failed.get_or_insert_with(|| e.to_string());
+                    file = None;
+                }
+                let _ = answer.send(result);
+            }
+            UploadStep::Complete(answer) => {
+                let result = match file.take() {
+                    Some(f) if failed.is_none() => {
+                        f.commit(false).map_err(|e| store_err("write", &path, e))
+                    }
+                    _ => Err(earlier(&failed)),
+                };
+                let _ = answer.send(result);
+                return;
+            }
+            UploadStep::Abort(answer) => {
+                drop(file.take());
+                let _ = answer.send(());
+                return;
+            }
+        }
+    }
 }
 
 #[async_trait]
-impl MultipartUpload for BufferedUpload {
+impl MultipartUpload for StreamingUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
-        self.parts.push(data);
-        Box::pin(async { Ok(()) })
+        let (answer, answered) = oneshot::channel();
+        let sent = self.steps.send(UploadStep::Part(data, answer));
+        let gone = self.writer_gone();
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(gone);
+            }
+            answered.await.unwrap_or(Err(gone))
+        })
     }
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
-        let mut bytes = Vec::new();
-        for part in self.parts.drain(..) {
-            for chunk in part.iter() {
-                bytes.extend_from_slice(chunk);
-            }
-        }
-        let (fs, path) = (self.fs.clone(), self.path.clone());
-        DurableLocalStore::blocking(move || put_durably(&fs, &path, &bytes, false)).await?;
+        let (answer, answered) = oneshot::channel();
+        self.steps
+            .send(UploadStep::Complete(answer))
+            .map_err(|_| self.writer_gone())?;
+        answered.await.unwrap_or_else(|_| Err(self.writer_gone()))?;
         Ok(PutResult {
             e_tag: None,
             version: None,
@@ -342,7 +439,120 @@ impl MultipartUpload for BufferedUpload {
     }
 
     async fn abort(&mut self) -> object_store::Result<()> {
-        self.parts.clear();
+        let (answer, answered) = oneshot::channel();
+        if self.steps.send(UploadStep::Abort(answer)).is_ok() {
+            let _ = answered.await;
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::ObjectStoreExt;
+
+    fn files_in(dir: &FsPath) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_multipart_upload_streams_its_parts_in_order_and_appears_only_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DurableLocalStore::new(tidemark_fs::std_fs());
+        let path = dir.path().join("big.parquet");
+        let location = Path::from_absolute_path(&path).unwrap();
+        let mut upload = store.put_multipart(&location).await.unwrap();
+        let mut expected = Vec::new();
+        let mut pending = Vec::new();
+        for i in 0..50u32 {
+            let part: Vec<u8> = (0..(1000 + i * 37)).map(|b| (b + i) as u8).collect();
+            expected.extend_from_slice(&part);
+            pending.push(upload.put_part(PutPayload::from(part)));
+        }
+        // Parts are written as they come, under a temporary name only.
+        for p in pending.into_iter().rev() {
+            p.await.unwrap();
+        }
+        let names = files_in(dir.path());
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].contains(".tidemark-tmp-"), "{names:?}");
+        assert_eq!(
+            std::fs::metadata(dir.path().join(&names[0])).unwrap().len(),
+            expected.len() as u64,
+            "the parts are on disk before complete, not held in memory"
+        );
+        upload.complete().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        assert_eq!(files_in(dir.path()), vec!["big.parquet".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn an_aborted_or_failed_upload_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DurableLocalStore::new(tidemark_fs::std_fs());
+        let location = Path::from_absolute_path(dir.path().join("a.parquet")).unwrap();
+        let mut upload = store.put_multipart(&location).await.unwrap();
+        upload
+            .put_part(PutPayload::from(vec![1u8; 4096]))
+            .await
+            .unwrap();
+        upload.abort().await.unwrap();
+        assert!(
+            files_in(dir.path()).is_empty(),
+            "{:?}",
+            files_in(dir.path())
+        );
+
+        // A failed fsync at complete: nothing under the final name, no temporary left.
+        let fault = tidemark_fs::FaultFs::new(tidemark_fs::std_fs());
+        fault.arm(tidemark_fs::Fault::once(
+            tidemark_fs::Op::Sync,
+            tidemark_fs::FaultKind::Eio,
+        ));
+        let store = DurableLocalStore::new(Arc::new(fault.clone()));
+        let location = Path::from_absolute_path(dir.path().join("b.parquet")).unwrap();
+        let mut upload = store.put_multipart(&location).await.unwrap();
+        upload
+            .put_part(PutPayload::from(vec![2u8; 4096]))
+            .await
+            .unwrap();
+        let err = upload.complete().await.unwrap_err();
+        assert!(err.to_string().contains("b.parquet"), "{err}");
+        assert_eq!(fault.injected(), 1);
+        assert!(
+            files_in(dir.path()).is_empty(),
+            "{:?}",
+            files_in(dir.path())
+        );
+
+        // An EIO on a part: that part and every later step fail; nothing is left.
+        fault.arm(tidemark_fs::Fault::once(
+            tidemark_fs::Op::Write,
+            tidemark_fs::FaultKind::Eio,
+        ));
+        let mut upload = store.put_multipart(&location).await.unwrap();
+        assert!(upload
+            .put_part(PutPayload::from(vec![3u8; 10]))
+            .await
+            .is_err());
+        assert!(upload
+            .put_part(PutPayload::from(vec![4u8; 10]))
+            .await
+            .is_err());
+        assert!(upload.complete().await.is_err());
+        assert!(
+            files_in(dir.path()).is_empty(),
+            "{:?}",
+            files_in(dir.path())
+        );
     }
 }

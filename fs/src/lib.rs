@@ -103,40 +103,91 @@ pub fn write_file_durably(
     bytes: &[u8],
     if_absent: bool,
 ) -> io::Result<()> {
-    let dir = parent_dir(path);
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tidemark-tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        unique_suffix()
-    ));
-    let written = (|| {
-        let mut f = fs.create_new(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    })();
-    let placed = written.and_then(|()| {
-        if if_absent {
-            fs.hard_link(&tmp, path)
-        } else {
-            fs.rename(&tmp, path)
+    let mut file = DurableFile::create(fs, path)?;
+    file.append(bytes)?;
+    file.commit(if_absent)
+}
+
+/// A file written piece by piece under a temporary name beside `path` and placed under
+/// `path` only whole and durable, by [`DurableFile::commit`] — the streaming form of
+/// [`write_file_durably`], for files too big to hold in memory.
+///
+/// Invariant: nothing ever appears under `path` except by `commit`, and only after the whole
+/// content was fsynced. A `DurableFile` dropped without `commit` removes its temporary file
+/// (best effort: a crash leaves a hidden `.<name>.tidemark-tmp-*` file, never a wrong final one).
+#[derive(Debug)]
+pub struct DurableFile<'a> {
+    fs: &'a dyn FileSystem,
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<Box<dyn WritableFile>>,
+}
+
+impl<'a> DurableFile<'a> {
+    /// Creates the temporary file beside `path`.
+    pub fn create(fs: &'a dyn FileSystem, path: &Path) -> io::Result<Self> {
+        let dir = parent_dir(path);
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+        let tmp = dir.join(format!(
+            ".{}.tidemark-tmp-{}-{}",
+            name.to_string_lossy(),
+            std::process::id(),
+            unique_suffix()
+        ));
+        let file = fs.create_new(&tmp)?;
+        Ok(Self {
+            fs,
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(file),
+        })
+    }
+
+    /// Appends `bytes` to the temporary file.
+    pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.write_all(bytes),
+            None => Err(io::Error::other("the durable file was already placed")),
         }
-    });
-    match placed {
-        Ok(()) => {
+    }
+
+    /// Fsyncs the content, places it under `path` (renamed over it, or linked to it when
+    /// `if_absent`: `AlreadyExists` if `path` exists) and fsyncs the directory.
+    pub fn commit(mut self, if_absent: bool) -> io::Result<()> {
+        let Some(mut file) = self.file.take() else {
+            return Err(io::Error::other("the durable file was already placed"));
+        };
+        let placed = file.sync_all().and_then(|()| {
+            drop(file);
             if if_absent {
-                // The link is the final name; the temporary name goes. Losing this removal
-                // to a crash leaves a hidden temporary file, never a wrong final one.
-                let _ = fs.remove_file(&tmp);
+                self.fs.hard_link(&self.tmp, &self.path)
+            } else {
+                self.fs.rename(&self.tmp, &self.path)
             }
-            fs.sync_dir(&dir)
+        });
+        match placed {
+            Ok(()) => {
+                if if_absent {
+                    // The link is the final name; the temporary name goes. Losing this
+                    // removal to a crash leaves a hidden temporary file, never a wrong final one.
+                    let _ = self.fs.remove_file(&self.tmp);
+                }
+                self.fs.sync_dir(&parent_dir(&self.path))
+            }
+            Err(e) => {
+                let _ = self.fs.remove_file(&self.tmp);
+                Err(e)
+            }
         }
-        Err(e) => {
-            let _ = fs.remove_file(&tmp);
-            Err(e)
+    }
+}
+
+impl Drop for DurableFile<'_> {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = self.fs.remove_file(&self.tmp);
         }
     }
 }
