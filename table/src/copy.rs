@@ -613,6 +613,50 @@ async fn verify_written(
     }
 }
 
+/// Runs `work` (copies, usually) `parallel` at a time. After the first error no further item
+/// starts, and those already running are awaited before that error is returned: when this
+/// returns, no write it started is still going on, so each file is whole under its final name
+/// or absent, and no temporary file of its is left behind.
+pub async fn run_until_first_error<T, E, F>(
+    work: impl IntoIterator<Item = F>,
+    parallel: usize,
+) -> Result<Vec<T>, E>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let failed = AtomicBool::new(false);
+    let failed = &failed;
+    let mut running = futures::stream::iter(work)
+        .map(|item| async move {
+            if failed.load(Ordering::Relaxed) {
+                return None;
+            }
+            let result = item.await;
+            if result.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            Some(result)
+        })
+        .buffer_unordered(parallel.max(1));
+    let mut done = Vec::new();
+    let mut first_error = None;
+    while let Some(result) = running.next().await {
+        match result {
+            Some(Ok(t)) => done.push(t),
+            Some(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            None => {}
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(done),
+    }
+}
+
 #[cfg(test)]
 #[path = "copy_tests.rs"]
 mod tests;

@@ -15,10 +15,14 @@ pub mod live;
 pub mod location;
 pub mod log;
 pub mod progress;
+pub mod replica_lock;
 pub mod replicate;
 pub mod restore_backup;
 pub mod snapshot;
 pub mod verify;
+
+#[cfg(test)]
+mod test_support;
 
 pub use copy::{
     copy_verified, digest_of, CopyError, CopyOptions, CopyOutcome, FileDigest, Sha256Sum,

@@ -11,13 +11,14 @@
 use std::path::Path;
 use std::time::Instant;
 
-use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::backup::chain::{ChainError, PlannedFile, Target};
 use crate::backup::dir::{BackupDir, DirError};
 use crate::backup::manifest::{BackupId, FileRole};
-use crate::copy::{copy_verified, digest_of, CopyError, CopyOptions, DEFAULT_CHUNK_BYTES};
+use crate::copy::{
+    copy_verified, digest_of, run_until_first_error, CopyError, CopyOptions, DEFAULT_CHUNK_BYTES,
+};
 use crate::location::{open_store, TableLocation};
 use crate::progress::Progress;
 
@@ -89,6 +90,18 @@ pub async fn restore_backup(
     target: Target,
     table_id: Option<&str>,
 ) -> Result<RestoreReport, RestoreError> {
+    restore_backup_on(tidemark_fs::std_fs(), dir, dest, target, table_id).await
+}
+
+/// [`restore_backup`] writing the restored table through `fs` (tests inject EIO, failed fsyncs
+/// and full disks with a `FaultFs`).
+pub async fn restore_backup_on(
+    fs: tidemark_fs::SharedFs,
+    dir: &Path,
+    dest: &Path,
+    target: Target,
+    table_id: Option<&str>,
+) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
     let backups = BackupDir::open_shared(dir)?;
     refuse_non_empty(dest)?;
@@ -97,7 +110,12 @@ pub async fn restore_backup(
         path: dest.display().to_string(),
         reason: e.to_string(),
     })?;
-    let to = location(dest)?;
+    let to = TableLocation::parse_with_fs(&dest.display().to_string(), fs).map_err(|e| {
+        RestoreError::BadPath {
+            path: dest.display().to_string(),
+            reason: e.to_string(),
+        }
+    })?;
     let total: u64 = plan.files.iter().map(|f| f.entry.size).sum();
     tracing::info!(
         "restoring version {} into {} from backups {}: {} files, {total} bytes",
@@ -115,12 +133,11 @@ pub async fn restore_backup(
         .files
         .iter()
         .partition(|f| f.entry.role == FileRole::Data);
-    futures::stream::iter(
+    run_until_first_error(
         data.iter()
             .map(|f| restore_file(&backups, &to, f, &progress)),
+        PARALLEL_COPIES,
     )
-    .buffer_unordered(PARALLEL_COPIES)
-    .try_collect::<Vec<()>>()
     .await?;
     // The log in version order, `_last_checkpoint` last (plan order: by path, then it).
     for f in &log {

@@ -7,4 +7,7 @@ pub mod dir;
 pub mod manifest;
 pub mod take;
 
+#[cfg(test)]
+mod fault_tests;
+
 pub use take::{take_backup, BackupError, BackupOptions, BackupReport};

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use serde::Serialize;
 
@@ -179,6 +178,18 @@ pub async fn take_backup(
     dir: &Path,
     options: BackupOptions,
 ) -> Result<BackupReport, BackupError> {
+    take_backup_on(tidemark_fs::std_fs(), source, dir, options).await
+}
+
+/// [`take_backup`] writing the backup's files and manifest through `fs` (tests inject EIO,
+/// failed fsyncs and full disks with a `FaultFs`). A backup whose writes failed has no manifest,
+/// so it never counts as taken.
+pub async fn take_backup_on(
+    fs: tidemark_fs::SharedFs,
+    source: &TableLocation,
+    dir: &Path,
+    options: BackupOptions,
+) -> Result<BackupReport, BackupError> {
     let started = Instant::now();
     let backup_dir = BackupDir::open_exclusive(dir)?;
     let scan = backup_dir.scan()?;
@@ -244,12 +255,13 @@ pub async fn take_backup(
         path: dest_dir.display().to_string(),
         source,
     })?;
-    let dest = crate::location::open_store(&dest_dir.display().to_string()).map_err(|e| {
-        BackupError::BadPath {
-            file: dest_dir.display().to_string(),
-            reason: e.to_string(),
-        }
-    })?;
+    let dest =
+        TableLocation::parse_with_fs(&dest_dir.display().to_string(), fs.clone()).map_err(|e| {
+            BackupError::BadPath {
+                file: dest_dir.display().to_string(),
+                reason: e.to_string(),
+            }
+        })?;
     let total: u64 = plan.files.iter().map(|f| f.size).sum();
     tracing::info!(
         "backup {id} of {table}: {} versions {}..={}, {} files, {total} bytes{}",
@@ -281,7 +293,7 @@ pub async fn take_backup(
         commits: plan.commits.clone(),
         files: entries,
     };
-    manifest.write(&tidemark_fs::StdFs, &backup_dir.backup_path(&id))?;
+    manifest.write(fs.as_ref(), &backup_dir.backup_path(&id))?;
     backup_dir.sync()?;
     let data_files = manifest
         .files
@@ -691,10 +703,8 @@ async fn copy_all(
     };
     let (data, log): (Vec<&ToCopy>, Vec<&ToCopy>) =
         plan.files.iter().partition(|f| f.role == FileRole::Data);
-    let mut entries: Vec<FileEntry> = futures::stream::iter(data.into_iter().map(copy_one))
-        .buffer_unordered(PARALLEL_COPIES)
-        .try_collect()
-        .await?;
+    let mut entries: Vec<FileEntry> =
+        crate::copy::run_until_first_error(data.into_iter().map(copy_one), PARALLEL_COPIES).await?;
     for f in log {
         entries.push(copy_one(f).await?);
     }
