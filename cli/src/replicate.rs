@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tidemark_engine::pipeline::{install_signal_handlers, Shutdown};
 use tidemark_table::copy::Verify;
+use tidemark_table::replica_lock::ReplicaLock;
 use tidemark_table::replicate::{Observer, Plan};
 use tidemark_table::{open_store, ReplicateError, ReplicateOptions, ReplicationLag, Replicator};
 
@@ -234,6 +235,9 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<()> {
         chunk_bytes: args.chunk_size,
         parallel: usize::from(args.parallel),
     };
+    // One writer per replica: a second run would take this one's temporary files for crash
+    // leftovers and remove them.
+    let _lock = ReplicaLock::acquire(&replica, "tidemark replicate").context("--to")?;
     let replicator = Replicator::new(source, replica, options)?;
     let shutdown = Shutdown::new();
     install_signal_handlers(shutdown.clone());

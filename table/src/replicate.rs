@@ -38,7 +38,8 @@ use object_store::{ObjectMeta, ObjectStoreExt};
 use serde::Serialize;
 
 use crate::copy::{
-    copy_verified, write_verified, CopyError, CopyOptions, CopyOutcome, Verify, WriteMode,
+    copy_verified, run_until_first_error, write_verified, CopyError, CopyOptions, CopyOutcome,
+    Verify, WriteMode,
 };
 use crate::fault;
 use crate::lag::{measure_lag, ReplicationLag};
@@ -517,6 +518,40 @@ impl Replicator {
         .await
     }
 
+    /// Copies one data file (`path` decoded and relative, `size` from the log) of `version`.
+    async fn copy_data_file(
+        &self,
+        version: u64,
+        path: &str,
+        size: u64,
+        progress: &(dyn Fn(u64) + Send + Sync),
+        tally: &Tally,
+    ) -> Result<(), ReplicateError> {
+        let bad_path = |e: object_store::path::Error| ReplicateError::Unsupported {
+            table: self.source.to_string(),
+            version,
+            what: format!("the file path {path:?} ({e})"),
+        };
+        let from = self.source.child(path).map_err(bad_path)?;
+        let to = self.replica.child(path).map_err(bad_path)?;
+        let outcome = self
+            .copy_file(&from, &to, WriteMode::Overwrite, Some(size), progress)
+            .await
+            .map_err(|e| match e {
+                CopyError::Read {
+                    source: object_store::Error::NotFound { .. },
+                    ..
+                } => ReplicateError::SourceFileMissing {
+                    version,
+                    file: from.to_string(),
+                },
+                source => ReplicateError::Copy { version, source },
+            })?;
+        tally.count(&outcome);
+        fault::hit(fault::AFTER_DATA_FILE);
+        Ok(())
+    }
+
     /// Copies the data files `files` (decoded relative paths with their sizes) of `version`,
     /// several at once.
     async fn copy_data_files(
@@ -530,38 +565,15 @@ impl Replicator {
             observer.bytes(n);
             fault::copy_delay();
         };
-        futures::stream::iter(files)
-            .map(|(path, size)| {
-                let progress = &progress;
-                async move {
-                    let bad_path = |e: object_store::path::Error| ReplicateError::Unsupported {
-                        table: self.source.to_string(),
-                        version,
-                        what: format!("the file path {path:?} ({e})"),
-                    };
-                    let from = self.source.child(&path).map_err(bad_path)?;
-                    let to = self.replica.child(&path).map_err(bad_path)?;
-                    let outcome = self
-                        .copy_file(&from, &to, WriteMode::Overwrite, Some(size), progress)
-                        .await
-                        .map_err(|e| match e {
-                            CopyError::Read {
-                                source: object_store::Error::NotFound { .. },
-                                ..
-                            } => ReplicateError::SourceFileMissing {
-                                version,
-                                file: from.to_string(),
-                            },
-                            source => ReplicateError::Copy { version, source },
-                        })?;
-                    tally.count(&outcome);
-                    fault::hit(fault::AFTER_DATA_FILE);
-                    Ok::<(), ReplicateError>(())
-                }
-            })
-            .buffer_unordered(self.options.parallel.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
+        let progress = &progress;
+        run_until_first_error(
+            files.into_iter().map(|(path, size)| async move {
+                self.copy_data_file(version, &path, size, progress, tally)
+                    .await
+            }),
+            self.options.parallel,
+        )
+        .await?;
         Ok(())
     }
 
@@ -656,41 +668,114 @@ impl Replicator {
                 .map(|(b, c)| b.bytes.len() as u64 + c.files_added().map(|(_, s)| s).sum::<u64>())
                 .sum();
             observer.planned(plan, files, bytes);
-            for (bytes, commit) in commits {
-                let v = commit.version;
-                let mut seen = BTreeSet::new();
-                let files: Vec<(String, u64)> = commit
-                    .files_added()
-                    .filter(|(p, _)| seen.insert(p.decoded.clone()))
-                    .map(|(p, s)| (p.decoded.clone(), s))
-                    .collect();
-                self.copy_data_files(v, files, observer, tally).await?;
-                fault::hit(fault::BEFORE_COMMIT_FILE);
-                // The bytes whose files were just copied are the bytes written.
-                let outcome = self.write_commit(v, bytes.bytes.clone()).await?;
-                observer.bytes(bytes.bytes.len() as u64);
-                tally
-                    .bytes
-                    .fetch_add(outcome.bytes_written(), Ordering::Relaxed);
-                tally.versions.fetch_add(1, Ordering::Relaxed);
-                fault::hit(fault::AFTER_COMMIT_FILE);
-                if let Some(crc) = src_log.checksum(v) {
-                    let name = crc.name.clone();
-                    let o = self
-                        .copy_log_file(v, &name, WriteMode::Overwrite, observer)
-                        .await?;
-                    tally.bytes.fetch_add(o.bytes_written(), Ordering::Relaxed);
-                }
-                if let Some(parts) = src_log.checkpoint(v) {
-                    let names: Vec<String> = parts.iter().map(|f| f.name.clone()).collect();
-                    self.copy_checkpoint_files(v, &names, observer, tally)
-                        .await?;
-                }
-                observer.version_done(v);
-                tracing::debug!(version = v, "replica holds version");
-            }
+            self.copy_batch(commits, src_log, observer, tally).await?;
             batch_start = batch_end + 1;
         }
+        Ok(())
+    }
+
+    /// Copies a batch of consecutive versions: the data files of all of them `parallel` at a
+    /// time (in version order), and each commit as soon as its own files and every earlier
+    /// commit of the batch are in place. So copies overlap commit writes and fsyncs across
+    /// versions, while the invariant stays: a commit file is written only after every data
+    /// file it adds is durable in the replica. A data file added by several versions of the
+    /// batch is copied once, for the first of them (later commits come after its commit).
+    async fn copy_batch(
+        &self,
+        commits: Vec<(CommitBytes, Commit)>,
+        src_log: &LogListing,
+        observer: &dyn Observer,
+        tally: &Tally,
+    ) -> Result<(), ReplicateError> {
+        let mut seen = BTreeSet::new();
+        let mut remaining = vec![0usize; commits.len()];
+        let mut jobs = Vec::new();
+        for (index, (_, commit)) in commits.iter().enumerate() {
+            for (path, size) in commit.files_added() {
+                if seen.insert(path.decoded.clone()) {
+                    remaining[index] += 1;
+                    jobs.push((index, commit.version, path.decoded.clone(), size));
+                }
+            }
+        }
+        let progress = |n: u64| {
+            observer.bytes(n);
+            fault::copy_delay();
+        };
+        let (done_tx, mut done_rx) = futures::channel::mpsc::unbounded::<usize>();
+        let copies = async move {
+            let (progress, done_tx) = (&progress, &done_tx);
+            run_until_first_error(
+                jobs.into_iter()
+                    .map(|(index, version, path, size)| async move {
+                        self.copy_data_file(version, &path, size, progress, tally)
+                            .await?;
+                        // The receiver only goes away when the commit side failed, and that
+                        // error is the one reported.
+                        let _ = done_tx.unbounded_send(index);
+                        Ok::<(), ReplicateError>(())
+                    }),
+                self.options.parallel,
+            )
+            .await
+            .map(drop)
+        };
+        let writes = async {
+            let mut next = 0;
+            while next < commits.len() {
+                if remaining[next] > 0 {
+                    match done_rx.next().await {
+                        Some(index) => remaining[index] -= 1,
+                        // Every copy ended yet files are missing: the copy side failed and
+                        // its error is the one reported.
+                        None => return Ok(()),
+                    }
+                    continue;
+                }
+                let (bytes, commit) = &commits[next];
+                self.write_version(bytes, commit.version, src_log, observer, tally)
+                    .await?;
+                next += 1;
+            }
+            Ok::<(), ReplicateError>(())
+        };
+        futures::try_join!(copies, writes)?;
+        Ok(())
+    }
+
+    /// Writes `version`'s commit file (its data files already in place), then its checksum
+    /// file and checkpoint files if the source has them.
+    async fn write_version(
+        &self,
+        bytes: &CommitBytes,
+        version: u64,
+        src_log: &LogListing,
+        observer: &dyn Observer,
+        tally: &Tally,
+    ) -> Result<(), ReplicateError> {
+        fault::hit(fault::BEFORE_COMMIT_FILE);
+        // The bytes whose files were just copied are the bytes written.
+        let outcome = self.write_commit(version, bytes.bytes.clone()).await?;
+        observer.bytes(bytes.bytes.len() as u64);
+        tally
+            .bytes
+            .fetch_add(outcome.bytes_written(), Ordering::Relaxed);
+        tally.versions.fetch_add(1, Ordering::Relaxed);
+        fault::hit(fault::AFTER_COMMIT_FILE);
+        if let Some(crc) = src_log.checksum(version) {
+            let name = crc.name.clone();
+            let o = self
+                .copy_log_file(version, &name, WriteMode::Overwrite, observer)
+                .await?;
+            tally.bytes.fetch_add(o.bytes_written(), Ordering::Relaxed);
+        }
+        if let Some(parts) = src_log.checkpoint(version) {
+            let names: Vec<String> = parts.iter().map(|f| f.name.clone()).collect();
+            self.copy_checkpoint_files(version, &names, observer, tally)
+                .await?;
+        }
+        observer.version_done(version);
+        tracing::debug!(version, "replica holds version");
         Ok(())
     }
 

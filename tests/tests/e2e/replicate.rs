@@ -383,12 +383,12 @@ async fn sigkills_of_replicate_never_leave_a_missing_or_torn_file() {
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{point}: {log}");
         assert!(log.contains("crash point reached"), "{point}: {log}");
         assert_consistent_replica(&fixture.table, &stepped).await;
+        // Data files of later versions are copied while earlier commits are written, so a
+        // kill leaves any number of them (uncommitted: invisible); before a commit file, at
+        // least that version's own data file is among them.
         let extra = uncommitted_data_files(&stepped).await;
-        if point.starts_with("replicate_after_commit_file") {
-            assert_eq!(extra, 0, "{point}");
-        } else {
-            // The version's data file is there (one partition: one file), its commit is not.
-            assert_eq!(extra, 1, "{point}");
+        if !point.starts_with("replicate_after_commit_file") {
+            assert!(extra >= 1, "{point}: {extra}");
         }
     }
     // Both replicas complete on a clean run and equal the source.
