@@ -337,6 +337,12 @@ pub async fn restore(args: RestoreBackupArgs) -> anyhow::Result<()> {
         (None, Some(t)) => Target::Timestamp(parse_timestamp(t)?),
         (None, None) => Target::Latest,
     };
+    // One writer per destination (the same lock as `replicate`'s).
+    let _lock = tidemark_table::replica_lock::ReplicaLock::acquire_dir(
+        &args.to,
+        &args.to.display().to_string(),
+        "tidemark restore-backup",
+    )?;
     let report = restore_backup(&args.dir, &args.to, target, args.table_id.as_deref()).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

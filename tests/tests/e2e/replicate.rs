@@ -5,7 +5,9 @@
 //!   shows its lag.
 //! - SIGKILLs of `replicate` at random moments (>= 25, with copies slowed so kills land inside
 //!   them) never leave a replica with a missing or torn file or commit; deltalake opens it after
-//!   every kill; the restart completes it to equal the source.
+//!   every kill; the restart completes it to equal the source. A delta-rs checkpoint in the
+//!   source is copied too, `_last_checkpoint` only after it (a crash point between them).
+//! - One writer per replica: a second `replicate` into a followed replica is refused.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -335,6 +337,23 @@ async fn sigkills_of_replicate_never_leave_a_missing_or_torn_file() {
     );
     let source_version = audit::replay_log(&fixture.table).unwrap().version as u64;
     assert!(source_version >= 40, "only {source_version} versions");
+    // A Delta checkpoint (written by delta-rs) at the newest version, so that kills also land
+    // in checkpoint copies, and a crash point right after its file.
+    let checkpointed = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, deltalake; deltalake.DeltaTable(sys.argv[1]).create_checkpoint()",
+        ])
+        .arg(&fixture.table)
+        .output()
+        .expect("python3");
+    assert!(
+        checkpointed.status.success(),
+        "create_checkpoint: {}",
+        String::from_utf8_lossy(&checkpointed.stderr)
+    );
+    let last_checkpoint = fixture.table.join("_delta_log/_last_checkpoint");
+    assert!(last_checkpoint.exists());
 
     // Copies crawl (2 KiB chunks, 15 ms each) so that kills land inside them.
     let slow = [("TIDEMARK_FAULT_COPY_DELAY_MS", "15")];
@@ -369,6 +388,7 @@ async fn sigkills_of_replicate_never_leave_a_missing_or_torn_file() {
         "replicate_after_data_file@2",
         "replicate_before_commit_file@3",
         "replicate_after_commit_file@2",
+        "replicate_after_checkpoint_file@1",
     ] {
         let mut child = replicate(
             &fixture.table,
@@ -387,7 +407,19 @@ async fn sigkills_of_replicate_never_leave_a_missing_or_torn_file() {
         // kill leaves any number of them (uncommitted: invisible); before a commit file, at
         // least that version's own data file is among them.
         let extra = uncommitted_data_files(&stepped).await;
-        if !point.starts_with("replicate_after_commit_file") {
+        if point.starts_with("replicate_after_checkpoint_file") {
+            // The checkpoint file is there; `_last_checkpoint` (written only once every part
+            // is) is not: readers never look for a checkpoint that is not whole.
+            let log = stepped.join("_delta_log");
+            assert!(
+                std::fs::read_dir(&log)
+                    .unwrap()
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".checkpoint.parquet")),
+                "{point}"
+            );
+            assert!(!log.join("_last_checkpoint").exists(), "{point}");
+        } else if !point.starts_with("replicate_after_commit_file") {
             assert!(extra >= 1, "{point}: {extra}");
         }
     }
@@ -413,7 +445,46 @@ async fn sigkills_of_replicate_never_leave_a_missing_or_torn_file() {
         assert_eq!(compared["mismatches"], serde_json::json!([]), "{compared}");
         let report = audit::check_exactly_once(replica, &ends).unwrap();
         assert!(report.ok() && report.rows == 16_000, "{report:?}");
+        assert_eq!(
+            std::fs::read(replica.join("_delta_log/_last_checkpoint")).unwrap(),
+            std::fs::read(&last_checkpoint).unwrap()
+        );
     }
+
+    // One writer per replica: a second `replicate` into a replica being followed is refused,
+    // naming the holder, and changes nothing.
+    let followed = fixture.dir.path().join("replica-followed");
+    let mut follower = replicate(&fixture.table, &followed, &["--follow"], &[]);
+    let follower_log = drain_stderr(&mut follower);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !followed.join("_delta_log/_last_checkpoint").exists() {
+        assert!(Instant::now() < deadline, "the follower did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = tree(&followed);
+    let second = replicate(&fixture.table, &followed, &[], &[])
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second writer ran: {err}");
+    assert!(
+        err.contains("being written by another tidemark process")
+            && err.contains(&format!("pid {}", follower.id())),
+        "{err}"
+    );
+    assert_eq!(tree(&followed), before, "the refused run changed the replica");
+    signal(&follower, libc::SIGTERM);
+    assert!(follower.wait().unwrap().success());
+    drop(follower_log.join());
+    // The lock went with its holder.
+    let out = replicate(&fixture.table, &followed, &[], &[])
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     eprintln!(
         "replicate kill test: {kills} SIGKILLs over {} replica(s); {mid_version} left data files of an uncommitted version, {temporaries_seen} temporary files seen (swept by the next run)",
         replica_no + 1
