@@ -19,8 +19,8 @@ use tidemark_table::{open_store, ReplicateError, ReplicateOptions, ReplicationLa
 /// Copy a Delta table to a replica in log order, verified, resumable; optionally keep following.
 ///
 /// For every version the replica lacks, in order: each data file the version adds (written
-/// under a temporary name, fsynced, renamed; size and SHA-256 read back and compared with the
-/// source), then the commit file itself (never replacing an existing one), then Delta
+/// under a temporary name, fsynced, renamed; size and CRC-32 read back and compared with the
+/// bytes read from the source), then the commit file itself (never replacing an existing one), then Delta
 /// checkpoints and `_last_checkpoint` once the replica holds their version. So the replica is,
 /// at every moment, a readable version of its source, and byte for byte the source's log.
 ///
@@ -61,8 +61,8 @@ pub struct ReplicateArgs {
     /// Data files copied at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
-    /// How each written file is checked: `checksum` reads it back and compares its SHA-256
-    /// (and size); `size` compares the size only.
+    /// How each written file is checked: `checksum` reads it back and compares its CRC-32
+    /// (and size) with the bytes read from the source; `size` compares the size only.
     #[arg(long, default_value = "checksum", value_parser = ["checksum", "size"])]
     pub verify: String,
     /// Bytes per read and per multipart part (e.g. 8MiB, 64KiB).

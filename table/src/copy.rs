@@ -10,8 +10,11 @@
 //!
 //! Invariants kept here:
 //! - [`copy_verified`] returns `Ok` only when the object under the destination name has the
-//!   source's size and (with [`Verify::SizeAndChecksum`], the default) its SHA-256, as read
-//!   back from the destination.
+//!   source's size and (with [`Verify::SizeAndChecksum`], the default) its CRC-32, as read
+//!   back from the destination and compared with the CRC-32 of the bytes read from the source
+//!   (CRC-32 is hardware-accelerated: the read-back costs a read, not a second SHA-256). The
+//!   source's SHA-256 is computed in the same read unless the caller does not need it
+//!   ([`CopyOptions::sha256`]; replication does not).
 //! - A source that does not match the size the caller expects (the log's `add.size`), or that
 //!   changes while being read, is an error naming the file; nothing is written under the final
 //!   name in that case.
@@ -150,10 +153,10 @@ pub enum CopyError {
     Mismatch {
         /// The destination file.
         file: String,
-        /// The source's digest.
-        expected: FileDigest,
-        /// What the destination holds (its checksum all zero when only its size was read).
-        found: FileDigest,
+        /// The source's size and CRC-32.
+        expected: ReadSums,
+        /// What the destination holds (its CRC-32 not read when its size differs).
+        found: ReadSums,
     },
     /// [`WriteMode::CreateNew`] found a different object under the destination name.
     #[error("{file} already exists with different content ({existing}; the source is {source_digest}): refusing to replace it")]
@@ -181,7 +184,7 @@ pub enum WriteMode {
 /// How a written object is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verify {
-    /// Size from the store's metadata and SHA-256 of the object read back.
+    /// Size from the store's metadata and the CRC-32 of the object read back.
     SizeAndChecksum,
     /// Size only (cheaper; the bytes are trusted to the store).
     Size,
@@ -201,6 +204,9 @@ pub struct CopyOptions<'a> {
     pub skip_identical: bool,
     /// Bytes per read (and per multipart part).
     pub chunk_bytes: usize,
+    /// Compute the source's SHA-256 while reading it (the outcome's [`FileDigest`]; backup
+    /// manifests need it). Without it the outcome carries the size and CRC-32 only.
+    pub sha256: bool,
     /// Called with the number of source bytes read, as they are read (progress bars).
     pub progress: Option<&'a (dyn Fn(u64) + Send + Sync)>,
 }
@@ -213,6 +219,7 @@ impl fmt::Debug for CopyOptions<'_> {
             .field("expected_size", &self.expected_size)
             .field("skip_identical", &self.skip_identical)
             .field("chunk_bytes", &self.chunk_bytes)
+            .field("sha256", &self.sha256)
             .finish()
     }
 }
@@ -228,8 +235,47 @@ impl Default for CopyOptions<'_> {
             expected_size: None,
             skip_identical: true,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
+            sha256: true,
             progress: None,
         }
+    }
+}
+
+/// A file's size and CRC-32 as read: what a written object is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReadSums {
+    /// Size in bytes.
+    pub size: u64,
+    /// CRC-32 (IEEE) of the whole file; `None` when not read (the sizes already differ).
+    pub crc32: Option<u32>,
+}
+
+impl fmt::Display for ReadSums {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.crc32 {
+            Some(crc) => write!(f, "{} bytes, crc32 {crc:08x}", self.size),
+            None => write!(f, "{} bytes", self.size),
+        }
+    }
+}
+
+/// What a copy knows of the file it copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    /// Size and CRC-32.
+    pub sums: ReadSums,
+    /// SHA-256, when it was computed ([`CopyOptions::sha256`], or a comparison with an
+    /// existing file).
+    pub sha256: Option<Sha256Sum>,
+}
+
+impl Copied {
+    /// The size and SHA-256, when the SHA-256 was computed.
+    pub fn file_digest(&self) -> Option<FileDigest> {
+        self.sha256.map(|sha256| FileDigest {
+            size: self.sums.size,
+            sha256,
+        })
     }
 }
 
@@ -237,23 +283,33 @@ impl Default for CopyOptions<'_> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyOutcome {
     /// The file was written and verified.
-    Copied(FileDigest),
-    /// An identical file was already there; nothing was written.
+    Copied(Copied),
+    /// An identical file was already there (compared by SHA-256); nothing was written.
     AlreadyPresent(FileDigest),
 }
 
 impl CopyOutcome {
-    /// The file's digest either way.
-    pub fn digest(&self) -> FileDigest {
+    /// The file's size and SHA-256, when the SHA-256 was computed (always for
+    /// [`CopyOutcome::AlreadyPresent`], and with [`CopyOptions::sha256`]).
+    pub fn digest(&self) -> Option<FileDigest> {
         match self {
-            Self::Copied(d) | Self::AlreadyPresent(d) => *d,
+            Self::Copied(c) => c.file_digest(),
+            Self::AlreadyPresent(d) => Some(*d),
+        }
+    }
+
+    /// The file's size.
+    pub fn size(&self) -> u64 {
+        match self {
+            Self::Copied(c) => c.sums.size,
+            Self::AlreadyPresent(d) => d.size,
         }
     }
 
     /// Bytes written to the destination (0 when already present).
     pub fn bytes_written(&self) -> u64 {
         match self {
-            Self::Copied(d) => d.size,
+            Self::Copied(c) => c.sums.size,
             Self::AlreadyPresent(_) => 0,
         }
     }
@@ -379,34 +435,36 @@ pub async fn copy_verified(
         }
     }
 
-    let mut hasher = Sha256::new();
-    let digest;
+    let mut sums = Summer::new(options.sha256);
+    let copied;
     // Small files (and anything put-if-absent) in one put; big ones as a multipart upload,
-    // one part per chunk (a local durable store gathers the parts and writes them whole).
+    // one part per chunk (a local durable store streams the parts to a temporary file).
     if size <= options.chunk_bytes as u64 || options.mode == WriteMode::CreateNew {
         let mut parts = Vec::new();
         read_chunks(src, from, size, options.chunk_bytes, |bytes| {
-            hasher.update(&bytes);
+            sums.update(&bytes);
             report(options, bytes.len());
             parts.push(bytes);
             Ok(())
         })
         .await?;
-        digest = FileDigest {
-            size,
-            sha256: Sha256Sum(hasher.finalize().into()),
-        };
+        copied = sums.finish(size);
         ensure_unchanged(src, from, &source_meta).await?;
         let payload = PutPayload::from_iter(parts);
+        let digest = match copied.file_digest() {
+            Some(d) => d,
+            // Put-if-absent compares an existing object by SHA-256.
+            None => FileDigest::of_bytes(&Bytes::from(payload.clone())),
+        };
         let put = put_whole(dst, to, payload, options.mode, digest, options.chunk_bytes).await?;
-        if let CopyOutcome::AlreadyPresent(_) = put {
-            return Ok(put);
+        if let PutOutcome::AlreadyPresent = put {
+            return Ok(CopyOutcome::AlreadyPresent(digest));
         }
     } else {
         let upload = dst.put_multipart(to).await.map_err(write_err(to))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, options.chunk_bytes);
         let read = read_chunks(src, from, size, options.chunk_bytes, |bytes| {
-            hasher.update(&bytes);
+            sums.update(&bytes);
             report(options, bytes.len());
             writer.put(bytes);
             Ok(())
@@ -420,15 +478,60 @@ pub async fn copy_verified(
             let _ = writer.abort().await;
             return Err(e);
         }
-        digest = FileDigest {
-            size,
-            sha256: Sha256Sum(hasher.finalize().into()),
-        };
+        copied = sums.finish(size);
         writer.finish().await.map_err(write_err(to))?;
     }
 
-    verify_written(dst, to, &digest, options).await?;
-    Ok(CopyOutcome::Copied(digest))
+    verify_written(dst, to, &copied.sums, options.verify, options.chunk_bytes).await?;
+    Ok(CopyOutcome::Copied(copied))
+}
+
+/// The sums of bytes as they are read: size, CRC-32, and SHA-256 when asked for.
+struct Summer {
+    crc: crc32fast::Hasher,
+    sha: Option<Sha256>,
+}
+
+impl Summer {
+    fn new(sha256: bool) -> Self {
+        Self {
+            crc: crc32fast::Hasher::new(),
+            sha: sha256.then(Sha256::new),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        self.crc.update(bytes);
+        if let Some(sha) = self.sha.as_mut() {
+            sha.update(bytes);
+        }
+    }
+
+    fn finish(self, size: u64) -> Copied {
+        Copied {
+            sums: ReadSums {
+                size,
+                crc32: Some(self.crc.finalize()),
+            },
+            sha256: self.sha.map(|sha| Sha256Sum(sha.finalize().into())),
+        }
+    }
+}
+
+/// The size and CRC-32 of `path`, read in chunks of `chunk_bytes`.
+async fn crc32_of(
+    store: &dyn ObjectStore,
+    path: &Path,
+    size: u64,
+    chunk_bytes: usize,
+) -> Result<u32, CopyError> {
+    let mut crc = crc32fast::Hasher::new();
+    read_chunks(store, path, size, chunk_bytes, |bytes| {
+        crc.update(&bytes);
+        Ok(())
+    })
+    .await?;
+    Ok(crc.finalize())
 }
 
 /// Writes `bytes` (already read and checked by the caller, e.g. a commit it parsed) to `to`
@@ -443,18 +546,20 @@ pub async fn write_verified(
     verify: Verify,
 ) -> Result<CopyOutcome, CopyError> {
     let digest = FileDigest::of_bytes(&bytes);
+    let copied = Copied {
+        sums: ReadSums {
+            size: digest.size,
+            crc32: Some(crc32fast::hash(&bytes)),
+        },
+        sha256: Some(digest.sha256),
+    };
     let payload = PutPayload::from(bytes);
     let put = put_whole(dst, to, payload, mode, digest, DEFAULT_CHUNK_BYTES).await?;
-    if let CopyOutcome::AlreadyPresent(_) = put {
-        return Ok(put);
+    if let PutOutcome::AlreadyPresent = put {
+        return Ok(CopyOutcome::AlreadyPresent(digest));
     }
-    let options = CopyOptions {
-        mode,
-        verify,
-        ..CopyOptions::default()
-    };
-    verify_written(dst, to, &digest, &options).await?;
-    Ok(CopyOutcome::Copied(digest))
+    verify_written(dst, to, &copied.sums, verify, DEFAULT_CHUNK_BYTES).await?;
+    Ok(CopyOutcome::Copied(copied))
 }
 
 fn report(options: &CopyOptions<'_>, n: usize) {
@@ -536,7 +641,7 @@ async fn compare_existing(
 /// Puts `payload` (whose digest is `digest`) at `to` in one request. With
 /// [`WriteMode::CreateNew`], an object created meanwhile by someone else counts as written
 /// when identical ([`CopyOutcome::AlreadyPresent`]; its digest read in chunks of
-/// `chunk_bytes`) and is [`CopyError::ExistsDifferent`] otherwise. [`CopyOutcome::Copied`]
+/// `chunk_bytes`) and is [`CopyError::ExistsDifferent`] otherwise. [`PutOutcome::Written`]
 /// means this put wrote the object (not yet verified).
 async fn put_whole(
     dst: &dyn ObjectStore,
@@ -545,7 +650,7 @@ async fn put_whole(
     mode: WriteMode,
     digest: FileDigest,
     chunk_bytes: usize,
-) -> Result<CopyOutcome, CopyError> {
+) -> Result<PutOutcome, CopyError> {
     let mode = match mode {
         WriteMode::Overwrite => PutMode::Overwrite,
         WriteMode::CreateNew => PutMode::Create,
@@ -561,11 +666,11 @@ async fn put_whole(
         )
         .await;
     match put {
-        Ok(_) => Ok(CopyOutcome::Copied(digest)),
+        Ok(_) => Ok(PutOutcome::Written),
         Err(object_store::Error::AlreadyExists { .. }) => {
             let existing = digest_of(dst, to, chunk_bytes).await?;
             if existing == digest {
-                Ok(CopyOutcome::AlreadyPresent(digest))
+                Ok(PutOutcome::AlreadyPresent)
             } else {
                 Err(CopyError::ExistsDifferent {
                     file: to.to_string(),
@@ -578,23 +683,36 @@ async fn put_whole(
     }
 }
 
-/// Checks the written object against `digest`; a mismatching object this copy wrote is removed
-/// (best effort) so that no wrong file stays under the final name.
+/// What a single put did.
+enum PutOutcome {
+    /// This put wrote the object.
+    Written,
+    /// Put-if-absent found an identical object.
+    AlreadyPresent,
+}
+
+/// Checks the written object against `expected` (its size; with [`Verify::SizeAndChecksum`]
+/// its CRC-32 read back); a mismatching object this copy wrote is removed (best effort) so
+/// that no wrong file stays under the final name.
 async fn verify_written(
     dst: &dyn ObjectStore,
     to: &Path,
-    digest: &FileDigest,
-    options: &CopyOptions<'_>,
+    expected: &ReadSums,
+    verify: Verify,
+    chunk_bytes: usize,
 ) -> Result<(), CopyError> {
     let meta = dst.head(to).await.map_err(read_err(to))?;
-    let found = if meta.size != digest.size {
-        Some(FileDigest {
+    let found = if meta.size != expected.size {
+        Some(ReadSums {
             size: meta.size,
-            sha256: Sha256Sum([0; 32]),
+            crc32: None,
         })
-    } else if options.verify == Verify::SizeAndChecksum {
-        let read_back = digest_of(dst, to, options.chunk_bytes).await?;
-        (read_back != *digest).then_some(read_back)
+    } else if verify == Verify::SizeAndChecksum {
+        let crc32 = crc32_of(dst, to, meta.size, chunk_bytes).await?;
+        (Some(crc32) != expected.crc32).then_some(ReadSums {
+            size: meta.size,
+            crc32: Some(crc32),
+        })
     } else {
         None
     };
@@ -606,7 +724,7 @@ async fn verify_written(
             }
             Err(CopyError::Mismatch {
                 file: to.to_string(),
-                expected: *digest,
+                expected: *expected,
                 found,
             })
         }

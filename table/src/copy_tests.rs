@@ -72,18 +72,25 @@ async fn small_and_multipart_copies_are_byte_identical_and_verified() {
         let outcome = copy_verified(&s, &at(&src), &s, &at(&dst), &options)
             .await
             .unwrap();
-        assert_eq!(outcome, CopyOutcome::Copied(FileDigest::of_bytes(&bytes)));
+        assert_eq!(outcome.digest(), Some(FileDigest::of_bytes(&bytes)));
+        match outcome {
+            CopyOutcome::Copied(c) => assert_eq!(c.sums.crc32, Some(crc32fast::hash(&bytes))),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(std::fs::read(&dst).unwrap(), bytes);
         assert_eq!(read.load(Ordering::Relaxed), len as u64);
         assert_eq!(
             digest_of(&s, &at(&dst), 333).await.unwrap(),
-            outcome.digest()
+            outcome.digest().unwrap()
         );
         // Again: already there, nothing written.
         let again = copy_verified(&s, &at(&src), &s, &at(&dst), &options)
             .await
             .unwrap();
-        assert_eq!(again, CopyOutcome::AlreadyPresent(outcome.digest()));
+        assert_eq!(
+            again,
+            CopyOutcome::AlreadyPresent(outcome.digest().unwrap())
+        );
         assert_eq!(again.bytes_written(), 0);
     }
 }
@@ -345,10 +352,8 @@ async fn an_eio_while_writing_leaves_nothing_under_the_final_name() {
         let ok = copy_verified(&store(), &at(&src), &faulty, &at(&dst), &options)
             .await
             .unwrap();
-        assert_eq!(
-            ok,
-            CopyOutcome::Copied(FileDigest::of_bytes(&content(len, 9)))
-        );
+        assert!(matches!(ok, CopyOutcome::Copied(_)), "{ok:?}");
+        assert_eq!(ok.digest(), Some(FileDigest::of_bytes(&content(len, 9))));
         assert_eq!(files_under(&out), vec!["part.parquet".to_string()]);
     }
 }
@@ -386,6 +391,22 @@ async fn a_written_file_that_does_not_read_back_equal_is_an_error_and_removed() 
     .unwrap_err();
     assert!(matches!(err, CopyError::Mismatch { .. }), "{err}");
     assert!(err.to_string().contains("part.parquet"), "{err}");
+    assert!(files_under(&out).is_empty(), "{:?}", files_under(&out));
+    // Without the source's SHA-256 (replication), the CRC-32 read-back still catches it.
+    let err = copy_verified(
+        &store(),
+        &at(&src),
+        &Tampered(store(), FlipFirstByte),
+        &at(&out.join("part.parquet")),
+        &CopyOptions {
+            sha256: false,
+            ..CopyOptions::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, CopyError::Mismatch { .. }), "{err}");
+    assert!(err.to_string().contains("crc32"), "{err}");
     assert!(files_under(&out).is_empty(), "{:?}", files_under(&out));
     // With size-only verification the same corruption goes unnoticed: the checksum is what
     // catches it.

@@ -353,9 +353,9 @@ struct Tally {
 impl Tally {
     fn count(&self, outcome: &CopyOutcome) {
         match outcome {
-            CopyOutcome::Copied(d) => {
+            CopyOutcome::Copied(c) => {
                 self.files.fetch_add(1, Ordering::Relaxed);
-                self.bytes.fetch_add(d.size, Ordering::Relaxed);
+                self.bytes.fetch_add(c.sums.size, Ordering::Relaxed);
             }
             CopyOutcome::AlreadyPresent(_) => {
                 self.present.fetch_add(1, Ordering::Relaxed);
@@ -506,6 +506,8 @@ impl Replicator {
             expected_size,
             skip_identical: true,
             chunk_bytes: self.options.chunk_bytes,
+            // The read-back CRC-32 is the check; no manifest needs the SHA-256.
+            sha256: false,
             progress: Some(progress),
         };
         copy_verified(
@@ -790,9 +792,9 @@ impl Replicator {
             let outcome = self
                 .copy_log_file(version, name, WriteMode::Overwrite, observer)
                 .await?;
-            if let CopyOutcome::Copied(d) = outcome {
+            if let CopyOutcome::Copied(c) = outcome {
                 tally.checkpoint_files.fetch_add(1, Ordering::Relaxed);
-                tally.bytes.fetch_add(d.size, Ordering::Relaxed);
+                tally.bytes.fetch_add(c.sums.size, Ordering::Relaxed);
             }
             fault::hit(fault::AFTER_CHECKPOINT_FILE);
         }
@@ -921,9 +923,9 @@ impl Replicator {
         )
         .await
         .map_err(|source| ReplicateError::Copy { version, source })?;
-        if let CopyOutcome::Copied(d) = outcome {
+        if let CopyOutcome::Copied(c) = outcome {
             tally.checkpoint_files.fetch_add(1, Ordering::Relaxed);
-            tally.bytes.fetch_add(d.size, Ordering::Relaxed);
+            tally.bytes.fetch_add(c.sums.size, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -228,7 +228,7 @@ async fn restore_file(
     )
     .await?;
     // The bytes copied are the bytes checked (a change in between is caught here).
-    if outcome.digest().sha256 != file.entry.sha256 {
+    if outcome.digest().map(|d| d.sha256) != Some(file.entry.sha256) {
         return Err(damaged("changed while being restored".into()));
     }
     Ok(())

@@ -692,7 +692,11 @@ async fn copy_all(
                 &options,
             )
             .await?;
-            let digest = outcome.digest();
+            // The copy computed the SHA-256 (`CopyOptions::sha256` is on by default).
+            let digest = outcome.digest().ok_or_else(|| BackupError::BadPath {
+                file: rel.clone(),
+                reason: "the copy computed no SHA-256 for the manifest".into(),
+            })?;
             Ok::<FileEntry, BackupError>(FileEntry {
                 path: rel,
                 size: digest.size,
