@@ -94,9 +94,20 @@ pub struct FileDigest {
 impl FileDigest {
     /// The digest of bytes in memory.
     pub fn of_bytes(bytes: &[u8]) -> Self {
+        Self::of_parts(&[bytes])
+    }
+
+    /// The digest of the concatenation of `parts`.
+    pub fn of_parts(parts: &[impl AsRef<[u8]>]) -> Self {
+        let mut sha = Sha256::new();
+        let mut size = 0u64;
+        for part in parts {
+            sha.update(part.as_ref());
+            size += part.as_ref().len() as u64;
+        }
         Self {
-            size: bytes.len() as u64,
-            sha256: Sha256Sum(Sha256::digest(bytes).into()),
+            size,
+            sha256: Sha256Sum(sha.finalize().into()),
         }
     }
 }
@@ -450,14 +461,15 @@ pub async fn copy_verified(
         .await?;
         copied = sums.finish(size);
         ensure_unchanged(src, from, &source_meta).await?;
-        let payload = PutPayload::from_iter(parts);
-        let digest = match copied.file_digest() {
-            Some(d) => d,
-            // Put-if-absent compares an existing object by SHA-256.
-            None => FileDigest::of_bytes(&Bytes::from(payload.clone())),
+        // Put-if-absent compares an object found under the name by SHA-256.
+        let digest = match (options.mode, copied.file_digest()) {
+            (WriteMode::Overwrite, _) => None,
+            (WriteMode::CreateNew, Some(d)) => Some(d),
+            (WriteMode::CreateNew, None) => Some(FileDigest::of_parts(&parts)),
         };
+        let payload = PutPayload::from_iter(parts);
         let put = put_whole(dst, to, payload, options.mode, digest, options.chunk_bytes).await?;
-        if let PutOutcome::AlreadyPresent = put {
+        if let PutOutcome::AlreadyPresent(digest) = put {
             return Ok(CopyOutcome::AlreadyPresent(digest));
         }
     } else {
@@ -554,8 +566,8 @@ pub async fn write_verified(
         sha256: Some(digest.sha256),
     };
     let payload = PutPayload::from(bytes);
-    let put = put_whole(dst, to, payload, mode, digest, DEFAULT_CHUNK_BYTES).await?;
-    if let PutOutcome::AlreadyPresent = put {
+    let put = put_whole(dst, to, payload, mode, Some(digest), DEFAULT_CHUNK_BYTES).await?;
+    if let PutOutcome::AlreadyPresent(digest) = put {
         return Ok(CopyOutcome::AlreadyPresent(digest));
     }
     verify_written(dst, to, &copied.sums, verify, DEFAULT_CHUNK_BYTES).await?;
@@ -638,17 +650,17 @@ async fn compare_existing(
     Ok(None)
 }
 
-/// Puts `payload` (whose digest is `digest`) at `to` in one request. With
-/// [`WriteMode::CreateNew`], an object created meanwhile by someone else counts as written
-/// when identical ([`CopyOutcome::AlreadyPresent`]; its digest read in chunks of
-/// `chunk_bytes`) and is [`CopyError::ExistsDifferent`] otherwise. [`PutOutcome::Written`]
-/// means this put wrote the object (not yet verified).
+/// Puts `payload` at `to` in one request. With [`WriteMode::CreateNew`], an object found
+/// under the name counts as written when its digest (read in chunks of `chunk_bytes`) is
+/// `digest`, the payload's ([`PutOutcome::AlreadyPresent`]), and is
+/// [`CopyError::ExistsDifferent`] otherwise. [`PutOutcome::Written`] means this put wrote the
+/// object (not yet verified).
 async fn put_whole(
     dst: &dyn ObjectStore,
     to: &Path,
     payload: PutPayload,
     mode: WriteMode,
-    digest: FileDigest,
+    digest: Option<FileDigest>,
     chunk_bytes: usize,
 ) -> Result<PutOutcome, CopyError> {
     let mode = match mode {
@@ -667,10 +679,16 @@ async fn put_whole(
         .await;
     match put {
         Ok(_) => Ok(PutOutcome::Written),
-        Err(object_store::Error::AlreadyExists { .. }) => {
+        Err(object_store::Error::AlreadyExists { source, .. }) => {
+            let Some(digest) = digest else {
+                return Err(write_err(to)(object_store::Error::AlreadyExists {
+                    path: to.to_string(),
+                    source,
+                }));
+            };
             let existing = digest_of(dst, to, chunk_bytes).await?;
             if existing == digest {
-                Ok(PutOutcome::AlreadyPresent)
+                Ok(PutOutcome::AlreadyPresent(digest))
             } else {
                 Err(CopyError::ExistsDifferent {
                     file: to.to_string(),
@@ -687,8 +705,8 @@ async fn put_whole(
 enum PutOutcome {
     /// This put wrote the object.
     Written,
-    /// Put-if-absent found an identical object.
-    AlreadyPresent,
+    /// Put-if-absent found an identical object (this digest).
+    AlreadyPresent(FileDigest),
 }
 
 /// Checks the written object against `expected` (its size; with [`Verify::SizeAndChecksum`]

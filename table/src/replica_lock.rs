@@ -13,9 +13,8 @@
 //! - Tables on object stores have no such lock (no `flock` there); only local tables are
 //!   locked.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::location::TableLocation;
@@ -89,33 +88,16 @@ impl ReplicaLock {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io("create the directory of"))?;
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io("open"))?;
-        // SAFETY: flock on a descriptor this function owns; no memory is involved.
-        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if locked != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
+        let mut file = match tidemark_fs::try_lock_file(&path).map_err(io("lock"))? {
+            tidemark_fs::LockAttempt::Acquired(file) => file,
+            tidemark_fs::LockAttempt::Held { holder } => {
                 return Err(ReplicaLockError::Held {
                     table: table.to_string(),
                     lock: path,
-                    holder: if holder.is_empty() {
-                        "holder unknown".into()
-                    } else {
-                        holder.to_string()
-                    },
+                    holder,
                 });
             }
-            return Err(io("lock")(err));
-        }
+        };
         let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let who = format!(
             "pid {} started {started} running {command}",
