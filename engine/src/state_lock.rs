@@ -73,32 +73,17 @@ impl StateLock {
     pub fn acquire(dir: &Path, run: RunId) -> Result<Self, StateLockError> {
         std::fs::create_dir_all(dir).map_err(io_err("create the state directory", dir))?;
         let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err("open the lock file", &path))?;
-        // SAFETY: flock on an fd we own for the duration of the call.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim().replace('\n', ", ");
+        let mut file = match tidemark_fs::try_lock_file(&path)
+            .map_err(io_err("lock the state directory", &path))?
+        {
+            tidemark_fs::LockAttempt::Acquired(file) => file,
+            tidemark_fs::LockAttempt::Held { holder } => {
                 return Err(StateLockError::Held {
                     dir: dir.to_path_buf(),
-                    holder: if holder.is_empty() {
-                        "holder unknown".into()
-                    } else {
-                        holder
-                    },
+                    holder,
                 });
             }
-            return Err(io_err("lock the state directory", &path)(e));
-        }
+        };
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

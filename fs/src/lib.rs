@@ -14,6 +14,7 @@
 //! Reads are part of the seam only where the writer reads its own files back (the WAL scan).
 
 mod fault;
+mod lock;
 mod power_cut;
 mod std_fs;
 
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use fault::{Fault, FaultFs, FaultKind, Op};
+pub use lock::{try_lock_file, LockAttempt};
 pub use power_cut::PowerCutFs;
 pub use std_fs::StdFs;
 
