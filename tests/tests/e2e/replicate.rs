@@ -412,10 +412,10 @@ async fn sigkills_of_replicate_never_leave_a_missing_or_torn_file() {
             // is) is not: readers never look for a checkpoint that is not whole.
             let log = stepped.join("_delta_log");
             assert!(
-                std::fs::read_dir(&log)
-                    .unwrap()
-                    .flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".checkpoint.parquet")),
+                std::fs::read_dir(&log).unwrap().flatten().any(|e| e
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".checkpoint.parquet")),
                 "{point}"
             );
             assert!(!log.join("_last_checkpoint").exists(), "{point}");
@@ -472,7 +472,11 @@ async fn sigkills_of_replicate_never_leave_a_missing_or_torn_file() {
             && err.contains(&format!("pid {}", follower.id())),
         "{err}"
     );
-    assert_eq!(tree(&followed), before, "the refused run changed the replica");
+    assert_eq!(
+        tree(&followed),
+        before,
+        "the refused run changed the replica"
+    );
     signal(&follower, libc::SIGTERM);
     assert!(follower.wait().unwrap().success());
     drop(follower_log.join());
