@@ -493,7 +493,7 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(c) = &config {
-        if !writers.iter().any(|w| *w == c.pipeline_id) {
+        if !writers.contains(&c.pipeline_id) {
             tracing::warn!(pipeline = %c.pipeline_id, writers = ?writers, "the table holds no commit of the configured pipeline");
         }
     }

@@ -40,7 +40,7 @@ use state::LogState;
 pub enum RestoreError {
     /// Which version to restore.
     #[error(transparent)]
-    AsOf(#[from] TimeTravelError),
+    AsOf(Box<TimeTravelError>),
     /// Reading the log.
     #[error(transparent)]
     Live(#[from] LiveError),
@@ -100,8 +100,14 @@ pub enum RestoreError {
         file: String,
         /// The store's error.
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
+}
+
+impl From<TimeTravelError> for RestoreError {
+    fn from(e: TimeTravelError) -> Self {
+        Self::AsOf(Box::new(e))
+    }
 }
 
 /// How a Tidemark pipeline's progress in the table moves with the restore.
@@ -275,7 +281,11 @@ impl PreparedRestore {
         }
         let new_version = self.current.version + 1;
         let now = chrono::Utc::now().timestamp_millis();
-        let bytes = commit_bytes(&self, now)?;
+        let bytes = commit_bytes(&self, now).map_err(|reason| RestoreError::Unsupported {
+            table: self.location.to_string(),
+            version: self.target.version,
+            reason,
+        })?;
         let path = self
             .location
             .log_dir()
@@ -305,7 +315,7 @@ impl PreparedRestore {
                     table: self.location.to_string(),
                     op: "write the restore commit",
                     file: path.to_string(),
-                    source,
+                    source: Box::new(source),
                 })
             }
         }
@@ -349,7 +359,7 @@ async fn check_present(
                     table,
                     op: "look for",
                     file: object.to_string(),
-                    source,
+                    source: Box::new(source),
                 })
             }
         }
@@ -442,7 +452,7 @@ fn parse_info(pipeline: &str, value: &Value) -> Result<EpochCommitInfo, String> 
 
 /// The restore commit's bytes: commitInfo, txn and metaData when they change, the re-added
 /// files' `add` actions and the removed files' `remove` actions.
-fn commit_bytes(r: &PreparedRestore, now_ms: i64) -> Result<Vec<u8>, RestoreError> {
+fn commit_bytes(r: &PreparedRestore, now_ms: i64) -> Result<Vec<u8>, String> {
     let report = r.report();
     // As Delta writes them: both keys, the one not given null.
     let mut parameters = Map::new();
@@ -509,11 +519,8 @@ fn commit_bytes(r: &PreparedRestore, now_ms: i64) -> Result<Vec<u8>, RestoreErro
     }
     let mut out = Vec::new();
     for line in lines {
-        serde_json::to_writer(&mut out, &line).map_err(|e| RestoreError::Unsupported {
-            table: r.location.to_string(),
-            version: r.target.version,
-            reason: format!("cannot encode the commit: {e}"),
-        })?;
+        serde_json::to_writer(&mut out, &line)
+            .map_err(|e| format!("cannot encode the commit: {e}"))?;
         out.push(b'\n');
     }
     Ok(out)

@@ -514,9 +514,12 @@ async fn scenario_3_bad_records_are_restored_away_and_the_rest_written_once() {
         .chain(1_300..1_700)
         .map(|i| format!("id-{i:09}"))
         .collect();
-    assert_eq!(
-        distinct,
-        expected.iter().map(String::as_str).collect::<BTreeSet<_>>()
+    let expected: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
+    let extra: Vec<&&str> = distinct.difference(&expected).take(5).collect();
+    let lacking: Vec<&&str> = expected.difference(&distinct).take(5).collect();
+    assert!(
+        extra.is_empty() && lacking.is_empty(),
+        "ids not expected in the table (first 5): {extra:?}; good ids missing (first 5): {lacking:?}"
     );
     // Read independently too (delta-rs + DuckDB).
     let latest = snapshot(&table, "latest");
