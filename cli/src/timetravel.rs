@@ -512,7 +512,12 @@ pub async fn run_restore(args: RestoreArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let hint = match &config {
-        Some(c) => Some(resume_hint(c, args.config.as_deref(), &report)?),
+        Some(c) => Some(resume_hint(
+            c,
+            args.config.as_deref(),
+            &report,
+            epoch_after.unwrap_or(0),
+        )?),
         None => None,
     };
     if args.json {
@@ -611,24 +616,15 @@ fn resume_hint(
     config: &PipelineConfig,
     config_path: Option<&Path>,
     report: &RestoreReport,
+    epoch_after: u64,
 ) -> anyhow::Result<ResumeHint> {
     let path = config_path.map_or_else(|| "pipeline.toml".into(), |p| p.display().to_string());
+    // From the table's txn version after the restore, not from what this run changed: a
+    // restore run again (nothing left to change) still points to the rewind the first needs.
     let rewind = report
         .pipelines
         .iter()
         .find(|p| p.pipeline == config.pipeline_id);
-    let Some(rewind) = rewind else {
-        return Ok(ResumeHint {
-            pipeline: config.pipeline_id.clone(),
-            rewound: false,
-            rewind_to: None,
-            command: Some(format!("tidemark run --config {path}")),
-            text: format!(
-                "pipeline {}: its progress in the table is unchanged; start it as usual: tidemark run --config {path}",
-                config.pipeline_id
-            ),
-        });
-    };
     let store_dir = tidemark_engine::recovery::store_dir(&config.paths.state_dir);
     let retained: Vec<(u64, u64)> = if store_dir.join("CURRENT").exists() {
         CheckpointStore::open_read_only(&store_dir)
@@ -640,29 +636,31 @@ fn resume_hint(
     } else {
         Vec::new()
     };
-    let target = rewind_target(&retained, rewind.epoch_after);
-    let restored_away = describe_positions(rewind);
+    let target = rewind_target(&retained, epoch_after);
+    let restored_away = rewind.map(describe_positions).unwrap_or_default();
+    let went_back = match rewind {
+        Some(r) => format!("went back from epoch {} to {epoch_after}", r.epoch_now),
+        None => format!("is at epoch {epoch_after}, behind its checkpoints"),
+    };
     let (command, text, rewind_to) = match target {
         RewindTarget::NotNeeded => (
             format!("tidemark run --config {path}"),
-            format!("pipeline {}: its checkpoints are not ahead of the restored epoch {}; start it as usual", config.pipeline_id, rewind.epoch_after),
+            format!("pipeline {}: its checkpoints are not ahead of the table's epoch {epoch_after}; start it as usual: tidemark run --config {path}", config.pipeline_id),
             None,
         ),
         RewindTarget::To(epoch) => (
             format!("tidemark run --config {path} --rewind-to {epoch}"),
             format!(
-                "pipeline {}: its progress in the table went back from epoch {} to {}{restored_away}. Resume it with:\n  tidemark run --config {path} --rewind-to {epoch}\nIt re-reads those records from Kafka and writes each once. Records that must not come back go into [errors] quarantine first.",
-                config.pipeline_id, rewind.epoch_now, rewind.epoch_after
+                "pipeline {}: its progress in the table {went_back}{restored_away}. Resume it with:\n  tidemark run --config {path} --rewind-to {epoch}\nIt re-reads those records from Kafka and writes each once. Records that must not come back go into [errors] quarantine first.",
+                config.pipeline_id
             ),
             Some(epoch),
         ),
         RewindTarget::NoneRetained => (
             String::new(),
             format!(
-                "pipeline {}: its progress in the table went back from epoch {} to {}{restored_away}, and no retained checkpoint is that old (retained: {}). Move its state directory {} aside and start it: it resumes from the table (dedup state rebuilt from the rows)",
+                "pipeline {}: its progress in the table {went_back}{restored_away}, and no retained checkpoint is that old (retained: {}). Move its state directory {} aside and start it: it resumes from the table (dedup state rebuilt from the rows)",
                 config.pipeline_id,
-                rewind.epoch_now,
-                rewind.epoch_after,
                 if retained.is_empty() { "none".into() } else { retained.iter().map(|(e, c)| format!("{e} (committed {c})")).collect::<Vec<_>>().join(", ") },
                 config.paths.state_dir.display()
             ),
@@ -671,7 +669,7 @@ fn resume_hint(
     };
     Ok(ResumeHint {
         pipeline: config.pipeline_id.clone(),
-        rewound: true,
+        rewound: rewind_to.is_some() || target == RewindTarget::NoneRetained,
         rewind_to,
         command: (!command.is_empty()).then_some(command),
         text,

@@ -525,3 +525,128 @@ fn commit_bytes(r: &PreparedRestore, now_ms: i64) -> Result<Vec<u8>, String> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tidemark_fs::{Fault, FaultFs, FaultKind, Op};
+
+    use super::*;
+
+    const PROTOCOL: &str = r#"{"protocol":{"minReaderVersion":1,"minWriterVersion":2}}"#;
+    const METADATA: &str = r#"{"metaData":{"id":"t","format":{"provider":"parquet","options":{}},"schemaString":"{\"type\":\"struct\",\"fields\":[]}","partitionColumns":[],"configuration":{},"createdTime":1}}"#;
+
+    fn add(path: &str, size: u64) -> String {
+        format!(
+            r#"{{"add":{{"path":"{path}","size":{size},"partitionValues":{{}},"modificationTime":1,"dataChange":true,"stats":"{{\"numRecords\":2}}"}}}}"#
+        )
+    }
+
+    /// Version 0 adds a.parquet, version 1 replaces it with b.parquet.
+    fn table(dir: &std::path::Path) {
+        let log = dir.join("_delta_log");
+        std::fs::create_dir_all(&log).unwrap();
+        std::fs::write(dir.join("a.parquet"), b"aaaa").unwrap();
+        std::fs::write(dir.join("b.parquet"), b"bbbbbb").unwrap();
+        std::fs::write(
+            log.join(commit_file_name(0)),
+            [PROTOCOL, METADATA, &add("a.parquet", 4)].join("\n"),
+        )
+        .unwrap();
+        let remove = r#"{"remove":{"path":"a.parquet","deletionTimestamp":2,"dataChange":true}}"#;
+        std::fs::write(
+            log.join(commit_file_name(1)),
+            [remove, &add("b.parquet", 6)].join("\n"),
+        )
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_write_changes_nothing_and_the_restore_can_be_run_again() {
+        for op in [Op::Write, Op::Sync, Op::Rename, Op::SyncDir] {
+            let dir = tempfile::tempdir().unwrap();
+            table(dir.path());
+            let fault = FaultFs::new(tidemark_fs::std_fs());
+            let location =
+                TableLocation::parse_with_fs(dir.path().to_str().unwrap(), Arc::new(fault.clone()))
+                    .unwrap();
+            fault.arm(Fault {
+                path_contains: "_delta_log".into(),
+                ..Fault::once(op, FaultKind::Eio)
+            });
+            let err = PreparedRestore::prepare(&location, AsOf::Version(0))
+                .await
+                .unwrap()
+                .commit()
+                .await
+                .unwrap_err();
+            assert_eq!(fault.injected(), 1, "{op:?}");
+            assert!(err.to_string().contains("restore commit"), "{op:?}: {err}");
+            let commit = dir.path().join("_delta_log").join(commit_file_name(2));
+            // A failed fsync of the directory comes after the commit file got its name: the
+            // commit may be there, and then it is whole; otherwise nothing was written.
+            if commit.exists() {
+                assert_eq!(op, Op::SyncDir);
+            }
+            fault.clear();
+            if !commit.exists() {
+                let report = PreparedRestore::prepare(&location, AsOf::Version(0))
+                    .await
+                    .unwrap()
+                    .commit()
+                    .await
+                    .unwrap();
+                assert_eq!(report.new_version, Some(2), "{op:?}");
+            }
+            let text = std::fs::read_to_string(&commit).unwrap();
+            let lines: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            assert_eq!(lines[0]["commitInfo"]["operation"], "RESTORE");
+            assert_eq!(lines[0]["commitInfo"]["operationParameters"]["version"], 0);
+            let added: Vec<&Value> = lines.iter().filter_map(|l| l.get("add")).collect();
+            let removed: Vec<&Value> = lines.iter().filter_map(|l| l.get("remove")).collect();
+            assert_eq!(added.len(), 1);
+            assert_eq!(added[0]["path"], "a.parquet");
+            assert_eq!(added[0]["dataChange"], true);
+            assert_eq!(removed.len(), 1);
+            assert_eq!(removed[0]["path"], "b.parquet");
+            assert_eq!(removed[0]["size"], 6);
+            // Restoring the same version again is a no-op.
+            let again = PreparedRestore::prepare(&location, AsOf::Version(0))
+                .await
+                .unwrap();
+            assert!(again.report().files_re_added == 0 && again.report().files_removed == 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_of_the_wrong_size_or_missing_refuses_the_restore_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        table(dir.path());
+        let location = crate::location::open_store(dir.path().to_str().unwrap()).unwrap();
+        std::fs::write(dir.path().join("a.parquet"), b"a").unwrap();
+        let err = PreparedRestore::prepare(&location, AsOf::Version(0))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RestoreError::SizeMismatch { .. }), "{err}");
+        assert!(err.to_string().contains("a.parquet"), "{err}");
+        std::fs::remove_file(dir.path().join("a.parquet")).unwrap();
+        let err = PreparedRestore::prepare(&location, AsOf::Version(0))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RestoreError::FilesMissing { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("a.parquet") && text.contains("restore-backup"),
+            "{text}"
+        );
+        assert!(!dir
+            .path()
+            .join("_delta_log")
+            .join(commit_file_name(2))
+            .exists());
+    }
+}
