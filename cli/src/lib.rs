@@ -18,6 +18,7 @@ use tidemark_tools::bench::{self, BenchOptions};
 use tidemark_tools::demo::{self, DemoOptions};
 
 mod replicate;
+mod timetravel;
 
 /// Tidemark moves records from Kafka into a Delta Lake table exactly once, and survives crashes.
 #[derive(Debug, Parser)]
@@ -116,6 +117,16 @@ enum Command {
     /// Find corrupt or missing data files of a table's snapshot (and repair them from a
     /// backup); exits 1 when a file is bad.
     Verify(backup_cmds::VerifyArgs),
+    /// A table's versions: time, operation, Tidemark pipeline/epoch/generation, rows and
+    /// files added, files removed.
+    History(timetravel::HistoryArgs),
+    /// Print a table's rows as of a version or a time (time travel).
+    Cat(timetravel::CatArgs),
+    /// Write a table's rows as of a version or a time to a Parquet or CSV file.
+    Export(timetravel::ExportArgs),
+    /// Make a table equal to an earlier version with one new commit (Delta RESTORE),
+    /// coordinated with the Tidemark pipeline that writes it.
+    Restore(timetravel::RestoreArgs),
 }
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
@@ -178,6 +189,16 @@ pub fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }),
+            Command::History(args) => timetravel::run_history(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Cat(args) => timetravel::run_cat(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Export(args) => timetravel::run_export(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Restore(args) => timetravel::run_restore(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
         }
     });
     // A connect still waiting for an unreachable broker must not hold the exit back.

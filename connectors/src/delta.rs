@@ -440,6 +440,22 @@ pub struct DeltaSink {
     arrow_schema: SchemaRef,
     /// The topic ids the next commits record (see [`DeltaSink::set_topic_ids`]).
     topic_ids: BTreeMap<String, String>,
+    /// The newest epoch this sink committed itself: the table's txn version must never be
+    /// found below it (a `tidemark restore` under the running pipeline), see [`TableWentBack`].
+    newest_own: Option<Epoch>,
+}
+
+/// The table's txn version for the pipeline went back below an epoch this process committed:
+/// the table was restored under the running pipeline. Committing on would lose the records
+/// restored away (they are never re-read), so the pipeline stops; a restart refuses until it
+/// is started with `--rewind-to`, which re-reads them.
+#[derive(Debug, thiserror::Error)]
+#[error("the table's txn version for this pipeline went back to {txn} although this process committed epoch {own} (the table was restored under the running pipeline): stopping; restart with `tidemark run --rewind-to <epoch>` (see `tidemark status`) to re-read what was restored away")]
+pub struct TableWentBack {
+    /// The newest epoch this process committed.
+    pub own: Epoch,
+    /// The txn version found.
+    pub txn: Epoch,
 }
 
 /// The table URL for a table given as a URL (`file:///...`, `s3://...`), an absolute path or a
@@ -581,6 +597,7 @@ impl DeltaSink {
             run_id,
             arrow_schema,
             topic_ids: BTreeMap::new(),
+            newest_own: None,
         }))
     }
 
@@ -819,8 +836,9 @@ impl DeltaSink {
     /// not reference (a live writer may still commit them; a vacuum removes them later).
     ///
     /// Invariant: a file is deleted only if it was written by a run that cannot be running
-    /// (the caller's own, or an old-format writer, as before run ids), and no commit of its
-    /// epoch exists.
+    /// (the caller's own, or an old-format writer, as before run ids), and no commit in the
+    /// log adds it (a file a `tidemark restore` removed stays: older versions and a later
+    /// restore need it; only a vacuum deletes it).
     pub async fn sweep_uncommitted_files(
         &mut self,
         committed_epoch: Epoch,
@@ -830,8 +848,20 @@ impl DeltaSink {
         let live = self.live_paths()?;
         let store = self.table.object_store();
         let mut report = SweepReport::default();
+        // Files some commit added were committed: a restore may have removed them from the
+        // live files (and a later restore may add them back), so only a vacuum deletes them.
+        let mut ever_added: Option<HashSet<String>> = None;
         for (location, name) in self.own_data_files().await? {
             if live.contains(location.as_ref()) {
+                continue;
+            }
+            if ever_added.is_none() {
+                ever_added = Some(self.paths_ever_added().await?);
+            }
+            if ever_added
+                .as_ref()
+                .is_some_and(|a| a.contains(location.as_ref()))
+            {
                 continue;
             }
             let owned = match name.run {
@@ -855,6 +885,43 @@ impl DeltaSink {
             warn!(table = %self.uri, files = report.foreign.len(), "data files of other runs of this pipeline are not in the table; left in place (another writer may still commit them)");
         }
         Ok(report)
+    }
+
+    /// The paths (relative to the table root, decoded) every commit file in the log adds.
+    async fn paths_ever_added(&self) -> Result<HashSet<String>, DeltaSinkError> {
+        let store = self.table.object_store();
+        let log_dir = deltalake::Path::from("_delta_log");
+        let commits: Vec<_> = store
+            .list(Some(&log_dir))
+            .try_collect()
+            .await
+            .map_err(self.err("list the log"))?;
+        let mut out = HashSet::new();
+        for meta in commits {
+            let is_commit = meta
+                .location
+                .filename()
+                .and_then(|n| n.strip_suffix(".json"))
+                .is_some_and(|stem| stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()));
+            if !is_commit {
+                continue;
+            }
+            let bytes = match store.get(&meta.location).await {
+                Ok(get) => get.bytes().await,
+                Err(e) => Err(e),
+            }
+            .map_err(self.file_err("read commit", meta.location.as_ref()))?;
+            for line in bytes.split(|b| *b == b'\n') {
+                let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else {
+                    continue;
+                };
+                if let Some(path) = action["add"]["path"].as_str() {
+                    let decoded = percent_decode(path);
+                    out.insert(decoded);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The first part number of `epoch` no file of this pipeline (of any run) uses yet.
@@ -1021,6 +1088,19 @@ impl DeltaSink {
         info: &EpochCommitInfo,
         more_of_epoch: bool,
     ) -> Result<CommitOutcome, DeltaSinkError> {
+        let outcome = self.commit_fenced_once(adds, info, more_of_epoch).await?;
+        if let CommitOutcome::Committed { .. } = outcome {
+            self.newest_own = Some(self.newest_own.map_or(info.epoch, |o| o.max(info.epoch)));
+        }
+        Ok(outcome)
+    }
+
+    async fn commit_fenced_once(
+        &mut self,
+        adds: Vec<Add>,
+        info: &EpochCommitInfo,
+        more_of_epoch: bool,
+    ) -> Result<CommitOutcome, DeltaSinkError> {
         let mut info = info.clone();
         info.run_id = Some(self.run_id);
         let mut attempt = 0;
@@ -1028,6 +1108,17 @@ impl DeltaSink {
             attempt += 1;
             self.refresh().await?;
             let txn_version = self.loaded_txn_version().await?;
+            if let Some(own) = self.newest_own {
+                let txn = txn_version.unwrap_or(Epoch::ZERO);
+                if txn < own {
+                    return Err(DeltaSinkError {
+                        op: "commit",
+                        table: self.uri.clone(),
+                        file: None,
+                        source: Box::new(TableWentBack { own, txn }),
+                    });
+                }
+            }
             let txn = match txn_version {
                 Some(t) if !more_of_epoch && t >= info.epoch => {
                     if let Some(version) = self.own_commit_since(&info, None).await? {
@@ -1124,6 +1215,31 @@ impl DeltaSink {
         }
         Ok(())
     }
+}
+
+/// A log path (percent-encoded, RFC 2396) decoded; kept as is when it does not decode.
+fn percent_decode(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| path.to_string())
 }
 
 /// True when a commit lost a race for its version (deltalake's retries are off).

@@ -481,6 +481,11 @@ pub struct ErrorsConfig {
     /// what one WAL frame holds (`epoch_log::MAX_RECORD_BYTES`, 64 MiB less 287 bytes).
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
+    /// Records never to write, by coordinates (`"orders/0@120..200"`, end not included):
+    /// a burst of bad records restored away from the table that a rewind must not bring back.
+    /// Each is dead-lettered (or skipped) with reason `quarantined` (see `quarantine.rs`).
+    #[serde(default)]
+    pub quarantine: Vec<String>,
 }
 
 fn default_max_record_bytes() -> usize {
@@ -493,6 +498,7 @@ impl Default for ErrorsConfig {
             on_invalid_record: OnInvalidRecord::default(),
             dead_letter_table: None,
             max_record_bytes: default_max_record_bytes(),
+            quarantine: Vec::new(),
         }
     }
 }
@@ -771,6 +777,15 @@ fn check_observability(o: &ObservabilityConfig, invalid: &Invalid) -> Result<(),
 
 /// `[errors]`: a record size limit between 1 and what one WAL frame holds.
 fn check_errors(errors: &ErrorsConfig, invalid: &Invalid) -> Result<(), ConfigError> {
+    if let Err(why) = crate::quarantine::Quarantine::parse(&errors.quarantine) {
+        return Err(invalid.at("errors.quarantine", why));
+    }
+    if !errors.quarantine.is_empty() && errors.on_invalid_record == OnInvalidRecord::Fail {
+        return Err(invalid.at(
+            "errors.quarantine",
+            "needs errors.on_invalid_record = \"dead_letter\" or \"skip\" (a quarantined record is never written to the table, and must not stop the pipeline)",
+        ));
+    }
     if errors.max_record_bytes == 0 {
         return Err(invalid.at("errors.max_record_bytes", "must be greater than 0"));
     }

@@ -202,6 +202,8 @@ pub struct RecordProcessor {
     decoder: JsonDecoder,
     on_invalid: OnInvalidRecord,
     max_record_bytes: usize,
+    /// `errors.quarantine`: records never written (reason `quarantined`).
+    quarantine: crate::quarantine::Quarantine,
     dedup: Option<DedupSpec>,
     key_converter: Option<RowConverter>,
     /// Rows carry the Kafka timestamp (source column or event time): a timestamp that does
@@ -287,6 +289,9 @@ impl RecordProcessor {
             decoder,
             on_invalid: config.errors.on_invalid_record,
             max_record_bytes: config.errors.max_record_bytes,
+            // Checked when the config was loaded.
+            quarantine: crate::quarantine::Quarantine::parse(&config.errors.quarantine)
+                .unwrap_or_default(),
             dedup,
             key_converter,
             uses_kafka_timestamp,
@@ -426,6 +431,12 @@ fn epoch_settings(config: &PipelineConfig, schema: &arrow::datatypes::Schema) ->
         "errors.max_record_bytes",
         config.errors.max_record_bytes.to_string(),
     );
+    // Only when set: seals from before quarantines existed keep matching.
+    if let Ok(q) = crate::quarantine::Quarantine::parse(&config.errors.quarantine) {
+        if !q.is_empty() {
+            put("errors.quarantine", q.canonical());
+        }
+    }
     match &config.dedup {
         None => put("dedup", "off".into()),
         Some(d) => {
@@ -587,6 +598,15 @@ impl OpenEpoch {
         record: &SourceRecord,
         stub: Option<u64>,
     ) -> Option<(SourceRecord, &'static str, String)> {
+        if p.quarantine
+            .contains(&record.topic, record.partition, record.offset)
+        {
+            return Some((
+                record.clone(),
+                "quarantined",
+                format!("{} is listed in errors.quarantine", record.coordinates()),
+            ));
+        }
         let (size, fits) = match stub {
             Some(size) => (size, false),
             None => (record_size(record) as u64, fits_in_frame(record)),

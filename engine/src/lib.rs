@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod progress;
 pub mod protocol;
+pub mod quarantine;
 pub mod recovery;
 pub mod replica_watch;
 pub mod shutdown;

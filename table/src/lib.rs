@@ -1,7 +1,8 @@
 //! Delta tables as files: a table's `_delta_log` read version by version ([`log`]), files copied
 //! durably and verified against their size and SHA-256 ([`copy`]), and table replication in log
 //! order on top of them; backups ([`backup`]) and restores from them ([`restore_backup`]), and
-//! corrupt-file detection ([`verify`]).
+//! corrupt-file detection ([`verify`]); history, time travel reads and in-place restores
+//! ([`history`], [`time_travel`], [`restore`]).
 //!
 //! Everything here works on `Arc<dyn ObjectStore>` for both sides ([`location::TableLocation`]):
 //! local tables today (through the `fs` seam's durable writes), other object stores by
@@ -10,6 +11,7 @@
 pub mod backup;
 pub mod copy;
 pub mod fault;
+pub mod history;
 pub mod lag;
 pub mod live;
 pub mod location;
@@ -17,8 +19,10 @@ pub mod log;
 pub mod progress;
 pub mod replica_lock;
 pub mod replicate;
+pub mod restore;
 pub mod restore_backup;
 pub mod snapshot;
+pub mod time_travel;
 pub mod verify;
 
 #[cfg(test)]

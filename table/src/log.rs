@@ -442,6 +442,8 @@ pub struct CommitInfo {
     pub timestamp_ms: Option<i64>,
     /// `operation` (`WRITE`, `CREATE TABLE`, `OPTIMIZE`, ...).
     pub operation: Option<String>,
+    /// `operationParameters` (e.g. a RESTORE's `version`), kept as JSON.
+    pub operation_parameters: Option<Value>,
     /// The `tidemark` object Tidemark writes into each epoch's commit
     /// (`tidemark_connectors::delta::EpochCommitInfo`), kept as JSON.
     pub tidemark: Option<Value>,
@@ -671,6 +673,7 @@ pub fn action_from(name: &str, body: &Value) -> Result<Action, String> {
             operation: field("operation")
                 .and_then(Value::as_str)
                 .map(str::to_string),
+            operation_parameters: field("operationParameters").cloned(),
             tidemark: field(tidemark_connectors::delta::COMMIT_INFO_KEY).cloned(),
         }),
         "metaData" => Action::Metadata,

@@ -250,6 +250,7 @@ proptest! {
             Action::CommitInfo(CommitInfo {
                 timestamp_ms: Some(timestamp),
                 operation: None,
+                operation_parameters: None,
                 tidemark: Some(json!({"pipeline_id": "p", "epoch": epoch})),
             }),
             Action::Add(AddFile {

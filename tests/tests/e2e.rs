@@ -29,6 +29,8 @@ mod protocol;
 mod records;
 #[path = "e2e/replicate.rs"]
 mod replicate;
+#[path = "e2e/restore.rs"]
+mod restore;
 #[path = "e2e/topology.rs"]
 mod topology;
 

@@ -58,7 +58,11 @@ pub struct LogReplay {
     pub live_files: BTreeSet<String>,
     /// Newest txn version per appId.
     pub txn: HashMap<String, i64>,
-    /// Tidemark commitInfo entries, in version order, with their version.
+    /// Tidemark commitInfo entries, in version order, with their version: those of the
+    /// table's current history only. A RESTORE commit (`operationParameters.version = N`)
+    /// makes the history that of version N: epochs committed after N and before the restore
+    /// were restored away and are left out (their skipped records no longer count), and the
+    /// restore's own copy of N's progress is not an epoch.
     pub epochs: Vec<(i64, EpochCommitInfo)>,
 }
 
@@ -80,6 +84,10 @@ pub fn replay_log(table_dir: &Path) -> Result<LogReplay, AuditError> {
         .collect();
     versions.sort();
     let mut replay = LogReplay::default();
+    // The history as a tree: each version's parent (the previous version, or the version a
+    // RESTORE restored) and the epoch it committed, if any.
+    let mut parent: Vec<Option<usize>> = Vec::new();
+    let mut own: Vec<Option<EpochCommitInfo>> = Vec::new();
     for (expected, (version, path)) in versions.iter().enumerate() {
         if *version != expected as i64 {
             return Err(AuditError::Log {
@@ -89,6 +97,8 @@ pub fn replay_log(table_dir: &Path) -> Result<LogReplay, AuditError> {
             });
         }
         replay.version = *version;
+        let mut restored_to: Option<usize> = None;
+        let mut epoch: Option<EpochCommitInfo> = None;
         let file = File::open(path).map_err(io(path))?;
         for (i, line) in BufReader::new(file).lines().enumerate() {
             let line = line.map_err(io(path))?;
@@ -120,14 +130,32 @@ pub fn replay_log(table_dir: &Path) -> Result<LogReplay, AuditError> {
                     .ok_or_else(|| bad("txn without version".into()))?;
                 replay.txn.insert(app.to_string(), v);
             } else if let Some(ci) = action.get("commitInfo") {
-                if let Some(t) = ci.get(COMMIT_INFO_KEY) {
+                if ci["operation"] == "RESTORE" {
+                    let to = &ci["operationParameters"]["version"];
+                    let to = to
+                        .as_u64()
+                        .or_else(|| to.as_str().and_then(|t| t.parse().ok()))
+                        .filter(|to| *to < *version as u64)
+                        .ok_or_else(|| bad("RESTORE without an earlier version".into()))?;
+                    restored_to = Some(to as usize);
+                } else if let Some(t) = ci.get(COMMIT_INFO_KEY) {
                     let info: EpochCommitInfo = serde_json::from_value(t.clone())
                         .map_err(|e| bad(format!("bad tidemark commitInfo: {e}")))?;
-                    replay.epochs.push((*version, info));
+                    epoch = Some(info);
                 }
             }
         }
+        parent.push(restored_to.or(expected.checked_sub(1)));
+        own.push(if restored_to.is_some() { None } else { epoch });
     }
+    let mut at = own.len().checked_sub(1);
+    while let Some(v) = at {
+        if let Some(info) = own[v].take() {
+            replay.epochs.push((v as i64, info));
+        }
+        at = parent[v];
+    }
+    replay.epochs.reverse();
     Ok(replay)
 }
 
@@ -387,6 +415,42 @@ mod tests {
                 .map(|(v, e)| (*v, e.epoch.get()))
                 .collect::<Vec<_>>(),
             vec![(1, 1), (2, 2)]
+        );
+    }
+
+    #[test]
+    fn a_restore_leaves_the_restored_away_epochs_out_of_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = |e: u64| {
+            format!(
+                r#"{{"commitInfo":{{"tidemark":{{"pipeline_id":"p","epoch":{e},"start_positions":{{}},"end_positions":{{}},"records_read":1,"rows_written":1,"records_skipped":0}}}}}}"#
+            )
+        };
+        let restore = |to: u64, e: u64| {
+            format!(
+                r#"{{"commitInfo":{{"operation":"RESTORE","operationParameters":{{"version":{to},"timestamp":null}},"tidemark":{{"pipeline_id":"p","epoch":{e},"start_positions":{{}},"end_positions":{{}},"records_read":0,"rows_written":0,"records_skipped":0}}}}}}"#
+            )
+        };
+        let commits = [
+            r#"{"metaData":{}}"#.to_string(),
+            info(1), // v1
+            info(2), // v2
+            info(3), // v3: restored away by v4
+            restore(2, 2),
+            info(3), // v5: epoch 3 again
+            info(4), // v6: restored away by v7, which goes back into the old history
+            restore(3, 3),
+            info(4), // v8
+        ];
+        let refs: Vec<&str> = commits.iter().map(String::as_str).collect();
+        write_log(dir.path(), &refs);
+        let r = replay_log(dir.path()).unwrap();
+        assert_eq!(
+            r.epochs
+                .iter()
+                .map(|(v, e)| (*v, e.epoch.get()))
+                .collect::<Vec<_>>(),
+            vec![(1, 1), (2, 2), (3, 3), (8, 4)]
         );
     }
 
