@@ -5,6 +5,7 @@
 //! (`tests/src/bin/tidemark-under-test.rs`) is the same CLI built with the `crash-points` feature.
 
 mod backup_cmds;
+mod failover;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,6 +104,8 @@ enum Command {
     Bench(BenchOptions),
     // The help text is ReplicateArgs' doc comment (cli/src/replicate.rs).
     Replicate(replicate::ReplicateArgs),
+    // The help text is FailoverArgs' doc comment (cli/src/failover.rs).
+    Failover(failover::FailoverArgs),
     /// Measure replication lag behind a running pipeline (needs a broker; see
     /// scripts/bench-replicate, which starts tansu and also measures throughput against cp -r).
     BenchReplicate(tidemark_tools::bench_replicate::ReplicateBenchOptions),
@@ -163,6 +166,7 @@ pub fn main() -> ExitCode {
             Command::Demo(options) => demo::run(options).await.map(|()| ExitCode::SUCCESS),
             Command::Bench(options) => bench::run(options).await.map(|()| ExitCode::SUCCESS),
             Command::Replicate(args) => replicate::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Failover(args) => failover::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::BenchReplicate(options) => tidemark_tools::bench_replicate::run(options)
                 .await
                 .map(|()| ExitCode::SUCCESS),
@@ -243,6 +247,7 @@ async fn run(
             until_caught_up,
             rewind_to,
             accept_wal_damage,
+            ..RunOptions::default()
         },
         shutdown,
     )

@@ -75,6 +75,9 @@ fn info(epoch: i64) -> EpochCommitInfo {
         watermark: None,
         run_id: None,
         topic_ids: BTreeMap::new(),
+        cluster_id: None,
+        partitions: Vec::new(),
+        generation: None,
     }
 }
 

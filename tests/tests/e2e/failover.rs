@@ -1,0 +1,314 @@
+//! Issue 14, regional failover, against two tansu brokers (two Kafka clusters: scripts/test
+//! starts the second one and sets TIDEMARK_TEST_BROKERS_SECONDARY).
+//!
+//! The secondary's topic is a mirror of the primary's (keys, values, timestamps; not offsets)
+//! whose partitions were pre-seeded with a different number of old records each, so any reuse
+//! of the primary's offsets on the secondary would read the wrong records (and the audit would
+//! find them).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tidemark_tests::{
+    create_topic, order_json, produce_range, stderr_of, two_brokers, unique_topic, Fixture,
+    TEST_LOG_FILTER,
+};
+use tidemark_tools::audit;
+use tidemark_tools::mirror::{seed_partitions, Mirror};
+
+use super::EXE;
+
+const PARTITIONS: i32 = 3;
+const DEDUP: &str =
+    "[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 600000\n";
+/// Ids of the records pre-seeded into the secondary's partitions (never produced upstream).
+const FILLER_BASE: u64 = 900_000_000;
+
+fn tidemark(args: &[&str]) -> Output {
+    Command::new(EXE)
+        .args(args)
+        .env("RUST_LOG", TEST_LOG_FILTER)
+        .env_remove(tidemark_engine::fault::ENV)
+        .output()
+        .expect("run tidemark")
+}
+
+fn ok(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        out.status,
+        stderr_of(out)
+    );
+}
+
+/// Every id in the table's live rows, with how many times each appears.
+fn ids_in(table: &Path) -> BTreeMap<String, u64> {
+    let replay = audit::replay_log(table).expect("replay log");
+    let mut ids = BTreeMap::new();
+    for id in audit::read_string_column(table, &replay.live_files, "id").expect("read ids") {
+        *ids.entry(id.expect("id is never null")).or_insert(0) += 1;
+    }
+    ids
+}
+
+/// The ids of `topic`'s records on `brokers` from `start` (partition -> offset) to the end.
+fn ids_from(brokers: &str, topic: &str, start: &BTreeMap<i32, i64>) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "failover-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for (p, o) in start {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+            .unwrap();
+        let (_, high) = consumer
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .unwrap();
+        ends.insert(*p, high);
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut next: BTreeMap<i32, i64> = start.clone();
+    let mut ids = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ends.iter().any(|(p, e)| next[p] < *e) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading {topic} timed out"
+        );
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        ids.push(v["id"].as_str().unwrap().to_string());
+        next.insert(m.partition(), m.offset() + 1);
+    }
+    ids
+}
+
+/// The whole scenario: a primary pipeline replicated (then running ahead of its replica), a
+/// mirror offset differently, a refused start against the wrong cluster, the failover (by
+/// time, dedup rebuilt from the replica), an independent audit of the secondary table against
+/// the report, and the old primary fenced when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_mirrored_cluster_loses_and_doubles_nothing_and_fences_the_old_primary() {
+    let Some((primary_brokers, secondary_brokers)) = two_brokers() else {
+        return;
+    };
+    let topic = unique_topic("failover");
+    create_topic(&primary_brokers, &topic, PARTITIONS).await;
+    create_topic(&secondary_brokers, &topic, PARTITIONS).await;
+    // The mirror's offsets: each secondary partition starts with 5, 17 and 29 old records.
+    let day_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 86_400_000;
+    seed_partitions(
+        &secondary_brokers,
+        &topic,
+        PARTITIONS,
+        |p| 5 + 12 * p as u64,
+        day_ago,
+        |p, i| order_json(FILLER_BASE + 1000 * p as u64 + i),
+    )
+    .unwrap();
+
+    let secondary = Fixture::new(Path::new(EXE), &secondary_brokers, &topic, DEDUP);
+    let replica_table = secondary.table.clone();
+    let primary = Fixture::new(
+        Path::new(EXE),
+        &primary_brokers,
+        &topic,
+        &format!(
+            "{DEDUP}\n[replica]\ntable_uri = \"{}\"\n",
+            replica_table.display()
+        ),
+    );
+
+    // The primary reads 3000 records; the replica gets them; then 2000 more the replica lacks.
+    let (first, second) = (3000u64, 2000u64);
+    produce_range(&primary_brokers, &topic, PARTITIONS, 0..first, order_json);
+    ok("primary run 1", &primary.run_to_end(&[]));
+    let (from, to) = (
+        primary.table.display().to_string(),
+        replica_table.display().to_string(),
+    );
+    ok(
+        "replicate",
+        &tidemark(&["replicate", "--from", &from, "--to", &to]),
+    );
+    produce_range(
+        &primary_brokers,
+        &topic,
+        PARTITIONS,
+        first..first + second,
+        order_json,
+    );
+    ok("primary run 2", &primary.run_to_end(&[]));
+    let primary_version = audit::replay_log(&primary.table).unwrap().version;
+
+    // The mirror copies everything the primary cluster holds (it runs in the other region).
+    let mut mirror = Mirror::new(&primary_brokers, &secondary_brokers, &topic, &topic).unwrap();
+    let copied = mirror.catch_up(Duration::from_secs(120)).unwrap();
+    assert_eq!(copied, first + second);
+
+    // The region is lost. A plain start against the mirrored cluster is refused, naming both.
+    let wrong = secondary.run_to_end(&[]);
+    let text = stderr_of(&wrong);
+    assert!(
+        !wrong.status.success(),
+        "a start on another cluster must be refused:\n{text}"
+    );
+    assert!(
+        text.contains("tansu_cluster") && text.contains("tidemark_secondary"),
+        "the refusal names both cluster ids:\n{text}"
+    );
+
+    let replica_ids = ids_in(&replica_table);
+    assert_eq!(
+        replica_ids.len() as u64,
+        first,
+        "the replica holds the first part"
+    );
+    let report_path = secondary.dir.path().join("report.json");
+    let out = tidemark(&[
+        "failover",
+        "--config",
+        secondary.config.to_str().unwrap(),
+        "--until-caught-up",
+        "--margin",
+        "2s",
+        "--primary-table",
+        &from,
+        "--report",
+        report_path.to_str().unwrap(),
+    ]);
+    ok("failover", &out);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    eprintln!(
+        "{}",
+        stderr_of(&out)
+            .lines()
+            .filter(|l| !l.contains(" INFO "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // Independent audit: every produced id exactly once, no pre-seeded record.
+    let ids = ids_in(&replica_table);
+    let want: BTreeSet<String> = (0..first + second)
+        .map(|i| {
+            serde_json::from_slice::<serde_json::Value>(&order_json(i)).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let doubled: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "ids twice in the secondary table: {doubled:?}"
+    );
+    let have: BTreeSet<String> = ids.keys().cloned().collect();
+    let missing: Vec<_> = want.difference(&have).take(10).collect();
+    let unexpected: Vec<_> = have.difference(&want).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "ids missing from the secondary table: {missing:?}"
+    );
+    assert!(
+        unexpected.is_empty(),
+        "ids that were never produced (offset reuse?): {unexpected:?}"
+    );
+
+    // The report's figures match the audit.
+    let starts: BTreeMap<i32, i64> = report["starts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["partition"].as_i64().unwrap() as i32,
+                s["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let reread = ids_from(&secondary_brokers, &topic, &starts);
+    let expected_duplicates = reread
+        .iter()
+        .filter(|id| replica_ids.contains_key(*id))
+        .count() as u64;
+    assert!(
+        expected_duplicates > 0,
+        "the margin makes the failover re-read some records"
+    );
+    assert_eq!(
+        report["records_read"].as_u64(),
+        Some(reread.len() as u64),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["duplicates_dropped"].as_u64(),
+        Some(expected_duplicates),
+        "{report:#}"
+    );
+    assert_eq!(report["late_dropped"].as_u64(), Some(0), "{report:#}");
+    assert_eq!(report["rows_written"].as_u64(), Some(second), "{report:#}");
+    assert_eq!(report["missing_rows"].as_u64(), Some(0), "{report:#}");
+    assert_eq!(
+        report["replica_lag"]["records"].as_u64(),
+        Some(second),
+        "{report:#}"
+    );
+    assert!(
+        report["replica_lag"]["versions"].as_u64().unwrap() >= 1,
+        "{report:#}"
+    );
+    assert_eq!(report["from_cluster"].as_str(), Some("tansu_cluster"));
+    assert_eq!(report["to_cluster"].as_str(), Some("tidemark_secondary"));
+    assert_eq!(report["generation"].as_u64(), Some(2));
+    assert!(report["rto_ms"].as_u64().is_some(), "{report:#}");
+    // Every start is at or after the pre-seeded records of its partition.
+    for (p, o) in &starts {
+        assert!(
+            *o >= 5 + 12 * *p as i64,
+            "partition {p} starts at {o}, inside the pre-seeded records"
+        );
+    }
+
+    // The old primary comes back: fenced by the replica's newer generation, writes nothing.
+    produce_range(
+        &primary_brokers,
+        &topic,
+        PARTITIONS,
+        first + second..first + second + 30,
+        order_json,
+    );
+    let back = primary.run_to_end(&[]);
+    let text = stderr_of(&back);
+    assert!(
+        !back.status.success(),
+        "the old primary must be fenced:\n{text}"
+    );
+    assert!(text.contains("FENCED"), "{text}");
+    assert_eq!(
+        audit::replay_log(&primary.table).unwrap().version,
+        primary_version
+    );
+
+    // The secondary goes on as a plain `run` (its cluster and generation are its own now).
+    let again = secondary.run_to_end(&[]);
+    ok("secondary run after failover", &again);
+}
