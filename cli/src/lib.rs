@@ -106,6 +106,12 @@ enum Command {
     Replicate(replicate::ReplicateArgs),
     // The help text is FailoverArgs' doc comment (cli/src/failover.rs).
     Failover(failover::FailoverArgs),
+    /// Self-contained regional DR drill: two Kafka clusters (in-process mock clusters unless
+    /// --brokers PRIMARY,SECONDARY), a mirror that keeps keys, values and timestamps but not
+    /// offsets, a pipeline with a `replicate --follow` replica, a SIGKILL of the whole primary
+    /// side at a random moment, `tidemark failover`, an exactly-once audit of the secondary
+    /// table against the report, and the old primary restarted to show it fenced.
+    Drill(tidemark_tools::drill::DrillOptions),
     /// Measure replication lag behind a running pipeline (needs a broker; see
     /// scripts/bench-replicate, which starts tansu and also measures throughput against cp -r).
     BenchReplicate(tidemark_tools::bench_replicate::ReplicateBenchOptions),
@@ -167,6 +173,9 @@ pub fn main() -> ExitCode {
             Command::Bench(options) => bench::run(options).await.map(|()| ExitCode::SUCCESS),
             Command::Replicate(args) => replicate::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Failover(args) => failover::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Drill(options) => tidemark_tools::drill::run(options)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::BenchReplicate(options) => tidemark_tools::bench_replicate::run(options)
                 .await
                 .map(|()| ExitCode::SUCCESS),

@@ -843,7 +843,10 @@ fn a_commit_info_without_cluster_fields_reads_and_none_are_written_when_unknown(
     assert_eq!(parsed.generation, None);
     let text = serde_json::to_string(&info(1)).unwrap();
     for key in ["cluster_id", "partitions", "generation"] {
-        assert!(!text.contains(key), "{key} written although unknown: {text}");
+        assert!(
+            !text.contains(key),
+            "{key} written although unknown: {text}"
+        );
     }
 }
 
@@ -934,5 +937,10 @@ async fn a_writer_of_an_older_generation_never_commits_after_a_newer_one_opened_
     let newest = new.progress().await.unwrap().1.unwrap();
     assert_eq!(newest.info.generation, Some(2));
     // The generation commit itself is fenced: not newer than the table's.
-    assert!(new.open_generation(&opened).await.unwrap_err().fenced().is_some());
+    assert!(new
+        .open_generation(&opened)
+        .await
+        .unwrap_err()
+        .fenced()
+        .is_some());
 }

@@ -17,7 +17,9 @@ fn metadata_consumer(config: &KafkaSourceConfig) -> Result<BaseConsumer, KafkaSo
     client
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "false");
+        .set("enable.auto.commit", "false")
+        // Lookups read single records (see `search_by_time`): no waiting for full fetches.
+        .set("fetch.wait.max.ms", "10");
     for (k, v) in &config.properties {
         if !k.starts_with("tidemark.") {
             client.set(k, v);
@@ -101,15 +103,102 @@ pub fn offsets_for_times(
             .map_err(|source| lookup_error(&tp, source))?;
         let (low, high) = blocking(|| consumer.fetch_watermarks(&tp.topic, tp.partition, timeout))
             .map_err(|source| lookup_error(&tp, source))?;
-        let offset = match element.offset() {
-            Offset::Offset(o) if o >= 0 => o.clamp(low, high),
-            Offset::Beginning => low,
-            // No record at or after the time: start at the end.
+        let asked_ms = times
+            .iter()
+            .find(|(t, _)| *t == tp)
+            .map(|(_, ms)| *ms)
+            .or(default_ms);
+        let offset = match (element.offset(), asked_ms) {
+            (Offset::Offset(o), Some(ms)) if o >= 0 => {
+                let o = o.clamp(low, high);
+                // Kafka's answer is the earliest offset whose timestamp is >= ms: the record
+                // there is not older, the one before it is. A broker that answers otherwise
+                // (seen: an answer for a time after the newest record) is searched instead.
+                let at_ok = o == high
+                    || blocking(|| timestamp_at(&consumer, &tp, o, timeout))
+                        .map_err(|source| lookup_error(&tp, source))?
+                        .is_some_and(|ts| ts >= ms);
+                let before_ok = o == low
+                    || blocking(|| timestamp_at(&consumer, &tp, o - 1, timeout))
+                        .map_err(|source| lookup_error(&tp, source))?
+                        .is_none_or(|ts| ts < ms);
+                if at_ok && before_ok {
+                    o
+                } else {
+                    tracing::warn!(partition = %tp, time_ms = ms, answered = o, "the brokers' offset for this time does not fit the records' timestamps: searching by reading timestamps instead");
+                    blocking(|| search_by_time(&consumer, &tp, low, high, ms, timeout))
+                        .map_err(|source| lookup_error(&tp, source))?
+                }
+            }
+            (Offset::Offset(o), None) if o >= 0 => o.clamp(low, high),
+            (Offset::Beginning, _) | (_, None) => low,
+            // "No record at or after the time": true only if the newest record is older.
+            (_, Some(ms)) if high > low => {
+                let newest = blocking(|| timestamp_at(&consumer, &tp, high - 1, timeout))
+                    .map_err(|source| lookup_error(&tp, source))?;
+                if newest.is_some_and(|ts| ts >= ms) {
+                    tracing::warn!(partition = %tp, time_ms = ms, "the brokers answered \"no record at or after this time\" although the partition's newest record is not older (no timestamp index, e.g. librdkafka's mock cluster): searching by reading timestamps (binary search; assumes timestamps do not decrease along the partition, the margin covers small disorder)");
+                    blocking(|| search_by_time(&consumer, &tp, low, high, ms, timeout))
+                        .map_err(|source| lookup_error(&tp, source))?
+                } else {
+                    high
+                }
+            }
             _ => high,
         };
         out.push((tp, offset));
     }
     Ok(out)
+}
+
+/// The timestamp of the record at `offset` (read with a one-off assignment).
+fn timestamp_at(
+    consumer: &BaseConsumer,
+    tp: &TopicPartition,
+    offset: i64,
+    timeout: Duration,
+) -> Result<Option<i64>, KafkaError> {
+    use rdkafka::message::Message;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset))?;
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) if m.partition() == tp.partition && m.offset() >= offset => {
+                return Ok(m.timestamp().to_millis());
+            }
+            Some(Err(e)) => return Err(e),
+            _ => {}
+        }
+    }
+    Err(KafkaError::OffsetFetch(
+        rdkafka::types::RDKafkaErrorCode::RequestTimedOut,
+    ))
+}
+
+/// The first offset in `[low, high)` whose record's timestamp is `>= ms` (`high` if none),
+/// by binary search over records read one by one: for brokers that cannot look offsets up by
+/// time. Assumes timestamps do not decrease along the partition.
+fn search_by_time(
+    consumer: &BaseConsumer,
+    tp: &TopicPartition,
+    low: i64,
+    high: i64,
+    ms: i64,
+    timeout: Duration,
+) -> Result<i64, KafkaError> {
+    let (mut lo, mut hi) = (low, high);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let ts = timestamp_at(consumer, tp, mid, timeout)?.unwrap_or(i64::MIN);
+        if ts >= ms {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
 }
 
 fn lookup_error(tp: &TopicPartition, source: KafkaError) -> KafkaSourceError {
