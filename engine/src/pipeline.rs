@@ -276,6 +276,7 @@ pub async fn run(
         &mut committer,
         cluster_lookup,
         options.failover.is_some(),
+        &shutdown,
     )
     .await?;
     let stored_topic_ids = committer.sink().topic_ids().clone();
@@ -343,11 +344,24 @@ async fn check_cluster(
     committer: &mut Committer,
     lookup: tokio::task::JoinHandle<Result<Option<String>, KafkaSourceError>>,
     failover: bool,
+    shutdown: &Shutdown,
 ) -> Result<Option<String>, PipelineError> {
-    let broker = lookup.await.map_err(|e| PipelineError::Task {
-        what: "asking Kafka for its cluster id",
-        message: e.to_string(),
-    })??;
+    let mut lookup = lookup;
+    let broker = loop {
+        if shutdown.requested() {
+            // The run stops before reading (connect_source sees the request too).
+            return Ok(committer.sink().cluster_id().map(str::to_string));
+        }
+        tokio::select! {
+            joined = &mut lookup => {
+                break joined.map_err(|e| PipelineError::Task {
+                    what: "asking Kafka for its cluster id",
+                    message: e.to_string(),
+                })??;
+            }
+            _ = tokio::time::sleep(POLL_WAIT) => {}
+        }
+    };
     let recorded = committer.sink().cluster_id().map(str::to_string);
     let case = crate::cluster_check::check(
         recorded.as_deref(),
