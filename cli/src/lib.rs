@@ -5,6 +5,7 @@
 //! (`tests/src/bin/tidemark-under-test.rs`) is the same CLI built with the `crash-points` feature.
 
 mod backup_cmds;
+mod failback;
 mod failover;
 
 use std::path::PathBuf;
@@ -112,6 +113,8 @@ enum Command {
     /// side at a random moment, `tidemark failover`, an exactly-once audit of the secondary
     /// table against the report, and the old primary restarted to show it fenced.
     Drill(tidemark_tools::drill::DrillOptions),
+    // The help text is FailbackArgs' doc comment (cli/src/failback.rs).
+    Failback(failback::FailbackArgs),
     /// Measure replication lag behind a running pipeline (needs a broker; see
     /// scripts/bench-replicate, which starts tansu and also measures throughput against cp -r).
     BenchReplicate(tidemark_tools::bench_replicate::ReplicateBenchOptions),
@@ -173,6 +176,18 @@ pub fn main() -> ExitCode {
             Command::Bench(options) => bench::run(options).await.map(|()| ExitCode::SUCCESS),
             Command::Replicate(args) => replicate::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Failover(args) => failover::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Failback(args) => match failback::set_aside(&args) {
+                Ok(Some(replicate)) => match Cli::try_parse_from(replicate) {
+                    Ok(Cli {
+                        command: Command::Replicate(r),
+                        ..
+                    }) => replicate::run(r).await.map(|()| ExitCode::SUCCESS),
+                    Ok(_) => Err(anyhow::anyhow!("failback: not a replicate command")),
+                    Err(e) => Err(e.into()),
+                },
+                Ok(None) => Ok(ExitCode::SUCCESS),
+                Err(e) => Err(e),
+            },
             Command::Drill(options) => tidemark_tools::drill::run(options)
                 .await
                 .map(|()| ExitCode::SUCCESS),

@@ -17,6 +17,7 @@ pub mod log;
 pub mod progress;
 pub mod replicate;
 pub mod restore_backup;
+pub mod set_aside;
 pub mod snapshot;
 pub mod verify;
 

@@ -41,6 +41,18 @@ impl Mirror {
     /// A mirror of `topic` on `from` into `target_topic` on `to` (both existing, the target
     /// with at least as many partitions), copying from the source's beginning.
     pub fn new(from: &str, to: &str, topic: &str, target_topic: &str) -> Result<Self, KafkaError> {
+        Self::new_from(from, to, topic, target_topic, &BTreeMap::new())
+    }
+
+    /// [`Mirror::new`] copying each partition from the offset `start` gives (its beginning
+    /// where it gives none): e.g. only what a failed-over region produced itself, back.
+    pub fn new_from(
+        from: &str,
+        to: &str,
+        topic: &str,
+        target_topic: &str,
+        start: &BTreeMap<i32, i64>,
+    ) -> Result<Self, KafkaError> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", from)
             .set("group.id", format!("tidemark-mirror-{topic}"))
@@ -57,8 +69,11 @@ impl Mirror {
         let mut assignment = TopicPartitionList::new();
         let mut progress = MirrorProgress::default();
         for p in &partitions {
-            assignment.add_partition_offset(topic, *p, Offset::Beginning)?;
-            progress.next.insert(*p, 0);
+            match start.get(p) {
+                Some(o) => assignment.add_partition_offset(topic, *p, Offset::Offset(*o))?,
+                None => assignment.add_partition_offset(topic, *p, Offset::Beginning)?,
+            }
+            progress.next.insert(*p, start.get(p).copied().unwrap_or(0));
         }
         consumer.assign(&assignment)?;
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()

@@ -362,3 +362,192 @@ fn ten_randomized_drills_against_two_brokers_keep_exactly_once_and_fence_the_old
         assert_eq!(r["rows"], r["produced"], "{r:#}");
     }
 }
+
+/// The high watermark of each partition of `topic` on `brokers`.
+fn ends(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    (0..PARTITIONS)
+        .map(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            (p, high)
+        })
+        .collect()
+}
+
+fn id_of(i: u64) -> String {
+    serde_json::from_slice::<serde_json::Value>(&order_json(i)).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Failback drill: failover, the secondary region writes on (records produced there), then the
+/// primary returns: `tidemark failback` sets the primary's unreplicated tail aside (listed
+/// exactly: its versions and rows) and replicates the secondary's table back; the records the
+/// secondary region produced are mirrored back; `tidemark failover --reason failback` moves the
+/// pipeline home by time. The primary table then holds every id exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failback_sets_the_unreplicated_tail_aside_and_the_primary_holds_every_id_once() {
+    let Some((primary_brokers, secondary_brokers)) = two_brokers() else {
+        return;
+    };
+    let topic = unique_topic("failback");
+    create_topic(&primary_brokers, &topic, PARTITIONS).await;
+    create_topic(&secondary_brokers, &topic, PARTITIONS).await;
+    let day_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 86_400_000;
+    seed_partitions(
+        &secondary_brokers,
+        &topic,
+        PARTITIONS,
+        |p| 3 + 4 * p as u64,
+        day_ago,
+        |p, i| order_json(FILLER_BASE + 1000 * p as u64 + i),
+    )
+    .unwrap();
+    let secondary = Fixture::new(Path::new(EXE), &secondary_brokers, &topic, DEDUP);
+    let primary = Fixture::new(
+        Path::new(EXE),
+        &primary_brokers,
+        &topic,
+        &format!(
+            "{DEDUP}\n[replica]\ntable_uri = \"{}\"\n",
+            secondary.table.display()
+        ),
+    );
+    let (from, to) = (
+        primary.table.display().to_string(),
+        secondary.table.display().to_string(),
+    );
+    // Primary: 2000 replicated, then 1000 that only the primary table holds (its tail).
+    produce_range(&primary_brokers, &topic, PARTITIONS, 0..2000, order_json);
+    ok("primary run 1", &primary.run_to_end(&[]));
+    ok(
+        "replicate",
+        &tidemark(&["replicate", "--from", &from, "--to", &to]),
+    );
+    let replicated_version = audit::replay_log(&secondary.table).unwrap().version;
+    produce_range(&primary_brokers, &topic, PARTITIONS, 2000..3000, order_json);
+    ok("primary run 2", &primary.run_to_end(&[]));
+    let primary_replay = audit::replay_log(&primary.table).unwrap();
+    let tail_versions: Vec<i64> = (replicated_version + 1..=primary_replay.version).collect();
+    let tail_rows: u64 = primary_replay
+        .epochs
+        .iter()
+        .filter(|(v, _)| *v > replicated_version)
+        .map(|(_, info)| info.rows_written)
+        .sum();
+    assert_eq!(tail_rows, 1000);
+    Mirror::new(&primary_brokers, &secondary_brokers, &topic, &topic)
+        .unwrap()
+        .catch_up(Duration::from_secs(120))
+        .unwrap();
+
+    // Failover; the secondary region then produces 1000 records of its own.
+    let out = tidemark(&[
+        "failover",
+        "--config",
+        secondary.config.to_str().unwrap(),
+        "--until-caught-up",
+        "--margin",
+        "2s",
+        "--report",
+        secondary.dir.path().join("failover.json").to_str().unwrap(),
+    ]);
+    ok("failover", &out);
+    let produced_there = ends(&secondary_brokers, &topic);
+    produce_range(
+        &secondary_brokers,
+        &topic,
+        PARTITIONS,
+        3000..4000,
+        order_json,
+    );
+    ok("secondary run", &secondary.run_to_end(&[]));
+
+    // The primary region returns: failback.
+    let out = tidemark(&["failback", "--from", &to, "--to", &from]);
+    ok("failback", &out);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let listing: serde_json::Value = serde_json::from_str(
+        stdout
+            .lines()
+            .find(|l| l.contains("from_version"))
+            .expect("the set-aside listing"),
+    )
+    .unwrap();
+    let listed: Vec<i64> = listing["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        listed, tail_versions,
+        "the set-aside tail is listed exactly: {listing:#}"
+    );
+    let listed_rows: u64 = listing["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(listed_rows, tail_rows, "{listing:#}");
+    let aside = Path::new(listing["dir"].as_str().unwrap());
+    assert!(aside.join("set_aside.json").exists());
+    // The primary table is now the secondary's, byte for byte in its log.
+    assert_eq!(
+        audit::replay_log(&primary.table).unwrap().version,
+        audit::replay_log(&secondary.table).unwrap().version
+    );
+    // What the secondary region produced goes back to the primary cluster.
+    Mirror::new_from(
+        &secondary_brokers,
+        &primary_brokers,
+        &topic,
+        &topic,
+        &produced_there,
+    )
+    .unwrap()
+    .catch_up(Duration::from_secs(120))
+    .unwrap();
+    let out = tidemark(&[
+        "failover",
+        "--config",
+        primary.config.to_str().unwrap(),
+        "--reason",
+        "failback",
+        "--until-caught-up",
+        "--margin",
+        "2s",
+        "--report",
+        primary.dir.path().join("failback.json").to_str().unwrap(),
+    ]);
+    ok("failover back (failback)", &out);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(primary.dir.path().join("failback.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["generation"].as_u64(), Some(3), "{report:#}");
+    assert_eq!(report["from_cluster"].as_str(), Some("tidemark_secondary"));
+
+    let ids = ids_in(&primary.table);
+    let doubled: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).take(10).collect();
+    assert!(
+        doubled.is_empty(),
+        "ids twice in the primary table: {doubled:?}"
+    );
+    let want: BTreeSet<String> = (0..4000).map(id_of).collect();
+    let have: BTreeSet<String> = ids.keys().cloned().collect();
+    let missing: Vec<_> = want.difference(&have).take(10).collect();
+    let unexpected: Vec<_> = have.difference(&want).take(10).collect();
+    assert!(missing.is_empty(), "missing after failback: {missing:?}");
+    assert!(unexpected.is_empty(), "never produced: {unexpected:?}");
+}
