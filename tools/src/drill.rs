@@ -61,6 +61,10 @@ pub struct DrillOptions {
     /// measurements with a big replica; default: after the first).
     #[arg(long, default_value_t = 1)]
     pub kill_after_replicated_epochs: i64,
+    /// Kill the primary side only once the replica holds at least this many rows (the RTO
+    /// benchmark: a dedup state of this many keys to rebuild from the replica).
+    #[arg(long, default_value_t = 0)]
+    pub kill_after_replicated_rows: u64,
     /// The failover's safety margin (passed to `tidemark failover --margin`).
     #[arg(long, default_value = "3s")]
     pub margin: String,
@@ -90,6 +94,26 @@ pub struct DrillRound {
     pub failover_ms: u64,
     /// The old primary, restarted, was fenced.
     pub old_primary_fenced: bool,
+    /// Bytes of the replica table (data files and log) at the failover.
+    pub replica_bytes: u64,
+    /// Rows the replica held at the failover (the dedup keys to rebuild).
+    pub replica_rows: u64,
+}
+
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 /// Runs the drill; an error if any round's check fails.
@@ -159,7 +183,9 @@ pub async fn run(options: DrillOptions) -> anyhow::Result<()> {
         .with_context(|| format!("drill round {round} (topic {topic})"))?;
         let rep = &r.report;
         println!(
-            "  round {round:>3}  killed {} ms after the first replicated commit (primary v{}, replica v{}); produced {}; RPO: replica {} versions / {} records / {:.1} s behind; re-read {}, duplicates dropped {}, missing {}; RTO {} ms; exactly-once OK; old primary fenced",
+            "  round {round:>3}  replica {} rows, {:.1} MB; killed {} ms after the first replicated commit (primary v{}, replica v{}); produced {}; RPO: replica {} versions / {} records / {:.1} s behind; re-read {}, duplicates dropped {}, missing {}; RTO {} ms; exactly-once OK; old primary fenced",
+            r.replica_rows,
+            r.replica_bytes as f64 / 1e6,
             r.killed_after_ms,
             r.primary_version,
             r.replica_version,
@@ -242,6 +268,13 @@ fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
 
 fn table_version(table: &Path) -> i64 {
     audit::replay_log(table).map_or(-1, |r| r.version)
+}
+
+/// Rows the table's Tidemark commits wrote, as their commitInfos say.
+fn rows_committed(table: &Path) -> u64 {
+    audit::replay_log(table)
+        .map(|r| r.epochs.iter().map(|(_, info)| info.rows_written).sum())
+        .unwrap_or(0)
 }
 
 /// How many partitions the table's newest Tidemark commit has read from.
@@ -454,6 +487,8 @@ async fn drill_round(
     // the primary's; a real mirror's beginning is the source's.)
     while table_version(&replica_table) < options.kill_after_replicated_epochs.max(1)
         || partitions_read(&replica_table) < options.partitions as usize
+        || (options.kill_after_replicated_rows > 0
+            && rows_committed(&replica_table) < options.kill_after_replicated_rows)
     {
         if Instant::now() > deadline {
             bail!(
@@ -490,6 +525,7 @@ async fn drill_round(
     }
 
     let replica_ids = ids_in(&replica_table)?;
+    let replica_bytes = dir_bytes(&replica_table);
     let report_path = base.join("failover-report.json");
     let started = Instant::now();
     let out = Command::new(exe)
@@ -591,5 +627,7 @@ async fn drill_round(
         report,
         failover_ms,
         old_primary_fenced: fenced,
+        replica_bytes,
+        replica_rows: replica_ids.len() as u64,
     })
 }
