@@ -98,6 +98,182 @@ pub struct DrillRound {
     pub replica_bytes: u64,
     /// Rows the replica held at the failover (the dedup keys to rebuild).
     pub replica_rows: u64,
+    /// The failback.
+    pub failback: FailbackOutcome,
+}
+
+/// What a round's failback did.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailbackOutcome {
+    /// Records the secondary region produced while it ran the pipeline.
+    pub produced_in_secondary: u64,
+    /// The primary's versions set aside (its unreplicated tail).
+    pub set_aside_versions: Vec<u64>,
+    /// Their rows.
+    pub set_aside_rows: u64,
+    /// Rows in the primary table after the failback (every id once).
+    pub rows: u64,
+    /// The failback's RTO (its `failover --reason failback` report).
+    pub rto_ms: Option<u64>,
+}
+
+/// The high watermark of each partition.
+fn partition_ends(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    (0..partitions)
+        .map(|p| {
+            let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+            Ok((p, high))
+        })
+        .collect()
+}
+
+/// The failback of a round: the secondary region produces and writes on; the primary returns:
+/// `tidemark failback` (tail set aside and listed, the secondary's table replicated back), the
+/// secondary's own records mirrored back, `tidemark failover --reason failback`; then the
+/// primary table must hold every id once and the listing must be exactly the unreplicated tail.
+#[allow(clippy::too_many_arguments)]
+fn failback(
+    exe: &Path,
+    base: &Path,
+    round: u32,
+    topic: &str,
+    (primary, secondary): (&str, &str),
+    (primary_config, secondary_config): (&Path, &Path),
+    (primary_table, replica_table): (&Path, &Path),
+    (primary_version, replica_version): (i64, i64),
+    sent: u64,
+    options: &DrillOptions,
+) -> anyhow::Result<FailbackOutcome> {
+    let logs = base.join("logs");
+    let cfg = |p: &Path| p.display().to_string();
+    // The unreplicated tail, from the primary's own log (what failback must list).
+    let primary_replay = audit::replay_log(primary_table)?;
+    let tail: Vec<u64> = ((replica_version + 1).max(0) as u64..=primary_version.max(0) as u64)
+        .filter(|v| *v as i64 > replica_version)
+        .collect();
+    let tail_rows: u64 = primary_replay
+        .epochs
+        .iter()
+        .filter(|(v, _)| *v > replica_version)
+        .map(|(_, info)| info.rows_written)
+        .sum();
+    // The secondary region produces on its own cluster and its pipeline writes it.
+    let ends_there = partition_ends(secondary, topic, options.partitions)?;
+    let extra = 1000u64;
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", secondary)
+        .set("enable.idempotence", "true")
+        .create()?;
+    for i in sent..sent + extra {
+        let (id, value) = order(round, i);
+        let record = BaseRecord::to(topic)
+            .partition((i % options.partitions as u64) as i32)
+            .key(id.as_bytes())
+            .payload(&value);
+        send_retrying(&producer, record)?;
+    }
+    producer.flush(Timeout::After(Duration::from_secs(30)))?;
+    let run = Command::new(exe)
+        .args([
+            "run",
+            "--config",
+            &cfg(secondary_config),
+            "--until-caught-up",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(logs.join("secondary-run.log"))?)
+        .status()?;
+    if !run.success() {
+        bail!("the secondary's run failed: {run}");
+    }
+    // The primary region returns.
+    let out = Command::new(exe)
+        .args([
+            "failback",
+            "--from",
+            &cfg(replica_table),
+            "--to",
+            &cfg(primary_table),
+        ])
+        .stderr(std::fs::File::create(logs.join("failback.log"))?)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "tidemark failback failed: {} (see {})",
+            out.status,
+            logs.join("failback.log").display()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let listing: serde_json::Value = serde_json::from_str(
+        stdout
+            .lines()
+            .find(|l| l.contains("from_version"))
+            .context("failback printed no set-aside listing")?,
+    )?;
+    let listed: Vec<u64> = listing["versions"]
+        .as_array()
+        .context("listing without versions")?
+        .iter()
+        .filter_map(|v| v["version"].as_u64())
+        .collect();
+    let listed_rows: u64 = listing["versions"]
+        .as_array()
+        .context("listing without versions")?
+        .iter()
+        .filter_map(|v| v["rows"].as_u64())
+        .sum();
+    if listed != tail || listed_rows != tail_rows {
+        bail!("failback listed versions {listed:?} ({listed_rows} rows) but the unreplicated tail is {tail:?} ({tail_rows} rows)");
+    }
+    Mirror::new_from(secondary, primary, topic, topic, &ends_there)?
+        .catch_up(Duration::from_secs(120))?;
+    let report_path = base.join("failback-report.json");
+    let status = Command::new(exe)
+        .args([
+            "failover",
+            "--config",
+            &cfg(primary_config),
+            "--reason",
+            "failback",
+            "--until-caught-up",
+            "--margin",
+            &options.margin,
+            "--report",
+            &cfg(&report_path),
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(logs.join("failback-failover.log"))?)
+        .status()?;
+    if !status.success() {
+        bail!(
+            "the failover back failed: {status} (see {})",
+            logs.join("failback-failover.log").display()
+        );
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
+    let ids = ids_in(primary_table)?;
+    let want: BTreeSet<String> = (0..sent + extra).map(|i| order(round, i).0).collect();
+    let doubled = ids.values().filter(|n| **n > 1).count();
+    let missing = want.iter().filter(|id| !ids.contains_key(*id)).count();
+    let unexpected = ids.keys().filter(|id| !want.contains(*id)).count();
+    if doubled + missing + unexpected > 0 {
+        bail!("after failback the primary table has {doubled} ids twice, {missing} missing, {unexpected} never produced");
+    }
+    Ok(FailbackOutcome {
+        produced_in_secondary: extra,
+        set_aside_versions: listed,
+        set_aside_rows: listed_rows,
+        rows: ids.len() as u64,
+        rto_ms: report["rto_ms"].as_u64(),
+    })
 }
 
 /// Bytes of every file under `dir`.
@@ -183,9 +359,13 @@ pub async fn run(options: DrillOptions) -> anyhow::Result<()> {
         .with_context(|| format!("drill round {round} (topic {topic})"))?;
         let rep = &r.report;
         println!(
-            "  round {round:>3}  replica {} rows, {:.1} MB; killed {} ms after the first replicated commit (primary v{}, replica v{}); produced {}; RPO: replica {} versions / {} records / {:.1} s behind; re-read {}, duplicates dropped {}, missing {}; RTO {} ms; exactly-once OK; old primary fenced",
+            "  round {round:>3}  replica {} rows, {:.1} MB; failback: {} versions / {} rows set aside, primary {} rows, every id once, RTO {:?} ms; killed {} ms after the first replicated commit (primary v{}, replica v{}); produced {}; RPO: replica {} versions / {} records / {:.1} s behind; re-read {}, duplicates dropped {}, missing {}; RTO {} ms; exactly-once OK; old primary fenced",
             r.replica_rows,
             r.replica_bytes as f64 / 1e6,
+            r.failback.set_aside_versions.len(),
+            r.failback.set_aside_rows,
+            r.failback.rows,
+            r.failback.rto_ms,
             r.killed_after_ms,
             r.primary_version,
             r.replica_version,
@@ -205,7 +385,7 @@ pub async fn run(options: DrillOptions) -> anyhow::Result<()> {
         .filter_map(|r| r.report["rto_ms"].as_u64())
         .collect();
     println!(
-        "  summary    {} round(s) OK; RTO ms min {} / max {}; failback: not part of this drill yet",
+        "  summary    {} round(s) OK (failover and failback); RTO ms min {} / max {}",
         rounds.len(),
         rto.iter().min().copied().unwrap_or(0),
         rto.iter().max().copied().unwrap_or(0)
@@ -617,8 +797,21 @@ async fn drill_round(
             logs.join("old-primary.log").display()
         );
     }
+    let failback = failback(
+        exe,
+        &base,
+        round,
+        topic,
+        (primary, secondary),
+        (&primary_config, &secondary_config),
+        (&primary_table, &replica_table),
+        (primary_version, replica_version),
+        sent,
+        options,
+    )?;
     Ok(DrillRound {
         round,
+        failback,
         killed_after_ms: kill_delay.as_millis() as u64,
         primary_version,
         replica_version,

@@ -319,7 +319,8 @@ async fn a_failover_to_a_mirrored_cluster_loses_and_doubles_nothing_and_fences_t
 /// acknowledged id once, no pre-seeded record), checks the report against the audit, and
 /// restarts the old primary to see it fenced. The drill exits non-zero if any check fails.
 #[test]
-fn ten_randomized_drills_against_two_brokers_keep_exactly_once_and_fence_the_old_primary() {
+fn ten_randomized_drills_against_two_brokers_keep_exactly_once_fence_the_old_primary_and_fail_back()
+{
     let Some((primary, secondary)) = two_brokers() else {
         return;
     };
@@ -360,6 +361,13 @@ fn ten_randomized_drills_against_two_brokers_keep_exactly_once_and_fence_the_old
         assert_eq!(r["old_primary_fenced"], true);
         assert_eq!(r["report"]["missing_rows"], 0);
         assert_eq!(r["rows"], r["produced"], "{r:#}");
+        // The failback: every id (those the secondary region produced too) once in the primary.
+        let fb = &r["failback"];
+        assert_eq!(
+            fb["rows"].as_u64(),
+            Some(r["produced"].as_u64().unwrap() + fb["produced_in_secondary"].as_u64().unwrap()),
+            "{r:#}"
+        );
     }
 }
 
