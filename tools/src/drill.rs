@@ -436,13 +436,39 @@ fn write_config(
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
+/// A child process SIGKILLed when dropped: a round that fails leaves nothing running.
+struct KillOnDrop(Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<KillOnDrop> {
     let log_file = std::fs::File::create(log)?;
     Command::new(exe)
         .args(args)
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()
+        .map(KillOnDrop)
         .with_context(|| format!("cannot start {} {}", exe.display(), args.join(" ")))
 }
 
