@@ -5,6 +5,8 @@
 //! (`tests/src/bin/tidemark-under-test.rs`) is the same CLI built with the `crash-points` feature.
 
 mod backup_cmds;
+mod failback;
+mod failover;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,6 +106,16 @@ enum Command {
     Bench(BenchOptions),
     // The help text is ReplicateArgs' doc comment (cli/src/replicate.rs).
     Replicate(replicate::ReplicateArgs),
+    // The help text is FailoverArgs' doc comment (cli/src/failover.rs).
+    Failover(failover::FailoverArgs),
+    /// Self-contained regional DR drill: two Kafka clusters (in-process mock clusters unless
+    /// --brokers PRIMARY,SECONDARY), a mirror that keeps keys, values and timestamps but not
+    /// offsets, a pipeline with a `replicate --follow` replica, a SIGKILL of the whole primary
+    /// side at a random moment, `tidemark failover`, an exactly-once audit of the secondary
+    /// table against the report, and the old primary restarted to show it fenced.
+    Drill(tidemark_tools::drill::DrillOptions),
+    // The help text is FailbackArgs' doc comment (cli/src/failback.rs).
+    Failback(failback::FailbackArgs),
     /// Measure replication lag behind a running pipeline (needs a broker; see
     /// scripts/bench-replicate, which starts tansu and also measures throughput against cp -r).
     BenchReplicate(tidemark_tools::bench_replicate::ReplicateBenchOptions),
@@ -174,6 +186,22 @@ pub fn main() -> ExitCode {
             Command::Demo(options) => demo::run(options).await.map(|()| ExitCode::SUCCESS),
             Command::Bench(options) => bench::run(options).await.map(|()| ExitCode::SUCCESS),
             Command::Replicate(args) => replicate::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Failover(args) => failover::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Failback(args) => match failback::set_aside(&args) {
+                Ok(Some(replicate)) => match Cli::try_parse_from(replicate) {
+                    Ok(Cli {
+                        command: Command::Replicate(r),
+                        ..
+                    }) => replicate::run(r).await.map(|()| ExitCode::SUCCESS),
+                    Ok(_) => Err(anyhow::anyhow!("failback: not a replicate command")),
+                    Err(e) => Err(e.into()),
+                },
+                Ok(None) => Ok(ExitCode::SUCCESS),
+                Err(e) => Err(e),
+            },
+            Command::Drill(options) => tidemark_tools::drill::run(options)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::BenchReplicate(options) => tidemark_tools::bench_replicate::run(options)
                 .await
                 .map(|()| ExitCode::SUCCESS),
@@ -264,6 +292,7 @@ async fn run(
             until_caught_up,
             rewind_to,
             accept_wal_damage,
+            ..RunOptions::default()
         },
         shutdown,
     )

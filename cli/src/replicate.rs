@@ -70,7 +70,7 @@ pub struct ReplicateArgs {
     pub chunk_size: usize,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (number, unit) = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')

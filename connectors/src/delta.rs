@@ -90,6 +90,11 @@ impl DeltaSinkError {
         false
     }
 
+    /// The fencing refusal, when that is the cause: a newer generation owns the table.
+    pub fn fenced(&self) -> Option<&Fenced> {
+        self.source.downcast_ref::<Fenced>()
+    }
+
     /// True when the cause is a full disk (ENOSPC, EDQUOT).
     pub fn is_disk_full(&self) -> bool {
         let mut current: Option<&(dyn StdError + 'static)> = Some(self.source.as_ref());
@@ -363,6 +368,97 @@ pub struct EpochCommitInfo {
     /// and when the broker does not report ids.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub topic_ids: BTreeMap<String, String>,
+    /// The Kafka cluster the positions belong to (the broker's cluster id): offsets mean
+    /// something only on that cluster. `None` in commits older than cluster ids and when the
+    /// broker reports none. Set by the sink at commit time from [`DeltaSink::set_cluster_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Per partition read so far: cluster, topic (name and id), partition, next offset and the
+    /// Kafka timestamp of the last committed record (what a failover to a mirrored cluster
+    /// starts from: offsets differ there, timestamps do not). Empty in older commits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionPosition>,
+    /// The generation of the writer (see [`GENERATION_KEY`]); `None` in commits older than
+    /// generations. Set by the sink at commit time from [`DeltaSink::set_generation`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+}
+
+/// One partition's position as a commitInfo records it (see [`EpochCommitInfo::partitions`]).
+///
+/// Wire shape (JSON, inside the `tidemark` commitInfo object, key `partitions`):
+/// `{"cluster_id": "abc", "topic": "orders", "topic_id": "Zx..", "partition": 0,
+///   "next_offset": 1234, "last_timestamp_ms": 1764500000000}`; `cluster_id`, `topic_id` and
+/// `last_timestamp_ms` are omitted when unknown (a broker without ids, a partition with no
+/// record yet, a record without a timestamp). Readers ignore fields they do not know, and a
+/// commitInfo without `partitions` reads as an empty list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionPosition {
+    /// The Kafka cluster id the offset belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Topic name.
+    pub topic: String,
+    /// The topic's id on that cluster, when the broker reports ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_id: Option<String>,
+    /// Partition number.
+    pub partition: i32,
+    /// The next offset to read (the last committed record's offset + 1).
+    pub next_offset: i64,
+    /// The Kafka timestamp (ms) of the last record committed from this partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_timestamp_ms: Option<i64>,
+}
+
+/// The table property (Delta `metaData.configuration`) holding the table's *generation*: 1
+/// (or absent) for a table no failover has opened; each `tidemark failover` into the table
+/// commits `metaData` with the next number before its first epoch. A writer whose own
+/// generation is older than the table's can never commit into it ([`Fenced`]).
+pub const GENERATION_KEY: &str = "tidemark.generation";
+
+/// The commitInfo key of the commit that opens a generation (its value: [`GenerationOpened`]).
+pub const GENERATION_COMMIT_KEY: &str = "tidemark_generation";
+
+/// What the commit opening a generation records in its commitInfo under
+/// [`GENERATION_COMMIT_KEY`] (with the new [`GENERATION_KEY`] in its `metaData`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationOpened {
+    /// The pipeline that opened it.
+    pub pipeline_id: String,
+    /// The new generation.
+    pub generation: u64,
+    /// The one before it.
+    pub previous: u64,
+    /// Why: `failover` (or `failback`).
+    pub reason: String,
+    /// The Kafka cluster the new generation reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Wall clock (ms since the epoch) when it was opened.
+    pub opened_at_ms: u64,
+}
+
+/// A commit refused because the table belongs to a newer generation than the writer: a
+/// failover opened it elsewhere, and this writer (the old primary) must never write again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("FENCED: table {table} is at generation {table_generation} (a failover opened it) but this writer is generation {writer_generation}; an older generation never commits into a newer one. This pipeline was failed over: stop it, and move back with the failback sequence (see README, Regional failover)")]
+pub struct Fenced {
+    /// The table.
+    pub table: String,
+    /// The table's generation.
+    pub table_generation: u64,
+    /// The writer's.
+    pub writer_generation: u64,
+}
+
+/// The generation a table's `metaData.configuration` records (1 when absent or unreadable as
+/// a number: a table no failover opened).
+pub fn generation_of(configuration: &std::collections::HashMap<String, String>) -> u64 {
+    configuration
+        .get(GENERATION_KEY)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1)
 }
 
 /// The outcome of [`DeltaSink::commit_epoch`].
@@ -443,6 +539,11 @@ pub struct DeltaSink {
     /// The newest epoch this sink committed itself: the table's txn version must never be
     /// found below it (a `tidemark restore` under the running pipeline), see [`TableWentBack`].
     newest_own: Option<Epoch>,
+    /// The cluster id the next commits record (see [`DeltaSink::set_cluster_id`]).
+    cluster_id: Option<String>,
+    /// This writer's generation: commits are refused ([`Fenced`]) once the table's is newer.
+    /// `None`: not checked (tools that only read).
+    generation: Option<u64>,
 }
 
 /// The table's txn version for the pipeline went back below an epoch this process committed:
@@ -598,6 +699,8 @@ impl DeltaSink {
             arrow_schema,
             topic_ids: BTreeMap::new(),
             newest_own: None,
+            cluster_id: None,
+            generation: None,
         }))
     }
 
@@ -722,6 +825,97 @@ impl DeltaSink {
     /// ([`DeltaSink::recorded_topic_ids`]), once the source has connected the ids it vouches for.
     pub fn set_topic_ids(&mut self, ids: BTreeMap<String, String>) {
         self.topic_ids = ids;
+    }
+
+    /// The `timestamp` (ms) the commitInfo of table version `version` records, if it has one.
+    pub async fn commit_timestamp(&self, version: u64) -> Result<Option<i64>, DeltaSinkError> {
+        let Some(bytes) = self
+            .table
+            .log_store()
+            .read_commit_entry(version)
+            .await
+            .map_err(self.err("read commit"))?
+        else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| v.get("commitInfo")?.get("timestamp")?.as_i64()))
+    }
+
+    /// The Kafka cluster id the next commits record with their positions.
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
+    }
+
+    /// Sets what [`DeltaSink::cluster_id`] returns (at start the table's, once the source has
+    /// connected the broker's).
+    pub fn set_cluster_id(&mut self, id: Option<String>) {
+        self.cluster_id = id;
+    }
+
+    /// This writer's generation, if it is enforced.
+    pub fn generation(&self) -> Option<u64> {
+        self.generation
+    }
+
+    /// Sets this writer's generation: from now on every commit first checks that the table's
+    /// generation is not newer ([`Fenced`]), and records it in its commitInfo.
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = Some(generation);
+    }
+
+    /// The table's generation in the state as last loaded ([`GENERATION_KEY`]; 1 when unset).
+    pub fn table_generation(&self) -> Result<u64, DeltaSinkError> {
+        let snapshot = self.table.snapshot().map_err(self.err("snapshot"))?;
+        Ok(generation_of(snapshot.metadata().configuration()))
+    }
+
+    /// Opens generation `opened.generation` in the table: ONE commit of the table's `metaData`
+    /// with [`GENERATION_KEY`] set, and `opened` in its commitInfo. Fenced itself: refused
+    /// when the table is already at that generation or newer. Returns the commit's version.
+    pub async fn open_generation(
+        &mut self,
+        opened: &GenerationOpened,
+    ) -> Result<TableVersion, DeltaSinkError> {
+        use deltalake::kernel::MetadataExt;
+        self.refresh().await?;
+        let current = self.table_generation()?;
+        if current >= opened.generation {
+            return Err(sink_err("open a generation", &self.uri)(Fenced {
+                table: self.uri.clone(),
+                table_generation: current,
+                writer_generation: opened.generation,
+            }));
+        }
+        let snapshot = self.table.snapshot().map_err(self.err("snapshot"))?;
+        let metadata = snapshot
+            .metadata()
+            .clone()
+            .add_config_key(GENERATION_KEY.to_string(), opened.generation.to_string())
+            .map_err(self.err("set the generation property"))?;
+        let note = serde_json::to_value(opened).map_err(self.err("encode commitInfo"))?;
+        let properties = CommitProperties::default()
+            .with_metadata([(GENERATION_COMMIT_KEY.to_string(), note)])
+            .with_max_retries(0);
+        let operation = DeltaOperation::SetTableProperties {
+            properties: [(GENERATION_KEY.to_string(), opened.generation.to_string())]
+                .into_iter()
+                .collect(),
+        };
+        let finalized = CommitBuilder::from(properties)
+            .with_actions(vec![Action::Metadata(metadata)])
+            .build(Some(snapshot), self.table.log_store(), operation)
+            .await
+            .map_err(self.err("commit the new generation"))?;
+        let version = finalized.version();
+        self.ensure_commit_durable(version)?;
+        self.refresh().await?;
+        self.generation = Some(opened.generation);
+        info!(table = %self.uri, generation = opened.generation, version, "generation opened");
+        Ok(TableVersion::new(version))
     }
 
     /// The topic ids recorded by this pipeline's newest commit that records any (state as
@@ -1103,10 +1297,13 @@ impl DeltaSink {
     ) -> Result<CommitOutcome, DeltaSinkError> {
         let mut info = info.clone();
         info.run_id = Some(self.run_id);
+        info.generation = self.generation;
+        info.cluster_id = self.cluster_id.clone();
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.refresh().await?;
+            self.check_not_fenced()?;
             let txn_version = self.loaded_txn_version().await?;
             if let Some(own) = self.newest_own {
                 let txn = txn_version.unwrap_or(Epoch::ZERO);
@@ -1159,6 +1356,22 @@ impl DeltaSink {
             }
             return Err(sink_err("commit", &self.uri)(error));
         }
+    }
+
+    /// Refuses when the table (as last loaded) is of a newer generation than this writer.
+    fn check_not_fenced(&self) -> Result<(), DeltaSinkError> {
+        let Some(writer_generation) = self.generation else {
+            return Ok(());
+        };
+        let table_generation = self.table_generation()?;
+        if table_generation > writer_generation {
+            return Err(sink_err("commit", &self.uri)(Fenced {
+                table: self.uri.clone(),
+                table_generation,
+                writer_generation,
+            }));
+        }
+        Ok(())
     }
 
     /// One fenced commit try on the state as loaded: deltalake's retries off, so it lands at

@@ -75,6 +75,9 @@ fn info(epoch: i64) -> EpochCommitInfo {
         watermark: None,
         run_id: None,
         topic_ids: BTreeMap::new(),
+        cluster_id: None,
+        partitions: Vec::new(),
+        generation: None,
     }
 }
 
@@ -827,4 +830,117 @@ async fn two_writers_creating_one_table_at_once_both_open_it() {
             .collect();
         assert_eq!(log, ["00000000000000000000.json"], "round {round}");
     }
+}
+
+/// The commitInfo format with cluster-aware positions: older commitInfos (without `cluster_id`,
+/// `partitions`, `generation`) still read, and absent fields are not written.
+#[test]
+fn a_commit_info_without_cluster_fields_reads_and_none_are_written_when_unknown() {
+    let old = r#"{"pipeline_id":"orders","epoch":3,"start_positions":{},"end_positions":{"t":{"0":5}},"records_read":5,"rows_written":5,"records_skipped":0}"#;
+    let parsed: EpochCommitInfo = serde_json::from_str(old).unwrap();
+    assert_eq!(parsed.cluster_id, None);
+    assert!(parsed.partitions.is_empty());
+    assert_eq!(parsed.generation, None);
+    let text = serde_json::to_string(&info(1)).unwrap();
+    for key in ["cluster_id", "partitions", "generation"] {
+        assert!(
+            !text.contains(key),
+            "{key} written although unknown: {text}"
+        );
+    }
+}
+
+fn partition_position() -> impl Strategy<Value = PartitionPosition> {
+    (
+        proptest::option::of("[a-z0-9_-]{1,12}"),
+        "[a-z]{1,8}",
+        proptest::option::of("[A-Za-z0-9]{22}"),
+        0i32..64,
+        0i64..i64::MAX,
+        proptest::option::of(0i64..4_000_000_000_000),
+    )
+        .prop_map(
+            |(cluster_id, topic, topic_id, partition, next_offset, last_timestamp_ms)| {
+                PartitionPosition {
+                    cluster_id,
+                    topic,
+                    topic_id,
+                    partition,
+                    next_offset,
+                    last_timestamp_ms,
+                }
+            },
+        )
+}
+
+proptest! {
+    /// Cluster-aware positions round-trip through the commitInfo's JSON exactly, inside a
+    /// whole `EpochCommitInfo`, and an unknown extra field (a newer writer's) is ignored.
+    #[test]
+    fn cluster_aware_positions_round_trip(
+        parts in proptest::collection::vec(partition_position(), 0..8),
+        cluster in proptest::option::of("[a-z_]{1,16}"),
+        generation in proptest::option::of(1u64..1000),
+    ) {
+        let mut i = info(7);
+        i.partitions = parts;
+        i.cluster_id = cluster;
+        i.generation = generation;
+        let mut json = serde_json::to_value(&i).unwrap();
+        let back: EpochCommitInfo = serde_json::from_value(json.clone()).unwrap();
+        prop_assert_eq!(&back, &i);
+        json["a_field_of_a_newer_version"] = serde_json::json!(1);
+        let back: EpochCommitInfo = serde_json::from_value(json).unwrap();
+        prop_assert_eq!(back, i);
+    }
+}
+
+/// Generation fencing in the sink: once another writer opened generation 2 in the table, a
+/// writer of generation 1 can never commit (refused before writing, naming both numbers),
+/// while the generation-2 writer commits; opening a generation that is not newer is refused.
+#[tokio::test]
+async fn a_writer_of_an_older_generation_never_commits_after_a_newer_one_opened_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = open(dir.path(), tidemark_fs::std_fs(), 1).await;
+    old.set_generation(1);
+    let b = batch(&old, 0..3);
+    let (adds, _) = old.write_epoch_files(ep(1), &[b]).await.unwrap();
+    old.commit_epoch(adds, &info(1)).await.unwrap();
+    assert_eq!(old.table_generation().unwrap(), 1);
+
+    let mut new = open(dir.path(), tidemark_fs::std_fs(), 2).await;
+    let opened = GenerationOpened {
+        pipeline_id: APP.into(),
+        generation: 2,
+        previous: 1,
+        reason: "failover".into(),
+        cluster_id: Some("west".into()),
+        opened_at_ms: 1,
+    };
+    new.open_generation(&opened).await.unwrap();
+    assert_eq!(new.table_generation().unwrap(), 2);
+
+    // The old writer's snapshot is older than the generation commit: the commit refreshes,
+    // sees generation 2, and refuses.
+    let b = batch(&old, 3..6);
+    let (adds, _) = old.write_epoch_files(ep(2), &[b]).await.unwrap();
+    let err = old.commit_epoch(adds, &info(2)).await.unwrap_err();
+    let fenced = err.fenced().expect("a fencing error");
+    assert_eq!((fenced.table_generation, fenced.writer_generation), (2, 1));
+    assert!(!err.is_transient(), "fencing is never retried");
+    assert!(err.to_string().contains("FENCED"), "{err}");
+
+    new.set_generation(2);
+    let b = batch(&new, 3..6);
+    let (adds, _) = new.write_epoch_files(ep(2), &[b]).await.unwrap();
+    new.commit_epoch(adds, &info(2)).await.unwrap();
+    let newest = new.progress().await.unwrap().1.unwrap();
+    assert_eq!(newest.info.generation, Some(2));
+    // The generation commit itself is fenced: not newer than the table's.
+    assert!(new
+        .open_generation(&opened)
+        .await
+        .unwrap_err()
+        .fenced()
+        .is_some());
 }

@@ -203,7 +203,7 @@ fn describe_partitions(partitions: &[i32]) -> String {
 }
 
 /// Runs `f` on this thread; inside a multi-threaded tokio runtime, tells it the thread blocks.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
@@ -368,8 +368,8 @@ pub struct KafkaSource {
 
 /// The partitions of `topic` per the broker, as an error librdkafka-style when the topic is
 /// missing or its metadata carries an error (so [`classify`] can judge it).
-fn topic_partitions(
-    consumer: &StreamConsumer,
+pub(crate) fn topic_partitions(
+    consumer: &impl Consumer,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<i32>, KafkaError> {

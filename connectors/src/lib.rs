@@ -4,6 +4,7 @@
 //! - [`record`]: the record a source yields and the positions it stands at.
 //! - [`source`]: the [`source::Source`] trait the engine drives.
 //! - [`kafka`]: a Kafka source whose positions Tidemark owns (assign + seek, no auto-commit).
+//! - [`kafka_cluster`]: the cluster id a source reads, and offsets by time (for failovers).
 //! - [`kafka_topic_id`]: topic ids from the broker (DescribeTopics), to tell a recreated topic.
 //! - [`dead_letter`]: records that cannot be written, kept whole with why, in their own table.
 //! - [`decode`]: JSON messages to Arrow record batches, with errors naming the record at fault.
@@ -20,6 +21,7 @@ pub mod delta;
 pub mod durable_store;
 pub mod ids;
 pub mod kafka;
+pub mod kafka_cluster;
 pub mod kafka_topic_id;
 pub mod parquet_file;
 pub mod record;

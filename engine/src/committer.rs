@@ -15,7 +15,8 @@
 //! durable `state_epoch` is deleted). Recovery restores the state from the store plus those
 //! deltas (see `dedup.rs`).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tidemark_checkpoint::store::{Counts, StateDelta, StateWriter};
@@ -27,7 +28,7 @@ use tidemark_checkpoint::{
 use tidemark_connectors::dead_letter::{self, DeadLetter};
 use tidemark_connectors::decode::InvalidRecord;
 use tidemark_connectors::delta::{
-    CommitOutcome, DeltaSink, DeltaSinkError, EpochCommitInfo, SkippedRecord,
+    CommitOutcome, DeltaSink, DeltaSinkError, EpochCommitInfo, PartitionPosition, SkippedRecord,
 };
 use tidemark_connectors::kafka::{Backoff, KafkaSource, KafkaSourceError};
 use tidemark_connectors::{Epoch, Positions, SourceRecord, TableVersion};
@@ -215,6 +216,10 @@ pub struct Committer {
     /// Checkpointed epochs whose delta is queued or applied but maybe not synced yet, with the
     /// WAL position just after each one's seal, oldest first.
     unsynced_state: VecDeque<(u64, WalPosition)>,
+    /// Per partition, the Kafka timestamp of the newest record committed before this run's
+    /// epochs (from the table's newest commit), carried into every commitInfo's `partitions`
+    /// until an epoch reads a newer record of that partition.
+    last_timestamps: BTreeMap<(String, i32), i64>,
 }
 
 /// The dead-letter table and how far it holds this pipeline's letters.
@@ -319,7 +324,29 @@ impl Committer {
             state_epoch: 0,
             state_at: WalPosition::default(),
             unsynced_state: VecDeque::new(),
+            last_timestamps: BTreeMap::new(),
         }
+    }
+
+    /// Takes the per-partition timestamps and the cluster id a commit recorded (the table's
+    /// newest) as where this run continues from.
+    pub fn carry_positions_from(&mut self, info: &EpochCommitInfo) {
+        self.last_timestamps = info
+            .partitions
+            .iter()
+            .filter_map(|p| Some(((p.topic.clone(), p.partition), p.last_timestamp_ms?)))
+            .collect();
+        self.sink.set_cluster_id(info.cluster_id.clone());
+    }
+
+    /// The Kafka cluster the next commits record (the broker's id, once the source connected).
+    pub fn record_cluster_id(&mut self, id: Option<String>) {
+        self.sink.set_cluster_id(id);
+    }
+
+    /// The sink, to set what its next commits record (cluster, generation).
+    pub fn sink_mut(&mut self) -> &mut DeltaSink {
+        &mut self.sink
     }
 
     /// Continues from checkpoint `c`: its totals, committed epoch and table version.
@@ -592,6 +619,10 @@ impl Committer {
         let version = outcome?;
         fault::hit(CrashPoint::AfterDeltaCommit);
         report.version = Some(version);
+        for ((topic, partition), (_, ts)) in &open.last_timestamps {
+            self.last_timestamps
+                .insert((topic.to_string(), *partition), *ts);
+        }
         self.committed_epoch = epoch;
         self.table_version = Some(version);
         self.add_totals(&open);
@@ -652,7 +683,39 @@ impl Committer {
             dead_lettered: counts.dead_lettered - skipped_count,
             watermark,
             topic_ids: self.sink.topic_ids().clone(),
+            // The sink records its own cluster id and generation.
+            cluster_id: None,
+            partitions: self.partition_positions(open),
+            generation: None,
         }
+    }
+
+    /// Every partition of `open`'s end positions as the commitInfo records it: next offset,
+    /// topic id, cluster and the timestamp of its newest committed record (this epoch's, or
+    /// carried from earlier commits).
+    fn partition_positions(&self, open: &OpenEpoch) -> Vec<PartitionPosition> {
+        open.end
+            .iter()
+            .map(|(tp, next_offset)| {
+                let ts = open
+                    .last_timestamps
+                    .get(&(Arc::from(tp.topic.as_str()), tp.partition))
+                    .map(|(_, ts)| *ts)
+                    .or_else(|| {
+                        self.last_timestamps
+                            .get(&(tp.topic.clone(), tp.partition))
+                            .copied()
+                    });
+                PartitionPosition {
+                    cluster_id: self.sink.cluster_id().map(str::to_string),
+                    topic_id: self.sink.topic_ids().get(&tp.topic).cloned(),
+                    topic: tp.topic,
+                    partition: tp.partition,
+                    next_offset,
+                    last_timestamp_ms: ts,
+                }
+            })
+            .collect()
     }
 
     /// [`Committer::write_and_commit`] with bounded exponential backoff on transient storage

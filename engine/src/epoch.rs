@@ -507,6 +507,9 @@ pub struct OpenEpoch {
     /// The settings its records were processed under (set by the first record), recorded in
     /// its seal.
     pub settings: Option<Arc<EpochSettings>>,
+    /// Per partition: (offset, Kafka timestamp) of the epoch's newest record that has a
+    /// timestamp (what the commitInfo records as the last committed record's timestamp).
+    pub last_timestamps: BTreeMap<(Arc<str>, i32), (i64, i64)>,
 }
 
 impl OpenEpoch {
@@ -527,6 +530,22 @@ impl OpenEpoch {
             bytes: 0,
             first_record_at: None,
             settings: None,
+            last_timestamps: BTreeMap::new(),
+        }
+    }
+
+    /// Notes `record`'s Kafka timestamp if it is the partition's newest record so far.
+    fn note_timestamp(&mut self, record: &SourceRecord) {
+        let Some(ts) = record.timestamp_ms else {
+            return;
+        };
+        let key = (record.topic.clone(), record.partition);
+        match self.last_timestamps.get_mut(&key) {
+            Some(slot) if slot.0 < record.offset => *slot = (record.offset, ts),
+            Some(_) => {}
+            None => {
+                self.last_timestamps.insert(key, (record.offset, ts));
+            }
         }
     }
 
@@ -694,6 +713,7 @@ impl OpenEpoch {
         self.first_record_at.get_or_insert(now);
         for (i, r) in records.iter().enumerate() {
             self.end.advance_past(r);
+            self.note_timestamp(r);
             self.bytes += stub_size(stubs, i).unwrap_or_else(|| record_size(r) as u64);
         }
         self.records += records.len() as u64;

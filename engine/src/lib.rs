@@ -14,17 +14,23 @@
 //! - [`state_lock`]: the exclusive lock on a state directory and the ids of its runs.
 //! - [`fault`]: crash points armed by `TIDEMARK_CRASH_AT` for crash tests; [`io_faults`]: the
 //!   file system the pipeline writes through (faults injected by `TIDEMARK_FAULT_FS` in tests).
+//! - [`failover`]: `tidemark failover` (by-time start on a mirrored cluster, report);
+//!   [`generation`]: generation fencing, pure; [`cluster_check`]: positions know their cluster.
 //! - [`protocol`]: the recovery decision of the epoch protocol, pure and exhaustively tested.
 //! - [`metrics`]: the run's Prometheus metrics and live state; [`health`]: the readiness rules
 //!   of `/readyz` and `tidemark status --check`; [`http`]: `/metrics`, `/healthz`, `/readyz`
 //!   and the [`status_page`]; [`progress`]: progress of long work.
 
+pub mod cluster_check;
 pub mod committer;
 pub mod config;
 pub mod dedup;
 pub mod dedup_key;
 pub mod epoch;
 pub mod epoch_log;
+pub mod failover;
+pub mod failover_audit;
+pub mod generation;
 pub mod health;
 pub mod http;
 pub mod io_faults;

@@ -67,6 +67,17 @@ pub enum PipelineError {
         /// What is wrong.
         message: String,
     },
+    /// A writer of an older generation (see [`crate::generation`]).
+    #[error("table {table}: {reason}")]
+    Fenced {
+        /// The table.
+        table: String,
+        /// Why.
+        reason: crate::generation::FenceReason,
+    },
+    /// The brokers are another Kafka cluster than the one the table's progress belongs to.
+    #[error(transparent)]
+    ClusterMismatch(#[from] crate::cluster_check::ClusterMismatch),
     /// The HTTP endpoint could not be started.
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
@@ -91,6 +102,19 @@ pub struct RunOptions {
     /// Continue past WAL damage before the log's end, re-reading from Kafka what the damaged
     /// (moved-aside) segments held.
     pub accept_wal_damage: bool,
+    /// A failover start (`tidemark failover`): open a new generation, set the state directory's
+    /// store and WAL aside, and start from the table at these positions (found by time on the
+    /// new cluster) with the dedup state rebuilt from the table's rows.
+    pub failover: Option<FailoverStart>,
+}
+
+/// How a failover start begins (see [`crate::failover`]).
+#[derive(Debug, Clone)]
+pub struct FailoverStart {
+    /// Where to read on the new cluster.
+    pub positions: Positions,
+    /// Why: `failover` (or `failback`), recorded with the new generation.
+    pub reason: String,
 }
 
 /// What a run did; printed as one JSON line when `tidemark run` ends.
@@ -147,6 +171,13 @@ pub struct RunSummary {
     pub wal_bytes: u64,
     /// Peak resident memory of the process (VmHWM), in bytes.
     pub peak_rss_bytes: Option<u64>,
+    /// The Kafka cluster id this run read (as the brokers report it).
+    pub cluster_id: Option<String>,
+    /// The generation this run wrote as (see [`crate::generation`]).
+    pub generation: Option<u64>,
+    /// Milliseconds from the start of the run to the commit that opened a new generation
+    /// (failover starts only).
+    pub generation_opened_ms: Option<u64>,
 }
 
 /// The process's peak resident set size, from `/proc/self/status` (Linux).
@@ -184,7 +215,14 @@ pub async fn run(
         })?,
         run_id: *lock.run(),
     };
-    let tables = open_tables(config, &sink_options).await?;
+    let mut tables = open_tables(config, &sink_options).await?;
+    // Which cluster the brokers are, asked while recovery runs (recovery needs no broker).
+    let cluster_lookup = spawn_cluster_lookup(config);
+    let generation = fence(config, &mut tables.sink, options.failover.as_ref(), &state).await?;
+    let generation_opened_ms = options
+        .failover
+        .is_some()
+        .then(|| started.elapsed().as_millis() as u64);
 
     let recovery_started = Instant::now();
     let (mut committer, mut open, mut recovered) = recovery::recover(
@@ -197,6 +235,7 @@ pub async fn run(
         StartOptions {
             rewind_to: options.rewind_to,
             accept_wal_damage: options.accept_wal_damage,
+            start_positions: options.failover.as_ref().map(|f| f.positions.clone()),
         },
     )
     .await?;
@@ -221,6 +260,8 @@ pub async fn run(
         first_epoch: open.epoch,
         positions: open.end.clone(),
         recovery: recovered,
+        generation: Some(generation),
+        generation_opened_ms,
         ..RunSummary::default()
     };
     let mut stats = RunStats::new(started);
@@ -230,6 +271,14 @@ pub async fn run(
         stats.note(&report, &mut summary, false);
     }
 
+    summary.cluster_id = check_cluster(
+        config,
+        &mut committer,
+        cluster_lookup,
+        options.failover.is_some(),
+        &shutdown,
+    )
+    .await?;
     let stored_topic_ids = committer.sink().topic_ids().clone();
     let Some(mut source) = connect_source(config, &open.end, &stored_topic_ids, &shutdown).await?
     else {
@@ -273,6 +322,191 @@ pub async fn run(
         "pipeline stopped"
     );
     Ok(summary)
+}
+
+/// How long the cluster id is waited for at start.
+const CLUSTER_ID_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Asks the brokers for their cluster id on a blocking thread.
+fn spawn_cluster_lookup(
+    config: &PipelineConfig,
+) -> tokio::task::JoinHandle<Result<Option<String>, KafkaSourceError>> {
+    let source_config = source_config(config);
+    tokio::task::spawn_blocking(move || {
+        tidemark_connectors::kafka_cluster::fetch_cluster_id(&source_config, CLUSTER_ID_TIMEOUT)
+    })
+}
+
+/// Compares the brokers' cluster id with the one the table's progress belongs to
+/// ([`crate::cluster_check`]) and records the brokers' with the next commits.
+async fn check_cluster(
+    config: &PipelineConfig,
+    committer: &mut Committer,
+    lookup: tokio::task::JoinHandle<Result<Option<String>, KafkaSourceError>>,
+    failover: bool,
+    shutdown: &Shutdown,
+) -> Result<Option<String>, PipelineError> {
+    let mut lookup = lookup;
+    let broker = loop {
+        if shutdown.requested() {
+            // The run stops before reading (connect_source sees the request too).
+            return Ok(committer.sink().cluster_id().map(str::to_string));
+        }
+        tokio::select! {
+            joined = &mut lookup => {
+                break joined.map_err(|e| PipelineError::Task {
+                    what: "asking Kafka for its cluster id",
+                    message: e.to_string(),
+                })??;
+            }
+            _ = tokio::time::sleep(POLL_WAIT) => {}
+        }
+    };
+    let recorded = committer.sink().cluster_id().map(str::to_string);
+    let case = crate::cluster_check::check(
+        recorded.as_deref(),
+        broker.as_deref(),
+        &config.source.brokers,
+        failover,
+    )?;
+    match &case {
+        crate::cluster_check::ClusterCase::BrokerReportsNone => {
+            tracing::warn!(brokers = %config.source.brokers, recorded = ?recorded, "the brokers report no cluster id: positions cannot be checked against the cluster they belong to")
+        }
+        crate::cluster_check::ClusterCase::Failover { from, to } => {
+            tracing::warn!(from = %from, to = %to, "FAILOVER: the table's progress belongs to cluster {from}; reading cluster {to} from positions found by time")
+        }
+        _ => info!(cluster = ?broker, ?case, "Kafka cluster checked"),
+    }
+    let id = broker.or(recorded);
+    committer.record_cluster_id(id.clone());
+    Ok(id)
+}
+
+/// The file in a state directory naming the generation its writer belongs to.
+pub fn generation_file(state: &std::path::Path) -> std::path::PathBuf {
+    state.join("generation")
+}
+
+/// The generation the state directory's writer belongs to, if it recorded one.
+fn read_generation(state: &std::path::Path) -> Result<Option<u64>, PipelineError> {
+    let path = generation_file(state);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|e| PipelineError::State {
+                path,
+                message: format!("not a generation number ({text:?}): {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PipelineError::State {
+            path,
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Records (durably) that the state directory's writer belongs to `generation`.
+fn write_generation(state: &std::path::Path, generation: u64) -> Result<(), PipelineError> {
+    let path = generation_file(state);
+    tidemark_fs::write_file_durably(
+        tidemark_fs::std_fs().as_ref(),
+        &path,
+        format!("{generation}\n").as_bytes(),
+        false,
+    )
+    .map_err(|e| PipelineError::State {
+        path,
+        message: format!("cannot record the generation: {e}"),
+    })
+}
+
+/// The generation of the pipeline's `[replica]` table, if it exists and can be read (a
+/// replica region that does not answer does not stop the primary: said in the log).
+async fn replica_generation(config: &PipelineConfig) -> Option<u64> {
+    let url = config.paths.replica_url.as_ref()?;
+    match DeltaSink::open_existing(url, &config.pipeline_id).await {
+        Ok(Some(replica)) => replica.table_generation().ok(),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(replica = %url, "cannot read the replica's generation (not fenced by it): {e}");
+            None
+        }
+    }
+}
+
+/// Generation fencing at start ([`crate::generation::decide`]): refuses a writer of an older
+/// generation, or opens a new generation for a failover (the state directory's store and WAL
+/// are set aside first). From here on the sink refuses every commit once the table's
+/// generation is newer than the returned one.
+async fn fence(
+    config: &PipelineConfig,
+    sink: &mut DeltaSink,
+    failover: Option<&FailoverStart>,
+    state: &std::path::Path,
+) -> Result<u64, PipelineError> {
+    use crate::generation::{decide, GenerationCase, GenerationFacts};
+    let facts = GenerationFacts {
+        table: sink.table_generation()?,
+        writer: read_generation(state)?,
+        replica: match failover {
+            Some(_) => None,
+            None => replica_generation(config).await,
+        },
+        failover: failover.is_some(),
+    };
+    let case = decide(facts);
+    info!(?facts, ?case, "generation decided");
+    let generation = match case {
+        GenerationCase::Fenced(reason) => {
+            tracing::error!(?facts, "{reason}");
+            return Err(PipelineError::Fenced {
+                table: sink.uri().to_string(),
+                reason,
+            });
+        }
+        GenerationCase::Continue { generation } => generation,
+        GenerationCase::Adopt { generation } => {
+            write_generation(state, generation)?;
+            generation
+        }
+        GenerationCase::Open {
+            generation,
+            previous,
+        } => {
+            let reason = failover.map_or("failover", |f| f.reason.as_str());
+            crate::failover::set_state_aside(state)
+                .map_err(|(path, message)| PipelineError::State { path, message })?;
+            let opened = tidemark_connectors::delta::GenerationOpened {
+                pipeline_id: config.pipeline_id.clone(),
+                generation,
+                previous,
+                reason: reason.to_string(),
+                cluster_id: None,
+                opened_at_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            };
+            let version = sink.open_generation(&opened).await?;
+            write_generation(state, generation)?;
+            tracing::warn!(generation, previous, %version, table = %sink.uri(), "{} opened generation {generation}: writers of generation {previous} can no longer commit into this table", reason.to_uppercase());
+            generation
+        }
+    };
+    sink.set_generation(generation);
+    Ok(generation)
+}
+
+/// The Kafka source settings of `config`.
+pub fn source_config(config: &PipelineConfig) -> KafkaSourceConfig {
+    KafkaSourceConfig {
+        brokers: config.source.brokers.clone(),
+        topics: config.source.topics.clone(),
+        group_id: format!("tidemark-{}", config.pipeline_id),
+        properties: config.source.properties.clone(),
+    }
 }
 
 /// What the metrics and the health rules need to know about the run.
@@ -367,12 +601,7 @@ async fn connect_source(
     stored_topic_ids: &std::collections::BTreeMap<String, String>,
     shutdown: &Shutdown,
 ) -> Result<Option<KafkaSource>, PipelineError> {
-    let source_config = KafkaSourceConfig {
-        brokers: config.source.brokers.clone(),
-        topics: config.source.topics.clone(),
-        group_id: format!("tidemark-{}", config.pipeline_id),
-        properties: config.source.properties.clone(),
-    };
+    let source_config = source_config(config);
     let start = start.clone();
     let stored_topic_ids = stored_topic_ids.clone();
     let stop = shutdown.clone();

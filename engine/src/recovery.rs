@@ -346,13 +346,16 @@ fn scan_epoch(
 }
 
 /// What a start may be asked beyond the config.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct StartOptions {
     /// `--rewind-to`: the table is behind the store; rewind to this retained checkpoint.
     pub rewind_to: Option<u64>,
     /// `--accept-wal-damage`: continue past WAL damage before its end, re-reading from the
     /// source what the damaged segments held.
     pub accept_wal_damage: bool,
+    /// A failover start: the state directory was set aside, and the table's progress is
+    /// continued at these positions (found by time on another cluster) instead of its own.
+    pub start_positions: Option<Positions>,
 }
 
 /// Runs recovery and returns the committer and the epoch to continue with (holding any
@@ -540,6 +543,9 @@ pub async fn recover(
     if let Some(c) = &latest {
         committer.continue_from(c);
     }
+    if let Some(p) = &progress {
+        committer.carry_positions_from(&p.info);
+    }
     let replay = AfterCheckpoint {
         records,
         seal,
@@ -586,6 +592,15 @@ pub async fn recover(
             }
             if reason != FromTableReason::CheckpointsOff {
                 committer = set_wal_aside(committer, config, fs, state, reason)?;
+            }
+            if let Some(positions) = options.start_positions.clone() {
+                // A failover: the table's positions are of the old cluster; the topic ids too.
+                warn!(table_txn = v, from = %progress.as_ref().map(|p| p.info.end_positions.to_string()).unwrap_or_default(), to = %positions, "FAILOVER: continuing the table's progress (epoch {v}) at positions found by time on the new cluster; the overlap is dropped by the dedup state rebuilt from the table");
+                committer.record_topic_ids(Default::default());
+                if let Some(p) = progress.as_mut() {
+                    p.info.end_positions = positions;
+                }
+                outcome.case = "failover";
             }
             from_table(committer, processor, progress, reason, outcome).await
         }
@@ -901,8 +916,9 @@ async fn from_table(
         .as_ref()
         .map(|p| p.info.end_positions.clone())
         .unwrap_or_default();
-    let store_lost = reason == FromTableReason::StoreLost;
+    let store_lost = reason == FromTableReason::StoreLost && outcome.case != "failover";
     match reason {
+        _ if outcome.case == "failover" => {}
         FromTableReason::StoreLost => {
             error!(table_txn = v, positions = %positions, "CHECKPOINT STORE LOST: resuming from the table's newest Tidemark commit (epoch {v}); nothing is lost or doubled, the dedup state is rebuilt from the table")
         }

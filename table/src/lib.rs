@@ -21,6 +21,7 @@ pub mod replica_lock;
 pub mod replicate;
 pub mod restore;
 pub mod restore_backup;
+pub mod set_aside;
 pub mod snapshot;
 pub mod time_travel;
 pub mod verify;

@@ -35,6 +35,29 @@ pub fn broker() -> Option<String> {
     }
 }
 
+/// The environment variable naming a second broker, another Kafka cluster (the secondary
+/// region of the failover tests); `scripts/test` starts it next to the first.
+pub const SECONDARY_BROKERS_ENV: &str = "TIDEMARK_TEST_BROKERS_SECONDARY";
+
+/// The primary and the secondary broker (two clusters) to test a failover against; `None`
+/// (with a loud note) only outside CI.
+///
+/// # Panics
+/// When either is not configured and `CI=true`.
+pub fn two_brokers() -> Option<(String, String)> {
+    let primary = broker()?;
+    match std::env::var(SECONDARY_BROKERS_ENV) {
+        Ok(b) if !b.trim().is_empty() => Some((primary, b)),
+        _ => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{SECONDARY_BROKERS_ENV} is not set but CI=true: the failover tests need two brokers (use scripts/test)");
+            }
+            eprintln!("SKIPPED: {SECONDARY_BROKERS_ENV} is not set; run scripts/test to start two tansu brokers");
+            None
+        }
+    }
+}
+
 /// Python 3 with deltalake, duckdb and pyarrow (the independent readers of the tables);
 /// `false` (skip, with a loud note) only outside CI.
 ///

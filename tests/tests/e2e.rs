@@ -19,6 +19,8 @@ mod backup;
 mod checkpoint_crash;
 #[path = "e2e/dedup.rs"]
 mod dedup;
+#[path = "e2e/failover.rs"]
+mod failover;
 #[path = "e2e/hardening.rs"]
 mod hardening;
 #[path = "e2e/observability.rs"]

@@ -6,6 +6,8 @@
 //! - [`demo`]: `tidemark demo`, the self-contained demo on librdkafka's in-process mock cluster.
 //! - [`bench`]: `tidemark bench`, checkpoint interval against throughput and recovery.
 //! - [`bench_replicate`]: `tidemark bench-replicate`, replication lag behind a running pipeline.
+//! - [`drill`]: `tidemark drill`, a regional DR drill (two clusters, mirror, SIGKILL, failover).
+//! - [`mirror`]: a topic mirror between two clusters (keys, values, timestamps; not offsets).
 //! - [`child_log`]: reading what a pipeline child process logged.
 //! - [`produce`]: a retrying send shared by the demo, the bench and the tests.
 //!
@@ -17,4 +19,6 @@ pub mod bench;
 pub mod bench_replicate;
 pub mod child_log;
 pub mod demo;
+pub mod drill;
+pub mod mirror;
 pub mod produce;

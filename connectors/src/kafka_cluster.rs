@@ -1,0 +1,209 @@
+//! Which Kafka cluster a source reads, and offsets by time on it: what a failover to a
+//! mirrored cluster needs (a mirror keeps keys, values and timestamps, never offsets).
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::kafka::{blocking, KafkaSourceConfig, KafkaSourceError};
+use crate::record::TopicPartition;
+
+/// A consumer for one-off metadata questions: never assigned, never commits.
+fn metadata_consumer(config: &KafkaSourceConfig) -> Result<BaseConsumer, KafkaSourceError> {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        // Lookups read single records (see `search_by_time`): no waiting for full fetches.
+        .set("fetch.wait.max.ms", "10");
+    for (k, v) in &config.properties {
+        if !k.starts_with("tidemark.") {
+            client.set(k, v);
+        }
+    }
+    client.create().map_err(|source| KafkaSourceError::Create {
+        brokers: config.brokers.clone(),
+        source: Box::new(source),
+    })
+}
+
+/// The cluster id the brokers of `config` report (`None` when they report none, or do not
+/// answer within `timeout`: the caller decides whether that may pass).
+pub fn fetch_cluster_id(
+    config: &KafkaSourceConfig,
+    timeout: Duration,
+) -> Result<Option<String>, KafkaSourceError> {
+    let consumer = metadata_consumer(config)?;
+    Ok(blocking(|| consumer.client().fetch_cluster_id(timeout)).filter(|id| !id.is_empty()))
+}
+
+/// Where each partition's first record with a timestamp at or after the asked time is
+/// (`offsets_for_times`), on the cluster of `config`. A partition with no such record gets its
+/// end offset (the next record produced there). Every partition of `config.topics` is
+/// answered: those not in `times` at the time `default_ms` (`None`: their beginning).
+pub fn offsets_for_times(
+    config: &KafkaSourceConfig,
+    times: &[(TopicPartition, i64)],
+    default_ms: Option<i64>,
+    timeout: Duration,
+) -> Result<Vec<(TopicPartition, i64)>, KafkaSourceError> {
+    let consumer = metadata_consumer(config)?;
+    let mut asked = TopicPartitionList::new();
+    let mut all = Vec::new();
+    for topic in &config.topics {
+        let partitions = blocking(|| crate::kafka::topic_partitions(&consumer, topic, timeout))
+            .map_err(|source| KafkaSourceError::Metadata {
+                topic: topic.clone(),
+                brokers: config.brokers.clone(),
+                source: Box::new(source),
+            })?;
+        for partition in partitions {
+            let tp = TopicPartition {
+                topic: topic.clone(),
+                partition,
+            };
+            let at = times
+                .iter()
+                .find(|(t, _)| *t == tp)
+                .map(|(_, ms)| *ms)
+                .or(default_ms);
+            let offset = match at {
+                Some(ms) => Offset::Offset(ms),
+                None => Offset::Beginning,
+            };
+            asked
+                .add_partition_offset(topic, partition, offset)
+                .map_err(|source| lookup_error(&tp, source))?;
+            all.push(tp);
+        }
+    }
+    let answered = blocking(|| consumer.offsets_for_times(asked, timeout)).map_err(|source| {
+        KafkaSourceError::Metadata {
+            topic: config.topics.join(","),
+            brokers: config.brokers.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    let mut out = Vec::new();
+    for tp in all {
+        let element = answered
+            .find_partition(&tp.topic, tp.partition)
+            .ok_or_else(|| {
+                lookup_error(
+                    &tp,
+                    KafkaError::OffsetFetch(rdkafka::types::RDKafkaErrorCode::UnknownPartition),
+                )
+            })?;
+        element
+            .error()
+            .map_err(|source| lookup_error(&tp, source))?;
+        let (low, high) = blocking(|| consumer.fetch_watermarks(&tp.topic, tp.partition, timeout))
+            .map_err(|source| lookup_error(&tp, source))?;
+        let asked_ms = times
+            .iter()
+            .find(|(t, _)| *t == tp)
+            .map(|(_, ms)| *ms)
+            .or(default_ms);
+        let offset = match (element.offset(), asked_ms) {
+            (Offset::Offset(o), Some(ms)) if o >= 0 => {
+                let o = o.clamp(low, high);
+                // Kafka's answer is the earliest offset whose timestamp is >= ms: the record
+                // there is not older, the one before it is. A broker that answers otherwise
+                // (seen: an answer for a time after the newest record) is searched instead.
+                let at_ok = o == high
+                    || blocking(|| timestamp_at(&consumer, &tp, o, timeout))
+                        .map_err(|source| lookup_error(&tp, source))?
+                        .is_some_and(|ts| ts >= ms);
+                let before_ok = o == low
+                    || blocking(|| timestamp_at(&consumer, &tp, o - 1, timeout))
+                        .map_err(|source| lookup_error(&tp, source))?
+                        .is_none_or(|ts| ts < ms);
+                if at_ok && before_ok {
+                    o
+                } else {
+                    tracing::warn!(partition = %tp, time_ms = ms, answered = o, "the brokers' offset for this time does not fit the records' timestamps: searching by reading timestamps instead");
+                    blocking(|| search_by_time(&consumer, &tp, low, high, ms, timeout))
+                        .map_err(|source| lookup_error(&tp, source))?
+                }
+            }
+            (Offset::Offset(o), None) if o >= 0 => o.clamp(low, high),
+            (Offset::Beginning, _) | (_, None) => low,
+            // "No record at or after the time": true only if the newest record is older.
+            (_, Some(ms)) if high > low => {
+                let newest = blocking(|| timestamp_at(&consumer, &tp, high - 1, timeout))
+                    .map_err(|source| lookup_error(&tp, source))?;
+                if newest.is_some_and(|ts| ts >= ms) {
+                    tracing::warn!(partition = %tp, time_ms = ms, "the brokers answered \"no record at or after this time\" although the partition's newest record is not older (no timestamp index, e.g. librdkafka's mock cluster): searching by reading timestamps (binary search; assumes timestamps do not decrease along the partition, the margin covers small disorder)");
+                    blocking(|| search_by_time(&consumer, &tp, low, high, ms, timeout))
+                        .map_err(|source| lookup_error(&tp, source))?
+                } else {
+                    high
+                }
+            }
+            _ => high,
+        };
+        out.push((tp, offset));
+    }
+    Ok(out)
+}
+
+/// The timestamp of the record at `offset` (read with a one-off assignment).
+fn timestamp_at(
+    consumer: &BaseConsumer,
+    tp: &TopicPartition,
+    offset: i64,
+    timeout: Duration,
+) -> Result<Option<i64>, KafkaError> {
+    use rdkafka::message::Message;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(offset))?;
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) if m.partition() == tp.partition && m.offset() >= offset => {
+                return Ok(m.timestamp().to_millis());
+            }
+            Some(Err(e)) => return Err(e),
+            _ => {}
+        }
+    }
+    Err(KafkaError::OffsetFetch(
+        rdkafka::types::RDKafkaErrorCode::RequestTimedOut,
+    ))
+}
+
+/// The first offset in `[low, high)` whose record's timestamp is `>= ms` (`high` if none),
+/// by binary search over records read one by one: for brokers that cannot look offsets up by
+/// time. Assumes timestamps do not decrease along the partition.
+fn search_by_time(
+    consumer: &BaseConsumer,
+    tp: &TopicPartition,
+    low: i64,
+    high: i64,
+    ms: i64,
+    timeout: Duration,
+) -> Result<i64, KafkaError> {
+    let (mut lo, mut hi) = (low, high);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let ts = timestamp_at(consumer, tp, mid, timeout)?.unwrap_or(i64::MIN);
+        if ts >= ms {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
+}
+
+fn lookup_error(tp: &TopicPartition, source: KafkaError) -> KafkaSourceError {
+    KafkaSourceError::Watermarks {
+        partition: tp.clone(),
+        source: Box::new(source),
+    }
+}

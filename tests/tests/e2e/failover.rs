@@ -1,0 +1,561 @@
+//! Issue 14, regional failover, against two tansu brokers (two Kafka clusters: scripts/test
+//! starts the second one and sets TIDEMARK_TEST_BROKERS_SECONDARY).
+//!
+//! The secondary's topic is a mirror of the primary's (keys, values, timestamps; not offsets)
+//! whose partitions were pre-seeded with a different number of old records each, so any reuse
+//! of the primary's offsets on the secondary would read the wrong records (and the audit would
+//! find them).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tidemark_tests::{
+    create_topic, order_json, produce_range, stderr_of, two_brokers, unique_topic, Fixture,
+    TEST_LOG_FILTER,
+};
+use tidemark_tools::audit;
+use tidemark_tools::mirror::{seed_partitions, Mirror};
+
+use super::EXE;
+
+const PARTITIONS: i32 = 3;
+const DEDUP: &str =
+    "[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 600000\n";
+/// Ids of the records pre-seeded into the secondary's partitions (never produced upstream).
+const FILLER_BASE: u64 = 900_000_000;
+
+fn tidemark(args: &[&str]) -> Output {
+    Command::new(EXE)
+        .args(args)
+        .env("RUST_LOG", TEST_LOG_FILTER)
+        .env_remove(tidemark_engine::fault::ENV)
+        .output()
+        .expect("run tidemark")
+}
+
+fn ok(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        out.status,
+        stderr_of(out)
+    );
+}
+
+/// Every id in the table's live rows, with how many times each appears.
+fn ids_in(table: &Path) -> BTreeMap<String, u64> {
+    let replay = audit::replay_log(table).expect("replay log");
+    let mut ids = BTreeMap::new();
+    for id in audit::read_string_column(table, &replay.live_files, "id").expect("read ids") {
+        *ids.entry(id.expect("id is never null")).or_insert(0) += 1;
+    }
+    ids
+}
+
+/// The ids of `topic`'s records on `brokers` from `start` (partition -> offset) to the end.
+fn ids_from(brokers: &str, topic: &str, start: &BTreeMap<i32, i64>) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "failover-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for (p, o) in start {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+            .unwrap();
+        let (_, high) = consumer
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .unwrap();
+        ends.insert(*p, high);
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut next: BTreeMap<i32, i64> = start.clone();
+    let mut ids = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ends.iter().any(|(p, e)| next[p] < *e) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading {topic} timed out"
+        );
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        ids.push(v["id"].as_str().unwrap().to_string());
+        next.insert(m.partition(), m.offset() + 1);
+    }
+    ids
+}
+
+/// The whole scenario: a primary pipeline replicated (then running ahead of its replica), a
+/// mirror offset differently, a refused start against the wrong cluster, the failover (by
+/// time, dedup rebuilt from the replica), an independent audit of the secondary table against
+/// the report, and the old primary fenced when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_mirrored_cluster_loses_and_doubles_nothing_and_fences_the_old_primary() {
+    let Some((primary_brokers, secondary_brokers)) = two_brokers() else {
+        return;
+    };
+    let topic = unique_topic("failover");
+    create_topic(&primary_brokers, &topic, PARTITIONS).await;
+    create_topic(&secondary_brokers, &topic, PARTITIONS).await;
+    // The mirror's offsets: each secondary partition starts with 5, 17 and 29 old records.
+    let day_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 86_400_000;
+    seed_partitions(
+        &secondary_brokers,
+        &topic,
+        PARTITIONS,
+        |p| 5 + 12 * p as u64,
+        day_ago,
+        |p, i| order_json(FILLER_BASE + 1000 * p as u64 + i),
+    )
+    .unwrap();
+
+    let secondary = Fixture::new(Path::new(EXE), &secondary_brokers, &topic, DEDUP);
+    let replica_table = secondary.table.clone();
+    let primary = Fixture::new(
+        Path::new(EXE),
+        &primary_brokers,
+        &topic,
+        &format!(
+            "{DEDUP}\n[replica]\ntable_uri = \"{}\"\n",
+            replica_table.display()
+        ),
+    );
+
+    // The primary reads 3000 records; the replica gets them; then 2000 more the replica lacks.
+    let (first, second) = (3000u64, 2000u64);
+    produce_range(&primary_brokers, &topic, PARTITIONS, 0..first, order_json);
+    ok("primary run 1", &primary.run_to_end(&[]));
+    let (from, to) = (
+        primary.table.display().to_string(),
+        replica_table.display().to_string(),
+    );
+    ok(
+        "replicate",
+        &tidemark(&["replicate", "--from", &from, "--to", &to]),
+    );
+    produce_range(
+        &primary_brokers,
+        &topic,
+        PARTITIONS,
+        first..first + second,
+        order_json,
+    );
+    ok("primary run 2", &primary.run_to_end(&[]));
+    let primary_version = audit::replay_log(&primary.table).unwrap().version;
+
+    // The mirror copies everything the primary cluster holds (it runs in the other region).
+    let mut mirror = Mirror::new(&primary_brokers, &secondary_brokers, &topic, &topic).unwrap();
+    let copied = mirror.catch_up(Duration::from_secs(120)).unwrap();
+    assert_eq!(copied, first + second);
+
+    // The region is lost. A plain start against the mirrored cluster is refused, naming both.
+    let wrong = secondary.run_to_end(&[]);
+    let text = stderr_of(&wrong);
+    assert!(
+        !wrong.status.success(),
+        "a start on another cluster must be refused:\n{text}"
+    );
+    assert!(
+        text.contains("tansu_cluster") && text.contains("tidemark_secondary"),
+        "the refusal names both cluster ids:\n{text}"
+    );
+
+    let replica_ids = ids_in(&replica_table);
+    assert_eq!(
+        replica_ids.len() as u64,
+        first,
+        "the replica holds the first part"
+    );
+    let report_path = secondary.dir.path().join("report.json");
+    let out = tidemark(&[
+        "failover",
+        "--config",
+        secondary.config.to_str().unwrap(),
+        "--until-caught-up",
+        "--margin",
+        "2s",
+        "--primary-table",
+        &from,
+        "--report",
+        report_path.to_str().unwrap(),
+    ]);
+    ok("failover", &out);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    eprintln!(
+        "{}",
+        stderr_of(&out)
+            .lines()
+            .filter(|l| !l.contains(" INFO "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // Independent audit: every produced id exactly once, no pre-seeded record.
+    let ids = ids_in(&replica_table);
+    let want: BTreeSet<String> = (0..first + second)
+        .map(|i| {
+            serde_json::from_slice::<serde_json::Value>(&order_json(i)).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let doubled: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        doubled.is_empty(),
+        "ids twice in the secondary table: {doubled:?}"
+    );
+    let have: BTreeSet<String> = ids.keys().cloned().collect();
+    let missing: Vec<_> = want.difference(&have).take(10).collect();
+    let unexpected: Vec<_> = have.difference(&want).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "ids missing from the secondary table: {missing:?}"
+    );
+    assert!(
+        unexpected.is_empty(),
+        "ids that were never produced (offset reuse?): {unexpected:?}"
+    );
+
+    // The report's figures match the audit.
+    let starts: BTreeMap<i32, i64> = report["starts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["partition"].as_i64().unwrap() as i32,
+                s["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let reread = ids_from(&secondary_brokers, &topic, &starts);
+    let expected_duplicates = reread
+        .iter()
+        .filter(|id| replica_ids.contains_key(*id))
+        .count() as u64;
+    assert!(
+        expected_duplicates > 0,
+        "the margin makes the failover re-read some records"
+    );
+    assert_eq!(
+        report["records_read"].as_u64(),
+        Some(reread.len() as u64),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["duplicates_dropped"].as_u64(),
+        Some(expected_duplicates),
+        "{report:#}"
+    );
+    assert_eq!(report["late_dropped"].as_u64(), Some(0), "{report:#}");
+    assert_eq!(report["rows_written"].as_u64(), Some(second), "{report:#}");
+    assert_eq!(report["missing_rows"].as_u64(), Some(0), "{report:#}");
+    assert_eq!(
+        report["replica_lag"]["records"].as_u64(),
+        Some(second),
+        "{report:#}"
+    );
+    assert!(
+        report["replica_lag"]["versions"].as_u64().unwrap() >= 1,
+        "{report:#}"
+    );
+    assert_eq!(report["from_cluster"].as_str(), Some("tansu_cluster"));
+    assert_eq!(report["to_cluster"].as_str(), Some("tidemark_secondary"));
+    assert_eq!(report["generation"].as_u64(), Some(2));
+    assert!(report["rto_ms"].as_u64().is_some(), "{report:#}");
+    // Every start is at or after the pre-seeded records of its partition.
+    for (p, o) in &starts {
+        assert!(
+            *o >= 5 + 12 * *p as i64,
+            "partition {p} starts at {o}, inside the pre-seeded records"
+        );
+    }
+
+    // The old primary comes back: fenced by the replica's newer generation, writes nothing.
+    produce_range(
+        &primary_brokers,
+        &topic,
+        PARTITIONS,
+        first + second..first + second + 30,
+        order_json,
+    );
+    let back = primary.run_to_end(&[]);
+    let text = stderr_of(&back);
+    assert!(
+        !back.status.success(),
+        "the old primary must be fenced:\n{text}"
+    );
+    assert!(text.contains("FENCED"), "{text}");
+    assert_eq!(
+        audit::replay_log(&primary.table).unwrap().version,
+        primary_version
+    );
+
+    // The secondary goes on as a plain `run` (its cluster and generation are its own now).
+    let again = secondary.run_to_end(&[]);
+    ok("secondary run after failover", &again);
+}
+
+/// `tidemark drill` against the two tansu brokers, 10 rounds: each kills the whole primary side
+/// (pipeline, replicator, producer) at a random moment after the replica's first commit (so
+/// mid-epoch, mid-commit or mid-replication), fails over, audits the secondary table (every
+/// acknowledged id once, no pre-seeded record), checks the report against the audit, and
+/// restarts the old primary to see it fenced. The drill exits non-zero if any check fails.
+#[test]
+fn ten_randomized_drills_against_two_brokers_keep_exactly_once_fence_the_old_primary_and_fail_back()
+{
+    let Some((primary, secondary)) = two_brokers() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = tidemark(&[
+        "drill",
+        "--brokers",
+        &format!("{primary},{secondary}"),
+        "--dir",
+        dir.path().join("drill").to_str().unwrap(),
+        "--rounds",
+        "10",
+        "--records",
+        "15000",
+        "--rate",
+        "3000",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "drill failed: {}\n{stdout}\n{}",
+        out.status,
+        stderr_of(&out)
+    );
+    eprintln!(
+        "{}",
+        stdout
+            .lines()
+            .filter(|l| !l.starts_with('{'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap()).expect("the drill's JSON line");
+    let rounds = json["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 10);
+    for r in rounds {
+        assert_eq!(r["old_primary_fenced"], true);
+        assert_eq!(r["report"]["missing_rows"], 0);
+        assert_eq!(r["rows"], r["produced"], "{r:#}");
+        // The failback: every id (those the secondary region produced too) once in the primary.
+        let fb = &r["failback"];
+        assert_eq!(
+            fb["rows"].as_u64(),
+            Some(r["produced"].as_u64().unwrap() + fb["produced_in_secondary"].as_u64().unwrap()),
+            "{r:#}"
+        );
+    }
+}
+
+/// The high watermark of each partition of `topic` on `brokers`.
+fn ends(brokers: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    (0..PARTITIONS)
+        .map(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap();
+            (p, high)
+        })
+        .collect()
+}
+
+fn id_of(i: u64) -> String {
+    serde_json::from_slice::<serde_json::Value>(&order_json(i)).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Failback drill: failover, the secondary region writes on (records produced there), then the
+/// primary returns: `tidemark failback` sets the primary's unreplicated tail aside (listed
+/// exactly: its versions and rows) and replicates the secondary's table back; the records the
+/// secondary region produced are mirrored back; `tidemark failover --reason failback` moves the
+/// pipeline home by time. The primary table then holds every id exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failback_sets_the_unreplicated_tail_aside_and_the_primary_holds_every_id_once() {
+    let Some((primary_brokers, secondary_brokers)) = two_brokers() else {
+        return;
+    };
+    let topic = unique_topic("failback");
+    create_topic(&primary_brokers, &topic, PARTITIONS).await;
+    create_topic(&secondary_brokers, &topic, PARTITIONS).await;
+    let day_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 86_400_000;
+    seed_partitions(
+        &secondary_brokers,
+        &topic,
+        PARTITIONS,
+        |p| 3 + 4 * p as u64,
+        day_ago,
+        |p, i| order_json(FILLER_BASE + 1000 * p as u64 + i),
+    )
+    .unwrap();
+    let secondary = Fixture::new(Path::new(EXE), &secondary_brokers, &topic, DEDUP);
+    let primary = Fixture::new(
+        Path::new(EXE),
+        &primary_brokers,
+        &topic,
+        &format!(
+            "{DEDUP}\n[replica]\ntable_uri = \"{}\"\n",
+            secondary.table.display()
+        ),
+    );
+    let (from, to) = (
+        primary.table.display().to_string(),
+        secondary.table.display().to_string(),
+    );
+    // Primary: 2000 replicated, then 1000 that only the primary table holds (its tail).
+    produce_range(&primary_brokers, &topic, PARTITIONS, 0..2000, order_json);
+    ok("primary run 1", &primary.run_to_end(&[]));
+    ok(
+        "replicate",
+        &tidemark(&["replicate", "--from", &from, "--to", &to]),
+    );
+    let replicated_version = audit::replay_log(&secondary.table).unwrap().version;
+    produce_range(&primary_brokers, &topic, PARTITIONS, 2000..3000, order_json);
+    ok("primary run 2", &primary.run_to_end(&[]));
+    let primary_replay = audit::replay_log(&primary.table).unwrap();
+    let tail_versions: Vec<i64> = (replicated_version + 1..=primary_replay.version).collect();
+    let tail_rows: u64 = primary_replay
+        .epochs
+        .iter()
+        .filter(|(v, _)| *v > replicated_version)
+        .map(|(_, info)| info.rows_written)
+        .sum();
+    assert_eq!(tail_rows, 1000);
+    Mirror::new(&primary_brokers, &secondary_brokers, &topic, &topic)
+        .unwrap()
+        .catch_up(Duration::from_secs(120))
+        .unwrap();
+
+    // Failover; the secondary region then produces 1000 records of its own.
+    let out = tidemark(&[
+        "failover",
+        "--config",
+        secondary.config.to_str().unwrap(),
+        "--until-caught-up",
+        "--margin",
+        "2s",
+        "--report",
+        secondary.dir.path().join("failover.json").to_str().unwrap(),
+    ]);
+    ok("failover", &out);
+    let produced_there = ends(&secondary_brokers, &topic);
+    produce_range(
+        &secondary_brokers,
+        &topic,
+        PARTITIONS,
+        3000..4000,
+        order_json,
+    );
+    ok("secondary run", &secondary.run_to_end(&[]));
+
+    // The primary region returns: failback.
+    let out = tidemark(&["failback", "--from", &to, "--to", &from]);
+    ok("failback", &out);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let listing: serde_json::Value = serde_json::from_str(
+        stdout
+            .lines()
+            .find(|l| l.contains("from_version"))
+            .expect("the set-aside listing"),
+    )
+    .unwrap();
+    let listed: Vec<i64> = listing["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        listed, tail_versions,
+        "the set-aside tail is listed exactly: {listing:#}"
+    );
+    let listed_rows: u64 = listing["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["rows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(listed_rows, tail_rows, "{listing:#}");
+    let aside = Path::new(listing["dir"].as_str().unwrap());
+    assert!(aside.join("set_aside.json").exists());
+    // The primary table is now the secondary's, byte for byte in its log.
+    assert_eq!(
+        audit::replay_log(&primary.table).unwrap().version,
+        audit::replay_log(&secondary.table).unwrap().version
+    );
+    // What the secondary region produced goes back to the primary cluster.
+    Mirror::new_from(
+        &secondary_brokers,
+        &primary_brokers,
+        &topic,
+        &topic,
+        &produced_there,
+    )
+    .unwrap()
+    .catch_up(Duration::from_secs(120))
+    .unwrap();
+    let out = tidemark(&[
+        "failover",
+        "--config",
+        primary.config.to_str().unwrap(),
+        "--reason",
+        "failback",
+        "--until-caught-up",
+        "--margin",
+        "2s",
+        "--report",
+        primary.dir.path().join("failback.json").to_str().unwrap(),
+    ]);
+    ok("failover back (failback)", &out);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(primary.dir.path().join("failback.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["generation"].as_u64(), Some(3), "{report:#}");
+    assert_eq!(report["from_cluster"].as_str(), Some("tidemark_secondary"));
+
+    let ids = ids_in(&primary.table);
+    let doubled: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).take(10).collect();
+    assert!(
+        doubled.is_empty(),
+        "ids twice in the primary table: {doubled:?}"
+    );
+    let want: BTreeSet<String> = (0..4000).map(id_of).collect();
+    let have: BTreeSet<String> = ids.keys().cloned().collect();
+    let missing: Vec<_> = want.difference(&have).take(10).collect();
+    let unexpected: Vec<_> = have.difference(&want).take(10).collect();
+    assert!(missing.is_empty(), "missing after failback: {missing:?}");
+    assert!(unexpected.is_empty(), "never produced: {unexpected:?}");
+}
