@@ -457,6 +457,11 @@ fn median_row(
     }
 }
 
+/// The pipeline's log line once it is connected to the source and about to read.
+const CONNECTED: &str = "records waiting at start";
+/// The pipeline's log line once it has stopped reading and committing.
+const STOPPED: &str = "pipeline stopped";
+
 /// SIGKILLs a run of `interval` part-way, restarts it, and fills `row`'s recovery columns
 /// from the restart's summary.
 fn recovery_run(
@@ -468,24 +473,49 @@ fn recovery_run(
     let (name, interval) = (&variant.name, variant.interval);
     eprint!("  {name:>12}: SIGKILL mid-epoch and restart ...");
     let rec_dir = setup.dir.join(format!("recovery-{name}"));
-    let config = write_config(
-        &rec_dir,
-        &setup.brokers,
-        &setup.topic,
-        interval,
-        setup.longest,
-        variant.dedup.then_some(options.dedup_lateness_ms),
-    )?;
     // SIGKILL from outside at that share of the measured run time: the middle of the
     // stream, most likely inside an open epoch (crash points are compiled only into
-    // test builds, so the release binary is killed as an operator's kill -9 would).
-    let kill_after = Duration::from_secs_f64(row.wall_secs * options.crash_at.clamp(0.05, 0.95));
+    // test builds, so the release binary is killed as an operator's kill -9 would). The clock
+    // starts when the run has connected to the source ("records waiting at start"), so the
+    // kill lands in the reading however long the start took. A run that finishes before its
+    // kill (the stream is short, the machine fast), or — with checkpoints — a kill that left
+    // nothing to replay, is taken again from scratch with half the delay: this measures replay.
     let exe = variant.exe.as_ref().unwrap_or(&setup.exe);
-    let finished = run_child_killed(exe, &config, &rec_dir.join("run-1.log"), kill_after)?;
-    if finished {
-        bail!("interval {name}: the recovery run finished before its kill at {kill_after:?}");
-    }
-    let summary = run_child(exe, &config, &rec_dir.join("run-2.log"), &[])?;
+    let mut kill_after =
+        Duration::from_secs_f64(row.wall_secs * options.crash_at.clamp(0.05, 0.95));
+    let mut attempt = 0;
+    let summary = loop {
+        attempt += 1;
+        if attempt > 5 {
+            bail!("interval {name}: 5 recovery runs were not killed mid-stream (last kill {kill_after:?} after \"{CONNECTED}\"); a longer stream (--records) gives it time");
+        }
+        if rec_dir.exists() {
+            std::fs::remove_dir_all(&rec_dir)
+                .with_context(|| format!("cannot clear {}", rec_dir.display()))?;
+        }
+        let config = write_config(
+            &rec_dir,
+            &setup.brokers,
+            &setup.topic,
+            interval,
+            setup.longest,
+            variant.dedup.then_some(options.dedup_lateness_ms),
+        )?;
+        let log = rec_dir.join("run-1.log");
+        let finished = run_child_killed(exe, &config, &log, Some(CONNECTED), kill_after)?;
+        kill_after /= 2;
+        if finished {
+            continue;
+        }
+        let summary = run_child(exe, &config, &rec_dir.join("run-2.log"), &[])?;
+        let replayed = summary["recovery"]["replayed_records"]
+            .as_u64()
+            .unwrap_or(0);
+        if interval.is_some() && replayed == 0 {
+            continue;
+        }
+        break summary;
+    };
     row.recovery_first_commit_ms = summary["first_commit_ms"].as_u64();
     row.recovery_first_source_commit_ms = summary["first_source_commit_ms"].as_u64();
     row.recovery_replayed = summary["recovery"]["replayed_records"].as_u64();
@@ -759,11 +789,14 @@ fn run_child_raw(
         .with_context(|| format!("cannot run {}", exe.display()))
 }
 
-/// Runs the pipeline and SIGKILLs it after `after`; returns true if it finished first.
+/// Runs the pipeline and SIGKILLs it `after` its start — or, with `wait_for`, `after` the
+/// first line of its log containing that text; returns true if it finished (or had logged
+/// that it stopped) before the kill.
 fn run_child_killed(
     exe: &Path,
     config: &Path,
     log: &Path,
+    wait_for: Option<&str>,
     after: Duration,
 ) -> anyhow::Result<bool> {
     let log_file =
@@ -776,16 +809,24 @@ fn run_child_killed(
         .stderr(log_file)
         .spawn()
         .with_context(|| format!("cannot run {}", exe.display()))?;
-    let until = Instant::now() + after;
-    while Instant::now() < until {
+    let mut until = wait_for.is_none().then(|| Instant::now() + after);
+    loop {
         if child.try_wait()?.is_some() {
             return Ok(true);
+        }
+        match (until, wait_for) {
+            (Some(t), _) if Instant::now() >= t => break,
+            (None, Some(text)) if std::fs::read_to_string(log).is_ok_and(|l| l.contains(text)) => {
+                until = Some(Instant::now() + after);
+            }
+            _ => {}
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill()?;
     child.wait()?;
-    Ok(false)
+    // Killed while exiting, its work done: not a kill mid-stream either.
+    Ok(std::fs::read_to_string(log).is_ok_and(|l| l.contains(STOPPED)))
 }
 
 fn run_child(
