@@ -1,7 +1,8 @@
 //! Delta tables as files: a table's `_delta_log` read version by version ([`log`]), files copied
 //! durably and verified against their size and SHA-256 ([`copy`]), and table replication in log
 //! order on top of them; backups ([`backup`]) and restores from them ([`restore_backup`]), and
-//! corrupt-file detection ([`verify`]).
+//! corrupt-file detection ([`verify`]), a vacuum that keeps what recovery needs ([`vacuum`]) and
+//! compaction ([`optimize`]).
 //!
 //! Everything here works on `Arc<dyn ObjectStore>` for both sides ([`location::TableLocation`]):
 //! local tables today (through the `fs` seam's durable writes), other object stores by
@@ -14,10 +15,12 @@ pub mod lag;
 pub mod live;
 pub mod location;
 pub mod log;
+pub mod optimize;
 pub mod progress;
 pub mod replicate;
 pub mod restore_backup;
 pub mod snapshot;
+pub mod vacuum;
 pub mod verify;
 
 pub use copy::{

@@ -21,6 +21,8 @@ mod checkpoint_crash;
 mod dedup;
 #[path = "e2e/hardening.rs"]
 mod hardening;
+#[path = "e2e/maintenance.rs"]
+mod maintenance;
 #[path = "e2e/observability.rs"]
 mod observability;
 #[path = "e2e/protocol.rs"]

@@ -5,6 +5,7 @@
 //!   Parquet, no deltalake snapshot code); used by `tidemark demo` and the e2e tests.
 //! - [`demo`]: `tidemark demo`, the self-contained demo on librdkafka's in-process mock cluster.
 //! - [`bench`]: `tidemark bench`, checkpoint interval against throughput and recovery.
+//! - [`bench_commits`]: `tidemark bench-commits`, Delta commit latency as the log grows.
 //! - [`bench_replicate`]: `tidemark bench-replicate`, replication lag behind a running pipeline.
 //! - [`child_log`]: reading what a pipeline child process logged.
 //! - [`produce`]: a retrying send shared by the demo, the bench and the tests.
@@ -14,6 +15,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_commits;
 pub mod bench_replicate;
 pub mod child_log;
 pub mod demo;

@@ -1,0 +1,276 @@
+//! Table maintenance against tansu (issue 15): Delta checkpoints every N commits written by
+//! the pipeline, a kill at every step of writing one, a failing disk under it, expired-log
+//! cleanup, compaction and the guarded vacuum.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Command;
+
+use tidemark_engine::fault::CrashPoint;
+use tidemark_tests::{produce_range, stderr_of};
+
+use super::{assert_exactly_once, topic_and_fixture};
+
+/// Versions of the checkpoint files under their final names in `table`'s log.
+pub(crate) fn checkpoint_versions(table: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_suffix(".checkpoint.parquet")?.parse().ok()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The version `_last_checkpoint` names, if any.
+pub(crate) fn last_checkpoint(table: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(table.join("_delta_log/_last_checkpoint")).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["version"].as_u64()
+}
+
+/// The newest commit version in `table`'s log.
+pub(crate) fn newest_commit(table: &Path) -> u64 {
+    std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_suffix(".json")?.parse().ok()
+        })
+        .max()
+        .unwrap()
+}
+
+/// Reads `table` (at `version`, or the newest) with delta-rs in Python and DuckDB: (rows,
+/// distinct Kafka coordinates). Panics with Python's error if it cannot be read.
+pub(crate) fn python_read(table: &Path, version: Option<u64>) -> (u64, u64) {
+    let script = r#"
+import sys, duckdb, deltalake
+t = deltalake.DeltaTable(sys.argv[1])
+if sys.argv[2] != "-":
+    t.load_as_version(int(sys.argv[2]))
+d = t.to_pyarrow_dataset()
+r = duckdb.sql("select count(*), count(distinct (_kafka_topic, _kafka_partition, _kafka_offset)) from d").fetchall()[0]
+print(r[0], r[1])
+"#;
+    let v = version.map_or("-".to_string(), |v| v.to_string());
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(table)
+        .arg(&v)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python deltalake cannot read {} at version {v}: {}",
+        table.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|x| x.parse::<u64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap())
+}
+
+const CHECKPOINT_EVERY: u64 = 4;
+
+/// Issue 15: a kill at every step of a Delta checkpoint write (before it, with its temporary
+/// file created, written but not placed, placed without `_last_checkpoint`, after it) leaves a
+/// table that delta-rs reads whole, and the next commit after the restart writes the missing
+/// checkpoint; every record is in the table once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_at_every_step_of_a_delta_checkpoint_keeps_the_table_readable_and_the_next_commit_writes_it(
+) {
+    let Some(brokers) = tidemark_tests::broker() else {
+        return;
+    };
+    let points = CrashPoint::DELTA_LOG
+        .into_iter()
+        .filter(|p| {
+            !matches!(
+                p,
+                CrashPoint::DuringDeltaLogCleanup | CrashPoint::BeforeCompaction
+            )
+        });
+    for point in points {
+        let extra = format!(
+            "[checkpoint]\ninterval_ms = 200\nmax_records = 300\n[maintenance]\ncheckpoint_every = {CHECKPOINT_EVERY}\n"
+        );
+        let (fixture, ends) = topic_and_fixture(&brokers, point.name(), 3, 3_000, &extra).await;
+        let crashed = fixture.run_to_end(&[(tidemark_engine::fault::ENV, point.name())]);
+        assert_eq!(
+            crashed.status.signal(),
+            Some(libc::SIGKILL),
+            "{point}: no crash: {}",
+            stderr_of(&crashed)
+        );
+        // The first checkpoint is due at version CHECKPOINT_EVERY - 1 (version 0 creates the
+        // table): the crash is right after that commit.
+        let crashed_at = newest_commit(&fixture.table);
+        assert_eq!(crashed_at, CHECKPOINT_EVERY - 1, "{point}");
+        let placed = checkpoint_versions(&fixture.table);
+        let expect_placed = matches!(
+            point,
+            CrashPoint::DeltaCheckpointAfterPlace | CrashPoint::AfterDeltaCheckpoint
+        );
+        assert_eq!(
+            placed,
+            if expect_placed { vec![crashed_at] } else { vec![] },
+            "{point}: checkpoint files at the crash"
+        );
+        assert_eq!(
+            last_checkpoint(&fixture.table),
+            (point == CrashPoint::AfterDeltaCheckpoint).then_some(crashed_at),
+            "{point}: _last_checkpoint at the crash"
+        );
+        // Readable as it is, by another reader.
+        let (rows, distinct) = python_read(&fixture.table, None);
+        assert_eq!(rows, distinct, "{point}: duplicates at the crash");
+        assert!(rows > 0, "{point}");
+
+        let out = fixture.run_to_end(&[]);
+        assert!(out.status.success(), "{point}: {}", stderr_of(&out));
+        let after = checkpoint_versions(&fixture.table);
+        let missing_written_at = if point == CrashPoint::AfterDeltaCheckpoint {
+            // It was whole: the next one is due CHECKPOINT_EVERY commits later.
+            crashed_at + CHECKPOINT_EVERY
+        } else {
+            // The next commit writes it.
+            crashed_at + 1
+        };
+        assert!(
+            after.contains(&missing_written_at),
+            "{point}: checkpoints after the restart {after:?}, want one at {missing_written_at}"
+        );
+        let newest = newest_commit(&fixture.table);
+        let hint = last_checkpoint(&fixture.table).expect("_last_checkpoint after the restart");
+        assert!(
+            newest - hint < CHECKPOINT_EVERY,
+            "{point}: newest version {newest}, _last_checkpoint {hint}"
+        );
+        assert_eq!(python_read(&fixture.table, None), (3_000, 3_000), "{point}");
+        assert_exactly_once(&fixture, &ends, 3_000).await;
+        eprintln!("{point}: crashed after version {crashed_at}, checkpoints then {placed:?}, after the restart {after:?}");
+    }
+}
+
+/// Issue 15: an EIO while writing the checkpoint file (through the pipeline's file system)
+/// fails that checkpoint only: ingestion goes on, the failure is logged, and the next commit
+/// writes it; a failed fsync of it likewise.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_checkpoint_write_is_logged_and_retried_at_the_next_commit() {
+    let Some(brokers) = tidemark_tests::broker() else {
+        return;
+    };
+    for fault in [
+        "write:eio:.checkpoint.parquet@1",
+        "sync:eio:.checkpoint.parquet@1",
+    ] {
+        let extra = format!(
+            "[checkpoint]\ninterval_ms = 200\nmax_records = 300\n[maintenance]\ncheckpoint_every = {CHECKPOINT_EVERY}\n"
+        );
+        let (fixture, ends) = topic_and_fixture(&brokers, "ckpt-eio", 3, 3_000, &extra).await;
+        let out = fixture.run_to_end(&[(tidemark_engine::io_faults::ENV, fault)]);
+        let log = stderr_of(&out);
+        assert!(out.status.success(), "{fault}: {log}");
+        assert!(
+            log.contains("delta checkpoint failed") && log.contains("tried again"),
+            "{fault}: the failure is not logged: {log}"
+        );
+        let due = CHECKPOINT_EVERY - 1;
+        let written = checkpoint_versions(&fixture.table);
+        assert!(
+            !written.contains(&due) && written.contains(&(due + 1)),
+            "{fault}: checkpoints {written:?}: the one due at {due} failed, the next commit must write it"
+        );
+        // No hidden temporary file of the failed write is taken for a checkpoint.
+        assert_eq!(python_read(&fixture.table, None), (3_000, 3_000));
+        assert_exactly_once(&fixture, &ends, 3_000).await;
+    }
+}
+
+/// Issue 15: expired log files go after a checkpoint (delta.logRetentionDuration), a kill
+/// between two deletions leaves a readable table, and the log stays short.
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_log_files_are_cleaned_after_checkpoints_and_a_kill_during_it_is_harmless() {
+    let Some(brokers) = tidemark_tests::broker() else {
+        return;
+    };
+    let extra = "[checkpoint]\ninterval_ms = 200\nmax_records = 300\n[maintenance]\ncheckpoint_every = 3\n";
+    let (fixture, _) = topic_and_fixture(&brokers, "log-cleanup", 3, 1_500, extra).await;
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    set_table_properties(
+        &fixture.table,
+        &[("delta.logRetentionDuration", "interval 1 second")],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let topic = topic_of(&fixture);
+    produce_range(&brokers, &topic, 3, 1_500..3_000, tidemark_tests::order_json);
+    let crashed = fixture.run_to_end(&[(
+        tidemark_engine::fault::ENV,
+        CrashPoint::DuringDeltaLogCleanup.name(),
+    )]);
+    assert_eq!(
+        crashed.status.signal(),
+        Some(libc::SIGKILL),
+        "no crash: {}",
+        stderr_of(&crashed)
+    );
+    assert!(
+        !fixture.table.join("_delta_log").join(format!("{:020}.json", 0)).exists(),
+        "the crash is after the first deletion"
+    );
+    let (rows, distinct) = python_read(&fixture.table, None);
+    assert_eq!(rows, distinct);
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    produce_range(&brokers, &topic, 3, 3_000..4_500, tidemark_tests::order_json);
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let log = std::fs::read_dir(fixture.table.join("_delta_log"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".json"))
+        .count();
+    let newest = newest_commit(&fixture.table);
+    assert!(
+        (log as u64) < newest / 2,
+        "{log} commit files left of {newest} versions: the log was not cleaned"
+    );
+    assert_eq!(python_read(&fixture.table, None), (4_500, 4_500));
+}
+
+/// The topic a fixture reads.
+pub(crate) fn topic_of(fixture: &tidemark_tests::Fixture) -> String {
+    let text = std::fs::read_to_string(&fixture.config).unwrap();
+    let line = text.lines().find(|l| l.starts_with("topics")).unwrap();
+    line.split('"').nth(1).unwrap().to_string()
+}
+
+/// Sets table properties with delta-rs in Python (a commit of another writer).
+pub(crate) fn set_table_properties(table: &Path, props: &[(&str, &str)]) {
+    let json = serde_json::to_string(
+        &props
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    )
+    .unwrap();
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json, deltalake; deltalake.DeltaTable(sys.argv[1]).alter.set_table_properties(json.loads(sys.argv[2]), raise_if_not_exists=False)",
+        ])
+        .arg(table)
+        .arg(json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "set table properties: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
