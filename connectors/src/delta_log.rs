@@ -21,7 +21,7 @@
 use deltalake::checkpoints::{cleanup_expired_logs_for, create_checkpoint};
 use deltalake::table::config::TablePropertiesExt as _;
 use object_store::ObjectStoreExt;
-use tracing::{debug, info};
+use tracing::info;
 
 use super::{sink_err, DeltaSink, DeltaSinkError};
 
@@ -138,7 +138,7 @@ impl DeltaSink {
         if deleted > 0 {
             info!(table = %self.uri, deleted, keep_from = keep, retention_s = retention.as_secs(), "expired delta log files deleted");
         } else {
-            debug!(table = %self.uri, keep_from = keep, "no expired delta log files");
+            info!(table = %self.uri, keep_from = keep, retention_s = retention.as_secs(), "no expired delta log files to delete");
         }
         Ok(deleted)
     }
