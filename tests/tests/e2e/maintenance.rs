@@ -283,3 +283,110 @@ pub(crate) fn set_table_properties(table: &Path, props: &[(&str, &str)]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs the tidemark under test with `args`; returns (success, stdout, stderr).
+pub(crate) fn tidemark(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(super::EXE)
+        .args(args)
+        .env("RUST_LOG", "info,deltalake_core=warn,buoyant_kernel=warn")
+        .output()
+        .expect("run tidemark");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Issue 15: `tidemark optimize` bin-packs the small files of a pipeline's table into one
+/// (`dataChange = false`, same rows); `tidemark vacuum` is a dry run by default, refuses a
+/// retention below the table's deletedFileRetentionDuration without --force, and with the
+/// pipeline's config keeps (naming them) the files its retained checkpoints' versions need.
+#[tokio::test(flavor = "multi_thread")]
+async fn optimize_compacts_and_vacuum_keeps_what_retained_checkpoints_need() {
+    let Some(brokers) = tidemark_tests::broker() else {
+        return;
+    };
+    let extra = "[checkpoint]\ninterval_ms = 200\nmax_records = 100\nretain = 3\n";
+    let (fixture, ends) = topic_and_fixture(&brokers, "optimize", 3, 3_000, extra).await;
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let table = fixture.table.display().to_string();
+    let before_version = newest_commit(&fixture.table);
+    let (ok, stdout, stderr) = tidemark(&["optimize", &table, "--target-size", "1MiB"]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["files_before"], 30, "{report}");
+    assert_eq!(report["files_after"], 1, "{report}");
+    assert_eq!(report["version"], before_version + 1, "{report}");
+    let commit = std::fs::read_to_string(
+        fixture
+            .table
+            .join("_delta_log")
+            .join(format!("{:020}.json", before_version + 1)),
+    )
+    .unwrap();
+    assert!(commit.contains("\"OPTIMIZE\"") && !commit.contains("\"dataChange\":true"), "{commit}");
+    assert_eq!(python_read(&fixture.table, None), (3_000, 3_000));
+    // Time travel to before the compaction still reads (the old files are still there).
+    assert_eq!(python_read(&fixture.table, Some(before_version)), (3_000, 3_000));
+
+    // Dry run by default; everything is within the default 168h.
+    let (ok, stdout, stderr) = tidemark(&["vacuum", &table, "--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["delete"].as_array().unwrap().len(), 0, "{v}");
+    assert_eq!(v["within_retention"], 30, "{v}");
+    // Below the table's retention: refused, naming the setting.
+    let (ok, _, stderr) = tidemark(&["vacuum", &table, "--retain", "1s", "--execute"]);
+    assert!(!ok);
+    assert!(stderr.contains("deletedFileRetentionDuration") && stderr.contains("--force"), "{stderr}");
+    // With the pipeline's config: its 3 retained checkpoints (epochs 28-30) name versions
+    // from before the compaction, which need all 30 small files: nothing may go, and each
+    // refusal names the checkpoints.
+    let config = fixture.config.display().to_string();
+    let vacuum = |execute: bool| {
+        let mut args = vec!["vacuum", "--config", &config, "--retain", "0s", "--force", "--json"];
+        if execute {
+            args.push("--execute");
+        }
+        let (ok, stdout, stderr) = tidemark(&args);
+        assert!(ok, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()
+    };
+    let v = vacuum(true);
+    assert_eq!(v["delete"].as_array().unwrap().len(), 0, "{v}");
+    let blocked = v["blocked"].as_array().unwrap();
+    assert_eq!(blocked.len(), 30, "{v}");
+    for b in blocked {
+        let by = b["needed_by"].to_string();
+        assert!(by.contains("retained Tidemark checkpoint of epoch 30"), "{b}");
+    }
+    // The pipeline goes on after the compaction: its retained checkpoints now name versions
+    // after it, and the 30 compacted-away files go.
+    let topic = topic_of(&fixture);
+    produce_range(&brokers, &topic, 3, 3_000..3_600, tidemark_tests::order_json);
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let dry = vacuum(false);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["delete"].as_array().unwrap().len(), 30, "{dry}");
+    assert_eq!(python_read(&fixture.table, Some(before_version)), (3_000, 3_000), "a dry run deletes nothing");
+    let v = vacuum(true);
+    assert_eq!(v["deleted"], 30, "{v}");
+    let retained: Vec<u64> = v["promises"]["retained_checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_u64().unwrap())
+        .collect();
+    assert_eq!(retained.len(), 3, "{v}");
+    for version in retained {
+        let (rows, distinct) = python_read(&fixture.table, Some(version));
+        assert_eq!(rows, distinct);
+        assert!(rows > 3_000, "version {version}: {rows} rows");
+    }
+    assert_eq!(python_read(&fixture.table, None), (3_600, 3_600));
+    let _ = ends;
+}
