@@ -123,20 +123,19 @@ pub async fn vacuum(args: VacuumArgs) -> anyhow::Result<()> {
             replicas.push(r.to_string());
         }
     }
+    let mut backup_dirs = args.backups.clone();
+    if let Some(c) = &config {
+        backup_dirs.extend(c.maintenance.backups.iter().cloned());
+    }
     for r in replicas {
         let replica = open_store(&r)?;
         let listing = LogListing::list(&replica).await?;
         promises.replicas.push((r.clone(), listing.newest_version()));
     }
-    for dir in &args.backups {
-        let (catalog, _lock) = tidemark_table::backup::dir::catalog_of(dir)
+    for dir in &backup_dirs {
+        let newest = tidemark_engine::maintenance::newest_backup_version(dir)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("read backups in {}", dir.display()))?;
-        let newest = catalog
-            .table_ids()
-            .into_iter()
-            .filter_map(|id| catalog.next_parent(id).map(|m| m.last_version))
-            .min();
         match newest {
             Some(v) => promises
                 .backup_chains

@@ -39,6 +39,12 @@ pub struct MaintenanceConfig {
     /// Target size of a compacted file, in bytes (default 128 MiB).
     #[serde(default = "default_compact_target_bytes")]
     pub compact_target_bytes: u64,
+    /// Backup directories of the table (`tidemark backup --to`): the log cleanup keeps the
+    /// commits after each one's newest chain (so the next incremental backup can continue it)
+    /// and `tidemark vacuum --config` keeps the files those commits add. Paths are taken
+    /// as given (relative to the working directory).
+    #[serde(default)]
+    pub backups: Vec<std::path::PathBuf>,
 }
 
 fn default_checkpoint_every() -> u64 {
@@ -60,6 +66,7 @@ impl Default for MaintenanceConfig {
             log_cleanup: true,
             compact_every: 0,
             compact_target_bytes: default_compact_target_bytes(),
+            backups: Vec::new(),
         }
     }
 }
@@ -84,6 +91,7 @@ pub struct LogMaintenance {
     schedule: CheckpointSchedule,
     cleanup: bool,
     replica: Option<Url>,
+    backups: Vec<std::path::PathBuf>,
     failures_in_a_row: u64,
 }
 
@@ -102,6 +110,7 @@ impl LogMaintenance {
             schedule: CheckpointSchedule::new(config.checkpoint_every, newest),
             cleanup: config.log_cleanup,
             replica,
+            backups: config.backups.clone(),
             failures_in_a_row: 0,
         }
     }
@@ -153,14 +162,37 @@ impl LogMaintenance {
                 }
             },
         };
-        let keep_from = match (keep_from, replica_at) {
+        let mut keep_from = match (keep_from, replica_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        for dir in &self.backups {
+            match newest_backup_version(dir) {
+                Ok(Some(v)) => keep_from = Some(keep_from.map_or(v, |k| k.min(v))),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(table = %sink.uri(), backups = %dir.display(), "cannot read the backups; not cleaning up the log this time: {e}");
+                    return;
+                }
+            }
+        }
         if let Err(e) = sink.cleanup_expired_log(keep_from).await {
             warn!(table = %sink.uri(), "cleaning up expired log files failed (tried again after the next checkpoint): {e}");
         }
     }
+}
+
+/// The newest version the newest whole backup chain in `dir` holds (`None`: no backup yet).
+pub fn newest_backup_version(dir: &std::path::Path) -> Result<Option<u64>, String> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let (catalog, _shared) = tidemark_table::backup::dir::catalog_of(dir)?;
+    Ok(catalog
+        .table_ids()
+        .into_iter()
+        .filter_map(|id| catalog.next_parent(id).map(|m| m.last_version))
+        .min())
 }
 
 /// The newest version of the replica at `url` (`None`: empty).

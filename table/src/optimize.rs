@@ -95,6 +95,12 @@ pub enum OptimizeError {
     NotATable(String),
 }
 
+/// The version a compaction's file was planned on, from its name (`None`: not a compaction's).
+pub fn planned_on(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix(COMPACTED_PREFIX)?.strip_prefix('v')?;
+    rest.get(..12)?.parse().ok()
+}
+
 /// Bins of files to merge, each at most `target` bytes in total and of at least two files;
 /// only files smaller than `target` are candidates. Deterministic: first-fit decreasing,
 /// ties by path.
@@ -388,6 +394,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_compacted_file_names_its_planned_version() {
+        assert_eq!(planned_on("compacted-v000000000042-1a2b-b0003.snappy.parquet"), Some(42));
+        assert_eq!(planned_on("tidemark-p-e000000000042-p0000.snappy.parquet"), None);
+    }
 
     #[test]
     fn sizes_parse() {

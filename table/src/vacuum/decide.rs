@@ -59,6 +59,12 @@ pub enum Need {
         /// The epoch.
         epoch: u64,
     },
+    /// A file a compaction planned on `planned_on` wrote and may still commit (it gives up
+    /// after [`crate::optimize::MAX_ATTEMPTS`] versions have gone by).
+    CompactionInFlight {
+        /// The version the compaction planned on.
+        planned_on: u64,
+    },
     /// A promised version whose log is gone, so what it needs cannot be told: keep everything.
     UnknownVersion {
         /// What promised it (e.g. "retained checkpoint epoch 7").
@@ -88,6 +94,10 @@ impl fmt::Display for Need {
             Need::InFlightEpoch { pipeline, epoch } => write!(
                 f,
                 "epoch {epoch} of pipeline {pipeline} in flight (not committed yet)"
+            ),
+            Need::CompactionInFlight { planned_on } => write!(
+                f,
+                "a compaction planned on version {planned_on} that may still commit it"
             ),
             Need::UnknownVersion { what, version } => write!(
                 f,

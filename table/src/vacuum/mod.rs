@@ -190,8 +190,8 @@ pub fn log_needs(base: &Snapshot, base_known: bool, commits: &[(Commit, i64)], p
 
 /// Reads the facts for [`decide`]: the table's data files (hidden and `_` paths left out, as
 /// Delta's vacuum does), its log replayed once from its start (version 0, or the oldest
-/// checkpoint the later commits continue), and the in-flight epochs' files (named for an
-/// epoch above their pipeline's txn version).
+/// checkpoint the later commits continue), and the files in flight: a pipeline's files named
+/// for an epoch above its txn version, and a compaction's files while it may still commit.
 pub async fn gather(
     location: &TableLocation,
     promises: &Promises,
@@ -280,6 +280,17 @@ pub async fn gather(
                             epoch: parsed.epoch.get(),
                         });
                 }
+            }
+        }
+        if let Some(planned_on) = crate::optimize::planned_on(name) {
+            if !facts.live.contains(&rel)
+                && needs.newest <= planned_on + crate::optimize::MAX_ATTEMPTS as u64 + 1
+            {
+                facts
+                    .needs
+                    .entry(rel.clone())
+                    .or_default()
+                    .insert(Need::CompactionInFlight { planned_on });
             }
         }
         facts.files.push(FileFacts {
