@@ -149,12 +149,10 @@ impl FromStr for CrashPoint {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let every = || CrashPoint::ALL.into_iter().chain(CrashPoint::DELTA_LOG);
-        every()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = every().map(|p| p.name()).collect();
-                format!("unknown crash point {s:?}; known: {}", names.join(", "))
-            })
+        every().find(|p| p.name() == s).ok_or_else(|| {
+            let names: Vec<_> = every().map(|p| p.name()).collect();
+            format!("unknown crash point {s:?}; known: {}", names.join(", "))
+        })
     }
 }
 

@@ -130,17 +130,19 @@ pub async fn vacuum(args: VacuumArgs) -> anyhow::Result<()> {
     for r in replicas {
         let replica = open_store(&r)?;
         let listing = LogListing::list(&replica).await?;
-        promises.replicas.push((r.clone(), listing.newest_version()));
+        promises
+            .replicas
+            .push((r.clone(), listing.newest_version()));
     }
     for dir in &backup_dirs {
         let newest = tidemark_engine::maintenance::newest_backup_version(dir)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("read backups in {}", dir.display()))?;
         match newest {
-            Some(v) => promises
-                .backup_chains
-                .push((dir.display().to_string(), v)),
-            None => tracing::warn!(dir = %dir.display(), "no complete backup chain there: nothing to keep for it"),
+            Some(v) => promises.backup_chains.push((dir.display().to_string(), v)),
+            None => {
+                tracing::warn!(dir = %dir.display(), "no complete backup chain there: nothing to keep for it")
+            }
         }
     }
     let now_ms = chrono::Utc::now().timestamp_millis();
@@ -195,7 +197,11 @@ pub async fn vacuum(args: VacuumArgs) -> anyhow::Result<()> {
         });
         println!("{out}");
     } else {
-        let verb = if args.execute { "deleted" } else { "would delete" };
+        let verb = if args.execute {
+            "deleted"
+        } else {
+            "would delete"
+        };
         for (p, s) in &plan.delete {
             println!("{verb} {p} ({s} bytes)");
         }

@@ -85,7 +85,10 @@ impl DeltaSink {
                 .map_err(self.file_err("read _last_checkpoint", "_delta_log/_last_checkpoint"))?,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => {
-                return Err(self.file_err("read _last_checkpoint", "_delta_log/_last_checkpoint")(e))
+                return Err(self
+                    .file_err("read _last_checkpoint", "_delta_log/_last_checkpoint")(
+                    e,
+                ))
             }
         };
         Ok(serde_json::from_slice::<serde_json::Value>(&bytes)

@@ -127,7 +127,12 @@ impl LogMaintenance {
     /// `keep_from`: the oldest table version something else still promises (the oldest
     /// retained checkpoint's, a rewind target); the log cleanup keeps every version from it on
     /// (and from the replica's newest version on).
-    pub async fn after_commit(&mut self, sink: &mut DeltaSink, version: u64, keep_from: Option<u64>) {
+    pub async fn after_commit(
+        &mut self,
+        sink: &mut DeltaSink,
+        version: u64,
+        keep_from: Option<u64>,
+    ) {
         if !self.schedule.due(version) {
             return;
         }
@@ -264,7 +269,9 @@ impl Maintenance {
                     self.table.after_commit(sink, v, keep_from).await;
                 }
             }
-            Err(e) => warn!(table = %sink.uri(), "compaction failed (tried again at the next round): {e}"),
+            Err(e) => {
+                warn!(table = %sink.uri(), "compaction failed (tried again at the next round): {e}")
+            }
         }
     }
 
@@ -287,7 +294,7 @@ impl Maintenance {
         if let Some(v) = version {
             self.table.after_commit(sink, v, keep_from).await;
         }
-        if self.config.compact_every > 0 && self.epochs % self.config.compact_every == 0 {
+        if self.config.compact_every > 0 && self.epochs.is_multiple_of(self.config.compact_every) {
             self.compact(sink, keep_from).await;
         }
         if let Some(dlq) = dead_letters {
@@ -305,7 +312,9 @@ impl Maintenance {
 
 /// The (epoch, table version) of every checkpoint the pipeline's store retains (rewind
 /// targets: `tidemark run --rewind-to`), read-only; empty when the store does not exist yet.
-pub fn retained_table_versions(config: &crate::config::PipelineConfig) -> Result<Vec<(u64, u64)>, String> {
+pub fn retained_table_versions(
+    config: &crate::config::PipelineConfig,
+) -> Result<Vec<(u64, u64)>, String> {
     let store = config.paths.state_dir.join("store");
     if !store.join("CURRENT").exists() {
         return Ok(Vec::new());
@@ -333,5 +342,8 @@ pub async fn deleted_file_retention_ms(table: &str) -> Result<i64, String> {
         .await
         .map_err(|e| format!("open {url}: {e}"))?;
     let snapshot = t.snapshot().map_err(|e| format!("open {url}: {e}"))?;
-    Ok(snapshot.table_config().deleted_file_retention_duration().as_millis() as i64)
+    Ok(snapshot
+        .table_config()
+        .deleted_file_retention_duration()
+        .as_millis() as i64)
 }

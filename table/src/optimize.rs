@@ -385,7 +385,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
-        other => return Err(format!("{text:?}: unknown unit {other:?} (B, KiB, MiB, GiB, KB, MB, GB)")),
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
     };
     Ok((n * mult as f64) as u64)
 }
@@ -397,8 +401,14 @@ mod tests {
 
     #[test]
     fn a_compacted_file_names_its_planned_version() {
-        assert_eq!(planned_on("compacted-v000000000042-1a2b-b0003.snappy.parquet"), Some(42));
-        assert_eq!(planned_on("tidemark-p-e000000000042-p0000.snappy.parquet"), None);
+        assert_eq!(
+            planned_on("compacted-v000000000042-1a2b-b0003.snappy.parquet"),
+            Some(42)
+        );
+        assert_eq!(
+            planned_on("tidemark-p-e000000000042-p0000.snappy.parquet"),
+            None
+        );
     }
 
     #[test]

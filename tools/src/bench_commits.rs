@@ -39,6 +39,10 @@ pub struct CommitBenchOptions {
     /// Commits on each side of commit 100 and of the last commit that the medians cover.
     #[arg(long, default_value_t = 50)]
     pub window: u64,
+    /// Compact small files every this many commits (0: never), as `[maintenance]
+    /// compact_every` does in a pipeline; without it every commit adds a live file.
+    #[arg(long, default_value_t = 0)]
+    pub compact_every: u64,
 }
 
 fn parse_ms(text: &str) -> Result<Duration, String> {
@@ -92,7 +96,14 @@ pub async fn run(o: CommitBenchOptions) -> anyhow::Result<()> {
     .await?;
     let schema = sink.arrow_schema().clone();
     let mut schedule = CheckpointSchedule::new(o.checkpoint_every, None);
-    let mut csv = String::from("epoch,version,commit_us,maintenance_us,checkpoint\n");
+    use std::io::Write as _;
+    let mut csv = std::io::BufWriter::new(std::fs::File::create(o.dir.join("commits.csv"))?);
+    writeln!(
+        csv,
+        "epoch,version,commit_us,maintenance_us,checkpoint,live_files"
+    )?;
+    let location = tidemark_table::open_store(&table.display().to_string())?;
+    let mut live_files = 0u64;
     let mut latencies: Vec<u64> = Vec::with_capacity(o.commits as usize);
     let started = Instant::now();
     let mut last_report = Instant::now();
@@ -146,21 +157,52 @@ pub async fn run(o: CommitBenchOptions) -> anyhow::Result<()> {
                     wrote = true;
                     sink.cleanup_expired_log(None).await?;
                 }
-                Err(err) => tracing::warn!("checkpoint failed (due again at the next commit): {err}"),
+                Err(err) => {
+                    tracing::warn!("checkpoint failed (due again at the next commit): {err}")
+                }
+            }
+        }
+        live_files += 1;
+        if o.compact_every > 0 && e.is_multiple_of(o.compact_every) {
+            let report = tidemark_table::optimize::optimize(
+                &location,
+                tidemark_table::optimize::OptimizeOptions {
+                    target_bytes: 128 << 20,
+                    max_input_bytes: None,
+                },
+            )
+            .await?;
+            live_files = report.files_after;
+            if let Some(v) = report.version {
+                if schedule.due(v) {
+                    if let Ok(w) = sink.write_log_checkpoint().await {
+                        schedule.written(w);
+                    }
+                }
             }
         }
         let maintenance_us = t1.elapsed().as_micros() as u64;
         latencies.push(commit_us + maintenance_us);
-        csv.push_str(&format!("{e},{version},{commit_us},{maintenance_us},{wrote}\n"));
+        writeln!(
+            csv,
+            "{e},{version},{commit_us},{maintenance_us},{wrote},{live_files}"
+        )?;
+        csv.flush()?;
         if last_report.elapsed() >= Duration::from_secs(30) {
-            tracing::info!(commit = e, of = o.commits, version, commit_ms = commit_us / 1000, elapsed_s = started.elapsed().as_secs(), "bench-commits progress");
+            tracing::info!(
+                commit = e,
+                of = o.commits,
+                version,
+                commit_ms = commit_us / 1000,
+                elapsed_s = started.elapsed().as_secs(),
+                "bench-commits progress"
+            );
             last_report = Instant::now();
         }
         if let Some(rest) = o.interval.checked_sub(tick.elapsed()) {
             tokio::time::sleep(rest).await;
         }
     }
-    std::fs::write(o.dir.join("commits.csv"), &csv)?;
     let window = |center: u64| -> Vec<u64> {
         let lo = center.saturating_sub(o.window).max(1);
         let hi = (center + o.window).min(o.commits);
@@ -171,10 +213,11 @@ pub async fn run(o: CommitBenchOptions) -> anyhow::Result<()> {
     let (m_early, m_late) = (median(&mut early), median(&mut late));
     let ratio = m_late as f64 / m_early.max(1) as f64;
     println!(
-        "bench-commits: {} commits every {:?}, checkpoint every {} commits, {} rows each ({:.0} s)",
+        "bench-commits: {} commits every {:?}, checkpoint every {} commits, compaction every {}, {} rows each ({:.0} s)",
         o.commits,
         o.interval,
         o.checkpoint_every,
+        o.compact_every,
         o.rows,
         started.elapsed().as_secs_f64()
     );

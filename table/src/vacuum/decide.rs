@@ -382,6 +382,9 @@ mod tests {
             ..VacuumFacts::default()
         };
         let e = decide(&facts).unwrap_err().to_string();
-        assert!(e.contains("1h") && e.contains("168h") && e.contains("--force"), "{e}");
+        assert!(
+            e.contains("1h") && e.contains("168h") && e.contains("--force"),
+            "{e}"
+        );
     }
 }

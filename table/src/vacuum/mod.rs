@@ -93,7 +93,12 @@ pub struct LogNeeds {
 ///   an empty replica: every file added at all;
 /// - a promised version before `base` (its log is gone): [`Need::UnknownVersion`], unless it
 ///   is `base`'s own version.
-pub fn log_needs(base: &Snapshot, base_known: bool, commits: &[(Commit, i64)], promises: &Promises) -> LogNeeds {
+pub fn log_needs(
+    base: &Snapshot,
+    base_known: bool,
+    commits: &[(Commit, i64)],
+    promises: &Promises,
+) -> LogNeeds {
     let mut live: BTreeMap<String, u64> = base
         .files
         .keys()
@@ -130,10 +135,8 @@ pub fn log_needs(base: &Snapshot, base_known: bool, commits: &[(Commit, i64)], p
     for (commit, ts) in commits {
         for a in &commit.actions {
             match a {
-                Action::Remove(r) => {
-                    if live.remove(&r.path.decoded).is_some() {
-                        out.removed_at_ms.insert(r.path.decoded.clone(), *ts);
-                    }
+                Action::Remove(r) if live.remove(&r.path.decoded).is_some() => {
+                    out.removed_at_ms.insert(r.path.decoded.clone(), *ts);
                 }
                 Action::Txn { app_id, version } => {
                     out.txn.insert(app_id.clone(), *version);
@@ -207,8 +210,8 @@ pub async fn gather(
     };
     // The replay's start: version 0 when every commit is there, else the oldest checkpoint
     // that the commits after it continue.
-    let from_zero = listing.oldest_commit() == Some(0)
-        && listing.commits().count() as u64 == newest + 1;
+    let from_zero =
+        listing.oldest_commit() == Some(0) && listing.commits().count() as u64 == newest + 1;
     let (base, base_known, start) = if from_zero {
         (Snapshot::default(), false, 0)
     } else {
@@ -222,7 +225,11 @@ pub async fn gather(
                 version: oldest.saturating_sub(1),
                 file: "a checkpoint the oldest commits continue".into(),
             })?;
-        (Snapshot::load(location, &listing, cp, true).await?, true, cp + 1)
+        (
+            Snapshot::load(location, &listing, cp, true).await?,
+            true,
+            cp + 1,
+        )
     };
     let mut commits = Vec::new();
     for v in start..=newest {

@@ -145,8 +145,13 @@ proptest! {
             }
         }
         // A replica or backup at v can go on to every later version from the table's files:
-        // every file added after v is still there.
+        // every file added after v is still there (when the log still holds the commits after
+        // v; otherwise a full copy of the newest snapshot is the only way on, and it needs
+        // only live files).
         for at in promises.replicas.iter().filter_map(|(_, v)| *v).chain(promises.backup_chains.iter().map(|(_, v)| *v)) {
+            if at + 1 < start {
+                continue;
+            }
             for later in at + 1..n {
                 for a in &history[later as usize] {
                     if let Action::Add(a) = a {

@@ -86,14 +86,12 @@ async fn a_kill_at_every_step_of_a_delta_checkpoint_keeps_the_table_readable_and
     let Some(brokers) = tidemark_tests::broker() else {
         return;
     };
-    let points = CrashPoint::DELTA_LOG
-        .into_iter()
-        .filter(|p| {
-            !matches!(
-                p,
-                CrashPoint::DuringDeltaLogCleanup | CrashPoint::BeforeCompaction
-            )
-        });
+    let points = CrashPoint::DELTA_LOG.into_iter().filter(|p| {
+        !matches!(
+            p,
+            CrashPoint::DuringDeltaLogCleanup | CrashPoint::BeforeCompaction
+        )
+    });
     for point in points {
         let extra = format!(
             "[checkpoint]\ninterval_ms = 200\nmax_records = 300\n[maintenance]\ncheckpoint_every = {CHECKPOINT_EVERY}\n"
@@ -117,7 +115,11 @@ async fn a_kill_at_every_step_of_a_delta_checkpoint_keeps_the_table_readable_and
         );
         assert_eq!(
             placed,
-            if expect_placed { vec![crashed_at] } else { vec![] },
+            if expect_placed {
+                vec![crashed_at]
+            } else {
+                vec![]
+            },
             "{point}: checkpoint files at the crash"
         );
         assert_eq!(
@@ -210,7 +212,13 @@ async fn expired_log_files_are_cleaned_after_checkpoints_and_a_kill_during_it_is
     );
     std::thread::sleep(std::time::Duration::from_millis(1_500));
     let topic = topic_of(&fixture);
-    produce_range(&brokers, &topic, 3, 1_500..3_000, tidemark_tests::order_json);
+    produce_range(
+        &brokers,
+        &topic,
+        3,
+        1_500..3_000,
+        tidemark_tests::order_json,
+    );
     let crashed = fixture.run_to_end(&[(
         tidemark_engine::fault::ENV,
         CrashPoint::DuringDeltaLogCleanup.name(),
@@ -223,7 +231,13 @@ async fn expired_log_files_are_cleaned_after_checkpoints_and_a_kill_during_it_is
     );
     let at_crash = newest_commit(&fixture.table);
     let present = (0..=at_crash)
-        .filter(|v| fixture.table.join("_delta_log").join(format!("{v:020}.json")).exists())
+        .filter(|v| {
+            fixture
+                .table
+                .join("_delta_log")
+                .join(format!("{v:020}.json"))
+                .exists()
+        })
         .count() as u64;
     assert!(
         present < at_crash + 1 && present > 1,
@@ -233,7 +247,13 @@ async fn expired_log_files_are_cleaned_after_checkpoints_and_a_kill_during_it_is
     let (rows, distinct) = python_read(&fixture.table, None);
     assert_eq!(rows, distinct);
     std::thread::sleep(std::time::Duration::from_millis(1_200));
-    produce_range(&brokers, &topic, 3, 3_000..4_500, tidemark_tests::order_json);
+    produce_range(
+        &brokers,
+        &topic,
+        3,
+        3_000..4_500,
+        tidemark_tests::order_json,
+    );
     let out = fixture.run_to_end(&[]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let log = std::fs::read_dir(fixture.table.join("_delta_log"))
@@ -326,10 +346,16 @@ async fn optimize_compacts_and_vacuum_keeps_what_retained_checkpoints_need() {
             .join(format!("{:020}.json", before_version + 1)),
     )
     .unwrap();
-    assert!(commit.contains("\"OPTIMIZE\"") && !commit.contains("\"dataChange\":true"), "{commit}");
+    assert!(
+        commit.contains("\"OPTIMIZE\"") && !commit.contains("\"dataChange\":true"),
+        "{commit}"
+    );
     assert_eq!(python_read(&fixture.table, None), (3_000, 3_000));
     // Time travel to before the compaction still reads (the old files are still there).
-    assert_eq!(python_read(&fixture.table, Some(before_version)), (3_000, 3_000));
+    assert_eq!(
+        python_read(&fixture.table, Some(before_version)),
+        (3_000, 3_000)
+    );
 
     // Dry run by default; everything is within the default 168h.
     let (ok, stdout, stderr) = tidemark(&["vacuum", &table, "--json"]);
@@ -341,13 +367,18 @@ async fn optimize_compacts_and_vacuum_keeps_what_retained_checkpoints_need() {
     // Below the table's retention: refused, naming the setting.
     let (ok, _, stderr) = tidemark(&["vacuum", &table, "--retain", "1s", "--execute"]);
     assert!(!ok);
-    assert!(stderr.contains("deletedFileRetentionDuration") && stderr.contains("--force"), "{stderr}");
+    assert!(
+        stderr.contains("deletedFileRetentionDuration") && stderr.contains("--force"),
+        "{stderr}"
+    );
     // With the pipeline's config: its 3 retained checkpoints (epochs 28-30) name versions
     // from before the compaction, which need all 30 small files: nothing may go, and each
     // refusal names the checkpoints.
     let config = fixture.config.display().to_string();
     let vacuum = |execute: bool| {
-        let mut args = vec!["vacuum", "--config", &config, "--retain", "0s", "--force", "--json"];
+        let mut args = vec![
+            "vacuum", "--config", &config, "--retain", "0s", "--force", "--json",
+        ];
         if execute {
             args.push("--execute");
         }
@@ -361,18 +392,31 @@ async fn optimize_compacts_and_vacuum_keeps_what_retained_checkpoints_need() {
     assert_eq!(blocked.len(), 30, "{v}");
     for b in blocked {
         let by = b["needed_by"].to_string();
-        assert!(by.contains("retained Tidemark checkpoint of epoch 30"), "{b}");
+        assert!(
+            by.contains("retained Tidemark checkpoint of epoch 30"),
+            "{b}"
+        );
     }
     // The pipeline goes on after the compaction: its retained checkpoints now name versions
     // after it, and the 30 compacted-away files go.
     let topic = topic_of(&fixture);
-    produce_range(&brokers, &topic, 3, 3_000..3_600, tidemark_tests::order_json);
+    produce_range(
+        &brokers,
+        &topic,
+        3,
+        3_000..3_600,
+        tidemark_tests::order_json,
+    );
     let out = fixture.run_to_end(&[]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let dry = vacuum(false);
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["delete"].as_array().unwrap().len(), 30, "{dry}");
-    assert_eq!(python_read(&fixture.table, Some(before_version)), (3_000, 3_000), "a dry run deletes nothing");
+    assert_eq!(
+        python_read(&fixture.table, Some(before_version)),
+        (3_000, 3_000),
+        "a dry run deletes nothing"
+    );
     let v = vacuum(true);
     assert_eq!(v["deleted"], 30, "{v}");
     let retained: Vec<u64> = v["promises"]["retained_checkpoints"]
@@ -421,7 +465,10 @@ async fn vacuum_beside_pipeline_compaction_replica_and_backups_never_breaks_a_pr
     // The log cleanup keeps what the next incremental backup continues from.
     let text = std::fs::read_to_string(&fixture.config).unwrap().replace(
         "compact_target_bytes = 262144\n",
-        &format!("compact_target_bytes = 262144\nbackups = [\"{}\"]\n", dir.join("backups").display()),
+        &format!(
+            "compact_target_bytes = 262144\nbackups = [\"{}\"]\n",
+            dir.join("backups").display()
+        ),
     );
     std::fs::write(&fixture.config, text).unwrap();
     let (table, replica, backups) = (
@@ -454,7 +501,16 @@ async fn vacuum_beside_pipeline_compaction_replica_and_backups_never_breaks_a_pr
     };
     let spawn_replicate = || {
         let mut child = Command::new(super::EXE)
-            .args(["replicate", "--from", &table, "--to", &replica, "--follow", "--interval", "500ms"])
+            .args([
+                "replicate",
+                "--from",
+                &table,
+                "--to",
+                &replica,
+                "--follow",
+                "--interval",
+                "500ms",
+            ])
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -466,23 +522,44 @@ async fn vacuum_beside_pipeline_compaction_replica_and_backups_never_breaks_a_pr
     let (mut pipeline, mut pipeline_log) = spawn_pipeline();
     // Wait for the table, then shorten its log retention (a commit of another writer).
     let t0 = std::time::Instant::now();
-    while !fixture.table.join("_delta_log").join(format!("{:020}.json", 1)).exists() {
+    while !fixture
+        .table
+        .join("_delta_log")
+        .join(format!("{:020}.json", 1))
+        .exists()
+    {
         assert!(t0.elapsed().as_secs() < 60, "no commit within 60 s");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    set_table_properties(&fixture.table, &[("delta.logRetentionDuration", "interval 2 seconds")]);
+    set_table_properties(
+        &fixture.table,
+        &[("delta.logRetentionDuration", "interval 2 seconds")],
+    );
     let (ok, _, stderr) = tidemark(&["backup", "--from", &table, "--to", &backups]);
     assert!(ok, "first backup failed: {stderr}");
     let (mut follower, mut follower_log) = spawn_replicate();
     let mut rng = rand::rng();
-    let (mut deleted, mut blocked_in_flight, mut blocked_retained, mut blocked_copies, mut backups_taken) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (
+        mut deleted,
+        mut blocked_in_flight,
+        mut blocked_retained,
+        mut blocked_copies,
+        mut backups_taken,
+    ) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut pipeline_killed, mut follower_killed) = (false, false);
     let started = std::time::Instant::now();
     let vacuum = |execute: bool| {
         let config = fixture.config.display().to_string();
         let mut args = vec![
-            "vacuum", "--config", &config, "--retain", "1s", "--force", "--json", "--backups", &backups,
+            "vacuum",
+            "--config",
+            &config,
+            "--retain",
+            "1s",
+            "--force",
+            "--json",
+            "--backups",
+            &backups,
         ];
         if execute {
             args.push("--execute");
@@ -492,12 +569,15 @@ async fn vacuum_beside_pipeline_compaction_replica_and_backups_never_breaks_a_pr
         serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()
     };
     while !producer.is_finished() {
-        std::thread::sleep(std::time::Duration::from_millis(rng.random_range(700..2000)));
+        std::thread::sleep(std::time::Duration::from_millis(
+            rng.random_range(700..2000),
+        ));
         let v = vacuum(true);
         deleted += v["deleted"].as_u64().unwrap_or(0);
         for b in v["blocked"].as_array().unwrap() {
             let by = b["needed_by"].to_string();
-            blocked_in_flight += (by.contains("in flight") || by.contains("compaction planned")) as u64;
+            blocked_in_flight +=
+                (by.contains("in flight") || by.contains("compaction planned")) as u64;
             blocked_retained += by.contains("retained Tidemark checkpoint") as u64;
             blocked_copies += (by.contains("replica") || by.contains("backup chain")) as u64;
         }
@@ -544,13 +624,21 @@ async fn vacuum_beside_pipeline_compaction_replica_and_backups_never_breaks_a_pr
         "vacuum proof: {:.0} s, {deleted} files deleted; kept at some point: {blocked_in_flight} in flight, {blocked_retained} for retained checkpoints, {blocked_copies} for the replica/backups; {backups_taken} backups; pipeline killed {pipeline_killed}, replicate killed {follower_killed}",
         started.elapsed().as_secs_f64()
     );
-    assert!(deleted > 0, "the vacuum never deleted anything: the test shows nothing");
-    assert!(blocked_in_flight + blocked_retained > 0, "the guard never had to keep a file");
+    assert!(
+        deleted > 0,
+        "the vacuum never deleted anything: the test shows nothing"
+    );
+    assert!(
+        blocked_in_flight + blocked_retained > 0,
+        "the guard never had to keep a file"
+    );
 
     // 1. The table: every record exactly once.
     assert_eq!(python_read(&fixture.table, None), (total, total));
     // 2. Every retained checkpoint's version reads whole, with the rows it counts.
-    let store = tidemark_checkpoint::CheckpointStore::open_read_only(&fixture.state_dir().join("store")).unwrap();
+    let store =
+        tidemark_checkpoint::CheckpointStore::open_read_only(&fixture.state_dir().join("store"))
+            .unwrap();
     let history = store.history().unwrap();
     assert!(!history.is_empty());
     for r in &history {
@@ -563,11 +651,24 @@ async fn vacuum_beside_pipeline_compaction_replica_and_backups_never_breaks_a_pr
         );
     }
     // 3. The replica: whole, equal to the table.
-    assert_eq!(python_read(Path::new(&replica), None), (total, total), "replica");
+    assert_eq!(
+        python_read(Path::new(&replica), None),
+        (total, total),
+        "replica"
+    );
     // 4. The newest backup restores whole.
     let restored = dir.join("restored");
-    let (ok, _, stderr) = tidemark(&["restore-backup", &backups, "--to", &restored.display().to_string()]);
+    let (ok, _, stderr) = tidemark(&[
+        "restore-backup",
+        &backups,
+        "--to",
+        &restored.display().to_string(),
+    ]);
     assert!(ok, "restore-backup: {stderr}");
-    assert_eq!(python_read(&restored, None), (total, total), "restored backup");
+    assert_eq!(
+        python_read(&restored, None),
+        (total, total),
+        "restored backup"
+    );
     drop(store);
 }
