@@ -13,9 +13,11 @@ use tidemark_table::{open_store, LogListing};
 /// Compact a table's small data files into files of about `--target-size`: ONE commit that
 /// removes them and adds the merged files (`dataChange = false`: the rows do not change).
 ///
-/// Safe beside a running pipeline: the compaction commits at the next free version after
-/// the pipeline's commits and never makes one of them fail; if a file it merges was removed
-/// meanwhile it gives up and deletes what it wrote. Old files stay until `tidemark vacuum`.
+/// Safe beside a running pipeline: the compaction commits put-if-absent at the next free
+/// version, retrying itself when a pipeline commit took that version; a pipeline commit that
+/// loses its version to it re-checks its txn and commits at the next one (no data rewritten,
+/// no epoch redone). If a file it merges was removed meanwhile it gives up and deletes what it
+/// wrote. `[maintenance] compact_every` in the pipeline avoids even that race. Old files stay until `tidemark vacuum`.
 /// Prints one JSON line: files and bytes before and after, the version committed.
 #[derive(Debug, Args)]
 pub struct OptimizeArgs {
@@ -32,8 +34,9 @@ pub struct OptimizeArgs {
 /// Kept, and named as what blocks, whatever their age: files of a version a retained Tidemark
 /// checkpoint names (a `--rewind-to` target; from `--config`'s checkpoint store), files a
 /// replica has not copied yet (`[replica]` of `--config`, or `--replica`), files the newest
-/// backup chain has not backed up yet (`--backups`), and files of an epoch in flight (written,
-/// not committed yet). A retention below the table's `delta.deletedFileRetentionDuration`
+/// backup chain has not backed up yet (`--backups`, `[maintenance] backups` of `--config`),
+/// files of an epoch in flight (written, not committed yet) and of a compaction that may still
+/// commit. A retention below the table's `delta.deletedFileRetentionDuration`
 /// (7 days by default) is refused unless `--force`.
 #[derive(Debug, Args)]
 pub struct VacuumArgs {
