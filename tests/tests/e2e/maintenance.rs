@@ -608,6 +608,10 @@ async fn vacuum_beside_pipeline_compaction_replica_and_backups_never_breaks_a_pr
     let status = pipeline.wait().unwrap();
     let log = pipeline_log.join().unwrap();
     assert!(status.success(), "pipeline: {log}");
+    assert!(
+        log.contains("compaction committed") && log.contains("delta checkpoint written"),
+        "the pipeline neither compacted nor checkpointed: {log}"
+    );
     let out = fixture.run_to_end(&[]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     follower.kill().unwrap();
