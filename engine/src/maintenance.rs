@@ -347,3 +347,44 @@ pub async fn deleted_file_retention_ms(table: &str) -> Result<i64, String> {
         .deleted_file_retention_duration()
         .as_millis() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::PipelineConfig;
+
+    const BASE: &str = "pipeline_id = \"p\"\n[source]\nbrokers = \"127.0.0.1:9092\"\ntopics = [\"t\"]\n[sink]\ntable_uri = \"t\"\n";
+
+    #[test]
+    fn maintenance_defaults_and_bad_values_name_the_setting() {
+        let c = PipelineConfig::parse(BASE, Path::new("/etc/p.toml")).unwrap();
+        assert_eq!(c.maintenance.checkpoint_every, 100);
+        assert!(c.maintenance.log_cleanup);
+        assert_eq!(c.maintenance.compact_every, 0);
+        assert_eq!(c.maintenance.compact_target_bytes, 128 << 20);
+        let c = PipelineConfig::parse(
+            &format!("{BASE}[maintenance]\ncheckpoint_every = 10\ncompact_every = 4\nbackups = [\"/b\"]\n"),
+            Path::new("/etc/p.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.maintenance.checkpoint_every, c.maintenance.compact_every),
+            (10, 4)
+        );
+        let e = PipelineConfig::parse(
+            &format!("{BASE}[maintenance]\ncompact_target_bytes = 10\n"),
+            Path::new("/etc/p.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("maintenance.compact_target_bytes"), "{e}");
+        let e = PipelineConfig::parse(
+            &format!("{BASE}[maintenance]\ncheckpoint_evry = 10\n"),
+            Path::new("/etc/p.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("checkpoint_evry"), "{e}");
+    }
+}
