@@ -58,6 +58,22 @@ pub enum CrashPoint {
     /// The store's dedup state is synced, but no checkpoint record names it yet and the WAL
     /// still holds the deltas it covers (the sync is ahead of WAL truncation).
     AfterStateSync,
+    /// A Delta log checkpoint is due after a commit (the epoch is committed and checkpointed
+    /// in the store); nothing of the Delta checkpoint is written.
+    BeforeDeltaCheckpoint,
+    /// The Delta checkpoint's temporary file was created (empty), under a hidden name.
+    DeltaCheckpointTmpCreated,
+    /// The Delta checkpoint's temporary file is written and fsynced; not under its final name.
+    DeltaCheckpointBeforePlace,
+    /// The Delta checkpoint file is under its final name; `_last_checkpoint` still names the
+    /// previous checkpoint.
+    DeltaCheckpointAfterPlace,
+    /// The Delta checkpoint and `_last_checkpoint` are written; expired log files not cleaned.
+    AfterDeltaCheckpoint,
+    /// Between two deletions of expired `_delta_log` files.
+    DuringDeltaLogCleanup,
+    /// An in-pipeline compaction round is due; nothing of it is written.
+    BeforeCompaction,
 }
 
 impl CrashPoint {
@@ -74,6 +90,19 @@ impl CrashPoint {
         CrashPoint::DuringTruncation,
         CrashPoint::AfterStateWrite,
         CrashPoint::AfterStateSync,
+    ];
+
+    /// The points of the Delta log maintenance (checkpoints every N commits, expired-log
+    /// cleanup), in the order they are reached: reached only when a Delta checkpoint is due, so
+    /// they are not in [`CrashPoint::ALL`] (whose points every epoch reaches).
+    pub const DELTA_LOG: [CrashPoint; 7] = [
+        CrashPoint::BeforeDeltaCheckpoint,
+        CrashPoint::DeltaCheckpointTmpCreated,
+        CrashPoint::DeltaCheckpointBeforePlace,
+        CrashPoint::DeltaCheckpointAfterPlace,
+        CrashPoint::AfterDeltaCheckpoint,
+        CrashPoint::DuringDeltaLogCleanup,
+        CrashPoint::BeforeCompaction,
     ];
 
     /// True for the points of the dedup state's changelog path (reached only with dedup on).
@@ -98,6 +127,13 @@ impl CrashPoint {
             CrashPoint::DuringTruncation => "during_truncation",
             CrashPoint::AfterStateWrite => "after_state_write",
             CrashPoint::AfterStateSync => "after_state_sync",
+            CrashPoint::BeforeDeltaCheckpoint => "before_delta_checkpoint",
+            CrashPoint::DeltaCheckpointTmpCreated => "delta_checkpoint_tmp_created",
+            CrashPoint::DeltaCheckpointBeforePlace => "delta_checkpoint_before_place",
+            CrashPoint::DeltaCheckpointAfterPlace => "delta_checkpoint_after_place",
+            CrashPoint::AfterDeltaCheckpoint => "after_delta_checkpoint",
+            CrashPoint::DuringDeltaLogCleanup => "during_delta_log_cleanup",
+            CrashPoint::BeforeCompaction => "before_compaction",
         }
     }
 }
@@ -112,13 +148,11 @@ impl FromStr for CrashPoint {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        CrashPoint::ALL
-            .into_iter()
-            .find(|p| p.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = CrashPoint::ALL.iter().map(|p| p.name()).collect();
-                format!("unknown crash point {s:?}; known: {}", names.join(", "))
-            })
+        let every = || CrashPoint::ALL.into_iter().chain(CrashPoint::DELTA_LOG);
+        every().find(|p| p.name() == s).ok_or_else(|| {
+            let names: Vec<_> = every().map(|p| p.name()).collect();
+            format!("unknown crash point {s:?}; known: {}", names.join(", "))
+        })
     }
 }
 
@@ -171,6 +205,20 @@ fn armed() -> Option<Armed> {
 #[cfg(feature = "crash-points")]
 static HITS: AtomicU64 = AtomicU64::new(0);
 
+/// True when `point` is the armed point (crash-points builds; always false without them): lets
+/// a caller install a hook (a file-system wrapper) only when a test asks for it.
+pub fn is_armed(point: CrashPoint) -> bool {
+    #[cfg(feature = "crash-points")]
+    {
+        armed().is_some_and(|a| a.point == point)
+    }
+    #[cfg(not(feature = "crash-points"))]
+    {
+        let _ = point;
+        false
+    }
+}
+
 /// Crashes the process here with SIGKILL if `point` is armed and this is the armed hit.
 #[cfg(feature = "crash-points")]
 pub fn hit(point: CrashPoint) {
@@ -213,7 +261,7 @@ mod tests {
             .unwrap_err()
             .contains("after_parquet_write"));
         assert!(parse("after_delta_commit@0").is_err());
-        for p in CrashPoint::ALL {
+        for p in CrashPoint::ALL.into_iter().chain(CrashPoint::DELTA_LOG) {
             assert_eq!(p.name().parse::<CrashPoint>().unwrap(), p);
         }
     }

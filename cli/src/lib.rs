@@ -7,6 +7,7 @@
 mod backup_cmds;
 mod failback;
 mod failover;
+mod maintenance_cmds;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -139,6 +140,12 @@ enum Command {
     /// Make a table equal to an earlier version with one new commit (Delta RESTORE),
     /// coordinated with the Tidemark pipeline that writes it.
     Restore(timetravel::RestoreArgs),
+    /// Measure Delta commit latency as the log grows (commit 100 against the last one), with
+    /// the pipeline's checkpoints every N commits; writes commits.csv.
+    BenchCommits(tidemark_tools::bench_commits::CommitBenchOptions),
+    // The help texts are the args' doc comments (cli/src/maintenance_cmds.rs).
+    Optimize(maintenance_cmds::OptimizeArgs),
+    Vacuum(maintenance_cmds::VacuumArgs),
 }
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
@@ -209,6 +216,15 @@ pub fn main() -> ExitCode {
             Command::RestoreBackup(args) => {
                 backup_cmds::restore(args).await.map(|()| ExitCode::SUCCESS)
             }
+            Command::BenchCommits(options) => tidemark_tools::bench_commits::run(options)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Optimize(args) => maintenance_cmds::optimize(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Vacuum(args) => maintenance_cmds::vacuum(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             // Bad files were listed above; the exit code says so to scripts.
             Command::Verify(args) => backup_cmds::verify(args).await.map(|clean| {
                 if clean {

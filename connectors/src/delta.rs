@@ -1387,7 +1387,11 @@ impl DeltaSink {
         let properties = CommitProperties::default()
             .with_application_transaction(Transaction::new(&self.app_id, txn.to_txn()))
             .with_metadata([(COMMIT_INFO_KEY.to_string(), info_json)])
-            .with_max_retries(0);
+            .with_max_retries(0)
+            // Checkpoints and log cleanup are the engine's (see `delta_log`): the hook would
+            // skip a failed checkpoint silently and list the whole log after every commit.
+            .with_create_checkpoint(false)
+            .with_cleanup_expired_logs(Some(false));
         let operation = DeltaOperation::StreamingUpdate {
             output_mode: OutputMode::Append,
             query_id: self.app_id.clone(),
@@ -1545,6 +1549,10 @@ fn sink_err<'a, E: std::error::Error + Send + Sync + 'static>(
         source: Box::new(e),
     }
 }
+
+#[path = "delta_log.rs"]
+mod log_maintenance;
+pub use log_maintenance::CheckpointSchedule;
 
 #[cfg(test)]
 #[path = "delta_tests.rs"]

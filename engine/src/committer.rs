@@ -220,6 +220,9 @@ pub struct Committer {
     /// epochs (from the table's newest commit), carried into every commitInfo's `partitions`
     /// until an epoch reads a newer record of that partition.
     last_timestamps: BTreeMap<(String, i32), i64>,
+    /// Delta checkpoints and log cleanup after commits (`[maintenance]`; none until
+    /// [`Committer::set_maintenance`]).
+    maintenance: Option<crate::maintenance::Maintenance>,
 }
 
 /// The dead-letter table and how far it holds this pipeline's letters.
@@ -325,6 +328,7 @@ impl Committer {
             state_at: WalPosition::default(),
             unsynced_state: VecDeque::new(),
             last_timestamps: BTreeMap::new(),
+            maintenance: None,
         }
     }
 
@@ -555,8 +559,14 @@ impl Committer {
         Ok(SealedEpoch { open, delta })
     }
 
+    /// Runs `maintenance` after each epoch from now on (see [`crate::maintenance`]).
+    pub fn set_maintenance(&mut self, maintenance: crate::maintenance::Maintenance) {
+        self.maintenance = Some(maintenance);
+    }
+
     /// Steps 3–5 for a sealed epoch: [`Committer::commit`], then
-    /// [`Committer::checkpoint_committed`].
+    /// [`Committer::checkpoint_committed`]; then the table maintenance that is due (never
+    /// failing the epoch: see [`crate::maintenance`]).
     pub async fn commit_sealed(
         &mut self,
         sealed: SealedEpoch,
@@ -565,6 +575,27 @@ impl Committer {
         let mut source = source;
         let committed = self.commit(sealed, source.as_deref_mut()).await?;
         let report = self.checkpoint_committed(committed)?;
+        if let Some(m) = self.maintenance.as_mut() {
+            // The log keeps every version a retained checkpoint (a rewind target) names.
+            let keep_from = match self.store.history() {
+                Ok(h) => h
+                    .iter()
+                    .filter_map(|r| TableVersion::from_stored(r.table_version))
+                    .map(|v| v.get())
+                    .min(),
+                Err(e) => {
+                    tracing::warn!("cannot read the retained checkpoints; the log is kept whole this time: {e}");
+                    Some(0)
+                }
+            };
+            m.after_epoch(
+                &mut self.sink,
+                self.dead_letter_sink.as_mut().map(|d| &mut d.sink),
+                report.version.map(|v| v.get()),
+                keep_from,
+            )
+            .await;
+        }
         if let Some(source) = source {
             // Step 5's last part: for lag tools only, never read back.
             source.commit_positions(&report.end);

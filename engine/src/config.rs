@@ -223,6 +223,9 @@ pub struct PipelineConfig {
     pub observability: ObservabilityConfig,
     /// A replica of the table kept by `tidemark replicate` (absent: none); `status` shows its lag.
     pub replica: Option<ReplicaConfig>,
+    /// Delta checkpoints, log cleanup and compaction (`[maintenance]`, see
+    /// [`crate::maintenance`]).
+    pub maintenance: crate::maintenance::MaintenanceConfig,
     /// The table, the dead-letter table and the state directory, resolved at load against the
     /// config file's directory (changing `sink.table_uri` afterwards does not move them).
     pub paths: ResolvedPaths,
@@ -264,6 +267,8 @@ struct ConfigFile {
     observability: ObservabilityConfig,
     #[serde(default)]
     replica: Option<ReplicaConfig>,
+    #[serde(default)]
+    maintenance: crate::maintenance::MaintenanceConfig,
 }
 
 /// `[replica]`: a replica of the table that `tidemark replicate` keeps (in another region,
@@ -558,6 +563,7 @@ impl ConfigFile {
         )?;
         check_errors(&self.errors, &invalid)?;
         check_observability(&self.observability, &invalid)?;
+        crate::maintenance::check(&self.maintenance).map_err(|(k, m)| invalid.at(k, m))?;
         if let Some(d) = &self.dedup {
             check_dedup(d, &self.sink.columns, &invalid)?;
         }
@@ -587,6 +593,7 @@ impl ConfigFile {
             dedup: self.dedup,
             observability: self.observability,
             replica: self.replica,
+            maintenance: self.maintenance,
             paths,
         })
     }

@@ -23,6 +23,15 @@ pub const ENV: &str = "TIDEMARK_FAULT_FS";
 
 /// The file system for the WAL and the table's files.
 pub fn pipeline_fs() -> Result<SharedFs, String> {
+    let fs = fault_fs()?;
+    #[cfg(feature = "crash-points")]
+    if delta_log_crash::wanted() {
+        return Ok(std::sync::Arc::new(delta_log_crash::CrashFs::new(fs)));
+    }
+    Ok(fs)
+}
+
+fn fault_fs() -> Result<SharedFs, String> {
     #[cfg(feature = "crash-points")]
     if let Ok(spec) = std::env::var(ENV) {
         let fs = tidemark_fs::FaultFs::new(tidemark_fs::std_fs());
@@ -36,6 +45,108 @@ pub fn pipeline_fs() -> Result<SharedFs, String> {
         return Ok(std::sync::Arc::new(fs));
     }
     Ok(tidemark_fs::std_fs())
+}
+
+/// The crash points inside a Delta checkpoint write and the log cleanup, which happen inside
+/// deltalake: a file-system wrapper reaches them at the file operations of those files
+/// (installed only when one of them is armed, test builds only).
+#[cfg(feature = "crash-points")]
+mod delta_log_crash {
+    use std::io;
+    use std::path::{Path, PathBuf};
+
+    use tidemark_checkpoint::fault::{self, CrashPoint};
+    use tidemark_fs::{FileSystem, ReadableFile, SharedFs, WritableFile};
+
+    /// True when a point this wrapper reaches is armed.
+    pub fn wanted() -> bool {
+        [
+            CrashPoint::DeltaCheckpointTmpCreated,
+            CrashPoint::DeltaCheckpointBeforePlace,
+            CrashPoint::DeltaCheckpointAfterPlace,
+            CrashPoint::DuringDeltaLogCleanup,
+        ]
+        .into_iter()
+        .any(fault::is_armed)
+    }
+
+    fn is_checkpoint(path: &Path) -> bool {
+        path.to_string_lossy().contains(".checkpoint.parquet")
+    }
+
+    fn is_log_file(path: &Path) -> bool {
+        let p = path.to_string_lossy();
+        p.contains("_delta_log/") && (p.ends_with(".json") || p.ends_with(".parquet"))
+    }
+
+    /// Passes every call on; hits the crash points at the checkpoint's and the cleanup's file
+    /// operations.
+    #[derive(Debug)]
+    pub struct CrashFs(SharedFs);
+
+    impl CrashFs {
+        pub fn new(inner: SharedFs) -> Self {
+            Self(inner)
+        }
+    }
+
+    impl FileSystem for CrashFs {
+        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+            self.0.create_dir_all(dir)
+        }
+        fn create_new(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+            let f = self.0.create_new(path)?;
+            if is_checkpoint(path) {
+                fault::hit(CrashPoint::DeltaCheckpointTmpCreated);
+            }
+            Ok(f)
+        }
+        fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+            self.0.open_append(path)
+        }
+        fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadableFile>> {
+            self.0.open_read(path)
+        }
+        fn read_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+            self.0.read_dir(dir)
+        }
+        fn len(&self, path: &Path) -> io::Result<u64> {
+            self.0.len(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            if is_checkpoint(to) {
+                fault::hit(CrashPoint::DeltaCheckpointBeforePlace);
+            }
+            self.0.rename(from, to)?;
+            if is_checkpoint(to) {
+                self.0.sync_dir(&tidemark_fs::parent_dir(to))?;
+                fault::hit(CrashPoint::DeltaCheckpointAfterPlace);
+            }
+            Ok(())
+        }
+        fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+            if is_checkpoint(to) {
+                fault::hit(CrashPoint::DeltaCheckpointBeforePlace);
+            }
+            self.0.hard_link(from, to)?;
+            if is_checkpoint(to) {
+                self.0.sync_dir(&tidemark_fs::parent_dir(to))?;
+                fault::hit(CrashPoint::DeltaCheckpointAfterPlace);
+            }
+            Ok(())
+        }
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            self.0.remove_file(path)?;
+            if is_log_file(path) {
+                self.0.sync_dir(&tidemark_fs::parent_dir(path))?;
+                fault::hit(CrashPoint::DuringDeltaLogCleanup);
+            }
+            Ok(())
+        }
+        fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+            self.0.sync_dir(dir)
+        }
+    }
 }
 
 /// Delays every Delta commit by this many milliseconds (test builds; see the module docs).

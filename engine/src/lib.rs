@@ -8,6 +8,7 @@
 //! - [`epoch`]: the epoch being read and how records become rows or dead letters; [`epoch_log`]: what WAL frames hold.
 //! - [`committer`]: seal, Delta commit, checkpoint, truncation, in protocol order.
 //! - [`recovery`]: what to do on start, from the checkpoint, the WAL and the table.
+//! - [`maintenance`]: Delta checkpoints, log cleanup and compaction between epochs.
 //! - [`status`]: `tidemark status`, what recovery would do next.
 //! - [`shutdown`]: the stop flag raised by Ctrl-C / SIGTERM.
 //! - [`wal_damage`]: WAL damage remembered until the operator accepts it.
@@ -34,6 +35,7 @@ pub mod generation;
 pub mod health;
 pub mod http;
 pub mod io_faults;
+pub mod maintenance;
 pub mod metrics;
 pub mod pipeline;
 pub mod progress;

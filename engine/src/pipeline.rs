@@ -241,6 +241,14 @@ pub async fn run(
     .await?;
     recovered.recovery_ms = recovery_started.elapsed().as_millis() as u64;
     committer.set_stop(shutdown.clone());
+    let maintenance = crate::maintenance::Maintenance::open(
+        &config.maintenance,
+        committer.sink(),
+        config.paths.replica_url.clone(),
+        &sink_options.fs,
+    )
+    .await;
+    committer.set_maintenance(maintenance);
     let committed_at_start = recovered.committed_at_start.take();
     metrics::recovered(&recovered, open.epoch, &open.end);
     let _replica_watch = config

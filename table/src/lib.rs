@@ -1,8 +1,9 @@
 //! Delta tables as files: a table's `_delta_log` read version by version ([`log`]), files copied
-//! durably and verified against their size and SHA-256 ([`copy`]), and table replication in log
+//! durably and verified against their size and checksum ([`copy`]), and table replication in log
 //! order on top of them; backups ([`backup`]) and restores from them ([`restore_backup`]), and
 //! corrupt-file detection ([`verify`]); history, time travel reads and in-place restores
-//! ([`history`], [`time_travel`], [`restore`]).
+//! ([`history`], [`time_travel`], [`restore`]); a vacuum that keeps what recovery needs
+//! ([`vacuum`]) and compaction ([`optimize`]).
 //!
 //! Everything here works on `Arc<dyn ObjectStore>` for both sides ([`location::TableLocation`]):
 //! local tables today (through the `fs` seam's durable writes), other object stores by
@@ -16,6 +17,7 @@ pub mod lag;
 pub mod live;
 pub mod location;
 pub mod log;
+pub mod optimize;
 pub mod progress;
 pub mod replica_lock;
 pub mod replicate;
@@ -24,6 +26,7 @@ pub mod restore_backup;
 pub mod set_aside;
 pub mod snapshot;
 pub mod time_travel;
+pub mod vacuum;
 pub mod verify;
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ mod dedup;
 mod failover;
 #[path = "e2e/hardening.rs"]
 mod hardening;
+#[path = "e2e/maintenance.rs"]
+mod maintenance;
 #[path = "e2e/observability.rs"]
 mod observability;
 #[path = "e2e/protocol.rs"]

@@ -5,6 +5,7 @@
 //!   Parquet, no deltalake snapshot code); used by `tidemark demo` and the e2e tests.
 //! - [`demo`]: `tidemark demo`, the self-contained demo on librdkafka's in-process mock cluster.
 //! - [`bench`]: `tidemark bench`, checkpoint interval against throughput and recovery.
+//! - [`bench_commits`]: `tidemark bench-commits`, Delta commit latency as the log grows.
 //! - [`bench_replicate`]: `tidemark bench-replicate`, replication lag behind a running pipeline.
 //! - [`drill`]: `tidemark drill`, a regional DR drill (two clusters, mirror, SIGKILL, failover).
 //! - [`mirror`]: a topic mirror between two clusters (keys, values, timestamps; not offsets).
@@ -16,6 +17,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_commits;
 pub mod bench_replicate;
 pub mod child_log;
 pub mod demo;

@@ -71,6 +71,15 @@ fn expected(point: CrashPoint, hit: u32) -> (&'static str, i64) {
             CrashPoint::AfterCheckpoint | CrashPoint::DuringTruncation => ("resume_epoch", 1),
             // Dedup's changelog path: `dedup::state_changelog_crashes_keep_dedup_exact`.
             CrashPoint::AfterStateWrite | CrashPoint::AfterStateSync => ("resume_epoch", 1),
+            // Reached only when a Delta checkpoint or compaction is due (not in
+            // `CrashPoint::ALL`): tested in `maintenance`.
+            p @ (CrashPoint::BeforeDeltaCheckpoint
+            | CrashPoint::DeltaCheckpointTmpCreated
+            | CrashPoint::DeltaCheckpointBeforePlace
+            | CrashPoint::DeltaCheckpointAfterPlace
+            | CrashPoint::AfterDeltaCheckpoint
+            | CrashPoint::DuringDeltaLogCleanup
+            | CrashPoint::BeforeCompaction) => unreachable!("{p} is not in CrashPoint::ALL"),
         };
     }
     match point {
@@ -84,6 +93,15 @@ fn expected(point: CrashPoint, hit: u32) -> (&'static str, i64) {
         CrashPoint::AfterCheckpoint => ("resume_epoch", 2),
         CrashPoint::DuringTruncation => ("resume_epoch", 1),
         CrashPoint::AfterStateWrite | CrashPoint::AfterStateSync => ("resume_epoch", 2),
+        // Reached only when a Delta checkpoint or compaction is due (not in
+        // `CrashPoint::ALL`): tested in `maintenance`.
+        p @ (CrashPoint::BeforeDeltaCheckpoint
+        | CrashPoint::DeltaCheckpointTmpCreated
+        | CrashPoint::DeltaCheckpointBeforePlace
+        | CrashPoint::DeltaCheckpointAfterPlace
+        | CrashPoint::AfterDeltaCheckpoint
+        | CrashPoint::DuringDeltaLogCleanup
+        | CrashPoint::BeforeCompaction) => unreachable!("{p} is not in CrashPoint::ALL"),
     }
 }
 
