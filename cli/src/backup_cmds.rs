@@ -319,7 +319,9 @@ fn prune(dir: PathBuf, keep_full: usize, dry_run: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_timestamp(t: &str) -> anyhow::Result<i64> {
+/// A `--timestamp` argument: RFC 3339 or milliseconds since the epoch (shared by
+/// `restore-backup` and the time-travel commands).
+pub(crate) fn parse_timestamp(t: &str) -> anyhow::Result<i64> {
     if let Ok(ms) = t.parse::<i64>() {
         return Ok(ms);
     }

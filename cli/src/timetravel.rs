@@ -13,6 +13,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use clap::Args;
 use futures::TryStreamExt;
 
+use crate::backup_cmds::parse_timestamp;
 use tidemark_checkpoint::CheckpointStore;
 use tidemark_engine::config::PipelineConfig;
 use tidemark_engine::state_lock::{RunId, StateLock, StateLockError};
@@ -740,17 +741,6 @@ fn ms_to_rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_else(|| format!("{ms} ms"))
-}
-
-fn parse_timestamp(t: &str) -> anyhow::Result<i64> {
-    if let Ok(ms) = t.parse::<i64>() {
-        return Ok(ms);
-    }
-    chrono::DateTime::parse_from_rfc3339(t)
-        .map(|d| d.timestamp_millis())
-        .with_context(|| {
-            format!("--timestamp {t:?}: give RFC 3339 (2026-11-30T08:00:00Z) or ms since the epoch")
-        })
 }
 
 #[cfg(test)]

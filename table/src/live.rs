@@ -13,7 +13,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
 use crate::location::TableLocation;
-use crate::log::{read_commit, AddFile, LogError, LogListing};
+use crate::log::{read_commit, AddFile, LogError, LogListing, ReplayFrom};
 use crate::snapshot::{read_checkpoint, Snapshot};
 
 /// Why the live files could not be found.
@@ -127,37 +127,27 @@ pub async fn live_files(
     }
     let mut added_in = BTreeMap::new();
     let mut table_id = None;
-    let from_zero = (0..=version).all(|v| listing.commit(v).is_some());
-    let (mut snapshot, base, first) = if from_zero {
-        (Snapshot::default(), Base::Commits, 0)
-    } else {
-        let Some((cp, parts)) = listing.checkpoint_at_or_before(version) else {
-            return Err(LiveError::NotReplayable {
-                table,
-                version,
-                reason: format!(
-                    "the log starts at commit {} and holds no checkpoint at or before it",
-                    listing.oldest_commit().unwrap_or(0)
-                ),
-            });
-        };
-        if let Some(gap) = (cp + 1..=version).find(|v| listing.commit(*v).is_none()) {
-            return Err(LiveError::NotReplayable {
-                table,
-                version,
-                reason: format!("commit {gap} after checkpoint {cp} is missing"),
-            });
-        }
-        let snapshot = read_checkpoint(location, cp, parts).await?;
-        for path in snapshot.files.keys() {
-            added_in.insert(path.clone(), AddedIn::AtOrBefore(cp));
-        }
-        for part in parts {
-            if table_id.is_none() {
-                table_id = checkpoint_metadata_id(location, &part.location).await;
+    let from = listing
+        .replay_from(version)
+        .map_err(|reason| LiveError::NotReplayable {
+            table: table.clone(),
+            version,
+            reason,
+        })?;
+    let (mut snapshot, base, first) = match from {
+        ReplayFrom::Commits => (Snapshot::default(), Base::Commits, 0),
+        ReplayFrom::Checkpoint(cp, parts) => {
+            let snapshot = read_checkpoint(location, cp, parts).await?;
+            for path in snapshot.files.keys() {
+                added_in.insert(path.clone(), AddedIn::AtOrBefore(cp));
             }
+            for part in parts {
+                if table_id.is_none() {
+                    table_id = checkpoint_metadata_id(location, &part.location).await;
+                }
+            }
+            (snapshot, Base::Checkpoint(cp), cp + 1)
         }
-        (snapshot, Base::Checkpoint(cp), cp + 1)
     };
     let mut timestamp_ms = None;
     for v in first..=version {

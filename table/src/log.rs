@@ -207,6 +207,15 @@ pub struct LogListing {
     other: Vec<LogFile>,
 }
 
+/// Where a replay of a table's log starts ([`LogListing::replay_from`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFrom<'a> {
+    /// Commit 0: every commit up to the version is in the log.
+    Commits,
+    /// This complete checkpoint (its version and parts), then every later commit.
+    Checkpoint(u64, &'a [LogFile]),
+}
+
 impl LogListing {
     /// Lists `location`'s `_delta_log/` (empty when the table does not exist).
     pub async fn list(location: &TableLocation) -> Result<Self, LogError> {
@@ -321,6 +330,25 @@ impl LogListing {
         self.complete_checkpoints()
             .rev()
             .find(|(v, _)| *v <= version)
+    }
+
+    /// Where a replay of the log up to `version` starts: every commit from 0 when the log still
+    /// holds them all, else the newest complete checkpoint at or before `version` followed by
+    /// every later commit. `Err` says why the log holds neither (a cleaned-up log, a gap).
+    pub fn replay_from(&self, version: u64) -> Result<ReplayFrom<'_>, String> {
+        if (0..=version).all(|v| self.commit(v).is_some()) {
+            return Ok(ReplayFrom::Commits);
+        }
+        let Some((cp, parts)) = self.checkpoint_at_or_before(version) else {
+            return Err(format!(
+                "the log starts at commit {} and holds no checkpoint at or before it",
+                self.oldest_commit().unwrap_or(0)
+            ));
+        };
+        if let Some(gap) = (cp + 1..=version).find(|v| self.commit(*v).is_none()) {
+            return Err(format!("commit {gap} after checkpoint {cp} is missing"));
+        }
+        Ok(ReplayFrom::Checkpoint(cp, parts))
     }
 
     /// `_last_checkpoint`, if present.

@@ -400,3 +400,23 @@ pub mod torture {
             .collect()
     }
 }
+
+/// Runs `tests/python/<script>` with `args` and returns what it printed as JSON; a failing script
+/// fails the test with its stderr.
+pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let out = std::process::Command::new("python3")
+        .arg(path)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{script} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{script} {args:?} printed no JSON: {e}"))
+}

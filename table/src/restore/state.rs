@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::live::LiveError;
 use crate::location::TableLocation;
-use crate::log::{read_commit, FilePath, LogError, LogFile, LogListing};
+use crate::log::{read_commit, FilePath, LogError, LogFile, LogListing, ReplayFrom};
 
 /// The log state at one version, actions kept as JSON.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -93,35 +93,25 @@ impl LogState {
             });
         }
         let mut state = LogState::default();
-        let from_zero = (0..=version).all(|v| listing.commit(v).is_some());
-        let first = if from_zero {
-            0
-        } else {
-            let Some((cp, parts)) = listing.checkpoint_at_or_before(version) else {
-                return Err(LiveError::NotReplayable {
-                    table,
-                    version,
-                    reason: format!(
-                        "the log starts at commit {} and holds no checkpoint at or before it",
-                        listing.oldest_commit().unwrap_or(0)
-                    ),
-                });
-            };
-            if let Some(gap) = (cp + 1..=version).find(|v| listing.commit(*v).is_none()) {
-                return Err(LiveError::NotReplayable {
-                    table,
-                    version,
-                    reason: format!("commit {gap} after checkpoint {cp} is missing"),
-                });
-            }
-            for part in parts {
-                for (name, body) in checkpoint_actions(location, part).await? {
-                    state
-                        .apply(cp, &name, &body)
-                        .map_err(|reason| parse_err(location, &part.name, reason))?;
+        let from = listing
+            .replay_from(version)
+            .map_err(|reason| LiveError::NotReplayable {
+                table: table.clone(),
+                version,
+                reason,
+            })?;
+        let first = match from {
+            ReplayFrom::Commits => 0,
+            ReplayFrom::Checkpoint(cp, parts) => {
+                for part in parts {
+                    for (name, body) in checkpoint_actions(location, part).await? {
+                        state
+                            .apply(cp, &name, &body)
+                            .map_err(|reason| parse_err(location, &part.name, reason))?;
+                    }
                 }
+                cp + 1
             }
-            cp + 1
         };
         for v in first..=version {
             let bytes = read_commit(location, v).await?;

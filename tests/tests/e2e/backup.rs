@@ -15,18 +15,7 @@ use tidemark_tools::audit;
 use super::{assert_exactly_once, topic_of_values_and_fixture, EXE};
 
 fn py(args: &[&str]) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/backup_table.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "backup_table.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    tidemark_tests::python_json("backup_table.py", args)
 }
 
 /// One change to the table at `table`: returns (new version, data files it added).

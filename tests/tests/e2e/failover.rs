@@ -96,19 +96,17 @@ fn ids_from(brokers: &str, topic: &str, start: &BTreeMap<i32, i64>) -> Vec<Strin
     ids
 }
 
-/// The whole scenario: a primary pipeline replicated (then running ahead of its replica), a
-/// mirror offset differently, a refused start against the wrong cluster, the failover (by
-/// time, dedup rebuilt from the replica), an independent audit of the secondary table against
-/// the report, and the old primary fenced when it comes back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failover_to_a_mirrored_cluster_loses_and_doubles_nothing_and_fences_the_old_primary() {
-    let Some((primary_brokers, secondary_brokers)) = two_brokers() else {
-        return;
-    };
-    let topic = unique_topic("failover");
+/// Both brokers (`None` when absent outside CI), a new topic on each, and the secondary's
+/// partitions pre-seeded with `seeded(p)` day-old filler records: the mirror's offsets differ
+/// from the primary's, so a failover that reused offsets would be caught.
+async fn mirrored_topic(
+    prefix: &str,
+    seeded: impl Fn(i32) -> u64,
+) -> Option<(String, String, String)> {
+    let (primary_brokers, secondary_brokers) = two_brokers()?;
+    let topic = unique_topic(prefix);
     create_topic(&primary_brokers, &topic, PARTITIONS).await;
     create_topic(&secondary_brokers, &topic, PARTITIONS).await;
-    // The mirror's offsets: each secondary partition starts with 5, 17 and 29 old records.
     let day_ago = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -118,11 +116,26 @@ async fn a_failover_to_a_mirrored_cluster_loses_and_doubles_nothing_and_fences_t
         &secondary_brokers,
         &topic,
         PARTITIONS,
-        |p| 5 + 12 * p as u64,
+        seeded,
         day_ago,
         |p, i| order_json(FILLER_BASE + 1000 * p as u64 + i),
     )
     .unwrap();
+    Some((primary_brokers, secondary_brokers, topic))
+}
+
+/// The whole scenario: a primary pipeline replicated (then running ahead of its replica), a
+/// mirror offset differently, a refused start against the wrong cluster, the failover (by
+/// time, dedup rebuilt from the replica), an independent audit of the secondary table against
+/// the report, and the old primary fenced when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_a_mirrored_cluster_loses_and_doubles_nothing_and_fences_the_old_primary() {
+    // The mirror's offsets: each secondary partition starts with 5, 17 and 29 old records.
+    let Some((primary_brokers, secondary_brokers, topic)) =
+        mirrored_topic("failover", |p| 5 + 12 * p as u64).await
+    else {
+        return;
+    };
 
     let secondary = Fixture::new(Path::new(EXE), &secondary_brokers, &topic, DEDUP);
     let replica_table = secondary.table.clone();
@@ -401,26 +414,11 @@ fn id_of(i: u64) -> String {
 /// pipeline home by time. The primary table then holds every id exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failback_sets_the_unreplicated_tail_aside_and_the_primary_holds_every_id_once() {
-    let Some((primary_brokers, secondary_brokers)) = two_brokers() else {
+    let Some((primary_brokers, secondary_brokers, topic)) =
+        mirrored_topic("failback", |p| 3 + 4 * p as u64).await
+    else {
         return;
     };
-    let topic = unique_topic("failback");
-    create_topic(&primary_brokers, &topic, PARTITIONS).await;
-    create_topic(&secondary_brokers, &topic, PARTITIONS).await;
-    let day_ago = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-        - 86_400_000;
-    seed_partitions(
-        &secondary_brokers,
-        &topic,
-        PARTITIONS,
-        |p| 3 + 4 * p as u64,
-        day_ago,
-        |p, i| order_json(FILLER_BASE + 1000 * p as u64 + i),
-    )
-    .unwrap();
     let secondary = Fixture::new(Path::new(EXE), &secondary_brokers, &topic, DEDUP);
     let primary = Fixture::new(
         Path::new(EXE),

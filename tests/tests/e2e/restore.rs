@@ -15,20 +15,7 @@ use tidemark_tools::audit;
 use super::{assert_exactly_once, topic_of_values_and_fixture, EXE};
 
 fn python(script: &str, args: &[&str]) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("python")
-        .join(script);
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    tidemark_tests::python_json(script, args)
 }
 
 /// Rows of `table` at `version` ("latest" or a number) as delta-rs time travel reads them.
