@@ -1044,24 +1044,30 @@ impl DeltaSink {
         let mut report = SweepReport::default();
         // Files some commit added were committed: a restore may have removed them from the
         // live files (and a later restore may add them back), so only a vacuum deletes them.
+        // The log is read (once) only for a file that would otherwise be deleted or reported:
+        // not for temporary uploads (no commit adds them) nor for files left alone anyway
+        // (committed epochs, e.g. compacted away).
         let mut ever_added: Option<HashSet<String>> = None;
         for (location, name) in self.own_data_files().await? {
             if live.contains(location.as_ref()) {
-                continue;
-            }
-            if ever_added.is_none() {
-                ever_added = Some(self.paths_ever_added().await?);
-            }
-            if ever_added
-                .as_ref()
-                .is_some_and(|a| a.contains(location.as_ref()))
-            {
                 continue;
             }
             let owned = match name.run {
                 None => true,
                 Some(run) => run == self.run_id || own_runs.contains(&run),
             };
+            let would_act = !owned || (!name.temporary && name.epoch > committed_epoch);
+            if would_act {
+                if ever_added.is_none() {
+                    ever_added = Some(self.paths_ever_added().await?);
+                }
+                if ever_added
+                    .as_ref()
+                    .is_some_and(|a| a.contains(location.as_ref()))
+                {
+                    continue;
+                }
+            }
             if !owned {
                 report.foreign.push(location.to_string());
             } else if name.temporary || name.epoch > committed_epoch {
@@ -1436,27 +1442,9 @@ impl DeltaSink {
 
 /// A log path (percent-encoded, RFC 2396) decoded; kept as is when it does not decode.
 fn percent_decode(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).unwrap_or_else(|_| path.to_string())
+    percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .map_or_else(|_| path.to_string(), |s| s.into_owned())
 }
 
 /// True when a commit lost a race for its version (deltalake's retries are off).

@@ -110,7 +110,8 @@ impl DeltaSink {
         create_checkpoint(&self.table, None)
             .await
             .map_err(self.file_err("write delta checkpoint", &file))?;
-        info!(table = %self.uri, version, "delta checkpoint written");
+        // The caller logs it (with its duration, and earlier failures).
+        tracing::debug!(table = %self.uri, version, "delta checkpoint written");
         Ok(version)
     }
 

@@ -343,12 +343,17 @@ impl StreamingUpload {
     }
 
     fn writer_gone(&self) -> object_store::Error {
-        store_err(
-            "write",
-            &self.path,
-            io::Error::other("the upload's writer thread ended early"),
-        )
+        writer_gone(&self.path)
     }
+}
+
+/// The error of a step whose writer thread is gone (it ended after an earlier failure).
+fn writer_gone(path: &FsPath) -> object_store::Error {
+    store_err(
+        "write",
+        path,
+        io::Error::other("the upload's writer thread ended early"),
+    )
 }
 
 /// The writer thread of a [`StreamingUpload`]: appends parts in order, completes or aborts.
@@ -417,12 +422,13 @@ impl MultipartUpload for StreamingUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
         let (answer, answered) = oneshot::channel();
         let sent = self.steps.send(UploadStep::Part(data, answer));
-        let gone = self.writer_gone();
+        // The error is built only when the writer is gone, not for every part.
+        let path = self.path.clone();
         Box::pin(async move {
             if sent.is_err() {
-                return Err(gone);
+                return Err(writer_gone(&path));
             }
-            answered.await.unwrap_or(Err(gone))
+            answered.await.unwrap_or_else(|_| Err(writer_gone(&path)))
         })
     }
 

@@ -576,22 +576,28 @@ impl Committer {
         let committed = self.commit(sealed, source.as_deref_mut()).await?;
         let report = self.checkpoint_committed(committed)?;
         if let Some(m) = self.maintenance.as_mut() {
-            // The log keeps every version a retained checkpoint (a rewind target) names.
-            let keep_from = match self.store.history() {
-                Ok(h) => h
-                    .iter()
-                    .filter_map(|r| TableVersion::from_stored(r.table_version))
-                    .map(|v| v.get())
-                    .min(),
-                Err(e) => {
-                    tracing::warn!("cannot read the retained checkpoints; the log is kept whole this time: {e}");
-                    Some(0)
+            // The log keeps every version a retained checkpoint (a rewind target) names. The
+            // store's history is scanned only when a checkpoint or compaction will read it.
+            let version = report.version.map(|v| v.get());
+            let keep_from = if !m.needs_keep_from(version) {
+                None
+            } else {
+                match self.store.history() {
+                    Ok(h) => h
+                        .iter()
+                        .filter_map(|r| TableVersion::from_stored(r.table_version))
+                        .map(|v| v.get())
+                        .min(),
+                    Err(e) => {
+                        tracing::warn!("cannot read the retained checkpoints; the log is kept whole this time: {e}");
+                        Some(0)
+                    }
                 }
             };
             m.after_epoch(
                 &mut self.sink,
                 self.dead_letter_sink.as_mut().map(|d| &mut d.sink),
-                report.version.map(|v| v.get()),
+                version,
                 keep_from,
             )
             .await;

@@ -280,6 +280,15 @@ impl Maintenance {
         &self.table
     }
 
+    /// Whether [`Maintenance::after_epoch`] for an epoch committed at `version` reads its
+    /// `keep_from` (a Delta checkpoint is due, or a compaction round): the committer scans the
+    /// retained checkpoints only then, not after every epoch.
+    pub fn needs_keep_from(&self, version: Option<u64>) -> bool {
+        version.is_some_and(|v| self.table.schedule.due(v))
+            || (self.config.compact_every > 0
+                && (self.epochs + 1).is_multiple_of(self.config.compact_every))
+    }
+
     /// After an epoch committed at `version` (`None`: nothing new in the table).
     /// `keep_from`: the oldest table version a retained checkpoint names (see
     /// [`LogMaintenance::after_commit`]).

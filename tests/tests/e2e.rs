@@ -40,6 +40,38 @@ mod topology;
 
 const EXE: &str = env!("CARGO_BIN_EXE_tidemark-under-test");
 
+/// Runs the tidemark binary under test with `args` (`RUST_LOG=info`).
+pub(crate) fn tidemark(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(EXE)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap()
+}
+
+/// [`tidemark`] that must succeed; its stdout.
+pub(crate) fn ok(args: &[&str]) -> String {
+    let out = tidemark(args);
+    assert!(
+        out.status.success(),
+        "tidemark {args:?}: {}",
+        tidemark_tests::stderr_of(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// [`ok`] whose stdout is one JSON document.
+pub(crate) fn ok_json(args: &[&str]) -> serde_json::Value {
+    let stdout = ok(args);
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("tidemark {args:?} printed no JSON ({e}): {stdout}"))
+}
+
+/// A path as a command-line argument.
+pub(crate) fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
 /// A fresh topic with `n` order records over `partitions`, and a pipeline fixture reading it
 /// with `extra` config; returns the fixture and each partition's end offset.
 async fn topic_and_fixture(

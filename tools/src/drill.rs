@@ -347,8 +347,8 @@ pub async fn run(options: DrillOptions) -> anyhow::Result<()> {
                 s.create_topic(&topic, options.partitions, 1)?;
             }
             None => {
-                create_topic(&primary, &topic, options.partitions).await?;
-                create_topic(&secondary, &topic, options.partitions).await?;
+                crate::bench::create_topic(&primary, &topic, options.partitions).await?;
+                crate::bench::create_topic(&secondary, &topic, options.partitions).await?;
             }
         }
         let kill_delay = Duration::from_millis(rng.random_range(0..2500));
@@ -394,24 +394,6 @@ pub async fn run(options: DrillOptions) -> anyhow::Result<()> {
         "{}",
         serde_json::to_string(&serde_json::json!({"seed": seed, "rounds": rounds}))?
     );
-    Ok(())
-}
-
-async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?;
-    for r in results {
-        r.map_err(|(t, e)| anyhow::anyhow!("topic {t} not created: {e}"))?;
-    }
     Ok(())
 }
 

@@ -258,9 +258,10 @@ pub async fn gather(
         retain_ms,
         table_min_retain_ms,
         force,
-        live: needs.live.clone(),
-        needs: needs.needs.clone(),
-        needs_all: needs.needs_all.clone(),
+        // Moved, not cloned: the rest of `needs` is read below by its other fields only.
+        live: needs.live,
+        needs: needs.needs,
+        needs_all: needs.needs_all,
         ..VacuumFacts::default()
     };
     for meta in metas {

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use tidemark_tests::{broker, drain_stderr, have_python, order_json, produce_range, stderr_of};
 use tidemark_tools::audit;
 
-use super::{assert_exactly_once, topic_of_values_and_fixture, EXE};
+use super::{assert_exactly_once, ok_json, s, tidemark, topic_of_values_and_fixture, EXE};
 
 fn py(args: &[&str]) -> serde_json::Value {
     tidemark_tests::python_json("backup_table.py", args)
@@ -28,30 +28,6 @@ fn step(table: &Path, op: &str, i: u64) -> (u64, Vec<String>) {
         .map(|p| p.as_str().unwrap().to_string())
         .collect();
     (v["version"].as_u64().unwrap(), added)
-}
-
-fn tidemark(args: &[&str]) -> Output {
-    std::process::Command::new(EXE)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap()
-}
-
-fn ok_json(args: &[&str]) -> serde_json::Value {
-    let out = tidemark(args);
-    assert!(
-        out.status.success(),
-        "tidemark {args:?}: {}",
-        stderr_of(&out)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("tidemark {args:?} printed no JSON ({e}): {stdout}"))
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// A scratch directory with where a test's source table and its backups go (`src`,

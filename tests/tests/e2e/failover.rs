@@ -39,6 +39,27 @@ fn tidemark(args: &[&str]) -> Output {
         .expect("run tidemark")
 }
 
+/// `tidemark failover --config <fixture's> --until-caught-up --margin 2s --report <dir>/<report>`
+/// plus `extra`; fails the test when it fails. Returns its output and the parsed report.
+fn failover(fixture: &Fixture, report: &str, extra: &[&str]) -> (Output, serde_json::Value) {
+    let report_path = fixture.dir.path().join(report);
+    let mut args = vec![
+        "failover",
+        "--config",
+        fixture.config.to_str().unwrap(),
+        "--until-caught-up",
+        "--margin",
+        "2s",
+        "--report",
+        report_path.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = tidemark(&args);
+    ok(&format!("failover {extra:?}"), &out);
+    let parsed = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    (out, parsed)
+}
+
 fn ok(what: &str, out: &Output) {
     assert!(
         out.status.success(),
@@ -194,22 +215,7 @@ async fn a_failover_to_a_mirrored_cluster_loses_and_doubles_nothing_and_fences_t
         first,
         "the replica holds the first part"
     );
-    let report_path = secondary.dir.path().join("report.json");
-    let out = tidemark(&[
-        "failover",
-        "--config",
-        secondary.config.to_str().unwrap(),
-        "--until-caught-up",
-        "--margin",
-        "2s",
-        "--primary-table",
-        &from,
-        "--report",
-        report_path.to_str().unwrap(),
-    ]);
-    ok("failover", &out);
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let (out, report) = failover(&secondary, "report.json", &["--primary-table", &from]);
     eprintln!(
         "{}",
         stderr_of(&out)
@@ -458,17 +464,7 @@ async fn failback_sets_the_unreplicated_tail_aside_and_the_primary_holds_every_i
         .unwrap();
 
     // Failover; the secondary region then produces 1000 records of its own.
-    let out = tidemark(&[
-        "failover",
-        "--config",
-        secondary.config.to_str().unwrap(),
-        "--until-caught-up",
-        "--margin",
-        "2s",
-        "--report",
-        secondary.dir.path().join("failover.json").to_str().unwrap(),
-    ]);
-    ok("failover", &out);
+    failover(&secondary, "failover.json", &[]);
     let produced_there = ends(&secondary_brokers, &topic);
     produce_range(
         &secondary_brokers,
@@ -525,22 +521,7 @@ async fn failback_sets_the_unreplicated_tail_aside_and_the_primary_holds_every_i
     .unwrap()
     .catch_up(Duration::from_secs(120))
     .unwrap();
-    let out = tidemark(&[
-        "failover",
-        "--config",
-        primary.config.to_str().unwrap(),
-        "--reason",
-        "failback",
-        "--until-caught-up",
-        "--margin",
-        "2s",
-        "--report",
-        primary.dir.path().join("failback.json").to_str().unwrap(),
-    ]);
-    ok("failover back (failback)", &out);
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(primary.dir.path().join("failback.json")).unwrap())
-            .unwrap();
+    let (_, report) = failover(&primary, "failback.json", &["--reason", "failback"]);
     assert_eq!(report["generation"].as_u64(), Some(3), "{report:#}");
     assert_eq!(report["from_cluster"].as_str(), Some("tidemark_secondary"));
 

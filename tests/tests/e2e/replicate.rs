@@ -489,6 +489,11 @@ async fn sigkills_of_replicate_never_leave_a_missing_or_torn_file() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The kills must have landed inside copies, or no torn copy was ever tested.
+    assert!(
+        mid_version + temporaries_seen > 0,
+        "no SIGKILL of {kills} landed inside a copy"
+    );
     eprintln!(
         "replicate kill test: {kills} SIGKILLs over {} replica(s); {mid_version} left data files of an uncommitted version, {temporaries_seen} temporary files seen (swept by the next run)",
         replica_no + 1

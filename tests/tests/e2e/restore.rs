@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use tidemark_tests::{
@@ -12,7 +11,7 @@ use tidemark_tests::{
 };
 use tidemark_tools::audit;
 
-use super::{assert_exactly_once, topic_of_values_and_fixture, EXE};
+use super::{assert_exactly_once, ok, ok_json, s, tidemark, topic_of_values_and_fixture};
 
 fn python(script: &str, args: &[&str]) -> serde_json::Value {
     tidemark_tests::python_json(script, args)
@@ -23,30 +22,6 @@ fn snapshot(table: &Path, version: &str) -> serde_json::Value {
     python("timetravel_table.py", &["snapshot", s(table), version])
 }
 
-fn tidemark(args: &[&str]) -> Output {
-    std::process::Command::new(EXE)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = tidemark(args);
-    assert!(
-        out.status.success(),
-        "tidemark {args:?}: {}",
-        stderr_of(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn ok_json(args: &[&str]) -> serde_json::Value {
-    let stdout = ok(args);
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("tidemark {args:?} printed no JSON ({e}): {stdout}"))
-}
-
 fn refused(args: &[&str]) -> String {
     let out = tidemark(args);
     assert!(
@@ -55,10 +30,6 @@ fn refused(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     stderr_of(&out)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn newest_version(table: &Path) -> u64 {
