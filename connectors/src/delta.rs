@@ -46,6 +46,7 @@ use crate::durable_store::DurableLocalStore;
 use crate::ids::{Epoch, TableVersion};
 use crate::parquet_file;
 use crate::record::Positions;
+use crate::table_store::{verify_put_if_absent, TableStore};
 
 /// The commitInfo key under which Tidemark records its progress.
 pub const COMMIT_INFO_KEY: &str = "tidemark";
@@ -643,6 +644,19 @@ impl DeltaSink {
                     .map_err(sink_err("fsync the table directory's parent", &uri))?;
             }
         }
+        // Object stores: Tidemark's own client (conditional writes, retries), checked to refuse a
+        // second put-if-absent before anything is committed through it.
+        let remote = match local_root {
+            Some(_) => None,
+            None => {
+                let opened =
+                    TableStore::open(url, fs.clone()).map_err(sink_err("open the store", &uri))?;
+                verify_put_if_absent(&opened)
+                    .await
+                    .map_err(sink_err("check conditional writes", &uri))?;
+                Some(opened)
+            }
+        };
         let load = || async {
             let mut builder =
                 DeltaTableBuilder::from_url(url.clone()).map_err(sink_err("open", &uri))?;
@@ -650,6 +664,8 @@ impl DeltaSink {
                 let store: Arc<dyn object_store::ObjectStore> =
                     Arc::new(DurableLocalStore::new(fs.clone()));
                 builder = builder.with_storage_backend(store, url.clone());
+            } else if let Some(opened) = &remote {
+                builder = builder.with_storage_backend(opened.store().clone(), url.clone());
             }
             let mut table = builder.build().map_err(sink_err("open", &uri))?;
             match table.load().await {

@@ -26,6 +26,7 @@ pub mod kafka_topic_id;
 pub mod parquet_file;
 pub mod record;
 pub mod source;
+pub mod table_store;
 
 pub use ids::{Epoch, TableVersion};
 pub use record::{Positions, SourceRecord, TopicPartition};

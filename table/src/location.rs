@@ -1,41 +1,21 @@
 //! [`TableLocation`]: where a Delta table lives — an [`ObjectStore`] and the table's root
 //! prefix inside it — so that everything in this crate reads and writes tables through
-//! `Arc<dyn ObjectStore>` only. Local tables (`file://` URLs and plain paths) get a
-//! [`DurableLocalStore`] (every write temp file + fsync + rename + directory fsync); another
-//! store (`s3://`, later) slots in through [`TableLocation::new`].
+//! `Arc<dyn ObjectStore>` only. The URI is opened by
+//! [`tidemark_connectors::table_store::TableStore`]: local tables (`file://` URLs and plain
+//! paths) get a [`DurableLocalStore`] (every write temp file + fsync + rename + directory
+//! fsync); `s3://bucket/prefix` tables an S3 client with conditional writes and retries.
+//!
+//! [`DurableLocalStore`]: tidemark_connectors::durable_store::DurableLocalStore
 
 use std::fmt;
-use std::path::{Path as FsPath, PathBuf};
+use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use object_store::path::Path;
 use object_store::ObjectStore;
-use tidemark_connectors::durable_store::DurableLocalStore;
+use tidemark_connectors::table_store::TableStore;
+pub use tidemark_connectors::table_store::TableStoreError as LocationError;
 use tidemark_fs::SharedFs;
-use url::Url;
-
-/// A table location that cannot be used, naming it.
-#[derive(Debug, thiserror::Error)]
-pub enum LocationError {
-    /// Not a URL this build can open.
-    #[error(
-        "table {uri}: the scheme {scheme}:// is not supported (use a local path or file:// URL)"
-    )]
-    UnsupportedScheme {
-        /// The location as given.
-        uri: String,
-        /// Its scheme.
-        scheme: String,
-    },
-    /// The path cannot be made absolute or is not valid as an object-store path.
-    #[error("table {uri}: {reason}")]
-    BadPath {
-        /// The location as given.
-        uri: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
 
 /// A Delta table's store and root prefix. Cheap to clone.
 #[derive(Clone)]
@@ -43,7 +23,7 @@ pub struct TableLocation {
     store: Arc<dyn ObjectStore>,
     root: Path,
     display: String,
-    local_dir: Option<PathBuf>,
+    opened: Option<TableStore>,
 }
 
 impl fmt::Debug for TableLocation {
@@ -61,8 +41,8 @@ impl fmt::Display for TableLocation {
     }
 }
 
-/// Opens `uri` (a `file://` URL or a plain path, relative to the working directory) on the
-/// real file system; see [`TableLocation::parse_with_fs`].
+/// Opens `uri` (a `file://`/`s3://` URL or a plain path, relative to the working directory)
+/// with the real file system; see [`TableLocation::parse_with_fs`].
 pub fn open_store(uri: &str) -> Result<TableLocation, LocationError> {
     TableLocation::parse_with_fs(uri, tidemark_fs::std_fs())
 }
@@ -74,47 +54,32 @@ impl TableLocation {
             store,
             root,
             display: display.into(),
-            local_dir: None,
+            opened: None,
         }
     }
 
     /// Opens `uri`: a `file://` URL or a plain path (made absolute against the working
     /// directory; it need not exist yet) becomes a [`DurableLocalStore`] writing through `fs`
-    /// (tests pass a `FaultFs`). Any other scheme is refused, naming it.
+    /// (tests pass a `FaultFs`); `s3://bucket/prefix` an S3 store configured from the usual AWS
+    /// settings. Any other scheme is refused, naming it.
+    ///
+    /// [`DurableLocalStore`]: tidemark_connectors::durable_store::DurableLocalStore
     pub fn parse_with_fs(uri: &str, fs: SharedFs) -> Result<Self, LocationError> {
-        let dir = match Url::parse(uri) {
-            Ok(url) if url.scheme() == "file" => {
-                url.to_file_path().map_err(|()| LocationError::BadPath {
-                    uri: uri.to_string(),
-                    reason: "not a local file URL".into(),
-                })?
-            }
-            // A one-letter "scheme" is a Windows drive, never a URL here.
-            Ok(url) if url.scheme().len() > 1 => {
-                return Err(LocationError::UnsupportedScheme {
-                    uri: uri.to_string(),
-                    scheme: url.scheme().to_string(),
-                })
-            }
-            _ => PathBuf::from(uri),
-        };
-        Self::local(&dir, fs).map_err(|reason| LocationError::BadPath {
-            uri: uri.to_string(),
-            reason,
-        })
+        Ok(Self::from_table_store(TableStore::parse(uri, fs)?))
     }
 
-    /// The local directory `dir` (absolute or relative to the working directory).
-    fn local(dir: &FsPath, fs: SharedFs) -> Result<Self, String> {
-        let abs = std::path::absolute(dir).map_err(|e| format!("cannot make it absolute: {e}"))?;
-        let abs = normalize(&abs);
-        let root = Path::from_absolute_path(&abs).map_err(|e| e.to_string())?;
-        Ok(Self {
-            store: Arc::new(DurableLocalStore::new(fs)),
-            root,
-            display: abs.display().to_string(),
-            local_dir: Some(abs),
-        })
+    /// The table a [`TableStore`] opened.
+    pub fn from_table_store(opened: TableStore) -> Self {
+        let display = match opened.local_dir() {
+            Some(dir) => dir.display().to_string(),
+            None => opened.url().to_string(),
+        };
+        Self {
+            store: opened.store().clone(),
+            root: opened.root().clone(),
+            display,
+            opened: Some(opened),
+        }
     }
 
     /// The store the table is in.
@@ -129,15 +94,18 @@ impl TableLocation {
 
     /// The local directory of a local table (`None` for other stores).
     pub fn local_dir(&self) -> Option<&FsPath> {
-        self.local_dir.as_deref()
+        self.opened.as_ref().and_then(TableStore::local_dir)
+    }
+
+    /// The [`TableStore`] this location was opened from (`None` for [`Self::new`]).
+    pub fn table_store(&self) -> Option<&TableStore> {
+        self.opened.as_ref()
     }
 
     /// The table as a URL string (`file:///...` for local tables), as deltalake opens it.
     pub fn url(&self) -> String {
-        match &self.local_dir {
-            Some(dir) => Url::from_directory_path(dir)
-                .map(|u| u.to_string())
-                .unwrap_or_else(|()| self.display.clone()),
+        match &self.opened {
+            Some(opened) => opened.url().to_string(),
             None => self.display.clone(),
         }
     }
@@ -164,25 +132,10 @@ impl TableLocation {
     }
 }
 
-/// Removes `.` and resolves `..` lexically (the table need not exist yet).
-fn normalize(path: &FsPath) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use url::Url;
 
     #[test]
     fn plain_paths_and_file_urls_name_the_same_table() {
@@ -198,9 +151,13 @@ mod tests {
     }
 
     #[test]
-    fn other_schemes_are_refused_by_name() {
-        let err = open_store("s3://bucket/table").unwrap_err();
-        assert!(err.to_string().contains("s3://"), "{err}");
+    fn other_schemes_are_refused_by_name_and_s3_is_opened() {
+        let err = open_store("gs://bucket/table").unwrap_err();
+        assert!(err.to_string().contains("gs://"), "{err}");
+        let s3 = open_store("s3://bucket/tables/orders/").unwrap();
+        assert_eq!(s3.url(), "s3://bucket/tables/orders");
+        assert_eq!(s3.root().as_ref(), "tables/orders");
+        assert!(s3.local_dir().is_none());
     }
 
     #[test]

@@ -58,6 +58,97 @@ pub fn two_brokers() -> Option<(String, String)> {
     }
 }
 
+/// The environment variable naming the S3-compatible server (`http://127.0.0.1:PORT`) that
+/// `scripts/test` starts (moto), with its buckets in [`S3_BUCKETS_ENV`].
+pub const S3_ENDPOINT_ENV: &str = "TIDEMARK_TEST_S3_ENDPOINT";
+/// The environment variable listing the test buckets (space-separated; the first is the
+/// primary region, the second another "region").
+pub const S3_BUCKETS_ENV: &str = "TIDEMARK_TEST_S3_BUCKETS";
+
+/// The test server's access key id (any works; tests check it is never logged).
+pub const TEST_ACCESS_KEY_ID: &str = "AKIATIDEMARKTESTKEY";
+/// The test server's secret key (tests check it is never logged).
+pub const TEST_SECRET_ACCESS_KEY: &str = "tidemark-secret-that-must-never-be-logged";
+
+/// The S3-compatible test server: where it is and the AWS settings a process needs to reach it.
+#[derive(Debug, Clone)]
+pub struct S3Server {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// The test buckets (at least two: two "regions").
+    pub buckets: Vec<String>,
+}
+
+impl S3Server {
+    /// The AWS environment of a process that talks to this server (plain HTTP, test
+    /// credentials; object_store's requests are path-style by default).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID.into()),
+            ("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY.into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+
+    /// Sets [`Self::env`] on `cmd`.
+    pub fn apply(&self, cmd: &mut Command) {
+        for (k, v) in self.env() {
+            cmd.env(k, v);
+        }
+    }
+
+    /// A fresh `s3://` table URI in bucket `bucket_index` (unique per call: tests share the
+    /// server and its buckets).
+    pub fn table_uri(&self, bucket_index: usize, name: &str) -> String {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        format!(
+            "s3://{}/{name}-{}-{nanos}-{n}",
+            self.buckets[bucket_index],
+            std::process::id()
+        )
+    }
+
+    /// Sets [`Self::env`] on this process (for tests that open S3 tables in-process; the values
+    /// are the same for every test, so concurrent tests agree).
+    pub fn set_process_env(&self) {
+        for (k, v) in self.env() {
+            std::env::set_var(k, v);
+        }
+    }
+}
+
+/// The S3-compatible server to test against; `None` (with a loud note) only outside CI.
+///
+/// # Panics
+/// When it is not configured and `CI=true`.
+pub fn s3_server() -> Option<S3Server> {
+    let endpoint = std::env::var(S3_ENDPOINT_ENV)
+        .ok()
+        .filter(|e| !e.trim().is_empty());
+    let buckets: Vec<String> = std::env::var(S3_BUCKETS_ENV)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    match endpoint {
+        Some(endpoint) if buckets.len() >= 2 => Some(S3Server { endpoint, buckets }),
+        _ => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{S3_ENDPOINT_ENV} / {S3_BUCKETS_ENV} are not set but CI=true: the object-storage tests need the S3-compatible server (use scripts/test)");
+            }
+            eprintln!("SKIPPED: {S3_ENDPOINT_ENV} is not set; run scripts/test to start the S3-compatible server (moto)");
+            None
+        }
+    }
+}
+
 /// Python 3 with deltalake, duckdb and pyarrow (the independent readers of the tables);
 /// `false` (skip, with a loud note) only outside CI.
 ///
@@ -287,6 +378,26 @@ impl Fixture {
             table,
             exe: exe.to_path_buf(),
         }
+    }
+
+    /// Like [`Fixture::new`] writing to `table_uri` (an `s3://` URI, say) instead of
+    /// `<tmp>/table`; [`Fixture::table`] is then unused.
+    pub fn with_table_uri(
+        exe: &Path,
+        brokers: &str,
+        topic: &str,
+        table_uri: &str,
+        extra: &str,
+    ) -> Self {
+        let fixture = Self::new(exe, brokers, topic, extra);
+        let text = std::fs::read_to_string(&fixture.config).expect("read config");
+        let text = text.replacen(
+            "table_uri = \"table\"",
+            &format!("table_uri = \"{table_uri}\""),
+            1,
+        );
+        std::fs::write(&fixture.config, text).expect("write config");
+        fixture
     }
 
     /// The pipeline's state directory (WAL and checkpoint store), as configured by default.

@@ -35,6 +35,8 @@ mod records;
 mod replicate;
 #[path = "e2e/restore.rs"]
 mod restore;
+#[path = "e2e/s3.rs"]
+mod s3;
 #[path = "e2e/topology.rs"]
 mod topology;
 
