@@ -1,8 +1,6 @@
 //! `tidemark backup`, `tidemark restore-backup` and `tidemark verify`: the command-line side
 //! of [`tidemark_table`]'s backups, restores and corrupt-file detection.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
@@ -11,6 +9,7 @@ use tidemark_table::backup::dir::BackupDir;
 use tidemark_table::backup::take::prune_locked;
 use tidemark_table::backup::{take_backup, BackupOptions};
 use tidemark_table::location::open_store;
+use tidemark_table::replica_lock::TableLock;
 use tidemark_table::restore_backup::restore_backup;
 use tidemark_table::verify::{verify_table, VerifyOptions};
 
@@ -22,19 +21,21 @@ tidemark backup --from tables/orders --to /backups/orders            # full the 
 tidemark backup --from tables/orders --to /backups/orders --full     # start a new chain\n  \
 tidemark backup --from tables/orders --to /backups/orders --keep-full 2\n  \
 tidemark backup list /backups/orders\n  \
-tidemark restore-backup /backups/orders --to /restore/orders --version 42\n\n\
+tidemark restore-backup /backups/orders --to /restore/orders --version 42\n  \
+tidemark backup --from s3://lake/orders --to s3://lake-dr/backups/orders   # on S3 (see README)\n\n\
 Each backup is a directory <created-ms>-<full|incr>-v<first>-v<last> in DIR holding the files it \
 copied under table/ and a MANIFEST (versions, every file's size and SHA-256, the parent \
 backup) written last: a directory without a MANIFEST is an unfinished backup and is never used.")]
 pub struct BackupArgs {
     #[command(subcommand)]
     command: Option<BackupCommand>,
-    /// The table to back up (a path or file:// URL).
+    /// The table to back up (a path, file:// or s3://bucket/prefix URL).
     #[arg(long, value_name = "SRC", required = true)]
     from: Option<String>,
-    /// The backup directory (created if missing; holds many backups, possibly of chains).
+    /// The backup directory (a path, file:// or s3://bucket/prefix URL; created if missing;
+    /// holds many backups, possibly of chains).
     #[arg(long, value_name = "DIR", required = true)]
-    to: Option<PathBuf>,
+    to: Option<String>,
     /// Take a full backup (a snapshot of the newest version and every file it needs) even
     /// when an incremental is possible. Without it, the backup continues the newest backup
     /// in DIR: only the commits after its newest version and the files they add are copied
@@ -54,16 +55,16 @@ pub struct BackupArgs {
 enum BackupCommand {
     /// List the backups in DIR: chains, versions covered, files, sizes, times.
     List {
-        /// The backup directory.
-        dir: PathBuf,
+        /// The backup directory (a path, file:// or s3:// URL).
+        dir: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Retention on its own: keep the K newest full backups and their chains.
     Prune {
-        /// The backup directory.
-        dir: PathBuf,
+        /// The backup directory (a path, file:// or s3:// URL).
+        dir: String,
         /// Full backups to keep (at least 1).
         #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
         keep_full: u64,
@@ -83,11 +84,11 @@ into the table's path, and start it with `tidemark run --rewind-to EPOCH` (an ep
 the restored table's newest, see `tidemark status`): it re-reads from Kafka what the table lost."
 )]
 pub struct RestoreBackupArgs {
-    /// The backup directory.
-    dir: PathBuf,
-    /// Where to rebuild the table: a new or empty directory.
+    /// The backup directory (a path, file:// or s3://bucket/prefix URL).
+    dir: String,
+    /// Where to rebuild the table: a new or empty directory, or an empty s3:// prefix.
     #[arg(long, value_name = "DST")]
-    to: PathBuf,
+    to: String,
     /// The version to restore (default: the newest covered).
     #[arg(long, value_name = "N", conflicts_with = "timestamp")]
     version: Option<u64>,
@@ -117,14 +118,14 @@ tidemark verify tables/orders --deep --manifest /backups/orders\n  \
 tidemark verify tables/orders --repair-from /backups/orders"
 )]
 pub struct VerifyArgs {
-    /// The table (a local path or file:// URL).
-    table: PathBuf,
+    /// The table (a path, file:// or s3://bucket/prefix URL).
+    table: String,
     /// Verify this version's snapshot (default: the newest).
     #[arg(long, value_name = "N")]
     version: Option<u64>,
     /// A backup directory (or one backup) whose manifests give the checksums for --deep.
     #[arg(long, value_name = "BACKUP")]
-    manifest: Option<PathBuf>,
+    manifest: Option<String>,
     /// Decode every page of every file and compare checksums with the backup manifests.
     #[arg(long)]
     deep: bool,
@@ -135,18 +136,18 @@ pub struct VerifyArgs {
     /// backup holds it with the log's size and its copy matches its manifest's SHA-256;
     /// written durably, then checked again. Says what it repaired and what it could not.
     #[arg(long, value_name = "BACKUP")]
-    repair_from: Option<PathBuf>,
+    repair_from: Option<String>,
 }
 
 /// Runs `tidemark backup ...`.
 pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     match args.command {
-        Some(BackupCommand::List { dir, json }) => list(dir, json),
+        Some(BackupCommand::List { dir, json }) => list(dir, json).await,
         Some(BackupCommand::Prune {
             dir,
             keep_full,
             dry_run,
-        }) => prune(dir, keep_full as usize, dry_run),
+        }) => prune(dir, keep_full as usize, dry_run).await,
         None => {
             let (Some(from), Some(to)) = (args.from, args.to) else {
                 anyhow::bail!("tidemark backup needs --from SRC and --to DIR");
@@ -201,9 +202,9 @@ fn ms_to_rfc3339(ms: i64) -> String {
         .unwrap_or_else(|| format!("{ms} ms"))
 }
 
-fn list(dir: PathBuf, json: bool) -> anyhow::Result<()> {
-    let backups = BackupDir::open_shared(&dir)?;
-    let scan = backups.scan()?;
+async fn list(dir: String, json: bool) -> anyhow::Result<()> {
+    let backups = BackupDir::open_shared(&dir).await?;
+    let scan = backups.scan().await?;
     let catalog = &scan.catalog;
     let rows: Vec<serde_json::Value> = catalog
         .backups()
@@ -230,7 +231,7 @@ fn list(dir: PathBuf, json: bool) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "dir": dir.display().to_string(),
+                "dir": dir,
                 "backups": rows,
                 "unfinished": scan.unfinished,
                 "unreadable": scan.unreadable,
@@ -301,17 +302,23 @@ fn render_list(catalog: &Catalog) -> String {
     out
 }
 
-fn prune(dir: PathBuf, keep_full: usize, dry_run: bool) -> anyhow::Result<()> {
-    let backups = BackupDir::open_exclusive(&dir)?;
+async fn prune(dir: String, keep_full: usize, dry_run: bool) -> anyhow::Result<()> {
+    let backups = BackupDir::open_exclusive(&dir).await?;
+    let result = prune_in(&backups, keep_full, dry_run).await;
+    backups.release().await;
+    result
+}
+
+async fn prune_in(backups: &BackupDir, keep_full: usize, dry_run: bool) -> anyhow::Result<()> {
     if dry_run {
-        let plan = backups.scan()?.catalog.prune_plan(keep_full);
+        let plan = backups.scan().await?.catalog.prune_plan(keep_full);
         for id in &plan.delete {
             println!("would delete {id}");
         }
         println!("would keep {} backups", plan.keep.len());
         return Ok(());
     }
-    let deleted = prune_locked(&backups, keep_full)?;
+    let deleted = prune_locked(backups, keep_full).await?;
     for id in &deleted {
         println!("deleted {id}");
     }
@@ -340,19 +347,18 @@ pub async fn restore(args: RestoreBackupArgs) -> anyhow::Result<()> {
         (None, None) => Target::Latest,
     };
     // One writer per destination (the same lock as `replicate`'s).
-    let _lock = tidemark_table::replica_lock::ReplicaLock::acquire_dir(
-        &args.to,
-        &args.to.display().to_string(),
-        "tidemark restore-backup",
-    )?;
-    let report = restore_backup(&args.dir, &args.to, target, args.table_id.as_deref()).await?;
+    let dest = open_store(&args.to).context("--to")?;
+    let lock = TableLock::acquire(&dest, "tidemark restore-backup").await?;
+    let report = restore_backup(&args.dir, &args.to, target, args.table_id.as_deref()).await;
+    lock.release().await;
+    let report = report?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
             "restored version {} into {}: {} files ({} data), {} bytes in {} ms, from {}",
             report.version,
-            args.to.display(),
+            dest,
             report.files,
             report.data_files,
             report.bytes,

@@ -21,7 +21,7 @@ use tidemark_table::{open_store, LogListing};
 /// Prints one JSON line: files and bytes before and after, the version committed.
 #[derive(Debug, Args)]
 pub struct OptimizeArgs {
-    /// The table: a path or a URL (file:///...).
+    /// The table: a path or a URL (file:///..., s3://bucket/prefix).
     pub table: String,
     /// Target size of a compacted file (B, KiB, MiB, GiB, KB, MB, GB).
     #[arg(long, default_value = "128MiB", value_parser = tidemark_table::optimize::parse_size)]
@@ -40,8 +40,8 @@ pub struct OptimizeArgs {
 /// (7 days by default) is refused unless `--force`.
 #[derive(Debug, Args)]
 pub struct VacuumArgs {
-    /// The table: a path or a URL (file:///...). With `--config`, may be left out (the
-    /// pipeline's table).
+    /// The table: a path or a URL (file:///..., s3://bucket/prefix). With `--config`, may be
+    /// left out (the pipeline's table).
     pub table: Option<String>,
     /// The pipeline writing the table: its retained checkpoints and `[replica]` are kept.
     #[arg(long, short)]
@@ -61,10 +61,10 @@ pub struct VacuumArgs {
     /// A replica of the table (besides `[replica]` of `--config`); repeatable.
     #[arg(long, value_name = "TABLE")]
     pub replica: Vec<String>,
-    /// A backup directory of the table (`tidemark backup --to`): its newest chain is kept
-    /// going; repeatable.
+    /// A backup directory of the table (`tidemark backup --to`, a path or s3:// URL): its
+    /// newest chain is kept going; repeatable.
     #[arg(long, value_name = "DIR")]
-    pub backups: Vec<PathBuf>,
+    pub backups: Vec<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -128,7 +128,12 @@ pub async fn vacuum(args: VacuumArgs) -> anyhow::Result<()> {
     }
     let mut backup_dirs = args.backups.clone();
     if let Some(c) = &config {
-        backup_dirs.extend(c.maintenance.backups.iter().cloned());
+        backup_dirs.extend(
+            c.maintenance
+                .backups
+                .iter()
+                .map(|p| p.display().to_string()),
+        );
     }
     for r in replicas {
         let replica = open_store(&r)?;
@@ -139,12 +144,13 @@ pub async fn vacuum(args: VacuumArgs) -> anyhow::Result<()> {
     }
     for dir in &backup_dirs {
         let newest = tidemark_engine::maintenance::newest_backup_version(dir)
+            .await
             .map_err(anyhow::Error::msg)
-            .with_context(|| format!("read backups in {}", dir.display()))?;
+            .with_context(|| format!("read backups in {dir}"))?;
         match newest {
-            Some(v) => promises.backup_chains.push((dir.display().to_string(), v)),
+            Some(v) => promises.backup_chains.push((dir.clone(), v)),
             None => {
-                tracing::warn!(dir = %dir.display(), "no complete backup chain there: nothing to keep for it")
+                tracing::warn!(dir = %dir, "no complete backup chain there: nothing to keep for it")
             }
         }
     }

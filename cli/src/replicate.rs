@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tidemark_engine::pipeline::{install_signal_handlers, Shutdown};
 use tidemark_table::copy::Verify;
-use tidemark_table::replica_lock::ReplicaLock;
+use tidemark_table::replica_lock::TableLock;
 use tidemark_table::replicate::{Observer, Plan};
 use tidemark_table::{open_store, ReplicateError, ReplicateOptions, ReplicationLag, Replicator};
 
@@ -237,7 +237,21 @@ pub async fn run(args: ReplicateArgs) -> anyhow::Result<()> {
     };
     // One writer per replica: a second run would take this one's temporary files for crash
     // leftovers and remove them.
-    let _lock = ReplicaLock::acquire(&replica, "tidemark replicate").context("--to")?;
+    let lock = TableLock::acquire(&replica, "tidemark replicate")
+        .await
+        .context("--to")?;
+    let result = replicate_locked(&args, source, replica, options).await;
+    lock.release().await;
+    result
+}
+
+/// [`run`] once the replica is locked.
+async fn replicate_locked(
+    args: &ReplicateArgs,
+    source: tidemark_table::TableLocation,
+    replica: tidemark_table::TableLocation,
+    options: ReplicateOptions,
+) -> anyhow::Result<()> {
     let replicator = Replicator::new(source, replica, options)?;
     let shutdown = Shutdown::new();
     install_signal_handlers(shutdown.clone());

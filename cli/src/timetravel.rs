@@ -32,7 +32,7 @@ rows and files added, files removed. A RESTORE commit shows the version it resto
 Examples:\n  tidemark history tables/orders\n  tidemark history tables/orders --limit 20 --json"
 )]
 pub struct HistoryArgs {
-    /// The table (a path or file:// URL).
+    /// The table (a path, file:// or s3://bucket/prefix URL).
     table: String,
     /// Show only the newest N versions.
     #[arg(long, value_name = "N")]
@@ -70,7 +70,7 @@ impl AsOfArgs {
 tidemark cat tables/orders --version 12 --format json\n  \
 tidemark cat tables/orders --timestamp 2026-11-30T08:00:00Z --format csv > orders.csv")]
 pub struct CatArgs {
-    /// The table (a path or file:// URL).
+    /// The table (a path, file:// or s3://bucket/prefix URL).
     table: String,
     #[command(flatten)]
     as_of: AsOfArgs,
@@ -105,7 +105,7 @@ Examples:\n  tidemark export tables/orders --version 12 --to orders-v12.parquet\
 tidemark export tables/orders --timestamp 2026-11-30T08:00:00Z --to orders.csv"
 )]
 pub struct ExportArgs {
-    /// The table (a path or file:// URL).
+    /// The table (a path, file:// or s3://bucket/prefix URL).
     table: String,
     #[command(flatten)]
     as_of: AsOfArgs,
@@ -149,7 +149,7 @@ tidemark restore tables/orders --version 12 --config pipeline.toml\n  \
 tidemark restore tables/orders --timestamp 2026-11-30T08:00:00Z --no-pipeline"
 )]
 pub struct RestoreArgs {
-    /// The table (a path or file:// URL).
+    /// The table (a path, file:// or s3://bucket/prefix URL).
     table: String,
     #[command(flatten)]
     as_of: AsOfArgs,

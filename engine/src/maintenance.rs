@@ -172,7 +172,7 @@ impl LogMaintenance {
             (a, b) => a.or(b),
         };
         for dir in &self.backups {
-            match newest_backup_version(dir) {
+            match newest_backup_version(&dir.display().to_string()).await {
                 Ok(Some(v)) => keep_from = Some(keep_from.map_or(v, |k| k.min(v))),
                 Ok(None) => {}
                 Err(e) => {
@@ -187,17 +187,36 @@ impl LogMaintenance {
     }
 }
 
-/// The newest version the newest whole backup chain in `dir` holds (`None`: no backup yet).
-pub fn newest_backup_version(dir: &std::path::Path) -> Result<Option<u64>, String> {
-    if !dir.exists() {
+/// The newest version the newest whole backup chain in `dir` (a path, `file://` or `s3://`
+/// URL) holds (`None`: no backup yet).
+pub async fn newest_backup_version(dir: &str) -> Result<Option<u64>, String> {
+    let location = tidemark_table::open_store(dir).map_err(|e| e.to_string())?;
+    if location.local_dir().is_some_and(|d| !d.exists()) {
         return Ok(None);
     }
-    let (catalog, _shared) = tidemark_table::backup::dir::catalog_of(dir)?;
+    let backups = match tidemark_table::backup::dir::catalog_of(dir).await {
+        Ok(b) => b,
+        // An object-store prefix with nothing under it yet: no backup.
+        Err(_) if location.local_dir().is_none() && is_empty_prefix(&location).await => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let catalog = backups.catalog;
     Ok(catalog
         .table_ids()
         .into_iter()
         .filter_map(|id| catalog.next_parent(id).map(|m| m.last_version))
         .min())
+}
+
+/// True when nothing is stored under `location`'s prefix (errors count as not empty).
+async fn is_empty_prefix(location: &tidemark_table::TableLocation) -> bool {
+    location
+        .store()
+        .list_with_delimiter(Some(location.root()))
+        .await
+        .is_ok_and(|l| l.objects.is_empty() && l.common_prefixes.is_empty())
 }
 
 /// The newest version of the replica at `url` (`None`: empty).

@@ -17,6 +17,7 @@ pub mod lag;
 pub mod live;
 pub mod location;
 pub mod log;
+pub mod object_lock;
 pub mod optimize;
 pub mod progress;
 pub mod replica_lock;

@@ -24,6 +24,7 @@ pub struct TableLocation {
     root: Path,
     display: String,
     opened: Option<TableStore>,
+    local_dir: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for TableLocation {
@@ -55,6 +56,7 @@ impl TableLocation {
             root,
             display: display.into(),
             opened: None,
+            local_dir: None,
         }
     }
 
@@ -78,6 +80,7 @@ impl TableLocation {
             store: opened.store().clone(),
             root: opened.root().clone(),
             display,
+            local_dir: opened.local_dir().map(FsPath::to_path_buf),
             opened: Some(opened),
         }
     }
@@ -94,7 +97,47 @@ impl TableLocation {
 
     /// The local directory of a local table (`None` for other stores).
     pub fn local_dir(&self) -> Option<&FsPath> {
-        self.opened.as_ref().and_then(TableStore::local_dir)
+        self.local_dir.as_deref()
+    }
+
+    /// The location `relative` (`/`-separated) below this one, in the same store (a backup's
+    /// copy of a table inside a backup directory, say).
+    pub fn join(&self, relative: &str) -> Result<Self, object_store::path::Error> {
+        let root = self.child(relative)?;
+        let local_dir = self.local_dir.as_ref().map(|d| d.join(relative));
+        let display = match &local_dir {
+            Some(d) => d.display().to_string(),
+            None => format!("{}/{relative}", self.url().trim_end_matches('/')),
+        };
+        Ok(Self {
+            store: self.store.clone(),
+            root,
+            display,
+            opened: None,
+            local_dir,
+        })
+    }
+
+    /// The location one level up (`None` at the store's root).
+    pub fn parent(&self) -> Option<Self> {
+        let parts: Vec<_> = self.root.parts().collect();
+        let (_, up) = parts.split_last()?;
+        let local_dir = self.local_dir.as_ref().map(|d| tidemark_fs::parent_dir(d));
+        let url = self.url();
+        let display = match &local_dir {
+            Some(d) => d.display().to_string(),
+            None => {
+                let trimmed = url.trim_end_matches('/');
+                trimmed[..trimmed.rfind('/').unwrap_or(trimmed.len())].to_string()
+            }
+        };
+        Some(Self {
+            store: self.store.clone(),
+            root: up.iter().cloned().collect(),
+            display,
+            opened: None,
+            local_dir,
+        })
     }
 
     /// The [`TableStore`] this location was opened from (`None` for [`Self::new`]).
@@ -104,9 +147,12 @@ impl TableLocation {
 
     /// The table as a URL string (`file:///...` for local tables), as deltalake opens it.
     pub fn url(&self) -> String {
-        match &self.opened {
-            Some(opened) => opened.url().to_string(),
-            None => self.display.clone(),
+        match (&self.opened, &self.local_dir) {
+            (Some(opened), _) => opened.url().to_string(),
+            (None, Some(dir)) => url::Url::from_directory_path(dir)
+                .map(|u| u.to_string())
+                .unwrap_or_else(|()| self.display.clone()),
+            (None, None) => self.display.clone(),
         }
     }
 
@@ -158,6 +204,32 @@ mod tests {
         assert_eq!(s3.url(), "s3://bucket/tables/orders");
         assert_eq!(s3.root().as_ref(), "tables/orders");
         assert!(s3.local_dir().is_none());
+    }
+
+    #[test]
+    fn joined_and_parent_locations_keep_the_store_and_name_the_place() {
+        let s3 = open_store("s3://bucket/backups/orders").unwrap();
+        let b = s3.join("0001-full-v0-v3/table").unwrap();
+        assert_eq!(b.root().as_ref(), "backups/orders/0001-full-v0-v3/table");
+        assert_eq!(
+            b.to_string(),
+            "s3://bucket/backups/orders/0001-full-v0-v3/table"
+        );
+        let up = s3.parent().unwrap();
+        assert_eq!(up.root().as_ref(), "backups");
+        assert_eq!(up.to_string(), "s3://bucket/backups");
+        let dir = tempfile::tempdir().unwrap();
+        let local = open_store(dir.path().to_str().unwrap()).unwrap();
+        let j = local.join("a/table").unwrap();
+        assert_eq!(j.local_dir(), Some(dir.path().join("a/table").as_path()));
+        assert_eq!(
+            j.relative(&j.child("x.parquet").unwrap()).as_deref(),
+            Some("x.parquet")
+        );
+        assert_eq!(
+            j.parent().unwrap().local_dir(),
+            Some(dir.path().join("a").as_path())
+        );
     }
 
     #[test]

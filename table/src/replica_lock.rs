@@ -10,14 +10,18 @@
 //!   readers and `diff -r` see nothing extra). The kernel releases it when the process dies, so
 //!   a SIGKILL never leaves a stale lock; the file's content (pid, start time, command) is only
 //!   there to name the holder.
-//! - Tables on object stores have no such lock (no `flock` there); only local tables are
-//!   locked.
+//! - Tables on an object store (no `flock` there) are locked with a lock object beside the
+//!   table, `<parent prefix>/.<name>.tidemark-writer.lock`, created with put-if-absent and
+//!   naming its holder ([`crate::object_lock`]): a SIGKILLed holder's lock is broken by the next
+//!   run on the same host; a holder on another host is never presumed dead (the refusal names
+//!   the lock object to remove by hand).
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::location::TableLocation;
+use crate::object_lock::{ObjectLock, ObjectLockError};
 
 /// Why a table could not be locked for writing.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,9 @@ pub enum ReplicaLockError {
         #[source]
         source: std::io::Error,
     },
+    /// The lock object of a table on an object store.
+    #[error(transparent)]
+    Object(#[from] ObjectLockError),
 }
 
 /// A held writer lock; released when dropped or when the process dies.
@@ -52,6 +59,77 @@ pub enum ReplicaLockError {
 pub struct ReplicaLock {
     _file: File,
     path: PathBuf,
+}
+
+/// A held writer lock on a table anywhere: a local `flock` or an object store's lock object.
+/// Release it with [`TableLock::release`] (dropping it releases a local lock at once and an
+/// object lock in the background).
+#[derive(Debug)]
+pub enum TableLock {
+    /// A local table's lock file.
+    Local(ReplicaLock),
+    /// The lock object beside a table on an object store.
+    Object(ObjectLock),
+}
+
+impl TableLock {
+    /// Locks `table` for `command` (named in the lock to say who holds it).
+    pub async fn acquire(table: &TableLocation, command: &str) -> Result<Self, ReplicaLockError> {
+        if let Some(dir) = table.local_dir() {
+            return ReplicaLock::acquire_dir(dir, &table.to_string(), command).map(Self::Local);
+        }
+        let (path, uri) = object_lock_path(table);
+        let lock = ObjectLock::acquire(
+            table.store().clone(),
+            path,
+            &uri,
+            &table.to_string(),
+            command,
+        )
+        .await?;
+        Ok(Self::Object(lock))
+    }
+
+    /// Releases the lock (deletes the lock object of a table on an object store).
+    pub async fn release(self) {
+        match self {
+            Self::Local(lock) => drop(lock),
+            Self::Object(lock) => {
+                let uri = lock.uri().to_string();
+                if let Err(e) = lock.release().await {
+                    tracing::warn!(lock = %uri, "could not delete the lock object: {e}; the next run on this host breaks it");
+                }
+            }
+        }
+    }
+}
+
+/// The lock object of a table on an object store and its URI: beside the table, outside its
+/// prefix (`<parent>/.<name>.tidemark-writer.lock`; a table at the bucket's root gets
+/// `.tidemark-writer.lock` there).
+pub fn object_lock_path(table: &TableLocation) -> (object_store::path::Path, String) {
+    let parts: Vec<_> = table.root().parts().collect();
+    let (parent, name) = match parts.split_last() {
+        Some((name, parent)) => (
+            parent.to_vec(),
+            format!(".{}.tidemark-writer.lock", name.as_ref()),
+        ),
+        None => (vec![], ".tidemark-writer.lock".to_string()),
+    };
+    let path: object_store::path::Path = parent
+        .into_iter()
+        .chain(std::iter::once(object_store::path::PathPart::from(
+            name.as_str(),
+        )))
+        .collect();
+    let url = table.url();
+    let base = url.trim_end_matches('/');
+    let root = table.root().as_ref();
+    let bucket = base
+        .strip_suffix(root)
+        .unwrap_or(base)
+        .trim_end_matches('/');
+    (path.clone(), format!("{bucket}/{path}"))
 }
 
 impl ReplicaLock {
@@ -62,15 +140,6 @@ impl ReplicaLock {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "table".into());
         tidemark_fs::parent_dir(dir).join(format!(".{name}.tidemark-writer.lock"))
-    }
-
-    /// Locks `table` for `command` (written into the lock file to name the holder). `Ok(None)`
-    /// for a table that is not local (nothing to lock).
-    pub fn acquire(table: &TableLocation, command: &str) -> Result<Option<Self>, ReplicaLockError> {
-        let Some(dir) = table.local_dir() else {
-            return Ok(None);
-        };
-        Self::acquire_dir(dir, &table.to_string(), command).map(Some)
     }
 
     /// Locks the local table directory `dir` (named `table` in errors).
@@ -146,5 +215,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _a = ReplicaLock::acquire_dir(&dir.path().join("a"), "a", "x").unwrap();
         ReplicaLock::acquire_dir(&dir.path().join("b"), "b", "x").unwrap();
+    }
+
+    #[test]
+    fn the_lock_object_of_an_s3_table_lies_beside_it() {
+        let t = crate::open_store("s3://bucket/tables/orders").unwrap();
+        let (path, uri) = object_lock_path(&t);
+        assert_eq!(path.as_ref(), "tables/.orders.tidemark-writer.lock");
+        assert_eq!(uri, "s3://bucket/tables/.orders.tidemark-writer.lock");
+        let t = crate::open_store("s3://bucket/orders").unwrap();
+        assert_eq!(
+            object_lock_path(&t).1,
+            "s3://bucket/.orders.tidemark-writer.lock"
+        );
     }
 }

@@ -8,7 +8,6 @@
 //! commit has all its files (a partial restore is reported by the refusal of the next one:
 //! delete the destination and run it again).
 
-use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -19,7 +18,7 @@ use crate::backup::manifest::{BackupId, FileRole};
 use crate::copy::{
     copy_verified, digest_of, run_until_first_error, CopyError, CopyOptions, DEFAULT_CHUNK_BYTES,
 };
-use crate::location::{open_store, TableLocation};
+use crate::location::TableLocation;
 use crate::progress::Progress;
 
 const PARALLEL_COPIES: usize = 8;
@@ -35,7 +34,7 @@ pub enum RestoreError {
     Chain(#[from] ChainError),
     /// The destination is not empty.
     #[error(
-        "{dest} is not empty ({found}): restore-backup writes only into an empty or new directory"
+        "{dest} is not empty ({found}): restore-backup writes only into an empty or new directory (or an empty prefix)"
     )]
     NotEmpty {
         /// The destination.
@@ -83,10 +82,11 @@ pub struct RestoreReport {
     pub elapsed_ms: u64,
 }
 
-/// Restores `target` from the backups in `dir` into the empty directory `dest`.
+/// Restores `target` from the backups in `dir` into the empty directory (or object-store
+/// prefix) `dest`; both are paths, `file://` or `s3://` URLs.
 pub async fn restore_backup(
-    dir: &Path,
-    dest: &Path,
+    dir: &str,
+    dest: &str,
     target: Target,
     table_id: Option<&str>,
 ) -> Result<RestoreReport, RestoreError> {
@@ -97,30 +97,34 @@ pub async fn restore_backup(
 /// and full disks with a `FaultFs`).
 pub async fn restore_backup_on(
     fs: tidemark_fs::SharedFs,
-    dir: &Path,
-    dest: &Path,
+    dir: &str,
+    dest: &str,
     target: Target,
     table_id: Option<&str>,
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
-    let backups = BackupDir::open_shared(dir)?;
-    refuse_non_empty(dest)?;
-    let plan = backups.scan()?.catalog.restore_plan(table_id, target)?;
-    std::fs::create_dir_all(dest).map_err(|e| RestoreError::BadPath {
-        path: dest.display().to_string(),
+    let backups = BackupDir::open_shared(dir).await?;
+    let to = TableLocation::parse_with_fs(dest, fs).map_err(|e| RestoreError::BadPath {
+        path: dest.to_string(),
         reason: e.to_string(),
     })?;
-    let to = TableLocation::parse_with_fs(&dest.display().to_string(), fs).map_err(|e| {
-        RestoreError::BadPath {
-            path: dest.display().to_string(),
+    refuse_non_empty(&to).await?;
+    let plan = backups
+        .scan()
+        .await?
+        .catalog
+        .restore_plan(table_id, target)?;
+    if let Some(dir) = to.local_dir() {
+        std::fs::create_dir_all(dir).map_err(|e| RestoreError::BadPath {
+            path: dir.display().to_string(),
             reason: e.to_string(),
-        }
-    })?;
+        })?;
+    }
     let total: u64 = plan.files.iter().map(|f| f.entry.size).sum();
     tracing::info!(
         "restoring version {} into {} from backups {}: {} files, {total} bytes",
         plan.version,
-        dest.display(),
+        to,
         plan.chain
             .iter()
             .map(BackupId::as_str)
@@ -154,29 +158,43 @@ pub async fn restore_backup_on(
     })
 }
 
-fn location(dir: &Path) -> Result<TableLocation, RestoreError> {
-    open_store(&dir.display().to_string()).map_err(|e| RestoreError::BadPath {
-        path: dir.display().to_string(),
-        reason: e.to_string(),
-    })
-}
-
-fn refuse_non_empty(dest: &Path) -> Result<(), RestoreError> {
-    match std::fs::read_dir(dest) {
-        Ok(mut entries) => match entries.next() {
-            None => Ok(()),
-            Some(entry) => Err(RestoreError::NotEmpty {
-                dest: dest.display().to_string(),
-                found: entry
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .unwrap_or_else(|e| e.to_string()),
+async fn refuse_non_empty(dest: &TableLocation) -> Result<(), RestoreError> {
+    let not_empty = |found: String| RestoreError::NotEmpty {
+        dest: dest.to_string(),
+        found,
+    };
+    if let Some(dir) = dest.local_dir() {
+        return match std::fs::read_dir(dir) {
+            Ok(mut entries) => match entries.next() {
+                None => Ok(()),
+                Some(entry) => Err(not_empty(
+                    entry
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .unwrap_or_else(|e| e.to_string()),
+                )),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RestoreError::BadPath {
+                path: dir.display().to_string(),
+                reason: e.to_string(),
             }),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(RestoreError::BadPath {
-            path: dest.display().to_string(),
+        };
+    }
+    let listed = dest
+        .store()
+        .list_with_delimiter(Some(dest.root()))
+        .await
+        .map_err(|e| RestoreError::BadPath {
+            path: dest.to_string(),
             reason: e.to_string(),
-        }),
+        })?;
+    let first = listed
+        .common_prefixes
+        .first()
+        .or_else(|| listed.objects.first().map(|o| &o.location));
+    match first.and_then(|p| dest.relative(p)) {
+        Some(found) => Err(not_empty(found)),
+        None => Ok(()),
     }
 }
 
@@ -188,7 +206,7 @@ async fn restore_file(
     file: &PlannedFile,
     progress: &Progress,
 ) -> Result<(), RestoreError> {
-    let from = location(&backups.table_path(&file.from))?;
+    let from = backups.table_location(&file.from)?;
     let bad = |e: object_store::path::Error| RestoreError::BadPath {
         path: file.entry.path.clone(),
         reason: e.to_string(),

@@ -6,7 +6,6 @@
 pub mod file;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,14 +13,14 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::backup::chain::Catalog;
-use crate::backup::dir::catalog_of;
-use crate::backup::manifest::{BackupId, FileEntry, FileRole, TABLE_DIR};
+use crate::backup::dir::{catalog_of, Backups};
+use crate::backup::manifest::{BackupId, FileEntry, FileRole};
 use crate::copy::{copy_verified, digest_of, CopyOptions, DEFAULT_CHUNK_BYTES};
 use crate::live::{live_files, AddedIn, LiveError};
 use crate::location::{open_store, TableLocation};
 use crate::log::{LogError, LogListing};
 use crate::progress::Progress;
-use file::{check_file, Expected, Problem};
+use file::{check_file, check_object, Expected, Problem};
 
 /// Files checked at once.
 const PARALLEL_CHECKS: usize = 4;
@@ -71,10 +70,11 @@ pub struct VerifyOptions {
     pub version: Option<u64>,
     /// Decode every page and compare checksums with a backup manifest.
     pub deep: bool,
-    /// A backup directory (or one backup) whose manifests give the checksums.
-    pub manifest: Option<PathBuf>,
+    /// A backup directory (or one backup) whose manifests give the checksums (a path,
+    /// `file://` or `s3://` URL).
+    pub manifest: Option<String>,
     /// A backup directory (or one backup) to repair bad files from.
-    pub repair_from: Option<PathBuf>,
+    pub repair_from: Option<String>,
 }
 
 /// One bad file.
@@ -219,40 +219,50 @@ impl Copies {
     }
 }
 
-fn backups(path: &Path) -> Result<(Catalog, PathBuf), VerifyError> {
-    let (catalog, _) = catalog_of(path).map_err(VerifyError::Backup)?;
-    // One backup given: its directory's parent holds it (and any other backups).
-    let root = if path.join(crate::backup::manifest::MANIFEST_FILE).exists() {
-        path.parent().unwrap_or(path).to_path_buf()
-    } else {
-        path.to_path_buf()
-    };
-    Ok((catalog, root))
+async fn backups(uri: &str) -> Result<Backups, VerifyError> {
+    catalog_of(uri).await.map_err(VerifyError::Backup)
 }
 
-/// Verifies the table in the local directory `table`.
+/// Checks one data file of `table` (a local file directly, an object by ranged reads).
+async fn check(
+    table: &TableLocation,
+    rel: &str,
+    expected: Expected,
+    deep: bool,
+) -> Result<Result<(), Problem>, VerifyError> {
+    if let Some(dir) = table.local_dir() {
+        let path = dir.join(rel);
+        return tokio::task::spawn_blocking(move || check_file(&path, &expected, deep).map(drop))
+            .await
+            .map_err(|e| VerifyError::Task(e.to_string()));
+    }
+    let object = table.child(rel).map_err(|e| VerifyError::BadPath {
+        path: rel.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(
+        check_object(table.store().as_ref(), &object, &expected, deep)
+            .await
+            .map(drop),
+    )
+}
+
+/// Verifies the table at `table` (a path, `file://` or `s3://` URL).
 pub async fn verify_table(
-    table: &Path,
+    table: &str,
     options: &VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
     let started = Instant::now();
-    let location = open_store(&table.display().to_string()).map_err(|e| VerifyError::BadPath {
-        path: table.display().to_string(),
+    let location = open_store(table).map_err(|e| VerifyError::BadPath {
+        path: table.to_string(),
         reason: e.to_string(),
     })?;
-    let dir = location
-        .local_dir()
-        .ok_or_else(|| VerifyError::BadPath {
-            path: table.display().to_string(),
-            reason: "verify reads local tables only".into(),
-        })?
-        .to_path_buf();
     let listing = LogListing::list(&location).await?;
     let live = live_files(&location, &listing, options.version).await?;
     let snapshot = &live.snapshot;
     let checksum_source = options.manifest.as_ref().or(options.repair_from.as_ref());
     let copies = match (options.deep, checksum_source) {
-        (true, Some(path)) => Some(Copies::of(&backups(path)?.0)),
+        (true, Some(uri)) => Some(Copies::of(&backups(uri).await?.catalog)),
         _ => None,
     };
     let total: u64 = snapshot.files.values().map(|f| f.size).sum();
@@ -274,27 +284,23 @@ pub async fn verify_table(
                 num_records: f.num_records,
                 sha256,
             };
-            ((f.clone(), added_in), dir.join(&f.path.decoded), expected)
+            ((f.clone(), added_in), expected)
         })
         .collect();
     let deep = options.deep;
+    let location_ref = &location;
     let bad: Vec<Option<BadFile>> =
-        futures::stream::iter(jobs.into_iter().map(|((f, added_in), path, expected)| {
+        futures::stream::iter(jobs.into_iter().map(|((f, added_in), expected)| {
             let progress = Arc::clone(&progress);
             async move {
                 let size = f.size;
-                let result =
-                    tokio::task::spawn_blocking(move || check_file(&path, &expected, deep)).await;
+                let result = check(location_ref, &f.path.decoded, expected, deep).await?;
                 progress.add(size);
-                match result {
-                    Ok(Ok(_)) => Ok(None),
-                    Ok(Err(problem)) => Ok(Some(BadFile {
-                        path: f.path.decoded.clone(),
-                        added_in,
-                        problem,
-                    })),
-                    Err(e) => Err(VerifyError::Task(e.to_string())),
-                }
+                Ok::<_, VerifyError>(result.err().map(|problem| BadFile {
+                    path: f.path.decoded.clone(),
+                    added_in,
+                    problem,
+                }))
             }
         }))
         .buffer_unordered(PARALLEL_CHECKS)
@@ -313,8 +319,8 @@ pub async fn verify_table(
     }
     let mut repairs = Vec::new();
     if let Some(from) = &options.repair_from {
-        let (catalog, root) = backups(from)?;
-        let copies = Copies::of(&catalog);
+        let held = backups(from).await?;
+        let copies = Copies::of(&held.catalog);
         for b in &bad {
             let live = &snapshot.files[&b.path];
             let expected = Expected {
@@ -322,7 +328,7 @@ pub async fn verify_table(
                 num_records: live.num_records,
                 sha256: None,
             };
-            repairs.push(repair(&location, &dir, &root, &copies, &b.path, expected).await);
+            repairs.push(repair(&location, &held, &copies, &b.path, expected).await?);
         }
     }
     let still_bad = if options.repair_from.is_some() {
@@ -349,16 +355,15 @@ pub async fn verify_table(
 /// directory), then checks it again as deeply as verify can.
 async fn repair(
     table: &TableLocation,
-    dir: &Path,
-    backups_root: &Path,
+    backups: &Backups,
     copies: &Copies,
     path: &str,
     mut expected: Expected,
-) -> Repair {
+) -> Result<Repair, VerifyError> {
     let mut reasons = Vec::new();
     let candidates: Vec<&(BackupId, FileEntry)> = copies.find(path, expected.size).collect();
     if candidates.is_empty() {
-        return Repair {
+        return Ok(Repair {
             path: path.to_string(),
             from: None,
             repaired: false,
@@ -366,13 +371,11 @@ async fn repair(
                 "no backup holds {path} with the log's size of {} bytes",
                 expected.size
             )),
-        };
+        });
     }
     for (id, entry) in candidates {
-        let backup_table = backups_root.join(id.as_str()).join(TABLE_DIR);
         let attempt = async {
-            let from =
-                open_store(&backup_table.display().to_string()).map_err(|e| e.to_string())?;
+            let from = backups.table_location(id).map_err(|e| e.to_string())?;
             let src = from.child(path).map_err(|e| e.to_string())?;
             let held = digest_of(from.store().as_ref(), &src, DEFAULT_CHUNK_BYTES)
                 .await
@@ -402,12 +405,9 @@ async fn repair(
         match attempt.await {
             Ok(()) => {
                 expected.sha256 = Some(entry.sha256);
-                let file = dir.join(path);
-                let check = tokio::task::spawn_blocking(move || check_file(&file, &expected, true))
-                    .await
-                    .map_err(|e| e.to_string());
-                return match check {
-                    Ok(Ok(_)) => {
+                let check = check(table, path, expected, true).await?;
+                return Ok(match check {
+                    Ok(()) => {
                         tracing::info!("repaired {path} from backup {id}");
                         Repair {
                             path: path.to_string(),
@@ -416,7 +416,7 @@ async fn repair(
                             reason: None,
                         }
                     }
-                    Ok(Err(problem)) => Repair {
+                    Err(problem) => Repair {
                         path: path.to_string(),
                         from: Some(id.clone()),
                         repaired: false,
@@ -424,21 +424,15 @@ async fn repair(
                             "put back from backup {id}, but it is still bad: {problem}"
                         )),
                     },
-                    Err(e) => Repair {
-                        path: path.to_string(),
-                        from: Some(id.clone()),
-                        repaired: false,
-                        reason: Some(e),
-                    },
-                };
+                });
             }
             Err(reason) => reasons.push(reason),
         }
     }
-    Repair {
+    Ok(Repair {
         path: path.to_string(),
         from: None,
         repaired: false,
         reason: Some(reasons.join("; ")),
-    }
+    })
 }

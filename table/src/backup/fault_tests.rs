@@ -22,10 +22,16 @@ fn options() -> BackupOptions {
     }
 }
 
-fn complete_backups(dir: &Path) -> usize {
-    BackupDir::open_shared(dir)
+fn u(path: &Path) -> String {
+    path.display().to_string()
+}
+
+async fn complete_backups(dir: &Path) -> usize {
+    BackupDir::open_shared(&u(dir))
+        .await
         .unwrap()
         .scan()
+        .await
         .unwrap()
         .catalog
         .backups()
@@ -86,15 +92,15 @@ async fn a_backup_whose_writes_fail_never_counts_and_the_chain_stays_restorable(
     let mut t = HandTable::create(&src_dir);
     t.append(2, 700, false);
     let src = open_store(src_dir.to_str().unwrap()).unwrap();
-    take_backup(&src, &backups, options()).await.unwrap();
+    take_backup(&src, &u(&backups), options()).await.unwrap();
     let fault = FaultFs::new(tidemark_fs::std_fs());
     let faulty: SharedFs = Arc::new(fault.clone());
     for (what, f) in faults() {
         t.append(2, 900, true);
-        let before = complete_backups(&backups);
+        let before = complete_backups(&backups).await;
         let injected_before = fault.injected();
         fault.arm(f);
-        let err = take_backup_on(faulty.clone(), &src, &backups, options())
+        let err = take_backup_on(faulty.clone(), &src, &u(&backups), options())
             .await
             .expect_err(what);
         assert!(
@@ -107,22 +113,22 @@ async fn a_backup_whose_writes_fail_never_counts_and_the_chain_stays_restorable(
             "{what}: the error names no file: {msg}"
         );
         assert_eq!(
-            complete_backups(&backups),
+            complete_backups(&backups).await,
             before,
             "{what}: a failed backup counts as taken"
         );
         fault.clear();
         // The disk is repaired: the next backup covers what the failed one did not.
-        let report = take_backup_on(faulty.clone(), &src, &backups, options())
+        let report = take_backup_on(faulty.clone(), &src, &u(&backups), options())
             .await
             .unwrap_or_else(|e| panic!("{what}: the backup after the fault: {e}"));
         assert_eq!(report.last_version, t.next - 1, "{what}");
-        assert_eq!(complete_backups(&backups), before + 1, "{what}");
+        assert_eq!(complete_backups(&backups).await, before + 1, "{what}");
     }
     // Every version of the table restores from the chain, equal to the source.
     for v in 1..t.next {
         let dest = dir.path().join(format!("restored-{v}"));
-        restore_backup(&backups, &dest, Target::Version(v), None)
+        restore_backup(&u(&backups), &u(&dest), Target::Version(v), None)
             .await
             .unwrap_or_else(|e| panic!("restore of version {v}: {e}"));
         assert_eq!(
@@ -143,7 +149,7 @@ async fn a_restore_that_fails_part_way_leaves_only_whole_versions() {
         t.append(3, 2_000, true);
     }
     let src = open_store(src_dir.to_str().unwrap()).unwrap();
-    take_backup(&src, &backups, options()).await.unwrap();
+    take_backup(&src, &u(&backups), options()).await.unwrap();
     let newest = t.next - 1;
     let source_files = tree(&src_dir);
     let fault = FaultFs::new(tidemark_fs::std_fs());
@@ -162,8 +168,8 @@ async fn a_restore_that_fails_part_way_leaves_only_whole_versions() {
             });
             let result = restore_backup_on(
                 faulty.clone(),
-                &backups,
-                &dest,
+                &u(&backups),
+                &u(&dest),
                 Target::Version(newest),
                 None,
             )
@@ -209,7 +215,8 @@ async fn a_restore_that_fails_part_way_leaves_only_whole_versions() {
             // A second restore into a partial destination is refused, never mixed with it; one
             // into a destination the failure left empty runs.
             fault.clear();
-            let again = restore_backup(&backups, &dest, Target::Version(newest), None).await;
+            let again =
+                restore_backup(&u(&backups), &u(&dest), Target::Version(newest), None).await;
             if restored.is_empty() {
                 again.unwrap_or_else(|e| panic!("{op:?}@{nth}: rerun into an empty dir: {e}"));
             } else {

@@ -4,7 +4,6 @@
 //! (durable, size and SHA-256 checked); the manifest is written last.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use object_store::ObjectStoreExt;
@@ -172,10 +171,11 @@ struct ToCopy {
     role: FileRole,
 }
 
-/// Takes a backup of `source` into the backup directory `dir`.
+/// Takes a backup of `source` into the backup directory `dir` (a path, `file://` or `s3://`
+/// URL).
 pub async fn take_backup(
     source: &TableLocation,
-    dir: &Path,
+    dir: &str,
     options: BackupOptions,
 ) -> Result<BackupReport, BackupError> {
     take_backup_on(tidemark_fs::std_fs(), source, dir, options).await
@@ -187,22 +187,33 @@ pub async fn take_backup(
 pub async fn take_backup_on(
     fs: tidemark_fs::SharedFs,
     source: &TableLocation,
-    dir: &Path,
+    dir: &str,
+    options: BackupOptions,
+) -> Result<BackupReport, BackupError> {
+    let backup_dir = BackupDir::open_exclusive_on(fs.clone(), dir).await?;
+    let result = take_locked(&fs, source, &backup_dir, options).await;
+    backup_dir.release().await;
+    result
+}
+
+/// [`take_backup_on`] once the backup directory is locked.
+async fn take_locked(
+    fs: &tidemark_fs::SharedFs,
+    source: &TableLocation,
+    backup_dir: &BackupDir,
     options: BackupOptions,
 ) -> Result<BackupReport, BackupError> {
     let started = Instant::now();
-    let backup_dir = BackupDir::open_exclusive(dir)?;
-    let scan = backup_dir.scan()?;
+    let dir = backup_dir.location();
+    let scan = backup_dir.scan().await?;
     for name in &scan.unfinished {
         tracing::warn!(
-            "backup directory {}: {name} is an unfinished backup (no manifest): ignored",
-            dir.display()
+            "backup directory {dir}: {name} is an unfinished backup (no manifest): ignored"
         );
     }
     for (name, why) in &scan.unreadable {
         tracing::warn!(
-            "backup directory {}: {name} is ignored, its manifest is unreadable: {why}",
-            dir.display()
+            "backup directory {dir}: {name} is ignored, its manifest is unreadable: {why}"
         );
     }
     let listing = LogListing::list(source).await?;
@@ -237,7 +248,7 @@ pub async fn take_backup_on(
                 elapsed_ms: 0,
                 pruned: vec![],
             };
-            report.pruned = prune_after(&backup_dir, options)?;
+            report.pruned = prune_after(backup_dir, options).await?;
             report.elapsed_ms = started.elapsed().as_millis() as u64;
             return Ok(report);
         }
@@ -250,18 +261,7 @@ pub async fn take_backup_on(
         plan.first_version,
         plan.last_version,
     );
-    let dest_dir = backup_dir.table_path(&id);
-    std::fs::create_dir_all(&dest_dir).map_err(|source| DirError::Io {
-        path: dest_dir.display().to_string(),
-        source,
-    })?;
-    let dest =
-        TableLocation::parse_with_fs(&dest_dir.display().to_string(), fs.clone()).map_err(|e| {
-            BackupError::BadPath {
-                file: dest_dir.display().to_string(),
-                reason: e.to_string(),
-            }
-        })?;
+    let dest = backup_dir.create_backup(&id)?;
     let total: u64 = plan.files.iter().map(|f| f.size).sum();
     tracing::info!(
         "backup {id} of {table}: {} versions {}..={}, {} files, {total} bytes{}",
@@ -293,8 +293,7 @@ pub async fn take_backup_on(
         commits: plan.commits.clone(),
         files: entries,
     };
-    manifest.write(fs.as_ref(), &backup_dir.backup_path(&id))?;
-    backup_dir.sync()?;
+    backup_dir.write_manifest(fs, &manifest).await?;
     let data_files = manifest
         .files
         .iter()
@@ -316,21 +315,24 @@ pub async fn take_backup_on(
         elapsed_ms: 0,
         pruned: vec![],
     };
-    report.pruned = prune_after(&backup_dir, options)?;
+    report.pruned = prune_after(backup_dir, options).await?;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
 
-fn prune_after(dir: &BackupDir, options: BackupOptions) -> Result<Vec<BackupId>, BackupError> {
+async fn prune_after(
+    dir: &BackupDir,
+    options: BackupOptions,
+) -> Result<Vec<BackupId>, BackupError> {
     match options.keep_full {
-        Some(k) => Ok(prune_locked(dir, k)?),
+        Some(k) => Ok(prune_locked(dir, k).await?),
         None => Ok(vec![]),
     }
 }
 
 /// Deletes what [`Catalog::prune_plan`] says, in a directory already locked exclusively.
-pub fn prune_locked(dir: &BackupDir, keep_full: usize) -> Result<Vec<BackupId>, DirError> {
-    let plan = dir.scan()?.catalog.prune_plan(keep_full);
+pub async fn prune_locked(dir: &BackupDir, keep_full: usize) -> Result<Vec<BackupId>, DirError> {
+    let plan = dir.scan().await?.catalog.prune_plan(keep_full);
     for id in &plan.broken {
         tracing::warn!(
             "backup {id} has a broken chain (a backup it needs is missing): kept, look at it"
@@ -338,7 +340,7 @@ pub fn prune_locked(dir: &BackupDir, keep_full: usize) -> Result<Vec<BackupId>, 
     }
     for id in &plan.delete {
         tracing::info!("retention (keep {keep_full} full): deleting backup {id}");
-        dir.delete(id)?;
+        dir.delete(id).await?;
     }
     Ok(plan.delete)
 }

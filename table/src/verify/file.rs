@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use bytes::Bytes;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::ParquetMetaDataReader;
 use serde::Serialize;
@@ -106,6 +107,11 @@ pub fn check_file(path: &Path, expected: &Expected, deep: bool) -> Result<Checke
     }
     // Deep: one read of the whole file serves the footer, the pages and the digest.
     let bytes = Bytes::from(std::fs::read(path).map_err(unreadable)?);
+    check_bytes(bytes, expected)
+}
+
+/// The deep checks of a whole file in memory (its size already checked).
+fn check_bytes(bytes: Bytes, expected: &Expected) -> Result<Checked, Problem> {
     let rows = footer_rows(&bytes)?;
     check_rows(expected, rows)?;
     decode_every_page(bytes.clone())?;
@@ -122,6 +128,96 @@ pub fn check_file(path: &Path, expected: &Expected, deep: bool) -> Result<Checke
         rows,
         sha256: Some(sha256),
     })
+}
+
+/// The bytes read from the end of an object for its footer in one request (most footers fit).
+const TAIL_GUESS: u64 = 64 << 10;
+
+/// [`check_file`] for the object `path` in `store` (a table on S3): a HEAD for presence and
+/// size, then the footer read by ranged GETs from the end (no whole-file download), or with
+/// `deep` the whole object (decoded in a blocking task).
+pub async fn check_object(
+    store: &dyn ObjectStore,
+    path: &object_store::path::Path,
+    expected: &Expected,
+    deep: bool,
+) -> Result<Checked, Problem> {
+    let unreadable = |e: object_store::Error| Problem::Unreadable {
+        detail: e.to_string(),
+    };
+    let size = match store.head(path).await {
+        Ok(meta) => meta.size,
+        Err(object_store::Error::NotFound { .. }) => return Err(Problem::Missing),
+        Err(e) => return Err(unreadable(e)),
+    };
+    if size != expected.size {
+        return Err(Problem::SizeMismatch {
+            expected: expected.size,
+            found: size,
+        });
+    }
+    if deep {
+        let bytes = store
+            .get(path)
+            .await
+            .map_err(unreadable)?
+            .bytes()
+            .await
+            .map_err(unreadable)?;
+        let expected = expected.clone();
+        return tokio::task::spawn_blocking(move || check_bytes(bytes, &expected))
+            .await
+            .map_err(|e| Problem::Unreadable {
+                detail: format!("check task failed: {e}"),
+            })?;
+    }
+    let footer_err = |detail: String| Problem::FooterUnreadable { detail };
+    if size < 12 {
+        return Err(footer_err(format!(
+            "{size} bytes is too short for a Parquet file"
+        )));
+    }
+    let mut tail = store
+        .get_range(path, size - TAIL_GUESS.min(size)..size)
+        .await
+        .map_err(unreadable)?;
+    let n = tail.len();
+    if n < 8 || &tail[n - 4..] != b"PAR1" {
+        return Err(footer_err(
+            "no PAR1 magic at the end (not a Parquet file, or an encrypted footer)".into(),
+        ));
+    }
+    let meta_len = u32::from_le_bytes([tail[n - 8], tail[n - 7], tail[n - 6], tail[n - 5]]) as u64;
+    let needed = meta_len + 8;
+    if needed + 4 > size {
+        return Err(footer_err(format!(
+            "the footer says its metadata is {meta_len} bytes, more than the file's {size}"
+        )));
+    }
+    if needed > n as u64 {
+        tail = store
+            .get_range(path, size - needed..size)
+            .await
+            .map_err(unreadable)?;
+    }
+    let n = tail.len();
+    let meta = &tail[n - needed as usize..n - 8];
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ParquetMetaDataReader::decode_metadata(meta)
+    }));
+    let rows = match parsed {
+        Ok(Ok(m)) => m.file_metadata().num_rows(),
+        Ok(Err(e)) => return Err(footer_err(e.to_string())),
+        Err(panic) => {
+            return Err(footer_err(format!(
+                "parser panicked: {}",
+                panic_text(&*panic)
+            )))
+        }
+    };
+    let rows = u64::try_from(rows).map_err(|_| footer_err(format!("negative row count {rows}")))?;
+    check_rows(expected, rows)?;
+    Ok(Checked { rows, sha256: None })
 }
 
 fn footer_rows<R: parquet::file::reader::ChunkReader>(reader: &R) -> Result<u64, Problem> {
@@ -292,5 +388,62 @@ mod tests {
         // Without the manifest's digest some flips decode to other values: that is why
         // --deep compares checksums.
         assert!(by_digest_only > 0);
+    }
+
+    /// The object-store check (footer by ranged reads from the end) judges every file as the
+    /// local one does: good, torn, missing, and a flipped byte anywhere in the footer area.
+    #[tokio::test]
+    async fn the_object_store_check_agrees_with_the_file_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.parquet");
+        let expected = write_parquet(&path, 1000);
+        let store =
+            tidemark_connectors::durable_store::DurableLocalStore::new(tidemark_fs::std_fs());
+        let object = object_store::path::Path::from_absolute_path(&path).unwrap();
+        assert_eq!(
+            check_object(&store, &object, &expected, false)
+                .await
+                .unwrap()
+                .rows,
+            1000
+        );
+        assert_eq!(
+            check_object(&store, &object, &expected, true)
+                .await
+                .unwrap()
+                .sha256,
+            expected.sha256
+        );
+        let good = std::fs::read(&path).unwrap();
+        for i in good.len().saturating_sub(300)..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x5a;
+            std::fs::write(&path, &bad).unwrap();
+            let local = check_file(&path, &expected, false);
+            let remote = check_object(&store, &object, &expected, false).await;
+            assert_eq!(
+                local.is_ok(),
+                remote.is_ok(),
+                "byte {i}: {local:?} vs {remote:?}"
+            );
+        }
+        std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+        let torn = Expected {
+            size: (good.len() / 2) as u64,
+            ..expected.clone()
+        };
+        assert!(matches!(
+            check_object(&store, &object, &torn, false).await,
+            Err(Problem::FooterUnreadable { .. })
+        ));
+        assert!(matches!(
+            check_object(&store, &object, &expected, false).await,
+            Err(Problem::SizeMismatch { .. })
+        ));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            check_object(&store, &object, &expected, false).await,
+            Err(Problem::Missing)
+        );
     }
 }
