@@ -27,10 +27,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{
-    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart,
-};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -365,36 +364,124 @@ async fn read_chunks(
     let mut offset = 0u64;
     while offset < size {
         let end = (offset + chunk).min(size);
-        let bytes = match store.get_range(path, offset..end).await {
-            Ok(bytes) => bytes,
-            // A range past the end: the file shrank under us.
-            Err(e) => {
-                return match head_if_exists(store, path).await? {
-                    Some(meta) if meta.size != size => Err(CopyError::SourceChanged {
-                        file: path.to_string(),
-                        detail: format!("it had {size} bytes, now {}", meta.size),
-                    }),
-                    None => Err(CopyError::SourceChanged {
-                        file: path.to_string(),
-                        detail: "it was deleted".into(),
-                    }),
-                    Some(_) => Err(read_err(path)(e)),
-                }
-            }
-        };
-        if bytes.len() as u64 != end - offset {
-            return Err(CopyError::SourceChanged {
-                file: path.to_string(),
-                detail: format!(
-                    "a read of bytes {offset}..{end} returned {} bytes",
-                    bytes.len()
-                ),
-            });
-        }
+        let bytes = read_range(store, path, size, offset, end).await?;
         offset = end;
         each(bytes)?;
     }
     Ok(())
+}
+
+/// Bytes `offset..end` of `path`, a file of `size` bytes; a range that fails because the file
+/// shrank or went away, or that comes back short, is reported as the file having changed.
+async fn read_range(
+    store: &dyn ObjectStore,
+    path: &Path,
+    size: u64,
+    offset: u64,
+    end: u64,
+) -> Result<Bytes, CopyError> {
+    let bytes = match store.get_range(path, offset..end).await {
+        Ok(bytes) => bytes,
+        // A range past the end: the file shrank under us.
+        Err(e) => {
+            return match head_if_exists(store, path).await? {
+                Some(meta) if meta.size != size => Err(CopyError::SourceChanged {
+                    file: path.to_string(),
+                    detail: format!("it had {size} bytes, now {}", meta.size),
+                }),
+                None => Err(CopyError::SourceChanged {
+                    file: path.to_string(),
+                    detail: "it was deleted".into(),
+                }),
+                Some(_) => Err(read_err(path)(e)),
+            }
+        }
+    };
+    if bytes.len() as u64 != end - offset {
+        return Err(CopyError::SourceChanged {
+            file: path.to_string(),
+            detail: format!(
+                "a read of bytes {offset}..{end} returned {} bytes",
+                bytes.len()
+            ),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Parts of one multipart upload sent at once (each `chunk_bytes`, 8 MiB by default).
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// A multipart upload that is aborted unless completed: on an error (explicitly, awaited) and
+/// when dropped part-way (a cancelled copy: the abort is spawned on the runtime). S3 keeps the
+/// parts of an upload neither completed nor aborted, invisible but billed, until a lifecycle
+/// rule removes them; nothing ever appears under the final name before completion.
+struct AbortOnDrop {
+    upload: Option<Box<dyn object_store::MultipartUpload>>,
+    to: String,
+}
+
+impl AbortOnDrop {
+    fn new(upload: Box<dyn object_store::MultipartUpload>, to: &Path) -> Self {
+        Self {
+            upload: Some(upload),
+            to: to.to_string(),
+        }
+    }
+
+    fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+        match self.upload.as_mut() {
+            Some(u) => u.put_part(data),
+            None => Box::pin(async {
+                Err(object_store::Error::Generic {
+                    store: "multipart",
+                    source: "the upload is already finished".into(),
+                })
+            }),
+        }
+    }
+
+    async fn complete(mut self) -> object_store::Result<object_store::PutResult> {
+        let Some(mut upload) = self.upload.take() else {
+            return Err(object_store::Error::Generic {
+                store: "multipart",
+                source: "the upload is already finished".into(),
+            });
+        };
+        match upload.complete().await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                if let Err(abort) = upload.abort().await {
+                    tracing::warn!(file = %self.to, error = %abort, "could not abort a failed multipart upload");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort(mut self) {
+        if let Some(mut upload) = self.upload.take() {
+            if let Err(e) = upload.abort().await {
+                tracing::warn!(file = %self.to, error = %e, "could not abort a failed multipart upload");
+            }
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        let Some(mut upload) = self.upload.take() else {
+            return;
+        };
+        let to = std::mem::take(&mut self.to);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = upload.abort().await {
+                    tracing::warn!(file = %to, error = %e, "could not abort a cancelled multipart upload");
+                }
+            });
+        }
+    }
 }
 
 /// The size and SHA-256 of `path`, read in chunks of `chunk_bytes`.
@@ -474,24 +561,49 @@ pub async fn copy_verified(
         }
     } else {
         let upload = dst.put_multipart(to).await.map_err(write_err(to))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, options.chunk_bytes);
-        let read = read_chunks(src, from, size, options.chunk_bytes, |bytes| {
+        let mut upload = AbortOnDrop::new(upload, to);
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut offset = 0u64;
+        let chunk = options.chunk_bytes.max(1) as u64;
+        let mut sent = Ok(());
+        while offset < size && sent.is_ok() {
+            let end = (offset + chunk).min(size);
+            let bytes = match read_range(src, from, size, offset, end).await {
+                Ok(b) => b,
+                Err(e) => {
+                    sent = Err(e);
+                    break;
+                }
+            };
+            offset = end;
             sums.update(&bytes);
             report(options, bytes.len());
-            writer.put(bytes);
-            Ok(())
-        })
-        .await;
-        let unchanged = match read {
+            in_flight.push(upload.put_part(PutPayload::from(bytes)));
+            // At most PARTS_IN_FLIGHT parts buffered: a big file never sits in memory whole.
+            while in_flight.len() >= PARTS_IN_FLIGHT && sent.is_ok() {
+                if let Some(Err(e)) = in_flight.next().await {
+                    sent = Err(write_err(to)(e));
+                }
+            }
+        }
+        while sent.is_ok() {
+            match in_flight.next().await {
+                None => break,
+                Some(Ok(())) => {}
+                Some(Err(e)) => sent = Err(write_err(to)(e)),
+            }
+        }
+        drop(in_flight);
+        let sent = match sent {
             Ok(()) => ensure_unchanged(src, from, &source_meta).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = unchanged {
-            let _ = writer.abort().await;
+        if let Err(e) = sent {
+            upload.abort().await;
             return Err(e);
         }
         copied = sums.finish(size);
-        writer.finish().await.map_err(write_err(to))?;
+        upload.complete().await.map_err(write_err(to))?;
     }
 
     verify_written(dst, to, &copied.sums, options.verify, options.chunk_bytes).await?;

@@ -180,6 +180,10 @@ trait Tamper: std::fmt::Debug + Send + Sync + 'static {
     }
     /// Called after each get; `ranged`: it read bytes (not a `head`); `ok`: it succeeded.
     fn after_get(&self, _ranged: bool, _ok: bool) {}
+    /// The multipart upload a put_multipart really returns (default: the store's).
+    fn multipart(&self, upload: Box<dyn MultipartUpload>) -> Box<dyn MultipartUpload> {
+        upload
+    }
 }
 
 /// A [`DurableLocalStore`] with a [`Tamper`] on its puts and gets.
@@ -207,7 +211,8 @@ impl<T: Tamper> ObjectStore for Tampered<T> {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.0.put_multipart_opts(location, opts).await
+        let upload = self.0.put_multipart_opts(location, opts).await?;
+        Ok(self.1.multipart(upload))
     }
     async fn get_opts(
         &self,
@@ -422,4 +427,85 @@ async fn a_written_file_that_does_not_read_back_equal_is_an_error_and_removed() 
     )
     .await;
     assert!(ok.is_ok());
+}
+
+/// Multipart uploads whose second part fails (as an S3 part upload failing after its
+/// retries), counting aborts.
+#[derive(Debug, Default)]
+struct SecondPartFails {
+    aborts: Arc<AtomicU64>,
+}
+
+#[derive(Debug)]
+struct FailingUpload {
+    inner: Box<dyn MultipartUpload>,
+    parts: u64,
+    aborts: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl MultipartUpload for FailingUpload {
+    fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+        self.parts += 1;
+        if self.parts == 2 {
+            return Box::pin(async {
+                Err(object_store::Error::Generic {
+                    store: "test",
+                    source: "injected: part upload failed (503 after retries)".into(),
+                })
+            });
+        }
+        self.inner.put_part(data)
+    }
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        self.inner.complete().await
+    }
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.aborts.fetch_add(1, Ordering::SeqCst);
+        self.inner.abort().await
+    }
+}
+
+impl Tamper for SecondPartFails {
+    fn multipart(&self, inner: Box<dyn MultipartUpload>) -> Box<dyn MultipartUpload> {
+        Box::new(FailingUpload {
+            inner,
+            parts: 0,
+            aborts: Arc::clone(&self.aborts),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_failed_part_aborts_the_upload_and_leaves_nothing_under_the_final_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.parquet");
+    std::fs::write(&src, content(10_000, 3)).unwrap();
+    std::fs::create_dir_all(dir.path().join("out")).unwrap();
+    let dst = dir.path().join("out/dst.parquet");
+    let tamper = SecondPartFails::default();
+    let aborts = Arc::clone(&tamper.aborts);
+    let failing = Tampered(store(), tamper);
+    let err = copy_verified(
+        &store(),
+        &at(&src),
+        &failing,
+        &at(&dst),
+        &CopyOptions {
+            chunk_bytes: 1024,
+            ..CopyOptions::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, CopyError::Write { .. }) && err.to_string().contains("dst.parquet"),
+        "{err}"
+    );
+    assert_eq!(
+        aborts.load(Ordering::SeqCst),
+        1,
+        "the upload was aborted once"
+    );
+    assert_eq!(files_under(&dir.path().join("out")), Vec::<String>::new());
 }
