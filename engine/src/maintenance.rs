@@ -366,9 +366,18 @@ pub fn retained_table_versions(
 pub async fn deleted_file_retention_ms(table: &str) -> Result<i64, String> {
     use deltalake::table::config::TablePropertiesExt as _;
     let url = tidemark_connectors::delta::table_url(table).map_err(|e| e.to_string())?;
-    let t = deltalake::open_table(url.clone())
-        .await
+    let mut builder = deltalake::DeltaTableBuilder::from_url(url.clone())
         .map_err(|e| format!("open {url}: {e}"))?;
+    // Tables on object stores open through Tidemark's own client (deltalake knows no s3://
+    // store of its own here).
+    if url.scheme() != "file" {
+        let opened =
+            tidemark_connectors::table_store::TableStore::open(&url, tidemark_fs::std_fs())
+                .map_err(|e| e.to_string())?;
+        builder = builder.with_storage_backend(opened.store().clone(), url.clone());
+    }
+    let mut t = builder.build().map_err(|e| format!("open {url}: {e}"))?;
+    t.load().await.map_err(|e| format!("open {url}: {e}"))?;
     let snapshot = t.snapshot().map_err(|e| format!("open {url}: {e}"))?;
     Ok(snapshot
         .table_config()
