@@ -212,7 +212,7 @@ pub struct CopyOptions<'a> {
     /// When the destination already holds an object of the source's size, compare checksums
     /// and skip the write if they match (resuming an interrupted copy).
     pub skip_identical: bool,
-    /// Bytes per read (and per multipart part).
+    /// Bytes per read; a multipart part gathers reads up to at least [`MIN_PART_BYTES`].
     pub chunk_bytes: usize,
     /// Compute the source's SHA-256 while reading it (the outcome's [`FileDigest`]; backup
     /// manifests need it). Without it the outcome carries the size and CRC-32 only.
@@ -409,8 +409,12 @@ async fn read_range(
     Ok(bytes)
 }
 
-/// Parts of one multipart upload sent at once (each `chunk_bytes`, 8 MiB by default).
+/// Parts of one multipart upload sent at once (each `chunk_bytes`, 8 MiB by default, and at
+/// least [`MIN_PART_BYTES`]).
 const PARTS_IN_FLIGHT: usize = 4;
+
+/// The smallest part S3 accepts in a multipart upload (all parts but the last).
+pub const MIN_PART_BYTES: usize = 5 << 20;
 
 /// A multipart upload that is aborted unless completed: on an error (explicitly, awaited) and
 /// when dropped part-way (a cancelled copy: the abort is spawned on the runtime). S3 keeps the
@@ -566,6 +570,7 @@ pub async fn copy_verified(
         let mut offset = 0u64;
         let chunk = options.chunk_bytes.max(1) as u64;
         let mut sent = Ok(());
+        let (mut part, mut part_bytes) = (Vec::new(), 0usize);
         while offset < size && sent.is_ok() {
             let end = (offset + chunk).min(size);
             let bytes = match read_range(src, from, size, offset, end).await {
@@ -578,7 +583,14 @@ pub async fn copy_verified(
             offset = end;
             sums.update(&bytes);
             report(options, bytes.len());
-            in_flight.push(upload.put_part(PutPayload::from(bytes)));
+            part_bytes += bytes.len();
+            part.push(bytes);
+            // S3 refuses parts under 5 MiB (but the last): reads are gathered into parts.
+            if part_bytes < MIN_PART_BYTES && offset < size {
+                continue;
+            }
+            part_bytes = 0;
+            in_flight.push(upload.put_part(PutPayload::from_iter(std::mem::take(&mut part))));
             // At most PARTS_IN_FLIGHT parts buffered: a big file never sits in memory whole.
             while in_flight.len() >= PARTS_IN_FLIGHT && sent.is_ok() {
                 if let Some(Err(e)) = in_flight.next().await {

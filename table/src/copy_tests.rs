@@ -480,7 +480,8 @@ impl Tamper for SecondPartFails {
 async fn a_failed_part_aborts_the_upload_and_leaves_nothing_under_the_final_name() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.parquet");
-    std::fs::write(&src, content(10_000, 3)).unwrap();
+    // Three parts of at least 5 MiB but the last (reads of 1 MiB gathered).
+    std::fs::write(&src, content(12 << 20, 3)).unwrap();
     std::fs::create_dir_all(dir.path().join("out")).unwrap();
     let dst = dir.path().join("out/dst.parquet");
     let tamper = SecondPartFails::default();
@@ -492,7 +493,7 @@ async fn a_failed_part_aborts_the_upload_and_leaves_nothing_under_the_final_name
         &failing,
         &at(&dst),
         &CopyOptions {
-            chunk_bytes: 1024,
+            chunk_bytes: 1 << 20,
             ..CopyOptions::default()
         },
     )

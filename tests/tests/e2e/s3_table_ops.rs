@@ -658,3 +658,119 @@ async fn optimize_vacuum_history_and_cat_on_an_s3_table() {
         "header + every row"
     );
 }
+
+/// The multipart uploads S3 holds (started, neither completed nor aborted) under `uri`, as
+/// boto3 lists them (a reader sharing no code with Tidemark).
+fn pending_uploads(uri: &str) -> Vec<String> {
+    let url = url::Url::parse(uri).unwrap();
+    let script = "import boto3, json, os, sys\n\
+s3 = boto3.client('s3', endpoint_url=os.environ['AWS_ENDPOINT_URL'], region_name='us-east-1')\n\
+r = s3.list_multipart_uploads(Bucket=sys.argv[1], Prefix=sys.argv[2])\n\
+print(json.dumps([u['Key'] for u in r.get('Uploads', [])]))\n";
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            url.host_str().unwrap(),
+            url.path().trim_start_matches('/'),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A big file goes to S3 as a multipart upload of parts S3 accepts (>= 5 MiB but the last),
+/// whole and verified; a copy cancelled part-way (parts already uploaded) leaves no object
+/// under the final name and no pending multipart upload (it is aborted).
+#[tokio::test(flavor = "multi_thread")]
+async fn big_files_go_to_s3_in_multipart_uploads_and_a_cancelled_one_is_aborted() {
+    let Some(s3) = s3_server() else {
+        return;
+    };
+    s3.set_process_env();
+    if !have_python() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src_dir = open_store(s(dir.path())).unwrap();
+    let bytes: Vec<u8> = (0..(23u64 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.path().join("big.parquet"), &bytes).unwrap();
+    let from = src_dir.child("big.parquet").unwrap();
+    let dest = open_store(&s3.table_uri(1, "multipart")).unwrap();
+    let to = dest.child("part-0.parquet").unwrap();
+    let options = tidemark_table::CopyOptions {
+        chunk_bytes: 1 << 20,
+        ..tidemark_table::CopyOptions::default()
+    };
+    let outcome = tidemark_table::copy_verified(
+        src_dir.store().as_ref(),
+        &from,
+        dest.store().as_ref(),
+        &to,
+        &options,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.size(), bytes.len() as u64);
+    let got = dest.store().get(&to).await.unwrap().bytes().await.unwrap();
+    assert!(got == bytes, "the object is the file");
+    let e_tag = dest
+        .store()
+        .head(&to)
+        .await
+        .unwrap()
+        .e_tag
+        .unwrap_or_default();
+    assert!(
+        e_tag.contains("-5"),
+        "a 5-part upload's ETag ends in -5: {e_tag}"
+    );
+
+    // Cancelled once 12 MiB were read (two parts sent): aborted, nothing visible.
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&read);
+    let progress = move |n: u64| {
+        counter.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    };
+    let cancelled_to = dest.child("cancelled.parquet").unwrap();
+    let options = tidemark_table::CopyOptions {
+        chunk_bytes: 1 << 20,
+        progress: Some(&progress),
+        ..tidemark_table::CopyOptions::default()
+    };
+    let copy = tidemark_table::copy_verified(
+        src_dir.store().as_ref(),
+        &from,
+        dest.store().as_ref(),
+        &cancelled_to,
+        &options,
+    );
+    let watch = async {
+        while read.load(std::sync::atomic::Ordering::SeqCst) < 12 << 20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::select! {
+        r = copy => panic!("the copy finished before it could be cancelled: {:?}", r.map(|o| o.size())),
+        () = watch => {}
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pending = pending_uploads(&dest.url());
+        if pending.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "upload never aborted: {pending:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        dest.store().head(&cancelled_to).await.is_err(),
+        "no object under the final name"
+    );
+}
