@@ -41,8 +41,8 @@ pub struct MaintenanceConfig {
     pub compact_target_bytes: u64,
     /// Backup directories of the table (`tidemark backup --to`): the log cleanup keeps the
     /// commits after each one's newest chain (so the next incremental backup can continue it)
-    /// and `tidemark vacuum --config` keeps the files those commits add. Paths are taken
-    /// as given (relative to the working directory).
+    /// and `tidemark vacuum --config` keeps the files those commits add. Paths (relative to the
+    /// working directory) or `s3://bucket/prefix` URLs, taken as given.
     #[serde(default)]
     pub backups: Vec<std::path::PathBuf>,
 }
