@@ -9,6 +9,10 @@
 //! is shown raw in the refusal and never broken automatically.
 //!
 //! Invariants kept here:
+//! - A lock is held only on a store that refuses a second put-if-absent: right after creating
+//!   the lock object, a second create of it must fail, or the lock is deleted and refused
+//!   ([`ObjectLockError::NoPutIfAbsent`]) — a store that silently overwrites could let two
+//!   writers in.
 //! - A lock is taken only by a put-if-absent (`If-None-Match: *`) of the lock object, or by a
 //!   conditional overwrite (`If-Match: <etag>`) of a lock object judged stale: two processes
 //!   breaking one stale lock at once cannot both win, the second's overwrite fails its
@@ -45,6 +49,17 @@ pub enum ObjectLockError {
         holder: String,
         /// What to do.
         advice: String,
+    },
+    /// The store accepted a second put-if-absent of the lock object: it does not implement
+    /// conditional writes, so no lock (and no safe concurrent commit) is possible on it.
+    #[error("lock object {lock} of {what}: the store accepted a second put-if-absent of it ({detail}); it does not implement conditional writes (If-None-Match: *), so two writers could not be kept apart: refusing. Use S3 or an S3-compatible store with conditional writes")]
+    NoPutIfAbsent {
+        /// What the lock protects.
+        what: String,
+        /// The lock object's URI.
+        lock: String,
+        /// What the probe saw.
+        detail: String,
     },
     /// The store refused or failed a request.
     #[error("lock object {lock} of {what}: {op} failed: {source}")]
@@ -231,7 +246,38 @@ impl ObjectLock {
         {
             Ok(_) => {
                 tracing::debug!(lock = %uri, "took the lock object");
-                return Ok(lock(holder.token));
+                let taken = lock(holder.token);
+                // The lock is only worth anything if the store refuses a second create: try
+                // one (with the same bytes, harmless if the store wrongly accepts it).
+                let again = PutOptions {
+                    mode: PutMode::Create,
+                    ..PutOptions::default()
+                };
+                let refused = match store
+                    .put_opts(&path, PutPayload::from_bytes(body), again)
+                    .await
+                {
+                    Err(object_store::Error::AlreadyExists { .. })
+                    | Err(object_store::Error::Precondition { .. }) => None,
+                    Ok(_) => Some("the second write succeeded".to_string()),
+                    Err(object_store::Error::NotImplemented { .. })
+                    | Err(object_store::Error::NotSupported { .. }) => {
+                        Some("conditional writes are not implemented".to_string())
+                    }
+                    Err(e) => {
+                        drop(taken.release().await);
+                        return Err(store_err("check put-if-absent with")(e));
+                    }
+                };
+                if let Some(detail) = refused {
+                    drop(taken.release().await);
+                    return Err(ObjectLockError::NoPutIfAbsent {
+                        what: what.to_string(),
+                        lock: uri.to_string(),
+                        detail,
+                    });
+                }
+                return Ok(taken);
             }
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. }) => {}
@@ -483,5 +529,88 @@ mod tests {
             .unwrap();
         lock.release().await.unwrap();
         assert!(store.head(&path).await.is_ok());
+    }
+
+    /// A store that ignores conditional writes (every put overwrites).
+    #[derive(Debug)]
+    struct Unconditional(InMemory);
+
+    impl std::fmt::Display for Unconditional {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Unconditional")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Unconditional {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            _opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.0
+                .put_opts(location, payload, PutOptions::default())
+                .await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.0.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+            self.0.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_without_conditional_writes_is_refused_and_left_clean() {
+        let store: Arc<dyn ObjectStore> = Arc::new(Unconditional(InMemory::new()));
+        let path = Path::from("t/.x.lock");
+        let err = ObjectLock::acquire(store.clone(), path.clone(), "mem://l", "t", "a")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ObjectLockError::NoPutIfAbsent { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("conditional writes"), "{err}");
+        assert!(
+            store.head(&path).await.is_err(),
+            "no lock object left behind"
+        );
     }
 }
