@@ -6,8 +6,9 @@
 //! ([`vacuum`]) and compaction ([`optimize`]).
 //!
 //! Everything here works on `Arc<dyn ObjectStore>` for both sides ([`location::TableLocation`]):
-//! local tables today (through the `fs` seam's durable writes), other object stores by
-//! constructing another store.
+//! local tables (through the `fs` seam's durable writes) and `s3://` tables (S3 with conditional
+//! writes and retries); a writer on an object store is kept alone by a lock object
+//! ([`object_lock`]) instead of an `flock`.
 
 pub mod backup;
 pub mod copy;

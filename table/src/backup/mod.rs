@@ -1,6 +1,6 @@
 //! Backups of a Delta table: full snapshots and incrementals chained to them, each with a
 //! [`manifest::Manifest`] written last ([`take`]); [`chain`] holds the pure logic of which
-//! backups make which version and which may be pruned; [`dir`] the directory on disk.
+//! backups make which version and which may be pruned; [`dir`] the backup directory (local or on S3).
 
 pub mod chain;
 pub mod dir;
