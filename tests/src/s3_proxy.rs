@@ -42,6 +42,10 @@ pub struct FaultPlan {
     pub strip_conditional: bool,
     /// Seed of the choice of faulted requests.
     pub seed: u64,
+    /// The first this-many Delta commits (PUTs of `_delta_log/<version>.json`) are forwarded
+    /// and land, and their answer is lost (the connection dropped): the writer cannot tell
+    /// from the answer whether its commit landed.
+    pub lose_commit_answers: u64,
 }
 
 impl FaultPlan {
@@ -57,6 +61,7 @@ impl FaultPlan {
             ],
             strip_conditional: false,
             seed,
+            lose_commit_answers: 0,
         }
     }
 
@@ -67,6 +72,7 @@ impl FaultPlan {
             faults: Vec::new(),
             strip_conditional: true,
             seed: 0,
+            lose_commit_answers: 0,
         }
     }
 }
@@ -80,6 +86,8 @@ pub struct ProxyCounts {
     pub faults: [AtomicU64; 4],
     /// Requests a fault hit whose method was PUT (uploads, commits) or POST (multipart).
     pub faulted_writes: AtomicU64,
+    /// Delta commits forwarded whose answer was dropped ([`FaultPlan::lose_commit_answers`]).
+    pub lost_commit_answers: AtomicU64,
 }
 
 impl ProxyCounts {
@@ -204,6 +212,29 @@ fn serve(
             let (k, v) = h.split_once(':')?;
             k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
         })
+    };
+    let is_commit = request_line.starts_with("PUT ")
+        && request_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|target| target.split('?').next())
+            .and_then(|path| path.rsplit_once("/_delta_log/"))
+            .is_some_and(|(_, name)| {
+                name.strip_suffix(".json")
+                    .is_some_and(|v| v.len() == 20 && v.bytes().all(|b| b.is_ascii_digit()))
+            });
+    let fault = match fault {
+        None if is_commit
+            && counts
+                .lost_commit_answers
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < plan.lose_commit_answers).then_some(n + 1)
+                })
+                .is_ok() =>
+        {
+            Some(S3Fault::DropAfterForward)
+        }
+        other => other,
     };
     let length: usize = header("content-length")
         .and_then(|v| v.parse().ok())

@@ -177,7 +177,8 @@ impl Replayer {
             }
         }
         self.parent.push(restored_to.or(expected.checked_sub(1)));
-        self.own.push(if restored_to.is_some() { None } else { epoch });
+        self.own
+            .push(if restored_to.is_some() { None } else { epoch });
         Ok(())
     }
 

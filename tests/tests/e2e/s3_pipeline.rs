@@ -90,12 +90,19 @@ async fn assert_exactly_once_on_s3(uri: &str, ends: &Ends, rows: u64) -> audit::
     let orphans = table_audit::unreferenced_files(&table, &replay.live_files)
         .await
         .unwrap();
-    assert!(orphans.is_empty(), "{uri}: unreferenced data files {orphans:?}");
+    assert!(
+        orphans.is_empty(),
+        "{uri}: unreferenced data files {orphans:?}"
+    );
     // Every live file is there (the audit read them all: a missing one fails above), and
     // deltalake agrees on which they are.
-    let view = deltalake::open_table(url::Url::parse(uri).unwrap())
-        .await
-        .expect("deltalake opens the S3 table");
+    tidemark_connectors::table_store::register_s3_log_store();
+    let mut view = deltalake::DeltaTableBuilder::from_url(table.url().clone())
+        .unwrap()
+        .with_storage_backend(table.store().clone(), table.url().clone())
+        .build()
+        .unwrap();
+    view.load().await.expect("deltalake opens the S3 table");
     let files: BTreeSet<String> = view
         .get_file_uris()
         .unwrap()
@@ -139,7 +146,11 @@ async fn each_crash_point_recovers_exactly_once_on_s3() {
             stderr_of(&crashed)
         );
         let (case, before) = super::protocol::expected(point, 2);
-        assert_eq!(committed(&uri, "test").await, before, "{spec}: epochs at the crash");
+        assert_eq!(
+            committed(&uri, "test").await,
+            before,
+            "{spec}: epochs at the crash"
+        );
         if point == CrashPoint::AfterParquetWrite {
             let table = table_audit::open(&uri).unwrap();
             let replay = table_audit::replay_log(&table).await.unwrap();
@@ -168,7 +179,9 @@ async fn each_crash_point_recovers_exactly_once_on_s3() {
             let s = summary(&out);
             assert_eq!(s["rows_written"], 0, "lost state: nothing again: {s}");
             assert_exactly_once_on_s3(&uri, &ends, n).await;
-            report.push(format!("lost state dir after {spec}: progress from the table"));
+            report.push(format!(
+                "lost state dir after {spec}: progress from the table"
+            ));
         }
     }
     eprintln!("S3 crash points:\n  {}", report.join("\n  "));
@@ -194,7 +207,11 @@ async fn a_lost_state_dir_rebuilds_dedup_state_from_the_s3_table() {
     let topic = std::fs::read_to_string(&fixture.config)
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("topics = [\"")?.strip_suffix("\"]").map(str::to_string))
+        .find_map(|l| {
+            l.strip_prefix("topics = [\"")?
+                .strip_suffix("\"]")
+                .map(str::to_string)
+        })
         .unwrap();
     produce_range(&brokers, &topic, 3, 0..500, order_json);
     let out = fixture.run_to_end(&[]);
@@ -202,7 +219,10 @@ async fn a_lost_state_dir_rebuilds_dedup_state_from_the_s3_table() {
     assert!(out.status.success(), "{log}");
     assert!(log.contains("dedup state rebuilt from the table"), "{log}");
     let s = summary(&out);
-    assert_eq!(s["rows_written"], 0, "the resent records are duplicates: {s}");
+    assert_eq!(
+        s["rows_written"], 0,
+        "the resent records are duplicates: {s}"
+    );
     let table = table_audit::open(&uri).unwrap();
     let replay = table_audit::replay_log(&table).await.unwrap();
     let ids = table_audit::read_coordinates(&table, &replay.live_files)
@@ -229,7 +249,9 @@ async fn chaos_sigkills_on_s3_keep_exactly_once() {
         &brokers,
         &topic,
         &uri,
-        &format!("[checkpoint]\ninterval_ms = 250\nmax_records = 2000\n{DEDUP}"),
+        &format!(
+            "[checkpoint]\ninterval_ms = 250\nmax_records = 2000\n{DEDUP}[maintenance]\ncheckpoint_every = 4\n"
+        ),
     );
     let producer = {
         let (brokers, topic) = (brokers.clone(), topic.clone());
@@ -277,7 +299,10 @@ async fn chaos_sigkills_on_s3_keep_exactly_once() {
             Some(status) if armed.is_some() && status.signal() == Some(libc::SIGKILL) => {
                 by_point += 1
             }
-            Some(status) => panic!("pipeline exited on its own ({status}): {}", log.join().unwrap()),
+            Some(status) => panic!(
+                "pipeline exited on its own ({status}): {}",
+                log.join().unwrap()
+            ),
             None => child.kill().unwrap(),
         }
         assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
@@ -294,6 +319,14 @@ async fn chaos_sigkills_on_s3_keep_exactly_once() {
     assert!(by_point >= 1, "no kill landed at a crash point");
     assert_exactly_once_on_s3(&uri, &ends, records).await;
     assert_eq!(s["totals"]["written"], records, "{s}");
+    // Maintenance ran on S3: Delta checkpoints and `_last_checkpoint` are in the log.
+    let table = table_audit::open(&uri).unwrap();
+    let names = table_audit::log_file_names(&table).await.unwrap();
+    assert!(
+        names.iter().any(|n| n.ends_with(".checkpoint.parquet"))
+            && names.iter().any(|n| n == "_last_checkpoint"),
+        "no Delta checkpoint on S3: {names:?}"
+    );
 }
 
 /// Two pipelines (ids `test` and `rival`, each its own topic) commit to one S3 table at once,
@@ -338,14 +371,19 @@ async fn two_writers_racing_on_one_s3_table_commit_each_epoch_once() {
         "S3 race: {epochs} epoch commits of two writers in versions 1..={}, {races} commits lost a race and were retried",
         replay.version
     );
-    assert!(races >= 1, "the writers never raced (no lost put-if-absent)");
+    assert!(
+        races >= 1,
+        "the writers never raced (no lost put-if-absent)"
+    );
     // Version 0 creates the table (one of the writers; the other's create lost).
     assert_eq!(replay.version as usize, epochs, "one commit per version");
 }
 
 /// A share of the S3 requests fail (503 SlowDown, 500, a dropped connection before the
-/// request reaches the store, and one dropped after the store applied it): the client retries,
-/// the sink resolves an ambiguous commit against the table, and every record lands once.
+/// request reaches the store, and one dropped after the store applied it), and the answers of
+/// the first three commits are lost after they landed: the client retries, the sink resolves
+/// each ambiguous commit against the table (its own commit found: committed, not redone), and
+/// every record lands once.
 #[tokio::test(flavor = "multi_thread")]
 async fn transient_s3_errors_are_retried_and_nothing_is_lost_or_doubled() {
     let (Some(brokers), Some(s3)) = (broker(), s3_server()) else {
@@ -353,9 +391,14 @@ async fn transient_s3_errors_are_retried_and_nothing_is_lost_or_doubled() {
     };
     s3.set_process_env();
     let n = 4_000u64;
-    let extra = format!("[checkpoint]\ninterval_ms = 200\nmax_records = 400\n{DEDUP}");
+    let extra = format!("[checkpoint]\ninterval_ms = 200\nmax_records = 250\n{DEDUP}");
     let (fixture, uri, ends) = s3_fixture(&brokers, &s3, "s3-faults", n, &extra).await;
-    let proxy = S3FaultProxy::start(&s3, FaultPlan::transient(0.12, 16));
+    let plan = FaultPlan {
+        // The first three commits land and their answers are lost.
+        lose_commit_answers: 3,
+        ..FaultPlan::transient(0.2, 16)
+    };
+    let proxy = S3FaultProxy::start(&s3, plan);
     let endpoint = proxy.server().endpoint;
     let out = fixture.run_to_end(&[("AWS_ENDPOINT_URL", endpoint.as_str())]);
     let log = stderr_of(&out);
@@ -372,6 +415,11 @@ async fn transient_s3_errors_are_retried_and_nothing_is_lost_or_doubled() {
             .map(|f| f.load(Ordering::Relaxed))
             .collect::<Vec<_>>(),
         counts.faulted_writes.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        counts.lost_commit_answers.load(Ordering::Relaxed),
+        3,
+        "the answers of three landed commits were lost"
     );
     assert!(faults >= 10, "too few faults injected to mean anything");
     assert!(counts.faulted_writes.load(Ordering::Relaxed) >= 3);

@@ -206,6 +206,22 @@ pub async fn unreferenced_files(
         .collect())
 }
 
+/// The names of the objects in the table's `_delta_log/` (commits, Delta checkpoints,
+/// `_last_checkpoint`).
+pub async fn log_file_names(table: &TableStore) -> Result<Vec<String>, AuditError> {
+    let log_dir = under(table, "_delta_log");
+    let objects: Vec<_> = table
+        .store()
+        .list(Some(&log_dir))
+        .try_collect()
+        .await
+        .map_err(store_err(&log_dir))?;
+    Ok(objects
+        .into_iter()
+        .filter_map(|o| o.location.filename().map(str::to_string))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
