@@ -532,6 +532,11 @@ pub struct DeltaSink {
     app_id: String,
     /// The table's directory for `file://` tables.
     local_root: Option<PathBuf>,
+    /// An object-store table whose store has not yet been checked to refuse a second
+    /// put-if-absent ([`verify_put_if_absent`]). Invariant: `None` before any commit through
+    /// this sink — a writer checks at open (the pipeline: refused at start), a sink opened only
+    /// to look (`status`, audits) checks before its first commit, so looking writes nothing.
+    unchecked_store: Option<TableStore>,
     fs: SharedFs,
     run_id: RunId,
     arrow_schema: SchemaRef,
@@ -645,18 +650,22 @@ impl DeltaSink {
             }
         }
         // Object stores: Tidemark's own client (conditional writes, retries), checked to refuse a
-        // second put-if-absent before anything is committed through it.
+        // second put-if-absent before anything is committed through it: at once by a writer
+        // (which may create the table), before the first commit by a sink opened to look.
         let remote = match local_root {
             Some(_) => None,
             None => {
                 let opened =
                     TableStore::open(url, fs.clone()).map_err(sink_err("open the store", &uri))?;
-                verify_put_if_absent(&opened)
-                    .await
-                    .map_err(sink_err("check conditional writes", &uri))?;
+                if create.is_some() {
+                    verify_put_if_absent(&opened)
+                        .await
+                        .map_err(sink_err("check conditional writes", &uri))?;
+                }
                 Some(opened)
             }
         };
+        let unchecked_store = remote.clone().filter(|_| create.is_none());
         let load = || async {
             let mut builder =
                 DeltaTableBuilder::from_url(url.clone()).map_err(sink_err("open", &uri))?;
@@ -710,6 +719,7 @@ impl DeltaSink {
             uri,
             app_id: app_id.to_string(),
             local_root,
+            unchecked_store,
             fs,
             run_id,
             arrow_schema,
@@ -897,6 +907,7 @@ impl DeltaSink {
         opened: &GenerationOpened,
     ) -> Result<TableVersion, DeltaSinkError> {
         use deltalake::kernel::MetadataExt;
+        self.ensure_conditional_writes().await?;
         self.refresh().await?;
         let current = self.table_generation()?;
         if current >= opened.generation {
@@ -1304,6 +1315,7 @@ impl DeltaSink {
         info: &EpochCommitInfo,
         more_of_epoch: bool,
     ) -> Result<CommitOutcome, DeltaSinkError> {
+        self.ensure_conditional_writes().await?;
         let outcome = self.commit_fenced_once(adds, info, more_of_epoch).await?;
         if let CommitOutcome::Committed { .. } = outcome {
             self.newest_own = Some(self.newest_own.map_or(info.epoch, |o| o.max(info.epoch)));
@@ -1440,6 +1452,18 @@ impl DeltaSink {
                 && after.is_none_or(|b| p.table_version.get() > b))
             .then_some(p.table_version.get())
         }))
+    }
+
+    /// Checks, once, that an object-store table's store refuses a second put-if-absent before
+    /// the first commit of a sink opened without creating (see `unchecked_store`).
+    async fn ensure_conditional_writes(&mut self) -> Result<(), DeltaSinkError> {
+        if let Some(store) = &self.unchecked_store {
+            verify_put_if_absent(store)
+                .await
+                .map_err(sink_err("check conditional writes", &self.uri))?;
+            self.unchecked_store = None;
+        }
+        Ok(())
     }
 
     /// Makes a commit found in the table durable again after an error: its content was fsynced

@@ -86,6 +86,8 @@ pub struct ProxyCounts {
     pub faults: [AtomicU64; 4],
     /// Requests a fault hit whose method was PUT (uploads, commits) or POST (multipart).
     pub faulted_writes: AtomicU64,
+    /// Requests that change the store (PUT, POST, DELETE) forwarded to it.
+    pub writes: AtomicU64,
     /// Delta commits forwarded whose answer was dropped ([`FaultPlan::lose_commit_answers`]).
     pub lost_commit_answers: AtomicU64,
 }
@@ -277,6 +279,12 @@ fn serve(
             return Ok(());
         }
         _ => {}
+    }
+    if ["PUT ", "POST ", "DELETE "]
+        .iter()
+        .any(|m| request_line.starts_with(m))
+    {
+        counts.writes.fetch_add(1, Ordering::Relaxed);
     }
     let mut up = TcpStream::connect(upstream)?;
     let mut out = format!("{request_line}\r\n");

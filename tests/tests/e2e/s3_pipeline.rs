@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tidemark_engine::fault::CrashPoint;
 use tidemark_tests::{
-    broker, create_topic, drain_stderr, order_json, produce, produce_range, s3_server, stderr_of,
+    broker, create_topic, drain_stderr, order_json, order_json_unless, produce, produce_range, s3_server, stderr_of,
     summary, unique_topic, FaultPlan, Fixture, S3FaultProxy, S3Server,
 };
 use tidemark_tools::audit::{self, store as table_audit};
@@ -232,7 +232,8 @@ async fn a_lost_state_dir_rebuilds_dedup_state_from_the_s3_table() {
 }
 
 /// SIGKILLs at random moments (and at aimed crash points) while a producer writes, the table
-/// on S3: the final run ends with every record once.
+/// and its dead-letter table on S3, dedup and Delta checkpoints on: the final run ends with
+/// every record once (malformed ones once in the dead-letter table).
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_sigkills_on_s3_keep_exactly_once() {
     let (Some(brokers), Some(s3)) = (broker(), s3_server()) else {
@@ -240,6 +241,9 @@ async fn chaos_sigkills_on_s3_keep_exactly_once() {
     };
     s3.set_process_env();
     let records = 20_000u64;
+    // Malformed records go to the dead-letter table, also on S3.
+    let bad = |i: u64| i % 997 == 5;
+    let dead = (0..records).filter(|i| bad(*i)).count() as u64;
     let kills_wanted = 10;
     let topic = unique_topic("s3-chaos");
     create_topic(&brokers, &topic, 3).await;
@@ -259,7 +263,7 @@ async fn chaos_sigkills_on_s3_keep_exactly_once() {
             let mut ends: Ends = BTreeMap::new();
             for chunk in 0..20 {
                 let range = chunk * 1_000..(chunk + 1) * 1_000;
-                for (k, n) in produce_range(&brokers, &topic, 3, range, order_json) {
+                for (k, n) in produce_range(&brokers, &topic, 3, range, order_json_unless(bad)) {
                     *ends.entry(k).or_insert(0) += n;
                 }
                 std::thread::sleep(Duration::from_millis(400));
@@ -317,8 +321,12 @@ async fn chaos_sigkills_on_s3_keep_exactly_once() {
         started.elapsed().as_secs_f64()
     );
     assert!(by_point >= 1, "no kill landed at a crash point");
-    assert_exactly_once_on_s3(&uri, &ends, records).await;
-    assert_eq!(s["totals"]["written"], records, "{s}");
+    assert_exactly_once_on_s3(&uri, &ends, records - dead).await;
+    let report = table_audit::check_exactly_once(&table_audit::open(&uri).unwrap(), &ends)
+        .await
+        .unwrap();
+    assert_eq!(report.dead_letters, dead, "dead letters in the S3 dead-letter table");
+    assert_eq!(s["totals"]["written"], records - dead, "{s}");
     // Maintenance ran on S3: Delta checkpoints and `_last_checkpoint` are in the log.
     let table = table_audit::open(&uri).unwrap();
     let names = table_audit::log_file_names(&table).await.unwrap();
@@ -434,7 +442,8 @@ async fn transient_s3_errors_are_retried_and_nothing_is_lost_or_doubled() {
 
 /// A store that ignores `If-None-Match` (the proxy strips it) would let two writers both
 /// commit one version: the pipeline refuses to start, says why and what the store must
-/// support, and writes no commit.
+/// support, and writes no commit. Through the real store it runs; `status` then reads the
+/// table without writing anything.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_without_conditional_writes_is_refused_at_start() {
     let (Some(brokers), Some(s3)) = (broker(), s3_server()) else {
@@ -462,4 +471,24 @@ async fn a_store_without_conditional_writes_is_refused_at_start() {
     let out = fixture.run_to_end(&[]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(summary(&out)["rows_written"], 100);
+    // `status` only looks: through a pass-through proxy it reads the table and writes nothing
+    // (no put-if-absent probe either: read-only credentials suffice).
+    let looking = S3FaultProxy::start(&s3, FaultPlan::transient(0.0, 0));
+    let out = std::process::Command::new(EXE)
+        .args(["status", "--json", "--config"])
+        .arg(&fixture.config)
+        .env("RUST_LOG", "warn")
+        .env("AWS_ENDPOINT_URL", looking.server().endpoint)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["table"]["txn_version"],
+        committed(&uri, "test").await,
+        "{status}"
+    );
+    let counts = looking.counts();
+    assert!(counts.requests.load(Ordering::Relaxed) > 0, "status went around the proxy");
+    assert_eq!(counts.writes.load(Ordering::Relaxed), 0, "status wrote to the store");
 }
