@@ -53,7 +53,21 @@ pub const COMMIT_INFO_KEY: &str = "tidemark";
 
 /// How many times a commit is tried again after losing a race to an unrelated commit (one of
 /// another pipeline, or a table maintenance job); each try re-checks the txn version first.
-pub const MAX_COMMIT_ATTEMPTS: usize = 8;
+/// Writers committing every 100 ms to one table on an object store (a log read and a commit
+/// PUT per try) made 8 too few: one lost 8 races in a row (e2e
+/// `s3_pipeline::two_writers_racing_on_one_s3_table_commit_each_epoch_once`).
+pub const MAX_COMMIT_ATTEMPTS: usize = 32;
+
+/// The wait before try `attempt` (from the third on) after a lost race: a random share of
+/// `attempt` x 20 ms (at most 400 ms), so two writers that keep colliding drift apart.
+fn conflict_backoff(attempt: usize) -> std::time::Duration {
+    let cap_ms = (attempt as u64 * 20).min(400);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or_default();
+    std::time::Duration::from_millis(nanos % cap_ms.max(1))
+}
 
 /// A failed sink operation, naming the operation, the table and (when there is one) the file.
 #[derive(Debug, thiserror::Error)]
@@ -1334,9 +1348,15 @@ impl DeltaSink {
         info.generation = self.generation;
         info.cluster_id = self.cluster_id.clone();
         let mut attempt = 0;
+        // The table was just re-read (after a lost race): no second read before the next try,
+        // which would only widen the window another writer's commit can fall into.
+        let mut fresh = false;
         loop {
             attempt += 1;
-            self.refresh().await?;
+            if !fresh {
+                self.refresh().await?;
+            }
+            fresh = false;
             self.check_not_fenced()?;
             let txn_version = self.loaded_txn_version().await?;
             if let Some(own) = self.newest_own {
@@ -1386,6 +1406,11 @@ impl DeltaSink {
             }
             if is_commit_conflict(&error) && attempt < MAX_COMMIT_ATTEMPTS {
                 debug!(table = %self.uri, epoch = %info.epoch, attempt, "another commit came first; checking the table again: {error}");
+                if attempt >= 2 {
+                    tokio::time::sleep(conflict_backoff(attempt)).await;
+                } else {
+                    fresh = true;
+                }
                 continue;
             }
             return Err(sink_err("commit", &self.uri)(error));
