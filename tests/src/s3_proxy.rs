@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::S3Server;
 
 /// A fault the proxy injects instead of (or after) forwarding a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum S3Fault {
     /// `503 Slow Down` (S3's throttling answer), the request not forwarded.
     SlowDown,

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tidemark_engine::fault::CrashPoint;
 use tidemark_tests::{
-    broker, create_topic, drain_stderr, order_json, order_json_unless, produce, produce_range, s3_server, stderr_of,
-    summary, unique_topic, FaultPlan, Fixture, S3FaultProxy, S3Server,
+    broker, create_topic, drain_stderr, order_json, order_json_unless, produce, produce_range,
+    s3_server, stderr_of, summary, unique_topic, FaultPlan, Fixture, S3FaultProxy, S3Server,
 };
 use tidemark_tools::audit::{self, store as table_audit};
 
@@ -325,7 +325,10 @@ async fn chaos_sigkills_on_s3_keep_exactly_once() {
     let report = table_audit::check_exactly_once(&table_audit::open(&uri).unwrap(), &ends)
         .await
         .unwrap();
-    assert_eq!(report.dead_letters, dead, "dead letters in the S3 dead-letter table");
+    assert_eq!(
+        report.dead_letters, dead,
+        "dead letters in the S3 dead-letter table"
+    );
     assert_eq!(s["totals"]["written"], records - dead, "{s}");
     // Maintenance ran on S3: Delta checkpoints and `_last_checkpoint` are in the log.
     let table = table_audit::open(&uri).unwrap();
@@ -489,6 +492,13 @@ async fn a_store_without_conditional_writes_is_refused_at_start() {
         "{status}"
     );
     let counts = looking.counts();
-    assert!(counts.requests.load(Ordering::Relaxed) > 0, "status went around the proxy");
-    assert_eq!(counts.writes.load(Ordering::Relaxed), 0, "status wrote to the store");
+    assert!(
+        counts.requests.load(Ordering::Relaxed) > 0,
+        "status went around the proxy"
+    );
+    assert_eq!(
+        counts.writes.load(Ordering::Relaxed),
+        0,
+        "status wrote to the store"
+    );
 }
