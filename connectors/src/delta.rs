@@ -1043,10 +1043,15 @@ impl DeltaSink {
                 parquet_file::encode(&slice).map_err(self.file_err("encode parquet", &name))?;
             let size = bytes.len() as i64;
             // On a local table the store makes the file and its name durable before returning.
-            store
-                .put(&deltalake::Path::from(name.as_str()), bytes.into())
-                .await
-                .map_err(self.file_err("write parquet file", &name))?;
+            let remote = self.local_root.is_none();
+            upload_whole(
+                &store,
+                &deltalake::Path::from(name.as_str()),
+                bytes.into(),
+                remote,
+            )
+            .await
+            .map_err(self.file_err("write parquet file", &name))?;
             adds.push(parquet_file::add_action(name, size, &slice));
             offset += len;
             part += 1;
@@ -1503,6 +1508,50 @@ impl DeltaSink {
         }
         Ok(())
     }
+}
+
+/// Files at least this big are uploaded in parts (a multipart upload on S3): a failed part is
+/// retried alone instead of the whole file, and S3's 5 GiB single-PUT limit never applies.
+pub const MULTIPART_THRESHOLD: usize = 16 << 20;
+
+/// The part size of multipart uploads (S3 wants at least 5 MiB for every part but the last).
+const MULTIPART_CHUNK: usize = 8 << 20;
+
+/// Writes `bytes` to `path` whole: one PUT, or on an object store (`remote`) from
+/// [`MULTIPART_THRESHOLD`] on a multipart upload (the local store writes a temporary file and
+/// renames it either way). Either way the object appears under its name only complete (S3 shows a multipart
+/// upload only once completed; the durable local store renames a finished temporary file), and
+/// a failed multipart upload is aborted (best effort: a bucket lifecycle rule for incomplete
+/// uploads collects what an abort could not).
+async fn upload_whole(
+    store: &Arc<dyn object_store::ObjectStore>,
+    path: &deltalake::Path,
+    bytes: bytes::Bytes,
+    remote: bool,
+) -> object_store::Result<()> {
+    if !remote || bytes.len() < MULTIPART_THRESHOLD {
+        return store.put(path, bytes.into()).await.map(|_| ());
+    }
+    let mut upload = store.put_multipart(path).await?;
+    let parts: Vec<_> = (0..bytes.len())
+        .step_by(MULTIPART_CHUNK)
+        .map(|at| {
+            let end = (at + MULTIPART_CHUNK).min(bytes.len());
+            upload.put_part(bytes.slice(at..end).into())
+        })
+        .collect();
+    let sent: object_store::Result<Vec<()>> =
+        futures::stream::iter(parts).buffered(4).try_collect().await;
+    let done = match sent {
+        Ok(_) => upload.complete().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if done.is_err() {
+        if let Err(abort) = upload.abort().await {
+            warn!(file = %path, "cannot abort the failed multipart upload (a lifecycle rule for incomplete uploads removes it): {abort}");
+        }
+    }
+    done
 }
 
 /// A log path (percent-encoded, RFC 2396) decoded; kept as is when it does not decode.

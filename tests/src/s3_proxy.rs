@@ -88,6 +88,10 @@ pub struct ProxyCounts {
     pub faulted_writes: AtomicU64,
     /// Requests that change the store (PUT, POST, DELETE) forwarded to it.
     pub writes: AtomicU64,
+    /// Multipart uploads started (`POST ...?uploads`) and completed (`POST ...?uploadId=`).
+    pub multipart_started: AtomicU64,
+    /// See [`Self::multipart_started`].
+    pub multipart_completed: AtomicU64,
     /// Delta commits forwarded whose answer was dropped ([`FaultPlan::lose_commit_answers`]).
     pub lost_commit_answers: AtomicU64,
 }
@@ -285,6 +289,18 @@ fn serve(
         .any(|m| request_line.starts_with(m))
     {
         counts.writes.fetch_add(1, Ordering::Relaxed);
+    }
+    if request_line.starts_with("POST ") {
+        let target = request_line.split_whitespace().nth(1).unwrap_or_default();
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        if query
+            .split('&')
+            .any(|kv| kv == "uploads" || kv == "uploads=")
+        {
+            counts.multipart_started.fetch_add(1, Ordering::Relaxed);
+        } else if query.split('&').any(|kv| kv.starts_with("uploadId=")) {
+            counts.multipart_completed.fetch_add(1, Ordering::Relaxed);
+        }
     }
     let mut up = TcpStream::connect(upstream)?;
     let mut out = format!("{request_line}\r\n");

@@ -502,3 +502,57 @@ async fn a_store_without_conditional_writes_is_refused_at_start() {
         "status wrote to the store"
     );
 }
+
+/// An order record with a `note` of `bytes` pseudo-random hex characters (they do not
+/// compress: the Parquet file is about as big as the notes).
+fn big_order(bytes: usize) -> impl Fn(u64) -> Vec<u8> {
+    move |i| {
+        let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let note: String = (0..bytes)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from_digit((x % 16) as u32, 16).unwrap_or('0')
+            })
+            .collect();
+        format!(r#"{{"id":"id-{i:09}","n":{i},"note":"{note}"}}"#).into_bytes()
+    }
+}
+
+/// An epoch whose Parquet file passes the multipart threshold (16 MiB) is uploaded to S3 in
+/// parts, and the upload completes before the commit references it: the table reads back whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_epoch_file_is_uploaded_to_s3_in_parts() {
+    let (Some(brokers), Some(s3)) = (broker(), s3_server()) else {
+        return;
+    };
+    s3.set_process_env();
+    let n = 30u64;
+    let topic = unique_topic("s3-multipart");
+    create_topic(&brokers, &topic, 1).await;
+    let ends = produce(&brokers, &topic, 1, n, big_order(700_000));
+    let uri = s3.table_uri(0, "multipart");
+    let fixture = Fixture::with_table_uri(
+        Path::new(EXE),
+        &brokers,
+        &topic,
+        &uri,
+        "[checkpoint]\ninterval_ms = 20000\nmax_records = 1000\n",
+    );
+    let proxy = S3FaultProxy::start(&s3, FaultPlan::transient(0.0, 0));
+    let endpoint = proxy.server().endpoint;
+    let out = fixture.run_to_end(&[("AWS_ENDPOINT_URL", endpoint.as_str())]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let s = summary(&out);
+    assert_eq!(s["rows_written"], n, "{s}");
+    let counts = proxy.counts();
+    let (started, completed) = (
+        counts.multipart_started.load(Ordering::Relaxed),
+        counts.multipart_completed.load(Ordering::Relaxed),
+    );
+    eprintln!("S3 multipart: {started} uploads started, {completed} completed; run {s}");
+    assert!(started >= 1, "no multipart upload: {s}");
+    assert_eq!(started, completed, "every multipart upload completed");
+    assert_exactly_once_on_s3(&uri, &ends, n).await;
+}
