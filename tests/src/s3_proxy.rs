@@ -42,9 +42,10 @@ pub struct FaultPlan {
     pub strip_conditional: bool,
     /// Seed of the choice of faulted requests.
     pub seed: u64,
-    /// The first this-many Delta commits (PUTs of `_delta_log/<version>.json`) are forwarded
-    /// and land, and their answer is lost (the connection dropped): the writer cannot tell
-    /// from the answer whether its commit landed.
+    /// The first PUT of each Delta commit `_delta_log/<version>.json` with version
+    /// 1..=this-many is forwarded and lands, and its answer is lost (the connection dropped):
+    /// the writer cannot tell from the answer whether its commit landed (its retry finds the
+    /// version taken).
     pub lose_commit_answers: u64,
 }
 
@@ -94,6 +95,8 @@ pub struct ProxyCounts {
     pub multipart_completed: AtomicU64,
     /// Delta commits forwarded whose answer was dropped ([`FaultPlan::lose_commit_answers`]).
     pub lost_commit_answers: AtomicU64,
+    /// The commit versions whose answer was dropped.
+    lost_versions: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl ProxyCounts {
@@ -219,28 +222,33 @@ fn serve(
             k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
         })
     };
-    let is_commit = request_line.starts_with("PUT ")
-        && request_line
+    let commit_version = if request_line.starts_with("PUT ") {
+        request_line
             .split_whitespace()
             .nth(1)
             .and_then(|target| target.split('?').next())
             .and_then(|path| path.rsplit_once("/_delta_log/"))
-            .is_some_and(|(_, name)| {
-                name.strip_suffix(".json")
-                    .is_some_and(|v| v.len() == 20 && v.bytes().all(|b| b.is_ascii_digit()))
-            });
-    let fault = match fault {
-        None if is_commit
-            && counts
-                .lost_commit_answers
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    (n < plan.lose_commit_answers).then_some(n + 1)
-                })
-                .is_ok() =>
-        {
-            Some(S3Fault::DropAfterForward)
+            .and_then(|(_, name)| name.strip_suffix(".json"))
+            .filter(|v| v.len() == 20 && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<u64>().ok())
+    } else {
+        None
+    };
+    let fault = match (fault, commit_version) {
+        (None, Some(v)) if (1..=plan.lose_commit_answers).contains(&v) => {
+            let first = counts
+                .lost_versions
+                .lock()
+                .map(|mut lost| lost.insert(v))
+                .unwrap_or(false);
+            if first {
+                counts.lost_commit_answers.fetch_add(1, Ordering::Relaxed);
+                Some(S3Fault::DropAfterForward)
+            } else {
+                None
+            }
         }
-        other => other,
+        (other, _) => other,
     };
     let length: usize = header("content-length")
         .and_then(|v| v.parse().ok())

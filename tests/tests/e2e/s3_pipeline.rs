@@ -392,7 +392,7 @@ async fn two_writers_racing_on_one_s3_table_commit_each_epoch_once() {
 
 /// A share of the S3 requests fail (503 SlowDown, 500, a dropped connection before the
 /// request reaches the store, and one dropped after the store applied it), and the answers of
-/// the first three commits are lost after they landed: the client retries, the sink resolves
+/// the commits of versions 1, 2 and 3 are lost after they landed: the client retries, the sink resolves
 /// each ambiguous commit against the table (its own commit found: committed, not redone), and
 /// every record lands once.
 #[tokio::test(flavor = "multi_thread")]
@@ -405,7 +405,7 @@ async fn transient_s3_errors_are_retried_and_nothing_is_lost_or_doubled() {
     let extra = format!("[checkpoint]\ninterval_ms = 200\nmax_records = 250\n{DEDUP}");
     let (fixture, uri, ends) = s3_fixture(&brokers, &s3, "s3-faults", n, &extra).await;
     let plan = FaultPlan {
-        // The first three commits land and their answers are lost.
+        // Epochs 1, 2 and 3 land and the answers are lost.
         lose_commit_answers: 3,
         ..FaultPlan::transient(0.2, 16)
     };
@@ -432,8 +432,14 @@ async fn transient_s3_errors_are_retried_and_nothing_is_lost_or_doubled() {
         3,
         "the answers of three landed commits were lost"
     );
-    assert!(faults >= 10, "too few faults injected to mean anything");
-    assert!(counts.faulted_writes.load(Ordering::Relaxed) >= 3);
+    // Each was found in the table (the retry found the version taken): counted as committed,
+    // not written again.
+    let resolved = log.matches("the commit landed before an error").count();
+    eprintln!("S3 faults: {resolved} lost commit answers resolved against the table");
+    assert_eq!(
+        resolved, 3,
+        "each lost answer resolved against the table: {log}"
+    );
     // The audit reads straight from the server, not through the proxy.
     assert_exactly_once_on_s3(&uri, &ends, n).await;
     // A restart through the faulty proxy adds nothing.
