@@ -720,7 +720,7 @@ impl DeltaSink {
                     if again.version().is_none() {
                         return Err(sink_err("create", &uri)(e));
                     }
-                    info!(table = %uri, "the table was created by another writer meanwhile; using it");
+                    info!(table = %uri, "the table exists now (created by another writer meanwhile, or by this create whose answer was lost); using it");
                     again
                 }
             };
