@@ -53,7 +53,21 @@ pub const COMMIT_INFO_KEY: &str = "tidemark";
 
 /// How many times a commit is tried again after losing a race to an unrelated commit (one of
 /// another pipeline, or a table maintenance job); each try re-checks the txn version first.
-pub const MAX_COMMIT_ATTEMPTS: usize = 8;
+/// Writers committing every 100 ms to one table on an object store (a log read and a commit
+/// PUT per try) made 8 too few: one lost 8 races in a row (e2e
+/// `s3_pipeline::two_writers_racing_on_one_s3_table_commit_each_epoch_once`).
+pub const MAX_COMMIT_ATTEMPTS: usize = 32;
+
+/// The wait before try `attempt` (from the third on) after a lost race: a random share of
+/// `attempt` x 20 ms (at most 400 ms), so two writers that keep colliding drift apart.
+fn conflict_backoff(attempt: usize) -> std::time::Duration {
+    let cap_ms = (attempt as u64 * 20).min(400);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or_default();
+    std::time::Duration::from_millis(nanos % cap_ms.max(1))
+}
 
 /// A failed sink operation, naming the operation, the table and (when there is one) the file.
 #[derive(Debug, thiserror::Error)]
@@ -532,6 +546,11 @@ pub struct DeltaSink {
     app_id: String,
     /// The table's directory for `file://` tables.
     local_root: Option<PathBuf>,
+    /// An object-store table whose store has not yet been checked to refuse a second
+    /// put-if-absent ([`verify_put_if_absent`]). Invariant: `None` before any commit through
+    /// this sink — a writer checks at open (the pipeline: refused at start), a sink opened only
+    /// to look (`status`, audits) checks before its first commit, so looking writes nothing.
+    unchecked_store: Option<TableStore>,
     fs: SharedFs,
     run_id: RunId,
     arrow_schema: SchemaRef,
@@ -645,18 +664,22 @@ impl DeltaSink {
             }
         }
         // Object stores: Tidemark's own client (conditional writes, retries), checked to refuse a
-        // second put-if-absent before anything is committed through it.
+        // second put-if-absent before anything is committed through it: at once by a writer
+        // (which may create the table), before the first commit by a sink opened to look.
         let remote = match local_root {
             Some(_) => None,
             None => {
                 let opened =
                     TableStore::open(url, fs.clone()).map_err(sink_err("open the store", &uri))?;
-                verify_put_if_absent(&opened)
-                    .await
-                    .map_err(sink_err("check conditional writes", &uri))?;
+                if create.is_some() {
+                    verify_put_if_absent(&opened)
+                        .await
+                        .map_err(sink_err("check conditional writes", &uri))?;
+                }
                 Some(opened)
             }
         };
+        let unchecked_store = remote.clone().filter(|_| create.is_none());
         let load = || async {
             let mut builder =
                 DeltaTableBuilder::from_url(url.clone()).map_err(sink_err("open", &uri))?;
@@ -697,7 +720,7 @@ impl DeltaSink {
                     if again.version().is_none() {
                         return Err(sink_err("create", &uri)(e));
                     }
-                    info!(table = %uri, "the table was created by another writer meanwhile; using it");
+                    info!(table = %uri, "the table exists now (created by another writer meanwhile, or by this create whose answer was lost); using it");
                     again
                 }
             };
@@ -710,6 +733,7 @@ impl DeltaSink {
             uri,
             app_id: app_id.to_string(),
             local_root,
+            unchecked_store,
             fs,
             run_id,
             arrow_schema,
@@ -897,6 +921,7 @@ impl DeltaSink {
         opened: &GenerationOpened,
     ) -> Result<TableVersion, DeltaSinkError> {
         use deltalake::kernel::MetadataExt;
+        self.ensure_conditional_writes().await?;
         self.refresh().await?;
         let current = self.table_generation()?;
         if current >= opened.generation {
@@ -1018,10 +1043,15 @@ impl DeltaSink {
                 parquet_file::encode(&slice).map_err(self.file_err("encode parquet", &name))?;
             let size = bytes.len() as i64;
             // On a local table the store makes the file and its name durable before returning.
-            store
-                .put(&deltalake::Path::from(name.as_str()), bytes.into())
-                .await
-                .map_err(self.file_err("write parquet file", &name))?;
+            let remote = self.local_root.is_none();
+            upload_whole(
+                &store,
+                &deltalake::Path::from(name.as_str()),
+                bytes.into(),
+                remote,
+            )
+            .await
+            .map_err(self.file_err("write parquet file", &name))?;
             adds.push(parquet_file::add_action(name, size, &slice));
             offset += len;
             part += 1;
@@ -1304,6 +1334,7 @@ impl DeltaSink {
         info: &EpochCommitInfo,
         more_of_epoch: bool,
     ) -> Result<CommitOutcome, DeltaSinkError> {
+        self.ensure_conditional_writes().await?;
         let outcome = self.commit_fenced_once(adds, info, more_of_epoch).await?;
         if let CommitOutcome::Committed { .. } = outcome {
             self.newest_own = Some(self.newest_own.map_or(info.epoch, |o| o.max(info.epoch)));
@@ -1322,9 +1353,15 @@ impl DeltaSink {
         info.generation = self.generation;
         info.cluster_id = self.cluster_id.clone();
         let mut attempt = 0;
+        // The table was just re-read (after a lost race): no second read before the next try,
+        // which would only widen the window another writer's commit can fall into.
+        let mut fresh = false;
         loop {
             attempt += 1;
-            self.refresh().await?;
+            if !fresh {
+                self.refresh().await?;
+            }
+            fresh = false;
             self.check_not_fenced()?;
             let txn_version = self.loaded_txn_version().await?;
             if let Some(own) = self.newest_own {
@@ -1374,6 +1411,11 @@ impl DeltaSink {
             }
             if is_commit_conflict(&error) && attempt < MAX_COMMIT_ATTEMPTS {
                 debug!(table = %self.uri, epoch = %info.epoch, attempt, "another commit came first; checking the table again: {error}");
+                if attempt >= 2 {
+                    tokio::time::sleep(conflict_backoff(attempt)).await;
+                } else {
+                    fresh = true;
+                }
                 continue;
             }
             return Err(sink_err("commit", &self.uri)(error));
@@ -1442,6 +1484,18 @@ impl DeltaSink {
         }))
     }
 
+    /// Checks, once, that an object-store table's store refuses a second put-if-absent before
+    /// the first commit of a sink opened without creating (see `unchecked_store`).
+    async fn ensure_conditional_writes(&mut self) -> Result<(), DeltaSinkError> {
+        if let Some(store) = &self.unchecked_store {
+            verify_put_if_absent(store)
+                .await
+                .map_err(sink_err("check conditional writes", &self.uri))?;
+            self.unchecked_store = None;
+        }
+        Ok(())
+    }
+
     /// Makes a commit found in the table durable again after an error: its content was fsynced
     /// before it got its name, so only `_delta_log/`'s entry may be missing from the disk.
     fn ensure_commit_durable(&self, version: u64) -> Result<(), DeltaSinkError> {
@@ -1454,6 +1508,50 @@ impl DeltaSink {
         }
         Ok(())
     }
+}
+
+/// Files at least this big are uploaded in parts (a multipart upload on S3): a failed part is
+/// retried alone instead of the whole file, and S3's 5 GiB single-PUT limit never applies.
+pub const MULTIPART_THRESHOLD: usize = 16 << 20;
+
+/// The part size of multipart uploads (S3 wants at least 5 MiB for every part but the last).
+const MULTIPART_CHUNK: usize = 8 << 20;
+
+/// Writes `bytes` to `path` whole: one PUT, or on an object store (`remote`) from
+/// [`MULTIPART_THRESHOLD`] on a multipart upload (the local store writes a temporary file and
+/// renames it either way). Either way the object appears under its name only complete (S3 shows a multipart
+/// upload only once completed; the durable local store renames a finished temporary file), and
+/// a failed multipart upload is aborted (best effort: a bucket lifecycle rule for incomplete
+/// uploads collects what an abort could not).
+async fn upload_whole(
+    store: &Arc<dyn object_store::ObjectStore>,
+    path: &deltalake::Path,
+    bytes: bytes::Bytes,
+    remote: bool,
+) -> object_store::Result<()> {
+    if !remote || bytes.len() < MULTIPART_THRESHOLD {
+        return store.put(path, bytes.into()).await.map(|_| ());
+    }
+    let mut upload = store.put_multipart(path).await?;
+    let parts: Vec<_> = (0..bytes.len())
+        .step_by(MULTIPART_CHUNK)
+        .map(|at| {
+            let end = (at + MULTIPART_CHUNK).min(bytes.len());
+            upload.put_part(bytes.slice(at..end).into())
+        })
+        .collect();
+    let sent: object_store::Result<Vec<()>> =
+        futures::stream::iter(parts).buffered(4).try_collect().await;
+    let done = match sent {
+        Ok(_) => upload.complete().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if done.is_err() {
+        if let Err(abort) = upload.abort().await {
+            warn!(file = %path, "cannot abort the failed multipart upload (a lifecycle rule for incomplete uploads removes it): {abort}");
+        }
+    }
+    done
 }
 
 /// A log path (percent-encoded, RFC 2396) decoded; kept as is when it does not decode.

@@ -315,6 +315,26 @@ impl RecordProcessor {
         self.dedup.as_ref()
     }
 
+    /// The table columns (indexes into `schema`) [`Self::keys_and_times`] reads from a batch
+    /// of table rows: the key columns and the event-time column. The dedup-state rebuild reads
+    /// only these from the table's files (a large table on object storage is not read whole).
+    pub fn dedup_columns(&self, schema: &arrow::datatypes::Schema) -> Vec<usize> {
+        let Some(spec) = &self.dedup else {
+            return Vec::new();
+        };
+        let mut columns = match &spec.key {
+            KeySource::KafkaKey => Vec::new(),
+            KeySource::Columns(idx) => idx.clone(),
+        };
+        match spec.time {
+            TimeSource::KafkaTimestamp => columns.extend(schema.index_of(COL_TIMESTAMP).ok()),
+            TimeSource::TimestampColumn(i) | TimeSource::LongColumn(i, _) => columns.push(i),
+        }
+        columns.sort_unstable();
+        columns.dedup();
+        columns
+    }
+
     /// Dedup keys and event times of `batch`'s rows (`None` where null), computed as during
     /// processing; `records[rows[i]]` is row i's record when the source is Kafka metadata.
     /// Used to rebuild state from the table's rows too (then `records` is empty and Kafka

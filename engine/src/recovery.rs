@@ -1071,8 +1071,13 @@ async fn rebuild_dedup_state(
     }
     let started = std::time::Instant::now();
     let schema = committer.sink().arrow_schema().clone();
-    let columns: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    // One batch in memory at a time: the table need not fit in memory.
+    // Only the key and event-time columns, one batch in memory at a time, streamed from the
+    // table's store: a large table (on S3, say) need not fit in memory nor be read whole.
+    let needed = processor.dedup_columns(&schema);
+    let columns: Vec<String> = needed
+        .iter()
+        .map(|i| schema.field(*i).name().clone())
+        .collect();
     let mut batches = committer.sink().read_columns(&columns)?;
     let mut state = DedupState::default();
     let mut rows = 0u64;
@@ -1082,7 +1087,10 @@ async fn rebuild_dedup_state(
         committer.totals().written,
     );
     while let Some(batch) = batches.next().await {
-        let batch = batch?;
+        let batch = widen(&batch?, &schema).map_err(|e| RecoveryError::Progress {
+            table: committer.sink().uri().to_string(),
+            message: format!("cannot rebuild the dedup state from the table's rows: {e}"),
+        })?;
         progress.add(batch.num_rows() as u64);
         for (key, time) in processor.keys_and_times(&batch, &[])? {
             rows += 1;
@@ -1104,6 +1112,35 @@ async fn rebuild_dedup_state(
         "dedup state rebuilt from the table's rows"
     );
     Ok(state)
+}
+
+/// `projected` (some of `schema`'s columns, by name) as a batch of `schema`'s shape, the
+/// columns not read all null (in a schema with every field nullable): the dedup key and time
+/// are found by their index in the table schema.
+fn widen(
+    projected: &arrow::array::RecordBatch,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+    let rows = projected.num_rows();
+    let fields: Vec<arrow::datatypes::Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match projected.column_by_name(f.name()) {
+            Some(c) => c.clone(),
+            None => arrow::array::new_null_array(f.data_type(), rows),
+        })
+        .collect();
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+    arrow::array::RecordBatch::try_new_with_options(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        columns,
+        &options,
+    )
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::util::Timeout;
 use tidemark_tools::produce::send_retrying;
 
+pub mod s3_proxy;
+pub use s3_proxy::{FaultPlan, S3Fault, S3FaultProxy};
+
 /// The environment variable naming the test broker's bootstrap address.
 pub const BROKERS_ENV: &str = "TIDEMARK_TEST_BROKERS";
 

@@ -37,6 +37,8 @@ mod replicate;
 mod restore;
 #[path = "e2e/s3.rs"]
 mod s3;
+#[path = "e2e/s3_pipeline.rs"]
+mod s3_pipeline;
 #[path = "e2e/s3_table_ops.rs"]
 mod s3_table_ops;
 #[path = "e2e/topology.rs"]

@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -17,6 +16,8 @@ use parquet::arrow::ProjectionMask;
 use serde_json::Value;
 use tidemark_connectors::decode::{COL_OFFSET, COL_PARTITION, COL_TOPIC};
 use tidemark_connectors::delta::{EpochCommitInfo, COMMIT_INFO_KEY};
+
+pub mod store;
 
 /// An audit that could not be done, naming the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,14 @@ pub enum AuditError {
         /// 1-based line.
         line: usize,
         /// What is wrong.
+        message: String,
+    },
+    /// The table's object store failed (listing, reading) or could not be opened.
+    #[error("cannot read {location}: {message}")]
+    Store {
+        /// The table or object.
+        location: String,
+        /// The store's error.
         message: String,
     },
     /// A Parquet file could not be read.
@@ -78,39 +87,61 @@ pub fn replay_log(table_dir: &Path) -> Result<LogReplay, AuditError> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
-            let stem = name.strip_suffix(".json")?;
-            (stem.len() == 20).then(|| stem.parse::<i64>().ok().map(|v| (v, e.path())))?
+            Some((commit_version(&name)?, e.path()))
         })
         .collect();
     versions.sort();
-    let mut replay = LogReplay::default();
-    // The history as a tree: each version's parent (the previous version, or the version a
-    // RESTORE restored) and the epoch it committed, if any.
-    let mut parent: Vec<Option<usize>> = Vec::new();
-    let mut own: Vec<Option<EpochCommitInfo>> = Vec::new();
-    for (expected, (version, path)) in versions.iter().enumerate() {
-        if *version != expected as i64 {
+    let mut replayer = Replayer::default();
+    for (version, path) in versions {
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        replayer.commit(version, &path, &text)?;
+    }
+    Ok(replayer.finish())
+}
+
+/// The version of a commit file's name (`<20 digits>.json`), `None` for other files.
+fn commit_version(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(".json")?;
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok())
+        .flatten()
+}
+
+/// The log replay, fed the commit files in version order (from a directory or a store).
+#[derive(Default)]
+struct Replayer {
+    replay: LogReplay,
+    /// The history as a tree: each version's parent (the previous version, or the version a
+    /// RESTORE restored) and the epoch it committed, if any.
+    parent: Vec<Option<usize>>,
+    own: Vec<Option<EpochCommitInfo>>,
+}
+
+impl Replayer {
+    /// Applies commit `version` (the file `path` holding `text`); versions must come 0, 1, 2...
+    fn commit(&mut self, version: i64, path: &Path, text: &str) -> Result<(), AuditError> {
+        let expected = self.parent.len();
+        if version != expected as i64 {
             return Err(AuditError::Log {
-                path: path.clone(),
+                path: path.to_path_buf(),
                 line: 0,
                 message: format!("commit {expected} is missing before it (gap in the log)"),
             });
         }
-        replay.version = *version;
+        let replay = &mut self.replay;
+        replay.version = version;
         let mut restored_to: Option<usize> = None;
         let mut epoch: Option<EpochCommitInfo> = None;
-        let file = File::open(path).map_err(io(path))?;
-        for (i, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(io(path))?;
+        for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
             let bad = |message: String| AuditError::Log {
-                path: path.clone(),
+                path: path.to_path_buf(),
                 line: i + 1,
                 message,
             };
-            let action: Value = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+            let action: Value = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
             if let Some(add) = action.get("add") {
                 let p = add["path"]
                     .as_str()
@@ -135,7 +166,7 @@ pub fn replay_log(table_dir: &Path) -> Result<LogReplay, AuditError> {
                     let to = to
                         .as_u64()
                         .or_else(|| to.as_str().and_then(|t| t.parse().ok()))
-                        .filter(|to| *to < *version as u64)
+                        .filter(|to| *to < version as u64)
                         .ok_or_else(|| bad("RESTORE without an earlier version".into()))?;
                     restored_to = Some(to as usize);
                 } else if let Some(t) = ci.get(COMMIT_INFO_KEY) {
@@ -145,18 +176,24 @@ pub fn replay_log(table_dir: &Path) -> Result<LogReplay, AuditError> {
                 }
             }
         }
-        parent.push(restored_to.or(expected.checked_sub(1)));
-        own.push(if restored_to.is_some() { None } else { epoch });
+        self.parent.push(restored_to.or(expected.checked_sub(1)));
+        self.own
+            .push(if restored_to.is_some() { None } else { epoch });
+        Ok(())
     }
-    let mut at = own.len().checked_sub(1);
-    while let Some(v) = at {
-        if let Some(info) = own[v].take() {
-            replay.epochs.push((v as i64, info));
+
+    /// The replay, with the epochs of the current history in version order.
+    fn finish(mut self) -> LogReplay {
+        let mut at = self.own.len().checked_sub(1);
+        while let Some(v) = at {
+            if let Some(info) = self.own[v].take() {
+                self.replay.epochs.push((v as i64, info));
+            }
+            at = self.parent[v];
         }
-        at = parent[v];
+        self.replay.epochs.reverse();
+        self.replay
     }
-    replay.epochs.reverse();
-    Ok(replay)
 }
 
 /// Column `name` of `batch` (read from `path`), or an error naming both.
@@ -176,31 +213,38 @@ fn column<'b>(
 /// Kafka coordinates of one row.
 pub type Coordinates = (String, i32, i64);
 
+/// The columns [`read_coordinates`] reads.
+const COORDINATE_COLUMNS: [&str; 3] = [COL_TOPIC, COL_PARTITION, COL_OFFSET];
+
+/// Appends the Kafka coordinates of `batch`'s rows (read from `path`) to `out`.
+fn push_coordinates(
+    out: &mut Vec<Coordinates>,
+    path: &Path,
+    batch: &RecordBatch,
+) -> Result<(), AuditError> {
+    let col = |name: &str| column(path, batch, name);
+    let topics = col(COL_TOPIC)?.as_string::<i32>().clone();
+    let partitions = col(COL_PARTITION)?.as_primitive::<Int32Type>().clone();
+    let offsets = col(COL_OFFSET)?.as_primitive::<Int64Type>().clone();
+    for i in 0..batch.num_rows() {
+        out.push((
+            topics.value(i).to_string(),
+            partitions.value(i),
+            offsets.value(i),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads `_kafka_topic`, `_kafka_partition`, `_kafka_offset` of every row of the live files.
 pub fn read_coordinates(
     table_dir: &Path,
     files: &BTreeSet<String>,
 ) -> Result<Vec<Coordinates>, AuditError> {
     let mut out = Vec::new();
-    for_each_batch(
-        table_dir,
-        files,
-        &[COL_TOPIC, COL_PARTITION, COL_OFFSET],
-        |path, batch| {
-            let col = |name: &str| column(path, batch, name);
-            let topics = col(COL_TOPIC)?.as_string::<i32>().clone();
-            let partitions = col(COL_PARTITION)?.as_primitive::<Int32Type>().clone();
-            let offsets = col(COL_OFFSET)?.as_primitive::<Int64Type>().clone();
-            for i in 0..batch.num_rows() {
-                out.push((
-                    topics.value(i).to_string(),
-                    partitions.value(i),
-                    offsets.value(i),
-                ));
-            }
-            Ok(())
-        },
-    )?;
+    for_each_batch(table_dir, files, &COORDINATE_COLUMNS, |path, batch| {
+        push_coordinates(&mut out, path, batch)
+    })?;
     Ok(out)
 }
 
@@ -211,33 +255,46 @@ pub fn dead_letter_dir(table_dir: &Path) -> Option<std::path::PathBuf> {
     dir.join("_delta_log").exists().then_some(dir)
 }
 
+/// The columns [`read_dead_letters`] reads.
+const DEAD_LETTER_COLUMNS: [&str; 4] = ["topic", "partition", "offset", "reason"];
+
+/// A dead letter: the record's coordinates and why it was not written.
+pub type DeadLetter = (Coordinates, String);
+
+/// Appends the dead letters of `batch` (read from `path`) to `out`.
+fn push_dead_letters(
+    out: &mut Vec<DeadLetter>,
+    path: &Path,
+    batch: &RecordBatch,
+) -> Result<(), AuditError> {
+    let col = |name: &str| column(path, batch, name);
+    let topics = col("topic")?.as_string::<i32>().clone();
+    let partitions = col("partition")?.as_primitive::<Int32Type>().clone();
+    let offsets = col("offset")?.as_primitive::<Int64Type>().clone();
+    let reasons = col("reason")?.as_string::<i32>().clone();
+    for i in 0..batch.num_rows() {
+        out.push((
+            (
+                topics.value(i).to_string(),
+                partitions.value(i),
+                offsets.value(i),
+            ),
+            reasons.value(i).to_string(),
+        ));
+    }
+    Ok(())
+}
+
 /// Every dead letter of the table at `dir`: coordinates and reason, read from `_delta_log`
 /// and Parquet like the main table.
-pub fn read_dead_letters(dir: &Path) -> Result<Vec<(Coordinates, String)>, AuditError> {
+pub fn read_dead_letters(dir: &Path) -> Result<Vec<DeadLetter>, AuditError> {
     let replay = replay_log(dir)?;
     let mut out = Vec::new();
     for_each_batch(
         dir,
         &replay.live_files,
-        &["topic", "partition", "offset", "reason"],
-        |path, batch| {
-            let col = |name: &str| column(path, batch, name);
-            let topics = col("topic")?.as_string::<i32>().clone();
-            let partitions = col("partition")?.as_primitive::<Int32Type>().clone();
-            let offsets = col("offset")?.as_primitive::<Int64Type>().clone();
-            let reasons = col("reason")?.as_string::<i32>().clone();
-            for i in 0..batch.num_rows() {
-                out.push((
-                    (
-                        topics.value(i).to_string(),
-                        partitions.value(i),
-                        offsets.value(i),
-                    ),
-                    reasons.value(i).to_string(),
-                ));
-            }
-            Ok(())
-        },
+        &DEAD_LETTER_COLUMNS,
+        |path, batch| push_dead_letters(&mut out, path, batch),
     )?;
     Ok(out)
 }
@@ -341,6 +398,21 @@ pub fn check_exactly_once(
 ) -> Result<ExactlyOnceReport, AuditError> {
     let replay = replay_log(table_dir)?;
     let rows = read_coordinates(table_dir, &replay.live_files)?;
+    let dead_letters = match dead_letter_dir(table_dir) {
+        Some(dlq) => read_dead_letters(&dlq)?,
+        None => Vec::new(),
+    };
+    Ok(tally(&replay, rows, &dead_letters, ends))
+}
+
+/// The exactly-once verdict from the table's rows, its dead letters and the skips its
+/// commitInfos list, against the source's `ends` (pure).
+fn tally(
+    replay: &LogReplay,
+    rows: Vec<Coordinates>,
+    dead_letters: &[DeadLetter],
+    ends: &BTreeMap<(String, i32), i64>,
+) -> ExactlyOnceReport {
     let mut counts: HashMap<Coordinates, u64> = HashMap::new();
     let mut report = ExactlyOnceReport {
         rows: rows.len() as u64,
@@ -349,11 +421,9 @@ pub fn check_exactly_once(
     for c in rows {
         *counts.entry(c).or_default() += 1;
     }
-    if let Some(dlq) = dead_letter_dir(table_dir) {
-        for (c, _) in read_dead_letters(&dlq)? {
-            report.dead_letters += 1;
-            *counts.entry(c).or_default() += 1;
-        }
+    for (c, _) in dead_letters {
+        report.dead_letters += 1;
+        *counts.entry(c.clone()).or_default() += 1;
     }
     for (_, info) in &replay.epochs {
         for s in &info.skipped {
@@ -375,7 +445,7 @@ pub fn check_exactly_once(
     }
     report.unexpected = counts.into_keys().collect();
     report.unexpected.sort();
-    Ok(report)
+    report
 }
 
 #[cfg(test)]

@@ -89,6 +89,13 @@ pub struct BenchOptions {
     /// throughput with metrics against without.
     #[arg(long)]
     pub metrics: bool,
+    /// Also run every variant writing to a table on object storage under this prefix
+    /// (`s3://bucket/prefix`, with the usual AWS settings: environment, profile,
+    /// `AWS_ENDPOINT_URL` for S3-compatible stores), in the same rounds on the same stream
+    /// (rows `<interval>@s3`), and print its throughput and commit latency against the
+    /// local-disk table's. Each run writes a fresh table under the prefix (left there).
+    #[arg(long)]
+    pub table_uri: Option<String>,
 }
 
 /// One interval's measurements.
@@ -177,6 +184,36 @@ struct Variant {
     metrics: bool,
     /// The pipeline executable (`None`: this one).
     exe: Option<PathBuf>,
+    /// The object-store prefix the runs write fresh tables under (`--table-uri`; `None`: a
+    /// local table in the run's directory).
+    table_base: Option<String>,
+}
+
+/// The suffix of a variant writing to the object-store table (`--table-uri`).
+const ON_OBJECT_STORE: &str = "@s3";
+
+impl Variant {
+    /// The `sink.table_uri` of one run (`tag` tells runs apart): `table` in the run's directory,
+    /// or a fresh table under `--table-uri`.
+    fn table_uri(&self, tag: &str) -> String {
+        match &self.table_base {
+            None => "table".into(),
+            Some(base) => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default();
+                let name: String = self
+                    .name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                    .collect();
+                static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("{}/{name}-{tag}-{nanos}-{n}", base.trim_end_matches('/'))
+            }
+        }
+    }
 }
 
 /// The runs `options` asks for, per interval: with dedup as `--dedup` says, or off then on
@@ -200,6 +237,7 @@ fn variants(intervals: &[Interval], options: &BenchOptions) -> Vec<Variant> {
                     dedup,
                     metrics,
                     exe: exe.clone(),
+                    table_base: None,
                 };
                 let dedups: &[(bool, &str)] = if options.compare_dedup {
                     &[(false, ""), (true, "+dedup")]
@@ -222,6 +260,15 @@ fn variants(intervals: &[Interval], options: &BenchOptions) -> Vec<Variant> {
                     .map(|(dedup, m, suffix)| one(dedup, m, suffix))
                     .collect::<Vec<_>>()
             })
+        })
+        // --table-uri: each variant on the local disk, then right after it on the object store.
+        .flat_map(|local: Variant| {
+            let remote = options.table_uri.as_ref().map(|base| Variant {
+                name: format!("{}{ON_OBJECT_STORE}", local.name),
+                table_base: Some(base.clone()),
+                ..local.clone()
+            });
+            std::iter::once(local).chain(remote)
         })
         .collect()
 }
@@ -377,6 +424,7 @@ fn throughput_runs(
                 &run_dir,
                 &setup.brokers,
                 &setup.topic,
+                &v.table_uri(&format!("round{}", round + 1)),
                 v.interval,
                 setup.longest,
                 v.dedup.then_some(lateness_ms),
@@ -497,6 +545,7 @@ fn recovery_run(
             &rec_dir,
             &setup.brokers,
             &setup.topic,
+            &variant.table_uri(&format!("recovery{attempt}")),
             interval,
             setup.longest,
             variant.dedup.then_some(options.dedup_lateness_ms),
@@ -629,6 +678,28 @@ fn write_results(
             base.checkpoint_share * 100.0,
         );
     }
+    // --table-uri: the object-store table against the local one, variant by variant, round by
+    // round (the two ran back to back on the same stream).
+    for remote in rows
+        .iter()
+        .filter(|r| r.interval.ends_with(ON_OBJECT_STORE))
+    {
+        let name = remote.interval.trim_end_matches(ON_OBJECT_STORE);
+        let Some(local) = rows.iter().find(|r| r.interval == name) else {
+            continue;
+        };
+        let per_round = round_ratios(&remote.all_records_per_sec, &local.all_records_per_sec);
+        println!(
+            "  {name:>12}: object-store table at {:.0}% of the local table's throughput (median of the per-round ratios); medians {:.0} vs {:.0} records/s; commit p50 {:.0} vs {:.0} ms, p99 {:.0} vs {:.0} ms",
+            median(&per_round) * 100.0,
+            remote.records_per_sec,
+            local.records_per_sec,
+            remote.commit_ms_p50,
+            local.commit_ms_p50,
+            remote.commit_ms_p99,
+            local.commit_ms_p99,
+        );
+    }
     println!(
         "results: {0}/bench.csv, {0}/bench.json, plot {0}/bench.svg",
         dir.display()
@@ -726,6 +797,7 @@ fn write_config(
     dir: &Path,
     brokers: &str,
     topic: &str,
+    table_uri: &str,
     interval: Option<u64>,
     longest: u64,
     dedup_lateness_ms: Option<u64>,
@@ -748,7 +820,7 @@ pipeline_id = "bench"
 brokers = "{brokers}"
 topics = ["{topic}"]
 [sink]
-table_uri = "table"
+table_uri = "{table_uri}"
 source_columns = true
 columns = [
   {{ name = "id", type = "string", nullable = false }},
@@ -1073,5 +1145,32 @@ mod tests {
         assert_eq!(parse_interval(" none ").unwrap(), None);
         assert!(parse_interval("5m").is_err());
         assert!(parse_interval("0ms").is_err());
+    }
+
+    /// `--table-uri`: each variant runs on the local disk, then right after it on the object
+    /// store, each run into a fresh table under the prefix.
+    #[test]
+    fn table_uri_adds_an_object_store_run_after_each_variant() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: BenchOptions,
+        }
+        let cli = Cli::parse_from([
+            "bench",
+            "--intervals",
+            "200ms,1s",
+            "--table-uri",
+            "s3://b/p/",
+        ]);
+        let intervals = parse_intervals(&cli.options.intervals).unwrap();
+        let all = variants(&intervals, &cli.options);
+        let names: Vec<&str> = all.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["200ms", "200ms@s3", "1s", "1s@s3"]);
+        assert_eq!(all[0].table_uri("round1"), "table");
+        let uri = all[1].table_uri("round1");
+        assert!(uri.starts_with("s3://b/p/200ms-s3-round1-"), "{uri}");
+        assert_ne!(uri, all[1].table_uri("round1"), "a fresh table per run");
     }
 }

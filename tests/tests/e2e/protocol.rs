@@ -56,7 +56,7 @@ fn wal_segments(fixture: &Fixture) -> Vec<PathBuf> {
 /// What each crash point must lead to on restart: recovery case and epochs in the table
 /// before the restart, for a crash at the point's first hit (`@1`: the first epoch, before any
 /// checkpoint exists) or its second (`@2`).
-fn expected(point: CrashPoint, hit: u32) -> (&'static str, i64) {
+pub(super) fn expected(point: CrashPoint, hit: u32) -> (&'static str, i64) {
     if hit == 1 {
         return match point {
             CrashPoint::BeforeWalAppend => ("fresh", 0),
