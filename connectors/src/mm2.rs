@@ -190,10 +190,15 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Writes a Kafka `STRING`. Kafka refuses longer strings than 32767 bytes when writing; names
+/// and metadata are far shorter, and a longer one is cut at a character boundary.
 fn put_string(out: &mut Vec<u8>, s: &str) {
-    // Kafka refuses longer strings when writing; names and metadata are far shorter.
-    let bytes = &s.as_bytes()[..s.len().min(i16::MAX as usize)];
-    out.extend_from_slice(&(bytes.len() as i16).to_be_bytes());
+    let mut end = s.len().min(i16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let bytes = &s.as_bytes()[..end];
+    out.extend_from_slice(&(end as i16).to_be_bytes());
     out.extend_from_slice(bytes);
 }
 

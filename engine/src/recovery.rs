@@ -438,7 +438,10 @@ pub async fn recover(
         Some(sink) => Some(DeadLetterTable::open(sink).await?),
         None => None,
     };
-    if let Some(dlq) = dead_letter_table.as_mut() {
+    // Only a table some failover opened (generation 2 on) can have letters of another cluster
+    // in its dead-letter table: other starts do not read the dead-letter table's history.
+    let failed_over = options.start_positions.is_some() || sink.table_generation()? > 1;
+    if let Some(dlq) = dead_letter_table.as_mut().filter(|_| failed_over) {
         let info = progress.as_ref().map(|p| &p.info);
         let here = options
             .cluster_id
