@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tidemark_engine::config::PipelineConfig;
-use tidemark_engine::failover::{self, FailoverOptions};
+use tidemark_engine::failover::{self, FailoverOptions, Mm2Options};
 use tidemark_engine::pipeline::{self, RunOptions, Shutdown};
 
 /// Start the pipeline in the secondary region: against the replica table and a mirrored Kafka
@@ -22,6 +22,17 @@ use tidemark_engine::pipeline::{self, RunOptions, Shutdown};
 /// First of all it opens a new *generation* in the table (one metaData commit): a writer of an
 /// older generation (the old primary coming back) can never commit into it. The state
 /// directory's checkpoint store and WAL, if any, are set aside (kept, never resumed).
+///
+/// Where MirrorMaker 2 publishes offset translations on the new cluster, a partition starts
+/// from them instead of by time (the nearest safe offset: never after the first record the
+/// table lacks), and the report says per partition "translated", "by time" or "from the
+/// beginning" (a partition the table never read). --mm2-target-alias reads the offset syncs
+/// (mm2-offset-syncs.<alias>.internal: MM2 keeps it on the new cluster only with
+/// offset-syncs.topic.location = target; needs no consumer group). --mm2-source-alias with
+/// --mm2-group reads that group's checkpoints (<alias>.checkpoints.internal; Tidemark commits
+/// no group offsets, so name a group that reads the same topics and commits). Topics must keep
+/// their names on the mirror (MM2's IdentityReplicationPolicy). Partitions without a
+/// translation start by time.
 ///
 /// It runs until caught up, prints the RPO/RTO report and writes it as JSON (--report), then
 /// keeps running as the pipeline (unless --until-caught-up). Later starts in this region are a
@@ -54,6 +65,17 @@ pub struct FailoverArgs {
     /// Stop once caught up (after the report) instead of running on.
     #[arg(long)]
     pub until_caught_up: bool,
+    /// MirrorMaker 2's alias of the new cluster: use the offset syncs it keeps there
+    /// (mm2-offset-syncs.<alias>.internal).
+    #[arg(long, value_name = "ALIAS")]
+    pub mm2_target_alias: Option<String>,
+    /// MirrorMaker 2's alias of the old cluster: use the checkpoints of --mm2-group
+    /// (<alias>.checkpoints.internal on the new cluster).
+    #[arg(long, value_name = "ALIAS", requires = "mm2_group")]
+    pub mm2_source_alias: Option<String>,
+    /// The consumer group whose MirrorMaker 2 checkpoints translate the table's positions.
+    #[arg(long, value_name = "GROUP", requires = "mm2_source_alias")]
+    pub mm2_group: Option<String>,
     /// Recorded with the new generation: `failover` or `failback`.
     #[arg(long, default_value = "failover", value_parser = ["failover", "failback"])]
     pub reason: String,
@@ -80,6 +102,11 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         accept_duplicates: args.accept_duplicates,
         primary_table,
         reason: args.reason.clone(),
+        mm2: Mm2Options {
+            target_alias: args.mm2_target_alias.clone(),
+            source_alias: args.mm2_source_alias.clone(),
+            group: args.mm2_group.clone(),
+        },
     };
     let shutdown = Shutdown::new();
     pipeline::install_signal_handlers(shutdown.clone());

@@ -207,3 +207,117 @@ fn lookup_error(tp: &TopicPartition, source: KafkaError) -> KafkaSourceError {
         source: Box::new(source),
     }
 }
+
+/// Every record (key, value) of `topic` on the cluster of `config`, each partition read from
+/// its beginning to its end as of this call; `None` when the topic does not exist. For small
+/// internal topics (MirrorMaker 2's offset-syncs and checkpoints, see [`crate::mm2`]).
+#[allow(clippy::type_complexity)]
+pub fn read_whole_topic(
+    config: &KafkaSourceConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Option<Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>>, KafkaSourceError> {
+    use rdkafka::message::Message;
+    let consumer = metadata_consumer(config)?;
+    let partitions = match blocking(|| crate::kafka::topic_partitions(&consumer, topic, timeout)) {
+        Ok(p) => p,
+        Err(KafkaError::MetadataFetch(
+            rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+        )) => return Ok(None),
+        Err(source) => {
+            return Err(KafkaSourceError::Metadata {
+                topic: topic.to_string(),
+                brokers: config.brokers.clone(),
+                source: Box::new(source),
+            })
+        }
+    };
+    let mut ends = std::collections::BTreeMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for p in partitions {
+        let tp = TopicPartition {
+            topic: topic.to_string(),
+            partition: p,
+        };
+        let (low, high) = blocking(|| consumer.fetch_watermarks(topic, p, timeout))
+            .map_err(|source| lookup_error(&tp, source))?;
+        if high > low {
+            ends.insert(p, (low, high));
+            assignment
+                .add_partition_offset(topic, p, Offset::Offset(low))
+                .map_err(|source| lookup_error(&tp, source))?;
+        }
+    }
+    let mut records = Vec::new();
+    if ends.is_empty() {
+        return Ok(Some(records));
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|source| KafkaSourceError::Metadata {
+            topic: topic.to_string(),
+            brokers: config.brokers.clone(),
+            source: Box::new(source),
+        })?;
+    let mut next: std::collections::BTreeMap<i32, i64> =
+        ends.iter().map(|(p, (low, _))| (*p, *low)).collect();
+    let deadline = std::time::Instant::now() + timeout;
+    while ends.iter().any(|(p, (_, high))| next[p] < *high) {
+        if std::time::Instant::now() > deadline {
+            let (p, _) = ends
+                .iter()
+                .find(|(p, (_, high))| next[*p] < *high)
+                .map(|(p, e)| (*p, *e))
+                .unwrap_or_default();
+            return Err(lookup_error(
+                &TopicPartition {
+                    topic: topic.to_string(),
+                    partition: p,
+                },
+                KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::RequestTimedOut),
+            ));
+        }
+        match blocking(|| consumer.poll(Duration::from_millis(100))) {
+            Some(Ok(m)) => {
+                next.insert(m.partition(), m.offset() + 1);
+                records.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)));
+            }
+            Some(Err(source)) => {
+                return Err(KafkaSourceError::Metadata {
+                    topic: topic.to_string(),
+                    brokers: config.brokers.clone(),
+                    source: Box::new(source),
+                })
+            }
+            None => {}
+        }
+    }
+    Ok(Some(records))
+}
+
+/// The low and high watermark of every partition of `config.topics`.
+pub fn watermarks(
+    config: &KafkaSourceConfig,
+    timeout: Duration,
+) -> Result<Vec<(TopicPartition, i64, i64)>, KafkaSourceError> {
+    let consumer = metadata_consumer(config)?;
+    let mut out = Vec::new();
+    for topic in &config.topics {
+        let partitions = blocking(|| crate::kafka::topic_partitions(&consumer, topic, timeout))
+            .map_err(|source| KafkaSourceError::Metadata {
+                topic: topic.clone(),
+                brokers: config.brokers.clone(),
+                source: Box::new(source),
+            })?;
+        for p in partitions {
+            let tp = TopicPartition {
+                topic: topic.clone(),
+                partition: p,
+            };
+            let (low, high) = blocking(|| consumer.fetch_watermarks(topic, p, timeout))
+                .map_err(|source| lookup_error(&tp, source))?;
+            out.push((tp, low, high));
+        }
+    }
+    Ok(out)
+}

@@ -6,6 +6,7 @@
 //! - [`kafka`]: a Kafka source whose positions Tidemark owns (assign + seek, no auto-commit).
 //! - [`kafka_cluster`]: the cluster id a source reads, and offsets by time (for failovers).
 //! - [`kafka_topic_id`]: topic ids from the broker (DescribeTopics), to tell a recreated topic.
+//! - [`mm2`]: MirrorMaker 2's offset translations (offset-syncs, checkpoints) in its binary format.
 //! - [`dead_letter`]: records that cannot be written, kept whole with why, in their own table.
 //! - [`decode`]: JSON messages to Arrow record batches, with errors naming the record at fault.
 //! - [`delta`]: a Delta Lake sink that commits one epoch per Delta commit, with a `txn` action.
@@ -23,6 +24,7 @@ pub mod ids;
 pub mod kafka;
 pub mod kafka_cluster;
 pub mod kafka_topic_id;
+pub mod mm2;
 pub mod parquet_file;
 pub mod record;
 pub mod source;

@@ -34,6 +34,7 @@ use tidemark_connectors::kafka::{Backoff, KafkaSource, KafkaSourceError};
 use tidemark_connectors::{Epoch, Positions, SourceRecord, TableVersion};
 use tracing::{info, warn};
 
+use crate::dead_letter_overlap::OverlapLetters;
 use crate::dedup::PackedKeys;
 use crate::epoch::{DedupRuntime, OpenEpoch, ProcessError};
 use crate::epoch_log::{log_batch, log_state_delta, record_size, to_store_positions, SealInfo};
@@ -231,7 +232,9 @@ pub struct Committer {
 /// (per partition) and none at or after it. So a letter is written iff its record is at or
 /// after `end`: an epoch redone with the same boundaries writes nothing twice, and an epoch
 /// re-read with other boundaries (the store was lost between the dead-letter commit and the
-/// main commit) neither skips nor doubles a letter.
+/// main commit) neither skips nor doubles a letter. `end` is of one cluster: after a failover
+/// the letters the table holds from other clusters are in `overlap`, recognised by record
+/// identity instead ([`crate::dead_letter_overlap`]), and `end` starts at the run's start.
 pub struct DeadLetterTable {
     /// The table.
     pub sink: DeltaSink,
@@ -239,22 +242,68 @@ pub struct DeadLetterTable {
     pub txn: Epoch,
     /// End positions of that epoch.
     pub end: Positions,
+    /// The cluster `end` belongs to (the newest commit's; `None`: unknown).
+    end_cluster: Option<String>,
+    /// Letters held from other clusters' commits that a failover may read again.
+    overlap: OverlapLetters,
 }
 
 impl DeadLetterTable {
     /// Opens the table's progress: txn version and the newest commit's end positions.
     pub async fn open(mut sink: DeltaSink) -> Result<Self, CommitError> {
         let (txn, progress) = sink.progress().await?;
+        let end_cluster = progress
+            .as_ref()
+            .and_then(|p| crate::dead_letter_overlap::cluster_of_commit(&p.info));
         Ok(Self {
             sink,
             txn: txn.unwrap_or(Epoch::ZERO),
             end: progress.map(|p| p.info.end_positions).unwrap_or_default(),
+            end_cluster,
+            overlap: OverlapLetters::default(),
         })
     }
 
-    /// The letters of `letters` the table does not hold yet (see the invariant).
-    pub fn not_yet_written<'a>(&self, letters: &'a [DeadLetter]) -> Vec<&'a DeadLetter> {
+    /// Readies the table for a run reading cluster `here` from `start`: when its newest
+    /// commit is of another cluster, its end positions mean nothing here and every letter
+    /// from `start` on is a candidate; the letters its commits of other clusters hold in
+    /// `windows` are loaded, so that those a failover reads again are not written twice.
+    pub async fn guard_other_clusters(
+        &mut self,
+        pipeline_id: &str,
+        here: &str,
+        start: &Positions,
+        windows: &crate::dead_letter_overlap::Windows,
+    ) -> Result<(), CommitError> {
+        if self.end_cluster.as_deref().is_some_and(|c| c != here) {
+            tracing::warn!(table = %self.sink.uri(), from = ?self.end_cluster, to = %here, "the dead-letter table's positions are of another cluster: its letters from there are recognised by record (topic, partition, timestamp, key, value) instead of offset");
+            self.end = start.clone();
+            self.end_cluster = Some(here.to_string());
+        }
+        let commits = self.sink.pipeline_commits().await?;
+        let epochs = crate::dead_letter_overlap::epochs_of_other_clusters(&commits, here);
+        self.sink.set_cluster_id(Some(here.to_string()));
+        if epochs.is_empty() {
+            return Ok(());
+        }
+        self.overlap =
+            crate::dead_letter_overlap::load(&self.sink, pipeline_id, &epochs, windows).await?;
+        Ok(())
+    }
+
+    /// The letters of `letters` the table does not hold yet (see the invariant); a letter
+    /// held from another cluster is used up by its first match.
+    pub fn not_yet_written<'a>(&mut self, letters: &'a [DeadLetter]) -> Vec<&'a DeadLetter> {
+        let overlap = &mut self.overlap;
         letters_at_or_after(&self.end, letters)
+            .into_iter()
+            .filter(|d| overlap.is_empty() || !overlap.take(d))
+            .collect()
+    }
+
+    /// Letters not written again because the table held them from another cluster.
+    pub fn overlap_matched(&self) -> u64 {
+        self.overlap.matched
     }
 }
 
@@ -345,6 +394,9 @@ impl Committer {
 
     /// The Kafka cluster the next commits record (the broker's id, once the source connected).
     pub fn record_cluster_id(&mut self, id: Option<String>) {
+        if let Some(dlq) = self.dead_letter_sink.as_mut() {
+            dlq.sink.set_cluster_id(id.clone());
+        }
         self.sink.set_cluster_id(id);
     }
 
@@ -466,6 +518,14 @@ impl Committer {
     /// The checkpoint store (read-only: checkpoints are written by [`Committer::checkpoint`]).
     pub fn store(&self) -> &CheckpointStore {
         &self.store
+    }
+
+    /// Dead letters this run did not write because the dead-letter table held them from
+    /// another cluster (a failover's re-read overlap, see [`crate::dead_letter_overlap`]).
+    pub fn dead_letters_already_held(&self) -> u64 {
+        self.dead_letter_sink
+            .as_ref()
+            .map_or(0, DeadLetterTable::overlap_matched)
     }
 
     /// The table, for reads (its commits are made by [`Committer::commit`]).

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use url::Url;
 
 use crate::config::PipelineConfig;
+use crate::offset_translation::{StartMethod, Translation, Translations};
 use crate::pipeline::{self, FailoverStart, PipelineError, RunOptions, RunSummary, Shutdown};
 
 /// The default safety margin subtracted from the last committed timestamp: producers' clocks
@@ -51,6 +52,32 @@ pub struct FailoverOptions {
     pub primary_table: Option<Url>,
     /// Why (`failover` or `failback`), recorded with the new generation.
     pub reason: String,
+    /// MirrorMaker 2's offset translations to use where present (none: every start by time).
+    pub mm2: Mm2Options,
+}
+
+/// Where MirrorMaker 2's offset translations are on the new cluster (see
+/// [`crate::offset_translation`]).
+#[derive(Debug, Clone, Default)]
+pub struct Mm2Options {
+    /// The alias of the new (target) cluster in MM2's config: its offset syncs are read from
+    /// `mm2-offset-syncs.<alias>.internal` on the new cluster (MM2 puts them there with
+    /// `offset-syncs.topic.location = target`; by default they live on the source cluster,
+    /// which is gone).
+    pub target_alias: Option<String>,
+    /// The alias of the old (source) cluster: checkpoints are read from
+    /// `<alias>.checkpoints.internal` on the new cluster.
+    pub source_alias: Option<String>,
+    /// The consumer group whose checkpoints translate positions (Tidemark commits no group
+    /// offsets itself: a group that reads the same topics and commits, e.g. an auditor).
+    pub group: Option<String>,
+}
+
+impl Mm2Options {
+    /// True when no translation is asked for.
+    pub fn is_empty(&self) -> bool {
+        self.target_alias.is_none() && self.source_alias.is_none()
+    }
 }
 
 impl Default for FailoverOptions {
@@ -61,6 +88,7 @@ impl Default for FailoverOptions {
             accept_duplicates: false,
             primary_table: None,
             reason: "failover".into(),
+            mm2: Mm2Options::default(),
         }
     }
 }
@@ -135,6 +163,29 @@ pub struct PartitionStart {
     /// Records from `offset` up to the first one after the last committed timestamp: what is
     /// read again (the overlap).
     pub overlap_records: i64,
+    /// How `offset` was found: `translated`, `by_time` or `from_beginning`.
+    pub method: StartMethod,
+    /// The MirrorMaker 2 translation used (`translated` only).
+    pub translation: Option<Translation>,
+    /// What the method means for this partition, in words.
+    pub note: String,
+}
+
+/// What MirrorMaker 2's internal topics gave (in the failover report).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TranslationsRead {
+    /// The offset-syncs topic read (`None`: not asked for).
+    pub offset_syncs_topic: Option<String>,
+    /// Offset syncs of the pipeline's topics found there (`None`: the topic does not exist).
+    pub offset_syncs: Option<u64>,
+    /// The checkpoints topic read (`None`: not asked for).
+    pub checkpoints_topic: Option<String>,
+    /// The consumer group whose checkpoints were used.
+    pub group: Option<String>,
+    /// Checkpoints of that group found there (`None`: the topic does not exist).
+    pub checkpoints: Option<u64>,
+    /// Records that could not be decoded (skipped, each logged with why).
+    pub undecodable: u64,
 }
 
 /// The start times (pure): for each partition the table's newest commit read from, the time
@@ -188,6 +239,8 @@ pub struct FailoverPlan {
     pub positions: Positions,
     /// The table's generation before the failover.
     pub generation: u64,
+    /// What MirrorMaker 2's topics gave.
+    pub translations: TranslationsRead,
 }
 
 /// Reads the replica table's progress and finds the start positions on the new cluster.
@@ -222,13 +275,49 @@ pub async fn plan(
     }
     let info = &progress.info;
     let margin_ms = options.margin.as_millis() as i64;
+    let source = pipeline::source_config(config);
+    // MirrorMaker 2's translations first: a partition they translate needs no time.
+    let (translations, translations_read) = {
+        let (source, mm2) = (source.clone(), options.mm2.clone());
+        tokio::task::spawn_blocking(move || read_translations(&source, &mm2))
+            .await
+            .map_err(|e| PipelineError::Task {
+                what: "reading MirrorMaker 2's offset translations",
+                message: e.to_string(),
+            })??
+    };
+    let watermarks = {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || kafka_cluster::watermarks(&source, LOOKUP_TIMEOUT))
+            .await
+            .map_err(|e| PipelineError::Task {
+                what: "reading the partitions' offsets",
+                message: e.to_string(),
+            })??
+    };
+    let mut translated: Vec<(TopicPartition, i64, Translation)> = Vec::new();
+    if options.from_time_ms.is_none() {
+        for (tp, low, high) in &watermarks {
+            let next = info.end_positions.get(&tp.topic, tp.partition).unwrap_or(0);
+            if let Some((start, t)) =
+                translations.translate(&tp.topic, tp.partition, next, *low, *high)
+            {
+                translated.push((tp.clone(), start, t));
+            }
+        }
+    }
+    let mut by_time_end = Positions::new();
+    for (tp, next) in info.end_positions.iter() {
+        if !translated.iter().any(|(t, ..)| *t == tp) {
+            by_time_end.set(&tp.topic, tp.partition, next);
+        }
+    }
     let times = start_times(
         &info.partitions,
-        &info.end_positions,
+        &by_time_end,
         options.from_time_ms,
         margin_ms,
     )?;
-    let source = pipeline::source_config(config);
     let to_cluster = {
         let source = source.clone();
         tokio::task::spawn_blocking(move || {
@@ -270,13 +359,56 @@ pub async fn plan(
     };
     let mut positions = Positions::new();
     let mut starts = Vec::new();
-    for (tp, offset) in found {
-        positions.set(&tp.topic, tp.partition, offset);
+    for (tp, by_time_offset) in found {
         let last = info
             .partitions
             .iter()
             .find(|p| p.topic == tp.topic && p.partition == tp.partition)
             .and_then(|p| p.last_timestamp_ms);
+        let old_next_offset = info.end_positions.get(&tp.topic, tp.partition);
+        let from_time_ms = times
+            .iter()
+            .find(|(t, _)| *t == tp)
+            .map(|(_, ms)| *ms)
+            .or(options.from_time_ms);
+        let translation = translated.iter().find(|(t, ..)| *t == tp);
+        let (offset, method, note) = match (translation, from_time_ms) {
+            (Some((_, start, t)), _) => (
+                *start,
+                StartMethod::Translated,
+                format!(
+                    "MirrorMaker 2 {} {} -> {} (next offset {} on the old cluster)",
+                    t.via.replace('_', " "),
+                    t.upstream_offset,
+                    t.downstream_offset,
+                    old_next_offset.unwrap_or(0)
+                ),
+            ),
+            (None, Some(ms)) => (
+                by_time_offset,
+                StartMethod::ByTime,
+                format!(
+                    "first record at or after {ms} ms{}",
+                    if translations.is_empty() {
+                        String::new()
+                    } else {
+                        " (no MirrorMaker 2 translation for this partition)".to_string()
+                    }
+                ),
+            ),
+            (None, None) => (
+                by_time_offset,
+                StartMethod::FromBeginning,
+                "never read before the failure: read from its beginning on the new cluster; \
+                 exactly once only if the mirror holds nothing the old cluster did not have \
+                 (records already there before the mirror began would be written too)"
+                    .to_string(),
+            ),
+        };
+        if method == StartMethod::FromBeginning {
+            warn!(partition = %tp, offset, "{note}");
+        }
+        positions.set(&tp.topic, tp.partition, offset);
         let end = overlap_end
             .iter()
             .find(|(t, _)| *t == tp)
@@ -284,17 +416,16 @@ pub async fn plan(
             .filter(|_| last.is_some())
             .unwrap_or(offset);
         starts.push(PartitionStart {
-            old_next_offset: info.end_positions.get(&tp.topic, tp.partition),
-            from_time_ms: times
-                .iter()
-                .find(|(t, _)| *t == tp)
-                .map(|(_, ms)| *ms)
-                .or(options.from_time_ms),
-            topic: tp.topic,
+            old_next_offset,
+            from_time_ms: from_time_ms.filter(|_| method == StartMethod::ByTime),
+            topic: tp.topic.clone(),
             partition: tp.partition,
             last_committed_timestamp_ms: last,
             offset,
             overlap_records: (end - offset).max(0),
+            method,
+            translation: translation.map(|(_, _, t)| t.clone()),
+            note,
         });
     }
     let newest_commit_ms = sink
@@ -311,6 +442,7 @@ pub async fn plan(
         starts,
         positions,
         generation: sink.table_generation()?,
+        translations: translations_read,
     };
     info!(
         table_version = plan.table_version,
@@ -318,7 +450,8 @@ pub async fn plan(
         from = ?plan.from_cluster,
         to = ?plan.to_cluster,
         positions = %plan.positions,
-        "failover plan: start positions found by time"
+        translated = plan.starts.iter().filter(|s| s.method == StartMethod::Translated).count(),
+        "failover plan: start positions found"
     );
     Ok(plan)
 }
@@ -365,8 +498,10 @@ pub struct FailoverReport {
     pub replica_lag: Option<ReplicaLagAtFailure>,
     /// The safety margin, ms.
     pub margin_ms: u64,
-    /// Where each partition started.
+    /// Where each partition started, and how (`method`: translated, by_time, from_beginning).
     pub starts: Vec<PartitionStart>,
+    /// What MirrorMaker 2's offset translations gave (topics read, records found).
+    pub translations: TranslationsRead,
     /// Records re-read from the mirrored cluster (the overlap before the last committed
     /// timestamp, summed over partitions).
     pub records_reread: i64,
@@ -378,6 +513,10 @@ pub struct FailoverReport {
     pub late_dropped: u64,
     /// Rows written by this run.
     pub rows_written: u64,
+    /// Dead letters of records this run read (written, or held already).
+    pub dead_letters: u64,
+    /// Of those, letters the dead-letter table held from the old cluster (not written again).
+    pub dead_letters_already_held: u64,
     /// Dedup keys rebuilt from the replica's rows.
     pub dedup_keys_rebuilt: u64,
     /// Rows in the primary that the table lacks after the failover (with `--primary-table`
@@ -421,6 +560,16 @@ impl FailoverReport {
                 .map(|s| format!(", newest commit {s:.1} s before the failover"))
                 .unwrap_or_default()
         ));
+        for s in &self.starts {
+            out.push_str(&format!(
+                "  start          {}/{} at offset {}: {} ({})\n",
+                s.topic,
+                s.partition,
+                s.offset,
+                s.method.as_str(),
+                s.note
+            ));
+        }
         match &self.replica_lag {
             Some(l) => out.push_str(&format!(
                 "  RPO            replica lag at failure: {} versions, {} records ({} rows), {:.1} s\n",
@@ -436,6 +585,12 @@ impl FailoverReport {
             "  run            {} records read, {} rows written, {} dedup keys rebuilt from the replica\n",
             self.records_read, self.rows_written, self.dedup_keys_rebuilt
         ));
+        if self.dead_letters > 0 {
+            out.push_str(&format!(
+                "  dead letters   {} of records read, {} of them held already from the old cluster (not written again)\n",
+                self.dead_letters, self.dead_letters_already_held
+            ));
+        }
         out.push_str(&format!(
             "  missing rows   {}\n",
             self.missing_rows
@@ -477,6 +632,76 @@ pub fn set_state_aside(state: &Path) -> Result<Option<PathBuf>, (PathBuf, String
         .map_err(|e| (state.to_path_buf(), e.to_string()))?;
     warn!(aside = %aside.display(), "the state directory's checkpoint store and WAL were set aside for the failover (kept, never resumed)");
     Ok(Some(aside))
+}
+
+/// Reads MirrorMaker 2's offset syncs and checkpoints (as `mm2` names them) from the new
+/// cluster. An absent topic or an undecodable record is logged and left out: the partitions
+/// concerned start by time, which is exactly-once correct as well (only longer to re-read).
+fn read_translations(
+    source: &tidemark_connectors::kafka::KafkaSourceConfig,
+    mm2: &Mm2Options,
+) -> Result<(Translations, TranslationsRead), KafkaSourceError> {
+    use tidemark_connectors::mm2;
+    let mut read = TranslationsRead::default();
+    let wanted = |topic: &str| source.topics.iter().any(|t| t == topic);
+    let mut syncs = Vec::new();
+    if let Some(alias) = &mm2.target_alias {
+        let topic = mm2::offset_syncs_topic(alias);
+        match kafka_cluster::read_whole_topic(source, &topic, LOOKUP_TIMEOUT)? {
+            None => {
+                warn!(topic = %topic, brokers = %source.brokers, "MirrorMaker 2's offset-syncs topic does not exist on the new cluster (MM2 writes it there only with offset-syncs.topic.location = target): starting by time")
+            }
+            Some(records) => {
+                for (i, (k, v)) in records.iter().enumerate() {
+                    match mm2::decode_offset_sync(k.as_deref(), v.as_deref()) {
+                        Ok(s) if wanted(&s.topic) => syncs.push(s),
+                        Ok(_) => {}
+                        Err(e) => {
+                            read.undecodable += 1;
+                            warn!(topic = %topic, record = i, "skipping an offset sync: {e}");
+                        }
+                    }
+                }
+                read.offset_syncs = Some(syncs.len() as u64);
+            }
+        }
+        read.offset_syncs_topic = Some(topic);
+    }
+    let mut checkpoints = Vec::new();
+    if let Some(alias) = &mm2.source_alias {
+        let topic = mm2::checkpoints_topic(alias);
+        match kafka_cluster::read_whole_topic(source, &topic, LOOKUP_TIMEOUT)? {
+            None => {
+                warn!(topic = %topic, brokers = %source.brokers, "MirrorMaker 2's checkpoints topic does not exist on the new cluster: starting by time")
+            }
+            Some(records) => {
+                for (i, (k, v)) in records.iter().enumerate() {
+                    match mm2::decode_checkpoint(k.as_deref(), v.as_deref()) {
+                        Ok(c) if wanted(&c.topic) && Some(&c.group) == mm2.group.as_ref() => {
+                            checkpoints.push(c)
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            read.undecodable += 1;
+                            warn!(topic = %topic, record = i, "skipping a checkpoint: {e}");
+                        }
+                    }
+                }
+                read.checkpoints = Some(checkpoints.len() as u64);
+            }
+        }
+        read.checkpoints_topic = Some(topic);
+        read.group = mm2.group.clone();
+    }
+    info!(
+        offset_syncs = syncs.len(),
+        checkpoints = checkpoints.len(),
+        "MirrorMaker 2 translations read"
+    );
+    Ok((
+        Translations::new(&syncs, &checkpoints, mm2.group.as_deref()),
+        read,
+    ))
 }
 
 /// Reads what the primary table committed beyond the replica (its lag at the failure).
@@ -534,6 +759,7 @@ pub async fn run(
         },
         None => None,
     };
+    let margin_ms = options.margin.as_millis() as i64;
     let run_started = Instant::now();
     let before_run = run_started.duration_since(command_started).as_millis() as u64;
     let summary = pipeline::run(
@@ -543,6 +769,21 @@ pub async fn run(
             failover: Some(FailoverStart {
                 positions: plan.positions.clone(),
                 reason: options.reason.clone(),
+                cluster_id: plan.to_cluster.clone(),
+                dead_letter_windows: plan
+                    .starts
+                    .iter()
+                    .map(|s| {
+                        (
+                            TopicPartition {
+                                topic: s.topic.clone(),
+                                partition: s.partition,
+                            },
+                            // Records out of order by up to the margin may follow the start.
+                            s.from_time_ms.map(|ms| ms.saturating_sub(margin_ms)),
+                        )
+                    })
+                    .collect(),
             }),
             ..RunOptions::default()
         },
@@ -574,10 +815,13 @@ pub async fn run(
         margin_ms: options.margin.as_millis() as u64,
         records_reread: plan.starts.iter().map(|s| s.overlap_records).sum(),
         starts: plan.starts,
+        translations: plan.translations,
         records_read: summary.records_read,
         duplicates_dropped: summary.duplicates,
         late_dropped: summary.late,
         rows_written: summary.rows_written,
+        dead_letters: summary.dead_letters,
+        dead_letters_already_held: summary.dead_letters_already_held,
         dedup_keys_rebuilt: summary.recovery.dedup_keys_loaded,
         missing_rows,
         rto_ms: summary

@@ -15,7 +15,8 @@
 //! - [`state_lock`]: the exclusive lock on a state directory and the ids of its runs.
 //! - [`fault`]: crash points armed by `TIDEMARK_CRASH_AT` for crash tests; [`io_faults`]: the
 //!   file system the pipeline writes through (faults injected by `TIDEMARK_FAULT_FS` in tests).
-//! - [`failover`]: `tidemark failover` (by-time start on a mirrored cluster, report);
+//! - [`failover`]: `tidemark failover` (start on a mirrored cluster by MirrorMaker 2's offset
+//!   translations ([`offset_translation`]) or by time, report);
 //!   [`generation`]: generation fencing, pure; [`cluster_check`]: positions know their cluster.
 //! - [`protocol`]: the recovery decision of the epoch protocol, pure and exhaustively tested.
 //! - [`metrics`]: the run's Prometheus metrics and live state; [`health`]: the readiness rules
@@ -25,6 +26,7 @@
 pub mod cluster_check;
 pub mod committer;
 pub mod config;
+pub mod dead_letter_overlap;
 pub mod dedup;
 pub mod dedup_key;
 pub mod epoch;
@@ -37,6 +39,7 @@ pub mod http;
 pub mod io_faults;
 pub mod maintenance;
 pub mod metrics;
+pub mod offset_translation;
 pub mod pipeline;
 pub mod progress;
 pub mod protocol;

@@ -115,6 +115,11 @@ pub struct FailoverStart {
     pub positions: Positions,
     /// Why: `failover` (or `failback`), recorded with the new generation.
     pub reason: String,
+    /// The cluster read from now on (as the brokers report it).
+    pub cluster_id: Option<String>,
+    /// Per partition, from which Kafka timestamp records may be read again (`None`: the whole
+    /// partition): their dead letters from the old cluster are not written twice.
+    pub dead_letter_windows: crate::dead_letter_overlap::Windows,
 }
 
 /// What a run did; printed as one JSON line when `tidemark run` ends.
@@ -138,6 +143,9 @@ pub struct RunSummary {
     pub late: u64,
     /// Rows written to the dead-letter table.
     pub dead_letters: u64,
+    /// Dead letters not written because the dead-letter table held them from another cluster
+    /// (records a failover read again; see [`crate::dead_letter_overlap`]).
+    pub dead_letters_already_held: u64,
     /// Keys in dedup state at the end of the run.
     pub dedup_keys: Option<u64>,
     /// The watermark at the end of the run (micros).
@@ -236,6 +244,11 @@ pub async fn run(
             rewind_to: options.rewind_to,
             accept_wal_damage: options.accept_wal_damage,
             start_positions: options.failover.as_ref().map(|f| f.positions.clone()),
+            cluster_id: options.failover.as_ref().and_then(|f| f.cluster_id.clone()),
+            dead_letter_windows: options
+                .failover
+                .as_ref()
+                .map(|f| f.dead_letter_windows.clone()),
         },
     )
     .await?;
@@ -791,6 +804,7 @@ impl RunStats {
             summary.watermark = d.state.watermark();
         }
         summary.wal_bytes = committer.wal_bytes();
+        summary.dead_letters_already_held = committer.dead_letters_already_held();
         summary.peak_rss_bytes = peak_rss_bytes();
         summary.totals = committer.totals();
         // The summary's per-run fields are its JSON contract; they come from one `Counts`.

@@ -345,6 +345,31 @@ fn scan_epoch(
     Ok((records, seal))
 }
 
+/// The dead-letter windows of a plain start ([`StartOptions::dead_letter_windows`]): per
+/// partition the table read, its last committed Kafka timestamp minus the default failover
+/// margin (records before it are not read again); the whole partition when no timestamp is
+/// known.
+fn windows_after_last_commit(
+    info: Option<&tidemark_connectors::delta::EpochCommitInfo>,
+) -> crate::dead_letter_overlap::Windows {
+    let margin = crate::failover::DEFAULT_MARGIN.as_millis() as i64;
+    info.map(|i| {
+        i.partitions
+            .iter()
+            .map(|p| {
+                (
+                    tidemark_connectors::TopicPartition {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                    },
+                    p.last_timestamp_ms.map(|ts| ts.saturating_sub(margin)),
+                )
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 /// What a start may be asked beyond the config.
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
@@ -356,6 +381,12 @@ pub struct StartOptions {
     /// A failover start: the state directory was set aside, and the table's progress is
     /// continued at these positions (found by time on another cluster) instead of its own.
     pub start_positions: Option<Positions>,
+    /// The cluster a failover start reads (`None`: the one the table's progress belongs to).
+    pub cluster_id: Option<String>,
+    /// A failover start: per partition, from which Kafka timestamp the run may read records
+    /// again whose dead letters the table holds from the old cluster
+    /// ([`crate::dead_letter_overlap`]; `None`: after the table's last committed timestamps).
+    pub dead_letter_windows: Option<crate::dead_letter_overlap::Windows>,
 }
 
 /// Runs recovery and returns the committer and the epoch to continue with (holding any
@@ -407,6 +438,29 @@ pub async fn recover(
         Some(sink) => Some(DeadLetterTable::open(sink).await?),
         None => None,
     };
+    // Only a table some failover opened (generation 2 on) can have letters of another cluster
+    // in its dead-letter table: other starts do not read the dead-letter table's history.
+    let failed_over = options.start_positions.is_some() || sink.table_generation()? > 1;
+    if let Some(dlq) = dead_letter_table.as_mut().filter(|_| failed_over) {
+        let info = progress.as_ref().map(|p| &p.info);
+        let here = options
+            .cluster_id
+            .clone()
+            .or_else(|| info.and_then(|i| i.cluster_id.clone()));
+        if let Some(here) = here {
+            let start = options
+                .start_positions
+                .clone()
+                .or_else(|| info.map(|i| i.end_positions.clone()))
+                .unwrap_or_default();
+            let windows = options
+                .dead_letter_windows
+                .clone()
+                .unwrap_or_else(|| windows_after_last_commit(info));
+            dlq.guard_other_clusters(&config.pipeline_id, &here, &start, &windows)
+                .await?;
+        }
+    }
 
     let from = latest.as_ref().map(wal_position);
     // The open scans (and repairs) from where the state's changelog begins: that part of the

@@ -299,6 +299,21 @@ pub fn read_dead_letters(dir: &Path) -> Result<Vec<DeadLetter>, AuditError> {
     Ok(out)
 }
 
+/// The key of every dead letter of the table at `dir` (nulls as `None`), read from
+/// `_delta_log` and Parquet like the main table: to count each record's letters.
+pub fn read_dead_letter_keys(dir: &Path) -> Result<Vec<Option<Vec<u8>>>, AuditError> {
+    let replay = replay_log(dir)?;
+    let mut out = Vec::new();
+    for_each_batch(dir, &replay.live_files, &["key"], |path, batch| {
+        let keys = column(path, batch, "key")?.as_binary::<i32>().clone();
+        for i in 0..batch.num_rows() {
+            out.push((!keys.is_null(i)).then(|| keys.value(i).to_vec()));
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// Reads one string column of every row of the live files (nulls as `None`).
 pub fn read_string_column(
     table_dir: &Path,

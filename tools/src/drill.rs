@@ -71,7 +71,16 @@ pub struct DrillOptions {
     /// Seed of the kill moments (default: from the clock; printed).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The mirror also publishes MirrorMaker 2 offset syncs (every N records of a partition,
+    /// MM2's binary format, on the secondary as `mm2-offset-syncs.drill-secondary.internal`)
+    /// and the failover uses them (`--mm2-target-alias drill-secondary`): every partition must
+    /// then start "translated".
+    #[arg(long, value_name = "N")]
+    pub mm2_sync_every: Option<i64>,
 }
+
+/// MirrorMaker 2's alias of the drill's secondary cluster (`--mm2-sync-every`).
+const MM2_TARGET_ALIAS: &str = "drill-secondary";
 
 /// One round's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -333,6 +342,13 @@ pub async fn run(options: DrillOptions) -> anyhow::Result<()> {
         if mocks.is_some() { "two in-process mock clusters" } else { "given brokers" },
         options.rounds
     );
+    if options.mm2_sync_every.is_some() {
+        let syncs = tidemark_connectors::mm2::offset_syncs_topic(MM2_TARGET_ALIAS);
+        match &mocks {
+            Some((_, s)) => s.create_topic(&syncs, 1, 1)?,
+            None => crate::bench::create_topic(&secondary, &syncs, 1).await?,
+        }
+    }
     let mut rounds = Vec::new();
     for round in 1..=options.rounds {
         let topic = format!(
@@ -615,14 +631,24 @@ async fn drill_round(
     };
     let stop_mirror = Arc::new(AtomicBool::new(false));
     let mirror = {
-        let (stop, p, s, t) = (
+        let (stop, p, s, t, every) = (
             stop_mirror.clone(),
             primary.to_string(),
             secondary.to_string(),
             topic.to_string(),
+            options.mm2_sync_every,
         );
         std::thread::spawn(move || -> anyhow::Result<u64> {
             let mut m = Mirror::new(&p, &s, &t, &t)?;
+            if let Some(every) = every {
+                m = m.publish_mm2(crate::mirror::Mm2Publishing {
+                    offset_syncs_topic: Some(tidemark_connectors::mm2::offset_syncs_topic(
+                        MM2_TARGET_ALIAS,
+                    )),
+                    every,
+                    checkpoints: None,
+                });
+            }
             while !stop.load(Ordering::Relaxed) {
                 m.step(Duration::from_millis(200))?;
             }
@@ -716,19 +742,26 @@ async fn drill_round(
     let replica_bytes = dir_bytes(&replica_table);
     let report_path = base.join("failover-report.json");
     let started = Instant::now();
+    let mut failover_args = vec![
+        "failover".to_string(),
+        "--config".to_string(),
+        cfg(&secondary_config),
+        "--until-caught-up".to_string(),
+        "--margin".to_string(),
+        options.margin.clone(),
+        "--primary-table".to_string(),
+        cfg(&primary_table),
+        "--report".to_string(),
+        cfg(&report_path),
+    ];
+    if options.mm2_sync_every.is_some() {
+        failover_args.extend([
+            "--mm2-target-alias".to_string(),
+            MM2_TARGET_ALIAS.to_string(),
+        ]);
+    }
     let out = Command::new(exe)
-        .args([
-            "failover",
-            "--config",
-            &cfg(&secondary_config),
-            "--until-caught-up",
-            "--margin",
-            &options.margin,
-            "--primary-table",
-            &cfg(&primary_table),
-            "--report",
-            &cfg(&report_path),
-        ])
+        .args(&failover_args)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(logs.join("failover.log"))?)
         .status()?;
@@ -740,6 +773,18 @@ async fn drill_round(
         );
     }
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
+    if options.mm2_sync_every.is_some() {
+        let untranslated: Vec<String> = report["starts"]
+            .as_array()
+            .context("report without starts")?
+            .iter()
+            .filter(|s| s["method"] != "translated")
+            .map(|s| format!("partition {}: {}", s["partition"], s["method"]))
+            .collect();
+        if !untranslated.is_empty() {
+            bail!("with MM2 offset syncs every partition must start translated: {untranslated:?}");
+        }
+    }
 
     // The audit: every acknowledged id exactly once, nothing else.
     let ids = ids_in(&replica_table)?;

@@ -3,17 +3,29 @@
 //! partition of the target topic with its key, value and timestamp, never its offset (the
 //! target's offsets are its own: pre-seeded or compacted partitions differ). For the failover
 //! tests and `tidemark drill`.
+//!
+//! Optionally ([`Mirror::publish_mm2`]) it also publishes offset translations on the target
+//! cluster exactly as MirrorMaker 2 does (same topics, same binary records, see
+//! [`tidemark_connectors::mm2`]): an offset sync for the first record it copies of each
+//! partition and then every `every` records (MM2: `offset.lag.max`), each from the offset the
+//! target acknowledged for that record (delivery reports, never computed); and, for a consumer
+//! group, checkpoints translating the group's committed offsets on the source.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
 use rdkafka::util::Timeout;
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
+use tidemark_connectors::mm2;
 
 use crate::produce::send_retrying;
 
@@ -26,13 +38,68 @@ pub struct MirrorProgress {
     pub copied: u64,
 }
 
+/// Delivery reports of the copies: (partition, source offset, target offset) of each record
+/// the target acknowledged.
+/// Kept only while translations are published ([`Mirror::publish_mm2`]).
+#[derive(Default)]
+struct Deliveries {
+    enabled: Arc<std::sync::atomic::AtomicBool>,
+    delivered: Arc<Mutex<Vec<(i32, i64, i64)>>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    /// The record's offset on the source.
+    type DeliveryOpaque = Box<i64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, upstream: Box<i64>) {
+        if !self.enabled.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(m) = result {
+            if let Ok(mut d) = self.delivered.lock() {
+                d.push((m.partition(), *upstream, m.offset()));
+            }
+        }
+    }
+}
+
+/// What MirrorMaker 2 translations the mirror publishes on the target cluster (topics must
+/// exist there).
+#[derive(Debug, Clone)]
+pub struct Mm2Publishing {
+    /// The offset-syncs topic (`mm2-offset-syncs.<target alias>.internal`), if any.
+    pub offset_syncs_topic: Option<String>,
+    /// An offset sync every this many records of a partition (after its first one).
+    pub every: i64,
+    /// The checkpoints topic (`<source alias>.checkpoints.internal`) and the consumer group
+    /// whose committed offsets (on the source) it translates, if any.
+    pub checkpoints: Option<(String, String)>,
+}
+
+/// What the mirror published of [`Mm2Publishing`].
+#[derive(Debug, Clone, Default)]
+struct Mm2State {
+    publishing: Option<Mm2Publishing>,
+    /// Per partition: every (source offset, target offset) acknowledged so far.
+    offsets: BTreeMap<i32, BTreeMap<i64, i64>>,
+    /// Per partition: the source offset of the last offset sync published.
+    last_sync: BTreeMap<i32, i64>,
+}
+
 /// A running mirror of one topic: `step` copies what is there.
 pub struct Mirror {
     consumer: BaseConsumer,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<Deliveries>,
+    delivered: Arc<Mutex<Vec<(i32, i64, i64)>>>,
+    recording: Arc<std::sync::atomic::AtomicBool>,
+    from: String,
+    to: String,
     topic: String,
     target_topic: String,
     progress: MirrorProgress,
+    mm2: Mm2State,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,18 +143,34 @@ impl Mirror {
             progress.next.insert(*p, start.get(p).copied().unwrap_or(0));
         }
         consumer.assign(&assignment)?;
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        let context = Deliveries::default();
+        let delivered = context.delivered.clone();
+        let recording = context.enabled.clone();
+        let producer: ThreadedProducer<Deliveries> = ClientConfig::new()
             .set("bootstrap.servers", to)
             .set("linger.ms", "5")
             .set("enable.idempotence", "true")
-            .create()?;
+            .create_with_context(context)?;
         Ok(Self {
             consumer,
             producer,
+            delivered,
+            recording,
+            from: from.to_string(),
+            to: to.to_string(),
             topic: topic.to_string(),
             target_topic: target_topic.to_string(),
             progress,
+            mm2: Mm2State::default(),
         })
+    }
+
+    /// Publishes MirrorMaker 2 translations from now on (at each [`Mirror::catch_up`]).
+    pub fn publish_mm2(mut self, publishing: Mm2Publishing) -> Self {
+        self.mm2.publishing = Some(publishing);
+        self.recording
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     /// Copies what arrives within `wait`; returns how many records.
@@ -102,8 +185,9 @@ impl Mirror {
                 continue;
             };
             let m = message?;
-            let mut record: BaseRecord<'_, [u8], [u8]> =
-                BaseRecord::to(&self.target_topic).partition(m.partition());
+            let mut record: BaseRecord<'_, [u8], [u8], Box<i64>> =
+                BaseRecord::with_opaque_to(&self.target_topic, Box::new(m.offset()))
+                    .partition(m.partition());
             if let Some(k) = m.key() {
                 record = record.key(k);
             }
@@ -148,7 +232,96 @@ impl Mirror {
             copied += self.step(Duration::from_millis(500))?;
         }
         self.producer.flush(Timeout::After(TIMEOUT))?;
+        self.publish_translations()?;
         Ok(copied)
+    }
+
+    /// Publishes the offset syncs and checkpoints due for what the target acknowledged.
+    fn publish_translations(&mut self) -> Result<(), KafkaError> {
+        let delivered = match self.delivered.lock() {
+            Ok(mut d) => std::mem::take(&mut *d),
+            Err(_) => return Ok(()),
+        };
+        for (p, up, down) in delivered {
+            self.mm2.offsets.entry(p).or_default().insert(up, down);
+        }
+        let Some(publishing) = self.mm2.publishing.clone() else {
+            return Ok(());
+        };
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.to)
+            .set("enable.idempotence", "true")
+            .create()?;
+        if let Some(topic) = &publishing.offset_syncs_topic {
+            for (p, offsets) in &self.mm2.offsets {
+                for (up, down) in offsets {
+                    let due = match self.mm2.last_sync.get(p) {
+                        None => true,
+                        Some(last) => up - last >= publishing.every.max(1),
+                    };
+                    if !due {
+                        continue;
+                    }
+                    let (key, value) = mm2::encode_offset_sync(&mm2::OffsetSync {
+                        topic: self.topic.clone(),
+                        partition: *p,
+                        upstream_offset: *up,
+                        downstream_offset: *down,
+                    });
+                    send_retrying(
+                        &producer,
+                        BaseRecord::to(topic)
+                            .key(key.as_slice())
+                            .payload(value.as_slice()),
+                    )?;
+                    self.mm2.last_sync.insert(*p, *up);
+                }
+            }
+        }
+        if let Some((topic, group)) = &publishing.checkpoints {
+            let reader: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &self.from)
+                .set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .create()?;
+            let mut asked = TopicPartitionList::new();
+            for p in self.progress.next.keys() {
+                asked.add_partition(&self.topic, *p);
+            }
+            let committed = reader.committed_offsets(asked, TIMEOUT)?;
+            for element in committed.elements() {
+                let Offset::Offset(upstream) = element.offset() else {
+                    continue;
+                };
+                // MM2's translation: the nearest acknowledged record at or before the group's
+                // offset; its target offset, plus one when it is before (never too late).
+                let Some((up, down)) = self
+                    .mm2
+                    .offsets
+                    .get(&element.partition())
+                    .and_then(|o| o.range(..=upstream).next_back())
+                else {
+                    continue;
+                };
+                let downstream = if *up == upstream { *down } else { down + 1 };
+                let (key, value) = mm2::encode_checkpoint(&mm2::Checkpoint {
+                    group: group.clone(),
+                    topic: self.target_topic.clone(),
+                    partition: element.partition(),
+                    upstream_offset: upstream,
+                    downstream_offset: downstream,
+                    metadata: String::new(),
+                });
+                send_retrying(
+                    &producer,
+                    BaseRecord::to(topic)
+                        .key(key.as_slice())
+                        .payload(value.as_slice()),
+                )?;
+            }
+        }
+        producer.flush(Timeout::After(TIMEOUT))?;
+        Ok(())
     }
 
     /// What was copied.

@@ -4,14 +4,14 @@ use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::ToBytes;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
 /// Sends `record`, polling and retrying while librdkafka's local queue is full; any other
 /// error is returned (never retried forever).
-pub fn send_retrying<K: ToBytes + ?Sized, P: ToBytes + ?Sized>(
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    mut record: BaseRecord<'_, K, P>,
+pub fn send_retrying<K: ToBytes + ?Sized, P: ToBytes + ?Sized, C: ProducerContext + 'static>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
 ) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {

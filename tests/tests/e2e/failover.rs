@@ -16,11 +16,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tidemark_tests::{
-    create_topic, order_json, produce_range, stderr_of, two_brokers, unique_topic, Fixture,
-    TEST_LOG_FILTER,
+    create_topic, order_json, order_json_unless, produce_range, stderr_of, two_brokers,
+    unique_topic, Fixture, TEST_LOG_FILTER,
 };
 use tidemark_tools::audit;
-use tidemark_tools::mirror::{seed_partitions, Mirror};
+use tidemark_tools::mirror::{seed_partitions, Mirror, Mm2Publishing};
 
 use super::EXE;
 
@@ -537,4 +537,451 @@ async fn failback_sets_the_unreplicated_tail_aside_and_the_primary_holds_every_i
     let unexpected: Vec<_> = have.difference(&want).take(10).collect();
     assert!(missing.is_empty(), "missing after failback: {missing:?}");
     assert!(unexpected.is_empty(), "never produced: {unexpected:?}");
+}
+
+/// Every id of `0..n` exactly once in `table`, and nothing else (no pre-seeded filler).
+fn assert_every_id_once(table: &Path, n: u64) {
+    let ids = ids_in(table);
+    let doubled: Vec<_> = ids.iter().filter(|(_, c)| **c > 1).take(10).collect();
+    assert!(
+        doubled.is_empty(),
+        "ids twice in {}: {doubled:?}",
+        table.display()
+    );
+    let want: BTreeSet<String> = (0..n).map(id_of).collect();
+    let have: BTreeSet<String> = ids.keys().cloned().collect();
+    let missing: Vec<_> = want.difference(&have).take(10).collect();
+    let unexpected: Vec<_> = have.difference(&want).take(10).collect();
+    assert!(missing.is_empty(), "ids missing: {missing:?}");
+    assert!(
+        unexpected.is_empty(),
+        "ids never produced (offset reuse, or pre-seeded records read?): {unexpected:?}"
+    );
+}
+
+/// The report's starts: partition -> (offset, method).
+fn starts_of(report: &serde_json::Value) -> BTreeMap<i32, (i64, String)> {
+    report["starts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["partition"].as_i64().unwrap() as i32,
+                (
+                    s["offset"].as_i64().unwrap(),
+                    s["method"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Records read and duplicates dropped as the report gives them, against an independent
+/// count: the records from the report's starts to the end of the mirrored topic, and those
+/// of them whose id the replica held before the failover.
+fn assert_reread_figures(
+    report: &serde_json::Value,
+    brokers: &str,
+    topic: &str,
+    replica_ids: &BTreeMap<String, u64>,
+) -> u64 {
+    let starts: BTreeMap<i32, i64> = starts_of(report)
+        .into_iter()
+        .map(|(p, (o, _))| (p, o))
+        .collect();
+    let reread = ids_from(brokers, topic, &starts);
+    let duplicates = reread
+        .iter()
+        .filter(|id| replica_ids.contains_key(*id))
+        .count() as u64;
+    assert_eq!(
+        report["records_read"].as_u64(),
+        Some(reread.len() as u64),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["duplicates_dropped"].as_u64(),
+        Some(duplicates),
+        "{report:#}"
+    );
+    duplicates
+}
+
+/// MirrorMaker 2's offset syncs (published by the test mirror on the secondary, in MM2's
+/// binary format, every 70 records of a partition): the failover starts each partition at its
+/// translated offset and says so. Partition 2 was never read before the failure and its
+/// mirror holds 29 pre-seeded records the primary never had: the sync of its first record
+/// starts it after them (from its beginning it would write them). Exactly once (independent
+/// audit), and the re-read figures match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_with_mm2_offset_syncs_starts_at_translated_offsets_exactly_once() {
+    let Some((primary_brokers, secondary_brokers, topic)) =
+        mirrored_topic("mm2syncs", |p| 5 + 12 * p as u64).await
+    else {
+        return;
+    };
+    let syncs_topic = tidemark_connectors::mm2::offset_syncs_topic("secondary");
+    create_topic(&secondary_brokers, &syncs_topic, 1).await;
+    let secondary = Fixture::new(Path::new(EXE), &secondary_brokers, &topic, DEDUP);
+    let primary = Fixture::new(
+        Path::new(EXE),
+        &primary_brokers,
+        &topic,
+        &format!(
+            "{DEDUP}\n[replica]\ntable_uri = \"{}\"\n",
+            secondary.table.display()
+        ),
+    );
+    let (from, to) = (
+        primary.table.display().to_string(),
+        secondary.table.display().to_string(),
+    );
+    // 3000 records into partitions 0 and 1 only, replicated; then 2000 into all three.
+    produce_range(&primary_brokers, &topic, 2, 0..3000, order_json);
+    ok("primary run 1", &primary.run_to_end(&[]));
+    ok(
+        "replicate",
+        &tidemark(&["replicate", "--from", &from, "--to", &to]),
+    );
+    produce_range(&primary_brokers, &topic, PARTITIONS, 3000..5000, order_json);
+    ok("primary run 2", &primary.run_to_end(&[]));
+    Mirror::new(&primary_brokers, &secondary_brokers, &topic, &topic)
+        .unwrap()
+        .publish_mm2(Mm2Publishing {
+            offset_syncs_topic: Some(syncs_topic.clone()),
+            every: 70,
+            checkpoints: None,
+        })
+        .catch_up(Duration::from_secs(120))
+        .unwrap();
+
+    let replica_ids = ids_in(&secondary.table);
+    let (out, report) = failover(
+        &secondary,
+        "report.json",
+        &["--mm2-target-alias", "secondary"],
+    );
+    let text = stderr_of(&out);
+    let starts = starts_of(&report);
+    for (p, (_, method)) in &starts {
+        assert_eq!(method, "translated", "partition {p}: {report:#}");
+    }
+    assert!(
+        text.contains("translated"),
+        "the printed report says so:\n{text}"
+    );
+    // Partition 0 and 1 were read up to 1500: the nearest sync is of offset 1470 (every 70
+    // from 0), so the start is just after its record, 29 records before the true position.
+    for p in [0, 1] {
+        let s = &report["starts"][p as usize];
+        assert_eq!(s["translation"]["via"], "offset_sync", "{report:#}");
+        assert_eq!(s["translation"]["upstream_offset"], 1470, "{report:#}");
+        assert_eq!(s["offset"].as_i64(), Some(5 + 12 * p + 1471), "{report:#}");
+    }
+    // Partition 2, never read: the sync of its first record, right after the filler.
+    assert_eq!(starts[&2].0, 29, "{report:#}");
+    assert_eq!(report["starts"][2]["translation"]["upstream_offset"], 0);
+    assert!(report["translations"]["offset_syncs"].as_u64().unwrap() > 0);
+
+    assert_every_id_once(&secondary.table, 5000);
+    let duplicates = assert_reread_figures(&report, &secondary_brokers, &topic, &replica_ids);
+    assert_eq!(
+        duplicates,
+        2 * 29,
+        "the translated overlap: 29 records in each read partition"
+    );
+    assert_eq!(report["missing_rows"], serde_json::Value::Null);
+}
+
+/// MirrorMaker 2 checkpoints of a consumer group (the group committed offsets on the primary
+/// cluster for partitions 0 and 1; the test mirror translates them as MM2 does): partitions 0
+/// and 1 start at their translations, partition 2 (never read before the failure, no
+/// checkpoint, its mirror holding only mirrored records) from its beginning, and the report
+/// says which per partition. Exactly once (independent audit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_with_mm2_checkpoints_translates_the_groups_partitions_and_reads_a_never_read_one_from_its_beginning(
+) {
+    let Some((primary_brokers, secondary_brokers, topic)) =
+        mirrored_topic("mm2cp", |p| if p == 2 { 0 } else { 5 + 12 * p as u64 }).await
+    else {
+        return;
+    };
+    let checkpoints_topic = tidemark_connectors::mm2::checkpoints_topic("primary");
+    create_topic(&secondary_brokers, &checkpoints_topic, 1).await;
+    let secondary = Fixture::new(Path::new(EXE), &secondary_brokers, &topic, DEDUP);
+    let primary = Fixture::new(
+        Path::new(EXE),
+        &primary_brokers,
+        &topic,
+        &format!(
+            "{DEDUP}\n[replica]\ntable_uri = \"{}\"\n",
+            secondary.table.display()
+        ),
+    );
+    let (from, to) = (
+        primary.table.display().to_string(),
+        secondary.table.display().to_string(),
+    );
+    produce_range(&primary_brokers, &topic, 2, 0..3000, order_json);
+    ok("primary run 1", &primary.run_to_end(&[]));
+    ok(
+        "replicate",
+        &tidemark(&["replicate", "--from", &from, "--to", &to]),
+    );
+    // A consumer group of the primary region has read what the replica holds and committed.
+    let group = "orders-auditors";
+    {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &primary_brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in [0, 1] {
+            tpl.add_partition_offset(&topic, p, Offset::Offset(1500))
+                .unwrap();
+        }
+        consumer
+            .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+            .unwrap();
+    }
+    produce_range(&primary_brokers, &topic, PARTITIONS, 3000..5000, order_json);
+    ok("primary run 2", &primary.run_to_end(&[]));
+    Mirror::new(&primary_brokers, &secondary_brokers, &topic, &topic)
+        .unwrap()
+        .publish_mm2(Mm2Publishing {
+            offset_syncs_topic: None,
+            every: 100,
+            checkpoints: Some((checkpoints_topic.clone(), group.to_string())),
+        })
+        .catch_up(Duration::from_secs(120))
+        .unwrap();
+
+    let replica_ids = ids_in(&secondary.table);
+    let (out, report) = failover(
+        &secondary,
+        "report.json",
+        &["--mm2-source-alias", "primary", "--mm2-group", group],
+    );
+    let starts = starts_of(&report);
+    assert_eq!(
+        starts[&0],
+        (5 + 1500, "translated".to_string()),
+        "{report:#}"
+    );
+    assert_eq!(
+        starts[&1],
+        (17 + 1500, "translated".to_string()),
+        "{report:#}"
+    );
+    assert_eq!(starts[&2], (0, "from_beginning".to_string()), "{report:#}");
+    assert_eq!(report["starts"][0]["translation"]["via"], "checkpoint");
+    assert_eq!(report["translations"]["checkpoints"], 2, "{report:#}");
+    let text = stderr_of(&out);
+    assert!(
+        text.contains("from the beginning") && text.contains("never read"),
+        "the printed report says how partition 2 started:\n{text}"
+    );
+    assert_every_id_once(&secondary.table, 5000);
+    let duplicates = assert_reread_figures(&report, &secondary_brokers, &topic, &replica_ids);
+    assert_eq!(
+        duplicates, 0,
+        "checkpoints of exactly the replica's positions"
+    );
+}
+
+/// The key of each record of `topic` on `brokers` from `start` to the end.
+fn keys_from(brokers: &str, topic: &str, start: &BTreeMap<i32, i64>) -> Vec<Vec<u8>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "failover-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for (p, o) in start {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*o))
+            .unwrap();
+        let (_, high) = consumer
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .unwrap();
+        ends.insert(*p, high);
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut next = start.clone();
+    let mut keys = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while ends.iter().any(|(p, e)| next[p] < *e) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading {topic} timed out"
+        );
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        keys.push(m.key().map(<[u8]>::to_vec).unwrap_or_default());
+        next.insert(m.partition(), m.offset() + 1);
+    }
+    keys
+}
+
+/// Poisoned records inside the failover's overlap appear once in the dead-letter output: the
+/// primary dead-letters every tenth record, its dead-letter table is replicated with the
+/// table, the failover re-reads the overlap from the mirror (other offsets), and the
+/// dead-letter table then holds each poisoned record exactly once; the report counts the
+/// letters it did not write again, as an independent count finds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_records_reread_after_a_failover_are_written_once() {
+    let Some((primary_brokers, secondary_brokers, topic)) =
+        mirrored_topic("failoverdlq", |p| 5 + 12 * p as u64).await
+    else {
+        return;
+    };
+    let poisoned = |i: u64| i % 10 == 7;
+    let values = order_json_unless(poisoned);
+    let secondary = Fixture::new(Path::new(EXE), &secondary_brokers, &topic, DEDUP);
+    let primary = Fixture::new(
+        Path::new(EXE),
+        &primary_brokers,
+        &topic,
+        &format!(
+            "{DEDUP}\n[replica]\ntable_uri = \"{}\"\n",
+            secondary.table.display()
+        ),
+    );
+    let dlq = |f: &Fixture| f.dir.path().join("table_dead_letters");
+    produce_range(&primary_brokers, &topic, PARTITIONS, 0..3000, &values);
+    ok("primary run 1", &primary.run_to_end(&[]));
+    for (from, to) in [
+        (primary.table.clone(), secondary.table.clone()),
+        (dlq(&primary), dlq(&secondary)),
+    ] {
+        ok(
+            "replicate",
+            &tidemark(&[
+                "replicate",
+                "--from",
+                from.to_str().unwrap(),
+                "--to",
+                to.to_str().unwrap(),
+            ]),
+        );
+    }
+    produce_range(&primary_brokers, &topic, PARTITIONS, 3000..5000, &values);
+    ok("primary run 2", &primary.run_to_end(&[]));
+    Mirror::new(&primary_brokers, &secondary_brokers, &topic, &topic)
+        .unwrap()
+        .catch_up(Duration::from_secs(120))
+        .unwrap();
+    let held_before: BTreeSet<Vec<u8>> = audit::read_dead_letter_keys(&dlq(&secondary))
+        .unwrap()
+        .into_iter()
+        .map(Option::unwrap)
+        .collect();
+    assert_eq!(
+        held_before.len(),
+        300,
+        "the replicated dead letters of the first part"
+    );
+
+    let (_, report) = failover(&secondary, "report.json", &[]);
+
+    // Every poisoned record exactly once in the dead-letter table, nothing else.
+    let mut letters: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+    for k in audit::read_dead_letter_keys(&dlq(&secondary)).unwrap() {
+        *letters.entry(k.unwrap()).or_insert(0) += 1;
+    }
+    let doubled: Vec<_> = letters
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(k, n)| (String::from_utf8_lossy(k).to_string(), *n))
+        .take(10)
+        .collect();
+    assert!(
+        doubled.is_empty(),
+        "dead letters written twice: {doubled:?}"
+    );
+    let want: BTreeSet<Vec<u8>> = (0..5000)
+        .filter(|i| poisoned(*i))
+        .map(|i| format!("k{i}").into_bytes())
+        .collect();
+    let have: BTreeSet<Vec<u8>> = letters.keys().cloned().collect();
+    assert_eq!(have, want, "each poisoned record's letter, once");
+    // Independent: the poisoned records the failover re-read whose letter the replica held.
+    let starts: BTreeMap<i32, i64> = starts_of(&report)
+        .into_iter()
+        .map(|(p, (o, _))| (p, o))
+        .collect();
+    let reread_held = keys_from(&secondary_brokers, &topic, &starts)
+        .into_iter()
+        .filter(|k| held_before.contains(k))
+        .count() as u64;
+    assert!(
+        reread_held > 0,
+        "the overlap holds poisoned records: {report:#}"
+    );
+    assert_eq!(
+        report["dead_letters_already_held"].as_u64(),
+        Some(reread_held),
+        "{report:#}"
+    );
+    // The rows: every good id once.
+    let ids = ids_in(&secondary.table);
+    assert!(ids.values().all(|n| *n == 1));
+    assert_eq!(ids.len() as u64, 5000 - want.len() as u64);
+}
+
+/// `tidemark drill --mm2-sync-every 50` against the two tansu brokers, 3 rounds: the mirror
+/// publishes MirrorMaker 2 offset syncs, each failover starts every partition from them (the
+/// drill fails a round otherwise), and the exactly-once audit, the report's figures and the
+/// fencing hold as in the by-time drills.
+#[test]
+fn randomized_drills_with_mm2_offset_syncs_start_translated_and_keep_exactly_once() {
+    let Some((primary, secondary)) = two_brokers() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = tidemark(&[
+        "drill",
+        "--brokers",
+        &format!("{primary},{secondary}"),
+        "--dir",
+        dir.path().join("drill").to_str().unwrap(),
+        "--rounds",
+        "3",
+        "--records",
+        "9000",
+        "--rate",
+        "3000",
+        "--mm2-sync-every",
+        "50",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "drill failed: {}\n{stdout}\n{}",
+        out.status,
+        stderr_of(&out)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap()).expect("the drill's JSON line");
+    let rounds = json["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3);
+    for r in rounds {
+        assert_eq!(r["old_primary_fenced"], true);
+        assert_eq!(r["rows"], r["produced"], "{r:#}");
+        for s in r["report"]["starts"].as_array().unwrap() {
+            assert_eq!(s["method"], "translated", "{r:#}");
+            assert_eq!(s["translation"]["via"], "offset_sync", "{r:#}");
+        }
+        // The overlap is what lies after the nearest sync: fewer than 50 per partition.
+        assert!(
+            r["report"]["duplicates_dropped"].as_u64().unwrap() < 50 * 3,
+            "{r:#}"
+        );
+    }
 }
