@@ -340,10 +340,29 @@ pub async fn verify_put_if_absent(table: &TableStore) -> Result<(), TableStoreEr
         probe: probe.to_string(),
         source: Box::new(source),
     };
-    store
-        .put_opts(&probe, PutPayload::from_static(b"first"), create())
-        .await
-        .map_err(probe_err)?;
+    // The first write is settled (the name is unique: "already exists" with our bytes is our
+    // own write whose answer was lost); the second must be refused.
+    match put_settled(
+        store.as_ref(),
+        &probe,
+        bytes::Bytes::from_static(b"first"),
+        PutMode::Create,
+    )
+    .await
+    {
+        Ok(ConditionalPut::Written) => {}
+        Ok(ConditionalPut::Refused) => {
+            return Err(TableStoreError::Probe {
+                uri: uri.clone(),
+                probe: probe.to_string(),
+                source: Box::new(object_store::Error::AlreadyExists {
+                    path: probe.to_string(),
+                    source: "a probe object of this name held other bytes".into(),
+                }),
+            })
+        }
+        Err(e) => return Err(probe_err(e)),
+    }
     let second = store
         .put_opts(&probe, PutPayload::from_static(b"second"), create())
         .await;
@@ -369,6 +388,60 @@ pub async fn verify_put_if_absent(table: &TableStore) -> Result<(), TableStoreEr
         info!(table = %uri, "the store refuses a second put-if-absent: concurrent commits are safe");
     }
     verdict
+}
+
+/// What a conditional write came to, once its answer is known or was looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionalPut {
+    /// The object holds exactly the bytes written (this write, or an earlier attempt of it
+    /// whose answer was lost).
+    Written,
+    /// The condition failed: the object holds something else (another writer's).
+    Refused,
+}
+
+/// Writes `bytes` to `path` under `mode` (create-only or if-match) and settles ambiguous
+/// answers. The S3 client retries a request whose answer was lost (a 5xx, a dropped
+/// connection), so a write that landed can come back as "already exists" or "precondition
+/// failed" — or as an error once retries run out. On any of those the object is read back:
+/// if it holds exactly `bytes` the write counts as [`ConditionalPut::Written`]; otherwise a
+/// failed condition is [`ConditionalPut::Refused`] and any other error is returned as it
+/// came. Callers make `bytes` unique to the attempt (a token, a timestamp, unique file names),
+/// so equal bytes mean this writer's write.
+pub async fn put_settled(
+    store: &dyn ObjectStore,
+    path: &Path,
+    bytes: bytes::Bytes,
+    mode: PutMode,
+) -> Result<ConditionalPut, object_store::Error> {
+    let put = store
+        .put_opts(
+            path,
+            PutPayload::from(bytes.clone()),
+            PutOptions {
+                mode,
+                ..PutOptions::default()
+            },
+        )
+        .await;
+    let error = match put {
+        Ok(_) => return Ok(ConditionalPut::Written),
+        Err(e) => e,
+    };
+    let held = match store.get(path).await {
+        Ok(got) => got.bytes().await.ok(),
+        Err(_) => None,
+    };
+    if held.as_ref() == Some(&bytes) {
+        debug!(object = %path, "a conditional write whose answer was lost had landed: {error}");
+        return Ok(ConditionalPut::Written);
+    }
+    match error {
+        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
+            Ok(ConditionalPut::Refused)
+        }
+        other => Err(other),
+    }
 }
 
 /// The S3 client's settings, read once from the usual AWS places, with where each came from
@@ -745,6 +818,130 @@ mod tests {
         assert_eq!(a.root(), b.root());
         assert_eq!(a.url(), b.url());
         assert!(!a.is_remote());
+    }
+
+    /// An in-memory store whose conditional writes land but answer with `answer` (a lost
+    /// response that the client's retry turned into "already exists", or an error).
+    #[derive(Debug)]
+    struct LostAnswer {
+        inner: object_store::memory::InMemory,
+        answer: fn(&Path) -> object_store::Error,
+    }
+
+    impl fmt::Display for LostAnswer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("LostAnswer")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for LostAnswer {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.inner.put_opts(location, payload, opts).await?;
+            Err((self.answer)(location))
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    fn already_exists(p: &Path) -> object_store::Error {
+        object_store::Error::AlreadyExists {
+            path: p.to_string(),
+            source: "retried after a lost answer".into(),
+        }
+    }
+
+    fn connection_reset(p: &Path) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "test",
+            source: format!("connection reset writing {p}").into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_conditional_write_that_landed_counts_as_written_whatever_its_answer() {
+        for answer in [
+            already_exists as fn(&Path) -> object_store::Error,
+            connection_reset,
+        ] {
+            let store = LostAnswer {
+                inner: object_store::memory::InMemory::new(),
+                answer,
+            };
+            let path = Path::from("t/_delta_log/00000000000000000001.json");
+            let ours = bytes::Bytes::from_static(b"ours");
+            let put = put_settled(&store, &path, ours.clone(), PutMode::Create).await;
+            assert_eq!(put.unwrap(), ConditionalPut::Written);
+            // Another writer's bytes are there now: a second create is refused.
+            let theirs = bytes::Bytes::from_static(b"theirs");
+            let put = put_settled(&store, &path, theirs, PutMode::Create).await;
+            assert_eq!(put.unwrap(), ConditionalPut::Refused);
+        }
+        // A plain in-memory store: written, then refused.
+        let store = object_store::memory::InMemory::new();
+        let path = Path::from("x");
+        let a = bytes::Bytes::from_static(b"a");
+        assert_eq!(
+            put_settled(&store, &path, a.clone(), PutMode::Create)
+                .await
+                .unwrap(),
+            ConditionalPut::Written
+        );
+        assert_eq!(
+            put_settled(
+                &store,
+                &path,
+                bytes::Bytes::from_static(b"b"),
+                PutMode::Create
+            )
+            .await
+            .unwrap(),
+            ConditionalPut::Refused
+        );
     }
 
     #[test]

@@ -90,6 +90,10 @@ pub struct Holder {
     /// known: tells a reused pid from the holder.
     #[serde(default)]
     pub proc_start: Option<u64>,
+    /// The holder's pid namespace (Linux `/proc/self/ns/pid`), if known: containers on one
+    /// host share its name and boot id but not their pids.
+    #[serde(default)]
+    pub pid_ns: Option<String>,
     /// When the lock was taken (RFC 3339).
     pub started: String,
     /// The command holding it.
@@ -111,6 +115,7 @@ impl Holder {
             host: Host::current().name,
             boot_id: Host::current().boot_id,
             proc_start: proc_start(pid),
+            pid_ns: Host::current().pid_ns,
             started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             command: command.to_string(),
             token: format!("{pid}-{nanos}"),
@@ -133,6 +138,8 @@ pub struct Host {
     pub name: String,
     /// The boot id, if known.
     pub boot_id: Option<String>,
+    /// This process's pid namespace, if known.
+    pub pid_ns: Option<String>,
 }
 
 impl Host {
@@ -149,6 +156,9 @@ impl Host {
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .unwrap_or_else(|| "unknown-host".into()),
             boot_id: read("/proc/sys/kernel/random/boot_id"),
+            pid_ns: std::fs::read_link("/proc/self/ns/pid")
+                .ok()
+                .map(|l| l.display().to_string()),
         }
     }
 }
@@ -161,6 +171,17 @@ pub fn proc_start(pid: u32) -> Option<u64> {
     let after = &stat[stat.rfind(')')? + 1..];
     // Fields 3.. follow; starttime is field 22, the 20th after the name.
     after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// True when the lock object at `path` holds `token` (read back after an ambiguous answer).
+async fn holds_token(store: &dyn ObjectStore, path: &Path, token: &str) -> bool {
+    let Ok(got) = store.get(path).await else {
+        return false;
+    };
+    let Ok(bytes) = got.bytes().await else {
+        return false;
+    };
+    serde_json::from_slice::<Holder>(&bytes).is_ok_and(|h| h.token == token)
 }
 
 /// Whether the holder of a lock is still there, as far as this host can tell.
@@ -181,9 +202,17 @@ pub fn judge(holder: &Holder, here: &Host, start_of: &dyn Fn(u32) -> Option<u64>
     if holder.host != here.name {
         return Liveness::Elsewhere;
     }
+    // Another boot id or pid namespace under the same host name: a rebooted host, or another
+    // machine or container that shares the name. This host cannot tell which, so it never
+    // breaks such a lock (a live writer elsewhere would be let in beside a second one).
     if let (Some(theirs), Some(ours)) = (&holder.boot_id, &here.boot_id) {
         if theirs != ours {
-            return Liveness::Gone(format!("host {} has rebooted since", here.name));
+            return Liveness::Elsewhere;
+        }
+    }
+    if let (Some(theirs), Some(ours)) = (&holder.pid_ns, &here.pid_ns) {
+        if theirs != ours {
+            return Liveness::Elsewhere;
         }
     }
     match (start_of(holder.pid), holder.proc_start) {
@@ -325,6 +354,12 @@ impl ObjectLock {
                 remove_by_hand,
             ));
         };
+        // Our own create, whose answer was lost and whose retry found it: the lock is ours
+        // (and that retry was refused, so the store does refuse a second create).
+        if theirs.token == holder.token {
+            tracing::debug!(lock = %uri, "took the lock object (a retried create found our own)");
+            return Ok(lock(holder.token));
+        }
         match judge(&theirs, &Host::current(), &proc_start) {
             Liveness::Alive => Err(held(
                 theirs.describe(),
@@ -346,13 +381,23 @@ impl ObjectLock {
                         Ok(lock(holder.token))
                     }
                     Err(object_store::Error::Precondition { .. })
-                    | Err(object_store::Error::AlreadyExists { .. }) => Err(held(
-                        format!(
-                            "another process broke the stale lock of {} first",
-                            theirs.describe()
-                        ),
-                        "it is running now; stop it first".into(),
-                    )),
+                    | Err(object_store::Error::AlreadyExists { .. })
+                        if !holds_token(store.as_ref(), &path, &holder.token).await =>
+                    {
+                        Err(held(
+                            format!(
+                                "another process broke the stale lock of {} first",
+                                theirs.describe()
+                            ),
+                            "it is running now; stop it first".into(),
+                        ))
+                    }
+                    // Our replacement landed; its answer was lost.
+                    Err(object_store::Error::Precondition { .. })
+                    | Err(object_store::Error::AlreadyExists { .. }) => {
+                        tracing::warn!(lock = %uri, "broke the stale lock of {} ({why})", theirs.describe());
+                        Ok(lock(holder.token))
+                    }
                     Err(e) => Err(store_err("replace the stale lock")(e)),
                 }
             }
@@ -421,6 +466,7 @@ mod tests {
             host: host.into(),
             boot_id: boot.map(Into::into),
             proc_start: start,
+            pid_ns: Some("pid:[1]".into()),
             started: "2026-11-30T14:00:00Z".into(),
             command: "tidemark replicate".into(),
             token: "t".into(),
@@ -432,6 +478,7 @@ mod tests {
         let here = Host {
             name: "a".into(),
             boot_id: Some("boot-1".into()),
+            pid_ns: Some("pid:[1]".into()),
         };
         let alive = |pid: u32| (pid == 7).then_some(100);
         let h = holder("b", 8, Some("boot-1"), Some(100));
@@ -440,9 +487,15 @@ mod tests {
         assert_eq!(judge(&h, &here, &alive), Liveness::Alive);
         let h = holder("a", 7, None, None);
         assert_eq!(judge(&h, &here, &alive), Liveness::Alive);
+        // The same host name after another boot, or in another pid namespace: maybe another
+        // machine or container, never judged gone.
+        let h = holder("a", 7, Some("boot-0"), Some(100));
+        assert_eq!(judge(&h, &here, &alive), Liveness::Elsewhere);
+        let mut h = holder("a", 8, Some("boot-1"), Some(100));
+        h.pid_ns = Some("pid:[2]".into());
+        assert_eq!(judge(&h, &here, &alive), Liveness::Elsewhere);
         for h in [
             holder("a", 8, Some("boot-1"), Some(100)),
-            holder("a", 7, Some("boot-0"), Some(100)),
             holder("a", 7, Some("boot-1"), Some(99)),
         ] {
             assert!(
@@ -491,6 +544,7 @@ mod tests {
         let here = Host::current();
         // A pid that does not exist (beyond pid_max).
         let mut dead = holder(&here.name, u32::MAX - 1, here.boot_id.as_deref(), Some(1));
+        dead.pid_ns = here.pid_ns.clone();
         store
             .put(&path, serde_json::to_vec(&dead).unwrap().into())
             .await

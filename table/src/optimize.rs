@@ -18,10 +18,11 @@ use std::collections::BTreeSet;
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
-use object_store::{ObjectStoreExt, PutMode, PutOptions};
+use object_store::{ObjectStoreExt, PutMode};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::json;
 use tidemark_connectors::parquet_file;
+use tidemark_connectors::table_store::{put_settled, ConditionalPut};
 use tracing::{debug, info, warn};
 
 use crate::location::TableLocation;
@@ -204,9 +205,22 @@ pub async fn optimize(
     }
     let result = commit(location, &removed, &adds, &mut report, options).await;
     if result.is_err() {
-        for name in &written {
-            if let Ok(p) = location.child(name) {
-                let _ = location.store().delete(&p).await;
+        // Only files no version references are deleted: if the table cannot be read now, the
+        // written files stay (unreferenced files are vacuum's; a referenced one must never go).
+        match newest_snapshot(location).await {
+            Ok(now) => {
+                for name in &written {
+                    if now.files.contains_key(name) {
+                        warn!(table = %table, file = %name, "optimize: a written file is referenced by the table; keeping it");
+                        continue;
+                    }
+                    if let Ok(p) = location.child(name) {
+                        let _ = location.store().delete(&p).await;
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(table = %table, files = written.len(), "optimize: cannot re-read the table after a failed commit; leaving the written files for vacuum: {e}")
             }
         }
     }
@@ -263,11 +277,14 @@ async fn merge_bin(
     let bytes = parquet_file::encode(&all).map_err(|e| ferr("encode", name)(&e))?;
     let size = bytes.len();
     let object = location.child(name).map_err(|e| ferr("locate", name)(&e))?;
-    location
-        .store()
-        .put_opts(&object, bytes.into(), PutOptions::from(PutMode::Create))
-        .await
-        .map_err(|e| ferr("write", name)(&e))?;
+    let bytes = Bytes::from(bytes);
+    match put_settled(location.store().as_ref(), &object, bytes, PutMode::Create).await {
+        Ok(ConditionalPut::Written) => {}
+        Ok(ConditionalPut::Refused) => {
+            return Err(ferr("write", name)(&"a file of this name already exists"))
+        }
+        Err(e) => return Err(ferr("write", name)(&e)),
+    }
     Ok(json!({"add": {
         "path": name,
         "partitionValues": {},
@@ -338,16 +355,21 @@ async fn commit(
             body.push('\n');
         }
         let object = location.log_dir().join(commit_file_name(version).as_str());
-        match location
-            .store()
-            .put_opts(&object, body.into(), PutOptions::from(PutMode::Create))
-            .await
+        // Settled: a commit that landed but whose answer was lost counts as ours (its bytes name
+        // this run's uniquely tagged files), never as a lost race.
+        match put_settled(
+            location.store().as_ref(),
+            &object,
+            body.into(),
+            PutMode::Create,
+        )
+        .await
         {
-            Ok(_) => {
+            Ok(ConditionalPut::Written) => {
                 report.version = Some(version);
                 return Ok(());
             }
-            Err(object_store::Error::AlreadyExists { .. }) => {
+            Ok(ConditionalPut::Refused) => {
                 report.conflicts += 1;
                 debug!(table = %table, version, attempt, "optimize: another commit took the version; trying the next one");
             }

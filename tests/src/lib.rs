@@ -120,10 +120,16 @@ impl S3Server {
 
     /// Sets [`Self::env`] on this process (for tests that open S3 tables in-process; the values
     /// are the same for every test, so concurrent tests agree).
+    ///
+    /// Done once per test process (the first caller's values; every caller's are the same), so
+    /// tests running in parallel do not keep rewriting the environment others read.
     pub fn set_process_env(&self) {
-        for (k, v) in self.env() {
-            std::env::set_var(k, v);
-        }
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            for (k, v) in self.env() {
+                std::env::set_var(k, v);
+            }
+        });
     }
 }
 

@@ -18,6 +18,7 @@
 
 use std::fs::File;
 use std::path::Path;
+use tidemark_connectors::table_store::{put_settled, ConditionalPut};
 
 use object_store::ObjectStoreExt;
 use tidemark_fs::SharedFs;
@@ -264,17 +265,23 @@ impl BackupDir {
                     reason: e.to_string(),
                 })?;
                 let bytes = manifest.encode()?;
-                at.store()
-                    .put_opts(
-                        &object,
-                        bytes.into(),
-                        object_store::PutOptions {
-                            mode: object_store::PutMode::Create,
-                            ..Default::default()
+                // Settled: a manifest that landed but whose answer was lost is this backup's.
+                let put = put_settled(
+                    at.store().as_ref(),
+                    &object,
+                    bytes::Bytes::from(bytes),
+                    object_store::PutMode::Create,
+                )
+                .await
+                .map_err(store_err(format!("{at}/{MANIFEST_FILE}")))?;
+                if put == ConditionalPut::Refused {
+                    return Err(store_err(format!("{at}/{MANIFEST_FILE}"))(
+                        object_store::Error::AlreadyExists {
+                            path: object.to_string(),
+                            source: "another backup's manifest is already there".into(),
                         },
-                    )
-                    .await
-                    .map_err(store_err(format!("{at}/{MANIFEST_FILE}")))?;
+                    ));
+                }
                 Ok(())
             }
         }

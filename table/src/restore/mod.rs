@@ -22,11 +22,12 @@ pub mod state;
 
 use std::collections::BTreeSet;
 
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStoreExt, PutMode};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tidemark_connectors::delta::EpochCommitInfo;
 use tidemark_connectors::record::Positions;
+use tidemark_connectors::table_store::{put_settled, ConditionalPut};
 
 use crate::live::LiveError;
 use crate::location::TableLocation;
@@ -290,21 +291,18 @@ impl PreparedRestore {
             .location
             .log_dir()
             .join(commit_file_name(new_version).as_str());
-        let put = self
-            .location
-            .store()
-            .put_opts(
-                &path,
-                PutPayload::from(bytes),
-                PutOptions {
-                    mode: PutMode::Create,
-                    ..PutOptions::default()
-                },
-            )
-            .await;
+        // Settled: a restore commit that landed but whose answer was lost counts as written
+        // (its bytes carry this run's timestamp), never as "changing nothing".
+        let put = put_settled(
+            self.location.store().as_ref(),
+            &path,
+            bytes::Bytes::from(bytes),
+            PutMode::Create,
+        )
+        .await;
         match put {
-            Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => {
+            Ok(ConditionalPut::Written) => {}
+            Ok(ConditionalPut::Refused) => {
                 return Err(RestoreError::Conflict {
                     table: self.location.to_string(),
                     new_version,

@@ -427,6 +427,10 @@ async fn transient_s3_errors_are_retried_and_nothing_is_lost_or_doubled() {
             .collect::<Vec<_>>(),
         counts.faulted_writes.load(Ordering::Relaxed)
     );
+    assert!(
+        faults > 0 && counts.faulted_writes.load(Ordering::Relaxed) > 0,
+        "the proxy must have injected transient faults, some on writes"
+    );
     assert_eq!(
         counts.lost_commit_answers.load(Ordering::Relaxed),
         3,
