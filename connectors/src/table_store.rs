@@ -400,14 +400,14 @@ pub enum ConditionalPut {
     Refused,
 }
 
-/// Writes `bytes` to `path` under `mode` (create-only or if-match) and settles ambiguous
-/// answers. The S3 client retries a request whose answer was lost (a 5xx, a dropped
-/// connection), so a write that landed can come back as "already exists" or "precondition
-/// failed" — or as an error once retries run out. On any of those the object is read back:
-/// if it holds exactly `bytes` the write counts as [`ConditionalPut::Written`]; otherwise a
-/// failed condition is [`ConditionalPut::Refused`] and any other error is returned as it
-/// came. Callers make `bytes` unique to the attempt (a token, a timestamp, unique file names),
-/// so equal bytes mean this writer's write.
+/// Writes `bytes` to `path` under `mode` (create-only or if-match) and settles the ambiguous
+/// refusal. The S3 client retries a request whose answer was lost (a 5xx, a dropped
+/// connection), so a write that landed comes back from the retry as "already exists" or
+/// "precondition failed". On those the object is read back: if it holds exactly `bytes` the
+/// write counts as [`ConditionalPut::Written`], otherwise as [`ConditionalPut::Refused`]. Any
+/// other error is returned as it came (it may still have landed: callers that delete files
+/// after a failure check the table first). Callers make `bytes` unique to the attempt (a
+/// token, a timestamp, unique file names), so equal bytes mean this writer's write.
 pub async fn put_settled(
     store: &dyn ObjectStore,
     path: &Path,
@@ -426,7 +426,11 @@ pub async fn put_settled(
         .await;
     let error = match put {
         Ok(_) => return Ok(ConditionalPut::Written),
-        Err(e) => e,
+        Err(
+            e @ (object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. }),
+        ) => e,
+        Err(other) => return Err(other),
     };
     let held = match store.get(path).await {
         Ok(got) => got.bytes().await.ok(),
@@ -436,12 +440,7 @@ pub async fn put_settled(
         debug!(object = %path, "a conditional write whose answer was lost had landed: {error}");
         return Ok(ConditionalPut::Written);
     }
-    match error {
-        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
-            Ok(ConditionalPut::Refused)
-        }
-        other => Err(other),
-    }
+    Ok(ConditionalPut::Refused)
 }
 
 /// The S3 client's settings, read once from the usual AWS places, with where each came from
@@ -903,24 +902,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_conditional_write_that_landed_counts_as_written_whatever_its_answer() {
-        for answer in [
-            already_exists as fn(&Path) -> object_store::Error,
-            connection_reset,
-        ] {
-            let store = LostAnswer {
-                inner: object_store::memory::InMemory::new(),
-                answer,
-            };
-            let path = Path::from("t/_delta_log/00000000000000000001.json");
-            let ours = bytes::Bytes::from_static(b"ours");
-            let put = put_settled(&store, &path, ours.clone(), PutMode::Create).await;
-            assert_eq!(put.unwrap(), ConditionalPut::Written);
-            // Another writer's bytes are there now: a second create is refused.
-            let theirs = bytes::Bytes::from_static(b"theirs");
-            let put = put_settled(&store, &path, theirs, PutMode::Create).await;
-            assert_eq!(put.unwrap(), ConditionalPut::Refused);
-        }
+    async fn a_conditional_write_whose_retry_found_it_counts_as_written() {
+        let store = LostAnswer {
+            inner: object_store::memory::InMemory::new(),
+            answer: already_exists,
+        };
+        let path = Path::from("t/_delta_log/00000000000000000001.json");
+        let ours = bytes::Bytes::from_static(b"ours");
+        let put = put_settled(&store, &path, ours.clone(), PutMode::Create).await;
+        assert_eq!(put.unwrap(), ConditionalPut::Written);
+        // Another writer's bytes are there now: a second create is refused.
+        let theirs = bytes::Bytes::from_static(b"theirs");
+        let put = put_settled(&store, &path, theirs, PutMode::Create).await;
+        assert_eq!(put.unwrap(), ConditionalPut::Refused);
+        // Any other error is not settled here (a local store's failed directory fsync must stay
+        // a failure): returned as it came.
+        let store = LostAnswer {
+            inner: object_store::memory::InMemory::new(),
+            answer: connection_reset,
+        };
+        let err = put_settled(&store, &path, ours, PutMode::Create)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("connection reset"), "{err}");
         // A plain in-memory store: written, then refused.
         let store = object_store::memory::InMemory::new();
         let path = Path::from("x");
