@@ -165,35 +165,46 @@ pub async fn load(
     .collect();
     let mut batches = sink.read_columns(&columns)?;
     while let Some(batch) = batches.next().await {
-        add_batch(&mut letters, &batch?, pipeline_id, epochs, windows);
+        add_batch(&mut letters, &batch?, pipeline_id, epochs, windows).map_err(|message| {
+            DeltaSinkError {
+                op: "read the dead letters a failover must not write again",
+                table: sink.uri().to_string(),
+                file: None,
+                source: message.into(),
+            }
+        })?;
     }
     info!(table = %sink.uri(), letters = letters.len(), "dead letters written while reading another cluster, in the window a failover re-reads: not written again");
     Ok(letters)
 }
 
-/// Adds the rows of one dead-letter batch that qualify (see [`load`]); rows of a file lacking
-/// a column are skipped.
+/// Adds the rows of one dead-letter batch that qualify (see [`load`]). A column missing or of
+/// another type is an error naming it: the guard silently off would write letters twice.
 fn add_batch(
     letters: &mut OverlapLetters,
     batch: &RecordBatch,
     pipeline_id: &str,
     epochs: &BTreeSet<i64>,
     windows: &Windows,
-) {
-    fn col<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Option<&'a T> {
-        batch.column_by_name(name)?.as_any().downcast_ref::<T>()
+) -> Result<(), String> {
+    fn col<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
+        let column = batch
+            .column_by_name(name)
+            .ok_or_else(|| format!("the dead-letter table has no column {name}"))?;
+        column.as_any().downcast_ref::<T>().ok_or_else(|| {
+            format!(
+                "the dead-letter column {name} is of type {} (not what Tidemark writes)",
+                column.data_type()
+            )
+        })
     }
-    let (Some(topic), Some(partition), Some(ts), Some(key), Some(value), Some(pid), Some(epoch)) = (
-        col::<StringArray>(batch, "topic"),
-        col::<Int32Array>(batch, "partition"),
-        col::<TimestampMicrosecondArray>(batch, "kafka_timestamp"),
-        col::<BinaryArray>(batch, "key"),
-        col::<BinaryArray>(batch, "value"),
-        col::<StringArray>(batch, "pipeline_id"),
-        col::<Int64Array>(batch, "epoch"),
-    ) else {
-        return;
-    };
+    let topic = col::<StringArray>(batch, "topic")?;
+    let partition = col::<Int32Array>(batch, "partition")?;
+    let ts = col::<TimestampMicrosecondArray>(batch, "kafka_timestamp")?;
+    let key = col::<BinaryArray>(batch, "key")?;
+    let value = col::<BinaryArray>(batch, "value")?;
+    let pid = col::<StringArray>(batch, "pipeline_id")?;
+    let epoch = col::<Int64Array>(batch, "epoch")?;
     for i in 0..batch.num_rows() {
         if pid.value(i) != pipeline_id || !epochs.contains(&epoch.value(i)) {
             continue;
@@ -220,6 +231,7 @@ fn add_batch(
             (!value.is_null(i)).then(|| value.value(i)),
         ));
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -270,20 +282,26 @@ mod tests {
         .unwrap();
         let mut held = OverlapLetters::default();
         let epochs: BTreeSet<i64> = [4].into_iter().collect();
-        add_batch(&mut held, &batch, "p", &epochs, &windows(Some(2_000)));
+        add_batch(&mut held, &batch, "p", &epochs, &windows(Some(2_000))).unwrap();
         // The letter at 1 s is before the window: not held.
         assert_eq!(held.len(), 2);
         // Another pipeline's or another epoch's rows are not held either.
         let mut none = OverlapLetters::default();
-        add_batch(&mut none, &batch, "other", &epochs, &windows(None));
+        add_batch(&mut none, &batch, "other", &epochs, &windows(None)).unwrap();
         add_batch(
             &mut none,
             &batch,
             "p",
             &[5].into_iter().collect(),
             &windows(None),
-        );
+        )
+        .unwrap();
         assert!(none.is_empty());
+        // A dead-letter file without one of the columns: an error naming it, never a guard
+        // silently off.
+        let without_key = batch.project(&[0]).unwrap();
+        let err = add_batch(&mut none, &without_key, "p", &epochs, &windows(None)).unwrap_err();
+        assert!(err.contains("no column"), "{err}");
 
         // Re-read at other offsets: the two identical records match, a third copy does not.
         let again = |offset| DeadLetter::of(&record(offset, 5_000, b"{bad"), "malformed_json", "y");
@@ -292,7 +310,7 @@ mod tests {
         assert!(!held.take(&again(109)));
         // Another value or timestamp is another record.
         let mut held2 = OverlapLetters::default();
-        add_batch(&mut held2, &batch, "p", &epochs, &windows(None));
+        add_batch(&mut held2, &batch, "p", &epochs, &windows(None)).unwrap();
         assert!(!held2.take(&DeadLetter::of(
             &record(1, 5_000, b"{bae"),
             "malformed_json",
