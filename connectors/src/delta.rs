@@ -44,6 +44,7 @@ use url::Url;
 
 use crate::durable_store::DurableLocalStore;
 use crate::ids::{Epoch, TableVersion};
+use crate::multipart::AbortOnDrop;
 use crate::parquet_file;
 use crate::record::Positions;
 use crate::table_store::{verify_put_if_absent, TableStore};
@@ -1532,7 +1533,7 @@ async fn upload_whole(
     if !remote || bytes.len() < MULTIPART_THRESHOLD {
         return store.put(path, bytes.into()).await.map(|_| ());
     }
-    let mut upload = store.put_multipart(path).await?;
+    let mut upload = AbortOnDrop::new(store.put_multipart(path).await?, path);
     let parts: Vec<_> = (0..bytes.len())
         .step_by(MULTIPART_CHUNK)
         .map(|at| {
@@ -1542,16 +1543,14 @@ async fn upload_whole(
         .collect();
     let sent: object_store::Result<Vec<()>> =
         futures::stream::iter(parts).buffered(4).try_collect().await;
-    let done = match sent {
+    // A failed part or completion aborts the upload; so does this future being dropped.
+    match sent {
         Ok(_) => upload.complete().await.map(|_| ()),
-        Err(e) => Err(e),
-    };
-    if done.is_err() {
-        if let Err(abort) = upload.abort().await {
-            warn!(file = %path, "cannot abort the failed multipart upload (a lifecycle rule for incomplete uploads removes it): {abort}");
+        Err(e) => {
+            upload.abort().await;
+            Err(e)
         }
     }
-    done
 }
 
 /// A log path (percent-encoded, RFC 2396) decoded; kept as is when it does not decode.

@@ -25,6 +25,7 @@ pub mod kafka;
 pub mod kafka_cluster;
 pub mod kafka_topic_id;
 pub mod mm2;
+pub mod multipart;
 pub mod parquet_file;
 pub mod record;
 pub mod source;

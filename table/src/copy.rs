@@ -25,6 +25,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use tidemark_connectors::multipart::AbortOnDrop;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -415,78 +416,6 @@ const PARTS_IN_FLIGHT: usize = 4;
 
 /// The smallest part S3 accepts in a multipart upload (all parts but the last).
 pub const MIN_PART_BYTES: usize = 5 << 20;
-
-/// A multipart upload that is aborted unless completed: on an error (explicitly, awaited) and
-/// when dropped part-way (a cancelled copy: the abort is spawned on the runtime). S3 keeps the
-/// parts of an upload neither completed nor aborted, invisible but billed, until a lifecycle
-/// rule removes them; nothing ever appears under the final name before completion.
-struct AbortOnDrop {
-    upload: Option<Box<dyn object_store::MultipartUpload>>,
-    to: String,
-}
-
-impl AbortOnDrop {
-    fn new(upload: Box<dyn object_store::MultipartUpload>, to: &Path) -> Self {
-        Self {
-            upload: Some(upload),
-            to: to.to_string(),
-        }
-    }
-
-    fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
-        match self.upload.as_mut() {
-            Some(u) => u.put_part(data),
-            None => Box::pin(async {
-                Err(object_store::Error::Generic {
-                    store: "multipart",
-                    source: "the upload is already finished".into(),
-                })
-            }),
-        }
-    }
-
-    async fn complete(mut self) -> object_store::Result<object_store::PutResult> {
-        let Some(mut upload) = self.upload.take() else {
-            return Err(object_store::Error::Generic {
-                store: "multipart",
-                source: "the upload is already finished".into(),
-            });
-        };
-        match upload.complete().await {
-            Ok(r) => Ok(r),
-            Err(e) => {
-                if let Err(abort) = upload.abort().await {
-                    tracing::warn!(file = %self.to, error = %abort, "could not abort a failed multipart upload");
-                }
-                Err(e)
-            }
-        }
-    }
-
-    async fn abort(mut self) {
-        if let Some(mut upload) = self.upload.take() {
-            if let Err(e) = upload.abort().await {
-                tracing::warn!(file = %self.to, error = %e, "could not abort a failed multipart upload");
-            }
-        }
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        let Some(mut upload) = self.upload.take() else {
-            return;
-        };
-        let to = std::mem::take(&mut self.to);
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Err(e) = upload.abort().await {
-                    tracing::warn!(file = %to, error = %e, "could not abort a cancelled multipart upload");
-                }
-            });
-        }
-    }
-}
 
 /// The size and SHA-256 of `path`, read in chunks of `chunk_bytes`.
 pub async fn digest_of(
