@@ -74,6 +74,9 @@ pub struct FailoverArgs {
     #[arg(long, value_name = "ALIAS", requires = "mm2_group")]
     pub mm2_source_alias: Option<String>,
     /// The consumer group whose MirrorMaker 2 checkpoints translate the table's positions.
+    /// Needs MirrorMaker 2 from Kafka 3.5 on: earlier versions translated checkpoints by offset
+    /// arithmetic (KAFKA-14666) and could name an offset past the true record, which would skip
+    /// records; with an older MM2 use --mm2-target-alias (offset syncs) or by-time starts.
     #[arg(long, value_name = "GROUP", requires = "mm2_source_alias")]
     pub mm2_group: Option<String>,
     /// Recorded with the new generation: `failover` or `failback`.

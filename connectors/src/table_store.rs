@@ -545,12 +545,14 @@ impl S3Settings {
             }
         }
         if let Some(path) = file("AWS_CONFIG_FILE", "config") {
-            let header = if profile == "default" {
-                profile.clone()
-            } else {
-                format!("profile {profile}")
-            };
-            if let Some(section) = read(&path).and_then(|t| ini_section(&t, &header)) {
+            // "[default]", or "[profile default]" (both accepted by the AWS tools).
+            let header = format!("profile {profile}");
+            let text = read(&path);
+            let section = text.as_deref().and_then(|t| {
+                ini_section(t, &header)
+                    .or_else(|| (profile == "default").then(|| ini_section(t, "default"))?)
+            });
+            if let Some(section) = section {
                 for (name, key) in PROFILE_KEYS {
                     if let Some(v) = section.get(*name) {
                         set(
@@ -575,8 +577,14 @@ impl S3Settings {
             );
         }
         let mut retry = S3_RETRY;
-        if let Some(n) = env("TIDEMARK_S3_MAX_RETRIES").and_then(|v| v.trim().parse().ok()) {
-            retry.max_retries = n;
+        if let Some(raw) = env("TIDEMARK_S3_MAX_RETRIES") {
+            match raw.trim().parse() {
+                Ok(n) => retry.max_retries = n,
+                Err(_) => tracing::warn!(
+                    "TIDEMARK_S3_MAX_RETRIES={raw:?} is not a whole number; using {} retries",
+                    retry.max_retries
+                ),
+            }
         }
         Self {
             options: found.options,
@@ -603,6 +611,8 @@ impl S3Settings {
                 let source = self.sources.get(name).map(String::as_str).unwrap_or("?");
                 if is_secret(*key) || *key == AmazonS3ConfigKey::AccessKeyId {
                     format!("{name} from {source}")
+                } else if *key == AmazonS3ConfigKey::Endpoint {
+                    format!("{name}={} from {source}", without_userinfo(value))
                 } else {
                     format!("{name}={value} from {source}")
                 }
@@ -629,6 +639,18 @@ impl Found {
             self.sources.insert(key_name(key), source);
             self.options.push((key, value));
         }
+    }
+}
+
+/// `url` without a `user:password@` part (never shown).
+fn without_userinfo(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -782,6 +804,21 @@ mod tests {
             None
         );
         assert!(s.describe().contains("profile dr in /home/u/.aws/config"));
+    }
+
+    #[test]
+    fn an_endpoint_is_described_without_its_userinfo_and_profile_default_is_read() {
+        let s = settings(
+            &[("AWS_ENDPOINT_URL", "https://user:pw@s3.example:9000")],
+            &[(
+                "/home/u/.aws/config",
+                "[profile default]\nregion = ap-south-1\n",
+            )],
+        );
+        let d = s.describe();
+        assert!(d.contains("endpoint=https://s3.example:9000/"), "{d}");
+        assert!(!d.contains("pw"), "{d}");
+        assert_eq!(s.get(AmazonS3ConfigKey::Region), Some("ap-south-1"));
     }
 
     #[test]

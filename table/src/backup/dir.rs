@@ -3,7 +3,7 @@
 //! local disk (a path or `file://` URL) or on an object store (`s3://bucket/prefix`).
 //!
 //! Taking a backup or pruning holds the directory's lock exclusively; listing and restoring
-//! hold it shared, so a prune never deletes a backup under a restore.
+//! hold it shared, so locally a prune never deletes a backup under a restore.
 //! - Locally the lock is an `flock` on `<DIR>/.tidemark-backup.lock` (exclusive or shared).
 //! - On an object store it is the lock object `<DIR>/.tidemark-backup.lock`, created with
 //!   put-if-absent naming its holder ([`crate::object_lock`]), taken by backups and prunes
