@@ -509,6 +509,9 @@ pub struct SweepReport {
     /// This pipeline's files of other runs that the table does not reference, left in place:
     /// a live writer may still commit them. For `status` and a later vacuum.
     pub foreign: Vec<String>,
+    /// Temporary files removed from `_delta_log/`: left by Tidemark writes (a checkpoint) whose
+    /// process died (see [`DeltaSink::sweep_log_temporaries`]).
+    pub log_temporaries: Vec<String>,
 }
 
 /// The parts of a data file name (see [`data_file_name`]).
@@ -544,6 +547,10 @@ pub struct DeltaSink {
     /// This writer's generation: commits are refused ([`Fenced`]) once the table's is newer.
     /// `None`: not checked (tools that only read).
     generation: Option<u64>,
+    /// The loaded state is the one this sink's own last commit left (see
+    /// [`DeltaSink::commit_epoch`]: the next commit tries first without re-reading the log).
+    /// Cleared by the commit that uses it.
+    loaded_is_own_commit: bool,
 }
 
 /// The table's txn version for the pipeline went back below an epoch this process committed:
@@ -701,6 +708,7 @@ impl DeltaSink {
             newest_own: None,
             cluster_id: None,
             generation: None,
+            loaded_is_own_commit: false,
         }))
     }
 
@@ -1033,6 +1041,9 @@ impl DeltaSink {
     /// (the caller's own, or an old-format writer, as before run ids), and no commit in the
     /// log adds it (a file a `tidemark restore` removed stays: older versions and a later
     /// restore need it; only a vacuum deletes it).
+    ///
+    /// It also removes the temporary files dead Tidemark writers left in `_delta_log/`
+    /// ([`DeltaSink::sweep_log_temporaries`], [`SweepReport::log_temporaries`]).
     pub async fn sweep_uncommitted_files(
         &mut self,
         committed_epoch: Epoch,
@@ -1078,6 +1089,7 @@ impl DeltaSink {
                 report.deleted.push(location.to_string());
             }
         }
+        report.log_temporaries = self.sweep_log_temporaries()?;
         if !report.deleted.is_empty() {
             info!(table = %self.uri, files = report.deleted.len(), above_epoch = %committed_epoch, "deleted data files of epochs the table does not hold");
         }
@@ -1306,9 +1318,17 @@ impl DeltaSink {
         info.generation = self.generation;
         info.cluster_id = self.cluster_id.clone();
         let mut attempt = 0;
+        // The state this sink's own last commit left is the table's newest as far as this
+        // sink knows: the first try commits on it without re-reading the log (a listing of
+        // `_delta_log/` and a replay). Safe because the commit is fenced on the state it is
+        // built on (the version after it, put-if-absent): if another writer committed
+        // meanwhile, the try fails, the table is re-read and the checks run again.
+        let mut loaded_is_newest = std::mem::take(&mut self.loaded_is_own_commit);
         loop {
             attempt += 1;
-            self.refresh().await?;
+            if !std::mem::take(&mut loaded_is_newest) {
+                self.refresh().await?;
+            }
             self.check_not_fenced()?;
             let txn_version = self.loaded_txn_version().await?;
             if let Some(own) = self.newest_own {
@@ -1337,6 +1357,7 @@ impl DeltaSink {
             let before = self.table.version();
             let error = match self.try_commit(adds.clone(), &info, txn).await {
                 Ok(version) => {
+                    self.loaded_is_own_commit = true;
                     debug!(epoch = %info.epoch, version, "epoch committed");
                     return Ok(CommitOutcome::Committed {
                         version: TableVersion::new(version),
@@ -1381,7 +1402,8 @@ impl DeltaSink {
     }
 
     /// One fenced commit try on the state as loaded: deltalake's retries off, so it lands at
-    /// the version after the loaded one, or fails.
+    /// the version after the loaded one, or fails. Landed, the table's state after it (built
+    /// by deltalake from the loaded one and this commit) becomes the loaded state.
     async fn try_commit(
         &mut self,
         adds: Vec<Add>,
@@ -1408,7 +1430,9 @@ impl DeltaSink {
             .with_actions(adds.into_iter().map(Action::Add).collect())
             .build(Some(snapshot), self.table.log_store(), operation)
             .await?;
-        Ok(finalized.version())
+        let version = finalized.version();
+        self.table.state = Some(finalized.snapshot);
+        Ok(version)
     }
 
     /// The version of this run's commit of `info.epoch`, if it is the pipeline's newest commit

@@ -944,3 +944,57 @@ async fn a_writer_of_an_older_generation_never_commits_after_a_newer_one_opened_
         .fenced()
         .is_some());
 }
+
+/// A crash mid-checkpoint leaves `_delta_log/.<name>.tidemark-tmp-<pid>-<n>`: the start-up
+/// sweep removes those of dead writers, and nothing else — not a live writer's (another
+/// process still running), not this process's own, not another program's hidden file.
+#[tokio::test]
+async fn the_start_up_sweep_removes_temporaries_dead_writers_left_in_the_log_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = open(dir.path(), tidemark_fs::std_fs(), 1).await;
+    let log = dir.path().join("_delta_log");
+    let dead_pid = {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    };
+    let mut live = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let dead_checkpoint =
+        tidemark_fs::temporary_name("00000000000000000009.checkpoint.parquet", dead_pid, 7);
+    let dead_hint = tidemark_fs::temporary_name("_last_checkpoint", dead_pid, 8);
+    let kept = [
+        tidemark_fs::temporary_name("00000000000000000009.checkpoint.parquet", live.id(), 1),
+        tidemark_fs::temporary_name("00000000000000000010.json", std::process::id(), 2),
+        ".00000000000000000009.checkpoint.parquet.tmp-other-writer".to_string(),
+        ".00000000000000000009.checkpoint.parquet.tidemark-tmp-x-1".to_string(),
+    ];
+    for name in kept.iter().chain([&dead_checkpoint, &dead_hint]) {
+        std::fs::write(log.join(name), b"partial").unwrap();
+    }
+    let report = sink
+        .sweep_uncommitted_files(Epoch::ZERO, &[])
+        .await
+        .unwrap();
+    live.kill().unwrap();
+    live.wait().unwrap();
+    let mut removed = report.log_temporaries.clone();
+    removed.sort();
+    let mut want = vec![dead_checkpoint.clone(), dead_hint.clone()];
+    want.sort();
+    assert_eq!(removed, want);
+    let left: BTreeSet<String> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in &kept {
+        assert!(left.contains(name), "{name} was removed: {left:?}");
+    }
+    assert!(!left.contains(&dead_checkpoint) && !left.contains(&dead_hint));
+    // The next checkpoint sweeps too (nothing of dead writers is left now) and the table reads.
+    sink.write_log_checkpoint().await.unwrap();
+    assert!(sink.sweep_log_temporaries().unwrap().is_empty());
+}
