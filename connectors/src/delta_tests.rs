@@ -998,3 +998,95 @@ async fn the_start_up_sweep_removes_temporaries_dead_writers_left_in_the_log_and
     sink.write_log_checkpoint().await.unwrap();
     assert!(sink.sweep_log_temporaries().unwrap().is_empty());
 }
+
+/// Epoch commits after the sink's own go through its tail: one put-if-absent each, the log
+/// not re-read (the loaded state stays where the first commit left it). Another writer's
+/// commit in between makes the next try lose its version; the sink then re-reads the table
+/// and commits after it. Every epoch lands once, at consecutive versions, and deltalake
+/// reads them all with the right txn version.
+#[tokio::test]
+async fn commits_after_its_own_skip_the_log_reread_and_another_writers_commit_is_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = open(dir.path(), tidemark_fs::std_fs(), 1).await;
+    let mut versions = Vec::new();
+    for e in 1..=5 {
+        let (adds, _) = sink
+            .write_epoch_files(ep(e), &[batch(&sink, e * 10..e * 10 + 10)])
+            .await
+            .unwrap();
+        match sink.commit_epoch(adds, &info(e)).await.unwrap() {
+            CommitOutcome::Committed { version } => versions.push(version.get()),
+            other => panic!("epoch {e}: {other:?}"),
+        }
+    }
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        sink.table.version(),
+        Some(1),
+        "epochs 2-5 did not re-read the log"
+    );
+    assert_eq!(
+        sink.own_tail,
+        Some(OwnTail {
+            version: 5,
+            txn: ep(5),
+            unread: 4
+        })
+    );
+    assert_eq!(sink.table_version(), Some(5));
+
+    // Another pipeline commits version 6.
+    let mut other = DeltaSink::open_or_create_with(
+        &url_of(dir.path()),
+        "other",
+        "t",
+        columns(),
+        options(tidemark_fs::std_fs(), 2),
+    )
+    .await
+    .unwrap();
+    let (adds, _) = other
+        .write_epoch_files(ep(1), &[batch(&other, 1000..1010)])
+        .await
+        .unwrap();
+    let mut other_info = info(1);
+    other_info.pipeline_id = "other".into();
+    assert!(matches!(
+        other.commit_epoch(adds, &other_info).await.unwrap(),
+        CommitOutcome::Committed { version } if version.get() == 6
+    ));
+
+    let (adds, _) = sink
+        .write_epoch_files(ep(6), &[batch(&sink, 60..70)])
+        .await
+        .unwrap();
+    assert!(matches!(
+        sink.commit_epoch(adds, &info(6)).await.unwrap(),
+        CommitOutcome::Committed { version } if version.get() == 7
+    ));
+    assert_eq!(
+        sink.table.version(),
+        Some(7),
+        "the lost try re-read the table"
+    );
+    assert_eq!(commits_of_epoch(dir.path(), 6), 1);
+    let table = deltalake::open_table(url_of(dir.path())).await.unwrap();
+    assert_eq!(table.version(), Some(7));
+    let snapshot = table.snapshot().unwrap();
+    assert_eq!(snapshot.log_data().into_iter().count(), 7);
+    assert_eq!(
+        snapshot
+            .transaction_version(table.log_store().as_ref(), APP)
+            .await
+            .unwrap(),
+        Some(6)
+    );
+    // A fresh reader of the sink sees the same.
+    let (txn, progress) = open(dir.path(), tidemark_fs::std_fs(), 3)
+        .await
+        .progress()
+        .await
+        .unwrap();
+    assert_eq!(txn, Some(ep(6)));
+    assert_eq!(progress.unwrap().table_version.get(), 7);
+}
