@@ -345,12 +345,15 @@ pub async fn referenced_after(
     Ok((added, newest))
 }
 
-/// The plan's deletions without the files in `referenced` (pure): (to delete, spared with
-/// the version referencing each).
+/// Files with a number each: a size (to delete) or a version (spared).
+pub type PathsWith = Vec<(String, u64)>;
+
+/// The plan's deletions without the files in `referenced` (pure): (to delete with its size,
+/// spared with the version referencing it).
 pub fn drop_referenced(
     plan: &VacuumPlan,
     referenced: &BTreeMap<String, u64>,
-) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
+) -> (PathsWith, PathsWith) {
     let (mut delete, mut spared) = (Vec::new(), Vec::new());
     for (path, size) in &plan.delete {
         match referenced.get(path) {
