@@ -168,11 +168,16 @@ pub async fn vacuum(args: VacuumArgs) -> anyhow::Result<()> {
     )
     .await?;
     let plan = vacuum::decide(&facts)?;
-    let deleted = if args.execute {
+    let outcome = if args.execute {
         Some(vacuum::execute(&location, &plan).await?)
     } else {
         None
     };
+    let spared: Vec<(String, u64)> = outcome
+        .as_ref()
+        .map(|o| o.spared.clone())
+        .unwrap_or_default();
+    let deleted = outcome.as_ref().map(|o| o.deleted);
     let blocked: Vec<(&str, Vec<String>)> = plan
         .blocked()
         .map(|(p, n)| (p, n.iter().map(|n| n.to_string()).collect()))
@@ -195,6 +200,9 @@ pub async fn vacuum(args: VacuumArgs) -> anyhow::Result<()> {
             "delete": plan.delete.iter().map(|(p, s)| serde_json::json!({"path": p, "size": s})).collect::<Vec<_>>(),
             "bytes": plan.bytes(),
             "deleted": deleted,
+            "planned_at_version": plan.planned_at,
+            "rechecked_to_version": outcome.as_ref().map(|o| o.rechecked_to),
+            "spared": spared.iter().map(|(p, v)| serde_json::json!({"path": p, "referenced_again_at": v})).collect::<Vec<_>>(),
             "blocked": blocked.iter().map(|(p, n)| serde_json::json!({"path": p, "needed_by": n})).collect::<Vec<_>>(),
             "within_retention": young,
             "live": live,
@@ -212,7 +220,11 @@ pub async fn vacuum(args: VacuumArgs) -> anyhow::Result<()> {
             "would delete"
         };
         for (p, s) in &plan.delete {
-            println!("{verb} {p} ({s} bytes)");
+            if let Some((_, v)) = spared.iter().find(|(sp, _)| sp == p) {
+                println!("spared {p}: version {v}, committed after the plan (version {}), references it again", plan.planned_at);
+            } else {
+                println!("{verb} {p} ({s} bytes)");
+            }
         }
         for (p, needs) in &blocked {
             println!("kept   {p}: needed by {}", needs.join("; "));
@@ -220,8 +232,14 @@ pub async fn vacuum(args: VacuumArgs) -> anyhow::Result<()> {
         println!(
             "{}: {verb} {} files ({} bytes); kept {} needed, {} within the retention, {} live{}",
             location,
-            plan.delete.len(),
-            plan.bytes(),
+            deleted.unwrap_or(plan.delete.len()),
+            plan.bytes()
+                - plan
+                    .delete
+                    .iter()
+                    .filter(|(p, _)| spared.iter().any(|(sp, _)| sp == p))
+                    .map(|(_, s)| *s)
+                    .sum::<u64>(),
             blocked.len(),
             young,
             live,

@@ -525,6 +525,9 @@ pub struct SweepReport {
     /// This pipeline's files of other runs that the table does not reference, left in place:
     /// a live writer may still commit them. For `status` and a later vacuum.
     pub foreign: Vec<String>,
+    /// Temporary files removed from `_delta_log/`: left by Tidemark writes (a checkpoint) whose
+    /// process died (see [`DeltaSink::sweep_log_temporaries`]).
+    pub log_temporaries: Vec<String>,
 }
 
 /// The parts of a data file name (see [`data_file_name`]).
@@ -565,7 +568,36 @@ pub struct DeltaSink {
     /// This writer's generation: commits are refused ([`Fenced`]) once the table's is newer.
     /// `None`: not checked (tools that only read).
     generation: Option<u64>,
+    /// The commits this sink landed on top of what it knows of the table (see
+    /// [`OwnTail`]): the next commit tries first without re-reading the log. `None` after a
+    /// refresh, a failed or lost try, or at open.
+    own_tail: Option<OwnTail>,
 }
+
+/// What a sink knows of its table after its own commits, without having re-read the log: the
+/// newest version is `version` (this sink's own commit) and the txn version `txn`; the state
+/// loaded from the log is older by `unread` of this sink's own commits (blind appends: they
+/// change neither the protocol, nor the metadata, nor anything the next append depends on).
+///
+/// Why: re-reading the table before every commit (and deltalake's own latest-version check
+/// and post-commit state update) lists `_delta_log/`, whose size grows with the history the
+/// log retention keeps (30 days by default): per-commit work would grow with the table's
+/// history. With the tail, an epoch commit is one put-if-absent of `version + 1`.
+///
+/// Invariant (fencing is unchanged): a commit through the tail is written put-if-absent at
+/// exactly `version + 1`. If any other writer committed since (another pipeline, a
+/// compaction, a restore, a failover's generation), that version exists, the try fails, the
+/// tail is dropped, and the table is re-read and checked as for any commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OwnTail {
+    version: u64,
+    txn: Epoch,
+    unread: u64,
+}
+
+/// Most commits through an [`OwnTail`] before the state is re-read from the log anyway (the
+/// log replay a re-read costs grows with them; a Delta checkpoint re-reads it before).
+const MAX_UNREAD_OWN_COMMITS: u64 = 100;
 
 /// The table's txn version for the pipeline went back below an epoch this process committed:
 /// the table was restored under the running pipeline. Committing on would lose the records
@@ -742,6 +774,7 @@ impl DeltaSink {
             newest_own: None,
             cluster_id: None,
             generation: None,
+            own_tail: None,
         }))
     }
 
@@ -760,9 +793,10 @@ impl DeltaSink {
         self.run_id
     }
 
-    /// The table version currently loaded.
+    /// The table's newest version as far as this sink knows: the one loaded, or this sink's
+    /// own newest commit after it.
     pub fn table_version(&self) -> Option<u64> {
-        self.table.version()
+        self.own_tail.map(|t| t.version).or(self.table.version())
     }
 
     fn err<E: std::error::Error + Send + Sync + 'static>(
@@ -789,6 +823,7 @@ impl DeltaSink {
     /// Reloads the newest table state (other writers, or our own earlier process, may have
     /// committed since).
     pub async fn refresh(&mut self) -> Result<(), DeltaSinkError> {
+        self.own_tail = None;
         self.table
             .update_state()
             .await
@@ -1080,6 +1115,9 @@ impl DeltaSink {
     /// (the caller's own, or an old-format writer, as before run ids), and no commit in the
     /// log adds it (a file a `tidemark restore` removed stays: older versions and a later
     /// restore need it; only a vacuum deletes it).
+    ///
+    /// It also removes the temporary files dead Tidemark writers left in `_delta_log/`
+    /// ([`DeltaSink::sweep_log_temporaries`], [`SweepReport::log_temporaries`]).
     pub async fn sweep_uncommitted_files(
         &mut self,
         committed_epoch: Epoch,
@@ -1125,6 +1163,7 @@ impl DeltaSink {
                 report.deleted.push(location.to_string());
             }
         }
+        report.log_temporaries = self.sweep_log_temporaries()?;
         if !report.deleted.is_empty() {
             info!(table = %self.uri, files = report.deleted.len(), above_epoch = %committed_epoch, "deleted data files of epochs the table does not hold");
         }
@@ -1354,42 +1393,78 @@ impl DeltaSink {
         info.generation = self.generation;
         info.cluster_id = self.cluster_id.clone();
         let mut attempt = 0;
+        // The first try goes through this sink's own tail, when it has one (see `OwnTail`).
+        let mut tail = self.own_tail.take();
         // The table was just re-read (after a lost race): no second read before the next try,
         // which would only widen the window another writer's commit can fall into.
         let mut fresh = false;
         loop {
             attempt += 1;
-            if !fresh {
-                self.refresh().await?;
-            }
-            fresh = false;
-            self.check_not_fenced()?;
-            let txn_version = self.loaded_txn_version().await?;
-            if let Some(own) = self.newest_own {
-                let txn = txn_version.unwrap_or(Epoch::ZERO);
-                if txn < own {
-                    return Err(DeltaSinkError {
-                        op: "commit",
-                        table: self.uri.clone(),
-                        file: None,
-                        source: Box::new(TableWentBack { own, txn }),
-                    });
-                }
-            }
-            let txn = match txn_version {
-                Some(t) if !more_of_epoch && t >= info.epoch => {
-                    if let Some(version) = self.own_commit_since(&info, None).await? {
-                        return Ok(CommitOutcome::Committed {
-                            version: TableVersion::new(version),
+            let through_tail = tail
+                .take()
+                .filter(|t| self.tail_usable(t, &info, more_of_epoch));
+            let (before, tried) = match through_tail {
+                Some(t) => {
+                    let txn = if more_of_epoch {
+                        t.txn.max(info.epoch)
+                    } else {
+                        info.epoch
+                    };
+                    let tried = self
+                        .try_commit_after_tail(adds.clone(), &info, txn, t)
+                        .await;
+                    if let Ok(version) = tried {
+                        self.own_tail = Some(OwnTail {
+                            version,
+                            txn,
+                            unread: t.unread + 1,
                         });
                     }
-                    return Ok(CommitOutcome::AlreadyCommitted { txn_version: t });
+                    (Some(t.version), tried)
                 }
-                Some(t) if more_of_epoch => t.max(info.epoch),
-                _ => info.epoch,
+                None => {
+                    if !fresh {
+                        self.refresh().await?;
+                    }
+                    fresh = false;
+                    self.check_not_fenced()?;
+                    let txn_version = self.loaded_txn_version().await?;
+                    if let Some(own) = self.newest_own {
+                        let txn = txn_version.unwrap_or(Epoch::ZERO);
+                        if txn < own {
+                            return Err(DeltaSinkError {
+                                op: "commit",
+                                table: self.uri.clone(),
+                                file: None,
+                                source: Box::new(TableWentBack { own, txn }),
+                            });
+                        }
+                    }
+                    let txn = match txn_version {
+                        Some(t) if !more_of_epoch && t >= info.epoch => {
+                            if let Some(version) = self.own_commit_since(&info, None).await? {
+                                return Ok(CommitOutcome::Committed {
+                                    version: TableVersion::new(version),
+                                });
+                            }
+                            return Ok(CommitOutcome::AlreadyCommitted { txn_version: t });
+                        }
+                        Some(t) if more_of_epoch => t.max(info.epoch),
+                        _ => info.epoch,
+                    };
+                    let before = self.table.version();
+                    let tried = self.try_commit(adds.clone(), &info, txn).await;
+                    if let Ok(version) = tried {
+                        self.own_tail = Some(OwnTail {
+                            version,
+                            txn,
+                            unread: 0,
+                        });
+                    }
+                    (before, tried)
+                }
             };
-            let before = self.table.version();
-            let error = match self.try_commit(adds.clone(), &info, txn).await {
+            let error = match tried {
                 Ok(version) => {
                     debug!(epoch = %info.epoch, version, "epoch committed");
                     return Ok(CommitOutcome::Committed {
@@ -1440,7 +1515,8 @@ impl DeltaSink {
     }
 
     /// One fenced commit try on the state as loaded: deltalake's retries off, so it lands at
-    /// the version after the loaded one, or fails.
+    /// the version after the loaded one, or fails. Landed, the table's state after it (built
+    /// by deltalake from the loaded one and this commit) becomes the loaded state.
     async fn try_commit(
         &mut self,
         adds: Vec<Add>,
@@ -1467,7 +1543,82 @@ impl DeltaSink {
             .with_actions(adds.into_iter().map(Action::Add).collect())
             .build(Some(snapshot), self.table.log_store(), operation)
             .await?;
-        Ok(finalized.version())
+        let version = finalized.version();
+        self.table.state = Some(finalized.snapshot);
+        Ok(version)
+    }
+
+    /// Whether the next commit of `info` may go through `tail` (see [`OwnTail`]): a local table
+    /// (the put-if-absent of the durable store), deltalake's default log store (commits as
+    /// bytes), a protocol without writer features whose commits depend on the table's state
+    /// (writer version 3 at most: no row tracking, identity columns, in-commit timestamps),
+    /// an epoch after the tail's (else the full checks tell committed from already
+    /// committed), not fenced, and not too far from the state loaded.
+    fn tail_usable(&self, tail: &OwnTail, info: &EpochCommitInfo, more_of_epoch: bool) -> bool {
+        let Ok(snapshot) = self.table.snapshot() else {
+            return false;
+        };
+        self.local_root.is_some()
+            && self.table.log_store().name() == "DefaultLogStore"
+            && snapshot.protocol().min_writer_version() <= 3
+            && (more_of_epoch || tail.txn < info.epoch)
+            && tail.unread < MAX_UNREAD_OWN_COMMITS
+            && self.check_not_fenced().is_ok()
+    }
+
+    /// One fenced commit try through the tail: the commit deltalake prepares on the loaded
+    /// state, written put-if-absent at `tail.version + 1` (durable when it returns: the
+    /// store fsyncs it and the log directory). Losing the version is
+    /// `VersionAlreadyExists`, a conflict like any other.
+    async fn try_commit_after_tail(
+        &self,
+        adds: Vec<Add>,
+        info: &EpochCommitInfo,
+        txn: Epoch,
+        tail: OwnTail,
+    ) -> Result<u64, DeltaTableError> {
+        use deltalake::logstore::CommitOrBytes;
+        let info_json = serde_json::to_value(info)
+            .map_err(|e| DeltaTableError::Generic(format!("encode commitInfo: {e}")))?;
+        let properties = CommitProperties::default()
+            .with_application_transaction(Transaction::new(&self.app_id, txn.to_txn()))
+            .with_metadata([(COMMIT_INFO_KEY.to_string(), info_json)])
+            .with_max_retries(0)
+            .with_create_checkpoint(false)
+            .with_cleanup_expired_logs(Some(false));
+        let operation = DeltaOperation::StreamingUpdate {
+            output_mode: OutputMode::Append,
+            query_id: self.app_id.clone(),
+            epoch_id: info.epoch.to_txn(),
+        };
+        let snapshot = self.table.snapshot()?;
+        let prepared = CommitBuilder::from(properties)
+            .with_actions(adds.into_iter().map(Action::Add).collect())
+            .build(Some(snapshot), self.table.log_store(), operation)
+            .into_prepared_commit_future()
+            .await?;
+        let CommitOrBytes::LogBytes(bytes) = prepared.commit_or_bytes() else {
+            return Err(DeltaTableError::Generic(
+                "deltalake prepared the commit as a temporary file; only bytes are committed through the tail".into(),
+            ));
+        };
+        let version = tail.version + 1;
+        let path = deltalake::Path::from(format!("_delta_log/{version:020}.json"));
+        self.table
+            .object_store()
+            .put_opts(
+                &path,
+                bytes.clone().into(),
+                object_store::PutOptions::from(object_store::PutMode::Create),
+            )
+            .await
+            .map_err(|e| match e {
+                object_store::Error::AlreadyExists { .. } => {
+                    DeltaTableError::VersionAlreadyExists(version)
+                }
+                other => DeltaTableError::ObjectStore { source: other },
+            })?;
+        Ok(version)
     }
 
     /// The version of this run's commit of `info.epoch`, if it is the pipeline's newest commit

@@ -112,7 +112,60 @@ impl DeltaSink {
             .map_err(self.file_err("write delta checkpoint", &file))?;
         // The caller logs it (with its duration, and earlier failures).
         tracing::debug!(table = %self.uri, version, "delta checkpoint written");
+        // Leftovers of an earlier checkpoint whose writer died go now (best effort: the next
+        // start's sweep tries again).
+        if let Err(e) = self.sweep_log_temporaries() {
+            tracing::warn!(table = %self.uri, "cannot remove leftover temporary files from _delta_log (the next start tries again): {e}");
+        }
         Ok(version)
+    }
+
+    /// Removes the hidden temporary files Tidemark's durable writes left in `_delta_log/`
+    /// when their process died mid-write (a checkpoint, `_last_checkpoint` or a commit:
+    /// `.<name>.tidemark-tmp-<pid>-<n>`, see [`tidemark_fs::temporary_name`]); readers ignore
+    /// them, and nothing else removes them. Returns the names removed (local tables only;
+    /// elsewhere none exist).
+    ///
+    /// Invariant: only files named by that pattern, whose writer process is gone — not this
+    /// process, and no running process has its pid (so the file predates its writer's crash
+    /// and nobody will finish it). A file of a live writer (another pipeline, `tidemark
+    /// optimize`, a restore) is never touched, nor any other file.
+    pub fn sweep_log_temporaries(&self) -> Result<Vec<String>, DeltaSinkError> {
+        let Some(root) = &self.local_root else {
+            return Ok(Vec::new());
+        };
+        let log_dir = root.join("_delta_log");
+        let entries = match self.fs.read_dir(&log_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.file_err("list the log", "_delta_log")(e)),
+        };
+        let own = std::process::id();
+        let mut removed = Vec::new();
+        for path in entries {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(tmp) = tidemark_fs::parse_temporary_name(name) else {
+                continue;
+            };
+            if tmp.pid == own || process_running(tmp.pid) {
+                continue;
+            }
+            let file = format!("_delta_log/{name}");
+            match self.fs.remove_file(&path) {
+                Ok(()) => removed.push(name.to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.file_err("remove a leftover temporary file", &file)(e)),
+            }
+        }
+        if !removed.is_empty() {
+            self.fs
+                .sync_dir(&log_dir)
+                .map_err(self.file_err("fsync _delta_log", "_delta_log"))?;
+            info!(table = %self.uri, files = removed.len(), first = %removed[0], "removed temporary files that crashed writes left in _delta_log");
+        }
+        Ok(removed)
     }
 
     /// Deletes `_delta_log` files (commits, checkpoints) older than the table's
@@ -146,6 +199,20 @@ impl DeltaSink {
         }
         Ok(deleted)
     }
+}
+
+/// True when a process with this pid runs on this host (`kill(pid, 0)`: it exists, even if
+/// not ours to signal). A pid that does not fit a `pid_t` cannot run.
+fn process_running(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill(2) with signal 0 sends nothing; it only checks that the pid exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 #[cfg(test)]

@@ -944,3 +944,149 @@ async fn a_writer_of_an_older_generation_never_commits_after_a_newer_one_opened_
         .fenced()
         .is_some());
 }
+
+/// A crash mid-checkpoint leaves `_delta_log/.<name>.tidemark-tmp-<pid>-<n>`: the start-up
+/// sweep removes those of dead writers, and nothing else — not a live writer's (another
+/// process still running), not this process's own, not another program's hidden file.
+#[tokio::test]
+async fn the_start_up_sweep_removes_temporaries_dead_writers_left_in_the_log_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = open(dir.path(), tidemark_fs::std_fs(), 1).await;
+    let log = dir.path().join("_delta_log");
+    let dead_pid = {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    };
+    let mut live = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let dead_checkpoint =
+        tidemark_fs::temporary_name("00000000000000000009.checkpoint.parquet", dead_pid, 7);
+    let dead_hint = tidemark_fs::temporary_name("_last_checkpoint", dead_pid, 8);
+    let kept = [
+        tidemark_fs::temporary_name("00000000000000000009.checkpoint.parquet", live.id(), 1),
+        tidemark_fs::temporary_name("00000000000000000010.json", std::process::id(), 2),
+        ".00000000000000000009.checkpoint.parquet.tmp-other-writer".to_string(),
+        ".00000000000000000009.checkpoint.parquet.tidemark-tmp-x-1".to_string(),
+    ];
+    for name in kept.iter().chain([&dead_checkpoint, &dead_hint]) {
+        std::fs::write(log.join(name), b"partial").unwrap();
+    }
+    let report = sink
+        .sweep_uncommitted_files(Epoch::ZERO, &[])
+        .await
+        .unwrap();
+    live.kill().unwrap();
+    live.wait().unwrap();
+    let mut removed = report.log_temporaries.clone();
+    removed.sort();
+    let mut want = vec![dead_checkpoint.clone(), dead_hint.clone()];
+    want.sort();
+    assert_eq!(removed, want);
+    let left: BTreeSet<String> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in &kept {
+        assert!(left.contains(name), "{name} was removed: {left:?}");
+    }
+    assert!(!left.contains(&dead_checkpoint) && !left.contains(&dead_hint));
+    // The next checkpoint sweeps too (nothing of dead writers is left now) and the table reads.
+    sink.write_log_checkpoint().await.unwrap();
+    assert!(sink.sweep_log_temporaries().unwrap().is_empty());
+}
+
+/// Epoch commits after the sink's own go through its tail: one put-if-absent each, the log
+/// not re-read (the loaded state stays where the first commit left it). Another writer's
+/// commit in between makes the next try lose its version; the sink then re-reads the table
+/// and commits after it. Every epoch lands once, at consecutive versions, and deltalake
+/// reads them all with the right txn version.
+#[tokio::test]
+async fn commits_after_its_own_skip_the_log_reread_and_another_writers_commit_is_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = open(dir.path(), tidemark_fs::std_fs(), 1).await;
+    let mut versions = Vec::new();
+    for e in 1..=5 {
+        let (adds, _) = sink
+            .write_epoch_files(ep(e), &[batch(&sink, e * 10..e * 10 + 10)])
+            .await
+            .unwrap();
+        match sink.commit_epoch(adds, &info(e)).await.unwrap() {
+            CommitOutcome::Committed { version } => versions.push(version.get()),
+            other => panic!("epoch {e}: {other:?}"),
+        }
+    }
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        sink.table.version(),
+        Some(1),
+        "epochs 2-5 did not re-read the log"
+    );
+    assert_eq!(
+        sink.own_tail,
+        Some(OwnTail {
+            version: 5,
+            txn: ep(5),
+            unread: 4
+        })
+    );
+    assert_eq!(sink.table_version(), Some(5));
+
+    // Another pipeline commits version 6.
+    let mut other = DeltaSink::open_or_create_with(
+        &url_of(dir.path()),
+        "other",
+        "t",
+        columns(),
+        options(tidemark_fs::std_fs(), 2),
+    )
+    .await
+    .unwrap();
+    let (adds, _) = other
+        .write_epoch_files(ep(1), &[batch(&other, 1000..1010)])
+        .await
+        .unwrap();
+    let mut other_info = info(1);
+    other_info.pipeline_id = "other".into();
+    assert!(matches!(
+        other.commit_epoch(adds, &other_info).await.unwrap(),
+        CommitOutcome::Committed { version } if version.get() == 6
+    ));
+
+    let (adds, _) = sink
+        .write_epoch_files(ep(6), &[batch(&sink, 60..70)])
+        .await
+        .unwrap();
+    assert!(matches!(
+        sink.commit_epoch(adds, &info(6)).await.unwrap(),
+        CommitOutcome::Committed { version } if version.get() == 7
+    ));
+    assert_eq!(
+        sink.table.version(),
+        Some(7),
+        "the lost try re-read the table"
+    );
+    assert_eq!(commits_of_epoch(dir.path(), 6), 1);
+    let table = deltalake::open_table(url_of(dir.path())).await.unwrap();
+    assert_eq!(table.version(), Some(7));
+    let snapshot = table.snapshot().unwrap();
+    assert_eq!(snapshot.log_data().into_iter().count(), 7);
+    assert_eq!(
+        snapshot
+            .transaction_version(table.log_store().as_ref(), APP)
+            .await
+            .unwrap(),
+        Some(6)
+    );
+    // A fresh reader of the sink sees the same.
+    let (txn, progress) = open(dir.path(), tidemark_fs::std_fs(), 3)
+        .await
+        .progress()
+        .await
+        .unwrap();
+    assert_eq!(txn, Some(ep(6)));
+    assert_eq!(progress.unwrap().table_version.get(), 7);
+}

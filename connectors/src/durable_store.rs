@@ -25,9 +25,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::stream::BoxStream;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::ObjectStoreExt;
 use object_store::{
     CopyMode, CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
     ObjectStore, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
@@ -151,6 +152,95 @@ fn put_durably(
     })
 }
 
+/// True when `name`, as a path segment, is written as is (no percent-encoding): ASCII
+/// letters, digits, `.`, `_` and `-` (every Delta log file name), and not `.` or `..`.
+fn plain_segment(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `prefix/name` compared with `offset` as strings (object paths order as their text),
+/// without building it.
+fn joined_cmp(prefix: &Path, name: &str, offset: &Path) -> std::cmp::Ordering {
+    let joined = prefix.as_ref().bytes().chain(*b"/").chain(name.bytes());
+    if prefix.as_ref().is_empty() {
+        name.bytes().cmp(offset.as_ref().bytes())
+    } else {
+        joined.cmp(offset.as_ref().bytes())
+    }
+}
+
+/// The object paths of the files under `dir` (the directory of `prefix`), recursively, that
+/// come after `offset`; as `LocalFileSystem` lists them (symbolic links followed, names it
+/// takes for its own upload temporaries `<name>#<digits>` left out, a missing directory
+/// empty). A plain name (see [`plain_segment`]) is compared with `offset` before its path is
+/// built; any other name gets `LocalFileSystem`'s own conversion.
+fn names_after(dir: &FsPath, prefix: &Path, offset: &Path) -> object_store::Result<Vec<Path>> {
+    let mut out = Vec::new();
+    let mut dirs = vec![(dir.to_path_buf(), prefix.clone())];
+    while let Some((dir, prefix)) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(store_err("list", &dir, e)),
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(store_err("list", &dir, e)),
+            };
+            let name = entry.file_name();
+            let plain = name.to_str().filter(|n| plain_segment(n));
+            let mut file_type = match entry.file_type() {
+                Ok(t) => t,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(store_err("list", &entry.path(), e)),
+            };
+            if file_type.is_symlink() {
+                file_type = match std::fs::metadata(entry.path()) {
+                    Ok(m) => m.file_type(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(store_err("list", &entry.path(), e)),
+                };
+            }
+            if file_type.is_dir() {
+                let child = match plain {
+                    Some(n) => prefix.clone().join(n),
+                    None => Path::from_absolute_path(entry.path())?,
+                };
+                dirs.push((entry.path(), child));
+                continue;
+            }
+            if !file_type.is_file() {
+                continue;
+            }
+            let location = match plain {
+                Some(n) if joined_cmp(&prefix, n, offset).is_le() => continue,
+                Some(n) => prefix.clone().join(n),
+                None => {
+                    let location = Path::from_absolute_path(entry.path())?;
+                    let own_temporary = location.filename().is_some_and(|f| {
+                        f.split_once('#').is_some_and(|(_, suffix)| {
+                            !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())
+                        })
+                    });
+                    if own_temporary || location <= *offset {
+                        continue;
+                    }
+                    location
+                }
+            };
+            out.push(location);
+        }
+    }
+    Ok(out)
+}
+
 fn read_all(fs: &SharedFs, path: &FsPath) -> object_store::Result<Vec<u8>> {
     let mut f = fs.open_read(path).map_err(|e| store_err("open", path, e))?;
     let mut out = Vec::new();
@@ -245,12 +335,47 @@ impl ObjectStore for DurableLocalStore {
         self.local.list(prefix)
     }
 
+    /// Lists like `LocalFileSystem` (recursively, unordered, hidden files included), but
+    /// skips every entry at or before `offset` by its name alone, before building its path or
+    /// reading its metadata: deltalake lists `_delta_log/` from the loaded version at every
+    /// refresh and commit, and `LocalFileSystem` converted each of the directory's entries (all
+    /// the versions the retention keeps) to an object path first, a cost growing with the log.
+    /// Here an old entry costs one name comparison (see `names_after`).
     fn list_with_offset(
         &self,
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.local.list_with_offset(prefix, offset)
+        let Some(prefix) = prefix.cloned() else {
+            return self.local.list_with_offset(None, offset);
+        };
+        let dir = match self.path_of(&prefix) {
+            Ok(dir) => dir,
+            Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
+        };
+        let offset = offset.clone();
+        let local = self.local.clone();
+        futures::stream::once(async move {
+            let after = Self::blocking(move || names_after(&dir, &prefix, &offset)).await?;
+            // Metadata (size, mtime, e_tag) exactly as `LocalFileSystem` gives it, only for
+            // the entries listed; one gone meanwhile is left out, as `LocalFileSystem` does.
+            Ok::<_, object_store::Error>(
+                futures::stream::iter(after)
+                    .then(move |location| {
+                        let local = local.clone();
+                        async move {
+                            match local.head(&location).await {
+                                Ok(meta) => Ok(Some(meta)),
+                                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                                Err(e) => Err(e),
+                            }
+                        }
+                    })
+                    .try_filter_map(|meta| futures::future::ready(Ok(meta))),
+            )
+        })
+        .try_flatten()
+        .boxed()
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
@@ -560,5 +685,68 @@ mod tests {
             "{:?}",
             files_in(dir.path())
         );
+    }
+
+    /// The fast offset listing answers exactly what `LocalFileSystem` does, for plain log
+    /// names, hidden temporaries, names needing percent-encoding, `LocalFileSystem`'s own
+    /// upload temporaries, a sub-directory, a symbolic link, and offsets before, inside and
+    /// after the names; a missing directory lists empty.
+    #[tokio::test]
+    async fn the_offset_listing_matches_local_file_systems() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("_delta_log");
+        std::fs::create_dir_all(log.join("_staged_commits")).unwrap();
+        let names = [
+            "00000000000000000000.json",
+            "00000000000000000001.json",
+            "00000000000000000002.checkpoint.parquet",
+            "00000000000000000002.json",
+            "00000000000000000003.json",
+            "_last_checkpoint",
+            ".00000000000000000004.checkpoint.parquet.tidemark-tmp-12-34",
+            "00000000000000000004.json#1",
+            "part 1 % ü.json",
+            "00000000000000000005.crc",
+            "_staged_commits/00000000000000000006.abc.json",
+        ];
+        for n in names {
+            std::fs::write(log.join(n), n.as_bytes()).unwrap();
+        }
+        std::os::unix::fs::symlink(
+            log.join("00000000000000000003.json"),
+            log.join("00000000000000000007.json"),
+        )
+        .unwrap();
+        let store = DurableLocalStore::new(tidemark_fs::std_fs());
+        let local = LocalFileSystem::new();
+        let prefix = Path::from_absolute_path(&log).unwrap();
+        let listed = |s: BoxStream<'static, object_store::Result<ObjectMeta>>| async move {
+            let mut v: Vec<ObjectMeta> = s.try_collect().await.unwrap();
+            v.sort_by(|a, b| a.location.cmp(&b.location));
+            v
+        };
+        for offset in [
+            "",
+            "00000000000000000000",
+            "00000000000000000001.json",
+            "00000000000000000002",
+            "00000000000000000003.json",
+            "_",
+            "_staged_commits",
+            "part",
+            "zzz",
+        ] {
+            let offset = Path::from(format!("{prefix}/{offset}"));
+            let ours = listed(store.list_with_offset(Some(&prefix), &offset)).await;
+            let theirs = listed(local.list_with_offset(Some(&prefix), &offset)).await;
+            assert_eq!(ours, theirs, "offset {offset}");
+        }
+        let all = listed(store.list_with_offset(Some(&prefix), &Path::from(""))).await;
+        // Every name but `LocalFileSystem`'s own upload temporary, and the link.
+        assert_eq!(all.len(), names.len() - 1 + 1, "{all:?}");
+        let missing = Path::from_absolute_path(dir.path().join("nothing")).unwrap();
+        assert!(listed(store.list_with_offset(Some(&missing), &missing))
+            .await
+            .is_empty());
     }
 }

@@ -132,11 +132,10 @@ impl<'a> DurableFile<'a> {
         let name = path
             .file_name()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-        let tmp = dir.join(format!(
-            ".{}.tidemark-tmp-{}-{}",
-            name.to_string_lossy(),
+        let tmp = dir.join(temporary_name(
+            &name.to_string_lossy(),
             std::process::id(),
-            unique_suffix()
+            unique_suffix(),
         ));
         let file = fs.create_new(&tmp)?;
         Ok(Self {
@@ -192,6 +191,45 @@ impl Drop for DurableFile<'_> {
             let _ = self.fs.remove_file(&self.tmp);
         }
     }
+}
+
+/// The marker in every temporary name of [`DurableFile`].
+pub const TEMPORARY_MARKER: &str = ".tidemark-tmp-";
+
+/// The name of a [`DurableFile`]'s temporary file, beside the final file `name`:
+/// `.<name>.tidemark-tmp-<pid>-<n>` — hidden (readers of a Delta table skip it), naming the
+/// writing process (`pid`, so a sweep can tell a dead writer's leftover from a live
+/// writer's file in progress) and unique within it (`n`).
+pub fn temporary_name(name: &str, pid: u32, n: u64) -> String {
+    format!(".{name}{TEMPORARY_MARKER}{pid}-{n}")
+}
+
+/// A temporary name of [`DurableFile`] taken apart (see [`temporary_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemporaryName<'a> {
+    /// The final file's name.
+    pub final_name: &'a str,
+    /// The process that wrote it.
+    pub pid: u32,
+    /// Its number within that process.
+    pub n: u64,
+}
+
+/// Parses a name written by [`temporary_name`]; `None` for any other name (strict: both
+/// numbers must be plain decimal).
+pub fn parse_temporary_name(name: &str) -> Option<TemporaryName<'_>> {
+    let hidden = name.strip_prefix('.')?;
+    let (final_name, numbers) = hidden.rsplit_once(TEMPORARY_MARKER)?;
+    let (pid, n) = numbers.split_once('-')?;
+    let decimal = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if final_name.is_empty() || !decimal(pid) || !decimal(n) {
+        return None;
+    }
+    Some(TemporaryName {
+        final_name,
+        pid: pid.parse().ok()?,
+        n: n.parse().ok()?,
+    })
 }
 
 fn unique_suffix() -> u64 {

@@ -105,3 +105,39 @@ fn a_failed_durable_write_leaves_nothing_behind() {
         );
     }
 }
+
+proptest::proptest! {
+    /// Every temporary name parses back to what made it; a name with something after its
+    /// number, or without one, does not parse.
+    #[test]
+    fn temporary_names_parse_back(
+        name in "[A-Za-z0-9 ._%#-]{1,40}",
+        pid in proptest::prelude::any::<u32>(),
+        n in proptest::prelude::any::<u64>(),
+    ) {
+        let tmp = temporary_name(&name, pid, n);
+        proptest::prop_assert_eq!(
+            parse_temporary_name(&tmp),
+            Some(TemporaryName { final_name: &name, pid, n })
+        );
+        let with_tail = format!("{tmp}x");
+        let no_n = format!(".{name}{TEMPORARY_MARKER}{pid}-");
+        proptest::prop_assert_eq!(parse_temporary_name(&with_tail), None);
+        proptest::prop_assert_eq!(parse_temporary_name(&no_n), None);
+    }
+}
+
+#[test]
+fn other_names_are_not_temporary() {
+    for name in [
+        "00000000000000000001.json",
+        ".00000000000000000001.json",
+        ".x.tidemark-tmp-12",
+        ".x.tidemark-tmp--3",
+        ".x.tidemark-tmp-a-3",
+        "..tidemark-tmp-1-2",
+        "x.tidemark-tmp-1-2",
+    ] {
+        assert_eq!(parse_temporary_name(name), None, "{name}");
+    }
+}

@@ -233,6 +233,53 @@ impl LogListing {
                     source,
                 }),
             })?;
+        Ok(Self::of_files(location, metas))
+    }
+
+    /// Lists the newest part of `location`'s `_delta_log/`: from the checkpoint
+    /// `_last_checkpoint` names on (all a snapshot of the newest version reads), skipping
+    /// the older entries by name (the durable store's offset listing), so the cost follows
+    /// the commits since that checkpoint, not the history the log retention keeps. The whole
+    /// log ([`LogListing::list`]) when there is no readable hint, or no complete checkpoint
+    /// at its version.
+    pub async fn list_newest(location: &TableLocation) -> Result<Self, LogError> {
+        let dir = location.log_dir();
+        let hint = match location
+            .store()
+            .get(&dir.clone().join("_last_checkpoint"))
+            .await
+        {
+            Ok(got) => got.bytes().await.ok().and_then(|b| {
+                serde_json::from_slice::<Value>(&b)
+                    .ok()?
+                    .get("version")?
+                    .as_u64()
+            }),
+            Err(_) => None,
+        };
+        let Some(version) = hint else {
+            return Self::list(location).await;
+        };
+        let offset = dir.clone().join(format!("{version:020}").as_str());
+        let metas: Vec<ObjectMeta> = location
+            .store()
+            .list_with_offset(Some(&dir), &offset)
+            .try_collect()
+            .await
+            .map_err(|source| LogError::List {
+                table: location.to_string(),
+                dir: dir.to_string(),
+                source,
+            })?;
+        let listing = Self::of_files(location, metas);
+        if listing.checkpoint_at_or_before(version).map(|(v, _)| v) != Some(version) {
+            return Self::list(location).await;
+        }
+        Ok(listing)
+    }
+
+    fn of_files(location: &TableLocation, metas: Vec<ObjectMeta>) -> Self {
+        let dir = location.log_dir();
         let mut listing = Self {
             table: location.to_string(),
             ..Self::default()
@@ -251,7 +298,7 @@ impl LogListing {
         for parts in listing.checkpoints.values_mut() {
             parts.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        Ok(listing)
+        listing
     }
 
     fn insert(&mut self, file: LogFile) {

@@ -135,6 +135,50 @@ async fn a_listing_groups_commits_checkpoints_and_the_rest() {
     );
 }
 
+/// The newest part of the log: from the checkpoint `_last_checkpoint` names on (older
+/// commits and checkpoints left out), the whole log without a hint or with one naming an
+/// incomplete checkpoint.
+#[tokio::test]
+async fn the_newest_listing_starts_at_the_hinted_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = crate::location::open_store(dir.path().to_str().unwrap()).unwrap();
+    for v in 0u64..=12 {
+        write(dir.path(), &commit_file_name(v), "{\"protocol\":{}}\n").await;
+    }
+    write(dir.path(), "00000000000000000004.checkpoint.parquet", "x").await;
+    write(dir.path(), "00000000000000000009.checkpoint.parquet", "x").await;
+    let whole = LogListing::list_newest(&loc).await.unwrap();
+    assert_eq!(
+        (whole.oldest_commit(), whole.newest_version()),
+        (Some(0), Some(12))
+    );
+
+    write(dir.path(), "_last_checkpoint", "{\"version\":9}").await;
+    let newest = LogListing::list_newest(&loc).await.unwrap();
+    assert_eq!(newest.oldest_commit(), Some(9));
+    assert_eq!(newest.newest_version(), Some(12));
+    assert_eq!(
+        newest
+            .complete_checkpoints()
+            .map(|(v, _)| v)
+            .collect::<Vec<_>>(),
+        vec![9]
+    );
+    assert!(newest.last_checkpoint().is_some());
+
+    // A hint naming a checkpoint that is not there (a crash before it was placed): all of it.
+    write(dir.path(), "_last_checkpoint", "{\"version\":11}").await;
+    let fallback = LogListing::list_newest(&loc).await.unwrap();
+    assert_eq!(fallback.oldest_commit(), Some(0));
+    assert_eq!(
+        fallback
+            .complete_checkpoints()
+            .map(|(v, _)| v)
+            .collect::<Vec<_>>(),
+        vec![4, 9]
+    );
+}
+
 #[test]
 fn a_tidemark_commit_parses_with_paths_decoded_and_stats_read() {
     let stats = json!({"numRecords": 42, "minValues": {}}).to_string();

@@ -132,7 +132,9 @@ fn now_ms() -> i64 {
 }
 
 async fn newest_snapshot(location: &TableLocation) -> Result<Snapshot, OptimizeError> {
-    let listing = LogListing::list(location).await?;
+    // From the newest checkpoint on: a compaction round in the pipeline does not list the
+    // whole history the log retention keeps.
+    let listing = LogListing::list_newest(location).await?;
     let newest = listing
         .newest_version()
         .ok_or_else(|| OptimizeError::NotATable(location.to_string()))?;

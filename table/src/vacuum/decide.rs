@@ -126,6 +126,9 @@ pub struct VacuumFacts {
     pub needs: BTreeMap<String, BTreeSet<Need>>,
     /// Needs that hold every unreferenced file ([`Need::UnknownVersion`]).
     pub needs_all: BTreeSet<Need>,
+    /// The newest table version these facts were read at (the plan re-checks the commits
+    /// after it right before deleting: see [`super::execute`]).
+    pub log_version: u64,
 }
 
 /// Why a file stays.
@@ -149,6 +152,8 @@ pub struct VacuumPlan {
     pub delete: Vec<(String, u64)>,
     /// Files kept, and why.
     pub kept: Vec<(String, Kept)>,
+    /// The newest table version the plan was made on ([`VacuumFacts::log_version`]).
+    pub planned_at: u64,
 }
 
 impl VacuumPlan {
@@ -204,7 +209,10 @@ pub fn decide(facts: &VacuumFacts) -> Result<VacuumPlan, VacuumRefusal> {
             table: human_ms(facts.table_min_retain_ms),
         });
     }
-    let mut plan = VacuumPlan::default();
+    let mut plan = VacuumPlan {
+        planned_at: facts.log_version,
+        ..VacuumPlan::default()
+    };
     for file in &facts.files {
         if facts.live.contains(&file.path) {
             plan.kept.push((file.path.clone(), Kept::Live));

@@ -262,6 +262,7 @@ pub async fn gather(
         live: needs.live,
         needs: needs.needs,
         needs_all: needs.needs_all,
+        log_version: needs.newest,
         ..VacuumFacts::default()
     };
     for meta in metas {
@@ -311,12 +312,79 @@ pub async fn gather(
     Ok(facts)
 }
 
+/// What [`execute`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VacuumOutcome {
+    /// Files deleted (a file already gone counts).
+    pub deleted: usize,
+    /// The newest version read right before deleting (the plan's, when nothing came after).
+    pub rechecked_to: u64,
+    /// Files of the plan that a commit after the plan's version references again (a restore,
+    /// or any commit re-adding them), with that commit's version: not deleted.
+    pub spared: Vec<(String, u64)>,
+}
+
+/// The files each commit after `after` adds (path -> the newest version adding it), and the
+/// newest version: read from the log as it is now.
+pub async fn referenced_after(
+    location: &TableLocation,
+    after: u64,
+) -> Result<(BTreeMap<String, u64>, u64), VacuumError> {
+    let table = location.to_string();
+    let listing = LogListing::list(location).await?;
+    let newest = listing
+        .newest_version()
+        .ok_or_else(|| VacuumError::NotATable(table.clone()))?;
+    let mut added = BTreeMap::new();
+    for v in after.saturating_add(1)..=newest {
+        let commit = read_commit(location, v).await?.parse(&table)?;
+        for add in commit.adds() {
+            added.insert(add.path.decoded.clone(), v);
+        }
+    }
+    Ok((added, newest))
+}
+
+/// Files with a number each: a size (to delete) or a version (spared).
+pub type PathsWith = Vec<(String, u64)>;
+
+/// The plan's deletions without the files in `referenced` (pure): (to delete with its size,
+/// spared with the version referencing it).
+pub fn drop_referenced(
+    plan: &VacuumPlan,
+    referenced: &BTreeMap<String, u64>,
+) -> (PathsWith, PathsWith) {
+    let (mut delete, mut spared) = (Vec::new(), Vec::new());
+    for (path, size) in &plan.delete {
+        match referenced.get(path) {
+            Some(v) => spared.push((path.clone(), *v)),
+            None => delete.push((path.clone(), *size)),
+        }
+    }
+    (delete, spared)
+}
+
 /// Deletes the plan's files (durably on local tables: each deletion's directory is fsynced).
 /// A file already gone counts as deleted.
-pub async fn execute(location: &TableLocation, plan: &VacuumPlan) -> Result<usize, VacuumError> {
+///
+/// Right before deleting it re-reads the log: every version committed after the plan's
+/// ([`VacuumPlan::planned_at`]) is read, and a file any of them adds again (a `tidemark
+/// restore`, or any commit re-adding it, landed between the plan and now) is not deleted
+/// (listed in [`VacuumOutcome::spared`]). If those commits cannot be read, nothing is
+/// deleted. (A commit landing after this re-read and before the deletions is not seen: the
+/// window is the deletion of the plan's files, not the whole plan.)
+pub async fn execute(
+    location: &TableLocation,
+    plan: &VacuumPlan,
+) -> Result<VacuumOutcome, VacuumError> {
     let table = location.to_string();
+    let (referenced, newest) = referenced_after(location, plan.planned_at).await?;
+    let (delete, spared) = drop_referenced(plan, &referenced);
+    for (path, version) in &spared {
+        tracing::warn!(table = %table, file = %path, version, planned_at = plan.planned_at, "not deleting a file a commit after the vacuum's plan references again");
+    }
     let mut deleted = 0;
-    for (path, _) in &plan.delete {
+    for (path, _) in &delete {
         let object = location.child(path).map_err(|e| VacuumError::Delete {
             table: table.clone(),
             file: path.clone(),
@@ -336,9 +404,14 @@ pub async fn execute(location: &TableLocation, plan: &VacuumPlan) -> Result<usiz
         }
     }
     if deleted > 0 {
-        info!(table = %table, deleted, bytes = plan.bytes(), "vacuum deleted unreferenced files");
+        let bytes: u64 = delete.iter().map(|(_, s)| *s).sum();
+        info!(table = %table, deleted, bytes, "vacuum deleted unreferenced files");
     }
-    Ok(deleted)
+    Ok(VacuumOutcome {
+        deleted,
+        rechecked_to: newest,
+        spared,
+    })
 }
 
 #[cfg(test)]

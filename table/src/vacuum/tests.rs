@@ -166,3 +166,96 @@ proptest! {
         }
     }
 }
+
+/// A hand-written table whose version 2 removed `part 1-0%.parquet` (added at version 1), and
+/// a plan made on version 2 that deletes it (retention 0, forced).
+async fn plan_deleting_a_removed_file(
+    dir: &std::path::Path,
+) -> (crate::test_support::HandTable, TableLocation, VacuumPlan) {
+    let mut t = crate::test_support::HandTable::create(dir);
+    t.append(2, 100, false);
+    t.append(1, 100, true);
+    let location = crate::open_store(dir.to_str().unwrap()).unwrap();
+    let later_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 3_600_000;
+    let facts = gather(&location, &Promises::default(), later_ms, 0, 0, true)
+        .await
+        .unwrap();
+    let plan = decide(&facts).unwrap();
+    assert_eq!(plan.planned_at, 2);
+    assert_eq!(
+        plan.delete,
+        vec![("part 1-0%.parquet".to_string(), 100)],
+        "{plan:?}"
+    );
+    (t, location, plan)
+}
+
+/// The fault a vacuum must survive: a `tidemark restore` lands between the vacuum's plan and
+/// its deletions, adding back a file the plan deletes. The deletion step re-reads the log
+/// (the versions after the plan's) and spares that file: the restored version reads whole.
+/// Without the re-read the file was deleted and version 3 lost it.
+#[tokio::test]
+async fn a_restore_landing_between_the_plan_and_the_deletions_keeps_what_it_adds_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_t, location, plan) = plan_deleting_a_removed_file(dir.path()).await;
+    // Between plan and delete: restore version 1 (re-adds the removed file) as version 3.
+    let restore =
+        crate::restore::PreparedRestore::prepare(&location, crate::time_travel::AsOf::Version(1))
+            .await
+            .unwrap();
+    let report = restore.commit().await.unwrap();
+    assert_eq!(
+        (report.new_version, report.files_re_added),
+        (Some(3), 1),
+        "{report:?}"
+    );
+    let outcome = execute(&location, &plan).await.unwrap();
+    assert_eq!(
+        outcome,
+        VacuumOutcome {
+            deleted: 0,
+            rechecked_to: 3,
+            spared: vec![("part 1-0%.parquet".to_string(), 3)],
+        }
+    );
+    assert!(dir.path().join("part 1-0%.parquet").exists());
+    assert_eq!(
+        crate::test_support::deltalake_files(dir.path(), 3).await,
+        vec![
+            "part 1-0%.parquet".to_string(),
+            "part 1-1%.parquet".to_string()
+        ]
+    );
+}
+
+/// The same plan with nothing committed after it deletes the file (the re-read spares only
+/// what a newer version references).
+#[tokio::test]
+async fn with_no_commit_after_the_plan_its_files_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_t, location, plan) = plan_deleting_a_removed_file(dir.path()).await;
+    let outcome = execute(&location, &plan).await.unwrap();
+    assert_eq!((outcome.deleted, outcome.rechecked_to), (1, 2));
+    assert!(outcome.spared.is_empty());
+    assert!(!dir.path().join("part 1-0%.parquet").exists());
+}
+
+/// The deletion step's filter, pure: only files a later commit adds are spared.
+#[test]
+fn only_files_referenced_again_are_spared() {
+    let plan = VacuumPlan {
+        delete: vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3)],
+        planned_at: 5,
+        ..VacuumPlan::default()
+    };
+    let referenced: BTreeMap<String, u64> = [("b".to_string(), 7), ("z".to_string(), 6)]
+        .into_iter()
+        .collect();
+    let (delete, spared) = drop_referenced(&plan, &referenced);
+    assert_eq!(delete, vec![("a".to_string(), 1), ("c".to_string(), 3)]);
+    assert_eq!(spared, vec![("b".to_string(), 7)]);
+}

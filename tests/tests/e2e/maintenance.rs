@@ -25,6 +25,18 @@ pub(crate) fn checkpoint_versions(table: &Path) -> Vec<u64> {
     v
 }
 
+/// The hidden temporary files of Tidemark's durable writes in `_delta_log/`.
+fn log_temporaries(table: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.') && n.contains(".tidemark-tmp-"))
+        .collect();
+    v.sort();
+    v
+}
+
 /// The version `_last_checkpoint` names, if any.
 pub(crate) fn last_checkpoint(table: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(table.join("_delta_log/_last_checkpoint")).ok()?;
@@ -131,6 +143,17 @@ async fn a_kill_at_every_step_of_a_delta_checkpoint_keeps_the_table_readable_and
             (point == CrashPoint::AfterDeltaCheckpoint).then_some(crashed_at),
             "{point}: _last_checkpoint at the crash"
         );
+        // A kill inside the checkpoint's write leaves its hidden temporary file.
+        let temporaries = log_temporaries(&fixture.table);
+        let expect_temporary = matches!(
+            point,
+            CrashPoint::DeltaCheckpointTmpCreated | CrashPoint::DeltaCheckpointBeforePlace
+        );
+        assert_eq!(
+            temporaries.len(),
+            usize::from(expect_temporary),
+            "{point}: temporary files at the crash {temporaries:?}"
+        );
         // Readable as it is, by another reader.
         let (rows, distinct) = python_read(&fixture.table, None);
         assert_eq!(rows, distinct, "{point}: duplicates at the crash");
@@ -138,6 +161,12 @@ async fn a_kill_at_every_step_of_a_delta_checkpoint_keeps_the_table_readable_and
 
         let out = fixture.run_to_end(&[]);
         assert!(out.status.success(), "{point}: {}", stderr_of(&out));
+        // The restart's sweep removed the dead writer's temporary file.
+        assert_eq!(
+            log_temporaries(&fixture.table),
+            Vec::<String>::new(),
+            "{point}: temporary files left after the restart (at the crash: {temporaries:?})"
+        );
         let after = checkpoint_versions(&fixture.table);
         let missing_written_at = if point == CrashPoint::AfterDeltaCheckpoint {
             // It was whole: the next one is due CHECKPOINT_EVERY commits later.
