@@ -29,7 +29,9 @@ use std::time::Instant;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::transaction::{
+    CommitBuilder, CommitProperties, PreCommit, TransactionError,
+};
 use deltalake::kernel::{Action, Add, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, OutputMode};
 use deltalake::writer::RecordBatchWriter;
@@ -1523,14 +1525,28 @@ impl DeltaSink {
         info: &EpochCommitInfo,
         txn: Epoch,
     ) -> Result<u64, DeltaTableError> {
+        let finalized = self.pre_commit(adds, info, txn)?.await?;
+        let version = finalized.version();
+        self.table.state = Some(finalized.snapshot);
+        Ok(version)
+    }
+
+    /// The epoch commit deltalake builds on the loaded state: `adds`, the txn action at `txn`,
+    /// Tidemark's commitInfo, no retries (a lost race is the caller's to judge), and no
+    /// checkpoint or log-cleanup hook (those are the engine's, see `delta_log`: the hook would
+    /// skip a failed checkpoint silently and list the whole log after every commit).
+    fn pre_commit(
+        &self,
+        adds: Vec<Add>,
+        info: &EpochCommitInfo,
+        txn: Epoch,
+    ) -> Result<PreCommit<'_>, DeltaTableError> {
         let info_json = serde_json::to_value(info)
             .map_err(|e| DeltaTableError::Generic(format!("encode commitInfo: {e}")))?;
         let properties = CommitProperties::default()
             .with_application_transaction(Transaction::new(&self.app_id, txn.to_txn()))
             .with_metadata([(COMMIT_INFO_KEY.to_string(), info_json)])
             .with_max_retries(0)
-            // Checkpoints and log cleanup are the engine's (see `delta_log`): the hook would
-            // skip a failed checkpoint silently and list the whole log after every commit.
             .with_create_checkpoint(false)
             .with_cleanup_expired_logs(Some(false));
         let operation = DeltaOperation::StreamingUpdate {
@@ -1539,13 +1555,9 @@ impl DeltaSink {
             epoch_id: info.epoch.to_txn(),
         };
         let snapshot = self.table.snapshot()?;
-        let finalized = CommitBuilder::from(properties)
+        Ok(CommitBuilder::from(properties)
             .with_actions(adds.into_iter().map(Action::Add).collect())
-            .build(Some(snapshot), self.table.log_store(), operation)
-            .await?;
-        let version = finalized.version();
-        self.table.state = Some(finalized.snapshot);
-        Ok(version)
+            .build(Some(snapshot), self.table.log_store(), operation))
     }
 
     /// Whether the next commit of `info` may go through `tail` (see [`OwnTail`]): a local table
@@ -1578,23 +1590,8 @@ impl DeltaSink {
         tail: OwnTail,
     ) -> Result<u64, DeltaTableError> {
         use deltalake::logstore::CommitOrBytes;
-        let info_json = serde_json::to_value(info)
-            .map_err(|e| DeltaTableError::Generic(format!("encode commitInfo: {e}")))?;
-        let properties = CommitProperties::default()
-            .with_application_transaction(Transaction::new(&self.app_id, txn.to_txn()))
-            .with_metadata([(COMMIT_INFO_KEY.to_string(), info_json)])
-            .with_max_retries(0)
-            .with_create_checkpoint(false)
-            .with_cleanup_expired_logs(Some(false));
-        let operation = DeltaOperation::StreamingUpdate {
-            output_mode: OutputMode::Append,
-            query_id: self.app_id.clone(),
-            epoch_id: info.epoch.to_txn(),
-        };
-        let snapshot = self.table.snapshot()?;
-        let prepared = CommitBuilder::from(properties)
-            .with_actions(adds.into_iter().map(Action::Add).collect())
-            .build(Some(snapshot), self.table.log_store(), operation)
+        let prepared = self
+            .pre_commit(adds, info, txn)?
             .into_prepared_commit_future()
             .await?;
         let CommitOrBytes::LogBytes(bytes) = prepared.commit_or_bytes() else {

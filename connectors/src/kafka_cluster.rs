@@ -54,32 +54,20 @@ pub fn offsets_for_times(
     let consumer = metadata_consumer(config)?;
     let mut asked = TopicPartitionList::new();
     let mut all = Vec::new();
-    for topic in &config.topics {
-        let partitions = blocking(|| crate::kafka::topic_partitions(&consumer, topic, timeout))
-            .map_err(|source| KafkaSourceError::Metadata {
-                topic: topic.clone(),
-                brokers: config.brokers.clone(),
-                source: Box::new(source),
-            })?;
-        for partition in partitions {
-            let tp = TopicPartition {
-                topic: topic.clone(),
-                partition,
-            };
-            let at = times
-                .iter()
-                .find(|(t, _)| *t == tp)
-                .map(|(_, ms)| *ms)
-                .or(default_ms);
-            let offset = match at {
-                Some(ms) => Offset::Offset(ms),
-                None => Offset::Beginning,
-            };
-            asked
-                .add_partition_offset(topic, partition, offset)
-                .map_err(|source| lookup_error(&tp, source))?;
-            all.push(tp);
-        }
+    for tp in every_partition(&consumer, config, timeout)? {
+        let at = times
+            .iter()
+            .find(|(t, _)| *t == tp)
+            .map(|(_, ms)| *ms)
+            .or(default_ms);
+        let offset = match at {
+            Some(ms) => Offset::Offset(ms),
+            None => Offset::Beginning,
+        };
+        asked
+            .add_partition_offset(&tp.topic, tp.partition, offset)
+            .map_err(|source| lookup_error(&tp, source))?;
+        all.push(tp);
     }
     let answered = blocking(|| consumer.offsets_for_times(asked, timeout)).map_err(|source| {
         KafkaSourceError::Metadata {
@@ -302,22 +290,33 @@ pub fn watermarks(
 ) -> Result<Vec<(TopicPartition, i64, i64)>, KafkaSourceError> {
     let consumer = metadata_consumer(config)?;
     let mut out = Vec::new();
+    for tp in every_partition(&consumer, config, timeout)? {
+        let (low, high) = blocking(|| consumer.fetch_watermarks(&tp.topic, tp.partition, timeout))
+            .map_err(|source| lookup_error(&tp, source))?;
+        out.push((tp, low, high));
+    }
+    Ok(out)
+}
+
+/// Every partition of `config.topics`, from the cluster's metadata (errors name the topic and
+/// the brokers).
+fn every_partition(
+    consumer: &BaseConsumer,
+    config: &KafkaSourceConfig,
+    timeout: Duration,
+) -> Result<Vec<TopicPartition>, KafkaSourceError> {
+    let mut out = Vec::new();
     for topic in &config.topics {
-        let partitions = blocking(|| crate::kafka::topic_partitions(&consumer, topic, timeout))
+        let partitions = blocking(|| crate::kafka::topic_partitions(consumer, topic, timeout))
             .map_err(|source| KafkaSourceError::Metadata {
                 topic: topic.clone(),
                 brokers: config.brokers.clone(),
                 source: Box::new(source),
             })?;
-        for p in partitions {
-            let tp = TopicPartition {
-                topic: topic.clone(),
-                partition: p,
-            };
-            let (low, high) = blocking(|| consumer.fetch_watermarks(topic, p, timeout))
-                .map_err(|source| lookup_error(&tp, source))?;
-            out.push((tp, low, high));
-        }
+        out.extend(partitions.into_iter().map(|partition| TopicPartition {
+            topic: topic.clone(),
+            partition,
+        }));
     }
     Ok(out)
 }
