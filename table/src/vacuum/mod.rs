@@ -195,7 +195,46 @@ pub fn log_needs(
 /// Delta's vacuum does), its log replayed once from its start (version 0, or the oldest
 /// checkpoint the later commits continue), and the files in flight: a pipeline's files named
 /// for an epoch above its txn version, and a compaction's files while it may still commit.
+///
+/// A writer's log cleanup may delete old commits between the listing and their reads (they are
+/// covered by a newer checkpoint by then): a commit gone that way makes the facts be gathered
+/// again from a fresh listing (at most [`GATHER_ATTEMPTS`] times), never a failed vacuum.
 pub async fn gather(
+    location: &TableLocation,
+    promises: &Promises,
+    now_ms: i64,
+    retain_ms: i64,
+    table_min_retain_ms: i64,
+    force: bool,
+) -> Result<VacuumFacts, VacuumError> {
+    let mut attempt = 1;
+    loop {
+        match gather_once(
+            location,
+            promises,
+            now_ms,
+            retain_ms,
+            table_min_retain_ms,
+            force,
+        )
+        .await
+        {
+            Err(VacuumError::Log(LogError::MissingVersion { version, .. }))
+                if attempt < GATHER_ATTEMPTS =>
+            {
+                tracing::info!(table = %location, version, attempt, "vacuum: a commit went (log cleanup) while the log was read; reading it again");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How many times [`gather`] reads the log when commits vanish under it.
+pub const GATHER_ATTEMPTS: u32 = 5;
+
+/// One [`gather`] from one listing of the log.
+async fn gather_once(
     location: &TableLocation,
     promises: &Promises,
     now_ms: i64,
