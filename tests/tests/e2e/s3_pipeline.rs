@@ -440,8 +440,10 @@ async fn transient_s3_errors_are_retried_and_nothing_is_lost_or_doubled() {
     // not written again.
     let resolved = log.matches("the commit landed before an error").count();
     eprintln!("S3 faults: {resolved} lost commit answers resolved against the table");
-    assert_eq!(
-        resolved, 3,
+    // At least the three planned ones: a random fault after the server applied a commit PUT is a
+    // lost answer too, resolved the same way.
+    assert!(
+        resolved >= 3,
         "each lost answer resolved against the table: {log}"
     );
     // The audit reads straight from the server, not through the proxy.
