@@ -652,7 +652,7 @@ fn write_results(
         println!(
             "  {:>12}: dedup on at {:.0}% of dedup off (median of the per-round ratios; rounds: {}); medians {:.0} vs {:.0} records/s; checkpoint share {:.2}% vs {:.2}%",
             on.interval,
-            median(&per_round) * 100.0,
+            crate::stats::median_f64(&per_round) * 100.0,
             shown.join(", "),
             on.records_per_sec,
             off.records_per_sec,
@@ -669,7 +669,7 @@ fn write_results(
         let per_round = round_ratios(&this.all_records_per_sec, &base.all_records_per_sec);
         println!(
             "  {name:>12}: this build at {:.0}% of the baseline's throughput (median of the per-round ratios); medians {:.0} vs {:.0} records/s; commit p50 {:.0} vs {:.0} ms; checkpoint share {:.2}% vs {:.2}%",
-            median(&per_round) * 100.0,
+            crate::stats::median_f64(&per_round) * 100.0,
             this.records_per_sec,
             base.records_per_sec,
             this.commit_ms_p50,
@@ -691,7 +691,7 @@ fn write_results(
         let per_round = round_ratios(&remote.all_records_per_sec, &local.all_records_per_sec);
         println!(
             "  {name:>12}: object-store table at {:.0}% of the local table's throughput (median of the per-round ratios); medians {:.0} vs {:.0} records/s; commit p50 {:.0} vs {:.0} ms, p99 {:.0} vs {:.0} ms",
-            median(&per_round) * 100.0,
+            crate::stats::median_f64(&per_round) * 100.0,
             remote.records_per_sec,
             local.records_per_sec,
             remote.commit_ms_p50,
@@ -710,13 +710,6 @@ fn write_results(
 /// Round by round, `a`'s rate over `b`'s (the two ran back to back on the same stream).
 fn round_ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(a, b)| a / b).collect()
-}
-
-/// The median of `values` (the upper one of an even count; 0 for none).
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The suffix of an interval run with metrics on (`--metrics`).

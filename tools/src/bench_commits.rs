@@ -59,24 +59,6 @@ fn parse_ms(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{text:?} is not a duration such as 200ms"))
 }
 
-/// The median of `v` (sorted in place).
-fn median(v: &mut [u64]) -> u64 {
-    v.sort_unstable();
-    if v.is_empty() {
-        0
-    } else {
-        v[v.len() / 2]
-    }
-}
-
-fn percentile(v: &mut [u64], p: f64) -> u64 {
-    v.sort_unstable();
-    if v.is_empty() {
-        return 0;
-    }
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
 /// Runs the bench.
 pub async fn run(o: CommitBenchOptions) -> anyhow::Result<()> {
     if o.dir.exists() {
@@ -213,7 +195,10 @@ pub async fn run(o: CommitBenchOptions) -> anyhow::Result<()> {
     };
     let last = o.commits.saturating_sub(o.window);
     let (mut early, mut late) = (window(100.min(o.commits)), window(last));
-    let (m_early, m_late) = (median(&mut early), median(&mut late));
+    early.sort_unstable();
+    late.sort_unstable();
+    let q = |v: &[u64], p: f64| crate::stats::percentile(v, p).unwrap_or(0);
+    let (m_early, m_late) = (q(&early, 0.5), q(&late, 0.5));
     let ratio = m_late as f64 / m_early.max(1) as f64;
     println!(
         "bench-commits: {} commits every {:?}, checkpoint every {} commits, compaction every {}, {} rows each ({:.0} s)",
@@ -227,15 +212,15 @@ pub async fn run(o: CommitBenchOptions) -> anyhow::Result<()> {
     println!(
         "  around commit 100:   p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  ({} commits)",
         m_early as f64 / 1000.0,
-        percentile(&mut early, 0.9) as f64 / 1000.0,
-        percentile(&mut early, 0.99) as f64 / 1000.0,
+        q(&early, 0.9) as f64 / 1000.0,
+        q(&early, 0.99) as f64 / 1000.0,
         early.len()
     );
     println!(
         "  around commit {last}: p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  ({} commits)",
         m_late as f64 / 1000.0,
-        percentile(&mut late, 0.9) as f64 / 1000.0,
-        percentile(&mut late, 0.99) as f64 / 1000.0,
+        q(&late, 0.9) as f64 / 1000.0,
+        q(&late, 0.99) as f64 / 1000.0,
         late.len()
     );
     println!(

@@ -63,14 +63,6 @@ struct LagReport {
     replicate_summary: serde_json::Value,
 }
 
-fn percentile<T: Copy + PartialOrd>(sorted: &[T], p: f64) -> Option<T> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied()
-}
-
 fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
     let log_file =
         std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
@@ -257,11 +249,11 @@ table_uri = "replica"
         samples: versions.len(),
         source_versions: last_version.saturating_sub(first_version.unwrap_or(0)),
         commits_per_s: last_version.saturating_sub(first_version.unwrap_or(0)) as f64 / measured_s,
-        versions_behind_p50: percentile(&versions, 0.5).unwrap_or(0),
-        versions_behind_p99: percentile(&versions, 0.99).unwrap_or(0),
+        versions_behind_p50: crate::stats::percentile(&versions, 0.5).unwrap_or(0),
+        versions_behind_p99: crate::stats::percentile(&versions, 0.99).unwrap_or(0),
         versions_behind_max: versions.last().copied().unwrap_or(0),
-        seconds_behind_p50: percentile(&seconds, 0.5).unwrap_or(0.0),
-        seconds_behind_p99: percentile(&seconds, 0.99).unwrap_or(0.0),
+        seconds_behind_p50: crate::stats::percentile(&seconds, 0.5).unwrap_or(0.0),
+        seconds_behind_p99: crate::stats::percentile(&seconds, 0.99).unwrap_or(0.0),
         seconds_behind_max: seconds.last().copied().unwrap_or(0.0),
         records_produced: produced.load(Ordering::Relaxed),
         replicate_summary,

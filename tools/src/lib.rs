@@ -24,3 +24,4 @@ pub mod demo;
 pub mod drill;
 pub mod mirror;
 pub mod produce;
+pub mod stats;
