@@ -337,6 +337,24 @@ pub fn read_string_column(
     Ok(out)
 }
 
+/// The projection reading only the leaf columns named `columns` (an error names one missing).
+fn projection(
+    schema: &parquet::schema::types::SchemaDescriptor,
+    columns: &[&str],
+) -> Result<ProjectionMask, String> {
+    let indices: Vec<usize> = columns
+        .iter()
+        .map(|c| {
+            schema
+                .columns()
+                .iter()
+                .position(|d| d.path().string() == *c)
+                .ok_or_else(|| format!("column {c} missing"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(ProjectionMask::leaves(schema, indices))
+}
+
 fn for_each_batch(
     table_dir: &Path,
     files: &BTreeSet<String>,
@@ -355,18 +373,7 @@ fn for_each_batch(
         })?;
         let builder =
             ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| perr(e.to_string()))?;
-        let schema = builder.parquet_schema();
-        let indices: Vec<usize> = columns
-            .iter()
-            .map(|c| {
-                schema
-                    .columns()
-                    .iter()
-                    .position(|d| d.path().string() == *c)
-                    .ok_or_else(|| perr(format!("column {c} missing")))
-            })
-            .collect::<Result<_, _>>()?;
-        let mask = ProjectionMask::leaves(schema, indices);
+        let mask = projection(builder.parquet_schema(), columns).map_err(perr)?;
         let reader = builder
             .with_projection(mask)
             .build()

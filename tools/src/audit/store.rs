@@ -13,7 +13,6 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
-use parquet::arrow::ProjectionMask;
 use tidemark_connectors::parquet_file::StoreFileReader;
 use tidemark_connectors::table_store::TableStore;
 
@@ -105,18 +104,7 @@ async fn for_each_batch(
         let builder = ParquetRecordBatchStreamBuilder::new(reader)
             .await
             .map_err(|e| perr(e.to_string()))?;
-        let schema = builder.parquet_schema();
-        let indices: Vec<usize> = columns
-            .iter()
-            .map(|c| {
-                schema
-                    .columns()
-                    .iter()
-                    .position(|d| d.path().string() == *c)
-                    .ok_or_else(|| perr(format!("column {c} missing")))
-            })
-            .collect::<Result<_, _>>()?;
-        let mask = ProjectionMask::leaves(schema, indices);
+        let mask = super::projection(builder.parquet_schema(), columns).map_err(perr)?;
         let mut batches = builder
             .with_projection(mask)
             .build()
