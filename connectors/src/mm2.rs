@@ -202,20 +202,22 @@ fn put_string(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(bytes);
 }
 
+/// A record's key and value, both required (`what` names the record kind in the error).
+fn key_and_value<'a>(
+    what: &'static str,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+) -> Result<(&'a [u8], &'a [u8]), Mm2DecodeError> {
+    let missing = |part| Mm2DecodeError::Missing { what, part };
+    Ok((key.ok_or(missing("key"))?, value.ok_or(missing("value"))?))
+}
+
 /// Decodes an offset-syncs record (key and value as stored).
 pub fn decode_offset_sync(
     key: Option<&[u8]>,
     value: Option<&[u8]>,
 ) -> Result<OffsetSync, Mm2DecodeError> {
-    const WHAT: &str = "offset sync";
-    let key = key.ok_or(Mm2DecodeError::Missing {
-        what: WHAT,
-        part: "key",
-    })?;
-    let value = value.ok_or(Mm2DecodeError::Missing {
-        what: WHAT,
-        part: "value",
-    })?;
+    let (key, value) = key_and_value("offset sync", key, value)?;
     let mut k = Reader {
         bytes: key,
         what: "offset sync key",
@@ -254,15 +256,7 @@ pub fn decode_checkpoint(
     key: Option<&[u8]>,
     value: Option<&[u8]>,
 ) -> Result<Checkpoint, Mm2DecodeError> {
-    const WHAT: &str = "checkpoint";
-    let key = key.ok_or(Mm2DecodeError::Missing {
-        what: WHAT,
-        part: "key",
-    })?;
-    let value = value.ok_or(Mm2DecodeError::Missing {
-        what: WHAT,
-        part: "value",
-    })?;
+    let (key, value) = key_and_value("checkpoint", key, value)?;
     let mut v = Reader {
         bytes: value,
         what: "checkpoint value",
