@@ -25,6 +25,7 @@ use tidemark_connectors::parquet_file;
 use tidemark_connectors::table_store::{put_settled, ConditionalPut};
 use tracing::{debug, info, warn};
 
+use crate::lag::now_ms;
 use crate::location::TableLocation;
 use crate::log::{commit_file_name, LogError, LogListing};
 use crate::snapshot::Snapshot;
@@ -122,13 +123,6 @@ pub fn plan_bins(files: &[(String, u64)], target: u64) -> Vec<Vec<String>> {
         .filter(|(_, p)| p.len() >= 2)
         .map(|(_, p)| p)
         .collect()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 async fn newest_snapshot(location: &TableLocation) -> Result<Snapshot, OptimizeError> {
