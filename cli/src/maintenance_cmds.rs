@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use tidemark_engine::config::PipelineConfig;
 use tidemark_table::vacuum::{self, Kept, Promises};
-use tidemark_table::{open_store, LogListing};
+use tidemark_table::open_store;
 
 /// Compact a table's small data files into files of about `--target-size`: ONE commit that
 /// removes them and adds the merged files (`dataChange = false`: the rows do not change).
@@ -136,11 +136,11 @@ pub async fn vacuum(args: VacuumArgs) -> anyhow::Result<()> {
         );
     }
     for r in replicas {
-        let replica = open_store(&r)?;
-        let listing = LogListing::list(&replica).await?;
-        promises
-            .replicas
-            .push((r.clone(), listing.newest_version()));
+        let newest = tidemark_engine::maintenance::replica_newest_version(&r)
+            .await
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("read the replica {r}"))?;
+        promises.replicas.push((r.clone(), newest));
     }
     for dir in &backup_dirs {
         let newest = tidemark_engine::maintenance::newest_backup_version(dir)

@@ -159,7 +159,7 @@ impl LogMaintenance {
         }
         let replica_at = match &self.replica {
             None => None,
-            Some(replica) => match replica_newest_version(replica).await {
+            Some(replica) => match replica_newest_version(replica.as_str()).await {
                 Ok(v) => Some(v.unwrap_or(0)),
                 Err(e) => {
                     warn!(table = %sink.uri(), replica = %replica, "cannot read the replica's version; not cleaning up the log this time: {e}");
@@ -219,10 +219,11 @@ async fn is_empty_prefix(location: &tidemark_table::TableLocation) -> bool {
         .is_ok_and(|l| l.objects.is_empty() && l.common_prefixes.is_empty())
 }
 
-/// The newest version of the replica at `url` (`None`: empty).
-async fn replica_newest_version(url: &Url) -> Result<Option<u64>, String> {
-    let location = tidemark_table::open_store(url.as_str()).map_err(|e| e.to_string())?;
-    let listing = tidemark_table::LogListing::list(&location)
+/// The newest version of the replica at `url` (`None`: empty): listed from its newest
+/// checkpoint on (`LogListing::list_newest`), not its whole history.
+pub async fn replica_newest_version(url: &str) -> Result<Option<u64>, String> {
+    let location = tidemark_table::open_store(url).map_err(|e| e.to_string())?;
+    let listing = tidemark_table::LogListing::list_newest(&location)
         .await
         .map_err(|e| e.to_string())?;
     Ok(listing.newest_version())
