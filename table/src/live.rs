@@ -127,13 +127,7 @@ pub async fn live_files(
     }
     let mut added_in = BTreeMap::new();
     let mut table_id = None;
-    let from = listing
-        .replay_from(version)
-        .map_err(|reason| LiveError::NotReplayable {
-            table: table.clone(),
-            version,
-            reason,
-        })?;
+    let from = replay_start(listing, &table, version)?;
     let (mut snapshot, base, first) = match from {
         ReplayFrom::Commits => (Snapshot::default(), Base::Commits, 0),
         ReplayFrom::Checkpoint(cp, parts) => {
@@ -219,4 +213,21 @@ async fn checkpoint_metadata_id(
         }
     }
     None
+}
+
+/// Where replaying the log up to `version` starts, or why it cannot (shared by the live-file
+/// replay and the restore's log state).
+#[allow(clippy::result_large_err)] // the module's one error type, as its async functions return
+pub(crate) fn replay_start<'a>(
+    listing: &'a LogListing,
+    table: &str,
+    version: u64,
+) -> Result<ReplayFrom<'a>, LiveError> {
+    listing
+        .replay_from(version)
+        .map_err(|reason| LiveError::NotReplayable {
+            table: table.to_string(),
+            version,
+            reason,
+        })
 }

@@ -93,13 +93,7 @@ impl LogState {
             });
         }
         let mut state = LogState::default();
-        let from = listing
-            .replay_from(version)
-            .map_err(|reason| LiveError::NotReplayable {
-                table: table.clone(),
-                version,
-                reason,
-            })?;
+        let from = crate::live::replay_start(listing, &table, version)?;
         let first = match from {
             ReplayFrom::Commits => 0,
             ReplayFrom::Checkpoint(cp, parts) => {
