@@ -164,9 +164,8 @@ fn failback(
     let cfg = |p: &Path| p.display().to_string();
     // The unreplicated tail, from the primary's own log (what failback must list).
     let primary_replay = audit::replay_log(primary_table)?;
-    let tail: Vec<u64> = ((replica_version + 1).max(0) as u64..=primary_version.max(0) as u64)
-        .filter(|v| *v as i64 > replica_version)
-        .collect();
+    let tail: Vec<u64> =
+        ((replica_version + 1).max(0) as u64..=primary_version.max(0) as u64).collect();
     let tail_rows: u64 = primary_replay
         .epochs
         .iter()
@@ -475,22 +474,32 @@ fn table_version(table: &Path) -> i64 {
 }
 
 /// Rows the table's Tidemark commits wrote, as their commitInfos say.
-fn rows_committed(table: &Path) -> u64 {
-    audit::replay_log(table)
-        .map(|r| r.epochs.iter().map(|(_, info)| info.rows_written).sum())
-        .unwrap_or(0)
+fn rows_committed(replay: &audit::LogReplay) -> u64 {
+    replay
+        .epochs
+        .iter()
+        .map(|(_, info)| info.rows_written)
+        .sum()
 }
 
 /// How many partitions the table's newest Tidemark commit has read from.
-fn partitions_read(table: &Path) -> usize {
-    audit::replay_log(table)
-        .ok()
-        .and_then(|r| {
-            r.epochs
-                .last()
-                .map(|(_, info)| info.end_positions.iter().count())
-        })
-        .unwrap_or(0)
+fn partitions_read(replay: &audit::LogReplay) -> usize {
+    replay
+        .epochs
+        .last()
+        .map_or(0, |(_, info)| info.end_positions.iter().count())
+}
+
+/// True once the replica holds what the kill waits for: enough versions, every partition read,
+/// enough rows (one replay of its log per look).
+fn replica_ready(replica_table: &Path, options: &DrillOptions) -> bool {
+    let Ok(replay) = audit::replay_log(replica_table) else {
+        return false;
+    };
+    replay.version >= options.kill_after_replicated_epochs.max(1)
+        && partitions_read(&replay) >= options.partitions as usize
+        && (options.kill_after_replicated_rows == 0
+            || rows_committed(&replay) >= options.kill_after_replicated_rows)
 }
 
 /// Every id of the table's live rows with its count.
@@ -699,11 +708,7 @@ async fn drill_round(
     // (Every partition must have been read once: a partition the replica's progress does not
     // know starts at its beginning on the mirror, and the pre-seeded records there are not
     // the primary's; a real mirror's beginning is the source's.)
-    while table_version(&replica_table) < options.kill_after_replicated_epochs.max(1)
-        || partitions_read(&replica_table) < options.partitions as usize
-        || (options.kill_after_replicated_rows > 0
-            && rows_committed(&replica_table) < options.kill_after_replicated_rows)
-    {
+    while !replica_ready(&replica_table, options) {
         if Instant::now() > deadline {
             bail!(
                 "the replica got too few pipeline commits within its time (see {})",
