@@ -310,15 +310,16 @@ async fn prune(dir: String, keep_full: usize, dry_run: bool) -> anyhow::Result<(
 }
 
 async fn prune_in(backups: &BackupDir, keep_full: usize, dry_run: bool) -> anyhow::Result<()> {
+    let catalog = backups.scan().await?.catalog;
     if dry_run {
-        let plan = backups.scan().await?.catalog.prune_plan(keep_full);
+        let plan = catalog.prune_plan(keep_full);
         for id in &plan.delete {
             println!("would delete {id}");
         }
         println!("would keep {} backups", plan.keep.len());
         return Ok(());
     }
-    let deleted = prune_locked(backups, keep_full).await?;
+    let deleted = prune_locked(backups, &catalog, keep_full).await?;
     for id in &deleted {
         println!("deleted {id}");
     }

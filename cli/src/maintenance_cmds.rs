@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use tidemark_engine::config::PipelineConfig;
-use tidemark_table::vacuum::{self, Kept, Promises};
 use tidemark_table::open_store;
+use tidemark_table::vacuum::{self, Kept, Promises};
 
 /// Compact a table's small data files into files of about `--target-size`: ONE commit that
 /// removes them and adds the merged files (`dataChange = false`: the rows do not change).

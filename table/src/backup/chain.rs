@@ -134,6 +134,11 @@ impl Catalog {
         }
     }
 
+    /// Adds a backup just written (so a prune right after it needs no second scan).
+    pub fn insert(&mut self, manifest: Manifest) {
+        self.backups.insert(manifest.id.clone(), manifest);
+    }
+
     /// Every backup, oldest id first.
     pub fn backups(&self) -> impl Iterator<Item = &Manifest> {
         self.backups.values()

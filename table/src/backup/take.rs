@@ -248,7 +248,7 @@ async fn take_locked(
                 elapsed_ms: 0,
                 pruned: vec![],
             };
-            report.pruned = prune_after(backup_dir, options).await?;
+            report.pruned = prune_after(backup_dir, &scan.catalog, options).await?;
             report.elapsed_ms = started.elapsed().as_millis() as u64;
             return Ok(report);
         }
@@ -315,24 +315,33 @@ async fn take_locked(
         elapsed_ms: 0,
         pruned: vec![],
     };
-    report.pruned = prune_after(backup_dir, options).await?;
+    // The directory is locked: its catalog is the scan's plus this backup.
+    let mut catalog = scan.catalog;
+    catalog.insert(manifest);
+    report.pruned = prune_after(backup_dir, &catalog, options).await?;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
 
 async fn prune_after(
     dir: &BackupDir,
+    catalog: &Catalog,
     options: BackupOptions,
 ) -> Result<Vec<BackupId>, BackupError> {
     match options.keep_full {
-        Some(k) => Ok(prune_locked(dir, k).await?),
+        Some(k) => Ok(prune_locked(dir, catalog, k).await?),
         None => Ok(vec![]),
     }
 }
 
-/// Deletes what [`Catalog::prune_plan`] says, in a directory already locked exclusively.
-pub async fn prune_locked(dir: &BackupDir, keep_full: usize) -> Result<Vec<BackupId>, DirError> {
-    let plan = dir.scan().await?.catalog.prune_plan(keep_full);
+/// Deletes what [`Catalog::prune_plan`] says, in a directory already locked exclusively whose
+/// backups `catalog` lists (scanned under that lock).
+pub async fn prune_locked(
+    dir: &BackupDir,
+    catalog: &Catalog,
+    keep_full: usize,
+) -> Result<Vec<BackupId>, DirError> {
+    let plan = catalog.prune_plan(keep_full);
     for id in &plan.broken {
         tracing::warn!(
             "backup {id} has a broken chain (a backup it needs is missing): kept, look at it"
