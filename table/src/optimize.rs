@@ -199,7 +199,7 @@ pub async fn optimize(
         report.bytes_after = report.bytes_before;
         return Ok(report);
     }
-    let result = commit(location, &removed, &adds, &mut report, options).await;
+    let result = commit(location, snapshot, &removed, &adds, &mut report, options).await;
     if result.is_err() {
         // Only files no version references are deleted: if the table cannot be read now, the
         // written files stay (unreferenced files are vacuum's; a referenced one must never go).
@@ -220,10 +220,18 @@ pub async fn optimize(
             }
         }
     }
-    result?;
-    let after = newest_snapshot(location).await?;
-    report.files_after = after.files.len() as u64;
-    report.bytes_after = after.files.values().map(|a| a.size).sum();
+    // The table as this commit left it: the state it was written on, less what it removed,
+    // plus what it added (no second read of the log).
+    let won = result?;
+    let size_of = |a: &serde_json::Value| a["add"]["size"].as_u64().unwrap_or(0);
+    report.files_after = (won.files.len() - removed.len() + adds.len()) as u64;
+    report.bytes_after = won.files.values().map(|a| a.size).sum::<u64>()
+        - removed
+            .iter()
+            .filter_map(|p| won.files.get(p))
+            .map(|a| a.size)
+            .sum::<u64>()
+        + adds.iter().map(size_of).sum::<u64>();
     report.removed = removed.len() as u64;
     report.added = adds.len() as u64;
     info!(table = %table, version = ?report.version, removed = report.removed, added = report.added, files_before = report.files_before, files_after = report.files_after, conflicts = report.conflicts, "optimize committed");
@@ -292,16 +300,24 @@ async fn merge_bin(
 }
 
 /// Commits the compaction at the next free version (see the module documentation).
+///
+/// The first try is on `planned` (the state the plan was made on); a lost race re-reads the
+/// table. Returns the state the commit was written on.
 async fn commit(
     location: &TableLocation,
+    planned: Snapshot,
     removed: &BTreeSet<String>,
     adds: &[serde_json::Value],
     report: &mut OptimizeReport,
     options: OptimizeOptions,
-) -> Result<(), OptimizeError> {
+) -> Result<Snapshot, OptimizeError> {
     let table = location.to_string();
+    let mut planned = Some(planned);
     for attempt in 1..=MAX_ATTEMPTS {
-        let snapshot = newest_snapshot(location).await?;
+        let snapshot = match planned.take() {
+            Some(s) => s,
+            None => newest_snapshot(location).await?,
+        };
         let gone: Vec<&String> = removed
             .iter()
             .filter(|p| !snapshot.files.contains_key(*p))
@@ -363,7 +379,7 @@ async fn commit(
         {
             Ok(ConditionalPut::Written) => {
                 report.version = Some(version);
-                return Ok(());
+                return Ok(snapshot);
             }
             Ok(ConditionalPut::Refused) => {
                 report.conflicts += 1;
