@@ -99,12 +99,9 @@ pub fn log_needs(
     commits: &[(Commit, i64)],
     promises: &Promises,
 ) -> LogNeeds {
-    let mut live: BTreeMap<String, u64> = base
-        .files
-        .keys()
-        .map(|p| (p.clone(), base.version))
-        .collect();
-    let mut added_in: BTreeMap<String, u64> = live.clone();
+    let mut live: BTreeSet<String> = base.files.keys().cloned().collect();
+    let mut added_in: BTreeMap<String, u64> =
+        live.iter().map(|p| (p.clone(), base.version)).collect();
     let mut out = LogNeeds {
         newest: commits.last().map_or(base.version, |(c, _)| c.version),
         ..LogNeeds::default()
@@ -114,10 +111,10 @@ pub fn log_needs(
     } else {
         commits.first().map(|(c, _)| c.version)
     };
-    let at_version = |v: u64, live: &BTreeMap<String, u64>, out: &mut LogNeeds| {
+    let at_version = |v: u64, live: &BTreeSet<String>, out: &mut LogNeeds| {
         for (epoch, tv) in &promises.retained_checkpoints {
             if *tv == v {
-                for p in live.keys() {
+                for p in live {
                     out.needs
                         .entry(p.clone())
                         .or_default()
@@ -135,7 +132,7 @@ pub fn log_needs(
     for (commit, ts) in commits {
         for a in &commit.actions {
             match a {
-                Action::Remove(r) if live.remove(&r.path.decoded).is_some() => {
+                Action::Remove(r) if live.remove(&r.path.decoded) => {
                     out.removed_at_ms.insert(r.path.decoded.clone(), *ts);
                 }
                 Action::Txn { app_id, version } => {
@@ -145,7 +142,7 @@ pub fn log_needs(
             }
         }
         for add in commit.adds() {
-            live.insert(add.path.decoded.clone(), commit.version);
+            live.insert(add.path.decoded.clone());
             added_in.insert(add.path.decoded.clone(), commit.version);
             out.removed_at_ms.remove(&add.path.decoded);
         }
@@ -187,7 +184,7 @@ pub fn log_needs(
             }
         }
     }
-    out.live = live.into_keys().collect();
+    out.live = live;
     out
 }
 
