@@ -647,48 +647,35 @@ fn read_translations(
     let mut syncs = Vec::new();
     if let Some(alias) = &mm2.target_alias {
         let topic = mm2::offset_syncs_topic(alias);
-        match kafka_cluster::read_whole_topic(source, &topic, LOOKUP_TIMEOUT)? {
-            None => {
-                warn!(topic = %topic, brokers = %source.brokers, "MirrorMaker 2's offset-syncs topic does not exist on the new cluster (MM2 writes it there only with offset-syncs.topic.location = target): starting by time")
-            }
-            Some(records) => {
-                for (i, (k, v)) in records.iter().enumerate() {
-                    match mm2::decode_offset_sync(k.as_deref(), v.as_deref()) {
-                        Ok(s) if wanted(&s.topic) => syncs.push(s),
-                        Ok(_) => {}
-                        Err(e) => {
-                            read.undecodable += 1;
-                            warn!(topic = %topic, record = i, "skipping an offset sync: {e}");
-                        }
-                    }
-                }
-                read.offset_syncs = Some(syncs.len() as u64);
-            }
+        let missing = "MirrorMaker 2's offset-syncs topic does not exist on the new cluster (MM2 writes it there only with offset-syncs.topic.location = target): starting by time";
+        if let Some(kept) = read_mm2_topic(
+            source,
+            &topic,
+            missing,
+            mm2::decode_offset_sync,
+            |s| wanted(&s.topic),
+            &mut read.undecodable,
+        )? {
+            read.offset_syncs = Some(kept.len() as u64);
+            syncs = kept;
         }
         read.offset_syncs_topic = Some(topic);
     }
     let mut checkpoints = Vec::new();
     if let Some(alias) = &mm2.source_alias {
         let topic = mm2::checkpoints_topic(alias);
-        match kafka_cluster::read_whole_topic(source, &topic, LOOKUP_TIMEOUT)? {
-            None => {
-                warn!(topic = %topic, brokers = %source.brokers, "MirrorMaker 2's checkpoints topic does not exist on the new cluster: starting by time")
-            }
-            Some(records) => {
-                for (i, (k, v)) in records.iter().enumerate() {
-                    match mm2::decode_checkpoint(k.as_deref(), v.as_deref()) {
-                        Ok(c) if wanted(&c.topic) && Some(&c.group) == mm2.group.as_ref() => {
-                            checkpoints.push(c)
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            read.undecodable += 1;
-                            warn!(topic = %topic, record = i, "skipping a checkpoint: {e}");
-                        }
-                    }
-                }
-                read.checkpoints = Some(checkpoints.len() as u64);
-            }
+        let missing =
+            "MirrorMaker 2's checkpoints topic does not exist on the new cluster: starting by time";
+        if let Some(kept) = read_mm2_topic(
+            source,
+            &topic,
+            missing,
+            mm2::decode_checkpoint,
+            |c| wanted(&c.topic) && Some(&c.group) == mm2.group.as_ref(),
+            &mut read.undecodable,
+        )? {
+            read.checkpoints = Some(kept.len() as u64);
+            checkpoints = kept;
         }
         read.checkpoints_topic = Some(topic);
         read.group = mm2.group.clone();
@@ -702,6 +689,35 @@ fn read_translations(
         Translations::new(&syncs, &checkpoints, mm2.group.as_deref()),
         read,
     ))
+}
+
+/// The records of MM2's `topic` on the new cluster that `decode` reads and `keep` wants
+/// (`None`, logged with `missing`, when the topic does not exist); an undecodable record is
+/// skipped, logged and counted in `undecodable`.
+fn read_mm2_topic<T, E: std::fmt::Display>(
+    source: &tidemark_connectors::kafka::KafkaSourceConfig,
+    topic: &str,
+    missing: &str,
+    decode: impl Fn(Option<&[u8]>, Option<&[u8]>) -> Result<T, E>,
+    keep: impl Fn(&T) -> bool,
+    undecodable: &mut u64,
+) -> Result<Option<Vec<T>>, KafkaSourceError> {
+    let Some(records) = kafka_cluster::read_whole_topic(source, topic, LOOKUP_TIMEOUT)? else {
+        warn!(topic = %topic, brokers = %source.brokers, "{missing}");
+        return Ok(None);
+    };
+    let mut kept = Vec::new();
+    for (i, (k, v)) in records.iter().enumerate() {
+        match decode(k.as_deref(), v.as_deref()) {
+            Ok(t) if keep(&t) => kept.push(t),
+            Ok(_) => {}
+            Err(e) => {
+                *undecodable += 1;
+                warn!(topic = %topic, record = i, "skipping an undecodable MirrorMaker 2 record: {e}");
+            }
+        }
+    }
+    Ok(Some(kept))
 }
 
 /// Reads what the primary table committed beyond the replica (its lag at the failure).
