@@ -143,6 +143,10 @@ enum Command {
     /// Measure Delta commit latency as the log grows (commit 100 against the last one), with
     /// the pipeline's checkpoints every N commits; writes commits.csv.
     BenchCommits(tidemark_tools::bench_commits::CommitBenchOptions),
+    /// Read a topic with a plain consumer and nothing else (the broker's consume ceiling that
+    /// `tidemark bench` measures beside the pipeline); prints one JSON summary line.
+    #[command(hide = true)]
+    BenchConsume(tidemark_tools::consume_ceiling::ConsumeOptions),
     // The help texts are the args' doc comments (cli/src/maintenance_cmds.rs).
     Optimize(maintenance_cmds::OptimizeArgs),
     Vacuum(maintenance_cmds::VacuumArgs),
@@ -219,6 +223,14 @@ pub fn main() -> ExitCode {
             Command::BenchCommits(options) => tidemark_tools::bench_commits::run(options)
                 .await
                 .map(|()| ExitCode::SUCCESS),
+            Command::BenchConsume(options) => {
+                let summary = tokio::task::spawn_blocking(move || {
+                    tidemark_tools::consume_ceiling::run(&options)
+                })
+                .await??;
+                println!("{}", serde_json::to_string(&summary)?);
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Optimize(args) => maintenance_cmds::optimize(args)
                 .await
                 .map(|()| ExitCode::SUCCESS),

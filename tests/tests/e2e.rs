@@ -449,6 +449,13 @@ fn bench_measures_each_interval_and_writes_table_csv_json_svg() {
     assert_eq!(csv.lines().count(), 3, "{csv}");
     let svg = std::fs::read_to_string(bench.join("bench.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"), "{svg}");
+    // The plain consumer's ceiling, one run per round (3 by default), each a real rate.
+    assert!(stdout.contains("of the plain consumer"), "{stdout}");
+    let ceiling: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bench.join("ceiling.json")).unwrap()).unwrap();
+    let runs = ceiling["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{ceiling}");
+    assert!(runs.iter().all(|r| r.as_f64().unwrap() > 0.0), "{ceiling}");
     // Every run, crashed or not, and with or without checkpoints, holds the stream exactly once.
     let ends: std::collections::BTreeMap<(String, i32), i64> =
         (0..4).map(|p| (("bench".to_string(), p), 10_000)).collect();

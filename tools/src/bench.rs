@@ -96,6 +96,11 @@ pub struct BenchOptions {
     /// local-disk table's. Each run writes a fresh table under the prefix (left there).
     #[arg(long)]
     pub table_uri: Option<String>,
+    /// Skip the plain consumer run of each round (`tidemark bench-consume`: the same topic
+    /// read by a consumer that does nothing else, the broker's consume ceiling every row is
+    /// also given as a share of).
+    #[arg(long)]
+    pub no_ceiling: bool,
 }
 
 /// One interval's measurements.
@@ -322,7 +327,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     };
     let rounds = options.repeat.max(1);
     let variants = variants(&intervals, &options);
-    let runs = throughput_runs(&setup, &variants, rounds, options.dedup_lateness_ms)?;
+    let (runs, ceiling) = throughput_runs(
+        &setup,
+        &variants,
+        rounds,
+        options.dedup_lateness_ms,
+        !options.no_ceiling,
+    )?;
     let mut rows = Vec::new();
     for (variant, these) in variants.iter().zip(runs) {
         let mut row = median_row(&setup, variant, these);
@@ -331,7 +342,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         }
         rows.push(row);
     }
-    write_results(&setup, &rows, rounds, options.record_bytes)
+    write_results(&setup, &rows, rounds, options.record_bytes, &ceiling)
 }
 
 /// `--intervals`, e.g. `50ms,200ms,1s,5s,none`.
@@ -404,16 +415,28 @@ fn produce_stream(
 }
 
 /// Throughput runs, interleaved by round so a slow moment of the machine hits every interval
-/// alike. Each run must read the whole stream.
+/// alike. Each run must read the whole stream. With `ceiling`, each round starts with a plain
+/// consumer run (records/s of each returned beside the runs).
 fn throughput_runs(
     setup: &Setup,
     variants: &[Variant],
     rounds: usize,
     lateness_ms: u64,
-) -> anyhow::Result<Runs> {
+    ceiling: bool,
+) -> anyhow::Result<(Runs, Vec<f64>)> {
     let produced = setup.produced;
     let mut runs: Runs = vec![Vec::new(); variants.len()];
+    let mut ceiling_rates = Vec::new();
     for round in 0..rounds {
+        if ceiling {
+            let rate = consume_run(setup)?;
+            eprintln!(
+                "  round {}/{rounds} {:>12}: {rate:.0} records/s",
+                round + 1,
+                "consumer"
+            );
+            ceiling_rates.push(rate);
+        }
         for (i, v) in variants.iter().enumerate() {
             let name = &v.name;
             let run_dir = setup.dir.join(format!("run-{name}"));
@@ -464,7 +487,42 @@ fn throughput_runs(
             runs[i].push((wall, summary));
         }
     }
-    Ok(runs)
+    Ok((runs, ceiling_rates))
+}
+
+/// One plain consumer run over the whole stream (`tidemark bench-consume` as a child, timed
+/// from its start to its exit like a pipeline run); its records/s.
+fn consume_run(setup: &Setup) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let out = Command::new(&setup.exe)
+        .arg("bench-consume")
+        .args(["--brokers", &setup.brokers, "--topic", &setup.topic])
+        .args(["--expect", &setup.produced.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {} bench-consume", setup.exe.display()))?;
+    let wall = t0.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "the plain consumer run failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .context("no summary line from the plain consumer run")?;
+    let read = summary["records"].as_u64().unwrap_or(0);
+    if read != setup.produced {
+        bail!(
+            "the plain consumer read {read} records, {} were produced",
+            setup.produced
+        );
+    }
+    Ok(read as f64 / wall)
 }
 
 /// One interval's row from its throughput runs: the median run, with every run's rate.
@@ -592,6 +650,7 @@ fn write_results(
     rows: &[BenchRow],
     rounds: usize,
     record_bytes: usize,
+    ceiling: &[f64],
 ) -> anyhow::Result<()> {
     let dir = &setup.dir;
     let table = render_table(rows);
@@ -700,9 +759,41 @@ fn write_results(
             local.commit_ms_p99,
         );
     }
+    if !ceiling.is_empty() {
+        let median = crate::stats::median_f64(ceiling);
+        println!(
+            "  plain consumer (the broker's consume ceiling, nothing else done): {median:.0} records/s (median of {rounds}; runs: {})",
+            ceiling
+                .iter()
+                .map(|v| format!("{v:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for r in rows {
+            let per_round = round_ratios(&r.all_records_per_sec, ceiling);
+            println!(
+                "  {:>12}: {:.0}% of the plain consumer (median of the per-round ratios)",
+                r.interval,
+                crate::stats::median_f64(&per_round) * 100.0
+            );
+        }
+        std::fs::write(
+            dir.join("ceiling.json"),
+            serde_json::to_string_pretty(&serde_json::json!({
+                "what": "records/s of a plain consumer reading the whole stream (tidemark bench-consume), one run per round",
+                "runs": ceiling,
+                "median": median,
+            }))?,
+        )?;
+    }
     println!(
-        "results: {0}/bench.csv, {0}/bench.json, plot {0}/bench.svg",
-        dir.display()
+        "results: {0}/bench.csv, {0}/bench.json, plot {0}/bench.svg{1}",
+        dir.display(),
+        if ceiling.is_empty() {
+            ""
+        } else {
+            ", ceiling.json"
+        }
     );
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! - [`bench_replicate`]: `tidemark bench-replicate`, replication lag behind a running pipeline.
 //! - [`drill`]: `tidemark drill`, a regional DR drill (two clusters, mirror, SIGKILL, failover).
 //! - [`mirror`]: a topic mirror between two clusters (keys, values, timestamps; not offsets).
+//! - [`consume_ceiling`]: `tidemark bench-consume`, a plain consumer: the broker's ceiling.
 //! - [`child_log`]: reading what a pipeline child process logged.
 //! - [`produce`]: a retrying send shared by the demo, the bench and the tests.
 //!
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod bench_commits;
 pub mod bench_replicate;
 pub mod child_log;
+pub mod consume_ceiling;
 pub mod demo;
 pub mod drill;
 pub mod mirror;
