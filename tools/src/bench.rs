@@ -964,6 +964,7 @@ fn run_child_killed(
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()
+        .map(crate::child::KillOnDrop::new)
         .with_context(|| format!("cannot run {}", exe.display()))?;
     let mut until = wait_for.is_none().then(|| Instant::now() + after);
     loop {

@@ -19,6 +19,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use serde::Serialize;
 
+use crate::child::KillOnDrop;
 use crate::produce::send_retrying;
 
 /// Options of `tidemark bench-replicate`.
@@ -63,7 +64,7 @@ struct LagReport {
     replicate_summary: serde_json::Value,
 }
 
-fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
+fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<KillOnDrop> {
     let log_file =
         std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     Command::new(exe)
@@ -72,6 +73,7 @@ fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<Child> {
         .stdout(Stdio::piped())
         .stderr(log_file)
         .spawn()
+        .map(KillOnDrop::new)
         .with_context(|| format!("cannot run {}", exe.display()))
 }
 

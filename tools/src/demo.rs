@@ -22,6 +22,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::util::Timeout;
 
 use crate::audit::{self, Coordinates};
+use crate::child::KillOnDrop;
 use crate::child_log::strip_ansi;
 
 const TOPIC: &str = "orders";
@@ -719,7 +720,7 @@ fn check_nothing_dropped(brokers: &str, produced: &Produced) -> anyhow::Result<(
     Ok(())
 }
 
-fn spawn_run(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
+fn spawn_run(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<KillOnDrop> {
     let log_file =
         std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     Command::new(exe)
@@ -730,6 +731,7 @@ fn spawn_run(exe: &Path, config: &Path, log: &Path) -> anyhow::Result<Child> {
         .stdout(Stdio::piped())
         .stderr(log_file)
         .spawn()
+        .map(KillOnDrop::new)
         .with_context(|| format!("cannot start {}", exe.display()))
 }
 

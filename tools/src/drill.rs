@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +31,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::audit;
+use crate::child::KillOnDrop;
 use crate::mirror::{seed_partitions, Mirror};
 use crate::produce::send_retrying;
 
@@ -433,31 +434,6 @@ fn write_config(
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// A child process SIGKILLed when dropped: a round that fails leaves nothing running.
-struct KillOnDrop(Child);
-
-impl std::ops::Deref for KillOnDrop {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for KillOnDrop {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<KillOnDrop> {
     let log_file = std::fs::File::create(log)?;
     Command::new(exe)
@@ -465,7 +441,7 @@ fn spawn(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<KillOnDrop> {
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()
-        .map(KillOnDrop)
+        .map(KillOnDrop::new)
         .with_context(|| format!("cannot start {} {}", exe.display(), args.join(" ")))
 }
 

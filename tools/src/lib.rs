@@ -10,6 +10,7 @@
 //! - [`drill`]: `tidemark drill`, a regional DR drill (two clusters, mirror, SIGKILL, failover).
 //! - [`mirror`]: a topic mirror between two clusters (keys, values, timestamps; not offsets).
 //! - [`consume_ceiling`]: `tidemark bench-consume`, a plain consumer: the broker's ceiling.
+//! - [`child`]: child processes killed when dropped still running.
 //! - [`child_log`]: reading what a pipeline child process logged.
 //! - [`produce`]: a retrying send shared by the demo, the bench and the tests.
 //!
@@ -20,6 +21,7 @@ pub mod audit;
 pub mod bench;
 pub mod bench_commits;
 pub mod bench_replicate;
+pub mod child;
 pub mod child_log;
 pub mod consume_ceiling;
 pub mod demo;
