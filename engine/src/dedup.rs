@@ -27,6 +27,20 @@
 //! after that entry fell below some watermark `<= w_c`, so after the filter each key is there
 //! once. (Property-tested below against a model with a crash at every point.)
 //!
+//! **A state still loading** ([`DedupState::loading`]). A restart with millions of keys would
+//! wait seconds for the store's entries to reach memory before its first verdict. Instead the
+//! state starts with the keys recovery has at hand (the WAL's changelog) in memory and the rest
+//! behind [`ColdKeys`]: the store, read in the background into a map of its own, and answering
+//! point lookups meanwhile. The state is then `memory ∪ {(k, t) in cold : t >= w}` for the
+//! current watermark `w`, and a check asks memory first, then the cold part (in batches:
+//! [`DedupState::prefetch`]). Exactness: a key accepted while loading is in neither part
+//! at or above `w` (that is what accepting means), so memory never holds a key the cold part
+//! holds at or above `w`; an eviction removes the keys below `w` from memory, and the cold
+//! part's are ignored by every later lookup since `w` only rises. When the load ends, its map
+//! is filtered by the current `w` and memory's entries are added over it (a key in both has
+//! the same time, from the changelog a store may already hold): the same set, now in one map.
+//! So no verdict depends on how far the load has come (property-tested below).
+//!
 //! Event times are microseconds since the Unix epoch.
 
 use std::collections::hash_map::Entry;
@@ -90,10 +104,37 @@ pub enum Verdict {
 /// restart loads state in.
 pub use tidemark_checkpoint::store::PackedKeys;
 
+/// The part of a [`DedupState`] not in memory yet: a restart's load of the store, still
+/// running (see the module documentation). Implemented over the checkpoint store by recovery,
+/// over a model in tests.
+pub trait ColdKeys: Send {
+    /// The event time of each of `keys` in the not-yet-loaded part (`None`: not there; a time
+    /// below the watermark counts as not there).
+    fn lookup(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<i64>>, ColdError>;
+    /// The not-yet-loaded part as a state of its own, once its load has ended (`None` while
+    /// it runs). Called until it returns a state, not after.
+    fn poll_loaded(&mut self) -> Result<Option<DedupState>, ColdError>;
+}
+
+/// A lookup in, or the load of, the not-yet-loaded part of the state failed: no verdict can be
+/// given (the message names the store and what failed).
+#[derive(Debug, thiserror::Error)]
+#[error("the dedup state still loading cannot be read: {0}")]
+pub struct ColdError(pub String);
+
+/// The not-yet-loaded part and what was looked up in it for the current batch.
+struct Cold {
+    keys: Box<dyn ColdKeys>,
+    /// Answers of the last [`DedupState::prefetch`]: key -> its time in the cold part.
+    probed: HashMap<DedupKey, Option<i64>, BuildHasherDefault<FxHasher>>,
+}
+
 /// The dedup state: keys with their event times, and the watermark in effect.
-#[derive(Debug, Default, Clone)]
+#[derive(Default)]
 pub struct DedupState {
     keys: KeyMap,
+    /// The part of the state still loading (see the module documentation); `None` once loaded.
+    cold: Option<Cold>,
     watermark: Option<i64>,
     /// No key in state has an event time below this (a lower bound, exact after each
     /// eviction): an advance that evicts nothing skips the scan of the whole map.
@@ -104,17 +145,109 @@ pub struct DedupState {
     batch_clock_ms: Option<i64>,
 }
 
+impl std::fmt::Debug for DedupState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DedupState")
+            .field("keys", &self.keys.len())
+            .field("loading", &self.cold.is_some())
+            .field("watermark", &self.watermark)
+            .finish()
+    }
+}
+
 impl DedupState {
     /// Empty state with room for `capacity` keys and `watermark` in effect: the start of a
     /// load from a checkpoint ([`DedupState::load`] each entry).
     pub fn with_capacity(capacity: usize, watermark: Option<i64>) -> Self {
         Self {
             keys: KeyMap::with_capacity_and_hasher(capacity, BuildHasherDefault::default()),
+            cold: None,
             watermark,
             oldest: i64::MAX,
             inserted: PackedKeys::default(),
             batch_clock_ms: None,
         }
+    }
+
+    /// A state still loading: `cold` holds what is not in memory yet (see the module
+    /// documentation); the changelog goes in with [`DedupState::load_changelog`] as usual.
+    pub fn loading(cold: Box<dyn ColdKeys>, watermark: Option<i64>) -> Self {
+        let mut state = Self::with_capacity(0, watermark);
+        state.cold = Some(Cold {
+            keys: cold,
+            probed: HashMap::default(),
+        });
+        state
+    }
+
+    /// True while part of the state is still loading.
+    pub fn is_loading(&self) -> bool {
+        self.cold.is_some()
+    }
+
+    /// Looks up in the part still loading, in one batch, the `keys` memory does not hold, so
+    /// the checks that follow need no lookup each. Takes in the loaded part first if its load
+    /// has ended. Nothing to do once loaded.
+    pub fn prefetch<'k>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> Result<(), ColdError> {
+        if !self.poll_loaded()? {
+            return Ok(());
+        }
+        let Some(cold) = self.cold.as_mut() else {
+            return Ok(());
+        };
+        cold.probed.clear();
+        let missing: Vec<&[u8]> = keys
+            .into_iter()
+            .filter(|k| !self.keys.contains_key(*k))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let times = cold.keys.lookup(&missing)?;
+        for (k, t) in missing.into_iter().zip(times) {
+            cold.probed.insert(DedupKey::from(k), t);
+        }
+        Ok(())
+    }
+
+    /// Takes in the loaded part if its load has ended; true while still loading.
+    fn poll_loaded(&mut self) -> Result<bool, ColdError> {
+        let Some(cold) = self.cold.as_mut() else {
+            return Ok(false);
+        };
+        let Some(mut loaded) = cold.keys.poll_loaded()? else {
+            return Ok(true);
+        };
+        // The loaded part at or above the current watermark, then memory's entries over it.
+        self.cold = None;
+        if loaded.watermark != self.watermark {
+            loaded.watermark = None;
+            loaded.advance(self.watermark);
+        }
+        let memory = std::mem::take(&mut self.keys);
+        for (k, t) in memory {
+            loaded.oldest = loaded.oldest.min(t);
+            loaded.keys.insert(k, t);
+        }
+        self.keys = loaded.keys;
+        self.oldest = self.oldest.min(loaded.oldest);
+        Ok(false)
+    }
+
+    /// The cold part's time for `key` (a lookup unless prefetched), `None` when not there at
+    /// or above the watermark.
+    fn cold_time(&mut self, key: &[u8]) -> Result<Option<i64>, ColdError> {
+        let Some(cold) = self.cold.as_mut() else {
+            return Ok(None);
+        };
+        let t = match cold.probed.get(key) {
+            Some(t) => *t,
+            None => cold.keys.lookup(&[key])?.into_iter().next().flatten(),
+        };
+        Ok(t.filter(|t| self.watermark.is_none_or(|w| *t >= w)))
     }
 
     /// Sets the wall clock (Unix ms) of the batch about to be decided: the value logged in the
@@ -173,7 +306,7 @@ impl DedupState {
         self.watermark
     }
 
-    /// Keys in state.
+    /// Keys in state (in memory: while loading, the keys not loaded yet are not counted).
     pub fn len(&self) -> usize {
         self.keys.len()
     }
@@ -183,15 +316,33 @@ impl DedupState {
         self.keys.is_empty()
     }
 
-    /// Decides one record.
-    pub fn check(&mut self, key: &[u8], event_time: i64) -> Verdict {
+    /// Decides one record. Fails only while the state is loading, when the part not loaded
+    /// yet cannot be read.
+    pub fn check(&mut self, key: &[u8], event_time: i64) -> Result<Verdict, ColdError> {
         if self.watermark.is_some_and(|w| event_time < w) {
-            return Verdict::Late;
+            return Ok(Verdict::Late);
         }
+        if self.cold.is_some() {
+            // Memory first, then the part still loading (module documentation).
+            if self.keys.contains_key(key) || self.cold_time(key)?.is_some() {
+                return Ok(Verdict::Duplicate);
+            }
+            self.keys.insert(DedupKey::from(key), event_time);
+        } else if let Some(v) = self.check_loaded(key, event_time) {
+            return Ok(v);
+        }
+        self.inserted.push(key, event_time);
+        self.oldest = self.oldest.min(event_time);
+        Ok(Verdict::Accept)
+    }
+
+    /// [`DedupState::check`] of a state all in memory: `Some(Duplicate)`, or `None` when the
+    /// key was new and is now in the map.
+    fn check_loaded(&mut self, key: &[u8], event_time: i64) -> Option<Verdict> {
         if key.len() <= INLINE_MAX {
             // One probe, and no allocation: an inline key is built on the stack.
             match self.keys.entry(DedupKey::from(key)) {
-                Entry::Occupied(_) => return Verdict::Duplicate,
+                Entry::Occupied(_) => return Some(Verdict::Duplicate),
                 Entry::Vacant(v) => {
                     v.insert(event_time);
                 }
@@ -199,17 +350,16 @@ impl DedupState {
         } else {
             // A long key is looked up as a slice first: a duplicate allocates nothing.
             if self.keys.contains_key(key) {
-                return Verdict::Duplicate;
+                return Some(Verdict::Duplicate);
             }
             self.keys.insert(DedupKey::from(key), event_time);
         }
-        self.inserted.push(key, event_time);
-        self.oldest = self.oldest.min(event_time);
-        Verdict::Accept
+        None
     }
 
     /// Moves the watermark to `to` (if higher) and evicts every key below it. Returns the
-    /// watermark now in effect.
+    /// watermark now in effect. (While loading, the part not loaded yet is filtered by the
+    /// watermark at each lookup and when it is taken in.)
     pub fn advance(&mut self, to: Option<i64>) -> Option<i64> {
         let before = self.watermark;
         self.watermark = match (self.watermark, to) {
@@ -238,7 +388,17 @@ impl DedupState {
         std::mem::take(&mut self.inserted).at_or_above(self.watermark)
     }
 
-    /// Every `(key, event_time)` in state, in no order (tests and tools).
+    /// Waits for the part still loading and takes it in (tests and tools: [`DedupState::entries`]
+    /// then lists the whole state).
+    pub fn finish_loading(&mut self) -> Result<(), ColdError> {
+        while self.poll_loaded()? {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
+    /// Every `(key, event_time)` in memory, in no order (tests and tools; while loading, the
+    /// part not loaded yet is not listed: [`DedupState::finish_loading`] first).
     pub fn entries(&self) -> impl Iterator<Item = (&[u8], i64)> + '_ {
         self.keys.iter().map(|(k, t)| (k.as_slice(), *t))
     }
@@ -363,13 +523,13 @@ mod tests {
     #[test]
     fn duplicates_and_late_records_are_told_apart() {
         let mut s = DedupState::default();
-        assert_eq!(s.check(b"a", 100), Verdict::Accept);
-        assert_eq!(s.check(b"a", 100), Verdict::Duplicate);
-        assert_eq!(s.check(b"a", 500), Verdict::Duplicate);
+        assert_eq!(s.check(b"a", 100).unwrap(), Verdict::Accept);
+        assert_eq!(s.check(b"a", 100).unwrap(), Verdict::Duplicate);
+        assert_eq!(s.check(b"a", 500).unwrap(), Verdict::Duplicate);
         s.advance(Some(200));
-        assert_eq!(s.check(b"b", 199), Verdict::Late);
+        assert_eq!(s.check(b"b", 199).unwrap(), Verdict::Late);
         assert_eq!(
-            s.check(b"a", 250),
+            s.check(b"a", 250).unwrap(),
             Verdict::Accept,
             "a was evicted below 200"
         );
@@ -397,6 +557,59 @@ mod tests {
         );
     }
 
+    /// The store's part of a state still loading, as a test model: lookups answer from
+    /// `store`; the load ends at the `loaded_after`-th poll with the entries at or above the
+    /// restart's watermark (what the scan of the time-ordered column family gives).
+    struct ModelCold {
+        store: std::collections::BTreeMap<Vec<u8>, i64>,
+        watermark: Option<i64>,
+        polls: usize,
+        loaded_after: usize,
+    }
+
+    impl ColdKeys for ModelCold {
+        fn lookup(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<i64>>, ColdError> {
+            Ok(keys.iter().map(|k| self.store.get(*k).copied()).collect())
+        }
+
+        fn poll_loaded(&mut self) -> Result<Option<DedupState>, ColdError> {
+            self.polls += 1;
+            if self.polls <= self.loaded_after {
+                return Ok(None);
+            }
+            let w = self.watermark;
+            Ok(Some(DedupState::from_entries(
+                self.store
+                    .iter()
+                    .filter(|(_, t)| w.is_none_or(|w| **t >= w))
+                    .map(|(k, t)| (k.clone(), *t)),
+                w,
+            )))
+        }
+    }
+
+    #[test]
+    fn a_failed_lookup_while_loading_is_an_error_not_a_verdict() {
+        struct Broken;
+        impl ColdKeys for Broken {
+            fn lookup(&mut self, _: &[&[u8]]) -> Result<Vec<Option<i64>>, ColdError> {
+                Err(ColdError("disk gone".into()))
+            }
+            fn poll_loaded(&mut self) -> Result<Option<DedupState>, ColdError> {
+                Ok(None)
+            }
+        }
+        let mut s = DedupState::loading(Box::new(Broken), Some(10));
+        assert_eq!(
+            s.check(b"a", 5).unwrap(),
+            Verdict::Late,
+            "late needs no lookup"
+        );
+        let e = s.check(b"a", 50).unwrap_err();
+        assert!(e.to_string().contains("disk gone"), "{e}");
+        assert!(s.prefetch([&b"b"[..]]).is_err());
+    }
+
     fn records() -> impl Strategy<Value = Vec<(u8, i64)>> {
         proptest::collection::vec((0u8..40, 0i64..1_000), 0..300)
     }
@@ -412,14 +625,14 @@ mod tests {
         for (i, &len) in epochs.iter().enumerate() {
             let end = (at + len).min(input.len());
             for &(k, t) in &input[at..end] {
-                out.push(state.check(&[k], t));
+                out.push(state.check(&[k], t).unwrap());
             }
             at = end;
             state.advance(marks.get(i).copied());
             state.take_inserted();
         }
         for &(k, t) in &input[at..] {
-            out.push(state.check(&[k], t));
+            out.push(state.check(&[k], t).unwrap());
         }
         out
     }
@@ -490,7 +703,7 @@ mod tests {
             for (e, &len) in epochs.iter().enumerate().take(crash_after + 1) {
                 let end = (at + len).min(input.len());
                 for &(k, t) in &input[at..end] {
-                    live.check(&[k], t);
+                    live.check(&[k], t).unwrap();
                 }
                 at = end;
                 let w = live.advance(Some(marks[e]));
@@ -524,7 +737,86 @@ mod tests {
             prop_assert_eq!(got, want);
             // And the rest of the stream gets the same verdicts from either.
             for &(k, t) in &input[at..] {
-                prop_assert_eq!(restored.check(&[k], t), live.check(&[k], t));
+                prop_assert_eq!(restored.check(&[k], t).unwrap(), live.check(&[k], t).unwrap());
+            }
+        }
+
+        /// A state still loading gives the verdicts (and the deltas) of the same state fully
+        /// loaded, whatever the load's progress: the cold part is a store model holding the
+        /// state at the restart, entries below the watermark not evicted yet, and for the
+        /// changelog's keys the entry or not (a delta applied or not before the crash); the
+        /// load ends after any number of polls (or not within the run); batches are prefetched
+        /// or not.
+        #[test]
+        fn a_state_still_loading_decides_as_the_loaded_one_at_any_load_progress(
+            before in records(),
+            after in records(),
+            mark0 in 0i64..1_000,
+            in_changelog in proptest::collection::vec(any::<(bool, bool)>(), 40),
+            junk in proptest::collection::vec((0u8..60, 0i64..1_000), 0..20),
+            epochs in proptest::collection::vec(1usize..40, 1..8),
+            marks in proptest::collection::vec(0i64..1_000, 8),
+            loaded_after in 0usize..12,
+            prefetch in proptest::collection::vec(any::<bool>(), 8),
+        ) {
+            use std::collections::BTreeMap;
+            // The state at the restart.
+            let mut s0 = DedupState::default();
+            for &(k, t) in &before {
+                s0.check(&[k], t).unwrap();
+            }
+            let w0 = s0.advance(Some(mark0));
+            let entries: Vec<(u8, i64)> = s0.entries().map(|(k, t)| (k[0], t)).collect();
+            // The store: the state, minus (or with an older time for) some changelog keys,
+            // plus junk below the watermark; the changelog: some of the state's keys.
+            let mut store: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+            for &(k, t) in &junk {
+                let t = w0.map_or(t, |w| t.min(w - 1));
+                store.insert(vec![k], t);
+            }
+            let mut changelog = PackedKeys::default();
+            for &(k, t) in &entries {
+                let (logged, applied) = in_changelog[k as usize % in_changelog.len()];
+                if logged {
+                    changelog.push(&[k], t);
+                }
+                if !logged || applied {
+                    store.insert(vec![k], t);
+                } else if w0.is_some() {
+                    store.remove(&vec![k]);
+                }
+            }
+            let mut full = DedupState::from_entries(entries.iter().map(|&(k, t)| (vec![k], t)), w0);
+            let mut partial = DedupState::loading(
+                Box::new(ModelCold { store, watermark: w0, polls: 0, loaded_after }),
+                w0,
+            );
+            partial.load_changelog(&changelog);
+            let mut marks = marks;
+            marks.sort_unstable();
+            let mut at = 0;
+            for (e, &len) in epochs.iter().enumerate() {
+                let end = (at + len).min(after.len());
+                let batch = &after[at..end];
+                if prefetch[e] {
+                    let keys: Vec<[u8; 1]> = batch.iter().map(|&(k, _)| [k]).collect();
+                    partial.prefetch(keys.iter().map(|k| &k[..])).unwrap();
+                }
+                for &(k, t) in batch {
+                    prop_assert_eq!(partial.check(&[k], t).unwrap(), full.check(&[k], t).unwrap());
+                }
+                at = end;
+                prop_assert_eq!(partial.advance(Some(marks[e])), full.advance(Some(marks[e])));
+                prop_assert_eq!(partial.take_inserted(), full.take_inserted());
+            }
+            partial.finish_loading().unwrap();
+            let mut got: Vec<(Vec<u8>, i64)> = partial.entries().map(|(k, t)| (k.to_vec(), t)).collect();
+            let mut want: Vec<(Vec<u8>, i64)> = full.entries().map(|(k, t)| (k.to_vec(), t)).collect();
+            got.sort();
+            want.sort();
+            prop_assert_eq!(got, want);
+            for &(k, t) in &after[at..] {
+                prop_assert_eq!(partial.check(&[k], t).unwrap(), full.check(&[k], t).unwrap());
             }
         }
 
@@ -540,7 +832,7 @@ mod tests {
             for (part, &m) in input.chunks(chunk).zip(&marks) {
                 let mut accepted = std::collections::HashSet::new();
                 for &(k, t) in part {
-                    match s.check(&[k], t) {
+                    match s.check(&[k], t).unwrap() {
                         Verdict::Accept => prop_assert!(accepted.insert(k)),
                         Verdict::Late => prop_assert!(t < mark),
                         Verdict::Duplicate => {}

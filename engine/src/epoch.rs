@@ -67,6 +67,9 @@ pub enum ProcessError {
         /// Arrow's error.
         source: arrow::error::ArrowError,
     },
+    /// The dedup state still loading after a restart could not be read.
+    #[error(transparent)]
+    DedupState(#[from] crate::dedup::ColdError),
     /// The table does not match the configured columns.
     #[error("table {table} does not match the config: {message}")]
     SchemaMismatch {
@@ -816,6 +819,11 @@ impl OpenEpoch {
         now: Instant,
     ) -> Result<(), ProcessError> {
         let (keys, times) = p.keys_and_event_times(&batch, row_records)?;
+        // While the state still loads after a restart: one batched lookup for the batch.
+        if rt.state.is_loading() {
+            rt.state
+                .prefetch((0..times.len()).filter_map(|i| keys.get(i)))?;
+        }
         let mut keep = Vec::with_capacity(times.len());
         for (i, (time, record)) in times.into_iter().zip(row_records).enumerate() {
             keep.push(self.dedup_verdict(p, spec, rt, record, keys.get(i), time, now)?);
@@ -899,7 +907,7 @@ impl OpenEpoch {
             )?;
             return Ok(false);
         };
-        Ok(match rt.state.check(key, time) {
+        Ok(match rt.state.check(key, time)? {
             Verdict::Accept => true,
             Verdict::Duplicate => {
                 self.duplicates += 1;

@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::committer::{CommitError, Committer, DeadLetterTable, EpochReport, SealedEpoch};
 use crate::config::{PipelineConfig, WalSync};
-use crate::dedup::{DedupState, PackedKeys, WatermarkTracker};
+use crate::dedup::{ColdError, ColdKeys, DedupState, PackedKeys, WatermarkTracker};
 use crate::epoch::{
     settings_diff, settings_refusal, DedupRuntime, DedupSpec, KeySource, OpenEpoch, ProcessError,
     RecordProcessor,
@@ -410,8 +410,9 @@ pub async fn recover(
     };
     let mut latest = store.latest()?;
     // The dedup state is the slowest part of a restart with a big state: its load starts now,
-    // in the background, while the table, the WAL and the sweep are read; the first verdict
-    // waits for it (nothing is decided before the whole state is in).
+    // in the background, while the table, the WAL and the sweep are read. With the store's key
+    // index, verdicts do not wait for it (the state answers from the store while it loads:
+    // `DedupState::loading`); without (a store an older build wrote) the first verdict waits.
     let preload = match (&latest, processor.dedup()) {
         (Some(c), Some(_)) if config.checkpoint.enabled => {
             Some(StateLoad::start(store.clone(), c.watermark))
@@ -815,15 +816,33 @@ async fn from_checkpoint(
     if let Some(spec) = processor.dedup() {
         let started = std::time::Instant::now();
         let watermark = c.as_ref().and_then(|c| c.watermark);
-        let mut state = match preload {
-            Some(load) => load.join()?,
-            None => load_dedup_state(committer.store(), watermark)?,
+        let (mut state, stored) = match preload {
+            Some(load) if load.store.has_key_index() => {
+                // Queryable at once: the changelog in memory, the store's part by lookup until
+                // its load ends (counted here by RocksDB's estimate).
+                let stored = load.store.estimated_dedup_entries() as usize;
+                (DedupState::loading(Box::new(load), watermark), stored)
+            }
+            Some(load) => {
+                let state = load.join()?;
+                let stored = state.len();
+                (state, stored)
+            }
+            None => {
+                let state = load_dedup_state(committer.store(), watermark)?;
+                let stored = state.len();
+                (state, stored)
+            }
         };
-        let stored = state.len();
+        let loading = state.is_loading();
         for (_, _, delta) in &changelog {
             state.load_changelog(&delta.inserts);
         }
-        let keys = state.len();
+        let keys = if loading {
+            stored + state.len()
+        } else {
+            state.len()
+        };
         outcome.dedup_keys_loaded = keys as u64;
         committer.set_dedup(dedup_runtime(spec, state, &positions));
         info!(
@@ -831,8 +850,14 @@ async fn from_checkpoint(
             from_store = stored,
             changelog_epochs = changelog.len(),
             ?watermark,
+            loading_in_background = loading,
             ms = started.elapsed().as_millis() as u64,
-            "dedup state loaded from the checkpoint and the WAL's changelog"
+            "dedup state ready: the WAL's changelog in memory, the store's part {}",
+            if loading {
+                "(an estimate of its keys) answering lookups while it loads in the background"
+            } else {
+                "loaded"
+            }
         );
         committer.resume_changelog(changelog)?;
     }
@@ -1000,10 +1025,12 @@ async fn from_table(
     Ok((committer, OpenEpoch::new(v + 1, positions), outcome))
 }
 
-/// A load of the store's dedup state running in the background (see [`recover`]). Dropping
-/// it waits for the load to end.
+/// A load of the store's dedup state running in the background (see [`recover`]); until it
+/// ends, it answers lookups from the store's key index (as the [`ColdKeys`] of a
+/// [`DedupState::loading`]). Dropping it waits for the load to end.
 struct StateLoad {
     thread: Option<std::thread::JoinHandle<Result<DedupState, RecoveryError>>>,
+    store: CheckpointStore,
     path: PathBuf,
     started: std::time::Instant,
 }
@@ -1011,12 +1038,14 @@ struct StateLoad {
 impl StateLoad {
     fn start(store: CheckpointStore, watermark: Option<i64>) -> Self {
         let path = store.path().to_path_buf();
+        let loader = store.clone();
         let thread = std::thread::Builder::new()
             .name("tidemark-state-load".into())
-            .spawn(move || load_dedup_state(&store, watermark))
+            .spawn(move || load_dedup_state(&loader, watermark))
             .ok();
         Self {
             thread,
+            store,
             path,
             started: std::time::Instant::now(),
         }
@@ -1038,6 +1067,39 @@ impl StateLoad {
             "dedup state loaded from the store (in the background of recovery)"
         );
         Ok(state)
+    }
+}
+
+impl ColdKeys for StateLoad {
+    fn lookup(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<i64>>, ColdError> {
+        self.store
+            .lookup_dedup_keys(keys)
+            .map_err(|e| ColdError(e.to_string()))
+    }
+
+    fn poll_loaded(&mut self) -> Result<Option<DedupState>, ColdError> {
+        if self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            return Ok(None);
+        }
+        let failed = |what: &str| {
+            ColdError(format!(
+                "the dedup state load of {} {what}",
+                self.path.display()
+            ))
+        };
+        let state = match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| failed("panicked"))?
+                .map_err(|e| failed(&format!("failed: {e}")))?,
+            None => return Err(failed("could not start a thread")),
+        };
+        info!(
+            keys = state.len(),
+            ms = self.started.elapsed().as_millis() as u64,
+            "dedup state loaded from the store in the background; lookups in the store end"
+        );
+        Ok(Some(state))
     }
 }
 
@@ -1150,7 +1212,10 @@ async fn rebuild_dedup_state(
             rows += 1;
             if let (Some(key), Some(time)) = (key, time) {
                 if watermark.is_none_or(|w| time >= w) {
-                    state.check(&key, time);
+                    state.check(&key, time).map_err(|e| RecoveryError::State {
+                        path: PathBuf::from("table"),
+                        message: e.to_string(),
+                    })?;
                 }
             }
         }

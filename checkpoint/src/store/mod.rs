@@ -5,8 +5,19 @@
 //! - `history`: epoch (u64 BE) -> [`CheckpointRecord`]; the newest `retain` are kept, so a
 //!   rewind can pick an older one.
 //! - `dedup`: [`record::dedup_entry_key`] (event time, then key) -> empty. Time-ordered keys make
-//!   eviction below a watermark ONE range tombstone, however many keys it drops. Point lookups by
-//!   key are not needed: the engine loads the state into memory at start ([`CheckpointStore::for_each_dedup_entry`]).
+//!   eviction below a watermark drop whole files; the engine loads the state into memory at
+//!   start from here ([`CheckpointStore::for_each_dedup_entry`]).
+//! - `dedup_by_key`: dedup key -> event time ([`record::time_prefix`], 8 bytes), with a Bloom
+//!   filter: the same entries as `dedup`, written in the same batches, for point lookups
+//!   ([`CheckpointStore::lookup_dedup_keys`]) while a restart's load of `dedup` is still running
+//!   (so the first verdicts need not wait for millions of keys to load). A put of a key again
+//!   (accepted again after its eviction) overwrites its older time. Entries below the watermark
+//!   of a durable record are dropped by the same compaction filter as `dedup`'s; one still on
+//!   disk (or an older version resurfacing once a newer one was dropped, which is older still)
+//!   is below every watermark a lookup uses, so lookups skip it.
+//!   `meta` key `dedup_key_index` marks a store whose `dedup_by_key` holds every `dedup` entry
+//!   (set when the store is created or reset; a store written by an older build lacks it, and
+//!   a restart from it loads the whole state before its first verdict, as before).
 //!
 //! Two ways to write a checkpoint:
 //! - [`CheckpointStore::write`]: ONE synced `WriteBatch` (record, history entry, `current`
@@ -62,6 +73,8 @@ pub const STORE_FORMAT_VERSION: u32 = 1;
 const CF_META: &str = "meta";
 const CF_HISTORY: &str = "history";
 const CF_DEDUP: &str = "dedup";
+const CF_DEDUP_BY_KEY: &str = "dedup_by_key";
+const KEY_KEY_INDEX: &[u8] = b"dedup_key_index";
 const KEY_FORMAT: &[u8] = b"format_version";
 const KEY_CURRENT: &[u8] = b"current";
 
@@ -99,6 +112,8 @@ pub struct CheckpointStore {
     /// Entries of the dedup column family below this event time may be dropped by compaction
     /// (`i64::MIN`: none): the watermark of a durable checkpoint record.
     evict_below: Arc<AtomicI64>,
+    /// `dedup_by_key` holds every entry of `dedup` (see the module documentation).
+    key_index: bool,
 }
 
 impl std::fmt::Debug for CheckpointStore {
@@ -112,7 +127,19 @@ impl std::fmt::Debug for CheckpointStore {
 /// The dedup column family's options: [`db_options`] plus the compaction filter that drops
 /// entries below `evict_below`.
 fn dedup_options(evict_below: Arc<AtomicI64>) -> Options {
+    dedup_options_keyed(evict_below, false)
+}
+
+/// [`dedup_options`] for `dedup` (`by_key` false: the time is the key's prefix) or for
+/// `dedup_by_key` (the time is the value; a Bloom filter makes lookups of absent keys cheap).
+fn dedup_options_keyed(evict_below: Arc<AtomicI64>, by_key: bool) -> Options {
     let mut o = db_options();
+    if by_key {
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(false);
+        o.set_block_based_table_factory(&table);
+    }
     // Deltas come without RocksDB's log (no log replay at open, whatever the memtable size),
     // sorted, one flush per sync: a bigger memtable and rare compactions keep the background
     // work near one write per key (profiled: compacting after every small flush cost more CPU
@@ -125,10 +152,15 @@ fn dedup_options(evict_below: Arc<AtomicI64>) -> Options {
     o.set_target_file_size_base(32 << 20);
     o.set_compaction_filter(
         "tidemark-evict-below-watermark",
-        move |_level, key: &[u8], _value: &[u8]| {
+        move |_level, key: &[u8], value: &[u8]| {
             let w = evict_below.load(Ordering::Acquire);
-            match record::split_dedup_entry_key(key) {
-                Some((time, _)) if time < w => rocksdb::compaction_filter::Decision::Remove,
+            let time = if by_key {
+                record::time_of_prefix(value)
+            } else {
+                record::split_dedup_entry_key(key).map(|(time, _)| time)
+            };
+            match time {
+                Some(time) if time < w => rocksdb::compaction_filter::Decision::Remove,
                 _ => rocksdb::compaction_filter::Decision::Keep,
             }
         },
@@ -162,11 +194,16 @@ impl CheckpointStore {
             ColumnFamilyDescriptor::new(CF_META, db_options()),
             ColumnFamilyDescriptor::new(CF_HISTORY, db_options()),
             ColumnFamilyDescriptor::new(CF_DEDUP, dedup_options(evict_below.clone())),
+            ColumnFamilyDescriptor::new(
+                CF_DEDUP_BY_KEY,
+                dedup_options_keyed(evict_below.clone(), true),
+            ),
         ];
         let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(rocks("open"))?;
-        let store = Self {
+        let mut store = Self {
             db: Arc::new(db),
             evict_below,
+            key_index: false,
             path: path.to_path_buf(),
             options: StoreOptions {
                 retain: options.retain.max(1),
@@ -210,8 +247,62 @@ impl CheckpointStore {
                     .map_err(rocks("write format version"))?;
             }
         }
-        info!(path = %path.display(), "checkpoint store opened");
+        store.key_index = store.open_key_index()?;
+        info!(path = %path.display(), key_index = store.key_index, "checkpoint store opened");
         Ok(store)
+    }
+
+    /// Whether `dedup_by_key` is complete: marked so, or marked now because `dedup` is empty
+    /// (a new store, or one whose state is empty: from here on both get every entry).
+    fn open_key_index(&self) -> Result<bool, StoreError> {
+        let meta = self.cf(CF_META)?;
+        if self
+            .db
+            .get_cf(meta, KEY_KEY_INDEX)
+            .map_err(self.rocks("read key index mark"))?
+            .is_some()
+        {
+            return Ok(true);
+        }
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_DEDUP)?);
+        it.seek_to_first();
+        let empty = !it.valid();
+        it.status().map_err(self.rocks("scan dedup state"))?;
+        if empty {
+            let mut b = WriteBatch::default();
+            b.put_cf(meta, KEY_KEY_INDEX, [1u8]);
+            self.write_synced(b)?;
+        }
+        Ok(empty)
+    }
+
+    /// True when [`CheckpointStore::lookup_dedup_keys`] answers for every entry of the dedup
+    /// state (see the module documentation); false for a store an older build wrote.
+    pub fn has_key_index(&self) -> bool {
+        self.key_index
+    }
+
+    /// The event time of each of `keys` in the dedup state, as the store holds it now (`None`:
+    /// not there). A time below the caller's watermark means "not in state" (an eviction
+    /// compaction has not applied yet). Batched: one RocksDB `MultiGet`, the Bloom filter
+    /// answering most absent keys without reading a block.
+    pub fn lookup_dedup_keys(&self, keys: &[&[u8]]) -> Result<Vec<Option<i64>>, StoreError> {
+        let cf = self.cf(CF_DEDUP_BY_KEY)?;
+        self.db
+            .batched_multi_get_cf(cf, keys.iter().copied(), false)
+            .into_iter()
+            .map(|r| match r.map_err(self.rocks("look up dedup keys"))? {
+                None => Ok(None),
+                Some(v) => {
+                    record::time_of_prefix(&v)
+                        .map(Some)
+                        .ok_or_else(|| StoreError::Foreign {
+                            path: self.path.clone(),
+                            message: "dedup_by_key value is not 8 bytes".into(),
+                        })
+                }
+            })
+            .collect()
     }
 
     /// Opens an existing store for reading only, without taking its lock: for tools that
@@ -220,7 +311,7 @@ impl CheckpointStore {
         let db = DB::open_cf_for_read_only(
             &Options::default(),
             path,
-            [CF_META, CF_HISTORY, CF_DEDUP],
+            [CF_META, CF_HISTORY, CF_DEDUP, CF_DEDUP_BY_KEY],
             false,
         )
         .map_err(|source| StoreError::Rocks {
@@ -233,6 +324,7 @@ impl CheckpointStore {
             path: path.to_path_buf(),
             options: StoreOptions::default(),
             evict_below: Arc::new(AtomicI64::new(i64::MIN)),
+            key_index: false,
         })
     }
 
@@ -243,7 +335,13 @@ impl CheckpointStore {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(history, &[0u8; 8][..], &[0xffu8; 9][..]);
         batch.delete_range_cf(dedup, Vec::<u8>::new(), vec![0xffu8; 64]);
+        batch.delete_range_cf(
+            self.cf(CF_DEDUP_BY_KEY)?,
+            Vec::<u8>::new(),
+            vec![0xffu8; 64],
+        );
         batch.delete_cf(meta, KEY_CURRENT);
+        batch.put_cf(meta, KEY_KEY_INDEX, [1u8]);
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db
@@ -347,6 +445,8 @@ impl CheckpointStore {
         let pruned = self.record_into(&mut batch, record)?;
         crate::fault::hit(crate::fault::CrashPoint::MidCheckpointWrite);
         self.write_synced(batch)?;
+        // The record with this watermark is durable now.
+        self.set_evict_below(evict_below);
         let metrics = CheckpointMetrics {
             inserted,
             pruned,
@@ -415,11 +515,11 @@ impl CheckpointStore {
     /// Makes every delta applied so far durable: flushes the dedup column family's memtables
     /// to synced files (RocksDB records them in its synced MANIFEST) and waits for it.
     pub fn sync_state(&self) -> Result<(), StoreError> {
-        let dedup = self.cf(CF_DEDUP)?;
+        let (dedup, by_key) = (self.cf(CF_DEDUP)?, self.cf(CF_DEDUP_BY_KEY)?);
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
         self.db
-            .flush_cf_opt(dedup, &fo)
+            .flush_cfs_opt(&[&dedup, &by_key], &fo)
             .map_err(self.rocks("sync state"))
     }
 
@@ -439,8 +539,10 @@ impl CheckpointStore {
         inserts: impl IntoIterator<Item = (&'k [u8], i64)>,
         evict_below: Option<i64>,
     ) -> Result<usize, StoreError> {
-        let dedup = self.cf(CF_DEDUP)?;
+        let (dedup, by_key) = (self.cf(CF_DEDUP)?, self.cf(CF_DEDUP_BY_KEY)?);
         if let Some(w) = evict_below {
+            // `dedup_by_key` is not time-ordered: its entries below `w` go by compaction once
+            // the batch is durable ([`CheckpointStore::write`]), and lookups skip them meanwhile.
             batch.delete_range_cf(dedup, [0u8; 8], record::time_prefix(w));
         }
         let mut inserted = 0;
@@ -448,6 +550,7 @@ impl CheckpointStore {
         for (key, time) in inserts {
             record::write_dedup_entry_key(&mut entry_key, time, key);
             batch.put_cf(dedup, &entry_key, []);
+            batch.put_cf(by_key, key, record::time_prefix(time));
             inserted += 1;
         }
         Ok(inserted)

@@ -276,6 +276,12 @@ pub fn time_prefix(event_time: i64) -> [u8; 8] {
     ((event_time as u64) ^ (1 << 63)).to_be_bytes()
 }
 
+/// The event time [`time_prefix`] encoded (`None` unless 8 bytes).
+pub fn time_of_prefix(b: &[u8]) -> Option<i64> {
+    let head: [u8; 8] = b.try_into().ok()?;
+    Some((u64::from_be_bytes(head) ^ (1 << 63)) as i64)
+}
+
 /// Splits a dedup entry key into event time and dedup key.
 pub fn split_dedup_entry_key(k: &[u8]) -> Option<(i64, &[u8])> {
     let head: [u8; 8] = k.get(..8)?.try_into().ok()?;

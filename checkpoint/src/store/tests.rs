@@ -411,3 +411,85 @@ fn compaction_and_file_drops_evict_below_the_watermark_only() {
     assert_eq!(left.len(), 250, "entries 150..400 stay");
     assert!(left.iter().all(|(_, t)| *t >= 150));
 }
+
+fn look(store: &CheckpointStore, keys: &[&str]) -> Vec<Option<i64>> {
+    let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    store.lookup_dedup_keys(&keys).unwrap()
+}
+
+/// The key index answers for every entry of the time-ordered state: written by both write
+/// paths, overwritten by a key's newer time, cleared by a reset, durable after a sync.
+#[test]
+fn the_key_index_answers_lookups_for_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(
+        store.has_key_index(),
+        "a new store is indexed from its start"
+    );
+    store
+        .write(&record(1), packed(&[("a", 10), ("b", 20)]).iter(), None)
+        .unwrap();
+    store
+        .apply_state_delta(packed(&[("c", 30), ("a", 40)]).iter())
+        .unwrap();
+    let got = look(&store, &["a", "b", "c", "zz", ""]);
+    assert_eq!(got, vec![Some(40), Some(20), Some(30), None, None]);
+    store.sync_state().unwrap();
+    drop(store);
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(store.has_key_index());
+    assert_eq!(
+        look(&store, &["a", "c"]),
+        vec![Some(40), Some(30)],
+        "synced deltas survive a reopen"
+    );
+    store.reset().unwrap();
+    assert_eq!(look(&store, &["a", "b", "c"]), vec![None, None, None]);
+    assert!(store.has_key_index());
+}
+
+/// A store with dedup entries but no key index mark (written by a build before the index)
+/// is not trusted for lookups: its restart loads the whole state first.
+#[test]
+fn a_store_without_the_key_index_mark_is_not_looked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+        store
+            .write(&record(1), packed(&[("a", 10)]).iter(), None)
+            .unwrap();
+        let meta = store.cf(CF_META).unwrap();
+        store.db.delete_cf(meta, KEY_KEY_INDEX).unwrap();
+        store.db.flush_cf(meta).unwrap();
+    }
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(!store.has_key_index());
+    store.reset().unwrap();
+    drop(store);
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(store.has_key_index(), "a reset starts the index over");
+}
+
+/// Compaction drops the key index's entries below the eviction watermark (their time is the
+/// value) and keeps the rest.
+#[test]
+fn compaction_evicts_the_key_index_below_the_watermark_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let keys: Vec<(String, i64)> = (0..200).map(|i| (format!("k{i}"), i)).collect();
+    let refs: Vec<(&str, i64)> = keys.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+    store.apply_state_delta(packed(&refs).iter()).unwrap();
+    store.sync_state().unwrap();
+    store.set_evict_below(Some(150));
+    let by_key = store.cf(CF_DEDUP_BY_KEY).unwrap();
+    store
+        .db
+        .compact_range_cf(by_key, None::<&[u8]>, None::<&[u8]>);
+    let names: Vec<Vec<u8>> = keys.iter().map(|(k, _)| k.clone().into_bytes()).collect();
+    let refs: Vec<&[u8]> = names.iter().map(|k| k.as_slice()).collect();
+    let got = store.lookup_dedup_keys(&refs).unwrap();
+    for (i, t) in got.iter().enumerate() {
+        assert_eq!(*t, (i >= 150).then_some(i as i64), "key k{i}");
+    }
+}
