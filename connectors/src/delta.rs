@@ -1067,8 +1067,14 @@ impl DeltaSink {
         if rows == 0 {
             return Ok((Vec::new(), WriteMetrics::default()));
         }
-        let all = arrow::compute::concat_batches(&self.arrow_schema, batches)
-            .map_err(self.err("concatenate epoch rows"))?;
+        // Concatenating and encoding are CPU work: they run on a blocking thread, so the
+        // pipeline's task (reading and decoding the next epoch meanwhile) keeps its core.
+        let (schema, owned) = (self.arrow_schema.clone(), batches.to_vec());
+        let all =
+            tokio::task::spawn_blocking(move || arrow::compute::concat_batches(&schema, &owned))
+                .await
+                .map_err(self.err("concatenate epoch rows"))?
+                .map_err(self.err("concatenate epoch rows"))?;
         let store = self.table.object_store();
         let mut adds = Vec::new();
         let mut part = first_part;
@@ -1077,8 +1083,11 @@ impl DeltaSink {
             let len = MAX_ROWS_PER_FILE.min(rows - offset);
             let slice = all.slice(offset, len);
             let name = data_file_name(&self.app_id, epoch, part, self.run_id);
-            let bytes =
-                parquet_file::encode(&slice).map_err(self.file_err("encode parquet", &name))?;
+            let encoding = slice.clone();
+            let bytes = tokio::task::spawn_blocking(move || parquet_file::encode(&encoding))
+                .await
+                .map_err(self.file_err("encode parquet", &name))?
+                .map_err(self.file_err("encode parquet", &name))?;
             let size = bytes.len() as i64;
             // On a local table the store makes the file and its name durable before returning.
             let remote = self.local_root.is_none();

@@ -138,7 +138,11 @@ async fn each_crash_point_recovers_exactly_once_on_s3() {
         let (fixture, uri, ends) = s3_fixture(&brokers, &s3, point.name(), n, &extra).await;
         let spec = format!("{}@2 (dedup {dedup})", point.name());
         let crash = format!("{}@2", point.name());
-        let crashed = fixture.run_to_end(&[(tidemark_engine::fault::ENV, crash.as_str())]);
+        // The schedule `protocol::expected` assumes (pipelined epochs, see there).
+        let crashed = fixture.run_to_end(&[
+            (tidemark_engine::fault::ENV, crash.as_str()),
+            (tidemark_engine::read_ahead::READ_AHEAD_FIRST_ENV, "1"),
+        ]);
         assert_eq!(
             crashed.status.signal(),
             Some(libc::SIGKILL),
