@@ -835,22 +835,15 @@ impl Committer {
         self.maintenance = Some(maintenance);
     }
 
-    /// Steps 3–5 for a sealed epoch: [`Committer::commit`], then
-    /// [`Committer::checkpoint_committed`]; then the table maintenance that is due (never
-    /// failing the epoch: see [`crate::maintenance`]).
-    pub async fn commit_sealed(
-        &mut self,
-        sealed: SealedEpoch,
-        read_ahead: Option<ReadAhead<'_>>,
-    ) -> Result<EpochReport, CommitError> {
-        let mut read_ahead = read_ahead;
-        let reborrowed = read_ahead.as_mut().map(ReadAhead::reborrow);
-        let committed = self.commit(sealed, reborrowed).await?;
-        let report = self.checkpoint_committed(committed)?;
+    /// The table maintenance that is due after an epoch committed at `version` (`None`: the
+    /// epoch needed no commit); never fails the epoch (see [`crate::maintenance`]). Called by
+    /// [`Committer::commit_sealed`], and by the run for an epoch recovery committed before the
+    /// maintenance was set up.
+    pub async fn maintain(&mut self, version: Option<TableVersion>) {
         if let Some(m) = self.maintenance.as_mut() {
             // The log keeps every version a retained checkpoint (a rewind target) names. The
             // store's history is scanned only when a checkpoint or compaction will read it.
-            let version = report.version.map(|v| v.get());
+            let version = version.map(|v| v.get());
             let keep_from = if !m.needs_keep_from(version) {
                 None
             } else {
@@ -874,6 +867,21 @@ impl Committer {
             )
             .await;
         }
+    }
+
+    /// Steps 3–5 for a sealed epoch: [`Committer::commit`], then
+    /// [`Committer::checkpoint_committed`]; then the table maintenance that is due (never
+    /// failing the epoch: see [`crate::maintenance`]).
+    pub async fn commit_sealed(
+        &mut self,
+        sealed: SealedEpoch,
+        read_ahead: Option<ReadAhead<'_>>,
+    ) -> Result<EpochReport, CommitError> {
+        let mut read_ahead = read_ahead;
+        let reborrowed = read_ahead.as_mut().map(ReadAhead::reborrow);
+        let committed = self.commit(sealed, reborrowed).await?;
+        let report = self.checkpoint_committed(committed)?;
+        self.maintain(report.version).await;
         if let Some(ahead) = read_ahead {
             // Step 5's last part: for lag tools only, never read back.
             ahead.source.commit_positions(&report.end);

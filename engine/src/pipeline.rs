@@ -264,6 +264,12 @@ pub async fn run(
     .await;
     committer.set_maintenance(maintenance);
     let committed_at_start = recovered.committed_at_start.take();
+    if let Some(report) = &committed_at_start {
+        // Recovery committed an epoch (a redo, or the records read ahead before a crash)
+        // before the maintenance existed: what is due after that commit is done now, so a
+        // Delta checkpoint a crash left due is written at the first commit after the restart.
+        committer.maintain(report.version).await;
+    }
     metrics::recovered(&recovered, open.epoch, &open.end);
     let _replica_watch = config
         .paths
