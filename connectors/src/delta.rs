@@ -1439,8 +1439,21 @@ impl DeltaSink {
                     }
                     fresh = false;
                     self.check_not_fenced()?;
-                    let txn_version = self.loaded_txn_version().await?;
+                    let mut txn_version = self.loaded_txn_version().await?;
                     if let Some(own) = self.newest_own {
+                        if txn_version.unwrap_or(Epoch::ZERO) < own {
+                            // Before concluding the table went back, read it whole: an
+                            // incremental update of the loaded state raced by another
+                            // writer's commits was seen to miss this sink's own newest commit
+                            // (two writers on S3, commits back to back).
+                            warn!(table = %self.uri, own = %own, txn = ?txn_version, "the table's txn version is behind this process's newest commit: reading the table whole before concluding it went back");
+                            self.table.state = None;
+                            self.table
+                                .update_state()
+                                .await
+                                .map_err(sink_err("reload", &self.uri))?;
+                            txn_version = self.loaded_txn_version().await?;
+                        }
                         let txn = txn_version.unwrap_or(Epoch::ZERO);
                         if txn < own {
                             return Err(DeltaSinkError {

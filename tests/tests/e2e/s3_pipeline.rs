@@ -380,6 +380,11 @@ async fn two_writers_racing_on_one_s3_table_commit_each_epoch_once() {
     assert!(sb.success(), "{log_b}");
     let lost = |log: &str| log.matches("another commit came first").count();
     let races = lost(&log_a) + lost(&log_b);
+    let whole = |log: &str| log.matches("reading the table whole").count();
+    eprintln!(
+        "S3 race: {} whole re-reads after a state update missed an own commit",
+        whole(&log_a) + whole(&log_b)
+    );
     let replay = assert_exactly_once_on_s3(&uri, &ends, 2 * n).await;
     let epochs = replay.epochs.len();
     eprintln!(
