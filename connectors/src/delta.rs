@@ -1067,8 +1067,14 @@ impl DeltaSink {
         if rows == 0 {
             return Ok((Vec::new(), WriteMetrics::default()));
         }
-        let all = arrow::compute::concat_batches(&self.arrow_schema, batches)
-            .map_err(self.err("concatenate epoch rows"))?;
+        // Concatenating and encoding are CPU work: they run on a blocking thread, so the
+        // pipeline's task (reading and decoding the next epoch meanwhile) keeps its core.
+        let (schema, owned) = (self.arrow_schema.clone(), batches.to_vec());
+        let all =
+            tokio::task::spawn_blocking(move || arrow::compute::concat_batches(&schema, &owned))
+                .await
+                .map_err(self.err("concatenate epoch rows"))?
+                .map_err(self.err("concatenate epoch rows"))?;
         let store = self.table.object_store();
         let mut adds = Vec::new();
         let mut part = first_part;
@@ -1077,8 +1083,11 @@ impl DeltaSink {
             let len = MAX_ROWS_PER_FILE.min(rows - offset);
             let slice = all.slice(offset, len);
             let name = data_file_name(&self.app_id, epoch, part, self.run_id);
-            let bytes =
-                parquet_file::encode(&slice).map_err(self.file_err("encode parquet", &name))?;
+            let encoding = slice.clone();
+            let bytes = tokio::task::spawn_blocking(move || parquet_file::encode(&encoding))
+                .await
+                .map_err(self.file_err("encode parquet", &name))?
+                .map_err(self.file_err("encode parquet", &name))?;
             let size = bytes.len() as i64;
             // On a local table the store makes the file and its name durable before returning.
             let remote = self.local_root.is_none();
@@ -1430,8 +1439,21 @@ impl DeltaSink {
                     }
                     fresh = false;
                     self.check_not_fenced()?;
-                    let txn_version = self.loaded_txn_version().await?;
+                    let mut txn_version = self.loaded_txn_version().await?;
                     if let Some(own) = self.newest_own {
+                        if txn_version.unwrap_or(Epoch::ZERO) < own {
+                            // Before concluding the table went back, read it whole: an
+                            // incremental update of the loaded state raced by another
+                            // writer's commits was seen to miss this sink's own newest commit
+                            // (two writers on S3, commits back to back).
+                            warn!(table = %self.uri, own = %own, txn = ?txn_version, "the table's txn version is behind this process's newest commit: reading the table whole before concluding it went back");
+                            self.table.state = None;
+                            self.table
+                                .update_state()
+                                .await
+                                .map_err(sink_err("reload", &self.uri))?;
+                            txn_version = self.loaded_txn_version().await?;
+                        }
                         let txn = txn_version.unwrap_or(Epoch::ZERO);
                         if txn < own {
                             return Err(DeltaSinkError {

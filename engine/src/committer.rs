@@ -16,8 +16,9 @@
 //! deltas (see `dedup.rs`).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tidemark_checkpoint::store::{Counts, StateDelta, StateWriter};
 use tidemark_checkpoint::wal::format::FRAME_HEADER_LEN;
@@ -30,7 +31,8 @@ use tidemark_connectors::decode::InvalidRecord;
 use tidemark_connectors::delta::{
     CommitOutcome, DeltaSink, DeltaSinkError, EpochCommitInfo, PartitionPosition, SkippedRecord,
 };
-use tidemark_connectors::kafka::{Backoff, KafkaSource, KafkaSourceError};
+use tidemark_connectors::kafka::{Backoff, KafkaSourceError};
+use tidemark_connectors::source::Source;
 use tidemark_connectors::{Epoch, Positions, SourceRecord, TableVersion};
 use tracing::{info, warn};
 
@@ -39,11 +41,14 @@ use crate::dedup::PackedKeys;
 use crate::epoch::{DedupRuntime, OpenEpoch, ProcessError};
 use crate::epoch_log::{log_batch, log_state_delta, record_size, to_store_positions, SealInfo};
 use crate::fault::{self, CrashPoint};
+pub use crate::read_ahead::ReadAhead;
 use crate::shutdown::Shutdown;
 
-/// Most records taken from the source while an epoch commits (then librdkafka's own bounded
-/// prefetch queue holds the rest and fetching stops).
-const BUFFER_DURING_COMMIT: usize = 50_000;
+/// Longest wait for one batch of the next epoch during a commit: when the commit ends, reading
+/// stops at the end of the batch in hand (a batch is never cut: its records are logged whole).
+const READ_AHEAD_WAIT: Duration = Duration::from_millis(20);
+/// How often reading that waits (the read-ahead cap is reached) looks whether the commit ended.
+const READ_AHEAD_IDLE: Duration = Duration::from_millis(5);
 
 /// Why an epoch could not be logged, sealed, committed or checkpointed (the commit layer's
 /// error; the pipeline converts it upward).
@@ -106,12 +111,19 @@ pub struct SealedEpoch {
     /// The state delta logged before the seal by this process (`None`: no dedup, checkpoints
     /// off, or a seal recovery found: then the checkpoint writes the delta synced).
     delta: Option<PackedKeys>,
+    /// The WAL position just after its `SEAL` (`None`: checkpoints off, or a seal recovery
+    /// found: then the log's end when the checkpoint is written).
+    wal_after_seal: Option<WalPosition>,
 }
 
 impl SealedEpoch {
     /// An epoch recovery found sealed in the WAL and replayed.
     pub(crate) fn replayed(open: OpenEpoch) -> Self {
-        Self { open, delta: None }
+        Self {
+            open,
+            delta: None,
+            wal_after_seal: None,
+        }
     }
 
     /// Its number.
@@ -130,6 +142,10 @@ pub struct CommittedEpoch {
     report: EpochReport,
     started: Instant,
     delta: Option<PackedKeys>,
+    wal_after_seal: Option<WalPosition>,
+    /// Why reading the next epoch during the commit stopped, if it failed: reported once this
+    /// epoch is checkpointed.
+    read_ahead: Option<CommitError>,
 }
 
 /// Retries of an epoch's commit after transient storage errors before the run stops (with
@@ -347,6 +363,207 @@ fn skipped(r: &InvalidRecord) -> SkippedRecord {
     }
 }
 
+/// The logging side of the committer, borrowed apart from the table side so that the next
+/// epoch's records can be logged (step 1) while an epoch commits (step 3).
+struct WalLog<'a> {
+    wal: &'a mut Wal,
+    wal_bytes: &'a mut u64,
+    encode_buf: &'a mut Vec<u8>,
+    durable: bool,
+}
+
+impl WalLog<'_> {
+    /// Step 1 (see [`Committer::log_records`]).
+    fn append_records(
+        &mut self,
+        dedup: Option<&mut DedupRuntime>,
+        epoch: u64,
+        records: &[SourceRecord],
+    ) -> Result<(), CommitError> {
+        fault::hit(CrashPoint::BeforeWalAppend);
+        let clock = now_ms() as i64;
+        if let Some(d) = dedup {
+            d.state.set_batch_clock(Some(clock));
+        }
+        if self.durable {
+            let (wal, wal_bytes) = (&mut *self.wal, &mut *self.wal_bytes);
+            let stubs = log_batch(clock, records, self.encode_buf, |kind, payload| {
+                *wal_bytes += (payload.len() + FRAME_HEADER_LEN) as u64;
+                wal.append(kind, epoch, payload).map(|_| ())
+            })?;
+            for r in stubs.iter().map(|i| &records[*i]) {
+                tracing::warn!(epoch, record = %r.coordinates(), bytes = record_size(r), "record too large for one WAL frame: logged without its value; it is dead-lettered as too_large");
+            }
+            self.wal.commit()?;
+        }
+        fault::hit(CrashPoint::AfterWalAppend);
+        Ok(())
+    }
+}
+
+/// Step 1 for the next epoch while an epoch commits: reads batches into `ahead.open`, each
+/// logged to the WAL (one group commit) before it is decoded and deduplicated, exactly as the
+/// run loop does between commits, so the verdicts are the same pure function of (state,
+/// watermark, records in WAL order): the watermark moved at the committing epoch's seal and
+/// moves next at this epoch's seal, after the commit. Stops when `done` is raised (at the end of
+/// the batch in hand), when the read-ahead limits are reached (then it waits), or at an error.
+async fn read_during_commit(
+    ahead: &mut ReadAhead<'_>,
+    log: &mut WalLog<'_>,
+    mut dedup: Option<&mut DedupRuntime>,
+    done: &AtomicBool,
+    logged: &AtomicBool,
+    polls: &mut u64,
+) -> Result<(), CommitError> {
+    while !done.load(Ordering::Acquire) {
+        *polls += 1;
+        let want = ahead.wanted();
+        if want == 0 || ahead.stop.requested() {
+            // Reading waits: the cap on buffered bytes (or the epoch's own limit) is reached.
+            logged.store(true, Ordering::Release);
+            tokio::time::sleep(READ_AHEAD_IDLE).await;
+            continue;
+        }
+        let records = ahead.source.next_batch(want, READ_AHEAD_WAIT).await?;
+        let added = ahead.source.take_added_partitions();
+        if let (false, Some(d)) = (added.is_empty(), dedup.as_deref_mut()) {
+            d.tracker.register(added, Instant::now());
+        }
+        if records.is_empty() {
+            if ahead.source.caught_up() {
+                // Nothing to read ahead now (see `read_ahead::test_schedule_wait`).
+                logged.store(true, Ordering::Release);
+            }
+            continue;
+        }
+        log.append_records(dedup.as_deref_mut(), ahead.open.epoch, &records)?;
+        ahead
+            .open
+            .add(&records, ahead.processor, dedup.as_deref_mut())?;
+        logged.store(true, Ordering::Release);
+        crate::metrics::batch_read(ahead.open.records);
+    }
+    Ok(())
+}
+
+/// The table side of the committer (the tables and who writes them), borrowed apart from the
+/// logging side: step 3 runs on it while the next epoch is read.
+struct TableWriter<'a> {
+    sink: &'a mut DeltaSink,
+    dead_letters: Option<&'a mut DeadLetterTable>,
+    pipeline_id: &'a str,
+}
+
+impl TableWriter<'_> {
+    /// [`TableWriter::write_and_commit`] with bounded exponential backoff on transient storage
+    /// errors (a log line per retry); a fatal error, or the last attempt's, stops the run.
+    async fn write_and_commit_retrying(
+        &mut self,
+        stop: &Shutdown,
+        open: &OpenEpoch,
+        info: &EpochCommitInfo,
+        report: &mut EpochReport,
+    ) -> Result<TableVersion, CommitError> {
+        let what = format!("the commit of epoch {}", open.epoch);
+        retry_transient(&what, stop, async || {
+            self.write_and_commit(open, info, report)
+                .await
+                .map_err(|e| match e {
+                    CommitError::Sink(s) => Retry::Sink(s),
+                    other => Retry::Other(other),
+                })
+        })
+        .await
+        .map_err(|e| match e {
+            Retry::Sink(s) => CommitError::Sink(s),
+            Retry::Other(other) => other,
+        })
+    }
+
+    /// Dead letters first (only those the dead-letter table does not hold yet, see
+    /// [`DeadLetterTable`]), then the rows.
+    async fn write_and_commit(
+        &mut self,
+        open: &OpenEpoch,
+        info: &EpochCommitInfo,
+        report: &mut EpochReport,
+    ) -> Result<TableVersion, CommitError> {
+        let epoch = Epoch::new(open.epoch);
+        if let Some(dlq) = self.dead_letters.as_deref_mut() {
+            let letters = dlq.not_yet_written(&open.dead_letters);
+            if !letters.is_empty() {
+                let batch = dead_letter::to_batch(
+                    dlq.sink.arrow_schema(),
+                    self.pipeline_id,
+                    epoch,
+                    &letters,
+                )
+                .map_err(|source| ProcessError::Decode { epoch, source })?;
+                // An epoch number the table holds already (re-read with other boundaries
+                // after a lost store): its new letters go in files after the committed ones,
+                // in a commit that keeps the txn version where it is.
+                let again = dlq.txn >= epoch;
+                let first_part = if again {
+                    dlq.sink.next_free_part(epoch).await?
+                } else {
+                    0
+                };
+                let (adds, _) = dlq
+                    .sink
+                    .write_epoch_parts(epoch, first_part, &[batch])
+                    .await?;
+                let mut dlq_info = info.clone();
+                dlq_info.rows_written = letters.len() as u64;
+                dlq_info.skipped.clear();
+                let committed = if again {
+                    dlq.sink.commit_more_of_epoch(adds.clone(), &dlq_info).await
+                } else {
+                    commit_with_delay(&mut dlq.sink, adds.clone(), &dlq_info).await
+                };
+                match committed {
+                    Ok(CommitOutcome::Committed { .. }) => {
+                        dlq.txn = dlq.txn.max(epoch);
+                        dlq.end = open.end.clone();
+                    }
+                    Ok(CommitOutcome::AlreadyCommitted { txn_version }) => {
+                        return Err(CommitError::AlreadyCommitted {
+                            table: dlq.sink.uri().to_string(),
+                            message: format!(
+                                "epoch {epoch} is already in the dead-letter table (txn version \
+                                 {txn_version}, {} expected): another process writes with \
+                                 pipeline id {:?}; stopping without writing it again",
+                                dlq.txn, self.pipeline_id
+                            ),
+                        });
+                    }
+                    // The files stay: the sink found the commit did not land, and the next
+                    // start sweeps this run's uncommitted files.
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        fault::hit(CrashPoint::BeforeParquetWrite);
+        let (adds, write) =
+            crate::metrics::time_parquet(self.sink.write_epoch_files(epoch, &open.batches)).await?;
+        fault::hit(CrashPoint::AfterParquetWrite);
+        report.files = write.files as u64;
+        match commit_with_delay(self.sink, adds.clone(), info).await {
+            Ok(CommitOutcome::Committed { version }) => Ok(version),
+            Ok(CommitOutcome::AlreadyCommitted { txn_version }) => {
+                Err(CommitError::AlreadyCommitted {
+                    table: self.sink.uri().to_string(),
+                    message: format!(
+                    "epoch {epoch} is already in the table (txn version {txn_version}): another \
+                     process writes with pipeline id {:?}; stopping without writing it again",
+                    self.pipeline_id
+                ),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 impl Committer {
     /// A committer over opened parts, with no epoch committed yet; `durable` is false when
     /// checkpoints are off (no WAL appends, seals or checkpoints).
@@ -558,24 +775,13 @@ impl Committer {
     /// record too large for one WAL frame is logged as a bounded stub (no value) and is
     /// dead-lettered as `too_large`, so it can never make the append fail (see `epoch_log`).
     pub fn log_records(&mut self, epoch: u64, records: &[SourceRecord]) -> Result<(), CommitError> {
-        fault::hit(CrashPoint::BeforeWalAppend);
-        let clock = now_ms() as i64;
-        if let Some(d) = self.dedup.as_mut() {
-            d.state.set_batch_clock(Some(clock));
-        }
-        if self.durable {
-            let (wal, wal_bytes) = (&mut self.wal, &mut self.wal_bytes);
-            let stubs = log_batch(clock, records, &mut self.encode_buf, |kind, payload| {
-                *wal_bytes += (payload.len() + FRAME_HEADER_LEN) as u64;
-                wal.append(kind, epoch, payload).map(|_| ())
-            })?;
-            for r in stubs.iter().map(|i| &records[*i]) {
-                tracing::warn!(epoch, record = %r.coordinates(), bytes = record_size(r), "record too large for one WAL frame: logged without its value; it is dead-lettered as too_large");
-            }
-            self.wal.commit()?;
-        }
-        fault::hit(CrashPoint::AfterWalAppend);
-        Ok(())
+        let mut log = WalLog {
+            wal: &mut self.wal,
+            wal_bytes: &mut self.wal_bytes,
+            encode_buf: &mut self.encode_buf,
+            durable: self.durable,
+        };
+        log.append_records(self.dedup.as_mut(), epoch, records)
     }
 
     /// Step 2: seals `open` (durable when this returns). With dedup on, the watermark moves
@@ -602,6 +808,7 @@ impl Committer {
             settings: open.settings.as_deref().cloned(),
             state_keys: None,
         };
+        let mut wal_after_seal = None;
         if self.durable {
             if let Some(keys) = &delta {
                 let (wal, wal_bytes, epoch) = (&mut self.wal, &mut self.wal_bytes, open.epoch);
@@ -613,10 +820,14 @@ impl Committer {
             }
             let payload = info.encode();
             self.wal_bytes += (payload.len() + FRAME_HEADER_LEN) as u64;
-            self.wal.seal(open.epoch, &payload)?;
+            wal_after_seal = Some(self.wal.seal(open.epoch, &payload)?);
         }
         fault::hit(CrashPoint::AfterSeal);
-        Ok(SealedEpoch { open, delta })
+        Ok(SealedEpoch {
+            open,
+            delta,
+            wal_after_seal,
+        })
     }
 
     /// Runs `maintenance` after each epoch from now on (see [`crate::maintenance`]).
@@ -624,21 +835,15 @@ impl Committer {
         self.maintenance = Some(maintenance);
     }
 
-    /// Steps 3–5 for a sealed epoch: [`Committer::commit`], then
-    /// [`Committer::checkpoint_committed`]; then the table maintenance that is due (never
-    /// failing the epoch: see [`crate::maintenance`]).
-    pub async fn commit_sealed(
-        &mut self,
-        sealed: SealedEpoch,
-        source: Option<&mut KafkaSource>,
-    ) -> Result<EpochReport, CommitError> {
-        let mut source = source;
-        let committed = self.commit(sealed, source.as_deref_mut()).await?;
-        let report = self.checkpoint_committed(committed)?;
+    /// The table maintenance that is due after an epoch committed at `version` (`None`: the
+    /// epoch needed no commit); never fails the epoch (see [`crate::maintenance`]). Called by
+    /// [`Committer::commit_sealed`], and by the run for an epoch recovery committed before the
+    /// maintenance was set up.
+    pub async fn maintain(&mut self, version: Option<TableVersion>) {
         if let Some(m) = self.maintenance.as_mut() {
             // The log keeps every version a retained checkpoint (a rewind target) names. The
             // store's history is scanned only when a checkpoint or compaction will read it.
-            let version = report.version.map(|v| v.get());
+            let version = version.map(|v| v.get());
             let keep_from = if !m.needs_keep_from(version) {
                 None
             } else {
@@ -662,9 +867,24 @@ impl Committer {
             )
             .await;
         }
-        if let Some(source) = source {
+    }
+
+    /// Steps 3–5 for a sealed epoch: [`Committer::commit`], then
+    /// [`Committer::checkpoint_committed`]; then the table maintenance that is due (never
+    /// failing the epoch: see [`crate::maintenance`]).
+    pub async fn commit_sealed(
+        &mut self,
+        sealed: SealedEpoch,
+        read_ahead: Option<ReadAhead<'_>>,
+    ) -> Result<EpochReport, CommitError> {
+        let mut read_ahead = read_ahead;
+        let reborrowed = read_ahead.as_mut().map(ReadAhead::reborrow);
+        let committed = self.commit(sealed, reborrowed).await?;
+        let report = self.checkpoint_committed(committed)?;
+        self.maintain(report.version).await;
+        if let Some(ahead) = read_ahead {
             // Step 5's last part: for lag tools only, never read back.
-            source.commit_positions(&report.end);
+            ahead.source.commit_positions(&report.end);
         }
         Ok(report)
     }
@@ -677,9 +897,13 @@ impl Committer {
     pub async fn commit(
         &mut self,
         sealed: SealedEpoch,
-        source: Option<&mut KafkaSource>,
+        read_ahead: Option<ReadAhead<'_>>,
     ) -> Result<CommittedEpoch, CommitError> {
-        let SealedEpoch { open, delta } = sealed;
+        let SealedEpoch {
+            open,
+            delta,
+            wal_after_seal,
+        } = sealed;
         let started = Instant::now();
         let epoch = open.epoch;
         debug_assert!(
@@ -695,22 +919,59 @@ impl Committer {
         };
         let info = self.commit_info(&open);
         let mut polls = 0;
-        let mut source = source;
-        let outcome = match source.as_mut() {
-            Some(source) => {
-                let work = self.write_and_commit_retrying(&open, &info, &mut report);
-                tokio::pin!(work);
-                tokio::select! {
-                    outcome = &mut work => outcome,
-                    err = source.poll_during_commit(BUFFER_DURING_COMMIT, &mut polls) => {
-                        return Err(CommitError::Source(err));
-                    }
-                }
+        // The table side and the logging side are borrowed apart: the commit of `epoch` and
+        // the reading of the next epoch run together (at most one epoch commits at a time).
+        let Committer {
+            sink,
+            dead_letter_sink,
+            pipeline_id,
+            stop,
+            wal,
+            wal_bytes,
+            encode_buf,
+            dedup,
+            durable,
+            ..
+        } = self;
+        let mut table = TableWriter {
+            sink,
+            dead_letters: dead_letter_sink.as_mut(),
+            pipeline_id,
+        };
+        let (outcome, read) = match read_ahead {
+            Some(mut ahead) => {
+                let mut log = WalLog {
+                    wal,
+                    wal_bytes,
+                    encode_buf,
+                    durable: *durable,
+                };
+                let done = AtomicBool::new(false);
+                let logged = AtomicBool::new(false);
+                let work = async {
+                    crate::read_ahead::test_schedule_wait(&logged).await;
+                    let outcome = table
+                        .write_and_commit_retrying(stop, &open, &info, &mut report)
+                        .await;
+                    done.store(true, Ordering::Release);
+                    outcome
+                };
+                let read = read_during_commit(
+                    &mut ahead,
+                    &mut log,
+                    dedup.as_mut(),
+                    &done,
+                    &logged,
+                    &mut polls,
+                );
+                tokio::join!(work, read)
             }
-            None => {
-                self.write_and_commit_retrying(&open, &info, &mut report)
-                    .await
-            }
+            None => (
+                table
+                    .write_and_commit_retrying(stop, &open, &info, &mut report)
+                    .await,
+                Ok(()),
+            ),
         };
         report.polls_during_commit = polls;
         let version = outcome?;
@@ -729,6 +990,8 @@ impl Committer {
             report,
             started,
             delta,
+            wal_after_seal,
+            read_ahead: read.err(),
         })
     }
 
@@ -742,11 +1005,18 @@ impl Committer {
             mut report,
             started,
             delta,
+            wal_after_seal,
+            read_ahead,
         } = committed;
         let cp_started = Instant::now();
-        self.checkpoint_with(open.epoch, &open.end, delta)?;
+        self.checkpoint_with(open.epoch, &open.end, delta, wal_after_seal)?;
         report.checkpoint_micros = cp_started.elapsed().as_micros() as u64;
         report.commit_micros = started.elapsed().as_micros() as u64;
+        // Reading the next epoch failed during the commit: the run stops now that this epoch
+        // is durable (what was logged of the next one is re-read at the next start).
+        if let Some(e) = read_ahead {
+            return Err(e);
+        }
         Ok(report)
     }
 
@@ -815,31 +1085,6 @@ impl Committer {
             .collect()
     }
 
-    /// [`Committer::write_and_commit`] with bounded exponential backoff on transient storage
-    /// errors (a log line per retry); a fatal error, or the last attempt's, stops the run.
-    async fn write_and_commit_retrying(
-        &mut self,
-        open: &OpenEpoch,
-        info: &EpochCommitInfo,
-        report: &mut EpochReport,
-    ) -> Result<TableVersion, CommitError> {
-        let stop = self.stop.clone();
-        let what = format!("the commit of epoch {}", open.epoch);
-        retry_transient(&what, &stop, async || {
-            self.write_and_commit(open, info, report)
-                .await
-                .map_err(|e| match e {
-                    CommitError::Sink(s) => Retry::Sink(s),
-                    other => Retry::Other(other),
-                })
-        })
-        .await
-        .map_err(|e| match e {
-            Retry::Sink(s) => CommitError::Sink(s),
-            Retry::Other(other) => other,
-        })
-    }
-
     /// Adds what a commit of this pipeline recorded to the totals: the inverse of how
     /// [`Committer::commit_sealed`] fills [`EpochCommitInfo`] (skipped records count as
     /// dead-lettered). Used to rebuild totals from the table when no checkpoint has them.
@@ -852,89 +1097,6 @@ impl Committer {
         self.totals += open.counts();
     }
 
-    /// Dead letters first (only those the dead-letter table does not hold yet, see
-    /// [`DeadLetterTable`]), then the rows.
-    async fn write_and_commit(
-        &mut self,
-        open: &OpenEpoch,
-        info: &EpochCommitInfo,
-        report: &mut EpochReport,
-    ) -> Result<TableVersion, CommitError> {
-        let epoch = Epoch::new(open.epoch);
-        if let Some(dlq) = self.dead_letter_sink.as_mut() {
-            let letters = dlq.not_yet_written(&open.dead_letters);
-            if !letters.is_empty() {
-                let batch = dead_letter::to_batch(
-                    dlq.sink.arrow_schema(),
-                    &self.pipeline_id,
-                    epoch,
-                    &letters,
-                )
-                .map_err(|source| ProcessError::Decode { epoch, source })?;
-                // An epoch number the table holds already (re-read with other boundaries
-                // after a lost store): its new letters go in files after the committed ones,
-                // in a commit that keeps the txn version where it is.
-                let again = dlq.txn >= epoch;
-                let first_part = if again {
-                    dlq.sink.next_free_part(epoch).await?
-                } else {
-                    0
-                };
-                let (adds, _) = dlq
-                    .sink
-                    .write_epoch_parts(epoch, first_part, &[batch])
-                    .await?;
-                let mut dlq_info = info.clone();
-                dlq_info.rows_written = letters.len() as u64;
-                dlq_info.skipped.clear();
-                let committed = if again {
-                    dlq.sink.commit_more_of_epoch(adds.clone(), &dlq_info).await
-                } else {
-                    commit_with_delay(&mut dlq.sink, adds.clone(), &dlq_info).await
-                };
-                match committed {
-                    Ok(CommitOutcome::Committed { .. }) => {
-                        dlq.txn = dlq.txn.max(epoch);
-                        dlq.end = open.end.clone();
-                    }
-                    Ok(CommitOutcome::AlreadyCommitted { txn_version }) => {
-                        return Err(CommitError::AlreadyCommitted {
-                            table: dlq.sink.uri().to_string(),
-                            message: format!(
-                                "epoch {epoch} is already in the dead-letter table (txn version \
-                                 {txn_version}, {} expected): another process writes with \
-                                 pipeline id {:?}; stopping without writing it again",
-                                dlq.txn, self.pipeline_id
-                            ),
-                        });
-                    }
-                    // The files stay: the sink found the commit did not land, and the next
-                    // start sweeps this run's uncommitted files.
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        fault::hit(CrashPoint::BeforeParquetWrite);
-        let (adds, write) =
-            crate::metrics::time_parquet(self.sink.write_epoch_files(epoch, &open.batches)).await?;
-        fault::hit(CrashPoint::AfterParquetWrite);
-        report.files = write.files as u64;
-        match commit_with_delay(&mut self.sink, adds.clone(), info).await {
-            Ok(CommitOutcome::Committed { version }) => Ok(version),
-            Ok(CommitOutcome::AlreadyCommitted { txn_version }) => {
-                Err(CommitError::AlreadyCommitted {
-                    table: self.sink.uri().to_string(),
-                    message: format!(
-                    "epoch {epoch} is already in the table (txn version {txn_version}): another \
-                     process writes with pipeline id {:?}; stopping without writing it again",
-                    self.pipeline_id
-                ),
-                })
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Steps 4–5: writes checkpoint `epoch` at `positions` (the WAL position is the log's end,
     /// just after `SEAL(epoch)`) with the dedup state synced in the same batch, then deletes
     /// WAL segments wholly before `epoch + 1`. For epochs whose delta is not in the WAL's
@@ -944,7 +1106,7 @@ impl Committer {
         epoch: u64,
         positions: &Positions,
     ) -> Result<(), CommitError> {
-        self.checkpoint_with(epoch, positions, None)
+        self.checkpoint_with(epoch, positions, None, None)
     }
 
     /// Steps 4–5. With `delta` (the epoch's state delta, logged before its seal by
@@ -957,11 +1119,16 @@ impl Committer {
         epoch: u64,
         positions: &Positions,
         delta: Option<PackedKeys>,
+        wal_after_seal: Option<WalPosition>,
     ) -> Result<(), CommitError> {
         if !self.durable {
             return Ok(());
         }
-        let wal_at = self.wal.end();
+        // Just after `SEAL(epoch)`: frames of the next epoch logged while this one committed
+        // lie after it and belong to what the checkpoint leaves to replay. Without the seal's
+        // position (an epoch recovery redid or found landed, before anything else is logged)
+        // the log's end: anything after that seal is an unsealed remnant, re-read instead.
+        let wal_at = wal_after_seal.unwrap_or_else(|| self.wal.end());
         let watermark = self.dedup.as_ref().and_then(|d| d.state.watermark());
         let mut record = CheckpointRecord {
             epoch,

@@ -400,6 +400,12 @@ pub struct CheckpointConfig {
     /// Most payload bytes (keys + values) in one epoch.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
+    /// Most key + value bytes read ahead into the next epoch while one commits (pipelined
+    /// epochs: the next epoch is read, logged and decoded during the commit). Reading waits
+    /// when it is reached, so at most about `max_bytes + max_buffered_bytes` of records are
+    /// held at once. Default 64 MiB.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: u64,
     /// When WAL appends are fsynced: `on_seal` (default: a seal fsyncs the whole epoch; an
     /// unsynced tail lost in a power cut is simply re-read from Kafka) or `every_batch`.
     #[serde(default)]
@@ -440,6 +446,10 @@ fn default_max_bytes() -> u64 {
     64 << 20
 }
 
+fn default_max_buffered_bytes() -> u64 {
+    64 << 20
+}
+
 fn default_wal_segment_bytes() -> u64 {
     64 << 20
 }
@@ -455,6 +465,7 @@ impl Default for CheckpointConfig {
             interval_ms: default_interval_ms(),
             max_records: default_max_records(),
             max_bytes: default_max_bytes(),
+            max_buffered_bytes: default_max_buffered_bytes(),
             wal_sync: WalSync::default(),
             wal_segment_bytes: default_wal_segment_bytes(),
             retain: default_retain(),
@@ -689,6 +700,7 @@ fn check_checkpoint(
         ("checkpoint.interval_ms", c.interval_ms),
         ("checkpoint.max_records", c.max_records as u64),
         ("checkpoint.max_bytes", c.max_bytes),
+        ("checkpoint.max_buffered_bytes", c.max_buffered_bytes),
         ("checkpoint.retain", c.retain as u64),
     ] {
         if value == 0 {
@@ -1118,6 +1130,10 @@ type = "double"
             (
                 format!("{GOOD}\n[checkpoint]\nmax_bytes = 0\n"),
                 "checkpoint.max_bytes",
+            ),
+            (
+                format!("{GOOD}\n[checkpoint]\nmax_buffered_bytes = 0\n"),
+                "checkpoint.max_buffered_bytes",
             ),
             (
                 format!("{GOOD}\n[checkpoint]\nwal_segment_bytes = 10\n"),

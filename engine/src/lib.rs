@@ -44,6 +44,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod protocol;
 pub mod quarantine;
+pub mod read_ahead;
 pub mod recovery;
 pub mod replica_watch;
 pub mod shutdown;
@@ -51,5 +52,6 @@ pub mod state_lock;
 pub mod status;
 pub mod status_page;
 pub mod wal_damage;
+pub mod wal_tail;
 
 pub use tidemark_checkpoint::fault;

@@ -26,6 +26,7 @@ use crate::epoch::{OpenEpoch, ProcessError, RecordProcessor};
 use crate::io_faults;
 use crate::metrics;
 use crate::progress::Progress;
+use crate::read_ahead::{ReadAhead, ReadAheadLimits};
 use crate::recovery::{self, RecoveryError, RecoveryOutcome, StartOptions};
 pub use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::state_lock::{RunId, StateLock, StateLockError};
@@ -263,6 +264,12 @@ pub async fn run(
     .await;
     committer.set_maintenance(maintenance);
     let committed_at_start = recovered.committed_at_start.take();
+    if let Some(report) = &committed_at_start {
+        // Recovery committed an epoch (a redo, or the records read ahead before a crash)
+        // before the maintenance existed: what is due after that commit is done now, so a
+        // Delta checkpoint a crash left due is written at the first commit after the restart.
+        committer.maintain(report.version).await;
+    }
     metrics::recovered(&recovered, open.epoch, &open.end);
     let _replica_watch = config
         .paths
@@ -691,7 +698,20 @@ async fn run_epochs(
             let (epoch_age, sealing) = (open.age(), Instant::now());
             let sealed = committer.seal(std::mem::replace(open, next))?;
             metrics::epoch_sealed(epoch_age, sealing.elapsed(), open.epoch, &open.start);
-            let report = committer.commit_sealed(sealed, Some(&mut *source)).await?;
+            // Pipelined: the next epoch (`open`) is read, logged and decoded while the sealed
+            // one commits; it is sealed only after that commit's checkpoint (see `read_ahead`).
+            let read_before = open.records;
+            let ahead = ReadAhead {
+                source: &mut *source,
+                open: &mut *open,
+                processor,
+                limits: ReadAheadLimits::of(cp),
+                stop: shutdown,
+            };
+            let report = committer.commit_sealed(sealed, Some(ahead)).await?;
+            if let Some(p) = catching_up.as_mut() {
+                p.add(open.records - read_before);
+            }
             metrics::checkpointed(&report, &after_checkpoint(committer));
             info!(
                 epoch = report.epoch,

@@ -34,6 +34,7 @@ use crate::protocol::{
 };
 use crate::state_lock::StateLock;
 use crate::wal_damage;
+use crate::wal_tail::{TailFrame, TailScan, TailStep};
 
 /// Why a start could not recover (the recovery layer's error). A refusal carries the start
 /// decision that refused.
@@ -294,7 +295,7 @@ fn set_aside(path: &Path, what: &str) -> Result<PathBuf, RecoveryError> {
 }
 
 /// The records (in their logged batches, with batch clocks and too-large stubs) and seal of
-/// epoch `epoch` found in the WAL from `from`.
+/// epoch `epoch` found in the WAL from `from` (the shapes it accepts: [`crate::wal_tail`]).
 fn scan_epoch(
     wal: &Wal,
     from: WalPosition,
@@ -303,6 +304,7 @@ fn scan_epoch(
     let mut decoder = RecordDecoder::default();
     let mut records = Replay::default();
     let mut seal = None;
+    let mut tail = TailScan::new(epoch);
     let after: u64 = wal
         .segments()
         .iter()
@@ -321,25 +323,29 @@ fn scan_epoch(
             path: PathBuf::from(format!("wal segment {} offset {}", at.segment, at.offset)),
             message: what,
         };
-        if frame.epoch != epoch {
-            return Err(unexpected(format!(
-                "frame of epoch {} after checkpoint {}: the WAL does not belong to this checkpoint store",
-                frame.epoch,
-                epoch - 1
-            )));
-        }
-        match frame.kind {
-            FrameKind::Record if seal.is_some() => {
-                return Err(unexpected(format!("record after SEAL({epoch})")))
-            }
-            FrameKind::Seal => {
+        let kind = match frame.kind {
+            FrameKind::Seal => TailFrame::Seal,
+            FrameKind::Record | FrameKind::Marker => TailFrame::Data,
+        };
+        match tail.frame(frame.epoch, kind).map_err(unexpected)? {
+            TailStep::Replay => records
+                .add_frame(frame.kind, &frame.payload, &mut decoder)
+                .map_err(|e| unexpected(e.to_string()))?,
+            TailStep::Seal => {
                 seal =
                     Some(SealInfo::decode(&frame.payload).map_err(|e| unexpected(e.to_string()))?)
             }
-            kind => records
-                .add_frame(kind, &frame.payload, &mut decoder)
-                .map_err(|e| unexpected(e.to_string()))?,
+            // Read while `epoch` committed: re-read from the source after `epoch`'s end.
+            TailStep::ReadAhead => {}
         }
+    }
+    if tail.read_ahead_frames() > 0 {
+        info!(
+            epoch = epoch + 1,
+            frames = tail.read_ahead_frames(),
+            "the WAL holds frames of epoch {} read while epoch {epoch} committed: they are re-read from the source",
+            epoch + 1
+        );
     }
     progress.finish();
     Ok((records, seal))

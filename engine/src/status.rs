@@ -188,10 +188,14 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
         .as_ref()
         .map(|(c, _)| wal_position(c))
         .unwrap_or_default();
+    // Epoch `c+1`'s records; frames of `c+2` read ahead while `c+1` committed (pipelined
+    // epochs) are re-read from the source by recovery, so they are not counted.
+    let next = latest.as_ref().map_or(0, |(c, _)| c.epoch) + 1;
     for item in WalReader::new(&wal_path, from) {
         match item {
             Ok((_, frame)) => match frame.kind {
-                FrameKind::Record => wal.records_after_checkpoint += 1,
+                FrameKind::Record if frame.epoch == next => wal.records_after_checkpoint += 1,
+                FrameKind::Record => {}
                 FrameKind::Seal => wal.sealed_after_checkpoint = Some(frame.epoch),
                 FrameKind::Marker => {}
             },

@@ -535,3 +535,128 @@ fn refusals_name_both_numbers() {
         "{msg}"
     );
 }
+
+/// Issue 19, pipelined epochs: a run at checkpoint 4 (table at 4) commits epoch 5 while epoch
+/// 6 is read, then commits 6 while 7 is read. Killed after each step, the WAL after the newest
+/// checkpoint is read by the tail scan (`wal_tail`), the facts follow, and the decision is the
+/// one written here by hand for that step: never a commit of an epoch the table holds, and the
+/// read-ahead frames of the next epoch are never replayed into the sealed one.
+#[test]
+fn a_pipelined_run_killed_at_each_step_of_either_epoch() {
+    use crate::wal_tail::{TailFrame as F, TailScan, TailStep};
+    // (step, frames appended after checkpoint 4's position, new checkpoint, table txn,
+    // expected case). A new checkpoint `c` restarts the frames after it with those given.
+    type Step = (&'static str, Vec<(u64, F)>, Option<u64>, u64, StartCase);
+    let steps: Vec<Step> = vec![
+        (
+            "epoch 5 read",
+            vec![(5, F::Data), (5, F::Data)],
+            None,
+            4,
+            S::ResumeEpoch { epoch: 5 },
+        ),
+        (
+            "SEAL(5)",
+            vec![(5, F::Seal)],
+            None,
+            4,
+            S::RedoEpoch { epoch: 5 },
+        ),
+        (
+            "epoch 6 read while 5 commits",
+            vec![(6, F::Data)],
+            None,
+            4,
+            S::RedoEpoch { epoch: 5 },
+        ),
+        (
+            "commit 5 landed",
+            vec![],
+            None,
+            5,
+            S::WriteMissingCheckpoint { epoch: 5 },
+        ),
+        (
+            "more of 6 read",
+            vec![(6, F::Data)],
+            None,
+            5,
+            S::WriteMissingCheckpoint { epoch: 5 },
+        ),
+        // Checkpoint 5 is at the position after SEAL(5): epoch 6's frames follow it.
+        (
+            "checkpoint 5",
+            vec![(6, F::Data), (6, F::Data)],
+            Some(5),
+            5,
+            S::ResumeEpoch { epoch: 6 },
+        ),
+        (
+            "SEAL(6)",
+            vec![(6, F::Seal)],
+            None,
+            5,
+            S::RedoEpoch { epoch: 6 },
+        ),
+        (
+            "epoch 7 read while 6 commits",
+            vec![(7, F::Data)],
+            None,
+            5,
+            S::RedoEpoch { epoch: 6 },
+        ),
+        (
+            "commit 6 landed",
+            vec![],
+            None,
+            6,
+            S::WriteMissingCheckpoint { epoch: 6 },
+        ),
+        (
+            "checkpoint 6",
+            vec![(7, F::Data)],
+            Some(6),
+            6,
+            S::ResumeEpoch { epoch: 7 },
+        ),
+    ];
+    let mut c = 4;
+    let mut after_checkpoint: Vec<(u64, F)> = Vec::new();
+    for (what, appended, checkpoint, v, want) in steps {
+        match checkpoint {
+            Some(new) => {
+                c = new;
+                after_checkpoint = appended;
+            }
+            None => after_checkpoint.extend(appended),
+        }
+        let mut scan = TailScan::new(c + 1);
+        let mut replayed = 0;
+        for (epoch, kind) in &after_checkpoint {
+            match scan.frame(*epoch, *kind) {
+                Ok(TailStep::Replay) => replayed += 1,
+                Ok(_) => {}
+                Err(e) => panic!("{what}: the scan refused a pipelined WAL: {e}"),
+            }
+        }
+        let replayable = after_checkpoint
+            .iter()
+            .filter(|(e, k)| *e == c + 1 && *k == F::Data)
+            .count();
+        assert_eq!(
+            replayed,
+            replayable,
+            "{what}: only epoch {}'s frames are replayed",
+            c + 1
+        );
+        let f = facts(cp(c, c), scan.sealed(), replayed > 0, v);
+        let got = decide(f);
+        assert_eq!(got, want, "{what}: {f:?}");
+        if let S::RedoEpoch { epoch } | S::ResumeEpoch { epoch } = got {
+            assert!(
+                epoch > v,
+                "{what}: epoch {epoch} again, the table holds {v}"
+            );
+        }
+    }
+}

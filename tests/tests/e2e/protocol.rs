@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use tidemark_engine::fault::CrashPoint;
+use tidemark_engine::read_ahead::READ_AHEAD_FIRST_ENV;
 use tidemark_tests::{
     broker, create_topic, drain_stderr, order_json, order_json_unless, produce, produce_range,
     stderr_of, summary, unique_topic, Fixture,
@@ -55,7 +56,9 @@ fn wal_segments(fixture: &Fixture) -> Vec<PathBuf> {
 
 /// What each crash point must lead to on restart: recovery case and epochs in the table
 /// before the restart, for a crash at the point's first hit (`@1`: the first epoch, before any
-/// checkpoint exists) or its second (`@2`).
+/// checkpoint exists) or its second (`@2`). With pipelined epochs the run is driven with
+/// [`READ_AHEAD_FIRST_ENV`], so each commit starts with the next epoch's first batch logged:
+/// the schedule (and so the expected case) is deterministic.
 pub(super) fn expected(point: CrashPoint, hit: u32) -> (&'static str, i64) {
     if hit == 1 {
         return match point {
@@ -83,7 +86,9 @@ pub(super) fn expected(point: CrashPoint, hit: u32) -> (&'static str, i64) {
         };
     }
     match point {
-        CrashPoint::BeforeWalAppend | CrashPoint::AfterWalAppend => ("resume_epoch", 1),
+        // Pipelined epochs (issue 19) under `READ_AHEAD_FIRST_ENV`: the second batch is the
+        // first of epoch 2, read while epoch 1 commits, before anything of epoch 1 is written.
+        CrashPoint::BeforeWalAppend | CrashPoint::AfterWalAppend => ("redo_epoch", 0),
         CrashPoint::AfterSeal | CrashPoint::BeforeParquetWrite | CrashPoint::AfterParquetWrite => {
             ("redo_epoch", 1)
         }
@@ -156,7 +161,10 @@ async fn crash_points_recover_as_the_protocol_says(half: usize) {
         set_table_path(&fixture, form);
         let spec = format!("{}@{hit} ({form:?}, dedup {dedup})", point.name());
         let spec_env = format!("{}@{hit}", point.name());
-        let mut env = vec![(tidemark_engine::fault::ENV, spec_env.as_str())];
+        let mut env = vec![
+            (tidemark_engine::fault::ENV, spec_env.as_str()),
+            (READ_AHEAD_FIRST_ENV, "1"),
+        ];
         if point == CrashPoint::DuringTruncation && dedup {
             // With dedup, truncation waits for the background state sync (at most once a
             // second): sync at once, so a short run reaches a truncation at all.
@@ -213,13 +221,17 @@ async fn crash_points_recover_as_the_protocol_says(half: usize) {
         let s = summary(&out);
         assert_eq!(s["recovery"]["case"], case, "{spec}: {s}");
         let replayed = s["recovery"]["replayed_records"].as_u64().unwrap();
-        match point {
-            CrashPoint::AfterWalAppend | CrashPoint::AfterSeal => {
-                assert!(replayed > 0, "{point}: nothing replayed from the WAL")
+        match (point, hit) {
+            // After a checkpoint the WAL holds the next epoch's records, read and logged while
+            // the checkpointed epoch committed: they are replayed.
+            (
+                CrashPoint::AfterWalAppend | CrashPoint::AfterSeal | CrashPoint::AfterCheckpoint,
+                _,
+            )
+            | (CrashPoint::BeforeWalAppend, 2) => {
+                assert!(replayed > 0, "{spec}: nothing replayed from the WAL")
             }
-            CrashPoint::BeforeWalAppend
-            | CrashPoint::AfterCheckpoint
-            | CrashPoint::DuringTruncation => assert_eq!(replayed, 0, "{point}"),
+            (CrashPoint::BeforeWalAppend, _) => assert_eq!(replayed, 0, "{spec}"),
             _ => {}
         }
         if point == CrashPoint::AfterParquetWrite {
@@ -633,4 +645,131 @@ async fn slow_commits_keep_the_consumer_polled() {
         "polls during commits: {polls:?}"
     );
     assert_exactly_once(&fixture, &ends, 2_000).await;
+}
+
+/// The epochs of the WAL's frames in order, with `true` for a seal (read after a crash).
+fn wal_frames(fixture: &Fixture) -> Vec<(u64, bool)> {
+    use tidemark_checkpoint::wal::FrameKind;
+    use tidemark_checkpoint::{WalPosition, WalReader};
+    WalReader::new(&fixture.state_dir().join("wal"), WalPosition::default())
+        .map_while(Result::ok)
+        .map(|(_, f)| (f.epoch, f.kind == FrameKind::Seal))
+        .collect()
+}
+
+/// The newest checkpoint's epoch (0: none), read from the store after a crash.
+fn checkpoint_epoch(fixture: &Fixture) -> u64 {
+    use tidemark_checkpoint::{CheckpointStore, StoreOptions};
+    let store = CheckpointStore::open(
+        &fixture.state_dir().join("store"),
+        StoreOptions { retain: 10 },
+    )
+    .unwrap();
+    store.latest().unwrap().map_or(0, |c| c.epoch)
+}
+
+/// Issue 19: pipelined epochs. A SIGKILL while epoch `e` commits and epoch `e+1` is being read,
+/// at each protocol step of either epoch: the WAL holds `SEAL(e)` followed by frames of `e+1`
+/// (checked before the restart), and the restart recovers as the protocol says and writes every
+/// record exactly once. With dedup on and off.
+#[tokio::test(flavor = "multi_thread")]
+async fn kills_while_an_epoch_commits_and_the_next_is_read_recover_exactly_once() {
+    let Some(brokers) = broker() else { return };
+    // (point, hit, e: the committing epoch, case, epochs in the table at the crash, frames of
+    // e+1 expected after SEAL(e)).
+    let runs: [(CrashPoint, u32, u64, &str, i64, bool); 8] = [
+        // Steps of e+1 while e = 1 commits (its first batch is read before e's writes).
+        (CrashPoint::BeforeWalAppend, 2, 1, "redo_epoch", 0, false),
+        (CrashPoint::AfterWalAppend, 2, 1, "redo_epoch", 0, true),
+        // Steps of e = 2 with frames of e+1 = 3 in the WAL.
+        (CrashPoint::BeforeParquetWrite, 2, 2, "redo_epoch", 1, true),
+        (CrashPoint::AfterParquetWrite, 2, 2, "redo_epoch", 1, true),
+        (
+            CrashPoint::AfterDeltaCommit,
+            2,
+            2,
+            "write_missing_checkpoint",
+            2,
+            true,
+        ),
+        (
+            CrashPoint::MidCheckpointWrite,
+            2,
+            2,
+            "write_missing_checkpoint",
+            2,
+            true,
+        ),
+        (CrashPoint::AfterCheckpoint, 2, 2, "resume_epoch", 2, true),
+        (CrashPoint::AfterSeal, 2, 2, "redo_epoch", 1, false),
+    ];
+    let mut report = Vec::new();
+    for (k, (point, hit, e, case, before, read_ahead)) in runs.into_iter().enumerate() {
+        let dedup = k % 2 == 1;
+        // Epochs of 500 records; `max_records` bounds the read-ahead too, so epoch e+1's
+        // first batch (up to 500 records) is in the WAL before e writes anything.
+        let extra = format!(
+            "[checkpoint]\ninterval_ms = 300\nmax_records = 500\n{}",
+            if dedup {
+                "[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 600000\n"
+            } else {
+                ""
+            }
+        );
+        let (fixture, ends) = topic_and_fixture(
+            &brokers,
+            &format!("pipe-{}", point.name()),
+            3,
+            3_000,
+            &extra,
+        )
+        .await;
+        let spec = format!("{}@{hit} (dedup {dedup})", point.name());
+        let crash = format!("{}@{hit}", point.name());
+        let crashed = fixture.run_to_end(&[
+            (tidemark_engine::fault::ENV, crash.as_str()),
+            (READ_AHEAD_FIRST_ENV, "1"),
+        ]);
+        assert_eq!(
+            crashed.status.signal(),
+            Some(libc::SIGKILL),
+            "{spec}: no crash: {}",
+            stderr_of(&crashed)
+        );
+        assert_eq!(committed(&fixture), before, "{spec}: epochs in the table");
+        // The WAL's shape at the crash.
+        let frames = wal_frames(&fixture);
+        let c = checkpoint_epoch(&fixture);
+        let seal_at = frames.iter().position(|f| *f == (e, true));
+        let next_after_seal = seal_at
+            .map(|i| frames[i + 1..].iter().any(|(epoch, _)| *epoch == e + 1))
+            .unwrap_or(false);
+        assert!(
+            seal_at.is_some(),
+            "{spec}: SEAL({e}) not in the WAL: {frames:?}"
+        );
+        assert_eq!(
+            next_after_seal,
+            read_ahead,
+            "{spec}: frames of epoch {} after SEAL({e}) (checkpoint {c})",
+            e + 1
+        );
+        assert!(
+            !frames.iter().any(|(epoch, seal)| *seal && *epoch > e),
+            "{spec}: epoch {} sealed while {e} was not checkpointed",
+            e + 1
+        );
+        let out = fixture.run_to_end(&[]);
+        assert!(out.status.success(), "{spec}: {}", stderr_of(&out));
+        let s = summary(&out);
+        assert_eq!(s["recovery"]["case"], case, "{spec}: {s}");
+        assert_no_orphans(&fixture);
+        assert_exactly_once(&fixture, &ends, 3_000).await;
+        report.push(format!(
+            "{spec}: checkpoint {c}, WAL {} frames, case {case}, replayed {}",
+            frames.len(),
+            s["recovery"]["replayed_records"]
+        ));
+    }
+    eprintln!("pipelined crashes:\n  {}", report.join("\n  "));
 }

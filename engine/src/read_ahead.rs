@@ -1,0 +1,143 @@
+//! Pipelined epochs: the next epoch is read, logged and decoded while one commits.
+//!
+//! [`ReadAhead`] is what the committer needs to go on reading during a commit (the source, the
+//! next open epoch, the record processor) and how far it may read: the epoch's own record and
+//! byte limits, and `checkpoint.max_buffered_bytes`, the cap on key + value bytes held by the
+//! epoch read ahead. When a limit is reached, reading waits for the commit to end (librdkafka's
+//! own bounded prefetch queue then fills and fetching stops), so memory stays bounded by about
+//! `max_bytes` (the committing epoch) plus `max_buffered_bytes` (the next one).
+//!
+//! Invariants (kept by the committer and the run loop): at most one epoch commits at a time,
+//! commits are in epoch order, and the next epoch is never sealed before the committing one is
+//! checkpointed, so the WAL only ever holds, after the newest checkpoint, the frames of one
+//! sealed epoch and then those of the next (see `recovery::scan_epoch`).
+
+use std::sync::atomic::AtomicBool;
+
+use tidemark_connectors::kafka::KafkaSource;
+
+use crate::config::CheckpointConfig;
+use crate::epoch::{OpenEpoch, RecordProcessor};
+use crate::shutdown::Shutdown;
+
+/// Most records taken from the source per WAL group commit while reading ahead (as between
+/// commits).
+pub const READ_AHEAD_BATCH: u64 = 8192;
+
+/// The read-ahead limits of one epoch, from `[checkpoint]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadAheadLimits {
+    /// `checkpoint.max_records`.
+    pub max_records: u64,
+    /// The smaller of `checkpoint.max_bytes` and `checkpoint.max_buffered_bytes`.
+    pub max_bytes: u64,
+}
+
+impl ReadAheadLimits {
+    /// The limits `[checkpoint]` sets.
+    pub fn of(c: &CheckpointConfig) -> Self {
+        Self {
+            max_records: c.max_records as u64,
+            max_bytes: c.max_bytes.min(c.max_buffered_bytes),
+        }
+    }
+
+    /// How many records may be read next into an epoch holding `records` records of `bytes`
+    /// key + value bytes (0: reading waits).
+    pub fn wanted(&self, records: u64, bytes: u64) -> usize {
+        if records >= self.max_records || bytes >= self.max_bytes {
+            return 0;
+        }
+        (self.max_records - records).min(READ_AHEAD_BATCH) as usize
+    }
+}
+
+/// Reading the next epoch during a commit ([`crate::committer::Committer::commit_sealed`]).
+pub struct ReadAhead<'a> {
+    /// The source, read from where the committing epoch ended.
+    pub source: &'a mut KafkaSource,
+    /// The next epoch (open, not sealed).
+    pub open: &'a mut OpenEpoch,
+    /// How its records become rows.
+    pub processor: &'a RecordProcessor,
+    /// How far it may be read during the commit.
+    pub limits: ReadAheadLimits,
+    /// A stop request ends reading at once.
+    pub stop: &'a Shutdown,
+}
+
+impl ReadAhead<'_> {
+    /// The same read-ahead, borrowed for one commit.
+    pub fn reborrow(&mut self) -> ReadAhead<'_> {
+        ReadAhead {
+            source: self.source,
+            open: self.open,
+            processor: self.processor,
+            limits: self.limits,
+            stop: self.stop,
+        }
+    }
+
+    /// How many records may be read next (0: reading waits).
+    pub fn wanted(&self) -> usize {
+        self.limits.wanted(self.open.records, self.open.bytes)
+    }
+}
+
+/// The environment variable that, in test builds (`crash-points`), makes each commit wait for
+/// the first batch of the next epoch to be logged (or for reading to wait at its cap, for the
+/// source to be caught up, or 5 s)
+/// before writing anything: crash tests then find the next epoch's frames in the WAL at every
+/// step of the committing epoch, deterministically.
+pub const READ_AHEAD_FIRST_ENV: &str = "TIDEMARK_TEST_READ_AHEAD_FIRST";
+
+/// See [`READ_AHEAD_FIRST_ENV`]; returns at once in other builds or when it is not set.
+pub async fn test_schedule_wait(logged: &AtomicBool) {
+    #[cfg(feature = "crash-points")]
+    if std::env::var_os(READ_AHEAD_FIRST_ENV).is_some() {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !logged.load(std::sync::atomic::Ordering::Acquire)
+            && std::time::Instant::now() < until
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+    #[cfg(not(feature = "crash-points"))]
+    let _ = logged;
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{ReadAheadLimits, READ_AHEAD_BATCH};
+    use crate::config::CheckpointConfig;
+
+    #[test]
+    fn the_cap_is_the_smaller_of_the_epoch_and_buffer_limits() {
+        let c = CheckpointConfig {
+            max_bytes: 100,
+            max_buffered_bytes: 40,
+            ..CheckpointConfig::default()
+        };
+        assert_eq!(ReadAheadLimits::of(&c).max_bytes, 40);
+        let c = CheckpointConfig { max_bytes: 10, ..c };
+        assert_eq!(ReadAheadLimits::of(&c).max_bytes, 10);
+    }
+
+    proptest! {
+        /// Reading waits exactly when a limit is reached, and never asks for more records than
+        /// the epoch has room for, nor more than a batch.
+        #[test]
+        fn reading_waits_at_the_limits(
+            max_records in 1u64..100_000, max_bytes in 1u64..1 << 30,
+            records in 0u64..200_000, bytes in 0u64..1 << 31,
+        ) {
+            let l = ReadAheadLimits { max_records, max_bytes };
+            let want = l.wanted(records, bytes) as u64;
+            prop_assert_eq!(want == 0, records >= max_records || bytes >= max_bytes);
+            prop_assert!(records + want <= max_records.max(records));
+            prop_assert!(want <= READ_AHEAD_BATCH);
+        }
+    }
+}
