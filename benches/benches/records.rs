@@ -41,10 +41,10 @@ fn bench_dedup(c: &mut Criterion) {
             }
         })
         .collect();
-    let base = state_with_1m();
     g.bench_function("check_100k_with_1m_in_state", |b| {
         b.iter_batched(
-            || base.clone(),
+            // A fresh state per batch (a state is not Clone: a loading one holds the store).
+            state_with_1m,
             |mut s| {
                 for (k, t) in &input {
                     let _ = std::hint::black_box(s.check(k, *t));
