@@ -899,39 +899,6 @@ impl KafkaSource {
         }
     }
 
-    /// Keeps the consumer served while the caller's commit runs, however long it takes: what
-    /// arrives is kept (up to `cap` records) for the next batch. Transient read errors are
-    /// retried (logged); it returns only a fatal one. Past `cap` it stops taking
-    /// records, so librdkafka's bounded prefetch queue (`queued.max.messages.kbytes`) fills
-    /// and fetching stops: that is the back-pressure. Never returns on its own: race it against
-    /// the slow work. Counts its polls in `polls`.
-    ///
-    /// Why not `rd_kafka_pause`: a consumer that paused and resumed its partitions hung in
-    /// `rd_kafka_destroy` at shutdown (observed with librdkafka 2.12.1, broker thread never
-    /// exits). The assign-mode consumer has no group membership that a long gap between polls
-    /// could cost (librdkafka enforces `max.poll.interval.ms` only for subscribed consumers).
-    pub async fn poll_during_commit(&mut self, cap: usize, polls: &mut u64) -> KafkaSourceError {
-        loop {
-            *polls += 1;
-            if self.pending.len() >= cap {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            match tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()).await {
-                Err(_elapsed) => {}
-                Ok(Err(source)) => match self.on_read_error(source) {
-                    Ok(delay) => tokio::time::sleep(delay).await,
-                    Err(e) => return e,
-                },
-                Ok(Ok(msg)) => {
-                    self.read_backoff.reset();
-                    let record = self.owned(&msg);
-                    self.pending.push_back(record);
-                }
-            }
-        }
-    }
-
     /// Commits `positions` to the consumer group (`group.id`) so lag tools
     /// (`kafka-consumer-groups --describe`, Burrow, exporters) see how far the pipeline is.
     /// Asynchronous and advisory: Tidemark never reads these offsets back (positions come from
