@@ -774,7 +774,9 @@ fn log_wal_recovery(report: &WalRecovery, outcome: &mut RecoveryOutcome) {
 
 /// The newest epoch held by WAL segments that were damaged before the log's end (moved
 /// aside by the WAL's open), if any. When the damaged part shows no epoch at all, it is taken
-/// to hold the epoch after the checkpoint (the only one a WAL after it can hold).
+/// to hold the epoch after the checkpoint: the only one a WAL after it replays (with pipelined
+/// epochs it may also hold frames of the epoch after that, read ahead while the first one
+/// committed; those are re-read from the source either way, see `wal_tail`).
 fn damage_newest_epoch(report: &WalRecovery, checkpoint_epoch: u64) -> Option<u64> {
     let damage = report.mid_log.as_ref()?;
     Some(
