@@ -30,7 +30,7 @@
 //! of range under `auto.offset.reset=error`, authorization, bad configuration) stops the source
 //! with the cause.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -349,9 +349,6 @@ pub struct KafkaSource {
     /// End of each partition when the source started: what "caught up" means.
     high_at_start: HashMap<TopicPartition, i64>,
     topic_names: HashMap<String, Arc<str>>,
-    /// Records that arrived while paused: handed out first by the next `next_batch`.
-    /// Positions advance only when a record is handed out, never when it is buffered.
-    pending: VecDeque<SourceRecord>,
     /// Partitions assigned by discovery and not yet reported by `take_added_partitions`.
     added: Vec<(String, i32)>,
     discovery_interval: Duration,
@@ -718,7 +715,6 @@ impl KafkaSource {
             low_at_start,
             high_at_start,
             topic_names,
-            pending: VecDeque::new(),
             added: Vec::new(),
             discovery_interval,
             next_discovery: Instant::now() + discovery_interval,
@@ -959,11 +955,6 @@ impl KafkaSource {
             .collect()
     }
 
-    /// Records taken during a commit and not yet handed out.
-    pub fn buffered(&self) -> usize {
-        self.pending.len()
-    }
-
     /// Total records between the start positions and the ends seen at start (lag at start).
     pub fn lag_at_start(&self, start: &Positions) -> i64 {
         self.high_at_start
@@ -1019,11 +1010,6 @@ impl Source for KafkaSource {
         }
         let mut batch = Vec::with_capacity(max_records.min(65_536));
         while batch.len() < max_records {
-            if let Some(record) = self.pending.pop_front() {
-                self.positions.advance_past(&record);
-                batch.push(record);
-                continue;
-            }
             // A message already fetched is taken without arming a timer (the common case
             // under backlog: no clock read, no timer entry per message).
             let ready = futures::FutureExt::now_or_never(self.consumer.recv());
