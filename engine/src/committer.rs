@@ -15,8 +15,8 @@
 //! durable `state_epoch` is deleted). Recovery restores the state from the store plus those
 //! deltas (see `dedup.rs`).
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,14 +31,14 @@ use tidemark_connectors::decode::InvalidRecord;
 use tidemark_connectors::delta::{
     CommitOutcome, DeltaSink, DeltaSinkError, EpochCommitInfo, PartitionPosition, SkippedRecord,
 };
-use tidemark_connectors::kafka::{Backoff, KafkaSourceError};
+use tidemark_connectors::kafka::{Backoff, KafkaSource, KafkaSourceError};
 use tidemark_connectors::source::Source;
 use tidemark_connectors::{Epoch, Positions, SourceRecord, TableVersion};
 use tracing::{info, warn};
 
 use crate::dead_letter_overlap::OverlapLetters;
 use crate::dedup::PackedKeys;
-use crate::epoch::{DedupRuntime, OpenEpoch, ProcessError};
+use crate::epoch::{DedupRuntime, OpenEpoch, ProcessError, RecordProcessor};
 use crate::epoch_log::{log_batch, log_state_delta, record_size, to_store_positions, SealInfo};
 use crate::fault::{self, CrashPoint};
 pub use crate::read_ahead::ReadAhead;
@@ -373,8 +373,11 @@ struct WalLog<'a> {
 }
 
 impl WalLog<'_> {
-    /// Step 1 (see [`Committer::log_records`]).
-    fn append_records(
+    /// Step 1's log part: appends `records` of `epoch` to the WAL as one group commit, after a
+    /// marker holding the batch's wall clock (which decides `event_time_in_future`, on replay
+    /// too). A record too large for one WAL frame is logged as a bounded stub (no value) and is
+    /// dead-lettered as `too_large`, so it can never make the append fail (see `epoch_log`).
+    fn log_records(
         &mut self,
         dedup: Option<&mut DedupRuntime>,
         epoch: u64,
@@ -401,47 +404,73 @@ impl WalLog<'_> {
     }
 }
 
-/// Step 1 for the next epoch while an epoch commits: reads batches into `ahead.open`, each
-/// logged to the WAL (one group commit) before it is decoded and deduplicated, exactly as the
-/// run loop does between commits, so the verdicts are the same pure function of (state,
-/// watermark, records in WAL order): the watermark moved at the committing epoch's seal and
-/// moves next at this epoch's seal, after the commit. Stops when `done` is raised (at the end of
-/// the batch in hand), when the read-ahead limits are reached (then it waits), or at an error.
+/// Step 1 for one batch, between commits ([`Committer::read_batch`]) and during one
+/// ([`read_during_commit`]) alike, so both give the same verdicts, a pure function of (state,
+/// watermark, records in WAL order): reads up to `want` records (waiting at most `wait`),
+/// registers partitions the source added with the watermark tracker, logs the batch to the WAL
+/// (one group commit) and only then decodes and deduplicates it into `open`. Returns the number
+/// of records read.
+#[allow(clippy::too_many_arguments)]
+async fn read_batch(
+    source: &mut KafkaSource,
+    open: &mut OpenEpoch,
+    processor: &RecordProcessor,
+    log: &mut WalLog<'_>,
+    mut dedup: Option<&mut DedupRuntime>,
+    want: usize,
+    wait: Duration,
+) -> Result<usize, CommitError> {
+    let records = source.next_batch(want, wait).await?;
+    let added = source.take_added_partitions();
+    if let (false, Some(d)) = (added.is_empty(), dedup.as_deref_mut()) {
+        d.tracker.register(added, Instant::now());
+    }
+    if records.is_empty() {
+        return Ok(0);
+    }
+    log.log_records(dedup.as_deref_mut(), open.epoch, &records)?;
+    open.add(&records, processor, dedup)?;
+    crate::metrics::batch_read(open.records);
+    Ok(records.len())
+}
+
+/// Step 1 for the next epoch while an epoch commits: [`read_batch`] into `ahead.open` until
+/// `done` is raised (at the end of the batch in hand), waiting while the read-ahead limits are
+/// reached or a stop is requested; the watermark moved at the committing epoch's seal and moves
+/// next at this epoch's seal, after the commit. Counts the batches asked of the source in
+/// `polls`.
 async fn read_during_commit(
     ahead: &mut ReadAhead<'_>,
     log: &mut WalLog<'_>,
     mut dedup: Option<&mut DedupRuntime>,
-    done: &AtomicBool,
-    logged: &AtomicBool,
+    stop: &Shutdown,
+    done: &Cell<bool>,
+    logged: &Cell<bool>,
     polls: &mut u64,
 ) -> Result<(), CommitError> {
-    while !done.load(Ordering::Acquire) {
-        *polls += 1;
+    while !done.get() {
         let want = ahead.wanted();
-        if want == 0 || ahead.stop.requested() {
+        if want == 0 || stop.requested() {
             // Reading waits: the cap on buffered bytes (or the epoch's own limit) is reached.
-            logged.store(true, Ordering::Release);
+            logged.set(true);
             tokio::time::sleep(READ_AHEAD_IDLE).await;
             continue;
         }
-        let records = ahead.source.next_batch(want, READ_AHEAD_WAIT).await?;
-        let added = ahead.source.take_added_partitions();
-        if let (false, Some(d)) = (added.is_empty(), dedup.as_deref_mut()) {
-            d.tracker.register(added, Instant::now());
+        *polls += 1;
+        let read = read_batch(
+            ahead.source,
+            ahead.open,
+            ahead.processor,
+            log,
+            dedup.as_deref_mut(),
+            want,
+            READ_AHEAD_WAIT,
+        )
+        .await?;
+        // Something logged, or nothing to read ahead now (see `read_ahead::test_schedule_wait`).
+        if read > 0 || ahead.source.caught_up() {
+            logged.set(true);
         }
-        if records.is_empty() {
-            if ahead.source.caught_up() {
-                // Nothing to read ahead now (see `read_ahead::test_schedule_wait`).
-                logged.store(true, Ordering::Release);
-            }
-            continue;
-        }
-        log.append_records(dedup.as_deref_mut(), ahead.open.epoch, &records)?;
-        ahead
-            .open
-            .add(&records, ahead.processor, dedup.as_deref_mut())?;
-        logged.store(true, Ordering::Release);
-        crate::metrics::batch_read(ahead.open.records);
     }
     Ok(())
 }
@@ -770,18 +799,32 @@ impl Committer {
         self.wal_bytes
     }
 
-    /// Step 1: appends `records` of `epoch` to the WAL as one group commit, after a marker
-    /// holding the batch's wall clock (which decides `event_time_in_future`, on replay too). A
-    /// record too large for one WAL frame is logged as a bounded stub (no value) and is
-    /// dead-lettered as `too_large`, so it can never make the append fail (see `epoch_log`).
-    pub fn log_records(&mut self, epoch: u64, records: &[SourceRecord]) -> Result<(), CommitError> {
+    /// Step 1 for one batch between commits (see [`read_batch`]): reads up to `want` records
+    /// of `source` into `open`, waiting at most `wait`; the number read.
+    pub async fn read_batch(
+        &mut self,
+        source: &mut KafkaSource,
+        open: &mut OpenEpoch,
+        processor: &RecordProcessor,
+        want: usize,
+        wait: Duration,
+    ) -> Result<usize, CommitError> {
         let mut log = WalLog {
             wal: &mut self.wal,
             wal_bytes: &mut self.wal_bytes,
             encode_buf: &mut self.encode_buf,
             durable: self.durable,
         };
-        log.append_records(self.dedup.as_mut(), epoch, records)
+        read_batch(
+            source,
+            open,
+            processor,
+            &mut log,
+            self.dedup.as_mut(),
+            want,
+            wait,
+        )
+        .await
     }
 
     /// Step 2: seals `open` (durable when this returns). With dedup on, the watermark moves
@@ -878,8 +921,7 @@ impl Committer {
         read_ahead: Option<ReadAhead<'_>>,
     ) -> Result<EpochReport, CommitError> {
         let mut read_ahead = read_ahead;
-        let reborrowed = read_ahead.as_mut().map(ReadAhead::reborrow);
-        let committed = self.commit(sealed, reborrowed).await?;
+        let committed = self.commit(sealed, read_ahead.as_mut()).await?;
         let report = self.checkpoint_committed(committed)?;
         self.maintain(report.version).await;
         if let Some(ahead) = read_ahead {
@@ -894,10 +936,10 @@ impl Committer {
     /// is the back-pressure). Transient storage errors are retried with bounded backoff; after
     /// any error the table is the truth (the sink re-reads it), and no data file is deleted
     /// here: files of a commit that did not land are swept at the next start.
-    pub async fn commit(
+    async fn commit(
         &mut self,
         sealed: SealedEpoch,
-        read_ahead: Option<ReadAhead<'_>>,
+        read_ahead: Option<&mut ReadAhead<'_>>,
     ) -> Result<CommittedEpoch, CommitError> {
         let SealedEpoch {
             open,
@@ -939,27 +981,29 @@ impl Committer {
             pipeline_id,
         };
         let (outcome, read) = match read_ahead {
-            Some(mut ahead) => {
+            Some(ahead) => {
                 let mut log = WalLog {
                     wal,
                     wal_bytes,
                     encode_buf,
                     durable: *durable,
                 };
-                let done = AtomicBool::new(false);
-                let logged = AtomicBool::new(false);
+                // Both futures run on this one task (`join!`): plain cells suffice.
+                let done = Cell::new(false);
+                let logged = Cell::new(false);
                 let work = async {
                     crate::read_ahead::test_schedule_wait(&logged).await;
                     let outcome = table
                         .write_and_commit_retrying(stop, &open, &info, &mut report)
                         .await;
-                    done.store(true, Ordering::Release);
+                    done.set(true);
                     outcome
                 };
                 let read = read_during_commit(
-                    &mut ahead,
+                    ahead,
                     &mut log,
                     dedup.as_mut(),
+                    stop,
                     &done,
                     &logged,
                     &mut polls,
@@ -1170,8 +1214,8 @@ impl Committer {
                     Some(d) if dedup => (d.state.take_inserted(), watermark),
                     _ => (PackedKeys::default(), None),
                 };
+                // The store lets compaction evict below the watermark once this is durable.
                 self.store.write(&record, inserts.iter(), evict_below)?;
-                self.store.set_evict_below(evict_below);
                 self.unsynced_state.clear();
                 self.state_epoch = epoch;
                 self.state_at = wal_at;

@@ -26,13 +26,11 @@ use crate::epoch::{OpenEpoch, ProcessError, RecordProcessor};
 use crate::io_faults;
 use crate::metrics;
 use crate::progress::Progress;
-use crate::read_ahead::{ReadAhead, ReadAheadLimits};
+use crate::read_ahead::{ReadAhead, ReadAheadLimits, READ_BATCH};
 use crate::recovery::{self, RecoveryError, RecoveryOutcome, StartOptions};
 pub use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::state_lock::{RunId, StateLock, StateLockError};
 
-/// Most records taken from the source per WAL group commit.
-const POLL_BATCH: usize = 8192;
 /// Longest wait for records before checking for a stop request or a due epoch.
 const POLL_WAIT: Duration = Duration::from_millis(200);
 
@@ -706,7 +704,6 @@ async fn run_epochs(
                 open: &mut *open,
                 processor,
                 limits: ReadAheadLimits::of(cp),
-                stop: shutdown,
             };
             let report = committer.commit_sealed(sealed, Some(ahead)).await?;
             if let Some(p) = catching_up.as_mut() {
@@ -741,21 +738,13 @@ async fn run_epochs(
             ends_at = Instant::now();
             metrics::partition_ends(&source.partition_ends());
         }
-        let want = (cp.max_records as u64 - open.records).min(POLL_BATCH as u64) as usize;
+        let want = (cp.max_records as u64 - open.records).min(READ_BATCH as u64) as usize;
         let wait = open.time_left(cp).min(POLL_WAIT);
-        let records = source.next_batch(want.max(1), wait).await?;
-        let added = source.take_added_partitions();
-        if let (false, Some(d)) = (added.is_empty(), committer.dedup_mut()) {
-            d.tracker.register(added, Instant::now());
-        }
-        if records.is_empty() {
-            continue;
-        }
-        committer.log_records(open.epoch, &records)?;
-        open.add(&records, processor, committer.dedup_mut())?;
-        metrics::batch_read(open.records);
-        if let Some(p) = catching_up.as_mut() {
-            p.add(records.len() as u64);
+        let read = committer
+            .read_batch(source, open, processor, want.max(1), wait)
+            .await?;
+        if let (true, Some(p)) = (read > 0, catching_up.as_mut()) {
+            p.add(read as u64);
         }
     }
 }

@@ -12,17 +12,16 @@
 //! checkpointed, so the WAL only ever holds, after the newest checkpoint, the frames of one
 //! sealed epoch and then those of the next (see `recovery::scan_epoch`).
 
-use std::sync::atomic::AtomicBool;
+use std::cell::Cell;
 
 use tidemark_connectors::kafka::KafkaSource;
 
 use crate::config::CheckpointConfig;
 use crate::epoch::{OpenEpoch, RecordProcessor};
-use crate::shutdown::Shutdown;
 
-/// Most records taken from the source per WAL group commit while reading ahead (as between
-/// commits).
-pub const READ_AHEAD_BATCH: u64 = 8192;
+/// Most records taken from the source per WAL group commit, while reading ahead and between
+/// commits alike.
+pub const READ_BATCH: usize = 8192;
 
 /// The read-ahead limits of one epoch, from `[checkpoint]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +47,7 @@ impl ReadAheadLimits {
         if records >= self.max_records || bytes >= self.max_bytes {
             return 0;
         }
-        (self.max_records - records).min(READ_AHEAD_BATCH) as usize
+        (self.max_records - records).min(READ_BATCH as u64) as usize
     }
 }
 
@@ -62,22 +61,9 @@ pub struct ReadAhead<'a> {
     pub processor: &'a RecordProcessor,
     /// How far it may be read during the commit.
     pub limits: ReadAheadLimits,
-    /// A stop request ends reading at once.
-    pub stop: &'a Shutdown,
 }
 
 impl ReadAhead<'_> {
-    /// The same read-ahead, borrowed for one commit.
-    pub fn reborrow(&mut self) -> ReadAhead<'_> {
-        ReadAhead {
-            source: self.source,
-            open: self.open,
-            processor: self.processor,
-            limits: self.limits,
-            stop: self.stop,
-        }
-    }
-
     /// How many records may be read next (0: reading waits).
     pub fn wanted(&self) -> usize {
         self.limits.wanted(self.open.records, self.open.bytes)
@@ -92,13 +78,11 @@ impl ReadAhead<'_> {
 pub const READ_AHEAD_FIRST_ENV: &str = "TIDEMARK_TEST_READ_AHEAD_FIRST";
 
 /// See [`READ_AHEAD_FIRST_ENV`]; returns at once in other builds or when it is not set.
-pub async fn test_schedule_wait(logged: &AtomicBool) {
+pub async fn test_schedule_wait(logged: &Cell<bool>) {
     #[cfg(feature = "crash-points")]
     if std::env::var_os(READ_AHEAD_FIRST_ENV).is_some() {
         let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !logged.load(std::sync::atomic::Ordering::Acquire)
-            && std::time::Instant::now() < until
-        {
+        while !logged.get() && std::time::Instant::now() < until {
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     }
@@ -110,7 +94,7 @@ pub async fn test_schedule_wait(logged: &AtomicBool) {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{ReadAheadLimits, READ_AHEAD_BATCH};
+    use super::{ReadAheadLimits, READ_BATCH};
     use crate::config::CheckpointConfig;
 
     #[test]
@@ -137,7 +121,7 @@ mod tests {
             let want = l.wanted(records, bytes) as u64;
             prop_assert_eq!(want == 0, records >= max_records || bytes >= max_bytes);
             prop_assert!(records + want <= max_records.max(records));
-            prop_assert!(want <= READ_AHEAD_BATCH);
+            prop_assert!(want <= READ_BATCH as u64);
         }
     }
 }

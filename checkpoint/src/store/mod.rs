@@ -124,15 +124,10 @@ impl std::fmt::Debug for CheckpointStore {
     }
 }
 
-/// The dedup column family's options: [`db_options`] plus the compaction filter that drops
-/// entries below `evict_below`.
-fn dedup_options(evict_below: Arc<AtomicI64>) -> Options {
-    dedup_options_keyed(evict_below, false)
-}
-
-/// [`dedup_options`] for `dedup` (`by_key` false: the time is the key's prefix) or for
-/// `dedup_by_key` (the time is the value; a Bloom filter makes lookups of absent keys cheap).
-fn dedup_options_keyed(evict_below: Arc<AtomicI64>, by_key: bool) -> Options {
+/// The options of a dedup column family: [`db_options`] plus the compaction filter that drops
+/// entries below `evict_below`, for `dedup` (`by_key` false: the time is the key's prefix) or
+/// for `dedup_by_key` (the time is the value; a Bloom filter makes lookups of absent keys cheap).
+fn dedup_options(evict_below: Arc<AtomicI64>, by_key: bool) -> Options {
     let mut o = db_options();
     if by_key {
         let mut table = rocksdb::BlockBasedOptions::default();
@@ -193,11 +188,8 @@ impl CheckpointStore {
         let cfs = [
             ColumnFamilyDescriptor::new(CF_META, db_options()),
             ColumnFamilyDescriptor::new(CF_HISTORY, db_options()),
-            ColumnFamilyDescriptor::new(CF_DEDUP, dedup_options(evict_below.clone())),
-            ColumnFamilyDescriptor::new(
-                CF_DEDUP_BY_KEY,
-                dedup_options_keyed(evict_below.clone(), true),
-            ),
+            ColumnFamilyDescriptor::new(CF_DEDUP, dedup_options(evict_below.clone(), false)),
+            ColumnFamilyDescriptor::new(CF_DEDUP_BY_KEY, dedup_options(evict_below.clone(), true)),
         ];
         let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(rocks("open"))?;
         let mut store = Self {
