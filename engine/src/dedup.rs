@@ -322,13 +322,12 @@ impl DedupState {
         if self.watermark.is_some_and(|w| event_time < w) {
             return Ok(Verdict::Late);
         }
-        if self.cold.is_some() {
-            // Memory first, then the part still loading (module documentation).
-            if self.keys.contains_key(key) || self.cold_time(key)?.is_some() {
-                return Ok(Verdict::Duplicate);
-            }
-            self.keys.insert(DedupKey::from(key), event_time);
-        } else if let Some(v) = self.check_loaded(key, event_time) {
+        // While loading, a key memory does not hold may be in the part not loaded yet (module
+        // documentation); otherwise memory decides alone.
+        if self.cold.is_some() && !self.keys.contains_key(key) && self.cold_time(key)?.is_some() {
+            return Ok(Verdict::Duplicate);
+        }
+        if let Some(v) = self.check_loaded(key, event_time) {
             return Ok(v);
         }
         self.inserted.push(key, event_time);
@@ -401,6 +400,15 @@ impl DedupState {
     /// part not loaded yet is not listed: [`DedupState::finish_loading`] first).
     pub fn entries(&self) -> impl Iterator<Item = (&[u8], i64)> + '_ {
         self.keys.iter().map(|(k, t)| (k.as_slice(), *t))
+    }
+
+    /// [`DedupState::entries`] owned and sorted: two states compared in tests.
+    #[cfg(test)]
+    pub(crate) fn sorted_entries(&self) -> Vec<(Vec<u8>, i64)> {
+        let mut entries: Vec<(Vec<u8>, i64)> =
+            self.entries().map(|(k, t)| (k.to_vec(), t)).collect();
+        entries.sort();
+        entries
     }
 }
 
@@ -730,11 +738,7 @@ mod tests {
             for (keys, _) in &wal[synced_epoch..] {
                 restored.load_changelog(keys);
             }
-            let mut want: Vec<(Vec<u8>, i64)> = live.entries().map(|(k, t)| (k.to_vec(), t)).collect();
-            let mut got: Vec<(Vec<u8>, i64)> = restored.entries().map(|(k, t)| (k.to_vec(), t)).collect();
-            want.sort();
-            got.sort();
-            prop_assert_eq!(got, want);
+            prop_assert_eq!(restored.sorted_entries(), live.sorted_entries());
             // And the rest of the stream gets the same verdicts from either.
             for &(k, t) in &input[at..] {
                 prop_assert_eq!(restored.check(&[k], t).unwrap(), live.check(&[k], t).unwrap());
@@ -810,11 +814,7 @@ mod tests {
                 prop_assert_eq!(partial.take_inserted(), full.take_inserted());
             }
             partial.finish_loading().unwrap();
-            let mut got: Vec<(Vec<u8>, i64)> = partial.entries().map(|(k, t)| (k.to_vec(), t)).collect();
-            let mut want: Vec<(Vec<u8>, i64)> = full.entries().map(|(k, t)| (k.to_vec(), t)).collect();
-            got.sort();
-            want.sort();
-            prop_assert_eq!(got, want);
+            prop_assert_eq!(partial.sorted_entries(), full.sorted_entries());
             for &(k, t) in &after[at..] {
                 prop_assert_eq!(partial.check(&[k], t).unwrap(), full.check(&[k], t).unwrap());
             }

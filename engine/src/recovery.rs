@@ -824,25 +824,22 @@ async fn from_checkpoint(
     if let Some(spec) = processor.dedup() {
         let started = std::time::Instant::now();
         let watermark = c.as_ref().and_then(|c| c.watermark);
-        let (mut state, stored) = match preload {
+        let mut state = match preload {
+            // Queryable at once: the changelog in memory, the store's part by lookup until its
+            // load ends.
             Some(load) if load.store.has_key_index() => {
-                // Queryable at once: the changelog in memory, the store's part by lookup until
-                // its load ends (counted here by RocksDB's estimate).
-                let stored = load.store.estimated_dedup_entries() as usize;
-                (DedupState::loading(Box::new(load), watermark), stored)
+                DedupState::loading(Box::new(load), watermark)
             }
-            Some(load) => {
-                let state = load.join()?;
-                let stored = state.len();
-                (state, stored)
-            }
-            None => {
-                let state = load_dedup_state(committer.store(), watermark)?;
-                let stored = state.len();
-                (state, stored)
-            }
+            Some(load) => load.join()?,
+            None => load_dedup_state(committer.store(), watermark)?,
         };
         let loading = state.is_loading();
+        // While loading, the store's part is counted by RocksDB's estimate.
+        let stored = if loading {
+            committer.store().estimated_dedup_entries() as usize
+        } else {
+            state.len()
+        };
         for (_, _, delta) in &changelog {
             state.load_changelog(&delta.inserts);
         }
@@ -1039,13 +1036,11 @@ async fn from_table(
 struct StateLoad {
     thread: Option<std::thread::JoinHandle<Result<DedupState, RecoveryError>>>,
     store: CheckpointStore,
-    path: PathBuf,
     started: std::time::Instant,
 }
 
 impl StateLoad {
     fn start(store: CheckpointStore, watermark: Option<i64>) -> Self {
-        let path = store.path().to_path_buf();
         let loader = store.clone();
         let thread = std::thread::Builder::new()
             .name("tidemark-state-load".into())
@@ -1054,27 +1049,33 @@ impl StateLoad {
         Self {
             thread,
             store,
-            path,
             started: std::time::Instant::now(),
         }
     }
 
+    /// Waits for the load to end and takes its outcome; the outer error says why there is
+    /// none (the thread panicked or never started).
+    fn take_loaded(&mut self) -> Result<Result<DedupState, RecoveryError>, &'static str> {
+        let loaded = match self.thread.take() {
+            Some(t) => t.join().map_err(|_| "panicked")?,
+            None => return Err("could not start a thread"),
+        };
+        if let Ok(state) = &loaded {
+            info!(
+                keys = state.len(),
+                ms = self.started.elapsed().as_millis() as u64,
+                "dedup state loaded from the store in the background of recovery"
+            );
+        }
+        Ok(loaded)
+    }
+
     /// The loaded state (waits for the load to end).
     fn join(mut self) -> Result<DedupState, RecoveryError> {
-        let failed = |what: &str| RecoveryError::State {
-            path: self.path.clone(),
+        self.take_loaded().map_err(|what| RecoveryError::State {
+            path: self.store.path().to_path_buf(),
             message: format!("the dedup state load {what}"),
-        };
-        let state = match self.thread.take() {
-            Some(t) => t.join().map_err(|_| failed("panicked"))?,
-            None => return Err(failed("could not start a thread")),
-        }?;
-        info!(
-            keys = state.len(),
-            ms = self.started.elapsed().as_millis() as u64,
-            "dedup state loaded from the store (in the background of recovery)"
-        );
-        Ok(state)
+        })?
     }
 }
 
@@ -1089,24 +1090,12 @@ impl ColdKeys for StateLoad {
         if self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
             return Ok(None);
         }
-        let failed = |what: &str| {
-            ColdError(format!(
-                "the dedup state load of {} {what}",
-                self.path.display()
-            ))
-        };
-        let state = match self.thread.take() {
-            Some(t) => t
-                .join()
-                .map_err(|_| failed("panicked"))?
-                .map_err(|e| failed(&format!("failed: {e}")))?,
-            None => return Err(failed("could not start a thread")),
-        };
-        info!(
-            keys = state.len(),
-            ms = self.started.elapsed().as_millis() as u64,
-            "dedup state loaded from the store in the background; lookups in the store end"
-        );
+        let path = self.store.path().display().to_string();
+        let failed = |what: String| ColdError(format!("the dedup state load of {path} {what}"));
+        let state = self
+            .take_loaded()
+            .map_err(|what| failed(what.to_string()))?
+            .map_err(|e| failed(format!("failed: {e}")))?;
         Ok(Some(state))
     }
 }
