@@ -510,10 +510,7 @@ fn consume_run(setup: &Setup) -> anyhow::Result<f64> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
+    let summary = crate::child_log::summary_line(&out.stdout)
         .context("no summary line from the plain consumer run")?;
     let read = summary["records"].as_u64().unwrap_or(0);
     if read != setup.produced {
@@ -1000,11 +997,7 @@ fn run_child(
             log.display()
         );
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
+    crate::child_log::summary_line(&out.stdout)
         .with_context(|| format!("no summary line from the run; see {}", log.display()))
 }
 

@@ -239,11 +239,8 @@ table_uri = "replica"
     pipeline.wait()?;
     terminate(&follower);
     let out = follower.wait_with_output()?;
-    let replicate_summary = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or(serde_json::Value::Null);
+    let replicate_summary =
+        crate::child_log::summary_line(&out.stdout).unwrap_or(serde_json::Value::Null);
     versions.sort_unstable();
     seconds.sort_by(f64::total_cmp);
     let measured_s = o.seconds.saturating_sub(o.warmup).max(1) as f64;

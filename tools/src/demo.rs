@@ -306,11 +306,7 @@ fn run_to_end(exe: &Path, dir: &Path, config_path: &Path, n: u32) -> anyhow::Res
     if !output.status.success() {
         bail!("run {n} failed ({}); see {}", output.status, log.display());
     }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let summary = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
+    let summary = crate::child_log::summary_line(&output.stdout)
         .with_context(|| format!("run {n} printed no summary"))?;
     Ok(RunResult { summary, secs })
 }
