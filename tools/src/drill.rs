@@ -351,8 +351,10 @@ pub async fn run(options: DrillOptions) -> anyhow::Result<()> {
     }
     let mut rounds = Vec::new();
     for round in 1..=options.rounds {
+        // The process id too: two drills on one broker never share a round's topic.
         let topic = format!(
-            "drill-{round}-{}",
+            "drill-{round}-{}-{}",
+            std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis())
