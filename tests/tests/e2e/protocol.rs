@@ -222,10 +222,14 @@ async fn crash_points_recover_as_the_protocol_says(half: usize) {
         assert_eq!(s["recovery"]["case"], case, "{spec}: {s}");
         let replayed = s["recovery"]["replayed_records"].as_u64().unwrap();
         match (point, hit) {
-            // After a checkpoint the WAL holds the next epoch's records, read and logged while
-            // the checkpointed epoch committed: they are replayed.
+            // After a checkpoint (and during the truncation that follows it) the WAL holds the
+            // next epoch's records, read and logged while the checkpointed epoch committed:
+            // they are replayed.
             (
-                CrashPoint::AfterWalAppend | CrashPoint::AfterSeal | CrashPoint::AfterCheckpoint,
+                CrashPoint::AfterWalAppend
+                | CrashPoint::AfterSeal
+                | CrashPoint::AfterCheckpoint
+                | CrashPoint::DuringTruncation,
                 _,
             )
             | (CrashPoint::BeforeWalAppend, 2) => {
