@@ -178,10 +178,13 @@ pub fn have_python() -> bool {
     have
 }
 
-/// Held by the tests that delete topics and by the chaos test, so they never overlap: with
-/// tansu 0.6 (SQLite engine), produce requests were seen to stall past librdkafka's timeouts
-/// while a topic was deleted during the chaos test's heavy produce load (both tests then
-/// failed, each passing alone).
+/// Held by the tests that delete topics, the chaos test and the vacuum proof, so they never
+/// overlap under `cargo test` (one process, tests on threads): with tansu 0.6 (SQLite engine),
+/// produce requests were seen to stall past librdkafka's timeouts while a topic was deleted
+/// during the chaos test's heavy produce load (both tests then failed, each passing alone).
+/// Under `scripts/test`'s nextest (a process per test) this in-process lock holds nothing: the
+/// topic-deleting tests run alone, after all others, in their own profile
+/// (`.config/nextest.toml`), and the chaos test and the vacuum proof run side by side.
 pub async fn broker_exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     EXCLUSIVE.lock().await
