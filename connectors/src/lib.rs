@@ -4,6 +4,7 @@
 //! - [`record`]: the record a source yields and the positions it stands at.
 //! - [`source`]: the [`source::Source`] trait the engine drives.
 //! - [`kafka`]: a Kafka source whose positions Tidemark owns (assign + seek, no auto-commit).
+//! - [`kafka_group`]: a worker's membership in its pipeline's consumer group (scale-out).
 //! - [`kafka_cluster`]: the cluster id a source reads, and offsets by time (for failovers).
 //! - [`kafka_topic_id`]: topic ids from the broker (DescribeTopics), to tell a recreated topic.
 //! - [`mm2`]: MirrorMaker 2's offset translations (offset-syncs, checkpoints) in its binary format.
@@ -23,6 +24,7 @@ pub mod durable_store;
 pub mod ids;
 pub mod kafka;
 pub mod kafka_cluster;
+pub mod kafka_group;
 pub mod kafka_topic_id;
 pub mod mm2;
 pub mod multipart;
