@@ -48,7 +48,8 @@ use crate::durable_store::DurableLocalStore;
 use crate::ids::{Epoch, TableVersion};
 use crate::multipart::AbortOnDrop;
 use crate::parquet_file;
-use crate::record::Positions;
+use crate::partition_claims::{self, claim_app_id, PartitionTaken};
+use crate::record::{Positions, TopicPartition};
 use crate::table_store::{verify_put_if_absent, TableStore};
 
 /// The commitInfo key under which Tidemark records its progress.
@@ -106,6 +107,12 @@ impl DeltaSinkError {
             current = e.source();
         }
         false
+    }
+
+    /// The claim refusal, when that is the cause: another worker took a partition this
+    /// commit covers (see [`crate::partition_claims`]).
+    pub fn partition_taken(&self) -> Option<&PartitionTaken> {
+        self.source.downcast_ref::<PartitionTaken>()
     }
 
     /// The fencing refusal, when that is the cause: a newer generation owns the table.
@@ -574,6 +581,9 @@ pub struct DeltaSink {
     /// [`OwnTail`]): the next commit tries first without re-reading the log. `None` after a
     /// refresh, a failed or lost try, or at open.
     own_tail: Option<OwnTail>,
+    /// The pipeline whose per-partition claims every commit writes and checks (a worker of a
+    /// pipeline shared by several, see [`crate::partition_claims`]); `None`: no claims.
+    claims: Option<String>,
 }
 
 /// What a sink knows of its table after its own commits, without having re-read the log: the
@@ -767,6 +777,7 @@ impl DeltaSink {
             table,
             uri,
             app_id: app_id.to_string(),
+            claims: None,
             local_root,
             unchecked_store,
             fs,
@@ -846,6 +857,66 @@ impl DeltaSink {
             .await
             .map(|v| v.map(Epoch::from_txn))
             .map_err(self.err("read txn version"))
+    }
+
+    /// Makes every commit of this sink claim the partitions it covers for `pipeline`, and
+    /// refuse ([`PartitionTaken`]) where another writer claimed one since (a worker of a
+    /// pipeline shared by several; see [`crate::partition_claims`]).
+    pub fn claim_partitions(&mut self, pipeline: &str) {
+        self.claims = Some(pipeline.to_string());
+    }
+
+    /// The claims of `partitions` in the state as last loaded (`None`: no claim).
+    async fn loaded_claims<'a>(
+        &self,
+        pipeline: &str,
+        partitions: impl IntoIterator<Item = &'a TopicPartition>,
+    ) -> Result<BTreeMap<TopicPartition, Option<i64>>, DeltaSinkError> {
+        let snapshot = self.table.snapshot().map_err(self.err("snapshot"))?;
+        let mut claims = BTreeMap::new();
+        for tp in partitions {
+            let claim = snapshot
+                .transaction_version(self.table.log_store().as_ref(), claim_app_id(pipeline, tp))
+                .await
+                .map_err(self.err("read partition claim"))?;
+            claims.insert(tp.clone(), claim);
+        }
+        Ok(claims)
+    }
+
+    /// Where each of `partitions` stands in the table for `pipeline`, from the newest state:
+    /// the next offset its newest claim recorded (absent: never committed by any worker).
+    pub async fn partition_claims(
+        &mut self,
+        pipeline: &str,
+        partitions: &std::collections::BTreeSet<TopicPartition>,
+    ) -> Result<Positions, DeltaSinkError> {
+        self.refresh().await?;
+        let mut positions = Positions::new();
+        for (tp, claim) in self.loaded_claims(pipeline, partitions).await? {
+            if let Some(next) = claim {
+                positions.set(&tp.topic, tp.partition, next);
+            }
+        }
+        Ok(positions)
+    }
+
+    /// Refuses `info` when a partition it covers was claimed by another writer since its
+    /// start (checked on the state as last loaded: the commit lands right after it or not).
+    async fn check_claims(&self, info: &EpochCommitInfo) -> Result<(), DeltaSinkError> {
+        let Some(pipeline) = &self.claims else {
+            return Ok(());
+        };
+        let ranges = partition_claims::claimed_ranges(info);
+        let claims = self
+            .loaded_claims(pipeline, ranges.iter().map(|r| &r.partition))
+            .await?;
+        partition_claims::check(&ranges, &claims).map_err(|taken| DeltaSinkError {
+            op: "commit",
+            table: self.uri.clone(),
+            file: None,
+            source: Box::new(taken),
+        })
     }
 
     /// Where the pipeline stands in the table, from ONE load of the newest state: its txn
@@ -1476,6 +1547,7 @@ impl DeltaSink {
                         Some(t) if more_of_epoch => t.max(info.epoch),
                         _ => info.epoch,
                     };
+                    self.check_claims(&info).await?;
                     let before = self.table.version();
                     let tried = self.try_commit(adds.clone(), &info, txn).await;
                     if let Ok(version) = tried {
@@ -1565,8 +1637,16 @@ impl DeltaSink {
     ) -> Result<PreCommit<'_>, DeltaTableError> {
         let info_json = serde_json::to_value(info)
             .map_err(|e| DeltaTableError::Generic(format!("encode commitInfo: {e}")))?;
+        let mut transactions = vec![Transaction::new(&self.app_id, txn.to_txn())];
+        if let Some(pipeline) = &self.claims {
+            transactions.extend(
+                partition_claims::claimed_ranges(info)
+                    .iter()
+                    .map(|r| Transaction::new(claim_app_id(pipeline, &r.partition), r.end)),
+            );
+        }
         let properties = CommitProperties::default()
-            .with_application_transaction(Transaction::new(&self.app_id, txn.to_txn()))
+            .with_application_transactions(transactions)
             .with_metadata([(COMMIT_INFO_KEY.to_string(), info_json)])
             .with_max_retries(0)
             .with_create_checkpoint(false)

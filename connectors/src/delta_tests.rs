@@ -1090,3 +1090,90 @@ async fn commits_after_its_own_skip_the_log_reread_and_another_writers_commit_is
     assert_eq!(txn, Some(ep(6)));
     assert_eq!(progress.unwrap().table_version.get(), 7);
 }
+
+/// Two workers of one pipeline (own app ids, shared claims) on one local table: a commit
+/// covering a partition another worker claimed since its start is refused, names the
+/// partition, and writes nothing; the claims give the next start to whoever asks.
+#[tokio::test]
+async fn a_partition_claimed_by_another_worker_refuses_the_stale_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("t");
+    let fs = tidemark_fs::std_fs();
+    let mut w1 = open(&root, fs.clone(), 1).await;
+    let mut w2 = DeltaSink::open_existing_with(&url_of(&root), "orders/w2", options(fs, 2))
+        .await
+        .unwrap()
+        .unwrap();
+    w1.claim_partitions(APP);
+    w2.claim_partitions(APP);
+    let range = |epoch: i64, start: Option<i64>, end: i64| {
+        let mut i = info(epoch);
+        if let Some(s) = start {
+            i.start_positions.set("t", 0, s);
+        }
+        i.end_positions.set("t", 0, end);
+        i.end_positions.set("t", 1, 3);
+        i.start_positions.set("t", 1, 3);
+        i
+    };
+    let (adds, _) = w1
+        .write_epoch_files(ep(1), &[batch(&w1, 0..5)])
+        .await
+        .unwrap();
+    let out = w1.commit_epoch(adds, &range(1, None, 5)).await.unwrap();
+    assert!(matches!(out, CommitOutcome::Committed { .. }), "{out:?}");
+
+    // w2 was given partition 0 before w1's commit landed: it started from the beginning.
+    let (adds, _) = w2
+        .write_epoch_files(ep(1), &[batch(&w2, 0..3)])
+        .await
+        .unwrap();
+    let err = w2.commit_epoch(adds, &range(1, None, 3)).await.unwrap_err();
+    let taken = err.partition_taken().expect("a claim refusal").clone();
+    assert_eq!(
+        (taken.partition.partition, taken.claimed, taken.start),
+        (0, 5, None)
+    );
+    assert!(err.to_string().contains("t/0"), "{err}");
+    assert_eq!(
+        w2.txn_version().await.unwrap(),
+        None,
+        "the refused commit wrote nothing"
+    );
+
+    // Re-reading the claims gives w2 its start; only partition 0 is claimed (1 had no records).
+    let wanted = BTreeSet::from([
+        TopicPartition {
+            topic: "t".into(),
+            partition: 0,
+        },
+        TopicPartition {
+            topic: "t".into(),
+            partition: 1,
+        },
+    ]);
+    let claims = w2.partition_claims(APP, &wanted).await.unwrap();
+    assert_eq!((claims.get("t", 0), claims.get("t", 1)), (Some(5), None));
+    let (adds, _) = w2
+        .write_epoch_files(ep(1), &[batch(&w2, 5..8)])
+        .await
+        .unwrap();
+    let out = w2.commit_epoch(adds, &range(1, Some(5), 8)).await.unwrap();
+    assert!(matches!(out, CommitOutcome::Committed { .. }), "{out:?}");
+
+    // w1 still believes it owns partition 0 from offset 5: refused, whichever commit path.
+    let (adds, _) = w1
+        .write_epoch_files(ep(2), &[batch(&w1, 5..9)])
+        .await
+        .unwrap();
+    let err = w1
+        .commit_epoch(adds, &range(2, Some(5), 9))
+        .await
+        .unwrap_err();
+    assert_eq!(err.partition_taken().map(|t| t.claimed), Some(8), "{err}");
+    let claims = w1.partition_claims(APP, &wanted).await.unwrap();
+    assert_eq!(claims.get("t", 0), Some(8));
+    let table = deltalake::open_table(url_of(&root)).await.unwrap();
+    let rows: usize = live_files(&root).await.len();
+    assert_eq!(rows, 2, "two commits landed: {:?}", table.version());
+}

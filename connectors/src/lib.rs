@@ -13,6 +13,7 @@
 //! - [`delta`]: a Delta Lake sink that commits one epoch per Delta commit, with a `txn` action.
 //! - [`durable_store`]: the local disk as an object store whose writes are durable (temp file,
 //!   fsync, link/rename, directory fsync) through the `tidemark-fs` seam.
+//! - [`partition_claims`]: per-partition `txn` claims that fence workers sharing a pipeline.
 //! - [`parquet_file`]: an epoch's rows as a Parquet file with its Delta `add` action and stats.
 //!
 //! This crate never imports the engine or the checkpoint crate.
@@ -29,6 +30,7 @@ pub mod kafka_topic_id;
 pub mod mm2;
 pub mod multipart;
 pub mod parquet_file;
+pub mod partition_claims;
 pub mod record;
 pub mod source;
 pub mod table_store;

@@ -1,0 +1,208 @@
+//! Per-partition claims in the table: what fences workers that share one pipeline.
+//!
+//! When several workers split a pipeline's partitions (see [`crate::kafka_group`]), each
+//! commit also carries, for every partition it covers (read at least one offset of), a Delta
+//! `txn` action `{appId: "<pipeline>/partition/<topic>/<partition>", version: next offset}`.
+//! A commit covering partition `p` from offset `s` is made only when the table's claim of `p`
+//! is `s` (or `p` has no claim yet), and it lands only at the version right after the state
+//! that was checked (the sink's put-if-absent commits). So the claims form, per partition, a
+//! chain of contiguous offset ranges: no two commits ever cover the same offsets of a
+//! partition, whichever workers wrote them and whatever the group did in between; a worker
+//! that lost a partition (revoked, paused past its session) has its stale commit refused with
+//! [`PartitionTaken`]. A newly assigned partition starts at its claim, whoever wrote it.
+//!
+//! Wire shape: the txn action of the Delta protocol; `version` is the next offset to read
+//! (an `i64`, never negative). Readers that do not know Tidemark see ordinary app ids.
+
+use std::collections::BTreeMap;
+
+use crate::delta::EpochCommitInfo;
+use crate::record::TopicPartition;
+
+/// The txn app id under which the table records `tp`'s claim for `pipeline`.
+pub fn claim_app_id(pipeline: &str, tp: &TopicPartition) -> String {
+    format!("{pipeline}/partition/{}/{}", tp.topic, tp.partition)
+}
+
+/// One partition a commit covers: read from `start` (`None`: from the partition's beginning,
+/// no position known) up to `end` (the next offset to read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedRange {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// Where the commit's range starts.
+    pub start: Option<i64>,
+    /// Where it ends: the claim the commit writes.
+    pub end: i64,
+}
+
+/// The partitions `info` covers: those whose end position differs from their start.
+pub fn claimed_ranges(info: &EpochCommitInfo) -> Vec<ClaimedRange> {
+    info.end_positions
+        .iter()
+        .filter_map(|(tp, end)| {
+            let start = info.start_positions.get(&tp.topic, tp.partition);
+            (start != Some(end)).then_some(ClaimedRange {
+                partition: tp,
+                start,
+                end,
+            })
+        })
+        .collect()
+}
+
+/// A commit was refused: another writer claimed a partition it covers since this worker took
+/// its start position.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("partition {partition} was committed by another worker of the pipeline up to offset {claimed}, but this commit starts it at {}: this worker no longer owns it (revoked, or paused past its session timeout); the commit is refused and the partition is left to its owner", .start.map_or("its beginning".to_string(), |s| format!("offset {s}")))]
+pub struct PartitionTaken {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// The table's claim (next offset) found.
+    pub claimed: i64,
+    /// Where the refused commit started it.
+    pub start: Option<i64>,
+}
+
+/// Checks `ranges` against the table's claims (`claims[tp]`: the claim found, `None` for
+/// none): a range may be committed only where it starts at the claim, or the partition has no
+/// claim yet. Pure: the sink gathers the claims of the state it is about to commit on.
+pub fn check(
+    ranges: &[ClaimedRange],
+    claims: &BTreeMap<TopicPartition, Option<i64>>,
+) -> Result<(), PartitionTaken> {
+    for r in ranges {
+        if let Some(Some(claimed)) = claims.get(&r.partition) {
+            if r.start != Some(*claimed) {
+                return Err(PartitionTaken {
+                    partition: r.partition.clone(),
+                    claimed: *claimed,
+                    start: r.start,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Positions;
+    use proptest::prelude::*;
+
+    fn tp(p: i32) -> TopicPartition {
+        TopicPartition {
+            topic: "t".into(),
+            partition: p,
+        }
+    }
+
+    #[test]
+    fn app_ids_name_pipeline_topic_and_partition() {
+        assert_eq!(claim_app_id("orders", &tp(3)), "orders/partition/t/3");
+    }
+
+    #[test]
+    fn a_commit_claims_only_partitions_it_read() {
+        let mut info: EpochCommitInfo = serde_json::from_str(
+            r#"{"pipeline_id":"p","epoch":1,"start_positions":{},"end_positions":{},"records_read":0,"rows_written":0,"records_skipped":0}"#,
+        )
+        .unwrap();
+        info.start_positions.set("t", 0, 5);
+        info.start_positions.set("t", 1, 7);
+        info.end_positions = info.start_positions.clone();
+        info.end_positions.set("t", 1, 9);
+        info.end_positions.set("t", 2, 4);
+        assert_eq!(
+            claimed_ranges(&info),
+            vec![
+                ClaimedRange {
+                    partition: tp(1),
+                    start: Some(7),
+                    end: 9
+                },
+                ClaimedRange {
+                    partition: tp(2),
+                    start: None,
+                    end: 4
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn refusal_names_partition_claim_and_start() {
+        let ranges = vec![ClaimedRange {
+            partition: tp(1),
+            start: Some(7),
+            end: 9,
+        }];
+        let claims = BTreeMap::from([(tp(1), Some(12))]);
+        let e = check(&ranges, &claims).unwrap_err();
+        let msg = e.to_string();
+        for want in ["t/1", "offset 12", "offset 7", "refused"] {
+            assert!(msg.contains(want), "{want:?} not in {msg}");
+        }
+    }
+
+    /// A model of workers committing ranges of one partition through the check: whatever
+    /// the interleaving of stale starts, the landed ranges tile the offsets without overlap.
+    #[derive(Debug, Clone)]
+    struct Try {
+        /// Which worker tries.
+        worker: usize,
+        /// How many records it read since its start.
+        read: i64,
+        /// Whether it first re-reads its start from the table (a newly assigned partition).
+        refresh: bool,
+    }
+
+    fn tries() -> impl Strategy<Value = Vec<Try>> {
+        prop::collection::vec(
+            (0usize..3, 1i64..20, any::<bool>()).prop_map(|(worker, read, refresh)| Try {
+                worker,
+                read,
+                refresh,
+            }),
+            1..60,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn landed_ranges_never_overlap_and_leave_no_gap(tries in tries()) {
+            let mut claim: Option<i64> = None;
+            let mut starts: [Option<i64>; 3] = [None; 3];
+            let mut landed: Vec<(Option<i64>, i64)> = Vec::new();
+            for t in tries {
+                if t.refresh {
+                    starts[t.worker] = claim;
+                }
+                let start = starts[t.worker];
+                let end = start.unwrap_or(0) + t.read;
+                let ranges = vec![ClaimedRange { partition: tp(0), start, end }];
+                let claims = BTreeMap::from([(tp(0), claim)]);
+                match check(&ranges, &claims) {
+                    Ok(()) => {
+                        landed.push((start, end));
+                        claim = Some(end);
+                        starts[t.worker] = Some(end);
+                    }
+                    Err(e) => {
+                        prop_assert_eq!(e.claimed, claim.unwrap_or(-1));
+                        // The refused worker re-reads the claim (what the engine does).
+                        starts[t.worker] = claim;
+                    }
+                }
+            }
+            let mut next = 0;
+            for (start, end) in landed {
+                prop_assert_eq!(start.unwrap_or(0), next);
+                prop_assert!(end > next);
+                next = end;
+            }
+            prop_assert_eq!(Some(next).filter(|n| *n > 0), claim);
+        }
+    }
+}
