@@ -78,6 +78,13 @@ enum Command {
         /// address, e.g. 127.0.0.1:9464 (overrides `observability.http`).
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
+        /// Run as this worker of a pipeline shared by several processes (scale-out): the
+        /// config's `source.group` names the consumer group the workers join to share out
+        /// the partitions. Each worker gets its own state directory (`<state>/workers/<ID>`)
+        /// and txn appId (`<pipeline_id>.<ID>`); the table's per-partition claims keep two
+        /// workers from ever committing one partition. Letters, digits, '-', '_', '.'.
+        #[arg(long, value_name = "ID")]
+        worker_id: Option<String>,
     },
     /// Show the last checkpoint, the WAL, the table's txn version, and what recovery would do
     /// on the next start. Read-only: safe while the pipeline runs.
@@ -183,9 +190,17 @@ pub fn main() -> ExitCode {
                 rewind_to,
                 accept_wal_damage,
                 http,
-            } => run(config, until_caught_up, rewind_to, accept_wal_damage, http)
-                .await
-                .map(|()| ExitCode::SUCCESS),
+                worker_id,
+            } => run(
+                config,
+                until_caught_up,
+                rewind_to,
+                accept_wal_damage,
+                http,
+                worker_id,
+            )
+            .await
+            .map(|()| ExitCode::SUCCESS),
             Command::Status {
                 config,
                 json,
@@ -307,6 +322,7 @@ async fn run(
     rewind_to: Option<u64>,
     accept_wal_damage: bool,
     http: Option<String>,
+    worker_id: Option<String>,
 ) -> anyhow::Result<()> {
     let mut config = PipelineConfig::load(&config_path)?;
     if let Some(addr) = http {
@@ -314,6 +330,29 @@ async fn run(
     }
     let shutdown = Shutdown::new();
     pipeline::install_signal_handlers(shutdown.clone());
+    if let Some(id) = worker_id {
+        config.as_worker(&id)?;
+        if rewind_to.is_some() || accept_wal_damage {
+            anyhow::bail!("--rewind-to and --accept-wal-damage do not apply to a worker: a worker always resumes from the table's claims (its WAL is re-read from Kafka)");
+        }
+        let summary = tidemark_engine::worker::run_worker(
+            &config,
+            RunOptions {
+                until_caught_up,
+                ..RunOptions::default()
+            },
+            shutdown,
+        )
+        .await?;
+        println!("{}", serde_json::to_string(&summary)?);
+        return Ok(());
+    }
+    if config.source.group.is_some() {
+        anyhow::bail!(
+            "{}: source.group is set: start each worker with `tidemark run --worker-id <id>`",
+            config_path.display()
+        );
+    }
     let summary = pipeline::run(
         &config,
         RunOptions {

@@ -223,6 +223,9 @@ pub struct KafkaSourceConfig {
     pub group_id: String,
     /// Extra librdkafka properties (e.g. `security.protocol`), applied last.
     pub properties: BTreeMap<String, String>,
+    /// Only these partitions (a worker's share of a pipeline, given by its consumer group);
+    /// `None`: every partition of the topics, including those added later.
+    pub only: Option<BTreeSet<TopicPartition>>,
 }
 
 /// Errors of the Kafka source, each naming what it was doing.
@@ -361,6 +364,8 @@ pub struct KafkaSource {
     broker_topic_ids: BTreeMap<String, Option<String>>,
     /// The ids handed to [`KafkaSource::connect_until`] (what the table recorded).
     stored_topic_ids: BTreeMap<String, String>,
+    /// [`KafkaSourceConfig::only`].
+    only: Option<BTreeSet<TopicPartition>>,
 }
 
 /// The partitions of `topic` per the broker, as an error librdkafka-style when the topic is
@@ -636,6 +641,9 @@ impl KafkaSource {
                     topic: topic.clone(),
                     partition,
                 };
+                if config.only.as_ref().is_some_and(|only| !only.contains(&tp)) {
+                    continue;
+                }
                 let (low, high) =
                     retry_blocking(&format!("reading the offsets of {tp}"), stop, || {
                         consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)
@@ -722,6 +730,7 @@ impl KafkaSource {
             read_backoff: Backoff::new(),
             broker_topic_ids,
             stored_topic_ids: stored_ids.clone(),
+            only: config.only.clone(),
         })
     }
 
@@ -787,7 +796,8 @@ impl KafkaSource {
                             topic: topic.clone(),
                             partition,
                         };
-                        if !self.assigned.contains(&tp) {
+                        // A worker's partitions come from its group, never from discovery.
+                        if !self.assigned.contains(&tp) && self.only.is_none() {
                             new.push(tp);
                         }
                     }
@@ -1201,6 +1211,7 @@ mod tests {
             topics: vec![topic.to_string()],
             group_id: "unit".into(),
             properties: BTreeMap::new(),
+            only: None,
         }
     }
 

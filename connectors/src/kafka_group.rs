@@ -313,6 +313,7 @@ mod tests {
             topics: vec!["orders".into()],
             group_id: "unused".into(),
             properties: BTreeMap::from([("session.timeout.ms".to_string(), "6000".to_string())]),
+            only: None,
         }
     }
 

@@ -779,6 +779,12 @@ impl Committer {
         &self.sink
     }
 
+    /// Drops the whole WAL, the next epoch being `next_epoch` (a worker's start: see
+    /// [`crate::protocol::decide_for_worker`]). Returns the segments and bytes deleted.
+    pub fn discard_wal(&mut self, next_epoch: u64) -> Result<(usize, u64), CommitError> {
+        Ok(self.wal.reset(next_epoch)?)
+    }
+
     /// WAL segments on disk: `(id, first epoch, size in bytes)`.
     pub fn wal_segments(&self) -> Vec<(u64, u64, u64)> {
         self.wal.segments()

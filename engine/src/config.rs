@@ -229,6 +229,8 @@ pub struct PipelineConfig {
     /// The table, the dead-letter table and the state directory, resolved at load against the
     /// config file's directory (changing `sink.table_uri` afterwards does not move them).
     pub paths: ResolvedPaths,
+    /// Set by [`PipelineConfig::as_worker`]: this process is one worker of a shared pipeline.
+    pub worker: Option<WorkerIdentity>,
 }
 
 /// The locations a config names, resolved once at load: a URL as given, a relative path
@@ -291,6 +293,26 @@ pub struct SourceConfig {
     /// Extra librdkafka consumer properties.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Scale-out: the Kafka consumer group the pipeline's workers join to share out its
+    /// partitions (each worker started with `tidemark run --worker-id <id>`, see
+    /// [`PipelineConfig::as_worker`]). Absent: one process reads every partition.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// With `group`: join as a static member (`group.instance.id` = the worker id), so a
+    /// restart within `session.timeout.ms` keeps the worker's partitions without a rebalance.
+    #[serde(default = "default_true")]
+    pub static_membership: bool,
+}
+
+/// A worker of a pipeline shared by several (`source.group` and `--worker-id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerIdentity {
+    /// The pipeline the workers share: the prefix of the table's partition claims.
+    pub pipeline_id: String,
+    /// This worker's id (its consumer-group instance id).
+    pub worker_id: String,
+    /// The consumer group (`source.group`).
+    pub group: String,
 }
 
 /// `[sink]`: the Delta table.
@@ -538,6 +560,35 @@ impl PipelineConfig {
         Ok(())
     }
 
+    /// Makes this config that of worker `worker_id` of the pipeline (`tidemark run
+    /// --worker-id`): `source.group` must be set. The worker gets its own txn appId
+    /// (`<pipeline_id>.<worker_id>`: it is part of data file names, so no `/`), its own state
+    /// directory (`<state dir>/workers/<worker_id>`) and claims partitions for the pipeline.
+    pub fn as_worker(&mut self, worker_id: &str) -> Result<(), ConfigError> {
+        let invalid = Invalid(Path::new("--worker-id"));
+        let Some(group) = self.source.group.clone() else {
+            return Err(invalid.at(
+                "source.group",
+                "--worker-id needs `group = \"<consumer group>\"` under [source]: the group the pipeline's workers join to share out its partitions",
+            ));
+        };
+        if let Some(problem) = pipeline_id_problem(worker_id) {
+            return Err(invalid.at("--worker-id", problem));
+        }
+        let worker_app_id = format!("{}.{worker_id}", self.pipeline_id);
+        if let Some(problem) = pipeline_id_problem(&worker_app_id) {
+            return Err(invalid.at("--worker-id", format!("with pipeline_id: {problem}")));
+        }
+        self.worker = Some(WorkerIdentity {
+            pipeline_id: self.pipeline_id.clone(),
+            worker_id: worker_id.to_string(),
+            group,
+        });
+        self.paths.state_dir = self.paths.state_dir.join("workers").join(worker_id);
+        self.pipeline_id = worker_app_id;
+        Ok(())
+    }
+
     /// Reads and validates `path`; relative locations are resolved against the file's
     /// directory (see [`ResolvedPaths`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -577,6 +628,12 @@ impl ConfigFile {
         crate::maintenance::check(&self.maintenance).map_err(|(k, m)| invalid.at(k, m))?;
         if let Some(d) = &self.dedup {
             check_dedup(d, &self.sink.columns, &invalid)?;
+            if self.source.group.is_some() {
+                return Err(invalid.at(
+                    "source.group",
+                    "cannot be combined with [dedup] yet: a worker's dedup state holds only the keys of the partitions it read, so a partition moving between workers would lose its keys; run one process per pipeline for watermark dedup",
+                ));
+            }
         }
         let mut paths = ResolvedPaths::resolve(
             &self.pipeline_id,
@@ -606,6 +663,7 @@ impl ConfigFile {
             replica: self.replica,
             maintenance: self.maintenance,
             paths,
+            worker: None,
         })
     }
 }
@@ -641,6 +699,9 @@ fn check_source(source: &SourceConfig, invalid: &Invalid) -> Result<(), ConfigEr
     }
     if let Some(t) = source.topics.iter().find(|t| t.trim().is_empty()) {
         return Err(invalid.at("source.topics", format!("holds an empty topic name {t:?}")));
+    }
+    if source.group.as_deref().is_some_and(|g| g.trim().is_empty()) {
+        return Err(invalid.at("source.group", "must not be empty (or leave it out)"));
     }
     if let Some(key) = source
         .properties

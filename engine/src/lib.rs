@@ -18,6 +18,7 @@
 //! - [`failover`]: `tidemark failover` (start on a mirrored cluster by MirrorMaker 2's offset
 //!   translations ([`offset_translation`]) or by time, report);
 //!   [`generation`]: generation fencing, pure; [`cluster_check`]: positions know their cluster.
+//! - [`worker`]: one worker of a pipeline several processes share through a consumer group.
 //! - [`protocol`]: the recovery decision of the epoch protocol, pure and exhaustively tested.
 //! - [`metrics`]: the run's Prometheus metrics and live state; [`health`]: the readiness rules
 //!   of `/readyz` and `tidemark status --check`; [`http`]: `/metrics`, `/healthz`, `/readyz`
@@ -53,5 +54,6 @@ pub mod status;
 pub mod status_page;
 pub mod wal_damage;
 pub mod wal_tail;
+pub mod worker;
 
 pub use tidemark_checkpoint::fault;

@@ -105,6 +105,9 @@ pub struct RunOptions {
     /// store and WAL aside, and start from the table at these positions (found by time on the
     /// new cluster) with the dedup state rebuilt from the table's rows.
     pub failover: Option<FailoverStart>,
+    /// A worker's run (`config.worker` set): the partitions its group assigned it. The run
+    /// reads only these, from the table's claims of them.
+    pub partitions: Option<std::collections::BTreeSet<tidemark_connectors::TopicPartition>>,
 }
 
 /// How a failover start begins (see [`crate::failover`]).
@@ -223,6 +226,27 @@ pub async fn run(
         run_id: *lock.run(),
     };
     let mut tables = open_tables(config, &sink_options).await?;
+    let group_positions = match (&config.worker, &options.partitions) {
+        (Some(worker), Some(partitions)) => {
+            tables.sink.claim_partitions(&worker.pipeline_id);
+            let claims = tables
+                .sink
+                .partition_claims(&worker.pipeline_id, partitions)
+                .await?;
+            info!(worker = %worker.worker_id, partitions = partitions.len(), claims = %claims, "worker: starting its partitions at the table's claims");
+            Some(claims)
+        }
+        (Some(worker), None) => {
+            return Err(PipelineError::State {
+                path: state.clone(),
+                message: format!(
+                    "worker {:?} started without its group's assignment (run it through `tidemark run --worker-id`)",
+                    worker.worker_id
+                ),
+            })
+        }
+        (None, _) => None,
+    };
     // Which cluster the brokers are, asked while recovery runs (recovery needs no broker).
     let cluster_lookup = spawn_cluster_lookup(config);
     let generation = fence(config, &mut tables.sink, options.failover.as_ref(), &state).await?;
@@ -248,6 +272,7 @@ pub async fn run(
                 .failover
                 .as_ref()
                 .map(|f| f.dead_letter_windows.clone()),
+            group_positions,
         },
     )
     .await?;
@@ -306,7 +331,14 @@ pub async fn run(
     )
     .await?;
     let stored_topic_ids = committer.sink().topic_ids().clone();
-    let Some(mut source) = connect_source(config, &open.end, &stored_topic_ids, &shutdown).await?
+    let Some(mut source) = connect_source(
+        config,
+        &open.end,
+        &stored_topic_ids,
+        options.partitions.clone(),
+        &shutdown,
+    )
+    .await?
     else {
         // A stop asked for during recovery or while the broker does not answer ends the run
         // here (recovery's own commits are complete; nothing is half done).
@@ -532,6 +564,7 @@ pub fn source_config(config: &PipelineConfig) -> KafkaSourceConfig {
         topics: config.source.topics.clone(),
         group_id: format!("tidemark-{}", config.pipeline_id),
         properties: config.source.properties.clone(),
+        only: None,
     }
 }
 
@@ -625,9 +658,11 @@ async fn connect_source(
     config: &PipelineConfig,
     start: &Positions,
     stored_topic_ids: &std::collections::BTreeMap<String, String>,
+    only: Option<std::collections::BTreeSet<tidemark_connectors::TopicPartition>>,
     shutdown: &Shutdown,
 ) -> Result<Option<KafkaSource>, PipelineError> {
-    let source_config = source_config(config);
+    let mut source_config = source_config(config);
+    source_config.only = only;
     let start = start.clone();
     let stored_topic_ids = stored_topic_ids.clone();
     let stop = shutdown.clone();

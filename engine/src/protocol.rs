@@ -118,6 +118,8 @@ pub enum FromTableReason {
     /// WAL no longer holds all of them (damage, lost segments): the state is rebuilt from the
     /// table's rows instead.
     StateChangelogLost,
+    /// A worker of a pipeline shared by several (see [`decide_for_worker`]).
+    GroupWorker,
 }
 
 /// What to do on start.
@@ -233,6 +235,7 @@ impl StartCase {
                 FromTableReason::Rewind => "rewind",
                 FromTableReason::NoCheckpointYet => "no_checkpoint_yet",
                 FromTableReason::StateChangelogLost => "state_changelog_lost",
+                FromTableReason::GroupWorker => "group_worker",
             },
             Self::Refuse(_) => "refused",
         }
@@ -253,6 +256,7 @@ impl fmt::Display for StartCase {
                 FromTableReason::Rewind => write!(f, "rewind: restart from the table's progress at epoch {table_txn}"),
                 FromTableReason::NoCheckpointYet => write!(f, "no checkpoint yet and nothing in the WAL, but the table holds epoch {table_txn}: resume from the table"),
                 FromTableReason::StateChangelogLost => write!(f, "the WAL lost part of the dedup state's changelog the checkpoint needs: resume from the table's newest Tidemark commit (epoch {table_txn}) and rebuild state from the table"),
+                FromTableReason::GroupWorker => write!(f, "a worker of a shared pipeline: resume each assigned partition at the table's claim of it (whichever worker wrote it), continuing this worker's epochs after {table_txn}; the WAL's records are re-read from Kafka"),
             },
             Self::Refuse(r) => write!(f, "{r}"),
         }
@@ -275,6 +279,18 @@ impl fmt::Display for Refusal {
 }
 
 /// Decides what a start does from `facts`.
+/// The start of a worker of a pipeline shared by several, whatever its state directory holds:
+/// its partitions may have moved since it wrote its WAL, so it resumes from the table, where
+/// the claims say where each partition stands (see `tidemark_connectors::partition_claims`).
+/// Whatever its WAL holds was either committed (the claims include it) or not (re-read from
+/// Kafka): nothing is lost or doubled, and a stale sealed epoch is never redone.
+pub fn decide_for_worker(facts: StartFacts) -> StartCase {
+    StartCase::FromTable {
+        reason: FromTableReason::GroupWorker,
+        table_txn: facts.table_txn,
+    }
+}
+
 pub fn decide(facts: StartFacts) -> StartCase {
     match decide_from_checkpoint(facts) {
         StartCase::Fresh

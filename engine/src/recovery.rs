@@ -393,6 +393,10 @@ pub struct StartOptions {
     /// again whose dead letters the table holds from the old cluster
     /// ([`crate::dead_letter_overlap`]; `None`: after the table's last committed timestamps).
     pub dead_letter_windows: Option<crate::dead_letter_overlap::Windows>,
+    /// A worker of a shared pipeline: its assigned partitions at the table's claims (absent:
+    /// no claim, read from the beginning). Such a start always resumes from the table
+    /// ([`crate::protocol::decide_for_worker`]).
+    pub group_positions: Option<Positions>,
 }
 
 /// Runs recovery and returns the committer and the epoch to continue with (holding any
@@ -545,7 +549,11 @@ pub async fn recover(
         rewind,
         state_changelog_complete: changelog.complete,
     };
-    let decision = decide(facts);
+    let decision = if options.group_positions.is_some() {
+        crate::protocol::decide_for_worker(facts)
+    } else {
+        decide(facts)
+    };
     info!(case = decision.name(), ?facts, "recovery: {decision}");
     outcome.checkpoint_epoch = c_epoch;
     outcome.committed_epoch = latest.as_ref().map_or(0, |c| c.committed_epoch);
@@ -651,7 +659,20 @@ pub async fn recover(
                     }
                 }
             }
-            if reason != FromTableReason::CheckpointsOff {
+            if reason == FromTableReason::GroupWorker {
+                // Not set aside (a worker starts so at every rebalance): all it holds is in
+                // the table or still in Kafka.
+                let (segments, bytes) = committer.discard_wal(v + 1)?;
+                if segments > 0 {
+                    info!(
+                        segments,
+                        bytes, "worker start: WAL records not in the table are re-read from Kafka"
+                    );
+                }
+                if let Some(p) = progress.as_mut() {
+                    p.info.end_positions = options.group_positions.clone().unwrap_or_default();
+                }
+            } else if reason != FromTableReason::CheckpointsOff {
                 committer = set_wal_aside(committer, config, fs, state, reason)?;
             }
             if let Some(positions) = options.start_positions.clone() {
@@ -663,7 +684,8 @@ pub async fn recover(
                 }
                 outcome.case = "failover";
             }
-            from_table(committer, processor, progress, reason, outcome).await
+            let positions = options.group_positions.clone();
+            from_table(committer, processor, progress, positions, reason, outcome).await
         }
         StartCase::Refuse(_) => unreachable!("a refused start returned before the committer"),
     }
@@ -992,14 +1014,18 @@ async fn from_table(
     mut committer: Committer,
     processor: &RecordProcessor,
     progress: Option<TableProgress>,
+    group_positions: Option<Positions>,
     reason: FromTableReason,
     mut outcome: RecoveryOutcome,
 ) -> Result<(Committer, OpenEpoch, RecoveryOutcome), RecoveryError> {
     let v = outcome.table_txn;
-    let positions = progress
-        .as_ref()
-        .map(|p| p.info.end_positions.clone())
-        .unwrap_or_default();
+    // A worker's positions are the claims of its partitions, even before its first commit.
+    let positions = group_positions.unwrap_or_else(|| {
+        progress
+            .as_ref()
+            .map(|p| p.info.end_positions.clone())
+            .unwrap_or_default()
+    });
     let store_lost = reason == FromTableReason::StoreLost && outcome.case != "failover";
     match reason {
         _ if outcome.case == "failover" => {}

@@ -442,6 +442,7 @@ pub async fn check(config: &PipelineConfig) -> Result<Check, StatusError> {
         topics: config.source.topics.clone(),
         group_id: format!("tidemark-{}", config.pipeline_id),
         properties: config.source.properties.clone(),
+        only: None,
     };
     let positions = status
         .checkpoint

@@ -41,6 +41,8 @@ mod s3;
 mod s3_pipeline;
 #[path = "e2e/s3_table_ops.rs"]
 mod s3_table_ops;
+#[path = "e2e/scale_out.rs"]
+mod scale_out;
 #[path = "e2e/topology.rs"]
 mod topology;
 

@@ -1,0 +1,183 @@
+//! One worker of a pipeline that several processes share (`source.group`, `tidemark run
+//! --worker-id`): scale-out through a Kafka consumer group.
+//!
+//! The worker joins the group ([`GroupMembership`]) and runs the pipeline ([`pipeline::run`])
+//! over the partitions the group gives it, one run per assignment: when the assignment
+//! changes, the run stops like a shutdown (its open epoch is sealed and committed), the worker
+//! lets go of what it owned ([`GroupMembership::release`], which lets a waiting revoke finish)
+//! and starts a new run over its new partitions. Every run starts from the table
+//! ([`crate::protocol::decide_for_worker`]): each partition at its claim, whichever worker
+//! wrote it. The table, not the group, is what keeps two workers from committing one
+//! partition: a commit covering a partition another worker claimed since is refused
+//! ([`PartitionTaken`]); the worker then starts a new run from the claims, and the refused
+//! epoch's records are re-read by their owner.
+//!
+//! Each worker has its own state directory (`<state dir>/workers/<id>`), WAL, checkpoint store
+//! and txn appId (`<pipeline_id>.<id>`); see [`crate::config::PipelineConfig::as_worker`].
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tidemark_connectors::kafka_group::{GroupMembership, GroupSettings, DEFAULT_REVOKE_WAIT};
+use tidemark_connectors::partition_claims::PartitionTaken;
+use tracing::{info, warn};
+
+use crate::config::PipelineConfig;
+use crate::pipeline::{self, PipelineError, RunOptions};
+use crate::shutdown::Shutdown;
+
+/// How often a run checks whether the group changed its assignment.
+const ASSIGNMENT_POLL: Duration = Duration::from_millis(50);
+
+/// What a worker did; printed as one JSON line when `tidemark run --worker-id` ends.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerSummary {
+    /// The pipeline the workers share.
+    pub pipeline_id: String,
+    /// This worker.
+    pub worker_id: String,
+    /// Runs started (one per assignment, and one after each refused commit).
+    pub runs: u64,
+    /// Runs ended because the group changed this worker's partitions.
+    pub rebalances: u64,
+    /// Commits the table refused because another worker had claimed a partition since.
+    pub stale_commits_refused: u64,
+    /// Epochs committed over all runs.
+    pub epochs_committed: u64,
+    /// Records read over all runs.
+    pub records_read: u64,
+    /// Rows written over all runs.
+    pub rows_written: u64,
+    /// The partitions owned when the worker stopped.
+    pub partitions: Vec<String>,
+    /// Why the worker ended: `shutdown` or `caught_up`.
+    pub stopped_because: &'static str,
+}
+
+/// The claim refusal anywhere in `error`'s chain, if that is what stopped a run.
+pub fn partition_taken<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a PartitionTaken> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(taken) = e.downcast_ref::<PartitionTaken>() {
+            return Some(taken);
+        }
+        if let Some(taken) = e
+            .downcast_ref::<tidemark_connectors::delta::DeltaSinkError>()
+            .and_then(|s| s.partition_taken())
+        {
+            return Some(taken);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Runs this process as worker `config.worker` until `shutdown` (or, with
+/// `options.until_caught_up`, until a run over its partitions caught up).
+pub async fn run_worker(
+    config: &PipelineConfig,
+    options: RunOptions,
+    shutdown: Shutdown,
+) -> Result<WorkerSummary, PipelineError> {
+    let Some(worker) = config.worker.clone() else {
+        return Err(PipelineError::State {
+            path: config.paths.state_dir.clone(),
+            message: "not a worker: set `source.group` and start with --worker-id".into(),
+        });
+    };
+    let settings = GroupSettings {
+        group: worker.group.clone(),
+        instance_id: worker.worker_id.clone(),
+        static_membership: config.source.static_membership,
+        revoke_wait: DEFAULT_REVOKE_WAIT,
+    };
+    let source_config = pipeline::source_config(config);
+    let membership =
+        tokio::task::spawn_blocking(move || GroupMembership::join(&source_config, &settings))
+            .await
+            .map_err(|e| PipelineError::Task {
+                what: "joining the consumer group",
+                message: e.to_string(),
+            })??;
+    let membership = Arc::new(membership);
+    let mut summary = WorkerSummary {
+        pipeline_id: worker.pipeline_id.clone(),
+        worker_id: worker.worker_id.clone(),
+        ..WorkerSummary::default()
+    };
+    info!(worker = %worker.worker_id, group = %worker.group, "worker: joined; waiting for partitions");
+    summary.stopped_because = loop {
+        if shutdown.requested() {
+            break "shutdown";
+        }
+        let assignment = membership.assignment();
+        if assignment.partitions.is_empty() {
+            membership.release(assignment.change);
+            let m = membership.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                m.wait_change(assignment.change, Duration::from_millis(200))
+            })
+            .await;
+            continue;
+        }
+        let run_stop = Shutdown::new();
+        let watcher = {
+            let (membership, shutdown, run_stop) =
+                (membership.clone(), shutdown.clone(), run_stop.clone());
+            tokio::spawn(async move {
+                while !run_stop.requested() {
+                    if shutdown.requested() || membership.changed_since(assignment.change) {
+                        run_stop.request();
+                        break;
+                    }
+                    tokio::time::sleep(ASSIGNMENT_POLL).await;
+                }
+            })
+        };
+        summary.runs += 1;
+        info!(worker = %worker.worker_id, change = assignment.change, partitions = assignment.partitions.len(), "worker: run over its partitions");
+        let result = pipeline::run(
+            config,
+            RunOptions {
+                partitions: Some(assignment.partitions.clone()),
+                ..options.clone()
+            },
+            run_stop.clone(),
+        )
+        .await;
+        run_stop.request();
+        let _ = watcher.await;
+        // The run has ended: nothing of the old assignment is read or committed any more.
+        membership.release(membership.assignment().change);
+        match result {
+            Ok(run) => {
+                summary.epochs_committed += run.epochs_committed;
+                summary.records_read += run.records_read;
+                summary.rows_written += run.rows_written;
+                if shutdown.requested() {
+                    break "shutdown";
+                }
+                if run.stopped_because == "caught_up" {
+                    break "caught_up";
+                }
+                summary.rebalances += 1;
+            }
+            Err(e) => match partition_taken(&e) {
+                Some(taken) => {
+                    summary.stale_commits_refused += 1;
+                    warn!(worker = %worker.worker_id, "worker: {taken}; starting over from the table's claims");
+                }
+                None => return Err(e),
+            },
+        }
+    };
+    summary.partitions = membership
+        .assignment()
+        .partitions
+        .iter()
+        .map(|tp| tp.to_string())
+        .collect();
+    Ok(summary)
+}

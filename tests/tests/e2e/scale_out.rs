@@ -1,0 +1,239 @@
+//! Scale-out: several workers of one pipeline share its partitions through a consumer group
+//! (tansu), are killed, restarted, added and removed while a producer writes; the table must
+//! hold every record exactly once, and the commits' claimed ranges must tile each partition
+//! (no commit ever covers offsets another commit covered: the audit of ownership the table
+//! can give, from the commitInfos alone).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tidemark_tests::{broker, create_topic, drain_stderr, produce_range, unique_topic, Fixture};
+use tidemark_tools::audit;
+
+use super::EXE;
+
+type Ends = BTreeMap<(String, i32), i64>;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Settings of the workers' pipeline: short epochs, and a session timeout short enough that
+/// a killed worker's partitions move within seconds.
+const GROUP_EXTRA: &str = "[checkpoint]\ninterval_ms = 200\n\n[source.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n";
+
+/// A fixture whose `[source]` has `group = "g-<topic>"`; tansu 0.6.0 assigns nothing to
+/// static members, so the workers run without static membership.
+fn make_group_fixture(brokers: &str, topic: &str) -> Fixture {
+    let fixture = Fixture::new(Path::new(EXE), brokers, topic, GROUP_EXTRA);
+    let text = std::fs::read_to_string(&fixture.config).unwrap();
+    let text = text.replacen(
+        "[source]\n",
+        &format!("[source]\ngroup = \"g-{topic}\"\nstatic_membership = false\n"),
+        1,
+    );
+    std::fs::write(&fixture.config, text).unwrap();
+    fixture
+}
+
+struct Worker {
+    id: String,
+    child: Child,
+    log: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Worker {
+    fn start(fixture: &Fixture, id: &str) -> Self {
+        let mut child = fixture.spawn_with(false, &["--worker-id", id], &[]);
+        let log = Some(drain_stderr(&mut child));
+        Self {
+            id: id.to_string(),
+            child,
+            log,
+        }
+    }
+
+    fn signal(&mut self, signal: i32) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for the process to end; its exit status and log.
+    fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        let log = self.log.take().unwrap().join().unwrap_or_default();
+        (status, log)
+    }
+}
+
+/// The claimed ranges of every Tidemark commit, per partition, in version order: each must
+/// start where the previous one ended (the first at the partition's beginning).
+fn assert_claims_tile_partitions(table: &Path) {
+    let replay = audit::replay_log(table).unwrap();
+    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for (version, info) in &replay.epochs {
+        for (tp, end) in info.end_positions.iter() {
+            let start = info.start_positions.get(&tp.topic, tp.partition);
+            if start == Some(end) {
+                continue;
+            }
+            let key = (tp.topic.clone(), tp.partition);
+            let expected = next.get(&key).copied();
+            assert_eq!(
+                start.unwrap_or(0),
+                expected.unwrap_or(0),
+                "version {version} (by {}) covers {tp} from {start:?}, but the previous commit of {tp} ended at {expected:?}",
+                info.pipeline_id
+            );
+            next.insert(key, end);
+        }
+    }
+}
+
+fn rows_in_table(table: &Path) -> u64 {
+    let Ok(replay) = audit::replay_log(table) else {
+        return 0;
+    };
+    replay.epochs.iter().map(|(_, i)| i.rows_written).sum()
+}
+
+/// 3 workers (up to 4), 12 partitions, a producer writing while workers are SIGKILLed,
+/// restarted, added and stopped at random: every record exactly once, claims tile each
+/// partition. `TIDEMARK_SCALE_RECORDS` / `TIDEMARK_SCALE_EVENTS` make it bigger.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_killed_added_and_removed_keep_every_record_exactly_once() {
+    let Some(brokers) = broker() else { return };
+    let records = env_u64("TIDEMARK_SCALE_RECORDS", 120_000);
+    let events = env_u64("TIDEMARK_SCALE_EVENTS", 12);
+    let partitions = 12;
+    let topic = unique_topic("scale");
+    create_topic(&brokers, &topic, partitions).await;
+    let fixture = make_group_fixture(&brokers, &topic);
+
+    // The producer writes in chunks while the chaos goes on.
+    let producing = Arc::new(AtomicBool::new(true));
+    let producer = {
+        let (brokers, topic, producing) = (brokers.clone(), topic.clone(), producing.clone());
+        std::thread::spawn(move || {
+            let mut ends: Ends = BTreeMap::new();
+            let chunk = (records / 40).max(1);
+            let mut i = 0;
+            while i < records {
+                let to = (i + chunk).min(records);
+                for (k, n) in produce_range(
+                    &brokers,
+                    &topic,
+                    partitions,
+                    i..to,
+                    tidemark_tests::order_json,
+                ) {
+                    *ends.entry(k).or_insert(0) += n;
+                }
+                i = to;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            producing.store(false, Ordering::SeqCst);
+            ends
+        })
+    };
+
+    let mut seed = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut live: Vec<Worker> = (0..3)
+        .map(|i| Worker::start(&fixture, &format!("w{i}")))
+        .collect();
+    let mut next_id = 3;
+    let mut down: Vec<String> = Vec::new();
+    let mut log = Vec::new();
+    for e in 0..events {
+        std::thread::sleep(Duration::from_millis(1500 + rand(1500)));
+        let event = rand(4);
+        match event {
+            // SIGKILL one; it comes back at a later event (or at the end).
+            0 | 1 if live.len() > 1 => {
+                let w = live.remove(rand(live.len() as u64) as usize);
+                let id = w.id.clone();
+                let mut w = w;
+                w.signal(libc::SIGKILL);
+                let _ = w.wait();
+                log.push(format!("{e}: kill -9 {id}"));
+                down.push(id);
+            }
+            // Restart a killed one, or add a new one (at most 4 alive).
+            2 if live.len() < 4 => {
+                let id = down.pop().unwrap_or_else(|| {
+                    next_id += 1;
+                    format!("w{}", next_id - 1)
+                });
+                log.push(format!("{e}: start {id}"));
+                live.push(Worker::start(&fixture, &id));
+            }
+            // Stop one for good (SIGTERM: it finishes its epoch and leaves).
+            _ if live.len() > 1 => {
+                let mut w = live.remove(rand(live.len() as u64) as usize);
+                w.signal(libc::SIGTERM);
+                let id = w.id.clone();
+                let (status, out) = w.wait();
+                assert!(status.success(), "{id} stopped with {status}:\n{out}");
+                log.push(format!("{e}: stop {id}"));
+            }
+            _ => {
+                let id = format!("w{next_id}");
+                next_id += 1;
+                log.push(format!("{e}: add {id}"));
+                live.push(Worker::start(&fixture, &id));
+            }
+        }
+    }
+    let ends = producer.join().unwrap();
+    assert!(!producing.load(Ordering::SeqCst));
+    // Bring the killed ones back so their orphans are swept, then wait for everything.
+    for id in down.drain(..) {
+        log.push(format!("end: start {id}"));
+        live.push(Worker::start(&fixture, &id));
+    }
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while rows_in_table(&fixture.table) < records && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let mut logs = String::new();
+    for mut w in live.drain(..) {
+        w.signal(libc::SIGTERM);
+        let id = w.id.clone();
+        let (status, out) = w.wait();
+        assert!(status.success(), "{id} stopped with {status}:\n{out}");
+        logs.push_str(&format!(
+            "--- {id}\n{}",
+            out.lines().rev().take(15).collect::<Vec<_>>().join("\n")
+        ));
+    }
+    eprintln!("events: {log:?}");
+    let report = audit::check_exactly_once(&fixture.table, &ends).unwrap();
+    assert!(
+        report.ok() && report.rows == records,
+        "{} records produced; {report:?}\nevents: {log:?}\n{logs}",
+        records
+    );
+    assert_claims_tile_partitions(&fixture.table);
+    let replay = audit::replay_log(&fixture.table).unwrap();
+    let orphans = fixture.orphan_files(&replay.live_files);
+    assert!(orphans.is_empty(), "orphan Parquet files: {orphans:?}");
+    let writers: std::collections::BTreeSet<&str> = replay
+        .epochs
+        .iter()
+        .map(|(_, i)| i.pipeline_id.as_str())
+        .collect();
+    assert!(writers.len() >= 3, "commits by {writers:?}");
+}
