@@ -137,6 +137,10 @@ impl DeltaSinkError {
 
 /// The transient/permanent verdict on one error of a cause chain (`None`: look deeper).
 fn classify_one(e: &(dyn StdError + 'static)) -> Option<bool> {
+    if e.downcast_ref::<PartitionTaken>().is_some() {
+        // Its text speaks of a session "timeout", but another worker owns the partition now.
+        return Some(false);
+    }
     if let Some(io) = e.downcast_ref::<io::Error>() {
         if let Some(v) = classify_io(io) {
             return Some(v);

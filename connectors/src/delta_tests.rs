@@ -1135,6 +1135,10 @@ async fn a_partition_claimed_by_another_worker_refuses_the_stale_commit() {
         (0, 5, None)
     );
     assert!(err.to_string().contains("t/0"), "{err}");
+    assert!(
+        !err.is_transient(),
+        "a refusal is final, never retried: {err}"
+    );
     assert_eq!(
         w2.txn_version().await.unwrap(),
         None,

@@ -27,7 +27,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 /// Settings of the workers' pipeline: short epochs, and a session timeout short enough that
 /// a killed worker's partitions move within seconds.
-const GROUP_EXTRA: &str = "[checkpoint]\ninterval_ms = 200\n\n[source.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n";
+const GROUP_EXTRA: &str = "[checkpoint]\ninterval_ms = 200\n\n[source.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\"max.poll.interval.ms\" = \"7000\"\n";
 
 /// A fixture whose `[source]` has `group = "g-<topic>"`; tansu 0.6.0 assigns nothing to
 /// static members, so the workers run without static membership.
@@ -236,4 +236,129 @@ async fn workers_killed_added_and_removed_keep_every_record_exactly_once() {
         .map(|(_, i)| i.pipeline_id.as_str())
         .collect();
     assert!(writers.len() >= 3, "commits by {writers:?}");
+}
+
+/// A worker paused (SIGSTOP) past its session timeout loses its partitions to the other
+/// worker; resumed (SIGCONT), its stale epoch is refused by the table's claims (never
+/// committed), and it rejoins and commits again. Every record exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_paused_past_its_session_has_its_stale_epoch_refused_and_rejoins() {
+    let Some(brokers) = broker() else { return };
+    let partitions = 4;
+    let topic = unique_topic("paused");
+    create_topic(&brokers, &topic, partitions).await;
+    let fixture = make_group_fixture(&brokers, &topic);
+    // Long epochs: a paused worker almost always holds records it has not committed.
+    let text = std::fs::read_to_string(&fixture.config).unwrap();
+    std::fs::write(
+        &fixture.config,
+        text.replace("interval_ms = 200", "interval_ms = 1500"),
+    )
+    .unwrap();
+    let producing = Arc::new(AtomicBool::new(true));
+    let producer = {
+        let (brokers, topic, producing) = (brokers.clone(), topic.clone(), producing.clone());
+        std::thread::spawn(move || {
+            let mut ends: Ends = BTreeMap::new();
+            let mut i = 0;
+            while producing.load(Ordering::SeqCst) {
+                for (k, n) in produce_range(
+                    &brokers,
+                    &topic,
+                    partitions,
+                    i..i + 200,
+                    tidemark_tests::order_json,
+                ) {
+                    *ends.entry(k).or_insert(0) += n;
+                }
+                i += 200;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (i, ends)
+        })
+    };
+    let mut a = Worker::start(&fixture, "a");
+    std::thread::sleep(Duration::from_secs(3));
+    let mut b = Worker::start(&fixture, "b");
+    let paused_at = {
+        // Both own partitions once a commit of each is in the table.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let writers: std::collections::BTreeSet<String> = audit::replay_log(&fixture.table)
+                .map(|r| {
+                    r.epochs
+                        .iter()
+                        .map(|(_, i)| i.pipeline_id.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if writers.contains("test.a") && writers.contains("test.b") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "both workers never committed: {writers:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_millis(700));
+        a.signal(libc::SIGSTOP);
+        audit::replay_log(&fixture.table).unwrap().version
+    };
+    // Past the 6 s session timeout; a third worker joining makes the group rebalance without
+    // a (tansu evicts a silent member only when the group rebalances), so b and c take a's
+    // partitions and commit them while a is paused.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut c = Worker::start(&fixture, "c");
+    std::thread::sleep(Duration::from_secs(14));
+    a.signal(libc::SIGCONT);
+    // a comes back, is refused, rejoins and commits again.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let replay = audit::replay_log(&fixture.table).unwrap();
+        let a_after: Vec<i64> = replay
+            .epochs
+            .iter()
+            .filter(|(v, i)| *v > paused_at && i.pipeline_id == "test.a")
+            .map(|(v, _)| *v)
+            .collect();
+        let b_after = replay
+            .epochs
+            .iter()
+            .filter(|(v, i)| *v > paused_at && i.pipeline_id == "test.b")
+            .count();
+        if !a_after.is_empty() && b_after > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a never committed after its pause"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    producing.store(false, Ordering::SeqCst);
+    let (records, ends) = producer.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while rows_in_table(&fixture.table) < records && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    a.signal(libc::SIGTERM);
+    b.signal(libc::SIGTERM);
+    c.signal(libc::SIGTERM);
+    let (a_status, a_log) = a.wait();
+    let (b_status, b_log) = b.wait();
+    let (c_status, c_log) = c.wait();
+    assert!(c_status.success(), "c: {c_status}\n{c_log}");
+    assert!(a_status.success(), "a: {a_status}\n{a_log}");
+    assert!(b_status.success(), "b: {b_status}\n{b_log}");
+    assert!(
+        a_log.contains("was committed by another worker"),
+        "a's stale epoch was not refused by the table:\n{a_log}\n--- b:\n{b_log}"
+    );
+    let report = audit::check_exactly_once(&fixture.table, &ends).unwrap();
+    assert!(
+        report.ok() && report.rows == records,
+        "{records} produced; {report:?}"
+    );
+    assert_claims_tile_partitions(&fixture.table);
 }
