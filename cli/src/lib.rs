@@ -100,6 +100,10 @@ enum Command {
         /// when the check itself fails. For cron jobs and Kubernetes exec probes.
         #[arg(long)]
         check: bool,
+        /// With `source.group`: show this worker's own state directory, WAL and checkpoint
+        /// (without it, status lists the workers and each partition's claim).
+        #[arg(long, value_name = "ID")]
+        worker_id: Option<String>,
     },
     /// Self-contained demo: an in-process Kafka mock cluster, producer retries, malformed
     /// messages, a SIGKILL and a lost checkpoint store, and an exactly-once audit of the resulting
@@ -205,10 +209,16 @@ pub fn main() -> ExitCode {
                 config,
                 json,
                 check: true,
+                ..
             } => status_check(config, json).await,
-            Command::Status { config, json, .. } => {
-                status(config, json).await.map(|()| ExitCode::SUCCESS)
-            }
+            Command::Status {
+                config,
+                json,
+                worker_id,
+                ..
+            } => status(config, json, worker_id)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Demo(options) => demo::run(options).await.map(|()| ExitCode::SUCCESS),
             Command::Bench(options) => bench::run(options).await.map(|()| ExitCode::SUCCESS),
             Command::Replicate(args) => replicate::run(args).await.map(|()| ExitCode::SUCCESS),
@@ -305,8 +315,11 @@ async fn status_check(config_path: PathBuf, json: bool) -> anyhow::Result<ExitCo
     }
 }
 
-async fn status(config_path: PathBuf, json: bool) -> anyhow::Result<()> {
-    let config = PipelineConfig::load(&config_path)?;
+async fn status(config_path: PathBuf, json: bool, worker_id: Option<String>) -> anyhow::Result<()> {
+    let mut config = PipelineConfig::load(&config_path)?;
+    if let Some(id) = worker_id {
+        config.as_worker(&id)?;
+    }
     let status = tidemark_engine::status::status(&config).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);

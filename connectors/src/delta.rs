@@ -942,6 +942,36 @@ impl DeltaSink {
         Ok(ours.into_iter().map(|(_, info)| info).collect())
     }
 
+    /// Where each partition of the shared pipeline `pipeline` stands and which worker wrote
+    /// its newest claim, from the newest `limit` commits of the state as last loaded (a
+    /// partition no listed commit claims is left out).
+    pub async fn claim_holders(
+        &self,
+        pipeline: &str,
+        limit: usize,
+    ) -> Result<Vec<partition_claims::ClaimHolder>, DeltaSinkError> {
+        let infos: Vec<_> = self
+            .table
+            .history(Some(limit))
+            .try_collect()
+            .await
+            .map_err(self.err("read history"))?;
+        let latest = self.table.version().unwrap_or(0);
+        let mut commits = Vec::new();
+        for (i, info) in infos.iter().enumerate() {
+            let Some(value) = info.info.get(COMMIT_INFO_KEY) else {
+                continue;
+            };
+            let parsed: EpochCommitInfo = serde_json::from_value(value.clone())
+                .map_err(self.err("parse tidemark commitInfo"))?;
+            commits.push((latest.saturating_sub(i as u64), parsed));
+        }
+        Ok(partition_claims::newest_claims(
+            pipeline,
+            commits.iter().map(|(v, c)| (*v, c)),
+        ))
+    }
+
     /// This pipeline's commitInfos among the newest `limit` commits (all when `None`), newest
     /// first, each with its index in that listing (index i is version `latest - i`); also how
     /// many commits were listed.

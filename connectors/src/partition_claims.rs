@@ -51,6 +51,44 @@ pub fn claimed_ranges(info: &EpochCommitInfo) -> Vec<ClaimedRange> {
         .collect()
 }
 
+/// Who holds a partition's newest claim, as the commit history shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ClaimHolder {
+    /// The partition (`topic/partition`).
+    pub partition: String,
+    /// The next offset the claim records.
+    pub next_offset: i64,
+    /// The worker whose commit wrote it (its id after `<pipeline>.`).
+    pub worker: String,
+    /// The table version of that commit.
+    pub table_version: u64,
+}
+
+/// The newest claim of each partition among `commits` (newest first: table version and
+/// commitInfo), written by workers of `pipeline` (commitInfo pipeline ids `<pipeline>.<id>`).
+pub fn newest_claims<'a>(
+    pipeline: &str,
+    commits: impl IntoIterator<Item = (u64, &'a EpochCommitInfo)>,
+) -> Vec<ClaimHolder> {
+    let prefix = format!("{pipeline}.");
+    let mut seen: BTreeMap<TopicPartition, ClaimHolder> = BTreeMap::new();
+    for (version, info) in commits {
+        let Some(worker) = info.pipeline_id.strip_prefix(&prefix) else {
+            continue;
+        };
+        for r in claimed_ranges(info) {
+            seen.entry(r.partition.clone())
+                .or_insert_with(|| ClaimHolder {
+                    partition: r.partition.to_string(),
+                    next_offset: r.end,
+                    worker: worker.to_string(),
+                    table_version: version,
+                });
+        }
+    }
+    seen.into_values().collect()
+}
+
 /// A commit was refused: another writer claimed a partition it covers since this worker took
 /// its start position.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,6 +164,46 @@ mod tests {
                     partition: tp(2),
                     start: None,
                     end: 4
+                },
+            ]
+        );
+    }
+
+    fn commit(worker: &str, ranges: &[(i32, Option<i64>, i64)]) -> EpochCommitInfo {
+        let mut info: EpochCommitInfo = serde_json::from_str(
+            r#"{"pipeline_id":"p","epoch":1,"start_positions":{},"end_positions":{},"records_read":0,"rows_written":0,"records_skipped":0}"#,
+        )
+        .unwrap();
+        info.pipeline_id = worker.to_string();
+        for (p, start, end) in ranges {
+            if let Some(s) = start {
+                info.start_positions.set("t", *p, *s);
+            }
+            info.end_positions.set("t", *p, *end);
+        }
+        info
+    }
+
+    #[test]
+    fn the_newest_claim_of_each_partition_names_its_worker() {
+        let newest = commit("p.w2", &[(0, Some(5), 9), (1, Some(3), 3)]);
+        let older = commit("p.w1", &[(0, None, 5), (1, None, 3)]);
+        let other = commit("q.w9", &[(2, None, 50)]);
+        let holders = newest_claims("p", [(7, &newest), (6, &other), (4, &older)]);
+        assert_eq!(
+            holders,
+            vec![
+                ClaimHolder {
+                    partition: "t/0".into(),
+                    next_offset: 9,
+                    worker: "w2".into(),
+                    table_version: 7
+                },
+                ClaimHolder {
+                    partition: "t/1".into(),
+                    next_offset: 3,
+                    worker: "w1".into(),
+                    table_version: 4
                 },
             ]
         );

@@ -2,6 +2,7 @@
 //! recovery would do next. It only reads: the store is opened read-only (a running pipeline
 //! keeps its lock), the WAL is read without repairing it, and the table is never created.
 
+use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -57,6 +58,82 @@ pub struct Status {
     pub running: Option<String>,
     /// The configured `[replica]` and its lag behind the table (absent without one).
     pub replica: Option<ReplicaStatus>,
+    /// A pipeline shared by workers (`source.group`): its workers and its partitions' claims.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupStatus>,
+}
+
+/// The workers of a shared pipeline and where each partition stands (`tidemark status` of a
+/// config with `source.group`; `--worker-id` shows one worker's own state instead).
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupStatus {
+    /// The consumer group.
+    pub group: String,
+    /// Workers with a state directory here or a commit in the table's recent history.
+    pub workers: Vec<WorkerStatus>,
+    /// Each partition's newest claim (next offset) and the worker that wrote it.
+    pub partitions: Vec<tidemark_connectors::partition_claims::ClaimHolder>,
+}
+
+/// One worker of a shared pipeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    /// Its id.
+    pub worker_id: String,
+    /// The process holding its state directory, if one runs here now.
+    pub running: Option<String>,
+    /// Its epochs committed (its txn version), if any.
+    pub txn_version: Option<Epoch>,
+    /// The partitions whose newest claim it wrote.
+    pub partitions: Vec<String>,
+}
+
+/// How many of the newest commits `status` reads for the partitions' claims.
+const CLAIM_HISTORY: usize = 5000;
+
+async fn group_status(config: &PipelineConfig, group: &str) -> Result<GroupStatus, StatusError> {
+    let workers_dir = config.paths.state_dir.join("workers");
+    let mut ids: std::collections::BTreeSet<String> = std::fs::read_dir(&workers_dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let url = config.paths.table_url.clone();
+    let mut partitions = Vec::new();
+    let mut txns = BTreeMap::new();
+    if let Some(sink) = DeltaSink::open_existing(&url, &config.pipeline_id).await? {
+        partitions = sink
+            .claim_holders(&config.pipeline_id, CLAIM_HISTORY)
+            .await?;
+        ids.extend(partitions.iter().map(|c| c.worker.clone()));
+        for id in &ids {
+            let app_id = format!("{}.{id}", config.pipeline_id);
+            if let Some(mut w) = DeltaSink::open_existing(&url, &app_id).await? {
+                txns.insert(id.clone(), w.txn_version().await?);
+            }
+        }
+    }
+    let workers = ids
+        .into_iter()
+        .map(|id| WorkerStatus {
+            running: state_lock::holder(&workers_dir.join(&id)),
+            txn_version: txns.get(&id).copied().flatten(),
+            partitions: partitions
+                .iter()
+                .filter(|c| c.worker == id)
+                .map(|c| c.partition.clone())
+                .collect(),
+            worker_id: id,
+        })
+        .collect();
+    Ok(GroupStatus {
+        group: group.to_string(),
+        workers,
+        partitions,
+    })
 }
 
 /// A configured replica and how far it is behind the table: the RPO of a failover to it.
@@ -279,8 +356,13 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
         Some(r) => Some(replica_status(&url, r).await),
         None => None,
     };
+    let group = match (&config.source.group, &config.worker) {
+        (Some(g), None) => Some(group_status(config, g).await?),
+        _ => None,
+    };
     Ok(Status {
         pipeline_id: config.pipeline_id.clone(),
+        group,
         replica,
         running: state_lock::holder(&state),
         next_case: if store_stops.is_some() {
@@ -407,7 +489,37 @@ impl Status {
                 }
             ));
         }
-        line(format!("next start   {}", self.next));
+        match &self.group {
+            Some(g) => {
+                line(format!(
+                    "group        {}: {} worker(s), {} partition(s) claimed",
+                    g.group,
+                    g.workers.len(),
+                    g.partitions.len()
+                ));
+                for w in &g.workers {
+                    line(format!(
+                        "  worker {:<12} {} · epochs committed {} · newest claims of {}",
+                        w.worker_id,
+                        w.running.as_deref().unwrap_or("not running here"),
+                        w.txn_version.map_or("none".into(), |v| v.to_string()),
+                        if w.partitions.is_empty() {
+                            "no partition".into()
+                        } else {
+                            w.partitions.join(", ")
+                        }
+                    ));
+                }
+                for c in &g.partitions {
+                    line(format!(
+                        "  partition {:<20} next offset {:>10} · claimed by {} at table version {}",
+                        c.partition, c.next_offset, c.worker, c.table_version
+                    ));
+                }
+                line("next start   each worker resumes its partitions at their claims (tidemark status --worker-id <id> shows one worker's own state)".into());
+            }
+            None => line(format!("next start   {}", self.next)),
+        }
         out
     }
 }

@@ -230,6 +230,39 @@ async fn workers_killed_added_and_removed_keep_every_record_exactly_once() {
     let replay = audit::replay_log(&fixture.table).unwrap();
     let orphans = fixture.orphan_files(&replay.live_files);
     assert!(orphans.is_empty(), "orphan Parquet files: {orphans:?}");
+    // status lists the workers and each partition's claim: together, every record produced.
+    let status: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+    let group = &status["group"];
+    let claimed: i64 = group["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["next_offset"].as_i64().unwrap())
+        .sum();
+    assert_eq!(
+        group["partitions"].as_array().unwrap().len(),
+        partitions as usize,
+        "{status}"
+    );
+    assert_eq!(claimed as u64, records, "{status}");
+    assert!(group["workers"].as_array().unwrap().len() >= 3, "{status}");
+    let text = super::ok(&["status", "--config", super::s(&fixture.config)]);
+    assert!(
+        text.contains("partition(s) claimed") && text.contains("worker w0"),
+        "{text}"
+    );
+    let own = super::ok_json(&[
+        "status",
+        "--config",
+        super::s(&fixture.config),
+        "--worker-id",
+        "w0",
+        "--json",
+    ]);
+    assert!(
+        own["state_dir"].as_str().unwrap().ends_with("workers/w0"),
+        "{own}"
+    );
     let writers: std::collections::BTreeSet<&str> = replay
         .epochs
         .iter()
