@@ -1092,6 +1092,68 @@ type = "double"
         );
     }
 
+    /// A worker of a shared pipeline: its own appId and state directory, named in errors.
+    #[test]
+    fn a_worker_gets_its_own_app_id_and_state_dir_and_needs_a_group() {
+        let grouped = GOOD.replace("[source]\n", "[source]\ngroup = \"orders-workers\"\n");
+        let mut c = parse(&grouped).unwrap();
+        assert!(
+            c.source.static_membership,
+            "static membership is the default"
+        );
+        c.as_worker("w-1").unwrap();
+        assert_eq!(c.pipeline_id, "orders.w-1");
+        assert_eq!(
+            c.paths.state_dir,
+            Path::new("/etc/tidemark/.tidemark/orders/workers/w-1")
+        );
+        let w = c.worker.as_ref().unwrap();
+        assert_eq!(
+            (w.pipeline_id.as_str(), w.group.as_str()),
+            ("orders", "orders-workers")
+        );
+
+        let err = parse(GOOD)
+            .unwrap()
+            .as_worker("w1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("source.group") && err.contains("--worker-id"),
+            "{err}"
+        );
+        let err = parse(&grouped)
+            .unwrap()
+            .as_worker("a/b")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--worker-id") && err.contains("\"a/b\""),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace("[source]\n", "[source]\ngroup = \" \"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("source.group") && err.contains("empty"),
+            "{err}"
+        );
+    }
+
+    /// Dedup state is per worker: a group with `[dedup]` is refused, naming both.
+    #[test]
+    fn a_group_with_dedup_is_refused() {
+        let text = format!(
+            "{}\n[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 1\n",
+            GOOD.replace("[source]\n", "[source]\ngroup = \"g\"\n")
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("source.group") && err.contains("[dedup]"),
+            "{err}"
+        );
+    }
+
     /// `[replica] table_uri` is optional, resolved like the table, and may not be the table.
     #[test]
     fn a_replica_is_resolved_like_the_table_and_may_not_be_it() {

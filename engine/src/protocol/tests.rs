@@ -404,6 +404,26 @@ fn no_decision_rewrites_an_epoch_the_table_holds_or_numbers_below_it() {
     }
 }
 
+/// A worker of a shared pipeline starts from the table whatever its state directory holds:
+/// never a redo of a sealed epoch (its partitions may have moved), never a refusal, and its
+/// epochs continue after its own txn version.
+#[test]
+fn a_worker_always_starts_from_the_table_after_its_own_epochs() {
+    let mut n = 0;
+    for f in all_facts() {
+        n += 1;
+        assert_eq!(
+            decide_for_worker(f),
+            S::FromTable {
+                reason: R::GroupWorker,
+                table_txn: f.table_txn
+            },
+            "{f:?}"
+        );
+    }
+    assert!(n > 100, "only {n} fact sets");
+}
+
 #[test]
 fn unaccepted_wal_damage_above_the_table_never_starts() {
     for f in all_facts() {
