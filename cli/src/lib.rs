@@ -154,6 +154,10 @@ enum Command {
     /// Measure Delta commit latency as the log grows (commit 100 against the last one), with
     /// the pipeline's checkpoints every N commits; writes commits.csv.
     BenchCommits(tidemark_tools::bench_commits::CommitBenchOptions),
+    /// Throughput of a pipeline shared by 1, 2, 4 ... workers (`source.group`, `--worker-id`)
+    /// against the broker's plain-consumer ceiling, and the commit conflicts per minute that
+    /// sharing one table costs, per checkpoint interval; writes workers.csv.
+    BenchWorkers(tidemark_tools::bench_workers::WorkerBenchOptions),
     /// Read a topic with a plain consumer and nothing else (the broker's consume ceiling that
     /// `tidemark bench` measures beside the pipeline); prints one JSON summary line.
     #[command(hide = true)]
@@ -245,6 +249,9 @@ pub fn main() -> ExitCode {
             Command::RestoreBackup(args) => {
                 backup_cmds::restore(args).await.map(|()| ExitCode::SUCCESS)
             }
+            Command::BenchWorkers(options) => tidemark_tools::bench_workers::run(options)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::BenchCommits(options) => tidemark_tools::bench_commits::run(options)
                 .await
                 .map(|()| ExitCode::SUCCESS),

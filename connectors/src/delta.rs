@@ -588,6 +588,8 @@ pub struct DeltaSink {
     /// The pipeline whose per-partition claims every commit writes and checks (a worker of a
     /// pipeline shared by several, see [`crate::partition_claims`]); `None`: no claims.
     claims: Option<String>,
+    /// Commit tries that lost the race to another writer's commit (and were tried again).
+    lost_races: u64,
 }
 
 /// What a sink knows of its table after its own commits, without having re-read the log: the
@@ -782,6 +784,7 @@ impl DeltaSink {
             uri,
             app_id: app_id.to_string(),
             claims: None,
+            lost_races: 0,
             local_root,
             unchecked_store,
             fs,
@@ -861,6 +864,12 @@ impl DeltaSink {
             .await
             .map(|v| v.map(Epoch::from_txn))
             .map_err(self.err("read txn version"))
+    }
+
+    /// Commit tries this sink lost to another writer's commit and tried again: the cost of
+    /// sharing one table (workers of one pipeline, other pipelines, maintenance jobs).
+    pub fn lost_races(&self) -> u64 {
+        self.lost_races
     }
 
     /// Makes every commit of this sink claim the partitions it covers for `pipeline`, and
@@ -1616,6 +1625,7 @@ impl DeltaSink {
                 });
             }
             if is_commit_conflict(&error) && attempt < MAX_COMMIT_ATTEMPTS {
+                self.lost_races += 1;
                 debug!(table = %self.uri, epoch = %info.epoch, attempt, "another commit came first; checking the table again: {error}");
                 if attempt >= 2 {
                     tokio::time::sleep(conflict_backoff(attempt)).await;

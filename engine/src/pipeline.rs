@@ -160,6 +160,8 @@ pub struct RunSummary {
     pub positions: Positions,
     /// Wall time of the run in seconds.
     pub elapsed_secs: f64,
+    /// Commit tries that lost the race to another writer's commit and were tried again.
+    pub commit_conflicts: u64,
     /// Why the run ended: `caught_up` or `shutdown`.
     pub stopped_because: &'static str,
     /// What recovery found and did at start.
@@ -848,6 +850,7 @@ impl RunStats {
             summary.watermark = d.state.watermark();
         }
         summary.wal_bytes = committer.wal_bytes();
+        summary.commit_conflicts = committer.sink().lost_races();
         summary.dead_letters_already_held = committer.dead_letters_already_held();
         summary.peak_rss_bytes = peak_rss_bytes();
         summary.totals = committer.totals();

@@ -50,6 +50,11 @@ pub struct WorkerSummary {
     pub records_read: u64,
     /// Rows written over all runs.
     pub rows_written: u64,
+    /// Commit tries that lost the race to another commit (another worker's, mostly) and were
+    /// tried again, over the runs that ended normally.
+    pub commit_conflicts: u64,
+    /// Seconds from the worker's start to its end.
+    pub elapsed_secs: f64,
     /// The partitions owned when the worker stopped.
     pub partitions: Vec<String>,
     /// Why the worker ended: `shutdown` or `caught_up`.
@@ -81,6 +86,7 @@ pub async fn run_worker(
     options: RunOptions,
     shutdown: Shutdown,
 ) -> Result<WorkerSummary, PipelineError> {
+    let started = std::time::Instant::now();
     let Some(worker) = config.worker.clone() else {
         return Err(PipelineError::State {
             path: config.paths.state_dir.clone(),
@@ -156,6 +162,7 @@ pub async fn run_worker(
                 summary.epochs_committed += run.epochs_committed;
                 summary.records_read += run.records_read;
                 summary.rows_written += run.rows_written;
+                summary.commit_conflicts += run.commit_conflicts;
                 if shutdown.requested() {
                     break "shutdown";
                 }
@@ -173,6 +180,7 @@ pub async fn run_worker(
             },
         }
     };
+    summary.elapsed_secs = started.elapsed().as_secs_f64();
     summary.partitions = membership
         .assignment()
         .partitions

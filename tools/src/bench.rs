@@ -402,7 +402,7 @@ fn produce_stream(
     options: &BenchOptions,
 ) -> anyhow::Result<(u64, u64)> {
     let started = Instant::now();
-    let (produced, bytes) = produce(brokers, topic, options)?;
+    let (produced, bytes) = produce(brokers, topic, &options.shape())?;
     println!(
         "tidemark bench: {produced} records ({:.1} MB of JSON, ~{} B each) into {topic} ({} partitions, {}) in {:.1} s",
         bytes as f64 / 1e6,
@@ -493,15 +493,26 @@ fn throughput_runs(
 /// One plain consumer run over the whole stream (`tidemark bench-consume` as a child, timed
 /// from its start to its exit like a pipeline run); its records/s.
 fn consume_run(setup: &Setup) -> anyhow::Result<f64> {
+    consume_rate(&setup.exe, &setup.brokers, &setup.topic, setup.produced)
+}
+
+/// One plain consumer run (`exe bench-consume`) over `topic`, which holds `produced` records:
+/// its records/s, from its start to its exit.
+pub(crate) fn consume_rate(
+    exe: &Path,
+    brokers: &str,
+    topic: &str,
+    produced: u64,
+) -> anyhow::Result<f64> {
     let t0 = Instant::now();
-    let out = Command::new(&setup.exe)
+    let out = Command::new(exe)
         .arg("bench-consume")
-        .args(["--brokers", &setup.brokers, "--topic", &setup.topic])
-        .args(["--expect", &setup.produced.to_string()])
+        .args(["--brokers", brokers, "--topic", topic])
+        .args(["--expect", &produced.to_string()])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("cannot run {} bench-consume", setup.exe.display()))?;
+        .with_context(|| format!("cannot run {} bench-consume", exe.display()))?;
     let wall = t0.elapsed().as_secs_f64();
     if !out.status.success() {
         bail!(
@@ -513,11 +524,8 @@ fn consume_run(setup: &Setup) -> anyhow::Result<f64> {
     let summary = crate::child_log::summary_line(&out.stdout)
         .context("no summary line from the plain consumer run")?;
     let read = summary["records"].as_u64().unwrap_or(0);
-    if read != setup.produced {
-        bail!(
-            "the plain consumer read {read} records, {} were produced",
-            setup.produced
-        );
+    if read != produced {
+        bail!("the plain consumer read {read} records, {produced} were produced");
     }
     Ok(read as f64 / wall)
 }
@@ -874,7 +882,7 @@ pub(crate) async fn create_topic(
     Ok(())
 }
 
-fn write_config(
+pub(crate) fn write_config(
     dir: &Path,
     brokers: &str,
     topic: &str,
@@ -1001,8 +1009,37 @@ fn run_child(
         .with_context(|| format!("no summary line from the run; see {}", log.display()))
 }
 
+/// What the bench stream looks like: shared by `tidemark bench` and `bench-workers`.
+pub(crate) struct StreamShape {
+    /// Records to produce.
+    pub records: u64,
+    /// Approximate JSON bytes per record.
+    pub record_bytes: usize,
+    /// Partitions of the topic (record i goes to partition i % partitions).
+    pub partitions: i32,
+    /// Distinct `id`s (0: all distinct).
+    pub keys: u64,
+    /// Share of records that repeat the previous one.
+    pub duplicate_rate: f64,
+    /// Seed of the random fields.
+    pub seed: u64,
+}
+
+impl BenchOptions {
+    fn shape(&self) -> StreamShape {
+        StreamShape {
+            records: self.records,
+            record_bytes: self.record_bytes,
+            partitions: self.partitions,
+            keys: self.keys,
+            duplicate_rate: self.duplicate_rate,
+            seed: self.seed,
+        }
+    }
+}
+
 /// Produces the stream; returns (records, key + value bytes).
-fn produce(brokers: &str, topic: &str, o: &BenchOptions) -> anyhow::Result<(u64, u64)> {
+pub(crate) fn produce(brokers: &str, topic: &str, o: &StreamShape) -> anyhow::Result<(u64, u64)> {
     if !(0.0..1.0).contains(&o.duplicate_rate) {
         bail!("--duplicate-rate must be in [0, 1)");
     }

@@ -6,6 +6,7 @@
 //! - [`demo`]: `tidemark demo`, the self-contained demo on librdkafka's in-process mock cluster.
 //! - [`bench`]: `tidemark bench`, checkpoint interval against throughput and recovery.
 //! - [`bench_commits`]: `tidemark bench-commits`, Delta commit latency as the log grows.
+//! - [`bench_workers`]: `tidemark bench-workers`, throughput of 1, 2, 4 ... workers of one pipeline.
 //! - [`bench_replicate`]: `tidemark bench-replicate`, replication lag behind a running pipeline.
 //! - [`drill`]: `tidemark drill`, a regional DR drill (two clusters, mirror, SIGKILL, failover).
 //! - [`mirror`]: a topic mirror between two clusters (keys, values, timestamps; not offsets).
@@ -21,6 +22,7 @@ pub mod audit;
 pub mod bench;
 pub mod bench_commits;
 pub mod bench_replicate;
+pub mod bench_workers;
 pub mod child;
 pub mod child_log;
 pub mod consume_ceiling;
