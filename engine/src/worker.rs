@@ -30,6 +30,45 @@ use crate::shutdown::Shutdown;
 
 /// How often a run checks whether the group changed its assignment.
 const ASSIGNMENT_POLL: Duration = Duration::from_millis(50);
+/// How often a worker whose partitions are read to the end checks, with `--until-caught-up`,
+/// whether the whole pipeline is.
+const CAUGHT_UP_POLL: Duration = Duration::from_millis(500);
+/// How long the partition ends may take to read at a worker's start.
+const ENDS_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `--until-caught-up` for a worker: the end of every partition of the pipeline's topics when
+/// the worker started. The worker stops once the table's claims reach all of them (its own
+/// partitions being read to the end is not enough: a partition another worker was given
+/// while leaving would be left unread).
+struct CaughtUpTarget {
+    ends: Vec<(tidemark_connectors::TopicPartition, i64)>,
+    sink: Option<tidemark_connectors::delta::DeltaSink>,
+}
+
+impl CaughtUpTarget {
+    async fn reached(
+        &mut self,
+        config: &PipelineConfig,
+        pipeline: &str,
+    ) -> Result<bool, PipelineError> {
+        if self.sink.is_none() {
+            self.sink = tidemark_connectors::delta::DeltaSink::open_existing(
+                &config.paths.table_url,
+                &config.pipeline_id,
+            )
+            .await?;
+        }
+        let Some(sink) = self.sink.as_mut() else {
+            return Ok(self.ends.iter().all(|(_, end)| *end == 0));
+        };
+        let partitions = self.ends.iter().map(|(tp, _)| tp.clone()).collect();
+        let claims = sink.partition_claims(pipeline, &partitions).await?;
+        Ok(self
+            .ends
+            .iter()
+            .all(|(tp, end)| claims.get(&tp.topic, tp.partition).unwrap_or(0) >= *end))
+    }
+}
 
 /// What a worker did; printed as one JSON line when `tidemark run --worker-id` ends.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -80,7 +119,8 @@ pub fn partition_taken<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a Pa
 }
 
 /// Runs this process as worker `config.worker` until `shutdown` (or, with
-/// `options.until_caught_up`, until a run over its partitions caught up).
+/// `options.until_caught_up`, until the table's claims reach the end every partition of the
+/// pipeline had when the worker started).
 pub async fn run_worker(
     config: &PipelineConfig,
     options: RunOptions,
@@ -100,6 +140,31 @@ pub async fn run_worker(
         revoke_wait: DEFAULT_REVOKE_WAIT,
     };
     let source_config = pipeline::source_config(config);
+    let mut target = if options.until_caught_up {
+        let c = source_config.clone();
+        let ends = tokio::task::spawn_blocking(move || {
+            tidemark_connectors::kafka::fetch_partition_ends(&c, ENDS_TIMEOUT)
+        })
+        .await
+        .map_err(|e| PipelineError::Task {
+            what: "reading the partitions' ends",
+            message: e.to_string(),
+        })??;
+        Some(CaughtUpTarget {
+            ends: ends
+                .into_iter()
+                .map(|(topic, partition, end)| {
+                    (
+                        tidemark_connectors::TopicPartition { topic, partition },
+                        end,
+                    )
+                })
+                .collect(),
+            sink: None,
+        })
+    } else {
+        None
+    };
     let membership =
         tokio::task::spawn_blocking(move || GroupMembership::join(&source_config, &settings))
             .await
@@ -121,6 +186,11 @@ pub async fn run_worker(
         let assignment = membership.assignment();
         if assignment.partitions.is_empty() {
             membership.release(assignment.change);
+            if let Some(t) = target.as_mut() {
+                if t.reached(config, &worker.pipeline_id).await? {
+                    break "caught_up";
+                }
+            }
             let m = membership.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 m.wait_change(assignment.change, Duration::from_millis(200))
@@ -167,7 +237,27 @@ pub async fn run_worker(
                     break "shutdown";
                 }
                 if run.stopped_because == "caught_up" {
-                    break "caught_up";
+                    // Its partitions are read to the end: wait for the rest of the pipeline,
+                    // or for new partitions to read.
+                    let Some(t) = target.as_mut() else {
+                        break "caught_up";
+                    };
+                    let done = loop {
+                        if shutdown.requested() {
+                            break Some("shutdown");
+                        }
+                        if t.reached(config, &worker.pipeline_id).await? {
+                            break Some("caught_up");
+                        }
+                        if membership.changed_since(assignment.change) {
+                            break None;
+                        }
+                        tokio::time::sleep(CAUGHT_UP_POLL).await;
+                    };
+                    match done {
+                        Some(why) => break why,
+                        None => continue,
+                    }
                 }
                 summary.rebalances += 1;
             }

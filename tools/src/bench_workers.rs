@@ -299,6 +299,7 @@ fn workers_run(
             .args(["run", "--config"])
             .arg(&config)
             .args(["--worker-id", &format!("w{w}"), "--until-caught-up"])
+            .env("RUST_LOG", "info,buoyant_kernel=warn,deltalake_core=warn")
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -395,3 +395,43 @@ async fn a_worker_paused_past_its_session_has_its_stale_epoch_refused_and_rejoin
     );
     assert_claims_tile_partitions(&fixture.table);
 }
+
+/// `--until-caught-up` for workers: each stops only once the table's claims reach the end of
+/// every partition of the pipeline (a worker whose own partitions are done waits while others
+/// leave and their partitions move), so four workers started at once end with every record
+/// in the table once.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_until_caught_up_stop_only_when_the_whole_pipeline_is() {
+    let Some(brokers) = broker() else { return };
+    let partitions = 12;
+    let records = 24_000;
+    let topic = unique_topic("caughtup");
+    create_topic(&brokers, &topic, partitions).await;
+    let ends = produce_range(
+        &brokers,
+        &topic,
+        partitions,
+        0..records,
+        tidemark_tests::order_json,
+    );
+    let fixture = make_group_fixture(&brokers, &topic);
+    let workers: Vec<Worker> = (0..4)
+        .map(|i| {
+            let mut child = fixture.spawn_with(true, &["--worker-id", &format!("w{i}")], &[]);
+            let log = Some(drain_stderr(&mut child));
+            Worker {
+                id: format!("w{i}"),
+                child,
+                log,
+            }
+        })
+        .collect();
+    for w in workers {
+        let id = w.id.clone();
+        let (status, log) = w.wait();
+        assert!(status.success(), "{id}: {status}\n{log}");
+    }
+    let report = audit::check_exactly_once(&fixture.table, &ends).unwrap();
+    assert!(report.ok() && report.rows == records, "{report:?}");
+    assert_claims_tile_partitions(&fixture.table);
+}
