@@ -184,8 +184,9 @@ pub async fn run_worker(
             break "shutdown";
         }
         let assignment = membership.assignment();
+        // No run is active here: whatever a waiting revoke asks for is let go of.
+        membership.release(assignment.change);
         if assignment.partitions.is_empty() {
-            membership.release(assignment.change);
             if let Some(t) = target.as_mut() {
                 if t.reached(config, &worker.pipeline_id).await? {
                     break "caught_up";
