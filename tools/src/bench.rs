@@ -505,15 +505,37 @@ pub(crate) fn consume_rate(
     produced: u64,
 ) -> anyhow::Result<f64> {
     let t0 = Instant::now();
-    let out = Command::new(exe)
-        .arg("bench-consume")
-        .args(["--brokers", brokers, "--topic", topic])
-        .args(["--expect", &produced.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
+    let out = consume_command(exe, brokers, topic, produced, &[])
         .output()
         .with_context(|| format!("cannot run {} bench-consume", exe.display()))?;
     let wall = t0.elapsed().as_secs_f64();
+    check_consumed(&out, produced)?;
+    Ok(produced as f64 / wall)
+}
+
+/// `exe bench-consume` of `topic` (only `partitions` when not empty), expecting `expect`
+/// records.
+pub(crate) fn consume_command(
+    exe: &Path,
+    brokers: &str,
+    topic: &str,
+    expect: u64,
+    partitions: &[i32],
+) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.arg("bench-consume")
+        .args(["--brokers", brokers, "--topic", topic])
+        .args(["--expect", &expect.to_string()]);
+    if !partitions.is_empty() {
+        let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
+        cmd.args(["--partitions", &list.join(",")]);
+    }
+    cmd.env("RUST_LOG", "warn").stdin(Stdio::null());
+    cmd
+}
+
+/// Checks a plain consumer run exited well having read `expected` records.
+pub(crate) fn check_consumed(out: &std::process::Output, expected: u64) -> anyhow::Result<()> {
     if !out.status.success() {
         bail!(
             "the plain consumer run failed ({}): {}",
@@ -524,10 +546,10 @@ pub(crate) fn consume_rate(
     let summary = crate::child_log::summary_line(&out.stdout)
         .context("no summary line from the plain consumer run")?;
     let read = summary["records"].as_u64().unwrap_or(0);
-    if read != produced {
-        bail!("the plain consumer read {read} records, {produced} were produced");
+    if read != expected {
+        bail!("the plain consumer read {read} records, {expected} were expected");
     }
-    Ok(read as f64 / wall)
+    Ok(())
 }
 
 /// One interval's row from its throughput runs: the median run, with every run's rate.

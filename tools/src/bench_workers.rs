@@ -2,8 +2,9 @@
 //! through a consumer group), against the broker's own consume ceiling measured in the same
 //! run, and the commit conflicts sharing one table costs, per checkpoint interval.
 //!
-//! One stream is produced once. Each round first times a plain consumer over it
-//! (`tidemark bench-consume`), then, per interval and worker count, starts that many `tidemark
+//! One stream is produced once. Each round first times, per worker count n, n plain
+//! consumers side by side, each on its share of the partitions (`tidemark bench-consume
+//! --partitions`): the broker's own consume limit at that parallelism. Then, per interval and worker count, starts that many `tidemark
 //! run --worker-id wN --until-caught-up` processes on a fresh table and times them from the
 //! first start to the last exit; the table must then hold every record once (its commits'
 //! rows add up to the stream, and their claimed ranges tile each partition). Workers of a
@@ -24,7 +25,9 @@ use clap::Args;
 use rdkafka::mocking::MockCluster;
 
 use crate::audit;
-use crate::bench::{consume_rate, create_topic, produce, write_config, StreamShape};
+use crate::bench::{
+    check_consumed, consume_command, create_topic, produce, write_config, StreamShape,
+};
 
 /// Options of `tidemark bench-workers`.
 #[derive(Debug, Clone, Args)]
@@ -155,15 +158,18 @@ pub async fn run(options: WorkerBenchOptions) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let mut ceiling = Vec::new();
+    // Per worker count: as many plain consumers side by side, each on its share.
+    let mut ceiling: Vec<Vec<f64>> = vec![Vec::new(); workers.len()];
     let mut runs: Vec<Vec<WorkerRun>> = vec![Vec::new(); intervals.len() * workers.len()];
     for round in 1..=options.repeat {
-        let rate = consume_rate(&exe, &brokers, &topic, produced)?;
-        eprintln!(
-            "  round {round}/{}  plain consumer: {rate:.0} records/s",
-            options.repeat
-        );
-        ceiling.push(rate);
+        for (j, n) in workers.iter().enumerate() {
+            let rate = consumers_rate(&exe, &brokers, &topic, &shape, *n)?;
+            eprintln!(
+                "  round {round}/{}  {n} plain consumer(s): {rate:.0} records/s",
+                options.repeat
+            );
+            ceiling[j].push(rate);
+        }
         for (i, interval) in intervals.iter().enumerate() {
             for (j, n) in workers.iter().enumerate() {
                 let run_dir = dir.join(format!("r{round}-{interval}ms-{n}w"));
@@ -184,22 +190,24 @@ pub async fn run(options: WorkerBenchOptions) -> anyhow::Result<()> {
         }
     }
 
-    let ceiling_median = median(&ceiling);
+    let ceilings: Vec<f64> = ceiling.iter().map(|c| median(c)).collect();
     let mut csv = String::from(
-        "interval_ms,workers,records_per_s,share_of_consumer,steady_records_per_s,steady_share,commits_per_min,conflicts_per_min,refused\n",
+        "interval_ms,workers,records_per_s,consumers_records_per_s,share_of_consumers,steady_records_per_s,steady_share,commits_per_min,conflicts_per_min,refused\n",
     );
-    println!(
-        "plain consumer: {ceiling_median:.0} records/s (median of {})",
-        ceiling.len()
-    );
+    for (j, n) in workers.iter().enumerate() {
+        println!(
+            "{n} plain consumer(s) side by side: {:.0} records/s (median of {})",
+            ceilings[j], options.repeat
+        );
+    }
     println!(
         "{:>9} {:>7} {:>11} {:>9} {:>11} {:>9} {:>12} {:>14} {:>8}",
         "interval",
         "workers",
         "records/s",
-        "consumer",
+        "of cons.",
         "steady r/s",
-        "consumer",
+        "of cons.",
         "commits/min",
         "conflicts/min",
         "refused"
@@ -221,6 +229,7 @@ pub async fn run(options: WorkerBenchOptions) -> anyhow::Result<()> {
                         .collect::<Vec<_>>(),
                 )
             };
+            let ceiling_median = ceilings[j];
             let steady = median(&these.iter().map(|r| r.steady).collect::<Vec<_>>());
             let steady_share = steady / ceiling_median.max(1e-9);
             let commits = per_min(|r| r.commits);
@@ -234,7 +243,7 @@ pub async fn run(options: WorkerBenchOptions) -> anyhow::Result<()> {
                 steady_share * 100.0
             );
             csv.push_str(&format!(
-                "{interval},{n},{rate:.0},{share:.3},{steady:.0},{steady_share:.3},{commits:.1},{conflicts:.1},{refused}\n"
+                "{interval},{n},{rate:.0},{ceiling_median:.0},{share:.3},{steady:.0},{steady_share:.3},{commits:.1},{conflicts:.1},{refused}\n"
             ));
         }
     }
@@ -252,6 +261,39 @@ fn commit_timestamp_ms(table: &Path, version: i64) -> anyhow::Result<i64> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find_map(|v| v["commitInfo"]["timestamp"].as_i64())
         .with_context(|| format!("{}: no commitInfo timestamp", path.display()))
+}
+
+/// `n` plain consumers side by side, consumer k reading partitions k, k+n, k+2n ...: their
+/// records/s together (all records over the slowest one's wall time).
+fn consumers_rate(
+    exe: &Path,
+    brokers: &str,
+    topic: &str,
+    shape: &StreamShape,
+    n: usize,
+) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let mut children = Vec::new();
+    for k in 0..n {
+        let partitions: Vec<i32> = (0..shape.partitions)
+            .filter(|p| *p as usize % n == k)
+            .collect();
+        // Record i went to partition i % partitions.
+        let expect = (0..shape.records)
+            .filter(|i| partitions.contains(&((i % shape.partitions as u64) as i32)))
+            .count() as u64;
+        let child = consume_command(exe, brokers, topic, expect, &partitions)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map(crate::child::KillOnDrop::new)
+            .context("cannot start a plain consumer")?;
+        children.push((child, expect));
+    }
+    for (child, expect) in children {
+        check_consumed(&child.wait_with_output()?, expect)?;
+    }
+    Ok(shape.records as f64 / t0.elapsed().as_secs_f64())
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -281,12 +323,14 @@ fn workers_run(
         None,
     )?;
     let text = std::fs::read_to_string(&config)?;
-    // Static membership off: tansu 0.6.0 assigns nothing to static members.
+    // A group of its own per run (a group per pipeline); static membership off: tansu 0.6.0
+    // assigns nothing to static members.
     let text = text.replacen(
         "[source]\n",
         &format!(
-            "[source]\ngroup = \"bench-{}\"\nstatic_membership = false\n",
-            std::process::id()
+            "[source]\ngroup = \"bench-{}-{}\"\nstatic_membership = false\n",
+            std::process::id(),
+            run_dir.file_name().and_then(|n| n.to_str()).unwrap_or("run")
         ),
         1,
     ) + "\n[source.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n";

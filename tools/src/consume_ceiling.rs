@@ -30,6 +30,10 @@ pub struct ConsumeOptions {
     /// Stop once this many records were read.
     #[arg(long)]
     pub expect: u64,
+    /// Only these partitions (comma-separated; default every partition): one of several plain
+    /// consumers sharing a topic, the ceiling of as many pipeline workers.
+    #[arg(long, value_delimiter = ',')]
+    pub partitions: Vec<i32>,
     /// Give up (an error) when no record arrived for this many seconds.
     #[arg(long, default_value_t = 30)]
     pub idle_timeout_secs: u64,
@@ -46,8 +50,8 @@ pub struct ConsumeSummary {
     pub secs: f64,
 }
 
-/// Reads `options.topic` from the start of every partition until `options.expect` records
-/// were read.
+/// Reads `options.topic` from the start of every partition (or of `options.partitions`)
+/// until `options.expect` records were read.
 pub fn run(options: &ConsumeOptions) -> anyhow::Result<ConsumeSummary> {
     let started = Instant::now();
     let consumer: BaseConsumer = ClientConfig::new()
@@ -71,6 +75,9 @@ pub fn run(options: &ConsumeOptions) -> anyhow::Result<ConsumeSummary> {
     };
     let mut assignment = TopicPartitionList::new();
     for p in topic.partitions() {
+        if !options.partitions.is_empty() && !options.partitions.contains(&p.id()) {
+            continue;
+        }
         assignment
             .add_partition_offset(&options.topic, p.id(), Offset::Beginning)
             .context("building the assignment")?;

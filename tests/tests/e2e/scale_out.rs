@@ -435,3 +435,45 @@ async fn workers_until_caught_up_stop_only_when_the_whole_pipeline_is() {
     assert!(report.ok() && report.rows == records, "{report:?}");
     assert_claims_tile_partitions(&fixture.table);
 }
+
+/// `tidemark bench-workers` on tansu: runs 1 and 2 workers against as many plain consumers,
+/// checks each table holds the stream, and writes one CSV row per (interval, workers).
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_workers_measures_one_and_two_workers_against_the_plain_consumers() {
+    let Some(brokers) = broker() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("bw");
+    let out = std::process::Command::new(EXE)
+        .args(["bench-workers", "--brokers", &brokers, "--records", "6000"])
+        .args([
+            "--partitions",
+            "4",
+            "--workers",
+            "1,2",
+            "--intervals",
+            "200ms",
+        ])
+        .args(["--repeat", "1", "--dir", super::s(&out_dir)])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        tidemark_tests::stderr_of(&out)
+    );
+    assert!(
+        stdout.contains("2 plain consumer(s) side by side"),
+        "{stdout}"
+    );
+    let csv = std::fs::read_to_string(out_dir.join("workers.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    for (row, workers) in rows.iter().zip(["1", "2"]) {
+        let cols: Vec<&str> = row.split(',').collect();
+        assert_eq!((cols[0], cols[1]), ("200", workers), "{csv}");
+        let rate: f64 = cols[2].parse().unwrap();
+        assert!(rate > 0.0, "{csv}");
+    }
+}
