@@ -231,10 +231,30 @@ pub async fn run(
     let group_positions = match (&config.worker, &options.partitions) {
         (Some(worker), Some(partitions)) => {
             tables.sink.claim_partitions(&worker.pipeline_id);
-            let claims = tables
+            let mut claims = tables
                 .sink
                 .partition_claims(&worker.pipeline_id, partitions)
                 .await?;
+            // A partition no worker has claimed yet continues where the pipeline ran as one
+            // process before it was shared, if it did (never from the beginning again).
+            let unclaimed: Vec<_> = partitions
+                .iter()
+                .filter(|tp| claims.get(&tp.topic, tp.partition).is_none())
+                .collect();
+            if !unclaimed.is_empty() {
+                if let Some(mut single) =
+                    DeltaSink::open_existing(&config.paths.table_url, &worker.pipeline_id).await?
+                {
+                    if let (_, Some(progress)) = single.progress().await? {
+                        for tp in unclaimed {
+                            if let Some(next) = progress.info.end_positions.get(&tp.topic, tp.partition) {
+                                info!(partition = %tp, next, epoch = %progress.info.epoch, "worker: partition not claimed yet: continuing where the single-process pipeline left it");
+                                claims.set(&tp.topic, tp.partition, next);
+                            }
+                        }
+                    }
+                }
+            }
             info!(worker = %worker.worker_id, partitions = partitions.len(), claims = %claims, "worker: starting its partitions at the table's claims");
             Some(claims)
         }

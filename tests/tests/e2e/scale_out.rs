@@ -477,3 +477,56 @@ async fn bench_workers_measures_one_and_two_workers_against_the_plain_consumers(
         assert!(rate > 0.0, "{csv}");
     }
 }
+
+/// A pipeline that ran as one process is shared by workers later: each partition no worker
+/// has claimed continues where the single process left it, never from the beginning again.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_continue_a_pipeline_that_ran_as_one_process() {
+    let Some(brokers) = broker() else { return };
+    let partitions = 4;
+    let topic = unique_topic("migrate");
+    create_topic(&brokers, &topic, partitions).await;
+    let mut ends = produce_range(
+        &brokers,
+        &topic,
+        partitions,
+        0..4000,
+        tidemark_tests::order_json,
+    );
+    let fixture = make_group_fixture(&brokers, &topic);
+    // First as one process (the group setting is not used without --worker-id: set aside).
+    let text = std::fs::read_to_string(&fixture.config).unwrap();
+    let single = text.replace(&format!("group = \"g-{topic}\"\n"), "");
+    std::fs::write(&fixture.config, &single).unwrap();
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", tidemark_tests::stderr_of(&out));
+    std::fs::write(&fixture.config, &text).unwrap();
+    for (k, n) in produce_range(
+        &brokers,
+        &topic,
+        partitions,
+        4000..8000,
+        tidemark_tests::order_json,
+    ) {
+        *ends.entry(k).or_insert(0) += n;
+    }
+    let workers: Vec<Worker> = (0..2)
+        .map(|i| {
+            let mut child = fixture.spawn_with(true, &["--worker-id", &format!("w{i}")], &[]);
+            let log = Some(drain_stderr(&mut child));
+            Worker {
+                id: format!("w{i}"),
+                child,
+                log,
+            }
+        })
+        .collect();
+    for w in workers {
+        let id = w.id.clone();
+        let (status, log) = w.wait();
+        assert!(status.success(), "{id}: {status}\n{log}");
+    }
+    let report = audit::check_exactly_once(&fixture.table, &ends).unwrap();
+    assert!(report.ok() && report.rows == 8000, "{report:?}");
+    assert_claims_tile_partitions(&fixture.table);
+}
