@@ -154,9 +154,33 @@ impl<'a> DurableFile<'a> {
         }
     }
 
+    /// Asks the kernel to start writing back `len` bytes at `offset` of the temporary file
+    /// (see [`WritableFile::start_writeback`]): the final fsync then waits for less.
+    pub fn start_writeback(&mut self, offset: u64, len: u64) {
+        if let Some(f) = self.file.as_mut() {
+            f.start_writeback(offset, len);
+        }
+    }
+
+    /// Opens the temporary file for reading: a writer checks what it wrote (a read-back
+    /// checksum) before the file is placed under its name.
+    pub fn read_back(&self) -> io::Result<Box<dyn ReadableFile>> {
+        self.fs.open_read(&self.tmp)
+    }
+
     /// Fsyncs the content, places it under `path` (renamed over it, or linked to it when
     /// `if_absent`: `AlreadyExists` if `path` exists) and fsyncs the directory.
-    pub fn commit(mut self, if_absent: bool) -> io::Result<()> {
+    pub fn commit(self, if_absent: bool) -> io::Result<()> {
+        let fs = self.fs;
+        let dir = self.place(if_absent)?;
+        fs.sync_dir(&dir)
+    }
+
+    /// [`Self::commit`] without the directory fsync: the content is durable and the name is
+    /// visible, but the name is durable only once the returned directory is fsynced. For
+    /// writers that place many files and fsync their directories once
+    /// ([`PendingDirSyncs`]) before anything refers to the files.
+    pub fn place(mut self, if_absent: bool) -> io::Result<PathBuf> {
         let Some(mut file) = self.file.take() else {
             return Err(io::Error::other("the durable file was already placed"));
         };
@@ -175,13 +199,58 @@ impl<'a> DurableFile<'a> {
                     // removal to a crash leaves a hidden temporary file, never a wrong final one.
                     let _ = self.fs.remove_file(&self.tmp);
                 }
-                self.fs.sync_dir(&parent_dir(&self.path))
+                Ok(parent_dir(&self.path))
             }
             Err(e) => {
                 let _ = self.fs.remove_file(&self.tmp);
                 Err(e)
             }
         }
+    }
+}
+
+/// Directories holding names placed without their directory fsync ([`DurableFile::place`]):
+/// one fsync per directory makes all of them durable at once, instead of one per file.
+///
+/// Invariant (kept by [`Self::sync`]): every directory added before `sync` started is fsynced
+/// when it returns `Ok`; a directory added while it runs stays pending for the next `sync`;
+/// after a failed fsync the directories not yet synced stay pending.
+#[derive(Debug, Default)]
+pub struct PendingDirSyncs {
+    dirs: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
+}
+
+impl PendingDirSyncs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<PathBuf>> {
+        self.dirs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that `dir` holds a name not yet durable.
+    pub fn add(&self, dir: PathBuf) {
+        self.lock().insert(dir);
+    }
+
+    /// The directories pending now.
+    pub fn pending(&self) -> Vec<PathBuf> {
+        self.lock().iter().cloned().collect()
+    }
+
+    /// Fsyncs every pending directory through `fs`; returns how many were synced. On an
+    /// error, names the directory; it and those after it stay pending.
+    pub fn sync(&self, fs: &dyn FileSystem) -> Result<usize, (PathBuf, io::Error)> {
+        let dirs = std::mem::take(&mut *self.lock());
+        let mut synced = 0;
+        let mut rest = dirs.into_iter();
+        while let Some(dir) = rest.next() {
+            if let Err(e) = fs.sync_dir(&dir) {
+                let mut pending = self.lock();
+                pending.insert(dir.clone());
+                pending.extend(rest);
+                return Err((dir, e));
+            }
+            synced += 1;
+        }
+        Ok(synced)
     }
 }
 
