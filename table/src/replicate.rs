@@ -1108,3 +1108,7 @@ impl Replicator {
 #[cfg(test)]
 #[path = "replicate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "replicate_power_cut_tests.rs"]
+mod power_cut_tests;
