@@ -141,3 +141,85 @@ fn other_names_are_not_temporary() {
         assert_eq!(parse_temporary_name(name), None, "{name}");
     }
 }
+
+/// One step of [`pending_dir_syncs_make_every_placed_name_durable`].
+#[derive(Debug, Clone)]
+enum DirStep {
+    /// Place a new file in directory `0` (of two) without its directory fsync.
+    Place(usize),
+    /// Sync the pending directories; with `Some(n)`, the n-th directory fsync fails.
+    Sync(Option<u64>),
+}
+
+fn dir_step() -> impl proptest::strategy::Strategy<Value = DirStep> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0..2usize).prop_map(DirStep::Place),
+        proptest::option::of(1..3u64).prop_map(DirStep::Sync),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+    /// [`PendingDirSyncs`] against a power cut: after a sync that returned `Ok`, every file
+    /// placed before it is in the crash image, whole; after a failed one the failing directory
+    /// is still pending; the next successful sync makes everything durable.
+    #[test]
+    fn pending_dir_syncs_make_every_placed_name_durable(
+        steps in proptest::collection::vec(dir_step(), 1..12)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let dirs = [root.join("a"), root.join("b")];
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let power = PowerCutFs::new(&root).unwrap();
+        let fault = FaultFs::new(Arc::new(power.clone()));
+        let pending = PendingDirSyncs::default();
+        let mut placed: Vec<(std::path::PathBuf, Vec<u8>)> = Vec::new();
+        let mut images = 0;
+        let mut check = |placed: &[(std::path::PathBuf, Vec<u8>)]| {
+            images += 1;
+            let image = dir.path().join(format!("image-{images}"));
+            power.crash_image(&image).unwrap();
+            for (path, bytes) in placed {
+                let rel = path.strip_prefix(&root).unwrap();
+                assert_eq!(std::fs::read(image.join(rel)).ok().as_ref(), Some(bytes), "{}", rel.display());
+            }
+        };
+        for (i, step) in steps.iter().enumerate() {
+            match step {
+                DirStep::Place(d) => {
+                    let path = dirs[*d].join(format!("f{i}"));
+                    let bytes = format!("file {i}").into_bytes();
+                    let mut f = DurableFile::create(&fault, &path).unwrap();
+                    f.append(&bytes).unwrap();
+                    pending.add(f.place(false).unwrap());
+                    placed.push((path, bytes));
+                }
+                DirStep::Sync(fail) => {
+                    fault.clear();
+                    if let Some(n) = fail {
+                        fault.arm(Fault { nth: *n, ..Fault::once(Op::SyncDir, FaultKind::Eio) });
+                    }
+                    let before = pending.pending();
+                    match pending.sync(&fault) {
+                        Ok(n) => {
+                            proptest::prop_assert_eq!(n, before.len());
+                            proptest::prop_assert!(pending.pending().is_empty());
+                            check(&placed);
+                        }
+                        Err((failed, _)) => {
+                            proptest::prop_assert!(before.contains(&failed));
+                            proptest::prop_assert!(pending.pending().contains(&failed));
+                        }
+                    }
+                }
+            }
+        }
+        fault.clear();
+        pending.sync(&fault).unwrap();
+        check(&placed);
+    }
+}
