@@ -42,6 +42,33 @@ pub trait WritableFile: Send + fmt::Debug {
     /// Asks the kernel to start writing back `len` bytes at `offset` without waiting: a hint
     /// that moves fsync work earlier; never needed for durability.
     fn start_writeback(&mut self, _offset: u64, _len: u64) {}
+    /// Appends `len` bytes of `src` read from `src_offset`, as [`Self::write_all`] of them
+    /// would. The real file system copies inside the kernel (`copy_file_range`: no copy
+    /// through a user buffer); this default reads and writes through one. A source shorter
+    /// than `src_offset + len` is an `UnexpectedEof` error (part may have been appended).
+    fn copy_from(&mut self, src: &std::fs::File, src_offset: u64, len: u64) -> io::Result<()> {
+        copy_through_buffer(self, src, src_offset, len)
+    }
+}
+
+/// [`WritableFile::copy_from`] through a user buffer (the default, and the fallback where the
+/// kernel cannot copy between the two files).
+pub fn copy_through_buffer<W: WritableFile + ?Sized>(
+    out: &mut W,
+    src: &std::fs::File,
+    src_offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0u64;
+    while done < len {
+        let n = buf.len().min((len - done) as usize);
+        src.read_exact_at(&mut buf[..n], src_offset + done)?;
+        out.write_all(&buf[..n])?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// A file open for reading through a [`FileSystem`].
@@ -150,6 +177,20 @@ impl<'a> DurableFile<'a> {
     pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self.file.as_mut() {
             Some(f) => f.write_all(bytes),
+            None => Err(io::Error::other("the durable file was already placed")),
+        }
+    }
+
+    /// Appends `len` bytes of `src` from `src_offset` to the temporary file (see
+    /// [`WritableFile::copy_from`]).
+    pub fn append_from(
+        &mut self,
+        src: &std::fs::File,
+        src_offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.copy_from(src, src_offset, len),
             None => Err(io::Error::other("the durable file was already placed")),
         }
     }

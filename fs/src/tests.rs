@@ -223,3 +223,72 @@ proptest::proptest! {
         check(&placed);
     }
 }
+
+/// `copy_from` appends the source's range where `write_all` would write, on the real file
+/// system (`copy_file_range`) and through the buffer fallback alike; a source too short is
+/// `UnexpectedEof`; `FaultFs` fails it like a write (half copied with `partial`).
+#[test]
+fn copy_from_appends_a_range_of_another_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_path = dir.path().join("src");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    std::fs::write(&src_path, &bytes).unwrap();
+    let src = std::fs::File::open(&src_path).unwrap();
+    for (name, fs) in [
+        ("std", std_fs()),
+        ("fault", Arc::new(FaultFs::new(std_fs())) as SharedFs),
+    ] {
+        let out = dir.path().join(name);
+        let mut f = fs.create_new(&out).unwrap();
+        f.write_all(b"head").unwrap();
+        f.copy_from(&src, 1000, 200_000).unwrap();
+        f.copy_from(&src, 0, 10).unwrap();
+        let err = f.copy_from(&src, 299_990, 20).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::UnexpectedEof,
+            "{name}: {err}"
+        );
+        f.sync_all().unwrap();
+        let mut want = b"head".to_vec();
+        want.extend_from_slice(&bytes[1000..201_000]);
+        want.extend_from_slice(&bytes[..10]);
+        let got = read(&out);
+        assert_eq!(&got[..want.len()], &want[..], "{name}");
+    }
+    let mut buffered = Vec::new();
+    struct Sink<'a>(&'a mut Vec<u8>);
+    impl std::fmt::Debug for Sink<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Sink")
+        }
+    }
+    impl WritableFile for Sink<'_> {
+        fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+            self.0.extend_from_slice(buf);
+            Ok(())
+        }
+        fn sync_data(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn sync_all(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn set_len(&mut self, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    Sink(&mut buffered).copy_from(&src, 5, 250_000).unwrap();
+    assert_eq!(buffered, bytes[5..250_005]);
+
+    let fault = FaultFs::new(std_fs());
+    let out = dir.path().join("faulted");
+    let mut f = fault.create_new(&out).unwrap();
+    fault.arm(Fault {
+        partial: true,
+        ..Fault::once(Op::Write, FaultKind::DiskFull)
+    });
+    let err = f.copy_from(&src, 0, 1000).unwrap_err();
+    assert!(is_disk_full(&err), "{err}");
+    assert_eq!(read(&out), bytes[..500]);
+}

@@ -20,8 +20,15 @@
 //! 5. Checkpoints the source wrote since (for versions the replica holds) are copied, then
 //!    `_last_checkpoint` once the replica holds the checkpoint it names.
 //!
-//! Invariants: a commit file is written only after every file it refers to is durable and
-//! verified, so the replica never holds a version whose files are not all there; a checkpoint
+//! Between two local tables the data files take a fast path ([`crate::local_copy`]: one
+//! reused buffer, read back before being placed) and are placed without their directory
+//! fsync; the directories are fsynced once per commit, right before it is written, for all the
+//! files placed since ([`tidemark_fs::PendingDirSyncs`]; tested against power cuts in
+//! `replicate_power_cut_tests.rs`). Other stores write each file durably on its own.
+//!
+//! Invariants: a commit file is written only after every file it refers to is durable (its
+//! content fsynced and its directory entry fsynced) and verified, so the replica never holds a
+//! version whose files are not all there; a checkpoint
 //! and `_last_checkpoint` are written only for versions the replica holds; every file is
 //! verified (size and SHA-256 read back) before the next step. A crash between any two writes
 //! leaves the replica at a consistent version plus, at most, data files of the next version that
