@@ -9,9 +9,9 @@
 //! Steps: the source's size is checked against the log's; its bytes are read into the buffer
 //! and their CRC-32 computed, chunk by chunk, and each chunk is appended to a [`DurableFile`]
 //! beside the destination by the kernel (`copy_file_range` through
-//! [`tidemark_fs::WritableFile::copy_from`]: writing from a user buffer measured 2-3x the
-//! system time on this project's VMs once the page cache is full; writeback started after
-//! each chunk); the source must still have the size, modification time and
+//! [`tidemark_fs::WritableFile::copy_from`]: in alternating runs on this project's 2-core VM,
+//! writing from a user buffer took 2-4x the system time in about half the rounds, the
+//! kernel copy did not; writeback started after each chunk); the source must still have the size, modification time and
 //! inode it had; the temporary file is read back (with [`Verify::SizeAndChecksum`], the
 //! default: its size and CRC-32 must be the source's; with [`Verify::Size`] its size only);
 //! then it is fsynced and renamed under its final name — **without** the directory fsync:
