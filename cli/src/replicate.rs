@@ -65,7 +65,8 @@ pub struct ReplicateArgs {
     /// (and size) with the bytes read from the source; `size` compares the size only.
     #[arg(long, default_value = "checksum", value_parser = ["checksum", "size"])]
     pub verify: String,
-    /// Bytes per read and per multipart part (e.g. 8MiB, 64KiB).
+    /// Bytes per read and per multipart part (e.g. 8MiB, 64KiB); between two local tables a
+    /// data file is read at most 1 MiB at a time into one reused buffer.
     #[arg(long, default_value = "8MiB", value_parser = parse_bytes)]
     pub chunk_size: usize,
 }

@@ -206,6 +206,19 @@ impl WritableFile for FaultFile {
     fn start_writeback(&mut self, offset: u64, len: u64) {
         self.inner.start_writeback(offset, len)
     }
+
+    fn copy_from(&mut self, src: &std::fs::File, src_offset: u64, len: u64) -> io::Result<()> {
+        let hit = self.fs.lock().check(Op::Write, &self.path);
+        match hit {
+            Some((kind, partial)) => {
+                if partial && len > 1 {
+                    self.inner.copy_from(src, src_offset, len / 2)?;
+                }
+                Err(kind.error(Op::Write, &self.path))
+            }
+            None => self.inner.copy_from(src, src_offset, len),
+        }
+    }
 }
 
 impl FileSystem for FaultFs {

@@ -42,6 +42,33 @@ pub trait WritableFile: Send + fmt::Debug {
     /// Asks the kernel to start writing back `len` bytes at `offset` without waiting: a hint
     /// that moves fsync work earlier; never needed for durability.
     fn start_writeback(&mut self, _offset: u64, _len: u64) {}
+    /// Appends `len` bytes of `src` read from `src_offset`, as [`Self::write_all`] of them
+    /// would. The real file system copies inside the kernel (`copy_file_range`: no copy
+    /// through a user buffer); this default reads and writes through one. A source shorter
+    /// than `src_offset + len` is an `UnexpectedEof` error (part may have been appended).
+    fn copy_from(&mut self, src: &std::fs::File, src_offset: u64, len: u64) -> io::Result<()> {
+        copy_through_buffer(self, src, src_offset, len)
+    }
+}
+
+/// [`WritableFile::copy_from`] through a user buffer (the default, and the fallback where the
+/// kernel cannot copy between the two files).
+pub fn copy_through_buffer<W: WritableFile + ?Sized>(
+    out: &mut W,
+    src: &std::fs::File,
+    src_offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0u64;
+    while done < len {
+        let n = buf.len().min((len - done) as usize);
+        src.read_exact_at(&mut buf[..n], src_offset + done)?;
+        out.write_all(&buf[..n])?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// A file open for reading through a [`FileSystem`].
@@ -154,9 +181,47 @@ impl<'a> DurableFile<'a> {
         }
     }
 
+    /// Appends `len` bytes of `src` from `src_offset` to the temporary file (see
+    /// [`WritableFile::copy_from`]).
+    pub fn append_from(
+        &mut self,
+        src: &std::fs::File,
+        src_offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.copy_from(src, src_offset, len),
+            None => Err(io::Error::other("the durable file was already placed")),
+        }
+    }
+
+    /// Asks the kernel to start writing back `len` bytes at `offset` of the temporary file
+    /// (see [`WritableFile::start_writeback`]): the final fsync then waits for less.
+    pub fn start_writeback(&mut self, offset: u64, len: u64) {
+        if let Some(f) = self.file.as_mut() {
+            f.start_writeback(offset, len);
+        }
+    }
+
+    /// Opens the temporary file for reading: a writer checks what it wrote (a read-back
+    /// checksum) before the file is placed under its name.
+    pub fn read_back(&self) -> io::Result<Box<dyn ReadableFile>> {
+        self.fs.open_read(&self.tmp)
+    }
+
     /// Fsyncs the content, places it under `path` (renamed over it, or linked to it when
     /// `if_absent`: `AlreadyExists` if `path` exists) and fsyncs the directory.
-    pub fn commit(mut self, if_absent: bool) -> io::Result<()> {
+    pub fn commit(self, if_absent: bool) -> io::Result<()> {
+        let fs = self.fs;
+        let dir = self.place(if_absent)?;
+        fs.sync_dir(&dir)
+    }
+
+    /// [`Self::commit`] without the directory fsync: the content is durable and the name is
+    /// visible, but the name is durable only once the returned directory is fsynced. For
+    /// writers that place many files and fsync their directories once
+    /// ([`PendingDirSyncs`]) before anything refers to the files.
+    pub fn place(mut self, if_absent: bool) -> io::Result<PathBuf> {
         let Some(mut file) = self.file.take() else {
             return Err(io::Error::other("the durable file was already placed"));
         };
@@ -175,13 +240,58 @@ impl<'a> DurableFile<'a> {
                     // removal to a crash leaves a hidden temporary file, never a wrong final one.
                     let _ = self.fs.remove_file(&self.tmp);
                 }
-                self.fs.sync_dir(&parent_dir(&self.path))
+                Ok(parent_dir(&self.path))
             }
             Err(e) => {
                 let _ = self.fs.remove_file(&self.tmp);
                 Err(e)
             }
         }
+    }
+}
+
+/// Directories holding names placed without their directory fsync ([`DurableFile::place`]):
+/// one fsync per directory makes all of them durable at once, instead of one per file.
+///
+/// Invariant (kept by [`Self::sync`]): every directory added before `sync` started is fsynced
+/// when it returns `Ok`; a directory added while it runs stays pending for the next `sync`;
+/// after a failed fsync the directories not yet synced stay pending.
+#[derive(Debug, Default)]
+pub struct PendingDirSyncs {
+    dirs: std::sync::Mutex<std::collections::BTreeSet<PathBuf>>,
+}
+
+impl PendingDirSyncs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<PathBuf>> {
+        self.dirs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that `dir` holds a name not yet durable.
+    pub fn add(&self, dir: PathBuf) {
+        self.lock().insert(dir);
+    }
+
+    /// The directories pending now.
+    pub fn pending(&self) -> Vec<PathBuf> {
+        self.lock().iter().cloned().collect()
+    }
+
+    /// Fsyncs every pending directory through `fs`; returns how many were synced. On an
+    /// error, names the directory; it and those after it stay pending.
+    pub fn sync(&self, fs: &dyn FileSystem) -> Result<usize, (PathBuf, io::Error)> {
+        let dirs = std::mem::take(&mut *self.lock());
+        let mut synced = 0;
+        let mut rest = dirs.into_iter();
+        while let Some(dir) = rest.next() {
+            if let Err(e) = fs.sync_dir(&dir) {
+                let mut pending = self.lock();
+                pending.insert(dir.clone());
+                pending.extend(rest);
+                return Err((dir, e));
+            }
+            synced += 1;
+        }
+        Ok(synced)
     }
 }
 

@@ -193,6 +193,10 @@ impl WritableFile for TrackedFile {
     fn start_writeback(&mut self, offset: u64, len: u64) {
         self.inner.start_writeback(offset, len)
     }
+
+    fn copy_from(&mut self, src: &std::fs::File, src_offset: u64, len: u64) -> io::Result<()> {
+        self.inner.copy_from(src, src_offset, len)
+    }
 }
 
 impl FileSystem for PowerCutFs {

@@ -49,6 +49,64 @@ impl WritableFile for StdFile {
         #[cfg(not(target_os = "linux"))]
         let _ = (offset, len);
     }
+
+    /// `copy_file_range(2)`: the kernel copies from the source's page cache into this file's,
+    /// no user buffer in between; where it cannot (another file system, an old kernel), the
+    /// bytes go through a buffer.
+    fn copy_from(&mut self, src: &File, src_offset: u64, len: u64) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let mut off_in = src_offset as libc::loff_t;
+            let mut done = 0u64;
+            while done < len {
+                let want = (len - done).min(1 << 30) as usize;
+                // SAFETY: both fds are open for the duration of the call; `off_in` is a valid
+                // loff_t the kernel updates; a null `off_out` uses (and advances) this file's
+                // position, where `write_all` would write.
+                let n = unsafe {
+                    libc::copy_file_range(
+                        src.as_raw_fd(),
+                        &mut off_in,
+                        self.0.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        want,
+                        0,
+                    )
+                };
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        Some(libc::EINTR) => continue,
+                        // Not possible between these two files: copy the rest through a buffer.
+                        Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => {
+                            return crate::copy_through_buffer(
+                                self,
+                                src,
+                                src_offset + done,
+                                len - done,
+                            )
+                        }
+                        _ => return Err(e),
+                    }
+                }
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "the source ended at byte {} of the {} to copy",
+                            src_offset + done,
+                            src_offset + len
+                        ),
+                    ));
+                }
+                done += n as u64;
+            }
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        crate::copy_through_buffer(self, src, src_offset, len)
+    }
 }
 
 impl FileSystem for StdFs {

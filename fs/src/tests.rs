@@ -141,3 +141,154 @@ fn other_names_are_not_temporary() {
         assert_eq!(parse_temporary_name(name), None, "{name}");
     }
 }
+
+/// One step of [`pending_dir_syncs_make_every_placed_name_durable`].
+#[derive(Debug, Clone)]
+enum DirStep {
+    /// Place a new file in directory `0` (of two) without its directory fsync.
+    Place(usize),
+    /// Sync the pending directories; with `Some(n)`, the n-th directory fsync fails.
+    Sync(Option<u64>),
+}
+
+fn dir_step() -> impl proptest::strategy::Strategy<Value = DirStep> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0..2usize).prop_map(DirStep::Place),
+        proptest::option::of(1..3u64).prop_map(DirStep::Sync),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+    /// [`PendingDirSyncs`] against a power cut: after a sync that returned `Ok`, every file
+    /// placed before it is in the crash image, whole; after a failed one the failing directory
+    /// is still pending; the next successful sync makes everything durable.
+    #[test]
+    fn pending_dir_syncs_make_every_placed_name_durable(
+        steps in proptest::collection::vec(dir_step(), 1..12)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let dirs = [root.join("a"), root.join("b")];
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let power = PowerCutFs::new(&root).unwrap();
+        let fault = FaultFs::new(Arc::new(power.clone()));
+        let pending = PendingDirSyncs::default();
+        let mut placed: Vec<(std::path::PathBuf, Vec<u8>)> = Vec::new();
+        let mut images = 0;
+        let mut check = |placed: &[(std::path::PathBuf, Vec<u8>)]| {
+            images += 1;
+            let image = dir.path().join(format!("image-{images}"));
+            power.crash_image(&image).unwrap();
+            for (path, bytes) in placed {
+                let rel = path.strip_prefix(&root).unwrap();
+                assert_eq!(std::fs::read(image.join(rel)).ok().as_ref(), Some(bytes), "{}", rel.display());
+            }
+        };
+        for (i, step) in steps.iter().enumerate() {
+            match step {
+                DirStep::Place(d) => {
+                    let path = dirs[*d].join(format!("f{i}"));
+                    let bytes = format!("file {i}").into_bytes();
+                    let mut f = DurableFile::create(&fault, &path).unwrap();
+                    f.append(&bytes).unwrap();
+                    pending.add(f.place(false).unwrap());
+                    placed.push((path, bytes));
+                }
+                DirStep::Sync(fail) => {
+                    fault.clear();
+                    if let Some(n) = fail {
+                        fault.arm(Fault { nth: *n, ..Fault::once(Op::SyncDir, FaultKind::Eio) });
+                    }
+                    let before = pending.pending();
+                    match pending.sync(&fault) {
+                        Ok(n) => {
+                            proptest::prop_assert_eq!(n, before.len());
+                            proptest::prop_assert!(pending.pending().is_empty());
+                            check(&placed);
+                        }
+                        Err((failed, _)) => {
+                            proptest::prop_assert!(before.contains(&failed));
+                            proptest::prop_assert!(pending.pending().contains(&failed));
+                        }
+                    }
+                }
+            }
+        }
+        fault.clear();
+        pending.sync(&fault).unwrap();
+        check(&placed);
+    }
+}
+
+/// `copy_from` appends the source's range where `write_all` would write, on the real file
+/// system (`copy_file_range`) and through the buffer fallback alike; a source too short is
+/// `UnexpectedEof`; `FaultFs` fails it like a write (half copied with `partial`).
+#[test]
+fn copy_from_appends_a_range_of_another_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_path = dir.path().join("src");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    std::fs::write(&src_path, &bytes).unwrap();
+    let src = std::fs::File::open(&src_path).unwrap();
+    for (name, fs) in [
+        ("std", std_fs()),
+        ("fault", Arc::new(FaultFs::new(std_fs())) as SharedFs),
+    ] {
+        let out = dir.path().join(name);
+        let mut f = fs.create_new(&out).unwrap();
+        f.write_all(b"head").unwrap();
+        f.copy_from(&src, 1000, 200_000).unwrap();
+        f.copy_from(&src, 0, 10).unwrap();
+        let err = f.copy_from(&src, 299_990, 20).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::UnexpectedEof,
+            "{name}: {err}"
+        );
+        f.sync_all().unwrap();
+        let mut want = b"head".to_vec();
+        want.extend_from_slice(&bytes[1000..201_000]);
+        want.extend_from_slice(&bytes[..10]);
+        let got = read(&out);
+        assert_eq!(&got[..want.len()], &want[..], "{name}");
+    }
+    let mut buffered = Vec::new();
+    struct Sink<'a>(&'a mut Vec<u8>);
+    impl std::fmt::Debug for Sink<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Sink")
+        }
+    }
+    impl WritableFile for Sink<'_> {
+        fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+            self.0.extend_from_slice(buf);
+            Ok(())
+        }
+        fn sync_data(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn sync_all(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn set_len(&mut self, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    Sink(&mut buffered).copy_from(&src, 5, 250_000).unwrap();
+    assert_eq!(buffered, bytes[5..250_005]);
+
+    let fault = FaultFs::new(std_fs());
+    let out = dir.path().join("faulted");
+    let mut f = fault.create_new(&out).unwrap();
+    fault.arm(Fault {
+        partial: true,
+        ..Fault::once(Op::Write, FaultKind::DiskFull)
+    });
+    let err = f.copy_from(&src, 0, 1000).unwrap_err();
+    assert!(is_disk_full(&err), "{err}");
+    assert_eq!(read(&out), bytes[..500]);
+}

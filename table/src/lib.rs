@@ -16,6 +16,7 @@ pub mod fault;
 pub mod history;
 pub mod lag;
 pub mod live;
+pub mod local_copy;
 pub mod location;
 pub mod log;
 pub mod object_lock;

@@ -25,6 +25,9 @@ pub struct TableLocation {
     display: String,
     opened: Option<TableStore>,
     local_dir: Option<std::path::PathBuf>,
+    /// The file system a local table is written through (`None` for object stores and
+    /// tables made from a bare store).
+    local_fs: Option<SharedFs>,
 }
 
 impl fmt::Debug for TableLocation {
@@ -57,6 +60,7 @@ impl TableLocation {
             display: display.into(),
             opened: None,
             local_dir: None,
+            local_fs: None,
         }
     }
 
@@ -67,7 +71,11 @@ impl TableLocation {
     ///
     /// [`DurableLocalStore`]: tidemark_connectors::durable_store::DurableLocalStore
     pub fn parse_with_fs(uri: &str, fs: SharedFs) -> Result<Self, LocationError> {
-        Ok(Self::from_table_store(TableStore::parse(uri, fs)?))
+        let mut location = Self::from_table_store(TableStore::parse(uri, fs.clone())?);
+        if location.local_dir.is_some() {
+            location.local_fs = Some(fs);
+        }
+        Ok(location)
     }
 
     /// The table a [`TableStore`] opened.
@@ -82,6 +90,7 @@ impl TableLocation {
             display,
             local_dir: opened.local_dir().map(FsPath::to_path_buf),
             opened: Some(opened),
+            local_fs: None,
         }
     }
 
@@ -100,6 +109,13 @@ impl TableLocation {
         self.local_dir.as_deref()
     }
 
+    /// The file system a local table opened with [`Self::parse_with_fs`] is written through
+    /// (the same its store writes through): lets a copy between local tables write files
+    /// itself, through the same seam (`None` otherwise).
+    pub fn local_fs(&self) -> Option<&SharedFs> {
+        self.local_fs.as_ref()
+    }
+
     /// The location `relative` (`/`-separated) below this one, in the same store (a backup's
     /// copy of a table inside a backup directory, say).
     pub fn join(&self, relative: &str) -> Result<Self, object_store::path::Error> {
@@ -115,6 +131,7 @@ impl TableLocation {
             display,
             opened: None,
             local_dir,
+            local_fs: self.local_fs.clone(),
         })
     }
 
@@ -137,6 +154,7 @@ impl TableLocation {
             display,
             opened: None,
             local_dir,
+            local_fs: self.local_fs.clone(),
         })
     }
 

@@ -20,8 +20,15 @@
 //! 5. Checkpoints the source wrote since (for versions the replica holds) are copied, then
 //!    `_last_checkpoint` once the replica holds the checkpoint it names.
 //!
-//! Invariants: a commit file is written only after every file it refers to is durable and
-//! verified, so the replica never holds a version whose files are not all there; a checkpoint
+//! Between two local tables the data files take a fast path ([`crate::local_copy`]: one
+//! reused buffer, read back before being placed) and are placed without their directory
+//! fsync; the directories are fsynced once per commit, right before it is written, for all the
+//! files placed since ([`tidemark_fs::PendingDirSyncs`]; tested against power cuts in
+//! `replicate_power_cut_tests.rs`). Other stores write each file durably on its own.
+//!
+//! Invariants: a commit file is written only after every file it refers to is durable (its
+//! content fsynced and its directory entry fsynced) and verified, so the replica never holds a
+//! version whose files are not all there; a checkpoint
 //! and `_last_checkpoint` are written only for versions the replica holds; every file is
 //! verified (size and SHA-256 read back) before the next step. A crash between any two writes
 //! leaves the replica at a consistent version plus, at most, data files of the next version that
@@ -30,12 +37,14 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
 use serde::Serialize;
+use tidemark_fs::PendingDirSyncs;
 
 use crate::copy::{
     copy_verified, run_until_first_error, write_verified, CopyError, CopyOptions, CopyOutcome,
@@ -43,6 +52,7 @@ use crate::copy::{
 };
 use crate::fault;
 use crate::lag::{measure_lag, ReplicationLag};
+use crate::local_copy::{copy_local, LocalCopy};
 use crate::location::TableLocation;
 use crate::log::{commit_file_name, read_commit, Commit, CommitBytes, LogError, LogListing};
 use crate::snapshot::read_checkpoint;
@@ -371,6 +381,20 @@ pub struct Replicator {
     replica: TableLocation,
     options: ReplicateOptions,
     swept: AtomicBool,
+    /// Both tables local, the replica written through a known file system: data files are
+    /// copied by [`crate::local_copy`], their directories fsynced in batches.
+    local: Option<LocalPair>,
+}
+
+/// What the local fast path needs: the replica's file system, the object-path-to-file mapping
+/// of the local stores, and the replica directories holding data files not yet durable.
+#[derive(Debug)]
+struct LocalPair {
+    fs: tidemark_fs::SharedFs,
+    paths: object_store::local::LocalFileSystem,
+    /// Invariant: a commit file is written only after `pending` was synced, and every data
+    /// file the commit adds was placed (or found present) before that sync started.
+    pending: Arc<PendingDirSyncs>,
 }
 
 /// Versions whose commits are read ahead at once (to plan their bytes).
@@ -386,11 +410,20 @@ impl Replicator {
         if source.to_string() == replica.to_string() {
             return Err(ReplicateError::SameTable(source.to_string()));
         }
+        let local = match (source.local_dir(), replica.local_fs()) {
+            (Some(_), Some(fs)) if replica.local_dir().is_some() => Some(LocalPair {
+                fs: fs.clone(),
+                paths: object_store::local::LocalFileSystem::new(),
+                pending: Arc::default(),
+            }),
+            _ => None,
+        };
         Ok(Self {
             source,
             replica,
             options,
             swept: AtomicBool::new(false),
+            local,
         })
     }
 
@@ -536,22 +569,125 @@ impl Replicator {
         };
         let from = self.source.child(path).map_err(bad_path)?;
         let to = self.replica.child(path).map_err(bad_path)?;
-        let outcome = self
-            .copy_file(&from, &to, WriteMode::Overwrite, Some(size), progress)
-            .await
-            .map_err(|e| match e {
-                CopyError::Read {
-                    source: object_store::Error::NotFound { .. },
-                    ..
-                } => ReplicateError::SourceFileMissing {
-                    version,
-                    file: from.to_string(),
-                },
-                source => ReplicateError::Copy { version, source },
-            })?;
+        let copied = match &self.local {
+            Some(local) => {
+                self.copy_local_file(local, &from, &to, size, progress)
+                    .await
+            }
+            None => {
+                self.copy_file(&from, &to, WriteMode::Overwrite, Some(size), progress)
+                    .await
+            }
+        };
+        let outcome = copied.map_err(|e| match e {
+            CopyError::Read {
+                source: object_store::Error::NotFound { .. },
+                ..
+            } => ReplicateError::SourceFileMissing {
+                version,
+                file: from.to_string(),
+            },
+            source => ReplicateError::Copy { version, source },
+        })?;
         tally.count(&outcome);
         fault::hit(fault::AFTER_DATA_FILE);
         Ok(())
+    }
+
+    /// Copies one data file between local tables ([`crate::local_copy`], in a blocking task);
+    /// its directory is left to [`Self::sync_data_dirs`]. A file already at the destination
+    /// takes the general path (compared with the source, kept when identical), and its
+    /// directory is synced with the batch too (a name found there may not be durable yet: a
+    /// run killed between a rename and its directory fsync left it).
+    async fn copy_local_file(
+        &self,
+        local: &LocalPair,
+        from: &Path,
+        to: &Path,
+        size: u64,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<CopyOutcome, CopyError> {
+        let path_err = |p: &Path| {
+            let file = p.to_string();
+            move |source| CopyError::Read { file, source }
+        };
+        let from_file = local
+            .paths
+            .path_to_filesystem(from)
+            .map_err(path_err(from))?;
+        let to_file = local.paths.path_to_filesystem(to).map_err(path_err(to))?;
+        if local.fs.exists(&to_file) {
+            let outcome = self
+                .copy_file(from, to, WriteMode::Overwrite, Some(size), progress)
+                .await?;
+            local.pending.add(tidemark_fs::parent_dir(&to_file));
+            return Ok(outcome);
+        }
+        let (bytes_tx, mut bytes_rx) = futures::channel::mpsc::unbounded::<u64>();
+        let fs = local.fs.clone();
+        let (verify, chunk_bytes) = (self.options.verify, self.options.chunk_bytes);
+        let work = tokio::task::spawn_blocking(move || {
+            let report = move |n: u64| {
+                // The receiver goes away only when the copy is abandoned.
+                let _ = bytes_tx.unbounded_send(n);
+            };
+            copy_local(&LocalCopy {
+                fs: fs.as_ref(),
+                from: &from_file,
+                to: &to_file,
+                expected_size: Some(size),
+                verify,
+                chunk_bytes,
+                progress: &report,
+            })
+        });
+        let reports = async {
+            while let Some(n) = bytes_rx.next().await {
+                progress(n);
+            }
+        };
+        let (placed, ()) = futures::join!(work, reports);
+        let placed = placed.map_err(|e| CopyError::Write {
+            file: to.to_string(),
+            source: object_store::Error::JoinError { source: e },
+        })??;
+        local.pending.add(placed.dir);
+        Ok(CopyOutcome::Copied(crate::copy::Copied {
+            sums: placed.sums,
+            sha256: None,
+        }))
+    }
+
+    /// Fsyncs the replica directories holding data files placed since the last sync (one
+    /// fsync per directory, however many files): called before a commit that may refer to
+    /// them is written. Nothing to do off the local fast path (each write synced its own).
+    async fn sync_data_dirs(&self, version: u64) -> Result<(), ReplicateError> {
+        let Some(local) = &self.local else {
+            return Ok(());
+        };
+        let (fs, pending) = (local.fs.clone(), local.pending.clone());
+        let synced = tokio::task::spawn_blocking(move || pending.sync(fs.as_ref()))
+            .await
+            .map_err(|e| ReplicateError::Copy {
+                version,
+                source: CopyError::Write {
+                    file: self.replica.to_string(),
+                    source: object_store::Error::JoinError { source: e },
+                },
+            })?;
+        match synced {
+            Ok(_) => Ok(()),
+            Err((dir, e)) => Err(ReplicateError::Copy {
+                version,
+                source: CopyError::Write {
+                    file: dir.display().to_string(),
+                    source: object_store::Error::Generic {
+                        store: "local file system",
+                        source: format!("fsync directory {}: {e}", dir.display()).into(),
+                    },
+                },
+            }),
+        }
     }
 
     /// Copies the data files `files` (decoded relative paths with their sizes) of `version`,
@@ -735,6 +871,8 @@ impl Replicator {
                     continue;
                 }
                 let (bytes, commit) = &commits[next];
+                // Every data file this commit adds is placed: make their names durable.
+                self.sync_data_dirs(commit.version).await?;
                 self.write_version(bytes, commit.version, src_log, observer, tally)
                     .await?;
                 next += 1;
@@ -841,6 +979,7 @@ impl Replicator {
         );
         self.copy_data_files(checkpoint, files, observer, tally)
             .await?;
+        self.sync_data_dirs(checkpoint).await?;
         let names: Vec<String> = parts.iter().map(|f| f.name.clone()).collect();
         self.copy_checkpoint_files(checkpoint, &names, observer, tally)
             .await?;
@@ -976,3 +1115,7 @@ impl Replicator {
 #[cfg(test)]
 #[path = "replicate_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "replicate_power_cut_tests.rs"]
+mod power_cut_tests;
