@@ -588,6 +588,10 @@ pub struct DeltaSink {
     /// The pipeline whose per-partition claims every commit writes and checks (a worker of a
     /// pipeline shared by several, see [`crate::partition_claims`]); `None`: no claims.
     claims: Option<String>,
+    /// Whether a commit of this sink has landed since [`DeltaSink::claim_partitions`]: the
+    /// first one claims every partition it holds a position for (see
+    /// [`partition_claims::claimed_ranges`]), later ones only the partitions they read.
+    claims_adopted: bool,
     /// Commit tries that lost the race to another writer's commit (and were tried again).
     lost_races: u64,
 }
@@ -784,6 +788,7 @@ impl DeltaSink {
             uri,
             app_id: app_id.to_string(),
             claims: None,
+            claims_adopted: false,
             lost_races: 0,
             local_root,
             unchecked_store,
@@ -877,6 +882,7 @@ impl DeltaSink {
     /// pipeline shared by several; see [`crate::partition_claims`]).
     pub fn claim_partitions(&mut self, pipeline: &str) {
         self.claims = Some(pipeline.to_string());
+        self.claims_adopted = false;
     }
 
     /// The claims of `partitions` in the state as last loaded (`None`: no claim).
@@ -920,7 +926,7 @@ impl DeltaSink {
         let Some(pipeline) = &self.claims else {
             return Ok(());
         };
-        let ranges = partition_claims::claimed_ranges(info);
+        let ranges = partition_claims::claimed_ranges(info, !self.claims_adopted);
         let claims = self
             .loaded_claims(pipeline, ranges.iter().map(|r| &r.partition))
             .await?;
@@ -951,9 +957,9 @@ impl DeltaSink {
         Ok(ours.into_iter().map(|(_, info)| info).collect())
     }
 
-    /// Where each partition of the shared pipeline `pipeline` stands and which worker wrote
-    /// its newest claim, from the newest `limit` commits of the state as last loaded (a
-    /// partition no listed commit claims is left out).
+    /// Where each partition of the shared pipeline `pipeline` stands (its `txn` claim in the
+    /// state as last loaded) and which worker wrote it: the partitions the workers' commits
+    /// among the newest `limit` recorded positions for.
     pub async fn claim_holders(
         &self,
         pipeline: &str,
@@ -975,8 +981,12 @@ impl DeltaSink {
                 .map_err(self.err("parse tidemark commitInfo"))?;
             commits.push((latest.saturating_sub(i as u64), parsed));
         }
-        Ok(partition_claims::newest_claims(
+        let partitions =
+            partition_claims::partitions_of_workers(pipeline, commits.iter().map(|(_, c)| c));
+        let claims = self.loaded_claims(pipeline, partitions.iter()).await?;
+        Ok(partition_claims::holders(
             pipeline,
+            &claims,
             commits.iter().map(|(v, c)| (*v, c)),
         ))
     }
@@ -1503,6 +1513,7 @@ impl DeltaSink {
         let outcome = self.commit_fenced_once(adds, info, more_of_epoch).await?;
         if let CommitOutcome::Committed { .. } = outcome {
             self.newest_own = Some(self.newest_own.map_or(info.epoch, |o| o.max(info.epoch)));
+            self.claims_adopted = true;
         }
         Ok(outcome)
     }
@@ -1684,7 +1695,7 @@ impl DeltaSink {
         let mut transactions = vec![Transaction::new(&self.app_id, txn.to_txn())];
         if let Some(pipeline) = &self.claims {
             transactions.extend(
-                partition_claims::claimed_ranges(info)
+                partition_claims::claimed_ranges(info, !self.claims_adopted)
                     .iter()
                     .map(|r| Transaction::new(claim_app_id(pipeline, &r.partition), r.end)),
             );

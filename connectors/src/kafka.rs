@@ -330,6 +330,18 @@ pub enum KafkaSourceError {
         /// librdkafka's error.
         source: Box<KafkaError>,
     },
+    /// A worker could not join its pipeline's consumer group.
+    #[error("cannot join consumer group {group:?} at {brokers}: {what}{}", .source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Join {
+        /// The group (`source.group`).
+        group: String,
+        /// The configured bootstrap servers.
+        brokers: String,
+        /// The step that failed.
+        what: String,
+        /// librdkafka's error, if the step was one of its calls.
+        source: Option<Box<KafkaError>>,
+    },
     /// Reading failed (including a position Kafka no longer holds).
     #[error("reading from Kafka failed: {source}")]
     Consume {

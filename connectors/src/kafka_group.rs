@@ -31,6 +31,15 @@ use tracing::{info, warn};
 use crate::kafka::{KafkaSourceConfig, KafkaSourceError};
 use crate::record::TopicPartition;
 
+/// Consumer properties the group consumer sets itself; `[source.properties]` cannot override
+/// them (they still apply to the worker's own reading consumer where they mean something).
+const GROUP_OWNED: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "enable.auto.commit",
+];
+
 /// How long a revoke waits for the worker to finish its open epoch by default.
 pub const DEFAULT_REVOKE_WAIT: Duration = Duration::from_secs(30);
 
@@ -201,7 +210,9 @@ impl GroupMembership {
             client.remove("group.instance.id");
         }
         for (k, v) in &config.properties {
-            if k.starts_with("tidemark.") {
+            // The group's own settings are Tidemark's: a property must not move the worker
+            // into another group or change how the group shares out partitions.
+            if k.starts_with("tidemark.") || GROUP_OWNED.contains(&k.as_str()) {
                 continue;
             }
             client.set(k, v);
@@ -216,9 +227,11 @@ impl GroupMembership {
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
-            .map_err(|source| KafkaSourceError::Create {
+            .map_err(|source| KafkaSourceError::Join {
+                group: group.to_string(),
                 brokers: config.brokers.clone(),
-                source: Box::new(source),
+                what: format!("subscribing to {:?}", config.topics),
+                source: Some(Box::new(source)),
             })?;
         info!(group, instance = instance_id, topics = ?config.topics, "group: joining");
         let stop = Arc::new(AtomicBool::new(false));
@@ -239,10 +252,11 @@ impl GroupMembership {
                     }
                     drop(consumer);
                 })
-                .map_err(|e| KafkaSourceError::Property {
-                    key: "group.instance.id".into(),
-                    value: instance_id.into(),
-                    message: format!("cannot start the group thread: {e}"),
+                .map_err(|e| KafkaSourceError::Join {
+                    group: group.to_string(),
+                    brokers: config.brokers.clone(),
+                    what: format!("starting the group thread: {e}"),
+                    source: None,
                 })?
         };
         Ok(Self {

@@ -1,7 +1,8 @@
 //! Per-partition claims in the table: what fences workers that share one pipeline.
 //!
 //! When several workers split a pipeline's partitions (see [`crate::kafka_group`]), each
-//! commit also carries, for every partition it covers (read at least one offset of), a Delta
+//! commit also carries, for every partition it covers (read at least one offset of; a run's
+//! first commit: every partition it holds a position for), a Delta
 //! `txn` action `{appId: "<pipeline>/partition/<topic>/<partition>", version: next offset}`.
 //! A commit covering partition `p` from offset `s` is made only when the table's claim of `p`
 //! is `s` (or `p` has no claim yet), and it lands only at the version right after the state
@@ -36,13 +37,16 @@ pub struct ClaimedRange {
     pub end: i64,
 }
 
-/// The partitions `info` covers: those whose end position differs from their start.
-pub fn claimed_ranges(info: &EpochCommitInfo) -> Vec<ClaimedRange> {
+/// The partitions `info` claims: those whose end position differs from their start; with
+/// `adopt`, every partition it has a position for, read or not (a run's first commit: so a
+/// partition that stays quiet still gets a claim, and its start never depends on older
+/// history than the claims).
+pub fn claimed_ranges(info: &EpochCommitInfo, adopt: bool) -> Vec<ClaimedRange> {
     info.end_positions
         .iter()
         .filter_map(|(tp, end)| {
             let start = info.start_positions.get(&tp.topic, tp.partition);
-            (start != Some(end)).then_some(ClaimedRange {
+            (adopt || start != Some(end)).then_some(ClaimedRange {
                 partition: tp,
                 start,
                 end,
@@ -51,42 +55,60 @@ pub fn claimed_ranges(info: &EpochCommitInfo) -> Vec<ClaimedRange> {
         .collect()
 }
 
-/// Who holds a partition's newest claim, as the commit history shows it.
+/// A partition's claim as the table holds it, and the worker whose commit wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ClaimHolder {
     /// The partition (`topic/partition`).
     pub partition: String,
     /// The next offset the claim records.
     pub next_offset: i64,
-    /// The worker whose commit wrote it (its id after `<pipeline>.`).
-    pub worker: String,
+    /// The worker whose newest commit records that offset for the partition (its id after
+    /// `<pipeline>.`); `None` when no commit of the history read does.
+    pub worker: Option<String>,
     /// The table version of that commit.
-    pub table_version: u64,
+    pub table_version: Option<u64>,
 }
 
-/// The newest claim of each partition among `commits` (newest first: table version and
-/// commitInfo), written by workers of `pipeline` (commitInfo pipeline ids `<pipeline>.<id>`).
-pub fn newest_claims<'a>(
+/// Each claim of `claims` (the table's `txn` claims; `None`: no claim), with the worker of the
+/// newest of `commits` (newest first: table version and commitInfo; workers of `pipeline` have
+/// commitInfo pipeline ids `<pipeline>.<id>`) whose end position for the partition is the
+/// claimed offset.
+pub fn holders<'a>(
     pipeline: &str,
-    commits: impl IntoIterator<Item = (u64, &'a EpochCommitInfo)>,
+    claims: &BTreeMap<TopicPartition, Option<i64>>,
+    commits: impl IntoIterator<Item = (u64, &'a EpochCommitInfo)> + Clone,
 ) -> Vec<ClaimHolder> {
     let prefix = format!("{pipeline}.");
-    let mut seen: BTreeMap<TopicPartition, ClaimHolder> = BTreeMap::new();
-    for (version, info) in commits {
-        let Some(worker) = info.pipeline_id.strip_prefix(&prefix) else {
-            continue;
-        };
-        for r in claimed_ranges(info) {
-            seen.entry(r.partition.clone())
-                .or_insert_with(|| ClaimHolder {
-                    partition: r.partition.to_string(),
-                    next_offset: r.end,
-                    worker: worker.to_string(),
-                    table_version: version,
-                });
-        }
-    }
-    seen.into_values().collect()
+    claims
+        .iter()
+        .filter_map(|(tp, claim)| {
+            let next = (*claim)?;
+            let writer = commits.clone().into_iter().find_map(|(version, info)| {
+                let worker = info.pipeline_id.strip_prefix(&prefix)?;
+                (info.end_positions.get(&tp.topic, tp.partition) == Some(next))
+                    .then(|| (worker.to_string(), version))
+            });
+            Some(ClaimHolder {
+                partition: tp.to_string(),
+                next_offset: next,
+                worker: writer.as_ref().map(|(w, _)| w.clone()),
+                table_version: writer.map(|(_, v)| v),
+            })
+        })
+        .collect()
+}
+
+/// The partitions the workers of `pipeline` recorded positions for in `commits`.
+pub fn partitions_of_workers<'a>(
+    pipeline: &str,
+    commits: impl IntoIterator<Item = &'a EpochCommitInfo>,
+) -> std::collections::BTreeSet<TopicPartition> {
+    let prefix = format!("{pipeline}.");
+    commits
+        .into_iter()
+        .filter(|c| c.pipeline_id.starts_with(&prefix))
+        .flat_map(|c| c.end_positions.iter().map(|(tp, _)| tp))
+        .collect()
 }
 
 /// A commit was refused: another writer claimed a partition it covers since this worker took
@@ -153,7 +175,12 @@ mod tests {
         info.end_positions.set("t", 1, 9);
         info.end_positions.set("t", 2, 4);
         assert_eq!(
-            claimed_ranges(&info),
+            claimed_ranges(&info, true).len(),
+            3,
+            "adopting claims all three"
+        );
+        assert_eq!(
+            claimed_ranges(&info, false),
             vec![
                 ClaimedRange {
                     partition: tp(1),
@@ -185,28 +212,33 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_claim_of_each_partition_names_its_worker() {
+    fn each_claim_names_the_worker_whose_newest_commit_wrote_it() {
         let newest = commit("p.w2", &[(0, Some(5), 9), (1, Some(3), 3)]);
         let older = commit("p.w1", &[(0, None, 5), (1, None, 3)]);
         let other = commit("q.w9", &[(2, None, 50)]);
-        let holders = newest_claims("p", [(7, &newest), (6, &other), (4, &older)]);
+        let commits = [(7, &newest), (6, &other), (4, &older)];
+        let partitions = partitions_of_workers("p", commits.iter().map(|(_, c)| *c));
+        assert_eq!(partitions.len(), 2, "{partitions:?}");
+        let claims = BTreeMap::from([(tp(0), Some(9)), (tp(1), Some(3)), (tp(2), None)]);
         assert_eq!(
-            holders,
+            holders("p", &claims, commits),
             vec![
                 ClaimHolder {
                     partition: "t/0".into(),
                     next_offset: 9,
-                    worker: "w2".into(),
-                    table_version: 7
+                    worker: Some("w2".into()),
+                    table_version: Some(7)
                 },
                 ClaimHolder {
                     partition: "t/1".into(),
                     next_offset: 3,
-                    worker: "w1".into(),
-                    table_version: 4
+                    worker: Some("w2".into()),
+                    table_version: Some(7)
                 },
             ]
         );
+        let unknown = BTreeMap::from([(tp(0), Some(42))]);
+        assert_eq!(holders("p", &unknown, commits)[0].worker, None);
     }
 
     #[test]

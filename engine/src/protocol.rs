@@ -278,7 +278,6 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// Decides what a start does from `facts`.
 /// The start of a worker of a pipeline shared by several, whatever its state directory holds:
 /// its partitions may have moved since it wrote its WAL, so it resumes from the table, where
 /// the claims say where each partition stands (see `tidemark_connectors::partition_claims`).
@@ -291,6 +290,7 @@ pub fn decide_for_worker(facts: StartFacts) -> StartCase {
     }
 }
 
+/// Decides what a start does from `facts`.
 pub fn decide(facts: StartFacts) -> StartCase {
     match decide_from_checkpoint(facts) {
         StartCase::Fresh

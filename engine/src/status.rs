@@ -108,7 +108,7 @@ async fn group_status(config: &PipelineConfig, group: &str) -> Result<GroupStatu
         partitions = sink
             .claim_holders(&config.pipeline_id, CLAIM_HISTORY)
             .await?;
-        ids.extend(partitions.iter().map(|c| c.worker.clone()));
+        ids.extend(partitions.iter().filter_map(|c| c.worker.clone()));
         for id in &ids {
             let app_id = format!("{}.{id}", config.pipeline_id);
             if let Some(mut w) = DeltaSink::open_existing(&url, &app_id).await? {
@@ -123,7 +123,7 @@ async fn group_status(config: &PipelineConfig, group: &str) -> Result<GroupStatu
             txn_version: txns.get(&id).copied().flatten(),
             partitions: partitions
                 .iter()
-                .filter(|c| c.worker == id)
+                .filter(|c| c.worker.as_deref() == Some(id.as_str()))
                 .map(|c| c.partition.clone())
                 .collect(),
             worker_id: id,
@@ -512,8 +512,13 @@ impl Status {
                 }
                 for c in &g.partitions {
                     line(format!(
-                        "  partition {:<20} next offset {:>10} · claimed by {} at table version {}",
-                        c.partition, c.next_offset, c.worker, c.table_version
+                        "  partition {:<20} next offset {:>10} · {}",
+                        c.partition,
+                        c.next_offset,
+                        match (&c.worker, c.table_version) {
+                            (Some(w), Some(v)) => format!("claimed by {w} at table version {v}"),
+                            _ => "claimed by a commit older than the history read".into(),
+                        }
                     ));
                 }
                 line("next start   each worker resumes its partitions at their claims (tidemark status --worker-id <id> shows one worker's own state)".into());
