@@ -21,7 +21,8 @@ use super::{assert_exactly_once, topic_and_fixture, topic_of_values_and_fixture,
 
 type Ends = BTreeMap<(String, i32), i64>;
 
-fn env_u64(name: &str, default: u64) -> u64 {
+/// `name` from the environment as a number, `default` when unset or not a number.
+pub(crate) fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())

@@ -14,16 +14,10 @@ use std::time::{Duration, Instant};
 use tidemark_tests::{broker, create_topic, drain_stderr, produce_range, unique_topic, Fixture};
 use tidemark_tools::audit;
 
+use super::protocol::env_u64;
 use super::EXE;
 
 type Ends = BTreeMap<(String, i32), i64>;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Settings of the workers' pipeline: short epochs, and a session timeout short enough that
 /// a killed worker's partitions move within seconds.
@@ -49,9 +43,25 @@ struct Worker {
     log: Option<std::thread::JoinHandle<String>>,
 }
 
+/// Starts workers `w0..wn` with `--until-caught-up` and waits for each to end well.
+fn run_workers_to_end(fixture: &Fixture, n: usize) {
+    let workers: Vec<Worker> = (0..n)
+        .map(|i| Worker::spawn(fixture, &format!("w{i}"), true))
+        .collect();
+    for w in workers {
+        let id = w.id.clone();
+        let (status, log) = w.wait();
+        assert!(status.success(), "{id}: {status}\n{log}");
+    }
+}
+
 impl Worker {
     fn start(fixture: &Fixture, id: &str) -> Self {
-        let mut child = fixture.spawn_with(false, &["--worker-id", id], &[]);
+        Self::spawn(fixture, id, false)
+    }
+
+    fn spawn(fixture: &Fixture, id: &str, until_caught_up: bool) -> Self {
+        let mut child = fixture.spawn_with(until_caught_up, &["--worker-id", id], &[]);
         let log = Some(drain_stderr(&mut child));
         Self {
             id: id.to_string(),
@@ -415,22 +425,7 @@ async fn workers_until_caught_up_stop_only_when_the_whole_pipeline_is() {
         tidemark_tests::order_json,
     );
     let fixture = make_group_fixture(&brokers, &topic);
-    let workers: Vec<Worker> = (0..4)
-        .map(|i| {
-            let mut child = fixture.spawn_with(true, &["--worker-id", &format!("w{i}")], &[]);
-            let log = Some(drain_stderr(&mut child));
-            Worker {
-                id: format!("w{i}"),
-                child,
-                log,
-            }
-        })
-        .collect();
-    for w in workers {
-        let id = w.id.clone();
-        let (status, log) = w.wait();
-        assert!(status.success(), "{id}: {status}\n{log}");
-    }
+    run_workers_to_end(&fixture, 4);
     let report = audit::check_exactly_once(&fixture.table, &ends).unwrap();
     assert!(report.ok() && report.rows == records, "{report:?}");
     assert_claims_tile_partitions(&fixture.table);
@@ -506,22 +501,7 @@ async fn workers_continue_a_pipeline_that_ran_as_one_process() {
     for (k, n) in produce_range(&brokers, &topic, 3, 4000..7000, tidemark_tests::order_json) {
         *ends.entry(k).or_insert(0) += n;
     }
-    let workers: Vec<Worker> = (0..2)
-        .map(|i| {
-            let mut child = fixture.spawn_with(true, &["--worker-id", &format!("w{i}")], &[]);
-            let log = Some(drain_stderr(&mut child));
-            Worker {
-                id: format!("w{i}"),
-                child,
-                log,
-            }
-        })
-        .collect();
-    for w in workers {
-        let id = w.id.clone();
-        let (status, log) = w.wait();
-        assert!(status.success(), "{id}: {status}\n{log}");
-    }
+    run_workers_to_end(&fixture, 2);
     let report = audit::check_exactly_once(&fixture.table, &ends).unwrap();
     assert!(report.ok() && report.rows == 7000, "{report:?}");
     assert_claims_tile_partitions(&fixture.table);
