@@ -534,8 +534,8 @@ impl CheckpointStore {
         }
         // Each column family's puts in its own key order: `dedup` by (event time, key),
         // `dedup_by_key` by key. A memtable's skip list inserts a sorted run right after its
-        // last insert instead of searching from the top each time (profiled: random-order
-        // inserts into the key index were most of the state writer's CPU).
+        // last insert instead of searching from the top each time (the key index used to get
+        // its puts in event-time order, i.e. in random key order: a search per put).
         let mut pairs: Vec<(&[u8], i64)> = inserts.into_iter().collect();
         pairs.sort_unstable_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
         let mut entry_key = Vec::new();
