@@ -168,6 +168,11 @@ impl BatchKeys<'_> {
     }
 }
 
+/// Rows whose dedup-state slots are fetched into the cache at once ([`DedupState::warm`]):
+/// enough to overlap many misses, few enough that their slots stay in the L1/L2 cache until
+/// their checks.
+const WARM_ROWS: usize = 64;
+
 /// A row's event time: `None` where null or missing, `Some(Err(value))` where the column's
 /// value does not fit microseconds, else `Some(Ok(micros))`.
 type EventTime = Option<Result<i64, i64>>;
@@ -824,8 +829,15 @@ impl OpenEpoch {
             rt.state
                 .prefetch((0..times.len()).filter_map(|i| keys.get(i)))?;
         }
-        let mut keep = Vec::with_capacity(times.len());
+        let rows = times.len();
+        let mut keep = Vec::with_capacity(rows);
         for (i, (time, record)) in times.into_iter().zip(row_records).enumerate() {
+            // Every WARM_ROWS rows, the next rows' slots are fetched into the cache together
+            // (their misses overlap) before they are decided one by one.
+            if i % WARM_ROWS == 0 {
+                rt.state
+                    .warm((i..rows.min(i + WARM_ROWS)).filter_map(|j| keys.get(j)));
+            }
             keep.push(self.dedup_verdict(p, spec, rt, record, keys.get(i), time, now)?);
         }
         if keep.iter().all(|k| *k) {

@@ -4,7 +4,9 @@
 //! from the table's own progress) and a rewind after the table was restored behind the store.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -843,13 +845,18 @@ async fn from_checkpoint(
         changelog,
         preload,
     } = replay;
+    // Dropped when this returns: after the replay's commit (or its failure).
+    let mut _load_paused = None;
     if let Some(spec) = processor.dedup() {
         let started = std::time::Instant::now();
         let watermark = c.as_ref().and_then(|c| c.watermark);
         let mut state = match preload {
             // Queryable at once: the changelog in memory, the store's part by lookup until its
-            // load ends.
+            // load ends. The load waits while the WAL's records are replayed and committed.
             Some(load) if load.store.has_key_index() => {
+                if !records.is_empty() {
+                    _load_paused = Some(load.pause());
+                }
                 DedupState::loading(Box::new(load), watermark)
             }
             Some(load) => load.join()?,
@@ -1063,20 +1070,45 @@ struct StateLoad {
     thread: Option<std::thread::JoinHandle<Result<DedupState, RecoveryError>>>,
     store: CheckpointStore,
     started: std::time::Instant,
+    /// Set while recovery replays the WAL and commits it (see [`StateLoad::pause`]).
+    paused: Arc<AtomicBool>,
+}
+
+/// Holds a [`StateLoad`] still until dropped: recovery's replay and first commit get the
+/// cores (two on the machines measured) instead of sharing them with the load's two threads;
+/// the replay's checks are answered by the key index meanwhile, as while the load runs. No
+/// verdict depends on how far the load has come, so pausing it changes none.
+struct LoadPaused(Arc<AtomicBool>);
+
+impl Drop for LoadPaused {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl StateLoad {
     fn start(store: CheckpointStore, watermark: Option<i64>) -> Self {
         let loader = store.clone();
+        let paused = Arc::new(AtomicBool::new(false));
+        let pause = paused.clone();
         let thread = std::thread::Builder::new()
             .name("tidemark-state-load".into())
-            .spawn(move || load_dedup_state(&loader, watermark))
+            .spawn(move || load_dedup_state_pausable(&loader, watermark, &pause))
             .ok();
         Self {
             thread,
             store,
             started: std::time::Instant::now(),
+            paused,
         }
+    }
+
+    /// Pauses the load (between two chunks) until the returned guard is dropped. Only for a
+    /// load that is not waited for meanwhile ([`DedupState::loading`]): [`StateLoad::join`]
+    /// and dropping the load resume it first.
+    fn pause(&self) -> LoadPaused {
+        self.paused.store(true, Ordering::Release);
+        LoadPaused(self.paused.clone())
     }
 
     /// Waits for the load to end and takes its outcome; the outer error says why there is
@@ -1098,6 +1130,7 @@ impl StateLoad {
 
     /// The loaded state (waits for the load to end).
     fn join(mut self) -> Result<DedupState, RecoveryError> {
+        self.paused.store(false, Ordering::Release);
         self.take_loaded().map_err(|what| RecoveryError::State {
             path: self.store.path().to_path_buf(),
             message: format!("the dedup state load {what}"),
@@ -1128,6 +1161,7 @@ impl ColdKeys for StateLoad {
 
 impl Drop for StateLoad {
     fn drop(&mut self) {
+        self.paused.store(false, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -1143,6 +1177,15 @@ const LOAD_CHUNK: usize = 16 * 1024;
 pub fn load_dedup_state(
     store: &CheckpointStore,
     watermark: Option<i64>,
+) -> Result<DedupState, RecoveryError> {
+    load_dedup_state_pausable(store, watermark, &AtomicBool::new(false))
+}
+
+/// [`load_dedup_state`] that waits between chunks while `paused` is set.
+fn load_dedup_state_pausable(
+    store: &CheckpointStore,
+    watermark: Option<i64>,
+    paused: &AtomicBool,
 ) -> Result<DedupState, RecoveryError> {
     let mut state = DedupState::with_capacity(store.estimated_dedup_entries() as usize, watermark);
     let (tx, rx) = std::sync::mpsc::sync_channel::<PackedKeys>(4);
@@ -1168,6 +1211,10 @@ pub fn load_dedup_state(
             store.estimated_dedup_entries(),
         );
         for chunk in rx {
+            // The scan stops too once the channel is full.
+            while paused.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
             for (key, time) in chunk.iter() {
                 state.load(key, time);
             }
@@ -1444,5 +1491,65 @@ mod tests {
         let want: Vec<(Vec<u8>, i64)> = keys.into_iter().filter(|e| e.1 >= 1_000).collect();
         assert_eq!(got, want);
         assert_eq!(state.watermark(), Some(1_000));
+    }
+
+    /// A paused background load does not end while paused (recovery's replay has the cores),
+    /// and ends with the whole state once resumed; dropping a paused load does not hang.
+    #[test]
+    fn a_paused_state_load_waits_and_then_loads_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let mut record = CheckpointRecord {
+            epoch: 1,
+            committed_epoch: 1,
+            table_version: None,
+            watermark: None,
+            wal_segment: 0,
+            wal_offset: 0,
+            created_at_ms: 0,
+            counts: Default::default(),
+            positions: Vec::new(),
+            state_epoch: 1,
+            state_wal_segment: 0,
+            state_wal_offset: 0,
+        };
+        let keys: Vec<(Vec<u8>, i64)> = (0..(LOAD_CHUNK as i64 + 3))
+            .map(|i| (format!("key-{i}").into_bytes(), i))
+            .collect();
+        store
+            .write(&record, keys.iter().map(|(k, t)| (k.as_slice(), *t)), None)
+            .unwrap();
+        record.epoch = 2;
+        store.write(&record, [], None).unwrap();
+
+        let mut load = StateLoad {
+            thread: None,
+            store: store.clone(),
+            started: std::time::Instant::now(),
+            paused: Arc::new(AtomicBool::new(true)),
+        };
+        let (loader, pause) = (store.clone(), load.paused.clone());
+        load.thread = Some(std::thread::spawn(move || {
+            load_dedup_state_pausable(&loader, None, &pause)
+        }));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            load.poll_loaded().unwrap().is_none(),
+            "the load ended while paused"
+        );
+        // Resumed when the guard of a pause goes.
+        drop(LoadPaused(load.paused.clone()));
+        let state = loop {
+            if let Some(state) = load.poll_loaded().unwrap() {
+                break state;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(state.len(), keys.len());
+
+        // Dropping a load that is still paused resumes it and returns.
+        let paused_load = StateLoad::start(store.clone(), None);
+        let _guard = paused_load.pause();
+        drop(paused_load);
     }
 }

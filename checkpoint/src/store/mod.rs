@@ -465,13 +465,8 @@ impl CheckpointStore {
         &self,
         inserts: impl IntoIterator<Item = (&'k [u8], i64)>,
     ) -> Result<usize, StoreError> {
-        // In key order (event time, then key): the memtable's skip list inserts a sorted run
-        // at the end of its last insert instead of searching from the top each time.
-        let mut sorted: Vec<(i64, &[u8])> = inserts.into_iter().map(|(k, t)| (t, k)).collect();
-        sorted.sort_unstable();
         let mut batch = WriteBatch::default();
-        let inserted =
-            self.delta_into(&mut batch, sorted.into_iter().map(|(t, k)| (k, t)), None)?;
+        let inserted = self.delta_into(&mut batch, inserts, None)?;
         let mut wo = WriteOptions::default();
         wo.disable_wal(true);
         wo.set_sync(false);
@@ -537,15 +532,23 @@ impl CheckpointStore {
             // the batch is durable ([`CheckpointStore::write`]), and lookups skip them meanwhile.
             batch.delete_range_cf(dedup, [0u8; 8], record::time_prefix(w));
         }
-        let mut inserted = 0;
+        // Each column family's puts in its own key order: `dedup` by (event time, key),
+        // `dedup_by_key` by key. A memtable's skip list inserts a sorted run right after its
+        // last insert instead of searching from the top each time (the key index used to get
+        // its puts in event-time order, i.e. in random key order: a search per put).
+        let mut pairs: Vec<(&[u8], i64)> = inserts.into_iter().collect();
+        pairs.sort_unstable_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
         let mut entry_key = Vec::new();
-        for (key, time) in inserts {
+        for &(key, time) in &pairs {
             record::write_dedup_entry_key(&mut entry_key, time, key);
             batch.put_cf(dedup, &entry_key, []);
-            batch.put_cf(by_key, key, record::time_prefix(time));
-            inserted += 1;
         }
-        Ok(inserted)
+        // Each key is in a delta once (the caller's invariant), so key order is a total order.
+        pairs.sort_unstable_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+        for &(key, time) in &pairs {
+            batch.put_cf(by_key, key, record::time_prefix(time));
+        }
+        Ok(pairs.len())
     }
 
     /// Adds `record`, the `current` pointer and history pruning to `batch`; returns the
