@@ -148,7 +148,6 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Positions;
     use proptest::prelude::*;
 
     fn tp(p: i32) -> TopicPartition {
