@@ -352,7 +352,11 @@ pub enum KafkaSourceError {
 
 /// The Kafka source: see the module documentation.
 pub struct KafkaSource {
-    consumer: StreamConsumer,
+    /// Shared with the discovery's metadata requests, which run on a blocking thread.
+    consumer: Arc<StreamConsumer>,
+    /// A metadata refresh in flight (see [`KafkaSource::discover`]): reading never waits on it.
+    /// (A detached thread: a process that exits never waits for the broker's answer.)
+    discovery: Option<std::sync::mpsc::Receiver<Discovered>>,
     brokers: String,
     topics: Vec<String>,
     positions: Positions,
@@ -549,6 +553,35 @@ pub fn fetch_partition_ends(
     Ok(ends)
 }
 
+/// What one metadata refresh found (see [`KafkaSource::poll_discovery`]): each topic's
+/// partitions, or the error of the first topic that failed (later topics are not asked), and
+/// the topics' ids when the broker reported ids at connect (`None`: not asked).
+struct Discovered {
+    partitions: Vec<(String, Result<Vec<i32>, KafkaError>)>,
+    ids: Option<Result<BTreeMap<String, Option<String>>, KafkaError>>,
+}
+
+impl Discovered {
+    /// Asks the broker (blocking, up to [`DISCOVERY_TIMEOUT`] per request).
+    fn fetch(consumer: &StreamConsumer, topics: &[String], with_ids: bool) -> Self {
+        let mut partitions = Vec::new();
+        for topic in topics {
+            let listed = topic_partitions(consumer, topic, DISCOVERY_TIMEOUT);
+            let failed = listed.is_err();
+            partitions.push((topic.clone(), listed));
+            if failed {
+                return Self {
+                    partitions,
+                    ids: None,
+                };
+            }
+        }
+        let ids =
+            with_ids.then(|| describe_topic_ids(consumer.client(), topics, DISCOVERY_TIMEOUT));
+        Self { partitions, ids }
+    }
+}
+
 impl KafkaSource {
     /// Connects, discovers partitions and assigns them at `start` (beginning where unknown).
     /// Transient broker errors are retried without end (see [`KafkaSource::connect_until`]).
@@ -727,7 +760,8 @@ impl KafkaSource {
             "kafka source assigned"
         );
         Ok(Self {
-            consumer,
+            consumer: Arc::new(consumer),
+            discovery: None,
             brokers: config.brokers.clone(),
             topics: config.topics.clone(),
             positions,
@@ -767,15 +801,14 @@ impl KafkaSource {
     /// Re-reads the topics' ids during discovery: an id that changed since connect means the
     /// topic was deleted and recreated under the running pipeline. `Ok(Err(_))` when the ids
     /// could not be read this time (logged by the caller like a failed metadata refresh).
-    fn ids_unchanged(&self) -> Result<Result<(), KafkaError>, KafkaSourceError> {
-        if self.broker_topic_ids.values().all(Option::is_none) {
-            return Ok(Ok(()));
-        }
-        let now = match blocking(|| {
-            describe_topic_ids(self.consumer.client(), &self.topics, DISCOVERY_TIMEOUT)
-        }) {
-            Ok(now) => now,
-            Err(e) => return Ok(Err(e)),
+    fn ids_unchanged(
+        &self,
+        ids: Option<Result<BTreeMap<String, Option<String>>, KafkaError>>,
+    ) -> Result<Result<(), KafkaError>, KafkaSourceError> {
+        let now = match ids {
+            None => return Ok(Ok(())),
+            Some(Ok(now)) => now,
+            Some(Err(e)) => return Ok(Err(e)),
         };
         for (topic, at_connect) in &self.broker_topic_ids {
             let now = now.get(topic).cloned().flatten();
@@ -798,10 +831,50 @@ impl KafkaSource {
     /// A failed refresh is retried with backoff (logged); it never stops the source. A
     /// partition that disappeared while running is left to the read path (librdkafka reports
     /// it as unknown, which stops the source after [`UNKNOWN_TOPIC_GRACE`]).
-    fn discover(&mut self) -> Result<(), KafkaSourceError> {
+    /// Starts a metadata refresh on a thread of its own when one is due, and applies the one
+    /// that finished, if any: the broker's answer (which a busy broker can take seconds to
+    /// give, up to [`DISCOVERY_TIMEOUT`] per request) never holds up reading or sealing.
+    fn poll_discovery(&mut self) -> Result<(), KafkaSourceError> {
+        if self.discovery.is_none() && Instant::now() >= self.next_discovery {
+            let (consumer, topics) = (self.consumer.clone(), self.topics.clone());
+            let with_ids = self.broker_topic_ids.values().any(Option::is_some);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("tidemark-discovery".into())
+                .spawn(move || {
+                    // The receiver may be gone (the source dropped): nothing to tell then.
+                    let _ = tx.send(Discovered::fetch(&consumer, &topics, with_ids));
+                });
+            match spawned {
+                Ok(_) => self.discovery = Some(rx),
+                Err(e) => {
+                    warn!(error = %e, "kafka: cannot start the partition discovery thread; retrying");
+                    self.next_discovery = Instant::now() + self.discovery_interval;
+                }
+            }
+        }
+        let Some(rx) = self.discovery.as_ref() else {
+            return Ok(());
+        };
+        match rx.try_recv() {
+            Ok(found) => {
+                self.discovery = None;
+                self.discover(found)
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => Ok(()),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                self.discovery = None;
+                warn!("kafka: the partition discovery thread ended without an answer; retrying");
+                self.next_discovery = Instant::now() + self.discovery_interval;
+                Ok(())
+            }
+        }
+    }
+
+    fn discover(&mut self, found: Discovered) -> Result<(), KafkaSourceError> {
         let mut new = Vec::new();
-        for topic in &self.topics {
-            match blocking(|| topic_partitions(&self.consumer, topic, DISCOVERY_TIMEOUT)) {
+        for (topic, listed) in found.partitions {
+            match listed {
                 Ok(partitions) => {
                     for partition in partitions {
                         let tp = TopicPartition {
@@ -829,7 +902,7 @@ impl KafkaSource {
                 }
             }
         }
-        if let Err(e) = self.ids_unchanged()? {
+        if let Err(e) = self.ids_unchanged(found.ids)? {
             let (attempt, delay) = self.discovery_backoff.failed();
             let delay = delay.min(self.discovery_interval);
             warn!(
@@ -1027,9 +1100,7 @@ impl Source for KafkaSource {
         max_wait: Duration,
     ) -> Result<Vec<SourceRecord>, KafkaSourceError> {
         let deadline = Instant::now() + max_wait;
-        if Instant::now() >= self.next_discovery {
-            self.discover()?;
-        }
+        self.poll_discovery()?;
         let mut batch = Vec::with_capacity(max_records.min(65_536));
         while batch.len() < max_records {
             // A message already fetched is taken without arming a timer (the common case
@@ -1233,6 +1304,45 @@ mod tests {
             Err(e @ KafkaSourceError::TopicRecreated { .. }) => e.to_string(),
             Err(e) => panic!("wrong error: {e}"),
         }
+    }
+
+    /// The periodic metadata refresh runs beside reading: a broker that takes seconds to
+    /// answer it (4 s here, every request) does not hold up `next_batch`, which a refresh on
+    /// the read path did for up to its 5 s timeout per request (seen on tansu under load).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_slow_metadata_refresh_never_holds_up_reading() {
+        let cluster = mock_with("orders", 2, 20);
+        let mut c = config(cluster.bootstrap_servers(), "orders");
+        c.properties
+            .insert(DISCOVERY_INTERVAL_PROPERTY.to_string(), "1".to_string());
+        let mut source = KafkaSource::connect(&c, &Positions::new()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut read = 0;
+        while read < 20 {
+            assert!(Instant::now() < deadline, "read {read} of 20");
+            read += source
+                .next_batch(100, Duration::from_millis(100))
+                .await
+                .unwrap()
+                .len();
+        }
+        cluster
+            .broker_round_trip_time(1, Duration::from_secs(4))
+            .unwrap();
+        // A refresh is due at every call; each of its requests now takes 4 s.
+        let started = Instant::now();
+        for _ in 0..5 {
+            source
+                .next_batch(100, Duration::from_millis(100))
+                .await
+                .unwrap();
+        }
+        let took = started.elapsed();
+        cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
+        assert!(
+            took < Duration::from_secs(3),
+            "five reads of 100 ms took {took:?}: the metadata refresh held them up"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
