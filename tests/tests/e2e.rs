@@ -481,8 +481,21 @@ fn python_delta_rs_and_duckdb_read_the_table() {
         .unwrap();
     assert!(
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        "{}\n{}\nlast lines of the run logs:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        tidemark_tests::stderr_of(&out),
+        ["run-1.log", "run-2.log", "run-3.log"]
+            .iter()
+            .map(|l| {
+                let text = std::fs::read_to_string(demo.join(l)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                format!(
+                    "--- {l}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let table = demo.join("orders");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/read_table.py");
