@@ -8,7 +8,9 @@
 //!
 //! **Topology changes.** Every [`DEFAULT_DISCOVERY_INTERVAL`] (or the milliseconds given by the
 //! source property [`DISCOVERY_INTERVAL_PROPERTY`], which Tidemark keeps and never passes to
-//! librdkafka) the source re-reads the topics' metadata; a partition added meanwhile is assigned
+//! librdkafka) the source re-reads the topics' metadata — on a thread of its own, applied by
+//! the next read once the broker has answered, so a broker slow to answer metadata never
+//! holds up reading and sealing; a partition added meanwhile is assigned
 //! from its beginning (offset 0 of a new partition) and reported once by
 //! [`Source::take_added_partitions`]. At connect, stored positions are checked against the broker:
 //! a stored partition the topic no longer has, or a stored position above the partition's end,
