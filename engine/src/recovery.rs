@@ -1454,20 +1454,7 @@ mod tests {
     fn the_loaded_state_is_exactly_the_checkpointed_entries() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
-        let record = |epoch| CheckpointRecord {
-            epoch,
-            committed_epoch: epoch,
-            table_version: None,
-            watermark: None,
-            wal_segment: 0,
-            wal_offset: 0,
-            created_at_ms: 0,
-            counts: Default::default(),
-            positions: Vec::new(),
-            state_epoch: epoch,
-            state_wal_segment: 0,
-            state_wal_offset: 0,
-        };
+        let record = empty_checkpoint;
         // More than one chunk, keys short and long, then an eviction below 1_000.
         let keys: Vec<(Vec<u8>, i64)> = (0..(LOAD_CHUNK as i64 * 2 + 7))
             .map(|i| {
@@ -1493,15 +1480,11 @@ mod tests {
         assert_eq!(state.watermark(), Some(1_000));
     }
 
-    /// A paused background load does not end while paused (recovery's replay has the cores),
-    /// and ends with the whole state once resumed; dropping a paused load does not hang.
-    #[test]
-    fn a_paused_state_load_waits_and_then_loads_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
-        let mut record = CheckpointRecord {
-            epoch: 1,
-            committed_epoch: 1,
+    /// Checkpoint `epoch` with its state at that epoch, no positions and nothing in the WAL.
+    fn empty_checkpoint(epoch: u64) -> CheckpointRecord {
+        CheckpointRecord {
+            epoch,
+            committed_epoch: epoch,
             table_version: None,
             watermark: None,
             wal_segment: 0,
@@ -1509,10 +1492,19 @@ mod tests {
             created_at_ms: 0,
             counts: Default::default(),
             positions: Vec::new(),
-            state_epoch: 1,
+            state_epoch: epoch,
             state_wal_segment: 0,
             state_wal_offset: 0,
-        };
+        }
+    }
+
+    /// A paused background load does not end while paused (recovery's replay has the cores),
+    /// and ends with the whole state once resumed; dropping a paused load does not hang.
+    #[test]
+    fn a_paused_state_load_waits_and_then_loads_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let mut record = empty_checkpoint(1);
         let keys: Vec<(Vec<u8>, i64)> = (0..(LOAD_CHUNK as i64 + 3))
             .map(|i| (format!("key-{i}").into_bytes(), i))
             .collect();
