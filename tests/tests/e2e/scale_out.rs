@@ -119,8 +119,8 @@ fn rows_in_table(table: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn workers_killed_added_and_removed_keep_every_record_exactly_once() {
     let Some(brokers) = broker() else { return };
-    let records = env_u64("TIDEMARK_SCALE_RECORDS", 120_000);
-    let events = env_u64("TIDEMARK_SCALE_EVENTS", 12);
+    let records = env_u64("TIDEMARK_SCALE_RECORDS", 60_000);
+    let events = env_u64("TIDEMARK_SCALE_EVENTS", 10);
     let partitions = 12;
     let topic = unique_topic("scale");
     create_topic(&brokers, &topic, partitions).await;
