@@ -17,13 +17,13 @@ use tidemark_tests::{
 use super::EXE;
 
 /// A free loopback address for the pipeline's HTTP endpoint.
-fn free_addr() -> String {
+pub(crate) fn free_addr() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     format!("127.0.0.1:{}", listener.local_addr().expect("addr").port())
 }
 
 /// `GET path` over HTTP/1.0: (status code, body); `None` while nothing listens.
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+pub(crate) fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -37,7 +37,7 @@ fn get(addr: &str, path: &str) -> Option<(u16, String)> {
 }
 
 /// Waits until `addr` answers `/healthz`.
-fn wait_for_http(addr: &str) {
+pub(crate) fn wait_for_http(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if get(addr, "/healthz").is_some_and(|(s, b)| s == 200 && b == "ok\n") {

@@ -515,3 +515,83 @@ async fn workers_continue_a_pipeline_that_ran_as_one_process() {
         .clone();
     assert_eq!(quiet["next_offset"], 1000, "{status}");
 }
+
+/// A worker serving `/metrics` and health (`--http`) keeps serving across a rebalance: each
+/// run binds the address again after the previous run let it go.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_with_an_http_endpoint_keeps_serving_across_a_rebalance() {
+    use super::observability::{free_addr, get, wait_for_http};
+    let Some(brokers) = broker() else { return };
+    let partitions = 4;
+    let topic = unique_topic("workerhttp");
+    create_topic(&brokers, &topic, partitions).await;
+    let ends = produce_range(
+        &brokers,
+        &topic,
+        partitions,
+        0..2000,
+        tidemark_tests::order_json,
+    );
+    let fixture = make_group_fixture(&brokers, &topic);
+    let addr = free_addr();
+    let mut child = fixture.spawn_with(false, &["--worker-id", "w0", "--http", &addr], &[]);
+    let log = Some(drain_stderr(&mut child));
+    let mut w0 = Worker {
+        id: "w0".into(),
+        child,
+        log,
+    };
+    wait_for_http(&addr);
+    let committed_by = |worker: &str| {
+        audit::replay_log(&fixture.table)
+            .map(|r| r.epochs.iter().any(|(_, i)| i.pipeline_id == worker))
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !committed_by("test.w0") {
+        assert!(Instant::now() < deadline, "w0 never committed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // w1 joins: w0's run stops and a new one starts over fewer partitions, binding again.
+    let mut w1 = Worker::start(&fixture, "w1");
+    let more = produce_range(
+        &brokers,
+        &topic,
+        partitions,
+        2000..4000,
+        tidemark_tests::order_json,
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while rows_in_table(&fixture.table) < 4000 || !committed_by("test.w1") {
+        assert!(
+            Instant::now() < deadline,
+            "the workers never read everything"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        w0.child.try_wait().unwrap().is_none(),
+        "w0 exited after the rebalance"
+    );
+    assert_eq!(
+        get(&addr, "/healthz").map(|(s, _)| s),
+        Some(200),
+        "w0 stopped serving after the rebalance"
+    );
+    w0.signal(libc::SIGTERM);
+    w1.signal(libc::SIGTERM);
+    let (s0, l0) = w0.wait();
+    let (s1, l1) = w1.wait();
+    assert!(s0.success(), "w0: {s0}\n{l0}");
+    assert!(s1.success(), "w1: {s1}\n{l1}");
+    assert!(
+        l0.matches("serving /metrics").count() >= 2,
+        "w0 served from one run only (no rebalance seen):\n{l0}"
+    );
+    let mut all = ends;
+    for (k, n) in more {
+        *all.entry(k).or_insert(0) += n;
+    }
+    let report = audit::check_exactly_once(&fixture.table, &all).unwrap();
+    assert!(report.ok() && report.rows == 4000, "{report:?}");
+}
