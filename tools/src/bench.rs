@@ -151,7 +151,8 @@ pub struct BenchRow {
     pub dedup: bool,
 }
 
-fn parse_interval(s: &str) -> anyhow::Result<Option<u64>> {
+/// `200ms`, `1s` or `none` (no checkpoints) as milliseconds.
+pub(crate) fn parse_interval(s: &str) -> anyhow::Result<Option<u64>> {
     let s = s.trim();
     if s == "none" {
         return Ok(None);

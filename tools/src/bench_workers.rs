@@ -28,6 +28,7 @@ use crate::audit;
 use crate::bench::{
     check_consumed, consume_command, create_topic, produce, write_config, StreamShape,
 };
+use crate::stats::median_f64;
 
 /// Options of `tidemark bench-workers`.
 #[derive(Debug, Clone, Args)]
@@ -81,17 +82,8 @@ fn parse_list<T: std::str::FromStr>(text: &str, what: &str) -> anyhow::Result<Ve
 }
 
 fn parse_interval_ms(text: &str) -> anyhow::Result<u64> {
-    let t = text.trim();
-    let parsed = if let Some(n) = t.strip_suffix("ms") {
-        n.parse::<u64>().ok()
-    } else if let Some(n) = t.strip_suffix('s') {
-        n.parse::<u64>().ok().map(|s| s * 1000)
-    } else {
-        None
-    };
-    parsed
-        .filter(|ms| *ms > 0)
-        .with_context(|| format!("--intervals: {t:?} is not an interval such as 200ms or 1s"))
+    crate::bench::parse_interval(text)?
+        .with_context(|| format!("--intervals: {text:?}: workers need checkpoints (not `none`)"))
 }
 
 /// Runs the benchmark (see the module documentation).
@@ -190,7 +182,7 @@ pub async fn run(options: WorkerBenchOptions) -> anyhow::Result<()> {
         }
     }
 
-    let ceilings: Vec<f64> = ceiling.iter().map(|c| median(c)).collect();
+    let ceilings: Vec<f64> = ceiling.iter().map(|c| median_f64(c)).collect();
     let mut csv = String::from(
         "interval_ms,workers,records_per_s,consumers_records_per_s,share_of_consumers,steady_records_per_s,steady_share,commits_per_min,conflicts_per_min,refused\n",
     );
@@ -215,14 +207,14 @@ pub async fn run(options: WorkerBenchOptions) -> anyhow::Result<()> {
     for (i, interval) in intervals.iter().enumerate() {
         for (j, n) in workers.iter().enumerate() {
             let these = &runs[i * workers.len() + j];
-            let rate = median(
+            let rate = median_f64(
                 &these
                     .iter()
                     .map(|r| produced as f64 / r.secs)
                     .collect::<Vec<_>>(),
             );
             let per_min = |f: fn(&WorkerRun) -> u64| {
-                median(
+                median_f64(
                     &these
                         .iter()
                         .map(|r| f(r) as f64 * 60.0 / r.secs)
@@ -230,7 +222,7 @@ pub async fn run(options: WorkerBenchOptions) -> anyhow::Result<()> {
                 )
             };
             let ceiling_median = ceilings[j];
-            let steady = median(&these.iter().map(|r| r.steady).collect::<Vec<_>>());
+            let steady = median_f64(&these.iter().map(|r| r.steady).collect::<Vec<_>>());
             let steady_share = steady / ceiling_median.max(1e-9);
             let commits = per_min(|r| r.commits);
             let conflicts = per_min(|r| r.conflicts);
@@ -294,12 +286,6 @@ fn consumers_rate(
         check_consumed(&child.wait_with_output()?, expect)?;
     }
     Ok(shape.records as f64 / t0.elapsed().as_secs_f64())
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// `n` workers over a fresh table until each has read its partitions to the end; checks the
