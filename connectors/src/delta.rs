@@ -863,9 +863,15 @@ impl DeltaSink {
 
     /// The txn version in the state as last loaded (no refresh).
     async fn loaded_txn_version(&self) -> Result<Option<Epoch>, DeltaSinkError> {
+        self.txn_version_of(&self.app_id).await
+    }
+
+    /// The txn version of `app_id` (another pipeline, a worker of a shared one) in the state
+    /// as last loaded: one table load answers for every writer of it.
+    pub async fn txn_version_of(&self, app_id: &str) -> Result<Option<Epoch>, DeltaSinkError> {
         let snapshot = self.table.snapshot().map_err(self.err("snapshot"))?;
         snapshot
-            .transaction_version(self.table.log_store().as_ref(), &self.app_id)
+            .transaction_version(self.table.log_store().as_ref(), app_id)
             .await
             .map(|v| v.map(Epoch::from_txn))
             .map_err(self.err("read txn version"))

@@ -111,9 +111,7 @@ async fn group_status(config: &PipelineConfig, group: &str) -> Result<GroupStatu
         ids.extend(partitions.iter().filter_map(|c| c.worker.clone()));
         for id in &ids {
             let app_id = format!("{}.{id}", config.pipeline_id);
-            if let Some(mut w) = DeltaSink::open_existing(&url, &app_id).await? {
-                txns.insert(id.clone(), w.txn_version().await?);
-            }
+            txns.insert(id.clone(), sink.txn_version_of(&app_id).await?);
         }
     }
     let workers = ids
