@@ -104,13 +104,8 @@ pub struct WorkerSummary {
 pub fn partition_taken<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a PartitionTaken> {
     let mut current = Some(error);
     while let Some(e) = current {
+        // A `DeltaSinkError`'s source is the refusal itself: walking the chain finds it.
         if let Some(taken) = e.downcast_ref::<PartitionTaken>() {
-            return Some(taken);
-        }
-        if let Some(taken) = e
-            .downcast_ref::<tidemark_connectors::delta::DeltaSinkError>()
-            .and_then(|s| s.partition_taken())
-        {
             return Some(taken);
         }
         current = e.source();
@@ -133,6 +128,15 @@ pub async fn run_worker(
             message: "not a worker: set `source.group` and start with --worker-id".into(),
         });
     };
+    // A second process of this worker id fails before it joins the group (joining would take
+    // partitions from the first, only for its runs to fail on the state directory's lock).
+    if let Some(holder) = crate::state_lock::holder(&config.paths.state_dir) {
+        return Err(crate::state_lock::StateLockError::Held {
+            dir: config.paths.state_dir.clone(),
+            holder,
+        }
+        .into());
+    }
     let settings = GroupSettings {
         group: worker.group.clone(),
         instance_id: worker.worker_id.clone(),

@@ -61,7 +61,15 @@ impl Worker {
     }
 
     fn spawn(fixture: &Fixture, id: &str, until_caught_up: bool) -> Self {
-        let mut child = fixture.spawn_with(until_caught_up, &["--worker-id", id], &[]);
+        Self::spawn_with(fixture, id, until_caught_up, &[])
+    }
+
+    fn spawn_with(fixture: &Fixture, id: &str, until_caught_up: bool, args: &[&str]) -> Self {
+        let args: Vec<&str> = ["--worker-id", id]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let mut child = fixture.spawn_with(until_caught_up, &args, &[]);
         let log = Some(drain_stderr(&mut child));
         Self {
             id: id.to_string(),
@@ -438,26 +446,23 @@ async fn bench_workers_measures_one_and_two_workers_against_the_plain_consumers(
     let Some(brokers) = broker() else { return };
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("bw");
-    let out = std::process::Command::new(EXE)
-        .args(["bench-workers", "--brokers", &brokers, "--records", "6000"])
-        .args([
-            "--partitions",
-            "4",
-            "--workers",
-            "1,2",
-            "--intervals",
-            "200ms",
-        ])
-        .args(["--repeat", "1", "--dir", super::s(&out_dir)])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        tidemark_tests::stderr_of(&out)
-    );
+    let stdout = super::ok(&[
+        "bench-workers",
+        "--brokers",
+        &brokers,
+        "--records",
+        "6000",
+        "--partitions",
+        "4",
+        "--workers",
+        "1,2",
+        "--intervals",
+        "200ms",
+        "--repeat",
+        "1",
+        "--dir",
+        super::s(&out_dir),
+    ]);
     assert!(
         stdout.contains("2 plain consumer(s) side by side"),
         "{stdout}"
@@ -517,7 +522,8 @@ async fn workers_continue_a_pipeline_that_ran_as_one_process() {
 }
 
 /// A worker serving `/metrics` and health (`--http`) keeps serving across a rebalance: each
-/// run binds the address again after the previous run let it go.
+/// run binds the address again after the previous run let it go. A second process of the
+/// same worker id fails before joining the group.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_with_an_http_endpoint_keeps_serving_across_a_rebalance() {
     use super::observability::{free_addr, get, wait_for_http};
@@ -534,13 +540,7 @@ async fn a_worker_with_an_http_endpoint_keeps_serving_across_a_rebalance() {
     );
     let fixture = make_group_fixture(&brokers, &topic);
     let addr = free_addr();
-    let mut child = fixture.spawn_with(false, &["--worker-id", "w0", "--http", &addr], &[]);
-    let log = Some(drain_stderr(&mut child));
-    let mut w0 = Worker {
-        id: "w0".into(),
-        child,
-        log,
-    };
+    let mut w0 = Worker::spawn_with(&fixture, "w0", false, &["--http", &addr]);
     wait_for_http(&addr);
     let committed_by = |worker: &str| {
         audit::replay_log(&fixture.table)
@@ -552,6 +552,14 @@ async fn a_worker_with_an_http_endpoint_keeps_serving_across_a_rebalance() {
         assert!(Instant::now() < deadline, "w0 never committed");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A second process of w0 fails at once, before joining the group, naming the holder.
+    let (second, second_log) = Worker::start(&fixture, "w0").wait();
+    assert!(!second.success(), "a second w0 ran:\n{second_log}");
+    assert!(
+        second_log.contains("in use by another tidemark process"),
+        "{second_log}"
+    );
+    assert!(!second_log.contains("group: joining"), "{second_log}");
     // w1 joins: w0's run stops and a new one starts over fewer partitions, binding again.
     let mut w1 = Worker::start(&fixture, "w1");
     let more = produce_range(
