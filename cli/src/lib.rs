@@ -48,6 +48,36 @@ enum LogFormat {
     Json,
 }
 
+/// `tidemark run`'s arguments (each one's help text is its doc comment).
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The pipeline config (see README.md, "Configuration").
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Stop once every partition is read up to where it ended when the run started.
+    #[arg(long)]
+    until_caught_up: bool,
+    /// The table was restored behind the checkpoint store: rewind to this retained
+    /// checkpoint epoch (see `tidemark status`) and replay from the table's progress.
+    #[arg(long, value_name = "EPOCH")]
+    rewind_to: Option<u64>,
+    /// The WAL was damaged before its end (its damaged segments were moved aside): go on,
+    /// re-reading from Kafka at the checkpoint's positions what those segments held.
+    #[arg(long)]
+    accept_wal_damage: bool,
+    /// Serve /metrics (Prometheus), /healthz, /readyz and a live status page (/) on this
+    /// address, e.g. 127.0.0.1:9464 (overrides `observability.http`).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Run as this worker of a pipeline shared by several processes (scale-out): the
+    /// config's `source.group` names the consumer group the workers join to share out
+    /// the partitions. Each worker gets its own state directory (`<state>/workers/<ID>`)
+    /// and txn appId (`<pipeline_id>.<ID>`); the table's per-partition claims keep two
+    /// workers from ever committing one partition. Letters, digits, '-', '_', '.'.
+    #[arg(long, value_name = "ID")]
+    worker_id: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a pipeline from a TOML config until Ctrl-C / SIGTERM (or until caught up).
@@ -59,33 +89,7 @@ enum Command {
     /// even if the checkpoint directory is deleted (it then resumes from the table).
     /// Ctrl-C or SIGTERM finishes the current epoch and stops; a second signal exits at once.
     /// At the end one JSON line with the run's counts and recovery report goes to stdout.
-    Run {
-        /// The pipeline config (see README.md, "Configuration").
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Stop once every partition is read up to where it ended when the run started.
-        #[arg(long)]
-        until_caught_up: bool,
-        /// The table was restored behind the checkpoint store: rewind to this retained
-        /// checkpoint epoch (see `tidemark status`) and replay from the table's progress.
-        #[arg(long, value_name = "EPOCH")]
-        rewind_to: Option<u64>,
-        /// The WAL was damaged before its end (its damaged segments were moved aside): go on,
-        /// re-reading from Kafka at the checkpoint's positions what those segments held.
-        #[arg(long)]
-        accept_wal_damage: bool,
-        /// Serve /metrics (Prometheus), /healthz, /readyz and a live status page (/) on this
-        /// address, e.g. 127.0.0.1:9464 (overrides `observability.http`).
-        #[arg(long, value_name = "ADDR")]
-        http: Option<String>,
-        /// Run as this worker of a pipeline shared by several processes (scale-out): the
-        /// config's `source.group` names the consumer group the workers join to share out
-        /// the partitions. Each worker gets its own state directory (`<state>/workers/<ID>`)
-        /// and txn appId (`<pipeline_id>.<ID>`); the table's per-partition claims keep two
-        /// workers from ever committing one partition. Letters, digits, '-', '_', '.'.
-        #[arg(long, value_name = "ID")]
-        worker_id: Option<String>,
-    },
+    Run(RunArgs),
     /// Show the last checkpoint, the WAL, the table's txn version, and what recovery would do
     /// on the next start. Read-only: safe while the pipeline runs.
     Status {
@@ -192,23 +196,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run {
-                config,
-                until_caught_up,
-                rewind_to,
-                accept_wal_damage,
-                http,
-                worker_id,
-            } => run(
-                config,
-                until_caught_up,
-                rewind_to,
-                accept_wal_damage,
-                http,
-                worker_id,
-            )
-            .await
-            .map(|()| ExitCode::SUCCESS),
+            Command::Run(args) => run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Status {
                 config,
                 json,
@@ -336,14 +324,15 @@ async fn status(config_path: PathBuf, json: bool, worker_id: Option<String>) -> 
     Ok(())
 }
 
-async fn run(
-    config_path: PathBuf,
-    until_caught_up: bool,
-    rewind_to: Option<u64>,
-    accept_wal_damage: bool,
-    http: Option<String>,
-    worker_id: Option<String>,
-) -> anyhow::Result<()> {
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        config: config_path,
+        until_caught_up,
+        rewind_to,
+        accept_wal_damage,
+        http,
+        worker_id,
+    } = args;
     let mut config = PipelineConfig::load(&config_path)?;
     if let Some(addr) = http {
         config.set_http(addr)?;
