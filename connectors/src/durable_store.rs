@@ -121,14 +121,8 @@ fn store_err(op: &'static str, path: &FsPath, source: io::Error) -> object_store
 
 /// Creates `dir` if missing; a newly created directory's entry is fsynced in its parent.
 fn ensure_dir(fs: &SharedFs, dir: &FsPath) -> object_store::Result<()> {
-    if fs.exists(dir) {
-        return Ok(());
-    }
-    fs.create_dir_all(dir)
-        .map_err(|e| store_err("create directory", dir, e))?;
-    let parent = parent_dir(dir);
-    fs.sync_dir(&parent)
-        .map_err(|e| store_err("fsync directory", &parent, e))
+    tidemark_fs::create_dir_durably(fs.as_ref(), dir)
+        .map_err(|(op, path, e)| store_err(op, &path, e))
 }
 
 /// Writes `bytes` to `path` durably (see [`write_file_durably`]).

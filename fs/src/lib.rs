@@ -122,6 +122,23 @@ pub fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// Creates `dir` if missing; a newly created directory's entry is fsynced in its parent (so a
+/// file made durable in it is reachable after a power cut). The failing step is returned
+/// with the error: `"create directory"` or `"fsync directory"`, and the path at fault.
+pub fn create_dir_durably(
+    fs: &dyn FileSystem,
+    dir: &Path,
+) -> Result<(), (&'static str, PathBuf, io::Error)> {
+    if fs.exists(dir) {
+        return Ok(());
+    }
+    fs.create_dir_all(dir)
+        .map_err(|e| ("create directory", dir.to_path_buf(), e))?;
+    let parent = parent_dir(dir);
+    fs.sync_dir(&parent)
+        .map_err(|e| ("fsync directory", parent, e))
+}
+
 /// Writes `bytes` to `path` durably and whole: into a temporary file beside it, fsynced, then
 /// renamed over `path` (or linked to it when `if_absent`, failing with `AlreadyExists` if
 /// `path` exists), then the directory fsynced. A crash at any point leaves either no file or
@@ -153,6 +170,11 @@ pub struct DurableFile<'a> {
 }
 
 impl<'a> DurableFile<'a> {
+    /// The bytes written to the temporary file so far.
+    pub fn written_len(&self) -> io::Result<u64> {
+        self.fs.len(&self.tmp)
+    }
+
     /// Creates the temporary file beside `path`.
     pub fn create(fs: &'a dyn FileSystem, path: &Path) -> io::Result<Self> {
         let dir = parent_dir(path);
@@ -269,6 +291,11 @@ impl PendingDirSyncs {
     /// Notes that `dir` holds a name not yet durable.
     pub fn add(&self, dir: PathBuf) {
         self.lock().insert(dir);
+    }
+
+    /// True when no directory waits for its fsync.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 
     /// The directories pending now.

@@ -93,15 +93,6 @@ fn write_err(path: &FsPath) -> impl FnOnce(io::Error) -> CopyError + '_ {
     }
 }
 
-/// Creates `dir` if missing; a newly created directory's entry is fsynced in its parent.
-fn ensure_dir(fs: &dyn FileSystem, dir: &FsPath) -> io::Result<()> {
-    if fs.exists(dir) {
-        return Ok(());
-    }
-    fs.create_dir_all(dir)?;
-    fs.sync_dir(&parent_dir(dir))
-}
-
 /// Copies and verifies one file; see the module documentation. Blocking.
 pub(crate) fn copy_local(c: &LocalCopy<'_>) -> Result<Placed, CopyError> {
     let source = File::open(c.from).map_err(read_err(c.from))?;
@@ -117,7 +108,7 @@ pub(crate) fn copy_local(c: &LocalCopy<'_>) -> Result<Placed, CopyError> {
         }
     }
     let dir = parent_dir(c.to);
-    ensure_dir(c.fs, &dir).map_err(write_err(&dir))?;
+    tidemark_fs::create_dir_durably(c.fs, &dir).map_err(|(_, at, e)| write_err(&at)(e))?;
     let mut out = DurableFile::create(c.fs, c.to).map_err(write_err(c.to))?;
     let chunk = c.chunk_bytes.clamp(1, LOCAL_BUFFER_BYTES);
     let mut buf = vec![0u8; chunk.min(size.max(1) as usize)];
@@ -183,7 +174,7 @@ pub(crate) fn copy_local(c: &LocalCopy<'_>) -> Result<Placed, CopyError> {
     let found = match c.verify {
         Verify::SizeAndChecksum => read_back(&out, &mut buf).map_err(read_err(c.to))?,
         Verify::Size => ReadSums {
-            size: out_len(&out).map_err(read_err(c.to))?,
+            size: out.written_len().map_err(read_err(c.to))?,
             crc32: expected.crc32,
         },
     };
@@ -231,12 +222,6 @@ fn read_back(out: &DurableFile<'_>, buf: &mut [u8]) -> io::Result<ReadSums> {
         size,
         crc32: Some(crc.finalize()),
     })
-}
-
-/// The size of the temporary file behind `out`.
-fn out_len(out: &DurableFile<'_>) -> io::Result<u64> {
-    let mut file = out.read_back()?;
-    io::Seek::seek(&mut file, io::SeekFrom::End(0))
 }
 
 #[cfg(test)]

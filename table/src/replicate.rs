@@ -411,7 +411,8 @@ impl Replicator {
             return Err(ReplicateError::SameTable(source.to_string()));
         }
         let local = match (source.local_dir(), replica.local_fs()) {
-            (Some(_), Some(fs)) if replica.local_dir().is_some() => Some(LocalPair {
+            // `local_fs` is set only for a local replica.
+            (Some(_), Some(fs)) => Some(LocalPair {
                 fs: fs.clone(),
                 paths: object_store::local::LocalFileSystem::new(),
                 pending: Arc::default(),
@@ -662,7 +663,7 @@ impl Replicator {
     /// fsync per directory, however many files): called before a commit that may refer to
     /// them is written. Nothing to do off the local fast path (each write synced its own).
     async fn sync_data_dirs(&self, version: u64) -> Result<(), ReplicateError> {
-        let Some(local) = &self.local else {
+        let Some(local) = self.local.as_ref().filter(|l| !l.pending.is_empty()) else {
             return Ok(());
         };
         let (fs, pending) = (local.fs.clone(), local.pending.clone());
