@@ -20,8 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use tidemark_connectors::delta::{DeltaSink, RunId, SinkOptions};
 use tidemark_connectors::kafka_group::{GroupMembership, GroupSettings, DEFAULT_REVOKE_WAIT};
 use tidemark_connectors::partition_claims::PartitionTaken;
+use tidemark_connectors::Epoch;
 use tracing::{info, warn};
 
 use crate::config::PipelineConfig;
@@ -100,6 +102,40 @@ pub struct WorkerSummary {
     pub stopped_because: &'static str,
 }
 
+/// Before the worker joins its group, with its state directory locked for the moment: a second
+/// process of this worker id fails here, naming the holder (joining would take partitions from
+/// the first, only for its runs to fail on the lock), and data files of this worker's dead runs
+/// that no commit took are deleted (a run does so too, but a worker may wait for partitions
+/// for long, or be stopped before it gets any).
+async fn sweep_before_joining(config: &PipelineConfig) -> Result<(), PipelineError> {
+    let state = &config.paths.state_dir;
+    let lock = crate::state_lock::StateLock::acquire(state, RunId::generate())?;
+    let options = SinkOptions {
+        fs: crate::io_faults::pipeline_fs().map_err(|message| PipelineError::State {
+            path: state.clone(),
+            message,
+        })?,
+        run_id: *lock.run(),
+    };
+    let Some(mut sink) =
+        DeltaSink::open_existing_with(&config.paths.table_url, &config.pipeline_id, options)
+            .await?
+    else {
+        return Ok(());
+    };
+    let committed = sink.txn_version().await?.unwrap_or(Epoch::ZERO);
+    let report = sink
+        .sweep_uncommitted_files(committed, lock.own_runs())
+        .await?;
+    if !report.deleted.is_empty() {
+        info!(
+            files = report.deleted.len(),
+            "worker: data files of its dead runs that no commit took deleted"
+        );
+    }
+    Ok(())
+}
+
 /// The claim refusal anywhere in `error`'s chain, if that is what stopped a run.
 pub fn partition_taken<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a PartitionTaken> {
     let mut current = Some(error);
@@ -128,15 +164,7 @@ pub async fn run_worker(
             message: "not a worker: set `source.group` and start with --worker-id".into(),
         });
     };
-    // A second process of this worker id fails before it joins the group (joining would take
-    // partitions from the first, only for its runs to fail on the state directory's lock).
-    if let Some(holder) = crate::state_lock::holder(&config.paths.state_dir) {
-        return Err(crate::state_lock::StateLockError::Held {
-            dir: config.paths.state_dir.clone(),
-            holder,
-        }
-        .into());
-    }
+    sweep_before_joining(config).await?;
     let settings = GroupSettings {
         group: worker.group.clone(),
         instance_id: worker.worker_id.clone(),
