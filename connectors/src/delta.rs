@@ -378,6 +378,11 @@ pub struct EpochCommitInfo {
     /// Duplicates dropped in the epoch.
     #[serde(default)]
     pub duplicates: u64,
+    /// Of `duplicates`, those whose key a worker of a shared pipeline had accepted from
+    /// another partition: the producer does not partition by the dedup key (0 for one process;
+    /// omitted when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cross_partition_duplicates: u64,
     /// Late records in the epoch (dropped or dead-lettered).
     #[serde(default)]
     pub late: u64,
@@ -413,12 +418,17 @@ pub struct EpochCommitInfo {
     pub generation: Option<u64>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// One partition's position as a commitInfo records it (see [`EpochCommitInfo::partitions`]).
 ///
 /// Wire shape (JSON, inside the `tidemark` commitInfo object, key `partitions`):
 /// `{"cluster_id": "abc", "topic": "orders", "topic_id": "Zx..", "partition": 0,
-///   "next_offset": 1234, "last_timestamp_ms": 1764500000000}`; `cluster_id`, `topic_id` and
-/// `last_timestamp_ms` are omitted when unknown (a broker without ids, a partition with no
+///   "next_offset": 1234, "last_timestamp_ms": 1764500000000, "dedup_floor": 1764499940000000}`;
+/// `cluster_id`, `topic_id`, `last_timestamp_ms` and `dedup_floor` are omitted when unknown
+/// (a broker without ids, a partition with no
 /// record yet, a record without a timestamp). Readers ignore fields they do not know, and a
 /// commitInfo without `partitions` reads as an empty list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -438,6 +448,12 @@ pub struct PartitionPosition {
     /// The Kafka timestamp (ms) of the last record committed from this partition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_timestamp_ms: Option<i64>,
+    /// A worker of a shared pipeline with dedup: the lowest event time (µs) its dedup state
+    /// keeps for this partition after the commit (the watermark, or the floor the worker
+    /// started the partition with, whichever is higher). The partition's next owner rebuilds
+    /// its state from the table's rows at or above it. Omitted otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_floor: Option<i64>,
 }
 
 /// The table property (Delta `metaData.configuration`) holding the table's *generation*: 1
@@ -995,6 +1011,33 @@ impl DeltaSink {
             &claims,
             commits.iter().map(|(v, c)| (*v, c)),
         ))
+    }
+
+    /// Per partition of `claims` (claims of `pipeline`'s workers), the dedup floor the commit
+    /// that wrote the claim recorded ([`partition_claims::dedup_floors`]), looked for among the
+    /// newest `limit` commits; a partition whose claim was written earlier is absent.
+    pub async fn claim_dedup_floors(
+        &self,
+        pipeline: &str,
+        claims: &Positions,
+        limit: usize,
+    ) -> Result<BTreeMap<TopicPartition, Option<i64>>, DeltaSinkError> {
+        let infos: Vec<_> = self
+            .table
+            .history(Some(limit))
+            .try_collect()
+            .await
+            .map_err(self.err("read history"))?;
+        let mut commits = Vec::new();
+        for info in &infos {
+            let Some(value) = info.info.get(COMMIT_INFO_KEY) else {
+                continue;
+            };
+            let parsed: EpochCommitInfo = serde_json::from_value(value.clone())
+                .map_err(self.err("parse tidemark commitInfo"))?;
+            commits.push(parsed);
+        }
+        Ok(partition_claims::dedup_floors(pipeline, claims, &commits))
     }
 
     /// This pipeline's commitInfos among the newest `limit` commits (all when `None`), newest

@@ -70,6 +70,7 @@ fn info(epoch: i64) -> EpochCommitInfo {
         records_skipped: 0,
         skipped: Vec::new(),
         duplicates: 0,
+        cross_partition_duplicates: 0,
         late: 0,
         dead_lettered: 0,
         watermark: None,
@@ -842,7 +843,12 @@ fn a_commit_info_without_cluster_fields_reads_and_none_are_written_when_unknown(
     assert!(parsed.partitions.is_empty());
     assert_eq!(parsed.generation, None);
     let text = serde_json::to_string(&info(1)).unwrap();
-    for key in ["cluster_id", "partitions", "generation"] {
+    for key in [
+        "cluster_id",
+        "partitions",
+        "generation",
+        "cross_partition_duplicates",
+    ] {
         assert!(
             !text.contains(key),
             "{key} written although unknown: {text}"
@@ -858,9 +864,18 @@ fn partition_position() -> impl Strategy<Value = PartitionPosition> {
         0i32..64,
         0i64..i64::MAX,
         proptest::option::of(0i64..4_000_000_000_000),
+        proptest::option::of(any::<i64>()),
     )
         .prop_map(
-            |(cluster_id, topic, topic_id, partition, next_offset, last_timestamp_ms)| {
+            |(
+                cluster_id,
+                topic,
+                topic_id,
+                partition,
+                next_offset,
+                last_timestamp_ms,
+                dedup_floor,
+            )| {
                 PartitionPosition {
                     cluster_id,
                     topic,
@@ -868,6 +883,7 @@ fn partition_position() -> impl Strategy<Value = PartitionPosition> {
                     partition,
                     next_offset,
                     last_timestamp_ms,
+                    dedup_floor,
                 }
             },
         )

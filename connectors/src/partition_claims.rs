@@ -111,6 +111,43 @@ pub fn partitions_of_workers<'a>(
         .collect()
 }
 
+/// Per claimed partition, the dedup floor recorded by the commit that wrote its claim: the
+/// newest of `commits` (newest first) from a worker of `pipeline` whose end position for the
+/// partition is the claim. The floor is the partition's `dedup_floor` there, else the commit's
+/// watermark (`None`: that commit kept the partition's whole history in state). A partition
+/// whose claim-writing commit is not among `commits` is absent: the caller decides.
+pub fn dedup_floors<'a>(
+    pipeline: &str,
+    claims: &crate::record::Positions,
+    commits: impl IntoIterator<Item = &'a EpochCommitInfo>,
+) -> BTreeMap<TopicPartition, Option<i64>> {
+    let prefix = format!("{pipeline}.");
+    let mut floors = BTreeMap::new();
+    let wanted = claims.iter().count();
+    for info in commits {
+        if floors.len() == wanted {
+            break;
+        }
+        if !info.pipeline_id.starts_with(&prefix) {
+            continue;
+        }
+        for (tp, claim) in claims.iter() {
+            if floors.contains_key(&tp)
+                || info.end_positions.get(&tp.topic, tp.partition) != Some(claim)
+            {
+                continue;
+            }
+            let recorded = info
+                .partitions
+                .iter()
+                .find(|p| p.topic == tp.topic && p.partition == tp.partition)
+                .and_then(|p| p.dedup_floor);
+            floors.insert(tp, recorded.or(info.watermark));
+        }
+    }
+    floors
+}
+
 /// A commit was refused: another writer claimed a partition it covers since this worker took
 /// its start position.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -208,6 +245,47 @@ mod tests {
             info.end_positions.set("t", *p, *end);
         }
         info
+    }
+
+    #[test]
+    fn a_claims_floor_comes_from_the_newest_commit_that_wrote_the_claim() {
+        let mut newest = commit("p.w2", &[(0, Some(5), 9), (1, Some(3), 3)]);
+        newest.watermark = Some(500);
+        newest.partitions = vec![crate::delta::PartitionPosition {
+            cluster_id: None,
+            topic: "t".into(),
+            topic_id: None,
+            partition: 1,
+            next_offset: 3,
+            last_timestamp_ms: None,
+            dedup_floor: Some(700),
+        }];
+        let mut older = commit("p.w1", &[(0, Some(1), 5), (1, Some(0), 3), (2, None, 4)]);
+        older.watermark = Some(100);
+        let mut other_pipeline = commit("q.w1", &[(2, None, 4)]);
+        other_pipeline.watermark = Some(900);
+        let mut claims = crate::record::Positions::new();
+        claims.set("t", 0, 9);
+        claims.set("t", 1, 3);
+        claims.set("t", 2, 4);
+        claims.set("t", 3, 8);
+        let floors = dedup_floors("p", &claims, [&other_pipeline, &newest, &older]);
+        assert_eq!(
+            floors.get(&tp(0)),
+            Some(&Some(500)),
+            "the commit's watermark"
+        );
+        assert_eq!(
+            floors.get(&tp(1)),
+            Some(&Some(700)),
+            "the recorded floor wins"
+        );
+        assert_eq!(
+            floors.get(&tp(2)),
+            Some(&Some(100)),
+            "another pipeline's commit never counts"
+        );
+        assert_eq!(floors.get(&tp(3)), None, "no commit wrote that claim");
     }
 
     #[test]

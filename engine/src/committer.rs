@@ -840,7 +840,11 @@ impl Committer {
     pub fn seal(&mut self, open: OpenEpoch) -> Result<SealedEpoch, CommitError> {
         let watermark = self.dedup.as_mut().and_then(|d| {
             let candidate = d.tracker.candidate(Instant::now());
-            d.state.advance(candidate)
+            let watermark = d.state.advance(candidate);
+            if let Some(p) = d.partitions.as_mut() {
+                p.origins.evict_below(watermark);
+            }
+            watermark
         });
         // The keys the epoch added (still at or above the new watermark): logged before the
         // seal when checkpoints are on (the changelog), dropped when they are off (no store).
@@ -1096,6 +1100,7 @@ impl Committer {
             records_skipped: skipped_count,
             skipped: skipped_list,
             duplicates: counts.duplicates,
+            cross_partition_duplicates: open.cross_partition_duplicates,
             late: counts.late,
             dead_lettered: counts.dead_lettered - skipped_count,
             watermark,
@@ -1123,6 +1128,12 @@ impl Committer {
                             .get(&(tp.topic.clone(), tp.partition))
                             .copied()
                     });
+                // A worker's next owner of the partition rebuilds its dedup state from here.
+                let dedup_floor = self.dedup.as_ref().and_then(|d| {
+                    let p = d.partitions.as_ref()?;
+                    p.floors
+                        .effective(&tp.topic, tp.partition, d.state.watermark())
+                });
                 PartitionPosition {
                     cluster_id: self.sink.cluster_id().map(str::to_string),
                     topic_id: self.sink.topic_ids().get(&tp.topic).cloned(),
@@ -1130,6 +1141,7 @@ impl Committer {
                     partition: tp.partition,
                     next_offset,
                     last_timestamp_ms: ts,
+                    dedup_floor,
                 }
             })
             .collect()

@@ -628,11 +628,22 @@ impl ConfigFile {
         crate::maintenance::check(&self.maintenance).map_err(|(k, m)| invalid.at(k, m))?;
         if let Some(d) = &self.dedup {
             check_dedup(d, &self.sink.columns, &invalid)?;
+            // A partition moving to another worker takes its dedup state along by way of
+            // the table's rows (crate::partition_dedup): the rows must say their partition
+            // and hold the key.
             if self.source.group.is_some() {
-                return Err(invalid.at(
-                    "source.group",
-                    "cannot be combined with [dedup] yet: a worker's dedup state holds only the keys of the partitions it read, so a partition moving between workers would lose its keys; run one process per pipeline for watermark dedup",
-                ));
+                if !self.sink.source_columns {
+                    return Err(invalid.at(
+                        "sink.source_columns",
+                        "cannot be false with source.group and [dedup]: a worker rebuilds the dedup state of a partition it is given from the table's rows of that partition, found by their _kafka_topic and _kafka_partition columns",
+                    ));
+                }
+                if d.key.iter().any(|k| k == KAFKA_KEY) {
+                    return Err(invalid.at(
+                        "dedup.key",
+                        "cannot be [\"_kafka_key\"] with source.group: a worker rebuilds the dedup state of a partition it is given from the table's rows, and the table does not store the Kafka key; name the columns that identify a record",
+                    ));
+                }
             }
         }
         let mut paths = ResolvedPaths::resolve(
@@ -1140,17 +1151,35 @@ type = "double"
         );
     }
 
-    /// Dedup state is per worker: a group with `[dedup]` is refused, naming both.
+    /// A group with `[dedup]` needs the rows to name their partition and hold the key: the
+    /// state of a partition that moves is rebuilt from them. Refused otherwise, naming the
+    /// setting.
     #[test]
-    fn a_group_with_dedup_is_refused() {
-        let text = format!(
-            "{}\n[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 1\n",
-            GOOD.replace("[source]\n", "[source]\ngroup = \"g\"\n")
-        );
-        let err = parse(&text).unwrap_err().to_string();
+    fn a_group_with_dedup_needs_source_columns_and_a_key_in_the_rows() {
+        let dedup = |key: &str| {
+            format!(
+                "\n[dedup]\nkey = [\"{key}\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 1\n"
+            )
+        };
+        let group = GOOD.replace("[source]\n", "[source]\ngroup = \"g\"\n");
+        let c = parse(&format!("{group}{}", dedup("id"))).unwrap();
+        assert!(c.dedup.is_some() && c.source.group.is_some());
+        let err = parse(&format!("{group}{}", dedup("_kafka_key")))
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.contains("source.group") && err.contains("[dedup]"),
+            err.contains("dedup.key") && err.contains("source.group"),
             "{err}"
+        );
+        let no_columns = group.replace("[sink]\n", "[sink]\nsource_columns = false\n");
+        let err = parse(&format!("{no_columns}{}", dedup("id")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sink.source_columns"), "{err}");
+        let one_process = GOOD.replace("[sink]\n", "[sink]\nsource_columns = false\n");
+        assert!(
+            parse(&format!("{one_process}{}", dedup("_kafka_key"))).is_ok(),
+            "one process needs neither"
         );
     }
 

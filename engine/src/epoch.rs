@@ -499,6 +499,9 @@ pub struct DedupRuntime {
     pub state: DedupState,
     /// Per-partition event-time progress.
     pub tracker: WatermarkTracker,
+    /// A worker of a shared pipeline: its partitions' floors and its keys' origins
+    /// ([`crate::partition_dedup`]); `None` for one process.
+    pub partitions: Option<crate::partition_dedup::PartitionDedup>,
 }
 
 /// An epoch that is still collecting records (or was just sealed and not yet committed).
@@ -524,6 +527,9 @@ pub struct OpenEpoch {
     pub records: u64,
     /// Duplicates dropped.
     pub duplicates: u64,
+    /// Of `duplicates`, those whose key was accepted from another partition (a worker of a
+    /// shared pipeline only; see [`crate::partition_dedup`]).
+    pub cross_partition_duplicates: u64,
     /// Late records (dropped or dead-lettered).
     pub late: u64,
     /// Records dead-lettered or skipped for other reasons than lateness.
@@ -553,6 +559,7 @@ impl OpenEpoch {
             dead_letters: Vec::new(),
             records: 0,
             duplicates: 0,
+            cross_partition_duplicates: 0,
             late: 0,
             invalid: 0,
             bytes: 0,
@@ -919,16 +926,52 @@ impl OpenEpoch {
             )?;
             return Ok(false);
         };
-        Ok(match rt.state.check(key, time)? {
-            Verdict::Accept => true,
+        // A worker's partition is late below its floor too (see crate::partition_dedup).
+        let below_floor = rt
+            .partitions
+            .as_ref()
+            .is_some_and(|d| d.floors.is_below(&record.topic, record.partition, time));
+        let verdict = if below_floor {
+            Verdict::Late
+        } else {
+            rt.state.check(key, time)?
+        };
+        Ok(match verdict {
+            Verdict::Accept => {
+                if let Some(d) = rt.partitions.as_mut() {
+                    d.origins
+                        .accepted(key, &record.topic, record.partition, time);
+                }
+                true
+            }
             Verdict::Duplicate => {
                 self.duplicates += 1;
+                if rt.partitions.as_ref().is_some_and(|d| {
+                    d.origins
+                        .from_other_partition(key, &record.topic, record.partition)
+                }) {
+                    self.cross_partition_duplicates += 1;
+                    if self.cross_partition_duplicates == 1 {
+                        tracing::warn!(epoch = self.epoch, record = %record.coordinates(), "a duplicate whose key this worker accepted from another partition: the producer does not send a key's records to one partition, so duplicates split across workers are written (counted as cross_partition_duplicates; the first of each epoch is logged)");
+                    }
+                }
                 false
             }
             Verdict::Late => {
                 self.late += 1;
                 if spec.late == OnLate::DeadLetter {
-                    let w = rt.state.watermark().unwrap_or(i64::MIN);
+                    let w = rt
+                        .partitions
+                        .as_ref()
+                        .and_then(|d| {
+                            d.floors.effective(
+                                &record.topic,
+                                record.partition,
+                                rt.state.watermark(),
+                            )
+                        })
+                        .or(rt.state.watermark())
+                        .unwrap_or(i64::MIN);
                     self.dead_letters.push(DeadLetter::of(
                         record,
                         "late",
@@ -1077,6 +1120,7 @@ allowed_lateness_ms = 10
                 spec.idle_timeout,
                 Instant::now(),
             ),
+            partitions: None,
         };
         let mut open = OpenEpoch::new(1, Positions::new());
         let input = [
@@ -1106,6 +1150,47 @@ allowed_lateness_ms = 10
         assert_eq!(open.end.get("t", 0), Some(7));
     }
 
+    /// A worker's partition is late below its floor (whatever the watermark), another
+    /// partition is not; a duplicate of a key accepted from another partition is dropped and
+    /// counted as cross-partition, one from its own partition is not.
+    #[test]
+    fn a_workers_floors_and_cross_partition_duplicates() {
+        let config = PipelineConfig::parse(CONFIG, Path::new("/x/p.toml")).unwrap();
+        let p = processor(&config);
+        let mut rt = runtime(&p);
+        rt.partitions = Some(crate::partition_dedup::PartitionDedup {
+            // Event times are µs: ts 100 ms is 100_000.
+            floors: crate::partition_dedup::PartitionFloors::new([(("t".to_string(), 0), 100_000)]),
+            origins: Default::default(),
+        });
+        let on = |partition: i32, offset: i64, payload: &str| SourceRecord {
+            partition,
+            ..rec(offset, payload)
+        };
+        let mut open = OpenEpoch::new(1, Positions::new());
+        let input = [
+            on(0, 0, r#"{"id":"a","ts":99}"#),
+            on(1, 0, r#"{"id":"b","ts":99}"#),
+            on(0, 1, r#"{"id":"c","ts":100}"#),
+            on(0, 2, r#"{"id":"c","ts":101}"#),
+            on(1, 1, r#"{"id":"c","ts":102}"#),
+            on(1, 2, r#"{"id":"b","ts":103}"#),
+        ];
+        open.add(&input, &p, Some(&mut rt)).unwrap();
+        assert_eq!(open.late, 1, "a: below partition 0's floor");
+        assert_eq!(open.rows(), 2, "b (partition 1 has no floor) and c");
+        assert_eq!(open.duplicates, 3);
+        assert_eq!(
+            open.cross_partition_duplicates, 1,
+            "only c on partition 1 (accepted from partition 0)"
+        );
+        let late = open.dead_letters.iter().find(|d| d.reason == "late");
+        assert!(
+            late.is_some_and(|d| d.message.contains("100000")),
+            "the floor is the bound named"
+        );
+    }
+
     fn runtime(p: &RecordProcessor) -> DedupRuntime {
         let spec = p.dedup().unwrap().clone();
         DedupRuntime {
@@ -1116,6 +1201,7 @@ allowed_lateness_ms = 10
                 spec.idle_timeout,
                 Instant::now(),
             ),
+            partitions: None,
         }
     }
 

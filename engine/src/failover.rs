@@ -902,6 +902,7 @@ mod tests {
             partition,
             next_offset: next,
             last_timestamp_ms: ts,
+            dedup_floor: None,
         }
     }
 

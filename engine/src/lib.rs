@@ -18,7 +18,8 @@
 //! - [`failover`]: `tidemark failover` (start on a mirrored cluster by MirrorMaker 2's offset
 //!   translations ([`offset_translation`]) or by time, report);
 //!   [`generation`]: generation fencing, pure; [`cluster_check`]: positions know their cluster.
-//! - [`worker`]: one worker of a pipeline several processes share through a consumer group.
+//! - [`worker`]: one worker of a pipeline several processes share through a consumer group;
+//!   [`partition_dedup`]: what dedup adds there (partition floors, cross-partition duplicates).
 //! - [`protocol`]: the recovery decision of the epoch protocol, pure and exhaustively tested.
 //! - [`metrics`]: the run's Prometheus metrics and live state; [`health`]: the readiness rules
 //!   of `/readyz` and `tidemark status --check`; [`http`]: `/metrics`, `/healthz`, `/readyz`
@@ -41,6 +42,7 @@ pub mod io_faults;
 pub mod maintenance;
 pub mod metrics;
 pub mod offset_translation;
+pub mod partition_dedup;
 pub mod pipeline;
 pub mod progress;
 pub mod protocol;

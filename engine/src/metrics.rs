@@ -65,6 +65,7 @@ pub struct Metrics {
     read: Counter,
     written: Counter,
     duplicates: Counter,
+    cross_partition_duplicates: Counter,
     late: Counter,
     dead_lettered: Family<Labels, Counter>,
     epochs_sealed: Counter,
@@ -227,6 +228,7 @@ impl Metrics {
             read: Counter::default(),
             written: Counter::default(),
             duplicates: Counter::default(),
+            cross_partition_duplicates: Counter::default(),
             late: Counter::default(),
             dead_lettered: Family::default(),
             epochs_sealed: Counter::default(),
@@ -281,6 +283,7 @@ impl Metrics {
             "tidemark_records_read", "Records read, counted when their epoch's Delta commit landed" => self.read;
             "tidemark_records_written", "Rows written to the table" => self.written;
             "tidemark_records_duplicate", "Duplicates dropped by watermark dedup" => self.duplicates;
+            "tidemark_records_cross_partition_duplicate", "Of the duplicates, those whose key a worker had accepted from another partition: the producer does not partition by the dedup key (workers of a shared pipeline only)" => self.cross_partition_duplicates;
             "tidemark_records_late", "Records below the watermark (dropped or dead-lettered as late)" => self.late;
             "tidemark_records_dead_lettered", "Records dead-lettered or skipped as invalid, by reason (late records are counted apart)" => self.dead_lettered;
             "tidemark_epochs_sealed", "Epochs sealed (SEAL durable in the WAL)" => self.epochs_sealed;
@@ -511,6 +514,8 @@ pub fn epoch_committed(open: &OpenEpoch, report: &EpochReport) {
     m.read.inc_by(counts.read);
     m.written.inc_by(counts.written);
     m.duplicates.inc_by(counts.duplicates);
+    m.cross_partition_duplicates
+        .inc_by(open.cross_partition_duplicates);
     m.late.inc_by(counts.late);
     for (reason, n) in &reasons {
         m.dead_lettered

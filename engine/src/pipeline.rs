@@ -7,6 +7,7 @@
 //! `txn = epoch`, which is never made twice: recovery ([`crate::recovery`]) compares the
 //! checkpoint, the WAL and the table's txn version before anything is written.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use tidemark_checkpoint::store::Counts;
@@ -18,7 +19,7 @@ use tidemark_connectors::delta::{DeltaSink, DeltaSinkError, SinkOptions};
 use tidemark_connectors::kafka::{KafkaSource, KafkaSourceConfig, KafkaSourceError};
 use tidemark_connectors::source::Source;
 use tidemark_connectors::{Positions, TableVersion};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::committer::{retry_transient, CommitError, Committer, EpochReport, Retry};
 use crate::config::{ConfigError, OnInvalidRecord, OnLate, PipelineConfig};
@@ -33,6 +34,11 @@ use crate::state_lock::{RunId, StateLock, StateLockError};
 
 /// Longest wait for records before checking for a stop request or a due epoch.
 const POLL_WAIT: Duration = Duration::from_millis(200);
+
+/// Commits a worker's start reads back to find the commit that wrote each of its partitions'
+/// claims (its dedup floor). The owner of a partition lists it in every commit, so the claim's
+/// commit is among the newest unless the partition went unowned for this many commits.
+const CLAIM_FLOOR_HISTORY: usize = 1_000;
 
 /// Why a pipeline stopped other than by being asked to: each layer's error, converted upward.
 #[derive(Debug, thiserror::Error)]
@@ -228,13 +234,26 @@ pub async fn run(
         run_id: *lock.run(),
     };
     let mut tables = open_tables(config, &sink_options).await?;
-    let group_positions = match (&config.worker, &options.partitions) {
+    let (group_positions, group_floors) = match (&config.worker, &options.partitions) {
         (Some(worker), Some(partitions)) => {
             tables.sink.claim_partitions(&worker.pipeline_id);
             let mut claims = tables
                 .sink
                 .partition_claims(&worker.pipeline_id, partitions)
                 .await?;
+            // Where each partition's dedup state starts: the floor its claim's commit recorded.
+            let mut floors = match config.dedup {
+                Some(_) => tables
+                    .sink
+                    .claim_dedup_floors(&worker.pipeline_id, &claims, CLAIM_FLOOR_HISTORY)
+                    .await?,
+                None => BTreeMap::new(),
+            };
+            for (tp, _) in claims.iter() {
+                if config.dedup.is_some() && !floors.contains_key(&tp) {
+                    warn!(partition = %tp, commits_read = CLAIM_FLOOR_HISTORY, "worker: the commit that wrote this partition's claim is older than the commits read: its dedup state is rebuilt from all its rows in the table (a key seen long ago may drop a later record as a duplicate)");
+                }
+            }
             // A partition no worker has claimed yet continues where the pipeline ran as one
             // process before it was shared, if it did (never from the beginning again).
             let unclaimed: Vec<_> = partitions
@@ -250,13 +269,24 @@ pub async fn run(
                             if let Some(next) = progress.info.end_positions.get(&tp.topic, tp.partition) {
                                 info!(partition = %tp, next, epoch = %progress.info.epoch, "worker: partition not claimed yet: continuing where the single-process pipeline left it");
                                 claims.set(&tp.topic, tp.partition, next);
+                                floors.insert(tp.clone(), progress.info.watermark);
                             }
                         }
                     }
                 }
             }
             info!(worker = %worker.worker_id, partitions = partitions.len(), claims = %claims, "worker: starting its partitions at the table's claims");
-            Some(claims)
+            let floors = crate::partition_dedup::PartitionFloors::new(floors.into_iter().filter_map(
+                |(tp, floor)| Some(((tp.topic, tp.partition), floor?)),
+            ));
+            let assigned = partitions
+                .iter()
+                .map(|tp| (tp.topic.clone(), tp.partition))
+                .collect();
+            (
+                Some(claims),
+                Some(crate::partition_dedup::WorkerDedupStart { assigned, floors }),
+            )
         }
         (Some(worker), None) => {
             return Err(PipelineError::State {
@@ -267,7 +297,7 @@ pub async fn run(
                 ),
             })
         }
-        (None, _) => None,
+        (None, _) => (None, None),
     };
     // Which cluster the brokers are, asked while recovery runs (recovery needs no broker).
     let cluster_lookup = spawn_cluster_lookup(config);
@@ -295,6 +325,7 @@ pub async fn run(
                 .as_ref()
                 .map(|f| f.dead_letter_windows.clone()),
             group_positions,
+            group_dedup: group_floors,
         },
     )
     .await?;

@@ -17,6 +17,7 @@ use tidemark_checkpoint::{
     CheckpointRecord, CheckpointStore, StoreError, StoreOptions, SyncPolicy, Wal, WalError,
     WalOptions, WalPosition,
 };
+use tidemark_connectors::decode::{COL_PARTITION, COL_TOPIC};
 use tidemark_connectors::delta::{DeltaSink, DeltaSinkError, SweepReport, TableProgress};
 use tidemark_connectors::{Epoch, Positions, TableVersion};
 use tidemark_fs::SharedFs;
@@ -30,6 +31,7 @@ use crate::epoch::{
     RecordProcessor,
 };
 use crate::epoch_log::{decode_state_delta, from_store_positions, RecordDecoder, Replay, SealInfo};
+use crate::partition_dedup::{KeyOrigins, PartitionDedup, WorkerDedupStart};
 use crate::progress::Progress;
 use crate::protocol::{
     decide, FromTableReason, Refusal, RewindFacts, StartCase, StartFacts, StoreFacts,
@@ -399,6 +401,9 @@ pub struct StartOptions {
     /// no claim, read from the beginning). Such a start always resumes from the table
     /// ([`crate::protocol::decide_for_worker`]).
     pub group_positions: Option<Positions>,
+    /// A worker's start: its partitions and their dedup floors; its dedup state is rebuilt
+    /// from their rows only ([`crate::partition_dedup`]).
+    pub group_dedup: Option<crate::partition_dedup::WorkerDedupStart>,
 }
 
 /// Runs recovery and returns the committer and the epoch to continue with (holding any
@@ -426,7 +431,8 @@ pub async fn recover(
     // index, verdicts do not wait for it (the state answers from the store while it loads:
     // `DedupState::loading`); without (a store an older build wrote) the first verdict waits.
     let preload = match (&latest, processor.dedup()) {
-        (Some(c), Some(_)) if config.checkpoint.enabled => {
+        // (A worker's state comes from the table at every start: no load.)
+        (Some(c), Some(_)) if config.checkpoint.enabled && options.group_dedup.is_none() => {
             Some(StateLoad::start(store.clone(), c.watermark))
         }
         _ => None,
@@ -686,8 +692,11 @@ pub async fn recover(
                 }
                 outcome.case = "failover";
             }
-            let positions = options.group_positions.clone();
-            from_table(committer, processor, progress, positions, reason, outcome).await
+            let group = options.group_positions.clone().map(|positions| GroupStart {
+                positions,
+                dedup: options.group_dedup.clone().unwrap_or_default(),
+            });
+            from_table(committer, processor, progress, group, reason, outcome).await
         }
         StartCase::Refuse(_) => unreachable!("a refused start returned before the committer"),
     }
@@ -1021,12 +1030,16 @@ async fn from_table(
     mut committer: Committer,
     processor: &RecordProcessor,
     progress: Option<TableProgress>,
-    group_positions: Option<Positions>,
+    group: Option<GroupStart>,
     reason: FromTableReason,
     mut outcome: RecoveryOutcome,
 ) -> Result<(Committer, OpenEpoch, RecoveryOutcome), RecoveryError> {
     let v = outcome.table_txn;
     // A worker's positions are the claims of its partitions, even before its first commit.
+    let (group_positions, group_dedup) = match group {
+        Some(g) => (Some(g.positions), Some(g.dedup)),
+        None => (None, None),
+    };
     let positions = group_positions.unwrap_or_else(|| {
         progress
             .as_ref()
@@ -1050,10 +1063,29 @@ async fn from_table(
         .reset_to_table(v, progress.as_ref().map(|p| p.table_version))
         .await?;
     if let Some(spec) = processor.dedup() {
-        let watermark = progress.as_ref().and_then(|p| p.info.watermark);
-        let state = rebuild_dedup_state(&mut committer, processor, spec, watermark).await?;
-        outcome.dedup_keys_loaded = state.len() as u64;
-        committer.set_dedup(dedup_runtime(spec, state, &positions));
+        let mut runtime = match group_dedup {
+            // A worker: its partitions' rows only, each from its own floor.
+            Some(start) => {
+                let (state, origins) =
+                    rebuild_worker_dedup_state(&mut committer, processor, spec, &start).await?;
+                let mut runtime = dedup_runtime(spec, state, &positions);
+                runtime.partitions = Some(PartitionDedup {
+                    floors: start.floors,
+                    origins,
+                });
+                runtime
+            }
+            None => {
+                let watermark = progress.as_ref().and_then(|p| p.info.watermark);
+                let state = rebuild_dedup_state(&mut committer, processor, spec, watermark).await?;
+                dedup_runtime(spec, state, &positions)
+            }
+        };
+        outcome.dedup_keys_loaded = runtime.state.len() as u64;
+        if let Some(p) = runtime.partitions.as_mut() {
+            p.origins.evict_below(runtime.state.watermark());
+        }
+        committer.set_dedup(runtime);
     }
     if v > 0 {
         committer.checkpoint(v, &positions)?;
@@ -1241,7 +1273,121 @@ fn dedup_runtime(spec: &DedupSpec, state: DedupState, positions: &Positions) -> 
             spec.idle_timeout,
             std::time::Instant::now(),
         ),
+        partitions: None,
     }
+}
+
+/// A worker's start from the table: its partitions at their claims, and what its dedup state
+/// is rebuilt from.
+struct GroupStart {
+    positions: Positions,
+    dedup: WorkerDedupStart,
+}
+
+/// A worker's dedup state (see [`crate::partition_dedup`]): the table's rows of its assigned
+/// partitions, each at or above the partition's floor, with the partition that accepted each
+/// key; the watermark starts at the lowest floor (none when a partition has none).
+async fn rebuild_worker_dedup_state(
+    committer: &mut Committer,
+    processor: &RecordProcessor,
+    spec: &DedupSpec,
+    start: &WorkerDedupStart,
+) -> Result<(DedupState, KeyOrigins), RecoveryError> {
+    let watermark = start.floors.lowest(start.assigned.iter().cloned());
+    if matches!(spec.key, KeySource::KafkaKey) {
+        // Refused by the config check; a state without keys would let duplicates through.
+        return Err(RecoveryError::Progress {
+            table: committer.sink().uri().to_string(),
+            message: "a worker cannot rebuild its dedup state from the table: the dedup key is the Kafka message key, which the table does not store".into(),
+        });
+    }
+    let started = std::time::Instant::now();
+    let table = committer.sink().uri().to_string();
+    let schema = committer.sink().arrow_schema().clone();
+    let unreadable = |message: String| RecoveryError::Progress {
+        table: table.clone(),
+        message: format!("cannot rebuild the dedup state from the table's rows: {message}"),
+    };
+    let (Ok(topic_col), Ok(partition_col)) =
+        (schema.index_of(COL_TOPIC), schema.index_of(COL_PARTITION))
+    else {
+        return Err(unreadable(format!(
+            "a worker's dedup state needs the {COL_TOPIC} and {COL_PARTITION} columns (sink.source_columns = true)"
+        )));
+    };
+    let mut needed = processor.dedup_columns(&schema);
+    needed.extend([topic_col, partition_col]);
+    let columns: Vec<String> = needed
+        .iter()
+        .map(|i| schema.field(*i).name().clone())
+        .collect();
+    let mut batches = committer.sink().read_columns(&columns)?;
+    let mut state = DedupState::default();
+    let mut origins = KeyOrigins::default();
+    let mut rows = 0u64;
+    let mut progress = Progress::new(
+        "rebuilding the worker's dedup state from the table",
+        "rows",
+        committer.totals().written,
+    );
+    while let Some(batch) = batches.next().await {
+        let batch = widen(&batch?, &schema).map_err(|e| unreadable(e.to_string()))?;
+        progress.add(batch.num_rows() as u64);
+        // However the table's reader typed them (Utf8View, say): as the decoder does.
+        let as_type = |col: usize, to: &arrow::datatypes::DataType| {
+            arrow::compute::cast(batch.column(col), to)
+                .map_err(|e| unreadable(format!("{} as {to}: {e}", schema.field(col).name())))
+        };
+        let topics = as_type(topic_col, &arrow::datatypes::DataType::Utf8)?;
+        let topics = arrow::array::AsArray::as_string::<i32>(&topics);
+        let partitions = as_type(partition_col, &arrow::datatypes::DataType::Int32)?;
+        let partitions =
+            arrow::array::AsArray::as_primitive::<arrow::datatypes::Int32Type>(&partitions);
+        for (i, (key, time)) in processor
+            .keys_and_times(&batch, &[])?
+            .into_iter()
+            .enumerate()
+        {
+            rows += 1;
+            let (Some(key), Some(time)) = (key, time) else {
+                continue;
+            };
+            if arrow::array::Array::is_null(topics, i)
+                || arrow::array::Array::is_null(partitions, i)
+            {
+                continue;
+            }
+            let (topic, partition) = (topics.value(i), partitions.value(i));
+            let ours = start
+                .assigned
+                .iter()
+                .any(|(t, p)| *p == partition && t == topic);
+            if !ours
+                || start.floors.is_below(topic, partition, time)
+                || watermark.is_some_and(|w| time < w)
+            {
+                continue;
+            }
+            let verdict = state.check(&key, time).map_err(|e| RecoveryError::State {
+                path: PathBuf::from("table"),
+                message: e.to_string(),
+            })?;
+            if verdict == crate::dedup::Verdict::Accept {
+                origins.accepted(&key, topic, partition, time);
+            }
+        }
+    }
+    progress.finish();
+    state.advance(watermark);
+    info!(
+        rows_read = rows,
+        keys = state.len(),
+        partitions = start.assigned.len(),
+        ?watermark,
+        ms = started.elapsed().as_millis() as u64,
+        "worker: dedup state rebuilt from its partitions' rows in the table"
+    );
+    Ok((state, origins))
 }
 
 /// Dedup state from the table's rows with event time at or above `watermark`.

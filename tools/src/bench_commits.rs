@@ -117,6 +117,7 @@ pub async fn run(o: CommitBenchOptions) -> anyhow::Result<()> {
             records_skipped: 0,
             skipped: vec![],
             duplicates: 0,
+            cross_partition_duplicates: 0,
             late: 0,
             dead_lettered: 0,
             watermark: None,
