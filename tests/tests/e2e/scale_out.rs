@@ -26,7 +26,17 @@ const GROUP_EXTRA: &str = "[checkpoint]\ninterval_ms = 200\n\n[source.properties
 /// A fixture whose `[source]` has `group = "g-<topic>"`; tansu 0.6.0 assigns nothing to
 /// static members, so the workers run without static membership.
 fn make_group_fixture(brokers: &str, topic: &str) -> Fixture {
-    let fixture = Fixture::new(Path::new(EXE), brokers, topic, GROUP_EXTRA);
+    make_group_fixture_with(brokers, topic, "")
+}
+
+/// [`make_group_fixture`] with `extra` appended to the config (a `[dedup]` section, say).
+fn make_group_fixture_with(brokers: &str, topic: &str, extra: &str) -> Fixture {
+    let fixture = Fixture::new(
+        Path::new(EXE),
+        brokers,
+        topic,
+        &format!("{GROUP_EXTRA}{extra}"),
+    );
     let text = std::fs::read_to_string(&fixture.config).unwrap();
     let text = text.replacen(
         "[source]\n",
@@ -602,4 +612,214 @@ async fn a_worker_with_an_http_endpoint_keeps_serving_across_a_rebalance() {
     }
     let report = audit::check_exactly_once(&fixture.table, &all).unwrap();
     assert!(report.ok() && report.rows == 4000, "{report:?}");
+}
+
+/// Record `i` of the dedup stream: mostly new ids; every 7th repeats the id of record `i - 301`
+/// and every 11th the id of record `i - 1203` (a producer's retries, epochs apart).
+fn retried_id(i: u64) -> (String, bool) {
+    match i {
+        i if i % 7 == 3 && i >= 301 => (retried_id(i - 301).0, true),
+        i if i % 11 == 5 && i >= 1203 => (retried_id(i - 1203).0, true),
+        i => (format!("id-{i:09}"), false),
+    }
+}
+
+/// The partition a producer keying by the id sends it to (a retry goes where its original went).
+fn partition_of(id: &str, partitions: i32) -> i32 {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    (h % partitions as u64) as i32
+}
+
+const DEDUP_EXTRA: &str =
+    "\n[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 600000\n";
+
+/// Every Tidemark commit's commitInfo, summed: (duplicates, cross-partition duplicates).
+fn commit_duplicates(table: &Path) -> (u64, u64) {
+    let replay = audit::replay_log(table).unwrap();
+    replay.epochs.iter().fold((0, 0), |(d, x), (_, i)| {
+        (d + i.duplicates, x + i.cross_partition_duplicates)
+    })
+}
+
+/// Each id in the table: how many rows hold it.
+fn id_counts(table: &Path) -> BTreeMap<String, u64> {
+    let replay = audit::replay_log(table).unwrap();
+    let mut counts = BTreeMap::new();
+    for id in audit::read_string_column(table, &replay.live_files, "id").unwrap() {
+        *counts.entry(id.expect("no null id")).or_default() += 1;
+    }
+    counts
+}
+
+/// Issue 20: workers with watermark dedup. The producer keys by the dedup key (a retry goes
+/// to its original's partition) and retries records epochs apart while workers are
+/// SIGKILLed, restarted, added and stopped, so partitions move between workers with keys in
+/// state. Each id is in the table exactly once, every retry is counted as a duplicate (none
+/// across partitions), and the claims still tile every partition. Fails without the state
+/// rebuilt per partition at a worker's start (retries of keys another worker accepted are
+/// written again).
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_with_dedup_drop_every_retry_once_while_partitions_move() {
+    let Some(brokers) = broker() else { return };
+    let records = env_u64("TIDEMARK_SCALE_DEDUP_RECORDS", 12_000);
+    let events = env_u64("TIDEMARK_SCALE_DEDUP_EVENTS", 6);
+    let partitions = 6;
+    let topic = unique_topic("scale-dedup");
+    create_topic(&brokers, &topic, partitions).await;
+    let fixture = make_group_fixture_with(&brokers, &topic, DEDUP_EXTRA);
+
+    let producer = {
+        let (brokers, topic) = (brokers.clone(), topic.clone());
+        std::thread::spawn(move || {
+            let mut next = BTreeMap::new();
+            let chunk = (records / 20).max(1);
+            let mut i = 0;
+            while i < records {
+                let to = (i + chunk).min(records);
+                let messages: Vec<tidemark_tests::Message> = (i..to)
+                    .map(|n| {
+                        let (id, _) = retried_id(n);
+                        let value = format!(r#"{{"id":"{id}","n":{n},"note":"record {n}"}}"#);
+                        (
+                            partition_of(&id, partitions),
+                            Some(id.into_bytes()),
+                            Some(value.into_bytes()),
+                        )
+                    })
+                    .collect();
+                tidemark_tests::produce_messages(&brokers, &topic, &messages, &mut next);
+                i = to;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+
+    let mut seed = std::process::id() as u64 ^ 0x2545_f491_4f6c_dd1d;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut live: Vec<Worker> = (0..2)
+        .map(|i| Worker::start(&fixture, &format!("w{i}")))
+        .collect();
+    let mut next_id = 2;
+    let mut down: Vec<String> = Vec::new();
+    let mut log = Vec::new();
+    for e in 0..events {
+        std::thread::sleep(Duration::from_millis(1500 + rand(1500)));
+        match rand(3) {
+            0 if live.len() > 1 => {
+                let mut w = live.remove(rand(live.len() as u64) as usize);
+                w.signal(libc::SIGKILL);
+                let id = w.id.clone();
+                let _ = w.wait();
+                log.push(format!("{e}: kill -9 {id}"));
+                down.push(id);
+            }
+            1 if live.len() > 1 => {
+                let mut w = live.remove(rand(live.len() as u64) as usize);
+                w.signal(libc::SIGTERM);
+                let id = w.id.clone();
+                let (status, out) = w.wait();
+                assert!(status.success(), "{id} stopped with {status}:\n{out}");
+                log.push(format!("{e}: stop {id}"));
+            }
+            _ => {
+                let id = down.pop().unwrap_or_else(|| {
+                    next_id += 1;
+                    format!("w{}", next_id - 1)
+                });
+                log.push(format!("{e}: start {id}"));
+                live.push(Worker::start(&fixture, &id));
+            }
+        }
+    }
+    producer.join().unwrap();
+    for id in down.drain(..) {
+        log.push(format!("end: start {id}"));
+        live.push(Worker::start(&fixture, &id));
+    }
+    let distinct: std::collections::BTreeSet<String> =
+        (0..records).map(|i| retried_id(i).0).collect();
+    let retries = (0..records).filter(|i| retried_id(*i).1).count() as u64;
+    // Every record read and committed: written + duplicates = records.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while rows_in_table(&fixture.table) + commit_duplicates(&fixture.table).0 < records
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut logs = String::new();
+    for mut w in live.drain(..) {
+        w.signal(libc::SIGTERM);
+        let id = w.id.clone();
+        let (status, out) = w.wait();
+        assert!(status.success(), "{id} stopped with {status}:\n{out}");
+        let rebuilt: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("dedup state rebuilt"))
+            .collect();
+        logs.push_str(&format!("--- {id}: {}\n", rebuilt.join("\n")));
+    }
+    eprintln!("events: {log:?}\n{logs}");
+    let counts = id_counts(&fixture.table);
+    let twice: Vec<(&String, &u64)> = counts.iter().filter(|(_, c)| **c > 1).take(5).collect();
+    assert!(
+        twice.is_empty(),
+        "ids written more than once: {twice:?}\nevents: {log:?}\n{logs}"
+    );
+    let got: std::collections::BTreeSet<String> = counts.into_keys().collect();
+    assert_eq!(
+        got.len(),
+        distinct.len(),
+        "a unique record was dropped or lost\nevents: {log:?}"
+    );
+    assert_eq!(got, distinct);
+    assert_eq!(
+        commit_duplicates(&fixture.table),
+        (retries, 0),
+        "every retry counted once as a duplicate, none across partitions"
+    );
+    assert_claims_tile_partitions(&fixture.table);
+}
+
+/// Issue 20: a producer that does not key by the dedup key breaks the requirement; a worker
+/// holding both partitions counts the duplicate as cross-partition (and drops it: the table
+/// has the key), also after a restart rebuilt its state from the table.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_duplicate_on_another_partition_is_counted_as_cross_partition() {
+    let Some(brokers) = broker() else { return };
+    let topic = unique_topic("cross-dup");
+    create_topic(&brokers, &topic, 2).await;
+    let fixture = make_group_fixture_with(&brokers, &topic, DEDUP_EXTRA);
+    let mut next = BTreeMap::new();
+    let value =
+        |id: &str, n: u64| Some(format!(r#"{{"id":"{id}","n":{n},"note":"x"}}"#).into_bytes());
+    // Partitions are read in no set order within a run: each phase is its own run, so
+    // which partition accepted "a" first is known. Each start rebuilds the state and the keys'
+    // origins from the table.
+    let mut phase = |messages: &[(i32, &str)], want: (u64, u64), what: &str| {
+        let messages: Vec<tidemark_tests::Message> = messages
+            .iter()
+            .enumerate()
+            .map(|(n, (p, id))| (*p, None, value(id, n as u64)))
+            .collect();
+        tidemark_tests::produce_messages(&brokers, &topic, &messages, &mut next);
+        run_workers_to_end(&fixture, 1);
+        assert_eq!(commit_duplicates(&fixture.table), want, "{what}");
+    };
+    phase(&[(0, "a")], (0, 0), "a accepted from partition 0");
+    phase(
+        &[(1, "b"), (1, "a"), (0, "a")],
+        (2, 1),
+        "a on 1: cross-partition; a on 0: its own partition's",
+    );
+    phase(&[(1, "a")], (3, 2), "a on 1 again: cross-partition again");
+    let counts = id_counts(&fixture.table);
+    assert_eq!(counts.get("a"), Some(&1));
+    assert_eq!(counts.get("b"), Some(&1));
 }
