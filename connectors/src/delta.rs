@@ -1445,14 +1445,35 @@ impl DeltaSink {
         &self,
         columns: &[String],
     ) -> Result<BoxStream<'static, Result<RecordBatch, DeltaSinkError>>, DeltaSinkError> {
+        Ok(self.read_columns_of_files(columns, |_| true)?.0)
+    }
+
+    /// [`DeltaSink::read_columns`] of the live files `keep` accepts by their Delta stats
+    /// (the JSON of the `add` action; `None` when it has none): a reader that needs only some
+    /// rows skips files whose bounds exclude them. Also returns (files read, files live).
+    pub fn read_columns_of_files(
+        &self,
+        columns: &[String],
+        keep: impl Fn(Option<&str>) -> bool,
+    ) -> Result<
+        (
+            BoxStream<'static, Result<RecordBatch, DeltaSinkError>>,
+            (usize, usize),
+        ),
+        DeltaSinkError,
+    > {
         use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
         use parquet::arrow::ProjectionMask;
         let snapshot = self.table.snapshot().map_err(self.err("snapshot"))?;
+        let mut live = 0;
         let files: Vec<(deltalake::Path, u64)> = snapshot
             .log_data()
             .into_iter()
+            .inspect(|_| live += 1)
+            .filter(|f| keep(f.stats().as_deref()))
             .map(|f| (f.object_store_path(), f.size().max(0) as u64))
             .collect();
+        let counts = (files.len(), live);
         let store = self.table.object_store();
         let columns = columns.to_vec();
         let table = self.uri.clone();
@@ -1486,7 +1507,7 @@ impl DeltaSink {
                 }
             })
             .try_flatten();
-        Ok(stream.boxed())
+        Ok((stream.boxed(), counts))
     }
 
     /// Deletes the files in `adds` the table does not reference: the commit they were written

@@ -203,7 +203,54 @@ impl parquet::arrow::async_reader::AsyncFileReader for StoreFileReader {
 }
 
 /// Civil-date arithmetic (Howard Hinnant's algorithm), to avoid a date crate for two calls.
+/// The (min, max) a file's Delta stats (the JSON [`stats`] writes) record for `column`, as
+/// JSON values; `None` when the stats are unreadable or lack the column. Readers skip files
+/// with them (a rebuild of dedup state reads only files that can hold its rows).
+pub fn stats_bounds(stats: &str, column: &str) -> Option<(Value, Value)> {
+    let stats: Value = serde_json::from_str(stats).ok()?;
+    let min = stats.get("minValues")?.get(column)?.clone();
+    let max = stats.get("maxValues")?.get(column)?.clone();
+    Some((min, max))
+}
+
+/// A timestamp bound of the stats ("2026-11-30T12:00:00.123Z", as [`stats`] writes them) in
+/// microseconds since the Unix epoch; `None` for anything else.
+pub fn stats_timestamp_micros(value: &Value) -> Option<i64> {
+    let s = value.as_str()?;
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !s.ends_with('Z') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let frac = s.get(19..s.len() - 1)?;
+    let sub_micros = match frac.strip_prefix('.') {
+        None if frac.is_empty() => 0,
+        Some(digits) if !digits.is_empty() && digits.len() <= 6 => {
+            digits.parse::<i64>().ok()? * 10i64.pow(6 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let days = chrono_like::ymd_to_days(y, mo as u32, d as u32);
+    Some((days * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000 + sub_micros)
+}
+
 mod chrono_like {
+    /// (year, month, day) to days since 1970-01-01 (the inverse of [`days_to_ymd`]).
+    pub fn ymd_to_days(y: i64, m: u32, d: u32) -> i64 {
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y.rem_euclid(400);
+        let mp = (m as i64 + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146_097 + doe - 719_468
+    }
+
     /// Days since 1970-01-01 to (year, month, day).
     pub fn days_to_ymd(z: i64) -> (i64, u32, u32) {
         let z = z + 719_468;
@@ -228,6 +275,33 @@ mod tests {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     use super::*;
+
+    proptest::proptest! {
+        /// A timestamp bound read back is the time written, at the millisecond precision
+        /// the stats keep (rounded down).
+        #[test]
+        fn stats_timestamps_read_back(micros in -62_000_000_000_000_000i64..253_000_000_000_000_000) {
+            let text = timestamp(micros).unwrap();
+            let back = stats_timestamp_micros(&Value::String(text.clone()));
+            proptest::prop_assert_eq!(back, Some(micros - micros.rem_euclid(1000)), "{}", text);
+        }
+    }
+
+    #[test]
+    fn stats_bounds_name_a_columns_min_and_max() {
+        let s = stats(&batch()).to_string();
+        let (lo, hi) = stats_bounds(&s, "n").unwrap();
+        assert!(lo.as_i64().unwrap() <= hi.as_i64().unwrap());
+        assert!(stats_bounds(&s, "missing").is_none());
+        assert!(stats_bounds("not json", "n").is_none());
+        let (_, hi) = stats_bounds(&s, "t").unwrap();
+        assert!(stats_timestamp_micros(&hi).is_some(), "{hi}");
+        assert_eq!(
+            stats_timestamp_micros(&json!("2026-13-01T00:00:00.000Z")),
+            None
+        );
+        assert_eq!(stats_timestamp_micros(&json!(5)), None);
+    }
 
     fn batch() -> RecordBatch {
         let schema = Schema::new(vec![

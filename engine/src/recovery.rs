@@ -17,7 +17,7 @@ use tidemark_checkpoint::{
     CheckpointRecord, CheckpointStore, StoreError, StoreOptions, SyncPolicy, Wal, WalError,
     WalOptions, WalPosition,
 };
-use tidemark_connectors::decode::{COL_PARTITION, COL_TOPIC};
+use tidemark_connectors::decode::{COL_PARTITION, COL_TIMESTAMP, COL_TOPIC};
 use tidemark_connectors::delta::{DeltaSink, DeltaSinkError, SweepReport, TableProgress};
 use tidemark_connectors::{Epoch, Positions, TableVersion};
 use tidemark_fs::SharedFs;
@@ -28,7 +28,7 @@ use crate::config::{PipelineConfig, WalSync};
 use crate::dedup::{ColdError, ColdKeys, DedupState, PackedKeys, WatermarkTracker};
 use crate::epoch::{
     settings_diff, settings_refusal, DedupRuntime, DedupSpec, KeySource, OpenEpoch, ProcessError,
-    RecordProcessor,
+    RecordProcessor, TimeSource,
 };
 use crate::epoch_log::{decode_state_delta, from_store_positions, RecordDecoder, Replay, SealInfo};
 use crate::partition_dedup::{KeyOrigins, PartitionDedup, WorkerDedupStart};
@@ -1321,7 +1321,17 @@ async fn rebuild_worker_dedup_state(
         .iter()
         .map(|i| schema.field(*i).name().clone())
         .collect();
-    let mut batches = committer.sink().read_columns(&columns)?;
+    // Only files that can hold rows of these partitions at or above the lowest floor.
+    let numbers: Vec<i32> = start.assigned.iter().map(|(_, p)| *p).collect();
+    let time_column = match spec.time {
+        TimeSource::KafkaTimestamp => (COL_TIMESTAMP.to_string(), None),
+        TimeSource::TimestampColumn(i) => (schema.field(i).name().clone(), None),
+        TimeSource::LongColumn(i, unit) => (schema.field(i).name().clone(), Some(unit)),
+    };
+    let (mut batches, (files_read, files_live)) =
+        committer.sink().read_columns_of_files(&columns, |stats| {
+            stats.is_none_or(|s| file_may_hold(s, &numbers, watermark, &time_column))
+        })?;
     let mut state = DedupState::default();
     let mut origins = KeyOrigins::default();
     let mut rows = 0u64;
@@ -1383,11 +1393,44 @@ async fn rebuild_worker_dedup_state(
         rows_read = rows,
         keys = state.len(),
         partitions = start.assigned.len(),
+        files_read,
+        files_live,
         ?watermark,
         ms = started.elapsed().as_millis() as u64,
         "worker: dedup state rebuilt from its partitions' rows in the table"
     );
     Ok((state, origins))
+}
+
+/// Whether a data file with Delta stats `stats` may hold rows of partitions `numbers` (of any
+/// topic) at or above `floor` in `time_column` (its name, and the unit of a long column; a
+/// timestamp column's bounds are ISO strings). Unknown bounds keep the file.
+fn file_may_hold(
+    stats: &str,
+    numbers: &[i32],
+    floor: Option<i64>,
+    time_column: &(String, Option<crate::config::EventTimeUnit>),
+) -> bool {
+    use tidemark_connectors::parquet_file::{stats_bounds, stats_timestamp_micros};
+    if let Some((lo, hi)) = stats_bounds(stats, COL_PARTITION) {
+        if let (Some(lo), Some(hi)) = (lo.as_i64(), hi.as_i64()) {
+            if !numbers.iter().any(|p| (lo..=hi).contains(&(*p as i64))) {
+                return false;
+            }
+        }
+    }
+    let Some(floor) = floor else {
+        return true;
+    };
+    let Some((_, max)) = stats_bounds(stats, &time_column.0) else {
+        return true;
+    };
+    let max_micros = match time_column.1 {
+        None => stats_timestamp_micros(&max),
+        Some(crate::config::EventTimeUnit::Millis) => max.as_i64().map(|m| m.saturating_mul(1000)),
+        Some(crate::config::EventTimeUnit::Micros) => max.as_i64(),
+    };
+    max_micros.is_none_or(|m| m >= floor)
 }
 
 /// Dedup state from the table's rows with event time at or above `watermark`.
@@ -1483,6 +1526,49 @@ mod tests {
     use tidemark_checkpoint::store::{CheckpointRecord, StoreOptions};
 
     use super::*;
+
+    /// A worker's rebuild skips files whose stats exclude its partitions or whose newest
+    /// event time is below the lowest floor; a file without usable bounds is read.
+    #[test]
+    fn a_file_is_read_only_when_its_bounds_allow_the_workers_rows() {
+        let stats = |p: (i32, i32), t: (&str, &str), n: (i64, i64)| {
+            serde_json::json!({
+                "numRecords": 1,
+                "minValues": {"_kafka_partition": p.0, "_kafka_timestamp": t.0, "ts": n.0},
+                "maxValues": {"_kafka_partition": p.1, "_kafka_timestamp": t.1, "ts": n.1},
+            })
+            .to_string()
+        };
+        let kafka = (COL_TIMESTAMP.to_string(), None);
+        let millis = ("ts".to_string(), Some(crate::config::EventTimeUnit::Millis));
+        let s = stats(
+            (2, 4),
+            ("2026-11-30T00:00:00.000Z", "2026-11-30T00:00:01.000Z"),
+            (1_000, 2_000),
+        );
+        // 2026-11-30T00:00:01Z in µs.
+        let newest = 1_795_996_801_000_000;
+        assert!(file_may_hold(&s, &[3], None, &kafka));
+        assert!(
+            !file_may_hold(&s, &[0, 5], None, &kafka),
+            "no partition of ours"
+        );
+        assert!(
+            file_may_hold(&s, &[4], Some(newest), &kafka),
+            "the newest row is at the floor"
+        );
+        assert!(
+            !file_may_hold(&s, &[4], Some(newest + 1), &kafka),
+            "every row below the floor"
+        );
+        assert!(file_may_hold(&s, &[4], Some(2_000_000), &millis));
+        assert!(!file_may_hold(&s, &[4], Some(2_000_001), &millis));
+        assert!(
+            file_may_hold("{}", &[0], Some(i64::MAX), &kafka),
+            "no bounds: read"
+        );
+        assert!(file_may_hold("garbage", &[0], Some(i64::MAX), &kafka));
+    }
 
     /// A checkpoint record of `epoch` whose state is synced only through epoch 0 (so every
     /// delta of epochs 1..=epoch must come from the WAL, from its start).
