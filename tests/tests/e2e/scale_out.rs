@@ -366,12 +366,48 @@ async fn a_worker_paused_past_its_session_has_its_stale_epoch_refused_and_rejoin
         a.signal(libc::SIGSTOP);
         audit::replay_log(&fixture.table).unwrap().version
     };
+    // The partitions a held when it was paused: those of its newest commit.
+    let a_partitions: Vec<(String, i32)> = audit::replay_log(&fixture.table)
+        .unwrap()
+        .epochs
+        .iter()
+        .rev()
+        .find(|(_, i)| i.pipeline_id == "test.a")
+        .map(|(_, i)| {
+            i.end_positions
+                .iter()
+                .map(|(tp, _)| (tp.topic, tp.partition))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!a_partitions.is_empty());
     // Past the 6 s session timeout; a third worker joining makes the group rebalance without
     // a (tansu evicts a silent member only when the group rebalances), so b and c take a's
     // partitions and commit them while a is paused.
     std::thread::sleep(Duration::from_secs(2));
     let mut c = Worker::start(&fixture, "c");
-    std::thread::sleep(Duration::from_secs(14));
+    // a stays paused until b and c have committed records of every partition it held (so its
+    // open epoch is stale whatever the machine's speed), and at least past its session.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    std::thread::sleep(Duration::from_secs(6));
+    loop {
+        let replay = audit::replay_log(&fixture.table).unwrap();
+        let taken = a_partitions.iter().all(|(topic, p)| {
+            replay.epochs.iter().any(|(v, i)| {
+                *v > paused_at
+                    && i.pipeline_id != "test.a"
+                    && i.start_positions.get(topic, *p) != i.end_positions.get(topic, *p)
+            })
+        });
+        if taken {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b and c never took a's partitions {a_partitions:?} while it was paused"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     a.signal(libc::SIGCONT);
     // a comes back, is refused, rejoins and commits again.
     let deadline = Instant::now() + Duration::from_secs(90);
