@@ -151,6 +151,7 @@ fn bench_records(c: &mut Criterion) {
                     spec.idle_timeout,
                     std::time::Instant::now(),
                 ),
+                partitions: None,
             },
             |mut rt| {
                 let mut open = OpenEpoch::new(1, Default::default());

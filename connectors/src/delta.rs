@@ -422,6 +422,9 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// Rows of a table's files, streamed one batch at a time ([`DeltaSink::read_columns`]).
+pub type RowBatches = BoxStream<'static, Result<RecordBatch, DeltaSinkError>>;
+
 /// One partition's position as a commitInfo records it (see [`EpochCommitInfo::partitions`]).
 ///
 /// Wire shape (JSON, inside the `tidemark` commitInfo object, key `partitions`):
@@ -1441,10 +1444,7 @@ impl DeltaSink {
     /// Files are read through the table's object store (local or remote alike), only the
     /// projected columns, one row group at a time: a large table need not fit in memory.
     /// Columns a file lacks are left out of its batches.
-    pub fn read_columns(
-        &self,
-        columns: &[String],
-    ) -> Result<BoxStream<'static, Result<RecordBatch, DeltaSinkError>>, DeltaSinkError> {
+    pub fn read_columns(&self, columns: &[String]) -> Result<RowBatches, DeltaSinkError> {
         Ok(self.read_columns_of_files(columns, |_| true)?.0)
     }
 
@@ -1455,13 +1455,7 @@ impl DeltaSink {
         &self,
         columns: &[String],
         keep: impl Fn(Option<&str>) -> bool,
-    ) -> Result<
-        (
-            BoxStream<'static, Result<RecordBatch, DeltaSinkError>>,
-            (usize, usize),
-        ),
-        DeltaSinkError,
-    > {
+    ) -> Result<(RowBatches, (usize, usize)), DeltaSinkError> {
         use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
         use parquet::arrow::ProjectionMask;
         let snapshot = self.table.snapshot().map_err(self.err("snapshot"))?;

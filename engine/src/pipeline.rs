@@ -242,13 +242,19 @@ pub async fn run(
                 .partition_claims(&worker.pipeline_id, partitions)
                 .await?;
             // Where each partition's dedup state starts: the floor its claim's commit recorded.
-            let mut floors = match config.dedup {
-                Some(_) => tables
-                    .sink
-                    .claim_dedup_floors(&worker.pipeline_id, &claims, CLAIM_FLOOR_HISTORY)
-                    .await?,
-                None => BTreeMap::new(),
-            };
+            // (The newest commits first: each is a read, on object storage a request.)
+            let mut floors = BTreeMap::new();
+            if config.dedup.is_some() {
+                for limit in [CLAIM_FLOOR_HISTORY / 16, CLAIM_FLOOR_HISTORY] {
+                    floors = tables
+                        .sink
+                        .claim_dedup_floors(&worker.pipeline_id, &claims, limit)
+                        .await?;
+                    if floors.len() == claims.iter().count() {
+                        break;
+                    }
+                }
+            }
             for (tp, _) in claims.iter() {
                 if config.dedup.is_some() && !floors.contains_key(&tp) {
                     warn!(partition = %tp, commits_read = CLAIM_FLOOR_HISTORY, "worker: the commit that wrote this partition's claim is older than the commits read: its dedup state is rebuilt from all its rows in the table (a key seen long ago may drop a later record as a duplicate)");
