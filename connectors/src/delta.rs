@@ -1243,27 +1243,24 @@ impl DeltaSink {
         if rows == 0 {
             return Ok((Vec::new(), WriteMetrics::default()));
         }
-        // Concatenating and encoding are CPU work: they run on a blocking thread, so the
-        // pipeline's task (reading and decoding the next epoch meanwhile) keeps its core.
-        let (schema, owned) = (self.arrow_schema.clone(), batches.to_vec());
-        let all =
-            tokio::task::spawn_blocking(move || arrow::compute::concat_batches(&schema, &owned))
-                .await
-                .map_err(self.err("concatenate epoch rows"))?
-                .map_err(self.err("concatenate epoch rows"))?;
+        // Encoding is CPU work: it runs on a blocking thread, so the pipeline's task (reading
+        // and decoding the next epoch meanwhile) keeps its core. The epoch's batches are
+        // encoded as they are (sliced at file boundaries), never copied into one batch: at a
+        // long interval that copy was as big as the epoch.
         let store = self.table.object_store();
         let mut adds = Vec::new();
-        let mut part = first_part;
-        let mut offset = 0usize;
-        while offset < rows {
-            let len = MAX_ROWS_PER_FILE.min(rows - offset);
-            let slice = all.slice(offset, len);
-            let name = data_file_name(&self.app_id, epoch, part, self.run_id);
-            let encoding = slice.clone();
-            let bytes = tokio::task::spawn_blocking(move || parquet_file::encode(&encoding))
-                .await
-                .map_err(self.file_err("encode parquet", &name))?
-                .map_err(self.file_err("encode parquet", &name))?;
+        for (i, file) in split_into_files(batches, MAX_ROWS_PER_FILE)
+            .into_iter()
+            .enumerate()
+        {
+            let name = data_file_name(&self.app_id, epoch, first_part + i, self.run_id);
+            let (schema, encoding) = (self.arrow_schema.clone(), file.clone());
+            let bytes = tokio::task::spawn_blocking(move || {
+                parquet_file::encode_batches(schema, &encoding)
+            })
+            .await
+            .map_err(self.file_err("encode parquet", &name))?
+            .map_err(self.file_err("encode parquet", &name))?;
             let size = bytes.len() as i64;
             // On a local table the store makes the file and its name durable before returning.
             let remote = self.local_root.is_none();
@@ -1275,9 +1272,12 @@ impl DeltaSink {
             )
             .await
             .map_err(self.file_err("write parquet file", &name))?;
-            adds.push(parquet_file::add_action(name, size, &slice));
-            offset += len;
-            part += 1;
+            adds.push(parquet_file::add_action_of(
+                name,
+                size,
+                &self.arrow_schema,
+                &file,
+            ));
         }
         let metrics = WriteMetrics {
             files: adds.len(),
@@ -1944,6 +1944,31 @@ fn is_commit_conflict(e: &DeltaTableError) -> bool {
 
 /// Most rows in one data file: an epoch larger than this is split, deterministically.
 pub const MAX_ROWS_PER_FILE: usize = 1 << 20;
+
+/// `batches` as the contents of consecutive files of at most `max_rows` rows each (batches
+/// sliced where a file ends; slices share the batches' buffers), empty batches left out.
+pub fn split_into_files(batches: &[RecordBatch], max_rows: usize) -> Vec<Vec<RecordBatch>> {
+    let mut files: Vec<Vec<RecordBatch>> = Vec::new();
+    let mut current: Vec<RecordBatch> = Vec::new();
+    let mut rows = 0;
+    for batch in batches {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let take = (max_rows - rows).min(batch.num_rows() - offset);
+            current.push(batch.slice(offset, take));
+            offset += take;
+            rows += take;
+            if rows == max_rows {
+                files.push(std::mem::take(&mut current));
+                rows = 0;
+            }
+        }
+    }
+    if !current.is_empty() {
+        files.push(current);
+    }
+    files
+}
 
 const DATA_FILE_SUFFIX: &str = ".snappy.parquet";
 

@@ -22,18 +22,40 @@ use serde_json::{json, Map, Value};
 
 /// Encodes `batch` as one Snappy-compressed Parquet file in memory.
 pub fn encode(batch: &RecordBatch) -> Result<Vec<u8>, ParquetError> {
+    encode_batches(batch.schema(), std::slice::from_ref(batch))
+}
+
+/// Encodes the rows of `batches` (of `schema`) as one Snappy-compressed Parquet file in memory,
+/// batch by batch: an epoch's rows are never copied into one batch first.
+pub fn encode_batches(
+    schema: arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Vec<u8>, ParquetError> {
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .build();
-    let mut out = Vec::with_capacity(batch.get_array_memory_size() / 2);
-    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(props))?;
-    writer.write(batch)?;
+    let memory: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+    let mut out = Vec::with_capacity(memory / 2);
+    let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props))?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
     writer.close()?;
     Ok(out)
 }
 
 /// The `add` action of a file at `path` (relative to the table root) holding `batch`.
 pub fn add_action(path: String, size: i64, batch: &RecordBatch) -> Add {
+    add_action_of(path, size, &batch.schema(), std::slice::from_ref(batch))
+}
+
+/// The `add` action of a file at `path` holding the rows of `batches` (of `schema`).
+pub fn add_action_of(
+    path: String,
+    size: i64,
+    schema: &arrow::datatypes::Schema,
+    batches: &[RecordBatch],
+) -> Add {
     let modification_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -44,7 +66,7 @@ pub fn add_action(path: String, size: i64, batch: &RecordBatch) -> Add {
         size,
         modification_time,
         data_change: true,
-        stats: Some(stats(batch).to_string()),
+        stats: Some(stats_of_batches(schema, batches).to_string()),
         tags: None,
         deletion_vector: None,
         base_row_id: None,
@@ -55,52 +77,99 @@ pub fn add_action(path: String, size: i64, batch: &RecordBatch) -> Add {
 
 /// Delta file statistics of `batch`.
 pub fn stats(batch: &RecordBatch) -> Value {
+    stats_of_batches(&batch.schema(), std::slice::from_ref(batch))
+}
+
+/// Delta file statistics of the rows of `batches` (of `schema`) written as one file: the same
+/// as [`stats`] of their concatenation, without the copy.
+pub fn stats_of_batches(schema: &arrow::datatypes::Schema, batches: &[RecordBatch]) -> Value {
     let mut nulls = Map::new();
     let mut mins = Map::new();
     let mut maxs = Map::new();
-    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        nulls.insert(field.name().clone(), json!(column.null_count()));
-        if let Some((min, max)) = min_max(column) {
+    for (i, field) in schema.fields().iter().enumerate() {
+        let columns = batches.iter().map(|b| b.column(i));
+        let null_count: usize = columns.clone().map(|c| c.null_count()).sum();
+        nulls.insert(field.name().clone(), json!(null_count));
+        if let Some((min, max)) = min_max(field.data_type(), columns) {
             mins.insert(field.name().clone(), min);
             maxs.insert(field.name().clone(), max);
         }
     }
     json!({
-        "numRecords": batch.num_rows(),
+        "numRecords": batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
         "minValues": mins,
         "maxValues": maxs,
         "nullCount": nulls,
     })
 }
 
-fn min_max(column: &ArrayRef) -> Option<(Value, Value)> {
+/// A column's bounds over several arrays: integers (and dates, timestamps) or floats.
+enum Bounds {
+    Int(i64, i64),
+    Float(f64, f64),
+}
+
+impl Bounds {
+    /// Both bounds together; floats order as arrow's `min`/`max` do (NaN above all).
+    fn merge(self, other: Bounds) -> Bounds {
+        match (self, other) {
+            (Bounds::Int(a, b), Bounds::Int(c, d)) => Bounds::Int(a.min(c), b.max(d)),
+            (Bounds::Float(a, b), Bounds::Float(c, d)) => Bounds::Float(
+                if c < a || a.is_nan() { c } else { a },
+                if d > b || d.is_nan() { d } else { b },
+            ),
+            (x, _) => x,
+        }
+    }
+}
+
+/// One array's bounds (`None`: no value, or a type without bounds).
+fn bounds_of(column: &ArrayRef) -> Option<Bounds> {
     use arrow::compute::{max, min};
-    match column.data_type() {
+    Some(match column.data_type() {
         DataType::Int32 => {
             let a = column.as_primitive::<Int32Type>();
-            Some((json!(min(a)?), json!(max(a)?)))
+            Bounds::Int(min(a)? as i64, max(a)? as i64)
         }
         DataType::Int64 => {
             let a = column.as_primitive::<Int64Type>();
-            Some((json!(min(a)?), json!(max(a)?)))
+            Bounds::Int(min(a)?, max(a)?)
         }
         DataType::Float32 => {
             let a = column.as_primitive::<Float32Type>();
-            finite_pair(min(a)? as f64, max(a)? as f64)
+            Bounds::Float(min(a)? as f64, max(a)? as f64)
         }
         DataType::Float64 => {
             let a = column.as_primitive::<Float64Type>();
-            finite_pair(min(a)?, max(a)?)
+            Bounds::Float(min(a)?, max(a)?)
         }
         DataType::Date32 => {
             let a = column.as_primitive::<Date32Type>();
-            Some((json!(date(min(a)?)?), json!(date(max(a)?)?)))
+            Bounds::Int(min(a)? as i64, max(a)? as i64)
         }
         DataType::Timestamp(TimeUnit::Microsecond, _) => {
             let a = column.as_primitive::<TimestampMicrosecondType>();
+            Bounds::Int(min(a)?, max(a)?)
+        }
+        _ => return None,
+    })
+}
+
+/// The stats' (min, max) of a column of `data_type` held by `columns` (`None`: no bounds).
+fn min_max<'a>(
+    data_type: &DataType,
+    columns: impl Iterator<Item = &'a ArrayRef>,
+) -> Option<(Value, Value)> {
+    let bounds = columns.filter_map(bounds_of).reduce(Bounds::merge)?;
+    match (data_type, bounds) {
+        (DataType::Int32 | DataType::Int64, Bounds::Int(lo, hi)) => Some((json!(lo), json!(hi))),
+        (DataType::Float32 | DataType::Float64, Bounds::Float(lo, hi)) => finite_pair(lo, hi),
+        (DataType::Date32, Bounds::Int(lo, hi)) => {
+            Some((json!(date(lo as i32)?), json!(date(hi as i32)?)))
+        }
+        (DataType::Timestamp(TimeUnit::Microsecond, _), Bounds::Int(lo, hi)) => {
             // Bounds are written at millisecond precision: the minimum rounded down, the
             // maximum rounded up, so both stay true bounds for readers that skip files.
-            let (lo, hi) = (min(a)?, max(a)?);
             let hi_up = hi.checked_add(999).map(|h| h - h.rem_euclid(1000))?;
             Some((json!(timestamp(lo)?), json!(timestamp(hi_up)?)))
         }
@@ -202,7 +271,6 @@ impl parquet::arrow::async_reader::AsyncFileReader for StoreFileReader {
     }
 }
 
-/// Civil-date arithmetic (Howard Hinnant's algorithm), to avoid a date crate for two calls.
 /// The (min, max) a file's Delta stats (the JSON [`stats`] writes) record for `column`, as
 /// JSON values; `None` when the stats are unreadable or lack the column. Readers skip files
 /// with them (a rebuild of dedup state reads only files that can hold its rows).
@@ -239,6 +307,7 @@ pub fn stats_timestamp_micros(value: &Value) -> Option<i64> {
     Some((days * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000 + sub_micros)
 }
 
+/// Civil-date arithmetic (Howard Hinnant's algorithm), to avoid a date crate for two calls.
 mod chrono_like {
     /// (year, month, day) to days since 1970-01-01 (the inverse of [`days_to_ymd`]).
     pub fn ymd_to_days(y: i64, m: u32, d: u32) -> i64 {
@@ -284,6 +353,101 @@ mod tests {
             let text = timestamp(micros).unwrap();
             let back = stats_timestamp_micros(&Value::String(text.clone()));
             proptest::prop_assert_eq!(back, Some(micros - micros.rem_euclid(1000)), "{}", text);
+        }
+    }
+
+    /// A batch of `rows` (value, null?) rows over the column types stats bound, plus a string.
+    fn mixed(rows: &[(i64, bool)]) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Utf8, true),
+            Field::new("i", DataType::Int32, true),
+            Field::new("n", DataType::Int64, true),
+            Field::new("x", DataType::Float64, true),
+            Field::new("d", DataType::Date32, true),
+            Field::new(
+                "t",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+        ]);
+        let v = |f: fn(i64) -> i64| {
+            rows.iter()
+                .map(|(x, null)| (!null).then(|| f(*x)))
+                .collect::<Vec<_>>()
+        };
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from(
+                    v(|x| x)
+                        .iter()
+                        .map(|x| x.map(|x| x.to_string()))
+                        .collect::<Vec<_>>(),
+                )),
+                Arc::new(arrow::array::Int32Array::from(
+                    v(|x| x % 1000)
+                        .iter()
+                        .map(|x| x.map(|x| x as i32))
+                        .collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from(v(|x| x * 7))),
+                Arc::new(Float64Array::from(
+                    v(|x| x)
+                        .iter()
+                        .map(|x| x.map(|x| x as f64 / 4.0))
+                        .collect::<Vec<_>>(),
+                )),
+                Arc::new(arrow::array::Date32Array::from(
+                    v(|x| x % 100_000)
+                        .iter()
+                        .map(|x| x.map(|x| x as i32))
+                        .collect::<Vec<_>>(),
+                )),
+                Arc::new(
+                    TimestampMicrosecondArray::from(v(|x| 1_700_000_000_000_000 + x * 1_337))
+                        .with_timezone("UTC"),
+                ),
+            ],
+        )
+        .unwrap()
+    }
+
+    proptest::proptest! {
+        /// An epoch's batches written as files without being concatenated first: the files
+        /// tile the rows in order (each full but the last), each file's stats are those of
+        /// its rows concatenated, and each file reads back as those rows.
+        #[test]
+        fn files_of_batches_hold_their_rows_and_stats(
+            sizes in proptest::collection::vec(
+                proptest::collection::vec((-50_000i64..50_000, proptest::bool::weighted(0.1)), 0..40),
+                0..6,
+            ),
+            max_rows in 1usize..50,
+        ) {
+            let batches: Vec<RecordBatch> = sizes.iter().map(|rows| mixed(rows)).collect();
+            let schema = mixed(&[]).schema();
+            let all = arrow::compute::concat_batches(&schema, &batches).unwrap();
+            let files = crate::delta::split_into_files(&batches, max_rows);
+            let mut offset = 0;
+            for (i, file) in files.iter().enumerate() {
+                let rows: usize = file.iter().map(RecordBatch::num_rows).sum();
+                proptest::prop_assert!(rows > 0 && rows <= max_rows);
+                proptest::prop_assert!(i + 1 == files.len() || rows == max_rows);
+                let expected = all.slice(offset, rows);
+                proptest::prop_assert_eq!(stats_of_batches(&schema, file), stats(&expected));
+                let bytes = encode_batches(schema.clone(), file).unwrap();
+                let read: Vec<RecordBatch> =
+                    ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+                        .unwrap()
+                        .build()
+                        .unwrap()
+                        .map(|b| b.unwrap())
+                        .collect();
+                let read = arrow::compute::concat_batches(&read[0].schema(), &read).unwrap();
+                proptest::prop_assert_eq!(read.columns(), expected.columns());
+                offset += rows;
+            }
+            proptest::prop_assert_eq!(offset, all.num_rows());
         }
     }
 
