@@ -1018,16 +1018,17 @@ impl DeltaSink {
 
     /// Per partition of `claims` (claims of `pipeline`'s workers), the dedup floor the commit
     /// that wrote the claim recorded ([`partition_claims::dedup_floors`]), looked for among the
-    /// newest `limit` commits; a partition whose claim was written earlier is absent.
+    /// newest `limit` commits (all when `None`); a partition whose claim was written earlier
+    /// (or in a commit log cleanup removed) is absent.
     pub async fn claim_dedup_floors(
         &self,
         pipeline: &str,
         claims: &Positions,
-        limit: usize,
+        limit: Option<usize>,
     ) -> Result<BTreeMap<TopicPartition, Option<i64>>, DeltaSinkError> {
         let infos: Vec<_> = self
             .table
-            .history(Some(limit))
+            .history(limit)
             .try_collect()
             .await
             .map_err(self.err("read history"))?;

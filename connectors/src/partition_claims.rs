@@ -55,6 +55,14 @@ pub fn claimed_ranges(info: &EpochCommitInfo, adopt: bool) -> Vec<ClaimedRange> 
         .collect()
 }
 
+/// The worker id of `app_id` when it is the txn appId of a worker of `pipeline`
+/// (`<pipeline>.<worker>`; worker ids hold no `.`, so the workers of a pipeline named
+/// `<pipeline>.x` are not taken for this one's).
+pub fn worker_of<'a>(pipeline: &str, app_id: &'a str) -> Option<&'a str> {
+    let worker = app_id.strip_prefix(pipeline)?.strip_prefix('.')?;
+    (!worker.is_empty() && !worker.contains('.')).then_some(worker)
+}
+
 /// A partition's claim as the table holds it, and the worker whose commit wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ClaimHolder {
@@ -78,13 +86,12 @@ pub fn holders<'a>(
     claims: &BTreeMap<TopicPartition, Option<i64>>,
     commits: impl IntoIterator<Item = (u64, &'a EpochCommitInfo)> + Clone,
 ) -> Vec<ClaimHolder> {
-    let prefix = format!("{pipeline}.");
     claims
         .iter()
         .filter_map(|(tp, claim)| {
             let next = (*claim)?;
             let writer = commits.clone().into_iter().find_map(|(version, info)| {
-                let worker = info.pipeline_id.strip_prefix(&prefix)?;
+                let worker = worker_of(pipeline, &info.pipeline_id)?;
                 (info.end_positions.get(&tp.topic, tp.partition) == Some(next))
                     .then(|| (worker.to_string(), version))
             });
@@ -103,10 +110,9 @@ pub fn partitions_of_workers<'a>(
     pipeline: &str,
     commits: impl IntoIterator<Item = &'a EpochCommitInfo>,
 ) -> std::collections::BTreeSet<TopicPartition> {
-    let prefix = format!("{pipeline}.");
     commits
         .into_iter()
-        .filter(|c| c.pipeline_id.starts_with(&prefix))
+        .filter(|c| worker_of(pipeline, &c.pipeline_id).is_some())
         .flat_map(|c| c.end_positions.iter().map(|(tp, _)| tp))
         .collect()
 }
@@ -121,14 +127,13 @@ pub fn dedup_floors<'a>(
     claims: &crate::record::Positions,
     commits: impl IntoIterator<Item = &'a EpochCommitInfo>,
 ) -> BTreeMap<TopicPartition, Option<i64>> {
-    let prefix = format!("{pipeline}.");
     let mut floors = BTreeMap::new();
     let wanted = claims.iter().count();
     for info in commits {
         if floors.len() == wanted {
             break;
         }
-        if !info.pipeline_id.starts_with(&prefix) {
+        if worker_of(pipeline, &info.pipeline_id).is_none() {
             continue;
         }
         for (tp, claim) in claims.iter() {
@@ -192,6 +197,16 @@ mod tests {
             topic: "t".into(),
             partition: p,
         }
+    }
+
+    #[test]
+    fn a_workers_app_id_names_one_pipeline() {
+        assert_eq!(worker_of("p", "p.w1"), Some("w1"));
+        assert_eq!(worker_of("p", "p.x.w1"), None, "a worker of pipeline p.x");
+        assert_eq!(worker_of("p.x", "p.x.w1"), Some("w1"));
+        assert_eq!(worker_of("p", "p"), None);
+        assert_eq!(worker_of("p", "p."), None);
+        assert_eq!(worker_of("p", "pq.w1"), None);
     }
 
     #[test]

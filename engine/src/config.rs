@@ -575,6 +575,14 @@ impl PipelineConfig {
         if let Some(problem) = pipeline_id_problem(worker_id) {
             return Err(invalid.at("--worker-id", problem));
         }
+        // `<pipeline>.<worker>` must name one pair: pipeline "p" with worker "x.w1" and
+        // pipeline "p.x" with worker "w1" would share an appId.
+        if worker_id.contains('.') {
+            return Err(invalid.at(
+                "--worker-id",
+                format!("must not contain '.', got {worker_id:?} (use '-' or '_')"),
+            ));
+        }
         let worker_app_id = format!("{}.{worker_id}", self.pipeline_id);
         if let Some(problem) = pipeline_id_problem(&worker_app_id) {
             return Err(invalid.at("--worker-id", format!("with pipeline_id: {problem}")));
@@ -1142,6 +1150,13 @@ type = "double"
             err.contains("--worker-id") && err.contains("\"a/b\""),
             "{err}"
         );
+        // "p" + "x.w1" and "p.x" + "w1" would share the appId "p.x.w1".
+        let err = parse(&grouped)
+            .unwrap()
+            .as_worker("x.w1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--worker-id") && err.contains("'.'"), "{err}");
         let err = parse(&GOOD.replace("[source]\n", "[source]\ngroup = \" \"\n"))
             .unwrap_err()
             .to_string();

@@ -31,7 +31,12 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
-use crate::dedup::FxHasher;
+use tidemark_connectors::decode::COL_PARTITION;
+use tidemark_connectors::parquet_file::{stats_bounds, stats_timestamp_micros};
+
+use crate::config::EventTimeUnit;
+use crate::dedup::{DedupState, FxHasher};
+use crate::dedup_key::DedupKey;
 
 /// One Kafka partition of the pipeline, by topic and number.
 pub type SourcePartition = (String, i32);
@@ -100,21 +105,22 @@ pub struct KeyOrigins {
 impl KeyOrigins {
     /// Notes that `topic/partition` accepted `key` at `event_time`.
     pub fn accepted(&mut self, key: &[u8], topic: &str, partition: i32, event_time: i64) {
+        self.insert(key_hash(key), partition_hash(topic, partition), event_time);
+    }
+
+    fn insert(&mut self, key_hash: u64, origin: u64, event_time: i64) {
         if self.origins.is_empty() || event_time < self.oldest {
             self.oldest = event_time;
         }
-        self.origins.insert(
-            key_hash(key),
-            (partition_hash(topic, partition), event_time),
-        );
+        self.origins.insert(key_hash, (origin, event_time));
     }
 
     /// Whether `key`, found in state, was accepted from another partition than
-    /// `topic/partition`.
+    /// `topic/partition` (a key whose partition is unknown never counts).
     pub fn from_other_partition(&self, key: &[u8], topic: &str, partition: i32) -> bool {
-        self.origins
-            .get(&key_hash(key))
-            .is_some_and(|(origin, _)| *origin != partition_hash(topic, partition))
+        self.origins.get(&key_hash(key)).is_some_and(|(origin, _)| {
+            *origin != UNKNOWN_PARTITION && *origin != partition_hash(topic, partition)
+        })
     }
 
     /// Forgets the keys below `watermark` (the state evicted them).
@@ -167,6 +173,127 @@ pub struct PartitionDedup {
     pub origins: KeyOrigins,
 }
 
+/// A worker's dedup state from its partitions' rows in the table, read in any order (files
+/// come in no time order): per key, its newest row at or above the row's partition floor (and
+/// the lowest floor, which the state starts at as its watermark). The newest row is the old
+/// owner's entry: a key is accepted again only after its older row was evicted. So a floor
+/// lower than the old owner's state (unknown, or from a commit older than the evictions)
+/// only keeps more keys, never an older time that the first seal would evict.
+pub struct WorkerStateBuilder<'a> {
+    start: &'a WorkerDedupStart,
+    watermark: Option<i64>,
+    newest: HashMap<DedupKey, (i64, u64), BuildHasherDefault<FxHasher>>,
+    unplaced: u64,
+}
+
+/// The origin of a key loaded from a row that does not say its partition.
+const UNKNOWN_PARTITION: u64 = u64::MAX;
+
+impl<'a> WorkerStateBuilder<'a> {
+    /// A builder for the partitions and floors of `start`.
+    pub fn new(start: &'a WorkerDedupStart) -> Self {
+        Self {
+            watermark: start.floors.lowest(start.assigned.iter().cloned()),
+            start,
+            newest: HashMap::default(),
+            unplaced: 0,
+        }
+    }
+
+    /// The watermark the state starts with: the lowest floor of its partitions (`None` when
+    /// one has none).
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// One row: its dedup key, event time and partition (`None`: a row without
+    /// `_kafka_topic`/`_kafka_partition`, from another writer: kept when at or above the
+    /// lowest floor, since it may be one of ours).
+    pub fn add(&mut self, key: &[u8], time: i64, place: Option<(&str, i32)>) {
+        if self.watermark.is_some_and(|w| time < w) {
+            return;
+        }
+        let origin = match place {
+            Some((topic, partition)) => {
+                let ours = self
+                    .start
+                    .assigned
+                    .iter()
+                    .any(|(t, p)| *p == partition && t == topic);
+                if !ours || self.start.floors.is_below(topic, partition, time) {
+                    return;
+                }
+                partition_hash(topic, partition)
+            }
+            None => {
+                self.unplaced += 1;
+                UNKNOWN_PARTITION
+            }
+        };
+        match self.newest.get_mut(key) {
+            Some(slot) if slot.0 >= time => {}
+            Some(slot) => *slot = (time, origin),
+            None => {
+                self.newest.insert(DedupKey::from(key), (time, origin));
+            }
+        }
+    }
+
+    /// Rows kept that did not say their partition.
+    pub fn unplaced_rows(&self) -> u64 {
+        self.unplaced
+    }
+
+    /// The state (its keys loaded, not recorded as inserted: a worker's state is never read
+    /// back from its store) and the keys' origins.
+    pub fn finish(self) -> (DedupState, KeyOrigins) {
+        let state = DedupState::from_entries(
+            self.newest.iter().map(|(k, (t, _))| (k.as_slice(), *t)),
+            self.watermark,
+        );
+        let mut origins = KeyOrigins::default();
+        for (k, (t, origin)) in &self.newest {
+            origins.insert(key_hash(k.as_slice()), *origin, *t);
+        }
+        (state, origins)
+    }
+}
+
+/// How a file's stats bound the event-time column: ISO timestamps, or a long in its unit.
+#[derive(Debug, Clone)]
+pub struct TimeColumn {
+    /// The column's name.
+    pub name: String,
+    /// `None`: a timestamp column (stats are ISO strings); else a long in this unit.
+    pub long_unit: Option<EventTimeUnit>,
+}
+
+/// Whether a data file with Delta stats `stats` may hold rows of partitions `numbers` (of any
+/// topic) at or above `floor` in `time`. Unknown bounds keep the file. A timestamp maximum is
+/// taken as up to 999 µs higher than written: the Delta protocol lets writers truncate it to
+/// milliseconds (Tidemark rounds it up; other engines rewriting files may not).
+pub fn file_may_hold(stats: &str, numbers: &[i32], floor: Option<i64>, time: &TimeColumn) -> bool {
+    if let Some((lo, hi)) = stats_bounds(stats, COL_PARTITION) {
+        if let (Some(lo), Some(hi)) = (lo.as_i64(), hi.as_i64()) {
+            if !numbers.iter().any(|p| (lo..=hi).contains(&(*p as i64))) {
+                return false;
+            }
+        }
+    }
+    let Some(floor) = floor else {
+        return true;
+    };
+    let Some((_, max)) = stats_bounds(stats, &time.name) else {
+        return true;
+    };
+    let max_micros = match time.long_unit {
+        None => stats_timestamp_micros(&max).map(|m| m.saturating_add(999)),
+        Some(EventTimeUnit::Millis) => max.as_i64().map(|m| m.saturating_mul(1000)),
+        Some(EventTimeUnit::Micros) => max.as_i64(),
+    };
+    max_micros.is_none_or(|m| m >= floor)
+}
+
 fn key_hash(key: &[u8]) -> u64 {
     BuildHasherDefault::<FxHasher>::default().hash_one(key)
 }
@@ -180,7 +307,7 @@ fn partition_hash(topic: &str, partition: i32) -> u64 {
 
 /// The keys of [`KeyOrigins`] are hashes already.
 #[derive(Default, Clone, Copy)]
-pub struct IdentityHasher(u64);
+struct IdentityHasher(u64);
 
 impl Hasher for IdentityHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -235,6 +362,136 @@ mod tests {
         assert!(o.is_empty());
     }
 
+    fn start(floors: &[(i32, i64)], assigned: &[i32]) -> WorkerDedupStart {
+        WorkerDedupStart {
+            assigned: assigned.iter().map(|p| tp("t", *p)).collect(),
+            floors: PartitionFloors::new(floors.iter().map(|(p, f)| (tp("t", *p), *f))),
+        }
+    }
+
+    /// A key evicted and accepted again has two rows in the table; whichever file is read
+    /// first, the rebuilt state holds the newer one (the old owner's entry), so a retry of it
+    /// after the watermark passed the older time is still a duplicate.
+    #[test]
+    fn the_rebuild_keeps_each_keys_newest_row_whatever_the_order() {
+        for rows in [[(10, 0), (200, 0)], [(200, 0), (10, 0)]] {
+            let s = start(&[], &[0]);
+            let mut b = WorkerStateBuilder::new(&s);
+            assert_eq!(b.watermark(), None, "no floor: no watermark");
+            for (t, p) in rows {
+                b.add(b"k", t, Some(("t", p)));
+            }
+            let (mut state, _) = b.finish();
+            state.advance(Some(50));
+            assert_eq!(
+                state.check(b"k", 210).unwrap(),
+                crate::dedup::Verdict::Duplicate,
+                "rows read as {rows:?}"
+            );
+        }
+    }
+
+    /// Rows of other partitions and below their partition's floor are left out; the state
+    /// starts at the lowest floor; origins name each key's partition; a row that does not
+    /// say its partition is kept (at or above the lowest floor) and never counts as another
+    /// partition's.
+    #[test]
+    fn the_rebuild_takes_its_partitions_rows_from_their_floors() {
+        let s = start(&[(0, 100), (1, 50)], &[0, 1]);
+        let mut b = WorkerStateBuilder::new(&s);
+        assert_eq!(b.watermark(), Some(50));
+        b.add(b"below-floor-0", 99, Some(("t", 0)));
+        b.add(b"at-floor-0", 100, Some(("t", 0)));
+        b.add(b"on-1", 60, Some(("t", 1)));
+        b.add(b"not-ours", 500, Some(("t", 2)));
+        b.add(b"other-topic", 500, Some(("u", 0)));
+        b.add(b"unplaced", 70, None);
+        b.add(b"unplaced-low", 40, None);
+        assert_eq!(b.unplaced_rows(), 1);
+        let (state, origins) = b.finish();
+        let mut keys: Vec<&[u8]> = state.entries().map(|(k, _)| k).collect();
+        keys.sort();
+        assert_eq!(keys, vec![&b"at-floor-0"[..], b"on-1", b"unplaced"]);
+        assert_eq!(state.watermark(), Some(50));
+        assert!(origins.from_other_partition(b"on-1", "t", 0));
+        assert!(!origins.from_other_partition(b"on-1", "t", 1));
+        assert!(!origins.from_other_partition(b"unplaced", "t", 0));
+    }
+
+    fn file_stats(rows: &[(i32, i64)], truncate_max_to_ms: bool) -> String {
+        use arrow::array::{Int32Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
+        use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        let schema = Schema::new(vec![
+            Field::new(COL_PARTITION, DataType::Int32, false),
+            Field::new(
+                "t",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new("ms", DataType::Int64, false),
+        ]);
+        let batch = RecordBatch::try_new(
+            std::sync::Arc::new(schema),
+            vec![
+                std::sync::Arc::new(Int32Array::from(
+                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                )),
+                std::sync::Arc::new(
+                    TimestampMicrosecondArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+                        .with_timezone("UTC"),
+                ),
+                std::sync::Arc::new(Int64Array::from(
+                    rows.iter()
+                        .map(|r| r.1.div_euclid(1000))
+                        .collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .unwrap();
+        let mut stats = tidemark_connectors::parquet_file::stats(&batch);
+        if truncate_max_to_ms {
+            // As other engines write it: the maximum truncated down to the millisecond (the
+            // minimum of a one-row file at that time is that text).
+            let max = rows.iter().map(|r| r.1).max().unwrap();
+            let down = max - max.rem_euclid(1000);
+            let one: serde_json::Value =
+                serde_json::from_str(&file_stats(&[(0, down)], false)).unwrap();
+            stats["maxValues"]["t"] = one["minValues"]["t"].clone();
+        }
+        stats.to_string()
+    }
+
+    #[test]
+    fn a_file_is_read_only_when_its_bounds_allow_the_workers_rows() {
+        let ts = TimeColumn {
+            name: "t".into(),
+            long_unit: None,
+        };
+        let ms = TimeColumn {
+            name: "ms".into(),
+            long_unit: Some(EventTimeUnit::Millis),
+        };
+        let s = file_stats(&[(2, 1_000_000), (4, 2_000_000)], false);
+        assert!(file_may_hold(&s, &[3], None, &ts));
+        assert!(
+            !file_may_hold(&s, &[0, 5], None, &ts),
+            "no partition of ours"
+        );
+        assert!(file_may_hold(&s, &[4], Some(2_000_000), &ts));
+        assert!(
+            file_may_hold(&s, &[4], Some(2_000_999), &ts),
+            "a truncated max"
+        );
+        assert!(!file_may_hold(&s, &[4], Some(2_001_000), &ts));
+        assert!(file_may_hold(&s, &[4], Some(2_000_000), &ms));
+        assert!(!file_may_hold(&s, &[4], Some(2_000_001), &ms));
+        assert!(
+            file_may_hold("{}", &[0], Some(i64::MAX), &ts),
+            "no bounds: read"
+        );
+        assert!(file_may_hold("garbage", &[0], Some(i64::MAX), &ts));
+    }
+
     proptest! {
         /// Against a model: after any sequence of accepts and evictions, a key's origin is
         /// the partition of its newest accept at or above the watermark, and nothing below
@@ -273,6 +530,31 @@ mod tests {
                 for q in 0..3 {
                     prop_assert_eq!(o.from_other_partition(&[*k], "t", q), q != *p);
                 }
+            }
+        }
+
+        /// A file is never skipped when one of its rows is of the worker's partitions at or
+        /// above the floor: with stats as Tidemark writes them, with the timestamp maximum
+        /// truncated to the millisecond (other writers), and for a long column in ms.
+        #[test]
+        fn pruning_never_skips_a_file_holding_a_needed_row(
+            rows in prop::collection::vec((0i32..8, -5_000_000i64..5_000_000), 1..20),
+            numbers in prop::collection::vec(0i32..8, 1..4),
+            floor in -6_000_000i64..6_000_000,
+            truncated in any::<bool>(),
+        ) {
+            let stats = file_stats(&rows, truncated);
+            let needed = rows.iter().any(|(p, t)| numbers.contains(p) && *t >= floor);
+            let ts = TimeColumn { name: "t".into(), long_unit: None };
+            if needed {
+                prop_assert!(file_may_hold(&stats, &numbers, Some(floor), &ts), "{}", stats);
+            }
+            let ms = TimeColumn { name: "ms".into(), long_unit: Some(EventTimeUnit::Millis) };
+            let needed_ms = rows
+                .iter()
+                .any(|(p, t)| numbers.contains(p) && t.div_euclid(1000) * 1000 >= floor);
+            if needed_ms {
+                prop_assert!(file_may_hold(&stats, &numbers, Some(floor), &ms), "{}", stats);
             }
         }
     }

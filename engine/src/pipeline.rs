@@ -35,10 +35,10 @@ use crate::state_lock::{RunId, StateLock, StateLockError};
 /// Longest wait for records before checking for a stop request or a due epoch.
 const POLL_WAIT: Duration = Duration::from_millis(200);
 
-/// Commits a worker's start reads back to find the commit that wrote each of its partitions'
-/// claims (its dedup floor). The owner of a partition lists it in every commit, so the claim's
-/// commit is among the newest unless the partition went unowned for this many commits.
-const CLAIM_FLOOR_HISTORY: usize = 1_000;
+/// Commits a worker's start reads back, in turn, to find the commit that wrote each of its
+/// partitions' claims (its dedup floor): the owner of a partition lists it in every commit, so
+/// the claim's commit is almost always among the newest; the whole log is read only when not.
+const CLAIM_FLOOR_HISTORY: [Option<usize>; 3] = [Some(64), Some(1_000), None];
 
 /// Why a pipeline stopped other than by being asked to: each layer's error, converted upward.
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +234,7 @@ pub async fn run(
         run_id: *lock.run(),
     };
     let mut tables = open_tables(config, &sink_options).await?;
-    let (group_positions, group_floors) = match (&config.worker, &options.partitions) {
+    let worker_start = match (&config.worker, &options.partitions) {
         (Some(worker), Some(partitions)) => {
             tables.sink.claim_partitions(&worker.pipeline_id);
             let mut claims = tables
@@ -245,7 +245,7 @@ pub async fn run(
             // (The newest commits first: each is a read, on object storage a request.)
             let mut floors = BTreeMap::new();
             if config.dedup.is_some() {
-                for limit in [CLAIM_FLOOR_HISTORY / 16, CLAIM_FLOOR_HISTORY] {
+                for limit in CLAIM_FLOOR_HISTORY {
                     floors = tables
                         .sink
                         .claim_dedup_floors(&worker.pipeline_id, &claims, limit)
@@ -257,7 +257,7 @@ pub async fn run(
             }
             for (tp, _) in claims.iter() {
                 if config.dedup.is_some() && !floors.contains_key(&tp) {
-                    warn!(partition = %tp, commits_read = CLAIM_FLOOR_HISTORY, "worker: the commit that wrote this partition's claim is older than the commits read: its dedup state is rebuilt from all its rows in the table (a key seen long ago may drop a later record as a duplicate)");
+                    warn!(partition = %tp, "worker: no commit in the table's log records this partition's claim (log cleanup removed it): its dedup state is rebuilt from all its rows in the table (a key seen long ago drops a later record as a duplicate)");
                 }
             }
             // A partition no worker has claimed yet continues where the pipeline ran as one
@@ -289,10 +289,10 @@ pub async fn run(
                 .iter()
                 .map(|tp| (tp.topic.clone(), tp.partition))
                 .collect();
-            (
-                Some(claims),
-                Some(crate::partition_dedup::WorkerDedupStart { assigned, floors }),
-            )
+            Some(recovery::WorkerStart {
+                positions: claims,
+                dedup: crate::partition_dedup::WorkerDedupStart { assigned, floors },
+            })
         }
         (Some(worker), None) => {
             return Err(PipelineError::State {
@@ -303,7 +303,7 @@ pub async fn run(
                 ),
             })
         }
-        (None, _) => (None, None),
+        (None, _) => None,
     };
     // Which cluster the brokers are, asked while recovery runs (recovery needs no broker).
     let cluster_lookup = spawn_cluster_lookup(config);
@@ -330,8 +330,7 @@ pub async fn run(
                 .failover
                 .as_ref()
                 .map(|f| f.dead_letter_windows.clone()),
-            group_positions,
-            group_dedup: group_floors,
+            worker: worker_start,
         },
     )
     .await?;

@@ -31,7 +31,9 @@ use crate::epoch::{
     RecordProcessor, TimeSource,
 };
 use crate::epoch_log::{decode_state_delta, from_store_positions, RecordDecoder, Replay, SealInfo};
-use crate::partition_dedup::{KeyOrigins, PartitionDedup, WorkerDedupStart};
+use crate::partition_dedup::{
+    file_may_hold, KeyOrigins, PartitionDedup, TimeColumn, WorkerDedupStart, WorkerStateBuilder,
+};
 use crate::progress::Progress;
 use crate::protocol::{
     decide, FromTableReason, Refusal, RewindFacts, StartCase, StartFacts, StoreFacts,
@@ -397,13 +399,21 @@ pub struct StartOptions {
     /// again whose dead letters the table holds from the old cluster
     /// ([`crate::dead_letter_overlap`]; `None`: after the table's last committed timestamps).
     pub dead_letter_windows: Option<crate::dead_letter_overlap::Windows>,
-    /// A worker of a shared pipeline: its assigned partitions at the table's claims (absent:
-    /// no claim, read from the beginning). Such a start always resumes from the table
+    /// A worker of a shared pipeline: such a start always resumes from the table
     /// ([`crate::protocol::decide_for_worker`]).
-    pub group_positions: Option<Positions>,
-    /// A worker's start: its partitions and their dedup floors; its dedup state is rebuilt
-    /// from their rows only ([`crate::partition_dedup`]).
-    pub group_dedup: Option<crate::partition_dedup::WorkerDedupStart>,
+    pub worker: Option<WorkerStart>,
+}
+
+/// A worker's start from the table: its partitions at their claims, and what its dedup state
+/// is rebuilt from.
+#[derive(Debug, Clone)]
+pub struct WorkerStart {
+    /// Its assigned partitions at the table's claims (absent: no claim, read from the
+    /// beginning).
+    pub positions: Positions,
+    /// Its partitions and their dedup floors; its dedup state is rebuilt from their rows only
+    /// ([`crate::partition_dedup`]).
+    pub dedup: WorkerDedupStart,
 }
 
 /// Runs recovery and returns the committer and the epoch to continue with (holding any
@@ -432,7 +442,7 @@ pub async fn recover(
     // `DedupState::loading`); without (a store an older build wrote) the first verdict waits.
     let preload = match (&latest, processor.dedup()) {
         // (A worker's state comes from the table at every start: no load.)
-        (Some(c), Some(_)) if config.checkpoint.enabled && options.group_dedup.is_none() => {
+        (Some(c), Some(_)) if config.checkpoint.enabled && options.worker.is_none() => {
             Some(StateLoad::start(store.clone(), c.watermark))
         }
         _ => None,
@@ -557,7 +567,7 @@ pub async fn recover(
         rewind,
         state_changelog_complete: changelog.complete,
     };
-    let decision = if options.group_positions.is_some() {
+    let decision = if options.worker.is_some() {
         crate::protocol::decide_for_worker(facts)
     } else {
         decide(facts)
@@ -677,8 +687,8 @@ pub async fn recover(
                         bytes, "worker start: WAL records not in the table are re-read from Kafka"
                     );
                 }
-                if let Some(p) = progress.as_mut() {
-                    p.info.end_positions = options.group_positions.clone().unwrap_or_default();
+                if let (Some(p), Some(w)) = (progress.as_mut(), options.worker.as_ref()) {
+                    p.info.end_positions = w.positions.clone();
                 }
             } else if reason != FromTableReason::CheckpointsOff {
                 committer = set_wal_aside(committer, config, fs, state, reason)?;
@@ -692,11 +702,15 @@ pub async fn recover(
                 }
                 outcome.case = "failover";
             }
-            let group = options.group_positions.clone().map(|positions| GroupStart {
-                positions,
-                dedup: options.group_dedup.clone().unwrap_or_default(),
-            });
-            from_table(committer, processor, progress, group, reason, outcome).await
+            from_table(
+                committer,
+                processor,
+                progress,
+                options.worker,
+                reason,
+                outcome,
+            )
+            .await
         }
         StartCase::Refuse(_) => unreachable!("a refused start returned before the committer"),
     }
@@ -1030,7 +1044,7 @@ async fn from_table(
     mut committer: Committer,
     processor: &RecordProcessor,
     progress: Option<TableProgress>,
-    group: Option<GroupStart>,
+    group: Option<WorkerStart>,
     reason: FromTableReason,
     mut outcome: RecoveryOutcome,
 ) -> Result<(Committer, OpenEpoch, RecoveryOutcome), RecoveryError> {
@@ -1277,42 +1291,36 @@ fn dedup_runtime(spec: &DedupSpec, state: DedupState, positions: &Positions) -> 
     }
 }
 
-/// A worker's start from the table: its partitions at their claims, and what its dedup state
-/// is rebuilt from.
-struct GroupStart {
-    positions: Positions,
-    dedup: WorkerDedupStart,
-}
-
 /// A worker's dedup state (see [`crate::partition_dedup`]): the table's rows of its assigned
-/// partitions, each at or above the partition's floor, with the partition that accepted each
-/// key; the watermark starts at the lowest floor (none when a partition has none).
+/// partitions, each at or above the partition's floor (per key the newest), with the partition
+/// that accepted each key; the watermark starts at the lowest floor (none when a partition has
+/// none). Only the files whose stats allow such rows are read.
 async fn rebuild_worker_dedup_state(
     committer: &mut Committer,
     processor: &RecordProcessor,
     spec: &DedupSpec,
     start: &WorkerDedupStart,
 ) -> Result<(DedupState, KeyOrigins), RecoveryError> {
-    let watermark = start.floors.lowest(start.assigned.iter().cloned());
-    if matches!(spec.key, KeySource::KafkaKey) {
-        // Refused by the config check; a state without keys would let duplicates through.
-        return Err(RecoveryError::Progress {
-            table: committer.sink().uri().to_string(),
-            message: "a worker cannot rebuild its dedup state from the table: the dedup key is the Kafka message key, which the table does not store".into(),
-        });
-    }
-    let started = std::time::Instant::now();
     let table = committer.sink().uri().to_string();
-    let schema = committer.sink().arrow_schema().clone();
     let unreadable = |message: String| RecoveryError::Progress {
         table: table.clone(),
-        message: format!("cannot rebuild the dedup state from the table's rows: {message}"),
+        message: format!(
+            "cannot rebuild the worker's dedup state from the table's rows: {message}"
+        ),
     };
+    if matches!(spec.key, KeySource::KafkaKey) {
+        // Refused by the config check; a state without keys would let duplicates through.
+        return Err(unreadable(
+            "dedup.key is [\"_kafka_key\"], which the table does not store (name the columns that identify a record)".into(),
+        ));
+    }
+    let started = std::time::Instant::now();
+    let schema = committer.sink().arrow_schema().clone();
     let (Ok(topic_col), Ok(partition_col)) =
         (schema.index_of(COL_TOPIC), schema.index_of(COL_PARTITION))
     else {
         return Err(unreadable(format!(
-            "a worker's dedup state needs the {COL_TOPIC} and {COL_PARTITION} columns (sink.source_columns = true)"
+            "the table has no {COL_TOPIC} and {COL_PARTITION} columns: it was created with sink.source_columns = false, so its rows do not say their partition (a table created without them cannot get them; use a new table for workers with [dedup])"
         )));
     };
     let mut needed = processor.dedup_columns(&schema);
@@ -1321,19 +1329,27 @@ async fn rebuild_worker_dedup_state(
         .iter()
         .map(|i| schema.field(*i).name().clone())
         .collect();
-    // Only files that can hold rows of these partitions at or above the lowest floor.
+    let mut builder = WorkerStateBuilder::new(start);
     let numbers: Vec<i32> = start.assigned.iter().map(|(_, p)| *p).collect();
     let time_column = match spec.time {
-        TimeSource::KafkaTimestamp => (COL_TIMESTAMP.to_string(), None),
-        TimeSource::TimestampColumn(i) => (schema.field(i).name().clone(), None),
-        TimeSource::LongColumn(i, unit) => (schema.field(i).name().clone(), Some(unit)),
+        TimeSource::KafkaTimestamp => TimeColumn {
+            name: COL_TIMESTAMP.to_string(),
+            long_unit: None,
+        },
+        TimeSource::TimestampColumn(i) => TimeColumn {
+            name: schema.field(i).name().clone(),
+            long_unit: None,
+        },
+        TimeSource::LongColumn(i, unit) => TimeColumn {
+            name: schema.field(i).name().clone(),
+            long_unit: Some(unit),
+        },
     };
+    let floor = builder.watermark();
     let (mut batches, (files_read, files_live)) =
         committer.sink().read_columns_of_files(&columns, |stats| {
-            stats.is_none_or(|s| file_may_hold(s, &numbers, watermark, &time_column))
+            stats.is_none_or(|s| file_may_hold(s, &numbers, floor, &time_column))
         })?;
-    let mut state = DedupState::default();
-    let mut origins = KeyOrigins::default();
     let mut rows = 0u64;
     let mut progress = Progress::new(
         "rebuilding the worker's dedup state from the table",
@@ -1362,33 +1378,18 @@ async fn rebuild_worker_dedup_state(
             let (Some(key), Some(time)) = (key, time) else {
                 continue;
             };
-            if arrow::array::Array::is_null(topics, i)
-                || arrow::array::Array::is_null(partitions, i)
-            {
-                continue;
-            }
-            let (topic, partition) = (topics.value(i), partitions.value(i));
-            let ours = start
-                .assigned
-                .iter()
-                .any(|(t, p)| *p == partition && t == topic);
-            if !ours
-                || start.floors.is_below(topic, partition, time)
-                || watermark.is_some_and(|w| time < w)
-            {
-                continue;
-            }
-            let verdict = state.check(&key, time).map_err(|e| RecoveryError::State {
-                path: PathBuf::from("table"),
-                message: e.to_string(),
-            })?;
-            if verdict == crate::dedup::Verdict::Accept {
-                origins.accepted(&key, topic, partition, time);
-            }
+            let place = (!arrow::array::Array::is_null(topics, i)
+                && !arrow::array::Array::is_null(partitions, i))
+            .then(|| (topics.value(i), partitions.value(i)));
+            builder.add(&key, time, place);
         }
     }
     progress.finish();
-    state.advance(watermark);
+    if builder.unplaced_rows() > 0 {
+        warn!(rows = builder.unplaced_rows(), "worker: rows without _kafka_topic/_kafka_partition (another writer's?) at or above the lowest floor are kept in the dedup state: a retry of one of their keys on any partition is dropped");
+    }
+    let watermark = builder.watermark();
+    let (state, origins) = builder.finish();
     info!(
         rows_read = rows,
         keys = state.len(),
@@ -1400,37 +1401,6 @@ async fn rebuild_worker_dedup_state(
         "worker: dedup state rebuilt from its partitions' rows in the table"
     );
     Ok((state, origins))
-}
-
-/// Whether a data file with Delta stats `stats` may hold rows of partitions `numbers` (of any
-/// topic) at or above `floor` in `time_column` (its name, and the unit of a long column; a
-/// timestamp column's bounds are ISO strings). Unknown bounds keep the file.
-fn file_may_hold(
-    stats: &str,
-    numbers: &[i32],
-    floor: Option<i64>,
-    time_column: &(String, Option<crate::config::EventTimeUnit>),
-) -> bool {
-    use tidemark_connectors::parquet_file::{stats_bounds, stats_timestamp_micros};
-    if let Some((lo, hi)) = stats_bounds(stats, COL_PARTITION) {
-        if let (Some(lo), Some(hi)) = (lo.as_i64(), hi.as_i64()) {
-            if !numbers.iter().any(|p| (lo..=hi).contains(&(*p as i64))) {
-                return false;
-            }
-        }
-    }
-    let Some(floor) = floor else {
-        return true;
-    };
-    let Some((_, max)) = stats_bounds(stats, &time_column.0) else {
-        return true;
-    };
-    let max_micros = match time_column.1 {
-        None => stats_timestamp_micros(&max),
-        Some(crate::config::EventTimeUnit::Millis) => max.as_i64().map(|m| m.saturating_mul(1000)),
-        Some(crate::config::EventTimeUnit::Micros) => max.as_i64(),
-    };
-    max_micros.is_none_or(|m| m >= floor)
 }
 
 /// Dedup state from the table's rows with event time at or above `watermark`.
@@ -1526,49 +1496,6 @@ mod tests {
     use tidemark_checkpoint::store::{CheckpointRecord, StoreOptions};
 
     use super::*;
-
-    /// A worker's rebuild skips files whose stats exclude its partitions or whose newest
-    /// event time is below the lowest floor; a file without usable bounds is read.
-    #[test]
-    fn a_file_is_read_only_when_its_bounds_allow_the_workers_rows() {
-        let stats = |p: (i32, i32), t: (&str, &str), n: (i64, i64)| {
-            serde_json::json!({
-                "numRecords": 1,
-                "minValues": {"_kafka_partition": p.0, "_kafka_timestamp": t.0, "ts": n.0},
-                "maxValues": {"_kafka_partition": p.1, "_kafka_timestamp": t.1, "ts": n.1},
-            })
-            .to_string()
-        };
-        let kafka = (COL_TIMESTAMP.to_string(), None);
-        let millis = ("ts".to_string(), Some(crate::config::EventTimeUnit::Millis));
-        let s = stats(
-            (2, 4),
-            ("2026-11-30T00:00:00.000Z", "2026-11-30T00:00:01.000Z"),
-            (1_000, 2_000),
-        );
-        // 2026-11-30T00:00:01Z in µs.
-        let newest = 1_795_996_801_000_000;
-        assert!(file_may_hold(&s, &[3], None, &kafka));
-        assert!(
-            !file_may_hold(&s, &[0, 5], None, &kafka),
-            "no partition of ours"
-        );
-        assert!(
-            file_may_hold(&s, &[4], Some(newest), &kafka),
-            "the newest row is at the floor"
-        );
-        assert!(
-            !file_may_hold(&s, &[4], Some(newest + 1), &kafka),
-            "every row below the floor"
-        );
-        assert!(file_may_hold(&s, &[4], Some(2_000_000), &millis));
-        assert!(!file_may_hold(&s, &[4], Some(2_000_001), &millis));
-        assert!(
-            file_may_hold("{}", &[0], Some(i64::MAX), &kafka),
-            "no bounds: read"
-        );
-        assert!(file_may_hold("garbage", &[0], Some(i64::MAX), &kafka));
-    }
 
     /// A checkpoint record of `epoch` whose state is synced only through epoch 0 (so every
     /// delta of epochs 1..=epoch must come from the WAL, from its start).

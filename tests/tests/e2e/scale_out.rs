@@ -859,3 +859,89 @@ async fn a_duplicate_on_another_partition_is_counted_as_cross_partition() {
     assert_eq!(counts.get("a"), Some(&1));
     assert_eq!(counts.get("b"), Some(&1));
 }
+
+/// Issue 20: a partition's dedup floor moves with it. Worker a reads the partition up to event
+/// time 100 s (lateness 10 s: its watermark, and so the floor its last commit records, is 90 s)
+/// and stops; worker b takes the partition over. A retry of a key a accepted (95 s) is a
+/// duplicate, and a new key at 50 s (below the floor) is late, as a would have decided, though
+/// b's own watermark starts from nothing. Fails without the floors (the late record is
+/// written) and without the rebuild (the retry is).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitions_floor_and_keys_move_to_its_next_worker() {
+    let Some(brokers) = broker() else { return };
+    let topic = unique_topic("floor-moves");
+    create_topic(&brokers, &topic, 1).await;
+    let columns = "columns = [\n  { name = \"id\", type = \"string\" },\n  { name = \"ts\", type = \"timestamp\" },\n]";
+    let fixture = Fixture::with_columns(
+        Path::new(EXE),
+        &brokers,
+        &topic,
+        columns,
+        &format!("{GROUP_EXTRA}\n[dedup]\nkey = [\"id\"]\nevent_time = \"ts\"\nallowed_lateness_ms = 10000\n"),
+    );
+    let text = std::fs::read_to_string(&fixture.config).unwrap();
+    let text = text.replacen(
+        "[source]\n",
+        &format!("[source]\ngroup = \"g-{topic}\"\nstatic_membership = false\n"),
+        1,
+    );
+    std::fs::write(&fixture.config, text).unwrap();
+    const BASE_MS: i64 = 1_760_000_000_000;
+    let record = |id: &str, s: i64| -> tidemark_tests::Message {
+        let ts_us = (BASE_MS + s * 1000) * 1000;
+        (
+            0,
+            None,
+            Some(format!(r#"{{"id":"{id}","ts":{ts_us}}}"#).into_bytes()),
+        )
+    };
+    let mut next = BTreeMap::new();
+    let first: Vec<_> = (0..10)
+        .map(|i| record(&format!("k{}", i * 10), i * 10))
+        .chain([record("k95", 95), record("k100", 100)])
+        .collect();
+    tidemark_tests::produce_messages(&brokers, &topic, &first, &mut next);
+    let (status, log) = Worker::spawn(&fixture, "a", true).wait();
+    assert!(status.success(), "a: {status}\n{log}");
+    let replay = audit::replay_log(&fixture.table).unwrap();
+    let floor = replay
+        .epochs
+        .last()
+        .and_then(|(_, i)| i.partitions.first())
+        .and_then(|p| p.dedup_floor);
+    assert_eq!(
+        floor,
+        Some((BASE_MS + 90_000) * 1000),
+        "a's last commit records the partition's floor"
+    );
+    let second = vec![
+        record("k95", 96),
+        record("new50", 50),
+        record("new120", 120),
+    ];
+    tidemark_tests::produce_messages(&brokers, &topic, &second, &mut next);
+    let (status, log) = Worker::spawn(&fixture, "b", true).wait();
+    assert!(status.success(), "b: {status}\n{log}");
+    let counts = id_counts(&fixture.table);
+    let ids: Vec<&str> = counts.keys().map(String::as_str).collect();
+    assert!(counts.values().all(|c| *c == 1), "{counts:?}");
+    assert!(
+        !ids.contains(&"new50"),
+        "below the floor: late, not written: {ids:?}"
+    );
+    assert!(ids.contains(&"new120"), "{ids:?}");
+    assert_eq!(ids.len(), 13, "{ids:?}");
+    let replay = audit::replay_log(&fixture.table).unwrap();
+    let by_b: Vec<_> = replay
+        .epochs
+        .iter()
+        .filter(|(_, i)| i.pipeline_id == "test.b")
+        .collect();
+    let duplicates: u64 = by_b.iter().map(|(_, i)| i.duplicates).sum();
+    let late: u64 = by_b.iter().map(|(_, i)| i.late).sum();
+    assert_eq!(
+        (duplicates, late),
+        (1, 1),
+        "b: the retry a duplicate, new50 late"
+    );
+}
