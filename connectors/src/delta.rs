@@ -1289,6 +1289,44 @@ impl DeltaSink {
         Ok((adds, metrics))
     }
 
+    /// Writes an epoch's files encoded while it was read ([`crate::epoch_encoder`]) under
+    /// their names (parts from 0), as [`DeltaSink::write_epoch_files`] does for its batches.
+    pub async fn write_encoded_files(
+        &mut self,
+        epoch: Epoch,
+        files: &[crate::epoch_encoder::EncodedFile],
+    ) -> Result<(Vec<Add>, WriteMetrics), DeltaSinkError> {
+        let started = Instant::now();
+        let store = self.table.object_store();
+        let mut adds = Vec::new();
+        for (part, file) in files.iter().enumerate() {
+            let name = data_file_name(&self.app_id, epoch, part, self.run_id);
+            let size = file.bytes.len() as i64;
+            // On a local table the store makes the file and its name durable before returning.
+            let remote = self.local_root.is_none();
+            upload_whole(
+                &store,
+                &deltalake::Path::from(name.as_str()),
+                file.bytes.clone(),
+                remote,
+            )
+            .await
+            .map_err(self.file_err("write parquet file", &name))?;
+            adds.push(parquet_file::add_action_with_stats(
+                name,
+                size,
+                file.stats.clone(),
+            ));
+        }
+        let metrics = WriteMetrics {
+            files: adds.len(),
+            bytes: adds.iter().map(|a| a.size.max(0) as u64).sum(),
+            rows: files.iter().map(|f| f.rows as u64).sum(),
+            micros: started.elapsed().as_micros() as u64,
+        };
+        Ok((adds, metrics))
+    }
+
     /// The start-up sweep: deletes this pipeline's files that no commit can reference and no
     /// live writer may still commit, and lists those it must leave.
     ///

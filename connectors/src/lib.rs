@@ -22,6 +22,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod delta;
 pub mod durable_store;
+pub mod epoch_encoder;
 pub mod ids;
 pub mod kafka;
 pub mod kafka_cluster;

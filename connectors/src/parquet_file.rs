@@ -56,6 +56,11 @@ pub fn add_action_of(
     schema: &arrow::datatypes::Schema,
     batches: &[RecordBatch],
 ) -> Add {
+    add_action_with_stats(path, size, stats_of_batches(schema, batches).to_string())
+}
+
+/// The `add` action of a file at `path` whose Delta stats JSON is `stats`.
+pub fn add_action_with_stats(path: String, size: i64, stats: String) -> Add {
     let modification_time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -66,7 +71,7 @@ pub fn add_action_of(
         size,
         modification_time,
         data_change: true,
-        stats: Some(stats_of_batches(schema, batches).to_string()),
+        stats: Some(stats),
         tags: None,
         deletion_vector: None,
         base_row_id: None,
@@ -83,27 +88,83 @@ pub fn stats(batch: &RecordBatch) -> Value {
 /// Delta file statistics of the rows of `batches` (of `schema`) written as one file: the same
 /// as [`stats`] of their concatenation, without the copy.
 pub fn stats_of_batches(schema: &arrow::datatypes::Schema, batches: &[RecordBatch]) -> Value {
-    let mut nulls = Map::new();
-    let mut mins = Map::new();
-    let mut maxs = Map::new();
-    for (i, field) in schema.fields().iter().enumerate() {
-        let columns = batches.iter().map(|b| b.column(i));
-        let null_count: usize = columns.clone().map(|c| c.null_count()).sum();
-        nulls.insert(field.name().clone(), json!(null_count));
-        if let Some((min, max)) = min_max(field.data_type(), columns) {
-            mins.insert(field.name().clone(), min);
-            maxs.insert(field.name().clone(), max);
+    let mut builder = StatsBuilder::new(schema);
+    for batch in batches {
+        builder.add(batch);
+    }
+    builder.finish()
+}
+
+/// File statistics gathered batch by batch as a file is written ([`stats_of_batches`]): rows,
+/// null counts and each column's bounds so far.
+pub struct StatsBuilder {
+    fields: Vec<(String, DataType)>,
+    rows: usize,
+    nulls: Vec<usize>,
+    bounds: Vec<Option<Bounds>>,
+}
+
+impl StatsBuilder {
+    /// Statistics of no rows yet, for a file of `schema`.
+    pub fn new(schema: &arrow::datatypes::Schema) -> Self {
+        let fields: Vec<(String, DataType)> = schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
+        let n = fields.len();
+        Self {
+            fields,
+            rows: 0,
+            nulls: vec![0; n],
+            bounds: (0..n).map(|_| None).collect(),
         }
     }
-    json!({
-        "numRecords": batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
-        "minValues": mins,
-        "maxValues": maxs,
-        "nullCount": nulls,
-    })
+
+    /// Adds the rows of `batch` (of the builder's schema).
+    pub fn add(&mut self, batch: &RecordBatch) {
+        self.rows += batch.num_rows();
+        for (i, column) in batch.columns().iter().enumerate().take(self.fields.len()) {
+            self.nulls[i] += column.null_count();
+            if let Some(b) = bounds_of(column) {
+                self.bounds[i] = Some(match self.bounds[i].take() {
+                    Some(a) => a.merge(b),
+                    None => b,
+                });
+            }
+        }
+    }
+
+    /// Rows added so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The `stats` JSON of the rows added.
+    pub fn finish(self) -> Value {
+        let mut nulls = Map::new();
+        let mut mins = Map::new();
+        let mut maxs = Map::new();
+        for (((name, data_type), null_count), bounds) in
+            self.fields.into_iter().zip(self.nulls).zip(self.bounds)
+        {
+            nulls.insert(name.clone(), json!(null_count));
+            if let Some((min, max)) = bounds.and_then(|b| format_bounds(&data_type, b)) {
+                mins.insert(name.clone(), min);
+                maxs.insert(name, max);
+            }
+        }
+        json!({
+            "numRecords": self.rows,
+            "minValues": mins,
+            "maxValues": maxs,
+            "nullCount": nulls,
+        })
+    }
 }
 
 /// A column's bounds over several arrays: integers (and dates, timestamps) or floats.
+#[derive(Debug, Clone, Copy)]
 enum Bounds {
     Int(i64, i64),
     Float(f64, f64),
@@ -155,12 +216,8 @@ fn bounds_of(column: &ArrayRef) -> Option<Bounds> {
     })
 }
 
-/// The stats' (min, max) of a column of `data_type` held by `columns` (`None`: no bounds).
-fn min_max<'a>(
-    data_type: &DataType,
-    columns: impl Iterator<Item = &'a ArrayRef>,
-) -> Option<(Value, Value)> {
-    let bounds = columns.filter_map(bounds_of).reduce(Bounds::merge)?;
+/// The stats' (min, max) of a column of `data_type` with `bounds` (`None`: no bounds).
+fn format_bounds(data_type: &DataType, bounds: Bounds) -> Option<(Value, Value)> {
     match (data_type, bounds) {
         (DataType::Int32 | DataType::Int64, Bounds::Int(lo, hi)) => Some((json!(lo), json!(hi))),
         (DataType::Float32 | DataType::Float64, Bounds::Float(lo, hi)) => finite_pair(lo, hi),

@@ -572,8 +572,15 @@ impl TableWriter<'_> {
             }
         }
         fault::hit(CrashPoint::BeforeParquetWrite);
-        let (adds, write) =
-            crate::metrics::time_parquet(self.sink.write_epoch_files(epoch, &open.batches)).await?;
+        let (adds, write) = match &open.encoded {
+            Some(files) => {
+                crate::metrics::time_parquet(self.sink.write_encoded_files(epoch, files)).await?
+            }
+            None => {
+                crate::metrics::time_parquet(self.sink.write_epoch_files(epoch, &open.batches))
+                    .await?
+            }
+        };
         fault::hit(CrashPoint::AfterParquetWrite);
         report.files = write.files as u64;
         match commit_with_delay(self.sink, adds.clone(), info).await {
@@ -837,7 +844,9 @@ impl Committer {
     /// here (the partitions' progress decides it, wall-clock idleness included) and the new
     /// value is recorded in the seal, so a replay uses it instead of recomputing it. The
     /// settings the epoch was processed under are recorded too (a redo refuses other values).
-    pub fn seal(&mut self, open: OpenEpoch) -> Result<SealedEpoch, CommitError> {
+    pub fn seal(&mut self, mut open: OpenEpoch) -> Result<SealedEpoch, CommitError> {
+        // No row comes after the seal: the last of its rows are encoded now.
+        open.finish_encoding()?;
         let watermark = self.dedup.as_mut().and_then(|d| {
             let candidate = d.tracker.candidate(Instant::now());
             let watermark = d.state.advance(candidate);

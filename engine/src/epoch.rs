@@ -21,6 +21,8 @@ use arrow::row::{RowConverter, SortField};
 use tidemark_checkpoint::store::Counts;
 use tidemark_connectors::dead_letter::DeadLetter;
 use tidemark_connectors::decode::{Decoded, InvalidRecord, JsonDecoder, COL_TIMESTAMP};
+use tidemark_connectors::delta::MAX_ROWS_PER_FILE;
+use tidemark_connectors::epoch_encoder::{EncodedFile, EpochEncoder};
 use tidemark_connectors::{Epoch, Positions, SourceRecord};
 
 use crate::config::{
@@ -52,6 +54,14 @@ pub enum ProcessError {
         message: String,
         /// The epoch it was in.
         epoch: Epoch,
+    },
+    /// Encoding the epoch's rows into Parquet failed (not a bad record: the rows decoded).
+    #[error("encoding epoch {epoch} into Parquet failed: {message}")]
+    Encode {
+        /// The epoch.
+        epoch: Epoch,
+        /// Parquet's error.
+        message: String,
     },
     /// The decoder itself failed (not a bad record: a bug or an unsupported schema).
     #[error("decoding epoch {epoch} failed: {source}")]
@@ -513,8 +523,13 @@ pub struct OpenEpoch {
     pub start: Positions,
     /// Positions after its last record.
     pub end: Positions,
-    /// Rows to write, one batch per source batch.
+    /// Rows to write, one batch per source batch (when not encoded while read).
     pub batches: Vec<RecordBatch>,
+    /// The epoch's rows being encoded as they come ([`OpenEpoch::encode_while_reading`]);
+    /// `None`: they are kept in `batches`.
+    encoder: Option<EpochEncoder>,
+    /// The epoch's encoded files, once its encoding finished (at its seal).
+    pub encoded: Option<Vec<EncodedFile>>,
     /// Records skipped as undecodable (`errors.on_invalid_record = "skip"`), listed in the
     /// commitInfo.
     pub skipped: Vec<InvalidRecord>,
@@ -554,6 +569,8 @@ impl OpenEpoch {
             end: start.clone(),
             start,
             batches: Vec::new(),
+            encoder: None,
+            encoded: None,
             skipped: Vec::new(),
             skipped_other: Vec::new(),
             dead_letters: Vec::new(),
@@ -725,7 +742,7 @@ impl OpenEpoch {
             return Ok(());
         };
         let (Some(spec), Some(rt)) = (p.dedup(), dedup) else {
-            self.batches.push(batch);
+            self.keep(batch);
             return Ok(());
         };
         let row_records: Vec<&SourceRecord> = decoded.rows.iter().map(|i| &fitting[*i]).collect();
@@ -850,7 +867,7 @@ impl OpenEpoch {
         if keep.iter().all(|k| *k) {
             // Nothing dropped (the common batch): no copy.
             if batch.num_rows() > 0 {
-                self.batches.push(batch);
+                self.keep(batch);
             }
             return Ok(());
         }
@@ -862,7 +879,7 @@ impl OpenEpoch {
             }
         })?;
         if kept.num_rows() > 0 {
-            self.batches.push(kept);
+            self.keep(kept);
         }
         Ok(())
     }
@@ -1001,7 +1018,53 @@ impl OpenEpoch {
 
     /// Rows the epoch will write.
     pub fn rows(&self) -> u64 {
-        self.batches.iter().map(|b| b.num_rows() as u64).sum()
+        let kept: u64 = self.batches.iter().map(|b| b.num_rows() as u64).sum();
+        let encoding = self.encoder.as_ref().map_or(0, |e| e.rows() as u64);
+        let encoded: u64 = self.encoded.iter().flatten().map(|f| f.rows as u64).sum();
+        kept + encoding + encoded
+    }
+
+    /// A batch of rows the epoch will write: to the encoder when there is one.
+    fn keep(&mut self, batch: RecordBatch) {
+        match self.encoder.as_mut() {
+            Some(e) => e.push(batch),
+            None => self.batches.push(batch),
+        }
+    }
+
+    /// Encodes the epoch's rows (of `schema`) into its Parquet files as they come, on a thread
+    /// of its own ([`tidemark_connectors::epoch_encoder`]): the rows it holds already first.
+    /// The commit then writes the files [`OpenEpoch::finish_encoding`] leaves in `encoded`.
+    pub fn encode_while_reading(
+        &mut self,
+        schema: arrow::datatypes::SchemaRef,
+    ) -> Result<(), ProcessError> {
+        if self.encoder.is_some() || self.encoded.is_some() {
+            return Ok(());
+        }
+        let mut encoder =
+            EpochEncoder::start(schema, MAX_ROWS_PER_FILE).map_err(|e| ProcessError::Encode {
+                epoch: Epoch::new(self.epoch),
+                message: e.to_string(),
+            })?;
+        for batch in self.batches.drain(..) {
+            encoder.push(batch);
+        }
+        self.encoder = Some(encoder);
+        Ok(())
+    }
+
+    /// Waits for the epoch's encoding to end (at its seal: no row comes after): its files in
+    /// `encoded`. Nothing to do for an epoch whose rows are kept as batches.
+    pub fn finish_encoding(&mut self) -> Result<(), ProcessError> {
+        if let Some(encoder) = self.encoder.take() {
+            let files = encoder.finish().map_err(|e| ProcessError::Encode {
+                epoch: Epoch::new(self.epoch),
+                message: e.to_string(),
+            })?;
+            self.encoded = Some(files);
+        }
+        Ok(())
     }
 
     /// True when the epoch has records and one of the interval's limits is reached.

@@ -334,6 +334,10 @@ pub async fn run(
         },
     )
     .await?;
+    // Every epoch of the run encodes its rows while it is read (the recovered one too, with
+    // whatever replayed rows it holds).
+    open.encode_while_reading(committer.sink().arrow_schema().clone())
+        .map_err(CommitError::from)?;
     recovered.recovery_ms = recovery_started.elapsed().as_millis() as u64;
     committer.set_stop(shutdown.clone());
     let maintenance = crate::maintenance::Maintenance::open(
@@ -785,7 +789,8 @@ async fn run_epochs(
             None
         };
         if open.is_due(cp) || (stop.is_some() && open.records > 0) {
-            let next = OpenEpoch::new(open.epoch + 1, open.end.clone());
+            let mut next = OpenEpoch::new(open.epoch + 1, open.end.clone());
+            next.encode_while_reading(committer.sink().arrow_schema().clone())?;
             let (epoch_age, sealing) = (open.age(), Instant::now());
             let sealed = committer.seal(std::mem::replace(open, next))?;
             metrics::epoch_sealed(epoch_age, sealing.elapsed(), open.epoch, &open.start);

@@ -1,0 +1,239 @@
+//! An epoch's rows encoded into Parquet while the epoch is still being read.
+//!
+//! Without it the commit of an epoch started by encoding all its rows: at a 5 s interval,
+//! seconds of one core's work on the commit path, and every decoded row of the epoch held in
+//! memory until then. An [`EpochEncoder`] takes each batch as the epoch gets it (on the
+//! reading side, after dedup) and encodes it on a thread of its own, so encoding runs beside
+//! reading and decoding (the second core) and a batch's decoded form is freed once encoded:
+//! what the epoch holds is its encoded files, a fraction of its decoded rows.
+//!
+//! The files are what [`crate::delta::DeltaSink::write_epoch_files`] writes for the same
+//! batches: consecutive files of at most [`crate::delta::MAX_ROWS_PER_FILE`] rows, each one
+//! Snappy-compressed Parquet file with its Delta stats (property-tested below). Names are
+//! given when the files are written, so the same encoded files can be written again by a
+//! retried commit.
+
+use std::sync::mpsc::{channel, Sender};
+use std::thread::JoinHandle;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::errors::ParquetError;
+use parquet::file::properties::WriterProperties;
+
+use crate::parquet_file::StatsBuilder;
+
+/// One encoded data file of an epoch: its bytes, rows and Delta stats.
+#[derive(Debug, Clone)]
+pub struct EncodedFile {
+    /// The whole Parquet file.
+    pub bytes: bytes::Bytes,
+    /// Rows in it.
+    pub rows: usize,
+    /// Its Delta `stats` JSON.
+    pub stats: String,
+}
+
+/// Encodes an epoch's batches on a thread of its own as they come (see the module
+/// documentation). Dropping it without [`EpochEncoder::finish`] abandons the files.
+#[derive(Debug)]
+pub struct EpochEncoder {
+    batches: Option<Sender<RecordBatch>>,
+    thread: Option<JoinHandle<Result<Vec<EncodedFile>, ParquetError>>>,
+    rows: usize,
+}
+
+/// The encoding thread ended without a result (it panicked).
+#[derive(Debug, thiserror::Error)]
+#[error("the Parquet encoding thread of the epoch ended abnormally")]
+pub struct EncoderLost;
+
+impl EpochEncoder {
+    /// Starts encoding rows of `schema` into files of at most `max_rows_per_file` rows.
+    pub fn start(schema: SchemaRef, max_rows_per_file: usize) -> Result<Self, ParquetError> {
+        let (tx, rx) = channel::<RecordBatch>();
+        let thread = std::thread::Builder::new()
+            .name("tidemark-encode".into())
+            .spawn(move || {
+                let mut files = Vec::new();
+                let mut current: Option<FileWriter> = None;
+                for batch in rx {
+                    let mut offset = 0;
+                    while offset < batch.num_rows() {
+                        let file = match current.as_mut() {
+                            Some(f) => f,
+                            None => current.insert(FileWriter::new(schema.clone())?),
+                        };
+                        let take =
+                            (max_rows_per_file - file.stats.rows()).min(batch.num_rows() - offset);
+                        file.write(&batch.slice(offset, take))?;
+                        offset += take;
+                        if file.stats.rows() == max_rows_per_file {
+                            if let Some(full) = current.take() {
+                                files.push(full.close()?);
+                            }
+                        }
+                    }
+                }
+                if let Some(last) = current.take() {
+                    files.push(last.close()?);
+                }
+                Ok(files)
+            })
+            .map_err(|e| ParquetError::External(Box::new(e)))?;
+        Ok(Self {
+            batches: Some(tx),
+            thread: Some(thread),
+            rows: 0,
+        })
+    }
+
+    /// Hands `batch` to the encoding thread (empty batches are left out).
+    pub fn push(&mut self, batch: RecordBatch) {
+        if batch.num_rows() == 0 {
+            return;
+        }
+        self.rows += batch.num_rows();
+        if let Some(tx) = &self.batches {
+            // A send fails only when the thread ended (an encoding error): finish reports it.
+            let _ = tx.send(batch);
+        }
+    }
+
+    /// Rows handed over so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Waits for the last batches to be encoded; the epoch's files in order.
+    pub fn finish(mut self) -> Result<Vec<EncodedFile>, ParquetError> {
+        self.batches.take();
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(files)) => files,
+            Some(Err(_)) | None => Err(ParquetError::External(Box::new(EncoderLost))),
+        }
+    }
+}
+
+impl Drop for EpochEncoder {
+    fn drop(&mut self) {
+        // Abandoned: closing the channel ends the thread after what it holds.
+        self.batches.take();
+    }
+}
+
+/// One file being written: the Parquet writer and the file's stats so far.
+struct FileWriter {
+    writer: ArrowWriter<Vec<u8>>,
+    stats: StatsBuilder,
+}
+
+impl FileWriter {
+    fn new(schema: SchemaRef) -> Result<Self, ParquetError> {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let stats = StatsBuilder::new(&schema);
+        Ok(Self {
+            writer: ArrowWriter::try_new(Vec::new(), schema, Some(props))?,
+            stats,
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), ParquetError> {
+        self.stats.add(batch);
+        self.writer.write(batch)
+    }
+
+    fn close(self) -> Result<EncodedFile, ParquetError> {
+        let rows = self.stats.rows();
+        let stats = self.stats.finish().to_string();
+        let bytes = self.writer.into_inner()?;
+        Ok(EncodedFile {
+            bytes: bytes.into(),
+            rows,
+            stats,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn batch(schema: &SchemaRef, from: i64, rows: usize) -> RecordBatch {
+        let n: Vec<Option<i64>> = (0..rows as i64)
+            .map(|i| (i % 5 != 0).then_some(from + i))
+            .collect();
+        let id: Vec<String> = (0..rows as i64)
+            .map(|i| format!("id-{}", from + i))
+            .collect();
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(id)),
+                Arc::new(Int64Array::from(n)),
+            ],
+        )
+        .unwrap()
+    }
+
+    proptest! {
+        /// The encoder's files equal what the commit path writes for the same batches
+        /// (`split_into_files` + `encode_batches` + stats): the same rows in the same files,
+        /// the same stats.
+        #[test]
+        fn the_encoders_files_are_those_of_the_batches(
+            sizes in prop::collection::vec(0usize..30, 0..8),
+            max_rows in 1usize..40,
+        ) {
+            let schema: SchemaRef = Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Utf8, false),
+                Field::new("n", DataType::Int64, true),
+            ]));
+            let mut from = 0;
+            let batches: Vec<RecordBatch> = sizes
+                .iter()
+                .map(|s| {
+                    let b = batch(&schema, from, *s);
+                    from += *s as i64;
+                    b
+                })
+                .collect();
+            let mut encoder = EpochEncoder::start(schema.clone(), max_rows).unwrap();
+            for b in &batches {
+                encoder.push(b.clone());
+            }
+            prop_assert_eq!(encoder.rows(), from as usize);
+            let files = encoder.finish().unwrap();
+            let expected = crate::delta::split_into_files(&batches, max_rows);
+            prop_assert_eq!(files.len(), expected.len());
+            for (file, want) in files.iter().zip(&expected) {
+                let want_rows: usize = want.iter().map(RecordBatch::num_rows).sum();
+                prop_assert_eq!(file.rows, want_rows);
+                prop_assert_eq!(
+                    &file.stats,
+                    &crate::parquet_file::stats_of_batches(&schema, want).to_string()
+                );
+                let read: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(file.bytes.clone())
+                    .unwrap()
+                    .build()
+                    .unwrap()
+                    .map(|b| b.unwrap())
+                    .collect();
+                let read = arrow::compute::concat_batches(&schema, &read).unwrap();
+                let want = arrow::compute::concat_batches(&schema, want).unwrap();
+                prop_assert_eq!(read, want);
+            }
+        }
+    }
+}
