@@ -990,22 +990,12 @@ impl DeltaSink {
         pipeline: &str,
         limit: usize,
     ) -> Result<Vec<partition_claims::ClaimHolder>, DeltaSinkError> {
-        let infos: Vec<_> = self
-            .table
-            .history(Some(limit))
-            .try_collect()
-            .await
-            .map_err(self.err("read history"))?;
         let latest = self.table.version().unwrap_or(0);
-        let mut commits = Vec::new();
-        for (i, info) in infos.iter().enumerate() {
-            let Some(value) = info.info.get(COMMIT_INFO_KEY) else {
-                continue;
-            };
-            let parsed: EpochCommitInfo = serde_json::from_value(value.clone())
-                .map_err(self.err("parse tidemark commitInfo"))?;
-            commits.push((latest.saturating_sub(i as u64), parsed));
-        }
+        let (_, commits) = self.tidemark_history(Some(limit)).await?;
+        let commits: Vec<_> = commits
+            .into_iter()
+            .map(|(i, info)| (latest.saturating_sub(i as u64), info))
+            .collect();
         let partitions =
             partition_claims::partitions_of_workers(pipeline, commits.iter().map(|(_, c)| c));
         let claims = self.loaded_claims(pipeline, partitions.iter()).await?;
@@ -1026,22 +1016,12 @@ impl DeltaSink {
         claims: &Positions,
         limit: Option<usize>,
     ) -> Result<BTreeMap<TopicPartition, Option<i64>>, DeltaSinkError> {
-        let infos: Vec<_> = self
-            .table
-            .history(limit)
-            .try_collect()
-            .await
-            .map_err(self.err("read history"))?;
-        let mut commits = Vec::new();
-        for info in &infos {
-            let Some(value) = info.info.get(COMMIT_INFO_KEY) else {
-                continue;
-            };
-            let parsed: EpochCommitInfo = serde_json::from_value(value.clone())
-                .map_err(self.err("parse tidemark commitInfo"))?;
-            commits.push(parsed);
-        }
-        Ok(partition_claims::dedup_floors(pipeline, claims, &commits))
+        let (_, commits) = self.tidemark_history(limit).await?;
+        Ok(partition_claims::dedup_floors(
+            pipeline,
+            claims,
+            commits.iter().map(|(_, info)| info),
+        ))
     }
 
     /// This pipeline's commitInfos among the newest `limit` commits (all when `None`), newest
@@ -1051,24 +1031,34 @@ impl DeltaSink {
         &self,
         limit: Option<usize>,
     ) -> Result<(usize, Vec<(usize, EpochCommitInfo)>), DeltaSinkError> {
+        let (listed, mut commits) = self.tidemark_history(limit).await?;
+        commits.retain(|(_, info)| info.pipeline_id == self.app_id);
+        Ok((listed, commits))
+    }
+
+    /// Every Tidemark commitInfo (of any pipeline) among the newest `limit` commits (all when
+    /// `None`), newest first, each with its index in that listing (index i is version
+    /// `latest - i`); also how many commits were listed.
+    async fn tidemark_history(
+        &self,
+        limit: Option<usize>,
+    ) -> Result<(usize, Vec<(usize, EpochCommitInfo)>), DeltaSinkError> {
         let infos: Vec<_> = self
             .table
             .history(limit)
             .try_collect()
             .await
             .map_err(self.err("read history"))?;
-        let mut ours = Vec::new();
+        let mut commits = Vec::new();
         for (i, info) in infos.iter().enumerate() {
             let Some(value) = info.info.get(COMMIT_INFO_KEY) else {
                 continue;
             };
             let parsed: EpochCommitInfo = serde_json::from_value(value.clone())
                 .map_err(self.err("parse tidemark commitInfo"))?;
-            if parsed.pipeline_id == self.app_id {
-                ours.push((i, parsed));
-            }
+            commits.push((i, parsed));
         }
-        Ok((infos.len(), ours))
+        Ok((infos.len(), commits))
     }
 
     /// The topic ids the engine puts in the next commits' [`EpochCommitInfo::topic_ids`].
@@ -1248,45 +1238,14 @@ impl DeltaSink {
         // and decoding the next epoch meanwhile) keeps its core. The epoch's batches are
         // encoded as they are (sliced at file boundaries), never copied into one batch: at a
         // long interval that copy was as big as the epoch.
-        let store = self.table.object_store();
-        let mut adds = Vec::new();
-        for (i, file) in split_into_files(batches, MAX_ROWS_PER_FILE)
-            .into_iter()
-            .enumerate()
-        {
-            let name = data_file_name(&self.app_id, epoch, first_part + i, self.run_id);
-            let (schema, encoding) = (self.arrow_schema.clone(), file.clone());
-            let bytes = tokio::task::spawn_blocking(move || {
-                parquet_file::encode_batches(schema, &encoding)
-            })
-            .await
-            .map_err(self.file_err("encode parquet", &name))?
-            .map_err(self.file_err("encode parquet", &name))?;
-            let size = bytes.len() as i64;
-            // On a local table the store makes the file and its name durable before returning.
-            let remote = self.local_root.is_none();
-            upload_whole(
-                &store,
-                &deltalake::Path::from(name.as_str()),
-                bytes.into(),
-                remote,
-            )
-            .await
-            .map_err(self.file_err("write parquet file", &name))?;
-            adds.push(parquet_file::add_action_of(
-                name,
-                size,
-                &self.arrow_schema,
-                &file,
-            ));
-        }
-        let metrics = WriteMetrics {
-            files: adds.len(),
-            bytes: adds.iter().map(|a| a.size.max(0) as u64).sum(),
-            rows: rows as u64,
-            micros: started.elapsed().as_micros() as u64,
-        };
-        Ok((adds, metrics))
+        let (schema, owned) = (self.arrow_schema.clone(), batches.to_vec());
+        let files = tokio::task::spawn_blocking(move || {
+            crate::epoch_encoder::encode_files(schema, MAX_ROWS_PER_FILE, owned)
+        })
+        .await
+        .map_err(self.err("encode parquet"))?
+        .map_err(self.err("encode parquet"))?;
+        self.upload_files(epoch, first_part, &files, started).await
     }
 
     /// Writes an epoch's files encoded while it was read ([`crate::epoch_encoder`]) under
@@ -1296,11 +1255,21 @@ impl DeltaSink {
         epoch: Epoch,
         files: &[crate::epoch_encoder::EncodedFile],
     ) -> Result<(Vec<Add>, WriteMetrics), DeltaSinkError> {
-        let started = Instant::now();
+        self.upload_files(epoch, 0, files, Instant::now()).await
+    }
+
+    /// Uploads `files` as parts `first_part..` of `epoch`, with their `add` actions.
+    async fn upload_files(
+        &mut self,
+        epoch: Epoch,
+        first_part: usize,
+        files: &[crate::epoch_encoder::EncodedFile],
+        started: Instant,
+    ) -> Result<(Vec<Add>, WriteMetrics), DeltaSinkError> {
         let store = self.table.object_store();
         let mut adds = Vec::new();
-        for (part, file) in files.iter().enumerate() {
-            let name = data_file_name(&self.app_id, epoch, part, self.run_id);
+        for (i, file) in files.iter().enumerate() {
+            let name = data_file_name(&self.app_id, epoch, first_part + i, self.run_id);
             let size = file.bytes.len() as i64;
             // On a local table the store makes the file and its name durable before returning.
             let remote = self.local_root.is_none();
@@ -1983,31 +1952,6 @@ fn is_commit_conflict(e: &DeltaTableError) -> bool {
 
 /// Most rows in one data file: an epoch larger than this is split, deterministically.
 pub const MAX_ROWS_PER_FILE: usize = 1 << 20;
-
-/// `batches` as the contents of consecutive files of at most `max_rows` rows each (batches
-/// sliced where a file ends; slices share the batches' buffers), empty batches left out.
-pub fn split_into_files(batches: &[RecordBatch], max_rows: usize) -> Vec<Vec<RecordBatch>> {
-    let mut files: Vec<Vec<RecordBatch>> = Vec::new();
-    let mut current: Vec<RecordBatch> = Vec::new();
-    let mut rows = 0;
-    for batch in batches {
-        let mut offset = 0;
-        while offset < batch.num_rows() {
-            let take = (max_rows - rows).min(batch.num_rows() - offset);
-            current.push(batch.slice(offset, take));
-            offset += take;
-            rows += take;
-            if rows == max_rows {
-                files.push(std::mem::take(&mut current));
-                rows = 0;
-            }
-        }
-    }
-    if !current.is_empty() {
-        files.push(current);
-    }
-    files
-}
 
 const DATA_FILE_SUFFIX: &str = ".snappy.parquet";
 

@@ -20,43 +20,20 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use serde_json::{json, Map, Value};
 
+/// The writer settings of every data file Tidemark writes: Snappy compression.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build()
+}
+
 /// Encodes `batch` as one Snappy-compressed Parquet file in memory.
 pub fn encode(batch: &RecordBatch) -> Result<Vec<u8>, ParquetError> {
-    encode_batches(batch.schema(), std::slice::from_ref(batch))
-}
-
-/// Encodes the rows of `batches` (of `schema`) as one Snappy-compressed Parquet file in memory,
-/// batch by batch: an epoch's rows are never copied into one batch first.
-pub fn encode_batches(
-    schema: arrow::datatypes::SchemaRef,
-    batches: &[RecordBatch],
-) -> Result<Vec<u8>, ParquetError> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .build();
-    let memory: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
-    let mut out = Vec::with_capacity(memory / 2);
-    let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props))?;
-    for batch in batches {
-        writer.write(batch)?;
-    }
+    let mut out = Vec::with_capacity(batch.get_array_memory_size() / 2);
+    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(writer_properties()))?;
+    writer.write(batch)?;
     writer.close()?;
     Ok(out)
-}
-
-/// The `add` action of a file at `path` (relative to the table root) holding `batch`.
-pub fn add_action(path: String, size: i64, batch: &RecordBatch) -> Add {
-    add_action_of(path, size, &batch.schema(), std::slice::from_ref(batch))
-}
-
-/// The `add` action of a file at `path` holding the rows of `batches` (of `schema`).
-pub fn add_action_of(
-    path: String,
-    size: i64,
-    schema: &arrow::datatypes::Schema,
-    batches: &[RecordBatch],
-) -> Add {
-    add_action_with_stats(path, size, stats_of_batches(schema, batches).to_string())
 }
 
 /// The `add` action of a file at `path` whose Delta stats JSON is `stats`.
@@ -82,21 +59,13 @@ pub fn add_action_with_stats(path: String, size: i64, stats: String) -> Add {
 
 /// Delta file statistics of `batch`.
 pub fn stats(batch: &RecordBatch) -> Value {
-    stats_of_batches(&batch.schema(), std::slice::from_ref(batch))
-}
-
-/// Delta file statistics of the rows of `batches` (of `schema`) written as one file: the same
-/// as [`stats`] of their concatenation, without the copy.
-pub fn stats_of_batches(schema: &arrow::datatypes::Schema, batches: &[RecordBatch]) -> Value {
-    let mut builder = StatsBuilder::new(schema);
-    for batch in batches {
-        builder.add(batch);
-    }
+    let mut builder = StatsBuilder::new(&batch.schema());
+    builder.add(batch);
     builder.finish()
 }
 
-/// File statistics gathered batch by batch as a file is written ([`stats_of_batches`]): rows,
-/// null counts and each column's bounds so far.
+/// File statistics gathered batch by batch as a file is written: rows, null counts and each
+/// column's bounds so far (the same as [`stats`] of the rows concatenated).
 pub struct StatsBuilder {
     fields: Vec<(String, DataType)>,
     rows: usize,
@@ -484,17 +453,18 @@ mod tests {
             let batches: Vec<RecordBatch> = sizes.iter().map(|rows| mixed(rows)).collect();
             let schema = mixed(&[]).schema();
             let all = arrow::compute::concat_batches(&schema, &batches).unwrap();
-            let files = crate::delta::split_into_files(&batches, max_rows);
+            let files =
+                crate::epoch_encoder::encode_files(schema.clone(), max_rows, batches.clone())
+                    .unwrap();
             let mut offset = 0;
             for (i, file) in files.iter().enumerate() {
-                let rows: usize = file.iter().map(RecordBatch::num_rows).sum();
+                let rows = file.rows;
                 proptest::prop_assert!(rows > 0 && rows <= max_rows);
                 proptest::prop_assert!(i + 1 == files.len() || rows == max_rows);
                 let expected = all.slice(offset, rows);
-                proptest::prop_assert_eq!(stats_of_batches(&schema, file), stats(&expected));
-                let bytes = encode_batches(schema.clone(), file).unwrap();
+                proptest::prop_assert_eq!(&file.stats, &stats(&expected).to_string());
                 let read: Vec<RecordBatch> =
-                    ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+                    ParquetRecordBatchReaderBuilder::try_new(file.bytes.clone())
                         .unwrap()
                         .build()
                         .unwrap()
