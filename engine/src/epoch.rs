@@ -977,18 +977,15 @@ impl OpenEpoch {
             Verdict::Late => {
                 self.late += 1;
                 if spec.late == OnLate::DeadLetter {
-                    let w = rt
-                        .partitions
-                        .as_ref()
-                        .and_then(|d| {
-                            d.floors.effective(
-                                &record.topic,
-                                record.partition,
-                                rt.state.watermark(),
-                            )
-                        })
-                        .or(rt.state.watermark())
-                        .unwrap_or(i64::MIN);
+                    // The bound this record missed: its partition's floor where that is higher.
+                    let watermark = rt.state.watermark();
+                    let w = match &rt.partitions {
+                        Some(d) => d
+                            .floors
+                            .effective(&record.topic, record.partition, watermark),
+                        None => watermark,
+                    }
+                    .unwrap_or(i64::MIN);
                     self.dead_letters.push(DeadLetter::of(
                         record,
                         "late",

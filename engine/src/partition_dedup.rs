@@ -268,6 +268,27 @@ pub struct TimeColumn {
     pub long_unit: Option<EventTimeUnit>,
 }
 
+impl TimeColumn {
+    /// The event-time column `time` names in `schema` (the table's).
+    pub fn of(time: crate::epoch::TimeSource, schema: &arrow::datatypes::Schema) -> Self {
+        use crate::epoch::TimeSource;
+        match time {
+            TimeSource::KafkaTimestamp => TimeColumn {
+                name: tidemark_connectors::decode::COL_TIMESTAMP.to_string(),
+                long_unit: None,
+            },
+            TimeSource::TimestampColumn(i) => TimeColumn {
+                name: schema.field(i).name().clone(),
+                long_unit: None,
+            },
+            TimeSource::LongColumn(i, unit) => TimeColumn {
+                name: schema.field(i).name().clone(),
+                long_unit: Some(unit),
+            },
+        }
+    }
+}
+
 /// Whether a data file with Delta stats `stats` may hold rows of partitions `numbers` (of any
 /// topic) at or above `floor` in `time`. Unknown bounds keep the file. A timestamp maximum is
 /// taken as up to 999 µs higher than written: the Delta protocol lets writers truncate it to

@@ -236,63 +236,7 @@ pub async fn run(
     let mut tables = open_tables(config, &sink_options).await?;
     let worker_start = match (&config.worker, &options.partitions) {
         (Some(worker), Some(partitions)) => {
-            tables.sink.claim_partitions(&worker.pipeline_id);
-            let mut claims = tables
-                .sink
-                .partition_claims(&worker.pipeline_id, partitions)
-                .await?;
-            // Where each partition's dedup state starts: the floor its claim's commit recorded.
-            // (The newest commits first: each is a read, on object storage a request.)
-            let mut floors = BTreeMap::new();
-            if config.dedup.is_some() {
-                for limit in CLAIM_FLOOR_HISTORY {
-                    floors = tables
-                        .sink
-                        .claim_dedup_floors(&worker.pipeline_id, &claims, limit)
-                        .await?;
-                    if floors.len() == claims.iter().count() {
-                        break;
-                    }
-                }
-            }
-            for (tp, _) in claims.iter() {
-                if config.dedup.is_some() && !floors.contains_key(&tp) {
-                    warn!(partition = %tp, "worker: no commit in the table's log records this partition's claim (log cleanup removed it): its dedup state is rebuilt from all its rows in the table (a key seen long ago drops a later record as a duplicate)");
-                }
-            }
-            // A partition no worker has claimed yet continues where the pipeline ran as one
-            // process before it was shared, if it did (never from the beginning again).
-            let unclaimed: Vec<_> = partitions
-                .iter()
-                .filter(|tp| claims.get(&tp.topic, tp.partition).is_none())
-                .collect();
-            if !unclaimed.is_empty() {
-                if let Some(mut single) =
-                    DeltaSink::open_existing(&config.paths.table_url, &worker.pipeline_id).await?
-                {
-                    if let (_, Some(progress)) = single.progress().await? {
-                        for tp in unclaimed {
-                            if let Some(next) = progress.info.end_positions.get(&tp.topic, tp.partition) {
-                                info!(partition = %tp, next, epoch = %progress.info.epoch, "worker: partition not claimed yet: continuing where the single-process pipeline left it");
-                                claims.set(&tp.topic, tp.partition, next);
-                                floors.insert(tp.clone(), progress.info.watermark);
-                            }
-                        }
-                    }
-                }
-            }
-            info!(worker = %worker.worker_id, partitions = partitions.len(), claims = %claims, "worker: starting its partitions at the table's claims");
-            let floors = crate::partition_dedup::PartitionFloors::new(floors.into_iter().filter_map(
-                |(tp, floor)| Some(((tp.topic, tp.partition), floor?)),
-            ));
-            let assigned = partitions
-                .iter()
-                .map(|tp| (tp.topic.clone(), tp.partition))
-                .collect();
-            Some(recovery::WorkerStart {
-                positions: claims,
-                dedup: crate::partition_dedup::WorkerDedupStart { assigned, floors },
-            })
+            Some(worker_start(config, worker, &mut tables.sink, partitions).await?)
         }
         (Some(worker), None) => {
             return Err(PipelineError::State {
@@ -442,6 +386,74 @@ pub async fn run(
         "pipeline stopped"
     );
     Ok(summary)
+}
+
+/// A worker's start over the `partitions` its group assigned it: each at the table's claim
+/// (whichever worker wrote it; an unclaimed one where the pipeline ran as one process, if it
+/// did) and, with dedup, the floor the claim's commit recorded. Makes `sink` claim partitions.
+async fn worker_start(
+    config: &PipelineConfig,
+    worker: &crate::config::WorkerIdentity,
+    sink: &mut DeltaSink,
+    partitions: &std::collections::BTreeSet<tidemark_connectors::TopicPartition>,
+) -> Result<recovery::WorkerStart, PipelineError> {
+    sink.claim_partitions(&worker.pipeline_id);
+    let mut claims = sink
+        .partition_claims(&worker.pipeline_id, partitions)
+        .await?;
+    // Where each partition's dedup state starts: the floor its claim's commit recorded.
+    // (The newest commits first: each is a read, on object storage a request.)
+    let mut floors = BTreeMap::new();
+    if config.dedup.is_some() {
+        for limit in CLAIM_FLOOR_HISTORY {
+            floors = sink
+                .claim_dedup_floors(&worker.pipeline_id, &claims, limit)
+                .await?;
+            if floors.len() == claims.iter().count() {
+                break;
+            }
+        }
+    }
+    for (tp, _) in claims.iter() {
+        if config.dedup.is_some() && !floors.contains_key(&tp) {
+            warn!(partition = %tp, "worker: no commit in the table's log records this partition's claim (log cleanup removed it): its dedup state is rebuilt from all its rows in the table (a key seen long ago drops a later record as a duplicate)");
+        }
+    }
+    // A partition no worker has claimed yet continues where the pipeline ran as one
+    // process before it was shared, if it did (never from the beginning again).
+    let unclaimed: Vec<_> = partitions
+        .iter()
+        .filter(|tp| claims.get(&tp.topic, tp.partition).is_none())
+        .collect();
+    if !unclaimed.is_empty() {
+        if let Some(mut single) =
+            DeltaSink::open_existing(&config.paths.table_url, &worker.pipeline_id).await?
+        {
+            if let (_, Some(progress)) = single.progress().await? {
+                for tp in unclaimed {
+                    if let Some(next) = progress.info.end_positions.get(&tp.topic, tp.partition) {
+                        info!(partition = %tp, next, epoch = %progress.info.epoch, "worker: partition not claimed yet: continuing where the single-process pipeline left it");
+                        claims.set(&tp.topic, tp.partition, next);
+                        floors.insert(tp.clone(), progress.info.watermark);
+                    }
+                }
+            }
+        }
+    }
+    info!(worker = %worker.worker_id, partitions = partitions.len(), claims = %claims, "worker: starting its partitions at the table's claims");
+    let floors = crate::partition_dedup::PartitionFloors::new(
+        floors
+            .into_iter()
+            .filter_map(|(tp, floor)| Some(((tp.topic, tp.partition), floor?))),
+    );
+    let assigned = partitions
+        .iter()
+        .map(|tp| (tp.topic.clone(), tp.partition))
+        .collect();
+    Ok(recovery::WorkerStart {
+        positions: claims,
+        dedup: crate::partition_dedup::WorkerDedupStart { assigned, floors },
+    })
 }
 
 /// How long the cluster id is waited for at start.

@@ -17,7 +17,7 @@ use tidemark_checkpoint::{
     CheckpointRecord, CheckpointStore, StoreError, StoreOptions, SyncPolicy, Wal, WalError,
     WalOptions, WalPosition,
 };
-use tidemark_connectors::decode::{COL_PARTITION, COL_TIMESTAMP, COL_TOPIC};
+use tidemark_connectors::decode::{COL_PARTITION, COL_TOPIC};
 use tidemark_connectors::delta::{DeltaSink, DeltaSinkError, SweepReport, TableProgress};
 use tidemark_connectors::{Epoch, Positions, TableVersion};
 use tidemark_fs::SharedFs;
@@ -28,7 +28,7 @@ use crate::config::{PipelineConfig, WalSync};
 use crate::dedup::{ColdError, ColdKeys, DedupState, PackedKeys, WatermarkTracker};
 use crate::epoch::{
     settings_diff, settings_refusal, DedupRuntime, DedupSpec, KeySource, OpenEpoch, ProcessError,
-    RecordProcessor, TimeSource,
+    RecordProcessor,
 };
 use crate::epoch_log::{decode_state_delta, from_store_positions, RecordDecoder, Replay, SealInfo};
 use crate::partition_dedup::{
@@ -1077,11 +1077,11 @@ async fn from_table(
         .reset_to_table(v, progress.as_ref().map(|p| p.table_version))
         .await?;
     if let Some(spec) = processor.dedup() {
-        let mut runtime = match group_dedup {
+        let runtime = match group_dedup {
             // A worker: its partitions' rows only, each from its own floor.
             Some(start) => {
                 let (state, origins) =
-                    rebuild_worker_dedup_state(&mut committer, processor, spec, &start).await?;
+                    rebuild_worker_dedup_state(&committer, processor, spec, &start).await?;
                 let mut runtime = dedup_runtime(spec, state, &positions);
                 runtime.partitions = Some(PartitionDedup {
                     floors: start.floors,
@@ -1091,14 +1091,11 @@ async fn from_table(
             }
             None => {
                 let watermark = progress.as_ref().and_then(|p| p.info.watermark);
-                let state = rebuild_dedup_state(&mut committer, processor, spec, watermark).await?;
+                let state = rebuild_dedup_state(&committer, processor, spec, watermark).await?;
                 dedup_runtime(spec, state, &positions)
             }
         };
         outcome.dedup_keys_loaded = runtime.state.len() as u64;
-        if let Some(p) = runtime.partitions.as_mut() {
-            p.origins.evict_below(runtime.state.watermark());
-        }
         committer.set_dedup(runtime);
     }
     if v > 0 {
@@ -1296,7 +1293,7 @@ fn dedup_runtime(spec: &DedupSpec, state: DedupState, positions: &Positions) -> 
 /// that accepted each key; the watermark starts at the lowest floor (none when a partition has
 /// none). Only the files whose stats allow such rows are read.
 async fn rebuild_worker_dedup_state(
-    committer: &mut Committer,
+    committer: &Committer,
     processor: &RecordProcessor,
     spec: &DedupSpec,
     start: &WorkerDedupStart,
@@ -1323,68 +1320,40 @@ async fn rebuild_worker_dedup_state(
             "the table has no {COL_TOPIC} and {COL_PARTITION} columns: it was created with sink.source_columns = false, so its rows do not say their partition (a table created without them cannot get them; use a new table for workers with [dedup])"
         )));
     };
-    let mut needed = processor.dedup_columns(&schema);
-    needed.extend([topic_col, partition_col]);
-    let columns: Vec<String> = needed
-        .iter()
-        .map(|i| schema.field(*i).name().clone())
-        .collect();
     let mut builder = WorkerStateBuilder::new(start);
     let numbers: Vec<i32> = start.assigned.iter().map(|(_, p)| *p).collect();
-    let time_column = match spec.time {
-        TimeSource::KafkaTimestamp => TimeColumn {
-            name: COL_TIMESTAMP.to_string(),
-            long_unit: None,
-        },
-        TimeSource::TimestampColumn(i) => TimeColumn {
-            name: schema.field(i).name().clone(),
-            long_unit: None,
-        },
-        TimeSource::LongColumn(i, unit) => TimeColumn {
-            name: schema.field(i).name().clone(),
-            long_unit: Some(unit),
-        },
-    };
+    let time_column = TimeColumn::of(spec.time, &schema);
     let floor = builder.watermark();
-    let (mut batches, (files_read, files_live)) =
-        committer.sink().read_columns_of_files(&columns, |stats| {
-            stats.is_none_or(|s| file_may_hold(s, &numbers, floor, &time_column))
-        })?;
-    let mut rows = 0u64;
-    let mut progress = Progress::new(
+    let (rows, (files_read, files_live)) = scan_dedup_rows(
+        committer,
+        processor,
+        &[topic_col, partition_col],
         "rebuilding the worker's dedup state from the table",
-        "rows",
-        committer.totals().written,
-    );
-    while let Some(batch) = batches.next().await {
-        let batch = widen(&batch?, &schema).map_err(|e| unreadable(e.to_string()))?;
-        progress.add(batch.num_rows() as u64);
-        // However the table's reader typed them (Utf8View, say): as the decoder does.
-        let as_type = |col: usize, to: &arrow::datatypes::DataType| {
-            arrow::compute::cast(batch.column(col), to)
-                .map_err(|e| unreadable(format!("{} as {to}: {e}", schema.field(col).name())))
-        };
-        let topics = as_type(topic_col, &arrow::datatypes::DataType::Utf8)?;
-        let topics = arrow::array::AsArray::as_string::<i32>(&topics);
-        let partitions = as_type(partition_col, &arrow::datatypes::DataType::Int32)?;
-        let partitions =
-            arrow::array::AsArray::as_primitive::<arrow::datatypes::Int32Type>(&partitions);
-        for (i, (key, time)) in processor
-            .keys_and_times(&batch, &[])?
-            .into_iter()
-            .enumerate()
-        {
-            rows += 1;
-            let (Some(key), Some(time)) = (key, time) else {
-                continue;
+        |stats| stats.is_none_or(|s| file_may_hold(s, &numbers, floor, &time_column)),
+        |batch, keys_and_times| {
+            // However the table's reader typed them (Utf8View, say): as the decoder does.
+            let as_type = |col: usize, to: &arrow::datatypes::DataType| {
+                arrow::compute::cast(batch.column(col), to)
+                    .map_err(|e| unreadable(format!("{} as {to}: {e}", schema.field(col).name())))
             };
-            let place = (!arrow::array::Array::is_null(topics, i)
-                && !arrow::array::Array::is_null(partitions, i))
-            .then(|| (topics.value(i), partitions.value(i)));
-            builder.add(&key, time, place);
-        }
-    }
-    progress.finish();
+            let topics = as_type(topic_col, &arrow::datatypes::DataType::Utf8)?;
+            let topics = arrow::array::AsArray::as_string::<i32>(&topics);
+            let partitions = as_type(partition_col, &arrow::datatypes::DataType::Int32)?;
+            let partitions =
+                arrow::array::AsArray::as_primitive::<arrow::datatypes::Int32Type>(&partitions);
+            for (i, (key, time)) in keys_and_times.into_iter().enumerate() {
+                let (Some(key), Some(time)) = (key, time) else {
+                    continue;
+                };
+                let place = (!arrow::array::Array::is_null(topics, i)
+                    && !arrow::array::Array::is_null(partitions, i))
+                .then(|| (topics.value(i), partitions.value(i)));
+                builder.add(&key, time, place);
+            }
+            Ok(())
+        },
+    )
+    .await?;
     if builder.unplaced_rows() > 0 {
         warn!(rows = builder.unplaced_rows(), "worker: rows without _kafka_topic/_kafka_partition (another writer's?) at or above the lowest floor are kept in the dedup state: a retry of one of their keys on any partition is dropped");
     }
@@ -1403,9 +1372,49 @@ async fn rebuild_worker_dedup_state(
     Ok((state, origins))
 }
 
+/// Streams the table's rows for a dedup rebuild: only the dedup key and event-time columns
+/// plus `extra` (indexes into the table schema), of the live files `keep` accepts by their
+/// Delta stats, one batch in memory at a time (a large table, on S3 say, need not fit in
+/// memory). `on_batch` gets each batch in the table schema's shape with its rows' keys and
+/// times. Returns the rows read and (files read, files live).
+async fn scan_dedup_rows(
+    committer: &Committer,
+    processor: &RecordProcessor,
+    extra: &[usize],
+    what: &'static str,
+    keep: impl Fn(Option<&str>) -> bool,
+    mut on_batch: impl FnMut(
+        &arrow::array::RecordBatch,
+        Vec<crate::epoch::KeyAndTime>,
+    ) -> Result<(), RecoveryError>,
+) -> Result<(u64, (usize, usize)), RecoveryError> {
+    let schema = committer.sink().arrow_schema().clone();
+    let mut needed = processor.dedup_columns(&schema);
+    needed.extend_from_slice(extra);
+    let columns: Vec<String> = needed
+        .iter()
+        .map(|i| schema.field(*i).name().clone())
+        .collect();
+    let (mut batches, files) = committer.sink().read_columns_of_files(&columns, keep)?;
+    let mut rows = 0u64;
+    let mut progress = Progress::new(what, "rows", committer.totals().written);
+    while let Some(batch) = batches.next().await {
+        let batch = widen(&batch?, &schema).map_err(|e| RecoveryError::Progress {
+            table: committer.sink().uri().to_string(),
+            message: format!("cannot rebuild the dedup state from the table's rows: {e}"),
+        })?;
+        progress.add(batch.num_rows() as u64);
+        rows += batch.num_rows() as u64;
+        let keys_and_times = processor.keys_and_times(&batch, &[])?;
+        on_batch(&batch, keys_and_times)?;
+    }
+    progress.finish();
+    Ok((rows, files))
+}
+
 /// Dedup state from the table's rows with event time at or above `watermark`.
 async fn rebuild_dedup_state(
-    committer: &mut Committer,
+    committer: &Committer,
     processor: &RecordProcessor,
     spec: &DedupSpec,
     watermark: Option<i64>,
@@ -1415,41 +1424,28 @@ async fn rebuild_dedup_state(
         return Ok(DedupState::with_capacity(0, watermark));
     }
     let started = std::time::Instant::now();
-    let schema = committer.sink().arrow_schema().clone();
-    // Only the key and event-time columns, one batch in memory at a time, streamed from the
-    // table's store: a large table (on S3, say) need not fit in memory nor be read whole.
-    let needed = processor.dedup_columns(&schema);
-    let columns: Vec<String> = needed
-        .iter()
-        .map(|i| schema.field(*i).name().clone())
-        .collect();
-    let mut batches = committer.sink().read_columns(&columns)?;
     let mut state = DedupState::default();
-    let mut rows = 0u64;
-    let mut progress = Progress::new(
+    let (rows, _) = scan_dedup_rows(
+        committer,
+        processor,
+        &[],
         "rebuilding dedup state from the table",
-        "rows",
-        committer.totals().written,
-    );
-    while let Some(batch) = batches.next().await {
-        let batch = widen(&batch?, &schema).map_err(|e| RecoveryError::Progress {
-            table: committer.sink().uri().to_string(),
-            message: format!("cannot rebuild the dedup state from the table's rows: {e}"),
-        })?;
-        progress.add(batch.num_rows() as u64);
-        for (key, time) in processor.keys_and_times(&batch, &[])? {
-            rows += 1;
-            if let (Some(key), Some(time)) = (key, time) {
-                if watermark.is_none_or(|w| time >= w) {
-                    state.check(&key, time).map_err(|e| RecoveryError::State {
-                        path: PathBuf::from("table"),
-                        message: e.to_string(),
-                    })?;
+        |_| true,
+        |_, keys_and_times| {
+            for (key, time) in keys_and_times {
+                if let (Some(key), Some(time)) = (key, time) {
+                    if watermark.is_none_or(|w| time >= w) {
+                        state.check(&key, time).map_err(|e| RecoveryError::State {
+                            path: PathBuf::from(committer.sink().uri()),
+                            message: e.to_string(),
+                        })?;
+                    }
                 }
             }
-        }
-    }
-    progress.finish();
+            Ok(())
+        },
+    )
+    .await?;
     state.advance(watermark);
     // The rebuilt keys go into the first checkpoint written after this.
     warn!(

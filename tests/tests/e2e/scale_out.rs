@@ -100,6 +100,135 @@ impl Worker {
     }
 }
 
+/// Workers started, SIGKILLed, restarted and stopped at random over one fixture, with the
+/// events logged: what the chaos tests share.
+struct Chaos<'f> {
+    fixture: &'f Fixture,
+    seed: u64,
+    live: Vec<Worker>,
+    /// Killed workers, restarted by a later start (or at the end).
+    down: Vec<String>,
+    next_id: usize,
+    log: Vec<String>,
+}
+
+impl<'f> Chaos<'f> {
+    /// Workers `w0..w{n}` started; `salt` varies the random sequence between tests.
+    fn start(fixture: &'f Fixture, n: usize, salt: u64) -> Self {
+        Self {
+            fixture,
+            seed: std::process::id() as u64 ^ salt,
+            live: (0..n)
+                .map(|i| Worker::start(fixture, &format!("w{i}")))
+                .collect(),
+            down: Vec::new(),
+            next_id: n,
+            log: Vec::new(),
+        }
+    }
+
+    /// A pseudo-random number below `n` (xorshift).
+    fn rand(&mut self, n: u64) -> u64 {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        self.seed % n
+    }
+
+    /// SIGKILLs a random live worker; it comes back at a later start.
+    fn kill_one(&mut self, event: &str) {
+        let i = self.rand(self.live.len() as u64) as usize;
+        let mut w = self.live.remove(i);
+        w.signal(libc::SIGKILL);
+        let id = w.id.clone();
+        let _ = w.wait();
+        self.log.push(format!("{event}: kill -9 {id}"));
+        self.down.push(id);
+    }
+
+    /// SIGTERMs a random live worker for good (it finishes its epoch and leaves); it must
+    /// stop cleanly.
+    fn stop_one(&mut self, event: &str) {
+        let i = self.rand(self.live.len() as u64) as usize;
+        let mut w = self.live.remove(i);
+        w.signal(libc::SIGTERM);
+        let id = w.id.clone();
+        let (status, out) = w.wait();
+        assert!(status.success(), "{id} stopped with {status}:\n{out}");
+        self.log.push(format!("{event}: stop {id}"));
+    }
+
+    /// Restarts a killed worker, or adds a new one when none is down.
+    fn start_one(&mut self, event: &str) {
+        let id = match self.down.pop() {
+            Some(id) => id,
+            None => self.new_id(),
+        };
+        self.log.push(format!("{event}: start {id}"));
+        self.live.push(Worker::start(self.fixture, &id));
+    }
+
+    /// Adds a worker with a new id.
+    fn add_one(&mut self, event: &str) {
+        let id = self.new_id();
+        self.log.push(format!("{event}: add {id}"));
+        self.live.push(Worker::start(self.fixture, &id));
+    }
+
+    fn new_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("w{}", self.next_id - 1)
+    }
+
+    /// Waits (60 s at most) until the table holds a commit of every live worker.
+    fn wait_until_each_live_worker_committed(&self, table: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let writers: std::collections::BTreeSet<String> = audit::replay_log(table)
+                .map(|r| {
+                    r.epochs
+                        .iter()
+                        .map(|(_, i)| i.pipeline_id.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if self
+                .live
+                .iter()
+                .all(|w| writers.contains(&format!("test.{}", w.id)))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not every worker committed: {writers:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Brings every killed worker back (so its orphans are swept).
+    fn restart_down(&mut self) {
+        for id in std::mem::take(&mut self.down) {
+            self.log.push(format!("end: start {id}"));
+            self.live.push(Worker::start(self.fixture, &id));
+        }
+    }
+
+    /// Stops every live worker (each must stop cleanly); their logs, by worker id.
+    fn stop_all(&mut self) -> Vec<(String, String)> {
+        let mut logs = Vec::new();
+        for mut w in self.live.drain(..) {
+            w.signal(libc::SIGTERM);
+            let id = w.id.clone();
+            let (status, out) = w.wait();
+            assert!(status.success(), "{id} stopped with {status}:\n{out}");
+            logs.push((id, out));
+        }
+        logs
+    }
+}
+
 /// The claimed ranges of every Tidemark commit, per partition, in version order: each must
 /// start where the previous one ended (the first at the partition's beginning).
 fn assert_claims_tile_partitions(table: &Path) {
@@ -171,82 +300,43 @@ async fn workers_killed_added_and_removed_keep_every_record_exactly_once() {
         })
     };
 
-    let mut seed = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
-    let mut rand = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
-    let mut live: Vec<Worker> = (0..3)
-        .map(|i| Worker::start(&fixture, &format!("w{i}")))
-        .collect();
-    let mut next_id = 3;
-    let mut down: Vec<String> = Vec::new();
-    let mut log = Vec::new();
+    let mut chaos = Chaos::start(&fixture, 3, 0x9e37_79b9_7f4a_7c15);
+    // The chaos starts once each first worker has committed: commits by several workers are
+    // then certain, whatever the random events do (two early kills once left two writers).
+    chaos.wait_until_each_live_worker_committed(&fixture.table);
     for e in 0..events {
-        std::thread::sleep(Duration::from_millis(1500 + rand(1500)));
-        let event = rand(4);
-        match event {
+        std::thread::sleep(Duration::from_millis(1500 + chaos.rand(1500)));
+        let event = e.to_string();
+        match chaos.rand(4) {
             // SIGKILL one; it comes back at a later event (or at the end).
-            0 | 1 if live.len() > 1 => {
-                let w = live.remove(rand(live.len() as u64) as usize);
-                let id = w.id.clone();
-                let mut w = w;
-                w.signal(libc::SIGKILL);
-                let _ = w.wait();
-                log.push(format!("{e}: kill -9 {id}"));
-                down.push(id);
-            }
+            0 | 1 if chaos.live.len() > 1 => chaos.kill_one(&event),
             // Restart a killed one, or add a new one (at most 4 alive).
-            2 if live.len() < 4 => {
-                let id = down.pop().unwrap_or_else(|| {
-                    next_id += 1;
-                    format!("w{}", next_id - 1)
-                });
-                log.push(format!("{e}: start {id}"));
-                live.push(Worker::start(&fixture, &id));
-            }
+            2 if chaos.live.len() < 4 => chaos.start_one(&event),
             // Stop one for good (SIGTERM: it finishes its epoch and leaves).
-            _ if live.len() > 1 => {
-                let mut w = live.remove(rand(live.len() as u64) as usize);
-                w.signal(libc::SIGTERM);
-                let id = w.id.clone();
-                let (status, out) = w.wait();
-                assert!(status.success(), "{id} stopped with {status}:\n{out}");
-                log.push(format!("{e}: stop {id}"));
-            }
-            _ => {
-                let id = format!("w{next_id}");
-                next_id += 1;
-                log.push(format!("{e}: add {id}"));
-                live.push(Worker::start(&fixture, &id));
-            }
+            _ if chaos.live.len() > 1 => chaos.stop_one(&event),
+            _ => chaos.add_one(&event),
         }
     }
     let ends = producer.join().unwrap();
     assert!(!producing.load(Ordering::SeqCst));
     // Bring the killed ones back so their orphans are swept, then wait for everything.
-    for id in down.drain(..) {
-        log.push(format!("end: start {id}"));
-        live.push(Worker::start(&fixture, &id));
-    }
+    chaos.restart_down();
     let deadline = Instant::now() + Duration::from_secs(240);
     while rows_in_table(&fixture.table) < records && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(Duration::from_secs(2));
-    let mut logs = String::new();
-    for mut w in live.drain(..) {
-        w.signal(libc::SIGTERM);
-        let id = w.id.clone();
-        let (status, out) = w.wait();
-        assert!(status.success(), "{id} stopped with {status}:\n{out}");
-        logs.push_str(&format!(
-            "--- {id}\n{}",
-            out.lines().rev().take(15).collect::<Vec<_>>().join("\n")
-        ));
-    }
+    let logs: String = chaos
+        .stop_all()
+        .into_iter()
+        .map(|(id, out)| {
+            format!(
+                "--- {id}\n{}",
+                out.lines().rev().take(15).collect::<Vec<_>>().join("\n")
+            )
+        })
+        .collect();
+    let log = &chaos.log;
     eprintln!("events: {log:?}");
     let report = audit::check_exactly_once(&fixture.table, &ends).unwrap();
     assert!(
@@ -732,53 +822,18 @@ async fn workers_with_dedup_drop_every_retry_once_while_partitions_move() {
         })
     };
 
-    let mut seed = std::process::id() as u64 ^ 0x2545_f491_4f6c_dd1d;
-    let mut rand = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
-    let mut live: Vec<Worker> = (0..2)
-        .map(|i| Worker::start(&fixture, &format!("w{i}")))
-        .collect();
-    let mut next_id = 2;
-    let mut down: Vec<String> = Vec::new();
-    let mut log = Vec::new();
+    let mut chaos = Chaos::start(&fixture, 2, 0x2545_f491_4f6c_dd1d);
     for e in 0..events {
-        std::thread::sleep(Duration::from_millis(1500 + rand(1500)));
-        match rand(3) {
-            0 if live.len() > 1 => {
-                let mut w = live.remove(rand(live.len() as u64) as usize);
-                w.signal(libc::SIGKILL);
-                let id = w.id.clone();
-                let _ = w.wait();
-                log.push(format!("{e}: kill -9 {id}"));
-                down.push(id);
-            }
-            1 if live.len() > 1 => {
-                let mut w = live.remove(rand(live.len() as u64) as usize);
-                w.signal(libc::SIGTERM);
-                let id = w.id.clone();
-                let (status, out) = w.wait();
-                assert!(status.success(), "{id} stopped with {status}:\n{out}");
-                log.push(format!("{e}: stop {id}"));
-            }
-            _ => {
-                let id = down.pop().unwrap_or_else(|| {
-                    next_id += 1;
-                    format!("w{}", next_id - 1)
-                });
-                log.push(format!("{e}: start {id}"));
-                live.push(Worker::start(&fixture, &id));
-            }
+        std::thread::sleep(Duration::from_millis(1500 + chaos.rand(1500)));
+        let event = e.to_string();
+        match chaos.rand(3) {
+            0 if chaos.live.len() > 1 => chaos.kill_one(&event),
+            1 if chaos.live.len() > 1 => chaos.stop_one(&event),
+            _ => chaos.start_one(&event),
         }
     }
     producer.join().unwrap();
-    for id in down.drain(..) {
-        log.push(format!("end: start {id}"));
-        live.push(Worker::start(&fixture, &id));
-    }
+    chaos.restart_down();
     let distinct: std::collections::BTreeSet<String> =
         (0..records).map(|i| retried_id(i).0).collect();
     let retries = (0..records).filter(|i| retried_id(*i).1).count() as u64;
@@ -789,18 +844,18 @@ async fn workers_with_dedup_drop_every_retry_once_while_partitions_move() {
     {
         std::thread::sleep(Duration::from_millis(500));
     }
-    let mut logs = String::new();
-    for mut w in live.drain(..) {
-        w.signal(libc::SIGTERM);
-        let id = w.id.clone();
-        let (status, out) = w.wait();
-        assert!(status.success(), "{id} stopped with {status}:\n{out}");
-        let rebuilt: Vec<&str> = out
-            .lines()
-            .filter(|l| l.contains("dedup state rebuilt"))
-            .collect();
-        logs.push_str(&format!("--- {id}: {}\n", rebuilt.join("\n")));
-    }
+    let logs: String = chaos
+        .stop_all()
+        .into_iter()
+        .map(|(id, out)| {
+            let rebuilt: Vec<&str> = out
+                .lines()
+                .filter(|l| l.contains("dedup state rebuilt"))
+                .collect();
+            format!("--- {id}: {}\n", rebuilt.join("\n"))
+        })
+        .collect();
+    let log = &chaos.log;
     eprintln!("events: {log:?}\n{logs}");
     let counts = id_counts(&fixture.table);
     let twice: Vec<(&String, &u64)> = counts.iter().filter(|(_, c)| **c > 1).take(5).collect();
