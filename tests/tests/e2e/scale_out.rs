@@ -31,10 +31,16 @@ fn make_group_fixture(brokers: &str, topic: &str) -> Fixture {
 
 /// [`make_group_fixture`] with `extra` appended to the config (a `[dedup]` section, say).
 fn make_group_fixture_with(brokers: &str, topic: &str, extra: &str) -> Fixture {
-    let fixture = Fixture::new(
+    make_group_fixture_of(brokers, topic, tidemark_tests::COLUMNS, extra)
+}
+
+/// [`make_group_fixture_with`] with another `columns = [...]` block.
+fn make_group_fixture_of(brokers: &str, topic: &str, columns: &str, extra: &str) -> Fixture {
+    let fixture = Fixture::with_columns(
         Path::new(EXE),
         brokers,
         topic,
+        columns,
         &format!("{GROUP_EXTRA}{extra}"),
     );
     let text = std::fs::read_to_string(&fixture.config).unwrap();
@@ -927,20 +933,12 @@ async fn a_partitions_floor_and_keys_move_to_its_next_worker() {
     let topic = unique_topic("floor-moves");
     create_topic(&brokers, &topic, 1).await;
     let columns = "columns = [\n  { name = \"id\", type = \"string\" },\n  { name = \"ts\", type = \"timestamp\" },\n]";
-    let fixture = Fixture::with_columns(
-        Path::new(EXE),
+    let fixture = make_group_fixture_of(
         &brokers,
         &topic,
         columns,
-        &format!("{GROUP_EXTRA}\n[dedup]\nkey = [\"id\"]\nevent_time = \"ts\"\nallowed_lateness_ms = 10000\n"),
+        "\n[dedup]\nkey = [\"id\"]\nevent_time = \"ts\"\nallowed_lateness_ms = 10000\n",
     );
-    let text = std::fs::read_to_string(&fixture.config).unwrap();
-    let text = text.replacen(
-        "[source]\n",
-        &format!("[source]\ngroup = \"g-{topic}\"\nstatic_membership = false\n"),
-        1,
-    );
-    std::fs::write(&fixture.config, text).unwrap();
     const BASE_MS: i64 = 1_760_000_000_000;
     let record = |id: &str, s: i64| -> tidemark_tests::Message {
         let ts_us = (BASE_MS + s * 1000) * 1000;
