@@ -197,9 +197,24 @@ impl Wal {
         options: WalOptions,
         from: Option<WalPosition>,
     ) -> Result<(Self, RecoveryReport), WalError> {
+        Self::open_visiting(fs, dir, options, from, &mut |_, _| {})
+    }
+
+    /// [`Wal::open_with_fs`], handing `visit` each valid frame the open scans from `from`, in
+    /// log order, with its position: exactly what [`Wal::reader`] from `from` yields after the
+    /// open (frames past a damage are never visited; the repair keeps every visited one). Why:
+    /// a restart that needs what the log holds after its checkpoint reads it in this one pass
+    /// instead of scanning the same bytes again after the open.
+    pub fn open_visiting(
+        fs: SharedFs,
+        dir: &Path,
+        options: WalOptions,
+        from: Option<WalPosition>,
+        visit: &mut dyn FnMut(WalPosition, Frame),
+    ) -> Result<(Self, RecoveryReport), WalError> {
         fs.create_dir_all(dir)
             .map_err(io_err("create directory", dir))?;
-        let recovered = recovery::recover(&*fs, dir, from)?;
+        let recovered = recovery::recover(&*fs, dir, from, visit)?;
         let (file, file_len) = match recovered.segments.last() {
             Some(s) => {
                 let f = fs.open_append(&s.path).map_err(io_err("open", &s.path))?;

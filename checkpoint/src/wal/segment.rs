@@ -86,15 +86,18 @@ pub(crate) enum ScanEnd {
 }
 
 /// Reads frames of one segment from `offset`, calling `f` with each valid frame's offset.
-/// Returns the header (`None` if it is damaged) and where the valid frames end.
+/// Returns the header (`None` if it is damaged or `header_ok` refuses it, with why) and where
+/// the valid frames end. No frame reaches `f` before the header is known good: a segment
+/// whose header is refused is damaged from offset 0, so none of its frames is in the log.
 pub(crate) fn scan_segment(
     fs: &dyn FileSystem,
     path: &Path,
     offset: u64,
+    header_ok: impl FnOnce(&SegmentHeader) -> Result<(), String>,
     mut f: impl FnMut(u64, Frame),
 ) -> Result<(Option<SegmentHeader>, ScanEnd), WalError> {
     let (mut file, header) = open_segment(fs, path)?;
-    let header = match header {
+    let header = match header.and_then(|h| header_ok(&h).map(|()| h)) {
         Ok(h) => h,
         Err(why) => return Ok((None, ScanEnd::Damaged(0, why))),
     };
