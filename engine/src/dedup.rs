@@ -301,6 +301,13 @@ impl DedupState {
         }
     }
 
+    /// Makes room in memory for `additional` more keys at once: recovery, before loading a
+    /// changelog of known size (one allocation instead of a rehash of everything at each
+    /// doubling, measured ~0.3 s for 1.1M keys).
+    pub fn reserve(&mut self, additional: usize) {
+        self.keys.reserve(additional);
+    }
+
     /// The watermark in effect.
     pub fn watermark(&self) -> Option<i64> {
         self.watermark
@@ -398,6 +405,16 @@ impl DedupState {
     /// the next checkpoint must insert.
     pub fn take_inserted(&mut self) -> PackedKeys {
         std::mem::take(&mut self.inserted).at_or_above(self.watermark)
+    }
+
+    /// Gives back what [`DedupState::take_inserted`] took, when its caller does not checkpoint
+    /// it after all (a redo whose replayed delta is not the one its WAL logged): the next
+    /// checkpoint inserts it as if it had never been taken. Keys accepted since are kept after it.
+    pub fn restore_inserted(&mut self, mut keys: PackedKeys) {
+        for (k, t) in std::mem::take(&mut self.inserted).iter() {
+            keys.push(k, t);
+        }
+        self.inserted = keys;
     }
 
     /// Waits for the part still loading and takes it in (tests and tools: [`DedupState::entries`]

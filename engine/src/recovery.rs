@@ -11,8 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use serde::Serialize;
 use tidemark_checkpoint::store::StateDelta;
-use tidemark_checkpoint::wal::format::{frame_len, FRAME_HEADER_LEN};
-use tidemark_checkpoint::wal::{FrameKind, RecoveryReport as WalRecovery};
+use tidemark_checkpoint::wal::RecoveryReport as WalRecovery;
 use tidemark_checkpoint::{
     CheckpointRecord, CheckpointStore, StoreError, StoreOptions, SyncPolicy, Wal, WalError,
     WalOptions, WalPosition,
@@ -29,14 +28,14 @@ use crate::epoch::{
     settings_diff, settings_refusal, DedupRuntime, DedupSpec, KeySource, OpenEpoch, ProcessError,
     RecordProcessor,
 };
-use crate::epoch_log::{decode_state_delta, from_store_positions, RecordDecoder, Replay, SealInfo};
+use crate::epoch_log::{from_store_positions, Replay, SealInfo};
 use crate::progress::Progress;
 use crate::protocol::{
     decide, FromTableReason, Refusal, RewindFacts, StartCase, StartFacts, StoreFacts,
 };
+use crate::restart_scan::{frame_bytes, AfterCheckpointLog, ChangelogScan, EpochScan};
 use crate::state_lock::StateLock;
 use crate::wal_damage;
-use crate::wal_tail::{TailFrame, TailScan, TailStep};
 
 /// Why a start could not recover (the recovery layer's error). A refusal carries the start
 /// decision that refused.
@@ -175,72 +174,20 @@ pub(crate) struct Changelog {
 }
 
 /// Reads the changelog checkpoint `c`'s state lacks from `frames` (the WAL read from
-/// [`state_position`]): the frames before the checkpoint's own position. Incomplete (never an
-/// error) when an epoch is missing, out of order, or its delta does not add up: recovery then
-/// rebuilds the state from the table instead.
+/// [`state_position`]): the frames before the checkpoint's own position (see
+/// [`ChangelogScan`], which a restart feeds during the WAL's open instead).
 pub(crate) fn read_changelog<E>(
     c: &CheckpointRecord,
     frames: impl IntoIterator<Item = Result<(WalPosition, tidemark_checkpoint::wal::Frame), E>>,
 ) -> Result<Changelog, E> {
-    let mut out = Changelog::default();
-    let end = wal_position(c);
-    if c.state_epoch >= c.epoch {
-        out.complete = true;
-        return Ok(out);
-    }
-    let mut next = c.state_epoch + 1;
-    let mut keys = tidemark_checkpoint::store::PackedKeys::default();
-    let mut whole = true;
+    let mut scan = ChangelogScan::new(c);
     for item in frames {
         let (at, frame) = item?;
-        if at >= end {
+        if !scan.feed(at, &frame) {
             break;
-        }
-        if frame.epoch != next {
-            whole = false;
-            break;
-        }
-        match frame.kind {
-            FrameKind::Marker => match decode_state_delta(&frame.payload, &mut keys) {
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(
-                        epoch = frame.epoch,
-                        segment = at.segment,
-                        offset = at.offset,
-                        "state delta frame unreadable: {e}"
-                    );
-                    whole = false;
-                    break;
-                }
-            },
-            FrameKind::Record => {}
-            FrameKind::Seal => {
-                let seal = SealInfo::decode(&frame.payload).ok();
-                let n = seal.as_ref().and_then(|s| s.state_keys);
-                if n != Some(keys.len() as u64) {
-                    whole = false;
-                    break;
-                }
-                let after = WalPosition {
-                    segment: at.segment,
-                    offset: at.offset + frame_len(frame.payload.len()) as u64,
-                };
-                out.deltas.push((
-                    next,
-                    after,
-                    StateDelta {
-                        epoch: next,
-                        inserts: std::mem::take(&mut keys),
-                        evict_below: seal.and_then(|s| s.watermark),
-                    },
-                ));
-                next += 1;
-            }
         }
     }
-    out.complete = whole && next == c.epoch + 1;
-    Ok(out)
+    Ok(scan.finish())
 }
 
 /// How the checkpoint store opened.
@@ -294,63 +241,6 @@ fn set_aside(path: &Path, what: &str) -> Result<PathBuf, RecoveryError> {
             .map_err(failed)?;
     }
     Ok(aside)
-}
-
-/// The records (in their logged batches, with batch clocks and too-large stubs) and seal of
-/// epoch `epoch` found in the WAL from `from` (the shapes it accepts: [`crate::wal_tail`]).
-fn scan_epoch(
-    wal: &Wal,
-    from: WalPosition,
-    epoch: u64,
-) -> Result<(Replay, Option<SealInfo>), RecoveryError> {
-    let mut decoder = RecordDecoder::default();
-    let mut records = Replay::default();
-    let mut seal = None;
-    let mut tail = TailScan::new(epoch);
-    let after: u64 = wal
-        .segments()
-        .iter()
-        .filter(|(id, _, _)| *id >= from.segment)
-        .map(|(_, _, size)| size)
-        .sum();
-    let mut progress = Progress::new(
-        "reading the WAL to replay",
-        "bytes",
-        after.saturating_sub(from.offset),
-    );
-    for item in wal.reader(from) {
-        let (at, frame) = item?;
-        progress.add((frame.payload.len() + FRAME_HEADER_LEN) as u64);
-        let unexpected = |what: String| RecoveryError::State {
-            path: PathBuf::from(format!("wal segment {} offset {}", at.segment, at.offset)),
-            message: what,
-        };
-        let kind = match frame.kind {
-            FrameKind::Seal => TailFrame::Seal,
-            FrameKind::Record | FrameKind::Marker => TailFrame::Data,
-        };
-        match tail.frame(frame.epoch, kind).map_err(unexpected)? {
-            TailStep::Replay => records
-                .add_frame(frame.kind, &frame.payload, &mut decoder)
-                .map_err(|e| unexpected(e.to_string()))?,
-            TailStep::Seal => {
-                seal =
-                    Some(SealInfo::decode(&frame.payload).map_err(|e| unexpected(e.to_string()))?)
-            }
-            // Read while `epoch` committed: re-read from the source after `epoch`'s end.
-            TailStep::ReadAhead => {}
-        }
-    }
-    if tail.read_ahead_frames() > 0 {
-        info!(
-            epoch = epoch + 1,
-            frames = tail.read_ahead_frames(),
-            "the WAL holds frames of epoch {} read while epoch {epoch} committed: they are re-read from the source",
-            epoch + 1
-        );
-    }
-    progress.finish();
-    Ok((records, seal))
 }
 
 /// The dead-letter windows of a plain start ([`StartOptions::dead_letter_windows`]): per
@@ -475,14 +365,16 @@ pub async fn recover(
         }
     }
 
-    let from = latest.as_ref().map(wal_position);
+    let c_epoch = latest.as_ref().map_or(0, |c| c.epoch);
     // The open scans (and repairs) from where the state's changelog begins: that part of the
-    // log is still needed.
-    let (mut wal, wal_report) = Wal::open_with_fs(
-        fs.clone(),
-        &wal_dir(state),
-        wal_options(config),
-        latest.as_ref().map(state_position),
+    // log is still needed. The same pass reads the changelog and what follows the checkpoint
+    // (`restart_scan`); a store found lost below drops what they read.
+    let (mut wal, wal_report, scanned) = open_wal_and_scan(
+        config,
+        fs,
+        state,
+        latest.as_ref(),
+        processor.dedup().is_some(),
     )?;
     log_wal_recovery(&wal_report, &mut outcome);
     let store_facts = StoreFacts::classify(
@@ -492,21 +384,19 @@ pub async fn recover(
         v > 0 || wal_report.frames > 0,
     );
     let store_lost = store_facts == StoreFacts::Lost;
-    let c_epoch = latest.as_ref().map_or(0, |c| c.epoch);
-    let (records, seal) = if config.checkpoint.enabled && !store_lost {
-        scan_epoch(&wal, from.unwrap_or_default(), c_epoch + 1)?
-    } else {
-        (Replay::default(), None)
+    let (after_checkpoint, changelog) = match scanned {
+        Some((after, changelog)) if !store_lost => (after?, changelog),
+        _ => (AfterCheckpointLog::default(), None),
     };
-    let changelog = match latest.as_ref() {
-        Some(c) if config.checkpoint.enabled && !store_lost && processor.dedup().is_some() => {
-            read_changelog(c, wal.reader(state_position(c)))?
-        }
-        _ => Changelog {
-            complete: true,
-            ..Changelog::default()
-        },
-    };
+    let AfterCheckpointLog {
+        records,
+        seal,
+        logged_delta,
+    } = after_checkpoint;
+    let changelog = changelog.unwrap_or(Changelog {
+        complete: true,
+        ..Changelog::default()
+    });
     if !changelog.complete {
         error!(checkpoint = c_epoch, state_epoch = latest.as_ref().map(|c| c.state_epoch), deltas_found = changelog.deltas.len(), "the WAL does not hold the dedup state's changelog the checkpoint needs (damaged or lost segments)");
     }
@@ -620,6 +510,7 @@ pub async fn recover(
     let replay = AfterCheckpoint {
         records,
         seal,
+        logged_delta,
         changelog: changelog.deltas,
         preload,
     };
@@ -771,6 +662,62 @@ fn set_wal_aside(
     Ok(committer)
 }
 
+/// What the one pass of the WAL's open read for a start from checkpoint `latest` (`None`
+/// with checkpoints off): what follows the checkpoint (or the frame that cannot follow it),
+/// and with dedup the state's changelog.
+type Scanned = (Result<AfterCheckpointLog, RecoveryError>, Option<Changelog>);
+
+/// Opens the WAL from where `latest`'s state changelog begins and, in the open's one pass,
+/// reads the changelog (with `dedup`) and what follows the checkpoint ([`crate::restart_scan`]).
+fn open_wal_and_scan(
+    config: &PipelineConfig,
+    fs: &SharedFs,
+    state: &Path,
+    latest: Option<&CheckpointRecord>,
+    dedup: bool,
+) -> Result<(Wal, WalRecovery, Option<Scanned>), RecoveryError> {
+    let dir = wal_dir(state);
+    let open_from = latest.map(state_position);
+    let enabled = config.checkpoint.enabled;
+    let mut after = enabled.then(|| {
+        EpochScan::new(
+            latest.map(wal_position).unwrap_or_default(),
+            latest.map_or(0, |c| c.epoch) + 1,
+        )
+    });
+    let mut changelog = latest.filter(|_| enabled && dedup).map(ChangelogScan::new);
+    let from = open_from.unwrap_or_default();
+    let bytes: u64 = tidemark_checkpoint::wal::segment_files(&dir)
+        .unwrap_or_default()
+        .iter()
+        .filter(|(id, _, _)| *id >= from.segment)
+        .map(|(_, _, size)| size)
+        .sum();
+    let mut progress = Progress::new(
+        "reading the WAL",
+        "bytes",
+        bytes.saturating_sub(from.offset),
+    );
+    let (wal, report) = Wal::open_visiting(
+        fs.clone(),
+        &dir,
+        wal_options(config),
+        open_from,
+        &mut |at, frame| {
+            progress.add(frame_bytes(&frame));
+            if let Some(scan) = changelog.as_mut() {
+                scan.feed(at, &frame);
+            }
+            if let Some(scan) = after.as_mut() {
+                scan.feed(at, &frame);
+            }
+        },
+    )?;
+    progress.finish();
+    let scanned = after.map(|a| (a.finish(), changelog.map(ChangelogScan::finish)));
+    Ok((wal, report, scanned))
+}
+
 fn log_wal_recovery(report: &WalRecovery, outcome: &mut RecoveryOutcome) {
     if let Some(m) = &report.mid_log {
         error!(
@@ -814,6 +761,8 @@ fn damage_newest_epoch(report: &WalRecovery, checkpoint_epoch: u64) -> Option<u6
 struct AfterCheckpoint {
     records: Replay,
     seal: Option<SealInfo>,
+    /// The state delta the WAL logged before that seal, if whole.
+    logged_delta: Option<PackedKeys>,
     /// The state deltas the checkpoint's state lacks (epochs after its `state_epoch`).
     changelog: Vec<(u64, WalPosition, StateDelta)>,
     /// The store's dedup state, loading since the store opened.
@@ -842,6 +791,7 @@ async fn from_checkpoint(
     let AfterCheckpoint {
         records,
         seal,
+        logged_delta,
         changelog,
         preload,
     } = replay;
@@ -869,6 +819,7 @@ async fn from_checkpoint(
         } else {
             state.len()
         };
+        state.reserve(changelog.iter().map(|(_, _, d)| d.inserts.len()).sum());
         for (_, _, delta) in &changelog {
             state.load_changelog(&delta.inserts);
         }
@@ -927,8 +878,9 @@ async fn from_checkpoint(
                 replayed = records.len(),
                 "recovery: epoch sealed but not in the table: redoing it from the WAL"
             );
+            let delta = redo_delta(&mut committer, logged_delta, epoch);
             let report = committer
-                .commit_sealed(SealedEpoch::replayed(open), None)
+                .commit_sealed(SealedEpoch::replayed(open, delta), None)
                 .await?;
             info!(epoch, version = ?report.version, rows = report.counts.written, "recovery: redone epoch committed");
             outcome.committed_at_start = Some(report);
@@ -999,6 +951,37 @@ fn replay_sealed(
         d.state.advance(seal.watermark);
     }
     Ok((seal, open))
+}
+
+/// The state delta a redo of `epoch` may leave to the state writer: the keys its replay added,
+/// when they are exactly the delta its WAL logged before `SEAL(epoch)` (which stays in the log
+/// as the changelog a later start reads until the state writer has synced it; the WAL's frames
+/// after that seal were read ahead while `epoch` committed, and hold no delta: `c+2`'s is
+/// logged only at its seal, after checkpoint `epoch`). Otherwise (no dedup, no whole logged
+/// delta, or a replay that added other keys) `None`: the checkpoint writes the replayed keys
+/// with its record in one synced batch, as before the changelog.
+fn redo_delta(
+    committer: &mut Committer,
+    logged: Option<PackedKeys>,
+    epoch: u64,
+) -> Option<PackedKeys> {
+    let d = committer.dedup_mut()?;
+    let replayed = d.state.take_inserted();
+    match logged {
+        Some(logged) if logged == replayed => Some(replayed),
+        logged => {
+            if let Some(logged) = logged {
+                warn!(
+                    epoch,
+                    replayed = replayed.len(),
+                    logged = logged.len(),
+                    "the redo added other dedup keys than the WAL logged for this epoch; its state is written with its checkpoint instead"
+                );
+            }
+            d.state.restore_inserted(replayed);
+            None
+        }
+    }
 }
 
 fn retained(store: &CheckpointStore) -> String {
