@@ -682,6 +682,13 @@ impl Committer {
         Ok(())
     }
 
+    /// Holds the state writer back from applying deltas until the hold drops (best effort:
+    /// see [`StateWriter::hold`]): recovery, while it replays and commits its first epoch, so
+    /// the changelog it resumed does not share the cores with that commit.
+    pub(crate) fn hold_state_writes(&mut self) -> tidemark_checkpoint::store::StateHold {
+        self.state_writer().hold()
+    }
+
     /// The state writer, started on first use with the store's state durable through
     /// `state_epoch`.
     fn state_writer(&mut self) -> &StateWriter {
