@@ -593,7 +593,11 @@ async fn a_redo_checkpointed_through_the_changelog_survives_a_kill_at_each_state
     let extra = "[checkpoint]\ninterval_ms = 200\nmax_records = 400\nwal_segment_bytes = 8192\n\
                  [dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 600000\n";
     let mut report = Vec::new();
-    for restart_kill in ["after_checkpoint@1", "after_state_write@1", "after_state_sync@1"] {
+    for restart_kill in [
+        "after_checkpoint@1",
+        "after_state_write@1",
+        "after_state_sync@1",
+    ] {
         let (_, fixture, _) = super::topic_of_values_and_fixture(
             &brokers,
             &format!("redo-{}", restart_kill.replace(['@', '_'], "-")),
