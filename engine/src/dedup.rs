@@ -228,11 +228,23 @@ impl DedupState {
             loaded.advance(self.watermark);
         }
         let memory = std::mem::take(&mut self.keys);
-        for (k, t) in memory {
-            loaded.oldest = loaded.oldest.min(t);
-            loaded.keys.insert(k, t);
+        if memory.len() <= loaded.keys.len() {
+            loaded.keys.reserve(memory.len());
+            for (k, t) in memory {
+                loaded.oldest = loaded.oldest.min(t);
+                loaded.keys.insert(k, t);
+            }
+            self.keys = loaded.keys;
+        } else {
+            // Fewer inserts the other way round (memory keeps its entries where both hold a
+            // key): `self.oldest` already bounds memory's entries.
+            let mut memory = memory;
+            memory.reserve(loaded.keys.len());
+            for (k, t) in loaded.keys {
+                memory.entry(k).or_insert(t);
+            }
+            self.keys = memory;
         }
-        self.keys = loaded.keys;
         self.oldest = self.oldest.min(loaded.oldest);
         Ok(false)
     }
@@ -310,6 +322,12 @@ impl DedupState {
                 self.load(k, *t);
             }
         }
+    }
+
+    /// The event time `key` has in memory, if it is there (whatever the watermark): for a
+    /// loaded state answering lookups as the cold part of another ([`ColdKeys::lookup`]).
+    pub fn time_of(&self, key: &[u8]) -> Option<i64> {
+        self.keys.get(key).copied()
     }
 
     /// Makes room in memory for `additional` more keys at once: recovery, before loading a

@@ -183,7 +183,7 @@ pub(crate) fn read_changelog<E>(
     let mut scan = ChangelogScan::new(c);
     for item in frames {
         let (at, frame) = item?;
-        if !scan.feed(at, &frame) {
+        if !scan.feed(at, frame.as_ref()) {
             break;
         }
     }
@@ -709,15 +709,15 @@ fn open_wal_and_scan(
         open_from,
         &mut |at, frame| {
             // Progress in steps of a few MB: a clock read per frame cost ~3% of the pass.
-            unreported += frame_bytes(&frame);
+            unreported += frame_bytes(frame);
             if unreported >= PROGRESS_STEP {
                 progress.add(std::mem::take(&mut unreported));
             }
             if let Some(scan) = changelog.as_mut() {
-                scan.feed(at, &frame);
+                scan.feed(at, frame);
             }
             if let Some(scan) = after.as_mut() {
-                scan.feed(at, &frame);
+                scan.feed(at, frame);
             }
         },
     )?;
@@ -1070,12 +1070,18 @@ struct StateLoad {
     started: std::time::Instant,
     /// Set while recovery replays the WAL and commits it (see [`StateLoad::pause`]).
     paused: Arc<AtomicBool>,
+    /// A load that ended while paused: it answers lookups until the pause ends, and only
+    /// then is taken in (see [`LoadPaused`]).
+    ended: Option<DedupState>,
 }
 
 /// Holds a [`StateLoad`] still until dropped: recovery's replay and first commit get the
 /// cores (two on the machines measured) instead of sharing them with the load's two threads;
 /// the replay's checks are answered by the key index meanwhile, as while the load runs. No
-/// verdict depends on how far the load has come, so pausing it changes none.
+/// verdict depends on how far the load has come, so pausing it changes none. A load that has
+/// ended by then answers the replay's lookups from its map instead, and is taken in (memory's
+/// entries merged into it: as many inserts as the changelog has keys) only once the pause
+/// ends, after the first commit rather than in the middle of its replay.
 struct LoadPaused(Arc<AtomicBool>);
 
 impl Drop for LoadPaused {
@@ -1098,6 +1104,7 @@ impl StateLoad {
             store,
             started: std::time::Instant::now(),
             paused,
+            ended: None,
         }
     }
 
@@ -1129,6 +1136,9 @@ impl StateLoad {
     /// The loaded state (waits for the load to end).
     fn join(mut self) -> Result<DedupState, RecoveryError> {
         self.paused.store(false, Ordering::Release);
+        if let Some(state) = self.ended.take() {
+            return Ok(state);
+        }
         self.take_loaded().map_err(|what| RecoveryError::State {
             path: self.store.path().to_path_buf(),
             message: format!("the dedup state load {what}"),
@@ -1138,12 +1148,19 @@ impl StateLoad {
 
 impl ColdKeys for StateLoad {
     fn lookup(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<i64>>, ColdError> {
+        if let Some(state) = &self.ended {
+            return Ok(keys.iter().map(|k| state.time_of(k)).collect());
+        }
         self.store
             .lookup_dedup_keys(keys)
             .map_err(|e| ColdError(e.to_string()))
     }
 
     fn poll_loaded(&mut self) -> Result<Option<DedupState>, ColdError> {
+        let paused = self.paused.load(Ordering::Acquire);
+        if self.ended.is_some() {
+            return Ok(if paused { None } else { self.ended.take() });
+        }
         if self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
             return Ok(None);
         }
@@ -1153,6 +1170,10 @@ impl ColdKeys for StateLoad {
             .take_loaded()
             .map_err(|what| failed(what.to_string()))?
             .map_err(|e| failed(format!("failed: {e}")))?;
+        if paused {
+            self.ended = Some(state);
+            return Ok(None);
+        }
         Ok(Some(state))
     }
 }
@@ -1517,6 +1538,7 @@ mod tests {
             store: store.clone(),
             started: std::time::Instant::now(),
             paused: Arc::new(AtomicBool::new(true)),
+            ended: None,
         };
         let (loader, pause) = (store.clone(), load.paused.clone());
         load.thread = Some(std::thread::spawn(move || {
@@ -1541,5 +1563,50 @@ mod tests {
         let paused_load = StateLoad::start(store.clone(), None);
         let _guard = paused_load.pause();
         drop(paused_load);
+    }
+
+    /// A load that ends while paused (it ended before recovery's replay began) is not taken
+    /// in during the pause: the state stays loading, and the replay's checks are answered
+    /// from the ended load's map, with the verdicts the store would give. Once the pause
+    /// ends, the next poll takes it in, memory's keys included.
+    #[test]
+    fn a_load_that_ended_while_paused_answers_lookups_and_is_taken_in_after_the_pause() {
+        use crate::dedup::Verdict;
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let keys: Vec<(Vec<u8>, i64)> = (0..100i64)
+            .map(|i| (format!("key-{i}").into_bytes(), 1_000 + i))
+            .collect();
+        store
+            .write(
+                &empty_checkpoint(1),
+                keys.iter().map(|(k, t)| (k.as_slice(), *t)),
+                None,
+            )
+            .unwrap();
+        let load = StateLoad::start(store.clone(), Some(1_000));
+        while load.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let pause = load.pause();
+        let mut state = DedupState::loading(Box::new(load), Some(1_000));
+        state.load(b"changelog-key", 2_000);
+        let batch: Vec<&[u8]> = vec![b"key-7", b"key-99", b"new-key", b"changelog-key"];
+        state.prefetch(batch.iter().copied()).unwrap();
+        assert!(state.is_loading(), "taken in during the pause");
+        assert_eq!(state.check(b"key-7", 1_500).unwrap(), Verdict::Duplicate);
+        assert_eq!(state.check(b"key-99", 1_500).unwrap(), Verdict::Duplicate);
+        assert_eq!(
+            state.check(b"changelog-key", 2_000).unwrap(),
+            Verdict::Duplicate
+        );
+        assert_eq!(state.check(b"new-key", 1_500).unwrap(), Verdict::Accept);
+        assert_eq!(state.check(b"new-key", 1_500).unwrap(), Verdict::Duplicate);
+        assert!(state.is_loading());
+        drop(pause);
+        state.prefetch([&b"other"[..]]).unwrap();
+        assert!(!state.is_loading(), "not taken in after the pause");
+        assert_eq!(state.len(), keys.len() + 2);
+        assert_eq!(state.check(b"key-0", 1_500).unwrap(), Verdict::Duplicate);
     }
 }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use tidemark_checkpoint::store::{PackedKeys, StateDelta};
 use tidemark_checkpoint::wal::format::{frame_len, FRAME_HEADER_LEN};
-use tidemark_checkpoint::wal::{Frame, FrameKind};
+use tidemark_checkpoint::wal::{FrameKind, FrameRef};
 use tidemark_checkpoint::{CheckpointRecord, WalPosition};
 use tracing::{info, warn};
 
@@ -67,7 +67,7 @@ impl ChangelogScan {
     }
 
     /// Takes the frame at `at`; returns false once no later frame matters.
-    pub(crate) fn feed(&mut self, at: WalPosition, frame: &Frame) -> bool {
+    pub(crate) fn feed(&mut self, at: WalPosition, frame: FrameRef<'_>) -> bool {
         if self.done {
             return false;
         }
@@ -81,7 +81,7 @@ impl ChangelogScan {
         }
         match frame.kind {
             FrameKind::Marker => {
-                if let Err(e) = decode_state_delta(&frame.payload, &mut self.keys) {
+                if let Err(e) = decode_state_delta(frame.payload, &mut self.keys) {
                     warn!(
                         epoch = frame.epoch,
                         segment = at.segment,
@@ -94,7 +94,7 @@ impl ChangelogScan {
             }
             FrameKind::Record => {}
             FrameKind::Seal => {
-                let seal = SealInfo::decode(&frame.payload).ok();
+                let seal = SealInfo::decode(frame.payload).ok();
                 let n = seal.as_ref().and_then(|s| s.state_keys);
                 if n != Some(self.keys.len() as u64) {
                     self.incomplete();
@@ -177,7 +177,7 @@ impl EpochScan {
     }
 
     /// Takes the frame at `at` (frames before `from` are not this scan's).
-    pub(crate) fn feed(&mut self, at: WalPosition, frame: &Frame) {
+    pub(crate) fn feed(&mut self, at: WalPosition, frame: FrameRef<'_>) {
         if at < self.from || self.error.is_some() {
             return;
         }
@@ -186,7 +186,7 @@ impl EpochScan {
         }
     }
 
-    fn step(&mut self, at: WalPosition, frame: &Frame) -> Result<(), RecoveryError> {
+    fn step(&mut self, at: WalPosition, frame: FrameRef<'_>) -> Result<(), RecoveryError> {
         let unexpected = |what: String| RecoveryError::State {
             path: PathBuf::from(format!("wal segment {} offset {}", at.segment, at.offset)),
             message: what,
@@ -201,16 +201,16 @@ impl EpochScan {
                     // A state delta marker is part of the changelog, not of the replay; a
                     // batch clock is neither here (nothing appended).
                     self.delta_readable =
-                        decode_state_delta(&frame.payload, &mut self.delta).is_ok();
+                        decode_state_delta(frame.payload, &mut self.delta).is_ok();
                 }
                 self.found
                     .records
-                    .add_frame(frame.kind, &frame.payload, &mut self.decoder)
+                    .add_frame(frame.kind, frame.payload, &mut self.decoder)
                     .map_err(|e| unexpected(e.to_string()))?
             }
             TailStep::Seal => {
                 let seal =
-                    SealInfo::decode(&frame.payload).map_err(|e| unexpected(e.to_string()))?;
+                    SealInfo::decode(frame.payload).map_err(|e| unexpected(e.to_string()))?;
                 let keys = std::mem::take(&mut self.delta);
                 if self.delta_readable && seal.state_keys == Some(keys.len() as u64) {
                     self.found.logged_delta = Some(keys);
@@ -242,7 +242,7 @@ impl EpochScan {
 }
 
 /// Bytes a frame takes in the log (for progress).
-pub(crate) fn frame_bytes(frame: &Frame) -> u64 {
+pub(crate) fn frame_bytes(frame: FrameRef<'_>) -> u64 {
     (frame.payload.len() + FRAME_HEADER_LEN) as u64
 }
 
@@ -252,7 +252,7 @@ mod tests {
 
     use proptest::prelude::*;
     use tidemark_checkpoint::store::PackedKeys;
-    use tidemark_checkpoint::wal::{Frame, FrameKind};
+    use tidemark_checkpoint::wal::{FrameKind, FrameRef};
     use tidemark_checkpoint::{CheckpointRecord, SyncPolicy, Wal, WalOptions, WalPosition};
     use tidemark_connectors::{Positions, SourceRecord};
 
@@ -423,9 +423,9 @@ mod tests {
                 &dir,
                 options,
                 Some(state_position(&record)),
-                &mut |at, frame: Frame| {
-                    changelog.feed(at, &frame);
-                    after.feed(at, &frame);
+                &mut |at, frame: FrameRef<'_>| {
+                    changelog.feed(at, frame);
+                    after.feed(at, frame);
                 },
             )
             .unwrap();
@@ -438,7 +438,7 @@ mod tests {
             let mut scan = EpochScan::new(wal_position(&record), c + 1);
             for item in wal.reader(wal_position(&record)) {
                 let (at, frame) = item.unwrap();
-                scan.feed(at, &frame);
+                scan.feed(at, frame.as_ref());
             }
             let double = seen(log, scan.finish());
             prop_assert_eq!(&single, &double);

@@ -37,7 +37,7 @@ use recovery::Segment;
 use segment::{list_segments, segment_path};
 
 pub use error::WalError;
-pub use format::{Frame, FrameKind};
+pub use format::{Frame, FrameKind, FrameRef};
 pub use reader::WalReader;
 pub use recovery::{MidLogDamage, RecoveryReport, Truncation, WalDamage, DAMAGED_PREFIX};
 
@@ -210,7 +210,7 @@ impl Wal {
         dir: &Path,
         options: WalOptions,
         from: Option<WalPosition>,
-        visit: &mut dyn FnMut(WalPosition, Frame),
+        visit: &mut dyn FnMut(WalPosition, FrameRef<'_>),
     ) -> Result<(Self, RecoveryReport), WalError> {
         fs.create_dir_all(dir)
             .map_err(io_err("create directory", dir))?;

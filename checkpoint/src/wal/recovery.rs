@@ -27,7 +27,7 @@ use tidemark_fs::{write_file_durably, FileSystem};
 use tracing::warn;
 
 use super::error::{io_err, WalError};
-use super::format::{Frame, FrameKind, SegmentHeader, SEGMENT_HEADER_LEN};
+use super::format::{FrameKind, FrameRef, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::segment::{
     list_segments, open_segment, read_file, salvage_frames, scan_segment, segment_name,
     segment_path, ScanEnd,
@@ -147,7 +147,7 @@ pub(crate) fn recover(
     fs: &dyn FileSystem,
     dir: &Path,
     from: Option<WalPosition>,
-    visit: &mut dyn FnMut(WalPosition, Frame),
+    visit: &mut dyn FnMut(WalPosition, FrameRef<'_>),
 ) -> Result<Recovered, WalError> {
     let mut report = RecoveryReport {
         mid_log: resume_interrupted(fs, dir)?,
@@ -208,7 +208,7 @@ fn scan(
     from: WalPosition,
     segments: &mut Vec<Segment>,
     report: &mut RecoveryReport,
-    visit: &mut dyn FnMut(WalPosition, Frame),
+    visit: &mut dyn FnMut(WalPosition, FrameRef<'_>),
 ) -> Result<Option<Found>, WalError> {
     for (i, (id, path)) in listed.iter().enumerate() {
         let damaged = |at: u64, reason: String| {
@@ -263,7 +263,7 @@ fn scan(
             frames += 1;
             last_epoch = Some(frame.epoch);
             if frame.kind == FrameKind::Seal {
-                last_seal = Some((frame.epoch, frame.payload.clone()));
+                last_seal = Some((frame.epoch, frame.payload.to_vec()));
             }
             let at = WalPosition {
                 segment: *id,

@@ -179,7 +179,7 @@ proptest! {
             dir.path(),
             WalOptions { segment_size, sync: SyncPolicy::EveryBatch },
             Some(from),
-            &mut |at, f: Frame| visited.push((at, f.kind, f.epoch, f.payload)),
+            &mut |at, f: FrameRef<'_>| visited.push((at, f.kind, f.epoch, f.payload.to_vec())),
         )
         .unwrap();
         prop_assert_eq!(report.frames, visited.len() as u64);
