@@ -690,7 +690,7 @@ fn open_wal_and_scan(
     });
     let mut changelog = latest.filter(|_| enabled && dedup).map(ChangelogScan::new);
     let from = open_from.unwrap_or_default();
-    let bytes: u64 = tidemark_checkpoint::wal::segment_files(&dir)
+    let bytes: u64 = tidemark_checkpoint::wal::segment_files_in(&**fs, &dir)
         .unwrap_or_default()
         .iter()
         .filter(|(id, _, _)| *id >= from.segment)

@@ -13,7 +13,7 @@
 //!   shapes [`crate::wal_tail`] accepts.
 //!
 //! Each ignores the frames outside its range, so feeding both the whole open gives what two
-//! readers from their own positions would (tested against them in `recovery`'s tests).
+//! readers from their own positions would (property-tested against them below).
 
 use std::path::PathBuf;
 

@@ -82,11 +82,18 @@ pub struct WalPosition {
 /// The segment files in `dir` as `(id, path, size in bytes)`, oldest first, without opening
 /// or repairing anything: for tools that inspect a log another process may be writing.
 pub fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>, WalError> {
-    let fs = std_fs();
-    if !dir.exists() {
+    segment_files_in(&*std_fs(), dir)
+}
+
+/// [`segment_files`] through `fs` (the file system a [`Wal`] is opened with).
+pub fn segment_files_in(
+    fs: &dyn tidemark_fs::FileSystem,
+    dir: &Path,
+) -> Result<Vec<(u64, PathBuf, u64)>, WalError> {
+    if !fs.exists(dir) {
         return Ok(Vec::new());
     }
-    list_segments(&*fs, dir)?
+    list_segments(fs, dir)?
         .into_iter()
         .map(|(id, path)| {
             let size = fs.len(&path).map_err(io_err("stat", &path))?;
