@@ -117,11 +117,15 @@ pub struct SealedEpoch {
 }
 
 impl SealedEpoch {
-    /// An epoch recovery found sealed in the WAL and replayed.
-    pub(crate) fn replayed(open: OpenEpoch) -> Self {
+    /// An epoch recovery found sealed in the WAL and replayed. With `logged_delta` (the keys
+    /// the replay added, which the WAL also holds as this epoch's changelog entry, before its
+    /// seal) its checkpoint takes the changelog path: the record alone is synced and the delta
+    /// goes to the state writer, as for an epoch this process sealed. Without, the record and
+    /// the state it changed are one synced write.
+    pub(crate) fn replayed(open: OpenEpoch, logged_delta: Option<PackedKeys>) -> Self {
         Self {
             open,
-            delta: None,
+            delta: logged_delta,
             wal_after_seal: None,
         }
     }
@@ -683,6 +687,13 @@ impl Committer {
             self.unsynced_state.push_back((epoch, at));
         }
         Ok(())
+    }
+
+    /// Holds the state writer back from applying deltas until the hold drops (best effort:
+    /// see [`StateWriter::hold`]): recovery, while it replays and commits its first epoch, so
+    /// the changelog it resumed does not share the cores with that commit.
+    pub(crate) fn hold_state_writes(&mut self) -> tidemark_checkpoint::store::StateHold {
+        self.state_writer().hold()
     }
 
     /// The state writer, started on first use with the store's state durable through

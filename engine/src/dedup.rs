@@ -228,11 +228,23 @@ impl DedupState {
             loaded.advance(self.watermark);
         }
         let memory = std::mem::take(&mut self.keys);
-        for (k, t) in memory {
-            loaded.oldest = loaded.oldest.min(t);
-            loaded.keys.insert(k, t);
+        if memory.len() <= loaded.keys.len() {
+            loaded.keys.reserve(memory.len());
+            for (k, t) in memory {
+                loaded.oldest = loaded.oldest.min(t);
+                loaded.keys.insert(k, t);
+            }
+            self.keys = loaded.keys;
+        } else {
+            // Fewer inserts the other way round (memory keeps its entries where both hold a
+            // key): `self.oldest` already bounds memory's entries.
+            let mut memory = memory;
+            memory.reserve(loaded.keys.len());
+            for (k, t) in loaded.keys {
+                memory.entry(k).or_insert(t);
+            }
+            self.keys = memory;
         }
-        self.keys = loaded.keys;
         self.oldest = self.oldest.min(loaded.oldest);
         Ok(false)
     }
@@ -296,9 +308,33 @@ impl DedupState {
     /// like [`DedupState::load`], the keys at or above the watermark, not recorded as inserted
     /// (the changelog is already durable; the store gets it from there).
     pub fn load_changelog(&mut self, delta: &PackedKeys) {
-        for (k, t) in delta.iter() {
-            self.load(k, t);
+        // In chunks, each looked up first (`warm`): the lookups depend on nothing but their
+        // key, so the CPU overlaps their cache misses, and the inserts find their slots
+        // cached (a million inserts one by one pay one memory latency after another).
+        const CHUNK: usize = 32;
+        let mut chunk: Vec<(&[u8], i64)> = Vec::with_capacity(CHUNK);
+        let mut entries = delta.iter().peekable();
+        while entries.peek().is_some() {
+            chunk.clear();
+            chunk.extend(entries.by_ref().take(CHUNK));
+            self.warm(chunk.iter().map(|(k, _)| *k));
+            for (k, t) in &chunk {
+                self.load(k, *t);
+            }
         }
+    }
+
+    /// The event time `key` has in memory, if it is there (whatever the watermark): for a
+    /// loaded state answering lookups as the cold part of another ([`ColdKeys::lookup`]).
+    pub fn time_of(&self, key: &[u8]) -> Option<i64> {
+        self.keys.get(key).copied()
+    }
+
+    /// Makes room in memory for `additional` more keys at once: recovery, before loading a
+    /// changelog of known size (one allocation instead of a rehash of everything at each
+    /// doubling, measured ~0.3 s for 1.1M keys).
+    pub fn reserve(&mut self, additional: usize) {
+        self.keys.reserve(additional);
     }
 
     /// The watermark in effect.
@@ -398,6 +434,16 @@ impl DedupState {
     /// the next checkpoint must insert.
     pub fn take_inserted(&mut self) -> PackedKeys {
         std::mem::take(&mut self.inserted).at_or_above(self.watermark)
+    }
+
+    /// Gives back what [`DedupState::take_inserted`] took, when its caller does not checkpoint
+    /// it after all (a redo whose replayed delta is not the one its WAL logged): the next
+    /// checkpoint inserts it as if it had never been taken. Keys accepted since are kept after it.
+    pub fn restore_inserted(&mut self, mut keys: PackedKeys) {
+        for (k, t) in std::mem::take(&mut self.inserted).iter() {
+            keys.push(k, t);
+        }
+        self.inserted = keys;
     }
 
     /// Waits for the part still loading and takes it in (tests and tools: [`DedupState::entries`]

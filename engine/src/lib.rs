@@ -50,6 +50,7 @@ pub mod quarantine;
 pub mod read_ahead;
 pub mod recovery;
 pub mod replica_watch;
+pub(crate) mod restart_scan;
 pub mod shutdown;
 pub mod state_lock;
 pub mod status;

@@ -10,7 +10,7 @@
 //! Invariants (kept by the committer and the run loop): at most one epoch commits at a time,
 //! commits are in epoch order, and the next epoch is never sealed before the committing one is
 //! checkpointed, so the WAL only ever holds, after the newest checkpoint, the frames of one
-//! sealed epoch and then those of the next (see `recovery::scan_epoch`).
+//! sealed epoch and then those of the next (see `restart_scan::EpochScan`).
 
 use std::cell::Cell;
 

@@ -11,8 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use serde::Serialize;
 use tidemark_checkpoint::store::StateDelta;
-use tidemark_checkpoint::wal::format::{frame_len, FRAME_HEADER_LEN};
-use tidemark_checkpoint::wal::{FrameKind, RecoveryReport as WalRecovery};
+use tidemark_checkpoint::wal::RecoveryReport as WalRecovery;
 use tidemark_checkpoint::{
     CheckpointRecord, CheckpointStore, StoreError, StoreOptions, SyncPolicy, Wal, WalError,
     WalOptions, WalPosition,
@@ -30,7 +29,7 @@ use crate::epoch::{
     settings_diff, settings_refusal, DedupRuntime, DedupSpec, KeySource, OpenEpoch, ProcessError,
     RecordProcessor,
 };
-use crate::epoch_log::{decode_state_delta, from_store_positions, RecordDecoder, Replay, SealInfo};
+use crate::epoch_log::{from_store_positions, Replay, SealInfo};
 use crate::partition_dedup::{
     file_may_hold, KeyOrigins, PartitionDedup, TimeColumn, WorkerDedupStart, WorkerStateBuilder,
 };
@@ -38,9 +37,9 @@ use crate::progress::Progress;
 use crate::protocol::{
     decide, FromTableReason, Refusal, RewindFacts, StartCase, StartFacts, StoreFacts,
 };
+use crate::restart_scan::{frame_bytes, AfterCheckpointLog, ChangelogScan, EpochScan};
 use crate::state_lock::StateLock;
 use crate::wal_damage;
-use crate::wal_tail::{TailFrame, TailScan, TailStep};
 
 /// Why a start could not recover (the recovery layer's error). A refusal carries the start
 /// decision that refused.
@@ -179,72 +178,20 @@ pub(crate) struct Changelog {
 }
 
 /// Reads the changelog checkpoint `c`'s state lacks from `frames` (the WAL read from
-/// [`state_position`]): the frames before the checkpoint's own position. Incomplete (never an
-/// error) when an epoch is missing, out of order, or its delta does not add up: recovery then
-/// rebuilds the state from the table instead.
+/// [`state_position`]): the frames before the checkpoint's own position (see
+/// [`ChangelogScan`], which a restart feeds during the WAL's open instead).
 pub(crate) fn read_changelog<E>(
     c: &CheckpointRecord,
     frames: impl IntoIterator<Item = Result<(WalPosition, tidemark_checkpoint::wal::Frame), E>>,
 ) -> Result<Changelog, E> {
-    let mut out = Changelog::default();
-    let end = wal_position(c);
-    if c.state_epoch >= c.epoch {
-        out.complete = true;
-        return Ok(out);
-    }
-    let mut next = c.state_epoch + 1;
-    let mut keys = tidemark_checkpoint::store::PackedKeys::default();
-    let mut whole = true;
+    let mut scan = ChangelogScan::new(c);
     for item in frames {
         let (at, frame) = item?;
-        if at >= end {
+        if !scan.feed(at, frame.as_ref()) {
             break;
-        }
-        if frame.epoch != next {
-            whole = false;
-            break;
-        }
-        match frame.kind {
-            FrameKind::Marker => match decode_state_delta(&frame.payload, &mut keys) {
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(
-                        epoch = frame.epoch,
-                        segment = at.segment,
-                        offset = at.offset,
-                        "state delta frame unreadable: {e}"
-                    );
-                    whole = false;
-                    break;
-                }
-            },
-            FrameKind::Record => {}
-            FrameKind::Seal => {
-                let seal = SealInfo::decode(&frame.payload).ok();
-                let n = seal.as_ref().and_then(|s| s.state_keys);
-                if n != Some(keys.len() as u64) {
-                    whole = false;
-                    break;
-                }
-                let after = WalPosition {
-                    segment: at.segment,
-                    offset: at.offset + frame_len(frame.payload.len()) as u64,
-                };
-                out.deltas.push((
-                    next,
-                    after,
-                    StateDelta {
-                        epoch: next,
-                        inserts: std::mem::take(&mut keys),
-                        evict_below: seal.and_then(|s| s.watermark),
-                    },
-                ));
-                next += 1;
-            }
         }
     }
-    out.complete = whole && next == c.epoch + 1;
-    Ok(out)
+    Ok(scan.finish())
 }
 
 /// How the checkpoint store opened.
@@ -298,63 +245,6 @@ fn set_aside(path: &Path, what: &str) -> Result<PathBuf, RecoveryError> {
             .map_err(failed)?;
     }
     Ok(aside)
-}
-
-/// The records (in their logged batches, with batch clocks and too-large stubs) and seal of
-/// epoch `epoch` found in the WAL from `from` (the shapes it accepts: [`crate::wal_tail`]).
-fn scan_epoch(
-    wal: &Wal,
-    from: WalPosition,
-    epoch: u64,
-) -> Result<(Replay, Option<SealInfo>), RecoveryError> {
-    let mut decoder = RecordDecoder::default();
-    let mut records = Replay::default();
-    let mut seal = None;
-    let mut tail = TailScan::new(epoch);
-    let after: u64 = wal
-        .segments()
-        .iter()
-        .filter(|(id, _, _)| *id >= from.segment)
-        .map(|(_, _, size)| size)
-        .sum();
-    let mut progress = Progress::new(
-        "reading the WAL to replay",
-        "bytes",
-        after.saturating_sub(from.offset),
-    );
-    for item in wal.reader(from) {
-        let (at, frame) = item?;
-        progress.add((frame.payload.len() + FRAME_HEADER_LEN) as u64);
-        let unexpected = |what: String| RecoveryError::State {
-            path: PathBuf::from(format!("wal segment {} offset {}", at.segment, at.offset)),
-            message: what,
-        };
-        let kind = match frame.kind {
-            FrameKind::Seal => TailFrame::Seal,
-            FrameKind::Record | FrameKind::Marker => TailFrame::Data,
-        };
-        match tail.frame(frame.epoch, kind).map_err(unexpected)? {
-            TailStep::Replay => records
-                .add_frame(frame.kind, &frame.payload, &mut decoder)
-                .map_err(|e| unexpected(e.to_string()))?,
-            TailStep::Seal => {
-                seal =
-                    Some(SealInfo::decode(&frame.payload).map_err(|e| unexpected(e.to_string()))?)
-            }
-            // Read while `epoch` committed: re-read from the source after `epoch`'s end.
-            TailStep::ReadAhead => {}
-        }
-    }
-    if tail.read_ahead_frames() > 0 {
-        info!(
-            epoch = epoch + 1,
-            frames = tail.read_ahead_frames(),
-            "the WAL holds frames of epoch {} read while epoch {epoch} committed: they are re-read from the source",
-            epoch + 1
-        );
-    }
-    progress.finish();
-    Ok((records, seal))
 }
 
 /// The dead-letter windows of a plain start ([`StartOptions::dead_letter_windows`]): per
@@ -491,14 +381,16 @@ pub async fn recover(
         }
     }
 
-    let from = latest.as_ref().map(wal_position);
+    let c_epoch = latest.as_ref().map_or(0, |c| c.epoch);
     // The open scans (and repairs) from where the state's changelog begins: that part of the
-    // log is still needed.
-    let (mut wal, wal_report) = Wal::open_with_fs(
-        fs.clone(),
-        &wal_dir(state),
-        wal_options(config),
-        latest.as_ref().map(state_position),
+    // log is still needed. The same pass reads the changelog and what follows the checkpoint
+    // (`restart_scan`); a store found lost below drops what they read.
+    let (mut wal, wal_report, scanned) = open_wal_and_scan(
+        config,
+        fs,
+        state,
+        latest.as_ref(),
+        processor.dedup().is_some(),
     )?;
     log_wal_recovery(&wal_report, &mut outcome);
     let store_facts = StoreFacts::classify(
@@ -508,21 +400,19 @@ pub async fn recover(
         v > 0 || wal_report.frames > 0,
     );
     let store_lost = store_facts == StoreFacts::Lost;
-    let c_epoch = latest.as_ref().map_or(0, |c| c.epoch);
-    let (records, seal) = if config.checkpoint.enabled && !store_lost {
-        scan_epoch(&wal, from.unwrap_or_default(), c_epoch + 1)?
-    } else {
-        (Replay::default(), None)
+    let (after_checkpoint, changelog) = match scanned {
+        Some((after, changelog)) if !store_lost => (after?, changelog),
+        _ => (AfterCheckpointLog::default(), None),
     };
-    let changelog = match latest.as_ref() {
-        Some(c) if config.checkpoint.enabled && !store_lost && processor.dedup().is_some() => {
-            read_changelog(c, wal.reader(state_position(c)))?
-        }
-        _ => Changelog {
-            complete: true,
-            ..Changelog::default()
-        },
-    };
+    let AfterCheckpointLog {
+        records,
+        seal,
+        logged_delta,
+    } = after_checkpoint;
+    let changelog = changelog.unwrap_or(Changelog {
+        complete: true,
+        ..Changelog::default()
+    });
     if !changelog.complete {
         error!(checkpoint = c_epoch, state_epoch = latest.as_ref().map(|c| c.state_epoch), deltas_found = changelog.deltas.len(), "the WAL does not hold the dedup state's changelog the checkpoint needs (damaged or lost segments)");
     }
@@ -636,6 +526,7 @@ pub async fn recover(
     let replay = AfterCheckpoint {
         records,
         seal,
+        logged_delta,
         changelog: changelog.deltas,
         preload,
     };
@@ -794,6 +685,71 @@ fn set_wal_aside(
     Ok(committer)
 }
 
+/// What the one pass of the WAL's open read for a start from checkpoint `latest` (`None`
+/// with checkpoints off): what follows the checkpoint (or the frame that cannot follow it),
+/// and with dedup the state's changelog.
+type Scanned = (Result<AfterCheckpointLog, RecoveryError>, Option<Changelog>);
+
+/// Bytes of WAL read between two progress updates.
+const PROGRESS_STEP: u64 = 4 << 20;
+
+/// Opens the WAL from where `latest`'s state changelog begins and, in the open's one pass,
+/// reads the changelog (with `dedup`) and what follows the checkpoint ([`crate::restart_scan`]).
+fn open_wal_and_scan(
+    config: &PipelineConfig,
+    fs: &SharedFs,
+    state: &Path,
+    latest: Option<&CheckpointRecord>,
+    dedup: bool,
+) -> Result<(Wal, WalRecovery, Option<Scanned>), RecoveryError> {
+    let dir = wal_dir(state);
+    let open_from = latest.map(state_position);
+    let enabled = config.checkpoint.enabled;
+    let mut after = enabled.then(|| {
+        EpochScan::new(
+            latest.map(wal_position).unwrap_or_default(),
+            latest.map_or(0, |c| c.epoch) + 1,
+        )
+    });
+    let mut changelog = latest.filter(|_| enabled && dedup).map(ChangelogScan::new);
+    let from = open_from.unwrap_or_default();
+    let bytes: u64 = tidemark_checkpoint::wal::segment_files_in(&**fs, &dir)
+        .unwrap_or_default()
+        .iter()
+        .filter(|(id, _, _)| *id >= from.segment)
+        .map(|(_, _, size)| size)
+        .sum();
+    let mut unreported = 0u64;
+    let mut progress = Progress::new(
+        "reading the WAL",
+        "bytes",
+        bytes.saturating_sub(from.offset),
+    );
+    let (wal, report) = Wal::open_visiting(
+        fs.clone(),
+        &dir,
+        wal_options(config),
+        open_from,
+        &mut |at, frame| {
+            // Progress in steps of a few MB: a clock read per frame cost ~3% of the pass.
+            unreported += frame_bytes(frame);
+            if unreported >= PROGRESS_STEP {
+                progress.add(std::mem::take(&mut unreported));
+            }
+            if let Some(scan) = changelog.as_mut() {
+                scan.feed(at, frame);
+            }
+            if let Some(scan) = after.as_mut() {
+                scan.feed(at, frame);
+            }
+        },
+    )?;
+    progress.add(unreported);
+    progress.finish();
+    let scanned = after.map(|a| (a.finish(), changelog.map(ChangelogScan::finish)));
+    Ok((wal, report, scanned))
+}
+
 fn log_wal_recovery(report: &WalRecovery, outcome: &mut RecoveryOutcome) {
     if let Some(m) = &report.mid_log {
         error!(
@@ -837,6 +793,8 @@ fn damage_newest_epoch(report: &WalRecovery, checkpoint_epoch: u64) -> Option<u6
 struct AfterCheckpoint {
     records: Replay,
     seal: Option<SealInfo>,
+    /// The state delta the WAL logged before that seal, if whole.
+    logged_delta: Option<PackedKeys>,
     /// The state deltas the checkpoint's state lacks (epochs after its `state_epoch`).
     changelog: Vec<(u64, WalPosition, StateDelta)>,
     /// The store's dedup state, loading since the store opened.
@@ -865,11 +823,13 @@ async fn from_checkpoint(
     let AfterCheckpoint {
         records,
         seal,
+        logged_delta,
         changelog,
         preload,
     } = replay;
     // Dropped when this returns: after the replay's commit (or its failure).
     let mut _load_paused = None;
+    let mut _state_held = None;
     if let Some(spec) = processor.dedup() {
         let started = std::time::Instant::now();
         let watermark = c.as_ref().and_then(|c| c.watermark);
@@ -892,6 +852,7 @@ async fn from_checkpoint(
         } else {
             state.len()
         };
+        state.reserve(changelog.iter().map(|(_, _, d)| d.inserts.len()).sum());
         for (_, _, delta) in &changelog {
             state.load_changelog(&delta.inserts);
         }
@@ -916,6 +877,11 @@ async fn from_checkpoint(
                 "loaded"
             }
         );
+        if !records.is_empty() {
+            // The changelog is durable in the WAL: the store gets it once the replay's commit
+            // is done, instead of sharing the cores with that commit.
+            _state_held = Some(committer.hold_state_writes());
+        }
         committer.resume_changelog(changelog)?;
     }
     outcome.replayed_records = records.len() as u64;
@@ -950,8 +916,9 @@ async fn from_checkpoint(
                 replayed = records.len(),
                 "recovery: epoch sealed but not in the table: redoing it from the WAL"
             );
+            let delta = redo_delta(&mut committer, logged_delta, epoch);
             let report = committer
-                .commit_sealed(SealedEpoch::replayed(open), None)
+                .commit_sealed(SealedEpoch::replayed(open, delta), None)
                 .await?;
             info!(epoch, version = ?report.version, rows = report.counts.written, "recovery: redone epoch committed");
             outcome.committed_at_start = Some(report);
@@ -1022,6 +989,37 @@ fn replay_sealed(
         d.state.advance(seal.watermark);
     }
     Ok((seal, open))
+}
+
+/// The state delta a redo of `epoch` may leave to the state writer: the keys its replay added,
+/// when they are exactly the delta its WAL logged before `SEAL(epoch)` (which stays in the log
+/// as the changelog a later start reads until the state writer has synced it; the WAL's frames
+/// after that seal were read ahead while `epoch` committed, and hold no delta: `c+2`'s is
+/// logged only at its seal, after checkpoint `epoch`). Otherwise (no dedup, no whole logged
+/// delta, or a replay that added other keys) `None`: the checkpoint writes the replayed keys
+/// with its record in one synced batch, as before the changelog.
+fn redo_delta(
+    committer: &mut Committer,
+    logged: Option<PackedKeys>,
+    epoch: u64,
+) -> Option<PackedKeys> {
+    let d = committer.dedup_mut()?;
+    let replayed = d.state.take_inserted();
+    match logged {
+        Some(logged) if logged == replayed => Some(replayed),
+        logged => {
+            if let Some(logged) = logged {
+                warn!(
+                    epoch,
+                    replayed = replayed.len(),
+                    logged = logged.len(),
+                    "the redo added other dedup keys than the WAL logged for this epoch; its state is written with its checkpoint instead"
+                );
+            }
+            d.state.restore_inserted(replayed);
+            None
+        }
+    }
 }
 
 fn retained(store: &CheckpointStore) -> String {
@@ -1115,12 +1113,18 @@ struct StateLoad {
     started: std::time::Instant,
     /// Set while recovery replays the WAL and commits it (see [`StateLoad::pause`]).
     paused: Arc<AtomicBool>,
+    /// A load that ended while paused: it answers lookups until the pause ends, and only
+    /// then is taken in (see [`LoadPaused`]).
+    ended: Option<DedupState>,
 }
 
 /// Holds a [`StateLoad`] still until dropped: recovery's replay and first commit get the
 /// cores (two on the machines measured) instead of sharing them with the load's two threads;
 /// the replay's checks are answered by the key index meanwhile, as while the load runs. No
-/// verdict depends on how far the load has come, so pausing it changes none.
+/// verdict depends on how far the load has come, so pausing it changes none. A load that has
+/// ended by then answers the replay's lookups from its map instead, and is taken in (memory's
+/// entries merged into it: as many inserts as the changelog has keys) only once the pause
+/// ends, after the first commit rather than in the middle of its replay.
 struct LoadPaused(Arc<AtomicBool>);
 
 impl Drop for LoadPaused {
@@ -1143,6 +1147,7 @@ impl StateLoad {
             store,
             started: std::time::Instant::now(),
             paused,
+            ended: None,
         }
     }
 
@@ -1174,6 +1179,9 @@ impl StateLoad {
     /// The loaded state (waits for the load to end).
     fn join(mut self) -> Result<DedupState, RecoveryError> {
         self.paused.store(false, Ordering::Release);
+        if let Some(state) = self.ended.take() {
+            return Ok(state);
+        }
         self.take_loaded().map_err(|what| RecoveryError::State {
             path: self.store.path().to_path_buf(),
             message: format!("the dedup state load {what}"),
@@ -1183,12 +1191,19 @@ impl StateLoad {
 
 impl ColdKeys for StateLoad {
     fn lookup(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<i64>>, ColdError> {
+        if let Some(state) = &self.ended {
+            return Ok(keys.iter().map(|k| state.time_of(k)).collect());
+        }
         self.store
             .lookup_dedup_keys(keys)
             .map_err(|e| ColdError(e.to_string()))
     }
 
     fn poll_loaded(&mut self) -> Result<Option<DedupState>, ColdError> {
+        let paused = self.paused.load(Ordering::Acquire);
+        if self.ended.is_some() {
+            return Ok(if paused { None } else { self.ended.take() });
+        }
         if self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
             return Ok(None);
         }
@@ -1198,6 +1213,10 @@ impl ColdKeys for StateLoad {
             .take_loaded()
             .map_err(|what| failed(what.to_string()))?
             .map_err(|e| failed(format!("failed: {e}")))?;
+        if paused {
+            self.ended = Some(state);
+            return Ok(None);
+        }
         Ok(Some(state))
     }
 }
@@ -1674,6 +1693,7 @@ mod tests {
             store: store.clone(),
             started: std::time::Instant::now(),
             paused: Arc::new(AtomicBool::new(true)),
+            ended: None,
         };
         let (loader, pause) = (store.clone(), load.paused.clone());
         load.thread = Some(std::thread::spawn(move || {
@@ -1698,5 +1718,50 @@ mod tests {
         let paused_load = StateLoad::start(store.clone(), None);
         let _guard = paused_load.pause();
         drop(paused_load);
+    }
+
+    /// A load that ends while paused (it ended before recovery's replay began) is not taken
+    /// in during the pause: the state stays loading, and the replay's checks are answered
+    /// from the ended load's map, with the verdicts the store would give. Once the pause
+    /// ends, the next poll takes it in, memory's keys included.
+    #[test]
+    fn a_load_that_ended_while_paused_answers_lookups_and_is_taken_in_after_the_pause() {
+        use crate::dedup::Verdict;
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let keys: Vec<(Vec<u8>, i64)> = (0..100i64)
+            .map(|i| (format!("key-{i}").into_bytes(), 1_000 + i))
+            .collect();
+        store
+            .write(
+                &empty_checkpoint(1),
+                keys.iter().map(|(k, t)| (k.as_slice(), *t)),
+                None,
+            )
+            .unwrap();
+        let load = StateLoad::start(store.clone(), Some(1_000));
+        while load.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let pause = load.pause();
+        let mut state = DedupState::loading(Box::new(load), Some(1_000));
+        state.load(b"changelog-key", 2_000);
+        let batch: Vec<&[u8]> = vec![b"key-7", b"key-99", b"new-key", b"changelog-key"];
+        state.prefetch(batch.iter().copied()).unwrap();
+        assert!(state.is_loading(), "taken in during the pause");
+        assert_eq!(state.check(b"key-7", 1_500).unwrap(), Verdict::Duplicate);
+        assert_eq!(state.check(b"key-99", 1_500).unwrap(), Verdict::Duplicate);
+        assert_eq!(
+            state.check(b"changelog-key", 2_000).unwrap(),
+            Verdict::Duplicate
+        );
+        assert_eq!(state.check(b"new-key", 1_500).unwrap(), Verdict::Accept);
+        assert_eq!(state.check(b"new-key", 1_500).unwrap(), Verdict::Duplicate);
+        assert!(state.is_loading());
+        drop(pause);
+        state.prefetch([&b"other"[..]]).unwrap();
+        assert!(!state.is_loading(), "not taken in after the pause");
+        assert_eq!(state.len(), keys.len() + 2);
+        assert_eq!(state.check(b"key-0", 1_500).unwrap(), Verdict::Duplicate);
     }
 }

@@ -65,7 +65,7 @@ use tracing::{debug, info};
 pub use error::{classify_rocks, StoreError, StoreErrorKind};
 pub use packed::PackedKeys;
 pub use record::{CheckpointRecord, Counts, RecordError, SourcePosition};
-pub use state_writer::{StateDelta, StateWriter, SYNC_EVERY_ENV};
+pub use state_writer::{StateDelta, StateHold, StateWriter, SYNC_EVERY_ENV};
 
 /// The store layout version this build writes.
 pub const STORE_FORMAT_VERSION: u32 = 1;

@@ -13,8 +13,8 @@
 //! instead of holding ever more deltas in memory. A failed write or flush stops the thread; the
 //! next call on the writer returns the error.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvError, RecvTimeoutError, SyncSender};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvError, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -67,6 +67,8 @@ enum Job {
 /// The background state writer: see the module documentation.
 pub struct StateWriter {
     tx: Option<SyncSender<Job>>,
+    /// Set while a [`StateHold`] asks the thread not to apply deltas yet.
+    held: Arc<AtomicBool>,
     durable: Arc<AtomicU64>,
     failed: Arc<Mutex<Option<StoreError>>>,
     thread: Option<JoinHandle<()>>,
@@ -88,15 +90,17 @@ impl StateWriter {
         let durable = Arc::new(AtomicU64::new(durable_epoch));
         let failed = Arc::new(Mutex::new(None));
         let path = store.path().to_path_buf();
+        let held = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (durable, failed) = (durable.clone(), failed.clone());
+            let (durable, failed, held) = (durable.clone(), failed.clone(), held.clone());
             std::thread::Builder::new()
                 .name("tidemark-state".into())
-                .spawn(move || run(store, rx, durable, durable_epoch, failed))
+                .spawn(move || run(store, rx, durable, durable_epoch, failed, held))
                 .ok()
         };
         Self {
             tx: Some(tx),
+            held,
             durable,
             failed,
             thread,
@@ -128,11 +132,37 @@ impl StateWriter {
     fn send(&self, job: Job) -> Result<(), StoreError> {
         self.check()?;
         let tx = self.tx.as_ref().ok_or_else(|| self.stopped())?;
-        if self.thread.is_none() || tx.send(job).is_err() {
+        if self.thread.is_none() {
+            return Err(self.stopped());
+        }
+        let job = match tx.try_send(job) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(job)) => {
+                // The caller would wait for the thread: a hold gives way (see `hold`).
+                self.held.store(false, Ordering::Release);
+                job
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.check()?;
+                return Err(self.stopped());
+            }
+        };
+        if tx.send(job).is_err() {
             self.check()?;
             return Err(self.stopped());
         }
         Ok(())
+    }
+
+    /// Asks the thread not to apply deltas until the returned hold is dropped. Best effort,
+    /// never a wait on a held writer: a call that would wait for the thread (a full queue, a
+    /// sync) releases the hold first. Why: a restart's replay and first commit share the
+    /// cores (two on the machines measured) with the thread's writes of the changelog the
+    /// restart hands it; those deltas are durable in the WAL meanwhile, so holding them back
+    /// changes only when they reach the store (and so when the WAL may drop them).
+    pub fn hold(&self) -> StateHold {
+        self.held.store(true, Ordering::Release);
+        StateHold(self.held.clone())
     }
 
     /// Queues `delta` (blocks while the queue is full). Its epoch's checkpoint record must be
@@ -143,6 +173,7 @@ impl StateWriter {
 
     /// Applies everything queued and makes it durable; returns the durable epoch.
     pub fn sync(&self) -> Result<u64, StoreError> {
+        self.held.store(false, Ordering::Release);
         let (reply, answer) = mpsc::sync_channel(1);
         self.send(Job::Sync(reply))?;
         match answer.recv() {
@@ -156,9 +187,24 @@ impl StateWriter {
     }
 }
 
+/// Holds a [`StateWriter`]'s thread back from applying deltas until dropped (see
+/// [`StateWriter::hold`]).
+#[derive(Debug)]
+pub struct StateHold(Arc<AtomicBool>);
+
+impl Drop for StateHold {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// How often a held thread looks whether its hold ended.
+const HOLD_POLL: Duration = Duration::from_millis(2);
+
 impl Drop for StateWriter {
     fn drop(&mut self) {
         // Closing the queue ends the thread once it has applied (and synced) what was queued.
+        self.held.store(false, Ordering::Release);
         self.tx.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -172,6 +218,7 @@ fn run(
     durable: Arc<AtomicU64>,
     mut synced: u64,
     failed: Arc<Mutex<Option<StoreError>>>,
+    held: Arc<AtomicBool>,
 ) {
     let mut applied = synced;
     let mut last_sync = Instant::now();
@@ -199,6 +246,9 @@ fn run(
             };
             match job {
                 Job::Apply(delta) => {
+                    while held.load(Ordering::Acquire) {
+                        std::thread::sleep(HOLD_POLL);
+                    }
                     let n = store.apply_state_delta(delta.inserts.iter())?;
                     // Its record is durable: what is below its watermark is never read again.
                     store.set_evict_below(delta.evict_below);

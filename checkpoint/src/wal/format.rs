@@ -150,6 +150,29 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
+impl Frame {
+    /// The frame as a borrowed view.
+    pub fn as_ref(&self) -> FrameRef<'_> {
+        FrameRef {
+            kind: self.kind,
+            epoch: self.epoch,
+            payload: &self.payload,
+        }
+    }
+}
+
+/// A frame borrowed from the bytes it was read in: what a scan hands over without copying
+/// each payload into a buffer of its own (the WAL's open visits millions of frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    /// What the frame means.
+    pub kind: FrameKind,
+    /// The epoch it belongs to.
+    pub epoch: u64,
+    /// Opaque payload.
+    pub payload: &'a [u8],
+}
+
 /// Appends the encoding of a frame to `out`.
 pub fn encode_frame(kind: FrameKind, epoch: u64, payload: &[u8], out: &mut Vec<u8>) {
     let start = out.len();

@@ -37,7 +37,7 @@ use recovery::Segment;
 use segment::{list_segments, segment_path};
 
 pub use error::WalError;
-pub use format::{Frame, FrameKind};
+pub use format::{Frame, FrameKind, FrameRef};
 pub use reader::WalReader;
 pub use recovery::{MidLogDamage, RecoveryReport, Truncation, WalDamage, DAMAGED_PREFIX};
 
@@ -82,11 +82,18 @@ pub struct WalPosition {
 /// The segment files in `dir` as `(id, path, size in bytes)`, oldest first, without opening
 /// or repairing anything: for tools that inspect a log another process may be writing.
 pub fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>, WalError> {
-    let fs = std_fs();
-    if !dir.exists() {
+    segment_files_in(&*std_fs(), dir)
+}
+
+/// [`segment_files`] through `fs` (the file system a [`Wal`] is opened with).
+pub fn segment_files_in(
+    fs: &dyn tidemark_fs::FileSystem,
+    dir: &Path,
+) -> Result<Vec<(u64, PathBuf, u64)>, WalError> {
+    if !fs.exists(dir) {
         return Ok(Vec::new());
     }
-    list_segments(&*fs, dir)?
+    list_segments(fs, dir)?
         .into_iter()
         .map(|(id, path)| {
             let size = fs.len(&path).map_err(io_err("stat", &path))?;
@@ -197,9 +204,24 @@ impl Wal {
         options: WalOptions,
         from: Option<WalPosition>,
     ) -> Result<(Self, RecoveryReport), WalError> {
+        Self::open_visiting(fs, dir, options, from, &mut |_, _| {})
+    }
+
+    /// [`Wal::open_with_fs`], handing `visit` each valid frame the open scans from `from`, in
+    /// log order, with its position: exactly what [`Wal::reader`] from `from` yields after the
+    /// open (frames past a damage are never visited; the repair keeps every visited one). Why:
+    /// a restart that needs what the log holds after its checkpoint reads it in this one pass
+    /// instead of scanning the same bytes again after the open.
+    pub fn open_visiting(
+        fs: SharedFs,
+        dir: &Path,
+        options: WalOptions,
+        from: Option<WalPosition>,
+        visit: &mut dyn FnMut(WalPosition, FrameRef<'_>),
+    ) -> Result<(Self, RecoveryReport), WalError> {
         fs.create_dir_all(dir)
             .map_err(io_err("create directory", dir))?;
-        let recovered = recovery::recover(&*fs, dir, from)?;
+        let recovered = recovery::recover(&*fs, dir, from, visit)?;
         let (file, file_len) = match recovered.segments.last() {
             Some(s) => {
                 let f = fs.open_append(&s.path).map_err(io_err("open", &s.path))?;

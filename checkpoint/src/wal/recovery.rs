@@ -27,7 +27,7 @@ use tidemark_fs::{write_file_durably, FileSystem};
 use tracing::warn;
 
 use super::error::{io_err, WalError};
-use super::format::{FrameKind, SegmentHeader, SEGMENT_HEADER_LEN};
+use super::format::{FrameKind, FrameRef, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::segment::{
     list_segments, open_segment, read_file, salvage_frames, scan_segment, segment_name,
     segment_path, ScanEnd,
@@ -147,6 +147,7 @@ pub(crate) fn recover(
     fs: &dyn FileSystem,
     dir: &Path,
     from: Option<WalPosition>,
+    visit: &mut dyn FnMut(WalPosition, FrameRef<'_>),
 ) -> Result<Recovered, WalError> {
     let mut report = RecoveryReport {
         mid_log: resume_interrupted(fs, dir)?,
@@ -155,7 +156,7 @@ pub(crate) fn recover(
     let listed = list_segments(fs, dir)?;
     let from = from.unwrap_or_default();
     let mut segments = Vec::new();
-    let found = scan(fs, &listed, from, &mut segments, &mut report)?;
+    let found = scan(fs, &listed, from, &mut segments, &mut report, visit)?;
     let mut next_id = listed.last().map(|(id, _)| id + 1).unwrap_or(0);
     if let Some(found) = found {
         let (id, path) = &listed[found.index];
@@ -198,13 +199,16 @@ pub(crate) fn recover(
 }
 
 /// Reads every listed segment (headers only before `from`), filling `segments` and `report`
-/// with the valid log, and returns the first damage.
+/// with the valid log, and returns the first damage. `visit` gets each valid frame from
+/// `from` on, in log order: exactly the frames a reader from `from` yields once the repair
+/// is done (the scan stops at the first damage, and the repair keeps everything before it).
 fn scan(
     fs: &dyn FileSystem,
     listed: &[(u64, PathBuf)],
     from: WalPosition,
     segments: &mut Vec<Segment>,
     report: &mut RecoveryReport,
+    visit: &mut dyn FnMut(WalPosition, FrameRef<'_>),
 ) -> Result<Option<Found>, WalError> {
     for (i, (id, path)) in listed.iter().enumerate() {
         let damaged = |at: u64, reason: String| {
@@ -254,16 +258,21 @@ fn scan(
         let mut frames = 0;
         let mut last_epoch = None;
         let mut last_seal = None;
-        let (header, end) = scan_segment(fs, path, offset, |_pos, frame| {
+        let check_header = |h: &SegmentHeader| header_ok(*h).map(|_| ());
+        let (header, end) = scan_segment(fs, path, offset, check_header, |pos, frame| {
             frames += 1;
             last_epoch = Some(frame.epoch);
             if frame.kind == FrameKind::Seal {
-                last_seal = Some((frame.epoch, frame.payload));
+                last_seal = Some((frame.epoch, frame.payload.to_vec()));
             }
+            let at = WalPosition {
+                segment: *id,
+                offset: pos,
+            };
+            visit(at, frame);
         })?;
-        let header = match header.map(header_ok) {
-            Some(Ok(h)) => h,
-            Some(Err(why)) => return Ok(damaged(0, why)),
+        let header = match header {
+            Some(h) => h,
             None => match end {
                 ScanEnd::Damaged(_, why) => return Ok(damaged(0, why)),
                 ScanEnd::Clean(_) => return Ok(damaged(0, "segment header is damaged".into())),

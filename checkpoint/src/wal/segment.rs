@@ -1,14 +1,14 @@
 //! Segment files through the file-system seam: naming, listing, reading headers and frames.
 //! No repair and no writing here: [`super::recovery`] decides, the writer in [`super`] writes.
 
-use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom};
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use tidemark_fs::{FileSystem, ReadableFile};
 
 use super::error::{io_err, WalError};
 use super::format::{
-    self, decode_frame, decode_frame_header, frame_crc_ok, frame_len, Frame, FrameError,
+    self, decode_frame, decode_frame_header, frame_crc_ok, Frame, FrameError, FrameRef,
     HeaderError, SegmentHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 
@@ -85,34 +85,93 @@ pub(crate) enum ScanEnd {
     Damaged(u64, String),
 }
 
+/// Bytes a scan reads at a time (more when one frame is larger).
+const SCAN_CHUNK: usize = 1 << 20;
+
 /// Reads frames of one segment from `offset`, calling `f` with each valid frame's offset.
-/// Returns the header (`None` if it is damaged) and where the valid frames end.
+/// Returns the header (`None` if it is damaged or `header_ok` refuses it, with why) and where
+/// the valid frames end. No frame reaches `f` before the header is known good: a segment
+/// whose header is refused is damaged from offset 0, so none of its frames is in the log.
+/// Reads in chunks of [`SCAN_CHUNK`] and hands each frame over borrowed from the chunk (no
+/// copy or allocation per frame); a frame is damaged exactly when [`read_frame`] says so.
 pub(crate) fn scan_segment(
     fs: &dyn FileSystem,
     path: &Path,
     offset: u64,
-    mut f: impl FnMut(u64, Frame),
+    header_ok: impl FnOnce(&SegmentHeader) -> Result<(), String>,
+    mut f: impl FnMut(u64, FrameRef<'_>),
 ) -> Result<(Option<SegmentHeader>, ScanEnd), WalError> {
     let (mut file, header) = open_segment(fs, path)?;
-    let header = match header {
+    let header = match header.and_then(|h| header_ok(&h).map(|()| h)) {
         Ok(h) => h,
         Err(why) => return Ok((None, ScanEnd::Damaged(0, why))),
     };
     let mut pos = offset.max(SEGMENT_HEADER_LEN as u64);
     file.seek(SeekFrom::Start(pos))
         .map_err(io_err("seek", path))?;
-    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut buf: Vec<u8> = Vec::new();
+    // `buf[at..]` is what is read and not yet scanned; `eof` once the file has no more.
+    let mut at = 0usize;
+    let mut eof = false;
+    let damaged = |pos: u64, why: &str| Ok((Some(header), ScanEnd::Damaged(pos, why.into())));
     loop {
-        match read_frame(&mut reader).map_err(io_err("read", path))? {
-            ReadFrame::Eof => return Ok((Some(header), ScanEnd::Clean(pos))),
-            ReadFrame::Bad(why) => return Ok((Some(header), ScanEnd::Damaged(pos, why.into()))),
-            ReadFrame::Frame(frame) => {
-                let len = frame_len(frame.payload.len()) as u64;
-                f(pos, frame);
-                pos += len;
-            }
+        let have = buf.len() - at;
+        if have < FRAME_HEADER_LEN && !eof {
+            eof = refill(&mut file, &mut buf, &mut at, FRAME_HEADER_LEN)
+                .map_err(io_err("read", path))?;
+            continue;
         }
+        if have == 0 {
+            return Ok((Some(header), ScanEnd::Clean(pos)));
+        }
+        let Some(head) = buf[at..].first_chunk::<FRAME_HEADER_LEN>().copied() else {
+            return damaged(pos, "frame header is torn");
+        };
+        let h = match decode_frame_header(&head) {
+            Ok(h) => h,
+            Err(FrameError::Corrupt(why)) => return damaged(pos, why),
+            Err(FrameError::Short) => return damaged(pos, "frame header is torn"),
+        };
+        let len = FRAME_HEADER_LEN + h.len;
+        if have < len && !eof {
+            eof = refill(&mut file, &mut buf, &mut at, len).map_err(io_err("read", path))?;
+            continue;
+        }
+        let Some(payload) = buf.get(at + FRAME_HEADER_LEN..at + len) else {
+            return damaged(pos, "frame payload is torn");
+        };
+        if !frame_crc_ok(&head, h.crc, payload) {
+            return damaged(pos, "frame checksum mismatch");
+        }
+        f(
+            pos,
+            FrameRef {
+                kind: h.kind,
+                epoch: h.epoch,
+                payload,
+            },
+        );
+        at += len;
+        pos += len as u64;
     }
+}
+
+/// Moves the unscanned bytes `buf[at..]` to the front and reads until at least `need` bytes
+/// are there (or the file ends; then returns true).
+fn refill(
+    r: &mut impl Read,
+    buf: &mut Vec<u8>,
+    at: &mut usize,
+    need: usize,
+) -> std::io::Result<bool> {
+    buf.drain(..*at);
+    *at = 0;
+    let have = buf.len();
+    let want = need.max(SCAN_CHUNK);
+    buf.resize(want, 0);
+    let got = read_full(r, &mut buf[have..])?;
+    buf.truncate(have + got);
+    Ok(have + got < want)
 }
 
 /// Every frame whose header and CRC check out in `bytes` from `from` on, found by trying each

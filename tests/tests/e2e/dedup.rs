@@ -578,3 +578,90 @@ async fn state_changelog_crashes_keep_dedup_exact() {
     assert_dedup_exact(&fixture, N, &s["totals"], "changelog lost");
     eprintln!("state crash points:\n  {}", report.join("\n  "));
 }
+
+/// Issue 22, a restart's redo through the changelog path: epoch 3 is sealed and the run is
+/// killed before its commit; the restart redoes it from the WAL and checkpoints it with the
+/// record alone (its delta is the changelog the WAL logged before `SEAL(3)`, left to the state
+/// writer, which is held until that first commit is done). The restart is then killed right
+/// after that record (the state lags it: proof the redo did not write its keys with the
+/// record), or after the state writer's first write or sync; each next start restores the
+/// state exactly from the store plus the WAL's changelog.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redo_checkpointed_through_the_changelog_survives_a_kill_at_each_state_step() {
+    let Some(brokers) = broker() else { return };
+    const N: u64 = 4_000;
+    let extra = "[checkpoint]\ninterval_ms = 200\nmax_records = 400\nwal_segment_bytes = 8192\n\
+                 [dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 600000\n";
+    let mut report = Vec::new();
+    for restart_kill in [
+        "after_checkpoint@1",
+        "after_state_write@1",
+        "after_state_sync@1",
+    ] {
+        let (_, fixture, _) = super::topic_of_values_and_fixture(
+            &brokers,
+            &format!("redo-{}", restart_kill.replace(['@', '_'], "-")),
+            3,
+            N,
+            retried_order_json,
+            extra,
+        )
+        .await;
+        let crashed = fixture.run_to_end(&[
+            (tidemark_engine::fault::ENV, "after_seal@3"),
+            (SYNC_NOW.0, SYNC_NOW.1),
+        ]);
+        assert_eq!(
+            crashed.status.signal(),
+            Some(libc::SIGKILL),
+            "no crash at the seal: {}",
+            stderr_of(&crashed)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+        assert_eq!(json["next_case"], "redo_epoch", "{json}");
+        let redo = fixture.run_to_end(&[
+            (tidemark_engine::fault::ENV, restart_kill),
+            (SYNC_NOW.0, SYNC_NOW.1),
+        ]);
+        assert_eq!(
+            redo.status.signal(),
+            Some(libc::SIGKILL),
+            "{restart_kill}: the restart was not killed: {}",
+            stderr_of(&redo)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+        let (c, m) = (
+            json["checkpoint"]["epoch"].as_u64().unwrap(),
+            json["wal"]["state_epoch"].as_u64().unwrap(),
+        );
+        if restart_kill == "after_checkpoint@1" {
+            assert_eq!(c, 3, "the redo's checkpoint is the restart's first: {json}");
+            assert!(
+                m < c,
+                "the redo's checkpoint must leave its delta to the changelog ({m} vs {c}): {json}"
+            );
+        }
+        let out = fixture.run_to_end(&[]);
+        assert!(out.status.success(), "{restart_kill}: {}", stderr_of(&out));
+        let s = summary(&out);
+        let case = s["recovery"]["case"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_ne!(
+            case, "state_changelog_lost",
+            "{restart_kill}: the WAL must still hold the changelog: {s}"
+        );
+        assert_eq!(
+            json["next_case"].as_str(),
+            Some(case.as_str()),
+            "{restart_kill}: status foresaw another case: {json}"
+        );
+        assert_dedup_exact(&fixture, N, &s["totals"], restart_kill);
+        report.push(format!(
+            "{restart_kill}: case {case}, state epoch {m} behind checkpoint {c}, {} keys loaded",
+            s["recovery"]["dedup_keys_loaded"]
+        ));
+    }
+    eprintln!("redo kills:\n  {}", report.join("\n  "));
+}
