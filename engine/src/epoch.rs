@@ -1280,7 +1280,8 @@ allowed_lateness_ms = 10
             .collect()
     }
 
-    /// Frames as `log_records` writes them, read back as `scan_epoch` does.
+    /// Frames as `log_records` writes them, read back as a restart reads them
+    /// (`restart_scan::EpochScan`, through `Replay::add_frame`).
     fn logged(batches: &[(i64, Vec<SourceRecord>)]) -> Replay {
         let mut frames = Vec::new();
         let mut buf = Vec::new();
