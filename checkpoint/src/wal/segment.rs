@@ -158,6 +158,11 @@ pub(crate) fn scan_segment(
 
 /// Moves the unscanned bytes `buf[at..]` to the front and reads until at least `need` bytes
 /// are there (or the file ends; then returns true).
+///
+/// Reads into the buffer's spare capacity (`read_to_end`), so what a chunk does not fill is never
+/// written: a `resize` to the chunk first zero-filled 1 MB for every segment, however small
+/// (byte by byte in debug builds, where a test opening a WAL of many small segments 25 times went
+/// from 9 s to over 100 s).
 fn refill(
     r: &mut impl Read,
     buf: &mut Vec<u8>,
@@ -168,9 +173,8 @@ fn refill(
     *at = 0;
     let have = buf.len();
     let want = need.max(SCAN_CHUNK);
-    buf.resize(want, 0);
-    let got = read_full(r, &mut buf[have..])?;
-    buf.truncate(have + got);
+    buf.reserve(want - have);
+    let got = r.by_ref().take((want - have) as u64).read_to_end(buf)?;
     Ok(have + got < want)
 }
 
