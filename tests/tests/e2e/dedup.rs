@@ -430,6 +430,35 @@ fn retried_order_json(i: u64) -> Vec<u8> {
     format!(r#"{{"id":"{id}","n":{i},"note":"record {i}"}}"#).into_bytes()
 }
 
+/// Restarts `fixture` after a kill whose `tidemark status --json` was `status`: the run must
+/// succeed in the case status foresaw, never `state_changelog_lost` (the WAL still holds the
+/// changelog), with dedup exact over the `n` records. Returns the run's summary and its case.
+fn restart_with_dedup_exact(
+    fixture: &super::Fixture,
+    n: u64,
+    status: &serde_json::Value,
+    what: &str,
+) -> (serde_json::Value, String) {
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{what}: {}", stderr_of(&out));
+    let s = summary(&out);
+    let case = s["recovery"]["case"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_ne!(
+        case, "state_changelog_lost",
+        "{what}: the WAL must still hold the changelog: {s}"
+    );
+    assert_eq!(
+        status["next_case"].as_str(),
+        Some(case.as_str()),
+        "{what}: status foresaw another case: {status}"
+    );
+    assert_dedup_exact(fixture, n, &s["totals"], what);
+    (s, case)
+}
+
 /// Every id in the table once, exactly the stream's distinct ids; the totals count each retry
 /// as a duplicate.
 fn assert_dedup_exact(fixture: &super::Fixture, n: u64, totals: &serde_json::Value, what: &str) {
@@ -514,23 +543,7 @@ async fn state_changelog_crashes_keep_dedup_exact() {
             stderr_of(&crashed)
         );
         let json: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
-        let out = fixture.run_to_end(&[]);
-        assert!(out.status.success(), "{spec}: {}", stderr_of(&out));
-        let s = summary(&out);
-        let case = s["recovery"]["case"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        assert_ne!(
-            case, "state_changelog_lost",
-            "{spec}: the WAL must still hold the changelog: {s}"
-        );
-        assert_eq!(
-            json["next_case"].as_str(),
-            Some(case.as_str()),
-            "{spec}: status foresaw another case: {json}"
-        );
-        assert_dedup_exact(&fixture, N, &s["totals"], spec);
+        let (s, case) = restart_with_dedup_exact(&fixture, N, &json, spec);
         report.push(format!(
             "{spec}: case {case}, state epoch {} behind checkpoint {}, {} keys loaded",
             json["wal"]["state_epoch"],
@@ -641,23 +654,7 @@ async fn a_redo_checkpointed_through_the_changelog_survives_a_kill_at_each_state
                 "the redo's checkpoint must leave its delta to the changelog ({m} vs {c}): {json}"
             );
         }
-        let out = fixture.run_to_end(&[]);
-        assert!(out.status.success(), "{restart_kill}: {}", stderr_of(&out));
-        let s = summary(&out);
-        let case = s["recovery"]["case"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        assert_ne!(
-            case, "state_changelog_lost",
-            "{restart_kill}: the WAL must still hold the changelog: {s}"
-        );
-        assert_eq!(
-            json["next_case"].as_str(),
-            Some(case.as_str()),
-            "{restart_kill}: status foresaw another case: {json}"
-        );
-        assert_dedup_exact(&fixture, N, &s["totals"], restart_kill);
+        let (s, case) = restart_with_dedup_exact(&fixture, N, &json, restart_kill);
         report.push(format!(
             "{restart_kill}: case {case}, state epoch {m} behind checkpoint {c}, {} keys loaded",
             s["recovery"]["dedup_keys_loaded"]
