@@ -302,9 +302,15 @@ impl parquet::arrow::async_reader::AsyncFileReader for StoreFileReader {
 /// with them (a rebuild of dedup state reads only files that can hold its rows).
 pub fn stats_bounds(stats: &str, column: &str) -> Option<(Value, Value)> {
     let stats: Value = serde_json::from_str(stats).ok()?;
-    let min = stats.get("minValues")?.get(column)?.clone();
-    let max = stats.get("maxValues")?.get(column)?.clone();
-    Some((min, max))
+    parsed_stats_bounds(&stats, column).map(|(min, max)| (min.clone(), max.clone()))
+}
+
+/// [`stats_bounds`] of stats already parsed: a caller asking for several columns parses once.
+pub fn parsed_stats_bounds<'s>(stats: &'s Value, column: &str) -> Option<(&'s Value, &'s Value)> {
+    Some((
+        stats.get("minValues")?.get(column)?,
+        stats.get("maxValues")?.get(column)?,
+    ))
 }
 
 /// A timestamp bound of the stats ("2026-11-30T12:00:00.123Z", as [`stats`] writes them) in

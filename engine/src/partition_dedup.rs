@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
 use tidemark_connectors::decode::COL_PARTITION;
-use tidemark_connectors::parquet_file::{stats_bounds, stats_timestamp_micros};
+use tidemark_connectors::parquet_file::{parsed_stats_bounds, stats_timestamp_micros};
 
 use crate::config::EventTimeUnit;
 use crate::dedup::{DedupState, FxHasher};
@@ -44,21 +44,27 @@ pub type SourcePartition = (String, i32);
 /// Per partition, the lowest event time its dedup state holds (see the module documentation).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionFloors {
-    floors: HashMap<SourcePartition, i64>,
+    /// One entry per partition (a worker has few: a scan beats hashing the topic per record).
+    floors: Vec<(SourcePartition, i64)>,
 }
 
 impl PartitionFloors {
     /// Floors of the partitions that have one (a partition absent has no floor: its whole
     /// history is in the state).
     pub fn new(floors: impl IntoIterator<Item = (SourcePartition, i64)>) -> Self {
-        Self {
-            floors: floors.into_iter().collect(),
+        let mut kept: Vec<(SourcePartition, i64)> = Vec::new();
+        for (tp, floor) in floors {
+            // A partition given twice keeps its last floor.
+            match kept.iter_mut().find(|(k, _)| *k == tp) {
+                Some(slot) => slot.1 = floor,
+                None => kept.push((tp, floor)),
+            }
         }
+        Self { floors: kept }
     }
 
     /// The floor of `topic/partition`, if it has one.
     pub fn floor(&self, topic: &str, partition: i32) -> Option<i64> {
-        // Few partitions per worker: the String key is not worth a borrowed-key map.
         self.floors
             .iter()
             .find(|((t, p), _)| *p == partition && t == topic)
@@ -294,7 +300,10 @@ impl TimeColumn {
 /// taken as up to 999 µs higher than written: the Delta protocol lets writers truncate it to
 /// milliseconds (Tidemark rounds it up; other engines rewriting files may not).
 pub fn file_may_hold(stats: &str, numbers: &[i32], floor: Option<i64>, time: &TimeColumn) -> bool {
-    if let Some((lo, hi)) = stats_bounds(stats, COL_PARTITION) {
+    let Ok(stats) = serde_json::from_str::<serde_json::Value>(stats) else {
+        return true;
+    };
+    if let Some((lo, hi)) = parsed_stats_bounds(&stats, COL_PARTITION) {
         if let (Some(lo), Some(hi)) = (lo.as_i64(), hi.as_i64()) {
             if !numbers.iter().any(|p| (lo..=hi).contains(&(*p as i64))) {
                 return false;
@@ -304,11 +313,11 @@ pub fn file_may_hold(stats: &str, numbers: &[i32], floor: Option<i64>, time: &Ti
     let Some(floor) = floor else {
         return true;
     };
-    let Some((_, max)) = stats_bounds(stats, &time.name) else {
+    let Some((_, max)) = parsed_stats_bounds(&stats, &time.name) else {
         return true;
     };
     let max_micros = match time.long_unit {
-        None => stats_timestamp_micros(&max).map(|m| m.saturating_add(999)),
+        None => stats_timestamp_micros(max).map(|m| m.saturating_add(999)),
         Some(EventTimeUnit::Millis) => max.as_i64().map(|m| m.saturating_mul(1000)),
         Some(EventTimeUnit::Micros) => max.as_i64(),
     };

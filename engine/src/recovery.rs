@@ -1048,10 +1048,7 @@ async fn from_table(
 ) -> Result<(Committer, OpenEpoch, RecoveryOutcome), RecoveryError> {
     let v = outcome.table_txn;
     // A worker's positions are the claims of its partitions, even before its first commit.
-    let (group_positions, group_dedup) = match group {
-        Some(g) => (Some(g.positions), Some(g.dedup)),
-        None => (None, None),
-    };
+    let (group_positions, group_dedup) = group.map(|g| (g.positions, g.dedup)).unzip();
     let positions = group_positions.unwrap_or_else(|| {
         progress
             .as_ref()
