@@ -91,9 +91,8 @@ pub fn holders<'a>(
         .filter_map(|(tp, claim)| {
             let next = (*claim)?;
             let writer = commits.clone().into_iter().find_map(|(version, info)| {
-                let worker = worker_of(pipeline, &info.pipeline_id)?;
-                (info.end_positions.get(&tp.topic, tp.partition) == Some(next))
-                    .then(|| (worker.to_string(), version))
+                wrote_claim(pipeline, info, &tp.topic, tp.partition, next)
+                    .then(|| Some((worker_of(pipeline, &info.pipeline_id)?.to_string(), version)))?
             });
             Some(ClaimHolder {
                 partition: tp.to_string(),
@@ -133,12 +132,9 @@ pub fn dedup_floors<'a>(
         if floors.len() == wanted {
             break;
         }
-        if worker_of(pipeline, &info.pipeline_id).is_none() {
-            continue;
-        }
         for (tp, claim) in claims.iter() {
             if floors.contains_key(&tp)
-                || info.end_positions.get(&tp.topic, tp.partition) != Some(claim)
+                || !wrote_claim(pipeline, info, &tp.topic, tp.partition, claim)
             {
                 continue;
             }
@@ -151,6 +147,19 @@ pub fn dedup_floors<'a>(
         }
     }
     floors
+}
+
+/// Whether `info` is the commit that wrote a claim of `next` for `topic/partition`: a commit of
+/// a worker of `pipeline` whose end position for the partition is `next`.
+fn wrote_claim(
+    pipeline: &str,
+    info: &EpochCommitInfo,
+    topic: &str,
+    partition: i32,
+    next: i64,
+) -> bool {
+    worker_of(pipeline, &info.pipeline_id).is_some()
+        && info.end_positions.get(topic, partition) == Some(next)
 }
 
 /// A commit was refused: another writer claimed a partition it covers since this worker took
