@@ -52,11 +52,13 @@ pub enum CrashPoint {
     AfterCheckpoint,
     /// Between two segment deletions of WAL truncation.
     DuringTruncation,
-    /// An epoch's dedup delta is in the store's memory (written without RocksDB's log), not
-    /// synced: a crash loses it; the WAL still holds it.
+    /// The state writer's gathered dedup deltas are written as staged SST files beside the
+    /// store, not ingested: a crash loses them (the next open deletes the files); the WAL
+    /// still holds them.
     AfterStateWrite,
-    /// The store's dedup state is synced, but no checkpoint record names it yet and the WAL
-    /// still holds the deltas it covers (the sync is ahead of WAL truncation).
+    /// The store's dedup state is synced (the staged files ingested), but no checkpoint record
+    /// names it yet and the WAL still holds the deltas it covers (the sync is ahead of WAL
+    /// truncation).
     AfterStateSync,
     /// A Delta log checkpoint is due after a commit (the epoch is committed and checkpointed
     /// in the store); nothing of the Delta checkpoint is written.

@@ -42,6 +42,16 @@ pub enum StoreError {
         /// Why.
         source: RecordError,
     },
+    /// A file-system operation of the store's own (not RocksDB's) failed.
+    #[error("checkpoint store: {op} failed at {path}: {source}")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The directory holds something that is not a Tidemark checkpoint store.
     #[error("checkpoint store {path}: {message}")]
     Foreign {
@@ -78,6 +88,7 @@ impl StoreError {
                 ..
             } => StoreErrorKind::NewerFormat,
             StoreError::Record { .. } | StoreError::Foreign { .. } => StoreErrorKind::Corruption,
+            StoreError::Io { .. } => StoreErrorKind::Transient,
         }
     }
 

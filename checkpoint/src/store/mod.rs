@@ -25,11 +25,13 @@
 //!   visible or none. The record's `state_epoch` is its own epoch.
 //! - the changelog path, on the run's critical path: [`CheckpointStore::write_record`] (the
 //!   record alone, one small synced batch), then the epoch's dedup delta through the
-//!   [`StateWriter`]: written without RocksDB's log and without a sync
-//!   ([`CheckpointStore::apply_state_delta`]), made durable later by a flush
-//!   ([`CheckpointStore::sync_state`]). The delta's keys are durable in the engine's WAL
-//!   already (its state-delta frames, before the epoch's seal), so the record says how far the
-//!   store's state is durable (`state_epoch`) and the WAL keeps every later delta.
+//!   [`StateWriter`]: gathered with the next ones for up to a second, written as one sorted SST
+//!   file per dedup column family beside the store ([`CheckpointStore::stage_state`]: no
+//!   memtable, no RocksDB log) and made part of the store by ingestion
+//!   ([`StagedState::ingest`], durable when it returns; `staged.rs` says why and how). The
+//!   delta's keys are durable in the engine's WAL already (its state-delta frames, before the
+//!   epoch's seal), so the record says how far the store's state is durable (`state_epoch`)
+//!   and the WAL keeps every later delta.
 //!
 //! **Eviction on the changelog path** writes no range tombstone: a tombstone `[0, w)` in every
 //! flushed file made each file span the whole key space, so every compaction rewrote the whole
@@ -41,14 +43,15 @@
 //! ([`CheckpointStore::for_each_dedup_entry_from`]).
 //!
 //! Invariants (the recovery argument in `engine/src/dedup.rs` rests on them): the delta of
-//! epoch `e` reaches the store only after a record of epoch `>= e` is durable, deltas are applied
-//! in epoch order, and a record names `state_epoch = m` only once every delta up to `m` is
-//! flushed. So after any crash the dedup column family holds the state of `state_epoch` plus
+//! epoch `e` reaches the store only after a record of epoch `>= e` is durable, deltas are
+//! ingested in epoch order, and a record names `state_epoch = m` only once every delta up to `m`
+//! is ingested. So after any crash the dedup column family holds the state of `state_epoch` plus
 //! some prefix of the later deltas (up to the newest record's epoch), nothing more.
 
 mod error;
 mod packed;
 pub mod record;
+mod staged;
 mod state_writer;
 
 use std::path::{Path, PathBuf};
@@ -57,14 +60,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rocksdb::checkpoint::Checkpoint;
-use rocksdb::{
-    ColumnFamilyDescriptor, FlushOptions, IteratorMode, Options, WriteBatch, WriteOptions, DB,
-};
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use tracing::{debug, info};
 
 pub use error::{classify_rocks, StoreError, StoreErrorKind};
 pub use packed::PackedKeys;
 pub use record::{CheckpointRecord, Counts, RecordError, SourcePosition};
+pub use staged::StagedState;
 pub use state_writer::{StateDelta, StateHold, StateWriter, SYNC_EVERY_ENV};
 
 /// The store layout version this build writes.
@@ -135,10 +137,10 @@ fn dedup_options(evict_below: Arc<AtomicI64>, by_key: bool) -> Options {
         table.set_cache_index_and_filter_blocks(false);
         o.set_block_based_table_factory(&table);
     }
-    // Deltas come without RocksDB's log (no log replay at open, whatever the memtable size),
-    // sorted, one flush per sync: a bigger memtable and rare compactions keep the background
-    // work near one write per key (profiled: compacting after every small flush cost more CPU
-    // than the pipeline's own work). Files wholly below the watermark are dropped, not compacted.
+    // Deltas come as ingested files (`staged.rs`), one a second: rare compactions keep the
+    // background work near one write per key (profiled: compacting after every small flush
+    // cost more CPU than the pipeline's own work). The memtable only takes the synced
+    // checkpoint path's inserts. Files wholly below the watermark are dropped, not compacted.
     o.set_write_buffer_size(64 << 20);
     o.set_max_write_buffer_number(4);
     o.set_level_zero_file_num_compaction_trigger(16);
@@ -192,6 +194,9 @@ impl CheckpointStore {
             ColumnFamilyDescriptor::new(CF_DEDUP_BY_KEY, dedup_options(evict_below.clone(), true)),
         ];
         let db = DB::open_cf_descriptors(&db_options(), path, cfs).map_err(rocks("open"))?;
+        // Staged state a crash left behind was never part of the store (`staged.rs`); only
+        // now, with RocksDB's lock held, is no other process staging here.
+        Self::clear_staging(path)?;
         let mut store = Self {
             db: Arc::new(db),
             evict_below,
@@ -454,28 +459,6 @@ impl CheckpointStore {
         self.write(record, [], None)
     }
 
-    /// Applies one epoch's dedup inserts WITHOUT
-    /// RocksDB's log and without a sync: it is in the store's memory only until
-    /// [`CheckpointStore::sync_state`] (or RocksDB's own flush) persists it, and a crash before
-    /// that loses it. The caller keeps the delta in its own durable log until then.
-    ///
-    /// Entries below the watermark are not deleted here (no range tombstone: see the module
-    /// documentation); [`CheckpointStore::set_evict_below`] lets compaction drop them.
-    pub fn apply_state_delta<'k>(
-        &self,
-        inserts: impl IntoIterator<Item = (&'k [u8], i64)>,
-    ) -> Result<usize, StoreError> {
-        let mut batch = WriteBatch::default();
-        let inserted = self.delta_into(&mut batch, inserts, None)?;
-        let mut wo = WriteOptions::default();
-        wo.disable_wal(true);
-        wo.set_sync(false);
-        self.db
-            .write_opt(batch, &wo)
-            .map_err(self.rocks("write state delta"))?;
-        Ok(inserted)
-    }
-
     /// Lets compaction drop dedup entries below `watermark` (it only rises). Only the
     /// watermark of a DURABLE checkpoint record may be given: a restart reads the state at or
     /// above the newest record's watermark, so nothing below it is ever needed again.
@@ -497,17 +480,6 @@ impl CheckpointStore {
         self.db
             .delete_file_in_range_cf(dedup, [0u8; 8], record::time_prefix(w))
             .map_err(self.rocks("drop files below the watermark"))
-    }
-
-    /// Makes every delta applied so far durable: flushes the dedup column family's memtables
-    /// to synced files (RocksDB records them in its synced MANIFEST) and waits for it.
-    pub fn sync_state(&self) -> Result<(), StoreError> {
-        let (dedup, by_key) = (self.cf(CF_DEDUP)?, self.cf(CF_DEDUP_BY_KEY)?);
-        let mut fo = FlushOptions::default();
-        fo.set_wait(true);
-        self.db
-            .flush_cfs_opt(&[&dedup, &by_key], &fo)
-            .map_err(self.rocks("sync state"))
     }
 
     fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {

@@ -1,17 +1,18 @@
-//! [`StateWriter`]: applies epochs' dedup deltas to the store off the run's critical path, and
-//! makes them durable in the background.
+//! [`StateWriter`]: makes epochs' dedup deltas part of the store off the run's critical path.
 //!
 //! One thread, one queue. A delta is queued only after the checkpoint record of its epoch is
-//! durable (the caller's order), and applied in queue order, without RocksDB's log and without
-//! a sync. When nothing more is queued and [`SYNC_EVERY`] has passed since the last sync, the
-//! thread flushes the dedup column family
-//! ([`CheckpointStore::sync_state`]) and publishes the newest epoch whose delta is now durable
+//! durable (the caller's order). The thread gathers what comes for up to [`SYNC_EVERY`], then
+//! writes it all as one sorted SST file per dedup column family
+//! ([`CheckpointStore::stage_state`]) and ingests them ([`StagedState::ingest`](super::StagedState::ingest)),
+//! durable when that returns, and publishes the newest epoch whose delta is now durable
 //! ([`StateWriter::durable_epoch`]); the next checkpoint record names it as its `state_epoch`,
-//! and only then may the WAL drop the delta frames up to it.
+//! and only then may the WAL drop the delta frames up to it. Keys below the newest watermark
+//! received are not written at all (no record will ever read them).
 //!
-//! The queue is bounded: a store that cannot keep up slows the checkpoints (back-pressure)
-//! instead of holding ever more deltas in memory. A failed write or flush stops the thread; the
-//! next call on the writer returns the error.
+//! The queue is bounded, and so is what is gathered ([`MAX_GATHERED_KEYS`]): a store that
+//! cannot keep up slows the checkpoints (back-pressure) instead of holding ever more deltas in
+//! memory. A failed write or ingestion stops the thread; the next call on the writer returns
+//! the error.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvError, RecvTimeoutError, SyncSender, TrySendError};
@@ -24,12 +25,16 @@ use tracing::{debug, warn};
 use super::{CheckpointStore, PackedKeys, StoreError};
 use crate::fault::{self, CrashPoint};
 
-/// Deltas waiting to be applied before [`StateWriter::queue`] blocks.
+/// Deltas waiting for the thread before [`StateWriter::queue`] blocks.
 const QUEUE_DEPTH: usize = 4;
 
-/// Least time between two background syncs: each sync is a flush, i.e. a new file in the
+/// Least time between two background writes: each is a new file per column family in the
 /// store; fewer, bigger files mean less compaction. The WAL keeps the deltas meanwhile.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Keys gathered that make the thread write them at once, whether a write is due or the
+/// writer is held: what bounds its memory (~40 bytes a key with 16-byte keys).
+const MAX_GATHERED_KEYS: usize = 1 << 22;
 
 /// Test builds (`crash-points`) may shorten [`SYNC_EVERY`] with this variable (ms), so crash
 /// tests reach a sync within a short run.
@@ -60,14 +65,14 @@ pub struct StateDelta {
 
 enum Job {
     Apply(StateDelta),
-    /// Apply everything queued, sync it, then answer.
+    /// Write and ingest everything gathered and queued, then answer.
     Sync(SyncSender<Result<(), StoreError>>),
 }
 
 /// The background state writer: see the module documentation.
 pub struct StateWriter {
     tx: Option<SyncSender<Job>>,
-    /// Set while a [`StateHold`] asks the thread not to apply deltas yet.
+    /// Set while a [`StateHold`] asks the thread not to write deltas yet.
     held: Arc<AtomicBool>,
     durable: Arc<AtomicU64>,
     failed: Arc<Mutex<Option<StoreError>>>,
@@ -154,9 +159,10 @@ impl StateWriter {
         Ok(())
     }
 
-    /// Asks the thread not to apply deltas until the returned hold is dropped. Best effort,
+    /// Asks the thread not to write deltas until the returned hold is dropped. Best effort,
     /// never a wait on a held writer: a call that would wait for the thread (a full queue, a
-    /// sync) releases the hold first. Why: a restart's replay and first commit share the
+    /// sync) releases the hold first, and the thread writes anyway once it has gathered
+    /// [`MAX_GATHERED_KEYS`]. Why: a restart's replay and first commit share the
     /// cores (two on the machines measured) with the thread's writes of the changelog the
     /// restart hands it; those deltas are durable in the WAL meanwhile, so holding them back
     /// changes only when they reach the store (and so when the WAL may drop them).
@@ -171,7 +177,7 @@ impl StateWriter {
         self.send(Job::Apply(delta))
     }
 
-    /// Applies everything queued and makes it durable; returns the durable epoch.
+    /// Writes everything queued and gathered and makes it durable; returns the durable epoch.
     pub fn sync(&self) -> Result<u64, StoreError> {
         self.held.store(false, Ordering::Release);
         let (reply, answer) = mpsc::sync_channel(1);
@@ -187,7 +193,7 @@ impl StateWriter {
     }
 }
 
-/// Holds a [`StateWriter`]'s thread back from applying deltas until dropped (see
+/// Holds a [`StateWriter`]'s thread back from writing deltas until dropped (see
 /// [`StateWriter::hold`]).
 #[derive(Debug)]
 pub struct StateHold(Arc<AtomicBool>);
@@ -203,7 +209,7 @@ const HOLD_POLL: Duration = Duration::from_millis(2);
 
 impl Drop for StateWriter {
     fn drop(&mut self) {
-        // Closing the queue ends the thread once it has applied (and synced) what was queued.
+        // Closing the queue ends the thread once it has written (and ingested) what was queued.
         self.held.store(false, Ordering::Release);
         self.tx.take();
         if let Some(t) = self.thread.take() {
@@ -220,48 +226,50 @@ fn run(
     failed: Arc<Mutex<Option<StoreError>>>,
     held: Arc<AtomicBool>,
 ) {
-    let mut applied = synced;
+    let mut gathered = Gathered::default();
     let mut last_sync = Instant::now();
     let every = sync_every();
     let result = (|| -> Result<(), StoreError> {
         loop {
-            // Wait for work; once something is applied but not synced, at most until the
-            // next sync is due (then sync, unless more came meanwhile).
-            let job = if applied > synced {
-                let due = (last_sync + every).saturating_duration_since(Instant::now());
-                match rx.recv_timeout(due) {
-                    Ok(j) => j,
-                    Err(RecvTimeoutError::Timeout) => {
-                        sync(&store, applied, &mut synced, &durable)?;
-                        last_sync = Instant::now();
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
+            // Wait for work; once something is gathered, at most until the next write is due
+            // (while held, look again every HOLD_POLL).
+            let job = if gathered.deltas.is_empty() {
+                match rx.recv() {
+                    Ok(j) => Some(j),
+                    Err(RecvError) => break,
                 }
             } else {
-                match rx.recv() {
-                    Ok(j) => j,
-                    Err(RecvError) => break,
+                let wait = if held.load(Ordering::Acquire) {
+                    HOLD_POLL
+                } else {
+                    (last_sync + every).saturating_duration_since(Instant::now())
+                };
+                match rx.recv_timeout(wait) {
+                    Ok(j) => Some(j),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             };
             match job {
-                Job::Apply(delta) => {
-                    while held.load(Ordering::Acquire) {
-                        std::thread::sleep(HOLD_POLL);
+                None => {
+                    let due = last_sync.elapsed() >= every;
+                    if due && !held.load(Ordering::Acquire) {
+                        gathered.write(&store, &mut synced, &durable)?;
+                        last_sync = Instant::now();
                     }
-                    let n = store.apply_state_delta(delta.inserts.iter())?;
+                }
+                Some(Job::Apply(delta)) => {
                     // Its record is durable: what is below its watermark is never read again.
                     store.set_evict_below(delta.evict_below);
-                    applied = applied.max(delta.epoch);
-                    fault::hit(CrashPoint::AfterStateWrite);
-                    debug!(
-                        epoch = delta.epoch,
-                        keys = n,
-                        "state delta written (not synced)"
-                    );
+                    gathered.keys += delta.inserts.len();
+                    gathered.deltas.push(delta);
+                    if gathered.keys >= MAX_GATHERED_KEYS {
+                        gathered.write(&store, &mut synced, &durable)?;
+                        last_sync = Instant::now();
+                    }
                 }
-                Job::Sync(reply) => {
-                    let r = sync(&store, applied, &mut synced, &durable);
+                Some(Job::Sync(reply)) => {
+                    let r = gathered.write(&store, &mut synced, &durable);
                     last_sync = Instant::now();
                     let failed_now = r.is_err();
                     let _ = reply.send(r);
@@ -271,7 +279,7 @@ fn run(
                 }
             }
         }
-        sync(&store, applied, &mut synced, &durable)
+        gathered.write(&store, &mut synced, &durable)
     })();
     if let Err(e) = result {
         warn!(error = %e, "state writer stopped");
@@ -281,20 +289,46 @@ fn run(
     }
 }
 
-/// Syncs the store if a delta was applied since the last sync, then publishes the epoch.
-fn sync(
-    store: &CheckpointStore,
-    applied: u64,
-    synced: &mut u64,
-    durable: &AtomicU64,
-) -> Result<(), StoreError> {
-    if applied > *synced {
-        store.sync_state()?;
+/// Deltas received and not written yet, in epoch order.
+#[derive(Default)]
+struct Gathered {
+    deltas: Vec<StateDelta>,
+    /// Keys in `deltas`.
+    keys: usize,
+}
+
+impl Gathered {
+    /// Writes and ingests everything gathered (the keys at or above the newest watermark
+    /// received), then publishes the newest epoch among them as durable.
+    fn write(
+        &mut self,
+        store: &CheckpointStore,
+        synced: &mut u64,
+        durable: &AtomicU64,
+    ) -> Result<(), StoreError> {
+        let (Some(first), Some(last)) = (
+            self.deltas.first(),
+            self.deltas.iter().map(|d| d.epoch).max(),
+        ) else {
+            return Ok(());
+        };
+        let floor = store.evict_below.load(Ordering::Acquire);
+        let inserts = self
+            .deltas
+            .iter()
+            .flat_map(|d| d.inserts.iter())
+            .filter(|&(_, t)| t >= floor);
+        let staged = store.stage_state(first.epoch, last, inserts)?;
+        fault::hit(CrashPoint::AfterStateWrite);
+        debug!(epochs = %format!("{}..={last}", first.epoch), keys = staged.entries(), "state deltas staged (not ingested)");
+        let n = staged.ingest(store)?;
         fault::hit(CrashPoint::AfterStateSync);
         store.drop_files_below()?;
-        *synced = applied;
-        durable.store(applied, Ordering::Release);
-        debug!(epoch = applied, "state synced");
+        self.deltas.clear();
+        self.keys = 0;
+        *synced = (*synced).max(last);
+        durable.store(*synced, Ordering::Release);
+        debug!(epoch = *synced, keys = n, "state synced");
+        Ok(())
     }
-    Ok(())
 }

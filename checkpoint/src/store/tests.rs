@@ -370,10 +370,7 @@ fn state_deltas_through_the_writer_are_durable_once_synced() {
 fn a_load_from_the_watermark_skips_what_is_below_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
-    store
-        .apply_state_delta(packed(&[("x", -5), ("a", 10), ("b", 20)]).iter())
-        .unwrap();
-    store.sync_state().unwrap();
+    ingest(&store, &[("x", -5), ("a", 10), ("b", 20)]);
     let mut seen = Vec::new();
     store
         .for_each_dedup_entry_from(Some(10), |k, t| seen.push((k.to_vec(), t)))
@@ -397,8 +394,7 @@ fn compaction_and_file_drops_evict_below_the_watermark_only() {
             .map(|i| (format!("k{chunk}-{i}"), chunk * 100 + i))
             .collect();
         let refs: Vec<(&str, i64)> = keys.iter().map(|(k, t)| (k.as_str(), *t)).collect();
-        store.apply_state_delta(packed(&refs).iter()).unwrap();
-        store.sync_state().unwrap();
+        ingest(&store, &refs);
     }
     store.set_evict_below(Some(150));
     store.set_evict_below(Some(120)); // never goes back
@@ -410,6 +406,15 @@ fn compaction_and_file_drops_evict_below_the_watermark_only() {
     let left = entries(&store);
     assert_eq!(left.len(), 250, "entries 150..400 stay");
     assert!(left.iter().all(|(_, t)| *t >= 150));
+}
+
+/// Stages `pairs` as one delta and ingests it.
+fn ingest(store: &CheckpointStore, pairs: &[(&str, i64)]) {
+    store
+        .stage_state(1, 1, packed(pairs).iter())
+        .unwrap()
+        .ingest(store)
+        .unwrap();
 }
 
 fn look(store: &CheckpointStore, keys: &[&str]) -> Vec<Option<i64>> {
@@ -430,12 +435,17 @@ fn the_key_index_answers_lookups_for_every_entry() {
     store
         .write(&record(1), packed(&[("a", 10), ("b", 20)]).iter(), None)
         .unwrap();
-    store
-        .apply_state_delta(packed(&[("c", 30), ("a", 40)]).iter())
+    let staged = store
+        .stage_state(2, 2, packed(&[("c", 30), ("a", 40)]).iter())
         .unwrap();
+    assert_eq!(
+        look(&store, &["a", "c"]),
+        vec![Some(10), None],
+        "staged is not in the store"
+    );
+    staged.ingest(&store).unwrap();
     let got = look(&store, &["a", "b", "c", "zz", ""]);
     assert_eq!(got, vec![Some(40), Some(20), Some(30), None, None]);
-    store.sync_state().unwrap();
     drop(store);
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
     assert!(store.has_key_index());
@@ -479,8 +489,7 @@ fn compaction_evicts_the_key_index_below_the_watermark_only() {
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
     let keys: Vec<(String, i64)> = (0..200).map(|i| (format!("k{i}"), i)).collect();
     let refs: Vec<(&str, i64)> = keys.iter().map(|(k, t)| (k.as_str(), *t)).collect();
-    store.apply_state_delta(packed(&refs).iter()).unwrap();
-    store.sync_state().unwrap();
+    ingest(&store, &refs);
     store.set_evict_below(Some(150));
     let by_key = store.cf(CF_DEDUP_BY_KEY).unwrap();
     store
@@ -540,4 +549,86 @@ fn a_held_state_writer_applies_nothing_until_released_and_never_blocks_its_calle
     writer.queue(delta(12)).unwrap();
     drop(writer);
     assert_eq!(held_keys(&store), 12);
+}
+
+/// A crash between staging and ingestion leaves files that were never part of the store: the
+/// next open deletes them, and no lookup or load sees their keys. An ingestion leaves nothing
+/// behind in the staging directory.
+#[test]
+fn staged_state_is_not_in_the_store_until_ingested_and_a_crash_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let staging = dir.path().join(staged::STAGING_DIR);
+    {
+        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+        ingest(&store, &[("kept", 5)]);
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+        let lost = store
+            .stage_state(2, 3, packed(&[("lost", 7)]).iter())
+            .unwrap();
+        assert_eq!(lost.entries(), 1);
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 2);
+        // The crash: the staged files are never ingested.
+        drop(lost);
+    }
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(!staging.exists(), "the open deletes what a crash staged");
+    assert_eq!(look(&store, &["kept", "lost"]), vec![Some(5), None]);
+    let all: Vec<(Vec<u8>, i64)> = entries(&store).into_iter().collect();
+    assert_eq!(all, vec![(b"kept".to_vec(), 5)]);
+}
+
+/// A staging of nothing writes no file and ingests nothing.
+#[test]
+fn staging_no_key_writes_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let staged = store
+        .stage_state(1, 1, PackedKeys::default().iter())
+        .unwrap();
+    assert_eq!(staged.entries(), 0);
+    assert_eq!(staged.ingest(&store).unwrap(), 0);
+    assert!(!dir.path().join(staged::STAGING_DIR).exists());
+}
+
+proptest! {
+    /// Deltas staged and ingested in any grouping give the store what writing them one by one
+    /// would: every distinct `(key, time)` in `dedup`, and each key's newest time in the key
+    /// index (a key comes again only with a later time, as after its eviction).
+    #[test]
+    fn staged_deltas_in_any_grouping_are_their_union(
+        deltas in proptest::collection::vec(
+            proptest::collection::vec((0u8..12, 0i64..4), 0..20), 1..8),
+        cuts in proptest::collection::vec(any::<bool>(), 8),
+    ) {
+        // Times rise with the delta's position, so a key repeated later has a later time.
+        let deltas: Vec<Vec<(String, i64)>> = deltas
+            .iter()
+            .enumerate()
+            .map(|(e, d)| d.iter().map(|&(k, t)| (format!("k{k}"), e as i64 * 10 + t)).collect())
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let mut group: Vec<(String, i64)> = Vec::new();
+        for (e, d) in deltas.iter().enumerate() {
+            group.extend(d.iter().cloned());
+            if cuts[e] || e + 1 == deltas.len() {
+                let refs: Vec<(&str, i64)> = group.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+                store.stage_state(e as u64, e as u64, packed(&refs).iter()).unwrap().ingest(&store).unwrap();
+                group.clear();
+            }
+        }
+        let want: BTreeSet<(Vec<u8>, i64)> = deltas
+            .iter()
+            .flatten()
+            .map(|(k, t)| (k.clone().into_bytes(), *t))
+            .collect();
+        prop_assert_eq!(entries(&store), want.clone());
+        let names: Vec<String> = (0..12).map(|k| format!("k{k}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let newest: Vec<Option<i64>> = names
+            .iter()
+            .map(|n| want.iter().filter(|(k, _)| k == n.as_bytes()).map(|(_, t)| *t).max())
+            .collect();
+        prop_assert_eq!(look(&store, &refs), newest);
+    }
 }
