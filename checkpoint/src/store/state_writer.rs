@@ -189,6 +189,8 @@ impl StateWriter {
                 return Err(self.stopped());
             }
         }
+        // A write that failed answers the sync once it has stopped the thread: its error.
+        self.check()?;
         Ok(self.durable_epoch())
     }
 }
@@ -229,6 +231,10 @@ fn run(
     let mut gathered = Gathered::default();
     let mut last_sync = Instant::now();
     let every = sync_every();
+    // A failed write stops the thread: its error goes to `failed` (the next call on the writer
+    // returns it) and a sync waiting for it is answered only after the queue is closed, so
+    // no call after it can queue a delta that nothing would write.
+    let mut waiting: Option<SyncSender<Result<(), StoreError>>> = None;
     let result = (|| -> Result<(), StoreError> {
         loop {
             // Wait for work; once something is gathered, at most until the next write is due
@@ -269,23 +275,26 @@ fn run(
                     }
                 }
                 Some(Job::Sync(reply)) => {
-                    let r = gathered.write(&store, &mut synced, &durable);
+                    waiting = Some(reply);
+                    gathered.write(&store, &mut synced, &durable)?;
                     last_sync = Instant::now();
-                    let failed_now = r.is_err();
-                    let _ = reply.send(r);
-                    if failed_now {
-                        return Ok(());
+                    if let Some(reply) = waiting.take() {
+                        let _ = reply.send(Ok(()));
                     }
                 }
             }
         }
         gathered.write(&store, &mut synced, &durable)
     })();
+    drop(rx);
     if let Err(e) = result {
         warn!(error = %e, "state writer stopped");
         if let Ok(mut f) = failed.lock() {
             *f = Some(e);
         }
+    }
+    if let Some(reply) = waiting {
+        let _ = reply.send(Ok(()));
     }
 }
 

@@ -632,3 +632,40 @@ proptest! {
         prop_assert_eq!(look(&store, &refs), newest);
     }
 }
+
+/// A state write that fails (here the staging directory cannot be created: a file holds its
+/// name, as ENOTDIR) stops the writer with an error naming the path; the durable epoch does not
+/// move past what was ingested, so no record claims the lost delta (the WAL keeps it).
+#[test]
+fn a_failed_state_write_stops_the_writer_and_claims_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let writer = StateWriter::start(store.clone(), 0);
+    let delta = |epoch: u64| StateDelta {
+        epoch,
+        inserts: packed(&[(&format!("k{epoch}"), epoch as i64)]),
+        evict_below: None,
+    };
+    writer.queue(delta(1)).unwrap();
+    assert_eq!(writer.sync().unwrap(), 1);
+    let staging = dir.path().join(staged::STAGING_DIR);
+    std::fs::remove_dir(&staging).unwrap();
+    std::fs::write(&staging, b"in the way").unwrap();
+    writer.queue(delta(2)).unwrap();
+    let err = writer.sync().unwrap_err();
+    assert!(
+        err.to_string().contains(staged::STAGING_DIR),
+        "the error names the staging path: {err}"
+    );
+    assert_eq!(err.kind(), StoreErrorKind::Transient);
+    assert_eq!(
+        writer.durable_epoch(),
+        1,
+        "nothing past the failure is durable"
+    );
+    assert!(
+        writer.queue(delta(3)).is_err(),
+        "a stopped writer refuses more"
+    );
+    assert_eq!(look(&store, &["k1", "k2"]), vec![Some(1), None]);
+}
