@@ -503,6 +503,15 @@ fn compaction_evicts_the_key_index_below_the_watermark_only() {
     }
 }
 
+/// Epoch `epoch`'s delta: key `k<epoch>` at time `epoch`, no eviction.
+fn one_key_delta(epoch: u64) -> StateDelta {
+    StateDelta {
+        epoch,
+        inserts: packed(&[(&format!("k{epoch}"), epoch as i64)]),
+        evict_below: None,
+    }
+}
+
 /// A held writer applies nothing until its hold ends, and never makes its caller wait on the
 /// hold: queueing more deltas than the queue holds, or a sync, releases it (no deadlock), and
 /// everything queued is then applied in order and synced.
@@ -511,11 +520,7 @@ fn a_held_state_writer_applies_nothing_until_released_and_never_blocks_its_calle
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
     let writer = StateWriter::start(store.clone(), 0);
-    let delta = |epoch: u64| StateDelta {
-        epoch,
-        inserts: packed(&[(&format!("k{epoch}"), epoch as i64)]),
-        evict_below: None,
-    };
+    let delta = one_key_delta;
     let held_keys = |store: &CheckpointStore| {
         let keys: Vec<Vec<u8>> = (1..=12u64).map(|e| format!("k{e}").into_bytes()).collect();
         let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
@@ -641,11 +646,7 @@ fn a_failed_state_write_stops_the_writer_and_claims_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
     let writer = StateWriter::start(store.clone(), 0);
-    let delta = |epoch: u64| StateDelta {
-        epoch,
-        inserts: packed(&[(&format!("k{epoch}"), epoch as i64)]),
-        evict_below: None,
-    };
+    let delta = one_key_delta;
     writer.queue(delta(1)).unwrap();
     assert_eq!(writer.sync().unwrap(), 1);
     let staging = dir.path().join(staged::STAGING_DIR);
