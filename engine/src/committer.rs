@@ -9,7 +9,7 @@
 //! With dedup, the keys an epoch adds (its state delta) are logged in the WAL just before its
 //! seal (same synced write), so the checkpoint does not write and sync them on the critical
 //! path: it writes the small record (synced), then hands the delta to the store's
-//! [`StateWriter`], which applies it unsynced and syncs in the background. The record names the
+//! [`StateWriter`], which gathers it and ingests it into the store in the background. The record names the
 //! newest epoch whose delta the store has synced (`state_epoch`), and the WAL keeps every
 //! segment from `state_epoch + 1` on (invariant 4 becomes: no WAL segment of an epoch above the
 //! durable `state_epoch` is deleted). Recovery restores the state from the store plus those

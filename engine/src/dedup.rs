@@ -18,7 +18,7 @@
 //!
 //! **Restoring state after a crash** ([`DedupState::load`], [`DedupState::load_changelog`]).
 //! The checkpoint store holds the state of its record's `state_epoch` m, plus possibly some
-//! prefix of the later epochs' deltas (applied unsynced; see `checkpoint/src/store/mod.rs`), and
+//! prefix of the later epochs' deltas (ingested ahead of any record; see `checkpoint/src/store/mod.rs`), and
 //! the WAL holds the deltas of epochs m+1 ..= c. The state of checkpoint c is then exactly
 //! `{(k, t) in store ∪ deltas : t >= w_c}`, whatever prefix of the later deltas the store kept:
 //! every key an epoch adds has `t >=` the watermark then in effect, so no eviction before it can

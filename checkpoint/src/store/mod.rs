@@ -424,9 +424,9 @@ impl CheckpointStore {
 
     /// Writes checkpoint `record` atomically with the epoch's dedup changes: `inserts` are
     /// `(key, event_time)` of keys new in this epoch; entries with event time below
-    /// `evict_below` are dropped. Synced before it returns. Every delta applied unsynced
-    /// before ([`CheckpointStore::apply_state_delta`]) must be synced first
-    /// ([`CheckpointStore::sync_state`]) if `record.state_epoch` claims it.
+    /// `evict_below` are dropped. Synced before it returns. Every delta given to the
+    /// [`StateWriter`] before must be ingested first ([`StateWriter::sync`]) if
+    /// `record.state_epoch` claims it.
     ///
     /// Invariant (kept by the caller): a key is inserted only while it is not in state, so each
     /// key has one entry.
@@ -477,8 +477,13 @@ impl CheckpointStore {
             return Ok(());
         }
         let dedup = self.cf(CF_DEDUP)?;
+        // RocksDB includes the end: `time_prefix(w)` alone is the entry of an empty key at
+        // time `w`, still live. End at time `w - 1` followed by 64 0xff bytes instead (a file
+        // holding a key of time `w - 1` beyond it is kept: compaction drops its entries).
+        let mut end = record::time_prefix(w.saturating_sub(1)).to_vec();
+        end.extend_from_slice(&[0xff; 64]);
         self.db
-            .delete_file_in_range_cf(dedup, [0u8; 8], record::time_prefix(w))
+            .delete_file_in_range_cf(dedup, &[0u8; 8][..], &end[..])
             .map_err(self.rocks("drop files below the watermark"))
     }
 

@@ -269,7 +269,10 @@ fn run(
                     store.set_evict_below(delta.evict_below);
                     gathered.keys += delta.inserts.len();
                     gathered.deltas.push(delta);
-                    if gathered.keys >= MAX_GATHERED_KEYS {
+                    // Due or too much gathered: a queue that never empties (a restart hands
+                    // over many epochs at once) must not put the write off.
+                    let due = !held.load(Ordering::Acquire) && last_sync.elapsed() >= every;
+                    if due || gathered.keys >= MAX_GATHERED_KEYS {
                         gathered.write(&store, &mut synced, &durable)?;
                         last_sync = Instant::now();
                     }

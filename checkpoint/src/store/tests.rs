@@ -512,9 +512,9 @@ fn one_key_delta(epoch: u64) -> StateDelta {
     }
 }
 
-/// A held writer applies nothing until its hold ends, and never makes its caller wait on the
-/// hold: queueing more deltas than the queue holds, or a sync, releases it (no deadlock), and
-/// everything queued is then applied in order and synced.
+/// A held writer writes nothing until its hold ends, and never makes its caller wait on the
+/// hold: it takes every delta queued meanwhile (gathered, up to `MAX_GATHERED_KEYS`), a sync
+/// releases the hold (no deadlock), and everything queued is then ingested in order.
 #[test]
 fn a_held_state_writer_applies_nothing_until_released_and_never_blocks_its_caller() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,8 +7,8 @@
 //!                                    e - 5; prints "durable <e>" once it is written
 //!   checkpoint-torture changelog <dir>   the same epochs on the changelog path: record e
 //!                                    alone (synced, naming the state writer's synced epoch),
-//!                                    then the delta to the background state writer (unsynced
-//!                                    write, sync when idle); prints "durable <e>"
+//!                                    then the delta to the background state writer (gathered,
+//!                                    ingested about once a second); prints "durable <e>"
 //!
 //! Each run continues where the recovered state ends.
 

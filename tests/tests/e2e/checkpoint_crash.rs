@@ -112,8 +112,8 @@ fn checkpoints_are_all_or_nothing_under_sigkill() {
     }
 }
 
-/// The changelog path (issue 22): checkpoint records are synced, state deltas are written
-/// unsynced in the background and synced later. After any SIGKILL, the newest record's
+/// The changelog path (issue 22): checkpoint records are synced, state deltas are gathered in
+/// the background and ingested later (staged SST files). After any SIGKILL, the newest record's
 /// `state_epoch` never claims more than the store really kept: every key of the epochs up to
 /// it (still above the watermark) is there, nothing of an epoch after the record is, and the
 /// store plus the deltas after `state_epoch` (the changelog) is exactly the state of the record.
@@ -151,6 +151,19 @@ fn the_state_never_claims_more_than_was_synced_under_sigkill() {
             "round {round}: record {c} claims state through {m}, but {} of those keys are gone",
             synced.difference(&got).count()
         );
+        // The key index (ingested after `dedup`: a kill between the two leaves it behind) has
+        // every key the record claims, with its time.
+        let claimed: Vec<&(Vec<u8>, i64)> = synced.iter().collect();
+        let keys: Vec<&[u8]> = claimed.iter().map(|(k, _)| k.as_slice()).collect();
+        let looked = store.lookup_dedup_keys(&keys).unwrap();
+        for ((k, t), found) in claimed.iter().zip(looked) {
+            assert_eq!(
+                found,
+                Some(*t),
+                "round {round}: record {c} claims state through {m}, but the key index lacks {}",
+                String::from_utf8_lossy(k)
+            );
+        }
         let all: BTreeSet<(Vec<u8>, i64)> = (c.saturating_sub(5).max(1)..=c)
             .flat_map(store_keys)
             .collect();

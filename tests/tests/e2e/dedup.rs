@@ -499,7 +499,7 @@ fn assert_dedup_exact(fixture: &super::Fixture, n: u64, totals: &serde_json::Val
 }
 
 /// Issue 22: the dedup state's changelog path under SIGKILL. The state delta of an epoch is
-/// applied to the store unsynced in the background and synced later; the checkpoint record
+/// gathered in the background and ingested into the store later (staged SST files); the checkpoint record
 /// names the synced epoch and the WAL keeps the deltas after it. A kill between the state
 /// write and its sync (the store loses the write), between the sync and the next record (the
 /// store is ahead of what any record names; the WAL still holds the deltas), and after a
