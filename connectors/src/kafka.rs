@@ -36,7 +36,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -1105,31 +1104,19 @@ impl Source for KafkaSource {
         let deadline = Instant::now() + max_wait;
         self.poll_discovery()?;
         let mut batch = Vec::with_capacity(max_records.min(65_536));
-        // One message stream for the whole batch: `StreamConsumer::recv` makes a stream per
-        // message, i.e. registers and unregisters a waker slot (two lock round trips) each
-        // time (profiled: ~5% of the pipeline's main thread under backlog).
-        let consumer = Arc::clone(&self.consumer);
-        let mut stream = consumer.stream();
         while batch.len() < max_records {
             // A message already fetched is taken without arming a timer (the common case
             // under backlog: no clock read, no timer entry per message).
-            let ready = futures::FutureExt::now_or_never(stream.next());
+            let ready = futures::FutureExt::now_or_never(self.consumer.recv());
             let next = match ready {
-                Some(item) => Ok(item),
+                Some(result) => Ok(result),
                 None => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     if remaining.is_zero() {
                         break;
                     }
-                    tokio::time::timeout(remaining, stream.next()).await
+                    tokio::time::timeout(remaining, self.consumer.recv()).await
                 }
-            };
-            // The stream never ends (librdkafka's queue outlives it); an end is taken as an
-            // empty wait.
-            let next = match next {
-                Ok(Some(item)) => Ok(item),
-                Ok(None) => break,
-                Err(elapsed) => Err(elapsed),
             };
             match next {
                 Err(_elapsed) => break,
