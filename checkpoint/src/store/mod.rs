@@ -165,6 +165,17 @@ fn dedup_options(evict_below: Arc<AtomicI64>, by_key: bool) -> Options {
     o
 }
 
+/// Sorts `(key, event time)` pairs in the `dedup` column family's byte order: by event time,
+/// then key ([`record::time_prefix`] preserves order; keys compare as bytes).
+fn sort_in_dedup_order(pairs: &mut [(&[u8], i64)]) {
+    pairs.sort_unstable_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+}
+
+/// Sorts `(key, event time)` pairs in the key index's byte order: by key, a key's times rising.
+fn sort_in_key_index_order(pairs: &mut [(&[u8], i64)]) {
+    pairs.sort_unstable_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+}
+
 fn db_options() -> Options {
     let mut o = Options::default();
     o.create_if_missing(true);
@@ -514,14 +525,14 @@ impl CheckpointStore {
         // last insert instead of searching from the top each time (the key index used to get
         // its puts in event-time order, i.e. in random key order: a search per put).
         let mut pairs: Vec<(&[u8], i64)> = inserts.into_iter().collect();
-        pairs.sort_unstable_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+        sort_in_dedup_order(&mut pairs);
         let mut entry_key = Vec::new();
         for &(key, time) in &pairs {
             record::write_dedup_entry_key(&mut entry_key, time, key);
             batch.put_cf(dedup, &entry_key, []);
         }
         // Each key is in a delta once (the caller's invariant), so key order is a total order.
-        pairs.sort_unstable_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+        sort_in_key_index_order(&mut pairs);
         for &(key, time) in &pairs {
             batch.put_cf(by_key, key, record::time_prefix(time));
         }

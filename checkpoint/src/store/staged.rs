@@ -24,7 +24,10 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{IngestExternalFileOptions, SstFileWriter};
 
-use super::{dedup_options, record, CheckpointStore, StoreError, CF_DEDUP, CF_DEDUP_BY_KEY};
+use super::{
+    dedup_options, record, sort_in_dedup_order, sort_in_key_index_order, CheckpointStore,
+    StoreError, CF_DEDUP, CF_DEDUP_BY_KEY,
+};
 
 /// The staging directory's name inside the store directory.
 pub(super) const STAGING_DIR: &str = "state-staging";
@@ -90,9 +93,7 @@ impl CheckpointStore {
             path: dir.clone(),
             source,
         })?;
-        // `dedup`: by (event time, key), which is its byte order ([`record::time_prefix`]
-        // preserves order; keys compare as bytes).
-        pairs.sort_unstable_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+        sort_in_dedup_order(&mut pairs);
         pairs.dedup();
         let entries = pairs.len();
         let dedup_file = dir.join(format!("{first}-{last}.{CF_DEDUP}.sst"));
@@ -104,8 +105,8 @@ impl CheckpointStore {
             }
             Ok(())
         })?;
-        // `dedup_by_key`: by key, the newest time of a key given twice.
-        pairs.sort_unstable_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+        // `dedup_by_key`: the newest time of a key given twice (the last of its run).
+        sort_in_key_index_order(&mut pairs);
         let by_key_file = dir.join(format!("{first}-{last}.{CF_DEDUP_BY_KEY}.sst"));
         self.write_sst(&by_key_file, true, |w| {
             for (i, &(key, time)) in pairs.iter().enumerate() {

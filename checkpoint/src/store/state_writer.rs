@@ -256,35 +256,29 @@ fn run(
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
             };
-            match job {
-                None => {
-                    let due = last_sync.elapsed() >= every;
-                    if due && !held.load(Ordering::Acquire) {
-                        gathered.write(&store, &mut synced, &durable)?;
-                        last_sync = Instant::now();
-                    }
-                }
+            let asked = match job {
+                None => false,
                 Some(Job::Apply(delta)) => {
                     // Its record is durable: what is below its watermark is never read again.
                     store.set_evict_below(delta.evict_below);
                     gathered.keys += delta.inserts.len();
                     gathered.deltas.push(delta);
-                    // Due or too much gathered: a queue that never empties (a restart hands
-                    // over many epochs at once) must not put the write off.
-                    let due = !held.load(Ordering::Acquire) && last_sync.elapsed() >= every;
-                    if due || gathered.keys >= MAX_GATHERED_KEYS {
-                        gathered.write(&store, &mut synced, &durable)?;
-                        last_sync = Instant::now();
-                    }
+                    false
                 }
                 Some(Job::Sync(reply)) => {
                     waiting = Some(reply);
-                    gathered.write(&store, &mut synced, &durable)?;
-                    last_sync = Instant::now();
-                    if let Some(reply) = waiting.take() {
-                        let _ = reply.send(Ok(()));
-                    }
+                    true
                 }
+            };
+            // Checked after every job, not only on a timeout: a queue that never empties (a
+            // restart hands over many epochs at once) must not put a due write off.
+            let due = !held.load(Ordering::Acquire) && last_sync.elapsed() >= every;
+            if asked || due || gathered.keys >= MAX_GATHERED_KEYS {
+                gathered.write(&store, &mut synced, &durable)?;
+                last_sync = Instant::now();
+            }
+            if let Some(reply) = waiting.take() {
+                let _ = reply.send(Ok(()));
             }
         }
         gathered.write(&store, &mut synced, &durable)

@@ -670,3 +670,43 @@ fn a_failed_state_write_stops_the_writer_and_claims_nothing() {
     );
     assert_eq!(look(&store, &["k1", "k2"]), vec![Some(1), None]);
 }
+
+/// Keys below the newest watermark the writer was given are not written at all (no record
+/// will ever read them); keys at or above it are.
+#[test]
+fn the_state_writer_skips_keys_below_the_newest_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let writer = StateWriter::start(store.clone(), 0);
+    writer
+        .queue(StateDelta {
+            epoch: 1,
+            inserts: packed(&[("old", 1), ("new", 10)]),
+            evict_below: None,
+        })
+        .unwrap();
+    writer
+        .queue(StateDelta {
+            epoch: 2,
+            inserts: packed(&[("later", 12)]),
+            evict_below: Some(5),
+        })
+        .unwrap();
+    assert_eq!(writer.sync().unwrap(), 2);
+    let all: Vec<(Vec<u8>, i64)> = entries(&store).into_iter().collect();
+    assert_eq!(all, vec![(b"later".to_vec(), 12), (b"new".to_vec(), 10)]);
+    assert_eq!(look(&store, &["old"]), vec![None]);
+}
+
+/// A second open of a store in use fails on RocksDB's lock and leaves the running writer's
+/// staged files alone (the open clears the staging directory only once it holds the lock).
+#[test]
+fn a_second_open_fails_on_the_lock_and_keeps_the_staged_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let staged = store.stage_state(1, 1, packed(&[("k", 3)]).iter()).unwrap();
+    let second = CheckpointStore::open(dir.path(), StoreOptions::default());
+    assert_eq!(second.err().map(|e| e.kind()), Some(StoreErrorKind::Locked));
+    staged.ingest(&store).unwrap();
+    assert_eq!(look(&store, &["k"]), vec![Some(3)]);
+}
