@@ -29,7 +29,7 @@ use crate::config::{
     CheckpointConfig, EventTimeUnit, OnInvalidRecord, OnLate, PipelineConfig, KAFKA_KEY,
 };
 use crate::dedup::{DedupState, Verdict, WatermarkTracker};
-use crate::epoch_log::{fits_in_frame, record_size, Replay, MAX_KEPT_KEY_BYTES};
+use crate::epoch_log::{fits_in_frame, record_size, Replay, ReplayBatch, MAX_KEPT_KEY_BYTES};
 
 /// Why records could not be processed into an epoch (the processing layer's error).
 #[derive(Debug, thiserror::Error)]
@@ -644,19 +644,65 @@ impl OpenEpoch {
 
     /// Processes records read back from the WAL exactly as they were processed when read:
     /// each batch under the clock logged before it, too-large stubs as `too_large`.
+    ///
+    /// Two cores: the next batches are prepared (size check and JSON decoding, a pure function
+    /// of the records: [`PreparedBatch`]) on a thread of their own while this thread gives the
+    /// prepared ones their verdicts in WAL order, so the verdicts are those of a replay on one
+    /// thread. A restart's first commit waits for this replay.
     pub fn add_replay(
         &mut self,
         replay: &Replay,
         p: &RecordProcessor,
         mut dedup: Option<&mut DedupRuntime>,
     ) -> Result<(), ProcessError> {
-        for batch in &replay.batches {
-            if let Some(rt) = dedup.as_deref_mut() {
-                rt.state.set_batch_clock(batch.clock_ms);
+        if replay.batches.len() < 2 {
+            for batch in &replay.batches {
+                let prepared = PreparedBatch::of(p, &batch.records, &batch.too_large);
+                self.add_replayed(batch, prepared, p, dedup.as_deref_mut())?;
             }
-            self.add_logged(&batch.records, &batch.too_large, p, dedup.as_deref_mut())?;
+            return Ok(());
         }
-        Ok(())
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(PREPARED_AHEAD);
+            let preparing = std::thread::Builder::new()
+                .name("tidemark-decode".into())
+                .spawn_scoped(scope, move || {
+                    for batch in &replay.batches {
+                        let prepared = PreparedBatch::of(p, &batch.records, &batch.too_large);
+                        if tx.send(prepared).is_err() {
+                            return; // the replay stopped on an error
+                        }
+                    }
+                });
+            if let Err(e) = &preparing {
+                tracing::warn!(
+                    "no thread for decoding the replay ahead ({e}): decoding it on one thread"
+                );
+            }
+            for batch in &replay.batches {
+                // Without the helper (it could not start), each batch is prepared here.
+                let prepared = match rx.recv() {
+                    Ok(prepared) => prepared,
+                    Err(_) => PreparedBatch::of(p, &batch.records, &batch.too_large),
+                };
+                self.add_replayed(batch, prepared, p, dedup.as_deref_mut())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// One replayed batch, prepared, under the clock logged before it.
+    fn add_replayed(
+        &mut self,
+        batch: &ReplayBatch,
+        prepared: PreparedBatch<'_>,
+        p: &RecordProcessor,
+        mut dedup: Option<&mut DedupRuntime>,
+    ) -> Result<(), ProcessError> {
+        if let Some(rt) = dedup.as_deref_mut() {
+            rt.state.set_batch_clock(batch.clock_ms);
+        }
+        self.add_prepared(&batch.records, &batch.too_large, prepared, p, dedup)
     }
 
     /// Why `record` is refused before decoding, if it is: too large (key + value over
@@ -721,10 +767,11 @@ impl OpenEpoch {
     }
 
     /// [`OpenEpoch::add`] where `stubs` lists the too-large stubs among `records` (index,
-    /// original size; in index order). The stages, in order: count the records in
-    /// ([`Self::take_in`]), refuse those that are too large or carry an unusable Kafka
-    /// timestamp ([`Self::size_check`]), decode the rest ([`Self::decode`]), and, with dedup,
-    /// give each row its verdict ([`Self::dedup_verdicts`]).
+    /// original size; in index order). The stages, in order: refuse the records that are too
+    /// large or carry an unusable Kafka timestamp and decode the rest ([`PreparedBatch::of`],
+    /// pure), count the records in ([`Self::take_in`]), apply the refusals and the decode's
+    /// outcome ([`Self::decode`]), and, with dedup, give each row its verdict
+    /// ([`Self::dedup_verdicts`]).
     fn add_logged(
         &mut self,
         records: &[SourceRecord],
@@ -732,12 +779,29 @@ impl OpenEpoch {
         p: &RecordProcessor,
         dedup: Option<&mut DedupRuntime>,
     ) -> Result<(), ProcessError> {
+        let prepared = PreparedBatch::of(p, records, stubs);
+        self.add_prepared(records, stubs, prepared, p, dedup)
+    }
+
+    /// [`OpenEpoch::add_logged`] of a batch already prepared: what is order-dependent, on
+    /// this thread and in WAL order (the counts, the refusals and dead letters, the verdicts).
+    fn add_prepared(
+        &mut self,
+        records: &[SourceRecord],
+        stubs: &[(usize, u64)],
+        prepared: PreparedBatch<'_>,
+        p: &RecordProcessor,
+        dedup: Option<&mut DedupRuntime>,
+    ) -> Result<(), ProcessError> {
         if records.is_empty() {
             return Ok(());
         }
         let now = self.take_in(records, stubs, p);
-        let fitting = self.size_check(records, stubs, p)?;
-        let decoded = self.decode(&fitting, p)?;
+        for (kept, reason, message) in prepared.refused {
+            self.reject(p, &kept, reason, message)?;
+        }
+        let fitting = prepared.fitting;
+        let decoded = self.decode(&fitting, prepared.decoded, p)?;
         let Some(batch) = decoded.batch else {
             return Ok(());
         };
@@ -772,51 +836,19 @@ impl OpenEpoch {
         now
     }
 
-    /// The size stage: records too large or with a Kafka timestamp out of range are rejected
-    /// here (see [`Self::precheck`]) and never decoded. Returns the records that go on.
-    fn size_check<'r>(
-        &mut self,
-        records: &'r [SourceRecord],
-        stubs: &[(usize, u64)],
-        p: &RecordProcessor,
-    ) -> Result<Cow<'r, [SourceRecord]>, ProcessError> {
-        let refused: Vec<(usize, SourceRecord, &'static str, String)> = records
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| {
-                Self::precheck(p, r, stub_size(stubs, i)).map(|(k, why, m)| (i, k, why, m))
-            })
-            .collect();
-        if refused.is_empty() {
-            return Ok(Cow::Borrowed(records));
-        }
-        for (_, kept, reason, message) in &refused {
-            self.reject(p, kept, reason, message.clone())?;
-        }
-        Ok(Cow::Owned(
-            records
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| refused.binary_search_by_key(i, |r| r.0).is_err())
-                .map(|(_, r)| r.clone())
-                .collect(),
-        ))
-    }
-
-    /// The decode stage: JSON to rows of the table's schema; a record that does not decode
-    /// stops the epoch, is skipped or is dead-lettered (`errors.on_invalid_record`).
+    /// The decode stage's outcome (JSON to rows of the table's schema, done by
+    /// [`PreparedBatch::of`]): a record that does not decode stops the epoch, is skipped or is
+    /// dead-lettered (`errors.on_invalid_record`).
     fn decode(
         &mut self,
         fitting: &[SourceRecord],
+        decoded: Result<Decoded, arrow::error::ArrowError>,
         p: &RecordProcessor,
     ) -> Result<Decoded, ProcessError> {
-        let decoded = p
-            .decoder
-            .decode(fitting)
-            .map_err(|source| ProcessError::Decode {
-                epoch: Epoch::new(self.epoch),
-                source,
-            })?;
+        let decoded = decoded.map_err(|source| ProcessError::Decode {
+            epoch: Epoch::new(self.epoch),
+            source,
+        })?;
         for bad in &decoded.invalid {
             let record = &fitting[bad.index];
             if p.on_invalid == OnInvalidRecord::Fail {
@@ -1085,6 +1117,53 @@ impl OpenEpoch {
     }
 }
 
+/// Batches a replay prepares ahead of the one being decided ([`OpenEpoch::add_replay`]): enough
+/// to keep the decoding thread busy, few enough to bound the decoded rows held.
+const PREPARED_AHEAD: usize = 2;
+
+/// A batch's records before any verdict: those refused before decoding (too large, or a Kafka
+/// timestamp out of range; see [`OpenEpoch::precheck`]) and the rest decoded. A pure function
+/// of (processor, records, stubs), so it may be computed on another thread than the one that
+/// applies it; applying it ([`OpenEpoch::add_prepared`]) is what depends on order.
+struct PreparedBatch<'r> {
+    /// The refused records (as kept in a dead letter), their reason and message, in order.
+    refused: Vec<(SourceRecord, &'static str, String)>,
+    /// The records that go on to decoding, in order.
+    fitting: Cow<'r, [SourceRecord]>,
+    /// Their decoding.
+    decoded: Result<Decoded, arrow::error::ArrowError>,
+}
+
+impl<'r> PreparedBatch<'r> {
+    /// Prepares `records` (`stubs`: the too-large stubs among them, index and original size,
+    /// in index order).
+    fn of(p: &RecordProcessor, records: &'r [SourceRecord], stubs: &[(usize, u64)]) -> Self {
+        let refused: Vec<(usize, (SourceRecord, &'static str, String))> = records
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| OpenEpoch::precheck(p, r, stub_size(stubs, i)).map(|x| (i, x)))
+            .collect();
+        let fitting = if refused.is_empty() {
+            Cow::Borrowed(records)
+        } else {
+            Cow::Owned(
+                records
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| refused.binary_search_by_key(i, |r| r.0).is_err())
+                    .map(|(_, r)| r.clone())
+                    .collect(),
+            )
+        };
+        let decoded = p.decoder.decode(&fitting);
+        Self {
+            refused: refused.into_iter().map(|(_, x)| x).collect(),
+            fitting,
+            decoded,
+        }
+    }
+}
+
 /// The original size of the too-large stub at `index` among `stubs` (index, size; in index
 /// order), if that record is one.
 fn stub_size(stubs: &[(usize, u64)], index: usize) -> Option<u64> {
@@ -1334,6 +1413,48 @@ allowed_lateness_ms = 10
 
     /// Item 7: a record over `errors.max_record_bytes` is dead-lettered as `too_large` with
     /// its coordinates, timestamp, key and size but not its value, the same on replay.
+    /// A replay decoded ahead on another thread stops at the first invalid record as a replay
+    /// on one thread does (same error, same record), and does not wait for the batches the
+    /// decoding thread still holds: many more than it prepares ahead follow the bad one.
+    #[test]
+    fn a_replay_stops_at_the_first_invalid_record_whatever_was_decoded_ahead() {
+        let config = config("on_invalid_record = \"fail\"", "");
+        let p = processor(&config);
+        let mut offset = 0;
+        let mut batch = |bad: bool| {
+            let records: Vec<SourceRecord> = (0..3)
+                .map(|i| {
+                    offset += 1;
+                    if bad && i == 1 {
+                        rec(offset, "not json")
+                    } else {
+                        rec(
+                            offset,
+                            &format!(r#"{{"id":"k{offset}","ts":{}}}"#, offset * 1000),
+                        )
+                    }
+                })
+                .collect();
+            (1_000_000, records)
+        };
+        let mut batches = vec![batch(false), batch(false), batch(true)];
+        batches.extend((0..PREPARED_AHEAD * 10).map(|_| batch(false)));
+        let replay = logged(&batches);
+        let mut rt = runtime(&p);
+        let mut open = OpenEpoch::new(1, Positions::new());
+        let err = open
+            .add_replay(&replay, &p, Some(&mut rt))
+            .expect_err("the invalid record stops the replay");
+        assert!(
+            matches!(&err, ProcessError::InvalidRecord { record, .. } if record.offset == 8),
+            "{err}"
+        );
+        // The bad batch is counted in (records are counted before they are decoded), its
+        // verdicts are not given, and no later batch is taken in.
+        assert_eq!(open.records, 9);
+        assert_eq!(rt.state.len(), 6);
+    }
+
     #[test]
     fn a_record_over_max_record_bytes_is_a_too_large_letter_without_its_value() {
         let config = config("max_record_bytes = 100", "");

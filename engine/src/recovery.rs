@@ -889,6 +889,10 @@ async fn from_checkpoint(
         StartCase::Fresh | StartCase::ResumeEpoch { .. } => {
             let epoch = c_epoch + 1;
             let mut open = OpenEpoch::new(epoch, positions);
+            if !records.is_empty() {
+                // Encoded into Parquet on a thread of its own as the replay decides its rows.
+                open.encode_while_reading(committer.sink().arrow_schema().clone())?;
+            }
             open.add_replay(&records, processor, committer.dedup_mut())?;
             if records.is_empty() {
                 outcome.next_epoch = epoch;
@@ -907,7 +911,9 @@ async fn from_checkpoint(
             Ok((committer, OpenEpoch::new(epoch + 1, end), outcome))
         }
         StartCase::RedoEpoch { epoch } => {
-            let (seal, open) = replay_sealed(&mut committer, processor, seal, &records, epoch)?;
+            let (seal, mut open) =
+                replay_sealed(&mut committer, processor, seal, &records, epoch, true)?;
+            open.finish_encoding()?;
             info!(
                 checkpoint = c_epoch,
                 committed_epoch = c_t,
@@ -930,8 +936,9 @@ async fn from_checkpoint(
             ))
         }
         StartCase::WriteMissingCheckpoint { epoch } => {
-            // Replay rebuilds the epoch's counts (and, with dedup, its state).
-            let (seal, open) = replay_sealed(&mut committer, processor, seal, &records, epoch)?;
+            // Replay rebuilds the epoch's counts (and, with dedup, its state); nothing to write.
+            let (seal, open) =
+                replay_sealed(&mut committer, processor, seal, &records, epoch, false)?;
             info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch}");
             committer.note_landed(epoch, table_version_now);
             committer.add_totals(&open);
@@ -953,13 +960,15 @@ async fn from_checkpoint(
 /// Replays the records of sealed epoch `epoch` exactly as they were processed the first time
 /// (the watermark in effect is the checkpoint's, each batch under its logged clock), then moves
 /// the watermark to the sealed value. Refuses when the settings that decide an epoch's content
-/// differ from those recorded in the seal: the redo would write another epoch.
+/// differ from those recorded in the seal: the redo would write another epoch. With `encode`,
+/// the rows are encoded into Parquet as they are decided (the caller finishes the encoding).
 fn replay_sealed(
     committer: &mut Committer,
     processor: &RecordProcessor,
     seal: Option<SealInfo>,
     records: &Replay,
     epoch: u64,
+    encode: bool,
 ) -> Result<(SealInfo, OpenEpoch), RecoveryError> {
     let state_error = |message: String| RecoveryError::State {
         path: PathBuf::from("wal"),
@@ -984,6 +993,9 @@ fn replay_sealed(
         }
     }
     let mut open = OpenEpoch::new(epoch, seal.start_positions.clone());
+    if encode && !records.is_empty() {
+        open.encode_while_reading(committer.sink().arrow_schema().clone())?;
+    }
     open.add_replay(records, processor, committer.dedup_mut())?;
     if let Some(d) = committer.dedup_mut() {
         d.state.advance(seal.watermark);
