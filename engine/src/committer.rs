@@ -381,17 +381,10 @@ impl WalLog<'_> {
     /// marker holding the batch's wall clock (which decides `event_time_in_future`, on replay
     /// too). A record too large for one WAL frame is logged as a bounded stub (no value) and is
     /// dead-lettered as `too_large`, so it can never make the append fail (see `epoch_log`).
-    fn log_records(
-        &mut self,
-        dedup: Option<&mut DedupRuntime>,
-        epoch: u64,
-        records: &[SourceRecord],
-    ) -> Result<(), CommitError> {
+    /// Returns the clock logged (the batch's verdicts are given under it).
+    fn log_records(&mut self, epoch: u64, records: &[SourceRecord]) -> Result<i64, CommitError> {
         fault::hit(CrashPoint::BeforeWalAppend);
         let clock = now_ms() as i64;
-        if let Some(d) = dedup {
-            d.state.set_batch_clock(Some(clock));
-        }
         if self.durable {
             let (wal, wal_bytes) = (&mut *self.wal, &mut *self.wal_bytes);
             let stubs = log_batch(clock, records, self.encode_buf, |kind, payload| {
@@ -404,7 +397,7 @@ impl WalLog<'_> {
             self.wal.commit()?;
         }
         fault::hit(CrashPoint::AfterWalAppend);
-        Ok(())
+        Ok(clock)
     }
 }
 
@@ -432,10 +425,12 @@ async fn read_batch(
     if records.is_empty() {
         return Ok(0);
     }
-    log.log_records(dedup.as_deref_mut(), open.epoch, &records)?;
-    open.add(&records, processor, dedup)?;
+    let clock = log.log_records(open.epoch, &records)?;
+    let read = records.len();
+    // Decoded on the epoch's decoding thread while the next batch is read and logged.
+    open.add_ahead(records, Some(clock), processor, dedup)?;
     crate::metrics::batch_read(open.records);
-    Ok(records.len())
+    Ok(read)
 }
 
 /// Step 1 for the next epoch while an epoch commits: [`read_batch`] into `ahead.open` until
@@ -475,6 +470,11 @@ async fn read_during_commit(
         if read > 0 || ahead.source.caught_up() {
             logged.set(true);
         }
+        // The commit shares this task (`join!`) and is polled only when this future returns
+        // `Pending`: with records waiting in the consumer a batch never does, so without this
+        // the commit stalled until the read-ahead cap was reached (measured: commits of
+        // ~600 ms for ~100 ms of their own work, reading then stopped at the cap).
+        tokio::task::yield_now().await;
     }
     Ok(())
 }
@@ -855,8 +855,14 @@ impl Committer {
     /// here (the partitions' progress decides it, wall-clock idleness included) and the new
     /// value is recorded in the seal, so a replay uses it instead of recomputing it. The
     /// settings the epoch was processed under are recorded too (a redo refuses other values).
-    pub fn seal(&mut self, mut open: OpenEpoch) -> Result<SealedEpoch, CommitError> {
-        // No row comes after the seal: the last of its rows are encoded now.
+    pub fn seal(
+        &mut self,
+        mut open: OpenEpoch,
+        processor: &RecordProcessor,
+    ) -> Result<SealedEpoch, CommitError> {
+        // No record comes after the seal: the last batches get their verdicts (under the
+        // watermark in effect before this seal moves it), and the last rows are encoded.
+        open.finish_decoding(processor, self.dedup.as_mut())?;
         open.finish_encoding()?;
         let watermark = self.dedup.as_mut().and_then(|d| {
             let candidate = d.tracker.candidate(Instant::now());

@@ -10,7 +10,6 @@
 //! dead letters it yielded the first time. That determinism is what makes redo from the WAL
 //! safe.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -217,17 +216,25 @@ pub fn settings_diff(
 
 /// Turns source records into rows and dead letters: decoding, size check, dedup.
 pub struct RecordProcessor {
-    decoder: JsonDecoder,
+    /// What prepares a batch before any verdict: shared with the threads that decode ahead.
+    prep: Arc<BatchPrep>,
     on_invalid: OnInvalidRecord,
+    dedup: Option<DedupSpec>,
+    key_converter: Option<RowConverter>,
+    settings: Arc<EpochSettings>,
+}
+
+/// The part of a [`RecordProcessor`] that prepares a batch ([`PreparedBatch::of`]): owned
+/// apart so a thread of its own can hold it.
+#[derive(Debug)]
+struct BatchPrep {
+    decoder: JsonDecoder,
     max_record_bytes: usize,
     /// `errors.quarantine`: records never written (reason `quarantined`).
     quarantine: crate::quarantine::Quarantine,
-    dedup: Option<DedupSpec>,
-    key_converter: Option<RowConverter>,
     /// Rows carry the Kafka timestamp (source column or event time): a timestamp that does
     /// not fit microseconds makes the record invalid.
     uses_kafka_timestamp: bool,
-    settings: Arc<EpochSettings>,
 }
 
 impl RecordProcessor {
@@ -304,15 +311,17 @@ impl RecordProcessor {
             );
         let settings = Arc::new(epoch_settings(config, &schema));
         Ok(Self {
-            decoder,
+            prep: Arc::new(BatchPrep {
+                decoder,
+                max_record_bytes: config.errors.max_record_bytes,
+                // Checked when the config was loaded.
+                quarantine: crate::quarantine::Quarantine::parse(&config.errors.quarantine)
+                    .unwrap_or_default(),
+                uses_kafka_timestamp,
+            }),
             on_invalid: config.errors.on_invalid_record,
-            max_record_bytes: config.errors.max_record_bytes,
-            // Checked when the config was loaded.
-            quarantine: crate::quarantine::Quarantine::parse(&config.errors.quarantine)
-                .unwrap_or_default(),
             dedup,
             key_converter,
-            uses_kafka_timestamp,
             settings,
         })
     }
@@ -528,6 +537,10 @@ pub struct OpenEpoch {
     /// The epoch's rows being encoded as they come ([`OpenEpoch::encode_while_reading`]);
     /// `None`: they are kept in `batches`.
     encoder: Option<EpochEncoder>,
+    /// The thread preparing the batches [`OpenEpoch::add_ahead`] took and the ones in flight
+    /// there (counted in, no verdict yet); `None` before the first and after
+    /// [`OpenEpoch::finish_decoding`].
+    decoding: Option<DecodeAhead>,
     /// The epoch's encoded files, once its encoding finished (at its seal).
     pub encoded: Option<Vec<EncodedFile>>,
     /// Records skipped as undecodable (`errors.on_invalid_record = "skip"`), listed in the
@@ -570,6 +583,7 @@ impl OpenEpoch {
             start,
             batches: Vec::new(),
             encoder: None,
+            decoding: None,
             encoded: None,
             skipped: Vec::new(),
             skipped_other: Vec::new(),
@@ -657,7 +671,7 @@ impl OpenEpoch {
     ) -> Result<(), ProcessError> {
         if replay.batches.len() < 2 {
             for batch in &replay.batches {
-                let prepared = PreparedBatch::of(p, &batch.records, &batch.too_large);
+                let prepared = PreparedBatch::of(&p.prep, &batch.records, &batch.too_large);
                 self.add_replayed(batch, prepared, p, dedup.as_deref_mut())?;
             }
             return Ok(());
@@ -668,7 +682,7 @@ impl OpenEpoch {
                 .name("tidemark-decode".into())
                 .spawn_scoped(scope, move || {
                     for batch in &replay.batches {
-                        let prepared = PreparedBatch::of(p, &batch.records, &batch.too_large);
+                        let prepared = PreparedBatch::of(&p.prep, &batch.records, &batch.too_large);
                         if tx.send(prepared).is_err() {
                             return; // the replay stopped on an error
                         }
@@ -683,7 +697,7 @@ impl OpenEpoch {
                 // Without the helper (it could not start), each batch is prepared here.
                 let prepared = match rx.recv() {
                     Ok(prepared) => prepared,
-                    Err(_) => PreparedBatch::of(p, &batch.records, &batch.too_large),
+                    Err(_) => PreparedBatch::of(&p.prep, &batch.records, &batch.too_large),
                 };
                 self.add_replayed(batch, prepared, p, dedup.as_deref_mut())?;
             }
@@ -695,14 +709,18 @@ impl OpenEpoch {
     fn add_replayed(
         &mut self,
         batch: &ReplayBatch,
-        prepared: PreparedBatch<'_>,
+        prepared: PreparedBatch,
         p: &RecordProcessor,
         mut dedup: Option<&mut DedupRuntime>,
     ) -> Result<(), ProcessError> {
+        if batch.records.is_empty() {
+            return Ok(());
+        }
         if let Some(rt) = dedup.as_deref_mut() {
             rt.state.set_batch_clock(batch.clock_ms);
         }
-        self.add_prepared(&batch.records, &batch.too_large, prepared, p, dedup)
+        let now = self.take_in(&batch.records, &batch.too_large, p);
+        self.add_prepared(&batch.records, prepared, now, p, dedup)
     }
 
     /// Why `record` is refused before decoding, if it is: too large (key + value over
@@ -711,7 +729,7 @@ impl OpenEpoch {
     /// microseconds. A too-large record's dead letter never holds the value, and holds the key
     /// only up to [`MAX_KEPT_KEY_BYTES`]: the same whether the record or its WAL stub is seen.
     fn precheck(
-        p: &RecordProcessor,
+        p: &BatchPrep,
         record: &SourceRecord,
         stub: Option<u64>,
     ) -> Option<(SourceRecord, &'static str, String)> {
@@ -779,29 +797,131 @@ impl OpenEpoch {
         p: &RecordProcessor,
         dedup: Option<&mut DedupRuntime>,
     ) -> Result<(), ProcessError> {
-        let prepared = PreparedBatch::of(p, records, stubs);
-        self.add_prepared(records, stubs, prepared, p, dedup)
+        if records.is_empty() {
+            return Ok(());
+        }
+        let prepared = PreparedBatch::of(&p.prep, records, stubs);
+        let now = self.take_in(records, stubs, p);
+        self.add_prepared(records, prepared, now, p, dedup)
     }
 
-    /// [`OpenEpoch::add_logged`] of a batch already prepared: what is order-dependent, on
-    /// this thread and in WAL order (the counts, the refusals and dead letters, the verdicts).
-    fn add_prepared(
+    /// [`OpenEpoch::add`] on two cores, for the live path: `records` (already in the WAL, under
+    /// the batch clock `clock_ms` logged before them) are counted in now, so the epoch's limits
+    /// see them at once, and decoded on the epoch's decoding thread while the caller reads and
+    /// logs the next batch; the batch before them gets its verdicts here meanwhile. Verdicts
+    /// are given in WAL order, each batch under its own clock: the same as [`OpenEpoch::add`]
+    /// batch by batch (tested). [`OpenEpoch::finish_decoding`] gives the last ones; an epoch is
+    /// sealed only after it (the committer's seal calls it).
+    pub fn add_ahead(
         &mut self,
-        records: &[SourceRecord],
-        stubs: &[(usize, u64)],
-        prepared: PreparedBatch<'_>,
+        records: Vec<SourceRecord>,
+        clock_ms: Option<i64>,
         p: &RecordProcessor,
-        dedup: Option<&mut DedupRuntime>,
+        mut dedup: Option<&mut DedupRuntime>,
     ) -> Result<(), ProcessError> {
         if records.is_empty() {
             return Ok(());
         }
-        let now = self.take_in(records, stubs, p);
+        let arrived = self.take_in(&records, &[], p);
+        let batch = AheadBatch {
+            records,
+            clock_ms,
+            arrived,
+        };
+        if self.decoding.is_none() {
+            self.decoding = DecodeAhead::start(p.prep.clone(), self.epoch);
+        }
+        let sent = match self.decoding.as_mut() {
+            Some(d) => d.send(batch),
+            None => Err(batch),
+        };
+        if let Err(batch) = sent {
+            // No decoding thread: everything in flight first, then this batch here.
+            self.finish_decoding(p, dedup.as_deref_mut())?;
+            let prepared = PreparedBatch::of(&p.prep, &batch.records, &[]);
+            return self.apply_ahead(batch, prepared, p, dedup);
+        }
+        while self
+            .decoding
+            .as_ref()
+            .is_some_and(|d| d.in_flight > DECODED_AHEAD)
+        {
+            self.apply_oldest(p, dedup.as_deref_mut())?;
+        }
+        Ok(())
+    }
+
+    /// Gives every batch still on the decoding thread its verdicts ([`OpenEpoch::add_ahead`]),
+    /// and ends the thread: no record comes after this but through [`OpenEpoch::add_ahead`]
+    /// again. The seal calls it.
+    pub fn finish_decoding(
+        &mut self,
+        p: &RecordProcessor,
+        mut dedup: Option<&mut DedupRuntime>,
+    ) -> Result<(), ProcessError> {
+        while self.decoding.as_ref().is_some_and(|d| d.in_flight > 0) {
+            self.apply_oldest(p, dedup.as_deref_mut())?;
+        }
+        self.decoding = None;
+        Ok(())
+    }
+
+    /// True while batches counted in have no verdicts yet ([`OpenEpoch::add_ahead`]).
+    pub fn decoding(&self) -> bool {
+        self.decoding.as_ref().is_some_and(|d| d.in_flight > 0)
+    }
+
+    /// The oldest batch on the decoding thread, waited for and applied.
+    fn apply_oldest(
+        &mut self,
+        p: &RecordProcessor,
+        dedup: Option<&mut DedupRuntime>,
+    ) -> Result<(), ProcessError> {
+        let Some(d) = self.decoding.as_mut() else {
+            return Ok(());
+        };
+        match d.recv() {
+            Some((batch, prepared)) => self.apply_ahead(batch, prepared, p, dedup),
+            None => {
+                self.decoding = None;
+                Err(ProcessError::Encode {
+                    epoch: Epoch::new(self.epoch),
+                    message: "the thread decoding its records stopped (a panic): its batches in flight have no verdict; the next start replays them from the WAL".into(),
+                })
+            }
+        }
+    }
+
+    /// One batch back from the decoding thread, given its verdicts under its own clock.
+    fn apply_ahead(
+        &mut self,
+        batch: AheadBatch,
+        prepared: PreparedBatch,
+        p: &RecordProcessor,
+        mut dedup: Option<&mut DedupRuntime>,
+    ) -> Result<(), ProcessError> {
+        if let Some(rt) = dedup.as_deref_mut() {
+            rt.state.set_batch_clock(batch.clock_ms);
+        }
+        self.add_prepared(&batch.records, prepared, batch.arrived, p, dedup)
+    }
+
+    /// What follows [`OpenEpoch::take_in`] for a batch already prepared: what is
+    /// order-dependent, on this thread and in WAL order (the refusals and dead letters, the
+    /// verdicts). `now`: when the records arrived.
+    fn add_prepared(
+        &mut self,
+        records: &[SourceRecord],
+        prepared: PreparedBatch,
+        now: Instant,
+        p: &RecordProcessor,
+        dedup: Option<&mut DedupRuntime>,
+    ) -> Result<(), ProcessError> {
         for (kept, reason, message) in prepared.refused {
             self.reject(p, &kept, reason, message)?;
         }
-        let fitting = prepared.fitting;
-        let decoded = self.decode(&fitting, prepared.decoded, p)?;
+        let fitting: &[SourceRecord] = prepared.fitting.as_deref().unwrap_or(records);
+        let decoded = self.decode(fitting, prepared.decoded, p)?;
         let Some(batch) = decoded.batch else {
             return Ok(());
         };
@@ -1123,44 +1243,137 @@ const PREPARED_AHEAD: usize = 2;
 
 /// A batch's records before any verdict: those refused before decoding (too large, or a Kafka
 /// timestamp out of range; see [`OpenEpoch::precheck`]) and the rest decoded. A pure function
-/// of (processor, records, stubs), so it may be computed on another thread than the one that
+/// of (records, stubs, settings), so it may be computed on another thread than the one that
 /// applies it; applying it ([`OpenEpoch::add_prepared`]) is what depends on order.
-struct PreparedBatch<'r> {
+struct PreparedBatch {
     /// The refused records (as kept in a dead letter), their reason and message, in order.
     refused: Vec<(SourceRecord, &'static str, String)>,
-    /// The records that go on to decoding, in order.
-    fitting: Cow<'r, [SourceRecord]>,
+    /// The records that go on to decoding, in order, when some were refused (`None`: all of
+    /// them).
+    fitting: Option<Vec<SourceRecord>>,
     /// Their decoding.
     decoded: Result<Decoded, arrow::error::ArrowError>,
 }
 
-impl<'r> PreparedBatch<'r> {
+impl PreparedBatch {
     /// Prepares `records` (`stubs`: the too-large stubs among them, index and original size,
     /// in index order).
-    fn of(p: &RecordProcessor, records: &'r [SourceRecord], stubs: &[(usize, u64)]) -> Self {
+    fn of(p: &BatchPrep, records: &[SourceRecord], stubs: &[(usize, u64)]) -> Self {
         let refused: Vec<(usize, (SourceRecord, &'static str, String))> = records
             .iter()
             .enumerate()
             .filter_map(|(i, r)| OpenEpoch::precheck(p, r, stub_size(stubs, i)).map(|x| (i, x)))
             .collect();
-        let fitting = if refused.is_empty() {
-            Cow::Borrowed(records)
-        } else {
-            Cow::Owned(
-                records
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| refused.binary_search_by_key(i, |r| r.0).is_err())
-                    .map(|(_, r)| r.clone())
-                    .collect(),
-            )
-        };
-        let decoded = p.decoder.decode(&fitting);
+        let fitting: Option<Vec<SourceRecord>> = (!refused.is_empty()).then(|| {
+            records
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| refused.binary_search_by_key(i, |r| r.0).is_err())
+                .map(|(_, r)| r.clone())
+                .collect()
+        });
+        let decoded = p.decoder.decode(fitting.as_deref().unwrap_or(records));
         Self {
             refused: refused.into_iter().map(|(_, x)| x).collect(),
             fitting,
             decoded,
         }
+    }
+}
+
+/// A batch sent to be prepared on a thread of its own ([`DecodeAhead`]): what its verdicts
+/// need besides the preparation (the records, the batch clock logged before them, when they
+/// arrived). Records here are already counted into their epoch ([`OpenEpoch::take_in`]).
+struct AheadBatch {
+    records: Vec<SourceRecord>,
+    clock_ms: Option<i64>,
+    arrived: Instant,
+}
+
+/// Batches prepared ([`PreparedBatch`]) on a thread of their own while the next ones are read
+/// and logged: the live path's two-core stage ([`OpenEpoch::add_ahead`]). One thread per epoch,
+/// fed in order and answering in order (one worker, FIFO channels), so batches are applied in
+/// WAL order; its results channel is unbounded, but at most [`DECODED_AHEAD`] batches are ever in
+/// flight, so the thread never waits on it and a drop never waits for more than one batch.
+struct DecodeAhead {
+    jobs: Option<std::sync::mpsc::Sender<AheadBatch>>,
+    done: std::sync::mpsc::Receiver<(AheadBatch, PreparedBatch)>,
+    in_flight: usize,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Batches in flight on an epoch's decoding thread before the oldest is applied: the one
+/// being decoded while the next is read and logged.
+const DECODED_AHEAD: usize = 1;
+
+impl DecodeAhead {
+    /// Starts the thread (`None` when it cannot start: the caller prepares batches itself).
+    fn start(prep: Arc<BatchPrep>, epoch: u64) -> Option<Self> {
+        let (jobs, rx) = std::sync::mpsc::channel::<AheadBatch>();
+        let (tx, done) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("tidemark-decode".into())
+            .spawn(move || {
+                for batch in rx {
+                    let prepared = PreparedBatch::of(&prep, &batch.records, &[]);
+                    if tx.send((batch, prepared)).is_err() {
+                        return;
+                    }
+                }
+            });
+        match thread {
+            Ok(thread) => Some(Self {
+                jobs: Some(jobs),
+                done,
+                in_flight: 0,
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                tracing::warn!(
+                    epoch,
+                    "no thread for decoding ahead ({e}): decoding on the reading thread"
+                );
+                None
+            }
+        }
+    }
+
+    /// Sends `batch` to be prepared; gives it back if the thread is gone.
+    fn send(&mut self, batch: AheadBatch) -> Result<(), AheadBatch> {
+        let Some(jobs) = self.jobs.as_ref() else {
+            return Err(batch);
+        };
+        jobs.send(batch).map_err(|e| e.0)?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// The oldest batch in flight, prepared (waits for it); `None` when none is in flight or
+    /// the thread stopped (a panic: the batches in flight are lost with it).
+    fn recv(&mut self) -> Option<(AheadBatch, PreparedBatch)> {
+        if self.in_flight == 0 {
+            return None;
+        }
+        self.in_flight -= 1;
+        self.done.recv().ok()
+    }
+}
+
+impl Drop for DecodeAhead {
+    fn drop(&mut self) {
+        // Closing the jobs channel ends the thread after the batch it holds, if any.
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for DecodeAhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeAhead")
+            .field("in_flight", &self.in_flight)
+            .finish()
     }
 }
 
@@ -1381,6 +1594,23 @@ allowed_lateness_ms = 10
 
     /// Runs `batches` as the pipeline does (clock set by `log_records`, then `add`) and as a
     /// replay of their WAL frames does; returns both epochs and dedup runtimes.
+    /// `batches` through [`OpenEpoch::add_ahead`] (each under its clock), then
+    /// [`OpenEpoch::finish_decoding`], as the committer does.
+    fn decoded_ahead(
+        p: &RecordProcessor,
+        batches: &[(i64, Vec<SourceRecord>)],
+    ) -> (OpenEpoch, DedupRuntime) {
+        let mut rt = runtime(p);
+        let mut open = OpenEpoch::new(1, Positions::new());
+        for (clock, records) in batches {
+            open.add_ahead(records.clone(), Some(*clock), p, Some(&mut rt))
+                .unwrap();
+        }
+        open.finish_decoding(p, Some(&mut rt)).unwrap();
+        assert!(!open.decoding());
+        (open, rt)
+    }
+
     fn live_and_replayed(
         p: &RecordProcessor,
         batches: &[(i64, Vec<SourceRecord>)],
@@ -1453,6 +1683,40 @@ allowed_lateness_ms = 10
         // verdicts are not given, and no later batch is taken in.
         assert_eq!(open.records, 9);
         assert_eq!(rt.state.len(), 6);
+    }
+
+    /// Batches decoded ahead are counted in at once (the epoch's limits see them) and get
+    /// their verdicts only when applied: the one in flight after each add, none after
+    /// `finish_decoding`; an invalid record in flight stops the epoch when its batch is applied.
+    #[test]
+    fn batches_decoded_ahead_are_counted_at_once_and_decided_in_order() {
+        let config = config("on_invalid_record = \"fail\"", "");
+        let p = processor(&config);
+        let mut rt = runtime(&p);
+        let mut open = OpenEpoch::new(1, Positions::new());
+        let good = |o: i64| rec(o, &format!(r#"{{"id":"k{o}","ts":{}}}"#, o * 1000));
+        open.add_ahead(vec![good(1), good(2)], Some(1_000_000), &p, Some(&mut rt))
+            .unwrap();
+        assert_eq!(open.records, 2, "counted in at once");
+        assert!(open.decoding(), "the batch is in flight");
+        open.add_ahead(vec![good(3)], Some(1_000_000), &p, Some(&mut rt))
+            .unwrap();
+        assert_eq!(open.records, 3);
+        assert_eq!(
+            rt.state.len(),
+            2,
+            "the first batch decided, the second in flight"
+        );
+        open.add_ahead(vec![rec(4, "not json")], Some(1_000_000), &p, Some(&mut rt))
+            .unwrap();
+        assert_eq!(rt.state.len(), 3);
+        let err = open
+            .finish_decoding(&p, Some(&mut rt))
+            .expect_err("the invalid record stops the epoch when its batch is applied");
+        assert!(
+            matches!(&err, ProcessError::InvalidRecord { record, .. } if record.offset == 4),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1750,6 +2014,11 @@ allowed_lateness_ms = 10
                 prop_assert_eq!(rt.state.sorted_entries(), rt2.state.sorted_entries());
                 let now = Instant::now();
                 prop_assert_eq!(rt.tracker.candidate(now), rt2.tracker.candidate(now));
+                // The live path's two-core stage decides as one thread does.
+                let (ahead, rt3) = decoded_ahead(&p, &batches);
+                assert_same(&live, &ahead);
+                prop_assert_eq!(rt.state.sorted_entries(), rt3.state.sorted_entries());
+                prop_assert_eq!(rt.tracker.candidate(now), rt3.tracker.candidate(now));
                 prop_assert_eq!(live.records, live.rows() + live.duplicates + live.late + live.invalid());
             }
         }

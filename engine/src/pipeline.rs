@@ -804,7 +804,7 @@ async fn run_epochs(
             let mut next = OpenEpoch::new(open.epoch + 1, open.end.clone());
             next.encode_while_reading(committer.sink().arrow_schema().clone())?;
             let (epoch_age, sealing) = (open.age(), Instant::now());
-            let sealed = committer.seal(std::mem::replace(open, next))?;
+            let sealed = committer.seal(std::mem::replace(open, next), processor)?;
             metrics::epoch_sealed(epoch_age, sealing.elapsed(), open.epoch, &open.start);
             // Pipelined: the next epoch (`open`) is read, logged and decoded while the sealed
             // one commits; it is sealed only after that commit's checkpoint (see `read_ahead`).

@@ -903,7 +903,7 @@ async fn from_checkpoint(
             // does not depend on the broker (the seal fixes the epoch's end as usual).
             info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: no seal after the checkpoint: replayed the unsealed WAL records; sealing and committing them now");
             let end = open.end.clone();
-            let sealed = committer.seal(open)?;
+            let sealed = committer.seal(open, processor)?;
             let report = committer.commit_sealed(sealed, None).await?;
             info!(epoch, version = ?report.version, rows = report.counts.written, "recovery: resumed epoch committed");
             outcome.committed_at_start = Some(report);
