@@ -123,6 +123,7 @@ impl SealedEpoch {
     /// goes to the state writer, as for an epoch this process sealed. Without, the record and
     /// the state it changed are one synced write.
     pub(crate) fn replayed(open: OpenEpoch, logged_delta: Option<PackedKeys>) -> Self {
+        debug_assert!(!open.decoding(), "a replayed epoch has every verdict");
         Self {
             open,
             delta: logged_delta,
@@ -405,8 +406,9 @@ impl WalLog<'_> {
 /// ([`read_during_commit`]) alike, so both give the same verdicts, a pure function of (state,
 /// watermark, records in WAL order): reads up to `want` records (waiting at most `wait`),
 /// registers partitions the source added with the watermark tracker, logs the batch to the WAL
-/// (one group commit) and only then decodes and deduplicates it into `open`. Returns the number
-/// of records read.
+/// (one group commit) and only then hands it to `open` ([`OpenEpoch::add_ahead`]: counted in at
+/// once, decoded on the epoch's decoding thread, its verdicts given with the next batch or at
+/// the seal, in WAL order). Returns the number of records read.
 #[allow(clippy::too_many_arguments)]
 async fn read_batch(
     source: &mut KafkaSource,
@@ -984,6 +986,7 @@ impl Committer {
         } = sealed;
         let started = Instant::now();
         let epoch = open.epoch;
+        debug_assert!(!open.decoding(), "a sealed epoch has every verdict");
         debug_assert!(
             open.counts().add_up(),
             "every record is written, a duplicate, late or invalid"

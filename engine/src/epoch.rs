@@ -541,6 +541,9 @@ pub struct OpenEpoch {
     /// there (counted in, no verdict yet); `None` before the first and after
     /// [`OpenEpoch::finish_decoding`].
     decoding: Option<DecodeAhead>,
+    /// The decoding thread could not start for this epoch: its batches are decoded on the
+    /// reading thread.
+    no_decoding_thread: bool,
     /// The epoch's encoded files, once its encoding finished (at its seal).
     pub encoded: Option<Vec<EncodedFile>>,
     /// Records skipped as undecodable (`errors.on_invalid_record = "skip"`), listed in the
@@ -584,6 +587,7 @@ impl OpenEpoch {
             batches: Vec::new(),
             encoder: None,
             decoding: None,
+            no_decoding_thread: false,
             encoded: None,
             skipped: Vec::new(),
             skipped_other: Vec::new(),
@@ -645,14 +649,23 @@ impl OpenEpoch {
         }
     }
 
-    /// Processes `records` (already in the WAL) into the epoch and advances its end positions.
-    /// With dedup, the batch clock in effect is the one `log_records` logged for this batch.
+    /// Processes `records` (already in the WAL) into the epoch on this thread and advances its
+    /// end positions. With dedup, under the batch clock set on the state
+    /// ([`DedupState::set_batch_clock`]: the one logged before the batch). Batches still on
+    /// the decoding thread ([`OpenEpoch::add_ahead`]) are decided first, so WAL order holds.
     pub fn add(
         &mut self,
         records: &[SourceRecord],
         p: &RecordProcessor,
-        dedup: Option<&mut DedupRuntime>,
+        mut dedup: Option<&mut DedupRuntime>,
     ) -> Result<(), ProcessError> {
+        if self.decoding.is_some() {
+            let clock = dedup.as_deref().and_then(|rt| rt.state.batch_clock());
+            self.finish_decoding(p, dedup.as_deref_mut())?;
+            if let Some(rt) = dedup.as_deref_mut() {
+                rt.state.set_batch_clock(clock);
+            }
+        }
         self.add_logged(records, &[], p, dedup)
     }
 
@@ -811,7 +824,9 @@ impl OpenEpoch {
     /// logs the next batch; the batch before them gets its verdicts here meanwhile. Verdicts
     /// are given in WAL order, each batch under its own clock: the same as [`OpenEpoch::add`]
     /// batch by batch (tested). [`OpenEpoch::finish_decoding`] gives the last ones; an epoch is
-    /// sealed only after it (the committer's seal calls it).
+    /// sealed only after it (the committer's seal calls it). So a batch's error (an invalid
+    /// record under `errors.on_invalid_record = "fail"`) is returned by the next call or by the
+    /// seal: still before anything of the epoch is committed.
     pub fn add_ahead(
         &mut self,
         records: Vec<SourceRecord>,
@@ -828,8 +843,10 @@ impl OpenEpoch {
             clock_ms,
             arrived,
         };
-        if self.decoding.is_none() {
+        if self.decoding.is_none() && !self.no_decoding_thread {
             self.decoding = DecodeAhead::start(p.prep.clone(), self.epoch);
+            // Tried (and warned) once per epoch: then batches are decoded here.
+            self.no_decoding_thread = self.decoding.is_none();
         }
         let sent = match self.decoding.as_mut() {
             Some(d) => d.send(batch),
@@ -867,7 +884,7 @@ impl OpenEpoch {
     }
 
     /// True while batches counted in have no verdicts yet ([`OpenEpoch::add_ahead`]).
-    pub fn decoding(&self) -> bool {
+    pub(crate) fn decoding(&self) -> bool {
         self.decoding.as_ref().is_some_and(|d| d.in_flight > 0)
     }
 
@@ -1293,8 +1310,9 @@ struct AheadBatch {
 /// Batches prepared ([`PreparedBatch`]) on a thread of their own while the next ones are read
 /// and logged: the live path's two-core stage ([`OpenEpoch::add_ahead`]). One thread per epoch,
 /// fed in order and answering in order (one worker, FIFO channels), so batches are applied in
-/// WAL order; its results channel is unbounded, but at most [`DECODED_AHEAD`] batches are ever in
-/// flight, so the thread never waits on it and a drop never waits for more than one batch.
+/// WAL order; its results channel is unbounded, but between calls at most [`DECODED_AHEAD`]
+/// batches are in flight (one more inside [`OpenEpoch::add_ahead`]), so the thread never waits
+/// on it and a drop waits for at most those.
 struct DecodeAhead {
     jobs: Option<std::sync::mpsc::Sender<AheadBatch>>,
     done: std::sync::mpsc::Receiver<(AheadBatch, PreparedBatch)>,
@@ -1361,7 +1379,7 @@ impl DecodeAhead {
 
 impl Drop for DecodeAhead {
     fn drop(&mut self) {
-        // Closing the jobs channel ends the thread after the batch it holds, if any.
+        // Closing the jobs channel ends the thread once the batches sent are prepared.
         self.jobs = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -1592,8 +1610,6 @@ allowed_lateness_ms = 10
         replay
     }
 
-    /// Runs `batches` as the pipeline does (clock set by `log_records`, then `add`) and as a
-    /// replay of their WAL frames does; returns both epochs and dedup runtimes.
     /// `batches` through [`OpenEpoch::add_ahead`] (each under its clock), then
     /// [`OpenEpoch::finish_decoding`], as the committer does.
     fn decoded_ahead(
@@ -1611,6 +1627,8 @@ allowed_lateness_ms = 10
         (open, rt)
     }
 
+    /// Runs `batches` on one thread (clock set, then `add`) and as a replay of their WAL
+    /// frames does; returns both epochs and dedup runtimes.
     fn live_and_replayed(
         p: &RecordProcessor,
         batches: &[(i64, Vec<SourceRecord>)],
@@ -1641,8 +1659,30 @@ allowed_lateness_ms = 10
         assert_eq!(a.settings, b.settings);
     }
 
-    /// Item 7: a record over `errors.max_record_bytes` is dead-lettered as `too_large` with
-    /// its coordinates, timestamp, key and size but not its value, the same on replay.
+    /// `add` after `add_ahead` decides the batches in flight first: the retry in the later
+    /// batch is the duplicate, as in WAL order (deciding it first would keep the retry and drop
+    /// the original).
+    #[test]
+    fn add_decides_batches_still_in_flight_first() {
+        let p = processor(&config("", ""));
+        let mut rt = runtime(&p);
+        let mut open = OpenEpoch::new(1, Positions::new());
+        let one = |o: i64| vec![rec(o, &format!(r#"{{"id":"same","ts":{}}}"#, 5000 + o))];
+        open.add_ahead(one(1), Some(1_000_000), &p, Some(&mut rt))
+            .unwrap();
+        rt.state.set_batch_clock(Some(1_000_000));
+        open.add(&one(2), &p, Some(&mut rt)).unwrap();
+        assert!(!open.decoding());
+        assert_eq!((open.rows(), open.duplicates), (1, 1));
+        let kept: Vec<i64> = open
+            .batches
+            .iter()
+            .flat_map(|b| b.column(1).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(kept, vec![5001], "the first record kept, its retry dropped");
+        assert_eq!(rt.state.batch_clock(), Some(1_000_000));
+    }
+
     /// A replay decoded ahead on another thread stops at the first invalid record as a replay
     /// on one thread does (same error, same record), and does not wait for the batches the
     /// decoding thread still holds: many more than it prepares ahead follow the bad one.
@@ -1719,6 +1759,8 @@ allowed_lateness_ms = 10
         );
     }
 
+    /// Item 7: a record over `errors.max_record_bytes` is dead-lettered as `too_large` with
+    /// its coordinates, timestamp, key and size but not its value, the same on replay.
     #[test]
     fn a_record_over_max_record_bytes_is_a_too_large_letter_without_its_value() {
         let config = config("max_record_bytes = 100", "");
