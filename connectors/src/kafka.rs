@@ -37,6 +37,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
+
+use crate::kafka_fetched::ConsumerQueue;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -384,6 +386,12 @@ pub struct KafkaSource {
     stored_topic_ids: BTreeMap<String, String>,
     /// [`KafkaSourceConfig::only`].
     only: Option<BTreeSet<TopicPartition>>,
+    /// The consumer's queue, for taking what is fetched many messages at a time
+    /// ([`crate::kafka_fetched`]; `None`: every message through `recv`). Released before the
+    /// consumer (see `Drop`).
+    fetched: Option<ConsumerQueue>,
+    /// Records taken from the queue after a consumer error, handed out first, in order.
+    held: std::collections::VecDeque<SourceRecord>,
 }
 
 /// The partitions of `topic` per the broker, as an error librdkafka-style when the topic is
@@ -761,7 +769,11 @@ impl KafkaSource {
             discovery_interval_ms = discovery_interval.as_millis() as u64,
             "kafka source assigned"
         );
+        // SAFETY: the queue reference is released in `Drop` before the consumer can be.
+        let fetched = unsafe { ConsumerQueue::of(consumer.client().native_ptr()) };
         Ok(Self {
+            fetched,
+            held: std::collections::VecDeque::new(),
             consumer: Arc::new(consumer),
             discovery: None,
             brokers: config.brokers.clone(),
@@ -1067,6 +1079,34 @@ impl KafkaSource {
             .unwrap_or_else(|| self.low_at_start.get(tp).copied().unwrap_or(0))
     }
 
+    /// Moves up to `max` records librdkafka has fetched into `batch` (advancing the positions
+    /// over each), without waiting; returns a consumer error met among them (the records
+    /// after it are held, see [`crate::kafka_fetched`]). Nothing when there is no queue.
+    fn take_fetched(&mut self, max: usize, batch: &mut Vec<SourceRecord>) -> Option<KafkaError> {
+        let queue = self.fetched.as_ref()?;
+        let names = &self.topic_names;
+        let fetched = queue.take(max, |t| {
+            names.get(t).cloned().unwrap_or_else(|| Arc::from(t))
+        });
+        for record in fetched.records {
+            self.positions.advance_past(&record);
+            batch.push(record);
+        }
+        self.held.extend(fetched.rest);
+        fetched.error
+    }
+
+    /// A record was read: transient read errors are over (said once).
+    fn note_read(&mut self) {
+        if self.read_backoff.attempts() > 0 {
+            info!(
+                after_attempts = self.read_backoff.attempts(),
+                "kafka: reading again after transient errors"
+            );
+            self.read_backoff.reset();
+        }
+    }
+
     fn owned(&self, msg: &rdkafka::message::BorrowedMessage<'_>) -> SourceRecord {
         let topic = self
             .topic_names
@@ -1087,6 +1127,8 @@ impl KafkaSource {
 impl Drop for KafkaSource {
     /// Gives the partitions back before librdkafka destroys the client.
     fn drop(&mut self) {
+        // librdkafka wants every queue reference gone before its client is destroyed.
+        self.fetched = None;
         if let Err(e) = self.consumer.unassign() {
             warn!("kafka source: unassign at shutdown failed: {e}");
         }
@@ -1105,8 +1147,28 @@ impl Source for KafkaSource {
         self.poll_discovery()?;
         let mut batch = Vec::with_capacity(max_records.min(65_536));
         while batch.len() < max_records {
-            // A message already fetched is taken without arming a timer (the common case
-            // under backlog: no clock read, no timer entry per message).
+            // Records held back after an error first, then what librdkafka has fetched, many
+            // at a time (the common case under backlog).
+            if let Some(record) = self.held.pop_front() {
+                self.positions.advance_past(&record);
+                batch.push(record);
+                continue;
+            }
+            let before = batch.len();
+            let error = self.take_fetched(max_records - batch.len(), &mut batch);
+            if batch.len() > before {
+                self.note_read();
+            }
+            if let Some(error) = error {
+                let delay = self.on_read_error(error)?;
+                tokio::time::sleep(delay).await;
+                break;
+            }
+            if batch.len() >= max_records {
+                break;
+            }
+            // A message already fetched is taken without arming a timer (no clock read, no
+            // timer entry per message).
             let ready = futures::FutureExt::now_or_never(self.consumer.recv());
             let next = match ready {
                 Some(result) => Ok(result),
@@ -1127,14 +1189,9 @@ impl Source for KafkaSource {
                     break;
                 }
                 Ok(Ok(msg)) => {
-                    if self.read_backoff.attempts() > 0 {
-                        info!(
-                            after_attempts = self.read_backoff.attempts(),
-                            "kafka: reading again after transient errors"
-                        );
-                        self.read_backoff.reset();
-                    }
                     let record = self.owned(&msg);
+                    drop(msg);
+                    self.note_read();
                     self.positions.advance_past(&record);
                     batch.push(record);
                 }
@@ -1306,6 +1363,69 @@ mod tests {
             Err(e @ KafkaSourceError::TopicRecreated { .. }) => e.to_string(),
             Err(e) => panic!("wrong error: {e}"),
         }
+    }
+
+    /// Records taken many at a time from the consumer's queue (`kafka_fetched`) carry what
+    /// was produced: topic, partition, offset, key (or none), payload (or none) and the
+    /// producer's timestamp, in each partition's order, each once.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn records_taken_in_batches_carry_every_field_as_produced() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("fields", 3, 1).expect("topic");
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .expect("producer");
+        let n = 3000u64;
+        for i in 0..n {
+            let key = format!("k{i}");
+            let payload = format!("p{i}");
+            let mut record = BaseRecord::<str, str>::to("fields")
+                .partition((i % 3) as i32)
+                .timestamp(1_700_000_000_000 + i as i64);
+            if !i.is_multiple_of(7) {
+                record = record.key(key.as_str());
+            }
+            if !i.is_multiple_of(11) {
+                record = record.payload(payload.as_str());
+            }
+            producer.send(record).map_err(|(e, _)| e).expect("send");
+        }
+        producer.flush(Duration::from_secs(10)).expect("flush");
+        let c = config(cluster.bootstrap_servers(), "fields");
+        let mut source = KafkaSource::connect(&c, &Positions::new()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut read = Vec::new();
+        while (read.len() as u64) < n {
+            assert!(Instant::now() < deadline, "read {} of {n}", read.len());
+            read.extend(
+                source
+                    .next_batch(512, Duration::from_millis(100))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(read.len() as u64, n, "each record once");
+        for p in 0..3 {
+            let offsets: Vec<i64> = read
+                .iter()
+                .filter(|r| r.partition == p)
+                .map(|r| r.offset)
+                .collect();
+            let expected: Vec<i64> = (0..offsets.len() as i64).collect();
+            assert_eq!(offsets, expected, "partition {p} in order, no gap");
+        }
+        for r in &read {
+            // Partition p's offset o is record i = o * 3 + p.
+            let i = r.offset as u64 * 3 + r.partition as u64;
+            assert_eq!(&*r.topic, "fields");
+            assert_eq!(r.timestamp_ms, Some(1_700_000_000_000 + i as i64));
+            let key = (!i.is_multiple_of(7)).then(|| format!("k{i}").into_bytes());
+            assert_eq!(r.key, key, "key of record {i}");
+            let payload = (!i.is_multiple_of(11)).then(|| format!("p{i}").into_bytes());
+            assert_eq!(r.payload, payload, "payload of record {i}");
+        }
+        assert_eq!(source.positions().get("fields", 0), Some(1000));
     }
 
     /// The periodic metadata refresh runs beside reading: a broker that takes seconds to

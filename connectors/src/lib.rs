@@ -26,6 +26,7 @@ pub mod epoch_encoder;
 pub mod ids;
 pub mod kafka;
 pub mod kafka_cluster;
+mod kafka_fetched;
 pub mod kafka_group;
 pub mod kafka_topic_id;
 pub mod mm2;
