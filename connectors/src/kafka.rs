@@ -390,8 +390,6 @@ pub struct KafkaSource {
     /// ([`crate::kafka_fetched`]; `None`: every message through `recv`). Released before the
     /// consumer (see `Drop`).
     fetched: Option<ConsumerQueue>,
-    /// Records taken from the queue after a consumer error, handed out first, in order.
-    held: std::collections::VecDeque<SourceRecord>,
 }
 
 /// The partitions of `topic` per the broker, as an error librdkafka-style when the topic is
@@ -773,7 +771,6 @@ impl KafkaSource {
         let fetched = unsafe { ConsumerQueue::of(consumer.client().native_ptr()) };
         Ok(Self {
             fetched,
-            held: std::collections::VecDeque::new(),
             consumer: Arc::new(consumer),
             discovery: None,
             brokers: config.brokers.clone(),
@@ -1080,20 +1077,21 @@ impl KafkaSource {
     }
 
     /// Moves up to `max` records librdkafka has fetched into `batch` (advancing the positions
-    /// over each), without waiting; returns a consumer error met among them (the records
-    /// after it are held, see [`crate::kafka_fetched`]). Nothing when there is no queue.
+    /// over each), without waiting; returns the first error met (what follows it stays
+    /// queued, see [`crate::kafka_fetched`]). Nothing when there is no queue.
     fn take_fetched(&mut self, max: usize, batch: &mut Vec<SourceRecord>) -> Option<KafkaError> {
         let queue = self.fetched.as_ref()?;
         let names = &self.topic_names;
-        let fetched = queue.take(max, |t| {
-            names.get(t).cloned().unwrap_or_else(|| Arc::from(t))
-        });
-        for record in fetched.records {
-            self.positions.advance_past(&record);
-            batch.push(record);
+        let from = batch.len();
+        let error = queue.take(
+            max,
+            |t| names.get(t).cloned().unwrap_or_else(|| Arc::from(t)),
+            batch,
+        );
+        for record in &batch[from..] {
+            self.positions.advance_past(record);
         }
-        self.held.extend(fetched.rest);
-        fetched.error
+        error
     }
 
     /// A record was read: transient read errors are over (said once).
@@ -1147,13 +1145,7 @@ impl Source for KafkaSource {
         self.poll_discovery()?;
         let mut batch = Vec::with_capacity(max_records.min(65_536));
         while batch.len() < max_records {
-            // Records held back after an error first, then what librdkafka has fetched, many
-            // at a time (the common case under backlog).
-            if let Some(record) = self.held.pop_front() {
-                self.positions.advance_past(&record);
-                batch.push(record);
-                continue;
-            }
+            // What librdkafka has fetched, in a tight loop (the common case under backlog).
             let before = batch.len();
             let error = self.take_fetched(max_records - batch.len(), &mut batch);
             if batch.len() > before {
@@ -1220,6 +1212,7 @@ mod tests {
     use super::*;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
     fn code(e: &KafkaError) -> ErrorClass {
         classify(e)
@@ -1426,6 +1419,69 @@ mod tests {
             assert_eq!(r.payload, payload, "payload of record {i}");
         }
         assert_eq!(source.positions().get("fields", 0), Some(1000));
+    }
+
+    /// A fetch the broker refuses (topic authorization), queued while the source is not
+    /// reading, stops the source with that cause when the batch loop takes it (an error
+    /// dropped there would never be seen again: librdkafka reports it once), and every record
+    /// handed out before it is in order, once, with the positions just past it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_refused_fetch_stops_the_source_naming_the_cause() {
+        let cluster = mock_with("orders", 2, 100);
+        let brokers = cluster.bootstrap_servers();
+        let mut source =
+            KafkaSource::connect(&config(brokers.clone(), "orders"), &Positions::new())
+                .expect("connect");
+        let mut read = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while read.len() < 100 {
+            assert!(Instant::now() < deadline, "read only {} of 100", read.len());
+            read.extend(
+                source
+                    .next_batch(1000, Duration::from_millis(100))
+                    .await
+                    .expect("read"),
+            );
+        }
+        // One refused fetch, queued (with what follows it) while the source is not reading:
+        // the next read takes it from the queue in its batch loop, which must report it.
+        cluster.request_errors(
+            RDKafkaApiKey::Fetch,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+        );
+        produce(&brokers, "orders", 2, 100..150);
+        std::thread::sleep(Duration::from_millis(1500));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let error = loop {
+            assert!(
+                Instant::now() < deadline,
+                "the refused fetch was never reported"
+            );
+            match source.next_batch(1000, Duration::from_millis(100)).await {
+                Ok(batch) => read.extend(batch),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            error.to_string().contains("uthoriz"),
+            "the error names the refusal: {error}"
+        );
+        for p in 0..2 {
+            let offsets: Vec<i64> = read
+                .iter()
+                .filter(|r| r.partition == p)
+                .map(|r| r.offset)
+                .collect();
+            assert_eq!(
+                offsets,
+                (0..offsets.len() as i64).collect::<Vec<_>>(),
+                "partition {p}: in order, once, no gap"
+            );
+            assert_eq!(
+                source.positions().get("orders", p),
+                Some(offsets.len() as i64)
+            );
+        }
     }
 
     /// The periodic metadata refresh runs beside reading: a broker that takes seconds to
