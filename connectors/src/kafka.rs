@@ -1358,6 +1358,23 @@ mod tests {
         }
     }
 
+    /// Reads from `source` until at least `n` records came (30 s at most), in batches of up
+    /// to 512.
+    async fn read_at_least(source: &mut KafkaSource, n: usize) -> Vec<SourceRecord> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut read = Vec::new();
+        while read.len() < n {
+            assert!(Instant::now() < deadline, "read only {} of {n}", read.len());
+            read.extend(
+                source
+                    .next_batch(512, Duration::from_millis(100))
+                    .await
+                    .expect("read"),
+            );
+        }
+        read
+    }
+
     /// Records taken many at a time from the consumer's queue (`kafka_fetched`) carry what
     /// was produced: topic, partition, offset, key (or none), payload (or none) and the
     /// producer's timestamp, in each partition's order, each once.
@@ -1387,17 +1404,7 @@ mod tests {
         producer.flush(Duration::from_secs(10)).expect("flush");
         let c = config(cluster.bootstrap_servers(), "fields");
         let mut source = KafkaSource::connect(&c, &Positions::new()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut read = Vec::new();
-        while (read.len() as u64) < n {
-            assert!(Instant::now() < deadline, "read {} of {n}", read.len());
-            read.extend(
-                source
-                    .next_batch(512, Duration::from_millis(100))
-                    .await
-                    .unwrap(),
-            );
-        }
+        let read = read_at_least(&mut source, n as usize).await;
         assert_eq!(read.len() as u64, n, "each record once");
         for p in 0..3 {
             let offsets: Vec<i64> = read
@@ -1432,17 +1439,7 @@ mod tests {
         let mut source =
             KafkaSource::connect(&config(brokers.clone(), "orders"), &Positions::new())
                 .expect("connect");
-        let mut read = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while read.len() < 100 {
-            assert!(Instant::now() < deadline, "read only {} of 100", read.len());
-            read.extend(
-                source
-                    .next_batch(1000, Duration::from_millis(100))
-                    .await
-                    .expect("read"),
-            );
-        }
+        let mut read = read_at_least(&mut source, 100).await;
         // One refused fetch, queued (with what follows it) while the source is not reading:
         // the next read takes it from the queue in its batch loop, which must report it.
         cluster.request_errors(
