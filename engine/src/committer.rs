@@ -1200,6 +1200,18 @@ impl Committer {
         self.checkpoint_with(epoch, positions, None, None)
     }
 
+    /// [`Committer::checkpoint`] of an epoch recovery replayed from the WAL and found in the
+    /// table: with `delta` (its replayed keys, exactly the delta its WAL logged before its seal:
+    /// see `recovery::redo_delta`) through the changelog path, as a redo's checkpoint is.
+    pub(crate) fn checkpoint_replayed(
+        &mut self,
+        epoch: u64,
+        positions: &Positions,
+        delta: Option<PackedKeys>,
+    ) -> Result<(), CommitError> {
+        self.checkpoint_with(epoch, positions, delta, None)
+    }
+
     /// Steps 4–5. With `delta` (the epoch's state delta, logged before its seal by
     /// [`Committer::seal`]) the changelog path: the record alone is synced, naming the newest
     /// synced state; the delta goes to the state writer. Without it, the record and the state

@@ -942,7 +942,11 @@ async fn from_checkpoint(
             info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch}");
             committer.note_landed(epoch, table_version_now);
             committer.add_totals(&open);
-            committer.checkpoint(epoch, &seal.end_positions)?;
+            // As a redo: when the replay added exactly the delta the WAL logged before the
+            // seal, the record alone is synced and the delta goes to the state writer (before,
+            // this start synced the whole resumed changelog first: ~0.7 s with ~1M keys).
+            let delta = redo_delta(&mut committer, logged_delta, epoch);
+            committer.checkpoint_replayed(epoch, &seal.end_positions, delta)?;
             outcome.next_epoch = epoch + 1;
             Ok((
                 committer,
@@ -1003,7 +1007,8 @@ fn replay_sealed(
     Ok((seal, open))
 }
 
-/// The state delta a redo of `epoch` may leave to the state writer: the keys its replay added,
+/// The state delta a redo of `epoch` (or the checkpoint of an epoch found landed) may leave to
+/// the state writer: the keys its replay added,
 /// when they are exactly the delta its WAL logged before `SEAL(epoch)` (which stays in the log
 /// as the changelog a later start reads until the state writer has synced it; the WAL's frames
 /// after that seal were read ahead while `epoch` committed, and hold no delta: `c+2`'s is
