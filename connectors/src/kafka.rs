@@ -386,9 +386,8 @@ pub struct KafkaSource {
     stored_topic_ids: BTreeMap<String, String>,
     /// [`KafkaSourceConfig::only`].
     only: Option<BTreeSet<TopicPartition>>,
-    /// The consumer's queue, for taking what is fetched many messages at a time
-    /// ([`crate::kafka_fetched`]; `None`: every message through `recv`). Released before the
-    /// consumer (see `Drop`).
+    /// The consumer's queue, for taking what is queued in a tight loop
+    /// ([`crate::kafka_fetched`]; `None`: every message through `recv`).
     fetched: Option<ConsumerQueue>,
 }
 
@@ -767,11 +766,10 @@ impl KafkaSource {
             discovery_interval_ms = discovery_interval.as_millis() as u64,
             "kafka source assigned"
         );
-        // SAFETY: the queue reference is released in `Drop` before the consumer can be.
-        let fetched = unsafe { ConsumerQueue::of(consumer.client().native_ptr()) };
+        let consumer = Arc::new(consumer);
         Ok(Self {
-            fetched,
-            consumer: Arc::new(consumer),
+            fetched: ConsumerQueue::of(consumer.clone()),
+            consumer,
             discovery: None,
             brokers: config.brokers.clone(),
             topics: config.topics.clone(),
@@ -1125,8 +1123,6 @@ impl KafkaSource {
 impl Drop for KafkaSource {
     /// Gives the partitions back before librdkafka destroys the client.
     fn drop(&mut self) {
-        // librdkafka wants every queue reference gone before its client is destroyed.
-        self.fetched = None;
         if let Err(e) = self.consumer.unassign() {
             warn!("kafka source: unassign at shutdown failed: {e}");
         }

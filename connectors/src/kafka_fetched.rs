@@ -26,12 +26,18 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 
 use rdkafka::bindings as rd;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 
 use crate::record::SourceRecord;
 
-/// A reference to a consumer's queue (librdkafka's consumer queue), released on drop.
-pub(crate) struct ConsumerQueue(NonNull<rd::rd_kafka_queue_t>);
+/// A reference to a consumer's queue (librdkafka's consumer queue), released on drop, before
+/// the consumer it holds can be destroyed (librdkafka wants every queue reference gone before
+/// its client is: the `Drop` releases the queue, then the field drops the consumer's `Arc`).
+pub(crate) struct ConsumerQueue {
+    queue: NonNull<rd::rd_kafka_queue_t>,
+    _consumer: Arc<StreamConsumer>,
+}
 
 // librdkafka's queues are thread-safe (every operation takes the queue's lock).
 unsafe impl Send for ConsumerQueue {}
@@ -48,12 +54,16 @@ impl Drop for Event {
 }
 
 impl ConsumerQueue {
-    /// The consumer queue of `rk` (a consumer with a `group.id`); `None` if it has none.
-    ///
-    /// # Safety
-    /// `rk` must be a live consumer handle that outlives the returned queue.
-    pub(crate) unsafe fn of(rk: *mut rd::rd_kafka_t) -> Option<Self> {
-        NonNull::new(unsafe { rd::rd_kafka_queue_get_consumer(rk) }).map(Self)
+    /// The consumer queue of `consumer` (a consumer with a `group.id`); `None` if it has none.
+    pub(crate) fn of(consumer: Arc<StreamConsumer>) -> Option<Self> {
+        // SAFETY: the client handle is live while `consumer` is, which the queue holds.
+        let queue = NonNull::new(unsafe {
+            rd::rd_kafka_queue_get_consumer(consumer.client().native_ptr())
+        })?;
+        Some(Self {
+            queue,
+            _consumer: consumer,
+        })
     }
 
     /// Moves up to `max` records already queued into `out` (never waits), in queue order;
@@ -68,7 +78,7 @@ impl ConsumerQueue {
         let mut taken = 0;
         while taken < max {
             // SAFETY: the queue is live (held by `self`); a timeout of 0 never waits.
-            let event = NonNull::new(unsafe { rd::rd_kafka_queue_poll(self.0.as_ptr(), 0) })?;
+            let event = NonNull::new(unsafe { rd::rd_kafka_queue_poll(self.queue.as_ptr(), 0) })?;
             let event = Event(event);
             // SAFETY: the event is valid until `event` drops, after its last use below.
             match unsafe { handle(&event, &topic) } {
@@ -87,7 +97,7 @@ impl ConsumerQueue {
 impl Drop for ConsumerQueue {
     fn drop(&mut self) {
         // SAFETY: the reference was taken by `rd_kafka_queue_get_consumer` and is released once.
-        unsafe { rd::rd_kafka_queue_destroy(self.0.as_ptr()) };
+        unsafe { rd::rd_kafka_queue_destroy(self.queue.as_ptr()) };
     }
 }
 
