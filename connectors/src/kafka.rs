@@ -1354,6 +1354,22 @@ mod tests {
         }
     }
 
+    /// A mock cluster with topic `orders` (2 partitions, `records` records), its brokers, and a
+    /// source connected to it from the beginning.
+    fn orders_source(
+        records: u64,
+    ) -> (
+        MockCluster<'static, DefaultProducerContext>,
+        String,
+        KafkaSource,
+    ) {
+        let cluster = mock_with("orders", 2, records);
+        let brokers = cluster.bootstrap_servers();
+        let source = KafkaSource::connect(&config(brokers.clone(), "orders"), &Positions::new())
+            .expect("connect");
+        (cluster, brokers, source)
+    }
+
     /// Reads from `source` until at least `n` records came (30 s at most), in batches of up
     /// to 512.
     async fn read_at_least(source: &mut KafkaSource, n: usize) -> Vec<SourceRecord> {
@@ -1430,11 +1446,7 @@ mod tests {
     /// handed out before it is in order, once, with the positions just past it.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_refused_fetch_stops_the_source_naming_the_cause() {
-        let cluster = mock_with("orders", 2, 100);
-        let brokers = cluster.bootstrap_servers();
-        let mut source =
-            KafkaSource::connect(&config(brokers.clone(), "orders"), &Positions::new())
-                .expect("connect");
+        let (cluster, brokers, mut source) = orders_source(100);
         let mut read = read_at_least(&mut source, 100).await;
         // One refused fetch, queued (with what follows it) while the source is not reading:
         // the next read takes it from the queue in its batch loop, which must report it.
@@ -1656,11 +1668,7 @@ mod tests {
     #[ignore]
     #[tokio::test(flavor = "multi_thread")]
     async fn reading_survives_a_broker_outage() {
-        let cluster = mock_with("orders", 2, 100);
-        let brokers = cluster.bootstrap_servers();
-        let mut source =
-            KafkaSource::connect(&config(brokers.clone(), "orders"), &Positions::new())
-                .expect("connect");
+        let (cluster, brokers, mut source) = orders_source(100);
         let mut read = 0;
         let deadline = Instant::now() + Duration::from_secs(30);
         while read < 100 {

@@ -1188,22 +1188,12 @@ impl Committer {
         self.totals += open.counts();
     }
 
-    /// Steps 4–5: writes checkpoint `epoch` at `positions` (the WAL position is the log's end,
-    /// just after `SEAL(epoch)`) with the dedup state synced in the same batch, then deletes
-    /// WAL segments wholly before `epoch + 1`. For epochs whose delta is not in the WAL's
-    /// changelog (recovery's checkpoints).
+    /// Steps 4–5 for a checkpoint recovery writes (the WAL position is the log's end, just after
+    /// `SEAL(epoch)`): with `delta` (an epoch recovery replayed, whose replayed keys are exactly
+    /// the delta its WAL logged before its seal: see `recovery::redo_delta`) through the
+    /// changelog path, as a redo's checkpoint is; without it, with the dedup state synced in the
+    /// same batch. Then WAL segments the synced state covers are deleted.
     pub(crate) fn checkpoint(
-        &mut self,
-        epoch: u64,
-        positions: &Positions,
-    ) -> Result<(), CommitError> {
-        self.checkpoint_with(epoch, positions, None, None)
-    }
-
-    /// [`Committer::checkpoint`] of an epoch recovery replayed from the WAL and found in the
-    /// table: with `delta` (its replayed keys, exactly the delta its WAL logged before its seal:
-    /// see `recovery::redo_delta`) through the changelog path, as a redo's checkpoint is.
-    pub(crate) fn checkpoint_replayed(
         &mut self,
         epoch: u64,
         positions: &Positions,

@@ -70,6 +70,13 @@ pub enum ProcessError {
         /// Arrow's error.
         source: arrow::error::ArrowError,
     },
+    /// The thread decoding the epoch's batches ahead stopped (a panic): the batches it held
+    /// have no verdict (nothing of the epoch is committed; a restart replays them).
+    #[error("the thread decoding epoch {epoch} stopped: its batches in flight have no verdict; the next start replays them from the WAL")]
+    DecodeThreadStopped {
+        /// The epoch.
+        epoch: Epoch,
+    },
     /// Dedup key columns could not be encoded into key bytes.
     #[error("encoding dedup keys failed: {source}")]
     KeyEncoding {
@@ -901,9 +908,8 @@ impl OpenEpoch {
             Some((batch, prepared)) => self.apply_ahead(batch, prepared, p, dedup),
             None => {
                 self.decoding = None;
-                Err(ProcessError::Encode {
+                Err(ProcessError::DecodeThreadStopped {
                     epoch: Epoch::new(self.epoch),
-                    message: "the thread decoding its records stopped (a panic): its batches in flight have no verdict; the next start replays them from the WAL".into(),
                 })
             }
         }

@@ -888,12 +888,7 @@ async fn from_checkpoint(
     match decision {
         StartCase::Fresh | StartCase::ResumeEpoch { .. } => {
             let epoch = c_epoch + 1;
-            let mut open = OpenEpoch::new(epoch, positions);
-            if !records.is_empty() {
-                // Encoded into Parquet on a thread of its own as the replay decides its rows.
-                open.encode_while_reading(committer.sink().arrow_schema().clone())?;
-            }
-            open.add_replay(&records, processor, committer.dedup_mut())?;
+            let open = replayed_epoch(&mut committer, processor, epoch, positions, &records, true)?;
             if records.is_empty() {
                 outcome.next_epoch = epoch;
                 return Ok((committer, open, outcome));
@@ -946,7 +941,7 @@ async fn from_checkpoint(
             // seal, the record alone is synced and the delta goes to the state writer (before,
             // this start synced the whole resumed changelog first: ~0.7 s with ~1M keys).
             let delta = redo_delta(&mut committer, logged_delta, epoch);
-            committer.checkpoint_replayed(epoch, &seal.end_positions, delta)?;
+            committer.checkpoint(epoch, &seal.end_positions, delta)?;
             outcome.next_epoch = epoch + 1;
             Ok((
                 committer,
@@ -996,15 +991,37 @@ fn replay_sealed(
             });
         }
     }
-    let mut open = OpenEpoch::new(epoch, seal.start_positions.clone());
-    if encode && !records.is_empty() {
-        open.encode_while_reading(committer.sink().arrow_schema().clone())?;
-    }
-    open.add_replay(records, processor, committer.dedup_mut())?;
+    let open = replayed_epoch(
+        committer,
+        processor,
+        epoch,
+        seal.start_positions.clone(),
+        records,
+        encode,
+    )?;
     if let Some(d) = committer.dedup_mut() {
         d.state.advance(seal.watermark);
     }
     Ok((seal, open))
+}
+
+/// Epoch `epoch` from `start`, with the WAL's `records` replayed into it as they were processed
+/// the first time; with `encode`, its rows are encoded into Parquet as they are decided (the
+/// caller finishes the encoding, or the seal does).
+fn replayed_epoch(
+    committer: &mut Committer,
+    processor: &RecordProcessor,
+    epoch: u64,
+    start: Positions,
+    records: &Replay,
+    encode: bool,
+) -> Result<OpenEpoch, RecoveryError> {
+    let mut open = OpenEpoch::new(epoch, start);
+    if encode && !records.is_empty() {
+        open.encode_while_reading(committer.sink().arrow_schema().clone())?;
+    }
+    open.add_replay(records, processor, committer.dedup_mut())?;
+    Ok(open)
 }
 
 /// The state delta a redo of `epoch` (or the checkpoint of an epoch found landed) may leave to
@@ -1111,7 +1128,7 @@ async fn from_table(
         committer.set_dedup(runtime);
     }
     if v > 0 {
-        committer.checkpoint(v, &positions)?;
+        committer.checkpoint(v, &positions, None)?;
     }
     outcome.store_lost = store_lost;
     outcome.next_epoch = v + 1;

@@ -332,22 +332,12 @@ fn state_deltas_through_the_writer_are_durable_once_synced() {
         r.state_epoch = 0;
         store.write_record(&r).unwrap();
         writer
-            .queue(StateDelta {
-                epoch: 1,
-                inserts: packed(&[("a", 10), ("b", 20)]),
-                evict_below: None,
-            })
+            .queue(delta(1, &[("a", 10), ("b", 20)], None))
             .unwrap();
         let mut r = record(2);
         r.state_epoch = writer.durable_epoch();
         store.write_record(&r).unwrap();
-        writer
-            .queue(StateDelta {
-                epoch: 2,
-                inserts: packed(&[("c", 30)]),
-                evict_below: Some(15),
-            })
-            .unwrap();
+        writer.queue(delta(2, &[("c", 30)], Some(15))).unwrap();
         assert_eq!(writer.sync().unwrap(), 2);
         assert_eq!(writer.durable_epoch(), 2);
     }
@@ -505,10 +495,15 @@ fn compaction_evicts_the_key_index_below_the_watermark_only() {
 
 /// Epoch `epoch`'s delta: key `k<epoch>` at time `epoch`, no eviction.
 fn one_key_delta(epoch: u64) -> StateDelta {
+    delta(epoch, &[(&format!("k{epoch}"), epoch as i64)], None)
+}
+
+/// Epoch `epoch`'s delta: `keys` with their times, evicting below `evict_below`.
+fn delta(epoch: u64, keys: &[(&str, i64)], evict_below: Option<i64>) -> StateDelta {
     StateDelta {
         epoch,
-        inserts: packed(&[(&format!("k{epoch}"), epoch as i64)]),
-        evict_below: None,
+        inserts: packed(keys),
+        evict_below,
     }
 }
 
@@ -679,19 +674,9 @@ fn the_state_writer_skips_keys_below_the_newest_watermark() {
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
     let writer = StateWriter::start(store.clone(), 0);
     writer
-        .queue(StateDelta {
-            epoch: 1,
-            inserts: packed(&[("old", 1), ("new", 10)]),
-            evict_below: None,
-        })
+        .queue(delta(1, &[("old", 1), ("new", 10)], None))
         .unwrap();
-    writer
-        .queue(StateDelta {
-            epoch: 2,
-            inserts: packed(&[("later", 12)]),
-            evict_below: Some(5),
-        })
-        .unwrap();
+    writer.queue(delta(2, &[("later", 12)], Some(5))).unwrap();
     assert_eq!(writer.sync().unwrap(), 2);
     let all: Vec<(Vec<u8>, i64)> = entries(&store).into_iter().collect();
     assert_eq!(all, vec![(b"later".to_vec(), 12), (b"new".to_vec(), 10)]);
