@@ -1370,6 +1370,14 @@ mod tests {
         (cluster, brokers, source)
     }
 
+    /// The offsets of `read`'s records of partition `p`, in the order read.
+    fn partition_offsets(read: &[SourceRecord], p: i32) -> Vec<i64> {
+        read.iter()
+            .filter(|r| r.partition == p)
+            .map(|r| r.offset)
+            .collect()
+    }
+
     /// Reads from `source` until at least `n` records came (30 s at most), in batches of up
     /// to 512.
     async fn read_at_least(source: &mut KafkaSource, n: usize) -> Vec<SourceRecord> {
@@ -1419,11 +1427,7 @@ mod tests {
         let read = read_at_least(&mut source, n as usize).await;
         assert_eq!(read.len() as u64, n, "each record once");
         for p in 0..3 {
-            let offsets: Vec<i64> = read
-                .iter()
-                .filter(|r| r.partition == p)
-                .map(|r| r.offset)
-                .collect();
+            let offsets = partition_offsets(&read, p);
             let expected: Vec<i64> = (0..offsets.len() as i64).collect();
             assert_eq!(offsets, expected, "partition {p} in order, no gap");
         }
@@ -1472,11 +1476,7 @@ mod tests {
             "the error names the refusal: {error}"
         );
         for p in 0..2 {
-            let offsets: Vec<i64> = read
-                .iter()
-                .filter(|r| r.partition == p)
-                .map(|r| r.offset)
-                .collect();
+            let offsets = partition_offsets(&read, p);
             assert_eq!(
                 offsets,
                 (0..offsets.len() as i64).collect::<Vec<_>>(),

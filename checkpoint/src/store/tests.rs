@@ -515,7 +515,6 @@ fn a_held_state_writer_applies_nothing_until_released_and_never_blocks_its_calle
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
     let writer = StateWriter::start(store.clone(), 0);
-    let delta = one_key_delta;
     let held_keys = |store: &CheckpointStore| {
         let keys: Vec<Vec<u8>> = (1..=12u64).map(|e| format!("k{e}").into_bytes()).collect();
         let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
@@ -528,7 +527,7 @@ fn a_held_state_writer_applies_nothing_until_released_and_never_blocks_its_calle
     };
     // Held: a delta queued stays unapplied.
     let hold = writer.hold();
-    writer.queue(delta(1)).unwrap();
+    writer.queue(one_key_delta(1)).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(held_keys(&store), 0, "a held writer applied a delta");
     // Released by dropping the hold: applied.
@@ -538,15 +537,15 @@ fn a_held_state_writer_applies_nothing_until_released_and_never_blocks_its_calle
     // Held again, more deltas than the queue holds: the caller does not wait forever.
     let _hold = writer.hold();
     for epoch in 2..=10 {
-        writer.queue(delta(epoch)).unwrap();
+        writer.queue(one_key_delta(epoch)).unwrap();
     }
     // A sync while held releases it too.
-    writer.queue(delta(11)).unwrap();
+    writer.queue(one_key_delta(11)).unwrap();
     assert_eq!(writer.sync().unwrap(), 11);
     assert_eq!(held_keys(&store), 11);
     // Held with deltas queued, then the writer dropped: they are applied, not lost.
     let _again = writer.hold();
-    writer.queue(delta(12)).unwrap();
+    writer.queue(one_key_delta(12)).unwrap();
     drop(writer);
     assert_eq!(held_keys(&store), 12);
 }
@@ -641,13 +640,12 @@ fn a_failed_state_write_stops_the_writer_and_claims_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
     let writer = StateWriter::start(store.clone(), 0);
-    let delta = one_key_delta;
-    writer.queue(delta(1)).unwrap();
+    writer.queue(one_key_delta(1)).unwrap();
     assert_eq!(writer.sync().unwrap(), 1);
     let staging = dir.path().join(staged::STAGING_DIR);
     std::fs::remove_dir(&staging).unwrap();
     std::fs::write(&staging, b"in the way").unwrap();
-    writer.queue(delta(2)).unwrap();
+    writer.queue(one_key_delta(2)).unwrap();
     let err = writer.sync().unwrap_err();
     assert!(
         err.to_string().contains(staged::STAGING_DIR),
@@ -660,7 +658,7 @@ fn a_failed_state_write_stops_the_writer_and_claims_nothing() {
         "nothing past the failure is durable"
     );
     assert!(
-        writer.queue(delta(3)).is_err(),
+        writer.queue(one_key_delta(3)).is_err(),
         "a stopped writer refuses more"
     );
     assert_eq!(look(&store, &["k1", "k2"]), vec![Some(1), None]);
