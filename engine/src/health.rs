@@ -24,7 +24,8 @@ pub struct HealthFacts {
     pub recovered: bool,
     /// Records read or readable but not committed: consumer lag plus the open epoch.
     pub records_waiting: u64,
-    /// Time since the last commit (or, before the first one, since recovery ended).
+    /// Time since the last commit was checkpointed (or, before the first one, since recovery
+    /// ended).
     pub since_last_commit: Duration,
     /// How long without a commit counts as a stall while records wait.
     pub commit_stall_after: Duration,

@@ -348,7 +348,16 @@ impl Metrics {
         let facts = HealthFacts {
             recovered: live.recovery.is_some(),
             records_waiting: waiting.max(0) as u64 + live.open_epoch_records,
-            since_last_commit: since(live.last_commit_at.or(live.recovery.as_ref().map(|r| r.at))),
+            // The checkpoint's time, not the Delta commit's: each checkpoint follows its commit,
+            // and `tidemark status --check` judges by the checkpoint record's age, so both
+            // judges read one clock (with two, right after `/readyz` flipped the outside check
+            // could still see a checkpoint younger than the threshold). The commit's time only
+            // when no checkpoint is written (a run without durability).
+            since_last_commit: since(
+                live.last_checkpoint_at
+                    .or(live.last_commit_at)
+                    .or(live.recovery.as_ref().map(|r| r.at)),
+            ),
             commit_stall_after: self.info.commit_stall_after,
             watermark: live.watermark_changed_at.map(|at| WatermarkProgress {
                 unchanged_for: since(Some(at)),
@@ -786,6 +795,36 @@ mod tests {
                 "the dashboard does not show {wanted}"
             );
         }
+    }
+
+    /// `/readyz` judges a stall by the checkpoint's time, as `tidemark status --check` does
+    /// (the checkpoint record's age): a commit that landed but is not yet checkpointed does
+    /// not make it ready while the outside check would say stalled.
+    #[test]
+    fn a_stall_is_judged_by_the_checkpoint_clock_as_status_check_does() {
+        let m = Metrics::new(info());
+        let now = 10_000.0;
+        let mut live = m.live().clone();
+        live.recovery = Some(RecoverySnapshot {
+            case: "fresh",
+            ms: 1,
+            replayed: 0,
+            at: now - 100.0,
+        });
+        live.open_epoch_records = 5;
+        live.last_checkpoint_at = Some(now - 31.0);
+        live.last_commit_at = Some(now - 1.0);
+        let health = m.health_of(&live, now);
+        assert!(
+            matches!(health.problems[..], [health::Problem::CommitStalled { secs, .. }] if secs >= 31.0),
+            "{health:?}"
+        );
+        live.last_checkpoint_at = Some(now - 1.0);
+        assert!(m.health_of(&live, now).ready);
+        // Without durability no checkpoint is written: the commit's time then.
+        live.last_checkpoint_at = None;
+        live.last_commit_at = Some(now - 31.0);
+        assert!(!m.health_of(&live, now).ready);
     }
 
     #[test]
