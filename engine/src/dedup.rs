@@ -43,12 +43,12 @@
 //!
 //! Event times are microseconds since the Unix epoch.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
-use crate::dedup_key::{DedupKey, INLINE_MAX};
+use crate::dedup_key::DedupKey;
+use crate::key_table::KeyTable;
 
 /// FxHash (rustc's hasher) with a final mix: dedup keys are not attacker-chosen hash-flooding input in a
 /// single-tenant pipeline, and SipHash cost ~40% of a lookup in the `records` bench.
@@ -85,8 +85,6 @@ impl Hasher for FxHasher {
         h ^ (h >> 33)
     }
 }
-
-type KeyMap = HashMap<DedupKey, i64, BuildHasherDefault<FxHasher>>;
 
 /// A record's fate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -132,7 +130,7 @@ struct Cold {
 /// The dedup state: keys with their event times, and the watermark in effect.
 #[derive(Default)]
 pub struct DedupState {
-    keys: KeyMap,
+    keys: KeyTable,
     /// The part of the state still loading (see the module documentation); `None` once loaded.
     cold: Option<Cold>,
     watermark: Option<i64>,
@@ -160,7 +158,7 @@ impl DedupState {
     /// load from a checkpoint ([`DedupState::load`] each entry).
     pub fn with_capacity(capacity: usize, watermark: Option<i64>) -> Self {
         Self {
-            keys: KeyMap::with_capacity_and_hasher(capacity, BuildHasherDefault::default()),
+            keys: KeyTable::with_capacity(capacity),
             cold: None,
             watermark,
             oldest: i64::MAX,
@@ -201,7 +199,7 @@ impl DedupState {
         cold.probed.clear();
         let missing: Vec<&[u8]> = keys
             .into_iter()
-            .filter(|k| !self.keys.contains_key(*k))
+            .filter(|k| !self.keys.contains_key(k))
             .collect();
         if missing.is_empty() {
             return Ok(());
@@ -230,7 +228,7 @@ impl DedupState {
         let memory = std::mem::take(&mut self.keys);
         if memory.len() <= loaded.keys.len() {
             loaded.keys.reserve(memory.len());
-            for (k, t) in memory {
+            for (k, t) in memory.iter() {
                 loaded.oldest = loaded.oldest.min(t);
                 loaded.keys.insert(k, t);
             }
@@ -240,8 +238,8 @@ impl DedupState {
             // key): `self.oldest` already bounds memory's entries.
             let mut memory = memory;
             memory.reserve(loaded.keys.len());
-            for (k, t) in loaded.keys {
-                memory.entry(k).or_insert(t);
+            for (k, t) in loaded.keys.iter() {
+                memory.insert_if_absent(k, t);
             }
             self.keys = memory;
         }
@@ -299,7 +297,7 @@ impl DedupState {
     /// persisted yet): they are skipped.
     pub fn load(&mut self, key: &[u8], event_time: i64) {
         if self.watermark.is_none_or(|w| event_time >= w) {
-            self.keys.insert(DedupKey::from(key), event_time);
+            self.keys.insert(key, event_time);
             self.oldest = self.oldest.min(event_time);
         }
     }
@@ -327,7 +325,7 @@ impl DedupState {
     /// The event time `key` has in memory, if it is there (whatever the watermark): for a
     /// loaded state answering lookups as the cold part of another ([`ColdKeys::lookup`]).
     pub fn time_of(&self, key: &[u8]) -> Option<i64> {
-        self.keys.get(key).copied()
+        self.keys.get(key)
     }
 
     /// Makes room in memory for `additional` more keys at once: recovery, before loading a
@@ -358,11 +356,7 @@ impl DedupState {
     /// pay one memory latency after another; these lookups depend on nothing but their key,
     /// so the CPU overlaps their misses. (A hint only: no verdict reads what it finds.)
     pub fn warm<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) {
-        let mut found = 0usize;
-        for key in keys {
-            found += usize::from(self.keys.contains_key(key));
-        }
-        std::hint::black_box(found);
+        self.keys.warm(keys);
     }
 
     /// Decides one record. Fails only while the state is loading, when the part not loaded
@@ -376,33 +370,12 @@ impl DedupState {
         if self.cold.is_some() && !self.keys.contains_key(key) && self.cold_time(key)?.is_some() {
             return Ok(Verdict::Duplicate);
         }
-        if let Some(v) = self.check_loaded(key, event_time) {
-            return Ok(v);
+        if !self.keys.insert_if_absent(key, event_time) {
+            return Ok(Verdict::Duplicate);
         }
         self.inserted.push(key, event_time);
         self.oldest = self.oldest.min(event_time);
         Ok(Verdict::Accept)
-    }
-
-    /// [`DedupState::check`] of a state all in memory: `Some(Duplicate)`, or `None` when the
-    /// key was new and is now in the map.
-    fn check_loaded(&mut self, key: &[u8], event_time: i64) -> Option<Verdict> {
-        if key.len() <= INLINE_MAX {
-            // One probe, and no allocation: an inline key is built on the stack.
-            match self.keys.entry(DedupKey::from(key)) {
-                Entry::Occupied(_) => return Some(Verdict::Duplicate),
-                Entry::Vacant(v) => {
-                    v.insert(event_time);
-                }
-            }
-        } else {
-            // A long key is looked up as a slice first: a duplicate allocates nothing.
-            if self.keys.contains_key(key) {
-                return Some(Verdict::Duplicate);
-            }
-            self.keys.insert(DedupKey::from(key), event_time);
-        }
-        None
     }
 
     /// Moves the watermark to `to` (if higher) and evicts every key below it. Returns the
@@ -417,10 +390,10 @@ impl DedupState {
         if let Some(w) = self.watermark.filter(|_| self.watermark != before) {
             if self.oldest < w {
                 let mut oldest = i64::MAX;
-                self.keys.retain(|_, t| {
-                    let keep = *t >= w;
+                self.keys.retain(|t| {
+                    let keep = t >= w;
                     if keep {
-                        oldest = oldest.min(*t);
+                        oldest = oldest.min(t);
                     }
                     keep
                 });
@@ -458,7 +431,7 @@ impl DedupState {
     /// Every `(key, event_time)` in memory, in no order (tests and tools; while loading, the
     /// part not loaded yet is not listed: [`DedupState::finish_loading`] first).
     pub fn entries(&self) -> impl Iterator<Item = (&[u8], i64)> + '_ {
-        self.keys.iter().map(|(k, t)| (k.as_slice(), *t))
+        self.keys.iter()
     }
 
     /// [`DedupState::entries`] owned and sorted: two states compared in tests.
@@ -899,7 +872,7 @@ mod tests {
                 }
                 mark = mark.max(m);
                 s.advance(Some(m));
-                prop_assert!(s.keys.values().all(|t| *t >= mark));
+                prop_assert!(s.keys.times().all(|t| t >= mark));
                 prop_assert_eq!(s.watermark(), Some(mark));
             }
         }
