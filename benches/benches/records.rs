@@ -54,6 +54,38 @@ fn bench_dedup(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // As the pipeline checks: each 64 keys warmed together first (their misses overlap).
+    g.bench_function("check_100k_with_1m_in_state_warmed", |b| {
+        b.iter_batched(
+            state_with_1m,
+            |mut s| {
+                for chunk in input.chunks(64) {
+                    s.warm(chunk.iter().map(|(k, _)| k.as_slice()));
+                    for (k, t) in chunk {
+                        let _ = std::hint::black_box(s.check(k, *t));
+                    }
+                }
+                s
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    // A state growing from empty to 1M new keys (the bench's dedup runs: every key new).
+    let fresh: Vec<Vec<u8>> = (0..1_000_000u64).map(key).collect();
+    g.throughput(Throughput::Elements(fresh.len() as u64));
+    g.sample_size(10);
+    g.bench_function("grow_to_1m_new_keys_warmed", |b| {
+        b.iter(|| {
+            let mut s = DedupState::default();
+            for chunk in fresh.chunks(64) {
+                s.warm(chunk.iter().map(Vec::as_slice));
+                for k in chunk {
+                    let _ = std::hint::black_box(s.check(k, 1));
+                }
+            }
+            s
+        })
+    });
     g.finish();
 }
 

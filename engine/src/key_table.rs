@@ -11,7 +11,8 @@
 //!
 //! **Layout.** Open addressing with linear probing, no wrap-around: a key's home is the top
 //! bits of its 64-bit hash, and a probe runs from the home towards higher indices through the
-//! `OVERFLOW` slots after the last home. Each slot is 32 bytes:
+//! `OVERFLOW` slots after the last home. Each slot is 32 bytes, aligned to 32 (two to a cache
+//! line, none across two):
 //!
 //! ```text
 //! byte  0      tag: 0 empty; 1..=24 an inline key of (tag - 1) bytes; 0xFF a long key
@@ -37,7 +38,28 @@ use crate::dedup::FxHasher;
 /// Longest key stored in its slot.
 pub const INLINE_MAX: usize = 23;
 
-type Slot = [u8; 32];
+/// One slot (layout in the module documentation), aligned so that it never straddles two
+/// cache lines: a check then reads and writes one line.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Slot([u8; 32]);
+
+impl Slot {
+    const EMPTY: Slot = Slot([0u8; 32]);
+}
+
+impl std::ops::Deref for Slot {
+    type Target = [u8; 32];
+    fn deref(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Slot {
+    fn deref_mut(&mut self) -> &mut [u8; 32] {
+        &mut self.0
+    }
+}
 
 const EMPTY: u8 = 0;
 const LONG: u8 = 0xFF;
@@ -109,8 +131,7 @@ impl KeyTable {
     fn with_homes(homes: usize) -> Self {
         let homes = homes.next_power_of_two().max(MIN_HOMES);
         Self {
-            // All zero: every slot empty (and the allocation is the OS's zeroed pages).
-            slots: vec![[0u8; 32]; homes + OVERFLOW],
+            slots: vec![Slot::EMPTY; homes + OVERFLOW],
             shift: 64 - homes.trailing_zeros(),
             len: 0,
             long: Vec::new(),
@@ -147,22 +168,30 @@ impl KeyTable {
 
     fn probe(&self, key: &[u8], hash: u64) -> Probe {
         let mut i = self.home(hash);
+        if key.len() <= INLINE_MAX {
+            // The tag and the zero-padded bytes a slot holding this key holds: one fixed-size
+            // comparison per slot (a slice comparison is a call to `memcmp` each).
+            let mut inline = [0u8; 24];
+            inline[0] = key.len() as u8 + 1;
+            inline[1..=key.len()].copy_from_slice(key);
+            while let Some(slot) = self.slots.get(i) {
+                if slot[0] == EMPTY {
+                    return Probe::Vacant(i);
+                }
+                if slot[..24] == inline {
+                    return Probe::Found(i);
+                }
+                i += 1;
+            }
+            return Probe::Full;
+        }
         while let Some(slot) = self.slots.get(i) {
             match slot[0] {
                 EMPTY => return Probe::Vacant(i),
-                LONG => {
-                    if key.len() > INLINE_MAX
-                        && u64_at(slot, 8) == hash
-                        && *self.long[long_index(slot)] == *key
-                    {
-                        return Probe::Found(i);
-                    }
+                LONG if u64_at(slot, 8) == hash && *self.long[long_index(slot)] == *key => {
+                    return Probe::Found(i);
                 }
-                tag => {
-                    if tag as usize == key.len() + 1 && slot[1..tag as usize] == *key {
-                        return Probe::Found(i);
-                    }
-                }
+                _ => {}
             }
             i += 1;
         }
@@ -171,7 +200,7 @@ impl KeyTable {
 
     /// Writes `key` with `time` into the empty slot `at`.
     fn fill(&mut self, at: usize, key: &[u8], hash: u64, time: i64) {
-        let mut slot = [0u8; 32];
+        let mut slot = Slot::EMPTY;
         if key.len() <= INLINE_MAX {
             slot[0] = key.len() as u8 + 1;
             slot[1..=key.len()].copy_from_slice(key);
@@ -338,7 +367,7 @@ impl KeyTable {
                 continue;
             }
             for s in &mut self.slots[start..i] {
-                *s = [0u8; 32];
+                *s = Slot::EMPTY;
             }
             self.len -= i - start;
             for (slot, hash) in kept.drain(..) {
