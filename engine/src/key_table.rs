@@ -17,7 +17,7 @@
 //! ```text
 //! byte  0      tag: 0 empty; 1..=24 an inline key of (tag - 1) bytes; 0xFF a long key
 //! bytes 1..24  inline: the key's bytes, zero-padded
-//!              long:   bytes 8..16 the key's hash (u64 LE), 16..20 its index in `long` (u32 LE)
+//!              long:   bytes 8..16 the key's hash (u64 LE), 16..24 its index in `long` (u64 LE)
 //! bytes 24..32 the event time (i64 LE)
 //! ```
 //!
@@ -29,7 +29,9 @@
 //! by taking the first empty slot from the home; [`KeyTable::retain`] keeps it by emptying a
 //! whole cluster (a maximal run of occupied slots) and inserting the cluster's kept entries
 //! again. Load stays at most [`MAX_LOAD_NUM`]/[`MAX_LOAD_DEN`] of the homes; a probe that would
-//! run past the last slot doubles the table first.
+//! run past the last slot doubles the table first, or, at a load under one half (keys whose
+//! hashes collide in their top bits), lengthens the overflow area instead: doubling never
+//! separates a full 64-bit collision, and memory stays proportional to the keys.
 
 use std::hash::{BuildHasher, BuildHasherDefault};
 
@@ -79,7 +81,7 @@ pub struct KeyTable {
     /// Keys longer than [`INLINE_MAX`], by the index their slot holds.
     long: Vec<Box<[u8]>>,
     /// Indices of `long` no slot holds any more.
-    free_long: Vec<u32>,
+    free_long: Vec<usize>,
 }
 
 impl Default for KeyTable {
@@ -90,7 +92,14 @@ impl Default for KeyTable {
 
 /// The hash a key is placed by.
 fn hash(key: &[u8]) -> u64 {
-    BuildHasherDefault::<FxHasher>::default().hash_one(key)
+    let h = BuildHasherDefault::<FxHasher>::default().hash_one(key);
+    #[cfg(test)]
+    if tests::CROWDED.with(std::cell::Cell::get) {
+        // Every home at the top of the table, few distinct hashes: long clusters, probes off
+        // the last slot, and full 64-bit collisions.
+        return u64::MAX - (h & 0x7);
+    }
+    h
 }
 
 fn time_of(slot: &Slot) -> i64 {
@@ -106,9 +115,7 @@ fn u64_at(slot: &Slot, at: usize) -> u64 {
 }
 
 fn long_index(slot: &Slot) -> usize {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&slot[16..20]);
-    u32::from_le_bytes(b) as usize
+    u64_at(slot, 16) as usize
 }
 
 /// Where a probe for a key ended.
@@ -207,17 +214,17 @@ impl KeyTable {
         } else {
             let index = match self.free_long.pop() {
                 Some(i) => {
-                    self.long[i as usize] = key.into();
+                    self.long[i] = key.into();
                     i
                 }
                 None => {
                     self.long.push(key.into());
-                    (self.long.len() - 1) as u32
+                    self.long.len() - 1
                 }
             };
             slot[0] = LONG;
             slot[8..16].copy_from_slice(&hash.to_le_bytes());
-            slot[16..20].copy_from_slice(&index.to_le_bytes());
+            slot[16..24].copy_from_slice(&(index as u64).to_le_bytes());
         }
         slot[24..32].copy_from_slice(&time.to_le_bytes());
         self.slots[at] = slot;
@@ -240,28 +247,51 @@ impl KeyTable {
     /// Inserts `key` with `time` unless it is there: true when inserted (a key already there
     /// keeps its time). One probe either way.
     pub fn insert_if_absent(&mut self, key: &[u8], time: i64) -> bool {
-        let hash = hash(key);
-        loop {
-            if (self.len + 1) * MAX_LOAD_DEN > self.homes() * MAX_LOAD_NUM {
-                self.grow();
+        match self.vacancy_for(key) {
+            Ok((at, hash)) => {
+                self.fill(at, key, hash, time);
+                true
             }
-            match self.probe(key, hash) {
-                Probe::Found(_) => return false,
-                Probe::Vacant(at) => {
-                    self.fill(at, key, hash, time);
-                    return true;
-                }
-                Probe::Full => self.grow(),
-            }
+            Err(_) => false,
         }
     }
 
     /// Inserts `key` with `time`, replacing the time of a key already there.
     pub fn insert(&mut self, key: &[u8], time: i64) {
-        if !self.insert_if_absent(key, time) {
-            if let Probe::Found(i) = self.probe(key, hash(key)) {
-                self.slots[i][24..32].copy_from_slice(&time.to_le_bytes());
+        match self.vacancy_for(key) {
+            Ok((at, hash)) => self.fill(at, key, hash, time),
+            Err(at) => self.slots[at][24..32].copy_from_slice(&time.to_le_bytes()),
+        }
+    }
+
+    /// `Err(slot)` when `key` is in the table; else `Ok((slot, hash))`: the empty slot it
+    /// goes in, with room made first (a key already there never makes the table grow).
+    fn vacancy_for(&mut self, key: &[u8]) -> Result<(usize, u64), usize> {
+        let hash = hash(key);
+        loop {
+            match self.probe(key, hash) {
+                Probe::Found(at) => return Err(at),
+                Probe::Vacant(at)
+                    if (self.len + 1) * MAX_LOAD_DEN <= self.homes() * MAX_LOAD_NUM =>
+                {
+                    return Ok((at, hash))
+                }
+                Probe::Vacant(_) => self.grow(),
+                Probe::Full => self.make_room_at_the_end(),
             }
+        }
+    }
+
+    /// A probe ran off the last slot. At a normal load that is a long cluster at the top:
+    /// double. At a low one it is keys whose hashes collide in their top bits (a full 64-bit
+    /// collision, which doubling never separates): lengthen the overflow area instead, so
+    /// such keys cost probe time, as in any hash table, but never more than their own room.
+    fn make_room_at_the_end(&mut self) {
+        if self.len * 2 < self.homes() {
+            let more = self.slots.len() - self.homes();
+            self.slots.resize(self.slots.len() + more, Slot::EMPTY);
+        } else {
+            self.grow();
         }
     }
 
@@ -315,24 +345,26 @@ impl KeyTable {
     }
 
     /// Puts an occupied slot's content in the first empty slot from its home (the key is not
-    /// in the table, which has room), growing first if the probe would run off the end.
-    fn place(&mut self, slot: Slot, hash: u64) {
+    /// in the table, which has room) and returns that slot; makes room first if the probe
+    /// would run off the end.
+    fn place(&mut self, slot: Slot, hash: u64) -> usize {
         loop {
             let mut i = self.home(hash);
             while let Some(s) = self.slots.get(i) {
                 if s[0] == EMPTY {
                     self.slots[i] = slot;
                     self.len += 1;
-                    return;
+                    return i;
                 }
                 i += 1;
             }
-            self.grow();
+            self.make_room_at_the_end();
         }
     }
 
     /// Keeps the entries whose time `keep` accepts, and removes the others (see the module
-    /// documentation for how the probing invariant is kept).
+    /// documentation for how the probing invariant is kept). `keep` may be asked twice about
+    /// one entry: it must answer by the time alone.
     pub fn retain(&mut self, mut keep: impl FnMut(i64) -> bool) {
         let mut kept: Vec<(Slot, u64)> = Vec::new();
         let mut i = 0;
@@ -341,39 +373,40 @@ impl KeyTable {
                 i += 1;
                 continue;
             }
-            // A cluster: slots i..end, all occupied, with an empty slot (or the end) after.
+            // A cluster: slots start..end, all occupied, empty (or the table's start) before
+            // it and empty (or the end) after.
             let start = i;
-            let mut removed = false;
-            kept.clear();
             while i < self.slots.len() && self.slots[i][0] != EMPTY {
-                let slot = self.slots[i];
+                i += 1;
+            }
+            let end = i;
+            if self.slots[start..end].iter().all(|s| keep(time_of(s))) {
+                continue;
+            }
+            kept.clear();
+            for at in start..end {
+                let slot = self.slots[at];
+                self.slots[at] = Slot::EMPTY;
+                self.len -= 1;
                 if keep(time_of(&slot)) {
                     let hash = match slot[0] {
                         LONG => u64_at(&slot, 8),
                         tag => hash(&slot[1..tag as usize]),
                     };
                     kept.push((slot, hash));
-                } else {
-                    removed = true;
-                    if slot[0] == LONG {
-                        let index = long_index(&slot);
-                        self.long[index] = Box::default();
-                        self.free_long.push(index as u32);
-                    }
+                } else if slot[0] == LONG {
+                    let index = long_index(&slot);
+                    self.long[index] = Box::default();
+                    self.free_long.push(index);
                 }
-                i += 1;
             }
-            if !removed {
-                continue;
-            }
-            for s in &mut self.slots[start..i] {
-                *s = Slot::EMPTY;
-            }
-            self.len -= i - start;
             for (slot, hash) in kept.drain(..) {
-                // Every kept home lies in start..i and fewer entries than before go back, so
-                // they land in start..i: the clusters after are untouched.
-                self.place(slot, hash);
+                // The slot before the cluster is empty, so every kept home lies in
+                // start..end; the kept entries go back in their old order, so each lands at
+                // or before its old slot: inside the cluster, the clusters after untouched,
+                // and no growth in the middle of this scan.
+                let at = self.place(slot, hash);
+                debug_assert!(at < end, "an entry left its cluster {start}..{end}");
             }
         }
     }
@@ -394,11 +427,47 @@ impl KeyTable {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use std::cell::Cell;
+    use std::collections::{HashMap, HashSet};
 
     use proptest::prelude::*;
 
     use super::*;
+
+    thread_local! {
+        /// While set, [`hash`] crowds every key at the top of the table (this thread only).
+        pub(super) static CROWDED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// The module's invariant, checked whole: no hole between an entry's home and its slot,
+    /// `len` the number of entries, each long key's index held by one slot or free, never both.
+    fn assert_invariant(table: &KeyTable) {
+        let mut held = HashSet::new();
+        let mut occupied = 0;
+        for (p, slot) in table.slots.iter().enumerate() {
+            if slot[0] == EMPTY {
+                continue;
+            }
+            occupied += 1;
+            let h = match slot[0] {
+                LONG => {
+                    assert!(held.insert(long_index(slot)), "a long index held twice");
+                    u64_at(slot, 8)
+                }
+                tag => hash(&slot[1..tag as usize]),
+            };
+            let home = table.home(h);
+            assert!(home <= p, "slot {p} before its home {home}");
+            assert!(
+                table.slots[home..p].iter().all(|s| s[0] != EMPTY),
+                "a hole between home {home} and slot {p}"
+            );
+        }
+        assert_eq!(occupied, table.len);
+        for free in &table.free_long {
+            assert!(!held.contains(free), "a free long index is held");
+        }
+    }
 
     #[derive(Debug, Clone)]
     enum Op {
@@ -448,6 +517,22 @@ mod tests {
         /// `HashMap` given the same operations holds, and answers every key the same.
         #[test]
         fn the_table_is_a_map(ops in proptest::collection::vec(op(), 0..400)) {
+            run_against_the_model(ops)?;
+        }
+
+        /// The same with every home crowded at the top of the table (see [`hash`]): probes
+        /// off the last slot, the overflow area lengthened, clusters ending at the last slot.
+        #[test]
+        fn the_table_is_a_map_with_crowded_hashes(ops in proptest::collection::vec(op(), 0..400)) {
+            CROWDED.with(|c| c.set(true));
+            let result = run_against_the_model(ops);
+            CROWDED.with(|c| c.set(false));
+            result?;
+        }
+    }
+
+    fn run_against_the_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        {
             let mut table = KeyTable::default();
             let mut model: HashMap<Vec<u8>, i64> = HashMap::new();
             for op in ops {
@@ -469,14 +554,36 @@ mod tests {
                     Op::Reserve(n) => table.reserve(n),
                 }
                 prop_assert_eq!(table.len(), model.len());
+                assert_invariant(&table);
             }
             assert_same(&table, &model);
-            // Absent keys are absent.
+            // Absent keys are absent, inline and long.
             for k in 0u8..40 {
-                let key = vec![k; 30];
-                prop_assert_eq!(table.get(&key), model.get(&key).copied());
+                for len in [0, 1, 5, 23, 30] {
+                    let key = vec![k; len];
+                    prop_assert_eq!(table.get(&key), model.get(&key).copied());
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Keys whose 64-bit hashes are all equal (and at the top of the table) cost room in
+    /// proportion to their number, not a table doubled until memory runs out.
+    #[test]
+    fn colliding_hashes_lengthen_the_overflow_instead_of_doubling_the_table() {
+        CROWDED.with(|c| c.set(true));
+        let mut table = KeyTable::default();
+        for i in 0u32..2_000 {
+            // `hash` keeps 3 bits of the real hash: at most 8 distinct hashes.
+            assert!(table.insert_if_absent(&i.to_le_bytes(), 1));
+        }
+        assert_invariant(&table);
+        for i in 0u32..2_000 {
+            assert_eq!(table.get(&i.to_le_bytes()), Some(1));
+        }
+        CROWDED.with(|c| c.set(false));
+        assert!(table.slots.len() < 16_384, "{} slots", table.slots.len());
     }
 
     /// Keys whose homes collide build long clusters, and a removal in the middle of one must
