@@ -653,7 +653,7 @@ mod tests {
     /// The key the proptests use for `k`: one byte, or (every fourth) 30 bytes, so the
     /// state's long keys (kept apart from their slots) are decided through the same paths.
     fn key(k: u8) -> Vec<u8> {
-        if k % 4 == 0 {
+        if k.is_multiple_of(4) {
             vec![k; 30]
         } else {
             vec![k]
