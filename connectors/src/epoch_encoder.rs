@@ -16,7 +16,7 @@
 use std::sync::mpsc::{channel, Sender};
 use std::thread::JoinHandle;
 
-use arrow::array::RecordBatch;
+use arrow::array::{BooleanArray, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::errors::ParquetError;
@@ -38,7 +38,7 @@ pub struct EncodedFile {
 /// documentation). Dropping it without [`EpochEncoder::finish`] abandons the files.
 #[derive(Debug)]
 pub struct EpochEncoder {
-    batches: Option<Sender<RecordBatch>>,
+    batches: Option<Sender<Handoff>>,
     thread: Option<JoinHandle<Result<Vec<EncodedFile>, ParquetError>>>,
     rows: usize,
 }
@@ -51,10 +51,26 @@ pub struct EncoderLost;
 impl EpochEncoder {
     /// Starts encoding rows of `schema` into files of at most `max_rows_per_file` rows.
     pub fn start(schema: SchemaRef, max_rows_per_file: usize) -> Result<Self, ParquetError> {
-        let (tx, rx) = channel::<RecordBatch>();
+        let (tx, rx) = channel::<Handoff>();
         let thread = std::thread::Builder::new()
             .name("tidemark-encode".into())
-            .spawn(move || encode_files(schema, max_rows_per_file, rx))
+            .spawn(move || {
+                // A filter that fails (arrow's `filter_record_batch`) ends the files: its error
+                // is the thread's result.
+                let mut failed = None;
+                let batches = rx.into_iter().map_while(|h| match h.rows() {
+                    Ok(batch) => Some(batch),
+                    Err(e) => {
+                        failed = Some(e);
+                        None
+                    }
+                });
+                let files = encode_files(schema, max_rows_per_file, batches);
+                match failed {
+                    Some(e) => Err(ParquetError::External(Box::new(e))),
+                    None => files,
+                }
+            })
             .map_err(|e| ParquetError::External(Box::new(e)))?;
         Ok(Self {
             batches: Some(tx),
@@ -69,9 +85,30 @@ impl EpochEncoder {
             return;
         }
         self.rows += batch.num_rows();
+        self.send(Handoff { batch, keep: None });
+    }
+
+    /// Hands over the rows of `batch` that `keep` selects (`keep` has one entry per row:
+    /// `debug_assert`ed),
+    /// filtered on the encoding thread: the reading thread does not copy a batch that lost
+    /// a row (a duplicate) to drop it.
+    pub fn push_filtered(&mut self, batch: RecordBatch, keep: BooleanArray) {
+        debug_assert_eq!(keep.len(), batch.num_rows(), "one mask entry per row");
+        let kept = keep.true_count();
+        if kept == 0 {
+            return;
+        }
+        self.rows += kept;
+        self.send(Handoff {
+            batch,
+            keep: Some(keep),
+        });
+    }
+
+    fn send(&self, handoff: Handoff) {
         if let Some(tx) = &self.batches {
             // A send fails only when the thread ended (an encoding error): finish reports it.
-            let _ = tx.send(batch);
+            let _ = tx.send(handoff);
         }
     }
 
@@ -86,6 +123,22 @@ impl EpochEncoder {
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(files)) => files,
             Some(Err(_)) | None => Err(ParquetError::External(Box::new(EncoderLost))),
+        }
+    }
+}
+
+/// A batch on its way to the encoding thread, with the rows to keep of it (`None`: all).
+#[derive(Debug)]
+struct Handoff {
+    batch: RecordBatch,
+    keep: Option<BooleanArray>,
+}
+
+impl Handoff {
+    fn rows(self) -> Result<RecordBatch, arrow::error::ArrowError> {
+        match self.keep {
+            None => Ok(self.batch),
+            Some(keep) => arrow::compute::filter_record_batch(&self.batch, &keep),
         }
     }
 }
@@ -198,6 +251,7 @@ mod tests {
         fn the_encoders_files_are_those_of_the_batches(
             sizes in prop::collection::vec(0usize..30, 0..8),
             max_rows in 1usize..40,
+            masks in prop::collection::vec(prop::option::of(prop::collection::vec(any::<bool>(), 30)), 8),
         ) {
             let schema: SchemaRef = Arc::new(Schema::new(vec![
                 Field::new("id", DataType::Utf8, false),
@@ -212,13 +266,27 @@ mod tests {
                     b
                 })
                 .collect();
+            // Some batches handed over with a mask (filtered on the encoder's thread): the
+            // files are those of the batches filtered beforehand.
             let mut encoder = EpochEncoder::start(schema.clone(), max_rows).unwrap();
-            for b in &batches {
-                encoder.push(b.clone());
+            let mut kept = Vec::new();
+            for (b, mask) in batches.iter().zip(&masks) {
+                match mask {
+                    Some(m) => {
+                        let mask = BooleanArray::from(m[..b.num_rows()].to_vec());
+                        kept.push(arrow::compute::filter_record_batch(b, &mask).unwrap());
+                        encoder.push_filtered(b.clone(), mask);
+                    }
+                    None => {
+                        kept.push(b.clone());
+                        encoder.push(b.clone());
+                    }
+                }
             }
-            prop_assert_eq!(encoder.rows(), from as usize);
+            let rows: usize = kept.iter().map(RecordBatch::num_rows).sum();
+            prop_assert_eq!(encoder.rows(), rows);
             let files = encoder.finish().unwrap();
-            let expected = encode_files(schema.clone(), max_rows, batches.clone()).unwrap();
+            let expected = encode_files(schema.clone(), max_rows, kept).unwrap();
             prop_assert_eq!(files.len(), expected.len());
             for (file, want) in files.iter().zip(&expected) {
                 prop_assert_eq!(file.rows, want.rows);

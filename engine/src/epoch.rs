@@ -1047,6 +1047,11 @@ impl OpenEpoch {
             return Ok(());
         }
         let mask = BooleanArray::from(keep);
+        if let Some(encoder) = self.encoder.as_mut() {
+            // The copy that drops the rows is made on the encoding thread.
+            encoder.push_filtered(batch, mask);
+            return Ok(());
+        }
         let kept = arrow::compute::filter_record_batch(&batch, &mask).map_err(|source| {
             ProcessError::Decode {
                 epoch: Epoch::new(self.epoch),
