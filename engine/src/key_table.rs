@@ -9,8 +9,8 @@
 //! batches of 64, each batch warmed first: ~65 ns a key against ~170 ns for the std map
 //! pre-sized, ~117 against ~200 ns growing from empty.
 //!
-//! **Layout.** Open addressing with linear probing, no wrap-around: a key's home is the top
-//! bits of its 64-bit hash, and a probe runs from the home towards higher indices through the
+//! **Layout.** Open addressing with linear probing, no wrap-around: a key's home is its 64-bit
+//! hash scaled to the number of homes (its top bits), and a probe runs from the home towards higher indices through the
 //! `OVERFLOW` slots after the last home. Each slot is 32 bytes, aligned to 32 (two to a cache
 //! line, none across two):
 //!
@@ -28,10 +28,10 @@
 //! `h..p` is occupied. Lookups stop at the first empty slot, so they rely on it; inserts keep it
 //! by taking the first empty slot from the home; [`KeyTable::retain`] keeps it by emptying a
 //! whole cluster (a maximal run of occupied slots) and inserting the cluster's kept entries
-//! again. Load stays at most [`MAX_LOAD_NUM`]/[`MAX_LOAD_DEN`] of the homes; a probe that would
-//! run past the last slot doubles the table first, or, at a load under one half (keys whose
-//! hashes collide in their top bits), lengthens the overflow area instead: doubling never
-//! separates a full 64-bit collision, and memory stays proportional to the keys.
+//! again. Load stays at most [`MAX_LOAD_NUM`]/[`MAX_LOAD_DEN`] of the homes (the table grows by
+//! half); a probe that would run past the last slot grows the table first, or, at a load under
+//! one half (keys whose hashes collide in their top bits), lengthens the overflow area instead:
+//! growing never separates a full 64-bit collision, and memory stays proportional to the keys.
 
 use std::hash::{BuildHasher, BuildHasherDefault};
 
@@ -68,15 +68,15 @@ const LONG: u8 = 0xFF;
 /// Slots after the last home, so probes need no wrap-around.
 const OVERFLOW: usize = 64;
 const MIN_HOMES: usize = 16;
-/// The table doubles before more than this share of its homes is used.
+/// The table grows before more than this share of its homes is used.
 const MAX_LOAD_NUM: usize = 3;
 const MAX_LOAD_DEN: usize = 4;
 
 /// A map from key bytes to event time: see the module documentation.
 pub struct KeyTable {
     slots: Vec<Slot>,
-    /// `home = hash >> shift`: the top `64 - shift` bits of the hash.
-    shift: u32,
+    /// Slots a key's home can be: `slots` also holds the overflow area after them.
+    homes: usize,
     len: usize,
     /// Keys longer than [`INLINE_MAX`], by the index their slot holds.
     long: Vec<Box<[u8]>>,
@@ -134,12 +134,12 @@ impl KeyTable {
         Self::with_homes((capacity * MAX_LOAD_DEN).div_ceil(MAX_LOAD_NUM))
     }
 
-    /// An empty table with at least `homes` homes (a power of two).
+    /// An empty table with `homes` homes (at least [`MIN_HOMES`]).
     fn with_homes(homes: usize) -> Self {
-        let homes = homes.next_power_of_two().max(MIN_HOMES);
+        let homes = homes.max(MIN_HOMES);
         Self {
             slots: vec![Slot::EMPTY; homes + OVERFLOW],
-            shift: 64 - homes.trailing_zeros(),
+            homes,
             len: 0,
             long: Vec::new(),
             free_long: Vec::new(),
@@ -147,12 +147,13 @@ impl KeyTable {
     }
 
     fn homes(&self) -> usize {
-        self.slots.len() - OVERFLOW
+        self.homes
     }
 
+    /// The hash scaled to the homes (`hash * homes / 2^64`: its top bits, by a multiply, for
+    /// any number of homes): below `homes`, and in the order of the hashes.
     fn home(&self, hash: u64) -> usize {
-        // `shift` is below 64 (at least MIN_HOMES homes).
-        (hash >> self.shift) as usize
+        ((u128::from(hash) * self.homes as u128) >> 64) as usize
     }
 
     /// Keys in the table.
@@ -283,8 +284,8 @@ impl KeyTable {
     }
 
     /// A probe ran off the last slot. At a normal load that is a long cluster at the top:
-    /// double. At a low one it is keys whose hashes collide in their top bits (a full 64-bit
-    /// collision, which doubling never separates): lengthen the overflow area instead, so
+    /// grow. At a low one it is keys whose hashes collide in their top bits (a full 64-bit
+    /// collision, which growing never separates): lengthen the overflow area instead, so
     /// such keys cost probe time, as in any hash table, but never more than their own room.
     fn make_room_at_the_end(&mut self) {
         if self.len * 2 < self.homes() {
@@ -316,14 +317,17 @@ impl KeyTable {
         }
     }
 
+    /// Half as many homes again: a table never sized to a power of two holds ~11M keys in
+    /// ~15M homes rather than 16M or (past 12M keys) 32M, and the old and the new table
+    /// together, while one is rebuilt into the other, are 2.5 times the old, not 3.
     fn grow(&mut self) {
-        let bigger = Self::with_homes(self.homes() * 2);
+        let bigger = Self::with_homes(self.homes() + self.homes() / 2);
         self.rebuild(bigger);
     }
 
     /// Moves every entry into `into` (empty, with room for them all). Slots are visited in
-    /// order, and a key's home in a table twice as large is about twice its home here, so the
-    /// writes run through the new table front to back rather than at random.
+    /// order, and homes follow the order of the hashes in any table, so the writes run
+    /// through the new table front to back rather than at random.
     fn rebuild(&mut self, mut into: KeyTable) {
         let old = std::mem::take(&mut self.slots);
         into.long = std::mem::take(&mut self.long);
@@ -569,9 +573,9 @@ mod tests {
     }
 
     /// Keys whose 64-bit hashes are all equal (and at the top of the table) cost room in
-    /// proportion to their number, not a table doubled until memory runs out.
+    /// proportion to their number, not a table grown until memory runs out.
     #[test]
-    fn colliding_hashes_lengthen_the_overflow_instead_of_doubling_the_table() {
+    fn colliding_hashes_lengthen_the_overflow_instead_of_growing_the_table() {
         CROWDED.with(|c| c.set(true));
         let mut table = KeyTable::default();
         for i in 0u32..2_000 {
