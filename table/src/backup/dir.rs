@@ -3,7 +3,10 @@
 //! local disk (a path or `file://` URL) or on an object store (`s3://bucket/prefix`).
 //!
 //! Taking a backup or pruning holds the directory's lock exclusively; listing and restoring
-//! hold it shared, so locally a prune never deletes a backup under a restore.
+//! hold it shared, so locally a prune never deletes a backup under a restore. Locally an
+//! exclusive open waits up to [`EXCLUSIVE_LOCK_WAIT`] for the lock: its shared holders are
+//! short reads (a running pipeline reads the chains before cleaning up its Delta log), and a
+//! scheduled backup must not fail because one coincided with it.
 //! - Locally the lock is an `flock` on `<DIR>/.tidemark-backup.lock` (exclusive or shared).
 //! - On an object store it is the lock object `<DIR>/.tidemark-backup.lock`, created with
 //!   put-if-absent naming its holder ([`crate::object_lock`]), taken by backups and prunes
@@ -30,6 +33,10 @@ use crate::object_lock::{ObjectLock, ObjectLockError};
 
 /// The lock's name inside a backup directory (a file locally, an object on a store).
 pub const LOCK_FILE: &str = ".tidemark-backup.lock";
+
+/// How long a local exclusive open (a backup or a prune) waits for the lock before it gives
+/// up naming the directory.
+pub const EXCLUSIVE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Why a backup directory could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -137,11 +144,32 @@ impl BackupDir {
 
     /// [`Self::open_exclusive`] writing through `fs` (local directories; tests inject faults).
     pub async fn open_exclusive_on(fs: SharedFs, uri: &str) -> Result<Self, DirError> {
+        Self::open_exclusive_within(fs, uri, EXCLUSIVE_LOCK_WAIT).await
+    }
+
+    /// [`Self::open_exclusive_on`], waiting at most `wait` for a local lock.
+    async fn open_exclusive_within(
+        fs: SharedFs,
+        uri: &str,
+        wait: std::time::Duration,
+    ) -> Result<Self, DirError> {
         let root = location(uri, fs)?;
         match root.local_dir() {
             Some(path) => {
                 std::fs::create_dir_all(path).map_err(io(path))?;
-                let file = flock(path, true)?;
+                let started = std::time::Instant::now();
+                let mut told = false;
+                let file = loop {
+                    match flock(path, true) {
+                        Err(DirError::Locked { .. }) if started.elapsed() < wait => {
+                            if !std::mem::replace(&mut told, true) {
+                                tracing::info!(dir = %path.display(), wait_s = wait.as_secs(), "the backup directory's lock is held (a pipeline reading its chains, a listing, a restore or another backup): waiting for it");
+                            }
+                            tokio::time::sleep(LOCK_POLL).await;
+                        }
+                        locked => break locked?,
+                    }
+                };
                 Ok(Self {
                     root,
                     lock: DirLock::Flock(file),
@@ -389,6 +417,9 @@ fn table_location(root: &TableLocation, id: &BackupId) -> Result<TableLocation, 
         })
 }
 
+/// How often a waiting exclusive open tries the lock again.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn flock(path: &Path, exclusive: bool) -> Result<File, DirError> {
     let lock_path = path.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
@@ -504,7 +535,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let uri = dir.path().display().to_string();
         let first = BackupDir::open_exclusive(&uri).await.unwrap();
-        let err = BackupDir::open_exclusive(&uri).await.unwrap_err();
+        let err = BackupDir::open_exclusive_within(
+            tidemark_fs::std_fs(),
+            &uri,
+            std::time::Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
         assert!(
             err.to_string().contains(&dir.path().display().to_string()),
             "{err}"
@@ -514,6 +551,25 @@ mod tests {
         let a = BackupDir::open_shared(&uri).await.unwrap();
         let _b = BackupDir::open_shared(&uri).await.unwrap();
         drop(a);
+    }
+
+    /// A backup that starts while a reader holds the lock shared (a pipeline reading the
+    /// chains before its log cleanup) waits for it instead of failing.
+    #[tokio::test]
+    async fn an_exclusive_open_waits_for_a_short_shared_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = dir.path().display().to_string();
+        drop(BackupDir::open_exclusive(&uri).await.unwrap());
+        let reader = BackupDir::open_shared(&uri).await.unwrap();
+        let released = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            drop(reader);
+        });
+        let started = std::time::Instant::now();
+        let writer = BackupDir::open_exclusive(&uri).await.unwrap();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+        released.await.unwrap();
+        drop(writer);
     }
 
     #[tokio::test]
