@@ -1,6 +1,7 @@
-//! Compact storage for dedup keys: the in-memory state holds one per key (1M and more), and
-//! a restart loads them all before its first commit, so each key costs one hash-table slot
-//! and, when it is short, no allocation at all.
+//! Compact owned dedup keys for the maps keyed by them beside the state (the keys a batch
+//! looked up in a state still loading, `dedup::Cold`; which partition accepted a key,
+//! `partition_dedup`): a short key costs no allocation. (The state itself keeps its keys in
+//! its own table's slots: `key_table`.)
 //!
 //! Layout: keys up to [`INLINE_MAX`] bytes live inside the 24-byte value; longer keys in one
 //! boxed slice. Both hash and compare as the `[u8]` they hold (so `HashMap<DedupKey, _>` is
@@ -26,7 +27,7 @@ pub enum DedupKey {
     Heap(Box<[u8]>),
 }
 
-// One slot of the state map is this plus an i64: keep it at 24 bytes.
+// A map entry is this plus its value: keep it at 24 bytes.
 const _: () = assert!(std::mem::size_of::<DedupKey>() == 24);
 
 impl DedupKey {

@@ -1046,22 +1046,7 @@ impl OpenEpoch {
             }
             return Ok(());
         }
-        let mask = BooleanArray::from(keep);
-        if let Some(encoder) = self.encoder.as_mut() {
-            // The copy that drops the rows is made on the encoding thread.
-            encoder.push_filtered(batch, mask);
-            return Ok(());
-        }
-        let kept = arrow::compute::filter_record_batch(&batch, &mask).map_err(|source| {
-            ProcessError::Decode {
-                epoch: Epoch::new(self.epoch),
-                source,
-            }
-        })?;
-        if kept.num_rows() > 0 {
-            self.keep(kept);
-        }
-        Ok(())
+        self.keep_selected(batch, BooleanArray::from(keep))
     }
 
     /// One row's verdict: whether it is kept. In order: no event time or one out of range,
@@ -1207,6 +1192,29 @@ impl OpenEpoch {
             Some(e) => e.push(batch),
             None => self.batches.push(batch),
         }
+    }
+
+    /// The rows of `batch` that `mask` selects, as [`OpenEpoch::keep`]: with an encoder, they
+    /// are filtered on its thread (the reading thread copies nothing to drop a duplicate).
+    fn keep_selected(
+        &mut self,
+        batch: RecordBatch,
+        mask: BooleanArray,
+    ) -> Result<(), ProcessError> {
+        if let Some(encoder) = self.encoder.as_mut() {
+            encoder.push_filtered(batch, mask);
+            return Ok(());
+        }
+        let kept = arrow::compute::filter_record_batch(&batch, &mask).map_err(|source| {
+            ProcessError::Decode {
+                epoch: Epoch::new(self.epoch),
+                source,
+            }
+        })?;
+        if kept.num_rows() > 0 {
+            self.batches.push(kept);
+        }
+        Ok(())
     }
 
     /// Encodes the epoch's rows (of `schema`) into its Parquet files as they come, on a thread

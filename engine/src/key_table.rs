@@ -5,13 +5,12 @@
 //! new key costs two cache misses (the control group, then the entry written), and only the
 //! first can be fetched ahead by a lookup. Here a key's home slot holds everything a check
 //! reads and writes, so fetching that one line ahead ([`KeyTable::warm`]) leaves the check
-//! nothing to wait for. Measured by a standalone program inserting 1.5M 9-byte keys in
-//! batches of 64, each batch warmed first: ~65 ns a key against ~170 ns for the std map
-//! pre-sized, ~117 against ~200 ns growing from empty.
+//! nothing to wait for. Measured against the std map by `cargo bench -p tidemark-benches
+//! --bench records -- dedup/` (the README, "The dedup state's own table", has the figures).
 //!
 //! **Layout.** Open addressing with linear probing, no wrap-around: a key's home is its 64-bit
-//! hash scaled to the number of homes (its top bits), and a probe runs from the home towards higher indices through the
-//! `OVERFLOW` slots after the last home. Each slot is 32 bytes, aligned to 32 (two to a cache
+//! hash scaled to the number of homes (its top bits), and a probe runs from the home towards
+//! higher indices through the `OVERFLOW` slots after the last home. Each slot is 32 bytes, aligned to 32 (two to a cache
 //! line, none across two):
 //!
 //! ```text
@@ -33,12 +32,8 @@
 //! one half (keys whose hashes collide in their top bits), lengthens the overflow area instead:
 //! growing never separates a full 64-bit collision, and memory stays proportional to the keys.
 
-use std::hash::{BuildHasher, BuildHasherDefault};
-
-use crate::dedup::FxHasher;
-
 /// Longest key stored in its slot.
-pub const INLINE_MAX: usize = 23;
+const INLINE_MAX: usize = 23;
 
 /// One slot (layout in the module documentation), aligned so that it never straddles two
 /// cache lines: a check then reads and writes one line.
@@ -92,7 +87,7 @@ impl Default for KeyTable {
 
 /// The hash a key is placed by.
 fn hash(key: &[u8]) -> u64 {
-    let h = BuildHasherDefault::<FxHasher>::default().hash_one(key);
+    let h = crate::dedup::key_hash(key);
     #[cfg(test)]
     if tests::CROWDED.with(std::cell::Cell::get) {
         // Every home at the top of the table, few distinct hashes: long clusters, probes off
@@ -116,6 +111,23 @@ fn u64_at(slot: &Slot, at: usize) -> u64 {
 
 fn long_index(slot: &Slot) -> usize {
     u64_at(slot, 16) as usize
+}
+
+/// The hash an occupied slot's key was placed by (kept in the slot for a long key).
+fn slot_hash(slot: &Slot) -> u64 {
+    match slot[0] {
+        LONG => u64_at(slot, 8),
+        tag => hash(&slot[1..tag as usize]),
+    }
+}
+
+/// The tag and zero-padded bytes of the slot holding `key` (at most [`INLINE_MAX`] bytes):
+/// equal to an occupied slot's first 24 bytes exactly when that slot holds `key`.
+fn inline_slot(key: &[u8]) -> Slot {
+    let mut slot = Slot::EMPTY;
+    slot[0] = key.len() as u8 + 1;
+    slot[1..=key.len()].copy_from_slice(key);
+    slot
 }
 
 /// Where a probe for a key ended.
@@ -146,10 +158,6 @@ impl KeyTable {
         }
     }
 
-    fn homes(&self) -> usize {
-        self.homes
-    }
-
     /// The hash scaled to the homes (`hash * homes / 2^64`: its top bits, by a multiply, for
     /// any number of homes): below `homes`, and in the order of the hashes.
     fn home(&self, hash: u64) -> usize {
@@ -177,16 +185,13 @@ impl KeyTable {
     fn probe(&self, key: &[u8], hash: u64) -> Probe {
         let mut i = self.home(hash);
         if key.len() <= INLINE_MAX {
-            // The tag and the zero-padded bytes a slot holding this key holds: one fixed-size
-            // comparison per slot (a slice comparison is a call to `memcmp` each).
-            let mut inline = [0u8; 24];
-            inline[0] = key.len() as u8 + 1;
-            inline[1..=key.len()].copy_from_slice(key);
+            // One fixed-size comparison per slot (a slice comparison is a call to `memcmp`).
+            let inline = inline_slot(key);
             while let Some(slot) = self.slots.get(i) {
                 if slot[0] == EMPTY {
                     return Probe::Vacant(i);
                 }
-                if slot[..24] == inline {
+                if slot[..24] == inline[..24] {
                     return Probe::Found(i);
                 }
                 i += 1;
@@ -208,11 +213,10 @@ impl KeyTable {
 
     /// Writes `key` with `time` into the empty slot `at`.
     fn fill(&mut self, at: usize, key: &[u8], hash: u64, time: i64) {
-        let mut slot = Slot::EMPTY;
-        if key.len() <= INLINE_MAX {
-            slot[0] = key.len() as u8 + 1;
-            slot[1..=key.len()].copy_from_slice(key);
+        let mut slot = if key.len() <= INLINE_MAX {
+            inline_slot(key)
         } else {
+            let mut slot = Slot::EMPTY;
             let index = match self.free_long.pop() {
                 Some(i) => {
                     self.long[i] = key.into();
@@ -226,7 +230,8 @@ impl KeyTable {
             slot[0] = LONG;
             slot[8..16].copy_from_slice(&hash.to_le_bytes());
             slot[16..24].copy_from_slice(&(index as u64).to_le_bytes());
-        }
+            slot
+        };
         slot[24..32].copy_from_slice(&time.to_le_bytes());
         self.slots[at] = slot;
         self.len += 1;
@@ -272,9 +277,7 @@ impl KeyTable {
         loop {
             match self.probe(key, hash) {
                 Probe::Found(at) => return Err(at),
-                Probe::Vacant(at)
-                    if (self.len + 1) * MAX_LOAD_DEN <= self.homes() * MAX_LOAD_NUM =>
-                {
+                Probe::Vacant(at) if (self.len + 1) * MAX_LOAD_DEN <= self.homes * MAX_LOAD_NUM => {
                     return Ok((at, hash))
                 }
                 Probe::Vacant(_) => self.grow(),
@@ -288,8 +291,8 @@ impl KeyTable {
     /// collision, which growing never separates): lengthen the overflow area instead, so
     /// such keys cost probe time, as in any hash table, but never more than their own room.
     fn make_room_at_the_end(&mut self) {
-        if self.len * 2 < self.homes() {
-            let more = self.slots.len() - self.homes();
+        if self.len * 2 < self.homes {
+            let more = self.slots.len() - self.homes;
             self.slots.resize(self.slots.len() + more, Slot::EMPTY);
         } else {
             self.grow();
@@ -312,7 +315,7 @@ impl KeyTable {
     /// Makes room for `additional` more keys without growing.
     pub fn reserve(&mut self, additional: usize) {
         let want = self.len + additional;
-        if want * MAX_LOAD_DEN > self.homes() * MAX_LOAD_NUM {
+        if want * MAX_LOAD_DEN > self.homes * MAX_LOAD_NUM {
             self.rebuild(Self::with_capacity(want));
         }
     }
@@ -321,7 +324,7 @@ impl KeyTable {
     /// ~15M homes rather than 16M or (past 12M keys) 32M, and the old and the new table
     /// together, while one is rebuilt into the other, are 2.5 times the old, not 3.
     fn grow(&mut self) {
-        let bigger = Self::with_homes(self.homes() + self.homes() / 2);
+        let bigger = Self::with_homes(self.homes + self.homes / 2);
         self.rebuild(bigger);
     }
 
@@ -332,18 +335,8 @@ impl KeyTable {
         let old = std::mem::take(&mut self.slots);
         into.long = std::mem::take(&mut self.long);
         into.free_long = std::mem::take(&mut self.free_long);
-        for slot in &old {
-            match slot[0] {
-                EMPTY => {}
-                tag => {
-                    let hash = if tag == LONG {
-                        u64_at(slot, 8)
-                    } else {
-                        hash(&slot[1..tag as usize])
-                    };
-                    into.place(*slot, hash);
-                }
-            }
+        for slot in old.iter().filter(|s| s[0] != EMPTY) {
+            into.place(*slot, slot_hash(slot));
         }
         *self = into;
     }
@@ -384,20 +377,18 @@ impl KeyTable {
                 i += 1;
             }
             let end = i;
-            if self.slots[start..end].iter().all(|s| keep(time_of(s))) {
+            // The entries before the cluster's first removal stay where they are: only the
+            // rest is emptied and placed again.
+            let Some(first) = (start..end).find(|&at| !keep(time_of(&self.slots[at]))) else {
                 continue;
-            }
+            };
             kept.clear();
-            for at in start..end {
+            for at in first..end {
                 let slot = self.slots[at];
                 self.slots[at] = Slot::EMPTY;
                 self.len -= 1;
                 if keep(time_of(&slot)) {
-                    let hash = match slot[0] {
-                        LONG => u64_at(&slot, 8),
-                        tag => hash(&slot[1..tag as usize]),
-                    };
-                    kept.push((slot, hash));
+                    kept.push((slot, slot_hash(&slot)));
                 } else if slot[0] == LONG {
                     let index = long_index(&slot);
                     self.long[index] = Box::default();
@@ -406,9 +397,10 @@ impl KeyTable {
             }
             for (slot, hash) in kept.drain(..) {
                 // The slot before the cluster is empty, so every kept home lies in
-                // start..end; the kept entries go back in their old order, so each lands at
-                // or before its old slot: inside the cluster, the clusters after untouched,
-                // and no growth in the middle of this scan.
+                // start..end, and the slots from there to `first` are still occupied; the kept
+                // entries go back in their old order, so each lands at or before its old slot:
+                // inside the cluster, the clusters after untouched, and no growth in the
+                // middle of this scan.
                 let at = self.place(slot, hash);
                 debug_assert!(at < end, "an entry left its cluster {start}..{end}");
             }
@@ -421,11 +413,6 @@ impl KeyTable {
             .iter()
             .filter(|s| s[0] != EMPTY)
             .map(|s| (self.key_of(s), time_of(s)))
-    }
-
-    /// Every time in the table (cheaper than [`KeyTable::iter`]: no key is read).
-    pub fn times(&self) -> impl Iterator<Item = i64> + '_ {
-        self.slots.iter().filter(|s| s[0] != EMPTY).map(time_of)
     }
 }
 
@@ -536,37 +523,34 @@ mod tests {
     }
 
     fn run_against_the_model(ops: Vec<Op>) -> Result<(), TestCaseError> {
-        {
-            let mut table = KeyTable::default();
-            let mut model: HashMap<Vec<u8>, i64> = HashMap::new();
-            for op in ops {
-                match op {
-                    Op::InsertIfAbsent(k, t) => {
-                        let inserted = table.insert_if_absent(&k, t);
-                        let absent = !model.contains_key(&k);
-                        model.entry(k).or_insert(t);
-                        prop_assert_eq!(inserted, absent);
-                    }
-                    Op::Insert(k, t) => {
-                        table.insert(&k, t);
-                        model.insert(k, t);
-                    }
-                    Op::RetainAtOrAbove(w) => {
-                        table.retain(|t| t >= w);
-                        model.retain(|_, t| *t >= w);
-                    }
-                    Op::Reserve(n) => table.reserve(n),
+        let mut table = KeyTable::default();
+        let mut model: HashMap<Vec<u8>, i64> = HashMap::new();
+        for op in ops {
+            match op {
+                Op::InsertIfAbsent(k, t) => {
+                    let inserted = table.insert_if_absent(&k, t);
+                    let absent = !model.contains_key(&k);
+                    model.entry(k).or_insert(t);
+                    prop_assert_eq!(inserted, absent);
                 }
-                prop_assert_eq!(table.len(), model.len());
-                assert_invariant(&table);
+                Op::Insert(k, t) => {
+                    table.insert(&k, t);
+                    model.insert(k, t);
+                }
+                Op::RetainAtOrAbove(w) => {
+                    table.retain(|t| t >= w);
+                    model.retain(|_, t| *t >= w);
+                }
+                Op::Reserve(n) => table.reserve(n),
             }
+            assert_invariant(&table);
             assert_same(&table, &model);
-            // Absent keys are absent, inline and long.
-            for k in 0u8..40 {
-                for len in [0, 1, 5, 23, 30] {
-                    let key = vec![k; len];
-                    prop_assert_eq!(table.get(&key), model.get(&key).copied());
-                }
+        }
+        // Absent keys are absent, inline and long.
+        for k in 0u8..40 {
+            for len in [0, 1, 5, 23, 30] {
+                let key = vec![k; len];
+                prop_assert_eq!(table.get(&key), model.get(&key).copied());
             }
         }
         Ok(())
@@ -590,21 +574,27 @@ mod tests {
         assert!(table.slots.len() < 16_384, "{} slots", table.slots.len());
     }
 
-    /// Keys whose homes collide build long clusters, and a removal in the middle of one must
-    /// leave every later key of the cluster reachable.
+    /// Removals in the middle of clusters leave every later key of a cluster reachable: with
+    /// the real hash (clusters of a few slots), and with every home crowded at the top of the
+    /// table (one long cluster).
     #[test]
     fn removing_from_the_middle_of_long_clusters_keeps_every_key_reachable() {
-        let mut table = KeyTable::with_capacity(0);
-        let mut model = HashMap::new();
-        for i in 0u32..5_000 {
-            let key = i.to_le_bytes().to_vec();
-            table.insert_if_absent(&key, i64::from(i % 97));
-            model.insert(key, i64::from(i % 97));
-        }
-        for w in [10, 40, 41, 90] {
-            table.retain(|t| t >= w);
-            model.retain(|_, t| *t >= w);
-            assert_same(&table, &model);
+        for (crowded, keys) in [(false, 5_000u32), (true, 1_000)] {
+            CROWDED.with(|c| c.set(crowded));
+            let mut table = KeyTable::with_capacity(0);
+            let mut model = HashMap::new();
+            for i in 0..keys {
+                let key = i.to_le_bytes().to_vec();
+                table.insert_if_absent(&key, i64::from(i % 97));
+                model.insert(key, i64::from(i % 97));
+            }
+            for w in [10, 40, 41, 90] {
+                table.retain(|t| t >= w);
+                model.retain(|_, t| *t >= w);
+                assert_invariant(&table);
+                assert_same(&table, &model);
+            }
+            CROWDED.with(|c| c.set(false));
         }
     }
 
@@ -642,6 +632,6 @@ mod tests {
             assert_eq!(table.get(&i.to_be_bytes()), Some(i as i64));
             assert!(!table.insert_if_absent(&i.to_be_bytes(), 0));
         }
-        assert!(table.homes() * MAX_LOAD_NUM >= 100_000 * MAX_LOAD_DEN);
+        assert!(table.homes * MAX_LOAD_NUM >= 100_000 * MAX_LOAD_DEN);
     }
 }

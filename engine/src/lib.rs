@@ -39,7 +39,7 @@ pub mod generation;
 pub mod health;
 pub mod http;
 pub mod io_faults;
-pub mod key_table;
+mod key_table;
 pub mod maintenance;
 pub mod metrics;
 pub mod offset_translation;

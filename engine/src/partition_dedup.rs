@@ -29,13 +29,13 @@
 //! a 64-bit hash of the key: a hash collision can only miscount, never change a verdict.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use tidemark_connectors::decode::COL_PARTITION;
 use tidemark_connectors::parquet_file::{parsed_stats_bounds, stats_timestamp_micros};
 
 use crate::config::EventTimeUnit;
-use crate::dedup::{DedupState, FxHasher};
+use crate::dedup::{key_hash, DedupState, FxHasher};
 use crate::dedup_key::DedupKey;
 
 /// One Kafka partition of the pipeline, by topic and number.
@@ -322,10 +322,6 @@ pub fn file_may_hold(stats: &str, numbers: &[i32], floor: Option<i64>, time: &Ti
         Some(EventTimeUnit::Micros) => max.as_i64(),
     };
     max_micros.is_none_or(|m| m >= floor)
-}
-
-fn key_hash(key: &[u8]) -> u64 {
-    BuildHasherDefault::<FxHasher>::default().hash_one(key)
 }
 
 fn partition_hash(topic: &str, partition: i32) -> u64 {
