@@ -20,6 +20,9 @@
 //! bytes 24..32 the event time (i64 LE)
 //! ```
 //!
+//! The slots are one allocation on transparent huge pages where the kernel gives them
+//! ([`slots`]): a check's random read then rarely misses the TLB.
+//!
 //! Keys longer than [`INLINE_MAX`] bytes (a UUID as a string, say) live in `long`, and a probe
 //! compares their full hash before touching them.
 //!
@@ -31,6 +34,10 @@
 //! half); a probe that would run past the last slot grows the table first, or, at a load under
 //! one half (keys whose hashes collide in their top bits), lengthens the overflow area instead:
 //! growing never separates a full 64-bit collision, and memory stays proportional to the keys.
+
+mod slots;
+
+use slots::Slots;
 
 /// Longest key stored in its slot.
 const INLINE_MAX: usize = 23;
@@ -69,7 +76,7 @@ const MAX_LOAD_DEN: usize = 4;
 
 /// A map from key bytes to event time: see the module documentation.
 pub struct KeyTable {
-    slots: Vec<Slot>,
+    slots: Slots,
     /// Slots a key's home can be: `slots` also holds the overflow area after them.
     homes: usize,
     len: usize,
@@ -150,7 +157,7 @@ impl KeyTable {
     fn with_homes(homes: usize) -> Self {
         let homes = homes.max(MIN_HOMES);
         Self {
-            slots: vec![Slot::EMPTY; homes + OVERFLOW],
+            slots: Slots::zeroed(homes + OVERFLOW),
             homes,
             len: 0,
             long: Vec::new(),
@@ -293,7 +300,7 @@ impl KeyTable {
     fn make_room_at_the_end(&mut self) {
         if self.len * 2 < self.homes {
             let more = self.slots.len() - self.homes;
-            self.slots.resize(self.slots.len() + more, Slot::EMPTY);
+            self.slots = self.slots.extended(self.slots.len() + more);
         } else {
             self.grow();
         }
