@@ -139,7 +139,9 @@ pub enum StartCase {
         epoch: u64,
     },
     /// `SEAL(c+1)` and the table holds `c+1`: the commit landed, the checkpoint did not.
-    /// Replay the epoch's records through dedup and write checkpoint `epoch`; do not commit.
+    /// Write checkpoint `epoch` with the counts of the epoch's commit and (with dedup) the state
+    /// delta its WAL logged before the seal; replay its records through dedup instead only when
+    /// either is missing (or for a worker of a shared pipeline). Do not commit.
     WriteMissingCheckpoint {
         /// `c+1`.
         epoch: u64,

@@ -17,8 +17,10 @@ use tidemark_checkpoint::{
     WalOptions, WalPosition,
 };
 use tidemark_connectors::decode::{COL_PARTITION, COL_TOPIC};
-use tidemark_connectors::delta::{DeltaSink, DeltaSinkError, SweepReport, TableProgress};
-use tidemark_connectors::{Epoch, Positions, TableVersion};
+use tidemark_connectors::delta::{
+    DeltaSink, DeltaSinkError, EpochCommitInfo, SweepReport, TableProgress,
+};
+use tidemark_connectors::{Epoch, Positions};
 use tidemark_fs::SharedFs;
 use tracing::{error, info, warn};
 
@@ -535,14 +537,13 @@ pub async fn recover(
         | StartCase::ResumeEpoch { .. }
         | StartCase::RedoEpoch { .. }
         | StartCase::WriteMissingCheckpoint { .. } => {
-            let version_now = progress.as_ref().map(|p| p.table_version);
             from_checkpoint(
                 committer,
                 processor,
                 latest,
                 decision,
                 replay,
-                version_now,
+                progress.as_ref(),
                 outcome,
             )
             .await
@@ -808,7 +809,7 @@ async fn from_checkpoint(
     c: Option<CheckpointRecord>,
     decision: StartCase,
     replay: AfterCheckpoint,
-    table_version_now: Option<TableVersion>,
+    landed: Option<&TableProgress>,
     mut outcome: RecoveryOutcome,
 ) -> Result<(Committer, OpenEpoch, RecoveryOutcome), RecoveryError> {
     let (c_epoch, c_t, positions) = match &c {
@@ -931,9 +932,43 @@ async fn from_checkpoint(
             ))
         }
         StartCase::WriteMissingCheckpoint { epoch } => {
+            let table_version_now = landed.map(|p| p.table_version);
+            let seal = checked_seal(processor, seal, &records, epoch)?;
+            let mut logged_delta = logged_delta;
+            if let Some((info, delta)) = landed_without_replay(
+                &mut committer,
+                &seal,
+                landed.map(|p| &p.info),
+                &mut logged_delta,
+                epoch,
+            ) {
+                // The state and counts the replay would rebuild, from the WAL's logged delta
+                // and the epoch's commit (see `landed_without_replay`).
+                if let (Some(d), Some(delta)) = (committer.dedup_mut(), delta.as_ref()) {
+                    d.state.load_changelog(delta);
+                    d.state.advance(seal.watermark);
+                }
+                outcome.replayed_records = 0;
+                info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, logged_keys = delta.as_ref().map(|d| d.len()), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch} from its commit's counts and the state delta its WAL logged (no replay)");
+                committer.note_landed(epoch, table_version_now);
+                committer.add_committed(info);
+                committer.checkpoint(epoch, &seal.end_positions, delta)?;
+                outcome.next_epoch = epoch + 1;
+                return Ok((
+                    committer,
+                    OpenEpoch::new(epoch + 1, seal.end_positions),
+                    outcome,
+                ));
+            }
             // Replay rebuilds the epoch's counts (and, with dedup, its state); nothing to write.
-            let (seal, open) =
-                replay_sealed(&mut committer, processor, seal, &records, epoch, false)?;
+            let (seal, open) = replay_sealed(
+                &mut committer,
+                processor,
+                Some(seal),
+                &records,
+                epoch,
+                false,
+            )?;
             info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch}");
             committer.note_landed(epoch, table_version_now);
             committer.add_totals(&open);
@@ -969,6 +1004,30 @@ fn replay_sealed(
     epoch: u64,
     encode: bool,
 ) -> Result<(SealInfo, OpenEpoch), RecoveryError> {
+    let seal = checked_seal(processor, seal, records, epoch)?;
+    let open = replayed_epoch(
+        committer,
+        processor,
+        epoch,
+        seal.start_positions.clone(),
+        records,
+        encode,
+    )?;
+    if let Some(d) = committer.dedup_mut() {
+        d.state.advance(seal.watermark);
+    }
+    Ok((seal, open))
+}
+
+/// `SEAL(epoch)` as the scan found it, checked against the WAL's `records` of the epoch (as
+/// many as it counts) and the current settings (a redo under other settings would write
+/// another epoch: refused).
+fn checked_seal(
+    processor: &RecordProcessor,
+    seal: Option<SealInfo>,
+    records: &Replay,
+    epoch: u64,
+) -> Result<SealInfo, RecoveryError> {
     let state_error = |message: String| RecoveryError::State {
         path: PathBuf::from("wal"),
         message,
@@ -991,18 +1050,32 @@ fn replay_sealed(
             });
         }
     }
-    let open = replayed_epoch(
-        committer,
-        processor,
-        epoch,
-        seal.start_positions.clone(),
-        records,
-        encode,
-    )?;
-    if let Some(d) = committer.dedup_mut() {
-        d.state.advance(seal.watermark);
+    Ok(seal)
+}
+
+/// What a checkpoint of `epoch`, sealed and found landed in the table, needs without replaying
+/// its records: the epoch's counts from its commit in the table (`landed`, when it is that
+/// epoch's and counts as many records as the seal), and with dedup the state delta its WAL
+/// logged before the seal (whole, as the changelog's deltas are). `None` when either is
+/// missing, or for a worker of a shared pipeline (its replay also rebuilds which partition
+/// accepted each key): the records are replayed then, as before.
+///
+/// Why: the replay decoded and checked every record of the epoch again only to rebuild those
+/// two, ~0.27 s for a 200 ms epoch of 90k records and ~0.5 s for a 1 s epoch of 330k at a
+/// restart with dedup (from the restarts' logs).
+fn landed_without_replay<'a>(
+    committer: &mut Committer,
+    seal: &SealInfo,
+    landed: Option<&'a EpochCommitInfo>,
+    logged_delta: &mut Option<PackedKeys>,
+    epoch: u64,
+) -> Option<(&'a EpochCommitInfo, Option<PackedKeys>)> {
+    let info = landed.filter(|i| i.epoch.get() == epoch && i.records_read == seal.records)?;
+    match committer.dedup_mut() {
+        None => Some((info, None)),
+        Some(d) if d.partitions.is_some() => None,
+        Some(_) => Some((info, Some(logged_delta.take()?))),
     }
-    Ok((seal, open))
 }
 
 /// Epoch `epoch` from `start`, with the WAL's `records` replayed into it as they were processed

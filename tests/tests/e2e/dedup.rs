@@ -622,6 +622,45 @@ async fn a_missing_checkpoint_written_through_the_changelog_survives_a_kill_at_e
     .await;
 }
 
+/// A landed epoch's checkpoint written at a restart without replaying its records (from its
+/// commit's counts and the delta its WAL logged): the run that goes on holds the epoch's keys,
+/// so the retries of its records later in the stream are dropped, and its totals are exact.
+/// The restart's state writer syncs at its own pace, so the keys must be in memory, not only
+/// in the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_landed_epoch_checkpointed_without_replay_keeps_its_keys_for_the_run_that_follows() {
+    let Some(brokers) = broker() else { return };
+    const N: u64 = 4_000;
+    let extra = "[checkpoint]\ninterval_ms = 200\nmax_records = 400\nwal_segment_bytes = 8192\n\
+                 [dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 600000\n";
+    let (_, fixture, _) = super::topic_of_values_and_fixture(
+        &brokers,
+        "landed-no-replay",
+        3,
+        N,
+        retried_order_json,
+        extra,
+    )
+    .await;
+    let crashed = fixture.run_to_end(&[
+        (tidemark_engine::fault::ENV, "after_delta_commit@3"),
+        (SYNC_NOW.0, SYNC_NOW.1),
+    ]);
+    assert_eq!(
+        crashed.status.signal(),
+        Some(libc::SIGKILL),
+        "no crash after epoch 3's commit: {}",
+        stderr_of(&crashed)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+    assert_eq!(json["next_case"], "write_missing_checkpoint", "{json}");
+    let (s, _) = restart_with_dedup_exact(&fixture, N, &json, "after_delta_commit@3");
+    assert_eq!(
+        s["recovery"]["replayed_records"], 0,
+        "the landed epoch was replayed: {s}"
+    );
+}
+
 /// Kills a run at `first_kill` (leaving epoch 3 for the restart's case `case`), then kills the
 /// restart right after its checkpoint record (asserting the state lags it), after the state
 /// writer's first write, or after its first sync; each next start must be exact.
@@ -676,11 +715,30 @@ async fn changelog_checkpoint_at_restart_survives_kills(
             json["checkpoint"]["epoch"].as_u64().unwrap(),
             json["wal"]["state_epoch"].as_u64().unwrap(),
         );
+        if case == "write_missing_checkpoint" {
+            // The landed epoch's checkpoint is written from its commit's counts and the delta
+            // its WAL logged, without replaying its records.
+            assert!(
+                stderr_of(&restarted).contains("(no replay)"),
+                "{restart_kill}: the landed epoch was replayed: {}",
+                stderr_of(&restarted)
+            );
+        }
         if restart_kill == "after_checkpoint@1" {
             assert_eq!(
                 c, 3,
                 "the restart's checkpoint of epoch 3 is its first: {json}"
             );
+            // Its totals are the table's: the counts of every commit so far.
+            let epochs = audit::replay_log(&fixture.table).unwrap().epochs;
+            let sum = |f: fn(&tidemark_connectors::delta::EpochCommitInfo) -> u64| -> u64 {
+                epochs.iter().map(|(_, info)| f(info)).sum()
+            };
+            let counts = &json["checkpoint"]["counts"];
+            assert_eq!(counts["read"], sum(|i| i.records_read), "{json}");
+            assert_eq!(counts["written"], sum(|i| i.rows_written), "{json}");
+            assert_eq!(counts["duplicates"], sum(|i| i.duplicates), "{json}");
+            assert_eq!(counts["late"], sum(|i| i.late), "{json}");
             assert!(
                 m < c,
                 "the restart's checkpoint must leave its delta to the changelog ({m} vs {c}): {json}"
