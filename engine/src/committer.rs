@@ -888,6 +888,7 @@ impl Committer {
             watermark,
             settings: open.settings.as_deref().cloned(),
             state_keys: None,
+            run_id: Some(self.sink.run_id()),
         };
         let mut wal_after_seal = None;
         if self.durable {

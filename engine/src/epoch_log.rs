@@ -64,6 +64,7 @@ use serde::{Deserialize, Serialize};
 use tidemark_checkpoint::store::{PackedKeys, SourcePosition};
 use tidemark_checkpoint::wal::format::MAX_PAYLOAD;
 use tidemark_checkpoint::wal::FrameKind;
+use tidemark_connectors::delta::RunId;
 use tidemark_connectors::{Positions, SourceRecord};
 
 /// Version byte of the record payload this build writes for a whole record.
@@ -488,6 +489,12 @@ pub struct SealInfo {
     /// checkpoints on); absent when none were logged (dedup off, or an older build).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_keys: Option<u64>,
+    /// The run (the Delta sink's run id) that sealed the epoch and logged its state delta. A
+    /// start that finds the epoch in the table trusts that delta instead of replaying the
+    /// epoch only when this run's commit is the one there (a redo by a later run, whose keys
+    /// are its own replay's, is replayed again). Absent in seals of older builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<RunId>,
 }
 
 impl SealInfo {
@@ -694,10 +701,11 @@ mod tests {
             offsets in proptest::collection::vec((0i32..8, 0i64..1_000_000), 0..8),
             n in any::<u64>(),
             settings in proptest::option::of(proptest::collection::btree_map("[a-z._]{1,12}", ".{0,12}", 0..5)),
+            with_run in any::<bool>(),
         ) {
             let mut end = Positions::new();
             for (p, o) in offsets { end.set("t", p, o); }
-            let s = SealInfo { start_positions: Positions::new(), end_positions: end, records: n, watermark: Some(n as i64), settings, state_keys: Some(n) };
+            let s = SealInfo { start_positions: Positions::new(), end_positions: end, records: n, watermark: Some(n as i64), settings, state_keys: Some(n), run_id: with_run.then(RunId::generate) };
             prop_assert_eq!(SealInfo::decode(&s.encode()).unwrap(), s);
         }
     }
@@ -708,6 +716,7 @@ mod tests {
             br#"{"start_positions":{},"end_positions":{"t":{"0":5}},"records":5,"watermark":null}"#;
         let seal = SealInfo::decode(old).unwrap();
         assert_eq!(seal.settings, None);
+        assert_eq!(seal.run_id, None);
         assert_eq!(seal.records, 5);
     }
 

@@ -140,8 +140,8 @@ pub enum StartCase {
     },
     /// `SEAL(c+1)` and the table holds `c+1`: the commit landed, the checkpoint did not.
     /// Write checkpoint `epoch` with the counts of the epoch's commit and (with dedup) the state
-    /// delta its WAL logged before the seal; replay its records through dedup instead only when
-    /// either is missing (or for a worker of a shared pipeline). Do not commit.
+    /// delta its WAL logged before the seal, when the commit is the sealing run's own; else
+    /// replay the epoch's records through dedup to rebuild both. Do not commit.
     WriteMissingCheckpoint {
         /// `c+1`.
         epoch: u64,

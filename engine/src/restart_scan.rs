@@ -313,6 +313,7 @@ mod tests {
             watermark: Some(epoch as i64),
             settings: None,
             state_keys: Some(n),
+            run_id: None,
         };
         wal.seal(epoch, &seal.encode()).unwrap()
     }

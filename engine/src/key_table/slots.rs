@@ -10,9 +10,10 @@
 //! An array of at least [`HUGE_PAGE`] bytes is allocated aligned to a huge page, with its
 //! size rounded up to whole huge pages, and advised `MADV_HUGEPAGE` before it is zeroed, so
 //! the zeroing faults it in as huge pages (with the system's THP setting `madvise` or
-//! `always`; with `never` the advice is refused and the array is ordinary memory). A smaller
-//! array is an ordinary zeroed allocation. Either way the contents are the same: every slot
-//! all zero bytes ([`Slot::EMPTY`]) until written.
+//! `always`; with `never`, on a kernel without THP, or off Linux the array is ordinary
+//! memory). A smaller array is an ordinary zeroed allocation. Either way the contents are the
+//! same: every slot all zero bytes ([`Slot::EMPTY`]) until written. The padding up to a whole
+//! huge page (under 2 MB) is zeroed too, so it counts in the resident size.
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
@@ -84,8 +85,10 @@ impl Slots {
     }
 }
 
-/// Asks the kernel to back `len` bytes at `at` with huge pages. A hint: a kernel that
-/// refuses (THP off, or not built in) leaves ordinary pages, which work the same, slower.
+/// Asks the kernel to back `len` bytes at `at` with huge pages. A hint: a kernel that does
+/// not give them (THP `never`, or not built in) leaves ordinary pages, which work the same,
+/// slower.
+#[cfg(target_os = "linux")]
 fn advise_huge_pages(at: *mut u8, len: usize) {
     // SAFETY: `at..at + len` is one allocation of ours, aligned to a page; `madvise` with
     // `MADV_HUGEPAGE` changes how it is backed, never its contents or validity.
@@ -98,6 +101,10 @@ fn advise_huge_pages(at: *mut u8, len: usize) {
         );
     }
 }
+
+/// Off Linux there is no `MADV_HUGEPAGE`: ordinary pages.
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_at: *mut u8, _len: usize) {}
 
 impl Default for Slots {
     fn default() -> Self {

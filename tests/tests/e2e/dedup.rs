@@ -678,6 +678,7 @@ async fn changelog_checkpoint_at_restart_survives_kills(
         "after_checkpoint@1",
         "after_state_write@1",
         "after_state_sync@1",
+        "after_delta_commit@1",
     ] {
         let (_, fixture, _) = super::topic_of_values_and_fixture(
             brokers,
@@ -739,12 +740,40 @@ async fn changelog_checkpoint_at_restart_survives_kills(
             assert_eq!(counts["written"], sum(|i| i.rows_written), "{json}");
             assert_eq!(counts["duplicates"], sum(|i| i.duplicates), "{json}");
             assert_eq!(counts["late"], sum(|i| i.late), "{json}");
+            assert_eq!(
+                counts["dead_lettered"],
+                sum(|i| i.dead_lettered + i.records_skipped),
+                "{json}"
+            );
+            // And its watermark is the one epoch 3 was committed under.
+            let (_, third) = epochs.iter().find(|(_, i)| i.epoch.get() == 3).unwrap();
+            assert_eq!(
+                json["checkpoint"]["watermark"],
+                serde_json::json!(third.watermark),
+                "{json}"
+            );
             assert!(
                 m < c,
                 "the restart's checkpoint must leave its delta to the changelog ({m} vs {c}): {json}"
             );
         }
         let (s, case) = restart_with_dedup_exact(&fixture, N, &json, restart_kill);
+        if restart_kill == "after_delta_commit@1" {
+            // The restart's own first commit landed and its checkpoint did not. After a redo,
+            // that commit is the redo's (another run than the one that sealed and logged the
+            // delta): the epoch is replayed. After a landed epoch, the restart's next epoch is
+            // sealed and committed by one run: its logged delta is trusted, nothing replayed.
+            assert_eq!(case, "write_missing_checkpoint", "{s}");
+            let replayed = s["recovery"]["replayed_records"].as_u64().unwrap();
+            if name == "redo" {
+                assert!(
+                    replayed > 0,
+                    "the redo's commit was taken for the sealing run's: {s}"
+                );
+            } else {
+                assert_eq!(replayed, 0, "{s}");
+            }
+        }
         report.push(format!(
             "{restart_kill}: case {case}, state epoch {m} behind checkpoint {c}, {} keys loaded",
             s["recovery"]["dedup_keys_loaded"]
