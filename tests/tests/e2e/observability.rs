@@ -299,6 +299,14 @@ async fn readyz_fails_while_a_delta_commit_hangs_and_recovers_after() {
             std::thread::sleep(Duration::from_millis(200));
         }
     });
+    // Watched from the second commit on (the third hangs): before the first, a slow connect
+    // to the broker can already outlast the 2 s threshold, which counts from the start.
+    let second = fixture.table.join("_delta_log/00000000000000000002.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !second.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(second.exists(), "no second commit within 60 s");
     // ready -> not ready (commit stalled) -> ready
     let mut seen: Vec<(u16, String)> = Vec::new();
     let mut check_while_stalled = None;
@@ -330,7 +338,7 @@ async fn readyz_fails_while_a_delta_commit_hangs_and_recovers_after() {
         codes.windows(3).any(|w| w == [200, 503, 200]),
         "readyz went {seen:?}; log:\n{log}"
     );
-    // Before recovery ended it said so; after it was ready, the stall is what made it unready.
+    // Once it was ready, the stall is what made it unready.
     let ready_at = seen.iter().position(|s| s.0 == 200).unwrap();
     let stalled = seen[ready_at..].iter().find(|s| s.0 == 503).unwrap();
     assert!(stalled.1.contains("commit stalled"), "{seen:?}");
