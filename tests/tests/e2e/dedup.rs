@@ -430,6 +430,55 @@ fn retried_order_json(i: u64) -> Vec<u8> {
     format!(r#"{{"id":"{id}","n":{i},"note":"record {i}"}}"#).into_bytes()
 }
 
+/// The state-crash tests' config: epochs of 400 records or 200 ms, small WAL segments (so
+/// truncation deletes some), dedup on the id with a 10-minute lateness (nothing evicted).
+const STATE_CRASH_CONFIG: &str =
+    "[checkpoint]\ninterval_ms = 200\nmax_records = 400\nwal_segment_bytes = 8192\n\
+     [dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 600000\n";
+
+/// A fixture of `n` records of the retry stream ([`retried_order`]) on a topic named after
+/// `name`, run with [`STATE_CRASH_CONFIG`] until SIGKILLed at crash point `kill` (the state
+/// writer syncing after every delta); returns it with its `tidemark status --json`.
+async fn killed_at(
+    brokers: &str,
+    name: &str,
+    n: u64,
+    kill: &str,
+) -> (super::Fixture, serde_json::Value) {
+    let (_, fixture, _) = super::topic_of_values_and_fixture(
+        brokers,
+        name,
+        3,
+        n,
+        retried_order_json,
+        STATE_CRASH_CONFIG,
+    )
+    .await;
+    let (_, json) = run_until_killed(&fixture, name, kill);
+    (fixture, json)
+}
+
+/// Runs `fixture` (the state writer syncing after every delta) until SIGKILLed at crash point
+/// `kill`, and returns the run's output with `tidemark status --json` after it.
+fn run_until_killed(
+    fixture: &super::Fixture,
+    what: &str,
+    kill: &str,
+) -> (std::process::Output, serde_json::Value) {
+    let out = fixture.run_to_end(&[
+        (tidemark_engine::fault::ENV, kill),
+        (SYNC_NOW.0, SYNC_NOW.1),
+    ]);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGKILL),
+        "{what}: no crash at {kill}: {}",
+        stderr_of(&out)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+    (out, json)
+}
+
 /// Restarts `fixture` after a kill whose `tidemark status --json` was `status`: the run must
 /// succeed in the case status foresaw, never `state_changelog_lost` (the WAL still holds the
 /// changelog), with dedup exact over the `n` records. Returns the run's summary and its case.
@@ -511,8 +560,6 @@ fn assert_dedup_exact(fixture: &super::Fixture, n: u64, totals: &serde_json::Val
 async fn state_changelog_crashes_keep_dedup_exact() {
     let Some(brokers) = broker() else { return };
     const N: u64 = 4_000;
-    let extra = "[checkpoint]\ninterval_ms = 200\nmax_records = 400\nwal_segment_bytes = 8192\n\
-                 [dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 600000\n";
     let points = [
         "after_state_write@2",
         "after_state_write@5",
@@ -523,26 +570,7 @@ async fn state_changelog_crashes_keep_dedup_exact() {
     ];
     let mut report = Vec::new();
     for spec in points {
-        let (_, fixture, _) = super::topic_of_values_and_fixture(
-            &brokers,
-            &spec.replace(['@', '_'], "-"),
-            3,
-            N,
-            retried_order_json,
-            extra,
-        )
-        .await;
-        let crashed = fixture.run_to_end(&[
-            (tidemark_engine::fault::ENV, spec),
-            (SYNC_NOW.0, SYNC_NOW.1),
-        ]);
-        assert_eq!(
-            crashed.status.signal(),
-            Some(libc::SIGKILL),
-            "{spec}: no crash: {}",
-            stderr_of(&crashed)
-        );
-        let json: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+        let (fixture, json) = killed_at(&brokers, &spec.replace(['@', '_'], "-"), N, spec).await;
         let (s, case) = restart_with_dedup_exact(&fixture, N, &json, spec);
         report.push(format!(
             "{spec}: case {case}, state epoch {} behind checkpoint {}, {} keys loaded",
@@ -553,26 +581,7 @@ async fn state_changelog_crashes_keep_dedup_exact() {
     }
 
     // The changelog lost: kill between a state write and its sync, then delete the WAL.
-    let (_, fixture, _) = super::topic_of_values_and_fixture(
-        &brokers,
-        "changelog-lost",
-        3,
-        N,
-        retried_order_json,
-        extra,
-    )
-    .await;
-    let crashed = fixture.run_to_end(&[
-        (tidemark_engine::fault::ENV, "after_state_write@4"),
-        (SYNC_NOW.0, SYNC_NOW.1),
-    ]);
-    assert_eq!(
-        crashed.status.signal(),
-        Some(libc::SIGKILL),
-        "{}",
-        stderr_of(&crashed)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+    let (fixture, json) = killed_at(&brokers, "changelog-lost", N, "after_state_write@4").await;
     let (c, m) = (
         json["checkpoint"]["epoch"].as_u64().unwrap(),
         json["wal"]["state_epoch"].as_u64().unwrap(),
@@ -631,28 +640,7 @@ async fn a_missing_checkpoint_written_through_the_changelog_survives_a_kill_at_e
 async fn a_landed_epoch_checkpointed_without_replay_keeps_its_keys_for_the_run_that_follows() {
     let Some(brokers) = broker() else { return };
     const N: u64 = 4_000;
-    let extra = "[checkpoint]\ninterval_ms = 200\nmax_records = 400\nwal_segment_bytes = 8192\n\
-                 [dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 600000\n";
-    let (_, fixture, _) = super::topic_of_values_and_fixture(
-        &brokers,
-        "landed-no-replay",
-        3,
-        N,
-        retried_order_json,
-        extra,
-    )
-    .await;
-    let crashed = fixture.run_to_end(&[
-        (tidemark_engine::fault::ENV, "after_delta_commit@3"),
-        (SYNC_NOW.0, SYNC_NOW.1),
-    ]);
-    assert_eq!(
-        crashed.status.signal(),
-        Some(libc::SIGKILL),
-        "no crash after epoch 3's commit: {}",
-        stderr_of(&crashed)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+    let (fixture, json) = killed_at(&brokers, "landed-no-replay", N, "after_delta_commit@3").await;
     assert_eq!(json["next_case"], "write_missing_checkpoint", "{json}");
     let (s, _) = restart_with_dedup_exact(&fixture, N, &json, "after_delta_commit@3");
     assert_eq!(
@@ -671,8 +659,6 @@ async fn changelog_checkpoint_at_restart_survives_kills(
     case: &str,
 ) {
     const N: u64 = 4_000;
-    let extra = "[checkpoint]\ninterval_ms = 200\nmax_records = 400\nwal_segment_bytes = 8192\n\
-                 [dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 600000\n";
     let mut report = Vec::new();
     for restart_kill in [
         "after_checkpoint@1",
@@ -680,38 +666,10 @@ async fn changelog_checkpoint_at_restart_survives_kills(
         "after_state_sync@1",
         "after_delta_commit@1",
     ] {
-        let (_, fixture, _) = super::topic_of_values_and_fixture(
-            brokers,
-            &format!("{name}-{}", restart_kill.replace(['@', '_'], "-")),
-            3,
-            N,
-            retried_order_json,
-            extra,
-        )
-        .await;
-        let crashed = fixture.run_to_end(&[
-            (tidemark_engine::fault::ENV, first_kill),
-            (SYNC_NOW.0, SYNC_NOW.1),
-        ]);
-        assert_eq!(
-            crashed.status.signal(),
-            Some(libc::SIGKILL),
-            "no crash at {first_kill}: {}",
-            stderr_of(&crashed)
-        );
-        let json: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+        let topic = format!("{name}-{}", restart_kill.replace(['@', '_'], "-"));
+        let (fixture, json) = killed_at(brokers, &topic, N, first_kill).await;
         assert_eq!(json["next_case"], case, "{json}");
-        let restarted = fixture.run_to_end(&[
-            (tidemark_engine::fault::ENV, restart_kill),
-            (SYNC_NOW.0, SYNC_NOW.1),
-        ]);
-        assert_eq!(
-            restarted.status.signal(),
-            Some(libc::SIGKILL),
-            "{restart_kill}: the restart was not killed: {}",
-            stderr_of(&restarted)
-        );
-        let json: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+        let (restarted, json) = run_until_killed(&fixture, "the restart", restart_kill);
         let (c, m) = (
             json["checkpoint"]["epoch"].as_u64().unwrap(),
             json["wal"]["state_epoch"].as_u64().unwrap(),
