@@ -907,8 +907,8 @@ async fn from_checkpoint(
             Ok((committer, OpenEpoch::new(epoch + 1, end), outcome))
         }
         StartCase::RedoEpoch { epoch } => {
-            let (seal, mut open) =
-                replay_sealed(&mut committer, processor, seal, &records, epoch, true)?;
+            let seal = checked_seal(processor, seal, &records, epoch)?;
+            let mut open = replay_sealed(&mut committer, processor, &seal, &records, epoch, true)?;
             open.finish_encoding()?;
             info!(
                 checkpoint = c_epoch,
@@ -932,50 +932,41 @@ async fn from_checkpoint(
             ))
         }
         StartCase::WriteMissingCheckpoint { epoch } => {
-            let table_version_now = landed.map(|p| p.table_version);
             let seal = checked_seal(processor, seal, &records, epoch)?;
-            let mut logged_delta = logged_delta;
-            if let Some((info, delta)) = landed_without_replay(
-                &mut committer,
+            let dedup = committer.dedup_mut().is_some();
+            let delta = match trusted_landed_commit(
                 &seal,
                 landed.map(|p| &p.info),
-                &mut logged_delta,
+                dedup,
+                logged_delta.as_ref(),
                 epoch,
             ) {
-                // The state and counts the replay would rebuild, from the WAL's logged delta
-                // and the epoch's commit (see `landed_without_replay`).
-                if let (Some(d), Some(delta)) = (committer.dedup_mut(), delta.as_ref()) {
-                    d.state.load_changelog(delta);
-                    d.state.advance(seal.watermark);
+                Some(info) => {
+                    // The counts and keys a replay would rebuild, from the epoch's commit and
+                    // the delta its WAL logged (see `trusted_landed_commit`).
+                    if let (Some(d), Some(delta)) = (committer.dedup_mut(), logged_delta.as_ref()) {
+                        d.state.load_changelog(delta);
+                        d.state.advance(seal.watermark);
+                    }
+                    outcome.replayed_records = 0;
+                    info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, logged_keys = logged_delta.as_ref().map(|d| d.len()), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch} from its commit's counts and the state delta its WAL logged (no replay)");
+                    committer.add_committed(info);
+                    logged_delta
                 }
-                outcome.replayed_records = 0;
-                info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, logged_keys = delta.as_ref().map(|d| d.len()), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch} from its commit's counts and the state delta its WAL logged (no replay)");
-                committer.note_landed(epoch, table_version_now);
-                committer.add_committed(info);
-                committer.checkpoint(epoch, &seal.end_positions, delta)?;
-                outcome.next_epoch = epoch + 1;
-                return Ok((
-                    committer,
-                    OpenEpoch::new(epoch + 1, seal.end_positions),
-                    outcome,
-                ));
-            }
-            // Replay rebuilds the epoch's counts (and, with dedup, its state); nothing to write.
-            let (seal, open) = replay_sealed(
-                &mut committer,
-                processor,
-                Some(seal),
-                &records,
-                epoch,
-                false,
-            )?;
-            info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch}");
-            committer.note_landed(epoch, table_version_now);
-            committer.add_totals(&open);
-            // As a redo: when the replay added exactly the delta the WAL logged before the
-            // seal, the record alone is synced and the delta goes to the state writer (before,
-            // this start synced the whole resumed changelog first: ~0.7 s with ~1M keys).
-            let delta = redo_delta(&mut committer, logged_delta, epoch);
+                None => {
+                    // Replay rebuilds the epoch's counts (and, with dedup, its state).
+                    let open =
+                        replay_sealed(&mut committer, processor, &seal, &records, epoch, false)?;
+                    info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, replayed = records.len(), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch}");
+                    committer.add_totals(&open);
+                    // As a redo: when the replay added exactly the delta the WAL logged before
+                    // the seal, the record alone is synced and the delta goes to the state
+                    // writer (before, this start synced the whole resumed changelog first:
+                    // ~0.7 s with ~1M keys).
+                    redo_delta(&mut committer, logged_delta, epoch)
+                }
+            };
+            committer.note_landed(epoch, landed.map(|p| p.table_version));
             committer.checkpoint(epoch, &seal.end_positions, delta)?;
             outcome.next_epoch = epoch + 1;
             Ok((
@@ -999,12 +990,11 @@ async fn from_checkpoint(
 fn replay_sealed(
     committer: &mut Committer,
     processor: &RecordProcessor,
-    seal: Option<SealInfo>,
+    seal: &SealInfo,
     records: &Replay,
     epoch: u64,
     encode: bool,
-) -> Result<(SealInfo, OpenEpoch), RecoveryError> {
-    let seal = checked_seal(processor, seal, records, epoch)?;
+) -> Result<OpenEpoch, RecoveryError> {
     let open = replayed_epoch(
         committer,
         processor,
@@ -1016,7 +1006,7 @@ fn replay_sealed(
     if let Some(d) = committer.dedup_mut() {
         d.state.advance(seal.watermark);
     }
-    Ok((seal, open))
+    Ok(open)
 }
 
 /// `SEAL(epoch)` as the scan found it, checked against the WAL's `records` of the epoch (as
@@ -1053,28 +1043,28 @@ fn checked_seal(
     Ok(seal)
 }
 
-/// What a checkpoint of `epoch`, sealed and found landed in the table, needs without replaying
-/// its records: the epoch's counts from its commit in the table (`landed`), and with dedup the
-/// state delta its WAL logged before the seal (whole, as the changelog's deltas are). Both are
-/// taken only when they describe the same epoch as the seal: the commit is the epoch's, made
-/// by the run that sealed it and logged the delta (not a redo by a later run, whose keys are
-/// its own replay's), with the seal's positions, record count and watermark, and the delta
-/// holds no more keys than the commit wrote rows. Otherwise `None`: the records are replayed,
-/// as before. (A worker of a shared pipeline never gets here: it starts from the table.)
+/// The commit of `epoch`, sealed and found landed in the table, when a checkpoint of it may be
+/// written without replaying its records: from the commit's counts and (with `dedup`) the
+/// state delta its WAL logged before the seal (whole, as the changelog's deltas are). Only when
+/// they describe the same epoch as the seal: the commit is the epoch's, made by the run that
+/// sealed it and logged the delta (not a redo by a later run, whose keys are its own
+/// replay's), with the seal's positions, record count and watermark, and the delta holds no
+/// more keys than the commit wrote rows. Otherwise `None`: the records are replayed, as
+/// before. (A worker of a shared pipeline never gets here: it starts from the table.)
 ///
 /// Why: the replay decoded and checked every record of the epoch again only to rebuild those
 /// two, ~0.26 s for a 200 ms epoch of 90k records and ~0.5 s for a 1 s epoch of 330k at a
 /// restart with dedup (from the restarts' logs). What the replay also did and this does not:
 /// feed the epoch's event times to the watermark tracker, which a restart builds afresh, so the
 /// next watermark waits for each partition's next record (as after any checkpointed start).
-fn landed_without_replay<'a>(
-    committer: &mut Committer,
+fn trusted_landed_commit<'a>(
     seal: &SealInfo,
     landed: Option<&'a EpochCommitInfo>,
-    logged_delta: &mut Option<PackedKeys>,
+    dedup: bool,
+    logged_delta: Option<&PackedKeys>,
     epoch: u64,
-) -> Option<(&'a EpochCommitInfo, Option<PackedKeys>)> {
-    let info = landed.filter(|i| {
+) -> Option<&'a EpochCommitInfo> {
+    landed.filter(|i| {
         i.epoch.get() == epoch
             && seal.run_id.is_some()
             && i.run_id == seal.run_id
@@ -1082,17 +1072,8 @@ fn landed_without_replay<'a>(
             && i.start_positions == seal.start_positions
             && i.end_positions == seal.end_positions
             && i.watermark == seal.watermark
-    })?;
-    if committer.dedup_mut().is_none() {
-        return Some((info, None));
-    }
-    if logged_delta
-        .as_ref()
-        .is_none_or(|d| d.len() as u64 > info.rows_written)
-    {
-        return None;
-    }
-    Some((info, logged_delta.take()))
+            && (!dedup || logged_delta.is_some_and(|d| d.len() as u64 <= i.rows_written))
+    })
 }
 
 /// Epoch `epoch` from `start`, with the WAL's `records` replayed into it as they were processed
