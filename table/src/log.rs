@@ -398,6 +398,35 @@ impl LogListing {
         Ok(ReplayFrom::Checkpoint(cp, parts))
     }
 
+    /// Where the longest replay that reaches the newest version starts (a vacuum wants every
+    /// version it can still see): `Ok(None)` from commit 0 when every commit is there, else
+    /// `Ok(Some(cp))`, the oldest complete checkpoint followed by an unbroken run of commits up
+    /// to the newest version. `Err(v)`: no such start; version `v` is missing (a gap after
+    /// every checkpoint, e.g. a log cleanup deleting files in listing order, not version
+    /// order, seen half done). An empty log starts from 0.
+    ///
+    /// Not the oldest commit present: a gap above it (which a cleanup in progress leaves) would
+    /// make the replay read a commit that is gone.
+    pub fn oldest_replay_start(&self) -> Result<Option<u64>, u64> {
+        let Some(newest) = self.newest_version() else {
+            return Ok(None);
+        };
+        // The oldest version from which every commit up to the newest version is present
+        // (`newest + 1` when the newest version is a checkpoint without its commit).
+        let mut first = newest + 1;
+        while self.commit(first - 1).is_some() {
+            first -= 1;
+            if first == 0 {
+                return Ok(None);
+            }
+        }
+        self.complete_checkpoints()
+            .map(|(v, _)| v)
+            .find(|v| v + 1 >= first && *v <= newest)
+            .map(Some)
+            .ok_or(first - 1)
+    }
+
     /// `_last_checkpoint`, if present.
     pub fn last_checkpoint(&self) -> Option<&LogFile> {
         self.last_checkpoint.as_ref()

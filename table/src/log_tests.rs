@@ -1,6 +1,7 @@
 use super::*;
 use proptest::prelude::*;
 use serde_json::json;
+use std::collections::BTreeSet;
 
 #[test]
 fn log_file_names_are_classified() {
@@ -313,6 +314,80 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         if let Err(e) = parse_commit("t", 1, &bytes) {
             prop_assert!(e.to_string().contains("00000000000000000001.json"));
+        }
+    }
+}
+
+fn listing_of(commits: &BTreeSet<u64>, checkpoints: &BTreeSet<u64>) -> LogListing {
+    let mut listing = LogListing::default();
+    let names = commits
+        .iter()
+        .map(|v| commit_file_name(*v).to_string())
+        .chain(
+            checkpoints
+                .iter()
+                .map(|v| format!("{v:020}.checkpoint.parquet")),
+        );
+    for name in names {
+        listing.insert(LogFile {
+            kind: classify(&name),
+            location: object_store::path::Path::from(format!("_delta_log/{name}")),
+            name,
+            size: 1,
+            last_modified_ms: 0,
+        });
+    }
+    listing
+}
+
+/// A cleanup seen half done (commits 0..=3 and 6 gone, 5 left over): the replay starts at the
+/// oldest checkpoint the unbroken commits after it continue, not at the oldest commit present.
+#[test]
+fn the_oldest_replay_start_skips_a_gap_a_cleanup_in_progress_leaves() {
+    let commits: BTreeSet<u64> = [4, 5, 7, 8, 9, 10].into();
+    let listing = listing_of(&commits, &[5, 6, 10].into());
+    assert_eq!(listing.oldest_replay_start(), Ok(Some(6)));
+    assert_eq!(
+        listing_of(&commits, &[5].into()).oldest_replay_start(),
+        Err(6)
+    );
+    assert_eq!(
+        listing_of(&(0..=10).collect(), &[5].into()).oldest_replay_start(),
+        Ok(None)
+    );
+    // The newest version a checkpoint whose commit is gone: that checkpoint alone.
+    assert_eq!(
+        listing_of(&[3].into(), &[3, 12].into()).oldest_replay_start(),
+        Ok(Some(12))
+    );
+    assert_eq!(LogListing::default().oldest_replay_start(), Ok(None));
+}
+
+proptest! {
+    /// Against every possible start, by brute force: the start found replays every version
+    /// from it to the newest one with the files present, and no older start does.
+    #[test]
+    fn the_oldest_replay_start_is_the_oldest_that_replays(
+        commits in proptest::collection::btree_set(0u64..24, 0..24),
+        checkpoints in proptest::collection::btree_set(0u64..24, 0..5),
+    ) {
+        let listing = listing_of(&commits, &checkpoints);
+        let Some(newest) = listing.newest_version() else {
+            prop_assert_eq!(listing.oldest_replay_start(), Ok(None));
+            return Ok(());
+        };
+        let unbroken = |from: u64| (from..=newest).all(|v| commits.contains(&v));
+        let expected = if unbroken(0) {
+            Ok(None)
+        } else {
+            checkpoints.iter().copied().find(|cp| unbroken(cp + 1)).map(Some).ok_or(())
+        };
+        match listing.oldest_replay_start() {
+            Err(missing) => {
+                prop_assert_eq!(expected, Err(()));
+                prop_assert!(!commits.contains(&missing) && missing <= newest);
+            }
+            found => prop_assert_eq!(found.map_err(|_| ()), expected),
         }
     }
 }

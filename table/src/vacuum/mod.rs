@@ -193,9 +193,10 @@ pub fn log_needs(
 /// checkpoint the later commits continue), and the files in flight: a pipeline's files named
 /// for an epoch above its txn version, and a compaction's files while it may still commit.
 ///
-/// A writer's log cleanup may delete old commits between the listing and their reads (they are
-/// covered by a newer checkpoint by then): a commit gone that way makes the facts be gathered
-/// again from a fresh listing (at most [`GATHER_ATTEMPTS`] times), never a failed vacuum.
+/// A writer's log cleanup may delete old commits and checkpoints between the listing and their
+/// reads (they are covered by a newer checkpoint by then), in any order: a file gone that way
+/// makes the facts be gathered again from a fresh listing, after a growing wait (at most
+/// [`GATHER_ATTEMPTS`] times), never a failed vacuum.
 pub async fn gather(
     location: &TableLocation,
     promises: &Promises,
@@ -216,10 +217,10 @@ pub async fn gather(
         )
         .await
         {
-            Err(VacuumError::Log(LogError::MissingVersion { version, .. }))
-                if attempt < GATHER_ATTEMPTS =>
-            {
-                tracing::info!(table = %location, version, attempt, "vacuum: a commit went (log cleanup) while the log was read; reading it again");
+            Err(VacuumError::Log(e)) if attempt < GATHER_ATTEMPTS && vanished(&e) => {
+                let wait = GATHER_BACKOFF * 2u32.pow(attempt - 1);
+                tracing::info!(table = %location, error = %e, attempt, wait_ms = wait.as_millis() as u64, "vacuum: a log file went (log cleanup) while the log was read; reading it again");
+                tokio::time::sleep(wait).await;
                 attempt += 1;
             }
             other => return other,
@@ -227,8 +228,24 @@ pub async fn gather(
     }
 }
 
-/// How many times [`gather`] reads the log when commits vanish under it.
-pub const GATHER_ATTEMPTS: u32 = 5;
+/// How many times [`gather`] reads the log when log files vanish under it.
+pub const GATHER_ATTEMPTS: u32 = 6;
+
+/// [`gather`]'s first wait before reading the log again, doubled each time (50 ms to 800 ms,
+/// 1.55 s in all): a cleanup deletes one file at a time, each delete fsyncing the directory,
+/// so on a loaded disk it can take longer than a read of the log (seen in CI: five reads
+/// back to back, 16 ms in all, each found the cleanup still going).
+const GATHER_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// True when `e` says a log file the listing named is gone: a commit
+/// ([`LogError::MissingVersion`]) or a checkpoint part (a read that found nothing).
+fn vanished(e: &LogError) -> bool {
+    match e {
+        LogError::MissingVersion { .. } => true,
+        LogError::Read { source, .. } => matches!(source, object_store::Error::NotFound { .. }),
+        _ => false,
+    }
+}
 
 /// One [`gather`] from one listing of the log.
 async fn gather_once(
@@ -245,27 +262,23 @@ async fn gather_once(
         return Err(VacuumError::NotATable(table));
     };
     // The replay's start: version 0 when every commit is there, else the oldest checkpoint
-    // that the commits after it continue.
-    let from_zero =
-        listing.oldest_commit() == Some(0) && listing.commits().count() as u64 == newest + 1;
-    let (base, base_known, start) = if from_zero {
-        (Snapshot::default(), false, 0)
-    } else {
-        let oldest = listing.oldest_commit().unwrap_or(newest);
-        let cp = listing
-            .complete_checkpoints()
-            .map(|(v, _)| v)
-            .find(|v| v + 1 >= oldest)
-            .ok_or_else(|| LogError::MissingVersion {
-                table: table.clone(),
-                version: oldest.saturating_sub(1),
-                file: "a checkpoint the oldest commits continue".into(),
-            })?;
-        (
+    // that an unbroken run of commits continues to the newest version.
+    let (base, base_known, start) = match listing.oldest_replay_start() {
+        Ok(None) => (Snapshot::default(), false, 0),
+        Ok(Some(cp)) => (
             Snapshot::load(location, &listing, cp, true).await?,
             true,
             cp + 1,
-        )
+        ),
+        Err(missing) => {
+            return Err(LogError::MissingVersion {
+                table: table.clone(),
+                version: missing,
+                file: "a commit, with no checkpoint after it that the later commits continue"
+                    .into(),
+            }
+            .into())
+        }
     };
     let mut commits = Vec::new();
     for v in start..=newest {

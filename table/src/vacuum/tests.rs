@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
-use crate::log::{AddFile, FilePath, RemoveFile};
+use crate::log::{commit_file_name, AddFile, FilePath, RemoveFile};
 
 fn path(p: &str) -> FilePath {
     FilePath {
@@ -258,4 +258,42 @@ fn only_files_referenced_again_are_spared() {
     let (delete, spared) = drop_referenced(&plan, &referenced);
     assert_eq!(delete, vec![("a".to_string(), 1), ("c".to_string(), 3)]);
     assert_eq!(spared, vec![("b".to_string(), 7)]);
+}
+
+/// A log as a cleanup leaves it half done (it deletes in listing order, not version order):
+/// commits 0..=2 and 4 gone, 3 left over, checkpoints at 3 and 5. The facts are read from the
+/// checkpoint at 5, the oldest the unbroken commits continue; reading from the oldest commit
+/// present (3) met the gap at 4 on every attempt, and the vacuum failed naming version 4.
+#[tokio::test]
+async fn a_log_with_a_gap_a_cleanup_leaves_is_read_from_the_checkpoint_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = crate::test_support::HandTable::create(dir.path());
+    let checkpoint = async |dir: &std::path::Path| {
+        let url = url::Url::from_directory_path(dir).unwrap();
+        let table = deltalake::open_table(url).await.unwrap();
+        deltalake::checkpoints::create_checkpoint(&table, None)
+            .await
+            .unwrap();
+    };
+    for v in 1..=7 {
+        t.append(1, 100, v > 1);
+        if v == 3 || v == 5 {
+            checkpoint(dir.path()).await;
+        }
+    }
+    for v in [0, 1, 2, 4] {
+        std::fs::remove_file(dir.path().join("_delta_log").join(commit_file_name(v))).unwrap();
+    }
+    let location = crate::open_store(dir.path().to_str().unwrap()).unwrap();
+    let facts = gather(&location, &Promises::default(), 0, 0, 0, true)
+        .await
+        .unwrap();
+    assert_eq!(facts.log_version, 7);
+    let live: Vec<String> = facts.live.iter().cloned().collect();
+    assert_eq!(live, ["part 7-0%.parquet"]);
+    assert_eq!(t.live, live);
+    assert_eq!(
+        crate::test_support::deltalake_files(dir.path(), 7).await,
+        t.live
+    );
 }
