@@ -774,10 +774,15 @@ async fn kills_while_an_epoch_commits_and_the_next_is_read_recover_exactly_once(
             seal_at.is_some(),
             "{spec}: SEAL({e}) not in the WAL: {frames:?}"
         );
+        let crash_log = stderr_of(&crashed);
+        let waits: Vec<&str> = crash_log
+            .lines()
+            .filter(|l| l.contains(READ_AHEAD_FIRST_ENV))
+            .collect();
         assert_eq!(
             next_after_seal,
             read_ahead,
-            "{spec}: frames of epoch {} after SEAL({e}) (checkpoint {c})",
+            "{spec}: frames of epoch {} after SEAL({e}) (checkpoint {c}); waits that ran out: {waits:?}",
             e + 1
         );
         assert!(
