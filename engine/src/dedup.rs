@@ -134,6 +134,31 @@ struct Cold {
     probed: HashMap<DedupKey, Option<i64>, BuildHasherDefault<FxHasher>>,
 }
 
+/// Entries [`insert_warmed`] takes at a time.
+const WARM_CHUNK: usize = 32;
+
+/// Hands `entries` to `insert` in chunks, each chunk's home slots in `table` read first
+/// ([`KeyTable::warm`]): those reads depend on nothing but their key, so the CPU overlaps
+/// their cache misses, and the inserts find their slots cached. For bulk inserts (a changelog,
+/// the merge of a loaded part): ~0.5-1M inserts one by one into a table of millions of keys
+/// paid a memory latency each.
+fn insert_warmed<'k>(
+    table: &mut KeyTable,
+    entries: impl Iterator<Item = (&'k [u8], i64)>,
+    mut insert: impl FnMut(&mut KeyTable, &[u8], i64),
+) {
+    let mut chunk: Vec<(&[u8], i64)> = Vec::with_capacity(WARM_CHUNK);
+    let mut entries = entries.peekable();
+    while entries.peek().is_some() {
+        chunk.clear();
+        chunk.extend(entries.by_ref().take(WARM_CHUNK));
+        table.warm(chunk.iter().map(|(k, _)| *k));
+        for (k, t) in &chunk {
+            insert(table, k, *t);
+        }
+    }
+}
+
 /// The dedup state: keys with their event times, and the watermark in effect.
 #[derive(Default)]
 pub struct DedupState {
@@ -235,19 +260,20 @@ impl DedupState {
         let memory = std::mem::take(&mut self.keys);
         if memory.len() <= loaded.keys.len() {
             loaded.keys.reserve(memory.len());
-            for (k, t) in memory.iter() {
-                loaded.oldest = loaded.oldest.min(t);
-                loaded.keys.insert(k, t);
-            }
+            let oldest = &mut loaded.oldest;
+            insert_warmed(&mut loaded.keys, memory.iter(), |table, k, t| {
+                *oldest = (*oldest).min(t);
+                table.insert(k, t);
+            });
             self.keys = loaded.keys;
         } else {
             // Fewer inserts the other way round (memory keeps its entries where both hold a
             // key): `self.oldest` already bounds memory's entries.
             let mut memory = memory;
             memory.reserve(loaded.keys.len());
-            for (k, t) in loaded.keys.iter() {
-                memory.insert_if_absent(k, t);
-            }
+            insert_warmed(&mut memory, loaded.keys.iter(), |table, k, t| {
+                table.insert_if_absent(k, t);
+            });
             self.keys = memory;
         }
         self.oldest = self.oldest.min(loaded.oldest);
@@ -313,20 +339,15 @@ impl DedupState {
     /// like [`DedupState::load`], the keys at or above the watermark, not recorded as inserted
     /// (the changelog is already durable; the store gets it from there).
     pub fn load_changelog(&mut self, delta: &PackedKeys) {
-        // In chunks, each chunk's home slots read first (`warm`): the reads depend on nothing
-        // but their key, so the CPU overlaps their cache misses, and the inserts find their
-        // slots cached (a million inserts one by one pay one memory latency after another).
-        const CHUNK: usize = 32;
-        let mut chunk: Vec<(&[u8], i64)> = Vec::with_capacity(CHUNK);
-        let mut entries = delta.iter().peekable();
-        while entries.peek().is_some() {
-            chunk.clear();
-            chunk.extend(entries.by_ref().take(CHUNK));
-            self.warm(chunk.iter().map(|(k, _)| *k));
-            for (k, t) in &chunk {
-                self.load(k, *t);
+        // See `insert_warmed`: a million inserts one by one pay one memory latency after
+        // another.
+        let (watermark, oldest) = (self.watermark, &mut self.oldest);
+        insert_warmed(&mut self.keys, delta.iter(), |table, k, t| {
+            if watermark.is_none_or(|w| t >= w) {
+                table.insert(k, t);
+                *oldest = (*oldest).min(t);
             }
-        }
+        });
     }
 
     /// The event time `key` has in memory, if it is there (whatever the watermark): for a

@@ -853,7 +853,12 @@ async fn from_checkpoint(
         } else {
             state.len()
         };
-        state.reserve(changelog.iter().map(|(_, _, d)| d.inserts.len()).sum());
+        // Room for the changelog and for every key the replay may add: a table sized for the
+        // changelog alone grew at the replay's first new keys, on the replay's path (measured
+        // at a 1 s restart: ~0.11 s of the main thread's 0.34 s replay went to that growth,
+        // moving ~1M entries and the kernel zeroing the new table's pages).
+        let changelog_keys: usize = changelog.iter().map(|(_, _, d)| d.inserts.len()).sum();
+        state.reserve(changelog_keys + records.len());
         for (_, _, delta) in &changelog {
             state.load_changelog(&delta.inserts);
         }
