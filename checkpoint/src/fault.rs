@@ -56,9 +56,9 @@ pub enum CrashPoint {
     /// store, not ingested: a crash loses them (the next open deletes the files); the WAL
     /// still holds them.
     AfterStateWrite,
-    /// The store's dedup state is synced (the staged files ingested), but no checkpoint record
-    /// names it yet and the WAL still holds the deltas it covers (the sync is ahead of WAL
-    /// truncation).
+    /// The store's dedup state is synced (the staged files ingested, and noted in the store's
+    /// `state_ingested`), but no checkpoint record names it yet and the WAL still holds the
+    /// deltas it covers (the sync is ahead of WAL truncation).
     AfterStateSync,
     /// A Delta log checkpoint is due after a commit (the epoch is committed and checkpointed
     /// in the store); nothing of the Delta checkpoint is written.

@@ -124,6 +124,10 @@ pub struct RecoveryOutcome {
     pub recovery_ms: u64,
     /// Dedup keys loaded (or rebuilt) into state.
     pub dedup_keys_loaded: u64,
+    /// Epochs whose state delta was read back from the WAL's changelog (the store's state
+    /// lacked them): from the store's own note of what it ingested when that is newer than
+    /// the checkpoint record's `state_epoch`.
+    pub changelog_epochs: u64,
     /// The epoch recovery itself committed (a redo, or a resumed epoch's replayed records),
     /// counted as the run's first commit.
     #[serde(skip)]
@@ -166,6 +170,24 @@ pub(crate) fn state_position(c: &CheckpointRecord) -> WalPosition {
         segment: c.state_wal_segment,
         offset: c.state_wal_offset,
     }
+}
+
+/// Where the WAL's changelog begins when the store's state is newer than checkpoint `c`'s
+/// record says: the state writer noted epoch `m` ingested ([`CheckpointStore::state_ingested`])
+/// after `c` was written, so the store holds the state through `m`, and only the deltas of
+/// `m + 1 ..= c.epoch` need reading (at a restart with 1 s epochs, one epoch's delta less to
+/// read and insert, of two). `Some((m, position after SEAL(m)))` when `c.state_epoch < m <=
+/// c.epoch` and `noted`, checkpoint `m`'s record, says where its WAL began (at or before
+/// `c`'s); otherwise `None`: `c`'s own changelog, as before.
+pub(crate) fn ingested_state(
+    c: &CheckpointRecord,
+    ingested: Option<u64>,
+    noted: Option<&CheckpointRecord>,
+) -> Option<(u64, WalPosition)> {
+    let m = ingested.filter(|m| *m > c.state_epoch && *m <= c.epoch)?;
+    let record = noted.filter(|r| r.epoch == m)?;
+    let at = wal_position(record);
+    (at >= state_position(c) && at <= wal_position(c)).then_some((m, at))
 }
 
 /// The state deltas checkpoint `c`'s state lacks, read back from the WAL: epochs
@@ -328,6 +350,25 @@ pub async fn recover(
         OpenedStore::Replaced(s) => (s, true),
     };
     let mut latest = store.latest()?;
+    if let Some(c) = latest.as_mut() {
+        let ingested = store.state_ingested()?;
+        let noted = match ingested.filter(|m| *m > c.state_epoch && *m <= c.epoch) {
+            Some(m) => store.get(m)?,
+            None => None,
+        };
+        if let Some((m, at)) = ingested_state(c, ingested, noted.as_ref()) {
+            info!(
+                checkpoint = c.epoch,
+                record_state_epoch = c.state_epoch,
+                state_epoch = m,
+                "the store's dedup state is newer than the checkpoint record says: the WAL's changelog is read from epoch {}",
+                m + 1
+            );
+            c.state_epoch = m;
+            c.state_wal_segment = at.segment;
+            c.state_wal_offset = at.offset;
+        }
+    }
     // The dedup state is the slowest part of a restart with a big state: its load starts now,
     // in the background, while the table, the WAL and the sweep are read. With the store's key
     // index, verdicts do not wait for it (the state answers from the store while it loads:
@@ -868,6 +909,7 @@ async fn from_checkpoint(
             state.len()
         };
         outcome.dedup_keys_loaded = keys as u64;
+        outcome.changelog_epochs = changelog.len() as u64;
         committer.set_dedup(dedup_runtime(spec, state, &positions));
         info!(
             keys,
@@ -1778,6 +1820,51 @@ mod tests {
             state_wal_segment: 0,
             state_wal_offset: 0,
         }
+    }
+
+    /// Checkpoint `epoch` whose WAL begins at `(1, epoch * 100)` and whose state is durable
+    /// through `state_epoch` (its changelog beginning where that epoch's WAL did).
+    fn placed(epoch: u64, state_epoch: u64) -> CheckpointRecord {
+        CheckpointRecord {
+            wal_segment: 1,
+            wal_offset: epoch * 100,
+            state_epoch,
+            state_wal_segment: 1,
+            state_wal_offset: state_epoch * 100,
+            ..empty_checkpoint(epoch)
+        }
+    }
+
+    /// The changelog starts after the ingested epoch only when the note is newer than the
+    /// record's state, not past the checkpoint, and its own record places it between the two.
+    #[test]
+    fn the_changelog_starts_after_the_ingested_state_only_when_that_is_sound() {
+        let c = placed(5, 2);
+        let at = |e: u64| WalPosition {
+            segment: 1,
+            offset: e * 100,
+        };
+        assert_eq!(
+            ingested_state(&c, Some(4), Some(&placed(4, 2))),
+            Some((4, at(4)))
+        );
+        assert_eq!(
+            ingested_state(&c, Some(5), Some(&placed(5, 2))),
+            Some((5, at(5)))
+        );
+        // No note, or one no newer than the record's state, or past the checkpoint.
+        assert_eq!(ingested_state(&c, None, None), None);
+        assert_eq!(ingested_state(&c, Some(2), Some(&placed(2, 1))), None);
+        assert_eq!(ingested_state(&c, Some(6), Some(&placed(6, 2))), None);
+        // Its record gone from the history, or another epoch's.
+        assert_eq!(ingested_state(&c, Some(4), None), None);
+        assert_eq!(ingested_state(&c, Some(4), Some(&placed(3, 2))), None);
+        // Its record placed outside the changelog (a WAL re-anchored since).
+        let mut far = placed(4, 2);
+        far.wal_segment = 9;
+        assert_eq!(ingested_state(&c, Some(4), Some(&far)), None);
+        far.wal_segment = 0;
+        assert_eq!(ingested_state(&c, Some(4), Some(&far)), None);
     }
 
     /// A paused background load does not end while paused (recovery's replay has the cores),

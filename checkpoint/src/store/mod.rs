@@ -1,7 +1,12 @@
 //! The RocksDB checkpoint store: positions, watermark, table version, dedup state, history.
 //!
 //! Column families:
-//! - `meta`: `format_version` (u32 LE) and `current` (epoch, u64 BE).
+//! - `meta`: `format_version` (u32 LE), `current` (epoch, u64 BE), and `state_ingested`
+//!   (epoch, u64 BE): the newest epoch whose delta the [`StateWriter`] has ingested, written
+//!   (unsynced) after the ingestion is durable, so a lower bound of what the `dedup` column
+//!   families hold, possibly newer than the newest record's `state_epoch` (which can only name
+//!   a state durable before the record was written). A restart reads the changelog from there
+//!   (`CheckpointStore::state_ingested`).
 //! - `history`: epoch (u64 BE) -> [`CheckpointRecord`]; the newest `retain` are kept, so a
 //!   rewind can pick an older one.
 //! - `dedup`: [`record::dedup_entry_key`] (event time, then key) -> empty. Time-ordered keys make
@@ -79,6 +84,7 @@ const CF_DEDUP_BY_KEY: &str = "dedup_by_key";
 const KEY_KEY_INDEX: &[u8] = b"dedup_key_index";
 const KEY_FORMAT: &[u8] = b"format_version";
 const KEY_CURRENT: &[u8] = b"current";
+const KEY_STATE_INGESTED: &[u8] = b"state_ingested";
 
 /// Settings of a [`CheckpointStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,6 +355,7 @@ impl CheckpointStore {
             vec![0xffu8; 64],
         );
         batch.delete_cf(meta, KEY_CURRENT);
+        batch.delete_cf(meta, KEY_STATE_INGESTED);
         batch.put_cf(meta, KEY_KEY_INDEX, [1u8]);
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
@@ -380,6 +387,41 @@ impl CheckpointStore {
             what: format!("checkpoint of epoch {epoch}"),
             source,
         })
+    }
+
+    /// Notes that the deltas of every epoch up to `epoch` are ingested (durable): called by
+    /// the [`StateWriter`] after an ingestion returns. Not synced: it becomes durable with the
+    /// next synced write (the next record), and a note lost to a crash only makes a restart
+    /// read more of the WAL's changelog. Never moves back.
+    pub fn note_state_ingested(&self, epoch: u64) -> Result<(), StoreError> {
+        if self.state_ingested()?.is_some_and(|e| e >= epoch) {
+            return Ok(());
+        }
+        let meta = self.cf(CF_META)?;
+        self.db
+            .put_cf(meta, KEY_STATE_INGESTED, epoch.to_be_bytes())
+            .map_err(self.rocks("note the ingested state"))
+    }
+
+    /// The newest epoch whose delta the state writer noted as ingested, if any: the `dedup`
+    /// column families hold the state through it (see the module documentation).
+    pub fn state_ingested(&self) -> Result<Option<u64>, StoreError> {
+        let meta = self.cf(CF_META)?;
+        let Some(bytes) = self
+            .db
+            .get_cf(meta, KEY_STATE_INGESTED)
+            .map_err(self.rocks("read the ingested state"))?
+        else {
+            return Ok(None);
+        };
+        let epoch = <[u8; 8]>::try_from(bytes.as_slice()).map_err(|_| StoreError::Foreign {
+            path: self.path.clone(),
+            message: format!(
+                "meta key state_ingested holds {} bytes, not an 8-byte epoch",
+                bytes.len()
+            ),
+        })?;
+        Ok(Some(u64::from_be_bytes(epoch)))
     }
 
     /// The store's directory.

@@ -328,6 +328,7 @@ impl Gathered {
         fault::hit(CrashPoint::AfterStateWrite);
         debug!(epochs = %format!("{}..={last}", first.epoch), keys = staged.entries(), "state deltas staged (not ingested)");
         let n = staged.ingest(store)?;
+        store.note_state_ingested(last)?;
         fault::hit(CrashPoint::AfterStateSync);
         store.drop_files_below()?;
         self.deltas.clear();

@@ -353,6 +353,29 @@ fn state_deltas_through_the_writer_are_durable_once_synced() {
         .collect();
     assert_eq!(got, want);
     assert!(store.latest().unwrap().unwrap().state_epoch <= 2);
+    // The writer noted what it ingested, newer than the newest record's `state_epoch` (1 at
+    // most: the record of 2 was written before delta 2 was queued).
+    assert_eq!(store.state_ingested().unwrap(), Some(2));
+}
+
+/// The ingested-state note: absent on a new store, never moves back, survives a reopen, and
+/// a reset forgets it with the state it described.
+#[test]
+fn the_ingested_state_note_only_moves_forward_and_a_reset_forgets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.state_ingested().unwrap(), None);
+        store.note_state_ingested(5).unwrap();
+        store.note_state_ingested(3).unwrap();
+        assert_eq!(store.state_ingested().unwrap(), Some(5));
+        // Durable with the next synced write.
+        store.write_record(&record(5)).unwrap();
+    }
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(store.state_ingested().unwrap(), Some(5));
+    store.reset().unwrap();
+    assert_eq!(store.state_ingested().unwrap(), None);
 }
 
 /// A load from a watermark skips entries below it (an eviction not persisted yet).
@@ -657,6 +680,7 @@ fn a_failed_state_write_stops_the_writer_and_claims_nothing() {
         1,
         "nothing past the failure is durable"
     );
+    assert_eq!(store.state_ingested().unwrap(), Some(1), "nor noted");
     assert!(
         writer.queue(one_key_delta(3)).is_err(),
         "a stopped writer refuses more"
