@@ -467,7 +467,8 @@ async fn read_during_commit(
             want,
             READ_AHEAD_WAIT,
         )
-        .await?;
+        .await
+        .inspect_err(|_| logged.set(true))?;
         // Something logged, or nothing to read ahead now (see `read_ahead::test_schedule_wait`).
         if read > 0 || ahead.source.caught_up() {
             logged.set(true);
@@ -741,6 +742,12 @@ impl Committer {
         drop(self.state_writer.take());
         self.unsynced_state.clear();
         self.store.reset()?;
+        // The reset store holds no state: no record may claim one from before it (a start
+        // with no commit to checkpoint, v = 0, kept the old checkpoint's `state_epoch`, and the
+        // next record would have claimed the new epochs' deltas durable and let the WAL drop
+        // them). The changelog of the epochs from here begins at the log's end.
+        self.state_epoch = 0;
+        self.state_at = self.wal.end();
         self.totals = Counts::default();
         if self.durable {
             let commits = self.sink.pipeline_commits().await?;

@@ -190,6 +190,20 @@ pub(crate) fn ingested_state(
     (at >= state_position(c) && at <= wal_position(c)).then_some((m, at))
 }
 
+/// Checkpoint `c` as a restart reads its changelog (and `status` forecasts it): its state
+/// moved to the store's note when [`ingested_state`] allows. Returns the epoch moved to.
+pub(crate) fn advance_to_ingested_state(
+    c: &mut CheckpointRecord,
+    ingested: Option<u64>,
+    noted: Option<&CheckpointRecord>,
+) -> Option<u64> {
+    let (m, at) = ingested_state(c, ingested, noted)?;
+    c.state_epoch = m;
+    c.state_wal_segment = at.segment;
+    c.state_wal_offset = at.offset;
+    Some(m)
+}
+
 /// The state deltas checkpoint `c`'s state lacks, read back from the WAL: epochs
 /// `c.state_epoch + 1 ..= c.epoch` in order, each with the position just after its seal.
 #[derive(Debug, Default)]
@@ -356,17 +370,15 @@ pub async fn recover(
             Some(m) => store.get(m)?,
             None => None,
         };
-        if let Some((m, at)) = ingested_state(c, ingested, noted.as_ref()) {
+        let record_state_epoch = c.state_epoch;
+        if let Some(m) = advance_to_ingested_state(c, ingested, noted.as_ref()) {
             info!(
                 checkpoint = c.epoch,
-                record_state_epoch = c.state_epoch,
+                record_state_epoch,
                 state_epoch = m,
                 "the store's dedup state is newer than the checkpoint record says: the WAL's changelog is read from epoch {}",
                 m + 1
             );
-            c.state_epoch = m;
-            c.state_wal_segment = at.segment;
-            c.state_wal_offset = at.offset;
         }
     }
     // The dedup state is the slowest part of a restart with a big state: its load starts now,

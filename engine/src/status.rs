@@ -16,7 +16,8 @@ use crate::config::PipelineConfig;
 use crate::epoch_log::from_store_positions;
 use crate::protocol::{decide, StartFacts, StoreFacts};
 use crate::recovery::{
-    continues_checkpoint, read_changelog, state_position, store_dir, wal_dir, wal_position,
+    advance_to_ingested_state, continues_checkpoint, read_changelog, state_position, store_dir,
+    wal_dir, wal_position,
 };
 use crate::state_lock;
 use crate::wal_damage;
@@ -194,6 +195,9 @@ pub struct WalStatus {
     /// The newest epoch whose dedup state the store has synced (the WAL keeps the state
     /// deltas after it), per the checkpoint.
     pub state_epoch: Option<u64>,
+    /// A newer epoch the store's own note says its dedup state is durable through (written by
+    /// the state writer after the checkpoint record): recovery reads the changelog from there.
+    pub state_ingested: Option<u64>,
     /// Damage met while reading (recovery would cut the log there).
     pub damage: Option<String>,
 }
@@ -218,11 +222,15 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
     // What `run` would make of the store: corruption is a lost store, any other error stops.
     let mut store_corrupt = false;
     let mut store_stops = None;
+    let mut state_ingested = None;
     let (latest, store_problem) = if store_path.join("CURRENT").exists() {
         match CheckpointStore::open_read_only(&store_path)
-            .and_then(|s| Ok((s.latest()?, s.history()?)))
+            .and_then(|s| Ok((s.latest()?, s.history()?, s.state_ingested()?)))
         {
-            Ok((latest, history)) => (latest.map(|c| (c, history)), None),
+            Ok((latest, history, ingested)) => {
+                state_ingested = ingested;
+                (latest.map(|c| (c, history)), None)
+            }
             Err(e) => {
                 store_corrupt = e.is_corruption();
                 if !store_corrupt {
@@ -281,10 +289,14 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
         }
     }
 
-    // The dedup state's changelog the checkpoint needs (the WAL from the state's position).
+    // The dedup state's changelog the checkpoint needs (the WAL from the state's position), as
+    // recovery reads it: from the store's note of its ingested state when that applies.
     let changelog_complete = match latest.as_ref() {
-        Some((c, _)) if config.dedup.is_some() => {
-            read_changelog(c, WalReader::new(&wal_path, state_position(c)))
+        Some((c, history)) if config.dedup.is_some() => {
+            let mut c = c.clone();
+            let noted = history.iter().find(|r| Some(r.epoch) == state_ingested);
+            wal.state_ingested = advance_to_ingested_state(&mut c, state_ingested, noted);
+            read_changelog(&c, WalReader::new(&wal_path, state_position(&c)))
                 .map(|l| l.complete)
                 .unwrap_or(false)
         }
@@ -441,7 +453,8 @@ impl Status {
                 .map(|d| format!("; damaged: {d}"))
                 .unwrap_or_default()
         ));
-        if let (Some(m), Some(c)) = (self.wal.state_epoch, self.checkpoint.as_ref()) {
+        let synced = self.wal.state_ingested.or(self.wal.state_epoch);
+        if let (Some(m), Some(c)) = (synced, self.checkpoint.as_ref()) {
             if m < c.epoch {
                 line(format!(
                     "  state      dedup state synced through epoch {m}; the WAL holds the state deltas of epochs {}..={}",

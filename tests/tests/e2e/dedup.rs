@@ -584,6 +584,12 @@ async fn state_changelog_crashes_keep_dedup_exact() {
                 m < c && read_back < c - m,
                 "{spec}: {read_back} deltas read back, the record's state lags {m} vs {c}: {s}"
             );
+            // `status` forecast from the same note.
+            assert_eq!(
+                json["wal"]["state_ingested"].as_u64(),
+                Some(c - read_back),
+                "{spec}: {json}"
+            );
         } else {
             assert!(read_back <= c - m, "{spec}: {read_back} vs {c} - {m}: {s}");
         }
