@@ -490,7 +490,15 @@ async fn lost_checkpoint_store_resumes_from_the_table() {
         "[checkpoint]\ninterval_ms = 300\nmax_records = 600\n",
     )
     .await;
-    let crash = [(tidemark_engine::fault::ENV, "after_wal_append@4")];
+    // The kill lands in the read-ahead of the epoch after the one committing; with the
+    // read-ahead first, before that commit writes its file. Otherwise (a loaded CI machine
+    // once) the committing epoch's Parquet file was written first, and deleting the state
+    // directory below forgets that run: its file is another run's then, which the start-up
+    // sweep rightly leaves for a vacuum, and it stayed an orphan.
+    let crash = [
+        (tidemark_engine::fault::ENV, "after_wal_append@4"),
+        (READ_AHEAD_FIRST_ENV, "1"),
+    ];
     let out = fixture.run_to_end(&crash);
     assert_eq!(out.status.signal(), Some(libc::SIGKILL));
     assert!(committed(&fixture) >= 2);
