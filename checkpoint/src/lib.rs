@@ -18,7 +18,9 @@ pub mod fault;
 pub mod store;
 pub mod wal;
 
-pub use store::{CheckpointRecord, CheckpointStore, StoreError, StoreErrorKind, StoreOptions};
+pub use store::{
+    CheckpointRecord, CheckpointStore, CompactionHold, StoreError, StoreErrorKind, StoreOptions,
+};
 pub use wal::{
     MidLogDamage, RecoveryReport, SyncPolicy, Truncation, Wal, WalDamage, WalError, WalOptions,
     WalPosition, WalReader,

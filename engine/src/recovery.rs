@@ -13,8 +13,8 @@ use serde::Serialize;
 use tidemark_checkpoint::store::StateDelta;
 use tidemark_checkpoint::wal::RecoveryReport as WalRecovery;
 use tidemark_checkpoint::{
-    CheckpointRecord, CheckpointStore, StoreError, StoreOptions, SyncPolicy, Wal, WalError,
-    WalOptions, WalPosition,
+    CheckpointRecord, CheckpointStore, CompactionHold, StoreError, StoreOptions, SyncPolicy, Wal,
+    WalError, WalOptions, WalPosition,
 };
 use tidemark_connectors::decode::{COL_PARTITION, COL_TOPIC};
 use tidemark_connectors::delta::{
@@ -244,15 +244,16 @@ enum OpenedStore {
 /// aside, kept for inspection, replaced by an empty one); any other error — the store locked,
 /// too many open files, permission denied, disk full — stops the start with that error and
 /// changes nothing.
-fn open_store(dir: &Path, retain: usize) -> Result<OpenedStore, RecoveryError> {
+fn open_store(dir: &Path, retain: usize) -> Result<(OpenedStore, CompactionHold), RecoveryError> {
     let existed = dir.join("CURRENT").exists();
-    match CheckpointStore::open(dir, StoreOptions { retain }) {
-        Ok(store) => Ok(OpenedStore::Usable(store)),
+    match CheckpointStore::open_holding_compactions(dir, StoreOptions { retain }) {
+        Ok((store, hold)) => Ok((OpenedStore::Usable(store), hold)),
         Err(e) if existed && e.is_corruption() => {
             let aside = set_aside(dir, "unreadable")?;
             error!(store = %dir.display(), moved_to = %aside.display(), "CHECKPOINT STORE UNREADABLE ({e}); it was moved aside; resuming from the table's own progress");
-            let store = CheckpointStore::open(dir, StoreOptions { retain })?;
-            Ok(OpenedStore::Replaced(store))
+            let (store, hold) =
+                CheckpointStore::open_holding_compactions(dir, StoreOptions { retain })?;
+            Ok((OpenedStore::Replaced(store), hold))
         }
         Err(e) => Err(e.into()),
     }
@@ -359,7 +360,10 @@ pub async fn recover(
     let state = lock.dir();
     let store_path = store_dir(state);
     let store_existed = store_path.join("CURRENT").exists();
-    let (store, replaced) = match open_store(&store_path, config.checkpoint.retain)? {
+    // RocksDB's compactions wait until recovery returns (after its first commit, if it makes
+    // one): see `CheckpointStore::open_holding_compactions`.
+    let (opened, _compactions_held) = open_store(&store_path, config.checkpoint.retain)?;
+    let (store, replaced) = match opened {
         OpenedStore::Usable(s) => (s, false),
         OpenedStore::Replaced(s) => (s, true),
     };
