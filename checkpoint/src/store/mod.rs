@@ -461,18 +461,21 @@ impl CheckpointStore {
     /// The newest epoch whose delta the state writer noted as ingested, if any: the `dedup`
     /// column families hold the state through it (see the module documentation).
     pub fn state_ingested(&self) -> Result<Option<u64>, StoreError> {
+        self.meta_epoch(KEY_STATE_INGESTED, "read the ingested state")
+    }
+
+    /// The epoch (8 bytes, big-endian) `meta` holds under `key`, if any; other bytes there are
+    /// a foreign store's, named in the error.
+    fn meta_epoch(&self, key: &[u8], op: &'static str) -> Result<Option<u64>, StoreError> {
         let meta = self.cf(CF_META)?;
-        let Some(bytes) = self
-            .db
-            .get_cf(meta, KEY_STATE_INGESTED)
-            .map_err(self.rocks("read the ingested state"))?
-        else {
+        let Some(bytes) = self.db.get_cf(meta, key).map_err(self.rocks(op))? else {
             return Ok(None);
         };
         let epoch = <[u8; 8]>::try_from(bytes.as_slice()).map_err(|_| StoreError::Foreign {
             path: self.path.clone(),
             message: format!(
-                "meta key state_ingested holds {} bytes, not an 8-byte epoch",
+                "meta key {} holds {} bytes, not an 8-byte epoch",
+                String::from_utf8_lossy(key),
                 bytes.len()
             ),
         })?;
@@ -512,21 +515,10 @@ impl CheckpointStore {
 
     /// The newest checkpoint, if any.
     pub fn latest(&self) -> Result<Option<CheckpointRecord>, StoreError> {
-        let meta = self.cf(CF_META)?;
-        let Some(cur) = self
-            .db
-            .get_cf(meta, KEY_CURRENT)
-            .map_err(self.rocks("read current"))?
-        else {
-            return Ok(None);
-        };
-        let epoch = <[u8; 8]>::try_from(cur.as_slice())
-            .map(u64::from_be_bytes)
-            .map_err(|_| StoreError::Foreign {
-                path: self.path.clone(),
-                message: "current pointer is not 8 bytes".into(),
-            })?;
-        self.get(epoch)
+        match self.meta_epoch(KEY_CURRENT, "read current")? {
+            Some(epoch) => self.get(epoch),
+            None => Ok(None),
+        }
     }
 
     /// The retained checkpoint of `epoch`, if any.
