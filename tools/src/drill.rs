@@ -25,15 +25,14 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::util::Timeout;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use crate::audit;
 use crate::child::KillOnDrop;
 use crate::mirror::{seed_partitions, Mirror};
-use crate::produce::send_retrying;
+use crate::produce::{flush_patiently, send_retrying};
 
 /// Options of `tidemark drill`.
 #[derive(Debug, Clone, Args)]
@@ -188,7 +187,7 @@ fn failback(
             .payload(&value);
         send_retrying(&producer, record)?;
     }
-    producer.flush(Timeout::After(Duration::from_secs(30)))?;
+    flush_patiently(&producer, "the secondary region's producer")?;
     let run = Command::new(exe)
         .args([
             "run",
@@ -612,7 +611,7 @@ async fn drill_round(
                 }
             }
             // What the primary cluster acknowledged is what the region produced.
-            producer.flush(Timeout::After(Duration::from_secs(30)))?;
+            flush_patiently(&producer, "the primary region's producer")?;
             Ok(sent)
         })
     };
