@@ -191,17 +191,24 @@ pub(crate) fn ingested_state(
 }
 
 /// Checkpoint `c` as a restart reads its changelog (and `status` forecasts it): its state
-/// moved to the store's note when [`ingested_state`] allows. Returns the epoch moved to.
+/// moved to `store`'s note of its ingested state (and that epoch's record, from the store's
+/// history) when [`ingested_state`] allows. Returns the epoch moved to.
 pub(crate) fn advance_to_ingested_state(
+    store: &CheckpointStore,
     c: &mut CheckpointRecord,
-    ingested: Option<u64>,
-    noted: Option<&CheckpointRecord>,
-) -> Option<u64> {
-    let (m, at) = ingested_state(c, ingested, noted)?;
+) -> Result<Option<u64>, StoreError> {
+    let ingested = store.state_ingested()?;
+    let noted = match ingested {
+        Some(m) => store.get(m)?,
+        None => None,
+    };
+    let Some((m, at)) = ingested_state(c, ingested, noted.as_ref()) else {
+        return Ok(None);
+    };
     c.state_epoch = m;
     c.state_wal_segment = at.segment;
     c.state_wal_offset = at.offset;
-    Some(m)
+    Ok(Some(m))
 }
 
 /// The state deltas checkpoint `c`'s state lacks, read back from the WAL: epochs
@@ -369,13 +376,8 @@ pub async fn recover(
     };
     let mut latest = store.latest()?;
     if let Some(c) = latest.as_mut() {
-        let ingested = store.state_ingested()?;
-        let noted = match ingested.filter(|m| *m > c.state_epoch && *m <= c.epoch) {
-            Some(m) => store.get(m)?,
-            None => None,
-        };
         let record_state_epoch = c.state_epoch;
-        if let Some(m) = advance_to_ingested_state(c, ingested, noted.as_ref()) {
+        if let Some(m) = advance_to_ingested_state(&store, c)? {
             info!(
                 checkpoint = c.epoch,
                 record_state_epoch,

@@ -222,15 +222,20 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
     // What `run` would make of the store: corruption is a lost store, any other error stops.
     let mut store_corrupt = false;
     let mut store_stops = None;
-    let mut state_ingested = None;
+    // The checkpoint as a restart reads its changelog, and the epoch the store's note moved
+    // its state to, if it did (see `advance_to_ingested_state`).
+    let mut changelog_from = None;
     let (latest, store_problem) = if store_path.join("CURRENT").exists() {
-        match CheckpointStore::open_read_only(&store_path)
-            .and_then(|s| Ok((s.latest()?, s.history()?, s.state_ingested()?)))
-        {
-            Ok((latest, history, ingested)) => {
-                state_ingested = ingested;
-                (latest.map(|c| (c, history)), None)
+        match CheckpointStore::open_read_only(&store_path).and_then(|s| {
+            let latest = s.latest()?;
+            if let Some(c) = &latest {
+                let mut from = c.clone();
+                let moved_to = advance_to_ingested_state(&s, &mut from)?;
+                changelog_from = Some((from, moved_to));
             }
+            Ok((latest, s.history()?))
+        }) {
+            Ok((latest, history)) => (latest.map(|c| (c, history)), None),
             Err(e) => {
                 store_corrupt = e.is_corruption();
                 if !store_corrupt {
@@ -291,11 +296,9 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
 
     // The dedup state's changelog the checkpoint needs (the WAL from the state's position), as
     // recovery reads it: from the store's note of its ingested state when that applies.
-    let changelog_complete = match latest.as_ref() {
-        Some((c, history)) if config.dedup.is_some() => {
-            let mut c = c.clone();
-            let noted = history.iter().find(|r| Some(r.epoch) == state_ingested);
-            wal.state_ingested = advance_to_ingested_state(&mut c, state_ingested, noted);
+    let changelog_complete = match changelog_from {
+        Some((c, moved_to)) if config.dedup.is_some() => {
+            wal.state_ingested = moved_to;
             read_changelog(&c, WalReader::new(&wal_path, state_position(&c)))
                 .map(|l| l.complete)
                 .unwrap_or(false)

@@ -20,14 +20,13 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{
-    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+    BaseRecord, DefaultProducerContext, DeliveryResult, ProducerContext, ThreadedProducer,
 };
-use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use tidemark_connectors::mm2;
 
-use crate::produce::send_retrying;
+use crate::produce::{flush_patiently, send_retrying};
 
 /// What a mirror copied so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -231,7 +230,7 @@ impl Mirror {
             }
             copied += self.step(Duration::from_millis(500))?;
         }
-        self.producer.flush(Timeout::After(TIMEOUT))?;
+        flush_patiently(&self.producer, "the mirror")?;
         self.publish_translations()?;
         Ok(copied)
     }
@@ -320,7 +319,7 @@ impl Mirror {
                 )?;
             }
         }
-        producer.flush(Timeout::After(TIMEOUT))?;
+        flush_patiently(&producer, "the mirror's offset syncs")?;
         Ok(())
     }
 
@@ -356,6 +355,6 @@ pub fn seed_partitions(
             send_retrying(&producer, record)?;
         }
     }
-    producer.flush(Timeout::After(TIMEOUT))?;
+    flush_patiently(&producer, "the seeding of the mirror's target")?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Producing for the demo, the bench and the drill: a send that waits out a full local queue,
+//! Producing for the demo, the bench, the drill and its mirror: a send that waits out a full local queue,
 //! and a flush that waits out a slow broker.
 
 use std::time::Duration;
@@ -28,7 +28,7 @@ pub fn send_retrying<K: ToBytes + ?Sized, P: ToBytes + ?Sized, C: ProducerContex
 }
 
 /// How long [`flush_patiently`] waits in all.
-pub const FLUSH_PATIENCE: Duration = Duration::from_secs(180);
+const FLUSH_PATIENCE: Duration = Duration::from_secs(180);
 
 /// Flushes `producer`, waiting up to [`FLUSH_PATIENCE`] in 30 s rounds, with a line on
 /// standard error per round that ends with records still in flight. Why: a broker under

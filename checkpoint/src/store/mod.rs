@@ -499,7 +499,8 @@ impl CheckpointStore {
 
     /// Files at level 0 of the dedup column family (`by_key`: of the key index): for tests
     /// of the compaction hold.
-    pub fn dedup_files_at_level0(&self, by_key: bool) -> Result<u64, StoreError> {
+    #[cfg(test)]
+    fn dedup_files_at_level0(&self, by_key: bool) -> Result<u64, StoreError> {
         let cf = self.cf(if by_key { CF_DEDUP_BY_KEY } else { CF_DEDUP })?;
         Ok(self
             .db

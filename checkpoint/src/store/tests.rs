@@ -761,8 +761,8 @@ fn held_compactions_wait_for_the_release() {
     );
 }
 
-/// A plain open compacts the same files on its own: fewer than 16 stay at level 0, where the
-/// held store above kept 20 or more (so that test fails if the hold holds nothing).
+/// A plain open compacts the same files on its own, down to fewer than 16 at level 0: what
+/// the hold above holds off.
 #[test]
 fn without_the_hold_the_same_files_are_compacted() {
     let dir = tempfile::tempdir().unwrap();

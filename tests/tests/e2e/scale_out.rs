@@ -395,11 +395,10 @@ async fn workers_killed_added_and_removed_keep_every_record_exactly_once() {
     assert!(writers.len() >= 3, "commits by {writers:?}");
 }
 
-/// The newest epoch worker `id` has in the table (0: none).
-fn committed_epoch(fixture: &Fixture, id: &str) -> u64 {
+/// The newest epoch worker `id` has in `replay` (0: none).
+fn committed_epoch(replay: &audit::LogReplay, id: &str) -> u64 {
     let pipeline = format!("test.{id}");
-    audit::replay_log(&fixture.table)
-        .unwrap()
+    replay
         .epochs
         .iter()
         .filter(|(_, i)| i.pipeline_id == pipeline)
@@ -423,7 +422,7 @@ fn pause_holding_records(fixture: &Fixture, w: &mut Worker) -> i64 {
             "{} never held uncommitted records",
             w.id
         );
-        let committed = committed_epoch(fixture, &w.id);
+        let committed = committed_epoch(&audit::replay_log(&fixture.table).unwrap(), &w.id);
         let holds = WalReader::new(&wal, WalPosition::default())
             .map_while(Result::ok)
             .any(|(_, f)| f.kind == FrameKind::Record && f.epoch > committed);
@@ -431,7 +430,7 @@ fn pause_holding_records(fixture: &Fixture, w: &mut Worker) -> i64 {
             w.signal(libc::SIGSTOP);
             // It may have committed those records between the two reads: then go on.
             let replay = audit::replay_log(&fixture.table).unwrap();
-            if committed_epoch(fixture, &w.id) == committed {
+            if committed_epoch(&replay, &w.id) == committed {
                 return replay.version;
             }
             w.signal(libc::SIGCONT);
