@@ -11,15 +11,24 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::kafka::{blocking, KafkaSourceConfig, KafkaSourceError};
 use crate::record::TopicPartition;
 
-/// A consumer for one-off metadata questions: never assigned, never commits.
+/// A consumer for one-off metadata questions: never subscribes, never commits.
 fn metadata_consumer(config: &KafkaSourceConfig) -> Result<BaseConsumer, KafkaSourceError> {
     let mut client = ClientConfig::new();
     client
-        .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group_id)
         .set("enable.auto.commit", "false")
         // Lookups read single records (see `search_by_time`): no waiting for full fetches.
         .set("fetch.wait.max.ms", "10");
+    create(client, config)
+}
+
+/// A client of `config`'s brokers with `client`'s settings and the source's own properties
+/// (security settings among them) over them.
+fn create(
+    mut client: ClientConfig,
+    config: &KafkaSourceConfig,
+) -> Result<BaseConsumer, KafkaSourceError> {
+    client.set("bootstrap.servers", &config.brokers);
     for (k, v) in &config.properties {
         if !k.starts_with("tidemark.") {
             client.set(k, v);
@@ -38,12 +47,13 @@ fn metadata_consumer(config: &KafkaSourceConfig) -> Result<BaseConsumer, KafkaSo
 /// new client that has not asked for metadata by the time it connects asks on its one-second
 /// timer, so a pipeline's start waited ~1 s for the id in about half of the runs of `tidemark
 /// bench` (a third of a 2M-record run's wall time). Metadata of the source's first topic is
-/// asked for at once instead; the id is then read from what the response left behind.
+/// asked for at once instead; the id is then read from what the response left behind. The
+/// client has no `group.id`: a consumer of a group takes ~100 ms to close, on the start's path.
 pub fn fetch_cluster_id(
     config: &KafkaSourceConfig,
     timeout: Duration,
 ) -> Result<Option<String>, KafkaSourceError> {
-    let consumer = metadata_consumer(config)?;
+    let consumer = create(ClientConfig::new(), config)?;
     let deadline = std::time::Instant::now() + timeout;
     Ok(blocking(|| {
         // An error here (no broker answered in time, say) is left to the lookup below, which
@@ -364,7 +374,7 @@ mod tests {
         let cluster = MockCluster::<DefaultProducerContext>::new(1).expect("mock cluster");
         cluster.create_topic("orders", 2, 1).expect("topic");
         let config = config(cluster.bootstrap_servers());
-        let waited = metadata_consumer(&config)
+        let waited = create(ClientConfig::new(), &config)
             .expect("client")
             .client()
             .fetch_cluster_id(Duration::from_secs(30))
