@@ -611,6 +611,13 @@ pub struct DeltaSink {
     /// first one claims every partition it holds a position for (see
     /// [`partition_claims::claimed_ranges`]), later ones only the partitions they read.
     claims_adopted: bool,
+    /// The partitions whose claim chain this sink continues: each was covered by a commit of
+    /// this sink checked against the table's claims ([`DeltaSink::check_claims`]), and since
+    /// then only this sink's commits can have moved its claim unless a commit try lost a race.
+    /// A commit through the [`OwnTail`] skips the check, so it is made only when every
+    /// partition it covers is here: a partition claimed by another worker *before* this
+    /// sink's last checked commit (which did not cover it) would otherwise go unchecked.
+    claims_checked: std::collections::BTreeSet<TopicPartition>,
     /// Commit tries that lost the race to another writer's commit (and were tried again).
     lost_races: u64,
 }
@@ -808,6 +815,7 @@ impl DeltaSink {
             app_id: app_id.to_string(),
             claims: None,
             claims_adopted: false,
+            claims_checked: Default::default(),
             lost_races: 0,
             local_root,
             unchecked_store,
@@ -908,6 +916,7 @@ impl DeltaSink {
     pub fn claim_partitions(&mut self, pipeline: &str) {
         self.claims = Some(pipeline.to_string());
         self.claims_adopted = false;
+        self.claims_checked.clear();
     }
 
     /// The claims of `partitions` in the state as last loaded (`None`: no claim).
@@ -1582,10 +1591,17 @@ impl DeltaSink {
         more_of_epoch: bool,
     ) -> Result<CommitOutcome, DeltaSinkError> {
         self.ensure_conditional_writes().await?;
+        let ranges = self
+            .claims
+            .is_some()
+            .then(|| partition_claims::claimed_ranges(info, !self.claims_adopted));
         let outcome = self.commit_fenced_once(adds, info, more_of_epoch).await?;
         if let CommitOutcome::Committed { .. } = outcome {
             self.newest_own = Some(self.newest_own.map_or(info.epoch, |o| o.max(info.epoch)));
             self.claims_adopted = true;
+            // Landed, so checked (or through the tail, whose partitions all were).
+            self.claims_checked
+                .extend(ranges.into_iter().flatten().map(|r| r.partition));
         }
         Ok(outcome)
     }
@@ -1799,7 +1815,14 @@ impl DeltaSink {
         let Ok(snapshot) = self.table.snapshot() else {
             return false;
         };
-        self.local_root.is_some()
+        // Claims are checked only on the path that re-reads the table: through the tail only
+        // partitions whose chain this sink continues (see `claims_checked`).
+        let claims_continued = self.claims.is_none()
+            || partition_claims::claimed_ranges(info, !self.claims_adopted)
+                .iter()
+                .all(|r| self.claims_checked.contains(&r.partition));
+        claims_continued
+            && self.local_root.is_some()
             && self.table.log_store().name() == "DefaultLogStore"
             && snapshot.protocol().min_writer_version() <= 3
             && (more_of_epoch || tail.txn < info.epoch)

@@ -1198,3 +1198,63 @@ async fn a_partition_claimed_by_another_worker_refuses_the_stale_commit() {
     let rows: usize = live_files(&root).await.len();
     assert_eq!(rows, 2, "two commits landed: {:?}", table.version());
 }
+
+/// A partition this worker has not claimed yet in its run, claimed by another worker before
+/// the run's first commit: a later commit of the run that covers it is checked against that
+/// claim and refused, even when it could go through the sink's own tail (no other writer
+/// committed since the run's first commit, which did not cover the partition).
+#[tokio::test]
+async fn a_partition_first_read_after_the_runs_first_commit_is_checked_against_its_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("t");
+    let fs = tidemark_fs::std_fs();
+    let mut w1 = open(&root, fs.clone(), 1).await;
+    let mut w2 = DeltaSink::open_existing_with(&url_of(&root), "orders/w2", options(fs, 2))
+        .await
+        .unwrap()
+        .unwrap();
+    w1.claim_partitions(APP);
+    w2.claim_partitions(APP);
+    // w2 writes partition 0 from its beginning.
+    let mut p0 = info(1);
+    p0.end_positions.set("t", 0, 5);
+    let (adds, _) = w2
+        .write_epoch_files(ep(1), &[batch(&w2, 0..5)])
+        .await
+        .unwrap();
+    let out = w2.commit_epoch(adds, &p0).await.unwrap();
+    assert!(matches!(out, CommitOutcome::Committed { .. }), "{out:?}");
+
+    // w1's run started when partition 0 had no claim (no position for it): its first commit
+    // covers partition 1 only, and lands after w2's.
+    let mut p1 = info(1);
+    p1.start_positions.set("t", 1, 3);
+    p1.end_positions.set("t", 1, 4);
+    let (adds, _) = w1
+        .write_epoch_files(ep(1), &[batch(&w1, 0..1)])
+        .await
+        .unwrap();
+    let out = w1.commit_epoch(adds, &p1).await.unwrap();
+    assert!(matches!(out, CommitOutcome::Committed { .. }), "{out:?}");
+
+    // Then w1 reads partition 0 from its beginning: refused, w2 holds it up to offset 5.
+    let mut again = info(2);
+    again.start_positions.set("t", 1, 4);
+    again.end_positions.set("t", 1, 4);
+    again.end_positions.set("t", 0, 5);
+    let (adds, _) = w1
+        .write_epoch_files(ep(2), &[batch(&w1, 0..5)])
+        .await
+        .unwrap();
+    let err = w1.commit_epoch(adds, &again).await.unwrap_err();
+    let taken = err.partition_taken().expect("a claim refusal").clone();
+    assert_eq!(
+        (taken.partition.partition, taken.claimed, taken.start),
+        (0, 5, None)
+    );
+    assert_eq!(
+        live_files(&root).await.len(),
+        2,
+        "the refused commit wrote nothing"
+    );
+}
