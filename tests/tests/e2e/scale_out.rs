@@ -60,15 +60,20 @@ struct Worker {
 }
 
 /// Starts workers `w0..wn` with `--until-caught-up` and waits for each to end well.
-fn run_workers_to_end(fixture: &Fixture, n: usize) {
+/// Runs `n` workers with `--until-caught-up` until each ends; every worker's log, for a
+/// failing check to print.
+fn run_workers_to_end(fixture: &Fixture, n: usize) -> String {
     let workers: Vec<Worker> = (0..n)
         .map(|i| Worker::spawn(fixture, &format!("w{i}"), true))
         .collect();
+    let mut logs = String::new();
     for w in workers {
         let id = w.id.clone();
         let (status, log) = w.wait();
         assert!(status.success(), "{id}: {status}\n{log}");
+        logs.push_str(&format!("----- worker {id}\n{log}\n"));
     }
+    logs
 }
 
 impl Worker {
@@ -617,9 +622,9 @@ async fn workers_until_caught_up_stop_only_when_the_whole_pipeline_is() {
         tidemark_tests::order_json,
     );
     let fixture = make_group_fixture(&brokers, &topic);
-    run_workers_to_end(&fixture, 4);
+    let logs = run_workers_to_end(&fixture, 4);
     let report = audit::check_exactly_once(&fixture.table, &ends).unwrap();
-    assert!(report.ok() && report.rows == records, "{report:?}");
+    assert!(report.ok() && report.rows == records, "{report:?}\n{logs}");
     assert_claims_tile_partitions(&fixture.table);
 }
 
