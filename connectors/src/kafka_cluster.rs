@@ -25,19 +25,32 @@ fn metadata_consumer(config: &KafkaSourceConfig) -> Result<BaseConsumer, KafkaSo
 /// A client of `config`'s brokers with `client`'s settings and the source's own properties
 /// (security settings among them) over them.
 fn create(
-    mut client: ClientConfig,
+    client: ClientConfig,
     config: &KafkaSourceConfig,
 ) -> Result<BaseConsumer, KafkaSourceError> {
+    with_source_settings(client, config)
+        .create()
+        .map_err(|source| KafkaSourceError::Create {
+            brokers: config.brokers.clone(),
+            source: Box::new(source),
+        })
+}
+
+/// `client` with `config`'s brokers and the source's own properties over its settings.
+fn with_source_settings(mut client: ClientConfig, config: &KafkaSourceConfig) -> ClientConfig {
     client.set("bootstrap.servers", &config.brokers);
     for (k, v) in &config.properties {
         if !k.starts_with("tidemark.") {
             client.set(k, v);
         }
     }
-    client.create().map_err(|source| KafkaSourceError::Create {
-        brokers: config.brokers.clone(),
-        source: Box::new(source),
-    })
+    client
+}
+
+/// The settings of the cluster-id lookup's client: the source's, without a `group.id` (a
+/// consumer of a group takes ~100 ms to close, and the lookup is on the start's path).
+fn cluster_id_client(config: &KafkaSourceConfig) -> ClientConfig {
+    with_source_settings(ClientConfig::new(), config)
 }
 
 /// The cluster id the brokers of `config` report (`None` when they report none, or do not
@@ -45,27 +58,31 @@ fn create(
 ///
 /// The id comes with a metadata response, and librdkafka's own lookup only waits for one: a
 /// new client that has not asked for metadata by the time it connects asks on its one-second
-/// timer, so a pipeline's start waited ~1 s for the id in about half of the runs of `tidemark
-/// bench` (a third of a 2M-record run's wall time). Metadata of the source's first topic is
-/// asked for at once instead; the id is then read from what the response left behind. The
-/// client has no `group.id`: a consumer of a group takes ~100 ms to close, on the start's path.
+/// timer, so a pipeline's start waited ~1 s for the id in a third of the runs of `tidemark
+/// bench` (~30% of a 2M-record run's wall time). [`ask_for_metadata`] asks at once instead;
+/// the id is then read from what the answer left behind.
 pub fn fetch_cluster_id(
     config: &KafkaSourceConfig,
     timeout: Duration,
 ) -> Result<Option<String>, KafkaSourceError> {
-    let consumer = create(ClientConfig::new(), config)?;
+    let consumer = create(cluster_id_client(config), config)?;
     let deadline = std::time::Instant::now() + timeout;
     Ok(blocking(|| {
-        // An error here (no broker answered in time, say) is left to the lookup below, which
-        // waits out what is left of the timeout as before.
-        if let Err(e) = consumer.fetch_metadata(config.topics.first().map(String::as_str), timeout)
-        {
-            tracing::debug!(error = %e, brokers = %config.brokers, "metadata for the cluster id not answered; waiting for it");
-        }
+        ask_for_metadata(&consumer, config, timeout);
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         consumer.client().fetch_cluster_id(left)
     })
     .filter(|id| !id.is_empty()))
+}
+
+/// Asks the brokers for the metadata of the source's first topic and waits up to `timeout`
+/// for the answer, which leaves the cluster id with the client. An error (no broker answered
+/// in time, say) is only logged: the id lookup after it waits out what is left of the
+/// timeout.
+fn ask_for_metadata(consumer: &BaseConsumer, config: &KafkaSourceConfig, timeout: Duration) {
+    if let Err(e) = consumer.fetch_metadata(config.topics.first().map(String::as_str), timeout) {
+        tracing::debug!(error = %e, brokers = %config.brokers, "metadata for the cluster id not answered; waiting for it");
+    }
 }
 
 /// Where each partition's first record with a timestamp at or after the asked time is
@@ -374,7 +391,7 @@ mod tests {
         let cluster = MockCluster::<DefaultProducerContext>::new(1).expect("mock cluster");
         cluster.create_topic("orders", 2, 1).expect("topic");
         let config = config(cluster.bootstrap_servers());
-        let waited = create(ClientConfig::new(), &config)
+        let waited = create(cluster_id_client(&config), &config)
             .expect("client")
             .client()
             .fetch_cluster_id(Duration::from_secs(30))
@@ -383,6 +400,27 @@ mod tests {
         for _ in 0..5 {
             let asked = fetch_cluster_id(&config, Duration::from_secs(30)).expect("lookup");
             assert_eq!(asked.as_deref(), Some(waited.as_str()));
+        }
+    }
+
+    /// The id is there the moment the metadata answer is: read without any wait right after
+    /// [`ask_for_metadata`] (a fresh client has none of its own so soon; librdkafka's lookup
+    /// alone waits for its one-second timer). The lookup's client is of no group.
+    #[test]
+    fn asking_for_metadata_leaves_the_id_at_once_with_a_client_of_no_group() {
+        let cluster = MockCluster::<DefaultProducerContext>::new(1).expect("mock cluster");
+        cluster.create_topic("orders", 2, 1).expect("topic");
+        let config = config(cluster.bootstrap_servers());
+        let settings = cluster_id_client(&config);
+        assert_eq!(settings.get("group.id"), None);
+        for _ in 0..5 {
+            let consumer = create(settings.clone(), &config).expect("client");
+            ask_for_metadata(&consumer, &config, Duration::from_secs(30));
+            let id = consumer.client().fetch_cluster_id(Duration::ZERO);
+            assert!(
+                id.is_some_and(|id| !id.is_empty()),
+                "no id right after the metadata answer"
+            );
         }
     }
 

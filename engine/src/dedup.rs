@@ -137,9 +137,9 @@ struct Cold {
 /// Entries [`insert_warmed`] takes at a time.
 const WARM_CHUNK: usize = 32;
 
-/// Hands `entries` to `insert` in chunks, each chunk's home slots in `table` read first
-/// ([`KeyTable::warm`]): those reads depend on nothing but their key, so the CPU overlaps
-/// their cache misses, and the inserts find their slots cached. For bulk inserts (a changelog,
+/// Hands `entries` to `insert` in chunks, each chunk's home slots in `table` prefetched first
+/// ([`KeyTable::warm`]): those fetches depend on nothing but their key, so their cache misses
+/// overlap, and the inserts find their slots cached. For bulk inserts (a changelog,
 /// the merge of a loaded part): ~0.5-1M inserts one by one into a table of millions of keys
 /// paid a memory latency each.
 fn insert_warmed<'k>(
@@ -378,11 +378,11 @@ impl DedupState {
         self.keys.is_empty()
     }
 
-    /// Reads the home slot of each of `keys` without deciding or changing anything, so that
-    /// the checks that follow find it in the CPU's cache. Why: with millions of keys each
+    /// Prefetches the home slot of each of `keys` without deciding or changing anything, so
+    /// that the checks that follow find it in the CPU's cache. Why: with millions of keys each
     /// check misses the cache, and checks one by one pay one memory latency after another;
-    /// these reads depend on nothing but their key, so the CPU overlaps their misses. (A hint
-    /// only: no verdict reads what it finds; a long key's bytes, kept apart, are not fetched.)
+    /// these fetches depend on nothing but their key, so their misses overlap. (A hint only:
+    /// no verdict depends on it; a long key's bytes, kept apart, are not fetched.)
     pub fn warm<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) {
         self.keys.warm(keys);
     }

@@ -79,8 +79,9 @@ impl Slots {
 
     /// Starts fetching slot `at` into the CPU's caches without waiting for it (no effect
     /// past the end). A prefetch retires at once, where a load holds its place in the CPU's
-    /// reorder buffer until the data arrives: a run of loads that miss fills that buffer
-    /// after a dozen or so, a run of prefetches keeps every miss of the run in flight.
+    /// reorder buffer until its data arrives: behind a run of loads that miss, the buffer
+    /// fills and the run stalls, while a run of prefetches leaves the core going on (the
+    /// misses in flight at once are still bounded by the core's fill buffers).
     pub(super) fn prefetch(&self, at: usize) {
         if at >= self.len {
             return;
