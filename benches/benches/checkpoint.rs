@@ -1,5 +1,7 @@
 //! Checkpoint write latency: one synced RocksDB batch holding the checkpoint record, an epoch's
-//! new dedup keys and the eviction below the watermark, with 10k or 1M keys already in state.
+//! new dedup keys and the eviction below the watermark, with 10k or 1M keys already in state;
+//! loading the dedup state; and staging a second's dedup delta as SST files (the changelog
+//! path's state write).
 
 use std::time::Duration;
 
@@ -122,7 +124,54 @@ fn bench_load_state(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_checkpoint, bench_load_state);
+/// The state writer's work for one second of a 700k records/s stream: a delta of 700k new keys
+/// sorted twice and written as the two synced SST files of the changelog path
+/// (`CheckpointStore::stage_state`). Keys as the pipeline bench's (`order-` and 12 digits),
+/// in a scrambled order as partitions interleave them; event times rising.
+fn bench_stage_state(c: &mut Criterion) {
+    const N: u64 = 700_000;
+    let mut group = c.benchmark_group("dedup_state_stage");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).expect("open store");
+    // i -> i * an odd constant mod N's power of two, skipping what falls past N: a permutation.
+    let delta: Vec<(Vec<u8>, i64)> = (0..N.next_power_of_two())
+        .map(|i| i.wrapping_mul(0x9E37_79B9) % N.next_power_of_two())
+        .filter(|k| *k < N)
+        .enumerate()
+        .map(|(t, k)| (format!("order-{k:012}").into_bytes(), t as i64))
+        .collect();
+    assert_eq!(delta.len(), N as usize);
+    let mut epoch = 0u64;
+    // The staged files of the iteration before are deleted untimed (they are never ingested).
+    let staging = dir.path().join("state-staging");
+    group.throughput(Throughput::Elements(N));
+    group.bench_function("keys_700000", |b| {
+        b.iter_batched(
+            || {
+                let _ = std::fs::remove_dir_all(&staging);
+                epoch += 1;
+                epoch
+            },
+            |e| {
+                let staged = store.stage_state(e, e, kv(&delta)).expect("stage");
+                assert_eq!(staged.entries(), N as usize);
+                staged
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_checkpoint,
+    bench_load_state,
+    bench_stage_state
+);
 criterion_main!(benches);
 
 /// The store takes borrowed `(key, event_time)` pairs.
