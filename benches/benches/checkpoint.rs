@@ -45,10 +45,7 @@ fn keys(epoch: u64, n: usize) -> Vec<(Vec<u8>, i64)> {
 }
 
 fn bench_checkpoint(c: &mut Criterion) {
-    let mut group = c.benchmark_group("checkpoint_write");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(10));
+    let mut group = slow_group(c, "checkpoint_write");
     for (state, new_keys) in [
         (10_000usize, 10_000usize),
         (1_000_000, 10_000),
@@ -92,10 +89,7 @@ fn bench_checkpoint(c: &mut Criterion) {
 
 /// Loading the whole dedup state at start (what a restart pays before its first commit).
 fn bench_load_state(c: &mut Criterion) {
-    let mut group = c.benchmark_group("dedup_state_load");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(10));
+    let mut group = slow_group(c, "dedup_state_load");
     let dir = tempfile::tempdir().expect("tempdir");
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).expect("open store");
     for e in 1..=10u64 {
@@ -130,10 +124,7 @@ fn bench_load_state(c: &mut Criterion) {
 /// in a scrambled order as partitions interleave them; event times rising.
 fn bench_stage_state(c: &mut Criterion) {
     const N: u64 = 700_000;
-    let mut group = c.benchmark_group("dedup_state_stage");
-    group
-        .sample_size(10)
-        .measurement_time(Duration::from_secs(10));
+    let mut group = slow_group(c, "dedup_state_stage");
     let dir = tempfile::tempdir().expect("tempdir");
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).expect("open store");
     // i -> i * an odd constant mod N's power of two, skipping what falls past N: a permutation.
@@ -173,6 +164,19 @@ criterion_group!(
     bench_stage_state
 );
 criterion_main!(benches);
+
+/// A bench group of 10 samples over 10 s: every bench here does one to a few hundred ms of
+/// disk work per iteration.
+fn slow_group<'c>(
+    c: &'c mut Criterion,
+    name: &str,
+) -> criterion::BenchmarkGroup<'c, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    group
+}
 
 /// The store takes borrowed `(key, event_time)` pairs.
 fn kv(v: &[(Vec<u8>, i64)]) -> impl Iterator<Item = (&[u8], i64)> + '_ {

@@ -1114,14 +1114,7 @@ async fn commits_after_its_own_skip_the_log_reread_and_another_writers_commit_is
 async fn a_partition_claimed_by_another_worker_refuses_the_stale_commit() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("t");
-    let fs = tidemark_fs::std_fs();
-    let mut w1 = open(&root, fs.clone(), 1).await;
-    let mut w2 = DeltaSink::open_existing_with(&url_of(&root), "orders/w2", options(fs, 2))
-        .await
-        .unwrap()
-        .unwrap();
-    w1.claim_partitions(APP);
-    w2.claim_partitions(APP);
+    let (mut w1, mut w2) = two_workers(&root).await;
     let range = |epoch: i64, start: Option<i64>, end: i64| {
         let mut i = info(epoch);
         if let Some(s) = start {
@@ -1207,46 +1200,25 @@ async fn a_partition_claimed_by_another_worker_refuses_the_stale_commit() {
 async fn a_partition_first_read_after_the_runs_first_commit_is_checked_against_its_claim() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("t");
-    let fs = tidemark_fs::std_fs();
-    let mut w1 = open(&root, fs.clone(), 1).await;
-    let mut w2 = DeltaSink::open_existing_with(&url_of(&root), "orders/w2", options(fs, 2))
-        .await
-        .unwrap()
-        .unwrap();
-    w1.claim_partitions(APP);
-    w2.claim_partitions(APP);
+    let (mut w1, mut w2) = two_workers(&root).await;
     // w2 writes partition 0 from its beginning.
     let mut p0 = info(1);
     p0.end_positions.set("t", 0, 5);
-    let (adds, _) = w2
-        .write_epoch_files(ep(1), &[batch(&w2, 0..5)])
-        .await
-        .unwrap();
-    let out = w2.commit_epoch(adds, &p0).await.unwrap();
-    assert!(matches!(out, CommitOutcome::Committed { .. }), "{out:?}");
+    commit_rows(&mut w2, &p0, 0..5).await.unwrap();
 
     // w1's run started when partition 0 had no claim (no position for it): its first commit
     // covers partition 1 only, and lands after w2's.
     let mut p1 = info(1);
     p1.start_positions.set("t", 1, 3);
     p1.end_positions.set("t", 1, 4);
-    let (adds, _) = w1
-        .write_epoch_files(ep(1), &[batch(&w1, 0..1)])
-        .await
-        .unwrap();
-    let out = w1.commit_epoch(adds, &p1).await.unwrap();
-    assert!(matches!(out, CommitOutcome::Committed { .. }), "{out:?}");
+    commit_rows(&mut w1, &p1, 0..1).await.unwrap();
 
     // Then w1 reads partition 0 from its beginning: refused, w2 holds it up to offset 5.
     let mut again = info(2);
     again.start_positions.set("t", 1, 4);
     again.end_positions.set("t", 1, 4);
     again.end_positions.set("t", 0, 5);
-    let (adds, _) = w1
-        .write_epoch_files(ep(2), &[batch(&w1, 0..5)])
-        .await
-        .unwrap();
-    let err = w1.commit_epoch(adds, &again).await.unwrap_err();
+    let err = commit_rows(&mut w1, &again, 0..5).await.unwrap_err();
     let taken = err.partition_taken().expect("a claim refusal").clone();
     assert_eq!(
         (taken.partition.partition, taken.claimed, taken.start),
@@ -1257,4 +1229,33 @@ async fn a_partition_first_read_after_the_runs_first_commit_is_checked_against_i
         2,
         "the refused commit wrote nothing"
     );
+}
+
+/// Writes rows `rows` as `info`'s epoch through `sink` and commits them: landed, or the error.
+async fn commit_rows(
+    sink: &mut DeltaSink,
+    info: &EpochCommitInfo,
+    rows: std::ops::Range<i64>,
+) -> Result<(), DeltaSinkError> {
+    let (adds, _) = sink
+        .write_epoch_files(info.epoch, &[batch(sink, rows)])
+        .await
+        .unwrap();
+    let out = sink.commit_epoch(adds, info).await?;
+    assert!(matches!(out, CommitOutcome::Committed { .. }), "{out:?}");
+    Ok(())
+}
+
+/// Two workers' sinks of pipeline `APP` on one new local table at `root` (`orders`, and
+/// `orders/w2` with its own app id), each claiming partitions.
+async fn two_workers(root: &Path) -> (DeltaSink, DeltaSink) {
+    let fs = tidemark_fs::std_fs();
+    let mut w1 = open(root, fs.clone(), 1).await;
+    let mut w2 = DeltaSink::open_existing_with(&url_of(root), "orders/w2", options(fs, 2))
+        .await
+        .unwrap()
+        .unwrap();
+    w1.claim_partitions(APP);
+    w2.claim_partitions(APP);
+    (w1, w2)
 }

@@ -1204,7 +1204,7 @@ impl Source for KafkaSource {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -1336,7 +1336,8 @@ mod tests {
         producer.flush(Duration::from_secs(10)).expect("flush");
     }
 
-    fn config(brokers: String, topic: &str) -> KafkaSourceConfig {
+    /// A source of `topic` on `brokers` with no extra properties (the unit tests' settings).
+    pub(crate) fn config(brokers: String, topic: &str) -> KafkaSourceConfig {
         KafkaSourceConfig {
             brokers,
             topics: vec![topic.to_string()],

@@ -367,7 +367,6 @@ fn every_partition(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::time::{Duration, Instant};
 
     use rdkafka::mocking::MockCluster;
@@ -376,13 +375,7 @@ mod tests {
     use super::*;
 
     fn config(brokers: String) -> KafkaSourceConfig {
-        KafkaSourceConfig {
-            brokers,
-            topics: vec!["orders".into()],
-            group_id: "unit".into(),
-            properties: BTreeMap::new(),
-            only: None,
-        }
+        crate::kafka::tests::config(brokers, "orders")
     }
 
     /// The id asked for at once is the id librdkafka's own lookup waits for, on every try.
