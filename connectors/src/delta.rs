@@ -611,13 +611,14 @@ pub struct DeltaSink {
     /// first one claims every partition it holds a position for (see
     /// [`partition_claims::claimed_ranges`]), later ones only the partitions they read.
     claims_adopted: bool,
-    /// The partitions whose claim chain this sink continues: each was covered by a commit of
-    /// this sink checked against the table's claims ([`DeltaSink::check_claims`]), and since
-    /// then only this sink's commits can have moved its claim unless a commit try lost a race.
-    /// A commit through the [`OwnTail`] skips the check, so it is made only when every
-    /// partition it covers is here: a partition claimed by another worker *before* this
-    /// sink's last checked commit (which did not cover it) would otherwise go unchecked.
-    claims_checked: std::collections::BTreeSet<TopicPartition>,
+    /// The table's claim (`None`: no claim) of each partition this sink has checked or
+    /// committed since [`DeltaSink::claim_partitions`], as of the state last loaded plus this
+    /// sink's own commits since (each sets the claims of the partitions it covers). A commit
+    /// through the [`OwnTail`] does not re-read the table, so it is checked against these
+    /// instead: exact, because the tail's put-if-absent fails if any other writer committed
+    /// since. Every commit that re-reads the table reloads all of them, so a partition another
+    /// worker took in between is known as taken; a partition not here takes that path.
+    claims_known: BTreeMap<TopicPartition, Option<i64>>,
     /// Commit tries that lost the race to another writer's commit (and were tried again).
     lost_races: u64,
 }
@@ -815,7 +816,7 @@ impl DeltaSink {
             app_id: app_id.to_string(),
             claims: None,
             claims_adopted: false,
-            claims_checked: Default::default(),
+            claims_known: BTreeMap::new(),
             lost_races: 0,
             local_root,
             unchecked_store,
@@ -916,7 +917,7 @@ impl DeltaSink {
     pub fn claim_partitions(&mut self, pipeline: &str) {
         self.claims = Some(pipeline.to_string());
         self.claims_adopted = false;
-        self.claims_checked.clear();
+        self.claims_known.clear();
     }
 
     /// The claims of `partitions` in the state as last loaded (`None`: no claim).
@@ -956,15 +957,19 @@ impl DeltaSink {
 
     /// Refuses `info` when a partition it covers was claimed by another writer since its
     /// start (checked on the state as last loaded: the commit lands right after it or not).
-    async fn check_claims(&self, info: &EpochCommitInfo) -> Result<(), DeltaSinkError> {
-        let Some(pipeline) = &self.claims else {
+    /// Reloads `claims_known` from that state, for the partitions it covers too.
+    async fn check_claims(&mut self, info: &EpochCommitInfo) -> Result<(), DeltaSinkError> {
+        let Some(pipeline) = self.claims.clone() else {
             return Ok(());
         };
         let ranges = partition_claims::claimed_ranges(info, !self.claims_adopted);
-        let claims = self
-            .loaded_claims(pipeline, ranges.iter().map(|r| &r.partition))
-            .await?;
-        partition_claims::check(&ranges, &claims).map_err(|taken| DeltaSinkError {
+        let partitions: std::collections::BTreeSet<TopicPartition> = ranges
+            .iter()
+            .map(|r| r.partition.clone())
+            .chain(self.claims_known.keys().cloned())
+            .collect();
+        self.claims_known = self.loaded_claims(&pipeline, &partitions).await?;
+        partition_claims::check(&ranges, &self.claims_known).map_err(|taken| DeltaSinkError {
             op: "commit",
             table: self.uri.clone(),
             file: None,
@@ -1599,9 +1604,10 @@ impl DeltaSink {
         if let CommitOutcome::Committed { .. } = outcome {
             self.newest_own = Some(self.newest_own.map_or(info.epoch, |o| o.max(info.epoch)));
             self.claims_adopted = true;
-            // Landed, so checked (or through the tail, whose partitions all were).
-            self.claims_checked
-                .extend(ranges.into_iter().flatten().map(|r| r.partition));
+            // Landed: the table now claims each covered partition up to the commit's end.
+            for r in ranges.into_iter().flatten() {
+                self.claims_known.insert(r.partition, Some(r.end));
+            }
         }
         Ok(outcome)
     }
@@ -1815,13 +1821,18 @@ impl DeltaSink {
         let Ok(snapshot) = self.table.snapshot() else {
             return false;
         };
-        // Claims are checked only on the path that re-reads the table: through the tail only
-        // partitions whose chain this sink continues (see `claims_checked`).
-        let claims_continued = self.claims.is_none()
+        // Through the tail the claims are checked against `claims_known` (exact while no other
+        // writer committed, which the tail's put-if-absent ensures); a partition not there
+        // takes the path that re-reads the table.
+        let claims_hold = self.claims.is_none()
             || partition_claims::claimed_ranges(info, !self.claims_adopted)
                 .iter()
-                .all(|r| self.claims_checked.contains(&r.partition));
-        claims_continued
+                .all(|r| match self.claims_known.get(&r.partition) {
+                    Some(None) => true,
+                    Some(Some(claimed)) => r.start == Some(*claimed),
+                    None => false,
+                });
+        claims_hold
             && self.local_root.is_some()
             && self.table.log_store().name() == "DefaultLogStore"
             && snapshot.protocol().min_writer_version() <= 3

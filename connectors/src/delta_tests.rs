@@ -1259,3 +1259,50 @@ async fn two_workers(root: &Path) -> (DeltaSink, DeltaSink) {
     w2.claim_partitions(APP);
     (w1, w2)
 }
+
+/// A partition this worker's run did claim, taken by another worker in between (its commit
+/// made this worker's next commit, of another partition, re-read the table): a later commit
+/// of the taken partition through the sink's own tail is checked against the new claim too,
+/// not against what the run claimed before.
+#[tokio::test]
+async fn a_partition_taken_between_two_commits_of_the_run_is_refused_through_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("t");
+    let (mut w1, mut w2) = two_workers(&root).await;
+    let mut first = info(1);
+    first.end_positions.set("t", 0, 5);
+    commit_rows(&mut w1, &first, 0..5).await.unwrap();
+
+    // w2 takes partition 0 (w1 was paused past its session) and writes 5..8.
+    let mut taken = info(1);
+    taken.start_positions.set("t", 0, 5);
+    taken.end_positions.set("t", 0, 8);
+    commit_rows(&mut w2, &taken, 5..8).await.unwrap();
+
+    // w1 commits partition 1: its tail is gone (w2's commit took the version), so the table
+    // is re-read, and partition 1 has no claim: it lands.
+    let mut other = info(2);
+    other.start_positions.set("t", 0, 5);
+    other.end_positions.set("t", 0, 5);
+    other.end_positions.set("t", 1, 2);
+    commit_rows(&mut w1, &other, 0..2).await.unwrap();
+
+    // w1 still believes it owns partition 0 from offset 5: refused, though no writer
+    // committed since w1's last commit.
+    let mut stale = info(3);
+    stale.start_positions.set("t", 0, 5);
+    stale.end_positions.set("t", 0, 9);
+    stale.start_positions.set("t", 1, 2);
+    stale.end_positions.set("t", 1, 2);
+    let err = commit_rows(&mut w1, &stale, 5..9).await.unwrap_err();
+    let taken = err.partition_taken().expect("a claim refusal").clone();
+    assert_eq!(
+        (taken.partition.partition, taken.claimed, taken.start),
+        (0, 8, Some(5))
+    );
+    assert_eq!(
+        live_files(&root).await.len(),
+        3,
+        "the refused commit wrote nothing"
+    );
+}
