@@ -1202,22 +1202,18 @@ async fn a_partition_first_read_after_the_runs_first_commit_is_checked_against_i
     let root = dir.path().join("t");
     let (mut w1, mut w2) = two_workers(&root).await;
     // w2 writes partition 0 from its beginning.
-    let mut p0 = info(1);
-    p0.end_positions.set("t", 0, 5);
-    commit_rows(&mut w2, &p0, 0..5).await.unwrap();
+    commit_rows(&mut w2, &covering(1, &[(0, None, 5)]), 0..5)
+        .await
+        .unwrap();
 
     // w1's run started when partition 0 had no claim (no position for it): its first commit
     // covers partition 1 only, and lands after w2's.
-    let mut p1 = info(1);
-    p1.start_positions.set("t", 1, 3);
-    p1.end_positions.set("t", 1, 4);
-    commit_rows(&mut w1, &p1, 0..1).await.unwrap();
+    commit_rows(&mut w1, &covering(1, &[(1, Some(3), 4)]), 0..1)
+        .await
+        .unwrap();
 
     // Then w1 reads partition 0 from its beginning: refused, w2 holds it up to offset 5.
-    let mut again = info(2);
-    again.start_positions.set("t", 1, 4);
-    again.end_positions.set("t", 1, 4);
-    again.end_positions.set("t", 0, 5);
+    let again = covering(2, &[(1, Some(4), 4), (0, None, 5)]);
     let err = commit_rows(&mut w1, &again, 0..5).await.unwrap_err();
     let taken = err.partition_taken().expect("a claim refusal").clone();
     assert_eq!(
@@ -1269,31 +1265,23 @@ async fn a_partition_taken_between_two_commits_of_the_run_is_refused_through_the
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("t");
     let (mut w1, mut w2) = two_workers(&root).await;
-    let mut first = info(1);
-    first.end_positions.set("t", 0, 5);
-    commit_rows(&mut w1, &first, 0..5).await.unwrap();
+    commit_rows(&mut w1, &covering(1, &[(0, None, 5)]), 0..5)
+        .await
+        .unwrap();
 
     // w2 takes partition 0 (w1 was paused past its session) and writes 5..8.
-    let mut taken = info(1);
-    taken.start_positions.set("t", 0, 5);
-    taken.end_positions.set("t", 0, 8);
-    commit_rows(&mut w2, &taken, 5..8).await.unwrap();
+    commit_rows(&mut w2, &covering(1, &[(0, Some(5), 8)]), 5..8)
+        .await
+        .unwrap();
 
     // w1 commits partition 1: its tail is gone (w2's commit took the version), so the table
     // is re-read, and partition 1 has no claim: it lands.
-    let mut other = info(2);
-    other.start_positions.set("t", 0, 5);
-    other.end_positions.set("t", 0, 5);
-    other.end_positions.set("t", 1, 2);
+    let other = covering(2, &[(0, Some(5), 5), (1, None, 2)]);
     commit_rows(&mut w1, &other, 0..2).await.unwrap();
 
     // w1 still believes it owns partition 0 from offset 5: refused, though no writer
     // committed since w1's last commit.
-    let mut stale = info(3);
-    stale.start_positions.set("t", 0, 5);
-    stale.end_positions.set("t", 0, 9);
-    stale.start_positions.set("t", 1, 2);
-    stale.end_positions.set("t", 1, 2);
+    let stale = covering(3, &[(0, Some(5), 9), (1, Some(2), 2)]);
     let err = commit_rows(&mut w1, &stale, 5..9).await.unwrap_err();
     let taken = err.partition_taken().expect("a claim refusal").clone();
     assert_eq!(
@@ -1305,4 +1293,17 @@ async fn a_partition_taken_between_two_commits_of_the_run_is_refused_through_the
         3,
         "the refused commit wrote nothing"
     );
+}
+
+/// The commit info of `epoch` covering partitions of topic `t`: `(partition, start, end)`,
+/// `start` `None` for a partition read from its beginning.
+fn covering(epoch: i64, ranges: &[(i32, Option<i64>, i64)]) -> EpochCommitInfo {
+    let mut i = info(epoch);
+    for &(partition, start, end) in ranges {
+        if let Some(start) = start {
+            i.start_positions.set("t", partition, start);
+        }
+        i.end_positions.set("t", partition, end);
+    }
+    i
 }
