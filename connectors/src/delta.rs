@@ -918,6 +918,8 @@ impl DeltaSink {
         self.claims = Some(pipeline.to_string());
         self.claims_adopted = false;
         self.claims_known.clear();
+        // The next commit re-reads the table whatever the caller did before.
+        self.own_tail = None;
     }
 
     /// The claims of `partitions` in the state as last loaded (`None`: no claim).
