@@ -611,13 +611,13 @@ pub struct DeltaSink {
     /// first one claims every partition it holds a position for (see
     /// [`partition_claims::claimed_ranges`]), later ones only the partitions they read.
     claims_adopted: bool,
-    /// The table's claim (`None`: no claim) of each partition this sink has checked or
-    /// committed since [`DeltaSink::claim_partitions`], as of the state last loaded plus this
-    /// sink's own commits since (each sets the claims of the partitions it covers). A commit
-    /// through the [`OwnTail`] does not re-read the table, so it is checked against these
-    /// instead: exact, because the tail's put-if-absent fails if any other writer committed
-    /// since. Every commit that re-reads the table reloads all of them, so a partition another
-    /// worker took in between is known as taken; a partition not here takes that path.
+    /// The table's claim (`None`: no claim) of each partition covered by this sink's last
+    /// commit that re-read the table, as checked then, and by its own commits since (each
+    /// sets the claims of the partitions it covers). A commit through the [`OwnTail`] does not
+    /// re-read the table, so it is checked against these instead: exact, because the tail's
+    /// put-if-absent fails if any other writer committed since. A partition not here (the
+    /// sink forgets the others at each re-read: another worker may have taken them) takes the
+    /// path that re-reads the table.
     claims_known: BTreeMap<TopicPartition, Option<i64>>,
     /// Commit tries that lost the race to another writer's commit (and were tried again).
     lost_races: u64,
@@ -959,18 +959,16 @@ impl DeltaSink {
 
     /// Refuses `info` when a partition it covers was claimed by another writer since its
     /// start (checked on the state as last loaded: the commit lands right after it or not).
-    /// Reloads `claims_known` from that state, for the partitions it covers too.
+    /// `claims_known` becomes the claims read for that check (those of the partitions `info`
+    /// covers): what the sink knew of other partitions may be stale after a re-read.
     async fn check_claims(&mut self, info: &EpochCommitInfo) -> Result<(), DeltaSinkError> {
         let Some(pipeline) = self.claims.clone() else {
             return Ok(());
         };
         let ranges = partition_claims::claimed_ranges(info, !self.claims_adopted);
-        let partitions: std::collections::BTreeSet<TopicPartition> = ranges
-            .iter()
-            .map(|r| r.partition.clone())
-            .chain(self.claims_known.keys().cloned())
-            .collect();
-        self.claims_known = self.loaded_claims(&pipeline, &partitions).await?;
+        self.claims_known = self
+            .loaded_claims(&pipeline, ranges.iter().map(|r| &r.partition))
+            .await?;
         partition_claims::check(&ranges, &self.claims_known).map_err(|taken| DeltaSinkError {
             op: "commit",
             table: self.uri.clone(),
