@@ -1824,14 +1824,13 @@ impl DeltaSink {
         // Through the tail the claims are checked against `claims_known` (exact while no other
         // writer committed, which the tail's put-if-absent ensures); a partition not there
         // takes the path that re-reads the table.
-        let claims_hold = self.claims.is_none()
-            || partition_claims::claimed_ranges(info, !self.claims_adopted)
+        let claims_hold = self.claims.is_none() || {
+            let ranges = partition_claims::claimed_ranges(info, !self.claims_adopted);
+            ranges
                 .iter()
-                .all(|r| match self.claims_known.get(&r.partition) {
-                    Some(None) => true,
-                    Some(Some(claimed)) => r.start == Some(*claimed),
-                    None => false,
-                });
+                .all(|r| self.claims_known.contains_key(&r.partition))
+                && partition_claims::check(&ranges, &self.claims_known).is_ok()
+        };
         claims_hold
             && self.local_root.is_some()
             && self.table.log_store().name() == "DefaultLogStore"

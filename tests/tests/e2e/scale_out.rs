@@ -59,9 +59,8 @@ struct Worker {
     log: Option<std::thread::JoinHandle<String>>,
 }
 
-/// Starts workers `w0..wn` with `--until-caught-up` and waits for each to end well.
-/// Runs `n` workers with `--until-caught-up` until each ends; every worker's log, for a
-/// failing check to print.
+/// Starts workers `w0..wn` with `--until-caught-up` and waits for each to end well; returns
+/// every worker's log, for a failing check to print.
 fn run_workers_to_end(fixture: &Fixture, n: usize) -> String {
     let workers: Vec<Worker> = (0..n)
         .map(|i| Worker::spawn(fixture, &format!("w{i}"), true))
@@ -71,7 +70,23 @@ fn run_workers_to_end(fixture: &Fixture, n: usize) -> String {
         let id = w.id.clone();
         let (status, log) = w.wait();
         assert!(status.success(), "{id}: {status}\n{log}");
-        logs.push_str(&format!("----- worker {id}\n{log}\n"));
+        logs.push_str(&format!("----- worker {id}: {status}\n{log}\n"));
+    }
+    logs
+}
+
+/// Sends `signal` to each of `workers`, waits for it and returns every log: what a test
+/// prints when it gives up waiting for them.
+fn stop_for_logs(workers: Vec<Worker>, signal: i32) -> String {
+    let mut workers = workers;
+    for w in &mut workers {
+        w.signal(signal);
+    }
+    let mut logs = String::new();
+    for w in workers {
+        let id = w.id.clone();
+        let (status, log) = w.wait();
+        logs.push_str(&format!("----- worker {id}: {status}\n{log}\n"));
     }
     logs
 }
@@ -573,20 +588,9 @@ async fn a_worker_paused_past_its_session_has_its_stale_epoch_refused_and_rejoin
         if Instant::now() >= deadline {
             // What the workers did tells why (CI saw this once, under a loaded broker).
             producing.store(false, Ordering::SeqCst);
-            for w in [&mut a, &mut b, &mut c] {
-                w.signal(libc::SIGTERM);
-            }
-            let logs: Vec<String> = [a, b, c]
-                .into_iter()
-                .map(|w| {
-                    let id = w.id.clone();
-                    let (status, log) = w.wait();
-                    format!("----- {id}: {status}\n{log}")
-                })
-                .collect();
+            let logs = stop_for_logs(vec![a, b, c], libc::SIGTERM);
             panic!(
-                "a never committed after its pause (a's commits after it: {a_after:?}, b's: {b_after})\n{}",
-                logs.join("\n")
+                "a never committed after its pause (a's commits after it: {a_after:?}, b's: {b_after})\n{logs}"
             );
         }
         std::thread::sleep(Duration::from_millis(300));
@@ -778,13 +782,10 @@ async fn a_worker_with_an_http_endpoint_keeps_serving_across_a_rebalance() {
         if Instant::now() >= deadline {
             // What each worker was doing (seen once in CI, not reproduced here).
             let (rows, w1_committed) = (rows_in_table(&fixture.table), committed_by("test.w1"));
-            w0.signal(libc::SIGKILL);
-            w1.signal(libc::SIGKILL);
-            let (_, l0) = w0.wait();
-            let (_, l1) = w1.wait();
+            let logs = stop_for_logs(vec![w0, w1], libc::SIGKILL);
             panic!(
                 "the workers never read everything in 90 s: {rows} rows of 4000, w1 committed: \
-                 {w1_committed}\n--- w0:\n{l0}\n--- w1:\n{l1}"
+                 {w1_committed}\n{logs}"
             );
         }
         std::thread::sleep(Duration::from_millis(200));
