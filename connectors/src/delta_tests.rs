@@ -1114,7 +1114,7 @@ async fn commits_after_its_own_skip_the_log_reread_and_another_writers_commit_is
 async fn a_partition_claimed_by_another_worker_refuses_the_stale_commit() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("t");
-    let (mut w1, mut w2) = two_workers(&root).await;
+    let (mut w1, mut w2) = two_workers(&root, tidemark_fs::std_fs()).await;
     let range = |epoch: i64, start: Option<i64>, end: i64| {
         let mut i = info(epoch);
         if let Some(s) = start {
@@ -1200,7 +1200,7 @@ async fn a_partition_claimed_by_another_worker_refuses_the_stale_commit() {
 async fn a_partition_first_read_after_the_runs_first_commit_is_checked_against_its_claim() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("t");
-    let (mut w1, mut w2) = two_workers(&root).await;
+    let (mut w1, mut w2) = two_workers(&root, tidemark_fs::std_fs()).await;
     // w2 writes partition 0 from its beginning.
     commit_rows(&mut w2, &covering(1, &[(0, None, 5)]), 0..5)
         .await
@@ -1243,10 +1243,11 @@ async fn commit_rows(
 }
 
 /// Two workers' sinks of pipeline `APP` on one new local table at `root` (`orders`, and
-/// `orders/w2` with its own app id), each claiming partitions.
-async fn two_workers(root: &Path) -> (DeltaSink, DeltaSink) {
+/// `orders/w2` with its own app id), each claiming partitions; the first one's files go
+/// through `w1_fs`.
+async fn two_workers(root: &Path, w1_fs: SharedFs) -> (DeltaSink, DeltaSink) {
+    let mut w1 = open(root, w1_fs, 1).await;
     let fs = tidemark_fs::std_fs();
-    let mut w1 = open(root, fs.clone(), 1).await;
     let mut w2 = DeltaSink::open_existing_with(&url_of(root), "orders/w2", options(fs, 2))
         .await
         .unwrap()
@@ -1264,7 +1265,7 @@ async fn two_workers(root: &Path) -> (DeltaSink, DeltaSink) {
 async fn a_partition_taken_between_two_commits_of_the_run_is_refused_through_the_tail() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("t");
-    let (mut w1, mut w2) = two_workers(&root).await;
+    let (mut w1, mut w2) = two_workers(&root, tidemark_fs::std_fs()).await;
     commit_rows(&mut w1, &covering(1, &[(0, None, 5)]), 0..5)
         .await
         .unwrap();
@@ -1292,6 +1293,67 @@ async fn a_partition_taken_between_two_commits_of_the_run_is_refused_through_the
         live_files(&root).await.len(),
         3,
         "the refused commit wrote nothing"
+    );
+}
+
+/// A commit that landed before an error (the `_delta_log` directory fsync fails) claims its
+/// partitions like any other: the run's next commits start where it ended, first on the path
+/// that re-reads the table and then through the sink's own tail; another worker's commit of
+/// that partition is refused, and so is a stale commit of the run itself through its tail.
+#[tokio::test]
+async fn a_commit_landed_before_an_error_claims_its_partitions_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("t");
+    let faults = FaultFs::new(tidemark_fs::std_fs());
+    let (mut w1, mut w2) = two_workers(&root, Arc::new(faults.clone())).await;
+    faults.arm(Fault {
+        path_contains: "_delta_log".into(),
+        ..Fault::once(Op::SyncDir, FaultKind::Eio)
+    });
+    commit_rows(&mut w1, &covering(1, &[(0, None, 5)]), 0..5)
+        .await
+        .unwrap();
+    assert_eq!(
+        faults.injected(),
+        1,
+        "the fault fired after the commit landed"
+    );
+    assert_eq!(w1.own_tail, None, "an error leaves no tail to commit after");
+
+    commit_rows(&mut w1, &covering(2, &[(0, Some(5), 8)]), 5..8)
+        .await
+        .unwrap();
+    commit_rows(&mut w1, &covering(3, &[(0, Some(8), 10)]), 8..10)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            w1.own_tail,
+            Some(OwnTail {
+                version: 3,
+                unread: 1,
+                ..
+            })
+        ),
+        "epoch 3 went through the tail: {:?}",
+        w1.own_tail
+    );
+
+    let err = commit_rows(&mut w2, &covering(1, &[(0, None, 4)]), 0..4)
+        .await
+        .unwrap_err();
+    let taken = err.partition_taken().expect("a claim refusal").clone();
+    assert_eq!((taken.claimed, taken.start), (10, None));
+
+    // w2's refusal wrote nothing, so w1's tail still holds: a stale start is refused there.
+    let stale = covering(4, &[(0, Some(8), 12)]);
+    let err = commit_rows(&mut w1, &stale, 8..12).await.unwrap_err();
+    let taken = err.partition_taken().expect("a claim refusal").clone();
+    assert_eq!((taken.claimed, taken.start), (10, Some(8)));
+    assert_eq!(
+        live_files(&root).await.len(),
+        3,
+        "only the three landed commits"
     );
 }
 
