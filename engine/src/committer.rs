@@ -1328,6 +1328,61 @@ mod tests {
         DeadLetter::of(&r, "missing_payload", "no value")
     }
 
+    /// A reset to a table that holds no commit of the pipeline (v = 0: a rewind to before its
+    /// first commit, say) forgets the store's old state epoch. Kept, the next checkpoint
+    /// would name it as durable while the reset store holds no state, and the WAL would drop
+    /// the changelog of the epochs after it before the state writer had synced them.
+    #[tokio::test]
+    async fn a_reset_to_a_table_without_commits_of_the_pipeline_forgets_the_old_state_epoch() {
+        use deltalake::kernel::{DataType, StructField};
+        use tidemark_checkpoint::store::StoreOptions;
+        use tidemark_checkpoint::wal::{FrameKind, WalOptions};
+        use tidemark_checkpoint::{CheckpointRecord, CheckpointStore, Wal};
+        use tidemark_connectors::delta::{DeltaSink, SinkOptions};
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path().join("table")).unwrap();
+        let columns = vec![StructField::new("id", DataType::LONG, false)];
+        let sink = DeltaSink::open_or_create_with(&url, "p", "t", columns, SinkOptions::default())
+            .await
+            .unwrap();
+        let (mut wal, _) = Wal::open(&dir.path().join("wal"), WalOptions::default(), None).unwrap();
+        for epoch in 1..=7 {
+            wal.append(FrameKind::Record, epoch, b"record").unwrap();
+            wal.seal(epoch, b"seal").unwrap();
+        }
+        let store =
+            CheckpointStore::open(&dir.path().join("store"), StoreOptions::default()).unwrap();
+        let mut committer = super::Committer::new(sink, wal, store, "p".into(), None, true);
+        committer.continue_from(&CheckpointRecord {
+            epoch: 7,
+            committed_epoch: 7,
+            table_version: Some(7),
+            watermark: None,
+            wal_segment: 0,
+            wal_offset: 0,
+            created_at_ms: 0,
+            counts: Default::default(),
+            positions: Vec::new(),
+            state_epoch: 5,
+            state_wal_segment: 0,
+            state_wal_offset: 0,
+        });
+        assert_eq!(committer.state_epoch, 5);
+
+        committer.reset_to_table(0, None).await.unwrap();
+        assert_eq!(committer.state_epoch, 0, "the reset store holds no state");
+        assert_eq!(
+            committer.state_at,
+            committer.wal.end(),
+            "the changelog of the epochs from here begins at the log's end"
+        );
+        assert_eq!(
+            (committer.committed_epoch, committer.table_version),
+            (0, None)
+        );
+    }
+
     #[test]
     fn only_letters_at_or_after_the_tables_end_are_written() {
         let mut end = Positions::new();
