@@ -19,9 +19,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::metadata::Metadata;
 use rdkafka::producer::{
     BaseRecord, DefaultProducerContext, DeliveryResult, ProducerContext, ThreadedProducer,
 };
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use tidemark_connectors::mm2;
@@ -103,6 +105,40 @@ pub struct Mirror {
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long [`Mirror::new_from`] waits in all for the source topic's metadata, asking again
+/// every [`TIMEOUT`]. Why: tansu under another client's heavy produce load (CI, a drill beside
+/// a build) was seen to leave one 10 s metadata request unanswered, which failed a DR drill
+/// round though nothing was wrong; the request may simply be asked again.
+const METADATA_PATIENCE: Duration = Duration::from_secs(120);
+
+/// `topic`'s metadata from `consumer`'s cluster, asked in rounds of `round` while the broker
+/// does not answer, within `patience`: a round that times out, or fails on a connection
+/// librdkafka closed because an earlier request timed out, is asked again; any other error is
+/// returned at once.
+fn fetch_metadata_in_rounds(
+    consumer: &BaseConsumer,
+    topic: &str,
+    round: Duration,
+    patience: Duration,
+) -> Result<Metadata, KafkaError> {
+    let started = Instant::now();
+    loop {
+        match consumer.fetch_metadata(Some(topic), round) {
+            Err(KafkaError::MetadataFetch(
+                code @ (RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown),
+            )) if started.elapsed() < patience => {
+                eprintln!(
+                    "mirror of {topic}: no metadata from the source after {} s ({code}); asking again",
+                    started.elapsed().as_secs()
+                );
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Mirror {
     /// A mirror of `topic` on `from` into `target_topic` on `to` (both existing, the target
     /// with at least as many partitions), copying from the source's beginning.
@@ -125,7 +161,7 @@ impl Mirror {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .create()?;
-        let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+        let metadata = fetch_metadata_in_rounds(&consumer, topic, TIMEOUT, METADATA_PATIENCE)?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -357,4 +393,49 @@ pub fn seed_partitions(
     }
     flush_patiently(&producer, "the seeding of the mirror's target")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::mocking::MockCluster;
+
+    use super::fetch_metadata_in_rounds;
+
+    /// A broker slow to answer for a while: one 1 s metadata request times out, rounds of
+    /// 1 s within a patience of 20 s get the topic's partitions once it answers again.
+    #[test]
+    fn the_metadata_request_is_asked_again_while_the_broker_does_not_answer() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 3, 1).unwrap();
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .create()
+            .unwrap();
+        cluster
+            .broker_round_trip_time(1, Duration::from_secs(4))
+            .unwrap();
+        let once = consumer.fetch_metadata(Some("t"), Duration::from_secs(1));
+        assert!(once.is_err(), "one round was answered by a slow broker");
+        let fetching = std::thread::spawn(move || {
+            fetch_metadata_in_rounds(
+                &consumer,
+                "t",
+                Duration::from_secs(1),
+                Duration::from_secs(20),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
+        let metadata = fetching.join().unwrap().unwrap();
+        let partitions: Vec<i32> = metadata.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| p.id())
+            .collect();
+        assert_eq!(partitions, [0, 1, 2]);
+    }
 }
