@@ -21,6 +21,7 @@ use arrow::datatypes::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::errors::ParquetError;
 
+use crate::dictionary_choice::SAMPLE_ROWS;
 use crate::parquet_file::{writer_properties, StatsBuilder};
 
 /// One encoded data file of an epoch: its bytes, rows and Delta stats.
@@ -164,12 +165,11 @@ pub fn encode_files(
     for batch in batches {
         let mut offset = 0;
         while offset < batch.num_rows() {
-            let file = match current.as_mut() {
-                Some(f) => f,
-                None => current.insert(FileWriter::new(schema.clone())?),
-            };
-            let take = (max_rows_per_file - file.stats.rows()).min(batch.num_rows() - offset);
-            file.write(&batch.slice(offset, take))?;
+            let written = current.as_ref().map_or(0, |f| f.stats.rows());
+            let take = (max_rows_per_file - written).min(batch.num_rows() - offset);
+            let rows = batch.slice(offset, take);
+            let file = current.get_or_insert_with(|| FileWriter::new(schema.clone()));
+            file.write(&rows)?;
             offset += take;
             if file.stats.rows() == max_rows_per_file {
                 if let Some(full) = current.take() {
@@ -185,29 +185,58 @@ pub fn encode_files(
 }
 
 /// One file being written: the Parquet writer and the file's stats so far.
+///
+/// The writer starts once the file's first [`SAMPLE_ROWS`] rows are there (or at its close,
+/// for a smaller file): its settings are chosen from them ([`writer_properties`]). Until then
+/// those rows wait in `first`.
 struct FileWriter {
-    writer: ArrowWriter<Vec<u8>>,
+    schema: SchemaRef,
+    first: Vec<RecordBatch>,
+    writer: Option<ArrowWriter<Vec<u8>>>,
     stats: StatsBuilder,
 }
 
 impl FileWriter {
-    fn new(schema: SchemaRef) -> Result<Self, ParquetError> {
+    fn new(schema: SchemaRef) -> Self {
         let stats = StatsBuilder::new(&schema);
-        Ok(Self {
-            writer: ArrowWriter::try_new(Vec::new(), schema, Some(writer_properties()))?,
+        Self {
+            schema,
+            first: Vec::new(),
+            writer: None,
             stats,
-        })
+        }
     }
 
     fn write(&mut self, batch: &RecordBatch) -> Result<(), ParquetError> {
         self.stats.add(batch);
-        self.writer.write(batch)
+        if let Some(writer) = self.writer.as_mut() {
+            return writer.write(batch);
+        }
+        self.first.push(batch.clone());
+        if self.stats.rows() >= SAMPLE_ROWS {
+            self.writer = Some(self.start_writing()?);
+        }
+        Ok(())
     }
 
-    fn close(self) -> Result<EncodedFile, ParquetError> {
+    /// The Parquet writer, with settings chosen from the rows held, and those rows written.
+    fn start_writing(&mut self) -> Result<ArrowWriter<Vec<u8>>, ParquetError> {
+        let properties = writer_properties(&self.first);
+        let mut writer = ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(properties))?;
+        for batch in self.first.drain(..) {
+            writer.write(&batch)?;
+        }
+        Ok(writer)
+    }
+
+    fn close(mut self) -> Result<EncodedFile, ParquetError> {
+        let writer = match self.writer.take() {
+            Some(writer) => writer,
+            None => self.start_writing()?,
+        };
         let rows = self.stats.rows();
         let stats = self.stats.finish().to_string();
-        let bytes = self.writer.into_inner()?;
+        let bytes = writer.into_inner()?;
         Ok(EncodedFile {
             bytes: bytes.into(),
             rows,
@@ -241,6 +270,55 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    /// A column whose first rows are mostly distinct is written without a dictionary, one
+    /// whose values repeat with one; the rows read back the same; and the same rows handed
+    /// over in other batches give the same bytes (the choice waits for the file's first rows).
+    #[test]
+    fn distinct_columns_are_written_without_a_dictionary_whatever_the_batches() {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        let ids: Vec<String> = (0..10_000).map(|i| format!("id-{i}")).collect();
+        let whole = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(ids)),
+                Arc::new(Int64Array::from_iter_values((0..10_000).map(|i| i % 7))),
+            ],
+        )
+        .unwrap();
+        let at_once = encode_files(schema.clone(), 1 << 20, [whole.clone()]).unwrap();
+        let parts = [(0, 1), (1, 99), (100, 5_000), (5_100, 4_900)].map(|(o, n)| whole.slice(o, n));
+        let in_parts = encode_files(schema.clone(), 1 << 20, parts).unwrap();
+        assert_eq!(at_once.len(), 1);
+        assert_eq!(at_once[0].bytes, in_parts[0].bytes);
+
+        let bytes = at_once[0].bytes.clone();
+        let metadata = SerializedFileReader::new(bytes.clone())
+            .unwrap()
+            .metadata()
+            .clone();
+        let columns = metadata.row_group(0).columns();
+        assert_eq!(
+            columns[0].dictionary_page_offset(),
+            None,
+            "id: all distinct"
+        );
+        assert!(columns[1].dictionary_page_offset().is_some(), "n: 7 values");
+        let read: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let read = arrow::compute::concat_batches(&schema, &read).unwrap();
+        assert_eq!(read, whole);
     }
 
     proptest! {

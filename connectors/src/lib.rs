@@ -15,12 +15,15 @@
 //!   fsync, link/rename, directory fsync) through the `tidemark-fs` seam.
 //! - [`partition_claims`]: per-partition `txn` claims that fence workers sharing a pipeline.
 //! - [`parquet_file`]: an epoch's rows as a Parquet file with its Delta `add` action and stats.
+//! - [`dictionary_choice`]: which columns of a data file are dictionary-encoded, from its first
+//!   rows.
 //!
 //! This crate never imports the engine or the checkpoint crate.
 
 pub mod dead_letter;
 pub mod decode;
 pub mod delta;
+pub mod dictionary_choice;
 pub mod durable_store;
 pub mod epoch_encoder;
 pub mod ids;

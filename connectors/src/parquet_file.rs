@@ -20,17 +20,20 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use serde_json::{json, Map, Value};
 
-/// The writer settings of every data file Tidemark writes: Snappy compression.
-pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .build()
+/// The writer settings of a data file whose rows begin with `first` (at least its first
+/// [`SAMPLE_ROWS`](crate::dictionary_choice::SAMPLE_ROWS) rows, or all of them): Snappy
+/// compression, and dictionary encoding for the columns whose first values repeat
+/// ([`crate::dictionary_choice`]).
+pub fn writer_properties(first: &[RecordBatch]) -> WriterProperties {
+    let builder = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    crate::dictionary_choice::without_dictionary_for_distinct_columns(builder, first).build()
 }
 
 /// Encodes `batch` as one Snappy-compressed Parquet file in memory.
 pub fn encode(batch: &RecordBatch) -> Result<Vec<u8>, ParquetError> {
     let mut out = Vec::with_capacity(batch.get_array_memory_size() / 2);
-    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(writer_properties()))?;
+    let properties = writer_properties(std::slice::from_ref(batch));
+    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(properties))?;
     writer.write(batch)?;
     writer.close()?;
     Ok(out)
