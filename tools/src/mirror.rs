@@ -105,37 +105,51 @@ pub struct Mirror {
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long [`Mirror::new_from`] waits in all for the source topic's metadata, asking again
-/// every [`TIMEOUT`]. Why: tansu under another client's heavy produce load (CI, a drill beside
-/// a build) was seen to leave one 10 s metadata request unanswered, which failed a DR drill
-/// round though nothing was wrong; the request may simply be asked again.
+/// How long [`Mirror::new_from`] goes on asking for the source topic's metadata, in rounds
+/// of [`TIMEOUT`] (so it may wait up to one round more). Why: tansu under another client's
+/// heavy produce load (CI, a drill beside a build) was seen to leave one 10 s metadata request
+/// unanswered, which failed a DR drill round though nothing was wrong; the request may simply
+/// be asked again.
 const METADATA_PATIENCE: Duration = Duration::from_secs(120);
 
-/// `topic`'s metadata from `consumer`'s cluster, asked in rounds of `round` while the broker
-/// does not answer, within `patience`: a round that times out, or fails on a connection
-/// librdkafka closed because an earlier request timed out, is asked again; any other error is
-/// returned at once.
+/// `topic`'s metadata from `consumer`'s cluster (`brokers`, for messages) and the rounds it
+/// took: asked in rounds of `round` while the broker does not answer, until `patience` has
+/// passed. A round that times out is asked again; so is one that fails for want of a usable
+/// broker, but only after a round timed out (librdkafka closes a connection whose request
+/// timed out): brokers never reached (a wrong address, refused TLS) fail at the first round.
+/// Any other error is returned at once.
 fn fetch_metadata_in_rounds(
     consumer: &BaseConsumer,
+    brokers: &str,
     topic: &str,
     round: Duration,
     patience: Duration,
-) -> Result<Metadata, KafkaError> {
+) -> Result<(Metadata, u32), KafkaError> {
     let started = Instant::now();
+    let mut rounds = 0;
+    let mut timed_out = false;
     loop {
-        match consumer.fetch_metadata(Some(topic), round) {
-            Err(KafkaError::MetadataFetch(
-                code @ (RDKafkaErrorCode::OperationTimedOut
-                | RDKafkaErrorCode::BrokerTransportFailure
-                | RDKafkaErrorCode::AllBrokersDown),
-            )) if started.elapsed() < patience => {
-                eprintln!(
-                    "mirror of {topic}: no metadata from the source after {} s ({code}); asking again",
-                    started.elapsed().as_secs()
-                );
+        rounds += 1;
+        let code = match consumer.fetch_metadata(Some(topic), round) {
+            Ok(metadata) => return Ok((metadata, rounds)),
+            Err(KafkaError::MetadataFetch(code)) => code,
+            Err(e) => return Err(e),
+        };
+        let again = match code {
+            RDKafkaErrorCode::OperationTimedOut => true,
+            RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown => {
+                timed_out
             }
-            other => return other,
+            _ => false,
+        };
+        if !again || started.elapsed() >= patience {
+            return Err(KafkaError::MetadataFetch(code));
         }
+        timed_out |= code == RDKafkaErrorCode::OperationTimedOut;
+        eprintln!(
+            "mirror of {topic}: no metadata from {brokers} after {} s ({code}); asking again",
+            started.elapsed().as_secs()
+        );
     }
 }
 
@@ -161,7 +175,8 @@ impl Mirror {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
             .create()?;
-        let metadata = fetch_metadata_in_rounds(&consumer, topic, TIMEOUT, METADATA_PATIENCE)?;
+        let (metadata, _) =
+            fetch_metadata_in_rounds(&consumer, from, topic, TIMEOUT, METADATA_PATIENCE)?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -397,45 +412,78 @@ pub fn seed_partitions(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use rdkafka::config::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::consumer::BaseConsumer;
     use rdkafka::mocking::MockCluster;
 
     use super::fetch_metadata_in_rounds;
 
-    /// A broker slow to answer for a while: one 1 s metadata request times out, rounds of
-    /// 1 s within a patience of 20 s get the topic's partitions once it answers again.
+    fn consumer(brokers: &str) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap()
+    }
+
+    /// A connected broker slow to answer for a while: the first 1 s round times out, and
+    /// rounds of 1 s within a patience of 20 s get the topic's partitions once it answers
+    /// again.
     #[test]
     fn the_metadata_request_is_asked_again_while_the_broker_does_not_answer() {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("t", 3, 1).unwrap();
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .create()
-            .unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let consumer = consumer(&brokers);
+        // Connected: the bootstrap connection, then the one to the broker the metadata names
+        // (until both are up, a slow round fails for want of a usable broker instead).
+        let round = Duration::from_secs(5);
+        for _ in 0..2 {
+            fetch_metadata_in_rounds(&consumer, &brokers, "t", round, Duration::ZERO)
+                .expect("the connection is up");
+            std::thread::sleep(Duration::from_millis(300));
+        }
         cluster
             .broker_round_trip_time(1, Duration::from_secs(4))
             .unwrap();
-        let once = consumer.fetch_metadata(Some("t"), Duration::from_secs(1));
-        assert!(once.is_err(), "one round was answered by a slow broker");
         let fetching = std::thread::spawn(move || {
-            fetch_metadata_in_rounds(
-                &consumer,
-                "t",
-                Duration::from_secs(1),
-                Duration::from_secs(20),
-            )
+            let round = Duration::from_secs(1);
+            fetch_metadata_in_rounds(&consumer, &brokers, "t", round, Duration::from_secs(20))
         });
-        std::thread::sleep(Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_millis(2500));
         cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
-        let metadata = fetching.join().unwrap().unwrap();
+        let (metadata, rounds) = fetching.join().unwrap().unwrap();
+        assert!(rounds >= 2, "answered at once by a slow broker");
         let partitions: Vec<i32> = metadata.topics()[0]
             .partitions()
             .iter()
             .map(|p| p.id())
             .collect();
         assert_eq!(partitions, [0, 1, 2]);
+    }
+
+    /// Brokers that cannot be reached at all (nothing listens there) are not waited out: the
+    /// error comes after the first round, not after the patience.
+    #[test]
+    fn brokers_never_reached_fail_without_the_patience() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let brokers = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let started = Instant::now();
+        let round = Duration::from_secs(1);
+        let result = fetch_metadata_in_rounds(
+            &consumer(&brokers),
+            &brokers,
+            "t",
+            round,
+            Duration::from_secs(60),
+        );
+        assert!(result.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "waited {:?} for brokers that refuse connections",
+            started.elapsed()
+        );
     }
 }
