@@ -4,45 +4,55 @@
 //! Why: parquet-rs dictionary-encodes every column by default. It interns each value of a
 //! column (a hash, a probe, a compare, a copy) until the column's dictionary passes the
 //! dictionary page limit (1 MB), and only then falls back to plain encoding for the rest of the
-//! row group. For a column whose values are mostly distinct (ids, event times, amounts) that
-//! work buys nothing: the dictionary ends up as large as the values. Turning it off for such
-//! columns halved the encoding time of the bench's orders (`cargo bench -p tidemark-benches
-//! --bench records -- parquet_encode`; the README has the figures), and encoding runs beside
-//! reading on the same two cores. A column whose first rows repeat keeps its dictionary.
+//! row group. For a column of so many distinct values that its dictionary cannot fit (ids,
+//! event times, amounts) that work buys nothing. Turning it off for them cut the encoding time
+//! of the bench's orders by 44% (`cargo bench -p tidemark-benches --bench records --
+//! parquet_encode`; the README has the figures), and encoding runs beside reading on the same
+//! two cores.
+//!
+//! **The rule.** Among the non-null values of a file's first [`SAMPLE_ROWS`] rows, `n` values
+//! with `r` repeats (values seen before in the sample) estimate the column's distinct values as
+//! `n² / 2r`: the number of values that, drawn alike, gives `r` repeats in expectation (all
+//! distinct: no bound). When that estimate times the values' average size in a dictionary page
+//! passes the page limit, the dictionary would fall back anyway, so it is off. Otherwise it is
+//! on (parquet-rs's default): a column of a few thousand or tens of thousands of values keeps a
+//! dictionary that pays, and values that repeat unevenly (a few frequent ones) show more
+//! repeats, hence a smaller estimate, hence the dictionary.
 //!
 //! The choice changes how a file is encoded, never what it holds: every Parquet reader
-//! decodes both encodings. It depends only on the file's first [`SAMPLE_ROWS`] rows, however
-//! they came in batches, so files of the same rows are encoded alike.
+//! decodes both encodings. It depends only on the file's first [`SAMPLE_ROWS`] rows, not on how
+//! they came in batches.
 
 use std::collections::HashSet;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::DataType;
-use parquet::file::properties::WriterPropertiesBuilder;
+use arrow::array::{Array, ArrayData, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Schema};
+use parquet::file::properties::{WriterPropertiesBuilder, DEFAULT_DICTIONARY_PAGE_SIZE_LIMIT};
 use parquet::schema::types::ColumnPath;
 
 /// Rows at the start of a file a column's choice looks at: files are written once this many
-/// rows are there (or the file ends), so the choice never depends on how its rows came in
-/// batches.
+/// rows are there (or the file ends).
 pub const SAMPLE_ROWS: usize = 4096;
 
 /// Fewest non-null values a choice is made on: below it the column keeps the default
 /// (dictionary on), which costs little on so few rows.
 const MIN_VALUES: usize = 64;
 
-/// `builder` with dictionary encoding off for each top-level column whose first
-/// [`SAMPLE_ROWS`] values in `first` (a file's first rows, in order) are more than half
-/// distinct, not counting nulls.
-pub fn without_dictionary_for_distinct_columns(
+/// `builder` with dictionary encoding off for each top-level column of `schema` whose
+/// dictionary would not fit in a page, judged from `first`, the file's first rows in order
+/// (see "The rule" in the module documentation).
+pub fn without_dictionary_where_it_cannot_fit(
     mut builder: WriterPropertiesBuilder,
+    schema: &Schema,
     first: &[RecordBatch],
 ) -> WriterPropertiesBuilder {
-    let Some(schema) = first.first().map(RecordBatch::schema) else {
-        return builder;
-    };
     for (c, field) in schema.fields().iter().enumerate() {
-        let columns: Vec<&dyn Array> = first.iter().map(|b| b.column(c).as_ref()).collect();
-        if mostly_distinct(&columns) == Some(true) {
+        let parts: Vec<&dyn Array> = first
+            .iter()
+            .filter_map(|b| b.columns().get(c))
+            .map(|a| a.as_ref())
+            .collect();
+        if dictionary_fits(&parts) == Some(false) {
             builder = builder
                 .set_column_dictionary_enabled(ColumnPath::new(vec![field.name().clone()]), false);
         }
@@ -50,15 +60,18 @@ pub fn without_dictionary_for_distinct_columns(
     builder
 }
 
-/// Whether more than half of the non-null values among the first [`SAMPLE_ROWS`] rows of a
-/// column (given as consecutive arrays) are distinct; `None` for a type not sampled (nested,
-/// boolean, dictionary) or too few values.
-fn mostly_distinct(column: &[&dyn Array]) -> Option<bool> {
-    let mut values: Vec<Vec<u8>> = Vec::new();
+/// Whether a column's dictionary would fit in one dictionary page, judged from the non-null
+/// values among its first [`SAMPLE_ROWS`] rows (the column given as consecutive arrays);
+/// `None` for a type not sampled (see [`sample`]) or too few values.
+fn dictionary_fits(parts: &[&dyn Array]) -> Option<bool> {
+    // Fixed-width values are read from each array's data, held here while the sample borrows.
+    let data: Vec<ArrayData> = parts.iter().map(|p| p.to_data()).collect();
+    let mut values: Vec<&[u8]> = Vec::new();
+    let mut length_prefixed = false;
     let mut rows = 0;
-    for part in column {
+    for (part, data) in parts.iter().zip(&data) {
         let take = part.len().min(SAMPLE_ROWS - rows);
-        sample(*part, take, &mut values)?;
+        length_prefixed = sample(*part, data, take, &mut values)?;
         rows += take;
         if rows == SAMPLE_ROWS {
             break;
@@ -67,51 +80,68 @@ fn mostly_distinct(column: &[&dyn Array]) -> Option<bool> {
     if values.len() < MIN_VALUES {
         return None;
     }
-    let n = values.len();
-    let distinct: HashSet<Vec<u8>> = values.into_iter().collect();
-    Some(distinct.len() * 2 > n)
+    let n = values.len() as f64;
+    let bytes: usize = values.iter().map(|v| v.len()).sum();
+    // A dictionary page stores a byte array's values with a 4-byte length each.
+    let prefix = if length_prefixed { 4.0 } else { 0.0 };
+    let size = bytes as f64 / n + prefix;
+    let distinct = values.iter().copied().collect::<HashSet<&[u8]>>().len();
+    let repeats = values.len() - distinct;
+    if repeats == 0 {
+        return Some(false);
+    }
+    let estimated_distinct = n * n / (2.0 * repeats as f64);
+    Some(estimated_distinct * size <= DEFAULT_DICTIONARY_PAGE_SIZE_LIMIT as f64)
 }
 
-/// Adds the bytes of the non-null values among the first `rows` of `array` to `out`; `None`
-/// for a type not sampled.
-fn sample(array: &dyn Array, rows: usize, out: &mut Vec<Vec<u8>>) -> Option<()> {
+/// Adds the bytes of the non-null values among the first `rows` of `array` (whose data is
+/// `data`) to `out`, and tells whether they are byte arrays (stored with a length); `None` for
+/// a type not sampled: boolean, null, fixed-size binary, dictionary, nested and other types
+/// without a fixed primitive width.
+fn sample<'a>(
+    array: &'a dyn Array,
+    data: &'a ArrayData,
+    rows: usize,
+    out: &mut Vec<&'a [u8]>,
+) -> Option<bool> {
     let valid = (0..rows).filter(|&i| array.is_valid(i));
     match array.data_type() {
         DataType::Utf8 => {
             let a = array.as_string::<i32>();
-            out.extend(valid.map(|i| a.value(i).as_bytes().to_vec()));
+            out.extend(valid.map(|i| a.value(i).as_bytes()));
         }
         DataType::LargeUtf8 => {
             let a = array.as_string::<i64>();
-            out.extend(valid.map(|i| a.value(i).as_bytes().to_vec()));
+            out.extend(valid.map(|i| a.value(i).as_bytes()));
         }
         DataType::Utf8View => {
             let a = array.as_string_view();
-            out.extend(valid.map(|i| a.value(i).as_bytes().to_vec()));
+            out.extend(valid.map(|i| a.value(i).as_bytes()));
         }
         DataType::Binary => {
             let a = array.as_binary::<i32>();
-            out.extend(valid.map(|i| a.value(i).to_vec()));
+            out.extend(valid.map(|i| a.value(i)));
         }
         DataType::LargeBinary => {
             let a = array.as_binary::<i64>();
-            out.extend(valid.map(|i| a.value(i).to_vec()));
+            out.extend(valid.map(|i| a.value(i)));
         }
         DataType::BinaryView => {
             let a = array.as_binary_view();
-            out.extend(valid.map(|i| a.value(i).to_vec()));
+            out.extend(valid.map(|i| a.value(i)));
         }
         DataType::Boolean => return None,
         other => {
-            // Fixed-width values (numbers, dates, timestamps, decimals): their bytes.
+            // Fixed-width values (numbers, dates, times, timestamps, intervals, decimals):
+            // their bytes in the values buffer, from the data's offset.
             let width = other.primitive_width()?;
-            let data = array.to_data();
             let bytes = data.buffers().first()?.as_slice();
             let at = data.offset();
-            out.extend(valid.map(|i| bytes[(at + i) * width..(at + i + 1) * width].to_vec()));
+            out.extend(valid.map(|i| &bytes[(at + i) * width..(at + i + 1) * width]));
+            return Some(false);
         }
     }
-    Some(())
+    Some(true)
 }
 
 #[cfg(test)]
@@ -126,35 +156,71 @@ mod tests {
 
     use super::*;
 
-    fn choice(column: ArrayRef) -> Option<bool> {
-        mostly_distinct(&[column.as_ref()])
+    fn fits(column: ArrayRef) -> Option<bool> {
+        dictionary_fits(&[column.as_ref()])
+    }
+
+    /// `n` values drawn alike from `0..distinct` (a fixed pseudo-random sequence).
+    fn drawn(n: usize, distinct: u64) -> impl Iterator<Item = u64> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..n).map(move |_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % distinct
+        })
     }
 
     #[test]
-    fn distinct_values_are_told_from_repeated_ones_for_each_type() {
-        let n = 5_000i64;
+    fn a_dictionary_stays_where_it_fits_and_goes_where_it_cannot() {
+        let n = 5_000;
         let ids = StringArray::from_iter_values((0..n).map(|i| format!("o-{i:012}")));
-        let currencies =
-            StringArray::from_iter_values((0..n).map(|i| ["EUR", "USD"][i as usize % 2]));
-        let times = TimestampMicrosecondArray::from_iter_values((0..n).map(|i| 1_000 * i));
-        let prices = Float64Array::from_iter_values((0..n).map(|i| (i % 1_000) as f64 / 100.0));
-        assert_eq!(choice(Arc::new(ids)), Some(true));
-        assert_eq!(choice(Arc::new(currencies)), Some(false));
-        assert_eq!(choice(Arc::new(times)), Some(true));
-        // 1,000 distinct prices in the 4,096 sampled: a dictionary of 8 KB pays.
-        assert_eq!(choice(Arc::new(prices)), Some(false));
+        assert_eq!(fits(Arc::new(ids)), Some(false), "all distinct");
+        let times = TimestampMicrosecondArray::from_iter_values((0..n as i64).map(|i| 1_000 * i));
+        assert_eq!(fits(Arc::new(times)), Some(false), "all distinct");
+        let currencies = StringArray::from_iter_values((0..n).map(|i| ["EUR", "USD"][i % 2]));
+        assert_eq!(fits(Arc::new(currencies)), Some(true));
+        // 5,000 customers of 16 bytes: ~100 KB of dictionary.
+        let few = drawn(n, 5_000).map(|c| format!("customer-{c:07}"));
+        assert_eq!(
+            fits(Arc::new(StringArray::from_iter_values(few))),
+            Some(true)
+        );
+        // 40,000 of them: ~800 KB, still one page.
+        let more = drawn(n, 40_000).map(|c| format!("customer-{c:07}"));
+        assert_eq!(
+            fits(Arc::new(StringArray::from_iter_values(more))),
+            Some(true)
+        );
+        // 1,000,000 of them: 20 MB, far past the page.
+        let many = drawn(n, 1_000_000).map(|c| format!("customer-{c:07}"));
+        assert_eq!(
+            fits(Arc::new(StringArray::from_iter_values(many))),
+            Some(false)
+        );
+        // 1M amounts of 8 bytes: 8 MB; 10,000 of them: 80 KB.
+        let amounts = drawn(n, 1_000_000).map(|a| a as f64 / 100.0);
+        assert_eq!(
+            fits(Arc::new(Float64Array::from_iter_values(amounts))),
+            Some(false)
+        );
+        let prices = drawn(n, 10_000).map(|a| a as f64 / 100.0);
+        assert_eq!(
+            fits(Arc::new(Float64Array::from_iter_values(prices))),
+            Some(true)
+        );
     }
 
     #[test]
-    fn only_non_null_values_of_the_sample_count_and_a_slice_is_read_where_it_starts() {
-        // Half null, the other half distinct: more than half of the values are distinct.
+    fn only_non_null_values_of_the_first_rows_count_however_the_rows_are_split() {
+        // Half null, the other half distinct.
         let sparse = Int64Array::from_iter((0..5_000).map(|i| (i % 2 == 0).then_some(i)));
-        assert_eq!(choice(Arc::new(sparse)), Some(true));
+        assert_eq!(fits(Arc::new(sparse)), Some(false));
         // Repeated at first, distinct later: a slice from the distinct part is distinct.
         let values: Vec<i64> = (0..10_000).map(|i| if i < 5_000 { 7 } else { i }).collect();
         let column: ArrayRef = Arc::new(Int64Array::from(values));
-        assert_eq!(choice(column.clone()), Some(false));
-        assert_eq!(choice(column.slice(5_000, 5_000)), Some(true));
+        assert_eq!(fits(column.clone()), Some(true));
+        assert_eq!(fits(column.slice(5_000, 5_000)), Some(false));
         // The same rows in parts: the same choice, on the first 4,096 rows only.
         let parts = [
             column.slice(0, 100),
@@ -162,26 +228,30 @@ mod tests {
             column.slice(3_100, 6_900),
         ];
         let parts: Vec<&dyn Array> = parts.iter().map(|p| p.as_ref()).collect();
-        assert_eq!(mostly_distinct(&parts), Some(false));
+        assert_eq!(dictionary_fits(&parts), Some(true));
         let late = [column.slice(4_000, 50), column.slice(4_050, 5_950)];
         let late: Vec<&dyn Array> = late.iter().map(|p| p.as_ref()).collect();
-        assert_eq!(mostly_distinct(&late), Some(true));
+        // 1,000 sevens then 3,096 distinct values: 999 repeats, an estimate of ~8.4k values.
+        assert_eq!(dictionary_fits(&late), Some(true));
+        let later = [column.slice(4_990, 10), column.slice(5_000, 5_000)];
+        let later: Vec<&dyn Array> = later.iter().map(|p| p.as_ref()).collect();
+        assert_eq!(dictionary_fits(&later), Some(false));
     }
 
     #[test]
     fn few_values_nested_and_boolean_columns_keep_the_default() {
         let few = Int64Array::from_iter_values(0..10);
-        assert_eq!(choice(Arc::new(few)), None);
+        assert_eq!(fits(Arc::new(few)), None);
         let nulls = Int64Array::from(vec![None::<i64>; 1_000]);
-        assert_eq!(choice(Arc::new(nulls)), None);
+        assert_eq!(fits(Arc::new(nulls)), None);
         let flags = BooleanArray::from_iter((0..1_000).map(|i| Some(i % 3 == 0)));
-        assert_eq!(choice(Arc::new(flags)), None);
+        assert_eq!(fits(Arc::new(flags)), None);
         let inner: ArrayRef = Arc::new(Int64Array::from_iter_values(0..1_000));
         let nested = StructArray::new(
             Fields::from(vec![Field::new("x", inner.data_type().clone(), false)]),
             vec![inner],
             None,
         );
-        assert_eq!(choice(Arc::new(nested)), None);
+        assert_eq!(fits(Arc::new(nested)), None);
     }
 }

@@ -5,7 +5,9 @@
 //! memory until then. An [`EpochEncoder`] takes each batch as the epoch gets it (on the
 //! reading side, after dedup) and encodes it on a thread of its own, so encoding runs beside
 //! reading and decoding (the second core) and a batch's decoded form is freed once encoded:
-//! what the epoch holds is its encoded files, a fraction of its decoded rows.
+//! what the epoch holds is its encoded files, a fraction of its decoded rows (and, for the
+//! file being started, the batches of its first rows, held until its encoding settings are
+//! chosen from them: see `FileWriter`).
 //!
 //! The files are what [`crate::delta::DeltaSink::write_epoch_files`] writes for the same
 //! batches ([`encode_files`], the same function): consecutive files of at most
@@ -221,7 +223,7 @@ impl FileWriter {
 
     /// The Parquet writer, with settings chosen from the rows held, and those rows written.
     fn start_writing(&mut self) -> Result<ArrowWriter<Vec<u8>>, ParquetError> {
-        let properties = writer_properties(&self.first);
+        let properties = writer_properties(&self.schema, &self.first);
         let mut writer = ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(properties))?;
         for batch in self.first.drain(..) {
             writer.write(&batch)?;
@@ -319,6 +321,63 @@ mod tests {
             .unwrap();
         let read = arrow::compute::concat_batches(&schema, &read).unwrap();
         assert_eq!(read, whole);
+    }
+
+    /// Several files, cut while a file's first rows are still held: every row read back
+    /// once and in order, each file's rows where they belong, and each file's choice made
+    /// from its own first rows (a column that repeats in the first file and is distinct after).
+    #[test]
+    fn each_file_chooses_from_its_own_first_rows_and_every_row_is_written_once() {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        let total = 12_000;
+        let n = (0..total as i64).map(|i| if i < 5_000 { i % 3 } else { i });
+        let whole = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    (0..total).map(|i| format!("id-{i}")),
+                )),
+                Arc::new(Int64Array::from_iter_values(n)),
+            ],
+        )
+        .unwrap();
+        let mut batches = Vec::new();
+        let mut at = 0;
+        for size in [1, 4_095, 3, 6_000, 1_901] {
+            batches.push(whole.slice(at, size));
+            at += size;
+        }
+        assert_eq!(at, total);
+        let files = encode_files(schema.clone(), 5_000, batches).unwrap();
+        assert_eq!(
+            files.iter().map(|f| f.rows).collect::<Vec<_>>(),
+            [5_000, 5_000, 2_000]
+        );
+        let mut read = Vec::new();
+        let mut n_has_dictionary = Vec::new();
+        for file in &files {
+            let reader = SerializedFileReader::new(file.bytes.clone()).unwrap();
+            let column = reader.metadata().row_group(0).column(1).clone();
+            n_has_dictionary.push(column.dictionary_page_offset().is_some());
+            read.extend(
+                ParquetRecordBatchReaderBuilder::try_new(file.bytes.clone())
+                    .unwrap()
+                    .build()
+                    .unwrap()
+                    .map(Result::unwrap),
+            );
+        }
+        assert_eq!(
+            arrow::compute::concat_batches(&schema, &read).unwrap(),
+            whole
+        );
+        assert_eq!(n_has_dictionary, [true, false, false]);
     }
 
     proptest! {

@@ -20,19 +20,22 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use serde_json::{json, Map, Value};
 
-/// The writer settings of a data file whose rows begin with `first` (at least its first
-/// [`SAMPLE_ROWS`](crate::dictionary_choice::SAMPLE_ROWS) rows, or all of them): Snappy
-/// compression, and dictionary encoding for the columns whose first values repeat
-/// ([`crate::dictionary_choice`]).
-pub fn writer_properties(first: &[RecordBatch]) -> WriterProperties {
+/// The writer settings of a data file of `schema` whose rows begin with `first` (at least its
+/// first [`SAMPLE_ROWS`](crate::dictionary_choice::SAMPLE_ROWS) rows, or all of them): Snappy
+/// compression, and dictionary encoding except for the columns whose dictionary could not fit
+/// in a page ([`crate::dictionary_choice`]).
+pub fn writer_properties(
+    schema: &arrow::datatypes::Schema,
+    first: &[RecordBatch],
+) -> WriterProperties {
     let builder = WriterProperties::builder().set_compression(Compression::SNAPPY);
-    crate::dictionary_choice::without_dictionary_for_distinct_columns(builder, first).build()
+    crate::dictionary_choice::without_dictionary_where_it_cannot_fit(builder, schema, first).build()
 }
 
 /// Encodes `batch` as one Snappy-compressed Parquet file in memory.
 pub fn encode(batch: &RecordBatch) -> Result<Vec<u8>, ParquetError> {
     let mut out = Vec::with_capacity(batch.get_array_memory_size() / 2);
-    let properties = writer_properties(std::slice::from_ref(batch));
+    let properties = writer_properties(&batch.schema(), std::slice::from_ref(batch));
     let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(properties))?;
     writer.write(batch)?;
     writer.close()?;
