@@ -3,27 +3,29 @@
 //!
 //! Why: parquet-rs dictionary-encodes every column by default. It interns each value of a
 //! column (a hash, a probe, a compare, a copy) until the column's dictionary passes the
-//! dictionary page limit (1 MB), and only then falls back to plain encoding for the rest of the
-//! row group. For a column of so many distinct values that its dictionary cannot fit (ids,
-//! event times, amounts) that work buys nothing. Turning it off for them cut the encoding time
-//! of the bench's orders by 44% (`cargo bench -p tidemark-benches --bench records --
-//! parquet_encode`; the README has the figures), and encoding runs beside reading on the same
-//! two cores.
+//! dictionary page limit (1 MiB), and only then falls back to plain encoding for the rest of
+//! the row group. For a column of so many distinct values that they cannot fit in one
+//! dictionary page (ids, event times, amounts), that work buys little: in a large file the
+//! dictionary falls back part way, and in a small one it holds mostly values used once.
+//! Turning it off for them cut the encoding time of the bench's orders by 44% (`cargo bench -p
+//! tidemark-benches --bench records -- parquet_encode`; the README has the figures), and
+//! encoding runs beside reading on the same two cores.
 //!
-//! **The rule.** Among the non-null values of a file's first [`SAMPLE_ROWS`] rows, `n` values
-//! with `r` repeats (values seen before in the sample) estimate the column's distinct values as
-//! `n² / 2r`: the number of values that, drawn alike, gives `r` repeats in expectation (all
-//! distinct: no bound). When that estimate times the values' average size in a dictionary page
-//! passes the page limit, the dictionary would fall back anyway, so it is off. Otherwise it is
-//! on (parquet-rs's default): a column of a few thousand or tens of thousands of values keeps a
-//! dictionary that pays, and values that repeat unevenly (a few frequent ones) show more
-//! repeats, hence a smaller estimate, hence the dictionary.
+//! **The rule.** The non-null values among a file's first [`SAMPLE_ROWS`] rows estimate the
+//! column's distinct values with Chao1's estimator: `d + f1 (f1 - 1) / 2 (f2 + 1)`, where `d`
+//! values were seen, `f1` of them once and `f2` twice (values seen once stand for values not
+//! seen yet; all distinct gives about `n² / 2` for `n` values). When that estimate times the
+//! distinct values' average size in a dictionary page passes the page limit, the column has
+//! no dictionary. Otherwise it keeps parquet-rs's default, a dictionary: a column of a few
+//! thousand or tens of thousands of values, or of a few long ones, or whose values repeat
+//! unevenly (a few frequent ones), keeps a dictionary that pays. Columns of 8- or 16-bit
+//! integers keep it too (their dictionary cannot pass 256 KiB).
 //!
 //! The choice changes how a file is encoded, never what it holds: every Parquet reader
 //! decodes both encodings. It depends only on the file's first [`SAMPLE_ROWS`] rows, not on how
 //! they came in batches.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use arrow::array::{Array, ArrayData, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema};
@@ -60,9 +62,10 @@ pub fn without_dictionary_where_it_cannot_fit(
     builder
 }
 
-/// Whether a column's dictionary would fit in one dictionary page, judged from the non-null
-/// values among its first [`SAMPLE_ROWS`] rows (the column given as consecutive arrays);
-/// `None` for a type not sampled (see [`sample`]) or too few values.
+/// Whether a column's distinct values would fit in one dictionary page, judged from the
+/// non-null values among its first [`SAMPLE_ROWS`] rows (the column given as consecutive
+/// arrays; see "The rule" in the module documentation); `None` for a type not sampled (see
+/// [`sample`]) or too few values.
 fn dictionary_fits(parts: &[&dyn Array]) -> Option<bool> {
     // Fixed-width values are read from each array's data, held here while the sample borrows.
     let data: Vec<ArrayData> = parts.iter().map(|p| p.to_data()).collect();
@@ -80,24 +83,26 @@ fn dictionary_fits(parts: &[&dyn Array]) -> Option<bool> {
     if values.len() < MIN_VALUES {
         return None;
     }
-    let n = values.len() as f64;
-    let bytes: usize = values.iter().map(|v| v.len()).sum();
+    let mut counts: HashMap<&[u8], u32> = HashMap::with_capacity(values.len());
+    for v in &values {
+        *counts.entry(v).or_default() += 1;
+    }
+    let seen = |times: u32| counts.values().filter(|&&c| c == times).count() as f64;
+    let (d, f1, f2) = (counts.len() as f64, seen(1), seen(2));
+    let estimated_distinct = d + f1 * (f1 - 1.0).max(0.0) / (2.0 * (f2 + 1.0));
     // A dictionary page stores a byte array's values with a 4-byte length each.
     let prefix = if length_prefixed { 4.0 } else { 0.0 };
-    let size = bytes as f64 / n + prefix;
-    let distinct = values.iter().copied().collect::<HashSet<&[u8]>>().len();
-    let repeats = values.len() - distinct;
-    if repeats == 0 {
-        return Some(false);
-    }
-    let estimated_distinct = n * n / (2.0 * repeats as f64);
+    let bytes: usize = counts.keys().map(|v| v.len()).sum();
+    let size = bytes as f64 / d + prefix;
     Some(estimated_distinct * size <= DEFAULT_DICTIONARY_PAGE_SIZE_LIMIT as f64)
 }
 
 /// Adds the bytes of the non-null values among the first `rows` of `array` (whose data is
 /// `data`) to `out`, and tells whether they are byte arrays (stored with a length); `None` for
-/// a type not sampled: boolean, null, fixed-size binary, dictionary, nested and other types
-/// without a fixed primitive width.
+/// a type not sampled: boolean, 8- and 16-bit integers (too few values to pass the limit),
+/// null, fixed-size binary, dictionary, nested and other types without a fixed primitive
+/// width. Fixed-width values are sized by their Arrow width (a decimal Parquet stores in fewer
+/// bytes counts its Arrow bytes).
 fn sample<'a>(
     array: &'a dyn Array,
     data: &'a ArrayData,
@@ -130,7 +135,11 @@ fn sample<'a>(
             let a = array.as_binary_view();
             out.extend(valid.map(|i| a.value(i)));
         }
-        DataType::Boolean => return None,
+        DataType::Boolean
+        | DataType::Int8
+        | DataType::Int16
+        | DataType::UInt8
+        | DataType::UInt16 => return None,
         other => {
             // Fixed-width values (numbers, dates, times, timestamps, intervals, decimals):
             // their bytes in the values buffer, from the data's offset.
@@ -231,11 +240,25 @@ mod tests {
         assert_eq!(dictionary_fits(&parts), Some(true));
         let late = [column.slice(4_000, 50), column.slice(4_050, 5_950)];
         let late: Vec<&dyn Array> = late.iter().map(|p| p.as_ref()).collect();
-        // 1,000 sevens then 3,096 distinct values: 999 repeats, an estimate of ~8.4k values.
-        assert_eq!(dictionary_fits(&late), Some(true));
+        // 1,000 sevens then 3,096 values seen once: many more not seen yet (~4.8M).
+        assert_eq!(dictionary_fits(&late), Some(false));
         let later = [column.slice(4_990, 10), column.slice(5_000, 5_000)];
         let later: Vec<&dyn Array> = later.iter().map(|p| p.as_ref()).collect();
         assert_eq!(dictionary_fits(&later), Some(false));
+    }
+
+    #[test]
+    fn few_long_values_keep_their_dictionary_and_a_small_sample_of_distinct_ones_too() {
+        // Three values of 600 bytes: 1.8 KB of dictionary.
+        let long = (0..5_000).map(|i| ["a", "b", "c"][i % 3].repeat(600));
+        assert_eq!(
+            fits(Arc::new(StringArray::from_iter_values(long))),
+            Some(true)
+        );
+        // 100 values, all distinct: too little to tell a column of 2,000 values from one of
+        // millions; 8-byte values (~5k estimated) keep the default.
+        let few = Int64Array::from_iter_values(0..100);
+        assert_eq!(fits(Arc::new(few)), Some(true));
     }
 
     #[test]
@@ -246,6 +269,8 @@ mod tests {
         assert_eq!(fits(Arc::new(nulls)), None);
         let flags = BooleanArray::from_iter((0..1_000).map(|i| Some(i % 3 == 0)));
         assert_eq!(fits(Arc::new(flags)), None);
+        let small = arrow::array::Int16Array::from_iter_values(0..5_000);
+        assert_eq!(fits(Arc::new(small)), None);
         let inner: ArrayRef = Arc::new(Int64Array::from_iter_values(0..1_000));
         let nested = StructArray::new(
             Fields::from(vec![Field::new("x", inner.data_type().clone(), false)]),

@@ -162,6 +162,8 @@ pub fn encode_files(
     max_rows_per_file: usize,
     batches: impl IntoIterator<Item = RecordBatch>,
 ) -> Result<Vec<EncodedFile>, ParquetError> {
+    // A file holds at least one row (zero would never end a file, nor this loop).
+    let max_rows_per_file = max_rows_per_file.max(1);
     let mut files = Vec::new();
     let mut current: Option<FileWriter> = None;
     for batch in batches {
