@@ -1355,18 +1355,9 @@ mod tests {
             CheckpointStore::open(&dir.path().join("store"), StoreOptions::default()).unwrap();
         let mut committer = super::Committer::new(sink, wal, store, "p".into(), None, true);
         committer.continue_from(&CheckpointRecord {
-            epoch: 7,
-            committed_epoch: 7,
             table_version: Some(7),
-            watermark: None,
-            wal_segment: 0,
-            wal_offset: 0,
-            created_at_ms: 0,
-            counts: Default::default(),
-            positions: Vec::new(),
             state_epoch: 5,
-            state_wal_segment: 0,
-            state_wal_offset: 0,
+            ..crate::recovery::tests::empty_checkpoint(7)
         });
         assert_eq!(committer.state_epoch, 5);
 

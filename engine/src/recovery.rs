@@ -1674,7 +1674,7 @@ fn widen(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use tidemark_checkpoint::store::{CheckpointRecord, StoreOptions};
 
     use super::*;
@@ -1823,7 +1823,7 @@ mod tests {
     }
 
     /// Checkpoint `epoch` with its state at that epoch, no positions and nothing in the WAL.
-    fn empty_checkpoint(epoch: u64) -> CheckpointRecord {
+    pub(crate) fn empty_checkpoint(epoch: u64) -> CheckpointRecord {
         CheckpointRecord {
             epoch,
             committed_epoch: epoch,
