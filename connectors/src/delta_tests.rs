@@ -1115,34 +1115,19 @@ async fn a_partition_claimed_by_another_worker_refuses_the_stale_commit() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("t");
     let (mut w1, mut w2) = two_workers(&root, tidemark_fs::std_fs()).await;
+    // Partition 0 from `start` to `end`, partition 1 (no records) at offset 3.
     let range = |epoch: i64, start: Option<i64>, end: i64| {
-        let mut i = info(epoch);
-        if let Some(s) = start {
-            i.start_positions.set("t", 0, s);
-        }
-        i.end_positions.set("t", 0, end);
-        i.end_positions.set("t", 1, 3);
-        i.start_positions.set("t", 1, 3);
-        i
+        covering(epoch, &[(0, start, end), (1, Some(3), 3)])
     };
-    let (adds, _) = w1
-        .write_epoch_files(ep(1), &[batch(&w1, 0..5)])
+    commit_rows(&mut w1, &range(1, None, 5), 0..5)
         .await
         .unwrap();
-    let out = w1.commit_epoch(adds, &range(1, None, 5)).await.unwrap();
-    assert!(matches!(out, CommitOutcome::Committed { .. }), "{out:?}");
 
     // w2 was given partition 0 before w1's commit landed: it started from the beginning.
-    let (adds, _) = w2
-        .write_epoch_files(ep(1), &[batch(&w2, 0..3)])
+    let err = commit_rows(&mut w2, &range(1, None, 3), 0..3)
         .await
-        .unwrap();
-    let err = w2.commit_epoch(adds, &range(1, None, 3)).await.unwrap_err();
-    let taken = err.partition_taken().expect("a claim refusal").clone();
-    assert_eq!(
-        (taken.partition.partition, taken.claimed, taken.start),
-        (0, 5, None)
-    );
+        .unwrap_err();
+    assert_eq!(refusal(&err), (0, 5, None));
     assert!(err.to_string().contains("t/0"), "{err}");
     assert!(
         !err.is_transient(),
@@ -1168,23 +1153,15 @@ async fn a_partition_claimed_by_another_worker_refuses_the_stale_commit() {
     ]);
     let claims = w2.partition_claims(APP, &wanted).await.unwrap();
     assert_eq!((claims.get("t", 0), claims.get("t", 1)), (Some(5), Some(3)));
-    let (adds, _) = w2
-        .write_epoch_files(ep(1), &[batch(&w2, 5..8)])
+    commit_rows(&mut w2, &range(1, Some(5), 8), 5..8)
         .await
         .unwrap();
-    let out = w2.commit_epoch(adds, &range(1, Some(5), 8)).await.unwrap();
-    assert!(matches!(out, CommitOutcome::Committed { .. }), "{out:?}");
 
     // w1 still believes it owns partition 0 from offset 5: refused, whichever commit path.
-    let (adds, _) = w1
-        .write_epoch_files(ep(2), &[batch(&w1, 5..9)])
-        .await
-        .unwrap();
-    let err = w1
-        .commit_epoch(adds, &range(2, Some(5), 9))
+    let err = commit_rows(&mut w1, &range(2, Some(5), 9), 5..9)
         .await
         .unwrap_err();
-    assert_eq!(err.partition_taken().map(|t| t.claimed), Some(8), "{err}");
+    assert_eq!(refusal(&err).1, 8, "{err}");
     let claims = w1.partition_claims(APP, &wanted).await.unwrap();
     assert_eq!(claims.get("t", 0), Some(8));
     let table = deltalake::open_table(url_of(&root)).await.unwrap();
@@ -1215,11 +1192,7 @@ async fn a_partition_first_read_after_the_runs_first_commit_is_checked_against_i
     // Then w1 reads partition 0 from its beginning: refused, w2 holds it up to offset 5.
     let again = covering(2, &[(1, Some(4), 4), (0, None, 5)]);
     let err = commit_rows(&mut w1, &again, 0..5).await.unwrap_err();
-    let taken = err.partition_taken().expect("a claim refusal").clone();
-    assert_eq!(
-        (taken.partition.partition, taken.claimed, taken.start),
-        (0, 5, None)
-    );
+    assert_eq!(refusal(&err), (0, 5, None));
     assert_eq!(
         live_files(&root).await.len(),
         2,
@@ -1240,6 +1213,15 @@ async fn commit_rows(
     let out = sink.commit_epoch(adds, info).await?;
     assert!(matches!(out, CommitOutcome::Committed { .. }), "{out:?}");
     Ok(())
+}
+
+/// What a claim refusal names: the partition, its claim in the table, and the refused
+/// commit's start there (`None`: from the partition's beginning). Panics on another error.
+fn refusal(err: &DeltaSinkError) -> (i32, i64, Option<i64>) {
+    let taken = err
+        .partition_taken()
+        .unwrap_or_else(|| panic!("not a claim refusal: {err}"));
+    (taken.partition.partition, taken.claimed, taken.start)
 }
 
 /// Two workers' sinks of pipeline `APP` on one new local table at `root` (`orders`, and
@@ -1284,11 +1266,7 @@ async fn a_partition_taken_between_two_commits_of_the_run_is_refused_through_the
     // committed since w1's last commit.
     let stale = covering(3, &[(0, Some(5), 9), (1, Some(2), 2)]);
     let err = commit_rows(&mut w1, &stale, 5..9).await.unwrap_err();
-    let taken = err.partition_taken().expect("a claim refusal").clone();
-    assert_eq!(
-        (taken.partition.partition, taken.claimed, taken.start),
-        (0, 8, Some(5))
-    );
+    assert_eq!(refusal(&err), (0, 8, Some(5)));
     assert_eq!(
         live_files(&root).await.len(),
         3,
@@ -1342,14 +1320,12 @@ async fn a_commit_landed_before_an_error_claims_its_partitions_and_the_run_goes_
     let err = commit_rows(&mut w2, &covering(1, &[(0, None, 4)]), 0..4)
         .await
         .unwrap_err();
-    let taken = err.partition_taken().expect("a claim refusal").clone();
-    assert_eq!((taken.claimed, taken.start), (10, None));
+    assert_eq!(refusal(&err), (0, 10, None));
 
     // w2's refusal wrote nothing, so w1's tail still holds: a stale start is refused there.
     let stale = covering(4, &[(0, Some(8), 12)]);
     let err = commit_rows(&mut w1, &stale, 8..12).await.unwrap_err();
-    let taken = err.partition_taken().expect("a claim refusal").clone();
-    assert_eq!((taken.claimed, taken.start), (10, Some(8)));
+    assert_eq!(refusal(&err), (0, 10, Some(8)));
     assert_eq!(
         live_files(&root).await.len(),
         3,
