@@ -67,18 +67,23 @@ pub fn without_dictionary_where_it_cannot_fit(
 /// arrays; see "The rule" in the module documentation); `None` for a type not sampled (see
 /// [`sample`]) or too few values.
 fn dictionary_fits(parts: &[&dyn Array]) -> Option<bool> {
-    // Fixed-width values are read from each array's data, held here while the sample borrows.
-    let data: Vec<ArrayData> = parts.iter().map(|p| p.to_data()).collect();
+    // The parts the sample reaches into: their data (fixed-width values are read from it) is
+    // held here while the sample borrows.
+    let mut rows = 0;
+    let sampled: Vec<(&dyn Array, usize, ArrayData)> = parts
+        .iter()
+        .map_while(|part| {
+            (rows < SAMPLE_ROWS).then(|| {
+                let take = part.len().min(SAMPLE_ROWS - rows);
+                rows += take;
+                (*part, take, part.to_data())
+            })
+        })
+        .collect();
     let mut values: Vec<&[u8]> = Vec::new();
     let mut length_prefixed = false;
-    let mut rows = 0;
-    for (part, data) in parts.iter().zip(&data) {
-        let take = part.len().min(SAMPLE_ROWS - rows);
-        length_prefixed = sample(*part, data, take, &mut values)?;
-        rows += take;
-        if rows == SAMPLE_ROWS {
-            break;
-        }
+    for (part, take, data) in &sampled {
+        length_prefixed = sample(*part, data, *take, &mut values)?;
     }
     if values.len() < MIN_VALUES {
         return None;

@@ -7,7 +7,7 @@
 //! reading and decoding (the second core) and a batch's decoded form is freed once encoded:
 //! what the epoch holds is its encoded files, a fraction of its decoded rows (and, for the
 //! file being started, the batches of its first rows, held until its encoding settings are
-//! chosen from them: see `FileWriter`).
+//! chosen from them: see `FileBody`).
 //!
 //! The files are what [`crate::delta::DeltaSink::write_epoch_files`] writes for the same
 //! batches ([`encode_files`], the same function): consecutive files of at most
@@ -188,16 +188,19 @@ pub fn encode_files(
     Ok(files)
 }
 
-/// One file being written: the Parquet writer and the file's stats so far.
-///
-/// The writer starts once the file's first [`SAMPLE_ROWS`] rows are there (or at its close,
-/// for a smaller file): its settings are chosen from them ([`writer_properties`]). Until then
-/// those rows wait in `first`.
+/// One file being written: its rows so far (see [`FileBody`]) and its stats.
 struct FileWriter {
     schema: SchemaRef,
-    first: Vec<RecordBatch>,
-    writer: Option<ArrowWriter<Vec<u8>>>,
+    body: FileBody,
     stats: StatsBuilder,
+}
+
+/// Where a file's rows are: its Parquet writer starts once the file's first [`SAMPLE_ROWS`]
+/// rows are there (or at its close, for a smaller file), with settings chosen from them
+/// ([`writer_properties`]); until then those rows are held.
+enum FileBody {
+    Holding(Vec<RecordBatch>),
+    Writing(Box<ArrowWriter<Vec<u8>>>),
 }
 
 impl FileWriter {
@@ -205,38 +208,30 @@ impl FileWriter {
         let stats = StatsBuilder::new(&schema);
         Self {
             schema,
-            first: Vec::new(),
-            writer: None,
+            body: FileBody::Holding(Vec::new()),
             stats,
         }
     }
 
     fn write(&mut self, batch: &RecordBatch) -> Result<(), ParquetError> {
         self.stats.add(batch);
-        if let Some(writer) = self.writer.as_mut() {
-            return writer.write(batch);
+        match &mut self.body {
+            FileBody::Writing(writer) => writer.write(batch),
+            FileBody::Holding(first) => {
+                first.push(batch.clone());
+                if self.stats.rows() >= SAMPLE_ROWS {
+                    let writer = start_writing(&self.schema, std::mem::take(first))?;
+                    self.body = FileBody::Writing(Box::new(writer));
+                }
+                Ok(())
+            }
         }
-        self.first.push(batch.clone());
-        if self.stats.rows() >= SAMPLE_ROWS {
-            self.writer = Some(self.start_writing()?);
-        }
-        Ok(())
     }
 
-    /// The Parquet writer, with settings chosen from the rows held, and those rows written.
-    fn start_writing(&mut self) -> Result<ArrowWriter<Vec<u8>>, ParquetError> {
-        let properties = writer_properties(&self.schema, &self.first);
-        let mut writer = ArrowWriter::try_new(Vec::new(), self.schema.clone(), Some(properties))?;
-        for batch in self.first.drain(..) {
-            writer.write(&batch)?;
-        }
-        Ok(writer)
-    }
-
-    fn close(mut self) -> Result<EncodedFile, ParquetError> {
-        let writer = match self.writer.take() {
-            Some(writer) => writer,
-            None => self.start_writing()?,
+    fn close(self) -> Result<EncodedFile, ParquetError> {
+        let writer = match self.body {
+            FileBody::Writing(writer) => *writer,
+            FileBody::Holding(first) => start_writing(&self.schema, first)?,
         };
         let rows = self.stats.rows();
         let stats = self.stats.finish().to_string();
@@ -247,6 +242,20 @@ impl FileWriter {
             stats,
         })
     }
+}
+
+/// A Parquet writer of `schema` with settings chosen from a file's `first` rows, and those
+/// rows written.
+fn start_writing(
+    schema: &SchemaRef,
+    first: Vec<RecordBatch>,
+) -> Result<ArrowWriter<Vec<u8>>, ParquetError> {
+    let properties = writer_properties(schema, &first);
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties))?;
+    for batch in &first {
+        writer.write(batch)?;
+    }
+    Ok(writer)
 }
 
 #[cfg(test)]
