@@ -299,8 +299,8 @@ impl KeyTable {
     /// such keys cost probe time, as in any hash table, but never more than their own room.
     fn make_room_at_the_end(&mut self) {
         if self.len * 2 < self.homes {
-            let more = self.slots.len() - self.homes;
-            self.slots = self.slots.extended(self.slots.len() + more);
+            let longer = self.slots.len() + (self.slots.len() - self.homes);
+            self.slots = std::mem::take(&mut self.slots).extended(longer);
         } else {
             self.grow();
         }
@@ -319,29 +319,85 @@ impl KeyTable {
     pub fn reserve(&mut self, additional: usize) {
         let want = self.len + additional;
         if want * MAX_LOAD_DEN > self.homes * MAX_LOAD_NUM {
-            self.rebuild(Self::with_capacity(want));
+            self.grow_to((want * MAX_LOAD_DEN).div_ceil(MAX_LOAD_NUM));
         }
     }
 
     /// Half as many homes again: a table never sized to a power of two holds ~11M keys in
-    /// ~15M homes rather than 16M or (past 12M keys) 32M, and the old and the new table
-    /// together, while one is rebuilt into the other, are 2.5 times the old, not 3.
+    /// ~15M homes rather than 16M or (past 12M keys) 32M.
     fn grow(&mut self) {
-        let bigger = Self::with_homes(self.homes + self.homes / 2);
-        self.rebuild(bigger);
+        self.grow_to(self.homes + self.homes / 2);
     }
 
-    /// Moves every entry into `into` (empty, with room for them all). Slots are visited in
-    /// order, and homes follow the order of the hashes in any table, so the writes run
-    /// through the new table front to back rather than at random.
-    fn rebuild(&mut self, mut into: KeyTable) {
-        let old = std::mem::take(&mut self.slots);
-        into.long = std::mem::take(&mut self.long);
-        into.free_long = std::mem::take(&mut self.free_long);
-        for slot in old.iter().filter(|s| s[0] != EMPTY) {
-            into.place(*slot, slot_hash(slot));
+    /// Grows to `homes` homes (more than now): the slot array is extended (in place where it
+    /// can be: `slots.rs`) and every entry moved to its place under the new homes, inside
+    /// the same array ([`KeyTable::rehome`]).
+    fn grow_to(&mut self, homes: usize) {
+        let homes = homes.max(self.homes);
+        let used = self.slots.len();
+        let overflow = used - self.homes;
+        self.slots = std::mem::take(&mut self.slots).extended(homes + overflow);
+        self.homes = homes;
+        self.rehome(used);
+    }
+
+    /// Moves every entry of slots `..used` (placed under fewer homes; the slots from `used`
+    /// on are empty) to the first empty slot from its home under the current homes.
+    ///
+    /// Back to front, in place. A home under more homes is never lower (homes follow the
+    /// order of the hashes at any size), so while an entry's new home is at or after its old
+    /// slot `p`, every entry not moved yet (all below `p`) lies below that home: the probe
+    /// from it meets only moved entries and empty slots, and the entry leaves `p` for a slot
+    /// at or after `p`. Slots at or after a moved entry's home are never emptied again (only
+    /// slots below `p` are), so no hole opens between a moved entry and its home. The first
+    /// entry whose new home is below its slot (one pushed far from its home, near the start
+    /// of the table) ends that: it and every entry below it are taken out, which leaves
+    /// `0..=p` empty, and put back one by one.
+    fn rehome(&mut self, used: usize) {
+        let mut p = used;
+        while p > 0 {
+            p -= 1;
+            let slot = self.slots[p];
+            if slot[0] == EMPTY {
+                continue;
+            }
+            let hash = slot_hash(&slot);
+            if self.home(hash) < p {
+                let mut rest = Vec::new();
+                for at in 0..=p {
+                    let slot = self.slots[at];
+                    if slot[0] != EMPTY {
+                        rest.push((slot, slot_hash(&slot)));
+                        self.slots[at] = Slot::EMPTY;
+                    }
+                }
+                for (slot, hash) in rest {
+                    self.put_back(slot, hash);
+                }
+                return;
+            }
+            self.slots[p] = Slot::EMPTY;
+            self.put_back(slot, hash);
         }
-        *self = into;
+    }
+
+    /// Puts an entry taken out of the table back in the first empty slot from its home (`len`
+    /// counts it still), lengthening the overflow area when the probe would run off the end:
+    /// never a growth, which would move the entries [`KeyTable::rehome`] is moving.
+    fn put_back(&mut self, slot: Slot, hash: u64) {
+        loop {
+            let mut i = self.home(hash);
+            while let Some(s) = self.slots.get(i) {
+                if s[0] == EMPTY {
+                    self.slots[i] = slot;
+                    return;
+                }
+                i += 1;
+            }
+            let more = (self.slots.len() - self.homes).max(OVERFLOW);
+            let longer = self.slots.len() + more;
+            self.slots = std::mem::take(&mut self.slots).extended(longer);
+        }
     }
 
     /// Puts an occupied slot's content in the first empty slot from its home (the key is not
@@ -621,6 +677,38 @@ mod tests {
         assert_eq!(table.long.len(), 2);
         assert_eq!(table.get(&c), Some(60));
         assert_eq!(table.get(&b), Some(50));
+    }
+
+    /// Growing in place (the entries moved inside one array, `rehome`) keeps every entry
+    /// reachable and the invariant whole, from every table shape the proptests reach: a
+    /// table filled to just under its load limit, then grown by each factor a growth or a
+    /// reserve can take, with the real hash and with crowded ones (long clusters, entries far
+    /// from their homes, the overflow area lengthened while entries move).
+    #[test]
+    fn growing_in_place_keeps_every_entry_at_every_factor() {
+        for crowded in [false, true] {
+            for keys in [1usize, 11, 12, 13, 700, 5_000] {
+                for factor_pct in [101usize, 150, 200, 1_000] {
+                    CROWDED.with(|c| c.set(crowded));
+                    let mut table = KeyTable::with_capacity(keys);
+                    let mut model = HashMap::new();
+                    for i in 0..keys as u32 {
+                        let mut key = i.to_le_bytes().to_vec();
+                        if i % 5 == 0 {
+                            key.resize(30, 0xEE); // a long key now and then
+                        }
+                        table.insert_if_absent(&key, i64::from(i));
+                        model.insert(key, i64::from(i));
+                    }
+                    let homes = table.homes * factor_pct / 100 + 1;
+                    table.grow_to(homes);
+                    assert_eq!(table.homes, homes);
+                    assert_invariant(&table);
+                    assert_same(&table, &model);
+                    CROWDED.with(|c| c.set(false));
+                }
+            }
+        }
     }
 
     /// Growing from empty to many keys keeps them all (the growth path, not just one table).

@@ -1,5 +1,5 @@
 //! The key table's slot array: one zeroed allocation of fixed length, on transparent huge
-//! pages where the kernel gives them.
+//! pages where the kernel gives them, that grows in place where it can.
 //!
 //! Why: a check reads one slot at a random place in a table of tens or hundreds of MB. With
 //! 4 KB pages nearly every such read also misses the TLB, and the page walk it starts misses
@@ -7,13 +7,24 @@
 //! slots, so the walks and the faults mostly go away. Measured by `cargo bench -p
 //! tidemark-benches --bench records -- dedup/` (the README, "The dedup state's own table").
 //!
-//! An array of at least [`HUGE_PAGE`] bytes is allocated aligned to a huge page, with its
-//! size rounded up to whole huge pages, and advised `MADV_HUGEPAGE` before it is zeroed, so
-//! the zeroing faults it in as huge pages (with the system's THP setting `madvise` or
-//! `always`; with `never`, on a kernel without THP, or off Linux the array is ordinary
-//! memory). A smaller array is an ordinary zeroed allocation. Either way the contents are the
-//! same: every slot all zero bytes ([`Slot::EMPTY`]) until written. The padding up to a whole
-//! huge page (under 2 MB) is zeroed too, so it counts in the resident size.
+//! On Linux an array of at least [`HUGE_PAGE`] bytes is an anonymous mapping of its own,
+//! whole huge pages aligned to a huge page and advised `MADV_HUGEPAGE` (with the system's THP
+//! setting `madvise` or `always`; with `never`, or a kernel without THP, ordinary pages). A
+//! fresh mapping reads as zeros, so nothing zeroes it: each page is faulted in (and zeroed by
+//! the kernel) when first touched, and the padding up to a whole huge page never is.
+//!
+//! **Growing** ([`Slots::extended`]) such an array moves its pages to a bigger aligned
+//! mapping (`mremap`: page tables move, no byte is copied, no page is faulted in again) whose
+//! new part is fresh zeros. Why: a growing key table used to allocate, zero and fill a new
+//! array 1.5 times the old one and free the old: three times the final table's memory
+//! faulted in over its growth, and, on virtual machines whose freed memory goes back to the
+//! host, every one of those faults is slow (measured: the kernel's page zeroing was a fifth
+//! of the reading thread's time in a dedup bench whose state grew to 2M keys). The key table
+//! then moves its entries to their new homes inside the same array (`KeyTable::grow_to`).
+//!
+//! A smaller array, or any array off Linux, is an ordinary zeroed allocation, and growing it
+//! copies. Either way the contents are the same: every slot all zero bytes ([`Slot::EMPTY`])
+//! until written, and a grown array holds the old slots at the same indices.
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
@@ -24,14 +35,27 @@ use super::Slot;
 /// aligned to it.
 const HUGE_PAGE: usize = 2 << 20;
 
+/// Where a [`Slots`] array's memory comes from, and so how it is freed and grown.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Backing {
+    /// No memory (`len` 0, `ptr` dangling).
+    Nothing,
+    /// The global allocator, with this layout.
+    Heap(Layout),
+    /// An anonymous mapping of this many bytes (whole huge pages, aligned to a huge page).
+    #[cfg(target_os = "linux")]
+    Mapped(usize),
+}
+
 /// A fixed-length array of slots, all zero when made (see the module documentation).
 ///
-/// Invariant: `ptr` points at `len` initialised slots, allocated with `layout` (or dangling
-/// with `layout` `None` when `len` is 0), and owned by this value alone.
+/// Invariant: `ptr` points at `len` initialised slots in memory `backing` describes (or
+/// dangles with `backing` [`Backing::Nothing`] when `len` is 0), owned by this value alone.
+/// The bytes of a mapping past `len` slots were never written: they read as zeros.
 pub(super) struct Slots {
     ptr: NonNull<Slot>,
     len: usize,
-    layout: Option<Layout>,
+    backing: Backing,
 }
 
 // SAFETY: `Slots` owns its allocation alone, like a `Vec<Slot>`, and `Slot` is plain bytes.
@@ -39,41 +63,43 @@ unsafe impl Send for Slots {}
 // SAFETY: shared access only reads, as for a `Vec<Slot>`.
 unsafe impl Sync for Slots {}
 
+/// The bytes of `len` slots, or a panic naming the count: a table that large cannot exist.
+fn bytes_of(len: usize) -> Layout {
+    match Layout::array::<Slot>(len) {
+        Ok(layout) => layout,
+        Err(_) => panic!("the dedup key table cannot hold {len} slots: their size overflows"),
+    }
+}
+
 impl Slots {
     /// `len` empty slots.
     pub(super) fn zeroed(len: usize) -> Self {
-        let Ok(array) = Layout::array::<Slot>(len) else {
-            panic!("the dedup key table cannot hold {len} slots: their size overflows")
-        };
+        let array = bytes_of(len);
         if len == 0 {
             return Self::default();
         }
-        let layout = match array.align_to(HUGE_PAGE) {
-            // Whole huge pages (the layout's invariant keeps the rounded size valid).
-            Ok(aligned) if array.size() >= HUGE_PAGE => aligned.pad_to_align(),
-            _ => array,
-        };
-        let huge = layout.align() == HUGE_PAGE;
-        let ptr = if huge {
-            // SAFETY: `layout` has a non-zero size.
-            let raw = unsafe { alloc::alloc(layout) };
-            if !raw.is_null() {
-                advise_huge_pages(raw, layout.size());
-                // SAFETY: `raw` is a fresh allocation of `layout.size()` bytes.
-                unsafe { std::ptr::write_bytes(raw, 0, layout.size()) };
+        #[cfg(target_os = "linux")]
+        if array.size() >= HUGE_PAGE {
+            let size = array.size().next_multiple_of(HUGE_PAGE);
+            if let Some(ptr) = mapping::map_aligned(size) {
+                advise_huge_pages(ptr.as_ptr(), size);
+                return Self {
+                    ptr: ptr.cast(),
+                    len,
+                    backing: Backing::Mapped(size),
+                };
             }
-            raw
-        } else {
-            // SAFETY: `layout` has a non-zero size.
-            unsafe { alloc::alloc_zeroed(layout) }
-        };
+            // No mapping to be had: the allocator says why below, or manages.
+        }
+        // SAFETY: `array` has a non-zero size.
+        let ptr = unsafe { alloc::alloc_zeroed(array) };
         let Some(ptr) = NonNull::new(ptr.cast::<Slot>()) else {
-            alloc::handle_alloc_error(layout)
+            alloc::handle_alloc_error(array)
         };
         Self {
             ptr,
             len,
-            layout: Some(layout),
+            backing: Backing::Heap(array),
         }
     }
 
@@ -97,11 +123,113 @@ impl Slots {
         std::hint::black_box(self[at][0]);
     }
 
-    /// A copy of these slots followed by empty ones, `len` in all (at least as many as now).
-    pub(super) fn extended(&self, len: usize) -> Self {
-        let mut bigger = Self::zeroed(len.max(self.len));
-        bigger[..self.len].copy_from_slice(self);
+    /// These slots followed by empty ones, `len` in all (at least as many as now): the same
+    /// pages, moved, where the array is a mapping (see the module documentation); a copy
+    /// otherwise.
+    pub(super) fn extended(mut self, len: usize) -> Self {
+        let len = len.max(self.len);
+        #[cfg(target_os = "linux")]
+        if let Backing::Mapped(size) = self.backing {
+            let want = bytes_of(len).size().next_multiple_of(HUGE_PAGE);
+            if want <= size {
+                // The mapping's bytes past the old slots were never written (the invariant).
+                self.len = len;
+                return self;
+            }
+            if let Some(moved) = mapping::remap_aligned(self.ptr.cast(), size, want) {
+                advise_huge_pages(moved.as_ptr(), want);
+                self.ptr = moved.cast();
+                self.len = len;
+                self.backing = Backing::Mapped(want);
+                return self;
+            }
+        }
+        let mut bigger = Self::zeroed(len);
+        bigger[..self.len].copy_from_slice(&self);
         bigger
+    }
+
+    /// True when the slots are a mapping of their own (see the module documentation).
+    #[cfg(test)]
+    fn is_mapped(&self) -> bool {
+        !matches!(self.backing, Backing::Heap(_) | Backing::Nothing)
+    }
+}
+
+/// Anonymous mappings aligned to a huge page: made, and moved to a bigger one.
+#[cfg(target_os = "linux")]
+mod mapping {
+    use std::ptr::NonNull;
+
+    use super::HUGE_PAGE;
+
+    /// A fresh read-write anonymous mapping of `size` bytes (a multiple of [`HUGE_PAGE`])
+    /// starting at a multiple of [`HUGE_PAGE`]; `None` when the kernel refuses it.
+    pub(super) fn map_aligned(size: usize) -> Option<NonNull<u8>> {
+        let span = size.checked_add(HUGE_PAGE)?;
+        // SAFETY: a new private anonymous mapping at an address the kernel picks: it touches
+        // no memory of ours.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                span,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return None;
+        }
+        let start = raw as usize;
+        let aligned = start.next_multiple_of(HUGE_PAGE);
+        let (head, tail) = (aligned - start, span - (aligned - start) - size);
+        // SAFETY: both ranges lie inside the mapping just made, outside `aligned..aligned +
+        // size`, and start on page boundaries (the mapping and `aligned` do; so do the sizes).
+        unsafe {
+            if head > 0 {
+                libc::munmap(raw, head);
+            }
+            if tail > 0 {
+                libc::munmap((aligned + size) as *mut libc::c_void, tail);
+            }
+        }
+        NonNull::new(aligned as *mut u8)
+    }
+
+    /// Moves the mapping of `size` bytes at `at` (made by [`map_aligned`]) to a new aligned
+    /// mapping of `want` bytes, its pages moved and the rest fresh zeros; `None` (and the old
+    /// mapping untouched) when the kernel refuses.
+    pub(super) fn remap_aligned(at: NonNull<u8>, size: usize, want: usize) -> Option<NonNull<u8>> {
+        let target = map_aligned(want)?;
+        // SAFETY: `at..at + size` is a whole mapping of ours, `target..target + want` another
+        // (just made, which MREMAP_FIXED replaces): after success the old range is unmapped
+        // and the caller holds only the new pointer.
+        let moved = unsafe {
+            libc::mremap(
+                at.as_ptr().cast(),
+                size,
+                want,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                target.as_ptr().cast::<libc::c_void>(),
+            )
+        };
+        if moved == libc::MAP_FAILED {
+            // SAFETY: the target range is ours (made above) and nothing points into it.
+            unsafe { libc::munmap(target.as_ptr().cast(), want) };
+            return None;
+        }
+        NonNull::new(moved.cast::<u8>())
+    }
+
+    /// Unmaps a mapping made by [`map_aligned`] or [`remap_aligned`].
+    ///
+    /// # Safety
+    /// `at..at + size` must be such a mapping, with nothing pointing into it any more.
+    pub(super) unsafe fn unmap(at: NonNull<u8>, size: usize) {
+        // SAFETY: the caller's promise.
+        unsafe { libc::munmap(at.as_ptr().cast(), size) };
     }
 }
 
@@ -122,25 +250,25 @@ fn advise_huge_pages(at: *mut u8, len: usize) {
     }
 }
 
-/// Off Linux there is no `MADV_HUGEPAGE`: ordinary pages.
-#[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_at: *mut u8, _len: usize) {}
-
 impl Default for Slots {
     fn default() -> Self {
         Self {
             ptr: NonNull::dangling(),
             len: 0,
-            layout: None,
+            backing: Backing::Nothing,
         }
     }
 }
 
 impl Drop for Slots {
     fn drop(&mut self) {
-        if let Some(layout) = self.layout {
+        match self.backing {
+            Backing::Nothing => {}
             // SAFETY: allocated in `zeroed` with this layout, and owned by `self` alone.
-            unsafe { alloc::dealloc(self.ptr.as_ptr().cast(), layout) };
+            Backing::Heap(layout) => unsafe { alloc::dealloc(self.ptr.as_ptr().cast(), layout) },
+            // SAFETY: mapped in `zeroed` or `extended` with this size, owned by `self` alone.
+            #[cfg(target_os = "linux")]
+            Backing::Mapped(size) => unsafe { mapping::unmap(self.ptr.cast(), size) },
         }
     }
 }
@@ -195,6 +323,65 @@ mod tests {
         assert!(bigger[100..].iter().all(|s| s.0 == [0u8; 32]));
     }
 
+    /// A mapped array grows with its slots where they were, at every step of a table's
+    /// growth (by half, as the key table grows), through extensions that fit the mapping
+    /// (same pages) and that do not (moved), and its new slots are empty.
+    #[test]
+    fn a_mapped_array_keeps_its_slots_as_it_grows() {
+        let mut slots = Slots::zeroed(HUGE_PAGE / 32 + 1);
+        #[cfg(target_os = "linux")]
+        assert!(
+            slots.is_mapped(),
+            "a huge-page-sized array is its own mapping"
+        );
+        let mut written = 0;
+        let mut moved = 0;
+        for _ in 0..6 {
+            for (i, s) in slots.iter_mut().enumerate().skip(written) {
+                s.0[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+                s.0[31] = 0xAB;
+            }
+            written = slots.len();
+            let before = slots.as_ptr();
+            // A few slots more (the overflow area lengthened: fits the mapping's padding),
+            // then half as many again (a new mapping).
+            slots = slots.extended(written + 3);
+            assert_eq!(
+                slots.as_ptr(),
+                before,
+                "a few slots more fit the same mapping"
+            );
+            slots = slots.extended(written + written / 2);
+            moved += usize::from(slots.as_ptr() != before);
+            assert_eq!(slots.as_ptr() as usize % HUGE_PAGE, 0);
+            for (i, s) in slots.iter().enumerate() {
+                if i < written {
+                    assert_eq!(s.0[..8], (i as u64 + 1).to_le_bytes(), "slot {i}");
+                    assert_eq!(s.0[31], 0xAB);
+                    assert!(s.0[8..31].iter().all(|&b| b == 0));
+                } else {
+                    assert_eq!(s.0, [0u8; 32], "new slot {i} of {}", slots.len());
+                }
+            }
+        }
+        assert!(moved > 0, "no growth needed a bigger mapping");
+    }
+
+    /// Growing never shrinks, and a small (heap) array grows by a copy with the same result.
+    #[test]
+    fn extending_to_fewer_slots_keeps_them_all() {
+        let mut slots = Slots::zeroed(10);
+        slots[9].0[0] = 7;
+        let same = slots.extended(3);
+        assert_eq!(same.len(), 10);
+        assert_eq!(same[9].0[0], 7);
+        let mut big = Slots::zeroed(HUGE_PAGE / 32 * 2);
+        big[5].0[0] = 9;
+        let big = big.extended(1);
+        assert_eq!(big.len(), HUGE_PAGE / 32 * 2);
+        assert_eq!(big[5].0[0], 9);
+    }
+
     #[test]
     fn a_huge_array_is_aligned_to_a_huge_page() {
         let slots = Slots::zeroed(HUGE_PAGE / 32 * 2);
@@ -233,11 +420,20 @@ mod tests {
             eprintln!("transparent huge pages are off here ({thp:?}): nothing to check");
             return;
         }
-        let slots = Slots::zeroed(HUGE_PAGE / 32 * 4);
+        // Pages are faulted in when first written (a fresh mapping reads as zeros).
+        let mut slots = Slots::zeroed(HUGE_PAGE / 32 * 4);
+        slots.iter_mut().for_each(|s| s.0[0] = 1);
         let kb = huge_kb_backing(slots.as_ptr() as usize).expect("the array's mapping in smaps");
         assert!(
             kb >= (HUGE_PAGE / 1024) as u64,
             "an 8 MB array advised MADV_HUGEPAGE has {kb} kB on huge pages (THP: {thp:?})"
+        );
+        // Moved to a bigger mapping, its pages stay huge (aligned at both ends of the move).
+        let slots = slots.extended(HUGE_PAGE / 32 * 6);
+        let moved = huge_kb_backing(slots.as_ptr() as usize).expect("the grown array in smaps");
+        assert!(
+            moved >= kb,
+            "the grown array has {moved} kB on huge pages, the old one had {kb} kB"
         );
     }
 }
