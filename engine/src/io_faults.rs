@@ -104,6 +104,9 @@ mod delta_log_crash {
         fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
             self.0.open_append(path)
         }
+        fn open_overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+            self.0.open_overwrite(path)
+        }
         fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadableFile>> {
             self.0.open_read(path)
         }

@@ -110,7 +110,7 @@ pub struct RecoveryOutcome {
     pub table_txn: u64,
     /// Records replayed from the WAL.
     pub replayed_records: u64,
-    /// Bytes of damaged WAL tail cut off.
+    /// Bytes cut off the WAL's tail: a torn write's, or a reused last segment's older bytes.
     pub wal_bytes_cut: u64,
     /// True when the checkpoint store was missing or unreadable and the table's progress was
     /// used instead.
@@ -823,7 +823,16 @@ fn log_wal_recovery(report: &WalRecovery, outcome: &mut RecoveryOutcome) {
             "recovery: the WAL is DAMAGED BEFORE ITS END (not a torn tail); the damaged segment and every later one were moved aside, not deleted"
         );
     }
-    if let Some(t) = &report.truncation {
+    if let Some(t) = report.truncation.as_ref().filter(|t| t.reused_file) {
+        outcome.wal_bytes_cut = t.bytes_dropped;
+        info!(
+            segment = %t.segment.display(),
+            at = t.at,
+            bytes_dropped = outcome.wal_bytes_cut,
+            reason = %t.reason,
+            "recovery: the WAL's last segment, a reused file, was cut to its frames (the bytes after them were an older segment's); any record past them is re-read from the source"
+        );
+    } else if let Some(t) = &report.truncation {
         outcome.wal_bytes_cut = t.bytes_dropped;
         warn!(
             segment = %t.segment.display(),

@@ -14,7 +14,8 @@ pub enum Op {
     Write,
     /// [`WritableFile::sync_data`] or [`WritableFile::sync_all`].
     Sync,
-    /// [`FileSystem::create_new`].
+    /// [`FileSystem::create_new`] or [`FileSystem::open_overwrite`] (reusing a file stands
+    /// in for creating one).
     Create,
     /// [`FileSystem::rename`] or [`FileSystem::hard_link`].
     Rename,
@@ -238,6 +239,17 @@ impl FileSystem for FaultFs {
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         let inner = self.inner.open_append(path)?;
+        Ok(Box::new(FaultFile {
+            inner,
+            path: path.to_path_buf(),
+            fs: self.clone(),
+        }))
+    }
+
+    /// Fails as a [`Op::Create`] would: reusing a file stands in for creating one.
+    fn open_overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        self.check(Op::Create, path)?;
+        let inner = self.inner.open_overwrite(path)?;
         Ok(Box::new(FaultFile {
             inner,
             path: path.to_path_buf(),

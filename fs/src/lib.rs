@@ -31,7 +31,7 @@ pub use std_fs::StdFs;
 /// A file open for writing through a [`FileSystem`].
 pub trait WritableFile: Send + fmt::Debug {
     /// Writes all of `buf` at the end of what this handle wrote (append mode) or at its
-    /// position (a new file).
+    /// position (a new file, or one opened to be written over).
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
     /// `fdatasync`: the file's data is durable when this returns.
     fn sync_data(&mut self) -> io::Result<()>;
@@ -84,6 +84,20 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
     /// Opens an existing `path` for appending.
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
+    /// Opens an existing `path` to be written over from its start: neither truncated nor in
+    /// append mode, so writes replace its bytes in order and its length stays until they pass
+    /// it. Why: the WAL reuses old segment files, whose cached pages and allocated blocks a
+    /// write over costs less than a new file's (`tidemark_checkpoint::wal::format`). A file
+    /// system that cannot answers `Unsupported` (the default), and the WAL makes new files.
+    fn open_overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{}: this file system does not open files to be written over",
+                path.display()
+            ),
+        ))
+    }
     /// Opens `path` for reading.
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadableFile>>;
     /// The entries of `dir` (full paths, any order).

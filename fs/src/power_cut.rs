@@ -229,6 +229,16 @@ impl FileSystem for PowerCutFs {
         }))
     }
 
+    fn open_overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let inner = StdFs.open_overwrite(path)?;
+        let inode = self.lock().inode_of(path)?;
+        Ok(Box::new(TrackedFile {
+            inner,
+            inode,
+            fs: self.clone(),
+        }))
+    }
+
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadableFile>> {
         StdFs.open_read(path)
     }

@@ -124,6 +124,11 @@ impl FileSystem for StdFs {
         Ok(Box::new(StdFile(f)))
     }
 
+    fn open_overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
+        let f = OpenOptions::new().write(true).open(path)?;
+        Ok(Box::new(StdFile(f)))
+    }
+
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadableFile>> {
         Ok(Box::new(File::open(path)?))
     }

@@ -15,6 +15,12 @@
 //!   failed fsync is never retried as if it could succeed: the kernel may have dropped the
 //!   pages). If that cut fails too, the next open cuts the torn tail.
 //! - A segment of a newer format version is never touched: open fails.
+//! - Segments the log no longer needs are kept as spares (at most [`MAX_SPARES`]) and written
+//!   over as later segments (`format.rs` says why, and why their older bytes are never read).
+//!   A reused file holds those older bytes after the frames written into it, so it is cut to
+//!   its frames before the log moves on to the next segment (a later segment must not follow
+//!   bytes that fail their CRC: that would be damage before the end) and when the WAL is
+//!   dropped; after a crash, the open cuts it like a torn tail.
 
 pub mod format;
 
@@ -32,9 +38,9 @@ use tidemark_fs::{std_fs, SharedFs, WritableFile};
 use tracing::{info, warn};
 
 use error::io_err;
-use format::{encode_frame, frame_len, SegmentHeader, SEGMENT_HEADER_LEN};
+use format::{encode_frame, frame_len, FrameBinding, SegmentHeader, SEGMENT_HEADER_LEN};
 use recovery::Segment;
-use segment::{list_segments, segment_path};
+use segment::{list_segments, segment_path, spare_path};
 
 pub use error::WalError;
 pub use format::{Frame, FrameKind, FrameRef};
@@ -102,6 +108,13 @@ pub fn segment_files_in(
         .collect()
 }
 
+/// Segments kept to be written over (`<id:016x>.spare`) rather than deleted: up to this many
+/// times the segment size of disk (256 MB at the default size) stays in use while the log is
+/// short, so that the next segments reuse cached pages and allocated blocks instead of new
+/// ones. Four cover the segments a 1 s epoch frees at ~100 MB/s; longer epochs reuse these
+/// and create the rest.
+pub const MAX_SPARES: usize = 4;
+
 /// Appended bytes after which kernel writeback of the current segment is started.
 const WRITEBACK_CHUNK: u64 = 4 << 20;
 
@@ -121,6 +134,14 @@ pub struct Wal {
     segments: Vec<Segment>,
     /// Id of the next segment a roll creates.
     next_id: u64,
+    /// Files of segments the log no longer needs, `(id they last were, path)`, oldest first:
+    /// a roll writes over one of them rather than create a file (see [`MAX_SPARES`]).
+    spares: Vec<(u64, PathBuf)>,
+    /// How the frames of the last segment are bound to it.
+    binding: FrameBinding,
+    /// True while the last segment's file is a reused one that still holds an older
+    /// segment's bytes past `file_len` (cut before the next roll and on drop).
+    stale_tail: bool,
     /// Open handle of the last segment.
     file: Option<Box<dyn WritableFile>>,
     /// Bytes written to the last segment (what a reader sees).
@@ -237,8 +258,16 @@ impl Wal {
                 fs,
                 dir: dir.to_path_buf(),
                 options,
+                binding: recovered
+                    .segments
+                    .last()
+                    .map(|s| s.binding)
+                    .unwrap_or(FrameBinding::Unbound),
                 segments: recovered.segments,
                 next_id: recovered.next_id,
+                spares: recovered.spares,
+                // The open cut the last segment to its valid frames.
+                stale_tail: false,
                 file,
                 file_len,
                 synced_len: file_len,
@@ -312,7 +341,7 @@ impl Wal {
             self.roll(epoch)?;
         }
         let at = self.end();
-        encode_frame(kind, epoch, payload, &mut self.pending);
+        encode_frame(self.binding, kind, epoch, payload, &mut self.pending);
         Ok(at)
     }
 
@@ -402,53 +431,127 @@ impl Wal {
         Ok(self.end())
     }
 
-    /// Closes the current segment (written and fsynced) and starts a new one: created,
-    /// its header written and fsynced, and the directory fsynced, before any frame goes in.
+    /// Closes the current segment (written and fsynced, and cut to its frames if it is a
+    /// reused file) and starts a new one: a spare written over or a new file, its header
+    /// written and fsynced, and the directory fsynced, before any frame goes in.
     fn roll(&mut self, first_epoch: u64) -> Result<(), WalError> {
         self.sync()?;
+        self.cut_stale_tail().map_err(|e| self.poison(e))?;
         let id = self.next_id;
         let path = segment_path(&self.dir, id);
-        let mut created = false;
-        let made = (|| {
-            let mut f = self
-                .fs
-                .create_new(&path)
-                .map_err(io_err("create segment", &path))?;
-            created = true;
-            let header = SegmentHeader {
-                segment_id: id,
-                first_epoch,
-            };
-            f.write_all(&header.encode())
-                .map_err(io_err("write segment header", &path))?;
-            f.sync_all().map_err(io_err("fsync", &path))?;
-            self.fs
-                .sync_dir(&self.dir)
-                .map_err(io_err("fsync the directory entry of", &path))?;
-            Ok(f)
-        })();
-        let f = match made {
-            Ok(f) => f,
-            Err(e) => {
-                if created {
-                    // Best effort: a half-made segment is the log's torn tail anyway, and the
-                    // next open removes it if this fails.
-                    let _ = self.fs.remove_file(&path);
-                    let _ = self.fs.sync_dir(&self.dir);
+        let (made, recycled) = match self.spares.first().cloned() {
+            Some((_, spare)) => match self.reuse_spare(&spare, &path, id, first_epoch) {
+                Err(WalError::Io { source, .. }) if source.kind() == io::ErrorKind::Unsupported => {
+                    // The file system cannot write over a file: none will be reused.
+                    self.spares.clear();
+                    (self.create_segment(&path, id, first_epoch), false)
                 }
-                return Err(self.poison(e));
-            }
+                made => {
+                    self.spares.remove(0);
+                    (made, true)
+                }
+            },
+            None => (self.create_segment(&path, id, first_epoch), false),
         };
+        let f = made.map_err(|e| self.poison(e))?;
+        let header = SegmentHeader::new(id, first_epoch, recycled);
         self.segments.push(Segment {
             id,
             first_epoch,
             path,
+            binding: header.binding(),
         });
+        self.binding = header.binding();
+        self.stale_tail = recycled;
         self.next_id = id + 1;
         self.file = Some(f);
         self.file_len = SEGMENT_HEADER_LEN as u64;
         self.synced_len = self.file_len;
         self.writeback_from = 0;
+        Ok(())
+    }
+
+    /// A new segment file `path` with its header durable.
+    fn create_segment(
+        &self,
+        path: &Path,
+        id: u64,
+        first_epoch: u64,
+    ) -> Result<Box<dyn WritableFile>, WalError> {
+        let mut created = false;
+        let made = (|| {
+            let mut f = self
+                .fs
+                .create_new(path)
+                .map_err(io_err("create segment", path))?;
+            created = true;
+            let header = SegmentHeader::new(id, first_epoch, false);
+            f.write_all(&header.encode())
+                .map_err(io_err("write segment header", path))?;
+            f.sync_all().map_err(io_err("fsync", path))?;
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(io_err("fsync the directory entry of", path))?;
+            Ok(f)
+        })();
+        if made.is_err() && created {
+            // Best effort: a half-made segment is the log's torn tail anyway, and the next
+            // open removes it if this fails.
+            let _ = self.fs.remove_file(path);
+            let _ = self.fs.sync_dir(&self.dir);
+        }
+        made
+    }
+
+    /// Makes the spare `spare` segment `id` (`path`): renamed first, then its header written
+    /// over and fsynced, then the directory fsynced. A crash between leaves a last segment
+    /// whose header names another id (or is torn): a torn tail whose whole file the next
+    /// open removes, never older frames read as this segment's (they fail its CRC anyway).
+    fn reuse_spare(
+        &self,
+        spare: &Path,
+        path: &Path,
+        id: u64,
+        first_epoch: u64,
+    ) -> Result<Box<dyn WritableFile>, WalError> {
+        self.fs
+            .rename(spare, path)
+            .map_err(io_err("reuse the spare segment file", spare))?;
+        let made = (|| {
+            let mut f = self
+                .fs
+                .open_overwrite(path)
+                .map_err(io_err("open reused segment", path))?;
+            let header = SegmentHeader::new(id, first_epoch, true);
+            f.write_all(&header.encode())
+                .map_err(io_err("write segment header", path))?;
+            f.sync_data().map_err(io_err("fsync", path))?;
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(io_err("fsync the directory entry of", path))?;
+            Ok(f)
+        })();
+        if made.is_err() {
+            // Best effort, as for a new file: the next open removes a segment whose header
+            // is not its own.
+            let _ = self.fs.remove_file(path);
+            let _ = self.fs.sync_dir(&self.dir);
+        }
+        made
+    }
+
+    /// Cuts the last segment's file to its frames if it still holds a reused file's older
+    /// bytes after them, durably (see the module documentation).
+    fn cut_stale_tail(&mut self) -> Result<(), WalError> {
+        if !self.stale_tail {
+            return Ok(());
+        }
+        if let (Some(f), Some(s)) = (self.file.as_mut(), self.segments.last()) {
+            f.set_len(self.file_len)
+                .map_err(io_err("cut the reused file to its frames", &s.path))?;
+            f.sync_all().map_err(io_err("fsync", &s.path))?;
+        }
+        self.stale_tail = false;
         Ok(())
     }
 
@@ -473,8 +576,8 @@ impl Wal {
         Ok((old.len(), bytes))
     }
 
-    /// Deletes segments whose frames all belong to epochs before `epoch`; returns how many.
-    /// The newest segment is always kept.
+    /// Drops segments whose frames all belong to epochs before `epoch` (kept as spares up to
+    /// [`MAX_SPARES`], deleted beyond); returns how many. The newest segment is always kept.
     pub fn truncate_before(&mut self, epoch: u64) -> Result<usize, WalError> {
         self.check_poison()?;
         let mut removed = 0;
@@ -483,9 +586,17 @@ impl Wal {
                 crate::fault::hit(crate::fault::CrashPoint::DuringTruncation);
             }
             let s = self.segments.remove(0);
-            self.fs
-                .remove_file(&s.path)
-                .map_err(io_err("remove segment", &s.path))?;
+            if self.spares.len() < MAX_SPARES && self.spares.iter().all(|(id, _)| *id != s.id) {
+                let spare = spare_path(&self.dir, s.id);
+                self.fs
+                    .rename(&s.path, &spare)
+                    .map_err(io_err("keep as a spare the segment", &s.path))?;
+                self.spares.push((s.id, spare));
+            } else {
+                self.fs
+                    .remove_file(&s.path)
+                    .map_err(io_err("remove segment", &s.path))?;
+            }
             removed += 1;
         }
         if removed > 0 {
@@ -496,17 +607,44 @@ impl Wal {
         Ok(removed)
     }
 
-    /// Segments on disk: `(id, first epoch, size in bytes)`.
+    /// Segments on disk: `(id, first epoch, size in bytes)` (a reused last segment's size is
+    /// that of its frames, not of the older bytes after them).
     pub fn segments(&self) -> Vec<(u64, u64, u64)> {
+        let last = self.segments.last().map(|s| s.id);
         self.segments
             .iter()
-            .map(|s| (s.id, s.first_epoch, self.fs.len(&s.path).unwrap_or(0)))
+            .map(|s| {
+                let size = if self.stale_tail && Some(s.id) == last {
+                    self.file_len
+                } else {
+                    self.fs.len(&s.path).unwrap_or(0)
+                };
+                (s.id, s.first_epoch, size)
+            })
             .collect()
+    }
+
+    /// Spare segment files kept to be written over: `(id they last were, path)`.
+    pub fn spares(&self) -> &[(u64, PathBuf)] {
+        &self.spares
     }
 
     /// A reader of the written frames from `from` (pending frames are not visible).
     pub fn reader(&self, from: WalPosition) -> WalReader {
         WalReader::with_fs(self.fs.clone(), &self.dir, from)
+    }
+}
+
+impl Drop for Wal {
+    /// Cuts a reused last segment to its frames (best effort: if this fails, or never runs,
+    /// the next open cuts it as a torn tail), so a clean stop leaves no older bytes behind.
+    fn drop(&mut self) {
+        if self.poisoned.is_none() {
+            // Frames appended and not committed stay unwritten, as without a reused file.
+            if let Err(e) = self.cut_stale_tail() {
+                warn!(error = %e, "wal: cannot cut the reused last segment to its frames; the next open will");
+            }
+        }
     }
 }
 
@@ -516,5 +654,7 @@ mod damage_tests;
 mod fault_tests;
 #[cfg(test)]
 mod power_cut_tests;
+#[cfg(test)]
+mod reuse_tests;
 #[cfg(test)]
 mod tests;

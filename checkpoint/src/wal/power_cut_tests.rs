@@ -29,7 +29,22 @@ fn frames_after_power_cut(
     (frames, report)
 }
 
-fn check(frames: &[F], appended: &[F], acked: usize, when: &str) {
+/// Checks the frames an image reopened with: a prefix of `appended` holding every
+/// acknowledged frame; with the log's front dropped (`kept_from > 0`, the first frame the
+/// last truncation kept), a run of `appended` that starts at or before `kept_from` and holds
+/// every acknowledged frame.
+fn check_kept(frames: &[F], appended: &[F], acked: usize, kept_from: usize, when: &str) {
+    if kept_from > 0 {
+        let n = frames.len();
+        let fits = (0..=kept_from.min(appended.len().saturating_sub(n)))
+            .any(|s| s + n >= acked && appended[s..s + n] == *frames);
+        assert!(
+            fits,
+            "{when}: {n} frames are not a run of what was appended that starts by frame \
+             {kept_from} and holds the {acked} acknowledged"
+        );
+        return;
+    }
     assert!(
         frames.len() >= acked,
         "{when}: a power cut lost acknowledged frames ({} found, {acked} acknowledged)",
@@ -48,7 +63,12 @@ fn check(frames: &[F], appended: &[F], acked: usize, when: &str) {
 
 /// Drives a WAL on a power-cut file system through `epochs` epochs of `per_epoch` appends
 /// (committed every `batch`), checking the crash image after each acknowledgement.
-/// Returns how many segments the WAL ended with.
+/// Returns how many segments the WAL ended with, and how many images had a reused last
+/// segment holding older bytes past its frames.
+///
+/// With `truncate`, the log's front is dropped after every seal (segments before the sealed
+/// epoch's start): they become spares, and the next segments are written over them, so the
+/// images cover reused files (their older frames, a new header, frames not synced yet).
 fn run(
     sync: SyncPolicy,
     segment_size: u64,
@@ -56,7 +76,8 @@ fn run(
     per_epoch: usize,
     batch: usize,
     sizes: &[usize],
-) -> usize {
+    truncate: bool,
+) -> (usize, usize) {
     let root = tempfile::tempdir().unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let pc = PowerCutFs::new(root.path()).unwrap();
@@ -70,6 +91,9 @@ fn run(
     .unwrap();
     let mut appended: Vec<F> = Vec::new();
     let mut acked;
+    // Index in `appended` of the first frame of the epoch the last truncation kept.
+    let mut kept_from = 0;
+    let mut reused = 0;
     let mut images = 0;
     let mut k = 0;
     for epoch in 1..=epochs {
@@ -83,10 +107,11 @@ fn run(
                 if sync == SyncPolicy::EveryBatch {
                     acked = appended.len();
                     let (frames, _) = frames_after_power_cut(&pc, scratch.path(), &mut images);
-                    check(
+                    check_kept(
                         &frames,
                         &appended,
                         acked,
+                        kept_from,
                         &format!("after commit in epoch {epoch}"),
                     );
                 }
@@ -96,38 +121,74 @@ fn run(
         appended.push((FrameKind::Seal, epoch, format!("seal-{epoch}").into_bytes()));
         acked = appended.len();
         let (frames, report) = frames_after_power_cut(&pc, scratch.path(), &mut images);
-        check(&frames, &appended, acked, &format!("after seal {epoch}"));
+        check_kept(
+            &frames,
+            &appended,
+            acked,
+            kept_from,
+            &format!("after seal {epoch}"),
+        );
         assert!(
             report.mid_log.is_none(),
             "a power cut is never mid-log damage: {report:?}"
         );
+        reused += usize::from(report.truncation.as_ref().is_some_and(|t| t.reused_file));
+        if truncate {
+            let spares_before = wal.spares().len();
+            let first_of_epoch = appended.iter().position(|f| f.1 == epoch).unwrap_or(0);
+            wal.truncate_before(epoch).unwrap();
+            kept_from = first_of_epoch;
+            let (frames, _) = frames_after_power_cut(&pc, scratch.path(), &mut images);
+            check_kept(
+                &frames,
+                &appended,
+                acked,
+                kept_from,
+                &format!("after truncation {epoch}"),
+            );
+            assert!(wal.spares().len() >= spares_before.min(1).min(wal.spares().len()));
+        }
         if epoch % 3 == 0 {
             // Re-anchoring: the returned position must survive a power cut (the engine writes
             // it into a checkpoint).
             let at = wal.start_new_segment(epoch + 1).unwrap();
             let (frames, report) = frames_after_power_cut(&pc, scratch.path(), &mut images);
-            check(
+            check_kept(
                 &frames,
                 &appended,
                 acked,
+                kept_from,
                 &format!("after start_new_segment {epoch}"),
             );
             assert_eq!(report.end, at, "the new segment's header is durable");
         }
     }
     assert!(images > 5);
-    wal.segments().len()
+    (wal.segments().len(), reused)
 }
 
 #[test]
 fn every_acknowledged_frame_survives_a_power_cut_every_batch() {
-    let segments = run(SyncPolicy::EveryBatch, 300, 8, 6, 2, &[10, 40, 70]);
+    let (segments, _) = run(SyncPolicy::EveryBatch, 300, 8, 6, 2, &[10, 40, 70], false);
     assert!(segments > 8, "the test must roll segments: {segments}");
+}
+
+/// The same with the log's front dropped after every seal, so later segments are spares
+/// written over: no image loses an acknowledged frame or reads an older one back.
+#[test]
+fn every_acknowledged_frame_survives_a_power_cut_on_reused_segments() {
+    for sync in [SyncPolicy::EveryBatch, SyncPolicy::OnSeal] {
+        let (_, reused) = run(sync, 300, 10, 5, 2, &[70, 10, 40, 85], true);
+        assert!(
+            reused > 0,
+            "{sync:?}: no image had a reused last segment: the test must write over spares"
+        );
+    }
 }
 
 #[test]
 fn every_sealed_frame_survives_a_power_cut_on_seal() {
-    let segments = run(SyncPolicy::OnSeal, 300, 8, 9, 3, &[10, 40, 70]);
+    let (segments, _) = run(SyncPolicy::OnSeal, 300, 8, 9, 3, &[10, 40, 70], false);
     assert!(segments > 8, "the test must roll segments: {segments}");
 }
 
@@ -141,8 +202,9 @@ proptest! {
         per_epoch in 1usize..8,
         batch in 1usize..4,
         sizes in proptest::collection::vec(0usize..90, 1..5),
+        truncate in any::<bool>(),
     ) {
         let sync = if every_batch { SyncPolicy::EveryBatch } else { SyncPolicy::OnSeal };
-        run(sync, segment_size, 6, per_epoch, batch, &sizes);
+        run(sync, segment_size, 6, per_epoch, batch, &sizes, truncate);
     }
 }

@@ -6,9 +6,12 @@ use std::path::{Path, PathBuf};
 use tidemark_fs::{std_fs, ReadableFile, SharedFs};
 
 use super::error::{io_err, WalError};
-use super::format::{frame_len, Frame, SEGMENT_HEADER_LEN};
+use super::format::{frame_len, Frame, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::segment::{list_segments, open_segment, read_frame, ReadFrame};
 use super::WalPosition;
+
+/// The segment being read: its file, the offset of its next frame, its header.
+type OpenReading = (BufReader<Box<dyn ReadableFile>>, u64, SegmentHeader);
 
 /// Streams frames from a position across segments, one frame in memory at a time.
 pub struct WalReader {
@@ -16,7 +19,7 @@ pub struct WalReader {
     segments: Vec<(u64, PathBuf)>,
     from: WalPosition,
     index: usize,
-    current: Option<(BufReader<Box<dyn ReadableFile>>, u64)>,
+    current: Option<OpenReading>,
     failed: bool,
     error: Option<WalError>,
 }
@@ -65,13 +68,16 @@ impl WalReader {
         };
         self.index += 1;
         let (mut f, header) = open_segment(&*self.fs, &path)?;
-        if let Err(reason) = header {
-            return Err(WalError::Corrupt {
-                path,
-                offset: 0,
-                reason,
-            });
-        }
+        let header = match header {
+            Ok(h) => h,
+            Err(reason) => {
+                return Err(WalError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason,
+                })
+            }
+        };
         let start = if id == self.from.segment {
             self.from.offset.max(SEGMENT_HEADER_LEN as u64)
         } else {
@@ -79,7 +85,7 @@ impl WalReader {
         };
         f.seek(SeekFrom::Start(start))
             .map_err(io_err("seek", &path))?;
-        self.current = Some((BufReader::with_capacity(1 << 16, f), start));
+        self.current = Some((BufReader::with_capacity(1 << 16, f), start, header));
         Ok(true)
     }
 }
@@ -107,9 +113,9 @@ impl Iterator for WalReader {
                 }
             }
             let index = self.index;
-            let (reader, pos) = self.current.as_mut()?;
+            let (reader, pos, header) = self.current.as_mut()?;
             let (id, path) = &self.segments[index - 1];
-            match read_frame(reader) {
+            match read_frame(header.binding(), reader) {
                 Err(e) => {
                     self.failed = true;
                     return Some(Err(WalError::Io {
@@ -119,6 +125,14 @@ impl Iterator for WalReader {
                     }));
                 }
                 Ok(ReadFrame::Eof) => self.current = None,
+                // The live end of a reused file: the older segment's bytes follow what the
+                // writer has written so far (a reader of a running pipeline's log, such as
+                // `tidemark status`, gets there; a segment before the last was cut to its
+                // frames when the writer moved on).
+                Ok(ReadFrame::Bad(_)) if header.recycled && index == self.segments.len() => {
+                    self.current = None;
+                    return None;
+                }
                 Ok(ReadFrame::Bad(why)) => {
                     self.failed = true;
                     return Some(Err(WalError::Corrupt {

@@ -24,13 +24,13 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tidemark_fs::{write_file_durably, FileSystem};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::error::{io_err, WalError};
-use super::format::{FrameKind, FrameRef, SegmentHeader, SEGMENT_HEADER_LEN};
+use super::format::{FrameBinding, FrameKind, FrameRef, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::segment::{
-    list_segments, open_segment, read_file, salvage_frames, scan_segment, segment_name,
-    segment_path, ScanEnd,
+    list_segments, list_spares, open_segment, read_file, salvage_frames, scan_segment,
+    segment_name, segment_path, ScanEnd,
 };
 use super::WalPosition;
 
@@ -52,6 +52,10 @@ pub struct Truncation {
     pub bytes_dropped: u64,
     /// Why the frame at `at` is not valid.
     pub reason: String,
+    /// True when the segment is a reused file ([`super::MAX_SPARES`]): the bytes cut were
+    /// mostly an older segment's, past the last frame written (what any stop of a writer on
+    /// such a file leaves, not a sign of a torn write).
+    pub reused_file: bool,
 }
 
 /// Damage before the end of the log, moved aside at open (see the module documentation).
@@ -121,6 +125,8 @@ pub(crate) struct Segment {
     pub(crate) id: u64,
     pub(crate) first_epoch: u64,
     pub(crate) path: PathBuf,
+    /// How its frames are bound to it (its header's version).
+    pub(crate) binding: FrameBinding,
 }
 
 /// The result of recovery: the valid log's segments, the report, and the id the next new
@@ -129,6 +135,8 @@ pub(crate) struct Recovered {
     pub(crate) segments: Vec<Segment>,
     pub(crate) report: RecoveryReport,
     pub(crate) next_id: u64,
+    /// Spare segment files, `(id they last were, path)`, oldest first.
+    pub(crate) spares: Vec<(u64, PathBuf)>,
 }
 
 /// The first damage a scan found.
@@ -161,7 +169,7 @@ pub(crate) fn recover(
     if let Some(found) = found {
         let (id, path) = &listed[found.index];
         let is_last = found.index + 1 == listed.len();
-        let mid_log = found.gap || !is_last || valid_seal_follows(fs, path, found.at)?;
+        let mid_log = found.gap || !is_last || valid_seal_follows(fs, *id, path, found.at)?;
         if found.at == 0 {
             segments.retain(|s| s.id != *id);
         }
@@ -188,13 +196,29 @@ pub(crate) fn recover(
             let damage = move_aside(fs, dir, &aside, *id, found.at, &found.reason, false)?;
             report.mid_log = Some(damage);
         } else {
-            report.truncation = Some(cut_torn_tail(fs, dir, path, found.at, found.reason)?);
+            let reused_file = matches!(open_segment(fs, path)?.1, Ok(h) if h.recycled);
+            report.truncation = Some(cut_torn_tail(
+                fs,
+                dir,
+                path,
+                found.at,
+                found.reason,
+                reused_file,
+            )?);
         }
+    }
+    // A spare's older frames are bound to ids up to the one it last had: a segment written
+    // over it must never take one of those (`format.rs`). Spares come from the log's front,
+    // so this moves the next id only when the live log is gone.
+    let spares = list_spares(fs, dir)?;
+    if let Some((newest, _)) = spares.iter().max() {
+        next_id = next_id.max(newest + 1);
     }
     Ok(Recovered {
         segments,
         report,
         next_id,
+        spares,
     })
 }
 
@@ -248,6 +272,7 @@ fn scan(
                     id: *id,
                     first_epoch: h.first_epoch,
                     path: path.clone(),
+                    binding: h.binding(),
                 }),
                 Err(why) => return Ok(damaged(0, why)),
             }
@@ -289,6 +314,7 @@ fn scan(
             id: *id,
             first_epoch: header.first_epoch,
             path: path.clone(),
+            binding: header.binding(),
         });
         match end {
             ScanEnd::Clean(len) => {
@@ -309,7 +335,16 @@ fn scan(
 /// Only a seal proves the damaged bytes were acknowledged (a seal is fsynced with everything
 /// before it). Unsealed records after the damage may be a power cut's unordered writeback of
 /// an unacknowledged tail: that is a torn tail, cut like any other.
-fn valid_seal_follows(fs: &dyn FileSystem, path: &Path, at: u64) -> Result<bool, WalError> {
+///
+/// Frames count under the segment's own binding (its header's; with the header damaged, this
+/// build's format for its id): a reused file's older frames are never its frames.
+fn valid_seal_follows(
+    fs: &dyn FileSystem,
+    id: u64,
+    path: &Path,
+    at: u64,
+) -> Result<bool, WalError> {
+    let binding = binding_of(fs, id, path)?;
     let from = if at == 0 {
         SEGMENT_HEADER_LEN as u64
     } else {
@@ -320,9 +355,20 @@ fn valid_seal_follows(fs: &dyn FileSystem, path: &Path, at: u64) -> Result<bool,
         .map_err(io_err("seek", path))?;
     let mut rest = Vec::new();
     f.read_to_end(&mut rest).map_err(io_err("read", path))?;
-    Ok(salvage_frames(&rest, 0)
+    Ok(salvage_frames(binding, &rest, 0)
         .iter()
         .any(|(_, frame)| frame.kind == FrameKind::Seal))
+}
+
+/// How segment `id`'s frames are bound: by its header, or (the header damaged, or naming
+/// another id: a reused file whose new header never landed) as this build writes them. A
+/// header of another id must not lend its binding: the frames after it are that older
+/// segment's, and would pass for this one's.
+fn binding_of(fs: &dyn FileSystem, id: u64, path: &Path) -> Result<FrameBinding, WalError> {
+    Ok(match open_segment(fs, path)?.1 {
+        Ok(h) if h.segment_id == id => h.binding(),
+        _ => FrameBinding::Segment(id),
+    })
 }
 
 /// Cuts a torn tail: truncates `path` at `at`, or removes it if its header is torn.
@@ -332,6 +378,7 @@ fn cut_torn_tail(
     path: &Path,
     at: u64,
     reason: String,
+    reused_file: bool,
 ) -> Result<Truncation, WalError> {
     let len = fs.len(path).map_err(io_err("stat", path))?;
     if at == 0 {
@@ -343,18 +390,29 @@ fn cut_torn_tail(
         f.set_len(at).map_err(io_err("truncate", path))?;
         f.sync_all().map_err(io_err("fsync", path))?;
     }
-    warn!(
-        segment = %path.display(),
-        at,
-        bytes_dropped = len - at,
-        reason = %reason,
-        "wal: torn tail cut off"
-    );
+    if reused_file {
+        info!(
+            segment = %path.display(),
+            at,
+            bytes_dropped = len - at,
+            reason = %reason,
+            "wal: the last segment, a reused file, cut to its frames"
+        );
+    } else {
+        warn!(
+            segment = %path.display(),
+            at,
+            bytes_dropped = len - at,
+            reason = %reason,
+            "wal: torn tail cut off"
+        );
+    }
     Ok(Truncation {
         segment: path.to_path_buf(),
         at,
         bytes_dropped: len - at,
         reason,
+        reused_file,
     })
 }
 
@@ -533,15 +591,19 @@ fn describe_moved(
     let mut seals = Vec::new();
     for (id, path) in &moved {
         let bytes = read_file(fs, path)?;
+        let header = SegmentHeader::decode(&bytes).ok();
+        let binding = header
+            .filter(|h| h.segment_id == *id)
+            .map_or(FrameBinding::Segment(*id), |h| h.binding());
         let from = if *id == at_segment && at_offset > 0 {
             at_offset as usize + 1
         } else {
-            if let Ok(h) = SegmentHeader::decode(&bytes) {
+            if let Some(h) = header {
                 seen(h.first_epoch);
             }
             SEGMENT_HEADER_LEN
         };
-        for (_, frame) in salvage_frames(&bytes, from) {
+        for (_, frame) in salvage_frames(binding, &bytes, from) {
             seen(frame.epoch);
             if frame.kind == FrameKind::Seal {
                 seals.push(frame.epoch);

@@ -8,8 +8,8 @@ use tidemark_fs::{FileSystem, ReadableFile};
 
 use super::error::{io_err, WalError};
 use super::format::{
-    self, decode_frame, decode_frame_header, frame_crc_ok, Frame, FrameError, FrameRef,
-    HeaderError, SegmentHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
+    self, decode_frame, decode_frame_header, frame_crc_ok, Frame, FrameBinding, FrameError,
+    FrameRef, HeaderError, SegmentHeader, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 
 /// The file name of segment `id`: `<id:016x>.wal`.
@@ -29,6 +29,32 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
         return None;
     }
     u64::from_str_radix(hex, 16).ok()
+}
+
+/// The file name of a spare that was segment `id`: `<id:016x>.spare` (see [`super::format`]).
+pub(crate) fn spare_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016x}.spare"))
+}
+
+/// The spares directly in `dir` as `(id they last were, path)`, oldest first.
+pub(crate) fn list_spares(
+    fs: &dyn FileSystem,
+    dir: &Path,
+) -> Result<Vec<(u64, PathBuf)>, WalError> {
+    let mut out = Vec::new();
+    for path in fs.read_dir(dir).map_err(io_err("list", dir))? {
+        let id = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".spare"))
+            .filter(|hex| hex.len() == 16)
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+        if let Some(id) = id {
+            out.push((id, path));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The segments directly in `dir` as `(id, path)`, oldest first. Subdirectories (such as
@@ -106,6 +132,7 @@ pub(crate) fn scan_segment(
         Ok(h) => h,
         Err(why) => return Ok((None, ScanEnd::Damaged(0, why))),
     };
+    let binding = header.binding();
     let mut pos = offset.max(SEGMENT_HEADER_LEN as u64);
     file.seek(SeekFrom::Start(pos))
         .map_err(io_err("seek", path))?;
@@ -140,7 +167,7 @@ pub(crate) fn scan_segment(
         let Some(payload) = buf.get(at + FRAME_HEADER_LEN..at + len) else {
             return damaged(pos, "frame payload is torn");
         };
-        if !frame_crc_ok(&head, h.crc, payload) {
+        if !frame_crc_ok(binding, &head, h.crc, payload) {
             return damaged(pos, "frame checksum mismatch");
         }
         f(
@@ -178,14 +205,19 @@ fn refill(
     Ok(have + got < want)
 }
 
-/// Every frame whose header and CRC check out in `bytes` from `from` on, found by trying each
-/// byte offset after a bad one (a resynchronising scan), as `(offset, frame)`. Used to tell
-/// damage before the end from a torn tail, and to say what a moved-aside part held.
-pub(crate) fn salvage_frames(bytes: &[u8], from: usize) -> Vec<(usize, Frame)> {
+/// Every frame whose header and CRC check out in `bytes` (of a segment bound by `binding`)
+/// from `from` on, found by trying each byte offset after a bad one (a resynchronising scan),
+/// as `(offset, frame)`. Used to tell damage before the end from a torn tail, and to say what
+/// a moved-aside part held. A reused file's older frames are not the segment's: never found.
+pub(crate) fn salvage_frames(
+    binding: FrameBinding,
+    bytes: &[u8],
+    from: usize,
+) -> Vec<(usize, Frame)> {
     let mut out = Vec::new();
     let mut pos = from;
     while pos + FRAME_HEADER_LEN <= bytes.len() {
-        match decode_frame(&bytes[pos..]) {
+        match decode_frame(binding, &bytes[pos..]) {
             Ok((frame, len)) => {
                 out.push((pos, frame));
                 pos += len;
@@ -220,8 +252,8 @@ pub(crate) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<us
     Ok(got)
 }
 
-/// Reads the next frame.
-pub(crate) fn read_frame(r: &mut impl Read) -> std::io::Result<ReadFrame> {
+/// Reads the next frame of a segment bound by `binding`.
+pub(crate) fn read_frame(binding: FrameBinding, r: &mut impl Read) -> std::io::Result<ReadFrame> {
     let mut head = [0u8; FRAME_HEADER_LEN];
     let got = read_full(r, &mut head)?;
     if got == 0 {
@@ -239,7 +271,7 @@ pub(crate) fn read_frame(r: &mut impl Read) -> std::io::Result<ReadFrame> {
     if read_full(r, &mut payload)? < h.len {
         return Ok(ReadFrame::Bad("frame payload is torn"));
     }
-    if !frame_crc_ok(&head, h.crc, &payload) {
+    if !frame_crc_ok(binding, &head, h.crc, &payload) {
         return Ok(ReadFrame::Bad("frame checksum mismatch"));
     }
     Ok(ReadFrame::Frame(Frame {

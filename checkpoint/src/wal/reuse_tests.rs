@@ -1,0 +1,297 @@
+//! Spare segment files written over as later segments (`format.rs`, "Why version 2 binds each
+//! frame to its segment id"): reused, never read back as frames of the new segment, cut to
+//! their frames when the log moves on or stops, and exact after a crash at each step.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+use tidemark_fs::{Fault, FaultFs, FaultKind, Op};
+
+use super::*;
+
+type F = (FrameKind, u64, Vec<u8>);
+
+const SEGMENT: u64 = 400;
+
+fn options() -> WalOptions {
+    WalOptions {
+        segment_size: SEGMENT,
+        sync: SyncPolicy::EveryBatch,
+    }
+}
+
+fn read_all(dir: &Path) -> Vec<F> {
+    WalReader::new(dir, WalPosition::default())
+        .map(|r| r.map(|(_, f)| (f.kind, f.epoch, f.payload)).unwrap())
+        .collect()
+}
+
+/// Appends `per_epoch` records of `size` bytes and a seal for each epoch in `epochs`; returns
+/// what it appended.
+fn write_epochs(
+    wal: &mut Wal,
+    epochs: std::ops::RangeInclusive<u64>,
+    per_epoch: usize,
+    size: usize,
+) -> Vec<F> {
+    let mut out = Vec::new();
+    for epoch in epochs {
+        for i in 0..per_epoch {
+            let p = vec![(epoch * 7 + i as u64) as u8; size];
+            wal.append(FrameKind::Record, epoch, &p).unwrap();
+            wal.commit().unwrap();
+            out.push((FrameKind::Record, epoch, p));
+        }
+        let seal = format!("seal-{epoch}").into_bytes();
+        wal.seal(epoch, &seal).unwrap();
+        out.push((FrameKind::Seal, epoch, seal));
+    }
+    out
+}
+
+fn names(dir: &Path, suffix: &str) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}
+
+/// What the log reads after its front was dropped before `epoch`: a suffix of `frames`
+/// holding at least every frame of `epoch` on (a kept segment may start in an earlier epoch).
+fn kept_from(dir: &Path, frames: &[F], epoch: u64) -> Vec<F> {
+    let kept = read_all(dir);
+    assert!(kept.len() <= frames.len());
+    assert_eq!(
+        kept,
+        frames[frames.len() - kept.len()..],
+        "a suffix of what was written"
+    );
+    let needed = frames.iter().filter(|f| f.1 >= epoch).count();
+    assert!(
+        kept.len() >= needed,
+        "every frame of epoch {epoch} on is kept"
+    );
+    kept
+}
+
+/// A log whose front was dropped into spares, then written on over them: the big first
+/// frames leave each spare holding older frames past what its new life writes.
+fn log_over_spares(dir: &Path) -> (Wal, Vec<F>) {
+    let (mut wal, _) = Wal::open(dir, options(), None).unwrap();
+    let all = write_epochs(&mut wal, 1..=6, 3, 90);
+    assert_eq!(wal.truncate_before(5).unwrap(), wal.spares().len());
+    assert!(!wal.spares().is_empty() && wal.spares().len() <= MAX_SPARES);
+    let mut kept = kept_from(dir, &all, 5);
+    kept.extend(write_epochs(&mut wal, 7..=8, 2, 10));
+    (wal, kept)
+}
+
+#[test]
+fn dropped_segments_become_spares_and_later_segments_reuse_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), options(), None).unwrap();
+    let frames = write_epochs(&mut wal, 1..=8, 3, 90);
+    let before = segment_files(dir.path()).unwrap();
+    let dropped = wal.truncate_before(8).unwrap();
+    assert!(
+        dropped > MAX_SPARES,
+        "the test must drop more than the spares kept: {dropped}"
+    );
+    // The oldest ones are kept as spares (their files, same inodes), the rest deleted.
+    let spares = names(dir.path(), ".spare");
+    assert_eq!(spares.len(), MAX_SPARES, "{spares:?}");
+    let inodes: Vec<u64> = before[..MAX_SPARES]
+        .iter()
+        .map(|(_, p, _)| {
+            let spare = p.with_extension("spare");
+            assert!(
+                spare.exists(),
+                "{} kept as {}",
+                p.display(),
+                spare.display()
+            );
+            fs::metadata(&spare).unwrap().ino()
+        })
+        .collect();
+    let kept = kept_from(dir.path(), &frames, 8);
+    // The next segments are those files, written over with smaller frames: each file holds
+    // older bytes past its new frames until the log moves on.
+    let more = write_epochs(&mut wal, 9..=10, 5, 30);
+    assert!(
+        names(dir.path(), ".spare").len() < MAX_SPARES,
+        "spares were reused"
+    );
+    let live: Vec<u64> = segment_files(dir.path())
+        .unwrap()
+        .iter()
+        .map(|(_, p, _)| fs::metadata(p).unwrap().ino())
+        .collect();
+    assert!(
+        inodes.iter().any(|i| live.contains(i)),
+        "a spare's file became a segment: spares {inodes:?}, live {live:?}"
+    );
+    let mut expected = kept;
+    expected.extend(more.clone());
+    assert_eq!(
+        read_all(dir.path()),
+        expected,
+        "no older frame is read back"
+    );
+    // A clean stop cuts the reused last segment to its frames: the open finds no tail.
+    drop(wal);
+    let (_wal, report) = Wal::open(dir.path(), options(), None).unwrap();
+    assert!(report.damage().is_none(), "{report:?}");
+    assert_eq!(read_all(dir.path()), expected);
+}
+
+#[test]
+fn a_crash_on_a_reused_segment_reads_back_exactly_its_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, expected) = log_over_spares(dir.path());
+    let live = wal.segments();
+    let (last_id, _, written) = *live.last().unwrap();
+    // A crash: no drop, so the reused file keeps the older bytes after its frames.
+    std::mem::forget(wal);
+    let on_disk = fs::metadata(segment_path(dir.path(), last_id))
+        .unwrap()
+        .len();
+    assert!(
+        on_disk > written,
+        "the reused file holds older bytes past its frames"
+    );
+    let (mut wal, report) = Wal::open(dir.path(), options(), None).unwrap();
+    let t = report.truncation.as_ref().expect("the older bytes are cut");
+    assert!(t.reused_file, "{t:?}");
+    assert_eq!(t.at, written);
+    assert!(
+        report.mid_log.is_none(),
+        "older frames (seals among them) are not this log's: {report:?}"
+    );
+    assert_eq!(read_all(dir.path()), expected);
+    // The log goes on from there.
+    wal.seal(9, b"after").unwrap();
+    let mut more = expected;
+    more.push((FrameKind::Seal, 9, b"after".to_vec()));
+    assert_eq!(read_all(dir.path()), more);
+}
+
+#[test]
+fn damage_inside_a_reused_segment_is_still_told_from_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = log_over_spares(dir.path());
+    let (last_id, _, written) = *wal.segments().last().unwrap();
+    std::mem::forget(wal);
+    let path = segment_path(dir.path(), last_id);
+    // A flipped bit in the reused segment's first frame, before its own (valid) seal: damage
+    // before the end, moved aside, as in a new file.
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[SEGMENT_HEADER_LEN + 25] ^= 0x10;
+    fs::write(&path, &bytes).unwrap();
+    assert!(written > SEGMENT_HEADER_LEN as u64 + 60);
+    let (_wal, report) = Wal::open(dir.path(), options(), None).unwrap();
+    let m = report
+        .mid_log
+        .as_ref()
+        .expect("a valid seal of the segment follows the damage");
+    assert_eq!(
+        (m.at_segment, m.at_offset),
+        (last_id, SEGMENT_HEADER_LEN as u64)
+    );
+}
+
+#[test]
+fn a_crash_between_reusing_a_spare_and_writing_its_header_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), options(), None).unwrap();
+    let frames = write_epochs(&mut wal, 1..=6, 3, 90);
+    wal.truncate_before(6).unwrap();
+    let kept = kept_from(dir.path(), &frames, 6);
+    let (spare_id, spare) = wal.spares()[0].clone();
+    let (last_id, _, _) = *wal.segments().last().unwrap();
+    drop(wal);
+    // The roll renamed the spare to the next segment and crashed before its header: the file
+    // under the new name still has the old header (another id) and the old frames.
+    let next = segment_path(dir.path(), last_id + 1);
+    fs::rename(&spare, &next).unwrap();
+    let (mut wal, report) = Wal::open(dir.path(), options(), None).unwrap();
+    let t = report
+        .truncation
+        .as_ref()
+        .expect("a segment whose header is not its own is torn");
+    assert_eq!(t.at, 0, "{t:?} (spare was segment {spare_id})");
+    assert!(
+        report.mid_log.is_none(),
+        "a crash is not damage: {report:?}"
+    );
+    assert!(!next.exists(), "the torn segment is removed");
+    assert_eq!(read_all(dir.path()), kept);
+    let more = write_epochs(&mut wal, 7..=7, 1, 5);
+    let mut expected = kept;
+    expected.extend(more);
+    assert_eq!(read_all(dir.path()), expected);
+}
+
+#[test]
+fn the_next_segment_id_passes_every_spare_when_the_live_log_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), options(), None).unwrap();
+    write_epochs(&mut wal, 1..=6, 3, 90);
+    wal.truncate_before(6).unwrap();
+    let newest_spare = wal.spares().iter().map(|(id, _)| *id).max().unwrap();
+    drop(wal);
+    for (_, p, _) in segment_files(dir.path()).unwrap() {
+        fs::remove_file(p).unwrap();
+    }
+    // Only spares left: the next segments are written over them, under ids none of their
+    // older frames carries.
+    let (mut wal, report) = Wal::open(dir.path(), options(), None).unwrap();
+    assert_eq!(report.frames, 0);
+    let first = wal.start_new_segment(1).unwrap();
+    assert!(
+        first.segment > newest_spare,
+        "{} after spare {newest_spare}",
+        first.segment
+    );
+    let frames = write_epochs(&mut wal, 1..=2, 2, 10);
+    std::mem::forget(wal);
+    let (_wal, _) = Wal::open(dir.path(), options(), None).unwrap();
+    assert_eq!(read_all(dir.path()), frames);
+}
+
+#[test]
+fn a_failed_cut_of_a_reused_segment_poisons_the_log_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultFs::new(Arc::new(tidemark_fs::StdFs));
+    let (mut wal, _) =
+        Wal::open_with_fs(Arc::new(faults.clone()), dir.path(), options(), None).unwrap();
+    let written = write_epochs(&mut wal, 1..=6, 3, 90);
+    wal.truncate_before(5).unwrap();
+    let mut acked = kept_from(dir.path(), &written, 5);
+    acked.extend(write_epochs(&mut wal, 7..=7, 1, 10));
+    // The roll away from the reused segment must cut it first; the cut fails (EIO).
+    faults.arm(Fault::once(Op::SetLen, FaultKind::Eio));
+    let mut failed = false;
+    for i in 0..20u8 {
+        match wal
+            .append(FrameKind::Record, 8, &[i; 90])
+            .and_then(|_| wal.commit())
+        {
+            Ok(_) => acked.push((FrameKind::Record, 8, vec![i; 90])),
+            Err(e) => {
+                failed = true;
+                assert!(wal.poisoned().is_some(), "{e}");
+                break;
+            }
+        }
+    }
+    assert!(failed, "a roll was reached and its cut failed");
+    assert!(wal.append(FrameKind::Record, 8, b"x").is_err(), "poisoned");
+    std::mem::forget(wal);
+    let (_wal, report) = Wal::open(dir.path(), options(), None).unwrap();
+    assert!(report.mid_log.is_none(), "{report:?}");
+    assert_eq!(read_all(dir.path()), acked);
+}
