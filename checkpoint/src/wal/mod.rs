@@ -19,8 +19,9 @@
 //!   over as later segments (`format.rs` says why, and why their older bytes are never read).
 //!   A reused file holds those older bytes after the frames written into it, so it is cut to
 //!   its frames before the log moves on to the next segment (a later segment must not follow
-//!   bytes that fail their CRC: that would be damage before the end) and when the WAL is
-//!   dropped; after a crash, the open cuts it like a torn tail.
+//!   bytes that fail their CRC: that would be damage before the end); the next open cuts the
+//!   last one (a stop leaves it uncut: cutting at drop would cut through a handle that may no
+//!   longer be the log's only writer, or in a directory set aside).
 
 pub mod format;
 
@@ -140,8 +141,14 @@ pub struct Wal {
     /// How the frames of the last segment are bound to it.
     binding: FrameBinding,
     /// True while the last segment's file is a reused one that still holds an older
-    /// segment's bytes past `file_len` (cut before the next roll and on drop).
+    /// segment's bytes past `file_len` (cut before the next roll).
     stale_tail: bool,
+    /// Ids below this may have had a file of this log (one the open removed): a roll to such
+    /// an id makes a new file, never a spare.
+    fresh_from: u64,
+    /// Set once the file system refused to open a file to be written over: no spare is kept
+    /// or reused from then on.
+    reuse_unsupported: bool,
     /// Open handle of the last segment.
     file: Option<Box<dyn WritableFile>>,
     /// Bytes written to the last segment (what a reader sees).
@@ -266,6 +273,8 @@ impl Wal {
                 segments: recovered.segments,
                 next_id: recovered.next_id,
                 spares: recovered.spares,
+                fresh_from: recovered.fresh_from,
+                reuse_unsupported: false,
                 // The open cut the last segment to its valid frames.
                 stale_tail: false,
                 file,
@@ -439,19 +448,36 @@ impl Wal {
         self.cut_stale_tail().map_err(|e| self.poison(e))?;
         let id = self.next_id;
         let path = segment_path(&self.dir, id);
-        let (made, recycled) = match self.spares.first().cloned() {
-            Some((_, spare)) => match self.reuse_spare(&spare, &path, id, first_epoch) {
-                Err(WalError::Io { source, .. }) if source.kind() == io::ErrorKind::Unsupported => {
-                    // The file system cannot write over a file: none will be reused.
-                    self.spares.clear();
-                    (self.create_segment(&path, id, first_epoch), false)
-                }
-                made => {
-                    self.spares.remove(0);
-                    (made, true)
-                }
-            },
+        // A spare only for an id no file of this log had before: an id the open removed
+        // (a torn header) gets a new, short file, as a checkpoint position may point into it.
+        let spare = if self.reuse_unsupported || id < self.fresh_from {
+            None
+        } else {
+            self.spares.first().cloned()
+        };
+        let (made, recycled) = match spare {
             None => (self.create_segment(&path, id, first_epoch), false),
+            Some((_, spare)) => {
+                self.spares.remove(0);
+                match self.fs.rename(&spare, &path) {
+                    Err(e) => {
+                        // Gone (an operator freed the disk) or not movable: a new file instead.
+                        warn!(spare = %spare.display(), error = %e, "wal: cannot reuse a spare segment file; creating a new one");
+                        (self.create_segment(&path, id, first_epoch), false)
+                    }
+                    Ok(()) => match self.write_reused_header(&path, id, first_epoch) {
+                        Err(WalError::Io { source, .. })
+                            if source.kind() == io::ErrorKind::Unsupported =>
+                        {
+                            // The file system cannot write over a file: reuse none from now on.
+                            self.reuse_unsupported = true;
+                            self.drop_spares();
+                            (self.create_segment(&path, id, first_epoch), false)
+                        }
+                        made => (made, true),
+                    },
+                }
+            }
         };
         let f = made.map_err(|e| self.poison(e))?;
         let header = SegmentHeader::new(id, first_epoch, recycled);
@@ -503,20 +529,16 @@ impl Wal {
         made
     }
 
-    /// Makes the spare `spare` segment `id` (`path`): renamed first, then its header written
-    /// over and fsynced, then the directory fsynced. A crash between leaves a last segment
-    /// whose header names another id (or is torn): a torn tail whose whole file the next
-    /// open removes, never older frames read as this segment's (they fail its CRC anyway).
-    fn reuse_spare(
+    /// Makes a spare just renamed to `path` segment `id`: its header written over and fsynced,
+    /// then the directory fsynced. A crash before leaves a last segment whose header names
+    /// another id (or is torn): a torn segment the next open removes, its older frames never
+    /// read as this segment's.
+    fn write_reused_header(
         &self,
-        spare: &Path,
         path: &Path,
         id: u64,
         first_epoch: u64,
     ) -> Result<Box<dyn WritableFile>, WalError> {
-        self.fs
-            .rename(spare, path)
-            .map_err(io_err("reuse the spare segment file", spare))?;
         let made = (|| {
             let mut f = self
                 .fs
@@ -538,6 +560,15 @@ impl Wal {
             let _ = self.fs.sync_dir(&self.dir);
         }
         made
+    }
+
+    /// Deletes every spare (best effort: a spare left is deleted by a later open's WAL, or
+    /// reused by a build whose file system can).
+    fn drop_spares(&mut self) {
+        for (_, spare) in self.spares.drain(..) {
+            let _ = self.fs.remove_file(&spare);
+        }
+        let _ = self.fs.sync_dir(&self.dir);
     }
 
     /// Cuts the last segment's file to its frames if it still holds a reused file's older
@@ -586,7 +617,10 @@ impl Wal {
                 crate::fault::hit(crate::fault::CrashPoint::DuringTruncation);
             }
             let s = self.segments.remove(0);
-            if self.spares.len() < MAX_SPARES && self.spares.iter().all(|(id, _)| *id != s.id) {
+            let keep = !self.reuse_unsupported
+                && self.spares.len() < MAX_SPARES
+                && self.spares.iter().all(|(id, _)| *id != s.id);
+            if keep {
                 let spare = spare_path(&self.dir, s.id);
                 self.fs
                     .rename(&s.path, &spare)
@@ -632,19 +666,6 @@ impl Wal {
     /// A reader of the written frames from `from` (pending frames are not visible).
     pub fn reader(&self, from: WalPosition) -> WalReader {
         WalReader::with_fs(self.fs.clone(), &self.dir, from)
-    }
-}
-
-impl Drop for Wal {
-    /// Cuts a reused last segment to its frames (best effort: if this fails, or never runs,
-    /// the next open cuts it as a torn tail), so a clean stop leaves no older bytes behind.
-    fn drop(&mut self) {
-        if self.poisoned.is_none() {
-            // Frames appended and not committed stay unwritten, as without a reused file.
-            if let Err(e) = self.cut_stale_tail() {
-                warn!(error = %e, "wal: cannot cut the reused last segment to its frames; the next open will");
-            }
-        }
     }
 }
 

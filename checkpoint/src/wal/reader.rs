@@ -69,7 +69,17 @@ impl WalReader {
         self.index += 1;
         let (mut f, header) = open_segment(&*self.fs, &path)?;
         let header = match header {
-            Ok(h) => h,
+            Ok(h) if h.segment_id == id => h,
+            // A reused file renamed to the next segment before its new header landed (a roll
+            // in progress, or cut short by a crash the next open repairs): the end of the log.
+            Ok(_) if self.index == self.segments.len() => return Ok(false),
+            Ok(h) => {
+                return Err(WalError::Corrupt {
+                    path,
+                    offset: 0,
+                    reason: format!("header names segment {} but file is {id}", h.segment_id),
+                })
+            }
             Err(reason) => {
                 return Err(WalError::Corrupt {
                     path,

@@ -137,6 +137,9 @@ pub(crate) struct Recovered {
     pub(crate) next_id: u64,
     /// Spare segment files, `(id they last were, path)`, oldest first.
     pub(crate) spares: Vec<(u64, PathBuf)>,
+    /// Past the newest segment id found on disk: a segment of a lower id (one removed at open)
+    /// is made as a new file, never over a spare.
+    pub(crate) fresh_from: u64,
 }
 
 /// The first damage a scan found.
@@ -214,11 +217,13 @@ pub(crate) fn recover(
     if let Some((newest, _)) = spares.iter().max() {
         next_id = next_id.max(newest + 1);
     }
+    let fresh_from = listed.last().map_or(0, |(id, _)| id + 1);
     Ok(Recovered {
         segments,
         report,
         next_id,
         spares,
+        fresh_from,
     })
 }
 
@@ -344,7 +349,7 @@ fn valid_seal_follows(
     path: &Path,
     at: u64,
 ) -> Result<bool, WalError> {
-    let binding = binding_of(fs, id, path)?;
+    let bindings = bindings_of(fs, id, path)?;
     let from = if at == 0 {
         SEGMENT_HEADER_LEN as u64
     } else {
@@ -355,19 +360,23 @@ fn valid_seal_follows(
         .map_err(io_err("seek", path))?;
     let mut rest = Vec::new();
     f.read_to_end(&mut rest).map_err(io_err("read", path))?;
-    Ok(salvage_frames(binding, &rest, 0)
-        .iter()
-        .any(|(_, frame)| frame.kind == FrameKind::Seal))
+    Ok(bindings.into_iter().any(|binding| {
+        salvage_frames(binding, &rest, 0)
+            .iter()
+            .any(|(_, frame)| frame.kind == FrameKind::Seal)
+    }))
 }
 
-/// How segment `id`'s frames are bound: by its header, or (the header damaged, or naming
-/// another id: a reused file whose new header never landed) as this build writes them. A
-/// header of another id must not lend its binding: the frames after it are that older
-/// segment's, and would pass for this one's.
-fn binding_of(fs: &dyn FileSystem, id: u64, path: &Path) -> Result<FrameBinding, WalError> {
+/// How segment `id`'s frames may be bound: by its header when it is its own; by this build's
+/// binding for its id when the header names another id (a reused file whose new header never
+/// landed: the frames after it are that older segment's, and must not pass for this one's);
+/// either way when the header is unreadable (a version 1 segment's frames are unbound), so
+/// damage is never taken for a torn tail for want of the right binding.
+fn bindings_of(fs: &dyn FileSystem, id: u64, path: &Path) -> Result<Vec<FrameBinding>, WalError> {
     Ok(match open_segment(fs, path)?.1 {
-        Ok(h) if h.segment_id == id => h.binding(),
-        _ => FrameBinding::Segment(id),
+        Ok(h) if h.segment_id == id => vec![h.binding()],
+        Ok(_) => vec![FrameBinding::Segment(id)],
+        Err(_) => vec![FrameBinding::Segment(id), FrameBinding::Unbound],
     })
 }
 
@@ -592,9 +601,11 @@ fn describe_moved(
     for (id, path) in &moved {
         let bytes = read_file(fs, path)?;
         let header = SegmentHeader::decode(&bytes).ok();
-        let binding = header
-            .filter(|h| h.segment_id == *id)
-            .map_or(FrameBinding::Segment(*id), |h| h.binding());
+        let bindings = match header {
+            Some(h) if h.segment_id == *id => vec![h.binding()],
+            Some(_) => vec![FrameBinding::Segment(*id)],
+            None => vec![FrameBinding::Segment(*id), FrameBinding::Unbound],
+        };
         let from = if *id == at_segment && at_offset > 0 {
             at_offset as usize + 1
         } else {
@@ -603,7 +614,10 @@ fn describe_moved(
             }
             SEGMENT_HEADER_LEN
         };
-        for (_, frame) in salvage_frames(binding, &bytes, from) {
+        for (_, frame) in bindings
+            .iter()
+            .flat_map(|b| salvage_frames(*b, &bytes, from))
+        {
             seen(frame.epoch);
             if frame.kind == FrameKind::Seal {
                 seals.push(frame.epoch);

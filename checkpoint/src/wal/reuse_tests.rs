@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use tidemark_fs::{Fault, FaultFs, FaultKind, Op};
 
+use std::path::PathBuf;
+
 use super::*;
 
 type F = (FrameKind, u64, Vec<u8>);
@@ -141,10 +143,14 @@ fn dropped_segments_become_spares_and_later_segments_reuse_their_files() {
         expected,
         "no older frame is read back"
     );
-    // A clean stop cuts the reused last segment to its frames: the open finds no tail.
+    // A stop leaves the reused last segment uncut; the open cuts it, as a reused file.
     drop(wal);
     let (_wal, report) = Wal::open(dir.path(), options(), None).unwrap();
-    assert!(report.damage().is_none(), "{report:?}");
+    assert!(report.mid_log.is_none(), "{report:?}");
+    assert!(
+        report.truncation.as_ref().is_none_or(|t| t.reused_file),
+        "{report:?}"
+    );
     assert_eq!(read_all(dir.path()), expected);
 }
 
@@ -294,4 +300,96 @@ fn a_failed_cut_of_a_reused_segment_poisons_the_log_and_loses_nothing() {
     let (_wal, report) = Wal::open(dir.path(), options(), None).unwrap();
     assert!(report.mid_log.is_none(), "{report:?}");
     assert_eq!(read_all(dir.path()), acked);
+}
+
+#[test]
+fn a_spare_deleted_by_hand_makes_the_roll_create_a_file_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), options(), None).unwrap();
+    let frames = write_epochs(&mut wal, 1..=6, 3, 90);
+    wal.truncate_before(6).unwrap();
+    let mut kept = kept_from(dir.path(), &frames, 6);
+    for (_, spare) in wal.spares().to_vec() {
+        fs::remove_file(spare).unwrap();
+    }
+    kept.extend(write_epochs(&mut wal, 7..=9, 3, 90));
+    assert!(wal.poisoned().is_none());
+    assert_eq!(read_all(dir.path()), kept);
+}
+
+/// A file system that cannot open a file to be written over (the trait's default).
+#[derive(Debug)]
+struct NoOverwrite;
+
+impl tidemark_fs::FileSystem for NoOverwrite {
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        tidemark_fs::StdFs.create_dir_all(dir)
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn tidemark_fs::WritableFile>> {
+        tidemark_fs::StdFs.create_new(path)
+    }
+    fn open_append(&self, path: &Path) -> std::io::Result<Box<dyn tidemark_fs::WritableFile>> {
+        tidemark_fs::StdFs.open_append(path)
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn tidemark_fs::ReadableFile>> {
+        tidemark_fs::StdFs.open_read(path)
+    }
+    fn read_dir(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        tidemark_fs::StdFs.read_dir(dir)
+    }
+    fn len(&self, path: &Path) -> std::io::Result<u64> {
+        tidemark_fs::StdFs.len(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        tidemark_fs::StdFs.rename(from, to)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        tidemark_fs::StdFs.hard_link(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        tidemark_fs::StdFs.remove_file(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        tidemark_fs::StdFs.sync_dir(dir)
+    }
+}
+
+#[test]
+fn a_file_system_that_cannot_write_over_files_keeps_no_spares() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) =
+        Wal::open_with_fs(Arc::new(NoOverwrite), dir.path(), options(), None).unwrap();
+    let mut frames = write_epochs(&mut wal, 1..=6, 3, 90);
+    wal.truncate_before(6).unwrap();
+    frames = kept_from(dir.path(), &frames, 6);
+    for epoch in 7..=12 {
+        frames.extend(write_epochs(&mut wal, epoch..=epoch, 3, 90));
+        wal.truncate_before(epoch).unwrap();
+        frames = kept_from(dir.path(), &frames, epoch);
+    }
+    assert!(wal.poisoned().is_none());
+    assert!(wal.spares().is_empty(), "{:?}", wal.spares());
+    assert!(
+        names(dir.path(), ".spare").is_empty(),
+        "no spare left on disk"
+    );
+}
+
+#[test]
+fn a_reader_ends_at_a_last_segment_whose_header_is_another_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), options(), None).unwrap();
+    let frames = write_epochs(&mut wal, 1..=6, 3, 90);
+    wal.truncate_before(6).unwrap();
+    let kept = kept_from(dir.path(), &frames, 6);
+    let (_, spare) = wal.spares()[0].clone();
+    let (last_id, _, _) = *wal.segments().last().unwrap();
+    // A roll in progress: the spare renamed, its new header not written yet.
+    fs::rename(&spare, segment_path(dir.path(), last_id + 1)).unwrap();
+    assert_eq!(
+        read_all(dir.path()),
+        kept,
+        "the older segment's frames are not read"
+    );
+    drop(wal);
 }

@@ -199,8 +199,8 @@ mod mapping {
     }
 
     /// Moves the mapping of `size` bytes at `at` (made by [`map_aligned`]) to a new aligned
-    /// mapping of `want` bytes, its pages moved and the rest fresh zeros; `None` (and the old
-    /// mapping untouched) when the kernel refuses.
+    /// mapping of `want` bytes, its pages moved and the rest fresh zeros; `None` when the
+    /// kernel refuses (the old mapping is then untouched, as `mremap` leaves it on failure).
     pub(super) fn remap_aligned(at: NonNull<u8>, size: usize, want: usize) -> Option<NonNull<u8>> {
         let target = map_aligned(want)?;
         // SAFETY: `at..at + size` is a whole mapping of ours, `target..target + want` another
@@ -216,8 +216,9 @@ mod mapping {
             )
         };
         if moved == libc::MAP_FAILED {
-            // SAFETY: the target range is ours (made above) and nothing points into it.
-            unsafe { libc::munmap(target.as_ptr().cast(), want) };
+            // The target is left as it is: a failed MREMAP_FIXED may have unmapped it already,
+            // and another thread may have mapped the range since, so unmapping it could free
+            // memory that is not ours. Its address space leaks (no page of it was touched).
             return None;
         }
         NonNull::new(moved.cast::<u8>())
