@@ -41,20 +41,10 @@ pub(crate) fn list_spares(
     fs: &dyn FileSystem,
     dir: &Path,
 ) -> Result<Vec<(u64, PathBuf)>, WalError> {
-    let mut out = Vec::new();
-    for path in fs.read_dir(dir).map_err(io_err("list", dir))? {
-        let id = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".spare"))
-            .filter(|hex| hex.len() == 16)
-            .and_then(|hex| u64::from_str_radix(hex, 16).ok());
-        if let Some(id) = id {
-            out.push((id, path));
-        }
-    }
-    out.sort();
-    Ok(out)
+    list_by_name(fs, dir, |name| {
+        let hex = name.strip_suffix(".spare")?;
+        (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
+    })
 }
 
 /// The segments directly in `dir` as `(id, path)`, oldest first. Subdirectories (such as
@@ -63,12 +53,19 @@ pub(crate) fn list_segments(
     fs: &dyn FileSystem,
     dir: &Path,
 ) -> Result<Vec<(u64, PathBuf)>, WalError> {
+    list_by_name(fs, dir, parse_segment_name)
+}
+
+/// The entries directly in `dir` whose file name `id_of` reads an id from, as `(id, path)`,
+/// by id.
+fn list_by_name(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    id_of: impl Fn(&str) -> Option<u64>,
+) -> Result<Vec<(u64, PathBuf)>, WalError> {
     let mut out = Vec::new();
     for path in fs.read_dir(dir).map_err(io_err("list", dir))? {
-        let id = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(parse_segment_name);
+        let id = path.file_name().and_then(|n| n.to_str()).and_then(&id_of);
         if let Some(id) = id {
             out.push((id, path));
         }
