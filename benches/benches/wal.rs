@@ -4,6 +4,10 @@
 //! each batch, the group commit) and sealed at the end. So `every_batch` pays 100 fsyncs per
 //! epoch, `interval_10ms` one per 10 ms, `on_seal` one. Old segments are truncated as epochs
 //! complete, as the engine does.
+//!
+//! `wal_open_after_crash`: the open of a log whose last segment a SIGKILL left with 8 MB of
+//! frames, as a new file (a torn half frame at its end) and as a reused 64 MB file (the older
+//! segment's frames after its own, which the open scans for a valid seal before cutting them).
 
 use std::time::Duration;
 
@@ -60,5 +64,76 @@ fn bench_append(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_append);
+/// A log in `dir` whose last segment holds ~8 MB of 200-byte records after a crash: a new file
+/// ending in half a frame (`reused` false), or a spare of a full 64 MB segment written over.
+fn crashed_log(dir: &std::path::Path, reused: bool) {
+    let options = WalOptions {
+        segment_size: 64 << 20,
+        sync: SyncPolicy::OnSeal,
+    };
+    let payload = vec![0x5au8; 200];
+    let (mut wal, _) = Wal::open(dir, options, None).expect("open wal");
+    if reused {
+        // One full segment, dropped into a spare, and the next segment written over it.
+        while wal.segments().len() < 2 {
+            wal.append(FrameKind::Record, 1, &payload).expect("append");
+        }
+        wal.seal(1, b"positions").expect("seal");
+        wal.truncate_before(2).expect("truncate");
+        wal.start_new_segment(2).expect("roll");
+        assert_eq!(wal.spares().len(), 0, "the spare was reused");
+    }
+    for _ in 0..(8 << 20) / 220 {
+        wal.append(FrameKind::Record, 2, &payload).expect("append");
+    }
+    wal.seal(2, b"positions").expect("seal");
+    let last = wal.segments().last().map(|s| s.0).expect("a segment");
+    std::mem::forget(wal); // a crash: nothing cut
+    if !reused {
+        let path = dir.join(format!("{last:016x}.wal"));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .expect("segment");
+        std::io::Write::write_all(&mut f, &[0x11u8; 110]).expect("half a frame");
+    }
+}
+
+fn bench_open_after_crash(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wal_open_after_crash");
+    group.sample_size(10);
+    for (name, reused) in [("new_file", false), ("reused_file", true)] {
+        let template = tempfile::tempdir().expect("tempdir");
+        crashed_log(template.path(), reused);
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let copy = tempfile::tempdir().expect("tempdir");
+                    for e in std::fs::read_dir(template.path()).expect("list") {
+                        let e = e.expect("entry");
+                        std::fs::copy(e.path(), copy.path().join(e.file_name())).expect("copy");
+                    }
+                    copy
+                },
+                |copy| {
+                    let (_wal, report) = Wal::open(
+                        copy.path(),
+                        WalOptions {
+                            segment_size: 64 << 20,
+                            sync: SyncPolicy::OnSeal,
+                        },
+                        None,
+                    )
+                    .expect("open");
+                    assert!(report.truncation.is_some() && report.mid_log.is_none());
+                    copy
+                },
+                criterion::BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_append, bench_open_after_crash);
 criterion_main!(benches);

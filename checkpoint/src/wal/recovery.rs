@@ -19,7 +19,6 @@
 //! directory, from which the next open finishes the move and reports it again. A later
 //! segment is never left behind a cut segment (that would splice the log over the gap).
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,7 +29,7 @@ use super::error::{io_err, WalError};
 use super::format::{FrameBinding, FrameKind, FrameRef, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::segment::{
     list_segments, list_spares, open_segment, read_file, salvage_frames, scan_segment,
-    segment_name, segment_path, ScanEnd,
+    seal_follows, segment_name, segment_path, ScanEnd,
 };
 use super::WalPosition;
 
@@ -355,16 +354,9 @@ fn valid_seal_follows(
     } else {
         at + 1
     };
+    let len = fs.len(path).map_err(io_err("stat", path))?;
     let mut f = fs.open_read(path).map_err(io_err("open", path))?;
-    f.seek(SeekFrom::Start(from))
-        .map_err(io_err("seek", path))?;
-    let mut rest = Vec::new();
-    f.read_to_end(&mut rest).map_err(io_err("read", path))?;
-    Ok(bindings.into_iter().any(|binding| {
-        salvage_frames(binding, &rest, 0)
-            .iter()
-            .any(|(_, frame)| frame.kind == FrameKind::Seal)
-    }))
+    seal_follows(&mut *f, from, len, &bindings).map_err(io_err("read", path))
 }
 
 /// How segment `id`'s frames may be bound: by its header when it is its own; by this build's
