@@ -578,9 +578,13 @@ impl Wal {
             return Ok(());
         }
         if let (Some(f), Some(s)) = (self.file.as_mut(), self.segments.last()) {
-            f.set_len(self.file_len)
-                .map_err(io_err("cut the reused file to its frames", &s.path))?;
-            f.sync_all().map_err(io_err("fsync", &s.path))?;
+            // Frames written past the older file's end left nothing of it: no cut, no fsync.
+            let on_disk = self.fs.len(&s.path).map_err(io_err("stat", &s.path))?;
+            if on_disk > self.file_len {
+                f.set_len(self.file_len)
+                    .map_err(io_err("cut the reused file to its frames", &s.path))?;
+                f.sync_all().map_err(io_err("fsync", &s.path))?;
+            }
         }
         self.stale_tail = false;
         Ok(())

@@ -393,3 +393,31 @@ fn a_reader_ends_at_a_last_segment_whose_header_is_another_ones() {
     );
     drop(wal);
 }
+
+#[test]
+fn a_reused_file_written_past_its_old_end_is_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = WalOptions {
+        segment_size: 200,
+        sync: SyncPolicy::EveryBatch,
+    };
+    let (mut wal, _) = Wal::open(dir.path(), small, None).unwrap();
+    let frames = write_epochs(&mut wal, 1..=6, 3, 40);
+    wal.truncate_before(6).unwrap();
+    let mut kept = kept_from(dir.path(), &frames, 6);
+    assert!(!wal.spares().is_empty());
+    drop(wal);
+    // Reopened with bigger segments: each spare (at most 200 bytes) is written past its end,
+    // so no roll needs a cut; a cut would fail here.
+    let faults = FaultFs::new(Arc::new(tidemark_fs::StdFs));
+    let (mut wal, _) =
+        Wal::open_with_fs(Arc::new(faults.clone()), dir.path(), options(), None).unwrap();
+    faults.arm(Fault {
+        sticky: true,
+        ..Fault::once(Op::SetLen, FaultKind::Eio)
+    });
+    kept.extend(write_epochs(&mut wal, 7..=9, 3, 90));
+    assert!(wal.poisoned().is_none());
+    assert_eq!(faults.injected(), 0, "no cut was attempted");
+    assert_eq!(read_all(dir.path()), kept);
+}
