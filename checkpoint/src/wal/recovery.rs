@@ -216,7 +216,7 @@ pub(crate) fn recover(
     if let Some((newest, _)) = spares.iter().max() {
         next_id = next_id.max(newest + 1);
     }
-    let fresh_from = listed.last().map_or(0, |(id, _)| id + 1);
+    let fresh_from = newest_id_known(fs, dir, &listed, from)?.map_or(0, |id| id + 1);
     Ok(Recovered {
         segments,
         report,
@@ -224,6 +224,35 @@ pub(crate) fn recover(
         spares,
         fresh_from,
     })
+}
+
+/// The newest segment id this log may have had a file for: among the segments listed, the
+/// checkpointed position's (its segment may be gone: removed as torn, or moved aside) and the
+/// segments in `damaged-*` directories. A segment made again under such an id gets a new file
+/// (`Recovered::fresh_from`): over a spare, a scan from a position inside it would start in
+/// the spare's older bytes.
+fn newest_id_known(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    listed: &[(u64, PathBuf)],
+    from: WalPosition,
+) -> Result<Option<u64>, WalError> {
+    let mut newest = listed.last().map(|(id, _)| *id);
+    if from != WalPosition::default() {
+        newest = newest.max(Some(from.segment));
+    }
+    for path in fs.read_dir(dir).map_err(io_err("list", dir))? {
+        let damaged = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(DAMAGED_PREFIX));
+        if damaged {
+            if let Ok(moved) = list_segments(fs, &path) {
+                newest = newest.max(moved.last().map(|(id, _)| *id));
+            }
+        }
+    }
+    Ok(newest)
 }
 
 /// Reads every listed segment (headers only before `from`), filling `segments` and `report`

@@ -421,3 +421,47 @@ fn a_reused_file_written_past_its_old_end_is_not_cut() {
     assert_eq!(faults.injected(), 0, "no cut was attempted");
     assert_eq!(read_all(dir.path()), kept);
 }
+
+/// The checkpoint names a position in a segment that is gone at open (removed as torn, or
+/// moved aside): the segment made again under that id is a new file, never a spare, so a
+/// scan from that position never starts in a spare's older bytes.
+#[test]
+fn a_segment_made_again_under_the_checkpointed_id_is_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), options(), None).unwrap();
+    write_epochs(&mut wal, 1..=6, 3, 90);
+    wal.truncate_before(6).unwrap();
+    assert!(!wal.spares().is_empty());
+    let (last_id, _, _) = *wal.segments().last().unwrap();
+    drop(wal);
+    fs::remove_file(segment_path(dir.path(), last_id)).unwrap();
+    let checkpointed = WalPosition {
+        segment: last_id,
+        offset: 150,
+    };
+    let (mut wal, report) = Wal::open(dir.path(), options(), Some(checkpointed)).unwrap();
+    assert!(report.end < checkpointed, "{report:?}");
+    let spares: Vec<u64> = wal
+        .spares()
+        .iter()
+        .map(|(_, p)| fs::metadata(p).unwrap().ino())
+        .collect();
+    let at = wal.start_new_segment(7).unwrap();
+    assert_eq!(at.segment, last_id, "the id is made again");
+    let made = fs::metadata(segment_path(dir.path(), last_id)).unwrap();
+    assert!(!spares.contains(&made.ino()), "not a spare's file");
+    assert_eq!(
+        made.len(),
+        SEGMENT_HEADER_LEN as u64,
+        "a new file: its header alone"
+    );
+}
+
+#[test]
+fn only_names_the_writer_gives_are_segments_or_spares() {
+    use crate::wal::segment::parse_segment_name;
+    assert_eq!(parse_segment_name("000000000000000a.wal"), Some(10));
+    assert_eq!(parse_segment_name("000000000000000A.wal"), None);
+    assert_eq!(parse_segment_name("+00000000000000a.wal"), None);
+    assert_eq!(parse_segment_name("00000000000000a.wal"), None);
+}

@@ -24,11 +24,14 @@ pub(crate) fn segment_name(id: u64) -> String {
 
 /// The segment id in a file name, if it is one.
 pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
-    let hex = name.strip_suffix(".wal")?;
-    if hex.len() != 16 {
-        return None;
-    }
-    u64::from_str_radix(hex, 16).ok()
+    parse_id(name.strip_suffix(".wal")?)
+}
+
+/// Sixteen lower-case hex digits, as the writer names files (`{:016x}`); nothing else (no
+/// sign, no upper case), so no two names stand for one id.
+fn parse_id(hex: &str) -> Option<u64> {
+    let digits = hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    digits.then(|| u64::from_str_radix(hex, 16).ok())?
 }
 
 /// The file name of a spare that was segment `id`: `<id:016x>.spare` (see [`super::format`]).
@@ -41,10 +44,7 @@ pub(crate) fn list_spares(
     fs: &dyn FileSystem,
     dir: &Path,
 ) -> Result<Vec<(u64, PathBuf)>, WalError> {
-    list_by_name(fs, dir, |name| {
-        let hex = name.strip_suffix(".spare")?;
-        (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
-    })
+    list_by_name(fs, dir, |name| parse_id(name.strip_suffix(".spare")?))
 }
 
 /// The segments directly in `dir` as `(id, path)`, oldest first. Subdirectories (such as
@@ -268,6 +268,17 @@ pub(crate) fn seal_follows(
             for &binding in bindings {
                 let decoded = match in_memory.map(|b| decode_frame(binding, b)) {
                     Some(Err(FrameError::Short)) | None => {
+                        // Read whole from the file, once its header says it fits in it (a
+                        // length field of older bytes must not allocate 64 MB).
+                        let mut head = [0u8; FRAME_HEADER_LEN];
+                        file.seek(SeekFrom::Start(start))?;
+                        let got = read_full(&mut &mut *file, &mut head)?;
+                        let fits = got == FRAME_HEADER_LEN
+                            && decode_frame_header(&head)
+                                .is_ok_and(|h| start + (FRAME_HEADER_LEN + h.len) as u64 <= len);
+                        if !fits {
+                            continue;
+                        }
                         file.seek(SeekFrom::Start(start))?;
                         match read_frame(binding, &mut &mut *file)? {
                             ReadFrame::Frame(f) => Ok((f, 0)),
