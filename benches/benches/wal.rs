@@ -12,7 +12,8 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tidemark_checkpoint::wal::FrameKind;
+use tidemark_checkpoint::wal::format::frame_len;
+use tidemark_checkpoint::wal::{segment_files, FrameKind};
 use tidemark_checkpoint::{SyncPolicy, Wal, WalOptions};
 
 const RECORDS_PER_EPOCH: usize = 10_000;
@@ -64,38 +65,49 @@ fn bench_append(c: &mut Criterion) {
     group.finish();
 }
 
+/// The WAL settings of the crash benches: the default segment size, fsync at seals.
+fn crash_options() -> WalOptions {
+    WalOptions {
+        segment_size: 64 << 20,
+        sync: SyncPolicy::OnSeal,
+    }
+}
+
 /// A log in `dir` whose last segment holds ~8 MB of 200-byte records after a crash: a new file
 /// ending in half a frame (`reused` false), or a spare of a full 64 MB segment written over.
 fn crashed_log(dir: &std::path::Path, reused: bool) {
-    let options = WalOptions {
-        segment_size: 64 << 20,
-        sync: SyncPolicy::OnSeal,
-    };
     let payload = vec![0x5au8; 200];
-    let (mut wal, _) = Wal::open(dir, options, None).expect("open wal");
+    let frame = frame_len(payload.len());
+    let (mut wal, _) = Wal::open(dir, crash_options(), None).expect("open wal");
     if reused {
         // One full segment, dropped into a spare, and the next segment written over it.
-        while wal.segments().len() < 2 {
-            wal.append(FrameKind::Record, 1, &payload).expect("append");
-        }
+        let first = wal.append(FrameKind::Record, 1, &payload).expect("append");
+        while wal
+            .append(FrameKind::Record, 1, &payload)
+            .expect("append")
+            .segment
+            == first.segment
+        {}
         wal.seal(1, b"positions").expect("seal");
         wal.truncate_before(2).expect("truncate");
         wal.start_new_segment(2).expect("roll");
         assert_eq!(wal.spares().len(), 0, "the spare was reused");
     }
-    for _ in 0..(8 << 20) / 220 {
+    for _ in 0..(8 << 20) / frame {
         wal.append(FrameKind::Record, 2, &payload).expect("append");
     }
     wal.seal(2, b"positions").expect("seal");
-    let last = wal.segments().last().map(|s| s.0).expect("a segment");
     std::mem::forget(wal); // a crash: nothing cut
     if !reused {
-        let path = dir.join(format!("{last:016x}.wal"));
+        let (_, path, _) = segment_files(dir)
+            .expect("segments")
+            .pop()
+            .expect("a segment");
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(path)
             .expect("segment");
-        std::io::Write::write_all(&mut f, &[0x11u8; 110]).expect("half a frame");
+        std::io::Write::write_all(&mut f, &vec![0x11u8; frame / 2]).expect("half a frame");
     }
 }
 
@@ -116,15 +128,8 @@ fn bench_open_after_crash(c: &mut Criterion) {
                     copy
                 },
                 |copy| {
-                    let (_wal, report) = Wal::open(
-                        copy.path(),
-                        WalOptions {
-                            segment_size: 64 << 20,
-                            sync: SyncPolicy::OnSeal,
-                        },
-                        None,
-                    )
-                    .expect("open");
+                    let (_wal, report) =
+                        Wal::open(copy.path(), crash_options(), None).expect("open");
                     assert!(report.truncation.is_some() && report.mid_log.is_none());
                     copy
                 },

@@ -56,7 +56,7 @@ pub fn without_dictionary_where_it_cannot_fit(
             .collect();
         if dictionary_fits(&parts) == Some(false) {
             builder = builder
-                .set_column_dictionary_enabled(ColumnPath::new(vec![field.name().clone()]), false);
+                .set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
         }
     }
     builder

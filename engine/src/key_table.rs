@@ -299,11 +299,16 @@ impl KeyTable {
     /// such keys cost probe time, as in any hash table, but never more than their own room.
     fn make_room_at_the_end(&mut self) {
         if self.len * 2 < self.homes {
-            let longer = self.slots.len() + (self.slots.len() - self.homes);
-            self.slots = std::mem::take(&mut self.slots).extended(longer);
+            self.lengthen_overflow();
         } else {
             self.grow();
         }
+    }
+
+    /// Twice the overflow area after the last home (the homes and every slot stay put).
+    fn lengthen_overflow(&mut self) {
+        let longer = self.slots.len() + (self.slots.len() - self.homes);
+        self.slots = std::mem::take(&mut self.slots).extended(longer);
     }
 
     /// Prefetches the home slot of each of `keys`, so the checks that follow find it in the
@@ -382,39 +387,20 @@ impl KeyTable {
     }
 
     /// Puts an entry taken out of the table back in the first empty slot from its home (`len`
-    /// counts it still), lengthening the overflow area when the probe would run off the end:
-    /// never a growth, which would move the entries [`KeyTable::rehome`] is moving.
-    fn put_back(&mut self, slot: Slot, hash: u64) {
+    /// counts it still) and returns that slot, lengthening the overflow area when the probe
+    /// would run off the end: never a growth, which would move the entries [`KeyTable::rehome`]
+    /// and [`KeyTable::retain`] are moving.
+    fn put_back(&mut self, slot: Slot, hash: u64) -> usize {
         loop {
             let mut i = self.home(hash);
             while let Some(s) = self.slots.get(i) {
                 if s[0] == EMPTY {
                     self.slots[i] = slot;
-                    return;
-                }
-                i += 1;
-            }
-            let more = (self.slots.len() - self.homes).max(OVERFLOW);
-            let longer = self.slots.len() + more;
-            self.slots = std::mem::take(&mut self.slots).extended(longer);
-        }
-    }
-
-    /// Puts an occupied slot's content in the first empty slot from its home (the key is not
-    /// in the table, which has room) and returns that slot; makes room first if the probe
-    /// would run off the end.
-    fn place(&mut self, slot: Slot, hash: u64) -> usize {
-        loop {
-            let mut i = self.home(hash);
-            while let Some(s) = self.slots.get(i) {
-                if s[0] == EMPTY {
-                    self.slots[i] = slot;
-                    self.len += 1;
                     return i;
                 }
                 i += 1;
             }
-            self.make_room_at_the_end();
+            self.lengthen_overflow();
         }
     }
 
@@ -445,10 +431,12 @@ impl KeyTable {
             for at in first..end {
                 let slot = self.slots[at];
                 self.slots[at] = Slot::EMPTY;
-                self.len -= 1;
                 if keep(time_of(&slot)) {
                     kept.push((slot, slot_hash(&slot)));
-                } else if slot[0] == LONG {
+                    continue;
+                }
+                self.len -= 1;
+                if slot[0] == LONG {
                     let index = long_index(&slot);
                     self.long[index] = Box::default();
                     self.free_long.push(index);
@@ -460,7 +448,7 @@ impl KeyTable {
                 // entries go back in their old order, so each lands at or before its old slot:
                 // inside the cluster, the clusters after untouched, and no growth in the
                 // middle of this scan.
-                let at = self.place(slot, hash);
+                let at = self.put_back(slot, hash);
                 debug_assert!(at < end, "an entry left its cluster {start}..{end}");
             }
         }
@@ -683,7 +671,7 @@ mod tests {
     /// reachable and the invariant whole, from every table shape the proptests reach: a
     /// table filled to just under its load limit, then grown by each factor a growth or a
     /// reserve can take, with the real hash and with crowded ones (long clusters, entries far
-    /// from their homes, the overflow area lengthened while entries move).
+    /// from their homes, which take `rehome`'s path of putting the table's front back).
     #[test]
     fn growing_in_place_keeps_every_entry_at_every_factor() {
         for crowded in [false, true] {

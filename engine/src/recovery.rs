@@ -823,24 +823,25 @@ fn log_wal_recovery(report: &WalRecovery, outcome: &mut RecoveryOutcome) {
             "recovery: the WAL is DAMAGED BEFORE ITS END (not a torn tail); the damaged segment and every later one were moved aside, not deleted"
         );
     }
-    if let Some(t) = report.truncation.as_ref().filter(|t| t.reused_file) {
+    if let Some(t) = &report.truncation {
         outcome.wal_bytes_cut = t.bytes_dropped;
-        info!(
-            segment = %t.segment.display(),
-            at = t.at,
-            bytes_dropped = outcome.wal_bytes_cut,
-            reason = %t.reason,
-            "recovery: the WAL's last segment, a reused file, was cut to its frames (the bytes after them were an older segment's); any record past them is re-read from the source"
-        );
-    } else if let Some(t) = &report.truncation {
-        outcome.wal_bytes_cut = t.bytes_dropped;
-        warn!(
-            segment = %t.segment.display(),
-            at = t.at,
-            bytes_dropped = outcome.wal_bytes_cut,
-            reason = %t.reason,
-            "recovery: the WAL's torn tail was cut off; records in it are re-read from the source"
-        );
+        if t.reused_file {
+            info!(
+                segment = %t.segment.display(),
+                at = t.at,
+                bytes_dropped = t.bytes_dropped,
+                reason = %t.reason,
+                "recovery: the WAL's last segment, a reused file, was cut to its frames (the bytes after them were an older segment's); any record past them is re-read from the source"
+            );
+        } else {
+            warn!(
+                segment = %t.segment.display(),
+                at = t.at,
+                bytes_dropped = t.bytes_dropped,
+                reason = %t.reason,
+                "recovery: the WAL's torn tail was cut off; records in it are re-read from the source"
+            );
+        }
     }
 }
 

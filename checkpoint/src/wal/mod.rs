@@ -138,8 +138,6 @@ pub struct Wal {
     /// Files of segments the log no longer needs, `(id they last were, path)`, oldest first:
     /// a roll writes over one of them rather than create a file (see [`MAX_SPARES`]).
     spares: Vec<(u64, PathBuf)>,
-    /// How the frames of the last segment are bound to it.
-    binding: FrameBinding,
     /// True while the last segment's file is a reused one that still holds an older
     /// segment's bytes past `file_len` (cut before the next roll).
     stale_tail: bool,
@@ -265,11 +263,6 @@ impl Wal {
                 fs,
                 dir: dir.to_path_buf(),
                 options,
-                binding: recovered
-                    .segments
-                    .last()
-                    .map(|s| s.binding)
-                    .unwrap_or(FrameBinding::Unbound),
                 segments: recovered.segments,
                 next_id: recovered.next_id,
                 spares: recovered.spares,
@@ -350,7 +343,11 @@ impl Wal {
             self.roll(epoch)?;
         }
         let at = self.end();
-        encode_frame(self.binding, kind, epoch, payload, &mut self.pending);
+        let binding = self
+            .segments
+            .last()
+            .map_or(FrameBinding::Unbound, |s| s.binding);
+        encode_frame(binding, kind, epoch, payload, &mut self.pending);
         Ok(at)
     }
 
@@ -456,23 +453,23 @@ impl Wal {
             self.spares.first().cloned()
         };
         let (made, recycled) = match spare {
-            None => (self.create_segment(&path, id, first_epoch), false),
+            None => (self.make_segment(&path, id, first_epoch, false), false),
             Some((_, spare)) => {
                 self.spares.remove(0);
                 match self.fs.rename(&spare, &path) {
                     Err(e) => {
                         // Gone (an operator freed the disk) or not movable: a new file instead.
                         warn!(spare = %spare.display(), error = %e, "wal: cannot reuse a spare segment file; creating a new one");
-                        (self.create_segment(&path, id, first_epoch), false)
+                        (self.make_segment(&path, id, first_epoch, false), false)
                     }
-                    Ok(()) => match self.write_reused_header(&path, id, first_epoch) {
+                    Ok(()) => match self.make_segment(&path, id, first_epoch, true) {
                         Err(WalError::Io { source, .. })
                             if source.kind() == io::ErrorKind::Unsupported =>
                         {
                             // The file system cannot write over a file: reuse none from now on.
                             self.reuse_unsupported = true;
                             self.drop_spares();
-                            (self.create_segment(&path, id, first_epoch), false)
+                            (self.make_segment(&path, id, first_epoch, false), false)
                         }
                         made => (made, true),
                     },
@@ -487,7 +484,6 @@ impl Wal {
             path,
             binding: header.binding(),
         });
-        self.binding = header.binding();
         self.stale_tail = recycled;
         self.next_id = id + 1;
         self.file = Some(f);
@@ -497,21 +493,31 @@ impl Wal {
         Ok(())
     }
 
-    /// A new segment file `path` with its header durable.
-    fn create_segment(
+    /// Segment `id` at `path` with its header durable: a new file, or (`reused`) a spare just
+    /// renamed to `path`, its header written over. The header is fsynced, then the directory.
+    /// On a failure the file goes again (best effort): a half-made segment is the log's torn
+    /// tail anyway, and the next open removes it, as it removes a reused file whose header
+    /// names another id (its older frames are never read as this segment's).
+    fn make_segment(
         &self,
         path: &Path,
         id: u64,
         first_epoch: u64,
+        reused: bool,
     ) -> Result<Box<dyn WritableFile>, WalError> {
-        let mut created = false;
+        let mut on_disk = reused;
         let made = (|| {
-            let mut f = self
-                .fs
-                .create_new(path)
-                .map_err(io_err("create segment", path))?;
-            created = true;
-            let header = SegmentHeader::new(id, first_epoch, false);
+            let mut f = if reused {
+                self.fs
+                    .open_overwrite(path)
+                    .map_err(io_err("open reused segment", path))?
+            } else {
+                self.fs
+                    .create_new(path)
+                    .map_err(io_err("create segment", path))?
+            };
+            on_disk = true;
+            let header = SegmentHeader::new(id, first_epoch, reused);
             f.write_all(&header.encode())
                 .map_err(io_err("write segment header", path))?;
             f.sync_all().map_err(io_err("fsync", path))?;
@@ -520,42 +526,7 @@ impl Wal {
                 .map_err(io_err("fsync the directory entry of", path))?;
             Ok(f)
         })();
-        if made.is_err() && created {
-            // Best effort: a half-made segment is the log's torn tail anyway, and the next
-            // open removes it if this fails.
-            let _ = self.fs.remove_file(path);
-            let _ = self.fs.sync_dir(&self.dir);
-        }
-        made
-    }
-
-    /// Makes a spare just renamed to `path` segment `id`: its header written over and fsynced,
-    /// then the directory fsynced. A crash before leaves a last segment whose header names
-    /// another id (or is torn): a torn segment the next open removes, its older frames never
-    /// read as this segment's.
-    fn write_reused_header(
-        &self,
-        path: &Path,
-        id: u64,
-        first_epoch: u64,
-    ) -> Result<Box<dyn WritableFile>, WalError> {
-        let made = (|| {
-            let mut f = self
-                .fs
-                .open_overwrite(path)
-                .map_err(io_err("open reused segment", path))?;
-            let header = SegmentHeader::new(id, first_epoch, true);
-            f.write_all(&header.encode())
-                .map_err(io_err("write segment header", path))?;
-            f.sync_data().map_err(io_err("fsync", path))?;
-            self.fs
-                .sync_dir(&self.dir)
-                .map_err(io_err("fsync the directory entry of", path))?;
-            Ok(f)
-        })();
-        if made.is_err() {
-            // Best effort, as for a new file: the next open removes a segment whose header
-            // is not its own.
+        if made.is_err() && on_disk {
             let _ = self.fs.remove_file(path);
             let _ = self.fs.sync_dir(&self.dir);
         }

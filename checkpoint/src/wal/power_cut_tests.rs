@@ -29,6 +29,20 @@ fn frames_after_power_cut(
     (frames, report)
 }
 
+/// The crash image at this instant, reopened ([`frames_after_power_cut`]) and checked
+/// ([`check_kept`]); returns the open's report.
+fn check_image(
+    pc: &PowerCutFs,
+    scratch: &Path,
+    n: &mut u32,
+    (appended, acked, kept_from): (&[F], usize, usize),
+    when: &str,
+) -> RecoveryReport {
+    let (frames, report) = frames_after_power_cut(pc, scratch, n);
+    check_kept(&frames, appended, acked, kept_from, when);
+    report
+}
+
 /// Checks the frames an image reopened with: a prefix of `appended` holding every
 /// acknowledged frame; with the log's front dropped (`kept_from > 0`, the first frame the
 /// last truncation kept), a run of `appended` that starts at or before `kept_from` and holds
@@ -106,12 +120,11 @@ fn run(
                 wal.commit().unwrap();
                 if sync == SyncPolicy::EveryBatch {
                     acked = appended.len();
-                    let (frames, _) = frames_after_power_cut(&pc, scratch.path(), &mut images);
-                    check_kept(
-                        &frames,
-                        &appended,
-                        acked,
-                        kept_from,
+                    check_image(
+                        &pc,
+                        scratch.path(),
+                        &mut images,
+                        (&appended, acked, kept_from),
                         &format!("after commit in epoch {epoch}"),
                     );
                 }
@@ -120,12 +133,11 @@ fn run(
         wal.seal(epoch, format!("seal-{epoch}").as_bytes()).unwrap();
         appended.push((FrameKind::Seal, epoch, format!("seal-{epoch}").into_bytes()));
         acked = appended.len();
-        let (frames, report) = frames_after_power_cut(&pc, scratch.path(), &mut images);
-        check_kept(
-            &frames,
-            &appended,
-            acked,
-            kept_from,
+        let report = check_image(
+            &pc,
+            scratch.path(),
+            &mut images,
+            (&appended, acked, kept_from),
             &format!("after seal {epoch}"),
         );
         assert!(
@@ -134,30 +146,27 @@ fn run(
         );
         reused += usize::from(report.truncation.as_ref().is_some_and(|t| t.reused_file));
         if truncate {
-            let spares_before = wal.spares().len();
             let first_of_epoch = appended.iter().position(|f| f.1 == epoch).unwrap_or(0);
             wal.truncate_before(epoch).unwrap();
             kept_from = first_of_epoch;
-            let (frames, _) = frames_after_power_cut(&pc, scratch.path(), &mut images);
-            check_kept(
-                &frames,
-                &appended,
-                acked,
-                kept_from,
+            check_image(
+                &pc,
+                scratch.path(),
+                &mut images,
+                (&appended, acked, kept_from),
                 &format!("after truncation {epoch}"),
             );
-            assert!(wal.spares().len() >= spares_before.min(1).min(wal.spares().len()));
+            assert!(wal.spares().len() <= MAX_SPARES, "{:?}", wal.spares());
         }
         if epoch % 3 == 0 {
             // Re-anchoring: the returned position must survive a power cut (the engine writes
             // it into a checkpoint).
             let at = wal.start_new_segment(epoch + 1).unwrap();
-            let (frames, report) = frames_after_power_cut(&pc, scratch.path(), &mut images);
-            check_kept(
-                &frames,
-                &appended,
-                acked,
-                kept_from,
+            let report = check_image(
+                &pc,
+                scratch.path(),
+                &mut images,
+                (&appended, acked, kept_from),
                 &format!("after start_new_segment {epoch}"),
             );
             assert_eq!(report.end, at, "the new segment's header is durable");

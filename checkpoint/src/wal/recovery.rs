@@ -171,7 +171,16 @@ pub(crate) fn recover(
     if let Some(found) = found {
         let (id, path) = &listed[found.index];
         let is_last = found.index + 1 == listed.len();
-        let mid_log = found.gap || !is_last || valid_seal_follows(fs, *id, path, found.at)?;
+        // The damaged segment's header, read once: how its frames are bound, and whether it
+        // is a reused file.
+        let header = if found.gap {
+            None
+        } else {
+            open_segment(fs, path)?.1.ok()
+        };
+        let mid_log = found.gap
+            || !is_last
+            || valid_seal_follows(fs, path, found.at, &bindings_for(header, *id))?;
         if found.at == 0 {
             segments.retain(|s| s.id != *id);
         }
@@ -198,7 +207,7 @@ pub(crate) fn recover(
             let damage = move_aside(fs, dir, &aside, *id, found.at, &found.reason, false)?;
             report.mid_log = Some(damage);
         } else {
-            let reused_file = matches!(open_segment(fs, path)?.1, Ok(h) if h.recycled);
+            let reused_file = header.is_some_and(|h| h.recycled);
             report.truncation = Some(cut_torn_tail(
                 fs,
                 dir,
@@ -369,15 +378,14 @@ fn scan(
 /// before it). Unsealed records after the damage may be a power cut's unordered writeback of
 /// an unacknowledged tail: that is a torn tail, cut like any other.
 ///
-/// Frames count under the segment's own binding (its header's; with the header damaged, this
-/// build's format for its id): a reused file's older frames are never its frames.
+/// Frames count under `bindings`, the segment's own ([`bindings_for`]): a reused file's older
+/// frames are never its frames.
 fn valid_seal_follows(
     fs: &dyn FileSystem,
-    id: u64,
     path: &Path,
     at: u64,
+    bindings: &[FrameBinding],
 ) -> Result<bool, WalError> {
-    let bindings = bindings_of(fs, id, path)?;
     let from = if at == 0 {
         SEGMENT_HEADER_LEN as u64
     } else {
@@ -385,20 +393,21 @@ fn valid_seal_follows(
     };
     let len = fs.len(path).map_err(io_err("stat", path))?;
     let mut f = fs.open_read(path).map_err(io_err("open", path))?;
-    seal_follows(&mut *f, from, len, &bindings).map_err(io_err("read", path))
+    seal_follows(&mut *f, from, len, bindings).map_err(io_err("read", path))
 }
 
-/// How segment `id`'s frames may be bound: by its header when it is its own; by this build's
-/// binding for its id when the header names another id (a reused file whose new header never
-/// landed: the frames after it are that older segment's, and must not pass for this one's);
-/// either way when the header is unreadable (a version 1 segment's frames are unbound), so
-/// damage is never taken for a torn tail for want of the right binding.
-fn bindings_of(fs: &dyn FileSystem, id: u64, path: &Path) -> Result<Vec<FrameBinding>, WalError> {
-    Ok(match open_segment(fs, path)?.1 {
-        Ok(h) if h.segment_id == id => vec![h.binding()],
-        Ok(_) => vec![FrameBinding::Segment(id)],
-        Err(_) => vec![FrameBinding::Segment(id), FrameBinding::Unbound],
-    })
+/// How segment `id`'s frames may be bound, given its header if readable: by the header when
+/// it is its own; by this build's binding for its id when the header names another id (a
+/// reused file whose new header never landed: the frames after it are that older segment's,
+/// and must not pass for this one's); either way when the header is unreadable (a version 1
+/// segment's frames are unbound), so damage is never taken for a torn tail for want of the
+/// right binding.
+fn bindings_for(header: Option<SegmentHeader>, id: u64) -> Vec<FrameBinding> {
+    match header {
+        Some(h) if h.segment_id == id => vec![h.binding()],
+        Some(_) => vec![FrameBinding::Segment(id)],
+        None => vec![FrameBinding::Segment(id), FrameBinding::Unbound],
+    }
 }
 
 /// Cuts a torn tail: truncates `path` at `at`, or removes it if its header is torn.
@@ -622,11 +631,7 @@ fn describe_moved(
     for (id, path) in &moved {
         let bytes = read_file(fs, path)?;
         let header = SegmentHeader::decode(&bytes).ok();
-        let bindings = match header {
-            Some(h) if h.segment_id == *id => vec![h.binding()],
-            Some(_) => vec![FrameBinding::Segment(*id)],
-            None => vec![FrameBinding::Segment(*id), FrameBinding::Unbound],
-        };
+        let bindings = bindings_for(header, *id);
         let from = if *id == at_segment && at_offset > 0 {
             at_offset as usize + 1
         } else {

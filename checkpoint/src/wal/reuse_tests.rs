@@ -80,6 +80,16 @@ fn kept_from(dir: &Path, frames: &[F], epoch: u64) -> Vec<F> {
     kept
 }
 
+/// A log of six epochs in `dir` (through `fs`) whose segments before epoch 6 were dropped,
+/// into spares where the file system allows; returns it and the frames it still reads.
+fn log_with_spares(fs: SharedFs, dir: &Path) -> (Wal, Vec<F>) {
+    let (mut wal, _) = Wal::open_with_fs(fs, dir, options(), None).unwrap();
+    let frames = write_epochs(&mut wal, 1..=6, 3, 90);
+    wal.truncate_before(6).unwrap();
+    let kept = kept_from(dir, &frames, 6);
+    (wal, kept)
+}
+
 /// A log whose front was dropped into spares, then written on over them: the big first
 /// frames leave each spare holding older frames past what its new life writes.
 fn log_over_spares(dir: &Path) -> (Wal, Vec<F>) {
@@ -212,10 +222,7 @@ fn damage_inside_a_reused_segment_is_still_told_from_its_end() {
 #[test]
 fn a_crash_between_reusing_a_spare_and_writing_its_header_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), options(), None).unwrap();
-    let frames = write_epochs(&mut wal, 1..=6, 3, 90);
-    wal.truncate_before(6).unwrap();
-    let kept = kept_from(dir.path(), &frames, 6);
+    let (wal, kept) = log_with_spares(std_fs(), dir.path());
     let (spare_id, spare) = wal.spares()[0].clone();
     let (last_id, _, _) = *wal.segments().last().unwrap();
     drop(wal);
@@ -244,9 +251,7 @@ fn a_crash_between_reusing_a_spare_and_writing_its_header_loses_nothing() {
 #[test]
 fn the_next_segment_id_passes_every_spare_when_the_live_log_is_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), options(), None).unwrap();
-    write_epochs(&mut wal, 1..=6, 3, 90);
-    wal.truncate_before(6).unwrap();
+    let (wal, _) = log_with_spares(std_fs(), dir.path());
     let newest_spare = wal.spares().iter().map(|(id, _)| *id).max().unwrap();
     drop(wal);
     for (_, p, _) in segment_files(dir.path()).unwrap() {
@@ -305,10 +310,7 @@ fn a_failed_cut_of_a_reused_segment_poisons_the_log_and_loses_nothing() {
 #[test]
 fn a_spare_deleted_by_hand_makes_the_roll_create_a_file_instead() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), options(), None).unwrap();
-    let frames = write_epochs(&mut wal, 1..=6, 3, 90);
-    wal.truncate_before(6).unwrap();
-    let mut kept = kept_from(dir.path(), &frames, 6);
+    let (mut wal, mut kept) = log_with_spares(std_fs(), dir.path());
     for (_, spare) in wal.spares().to_vec() {
         fs::remove_file(spare).unwrap();
     }
@@ -357,11 +359,7 @@ impl tidemark_fs::FileSystem for NoOverwrite {
 #[test]
 fn a_file_system_that_cannot_write_over_files_keeps_no_spares() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) =
-        Wal::open_with_fs(Arc::new(NoOverwrite), dir.path(), options(), None).unwrap();
-    let mut frames = write_epochs(&mut wal, 1..=6, 3, 90);
-    wal.truncate_before(6).unwrap();
-    frames = kept_from(dir.path(), &frames, 6);
+    let (mut wal, mut frames) = log_with_spares(Arc::new(NoOverwrite), dir.path());
     for epoch in 7..=12 {
         frames.extend(write_epochs(&mut wal, epoch..=epoch, 3, 90));
         wal.truncate_before(epoch).unwrap();
@@ -378,10 +376,7 @@ fn a_file_system_that_cannot_write_over_files_keeps_no_spares() {
 #[test]
 fn a_reader_ends_at_a_last_segment_whose_header_is_another_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), options(), None).unwrap();
-    let frames = write_epochs(&mut wal, 1..=6, 3, 90);
-    wal.truncate_before(6).unwrap();
-    let kept = kept_from(dir.path(), &frames, 6);
+    let (wal, kept) = log_with_spares(std_fs(), dir.path());
     let (_, spare) = wal.spares()[0].clone();
     let (last_id, _, _) = *wal.segments().last().unwrap();
     // A roll in progress: the spare renamed, its new header not written yet.
@@ -428,9 +423,7 @@ fn a_reused_file_written_past_its_old_end_is_not_cut() {
 #[test]
 fn a_segment_made_again_under_the_checkpointed_id_is_a_new_file() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut wal, _) = Wal::open(dir.path(), options(), None).unwrap();
-    write_epochs(&mut wal, 1..=6, 3, 90);
-    wal.truncate_before(6).unwrap();
+    let (wal, _) = log_with_spares(std_fs(), dir.path());
     assert!(!wal.spares().is_empty());
     let (last_id, _, _) = *wal.segments().last().unwrap();
     drop(wal);

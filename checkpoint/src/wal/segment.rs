@@ -265,31 +265,18 @@ pub(crate) fn seal_follows(
             let in_memory = start
                 .checked_sub(chunk)
                 .and_then(|at| buf.get(at as usize..));
-            for &binding in bindings {
-                let decoded = match in_memory.map(|b| decode_frame(binding, b)) {
-                    Some(Err(FrameError::Short)) | None => {
-                        // Read whole from the file, once its header says it fits in it (a
-                        // length field of older bytes must not allocate 64 MB).
-                        let mut head = [0u8; FRAME_HEADER_LEN];
-                        file.seek(SeekFrom::Start(start))?;
-                        let got = read_full(&mut &mut *file, &mut head)?;
-                        let fits = got == FRAME_HEADER_LEN
-                            && decode_frame_header(&head)
-                                .is_ok_and(|h| start + (FRAME_HEADER_LEN + h.len) as u64 <= len);
-                        if !fits {
-                            continue;
-                        }
-                        file.seek(SeekFrom::Start(start))?;
-                        match read_frame(binding, &mut &mut *file)? {
-                            ReadFrame::Frame(f) => Ok((f, 0)),
-                            ReadFrame::Eof | ReadFrame::Bad(_) => Err(FrameError::Short),
-                        }
-                    }
-                    Some(other) => other,
-                };
-                if matches!(decoded, Ok((f, _)) if f.kind == format::FrameKind::Seal) {
-                    return Ok(true);
-                }
+            let Some(frame) = candidate_frame(file, in_memory, start, len)? else {
+                continue;
+            };
+            let (head, payload) = frame.split_at(FRAME_HEADER_LEN);
+            let head: &[u8; FRAME_HEADER_LEN] = head.try_into().map_err(std::io::Error::other)?;
+            let stored = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            // The marker makes it a seal; its CRC under one of the bindings makes it valid.
+            if bindings
+                .iter()
+                .any(|&b| frame_crc_ok(b, head, stored, payload))
+            {
+                return Ok(true);
             }
         }
         if buf.len() < SEAL_MARKER.len() || want < SCAN_CHUNK as u64 {
@@ -299,6 +286,46 @@ pub(crate) fn seal_follows(
         chunk += (buf.len() - (SEAL_MARKER.len() - 1)) as u64;
     }
     Ok(false)
+}
+
+/// The whole frame (header and payload) whose header starts at `start` of `file` (`len`
+/// bytes long), if its header is a frame's and the frame fits in the file: from `in_memory`
+/// (the bytes from `start` on that a chunk holds) when it holds it whole, else read from the
+/// file (a length field of older bytes must not make it read past the file's end).
+fn candidate_frame<'b>(
+    file: &mut dyn ReadableFile,
+    in_memory: Option<&'b [u8]>,
+    start: u64,
+    len: u64,
+) -> std::io::Result<Option<std::borrow::Cow<'b, [u8]>>> {
+    let whole = |bytes: &[u8]| -> Option<usize> {
+        let head = bytes.first_chunk::<FRAME_HEADER_LEN>()?;
+        let h = decode_frame_header(head).ok()?;
+        Some(FRAME_HEADER_LEN + h.len)
+    };
+    if let Some(bytes) = in_memory {
+        if let Some(n) = whole(bytes) {
+            if let Some(frame) = bytes.get(..n) {
+                return Ok(Some(std::borrow::Cow::Borrowed(frame)));
+            }
+        } else if bytes.len() >= FRAME_HEADER_LEN {
+            return Ok(None); // not a frame's header
+        }
+    }
+    let mut head = [0u8; FRAME_HEADER_LEN];
+    file.seek(SeekFrom::Start(start))?;
+    if read_full(&mut &mut *file, &mut head)? < FRAME_HEADER_LEN {
+        return Ok(None);
+    }
+    let Some(n) = whole(&head).filter(|&n| start + n as u64 <= len) else {
+        return Ok(None);
+    };
+    let mut frame = vec![0u8; n];
+    frame[..FRAME_HEADER_LEN].copy_from_slice(&head);
+    if read_full(&mut &mut *file, &mut frame[FRAME_HEADER_LEN..])? < n - FRAME_HEADER_LEN {
+        return Ok(None);
+    }
+    Ok(Some(std::borrow::Cow::Owned(frame)))
 }
 
 /// The result of reading one frame.

@@ -42,27 +42,26 @@ fn assert_no_orphans(fixture: &Fixture) {
     assert!(orphans.is_empty(), "orphan Parquet files: {orphans:?}");
 }
 
-/// The byte offset just past the last whole frame of the WAL segment at `path` (the
-/// segment's own frames, read with the WAL's reader; a torn frame after them is not counted).
-fn frames_end(path: &Path) -> u64 {
+/// The WAL's newest segment (its path) and the byte offset just past its last whole frame
+/// (the segment's own frames, read with the WAL's reader; a torn frame after them, or a reused
+/// file's older bytes, are not counted).
+fn newest_segment_and_frames_end(fixture: &Fixture) -> (PathBuf, u64) {
     use tidemark_checkpoint::wal::format::frame_len;
+    use tidemark_checkpoint::wal::segment_files;
     use tidemark_checkpoint::{WalPosition, WalReader};
-    let id = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .and_then(|s| u64::from_str_radix(s, 16).ok())
-        .expect("a segment file name");
-    let dir = path.parent().expect("the WAL directory");
+    let dir = fixture.state_dir().join("wal");
+    let (id, path, _) = segment_files(&dir).unwrap().pop().expect("a WAL segment");
     let from = WalPosition {
         segment: id,
         offset: 0,
     };
-    WalReader::new(dir, from)
+    let end = WalReader::new(&dir, from)
         .map_while(Result::ok)
         .filter(|(at, _)| at.segment == id)
         .map(|(at, f)| at.offset + frame_len(f.payload.len()) as u64)
         .last()
-        .unwrap_or(0)
+        .unwrap_or(0);
+    (path, end)
 }
 
 fn wal_segments(fixture: &Fixture) -> Vec<PathBuf> {
@@ -474,10 +473,9 @@ async fn torn_and_corrupted_wal_tails_are_cut_and_nothing_is_lost() {
             break;
         }
         assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{log}");
-        let newest = wal_segments(&fixture).pop().expect("a WAL segment");
         // Where the newest segment's frames end: a reused file holds an older segment's
         // bytes after them, so the damage goes inside the frames, not at the file's end.
-        let len = frames_end(&newest);
+        let (newest, len) = newest_segment_and_frames_end(&fixture);
         if len <= 40 {
             continue;
         }
