@@ -115,9 +115,12 @@ const METADATA_PATIENCE: Duration = Duration::from_secs(120);
 /// `topic`'s metadata from `consumer`'s cluster (`brokers`, for messages) and the rounds it
 /// took: asked in rounds of `round` while the broker does not answer, until `patience` has
 /// passed. A round that times out is asked again; so is one that fails for want of a usable
-/// broker, but only after a round timed out (librdkafka closes a connection whose request
-/// timed out): brokers never reached (a wrong address, refused TLS) fail at the first round.
-/// Any other error is returned at once.
+/// broker while one of `brokers` accepts TCP connections (a broker too slow to finish the
+/// connection's handshake, even on the first round of a new consumer), or after a round timed
+/// out (librdkafka closes a connection whose request timed out). Brokers that accept no
+/// connection (a wrong address, nothing listening) fail at the first round; a broker that
+/// accepts TCP and then refuses the handshake (TLS) is asked until `patience`. Any other
+/// error is returned at once.
 fn fetch_metadata_in_rounds(
     consumer: &BaseConsumer,
     brokers: &str,
@@ -138,7 +141,7 @@ fn fetch_metadata_in_rounds(
         let again = match code {
             RDKafkaErrorCode::OperationTimedOut => true,
             RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown => {
-                timed_out
+                timed_out || accepts_connections(brokers, round)
             }
             _ => false,
         };
@@ -151,6 +154,17 @@ fn fetch_metadata_in_rounds(
             started.elapsed().as_secs()
         );
     }
+}
+
+/// True when one of `brokers` (`host:port`, comma-separated, as librdkafka takes them)
+/// accepts a TCP connection within `within`: a broker is there, if slow.
+fn accepts_connections(brokers: &str, within: Duration) -> bool {
+    use std::net::{TcpStream, ToSocketAddrs};
+    brokers
+        .split(',')
+        .filter_map(|b| b.trim().to_socket_addrs().ok())
+        .flatten()
+        .any(|addr| TcpStream::connect_timeout(&addr, within).is_ok())
 }
 
 impl Mirror {
@@ -461,6 +475,28 @@ mod tests {
             .map(|p| p.id())
             .collect();
         assert_eq!(partitions, [0, 1, 2]);
+    }
+
+    /// The same broker slow from the first request on, before any connection of the mirror's
+    /// consumer is up (a mirror's consumer is always new): rounds go on until it answers.
+    #[test]
+    fn a_broker_slow_from_the_first_request_is_asked_again() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("t", 3, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        cluster
+            .broker_round_trip_time(1, Duration::from_secs(4))
+            .unwrap();
+        let consumer = consumer(&brokers);
+        let fetching = std::thread::spawn(move || {
+            let round = Duration::from_secs(1);
+            fetch_metadata_in_rounds(&consumer, &brokers, "t", round, Duration::from_secs(20))
+        });
+        std::thread::sleep(Duration::from_millis(2500));
+        cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
+        let (metadata, rounds) = fetching.join().unwrap().unwrap();
+        assert!(rounds >= 2, "answered at once by a slow broker");
+        assert_eq!(metadata.topics()[0].partitions().len(), 3);
     }
 
     /// Brokers that cannot be reached at all (nothing listens there) are not waited out: the
