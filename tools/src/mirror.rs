@@ -441,6 +441,25 @@ mod tests {
             .unwrap()
     }
 
+    /// `t`'s metadata fetched in rounds of 1 s (patience 20 s) while the cluster's broker
+    /// answers after 4 s, for the first 2.5 s; returns it and the rounds it took.
+    fn fetch_while_slow_for_a_while(
+        cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        consumer: BaseConsumer,
+        brokers: String,
+    ) -> (rdkafka::metadata::Metadata, u32) {
+        cluster
+            .broker_round_trip_time(1, Duration::from_secs(4))
+            .unwrap();
+        let fetching = std::thread::spawn(move || {
+            let round = Duration::from_secs(1);
+            fetch_metadata_in_rounds(&consumer, &brokers, "t", round, Duration::from_secs(20))
+        });
+        std::thread::sleep(Duration::from_millis(2500));
+        cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
+        fetching.join().unwrap().unwrap()
+    }
+
     /// A connected broker slow to answer for a while: the first 1 s round times out, and
     /// rounds of 1 s within a patience of 20 s get the topic's partitions once it answers
     /// again.
@@ -458,16 +477,7 @@ mod tests {
                 .expect("the connection is up");
             std::thread::sleep(Duration::from_millis(300));
         }
-        cluster
-            .broker_round_trip_time(1, Duration::from_secs(4))
-            .unwrap();
-        let fetching = std::thread::spawn(move || {
-            let round = Duration::from_secs(1);
-            fetch_metadata_in_rounds(&consumer, &brokers, "t", round, Duration::from_secs(20))
-        });
-        std::thread::sleep(Duration::from_millis(2500));
-        cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
-        let (metadata, rounds) = fetching.join().unwrap().unwrap();
+        let (metadata, rounds) = fetch_while_slow_for_a_while(&cluster, consumer, brokers);
         assert!(rounds >= 2, "answered at once by a slow broker");
         let partitions: Vec<i32> = metadata.topics()[0]
             .partitions()
@@ -484,17 +494,8 @@ mod tests {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("t", 3, 1).unwrap();
         let brokers = cluster.bootstrap_servers();
-        cluster
-            .broker_round_trip_time(1, Duration::from_secs(4))
-            .unwrap();
         let consumer = consumer(&brokers);
-        let fetching = std::thread::spawn(move || {
-            let round = Duration::from_secs(1);
-            fetch_metadata_in_rounds(&consumer, &brokers, "t", round, Duration::from_secs(20))
-        });
-        std::thread::sleep(Duration::from_millis(2500));
-        cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
-        let (metadata, rounds) = fetching.join().unwrap().unwrap();
+        let (metadata, rounds) = fetch_while_slow_for_a_while(&cluster, consumer, brokers);
         assert!(rounds >= 2, "answered at once by a slow broker");
         assert_eq!(metadata.topics()[0].partitions().len(), 3);
     }
