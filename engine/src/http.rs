@@ -25,12 +25,21 @@ pub struct HttpError {
     pub message: String,
 }
 
-/// The running server; stopped (and its thread joined) when dropped.
+/// The running server; stopped (and its thread joined) when dropped, and its address free
+/// again by the time the drop returns (see [`RELEASE_PATIENCE`]).
 pub struct HttpServer {
-    server: Arc<Server>,
+    /// `None` only while dropping.
+    server: Option<Arc<Server>>,
     thread: Option<JoinHandle<()>>,
     addr: SocketAddr,
 }
+
+/// Longest a dropped server waits for its address to be free. Why it waits at all: `tiny_http`
+/// accepts on a thread of its own that lets the listening socket go only some time after the
+/// server is dropped, and a worker's next run (after a rebalance) binds the same address at
+/// once: it failed with "address in use" and the worker exited (seen in CI, and 1 time in 1
+/// in a unit test binding again right after a drop).
+const RELEASE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl HttpServer {
     /// The address it listens on (the real port when `:0` was asked for).
@@ -41,9 +50,30 @@ impl HttpServer {
 
 impl Drop for HttpServer {
     fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(server) = self.server.take() {
+            server.unblock();
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+            // The last handle: tiny_http now tells its accepting thread to stop.
+            drop(server);
+        }
+        wait_until_free(self.addr, RELEASE_PATIENCE);
+    }
+}
+
+/// Waits until `addr` can be bound (then lets it go at once), at most `patience`; warns if it
+/// never could (another process may have taken it: the next bind will say).
+fn wait_until_free(addr: SocketAddr, patience: std::time::Duration) {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => return,
+            Err(e) if std::time::Instant::now() >= deadline => {
+                warn!(%addr, "http: the address is still taken {patience:?} after the server stopped: {e}");
+                return;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
         }
     }
 }
@@ -76,7 +106,7 @@ pub fn serve(addr: &str, metrics: &'static Metrics) -> Result<HttpServer, HttpEr
         "serving /metrics, /healthz, /readyz and the status page at http://{bound}/"
     );
     Ok(HttpServer {
-        server,
+        server: Some(server),
         thread: Some(thread),
         addr: bound,
     })
@@ -136,5 +166,34 @@ fn respond(
             "not found: try /, /metrics, /healthz or /readyz\n".into(),
             PLAIN,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::serve;
+    use crate::metrics::{self, RunInfo};
+
+    /// A run that ends lets the next run of the same process serve on the same address at
+    /// once: a worker's runs across a rebalance do this (a worker exited after a rebalance in
+    /// CI when the address was still taken).
+    #[test]
+    fn the_same_address_serves_again_right_after_a_server_stops() {
+        let metrics = metrics::install(RunInfo {
+            pipeline_id: "http-test".into(),
+            interval: Duration::from_secs(1),
+            commit_stall_after: Duration::from_secs(60),
+            watermark_stuck_after: Duration::from_secs(60),
+            dedup: false,
+        });
+        let first = serve("127.0.0.1:0", metrics).unwrap();
+        let addr = first.addr().to_string();
+        drop(first);
+        for round in 0..300 {
+            let server = serve(&addr, metrics).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            drop(server);
+        }
     }
 }
