@@ -769,7 +769,18 @@ async fn a_worker_with_an_http_endpoint_keeps_serving_across_a_rebalance() {
     );
     assert!(!second_log.contains("group: joining"), "{second_log}");
     // w1 joins: w0's run stops and a new one starts over fewer partitions, binding again.
+    // The next records go in once w1's run has started (its WAL made): produced before, w0
+    // could read them all while w1 joined, leaving w1 nothing to commit (seen in CI).
     let mut w1 = Worker::start(&fixture, "w1");
+    let w1_wal = fixture.state_dir().join("workers").join("w1").join("wal");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !w1_wal.exists() {
+        if Instant::now() >= deadline {
+            let logs = stop_for_logs(vec![w0, w1], libc::SIGKILL);
+            panic!("w1's run never started in 60 s:\n{logs}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let more = produce_range(
         &brokers,
         &topic,
@@ -790,10 +801,10 @@ async fn a_worker_with_an_http_endpoint_keeps_serving_across_a_rebalance() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(
-        w0.child.try_wait().unwrap().is_none(),
-        "w0 exited after the rebalance"
-    );
+    if let Some(status) = w0.child.try_wait().unwrap() {
+        let logs = stop_for_logs(vec![w0, w1], libc::SIGKILL);
+        panic!("w0 exited after the rebalance ({status}):\n{logs}");
+    }
     assert_eq!(
         get(&addr, "/healthz").map(|(s, _)| s),
         Some(200),
