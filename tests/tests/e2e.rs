@@ -423,6 +423,9 @@ fn bench_measures_each_interval_and_writes_table_csv_json_svg() {
             // sealed epochs not yet committed (what recovery replays).
             "--intervals",
             "20ms,none",
+            // Each kill's crash image restarted twice.
+            "--restarts",
+            "2",
             "--dir",
         ])
         .arg(&bench)
@@ -447,6 +450,21 @@ fn bench_measures_each_interval_and_writes_table_csv_json_svg() {
     assert_eq!(none["wal_bytes"], 0, "no WAL without checkpoints: {none}");
     assert!(cp["recovery_replayed"].as_u64().unwrap() > 0, "{cp}");
     assert!(cp["recovery_first_commit_ms"].as_u64().is_some(), "{cp}");
+    // Two restarts of one crash image; the row shows the lower (the median of two).
+    let all: Vec<u64> = cp["recovery_first_commit_ms_all"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(all.len(), 2, "{cp}");
+    assert_eq!(
+        cp["recovery_first_commit_ms"],
+        all.iter().min().copied().unwrap(),
+        "{cp}"
+    );
+    assert!(bench.join("recovery-20ms/run-3.log").exists());
+    assert!(!bench.join("recovery-20ms.crash-image").exists());
     let csv = std::fs::read_to_string(bench.join("bench.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     let svg = std::fs::read_to_string(bench.join("bench.svg")).unwrap();
