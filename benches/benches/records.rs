@@ -13,7 +13,7 @@ use tidemark_connectors::decode::JsonDecoder;
 use tidemark_connectors::parquet_file;
 use tidemark_connectors::SourceRecord;
 use tidemark_engine::config::PipelineConfig;
-use tidemark_engine::dedup::DedupState;
+use tidemark_engine::dedup::{ColdError, ColdKeys, DedupState, PackedKeys};
 use tidemark_engine::epoch::{DedupRuntime, OpenEpoch, RecordProcessor};
 
 const BATCH: usize = 100_000;
@@ -29,6 +29,32 @@ fn state_with_1m() -> DedupState {
     let mut state =
         DedupState::from_entries((0..1_000_000u64).map(|i| (key(i), 1_000_000)), Some(0));
     state.reserve(BATCH);
+    state
+}
+
+/// A store part that holds nothing and never finishes loading: the checks' cost apart from the
+/// store's lookups.
+struct NothingCold;
+
+impl ColdKeys for NothingCold {
+    fn lookup(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<i64>>, ColdError> {
+        Ok(vec![None; keys.len()])
+    }
+    fn poll_loaded(&mut self) -> Result<Option<DedupState>, ColdError> {
+        Ok(None)
+    }
+}
+
+/// [`state_with_1m`]'s keys as a restart holds them while the store's part loads: the
+/// changelog in memory over a part still loading.
+fn state_with_1m_loading() -> DedupState {
+    let mut changelog = PackedKeys::default();
+    for i in 0..1_000_000u64 {
+        changelog.push(&key(i), 1_000_000);
+    }
+    let mut state = DedupState::loading(Box::new(NothingCold), Some(0));
+    state.reserve(changelog.len() + BATCH);
+    state.load_changelog(&changelog);
     state
 }
 
@@ -68,6 +94,27 @@ fn bench_dedup(c: &mut Criterion) {
                     s.warm(chunk.iter().map(|(k, _)| k.as_slice()));
                     for (k, t) in chunk {
                         let _ = std::hint::black_box(s.check(k, *t));
+                    }
+                }
+                s
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    // After a restart, while the store's part still loads: the changelog's 1M keys in memory,
+    // each batch's keys looked up together first (`prefetch`), then warmed and checked as
+    // above (the replay of a restart, measured at batches of 2,048 rows).
+    g.bench_function("check_100k_with_1m_in_memory_while_loading", |b| {
+        b.iter_batched(
+            state_with_1m_loading,
+            |mut s| {
+                for batch in input.chunks(2048) {
+                    s.prefetch(batch.iter().map(|(k, _)| k.as_slice())).unwrap();
+                    for chunk in batch.chunks(64) {
+                        s.warm(chunk.iter().map(|(k, _)| k.as_slice()));
+                        for (k, t) in chunk {
+                            let _ = std::hint::black_box(s.check(k, *t));
+                        }
                     }
                 }
                 s
