@@ -26,7 +26,7 @@ pub struct HttpError {
 }
 
 /// The running server; stopped (and its thread joined) when dropped, and its address free
-/// again by the time the drop returns (see [`RELEASE_PATIENCE`]).
+/// again by the time the drop returns (a worker's next run binds it at once).
 pub struct HttpServer {
     /// `None` only while dropping.
     server: Option<Arc<Server>>,
@@ -62,15 +62,20 @@ impl Drop for HttpServer {
     }
 }
 
-/// Waits until `addr` can be bound (then lets it go at once), at most `patience`; warns if it
-/// never could (another process may have taken it: the next bind will say).
+/// Waits while `addr` is still in use (then lets it go at once), at most `patience`; warns if
+/// it stays in use (another process may have taken it: the next bind will say). Any other
+/// bind error ends the wait at once: only "in use" is the old socket still open.
 fn wait_until_free(addr: SocketAddr, patience: std::time::Duration) {
     let deadline = std::time::Instant::now() + patience;
     loop {
         match std::net::TcpListener::bind(addr) {
             Ok(_) => return,
+            Err(e) if e.kind() != std::io::ErrorKind::AddrInUse => {
+                warn!(%addr, "http: cannot tell whether the stopped server's address is free: {e}");
+                return;
+            }
             Err(e) if std::time::Instant::now() >= deadline => {
-                warn!(%addr, "http: the address is still taken {patience:?} after the server stopped: {e}");
+                warn!(%addr, "http: the address is still in use {patience:?} after the server stopped: {e}");
                 return;
             }
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),

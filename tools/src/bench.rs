@@ -83,6 +83,8 @@ pub struct BenchOptions {
     /// recovery columns are those of the median restart. Why: where a kill lands decides how
     /// much a restart replays, so one restart per kill mixes that with the restart's own
     /// spread (first commits of 274 to 1,054 ms for the same 1 s interval on one machine).
+    /// An odd N has a true median (of an even N, the lower middle one is shown). Rows whose
+    /// table is on object storage (`--table-uri`) restart once: the image cannot hold it.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub restarts: u64,
     /// Seed of the generated stream.
@@ -144,8 +146,9 @@ pub struct BenchRow {
     /// After a SIGKILL mid-epoch: ms from restart to the first commit (of the median
     /// restart with `--restarts`).
     pub recovery_first_commit_ms: Option<u64>,
-    /// The same for every restart of the crash image, in the order they ran.
-    pub recovery_first_commit_ms_all: Vec<u64>,
+    /// The same for every restart of the crash image, in the order they ran (`None`: that
+    /// restart committed nothing, as a run without checkpoints may not before it ends).
+    pub recovery_first_commit_ms_all: Vec<Option<u64>>,
     /// The same restart: ms to its first commit of records read from the broker (the first
     /// commit holds the records replayed from the WAL).
     pub recovery_first_source_commit_ms: Option<u64>,
@@ -607,8 +610,9 @@ const CONNECTED: &str = "records waiting at start";
 /// The pipeline's log line once it has stopped reading and committing.
 const STOPPED: &str = "pipeline stopped";
 
-/// SIGKILLs a run of `interval` part-way, restarts it, and fills `row`'s recovery columns
-/// from the restart's summary.
+/// SIGKILLs a run of `interval` part-way, restarts it (`--restarts` times from the same
+/// crash image, for a table on local disk), and fills `row`'s recovery columns from the
+/// restart's summary (the median restart's).
 fn recovery_run(
     setup: &Setup,
     options: &BenchOptions,
@@ -653,38 +657,55 @@ fn recovery_run(
         if finished {
             continue;
         }
-        let image = setup.dir.join(format!("recovery-{name}.crash-image"));
-        if options.restarts > 1 {
-            copy_dir(&rec_dir, &image)?;
-        }
+        // A table on object storage is outside the image: its restarts could not start over.
+        let restarts = if variant.table_base.is_some() {
+            1
+        } else {
+            options.restarts
+        };
+        let image = (restarts > 1)
+            .then(|| {
+                CrashImage::keep(
+                    &rec_dir,
+                    &setup.dir.join(format!("recovery-{name}.crash-image")),
+                )
+            })
+            .transpose()?;
         let summary = run_child(exe, &config, &rec_dir.join("run-2.log"), &[])?;
         let replayed = summary["recovery"]["replayed_records"]
             .as_u64()
             .unwrap_or(0);
         if interval.is_some() && replayed == 0 {
-            remove_if_there(&image)?;
             continue;
         }
         let mut summaries = vec![summary];
-        for restart in 2..=options.restarts {
-            restore_crash_image(&image, &rec_dir)?;
-            let log = rec_dir.join(format!("run-{}.log", restart + 1));
-            summaries.push(run_child(exe, &config, &log, &[])?);
+        if let Some(image) = &image {
+            for restart in 2..=restarts {
+                image.restore(&rec_dir)?;
+                let log = rec_dir.join(format!("run-{}.log", restart + 1));
+                let again = run_child(exe, &config, &log, &[])?;
+                let replayed_again = again["recovery"]["replayed_records"].as_u64().unwrap_or(0);
+                if replayed_again != replayed {
+                    bail!("restart {restart} of the crash image replayed {replayed_again} records, the first {replayed}: the image was not restored whole (see {})", log.display());
+                }
+                summaries.push(again);
+            }
         }
-        remove_if_there(&image)?;
         row.recovery_first_commit_ms_all = summaries
             .iter()
-            .map(|s| s["first_commit_ms"].as_u64().unwrap_or(0))
+            .map(|s| s["first_commit_ms"].as_u64())
             .collect();
         break median_restart(summaries);
     };
-    if options.restarts > 1 {
+    if row.recovery_first_commit_ms_all.len() > 1 {
         let all = &row.recovery_first_commit_ms_all;
+        let committed = || all.iter().flatten();
         eprint!(
-            " median of {} restarts of one crash image ({} to {} ms):",
+            " median of {} restarts of one crash image ({} to {} ms, {} without a commit):",
             all.len(),
-            all.iter().min().unwrap_or(&0),
-            all.iter().max().unwrap_or(&0)
+            committed().min().unwrap_or(&0),
+            committed().max().unwrap_or(&0),
+            all.iter().filter(|t| t.is_none()).count()
         );
     }
     row.recovery_first_commit_ms = summary["first_commit_ms"].as_u64();
@@ -708,9 +729,10 @@ fn recovery_run(
 }
 
 /// The restart whose first commit is the median of `summaries` (the lower of the two middle
-/// ones when they are even): its row shows one real restart, not a mix of several.
+/// ones when they are even; a restart without a commit counts as the slowest): its row shows
+/// one real restart, not a mix of several.
 fn median_restart(mut summaries: Vec<serde_json::Value>) -> serde_json::Value {
-    summaries.sort_by_key(|s| s["first_commit_ms"].as_u64().unwrap_or(0));
+    summaries.sort_by_key(|s| s["first_commit_ms"].as_u64().unwrap_or(u64::MAX));
     let middle = (summaries.len() - 1) / 2;
     summaries.swap_remove(middle)
 }
@@ -742,8 +764,34 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A copy of a killed run's directory (state and local table) to restart again from;
+/// removed when dropped, whatever stopped the bench.
+struct CrashImage(PathBuf);
+
+impl CrashImage {
+    /// Copies `rec_dir` to `image` (a partial copy is removed).
+    fn keep(rec_dir: &Path, image: &Path) -> anyhow::Result<Self> {
+        let kept = Self(image.to_path_buf());
+        copy_dir(rec_dir, image)?;
+        Ok(kept)
+    }
+
+    /// Puts `rec_dir` back as the image holds it ([`restore_crash_image`]).
+    fn restore(&self, rec_dir: &Path) -> anyhow::Result<()> {
+        restore_crash_image(&self.0, rec_dir)
+    }
+}
+
+impl Drop for CrashImage {
+    fn drop(&mut self) {
+        if let Err(e) = remove_if_there(&self.0) {
+            eprintln!("warning: {e:#}");
+        }
+    }
+}
+
 /// Puts `rec_dir` back as `image` holds it, keeping the logs of the restarts that ran
-/// since (`run-2.log` on: the image holds only the killed run's).
+/// since (`run-2.log` on: the image holds only the killed run's), also when the copy fails.
 fn restore_crash_image(image: &Path, rec_dir: &Path) -> anyhow::Result<()> {
     let mut logs = Vec::new();
     for entry in
@@ -761,13 +809,14 @@ fn restore_crash_image(image: &Path, rec_dir: &Path) -> anyhow::Result<()> {
     }
     std::fs::remove_dir_all(rec_dir)
         .with_context(|| format!("cannot clear {}", rec_dir.display()))?;
-    copy_dir(image, rec_dir)?;
+    let copied = copy_dir(image, rec_dir);
     for (path, text) in logs {
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(())
+    copied
 }
 
+/// Removes the directory tree `dir`; one that is not there is no error.
 fn remove_if_there(dir: &Path) -> anyhow::Result<()> {
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -1400,6 +1449,10 @@ mod tests {
             500
         );
         assert_eq!(median_restart(runs(&[42]))["first_commit_ms"], 42);
+        // A restart without a commit is the slowest, never the median of faster ones.
+        let mut three = runs(&[300, 200, 100]);
+        three[2] = serde_json::json!({"run": 2});
+        assert_eq!(median_restart(three)["first_commit_ms"], 300);
     }
 
     /// A restart's directory goes back to the crash image whole (nested files, nothing the
@@ -1411,20 +1464,21 @@ mod tests {
         std::fs::create_dir_all(rec.join(".tidemark/wal")).unwrap();
         std::fs::write(rec.join(".tidemark/wal/0.wal"), b"frames").unwrap();
         std::fs::write(rec.join("run-1.log"), b"killed run").unwrap();
-        copy_dir(&rec, &image).unwrap();
+        let kept = CrashImage::keep(&rec, &image).unwrap();
         // The first restart changes the state and adds files and its log.
         std::fs::write(rec.join(".tidemark/wal/0.wal"), b"changed").unwrap();
         std::fs::write(rec.join(".tidemark/wal/1.wal"), b"new").unwrap();
         std::fs::write(rec.join("run-2.log"), b"first restart").unwrap();
-        restore_crash_image(&image, &rec).unwrap();
+        kept.restore(&rec).unwrap();
         let read = |p: &str| std::fs::read(rec.join(p)).unwrap();
         assert_eq!(read(".tidemark/wal/0.wal"), b"frames");
         assert!(!rec.join(".tidemark/wal/1.wal").exists());
         assert_eq!(read("run-1.log"), b"killed run");
         assert_eq!(read("run-2.log"), b"first restart");
-        remove_if_there(&image).unwrap();
-        remove_if_there(&image).unwrap();
+        // The image goes with its guard; removing what is gone is no error.
+        drop(kept);
         assert!(!image.exists());
+        remove_if_there(&image).unwrap();
     }
 
     #[test]

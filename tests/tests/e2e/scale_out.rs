@@ -114,8 +114,12 @@ impl Worker {
         }
     }
 
+    /// Sends `signal` unless the process has ended and been reaped (its pid may be another
+    /// process's by now).
     fn signal(&mut self, signal: i32) {
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+        if matches!(self.child.try_wait(), Ok(None)) {
+            unsafe { libc::kill(self.child.id() as i32, signal) };
+        }
     }
 
     /// Waits for the process to end; its exit status and log.
@@ -775,9 +779,9 @@ async fn a_worker_with_an_http_endpoint_keeps_serving_across_a_rebalance() {
     let w1_wal = fixture.state_dir().join("workers").join("w1").join("wal");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !w1_wal.exists() {
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline || !matches!(w1.child.try_wait(), Ok(None)) {
             let logs = stop_for_logs(vec![w0, w1], libc::SIGKILL);
-            panic!("w1's run never started in 60 s:\n{logs}");
+            panic!("w1's run never started (in 60 s, or w1 exited):\n{logs}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
