@@ -37,8 +37,9 @@ pub struct HttpServer {
 /// Longest a dropped server waits for its address to be free. Why it waits at all: `tiny_http`
 /// accepts on a thread of its own that lets the listening socket go only some time after the
 /// server is dropped, and a worker's next run (after a rebalance) binds the same address at
-/// once: it failed with "address in use" and the worker exited (seen in CI, and 1 time in 1
-/// in a unit test binding again right after a drop).
+/// once: that bind could fail with "address in use", and the worker exit (a unit test binding
+/// again right after a drop failed at its first try; a worker's exit after a rebalance was
+/// seen once in testing, without a log to show its cause).
 const RELEASE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl HttpServer {
@@ -182,8 +183,8 @@ mod tests {
     use crate::metrics::{self, RunInfo};
 
     /// A run that ends lets the next run of the same process serve on the same address at
-    /// once: a worker's runs across a rebalance do this (a worker exited after a rebalance in
-    /// CI when the address was still taken).
+    /// once, as a worker's runs across a rebalance do (before the fix: "address in use" at the
+    /// first round).
     #[test]
     fn the_same_address_serves_again_right_after_a_server_stops() {
         let metrics = metrics::install(RunInfo {
