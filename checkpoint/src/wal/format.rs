@@ -40,7 +40,8 @@
 //! segment's id their CRC fails: they end the valid log exactly as a torn tail does, and can
 //! never be read as frames of this segment. Ids only grow, and a reused id never belongs to a
 //! spare's older frames (`recovery.rs` keeps the next id past every spare's). A version 1
-//! segment (no spare ever became one) is read with the CRC as it was.
+//! segment is read with the CRC as it was, and never kept as a spare (`Wal::truncate_before`
+//! deletes it): its unbound frames would pass under either binding.
 //!
 //! # Directory layout
 //!

@@ -592,7 +592,11 @@ impl Wal {
                 crate::fault::hit(crate::fault::CrashPoint::DuringTruncation);
             }
             let s = self.segments.remove(0);
+            // Never a version 1 segment: its older frames are unbound, so after a torn header
+            // of its next life (judged under both bindings) their seals would pass as valid and
+            // a torn tail would look like damage before the end.
             let keep = !self.reuse_unsupported
+                && s.binding != FrameBinding::Unbound
                 && self.spares.len() < MAX_SPARES
                 && self.spares.iter().all(|(id, _)| *id != s.id);
             if keep {

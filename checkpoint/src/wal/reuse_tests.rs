@@ -1,6 +1,7 @@
 //! Spare segment files written over as later segments (`format.rs`, "Why version 2 binds each
 //! frame to its segment id"): reused, never read back as frames of the new segment, cut to
-//! their frames when the log moves on or stops, and exact after a crash at each step.
+//! their frames when the log moves on (after a stop or a crash, by the next open), and exact
+//! after a crash at each step.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -158,7 +159,7 @@ fn dropped_segments_become_spares_and_later_segments_reuse_their_files() {
     let (_wal, report) = Wal::open(dir.path(), options(), None).unwrap();
     assert!(report.mid_log.is_none(), "{report:?}");
     assert!(
-        report.truncation.as_ref().is_none_or(|t| t.reused_file),
+        report.truncation.as_ref().is_some_and(|t| t.reused_file),
         "{report:?}"
     );
     assert_eq!(read_all(dir.path()), expected);
@@ -411,8 +412,10 @@ fn a_reused_file_written_past_its_old_end_is_not_cut() {
         sticky: true,
         ..Fault::once(Op::SetLen, FaultKind::Eio)
     });
+    let spares = wal.spares().len();
     kept.extend(write_epochs(&mut wal, 7..=9, 3, 90));
     assert!(wal.poisoned().is_none());
+    assert!(wal.spares().len() < spares, "the rolls reused spares");
     assert_eq!(faults.injected(), 0, "no cut was attempted");
     assert_eq!(read_all(dir.path()), kept);
 }
@@ -457,4 +460,63 @@ fn only_names_the_writer_gives_are_segments_or_spares() {
     assert_eq!(parse_segment_name("000000000000000A.wal"), None);
     assert_eq!(parse_segment_name("+00000000000000a.wal"), None);
     assert_eq!(parse_segment_name("00000000000000a.wal"), None);
+}
+
+/// Rewrites segment `id` at `path` as a build before version 2 wrote it: a version 1 header
+/// and the same frames, their CRCs unbound.
+fn rewrite_as_version_1(path: &Path, id: u64) {
+    use format::{decode_frame, VERSION_UNBOUND};
+    let bytes = fs::read(path).unwrap();
+    let mut header = SegmentHeader::decode(&bytes).unwrap().encode();
+    header[8..10].copy_from_slice(&VERSION_UNBOUND.to_le_bytes());
+    header[10..12].copy_from_slice(&0u16.to_le_bytes());
+    let crc = crc32fast::hash(&header[0..28]);
+    header[28..32].copy_from_slice(&crc.to_le_bytes());
+    let mut out = header.to_vec();
+    let mut at = SEGMENT_HEADER_LEN;
+    while let Ok((frame, len)) = decode_frame(FrameBinding::Segment(id), &bytes[at..]) {
+        encode_frame(
+            FrameBinding::Unbound,
+            frame.kind,
+            frame.epoch,
+            &frame.payload,
+            &mut out,
+        );
+        at += len;
+    }
+    fs::write(path, out).unwrap();
+}
+
+/// A version 1 segment the log drops is deleted, never kept as a spare (its unbound older
+/// frames would pass under either binding after a torn header of its next life); the
+/// version 2 segments written after it still are.
+#[test]
+fn a_version_1_segment_is_deleted_not_kept_as_a_spare() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), options(), None).unwrap();
+    let mut frames = write_epochs(&mut wal, 1..=6, 3, 90);
+    drop(wal);
+    let old = segment_files(dir.path()).unwrap();
+    assert!(old.len() > 2, "{old:?}");
+    for (id, path, _) in &old {
+        rewrite_as_version_1(path, *id);
+    }
+    let (mut wal, _) = Wal::open(dir.path(), options(), None).unwrap();
+    assert_eq!(read_all(dir.path()), frames, "version 1 segments are read");
+    frames.extend(write_epochs(&mut wal, 7..=12, 3, 90));
+    let newest_v1 = old.last().unwrap().0;
+    while wal.segments().first().is_some_and(|s| s.0 <= newest_v1) {
+        let next_epoch = wal.segments()[1].1;
+        assert!(wal.truncate_before(next_epoch + 1).unwrap() > 0);
+    }
+    assert!(
+        wal.spares().iter().all(|(id, _)| *id > newest_v1),
+        "a version 1 segment became a spare: {:?}",
+        wal.spares()
+    );
+    // Version 2 segments dropped become spares as before.
+    let newest = wal.segments().last().unwrap().1;
+    wal.truncate_before(newest).unwrap();
+    assert!(!wal.spares().is_empty());
+    assert!(wal.spares().len() <= MAX_SPARES);
 }
