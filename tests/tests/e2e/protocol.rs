@@ -64,19 +64,6 @@ fn newest_segment_and_frames_end(fixture: &Fixture) -> (PathBuf, u64) {
     (path, end)
 }
 
-fn wal_segments(fixture: &Fixture) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(fixture.state_dir().join("wal"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 /// What each crash point must lead to on restart: recovery case and epochs in the table
 /// before the restart, for a crash at the point's first hit (`@1`: the first epoch, before any
 /// checkpoint exists) or its second (`@2`). With pipelined epochs the run is driven with
@@ -235,7 +222,10 @@ async fn crash_points_recover_as_the_protocol_says(half: usize) {
         }
         if point == CrashPoint::DuringTruncation {
             assert!(
-                wal_segments(&fixture).len() > 1,
+                tidemark_checkpoint::wal::segment_files(&fixture.state_dir().join("wal"))
+                    .unwrap()
+                    .len()
+                    > 1,
                 "{point}: truncation was cut short, segments must remain"
             );
         }
@@ -445,11 +435,32 @@ async fn chaos_sigkills_while_producing_keep_exactly_once() {
 /// or doubled (also when that segment is a reused file).
 #[tokio::test(flavor = "multi_thread")]
 async fn torn_and_corrupted_wal_tails_are_cut_and_nothing_is_lost() {
-    // A cut is reported as a torn tail, or, when the last segment is a reused file (its end
-    // then holds an older segment's bytes, which no tail damage can be told from), as that
-    // file cut to its frames.
-    fn tail_cut_reported(log: &str) -> bool {
-        log.contains("torn tail cut off") || log.contains("a reused file, was cut to its frames")
+    // The damage made at byte `damaged_at` of `segment` was found when the next run reports a
+    // cut of that segment at or before it: as a torn tail, or, when the segment is a reused
+    // file (its end then holds an older segment's bytes, which no tail damage can be told
+    // from), as that file cut to its frames. A reused file's cut past the damage (the open of
+    // an undamaged one) does not count.
+    fn cut_reported(log: &str, damaged: &Option<(PathBuf, u64)>) -> bool {
+        let Some((segment, damaged_at)) = damaged else {
+            return false;
+        };
+        // Its file name: the log prints the path as the pipeline's config spells it.
+        let segment = segment.file_name().unwrap().to_string_lossy().into_owned();
+        log.lines()
+            .filter(|l| {
+                l.contains("torn tail cut off")
+                    || l.contains("a reused file, was cut to its frames")
+            })
+            .filter(|l| l.contains(&segment))
+            .filter_map(|l| {
+                l.split(" at=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .any(|at| at <= *damaged_at)
     }
     let Some(brokers) = broker() else { return };
     let (fixture, ends) = topic_and_fixture(
@@ -462,11 +473,13 @@ async fn torn_and_corrupted_wal_tails_are_cut_and_nothing_is_lost() {
     .await;
     let mut rng = rand::rng();
     let mut damage_reported = 0;
+    // The segment damaged after the last crashed run, and the first byte damaged.
+    let mut damaged: Option<(PathBuf, u64)> = None;
     for round in 0..6 {
         let spec = format!("after_wal_append@{}", 2 + round % 3);
         let out = fixture.run_to_end(&[(tidemark_engine::fault::ENV, &spec)]);
         let log = stderr_of(&out);
-        if tail_cut_reported(&log) {
+        if cut_reported(&log, &damaged.take()) {
             damage_reported += 1;
         }
         if out.status.success() {
@@ -487,16 +500,18 @@ async fn torn_and_corrupted_wal_tails_are_cut_and_nothing_is_lost() {
                 .unwrap()
                 .set_len(cut)
                 .unwrap();
+            damaged = Some((newest, cut));
         } else {
             let mut bytes = std::fs::read(&newest).unwrap();
             let at = len as usize - 1 - rng.random_range(0..4usize);
             bytes[at] ^= 0x5a;
             std::fs::write(&newest, bytes).unwrap();
+            damaged = Some((newest, at as u64));
         }
     }
     let out = fixture.run_to_end(&[]);
     assert!(out.status.success(), "{}", stderr_of(&out));
-    if tail_cut_reported(&stderr_of(&out)) {
+    if cut_reported(&stderr_of(&out), &damaged) {
         damage_reported += 1;
     }
     assert!(
