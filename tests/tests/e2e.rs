@@ -450,7 +450,7 @@ fn bench_measures_each_interval_and_writes_table_csv_json_svg() {
     assert_eq!(none["wal_bytes"], 0, "no WAL without checkpoints: {none}");
     assert!(cp["recovery_replayed"].as_u64().unwrap() > 0, "{cp}");
     assert!(cp["recovery_first_commit_ms"].as_u64().is_some(), "{cp}");
-    // Two restarts of one crash image; the row shows the lower (the median of two).
+    // Two restarts of one crash image; the row shows the upper (the bench's median of two).
     let all: Vec<u64> = cp["recovery_first_commit_ms_all"]
         .as_array()
         .unwrap()
@@ -460,11 +460,20 @@ fn bench_measures_each_interval_and_writes_table_csv_json_svg() {
     assert_eq!(all.len(), 2, "{cp}");
     assert_eq!(
         cp["recovery_first_commit_ms"],
-        all.iter().min().copied().unwrap(),
+        all.iter().max().copied().unwrap(),
         "{cp}"
     );
     assert!(bench.join("recovery-20ms/run-3.log").exists());
     assert!(!bench.join("recovery-20ms.crash-image").exists());
+    // Without checkpoints too, each restart is listed (null for one that committed nothing).
+    assert_eq!(
+        none["recovery_first_commit_ms_all"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "{none}"
+    );
+    assert!(!bench.join("recovery-none.crash-image").exists());
     let csv = std::fs::read_to_string(bench.join("bench.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     let svg = std::fs::read_to_string(bench.join("bench.svg")).unwrap();

@@ -83,8 +83,9 @@ pub struct BenchOptions {
     /// recovery columns are those of the median restart. Why: where a kill lands decides how
     /// much a restart replays, so one restart per kill mixes that with the restart's own
     /// spread (first commits of 274 to 1,054 ms for the same 1 s interval on one machine).
-    /// An odd N has a true median (of an even N, the lower middle one is shown). Rows whose
-    /// table is on object storage (`--table-uri`) restart once: the image cannot hold it.
+    /// An odd N has a true median (of an even N, the upper middle one is shown, as for every
+    /// median of the bench). Rows whose table is on object storage (`--table-uri`) restart
+    /// once: the image cannot hold it.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub restarts: u64,
     /// Seed of the generated stream.
@@ -728,12 +729,12 @@ fn recovery_run(
     Ok(())
 }
 
-/// The restart whose first commit is the median of `summaries` (the lower of the two middle
-/// ones when they are even; a restart without a commit counts as the slowest): its row shows
-/// one real restart, not a mix of several.
+/// The restart whose first commit is the median of `summaries` (by `stats`' definition, as
+/// [`median_row`]: the upper of the two middle ones when they are even; a restart without a
+/// commit counts as the slowest): its row shows one real restart, not a mix of several.
 fn median_restart(mut summaries: Vec<serde_json::Value>) -> serde_json::Value {
     summaries.sort_by_key(|s| s["first_commit_ms"].as_u64().unwrap_or(u64::MAX));
-    let middle = (summaries.len() - 1) / 2;
+    let middle = summaries.len() / 2;
     summaries.swap_remove(middle)
 }
 
@@ -776,9 +777,26 @@ impl CrashImage {
         Ok(kept)
     }
 
-    /// Puts `rec_dir` back as the image holds it ([`restore_crash_image`]).
+    /// Puts `rec_dir` back as the image holds it, keeping the runs' logs (`run-*.log`: the
+    /// image holds only the killed run's, the same file).
     fn restore(&self, rec_dir: &Path) -> anyhow::Result<()> {
-        restore_crash_image(&self.0, rec_dir)
+        let listed = || format!("cannot list {}", rec_dir.display());
+        for entry in std::fs::read_dir(rec_dir).with_context(listed)? {
+            let entry = entry.with_context(listed)?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("run-") && name.ends_with(".log") {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        copy_dir(&self.0, rec_dir)
     }
 }
 
@@ -788,32 +806,6 @@ impl Drop for CrashImage {
             eprintln!("warning: {e:#}");
         }
     }
-}
-
-/// Puts `rec_dir` back as `image` holds it, keeping the logs of the restarts that ran
-/// since (`run-2.log` on: the image holds only the killed run's), also when the copy fails.
-fn restore_crash_image(image: &Path, rec_dir: &Path) -> anyhow::Result<()> {
-    let mut logs = Vec::new();
-    for entry in
-        std::fs::read_dir(rec_dir).with_context(|| format!("cannot list {}", rec_dir.display()))?
-    {
-        let path = entry
-            .with_context(|| format!("cannot list {}", rec_dir.display()))?
-            .path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with("run-") && name.ends_with(".log") && name != "run-1.log" {
-            let text =
-                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            logs.push((path, text));
-        }
-    }
-    std::fs::remove_dir_all(rec_dir)
-        .with_context(|| format!("cannot clear {}", rec_dir.display()))?;
-    let copied = copy_dir(image, rec_dir);
-    for (path, text) in logs {
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    copied
 }
 
 /// Removes the directory tree `dir`; one that is not there is no error.
@@ -1432,7 +1424,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_median_restart_is_a_real_one_the_lower_middle_when_even() {
+    fn the_median_restart_is_a_real_one_the_upper_middle_when_even() {
         let runs = |ms: &[u64]| -> Vec<serde_json::Value> {
             ms.iter()
                 .enumerate()
@@ -1446,7 +1438,7 @@ mod tests {
         );
         assert_eq!(
             median_restart(runs(&[700, 400, 600, 500]))["first_commit_ms"],
-            500
+            600
         );
         assert_eq!(median_restart(runs(&[42]))["first_commit_ms"], 42);
         // A restart without a commit is the slowest, never the median of faster ones.
