@@ -520,3 +520,57 @@ fn a_version_1_segment_is_deleted_not_kept_as_a_spare() {
     assert!(!wal.spares().is_empty());
     assert!(wal.spares().len() <= MAX_SPARES);
 }
+
+/// Every failure of a roll onto a spare (the file system refusing to write over it, the
+/// header's write, its fsync, the directory's fsync) poisons the log and loses nothing
+/// acknowledged, as a roll onto a new file does (`fault_tests.rs`); a spare that cannot be
+/// renamed makes the roll create a new file instead. The next open finds no damage.
+#[test]
+fn every_failure_of_a_roll_onto_a_spare_poisons_or_falls_back_and_loses_nothing() {
+    let cases = [
+        ("write over", Op::Create, FaultKind::Eio, false, true),
+        ("header write", Op::Write, FaultKind::DiskFull, true, true),
+        ("header fsync", Op::Sync, FaultKind::Eio, false, true),
+        ("directory fsync", Op::SyncDir, FaultKind::Eio, false, true),
+        ("rename", Op::Rename, FaultKind::Eio, false, false),
+    ];
+    for (name, op, kind, partial, poisons) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = FaultFs::new(Arc::new(tidemark_fs::StdFs));
+        let (mut wal, mut acked) = log_with_spares(Arc::new(faults.clone()), dir.path());
+        let spares = wal.spares().len();
+        assert!(spares > 0, "{name}");
+        let next = wal.segments().last().unwrap().0 + 1;
+        // Only the new segment's calls (the directory's for its fsync) fail.
+        let path_contains = if op == Op::SyncDir {
+            String::new()
+        } else {
+            segment::segment_name(next)
+        };
+        faults.arm(Fault {
+            path_contains,
+            partial,
+            ..Fault::once(op, kind)
+        });
+        let rolled = wal.start_new_segment(7);
+        assert_eq!(faults.injected(), 1, "{name}: the fault was reached");
+        assert_eq!(
+            wal.spares().len(),
+            spares - 1,
+            "{name}: the roll took a spare"
+        );
+        assert_eq!(rolled.is_err(), poisons, "{name}: {rolled:?}");
+        if poisons {
+            assert!(wal.poisoned().is_some(), "{name}");
+        } else {
+            let p = vec![7u8; 60];
+            wal.append(FrameKind::Record, 7, &p).unwrap();
+            wal.commit().unwrap();
+            acked.push((FrameKind::Record, 7, p));
+        }
+        drop(wal);
+        let (_wal, report) = Wal::open(dir.path(), options(), None).unwrap();
+        assert!(report.mid_log.is_none(), "{name}: {report:?}");
+        assert_eq!(read_all(dir.path()), acked, "{name}");
+    }
+}
