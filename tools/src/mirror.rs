@@ -156,15 +156,34 @@ fn fetch_metadata_in_rounds(
     }
 }
 
-/// True when one of `brokers` (`host:port`, comma-separated, as librdkafka takes them)
-/// accepts a TCP connection within `within`: a broker is there, if slow.
+/// True when one of `brokers` (comma-separated, as librdkafka takes them) accepts a TCP
+/// connection within `within`: a broker is there, if slow.
 fn accepts_connections(brokers: &str, within: Duration) -> bool {
     use std::net::{TcpStream, ToSocketAddrs};
     brokers
         .split(',')
-        .filter_map(|b| b.trim().to_socket_addrs().ok())
+        .filter_map(|b| socket_address(b).to_socket_addrs().ok())
         .flatten()
         .any(|addr| TcpStream::connect_timeout(&addr, within).is_ok())
+}
+
+/// One entry of a broker list as librdkafka reads it, as `host:port`: without its
+/// `PROTOCOL://` prefix, and on Kafka's port 9092 when it names none.
+fn socket_address(broker: &str) -> String {
+    let broker = broker.trim();
+    let broker = broker.split_once("://").map_or(broker, |(_, rest)| rest);
+    let has_port = match broker.rsplit_once(':') {
+        // `[::1]:9092` has one; a bare IPv6 address (`::1`) does not.
+        Some((host, port)) => {
+            port.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']'))
+        }
+        None => false,
+    };
+    if has_port {
+        broker.to_string()
+    } else {
+        format!("{broker}:9092")
+    }
 }
 
 impl Mirror {
@@ -432,7 +451,7 @@ mod tests {
     use rdkafka::consumer::BaseConsumer;
     use rdkafka::mocking::MockCluster;
 
-    use super::fetch_metadata_in_rounds;
+    use super::{accepts_connections, fetch_metadata_in_rounds, socket_address};
 
     fn consumer(brokers: &str) -> BaseConsumer {
         ClientConfig::new()
@@ -498,6 +517,54 @@ mod tests {
         let (metadata, rounds) = fetch_while_slow_for_a_while(&cluster, consumer, brokers);
         assert!(rounds >= 2, "answered at once by a slow broker");
         assert_eq!(metadata.topics()[0].partitions().len(), 3);
+    }
+
+    /// A broker list entry as librdkafka takes it is probed where librdkafka connects.
+    #[test]
+    fn broker_entries_are_probed_at_their_host_and_port() {
+        assert_eq!(socket_address(" 127.0.0.1:19092"), "127.0.0.1:19092");
+        assert_eq!(socket_address("PLAINTEXT://b1:9093"), "b1:9093");
+        assert_eq!(socket_address("SSL://b1"), "b1:9092");
+        assert_eq!(socket_address("b1"), "b1:9092");
+        assert_eq!(socket_address("[::1]:9094"), "[::1]:9094");
+        let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = open.local_addr().unwrap().port();
+        let within = Duration::from_secs(1);
+        assert!(accepts_connections(
+            &format!("PLAINTEXT://127.0.0.1:{port}"),
+            within
+        ));
+        drop(open);
+        assert!(!accepts_connections(&format!("127.0.0.1:{port}"), within));
+    }
+
+    /// The cost the retry's doc names: an address that accepts TCP and then closes every
+    /// connection (not a Kafka broker, or one refusing the handshake) is asked until the
+    /// patience, not failed at the first round.
+    #[test]
+    fn an_address_that_accepts_and_closes_is_asked_until_the_patience() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let brokers = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                drop(stream);
+            }
+        });
+        let patience = Duration::from_secs(4);
+        let started = Instant::now();
+        let result = fetch_metadata_in_rounds(
+            &consumer(&brokers),
+            &brokers,
+            "t",
+            Duration::from_millis(500),
+            patience,
+        );
+        assert!(result.is_err());
+        assert!(
+            started.elapsed() >= patience,
+            "gave up after {:?}, before the patience",
+            started.elapsed()
+        );
     }
 
     /// Brokers that cannot be reached at all (nothing listens there) are not waited out: the
