@@ -220,17 +220,25 @@ fn damage_inside_a_reused_segment_is_still_told_from_its_end() {
     );
 }
 
-#[test]
-fn a_crash_between_reusing_a_spare_and_writing_its_header_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (wal, kept) = log_with_spares(std_fs(), dir.path());
+/// A log with spares in `dir` as a roll leaves it between renaming its first spare to the
+/// next segment and writing that segment's header: the file under the new name still has the
+/// old header (another id) and the old frames. Returns the frames the log reads, the renamed
+/// file's path and the id it had as a spare. (The log is dropped: a stop and a crash leave
+/// the same files.)
+fn spare_renamed_as_next(dir: &Path) -> (Vec<F>, PathBuf, u64) {
+    let (wal, kept) = log_with_spares(std_fs(), dir);
     let (spare_id, spare) = wal.spares()[0].clone();
     let (last_id, _, _) = *wal.segments().last().unwrap();
     drop(wal);
-    // The roll renamed the spare to the next segment and crashed before its header: the file
-    // under the new name still has the old header (another id) and the old frames.
-    let next = segment_path(dir.path(), last_id + 1);
+    let next = segment_path(dir, last_id + 1);
     fs::rename(&spare, &next).unwrap();
+    (kept, next, spare_id)
+}
+
+#[test]
+fn a_crash_between_reusing_a_spare_and_writing_its_header_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kept, next, spare_id) = spare_renamed_as_next(dir.path());
     let (mut wal, report) = Wal::open(dir.path(), options(), None).unwrap();
     let t = report
         .truncation
@@ -377,17 +385,13 @@ fn a_file_system_that_cannot_write_over_files_keeps_no_spares() {
 #[test]
 fn a_reader_ends_at_a_last_segment_whose_header_is_another_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let (wal, kept) = log_with_spares(std_fs(), dir.path());
-    let (_, spare) = wal.spares()[0].clone();
-    let (last_id, _, _) = *wal.segments().last().unwrap();
     // A roll in progress: the spare renamed, its new header not written yet.
-    fs::rename(&spare, segment_path(dir.path(), last_id + 1)).unwrap();
+    let (kept, _, _) = spare_renamed_as_next(dir.path());
     assert_eq!(
         read_all(dir.path()),
         kept,
         "the older segment's frames are not read"
     );
-    drop(wal);
 }
 
 #[test]
@@ -573,4 +577,47 @@ fn every_failure_of_a_roll_onto_a_spare_poisons_or_falls_back_and_loses_nothing(
         assert!(report.mid_log.is_none(), "{name}: {report:?}");
         assert_eq!(read_all(dir.path()), acked, "{name}");
     }
+}
+
+/// Segments moved aside as damaged keep their ids from the next roll's spares: the damaged
+/// segment's valid part stays in the live log, the later segments are only in the `damaged-*`
+/// directory, and the next of them a later open's log makes again is a new file, as a
+/// checkpoint position may point into it (`newest_id_known` counts the ids in `damaged-*`
+/// directories).
+#[test]
+fn a_segment_made_again_under_an_id_moved_aside_is_a_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = log_with_spares(std_fs(), dir.path());
+    assert!(!wal.spares().is_empty());
+    let live = wal.segments();
+    assert!(live.len() >= 2, "{live:?}");
+    let damaged_id = live[live.len() - 2].0;
+    drop(wal);
+    // Damage before later valid seals: moved aside with every later segment, not cut.
+    let path = segment_path(dir.path(), damaged_id);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[SEGMENT_HEADER_LEN + 25] ^= 0x10;
+    fs::write(&path, &bytes).unwrap();
+    let (wal, report) = Wal::open(dir.path(), options(), None).unwrap();
+    let moved = report.mid_log.as_ref().expect("damage before the end");
+    assert_eq!(moved.at_segment, damaged_id);
+    drop(wal);
+    // A later open: the moved ids are no longer in the live log's listing.
+    let (mut wal, report) = Wal::open(dir.path(), options(), None).unwrap();
+    assert!(report.damage().is_none(), "{report:?}");
+    let next = segment_path(dir.path(), damaged_id + 1);
+    assert!(
+        !next.exists(),
+        "the later segment is only in the damaged directory"
+    );
+    let spares: Vec<u64> = wal
+        .spares()
+        .iter()
+        .map(|(_, p)| fs::metadata(p).unwrap().ino())
+        .collect();
+    assert!(!spares.is_empty());
+    let at = wal.start_new_segment(7).unwrap();
+    assert_eq!(at.segment, damaged_id + 1, "a moved id is made again");
+    let made = fs::metadata(&next).unwrap();
+    assert!(!spares.contains(&made.ino()), "not a spare's file");
 }
