@@ -5,7 +5,7 @@
 //! can give, from the commitInfos alone).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -89,6 +89,11 @@ fn stop_for_logs(workers: Vec<Worker>, signal: i32) -> String {
         w.signal(signal);
     }
     wait_for_logs(workers, false)
+}
+
+/// Worker `id`'s WAL directory (made when its first run starts recovering).
+fn worker_wal(fixture: &Fixture, id: &str) -> PathBuf {
+    fixture.state_dir().join("workers").join(id).join("wal")
 }
 
 impl Worker {
@@ -438,7 +443,7 @@ fn committed_epoch(replay: &audit::LogReplay, id: &str) -> u64 {
 fn pause_holding_records(fixture: &Fixture, w: &mut Worker) -> i64 {
     use tidemark_checkpoint::wal::FrameKind;
     use tidemark_checkpoint::{WalPosition, WalReader};
-    let wal = fixture.state_dir().join("workers").join(&w.id).join("wal");
+    let wal = worker_wal(fixture, &w.id);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(
@@ -776,7 +781,7 @@ async fn a_worker_with_an_http_endpoint_keeps_serving_across_a_rebalance() {
     // The next records go in once w1's run has started (its WAL made): produced before, w0
     // could read them all while w1 joined, leaving w1 nothing to commit (seen in CI).
     let mut w1 = Worker::start(&fixture, "w1");
-    let w1_wal = fixture.state_dir().join("workers").join("w1").join("wal");
+    let w1_wal = worker_wal(&fixture, "w1");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !w1_wal.exists() {
         if Instant::now() >= deadline || !matches!(w1.child.try_wait(), Ok(None)) {
