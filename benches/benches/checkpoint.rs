@@ -30,6 +30,7 @@ fn record(epoch: u64) -> CheckpointRecord {
         state_epoch: epoch,
         state_wal_segment: 0,
         state_wal_offset: 32,
+        changelog_starts: None,
     }
 }
 

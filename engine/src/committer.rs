@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tidemark_checkpoint::store::{Counts, StateDelta, StateWriter};
+use tidemark_checkpoint::store::{ChangelogStart, Counts, StateDelta, StateWriter};
 use tidemark_checkpoint::wal::format::FRAME_HEADER_LEN;
 use tidemark_checkpoint::wal::FrameKind;
 use tidemark_checkpoint::{
@@ -110,7 +110,7 @@ pub struct SealedEpoch {
     open: OpenEpoch,
     /// The state delta logged before the seal by this process (`None`: no dedup, checkpoints
     /// off, or a seal recovery found: then the checkpoint writes the delta synced).
-    delta: Option<PackedKeys>,
+    delta: Option<LoggedDelta>,
     /// The WAL position just after its `SEAL` (`None`: checkpoints off, or a seal recovery
     /// found: then the log's end when the checkpoint is written).
     wal_after_seal: Option<WalPosition>,
@@ -122,7 +122,7 @@ impl SealedEpoch {
     /// seal) its checkpoint takes the changelog path: the record alone is synced and the delta
     /// goes to the state writer, as for an epoch this process sealed. Without, the record and
     /// the state it changed are one synced write.
-    pub(crate) fn replayed(open: OpenEpoch, logged_delta: Option<PackedKeys>) -> Self {
+    pub(crate) fn replayed(open: OpenEpoch, logged_delta: Option<LoggedDelta>) -> Self {
         debug_assert!(!open.decoding(), "a replayed epoch has every verdict");
         Self {
             open,
@@ -146,11 +146,35 @@ pub struct CommittedEpoch {
     open: OpenEpoch,
     report: EpochReport,
     started: Instant,
-    delta: Option<PackedKeys>,
+    delta: Option<LoggedDelta>,
     wal_after_seal: Option<WalPosition>,
     /// Why reading the next epoch during the commit stopped, if it failed: reported once this
     /// epoch is checkpointed.
     read_ahead: Option<CommitError>,
+}
+
+/// An epoch's state delta as the WAL logged it before the epoch's seal: the keys, and where
+/// its frames begin, for the checkpoint's changelog index
+/// ([`CheckpointRecord::changelog_starts`]).
+#[derive(Debug)]
+pub(crate) struct LoggedDelta {
+    /// The keys the epoch added.
+    pub keys: PackedKeys,
+    /// The log's end just before the delta's first frame was appended (that frame is there,
+    /// or at the start of the next segment when the WAL rolled), or the first frame's own
+    /// position; `None` when not known (the next checkpoints then carry no index until this
+    /// epoch's delta is synced).
+    pub starts_at: Option<WalPosition>,
+}
+
+/// A checkpointed epoch whose state delta is queued or applied but maybe not synced yet.
+#[derive(Debug, Clone, Copy)]
+struct UnsyncedEpoch {
+    epoch: u64,
+    /// Where its delta begins in the WAL, if known.
+    delta_at: Option<WalPosition>,
+    /// Just after its seal.
+    after_seal: WalPosition,
 }
 
 /// Retries of an epoch's commit after transient storage errors before the run stops (with
@@ -235,9 +259,10 @@ pub struct Committer {
     /// later epochs begins). Invariant: the WAL holds every segment from there on.
     state_epoch: u64,
     state_at: WalPosition,
-    /// Checkpointed epochs whose delta is queued or applied but maybe not synced yet, with the
-    /// WAL position just after each one's seal, oldest first.
-    unsynced_state: VecDeque<(u64, WalPosition)>,
+    /// Checkpointed epochs whose delta is queued or applied but maybe not synced yet, oldest
+    /// first (consecutive: one per checkpoint written through the changelog path since
+    /// `state_epoch`).
+    unsynced_state: VecDeque<UnsyncedEpoch>,
     /// Per partition, the Kafka timestamp of the newest record committed before this run's
     /// epochs (from the table's newest commit), carried into every commitInfo's `partitions`
     /// until an epoch reads a newer record of that partition.
@@ -683,11 +708,15 @@ impl Committer {
     /// them. Their checkpoint records are durable already.
     pub(crate) fn resume_changelog(
         &mut self,
-        deltas: Vec<(u64, WalPosition, StateDelta)>,
+        deltas: Vec<crate::recovery::ChangelogDelta>,
     ) -> Result<(), CommitError> {
-        for (epoch, at, delta) in deltas {
-            self.state_writer().queue(delta)?;
-            self.unsynced_state.push_back((epoch, at));
+        for d in deltas {
+            self.state_writer().queue(d.delta)?;
+            self.unsynced_state.push_back(UnsyncedEpoch {
+                epoch: d.epoch,
+                delta_at: Some(d.starts_at),
+                after_seal: d.after_seal,
+            });
         }
         Ok(())
     }
@@ -712,12 +741,12 @@ impl Committer {
         let Some(synced) = self.state_writer.as_ref().map(StateWriter::durable_epoch) else {
             return;
         };
-        while let Some(&(epoch, at)) = self.unsynced_state.front() {
-            if epoch > synced {
+        while let Some(&u) = self.unsynced_state.front() {
+            if u.epoch > synced {
                 break;
             }
-            self.state_epoch = epoch;
-            self.state_at = at;
+            self.state_epoch = u.epoch;
+            self.state_at = u.after_seal;
             self.unsynced_state.pop_front();
         }
     }
@@ -898,6 +927,8 @@ impl Committer {
             run_id: Some(self.sink.run_id()),
         };
         let mut wal_after_seal = None;
+        // Where the delta's frames begin: the checkpoint's changelog index names it.
+        let delta_at = self.wal.end();
         if self.durable {
             if let Some(keys) = &delta {
                 let (wal, wal_bytes, epoch) = (&mut self.wal, &mut self.wal_bytes, open.epoch);
@@ -914,7 +945,10 @@ impl Committer {
         fault::hit(CrashPoint::AfterSeal);
         Ok(SealedEpoch {
             open,
-            delta,
+            delta: delta.map(|keys| LoggedDelta {
+                keys,
+                starts_at: Some(delta_at),
+            }),
             wal_after_seal,
         })
     }
@@ -1205,7 +1239,7 @@ impl Committer {
         &mut self,
         epoch: u64,
         positions: &Positions,
-        delta: Option<PackedKeys>,
+        delta: Option<LoggedDelta>,
     ) -> Result<(), CommitError> {
         self.checkpoint_with(epoch, positions, delta, None)
     }
@@ -1219,7 +1253,7 @@ impl Committer {
         &mut self,
         epoch: u64,
         positions: &Positions,
-        delta: Option<PackedKeys>,
+        delta: Option<LoggedDelta>,
         wal_after_seal: Option<WalPosition>,
     ) -> Result<(), CommitError> {
         if !self.durable {
@@ -1244,21 +1278,29 @@ impl Committer {
             state_epoch: epoch,
             state_wal_segment: wal_at.segment,
             state_wal_offset: wal_at.offset,
+            changelog_starts: Some(Vec::new()),
         };
         match (delta, self.dedup.is_some()) {
-            (Some(inserts), true) => {
+            (Some(delta), true) => {
                 // The record first (durable), then the delta: the store never holds a delta of
                 // an epoch no durable record has reached.
                 self.state_writer();
                 self.note_synced_state();
+                let this = UnsyncedEpoch {
+                    epoch,
+                    delta_at: delta.starts_at,
+                    after_seal: wal_at,
+                };
                 record.state_epoch = self.state_epoch;
                 record.state_wal_segment = self.state_at.segment;
                 record.state_wal_offset = self.state_at.offset;
+                record.changelog_starts =
+                    changelog_index(self.unsynced_state.iter().chain([&this]));
                 self.store.write_record(&record)?;
-                self.unsynced_state.push_back((epoch, wal_at));
+                self.unsynced_state.push_back(this);
                 self.state_writer().queue(StateDelta {
                     epoch,
-                    inserts,
+                    inserts: delta.keys,
                     evict_below: watermark,
                 })?;
             }
@@ -1307,6 +1349,28 @@ async fn commit_with_delay(
     crate::metrics::time_delta_commit(sink.commit_epoch(adds, info)).await
 }
 
+/// A checkpoint record's changelog index ([`CheckpointRecord::changelog_starts`]): where the
+/// delta of each epoch after the synced state begins, oldest first. `None` when one of them is
+/// not known or they are not consecutive: a restart then scans the WAL from the state's
+/// position, as it does for records of older builds.
+fn changelog_index<'a>(
+    epochs: impl Iterator<Item = &'a UnsyncedEpoch>,
+) -> Option<Vec<ChangelogStart>> {
+    let mut index: Vec<ChangelogStart> = Vec::new();
+    for u in epochs {
+        let at = u.delta_at?;
+        if index.last().is_some_and(|last| last.epoch + 1 != u.epoch) {
+            return None;
+        }
+        index.push(ChangelogStart {
+            epoch: u.epoch,
+            segment: at.segment,
+            offset: at.offset,
+        });
+    }
+    Some(index)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -1315,6 +1379,42 @@ mod tests {
     use tidemark_connectors::{Positions, SourceRecord};
 
     use super::letters_at_or_after;
+    use super::{changelog_index, UnsyncedEpoch, WalPosition};
+
+    fn unsynced(epoch: u64, known: bool) -> UnsyncedEpoch {
+        let at = WalPosition {
+            segment: epoch,
+            offset: 32,
+        };
+        UnsyncedEpoch {
+            epoch,
+            delta_at: known.then_some(at),
+            after_seal: at,
+        }
+    }
+
+    /// A record's changelog index lists every unsynced epoch in order, or nothing at all: an
+    /// unknown start or a gap between epochs gives none (a restart then scans).
+    #[test]
+    fn the_changelog_index_is_whole_or_absent() {
+        let index = changelog_index([unsynced(4, true), unsynced(5, true)].iter()).unwrap();
+        assert_eq!(
+            index
+                .iter()
+                .map(|s| (s.epoch, s.segment))
+                .collect::<Vec<_>>(),
+            vec![(4, 4), (5, 5)]
+        );
+        assert_eq!(changelog_index([].iter()), Some(Vec::new()));
+        assert_eq!(
+            changelog_index([unsynced(4, true), unsynced(5, false)].iter()),
+            None
+        );
+        assert_eq!(
+            changelog_index([unsynced(4, true), unsynced(6, true)].iter()),
+            None
+        );
+    }
 
     fn letter(partition: i32, offset: i64) -> DeadLetter {
         let r = SourceRecord {

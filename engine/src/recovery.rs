@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -24,7 +24,9 @@ use tidemark_connectors::{Epoch, Positions};
 use tidemark_fs::SharedFs;
 use tracing::{error, info, warn};
 
-use crate::committer::{CommitError, Committer, DeadLetterTable, EpochReport, SealedEpoch};
+use crate::committer::{
+    CommitError, Committer, DeadLetterTable, EpochReport, LoggedDelta, SealedEpoch,
+};
 use crate::config::{PipelineConfig, WalSync};
 use crate::dedup::{ColdError, ColdKeys, DedupState, PackedKeys, WatermarkTracker};
 use crate::epoch::{
@@ -39,7 +41,9 @@ use crate::progress::Progress;
 use crate::protocol::{
     decide, FromTableReason, Refusal, RewindFacts, StartCase, StartFacts, StoreFacts,
 };
-use crate::restart_scan::{frame_bytes, AfterCheckpointLog, ChangelogScan, EpochScan};
+use crate::restart_scan::{
+    frame_bytes, read_indexed_changelog, AfterCheckpointLog, ChangelogScan, EpochScan,
+};
 use crate::state_lock::StateLock;
 use crate::wal_damage;
 
@@ -128,6 +132,10 @@ pub struct RecoveryOutcome {
     /// lacked them): from the store's own note of what it ingested when that is newer than
     /// the checkpoint record's `state_epoch`.
     pub changelog_epochs: u64,
+    /// True when that changelog was read where the checkpoint's index puts each epoch's delta,
+    /// and the WAL's open passed only what follows the checkpoint; false when the log was
+    /// scanned from the state's position (no index, or one that did not match the log).
+    pub changelog_indexed: bool,
     /// The epoch recovery itself committed (a redo, or a resumed epoch's replayed records),
     /// counted as the run's first commit.
     #[serde(skip)]
@@ -208,18 +216,37 @@ pub(crate) fn advance_to_ingested_state(
     c.state_epoch = m;
     c.state_wal_segment = at.segment;
     c.state_wal_offset = at.offset;
+    // The index's epochs the store now holds are no longer part of the changelog.
+    if let Some(starts) = c.changelog_starts.as_mut() {
+        starts.retain(|s| s.epoch > m);
+    }
     Ok(Some(m))
 }
 
+/// One epoch's state delta read back from the WAL's changelog.
+#[derive(Debug)]
+pub(crate) struct ChangelogDelta {
+    /// The epoch.
+    pub epoch: u64,
+    /// Where its delta's frames begin (its seal's position when the delta is empty).
+    pub starts_at: WalPosition,
+    /// Just after its seal.
+    pub after_seal: WalPosition,
+    /// The keys and the watermark its seal decided.
+    pub delta: StateDelta,
+}
+
 /// The state deltas checkpoint `c`'s state lacks, read back from the WAL: epochs
-/// `c.state_epoch + 1 ..= c.epoch` in order, each with the position just after its seal.
+/// `c.state_epoch + 1 ..= c.epoch` in order.
 #[derive(Debug, Default)]
 pub(crate) struct Changelog {
     /// The deltas found, in epoch order.
-    pub deltas: Vec<(u64, WalPosition, StateDelta)>,
+    pub deltas: Vec<ChangelogDelta>,
     /// True when every epoch the state lacks has its whole delta (its seal, counting as many
     /// keys as the frames before it hold).
     pub complete: bool,
+    /// True when it was read where the checkpoint's index puts it (not scanned).
+    pub indexed: bool,
 }
 
 /// Reads the changelog checkpoint `c`'s state lacks from `frames` (the WAL read from
@@ -443,8 +470,9 @@ pub async fn recover(
     }
 
     let c_epoch = latest.as_ref().map_or(0, |c| c.epoch);
-    // The open scans (and repairs) from where the state's changelog begins: that part of the
-    // log is still needed. The same pass reads the changelog and what follows the checkpoint
+    // The open scans (and repairs) from where the state's changelog begins, or, when the
+    // checkpoint's changelog index reads that changelog, from the checkpoint's own position.
+    // The same pass reads the changelog (without an index) and what follows the checkpoint
     // (`restart_scan`); a store found lost below drops what they read.
     let (mut wal, wal_report, scanned) = open_wal_and_scan(
         config,
@@ -469,11 +497,13 @@ pub async fn recover(
         records,
         seal,
         logged_delta,
+        logged_delta_at,
     } = after_checkpoint;
     let changelog = changelog.unwrap_or(Changelog {
         complete: true,
         ..Changelog::default()
     });
+    outcome.changelog_indexed = changelog.indexed;
     if !changelog.complete {
         error!(checkpoint = c_epoch, state_epoch = latest.as_ref().map(|c| c.state_epoch), deltas_found = changelog.deltas.len(), "the WAL does not hold the dedup state's changelog the checkpoint needs (damaged or lost segments)");
     }
@@ -588,6 +618,7 @@ pub async fn recover(
         records,
         seal,
         logged_delta,
+        logged_delta_at,
         changelog: changelog.deltas,
         preload,
     };
@@ -763,15 +794,50 @@ fn open_wal_and_scan(
     dedup: bool,
 ) -> Result<(Wal, WalRecovery, Option<Scanned>), RecoveryError> {
     let dir = wal_dir(state);
-    let open_from = latest.map(state_position);
     let enabled = config.checkpoint.enabled;
+    // With the checkpoint's changelog index, the deltas are read where they are (before the
+    // open, so damage the open moves aside after them does not take them), and the open scans
+    // only from the checkpoint's own position: the records of the epochs in between are
+    // committed and never read again. Without one (or when a frame it names does not check
+    // out) the open scans from the state's position and reads the changelog on the way.
+    let started = Instant::now();
+    let indexed = match latest
+        .filter(|_| enabled && dedup)
+        .and_then(|c| read_indexed_changelog(fs, &dir, c))
+    {
+        Some(mut log) if log.complete => {
+            log.indexed = true;
+            let keys: usize = log.deltas.iter().map(|d| d.delta.inserts.len()).sum();
+            info!(
+                epochs = log.deltas.len(),
+                keys,
+                ms = started.elapsed().as_millis() as u64,
+                "the dedup state's changelog read where the checkpoint's index puts it"
+            );
+            Some(log)
+        }
+        Some(log) => {
+            warn!(
+                epochs_read = log.deltas.len(),
+                "the checkpoint's changelog index does not match the WAL: the log is scanned from the state's position instead"
+            );
+            None
+        }
+        None => None,
+    };
+    let open_from = match (&indexed, latest) {
+        (Some(_), Some(c)) => Some(wal_position(c)),
+        _ => latest.map(state_position),
+    };
     let mut after = enabled.then(|| {
         EpochScan::new(
             latest.map(wal_position).unwrap_or_default(),
             latest.map_or(0, |c| c.epoch) + 1,
         )
     });
-    let mut changelog = latest.filter(|_| enabled && dedup).map(ChangelogScan::new);
+    let mut changelog = latest
+        .filter(|_| enabled && dedup && indexed.is_none())
+        .map(ChangelogScan::new);
     let from = open_from.unwrap_or_default();
     let bytes: u64 = tidemark_checkpoint::wal::segment_files_in(&**fs, &dir)
         .unwrap_or_default()
@@ -806,7 +872,8 @@ fn open_wal_and_scan(
     )?;
     progress.add(unreported);
     progress.finish();
-    let scanned = after.map(|a| (a.finish(), changelog.map(ChangelogScan::finish)));
+    let changelog = indexed.or_else(|| changelog.map(ChangelogScan::finish));
+    let scanned = after.map(|a| (a.finish(), changelog));
     Ok((wal, report, scanned))
 }
 
@@ -865,8 +932,10 @@ struct AfterCheckpoint {
     seal: Option<SealInfo>,
     /// The state delta the WAL logged before that seal, if whole.
     logged_delta: Option<PackedKeys>,
+    /// Where that delta's frames begin.
+    logged_delta_at: Option<WalPosition>,
     /// The state deltas the checkpoint's state lacks (epochs after its `state_epoch`).
-    changelog: Vec<(u64, WalPosition, StateDelta)>,
+    changelog: Vec<ChangelogDelta>,
     /// The store's dedup state, loading since the store opened.
     preload: Option<StateLoad>,
 }
@@ -894,9 +963,15 @@ async fn from_checkpoint(
         records,
         seal,
         logged_delta,
+        logged_delta_at,
         changelog,
         preload,
     } = replay;
+    // A delta the WAL logged, for a checkpoint's changelog index.
+    let logged = |keys: PackedKeys| LoggedDelta {
+        keys,
+        starts_at: logged_delta_at,
+    };
     // Dropped when this returns: after the replay's commit (or its failure).
     let mut _load_paused = None;
     let mut _state_held = None;
@@ -926,10 +1001,10 @@ async fn from_checkpoint(
         // changelog alone grew at the replay's first new keys, on the replay's path (measured
         // at a 1 s restart: ~0.11 s of the main thread's 0.34 s replay went to that growth,
         // moving ~1M entries and the kernel zeroing the new table's pages).
-        let changelog_keys: usize = changelog.iter().map(|(_, _, d)| d.inserts.len()).sum();
+        let changelog_keys: usize = changelog.iter().map(|d| d.delta.inserts.len()).sum();
         state.reserve(changelog_keys + records.len());
-        for (_, _, delta) in &changelog {
-            state.load_changelog(&delta.inserts);
+        for d in &changelog {
+            state.load_changelog(&d.delta.inserts);
         }
         let keys = if loading {
             stored + state.len()
@@ -993,7 +1068,7 @@ async fn from_checkpoint(
                 replayed = records.len(),
                 "recovery: epoch sealed but not in the table: redoing it from the WAL"
             );
-            let delta = redo_delta(&mut committer, logged_delta, epoch);
+            let delta = redo_delta(&mut committer, logged_delta, epoch).map(logged);
             let report = committer
                 .commit_sealed(SealedEpoch::replayed(open, delta), None)
                 .await?;
@@ -1026,7 +1101,7 @@ async fn from_checkpoint(
                     outcome.replayed_records = 0;
                     info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, logged_keys = logged_delta.as_ref().map(|d| d.len()), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch} from its commit's counts and the state delta its WAL logged (no replay)");
                     committer.add_committed(info);
-                    logged_delta
+                    logged_delta.map(logged)
                 }
                 None => {
                     // Replay rebuilds the epoch's counts (and, with dedup, its state).
@@ -1038,7 +1113,7 @@ async fn from_checkpoint(
                     // the seal, the record alone is synced and the delta goes to the state
                     // writer (before, this start synced the whole resumed changelog first:
                     // ~0.7 s with ~1M keys).
-                    redo_delta(&mut committer, logged_delta, epoch)
+                    redo_delta(&mut committer, logged_delta, epoch).map(logged)
                 }
             };
             committer.note_landed(epoch, landed.map(|p| p.table_version));
@@ -1705,6 +1780,7 @@ pub(crate) mod tests {
             state_epoch: 0,
             state_wal_segment: 0,
             state_wal_offset: 0,
+            changelog_starts: None,
         }
     }
 
@@ -1779,7 +1855,7 @@ pub(crate) mod tests {
             let got: Vec<(u64, PackedKeys, Option<i64>)> = log
                 .deltas
                 .into_iter()
-                .map(|(e, _, d)| (e, d.inserts, d.evict_below))
+                .map(|d| (d.epoch, d.delta.inserts, d.delta.evict_below))
                 .collect();
             let want: Vec<(u64, PackedKeys, Option<i64>)> =
                 (1..=epoch).map(|e| (e, delta(e), Some(e as i64))).collect();
@@ -1847,6 +1923,7 @@ pub(crate) mod tests {
             state_epoch: epoch,
             state_wal_segment: 0,
             state_wal_offset: 0,
+            changelog_starts: None,
         }
     }
 
@@ -1859,6 +1936,7 @@ pub(crate) mod tests {
             state_epoch,
             state_wal_segment: 1,
             state_wal_offset: state_epoch * 100,
+            changelog_starts: None,
             ..empty_checkpoint(epoch)
         }
     }

@@ -683,6 +683,7 @@ mod tests {
             state_epoch: epoch,
             state_wal_segment: 0,
             state_wal_offset: 0,
+            changelog_starts: None,
         }
     }
 

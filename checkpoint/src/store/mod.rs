@@ -70,7 +70,7 @@ use tracing::{debug, info};
 
 pub use error::{classify_rocks, StoreError, StoreErrorKind};
 pub use packed::PackedKeys;
-pub use record::{CheckpointRecord, Counts, RecordError, SourcePosition};
+pub use record::{ChangelogStart, CheckpointRecord, Counts, RecordError, SourcePosition};
 pub use staged::StagedState;
 pub use state_writer::{StateDelta, StateHold, StateWriter, SYNC_EVERY_ENV};
 

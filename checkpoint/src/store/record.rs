@@ -15,11 +15,33 @@
 //! u64  state_wal_segment, u64 state_wal_offset   (version 2) where the WAL's state-delta
 //!                             frames of epochs state_epoch+1 ..= epoch begin (just after
 //!                             SEAL(state_epoch)); version 1: = wal_segment, wal_offset
+//! u8   changelog index        (version 3) 1 if present, 0 if not; versions 1 and 2: absent
+//!   u32 n, then n x { u64 epoch, u64 segment, u64 offset }   where each epoch of the
+//!                             changelog (state_epoch+1 ..= epoch, in order) logged its first
+//!                             state-delta frame (its seal, when the delta is empty)
 //! ```
-//! All integers little-endian. Version 1 records (older builds) still decode.
+//! All integers little-endian. Version 1 and 2 records (older builds) still decode.
+//!
+//! The changelog index lets a restart read the state deltas the store lacks where they are,
+//! instead of scanning every frame from `state_wal_*` to `wal_*` (at a 200 ms interval with the
+//! state writer syncing once a second, ~90% of the frames a restart's WAL open checked were
+//! records of epochs already committed). Recovery trusts it only when it lists exactly the
+//! changelog's epochs and every frame it points to checks out; otherwise it scans as before.
 
 /// Version of the record encoding written by this build.
-pub const RECORD_VERSION: u8 = 2;
+pub const RECORD_VERSION: u8 = 3;
+
+/// Where one epoch's state delta begins in the WAL: an entry of a checkpoint's changelog
+/// index ([`CheckpointRecord::changelog_starts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChangelogStart {
+    /// The epoch.
+    pub epoch: u64,
+    /// WAL segment of its first state-delta frame (of its seal when the delta is empty).
+    pub segment: u64,
+    /// Offset of that frame in the segment.
+    pub offset: u64,
+}
 
 /// One source partition's next offset.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -105,6 +127,10 @@ pub struct CheckpointRecord {
     pub state_wal_segment: u64,
     /// Offset in that segment.
     pub state_wal_offset: u64,
+    /// Where each epoch of the changelog (`state_epoch + 1 ..= epoch`) begins its state delta
+    /// in the WAL, when the writer knew every one (`None`: unknown, or a record of an older
+    /// build; a restart then scans the WAL from `state_wal_*`).
+    pub changelog_starts: Option<Vec<ChangelogStart>>,
 }
 
 /// Bytes that are not a checkpoint record this build can read.
@@ -149,6 +175,18 @@ impl CheckpointRecord {
             self.state_wal_offset,
         ] {
             b.extend_from_slice(&n.to_le_bytes());
+        }
+        match &self.changelog_starts {
+            None => b.push(0),
+            Some(starts) => {
+                b.push(1);
+                b.extend_from_slice(&(starts.len() as u32).to_le_bytes());
+                for s in starts {
+                    for n in [s.epoch, s.segment, s.offset] {
+                        b.extend_from_slice(&n.to_le_bytes());
+                    }
+                }
+            }
         }
         b
     }
@@ -200,6 +238,26 @@ impl CheckpointRecord {
                 "state epoch after the checkpoint's epoch",
             ));
         }
+        let changelog_starts = if version >= 3 {
+            match r.u8()? {
+                0 => None,
+                1 => {
+                    let n = r.u32()? as usize;
+                    let mut starts = Vec::with_capacity(n.min(4096));
+                    for _ in 0..n {
+                        starts.push(ChangelogStart {
+                            epoch: r.u64()?,
+                            segment: r.u64()?,
+                            offset: r.u64()?,
+                        });
+                    }
+                    Some(starts)
+                }
+                _ => return Err(RecordError::Damaged("changelog index flag is not 0 or 1")),
+            }
+        } else {
+            None
+        };
         if !r.0.is_empty() {
             return Err(RecordError::Damaged("trailing bytes"));
         }
@@ -216,6 +274,7 @@ impl CheckpointRecord {
             state_epoch,
             state_wal_segment,
             state_wal_offset,
+            changelog_starts,
         })
     }
 }
@@ -305,6 +364,7 @@ mod tests {
             any::<[u64; 5]>(),
             proptest::collection::vec(("[a-z.-]{0,20}", any::<i32>(), any::<i64>()), 0..10),
             (any::<u64>(), any::<u64>(), any::<u64>()),
+            proptest::option::of(proptest::collection::vec(any::<(u64, u64, u64)>(), 0..8)),
         )
             .prop_map(
                 |(
@@ -313,6 +373,7 @@ mod tests {
                     c,
                     pos,
                     st,
+                    starts,
                 )| {
                     CheckpointRecord {
                         epoch,
@@ -340,6 +401,15 @@ mod tests {
                         state_epoch: st.0.min(epoch),
                         state_wal_segment: st.1,
                         state_wal_offset: st.2,
+                        changelog_starts: starts.map(|v| {
+                            v.into_iter()
+                                .map(|(epoch, segment, offset)| ChangelogStart {
+                                    epoch,
+                                    segment,
+                                    offset,
+                                })
+                                .collect()
+                        }),
                     }
                 },
             )
@@ -394,6 +464,7 @@ mod tests {
             state_epoch: 3,
             state_wal_segment: 0,
             state_wal_offset: 32,
+            changelog_starts: None,
         }
         .encode()
     }
@@ -405,13 +476,50 @@ mod tests {
         v2.state_epoch = 1;
         v2.state_wal_offset = 7;
         let mut b = v2.encode();
-        b.truncate(b.len() - 24);
+        // Without the state fields (24 bytes) and the changelog index flag (1).
+        b.truncate(b.len() - 25);
         b[0] = 1;
         let v1 = CheckpointRecord::decode(&b).unwrap();
         assert_eq!(
             (v1.state_epoch, v1.state_wal_segment, v1.state_wal_offset),
             (3, 0, 32)
         );
+    }
+
+    /// A version 2 record (the build before the changelog index) reads with no index, so a
+    /// restart scans its changelog.
+    #[test]
+    fn a_version_2_record_has_no_changelog_index() {
+        let mut r = CheckpointRecord::decode(&record_bytes()).unwrap();
+        r.state_epoch = 1;
+        let mut b = r.encode();
+        b.truncate(b.len() - 1);
+        b[0] = 2;
+        let v2 = CheckpointRecord::decode(&b).unwrap();
+        assert_eq!(v2, r);
+        assert_eq!(v2.changelog_starts, None);
+        // And a version 3 record with an index keeps it.
+        r.changelog_starts = Some(vec![
+            ChangelogStart {
+                epoch: 2,
+                segment: 4,
+                offset: 100,
+            },
+            ChangelogStart {
+                epoch: 3,
+                segment: 5,
+                offset: 32,
+            },
+        ]);
+        assert_eq!(CheckpointRecord::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn a_changelog_index_flag_other_than_0_or_1_is_damage() {
+        let mut b = record_bytes();
+        let last = b.len() - 1;
+        b[last] = 2;
+        assert!(CheckpointRecord::decode(&b).is_err());
     }
 
     #[test]

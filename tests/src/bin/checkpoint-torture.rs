@@ -117,6 +117,7 @@ fn record(epoch: u64) -> CheckpointRecord {
         state_epoch: epoch,
         state_wal_segment: 0,
         state_wal_offset: 0,
+        changelog_starts: None,
     }
 }
 

@@ -504,6 +504,14 @@ fn restart_with_dedup_exact(
         Some(case.as_str()),
         "{what}: status foresaw another case: {status}"
     );
+    // Every checkpoint this build writes carries its changelog index: a start that reads
+    // back a changelog reads it where the index puts it, without scanning the records between.
+    if s["recovery"]["changelog_epochs"].as_u64() > Some(0) {
+        assert_eq!(
+            s["recovery"]["changelog_indexed"], true,
+            "{what}: the changelog was scanned, not read by the checkpoint's index: {s}"
+        );
+    }
     assert_dedup_exact(fixture, n, &s["totals"], what);
     (s, case)
 }
