@@ -29,7 +29,7 @@ use super::error::{io_err, WalError};
 use super::format::{FrameBinding, FrameKind, FrameRef, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::segment::{
     list_segments, list_spares, open_segment, read_file, salvage_frames, scan_segment,
-    seal_follows, segment_name, segment_path, ScanEnd,
+    seal_follows, segment_name, segment_path, ScanEnd, SealEpochs,
 };
 use super::WalPosition;
 
@@ -149,6 +149,8 @@ struct Found {
     reason: String,
     /// A missing segment: never a torn tail.
     gap: bool,
+    /// The epoch of the segment's last valid frame before the damage, if one was read.
+    last_epoch: Option<u64>,
 }
 
 /// Scans the log in `dir` from `from`, finishes an interrupted move-aside, and repairs the
@@ -180,7 +182,13 @@ pub(crate) fn recover(
         };
         let mid_log = found.gap
             || !is_last
-            || valid_seal_follows(fs, path, found.at, &bindings_for(header, *id))?;
+            || valid_seal_follows(
+                fs,
+                path,
+                found.at,
+                &bindings_for(header, *id),
+                own_epochs(header, *id, found.last_epoch),
+            )?;
         if found.at == 0 {
             segments.retain(|s| s.id != *id);
         }
@@ -283,6 +291,7 @@ fn scan(
                 at,
                 reason,
                 gap: false,
+                last_epoch: None,
             })
         };
         if i > 0 && listed[i - 1].0 + 1 != *id {
@@ -295,6 +304,7 @@ fn scan(
                     segment_name(id - 1)
                 ),
                 gap: true,
+                last_epoch: None,
             }));
         }
         let header_ok = |h: SegmentHeader| {
@@ -365,7 +375,9 @@ fn scan(
                     offset: len,
                 }
             }
-            ScanEnd::Damaged(at, why) => return Ok(damaged(at, why)),
+            ScanEnd::Damaged(at, why) => {
+                return Ok(damaged(at, why).map(|f| Found { last_epoch, ..f }))
+            }
         }
     }
     Ok(None)
@@ -385,6 +397,7 @@ fn valid_seal_follows(
     path: &Path,
     at: u64,
     bindings: &[FrameBinding],
+    epochs: SealEpochs,
 ) -> Result<bool, WalError> {
     let from = if at == 0 {
         SEGMENT_HEADER_LEN as u64
@@ -393,7 +406,20 @@ fn valid_seal_follows(
     };
     let len = fs.len(path).map_err(io_err("stat", path))?;
     let mut f = fs.open_read(path).map_err(io_err("open", path))?;
-    seal_follows(&mut *f, from, len, bindings).map_err(io_err("read", path))
+    seal_follows(&mut *f, from, len, bindings, epochs).map_err(io_err("read", path))
+}
+
+/// The epochs a seal of segment `id`'s own life after its damage can have, from its header
+/// when the header is its own and the epoch of its last valid frame before the damage (see
+/// [`SealEpochs`]); any epoch when the header is not its own.
+fn own_epochs(header: Option<SegmentHeader>, id: u64, last_epoch: Option<u64>) -> SealEpochs {
+    match header {
+        Some(h) if h.segment_id == id => SealEpochs::Within {
+            first: h.first_epoch,
+            last_before: last_epoch,
+        },
+        _ => SealEpochs::Any,
+    }
 }
 
 /// How segment `id`'s frames may be bound, given its header if readable: by the header when
