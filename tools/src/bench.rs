@@ -774,6 +774,7 @@ impl CrashImage {
     fn keep(rec_dir: &Path, image: &Path) -> anyhow::Result<Self> {
         let kept = Self(image.to_path_buf());
         copy_dir(rec_dir, image)?;
+        settle_writeback();
         Ok(kept)
     }
 
@@ -796,8 +797,20 @@ impl CrashImage {
             };
             removed.with_context(|| format!("cannot remove {}", path.display()))?;
         }
-        copy_dir(&self.0, rec_dir)
+        copy_dir(&self.0, rec_dir)?;
+        settle_writeback();
+        Ok(())
     }
+}
+
+/// Writes back every dirty page before a restart of a crash image is timed. The image's copy
+/// leaves hundreds of MB dirty that a real kill does not, and the restart's first fsync (on
+/// ext4 with `data=ordered`, a journal commit) would wait for them: restarts of one image at
+/// 200 ms took 4.9-5.4 s to the first commit with the copy's writeback in them, 0.4 s
+/// without.
+fn settle_writeback() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
 }
 
 impl Drop for CrashImage {
