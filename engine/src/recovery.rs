@@ -784,8 +784,9 @@ type Scanned = (Result<AfterCheckpointLog, RecoveryError>, Option<Changelog>);
 /// Bytes of WAL read between two progress updates.
 const PROGRESS_STEP: u64 = 4 << 20;
 
-/// Opens the WAL from where `latest`'s state changelog begins and, in the open's one pass,
-/// reads the changelog (with `dedup`) and what follows the checkpoint ([`crate::restart_scan`]).
+/// Reads `latest`'s state changelog (with `dedup`) where its index puts it, or else in the
+/// open's one pass from where the changelog begins, and what follows the checkpoint
+/// ([`crate::restart_scan`]) in that pass.
 fn open_wal_and_scan(
     config: &PipelineConfig,
     fs: &SharedFs,
@@ -825,8 +826,16 @@ fn open_wal_and_scan(
         }
         None => None,
     };
+    // With the index, the open starts just after the changelog's last seal (`SEAL(c)`), not
+    // at the checkpoint's own position: a checkpoint recovery wrote is at the log's end, after
+    // frames of the next epoch the crashed run read ahead, and those are scanned (and a torn
+    // end among them cut) as before.
     let open_from = match (&indexed, latest) {
-        (Some(_), Some(c)) => Some(wal_position(c)),
+        (Some(log), Some(c)) => Some(
+            log.deltas
+                .last()
+                .map_or(wal_position(c), |d| d.after_seal.min(wal_position(c))),
+        ),
         _ => latest.map(state_position),
     };
     let mut after = enabled.then(|| {

@@ -19,6 +19,7 @@ use crate::recovery::{
     advance_to_ingested_state, continues_checkpoint, read_changelog, state_position, store_dir,
     wal_dir, wal_position,
 };
+use crate::restart_scan::read_indexed_changelog;
 use crate::state_lock;
 use crate::wal_damage;
 
@@ -294,14 +295,18 @@ pub async fn status(config: &PipelineConfig) -> Result<Status, StatusError> {
         }
     }
 
-    // The dedup state's changelog the checkpoint needs (the WAL from the state's position), as
-    // recovery reads it: from the store's note of its ingested state when that applies.
+    // The dedup state's changelog the checkpoint needs, as recovery reads it: from the store's
+    // note of its ingested state when that applies; where the checkpoint's index puts it, or
+    // (no index, or one that does not match the log) the WAL from the state's position.
     let changelog_complete = match changelog_from {
         Some((c, moved_to)) if config.dedup.is_some() => {
             wal.state_ingested = moved_to;
-            read_changelog(&c, WalReader::new(&wal_path, state_position(&c)))
-                .map(|l| l.complete)
-                .unwrap_or(false)
+            match read_indexed_changelog(&tidemark_fs::std_fs(), &wal_path, &c) {
+                Some(log) if log.complete => true,
+                _ => read_changelog(&c, WalReader::new(&wal_path, state_position(&c)))
+                    .map(|l| l.complete)
+                    .unwrap_or(false),
+            }
         }
         _ => true,
     };
