@@ -17,8 +17,10 @@
 //!                             SEAL(state_epoch)); version 1: = wal_segment, wal_offset
 //! u8   changelog index        (version 3) 1 if present, 0 if not; versions 1 and 2: absent
 //!   u32 n, then n x { u64 epoch, u64 segment, u64 offset }   where each epoch of the
-//!                             changelog (state_epoch+1 ..= epoch, in order) logged its first
-//!                             state-delta frame (its seal, when the delta is empty)
+//!                             changelog (state_epoch+1 ..= epoch, in order) begins its state
+//!                             delta: the log's end just before its first state-delta frame
+//!                             (its seal, when the delta is empty) was appended, so the frame
+//!                             is there or, when the WAL rolled, at the next segment's start
 //! ```
 //! All integers little-endian. Version 1 and 2 records (older builds) still decode.
 //!
@@ -37,9 +39,11 @@ pub const RECORD_VERSION: u8 = 3;
 pub struct ChangelogStart {
     /// The epoch.
     pub epoch: u64,
-    /// WAL segment of its first state-delta frame (of its seal when the delta is empty).
+    /// WAL segment where its delta begins: the log's end before its first state-delta frame
+    /// (its seal when the delta is empty) was appended; the frame is there, or at the start of
+    /// the next segment when the WAL rolled.
     pub segment: u64,
-    /// Offset of that frame in the segment.
+    /// Offset in that segment.
     pub offset: u64,
 }
 

@@ -232,11 +232,12 @@ const SEAL_MARKER: [u8; 4] = [format::FrameKind::Seal as u8, 0, 0, 0];
 const SEAL_MARKER_AT: usize = 8;
 
 /// The epochs a seal after a segment's damage may have and still be of the segment's own
-/// life. Invariant kept by the writer: epochs never go down in the log, and an epoch's frames
-/// come after the seal of the epoch before the one before it (pipelining lets frames of
-/// `e + 2` follow `SEAL(e + 1)`), so from the epoch `last_before` of the last valid frame
-/// before the damage, reaching epoch `E` takes at least `E - last_before - 2` seals, each at
-/// least a frame header long.
+/// life. Invariant kept by the writer: epochs never go down in the log, and the frames of
+/// epoch `E` come after `SEAL(E - 1)` (pipelining reads `E` while `E - 1` commits, after its
+/// seal). So from the epoch `last_before` of the last valid frame before the damage, a seal
+/// of epoch `E` has the seals of `last_before + 1 ..= E - 1` before it; allowing for
+/// `SEAL(last_before)` and the damaged frame itself, at least `E - last_before - 2` whole
+/// seals lie between the damage and it, each at least a frame header long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SealEpochs {
     /// Unknown (the segment's header is not its own): every epoch.
