@@ -7,7 +7,9 @@
 //!
 //! `wal_open_after_crash`: the open of a log whose last segment a SIGKILL left with 8 MB of
 //! frames, as a new file (a torn half frame at its end) and as a reused 64 MB file (the older
-//! segment's frames after its own, which the open scans for a valid seal before cutting them).
+//! segment's frames after its own, which the open scans for a valid seal before cutting them),
+//! whose older frames are of epoch 1 or of epoch 2 (an epoch-2 frame's epoch field reads as a
+//! seal marker: the case that once cost a restart a second).
 
 use std::time::Duration;
 
@@ -74,31 +76,44 @@ fn crash_options() -> WalOptions {
 }
 
 /// A log in `dir` whose last segment holds ~8 MB of 200-byte records after a crash: a new file
-/// ending in half a frame (`reused` false), or a spare of a full 64 MB segment written over.
-fn crashed_log(dir: &std::path::Path, reused: bool) {
+/// ending in half a frame (`reused` None), or a spare of a full 64 MB segment of epoch
+/// `reused` written over.
+fn crashed_log(dir: &std::path::Path, reused: Option<u64>) {
     let payload = vec![0x5au8; 200];
     let frame = frame_len(payload.len());
     let (mut wal, _) = Wal::open(dir, crash_options(), None).expect("open wal");
-    if reused {
-        // One full segment, dropped into a spare, and the next segment written over it.
-        let first = wal.append(FrameKind::Record, 1, &payload).expect("append");
+    let last = reused.map_or(2, |old| old + 1);
+    if let Some(old) = reused {
+        // One full segment, dropped into a spare, and the next segment written over it. Each
+        // older record differs (a counter), so their CRCs do, as real records' do.
+        let mut record = payload.clone();
+        let mut next = |n: &mut u64| {
+            *n += 1;
+            record[..8].copy_from_slice(&n.to_le_bytes());
+            record.clone()
+        };
+        let mut n = 0u64;
+        let first = wal
+            .append(FrameKind::Record, old, &next(&mut n))
+            .expect("append");
         while wal
-            .append(FrameKind::Record, 1, &payload)
+            .append(FrameKind::Record, old, &next(&mut n))
             .expect("append")
             .segment
             == first.segment
         {}
-        wal.seal(1, b"positions").expect("seal");
-        wal.truncate_before(2).expect("truncate");
-        wal.start_new_segment(2).expect("roll");
+        wal.seal(old, b"positions").expect("seal");
+        wal.truncate_before(last).expect("truncate");
+        wal.start_new_segment(last).expect("roll");
         assert_eq!(wal.spares().len(), 0, "the spare was reused");
     }
     for _ in 0..(8 << 20) / frame {
-        wal.append(FrameKind::Record, 2, &payload).expect("append");
+        wal.append(FrameKind::Record, last, &payload)
+            .expect("append");
     }
-    wal.seal(2, b"positions").expect("seal");
+    wal.seal(last, b"positions").expect("seal");
     std::mem::forget(wal); // a crash: nothing cut
-    if !reused {
+    if reused.is_none() {
         let (_, path, _) = segment_files(dir)
             .expect("segments")
             .pop()
@@ -114,7 +129,11 @@ fn crashed_log(dir: &std::path::Path, reused: bool) {
 fn bench_open_after_crash(c: &mut Criterion) {
     let mut group = c.benchmark_group("wal_open_after_crash");
     group.sample_size(10);
-    for (name, reused) in [("new_file", false), ("reused_file", true)] {
+    for (name, reused) in [
+        ("new_file", None),
+        ("reused_file", Some(1)),
+        ("reused_file_older_epoch_2", Some(2)),
+    ] {
         let template = tempfile::tempdir().expect("tempdir");
         crashed_log(template.path(), reused);
         group.bench_function(name, |b| {
