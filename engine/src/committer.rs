@@ -162,17 +162,16 @@ pub(crate) struct LoggedDelta {
     pub keys: PackedKeys,
     /// The log's end just before the delta's first frame was appended (that frame is there,
     /// or at the start of the next segment when the WAL rolled), or the first frame's own
-    /// position; `None` when not known (the next checkpoints then carry no index until this
-    /// epoch's delta is synced).
-    pub starts_at: Option<WalPosition>,
+    /// position (its seal's when the delta is empty).
+    pub starts_at: WalPosition,
 }
 
 /// A checkpointed epoch whose state delta is queued or applied but maybe not synced yet.
 #[derive(Debug, Clone, Copy)]
 struct UnsyncedEpoch {
     epoch: u64,
-    /// Where its delta begins in the WAL, if known.
-    delta_at: Option<WalPosition>,
+    /// Where its delta begins in the WAL.
+    delta_at: WalPosition,
     /// Just after its seal.
     after_seal: WalPosition,
 }
@@ -714,7 +713,7 @@ impl Committer {
             self.state_writer().queue(d.delta)?;
             self.unsynced_state.push_back(UnsyncedEpoch {
                 epoch: d.epoch,
-                delta_at: Some(d.starts_at),
+                delta_at: d.starts_at,
                 after_seal: d.after_seal,
             });
         }
@@ -947,7 +946,7 @@ impl Committer {
             open,
             delta: delta.map(|keys| LoggedDelta {
                 keys,
-                starts_at: Some(delta_at),
+                starts_at: delta_at,
             }),
             wal_after_seal,
         })
@@ -1350,15 +1349,15 @@ async fn commit_with_delay(
 }
 
 /// A checkpoint record's changelog index ([`CheckpointRecord::changelog_starts`]): where the
-/// delta of each epoch after the synced state begins, oldest first. `None` when one of them is
-/// not known or they are not consecutive: a restart then scans the WAL from the state's
-/// position, as it does for records of older builds.
+/// delta of each epoch after the synced state begins, oldest first. `None` when they are not
+/// consecutive: a restart then scans the WAL from the state's position, as it does for records
+/// of older builds.
 fn changelog_index<'a>(
     epochs: impl Iterator<Item = &'a UnsyncedEpoch>,
 ) -> Option<Vec<ChangelogStart>> {
     let mut index: Vec<ChangelogStart> = Vec::new();
     for u in epochs {
-        let at = u.delta_at?;
+        let at = u.delta_at;
         if index.last().is_some_and(|last| last.epoch + 1 != u.epoch) {
             return None;
         }
@@ -1381,23 +1380,23 @@ mod tests {
     use super::letters_at_or_after;
     use super::{changelog_index, UnsyncedEpoch, WalPosition};
 
-    fn unsynced(epoch: u64, known: bool) -> UnsyncedEpoch {
+    fn unsynced(epoch: u64) -> UnsyncedEpoch {
         let at = WalPosition {
             segment: epoch,
             offset: 32,
         };
         UnsyncedEpoch {
             epoch,
-            delta_at: known.then_some(at),
+            delta_at: at,
             after_seal: at,
         }
     }
 
-    /// A record's changelog index lists every unsynced epoch in order, or nothing at all: an
-    /// unknown start or a gap between epochs gives none (a restart then scans).
+    /// A record's changelog index lists every unsynced epoch in order, or nothing at all: a
+    /// gap between epochs gives none (a restart then scans).
     #[test]
     fn the_changelog_index_is_whole_or_absent() {
-        let index = changelog_index([unsynced(4, true), unsynced(5, true)].iter()).unwrap();
+        let index = changelog_index([unsynced(4), unsynced(5)].iter()).unwrap();
         assert_eq!(
             index
                 .iter()
@@ -1406,14 +1405,7 @@ mod tests {
             vec![(4, 4), (5, 5)]
         );
         assert_eq!(changelog_index([].iter()), Some(Vec::new()));
-        assert_eq!(
-            changelog_index([unsynced(4, true), unsynced(5, false)].iter()),
-            None
-        );
-        assert_eq!(
-            changelog_index([unsynced(4, true), unsynced(6, true)].iter()),
-            None
-        );
+        assert_eq!(changelog_index([unsynced(4), unsynced(6)].iter()), None);
     }
 
     fn letter(partition: i32, offset: i64) -> DeadLetter {

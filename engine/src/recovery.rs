@@ -497,7 +497,6 @@ pub async fn recover(
         records,
         seal,
         logged_delta,
-        logged_delta_at,
     } = after_checkpoint;
     let changelog = changelog.unwrap_or(Changelog {
         complete: true,
@@ -618,7 +617,6 @@ pub async fn recover(
         records,
         seal,
         logged_delta,
-        logged_delta_at,
         changelog: changelog.deltas,
         preload,
     };
@@ -940,9 +938,7 @@ struct AfterCheckpoint {
     records: Replay,
     seal: Option<SealInfo>,
     /// The state delta the WAL logged before that seal, if whole.
-    logged_delta: Option<PackedKeys>,
-    /// Where that delta's frames begin.
-    logged_delta_at: Option<WalPosition>,
+    logged_delta: Option<LoggedDelta>,
     /// The state deltas the checkpoint's state lacks (epochs after its `state_epoch`).
     changelog: Vec<ChangelogDelta>,
     /// The store's dedup state, loading since the store opened.
@@ -972,15 +968,9 @@ async fn from_checkpoint(
         records,
         seal,
         logged_delta,
-        logged_delta_at,
         changelog,
         preload,
     } = replay;
-    // A delta the WAL logged, for a checkpoint's changelog index.
-    let logged = |keys: PackedKeys| LoggedDelta {
-        keys,
-        starts_at: logged_delta_at,
-    };
     // Dropped when this returns: after the replay's commit (or its failure).
     let mut _load_paused = None;
     let mut _state_held = None;
@@ -1077,7 +1067,7 @@ async fn from_checkpoint(
                 replayed = records.len(),
                 "recovery: epoch sealed but not in the table: redoing it from the WAL"
             );
-            let delta = redo_delta(&mut committer, logged_delta, epoch).map(logged);
+            let delta = redo_delta(&mut committer, logged_delta, epoch);
             let report = committer
                 .commit_sealed(SealedEpoch::replayed(open, delta), None)
                 .await?;
@@ -1097,20 +1087,20 @@ async fn from_checkpoint(
                 &seal,
                 landed.map(|p| &p.info),
                 dedup,
-                logged_delta.as_ref(),
+                logged_delta.as_ref().map(|d| &d.keys),
                 epoch,
             ) {
                 Some(info) => {
                     // The counts and keys a replay would rebuild, from the epoch's commit and
                     // the delta its WAL logged (see `trusted_landed_commit`).
                     if let (Some(d), Some(delta)) = (committer.dedup_mut(), logged_delta.as_ref()) {
-                        d.state.load_changelog(delta);
+                        d.state.load_changelog(&delta.keys);
                         d.state.advance(seal.watermark);
                     }
                     outcome.replayed_records = 0;
-                    info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, logged_keys = logged_delta.as_ref().map(|d| d.len()), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch} from its commit's counts and the state delta its WAL logged (no replay)");
+                    info!(checkpoint = c_epoch, committed_epoch = c_t, table_txn = v, epoch, logged_keys = logged_delta.as_ref().map(|d| d.keys.len()), "recovery: epoch sealed and in the table, checkpoint missing: writing checkpoint {epoch} from its commit's counts and the state delta its WAL logged (no replay)");
                     committer.add_committed(info);
-                    logged_delta.map(logged)
+                    logged_delta
                 }
                 None => {
                     // Replay rebuilds the epoch's counts (and, with dedup, its state).
@@ -1122,7 +1112,7 @@ async fn from_checkpoint(
                     // the seal, the record alone is synced and the delta goes to the state
                     // writer (before, this start synced the whole resumed changelog first:
                     // ~0.7 s with ~1M keys).
-                    redo_delta(&mut committer, logged_delta, epoch).map(logged)
+                    redo_delta(&mut committer, logged_delta, epoch)
                 }
             };
             committer.note_landed(epoch, landed.map(|p| p.table_version));
@@ -1264,19 +1254,19 @@ fn replayed_epoch(
 /// with its record in one synced batch, as before the changelog.
 fn redo_delta(
     committer: &mut Committer,
-    logged: Option<PackedKeys>,
+    logged: Option<LoggedDelta>,
     epoch: u64,
-) -> Option<PackedKeys> {
+) -> Option<LoggedDelta> {
     let d = committer.dedup_mut()?;
     let replayed = d.state.take_inserted();
     match logged {
-        Some(logged) if logged == replayed => Some(replayed),
+        Some(logged) if logged.keys == replayed => Some(logged),
         logged => {
             if let Some(logged) = logged {
                 warn!(
                     epoch,
                     replayed = replayed.len(),
-                    logged = logged.len(),
+                    logged = logged.keys.len(),
                     "the redo added other dedup keys than the WAL logged for this epoch; its state is written with its checkpoint instead"
                 );
             }

@@ -22,13 +22,14 @@
 
 use std::path::{Path, PathBuf};
 
-use tidemark_checkpoint::store::{PackedKeys, StateDelta};
+use tidemark_checkpoint::store::{ChangelogStart, PackedKeys, StateDelta};
 use tidemark_checkpoint::wal::format::{frame_len, FRAME_HEADER_LEN};
 use tidemark_checkpoint::wal::{FrameKind, FrameRef};
 use tidemark_checkpoint::{CheckpointRecord, WalPosition, WalReader};
 use tidemark_fs::SharedFs;
 use tracing::{info, warn};
 
+use crate::committer::LoggedDelta;
 use crate::epoch_log::{decode_state_delta, RecordDecoder, Replay, SealInfo};
 use crate::recovery::{wal_position, Changelog, ChangelogDelta, RecoveryError};
 use crate::wal_tail::{TailFrame, TailScan, TailStep};
@@ -163,49 +164,51 @@ pub(crate) fn read_indexed_changelog(
 ) -> Option<Changelog> {
     let starts = c.changelog_starts.as_ref()?;
     let lacks = c.state_epoch.min(c.epoch) + 1..=c.epoch;
-    if starts.len() as u64 != c.epoch - c.state_epoch.min(c.epoch)
-        || !starts.iter().map(|s| s.epoch).eq(lacks)
-    {
+    if !starts.iter().map(|s| s.epoch).eq(lacks) {
         return None;
     }
     let mut scan = ChangelogScan::new(c);
-    'epochs: for start in starts {
-        let from = WalPosition {
-            segment: start.segment,
-            offset: start.offset,
-        };
-        for item in WalReader::with_fs(fs.clone(), dir, from) {
-            let (at, frame) = match item {
-                Ok(read) => read,
-                Err(e) => {
-                    warn!(
-                        epoch = start.epoch,
-                        segment = start.segment,
-                        offset = start.offset,
-                        "the changelog index points at a WAL frame that cannot be read: {e}"
-                    );
-                    scan.incomplete();
-                    break 'epochs;
-                }
-            };
-            // Only the delta's frames and its seal lie between its start and its seal.
-            if frame.kind == FrameKind::Record || frame.epoch != start.epoch {
-                warn!(epoch = start.epoch, segment = at.segment, offset = at.offset, frame_epoch = frame.epoch, kind = ?frame.kind, "the changelog index points at a frame outside the epoch's state delta");
-                scan.incomplete();
-                break 'epochs;
-            }
-            if !scan.feed(at, frame.as_ref()) {
-                break 'epochs;
-            }
-            if frame.kind == FrameKind::Seal {
-                continue 'epochs;
-            }
+    for start in starts {
+        if let Err(why) = feed_indexed_delta(fs, dir, start, &mut scan) {
+            // The scan has not passed this epoch's seal: its changelog is incomplete.
+            warn!(
+                epoch = start.epoch,
+                segment = start.segment,
+                offset = start.offset,
+                "the changelog index does not lead to the epoch's state delta: {why}"
+            );
+            break;
         }
-        // The log ended before the epoch's seal.
-        scan.incomplete();
-        break;
     }
     Some(scan.finish())
+}
+
+/// Feeds `scan` the frames from index entry `start` to its epoch's seal. Only the epoch's
+/// delta frames and its seal lie there: a frame that cannot be read, a record, a frame `scan`
+/// refuses (another epoch's, a seal counting other keys) or the log's end first is the error.
+fn feed_indexed_delta(
+    fs: &SharedFs,
+    dir: &Path,
+    start: &ChangelogStart,
+    scan: &mut ChangelogScan,
+) -> Result<(), String> {
+    let from = WalPosition {
+        segment: start.segment,
+        offset: start.offset,
+    };
+    for item in WalReader::with_fs(fs.clone(), dir, from) {
+        let (at, frame) = item.map_err(|e| e.to_string())?;
+        if frame.kind == FrameKind::Record || !scan.feed(at, frame.as_ref()) {
+            return Err(format!(
+                "a {:?} frame of epoch {} at segment {} offset {}",
+                frame.kind, frame.epoch, at.segment, at.offset
+            ));
+        }
+        if frame.kind == FrameKind::Seal {
+            return Ok(());
+        }
+    }
+    Err("the log ends before the epoch's seal".into())
 }
 
 /// What the log holds after checkpoint `c` (see the module documentation).
@@ -215,11 +218,9 @@ pub(crate) struct AfterCheckpointLog {
     pub records: Replay,
     /// `SEAL(c+1)`, if it is in the log.
     pub seal: Option<SealInfo>,
-    /// The state delta logged before `SEAL(c+1)`, when it is whole (as many keys as the seal
-    /// counts): what the changelog of a later start reads for `c+1`.
-    pub logged_delta: Option<PackedKeys>,
-    /// Where that delta's frames begin (the seal's position when it is empty).
-    pub logged_delta_at: Option<WalPosition>,
+    /// The state delta logged before `SEAL(c+1)`, and where its frames begin, when it is whole
+    /// (as many keys as the seal counts): what the changelog of a later start reads for `c+1`.
+    pub logged_delta: Option<LoggedDelta>,
 }
 
 /// Reads what the log holds after the checkpoint, from `from` on (see the module
@@ -298,8 +299,10 @@ impl EpochScan {
                     SealInfo::decode(frame.payload).map_err(|e| unexpected(e.to_string()))?;
                 let keys = std::mem::take(&mut self.delta);
                 if self.delta_readable && seal.state_keys == Some(keys.len() as u64) {
-                    self.found.logged_delta = Some(keys);
-                    self.found.logged_delta_at = Some(self.delta_at.take().unwrap_or(at));
+                    self.found.logged_delta = Some(LoggedDelta {
+                        keys,
+                        starts_at: self.delta_at.take().unwrap_or(at),
+                    });
                 }
                 self.found.seal = Some(seal);
             }
@@ -441,7 +444,7 @@ mod tests {
                 .collect(),
             changelog.complete,
             after
-                .map(|a| (a.records, a.seal, a.logged_delta))
+                .map(|a| (a.records, a.seal, a.logged_delta.map(|d| d.keys)))
                 .map_err(|e| e.to_string()),
         )
     }
