@@ -710,9 +710,10 @@ impl Committer {
         deltas: Vec<crate::recovery::ChangelogDelta>,
     ) -> Result<(), CommitError> {
         for d in deltas {
+            let epoch = d.delta.epoch;
             self.state_writer().queue(d.delta)?;
             self.unsynced_state.push_back(UnsyncedEpoch {
-                epoch: d.epoch,
+                epoch,
                 delta_at: d.starts_at,
                 after_seal: d.after_seal,
             });

@@ -226,13 +226,11 @@ pub(crate) fn advance_to_ingested_state(
 /// One epoch's state delta read back from the WAL's changelog.
 #[derive(Debug)]
 pub(crate) struct ChangelogDelta {
-    /// The epoch.
-    pub epoch: u64,
     /// Where its delta's frames begin (its seal's position when the delta is empty).
     pub starts_at: WalPosition,
     /// Just after its seal.
     pub after_seal: WalPosition,
-    /// The keys and the watermark its seal decided.
+    /// The epoch, its keys and the watermark its seal decided.
     pub delta: StateDelta,
 }
 
@@ -1854,7 +1852,7 @@ pub(crate) mod tests {
             let got: Vec<(u64, PackedKeys, Option<i64>)> = log
                 .deltas
                 .into_iter()
-                .map(|d| (d.epoch, d.delta.inserts, d.delta.evict_below))
+                .map(|d| (d.delta.epoch, d.delta.inserts, d.delta.evict_below))
                 .collect();
             let want: Vec<(u64, PackedKeys, Option<i64>)> =
                 (1..=epoch).map(|e| (e, delta(e), Some(e as i64))).collect();

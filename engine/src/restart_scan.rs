@@ -30,9 +30,36 @@ use tidemark_fs::SharedFs;
 use tracing::{info, warn};
 
 use crate::committer::LoggedDelta;
-use crate::epoch_log::{decode_state_delta, RecordDecoder, Replay, SealInfo};
+use crate::epoch_log::{decode_state_delta, EpochLogError, RecordDecoder, Replay, SealInfo};
 use crate::recovery::{wal_position, Changelog, ChangelogDelta, RecoveryError};
 use crate::wal_tail::{TailFrame, TailScan, TailStep};
+
+/// An epoch's state delta as its marker frames are read: the keys so far, and where the first
+/// of its frames is (what [`ChangelogScan`] and [`EpochScan`] both gather).
+#[derive(Debug, Default)]
+struct DeltaFrames {
+    keys: PackedKeys,
+    first_at: Option<WalPosition>,
+}
+
+impl DeltaFrames {
+    /// Takes the marker frame at `at` (a batch clock adds nothing).
+    fn add(&mut self, at: WalPosition, payload: &[u8]) -> Result<(), EpochLogError> {
+        if decode_state_delta(payload, &mut self.keys)? {
+            self.first_at.get_or_insert(at);
+        }
+        Ok(())
+    }
+
+    /// The delta read, beginning at its first frame, or at `seal_at` when it has none; empty
+    /// again for the next epoch.
+    fn take(&mut self, seal_at: WalPosition) -> LoggedDelta {
+        LoggedDelta {
+            keys: std::mem::take(&mut self.keys),
+            starts_at: self.first_at.take().unwrap_or(seal_at),
+        }
+    }
+}
 
 /// Reads checkpoint `c`'s changelog (see the module documentation). Incomplete (never an
 /// error) when an epoch is missing, out of order, or its delta does not add up: recovery then
@@ -45,10 +72,8 @@ pub(crate) struct ChangelogScan {
     last: u64,
     /// The epoch whose delta is being read.
     next: u64,
-    /// Its keys so far.
-    keys: PackedKeys,
-    /// Where its first state-delta frame is, once read.
-    delta_at: Option<WalPosition>,
+    /// Its delta so far.
+    delta: DeltaFrames,
     /// False once the changelog is known incomplete.
     whole: bool,
     /// True once nothing more is read (the end reached, or the changelog found incomplete).
@@ -68,8 +93,7 @@ impl ChangelogScan {
             } else {
                 c.state_epoch + 1
             },
-            keys: PackedKeys::default(),
-            delta_at: None,
+            delta: DeltaFrames::default(),
             whole: true,
             done: c.state_epoch >= c.epoch,
             deltas: Vec::new(),
@@ -90,12 +114,8 @@ impl ChangelogScan {
             return false;
         }
         match frame.kind {
-            FrameKind::Marker => match decode_state_delta(frame.payload, &mut self.keys) {
-                Ok(true) => {
-                    self.delta_at.get_or_insert(at);
-                }
-                Ok(false) => {}
-                Err(e) => {
+            FrameKind::Marker => {
+                if let Err(e) = self.delta.add(at, frame.payload) {
                     warn!(
                         epoch = frame.epoch,
                         segment = at.segment,
@@ -105,12 +125,12 @@ impl ChangelogScan {
                     self.incomplete();
                     return false;
                 }
-            },
+            }
             FrameKind::Record => {}
             FrameKind::Seal => {
                 let seal = SealInfo::decode(frame.payload).ok();
                 let n = seal.as_ref().and_then(|s| s.state_keys);
-                if n != Some(self.keys.len() as u64) {
+                if n != Some(self.delta.keys.len() as u64) {
                     self.incomplete();
                     return false;
                 }
@@ -118,13 +138,13 @@ impl ChangelogScan {
                     segment: at.segment,
                     offset: at.offset + frame_len(frame.payload.len()) as u64,
                 };
+                let logged = self.delta.take(at);
                 self.deltas.push(ChangelogDelta {
-                    epoch: self.next,
-                    starts_at: self.delta_at.take().unwrap_or(at),
+                    starts_at: logged.starts_at,
                     after_seal: after,
                     delta: StateDelta {
                         epoch: self.next,
-                        inserts: std::mem::take(&mut self.keys),
+                        inserts: logged.keys,
                         evict_below: seal.and_then(|s| s.watermark),
                     },
                 });
@@ -233,9 +253,8 @@ pub(crate) struct EpochScan {
     decoder: RecordDecoder,
     tail: TailScan,
     found: AfterCheckpointLog,
-    delta: PackedKeys,
-    /// Where the first state delta frame of `c+1` is, once read.
-    delta_at: Option<WalPosition>,
+    /// The state delta of `c+1` so far.
+    delta: DeltaFrames,
     /// False once a state delta frame of `c+1` could not be read.
     delta_readable: bool,
     error: Option<RecoveryError>,
@@ -250,8 +269,7 @@ impl EpochScan {
             decoder: RecordDecoder::default(),
             tail: TailScan::new(epoch),
             found: AfterCheckpointLog::default(),
-            delta: PackedKeys::default(),
-            delta_at: None,
+            delta: DeltaFrames::default(),
             delta_readable: true,
             error: None,
         }
@@ -281,13 +299,7 @@ impl EpochScan {
                 if frame.kind == FrameKind::Marker && self.delta_readable {
                     // A state delta marker is part of the changelog, not of the replay; a
                     // batch clock is neither here (nothing appended).
-                    match decode_state_delta(frame.payload, &mut self.delta) {
-                        Ok(true) => {
-                            self.delta_at.get_or_insert(at);
-                        }
-                        Ok(false) => {}
-                        Err(_) => self.delta_readable = false,
-                    }
+                    self.delta_readable = self.delta.add(at, frame.payload).is_ok();
                 }
                 self.found
                     .records
@@ -297,12 +309,9 @@ impl EpochScan {
             TailStep::Seal => {
                 let seal =
                     SealInfo::decode(frame.payload).map_err(|e| unexpected(e.to_string()))?;
-                let keys = std::mem::take(&mut self.delta);
-                if self.delta_readable && seal.state_keys == Some(keys.len() as u64) {
-                    self.found.logged_delta = Some(LoggedDelta {
-                        keys,
-                        starts_at: self.delta_at.take().unwrap_or(at),
-                    });
+                let delta = self.delta.take(at);
+                if self.delta_readable && seal.state_keys == Some(delta.keys.len() as u64) {
+                    self.found.logged_delta = Some(delta);
                 }
                 self.found.seal = Some(seal);
             }
@@ -440,7 +449,14 @@ mod tests {
             changelog
                 .deltas
                 .into_iter()
-                .map(|d| (d.epoch, d.after_seal, d.delta.inserts, d.delta.evict_below))
+                .map(|d| {
+                    (
+                        d.delta.epoch,
+                        d.after_seal,
+                        d.delta.inserts,
+                        d.delta.evict_below,
+                    )
+                })
                 .collect(),
             changelog.complete,
             after
@@ -625,7 +641,7 @@ mod tests {
         let got: Vec<_> = log
             .deltas
             .into_iter()
-            .map(|d| (d.epoch, d.delta.inserts))
+            .map(|d| (d.delta.epoch, d.delta.inserts))
             .collect();
         assert_eq!(got, vec![(2, delta(2, 3)), (3, delta(3, 3))]);
     }
