@@ -3,7 +3,8 @@
 //! can show what a full disk or a failing device does to a running pipeline.
 //!
 //! `TIDEMARK_FAULT_FS=<op>:<error>:<path text>@<n>[:sticky]`, several separated by `,`:
-//! - `<op>`: `write`, `sync`, `create`, `rename`, `remove`, `syncdir`, `setlen`;
+//! - `<op>`: `write`, `sync`, `create`, `rename`, `remove`, `syncdir`, `setlen`, `read` (a
+//!   read of a file the pipeline opened for reading: the WAL at a restart, say);
 //! - `<error>`: `eio`, `enospc` or `etimedout` (the last is transient: the commit is retried);
 //! - `<path text>`: only paths containing it count (`wal`, `.parquet`, `_delta_log`, or empty);
 //! - `@<n>`: the n-th matching call fails (1 = the first);
@@ -227,6 +228,7 @@ pub fn parse(spec: &str) -> Result<Vec<tidemark_fs::Fault>, String> {
                 "remove" => Op::Remove,
                 "syncdir" => Op::SyncDir,
                 "setlen" => Op::SetLen,
+                "read" => Op::Read,
                 _ => return Err(bad("names no known operation")),
             };
             let kind = match parts.next().unwrap_or("") {
@@ -261,8 +263,13 @@ mod tests {
 
     #[test]
     fn specs_parse_or_name_what_is_wrong() {
-        let f = super::parse("write:enospc:wal@3:sticky,sync:eio:_delta_log@1").unwrap();
-        assert_eq!(f.len(), 2);
+        let f = super::parse("write:enospc:wal@3:sticky,sync:eio:_delta_log@1,read:eio:/wal/@2")
+            .unwrap();
+        assert_eq!(f.len(), 3);
+        assert_eq!(
+            (f[2].op, f[2].kind, f[2].nth, f[2].path_contains.as_str()),
+            (Op::Read, FaultKind::Eio, 2, "/wal/")
+        );
         assert_eq!(
             (f[0].op, f[0].kind, f[0].nth, f[0].sticky),
             (Op::Write, FaultKind::DiskFull, 3, true)

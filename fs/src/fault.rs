@@ -25,6 +25,9 @@ pub enum Op {
     SyncDir,
     /// [`WritableFile::set_len`].
     SetLen,
+    /// A `read` of a file opened by [`FileSystem::open_read`]: a bad sector, a device that
+    /// fails while a restart reads its logs (the open itself succeeds).
+    Read,
 }
 
 /// The error a fault returns.
@@ -222,6 +225,27 @@ impl WritableFile for FaultFile {
     }
 }
 
+/// A file opened for reading through a [`FaultFs`]: its reads fail where [`Op::Read`] faults
+/// say (seeks never fail).
+struct FaultReader {
+    inner: Box<dyn ReadableFile>,
+    path: PathBuf,
+    fs: FaultFs,
+}
+
+impl io::Read for FaultReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.fs.check(Op::Read, &self.path)?;
+        self.inner.read(buf)
+    }
+}
+
+impl io::Seek for FaultReader {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        self.inner.seek(pos)
+    }
+}
+
 impl FileSystem for FaultFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         self.inner.create_dir_all(dir)
@@ -258,7 +282,12 @@ impl FileSystem for FaultFs {
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadableFile>> {
-        self.inner.open_read(path)
+        let inner = self.inner.open_read(path)?;
+        Ok(Box::new(FaultReader {
+            inner,
+            path: path.to_path_buf(),
+            fs: self.clone(),
+        }))
     }
 
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {

@@ -91,6 +91,41 @@ fn injected_faults_fail_the_chosen_call_only() {
 }
 
 #[test]
+fn an_injected_read_fault_fails_that_read_of_that_file_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("wal-a"), dir.path().join("other"));
+    std::fs::write(&a, b"0123456789").unwrap();
+    std::fs::write(&b, b"abc").unwrap();
+    let fs = FaultFs::new(Arc::new(StdFs));
+    fs.arm(Fault {
+        nth: 2,
+        path_contains: "wal".into(),
+        ..Fault::once(Op::Read, FaultKind::Eio)
+    });
+    let mut f = fs.open_read(&a).unwrap();
+    let mut other = fs.open_read(&b).unwrap();
+    let mut buf = [0u8; 4];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"0123");
+    let mut all = Vec::new();
+    other.read_to_end(&mut all).unwrap();
+    assert_eq!(all, b"abc", "another path's reads do not count");
+    let e = f.read_exact(&mut buf).unwrap_err();
+    let eio = io::Error::from_raw_os_error(libc::EIO);
+    assert_eq!(e.kind(), eio.kind(), "{e}");
+    assert!(
+        e.to_string().contains(&eio.to_string())
+            && e.to_string().contains("Read of")
+            && e.to_string().contains("wal-a"),
+        "the error says EIO on a read and names the file: {e}"
+    );
+    // Once: the next read goes on from where the file is (a failed read moves nothing).
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"4567");
+    assert_eq!(fs.injected(), 1);
+}
+
+#[test]
 fn a_failed_durable_write_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let fs = FaultFs::new(Arc::new(StdFs));
