@@ -816,7 +816,7 @@ fn open_wal_and_scan(
         Some(log) => {
             warn!(
                 epochs_read = log.deltas.len(),
-                "the checkpoint's changelog index does not match the WAL: the log is scanned from the state's position instead"
+                "the checkpoint's changelog index could not be followed (the warning before says why): the log is scanned from the state's position instead"
             );
             None
         }

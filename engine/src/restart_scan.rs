@@ -195,7 +195,7 @@ pub(crate) fn read_indexed_changelog(
                 epoch = start.epoch,
                 segment = start.segment,
                 offset = start.offset,
-                "the changelog index does not lead to the epoch's state delta: {why}"
+                "the changelog index could not be followed to the epoch's state delta (a frame not that delta's, or a failed read): {why}"
             );
             break;
         }
@@ -644,6 +644,65 @@ mod tests {
             .map(|d| (d.delta.epoch, d.delta.inserts))
             .collect();
         assert_eq!(got, vec![(2, delta(2, 3)), (3, delta(3, 3))]);
+    }
+
+    /// A read that fails with EIO while the index is followed (a bad sector, a device that
+    /// fails for a moment) gives an incomplete changelog, never a shorter complete one, so the
+    /// restart scans the log instead; that scan, the device well again, reads every delta.
+    /// Every read of the index read is failed in turn, so a delta or seal frame half read, or a
+    /// later epoch's, is covered too.
+    #[test]
+    fn a_read_error_while_the_index_is_followed_gives_an_incomplete_changelog() {
+        use tidemark_fs::{Fault, FaultFs, FaultKind, Op};
+        let root = tempfile::tempdir().unwrap();
+        let record = indexed_log(root.path());
+        let want = read_indexed_changelog(&tidemark_fs::std_fs(), root.path(), &record).unwrap();
+        assert!(want.complete);
+        let want: Vec<_> = want
+            .deltas
+            .into_iter()
+            .map(|d| (d.delta.epoch, d.delta.inserts))
+            .collect();
+        let mut failed_reads = 0;
+        for nth in 1.. {
+            let fs = FaultFs::new(tidemark_fs::std_fs());
+            fs.arm(Fault {
+                nth,
+                ..Fault::once(Op::Read, FaultKind::Eio)
+            });
+            let shared: super::SharedFs = std::sync::Arc::new(fs.clone());
+            let log = read_indexed_changelog(&shared, root.path(), &record).unwrap();
+            if fs.injected() == 0 {
+                // Fewer reads than `nth`: every read has been failed once.
+                assert!(log.complete);
+                break;
+            }
+            failed_reads += 1;
+            assert!(
+                !log.complete,
+                "read {nth} failed, yet the changelog is complete"
+            );
+            // The scan the restart falls back to, through the same (now well) device.
+            let mut scan = ChangelogScan::new(&record);
+            for item in
+                super::WalReader::with_fs(shared.clone(), root.path(), state_position(&record))
+            {
+                let (at, frame) = item.unwrap();
+                scan.feed(at, frame.as_ref());
+            }
+            let scanned = scan.finish();
+            assert!(scanned.complete);
+            let got: Vec<_> = scanned
+                .deltas
+                .into_iter()
+                .map(|d| (d.delta.epoch, d.delta.inserts))
+                .collect();
+            assert_eq!(got, want, "after a failed read {nth}");
+        }
+        assert!(
+            failed_reads >= 2,
+            "both epochs' deltas were read: {failed_reads} reads"
+        );
     }
 
     /// An index that does not list exactly the epochs the state lacks is not used (the log is

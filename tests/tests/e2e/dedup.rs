@@ -628,6 +628,78 @@ async fn state_changelog_crashes_keep_dedup_exact() {
     eprintln!("state crash points:\n  {}", report.join("\n  "));
 }
 
+/// Issue 22, a device that fails while a restart reads the WAL (EIO: a fault no SIGKILL
+/// makes). Killed while the state lags its checkpoint, so the restart reads deltas back:
+/// - every WAL read failing: the start fails, naming the segment file and the error, and
+///   changes nothing (no segment set aside as damaged, no checkpoint written);
+/// - the first read failing (the changelog index's): the start scans the log from the state's
+///   position instead, reads the same deltas, and dedup stays exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wal_read_error_at_restart_fails_the_start_or_falls_back_to_the_scan() {
+    let Some(brokers) = broker() else { return };
+    const N: u64 = 4_000;
+    let (fixture, json) = killed_at(&brokers, "wal-read-eio", N, "after_state_write@2").await;
+    let (c, m) = (
+        json["checkpoint"]["epoch"].as_u64().unwrap(),
+        json["wal"]["state_epoch"].as_u64().unwrap(),
+    );
+    assert!(
+        m < c,
+        "the state must lag its checkpoint here ({m} vs {c}): {json}"
+    );
+    let wal = fixture.state_dir().join("wal");
+    let listing = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing(&wal);
+
+    let out = fixture.run_to_end(&[(tidemark_engine::io_faults::ENV, "read:eio:/wal/@1:sticky")]);
+    let err = stderr_of(&out);
+    assert!(
+        !out.status.success(),
+        "a start that cannot read its WAL must fail: {err}"
+    );
+    assert!(
+        err.contains("injected fault on Read of") && err.contains("/wal/"),
+        "the error names the WAL file and the failed read: {err}"
+    );
+    assert_eq!(
+        listing(&wal),
+        before,
+        "a failed read changed the WAL: {err}"
+    );
+    let after: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+    for field in ["epoch", "counts", "positions", "table_version"] {
+        assert_eq!(
+            after["checkpoint"][field], json["checkpoint"][field],
+            "{field}: {after}"
+        );
+    }
+    assert_eq!(after["next_case"], json["next_case"], "{after}");
+
+    let out = fixture.run_to_end(&[(tidemark_engine::io_faults::ENV, "read:eio:/wal/@1")]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let s = summary(&out);
+    assert_eq!(s["recovery"]["case"], json["next_case"], "{s}");
+    assert_eq!(
+        s["recovery"]["changelog_indexed"], false,
+        "the index read failed: the changelog must come from the scan: {s}"
+    );
+    // The deltas the store lacks (`status` forecasts them from the store's own note).
+    let ingested = json["wal"]["state_ingested"].as_u64().unwrap_or(m);
+    let read_back = s["recovery"]["changelog_epochs"].as_u64().unwrap();
+    assert!(
+        read_back > 0 && read_back == c - ingested,
+        "the scan reads every delta the store lacks ({c} - {ingested}): {s}"
+    );
+    assert_dedup_exact(&fixture, N, &s["totals"], "a WAL read error at restart");
+}
+
 /// Issue 22, a restart's redo through the changelog path: epoch 3 is sealed and the run is
 /// killed before its commit; the restart redoes it from the WAL and checkpoints it with the
 /// record alone (its delta is the changelog the WAL logged before `SEAL(3)`, left to the state
