@@ -238,6 +238,7 @@ fn bench_records(c: &mut Criterion) {
                     std::time::Instant::now(),
                 ),
                 partitions: None,
+                deciding: std::time::Duration::ZERO,
             },
             |mut rt| {
                 let mut open = OpenEpoch::new(1, Default::default());

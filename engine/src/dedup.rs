@@ -368,6 +368,11 @@ impl DedupState {
         self.watermark
     }
 
+    /// Time the state's key table has spent growing ([`KeyTable::growth_time`]).
+    pub fn growth_time(&self) -> Duration {
+        self.keys.growth_time()
+    }
+
     /// Keys in state (in memory: while loading, the keys not loaded yet are not counted).
     pub fn len(&self) -> usize {
         self.keys.len()

@@ -528,6 +528,10 @@ pub struct DedupRuntime {
     /// A worker of a shared pipeline: its partitions' floors and its keys' origins
     /// ([`crate::partition_dedup`]); `None` for one process.
     pub partitions: Option<crate::partition_dedup::PartitionDedup>,
+    /// Time spent giving rows their verdicts (their keys encoded, the state's lookups and
+    /// inserts, its growth), on the thread that reads and logs: what dedup costs the run's
+    /// critical path (the run summary's `dedup_verdict_share`).
+    pub deciding: Duration,
 }
 
 /// An epoch that is still collecting records (or was just sealed and not yet committed).
@@ -1022,6 +1026,7 @@ impl OpenEpoch {
         rt: &mut DedupRuntime,
         now: Instant,
     ) -> Result<(), ProcessError> {
+        let started = Instant::now();
         let (keys, times) = p.keys_and_event_times(&batch, row_records)?;
         // While the state still loads after a restart: one batched lookup for the batch.
         if rt.state.is_loading() {
@@ -1039,6 +1044,7 @@ impl OpenEpoch {
             }
             keep.push(self.dedup_verdict(p, spec, rt, record, keys.get(i), time, now)?);
         }
+        rt.deciding += started.elapsed();
         if keep.iter().all(|k| *k) {
             // Nothing dropped (the common batch): no copy.
             if batch.num_rows() > 0 {
@@ -1510,6 +1516,7 @@ allowed_lateness_ms = 10
                 Instant::now(),
             ),
             partitions: None,
+            deciding: Duration::ZERO,
         };
         let mut open = OpenEpoch::new(1, Positions::new());
         let input = [
@@ -1591,6 +1598,7 @@ allowed_lateness_ms = 10
                 Instant::now(),
             ),
             partitions: None,
+            deciding: Duration::ZERO,
         }
     }
 
@@ -1690,9 +1698,14 @@ allowed_lateness_ms = 10
         open.add_ahead(one(1), Some(1_000_000), &p, Some(&mut rt))
             .unwrap();
         rt.state.set_batch_clock(Some(1_000_000));
+        assert_eq!(rt.deciding, Duration::ZERO, "no verdict yet");
         open.add(&one(2), &p, Some(&mut rt)).unwrap();
         assert!(!open.decoding());
         assert_eq!((open.rows(), open.duplicates), (1, 1));
+        assert!(
+            rt.deciding > Duration::ZERO,
+            "the verdicts' time is counted"
+        );
         let kept: Vec<i64> = open
             .batches
             .iter()

@@ -183,6 +183,14 @@ pub struct RunSummary {
     pub commit_ms_p99: Option<f64>,
     /// Share of wall time spent writing checkpoints (RocksDB), 0..1.
     pub checkpoint_time_share: f64,
+    /// With dedup: share of wall time the reading thread spent giving rows their dedup
+    /// verdicts (keys encoded, the state's lookups and inserts, its growth), 0..1. Why: that
+    /// thread reads and logs every record, so this time is what dedup takes from throughput
+    /// before the other threads' share (the state writer, the WAL's changelog) is counted.
+    pub dedup_verdict_share: Option<f64>,
+    /// With dedup: milliseconds of that time the state's key table spent growing (a state
+    /// that grows from empty pays it; `tidemark bench --compare-dedup` prints both).
+    pub dedup_table_growth_ms: Option<f64>,
     /// Totals over the pipeline's life, as in the newest checkpoint.
     pub totals: Counts,
     /// Bytes this run appended to the WAL.
@@ -921,6 +929,9 @@ impl RunStats {
         if let Some(d) = committer.dedup() {
             summary.dedup_keys = Some(d.state.len() as u64);
             summary.watermark = d.state.watermark();
+            summary.dedup_verdict_share =
+                Some(d.deciding.as_secs_f64() / summary.elapsed_secs.max(1e-9));
+            summary.dedup_table_growth_ms = Some(d.state.growth_time().as_secs_f64() * 1e3);
         }
         summary.wal_bytes = committer.wal_bytes();
         summary.commit_conflicts = committer.sink().lost_races();

@@ -140,6 +140,11 @@ pub struct BenchRow {
     pub wal_bytes: u64,
     /// Share of wall time spent writing checkpoints.
     pub checkpoint_share: f64,
+    /// With dedup: share of wall time the reading thread spent on dedup verdicts (the run
+    /// summary's `dedup_verdict_share`).
+    pub dedup_verdict_share: Option<f64>,
+    /// With dedup: ms of that the state's key table spent growing.
+    pub dedup_table_growth_ms: Option<f64>,
     /// Peak RSS of the pipeline process, MiB.
     pub peak_rss_mib: f64,
     /// Records/s of every throughput run of this interval (the row shows the median run).
@@ -593,6 +598,8 @@ fn median_row(
         delta_versions: summary["epochs_committed"].as_u64().unwrap_or(0),
         wal_bytes: summary["wal_bytes"].as_u64().unwrap_or(0),
         checkpoint_share: summary["checkpoint_time_share"].as_f64().unwrap_or(0.0),
+        dedup_verdict_share: summary["dedup_verdict_share"].as_f64(),
+        dedup_table_growth_ms: summary["dedup_table_growth_ms"].as_f64(),
         peak_rss_mib: summary["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0,
         all_records_per_sec: all_rates,
         recovery_first_commit_ms: None,
@@ -897,7 +904,7 @@ fn write_results(
             .map(|r| format!("{:.0}%", r * 100.0))
             .collect();
         println!(
-            "  {:>12}: dedup on at {:.0}% of dedup off (median of the per-round ratios; rounds: {}); medians {:.0} vs {:.0} records/s; checkpoint share {:.2}% vs {:.2}%",
+            "  {:>12}: dedup on at {:.0}% of dedup off (median of the per-round ratios; rounds: {}); medians {:.0} vs {:.0} records/s; checkpoint share {:.2}% vs {:.2}%{}",
             on.interval,
             crate::stats::median_f64(&per_round) * 100.0,
             shown.join(", "),
@@ -905,6 +912,7 @@ fn write_results(
             off.records_per_sec,
             on.checkpoint_share * 100.0,
             off.checkpoint_share * 100.0,
+            verdict_cost(on),
         );
     }
     // --baseline-exe: this build against the baseline, variant by variant, round by round.
@@ -984,6 +992,23 @@ fn write_results(
         }
     );
     Ok(())
+}
+
+/// What the dedup verdicts took of `row`'s median run, as the `--compare-dedup` line ends:
+/// `; verdicts X% of the wall time on the reading thread (the key table's growth Y ms)`, or
+/// nothing when the run did not report it (an older build as `--baseline-exe`).
+fn verdict_cost(row: &BenchRow) -> String {
+    match (row.dedup_verdict_share, row.dedup_table_growth_ms) {
+        (Some(share), Some(growth)) => format!(
+            "; verdicts {:.1}% of the wall time on the reading thread (the key table's growth {growth:.0} ms)",
+            share * 100.0
+        ),
+        (Some(share), None) => format!(
+            "; verdicts {:.1}% of the wall time on the reading thread",
+            share * 100.0
+        ),
+        _ => String::new(),
+    }
 }
 
 /// Round by round, `a`'s rate over `b`'s (the two ran back to back on the same stream).

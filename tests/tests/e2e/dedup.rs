@@ -407,6 +407,13 @@ async fn dedup_state_stays_within_the_lateness_window() {
         "keys in state: {keys} of {total}: {s}"
     );
     assert_eq!(s["totals"]["written"], total);
+    // What dedup cost the reading thread is reported: a share of the run's wall time, and of
+    // it the key table's growth (the state grew from empty).
+    let share = s["dedup_verdict_share"].as_f64().unwrap();
+    let growth_ms = s["dedup_table_growth_ms"].as_f64().unwrap();
+    let wall_ms = s["elapsed_secs"].as_f64().unwrap() * 1e3;
+    assert!(share > 0.0 && share < 1.0, "{s}");
+    assert!(growth_ms > 0.0 && growth_ms <= share * wall_ms, "{s}");
     eprintln!("bounded state: {keys} keys in state after {total} records (window: 500)");
 }
 

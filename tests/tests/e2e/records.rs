@@ -116,6 +116,11 @@ async fn oversized_records_are_dead_lettered_exactly_once_across_sigkills() {
     let s = summary(&out);
     assert_eq!(s["totals"]["read"], n, "{s}");
     assert_eq!(s["totals"]["dead_lettered"], oversized.len() as u64, "{s}");
+    // Without dedup there is no verdict time to report.
+    assert!(
+        s["dedup_verdict_share"].is_null() && s["dedup_table_growth_ms"].is_null(),
+        "{s}"
+    );
 }
 
 const TS_COLUMNS: &str = r#"columns = [
