@@ -238,7 +238,7 @@ fn bench_records(c: &mut Criterion) {
                     std::time::Instant::now(),
                 ),
                 partitions: None,
-                deciding: std::time::Duration::ZERO,
+                cost: Default::default(),
             },
             |mut rt| {
                 let mut open = OpenEpoch::new(1, Default::default());

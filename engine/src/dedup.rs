@@ -259,12 +259,17 @@ impl DedupState {
         }
         let memory = std::mem::take(&mut self.keys);
         if memory.len() <= loaded.keys.len() {
+            // The growth this thread paid: memory's so far and this merge's, not the loading
+            // thread's.
+            let (paid, loader_paid) = (memory.growth_time(), loaded.keys.growth_time());
             loaded.keys.reserve(memory.len());
             let oldest = &mut loaded.oldest;
             insert_warmed(&mut loaded.keys, memory.iter(), |table, k, t| {
                 *oldest = (*oldest).min(t);
                 table.insert(k, t);
             });
+            let merge = loaded.keys.growth_time().saturating_sub(loader_paid);
+            loaded.keys.set_growth_time(paid + merge);
             self.keys = loaded.keys;
         } else {
             // Fewer inserts the other way round (memory keeps its entries where both hold a
@@ -368,7 +373,9 @@ impl DedupState {
         self.watermark
     }
 
-    /// Time the state's key table has spent growing ([`KeyTable::growth_time`]).
+    /// Time the state's key table has spent growing on the thread that owns the state
+    /// ([`KeyTable::growth_time`]; a part loaded in the background brings none of its loading
+    /// thread's).
     pub fn growth_time(&self) -> Duration {
         self.keys.growth_time()
     }
@@ -659,6 +666,42 @@ mod tests {
                 w,
             )))
         }
+    }
+
+    /// The state's growth time is what the thread owning it paid: when the part loaded in
+    /// the background is taken in, the growth its loading thread paid is not counted (the run
+    /// summary reports this time as the reading thread's).
+    #[test]
+    fn a_loaded_part_brings_none_of_its_loaders_growth_time() {
+        let store: std::collections::BTreeMap<Vec<u8>, i64> = (0..5_000u32)
+            .map(|i| (format!("k{i}").into_bytes(), 100))
+            .collect();
+        // As the model's load gives them: filtered, so of unknown count (the table grows).
+        let loaded_alone = DedupState::from_entries(
+            store.iter().filter(|_| true).map(|(k, t)| (k.clone(), *t)),
+            None,
+        );
+        assert!(
+            loaded_alone.growth_time() > Duration::ZERO,
+            "the loading thread's table grows from empty"
+        );
+        let cold = ModelCold {
+            store,
+            watermark: None,
+            polls: 0,
+            loaded_after: 1,
+        };
+        let mut s = DedupState::loading(Box::new(cold), None);
+        for i in 0..10u32 {
+            assert_eq!(
+                s.check(format!("new{i}").as_bytes(), 200).unwrap(),
+                Verdict::Accept
+            );
+        }
+        s.finish_loading().unwrap();
+        assert_eq!(s.len(), 5_010);
+        // Neither memory's 10 keys nor the merge (room for 5,010 in the loaded table) grew.
+        assert_eq!(s.growth_time(), Duration::ZERO);
     }
 
     #[test]

@@ -528,10 +528,23 @@ pub struct DedupRuntime {
     /// A worker of a shared pipeline: its partitions' floors and its keys' origins
     /// ([`crate::partition_dedup`]); `None` for one process.
     pub partitions: Option<crate::partition_dedup::PartitionDedup>,
-    /// Time spent giving rows their verdicts (their keys encoded, the state's lookups and
-    /// inserts, its growth), on the thread that reads and logs: what dedup costs the run's
-    /// critical path (the run summary's `dedup_verdict_share`).
-    pub deciding: Duration,
+    /// What giving rows their verdicts has cost the thread that reads and logs (the run
+    /// summary's `dedup_verdict_share` and `dedup_table_growth_ms`).
+    pub cost: VerdictCost,
+}
+
+/// Time spent in [`OpenEpoch`]'s dedup stage, live and replayed: the rows' keys encoded and
+/// event times read, the state's lookups (a batched one while it still loads after a
+/// restart, and taking in the loaded part when it is ready) and inserts with its growth, the
+/// refusals' dead letters. Why: that thread reads, logs and decides every record in WAL
+/// order, so this is what dedup takes from throughput before the other threads' work (the
+/// state writer) is counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerdictCost {
+    /// The whole stage.
+    pub time: Duration,
+    /// Of it, the state's key table growing ([`DedupState::growth_time`]).
+    pub table_growth: Duration,
 }
 
 /// An epoch that is still collecting records (or was just sealed and not yet committed).
@@ -1027,6 +1040,7 @@ impl OpenEpoch {
         now: Instant,
     ) -> Result<(), ProcessError> {
         let started = Instant::now();
+        let grown_before = rt.state.growth_time();
         let (keys, times) = p.keys_and_event_times(&batch, row_records)?;
         // While the state still loads after a restart: one batched lookup for the batch.
         if rt.state.is_loading() {
@@ -1044,7 +1058,8 @@ impl OpenEpoch {
             }
             keep.push(self.dedup_verdict(p, spec, rt, record, keys.get(i), time, now)?);
         }
-        rt.deciding += started.elapsed();
+        rt.cost.time += started.elapsed();
+        rt.cost.table_growth += rt.state.growth_time().saturating_sub(grown_before);
         if keep.iter().all(|k| *k) {
             // Nothing dropped (the common batch): no copy.
             if batch.num_rows() > 0 {
@@ -1516,7 +1531,7 @@ allowed_lateness_ms = 10
                 Instant::now(),
             ),
             partitions: None,
-            deciding: Duration::ZERO,
+            cost: VerdictCost::default(),
         };
         let mut open = OpenEpoch::new(1, Positions::new());
         let input = [
@@ -1598,7 +1613,7 @@ allowed_lateness_ms = 10
                 Instant::now(),
             ),
             partitions: None,
-            deciding: Duration::ZERO,
+            cost: VerdictCost::default(),
         }
     }
 
@@ -1698,12 +1713,12 @@ allowed_lateness_ms = 10
         open.add_ahead(one(1), Some(1_000_000), &p, Some(&mut rt))
             .unwrap();
         rt.state.set_batch_clock(Some(1_000_000));
-        assert_eq!(rt.deciding, Duration::ZERO, "no verdict yet");
+        assert_eq!(rt.cost, VerdictCost::default(), "no verdict yet");
         open.add(&one(2), &p, Some(&mut rt)).unwrap();
         assert!(!open.decoding());
         assert_eq!((open.rows(), open.duplicates), (1, 1));
         assert!(
-            rt.deciding > Duration::ZERO,
+            rt.cost.time > Duration::ZERO,
             "the verdicts' time is counted"
         );
         let kept: Vec<i64> = open

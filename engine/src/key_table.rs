@@ -84,8 +84,7 @@ pub struct KeyTable {
     long: Vec<Box<[u8]>>,
     /// Indices of `long` no slot holds any more.
     free_long: Vec<usize>,
-    /// Time spent growing (moving every entry, faulting in the new memory): on the reading
-    /// thread, so part of what dedup costs a run ([`KeyTable::growth_time`]).
+    /// Time spent growing ([`KeyTable::growth_time`]).
     growth: std::time::Duration,
 }
 
@@ -175,11 +174,17 @@ impl KeyTable {
         ((u128::from(hash) * self.homes as u128) >> 64) as usize
     }
 
-    /// Time this table has spent growing: how much of dedup's cost its growth is (a run
-    /// whose state grows from empty pays it on the reading thread; one restarted with its
-    /// state loaded mostly does not).
+    /// Time this table has spent growing to more homes (every entry moved, the new memory
+    /// faulted in), on whichever thread inserted: how much of a state's cost its growth is.
+    /// (Lengthening the overflow area for colliding hashes is not counted: it moves nothing.)
     pub fn growth_time(&self) -> std::time::Duration {
         self.growth
+    }
+
+    /// Makes [`KeyTable::growth_time`] say `growth`: a table built on another thread and
+    /// taken over keeps the count of the thread that owns it now (`DedupState::poll_loaded`).
+    pub(crate) fn set_growth_time(&mut self, growth: std::time::Duration) {
+        self.growth = growth;
     }
 
     /// Keys in the table.

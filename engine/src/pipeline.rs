@@ -184,9 +184,10 @@ pub struct RunSummary {
     /// Share of wall time spent writing checkpoints (RocksDB), 0..1.
     pub checkpoint_time_share: f64,
     /// With dedup: share of wall time the reading thread spent giving rows their dedup
-    /// verdicts (keys encoded, the state's lookups and inserts, its growth), 0..1. Why: that
-    /// thread reads and logs every record, so this time is what dedup takes from throughput
-    /// before the other threads' share (the state writer, the WAL's changelog) is counted.
+    /// verdicts, live and replayed ([`crate::epoch::VerdictCost`]), 0..1. Why: that thread
+    /// reads and logs every record, so this time is what dedup takes from throughput before
+    /// the other threads' share (the state writer) is counted. `None` without dedup, or when
+    /// the run stopped before it was ready to read.
     pub dedup_verdict_share: Option<f64>,
     /// With dedup: milliseconds of that time the state's key table spent growing (a state
     /// that grows from empty pays it; `tidemark bench --compare-dedup` prints both).
@@ -930,8 +931,8 @@ impl RunStats {
             summary.dedup_keys = Some(d.state.len() as u64);
             summary.watermark = d.state.watermark();
             summary.dedup_verdict_share =
-                Some(d.deciding.as_secs_f64() / summary.elapsed_secs.max(1e-9));
-            summary.dedup_table_growth_ms = Some(d.state.growth_time().as_secs_f64() * 1e3);
+                Some(d.cost.time.as_secs_f64() / summary.elapsed_secs.max(1e-9));
+            summary.dedup_table_growth_ms = Some(d.cost.table_growth.as_secs_f64() * 1e3);
         }
         summary.wal_bytes = committer.wal_bytes();
         summary.commit_conflicts = committer.sink().lost_races();

@@ -1553,7 +1553,7 @@ fn dedup_runtime(spec: &DedupSpec, state: DedupState, positions: &Positions) -> 
             std::time::Instant::now(),
         ),
         partitions: None,
-        deciding: std::time::Duration::ZERO,
+        cost: crate::epoch::VerdictCost::default(),
     }
 }
 

@@ -998,17 +998,17 @@ fn write_results(
 /// `; verdicts X% of the wall time on the reading thread (the key table's growth Y ms)`, or
 /// nothing when the run did not report it (an older build as `--baseline-exe`).
 fn verdict_cost(row: &BenchRow) -> String {
-    match (row.dedup_verdict_share, row.dedup_table_growth_ms) {
-        (Some(share), Some(growth)) => format!(
-            "; verdicts {:.1}% of the wall time on the reading thread (the key table's growth {growth:.0} ms)",
-            share * 100.0
-        ),
-        (Some(share), None) => format!(
-            "; verdicts {:.1}% of the wall time on the reading thread",
-            share * 100.0
-        ),
-        _ => String::new(),
-    }
+    let Some(share) = row.dedup_verdict_share else {
+        return String::new();
+    };
+    let growth = row
+        .dedup_table_growth_ms
+        .map(|ms| format!(" (the key table's growth {ms:.0} ms)"))
+        .unwrap_or_default();
+    format!(
+        "; verdicts {:.1}% of the wall time on the reading thread{growth}",
+        share * 100.0
+    )
 }
 
 /// Round by round, `a`'s rate over `b`'s (the two ran back to back on the same stream).
