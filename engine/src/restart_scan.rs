@@ -649,21 +649,24 @@ mod tests {
     /// A read that fails with EIO while the index is followed (a bad sector, a device that
     /// fails for a moment) gives an incomplete changelog, never a shorter complete one, so the
     /// restart scans the log instead; that scan, the device well again, reads every delta.
-    /// Every read of the index read is failed in turn, so a delta or seal frame half read, or a
-    /// later epoch's, is covered too.
+    /// Each read the index read makes is failed in turn (one per run), so a failure while the
+    /// first epoch's delta is read and one after it was read whole are both covered.
     #[test]
     fn a_read_error_while_the_index_is_followed_gives_an_incomplete_changelog() {
         use tidemark_fs::{Fault, FaultFs, FaultKind, Op};
+        let deltas = |log: Changelog| -> Vec<(u64, PackedKeys)> {
+            log.deltas
+                .into_iter()
+                .map(|d| (d.delta.epoch, d.delta.inserts))
+                .collect()
+        };
         let root = tempfile::tempdir().unwrap();
         let record = indexed_log(root.path());
         let want = read_indexed_changelog(&tidemark_fs::std_fs(), root.path(), &record).unwrap();
         assert!(want.complete);
-        let want: Vec<_> = want
-            .deltas
-            .into_iter()
-            .map(|d| (d.delta.epoch, d.delta.inserts))
-            .collect();
-        let mut failed_reads = 0;
+        let want = deltas(want);
+        // How many epochs' deltas were read whole before each failed read.
+        let mut whole_before_failure = Vec::new();
         for nth in 1.. {
             let fs = FaultFs::new(tidemark_fs::std_fs());
             fs.arm(Fault {
@@ -677,11 +680,11 @@ mod tests {
                 assert!(log.complete);
                 break;
             }
-            failed_reads += 1;
             assert!(
                 !log.complete,
                 "read {nth} failed, yet the changelog is complete"
             );
+            whole_before_failure.push(log.deltas.len());
             // The scan the restart falls back to, through the same (now well) device.
             let mut scan = ChangelogScan::new(&record);
             for item in
@@ -692,16 +695,11 @@ mod tests {
             }
             let scanned = scan.finish();
             assert!(scanned.complete);
-            let got: Vec<_> = scanned
-                .deltas
-                .into_iter()
-                .map(|d| (d.delta.epoch, d.delta.inserts))
-                .collect();
-            assert_eq!(got, want, "after a failed read {nth}");
+            assert_eq!(deltas(scanned), want, "after a failed read {nth}");
         }
         assert!(
-            failed_reads >= 2,
-            "both epochs' deltas were read: {failed_reads} reads"
+            whole_before_failure.contains(&0) && whole_before_failure.contains(&1),
+            "reads failed while epoch 2's delta and then epoch 3's were read: {whole_before_failure:?}"
         );
     }
 

@@ -26,7 +26,8 @@ pub enum Op {
     /// [`WritableFile::set_len`].
     SetLen,
     /// A `read` of a file opened by [`FileSystem::open_read`]: a bad sector, a device that
-    /// fails while a restart reads its logs (the open itself succeeds).
+    /// fails while a restart reads its logs (the open itself succeeds). `nth` counts calls to
+    /// `read`, which a reader's buffering decides (not frames or bytes).
     Read,
 }
 
