@@ -486,6 +486,27 @@ fn run_until_killed(
     (out, json)
 }
 
+/// [`killed_at`] the `nth` state write (before its sync), asserting the kill left the store's
+/// state behind the checkpoint, so the restart reads deltas back from the WAL. Returns the
+/// fixture, its `tidemark status --json` and (checkpoint epoch, state epoch).
+async fn killed_with_the_state_lagging(
+    brokers: &str,
+    name: &str,
+    n: u64,
+    nth: u64,
+) -> (super::Fixture, serde_json::Value, (u64, u64)) {
+    let (fixture, json) = killed_at(brokers, name, n, &format!("after_state_write@{nth}")).await;
+    let (c, m) = (
+        json["checkpoint"]["epoch"].as_u64().unwrap(),
+        json["wal"]["state_epoch"].as_u64().unwrap(),
+    );
+    assert!(
+        m < c,
+        "the state must lag its checkpoint here ({m} vs {c}): {json}"
+    );
+    (fixture, json, (c, m))
+}
+
 /// Restarts `fixture` after a kill whose `tidemark status --json` was `status`: the run must
 /// succeed in the case status foresaw, never `state_changelog_lost` (the WAL still holds the
 /// changelog), with dedup exact over the `n` records. Returns the run's summary and its case.
@@ -615,15 +636,7 @@ async fn state_changelog_crashes_keep_dedup_exact() {
     }
 
     // The changelog lost: kill between a state write and its sync, then delete the WAL.
-    let (fixture, json) = killed_at(&brokers, "changelog-lost", N, "after_state_write@4").await;
-    let (c, m) = (
-        json["checkpoint"]["epoch"].as_u64().unwrap(),
-        json["wal"]["state_epoch"].as_u64().unwrap(),
-    );
-    assert!(
-        m < c,
-        "the state must lag its checkpoint here ({m} vs {c}): {json}"
-    );
+    let (fixture, _, _) = killed_with_the_state_lagging(&brokers, "changelog-lost", N, 4).await;
     std::fs::remove_dir_all(fixture.state_dir().join("wal")).unwrap();
     let json: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
     assert_eq!(json["next_case"], "state_changelog_lost", "{json}");
@@ -645,15 +658,8 @@ async fn state_changelog_crashes_keep_dedup_exact() {
 async fn a_wal_read_error_at_restart_fails_the_start_or_falls_back_to_the_scan() {
     let Some(brokers) = broker() else { return };
     const N: u64 = 4_000;
-    let (fixture, json) = killed_at(&brokers, "wal-read-eio", N, "after_state_write@2").await;
-    let (c, m) = (
-        json["checkpoint"]["epoch"].as_u64().unwrap(),
-        json["wal"]["state_epoch"].as_u64().unwrap(),
-    );
-    assert!(
-        m < c,
-        "the state must lag its checkpoint here ({m} vs {c}): {json}"
-    );
+    let (fixture, json, (c, m)) =
+        killed_with_the_state_lagging(&brokers, "wal-read-eio", N, 2).await;
     let wal = fixture.state_dir().join("wal");
     // Every file of the WAL, name and bytes: a cut or a rewrite keeps the names.
     let listing = |dir: &std::path::Path| {
