@@ -170,6 +170,54 @@ async fn assert_exactly_once(
     assert_eq!(txn, epochs.last().map(|e| *e as i64));
 }
 
+/// Starts `fixture` with its WAL's reads failing as `fault` (a `TIDEMARK_FAULT_FS` read spec)
+/// says, after a kill whose `tidemark status --json` was `status`: the start must fail, name
+/// the WAL file and the failed read, and change nothing: every WAL file keeps its name and
+/// bytes (a cut or a rewrite keeps the names), and `status` shows the same checkpoint and
+/// next case. A failing device is not damage to repair.
+fn a_start_that_cannot_read_its_wal_fails_and_changes_nothing(
+    fixture: &Fixture,
+    status: &serde_json::Value,
+    fault: &str,
+) {
+    let wal = fixture.state_dir().join("wal");
+    let files = || {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&wal)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, std::fs::read(e.path()).unwrap_or_default())
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = files();
+    let out = fixture.run_to_end(&[(tidemark_engine::io_faults::ENV, fault)]);
+    let err = tidemark_tests::stderr_of(&out);
+    assert!(
+        !out.status.success(),
+        "{fault}: a start that cannot read its WAL must fail: {err}"
+    );
+    assert!(
+        err.contains("injected fault on Read of") && err.contains("/wal/"),
+        "{fault}: the error names the WAL file and the failed read: {err}"
+    );
+    assert!(
+        files() == before,
+        "{fault}: a failed read changed the WAL: {err}"
+    );
+    let after: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+    for field in ["epoch", "counts", "positions", "table_version"] {
+        assert_eq!(
+            after["checkpoint"][field], status["checkpoint"][field],
+            "{fault}: {field}: {after}"
+        );
+    }
+    assert_eq!(after["next_case"], status["next_case"], "{fault}: {after}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_record_fails_naming_topic_partition_offset() {
     let Some(brokers) = broker() else { return };

@@ -651,7 +651,8 @@ async fn state_changelog_crashes_keep_dedup_exact() {
 /// Issue 22, a device that fails while a restart reads the WAL (EIO: a fault no SIGKILL
 /// makes). Killed while the state lags its checkpoint, so the restart reads deltas back:
 /// - every WAL read failing: the start fails, naming the segment file and the error, and
-///   changes nothing (no segment set aside as damaged, no checkpoint written);
+///   changes nothing (no segment set aside as damaged, no checkpoint written); with dedup
+///   off: `records::a_wal_read_error_at_restart_without_dedup_fails_the_start_and_loses_nothing`;
 /// - the first read failing (the changelog index's): the start scans the log from the state's
 ///   position instead, reads the same deltas, and dedup stays exact.
 #[tokio::test(flavor = "multi_thread")]
@@ -660,44 +661,11 @@ async fn a_wal_read_error_at_restart_fails_the_start_or_falls_back_to_the_scan()
     const N: u64 = 4_000;
     let (fixture, json, (c, m)) =
         killed_with_the_state_lagging(&brokers, "wal-read-eio", N, 2).await;
-    let wal = fixture.state_dir().join("wal");
-    // Every file of the WAL, name and bytes: a cut or a rewrite keeps the names.
-    let listing = |dir: &std::path::Path| {
-        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                let name = e.file_name().to_string_lossy().into_owned();
-                (name, std::fs::read(e.path()).unwrap_or_default())
-            })
-            .collect();
-        files.sort();
-        files
-    };
-    let before = listing(&wal);
-
-    let out = fixture.run_to_end(&[(tidemark_engine::io_faults::ENV, "read:eio:/wal/@1:sticky")]);
-    let err = stderr_of(&out);
-    assert!(
-        !out.status.success(),
-        "a start that cannot read its WAL must fail: {err}"
+    super::a_start_that_cannot_read_its_wal_fails_and_changes_nothing(
+        &fixture,
+        &json,
+        "read:eio:/wal/@1:sticky",
     );
-    assert!(
-        err.contains("injected fault on Read of") && err.contains("/wal/"),
-        "the error names the WAL file and the failed read: {err}"
-    );
-    assert!(
-        listing(&wal) == before,
-        "a failed read changed the WAL: {err}"
-    );
-    let after: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
-    for field in ["epoch", "counts", "positions", "table_version"] {
-        assert_eq!(
-            after["checkpoint"][field], json["checkpoint"][field],
-            "{field}: {after}"
-        );
-    }
-    assert_eq!(after["next_case"], json["next_case"], "{after}");
 
     let out = fixture.run_to_end(&[(tidemark_engine::io_faults::ENV, "read:eio:/wal/@1")]);
     assert!(out.status.success(), "{}", stderr_of(&out));

@@ -257,3 +257,33 @@ async fn a_redo_after_a_config_change_is_refused_naming_the_setting() {
     assert_eq!(letters.keys().cloned().collect::<BTreeSet<_>>(), oversized);
     assert_exactly_once(&fixture, &ends, n - oversized.len() as u64).await;
 }
+
+/// A device that fails while a restart reads the WAL, with dedup off (with dedup on:
+/// `dedup::a_wal_read_error_at_restart_fails_the_start_or_falls_back_to_the_scan`): killed
+/// after a seal, so the restart must read the sealed epoch back. Every read failing, and the
+/// first read failing once (a transient error), each fail the start with nothing changed;
+/// the next start redoes the epoch and writes every record exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wal_read_error_at_restart_without_dedup_fails_the_start_and_loses_nothing() {
+    let Some(brokers) = broker() else { return };
+    let n = 2_000u64;
+    let (_, fixture, ends) = topic_of_values_and_fixture(
+        &brokers,
+        "wal-read-eio-plain",
+        2,
+        n,
+        tidemark_tests::order_json,
+        "[checkpoint]\ninterval_ms = 200\nmax_records = 300\n",
+    )
+    .await;
+    run_crashing_at(&fixture, "after_seal@3");
+    let status: serde_json::Value = serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+    assert_eq!(status["next_case"], "redo_epoch", "{status}");
+    for fault in ["read:eio:/wal/@1:sticky", "read:eio:/wal/@1"] {
+        super::a_start_that_cannot_read_its_wal_fails_and_changes_nothing(&fixture, &status, fault);
+    }
+    let out = fixture.run_to_end(&[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(summary(&out)["recovery"]["case"], "redo_epoch");
+    assert_exactly_once(&fixture, &ends, n).await;
+}
