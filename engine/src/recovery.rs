@@ -792,14 +792,16 @@ fn open_wal_and_scan(
 ) -> Result<(Wal, WalRecovery, Option<Scanned>), RecoveryError> {
     let dir = wal_dir(state);
     let enabled = config.checkpoint.enabled;
+    // A dedup state to restore from a checkpoint's changelog.
+    let reads_changelog = enabled && dedup;
     // With the checkpoint's changelog index, the deltas are read where they are (before the
     // open, so damage the open moves aside after them does not take them), and the open scans
     // only from the checkpoint's own position: the records of the epochs in between are
     // committed and never read again. Without one (or when a frame it names does not check
-    // out) the open scans from the state's position and reads the changelog on the way.
+    // out or cannot be read) the open scans from the state's position and reads the changelog on the way.
     let started = Instant::now();
     let indexed = match latest
-        .filter(|_| enabled && dedup)
+        .filter(|_| reads_changelog)
         .and_then(|c| read_indexed_changelog(fs, &dir, c))
     {
         Some(mut log) if log.complete => {
@@ -841,7 +843,7 @@ fn open_wal_and_scan(
         )
     });
     let mut changelog = latest
-        .filter(|_| enabled && dedup && indexed.is_none())
+        .filter(|_| reads_changelog && indexed.is_none())
         .map(ChangelogScan::new);
     let from = open_from.unwrap_or_default();
     let bytes: u64 = tidemark_checkpoint::wal::segment_files_in(&**fs, &dir)
