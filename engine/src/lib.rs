@@ -28,6 +28,7 @@
 pub mod cluster_check;
 pub mod committer;
 pub mod config;
+pub mod cpu_time;
 pub mod dead_letter_overlap;
 pub mod dedup;
 pub mod dedup_key;

@@ -192,6 +192,14 @@ pub struct RunSummary {
     /// With dedup: milliseconds of that time the state's key table spent growing (a state
     /// that grows from empty pays it; `tidemark bench --compare-dedup` prints both).
     pub dedup_table_growth_ms: Option<f64>,
+    /// CPU seconds (user + system) the process used up to the end of the run, every thread
+    /// included (the Kafka client's, the decoding and encoding threads', ended ones too).
+    /// Why: with `elapsed_secs`, how many cores the run kept busy; per record, what bounds
+    /// throughput on given cores ([`crate::cpu_time`]).
+    pub cpu_secs: Option<f64>,
+    /// CPU seconds of the thread the run was driven on: the one that reads, logs and gives
+    /// every record its verdict in WAL order. Near `elapsed_secs`, that thread was the bound.
+    pub reading_thread_cpu_secs: Option<f64>,
     /// Totals over the pipeline's life, as in the newest checkpoint.
     pub totals: Counts,
     /// Bytes this run appended to the WAL.
@@ -938,6 +946,8 @@ impl RunStats {
         summary.commit_conflicts = committer.sink().lost_races();
         summary.dead_letters_already_held = committer.dead_letters_already_held();
         summary.peak_rss_bytes = peak_rss_bytes();
+        summary.cpu_secs = crate::cpu_time::process().map(|t| t.as_secs_f64());
+        summary.reading_thread_cpu_secs = crate::cpu_time::this_thread().map(|t| t.as_secs_f64());
         summary.totals = committer.totals();
         // The summary's per-run fields are its JSON contract; they come from one `Counts`.
         summary.records_read = self.run.read;

@@ -414,6 +414,10 @@ async fn dedup_state_stays_within_the_lateness_window() {
     let wall_ms = s["elapsed_secs"].as_f64().unwrap() * 1e3;
     assert!(share > 0.0 && share < 1.0, "{s}");
     assert!(growth_ms > 0.0 && growth_ms <= share * wall_ms, "{s}");
+    // The CPU the run used, all threads and the reading thread (which did the verdicts).
+    let cpu = s["cpu_secs"].as_f64().unwrap();
+    let reading = s["reading_thread_cpu_secs"].as_f64().unwrap();
+    assert!(reading > 0.0 && reading <= cpu, "{s}");
     eprintln!("bounded state: {keys} keys in state after {total} records (window: 500)");
 }
 

@@ -121,6 +121,11 @@ async fn oversized_records_are_dead_lettered_exactly_once_across_sigkills() {
         s["dedup_verdict_share"].is_null() && s["dedup_table_growth_ms"].is_null(),
         "{s}"
     );
+    // The CPU the run used is reported all the same: the process's, and the reading thread's
+    // within it.
+    let cpu = s["cpu_secs"].as_f64().unwrap();
+    let reading = s["reading_thread_cpu_secs"].as_f64().unwrap();
+    assert!(reading > 0.0 && reading <= cpu, "{s}");
 }
 
 const TS_COLUMNS: &str = r#"columns = [
