@@ -114,7 +114,7 @@ pub struct BenchOptions {
 }
 
 /// One interval's measurements.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BenchRow {
     /// The interval as given (`none` for no checkpoint).
     pub interval: String,
@@ -147,6 +147,11 @@ pub struct BenchRow {
     pub dedup_table_growth_ms: Option<f64>,
     /// Peak RSS of the pipeline process, MiB.
     pub peak_rss_mib: f64,
+    /// CPU seconds the pipeline process used, every thread (the run summary's `cpu_secs`;
+    /// `None` from a build that does not report it).
+    pub cpu_secs: Option<f64>,
+    /// Of them, the reading thread's (the summary's `reading_thread_cpu_secs`).
+    pub reading_thread_cpu_secs: Option<f64>,
     /// Records/s of every throughput run of this interval (the row shows the median run).
     pub all_records_per_sec: Vec<f64>,
     /// After a SIGKILL mid-epoch: ms from restart to the first commit (of the median
@@ -601,6 +606,8 @@ fn median_row(
         dedup_verdict_share: summary["dedup_verdict_share"].as_f64(),
         dedup_table_growth_ms: summary["dedup_table_growth_ms"].as_f64(),
         peak_rss_mib: summary["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0,
+        cpu_secs: summary["cpu_secs"].as_f64(),
+        reading_thread_cpu_secs: summary["reading_thread_cpu_secs"].as_f64(),
         all_records_per_sec: all_rates,
         recovery_first_commit_ms: None,
         recovery_first_commit_ms_all: Vec::new(),
@@ -850,6 +857,8 @@ fn write_results(
     let dir = &setup.dir;
     let table = render_table(rows);
     println!("{table}");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    print!("{}", render_cpu(rows, cores));
     std::fs::write(dir.join("bench.csv"), render_csv(rows))?;
     std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(rows)?)?;
     std::fs::write(
@@ -904,7 +913,7 @@ fn write_results(
             .map(|r| format!("{:.0}%", r * 100.0))
             .collect();
         println!(
-            "  {:>12}: dedup on at {:.0}% of dedup off (median of the per-round ratios; rounds: {}); medians {:.0} vs {:.0} records/s; checkpoint share {:.2}% vs {:.2}%{}",
+            "  {:>12}: dedup on at {:.0}% of dedup off (median of the per-round ratios; rounds: {}); medians {:.0} vs {:.0} records/s; checkpoint share {:.2}% vs {:.2}%{}{}",
             on.interval,
             crate::stats::median_f64(&per_round) * 100.0,
             shown.join(", "),
@@ -913,6 +922,7 @@ fn write_results(
             on.checkpoint_share * 100.0,
             off.checkpoint_share * 100.0,
             verdict_cost(on),
+            dedup_cpu(on, off),
         );
     }
     // --baseline-exe: this build against the baseline, variant by variant, round by round.
@@ -1008,6 +1018,21 @@ fn verdict_cost(row: &BenchRow) -> String {
     format!(
         "; verdicts {:.1}% of the wall time on the reading thread{growth}",
         share * 100.0
+    )
+}
+
+/// What dedup added to the CPU a record costs, as the `--compare-dedup` line ends: `; CPU per
+/// record X vs Y µs: a run bound by CPU alone would give dedup on Z% of off` (the ratio of the
+/// two costs: what no scheduling across threads can beat), or nothing when either row did not
+/// report CPU time.
+fn dedup_cpu(on: &BenchRow, off: &BenchRow) -> String {
+    let (Some(on_cost), Some(off_cost)) = (on.cpu_micros_per_record(), off.cpu_micros_per_record())
+    else {
+        return String::new();
+    };
+    format!(
+        "; CPU per record {on_cost:.2} vs {off_cost:.2} µs: bound by CPU alone, dedup on would be at {:.0}% of off",
+        100.0 * off_cost / on_cost.max(1e-9)
     )
 }
 
@@ -1301,6 +1326,62 @@ pub(crate) fn produce(brokers: &str, topic: &str, o: &StreamShape) -> anyhow::Re
     Ok((sent, bytes))
 }
 
+impl BenchRow {
+    /// Cores the pipeline process kept busy on average: its CPU time over its wall time.
+    fn cores_busy(&self) -> Option<f64> {
+        self.cpu_secs.map(|cpu| cpu / self.wall_secs.max(1e-9))
+    }
+
+    /// CPU microseconds the pipeline process spent per record, all threads together.
+    fn cpu_micros_per_record(&self) -> Option<f64> {
+        self.cpu_secs
+            .map(|cpu| cpu * 1e6 / self.records.max(1) as f64)
+    }
+
+    /// Share of the wall time the reading thread was on a core.
+    fn reading_thread_busy(&self) -> Option<f64> {
+        self.reading_thread_cpu_secs
+            .map(|cpu| cpu / self.wall_secs.max(1e-9))
+    }
+}
+
+/// The CPU section printed after the table: per row, the CPU a record cost, the cores kept
+/// busy, how busy the reading thread was, and the records/s the machine's cores would allow at
+/// that cost were nothing else in the way. Why: on few cores throughput is bounded by the
+/// CPU per record as much as by any stage; this says which bound a row is near. Empty when no
+/// row reported CPU time.
+fn render_cpu(rows: &[BenchRow], cores: usize) -> String {
+    let mut s = String::new();
+    if rows.iter().all(|r| r.cpu_secs.is_none()) {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "  CPU of the pipeline process (every thread; the bench's own process, which produces the stream and serves it on the in-process cluster, is not counted), {cores} cores here:"
+    );
+    for r in rows {
+        let (Some(per_record), Some(busy)) = (r.cpu_micros_per_record(), r.cores_busy()) else {
+            continue;
+        };
+        let reading = r
+            .reading_thread_busy()
+            .map(|b| {
+                format!(
+                    ", reading thread on a core {:.0}% of the wall time",
+                    b * 100.0
+                )
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  {:>12}: {per_record:.2} µs per record, {busy:.2} cores busy{reading}; at this cost {cores} cores allow at most {:.0} records/s",
+            r.interval,
+            cores as f64 * 1e6 / per_record.max(1e-9),
+        );
+    }
+    s
+}
+
 fn render_table(rows: &[BenchRow]) -> String {
     let mut s = String::new();
     let _ = writeln!(
@@ -1343,12 +1424,13 @@ fn render_table(rows: &[BenchRow]) -> String {
 }
 
 fn render_csv(rows: &[BenchRow]) -> String {
-    let mut s = String::from("interval,interval_ms,records,wall_secs,records_per_sec,mb_per_sec,commit_ms_p50,commit_ms_p99,parquet_files,delta_versions,wal_bytes,checkpoint_share,peak_rss_mib,recovery_first_commit_ms,recovery_replayed,recovery_ms\n");
+    let mut s = String::from("interval,interval_ms,records,wall_secs,records_per_sec,mb_per_sec,commit_ms_p50,commit_ms_p99,parquet_files,delta_versions,wal_bytes,checkpoint_share,peak_rss_mib,recovery_first_commit_ms,recovery_replayed,recovery_ms,cpu_secs,reading_thread_cpu_secs\n");
     for r in rows {
         let o = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
+        let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
         let _ = writeln!(
             s,
-            "{},{},{},{:.3},{:.1},{:.2},{:.2},{:.2},{},{},{},{:.4},{:.1},{},{},{}",
+            "{},{},{},{:.3},{:.1},{:.2},{:.2},{:.2},{},{},{},{:.4},{:.1},{},{},{},{},{}",
             r.interval,
             r.interval_ms,
             r.records,
@@ -1364,7 +1446,9 @@ fn render_csv(rows: &[BenchRow]) -> String {
             r.peak_rss_mib,
             o(r.recovery_first_commit_ms),
             o(r.recovery_replayed),
-            o(r.recovery_ms)
+            o(r.recovery_ms),
+            f(r.cpu_secs),
+            f(r.reading_thread_cpu_secs),
         );
     }
     s
@@ -1518,6 +1602,49 @@ mod tests {
         assert_eq!(parse_interval(" none ").unwrap(), None);
         assert!(parse_interval("5m").is_err());
         assert!(parse_interval("0ms").is_err());
+    }
+
+    fn cpu_row(interval: &str, wall: f64, cpu: Option<f64>, reading: Option<f64>) -> BenchRow {
+        BenchRow {
+            interval: interval.into(),
+            records: 2_000_000,
+            wall_secs: wall,
+            cpu_secs: cpu,
+            reading_thread_cpu_secs: reading,
+            ..Default::default()
+        }
+    }
+
+    /// The CPU section's figures come from the summary's CPU seconds: per record, cores busy,
+    /// the reading thread's share of the wall time and the ceiling the cores allow.
+    #[test]
+    fn the_cpu_section_says_what_a_record_costs_and_what_the_cores_allow() {
+        let off = cpu_row("1s", 4.0, Some(5.0), Some(2.0));
+        let on = cpu_row("1s+dedup", 5.0, Some(8.2), Some(4.5));
+        let text = render_cpu(&[off.clone(), on.clone()], 2);
+        assert!(text.contains("2 cores here"), "{text}");
+        assert!(
+            text.contains("1s: 2.50 µs per record, 1.25 cores busy, reading thread on a core 50% of the wall time; at this cost 2 cores allow at most 800000 records/s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("1s+dedup: 4.10 µs per record, 1.64 cores busy, reading thread on a core 90% of the wall time; at this cost 2 cores allow at most 487805 records/s"),
+            "{text}"
+        );
+        assert_eq!(
+            dedup_cpu(&on, &off),
+            "; CPU per record 4.10 vs 2.50 µs: bound by CPU alone, dedup on would be at 61% of off"
+        );
+        // A build that does not report CPU time (an older --baseline-exe): nothing said.
+        let old = cpu_row("1s@base", 4.0, None, None);
+        assert_eq!(render_cpu(std::slice::from_ref(&old), 2), "");
+        assert_eq!(dedup_cpu(&on, &old), "");
+        // Without the reading thread's figure, the rest is still said.
+        let text = render_cpu(&[cpu_row("1s", 4.0, Some(5.0), None)], 4);
+        assert!(
+            text.contains("1s: 2.50 µs per record, 1.25 cores busy; at this cost 4 cores allow at most 1600000 records/s"),
+            "{text}"
+        );
     }
 
     /// `--table-uri`: each variant runs on the local disk, then right after it on the object
