@@ -14,6 +14,7 @@
 //! This crate imports nothing from the other Tidemark crates but the file-system seam
 //! (`tidemark-fs`): the engine builds on it, never the other way round.
 
+pub mod cpu_time;
 pub mod fault;
 pub mod store;
 pub mod wal;

@@ -28,7 +28,8 @@
 pub mod cluster_check;
 pub mod committer;
 pub mod config;
-pub mod cpu_time;
+/// CPU time used by the process and by a thread (the run summary's CPU figures).
+pub use tidemark_checkpoint::cpu_time;
 pub mod dead_letter_overlap;
 pub mod dedup;
 pub mod dedup_key;

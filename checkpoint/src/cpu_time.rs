@@ -2,9 +2,10 @@
 //!
 //! Why: on a machine with few cores a pipeline's throughput is bounded by the CPU each record
 //! costs, summed over every thread, as much as by any one stage's speed. The run summary
-//! reports both figures, so `tidemark bench` can say how many cores a run kept busy, what a
-//! record cost, and whether the thread that reads, logs and decides every record in WAL order
-//! (the one stage that cannot be split across threads) was the bound.
+//! reports them, so `tidemark bench` can say how many cores a run kept busy, what a record
+//! cost, whether the thread that reads, logs and decides every record in WAL order (the one
+//! stage that cannot be split across threads) was the bound, and what the dedup state writer's
+//! thread took. It lives here, the lowest crate with a thread to measure (the state writer).
 
 use std::time::Duration;
 
