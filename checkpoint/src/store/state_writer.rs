@@ -78,6 +78,8 @@ pub struct StateWriter {
     failed: Arc<Mutex<Option<StoreError>>>,
     thread: Option<JoinHandle<()>>,
     path: std::path::PathBuf,
+    /// CPU microseconds the thread has used, as of its last write ([`StateWriter::cpu_time`]).
+    cpu_micros: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for StateWriter {
@@ -96,11 +98,16 @@ impl StateWriter {
         let failed = Arc::new(Mutex::new(None));
         let path = store.path().to_path_buf();
         let held = Arc::new(AtomicBool::new(false));
+        let cpu_micros = Arc::new(AtomicU64::new(0));
         let thread = {
             let (durable, failed, held) = (durable.clone(), failed.clone(), held.clone());
+            let cpu = cpu_micros.clone();
             std::thread::Builder::new()
                 .name("tidemark-state".into())
-                .spawn(move || run(store, rx, durable, durable_epoch, failed, held))
+                .spawn(move || {
+                    run(store, rx, durable, durable_epoch, failed, held, &cpu);
+                    note_cpu(&cpu);
+                })
                 .ok()
         };
         Self {
@@ -110,7 +117,15 @@ impl StateWriter {
             failed,
             thread,
             path,
+            cpu_micros,
         }
+    }
+
+    /// CPU time the writer's thread has used (sorting the deltas, writing and ingesting their
+    /// files), as of its last write: what dedup costs off the reading thread, for the run
+    /// summary. Zero where the system does not say.
+    pub fn cpu_time(&self) -> Duration {
+        Duration::from_micros(self.cpu_micros.load(Ordering::Relaxed))
     }
 
     /// The newest epoch whose delta is durable in the store.
@@ -220,6 +235,16 @@ impl Drop for StateWriter {
     }
 }
 
+/// Publishes the calling thread's CPU time into `cpu` ([`StateWriter::cpu_time`]).
+fn note_cpu(cpu: &AtomicU64) {
+    if let Some(t) = crate::cpu_time::this_thread() {
+        cpu.store(
+            u64::try_from(t.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
 fn run(
     store: CheckpointStore,
     rx: Receiver<Job>,
@@ -227,6 +252,7 @@ fn run(
     mut synced: u64,
     failed: Arc<Mutex<Option<StoreError>>>,
     held: Arc<AtomicBool>,
+    cpu: &AtomicU64,
 ) {
     let mut gathered = Gathered::default();
     let mut last_sync = Instant::now();
@@ -276,6 +302,7 @@ fn run(
             if asked || due || gathered.keys >= MAX_GATHERED_KEYS {
                 gathered.write(&store, &mut synced, &durable)?;
                 last_sync = Instant::now();
+                note_cpu(cpu);
             }
             if let Some(reply) = waiting.take() {
                 let _ = reply.send(Ok(()));

@@ -574,6 +574,30 @@ fn a_held_state_writer_applies_nothing_until_released_and_never_blocks_its_calle
     assert_eq!(held_keys(&store), 12);
 }
 
+/// The writer reports the CPU its thread used, as of its last write: nothing before it has
+/// written, something once a large delta is written (a sync waits for that).
+#[test]
+fn a_state_writer_reports_its_threads_cpu_time_as_of_its_last_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let writer = StateWriter::start(store.clone(), 0);
+    assert_eq!(writer.cpu_time(), std::time::Duration::ZERO);
+    let names: Vec<String> = (0..200_000u32).map(|i| format!("key-{i:08}")).collect();
+    let keys: Vec<(&str, i64)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i as i64))
+        .collect();
+    writer.queue(delta(1, &keys, None)).unwrap();
+    assert_eq!(writer.sync().unwrap(), 1);
+    let after_write = writer.cpu_time();
+    assert!(after_write > std::time::Duration::ZERO, "{after_write:?}");
+    // It only grows: a second write adds to it.
+    writer.queue(one_key_delta(2)).unwrap();
+    assert_eq!(writer.sync().unwrap(), 2);
+    assert!(writer.cpu_time() >= after_write);
+}
+
 /// A crash between staging and ingestion leaves files that were never part of the store: the
 /// next open deletes them, and no lookup or load sees their keys. An ingestion leaves nothing
 /// behind in the staging directory.
