@@ -253,6 +253,9 @@ pub struct Committer {
     encode_buf: Vec<u8>,
     /// Applies state deltas to the store off the critical path (started at the first delta).
     state_writer: Option<StateWriter>,
+    /// CPU time of state writers this committer stopped (a reset's): with the running one's,
+    /// [`Committer::state_writer_cpu`].
+    stopped_writers_cpu: std::time::Duration,
     /// The newest epoch whose state delta is durable in the store, as the newest checkpoint
     /// record names it, and the WAL position just after its seal (where the WAL's changelog of
     /// later epochs begins). Invariant: the WAL holds every segment from there on.
@@ -657,6 +660,7 @@ impl Committer {
             stop: Shutdown::new(),
             encode_buf: Vec::new(),
             state_writer: None,
+            stopped_writers_cpu: std::time::Duration::ZERO,
             state_epoch: 0,
             state_at: WalPosition::default(),
             unsynced_state: VecDeque::new(),
@@ -728,6 +732,28 @@ impl Committer {
         self.state_writer().hold()
     }
 
+    /// Writes what the state writer has gathered and waits for it, at the end of a run, so the
+    /// run's summary counts that write ([`Committer::state_writer_cpu`]) and the store holds the
+    /// run's whole state (dropping the writer would write it too, after the summary). A failure
+    /// loses nothing: the WAL keeps the deltas, and the next start reads them there.
+    pub fn finish_state_writes(&self) -> Result<(), CommitError> {
+        if let Some(w) = &self.state_writer {
+            w.sync()?;
+        }
+        Ok(())
+    }
+
+    /// CPU time the dedup state writers' threads used, as of their last writes (`None`: none
+    /// ran): what dedup costs off the reading thread, for the run summary.
+    pub fn state_writer_cpu(&self) -> Option<std::time::Duration> {
+        let running = self.state_writer.as_ref().map(StateWriter::cpu_time);
+        let stopped = Some(self.stopped_writers_cpu).filter(|t| !t.is_zero());
+        match (running, stopped) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or_default() + b.unwrap_or_default()),
+        }
+    }
+
     /// The state writer, started on first use with the store's state durable through
     /// `state_epoch`.
     fn state_writer(&mut self) -> &StateWriter {
@@ -768,7 +794,9 @@ impl Committer {
         table_version: Option<TableVersion>,
     ) -> Result<(), CommitError> {
         // Deltas still queued are applied (and synced) before the reset, never after it.
-        drop(self.state_writer.take());
+        if let Some(writer) = self.state_writer.take() {
+            self.stopped_writers_cpu += writer.cpu_time();
+        }
         self.unsynced_state.clear();
         self.store.reset()?;
         // The reset store holds no state: no record may claim one from before it (a start

@@ -192,6 +192,10 @@ pub struct RunSummary {
     /// With dedup: milliseconds of that time the state's key table spent growing (a state
     /// that grows from empty pays it; `tidemark bench --compare-dedup` prints both).
     pub dedup_table_growth_ms: Option<f64>,
+    /// With dedup and checkpoints: CPU seconds the state writer's thread used (sorting each
+    /// delta, writing and ingesting its files), as of its last write: dedup's work off the
+    /// reading thread. `None` when no state writer ran.
+    pub dedup_state_writer_cpu_secs: Option<f64>,
     /// CPU seconds (user + system) the process used up to the end of the run, every thread
     /// included (the Kafka client's, the decoding and encoding threads', ended ones too).
     /// Why: with `elapsed_secs`, how many cores the run kept busy; per record, what bounds
@@ -394,6 +398,9 @@ pub async fn run(
     )
     .await?;
     summary.positions = open.end.clone();
+    if let Err(e) = committer.finish_state_writes() {
+        warn!(error = %e, "the dedup state gathered at the end of the run could not be written to the checkpoint store; the WAL keeps it, and the next start reads it there");
+    }
     stats.finish(&mut summary, &committer);
     info!(
         stopped_because = summary.stopped_because,
@@ -942,6 +949,7 @@ impl RunStats {
                 Some(d.cost.time.as_secs_f64() / summary.elapsed_secs.max(1e-9));
             summary.dedup_table_growth_ms = Some(d.cost.table_growth.as_secs_f64() * 1e3);
         }
+        summary.dedup_state_writer_cpu_secs = committer.state_writer_cpu().map(|t| t.as_secs_f64());
         summary.wal_bytes = committer.wal_bytes();
         summary.commit_conflicts = committer.sink().lost_races();
         summary.dead_letters_already_held = committer.dead_letters_already_held();
