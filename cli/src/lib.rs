@@ -117,8 +117,10 @@ enum Command {
     ///
     /// Produces one synthetic stream (in-process mock cluster unless --brokers is given), runs
     /// the real pipeline over it once per interval into a fresh table, then once more per
-    /// interval with a SIGKILL mid-epoch and a restart. Prints a table and writes bench.csv,
-    /// bench.json and bench.svg (throughput and recovery time against interval) to --dir.
+    /// interval with a SIGKILL mid-epoch and a restart. Prints a table, then per row the CPU a
+    /// record cost, the cores kept busy and the records/s this machine's cores allow at that
+    /// cost, and writes bench.csv, bench.json and bench.svg (throughput and recovery time
+    /// against interval) to --dir.
     Bench(BenchOptions),
     // The help text is ReplicateArgs' doc comment (cli/src/replicate.rs).
     Replicate(replicate::ReplicateArgs),

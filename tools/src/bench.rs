@@ -145,6 +145,9 @@ pub struct BenchRow {
     pub dedup_verdict_share: Option<f64>,
     /// With dedup: ms of that the state's key table spent growing.
     pub dedup_table_growth_ms: Option<f64>,
+    /// With dedup: CPU seconds of the state writer's thread (the summary's
+    /// `dedup_state_writer_cpu_secs`).
+    pub dedup_state_writer_cpu_secs: Option<f64>,
     /// Peak RSS of the pipeline process, MiB.
     pub peak_rss_mib: f64,
     /// CPU seconds the pipeline process used, every thread (the run summary's `cpu_secs`;
@@ -605,6 +608,7 @@ fn median_row(
         checkpoint_share: summary["checkpoint_time_share"].as_f64().unwrap_or(0.0),
         dedup_verdict_share: summary["dedup_verdict_share"].as_f64(),
         dedup_table_growth_ms: summary["dedup_table_growth_ms"].as_f64(),
+        dedup_state_writer_cpu_secs: summary["dedup_state_writer_cpu_secs"].as_f64(),
         peak_rss_mib: summary["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0,
         cpu_secs: summary["cpu_secs"].as_f64(),
         reading_thread_cpu_secs: summary["reading_thread_cpu_secs"].as_f64(),
@@ -1030,8 +1034,19 @@ fn dedup_cpu(on: &BenchRow, off: &BenchRow) -> String {
     else {
         return String::new();
     };
+    let per_record = |secs: Option<f64>| secs.map(|s| s * 1e6 / on.records.max(1) as f64);
+    let verdicts = per_record(on.dedup_verdict_share.map(|share| share * on.wall_secs));
+    let writer = per_record(on.dedup_state_writer_cpu_secs);
+    let split = match (verdicts, writer) {
+        (Some(v), Some(w)) => format!(
+            " (of the {:.2} µs dedup adds: verdicts {v:.2} µs on the reading thread, the state writer {w:.2} µs, the rest {:.2} µs)",
+            on_cost - off_cost,
+            on_cost - off_cost - v - w
+        ),
+        _ => String::new(),
+    };
     format!(
-        "; CPU per record {on_cost:.2} vs {off_cost:.2} µs: bound by CPU alone, dedup on would be at {:.0}% of off",
+        "; CPU per record {on_cost:.2} vs {off_cost:.2} µs{split}: bound by CPU alone, dedup on would be at {:.0}% of off",
         100.0 * off_cost / on_cost.max(1e-9)
     )
 }
@@ -1634,6 +1649,17 @@ mod tests {
         assert_eq!(
             dedup_cpu(&on, &off),
             "; CPU per record 4.10 vs 2.50 µs: bound by CPU alone, dedup on would be at 61% of off"
+        );
+        // With the verdicts' share and the state writer's CPU, dedup's cost is split up:
+        // 1.60 µs in all, 0.4 s / 2M = 0.2 µs of verdicts, 0.6 s / 2M = 0.3 µs of writing.
+        let split = BenchRow {
+            dedup_verdict_share: Some(0.08),
+            dedup_state_writer_cpu_secs: Some(0.6),
+            ..on.clone()
+        };
+        assert_eq!(
+            dedup_cpu(&split, &off),
+            "; CPU per record 4.10 vs 2.50 µs (of the 1.60 µs dedup adds: verdicts 0.20 µs on the reading thread, the state writer 0.30 µs, the rest 1.10 µs): bound by CPU alone, dedup on would be at 61% of off"
         );
         // A build that does not report CPU time (an older --baseline-exe): nothing said.
         let old = cpu_row("1s@base", 4.0, None, None);
