@@ -43,7 +43,8 @@ fn usage(who: libc::c_int) -> Option<Duration> {
     Some(time(usage.ru_utime) + time(usage.ru_stime))
 }
 
-#[cfg(test)]
+// Thread CPU time is measured on Linux only (`this_thread`).
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 

@@ -253,9 +253,9 @@ pub struct Committer {
     encode_buf: Vec<u8>,
     /// Applies state deltas to the store off the critical path (started at the first delta).
     state_writer: Option<StateWriter>,
-    /// CPU time of state writers this committer stopped (a reset's): with the running one's,
-    /// [`Committer::state_writer_cpu`].
-    stopped_writers_cpu: std::time::Duration,
+    /// CPU time of state writers this committer stopped (a reset's; `None`: none stopped):
+    /// with the running one's, [`Committer::state_writer_cpu`].
+    stopped_writers_cpu: Option<std::time::Duration>,
     /// The newest epoch whose state delta is durable in the store, as the newest checkpoint
     /// record names it, and the WAL position just after its seal (where the WAL's changelog of
     /// later epochs begins). Invariant: the WAL holds every segment from there on.
@@ -660,7 +660,7 @@ impl Committer {
             stop: Shutdown::new(),
             encode_buf: Vec::new(),
             state_writer: None,
-            stopped_writers_cpu: std::time::Duration::ZERO,
+            stopped_writers_cpu: None,
             state_epoch: 0,
             state_at: WalPosition::default(),
             unsynced_state: VecDeque::new(),
@@ -744,11 +744,10 @@ impl Committer {
     }
 
     /// CPU time the dedup state writers' threads used, as of their last writes (`None`: none
-    /// ran): what dedup costs off the reading thread, for the run summary.
+    /// measured, e.g. none ran): what dedup costs off the reading thread, for the run summary.
     pub fn state_writer_cpu(&self) -> Option<std::time::Duration> {
-        let running = self.state_writer.as_ref().map(StateWriter::cpu_time);
-        let stopped = Some(self.stopped_writers_cpu).filter(|t| !t.is_zero());
-        match (running, stopped) {
+        let running = self.state_writer.as_ref().and_then(StateWriter::cpu_time);
+        match (running, self.stopped_writers_cpu) {
             (None, None) => None,
             (a, b) => Some(a.unwrap_or_default() + b.unwrap_or_default()),
         }
@@ -795,7 +794,9 @@ impl Committer {
     ) -> Result<(), CommitError> {
         // Deltas still queued are applied (and synced) before the reset, never after it.
         if let Some(writer) = self.state_writer.take() {
-            self.stopped_writers_cpu += writer.cpu_time();
+            if let Some(cpu) = writer.stop() {
+                *self.stopped_writers_cpu.get_or_insert_default() += cpu;
+            }
         }
         self.unsynced_state.clear();
         self.store.reset()?;

@@ -78,7 +78,8 @@ pub struct StateWriter {
     failed: Arc<Mutex<Option<StoreError>>>,
     thread: Option<JoinHandle<()>>,
     path: std::path::PathBuf,
-    /// CPU microseconds the thread has used, as of its last write ([`StateWriter::cpu_time`]).
+    /// CPU microseconds the thread has used, as of its last write ([`StateWriter::cpu_time`]);
+    /// [`CPU_UNKNOWN`] until a write has measured it.
     cpu_micros: Arc<AtomicU64>,
 }
 
@@ -98,7 +99,7 @@ impl StateWriter {
         let failed = Arc::new(Mutex::new(None));
         let path = store.path().to_path_buf();
         let held = Arc::new(AtomicBool::new(false));
-        let cpu_micros = Arc::new(AtomicU64::new(0));
+        let cpu_micros = Arc::new(AtomicU64::new(CPU_UNKNOWN));
         let thread = {
             let (durable, failed, held) = (durable.clone(), failed.clone(), held.clone());
             let cpu = cpu_micros.clone();
@@ -123,9 +124,29 @@ impl StateWriter {
 
     /// CPU time the writer's thread has used (sorting the deltas, writing and ingesting their
     /// files), as of its last write: what dedup costs off the reading thread, for the run
-    /// summary. Zero where the system does not say.
-    pub fn cpu_time(&self) -> Duration {
-        Duration::from_micros(self.cpu_micros.load(Ordering::Relaxed))
+    /// summary. `None` before a write measured it, or where the system does not say.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        match self.cpu_micros.load(Ordering::Relaxed) {
+            CPU_UNKNOWN => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
+
+    /// Ends the writer as dropping it does (what was queued is written and ingested first) and
+    /// returns its thread's CPU time, that last write included ([`StateWriter::cpu_time`]).
+    pub fn stop(mut self) -> Option<Duration> {
+        self.end();
+        self.cpu_time()
+    }
+
+    /// Closes the queue and waits for the thread, which ends once it has written (and
+    /// ingested) what was queued.
+    fn end(&mut self) {
+        self.held.store(false, Ordering::Release);
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 
     /// The newest epoch whose delta is durable in the store.
@@ -226,20 +247,18 @@ const HOLD_POLL: Duration = Duration::from_millis(2);
 
 impl Drop for StateWriter {
     fn drop(&mut self) {
-        // Closing the queue ends the thread once it has written (and ingested) what was queued.
-        self.held.store(false, Ordering::Release);
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.end();
     }
 }
+
+/// [`StateWriter::cpu_time`] before any write has measured it.
+const CPU_UNKNOWN: u64 = u64::MAX;
 
 /// Publishes the calling thread's CPU time into `cpu` ([`StateWriter::cpu_time`]).
 fn note_cpu(cpu: &AtomicU64) {
     if let Some(t) = crate::cpu_time::this_thread() {
         cpu.store(
-            u64::try_from(t.as_micros()).unwrap_or(u64::MAX),
+            u64::try_from(t.as_micros()).unwrap_or(CPU_UNKNOWN - 1),
             Ordering::Relaxed,
         );
     }
