@@ -541,10 +541,13 @@ pub struct DedupRuntime {
 /// state writer) is counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VerdictCost {
-    /// The whole stage.
+    /// The whole stage, wall-clock.
     pub time: Duration,
     /// Of it, the state's key table growing ([`DedupState::growth_time`]).
     pub table_growth: Duration,
+    /// The CPU time the thread spent in the stage ([`crate::cpu_time::this_thread`]): what
+    /// the stage cost, without the time the thread waited for a core while in it.
+    pub cpu: Duration,
 }
 
 /// An epoch that is still collecting records (or was just sealed and not yet committed).
@@ -1040,6 +1043,7 @@ impl OpenEpoch {
         now: Instant,
     ) -> Result<(), ProcessError> {
         let started = Instant::now();
+        let cpu_before = crate::cpu_time::this_thread();
         let grown_before = rt.state.growth_time();
         let (keys, times) = p.keys_and_event_times(&batch, row_records)?;
         // While the state still loads after a restart: one batched lookup for the batch.
@@ -1060,6 +1064,9 @@ impl OpenEpoch {
         }
         rt.cost.time += started.elapsed();
         rt.cost.table_growth += rt.state.growth_time().saturating_sub(grown_before);
+        if let (Some(before), Some(after)) = (cpu_before, crate::cpu_time::this_thread()) {
+            rt.cost.cpu += after.saturating_sub(before);
+        }
         if keep.iter().all(|k| *k) {
             // Nothing dropped (the common batch): no copy.
             if batch.num_rows() > 0 {

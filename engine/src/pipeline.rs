@@ -192,17 +192,22 @@ pub struct RunSummary {
     /// With dedup: milliseconds of that time the state's key table spent growing (a state
     /// that grows from empty pays it; `tidemark bench --compare-dedup` prints both).
     pub dedup_table_growth_ms: Option<f64>,
+    /// With dedup: CPU seconds the reading thread spent giving verdicts (the time in
+    /// `dedup_verdict_share` without the waits for a core while in it).
+    pub dedup_verdict_cpu_secs: Option<f64>,
     /// With dedup and checkpoints: CPU seconds the state writer's thread used (sorting each
-    /// delta, writing and ingesting its files), as of its last write: dedup's work off the
-    /// reading thread. `None` when no state writer ran.
+    /// delta, writing and ingesting its files), up to its write at the run's end: dedup's work
+    /// off the reading thread. `None` when no state writer ran.
     pub dedup_state_writer_cpu_secs: Option<f64>,
-    /// CPU seconds (user + system) the process used up to the end of the run, every thread
-    /// included (the Kafka client's, the decoding and encoding threads', ended ones too).
-    /// Why: with `elapsed_secs`, how many cores the run kept busy; per record, what bounds
-    /// throughput on given cores ([`crate::cpu_time`]).
+    /// CPU seconds (user + system) the process used from the run's start to its end, every
+    /// thread included (the Kafka client's, the decoding and encoding threads', ended ones
+    /// too). Why: with `elapsed_secs`, how many cores the run kept busy; per record, what
+    /// bounds throughput on given cores ([`crate::cpu_time`]).
     pub cpu_secs: Option<f64>,
-    /// CPU seconds of the thread the run was driven on: the one that reads, logs and gives
-    /// every record its verdict in WAL order. Near `elapsed_secs`, that thread was the bound.
+    /// CPU seconds the thread the run was driven on used over the run: the one that reads,
+    /// logs and gives every record its verdict in WAL order. Near `elapsed_secs`, that thread
+    /// was the bound. `None` when the run's future did not end on the thread it started on
+    /// (a run spawned on a multi-threaded runtime; `tidemark run` drives it with `block_on`).
     pub reading_thread_cpu_secs: Option<f64>,
     /// Totals over the pipeline's life, as in the newest checkpoint.
     pub totals: Counts,
@@ -235,6 +240,7 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<RunSummary, PipelineError> {
     let started = Instant::now();
+    let cpu_at_start = CpuAtStart::now();
     // First of all: the state directory is this process's alone, or nothing is touched.
     let state = config.paths.state_dir.clone();
     let lock = StateLock::acquire(&state, RunId::generate())?;
@@ -342,7 +348,7 @@ pub async fn run(
         generation_opened_ms,
         ..RunSummary::default()
     };
-    let mut stats = RunStats::new(started);
+    let mut stats = RunStats::new(started, cpu_at_start);
     if let Some(report) = committed_at_start {
         // A redone or resumed epoch committed during recovery: this run's first commit.
         metrics::checkpointed(&report, &after_checkpoint(&committer));
@@ -884,8 +890,43 @@ async fn run_epochs(
 }
 
 /// What a run measures as it goes, folded into the summary at the end.
+/// The CPU time the process and the calling thread had used when a run started: the run's
+/// figures are the differences at its end (a process may run a pipeline more than once, as a
+/// worker does).
+struct CpuAtStart {
+    process: Option<Duration>,
+    thread: Option<Duration>,
+    thread_id: std::thread::ThreadId,
+}
+
+impl CpuAtStart {
+    fn now() -> Self {
+        Self {
+            process: crate::cpu_time::process(),
+            thread: crate::cpu_time::this_thread(),
+            thread_id: std::thread::current().id(),
+        }
+    }
+
+    /// The process's CPU time since the start.
+    fn process_since(&self) -> Option<Duration> {
+        Some(crate::cpu_time::process()?.saturating_sub(self.process?))
+    }
+
+    /// The calling thread's CPU time since the start, if it is the thread that started:
+    /// `None` for a run whose future moved to another thread (spawned on a multi-threaded
+    /// runtime rather than driven by `block_on`), whose reading thread this cannot tell.
+    fn thread_since(&self) -> Option<Duration> {
+        if std::thread::current().id() != self.thread_id {
+            return None;
+        }
+        Some(crate::cpu_time::this_thread()?.saturating_sub(self.thread?))
+    }
+}
+
 struct RunStats {
     started: Instant,
+    cpu_at_start: CpuAtStart,
     /// What became of the records this run committed.
     run: Counts,
     latencies: Vec<u64>,
@@ -893,9 +934,10 @@ struct RunStats {
 }
 
 impl RunStats {
-    fn new(started: Instant) -> Self {
+    fn new(started: Instant, cpu_at_start: CpuAtStart) -> Self {
         Self {
             started,
+            cpu_at_start,
             run: Counts::default(),
             latencies: Vec::new(),
             checkpoint_micros: 0,
@@ -948,14 +990,15 @@ impl RunStats {
             summary.dedup_verdict_share =
                 Some(d.cost.time.as_secs_f64() / summary.elapsed_secs.max(1e-9));
             summary.dedup_table_growth_ms = Some(d.cost.table_growth.as_secs_f64() * 1e3);
+            summary.dedup_verdict_cpu_secs = Some(d.cost.cpu.as_secs_f64());
         }
         summary.dedup_state_writer_cpu_secs = committer.state_writer_cpu().map(|t| t.as_secs_f64());
         summary.wal_bytes = committer.wal_bytes();
         summary.commit_conflicts = committer.sink().lost_races();
         summary.dead_letters_already_held = committer.dead_letters_already_held();
         summary.peak_rss_bytes = peak_rss_bytes();
-        summary.cpu_secs = crate::cpu_time::process().map(|t| t.as_secs_f64());
-        summary.reading_thread_cpu_secs = crate::cpu_time::this_thread().map(|t| t.as_secs_f64());
+        summary.cpu_secs = self.cpu_at_start.process_since().map(|t| t.as_secs_f64());
+        summary.reading_thread_cpu_secs = self.cpu_at_start.thread_since().map(|t| t.as_secs_f64());
         summary.totals = committer.totals();
         // The summary's per-run fields are its JSON contract; they come from one `Counts`.
         summary.records_read = self.run.read;

@@ -418,6 +418,9 @@ async fn dedup_state_stays_within_the_lateness_window() {
     let cpu = s["cpu_secs"].as_f64().unwrap();
     let reading = s["reading_thread_cpu_secs"].as_f64().unwrap();
     assert!(reading > 0.0 && reading <= cpu, "{s}");
+    // Of it, the verdicts' CPU.
+    let verdicts = s["dedup_verdict_cpu_secs"].as_f64().unwrap();
+    assert!(verdicts > 0.0 && verdicts <= reading, "{s}");
     // And the state writer's thread, which wrote the epochs' deltas into the store.
     let writer = s["dedup_state_writer_cpu_secs"].as_f64().unwrap();
     assert!(writer > 0.0 && writer < cpu, "{s}");

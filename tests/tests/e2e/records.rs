@@ -126,7 +126,10 @@ async fn oversized_records_are_dead_lettered_exactly_once_across_sigkills() {
     let cpu = s["cpu_secs"].as_f64().unwrap();
     let reading = s["reading_thread_cpu_secs"].as_f64().unwrap();
     assert!(reading > 0.0 && reading <= cpu, "{s}");
-    assert!(s["dedup_state_writer_cpu_secs"].is_null(), "{s}");
+    assert!(
+        s["dedup_state_writer_cpu_secs"].is_null() && s["dedup_verdict_cpu_secs"].is_null(),
+        "{s}"
+    );
 }
 
 const TS_COLUMNS: &str = r#"columns = [
