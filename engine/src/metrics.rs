@@ -98,6 +98,9 @@ pub struct Metrics {
     replica_lag_versions: Family<Labels, Gauge>,
     replica_lag_seconds: Family<Labels, FloatGauge>,
     rss: Gauge,
+    /// User + system CPU seconds of the process, brought up to date at each scrape: with the
+    /// records counter, the CPU a record costs in production, as `tidemark bench` prints it.
+    cpu: Counter<f64, AtomicU64>,
     ready: Gauge,
     live: Mutex<Live>,
 }
@@ -261,6 +264,7 @@ impl Metrics {
             replica_lag_versions: Family::default(),
             replica_lag_seconds: Family::default(),
             rss: Gauge::default(),
+            cpu: Counter::default(),
             ready: Gauge::default(),
             live: Mutex::new(Live {
                 pipeline_id: info.pipeline_id.clone(),
@@ -316,6 +320,7 @@ impl Metrics {
             "tidemark_replica_lag_versions", "Delta versions the replica is behind the table" => self.replica_lag_versions;
             "tidemark_replica_lag_seconds", "Seconds the replica is behind the table" => self.replica_lag_seconds;
             "process_resident_memory_bytes", "Resident memory of the process" => self.rss;
+            "process_cpu_seconds", "User and system CPU time of the process, every thread" => self.cpu;
             "tidemark_ready", "1 when /readyz is healthy (recovered and committing)" => self.ready;
         );
         self
@@ -381,6 +386,14 @@ impl Metrics {
         }
         if let Some(rss) = current_rss_bytes() {
             self.rss.set(rss as i64);
+        }
+        if let Some(cpu) = crate::cpu_time::process() {
+            // A counter only rises: it is brought up to the process's total (under the lock,
+            // so two scrapes never add the same time twice).
+            let behind = cpu.as_secs_f64() - self.cpu.get();
+            if behind > 0.0 {
+                self.cpu.inc_by(behind);
+            }
         }
         self.ready.set(i64::from(self.health_of(&live, now).ready));
         let mut out = String::new();
@@ -827,6 +840,32 @@ mod tests {
         assert!(!m.health_of(&live, now).ready);
     }
 
+    /// The process's CPU counter is its CPU time at the scrape: above zero, and it only rises
+    /// (a second scrape after some work shows at least that work).
+    #[test]
+    fn the_cpu_counter_follows_the_process_cpu_time() {
+        let m = Metrics::new(info());
+        let value = |text: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("process_cpu_seconds_total "))
+                .unwrap_or_else(|| panic!("no CPU counter in {text}"));
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        let first = value(&m.render());
+        assert!(first > 0.0, "{first}");
+        let before = crate::cpu_time::process().unwrap();
+        let mut x = 0u64;
+        while crate::cpu_time::process().unwrap() < before + std::time::Duration::from_millis(30) {
+            for i in 0..10_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        let second = value(&m.render());
+        assert!(second >= first + 0.03, "{first} then {second}");
+        assert!(second <= crate::cpu_time::process().unwrap().as_secs_f64());
+    }
+
     #[test]
     fn promql_names_are_found_outside_matchers_and_ranges() {
         assert_eq!(
@@ -868,6 +907,7 @@ mod tests {
             "tidemark_replica_lag_versions",
             "tidemark_replica_lag_seconds",
             "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
         ] {
             assert!(exported.contains(name), "{name} missing from {exported:?}");
         }
