@@ -145,6 +145,9 @@ pub struct BenchRow {
     pub dedup_verdict_share: Option<f64>,
     /// With dedup: ms of that the state's key table spent growing.
     pub dedup_table_growth_ms: Option<f64>,
+    /// With dedup: CPU seconds the reading thread spent on verdicts (the summary's
+    /// `dedup_verdict_cpu_secs`).
+    pub dedup_verdict_cpu_secs: Option<f64>,
     /// With dedup: CPU seconds of the state writer's thread (the summary's
     /// `dedup_state_writer_cpu_secs`).
     pub dedup_state_writer_cpu_secs: Option<f64>,
@@ -155,6 +158,9 @@ pub struct BenchRow {
     pub cpu_secs: Option<f64>,
     /// Of them, the reading thread's (the summary's `reading_thread_cpu_secs`).
     pub reading_thread_cpu_secs: Option<f64>,
+    /// CPU seconds the bench's own process used while the run went on: the in-process
+    /// cluster serving the stream (and the `--metrics` scraper), on the same cores.
+    pub bench_process_cpu_secs: Option<f64>,
     /// Records/s of every throughput run of this interval (the row shows the median run).
     pub all_records_per_sec: Vec<f64>,
     /// After a SIGKILL mid-epoch: ms from restart to the first commit (of the median
@@ -486,11 +492,18 @@ fn throughput_runs(
                 None
             };
             let t0 = Instant::now();
+            let own_cpu0 = tidemark_checkpoint::cpu_time::process();
             let exe = v.exe.as_ref().unwrap_or(&setup.exe);
             let summary = run_child(exe, &config, &run_dir.join("run.log"), &[]);
             let wall = t0.elapsed().as_secs_f64();
+            let own_cpu = own_cpu0
+                .zip(tidemark_checkpoint::cpu_time::process())
+                .map(|(a, b)| b.saturating_sub(a).as_secs_f64());
             let scrapes = scraper.map(Scraper::stop);
-            let summary = summary?;
+            let mut summary = summary?;
+            // The bench's own CPU while the run went on (the in-process cluster serving it),
+            // kept beside the run's summary for its row.
+            summary[BENCH_OWN_CPU] = serde_json::json!(own_cpu);
             if scrapes == Some(0) {
                 bail!(
                     "interval {name}: /metrics was never scraped; see {}",
@@ -580,6 +593,10 @@ pub(crate) fn check_consumed(out: &std::process::Output, expected: u64) -> anyho
     Ok(())
 }
 
+/// The key under which a throughput run's summary carries the bench process's own CPU seconds
+/// during the run (not a field of the pipeline's summary: the bench adds it).
+const BENCH_OWN_CPU: &str = "bench_process_cpu_secs";
+
 /// One interval's row from its throughput runs: the median run, with every run's rate.
 fn median_row(
     setup: &Setup,
@@ -608,6 +625,8 @@ fn median_row(
         checkpoint_share: summary["checkpoint_time_share"].as_f64().unwrap_or(0.0),
         dedup_verdict_share: summary["dedup_verdict_share"].as_f64(),
         dedup_table_growth_ms: summary["dedup_table_growth_ms"].as_f64(),
+        dedup_verdict_cpu_secs: summary["dedup_verdict_cpu_secs"].as_f64(),
+        bench_process_cpu_secs: summary[BENCH_OWN_CPU].as_f64(),
         dedup_state_writer_cpu_secs: summary["dedup_state_writer_cpu_secs"].as_f64(),
         peak_rss_mib: summary["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0,
         cpu_secs: summary["cpu_secs"].as_f64(),
@@ -926,7 +945,7 @@ fn write_results(
             on.checkpoint_share * 100.0,
             off.checkpoint_share * 100.0,
             verdict_cost(on),
-            dedup_cpu(on, off),
+            dedup_cpu(on, off, cores),
         );
     }
     // --baseline-exe: this build against the baseline, variant by variant, round by round.
@@ -1026,18 +1045,25 @@ fn verdict_cost(row: &BenchRow) -> String {
 }
 
 /// What dedup added to the CPU a record costs, as the `--compare-dedup` line ends: `; CPU per
-/// record X vs Y µs: a run bound by CPU alone would give dedup on Z% of off` (the ratio of the
-/// two costs: what no scheduling across threads can beat), or nothing when either row did not
-/// report CPU time.
-fn dedup_cpu(on: &BenchRow, off: &BenchRow) -> String {
+/// record X vs Y µs (of the D µs dedup adds: verdicts V µs on the reading thread, the state
+/// writer W µs, the rest R µs): at equal cores busy dedup on would be at P% of off; keeping the
+/// C cores the bench's own process left busy, at most Q%`. P is the ratio of the two costs
+/// (what the throughput ratio is when both runs keep the same cores busy); Q is the dedup
+/// run's ceiling on the `cores` the bench's own process (the in-process cluster) left it, over
+/// the dedup-off run's measured rate (what it could reach at today's cost were it alone to
+/// keep those cores busy). The split needs the dedup run's verdict and state-writer CPU; the
+/// rest is the residual (the changelog's WAL frames, more memory touched, and the two runs'
+/// noise). Nothing when either row did not report CPU time.
+fn dedup_cpu(on: &BenchRow, off: &BenchRow, cores: usize) -> String {
     let (Some(on_cost), Some(off_cost)) = (on.cpu_micros_per_record(), off.cpu_micros_per_record())
     else {
         return String::new();
     };
     let per_record = |secs: Option<f64>| secs.map(|s| s * 1e6 / on.records.max(1) as f64);
-    let verdicts = per_record(on.dedup_verdict_share.map(|share| share * on.wall_secs));
-    let writer = per_record(on.dedup_state_writer_cpu_secs);
-    let split = match (verdicts, writer) {
+    let split = match (
+        per_record(on.dedup_verdict_cpu_secs),
+        per_record(on.dedup_state_writer_cpu_secs),
+    ) {
         (Some(v), Some(w)) => format!(
             " (of the {:.2} µs dedup adds: verdicts {v:.2} µs on the reading thread, the state writer {w:.2} µs, the rest {:.2} µs)",
             on_cost - off_cost,
@@ -1045,9 +1071,23 @@ fn dedup_cpu(on: &BenchRow, off: &BenchRow) -> String {
         ),
         _ => String::new(),
     };
+    // The cores the pipeline could have: the machine's, less what the bench's own process
+    // (the in-process cluster serving the stream) kept busy during the dedup run.
+    let (left, which) = match on.bench_process_cores() {
+        Some(b) => (
+            (cores as f64 - b).max(0.0),
+            format!(
+                "the {:.2} cores the bench's own process left",
+                (cores as f64 - b).max(0.0)
+            ),
+        ),
+        None => (cores as f64, format!("all {cores} cores")),
+    };
+    let ceiling = left * 1e6 / on_cost.max(1e-9);
     format!(
-        "; CPU per record {on_cost:.2} vs {off_cost:.2} µs{split}: bound by CPU alone, dedup on would be at {:.0}% of off",
-        100.0 * off_cost / on_cost.max(1e-9)
+        "; CPU per record {on_cost:.2} vs {off_cost:.2} µs{split}: at equal cores busy dedup on would be at {:.0}% of off; keeping {which} busy, at most {:.0}%",
+        100.0 * off_cost / on_cost.max(1e-9),
+        100.0 * ceiling / off.records_per_sec.max(1e-9),
     )
 }
 
@@ -1353,6 +1393,12 @@ impl BenchRow {
             .map(|cpu| cpu * 1e6 / self.records.max(1) as f64)
     }
 
+    /// Cores the bench's own process kept busy while the run went on.
+    fn bench_process_cores(&self) -> Option<f64> {
+        self.bench_process_cpu_secs
+            .map(|cpu| cpu / self.wall_secs.max(1e-9))
+    }
+
     /// Share of the wall time the reading thread was on a core.
     fn reading_thread_busy(&self) -> Option<f64> {
         self.reading_thread_cpu_secs
@@ -1387,11 +1433,21 @@ fn render_cpu(rows: &[BenchRow], cores: usize) -> String {
                 )
             })
             .unwrap_or_default();
+        let ceiling = |cores: f64| cores * 1e6 / per_record.max(1e-9);
+        let bench = r
+            .bench_process_cores()
+            .map(|b| {
+                format!(
+                    " ({:.0} with what the bench's own process left of them: it kept {b:.2} cores busy meanwhile)",
+                    ceiling((cores as f64 - b).max(0.0))
+                )
+            })
+            .unwrap_or_default();
         let _ = writeln!(
             s,
-            "  {:>12}: {per_record:.2} µs per record, {busy:.2} cores busy{reading}; at this cost {cores} cores allow at most {:.0} records/s",
+            "  {:>12}: {per_record:.2} µs per record, {busy:.2} cores busy{reading}; at this cost {cores} cores allow at most {:.0} records/s{bench}",
             r.interval,
-            cores as f64 * 1e6 / per_record.max(1e-9),
+            ceiling(cores as f64),
         );
     }
     s
@@ -1624,6 +1680,7 @@ mod tests {
             interval: interval.into(),
             records: 2_000_000,
             wall_secs: wall,
+            records_per_sec: 2_000_000.0 / wall,
             cpu_secs: cpu,
             reading_thread_cpu_secs: reading,
             ..Default::default()
@@ -1646,25 +1703,50 @@ mod tests {
             text.contains("1s+dedup: 4.10 µs per record, 1.64 cores busy, reading thread on a core 90% of the wall time; at this cost 2 cores allow at most 487805 records/s"),
             "{text}"
         );
+        // Equal cores busy: 2.50 / 4.10 = 61%. All 2 cores busy: 2 / 4.10 µs = 487,805
+        // records/s against the dedup-off run's 500,000: 98%.
         assert_eq!(
-            dedup_cpu(&on, &off),
-            "; CPU per record 4.10 vs 2.50 µs: bound by CPU alone, dedup on would be at 61% of off"
+            dedup_cpu(&on, &off, 2),
+            "; CPU per record 4.10 vs 2.50 µs: at equal cores busy dedup on would be at 61% of off; keeping all 2 cores busy, at most 98%"
         );
-        // With the verdicts' share and the state writer's CPU, dedup's cost is split up:
-        // 1.60 µs in all, 0.4 s / 2M = 0.2 µs of verdicts, 0.6 s / 2M = 0.3 µs of writing.
+        // With the verdicts' and the state writer's CPU, dedup's cost is split up: 1.60 µs in
+        // all, 0.4 s / 2M = 0.2 µs of verdicts, 0.6 s / 2M = 0.3 µs of writing.
         let split = BenchRow {
-            dedup_verdict_share: Some(0.08),
+            dedup_verdict_cpu_secs: Some(0.4),
             dedup_state_writer_cpu_secs: Some(0.6),
             ..on.clone()
         };
         assert_eq!(
-            dedup_cpu(&split, &off),
-            "; CPU per record 4.10 vs 2.50 µs (of the 1.60 µs dedup adds: verdicts 0.20 µs on the reading thread, the state writer 0.30 µs, the rest 1.10 µs): bound by CPU alone, dedup on would be at 61% of off"
+            dedup_cpu(&split, &off, 2),
+            "; CPU per record 4.10 vs 2.50 µs (of the 1.60 µs dedup adds: verdicts 0.20 µs on the reading thread, the state writer 0.30 µs, the rest 1.10 µs): at equal cores busy dedup on would be at 61% of off; keeping all 2 cores busy, at most 98%"
+        );
+        // With the bench's own CPU known, the ceiling is that of the cores it left: 0.5 s over
+        // the dedup run's 5 s is 0.10 cores, so 1.90 cores at 4.10 µs, 463,415 records/s: 93%.
+        let shared = BenchRow {
+            bench_process_cpu_secs: Some(0.5),
+            ..on.clone()
+        };
+        assert!(
+            dedup_cpu(&shared, &off, 2)
+                .ends_with("keeping the 1.90 cores the bench's own process left busy, at most 93%"),
+            "{}",
+            dedup_cpu(&shared, &off, 2)
         );
         // A build that does not report CPU time (an older --baseline-exe): nothing said.
         let old = cpu_row("1s@base", 4.0, None, None);
         assert_eq!(render_cpu(std::slice::from_ref(&old), 2), "");
-        assert_eq!(dedup_cpu(&on, &old), "");
+        assert_eq!(dedup_cpu(&on, &old, 2), "");
+        // The bench's own CPU meanwhile (the in-process cluster serving the stream) leaves the
+        // pipeline less: 1.0 s over 4.0 s is 0.25 cores, and 1.75 cores at 2.5 µs allow 700k.
+        let shared = BenchRow {
+            bench_process_cpu_secs: Some(1.0),
+            ..off.clone()
+        };
+        let text = render_cpu(&[shared], 2);
+        assert!(
+            text.contains("at most 800000 records/s (700000 with what the bench's own process left of them: it kept 0.25 cores busy meanwhile)"),
+            "{text}"
+        );
         // Without the reading thread's figure, the rest is still said.
         let text = render_cpu(&[cpu_row("1s", 4.0, Some(5.0), None)], 4);
         assert!(
