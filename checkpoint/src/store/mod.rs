@@ -55,6 +55,7 @@
 
 mod error;
 mod packed;
+mod pair_sort;
 pub mod record;
 mod staged;
 mod state_writer;
@@ -70,6 +71,7 @@ use tracing::{debug, info};
 
 pub use error::{classify_rocks, StoreError, StoreErrorKind};
 pub use packed::PackedKeys;
+use pair_sort::{sort_in_dedup_order, sort_in_key_index_order};
 pub use record::{ChangelogStart, CheckpointRecord, Counts, RecordError, SourcePosition};
 pub use staged::StagedState;
 pub use state_writer::{StateDelta, StateHold, StateWriter, SYNC_EVERY_ENV};
@@ -169,17 +171,6 @@ fn dedup_options(evict_below: Arc<AtomicI64>, by_key: bool) -> Options {
         },
     );
     o
-}
-
-/// Sorts `(key, event time)` pairs in the `dedup` column family's byte order: by event time,
-/// then key ([`record::time_prefix`] preserves order; keys compare as bytes).
-fn sort_in_dedup_order(pairs: &mut [(&[u8], i64)]) {
-    pairs.sort_unstable_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
-}
-
-/// Sorts `(key, event time)` pairs in the key index's byte order: by key, a key's times rising.
-fn sort_in_key_index_order(pairs: &mut [(&[u8], i64)]) {
-    pairs.sort_unstable_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
 }
 
 fn db_options() -> Options {
