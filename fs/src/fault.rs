@@ -234,14 +234,6 @@ struct FaultReader {
     fs: FaultFs,
 }
 
-impl fmt::Debug for FaultReader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FaultReader")
-            .field("path", &self.path)
-            .finish()
-    }
-}
-
 impl io::Read for FaultReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.fs.check(Op::Read, &self.path)?;
