@@ -747,10 +747,10 @@ impl Committer {
     /// measured, e.g. none ran): what dedup costs off the reading thread, for the run summary.
     pub fn state_writer_cpu(&self) -> Option<std::time::Duration> {
         let running = self.state_writer.as_ref().and_then(StateWriter::cpu_time);
-        match (running, self.stopped_writers_cpu) {
-            (None, None) => None,
-            (a, b) => Some(a.unwrap_or_default() + b.unwrap_or_default()),
-        }
+        running
+            .into_iter()
+            .chain(self.stopped_writers_cpu)
+            .reduce(|a, b| a + b)
     }
 
     /// The state writer, started on first use with the store's state durable through

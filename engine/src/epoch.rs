@@ -529,7 +529,7 @@ pub struct DedupRuntime {
     /// ([`crate::partition_dedup`]); `None` for one process.
     pub partitions: Option<crate::partition_dedup::PartitionDedup>,
     /// What giving rows their verdicts has cost the thread that reads and logs (the run
-    /// summary's `dedup_verdict_share` and `dedup_table_growth_ms`).
+    /// summary's `dedup_verdict_share`, `dedup_table_growth_ms` and `dedup_verdict_cpu_secs`).
     pub cost: VerdictCost,
 }
 

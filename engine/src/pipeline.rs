@@ -889,7 +889,6 @@ async fn run_epochs(
     }
 }
 
-/// What a run measures as it goes, folded into the summary at the end.
 /// The CPU time the process and the calling thread had used when a run started: the run's
 /// figures are the differences at its end (a process may run a pipeline more than once, as a
 /// worker does).
@@ -924,6 +923,7 @@ impl CpuAtStart {
     }
 }
 
+/// What a run measures as it goes, folded into the summary at the end.
 struct RunStats {
     started: Instant,
     cpu_at_start: CpuAtStart,
