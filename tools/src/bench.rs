@@ -315,8 +315,19 @@ fn variants(intervals: &[Interval], options: &BenchOptions) -> Vec<Variant> {
 /// librdkafka's in-process mock cluster.
 type Cluster = MockCluster<'static, DefaultProducerContext>;
 
-/// Per interval, each of its throughput runs: (wall seconds, the run's summary line).
-type Runs = Vec<Vec<(f64, serde_json::Value)>>;
+/// One throughput run of a variant.
+struct ThroughputRun {
+    /// Wall seconds, the child's start to its exit.
+    wall: f64,
+    /// CPU seconds the bench's own process used meanwhile (the in-process cluster serving
+    /// the stream).
+    bench_cpu: Option<f64>,
+    /// The run's summary line.
+    summary: serde_json::Value,
+}
+
+/// Per interval, each of its throughput runs.
+type Runs = Vec<Vec<ThroughputRun>>;
 
 /// What every run of one bench shares.
 struct Setup {
@@ -459,7 +470,7 @@ fn throughput_runs(
     ceiling: bool,
 ) -> anyhow::Result<(Runs, Vec<f64>)> {
     let produced = setup.produced;
-    let mut runs: Runs = vec![Vec::new(); variants.len()];
+    let mut runs: Runs = variants.iter().map(|_| Vec::new()).collect();
     let mut ceiling_rates = Vec::new();
     for round in 0..rounds {
         if ceiling {
@@ -500,10 +511,7 @@ fn throughput_runs(
                 .zip(tidemark_checkpoint::cpu_time::process())
                 .map(|(a, b)| b.saturating_sub(a).as_secs_f64());
             let scrapes = scraper.map(Scraper::stop);
-            let mut summary = summary?;
-            // The bench's own CPU while the run went on (the in-process cluster serving it),
-            // kept beside the run's summary for its row.
-            summary[BENCH_OWN_CPU] = serde_json::json!(own_cpu);
+            let summary = summary?;
             if scrapes == Some(0) {
                 bail!(
                     "interval {name}: /metrics was never scraped; see {}",
@@ -525,7 +533,11 @@ fn throughput_runs(
                     .map(|n| format!(" ({n} scrapes of /metrics)"))
                     .unwrap_or_default()
             );
-            runs[i].push((wall, summary));
+            runs[i].push(ThroughputRun {
+                wall,
+                bench_cpu: own_cpu,
+                summary,
+            });
         }
     }
     Ok((runs, ceiling_rates))
@@ -593,22 +605,18 @@ pub(crate) fn check_consumed(out: &std::process::Output, expected: u64) -> anyho
     Ok(())
 }
 
-/// The key under which a throughput run's summary carries the bench process's own CPU seconds
-/// during the run (not a field of the pipeline's summary: the bench adds it).
-const BENCH_OWN_CPU: &str = "bench_process_cpu_secs";
-
 /// One interval's row from its throughput runs: the median run, with every run's rate.
-fn median_row(
-    setup: &Setup,
-    variant: &Variant,
-    mut these: Vec<(f64, serde_json::Value)>,
-) -> BenchRow {
+fn median_row(setup: &Setup, variant: &Variant, mut these: Vec<ThroughputRun>) -> BenchRow {
     let (name, interval) = (&variant.name, variant.interval);
     let produced = setup.produced;
     // In round order: a --compare-dedup bench pairs the rounds.
-    let all_rates: Vec<f64> = these.iter().map(|(w, _)| produced as f64 / w).collect();
-    these.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (wall, summary) = these.swap_remove(these.len() / 2);
+    let all_rates: Vec<f64> = these.iter().map(|r| produced as f64 / r.wall).collect();
+    these.sort_by(|a, b| a.wall.total_cmp(&b.wall));
+    let ThroughputRun {
+        wall,
+        bench_cpu,
+        summary,
+    } = these.swap_remove(these.len() / 2);
     let read = produced;
     BenchRow {
         interval: name.to_string(),
@@ -626,7 +634,7 @@ fn median_row(
         dedup_verdict_share: summary["dedup_verdict_share"].as_f64(),
         dedup_table_growth_ms: summary["dedup_table_growth_ms"].as_f64(),
         dedup_verdict_cpu_secs: summary["dedup_verdict_cpu_secs"].as_f64(),
-        bench_process_cpu_secs: summary[BENCH_OWN_CPU].as_f64(),
+        bench_process_cpu_secs: bench_cpu,
         dedup_state_writer_cpu_secs: summary["dedup_state_writer_cpu_secs"].as_f64(),
         peak_rss_mib: summary["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0,
         cpu_secs: summary["cpu_secs"].as_f64(),
@@ -1073,15 +1081,10 @@ fn dedup_cpu(on: &BenchRow, off: &BenchRow, cores: usize) -> String {
     };
     // The cores the pipeline could have: the machine's, less what the bench's own process
     // (the in-process cluster serving the stream) kept busy during the dedup run.
-    let (left, which) = match on.bench_process_cores() {
-        Some(b) => (
-            (cores as f64 - b).max(0.0),
-            format!(
-                "the {:.2} cores the bench's own process left",
-                (cores as f64 - b).max(0.0)
-            ),
-        ),
-        None => (cores as f64, format!("all {cores} cores")),
+    let left = on.cores_left(cores);
+    let which = match on.bench_process_cores() {
+        Some(_) => format!("the {left:.2} cores the bench's own process left"),
+        None => format!("all {cores} cores"),
     };
     let ceiling = left * 1e6 / on_cost.max(1e-9);
     format!(
@@ -1382,9 +1385,15 @@ pub(crate) fn produce(brokers: &str, topic: &str, o: &StreamShape) -> anyhow::Re
 }
 
 impl BenchRow {
-    /// Cores the pipeline process kept busy on average: its CPU time over its wall time.
+    /// `cpu` seconds over the run's wall time: the cores (or, for one thread, the share of a
+    /// core) they kept busy on average.
+    fn per_wall(&self, cpu: Option<f64>) -> Option<f64> {
+        cpu.map(|cpu| cpu / self.wall_secs.max(1e-9))
+    }
+
+    /// Cores the pipeline process kept busy on average.
     fn cores_busy(&self) -> Option<f64> {
-        self.cpu_secs.map(|cpu| cpu / self.wall_secs.max(1e-9))
+        self.per_wall(self.cpu_secs)
     }
 
     /// CPU microseconds the pipeline process spent per record, all threads together.
@@ -1395,14 +1404,18 @@ impl BenchRow {
 
     /// Cores the bench's own process kept busy while the run went on.
     fn bench_process_cores(&self) -> Option<f64> {
-        self.bench_process_cpu_secs
-            .map(|cpu| cpu / self.wall_secs.max(1e-9))
+        self.per_wall(self.bench_process_cpu_secs)
+    }
+
+    /// Of `cores`, those the bench's own process left the pipeline (all of them when its CPU
+    /// is not known).
+    fn cores_left(&self, cores: usize) -> f64 {
+        (cores as f64 - self.bench_process_cores().unwrap_or(0.0)).max(0.0)
     }
 
     /// Share of the wall time the reading thread was on a core.
     fn reading_thread_busy(&self) -> Option<f64> {
-        self.reading_thread_cpu_secs
-            .map(|cpu| cpu / self.wall_secs.max(1e-9))
+        self.per_wall(self.reading_thread_cpu_secs)
     }
 }
 
@@ -1439,7 +1452,7 @@ fn render_cpu(rows: &[BenchRow], cores: usize) -> String {
             .map(|b| {
                 format!(
                     " ({:.0} with what the bench's own process left of them: it kept {b:.2} cores busy meanwhile)",
-                    ceiling((cores as f64 - b).max(0.0))
+                    ceiling(r.cores_left(cores))
                 )
             })
             .unwrap_or_default();
