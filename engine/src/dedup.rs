@@ -639,7 +639,7 @@ mod tests {
 
     /// The store's part of a state still loading, as a test model: lookups answer from
     /// `store`; the load ends at the `loaded_after`-th poll with the entries at or above the
-    /// restart's watermark (what the scan of the time-ordered column family gives).
+    /// restart's watermark (what the store's load gives).
     struct ModelCold {
         store: std::collections::BTreeMap<Vec<u8>, i64>,
         watermark: Option<i64>,

@@ -980,13 +980,12 @@ async fn from_checkpoint(
         let mut state = match preload {
             // Queryable at once: the changelog in memory, the store's part by lookup until its
             // load ends. The load waits while the WAL's records are replayed and committed.
-            Some(load) if load.store.has_key_index() => {
+            Some(load) => {
                 if !records.is_empty() {
                     _load_paused = Some(load.pause());
                 }
                 DedupState::loading(Box::new(load), watermark)
             }
-            Some(load) => load.join()?,
             None => load_dedup_state(committer.store(), watermark)?,
         };
         let loading = state.is_loading();
@@ -1425,18 +1424,6 @@ impl StateLoad {
             );
         }
         Ok(loaded)
-    }
-
-    /// The loaded state (waits for the load to end).
-    fn join(mut self) -> Result<DedupState, RecoveryError> {
-        self.paused.store(false, Ordering::Release);
-        if let Some(state) = self.ended.take() {
-            return Ok(state);
-        }
-        self.take_loaded().map_err(|what| RecoveryError::State {
-            path: self.store.path().to_path_buf(),
-            message: format!("the dedup state load {what}"),
-        })?
     }
 }
 

@@ -9,20 +9,22 @@
 //!   (`CheckpointStore::state_ingested`).
 //! - `history`: epoch (u64 BE) -> [`CheckpointRecord`]; the newest `retain` are kept, so a
 //!   rewind can pick an older one.
-//! - `dedup`: [`record::dedup_entry_key`] (event time, then key) -> empty. Time-ordered keys make
-//!   eviction below a watermark drop whole files; the engine loads the state into memory at
-//!   start from here ([`CheckpointStore::for_each_dedup_entry`]).
-//! - `dedup_by_key`: dedup key -> event time ([`record::time_prefix`], 8 bytes), with a Bloom
-//!   filter: the same entries as `dedup`, written in the same batches, for point lookups
-//!   ([`CheckpointStore::lookup_dedup_keys`]) while a restart's load of `dedup` is still running
+//! - `dedup_by_key`: the dedup state, dedup key -> event time ([`record::time_prefix`], 8
+//!   bytes), with a Bloom filter. The engine loads it into memory at start
+//!   ([`CheckpointStore::for_each_dedup_entry_from`], entries below the watermark skipped) and
+//!   looks keys up in it ([`CheckpointStore::lookup_dedup_keys`]) while that load still runs
 //!   (so the first verdicts need not wait for millions of keys to load). A put of a key again
 //!   (accepted again after its eviction) overwrites its older time. Entries below the watermark
-//!   of a durable record are dropped by the same compaction filter as `dedup`'s; one still on
-//!   disk (or an older version resurfacing once a newer one was dropped, which is older still)
-//!   is below every watermark a lookup uses, so lookups skip it.
-//!   `meta` key `dedup_key_index` marks a store whose `dedup_by_key` holds every `dedup` entry
-//!   (set when the store is created or reset; a store written by an older build lacks it, and
-//!   a restart from it loads the whole state before its first verdict, as before).
+//!   of a durable record are dropped by a compaction filter; one still on disk (or an older
+//!   version resurfacing once a newer one was dropped, which is older still) is below every
+//!   watermark a load or a lookup uses, so both skip it.
+//! - `dedup`: format 1's copy of the state in event-time order ([`record::dedup_entry_key`]
+//!   -> empty). Format 2 writes nothing there: one copy of each key is half the state writer's
+//!   sorting and file writing (issue 22), and the key index alone answers every read. Opening
+//!   a format 1 store read-write migrates it ([`CheckpointStore::open`]: the entries copied
+//!   into `dedup_by_key` where its `dedup_key_index` mark says they are not all there already,
+//!   then `dedup` emptied and the version raised, in one synced batch); a read-only open of one
+//!   reads `dedup` as before.
 //!
 //! Two ways to write a checkpoint:
 //! - [`CheckpointStore::write`]: ONE synced `WriteBatch` (record, history entry, `current`
@@ -31,27 +33,27 @@
 //! - the changelog path, on the run's critical path: [`CheckpointStore::write_record`] (the
 //!   record alone, one small synced batch), then the epoch's dedup delta through the
 //!   [`StateWriter`]: gathered with the next ones for up to a second, written as one sorted SST
-//!   file per dedup column family beside the store ([`CheckpointStore::stage_state`]: no
+//!   file beside the store ([`CheckpointStore::stage_state`]: no
 //!   memtable, no RocksDB log) and made part of the store by ingestion
 //!   ([`StagedState::ingest`], durable when it returns; `staged.rs` says why and how). The
 //!   delta's keys are durable in the engine's WAL already (its state-delta frames, before the
 //!   epoch's seal), so the record says how far the store's state is durable (`state_epoch`)
 //!   and the WAL keeps every later delta.
 //!
-//! **Eviction on the changelog path** writes no range tombstone: a tombstone `[0, w)` in every
-//! flushed file made each file span the whole key space, so every compaction rewrote the whole
-//! state (measured: RocksDB's compaction took more CPU than the pipeline's own work). Instead,
-//! entries below the watermark of the newest durable record ([`CheckpointStore::set_evict_below`])
-//! are dropped by a compaction filter when their file is compacted, and files wholly below it are
-//! deleted ([`CheckpointStore::drop_files_below`]). Entries below the watermark that are still
-//! on disk are never read: every load seeks to the watermark first
-//! ([`CheckpointStore::for_each_dedup_entry_from`]).
+//! **Eviction** writes no tombstone: entries below the watermark of the newest durable record
+//! ([`CheckpointStore::set_evict_below`]; at open, the newest record's) are dropped by a
+//! compaction filter when their file is compacted. (A range tombstone `[0, w)` in format 1's
+//! time-ordered files made each span the whole key space, so every compaction rewrote the whole
+//! state: measured, RocksDB's compaction took more CPU than the pipeline's own work.) Entries
+//! below the watermark that are still on disk are never read: every load and every lookup
+//! filters by it.
 //!
 //! Invariants (the recovery argument in `engine/src/dedup.rs` rests on them): the delta of
 //! epoch `e` reaches the store only after a record of epoch `>= e` is durable, deltas are
 //! ingested in epoch order, and a record names `state_epoch = m` only once every delta up to `m`
-//! is ingested. So after any crash the dedup column family holds the state of `state_epoch` plus
-//! some prefix of the later deltas (up to the newest record's epoch), nothing more.
+//! is ingested. So after any crash `dedup_by_key` holds, at or above the newest record's
+//! watermark, the state of `state_epoch` plus some prefix of the later deltas (up to the newest
+//! record's epoch), nothing more.
 
 mod error;
 mod packed;
@@ -71,13 +73,20 @@ use tracing::{debug, info};
 
 pub use error::{classify_rocks, StoreError, StoreErrorKind};
 pub use packed::PackedKeys;
-use pair_sort::{sort_in_dedup_order, sort_in_key_index_order};
+use pair_sort::sort_in_key_index_order;
 pub use record::{ChangelogStart, CheckpointRecord, Counts, RecordError, SourcePosition};
 pub use staged::StagedState;
 pub use state_writer::{StateDelta, StateHold, StateWriter, SYNC_EVERY_ENV};
 
-/// The store layout version this build writes.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+/// The store layout version this build writes: 2, the dedup state in `dedup_by_key` alone
+/// (module documentation). Format 1 stores are migrated when opened read-write.
+pub const STORE_FORMAT_VERSION: u32 = 2;
+
+/// Format 1: the dedup state in `dedup` (time-ordered), `dedup_by_key` an index of it.
+const FORMAT_TIME_ORDERED: u32 = 1;
+
+/// Entries copied per batch when a format 1 store's `dedup` is copied into `dedup_by_key`.
+const MIGRATION_BATCH: usize = 100_000;
 
 const CF_META: &str = "meta";
 const CF_HISTORY: &str = "history";
@@ -119,11 +128,12 @@ pub struct CheckpointStore {
     db: Arc<DB>,
     path: PathBuf,
     options: StoreOptions,
-    /// Entries of the dedup column family below this event time may be dropped by compaction
+    /// Dedup entries below this event time may be dropped by compaction and are never read
     /// (`i64::MIN`: none): the watermark of a durable checkpoint record.
     evict_below: Arc<AtomicI64>,
-    /// `dedup_by_key` holds every entry of `dedup` (see the module documentation).
-    key_index: bool,
+    /// The state is format 1's `dedup` column family, not `dedup_by_key`: only in a format 1
+    /// store opened read-only (a read-write open migrates it).
+    time_ordered: bool,
 }
 
 impl std::fmt::Debug for CheckpointStore {
@@ -134,21 +144,19 @@ impl std::fmt::Debug for CheckpointStore {
     }
 }
 
-/// The options of a dedup column family: [`db_options`] plus the compaction filter that drops
-/// entries below `evict_below`, for `dedup` (`by_key` false: the time is the key's prefix) or
-/// for `dedup_by_key` (the time is the value; a Bloom filter makes lookups of absent keys cheap).
-fn dedup_options(evict_below: Arc<AtomicI64>, by_key: bool) -> Options {
+/// The options of `dedup_by_key`: [`db_options`], a Bloom filter (lookups of absent keys are
+/// cheap) and the compaction filter that drops entries below `evict_below` (the time is the
+/// value).
+fn dedup_options(evict_below: Arc<AtomicI64>) -> Options {
     let mut o = db_options();
-    if by_key {
-        let mut table = rocksdb::BlockBasedOptions::default();
-        table.set_bloom_filter(10.0, false);
-        table.set_cache_index_and_filter_blocks(false);
-        o.set_block_based_table_factory(&table);
-    }
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(false);
+    o.set_block_based_table_factory(&table);
     // Deltas come as ingested files (`staged.rs`), one a second: rare compactions keep the
     // background work near one write per key (profiled: compacting after every small flush
     // cost more CPU than the pipeline's own work). The memtable only takes the synced
-    // checkpoint path's inserts. Files wholly below the watermark are dropped, not compacted.
+    // checkpoint path's inserts.
     o.set_write_buffer_size(64 << 20);
     o.set_max_write_buffer_number(4);
     o.set_level_zero_file_num_compaction_trigger(16);
@@ -157,20 +165,24 @@ fn dedup_options(evict_below: Arc<AtomicI64>, by_key: bool) -> Options {
     o.set_target_file_size_base(32 << 20);
     o.set_compaction_filter(
         "tidemark-evict-below-watermark",
-        move |_level, key: &[u8], value: &[u8]| {
+        move |_level, _key: &[u8], value: &[u8]| {
             let w = evict_below.load(Ordering::Acquire);
-            let time = if by_key {
-                record::time_of_prefix(value)
-            } else {
-                record::split_dedup_entry_key(key).map(|(time, _)| time)
-            };
-            match time {
+            match record::time_of_prefix(value) {
                 Some(time) if time < w => rocksdb::compaction_filter::Decision::Remove,
                 _ => rocksdb::compaction_filter::Decision::Keep,
             }
         },
     );
     o
+}
+
+/// Read options for one pass over cold data: the block cache is not filled with it (nor
+/// evicted for it), and reads go ahead in big steps.
+fn cold_scan() -> rocksdb::ReadOptions {
+    let mut ro = rocksdb::ReadOptions::default();
+    ro.fill_cache(false);
+    ro.set_readahead_size(4 << 20);
+    ro
 }
 
 fn db_options() -> Options {
@@ -250,20 +262,18 @@ impl CheckpointStore {
         let cfs = [
             ColumnFamilyDescriptor::new(CF_META, held(db_options())),
             ColumnFamilyDescriptor::new(CF_HISTORY, held(db_options())),
-            ColumnFamilyDescriptor::new(CF_DEDUP, held(dedup_options(evict_below.clone(), false))),
-            ColumnFamilyDescriptor::new(
-                CF_DEDUP_BY_KEY,
-                held(dedup_options(evict_below.clone(), true)),
-            ),
+            // Format 1's; empty in format 2 (module documentation).
+            ColumnFamilyDescriptor::new(CF_DEDUP, held(db_options())),
+            ColumnFamilyDescriptor::new(CF_DEDUP_BY_KEY, held(dedup_options(evict_below.clone()))),
         ];
         let db = DB::open_cf_descriptors(&held(db_options()), path, cfs).map_err(rocks("open"))?;
         // Staged state a crash left behind was never part of the store (`staged.rs`); only
         // now, with RocksDB's lock held, is no other process staging here.
         Self::clear_staging(path)?;
-        let mut store = Self {
+        let store = Self {
             db: Arc::new(db),
             evict_below,
-            key_index: false,
+            time_ordered: false,
             path: path.to_path_buf(),
             options: StoreOptions {
                 retain: options.retain.max(1),
@@ -289,6 +299,9 @@ impl CheckpointStore {
                         supported: STORE_FORMAT_VERSION,
                     });
                 }
+                if found <= FORMAT_TIME_ORDERED {
+                    store.migrate_from_time_ordered()?;
+                }
             }
             None if existed && store.latest()?.is_some() => {
                 return Err(StoreError::Foreign {
@@ -307,39 +320,70 @@ impl CheckpointStore {
                     .map_err(rocks("write format version"))?;
             }
         }
-        store.key_index = store.open_key_index()?;
-        info!(path = %path.display(), key_index = store.key_index, "checkpoint store opened");
+        // Nothing below the newest durable record's watermark is needed again.
+        if let Some(latest) = store.latest()? {
+            store.set_evict_below(latest.watermark);
+        }
+        info!(path = %path.display(), format = STORE_FORMAT_VERSION, "checkpoint store opened");
         Ok(store)
     }
 
-    /// Whether `dedup_by_key` is complete: marked so, or marked now because `dedup` is empty
-    /// (a new store, or one whose state is empty: from here on both get every entry).
-    fn open_key_index(&self) -> Result<bool, StoreError> {
-        let meta = self.cf(CF_META)?;
-        if self
+    /// Makes a format 1 store a format 2 one (module documentation): the entries of `dedup`
+    /// copied into `dedup_by_key` unless its `dedup_key_index` mark says they are all there
+    /// (a key's newest time wins, as in the key index), then, in one synced batch, `dedup`
+    /// emptied and the version raised. A crash before that batch leaves a format 1 store that
+    /// the next open migrates again; the copies are idempotent.
+    fn migrate_from_time_ordered(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let (meta, dedup, by_key) = (
+            self.cf(CF_META)?,
+            self.cf(CF_DEDUP)?,
+            self.cf(CF_DEDUP_BY_KEY)?,
+        );
+        let indexed = self
             .db
             .get_cf(meta, KEY_KEY_INDEX)
             .map_err(self.rocks("read key index mark"))?
-            .is_some()
+            .is_some();
+        let mut copied = 0u64;
+        if !indexed {
+            let mut batch = WriteBatch::default();
+            // Event-time order: a key's newer time is put after its older one.
+            self.for_each_time_ordered_entry(None, |key, time| {
+                batch.put_cf(by_key, key, record::time_prefix(time));
+                copied += 1;
+                if batch.len() >= MIGRATION_BATCH {
+                    let full = std::mem::take(&mut batch);
+                    // Unsynced: the synced batch below makes them durable (one RocksDB log).
+                    self.db.write(full).map_err(self.rocks("copy dedup state"))
+                } else {
+                    Ok(())
+                }
+            })?;
+            self.db
+                .write(batch)
+                .map_err(self.rocks("copy dedup state"))?;
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(dedup, Vec::<u8>::new(), vec![0xffu8; 64]);
+        batch.delete_cf(meta, KEY_KEY_INDEX);
+        batch.put_cf(meta, KEY_FORMAT, STORE_FORMAT_VERSION.to_le_bytes());
+        self.write_synced(batch)?;
+        // Space back now rather than at some later compaction; the data is gone either way.
+        if let Err(e) = self
+            .db
+            .delete_file_in_range_cf(dedup, Vec::<u8>::new(), vec![0xffu8; 64])
         {
-            return Ok(true);
+            tracing::warn!(store = %self.path.display(), error = %e, "could not delete format 1 dedup files after the migration (compaction will)");
         }
-        let mut it = self.db.raw_iterator_cf(self.cf(CF_DEDUP)?);
-        it.seek_to_first();
-        let empty = !it.valid();
-        it.status().map_err(self.rocks("scan dedup state"))?;
-        if empty {
-            let mut b = WriteBatch::default();
-            b.put_cf(meta, KEY_KEY_INDEX, [1u8]);
-            self.write_synced(b)?;
-        }
-        Ok(empty)
-    }
-
-    /// True when [`CheckpointStore::lookup_dedup_keys`] answers for every entry of the dedup
-    /// state (see the module documentation); false for a store an older build wrote.
-    pub fn has_key_index(&self) -> bool {
-        self.key_index
+        info!(
+            store = %self.path.display(),
+            copied,
+            indexed,
+            ms = started.elapsed().as_millis() as u64,
+            "checkpoint store migrated from format 1 (time-ordered dedup state) to format 2"
+        );
+        Ok(())
     }
 
     /// The event time of each of `keys` in the dedup state, as the store holds it now (`None`:
@@ -367,6 +411,7 @@ impl CheckpointStore {
 
     /// Opens an existing store for reading only, without taking its lock: for tools that
     /// inspect a store a running pipeline holds open.
+    /// A format 1 store (an older build's, not opened read-write since) is read as it is.
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         let db = DB::open_cf_for_read_only(
             &Options::default(),
@@ -379,13 +424,25 @@ impl CheckpointStore {
             path: path.to_path_buf(),
             source,
         })?;
-        Ok(Self {
+        let mut store = Self {
             db: Arc::new(db),
             path: path.to_path_buf(),
             options: StoreOptions::default(),
             evict_below: Arc::new(AtomicI64::new(i64::MIN)),
-            key_index: false,
-        })
+            time_ordered: false,
+        };
+        let meta = store.cf(CF_META)?;
+        let format = store
+            .db
+            .get_cf(meta, KEY_FORMAT)
+            .map_err(store.rocks("read format version"))?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
+            .map(u32::from_le_bytes);
+        store.time_ordered = format.is_none_or(|f| f <= FORMAT_TIME_ORDERED);
+        if let Some(latest) = store.latest()? {
+            store.set_evict_below(latest.watermark);
+        }
+        Ok(store)
     }
 
     /// Forgets every checkpoint and the dedup state (one synced batch): used when the table
@@ -402,12 +459,13 @@ impl CheckpointStore {
         );
         batch.delete_cf(meta, KEY_CURRENT);
         batch.delete_cf(meta, KEY_STATE_INGESTED);
-        batch.put_cf(meta, KEY_KEY_INDEX, [1u8]);
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db
             .write_opt(batch, &wo)
             .map_err(self.rocks("reset checkpoints"))?;
+        // The state starts over: a rewind's keys may be older than the forgotten watermark.
+        self.evict_below.store(i64::MIN, Ordering::Release);
         info!(path = %self.path.display(), "checkpoint history and dedup state cleared");
         Ok(())
     }
@@ -488,11 +546,10 @@ impl CheckpointStore {
         Ok(())
     }
 
-    /// Files at level 0 of the dedup column family (`by_key`: of the key index): for tests
-    /// of the compaction hold.
+    /// Files at level 0 of the dedup state: for tests of the compaction hold.
     #[cfg(test)]
-    fn dedup_files_at_level0(&self, by_key: bool) -> Result<u64, StoreError> {
-        let cf = self.cf(if by_key { CF_DEDUP_BY_KEY } else { CF_DEDUP })?;
+    fn dedup_files_at_level0(&self) -> Result<u64, StoreError> {
+        let cf = self.cf(CF_DEDUP_BY_KEY)?;
         Ok(self
             .db
             .property_int_value_cf(cf, "rocksdb.num-files-at-level0")
@@ -542,7 +599,7 @@ impl CheckpointStore {
 
     /// Writes checkpoint `record` atomically with the epoch's dedup changes: `inserts` are
     /// `(key, event_time)` of keys new in this epoch; entries with event time below
-    /// `evict_below` are dropped. Synced before it returns. Every delta given to the
+    /// `evict_below` are never read again (and dropped by compaction). Synced before it returns. Every delta given to the
     /// [`StateWriter`] before must be ingested first ([`StateWriter::sync`]) if
     /// `record.state_epoch` claims it.
     ///
@@ -556,7 +613,7 @@ impl CheckpointStore {
     ) -> Result<CheckpointMetrics, StoreError> {
         let started = Instant::now();
         let mut batch = WriteBatch::default();
-        let inserted = self.delta_into(&mut batch, inserts, evict_below)?;
+        let inserted = self.delta_into(&mut batch, inserts)?;
         let pruned = self.record_into(&mut batch, record)?;
         crate::fault::hit(crate::fault::CrashPoint::MidCheckpointWrite);
         self.write_synced(batch)?;
@@ -586,25 +643,6 @@ impl CheckpointStore {
         }
     }
 
-    /// Deletes the dedup column family's files whose entries are all below the eviction
-    /// watermark ([`CheckpointStore::set_evict_below`]): in a sliding window, old files are
-    /// not compacted again, so this is what frees their space. Metadata only.
-    pub fn drop_files_below(&self) -> Result<(), StoreError> {
-        let w = self.evict_below.load(Ordering::Acquire);
-        if w == i64::MIN {
-            return Ok(());
-        }
-        let dedup = self.cf(CF_DEDUP)?;
-        // RocksDB includes the end: `time_prefix(w)` alone is the entry of an empty key at
-        // time `w`, still live. End at time `w - 1` followed by 64 0xff bytes instead (a file
-        // holding a key of time `w - 1` beyond it is kept: compaction drops its entries).
-        let mut end = record::time_prefix(w.saturating_sub(1)).to_vec();
-        end.extend_from_slice(&[0xff; 64]);
-        self.db
-            .delete_file_in_range_cf(dedup, &[0u8; 8][..], &end[..])
-            .map_err(self.rocks("drop files below the watermark"))
-    }
-
     fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
@@ -613,32 +651,19 @@ impl CheckpointStore {
             .map_err(self.rocks("write checkpoint"))
     }
 
-    /// Adds a dedup delta to `batch`: eviction first, inserts after (an insert at or above the
-    /// watermark survives it). Returns the inserts.
+    /// Adds a dedup delta's inserts to `batch` and returns their count. (Its eviction is the
+    /// compaction filter's, once the batch is durable: [`CheckpointStore::write`].)
     fn delta_into<'k>(
         &self,
         batch: &mut WriteBatch,
         inserts: impl IntoIterator<Item = (&'k [u8], i64)>,
-        evict_below: Option<i64>,
     ) -> Result<usize, StoreError> {
-        let (dedup, by_key) = (self.cf(CF_DEDUP)?, self.cf(CF_DEDUP_BY_KEY)?);
-        if let Some(w) = evict_below {
-            // `dedup_by_key` is not time-ordered: its entries below `w` go by compaction once
-            // the batch is durable ([`CheckpointStore::write`]), and lookups skip them meanwhile.
-            batch.delete_range_cf(dedup, [0u8; 8], record::time_prefix(w));
-        }
-        // Each column family's puts in its own key order: `dedup` by (event time, key),
-        // `dedup_by_key` by key. A memtable's skip list inserts a sorted run right after its
-        // last insert instead of searching from the top each time (the key index used to get
-        // its puts in event-time order, i.e. in random key order: a search per put).
+        let by_key = self.cf(CF_DEDUP_BY_KEY)?;
+        // In key order: a memtable's skip list inserts a sorted run right after its last
+        // insert instead of searching from the top each time (in event-time order, i.e. in
+        // random key order, each put was a search). Each key is in a delta once (the caller's
+        // invariant), so key order is a total order.
         let mut pairs: Vec<(&[u8], i64)> = inserts.into_iter().collect();
-        sort_in_dedup_order(&mut pairs);
-        let mut entry_key = Vec::new();
-        for &(key, time) in &pairs {
-            record::write_dedup_entry_key(&mut entry_key, time, key);
-            batch.put_cf(dedup, &entry_key, []);
-        }
-        // Each key is in a delta once (the caller's invariant), so key order is a total order.
         sort_in_key_index_order(&mut pairs);
         for &(key, time) in &pairs {
             batch.put_cf(by_key, key, record::time_prefix(time));
@@ -686,27 +711,60 @@ impl CheckpointStore {
         Ok(pruned)
     }
 
-    /// Visits every dedup entry as `(key, event_time)`, in event-time order, with the key
-    /// borrowed from the iterator (no allocation per entry): the state load at start, on the
-    /// restart's critical path (1M keys must load in well under a second). Returns the count.
+    /// Visits every dedup entry as `(key, event_time)` at or above the eviction watermark (the
+    /// newest record's at open), with the key borrowed from the iterator (no allocation per
+    /// entry). Returns the count.
     pub fn for_each_dedup_entry(&self, visit: impl FnMut(&[u8], i64)) -> Result<u64, StoreError> {
         self.for_each_dedup_entry_from(None, visit)
     }
 
     /// [`CheckpointStore::for_each_dedup_entry`] for the entries with event time at or above
-    /// `from` only (it seeks past the rest): entries below the watermark whose eviction was
-    /// not persisted yet are never visited.
+    /// `from` too: the state load at start, on the restart's critical path (1M keys must load
+    /// in well under a second). In key order (format 1 stores opened read-only: event-time
+    /// order). Entries below the watermark whose eviction no compaction has applied yet are
+    /// never visited.
     pub fn for_each_dedup_entry_from(
         &self,
         from: Option<i64>,
         mut visit: impl FnMut(&[u8], i64),
     ) -> Result<u64, StoreError> {
+        let from = from
+            .unwrap_or(i64::MIN)
+            .max(self.evict_below.load(Ordering::Acquire));
+        if self.time_ordered {
+            return self.for_each_time_ordered_entry(Some(from), |key, time| {
+                visit(key, time);
+                Ok(())
+            });
+        }
+        let by_key = self.cf(CF_DEDUP_BY_KEY)?;
+        let mut it = self.db.raw_iterator_cf_opt(by_key, cold_scan());
+        it.seek_to_first();
+        let mut n = 0u64;
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            let time = record::time_of_prefix(value).ok_or_else(|| StoreError::Foreign {
+                path: self.path.clone(),
+                message: "dedup_by_key value is not 8 bytes".into(),
+            })?;
+            if time >= from {
+                visit(key, time);
+                n += 1;
+            }
+            it.next();
+        }
+        it.status().map_err(self.rocks("scan dedup state"))?;
+        Ok(n)
+    }
+
+    /// Visits format 1's time-ordered `dedup` entries at or above `from`, in event-time order,
+    /// until `visit` fails: a read-only view of a format 1 store, and its migration.
+    fn for_each_time_ordered_entry(
+        &self,
+        from: Option<i64>,
+        mut visit: impl FnMut(&[u8], i64) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
         let dedup = self.cf(CF_DEDUP)?;
-        let mut ro = rocksdb::ReadOptions::default();
-        // One pass over cold data: don't evict the block cache for it, read ahead in big steps.
-        ro.fill_cache(false);
-        ro.set_readahead_size(4 << 20);
-        let mut it = self.db.raw_iterator_cf_opt(dedup, ro);
+        let mut it = self.db.raw_iterator_cf_opt(dedup, cold_scan());
         match from {
             Some(w) => it.seek(record::time_prefix(w)),
             None => it.seek_to_first(),
@@ -718,7 +776,7 @@ impl CheckpointStore {
                     path: self.path.clone(),
                     message: "dedup entry key shorter than 8 bytes".into(),
                 })?;
-            visit(key, time);
+            visit(key, time)?;
             n += 1;
             it.next();
         }
@@ -726,8 +784,8 @@ impl CheckpointStore {
         Ok(n)
     }
 
-    /// Every dedup entry `(key, event_time)` in event-time order, collected (for tools and
-    /// tests; the engine uses [`CheckpointStore::for_each_dedup_entry`]).
+    /// Every dedup entry `(key, event_time)` at or above the eviction watermark, collected (for
+    /// tools and tests; the engine uses [`CheckpointStore::for_each_dedup_entry_from`]).
     pub fn dedup_entries(&self) -> Result<Vec<(Vec<u8>, i64)>, StoreError> {
         let mut out = Vec::new();
         self.for_each_dedup_entry(|k, t| out.push((k.to_vec(), t)))?;
@@ -736,15 +794,19 @@ impl CheckpointStore {
 
     /// RocksDB's estimate of the number of dedup entries: enough to presize the in-memory map.
     pub fn estimated_dedup_entries(&self) -> u64 {
-        self.cf(CF_DEDUP)
-            .ok()
-            .and_then(|cf| {
-                self.db
-                    .property_int_value_cf(cf, rocksdb::properties::ESTIMATE_NUM_KEYS)
-                    .ok()
-                    .flatten()
-            })
-            .unwrap_or(0)
+        self.cf(if self.time_ordered {
+            CF_DEDUP
+        } else {
+            CF_DEDUP_BY_KEY
+        })
+        .ok()
+        .and_then(|cf| {
+            self.db
+                .property_int_value_cf(cf, rocksdb::properties::ESTIMATE_NUM_KEYS)
+                .ok()
+                .flatten()
+        })
+        .unwrap_or(0)
     }
 
     /// Writes a consistent copy of the store to `dir` (hard-linked SST files where possible),

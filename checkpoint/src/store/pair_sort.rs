@@ -1,67 +1,44 @@
-//! Sorting a state delta's `(key, event time)` pairs in the byte orders of the two dedup
-//! column families, with integer comparisons where the plain comparison calls `memcmp`.
+//! Sorting a state delta's `(key, event time)` pairs in the key index's byte order, with
+//! integer comparisons where the plain comparison calls `memcmp`.
 //!
-//! Why: the state writer sorts every key of every delta twice, once per column family. In the
-//! key index's order each comparison of two keys was a `memcmp` call, and keys that share a
+//! Why: the state writer sorts every key of every delta. Each comparison of two keys was a
+//! `memcmp` call, and keys that share a
 //! long prefix (`order-000000…`, a tenant id, a date) make each call compare that prefix
 //! again: `memcmp` was the largest item (28% of samples) in a `perf record` of the criterion
 //! bench `dedup_state_stage` (`benches/benches/checkpoint.rs`), whose time fell by about a fifth
-//! with this (the README has the figures). (The time order compares times first, so it only
-//! reaches the keys when two entries share an event time, which is common at millisecond
-//! resolution.)
+//! with this (the README has the figures).
 //!
 //! How: each pair gets a sort key computed once: the 8 bytes of its key after the prefix
-//! every key of the delta shares, big-endian and zero-padded (the window), preceded by the
-//! event time for the time order. Pairs are sorted by it, and by the plain comparison only
-//! where the sort keys tie.
+//! every key of the delta shares, big-endian and zero-padded (the window). Pairs are sorted by
+//! it, and by the plain comparison only where the sort keys tie.
 //!
 //! Invariant (why the order is exactly the plain one): keys compare as bytes; all of them
 //! share the skipped prefix, so they differ first inside or after the window. Inside it, the
 //! first differing byte decides both comparisons alike (a key that ends there is padded with
 //! zeros: below any other byte, as a shorter key is below a longer one it is a prefix of, and
 //! equal to a zero byte, which ties and is settled by the plain comparison). After it, the
-//! windows tie and the plain comparison decides. Property-tested against the plain sorts.
+//! windows tie and the plain comparison decides. Property-tested against the plain sort.
 
-use std::cmp::Ordering;
-
-/// Sorts `pairs` by event time, then key: the `dedup` column family's byte order
-/// ([`super::record::time_prefix`] preserves the order of times).
-pub(super) fn sort_in_dedup_order(pairs: &mut [(&[u8], i64)]) {
-    sort_by_sort_key(pairs, true, |a, b| (a.1, a.0).cmp(&(b.1, b.0)));
-}
-
-/// Sorts `pairs` by key, a key's times rising: the key index's byte order.
+/// Sorts `pairs` by key, a key's times rising: the key index's byte order. By each pair's
+/// sort key first (the module documentation), by the plain comparison where those tie.
 pub(super) fn sort_in_key_index_order(pairs: &mut [(&[u8], i64)]) {
-    sort_by_sort_key(pairs, false, |a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
-}
-
-/// Sorts `pairs` in the order `plain` gives, by each pair's sort key first (the module
-/// documentation): `(time, window)` with `time_first`, `(0, window)` without.
-fn sort_by_sort_key<'k>(
-    pairs: &mut [(&'k [u8], i64)],
-    time_first: bool,
-    plain: impl Fn(&(&'k [u8], i64), &(&'k [u8], i64)) -> Ordering,
-) {
+    let plain = |a: &(&[u8], i64), b: &(&[u8], i64)| a.0.cmp(b.0).then(a.1.cmp(&b.1));
     if pairs.len() < 2 || u32::try_from(pairs.len()).is_err() {
-        pairs.sort_unstable_by(&plain);
+        pairs.sort_unstable_by(plain);
         return;
     }
     let skip = shared_prefix_len(pairs);
-    let mut keyed: Vec<(i64, u64, u32)> = pairs
+    let mut keyed: Vec<(u64, u32)> = pairs
         .iter()
         .enumerate()
-        .map(|(i, &(key, time))| {
-            let time = if time_first { time } else { 0 };
-            // `i` fits: the length was checked against `u32` above.
-            (time, window(key, skip), i as u32)
-        })
+        // `i` fits: the length was checked against `u32` above.
+        .map(|(i, &(key, _))| (window(key, skip), i as u32))
         .collect();
     keyed.sort_unstable_by(|a, b| {
-        (a.0, a.1)
-            .cmp(&(b.0, b.1))
-            .then_with(|| plain(&pairs[a.2 as usize], &pairs[b.2 as usize]))
+        a.0.cmp(&b.0)
+            .then_with(|| plain(&pairs[a.1 as usize], &pairs[b.1 as usize]))
     });
-    let sorted: Vec<(&'k [u8], i64)> = keyed.iter().map(|k| pairs[k.2 as usize]).collect();
+    let sorted: Vec<(&[u8], i64)> = keyed.iter().map(|k| pairs[k.1 as usize]).collect();
     pairs.copy_from_slice(&sorted);
 }
 
@@ -125,12 +102,9 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
         #[test]
-        fn both_orders_are_exactly_the_plain_comparisons(pairs in keys()) {
+        fn the_order_is_exactly_the_plain_comparison(pairs in keys()) {
             let mut ours: Vec<(&[u8], i64)> = pairs.iter().map(|(k, t)| (k.as_slice(), *t)).collect();
             let mut plain = ours.clone();
-            sort_in_dedup_order(&mut ours);
-            plain.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
-            prop_assert_eq!(&ours, &plain);
             sort_in_key_index_order(&mut ours);
             plain.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
             prop_assert_eq!(&ours, &plain);

@@ -7,26 +7,24 @@
 //! batches through RocksDB's skip lists took 849 samples and the flushes 741, together 62% of
 //! the main thread's own time, on the core the Parquet encoder and the Kafka client share. The
 //! delta is already durable in the engine's WAL and needs no memtable: one sort and one
-//! sequential SST per column family is all the store needs to hold it.
+//! sequential SST file is all the store needs to hold it. (Format 1 stores wrote two, one per
+//! order: the second sort and file were half the state writer's work, issue 22.)
 //!
-//! Layout: `<store>/state-staging/<first>-<last>.<column family>.sst`, epochs `first..=last`.
+//! Layout: `<store>/state-staging/<first>-<last>.dedup_by_key.sst`, epochs `first..=last`.
 //! The directory holds only files being written or waiting for their ingestion: ingestion
 //! moves them into the store (`move_files`), and [`CheckpointStore::open`] deletes whatever a
 //! crash left there (never part of the store: only an ingestion makes a file part of it).
 //!
-//! Order and crash safety: `dedup` is ingested before `dedup_by_key`; a crash between the two
-//! leaves the key index without the staged keys, which the WAL's changelog still holds (the
-//! durable epoch is published only after both), and a restart puts the changelog in memory,
-//! where every check looks first. Each ingestion is atomic and durable when it returns
-//! (RocksDB syncs the file and its MANIFEST edit).
+//! Crash safety: the ingestion is atomic and durable when it returns (RocksDB syncs the file
+//! and its MANIFEST edit); a crash before that leaves the store without the staged keys, which
+//! the WAL's changelog still holds (the durable epoch is published only after the ingestion).
 
 use std::path::{Path, PathBuf};
 
 use rocksdb::{IngestExternalFileOptions, SstFileWriter};
 
 use super::{
-    dedup_options, record, sort_in_dedup_order, sort_in_key_index_order, CheckpointStore,
-    StoreError, CF_DEDUP, CF_DEDUP_BY_KEY,
+    dedup_options, record, sort_in_key_index_order, CheckpointStore, StoreError, CF_DEDUP_BY_KEY,
 };
 
 /// The staging directory's name inside the store directory.
@@ -37,25 +35,25 @@ pub(super) const STAGING_DIR: &str = "state-staging";
 #[must_use = "staged state is not in the store until it is ingested"]
 #[derive(Debug)]
 pub struct StagedState {
-    /// `(column family, file)` in ingestion order; empty when the deltas held no key.
-    files: Vec<(&'static str, PathBuf)>,
-    /// Distinct `(key, event time)` entries staged.
+    /// The staged file; `None` when the deltas held no key.
+    file: Option<PathBuf>,
+    /// Distinct keys staged.
     entries: usize,
 }
 
 impl StagedState {
-    /// Entries staged (each distinct `(key, event time)` once).
+    /// Entries staged (each distinct key once).
     pub fn entries(&self) -> usize {
         self.entries
     }
 
-    /// Makes the staged files part of `store` (moved, not copied), `dedup` first (module
-    /// documentation). Returns the entries ingested.
+    /// Makes the staged file part of `store` (moved, not copied). Returns the entries
+    /// ingested.
     pub fn ingest(self, store: &CheckpointStore) -> Result<usize, StoreError> {
         let mut opts = IngestExternalFileOptions::default();
         opts.set_move_files(true);
-        for (cf_name, file) in &self.files {
-            let cf = store.cf(cf_name)?;
+        if let Some(file) = &self.file {
+            let cf = store.cf(CF_DEDUP_BY_KEY)?;
             store
                 .db
                 .ingest_external_file_cf_opts(cf, &opts, vec![file])
@@ -71,9 +69,9 @@ impl StagedState {
 
 impl CheckpointStore {
     /// Writes `inserts` (the dedup deltas of epochs `first..=last`, in epoch order) into one
-    /// sorted SST file per dedup column family, synced, in the staging directory (module
-    /// documentation). A key given twice keeps its newest time in the key index (a key is
-    /// accepted again only after its older entry fell below a watermark, so newer is later).
+    /// sorted SST file, synced, in the staging directory (module documentation). A key given
+    /// twice keeps its newest time (a key is accepted again only after its older entry fell
+    /// below a watermark, so newer is later).
     pub fn stage_state<'k>(
         &self,
         first: u64,
@@ -83,7 +81,7 @@ impl CheckpointStore {
         let mut pairs: Vec<(&[u8], i64)> = inserts.into_iter().collect();
         if pairs.is_empty() {
             return Ok(StagedState {
-                files: Vec::new(),
+                file: None,
                 entries: 0,
             });
         }
@@ -93,42 +91,30 @@ impl CheckpointStore {
             path: dir.clone(),
             source,
         })?;
-        sort_in_dedup_order(&mut pairs);
-        pairs.dedup();
-        let entries = pairs.len();
-        let dedup_file = dir.join(format!("{first}-{last}.{CF_DEDUP}.sst"));
-        self.write_sst(&dedup_file, false, |w| {
-            let mut entry_key = Vec::new();
-            for &(key, time) in &pairs {
-                record::write_dedup_entry_key(&mut entry_key, time, key);
-                w.put(&entry_key, b"")?;
-            }
-            Ok(())
-        })?;
-        // `dedup_by_key`: the newest time of a key given twice (the last of its run).
+        // A key's times rising: the newest of a key given twice is the last of its run.
         sort_in_key_index_order(&mut pairs);
-        let by_key_file = dir.join(format!("{first}-{last}.{CF_DEDUP_BY_KEY}.sst"));
-        self.write_sst(&by_key_file, true, |w| {
+        let file = dir.join(format!("{first}-{last}.{CF_DEDUP_BY_KEY}.sst"));
+        let mut entries = 0;
+        self.write_sst(&file, |w| {
             for (i, &(key, time)) in pairs.iter().enumerate() {
                 if pairs.get(i + 1).is_none_or(|next| next.0 != key) {
                     w.put(key, record::time_prefix(time))?;
+                    entries += 1;
                 }
             }
             Ok(())
         })?;
         Ok(StagedState {
-            files: vec![(CF_DEDUP, dedup_file), (CF_DEDUP_BY_KEY, by_key_file)],
+            file: Some(file),
             entries,
         })
     }
 
-    /// Writes a synced, uncompressed SST file at `path` with the options of the dedup column
-    /// family (`by_key`: the key index's, with its Bloom filter); `fill` puts its entries, in
-    /// strictly ascending key order.
+    /// Writes a synced, uncompressed SST file at `path` with the options of `dedup_by_key`
+    /// (its Bloom filter); `fill` puts its entries, in strictly ascending key order.
     fn write_sst(
         &self,
         path: &Path,
-        by_key: bool,
         fill: impl FnOnce(&mut SstFileWriter) -> Result<(), rocksdb::Error>,
     ) -> Result<(), StoreError> {
         let rocks = |op: &'static str| {
@@ -138,7 +124,7 @@ impl CheckpointStore {
                 source,
             }
         };
-        let mut options = dedup_options(self.evict_below.clone(), by_key);
+        let mut options = dedup_options(self.evict_below.clone());
         // Uncompressed: LZ4 was the writer's top item (16% of its CPU, profiled) on keys that
         // compress little; the file's entries get compressed if a compaction rewrites them.
         options.set_compression_type(rocksdb::DBCompressionType::None);

@@ -2,8 +2,7 @@
 //!
 //! One thread, one queue. A delta is queued only after the checkpoint record of its epoch is
 //! durable (the caller's order). The thread gathers what comes for up to [`SYNC_EVERY`], then
-//! writes it all as one sorted SST file per dedup column family
-//! ([`CheckpointStore::stage_state`]) and ingests them ([`StagedState::ingest`](super::StagedState::ingest)),
+//! writes it all as one sorted SST file ([`CheckpointStore::stage_state`]) and ingests them ([`StagedState::ingest`](super::StagedState::ingest)),
 //! durable when that returns, and publishes the newest epoch whose delta is now durable
 //! ([`StateWriter::durable_epoch`]); the next checkpoint record names it as its `state_epoch`,
 //! and only then may the WAL drop the delta frames up to it. Keys below the newest watermark
@@ -376,7 +375,6 @@ impl Gathered {
         let n = staged.ingest(store)?;
         store.note_state_ingested(last)?;
         fault::hit(CrashPoint::AfterStateSync);
-        store.drop_files_below()?;
         self.deltas.clear();
         self.keys = 0;
         *synced = (*synced).max(last);
