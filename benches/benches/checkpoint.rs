@@ -1,7 +1,6 @@
-//! Checkpoint write latency: one synced RocksDB batch holding the checkpoint record, an epoch's
-//! new dedup keys and the eviction below the watermark, with 10k or 1M keys already in state;
-//! loading the dedup state; and staging a second's dedup delta as SST files (the changelog
-//! path's state write).
+//! Checkpoint write latency: one synced RocksDB batch holding the checkpoint record and an
+//! epoch's new dedup keys, with 10k or 1M keys already in state; loading the dedup state; and
+//! staging a second's dedup delta as an SST file (the changelog path's state write).
 
 use std::time::Duration;
 
@@ -120,7 +119,7 @@ fn bench_load_state(c: &mut Criterion) {
 }
 
 /// The state writer's work for one second of a 700k records/s stream: a delta of 700k new keys
-/// sorted twice and written as the two synced SST files of the changelog path
+/// sorted and written as the synced SST file of the changelog path
 /// (`CheckpointStore::stage_state`). Keys as the pipeline bench's (`order-` and 12 digits),
 /// in a scrambled order as partitions interleave them; event times rising.
 fn bench_stage_state(c: &mut Criterion) {

@@ -413,9 +413,9 @@ pub async fn recover(
         }
     }
     // The dedup state is the slowest part of a restart with a big state: its load starts now,
-    // in the background, while the table, the WAL and the sweep are read. With the store's key
-    // index, verdicts do not wait for it (the state answers from the store while it loads:
-    // `DedupState::loading`); without (a store an older build wrote) the first verdict waits.
+    // in the background, while the table, the WAL and the sweep are read. Verdicts do not wait
+    // for it: the state answers from the store's key index while it loads
+    // (`DedupState::loading`).
     let preload = match (&latest, processor.dedup()) {
         // (A worker's state comes from the table at every start: no load.)
         (Some(c), Some(_)) if config.checkpoint.enabled && options.worker.is_none() => {
@@ -1402,8 +1402,8 @@ impl StateLoad {
     }
 
     /// Pauses the load (between two chunks) until the returned guard is dropped. Only for a
-    /// load that is not waited for meanwhile ([`DedupState::loading`]): [`StateLoad::join`]
-    /// and dropping the load resume it first.
+    /// load that is not waited for meanwhile ([`DedupState::loading`]): dropping the load
+    /// resumes it first.
     fn pause(&self) -> LoadPaused {
         self.paused.store(true, Ordering::Release);
         LoadPaused(self.paused.clone())

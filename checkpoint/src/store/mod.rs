@@ -3,8 +3,7 @@
 //! Column families:
 //! - `meta`: `format_version` (u32 LE), `current` (epoch, u64 BE), and `state_ingested`
 //!   (epoch, u64 BE): the newest epoch whose delta the [`StateWriter`] has ingested, written
-//!   (unsynced) after the ingestion is durable, so a lower bound of what the `dedup` column
-//!   families hold, possibly newer than the newest record's `state_epoch` (which can only name
+//!   (unsynced) after the ingestion is durable, so a lower bound of what `dedup_by_key` holds, possibly newer than the newest record's `state_epoch` (which can only name
 //!   a state durable before the record was written). A restart reads the changelog from there
 //!   (`CheckpointStore::state_ingested`).
 //! - `history`: epoch (u64 BE) -> [`CheckpointRecord`]; the newest `retain` are kept, so a
@@ -28,7 +27,7 @@
 //!
 //! Two ways to write a checkpoint:
 //! - [`CheckpointStore::write`]: ONE synced `WriteBatch` (record, history entry, `current`
-//!   pointer, dedup inserts and eviction, history pruning), so after a crash either all of it is
+//!   pointer, dedup inserts, history pruning), so after a crash either all of it is
 //!   visible or none. The record's `state_epoch` is its own epoch.
 //! - the changelog path, on the run's critical path: [`CheckpointStore::write_record`] (the
 //!   record alone, one small synced batch), then the epoch's dedup delta through the

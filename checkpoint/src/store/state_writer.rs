@@ -2,7 +2,7 @@
 //!
 //! One thread, one queue. A delta is queued only after the checkpoint record of its epoch is
 //! durable (the caller's order). The thread gathers what comes for up to [`SYNC_EVERY`], then
-//! writes it all as one sorted SST file ([`CheckpointStore::stage_state`]) and ingests them ([`StagedState::ingest`](super::StagedState::ingest)),
+//! writes it all as one sorted SST file ([`CheckpointStore::stage_state`]) and ingests it ([`StagedState::ingest`](super::StagedState::ingest)),
 //! durable when that returns, and publishes the newest epoch whose delta is now durable
 //! ([`StateWriter::durable_epoch`]); the next checkpoint record names it as its `state_epoch`,
 //! and only then may the WAL drop the delta frames up to it. Keys below the newest watermark
@@ -27,8 +27,7 @@ use crate::fault::{self, CrashPoint};
 /// Deltas waiting for the thread before [`StateWriter::queue`] blocks.
 const QUEUE_DEPTH: usize = 4;
 
-/// Least time between two background writes: each is a new file per column family in the
-/// store; fewer, bigger files mean less compaction. The WAL keeps the deltas meanwhile.
+/// Least time between two background writes: each is a new file in the store; fewer, bigger files mean less compaction. The WAL keeps the deltas meanwhile.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Keys gathered that make the thread write them at once, whether a write is due or the

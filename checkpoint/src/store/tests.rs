@@ -349,6 +349,8 @@ fn state_deltas_through_the_writer_are_durable_once_synced() {
             .unwrap();
         let mut r = record(2);
         r.state_epoch = writer.durable_epoch();
+        // The record's watermark is the delta's eviction, as in the engine.
+        r.watermark = Some(15);
         store.write_record(&r).unwrap();
         writer.queue(delta(2, &[("c", 30)], Some(15))).unwrap();
         assert_eq!(writer.sync().unwrap(), 2);
@@ -712,7 +714,7 @@ fn a_state_writer_reports_its_threads_cpu_time_as_of_its_last_write() {
     assert_eq!(writer.sync().unwrap(), 1);
     let after_write = writer.cpu_time().unwrap();
     assert!(after_write > std::time::Duration::ZERO, "{after_write:?}");
-    // A second write (an SST file per column family, synced and ingested) adds to it.
+    // A second write (an SST file, synced and ingested) adds to it.
     writer.queue(one_key_delta(2)).unwrap();
     assert_eq!(writer.sync().unwrap(), 2);
     let after_second = writer.cpu_time().unwrap();

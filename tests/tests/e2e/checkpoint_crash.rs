@@ -163,8 +163,8 @@ fn the_state_never_claims_more_than_was_synced_under_sigkill() {
             "round {round}: record {c} claims state through {m}, but {} of those keys are gone",
             synced.difference(&got).count()
         );
-        // The key index (ingested after `dedup`: a kill between the two leaves it behind) has
-        // every key the record claims, with its time.
+        // The key index (the state's only copy since store format 2) has every key the record
+        // claims, with its time.
         let claimed: Vec<&(Vec<u8>, i64)> = synced.iter().collect();
         let keys: Vec<&[u8]> = claimed.iter().map(|(k, _)| k.as_slice()).collect();
         let looked = store.lookup_dedup_keys(&keys).unwrap();
