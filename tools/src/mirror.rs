@@ -158,7 +158,7 @@ fn fetch_metadata_in_rounds(
 
 /// True when one of `brokers` (comma-separated, as librdkafka takes them) accepts a TCP
 /// connection within `within`: a broker is there, if slow.
-fn accepts_connections(brokers: &str, within: Duration) -> bool {
+pub(crate) fn accepts_connections(brokers: &str, within: Duration) -> bool {
     use std::net::{TcpStream, ToSocketAddrs};
     brokers
         .split(',')
