@@ -138,7 +138,7 @@ const WATERMARK_PATIENCE: Duration = Duration::from_secs(120);
 /// TCP connections (a broker too slow to finish a new connection's handshake). Any other
 /// error, or brokers that accept no connection, fail at once (the mirror's rule:
 /// `mirror.rs`, `fetch_metadata_in_rounds`).
-fn high_watermark<C: Consumer>(
+pub(crate) fn high_watermark<C: Consumer>(
     consumer: &C,
     brokers: &str,
     topic: &str,

@@ -296,9 +296,14 @@ impl Mirror {
             .next
             .keys()
             .map(|p| {
-                self.consumer
-                    .fetch_watermarks(&self.topic, *p, TIMEOUT)
-                    .map(|(_, high)| (*p, high))
+                crate::drill::high_watermark(
+                    &self.consumer,
+                    &self.from,
+                    &self.topic,
+                    *p,
+                    METADATA_PATIENCE,
+                )
+                .map(|high| (*p, high))
             })
             .collect::<Result<_, _>>()?;
         let started = Instant::now();
