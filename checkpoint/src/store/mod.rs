@@ -279,18 +279,11 @@ impl CheckpointStore {
             },
         };
         let meta = store.cf(CF_META)?;
-        match store
-            .db
-            .get_cf(meta, KEY_FORMAT)
-            .map_err(rocks("read format version"))?
-        {
-            Some(v) => {
-                let found = <[u8; 4]>::try_from(v.as_slice())
-                    .map(u32::from_le_bytes)
-                    .map_err(|_| StoreError::Foreign {
-                        path: path.to_path_buf(),
-                        message: "format_version is not 4 bytes".into(),
-                    })?;
+        // Nothing below the newest durable record's watermark is needed again (a migration
+        // need not copy it either).
+        store.floor_at_newest_record()?;
+        match store.format_version()? {
+            Some(found) => {
                 if found > STORE_FORMAT_VERSION {
                     return Err(StoreError::NewerFormat {
                         path: path.to_path_buf(),
@@ -319,12 +312,35 @@ impl CheckpointStore {
                     .map_err(rocks("write format version"))?;
             }
         }
-        // Nothing below the newest durable record's watermark is needed again.
-        if let Some(latest) = store.latest()? {
-            store.set_evict_below(latest.watermark);
-        }
         info!(path = %path.display(), format = STORE_FORMAT_VERSION, "checkpoint store opened");
         Ok(store)
+    }
+
+    /// The layout version `meta` records (`None`: a new store, or one from before versions).
+    fn format_version(&self) -> Result<Option<u32>, StoreError> {
+        let meta = self.cf(CF_META)?;
+        let Some(v) = self
+            .db
+            .get_cf(meta, KEY_FORMAT)
+            .map_err(self.rocks("read format version"))?
+        else {
+            return Ok(None);
+        };
+        <[u8; 4]>::try_from(v.as_slice())
+            .map(|b| Some(u32::from_le_bytes(b)))
+            .map_err(|_| StoreError::Foreign {
+                path: self.path.clone(),
+                message: "format_version is not 4 bytes".into(),
+            })
+    }
+
+    /// Sets the eviction floor to the newest record's watermark: nothing below it is read
+    /// again (module documentation).
+    fn floor_at_newest_record(&self) -> Result<(), StoreError> {
+        if let Some(latest) = self.latest()? {
+            self.set_evict_below(latest.watermark);
+        }
+        Ok(())
     }
 
     /// Makes a format 1 store a format 2 one (module documentation): the entries of `dedup`
@@ -347,8 +363,10 @@ impl CheckpointStore {
         let mut copied = 0u64;
         if !indexed {
             let mut batch = WriteBatch::default();
-            // Event-time order: a key's newer time is put after its older one.
-            self.for_each_time_ordered_entry(None, |key, time| {
+            // Event-time order: a key's newer time is put after its older one. Entries below
+            // the floor (the newest record's watermark) are never read again: not copied.
+            let floor = self.evict_below.load(Ordering::Acquire);
+            self.for_each_time_ordered_entry(Some(floor), |key, time| {
                 batch.put_cf(by_key, key, record::time_prefix(time));
                 copied += 1;
                 if batch.len() >= MIGRATION_BATCH {
@@ -430,17 +448,10 @@ impl CheckpointStore {
             evict_below: Arc::new(AtomicI64::new(i64::MIN)),
             time_ordered: false,
         };
-        let meta = store.cf(CF_META)?;
-        let format = store
-            .db
-            .get_cf(meta, KEY_FORMAT)
-            .map_err(store.rocks("read format version"))?
-            .and_then(|v| <[u8; 4]>::try_from(v.as_slice()).ok())
-            .map(u32::from_le_bytes);
-        store.time_ordered = format.is_none_or(|f| f <= FORMAT_TIME_ORDERED);
-        if let Some(latest) = store.latest()? {
-            store.set_evict_below(latest.watermark);
-        }
+        store.time_ordered = store
+            .format_version()?
+            .is_none_or(|f| f <= FORMAT_TIME_ORDERED);
+        store.floor_at_newest_record()?;
         Ok(store)
     }
 
