@@ -31,7 +31,7 @@ use serde::Serialize;
 
 use crate::audit;
 use crate::child::KillOnDrop;
-use crate::mirror::{seed_partitions, Mirror};
+use crate::mirror::{seed_partitions, Mirror, METADATA_PATIENCE};
 use crate::produce::{flush_patiently, send_retrying};
 
 /// Options of `tidemark drill`.
@@ -126,51 +126,6 @@ pub struct FailbackOutcome {
     pub rto_ms: Option<u64>,
 }
 
-/// How long [`high_watermark`] asks a broker that does not answer. Why: in a full test run a
-/// drill's 10 s watermark request to tansu under other tests' load once went unanswered, and
-/// the drill failed a round in which nothing was wrong (the mirror's metadata fetch waits the
-/// same way: `mirror.rs`, `METADATA_PATIENCE`).
-const WATERMARK_PATIENCE: Duration = Duration::from_secs(120);
-
-/// `partition`'s high watermark from `consumer` (of `brokers`), asked in rounds of 10 s while
-/// the broker does not answer, until `patience` has passed: a round that times out is asked
-/// again, and so is one that fails for want of a usable broker while one of `brokers` accepts
-/// TCP connections (a broker too slow to finish a new connection's handshake). Any other
-/// error, or brokers that accept no connection, fail at once (the mirror's rule:
-/// `mirror.rs`, `fetch_metadata_in_rounds`).
-pub(crate) fn high_watermark<C: Consumer>(
-    consumer: &C,
-    brokers: &str,
-    topic: &str,
-    partition: i32,
-    patience: Duration,
-) -> Result<i64, rdkafka::error::KafkaError> {
-    use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
-    const ROUND: Duration = Duration::from_secs(10);
-    let started = Instant::now();
-    loop {
-        let code = match consumer.fetch_watermarks(topic, partition, ROUND) {
-            Ok((_, high)) => return Ok(high),
-            Err(KafkaError::MetadataFetch(code)) => code,
-            Err(e) => return Err(e),
-        };
-        let again = match code {
-            Code::OperationTimedOut => true,
-            Code::BrokerTransportFailure | Code::AllBrokersDown => {
-                crate::mirror::accepts_connections(brokers, ROUND)
-            }
-            _ => false,
-        };
-        if !again || started.elapsed() >= patience {
-            return Err(KafkaError::MetadataFetch(code));
-        }
-        eprintln!(
-            "drill: no high watermark of {topic}/{partition} from {brokers} after {} s ({code}); asking again",
-            started.elapsed().as_secs()
-        );
-    }
-}
-
 /// The high watermark of each partition.
 fn partition_ends(
     brokers: &str,
@@ -182,7 +137,13 @@ fn partition_ends(
         .create()?;
     (0..partitions)
         .map(|p| {
-            let high = high_watermark(&consumer, brokers, topic, p, WATERMARK_PATIENCE)?;
+            let high = crate::mirror::high_watermark_in_rounds(
+                &consumer,
+                brokers,
+                topic,
+                p,
+                METADATA_PATIENCE,
+            )?;
             Ok((p, high))
         })
         .collect()
@@ -547,7 +508,13 @@ fn ids_from(brokers: &str, topic: &str, start: &BTreeMap<i32, i64>) -> anyhow::R
         tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
         ends.insert(
             *p,
-            high_watermark(&consumer, brokers, topic, *p, WATERMARK_PATIENCE)?,
+            crate::mirror::high_watermark_in_rounds(
+                &consumer,
+                brokers,
+                topic,
+                *p,
+                METADATA_PATIENCE,
+            )?,
         );
     }
     consumer.assign(&tpl)?;
@@ -905,56 +872,4 @@ async fn drill_round(
         replica_bytes,
         replica_rows: replica_ids.len() as u64,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A broker that accepts connections and never answers (one overloaded past its request
-    /// timeouts) is asked again until the patience has passed, and its last error is returned.
-    #[test]
-    fn a_silent_broker_is_asked_again_until_the_patience() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let brokers = listener.local_addr().unwrap().to_string();
-        std::thread::spawn(move || {
-            let mut held = Vec::new();
-            for stream in listener.incoming() {
-                held.push(stream);
-            }
-        });
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
-        let started = Instant::now();
-        // Past the first 10 s round: a second one is asked.
-        let result = high_watermark(&consumer, &brokers, "t", 0, Duration::from_secs(12));
-        let took = started.elapsed();
-        assert!(
-            matches!(result, Err(rdkafka::error::KafkaError::MetadataFetch(_))),
-            "{result:?}"
-        );
-        assert!(took >= Duration::from_secs(19), "one round only: {took:?}");
-    }
-
-    /// Brokers nothing listens at fail at the first round, without the patience.
-    #[test]
-    fn brokers_never_reached_fail_without_the_patience() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let brokers = closed.local_addr().unwrap().to_string();
-        drop(closed);
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
-        let started = Instant::now();
-        let result = high_watermark(&consumer, &brokers, "t", 0, Duration::from_secs(120));
-        assert!(result.is_err());
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "waited {:?} for brokers that refuse connections",
-            started.elapsed()
-        );
-    }
 }

@@ -110,9 +110,44 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// heavy produce load (CI, a drill beside a build) was seen to leave one 10 s metadata request
 /// unanswered, which failed a DR drill round though nothing was wrong; the request may simply
 /// be asked again.
-const METADATA_PATIENCE: Duration = Duration::from_secs(120);
+pub(crate) const METADATA_PATIENCE: Duration = Duration::from_secs(120);
 
-/// `topic`'s metadata from `consumer`'s cluster (`brokers`, for messages) and the rounds it
+/// `topic`'s metadata from `consumer`'s cluster (`brokers`) and the rounds it took, asked as
+/// [`ask_in_rounds`] asks.
+fn fetch_metadata_in_rounds(
+    consumer: &BaseConsumer,
+    brokers: &str,
+    topic: &str,
+    round: Duration,
+    patience: Duration,
+) -> Result<(Metadata, u32), KafkaError> {
+    ask_in_rounds(
+        brokers,
+        &format!("metadata of {topic}"),
+        round,
+        patience,
+        |r| consumer.fetch_metadata(Some(topic), r),
+    )
+}
+
+/// `partition`'s high watermark from `consumer`'s cluster (`brokers`), asked as
+/// [`ask_in_rounds`] asks, in rounds of [`TIMEOUT`]: the drill's and the mirror's catch-up
+/// read partition ends under the same load as the metadata.
+pub(crate) fn high_watermark_in_rounds<C: Consumer>(
+    consumer: &C,
+    brokers: &str,
+    topic: &str,
+    partition: i32,
+    patience: Duration,
+) -> Result<i64, KafkaError> {
+    let what = format!("the high watermark of {topic}/{partition}");
+    ask_in_rounds(brokers, &what, TIMEOUT, patience, |r| {
+        consumer.fetch_watermarks(topic, partition, r)
+    })
+    .map(|((_, high), _)| high)
+}
+
+/// What `ask` answers (`what`, for messages) from the cluster of `brokers`, and the rounds it
 /// took: asked in rounds of `round` while the broker does not answer, until `patience` has
 /// passed. A round that times out is asked again; so is one that fails for want of a usable
 /// broker while one of `brokers` accepts TCP connections (a broker too slow to finish the
@@ -121,20 +156,20 @@ const METADATA_PATIENCE: Duration = Duration::from_secs(120);
 /// connection (a wrong address, nothing listening) fail at the first round; a broker that
 /// accepts TCP and then refuses the handshake (TLS) is asked until `patience`. Any other
 /// error is returned at once.
-fn fetch_metadata_in_rounds(
-    consumer: &BaseConsumer,
+fn ask_in_rounds<T>(
     brokers: &str,
-    topic: &str,
+    what: &str,
     round: Duration,
     patience: Duration,
-) -> Result<(Metadata, u32), KafkaError> {
+    mut ask: impl FnMut(Duration) -> Result<T, KafkaError>,
+) -> Result<(T, u32), KafkaError> {
     let started = Instant::now();
     let mut rounds = 0;
     let mut timed_out = false;
     loop {
         rounds += 1;
-        let code = match consumer.fetch_metadata(Some(topic), round) {
-            Ok(metadata) => return Ok((metadata, rounds)),
+        let code = match ask(round) {
+            Ok(answer) => return Ok((answer, rounds)),
             Err(KafkaError::MetadataFetch(code)) => code,
             Err(e) => return Err(e),
         };
@@ -150,7 +185,7 @@ fn fetch_metadata_in_rounds(
         }
         timed_out |= code == RDKafkaErrorCode::OperationTimedOut;
         eprintln!(
-            "mirror of {topic}: no metadata from {brokers} after {} s ({code}); asking again",
+            "{what}: no answer from {brokers} after {} s ({code}); asking again",
             started.elapsed().as_secs()
         );
     }
@@ -158,7 +193,7 @@ fn fetch_metadata_in_rounds(
 
 /// True when one of `brokers` (comma-separated, as librdkafka takes them) accepts a TCP
 /// connection within `within`: a broker is there, if slow.
-pub(crate) fn accepts_connections(brokers: &str, within: Duration) -> bool {
+fn accepts_connections(brokers: &str, within: Duration) -> bool {
     use std::net::{TcpStream, ToSocketAddrs};
     brokers
         .split(',')
@@ -296,7 +331,7 @@ impl Mirror {
             .next
             .keys()
             .map(|p| {
-                crate::drill::high_watermark(
+                high_watermark_in_rounds(
                     &self.consumer,
                     &self.from,
                     &self.topic,
@@ -456,7 +491,10 @@ mod tests {
     use rdkafka::consumer::BaseConsumer;
     use rdkafka::mocking::MockCluster;
 
-    use super::{accepts_connections, fetch_metadata_in_rounds, socket_address};
+    use super::{
+        accepts_connections, fetch_metadata_in_rounds, high_watermark_in_rounds, socket_address,
+        KafkaError,
+    };
 
     fn consumer(brokers: &str) -> BaseConsumer {
         ClientConfig::new()
@@ -587,6 +625,59 @@ mod tests {
             "t",
             round,
             Duration::from_secs(60),
+        );
+        assert!(result.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "waited {:?} for brokers that refuse connections",
+            started.elapsed()
+        );
+    }
+
+    /// A partition's high watermark from a broker that accepts connections and never answers
+    /// (one overloaded past its request timeouts) is asked again until the patience has
+    /// passed, and its last error is returned.
+    #[test]
+    fn a_silent_broker_is_asked_again_for_a_high_watermark_until_the_patience() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let brokers = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                held.push(stream);
+            }
+        });
+        let started = Instant::now();
+        // Past the first 10 s round: a second one is asked.
+        let result = high_watermark_in_rounds(
+            &consumer(&brokers),
+            &brokers,
+            "t",
+            0,
+            Duration::from_secs(12),
+        );
+        let took = started.elapsed();
+        assert!(
+            matches!(result, Err(KafkaError::MetadataFetch(_))),
+            "{result:?}"
+        );
+        assert!(took >= Duration::from_secs(19), "one round only: {took:?}");
+    }
+
+    /// A high watermark from brokers nothing listens at fails at the first round, without the
+    /// patience.
+    #[test]
+    fn a_high_watermark_from_brokers_never_reached_fails_without_the_patience() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let brokers = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let started = Instant::now();
+        let result = high_watermark_in_rounds(
+            &consumer(&brokers),
+            &brokers,
+            "t",
+            0,
+            Duration::from_secs(120),
         );
         assert!(result.is_err());
         assert!(
