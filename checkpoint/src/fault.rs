@@ -1,7 +1,8 @@
 //! Named crash points of the epoch protocol, armed through the environment, for crash tests.
 //!
-//! They live in this crate (the lowest one) because two of them sit inside it: the middle of a
-//! checkpoint write and the middle of WAL truncation; the engine calls the others.
+//! They live in this crate (the lowest one) because three of them sit inside it: the middle of
+//! a checkpoint write, the middle of WAL truncation and the middle of a store's migration from
+//! format 1; the engine calls the others.
 //!
 //! `TIDEMARK_CRASH_AT=<point>` kills the process with SIGKILL the first time it reaches
 //! `<point>`; `<point>@<n>` on the n-th time.
@@ -76,6 +77,10 @@ pub enum CrashPoint {
     DuringDeltaLogCleanup,
     /// An in-pipeline compaction round is due; nothing of it is written.
     BeforeCompaction,
+    /// A format 1 store is being migrated at its first read-write open: its dedup entries
+    /// are copied into the key index (not synced); `dedup` still holds them and the version is
+    /// still 1.
+    DuringFormatMigration,
 }
 
 impl CrashPoint {
@@ -107,6 +112,10 @@ impl CrashPoint {
         CrashPoint::BeforeCompaction,
     ];
 
+    /// The points of a store's migration from an older format, reached only when a store of
+    /// that format is opened read-write.
+    pub const STORE_MIGRATION: [CrashPoint; 1] = [CrashPoint::DuringFormatMigration];
+
     /// True for the points of the dedup state's changelog path (reached only with dedup on).
     pub fn is_state_point(self) -> bool {
         matches!(
@@ -136,6 +145,7 @@ impl CrashPoint {
             CrashPoint::AfterDeltaCheckpoint => "after_delta_checkpoint",
             CrashPoint::DuringDeltaLogCleanup => "during_delta_log_cleanup",
             CrashPoint::BeforeCompaction => "before_compaction",
+            CrashPoint::DuringFormatMigration => "during_format_migration",
         }
     }
 }
@@ -150,7 +160,12 @@ impl FromStr for CrashPoint {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let every = || CrashPoint::ALL.into_iter().chain(CrashPoint::DELTA_LOG);
+        let every = || {
+            CrashPoint::ALL
+                .into_iter()
+                .chain(CrashPoint::DELTA_LOG)
+                .chain(CrashPoint::STORE_MIGRATION)
+        };
         every().find(|p| p.name() == s).ok_or_else(|| {
             let names: Vec<_> = every().map(|p| p.name()).collect();
             format!("unknown crash point {s:?}; known: {}", names.join(", "))
@@ -263,7 +278,11 @@ mod tests {
             .unwrap_err()
             .contains("after_parquet_write"));
         assert!(parse("after_delta_commit@0").is_err());
-        for p in CrashPoint::ALL.into_iter().chain(CrashPoint::DELTA_LOG) {
+        for p in CrashPoint::ALL
+            .into_iter()
+            .chain(CrashPoint::DELTA_LOG)
+            .chain(CrashPoint::STORE_MIGRATION)
+        {
             assert_eq!(p.name().parse::<CrashPoint>().unwrap(), p);
         }
     }

@@ -743,6 +743,77 @@ async fn a_landed_epoch_checkpointed_without_replay_keeps_its_keys_for_the_run_t
     );
 }
 
+/// Issue 22, store format 2: this build restarting over a store a format 1 build left (the
+/// dedup state in the time-ordered `dedup` column family) migrates it at its open, and dedup
+/// stays exact: no retry of a key the old store held is written again, no unique record is
+/// dropped. The old store is the one of a real pipeline killed right after its third
+/// checkpoint, rewritten as format 1 (`format_1_image`):
+/// - without the key index (a store from before it): `tidemark status` reads it read-only
+///   and foresees the restart; the first restart is killed in the middle of the migration,
+///   after its copy into the key index and before the synced batch that ends it
+///   (`during_format_migration`), which leaves a format 1 store; the next start migrates it
+///   again, copying exactly the entries the old store held above its watermark;
+/// - with the key index: migrated without a copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_format_1_store_is_migrated_at_restart_and_dedup_stays_exact() {
+    let Some(brokers) = broker() else { return };
+    const N: u64 = 4_000;
+    for key_index in [false, true] {
+        let what = if key_index {
+            "format 1 with the key index"
+        } else {
+            "format 1 without the key index"
+        };
+        let name = if key_index {
+            "format-1-indexed"
+        } else {
+            "format-1"
+        };
+        let (fixture, _) = killed_at(&brokers, name, N, "after_checkpoint@3").await;
+        let rewritten = tidemark_checkpoint::store::format_1_image::rewrite_as_format_1(
+            &fixture.state_dir().join("store"),
+            key_index,
+        )
+        .unwrap();
+        assert!(rewritten > 0, "{what}: the killed run left no dedup state");
+        let migrated = format!(
+            "copied={} indexed={key_index}",
+            if key_index { 0 } else { rewritten }
+        );
+        if !key_index {
+            let out =
+                fixture.run_to_end(&[(tidemark_engine::fault::ENV, "during_format_migration")]);
+            assert_eq!(
+                out.status.signal(),
+                Some(libc::SIGKILL),
+                "{what}: no crash in the migration: {}",
+                stderr_of(&out)
+            );
+        }
+        let status: serde_json::Value =
+            serde_json::from_slice(&fixture.status(true).stdout).unwrap();
+        assert_eq!(status["next_case"], "resume_epoch", "{what}: {status}");
+        let out = fixture.run_to_end(&[]);
+        let stderr = stderr_of(&out);
+        assert!(out.status.success(), "{what}: {stderr}");
+        assert!(
+            stderr.contains("migrated from format 1") && stderr.contains(&migrated),
+            "{what}: no migration with {migrated} logged: {stderr}"
+        );
+        let s = summary(&out);
+        assert_eq!(s["recovery"]["case"], "resume_epoch", "{what}: {s}");
+        assert_dedup_exact(&fixture, N, &s["totals"], what);
+        // Migrated once: the next start opens a format 2 store.
+        let again = fixture.run_to_end(&[]);
+        assert!(again.status.success(), "{what}: {}", stderr_of(&again));
+        assert!(
+            !stderr_of(&again).contains("migrated from format 1"),
+            "{what}: migrated twice: {}",
+            stderr_of(&again)
+        );
+    }
+}
+
 /// Kills a run at `first_kill` (leaving epoch 3 for the restart's case `case`), then kills the
 /// restart right after its checkpoint record (asserting the state lags it), after the state
 /// writer's first write, or after its first sync; each next start must be exact.

@@ -85,14 +85,16 @@ pub(super) fn expected(point: CrashPoint, hit: u32) -> (&'static str, i64) {
             // Dedup's changelog path: `dedup::state_changelog_crashes_keep_dedup_exact`.
             CrashPoint::AfterStateWrite | CrashPoint::AfterStateSync => ("resume_epoch", 1),
             // Reached only when a Delta checkpoint or compaction is due (not in
-            // `CrashPoint::ALL`): tested in `maintenance`.
+            // `CrashPoint::ALL`): tested in `maintenance`; or when a format 1 store is
+            // migrated: `dedup::a_format_1_store_is_migrated_at_restart_and_dedup_stays_exact`.
             p @ (CrashPoint::BeforeDeltaCheckpoint
             | CrashPoint::DeltaCheckpointTmpCreated
             | CrashPoint::DeltaCheckpointBeforePlace
             | CrashPoint::DeltaCheckpointAfterPlace
             | CrashPoint::AfterDeltaCheckpoint
             | CrashPoint::DuringDeltaLogCleanup
-            | CrashPoint::BeforeCompaction) => unreachable!("{p} is not in CrashPoint::ALL"),
+            | CrashPoint::BeforeCompaction
+            | CrashPoint::DuringFormatMigration) => unreachable!("{p} is not in CrashPoint::ALL"),
         };
     }
     match point {
@@ -109,14 +111,16 @@ pub(super) fn expected(point: CrashPoint, hit: u32) -> (&'static str, i64) {
         CrashPoint::DuringTruncation => ("resume_epoch", 1),
         CrashPoint::AfterStateWrite | CrashPoint::AfterStateSync => ("resume_epoch", 2),
         // Reached only when a Delta checkpoint or compaction is due (not in
-        // `CrashPoint::ALL`): tested in `maintenance`.
+        // `CrashPoint::ALL`): tested in `maintenance`; or when a format 1 store is migrated:
+        // `dedup::a_format_1_store_is_migrated_at_restart_and_dedup_stays_exact`.
         p @ (CrashPoint::BeforeDeltaCheckpoint
         | CrashPoint::DeltaCheckpointTmpCreated
         | CrashPoint::DeltaCheckpointBeforePlace
         | CrashPoint::DeltaCheckpointAfterPlace
         | CrashPoint::AfterDeltaCheckpoint
         | CrashPoint::DuringDeltaLogCleanup
-        | CrashPoint::BeforeCompaction) => unreachable!("{p} is not in CrashPoint::ALL"),
+        | CrashPoint::BeforeCompaction
+        | CrashPoint::DuringFormatMigration) => unreachable!("{p} is not in CrashPoint::ALL"),
     }
 }
 
