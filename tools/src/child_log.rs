@@ -27,8 +27,41 @@ pub fn strip_ansi(text: &str) -> String {
     out
 }
 
+/// The last `lines` lines of the log at `path` (colours stripped), indented, for an error
+/// that names a failed child: a test's temporary directory, and the log with it, is gone by
+/// the time anyone reads its failure. Says so when the log cannot be read.
+pub fn tail_of(path: &std::path::Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = strip_ansi(&String::from_utf8_lossy(&bytes));
+            let all: Vec<&str> = text.lines().collect();
+            let from = all.len().saturating_sub(lines);
+            all[from..]
+                .iter()
+                .map(|l| format!("    {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        Err(e) => format!("    (the log {} cannot be read: {e})", path.display()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tail_is_the_last_lines_without_colours() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("child.log");
+        std::fs::write(&log, "one\ntwo\n\u{1b}[31mERROR\u{1b}[0m three\n").unwrap();
+        assert_eq!(super::tail_of(&log, 2), "    two\n    ERROR three");
+        assert_eq!(super::tail_of(&log, 9), "    one\n    two\n    ERROR three");
+        let missing = super::tail_of(&dir.path().join("gone.log"), 2);
+        assert!(
+            missing.contains("gone.log") && missing.contains("cannot be read"),
+            "{missing}"
+        );
+    }
+
     #[test]
     fn colour_sequences_go_and_text_stays() {
         assert_eq!(super::strip_ansi("\u{1b}[31mERROR\u{1b}[0m x"), "ERROR x");

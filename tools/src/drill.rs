@@ -31,7 +31,11 @@ use serde::Serialize;
 
 use crate::audit;
 use crate::child::KillOnDrop;
+use crate::child_log::tail_of;
 use crate::mirror::{seed_partitions, Mirror, METADATA_PATIENCE};
+
+/// Lines of a failed child's log quoted in the drill's error.
+const LOG_TAIL_LINES: usize = 15;
 use crate::produce::{flush_patiently, send_retrying};
 
 /// Options of `tidemark drill`.
@@ -205,7 +209,12 @@ fn failback(
         .stderr(std::fs::File::create(logs.join("secondary-run.log"))?)
         .status()?;
     if !run.success() {
-        bail!("the secondary's run failed: {run}");
+        let log = logs.join("secondary-run.log");
+        bail!(
+            "the secondary's run failed: {run} (see {}; its last lines:\n{})",
+            log.display(),
+            tail_of(&log, LOG_TAIL_LINES)
+        );
     }
     // The primary region returns.
     let out = Command::new(exe)
@@ -219,10 +228,12 @@ fn failback(
         .stderr(std::fs::File::create(logs.join("failback.log"))?)
         .output()?;
     if !out.status.success() {
+        let log = logs.join("failback.log");
         bail!(
-            "tidemark failback failed: {} (see {})",
+            "tidemark failback failed: {} (see {}; its last lines:\n{})",
             out.status,
-            logs.join("failback.log").display()
+            log.display(),
+            tail_of(&log, LOG_TAIL_LINES)
         );
     }
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -267,9 +278,11 @@ fn failback(
         .stderr(std::fs::File::create(logs.join("failback-failover.log"))?)
         .status()?;
     if !status.success() {
+        let log = logs.join("failback-failover.log");
         bail!(
-            "the failover back failed: {status} (see {})",
-            logs.join("failback-failover.log").display()
+            "the failover back failed: {status} (see {}; its last lines:\n{})",
+            log.display(),
+            tail_of(&log, LOG_TAIL_LINES)
         );
     }
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
@@ -701,15 +714,19 @@ async fn drill_round(
     // the primary's; a real mirror's beginning is the source's.)
     while !replica_ready(&replica_table, options) {
         if Instant::now() > deadline {
+            let log = logs.join("replicate.log");
             bail!(
-                "the replica got too few pipeline commits within its time (see {})",
-                logs.display()
+                "the replica got too few pipeline commits within its time (see {}; the replicator's last lines:\n{})",
+                logs.display(),
+                tail_of(&log, LOG_TAIL_LINES)
             );
         }
         if let Some(status) = pipeline.try_wait()? {
+            let log = logs.join("primary-run.log");
             bail!(
-                "the primary pipeline ended before the kill: {status} (see {})",
-                logs.display()
+                "the primary pipeline ended before the kill: {status} (see {}; its last lines:\n{})",
+                log.display(),
+                tail_of(&log, LOG_TAIL_LINES)
             );
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -763,9 +780,11 @@ async fn drill_round(
         .status()?;
     let failover_ms = started.elapsed().as_millis() as u64;
     if !out.success() {
+        let log = logs.join("failover.log");
         bail!(
-            "tidemark failover failed: {out} (see {})",
-            logs.join("failover.log").display()
+            "tidemark failover failed: {out} (see {}; its last lines:\n{})",
+            log.display(),
+            tail_of(&log, LOG_TAIL_LINES)
         );
     }
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
