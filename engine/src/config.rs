@@ -122,6 +122,12 @@ pub struct DedupConfig {
     /// state, never moving the watermark). Default one hour.
     #[serde(default = "default_max_event_time_skew_ms")]
     pub max_event_time_skew_ms: u64,
+    /// Keys the state is expected to hold (about the keys per second times the allowed
+    /// lateness): its in-memory table is sized for them at start, so the reading thread never
+    /// stops to grow it while the state fills (each growth moves every key). 0 (default): the
+    /// table grows as keys come. Memory: ~43 bytes per expected key, taken as keys arrive.
+    #[serde(default)]
+    pub expected_keys: u64,
 }
 
 fn default_idle_timeout_ms() -> u64 {
@@ -131,6 +137,9 @@ fn default_idle_timeout_ms() -> u64 {
 fn default_max_event_time_skew_ms() -> u64 {
     3_600_000
 }
+
+/// Largest `dedup.expected_keys`: a table for a billion keys is ~43 GB already.
+pub const MAX_EXPECTED_KEYS: u64 = 1_000_000_000;
 
 /// Largest `dedup.max_event_time_skew_ms` (100 years): larger values would only overflow.
 pub const MAX_EVENT_TIME_SKEW_MS: u64 = 100 * 366 * 24 * 3_600_000;
@@ -968,6 +977,15 @@ fn check_dedup(
     if d.idle_timeout_ms == 0 {
         return Err(invalid.at("dedup.idle_timeout_ms", "must be greater than 0"));
     }
+    if d.expected_keys > MAX_EXPECTED_KEYS {
+        return Err(invalid.at(
+            "dedup.expected_keys",
+            format!(
+                "is {}; at most {MAX_EXPECTED_KEYS} (its table takes ~43 bytes per expected key)",
+                d.expected_keys
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -1356,6 +1374,10 @@ type = "double"
             (
                 format!("{GOOD}\n[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 1\nmax_event_time_skew_ms = {}\n", MAX_EVENT_TIME_SKEW_MS + 1),
                 "dedup.max_event_time_skew_ms",
+            ),
+            (
+                format!("{GOOD}\n[dedup]\nkey = [\"id\"]\nevent_time = \"_kafka_timestamp\"\nallowed_lateness_ms = 1\nexpected_keys = {}\n", MAX_EXPECTED_KEYS + 1),
+                "dedup.expected_keys",
             ),
             (
                 GOOD.replace("brokers = \"127.0.0.1:9092\"", "brokers = \" \""),

@@ -173,6 +173,9 @@ pub struct DedupState {
     inserted: PackedKeys,
     /// Wall clock (Unix ms) of the batch being decided, as logged in the WAL.
     batch_clock_ms: Option<i64>,
+    /// Keys the table keeps room for ([`DedupState::expect_keys`]); a loaded part taken over
+    /// is given that room too.
+    expected_keys: usize,
 }
 
 impl std::fmt::Debug for DedupState {
@@ -196,6 +199,7 @@ impl DedupState {
             oldest: i64::MAX,
             inserted: PackedKeys::default(),
             batch_clock_ms: None,
+            expected_keys: 0,
         }
     }
 
@@ -262,7 +266,11 @@ impl DedupState {
             // The growth this thread paid: memory's so far and this merge's, not the loading
             // thread's.
             let (paid, loader_paid) = (memory.growth_time(), loaded.keys.growth_time());
-            loaded.keys.reserve(memory.len());
+            loaded.keys.reserve(
+                memory
+                    .len()
+                    .max(self.expected_keys.saturating_sub(loaded.keys.len())),
+            );
             let oldest = &mut loaded.oldest;
             insert_warmed(&mut loaded.keys, memory.iter(), |table, k, t| {
                 *oldest = (*oldest).min(t);
@@ -275,7 +283,12 @@ impl DedupState {
             // Fewer inserts the other way round (memory keeps its entries where both hold a
             // key): `self.oldest` already bounds memory's entries.
             let mut memory = memory;
-            memory.reserve(loaded.keys.len());
+            memory.reserve(
+                loaded
+                    .keys
+                    .len()
+                    .max(self.expected_keys.saturating_sub(memory.len())),
+            );
             insert_warmed(&mut memory, loaded.keys.iter(), |table, k, t| {
                 table.insert_if_absent(k, t);
             });
@@ -366,6 +379,14 @@ impl DedupState {
     /// with the std map this measured ~0.3 s for 1.1M keys).
     pub fn reserve(&mut self, additional: usize) {
         self.keys.reserve(additional);
+    }
+
+    /// Sizes the table for `keys` keys now and keeps that room when a part loading in the
+    /// background is taken over (`dedup.expected_keys`): a state that fills to its expected
+    /// size never stops the reading thread to grow. Changes no verdict.
+    pub fn expect_keys(&mut self, keys: usize) {
+        self.expected_keys = keys;
+        self.keys.reserve(keys.saturating_sub(self.keys.len()));
     }
 
     /// The watermark in effect.
@@ -702,6 +723,76 @@ mod tests {
         assert_eq!(s.len(), 5_010);
         // Neither memory's 10 keys nor the merge (room for 5,010 in the loaded table) grew.
         assert_eq!(s.growth_time(), Duration::ZERO);
+    }
+
+    /// `dedup.expected_keys`: a state sized for its keys never grows while it fills to them,
+    /// also after a part loaded in the background is taken over (whichever table the merge
+    /// keeps), and gives the verdicts an unsized one gives.
+    #[test]
+    fn a_state_expecting_its_keys_never_grows_and_decides_the_same() {
+        let check_all = |s: &mut DedupState, from: u32, to: u32| -> Vec<Verdict> {
+            (from..to)
+                .map(|i| s.check(format!("k{}", i % 6_000).as_bytes(), 100).unwrap())
+                .collect()
+        };
+        let mut grown = DedupState::default();
+        let mut sized = DedupState::default();
+        sized.expect_keys(6_000);
+        let sized_at_start = sized.growth_time();
+        let verdicts = check_all(&mut grown, 0, 8_000);
+        assert_eq!(check_all(&mut sized, 0, 8_000), verdicts);
+        assert_eq!(
+            verdicts
+                .iter()
+                .filter(|v| **v == Verdict::Duplicate)
+                .count(),
+            2_000
+        );
+        assert!(
+            grown.growth_time() > Duration::ZERO,
+            "the unsized table grew"
+        );
+        assert_eq!(
+            sized.growth_time(),
+            sized_at_start,
+            "the sized table did not"
+        );
+
+        // Taken over after a load: the loaded table (more keys than memory's) and memory's
+        // (more keys than the loaded part) both keep room for the expected keys.
+        for (stored, in_memory) in [(3_000u32, 10u32), (10, 3_000)] {
+            let store = (0..stored)
+                .map(|i| (format!("s{i}").into_bytes(), 100))
+                .collect();
+            let cold = ModelCold {
+                store,
+                watermark: None,
+                polls: 0,
+                loaded_after: 1,
+            };
+            let mut s = DedupState::loading(Box::new(cold), None);
+            s.expect_keys(20_000);
+            for i in 0..in_memory {
+                assert_eq!(
+                    s.check(format!("m{i}").as_bytes(), 200).unwrap(),
+                    Verdict::Accept
+                );
+            }
+            s.finish_loading().unwrap();
+            let before = s.growth_time();
+            for i in 0..(20_000 - stored - in_memory) {
+                assert_eq!(
+                    s.check(format!("n{i}").as_bytes(), 300).unwrap(),
+                    Verdict::Accept
+                );
+            }
+            assert_eq!(s.len(), 20_000);
+            assert_eq!(
+                s.growth_time(),
+                before,
+                "{stored} stored, {in_memory} in memory: no growth after the takeover"
+            );
+        }
     }
 
     #[test]

@@ -147,6 +147,8 @@ pub struct DedupSpec {
     pub idle_timeout: Duration,
     /// `dedup.max_event_time_skew_ms` in microseconds.
     pub max_skew_micros: i64,
+    /// `dedup.expected_keys`: the state's table is sized for this many keys at start.
+    pub expected_keys: usize,
 }
 
 /// A row's dedup key and event time (micros), `None` where null or missing.
@@ -308,6 +310,7 @@ impl RecordProcessor {
                     idle_timeout: Duration::from_millis(d.idle_timeout_ms),
                     max_skew_micros: (d.max_event_time_skew_ms.min(i64::MAX as u64) as i64)
                         .saturating_mul(1000),
+                    expected_keys: usize::try_from(d.expected_keys).unwrap_or(usize::MAX),
                 })
             }
         };
@@ -1630,6 +1633,15 @@ allowed_lateness_ms = 10
             &format!("[errors]\n{extra_errors}\n[dedup]\n{extra_dedup}\n"),
         );
         PipelineConfig::parse(&text, Path::new("/x/p.toml")).unwrap()
+    }
+
+    /// `dedup.expected_keys` reaches the dedup spec the runtime sizes its state by; unset
+    /// it is 0 (the table grows as keys come).
+    #[test]
+    fn expected_keys_reach_the_dedup_spec() {
+        let spec = |extra: &str| processor(&config("", extra)).dedup().unwrap().expected_keys;
+        assert_eq!(spec(""), 0);
+        assert_eq!(spec("expected_keys = 2500000"), 2_500_000);
     }
 
     fn reasons(open: &OpenEpoch) -> Vec<(i64, &'static str)> {

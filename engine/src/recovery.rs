@@ -1532,7 +1532,8 @@ fn load_dedup_state_pausable(
 }
 
 /// The dedup runtime for a restart at `positions` with `state`.
-fn dedup_runtime(spec: &DedupSpec, state: DedupState, positions: &Positions) -> DedupRuntime {
+fn dedup_runtime(spec: &DedupSpec, mut state: DedupState, positions: &Positions) -> DedupRuntime {
+    state.expect_keys(spec.expected_keys);
     DedupRuntime {
         state,
         tracker: WatermarkTracker::new(

@@ -67,6 +67,12 @@ pub struct BenchOptions {
     /// bigger state, e.g. 10800000 keeps 10M keys).
     #[arg(long, default_value_t = 3_600_000)]
     pub dedup_lateness_ms: u64,
+    /// `dedup.expected_keys` of the dedup runs: the state's table sized for this many keys at
+    /// start (as a user who knows the state's size sets it), so a run that fills the state
+    /// from empty does not count its table's growth. 0 (default): the table grows, and the
+    /// summary shows what the growth cost.
+    #[arg(long, default_value_t = 0)]
+    pub dedup_expected_keys: u64,
     /// Another `tidemark` executable (e.g. a build of an older commit) to run every variant
     /// with as well, in the same rounds on the same stream (rows `<name>@base`), and print this
     /// build's throughput against it.
@@ -376,7 +382,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         &setup,
         &variants,
         rounds,
-        options.dedup_lateness_ms,
+        options.bench_dedup(),
         !options.no_ceiling,
     )?;
     let mut rows = Vec::new();
@@ -466,7 +472,7 @@ fn throughput_runs(
     setup: &Setup,
     variants: &[Variant],
     rounds: usize,
-    lateness_ms: u64,
+    dedup: BenchDedup,
     ceiling: bool,
 ) -> anyhow::Result<(Runs, Vec<f64>)> {
     let produced = setup.produced;
@@ -495,7 +501,7 @@ fn throughput_runs(
                 &v.table_uri(&format!("round{}", round + 1)),
                 v.interval,
                 setup.longest,
-                v.dedup.then_some(lateness_ms),
+                v.dedup.then_some(dedup),
             )?;
             let scraper = if v.metrics {
                 Some(Scraper::start(&config)?)
@@ -695,7 +701,7 @@ fn recovery_run(
             &variant.table_uri(&format!("recovery{attempt}")),
             interval,
             setup.longest,
-            variant.dedup.then_some(options.dedup_lateness_ms),
+            variant.dedup.then_some(options.bench_dedup()),
         )?;
         let log = rec_dir.join("run-1.log");
         let finished = run_child_killed(exe, &config, &log, Some(CONNECTED), kill_after)?;
@@ -1180,17 +1186,28 @@ pub(crate) fn write_config(
     table_uri: &str,
     interval: Option<u64>,
     longest: u64,
-    dedup_lateness_ms: Option<u64>,
+    dedup: Option<BenchDedup>,
 ) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let (interval_ms, enabled) = match interval {
         Some(ms) => (ms, true),
         None => (longest, false),
     };
-    let dedup = match dedup_lateness_ms {
-        Some(ms) => format!(
-            "\n[dedup]\nkey = [\"id\"]\nevent_time = \"created_at\"\nallowed_lateness_ms = {ms}\n"
-        ),
+    let dedup = match dedup {
+        Some(BenchDedup {
+            lateness_ms,
+            expected_keys,
+        }) => {
+            // Written only when set: a baseline build older than the setting refuses it.
+            let sized = if expected_keys > 0 {
+                format!("expected_keys = {expected_keys}\n")
+            } else {
+                String::new()
+            };
+            format!(
+                "\n[dedup]\nkey = [\"id\"]\nevent_time = \"created_at\"\nallowed_lateness_ms = {lateness_ms}\n{sized}"
+            )
+        }
         None => String::new(),
     };
     let text = format!(
@@ -1316,7 +1333,23 @@ pub(crate) struct StreamShape {
     pub seed: u64,
 }
 
+/// The `[dedup]` settings of a bench's dedup runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BenchDedup {
+    /// `dedup.allowed_lateness_ms`.
+    pub lateness_ms: u64,
+    /// `dedup.expected_keys`.
+    pub expected_keys: u64,
+}
+
 impl BenchOptions {
+    fn bench_dedup(&self) -> BenchDedup {
+        BenchDedup {
+            lateness_ms: self.dedup_lateness_ms,
+            expected_keys: self.dedup_expected_keys,
+        }
+    }
+
     fn shape(&self) -> StreamShape {
         StreamShape {
             records: self.records,
