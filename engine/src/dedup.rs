@@ -668,6 +668,18 @@ mod tests {
         loaded_after: usize,
     }
 
+    impl ModelCold {
+        /// `store` without a watermark, loaded at the second poll.
+        fn loaded_at_second_poll(store: std::collections::BTreeMap<Vec<u8>, i64>) -> Self {
+            Self {
+                store,
+                watermark: None,
+                polls: 0,
+                loaded_after: 1,
+            }
+        }
+    }
+
     impl ColdKeys for ModelCold {
         fn lookup(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<i64>>, ColdError> {
             Ok(keys.iter().map(|k| self.store.get(*k).copied()).collect())
@@ -706,13 +718,7 @@ mod tests {
             loaded_alone.growth_time() > Duration::ZERO,
             "the loading thread's table grows from empty"
         );
-        let cold = ModelCold {
-            store,
-            watermark: None,
-            polls: 0,
-            loaded_after: 1,
-        };
-        let mut s = DedupState::loading(Box::new(cold), None);
+        let mut s = DedupState::loading(Box::new(ModelCold::loaded_at_second_poll(store)), None);
         for i in 0..10u32 {
             assert_eq!(
                 s.check(format!("new{i}").as_bytes(), 200).unwrap(),
@@ -764,13 +770,8 @@ mod tests {
             let store = (0..stored)
                 .map(|i| (format!("s{i}").into_bytes(), 100))
                 .collect();
-            let cold = ModelCold {
-                store,
-                watermark: None,
-                polls: 0,
-                loaded_after: 1,
-            };
-            let mut s = DedupState::loading(Box::new(cold), None);
+            let mut s =
+                DedupState::loading(Box::new(ModelCold::loaded_at_second_poll(store)), None);
             s.expect_keys(20_000);
             for i in 0..in_memory {
                 assert_eq!(
