@@ -111,7 +111,7 @@ fn bench_load_state(c: &mut Criterion) {
     group.bench_function("into_state_1000000", |b| {
         b.iter(|| {
             let state =
-                tidemark_engine::recovery::load_dedup_state(&store, None).expect("load state");
+                tidemark_engine::recovery::load_dedup_state(&store, None, 0).expect("load state");
             assert_eq!(state.len(), 1_000_000);
         })
     });

@@ -381,12 +381,17 @@ impl DedupState {
         self.keys.reserve(additional);
     }
 
-    /// Sizes the table for `keys` keys now and keeps that room when a part loading in the
-    /// background is taken over (`dedup.expected_keys`): a state that fills to its expected
-    /// size never stops the reading thread to grow. Changes no verdict.
+    /// Keeps room in the table for `keys` keys (`dedup.expected_keys`): a state that fills
+    /// to its expected size never stops the reading thread to grow. Changes no verdict.
+    /// While a part still loads, memory's table is left as it is: the merge that takes the
+    /// loaded part over gives the room (and a load sized for it, `load_dedup_state`, moves
+    /// nothing then), where sizing memory's now would fault in pages for a table the merge
+    /// may drop.
     pub fn expect_keys(&mut self, keys: usize) {
         self.expected_keys = keys;
-        self.keys.reserve(keys.saturating_sub(self.keys.len()));
+        if self.cold.is_none() {
+            self.keys.reserve(keys.saturating_sub(self.keys.len()));
+        }
     }
 
     /// The watermark in effect.

@@ -418,9 +418,9 @@ pub async fn recover(
     // (`DedupState::loading`).
     let preload = match (&latest, processor.dedup()) {
         // (A worker's state comes from the table at every start: no load.)
-        (Some(c), Some(_)) if config.checkpoint.enabled && options.worker.is_none() => {
-            Some(StateLoad::start(store.clone(), c.watermark))
-        }
+        (Some(c), Some(spec)) if config.checkpoint.enabled && options.worker.is_none() => Some(
+            StateLoad::start(store.clone(), c.watermark, spec.expected_keys),
+        ),
         _ => None,
     };
 
@@ -986,7 +986,7 @@ async fn from_checkpoint(
                 }
                 DedupState::loading(Box::new(load), watermark)
             }
-            None => load_dedup_state(committer.store(), watermark)?,
+            None => load_dedup_state(committer.store(), watermark, spec.expected_keys)?,
         };
         let loading = state.is_loading();
         // While loading, the store's part is counted by RocksDB's estimate.
@@ -1384,13 +1384,15 @@ impl Drop for LoadPaused {
 }
 
 impl StateLoad {
-    fn start(store: CheckpointStore, watermark: Option<i64>) -> Self {
+    /// The load of `store`'s state above `watermark`, into a map with room for
+    /// `expected_keys` at least ([`load_dedup_state`]).
+    fn start(store: CheckpointStore, watermark: Option<i64>, expected_keys: usize) -> Self {
         let loader = store.clone();
         let paused = Arc::new(AtomicBool::new(false));
         let pause = paused.clone();
         let thread = std::thread::Builder::new()
             .name("tidemark-state-load".into())
-            .spawn(move || load_dedup_state_pausable(&loader, watermark, &pause))
+            .spawn(move || load_dedup_state_pausable(&loader, watermark, expected_keys, &pause))
             .ok();
         Self {
             thread,
@@ -1473,21 +1475,26 @@ const LOAD_CHUNK: usize = 16 * 1024;
 
 /// Loads the checkpointed dedup state, on the restart's critical path: one thread scans
 /// RocksDB into packed chunks while this one inserts them into the map, so a restart pays
-/// about the larger of the two halves rather than their sum.
+/// about the larger of the two halves rather than their sum. The map is made once, with room
+/// for the store's keys or `expected_keys` (`dedup.expected_keys`), whichever is more: sized
+/// afterwards, every loaded key would move again.
 pub fn load_dedup_state(
     store: &CheckpointStore,
     watermark: Option<i64>,
+    expected_keys: usize,
 ) -> Result<DedupState, RecoveryError> {
-    load_dedup_state_pausable(store, watermark, &AtomicBool::new(false))
+    load_dedup_state_pausable(store, watermark, expected_keys, &AtomicBool::new(false))
 }
 
 /// [`load_dedup_state`] that waits between chunks while `paused` is set.
 fn load_dedup_state_pausable(
     store: &CheckpointStore,
     watermark: Option<i64>,
+    expected_keys: usize,
     paused: &AtomicBool,
 ) -> Result<DedupState, RecoveryError> {
-    let mut state = DedupState::with_capacity(store.estimated_dedup_entries() as usize, watermark);
+    let room = (store.estimated_dedup_entries() as usize).max(expected_keys);
+    let mut state = DedupState::with_capacity(room, watermark);
     let (tx, rx) = std::sync::mpsc::sync_channel::<PackedKeys>(4);
     let scanned = std::thread::scope(|scope| {
         let scan = scope.spawn(move || {
@@ -1888,12 +1895,41 @@ pub(crate) mod tests {
             )
             .unwrap();
         store.write(&record(2), [], Some(1_000)).unwrap();
-        let state = load_dedup_state(&store, Some(1_000)).unwrap();
+        let state = load_dedup_state(&store, Some(1_000), 0).unwrap();
         let mut got: Vec<(Vec<u8>, i64)> = state.entries().map(|(k, t)| (k.to_vec(), t)).collect();
         got.sort_by_key(|e| e.1);
         let want: Vec<(Vec<u8>, i64)> = keys.into_iter().filter(|e| e.1 >= 1_000).collect();
         assert_eq!(got, want);
         assert_eq!(state.watermark(), Some(1_000));
+    }
+
+    /// With `dedup.expected_keys` above the store's keys, the load's map is made at that size:
+    /// neither the load nor the runtime's sizing nor filling to the expected count grows it.
+    #[test]
+    fn a_load_is_sized_for_the_expected_keys_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let stored: Vec<(Vec<u8>, i64)> = (0..1_000i64)
+            .map(|i| (format!("s{i}").into_bytes(), 2_000 + i))
+            .collect();
+        store
+            .write(
+                &empty_checkpoint(1),
+                stored.iter().map(|(k, t)| (k.as_slice(), *t)),
+                None,
+            )
+            .unwrap();
+        let mut state = load_dedup_state(&store, None, 50_000).unwrap();
+        assert_eq!(state.len(), 1_000);
+        state.expect_keys(50_000);
+        for i in 0..49_000u32 {
+            assert_eq!(
+                state.check(format!("n{i}").as_bytes(), 5_000).unwrap(),
+                crate::dedup::Verdict::Accept
+            );
+        }
+        assert_eq!(state.len(), 50_000);
+        assert_eq!(state.growth_time(), Duration::ZERO);
     }
 
     /// Checkpoint `epoch` with its state at that epoch, no positions and nothing in the WAL.
@@ -1986,7 +2022,7 @@ pub(crate) mod tests {
         };
         let (loader, pause) = (store.clone(), load.paused.clone());
         load.thread = Some(std::thread::spawn(move || {
-            load_dedup_state_pausable(&loader, None, &pause)
+            load_dedup_state_pausable(&loader, None, 0, &pause)
         }));
         std::thread::sleep(Duration::from_millis(300));
         assert!(
@@ -2004,7 +2040,7 @@ pub(crate) mod tests {
         assert_eq!(state.len(), keys.len());
 
         // Dropping a load that is still paused resumes it and returns.
-        let paused_load = StateLoad::start(store.clone(), None);
+        let paused_load = StateLoad::start(store.clone(), None, 0);
         let _guard = paused_load.pause();
         drop(paused_load);
     }
@@ -2028,7 +2064,7 @@ pub(crate) mod tests {
                 None,
             )
             .unwrap();
-        let load = StateLoad::start(store.clone(), Some(1_000));
+        let load = StateLoad::start(store.clone(), Some(1_000), 0);
         while load.thread.as_ref().is_some_and(|t| !t.is_finished()) {
             std::thread::sleep(Duration::from_millis(2));
         }

@@ -1662,6 +1662,36 @@ fn render_svg(rows: &[BenchRow], records: u64, record_bytes: usize) -> String {
 mod tests {
     use super::*;
 
+    /// `dedup.expected_keys` is written only when set: a `--baseline-exe` older than the
+    /// setting refuses a config that names it.
+    #[test]
+    fn the_dedup_runs_name_expected_keys_only_when_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |expected_keys: u64| {
+            let dedup = BenchDedup {
+                lateness_ms: 1_000,
+                expected_keys,
+            };
+            let path = write_config(
+                &dir.path().join(format!("k{expected_keys}")),
+                "127.0.0.1:9092",
+                "t",
+                "table",
+                Some(200),
+                200,
+                Some(dedup),
+            )
+            .unwrap();
+            std::fs::read_to_string(path).unwrap()
+        };
+        let unset = config(0);
+        assert!(unset.contains("allowed_lateness_ms = 1000"), "{unset}");
+        assert!(!unset.contains("expected_keys"), "{unset}");
+        let set = config(2_000_000);
+        let dedup = &set[set.find("[dedup]").unwrap()..];
+        assert!(dedup.contains("\nexpected_keys = 2000000\n"), "{set}");
+    }
+
     #[test]
     fn the_median_restart_is_a_real_one_the_upper_middle_when_even() {
         let runs = |ms: &[u64]| -> Vec<serde_json::Value> {

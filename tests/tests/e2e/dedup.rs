@@ -371,18 +371,32 @@ async fn dedup_late_and_dead_letters_are_exact_across_sigkills() {
 
 /// After a long run with event time sliding forward, state holds only the keys inside the
 /// lateness window (plus at most one epoch's worth not yet evicted), not the whole history.
+/// Run twice: with the table growing from empty, and sized by `dedup.expected_keys` for every
+/// key of the stream (before both partitions are read the watermark evicts nothing), where it
+/// never grows and the rows written are the same.
 #[tokio::test(flavor = "multi_thread")]
 async fn dedup_state_stays_within_the_lateness_window() {
     let Some(brokers) = broker() else { return };
+    for expected_keys in [None, Some(12_000u64)] {
+        bounded_state_run(&brokers, expected_keys).await;
+    }
+}
+
+/// One run of [`dedup_state_stays_within_the_lateness_window`].
+async fn bounded_state_run(brokers: &str, expected_keys: Option<u64>) {
+    let brokers = brokers.to_string();
     let topic = unique_topic("bounded");
     create_topic(&brokers, &topic, 2).await;
+    let sized = expected_keys.map_or(String::new(), |n| format!("expected_keys = {n}\n"));
     let fixture = Fixture::with_columns(
         Path::new(EXE),
         &brokers,
         &topic,
         COLUMNS,
-        "[checkpoint]\ninterval_ms = 200\nmax_records = 1000\n\n\
-         [dedup]\nkey = [\"id\"]\nevent_time = \"ts\"\nallowed_lateness_ms = 5000\nidle_timeout_ms = 60000\n",
+        &format!(
+            "[checkpoint]\ninterval_ms = 200\nmax_records = 1000\n\n\
+             [dedup]\nkey = [\"id\"]\nevent_time = \"ts\"\nallowed_lateness_ms = 5000\nidle_timeout_ms = 60000\n{sized}"
+        ),
     );
     let total = 12_000i64;
     let messages: Vec<Message> = (0..total)
@@ -408,12 +422,17 @@ async fn dedup_state_stays_within_the_lateness_window() {
     );
     assert_eq!(s["totals"]["written"], total);
     // What dedup cost the reading thread is reported: a share of the run's wall time, and of
-    // it the key table's growth (the state grew from empty).
+    // it the key table's growth (the state grew from empty; sized for every key, it never
+    // grew).
     let share = s["dedup_verdict_share"].as_f64().unwrap();
     let growth_ms = s["dedup_table_growth_ms"].as_f64().unwrap();
     let wall_ms = s["elapsed_secs"].as_f64().unwrap() * 1e3;
     assert!(share > 0.0 && share < 1.0, "{s}");
-    assert!(growth_ms > 0.0 && growth_ms <= share * wall_ms, "{s}");
+    if expected_keys.is_some() {
+        assert_eq!(growth_ms, 0.0, "{s}");
+    } else {
+        assert!(growth_ms > 0.0 && growth_ms <= share * wall_ms, "{s}");
+    }
     // The CPU the run used, all threads and the reading thread (which did the verdicts).
     let cpu = s["cpu_secs"].as_f64().unwrap();
     let reading = s["reading_thread_cpu_secs"].as_f64().unwrap();
