@@ -36,6 +36,16 @@ use crate::mirror::{seed_partitions, Mirror, METADATA_PATIENCE};
 
 /// Lines of a failed child's log quoted in the drill's error.
 const LOG_TAIL_LINES: usize = 15;
+
+/// The drill's error for a failed child: `what` failed, its log, and the log's last lines (a
+/// test's temporary directory, and the log with it, is gone by the time the error is read).
+fn child_failed(what: impl std::fmt::Display, log: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what} (see {}; its last lines:\n{})",
+        log.display(),
+        tail_of(log, LOG_TAIL_LINES)
+    )
+}
 use crate::produce::{flush_patiently, send_retrying};
 
 /// Options of `tidemark drill`.
@@ -209,12 +219,10 @@ fn failback(
         .stderr(std::fs::File::create(logs.join("secondary-run.log"))?)
         .status()?;
     if !run.success() {
-        let log = logs.join("secondary-run.log");
-        bail!(
-            "the secondary's run failed: {run} (see {}; its last lines:\n{})",
-            log.display(),
-            tail_of(&log, LOG_TAIL_LINES)
-        );
+        return Err(child_failed(
+            format!("the secondary's run failed: {run}"),
+            &logs.join("secondary-run.log"),
+        ));
     }
     // The primary region returns.
     let out = Command::new(exe)
@@ -228,13 +236,10 @@ fn failback(
         .stderr(std::fs::File::create(logs.join("failback.log"))?)
         .output()?;
     if !out.status.success() {
-        let log = logs.join("failback.log");
-        bail!(
-            "tidemark failback failed: {} (see {}; its last lines:\n{})",
-            out.status,
-            log.display(),
-            tail_of(&log, LOG_TAIL_LINES)
-        );
+        return Err(child_failed(
+            format!("tidemark failback failed: {}", out.status),
+            &logs.join("failback.log"),
+        ));
     }
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let listing: serde_json::Value = serde_json::from_str(
@@ -278,12 +283,10 @@ fn failback(
         .stderr(std::fs::File::create(logs.join("failback-failover.log"))?)
         .status()?;
     if !status.success() {
-        let log = logs.join("failback-failover.log");
-        bail!(
-            "the failover back failed: {status} (see {}; its last lines:\n{})",
-            log.display(),
-            tail_of(&log, LOG_TAIL_LINES)
-        );
+        return Err(child_failed(
+            format!("the failover back failed: {status}"),
+            &logs.join("failback-failover.log"),
+        ));
     }
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
     let ids = ids_in(primary_table)?;
@@ -714,20 +717,16 @@ async fn drill_round(
     // the primary's; a real mirror's beginning is the source's.)
     while !replica_ready(&replica_table, options) {
         if Instant::now() > deadline {
-            let log = logs.join("replicate.log");
-            bail!(
-                "the replica got too few pipeline commits within its time (see {}; the replicator's last lines:\n{})",
-                logs.display(),
-                tail_of(&log, LOG_TAIL_LINES)
-            );
+            return Err(child_failed(
+                "the replica got too few pipeline commits within its time (the replicator's log)",
+                &logs.join("replicate.log"),
+            ));
         }
         if let Some(status) = pipeline.try_wait()? {
-            let log = logs.join("primary-run.log");
-            bail!(
-                "the primary pipeline ended before the kill: {status} (see {}; its last lines:\n{})",
-                log.display(),
-                tail_of(&log, LOG_TAIL_LINES)
-            );
+            return Err(child_failed(
+                format!("the primary pipeline ended before the kill: {status}"),
+                &logs.join("primary-run.log"),
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -780,12 +779,10 @@ async fn drill_round(
         .status()?;
     let failover_ms = started.elapsed().as_millis() as u64;
     if !out.success() {
-        let log = logs.join("failover.log");
-        bail!(
-            "tidemark failover failed: {out} (see {}; its last lines:\n{})",
-            log.display(),
-            tail_of(&log, LOG_TAIL_LINES)
-        );
+        return Err(child_failed(
+            format!("tidemark failover failed: {out}"),
+            &logs.join("failover.log"),
+        ));
     }
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path)?)?;
     if options.mm2_sync_every.is_some() {
