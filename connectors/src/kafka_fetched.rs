@@ -76,12 +76,13 @@ impl ConsumerQueue {
         out: &mut Vec<SourceRecord>,
     ) -> Option<KafkaError> {
         let mut taken = 0;
+        let mut names = TopicNames::new(&topic);
         while taken < max {
             // SAFETY: the queue is live (held by `self`); a timeout of 0 never waits.
             let event = NonNull::new(unsafe { rd::rd_kafka_queue_poll(self.queue.as_ptr(), 0) })?;
             let event = Event(event);
             // SAFETY: the event is valid until `event` drops, after its last use below.
-            match unsafe { handle(&event, &topic) } {
+            match unsafe { handle(&event, &mut names) } {
                 Handled::Record(record) => {
                     out.push(record);
                     taken += 1;
@@ -101,6 +102,33 @@ impl Drop for ConsumerQueue {
     }
 }
 
+/// A topic's name as the source's shared name, mapped once per run of records of one topic
+/// rather than once per record. Why: mapping is a UTF-8 check and a hash-map lookup, a share
+/// of the reading thread's time per record (issue 19); records come in runs of one topic.
+struct TopicNames<'a, F> {
+    map: &'a F,
+    /// The last name mapped, as its bytes and shared name.
+    last: Option<(Vec<u8>, Arc<str>)>,
+}
+
+impl<'a, F: Fn(&str) -> Arc<str>> TopicNames<'a, F> {
+    fn new(map: &'a F) -> Self {
+        Self { map, last: None }
+    }
+
+    /// The shared name of the topic named `name`: what `map` gives for it (lossily decoded).
+    fn shared(&mut self, name: &[u8]) -> Arc<str> {
+        match &self.last {
+            Some((bytes, shared)) if bytes.as_slice() == name => shared.clone(),
+            _ => {
+                let shared = (self.map)(&String::from_utf8_lossy(name));
+                self.last = Some((name.to_vec(), shared.clone()));
+                shared
+            }
+        }
+    }
+}
+
 /// What one event gave.
 enum Handled {
     Record(SourceRecord),
@@ -114,7 +142,7 @@ enum Handled {
 ///
 /// # Safety
 /// `event` must be a valid event taken from the consumer queue, not destroyed yet.
-unsafe fn handle(event: &Event, topic: &impl Fn(&str) -> Arc<str>) -> Handled {
+unsafe fn handle<F: Fn(&str) -> Arc<str>>(event: &Event, names: &mut TopicNames<'_, F>) -> Handled {
     let ev = event.0.as_ptr();
     // SAFETY (all calls below): `ev` is valid for the whole function (see above).
     match unsafe { rd::rd_kafka_event_type(ev) } {
@@ -125,7 +153,7 @@ unsafe fn handle(event: &Event, topic: &impl Fn(&str) -> Arc<str>) -> Handled {
                 return Handled::Nothing;
             };
             if m.err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-                Handled::Record(unsafe { record_of(m, topic) })
+                Handled::Record(unsafe { record_of(m, names) })
             } else if m.err == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__PARTITION_EOF {
                 Handled::Error(KafkaError::PartitionEOF(m.partition))
             } else {
@@ -168,7 +196,10 @@ unsafe fn handle(event: &Event, topic: &impl Fn(&str) -> Arc<str>) -> Handled {
 ///
 /// # Safety
 /// `m` must be a valid message without error, not destroyed yet.
-unsafe fn record_of(m: &rd::rd_kafka_message_t, topic: &impl Fn(&str) -> Arc<str>) -> SourceRecord {
+unsafe fn record_of<F: Fn(&str) -> Arc<str>>(
+    m: &rd::rd_kafka_message_t,
+    names: &mut TopicNames<'_, F>,
+) -> SourceRecord {
     let bytes = |ptr: *mut std::ffi::c_void, len: usize| -> Option<Vec<u8>> {
         // SAFETY: librdkafka's key/payload pointer and length describe one buffer it owns
         // until the message is destroyed.
@@ -176,7 +207,7 @@ unsafe fn record_of(m: &rd::rd_kafka_message_t, topic: &impl Fn(&str) -> Arc<str
             .then(|| unsafe { std::slice::from_raw_parts(ptr as *const u8, len) }.to_vec())
     };
     // SAFETY: a message's topic handle is valid while the message is.
-    let name = unsafe { CStr::from_ptr(rd::rd_kafka_topic_name(m.rkt)) };
+    let name = unsafe { CStr::from_ptr(rd::rd_kafka_topic_name(m.rkt)) }.to_bytes();
     let mut kind = rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE;
     // SAFETY: reads the message's timestamp into `kind` and returns it.
     let ts = unsafe { rd::rd_kafka_message_timestamp(m, &mut kind) };
@@ -184,11 +215,42 @@ unsafe fn record_of(m: &rd::rd_kafka_message_t, topic: &impl Fn(&str) -> Arc<str
         && kind != rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
         .then_some(ts);
     SourceRecord {
-        topic: topic(&name.to_string_lossy()),
+        topic: names.shared(name),
         partition: m.partition,
         offset: m.offset,
         timestamp_ms,
         key: bytes(m.key, m.key_len),
         payload: bytes(m.payload, m.len),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    /// Each name maps to what the map gives for it, whatever came before; the map is asked
+    /// once per run of one name, not once per record.
+    #[test]
+    fn a_topic_name_is_mapped_once_per_run() {
+        let asked = Cell::new(0);
+        let map = |t: &str| {
+            asked.set(asked.get() + 1);
+            Arc::from(format!("shared-{t}"))
+        };
+        let mut names = TopicNames::new(&map);
+        let given: Vec<Arc<str>> = ["a", "a", "a", "b", "b", "a", "\u{e9}t\u{e9}"]
+            .iter()
+            .map(|n| names.shared(n.as_bytes()))
+            .collect();
+        let want = ["a", "a", "a", "b", "b", "a", "\u{e9}t\u{e9}"].map(|n| format!("shared-{n}"));
+        assert_eq!(
+            given.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            want
+        );
+        assert_eq!(asked.get(), 4, "runs: a, b, a, été");
+        // Bytes that are not UTF-8 are decoded lossily, as before.
+        assert_eq!(&*names.shared(b"x\xff"), "shared-x\u{fffd}");
     }
 }

@@ -22,6 +22,7 @@ use tidemark_connectors::dead_letter::DeadLetter;
 use tidemark_connectors::decode::{Decoded, InvalidRecord, JsonDecoder, COL_TIMESTAMP};
 use tidemark_connectors::delta::MAX_ROWS_PER_FILE;
 use tidemark_connectors::epoch_encoder::{EncodedFile, EpochEncoder};
+use tidemark_connectors::record::partition_runs;
 use tidemark_connectors::{Epoch, Positions, SourceRecord};
 
 use crate::config::{
@@ -993,9 +994,21 @@ impl OpenEpoch {
         }
         let now = Instant::now();
         self.first_record_at.get_or_insert(now);
+        // Once per run of one partition's records (a fetch hands them over in runs), not
+        // once per record: the same positions and timestamps as record by record (tested).
+        self.end.advance_past_all(records);
+        for run in partition_runs(records) {
+            // The run's newest record with a timestamp; the first of equal offsets, as
+            // `note_timestamp` keeps the first of them record by record.
+            let newest = run
+                .iter()
+                .filter(|r| r.timestamp_ms.is_some())
+                .reduce(|a, b| if b.offset > a.offset { b } else { a });
+            if let Some(r) = newest {
+                self.note_timestamp(r);
+            }
+        }
         for (i, r) in records.iter().enumerate() {
-            self.end.advance_past(r);
-            self.note_timestamp(r);
             self.bytes += stub_size(stubs, i).unwrap_or_else(|| record_size(r) as u64);
         }
         self.records += records.len() as u64;
@@ -2073,6 +2086,59 @@ allowed_lateness_ms = 10
         open.add(&[rec(0, r#"{"id":"a","ts":1}"#)], &base, None)
             .unwrap();
         assert_eq!(open.settings.as_deref(), Some(&**s));
+    }
+
+    mod take_in {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Counting a batch in once per partition run leaves the same end positions and
+            /// newest timestamps as counting its records in one by one did (the model below
+            /// is that per-record code), whatever the order, runs and timestamps.
+            #[test]
+            fn a_batch_counted_in_by_runs_equals_record_by_record(
+                batches in proptest::collection::vec(
+                    proptest::collection::vec((0usize..2, 0i32..3, 0i64..40, proptest::option::of(0i64..1_000)), 0..30),
+                    1..4,
+                ),
+            ) {
+                let config = config("", "");
+                let p = processor(&config);
+                let topics: [Arc<str>; 2] = [Arc::from("a"), Arc::from("b")];
+                let mut epoch = OpenEpoch::new(1, Positions::new());
+                let mut end = Positions::new();
+                let mut newest: BTreeMap<(Arc<str>, i32), (i64, i64)> = BTreeMap::new();
+                for batch in &batches {
+                    let records: Vec<SourceRecord> = batch
+                        .iter()
+                        .map(|(t, partition, offset, ts)| SourceRecord {
+                            // A fresh Arc for some records: runs are found by name, not pointer.
+                            topic: if offset % 3 == 0 { Arc::from(&*topics[*t]) } else { topics[*t].clone() },
+                            partition: *partition,
+                            offset: *offset,
+                            timestamp_ms: *ts,
+                            key: None,
+                            payload: Some(vec![b'x'; *offset as usize]),
+                        })
+                        .collect();
+                    for r in &records {
+                        end.advance_past(r);
+                        if let Some(ts) = r.timestamp_ms {
+                            let slot = newest.entry((r.topic.clone(), r.partition)).or_insert((r.offset, ts));
+                            if slot.0 < r.offset {
+                                *slot = (r.offset, ts);
+                            }
+                        }
+                    }
+                    epoch.take_in(&records, &[], &p);
+                }
+                prop_assert_eq!(&epoch.end, &end);
+                prop_assert_eq!(&epoch.last_timestamps, &newest);
+                prop_assert_eq!(epoch.records, batches.iter().map(Vec::len).sum::<usize>() as u64);
+            }
+        }
     }
 
     mod replay {
