@@ -250,6 +250,11 @@ mod tests {
             want
         );
         assert_eq!(asked.get(), 4, "runs: a, b, a, été");
+        // The name kept is the last one mapped, not the first.
+        for n in ["c", "c", "c"] {
+            names.shared(n.as_bytes());
+        }
+        assert_eq!(asked.get(), 5, "one run of c");
         // Bytes that are not UTF-8 are decoded lossily, as before.
         assert_eq!(&*names.shared(b"x\xff"), "shared-x\u{fffd}");
     }
