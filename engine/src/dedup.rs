@@ -262,15 +262,13 @@ impl DedupState {
             loaded.advance(self.watermark);
         }
         let memory = std::mem::take(&mut self.keys);
+        // The merged table is sized once, for both parts and at least the expected keys.
+        let room = (memory.len() + loaded.keys.len()).max(self.expected_keys);
         if memory.len() <= loaded.keys.len() {
             // The growth this thread paid: memory's so far and this merge's, not the loading
             // thread's.
             let (paid, loader_paid) = (memory.growth_time(), loaded.keys.growth_time());
-            loaded.keys.reserve(
-                memory
-                    .len()
-                    .max(self.expected_keys.saturating_sub(loaded.keys.len())),
-            );
+            loaded.keys.reserve(room - loaded.keys.len());
             let oldest = &mut loaded.oldest;
             insert_warmed(&mut loaded.keys, memory.iter(), |table, k, t| {
                 *oldest = (*oldest).min(t);
@@ -283,12 +281,7 @@ impl DedupState {
             // Fewer inserts the other way round (memory keeps its entries where both hold a
             // key): `self.oldest` already bounds memory's entries.
             let mut memory = memory;
-            memory.reserve(
-                loaded
-                    .keys
-                    .len()
-                    .max(self.expected_keys.saturating_sub(memory.len())),
-            );
+            memory.reserve(room - memory.len());
             insert_warmed(&mut memory, loaded.keys.iter(), |table, k, t| {
                 table.insert_if_absent(k, t);
             });

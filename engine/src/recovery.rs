@@ -1876,8 +1876,6 @@ pub(crate) mod tests {
     #[test]
     fn the_loaded_state_is_exactly_the_checkpointed_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
-        let record = empty_checkpoint;
         // More than one chunk, keys short and long, then an eviction below 1_000.
         let keys: Vec<(Vec<u8>, i64)> = (0..(LOAD_CHUNK as i64 * 2 + 7))
             .map(|i| {
@@ -1887,14 +1885,8 @@ pub(crate) mod tests {
                 )
             })
             .collect();
-        store
-            .write(
-                &record(1),
-                keys.iter().map(|(k, t)| (k.as_slice(), *t)),
-                None,
-            )
-            .unwrap();
-        store.write(&record(2), [], Some(1_000)).unwrap();
+        let store = store_holding(dir.path(), &keys);
+        store.write(&empty_checkpoint(2), [], Some(1_000)).unwrap();
         let state = load_dedup_state(&store, Some(1_000), 0).unwrap();
         let mut got: Vec<(Vec<u8>, i64)> = state.entries().map(|(k, t)| (k.to_vec(), t)).collect();
         got.sort_by_key(|e| e.1);
@@ -1908,17 +1900,10 @@ pub(crate) mod tests {
     #[test]
     fn a_load_is_sized_for_the_expected_keys_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
         let stored: Vec<(Vec<u8>, i64)> = (0..1_000i64)
             .map(|i| (format!("s{i}").into_bytes(), 2_000 + i))
             .collect();
-        store
-            .write(
-                &empty_checkpoint(1),
-                stored.iter().map(|(k, t)| (k.as_slice(), *t)),
-                None,
-            )
-            .unwrap();
+        let store = store_holding(dir.path(), &stored);
         let mut state = load_dedup_state(&store, None, 50_000).unwrap();
         assert_eq!(state.len(), 1_000);
         state.expect_keys(50_000);
@@ -1930,6 +1915,19 @@ pub(crate) mod tests {
         }
         assert_eq!(state.len(), 50_000);
         assert_eq!(state.growth_time(), Duration::ZERO);
+    }
+
+    /// A store in `dir` whose checkpoint 1 ([`empty_checkpoint`]) holds `keys` as its state.
+    fn store_holding(dir: &Path, keys: &[(Vec<u8>, i64)]) -> CheckpointStore {
+        let store = CheckpointStore::open(dir, StoreOptions::default()).unwrap();
+        store
+            .write(
+                &empty_checkpoint(1),
+                keys.iter().map(|(k, t)| (k.as_slice(), *t)),
+                None,
+            )
+            .unwrap();
+        store
     }
 
     /// Checkpoint `epoch` with its state at that epoch, no positions and nothing in the WAL.
@@ -2002,14 +2000,11 @@ pub(crate) mod tests {
     #[test]
     fn a_paused_state_load_waits_and_then_loads_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
-        let mut record = empty_checkpoint(1);
         let keys: Vec<(Vec<u8>, i64)> = (0..(LOAD_CHUNK as i64 + 3))
             .map(|i| (format!("key-{i}").into_bytes(), i))
             .collect();
-        store
-            .write(&record, keys.iter().map(|(k, t)| (k.as_slice(), *t)), None)
-            .unwrap();
+        let store = store_holding(dir.path(), &keys);
+        let mut record = empty_checkpoint(1);
         record.epoch = 2;
         store.write(&record, [], None).unwrap();
 
@@ -2053,17 +2048,10 @@ pub(crate) mod tests {
     fn a_load_that_ended_while_paused_answers_lookups_and_is_taken_in_after_the_pause() {
         use crate::dedup::Verdict;
         let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
         let keys: Vec<(Vec<u8>, i64)> = (0..100i64)
             .map(|i| (format!("key-{i}").into_bytes(), 1_000 + i))
             .collect();
-        store
-            .write(
-                &empty_checkpoint(1),
-                keys.iter().map(|(k, t)| (k.as_slice(), *t)),
-                None,
-            )
-            .unwrap();
+        let store = store_holding(dir.path(), &keys);
         let load = StateLoad::start(store.clone(), Some(1_000), 0);
         while load.thread.as_ref().is_some_and(|t| !t.is_finished()) {
             std::thread::sleep(Duration::from_millis(2));

@@ -33,6 +33,7 @@ use crate::audit;
 use crate::child::KillOnDrop;
 use crate::child_log::tail_of;
 use crate::mirror::{seed_partitions, Mirror, METADATA_PATIENCE};
+use crate::produce::{flush_patiently, send_retrying};
 
 /// Lines of a failed child's log quoted in the drill's error.
 const LOG_TAIL_LINES: usize = 15;
@@ -46,7 +47,6 @@ fn child_failed(what: impl std::fmt::Display, log: &Path) -> anyhow::Error {
         tail_of(log, LOG_TAIL_LINES)
     )
 }
-use crate::produce::{flush_patiently, send_retrying};
 
 /// Options of `tidemark drill`.
 #[derive(Debug, Clone, Args)]
@@ -688,10 +688,10 @@ async fn drill_round(
         .exists()
     {
         if Instant::now() > deadline {
-            bail!(
-                "the primary pipeline did not create its table within 60 s (see {})",
-                logs.display()
-            );
+            return Err(child_failed(
+                "the primary pipeline did not create its table within 60 s",
+                &logs.join("primary-run.log"),
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
