@@ -732,6 +732,15 @@ impl Committer {
         self.state_writer().hold()
     }
 
+    /// Asks the state writer to write what it has gathered now (a hint; it does not wait),
+    /// when the run is about to stop: that write then overlaps the last epoch's commit, and
+    /// [`Committer::finish_state_writes`] waits only for the last delta.
+    pub fn write_state_soon(&self) {
+        if let Some(w) = &self.state_writer {
+            w.write_soon();
+        }
+    }
+
     /// Writes what the state writer has gathered and waits for it, at the end of a run, so the
     /// run's summary counts that write ([`Committer::state_writer_cpu`]) and the store holds the
     /// run's whole state (dropping the writer would write it too, after the summary). A failure

@@ -836,6 +836,10 @@ async fn run_epochs(
             let (epoch_age, sealing) = (open.age(), Instant::now());
             let sealed = committer.seal(std::mem::replace(open, next), processor)?;
             metrics::epoch_sealed(epoch_age, sealing.elapsed(), open.epoch, &open.start);
+            if stop.is_some() {
+                // The last epoch: the state gathered before it is written while it commits.
+                committer.write_state_soon();
+            }
             // Pipelined: the next epoch (`open`) is read, logged and decoded while the sealed
             // one commits; it is sealed only after that commit's checkpoint (see `read_ahead`).
             let read_before = open.records;

@@ -42,6 +42,59 @@ pub(super) fn sort_in_key_index_order(pairs: &mut [(&[u8], i64)]) {
     pairs.copy_from_slice(&sorted);
 }
 
+/// A key and its event time, as the state writer sorts them.
+pub(super) type Pair<'k> = (&'k [u8], i64);
+
+/// Fewest pairs a part of [`split_by_key_range`] is meant to hold: below that, a thread's
+/// start and a file of its own cost more than sorting and writing the pairs on one thread.
+pub(super) const MIN_PART: usize = 1 << 15;
+
+/// Splits `pairs` into at most `parts` groups whose key ranges do not overlap, in key-index
+/// order (every key of a group below every key of the next), so that each group can be
+/// sorted and written on a thread of its own and the files together are the one sorted file.
+/// Equal keys always fall in the same group. Fewer groups come back where the pairs are few
+/// (under [`MIN_PART`] a group) or their keys do not spread (no group is ever empty).
+///
+/// How: the groups' bounds are quantiles of a sample of the pairs' sort keys (the windows of
+/// the module documentation, after the prefix all pairs share), and a pair's group is the
+/// number of bounds at or below its window. Why the groups are ordered: the window never
+/// decreases along the key order (the module's invariant), so a pair in a lower group has a
+/// smaller window, hence a smaller key.
+pub(super) fn split_by_key_range(pairs: Vec<Pair<'_>>, parts: usize) -> Vec<Vec<Pair<'_>>> {
+    let parts = parts.min(pairs.len() / MIN_PART.max(1));
+    if parts < 2 {
+        return vec![pairs];
+    }
+    let skip = shared_prefix_len(&pairs);
+    let step = (pairs.len() / (64 * parts)).max(1);
+    let mut sample: Vec<u64> = pairs
+        .iter()
+        .step_by(step)
+        .map(|(key, _)| window(key, skip))
+        .collect();
+    sample.sort_unstable();
+    let mut bounds: Vec<u64> = (1..parts)
+        .map(|j| sample[j * sample.len() / parts])
+        .collect();
+    // A bound at the smallest window would leave the first group empty, equal bounds one
+    // between them.
+    bounds.dedup();
+    bounds.retain(|&b| b > sample[0]);
+    if bounds.is_empty() {
+        return vec![pairs];
+    }
+    let mut groups: Vec<Vec<Pair>> = (0..=bounds.len())
+        .map(|_| Vec::with_capacity(pairs.len() / (bounds.len() + 1) * 9 / 8))
+        .collect();
+    for pair in pairs {
+        let w = window(pair.0, skip);
+        let g = bounds.partition_point(|&b| b <= w);
+        groups[g].push(pair);
+    }
+    groups.retain(|g| !g.is_empty());
+    groups
+}
+
 /// The length of the prefix every key of `pairs` shares.
 fn shared_prefix_len(pairs: &[(&[u8], i64)]) -> usize {
     let Some((first, _)) = pairs.first() else {
@@ -109,6 +162,72 @@ mod tests {
             plain.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
             prop_assert_eq!(&ours, &plain);
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The groups, each sorted, joined in order, are the plain sort of all the pairs;
+        /// equal keys share a group; none is empty; there are at most as many as asked.
+        #[test]
+        fn split_groups_sorted_and_joined_are_the_plain_sort(
+            pairs in keys(),
+            copies in 1usize..400,
+            parts in 1usize..6,
+        ) {
+            // Enough pairs to be split (MIN_PART a group): the drawn keys repeated.
+            let big: Vec<(&[u8], i64)> = pairs
+                .iter()
+                .cycle()
+                .take(pairs.len() * copies.max(MIN_PART * parts / pairs.len().max(1) + 1))
+                .map(|(k, t)| (k.as_slice(), *t))
+                .collect();
+            let mut plain = big.clone();
+            plain.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+            let groups = split_by_key_range(big, parts);
+            prop_assert!(groups.len() <= parts.max(1));
+            prop_assert!(groups.iter().all(|g| !g.is_empty()) || plain.is_empty());
+            let mut joined = Vec::new();
+            for mut g in groups {
+                sort_in_key_index_order(&mut g);
+                if let (Some(last), Some(first)) = (joined.last(), g.first()) {
+                    let (last, first): (&Pair, &Pair) = (last, first);
+                    prop_assert!(last.0 < first.0, "groups overlap or share a key");
+                }
+                joined.extend(g);
+            }
+            prop_assert_eq!(&joined, &plain);
+        }
+    }
+
+    /// Keys that spread are split into as many groups as asked, of similar sizes.
+    #[test]
+    fn spread_keys_split_into_the_parts_asked() {
+        let keys: Vec<Vec<u8>> = (0..4 * MIN_PART as u64)
+            .map(|i| {
+                format!("order-{:012}", i.wrapping_mul(0x9E37_79B9) % 1_000_000_007).into_bytes()
+            })
+            .collect();
+        let pairs: Vec<(&[u8], i64)> = keys.iter().map(|k| (k.as_slice(), 0)).collect();
+        let groups = split_by_key_range(pairs.clone(), 2);
+        assert_eq!(groups.len(), 2);
+        assert!(
+            groups.iter().all(|g| g.len() > MIN_PART),
+            "{:?}",
+            groups.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        assert_eq!(split_by_key_range(pairs.clone(), 1).len(), 1);
+        assert_eq!(
+            split_by_key_range(pairs[..MIN_PART].to_vec(), 2).len(),
+            1,
+            "too few to split"
+        );
+        let same: Vec<(&[u8], i64)> = vec![(b"k".as_slice(), 1); 4 * MIN_PART];
+        assert_eq!(
+            split_by_key_range(same, 4).len(),
+            1,
+            "one key does not spread"
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! sequential SST file is all the store needs to hold it. (Format 1 stores wrote two, one per
 //! order: the second sort and file were half the state writer's work, issue 22.)
 //!
-//! Layout: `<store>/state-staging/<first>-<last>.dedup_by_key.sst`, epochs `first..=last`.
+//! Layout: `<store>/state-staging/<first>-<last>.dedup_by_key.sst`, epochs `first..=last`;
+//! written in parts ([`CheckpointStore::stage_state_in_parts`]), `<first>-<last>.<i>.dedup_by_key.sst`
+//! for part `i`, the parts' key ranges disjoint and ingested together.
 //! The directory holds only files being written or waiting for their ingestion: ingestion
 //! moves them into the store (`move_files`), and [`CheckpointStore::open`] deletes whatever a
 //! crash left there (never part of the store: only an ingestion makes a file part of it).
@@ -20,9 +22,11 @@
 //! the WAL's changelog still holds (the durable epoch is published only after the ingestion).
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use rocksdb::{IngestExternalFileOptions, SstFileWriter};
 
+use super::pair_sort::{split_by_key_range, Pair};
 use super::{
     dedup_options, record, sort_in_key_index_order, CheckpointStore, StoreError, CF_DEDUP_BY_KEY,
 };
@@ -35,10 +39,13 @@ pub(super) const STAGING_DIR: &str = "state-staging";
 #[must_use = "staged state is not in the store until it is ingested"]
 #[derive(Debug)]
 pub struct StagedState {
-    /// The staged file; `None` when the deltas held no key.
-    file: Option<PathBuf>,
+    /// The staged files, their key ranges disjoint; none when the deltas held no key.
+    files: Vec<PathBuf>,
     /// Distinct keys staged.
     entries: usize,
+    /// CPU time of the threads that wrote parts besides the caller's (`Duration::ZERO` for
+    /// one part): the caller's own thread time does not include it.
+    helper_cpu: std::time::Duration,
 }
 
 impl StagedState {
@@ -47,19 +54,29 @@ impl StagedState {
         self.entries
     }
 
-    /// Makes the staged file part of `store` (moved, not copied). Returns the entries
-    /// ingested.
+    /// CPU time the threads writing parts other than the caller's used.
+    pub fn helper_cpu(&self) -> std::time::Duration {
+        self.helper_cpu
+    }
+
+    /// Files staged (more than one when written in parts, [`CheckpointStore::stage_state_in_parts`]).
+    pub fn files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Makes the staged files part of `store` (moved, not copied), all of them or none: one
+    /// ingestion. Returns the entries ingested.
     pub fn ingest(self, store: &CheckpointStore) -> Result<usize, StoreError> {
         let mut opts = IngestExternalFileOptions::default();
         opts.set_move_files(true);
-        if let Some(file) = &self.file {
+        if let Some(first) = self.files.first() {
             let cf = store.cf(CF_DEDUP_BY_KEY)?;
             store
                 .db
-                .ingest_external_file_cf_opts(cf, &opts, vec![file])
+                .ingest_external_file_cf_opts(cf, &opts, self.files.iter().collect())
                 .map_err(|source| StoreError::Rocks {
                     op: "ingest staged dedup state",
-                    path: file.clone(),
+                    path: first.clone(),
                     source,
                 })?;
         }
@@ -78,11 +95,27 @@ impl CheckpointStore {
         last: u64,
         inserts: impl IntoIterator<Item = (&'k [u8], i64)>,
     ) -> Result<StagedState, StoreError> {
-        let mut pairs: Vec<(&[u8], i64)> = inserts.into_iter().collect();
+        self.stage_state_in_parts(first, last, inserts, 1)
+    }
+
+    /// [`CheckpointStore::stage_state`] on up to `parts` threads: the keys split into
+    /// disjoint key ranges, each sorted and written as a file of its own by its own thread, and
+    /// the files ingested together ([`StagedState::ingest`]). Why: when something waits for
+    /// the write (a sync at the end of a run), the cores are idle but one; in the steady state
+    /// one part costs the least CPU. Fewer parts where the keys are few or do not spread.
+    pub fn stage_state_in_parts<'k>(
+        &self,
+        first: u64,
+        last: u64,
+        inserts: impl IntoIterator<Item = (&'k [u8], i64)>,
+        parts: usize,
+    ) -> Result<StagedState, StoreError> {
+        let pairs: Vec<(&[u8], i64)> = inserts.into_iter().collect();
         if pairs.is_empty() {
             return Ok(StagedState {
-                file: None,
+                files: Vec::new(),
                 entries: 0,
+                helper_cpu: std::time::Duration::ZERO,
             });
         }
         let dir = self.path.join(STAGING_DIR);
@@ -91,11 +124,73 @@ impl CheckpointStore {
             path: dir.clone(),
             source,
         })?;
-        // A key's times rising: the newest of a key given twice is the last of its run.
-        sort_in_key_index_order(&mut pairs);
-        let file = dir.join(format!("{first}-{last}.{CF_DEDUP_BY_KEY}.sst"));
+        let groups = split_by_key_range(pairs, parts);
+        let file = |i: usize| match groups.len() {
+            1 => dir.join(format!("{first}-{last}.{CF_DEDUP_BY_KEY}.sst")),
+            _ => dir.join(format!("{first}-{last}.{i}.{CF_DEDUP_BY_KEY}.sst")),
+        };
+        let files: Vec<PathBuf> = (0..groups.len()).map(file).collect();
+        // One cell a group, each locked by its one writer only: a group whose thread could not
+        // start is still there to be written on this thread.
+        let groups: Vec<Mutex<Vec<Pair>>> = groups.into_iter().map(Mutex::new).collect();
+        let write = |i: usize| -> Result<usize, StoreError> {
+            let mut group = groups[i].lock().map_err(|_| StoreError::Foreign {
+                path: files[i].clone(),
+                message: "a thread writing staged state panicked".into(),
+            })?;
+            self.write_sorted_group(&files[i], &mut group)
+        };
+        let mut helper_cpu = std::time::Duration::ZERO;
+        let written: Vec<Result<usize, StoreError>> = std::thread::scope(|scope| {
+            // The first group on this thread, the others each on its own.
+            let others: Vec<_> = (1..groups.len())
+                .map(|i| {
+                    std::thread::Builder::new()
+                        .name("tidemark-state-part".into())
+                        .spawn_scoped(scope, move || (write(i), crate::cpu_time::this_thread()))
+                        .map_err(|_| i)
+                })
+                .collect();
+            let mut results = vec![write(0)];
+            for other in others {
+                results.push(match other {
+                    Ok(h) => match h.join() {
+                        Ok((written, cpu)) => {
+                            helper_cpu += cpu.unwrap_or_default();
+                            written
+                        }
+                        Err(_) => Err(StoreError::Foreign {
+                            path: dir.clone(),
+                            message: "a thread writing staged state panicked".into(),
+                        }),
+                    },
+                    Err(i) => write(i),
+                });
+            }
+            results
+        });
         let mut entries = 0;
-        self.write_sst(&file, |w| {
+        for w in written {
+            entries += w?;
+        }
+        Ok(StagedState {
+            files,
+            entries,
+            helper_cpu,
+        })
+    }
+
+    /// Sorts `pairs` and writes them into the SST file at `path` (a key given twice once, with
+    /// its newest time). Returns the entries written.
+    fn write_sorted_group(
+        &self,
+        path: &Path,
+        pairs: &mut [(&[u8], i64)],
+    ) -> Result<usize, StoreError> {
+        // A key's times rising: the newest of a key given twice is the last of its run.
+        sort_in_key_index_order(pairs);
+        let mut entries = 0;
+        self.write_sst(path, |w| {
             for (i, &(key, time)) in pairs.iter().enumerate() {
                 if pairs.get(i + 1).is_none_or(|next| next.0 != key) {
                     w.put(key, record::time_prefix(time))?;
@@ -104,10 +199,7 @@ impl CheckpointStore {
             }
             Ok(())
         })?;
-        Ok(StagedState {
-            file: Some(file),
-            entries,
-        })
+        Ok(entries)
     }
 
     /// Writes a synced, uncompressed SST file at `path` with the options of `dedup_by_key`

@@ -65,6 +65,9 @@ enum Job {
     Apply(StateDelta),
     /// Write and ingest everything gathered and queued, then answer.
     Sync(SyncSender<Result<(), StoreError>>),
+    /// Write and ingest everything gathered now, not when the next write is due
+    /// ([`StateWriter::write_soon`]).
+    WriteNow,
 }
 
 /// The background state writer: see the module documentation.
@@ -92,6 +95,12 @@ impl std::fmt::Debug for StateWriter {
 impl StateWriter {
     /// Starts the writer over `store`, whose state is durable through `durable_epoch`.
     pub fn start(store: CheckpointStore, durable_epoch: u64) -> Self {
+        Self::start_writing_every(store, durable_epoch, sync_every())
+    }
+
+    /// [`StateWriter::start`] with the least time between two unasked writes given (tests
+    /// make it long, so that only an asked write can make a delta durable).
+    fn start_writing_every(store: CheckpointStore, durable_epoch: u64, every: Duration) -> Self {
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
         let durable = Arc::new(AtomicU64::new(durable_epoch));
         let failed = Arc::new(Mutex::new(None));
@@ -104,8 +113,8 @@ impl StateWriter {
             std::thread::Builder::new()
                 .name("tidemark-state".into())
                 .spawn(move || {
-                    run(store, rx, durable, durable_epoch, failed, held, &cpu);
-                    note_cpu(&cpu);
+                    let helpers = run(store, rx, durable, durable_epoch, failed, held, &cpu, every);
+                    note_cpu(&cpu, helpers);
                 })
                 .ok()
         };
@@ -211,7 +220,20 @@ impl StateWriter {
         self.send(Job::Apply(delta))
     }
 
+    /// Asks the thread to write what it has gathered now instead of when its next write is
+    /// due, and returns at once (a hint: nothing if the queue is full). Why: a run about to
+    /// stop waits for the state writer's last write ([`StateWriter::sync`]); what was gathered
+    /// before its last epoch can be written while that epoch commits, leaving only the last
+    /// delta to the wait. That write, like a sync's, is made on up to [`write_parts`] threads.
+    pub fn write_soon(&self) {
+        self.held.store(false, Ordering::Release);
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(Job::WriteNow);
+        }
+    }
+
     /// Writes everything queued and gathered and makes it durable; returns the durable epoch.
+    /// The write is made on up to [`write_parts`] threads: the caller waits for it.
     pub fn sync(&self) -> Result<u64, StoreError> {
         self.held.store(false, Ordering::Release);
         let (reply, answer) = mpsc::sync_channel(1);
@@ -249,12 +271,20 @@ impl Drop for StateWriter {
     }
 }
 
+/// Threads a write somebody waits for is made on ([`CheckpointStore::stage_state_in_parts`]):
+/// the machine's cores, at most 4 (beyond that the files' ingestion and the memory bandwidth
+/// gain little).
+pub fn write_parts() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
 /// [`StateWriter::cpu_time`] before any write has measured it.
 const CPU_UNKNOWN: u64 = u64::MAX;
 
-/// Publishes the calling thread's CPU time into `cpu` ([`StateWriter::cpu_time`]).
-fn note_cpu(cpu: &AtomicU64) {
-    if let Some(t) = crate::cpu_time::this_thread() {
+/// Publishes the calling thread's CPU time, plus `helpers` (its part threads'), into `cpu`
+/// ([`StateWriter::cpu_time`]).
+fn note_cpu(cpu: &AtomicU64, helpers: Duration) {
+    if let Some(t) = crate::cpu_time::this_thread().map(|t| t + helpers) {
         cpu.store(
             u64::try_from(t.as_micros()).unwrap_or(CPU_UNKNOWN - 1),
             Ordering::Relaxed,
@@ -262,6 +292,7 @@ fn note_cpu(cpu: &AtomicU64) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     store: CheckpointStore,
     rx: Receiver<Job>,
@@ -270,10 +301,10 @@ fn run(
     failed: Arc<Mutex<Option<StoreError>>>,
     held: Arc<AtomicBool>,
     cpu: &AtomicU64,
-) {
+    every: Duration,
+) -> Duration {
     let mut gathered = Gathered::default();
     let mut last_sync = Instant::now();
-    let every = sync_every();
     // A failed write stops the thread: its error goes to `failed` (the next call on the writer
     // returns it) and a sync waiting for it is answered only after the queue is closed, so
     // no call after it can queue a delta that nothing would write.
@@ -301,6 +332,7 @@ fn run(
             };
             let asked = match job {
                 None => false,
+                Some(Job::WriteNow) => true,
                 Some(Job::Apply(delta)) => {
                     // Its record is durable: what is below its watermark is never read again.
                     store.set_evict_below(delta.evict_below);
@@ -317,15 +349,18 @@ fn run(
             // restart hands over many epochs at once) must not put a due write off.
             let due = !held.load(Ordering::Acquire) && last_sync.elapsed() >= every;
             if asked || due || gathered.keys >= MAX_GATHERED_KEYS {
-                gathered.write(&store, &mut synced, &durable)?;
+                // Somebody waits for (or will soon wait for) an asked write: on every core.
+                let parts = if asked { write_parts() } else { 1 };
+                gathered.write(&store, &mut synced, &durable, parts)?;
                 last_sync = Instant::now();
-                note_cpu(cpu);
+                note_cpu(cpu, gathered.helper_cpu);
             }
             if let Some(reply) = waiting.take() {
                 let _ = reply.send(Ok(()));
             }
         }
-        gathered.write(&store, &mut synced, &durable)
+        // The queue closed: the writer is dropped or stopped, and its owner waits.
+        gathered.write(&store, &mut synced, &durable, write_parts())
     })();
     drop(rx);
     if let Err(e) = result {
@@ -337,6 +372,7 @@ fn run(
     if let Some(reply) = waiting {
         let _ = reply.send(Ok(()));
     }
+    gathered.helper_cpu
 }
 
 /// Deltas received and not written yet, in epoch order.
@@ -345,16 +381,21 @@ struct Gathered {
     deltas: Vec<StateDelta>,
     /// Keys in `deltas`.
     keys: usize,
+    /// CPU time the threads that wrote parts of the writes so far used (the writer's own
+    /// thread time does not include it; [`StateWriter::cpu_time`] adds it).
+    helper_cpu: Duration,
 }
 
 impl Gathered {
     /// Writes and ingests everything gathered (the keys at or above the newest watermark
-    /// received), then publishes the newest epoch among them as durable.
+    /// received) in up to `parts` files written in parallel, then publishes the newest epoch
+    /// among them as durable.
     fn write(
         &mut self,
         store: &CheckpointStore,
         synced: &mut u64,
         durable: &AtomicU64,
+        parts: usize,
     ) -> Result<(), StoreError> {
         let (Some(first), Some(last)) = (
             self.deltas.first(),
@@ -368,9 +409,10 @@ impl Gathered {
             .iter()
             .flat_map(|d| d.inserts.iter())
             .filter(|&(_, t)| t >= floor);
-        let staged = store.stage_state(first.epoch, last, inserts)?;
+        let staged = store.stage_state_in_parts(first.epoch, last, inserts, parts)?;
         fault::hit(CrashPoint::AfterStateWrite);
-        debug!(epochs = %format!("{}..={last}", first.epoch), keys = staged.entries(), "state deltas staged (not ingested)");
+        debug!(epochs = %format!("{}..={last}", first.epoch), keys = staged.entries(), files = staged.files(), "state deltas staged (not ingested)");
+        self.helper_cpu += staged.helper_cpu();
         let n = staged.ingest(store)?;
         store.note_state_ingested(last)?;
         fault::hit(CrashPoint::AfterStateSync);
@@ -380,5 +422,36 @@ impl Gathered {
         durable.store(*synced, Ordering::Release);
         debug!(epoch = *synced, keys = n, "state synced");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hint makes the writer write what it gathered without waiting for its next due
+    /// write (here an hour away) or a sync.
+    #[test]
+    fn write_soon_writes_what_was_gathered_without_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            CheckpointStore::open(dir.path(), super::super::StoreOptions::default()).unwrap();
+        let writer = StateWriter::start_writing_every(store, 0, Duration::from_secs(3600));
+        let mut inserts = PackedKeys::default();
+        inserts.push(b"k", 1);
+        writer
+            .queue(StateDelta {
+                epoch: 1,
+                inserts,
+                evict_below: None,
+            })
+            .unwrap();
+        writer.write_soon();
+        // A liveness bound, not a timing: without the hint nothing is written for an hour.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while writer.durable_epoch() < 1 {
+            assert!(Instant::now() < deadline, "the hinted write never came");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

@@ -728,6 +728,66 @@ fn a_state_writer_reports_its_threads_cpu_time_as_of_its_last_write() {
     assert!(stopped > after_second, "{after_second:?} then {stopped:?}");
 }
 
+/// Staged in parts (files of disjoint key ranges written on threads of their own and ingested
+/// together), a delta gives the store exactly the state one file gives it: every key once, a
+/// key given twice with its newest time; nothing is left in the staging directory.
+#[test]
+fn staged_in_parts_is_the_state_staged_in_one() {
+    let n = 4 * super::pair_sort::MIN_PART;
+    let names: Vec<String> = (0..n as u64)
+        .map(|i| format!("order-{:012}", i.wrapping_mul(0x9E37_79B9) % 1_000_000_007))
+        .collect();
+    let mut keys: Vec<(&str, i64)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i as i64))
+        .collect();
+    // Two keys given again, later: the newer time is kept.
+    keys.push((names[7].as_str(), n as i64 + 1));
+    keys.push((names[n - 3].as_str(), n as i64 + 2));
+    let delta = packed(&keys);
+    let (parts_dir, one_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let in_parts = CheckpointStore::open(parts_dir.path(), StoreOptions::default()).unwrap();
+    let in_one = CheckpointStore::open(one_dir.path(), StoreOptions::default()).unwrap();
+    let staged = in_parts
+        .stage_state_in_parts(1, 1, delta.iter(), 3)
+        .unwrap();
+    assert_eq!(
+        staged.files(),
+        3,
+        "spread keys are split into the parts asked"
+    );
+    assert!(
+        staged.helper_cpu() > std::time::Duration::ZERO,
+        "the part threads' CPU is measured"
+    );
+    assert_eq!(staged.entries(), n);
+    assert_eq!(staged.ingest(&in_parts).unwrap(), n);
+    in_one
+        .stage_state(1, 1, delta.iter())
+        .unwrap()
+        .ingest(&in_one)
+        .unwrap();
+    let got = entries(&in_parts);
+    assert_eq!(got.len(), n);
+    assert_eq!(got, entries(&in_one));
+    assert!(got.contains(&(names[7].clone().into_bytes(), n as i64 + 1)));
+    assert!(got.contains(&(names[n - 3].clone().into_bytes(), n as i64 + 2)));
+    let staging = parts_dir.path().join(staged::STAGING_DIR);
+    assert_eq!(
+        std::fs::read_dir(&staging).unwrap().count(),
+        0,
+        "ingestion moved every part"
+    );
+    drop(in_parts);
+    let reopened = CheckpointStore::open(parts_dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(
+        entries(&reopened),
+        entries(&in_one),
+        "the parts are durable"
+    );
+}
+
 /// A crash between staging and ingestion leaves files that were never part of the store: the
 /// next open deletes them, and no lookup or load sees their keys. An ingestion leaves nothing
 /// behind in the staging directory.
