@@ -22,14 +22,11 @@
 //! the WAL's changelog still holds (the durable epoch is published only after the ingestion).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use rocksdb::{IngestExternalFileOptions, SstFileWriter};
 
-use super::pair_sort::{split_by_key_range, Pair};
-use super::{
-    dedup_options, record, sort_in_key_index_order, CheckpointStore, StoreError, CF_DEDUP_BY_KEY,
-};
+use super::pair_sort::{for_each_newest_in_key_order, split_by_key_range, Pair};
+use super::{dedup_options, record, CheckpointStore, StoreError, CF_DEDUP_BY_KEY};
 
 /// The staging directory's name inside the store directory.
 pub(super) const STAGING_DIR: &str = "state-staging";
@@ -130,16 +127,9 @@ impl CheckpointStore {
             _ => dir.join(format!("{first}-{last}.{i}.{CF_DEDUP_BY_KEY}.sst")),
         };
         let files: Vec<PathBuf> = (0..groups.len()).map(file).collect();
-        // One cell a group, each locked by its one writer only: a group whose thread could not
-        // start is still there to be written on this thread.
-        let groups: Vec<Mutex<Vec<Pair>>> = groups.into_iter().map(Mutex::new).collect();
-        let write = |i: usize| -> Result<usize, StoreError> {
-            let mut group = groups[i].lock().map_err(|_| StoreError::Foreign {
-                path: files[i].clone(),
-                message: "a thread writing staged state panicked".into(),
-            })?;
-            self.write_sorted_group(&files[i], &mut group)
-        };
+        // Each group only read, by its one writer: a group whose thread could not start is
+        // still there to be written on this thread.
+        let write = |i: usize| self.write_sorted_group(&files[i], &groups[i]);
         let mut helper_cpu = std::time::Duration::ZERO;
         let written: Vec<Result<usize, StoreError>> = std::thread::scope(|scope| {
             // The first group on this thread, the others each on its own.
@@ -180,23 +170,14 @@ impl CheckpointStore {
         })
     }
 
-    /// Sorts `pairs` and writes them into the SST file at `path` (a key given twice once, with
+    /// Writes `pairs` into the SST file at `path` in key order (a key given twice once, with
     /// its newest time). Returns the entries written.
-    fn write_sorted_group(
-        &self,
-        path: &Path,
-        pairs: &mut [(&[u8], i64)],
-    ) -> Result<usize, StoreError> {
-        // A key's times rising: the newest of a key given twice is the last of its run.
-        sort_in_key_index_order(pairs);
+    fn write_sorted_group(&self, path: &Path, pairs: &[Pair]) -> Result<usize, StoreError> {
         let mut entries = 0;
         self.write_sst(path, |w| {
-            for (i, &(key, time)) in pairs.iter().enumerate() {
-                if pairs.get(i + 1).is_none_or(|next| next.0 != key) {
-                    w.put(key, record::time_prefix(time))?;
-                    entries += 1;
-                }
-            }
+            entries = for_each_newest_in_key_order(pairs, |key, time| {
+                w.put(key, record::time_prefix(time))
+            })?;
             Ok(())
         })?;
         Ok(entries)
