@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tidemark_checkpoint::store::{
-    CheckpointRecord, CheckpointStore, Counts, SourcePosition, StoreOptions,
+    CheckpointRecord, CheckpointStore, Counts, PackedKeys, SourcePosition, StoreOptions,
 };
 
 fn record(epoch: u64) -> CheckpointRecord {
@@ -148,6 +148,27 @@ fn bench_stage_state(c: &mut Criterion) {
             },
             |e| {
                 let staged = store.stage_state(e, e, kv(&delta)).expect("stage");
+                assert_eq!(staged.entries(), N as usize);
+                staged
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    // The same keys packed as the state writer gets them (`PackedKeys`: the key bytes of a
+    // delta contiguous, in arrival order), rather than each in an allocation of its own.
+    let mut packed = PackedKeys::default();
+    for (k, t) in &delta {
+        packed.push(k, *t);
+    }
+    group.bench_function("keys_700000_packed", |b| {
+        b.iter_batched(
+            || {
+                let _ = std::fs::remove_dir_all(&staging);
+                epoch += 1;
+                epoch
+            },
+            |e| {
+                let staged = store.stage_state(e, e, packed.iter()).expect("stage");
                 assert_eq!(staged.entries(), N as usize);
                 staged
             },
