@@ -164,18 +164,30 @@ pub(super) fn for_each_newest_in_key_order<E>(
         (a.hi, a.lo, a.len) == (b.hi, b.lo, b.len)
             && (inline(a) || pairs[a.index as usize].0 == pairs[b.index as usize].0)
     };
-    entries.sort_unstable_by(|a, b| {
-        (a.hi, a.lo)
-            .cmp(&(b.hi, b.lo))
-            .then_with(|| {
-                if inline(a) && inline(b) {
-                    a.len.cmp(&b.len)
-                } else {
-                    pairs[a.index as usize].0.cmp(pairs[b.index as usize].0)
-                }
-            })
-            .then(a.time.cmp(&b.time))
-    });
+    // By the 16 bytes first, with the cheapest comparison (most keys differ there), then
+    // each run of equal 16 bytes (a key given again, or keys longer than them) by the rest.
+    entries.sort_unstable_by_key(|e| (u128::from(e.hi) << 64) | u128::from(e.lo));
+    let rest = |a: &Entry, b: &Entry| {
+        if inline(a) && inline(b) {
+            a.len.cmp(&b.len)
+        } else {
+            pairs[a.index as usize].0.cmp(pairs[b.index as usize].0)
+        }
+        .then(a.time.cmp(&b.time))
+    };
+    let mut start = 0;
+    while start < entries.len() {
+        let (hi, lo) = (entries[start].hi, entries[start].lo);
+        let end = start
+            + entries[start..]
+                .iter()
+                .position(|e| (e.hi, e.lo) != (hi, lo))
+                .unwrap_or(entries.len() - start);
+        if end - start > 1 {
+            entries[start..end].sort_unstable_by(rest);
+        }
+        start = end;
+    }
     let mut key = pairs[0].0[..skip].to_vec();
     let mut n = 0;
     for (i, e) in entries.iter().enumerate() {
