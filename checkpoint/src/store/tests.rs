@@ -804,12 +804,25 @@ fn staged_state_is_not_in_the_store_until_ingested_and_a_crash_leaves_nothing() 
             .unwrap();
         assert_eq!(lost.entries(), 1);
         assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 1);
+        // And a write in parts, its files all staged, none ingested.
+        let names: Vec<String> = (0..4 * super::pair_sort::MIN_PART)
+            .map(|i| format!("lost-{i:08}"))
+            .collect();
+        let keys: Vec<(&str, i64)> = names.iter().map(|k| (k.as_str(), 9)).collect();
+        let parts = store
+            .stage_state_in_parts(4, 4, packed(&keys).iter(), 2)
+            .unwrap();
+        assert_eq!(parts.files(), 2);
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 3);
         // The crash: the staged files are never ingested.
-        drop(lost);
+        drop((lost, parts));
     }
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
     assert!(!staging.exists(), "the open deletes what a crash staged");
-    assert_eq!(look(&store, &["kept", "lost"]), vec![Some(5), None]);
+    assert_eq!(
+        look(&store, &["kept", "lost", "lost-00000000"]),
+        vec![Some(5), None, None]
+    );
     let all: Vec<(Vec<u8>, i64)> = entries(&store).into_iter().collect();
     assert_eq!(all, vec![(b"kept".to_vec(), 5)]);
 }
