@@ -837,7 +837,8 @@ async fn run_epochs(
             let sealed = committer.seal(std::mem::replace(open, next), processor)?;
             metrics::epoch_sealed(epoch_age, sealing.elapsed(), open.epoch, &open.start);
             if stop.is_some() {
-                // The last epoch: the state gathered before it is written while it commits.
+                // Sealed because the run stops (the last epoch, unless the read-ahead fills
+                // another): the state gathered before it is written while it commits.
                 committer.write_state_soon();
             }
             // Pipelined: the next epoch (`open`) is read, logged and decoded while the sealed

@@ -32,7 +32,8 @@
 //! - the changelog path, on the run's critical path: [`CheckpointStore::write_record`] (the
 //!   record alone, one small synced batch), then the epoch's dedup delta through the
 //!   [`StateWriter`]: gathered with the next ones for up to a second, written as one sorted SST
-//!   file beside the store ([`CheckpointStore::stage_state`]: no
+//!   file (or, when somebody waits for it, several of disjoint key ranges written in parallel)
+//!   beside the store ([`CheckpointStore::stage_state`]: no
 //!   memtable, no RocksDB log) and made part of the store by ingestion
 //!   ([`StagedState::ingest`], durable when it returns; `staged.rs` says why and how). The
 //!   delta's keys are durable in the engine's WAL already (its state-delta frames, before the

@@ -98,8 +98,8 @@ impl CheckpointStore {
     /// [`CheckpointStore::stage_state`] on up to `parts` threads: the keys split into
     /// disjoint key ranges, each sorted and written as a file of its own by its own thread, and
     /// the files ingested together ([`StagedState::ingest`]). Why: when something waits for
-    /// the write (a sync at the end of a run), the cores are idle but one; in the steady state
-    /// one part costs the least CPU. Fewer parts where the keys are few or do not spread.
+    /// the write (a sync at the end of a run), the reading thread has stopped and the cores
+    /// would sit idle but one; in the steady state one part costs the least CPU. Fewer parts where the keys are few or do not spread.
     pub fn stage_state_in_parts<'k>(
         &self,
         first: u64,

@@ -2,7 +2,9 @@
 //!
 //! One thread, one queue. A delta is queued only after the checkpoint record of its epoch is
 //! durable (the caller's order). The thread gathers what comes for up to [`SYNC_EVERY`], then
-//! writes it all as one sorted SST file ([`CheckpointStore::stage_state`]) and ingests it ([`StagedState::ingest`](super::StagedState::ingest)),
+//! writes it all as one sorted SST file ([`CheckpointStore::stage_state`]; in parts, one file
+//! each, on several threads when somebody waits for the write:
+//! [`CheckpointStore::stage_state_in_parts`]) and ingests it ([`StagedState::ingest`](super::StagedState::ingest)),
 //! durable when that returns, and publishes the newest epoch whose delta is now durable
 //! ([`StateWriter::durable_epoch`]); the next checkpoint record names it as its `state_epoch`,
 //! and only then may the WAL drop the delta frames up to it. Keys below the newest watermark
@@ -129,8 +131,8 @@ impl StateWriter {
         }
     }
 
-    /// CPU time the writer's thread has used (sorting the deltas, writing and ingesting their
-    /// files), as of its last write: what dedup costs off the reading thread, for the run
+    /// CPU time the writer's thread, and the threads that wrote parts of its writes, have used
+    /// (sorting the deltas, writing and ingesting their files), as of its last write: what dedup costs off the reading thread, for the run
     /// summary. `None` before a write measured it, or where the system does not say.
     pub fn cpu_time(&self) -> Option<Duration> {
         match self.cpu_micros.load(Ordering::Relaxed) {
@@ -205,7 +207,8 @@ impl StateWriter {
     /// Asks the thread not to write deltas until the returned hold is dropped. Best effort,
     /// never a wait on a held writer: a call that would wait for the thread (a full queue, a
     /// sync) releases the hold first, and the thread writes anyway once it has gathered
-    /// [`MAX_GATHERED_KEYS`]. Why: a restart's replay and first commit share the
+    /// [`MAX_GATHERED_KEYS`]. The [`StateWriter::write_soon`] hint neither releases a hold
+    /// nor writes while one is held. Why: a restart's replay and first commit share the
     /// cores (two on the machines measured) with the thread's writes of the changelog the
     /// restart hands it; those deltas are durable in the WAL meanwhile, so holding them back
     /// changes only when they reach the store (and so when the WAL may drop them).
@@ -221,19 +224,21 @@ impl StateWriter {
     }
 
     /// Asks the thread to write what it has gathered now instead of when its next write is
-    /// due, and returns at once (a hint: nothing if the queue is full). Why: a run about to
-    /// stop waits for the state writer's last write ([`StateWriter::sync`]); what was gathered
-    /// before its last epoch can be written while that epoch commits, leaving only the last
-    /// delta to the wait. That write, like a sync's, is made on up to [`write_parts`] threads.
+    /// due, and returns at once (a hint: nothing if the queue is full or a hold is on). Why: a
+    /// run about to stop waits for the state writer's last write ([`StateWriter::sync`]); what
+    /// was gathered before its last epoch can be written while that epoch commits, leaving only
+    /// the last delta to the wait. That write, like a sync's, is made in parts on up to as
+    /// many threads as the machine has cores (at most 4): the reading thread has stopped by
+    /// then, and what is left of the last commit is mostly I/O.
     pub fn write_soon(&self) {
-        self.held.store(false, Ordering::Release);
         if let Some(tx) = &self.tx {
             let _ = tx.try_send(Job::WriteNow);
         }
     }
 
     /// Writes everything queued and gathered and makes it durable; returns the durable epoch.
-    /// The write is made on up to [`write_parts`] threads: the caller waits for it.
+    /// The write is made in parts on up to as many threads as the machine has cores (at most
+    /// 4): the caller waits for it.
     pub fn sync(&self) -> Result<u64, StoreError> {
         self.held.store(false, Ordering::Release);
         let (reply, answer) = mpsc::sync_channel(1);
@@ -274,7 +279,7 @@ impl Drop for StateWriter {
 /// Threads a write somebody waits for is made on ([`CheckpointStore::stage_state_in_parts`]):
 /// the machine's cores, at most 4 (beyond that the files' ingestion and the memory bandwidth
 /// gain little).
-pub fn write_parts() -> usize {
+fn write_parts() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
@@ -332,7 +337,8 @@ fn run(
             };
             let asked = match job {
                 None => false,
-                Some(Job::WriteNow) => true,
+                // A hint: a hold keeps the writes back (`hold`).
+                Some(Job::WriteNow) => !held.load(Ordering::Acquire),
                 Some(Job::Apply(delta)) => {
                     // Its record is durable: what is below its watermark is never read again.
                     store.set_evict_below(delta.evict_below);
@@ -446,6 +452,21 @@ mod tests {
                 evict_below: None,
             })
             .unwrap();
+        // Held: the hint neither releases the hold nor writes (a wrong write would come within
+        // milliseconds; this cannot fail when the hold is kept).
+        let hold = writer.hold();
+        writer.write_soon();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            writer.durable_epoch(),
+            0,
+            "a hint wrote while a hold was on"
+        );
+        assert!(
+            writer.held.load(Ordering::Acquire),
+            "the hint released the hold"
+        );
+        drop(hold);
         writer.write_soon();
         // A liveness bound, not a timing: without the hint nothing is written for an hour.
         let deadline = Instant::now() + Duration::from_secs(60);
