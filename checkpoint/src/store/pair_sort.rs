@@ -245,10 +245,25 @@ mod tests {
     /// Keys built to stress the window: a shared prefix, then few distinct bytes (zeros
     /// among them), of lengths that end inside, at and after the window.
     fn keys() -> impl Strategy<Value = Vec<(Vec<u8>, i64)>> {
+        keys_with_suffixes_shorter_than(14)
+    }
+
+    /// Keys of any length around the 16 inline bytes, sharing prefixes, with zero bytes.
+    fn keys_of_any_length() -> impl Strategy<Value = Vec<(Vec<u8>, i64)>> {
+        keys_with_suffixes_shorter_than(30)
+    }
+
+    /// A shared prefix (up to 11 bytes), then up to `suffix_max - 1` bytes from a few
+    /// distinct ones (zeros among them); times from a few.
+    fn keys_with_suffixes_shorter_than(
+        suffix_max: usize,
+    ) -> impl Strategy<Value = Vec<(Vec<u8>, i64)>> {
         let prefix =
             proptest::collection::vec(prop_oneof![Just(0u8), Just(b'a'), any::<u8>()], 0..12);
-        let suffix =
-            proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(0xFFu8)], 0..14);
+        let suffix = proptest::collection::vec(
+            prop_oneof![Just(0u8), Just(1u8), Just(0xFFu8)],
+            0..suffix_max,
+        );
         (
             prefix,
             proptest::collection::vec((suffix, -3i64..3), 0..200),
@@ -311,27 +326,6 @@ mod tests {
             }
             prop_assert_eq!(&joined, &plain);
         }
-    }
-
-    /// Keys of any length around the 16 inline bytes, sharing prefixes, with zero bytes.
-    fn keys_of_any_length() -> impl Strategy<Value = Vec<(Vec<u8>, i64)>> {
-        let prefix =
-            proptest::collection::vec(prop_oneof![Just(0u8), Just(b'a'), any::<u8>()], 0..12);
-        let suffix =
-            proptest::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(0xFFu8)], 0..30);
-        (
-            prefix,
-            proptest::collection::vec((suffix, -3i64..3), 0..200),
-        )
-            .prop_map(|(p, rest)| {
-                rest.into_iter()
-                    .map(|(s, t)| {
-                        let mut k = p.clone();
-                        k.extend(s);
-                        (k, t)
-                    })
-                    .collect()
-            })
     }
 
     proptest! {
