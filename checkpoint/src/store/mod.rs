@@ -75,7 +75,7 @@ use tracing::{debug, info};
 
 pub use error::{classify_rocks, StoreError, StoreErrorKind};
 pub use packed::PackedKeys;
-use pair_sort::sort_in_key_index_order;
+use pair_sort::for_each_newest_in_key_order;
 pub use record::{ChangelogStart, CheckpointRecord, Counts, RecordError, SourcePosition};
 pub use staged::StagedState;
 pub use state_writer::{StateDelta, StateHold, StateWriter, SYNC_EVERY_ENV};
@@ -677,14 +677,14 @@ impl CheckpointStore {
         let by_key = self.cf(CF_DEDUP_BY_KEY)?;
         // In key order: a memtable's skip list inserts a sorted run right after its last
         // insert instead of searching from the top each time (in event-time order, i.e. in
-        // random key order, each put was a search). Each key is in a delta once (the caller's
-        // invariant), so key order is a total order.
-        let mut pairs: Vec<(&[u8], i64)> = inserts.into_iter().collect();
-        sort_in_key_index_order(&mut pairs);
-        for &(key, time) in &pairs {
+        // random key order, each put was a search). The same sort as a staged file's, each
+        // key once with its newest time (as the batch's last put of a key would leave it).
+        let pairs: Vec<(&[u8], i64)> = inserts.into_iter().collect();
+        for_each_newest_in_key_order(&pairs, |key, time| {
             batch.put_cf(by_key, key, record::time_prefix(time));
-        }
-        Ok(pairs.len())
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .map_err(|never| match never {})
     }
 
     /// Adds `record`, the `current` pointer and history pruning to `batch`; returns the

@@ -1,5 +1,8 @@
 //! Sorting a state delta's `(key, event time)` pairs in the key index's byte order, with
-//! integer comparisons where the plain comparison calls `memcmp`.
+//! integer comparisons where the plain comparison calls `memcmp`. Both write paths of the
+//! state (a staged file, a synced batch) go through [`for_each_newest_in_key_order`], which
+//! carries short keys inline; [`sort_in_key_index_order`] below is its fallback for deltas of
+//! more than `u32::MAX` pairs and the first form of the idea.
 //!
 //! Why: the state writer sorts every key of every delta. Each comparison of two keys was a
 //! `memcmp` call, and keys that share a

@@ -25,8 +25,11 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{IngestExternalFileOptions, SstFileWriter};
 
-use super::pair_sort::{for_each_newest_in_key_order, split_by_key_range, Pair};
-use super::{dedup_options, record, CheckpointStore, StoreError, CF_DEDUP_BY_KEY};
+use super::pair_sort::{split_by_key_range, Pair};
+use super::{
+    dedup_options, for_each_newest_in_key_order, record, CheckpointStore, StoreError,
+    CF_DEDUP_BY_KEY,
+};
 
 /// The staging directory's name inside the store directory.
 pub(super) const STAGING_DIR: &str = "state-staging";

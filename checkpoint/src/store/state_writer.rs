@@ -115,7 +115,20 @@ impl StateWriter {
             std::thread::Builder::new()
                 .name("tidemark-state".into())
                 .spawn(move || {
-                    let helpers = run(store, rx, durable, durable_epoch, failed, held, &cpu, every);
+                    let cadence = Cadence {
+                        every,
+                        parts_when_waited: write_parts(),
+                    };
+                    let helpers = run(
+                        store,
+                        rx,
+                        durable,
+                        durable_epoch,
+                        failed,
+                        held,
+                        &cpu,
+                        cadence,
+                    );
                     note_cpu(&cpu, helpers);
                 })
                 .ok()
@@ -297,6 +310,16 @@ fn note_cpu(cpu: &AtomicU64, helpers: Duration) {
     }
 }
 
+/// When the thread writes, and on how many threads.
+#[derive(Clone, Copy)]
+struct Cadence {
+    /// Least time between two unasked writes.
+    every: Duration,
+    /// Parts of a write somebody waits for ([`write_parts`], found once per writer: it reads
+    /// the process's CPU affinity and cgroup quota).
+    parts_when_waited: usize,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run(
     store: CheckpointStore,
@@ -306,8 +329,9 @@ fn run(
     failed: Arc<Mutex<Option<StoreError>>>,
     held: Arc<AtomicBool>,
     cpu: &AtomicU64,
-    every: Duration,
+    cadence: Cadence,
 ) -> Duration {
+    let every = cadence.every;
     let mut gathered = Gathered::default();
     let mut last_sync = Instant::now();
     // A failed write stops the thread: its error goes to `failed` (the next call on the writer
@@ -356,7 +380,7 @@ fn run(
             let due = !held.load(Ordering::Acquire) && last_sync.elapsed() >= every;
             if asked || due || gathered.keys >= MAX_GATHERED_KEYS {
                 // Somebody waits for (or will soon wait for) an asked write: on every core.
-                let parts = if asked { write_parts() } else { 1 };
+                let parts = if asked { cadence.parts_when_waited } else { 1 };
                 gathered.write(&store, &mut synced, &durable, parts)?;
                 last_sync = Instant::now();
                 note_cpu(cpu, gathered.helper_cpu);
@@ -366,7 +390,7 @@ fn run(
             }
         }
         // The queue closed: the writer is dropped or stopped, and its owner waits.
-        gathered.write(&store, &mut synced, &durable, write_parts())
+        gathered.write(&store, &mut synced, &durable, cadence.parts_when_waited)
     })();
     drop(rx);
     if let Err(e) = result {
