@@ -924,6 +924,45 @@ fn a_failed_state_write_stops_the_writer_and_claims_nothing() {
     assert_eq!(look(&store, &["k1", "k2"]), vec![Some(1), None]);
 }
 
+/// A write in parts where one part fails (its file cannot be created) fails as a whole: the
+/// error names that part's file, nothing is ingested, and the parts that were written stay
+/// staged until the next open deletes them.
+#[test]
+fn one_failed_part_fails_the_write_in_parts_and_ingests_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let staging = dir.path().join(staged::STAGING_DIR);
+    let names: Vec<String> = (0..4 * super::pair_sort::MIN_PART)
+        .map(|i| format!("part-{i:08}"))
+        .collect();
+    let keys: Vec<(&str, i64)> = names.iter().map(|k| (k.as_str(), 3)).collect();
+    {
+        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+        // Part 1's file name taken by a directory.
+        let in_the_way = staging.join(format!("5-5.1.{CF_DEDUP_BY_KEY}.sst"));
+        std::fs::create_dir_all(&in_the_way).unwrap();
+        let err = store
+            .stage_state_in_parts(5, 5, packed(&keys).iter(), 2)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("5-5.1."),
+            "the error names the failed part's file: {err}"
+        );
+        assert!(
+            staging
+                .join(format!("5-5.0.{CF_DEDUP_BY_KEY}.sst"))
+                .exists(),
+            "the other part was written"
+        );
+        assert_eq!(look(&store, &["part-00000000"]), vec![None]);
+    }
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(
+        !staging.exists(),
+        "the open deletes the parts a failure left"
+    );
+    assert!(entries(&store).is_empty());
+}
+
 /// Keys below the newest watermark the writer was given are not written at all (no record
 /// will ever read them); keys at or above it are.
 #[test]
