@@ -474,6 +474,8 @@ fn bench_measures_each_interval_and_writes_table_csv_json_svg() {
             // Each kill's crash image restarted twice.
             "--restarts",
             "2",
+            // The tables stay for the exactly-once audit at the end.
+            "--keep-runs",
             "--dir",
         ])
         .arg(&bench)
@@ -540,6 +542,54 @@ fn bench_measures_each_interval_and_writes_table_csv_json_svg() {
         let report = audit::check_exactly_once(&bench.join(run).join("table"), &ends).unwrap();
         assert!(report.ok() && report.rows == 40_000, "{run}: {report:?}");
     }
+}
+
+#[test]
+fn bench_leaves_only_logs_and_configs_of_its_runs_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench = dir.path().join("bench");
+    let out = std::process::Command::new(EXE)
+        .args([
+            "bench",
+            "--records",
+            "4000",
+            "--partitions",
+            "2",
+            "--intervals",
+            "50ms",
+            "--repeat",
+            "1",
+            "--no-ceiling",
+            "--dir",
+        ])
+        .arg(&bench)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for run in ["run-50ms", "recovery-50ms"] {
+        let mut left: Vec<String> = std::fs::read_dir(bench.join(run))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert!(
+            left.contains(&"pipeline.toml".to_string()),
+            "{run}: {left:?}"
+        );
+        assert!(
+            left.iter()
+                .all(|f| f == "pipeline.toml" || f.ends_with(".log")),
+            "{run} keeps more than its logs and config: {left:?}"
+        );
+    }
+    assert!(bench.join("run-50ms/run.log").exists());
+    assert!(bench.join("recovery-50ms/run-2.log").exists());
+    assert!(bench.join("bench.json").exists());
 }
 
 #[test]

@@ -117,6 +117,11 @@ pub struct BenchOptions {
     /// also given as a share of).
     #[arg(long)]
     pub no_ceiling: bool,
+    /// Keep each variant's last table, WAL and checkpoint store under --dir (for a look at
+    /// them after the bench). Without it only the logs and configs are kept: a 2M-record
+    /// `--compare-dedup --baseline-exe` bench otherwise leaves 2-3 GB behind.
+    #[arg(long)]
+    pub keep_runs: bool,
 }
 
 /// One interval's measurements.
@@ -351,6 +356,8 @@ struct Setup {
     bytes: u64,
     /// The `tidemark` executable the runs start.
     exe: PathBuf,
+    /// `--keep-runs`: leave each run's table, WAL and store in place.
+    keep_runs: bool,
 }
 
 /// Runs the benchmark, by stage: parse the intervals, prepare --dir, start the broker and
@@ -375,6 +382,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         produced,
         bytes,
         exe,
+        keep_runs: options.keep_runs,
     };
     let rounds = options.repeat.max(1);
     let variants = variants(&intervals, &options);
@@ -544,6 +552,9 @@ fn throughput_runs(
                 bench_cpu: own_cpu,
                 summary,
             });
+            if !setup.keep_runs {
+                keep_only_logs(&run_dir)?;
+            }
         }
     }
     Ok((runs, ceiling_rates))
@@ -760,6 +771,9 @@ fn recovery_run(
             all.iter().filter(|t| t.is_none()).count()
         );
     }
+    if !setup.keep_runs {
+        keep_only_logs(&rec_dir)?;
+    }
     row.recovery_first_commit_ms = summary["first_commit_ms"].as_u64();
     row.recovery_first_source_commit_ms = summary["first_source_commit_ms"].as_u64();
     row.recovery_replayed = summary["recovery"]["replayed_records"].as_u64();
@@ -870,6 +884,34 @@ impl Drop for CrashImage {
             eprintln!("warning: {e:#}");
         }
     }
+}
+
+/// Deletes what a finished run left in `run_dir` except its logs (`*.log`) and its
+/// `pipeline.toml`: the table, the WAL and the checkpoint store are what fill a disk (a 2M-record
+/// run leaves hundreds of MB), and nothing after the run reads them. Deleting them also drops
+/// their dirty pages, which the next run would otherwise share the disk with.
+fn keep_only_logs(run_dir: &Path) -> anyhow::Result<()> {
+    let entries =
+        std::fs::read_dir(run_dir).with_context(|| format!("cannot list {}", run_dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", run_dir.display()))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".log") || name == "pipeline.toml" {
+            continue;
+        }
+        let kind = entry
+            .file_type()
+            .with_context(|| format!("cannot stat {}", path.display()))?;
+        if kind.is_dir() {
+            remove_if_there(&path)?;
+        } else {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes the directory tree `dir`; one that is not there is no error.
@@ -1740,6 +1782,28 @@ mod tests {
         drop(kept);
         assert!(!image.exists());
         remove_if_there(&image).unwrap();
+    }
+
+    #[test]
+    fn a_finished_run_keeps_its_logs_and_config_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run-1s");
+        std::fs::create_dir_all(run.join(".tidemark/wal")).unwrap();
+        std::fs::create_dir_all(run.join("table/_delta_log")).unwrap();
+        std::fs::write(run.join(".tidemark/wal/00000001.wal"), b"wal").unwrap();
+        std::fs::write(run.join("table/part-0.parquet"), b"rows").unwrap();
+        std::fs::write(run.join("dead-letters.jsonl"), b"{}").unwrap();
+        std::fs::write(run.join("run.log"), b"log").unwrap();
+        std::fs::write(run.join("run-2.log"), b"log 2").unwrap();
+        std::fs::write(run.join("pipeline.toml"), b"toml").unwrap();
+        keep_only_logs(&run).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["pipeline.toml", "run-2.log", "run.log"]);
+        assert_eq!(std::fs::read(run.join("run.log")).unwrap(), b"log");
     }
 
     #[test]
