@@ -555,6 +555,8 @@ pub struct VerdictCost {
     pub time: Duration,
     /// Of it, the state's key table growing ([`DedupState::growth_time`]).
     pub table_growth: Duration,
+    /// Of it, evicted entries swept out of the table ([`DedupState::sweep_time`]).
+    pub sweep: Duration,
     /// The CPU time the thread spent in the stage ([`crate::cpu_time::this_thread`]): what
     /// the stage cost, without the time the thread waited for a core while in it.
     pub cpu: Duration,
@@ -1066,7 +1068,7 @@ impl OpenEpoch {
     ) -> Result<(), ProcessError> {
         let started = Instant::now();
         let cpu_before = crate::cpu_time::this_thread();
-        let grown_before = rt.state.growth_time();
+        let (grown_before, swept_before) = (rt.state.growth_time(), rt.state.sweep_time());
         let (keys, times) = p.keys_and_event_times(&batch, row_records)?;
         // While the state still loads after a restart: one batched lookup for the batch.
         if rt.state.is_loading() {
@@ -1087,6 +1089,7 @@ impl OpenEpoch {
         }
         rt.cost.time += started.elapsed();
         rt.cost.table_growth += rt.state.growth_time().saturating_sub(grown_before);
+        rt.cost.sweep += rt.state.sweep_time().saturating_sub(swept_before);
         if let (Some(before), Some(after)) = (cpu_before, crate::cpu_time::this_thread()) {
             rt.cost.cpu += after.saturating_sub(before);
         }

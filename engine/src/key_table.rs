@@ -268,21 +268,51 @@ impl KeyTable {
         }
     }
 
-    /// True when `key` is in the table.
-    pub fn contains_key(&self, key: &[u8]) -> bool {
-        self.get(key).is_some()
+    /// Inserts `key` with `time` unless it is there: true when inserted (a key already there
+    /// keeps its time). The tests' plain insert; the state uses [`KeyTable::insert_unless`].
+    #[cfg(test)]
+    pub fn insert_if_absent(&mut self, key: &[u8], time: i64) -> bool {
+        self.insert_unless(key, time, |_| true)
     }
 
-    /// Inserts `key` with `time` unless it is there: true when inserted (a key already there
-    /// keeps its time). One probe either way.
-    pub fn insert_if_absent(&mut self, key: &[u8], time: i64) -> bool {
+    /// Inserts `key` with `time` unless it is there with a time `keep_old` accepts: true when
+    /// inserted, or when the entry there (a time `keep_old` refuses: an evicted key not swept
+    /// yet) took `time` instead. One probe either way.
+    pub fn insert_unless(
+        &mut self,
+        key: &[u8],
+        time: i64,
+        keep_old: impl FnOnce(i64) -> bool,
+    ) -> bool {
         match self.vacancy_for(key) {
             Ok((at, hash)) => {
                 self.fill(at, key, hash, time);
                 true
             }
-            Err(_) => false,
+            Err(at) if keep_old(time_of(&self.slots[at])) => false,
+            Err(at) => {
+                self.slots[at][24..32].copy_from_slice(&time.to_le_bytes());
+                true
+            }
         }
+    }
+
+    /// True when the next new key makes the table grow (its load would pass the maximum).
+    pub fn is_full(&self) -> bool {
+        (self.len + 1) * MAX_LOAD_DEN > self.homes * MAX_LOAD_NUM
+    }
+
+    /// The most keys the table holds before it grows.
+    pub fn max_len(&self) -> usize {
+        self.homes * MAX_LOAD_NUM / MAX_LOAD_DEN
+    }
+
+    /// Entries whose time `count` accepts, by one pass over the slots (no key is read).
+    pub fn count_times(&self, mut count: impl FnMut(i64) -> bool) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s[0] != EMPTY && count(time_of(s)))
+            .count()
     }
 
     /// Inserts `key` with `time`, replacing the time of a key already there.
@@ -528,6 +558,8 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         InsertIfAbsent(Vec<u8>, i64),
+        /// `insert_unless` keeping an old time at or above the third value.
+        InsertUnlessBelow(Vec<u8>, i64, i64),
         Insert(Vec<u8>, i64),
         RetainAtOrAbove(i64),
         Reserve(usize),
@@ -549,6 +581,7 @@ mod tests {
         prop_oneof![
             6 => (key(), 0i64..100).prop_map(|(k, t)| Op::InsertIfAbsent(k, t)),
             2 => (key(), 0i64..100).prop_map(|(k, t)| Op::Insert(k, t)),
+            3 => (key(), 0i64..100, 0i64..100).prop_map(|(k, t, w)| Op::InsertUnlessBelow(k, t, w)),
             1 => (0i64..100).prop_map(Op::RetainAtOrAbove),
             1 => (0usize..200).prop_map(Op::Reserve),
         ]
@@ -556,6 +589,11 @@ mod tests {
 
     fn assert_same(table: &KeyTable, model: &HashMap<Vec<u8>, i64>) {
         assert_eq!(table.len(), model.len());
+        assert_eq!(table.is_full(), table.len() + 1 > table.max_len());
+        for w in [0, 50, 99] {
+            let below = model.values().filter(|t| **t < w).count();
+            assert_eq!(table.count_times(|t| t < w), below);
+        }
         for (k, t) in model {
             assert_eq!(table.get(k), Some(*t), "key {k:?}");
         }
@@ -597,6 +635,14 @@ mod tests {
                     let absent = !model.contains_key(&k);
                     model.entry(k).or_insert(t);
                     prop_assert_eq!(inserted, absent);
+                }
+                Op::InsertUnlessBelow(k, t, w) => {
+                    let taken = table.insert_unless(&k, t, |old| old >= w);
+                    let kept = model.get(&k).is_some_and(|old| *old >= w);
+                    if !kept {
+                        model.insert(k, t);
+                    }
+                    prop_assert_eq!(taken, !kept);
                 }
                 Op::Insert(k, t) => {
                     table.insert(&k, t);

@@ -146,7 +146,8 @@ pub struct Live {
     pub wal_segments: u64,
     /// WAL bytes on disk.
     pub wal_bytes: u64,
-    /// Keys in dedup state.
+    /// Keys the dedup state holds in memory (`DedupState::held`: evicted keys until the
+    /// next sweep included).
     pub dedup_keys: Option<u64>,
 }
 
@@ -300,7 +301,7 @@ impl Metrics {
             "tidemark_checkpoint_seconds", "Time to write a checkpoint (RocksDB) and truncate the WAL" => self.checkpoint_write;
             "tidemark_wal_segments", "WAL segment files on disk" => self.wal_segments;
             "tidemark_wal_size_bytes", "Bytes of the WAL segments on disk" => self.wal_bytes;
-            "tidemark_dedup_state_keys", "Keys in dedup state" => self.dedup_keys;
+            "tidemark_dedup_state_keys", "Keys the dedup state holds in memory (evicted keys leave at the next sweep)" => self.dedup_keys;
             "tidemark_watermark_seconds", "The dedup watermark (event time, unix seconds)" => self.watermark;
             "tidemark_watermark_lag_seconds", "Wall clock minus the watermark" => self.watermark_lag;
             "tidemark_partition_next_offset", "Next offset after the committed records, per partition" => self.next_offset;
@@ -603,7 +604,8 @@ pub struct AfterCheckpoint {
     pub wal_bytes: u64,
     /// Bytes this process appended to the WAL so far.
     pub wal_appended: u64,
-    /// Keys in dedup state.
+    /// Keys the dedup state holds in memory (`DedupState::held`: evicted keys until the
+    /// next sweep included).
     pub dedup_keys: Option<u64>,
     /// The watermark (micros).
     pub watermark: Option<i64>,

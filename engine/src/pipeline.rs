@@ -192,6 +192,9 @@ pub struct RunSummary {
     /// With dedup: milliseconds of that time the state's key table spent growing (a state
     /// that grows from empty pays it; `tidemark bench --compare-dedup` prints both).
     pub dedup_table_growth_ms: Option<f64>,
+    /// With dedup: milliseconds of that time spent sweeping evicted keys out of the state's
+    /// table (eviction is lazy: `engine/src/dedup.rs`).
+    pub dedup_sweep_ms: Option<f64>,
     /// With dedup: CPU seconds the reading thread spent giving verdicts (the time in
     /// `dedup_verdict_share` without the waits for a core while in it).
     pub dedup_verdict_cpu_secs: Option<f64>,
@@ -695,7 +698,8 @@ fn after_checkpoint(committer: &Committer) -> metrics::AfterCheckpoint {
         wal_segments: segments.len() as u64,
         wal_bytes: segments.iter().map(|(_, _, size)| size).sum(),
         wal_appended: committer.wal_bytes(),
-        dedup_keys: committer.dedup().map(|d| d.state.len() as u64),
+        // Held, not counted: an exact count is a pass over the table (`DedupState::len`).
+        dedup_keys: committer.dedup().map(|d| d.state.held() as u64),
         watermark: committer.dedup().and_then(|d| d.state.watermark()),
     }
 }
@@ -995,6 +999,7 @@ impl RunStats {
             summary.dedup_verdict_share =
                 Some(d.cost.time.as_secs_f64() / summary.elapsed_secs.max(1e-9));
             summary.dedup_table_growth_ms = Some(d.cost.table_growth.as_secs_f64() * 1e3);
+            summary.dedup_sweep_ms = Some(d.cost.sweep.as_secs_f64() * 1e3);
             summary.dedup_verdict_cpu_secs = Some(d.cost.cpu.as_secs_f64());
         }
         summary.dedup_state_writer_cpu_secs = committer.state_writer_cpu().map(|t| t.as_secs_f64());

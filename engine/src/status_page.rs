@@ -146,7 +146,7 @@ pub fn render(live: &Live, info: &RunInfo, health: &Health, now: f64) -> String 
         format!("{} segment(s), {} bytes", live.wal_segments, live.wal_bytes),
     );
     if let Some(k) = live.dedup_keys {
-        row("dedup state", format!("{k} keys"));
+        row("dedup state", format!("{k} keys held"));
     }
     if let Some(r) = &live.replica {
         row(

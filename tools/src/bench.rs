@@ -156,6 +156,8 @@ pub struct BenchRow {
     pub dedup_verdict_share: Option<f64>,
     /// With dedup: ms of that the state's key table spent growing.
     pub dedup_table_growth_ms: Option<f64>,
+    /// With dedup: ms of that the state spent sweeping evicted keys out of its table.
+    pub dedup_sweep_ms: Option<f64>,
     /// With dedup: CPU seconds the reading thread spent on verdicts (the summary's
     /// `dedup_verdict_cpu_secs`).
     pub dedup_verdict_cpu_secs: Option<f64>,
@@ -650,6 +652,7 @@ fn median_row(setup: &Setup, variant: &Variant, mut these: Vec<ThroughputRun>) -
         checkpoint_share: summary["checkpoint_time_share"].as_f64().unwrap_or(0.0),
         dedup_verdict_share: summary["dedup_verdict_share"].as_f64(),
         dedup_table_growth_ms: summary["dedup_table_growth_ms"].as_f64(),
+        dedup_sweep_ms: summary["dedup_sweep_ms"].as_f64(),
         dedup_verdict_cpu_secs: summary["dedup_verdict_cpu_secs"].as_f64(),
         bench_process_cpu_secs: bench_cpu,
         dedup_state_writer_cpu_secs: summary["dedup_state_writer_cpu_secs"].as_f64(),
@@ -1090,9 +1093,13 @@ fn verdict_cost(row: &BenchRow) -> String {
     let Some(share) = row.dedup_verdict_share else {
         return String::new();
     };
+    let sweeps = row
+        .dedup_sweep_ms
+        .map(|ms| format!(", its sweeps of evicted keys {ms:.0} ms"))
+        .unwrap_or_default();
     let growth = row
         .dedup_table_growth_ms
-        .map(|ms| format!(" (the key table's growth {ms:.0} ms)"))
+        .map(|ms| format!(" (the key table's growth {ms:.0} ms{sweeps})"))
         .unwrap_or_default();
     format!(
         "; verdicts {:.1}% of the wall time on the reading thread{growth}",

@@ -414,8 +414,8 @@ async fn bounded_state_run(brokers: &str, expected_keys: Option<u64>) {
     assert!(out.status.success(), "{}", stderr_of(&out));
     let s = summary(&out);
     let keys = s["dedup_keys"].as_u64().unwrap();
-    // 5 s of event time at 10 ms per record = 500 keys in the window; eviction runs at each
-    // seal, so up to one epoch (1000 records) more may be held.
+    // 5 s of event time at 10 ms per record = 500 keys in the window; the watermark moves at
+    // each seal, so up to one epoch (1000 records) more may be in state.
     assert!(
         keys > 0 && keys <= 1_500,
         "keys in state: {keys} of {total}: {s}"
@@ -428,10 +428,18 @@ async fn bounded_state_run(brokers: &str, expected_keys: Option<u64>) {
     let growth_ms = s["dedup_table_growth_ms"].as_f64().unwrap();
     let wall_ms = s["elapsed_secs"].as_f64().unwrap() * 1e3;
     assert!(share > 0.0 && share < 1.0, "{s}");
+    // Evicted keys leave the table in sweeps, when it is full: the growing table fills up
+    // again and again and sweeps; the one sized for every key never fills, so never sweeps.
+    let sweep_ms = s["dedup_sweep_ms"].as_f64().unwrap();
     if expected_keys.is_some() {
         assert_eq!(growth_ms, 0.0, "{s}");
+        assert_eq!(sweep_ms, 0.0, "{s}");
     } else {
         assert!(growth_ms > 0.0 && growth_ms <= share * wall_ms, "{s}");
+        assert!(
+            sweep_ms > 0.0 && sweep_ms + growth_ms <= share * wall_ms,
+            "{s}"
+        );
     }
     // The CPU the run used, all threads and the reading thread (which did the verdicts).
     let cpu = s["cpu_secs"].as_f64().unwrap();

@@ -118,7 +118,9 @@ async fn oversized_records_are_dead_lettered_exactly_once_across_sigkills() {
     assert_eq!(s["totals"]["dead_lettered"], oversized.len() as u64, "{s}");
     // Without dedup there is no verdict time to report.
     assert!(
-        s["dedup_verdict_share"].is_null() && s["dedup_table_growth_ms"].is_null(),
+        s["dedup_verdict_share"].is_null()
+            && s["dedup_table_growth_ms"].is_null()
+            && s["dedup_sweep_ms"].is_null(),
         "{s}"
     );
     // The CPU the run used is reported all the same: the process's, and the reading thread's
