@@ -100,13 +100,25 @@ impl PartitionFloors {
 
 /// Which partition accepted each key in state, by a 64-bit hash of the key: only to count
 /// cross-partition duplicates (see the module documentation).
+///
+/// Eviction is lazy, as the state's own (`crate::dedup`): [`KeyOrigins::evict_below`] raises a
+/// floor, reads skip the entries below it, and they leave the map in one pass when it is full
+/// and would otherwise grow, instead of a pass over the whole map at every seal.
 #[derive(Debug, Default)]
 pub struct KeyOrigins {
     /// Key hash -> (partition hash, event time of the accepted record).
     origins: HashMap<u64, (u64, i64), BuildHasherDefault<IdentityHasher>>,
-    /// No entry has an event time below this (exact after each eviction).
+    /// No entry has an event time below this (exact after each sweep).
     oldest: i64,
+    /// Entries below this are evicted (the highest watermark given to `evict_below`).
+    evicted_below: Option<i64>,
+    /// The next insert sweeps when the map holds this many entries (twice what the last
+    /// sweep kept, at least [`MIN_SWEEP_AT`]; 0: not set yet).
+    sweep_at: usize,
 }
+
+/// The fewest entries [`KeyOrigins`] sweeps at.
+const MIN_SWEEP_AT: usize = 1024;
 
 impl KeyOrigins {
     /// Notes that `topic/partition` accepted `key` at `event_time`.
@@ -115,6 +127,9 @@ impl KeyOrigins {
     }
 
     fn insert(&mut self, key_hash: u64, origin: u64, event_time: i64) {
+        if self.origins.len() >= self.sweep_at.max(MIN_SWEEP_AT) {
+            self.sweep();
+        }
         if self.origins.is_empty() || event_time < self.oldest {
             self.oldest = event_time;
         }
@@ -124,19 +139,35 @@ impl KeyOrigins {
     /// Whether `key`, found in state, was accepted from another partition than
     /// `topic/partition` (a key whose partition is unknown never counts).
     pub fn from_other_partition(&self, key: &[u8], topic: &str, partition: i32) -> bool {
-        self.origins.get(&key_hash(key)).is_some_and(|(origin, _)| {
-            *origin != UNKNOWN_PARTITION && *origin != partition_hash(topic, partition)
+        self.origins.get(&key_hash(key)).is_some_and(|(origin, t)| {
+            self.is_live(*t)
+                && *origin != UNKNOWN_PARTITION
+                && *origin != partition_hash(topic, partition)
         })
     }
 
-    /// Forgets the keys below `watermark` (the state evicted them).
+    /// Forgets the keys below `watermark` (the state evicted them): no read counts them from
+    /// now on, and they leave the map at its next sweep.
     pub fn evict_below(&mut self, watermark: Option<i64>) {
-        let Some(w) = watermark else {
+        if let Some(w) = watermark {
+            self.evicted_below = Some(self.evicted_below.map_or(w, |e| e.max(w)));
+        }
+    }
+
+    fn is_live(&self, t: i64) -> bool {
+        self.evicted_below.is_none_or(|w| t >= w)
+    }
+
+    /// Removes the evicted entries (when the map holds `sweep_at`), and sets the next sweep at
+    /// twice what it kept: sweeps stay at least as many inserts apart as the last one kept, so
+    /// a pass costs O(1) per insert, and the map holds at most twice its live entries (or
+    /// [`MIN_SWEEP_AT`]). (Not by the map's capacity: `HashMap::capacity` shrinks with the
+    /// tombstones a removal leaves.)
+    fn sweep(&mut self) {
+        let Some(w) = self.evicted_below.filter(|w| self.oldest < *w) else {
+            self.sweep_at = self.origins.len() * 2;
             return;
         };
-        if self.origins.is_empty() || self.oldest >= w {
-            return;
-        }
         let mut oldest = i64::MAX;
         self.origins.retain(|_, (_, t)| {
             let keep = *t >= w;
@@ -146,16 +177,20 @@ impl KeyOrigins {
             keep
         });
         self.oldest = oldest;
+        self.sweep_at = self.origins.len() * 2;
     }
 
-    /// Keys remembered.
+    /// Keys remembered (not evicted): a pass over the map.
     pub fn len(&self) -> usize {
-        self.origins.len()
+        self.origins
+            .values()
+            .filter(|(_, t)| self.is_live(*t))
+            .count()
     }
 
     /// Whether none is remembered.
     pub fn is_empty(&self) -> bool {
-        self.origins.is_empty()
+        self.len() == 0
     }
 }
 
@@ -386,6 +421,57 @@ mod tests {
         assert!(!o.from_other_partition(b"unknown", "a", 1));
         o.evict_below(Some(11));
         assert!(o.is_empty());
+        assert!(!o.from_other_partition(b"k", "a", 1), "evicted: no origin");
+        o.evict_below(Some(5));
+        assert!(o.is_empty(), "the floor never goes back");
+    }
+
+    /// Evicted origins leave the map when it is full: a sliding window of keys never makes it
+    /// grow past what the window needs, and every key in the window keeps its origin.
+    #[test]
+    fn evicted_origins_are_swept_when_the_map_is_full() {
+        let mut o = KeyOrigins::default();
+        let mut most = 0;
+        for epoch in 0..40i64 {
+            for i in 0..1_000i64 {
+                let key = (epoch * 1_000 + i).to_le_bytes();
+                o.accepted(&key, "t", (i % 2) as i32, epoch * 1_000 + i);
+            }
+            o.evict_below(Some((epoch - 2) * 1_000));
+            assert_eq!(
+                o.len(),
+                (epoch.min(2) as usize + 1) * 1_000,
+                "epoch {epoch}"
+            );
+            most = most.max(o.origins.len());
+            for i in [0i64, 999] {
+                let key = (epoch * 1_000 + i).to_le_bytes();
+                assert!(o.from_other_partition(&key, "t", 1 - (i % 2) as i32));
+            }
+        }
+        assert!(
+            most <= 2 * 4_000,
+            "the map held {most} for a window of at most 4,000 keys"
+        );
+    }
+
+    /// A sweep sets the next one at twice what it kept: a map whose entries all stay live
+    /// is not swept at every insert.
+    #[test]
+    fn the_next_sweep_of_origins_is_twice_what_the_last_kept() {
+        let mut o = KeyOrigins::default();
+        o.accepted(b"old", "t", 0, 0);
+        for t in 1..MIN_SWEEP_AT as i64 {
+            o.accepted(&t.to_le_bytes(), "t", 0, 10);
+        }
+        o.evict_below(Some(5));
+        o.accepted(b"new", "t", 0, 10);
+        assert_eq!(o.origins.len(), MIN_SWEEP_AT, "old swept, new in");
+        assert_eq!(o.sweep_at, 2 * (MIN_SWEEP_AT - 1));
+        for t in 0..MIN_SWEEP_AT as i64 - 2 {
+            o.accepted(&(-t - 1).to_le_bytes(), "t", 0, 10);
+        }
+        assert_eq!(o.origins.len(), 2 * MIN_SWEEP_AT - 2, "no sweep before it");
     }
 
     fn start(floors: &[(i32, i64)], assigned: &[i32]) -> WorkerDedupStart {
