@@ -123,9 +123,10 @@ pub struct DedupConfig {
     #[serde(default = "default_max_event_time_skew_ms")]
     pub max_event_time_skew_ms: u64,
     /// Keys the state is expected to hold (about the keys per second times the allowed
-    /// lateness): its in-memory table is sized for them at start, so the reading thread never
-    /// stops to grow it while the state fills (each growth moves every key). 0 (default): the
-    /// table grows as keys come. Memory: ~43 bytes per expected key, taken as keys arrive.
+    /// lateness): its in-memory table is sized for them at start, with a third more room for
+    /// evicted keys held until a sweep, so the reading thread never stops to grow it while the
+    /// state fills or slides (each growth moves every key). 0 (default): the table grows as
+    /// keys come. Memory: ~57 bytes per expected key, taken as keys arrive.
     #[serde(default)]
     pub expected_keys: u64,
 }
@@ -138,7 +139,7 @@ fn default_max_event_time_skew_ms() -> u64 {
     3_600_000
 }
 
-/// Largest `dedup.expected_keys`: a table for a billion keys is ~43 GB already.
+/// Largest `dedup.expected_keys`: a table for a billion keys is ~57 GB already.
 pub const MAX_EXPECTED_KEYS: u64 = 1_000_000_000;
 
 /// Largest `dedup.max_event_time_skew_ms` (100 years): larger values would only overflow.
@@ -981,7 +982,7 @@ fn check_dedup(
         return Err(invalid.at(
             "dedup.expected_keys",
             format!(
-                "is {}; at most {MAX_EXPECTED_KEYS} (its table takes ~43 bytes per expected key)",
+                "is {}; at most {MAX_EXPECTED_KEYS} (its table takes ~57 bytes per expected key)",
                 d.expected_keys
             ),
         ));

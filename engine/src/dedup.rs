@@ -170,6 +170,15 @@ fn insert_warmed<'k>(
     }
 }
 
+/// The keys a table must have room for so that `expected` keys in state never make it grow:
+/// a third more, for the evicted keys held until a sweep. A sweep of a table whose live keys
+/// are at most `expected` then frees at least a quarter of it, so it never grows
+/// ([`DedupState::sweep_if_full`]). (~57 bytes of table per expected key.)
+pub fn table_room(expected: usize) -> usize {
+    // 4/3 of `expected`, rounded up: a sweep at `len * 4 <= max_len * 3` keeps the table.
+    expected.saturating_add(expected.div_ceil(3))
+}
+
 /// The dedup state: keys with their event times, and the watermark in effect.
 #[derive(Default)]
 pub struct DedupState {
@@ -282,7 +291,7 @@ impl DedupState {
         }
         let memory = std::mem::take(&mut self.keys);
         // The merged table is sized once, for both parts and at least the expected keys.
-        let room = (memory.len() + loaded.keys.len()).max(self.expected_keys);
+        let room = (memory.len() + loaded.keys.len()).max(table_room(self.expected_keys));
         if memory.len() <= loaded.keys.len() {
             // The growth this thread paid: memory's so far and this merge's, not the loading
             // thread's.
@@ -405,8 +414,9 @@ impl DedupState {
         self.keys.reserve(additional);
     }
 
-    /// Keeps room in the table for `keys` keys (`dedup.expected_keys`): a state that fills
-    /// to its expected size never stops the reading thread to grow. Changes no verdict.
+    /// Keeps room in the table for `keys` keys (`dedup.expected_keys`) and the evicted ones a
+    /// sweep removes ([`table_room`]): a state that fills to its expected size never stops the
+    /// reading thread to grow, also once its window slides. Changes no verdict.
     /// While a part still loads, memory's table is left as it is: the merge that takes the
     /// loaded part over gives the room (and a load sized for it, `load_dedup_state`, moves
     /// nothing then), where sizing memory's now would fault in pages for a table the merge
@@ -414,7 +424,8 @@ impl DedupState {
     pub fn expect_keys(&mut self, keys: usize) {
         self.expected_keys = keys;
         if self.cold.is_none() {
-            self.keys.reserve(keys.saturating_sub(self.keys.len()));
+            self.keys
+                .reserve(table_room(keys).saturating_sub(self.keys.len()));
         }
     }
 
@@ -743,27 +754,32 @@ mod tests {
     /// table never makes it grow, however many keys pass through it.
     #[test]
     fn a_sliding_window_of_keys_sweeps_and_never_grows_the_table() {
-        let mut s = DedupState::with_capacity(1_000, None);
-        let room = s.keys.max_len();
+        let mut s = DedupState::default();
+        // At most 1,000 keys in state: the last nine epochs' after each advance, and the next
+        // epoch's 100 before it. (Sized for exactly 1,000, a sweep at each epoch's start
+        // would free a tenth of the table, and it would grow: `table_room`'s margin is what
+        // keeps it.)
+        s.expect_keys(1_000);
+        let (room, grown) = (s.keys.max_len(), s.growth_time());
         let mut swept = false;
         for epoch in 0..200i64 {
             for i in 0..100i64 {
                 let key = (epoch * 100 + i).to_le_bytes();
                 assert_eq!(s.check(&key, epoch * 100 + i).unwrap(), Verdict::Accept);
             }
-            // The window: the last three epochs' keys.
-            s.advance(Some((epoch - 2) * 100));
-            assert_eq!(s.len(), (epoch.min(2) as usize + 1) * 100, "epoch {epoch}");
+            s.advance(Some((epoch - 8) * 100));
+            assert_eq!(s.len(), (epoch.min(8) as usize + 1) * 100, "epoch {epoch}");
             assert!(s.held() <= room, "epoch {epoch}: {} held", s.held());
-            swept |= s.held() < (epoch as usize + 1) * 100 && epoch > 10;
+            swept |= s.held() < (epoch as usize + 1) * 100 && epoch > 20;
             // An old key comes back: it is late, not a duplicate.
-            if epoch >= 3 {
+            if epoch >= 9 {
                 assert_eq!(s.check(&0i64.to_le_bytes(), 0).unwrap(), Verdict::Late);
             }
         }
         assert!(swept);
         assert_eq!(s.keys.max_len(), room, "the table never grew");
-        let mut expected: Vec<(Vec<u8>, i64)> = (19_700..20_000i64)
+        assert_eq!(s.growth_time(), grown);
+        let mut expected: Vec<(Vec<u8>, i64)> = (19_100..20_000i64)
             .map(|t| (t.to_le_bytes().to_vec(), t))
             .collect();
         expected.sort();

@@ -1493,7 +1493,8 @@ fn load_dedup_state_pausable(
     expected_keys: usize,
     paused: &AtomicBool,
 ) -> Result<DedupState, RecoveryError> {
-    let room = (store.estimated_dedup_entries() as usize).max(expected_keys);
+    let room =
+        (store.estimated_dedup_entries() as usize).max(crate::dedup::table_room(expected_keys));
     let mut state = DedupState::with_capacity(room, watermark);
     let (tx, rx) = std::sync::mpsc::sync_channel::<PackedKeys>(4);
     let scanned = std::thread::scope(|scope| {
