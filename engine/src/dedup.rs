@@ -20,8 +20,9 @@
 //! advance changes the watermark only, and every read (a check, a lookup of the part still
 //! loading, [`DedupState::entries`], [`DedupState::len`]) skips an entry below it. A check that
 //! finds its key's entry below the watermark overwrites its time (the key was evicted, so it
-//! is accepted again), and the entries below the watermark leave memory in one pass only when
-//! the table is full and would otherwise grow ([`DedupState::sweep_if_full`]). Why: an eager
+//! is accepted again), a new key takes the slot of the first evicted entry on its probe path
+//! ([`KeyTable::insert_unless`]), and the entries below the watermark leave memory in one pass
+//! only when the table is full and would otherwise grow ([`DedupState::sweep_if_full`]). Why: an eager
 //! eviction scanned the whole table at every seal once keys fell out of the window. In a
 //! 13.5M-record run with 3.6M keys in state at 200 ms that scan was 19% of the process's CPU
 //! samples (`perf`, 41% of the reading thread's), and the bench's 2M-record runs never
