@@ -454,39 +454,46 @@ fn number_before(line: &str, what: &str) -> u64 {
         .unwrap_or_else(|_| panic!("no number before {what:?} in {line}"))
 }
 
-#[test]
-fn bench_measures_each_interval_and_writes_table_csv_json_svg() {
+/// Runs `tidemark bench` with `args` and `--dir <a temporary directory>/bench`, which must
+/// succeed: the directory (kept while the guard lives), the bench's path and its stdout.
+fn run_bench(args: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let dir = tempfile::tempdir().unwrap();
     let bench = dir.path().join("bench");
     let out = std::process::Command::new(EXE)
-        .args([
-            "bench",
-            "--records",
-            "40000",
-            "--partitions",
-            "4",
-            "--duplicate-rate",
-            "0",
-            // Short epochs: the source reads ~100k records/s here, so a kill mid-stream finds
-            // sealed epochs not yet committed (what recovery replays).
-            "--intervals",
-            "20ms,none",
-            // Each kill's crash image restarted twice.
-            "--restarts",
-            "2",
-            // The tables stay for the exactly-once audit at the end.
-            "--keep-runs",
-            "--dir",
-        ])
+        .arg("bench")
+        .args(args)
+        .arg("--dir")
         .arg(&bench)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (dir, bench, stdout)
+}
+
+#[test]
+fn bench_measures_each_interval_and_writes_table_csv_json_svg() {
+    let (_dir, bench, stdout) = run_bench(&[
+        "--records",
+        "40000",
+        "--partitions",
+        "4",
+        "--duplicate-rate",
+        "0",
+        // Short epochs: the source reads ~100k records/s here, so a kill mid-stream finds
+        // sealed epochs not yet committed (what recovery replays).
+        "--intervals",
+        "20ms,none",
+        // Each kill's crash image restarted twice.
+        "--restarts",
+        "2",
+        // The tables stay for the exactly-once audit at the end.
+        "--keep-runs",
+    ]);
     assert!(
         stdout.contains("of the no-checkpoint throughput"),
         "{stdout}"
@@ -546,31 +553,17 @@ fn bench_measures_each_interval_and_writes_table_csv_json_svg() {
 
 #[test]
 fn bench_leaves_only_logs_and_configs_of_its_runs_by_default() {
-    let dir = tempfile::tempdir().unwrap();
-    let bench = dir.path().join("bench");
-    let out = std::process::Command::new(EXE)
-        .args([
-            "bench",
-            "--records",
-            "4000",
-            "--partitions",
-            "2",
-            "--intervals",
-            "50ms",
-            "--repeat",
-            "1",
-            "--no-ceiling",
-            "--dir",
-        ])
-        .arg(&bench)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_dir, bench, _) = run_bench(&[
+        "--records",
+        "4000",
+        "--partitions",
+        "2",
+        "--intervals",
+        "50ms",
+        "--repeat",
+        "1",
+        "--no-ceiling",
+    ]);
     for run in ["run-50ms", "recovery-50ms"] {
         let mut left: Vec<String> = std::fs::read_dir(bench.join(run))
             .unwrap()
