@@ -172,6 +172,13 @@ fn insert_warmed<'k>(
     }
 }
 
+/// The test every read of the state applies to an entry's time: at or above `watermark`
+/// it is state; below it the key is evicted, whether or not a sweep removed its entry yet.
+/// (The workers' `KeyOrigins` apply the same test to their floor.)
+pub fn at_or_above(watermark: Option<i64>) -> impl Fn(i64) -> bool + Copy {
+    move |t| watermark.is_none_or(|w| t >= w)
+}
+
 /// The keys a table must have room for so that `expected` keys in state never make it grow:
 /// a third more, for the evicted keys held until a sweep. A sweep of a table whose live keys
 /// are at most `expected` then frees at least a quarter of it, so it never grows
@@ -256,18 +263,14 @@ impl DedupState {
         if !self.poll_loaded()? {
             return Ok(());
         }
-        let (keys_in_memory, watermark) = (&self.keys, self.watermark);
+        let (keys_in_memory, live) = (&self.keys, at_or_above(self.watermark));
         let Some(cold) = self.cold.as_mut() else {
             return Ok(());
         };
         cold.probed.clear();
         let missing: Vec<&[u8]> = keys
             .into_iter()
-            .filter(|k| {
-                keys_in_memory
-                    .get(k)
-                    .is_none_or(|t| watermark.is_some_and(|w| t < w))
-            })
+            .filter(|k| keys_in_memory.get(k).is_none_or(|t| !live(t)))
             .collect();
         if missing.is_empty() {
             return Ok(());
@@ -298,15 +301,13 @@ impl DedupState {
             // thread's.
             let (paid, loader_paid) = (memory.growth_time(), loaded.keys.growth_time());
             loaded.keys.reserve(room - loaded.keys.len());
-            let (oldest, watermark) = (&mut loaded.oldest, self.watermark);
+            let (oldest, live) = (&mut loaded.oldest, at_or_above(self.watermark));
             // Memory's evicted entries are not state: they must not cover the loaded part's.
             // (By the module documentation's argument memory's entry for a key is never older
             // than the loaded part's, so this cannot change the merge; it keeps the merge from
             // resting on that argument, and a mutation of it survives every test.)
-            let live = memory
-                .iter()
-                .filter(|(_, t)| watermark.is_none_or(|w| *t >= w));
-            insert_warmed(&mut loaded.keys, live, |table, k, t| {
+            let memory_live = memory.iter().filter(|(_, t)| live(*t));
+            insert_warmed(&mut loaded.keys, memory_live, |table, k, t| {
                 *oldest = (*oldest).min(t);
                 table.insert(k, t);
             });
@@ -318,8 +319,7 @@ impl DedupState {
             // key): `self.oldest` already bounds memory's entries.
             let mut memory = memory;
             memory.reserve(room - memory.len());
-            let watermark = self.watermark;
-            let live = move |t: i64| watermark.is_none_or(|w| t >= w);
+            let live = at_or_above(self.watermark);
             // The loaded part's entries in state (its table may hold evicted ones too) go in
             // unless memory holds the key in state; an evicted entry of memory's gives way.
             let loaded_live = loaded.keys.iter().filter(|(_, t)| live(*t));
@@ -342,7 +342,7 @@ impl DedupState {
             Some(t) => *t,
             None => cold.keys.lookup(&[key])?.into_iter().next().flatten(),
         };
-        Ok(t.filter(|t| self.watermark.is_none_or(|w| *t >= w)))
+        Ok(t.filter(|t| at_or_above(self.watermark)(*t)))
     }
 
     /// Sets the wall clock (Unix ms) of the batch about to be decided: the value logged in the
@@ -381,7 +381,7 @@ impl DedupState {
     /// inserted). Entries below the watermark are not state (their eviction was not
     /// persisted yet): they are skipped.
     pub fn load(&mut self, key: &[u8], event_time: i64) {
-        if self.watermark.is_none_or(|w| event_time >= w) {
+        if self.is_live(event_time) {
             self.keys.insert(key, event_time);
             self.oldest = self.oldest.min(event_time);
         }
@@ -393,9 +393,9 @@ impl DedupState {
     pub fn load_changelog(&mut self, delta: &PackedKeys) {
         // See `insert_warmed`: a million inserts one by one pay one memory latency after
         // another.
-        let (watermark, oldest) = (self.watermark, &mut self.oldest);
+        let (live, oldest) = (at_or_above(self.watermark), &mut self.oldest);
         insert_warmed(&mut self.keys, delta.iter(), |table, k, t| {
-            if watermark.is_none_or(|w| t >= w) {
+            if live(t) {
                 table.insert(k, t);
                 *oldest = (*oldest).min(t);
             }
@@ -454,7 +454,7 @@ impl DedupState {
     /// tests); [`DedupState::held`] is the O(1) figure for every checkpoint's metrics.
     pub fn len(&self) -> usize {
         match self.watermark {
-            Some(w) if self.oldest < w => self.keys.count_times(|t| t >= w),
+            Some(w) if self.oldest < w => self.keys.count_times(at_or_above(Some(w))),
             _ => self.keys.len(),
         }
     }
@@ -491,9 +491,10 @@ impl DedupState {
             return Ok(Verdict::Duplicate);
         }
         self.sweep_if_full();
-        let watermark = self.watermark;
-        let live = |t: i64| watermark.is_none_or(|w| t >= w);
-        if !self.keys.insert_unless(key, event_time, live) {
+        if !self
+            .keys
+            .insert_unless(key, event_time, at_or_above(self.watermark))
+        {
             return Ok(Verdict::Duplicate);
         }
         self.inserted.push(key, event_time);
@@ -515,7 +516,7 @@ impl DedupState {
 
     /// True when an entry of time `t` is state: at or above the watermark in effect.
     fn is_live(&self, t: i64) -> bool {
-        self.watermark.is_none_or(|w| t >= w)
+        at_or_above(self.watermark)(t)
     }
 
     /// The time `key` has in state in memory (an entry below the watermark is not state).
@@ -536,9 +537,9 @@ impl DedupState {
             return;
         }
         let started = Instant::now();
-        let mut oldest = i64::MAX;
+        let (mut oldest, live) = (i64::MAX, at_or_above(Some(w)));
         self.keys.retain(|t| {
-            let keep = t >= w;
+            let keep = live(t);
             if keep {
                 oldest = oldest.min(t);
             }

@@ -234,8 +234,9 @@ impl KeyTable {
         Probe::Full
     }
 
-    /// Empties the occupied slot `at` (its long key's storage freed), leaving a hole that
-    /// breaks the probing invariant until [`KeyTable::fill`] fills it again.
+    /// Removes the entry in slot `at` (its long key's storage freed), leaving a hole that
+    /// breaks the probing invariant until it is filled again ([`KeyTable::fill`]) or its
+    /// cluster rebuilt ([`KeyTable::retain`]).
     fn empty(&mut self, at: usize) {
         let slot = self.slots[at];
         if slot[0] == LONG {
@@ -497,16 +498,11 @@ impl KeyTable {
             kept.clear();
             for at in first..end {
                 let slot = self.slots[at];
-                self.slots[at] = Slot::EMPTY;
                 if keep(time_of(&slot)) {
                     kept.push((slot, slot_hash(&slot)));
-                    continue;
-                }
-                self.len -= 1;
-                if slot[0] == LONG {
-                    let index = long_index(&slot);
-                    self.long[index] = Box::default();
-                    self.free_long.push(index);
+                    self.slots[at] = Slot::EMPTY;
+                } else {
+                    self.empty(at);
                 }
             }
             for (slot, hash) in kept.drain(..) {

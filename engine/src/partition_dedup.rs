@@ -35,7 +35,7 @@ use tidemark_connectors::decode::COL_PARTITION;
 use tidemark_connectors::parquet_file::{parsed_stats_bounds, stats_timestamp_micros};
 
 use crate::config::EventTimeUnit;
-use crate::dedup::{key_hash, DedupState, FxHasher};
+use crate::dedup::{at_or_above, key_hash, DedupState, FxHasher};
 use crate::dedup_key::DedupKey;
 
 /// One Kafka partition of the pipeline, by topic and number.
@@ -155,7 +155,7 @@ impl KeyOrigins {
     }
 
     fn is_live(&self, t: i64) -> bool {
-        self.evicted_below.is_none_or(|w| t >= w)
+        at_or_above(self.evicted_below)(t)
     }
 
     /// Removes the evicted entries (when the map holds `sweep_at`), and sets the next sweep at
@@ -169,9 +169,9 @@ impl KeyOrigins {
             self.sweep_at = self.origins.len() * 2;
             return;
         };
-        let mut oldest = i64::MAX;
+        let (mut oldest, live) = (i64::MAX, at_or_above(Some(w)));
         self.origins.retain(|_, (_, t)| {
-            let keep = *t >= w;
+            let keep = live(*t);
             if keep {
                 oldest = oldest.min(*t);
             }
