@@ -929,38 +929,41 @@ fn a_failed_state_write_stops_the_writer_and_claims_nothing() {
 /// staged until the next open deletes them.
 #[test]
 fn one_failed_part_fails_the_write_in_parts_and_ingests_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let staging = dir.path().join(staged::STAGING_DIR);
-    let names: Vec<String> = (0..4 * super::pair_sort::MIN_PART)
-        .map(|i| format!("part-{i:08}"))
-        .collect();
-    let keys: Vec<(&str, i64)> = names.iter().map(|k| (k.as_str(), 3)).collect();
-    {
+    // Part 0 is written on the calling thread, part 1 on a helper: each made to fail.
+    for (failed, written) in [(1, 0), (0, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join(staged::STAGING_DIR);
+        let names: Vec<String> = (0..4 * super::pair_sort::MIN_PART)
+            .map(|i| format!("part-{i:08}"))
+            .collect();
+        let keys: Vec<(&str, i64)> = names.iter().map(|k| (k.as_str(), 3)).collect();
+        {
+            let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+            // The failed part's file name taken by a directory.
+            let in_the_way = staging.join(format!("5-5.{failed}.{CF_DEDUP_BY_KEY}.sst"));
+            std::fs::create_dir_all(&in_the_way).unwrap();
+            let err = store
+                .stage_state_in_parts(5, 5, packed(&keys).iter(), 2)
+                .unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("5-5.{failed}.")),
+                "the error names the failed part's file: {err}"
+            );
+            assert!(
+                staging
+                    .join(format!("5-5.{written}.{CF_DEDUP_BY_KEY}.sst"))
+                    .exists(),
+                "the other part was written"
+            );
+            assert_eq!(look(&store, &["part-00000000"]), vec![None]);
+        }
         let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
-        // Part 1's file name taken by a directory.
-        let in_the_way = staging.join(format!("5-5.1.{CF_DEDUP_BY_KEY}.sst"));
-        std::fs::create_dir_all(&in_the_way).unwrap();
-        let err = store
-            .stage_state_in_parts(5, 5, packed(&keys).iter(), 2)
-            .unwrap_err();
         assert!(
-            err.to_string().contains("5-5.1."),
-            "the error names the failed part's file: {err}"
+            !staging.exists(),
+            "the open deletes the parts a failure left"
         );
-        assert!(
-            staging
-                .join(format!("5-5.0.{CF_DEDUP_BY_KEY}.sst"))
-                .exists(),
-            "the other part was written"
-        );
-        assert_eq!(look(&store, &["part-00000000"]), vec![None]);
+        assert!(entries(&store).is_empty());
     }
-    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
-    assert!(
-        !staging.exists(),
-        "the open deletes the parts a failure left"
-    );
-    assert!(entries(&store).is_empty());
 }
 
 /// Keys below the newest watermark the writer was given are not written at all (no record
