@@ -14,7 +14,7 @@ use tidemark_connectors::parquet_file;
 use tidemark_connectors::SourceRecord;
 use tidemark_engine::config::PipelineConfig;
 use tidemark_engine::dedup::{ColdError, ColdKeys, DedupState, PackedKeys};
-use tidemark_engine::epoch::{DedupRuntime, OpenEpoch, RecordProcessor};
+use tidemark_engine::epoch::{DedupRuntime, OpenEpoch, RecordProcessor, WARM_AHEAD};
 
 const BATCH: usize = 100_000;
 
@@ -58,12 +58,12 @@ fn state_with_1m_loading() -> DedupState {
     state
 }
 
-/// Checks `input` as the pipeline does: each row's slot warmed `ahead` rows before its check
-/// (`WARM_AHEAD` in `engine/src/epoch.rs`), so the misses overlap and arrive in time.
-fn check_warmed_ahead(s: &mut DedupState, input: &[(Vec<u8>, i64)], ahead: usize) {
-    s.warm(input.iter().take(ahead).map(|(k, _)| k.as_slice()));
+/// Checks `input` as the pipeline does: each row's slot warmed [`WARM_AHEAD`] rows before its
+/// check, so the misses overlap and arrive in time.
+fn check_warmed_ahead(s: &mut DedupState, input: &[(Vec<u8>, i64)]) {
+    s.warm(input.iter().take(WARM_AHEAD).map(|(k, _)| k.as_slice()));
     for (i, (k, t)) in input.iter().enumerate() {
-        if let Some((next, _)) = input.get(i + ahead) {
+        if let Some((next, _)) = input.get(i + WARM_AHEAD) {
             s.warm([next.as_slice()]);
         }
         let _ = std::hint::black_box(s.check(k, *t));
@@ -118,20 +118,21 @@ fn bench_dedup(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
-    // As the pipeline checks: each key warmed 8 rows ahead of its check (`WARM_AHEAD`; 16
+    // As the pipeline checks: each key warmed `WARM_AHEAD` (8) rows ahead of its check (16
     // and 32 ahead measured no faster than the blocks of 64 above, 8 ahead 9% faster).
-    g.bench_function("check_100k_with_1m_in_state_warmed_8_ahead", |b| {
+    let warmed_ahead = format!("check_100k_with_1m_in_state_warmed_{WARM_AHEAD}_ahead");
+    g.bench_function(&warmed_ahead, |b| {
         b.iter_batched(
             state_with_1m,
             |mut s| {
-                check_warmed_ahead(&mut s, &input, 8);
+                check_warmed_ahead(&mut s, &input);
                 s
             },
             BatchSize::LargeInput,
         )
     });
     // After a restart, while the store's part still loads: the changelog's 1M keys in memory,
-    // each batch's keys looked up together first (`prefetch`), then warmed 8 rows ahead and
+    // each batch's keys looked up together first (`prefetch`), then warmed ahead and
     // checked as the pipeline does (the replay of a restart, measured at batches of 2,048 rows).
     g.bench_function("check_100k_with_1m_in_memory_while_loading", |b| {
         b.iter_batched(
@@ -140,7 +141,7 @@ fn bench_dedup(c: &mut Criterion) {
                 for batch in input.chunks(2048) {
                     s.prefetch(batch.iter().map(|(k, _)| k.as_slice()))
                         .expect("a store part that holds nothing answers every lookup");
-                    check_warmed_ahead(&mut s, batch, 8);
+                    check_warmed_ahead(&mut s, batch);
                 }
                 s
             },

@@ -196,7 +196,7 @@ impl BatchKeys<'_> {
 /// first load of the slot). Measured by `cargo bench -p tidemark-benches --bench records --
 /// dedup/check_100k_with_1m_in_state_warmed`: 8 ahead 9% faster than blocks of 64, 16 and
 /// 32 ahead no faster.
-const WARM_AHEAD: usize = 8;
+pub const WARM_AHEAD: usize = 8;
 
 /// A row's event time: `None` where null or missing, `Some(Err(value))` where the column's
 /// value does not fit microseconds, else `Some(Ok(micros))`.
