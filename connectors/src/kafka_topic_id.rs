@@ -333,42 +333,4 @@ mod tests {
             BTreeMap::new()
         );
     }
-
-    /// Against a real broker when one is configured (`TIDEMARK_TEST_BROKERS`, set by
-    /// `scripts/test`): a topic's id is reported and stable across calls; an unknown topic is
-    /// an error the source's classification retries, then stops on.
-    #[test]
-    fn a_real_broker_reports_stable_ids() {
-        let Ok(brokers) = std::env::var("TIDEMARK_TEST_BROKERS") else {
-            return;
-        };
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .expect("consumer");
-        let md = consumer
-            .fetch_metadata(None, Duration::from_secs(10))
-            .expect("metadata");
-        let topics: Vec<String> = md.topics().iter().map(|t| t.name().to_string()).collect();
-        if topics.is_empty() {
-            return;
-        }
-        let missing = describe_topic_ids(
-            consumer.client(),
-            &["tidemark-no-such-topic".to_string()],
-            Duration::from_secs(10),
-        );
-        assert!(matches!(
-            missing,
-            Err(KafkaError::MetadataFetch(
-                RDKafkaErrorCode::UnknownTopicOrPartition
-            ))
-        ));
-        let first = describe_topic_ids(consumer.client(), &topics, Duration::from_secs(10))
-            .expect("describe");
-        eprintln!("broker topic ids: {first:?}");
-        let again = describe_topic_ids(consumer.client(), &topics, Duration::from_secs(10))
-            .expect("describe again");
-        assert_eq!(first, again);
-    }
 }

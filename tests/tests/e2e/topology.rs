@@ -412,6 +412,43 @@ fn broker_topic_id(brokers: &str, topic: &str) -> String {
     .expect("tansu reports topic ids")
 }
 
+/// Against the real broker: a topic's id is reported and stable across calls, and an unknown
+/// topic is `UnknownTopicOrPartition` (the code the source's classification retries, then
+/// stops on). The test describes a topic of its own: describing every topic on the shared
+/// broker raced other tests' topics and timed out under load.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_broker_reports_a_stable_topic_id_and_refuses_an_unknown_topic() {
+    let Some(brokers) = broker() else { return };
+    let topic = unique_topic("topic_id");
+    create_topic(&brokers, &topic, 2).await;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let describe = |names: &[String]| {
+        tidemark_connectors::kafka_topic_id::describe_topic_ids(
+            consumer.client(),
+            names,
+            Duration::from_secs(30),
+        )
+    };
+    let missing = describe(&[unique_topic("tidemark-no-such-topic")]);
+    assert!(
+        matches!(
+            missing,
+            Err(rdkafka::error::KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition
+            ))
+        ),
+        "{missing:?}"
+    );
+    let first = describe(std::slice::from_ref(&topic)).expect("describe");
+    let id = first[&topic].clone().expect("tansu reports topic ids");
+    assert!(!id.is_empty(), "a topic id is its 16 bytes in base64");
+    let again = describe(std::slice::from_ref(&topic)).expect("describe again");
+    assert_eq!(first, again);
+}
+
 /// A topic recreated with as many partitions and MORE records than were read: every stored
 /// position fits the new topic's offsets, so only the topic id tells it apart.
 #[tokio::test(flavor = "multi_thread")]
