@@ -27,6 +27,33 @@ pub fn this_thread() -> Option<Duration> {
     }
 }
 
+/// Time the calling thread spent runnable but waiting for a core (the kernel's run delay,
+/// `/proc/thread-self/schedstat`; Linux only, `None` elsewhere or where the kernel keeps no
+/// scheduler statistics). Why: on a machine with few cores, a thread on the critical path
+/// loses throughput both to its own CPU time and to the cores other threads take from it; the
+/// run summary reports this beside the reading thread's CPU time, so `tidemark bench` can
+/// tell the two apart.
+pub fn this_thread_waiting() -> Option<Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+        parse_run_delay(&text)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
+/// The run delay of a `schedstat` line: `<ns on a core> <ns waiting for one> <timeslices>`.
+fn parse_run_delay(schedstat: &str) -> Option<Duration> {
+    let mut fields = schedstat.split_ascii_whitespace();
+    let _on_core = fields.next()?;
+    let waiting: u64 = fields.next()?.parse().ok()?;
+    fields.next()?;
+    Some(Duration::from_nanos(waiting))
+}
+
 fn usage(who: libc::c_int) -> Option<Duration> {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: `getrusage` fills the whole `rusage` it is pointed at, or fails and writes
@@ -41,6 +68,22 @@ fn usage(who: libc::c_int) -> Option<Duration> {
             + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
     };
     Some(time(usage.ru_utime) + time(usage.ru_stime))
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn the_run_delay_is_the_second_field() {
+        assert_eq!(
+            parse_run_delay("1556000000 1032000123 6454\n"),
+            Some(Duration::from_nanos(1_032_000_123))
+        );
+        assert_eq!(parse_run_delay(""), None);
+        assert_eq!(parse_run_delay("15 x 3"), None);
+        assert_eq!(parse_run_delay("15 16"), None, "three fields or none");
+    }
 }
 
 // Thread CPU time is measured on Linux only (`this_thread`).
@@ -72,6 +115,53 @@ mod tests {
         spin(Duration::from_millis(60));
         assert!(this_thread().unwrap() - thread0 >= Duration::from_millis(60));
         assert!(process().unwrap() - process0 >= Duration::from_millis(60));
+    }
+
+    /// Three threads pinned to one core, all spinning: each waits for the core while the
+    /// others have it, so the measured thread's wait grows by a good share of its CPU time.
+    #[test]
+    fn a_thread_sharing_its_core_waits_for_it() {
+        fn pin_to(cpu: usize) {
+            // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it; the call
+            // reads it and changes only the calling thread's affinity.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                assert_eq!(
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                    0
+                );
+            }
+        }
+        // SAFETY: sched_getcpu only reads the calling thread's current CPU.
+        let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rivals: Vec<_> = (0..2)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    pin_to(cpu);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::black_box(0u64);
+                    }
+                })
+            })
+            .collect();
+        pin_to(cpu);
+        let waited0 = this_thread_waiting().expect("the kernel keeps schedstat");
+        spin(Duration::from_millis(100));
+        let waited = this_thread_waiting().unwrap() - waited0;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in rivals {
+            r.join().unwrap();
+        }
+        // With two rivals on the core it gets about a third of it: ~200 ms of waiting for
+        // 100 ms of CPU (more on a busy machine). Asked: 150 ms, more than the thread's own
+        // CPU time, so a reading of the time on a core instead would fail.
+        assert!(
+            waited >= Duration::from_millis(150),
+            "waited {waited:?} for 100 ms of CPU on a shared core"
+        );
     }
 
     #[test]

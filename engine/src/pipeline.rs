@@ -212,6 +212,11 @@ pub struct RunSummary {
     /// was the bound. `None` when the run's future did not end on the thread it started on
     /// (a run spawned on a multi-threaded runtime; `tidemark run` drives it with `block_on`).
     pub reading_thread_cpu_secs: Option<f64>,
+    /// Seconds that same thread was runnable but waited for a core (the kernel's run delay;
+    /// `None` where it is not known, as `reading_thread_cpu_secs`). Why: on few cores the
+    /// reading thread, the one stage that cannot be split, loses time to the other threads
+    /// taking its core; large beside `reading_thread_cpu_secs`, the cores are the bound.
+    pub reading_thread_waiting_secs: Option<f64>,
     /// Totals over the pipeline's life, as in the newest checkpoint.
     pub totals: Counts,
     /// Bytes this run appended to the WAL.
@@ -904,6 +909,8 @@ async fn run_epochs(
 struct CpuAtStart {
     process: Option<Duration>,
     thread: Option<Duration>,
+    /// The thread's run delay ([`crate::cpu_time::this_thread_waiting`]).
+    thread_waiting: Option<Duration>,
     thread_id: std::thread::ThreadId,
 }
 
@@ -912,6 +919,7 @@ impl CpuAtStart {
         Self {
             process: crate::cpu_time::process(),
             thread: crate::cpu_time::this_thread(),
+            thread_waiting: crate::cpu_time::this_thread_waiting(),
             thread_id: std::thread::current().id(),
         }
     }
@@ -929,6 +937,15 @@ impl CpuAtStart {
             return None;
         }
         Some(crate::cpu_time::this_thread()?.saturating_sub(self.thread?))
+    }
+
+    /// The calling thread's time waiting for a core since the start, on the same terms as
+    /// [`CpuAtStart::thread_since`].
+    fn thread_waiting_since(&self) -> Option<Duration> {
+        if std::thread::current().id() != self.thread_id {
+            return None;
+        }
+        Some(crate::cpu_time::this_thread_waiting()?.saturating_sub(self.thread_waiting?))
     }
 }
 
@@ -1009,6 +1026,10 @@ impl RunStats {
         summary.peak_rss_bytes = peak_rss_bytes();
         summary.cpu_secs = self.cpu_at_start.process_since().map(|t| t.as_secs_f64());
         summary.reading_thread_cpu_secs = self.cpu_at_start.thread_since().map(|t| t.as_secs_f64());
+        summary.reading_thread_waiting_secs = self
+            .cpu_at_start
+            .thread_waiting_since()
+            .map(|t| t.as_secs_f64());
         summary.totals = committer.totals();
         // The summary's per-run fields are its JSON contract; they come from one `Counts`.
         summary.records_read = self.run.read;

@@ -171,6 +171,9 @@ pub struct BenchRow {
     pub cpu_secs: Option<f64>,
     /// Of them, the reading thread's (the summary's `reading_thread_cpu_secs`).
     pub reading_thread_cpu_secs: Option<f64>,
+    /// Seconds the reading thread waited for a core (the summary's
+    /// `reading_thread_waiting_secs`).
+    pub reading_thread_waiting_secs: Option<f64>,
     /// CPU seconds the bench's own process used while the run went on: the in-process
     /// cluster serving the stream (and the `--metrics` scraper), on the same cores.
     pub bench_process_cpu_secs: Option<f64>,
@@ -659,6 +662,7 @@ fn median_row(setup: &Setup, variant: &Variant, mut these: Vec<ThroughputRun>) -
         peak_rss_mib: summary["peak_rss_bytes"].as_u64().unwrap_or(0) as f64 / 1048576.0,
         cpu_secs: summary["cpu_secs"].as_f64(),
         reading_thread_cpu_secs: summary["reading_thread_cpu_secs"].as_f64(),
+        reading_thread_waiting_secs: summary["reading_thread_waiting_secs"].as_f64(),
         all_records_per_sec: all_rates,
         recovery_first_commit_ms: None,
         recovery_first_commit_ms_all: Vec::new(),
@@ -1499,6 +1503,11 @@ impl BenchRow {
     fn reading_thread_busy(&self) -> Option<f64> {
         self.per_wall(self.reading_thread_cpu_secs)
     }
+
+    /// Share of the wall time the reading thread waited for a core.
+    fn reading_thread_waiting(&self) -> Option<f64> {
+        self.per_wall(self.reading_thread_waiting_secs)
+    }
 }
 
 /// The CPU section printed after the table: per row, the CPU a record cost, the cores kept
@@ -1519,11 +1528,15 @@ fn render_cpu(rows: &[BenchRow], cores: usize) -> String {
         let (Some(per_record), Some(busy)) = (r.cpu_micros_per_record(), r.cores_busy()) else {
             continue;
         };
+        let waiting = r
+            .reading_thread_waiting()
+            .map(|w| format!(" and waiting for one {:.0}%", w * 100.0))
+            .unwrap_or_default();
         let reading = r
             .reading_thread_busy()
             .map(|b| {
                 format!(
-                    ", reading thread on a core {:.0}% of the wall time",
+                    ", reading thread on a core {:.0}%{waiting} of the wall time",
                     b * 100.0
                 )
             })
@@ -1590,13 +1603,13 @@ fn render_table(rows: &[BenchRow]) -> String {
 }
 
 fn render_csv(rows: &[BenchRow]) -> String {
-    let mut s = String::from("interval,interval_ms,records,wall_secs,records_per_sec,mb_per_sec,commit_ms_p50,commit_ms_p99,parquet_files,delta_versions,wal_bytes,checkpoint_share,peak_rss_mib,recovery_first_commit_ms,recovery_replayed,recovery_ms,cpu_secs,reading_thread_cpu_secs\n");
+    let mut s = String::from("interval,interval_ms,records,wall_secs,records_per_sec,mb_per_sec,commit_ms_p50,commit_ms_p99,parquet_files,delta_versions,wal_bytes,checkpoint_share,peak_rss_mib,recovery_first_commit_ms,recovery_replayed,recovery_ms,cpu_secs,reading_thread_cpu_secs,reading_thread_waiting_secs\n");
     for r in rows {
         let o = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
         let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
         let _ = writeln!(
             s,
-            "{},{},{},{:.3},{:.1},{:.2},{:.2},{:.2},{},{},{},{:.4},{:.1},{},{},{},{},{}",
+            "{},{},{},{:.3},{:.1},{:.2},{:.2},{:.2},{},{},{},{:.4},{:.1},{},{},{},{},{},{}",
             r.interval,
             r.interval_ms,
             r.records,
@@ -1615,6 +1628,7 @@ fn render_csv(rows: &[BenchRow]) -> String {
             o(r.recovery_ms),
             f(r.cpu_secs),
             f(r.reading_thread_cpu_secs),
+            f(r.reading_thread_waiting_secs),
         );
     }
     s
@@ -1839,7 +1853,10 @@ mod tests {
     #[test]
     fn the_cpu_section_says_what_a_record_costs_and_what_the_cores_allow() {
         let off = cpu_row("1s", 4.0, Some(5.0), Some(2.0));
-        let on = cpu_row("1s+dedup", 5.0, Some(8.2), Some(4.5));
+        let on = BenchRow {
+            reading_thread_waiting_secs: Some(1.0),
+            ..cpu_row("1s+dedup", 5.0, Some(8.2), Some(4.5))
+        };
         let text = render_cpu(&[off.clone(), on.clone()], 2);
         assert!(text.contains("2 cores here"), "{text}");
         assert!(
@@ -1847,7 +1864,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("1s+dedup: 4.10 µs per record, 1.64 cores busy, reading thread on a core 90% of the wall time; at this cost 2 cores allow at most 487805 records/s"),
+            text.contains("1s+dedup: 4.10 µs per record, 1.64 cores busy, reading thread on a core 90% and waiting for one 20% of the wall time; at this cost 2 cores allow at most 487805 records/s"),
             "{text}"
         );
         // Equal cores busy: 2.50 / 4.10 = 61%. All 2 cores busy: 2 / 4.10 µs = 487,805

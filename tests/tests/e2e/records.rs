@@ -128,6 +128,9 @@ async fn oversized_records_are_dead_lettered_exactly_once_across_sigkills() {
     let cpu = s["cpu_secs"].as_f64().unwrap();
     let reading = s["reading_thread_cpu_secs"].as_f64().unwrap();
     assert!(reading > 0.0 && reading <= cpu, "{s}");
+    // And the time that thread waited for a core (Linux keeps it for every thread).
+    let waiting = s["reading_thread_waiting_secs"].as_f64().unwrap();
+    assert!(waiting >= 0.0, "{s}");
     assert!(
         s["dedup_state_writer_cpu_secs"].is_null() && s["dedup_verdict_cpu_secs"].is_null(),
         "{s}"
