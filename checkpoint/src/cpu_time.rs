@@ -1,4 +1,5 @@
-//! CPU time used, by the whole process and by the calling thread (`getrusage`).
+//! CPU time used, by the whole process and by the calling thread (`getrusage`), and the time
+//! the calling thread waited for a core (`/proc/thread-self/schedstat`).
 //!
 //! Why: on a machine with few cores a pipeline's throughput is bounded by the CPU each record
 //! costs, summed over every thread, as much as by any one stage's speed. The run summary
@@ -46,12 +47,15 @@ pub fn this_thread_waiting() -> Option<Duration> {
 }
 
 /// The run delay of a `schedstat` line: `<ns on a core> <ns waiting for one> <timeslices>`.
+/// `None` when the time on a core is 0: the calling thread is on one, so the kernel keeps no
+/// statistics (it then reads `0 0 0`).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn parse_run_delay(schedstat: &str) -> Option<Duration> {
     let mut fields = schedstat.split_ascii_whitespace();
-    let _on_core = fields.next()?;
+    let on_core: u64 = fields.next()?.parse().ok()?;
     let waiting: u64 = fields.next()?.parse().ok()?;
     fields.next()?;
-    Some(Duration::from_nanos(waiting))
+    (on_core > 0).then(|| Duration::from_nanos(waiting))
 }
 
 fn usage(who: libc::c_int) -> Option<Duration> {
@@ -83,6 +87,7 @@ mod parse_tests {
         assert_eq!(parse_run_delay(""), None);
         assert_eq!(parse_run_delay("15 x 3"), None);
         assert_eq!(parse_run_delay("15 16"), None, "three fields or none");
+        assert_eq!(parse_run_delay("0 0 0\n"), None, "no statistics kept");
     }
 }
 
@@ -135,7 +140,15 @@ mod tests {
         }
         // SAFETY: sched_getcpu only reads the calling thread's current CPU.
         let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap();
+        /// Stops the rivals however the test ends (a failed assertion included).
+        struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for StopOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_rivals = StopOnDrop(stop.clone());
         let rivals: Vec<_> = (0..2)
             .map(|_| {
                 let stop = stop.clone();
@@ -151,7 +164,7 @@ mod tests {
         let waited0 = this_thread_waiting().expect("the kernel keeps schedstat");
         spin(Duration::from_millis(100));
         let waited = this_thread_waiting().unwrap() - waited0;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(stop_rivals);
         for r in rivals {
             r.join().unwrap();
         }

@@ -419,8 +419,12 @@ fn broker_topic_id(brokers: &str, topic: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_broker_reports_a_stable_topic_id_and_refuses_an_unknown_topic() {
     let Some(brokers) = broker() else { return };
-    let topic = unique_topic("topic_id");
-    create_topic(&brokers, &topic, 2).await;
+    // Two topics of the test's own, described in one call as the source describes its
+    // topics.
+    let topics = [unique_topic("topic_id_a"), unique_topic("topic_id_b")];
+    for topic in &topics {
+        create_topic(&brokers, topic, 2).await;
+    }
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .create()
@@ -442,10 +446,18 @@ async fn the_broker_reports_a_stable_topic_id_and_refuses_an_unknown_topic() {
         ),
         "{missing:?}"
     );
-    let first = describe(std::slice::from_ref(&topic)).expect("describe");
-    let id = first[&topic].clone().expect("tansu reports topic ids");
-    assert!(!id.is_empty(), "a topic id is its 16 bytes in base64");
-    let again = describe(std::slice::from_ref(&topic)).expect("describe again");
+    let first = describe(&topics).expect("describe");
+    assert_eq!(
+        first.keys().collect::<Vec<_>>(),
+        topics.iter().collect::<Vec<_>>()
+    );
+    let ids: Vec<String> = topics
+        .iter()
+        .map(|t| first[t].clone().expect("tansu reports topic ids"))
+        .collect();
+    assert!(ids.iter().all(|id| !id.is_empty()), "{ids:?}");
+    assert_ne!(ids[0], ids[1], "two topics, two ids");
+    let again = describe(&topics).expect("describe again");
     assert_eq!(first, again);
 }
 
