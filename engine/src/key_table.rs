@@ -112,6 +112,11 @@ fn time_of(slot: &Slot) -> i64 {
     i64::from_le_bytes(b)
 }
 
+/// Writes an occupied slot's event time (bytes 24..32: the module documentation's layout).
+fn set_time(slot: &mut Slot, time: i64) {
+    slot[24..32].copy_from_slice(&time.to_le_bytes());
+}
+
 fn u64_at(slot: &Slot, at: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&slot[at..at + 8]);
@@ -269,7 +274,7 @@ impl KeyTable {
             slot[16..24].copy_from_slice(&(index as u64).to_le_bytes());
             slot
         };
-        slot[24..32].copy_from_slice(&time.to_le_bytes());
+        set_time(&mut slot, time);
         self.slots[at] = slot;
         self.len += 1;
     }
@@ -311,7 +316,7 @@ impl KeyTable {
             }
             Err(at) if keep_old(time_of(&self.slots[at])) => false,
             Err(at) => {
-                self.slots[at][24..32].copy_from_slice(&time.to_le_bytes());
+                set_time(&mut self.slots[at], time);
                 true
             }
         }
@@ -339,7 +344,7 @@ impl KeyTable {
     pub fn insert(&mut self, key: &[u8], time: i64) {
         match self.vacancy_for(key) {
             Ok((at, hash)) => self.fill(at, key, hash, time),
-            Err(at) => self.slots[at][24..32].copy_from_slice(&time.to_le_bytes()),
+            Err(at) => set_time(&mut self.slots[at], time),
         }
     }
 
@@ -350,9 +355,7 @@ impl KeyTable {
         loop {
             match self.probe(key, hash) {
                 Probe::Found(at) => return Err(at),
-                Probe::Vacant(at) if (self.len + 1) * MAX_LOAD_DEN <= self.homes * MAX_LOAD_NUM => {
-                    return Ok((at, hash))
-                }
+                Probe::Vacant(at) if !self.is_full() => return Ok((at, hash)),
                 Probe::Vacant(_) => self.grow(),
                 Probe::Full => self.make_room_at_the_end(),
             }

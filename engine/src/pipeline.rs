@@ -929,23 +929,29 @@ impl CpuAtStart {
         Some(crate::cpu_time::process()?.saturating_sub(self.process?))
     }
 
-    /// The calling thread's CPU time since the start, if it is the thread that started:
-    /// `None` for a run whose future moved to another thread (spawned on a multi-threaded
-    /// runtime rather than driven by `block_on`), whose reading thread this cannot tell.
+    /// The calling thread's CPU time since the start, if it is the thread that started
+    /// ([`CpuAtStart::on_the_starting_thread`]).
     fn thread_since(&self) -> Option<Duration> {
-        if std::thread::current().id() != self.thread_id {
-            return None;
-        }
-        Some(crate::cpu_time::this_thread()?.saturating_sub(self.thread?))
+        self.on_the_starting_thread(crate::cpu_time::this_thread, self.thread)
     }
 
-    /// The calling thread's time waiting for a core since the start, on the same terms as
-    /// [`CpuAtStart::thread_since`].
+    /// The calling thread's time waiting for a core since the start, on the same terms.
     fn thread_waiting_since(&self) -> Option<Duration> {
+        self.on_the_starting_thread(crate::cpu_time::this_thread_waiting, self.thread_waiting)
+    }
+
+    /// `now()` less `at_start`, if the calling thread is the one that started: `None` for a
+    /// run whose future moved to another thread (spawned on a multi-threaded runtime rather
+    /// than driven by `block_on`), whose reading thread this cannot tell.
+    fn on_the_starting_thread(
+        &self,
+        now: impl FnOnce() -> Option<Duration>,
+        at_start: Option<Duration>,
+    ) -> Option<Duration> {
         if std::thread::current().id() != self.thread_id {
             return None;
         }
-        Some(crate::cpu_time::this_thread_waiting()?.saturating_sub(self.thread_waiting?))
+        Some(now()?.saturating_sub(at_start?))
     }
 }
 
