@@ -445,6 +445,9 @@ async fn bounded_state_run(brokers: &str, expected_keys: Option<u64>) {
     let cpu = s["cpu_secs"].as_f64().unwrap();
     let reading = s["reading_thread_cpu_secs"].as_f64().unwrap();
     assert!(reading > 0.0 && reading <= cpu, "{s}");
+    // The time that thread waited for a core, with dedup as without (`records.rs`).
+    let waiting = s["reading_thread_waiting_secs"].as_f64().unwrap();
+    assert!(waiting <= wall_ms / 1e3, "{s}");
     // Of it, the verdicts' CPU.
     let verdicts = s["dedup_verdict_cpu_secs"].as_f64().unwrap();
     assert!(verdicts > 0.0 && verdicts <= reading, "{s}");
