@@ -14,7 +14,7 @@ use tidemark_connectors::parquet_file;
 use tidemark_connectors::SourceRecord;
 use tidemark_engine::config::PipelineConfig;
 use tidemark_engine::dedup::{ColdError, ColdKeys, DedupState, PackedKeys};
-use tidemark_engine::epoch::{DedupRuntime, OpenEpoch, RecordProcessor, WARM_AHEAD};
+use tidemark_engine::epoch::{DedupRuntime, OpenEpoch, RecordProcessor, SharedDedup, WARM_AHEAD};
 
 const BATCH: usize = 100_000;
 
@@ -253,21 +253,22 @@ fn bench_records(c: &mut Criterion) {
     let spec = processor.dedup().expect("dedup on").clone();
     g.bench_function("process_100k_decode_and_dedup", |b| {
         b.iter_batched(
-            || DedupRuntime {
-                state: DedupState::default(),
-                tracker: tidemark_engine::dedup::WatermarkTracker::new(
-                    Vec::new(),
-                    spec.lateness_micros,
-                    spec.idle_timeout,
-                    std::time::Instant::now(),
-                ),
-                partitions: None,
-                cost: Default::default(),
+            || {
+                SharedDedup::new(DedupRuntime {
+                    state: DedupState::default(),
+                    tracker: tidemark_engine::dedup::WatermarkTracker::new(
+                        Vec::new(),
+                        spec.lateness_micros,
+                        spec.idle_timeout,
+                        std::time::Instant::now(),
+                    ),
+                    partitions: None,
+                    cost: Default::default(),
+                })
             },
-            |mut rt| {
+            |rt| {
                 let mut open = OpenEpoch::new(1, Default::default());
-                open.add(&input, &processor, Some(&mut rt))
-                    .expect("process");
+                open.add(&input, &processor, Some(&rt)).expect("process");
                 std::hint::black_box(open.rows())
             },
             BatchSize::LargeInput,

@@ -38,7 +38,7 @@ use tracing::{info, warn};
 
 use crate::dead_letter_overlap::OverlapLetters;
 use crate::dedup::PackedKeys;
-use crate::epoch::{DedupRuntime, OpenEpoch, ProcessError, RecordProcessor};
+use crate::epoch::{DedupRuntime, OpenEpoch, ProcessError, RecordProcessor, SharedDedup};
 use crate::epoch_log::{log_batch, log_state_delta, record_size, to_store_positions, SealInfo};
 use crate::fault::{self, CrashPoint};
 pub use crate::read_ahead::ReadAhead;
@@ -243,7 +243,7 @@ pub struct Committer {
     committed_epoch: u64,
     table_version: Option<TableVersion>,
     dead_letter_sink: Option<DeadLetterTable>,
-    dedup: Option<DedupRuntime>,
+    dedup: Option<SharedDedup>,
     /// False when `checkpoint.enabled = false`: no WAL appends, seals or checkpoints.
     durable: bool,
     /// Bytes appended to the WAL by this run (frames with their headers).
@@ -442,14 +442,14 @@ async fn read_batch(
     open: &mut OpenEpoch,
     processor: &RecordProcessor,
     log: &mut WalLog<'_>,
-    mut dedup: Option<&mut DedupRuntime>,
+    dedup: Option<&SharedDedup>,
     want: usize,
     wait: Duration,
 ) -> Result<usize, CommitError> {
     let records = source.next_batch(want, wait).await?;
     let added = source.take_added_partitions();
-    if let (false, Some(d)) = (added.is_empty(), dedup.as_deref_mut()) {
-        d.tracker.register(added, Instant::now());
+    if let (false, Some(d)) = (added.is_empty(), dedup) {
+        d.lock().tracker.register(added, Instant::now());
     }
     if records.is_empty() {
         return Ok(0);
@@ -470,7 +470,7 @@ async fn read_batch(
 async fn read_during_commit(
     ahead: &mut ReadAhead<'_>,
     log: &mut WalLog<'_>,
-    mut dedup: Option<&mut DedupRuntime>,
+    dedup: Option<&SharedDedup>,
     stop: &Shutdown,
     done: &Cell<bool>,
     logged: &Cell<bool>,
@@ -490,7 +490,7 @@ async fn read_during_commit(
             ahead.open,
             ahead.processor,
             log,
-            dedup.as_deref_mut(),
+            dedup,
             want,
             READ_AHEAD_WAIT,
         )
@@ -837,17 +837,18 @@ impl Committer {
 
     /// Installs the dedup runtime (state and watermark progress) recovery built.
     pub fn set_dedup(&mut self, dedup: DedupRuntime) {
-        self.dedup = Some(dedup);
+        self.dedup = Some(SharedDedup::new(dedup));
     }
 
-    /// The dedup runtime, if dedup is on.
-    pub fn dedup(&self) -> Option<&DedupRuntime> {
+    /// The dedup runtime, if dedup is on, locked (an epoch's decoding thread gives verdicts
+    /// under the same lock: hold it briefly, and never while waiting for that thread).
+    pub fn dedup(&self) -> Option<std::sync::MutexGuard<'_, DedupRuntime>> {
+        self.dedup.as_ref().map(SharedDedup::lock)
+    }
+
+    /// The shared dedup runtime, for records entering an epoch.
+    pub fn shared_dedup(&self) -> Option<&SharedDedup> {
         self.dedup.as_ref()
-    }
-
-    /// The dedup runtime, for records entering an epoch.
-    pub fn dedup_mut(&mut self) -> Option<&mut DedupRuntime> {
-        self.dedup.as_mut()
     }
 
     /// Ends a commit's retries at once when `stop` is raised.
@@ -920,7 +921,7 @@ impl Committer {
             open,
             processor,
             &mut log,
-            self.dedup.as_mut(),
+            self.dedup.as_ref(),
             want,
             wait,
         )
@@ -938,9 +939,10 @@ impl Committer {
     ) -> Result<SealedEpoch, CommitError> {
         // No record comes after the seal: the last batches get their verdicts (under the
         // watermark in effect before this seal moves it), and the last rows are encoded.
-        open.finish_decoding(processor, self.dedup.as_mut())?;
+        open.finish_decoding(processor, self.dedup.as_ref())?;
         open.finish_encoding()?;
-        let watermark = self.dedup.as_mut().and_then(|d| {
+        let watermark = self.dedup.as_ref().and_then(|d| {
+            let d = &mut *d.lock();
             let candidate = d.tracker.candidate(Instant::now());
             let watermark = d.state.advance(candidate);
             if let Some(p) = d.partitions.as_mut() {
@@ -952,8 +954,8 @@ impl Committer {
         // seal when checkpoints are on (the changelog), dropped when they are off (no store).
         let delta = self
             .dedup
-            .as_mut()
-            .map(|d| d.state.take_inserted())
+            .as_ref()
+            .map(|d| d.lock().state.take_inserted())
             .filter(|_| self.durable);
         let mut info = SealInfo {
             start_positions: open.start.clone(),
@@ -1121,7 +1123,7 @@ impl Committer {
                 let read = read_during_commit(
                     ahead,
                     &mut log,
-                    dedup.as_mut(),
+                    dedup.as_ref(),
                     stop,
                     &done,
                     &logged,
@@ -1189,7 +1191,7 @@ impl Committer {
     fn commit_info(&self, open: &OpenEpoch) -> EpochCommitInfo {
         let counts = open.counts();
         let skipped_count = (open.skipped.len() + open.skipped_other.len()) as u64;
-        let watermark = self.dedup.as_ref().and_then(|d| d.state.watermark());
+        let watermark = self.dedup().and_then(|d| d.state.watermark());
         let mut skipped_list: Vec<SkippedRecord> = open.skipped.iter().map(skipped).collect();
         skipped_list.extend(open.skipped_other.iter().map(|(r, reason)| SkippedRecord {
             topic: r.topic.to_string(),
@@ -1238,7 +1240,7 @@ impl Committer {
                             .copied()
                     });
                 // A worker's next owner of the partition rebuilds its dedup state from here.
-                let dedup_floor = self.dedup.as_ref().and_then(|d| {
+                let dedup_floor = self.dedup().and_then(|d| {
                     let p = d.partitions.as_ref()?;
                     p.floors
                         .effective(&tp.topic, tp.partition, d.state.watermark())
@@ -1302,7 +1304,7 @@ impl Committer {
         // position (an epoch recovery redid or found landed, before anything else is logged)
         // the log's end: anything after that seal is an unsealed remnant, re-read instead.
         let wal_at = wal_after_seal.unwrap_or_else(|| self.wal.end());
-        let watermark = self.dedup.as_ref().and_then(|d| d.state.watermark());
+        let watermark = self.dedup().and_then(|d| d.state.watermark());
         let mut record = CheckpointRecord {
             epoch,
             committed_epoch: self.committed_epoch,
@@ -1347,8 +1349,8 @@ impl Committer {
                     // Queued deltas must be durable before a record claims a newer state.
                     w.sync()?;
                 }
-                let (inserts, evict_below) = match self.dedup.as_mut() {
-                    Some(d) if dedup => (d.state.take_inserted(), watermark),
+                let (inserts, evict_below) = match self.dedup() {
+                    Some(mut d) if dedup => (d.state.take_inserted(), watermark),
                     _ => (PackedKeys::default(), None),
                 };
                 // The store lets compaction evict below the watermark once this is durable.

@@ -875,7 +875,7 @@ mod tests {
 
     /// The state's growth time is what the thread owning it paid: when the part loaded in
     /// the background is taken in, the growth its loading thread paid is not counted (the run
-    /// summary reports this time as the reading thread's).
+    /// summary reports this time as the verdicts' thread's).
     #[test]
     fn a_loaded_part_brings_none_of_its_loaders_growth_time() {
         let store: std::collections::BTreeMap<Vec<u8>, i64> = (0..5_000u32)

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
-use arrow::datatypes::{DataType, Int64Type, TimestampMicrosecondType};
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::datatypes::DataType;
 use arrow::row::{RowConverter, SortField};
 use tidemark_checkpoint::store::Counts;
 use tidemark_connectors::dead_letter::DeadLetter;
@@ -28,8 +28,9 @@ use tidemark_connectors::{Epoch, Positions, SourceRecord};
 use crate::config::{
     CheckpointConfig, EventTimeUnit, OnInvalidRecord, OnLate, PipelineConfig, KAFKA_KEY,
 };
-use crate::dedup::{DedupState, Verdict, WatermarkTracker};
 use crate::epoch_log::{fits_in_frame, record_size, Replay, ReplayBatch, MAX_KEPT_KEY_BYTES};
+pub use crate::verdicts::{BatchKeys, DedupRuntime, SharedDedup, VerdictCost, WARM_AHEAD};
+use crate::verdicts::{BatchVerdicts, EventTime, RowOutcome, VerdictPrep};
 
 /// Why records could not be processed into an epoch (the processing layer's error).
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,17 @@ pub enum ProcessError {
     DecodeThreadStopped {
         /// The epoch.
         epoch: Epoch,
+    },
+    /// A batch's verdicts covered fewer rows than it has (an internal fault: they end early
+    /// only at a refusal under `errors.on_invalid_record = "fail"`, which stops the epoch).
+    #[error("epoch {epoch}: a batch of {rows} rows came back with {given} verdicts; nothing of the epoch is committed, and the next start replays it from the WAL")]
+    VerdictsMissing {
+        /// The epoch.
+        epoch: Epoch,
+        /// Rows in the batch.
+        rows: usize,
+        /// Verdicts given.
+        given: usize,
     },
     /// Dedup key columns could not be encoded into key bytes.
     #[error("encoding dedup keys failed: {source}")]
@@ -155,53 +167,6 @@ pub struct DedupSpec {
 /// A row's dedup key and event time (micros), `None` where null or missing.
 pub type KeyAndTime = (Option<Vec<u8>>, Option<i64>);
 
-/// A batch's dedup keys, encoded once for the whole batch: the key columns in Arrow's row
-/// format (one buffer), or the records' Kafka keys, borrowed. [`BatchKeys::get`] borrows a
-/// row's key bytes: the hot path allocates nothing per record.
-pub struct BatchKeys<'a> {
-    inner: KeysInner<'a>,
-}
-
-enum KeysInner<'a> {
-    /// Dedup is off.
-    Off,
-    /// Key columns: their rows, and the columns (a null in any makes the key null).
-    Rows {
-        rows: arrow::row::Rows,
-        cols: Vec<ArrayRef>,
-    },
-    /// The Kafka message key of each row's record.
-    Kafka(&'a [&'a SourceRecord]),
-}
-
-impl BatchKeys<'_> {
-    /// Row `i`'s key bytes; `None` where null or missing.
-    pub fn get(&self, i: usize) -> Option<&[u8]> {
-        match &self.inner {
-            KeysInner::Off => None,
-            KeysInner::Rows { rows, cols } => {
-                (!cols.iter().any(|c| c.is_null(i))).then(|| rows.row(i).data())
-            }
-            KeysInner::Kafka(records) => records.get(i).and_then(|r| r.key.as_deref()),
-        }
-    }
-}
-
-/// How many rows ahead of its check a row's dedup-state slot is fetched into the cache
-/// ([`DedupState::warm`]): enough for the fetch to arrive before the check (a memory latency
-/// is a few checks' time), few enough that the fetched slots stay in the L1/L2 cache and the
-/// fetches in flight stay within what the core can track. Fetched a row at a time, so the
-/// fetches in flight stay even: a block of 64 fetched at once (the way before) left the
-/// block's first checks waiting on their misses (perf: most of the check's samples on its
-/// first load of the slot). Measured by `cargo bench -p tidemark-benches --bench records --
-/// dedup/check_100k_with_1m_in_state_warmed`: 8 ahead 9% faster than blocks of 64, 16 and
-/// 32 ahead no faster.
-pub const WARM_AHEAD: usize = 8;
-
-/// A row's event time: `None` where null or missing, `Some(Err(value))` where the column's
-/// value does not fit microseconds, else `Some(Ok(micros))`.
-type EventTime = Option<Result<i64, i64>>;
-
 /// The settings that decide an epoch's content, in canonical form: setting name -> value.
 pub type EpochSettings = BTreeMap<String, String>;
 
@@ -234,9 +199,8 @@ pub fn settings_diff(
 pub struct RecordProcessor {
     /// What prepares a batch before any verdict: shared with the threads that decode ahead.
     prep: Arc<BatchPrep>,
-    on_invalid: OnInvalidRecord,
-    dedup: Option<DedupSpec>,
-    key_converter: Option<RowConverter>,
+    /// What giving a batch its verdicts needs: shared with the threads that decide ahead.
+    verdicts: Arc<VerdictPrep>,
     settings: Arc<EpochSettings>,
 }
 
@@ -336,9 +300,11 @@ impl RecordProcessor {
                     .unwrap_or_default(),
                 uses_kafka_timestamp,
             }),
-            on_invalid: config.errors.on_invalid_record,
-            dedup,
-            key_converter,
+            verdicts: Arc::new(VerdictPrep {
+                on_invalid: config.errors.on_invalid_record,
+                dedup,
+                key_converter,
+            }),
             settings,
         })
     }
@@ -356,14 +322,14 @@ impl RecordProcessor {
 
     /// The dedup settings, if dedup is on.
     pub fn dedup(&self) -> Option<&DedupSpec> {
-        self.dedup.as_ref()
+        self.verdicts.dedup.as_ref()
     }
 
     /// The table columns (indexes into `schema`) [`Self::keys_and_times`] reads from a batch
     /// of table rows: the key columns and the event-time column. The dedup-state rebuild reads
     /// only these from the table's files (a large table on object storage is not read whole).
     pub fn dedup_columns(&self, schema: &arrow::datatypes::Schema) -> Vec<usize> {
-        let Some(spec) = &self.dedup else {
+        let Some(spec) = &self.verdicts.dedup else {
             return Vec::new();
         };
         let mut columns = match &spec.key {
@@ -402,64 +368,7 @@ impl RecordProcessor {
         batch: &RecordBatch,
         records: &'a [&'a SourceRecord],
     ) -> Result<(BatchKeys<'a>, Vec<EventTime>), ProcessError> {
-        let Some(spec) = &self.dedup else {
-            return Ok((
-                BatchKeys {
-                    inner: KeysInner::Off,
-                },
-                Vec::new(),
-            ));
-        };
-        let n = batch.num_rows();
-        let record = |i: usize| records.get(i).copied();
-        let keys = match &spec.key {
-            KeySource::KafkaKey => KeysInner::Kafka(records),
-            KeySource::Columns(idx) => {
-                let cols: Vec<ArrayRef> = idx.iter().map(|i| batch.column(*i).clone()).collect();
-                let converter =
-                    self.key_converter
-                        .as_ref()
-                        .ok_or_else(|| ProcessError::SchemaMismatch {
-                            table: "dedup".into(),
-                            message:
-                                "dedup key columns are configured but no key converter was built"
-                                    .into(),
-                        })?;
-                let rows = converter
-                    .convert_columns(&cols)
-                    .map_err(|source| ProcessError::KeyEncoding { source })?;
-                KeysInner::Rows { rows, cols }
-            }
-        };
-        let keys = BatchKeys { inner: keys };
-        let millis = |ms: i64| ms.checked_mul(1000).ok_or(ms);
-        let times: Vec<EventTime> = match spec.time {
-            TimeSource::KafkaTimestamp => match batch.schema().index_of(COL_TIMESTAMP) {
-                Ok(i) if records.is_empty() => micros_column(batch.column(i))
-                    .into_iter()
-                    .map(|t| t.map(Ok))
-                    .collect(),
-                _ => (0..n)
-                    .map(|i| record(i).and_then(|r| r.timestamp_ms).map(millis))
-                    .collect(),
-            },
-            TimeSource::TimestampColumn(i) => micros_column(batch.column(i))
-                .into_iter()
-                .map(|t| t.map(Ok))
-                .collect(),
-            TimeSource::LongColumn(i, unit) => {
-                let a = batch.column(i).as_primitive::<Int64Type>();
-                (0..n)
-                    .map(|r| {
-                        (!a.is_null(r)).then(|| match unit {
-                            EventTimeUnit::Millis => millis(a.value(r)),
-                            EventTimeUnit::Micros => Ok(a.value(r)),
-                        })
-                    })
-                    .collect()
-            }
-        };
-        Ok((keys, times))
+        self.verdicts.keys_and_event_times(batch, records)
     }
 }
 
@@ -519,47 +428,6 @@ fn epoch_settings(config: &PipelineConfig, schema: &arrow::datatypes::Schema) ->
         }
     }
     s
-}
-
-fn micros_column(col: &ArrayRef) -> Vec<Option<i64>> {
-    let a = col.as_primitive::<TimestampMicrosecondType>();
-    (0..a.len())
-        .map(|r| (!a.is_null(r)).then(|| a.value(r)))
-        .collect()
-}
-
-/// Per-run dedup state: the keys and watermark (deterministic), and the partitions' event-time
-/// progress (wall-clock, used only at seals).
-pub struct DedupRuntime {
-    /// Keys and watermark.
-    pub state: DedupState,
-    /// Per-partition event-time progress.
-    pub tracker: WatermarkTracker,
-    /// A worker of a shared pipeline: its partitions' floors and its keys' origins
-    /// ([`crate::partition_dedup`]); `None` for one process.
-    pub partitions: Option<crate::partition_dedup::PartitionDedup>,
-    /// What giving rows their verdicts has cost the thread that reads and logs (the run
-    /// summary's `dedup_verdict_share`, `dedup_table_growth_ms` and `dedup_verdict_cpu_secs`).
-    pub cost: VerdictCost,
-}
-
-/// Time spent in [`OpenEpoch`]'s dedup stage, live and replayed: the rows' keys encoded and
-/// event times read, the state's lookups (a batched one while it still loads after a
-/// restart, and taking in the loaded part when it is ready) and inserts with its growth, the
-/// refusals' dead letters. Why: that thread reads, logs and decides every record in WAL
-/// order, so this is what dedup takes from throughput before the other threads' work (the
-/// state writer) is counted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VerdictCost {
-    /// The whole stage, wall-clock.
-    pub time: Duration,
-    /// Of it, the state's key table growing ([`DedupState::growth_time`]).
-    pub table_growth: Duration,
-    /// Of it, evicted entries swept out of the table ([`DedupState::sweep_time`]).
-    pub sweep: Duration,
-    /// The CPU time the thread spent in the stage ([`crate::cpu_time::this_thread`]): what
-    /// the stage cost, without the time the thread waited for a core while in it.
-    pub cpu: Duration,
 }
 
 /// An epoch that is still collecting records (or was just sealed and not yet committed).
@@ -665,7 +533,7 @@ impl OpenEpoch {
         reason: &'static str,
         message: String,
     ) -> Result<(), ProcessError> {
-        match p.on_invalid {
+        match p.verdicts.on_invalid {
             OnInvalidRecord::Fail => Err(ProcessError::Rejected {
                 record: record.coordinates(),
                 reason,
@@ -696,13 +564,13 @@ impl OpenEpoch {
         &mut self,
         records: &[SourceRecord],
         p: &RecordProcessor,
-        mut dedup: Option<&mut DedupRuntime>,
+        dedup: Option<&SharedDedup>,
     ) -> Result<(), ProcessError> {
         if self.decoding.is_some() {
-            let clock = dedup.as_deref().and_then(|rt| rt.state.batch_clock());
-            self.finish_decoding(p, dedup.as_deref_mut())?;
-            if let Some(rt) = dedup.as_deref_mut() {
-                rt.state.set_batch_clock(clock);
+            let clock = dedup.and_then(|d| d.lock().state.batch_clock());
+            self.finish_decoding(p, dedup)?;
+            if let Some(d) = dedup {
+                d.lock().state.set_batch_clock(clock);
             }
         }
         self.add_logged(records, &[], p, dedup)
@@ -719,12 +587,12 @@ impl OpenEpoch {
         &mut self,
         replay: &Replay,
         p: &RecordProcessor,
-        mut dedup: Option<&mut DedupRuntime>,
+        dedup: Option<&SharedDedup>,
     ) -> Result<(), ProcessError> {
         if replay.batches.len() < 2 {
             for batch in &replay.batches {
                 let prepared = PreparedBatch::of(&p.prep, &batch.records, &batch.too_large);
-                self.add_replayed(batch, prepared, p, dedup.as_deref_mut())?;
+                self.add_replayed(batch, prepared, p, dedup)?;
             }
             return Ok(());
         }
@@ -751,7 +619,7 @@ impl OpenEpoch {
                     Ok(prepared) => prepared,
                     Err(_) => PreparedBatch::of(&p.prep, &batch.records, &batch.too_large),
                 };
-                self.add_replayed(batch, prepared, p, dedup.as_deref_mut())?;
+                self.add_replayed(batch, prepared, p, dedup)?;
             }
             Ok(())
         })
@@ -763,16 +631,16 @@ impl OpenEpoch {
         batch: &ReplayBatch,
         prepared: PreparedBatch,
         p: &RecordProcessor,
-        mut dedup: Option<&mut DedupRuntime>,
+        dedup: Option<&SharedDedup>,
     ) -> Result<(), ProcessError> {
         if batch.records.is_empty() {
             return Ok(());
         }
-        if let Some(rt) = dedup.as_deref_mut() {
-            rt.state.set_batch_clock(batch.clock_ms);
+        if let Some(d) = dedup {
+            d.lock().state.set_batch_clock(batch.clock_ms);
         }
         let now = self.take_in(&batch.records, &batch.too_large, p);
-        self.add_prepared(&batch.records, prepared, now, p, dedup)
+        self.add_prepared(&batch.records, prepared, now, p, Decide::Here(dedup))
     }
 
     /// Why `record` is refused before decoding, if it is: too large (key + value over
@@ -847,31 +715,34 @@ impl OpenEpoch {
         records: &[SourceRecord],
         stubs: &[(usize, u64)],
         p: &RecordProcessor,
-        dedup: Option<&mut DedupRuntime>,
+        dedup: Option<&SharedDedup>,
     ) -> Result<(), ProcessError> {
         if records.is_empty() {
             return Ok(());
         }
         let prepared = PreparedBatch::of(&p.prep, records, stubs);
         let now = self.take_in(records, stubs, p);
-        self.add_prepared(records, prepared, now, p, dedup)
+        self.add_prepared(records, prepared, now, p, Decide::Here(dedup))
     }
 
     /// [`OpenEpoch::add`] on two cores, for the live path: `records` (already in the WAL, under
     /// the batch clock `clock_ms` logged before them) are counted in now, so the epoch's limits
-    /// see them at once, and decoded on the epoch's decoding thread while the caller reads and
-    /// logs the next batch; the batch before them gets its verdicts here meanwhile. Verdicts
-    /// are given in WAL order, each batch under its own clock: the same as [`OpenEpoch::add`]
-    /// batch by batch (tested). [`OpenEpoch::finish_decoding`] gives the last ones; an epoch is
-    /// sealed only after it (the committer's seal calls it). So a batch's error (an invalid
-    /// record under `errors.on_invalid_record = "fail"`) is returned by the next call or by the
-    /// seal: still before anything of the epoch is committed.
+    /// see them at once, and decoded and given their verdicts ([`crate::verdicts`]) on the
+    /// epoch's decoding thread while the caller reads and logs the next batch; the batch before
+    /// them is applied here meanwhile (its counts, dead letters and kept rows). Verdicts are
+    /// given in WAL order, each batch under its own clock: the same as [`OpenEpoch::add`]
+    /// batch by batch (tested, `errors.on_invalid_record = "fail"` included: the thread decides
+    /// nothing past the record an epoch stops at). [`OpenEpoch::finish_decoding`] applies the
+    /// last ones; an epoch is sealed only after it (the committer's seal calls it). So a
+    /// batch's error (an invalid record under `"fail"`) is returned by the next call or by the
+    /// seal: still before anything of the epoch is committed. `dedup` must not be locked by
+    /// the caller (the decoding thread takes it for each batch).
     pub fn add_ahead(
         &mut self,
         records: Vec<SourceRecord>,
         clock_ms: Option<i64>,
         p: &RecordProcessor,
-        mut dedup: Option<&mut DedupRuntime>,
+        dedup: Option<&SharedDedup>,
     ) -> Result<(), ProcessError> {
         if records.is_empty() {
             return Ok(());
@@ -883,7 +754,8 @@ impl OpenEpoch {
             arrived,
         };
         if self.decoding.is_none() && !self.no_decoding_thread {
-            self.decoding = DecodeAhead::start(p.prep.clone(), self.epoch);
+            let deciding = dedup.map(|d| (p.verdicts.clone(), d.clone()));
+            self.decoding = DecodeAhead::start(p.prep.clone(), deciding, self.epoch);
             // Tried (and warned) once per epoch: then batches are decoded here.
             self.no_decoding_thread = self.decoding.is_none();
         }
@@ -893,16 +765,16 @@ impl OpenEpoch {
         };
         if let Err(batch) = sent {
             // No decoding thread: everything in flight first, then this batch here.
-            self.finish_decoding(p, dedup.as_deref_mut())?;
+            self.finish_decoding(p, dedup)?;
             let prepared = PreparedBatch::of(&p.prep, &batch.records, &[]);
-            return self.apply_ahead(batch, prepared, p, dedup);
+            return self.apply_ahead(batch, prepared, None, p, dedup);
         }
         while self
             .decoding
             .as_ref()
             .is_some_and(|d| d.in_flight > DECODED_AHEAD)
         {
-            self.apply_oldest(p, dedup.as_deref_mut())?;
+            self.apply_oldest(p, dedup)?;
         }
         Ok(())
     }
@@ -913,10 +785,10 @@ impl OpenEpoch {
     pub fn finish_decoding(
         &mut self,
         p: &RecordProcessor,
-        mut dedup: Option<&mut DedupRuntime>,
+        dedup: Option<&SharedDedup>,
     ) -> Result<(), ProcessError> {
         while self.decoding.as_ref().is_some_and(|d| d.in_flight > 0) {
-            self.apply_oldest(p, dedup.as_deref_mut())?;
+            self.apply_oldest(p, dedup)?;
         }
         self.decoding = None;
         Ok(())
@@ -931,13 +803,13 @@ impl OpenEpoch {
     fn apply_oldest(
         &mut self,
         p: &RecordProcessor,
-        dedup: Option<&mut DedupRuntime>,
+        dedup: Option<&SharedDedup>,
     ) -> Result<(), ProcessError> {
         let Some(d) = self.decoding.as_mut() else {
             return Ok(());
         };
         match d.recv() {
-            Some((batch, prepared)) => self.apply_ahead(batch, prepared, p, dedup),
+            Some((batch, prepared, given)) => self.apply_ahead(batch, prepared, given, p, dedup),
             None => {
                 self.decoding = None;
                 Err(ProcessError::DecodeThreadStopped {
@@ -947,30 +819,38 @@ impl OpenEpoch {
         }
     }
 
-    /// One batch back from the decoding thread, given its verdicts under its own clock.
+    /// One batch back from the decoding thread with the verdicts it gave there (`given`), or
+    /// `None`: decided here, under its own clock (the thread decides none after it).
     fn apply_ahead(
         &mut self,
         batch: AheadBatch,
         prepared: PreparedBatch,
+        given: Option<Result<BatchVerdicts, ProcessError>>,
         p: &RecordProcessor,
-        mut dedup: Option<&mut DedupRuntime>,
+        dedup: Option<&SharedDedup>,
     ) -> Result<(), ProcessError> {
-        if let Some(rt) = dedup.as_deref_mut() {
-            rt.state.set_batch_clock(batch.clock_ms);
-        }
-        self.add_prepared(&batch.records, prepared, batch.arrived, p, dedup)
+        let decide = match given {
+            Some(given) => Decide::Given(given),
+            None => {
+                if let Some(d) = dedup {
+                    d.lock().state.set_batch_clock(batch.clock_ms);
+                }
+                Decide::Here(dedup)
+            }
+        };
+        self.add_prepared(&batch.records, prepared, batch.arrived, p, decide)
     }
 
     /// What follows [`OpenEpoch::take_in`] for a batch already prepared: what is
     /// order-dependent, on this thread and in WAL order (the refusals and dead letters, the
-    /// verdicts). `now`: when the records arrived.
+    /// verdicts applied). `now`: when the records arrived.
     fn add_prepared(
         &mut self,
         records: &[SourceRecord],
         prepared: PreparedBatch,
         now: Instant,
         p: &RecordProcessor,
-        dedup: Option<&mut DedupRuntime>,
+        decide: Decide<'_>,
     ) -> Result<(), ProcessError> {
         for (kept, reason, message) in prepared.refused {
             self.reject(p, &kept, reason, message)?;
@@ -980,12 +860,29 @@ impl OpenEpoch {
         let Some(batch) = decoded.batch else {
             return Ok(());
         };
-        let (Some(spec), Some(rt)) = (p.dedup(), dedup) else {
-            self.keep(batch);
-            return Ok(());
+        let verdicts = match decide {
+            _ if p.dedup().is_none() => None,
+            Decide::Given(given) => Some(given?),
+            Decide::Here(None) => None,
+            Decide::Here(Some(d)) => {
+                let row_records: Vec<&SourceRecord> =
+                    decoded.rows.iter().map(|i| &fitting[*i]).collect();
+                Some(crate::verdicts::give(
+                    &p.verdicts,
+                    &mut d.lock(),
+                    &batch,
+                    &row_records,
+                    now,
+                )?)
+            }
         };
-        let row_records: Vec<&SourceRecord> = decoded.rows.iter().map(|i| &fitting[*i]).collect();
-        self.dedup_verdicts(batch, &row_records, p, spec, rt, now)
+        match verdicts {
+            None => {
+                self.keep(batch);
+                Ok(())
+            }
+            Some(verdicts) => self.apply_verdicts(batch, &decoded.rows, fitting, verdicts, p),
+        }
     }
 
     /// Counts `records` into the epoch: its settings (from the first record), its start time,
@@ -1038,13 +935,13 @@ impl OpenEpoch {
         })?;
         for bad in &decoded.invalid {
             let record = &fitting[bad.index];
-            if p.on_invalid == OnInvalidRecord::Fail {
+            if p.verdicts.on_invalid == OnInvalidRecord::Fail {
                 return Err(ProcessError::InvalidRecord {
                     record: bad.clone(),
                     epoch: Epoch::new(self.epoch),
                 });
             }
-            if p.on_invalid == OnInvalidRecord::Skip {
+            if p.verdicts.on_invalid == OnInvalidRecord::Skip {
                 tracing::warn!(epoch = self.epoch, "skipping {bad}");
                 self.skipped.push(bad.clone());
                 self.invalid += 1;
@@ -1055,43 +952,53 @@ impl OpenEpoch {
         Ok(decoded)
     }
 
-    /// The dedup stage: each row of `batch` (whose records are `row_records`) is kept, dropped
-    /// as a duplicate or late, or rejected; the kept rows join the epoch.
-    fn dedup_verdicts(
+    /// The dedup stage's outcome ([`crate::verdicts::give`]): each row of `batch` (row `i` is
+    /// record `fitting[rows[i]]`) counted as kept, a duplicate or late (a dead letter where
+    /// `dedup.late` says so), or rejected; the kept rows join the epoch.
+    fn apply_verdicts(
         &mut self,
         batch: RecordBatch,
-        row_records: &[&SourceRecord],
+        rows: &[usize],
+        fitting: &[SourceRecord],
+        verdicts: BatchVerdicts,
         p: &RecordProcessor,
-        spec: &DedupSpec,
-        rt: &mut DedupRuntime,
-        now: Instant,
     ) -> Result<(), ProcessError> {
-        let started = Instant::now();
-        let cpu_before = crate::cpu_time::this_thread();
-        let (grown_before, swept_before) = (rt.state.growth_time(), rt.state.sweep_time());
-        let (keys, times) = p.keys_and_event_times(&batch, row_records)?;
-        // While the state still loads after a restart: one batched lookup for the batch.
-        if rt.state.is_loading() {
-            rt.state
-                .prefetch((0..times.len()).filter_map(|i| keys.get(i)))?;
+        let mut keep = Vec::with_capacity(rows.len());
+        for (outcome, row) in verdicts.rows.into_iter().zip(rows) {
+            let record = &fitting[*row];
+            keep.push(match outcome {
+                RowOutcome::Keep => true,
+                RowOutcome::Duplicate { cross_partition } => {
+                    self.duplicates += 1;
+                    if cross_partition {
+                        self.cross_partition_duplicates += 1;
+                        if self.cross_partition_duplicates == 1 {
+                            tracing::warn!(epoch = self.epoch, record = %record.coordinates(), "a duplicate whose key this worker accepted from another partition: the producer does not send a key's records to one partition, so duplicates split across workers are written (counted as cross_partition_duplicates; the first of each epoch is logged)");
+                        }
+                    }
+                    false
+                }
+                RowOutcome::Late { dead_letter } => {
+                    self.late += 1;
+                    if let Some(message) = dead_letter {
+                        self.dead_letters
+                            .push(DeadLetter::of(record, "late", message));
+                    }
+                    false
+                }
+                RowOutcome::Refused { reason, message } => {
+                    self.reject(p, record, reason, message)?;
+                    false
+                }
+            });
         }
-        let rows = times.len();
-        let mut keep = Vec::with_capacity(rows);
-        // Each row's slot is fetched into the cache WARM_AHEAD rows before its check (their
-        // misses overlap, and arrive before they are needed).
-        rt.state
-            .warm((0..rows.min(WARM_AHEAD)).filter_map(|j| keys.get(j)));
-        for (i, (time, record)) in times.into_iter().zip(row_records).enumerate() {
-            if i + WARM_AHEAD < rows {
-                rt.state.warm(keys.get(i + WARM_AHEAD));
-            }
-            keep.push(self.dedup_verdict(p, spec, rt, record, keys.get(i), time, now)?);
-        }
-        rt.cost.time += started.elapsed();
-        rt.cost.table_growth += rt.state.growth_time().saturating_sub(grown_before);
-        rt.cost.sweep += rt.state.sweep_time().saturating_sub(swept_before);
-        if let (Some(before), Some(after)) = (cpu_before, crate::cpu_time::this_thread()) {
-            rt.cost.cpu += after.saturating_sub(before);
+        if keep.len() != batch.num_rows() {
+            // Verdicts end early only at a refusal under "fail", which returned above.
+            return Err(ProcessError::VerdictsMissing {
+                epoch: Epoch::new(self.epoch),
+                rows: batch.num_rows(),
+                given: keep.len(),
+            });
         }
         if keep.iter().all(|k| *k) {
             // Nothing dropped (the common batch): no copy.
@@ -1101,119 +1008,6 @@ impl OpenEpoch {
             return Ok(());
         }
         self.keep_selected(batch, BooleanArray::from(keep))
-    }
-
-    /// One row's verdict: whether it is kept. In order: no event time or one out of range,
-    /// too far in the future (never observed by the tracker), no key (observed), then the
-    /// dedup state's verdict (accept, duplicate, late).
-    #[allow(clippy::too_many_arguments)]
-    fn dedup_verdict(
-        &mut self,
-        p: &RecordProcessor,
-        spec: &DedupSpec,
-        rt: &mut DedupRuntime,
-        record: &SourceRecord,
-        key: Option<&[u8]>,
-        time: EventTime,
-        now: Instant,
-    ) -> Result<bool, ProcessError> {
-        let time = match time {
-            None => {
-                self.reject(
-                    p,
-                    record,
-                    "null_event_time",
-                    "the event time is null or missing".into(),
-                )?;
-                return Ok(false);
-            }
-            Some(Err(value)) => {
-                self.reject(
-                    p,
-                    record,
-                    "event_time_out_of_range",
-                    format!("event time {value} ms does not fit microseconds"),
-                )?;
-                return Ok(false);
-            }
-            Some(Ok(time)) => time,
-        };
-        if rt.state.in_future(time, spec.max_skew_micros) {
-            let clock = rt.state.batch_clock().unwrap_or_default();
-            self.reject(
-                p,
-                record,
-                "event_time_in_future",
-                format!(
-                    "event time {time} µs is more than dedup.max_event_time_skew_ms = {} ms after the wall clock {clock} ms",
-                    spec.max_skew_micros / 1000
-                ),
-            )?;
-            return Ok(false);
-        }
-        rt.tracker
-            .observe(&record.topic, record.partition, time, now);
-        let Some(key) = key else {
-            self.reject(
-                p,
-                record,
-                "null_key",
-                "the dedup key is null or missing".into(),
-            )?;
-            return Ok(false);
-        };
-        // A worker's partition is late below its floor too (see crate::partition_dedup).
-        let below_floor = rt
-            .partitions
-            .as_ref()
-            .is_some_and(|d| d.floors.is_below(&record.topic, record.partition, time));
-        let verdict = if below_floor {
-            Verdict::Late
-        } else {
-            rt.state.check(key, time)?
-        };
-        Ok(match verdict {
-            Verdict::Accept => {
-                if let Some(d) = rt.partitions.as_mut() {
-                    d.origins
-                        .accepted(key, &record.topic, record.partition, time);
-                }
-                true
-            }
-            Verdict::Duplicate => {
-                self.duplicates += 1;
-                if rt.partitions.as_ref().is_some_and(|d| {
-                    d.origins
-                        .from_other_partition(key, &record.topic, record.partition)
-                }) {
-                    self.cross_partition_duplicates += 1;
-                    if self.cross_partition_duplicates == 1 {
-                        tracing::warn!(epoch = self.epoch, record = %record.coordinates(), "a duplicate whose key this worker accepted from another partition: the producer does not send a key's records to one partition, so duplicates split across workers are written (counted as cross_partition_duplicates; the first of each epoch is logged)");
-                    }
-                }
-                false
-            }
-            Verdict::Late => {
-                self.late += 1;
-                if spec.late == OnLate::DeadLetter {
-                    // The bound this record missed: its partition's floor where that is higher.
-                    let watermark = rt.state.watermark();
-                    let w = match &rt.partitions {
-                        Some(d) => d
-                            .floors
-                            .effective(&record.topic, record.partition, watermark),
-                        None => watermark,
-                    }
-                    .unwrap_or(i64::MIN);
-                    self.dead_letters.push(DeadLetter::of(
-                        record,
-                        "late",
-                        format!("event time {time} µs is below the watermark {w} µs"),
-                    ));
-                }
-                false
-            }
-        })
     }
 
     /// Records skipped or dead-lettered for other reasons than lateness.
@@ -1380,45 +1174,117 @@ struct AheadBatch {
     arrived: Instant,
 }
 
-/// Batches prepared ([`PreparedBatch`]) on a thread of their own while the next ones are read
-/// and logged: the live path's two-core stage ([`OpenEpoch::add_ahead`]). One thread per epoch,
-/// fed in order and answering in order (one worker, FIFO channels), so batches are applied in
-/// WAL order; its results channel is unbounded, but between calls at most [`DECODED_AHEAD`]
-/// batches are in flight (one more inside [`OpenEpoch::add_ahead`]), so the thread never waits
-/// on it and a drop waits for at most those.
-struct DecodeAhead {
-    jobs: Option<std::sync::mpsc::Sender<AheadBatch>>,
-    done: std::sync::mpsc::Receiver<(AheadBatch, PreparedBatch)>,
-    in_flight: usize,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// Who gives a prepared batch its verdicts ([`OpenEpoch::add_prepared`]).
+enum Decide<'a> {
+    /// The epoch's decoding thread gave them (or failed to).
+    Given(Result<BatchVerdicts, ProcessError>),
+    /// This thread, against the state (`None`: dedup is off), under the batch clock set on it.
+    Here(Option<&'a SharedDedup>),
 }
 
-/// Batches in flight on an epoch's decoding thread before the oldest is applied: the one
-/// being decoded while the next is read and logged.
-const DECODED_AHEAD: usize = 1;
+/// What a decoding thread hands back for a batch: the batch, its preparation, and its verdicts
+/// when the thread gave them (`None`: the reading thread decides this batch and every later
+/// one; see [`decide_ahead`]).
+type Decided = (
+    AheadBatch,
+    PreparedBatch,
+    Option<Result<BatchVerdicts, ProcessError>>,
+);
+
+/// Batches prepared ([`PreparedBatch`]) and, with dedup, given their verdicts
+/// ([`crate::verdicts::give`]) on a thread of their own while the next ones are read and
+/// logged: the live path's two-core stage ([`OpenEpoch::add_ahead`]). One thread per epoch,
+/// fed in order and answering in order (one worker, FIFO channels), so batches are decided and
+/// applied in WAL order; its results channel is unbounded, but between calls at most
+/// [`DECODED_AHEAD`] batches are in flight (one more inside [`OpenEpoch::add_ahead`]), so the
+/// thread never waits on it and a drop waits for at most those.
+///
+/// Invariant (what keeps the verdicts those of one thread in WAL order): once the thread
+/// leaves a batch undecided, it decides no later batch, so the reading thread, which decides
+/// the undecided ones as it applies them, never decides a batch while this thread may still
+/// decide an earlier or a later one.
+struct DecodeAhead {
+    jobs: Option<std::sync::mpsc::Sender<AheadBatch>>,
+    done: std::sync::mpsc::Receiver<Decided>,
+    in_flight: usize,
+    /// The decoding thread, then the deciding one (with dedup, when it could start).
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Batches in flight on an epoch's decoding threads before the oldest is applied: one being
+/// decided, one being decoded, while the next is read and logged.
+const DECODED_AHEAD: usize = 2;
+
+/// With dedup, what the verdicts need and the state they are given against.
+type Deciding = Option<(Arc<VerdictPrep>, SharedDedup)>;
 
 impl DecodeAhead {
-    /// Starts the thread (`None` when it cannot start: the caller prepares batches itself).
-    fn start(prep: Arc<BatchPrep>, epoch: u64) -> Option<Self> {
+    /// Starts the threads (`None` when the decoding one cannot start: the caller prepares
+    /// batches itself). With dedup (`deciding`), verdicts are given on a thread of their own
+    /// after the decoding one (a three-stage pipeline: read and log, decode, decide), or on the
+    /// decoding thread when that thread cannot start.
+    fn start(prep: Arc<BatchPrep>, deciding: Deciding, epoch: u64) -> Option<Self> {
         let (jobs, rx) = std::sync::mpsc::channel::<AheadBatch>();
-        let (tx, done) = std::sync::mpsc::channel();
+        let (tx, done) = std::sync::mpsc::channel::<Decided>();
+        let mut threads = Vec::new();
+        // The deciding thread, fed by the decoding one in order.
+        let (to_decide, deciding) = match deciding {
+            Some(d) => {
+                let (to_decide, decide_rx) =
+                    std::sync::mpsc::channel::<(AheadBatch, PreparedBatch)>();
+                let tx = tx.clone();
+                let mut on_thread = Some(d.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("tidemark-decide".into())
+                    .spawn(move || {
+                        for (batch, prepared) in decide_rx {
+                            let given = decide_in_order(&mut on_thread, &batch, &prepared);
+                            if tx.send((batch, prepared, given)).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                match spawned {
+                    Ok(t) => {
+                        threads.push(t);
+                        (Some(to_decide), None)
+                    }
+                    Err(e) => {
+                        tracing::warn!(epoch, "no thread for giving verdicts ({e}): giving them on the decoding thread");
+                        (None, Some(d))
+                    }
+                }
+            }
+            None => (None, None),
+        };
         let thread = std::thread::Builder::new()
             .name("tidemark-decode".into())
             .spawn(move || {
+                let mut deciding = deciding;
                 for batch in rx {
                     let prepared = PreparedBatch::of(&prep, &batch.records, &[]);
-                    if tx.send((batch, prepared)).is_err() {
+                    let sent = match &to_decide {
+                        Some(to_decide) => to_decide.send((batch, prepared)).is_ok(),
+                        None => {
+                            let given = decide_in_order(&mut deciding, &batch, &prepared);
+                            tx.send((batch, prepared, given)).is_ok()
+                        }
+                    };
+                    if !sent {
                         return;
                     }
                 }
             });
         match thread {
-            Ok(thread) => Some(Self {
-                jobs: Some(jobs),
-                done,
-                in_flight: 0,
-                thread: Some(thread),
-            }),
+            Ok(thread) => {
+                threads.insert(0, thread);
+                Some(Self {
+                    jobs: Some(jobs),
+                    done,
+                    in_flight: 0,
+                    threads,
+                })
+            }
             Err(e) => {
                 tracing::warn!(
                     epoch,
@@ -1441,7 +1307,7 @@ impl DecodeAhead {
 
     /// The oldest batch in flight, prepared (waits for it); `None` when none is in flight or
     /// the thread stopped (a panic: the batches in flight are lost with it).
-    fn recv(&mut self) -> Option<(AheadBatch, PreparedBatch)> {
+    fn recv(&mut self) -> Option<Decided> {
         if self.in_flight == 0 {
             return None;
         }
@@ -1450,11 +1316,60 @@ impl DecodeAhead {
     }
 }
 
+/// The verdicts of the next batch in WAL order, on the thread that gives them ([`decide_ahead`]);
+/// `None` once that thread left a batch undecided, failed, or stopped at a refusal under
+/// `errors.on_invalid_record = "fail"`: `deciding` is then cleared, and the reading thread
+/// decides from there on (the invariant of [`DecodeAhead`]).
+fn decide_in_order(
+    deciding: &mut Deciding,
+    batch: &AheadBatch,
+    prepared: &PreparedBatch,
+) -> Option<Result<BatchVerdicts, ProcessError>> {
+    let (v, dedup) = deciding.as_ref()?;
+    let given = decide_ahead(v, dedup, batch, prepared);
+    let goes_on = matches!(&given, Some(Ok(verdicts)) if !verdicts.stopped(v));
+    if !goes_on {
+        *deciding = None;
+    }
+    given
+}
+
+/// A prepared batch's verdicts, given on the decoding thread under the batch's own clock;
+/// `None` where the reading thread would stop before any verdict of it (a record refused or
+/// undecodable under `errors.on_invalid_record = "fail"`, or the decode failed), so the batch
+/// is left to it, as are all after it. A batch without rows needs none (empty verdicts).
+fn decide_ahead(
+    v: &VerdictPrep,
+    dedup: &SharedDedup,
+    batch: &AheadBatch,
+    prepared: &PreparedBatch,
+) -> Option<Result<BatchVerdicts, ProcessError>> {
+    let decoded = prepared.decoded.as_ref().ok()?;
+    let refuses = !prepared.refused.is_empty() || !decoded.invalid.is_empty();
+    if refuses && v.on_invalid == OnInvalidRecord::Fail {
+        return None;
+    }
+    let Some(rows) = decoded.batch.as_ref() else {
+        return Some(Ok(BatchVerdicts::default()));
+    };
+    let fitting = prepared.fitting.as_deref().unwrap_or(&batch.records);
+    let row_records: Vec<&SourceRecord> = decoded.rows.iter().map(|i| &fitting[*i]).collect();
+    let mut rt = dedup.lock();
+    rt.state.set_batch_clock(batch.clock_ms);
+    Some(crate::verdicts::give(
+        v,
+        &mut rt,
+        rows,
+        &row_records,
+        batch.arrived,
+    ))
+}
+
 impl Drop for DecodeAhead {
     fn drop(&mut self) {
         // Closing the jobs channel ends the thread once the batches sent are prepared.
         self.jobs = None;
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -1483,6 +1398,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::dedup::{DedupState, WatermarkTracker};
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
 
     const CONFIG: &str = r#"
 pipeline_id = "p"
@@ -1555,7 +1473,7 @@ allowed_lateness_ms = 10
         let config = PipelineConfig::parse(CONFIG, Path::new("/x/p.toml")).unwrap();
         let p = processor(&config);
         let spec = p.dedup().unwrap().clone();
-        let mut rt = DedupRuntime {
+        let rt = SharedDedup::new(DedupRuntime {
             state: DedupState::with_capacity(0, Some(100_000)),
             tracker: WatermarkTracker::new(
                 Vec::new(),
@@ -1565,7 +1483,7 @@ allowed_lateness_ms = 10
             ),
             partitions: None,
             cost: VerdictCost::default(),
-        };
+        });
         let mut open = OpenEpoch::new(1, Positions::new());
         let input = [
             rec(0, r#"{"id":"a","ts":200}"#),
@@ -1576,7 +1494,7 @@ allowed_lateness_ms = 10
             rec(5, r#"{"id":"d"}"#),
             rec(6, r#"{"id":"e","ts":300}"#),
         ];
-        open.add(&input, &p, Some(&mut rt)).unwrap();
+        open.add(&input, &p, Some(&rt)).unwrap();
         assert_eq!(open.records, 7);
         assert_eq!(open.rows(), 2, "a and e");
         assert_eq!(open.duplicates, 1);
@@ -1601,12 +1519,13 @@ allowed_lateness_ms = 10
     fn a_workers_floors_and_cross_partition_duplicates() {
         let config = PipelineConfig::parse(CONFIG, Path::new("/x/p.toml")).unwrap();
         let p = processor(&config);
-        let mut rt = runtime(&p);
-        rt.partitions = Some(crate::partition_dedup::PartitionDedup {
+        let mut rt0 = runtime(&p);
+        rt0.partitions = Some(crate::partition_dedup::PartitionDedup {
             // Event times are µs: ts 100 ms is 100_000.
             floors: crate::partition_dedup::PartitionFloors::new([(("t".to_string(), 0), 100_000)]),
             origins: Default::default(),
         });
+        let rt = SharedDedup::new(rt0);
         let on = |partition: i32, offset: i64, payload: &str| SourceRecord {
             partition,
             ..rec(offset, payload)
@@ -1620,7 +1539,7 @@ allowed_lateness_ms = 10
             on(1, 1, r#"{"id":"c","ts":102}"#),
             on(1, 2, r#"{"id":"b","ts":103}"#),
         ];
-        open.add(&input, &p, Some(&mut rt)).unwrap();
+        open.add(&input, &p, Some(&rt)).unwrap();
         assert_eq!(open.late, 1, "a: below partition 0's floor");
         assert_eq!(open.rows(), 2, "b (partition 1 has no floor) and c");
         assert_eq!(open.duplicates, 3);
@@ -1700,15 +1619,15 @@ allowed_lateness_ms = 10
         p: &RecordProcessor,
         batches: &[(i64, Vec<SourceRecord>)],
     ) -> (OpenEpoch, DedupRuntime) {
-        let mut rt = runtime(p);
+        let rt = SharedDedup::new(runtime(p));
         let mut open = OpenEpoch::new(1, Positions::new());
         for (clock, records) in batches {
-            open.add_ahead(records.clone(), Some(*clock), p, Some(&mut rt))
+            open.add_ahead(records.clone(), Some(*clock), p, Some(&rt))
                 .unwrap();
         }
-        open.finish_decoding(p, Some(&mut rt)).unwrap();
+        open.finish_decoding(p, Some(&rt)).unwrap();
         assert!(!open.decoding());
-        (open, rt)
+        (open, rt.into_inner().expect("the decoding thread ended"))
     }
 
     /// Runs `batches` on one thread (clock set, then `add`) and as a replay of their WAL
@@ -1717,17 +1636,16 @@ allowed_lateness_ms = 10
         p: &RecordProcessor,
         batches: &[(i64, Vec<SourceRecord>)],
     ) -> ((OpenEpoch, DedupRuntime), (OpenEpoch, DedupRuntime)) {
-        let mut rt = runtime(p);
+        let rt = SharedDedup::new(runtime(p));
         let mut live = OpenEpoch::new(1, Positions::new());
         for (clock, records) in batches {
-            rt.state.set_batch_clock(Some(*clock));
-            live.add(records, p, Some(&mut rt)).unwrap();
+            rt.lock().state.set_batch_clock(Some(*clock));
+            live.add(records, p, Some(&rt)).unwrap();
         }
-        let mut rt2 = runtime(p);
+        let rt2 = SharedDedup::new(runtime(p));
         let mut again = OpenEpoch::new(1, Positions::new());
-        again
-            .add_replay(&logged(batches), p, Some(&mut rt2))
-            .unwrap();
+        again.add_replay(&logged(batches), p, Some(&rt2)).unwrap();
+        let (rt, rt2) = (rt.into_inner().unwrap(), rt2.into_inner().unwrap());
         ((live, rt), (again, rt2))
     }
 
@@ -1749,21 +1667,17 @@ allowed_lateness_ms = 10
     #[test]
     fn add_decides_batches_still_in_flight_first() {
         let p = processor(&config("", ""));
-        let mut rt = runtime(&p);
+        let rt = SharedDedup::new(runtime(&p));
         let mut open = OpenEpoch::new(1, Positions::new());
         let one = |o: i64| vec![rec(o, &format!(r#"{{"id":"same","ts":{}}}"#, 5000 + o))];
-        open.add_ahead(one(1), Some(1_000_000), &p, Some(&mut rt))
+        open.add_ahead(one(1), Some(1_000_000), &p, Some(&rt))
             .unwrap();
-        rt.state.set_batch_clock(Some(1_000_000));
-        if open.decoding() {
-            // Still on the decoding thread (without one it is decided at once).
-            assert_eq!(rt.cost, VerdictCost::default(), "no verdict yet");
-        }
-        open.add(&one(2), &p, Some(&mut rt)).unwrap();
+        rt.lock().state.set_batch_clock(Some(1_000_000));
+        open.add(&one(2), &p, Some(&rt)).unwrap();
         assert!(!open.decoding());
         assert_eq!((open.rows(), open.duplicates), (1, 1));
         assert!(
-            rt.cost.time > Duration::ZERO,
+            rt.lock().cost.time > Duration::ZERO,
             "the verdicts' time is counted"
         );
         let kept: Vec<i64> = open
@@ -1772,7 +1686,7 @@ allowed_lateness_ms = 10
             .flat_map(|b| b.column(1).as_primitive::<Int64Type>().values().to_vec())
             .collect();
         assert_eq!(kept, vec![5001], "the first record kept, its retry dropped");
-        assert_eq!(rt.state.batch_clock(), Some(1_000_000));
+        assert_eq!(rt.lock().state.batch_clock(), Some(1_000_000));
     }
 
     /// A replay decoded ahead on another thread stops at the first invalid record as a replay
@@ -1802,10 +1716,10 @@ allowed_lateness_ms = 10
         let mut batches = vec![batch(false), batch(false), batch(true)];
         batches.extend((0..PREPARED_AHEAD * 10).map(|_| batch(false)));
         let replay = logged(&batches);
-        let mut rt = runtime(&p);
+        let rt = SharedDedup::new(runtime(&p));
         let mut open = OpenEpoch::new(1, Positions::new());
         let err = open
-            .add_replay(&replay, &p, Some(&mut rt))
+            .add_replay(&replay, &p, Some(&rt))
             .expect_err("the invalid record stops the replay");
         assert!(
             matches!(&err, ProcessError::InvalidRecord { record, .. } if record.offset == 8),
@@ -1814,40 +1728,50 @@ allowed_lateness_ms = 10
         // The bad batch is counted in (records are counted before they are decoded), its
         // verdicts are not given, and no later batch is taken in.
         assert_eq!(open.records, 9);
-        assert_eq!(rt.state.len(), 6);
+        assert_eq!(rt.lock().state.len(), 6);
     }
 
-    /// Batches decoded ahead are counted in at once (the epoch's limits see them) and get
-    /// their verdicts only when applied: the one in flight after each add, none after
-    /// `finish_decoding`; an invalid record in flight stops the epoch when its batch is applied.
+    /// Batches decoded ahead are counted in at once (the epoch's limits see them), are decided
+    /// on the decoding thread and join the epoch only when applied: the one in flight after
+    /// each add, none after `finish_decoding`; an invalid record in flight stops the epoch when
+    /// its batch is applied, and its batch gives the state no key.
     #[test]
     fn batches_decoded_ahead_are_counted_at_once_and_decided_in_order() {
         let config = config("on_invalid_record = \"fail\"", "");
         let p = processor(&config);
-        let mut rt = runtime(&p);
+        let rt = SharedDedup::new(runtime(&p));
         let mut open = OpenEpoch::new(1, Positions::new());
         let good = |o: i64| rec(o, &format!(r#"{{"id":"k{o}","ts":{}}}"#, o * 1000));
-        open.add_ahead(vec![good(1), good(2)], Some(1_000_000), &p, Some(&mut rt))
+        open.add_ahead(vec![good(1), good(2)], Some(1_000_000), &p, Some(&rt))
             .unwrap();
         assert_eq!(open.records, 2, "counted in at once");
         assert!(open.decoding(), "the batch is in flight");
-        open.add_ahead(vec![good(3)], Some(1_000_000), &p, Some(&mut rt))
-            .unwrap();
-        assert_eq!(open.records, 3);
+        // DECODED_AHEAD batches stay in flight; the one after them makes the first applied.
+        for o in 3..3 + DECODED_AHEAD as i64 {
+            open.add_ahead(vec![good(o)], Some(1_000_000), &p, Some(&rt))
+                .unwrap();
+        }
+        let sent = 2 + DECODED_AHEAD as u64;
+        assert_eq!(open.records, sent);
         assert_eq!(
-            rt.state.len(),
+            open.rows(),
             2,
-            "the first batch decided, the second in flight"
+            "the first batch applied, the others in flight"
         );
-        open.add_ahead(vec![rec(4, "not json")], Some(1_000_000), &p, Some(&mut rt))
+        open.add_ahead(vec![rec(100, "not json")], Some(1_000_000), &p, Some(&rt))
             .unwrap();
-        assert_eq!(rt.state.len(), 3);
+        assert_eq!(open.rows(), 3, "the second batch applied");
         let err = open
-            .finish_decoding(&p, Some(&mut rt))
+            .finish_decoding(&p, Some(&rt))
             .expect_err("the invalid record stops the epoch when its batch is applied");
         assert!(
-            matches!(&err, ProcessError::InvalidRecord { record, .. } if record.offset == 4),
+            matches!(&err, ProcessError::InvalidRecord { record, .. } if record.offset == 100),
             "{err}"
+        );
+        assert_eq!(
+            rt.lock().state.len() as u64,
+            sent,
+            "every good batch decided, the invalid one added no key"
         );
     }
 
@@ -1931,13 +1855,13 @@ allowed_lateness_ms = 10
         }
         assert_eq!(replay.len(), 3);
 
-        let mut rt = runtime(&p);
-        rt.state.set_batch_clock(Some(9_000));
+        let rt = SharedDedup::new(runtime(&p));
+        rt.lock().state.set_batch_clock(Some(9_000));
         let mut live = OpenEpoch::new(1, Positions::new());
-        live.add(&batch, &p, Some(&mut rt)).unwrap();
-        let mut rt2 = runtime(&p);
+        live.add(&batch, &p, Some(&rt)).unwrap();
+        let rt2 = SharedDedup::new(runtime(&p));
         let mut again = OpenEpoch::new(1, Positions::new());
-        again.add_replay(&replay, &p, Some(&mut rt2)).unwrap();
+        again.add_replay(&replay, &p, Some(&rt2)).unwrap();
         assert_eq!(reasons(&live), [(1, "too_large")]);
         let d = &live.dead_letters[0];
         assert_eq!(
@@ -1995,10 +1919,10 @@ allowed_lateness_ms = 10
             record: rec(0, r#"{"id":"far","ts":9000000000000}"#),
             too_large: None,
         });
-        let mut rt = runtime(&p);
-        rt.state.set_batch_clock(Some(1));
+        let rt = SharedDedup::new(runtime(&p));
+        rt.lock().state.set_batch_clock(Some(1));
         let mut open = OpenEpoch::new(1, Positions::new());
-        open.add_replay(&replay, &p, Some(&mut rt)).unwrap();
+        open.add_replay(&replay, &p, Some(&rt)).unwrap();
         assert_eq!(open.rows(), 1);
         assert!(open.dead_letters.is_empty());
     }
@@ -2207,6 +2131,71 @@ allowed_lateness_ms = 10
                 prop_assert_eq!(rt.state.sorted_entries(), rt3.state.sorted_entries());
                 prop_assert_eq!(rt.tracker.candidate(now), rt3.tracker.candidate(now));
                 prop_assert_eq!(live.records, live.rows() + live.duplicates + live.late + live.invalid());
+            }
+
+            /// Under `errors.on_invalid_record = "fail"` and `"skip"`, verdicts given on the
+            /// decoding thread ([`OpenEpoch::add_ahead`]) end as on one thread: the same first
+            /// error (the same record) or none, and the same state after it, so the thread
+            /// decides nothing past the record the epoch stops at; without an error, the same
+            /// epoch.
+            #[test]
+            fn the_decoding_threads_verdicts_stop_where_one_thread_stops(
+                fail in any::<bool>(),
+                batches in proptest::collection::vec(
+                    (0i64..5_000, proptest::collection::vec((0u8..5, 0u8..6, 0i64..8_000), 1..8)),
+                    1..6,
+                ),
+            ) {
+                let mode = if fail { "fail" } else { "skip" };
+                let config = config(
+                    &format!("max_record_bytes = 200\non_invalid_record = \"{mode}\""),
+                    "max_event_time_skew_ms = 1000",
+                );
+                let p = processor(&config);
+                let mut offset = 0;
+                let batches: Vec<(i64, Vec<SourceRecord>)> = batches
+                    .into_iter()
+                    .map(|(clock, recs)| {
+                        let records = recs
+                            .into_iter()
+                            .map(|(kind, id, ts)| {
+                                offset += 1;
+                                rec(offset, &payload(kind, id, ts * 1000))
+                            })
+                            .collect();
+                        (clock * 1000, records)
+                    })
+                    .collect();
+                let one = SharedDedup::new(runtime(&p));
+                let mut live = OpenEpoch::new(1, Positions::new());
+                let live_err = batches.iter().find_map(|(clock, records)| {
+                    one.lock().state.set_batch_clock(Some(*clock));
+                    live.add(records, &p, Some(&one)).err()
+                });
+                let ahead_rt = SharedDedup::new(runtime(&p));
+                let mut ahead = OpenEpoch::new(1, Positions::new());
+                let ahead_err = batches
+                    .iter()
+                    .find_map(|(clock, records)| {
+                        ahead
+                            .add_ahead(records.clone(), Some(*clock), &p, Some(&ahead_rt))
+                            .err()
+                    })
+                    .or_else(|| ahead.finish_decoding(&p, Some(&ahead_rt)).err());
+                // Ends the decoding thread (it may hold batches after the error).
+                drop(ahead.decoding.take());
+                prop_assert_eq!(
+                    live_err.as_ref().map(ToString::to_string),
+                    ahead_err.as_ref().map(ToString::to_string)
+                );
+                prop_assert_eq!(
+                    one.lock().state.sorted_entries(),
+                    ahead_rt.lock().state.sorted_entries()
+                );
+                if live_err.is_none() {
+                    assert_same(&live, &ahead);
+                    prop_assert_eq!(&live.skipped_other, &ahead.skipped_other);
+                }
             }
         }
     }

@@ -58,6 +58,7 @@ pub mod shutdown;
 pub mod state_lock;
 pub mod status;
 pub mod status_page;
+pub mod verdicts;
 pub mod wal_damage;
 pub mod wal_tail;
 pub mod worker;

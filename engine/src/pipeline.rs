@@ -183,10 +183,11 @@ pub struct RunSummary {
     pub commit_ms_p99: Option<f64>,
     /// Share of wall time spent writing checkpoints (RocksDB), 0..1.
     pub checkpoint_time_share: f64,
-    /// With dedup: share of wall time the reading thread spent giving rows their dedup
-    /// verdicts, live and replayed ([`crate::epoch::VerdictCost`]), 0..1. Why: that thread
-    /// reads and logs every record, so this time is what dedup takes from throughput before
-    /// the other threads' share (the state writer) is counted. `None` without dedup, or when
+    /// With dedup: share of wall time spent giving rows their dedup verdicts, live (on each
+    /// epoch's decoding thread, while the reading thread reads and logs the next batch) and
+    /// replayed (on the recovering thread), 0..1 ([`crate::verdicts::VerdictCost`]). Why: every
+    /// record is decided in WAL order on one thread at a time, so this stage cannot be split;
+    /// near the decoding thread's whole time, it is the bound. `None` without dedup, or when
     /// the run stopped before it was ready to read.
     pub dedup_verdict_share: Option<f64>,
     /// With dedup: milliseconds of that time the state's key table spent growing (a state
@@ -195,7 +196,7 @@ pub struct RunSummary {
     /// With dedup: milliseconds of that time spent sweeping evicted keys out of the state's
     /// table (eviction is lazy: `engine/src/dedup.rs`).
     pub dedup_sweep_ms: Option<f64>,
-    /// With dedup: CPU seconds the reading thread spent giving verdicts (the time in
+    /// With dedup: CPU seconds the threads that gave verdicts spent on them (the time in
     /// `dedup_verdict_share` without the waits for a core while in it).
     pub dedup_verdict_cpu_secs: Option<f64>,
     /// With dedup and checkpoints: CPU seconds the state writer's thread used (sorting each
@@ -207,9 +208,9 @@ pub struct RunSummary {
     /// too). Why: with `elapsed_secs`, how many cores the run kept busy; per record, what
     /// bounds throughput on given cores ([`crate::cpu_time`]).
     pub cpu_secs: Option<f64>,
-    /// CPU seconds the thread the run was driven on used over the run: the one that reads,
-    /// logs and gives every record its verdict in WAL order. Near `elapsed_secs`, that thread
-    /// was the bound. `None` when the run's future did not end on the thread it started on
+    /// CPU seconds the thread the run was driven on used over the run: the one that reads and
+    /// logs every record and applies its verdict in WAL order. Near `elapsed_secs`, that
+    /// thread was the bound. `None` when the run's future did not end on the thread it started on
     /// (a run spawned on a multi-threaded runtime; `tidemark run` drives it with `block_on`).
     pub reading_thread_cpu_secs: Option<f64>,
     /// Seconds that same thread was runnable but waited for a core (the kernel's run delay;
@@ -389,7 +390,7 @@ pub async fn run(
         return Ok(summary);
     };
     committer.record_topic_ids(source.topic_ids());
-    if let Some(d) = committer.dedup_mut() {
+    if let Some(mut d) = committer.dedup() {
         d.tracker.register(source.partitions(), Instant::now());
     }
     info!(

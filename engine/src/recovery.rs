@@ -1081,7 +1081,7 @@ async fn from_checkpoint(
         }
         StartCase::WriteMissingCheckpoint { epoch } => {
             let seal = checked_seal(processor, seal, &records, epoch)?;
-            let dedup = committer.dedup_mut().is_some();
+            let dedup = committer.dedup().is_some();
             let delta = match trusted_landed_commit(
                 &seal,
                 landed.map(|p| &p.info),
@@ -1092,7 +1092,7 @@ async fn from_checkpoint(
                 Some(info) => {
                     // The counts and keys a replay would rebuild, from the epoch's commit and
                     // the delta its WAL logged (see `trusted_landed_commit`).
-                    if let (Some(d), Some(delta)) = (committer.dedup_mut(), logged_delta.as_ref()) {
+                    if let (Some(mut d), Some(delta)) = (committer.dedup(), logged_delta.as_ref()) {
                         d.state.load_changelog(&delta.keys);
                         d.state.advance(seal.watermark);
                     }
@@ -1151,7 +1151,7 @@ fn replay_sealed(
         records,
         encode,
     )?;
-    if let Some(d) = committer.dedup_mut() {
+    if let Some(mut d) = committer.dedup() {
         d.state.advance(seal.watermark);
     }
     Ok(open)
@@ -1239,7 +1239,7 @@ fn replayed_epoch(
     if encode && !records.is_empty() {
         open.encode_while_reading(committer.sink().arrow_schema().clone())?;
     }
-    open.add_replay(records, processor, committer.dedup_mut())?;
+    open.add_replay(records, processor, committer.shared_dedup())?;
     Ok(open)
 }
 
@@ -1256,7 +1256,7 @@ fn redo_delta(
     logged: Option<LoggedDelta>,
     epoch: u64,
 ) -> Option<LoggedDelta> {
-    let d = committer.dedup_mut()?;
+    let mut d = committer.dedup()?;
     let replayed = d.state.take_inserted();
     match logged {
         Some(logged) if logged.keys == replayed => Some(logged),

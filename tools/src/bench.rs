@@ -151,14 +151,14 @@ pub struct BenchRow {
     pub wal_bytes: u64,
     /// Share of wall time spent writing checkpoints.
     pub checkpoint_share: f64,
-    /// With dedup: share of wall time the reading thread spent on dedup verdicts (the run
+    /// With dedup: share of wall time spent on dedup verdicts, on whichever thread gave them (the run
     /// summary's `dedup_verdict_share`).
     pub dedup_verdict_share: Option<f64>,
     /// With dedup: ms of that the state's key table spent growing.
     pub dedup_table_growth_ms: Option<f64>,
     /// With dedup: ms of that the state spent sweeping evicted keys out of its table.
     pub dedup_sweep_ms: Option<f64>,
-    /// With dedup: CPU seconds the reading thread spent on verdicts (the summary's
+    /// With dedup: CPU seconds spent on verdicts (the summary's
     /// `dedup_verdict_cpu_secs`).
     pub dedup_verdict_cpu_secs: Option<f64>,
     /// With dedup: CPU seconds of the state writer's thread (the summary's
@@ -1091,7 +1091,7 @@ fn write_results(
 }
 
 /// What the dedup verdicts took of `row`'s median run, as the `--compare-dedup` line ends:
-/// `; verdicts X% of the wall time on the reading thread (the key table's growth Y ms)`, or
+/// `; verdicts X% of the wall time (the key table's growth Y ms)`, or
 /// nothing when the run did not report it (an older build as `--baseline-exe`).
 fn verdict_cost(row: &BenchRow) -> String {
     let Some(share) = row.dedup_verdict_share else {
@@ -1105,14 +1105,11 @@ fn verdict_cost(row: &BenchRow) -> String {
         .dedup_table_growth_ms
         .map(|ms| format!(" (the key table's growth {ms:.0} ms{sweeps})"))
         .unwrap_or_default();
-    format!(
-        "; verdicts {:.1}% of the wall time on the reading thread{growth}",
-        share * 100.0
-    )
+    format!("; verdicts {:.1}% of the wall time{growth}", share * 100.0)
 }
 
 /// What dedup added to the CPU a record costs, as the `--compare-dedup` line ends: `; CPU per
-/// record X vs Y µs (of the D µs dedup adds: verdicts V µs on the reading thread, the state
+/// record X vs Y µs (of the D µs dedup adds: verdicts V µs, the state
 /// writer W µs, the rest R µs): at equal cores busy dedup on would be at P% of off; keeping the
 /// C cores the bench's own process left busy, at most Q%`. P is the ratio of the two costs
 /// (what the throughput ratio is when both runs keep the same cores busy); Q is the dedup
@@ -1132,7 +1129,7 @@ fn dedup_cpu(on: &BenchRow, off: &BenchRow, cores: usize) -> String {
         per_record(on.dedup_state_writer_cpu_secs),
     ) {
         (Some(v), Some(w)) => format!(
-            " (of the {:.2} µs dedup adds: verdicts {v:.2} µs on the reading thread, the state writer {w:.2} µs, the rest {:.2} µs)",
+            " (of the {:.2} µs dedup adds: verdicts {v:.2} µs, the state writer {w:.2} µs, the rest {:.2} µs)",
             on_cost - off_cost,
             on_cost - off_cost - v - w
         ),
@@ -1882,7 +1879,7 @@ mod tests {
         };
         assert_eq!(
             dedup_cpu(&split, &off, 2),
-            "; CPU per record 4.10 vs 2.50 µs (of the 1.60 µs dedup adds: verdicts 0.20 µs on the reading thread, the state writer 0.30 µs, the rest 1.10 µs): at equal cores busy dedup on would be at 61% of off; keeping all 2 cores busy, at most 98%"
+            "; CPU per record 4.10 vs 2.50 µs (of the 1.60 µs dedup adds: verdicts 0.20 µs, the state writer 0.30 µs, the rest 1.10 µs): at equal cores busy dedup on would be at 61% of off; keeping all 2 cores busy, at most 98%"
         );
         // With the bench's own CPU known, the ceiling is that of the cores it left: 0.5 s over
         // the dedup run's 5 s is 0.10 cores, so 1.90 cores at 4.10 µs, 463,415 records/s: 93%.

@@ -1,0 +1,431 @@
+//! The dedup stage's verdicts, computed apart from the epoch they go into: each row of a
+//! decoded batch is kept, dropped as a duplicate or late, or refused (no event time, one out of
+//! range or too far in the future, no key). [`give`] decides a batch against the dedup state and
+//! returns the outcomes in row order ([`BatchVerdicts`]); the epoch applies them
+//! (`OpenEpoch::apply_verdicts`: counts, dead letters, the rows kept).
+//!
+//! Why apart: the live path gives verdicts on the epoch's decoding thread, right after the
+//! batch is decoded, while the reading thread reads and logs the next batch; the reading thread
+//! only applies what came back. The state is shared ([`SharedDedup`]) but never used by two
+//! threads at once in a way that changes a verdict:
+//! - one decoding thread per epoch decides its batches in the order they were sent, which is
+//!   WAL order; the seal waits for all of them before the watermark moves;
+//! - the reading thread decides a batch itself only when that thread decides none after it (it
+//!   could not start, or it stopped at an earlier batch: see `epoch::DecodeAhead`), so the
+//!   state still sees every batch once, in WAL order;
+//! - what else takes the lock (a partition registered with the tracker, the seal, status) does
+//!   not touch the keys or the batch clock a verdict reads.
+//!
+//! So the verdicts are those of one thread deciding every batch in WAL order, as a replay does
+//! (tested: `epoch::tests`).
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use arrow::row::RowConverter;
+use tidemark_connectors::decode::COL_TIMESTAMP;
+use tidemark_connectors::SourceRecord;
+
+use crate::config::{EventTimeUnit, OnInvalidRecord, OnLate};
+use crate::dedup::{DedupState, Verdict, WatermarkTracker};
+use crate::epoch::{DedupSpec, KeySource, ProcessError, TimeSource};
+
+/// Per-run dedup state: the keys and watermark (deterministic), and the partitions' event-time
+/// progress (wall-clock, used only at seals).
+pub struct DedupRuntime {
+    /// Keys and watermark.
+    pub state: DedupState,
+    /// Per-partition event-time progress.
+    pub tracker: WatermarkTracker,
+    /// A worker of a shared pipeline: its partitions' floors and its keys' origins
+    /// ([`crate::partition_dedup`]); `None` for one process.
+    pub partitions: Option<crate::partition_dedup::PartitionDedup>,
+    /// What giving rows their verdicts has cost the thread that gave them (the run summary's
+    /// `dedup_verdict_share`, `dedup_table_growth_ms` and `dedup_verdict_cpu_secs`).
+    pub cost: VerdictCost,
+}
+
+/// The run's [`DedupRuntime`], shared by the thread that reads and logs (partitions
+/// registered, the seal, the checkpoint) and the epoch's decoding thread (the verdicts). Why a
+/// lock rather than a hand-over: the reading thread registers partitions and the committer
+/// reads the watermark while batches are in flight, and both are cheap next to a batch's
+/// verdicts, so one uncontended lock per batch costs nothing measurable.
+#[derive(Clone)]
+pub struct SharedDedup(Arc<Mutex<DedupRuntime>>);
+
+impl SharedDedup {
+    /// Shares `runtime`.
+    pub fn new(runtime: DedupRuntime) -> Self {
+        Self(Arc::new(Mutex::new(runtime)))
+    }
+
+    /// The runtime, locked. A thread that panicked while holding it (the decoding thread) ends
+    /// the epoch with an error of its own (`ProcessError::DecodeThreadStopped`), so a poisoned
+    /// lock is taken as it is: nothing decided after the panic is committed.
+    pub fn lock(&self) -> MutexGuard<'_, DedupRuntime> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The runtime, when this is its last holder (tests and tools take it back).
+    pub fn into_inner(self) -> Option<DedupRuntime> {
+        Arc::into_inner(self.0).map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl std::fmt::Debug for SharedDedup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedDedup").finish_non_exhaustive()
+    }
+}
+
+/// Time spent in the dedup stage, live and replayed: the rows' keys encoded and event times
+/// read, the state's lookups (a batched one while it still loads after a restart, and taking in
+/// the loaded part when it is ready) and inserts with its growth. Why: the thread that gives
+/// the verdicts (live: the epoch's decoding thread; a replay: the recovering thread) decides
+/// every record in WAL order, so this is what dedup takes from throughput before the other
+/// threads' work (the state writer) is counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerdictCost {
+    /// The whole stage, wall-clock.
+    pub time: Duration,
+    /// Of it, the state's key table growing ([`DedupState::growth_time`]).
+    pub table_growth: Duration,
+    /// Of it, evicted entries swept out of the table ([`DedupState::sweep_time`]).
+    pub sweep: Duration,
+    /// The CPU time the thread spent in the stage ([`crate::cpu_time::this_thread`]): what
+    /// the stage cost, without the time the thread waited for a core while in it.
+    pub cpu: Duration,
+}
+
+/// How many rows ahead of its check a row's dedup-state slot is fetched into the cache
+/// ([`DedupState::warm`]): enough for the fetch to arrive before the check (a memory latency
+/// is a few checks' time), few enough that the fetched slots stay in the L1/L2 cache and the
+/// fetches in flight stay within what the core can track. Fetched a row at a time, so the
+/// fetches in flight stay even: a block of 64 fetched at once (the way before) left the
+/// block's first checks waiting on their misses (perf: most of the check's samples on its
+/// first load of the slot). Measured by `cargo bench -p tidemark-benches --bench records --
+/// dedup/check_100k_with_1m_in_state_warmed`: 8 ahead 9% faster than blocks of 64, 16 and
+/// 32 ahead no faster.
+pub const WARM_AHEAD: usize = 8;
+
+/// A row's event time: `None` where null or missing, `Some(Err(value))` where the column's
+/// value does not fit microseconds, else `Some(Ok(micros))`.
+pub(crate) type EventTime = Option<Result<i64, i64>>;
+
+/// A batch's dedup keys, encoded once for the whole batch: the key columns in Arrow's row
+/// format (one buffer), or the records' Kafka keys, borrowed. [`BatchKeys::get`] borrows a
+/// row's key bytes: the hot path allocates nothing per record.
+pub struct BatchKeys<'a> {
+    inner: KeysInner<'a>,
+}
+
+enum KeysInner<'a> {
+    /// Dedup is off.
+    Off,
+    /// Key columns: their rows, and the columns (a null in any makes the key null).
+    Rows {
+        rows: arrow::row::Rows,
+        cols: Vec<ArrayRef>,
+    },
+    /// The Kafka message key of each row's record.
+    Kafka(&'a [&'a SourceRecord]),
+}
+
+impl BatchKeys<'_> {
+    /// Row `i`'s key bytes; `None` where null or missing.
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        match &self.inner {
+            KeysInner::Off => None,
+            KeysInner::Rows { rows, cols } => {
+                (!cols.iter().any(|c| c.is_null(i))).then(|| rows.row(i).data())
+            }
+            KeysInner::Kafka(records) => records.get(i).and_then(|r| r.key.as_deref()),
+        }
+    }
+}
+
+/// What deciding a batch needs besides the state: the dedup settings resolved against the
+/// table schema, the key encoder, and what a refused row does. Owned apart from the
+/// `RecordProcessor` so the decoding thread can hold it.
+pub(crate) struct VerdictPrep {
+    /// `errors.on_invalid_record`: under `fail` a refused row stops the batch's verdicts.
+    pub(crate) on_invalid: OnInvalidRecord,
+    /// The dedup settings, if dedup is on.
+    pub(crate) dedup: Option<DedupSpec>,
+    /// Encodes key columns into one row-format buffer per batch.
+    pub(crate) key_converter: Option<RowConverter>,
+}
+
+impl std::fmt::Debug for VerdictPrep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerdictPrep")
+            .field("on_invalid", &self.on_invalid)
+            .field("dedup", &self.dedup)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerdictPrep {
+    /// `batch`'s dedup keys and event times; `records[i]` is row i's record when the key or
+    /// time comes from Kafka metadata (empty when rebuilding state from the table's rows).
+    pub(crate) fn keys_and_event_times<'a>(
+        &self,
+        batch: &RecordBatch,
+        records: &'a [&'a SourceRecord],
+    ) -> Result<(BatchKeys<'a>, Vec<EventTime>), ProcessError> {
+        let Some(spec) = &self.dedup else {
+            return Ok((
+                BatchKeys {
+                    inner: KeysInner::Off,
+                },
+                Vec::new(),
+            ));
+        };
+        let n = batch.num_rows();
+        let record = |i: usize| records.get(i).copied();
+        let keys = match &spec.key {
+            KeySource::KafkaKey => KeysInner::Kafka(records),
+            KeySource::Columns(idx) => {
+                let cols: Vec<ArrayRef> = idx.iter().map(|i| batch.column(*i).clone()).collect();
+                let converter =
+                    self.key_converter
+                        .as_ref()
+                        .ok_or_else(|| ProcessError::SchemaMismatch {
+                            table: "dedup".into(),
+                            message:
+                                "dedup key columns are configured but no key converter was built"
+                                    .into(),
+                        })?;
+                let rows = converter
+                    .convert_columns(&cols)
+                    .map_err(|source| ProcessError::KeyEncoding { source })?;
+                KeysInner::Rows { rows, cols }
+            }
+        };
+        let keys = BatchKeys { inner: keys };
+        let millis = |ms: i64| ms.checked_mul(1000).ok_or(ms);
+        let times: Vec<EventTime> = match spec.time {
+            TimeSource::KafkaTimestamp => match batch.schema().index_of(COL_TIMESTAMP) {
+                Ok(i) if records.is_empty() => micros_column(batch.column(i))
+                    .into_iter()
+                    .map(|t| t.map(Ok))
+                    .collect(),
+                _ => (0..n)
+                    .map(|i| record(i).and_then(|r| r.timestamp_ms).map(millis))
+                    .collect(),
+            },
+            TimeSource::TimestampColumn(i) => micros_column(batch.column(i))
+                .into_iter()
+                .map(|t| t.map(Ok))
+                .collect(),
+            TimeSource::LongColumn(i, unit) => {
+                let a = batch.column(i).as_primitive::<Int64Type>();
+                (0..n)
+                    .map(|r| {
+                        (!a.is_null(r)).then(|| match unit {
+                            EventTimeUnit::Millis => millis(a.value(r)),
+                            EventTimeUnit::Micros => Ok(a.value(r)),
+                        })
+                    })
+                    .collect()
+            }
+        };
+        Ok((keys, times))
+    }
+}
+
+fn micros_column(col: &ArrayRef) -> Vec<Option<i64>> {
+    let a = col.as_primitive::<TimestampMicrosecondType>();
+    (0..a.len())
+        .map(|r| (!a.is_null(r)).then(|| a.value(r)))
+        .collect()
+}
+
+/// One row's verdict, as the epoch applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RowOutcome {
+    /// Written.
+    Keep,
+    /// Dropped: its key was accepted before within the watermark. `cross_partition`: the key
+    /// was accepted from another partition (a worker of a shared pipeline only).
+    Duplicate { cross_partition: bool },
+    /// Dropped as late; `dead_letter`: the message of its dead letter (`dedup.late =
+    /// "dead_letter"`), naming the bound it missed.
+    Late { dead_letter: Option<String> },
+    /// Refused (`errors.on_invalid_record` decides what follows): the reason and message.
+    Refused {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// A batch's verdicts in row order. Under `errors.on_invalid_record = "fail"` they end at the
+/// first refused row (the epoch stops there, and the rows after it never reached the state).
+#[derive(Debug, Default)]
+pub(crate) struct BatchVerdicts {
+    /// One per row, in order, up to the end or the first refusal under `fail`.
+    pub(crate) rows: Vec<RowOutcome>,
+}
+
+impl BatchVerdicts {
+    /// True when the verdicts stopped at a refusal under `fail`.
+    pub(crate) fn stopped(&self, prep: &VerdictPrep) -> bool {
+        prep.on_invalid == OnInvalidRecord::Fail
+            && matches!(self.rows.last(), Some(RowOutcome::Refused { .. }))
+    }
+}
+
+/// Decides `batch` (whose rows' records are `row_records`, arrived at `now`) against `rt`,
+/// under the batch clock already set on its state: the rows' outcomes in order, the state
+/// holding the accepted keys. In order for each row: no event time or one out of range, too far
+/// in the future (never observed by the tracker), no key (observed), then the dedup state's
+/// verdict (accept, duplicate, late). Dedup must be on.
+pub(crate) fn give(
+    prep: &VerdictPrep,
+    rt: &mut DedupRuntime,
+    batch: &RecordBatch,
+    row_records: &[&SourceRecord],
+    now: Instant,
+) -> Result<BatchVerdicts, ProcessError> {
+    let spec = prep
+        .dedup
+        .as_ref()
+        .ok_or_else(|| ProcessError::SchemaMismatch {
+            table: "dedup".into(),
+            message: "verdicts asked for with dedup off".into(),
+        })?;
+    let started = Instant::now();
+    let cpu_before = crate::cpu_time::this_thread();
+    let (grown_before, swept_before) = (rt.state.growth_time(), rt.state.sweep_time());
+    let given = give_rows(prep, spec, rt, batch, row_records, now);
+    rt.cost.time += started.elapsed();
+    rt.cost.table_growth += rt.state.growth_time().saturating_sub(grown_before);
+    rt.cost.sweep += rt.state.sweep_time().saturating_sub(swept_before);
+    if let (Some(before), Some(after)) = (cpu_before, crate::cpu_time::this_thread()) {
+        rt.cost.cpu += after.saturating_sub(before);
+    }
+    given
+}
+
+fn give_rows(
+    prep: &VerdictPrep,
+    spec: &DedupSpec,
+    rt: &mut DedupRuntime,
+    batch: &RecordBatch,
+    row_records: &[&SourceRecord],
+    now: Instant,
+) -> Result<BatchVerdicts, ProcessError> {
+    let (keys, times) = prep.keys_and_event_times(batch, row_records)?;
+    // While the state still loads after a restart: one batched lookup for the batch.
+    if rt.state.is_loading() {
+        rt.state
+            .prefetch((0..times.len()).filter_map(|i| keys.get(i)))?;
+    }
+    let n = times.len();
+    let mut verdicts = BatchVerdicts {
+        rows: Vec::with_capacity(n),
+    };
+    // Each row's slot is fetched into the cache WARM_AHEAD rows before its check (their
+    // misses overlap, and arrive before they are needed).
+    rt.state
+        .warm((0..n.min(WARM_AHEAD)).filter_map(|j| keys.get(j)));
+    for (i, (time, record)) in times.into_iter().zip(row_records).enumerate() {
+        if i + WARM_AHEAD < n {
+            rt.state.warm(keys.get(i + WARM_AHEAD));
+        }
+        let outcome = row_verdict(spec, rt, record, keys.get(i), time, now)?;
+        let refused = matches!(outcome, RowOutcome::Refused { .. });
+        verdicts.rows.push(outcome);
+        if refused && prep.on_invalid == OnInvalidRecord::Fail {
+            break;
+        }
+    }
+    Ok(verdicts)
+}
+
+/// One row's verdict (see [`give`]).
+fn row_verdict(
+    spec: &DedupSpec,
+    rt: &mut DedupRuntime,
+    record: &SourceRecord,
+    key: Option<&[u8]>,
+    time: EventTime,
+    now: Instant,
+) -> Result<RowOutcome, ProcessError> {
+    let refused = |reason: &'static str, message: String| RowOutcome::Refused { reason, message };
+    let time = match time {
+        None => {
+            return Ok(refused(
+                "null_event_time",
+                "the event time is null or missing".into(),
+            ))
+        }
+        Some(Err(value)) => {
+            return Ok(refused(
+                "event_time_out_of_range",
+                format!("event time {value} ms does not fit microseconds"),
+            ))
+        }
+        Some(Ok(time)) => time,
+    };
+    if rt.state.in_future(time, spec.max_skew_micros) {
+        let clock = rt.state.batch_clock().unwrap_or_default();
+        return Ok(refused(
+            "event_time_in_future",
+            format!(
+                "event time {time} µs is more than dedup.max_event_time_skew_ms = {} ms after the wall clock {clock} ms",
+                spec.max_skew_micros / 1000
+            ),
+        ));
+    }
+    rt.tracker
+        .observe(&record.topic, record.partition, time, now);
+    let Some(key) = key else {
+        return Ok(refused(
+            "null_key",
+            "the dedup key is null or missing".into(),
+        ));
+    };
+    // A worker's partition is late below its floor too (see crate::partition_dedup).
+    let below_floor = rt
+        .partitions
+        .as_ref()
+        .is_some_and(|d| d.floors.is_below(&record.topic, record.partition, time));
+    let verdict = if below_floor {
+        Verdict::Late
+    } else {
+        rt.state.check(key, time)?
+    };
+    Ok(match verdict {
+        Verdict::Accept => {
+            if let Some(d) = rt.partitions.as_mut() {
+                d.origins
+                    .accepted(key, &record.topic, record.partition, time);
+            }
+            RowOutcome::Keep
+        }
+        Verdict::Duplicate => RowOutcome::Duplicate {
+            cross_partition: rt.partitions.as_ref().is_some_and(|d| {
+                d.origins
+                    .from_other_partition(key, &record.topic, record.partition)
+            }),
+        },
+        Verdict::Late => {
+            let dead_letter = (spec.late == OnLate::DeadLetter).then(|| {
+                // The bound this record missed: its partition's floor where that is higher.
+                let watermark = rt.state.watermark();
+                let w = match &rt.partitions {
+                    Some(d) => d
+                        .floors
+                        .effective(&record.topic, record.partition, watermark),
+                    None => watermark,
+                }
+                .unwrap_or(i64::MIN);
+                format!("event time {time} µs is below the watermark {w} µs")
+            });
+            RowOutcome::Late { dead_letter }
+        }
+    })
+}
