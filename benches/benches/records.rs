@@ -268,7 +268,8 @@ fn bench_records(c: &mut Criterion) {
             },
             |rt| {
                 let mut open = OpenEpoch::new(1, Default::default());
-                open.add(&input, &processor, Some(&rt)).expect("process");
+                open.add(&input, None, &processor, Some(&rt))
+                    .expect("process");
                 std::hint::black_box(open.rows())
             },
             BatchSize::LargeInput,

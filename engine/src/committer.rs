@@ -434,8 +434,8 @@ impl WalLog<'_> {
 /// watermark, records in WAL order): reads up to `want` records (waiting at most `wait`),
 /// registers partitions the source added with the watermark tracker, logs the batch to the WAL
 /// (one group commit) and only then hands it to `open` ([`OpenEpoch::add_ahead`]: counted in at
-/// once, decoded on the epoch's decoding thread, its verdicts given with the next batch or at
-/// the seal, in WAL order). Returns the number of records read.
+/// once, decoded and decided on the epoch's own threads, in WAL order, and applied by a later
+/// call or at the seal). Returns the number of records read.
 #[allow(clippy::too_many_arguments)]
 async fn read_batch(
     source: &mut KafkaSource,
@@ -456,7 +456,7 @@ async fn read_batch(
     }
     let clock = log.log_records(open.epoch, &records)?;
     let read = records.len();
-    // Decoded on the epoch's decoding thread while the next batch is read and logged.
+    // Decoded and decided on the epoch's threads while the next batches are read and logged.
     open.add_ahead(records, Some(clock), processor, dedup)?;
     crate::metrics::batch_read(open.records);
     Ok(read)
@@ -840,7 +840,7 @@ impl Committer {
         self.dedup = Some(SharedDedup::new(dedup));
     }
 
-    /// The dedup runtime, if dedup is on, locked (an epoch's decoding thread gives verdicts
+    /// The dedup runtime, if dedup is on, locked (an epoch's deciding thread gives verdicts
     /// under the same lock: hold it briefly, and never while waiting for that thread).
     pub fn dedup(&self) -> Option<std::sync::MutexGuard<'_, DedupRuntime>> {
         self.dedup.as_ref().map(SharedDedup::lock)

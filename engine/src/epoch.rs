@@ -304,6 +304,8 @@ impl RecordProcessor {
                 on_invalid: config.errors.on_invalid_record,
                 dedup,
                 key_converter,
+                #[cfg(test)]
+                panic_in_give: false,
             }),
             settings,
         })
@@ -444,8 +446,9 @@ pub struct OpenEpoch {
     /// The epoch's rows being encoded as they come ([`OpenEpoch::encode_while_reading`]);
     /// `None`: they are kept in `batches`.
     encoder: Option<EpochEncoder>,
-    /// The thread preparing the batches [`OpenEpoch::add_ahead`] took and the ones in flight
-    /// there (counted in, no verdict yet); `None` before the first and after
+    /// The threads preparing and deciding the batches [`OpenEpoch::add_ahead`] took, and the
+    /// ones in flight there (counted in, not yet applied; maybe decided); `None` before the
+    /// first and after
     /// [`OpenEpoch::finish_decoding`].
     decoding: Option<DecodeAhead>,
     /// The decoding thread could not start for this epoch: its batches are decoded on the
@@ -557,21 +560,20 @@ impl OpenEpoch {
     }
 
     /// Processes `records` (already in the WAL) into the epoch on this thread and advances its
-    /// end positions. With dedup, under the batch clock set on the state
-    /// ([`DedupState::set_batch_clock`]: the one logged before the batch). Batches still on
-    /// the decoding thread ([`OpenEpoch::add_ahead`]) are decided first, so WAL order holds.
+    /// end positions. With dedup, under the batch clock `clock_ms` (the one logged before the
+    /// batch; [`crate::dedup::DedupState::set_batch_clock`]). Batches still in flight
+    /// ([`OpenEpoch::add_ahead`]) are decided and applied first, so WAL order holds.
     pub fn add(
         &mut self,
         records: &[SourceRecord],
+        clock_ms: Option<i64>,
         p: &RecordProcessor,
         dedup: Option<&SharedDedup>,
     ) -> Result<(), ProcessError> {
-        if self.decoding.is_some() {
-            let clock = dedup.and_then(|d| d.lock().state.batch_clock());
-            self.finish_decoding(p, dedup)?;
-            if let Some(d) = dedup {
-                d.lock().state.set_batch_clock(clock);
-            }
+        // Batches in flight first: their thread sets each one's clock on the state.
+        self.finish_decoding(p, dedup)?;
+        if let Some(d) = dedup {
+            d.lock().state.set_batch_clock(clock_ms);
         }
         self.add_logged(records, &[], p, dedup)
     }
@@ -708,8 +710,8 @@ impl OpenEpoch {
     /// original size; in index order). The stages, in order: refuse the records that are too
     /// large or carry an unusable Kafka timestamp and decode the rest ([`PreparedBatch::of`],
     /// pure), count the records in ([`Self::take_in`]), apply the refusals and the decode's
-    /// outcome ([`Self::decode`]), and, with dedup, give each row its verdict
-    /// ([`Self::dedup_verdicts`]).
+    /// outcome ([`Self::decode`]), and, with dedup, give each row its verdict here
+    /// ([`crate::verdicts::give`]) and apply it ([`Self::apply_verdicts`]).
     fn add_logged(
         &mut self,
         records: &[SourceRecord],
@@ -727,16 +729,16 @@ impl OpenEpoch {
 
     /// [`OpenEpoch::add`] on two cores, for the live path: `records` (already in the WAL, under
     /// the batch clock `clock_ms` logged before them) are counted in now, so the epoch's limits
-    /// see them at once, and decoded and given their verdicts ([`crate::verdicts`]) on the
-    /// epoch's decoding thread while the caller reads and logs the next batch; the batch before
-    /// them is applied here meanwhile (its counts, dead letters and kept rows). Verdicts are
+    /// see them at once, and decoded, then given their verdicts ([`crate::verdicts`]), on the
+    /// epoch's decoding and deciding threads ([`DecodeAhead`]) while the caller reads and logs
+    /// the next batches; older batches are applied here meanwhile (its counts, dead letters and kept rows). Verdicts are
     /// given in WAL order, each batch under its own clock: the same as [`OpenEpoch::add`]
     /// batch by batch (tested, `errors.on_invalid_record = "fail"` included: the thread decides
     /// nothing past the record an epoch stops at). [`OpenEpoch::finish_decoding`] applies the
     /// last ones; an epoch is sealed only after it (the committer's seal calls it). So a
     /// batch's error (an invalid record under `"fail"`) is returned by the next call or by the
     /// seal: still before anything of the epoch is committed. `dedup` must not be locked by
-    /// the caller (the decoding thread takes it for each batch).
+    /// the caller (the deciding thread takes it for each batch).
     pub fn add_ahead(
         &mut self,
         records: Vec<SourceRecord>,
@@ -779,9 +781,9 @@ impl OpenEpoch {
         Ok(())
     }
 
-    /// Gives every batch still on the decoding thread its verdicts ([`OpenEpoch::add_ahead`]),
-    /// and ends the thread: no record comes after this but through [`OpenEpoch::add_ahead`]
-    /// again. The seal calls it.
+    /// Applies every batch still in flight ([`OpenEpoch::add_ahead`]), decided, and ends the
+    /// epoch's decoding and deciding threads: no record comes after this but through
+    /// [`OpenEpoch::add_ahead`] again. The seal calls it.
     pub fn finish_decoding(
         &mut self,
         p: &RecordProcessor,
@@ -794,12 +796,12 @@ impl OpenEpoch {
         Ok(())
     }
 
-    /// True while batches counted in have no verdicts yet ([`OpenEpoch::add_ahead`]).
+    /// True while batches counted in are not applied yet ([`OpenEpoch::add_ahead`]).
     pub(crate) fn decoding(&self) -> bool {
         self.decoding.as_ref().is_some_and(|d| d.in_flight > 0)
     }
 
-    /// The oldest batch on the decoding thread, waited for and applied.
+    /// The oldest batch in flight, waited for and applied.
     fn apply_oldest(
         &mut self,
         p: &RecordProcessor,
@@ -1176,13 +1178,13 @@ struct AheadBatch {
 
 /// Who gives a prepared batch its verdicts ([`OpenEpoch::add_prepared`]).
 enum Decide<'a> {
-    /// The epoch's decoding thread gave them (or failed to).
+    /// The epoch's deciding thread gave them (or failed to).
     Given(Result<BatchVerdicts, ProcessError>),
     /// This thread, against the state (`None`: dedup is off), under the batch clock set on it.
     Here(Option<&'a SharedDedup>),
 }
 
-/// What a decoding thread hands back for a batch: the batch, its preparation, and its verdicts
+/// What an epoch's threads ([`DecodeAhead`]) hand back for a batch: the batch, its preparation, and its verdicts
 /// when the thread gave them (`None`: the reading thread decides this batch and every later
 /// one; see [`decide_ahead`]).
 type Decided = (
@@ -1191,10 +1193,10 @@ type Decided = (
     Option<Result<BatchVerdicts, ProcessError>>,
 );
 
-/// Batches prepared ([`PreparedBatch`]) and, with dedup, given their verdicts
-/// ([`crate::verdicts::give`]) on a thread of their own while the next ones are read and
-/// logged: the live path's two-core stage ([`OpenEpoch::add_ahead`]). One thread per epoch,
-/// fed in order and answering in order (one worker, FIFO channels), so batches are decided and
+/// Batches prepared ([`PreparedBatch`]) on a thread of their own and, with dedup, given their
+/// verdicts ([`crate::verdicts::give`]) on the next, while the next ones are read and logged:
+/// the live path's pipeline ([`OpenEpoch::add_ahead`]). One thread of each per epoch, fed in
+/// order and answering in order (one worker each, FIFO channels), so batches are decided and
 /// applied in WAL order; its results channel is unbounded, but between calls at most
 /// [`DECODED_AHEAD`] batches are in flight (one more inside [`OpenEpoch::add_ahead`]), so the
 /// thread never waits on it and a drop waits for at most those.
@@ -1209,24 +1211,38 @@ struct DecodeAhead {
     in_flight: usize,
     /// The decoding thread, then the deciding one (with dedup, when it could start).
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Raised when the epoch is dropped with batches in flight (an error ended it): the
+    /// deciding thread decides none it has not begun, as the reading thread never would have.
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Batches in flight on an epoch's decoding threads before the oldest is applied: one being
 /// decided, one being decoded, while the next is read and logged.
 const DECODED_AHEAD: usize = 2;
 
-/// With dedup, what the verdicts need and the state they are given against.
-type Deciding = Option<(Arc<VerdictPrep>, SharedDedup)>;
+/// With dedup, what the verdicts need, the state they are given against, and the epoch's
+/// [`DecodeAhead::abandoned`] flag; `None` once the thread that holds it decides no more.
+type Deciding = Option<(
+    Arc<VerdictPrep>,
+    SharedDedup,
+    Arc<std::sync::atomic::AtomicBool>,
+)>;
 
 impl DecodeAhead {
     /// Starts the threads (`None` when the decoding one cannot start: the caller prepares
     /// batches itself). With dedup (`deciding`), verdicts are given on a thread of their own
     /// after the decoding one (a three-stage pipeline: read and log, decode, decide), or on the
     /// decoding thread when that thread cannot start.
-    fn start(prep: Arc<BatchPrep>, deciding: Deciding, epoch: u64) -> Option<Self> {
+    fn start(
+        prep: Arc<BatchPrep>,
+        deciding: Option<(Arc<VerdictPrep>, SharedDedup)>,
+        epoch: u64,
+    ) -> Option<Self> {
         let (jobs, rx) = std::sync::mpsc::channel::<AheadBatch>();
         let (tx, done) = std::sync::mpsc::channel::<Decided>();
         let mut threads = Vec::new();
+        let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let deciding = deciding.map(|(v, dedup)| (v, dedup, abandoned.clone()));
         // The deciding thread, fed by the decoding one in order.
         let (to_decide, deciding) = match deciding {
             Some(d) => {
@@ -1257,6 +1273,16 @@ impl DecodeAhead {
             }
             None => (None, None),
         };
+        // The decoding thread answers the reading thread itself only without a deciding
+        // thread: else it must not hold a sender of `done`, or a panic of the deciding thread
+        // would leave the reading thread waiting on it forever instead of seeing it stopped.
+        let to_decide = match to_decide {
+            Some(to_decide) => {
+                drop(tx);
+                Ok(to_decide)
+            }
+            None => Err(tx),
+        };
         let thread = std::thread::Builder::new()
             .name("tidemark-decode".into())
             .spawn(move || {
@@ -1264,8 +1290,8 @@ impl DecodeAhead {
                 for batch in rx {
                     let prepared = PreparedBatch::of(&prep, &batch.records, &[]);
                     let sent = match &to_decide {
-                        Some(to_decide) => to_decide.send((batch, prepared)).is_ok(),
-                        None => {
+                        Ok(to_decide) => to_decide.send((batch, prepared)).is_ok(),
+                        Err(tx) => {
                             let given = decide_in_order(&mut deciding, &batch, &prepared);
                             tx.send((batch, prepared, given)).is_ok()
                         }
@@ -1283,6 +1309,7 @@ impl DecodeAhead {
                     done,
                     in_flight: 0,
                     threads,
+                    abandoned,
                 })
             }
             Err(e) => {
@@ -1325,7 +1352,11 @@ fn decide_in_order(
     batch: &AheadBatch,
     prepared: &PreparedBatch,
 ) -> Option<Result<BatchVerdicts, ProcessError>> {
-    let (v, dedup) = deciding.as_ref()?;
+    let (v, dedup, abandoned) = deciding.as_ref()?;
+    if abandoned.load(std::sync::atomic::Ordering::Acquire) {
+        *deciding = None;
+        return None;
+    }
     let given = decide_ahead(v, dedup, batch, prepared);
     let goes_on = matches!(&given, Some(Ok(verdicts)) if !verdicts.stopped(v));
     if !goes_on {
@@ -1334,7 +1365,7 @@ fn decide_in_order(
     given
 }
 
-/// A prepared batch's verdicts, given on the decoding thread under the batch's own clock;
+/// A prepared batch's verdicts, given on the deciding thread under the batch's own clock;
 /// `None` where the reading thread would stop before any verdict of it (a record refused or
 /// undecodable under `errors.on_invalid_record = "fail"`, or the decode failed), so the batch
 /// is left to it, as are all after it. A batch without rows needs none (empty verdicts).
@@ -1367,7 +1398,11 @@ fn decide_ahead(
 
 impl Drop for DecodeAhead {
     fn drop(&mut self) {
-        // Closing the jobs channel ends the thread once the batches sent are prepared.
+        // Batches still in flight are never applied: none not begun is decided (after
+        // `finish_decoding` none is left). Closing the jobs channel then ends the threads
+        // once the batches sent are through.
+        self.abandoned
+            .store(true, std::sync::atomic::Ordering::Release);
         self.jobs = None;
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -1447,7 +1482,12 @@ allowed_lateness_ms = 10
         for i in 0..3 {
             assert!(!by_count.is_due(c));
             by_count
-                .add(&[rec(i, &format!(r#"{{"id":"{i}","ts":1}}"#))], &p, None)
+                .add(
+                    &[rec(i, &format!(r#"{{"id":"{i}","ts":1}}"#))],
+                    None,
+                    &p,
+                    None,
+                )
                 .unwrap();
         }
         assert!(by_count.is_due(c), "3 records = checkpoint.max_records");
@@ -1455,6 +1495,7 @@ allowed_lateness_ms = 10
         by_bytes
             .add(
                 &[rec(0, r#"{"id":"a-very-long-identifier-of-bytes","ts":1}"#)],
+                None,
                 &p,
                 None,
             )
@@ -1462,7 +1503,7 @@ allowed_lateness_ms = 10
         assert!(by_bytes.is_due(c), "over checkpoint.max_bytes");
         let mut by_time = OpenEpoch::new(1, Positions::new());
         by_time
-            .add(&[rec(0, r#"{"id":"a","ts":1}"#)], &p, None)
+            .add(&[rec(0, r#"{"id":"a","ts":1}"#)], None, &p, None)
             .unwrap();
         by_time.first_record_at = Some(Instant::now() - Duration::from_secs(61));
         assert!(by_time.is_due(c), "older than checkpoint.interval_ms");
@@ -1494,7 +1535,7 @@ allowed_lateness_ms = 10
             rec(5, r#"{"id":"d"}"#),
             rec(6, r#"{"id":"e","ts":300}"#),
         ];
-        open.add(&input, &p, Some(&rt)).unwrap();
+        open.add(&input, None, &p, Some(&rt)).unwrap();
         assert_eq!(open.records, 7);
         assert_eq!(open.rows(), 2, "a and e");
         assert_eq!(open.duplicates, 1);
@@ -1539,7 +1580,7 @@ allowed_lateness_ms = 10
             on(1, 1, r#"{"id":"c","ts":102}"#),
             on(1, 2, r#"{"id":"b","ts":103}"#),
         ];
-        open.add(&input, &p, Some(&rt)).unwrap();
+        open.add(&input, None, &p, Some(&rt)).unwrap();
         assert_eq!(open.late, 1, "a: below partition 0's floor");
         assert_eq!(open.rows(), 2, "b (partition 1 has no floor) and c");
         assert_eq!(open.duplicates, 3);
@@ -1639,8 +1680,7 @@ allowed_lateness_ms = 10
         let rt = SharedDedup::new(runtime(p));
         let mut live = OpenEpoch::new(1, Positions::new());
         for (clock, records) in batches {
-            rt.lock().state.set_batch_clock(Some(*clock));
-            live.add(records, p, Some(&rt)).unwrap();
+            live.add(records, Some(*clock), p, Some(&rt)).unwrap();
         }
         let rt2 = SharedDedup::new(runtime(p));
         let mut again = OpenEpoch::new(1, Positions::new());
@@ -1672,8 +1712,7 @@ allowed_lateness_ms = 10
         let one = |o: i64| vec![rec(o, &format!(r#"{{"id":"same","ts":{}}}"#, 5000 + o))];
         open.add_ahead(one(1), Some(1_000_000), &p, Some(&rt))
             .unwrap();
-        rt.lock().state.set_batch_clock(Some(1_000_000));
-        open.add(&one(2), &p, Some(&rt)).unwrap();
+        open.add(&one(2), Some(1_000_000), &p, Some(&rt)).unwrap();
         assert!(!open.decoding());
         assert_eq!((open.rows(), open.duplicates), (1, 1));
         assert!(
@@ -1775,6 +1814,38 @@ allowed_lateness_ms = 10
         );
     }
 
+    /// A fault (a panic) in the thread that gives verdicts ends the epoch with an error at its
+    /// seal instead of leaving the reading thread waiting for the batches in flight forever.
+    #[test]
+    fn a_panic_while_deciding_stops_the_epoch_instead_of_hanging_it() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut p = processor(&config("", ""));
+            let rt = SharedDedup::new(runtime(&p));
+            Arc::get_mut(&mut p.verdicts)
+                .expect("not shared yet")
+                .panic_in_give = true;
+            let mut open = OpenEpoch::new(1, Positions::new());
+            let one = |o: i64| vec![rec(o, &format!(r#"{{"id":"k{o}","ts":{}}}"#, 5000 + o))];
+            let mut outcome = Ok(());
+            for o in 0..4 {
+                outcome = open.add_ahead(one(o), Some(1_000_000), &p, Some(&rt));
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            if outcome.is_ok() {
+                outcome = open.finish_decoding(&p, Some(&rt));
+            }
+            let _ = done_tx.send(outcome.map_err(|e| e.to_string()));
+        });
+        let outcome = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the epoch ends (with an error) instead of waiting forever");
+        let err = outcome.expect_err("the panic stops the epoch");
+        assert!(err.contains("stopped"), "{err}");
+    }
+
     /// Item 7: a record over `errors.max_record_bytes` is dead-lettered as `too_large` with
     /// its coordinates, timestamp, key and size but not its value, the same on replay.
     #[test]
@@ -1856,9 +1927,8 @@ allowed_lateness_ms = 10
         assert_eq!(replay.len(), 3);
 
         let rt = SharedDedup::new(runtime(&p));
-        rt.lock().state.set_batch_clock(Some(9_000));
         let mut live = OpenEpoch::new(1, Positions::new());
-        live.add(&batch, &p, Some(&rt)).unwrap();
+        live.add(&batch, Some(9_000), &p, Some(&rt)).unwrap();
         let rt2 = SharedDedup::new(runtime(&p));
         let mut again = OpenEpoch::new(1, Positions::new());
         again.add_replay(&replay, &p, Some(&rt2)).unwrap();
@@ -2017,7 +2087,7 @@ allowed_lateness_ms = 10
             .any(|d| d.0 == "dedup.key" && d.2 == "(not set)"));
         // The epoch records the settings of its processor.
         let mut open = OpenEpoch::new(1, Positions::new());
-        open.add(&[rec(0, r#"{"id":"a","ts":1}"#)], &base, None)
+        open.add(&[rec(0, r#"{"id":"a","ts":1}"#)], None, &base, None)
             .unwrap();
         assert_eq!(open.settings.as_deref(), Some(&**s));
     }
@@ -2169,8 +2239,7 @@ allowed_lateness_ms = 10
                 let one = SharedDedup::new(runtime(&p));
                 let mut live = OpenEpoch::new(1, Positions::new());
                 let live_err = batches.iter().find_map(|(clock, records)| {
-                    one.lock().state.set_batch_clock(Some(*clock));
-                    live.add(records, &p, Some(&one)).err()
+                    live.add(records, Some(*clock), &p, Some(&one)).err()
                 });
                 let ahead_rt = SharedDedup::new(runtime(&p));
                 let mut ahead = OpenEpoch::new(1, Positions::new());

@@ -184,10 +184,11 @@ pub struct RunSummary {
     /// Share of wall time spent writing checkpoints (RocksDB), 0..1.
     pub checkpoint_time_share: f64,
     /// With dedup: share of wall time spent giving rows their dedup verdicts, live (on each
-    /// epoch's decoding thread, while the reading thread reads and logs the next batch) and
+    /// epoch's deciding thread, while the reading thread reads and logs the next batches) and
     /// replayed (on the recovering thread), 0..1 ([`crate::verdicts::VerdictCost`]). Why: every
     /// record is decided in WAL order on one thread at a time, so this stage cannot be split;
-    /// near the decoding thread's whole time, it is the bound. `None` without dedup, or when
+    /// near the whole wall time, that thread is the bound. Builds before 2026-12-03 (stop 51)
+    /// measured it on the reading thread. `None` without dedup, or when
     /// the run stopped before it was ready to read.
     pub dedup_verdict_share: Option<f64>,
     /// With dedup: milliseconds of that time the state's key table spent growing (a state

@@ -4,11 +4,12 @@
 //! returns the outcomes in row order ([`BatchVerdicts`]); the epoch applies them
 //! (`OpenEpoch::apply_verdicts`: counts, dead letters, the rows kept).
 //!
-//! Why apart: the live path gives verdicts on the epoch's decoding thread, right after the
-//! batch is decoded, while the reading thread reads and logs the next batch; the reading thread
+//! Why apart: the live path gives verdicts on a thread of the epoch's own (`tidemark-decide`,
+//! fed by the one that decodes: `epoch::DecodeAhead`), while the reading thread reads and logs
+//! the next batches; the reading thread
 //! only applies what came back. The state is shared ([`SharedDedup`]) but never used by two
 //! threads at once in a way that changes a verdict:
-//! - one decoding thread per epoch decides its batches in the order they were sent, which is
+//! - one deciding thread per epoch decides its batches in the order they were sent, which is
 //!   WAL order; the seal waits for all of them before the watermark moves;
 //! - the reading thread decides a batch itself only when that thread decides none after it (it
 //!   could not start, or it stopped at an earlier batch: see `epoch::DecodeAhead`), so the
@@ -48,7 +49,7 @@ pub struct DedupRuntime {
 }
 
 /// The run's [`DedupRuntime`], shared by the thread that reads and logs (partitions
-/// registered, the seal, the checkpoint) and the epoch's decoding thread (the verdicts). Why a
+/// registered, the seal, the checkpoint) and the epoch's deciding thread (the verdicts). Why a
 /// lock rather than a hand-over: the reading thread registers partitions and the committer
 /// reads the watermark while batches are in flight, and both are cheap next to a batch's
 /// verdicts, so one uncontended lock per batch costs nothing measurable.
@@ -61,7 +62,7 @@ impl SharedDedup {
         Self(Arc::new(Mutex::new(runtime)))
     }
 
-    /// The runtime, locked. A thread that panicked while holding it (the decoding thread) ends
+    /// The runtime, locked. A thread that panicked while holding it (the deciding thread) ends
     /// the epoch with an error of its own (`ProcessError::DecodeThreadStopped`), so a poisoned
     /// lock is taken as it is: nothing decided after the panic is committed.
     pub fn lock(&self) -> MutexGuard<'_, DedupRuntime> {
@@ -83,7 +84,7 @@ impl std::fmt::Debug for SharedDedup {
 /// Time spent in the dedup stage, live and replayed: the rows' keys encoded and event times
 /// read, the state's lookups (a batched one while it still loads after a restart, and taking in
 /// the loaded part when it is ready) and inserts with its growth. Why: the thread that gives
-/// the verdicts (live: the epoch's decoding thread; a replay: the recovering thread) decides
+/// the verdicts (live: the epoch's deciding thread; a replay: the recovering thread) decides
 /// every record in WAL order, so this is what dedup takes from throughput before the other
 /// threads' work (the state writer) is counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -148,7 +149,7 @@ impl BatchKeys<'_> {
 
 /// What deciding a batch needs besides the state: the dedup settings resolved against the
 /// table schema, the key encoder, and what a refused row does. Owned apart from the
-/// `RecordProcessor` so the decoding thread can hold it.
+/// `RecordProcessor` so the deciding thread can hold it.
 pub(crate) struct VerdictPrep {
     /// `errors.on_invalid_record`: under `fail` a refused row stops the batch's verdicts.
     pub(crate) on_invalid: OnInvalidRecord,
@@ -156,6 +157,9 @@ pub(crate) struct VerdictPrep {
     pub(crate) dedup: Option<DedupSpec>,
     /// Encodes key columns into one row-format buffer per batch.
     pub(crate) key_converter: Option<RowConverter>,
+    /// Tests only: [`give`] panics, as a fault in the deciding thread would.
+    #[cfg(test)]
+    pub(crate) panic_in_give: bool,
 }
 
 impl std::fmt::Debug for VerdictPrep {
@@ -296,6 +300,8 @@ pub(crate) fn give(
             table: "dedup".into(),
             message: "verdicts asked for with dedup off".into(),
         })?;
+    #[cfg(test)]
+    assert!(!prep.panic_in_give, "a fault while giving verdicts (test)");
     let started = Instant::now();
     let cpu_before = crate::cpu_time::this_thread();
     let (grown_before, swept_before) = (rt.state.growth_time(), rt.state.sweep_time());
