@@ -1,5 +1,5 @@
 //! Recovery on start (ARCHITECTURE.md, "Recovery"): gathers the facts — checkpoint `c` with
-//! its `t`, the WAL after `c`, the table's txn version `v` — asks [`protocol::decide`] what to
+//! its `t`, the WAL after `c`, the table's txn version `v` — asks [`crate::protocol::decide`] what to
 //! do, and does it. Also the two starts without a usable checkpoint: the store was lost (resume
 //! from the table's own progress) and a rewind after the table was restored behind the store.
 
@@ -378,7 +378,7 @@ pub struct WorkerStart {
 }
 
 /// Runs recovery and returns the committer and the epoch to continue with (holding any
-/// replayed records). Every start goes through [`protocol::decide`]: the facts are gathered
+/// replayed records). Every start goes through [`crate::protocol::decide`]: the facts are gathered
 /// here, the decision is pure, and each case is carried out below.
 pub async fn recover(
     config: &PipelineConfig,
