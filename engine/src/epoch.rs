@@ -2160,6 +2160,30 @@ allowed_lateness_ms = 10
             }
         }
 
+        /// Generated batches as logged: (clock s, records of (payload kind, id, event time s,
+        /// Kafka timestamp)) to (clock ms, records at offsets 1, 2, ...).
+        #[allow(clippy::type_complexity)]
+        fn logged_batches(
+            batches: Vec<(i64, Vec<(u8, u8, i64, Option<i64>)>)>,
+        ) -> Vec<(i64, Vec<SourceRecord>)> {
+            let mut offset = 0;
+            batches
+                .into_iter()
+                .map(|(clock, recs)| {
+                    let records = recs
+                        .into_iter()
+                        .map(|(kind, id, ts, kts)| {
+                            offset += 1;
+                            let mut r = rec(offset, &payload(kind, id, ts * 1000));
+                            r.timestamp_ms = kts;
+                            r
+                        })
+                        .collect();
+                    (clock * 1000, records)
+                })
+                .collect()
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -2174,22 +2198,7 @@ allowed_lateness_ms = 10
             ) {
                 let config = config("max_record_bytes = 200", "max_event_time_skew_ms = 1000");
                 let p = processor(&config);
-                let mut offset = 0;
-                let batches: Vec<(i64, Vec<SourceRecord>)> = batches
-                    .into_iter()
-                    .map(|(clock, recs)| {
-                        let records = recs
-                            .into_iter()
-                            .map(|(kind, id, ts, kts)| {
-                                offset += 1;
-                                let mut r = rec(offset, &payload(kind, id, ts * 1000));
-                                r.timestamp_ms = kts;
-                                r
-                            })
-                            .collect();
-                        (clock * 1000, records)
-                    })
-                    .collect();
+                let batches = logged_batches(batches);
                 let ((live, rt), (again, rt2)) = live_and_replayed(&p, &batches);
                 assert_same(&live, &again);
                 prop_assert_eq!(rt.state.sorted_entries(), rt2.state.sorted_entries());
@@ -2222,20 +2231,14 @@ allowed_lateness_ms = 10
                     "max_event_time_skew_ms = 1000",
                 );
                 let p = processor(&config);
-                let mut offset = 0;
-                let batches: Vec<(i64, Vec<SourceRecord>)> = batches
-                    .into_iter()
-                    .map(|(clock, recs)| {
-                        let records = recs
-                            .into_iter()
-                            .map(|(kind, id, ts)| {
-                                offset += 1;
-                                rec(offset, &payload(kind, id, ts * 1000))
-                            })
-                            .collect();
-                        (clock * 1000, records)
-                    })
-                    .collect();
+                let batches = logged_batches(
+                    batches
+                        .into_iter()
+                        .map(|(clock, recs)| {
+                            (clock, recs.into_iter().map(|(k, id, ts)| (k, id, ts, None)).collect())
+                        })
+                        .collect(),
+                );
                 let one = SharedDedup::new(runtime(&p));
                 let mut live = OpenEpoch::new(1, Positions::new());
                 let live_err = batches.iter().find_map(|(clock, records)| {
