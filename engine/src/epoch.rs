@@ -72,9 +72,9 @@ pub enum ProcessError {
         /// Arrow's error.
         source: arrow::error::ArrowError,
     },
-    /// The thread decoding the epoch's batches ahead stopped (a panic): the batches it held
-    /// have no verdict (nothing of the epoch is committed; a restart replays them).
-    #[error("the thread decoding epoch {epoch} stopped: its batches in flight have no verdict; the next start replays them from the WAL")]
+    /// A thread decoding or deciding the epoch's batches ahead stopped (a panic): the batches
+    /// it held are not applied (nothing of the epoch is committed; a restart replays them).
+    #[error("a thread decoding or deciding epoch {epoch}'s records stopped: its batches in flight are not applied; nothing of the epoch is committed, and the next start replays them from the WAL")]
     DecodeThreadStopped {
         /// The epoch.
         epoch: Epoch,
@@ -731,8 +731,9 @@ impl OpenEpoch {
     /// the batch clock `clock_ms` logged before them) are counted in now, so the epoch's limits
     /// see them at once, and decoded, then given their verdicts ([`crate::verdicts`]), on the
     /// epoch's decoding and deciding threads ([`DecodeAhead`]) while the caller reads and logs
-    /// the next batches; older batches are applied here meanwhile (its counts, dead letters and kept rows). Verdicts are
-    /// given in WAL order, each batch under its own clock: the same as [`OpenEpoch::add`]
+    /// the next batches; older batches are applied here meanwhile (their counts, dead letters
+    /// and kept rows). Verdicts are given in WAL order, each batch under its own clock: the
+    /// same as [`OpenEpoch::add`]
     /// batch by batch (tested, `errors.on_invalid_record = "fail"` included: the thread decides
     /// nothing past the record an epoch stops at). [`OpenEpoch::finish_decoding`] applies the
     /// last ones; an epoch is sealed only after it (the committer's seal calls it). So a
@@ -821,8 +822,9 @@ impl OpenEpoch {
         }
     }
 
-    /// One batch back from the decoding thread with the verdicts it gave there (`given`), or
-    /// `None`: decided here, under its own clock (the thread decides none after it).
+    /// One batch back from the epoch's threads with the verdicts the deciding thread gave
+    /// (`given`), or `None`: decided here, under its own clock (that thread decides none after
+    /// it).
     fn apply_ahead(
         &mut self,
         batch: AheadBatch,
@@ -1184,9 +1186,9 @@ enum Decide<'a> {
     Here(Option<&'a SharedDedup>),
 }
 
-/// What an epoch's threads ([`DecodeAhead`]) hand back for a batch: the batch, its preparation, and its verdicts
-/// when the thread gave them (`None`: the reading thread decides this batch and every later
-/// one; see [`decide_ahead`]).
+/// What an epoch's threads ([`DecodeAhead`]) hand back for a batch: the batch, its
+/// preparation, and its verdicts when the deciding thread gave them (`None`: the reading thread
+/// decides this batch and every later one; see [`decide_ahead`]).
 type Decided = (
     AheadBatch,
     PreparedBatch,
@@ -1197,9 +1199,9 @@ type Decided = (
 /// verdicts ([`crate::verdicts::give`]) on the next, while the next ones are read and logged:
 /// the live path's pipeline ([`OpenEpoch::add_ahead`]). One thread of each per epoch, fed in
 /// order and answering in order (one worker each, FIFO channels), so batches are decided and
-/// applied in WAL order; its results channel is unbounded, but between calls at most
-/// [`DECODED_AHEAD`] batches are in flight (one more inside [`OpenEpoch::add_ahead`]), so the
-/// thread never waits on it and a drop waits for at most those.
+/// applied in WAL order; the channels are unbounded, but between calls at most
+/// [`DECODED_AHEAD`] batches are in flight (one more inside [`OpenEpoch::add_ahead`]), so
+/// neither thread waits on a send and a drop waits for at most those.
 ///
 /// Invariant (what keeps the verdicts those of one thread in WAL order): once the thread
 /// leaves a batch undecided, it decides no later batch, so the reading thread, which decides
@@ -1211,8 +1213,12 @@ struct DecodeAhead {
     in_flight: usize,
     /// The decoding thread, then the deciding one (with dedup, when it could start).
     threads: Vec<std::thread::JoinHandle<()>>,
-    /// Raised when the epoch is dropped with batches in flight (an error ended it): the
-    /// deciding thread decides none it has not begun, as the reading thread never would have.
+    /// Raised when the threads are dropped. After [`OpenEpoch::finish_decoding`] nothing is in
+    /// flight; an epoch dropped with batches in flight (an error ended it) has the deciding
+    /// thread decide none it has not begun, as the reading thread never would have. What it
+    /// decided before stays in the state, as the reading thread's verdicts of the epoch's
+    /// applied batches do: every such error ends the run, and the next start rebuilds the
+    /// state from the checkpoint and the WAL.
     abandoned: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -1703,18 +1709,28 @@ allowed_lateness_ms = 10
 
     /// `add` after `add_ahead` decides the batches in flight first: the retry in the later
     /// batch is the duplicate, as in WAL order (deciding it first would keep the retry and drop
-    /// the original).
+    /// the original). Each batch is decided under its own clock: `add`'s record is more than
+    /// `dedup.max_event_time_skew_ms` (1 h) after the clock of the batch in flight, not after
+    /// its own.
     #[test]
     fn add_decides_batches_still_in_flight_first() {
         let p = processor(&config("", ""));
         let rt = SharedDedup::new(runtime(&p));
         let mut open = OpenEpoch::new(1, Positions::new());
         let one = |o: i64| vec![rec(o, &format!(r#"{{"id":"same","ts":{}}}"#, 5000 + o))];
+        let later = rec(3, r#"{"id":"later","ts":10000000}"#);
         open.add_ahead(one(1), Some(1_000_000), &p, Some(&rt))
             .unwrap();
-        open.add(&one(2), Some(1_000_000), &p, Some(&rt)).unwrap();
+        let clock = Some(8_000_000);
+        open.add(&[one(2).remove(0), later], clock, &p, Some(&rt))
+            .unwrap();
         assert!(!open.decoding());
-        assert_eq!((open.rows(), open.duplicates), (1, 1));
+        assert_eq!(
+            open.dead_letters,
+            [],
+            "nothing in the future of its own clock"
+        );
+        assert_eq!((open.rows(), open.duplicates), (2, 1));
         assert!(
             rt.lock().cost.time > Duration::ZERO,
             "the verdicts' time is counted"
@@ -1724,8 +1740,12 @@ allowed_lateness_ms = 10
             .iter()
             .flat_map(|b| b.column(1).as_primitive::<Int64Type>().values().to_vec())
             .collect();
-        assert_eq!(kept, vec![5001], "the first record kept, its retry dropped");
-        assert_eq!(rt.lock().state.batch_clock(), Some(1_000_000));
+        assert_eq!(
+            kept,
+            vec![5001, 10_000_000],
+            "the first record kept, its retry dropped"
+        );
+        assert_eq!(rt.lock().state.batch_clock(), clock);
     }
 
     /// A replay decoded ahead on another thread stops at the first invalid record as a replay
@@ -1827,16 +1847,11 @@ allowed_lateness_ms = 10
                 .panic_in_give = true;
             let mut open = OpenEpoch::new(1, Positions::new());
             let one = |o: i64| vec![rec(o, &format!(r#"{{"id":"k{o}","ts":{}}}"#, 5000 + o))];
-            let mut outcome = Ok(());
-            for o in 0..4 {
-                outcome = open.add_ahead(one(o), Some(1_000_000), &p, Some(&rt));
-                if outcome.is_err() {
-                    break;
-                }
-            }
-            if outcome.is_ok() {
-                outcome = open.finish_decoding(&p, Some(&rt));
-            }
+            // One batch, then the seal's wait: the decoding thread has nothing left to hand
+            // over, so only the fault's own report can end the wait.
+            let outcome = open
+                .add_ahead(one(1), Some(1_000_000), &p, Some(&rt))
+                .and_then(|()| open.finish_decoding(&p, Some(&rt)));
             let _ = done_tx.send(outcome.map_err(|e| e.to_string()));
         });
         let outcome = done_rx
