@@ -30,7 +30,7 @@ use crate::config::{
 };
 use crate::epoch_log::{fits_in_frame, record_size, Replay, ReplayBatch, MAX_KEPT_KEY_BYTES};
 pub use crate::verdicts::{BatchKeys, DedupRuntime, SharedDedup, VerdictCost, WARM_AHEAD};
-use crate::verdicts::{BatchVerdicts, EventTime, RowOutcome, VerdictPrep};
+use crate::verdicts::{BatchVerdicts, Dropped, EventTime, VerdictPrep};
 
 /// Why records could not be processed into an epoch (the processing layer's error).
 #[derive(Debug, thiserror::Error)]
@@ -967,12 +967,11 @@ impl OpenEpoch {
         verdicts: BatchVerdicts,
         p: &RecordProcessor,
     ) -> Result<(), ProcessError> {
-        let mut keep = Vec::with_capacity(rows.len());
-        for (outcome, row) in verdicts.rows.into_iter().zip(rows) {
-            let record = &fitting[*row];
-            keep.push(match outcome {
-                RowOutcome::Keep => true,
-                RowOutcome::Duplicate { cross_partition } => {
+        let BatchVerdicts { keep, dropped } = verdicts;
+        for (row, why) in dropped {
+            let record = &fitting[rows[row]];
+            match why {
+                Dropped::Duplicate { cross_partition } => {
                     self.duplicates += 1;
                     if cross_partition {
                         self.cross_partition_duplicates += 1;
@@ -980,21 +979,18 @@ impl OpenEpoch {
                             tracing::warn!(epoch = self.epoch, record = %record.coordinates(), "a duplicate whose key this worker accepted from another partition: the producer does not send a key's records to one partition, so duplicates split across workers are written (counted as cross_partition_duplicates; the first of each epoch is logged)");
                         }
                     }
-                    false
                 }
-                RowOutcome::Late { dead_letter } => {
+                Dropped::Late { dead_letter } => {
                     self.late += 1;
                     if let Some(message) = dead_letter {
                         self.dead_letters
                             .push(DeadLetter::of(record, "late", message));
                     }
-                    false
                 }
-                RowOutcome::Refused { reason, message } => {
+                Dropped::Refused { reason, message } => {
                     self.reject(p, record, reason, message)?;
-                    false
                 }
-            });
+            }
         }
         if keep.len() != batch.num_rows() {
             // Verdicts end early only at a refusal under "fail", which returned above.

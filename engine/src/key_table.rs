@@ -1,5 +1,6 @@
 //! The dedup state's map from key to event time, built for one access pattern: millions of
-//! keys, most of them new, each checked once, in WAL order, on the thread that gives verdicts (issue 22).
+//! keys, most of them new, each checked once, in WAL order, on the thread that gives verdicts
+//! (issue 22).
 //!
 //! Why not `std::collections::HashMap`: its table keeps control bytes and entries apart, so a
 //! new key costs two cache misses (the control group, then the entry written), and only the

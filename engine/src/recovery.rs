@@ -1,6 +1,6 @@
 //! Recovery on start (ARCHITECTURE.md, "Recovery"): gathers the facts — checkpoint `c` with
-//! its `t`, the WAL after `c`, the table's txn version `v` — asks [`crate::protocol::decide`] what to
-//! do, and does it. Also the two starts without a usable checkpoint: the store was lost (resume
+//! its `t`, the WAL after `c`, the table's txn version `v` — asks [`crate::protocol::decide`]
+//! what to do, and does it. Also the two starts without a usable checkpoint: the store was lost (resume
 //! from the table's own progress) and a rewind after the table was restored behind the store.
 
 use std::path::{Path, PathBuf};
@@ -1081,7 +1081,7 @@ async fn from_checkpoint(
         }
         StartCase::WriteMissingCheckpoint { epoch } => {
             let seal = checked_seal(processor, seal, &records, epoch)?;
-            let dedup = committer.dedup().is_some();
+            let dedup = committer.shared_dedup().is_some();
             let delta = match trusted_landed_commit(
                 &seal,
                 landed.map(|p| &p.info),

@@ -69,8 +69,9 @@ impl SharedDedup {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The runtime, when this is its last holder (tests and tools take it back).
-    pub fn into_inner(self) -> Option<DedupRuntime> {
+    /// The runtime, when this is its last holder (tests take it back).
+    #[cfg(test)]
+    pub(crate) fn into_inner(self) -> Option<DedupRuntime> {
         Arc::into_inner(self.0).map(|m| m.into_inner().unwrap_or_else(PoisonError::into_inner))
     }
 }
@@ -247,12 +248,11 @@ fn micros_column(col: &ArrayRef) -> Vec<Option<i64>> {
         .collect()
 }
 
-/// One row's verdict, as the epoch applies it.
+/// Why a row is not written, as the epoch applies it (a kept row needs no more than its bit in
+/// [`BatchVerdicts::keep`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum RowOutcome {
-    /// Written.
-    Keep,
-    /// Dropped: its key was accepted before within the watermark. `cross_partition`: the key
+pub(crate) enum Dropped {
+    /// A duplicate: its key was accepted before within the watermark. `cross_partition`: the key
     /// was accepted from another partition (a worker of a shared pipeline only).
     Duplicate { cross_partition: bool },
     /// Dropped as late; `dead_letter`: the message of its dead letter (`dedup.late =
@@ -267,17 +267,21 @@ pub(crate) enum RowOutcome {
 
 /// A batch's verdicts in row order. Under `errors.on_invalid_record = "fail"` they end at the
 /// first refused row (the epoch stops there, and the rows after it never reached the state).
+/// Why two lists: most rows are kept, and a kept row's verdict is one bit, which is also the
+/// filter the epoch applies to the batch; only the dropped rows carry what the epoch counts.
 #[derive(Debug, Default)]
 pub(crate) struct BatchVerdicts {
-    /// One per row, in order, up to the end or the first refusal under `fail`.
-    pub(crate) rows: Vec<RowOutcome>,
+    /// Per row decided, in order: written or not.
+    pub(crate) keep: Vec<bool>,
+    /// The rows not written, in order: their index in the batch, and why.
+    pub(crate) dropped: Vec<(usize, Dropped)>,
 }
 
 impl BatchVerdicts {
     /// True when the verdicts stopped at a refusal under `fail`.
     pub(crate) fn stopped(&self, prep: &VerdictPrep) -> bool {
         prep.on_invalid == OnInvalidRecord::Fail
-            && matches!(self.rows.last(), Some(RowOutcome::Refused { .. }))
+            && matches!(self.dropped.last(), Some((_, Dropped::Refused { .. })))
     }
 }
 
@@ -331,7 +335,8 @@ fn give_rows(
     }
     let n = times.len();
     let mut verdicts = BatchVerdicts {
-        rows: Vec::with_capacity(n),
+        keep: Vec::with_capacity(n),
+        dropped: Vec::new(),
     };
     // Each row's slot is fetched into the cache WARM_AHEAD rows before its check (their
     // misses overlap, and arrive before they are needed).
@@ -341,17 +346,20 @@ fn give_rows(
         if i + WARM_AHEAD < n {
             rt.state.warm(keys.get(i + WARM_AHEAD));
         }
-        let outcome = row_verdict(spec, rt, record, keys.get(i), time, now)?;
-        let refused = matches!(outcome, RowOutcome::Refused { .. });
-        verdicts.rows.push(outcome);
-        if refused && prep.on_invalid == OnInvalidRecord::Fail {
-            break;
+        let dropped = row_verdict(spec, rt, record, keys.get(i), time, now)?;
+        verdicts.keep.push(dropped.is_none());
+        if let Some(why) = dropped {
+            let refused = matches!(why, Dropped::Refused { .. });
+            verdicts.dropped.push((i, why));
+            if refused && prep.on_invalid == OnInvalidRecord::Fail {
+                break;
+            }
         }
     }
     Ok(verdicts)
 }
 
-/// One row's verdict (see [`give`]).
+/// One row's verdict (see [`give`]): `None` when it is written.
 fn row_verdict(
     spec: &DedupSpec,
     rt: &mut DedupRuntime,
@@ -359,8 +367,9 @@ fn row_verdict(
     key: Option<&[u8]>,
     time: EventTime,
     now: Instant,
-) -> Result<RowOutcome, ProcessError> {
-    let refused = |reason: &'static str, message: String| RowOutcome::Refused { reason, message };
+) -> Result<Option<Dropped>, ProcessError> {
+    let refused =
+        |reason: &'static str, message: String| Some(Dropped::Refused { reason, message });
     let time = match time {
         None => {
             return Ok(refused(
@@ -410,14 +419,14 @@ fn row_verdict(
                 d.origins
                     .accepted(key, &record.topic, record.partition, time);
             }
-            RowOutcome::Keep
+            None
         }
-        Verdict::Duplicate => RowOutcome::Duplicate {
+        Verdict::Duplicate => Some(Dropped::Duplicate {
             cross_partition: rt.partitions.as_ref().is_some_and(|d| {
                 d.origins
                     .from_other_partition(key, &record.topic, record.partition)
             }),
-        },
+        }),
         Verdict::Late => {
             let dead_letter = (spec.late == OnLate::DeadLetter).then(|| {
                 // The bound this record missed: its partition's floor where that is higher.
@@ -431,7 +440,7 @@ fn row_verdict(
                 .unwrap_or(i64::MIN);
                 format!("event time {time} µs is below the watermark {w} µs")
             });
-            RowOutcome::Late { dead_letter }
+            Some(Dropped::Late { dead_letter })
         }
     })
 }

@@ -151,15 +151,14 @@ pub struct BenchRow {
     pub wal_bytes: u64,
     /// Share of wall time spent writing checkpoints.
     pub checkpoint_share: f64,
-    /// With dedup: share of wall time spent on dedup verdicts, on whichever thread gave them (the run
-    /// summary's `dedup_verdict_share`).
+    /// With dedup: share of wall time spent on dedup verdicts, on whichever thread gave them
+    /// (the run summary's `dedup_verdict_share`).
     pub dedup_verdict_share: Option<f64>,
     /// With dedup: ms of that the state's key table spent growing.
     pub dedup_table_growth_ms: Option<f64>,
     /// With dedup: ms of that the state spent sweeping evicted keys out of its table.
     pub dedup_sweep_ms: Option<f64>,
-    /// With dedup: CPU seconds spent on verdicts (the summary's
-    /// `dedup_verdict_cpu_secs`).
+    /// With dedup: CPU seconds spent on verdicts (the summary's `dedup_verdict_cpu_secs`).
     pub dedup_verdict_cpu_secs: Option<f64>,
     /// With dedup: CPU seconds of the state writer's thread (the summary's
     /// `dedup_state_writer_cpu_secs`).
@@ -1109,9 +1108,9 @@ fn verdict_cost(row: &BenchRow) -> String {
 }
 
 /// What dedup added to the CPU a record costs, as the `--compare-dedup` line ends: `; CPU per
-/// record X vs Y µs (of the D µs dedup adds: verdicts V µs, the state
-/// writer W µs, the rest R µs): at equal cores busy dedup on would be at P% of off; keeping the
-/// C cores the bench's own process left busy, at most Q%`. P is the ratio of the two costs
+/// record X vs Y µs (of the D µs dedup adds: verdicts V µs, the state writer W µs, the rest R
+/// µs): at equal cores busy dedup on would be at P% of off; keeping the C cores the bench's own
+/// process left busy, at most Q%`. P is the ratio of the two costs
 /// (what the throughput ratio is when both runs keep the same cores busy); Q is the dedup
 /// run's ceiling on the `cores` the bench's own process (the in-process cluster) left it, over
 /// the dedup-off run's measured rate (what it could reach at today's cost were it alone to
