@@ -38,7 +38,9 @@ use tracing::{info, warn};
 
 use crate::dead_letter_overlap::OverlapLetters;
 use crate::dedup::PackedKeys;
-use crate::epoch::{DedupRuntime, OpenEpoch, ProcessError, RecordProcessor, SharedDedup};
+use crate::epoch::{
+    DedupGuard, DedupRuntime, OpenEpoch, ProcessError, RecordProcessor, SharedDedup,
+};
 use crate::epoch_log::{log_batch, log_state_delta, record_size, to_store_positions, SealInfo};
 use crate::fault::{self, CrashPoint};
 pub use crate::read_ahead::ReadAhead;
@@ -842,8 +844,20 @@ impl Committer {
 
     /// The dedup runtime, if dedup is on, locked (an epoch's deciding thread gives verdicts
     /// under the same lock: hold it briefly, and never while waiting for that thread).
-    pub fn dedup(&self) -> Option<std::sync::MutexGuard<'_, DedupRuntime>> {
+    pub fn dedup(&self) -> Option<DedupGuard<'_>> {
         self.dedup.as_ref().map(SharedDedup::lock)
+    }
+
+    /// The dedup state's watermark, if dedup is on, without the runtime's lock (an epoch's
+    /// deciding thread may hold it for a whole batch: [`SharedDedup::watermark`]).
+    pub fn dedup_watermark(&self) -> Option<i64> {
+        self.dedup.as_ref().and_then(SharedDedup::watermark)
+    }
+
+    /// Keys the dedup state holds, if dedup is on, without the runtime's lock
+    /// ([`SharedDedup::held_keys`]).
+    pub fn dedup_held_keys(&self) -> Option<usize> {
+        self.dedup.as_ref().map(SharedDedup::held_keys)
     }
 
     /// The shared dedup runtime, for records entering an epoch.
@@ -1191,7 +1205,7 @@ impl Committer {
     fn commit_info(&self, open: &OpenEpoch) -> EpochCommitInfo {
         let counts = open.counts();
         let skipped_count = (open.skipped.len() + open.skipped_other.len()) as u64;
-        let watermark = self.dedup().and_then(|d| d.state.watermark());
+        let watermark = self.dedup_watermark();
         let mut skipped_list: Vec<SkippedRecord> = open.skipped.iter().map(skipped).collect();
         skipped_list.extend(open.skipped_other.iter().map(|(r, reason)| SkippedRecord {
             topic: r.topic.to_string(),
@@ -1304,7 +1318,7 @@ impl Committer {
         // position (an epoch recovery redid or found landed, before anything else is logged)
         // the log's end: anything after that seal is an unsealed remnant, re-read instead.
         let wal_at = wal_after_seal.unwrap_or_else(|| self.wal.end());
-        let watermark = self.dedup().and_then(|d| d.state.watermark());
+        let watermark = self.dedup_watermark();
         let mut record = CheckpointRecord {
             epoch,
             committed_epoch: self.committed_epoch,

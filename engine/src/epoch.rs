@@ -29,7 +29,9 @@ use crate::config::{
     CheckpointConfig, EventTimeUnit, OnInvalidRecord, OnLate, PipelineConfig, KAFKA_KEY,
 };
 use crate::epoch_log::{fits_in_frame, record_size, Replay, ReplayBatch, MAX_KEPT_KEY_BYTES};
-pub use crate::verdicts::{BatchKeys, DedupRuntime, SharedDedup, VerdictCost, WARM_AHEAD};
+pub use crate::verdicts::{
+    BatchKeys, DedupGuard, DedupRuntime, SharedDedup, VerdictCost, WARM_AHEAD,
+};
 use crate::verdicts::{BatchVerdicts, Dropped, EventTime, VerdictPrep};
 
 /// Why records could not be processed into an epoch (the processing layer's error).

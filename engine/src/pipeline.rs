@@ -706,8 +706,8 @@ fn after_checkpoint(committer: &Committer) -> metrics::AfterCheckpoint {
         wal_bytes: segments.iter().map(|(_, _, size)| size).sum(),
         wal_appended: committer.wal_bytes(),
         // Held, not counted: an exact count is a pass over the table (`DedupState::len`).
-        dedup_keys: committer.dedup().map(|d| d.state.held() as u64),
-        watermark: committer.dedup().and_then(|d| d.state.watermark()),
+        dedup_keys: committer.dedup_held_keys().map(|n| n as u64),
+        watermark: committer.dedup_watermark(),
     }
 }
 
