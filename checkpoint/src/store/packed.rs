@@ -11,6 +11,21 @@ pub struct PackedKeys {
 }
 
 impl PackedKeys {
+    /// Empty, with room for `keys` pairs of `key_bytes` key bytes in all: a buffer filled to
+    /// about a known size never grows by doubling (each step a copy into fresh memory).
+    pub fn with_capacity(keys: usize, key_bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(key_bytes),
+            entries: Vec::with_capacity(keys),
+        }
+    }
+
+    /// Pairs and key bytes it holds before it grows: what [`PackedKeys::with_capacity`] gave,
+    /// or more.
+    pub fn capacity(&self) -> (usize, usize) {
+        (self.entries.capacity(), self.bytes.capacity())
+    }
+
     /// Appends one pair.
     pub fn push(&mut self, key: &[u8], event_time: i64) {
         self.bytes.extend_from_slice(key);
@@ -60,6 +75,19 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// A buffer made with room for its pairs takes them without moving: no doubling, no copy.
+    #[test]
+    fn pairs_within_the_capacity_go_in_without_a_move() {
+        let mut p = PackedKeys::with_capacity(100, 1_000);
+        assert!(p.capacity().0 >= 100 && p.capacity().1 >= 1_000);
+        let (entries, bytes) = (p.entries.as_ptr(), p.bytes.as_ptr());
+        for i in 0..100u32 {
+            p.push(format!("key-{i:05}").as_bytes(), i64::from(i));
+        }
+        assert_eq!((p.entries.as_ptr(), p.bytes.as_ptr()), (entries, bytes));
+        assert_eq!(p.len(), 100);
+    }
 
     proptest! {
         #[test]
