@@ -35,14 +35,6 @@
 //! half); a probe that would run past the last slot grows the table first, or, at a load under
 //! one half (keys whose hashes collide in their top bits), lengthens the overflow area instead:
 //! growing never separates a full 64-bit collision, and memory stays proportional to the keys.
-//!
-//! **Readying a growth.** A growth faults in the slot array's new part, and on this project's
-//! hosts memory the host has not backed yet is slow to touch: most of a growth's time in the
-//! dedup bench (700 ms for a state that grew to 3.5M keys). So a table that grew readies its
-//! next growth when it reaches 9/16 of its homes ([`KeyTable::ready_growth`]): the array is made
-//! big enough now and its new part faulted in on a thread of its own while keys go in; the
-//! growth then moves the entries in memory already in. A sweep stops this until the next
-//! growth: a table whose window slides keeps its size and needs no memory readied.
 
 mod slots;
 
@@ -95,14 +87,6 @@ pub struct KeyTable {
     free_long: Vec<usize>,
     /// Time spent growing ([`KeyTable::growth_time`]).
     growth: std::time::Duration,
-    /// Whether the table readies its next growth's memory ahead ([`KeyTable::ready_growth`]):
-    /// after a growth at a full table; not after a sweep (a table whose window slides keeps
-    /// its size, and memory readied for it would be waste), nor in a table sized for its keys
-    /// up front, until it grows.
-    grow_ahead: bool,
-    /// The key count at which the next growth's memory is readied (`usize::MAX`: not in
-    /// this cycle).
-    ready_at: usize,
 }
 
 impl Default for KeyTable {
@@ -161,12 +145,6 @@ fn inline_slot(key: &[u8]) -> Slot {
     slot
 }
 
-/// The key count at which a table of `homes` homes readies its next growth: 9/16 of its
-/// homes, so the faulting thread has the 3/16 inserted before the growth (at 3/4) to finish.
-fn ready_at(homes: usize) -> usize {
-    homes * 9 / 16
-}
-
 /// Where a probe for a key ended.
 enum Probe {
     /// The key is in this slot.
@@ -178,15 +156,9 @@ enum Probe {
 }
 
 impl KeyTable {
-    /// An empty table with room for `capacity` keys before it grows. One sized for its keys
-    /// (`capacity` not 0) readies no growth ahead until it has grown once.
+    /// An empty table with room for `capacity` keys before it grows.
     pub fn with_capacity(capacity: usize) -> Self {
-        let mut table = Self::with_homes((capacity * MAX_LOAD_DEN).div_ceil(MAX_LOAD_NUM));
-        if capacity > 0 {
-            table.grow_ahead = false;
-            table.ready_at = usize::MAX;
-        }
-        table
+        Self::with_homes((capacity * MAX_LOAD_DEN).div_ceil(MAX_LOAD_NUM))
     }
 
     /// An empty table with `homes` homes (at least [`MIN_HOMES`]).
@@ -199,8 +171,6 @@ impl KeyTable {
             long: Vec::new(),
             free_long: Vec::new(),
             growth: std::time::Duration::ZERO,
-            grow_ahead: true,
-            ready_at: ready_at(homes),
         }
     }
 
@@ -386,13 +356,7 @@ impl KeyTable {
         loop {
             match self.probe(key, hash) {
                 Probe::Found(at) => return Err(at),
-                Probe::Vacant(at) if !self.is_full() => {
-                    if self.len >= self.ready_at {
-                        // Moves no slot: `at` stays the key's vacancy.
-                        self.ready_growth();
-                    }
-                    return Ok((at, hash));
-                }
+                Probe::Vacant(at) if !self.is_full() => return Ok((at, hash)),
                 Probe::Vacant(_) => self.grow(),
                 Probe::Full => self.make_room_at_the_end(),
             }
@@ -430,9 +394,6 @@ impl KeyTable {
     pub fn reserve(&mut self, additional: usize) {
         let want = self.len + additional;
         if want * MAX_LOAD_DEN > self.homes * MAX_LOAD_NUM {
-            // Sized for what is coming, like a table made with a capacity: no growth readied
-            // until the table grows at full.
-            self.grow_ahead = false;
             self.grow_to((want * MAX_LOAD_DEN).div_ceil(MAX_LOAD_NUM));
         }
     }
@@ -440,24 +401,7 @@ impl KeyTable {
     /// Half as many homes again: a table never sized to a power of two holds ~11M keys in
     /// ~15M homes rather than 16M or (past 12M keys) 32M.
     fn grow(&mut self) {
-        self.grow_ahead = true;
         self.grow_to(self.homes + self.homes / 2);
-    }
-
-    /// Makes the slot array big enough for the next growth ([`KeyTable::grow`]) now, its new
-    /// memory faulted in on a thread of its own (`Slots::extended_ahead`), so that the growth
-    /// finds it in: the module documentation, "Readying a growth". Moves no slot.
-    fn ready_growth(&mut self) {
-        self.ready_at = usize::MAX;
-        if !self.slots.is_mapping() {
-            // A small array: nothing worth readying (its growth copies it anyway).
-            return;
-        }
-        let started = std::time::Instant::now();
-        let overflow = self.slots.len() - self.homes;
-        let next = self.homes + self.homes / 2 + overflow;
-        self.slots = std::mem::take(&mut self.slots).extended_ahead(next);
-        self.growth += started.elapsed();
     }
 
     /// Grows to `homes` homes (more than now): the slot array is extended (in place where it
@@ -471,11 +415,6 @@ impl KeyTable {
         self.slots = std::mem::take(&mut self.slots).extended(homes + overflow);
         self.homes = homes;
         self.rehome(used);
-        self.ready_at = if self.grow_ahead {
-            ready_at(homes)
-        } else {
-            usize::MAX
-        };
         self.growth += started.elapsed();
     }
 
@@ -541,9 +480,6 @@ impl KeyTable {
     /// documentation for how the probing invariant is kept). `keep` may be asked twice about
     /// one entry: it must answer by the time alone.
     pub fn retain(&mut self, mut keep: impl FnMut(i64) -> bool) {
-        // A sweep, not a growth: a table whose window slides needs no bigger array.
-        self.grow_ahead = false;
-        self.ready_at = usize::MAX;
         let mut kept: Vec<(Slot, u64)> = Vec::new();
         let mut i = 0;
         while i < self.slots.len() {
@@ -898,79 +834,5 @@ mod tests {
             assert!(!table.insert_if_absent(&i.to_be_bytes(), 0));
         }
         assert!(table.homes * MAX_LOAD_NUM >= 100_000 * MAX_LOAD_DEN);
-    }
-
-    /// A growing table readies each growth ahead: at 9/16 of its homes its array is made big
-    /// enough for the next growth (the slots and their count unchanged), and the growth then
-    /// moves the entries inside that array, which does not move (where it is a mapping).
-    #[test]
-    fn a_growing_table_readies_its_growth_ahead() {
-        let mut table = KeyTable::default();
-        let mut i = 0u64;
-        let mut readied = 0;
-        while readied < 3 {
-            if table.len != table.ready_at {
-                table.insert_if_absent(&i.to_be_bytes(), 1);
-                i += 1;
-                continue;
-            }
-            let (homes, slots) = (table.homes, table.slots.len());
-            table.insert_if_absent(&i.to_be_bytes(), 1);
-            i += 1;
-            assert_eq!((table.homes, table.slots.len()), (homes, slots));
-            assert_eq!(table.ready_at, usize::MAX, "readied once a cycle");
-            let readied_at = table.slots.as_ptr();
-            let mapped = table.slots.mapped_slots();
-            while table.homes == homes {
-                table.insert_if_absent(&i.to_be_bytes(), 1);
-                i += 1;
-            }
-            if cfg!(target_os = "linux") && slots * 32 >= 2 << 20 {
-                assert!(
-                    mapped >= table.slots.len(),
-                    "readied for {mapped} slots, grew to {}",
-                    table.slots.len()
-                );
-                assert_eq!(
-                    table.slots.as_ptr(),
-                    readied_at,
-                    "the growth moved the array"
-                );
-                readied += 1;
-            }
-            assert_eq!(table.ready_at, ready_at(table.homes));
-        }
-        assert_invariant(&table);
-        for k in 0..i {
-            assert_eq!(table.get(&k.to_be_bytes()), Some(1), "key {k}");
-        }
-    }
-
-    /// A sweep stops readying growths (a sliding window keeps its table's size) until the
-    /// table grows again; a table sized for its keys readies none.
-    #[test]
-    fn a_sweep_or_a_sized_table_readies_no_growth() {
-        let mut table = KeyTable::default();
-        for i in 0u64..100 {
-            table.insert_if_absent(&i.to_be_bytes(), i as i64);
-        }
-        table.retain(|t| t >= 10);
-        assert_eq!(table.ready_at, usize::MAX);
-        let mut i = 100u64;
-        let homes = table.homes;
-        while table.homes == homes {
-            table.insert_if_absent(&i.to_be_bytes(), i as i64);
-            if table.homes == homes {
-                assert_eq!(table.ready_at, usize::MAX, "readied after a sweep");
-            }
-            i += 1;
-        }
-        assert_eq!(
-            table.ready_at,
-            ready_at(table.homes),
-            "a growth readies the next"
-        );
-        let sized = KeyTable::with_capacity(10_000);
-        assert_eq!(sized.ready_at, usize::MAX);
     }
 }

@@ -23,10 +23,6 @@
 //! of the reading thread's time in a dedup bench whose state grew to 2M keys). The key table
 //! then moves its entries to their new homes inside the same array (`KeyTable::grow_to`).
 //!
-//! **Readying** ([`Slots::extended_ahead`]) grows the mapping before the slots need it and
-//! faults the new part in on a thread of its own, so that the growth that follows moves
-//! nothing and waits for no page.
-//!
 //! A smaller array, or any array off Linux, is an ordinary zeroed allocation, and growing it
 //! copies. Either way the contents are the same: every slot all zero bytes ([`Slot::EMPTY`])
 //! until written, and a grown array holds the old slots at the same indices.
@@ -61,9 +57,6 @@ pub(super) struct Slots {
     ptr: NonNull<Slot>,
     len: usize,
     backing: Backing,
-    /// The thread faulting in the mapping's part past `len` ([`Slots::extended_ahead`]):
-    /// stopped before the mapping moves or goes.
-    prefault: Option<Prefault>,
 }
 
 // SAFETY: `Slots` owns its allocation alone, like a `Vec<Slot>`, and `Slot` is plain bytes.
@@ -95,7 +88,6 @@ impl Slots {
                     ptr: ptr.cast(),
                     len,
                     backing: Backing::Mapped(size),
-                    prefault: None,
                 };
             }
             // No mapping to be had: the allocator says why below, or manages.
@@ -109,7 +101,6 @@ impl Slots {
             ptr,
             len,
             backing: Backing::Heap(array),
-            prefault: None,
         }
     }
 
@@ -146,8 +137,6 @@ impl Slots {
                 self.len = len;
                 return self;
             }
-            // The prefault thread works on the mapping's address: stopped before it moves.
-            self.prefault = None;
             if let Some(moved) = mapping::remap_aligned(self.ptr.cast(), size, want) {
                 advise_huge_pages(moved.as_ptr(), want);
                 self.ptr = moved.cast();
@@ -159,128 +148,6 @@ impl Slots {
         let mut bigger = Self::zeroed(len);
         bigger[..self.len].copy_from_slice(&self);
         bigger
-    }
-
-    /// These slots, unchanged (same `len`), with the mapping already big enough for `len`
-    /// slots and its new part faulted in by a thread of its own: a later
-    /// [`Slots::extended`] to at most `len` then moves nothing and finds its pages in.
-    ///
-    /// Why: on this project's hosts, memory the host has not backed yet comes in at 0.2-0.5
-    /// GB/s on first touch, 10-20 GB/s once backed (a 1 GB mapping touched page by page, huge
-    /// pages advised), so the new part of a grown key table stalled the deciding thread for
-    /// most of the growth's time (700 ms of growth in a bench whose state grew to 3.5M keys).
-    /// Done ahead, on a core the deciding thread is not using, those faults cost it nothing.
-    /// The same memory is touched as without: only earlier, and elsewhere.
-    ///
-    /// The array itself as it was where it is not a mapping (small arrays, other systems),
-    /// where the mapping cannot grow, or where no thread can be started.
-    pub(super) fn extended_ahead(mut self, len: usize) -> Self {
-        #[cfg(target_os = "linux")]
-        if let Backing::Mapped(size) = self.backing {
-            let want = bytes_of(len).size().next_multiple_of(HUGE_PAGE);
-            if want <= size {
-                return self;
-            }
-            self.prefault = None;
-            let Some(moved) = mapping::remap_aligned(self.ptr.cast(), size, want) else {
-                return self;
-            };
-            advise_huge_pages(moved.as_ptr(), want);
-            self.ptr = moved.cast();
-            self.backing = Backing::Mapped(want);
-            // The bytes past the slots were never written (the invariant): the thread only
-            // brings in pages that read as zeros, as first writes would.
-            self.prefault = Prefault::start(moved.as_ptr() as usize + size, want - size);
-        }
-        self
-    }
-
-    /// True where the array is a mapping of its own (see the module documentation): the
-    /// arrays [`Slots::extended_ahead`] readies.
-    pub(super) fn is_mapping(&self) -> bool {
-        #[cfg(target_os = "linux")]
-        if let Backing::Mapped(_) = self.backing {
-            return true;
-        }
-        false
-    }
-
-    /// Slots the mapping has room for (`len` where the array is not a mapping): tests.
-    #[cfg(test)]
-    pub(super) fn mapped_slots(&self) -> usize {
-        match self.backing {
-            #[cfg(target_os = "linux")]
-            Backing::Mapped(size) => size / std::mem::size_of::<Slot>(),
-            _ => self.len,
-        }
-    }
-}
-
-/// The pages of a byte range of a [`Slots`] mapping being faulted in on a thread of its own
-/// (`MADV_POPULATE_WRITE`, one huge page at a time). Dropping this stops that thread (within
-/// one huge page) and waits for it: the mapping's owner drops it before the mapping moves or
-/// is unmapped, so the thread never touches memory that is not the mapping's.
-///
-/// Populating changes no byte (a page brought in reads as zeros; one already written is left
-/// as it is), so the owner may read and write the mapping meanwhile.
-struct Prefault {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Prefault {
-    /// Starts faulting in `len` bytes from address `start` (a range of a live mapping); `None`
-    /// when no thread can be started (the pages then come in on first write).
-    #[cfg(target_os = "linux")]
-    fn start(start: usize, len: usize) -> Option<Self> {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let seen = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("tidemark-keys-prefault".into())
-            .spawn(move || {
-                let mut at = 0;
-                while at < len && !seen.load(Ordering::Relaxed) {
-                    let step = HUGE_PAGE.min(len - at);
-                    // SAFETY: `start + at .. + step` lies inside the mapping, which stays
-                    // where it is until this thread is joined (`Prefault`'s drop); populating
-                    // changes no byte of it.
-                    let rc = unsafe {
-                        libc::madvise(
-                            (start + at) as *mut libc::c_void,
-                            step,
-                            libc::MADV_POPULATE_WRITE,
-                        )
-                    };
-                    if rc != 0 {
-                        // A kernel before 5.14 (EINVAL), or no memory to be had now: the
-                        // owner's first writes bring the pages in instead.
-                        return;
-                    }
-                    at += step;
-                }
-            })
-            .ok()?;
-        Some(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// True once the thread has ended (tests).
-    #[cfg(test)]
-    fn is_done(&self) -> bool {
-        self.thread.as_ref().is_none_or(|t| t.is_finished())
-    }
-}
-
-impl Drop for Prefault {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            // The thread only calls `madvise`; a panic there has nothing to report.
-            let _ = thread.join();
-        }
     }
 }
 
@@ -385,15 +252,12 @@ impl Default for Slots {
             ptr: NonNull::dangling(),
             len: 0,
             backing: Backing::Nothing,
-            prefault: None,
         }
     }
 }
 
 impl Drop for Slots {
     fn drop(&mut self) {
-        // The prefault thread works on the mapping: stopped before it is unmapped.
-        self.prefault = None;
         match self.backing {
             Backing::Nothing => {}
             // SAFETY: allocated in `zeroed` with this layout, and owned by `self` alone.
@@ -453,55 +317,6 @@ mod tests {
             .enumerate()
             .all(|(i, s)| s.0[0] == i as u8 + 1));
         assert!(bigger[100..].iter().all(|s| s.0 == [0u8; 32]));
-    }
-
-    /// Pages of `len` bytes from `at` that are in memory (`mincore`), of all of them.
-    #[cfg(target_os = "linux")]
-    fn resident(at: *const u8, len: usize) -> (usize, usize) {
-        let page = 4096;
-        let mut vec = vec![0u8; len.div_ceil(page)];
-        let rc = unsafe { libc::mincore(at as *mut libc::c_void, len, vec.as_mut_ptr()) };
-        assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
-        (vec.iter().filter(|b| *b & 1 == 1).count(), vec.len())
-    }
-
-    /// Readied ahead, an array keeps its slots and length, its mapping grows, and a thread
-    /// brings the new part's pages in (they are in memory before anything writes them); the
-    /// growth that follows moves nothing and finds empty slots.
-    #[test]
-    #[cfg(target_os = "linux")]
-    fn an_array_extended_ahead_has_its_new_pages_in_before_the_growth() {
-        let len = HUGE_PAGE / 32 * 2;
-        let mut slots = Slots::zeroed(len);
-        for (i, s) in slots.iter_mut().enumerate() {
-            s.0[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-        }
-        let slots = slots.extended_ahead(len * 3);
-        assert_eq!(slots.len(), len);
-        let Backing::Mapped(size) = slots.backing else {
-            panic!("a mapping");
-        };
-        assert!(size >= len * 3 * 32);
-        let prefault = slots.prefault.as_ref().expect("a prefault thread");
-        let started = std::time::Instant::now();
-        while !prefault.is_done() {
-            assert!(started.elapsed() < std::time::Duration::from_secs(60));
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let new_part = unsafe { slots.as_ptr().add(len).cast::<u8>() };
-        let (inside, all) = resident(new_part, size - len * 32);
-        assert_eq!(inside, all, "pages of the readied part in memory");
-        let before = slots.as_ptr();
-        let slots = slots.extended(len * 3);
-        assert_eq!(slots.as_ptr(), before, "the growth moved the array");
-        assert_eq!(slots.len(), len * 3);
-        for (i, s) in slots.iter().enumerate() {
-            if i < len {
-                assert_eq!(s.0[..8], (i as u64 + 1).to_le_bytes(), "slot {i}");
-            } else {
-                assert_eq!(s.0, [0u8; 32], "new slot {i}");
-            }
-        }
     }
 
     /// A mapped array grows with its slots where they were, at every step of a table's
