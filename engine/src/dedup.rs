@@ -554,10 +554,12 @@ impl DedupState {
 
     /// The keys accepted since the last call that are still at or above the watermark: what
     /// the next checkpoint must insert.
+    ///
     /// The next epoch's buffer starts with room for an eighth more than this one took: an
     /// epoch's keys (~1M at 1 s) then go in without the buffer doubling, each doubling a copy
-    /// into fresh memory (perf: most of the deciding thread's page faults); room never
-    /// written costs no memory.
+    /// into fresh memory (perf: most of the deciding thread's page faults). Room never
+    /// written is never faulted in where the buffer is a mapping of its own (large buffers);
+    /// one big epoch over-sizes only the next epoch's buffer.
     pub fn take_inserted(&mut self) -> PackedKeys {
         let (keys, bytes) = (self.inserted.len(), self.inserted.key_bytes());
         let next = PackedKeys::with_capacity(keys + keys / 8, bytes + bytes / 8);
