@@ -734,6 +734,30 @@ mod tests {
         assert!(s.inserted.is_empty());
     }
 
+    /// Keys taken for a checkpoint that does not happen come back ahead of those accepted
+    /// since, in order: the next take gives them all, as if the first had never been.
+    #[test]
+    fn inserted_keys_given_back_come_first_in_the_next_take() {
+        let mut s = DedupState::default();
+        for k in ["a", "b", "c"] {
+            s.check(k.as_bytes(), 100).unwrap();
+        }
+        let taken = s.take_inserted();
+        s.check(b"d", 100).unwrap();
+        s.restore_inserted(taken);
+        let all: Vec<(Vec<u8>, i64)> = s
+            .take_inserted()
+            .iter()
+            .map(|(k, t)| (k.to_vec(), t))
+            .collect();
+        let want: Vec<(Vec<u8>, i64)> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|k| (k.as_bytes().to_vec(), 100))
+            .collect();
+        assert_eq!(all, want);
+        assert!(s.take_inserted().is_empty());
+    }
+
     #[test]
     fn duplicates_and_late_records_are_told_apart() {
         let mut s = DedupState::default();

@@ -59,7 +59,8 @@ impl PackedKeys {
     pub fn at_or_above(self, watermark: Option<i64>) -> Self {
         match watermark {
             Some(w) if self.entries.iter().any(|&(_, t)| t < w) => {
-                let mut kept = PackedKeys::default();
+                // At most all of them: sized once, never doubled (`with_capacity`).
+                let mut kept = PackedKeys::with_capacity(self.len(), self.key_bytes());
                 for (k, t) in self.iter().filter(|&(_, t)| t >= w) {
                     kept.push(k, t);
                 }

@@ -436,7 +436,8 @@ impl Gathered {
         let floor = store.evict_below.load(Ordering::Acquire);
         // Sized for every key gathered at once: collected from the filter, the pairs grew by
         // doubling, each step a copy into fresh memory (perf: a third of this thread's page
-        // faults). The store takes the vector as it is.
+        // faults). The store collects the vector back into a vector, which std does in its
+        // own buffer.
         let mut pairs = Vec::with_capacity(self.keys);
         pairs.extend(
             self.deltas
