@@ -3,8 +3,9 @@
 //! can show what a full disk or a failing device does to a running pipeline.
 //!
 //! `TIDEMARK_FAULT_FS=<op>:<error>:<path text>@<n>[:sticky]`, several separated by `,`:
-//! - `<op>`: `write`, `sync`, `create`, `rename`, `remove`, `syncdir`, `setlen`, `read` (a
-//!   read of a file the pipeline opened for reading: the WAL at a restart, say);
+//! - `<op>`: `write`, `sync`, `create`, `rename`, `remove`, `syncdir`, `setlen`, `zerorange`
+//!   (the WAL zeroing a spare segment it reuses), `read` (a read of a file the pipeline
+//!   opened for reading: the WAL at a restart, say);
 //! - `<error>`: `eio`, `enospc` or `etimedout` (the last is transient: the commit is retried);
 //! - `<path text>`: only paths containing it count (`wal`, `.parquet`, `_delta_log`, or empty);
 //! - `@<n>`: the n-th matching call fails (1 = the first);
@@ -228,6 +229,7 @@ pub fn parse(spec: &str) -> Result<Vec<tidemark_fs::Fault>, String> {
                 "remove" => Op::Remove,
                 "syncdir" => Op::SyncDir,
                 "setlen" => Op::SetLen,
+                "zerorange" => Op::ZeroRange,
                 "read" => Op::Read,
                 _ => return Err(bad("names no known operation")),
             };

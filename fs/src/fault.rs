@@ -25,6 +25,8 @@ pub enum Op {
     SyncDir,
     /// [`WritableFile::set_len`].
     SetLen,
+    /// [`WritableFile::zero_range`] (a file system that refuses it, or a device that fails).
+    ZeroRange,
     /// A `read` of a file opened by [`FileSystem::open_read`]: a bad sector, a device that
     /// fails while a restart reads its logs (the open itself succeeds). `nth` counts calls to
     /// `read`, which a reader's buffering decides (not frames or bytes).
@@ -210,6 +212,15 @@ impl WritableFile for FaultFile {
 
     fn start_writeback(&mut self, offset: u64, len: u64) {
         self.inner.start_writeback(offset, len)
+    }
+
+    fn drop_cached(&mut self, offset: u64, len: u64) {
+        self.inner.drop_cached(offset, len)
+    }
+
+    fn zero_range(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.fs.check(Op::ZeroRange, &self.path)?;
+        self.inner.zero_range(offset, len)
     }
 
     fn copy_from(&mut self, src: &std::fs::File, src_offset: u64, len: u64) -> io::Result<()> {

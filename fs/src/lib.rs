@@ -26,7 +26,7 @@ use std::sync::Arc;
 pub use fault::{Fault, FaultFs, FaultKind, Op};
 pub use lock::{try_lock_file, LockAttempt};
 pub use power_cut::PowerCutFs;
-pub use std_fs::StdFs;
+pub use std_fs::{cached_pages, StdFs};
 
 /// A file open for writing through a [`FileSystem`].
 pub trait WritableFile: Send + fmt::Debug {
@@ -42,6 +42,23 @@ pub trait WritableFile: Send + fmt::Debug {
     /// Asks the kernel to start writing back `len` bytes at `offset` without waiting: a hint
     /// that moves fsync work earlier; never needed for durability.
     fn start_writeback(&mut self, _offset: u64, _len: u64) {}
+    /// Asks the kernel to drop the page-cache pages of `len` bytes at `offset` that are
+    /// already written back (a hint: dirty pages and pages still being written stay, and no
+    /// byte of the file changes). Why: a writer that never reads its bytes again hands their
+    /// pages back at once, so its next writes reuse pages just freed instead of taking new
+    /// ones (on a VM that returns free memory to its host, a new page costs a fault to the
+    /// host: the WAL's copies into the page cache ran at 0.34 GB/s into such pages, against
+    /// 4.5 GB/s into pages just freed).
+    fn drop_cached(&mut self, _offset: u64, _len: u64) {}
+    /// Makes `len` bytes at `offset` read as zeros without writing them, the file's size and
+    /// its allocated blocks kept (`fallocate(FALLOC_FL_ZERO_RANGE)`; where the file system
+    /// has no such call, a hole punched instead). Why: writing over a file whose pages are
+    /// not cached reads each partly written page from disk first, unless the file system
+    /// knows the page holds zeros. An error says the file is unchanged or the range only
+    /// partly zeroed: a caller that only wanted the speed goes on without it.
+    fn zero_range(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
     /// Appends `len` bytes of `src` read from `src_offset`, as [`Self::write_all`] of them
     /// would. The real file system copies inside the kernel (`copy_file_range`: no copy
     /// through a user buffer); this default reads and writes through one. A source shorter

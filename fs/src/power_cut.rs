@@ -194,6 +194,14 @@ impl WritableFile for TrackedFile {
         self.inner.start_writeback(offset, len)
     }
 
+    fn drop_cached(&mut self, offset: u64, len: u64) {
+        self.inner.drop_cached(offset, len)
+    }
+
+    fn zero_range(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.zero_range(offset, len)
+    }
+
     fn copy_from(&mut self, src: &std::fs::File, src_offset: u64, len: u64) -> io::Result<()> {
         self.inner.copy_from(src, src_offset, len)
     }

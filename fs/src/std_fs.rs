@@ -31,6 +31,56 @@ impl WritableFile for StdFile {
         self.0.set_len(len)
     }
 
+    fn drop_cached(&mut self, offset: u64, len: u64) {
+        #[cfg(target_os = "linux")]
+        if len > 0 {
+            use std::os::fd::AsRawFd;
+            // SAFETY: the fd is open for the lifetime of `self.0`; the call reads no memory
+            // of ours. Errors are ignored: this is only a hint (a `len` of 0 would mean "to
+            // the end of the file", hence the guard).
+            unsafe {
+                libc::posix_fadvise(
+                    self.0.as_raw_fd(),
+                    offset as libc::off_t,
+                    len as libc::off_t,
+                    libc::POSIX_FADV_DONTNEED,
+                );
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (offset, len);
+    }
+
+    fn zero_range(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            if len == 0 {
+                return Ok(());
+            }
+            let fd = self.0.as_raw_fd();
+            let call = |mode: libc::c_int| {
+                // SAFETY: the fd is open for the lifetime of `self.0`; the call reads no
+                // memory of ours.
+                let r =
+                    unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) };
+                if r == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            };
+            // Zeroed, blocks kept (ext4, XFS); else a hole (tmpfs, btrfs): reads as zeros too.
+            call(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE)
+                .or_else(|_| call(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (offset, len);
+            Err(io::Error::from(io::ErrorKind::Unsupported))
+        }
+    }
+
     fn start_writeback(&mut self, offset: u64, len: u64) {
         #[cfg(target_os = "linux")]
         {
@@ -155,5 +205,55 @@ impl FileSystem for StdFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
+    }
+}
+
+/// How many of the file's pages are in the page cache, and how many pages it has
+/// (`mincore(2)` over a read-only mapping, which faults nothing in). Why: tests check what a
+/// writer leaves cached (the WAL drops the pages it will not read again), and an operator's
+/// diagnostic can too.
+pub fn cached_pages(path: &Path) -> io::Result<(usize, usize)> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let f = File::open(path)?;
+        let len = usize::try_from(f.metadata()?.len()).map_err(io::Error::other)?;
+        if len == 0 {
+            return Ok((0, 0));
+        }
+        // SAFETY: sysconf reads no memory of ours.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(io::Error::other)?;
+        let pages = len.div_ceil(page);
+        // SAFETY: a fresh shared read-only mapping of an open file, unmapped below; nothing
+        // reads through it.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut vec = vec![0u8; pages];
+        // SAFETY: `addr` maps `len` bytes; `vec` has one byte per page of them.
+        let r = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
+        let err = io::Error::last_os_error();
+        // SAFETY: the mapping made above, not used after this.
+        unsafe { libc::munmap(addr, len) };
+        if r != 0 {
+            return Err(err);
+        }
+        Ok((vec.iter().filter(|b| **b & 1 != 0).count(), pages))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 }

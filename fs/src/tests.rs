@@ -327,3 +327,56 @@ fn copy_from_appends_a_range_of_another_file() {
     assert!(is_disk_full(&err), "{err}");
     assert_eq!(read(&out), bytes[..500]);
 }
+
+#[test]
+fn zero_range_reads_as_zeros_and_keeps_the_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let mut f = StdFs.create_new(&path).unwrap();
+    f.write_all(&[0xAB; 3 * 4096 + 100]).unwrap();
+    f.sync_all().unwrap();
+    f.zero_range(100, 2 * 4096).unwrap();
+    let got = read(&path);
+    assert_eq!(got.len(), 3 * 4096 + 100, "the size is kept");
+    assert!(got[..100].iter().all(|b| *b == 0xAB));
+    assert!(got[100..100 + 2 * 4096].iter().all(|b| *b == 0), "zeroed");
+    assert!(got[100 + 2 * 4096..].iter().all(|b| *b == 0xAB));
+}
+
+#[test]
+fn dropping_cached_pages_changes_no_byte_and_leaves_clean_pages_uncached() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    // 16 MiB, half of it dropped: whole large folios (the kernel caches a file in folios of
+    // up to a few MiB, and keeps one that a range covers only in part).
+    let bytes: Vec<u8> = (0..(16u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let mut f = StdFs.create_new(&path).unwrap();
+    f.write_all(&bytes).unwrap();
+    f.sync_all().unwrap();
+    let (before, pages) = cached_pages(&path).unwrap();
+    assert!(
+        before > pages / 2,
+        "a file just written is cached: {before} of {pages}"
+    );
+    f.drop_cached(0, 8 << 20);
+    let (after, _) = cached_pages(&path).unwrap();
+    assert!(
+        after <= pages / 2,
+        "the synced half's pages went: {before} then {after} of {pages}"
+    );
+    assert_eq!(read(&path), bytes, "no byte changed");
+}
+
+#[test]
+fn a_refused_zero_range_is_an_error_the_fault_file_system_can_inject() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let faults = FaultFs::new(Arc::new(StdFs));
+    let mut f = faults.create_new(&path).unwrap();
+    f.write_all(&[7; 8192]).unwrap();
+    faults.arm(Fault::once(Op::ZeroRange, FaultKind::Eio));
+    assert!(f.zero_range(0, 8192).is_err());
+    assert_eq!(read(&path), vec![7; 8192], "nothing zeroed");
+    f.zero_range(0, 4096).unwrap();
+    assert!(read(&path)[..4096].iter().all(|b| *b == 0));
+}

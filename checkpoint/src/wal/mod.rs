@@ -22,6 +22,12 @@
 //!   bytes that fail their CRC: that would be damage before the end); the next open cuts the
 //!   last one (a stop leaves it uncut: cutting at drop would cut through a handle that may no
 //!   longer be the log's only writer, or in a directory set aside).
+//! - The log does not keep what it wrote in the page cache: once a part of the current
+//!   segment has been handed to writeback for a while (a `WRITEBACK_CHUNK` ago), its pages
+//!   are dropped, and a closed segment's at its roll (after its fsync, so all are clean).
+//!   Nothing reads them again while the process runs; a restart reads its tail from disk.
+//!   The next writes then take pages just freed instead of new ones. A spare is zeroed when
+//!   it is reused (its blocks kept), so writing over its uncached pages reads nothing first.
 
 pub mod format;
 
@@ -36,7 +42,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidemark_fs::{std_fs, SharedFs, WritableFile};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use error::io_err;
 use format::{encode_frame, frame_len, FrameBinding, SegmentHeader, SEGMENT_HEADER_LEN};
@@ -160,6 +166,10 @@ pub struct Wal {
     last_sync: Instant,
     /// Offset in the current segment up to which kernel writeback has been started.
     writeback_from: u64,
+    /// Offset in the current segment before which its pages were dropped from the page cache.
+    /// Invariant: `dropped_to <= writeback_from`: only pages whose writeback was started a
+    /// chunk earlier are dropped.
+    dropped_to: u64,
     /// Set by the first failed write, fsync, roll or cut; see the module documentation. A
     /// failed removal of old segments (`truncate_before`, `reset`) does not poison: the log's
     /// tail is not in doubt, and the next truncation retries it.
@@ -277,6 +287,7 @@ impl Wal {
                 unsynced: false,
                 last_sync: Instant::now(),
                 writeback_from: 0,
+                dropped_to: 0,
                 poisoned: None,
             },
             report,
@@ -422,6 +433,11 @@ impl Wal {
         // seal finds little left to do: measured in `tidemark bench`, the seal's fsync of a
         // whole 1 s epoch (~40 MB) was the main cost of the WAL.
         if self.file_len - self.writeback_from >= WRITEBACK_CHUNK {
+            // The chunk handed to writeback last time has had a chunk's worth of appends to
+            // reach the disk: its pages go back to the kernel (those still being written stay,
+            // and go at the roll), so the appends that follow reuse them.
+            f.drop_cached(self.dropped_to, self.writeback_from - self.dropped_to);
+            self.dropped_to = self.writeback_from;
             f.start_writeback(self.writeback_from, self.file_len - self.writeback_from);
             self.writeback_from = self.file_len;
         }
@@ -443,6 +459,10 @@ impl Wal {
     fn roll(&mut self, first_epoch: u64) -> Result<(), WalError> {
         self.sync()?;
         self.cut_stale_tail().map_err(|e| self.poison(e))?;
+        if let Some(f) = self.file.as_mut() {
+            // Synced: every page of the closed segment is clean, so all of them go.
+            f.drop_cached(0, self.file_len);
+        }
         let id = self.next_id;
         let path = segment_path(&self.dir, id);
         // A spare only for an id no file of this log had before: an id the open removed
@@ -490,6 +510,7 @@ impl Wal {
         self.file_len = SEGMENT_HEADER_LEN as u64;
         self.synced_len = self.file_len;
         self.writeback_from = 0;
+        self.dropped_to = 0;
         Ok(())
     }
 
@@ -517,6 +538,9 @@ impl Wal {
                     .map_err(io_err("create segment", path))?
             };
             on_disk = true;
+            if reused {
+                self.zero_reused(f.as_mut(), path);
+            }
             let header = SegmentHeader::new(id, first_epoch, reused);
             f.write_all(&header.encode())
                 .map_err(io_err("write segment header", path))?;
@@ -531,6 +555,24 @@ impl Wal {
             let _ = self.fs.sync_dir(&self.dir);
         }
         made
+    }
+
+    /// Zeroes a reused file (its blocks kept), so the frames written over it read nothing from
+    /// disk first: its pages were dropped from the page cache while it was a live segment,
+    /// and a write that covers part of an uncached page must otherwise read the rest of it.
+    /// Only for speed: where the file system cannot, the older bytes stay (they never pass as
+    /// this segment's frames, see [`format`]) and the writes read them.
+    fn zero_reused(&self, f: &mut dyn WritableFile, path: &Path) {
+        let len = match self.fs.len(path) {
+            Ok(len) => len,
+            Err(e) => {
+                warn!(segment = %path.display(), error = %e, "wal: cannot stat a reused segment file to zero it; writing over its older bytes");
+                return;
+            }
+        };
+        if let Err(e) = f.zero_range(0, len) {
+            debug!(segment = %path.display(), error = %e, "wal: cannot zero a reused segment file; writing over its older bytes");
+        }
     }
 
     /// Deletes every spare (best effort: a spare left is deleted by a later open's WAL, or
@@ -648,6 +690,8 @@ impl Wal {
     }
 }
 
+#[cfg(test)]
+mod cache_tests;
 #[cfg(test)]
 mod damage_tests;
 #[cfg(test)]

@@ -1,0 +1,145 @@
+//! What the log leaves in the page cache (module documentation, last invariant): the pages of
+//! a closed segment go at its roll, those behind the write head as the segment grows, and a
+//! spare is zeroed when it is reused, so its uncached pages are never read before being
+//! written over. Where the file system refuses to zero, the log goes on exactly as before.
+
+use std::fs;
+use std::sync::Arc;
+
+use tidemark_fs::{cached_pages, Fault, FaultFs, FaultKind, Op};
+
+use super::*;
+
+const MIB: usize = 1 << 20;
+
+fn options(segment_size: u64) -> WalOptions {
+    WalOptions {
+        segment_size,
+        sync: SyncPolicy::EveryBatch,
+    }
+}
+
+fn read_all(dir: &Path) -> Vec<(u64, Vec<u8>)> {
+    WalReader::new(dir, WalPosition::default())
+        .map(|r| r.map(|(_, f)| (f.epoch, f.payload)).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_closed_segment_leaves_no_page_in_the_page_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), options(MIB as u64), None).unwrap();
+    let mut written = Vec::new();
+    for i in 0..40u8 {
+        let p = vec![i; 64 << 10];
+        wal.append(FrameKind::Record, 1, &p).unwrap();
+        wal.commit().unwrap();
+        written.push((1, p));
+    }
+    let segments = segment_files(dir.path()).unwrap();
+    assert!(segments.len() >= 3, "{segments:?}");
+    for (_, path, _) in &segments[..segments.len() - 1] {
+        let (cached, pages) = cached_pages(path).unwrap();
+        assert_eq!(
+            cached,
+            0,
+            "{}: {cached} of {pages} pages cached",
+            path.display()
+        );
+    }
+    assert_eq!(
+        read_all(dir.path()),
+        written,
+        "every frame reads back from disk"
+    );
+}
+
+#[test]
+fn pages_behind_the_write_head_go_as_the_segment_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut wal, _) = Wal::open(dir.path(), options(64 << 20), None).unwrap();
+    for i in 0..24u8 {
+        wal.append(FrameKind::Record, 1, &vec![i; MIB]).unwrap();
+        wal.commit().unwrap();
+    }
+    let segments = segment_files(dir.path()).unwrap();
+    assert_eq!(segments.len(), 1, "one segment, still open");
+    let (cached, pages) = cached_pages(&segments[0].1).unwrap();
+    // Fsynced after each MiB, so what a drop covers is clean: only the chunk handed to
+    // writeback last and the one after it (8 MiB) may stay, plus a large folio at each end.
+    assert!(
+        cached * 4096 <= 12 * MIB,
+        "{cached} of {pages} pages of a 24 MiB segment cached"
+    );
+}
+
+/// A log whose front went into spares, written on until its last segment is one of them.
+fn log_on_a_spare(fs: SharedFs, dir: &Path) -> (Wal, Vec<(u64, Vec<u8>)>) {
+    let (mut wal, _) = Wal::open_with_fs(fs, dir, options(400), None).unwrap();
+    for epoch in 1..=6u64 {
+        for i in 0..3u8 {
+            wal.append(FrameKind::Record, epoch, &[i + 1; 90]).unwrap();
+            wal.commit().unwrap();
+        }
+        wal.seal(epoch, b"s").unwrap();
+    }
+    wal.truncate_before(6).unwrap();
+    assert!(!wal.spares().is_empty());
+    let mut kept = read_all(dir);
+    for i in 0..20u8 {
+        wal.append(FrameKind::Record, 7, &[i; 10]).unwrap();
+        wal.commit().unwrap();
+        kept.push((7, vec![i; 10]));
+        if wal.stale_tail {
+            return (wal, kept);
+        }
+    }
+    panic!("no roll reached a spare");
+}
+
+#[test]
+fn a_reused_spare_is_zeroed_past_the_frames_written_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, kept) = log_on_a_spare(std_fs(), dir.path());
+    let path = &wal.segments.last().unwrap().path;
+    let bytes = fs::read(path).unwrap();
+    let end = wal.file_len as usize;
+    assert!(
+        bytes.len() > end,
+        "the spare was longer than its new frames"
+    );
+    assert!(
+        bytes[end..].iter().all(|b| *b == 0),
+        "older bytes past the new frames: {:?}",
+        &bytes[end..]
+    );
+    assert_eq!(read_all(dir.path()), kept);
+}
+
+#[test]
+fn a_spare_that_cannot_be_zeroed_is_written_over_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = FaultFs::new(Arc::new(tidemark_fs::StdFs));
+    faults.arm(Fault {
+        sticky: true,
+        ..Fault::once(Op::ZeroRange, FaultKind::Eio)
+    });
+    let (mut wal, mut kept) = log_on_a_spare(Arc::new(faults.clone()), dir.path());
+    assert!(wal.poisoned().is_none(), "a refused zeroing is no failure");
+    let path = wal.segments.last().unwrap().path.clone();
+    let bytes = fs::read(&path).unwrap();
+    assert!(
+        bytes[wal.file_len as usize..].iter().any(|b| *b != 0),
+        "the older bytes stay where the zeroing failed"
+    );
+    for i in 0..10u8 {
+        wal.append(FrameKind::Record, 8, &[i; 10]).unwrap();
+        wal.commit().unwrap();
+        kept.push((8, vec![i; 10]));
+    }
+    assert_eq!(read_all(dir.path()), kept);
+    std::mem::forget(wal);
+    let (_wal, report) = Wal::open(dir.path(), options(400), None).unwrap();
+    assert!(report.mid_log.is_none(), "{report:?}");
+    assert_eq!(read_all(dir.path()), kept, "exact after a crash");
+}
