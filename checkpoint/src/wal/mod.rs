@@ -117,12 +117,14 @@ pub fn segment_files_in(
 
 /// Segments kept to be written over (`<id:016x>.spare`) rather than deleted: up to this many
 /// times the segment size of disk (256 MB at the default size) stays in use while the log is
-/// short, so that the next segments reuse cached pages and allocated blocks instead of new
-/// ones. Four cover the segments a 1 s epoch frees at ~100 MB/s; longer epochs reuse these
+/// short, so that the next segments reuse allocated blocks instead of new ones, and a
+/// truncation renames instead of deleting (its pages are dropped either way: see the module
+/// documentation). Four cover the segments a 1 s epoch frees at ~100 MB/s; longer epochs reuse these
 /// and create the rest.
 pub const MAX_SPARES: usize = 4;
 
-/// Appended bytes after which kernel writeback of the current segment is started.
+/// Appended bytes after which kernel writeback of the current segment is started (and the
+/// pages of the chunk before dropped from the page cache).
 const WRITEBACK_CHUNK: u64 = 4 << 20;
 
 /// The first failure that poisoned a [`Wal`].
