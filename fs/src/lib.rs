@@ -26,7 +26,7 @@ use std::sync::Arc;
 pub use fault::{Fault, FaultFs, FaultKind, Op};
 pub use lock::{try_lock_file, LockAttempt};
 pub use power_cut::PowerCutFs;
-pub use std_fs::{cached_pages, StdFs};
+pub use std_fs::{cached_pages, in_memory_file_system, StdFs};
 
 /// A file open for writing through a [`FileSystem`].
 pub trait WritableFile: Send + fmt::Debug {
@@ -52,10 +52,11 @@ pub trait WritableFile: Send + fmt::Debug {
     fn drop_cached(&mut self, _offset: u64, _len: u64) {}
     /// Makes `len` bytes at `offset` read as zeros without writing them, the file's size and
     /// its allocated blocks kept (`fallocate(FALLOC_FL_ZERO_RANGE)`; where the file system
-    /// has no such call, a hole punched instead). Why: writing over a file whose pages are
-    /// not cached reads each partly written page from disk first, unless the file system
-    /// knows the page holds zeros. An error says the file is unchanged or the range only
-    /// partly zeroed: a caller that only wanted the speed goes on without it.
+    /// has no such mode, a hole punched instead: `Unsupported` where it has neither). Why:
+    /// writing over a file whose pages are not cached reads each partly written page from
+    /// disk first, unless the file system knows the page holds zeros. An error says the file
+    /// is unchanged or the range only partly zeroed: a caller that only wanted the speed goes
+    /// on without it.
     fn zero_range(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
@@ -103,8 +104,8 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn WritableFile>>;
     /// Opens an existing `path` to be written over from its start: neither truncated nor in
     /// append mode, so writes replace its bytes in order and its length stays until they pass
-    /// it. Why: the WAL reuses old segment files, whose cached pages and allocated blocks a
-    /// write over costs less than a new file's (`tidemark_checkpoint::wal::format`). A file
+    /// it. Why: the WAL reuses old segment files, whose allocated blocks a write over costs
+    /// less than a new file's (`tidemark_checkpoint::wal::format`). A file
     /// system that cannot answers `Unsupported` (the default), and the WAL makes new files.
     fn open_overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         Err(io::Error::new(

@@ -70,9 +70,20 @@ impl WritableFile for StdFile {
                     Err(io::Error::last_os_error())
                 }
             };
-            // Zeroed, blocks kept (ext4, XFS); else a hole (tmpfs, btrfs): reads as zeros too.
-            call(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE)
-                .or_else(|_| call(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE))
+            // Zeroed, blocks kept (ext4, XFS); where the file system has no such mode (tmpfs,
+            // btrfs), a hole: reads as zeros too. Any other error is the caller's.
+            match call(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE) {
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    call(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE).map_err(|e| {
+                        if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                            io::Error::new(io::ErrorKind::Unsupported, e)
+                        } else {
+                            e
+                        }
+                    })
+                }
+                done => done,
+            }
         }
         #[cfg(not(target_os = "linux"))]
         {
@@ -213,6 +224,11 @@ impl FileSystem for StdFs {
 /// writer leaves cached (the WAL drops the pages it will not read again), and an operator's
 /// diagnostic can too.
 pub fn cached_pages(path: &Path) -> io::Result<(usize, usize)> {
+    cached_pages_of(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("page cache of {}: {e}", path.display())))
+}
+
+fn cached_pages_of(path: &Path) -> io::Result<(usize, usize)> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -255,5 +271,37 @@ pub fn cached_pages(path: &Path) -> io::Result<(usize, usize)> {
     {
         let _ = path;
         Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
+/// Whether `path` is on a file system whose files live only in memory (tmpfs, ramfs): their
+/// pages cannot be dropped from the page cache, since that is where the data is. Why: a test
+/// of [`WritableFile::drop_cached`] skips there instead of failing.
+pub fn in_memory_file_system(path: &Path) -> io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        const TMPFS_MAGIC: i64 = 0x0102_1994;
+        const RAMFS_MAGIC: i64 = 0x8584_58f6;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: `c` is a NUL-terminated path; `st` is written by the call before it is read.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("statfs {}: {e}", path.display()),
+            ));
+        }
+        #[allow(clippy::unnecessary_cast)]
+        let kind = st.f_type as i64;
+        Ok(kind == TMPFS_MAGIC || kind == RAMFS_MAGIC)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        Ok(false)
     }
 }

@@ -329,23 +329,44 @@ fn copy_from_appends_a_range_of_another_file() {
 }
 
 #[test]
-fn zero_range_reads_as_zeros_and_keeps_the_size() {
+fn zero_range_reads_as_zeros_and_keeps_the_size_and_the_blocks() {
+    use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     let mut f = StdFs.create_new(&path).unwrap();
-    f.write_all(&[0xAB; 3 * 4096 + 100]).unwrap();
+    f.write_all(&[0xAB; 4 * 4096 + 100]).unwrap();
     f.sync_all().unwrap();
-    f.zero_range(100, 2 * 4096).unwrap();
+    let blocks = std::fs::metadata(&path).unwrap().blocks();
+    f.zero_range(4096, 2 * 4096).unwrap();
     let got = read(&path);
-    assert_eq!(got.len(), 3 * 4096 + 100, "the size is kept");
-    assert!(got[..100].iter().all(|b| *b == 0xAB));
-    assert!(got[100..100 + 2 * 4096].iter().all(|b| *b == 0), "zeroed");
-    assert!(got[100 + 2 * 4096..].iter().all(|b| *b == 0xAB));
+    assert!(got[..4096].iter().all(|b| *b == 0xAB));
+    assert!(got[4096..3 * 4096].iter().all(|b| *b == 0), "zeroed");
+    assert!(got[3 * 4096..].iter().all(|b| *b == 0xAB));
+    // A range past the end changes no size.
+    f.zero_range(3 * 4096, 1 << 20).unwrap();
+    let got = read(&path);
+    assert_eq!(got.len(), 4 * 4096 + 100, "the size is kept");
+    assert!(got[3 * 4096..].iter().all(|b| *b == 0));
+    if !in_memory_file_system(dir.path()).unwrap() {
+        // Zeroed, not punched: the blocks stay allocated (what makes writing over them cheap).
+        assert!(
+            std::fs::metadata(&path).unwrap().blocks() >= blocks,
+            "blocks freed: {blocks} then {}",
+            std::fs::metadata(&path).unwrap().blocks()
+        );
+    }
 }
 
 #[test]
 fn dropping_cached_pages_changes_no_byte_and_leaves_clean_pages_uncached() {
     let dir = tempfile::tempdir().unwrap();
+    if in_memory_file_system(dir.path()).unwrap() {
+        eprintln!(
+            "skipped: {} keeps files in memory only",
+            dir.path().display()
+        );
+        return;
+    }
     let path = dir.path().join("f");
     // 16 MiB, half of it dropped: whole large folios (the kernel caches a file in folios of
     // up to a few MiB, and keeps one that a range covers only in part).

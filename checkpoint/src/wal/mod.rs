@@ -26,8 +26,9 @@
 //!   segment has been handed to writeback for a while (a `WRITEBACK_CHUNK` ago), its pages
 //!   are dropped, and a closed segment's at its roll (after its fsync, so all are clean).
 //!   Nothing reads them again while the process runs; a restart reads its tail from disk.
-//!   The next writes then take pages just freed instead of new ones. A spare is zeroed when
-//!   it is reused (its blocks kept), so writing over its uncached pages reads nothing first.
+//!   The next writes then take pages just freed instead of new ones. A spare is zeroed past
+//!   its first page when it is reused (its blocks kept), so writing over its uncached pages
+//!   reads nothing first.
 
 pub mod format;
 
@@ -126,6 +127,10 @@ pub const MAX_SPARES: usize = 4;
 /// Appended bytes after which kernel writeback of the current segment is started (and the
 /// pages of the chunk before dropped from the page cache).
 const WRITEBACK_CHUNK: u64 = 4 << 20;
+
+/// Where the zeroing of a reused file starts: past its first page, which holds the header
+/// (see `Wal::zero_reused`).
+const ZERO_REUSED_FROM: u64 = 4096;
 
 /// The first failure that poisoned a [`Wal`].
 #[derive(Debug, Clone)]
@@ -438,8 +443,11 @@ impl Wal {
             // The chunk handed to writeback last time has had a chunk's worth of appends to
             // reach the disk: its pages go back to the kernel (those still being written stay,
             // and go at the roll), so the appends that follow reuse them.
-            f.drop_cached(self.dropped_to, self.writeback_from - self.dropped_to);
-            self.dropped_to = self.writeback_from;
+            debug_assert!(self.dropped_to <= self.writeback_from);
+            if self.writeback_from > self.dropped_to {
+                f.drop_cached(self.dropped_to, self.writeback_from - self.dropped_to);
+                self.dropped_to = self.writeback_from;
+            }
             f.start_writeback(self.writeback_from, self.file_len - self.writeback_from);
             self.writeback_from = self.file_len;
         }
@@ -461,7 +469,7 @@ impl Wal {
     fn roll(&mut self, first_epoch: u64) -> Result<(), WalError> {
         self.sync()?;
         self.cut_stale_tail().map_err(|e| self.poison(e))?;
-        if let Some(f) = self.file.as_mut() {
+        if let Some(f) = self.file.as_mut().filter(|_| self.file_len > 0) {
             // Synced: every page of the closed segment is clean, so all of them go.
             f.drop_cached(0, self.file_len);
         }
@@ -559,21 +567,36 @@ impl Wal {
         made
     }
 
-    /// Zeroes a reused file (its blocks kept), so the frames written over it read nothing from
-    /// disk first: its pages were dropped from the page cache while it was a live segment,
-    /// and a write that covers part of an uncached page must otherwise read the rest of it.
-    /// Only for speed: where the file system cannot, the older bytes stay (they never pass as
-    /// this segment's frames, see [`format`]) and the writes read them.
+    /// Zeroes a reused file past its first page (its blocks kept), so the frames written over
+    /// it read nothing from disk first: its pages were dropped from the page cache while it
+    /// was a live segment, and a write that covers part of an uncached page must otherwise
+    /// read the rest of it. The first page keeps its bytes until the new header is written:
+    /// a reader of the running log meanwhile finds another segment's header there, which it
+    /// takes as the log's end (`reader.rs`), where zeros would read as damage. Only for
+    /// speed: where the file system cannot, the older bytes stay (they never pass as this
+    /// segment's frames, see [`format`]) and the writes read them.
     fn zero_reused(&self, f: &mut dyn WritableFile, path: &Path) {
         let len = match self.fs.len(path) {
             Ok(len) => len,
             Err(e) => {
-                warn!(segment = %path.display(), error = %e, "wal: cannot stat a reused segment file to zero it; writing over its older bytes");
+                warn!(segment = %path.display(), error = %e,
+                    "wal: cannot stat a reused segment file to zero it; writing over it as is");
                 return;
             }
         };
-        if let Err(e) = f.zero_range(0, len) {
-            debug!(segment = %path.display(), error = %e, "wal: cannot zero a reused segment file; writing over its older bytes");
+        if len <= ZERO_REUSED_FROM {
+            return;
+        }
+        match f.zero_range(ZERO_REUSED_FROM, len - ZERO_REUSED_FROM) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                debug!(segment = %path.display(), error = %e,
+                    "wal: cannot zero a reused segment file here; writing over it as is");
+            }
+            Err(e) => {
+                warn!(segment = %path.display(), error = %e,
+                    "wal: cannot zero a reused segment file; writing over it as is");
+            }
         }
     }
 
@@ -692,7 +715,7 @@ impl Wal {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod cache_tests;
 #[cfg(test)]
 mod damage_tests;
