@@ -258,6 +258,12 @@ impl io::Seek for FaultReader {
     }
 }
 
+impl ReadableFile for FaultReader {
+    fn drop_cached(&self, offset: u64, len: u64) {
+        self.inner.drop_cached(offset, len)
+    }
+}
+
 impl FileSystem for FaultFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         self.inner.create_dir_all(dir)

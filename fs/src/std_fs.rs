@@ -32,23 +32,7 @@ impl WritableFile for StdFile {
     }
 
     fn drop_cached(&mut self, offset: u64, len: u64) {
-        #[cfg(target_os = "linux")]
-        if len > 0 {
-            use std::os::fd::AsRawFd;
-            // SAFETY: the fd is open for the lifetime of `self.0`; the call reads no memory
-            // of ours. Errors are ignored: this is only a hint (a `len` of 0 would mean "to
-            // the end of the file", hence the guard).
-            unsafe {
-                libc::posix_fadvise(
-                    self.0.as_raw_fd(),
-                    offset as libc::off_t,
-                    len as libc::off_t,
-                    libc::POSIX_FADV_DONTNEED,
-                );
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = (offset, len);
+        fadvise_dont_need(&self.0, offset, len);
     }
 
     fn zero_range(&mut self, offset: u64, len: u64) -> io::Result<()> {
@@ -304,4 +288,25 @@ pub fn in_memory_file_system(path: &Path) -> io::Result<bool> {
         let _ = path;
         Ok(false)
     }
+}
+
+/// `posix_fadvise(DONTNEED)` of `len` bytes at `offset` of `f` (see
+/// [`WritableFile::drop_cached`]); nothing for a `len` of 0 (which would mean "to the end").
+pub(crate) fn fadvise_dont_need(f: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    if len > 0 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the fd is open for the lifetime of `f`; the call reads no memory of ours.
+        // Errors are ignored: this is only a hint.
+        unsafe {
+            libc::posix_fadvise(
+                f.as_raw_fd(),
+                offset as libc::off_t,
+                len as libc::off_t,
+                libc::POSIX_FADV_DONTNEED,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (f, offset, len);
 }

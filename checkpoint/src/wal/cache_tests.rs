@@ -193,3 +193,49 @@ fn a_reader_of_the_running_log_ends_before_a_reused_file_whose_header_is_not_wri
     assert!(report.mid_log.is_none(), "{report:?}");
     assert_eq!(read_all(dir.path()), kept, "exact after the crash");
 }
+
+#[test]
+fn an_open_hands_back_the_pages_of_what_it_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    if skip_in_memory(dir.path()) {
+        return;
+    }
+    let mut written = Vec::new();
+    {
+        let (mut wal, _) = Wal::open(dir.path(), options(64 << 20), None).unwrap();
+        for i in 0..24u8 {
+            let p = vec![i; MIB];
+            wal.append(FrameKind::Record, 1, &p).unwrap();
+            wal.commit().unwrap();
+            written.push((1, p));
+        }
+    }
+    let path = segment_files(dir.path()).unwrap()[0].1.clone();
+    // Cached again, as a restart after a SIGKILL may find it.
+    assert_eq!(fs::read(&path).unwrap().len() as u64, wal_len(&path));
+    let (cached, pages) = cached_pages(&path).unwrap();
+    assert!(
+        cached > pages / 2,
+        "read back into the cache: {cached} of {pages}"
+    );
+    let mut visited = Vec::new();
+    let (_wal, _) = Wal::open_visiting(
+        std_fs(),
+        dir.path(),
+        options(64 << 20),
+        Some(WalPosition::default()),
+        &mut |_, f| visited.push((f.epoch, f.payload.to_vec())),
+    )
+    .unwrap();
+    assert_eq!(visited, written, "the scan visited every frame");
+    let (cached, pages) = cached_pages(&path).unwrap();
+    // The last chunk scanned stays (1 MiB, plus a large folio at each end of it).
+    assert!(
+        cached * 4096 <= 4 * MIB,
+        "{cached} of {pages} pages of a scanned 24 MiB segment cached"
+    );
+}
+
+fn wal_len(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().len()
+}

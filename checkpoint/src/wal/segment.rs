@@ -137,10 +137,13 @@ pub(crate) fn scan_segment(
     // `buf[at..]` is what is read and not yet scanned; `eof` once the file has no more.
     let mut at = 0usize;
     let mut eof = false;
+    // The file's pages before this offset were handed back (see `drop_behind`).
+    let mut dropped_to = 0u64;
     let damaged = |pos: u64, why: &str| Ok((Some(header), ScanEnd::Damaged(pos, why.into())));
     loop {
         let have = buf.len() - at;
         if have < FRAME_HEADER_LEN && !eof {
+            drop_behind(file.as_ref(), &mut dropped_to, pos);
             eof = refill(&mut file, &mut buf, &mut at, FRAME_HEADER_LEN)
                 .map_err(io_err("read", path))?;
             continue;
@@ -158,6 +161,7 @@ pub(crate) fn scan_segment(
         };
         let len = FRAME_HEADER_LEN + h.len;
         if have < len && !eof {
+            drop_behind(file.as_ref(), &mut dropped_to, pos);
             eof = refill(&mut file, &mut buf, &mut at, len).map_err(io_err("read", path))?;
             continue;
         }
@@ -177,6 +181,17 @@ pub(crate) fn scan_segment(
         );
         at += len;
         pos += len as u64;
+    }
+}
+
+/// Hands back the pages of the part of a segment scanned since the last call (`..pos`): a
+/// scan reads each byte once, and the next chunks are then read into the pages just freed
+/// instead of new ones (see [`tidemark_fs::ReadableFile::drop_cached`]). The page holding
+/// `pos` stays (the kernel drops whole pages only): the log may append there next.
+fn drop_behind(file: &dyn ReadableFile, dropped_to: &mut u64, pos: u64) {
+    if pos > *dropped_to {
+        file.drop_cached(*dropped_to, pos - *dropped_to);
+        *dropped_to = pos;
     }
 }
 
@@ -553,6 +568,8 @@ mod tests {
             self.inner.seek(to)
         }
     }
+
+    impl tidemark_fs::ReadableFile for Counted {}
 
     /// A reused file's older life full of epoch-2 frames: each one's epoch field reads as a
     /// seal marker at its header's offset 12, and its CRC before it as a length (1 in 64 below
