@@ -25,7 +25,8 @@
 //! - The log does not keep what it wrote in the page cache: once a part of the current
 //!   segment has been handed to writeback for a while (a `WRITEBACK_CHUNK` ago), its pages
 //!   are dropped, and a closed segment's at its roll (after its fsync, so all are clean).
-//!   Nothing reads them again while the process runs; a restart reads its tail from disk.
+//!   Nothing reads them again while the process runs; a restart reads its tail from disk,
+//!   and its scan hands back what it has read as it goes (`segment.rs`, `drop_behind`).
 //!   The next writes then take pages just freed instead of new ones. A spare is zeroed past
 //!   its first page when it is reused (its blocks kept), so writing over its uncached pages
 //!   reads nothing first.
