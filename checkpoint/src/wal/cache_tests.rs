@@ -162,10 +162,16 @@ fn a_spare_that_cannot_be_zeroed_is_written_over_as_it_is() {
     }
     assert_eq!(read_all(dir.path()), kept);
     // A stop without a cut: the open finds the reused file's older bytes past its frames.
+    exact_after_a_crash(wal, dir.path(), &kept);
+}
+
+/// Abandons `wal` as a crash would (nothing cut, nothing closed) and opens the log again: it
+/// reads exactly `kept`, with no damage found.
+fn exact_after_a_crash(wal: Wal, dir: &Path, kept: &[(u64, Vec<u8>)]) {
     std::mem::forget(wal);
-    let (_wal, report) = Wal::open(dir.path(), options(SPARE_TEST_SEGMENT), None).unwrap();
+    let (_wal, report) = Wal::open(dir, options(SPARE_TEST_SEGMENT), None).unwrap();
     assert!(report.mid_log.is_none(), "{report:?}");
-    assert_eq!(read_all(dir.path()), kept, "exact after a reopen");
+    assert_eq!(read_all(dir), kept, "exact after the crash");
 }
 
 #[test]
@@ -188,10 +194,7 @@ fn a_reader_of_the_running_log_ends_before_a_reused_file_whose_header_is_not_wri
     assert!(bytes[ZERO_REUSED_FROM as usize..].iter().all(|b| *b == 0));
     // A crash right there: the open removes the file as a torn segment and loses nothing.
     drop(f);
-    std::mem::forget(wal);
-    let (_wal, report) = Wal::open(dir.path(), options(SPARE_TEST_SEGMENT), None).unwrap();
-    assert!(report.mid_log.is_none(), "{report:?}");
-    assert_eq!(read_all(dir.path()), kept, "exact after the crash");
+    exact_after_a_crash(wal, dir.path(), &kept);
 }
 
 #[test]
