@@ -36,7 +36,7 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// writer is held: what bounds its memory (~40 bytes a key with 16-byte keys).
 const MAX_GATHERED_KEYS: usize = 1 << 22;
 
-/// Test builds (`crash-points`) may shorten [`SYNC_EVERY`] with this variable (ms), so crash
+/// Test builds (`crash-points`) may shorten `SYNC_EVERY` with this variable (ms), so crash
 /// tests reach a sync within a short run.
 pub const SYNC_EVERY_ENV: &str = "TIDEMARK_FAULT_STATE_SYNC_MS";
 
@@ -220,7 +220,7 @@ impl StateWriter {
     /// Asks the thread not to write deltas until the returned hold is dropped. Best effort,
     /// never a wait on a held writer: a call that would wait for the thread (a full queue, a
     /// sync) releases the hold first, and the thread writes anyway once it has gathered
-    /// [`MAX_GATHERED_KEYS`]. The [`StateWriter::write_soon`] hint neither releases a hold
+    /// `MAX_GATHERED_KEYS`. The [`StateWriter::write_soon`] hint neither releases a hold
     /// nor writes while one is held. Why: a restart's replay and first commit share the
     /// cores (two on the machines measured) with the thread's writes of the changelog the
     /// restart hands it; those deltas are durable in the WAL meanwhile, so holding them back

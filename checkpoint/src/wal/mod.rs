@@ -2,8 +2,8 @@
 //! its file I/O through a [`tidemark_fs::FileSystem`] (so tests inject I/O faults and power
 //! cuts).
 //!
-//! The byte format (and the `damaged-*` directory layout) is documented in [`format`]; what
-//! open does with damage is in [`recovery`]. Invariants kept here:
+//! The byte format (and the `damaged-*` directory layout) is documented in
+//! [`format`](mod@format); what open does with damage is in [`recovery`]. Invariants kept here:
 //! - Frames are appended in order; a segment is created only when a frame does not fit in the
 //!   current one, and the previous segment is fsynced before the new one gets its first frame,
 //!   so the durable log is always a prefix of what was appended.
@@ -121,8 +121,8 @@ pub fn segment_files_in(
 /// times the segment size of disk (256 MB at the default size) stays in use while the log is
 /// short, so that the next segments reuse allocated blocks instead of new ones, and a
 /// truncation renames instead of deleting (its pages are dropped either way: see the module
-/// documentation). Four cover the segments a 1 s epoch frees at ~100 MB/s; longer epochs reuse these
-/// and create the rest.
+/// documentation). Four cover the segments a 1 s epoch frees at ~100 MB/s; longer epochs
+/// reuse these and create the rest.
 pub const MAX_SPARES: usize = 4;
 
 /// Appended bytes after which kernel writeback of the current segment is started (and the
@@ -575,7 +575,7 @@ impl Wal {
     /// a reader of the running log meanwhile finds another segment's header there, which it
     /// takes as the log's end (`reader.rs`), where zeros would read as damage. Only for
     /// speed: where the file system cannot, the older bytes stay (they never pass as this
-    /// segment's frames, see [`format`]) and the writes read them.
+    /// segment's frames, see [`format`](mod@format)) and the writes read them.
     fn zero_reused(&self, f: &mut dyn WritableFile, path: &Path) {
         let len = match self.fs.len(path) {
             Ok(len) => len,

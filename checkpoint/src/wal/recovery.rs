@@ -14,7 +14,7 @@
 //!   the report says what the moved part held (epochs, seals) so the engine can decide whether
 //!   the table already holds it.
 //!
-//! Invariant kept by [`move_aside`]: a crash at any point of the move leaves either the
+//! Invariant kept by `move_aside`: a crash at any point of the move leaves either the
 //! damage in place (the next open finds it again) or a `REPAIR` manifest in the `damaged-*`
 //! directory, from which the next open finishes the move and reports it again. A later
 //! segment is never left behind a cut segment (that would splice the log over the gap).
