@@ -48,7 +48,7 @@ pub trait WritableFile: Send + fmt::Debug {
     /// pages back at once, so its next writes reuse pages just freed instead of taking new
     /// ones (on a VM that returns free memory to its host, a new page costs a fault to the
     /// host: the WAL's copies into the page cache ran at 0.34 GB/s into such pages, against
-    /// 4.5 GB/s into pages just freed).
+    /// 4.5 GB/s into pages just freed). A `len` of 0 drops nothing.
     fn drop_cached(&mut self, _offset: u64, _len: u64) {}
     /// Makes `len` bytes at `offset` read as zeros without writing them, the file's size and
     /// its allocated blocks kept (`fallocate(FALLOC_FL_ZERO_RANGE)`; where the file system
@@ -95,7 +95,7 @@ pub trait ReadableFile: Read + Seek + Send {
     /// [`WritableFile::drop_cached`]). Why: a reader that reads a file once (the WAL's scan
     /// at a restart) hands each part's pages back once past it, so the parts after it are
     /// read into pages just freed instead of new ones (on these VMs a cold read of 350 MB
-    /// took 417-602 ms, and 114-138 ms dropping 16 MB behind).
+    /// took 417-602 ms, and 114-138 ms dropping 16 MB behind). A `len` of 0 drops nothing.
     fn drop_cached(&self, _offset: u64, _len: u64) {}
 }
 
@@ -119,8 +119,8 @@ pub trait FileSystem: Send + Sync + fmt::Debug + 'static {
     /// Opens an existing `path` to be written over from its start: neither truncated nor in
     /// append mode, so writes replace its bytes in order and its length stays until they pass
     /// it. Why: the WAL reuses old segment files, whose allocated blocks a write over costs
-    /// less than a new file's (`tidemark_checkpoint::wal::format`). A file
-    /// system that cannot answers `Unsupported` (the default), and the WAL makes new files.
+    /// less than a new file's (`tidemark_checkpoint::wal::format`). A file system that cannot
+    /// answers `Unsupported` (the default), and the WAL makes new files.
     fn open_overwrite(&self, path: &Path) -> io::Result<Box<dyn WritableFile>> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,

@@ -445,10 +445,8 @@ impl Wal {
             // reach the disk: its pages go back to the kernel (those still being written stay,
             // and go at the roll), so the appends that follow reuse them.
             debug_assert!(self.dropped_to <= self.writeback_from);
-            if self.writeback_from > self.dropped_to {
-                f.drop_cached(self.dropped_to, self.writeback_from - self.dropped_to);
-                self.dropped_to = self.writeback_from;
-            }
+            f.drop_cached(self.dropped_to, self.writeback_from - self.dropped_to);
+            self.dropped_to = self.writeback_from;
             f.start_writeback(self.writeback_from, self.file_len - self.writeback_from);
             self.writeback_from = self.file_len;
         }
@@ -470,7 +468,7 @@ impl Wal {
     fn roll(&mut self, first_epoch: u64) -> Result<(), WalError> {
         self.sync()?;
         self.cut_stale_tail().map_err(|e| self.poison(e))?;
-        if let Some(f) = self.file.as_mut().filter(|_| self.file_len > 0) {
+        if let Some(f) = self.file.as_mut() {
             // Synced: every page of the closed segment is clean, so all of them go.
             f.drop_cached(0, self.file_len);
         }

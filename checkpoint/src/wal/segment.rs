@@ -189,10 +189,8 @@ pub(crate) fn scan_segment(
 /// instead of new ones (see [`tidemark_fs::ReadableFile::drop_cached`]). The page holding
 /// `pos` stays (the kernel drops whole pages only): the log may append there next.
 fn drop_behind(file: &dyn ReadableFile, dropped_to: &mut u64, pos: u64) {
-    if pos > *dropped_to {
-        file.drop_cached(*dropped_to, pos - *dropped_to);
-        *dropped_to = pos;
-    }
+    file.drop_cached(*dropped_to, pos.saturating_sub(*dropped_to));
+    *dropped_to = (*dropped_to).max(pos);
 }
 
 /// Moves the unscanned bytes `buf[at..]` to the front and reads until at least `need` bytes
