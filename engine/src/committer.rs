@@ -765,11 +765,17 @@ impl Committer {
     }
 
     /// The state writer, started on first use with the store's state durable through
-    /// `state_epoch`.
+    /// `state_epoch`; the dedup state then takes its epochs' key buffers from the writer's
+    /// (memory kept, not freed and faulted in again each epoch).
     fn state_writer(&mut self) -> &StateWriter {
-        let (store, durable) = (&self.store, self.state_epoch);
-        self.state_writer
-            .get_or_insert_with(|| StateWriter::start(store.clone(), durable))
+        let (store, durable, dedup) = (&self.store, self.state_epoch, &self.dedup);
+        self.state_writer.get_or_insert_with(|| {
+            let writer = StateWriter::start(store.clone(), durable);
+            if let Some(d) = dedup {
+                d.lock().state.take_key_buffers_from(writer.key_buffers());
+            }
+            writer
+        })
     }
 
     /// Moves `state_epoch` to the newest epoch the state writer has synced.

@@ -209,6 +209,9 @@ pub struct DedupState {
     expected_keys: usize,
     /// Time spent sweeping evicted entries out of memory ([`DedupState::sweep_time`]).
     sweeping: Duration,
+    /// Where the state writer gives emptied delta buffers back; `None` until one runs
+    /// ([`DedupState::take_key_buffers_from`]).
+    key_buffers: Option<std::sync::Arc<tidemark_checkpoint::store::KeyBuffers>>,
 }
 
 impl std::fmt::Debug for DedupState {
@@ -234,6 +237,7 @@ impl DedupState {
             batch_clock_ms: None,
             expected_keys: 0,
             sweeping: Duration::ZERO,
+            key_buffers: None,
         }
     }
 
@@ -560,10 +564,26 @@ impl DedupState {
     /// into fresh memory (perf: most of the deciding thread's page faults). Room never
     /// written is never faulted in where the buffer is a mapping of its own (large buffers);
     /// one big epoch over-sizes only the next epoch's buffer.
+    ///
+    /// That buffer is one the state writer gave back where it can ([`DedupState::take_key_buffers_from`]):
+    /// memory kept, not freed and faulted in again each epoch.
     pub fn take_inserted(&mut self) -> PackedKeys {
         let (keys, bytes) = (self.inserted.len(), self.inserted.key_bytes());
-        let next = PackedKeys::with_capacity(keys + keys / 8, bytes + bytes / 8);
+        let (keys, bytes) = (keys + keys / 8, bytes + bytes / 8);
+        let next = match &self.key_buffers {
+            Some(buffers) => buffers.take(keys, bytes),
+            None => PackedKeys::with_capacity(keys, bytes),
+        };
         std::mem::replace(&mut self.inserted, next).at_or_above(self.watermark)
+    }
+
+    /// Takes the next epochs' key buffers from `buffers` (the running state writer's
+    /// [`StateWriter::key_buffers`](tidemark_checkpoint::store::StateWriter::key_buffers)).
+    pub fn take_key_buffers_from(
+        &mut self,
+        buffers: std::sync::Arc<tidemark_checkpoint::store::KeyBuffers>,
+    ) {
+        self.key_buffers = Some(buffers);
     }
 
     /// Gives back what [`DedupState::take_inserted`] took, when its caller does not checkpoint

@@ -74,7 +74,7 @@ use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOp
 use tracing::{debug, info};
 
 pub use error::{classify_rocks, StoreError, StoreErrorKind};
-pub use packed::PackedKeys;
+pub use packed::{KeyBuffers, PackedKeys};
 use pair_sort::for_each_newest_in_key_order;
 pub use record::{ChangelogStart, CheckpointRecord, Counts, RecordError, SourcePosition};
 pub use staged::StagedState;

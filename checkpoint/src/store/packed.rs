@@ -32,6 +32,21 @@ impl PackedKeys {
         self.entries.push((self.bytes.len(), event_time));
     }
 
+    /// Appends a pair whose key is the first `shared` bytes of the last key pushed followed
+    /// by `suffix` (a state delta's compact form). `shared` must be at most the last key's
+    /// length (the decoder checks it).
+    pub fn push_after_shared(&mut self, shared: usize, suffix: &[u8], event_time: i64) {
+        let last_start = match self.entries.len() {
+            0 | 1 => 0,
+            n => self.entries[n - 2].0,
+        };
+        let shared = shared.min(self.bytes.len() - last_start);
+        self.bytes
+            .extend_from_within(last_start..last_start + shared);
+        self.bytes.extend_from_slice(suffix);
+        self.entries.push((self.bytes.len(), event_time));
+    }
+
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -45,6 +60,40 @@ impl PackedKeys {
     /// Total key bytes.
     pub fn key_bytes(&self) -> usize {
         self.bytes.len()
+    }
+
+    /// The `i`th pair pushed (`i < len()`): random access for the state writer's sort, which
+    /// reads a long key back by its index.
+    pub fn get(&self, i: usize) -> (&[u8], i64) {
+        let start = if i == 0 { 0 } else { self.entries[i - 1].0 };
+        let (end, t) = self.entries[i];
+        (&self.bytes[start..end], t)
+    }
+
+    /// Appends every pair of `other`, in order: one copy of its key bytes.
+    pub fn extend_from(&mut self, other: &PackedKeys) {
+        let base = self.bytes.len();
+        self.bytes.extend_from_slice(&other.bytes);
+        self.entries
+            .extend(other.entries.iter().map(|&(end, t)| (base + end, t)));
+    }
+
+    /// Empties it and keeps its memory for the next fill, at most twice what this fill used
+    /// (a buffer that once took a restart's many epochs does not keep that size for good).
+    ///
+    /// Why keep it at all: on the virtual machines measured (README, "Dedup's cost"), memory
+    /// given back to the system comes back as pages the host must fault in again, at a
+    /// fraction of a copy's speed; a buffer refilled every second should stay put.
+    pub fn clear_keeping_memory(&mut self) {
+        let (keys, bytes) = (self.entries.len(), self.bytes.len());
+        self.entries.clear();
+        self.bytes.clear();
+        if self.entries.capacity() > 2 * keys {
+            self.entries.shrink_to(2 * keys);
+        }
+        if self.bytes.capacity() > 2 * bytes {
+            self.bytes.shrink_to(2 * bytes);
+        }
     }
 
     /// `(key, event_time)` in the order they were pushed.
@@ -71,6 +120,45 @@ impl PackedKeys {
     }
 }
 
+/// Emptied [`PackedKeys`] handed back for the next epoch's keys: the state writer gives each
+/// delta's buffer back once it has copied it, and the dedup state takes one at each seal
+/// instead of allocating (each epoch's buffer, tens of MB at 1 s epochs, was fresh memory).
+#[derive(Debug, Default)]
+pub struct KeyBuffers {
+    free: std::sync::Mutex<Vec<PackedKeys>>,
+}
+
+/// Buffers [`KeyBuffers`] keeps; more given back are freed. Two: the one being filled is
+/// taken, one may wait in the writer's queue.
+const KEPT_BUFFERS: usize = 2;
+
+impl KeyBuffers {
+    /// Keeps `keys`' memory for a later [`KeyBuffers::take`] (its pairs are dropped).
+    pub fn give(&self, mut keys: PackedKeys) {
+        keys.entries.clear();
+        keys.bytes.clear();
+        if let Ok(mut free) = self.free.lock() {
+            if free.len() < KEPT_BUFFERS {
+                free.push(keys);
+            }
+        }
+    }
+
+    /// An empty buffer with room for `keys` pairs of `key_bytes` bytes: a kept one (grown
+    /// where it is short) or a new one.
+    pub fn take(&self, keys: usize, key_bytes: usize) -> PackedKeys {
+        let kept = self.free.lock().ok().and_then(|mut free| free.pop());
+        match kept {
+            Some(mut p) => {
+                p.entries.reserve(keys);
+                p.bytes.reserve(key_bytes);
+                p
+            }
+            None => PackedKeys::with_capacity(keys, key_bytes),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -90,7 +178,74 @@ mod tests {
         assert_eq!(p.len(), 100);
     }
 
+    /// A buffer given back comes back empty with its memory (no new allocation), grown where
+    /// more is asked; no more than two are kept.
+    #[test]
+    fn given_buffers_come_back_empty_with_their_memory() {
+        let pool = KeyBuffers::default();
+        let mut p = PackedKeys::with_capacity(1_000, 10_000);
+        p.push(b"k", 1);
+        let (entries, bytes) = (p.entries.as_ptr(), p.bytes.as_ptr());
+        pool.give(p);
+        let back = pool.take(500, 5_000);
+        assert!(back.is_empty());
+        assert_eq!(
+            (back.entries.as_ptr(), back.bytes.as_ptr()),
+            (entries, bytes)
+        );
+        pool.give(back);
+        let grown = pool.take(4_000, 40_000);
+        assert!(grown.capacity().0 >= 4_000 && grown.capacity().1 >= 40_000);
+        for _ in 0..3 {
+            pool.give(PackedKeys::with_capacity(1, 1));
+        }
+        assert_eq!(pool.free.lock().unwrap().len(), 2);
+        assert!(pool.take(1, 1).is_empty());
+    }
+
+    /// Cleared, a buffer keeps at most twice what it held.
+    #[test]
+    fn a_cleared_buffer_keeps_at_most_twice_its_fill() {
+        let mut p = PackedKeys::with_capacity(10_000, 100_000);
+        p.push(b"abc", 1);
+        p.clear_keeping_memory();
+        assert!(p.is_empty());
+        assert!(
+            p.capacity().0 <= 2 && p.capacity().1 <= 6,
+            "{:?}",
+            p.capacity()
+        );
+        let mut q = PackedKeys::with_capacity(100, 1_000);
+        for i in 0..100u8 {
+            q.push(&[i; 10], 0);
+        }
+        q.clear_keeping_memory();
+        assert!(q.capacity().0 >= 100 && q.capacity().1 >= 1_000);
+    }
+
     proptest! {
+        /// `get` and `extend_from` give the pairs pushed, in order.
+        #[test]
+        fn get_and_extend_from_give_the_pairs_pushed(
+            a in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..20), any::<i64>()), 0..30),
+            b in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..20), any::<i64>()), 0..30),
+        ) {
+            let (mut pa, mut pb) = (PackedKeys::default(), PackedKeys::default());
+            for (k, t) in &a {
+                pa.push(k, *t);
+            }
+            for (k, t) in &b {
+                pb.push(k, *t);
+            }
+            pa.extend_from(&pb);
+            let all: Vec<(Vec<u8>, i64)> = a.iter().chain(&b).cloned().collect();
+            prop_assert_eq!(pa.len(), all.len());
+            for (i, (k, t)) in all.iter().enumerate() {
+                let (gk, gt) = pa.get(i);
+                prop_assert_eq!((gk, gt), (k.as_slice(), *t));
+            }
+        }
+
         #[test]
         fn pairs_come_back_in_order_and_filter_by_time(
             pairs in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..30), any::<i64>()), 0..50),

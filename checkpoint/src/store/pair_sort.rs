@@ -50,7 +50,7 @@ pub(super) fn split_by_key_range(pairs: Vec<Pair<'_>>, parts: usize) -> Vec<Vec<
     if parts < 2 {
         return vec![pairs];
     }
-    let skip = shared_prefix_len(&pairs);
+    let skip = shared_prefix_len(pairs.as_slice());
     let step = (pairs.len() / (64 * parts)).max(1);
     let mut sample: Vec<u64> = pairs
         .iter()
@@ -93,10 +93,61 @@ struct Entry {
     time: i64,
 }
 
+/// Pairs the sort reads by index: a delta as a slice of pairs, or packed (the state writer's
+/// gathered keys, sorted where they lie, without a vector of pairs built for them).
+pub(super) trait Pairs {
+    /// How many pairs.
+    fn count(&self) -> usize;
+    /// The `i`th pair (`i < count()`).
+    fn pair(&self, i: usize) -> (&[u8], i64);
+}
+
+impl Pairs for [Pair<'_>] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn pair(&self, i: usize) -> (&[u8], i64) {
+        self[i]
+    }
+}
+
+impl Pairs for super::PackedKeys {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn pair(&self, i: usize) -> (&[u8], i64) {
+        self.get(i)
+    }
+}
+
 /// Calls `put` once per distinct key of `pairs`, in key-index byte order, with its newest
 /// time (the last of its run once sorted with times rising); returns how many keys it was
 /// called with. The order and the times are exactly those of sorting plainly
 /// ([`plain_order`]) and keeping the last pair of each key (property-tested).
+pub(super) fn for_each_newest_in_key_order<E>(
+    pairs: &[Pair<'_>],
+    mut put: impl FnMut(&[u8], i64) -> Result<(), E>,
+) -> Result<usize, E> {
+    let mut order = KeyOrder::default();
+    if order.sort(pairs, None) {
+        return order.for_each_newest(pairs, put);
+    }
+    // Not a delta the writer gathers (it writes every 4M keys): the plain way.
+    let mut sorted = pairs.to_vec();
+    sorted.sort_unstable_by(plain_order);
+    let mut n = 0;
+    for (i, &(key, time)) in sorted.iter().enumerate() {
+        if sorted.get(i + 1).is_none_or(|next| next.0 != key) {
+            put(key, time)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The key order of a set of pairs, in memory kept from one sort to the next: the state
+/// writer sorts every second's keys with one of these, so its entries (32 bytes a key, tens
+/// of MB) are not fresh memory each time (README, "Dedup's cost").
 ///
 /// Why not a sort of indices by window (this module's first form): the pairs and then their
 /// key bytes are read back
@@ -109,89 +160,127 @@ struct Entry {
 /// whose 16 padded bytes differ are ordered by them (two windows: the module documentation). Where they tie and both keys end within them, the shorter is the
 /// prefix of the other (the padding is zeros), so length decides; where either is longer,
 /// the plain comparison does.
-pub(super) fn for_each_newest_in_key_order<E>(
-    pairs: &[Pair<'_>],
-    mut put: impl FnMut(&[u8], i64) -> Result<(), E>,
-) -> Result<usize, E> {
-    if pairs.is_empty() {
-        return Ok(0);
-    }
-    if u32::try_from(pairs.len()).is_err() {
-        // Not a delta the writer gathers (it writes every 4M keys): the plain way.
-        let mut sorted = pairs.to_vec();
-        sorted.sort_unstable_by(plain_order);
-        let mut n = 0;
-        for (i, &(key, time)) in sorted.iter().enumerate() {
-            if sorted.get(i + 1).is_none_or(|next| next.0 != key) {
-                put(key, time)?;
-                n += 1;
+#[derive(Default)]
+pub(super) struct KeyOrder {
+    /// The sorted entries of the last [`KeyOrder::sort`].
+    entries: Vec<Entry>,
+    /// The prefix every pair of the last sort shares.
+    skip: usize,
+}
+
+impl KeyOrder {
+    /// Sorts the pairs whose time is at or above `floor` (all when `None`). False, and nothing
+    /// sorted, when there are more pairs than a `u32` indexes (the caller sorts them plainly).
+    pub(super) fn sort<P: Pairs + ?Sized>(&mut self, pairs: &P, floor: Option<i64>) -> bool {
+        let entries = &mut self.entries;
+        entries.clear();
+        let count = pairs.count();
+        if u32::try_from(count).is_err() {
+            return false;
+        }
+        // Over every pair, kept or not: a prefix they all share, the kept ones share.
+        let skip = shared_prefix_len(pairs);
+        self.skip = skip;
+        let inline_max = skip + 16;
+        let floor = floor.unwrap_or(i64::MIN);
+        entries.reserve(count);
+        entries.extend((0..count).filter_map(|index| {
+            let (key, time) = pairs.pair(index);
+            // `index` fits: the count was checked against `u32` above; so does a key's
+            // length capped there.
+            (time >= floor).then(|| Entry {
+                hi: window(key, skip),
+                lo: window(key, skip + 8),
+                len: key.len().min(u32::MAX as usize) as u32,
+                index: index as u32,
+                time,
+            })
+        }));
+        let inline = |e: &Entry| e.len as usize <= inline_max;
+        // By the 16 bytes first, with the cheapest comparison (most keys differ there), then
+        // each run of equal 16 bytes (a key given again, or keys longer than them) by the rest.
+        entries.sort_unstable_by_key(|e| (u128::from(e.hi) << 64) | u128::from(e.lo));
+        let rest = |a: &Entry, b: &Entry| {
+            if inline(a) && inline(b) {
+                a.len.cmp(&b.len)
+            } else {
+                pairs
+                    .pair(a.index as usize)
+                    .0
+                    .cmp(pairs.pair(b.index as usize).0)
+            }
+            .then(a.time.cmp(&b.time))
+        };
+        for run in entries.chunk_by_mut(|a, b| (a.hi, a.lo) == (b.hi, b.lo)) {
+            if run.len() > 1 {
+                run.sort_unstable_by(rest);
             }
         }
-        return Ok(n);
+        true
     }
-    let skip = shared_prefix_len(pairs);
-    let inline_max = skip + 16;
-    let mut entries: Vec<Entry> = pairs
-        .iter()
-        .enumerate()
-        // `index` fits: the length was checked against `u32` above; so does a key's length
-        // capped there.
-        .map(|(index, &(key, time))| Entry {
-            hi: window(key, skip),
-            lo: window(key, skip + 8),
-            len: key.len().min(u32::MAX as usize) as u32,
-            index: index as u32,
-            time,
-        })
-        .collect();
-    let inline = |e: &Entry| e.len as usize <= inline_max;
-    let same_key = |a: &Entry, b: &Entry| {
-        (a.hi, a.lo, a.len) == (b.hi, b.lo, b.len)
-            && (inline(a) || pairs[a.index as usize].0 == pairs[b.index as usize].0)
-    };
-    // By the 16 bytes first, with the cheapest comparison (most keys differ there), then
-    // each run of equal 16 bytes (a key given again, or keys longer than them) by the rest.
-    entries.sort_unstable_by_key(|e| (u128::from(e.hi) << 64) | u128::from(e.lo));
-    let rest = |a: &Entry, b: &Entry| {
-        if inline(a) && inline(b) {
-            a.len.cmp(&b.len)
-        } else {
-            pairs[a.index as usize].0.cmp(pairs[b.index as usize].0)
+
+    /// True when the last sort kept no pair.
+    pub(super) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Calls `put` once per distinct key of the last sort, in key-index byte order, with its
+    /// newest time; returns how many keys it was called with. `pairs` must be the pairs
+    /// sorted last.
+    pub(super) fn for_each_newest<P: Pairs + ?Sized, E>(
+        &self,
+        pairs: &P,
+        mut put: impl FnMut(&[u8], i64) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let entries = &self.entries;
+        let Some(first) = entries.first() else {
+            return Ok(0);
+        };
+        let skip = self.skip;
+        let inline_max = skip + 16;
+        let inline = |e: &Entry| e.len as usize <= inline_max;
+        let same_key = |a: &Entry, b: &Entry| {
+            (a.hi, a.lo, a.len) == (b.hi, b.lo, b.len)
+                && (inline(a) || pairs.pair(a.index as usize).0 == pairs.pair(b.index as usize).0)
+        };
+        let mut key = pairs.pair(first.index as usize).0[..skip].to_vec();
+        let mut n = 0;
+        for (i, e) in entries.iter().enumerate() {
+            if entries.get(i + 1).is_some_and(|next| same_key(e, next)) {
+                continue;
+            }
+            if inline(e) {
+                key.truncate(skip);
+                key.extend_from_slice(&e.hi.to_be_bytes());
+                key.extend_from_slice(&e.lo.to_be_bytes());
+                key.truncate(e.len as usize);
+                put(&key, e.time)?;
+            } else {
+                put(pairs.pair(e.index as usize).0, e.time)?;
+            }
+            n += 1;
         }
-        .then(a.time.cmp(&b.time))
-    };
-    for run in entries.chunk_by_mut(|a, b| (a.hi, a.lo) == (b.hi, b.lo)) {
-        if run.len() > 1 {
-            run.sort_unstable_by(rest);
+        Ok(n)
+    }
+
+    /// Drops the last sort's entries, keeping their memory up to twice what it used.
+    pub(super) fn clear(&mut self) {
+        let used = self.entries.len();
+        self.entries.clear();
+        if self.entries.capacity() > 2 * used {
+            self.entries.shrink_to(2 * used);
         }
     }
-    let mut key = pairs[0].0[..skip].to_vec();
-    let mut n = 0;
-    for (i, e) in entries.iter().enumerate() {
-        if entries.get(i + 1).is_some_and(|next| same_key(e, next)) {
-            continue;
-        }
-        if inline(e) {
-            key.truncate(skip);
-            key.extend_from_slice(&e.hi.to_be_bytes());
-            key.extend_from_slice(&e.lo.to_be_bytes());
-            key.truncate(e.len as usize);
-            put(&key, e.time)?;
-        } else {
-            put(pairs[e.index as usize].0, e.time)?;
-        }
-        n += 1;
-    }
-    Ok(n)
 }
 
 /// The length of the prefix every key of `pairs` shares.
-fn shared_prefix_len(pairs: &[(&[u8], i64)]) -> usize {
-    let Some((first, _)) = pairs.first() else {
+fn shared_prefix_len<P: Pairs + ?Sized>(pairs: &P) -> usize {
+    if pairs.count() == 0 {
         return 0;
-    };
+    }
+    let first = pairs.pair(0).0;
     let mut len = first.len();
-    for (key, _) in &pairs[1..] {
+    for key in (1..pairs.count()).map(|i| pairs.pair(i).0) {
         len = len.min(key.len());
         len = first[..len]
             .iter()
@@ -338,6 +427,52 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// One `KeyOrder` used for two sorts in turn (its memory kept between them), over
+        /// packed keys and a floor: each gives the distinct keys at or above the floor, in
+        /// the plain order, with their newest times.
+        #[test]
+        fn a_reused_key_order_over_packed_keys_is_the_plain_sort_above_the_floor(
+            first in keys_of_any_length(),
+            second in keys_of_any_length(),
+            floors in (proptest::option::of(-3i64..4), proptest::option::of(-3i64..4)),
+        ) {
+            let mut order = KeyOrder::default();
+            for (pairs, floor) in [(&first, floors.0), (&second, floors.1)] {
+                let mut packed = super::super::PackedKeys::default();
+                for (k, t) in pairs {
+                    packed.push(k, *t);
+                }
+                let mut plain: Vec<(&[u8], i64)> = pairs
+                    .iter()
+                    .map(|(k, t)| (k.as_slice(), *t))
+                    .filter(|&(_, t)| floor.is_none_or(|f| t >= f))
+                    .collect();
+                plain.sort_by(plain_order);
+                let want: Vec<(Vec<u8>, i64)> = plain
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, &(k, _))| plain.get(i + 1).is_none_or(|next| next.0 != k))
+                    .map(|(_, &(k, t))| (k.to_vec(), t))
+                    .collect();
+                prop_assert!(order.sort(&packed, floor));
+                prop_assert_eq!(order.is_empty(), want.is_empty());
+                let mut got = Vec::new();
+                let n = order
+                    .for_each_newest(&packed, |k, t| {
+                        got.push((k.to_vec(), t));
+                        Ok::<(), ()>(())
+                    })
+                    .unwrap();
+                prop_assert_eq!(n, want.len());
+                prop_assert_eq!(got, want);
+                order.clear();
+            }
+        }
+    }
+
     /// Keys that spread are split into as many groups as asked, of similar sizes.
     #[test]
     fn spread_keys_split_into_the_parts_asked() {
@@ -371,9 +506,9 @@ mod tests {
     #[test]
     fn the_shared_prefix_and_the_window() {
         let pairs: Vec<(&[u8], i64)> = vec![(b"order-0012", 0), (b"order-0099", 0), (b"order-", 0)];
-        assert_eq!(shared_prefix_len(&pairs), 6);
+        assert_eq!(shared_prefix_len(pairs.as_slice()), 6);
         assert_eq!(shared_prefix_len(&pairs[..2]), 8);
-        assert_eq!(shared_prefix_len(&[]), 0);
+        assert_eq!(shared_prefix_len::<[Pair]>(&[]), 0);
         assert_eq!(
             window(b"order-0012", 8),
             u64::from_be_bytes(*b"12\0\0\0\0\0\0")

@@ -25,9 +25,9 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{IngestExternalFileOptions, SstFileWriter};
 
-use super::pair_sort::{split_by_key_range, Pair};
+use super::pair_sort::{split_by_key_range, KeyOrder, Pair};
 use super::{
-    dedup_options, for_each_newest_in_key_order, record, CheckpointStore, StoreError,
+    dedup_options, for_each_newest_in_key_order, record, CheckpointStore, PackedKeys, StoreError,
     CF_DEDUP_BY_KEY,
 };
 
@@ -170,6 +170,50 @@ impl CheckpointStore {
             files,
             entries,
             helper_cpu,
+        })
+    }
+
+    /// [`CheckpointStore::stage_state`] of the pairs of `keys` at or above `floor`, sorted
+    /// with `order` (whose memory the state writer keeps from one write to the next) where
+    /// they lie: no vector of pairs, no sort buffer allocated per write. One file.
+    pub(super) fn stage_packed(
+        &self,
+        first: u64,
+        last: u64,
+        keys: &PackedKeys,
+        floor: Option<i64>,
+        order: &mut KeyOrder,
+    ) -> Result<StagedState, StoreError> {
+        let kept = |&(_, t): &(&[u8], i64)| floor.is_none_or(|f| t >= f);
+        if !order.sort(keys, floor) {
+            return self.stage_state(first, last, keys.iter().filter(kept));
+        }
+        let empty = StagedState {
+            files: Vec::new(),
+            entries: 0,
+            helper_cpu: std::time::Duration::ZERO,
+        };
+        if order.is_empty() {
+            return Ok(empty);
+        }
+        let dir = self.path.join(STAGING_DIR);
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            op: "create the state staging directory",
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(format!("{first}-{last}.{CF_DEDUP_BY_KEY}.sst"));
+        let mut entries = 0;
+        self.write_sst(&path, |w| {
+            entries =
+                order.for_each_newest(keys, |key, time| w.put(key, record::time_prefix(time)))?;
+            Ok(())
+        })?;
+        order.clear();
+        Ok(StagedState {
+            files: vec![path],
+            entries,
+            ..empty
         })
     }
 

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use super::{CheckpointStore, PackedKeys, StoreError};
+use super::pair_sort::KeyOrder;
+use super::{CheckpointStore, KeyBuffers, PackedKeys, StoreError};
 use crate::fault::{self, CrashPoint};
 
 /// Deltas waiting for the thread before [`StateWriter::queue`] blocks.
@@ -84,6 +85,8 @@ pub struct StateWriter {
     /// CPU microseconds the thread has used, as of its last write ([`StateWriter::cpu_time`]);
     /// [`CPU_UNKNOWN`] until a write has measured it.
     cpu_micros: Arc<AtomicU64>,
+    /// Where the thread gives each delta's buffer back once it has copied it.
+    buffers: Arc<KeyBuffers>,
 }
 
 impl std::fmt::Debug for StateWriter {
@@ -109,15 +112,18 @@ impl StateWriter {
         let path = store.path().to_path_buf();
         let held = Arc::new(AtomicBool::new(false));
         let cpu_micros = Arc::new(AtomicU64::new(CPU_UNKNOWN));
+        let buffers = Arc::new(KeyBuffers::default());
         let thread = {
             let (durable, failed, held) = (durable.clone(), failed.clone(), held.clone());
             let cpu = cpu_micros.clone();
+            let buffers = buffers.clone();
             std::thread::Builder::new()
                 .name("tidemark-state".into())
                 .spawn(move || {
                     let cadence = Cadence {
                         every,
                         parts_when_waited: write_parts(),
+                        buffers,
                     };
                     let helpers = run(
                         store,
@@ -141,7 +147,14 @@ impl StateWriter {
             thread,
             path,
             cpu_micros,
+            buffers,
         }
+    }
+
+    /// Emptied key buffers the thread gives back after copying each delta: the dedup state
+    /// takes the next epoch's from here ([`KeyBuffers::take`]) instead of allocating.
+    pub fn key_buffers(&self) -> Arc<KeyBuffers> {
+        self.buffers.clone()
     }
 
     /// CPU time the writer's thread, and the threads that wrote parts of its writes, have used
@@ -311,13 +324,15 @@ fn note_cpu(cpu: &AtomicU64, helpers: Duration) {
 }
 
 /// When the thread writes, and on how many threads.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Cadence {
     /// Least time between two unasked writes.
     every: Duration,
     /// Parts of a write somebody waits for ([`write_parts`], found once per writer: it reads
     /// the process's CPU affinity and cgroup quota).
     parts_when_waited: usize,
+    /// Where a delta's buffer goes once copied ([`StateWriter::key_buffers`]).
+    buffers: Arc<KeyBuffers>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -342,7 +357,7 @@ fn run(
         loop {
             // Wait for work; once something is gathered, at most until the next write is due
             // (while held, look again every HOLD_POLL).
-            let job = if gathered.deltas.is_empty() {
+            let job = if gathered.epochs.is_none() {
                 match rx.recv() {
                     Ok(j) => Some(j),
                     Err(RecvError) => break,
@@ -366,8 +381,7 @@ fn run(
                 Some(Job::Apply(delta)) => {
                     // Its record is durable: what is below its watermark is never read again.
                     store.set_evict_below(delta.evict_below);
-                    gathered.keys += delta.inserts.len();
-                    gathered.deltas.push(delta);
+                    gathered.add(delta, &cadence.buffers);
                     false
                 }
                 Some(Job::Sync(reply)) => {
@@ -378,7 +392,7 @@ fn run(
             // Checked after every job, not only on a timeout: a queue that never empties (a
             // restart hands over many epochs at once) must not put a due write off.
             let due = !held.load(Ordering::Acquire) && last_sync.elapsed() >= every;
-            if asked || due || gathered.keys >= MAX_GATHERED_KEYS {
+            if asked || due || gathered.keys.len() >= MAX_GATHERED_KEYS {
                 // Somebody waits for (or will soon wait for) an asked write: on every core.
                 let parts = if asked { cadence.parts_when_waited } else { 1 };
                 gathered.write(&store, &mut synced, &durable, parts)?;
@@ -405,18 +419,34 @@ fn run(
     gathered.helper_cpu
 }
 
-/// Deltas received and not written yet, in epoch order.
+/// Deltas received and not written yet: their epochs and their keys, copied in epoch order
+/// into one buffer that, with the sort's, is kept from one write to the next (fresh memory
+/// for each second's keys was a third of this thread's time on the VMs measured: README,
+/// "Dedup's cost").
 #[derive(Default)]
 struct Gathered {
-    deltas: Vec<StateDelta>,
-    /// Keys in `deltas`.
-    keys: usize,
+    /// First and newest epoch gathered; `None` when nothing is.
+    epochs: Option<(u64, u64)>,
+    /// The gathered deltas' keys, in epoch order.
+    keys: PackedKeys,
+    /// Sorts `keys` for a write, its memory kept.
+    order: KeyOrder,
     /// CPU time the threads that wrote parts of the writes so far used (the writer's own
     /// thread time does not include it; [`StateWriter::cpu_time`] adds it).
     helper_cpu: Duration,
 }
 
 impl Gathered {
+    /// Takes `delta` in (its keys copied) and gives its buffer back to `buffers`.
+    fn add(&mut self, delta: StateDelta, buffers: &KeyBuffers) {
+        self.epochs = Some(match self.epochs {
+            Some((first, last)) => (first, last.max(delta.epoch)),
+            None => (delta.epoch, delta.epoch),
+        });
+        self.keys.extend_from(&delta.inserts);
+        buffers.give(delta.inserts);
+    }
+
     /// Writes and ingests everything gathered (the keys at or above the newest watermark
     /// received) in up to `parts` files written in parallel, then publishes the newest epoch
     /// among them as durable.
@@ -427,33 +457,24 @@ impl Gathered {
         durable: &AtomicU64,
         parts: usize,
     ) -> Result<(), StoreError> {
-        let (Some(first), Some(last)) = (
-            self.deltas.first(),
-            self.deltas.iter().map(|d| d.epoch).max(),
-        ) else {
+        let Some((first, last)) = self.epochs else {
             return Ok(());
         };
         let floor = store.evict_below.load(Ordering::Acquire);
-        // Sized for every key gathered at once: collected from the filter, the pairs grew by
-        // doubling, each step a copy into fresh memory (perf: a third of this thread's page
-        // faults). The store collects the vector back into a vector, which std does in its
-        // own buffer.
-        let mut pairs = Vec::with_capacity(self.keys);
-        pairs.extend(
-            self.deltas
-                .iter()
-                .flat_map(|d| d.inserts.iter())
-                .filter(|&(_, t)| t >= floor),
-        );
-        let staged = store.stage_state_in_parts(first.epoch, last, pairs, parts)?;
+        let staged = if parts > 1 {
+            let pairs: Vec<(&[u8], i64)> = self.keys.iter().filter(|&(_, t)| t >= floor).collect();
+            store.stage_state_in_parts(first, last, pairs, parts)?
+        } else {
+            store.stage_packed(first, last, &self.keys, Some(floor), &mut self.order)?
+        };
         fault::hit(CrashPoint::AfterStateWrite);
-        debug!(epochs = %format!("{}..={last}", first.epoch), keys = staged.entries(), files = staged.files(), "state deltas staged (not ingested)");
+        debug!(epochs = %format!("{first}..={last}"), keys = staged.entries(), files = staged.files(), "state deltas staged (not ingested)");
         self.helper_cpu += staged.helper_cpu();
         let n = staged.ingest(store)?;
         store.note_state_ingested(last)?;
         fault::hit(CrashPoint::AfterStateSync);
-        self.deltas.clear();
-        self.keys = 0;
+        self.epochs = None;
+        self.keys.clear_keeping_memory();
         *synced = (*synced).max(last);
         durable.store(*synced, Ordering::Release);
         debug!(epoch = *synced, keys = n, "state synced");
