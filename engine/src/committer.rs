@@ -255,6 +255,9 @@ pub struct Committer {
     encode_buf: Vec<u8>,
     /// Applies state deltas to the store off the critical path (started at the first delta).
     state_writer: Option<StateWriter>,
+    /// Emptied delta buffers the state writers hand back and the dedup state takes its next
+    /// epochs' from: one pool for the committer's life, so no writer start needs the dedup lock.
+    key_buffers: std::sync::Arc<tidemark_checkpoint::store::KeyBuffers>,
     /// CPU time of state writers this committer stopped (a reset's; `None`: none stopped):
     /// with the running one's, [`Committer::state_writer_cpu`].
     stopped_writers_cpu: Option<std::time::Duration>,
@@ -662,6 +665,7 @@ impl Committer {
             stop: Shutdown::new(),
             encode_buf: Vec::new(),
             state_writer: None,
+            key_buffers: std::sync::Arc::default(),
             stopped_writers_cpu: None,
             state_epoch: 0,
             state_at: WalPosition::default(),
@@ -765,16 +769,11 @@ impl Committer {
     }
 
     /// The state writer, started on first use with the store's state durable through
-    /// `state_epoch`; the dedup state then takes its epochs' key buffers from the writer's
-    /// (memory kept, not freed and faulted in again each epoch).
+    /// `state_epoch`, handing delta buffers back to the committer's pool.
     fn state_writer(&mut self) -> &StateWriter {
-        let (store, durable, dedup) = (&self.store, self.state_epoch, &self.dedup);
+        let (store, durable, buffers) = (&self.store, self.state_epoch, &self.key_buffers);
         self.state_writer.get_or_insert_with(|| {
-            let writer = StateWriter::start(store.clone(), durable);
-            if let Some(d) = dedup {
-                d.lock().state.take_key_buffers_from(writer.key_buffers());
-            }
-            writer
+            StateWriter::start_with_buffers(store.clone(), durable, buffers.clone())
         })
     }
 
@@ -844,7 +843,8 @@ impl Committer {
     }
 
     /// Installs the dedup runtime (state and watermark progress) recovery built.
-    pub fn set_dedup(&mut self, dedup: DedupRuntime) {
+    pub fn set_dedup(&mut self, mut dedup: DedupRuntime) {
+        dedup.state.take_key_buffers_from(self.key_buffers.clone());
         self.dedup = Some(SharedDedup::new(dedup));
     }
 

@@ -561,12 +561,10 @@ impl DedupState {
     ///
     /// The next epoch's buffer starts with room for an eighth more than this one took: an
     /// epoch's keys (~1M at 1 s) then go in without the buffer doubling, each doubling a copy
-    /// into fresh memory (perf: most of the deciding thread's page faults). Room never
-    /// written is never faulted in where the buffer is a mapping of its own (large buffers);
-    /// one big epoch over-sizes only the next epoch's buffer.
-    ///
-    /// That buffer is one the state writer gave back where it can ([`DedupState::take_key_buffers_from`]):
-    /// memory kept, not freed and faulted in again each epoch.
+    /// into fresh memory (perf: most of the deciding thread's page faults). Where the state
+    /// writer runs, that buffer is one it gave back ([`DedupState::take_key_buffers_from`]):
+    /// memory kept, not freed and faulted in again each epoch (a given-back buffer keeps at
+    /// most twice its last delta's fill, so one big epoch does not size them for good).
     pub fn take_inserted(&mut self) -> PackedKeys {
         let (keys, bytes) = (self.inserted.len(), self.inserted.key_bytes());
         let (keys, bytes) = (keys + keys / 8, bytes + bytes / 8);
@@ -577,8 +575,10 @@ impl DedupState {
         std::mem::replace(&mut self.inserted, next).at_or_above(self.watermark)
     }
 
-    /// Takes the next epochs' key buffers from `buffers` (the running state writer's
-    /// [`StateWriter::key_buffers`](tidemark_checkpoint::store::StateWriter::key_buffers)).
+    /// Takes the next epochs' key buffers from `buffers`, where the state writer hands each
+    /// delta's buffer back once copied
+    /// ([`StateWriter::start_with_buffers`](tidemark_checkpoint::store::StateWriter::start_with_buffers)),
+    /// so epoch buffers are reused instead of faulted in again.
     pub fn take_key_buffers_from(
         &mut self,
         buffers: std::sync::Arc<tidemark_checkpoint::store::KeyBuffers>,

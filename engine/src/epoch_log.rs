@@ -34,7 +34,7 @@
 //! batch is what decides `event_time_in_future` (see `dedup.max_event_time_skew_ms`), so a
 //! replay decides it from the WAL, exactly as the first time. Record frames with no clock
 //! before them (a WAL written by an older build) are replayed without that check. Markers of
-//! another type are skipped by this build (and type 2 by builds before it).
+//! another type are skipped by this build (and types 2 and 3 by builds before each).
 //!
 //! **State delta** (marker type 3; with dedup, written just before the epoch's seal, in the
 //! same synced write): the keys the epoch added to the dedup state (those still at or above
@@ -109,6 +109,10 @@ const MARKER_STATE_DELTA: u8 = 2;
 const MARKER_STATE_DELTA_COMPACT: u8 = 3;
 /// Most bytes a LEB128 varint of a `u64` takes.
 const VARINT_MAX: usize = 10;
+/// Most key bytes a compact state-delta frame of two or more keys stands for, written and
+/// read: a key that shares all of the one before it costs ~3 bytes of frame, so without a
+/// bound a damaged or crafted 64 MiB frame could ask the decoder for terabytes.
+const STATE_DELTA_RAW_BYTES: usize = 4 * STATE_DELTA_FRAME_BYTES;
 /// Key bytes per state-delta frame before the next frame starts (far below a frame's limit).
 const STATE_DELTA_FRAME_BYTES: usize = 1 << 20;
 
@@ -246,12 +250,17 @@ pub fn log_state_delta<E>(
         buf.push(MARKER_STATE_DELTA_COMPACT);
         buf.extend_from_slice(&0u32.to_le_bytes());
         let mut n = 0u32;
+        let mut raw = 0usize;
         // Each frame stands alone: its first key shares nothing, its first time is against 0.
         let (mut prev_key, mut prev_time): (&[u8], i64) = (&[], 0);
         while let Some((key, time)) = iter.peek().copied() {
-            if n > 0 && buf.len() + 3 * VARINT_MAX + key.len() > STATE_DELTA_FRAME_BYTES {
+            if n > 0
+                && (buf.len() + 3 * VARINT_MAX + key.len() > STATE_DELTA_FRAME_BYTES
+                    || raw + key.len() > STATE_DELTA_RAW_BYTES)
+            {
                 break;
             }
+            raw += key.len();
             let shared = prev_key.iter().zip(key).take_while(|(a, b)| a == b).count();
             put_varint(buf, shared as u64);
             put_varint(buf, (key.len() - shared) as u64);
@@ -332,7 +341,8 @@ pub fn decode_state_delta(payload: &[u8], out: &mut PackedKeys) -> Result<bool, 
             let (n, mut rest) = rest.split_first_chunk::<4>().ok_or_else(damaged)?;
             let mut prev_time = 0i64;
             let mut prev_len = 0usize;
-            for _ in 0..u32::from_le_bytes(*n) {
+            let mut raw = 0usize;
+            for i in 0..u32::from_le_bytes(*n) {
                 let shared = take_varint(&mut rest).ok_or_else(damaged)?;
                 let suffix = take_varint(&mut rest).ok_or_else(damaged)?;
                 let shared = usize::try_from(shared)
@@ -345,6 +355,12 @@ pub fn decode_state_delta(payload: &[u8], out: &mut PackedKeys) -> Result<bool, 
                     .ok()
                     .filter(|&s| s <= rest.len())
                     .ok_or_else(damaged)?;
+                raw += shared + suffix;
+                if i > 0 && raw > STATE_DELTA_RAW_BYTES {
+                    return Err(EpochLogError::Damaged(
+                        "state delta frame stands for more key bytes than one is written with",
+                    ));
+                }
                 let (bytes, r) = rest.split_at(suffix);
                 rest = r;
                 let delta = take_varint(&mut rest).ok_or_else(damaged)?;
@@ -688,6 +704,53 @@ mod tests {
         );
     }
 
+    /// A frame of keys that each repeat a long key before them (a few bytes each) is damage
+    /// once it stands for more than a frame's key bytes: the decoder never multiplies a small
+    /// frame into a huge one. A writer's frames stay under the bound.
+    #[test]
+    fn a_frame_that_stands_for_too_many_key_bytes_is_damage() {
+        let long = vec![b'k'; 1 << 20];
+        let repeats = 8u32;
+        let mut f = vec![MARKER_STATE_DELTA_COMPACT];
+        f.extend_from_slice(&(1 + repeats).to_le_bytes());
+        put_varint(&mut f, 0);
+        put_varint(&mut f, long.len() as u64);
+        f.extend_from_slice(&long);
+        put_varint(&mut f, 0);
+        for _ in 0..repeats {
+            put_varint(&mut f, long.len() as u64);
+            put_varint(&mut f, 0);
+            put_varint(&mut f, 0);
+        }
+        let mut out = PackedKeys::default();
+        let err = decode_state_delta(&f, &mut out).unwrap_err();
+        assert!(err.to_string().contains("more key bytes"), "{err}");
+        assert!(out.key_bytes() <= STATE_DELTA_RAW_BYTES + long.len());
+        // The writer splits the same keys into frames that read back.
+        let mut packed = PackedKeys::default();
+        for _ in 0..=repeats {
+            packed.push(&long, 0);
+        }
+        let mut back = PackedKeys::default();
+        log_state_delta(&packed, &mut Vec::new(), |p| {
+            decode_state_delta(p, &mut back).map(|_| ())
+        })
+        .unwrap();
+        assert_eq!(back, packed);
+    }
+
+    /// A frame's first key shares nothing, even when keys of earlier frames were read into
+    /// the same buffer: one that claims to is damage.
+    #[test]
+    fn a_frames_first_key_shares_nothing() {
+        let mut out = PackedKeys::default();
+        out.push(b"earlier", 1);
+        let mut f = vec![MARKER_STATE_DELTA_COMPACT];
+        f.extend_from_slice(&1u32.to_le_bytes());
+        f.extend_from_slice(&[3, 1, b'x', 0]);
+        assert!(decode_state_delta(&f, &mut out).is_err());
+    }
+
     /// A key that claims more shared bytes than the key before it has is damage, not a
     /// wrong key; so are a varint longer than a u64 and trailing bytes.
     #[test]
@@ -814,6 +877,18 @@ mod tests {
             let mut back = PackedKeys::default();
             prop_assert!(decode_state_delta(&f, &mut back).unwrap());
             prop_assert_eq!(back, want);
+        }
+
+        /// Any bytes after a compact marker read as keys or as damage, never a panic, and never
+        /// more key bytes than the bound for a frame (or its one key).
+        #[test]
+        fn any_compact_frame_reads_or_is_damage(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut f = vec![MARKER_STATE_DELTA_COMPACT];
+            f.extend_from_slice(&body);
+            let mut out = PackedKeys::default();
+            if decode_state_delta(&f, &mut out).is_ok() {
+                prop_assert!(out.key_bytes() <= STATE_DELTA_RAW_BYTES.max(body.len()));
+            }
         }
 
         /// Varints and zigzag give back every value, and take no more bytes than they need.

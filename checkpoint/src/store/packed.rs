@@ -40,6 +40,10 @@ impl PackedKeys {
             0 | 1 => 0,
             n => self.entries[n - 2].0,
         };
+        debug_assert!(
+            shared <= self.bytes.len() - last_start,
+            "shares more than the last key"
+        );
         let shared = shared.min(self.bytes.len() - last_start);
         self.bytes
             .extend_from_within(last_start..last_start + shared);
@@ -70,7 +74,8 @@ impl PackedKeys {
         (&self.bytes[start..end], t)
     }
 
-    /// Appends every pair of `other`, in order: one copy of its key bytes.
+    /// Appends every pair of `other`, in order: one copy of its key bytes (the state writer
+    /// gathers epochs' deltas into one buffer it keeps, and gives theirs back).
     pub fn extend_from(&mut self, other: &PackedKeys) {
         let base = self.bytes.len();
         self.bytes.extend_from_slice(&other.bytes);
@@ -78,8 +83,10 @@ impl PackedKeys {
             .extend(other.entries.iter().map(|&(end, t)| (base + end, t)));
     }
 
-    /// Empties it and keeps its memory for the next fill, at most twice what this fill used
-    /// (a buffer that once took a restart's many epochs does not keep that size for good).
+    /// Empties it and keeps its memory for the next fill: all of it while that is at most
+    /// four times what this fill used, else twice this fill (a buffer that once took a
+    /// restart's many epochs does not keep that size for good, and fills that vary do not
+    /// free and grow it by turns).
     ///
     /// Why keep it at all: on the virtual machines measured (README, "Dedup's cost"), memory
     /// given back to the system comes back as pages the host must fault in again, at a
@@ -88,10 +95,10 @@ impl PackedKeys {
         let (keys, bytes) = (self.entries.len(), self.bytes.len());
         self.entries.clear();
         self.bytes.clear();
-        if self.entries.capacity() > 2 * keys {
+        if self.entries.capacity() > 4 * keys {
             self.entries.shrink_to(2 * keys);
         }
-        if self.bytes.capacity() > 2 * bytes {
+        if self.bytes.capacity() > 4 * bytes {
             self.bytes.shrink_to(2 * bytes);
         }
     }
@@ -133,10 +140,11 @@ pub struct KeyBuffers {
 const KEPT_BUFFERS: usize = 2;
 
 impl KeyBuffers {
-    /// Keeps `keys`' memory for a later [`KeyBuffers::take`] (its pairs are dropped).
+    /// Keeps `keys`' memory for a later [`KeyBuffers::take`] (its pairs are dropped; its room
+    /// as [`PackedKeys::clear_keeping_memory`] keeps it), so the next epoch's keys go into
+    /// pages already faulted in.
     pub fn give(&self, mut keys: PackedKeys) {
-        keys.entries.clear();
-        keys.bytes.clear();
+        keys.clear_keeping_memory();
         if let Ok(mut free) = self.free.lock() {
             if free.len() < KEPT_BUFFERS {
                 free.push(keys);
@@ -145,7 +153,7 @@ impl KeyBuffers {
     }
 
     /// An empty buffer with room for `keys` pairs of `key_bytes` bytes: a kept one (grown
-    /// where it is short) or a new one.
+    /// where it is short) or a new one; the dedup state takes each epoch's here.
     pub fn take(&self, keys: usize, key_bytes: usize) -> PackedKeys {
         let kept = self.free.lock().ok().and_then(|mut free| free.pop());
         match kept {
@@ -184,7 +192,9 @@ mod tests {
     fn given_buffers_come_back_empty_with_their_memory() {
         let pool = KeyBuffers::default();
         let mut p = PackedKeys::with_capacity(1_000, 10_000);
-        p.push(b"k", 1);
+        for i in 0..400u32 {
+            p.push(&i.to_le_bytes().repeat(3), 1);
+        }
         let (entries, bytes) = (p.entries.as_ptr(), p.bytes.as_ptr());
         pool.give(p);
         let back = pool.take(500, 5_000);

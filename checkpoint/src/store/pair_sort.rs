@@ -1,6 +1,7 @@
 //! Sorting a state delta's `(key, event time)` pairs in the key index's byte order, with
-//! integer comparisons where the plain comparison calls `memcmp`. Both write paths of the
-//! state (a staged file, a synced batch) go through [`for_each_newest_in_key_order`], which
+//! integer comparisons where the plain comparison calls `memcmp`. Every write path of the
+//! state (a staged file, a synced batch) sorts with a [`KeyOrder`] (the state writer's kept
+//! from one write to the next; [`for_each_newest_in_key_order`] makes one for a slice), which
 //! carries short keys inline; [`split_by_key_range`] splits a delta by the same windows.
 //!
 //! Why: the state writer sorts every key of every delta. Each comparison of two keys was a
@@ -166,6 +167,8 @@ pub(super) struct KeyOrder {
     entries: Vec<Entry>,
     /// The prefix every pair of the last sort shares.
     skip: usize,
+    /// Pairs the last sort was given (kept or not): what its memory is measured against.
+    given: usize,
 }
 
 impl KeyOrder {
@@ -175,6 +178,7 @@ impl KeyOrder {
         let entries = &mut self.entries;
         entries.clear();
         let count = pairs.count();
+        self.given = count;
         if u32::try_from(count).is_err() {
             return false;
         }
@@ -263,12 +267,13 @@ impl KeyOrder {
         Ok(n)
     }
 
-    /// Drops the last sort's entries, keeping their memory up to twice what it used.
+    /// Drops the last sort's entries, keeping their memory for the next sort: all of it while
+    /// that is at most four times the pairs the last sort was given, else twice them (as
+    /// [`super::PackedKeys::clear_keeping_memory`] does).
     pub(super) fn clear(&mut self) {
-        let used = self.entries.len();
         self.entries.clear();
-        if self.entries.capacity() > 2 * used {
-            self.entries.shrink_to(2 * used);
+        if self.entries.capacity() > 4 * self.given {
+            self.entries.shrink_to(2 * self.given);
         }
     }
 }

@@ -194,6 +194,7 @@ impl CheckpointStore {
             helper_cpu: std::time::Duration::ZERO,
         };
         if order.is_empty() {
+            order.clear();
             return Ok(empty);
         }
         let dir = self.path.join(STAGING_DIR);

@@ -1,9 +1,11 @@
 //! [`StateWriter`]: makes epochs' dedup deltas part of the store off the run's critical path.
 //!
 //! One thread, one queue. A delta is queued only after the checkpoint record of its epoch is
-//! durable (the caller's order). The thread gathers what comes for up to [`SYNC_EVERY`], then
-//! writes it all as one sorted SST file ([`CheckpointStore::stage_state`]; in parts, one file
-//! each, on several threads when somebody waits for the write:
+//! durable (the caller's order). The thread copies each delta into one buffer it keeps and
+//! hands the delta's own buffer back ([`KeyBuffers`]: the dedup state fills it again), gathers
+//! what comes for up to [`SYNC_EVERY`], then writes it all as one sorted SST file (sorted where
+//! it lies, `CheckpointStore::stage_packed`; in parts, one file each, on several threads
+//! when somebody waits for the write:
 //! [`CheckpointStore::stage_state_in_parts`]) and ingests it ([`StagedState::ingest`](super::StagedState::ingest)),
 //! durable when that returns, and publishes the newest epoch whose delta is now durable
 //! ([`StateWriter::durable_epoch`]); the next checkpoint record names it as its `state_epoch`,
@@ -85,8 +87,6 @@ pub struct StateWriter {
     /// CPU microseconds the thread has used, as of its last write ([`StateWriter::cpu_time`]);
     /// [`CPU_UNKNOWN`] until a write has measured it.
     cpu_micros: Arc<AtomicU64>,
-    /// Where the thread gives each delta's buffer back once it has copied it.
-    buffers: Arc<KeyBuffers>,
 }
 
 impl std::fmt::Debug for StateWriter {
@@ -100,19 +100,34 @@ impl std::fmt::Debug for StateWriter {
 impl StateWriter {
     /// Starts the writer over `store`, whose state is durable through `durable_epoch`.
     pub fn start(store: CheckpointStore, durable_epoch: u64) -> Self {
-        Self::start_writing_every(store, durable_epoch, sync_every())
+        Self::start_with_buffers(store, durable_epoch, Arc::default())
+    }
+
+    /// [`StateWriter::start`] handing each delta's buffer back to `buffers` once copied, where
+    /// the dedup state takes its next epochs' ([`KeyBuffers::take`]): the engine keeps one
+    /// pool for all the writers a run starts.
+    pub fn start_with_buffers(
+        store: CheckpointStore,
+        durable_epoch: u64,
+        buffers: Arc<KeyBuffers>,
+    ) -> Self {
+        Self::start_writing_every(store, durable_epoch, sync_every(), buffers)
     }
 
     /// [`StateWriter::start`] with the least time between two unasked writes given (tests
     /// make it long, so that only an asked write can make a delta durable).
-    fn start_writing_every(store: CheckpointStore, durable_epoch: u64, every: Duration) -> Self {
+    fn start_writing_every(
+        store: CheckpointStore,
+        durable_epoch: u64,
+        every: Duration,
+        buffers: Arc<KeyBuffers>,
+    ) -> Self {
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
         let durable = Arc::new(AtomicU64::new(durable_epoch));
         let failed = Arc::new(Mutex::new(None));
         let path = store.path().to_path_buf();
         let held = Arc::new(AtomicBool::new(false));
         let cpu_micros = Arc::new(AtomicU64::new(CPU_UNKNOWN));
-        let buffers = Arc::new(KeyBuffers::default());
         let thread = {
             let (durable, failed, held) = (durable.clone(), failed.clone(), held.clone());
             let cpu = cpu_micros.clone();
@@ -147,14 +162,7 @@ impl StateWriter {
             thread,
             path,
             cpu_micros,
-            buffers,
         }
-    }
-
-    /// Emptied key buffers the thread gives back after copying each delta: the dedup state
-    /// takes the next epoch's from here ([`KeyBuffers::take`]) instead of allocating.
-    pub fn key_buffers(&self) -> Arc<KeyBuffers> {
-        self.buffers.clone()
     }
 
     /// CPU time the writer's thread, and the threads that wrote parts of its writes, have used
@@ -331,7 +339,7 @@ struct Cadence {
     /// Parts of a write somebody waits for ([`write_parts`], found once per writer: it reads
     /// the process's CPU affinity and cgroup quota).
     parts_when_waited: usize,
-    /// Where a delta's buffer goes once copied ([`StateWriter::key_buffers`]).
+    /// Where a delta's buffer goes once copied ([`StateWriter::start_with_buffers`]).
     buffers: Arc<KeyBuffers>,
 }
 
@@ -493,7 +501,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store =
             CheckpointStore::open(dir.path(), super::super::StoreOptions::default()).unwrap();
-        let writer = StateWriter::start_writing_every(store, 0, Duration::from_secs(3600));
+        let writer =
+            StateWriter::start_writing_every(store, 0, Duration::from_secs(3600), Arc::default());
         let mut inserts = PackedKeys::default();
         inserts.push(b"k", 1);
         writer

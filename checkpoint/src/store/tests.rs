@@ -1043,3 +1043,61 @@ fn without_the_hold_the_same_files_are_compacted() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// The state writer's own write (`stage_packed`, one file, sorted where the keys lie with a
+/// kept `KeyOrder`): keys at or above the floor go in, once each with their newest time, keys
+/// below it do not; a write with every key below the floor stages no file and its ingestion
+/// is a no-op; the same order serves the next write.
+#[test]
+fn packed_keys_stage_above_the_floor_with_a_reused_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let mut order = super::pair_sort::KeyOrder::default();
+    let first = packed(&[("b", 3), ("a", 9), ("old", 1), ("b", 7)]);
+    let staged = store
+        .stage_packed(1, 1, &first, Some(3), &mut order)
+        .unwrap();
+    assert_eq!((staged.files(), staged.entries()), (1, 2));
+    staged.ingest(&store).unwrap();
+    let all: Vec<(Vec<u8>, i64)> = entries(&store).into_iter().collect();
+    assert_eq!(all, vec![(b"a".to_vec(), 9), (b"b".to_vec(), 7)]);
+    let below = packed(&[("x", 1), ("y", 2)]);
+    let staged = store
+        .stage_packed(2, 2, &below, Some(5), &mut order)
+        .unwrap();
+    assert_eq!((staged.files(), staged.entries()), (0, 0));
+    assert_eq!(staged.ingest(&store).unwrap(), 0);
+    let next = packed(&[("c", 10)]);
+    let staged = store
+        .stage_packed(3, 3, &next, Some(5), &mut order)
+        .unwrap();
+    staged.ingest(&store).unwrap();
+    assert_eq!(
+        look(&store, &["a", "b", "c", "x", "old"]),
+        vec![Some(9), Some(7), Some(10), None, None]
+    );
+}
+
+/// A delta written by the writer's timed write (no sync asked: one part, `stage_packed`)
+/// becomes durable with the keys at or above the newest watermark received.
+#[test]
+fn a_timed_write_makes_the_gathered_keys_durable_above_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let writer = StateWriter::start(store.clone(), 0);
+    writer
+        .queue(delta(1, &[("old", 1), ("new", 10)], None))
+        .unwrap();
+    writer.queue(delta(2, &[("later", 12)], Some(5))).unwrap();
+    // A liveness bound, not a timing: the timed write comes within a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while writer.durable_epoch() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the timed write never came"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let all: Vec<(Vec<u8>, i64)> = entries(&store).into_iter().collect();
+    assert_eq!(all, vec![(b"later".to_vec(), 12), (b"new".to_vec(), 10)]);
+}
