@@ -49,6 +49,15 @@ pub struct StagedState {
 }
 
 impl StagedState {
+    /// No file staged: the deltas held no key to write.
+    fn nothing() -> Self {
+        Self {
+            files: Vec::new(),
+            entries: 0,
+            helper_cpu: std::time::Duration::ZERO,
+        }
+    }
+
     /// Entries staged (each distinct key once).
     pub fn entries(&self) -> usize {
         self.entries
@@ -112,18 +121,9 @@ impl CheckpointStore {
     ) -> Result<StagedState, StoreError> {
         let pairs: Vec<(&[u8], i64)> = inserts.into_iter().collect();
         if pairs.is_empty() {
-            return Ok(StagedState {
-                files: Vec::new(),
-                entries: 0,
-                helper_cpu: std::time::Duration::ZERO,
-            });
+            return Ok(StagedState::nothing());
         }
-        let dir = self.path.join(STAGING_DIR);
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
-            op: "create the state staging directory",
-            path: dir.clone(),
-            source,
-        })?;
+        let dir = self.staging_dir()?;
         let groups = split_by_key_range(pairs, parts);
         let file = |i: usize| match groups.len() {
             1 => dir.join(format!("{first}-{last}.{CF_DEDUP_BY_KEY}.sst")),
@@ -188,21 +188,11 @@ impl CheckpointStore {
         if !order.sort(keys, floor) {
             return self.stage_state(first, last, keys.iter().filter(kept));
         }
-        let empty = StagedState {
-            files: Vec::new(),
-            entries: 0,
-            helper_cpu: std::time::Duration::ZERO,
-        };
         if order.is_empty() {
             order.clear();
-            return Ok(empty);
+            return Ok(StagedState::nothing());
         }
-        let dir = self.path.join(STAGING_DIR);
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
-            op: "create the state staging directory",
-            path: dir.clone(),
-            source,
-        })?;
+        let dir = self.staging_dir()?;
         let path = dir.join(format!("{first}-{last}.{CF_DEDUP_BY_KEY}.sst"));
         let mut entries = 0;
         self.write_sst(&path, |w| {
@@ -214,8 +204,19 @@ impl CheckpointStore {
         Ok(StagedState {
             files: vec![path],
             entries,
-            ..empty
+            ..StagedState::nothing()
         })
+    }
+
+    /// The staging directory, made if missing.
+    fn staging_dir(&self) -> Result<PathBuf, StoreError> {
+        let dir = self.path.join(STAGING_DIR);
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            op: "create the state staging directory",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(dir)
     }
 
     /// Writes `pairs` into the SST file at `path` in key order (a key given twice once, with

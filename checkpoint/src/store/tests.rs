@@ -966,17 +966,24 @@ fn one_failed_part_fails_the_write_in_parts_and_ingests_nothing() {
     }
 }
 
+/// A writer over `store` given two deltas: "old" (1) and "new" (10), then "later" (12) with
+/// the watermark 5, below which "old" falls.
+fn writer_given_old_new_and_later(store: &CheckpointStore) -> StateWriter {
+    let writer = StateWriter::start(store.clone(), 0);
+    writer
+        .queue(delta(1, &[("old", 1), ("new", 10)], None))
+        .unwrap();
+    writer.queue(delta(2, &[("later", 12)], Some(5))).unwrap();
+    writer
+}
+
 /// Keys below the newest watermark the writer was given are not written at all (no record
 /// will ever read them); keys at or above it are.
 #[test]
 fn the_state_writer_skips_keys_below_the_newest_watermark() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
-    let writer = StateWriter::start(store.clone(), 0);
-    writer
-        .queue(delta(1, &[("old", 1), ("new", 10)], None))
-        .unwrap();
-    writer.queue(delta(2, &[("later", 12)], Some(5))).unwrap();
+    let writer = writer_given_old_new_and_later(&store);
     assert_eq!(writer.sync().unwrap(), 2);
     let all: Vec<(Vec<u8>, i64)> = entries(&store).into_iter().collect();
     assert_eq!(all, vec![(b"later".to_vec(), 12), (b"new".to_vec(), 10)]);
@@ -1084,11 +1091,7 @@ fn packed_keys_stage_above_the_floor_with_a_reused_order() {
 fn a_timed_write_makes_the_gathered_keys_durable_above_the_watermark() {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
-    let writer = StateWriter::start(store.clone(), 0);
-    writer
-        .queue(delta(1, &[("old", 1), ("new", 10)], None))
-        .unwrap();
-    writer.queue(delta(2, &[("later", 12)], Some(5))).unwrap();
+    let writer = writer_given_old_new_and_later(&store);
     // A liveness bound, not a timing: the timed write comes within a second.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while writer.durable_epoch() < 2 {
