@@ -1,6 +1,7 @@
 //! Checkpoint write latency: one synced RocksDB batch holding the checkpoint record and an
 //! epoch's new dedup keys, with 10k or 1M keys already in state; loading the dedup state; and
-//! staging a second's dedup delta as an SST file (the changelog path's state write).
+//! staging a second's dedup delta as an SST file (the changelog path's state write); looking
+//! absent keys up in a store of 9.6M keys, as a restart's replay does while the state loads.
 
 use std::time::Duration;
 
@@ -169,11 +170,63 @@ fn bench_stage_state(c: &mut Criterion) {
     group.finish();
 }
 
+/// A restart's replay checking absent keys against a store of 9.6M keys in 12 level-0 files
+/// (compactions held, as recovery holds them): a batch of 8,192 keys as one `MultiGet` on one
+/// thread, against `lookup_dedup_keys`, which splits it over two.
+fn bench_lookup(c: &mut Criterion) {
+    const FILES: u64 = 12;
+    const PER_FILE: u64 = 800_000;
+    const BATCH: u64 = 8_192;
+    let mut group = slow_group(c, "dedup_lookup");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _hold) =
+        CheckpointStore::open_holding_compactions(dir.path(), StoreOptions::default())
+            .expect("open store");
+    for f in 0..FILES {
+        // Keys spread over the whole key space in every file, as a second's new keys are.
+        let keys: Vec<Vec<u8>> = (0..PER_FILE)
+            .map(|i| {
+                format!(
+                    "order-{:012}",
+                    (i * FILES + f).wrapping_mul(0x9E37_79B9) % 1_000_000_000_007
+                )
+                .into_bytes()
+            })
+            .collect();
+        store
+            .stage_state(f + 1, f + 1, keys.iter().map(|k| (k.as_slice(), 1i64)))
+            .expect("stage")
+            .ingest(&store)
+            .expect("ingest");
+    }
+    let absent: Vec<Vec<u8>> = (0..BATCH)
+        .map(|i| format!("absent-{:012}", i.wrapping_mul(0x9E37_79B9)).into_bytes())
+        .collect();
+    let refs: Vec<&[u8]> = absent.iter().map(Vec::as_slice).collect();
+    group.throughput(Throughput::Elements(BATCH));
+    group.bench_function("absent_8192_one_thread", |b| {
+        b.iter(|| {
+            let got = store
+                .lookup_dedup_keys_on_one_thread(&refs)
+                .expect("lookup");
+            assert!(got.iter().all(Option::is_none));
+        })
+    });
+    group.bench_function("absent_8192_split", |b| {
+        b.iter(|| {
+            let got = store.lookup_dedup_keys(&refs).expect("lookup");
+            assert!(got.iter().all(Option::is_none));
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_checkpoint,
     bench_load_state,
-    bench_stage_state
+    bench_stage_state,
+    bench_lookup
 );
 criterion_main!(benches);
 

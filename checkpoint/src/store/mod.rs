@@ -146,6 +146,10 @@ impl std::fmt::Debug for CheckpointStore {
     }
 }
 
+/// Keys of a [`CheckpointStore::lookup_dedup_keys`] batch from which it is split over two
+/// threads: below it, a thread's start costs more than half the lookups.
+pub const PARALLEL_LOOKUP_KEYS: usize = 1024;
+
 /// The options of `dedup_by_key`: [`db_options`], a Bloom filter (lookups of absent keys are
 /// cheap) and the compaction filter that drops entries below `evict_below` (the time is the
 /// value).
@@ -412,8 +416,49 @@ impl CheckpointStore {
     /// The event time of each of `keys` in the dedup state, as the store holds it now (`None`:
     /// not there). A time below the caller's watermark means "not in state" (an eviction
     /// compaction has not applied yet). Batched: one RocksDB `MultiGet`, the Bloom filter
-    /// answering most absent keys without reading a block.
+    /// answering most absent keys without reading a block; a batch of
+    /// [`PARALLEL_LOOKUP_KEYS`] or more is split in two, the second half looked up on a thread
+    /// of its own (the answers are the same: lookups only read).
+    ///
+    /// Why two threads: a restart's replay checks every record against the store while its
+    /// load runs, on the one thread that gives verdicts, and each absent key probes the Bloom
+    /// filter of every level-0 file (the compaction hold keeps them, `CompactionHold`), a
+    /// cache miss each, while a core sits partly idle. `cargo bench -p tidemark-benches
+    /// --bench checkpoint -- dedup_lookup` (9.6M keys in 12 files, 8,192 absent keys): 2.19 ms
+    /// on one thread, 1.21 ms split.
     pub fn lookup_dedup_keys(&self, keys: &[&[u8]]) -> Result<Vec<Option<i64>>, StoreError> {
+        if keys.len() < PARALLEL_LOOKUP_KEYS {
+            return self.lookup_dedup_keys_on_one_thread(keys);
+        }
+        let (first, second) = keys.split_at(keys.len() / 2);
+        let (first, second) = std::thread::scope(|scope| {
+            let other = std::thread::Builder::new()
+                .name("tidemark-lookup".into())
+                .spawn_scoped(scope, || self.lookup_dedup_keys_on_one_thread(second));
+            let first = self.lookup_dedup_keys_on_one_thread(first);
+            let second = match other {
+                Ok(handle) => handle.join().unwrap_or_else(|_| {
+                    Err(StoreError::Foreign {
+                        path: self.path.clone(),
+                        message: "a thread looking up dedup keys panicked".into(),
+                    })
+                }),
+                // No thread: this one looks the second half up too.
+                Err(_) => self.lookup_dedup_keys_on_one_thread(second),
+            };
+            (first, second)
+        });
+        let mut times = first?;
+        times.extend(second?);
+        Ok(times)
+    }
+
+    /// [`CheckpointStore::lookup_dedup_keys`] on this thread whatever the batch's size: one
+    /// `MultiGet` (public for the bench that compares the two, `dedup_lookup`).
+    pub fn lookup_dedup_keys_on_one_thread(
+        &self,
+        keys: &[&[u8]],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
         let cf = self.cf(CF_DEDUP_BY_KEY)?;
         self.db
             .batched_multi_get_cf(cf, keys.iter().copied(), false)

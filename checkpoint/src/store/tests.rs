@@ -1104,3 +1104,25 @@ fn a_timed_write_makes_the_gathered_keys_durable_above_the_watermark() {
     let all: Vec<(Vec<u8>, i64)> = entries(&store).into_iter().collect();
     assert_eq!(all, vec![(b"later".to_vec(), 12), (b"new".to_vec(), 10)]);
 }
+
+/// A batch big enough to be split over two threads gets the same answers, in the same order,
+/// as one `MultiGet` on one thread: present keys with their times, absent ones `None`, on
+/// both sides of the split.
+#[test]
+fn a_split_lookup_answers_as_one_on_one_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let n = 2 * super::PARALLEL_LOOKUP_KEYS;
+    let present: Vec<(String, i64)> = (0..n)
+        .filter(|i| i % 3 == 0)
+        .map(|i| (format!("k{i:06}"), i as i64))
+        .collect();
+    let refs: Vec<(&str, i64)> = present.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+    ingest(&store, &refs);
+    let keys: Vec<String> = (0..n).map(|i| format!("k{i:06}")).collect();
+    let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    let split = store.lookup_dedup_keys(&keys).unwrap();
+    assert_eq!(split, store.lookup_dedup_keys_on_one_thread(&keys).unwrap());
+    let want: Vec<Option<i64>> = (0..n).map(|i| (i % 3 == 0).then_some(i as i64)).collect();
+    assert_eq!(split, want);
+}
