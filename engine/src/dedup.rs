@@ -419,6 +419,13 @@ impl DedupState {
         self.keys.reserve(additional);
     }
 
+    /// [`DedupState::reserve`] with the table's pages faulted in at once on two threads:
+    /// recovery, which fills the table from the changelog and the replay right after, on one
+    /// thread that would otherwise wait for each fresh page in turn.
+    pub fn reserve_faulted_in(&mut self, additional: usize) {
+        self.keys.reserve_faulted_in(additional);
+    }
+
     /// Keeps room in the table for `keys` keys (`dedup.expected_keys`) and the evicted ones a
     /// sweep removes ([`table_room`]): a state that fills to its expected size never stops the
     /// reading thread to grow, also once its window slides. Changes no verdict.

@@ -398,6 +398,13 @@ impl KeyTable {
         }
     }
 
+    /// [`KeyTable::reserve`], then every page of the table faulted in on two threads at once
+    /// (`slots::Slots::populate`): for a restart that fills the table right away.
+    pub fn reserve_faulted_in(&mut self, additional: usize) {
+        self.reserve(additional);
+        self.slots.populate(2);
+    }
+
     /// Half as many homes again: a table never sized to a power of two holds ~11M keys in
     /// ~15M homes rather than 16M or (past 12M keys) 32M.
     fn grow(&mut self) {
