@@ -110,10 +110,11 @@ impl Slots {
     /// not change: a populated page reads as zeros, as an untouched one does.
     ///
     /// Why: a restart sizes the table for the WAL's changelog and the replay at once, then
-    /// fills it from one thread, whose first touch of each fresh page waited for the host
-    /// (~0.36 GB/s of fresh memory on the VMs measured): 419 ms for 1.24M changelog keys in a
-    /// table of 2M keys' room, most of it page faults. Two threads fault the pages in side by
-    /// side while the store's load is paused.
+    /// fills it from one thread, whose first touch of each fresh page waits for the host
+    /// (~0.36 GB/s of fresh memory on the VMs measured). Two threads fault the pages in side
+    /// by side while the store's load is paused: at 10M-key bench restarts, 255 and 289 ms to
+    /// load 1.19M changelog keys against 419 ms for 1.24M on one thread (different kills;
+    /// README, "Dedup's cost").
     pub(super) fn populate(&self, threads: usize) {
         #[cfg(target_os = "linux")]
         if let Backing::Mapped(size) = self.backing {
