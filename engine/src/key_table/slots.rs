@@ -119,7 +119,8 @@ impl Slots {
         #[cfg(target_os = "linux")]
         if let Backing::Mapped(size) = self.backing {
             let base = self.ptr.as_ptr() as usize;
-            let parts = threads.clamp(1, size / HUGE_PAGE);
+            // At least one part; never more parts than huge pages.
+            let parts = threads.min(size / HUGE_PAGE).max(1);
             let part = (size / parts).next_multiple_of(HUGE_PAGE);
             let populate = |from: usize| {
                 let len = part.min(size - from);
