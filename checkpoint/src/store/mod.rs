@@ -146,6 +146,51 @@ impl std::fmt::Debug for CheckpointStore {
     }
 }
 
+/// Asks the kernel to read every table file of the store at `path` into the page cache, from
+/// a thread of its own (`POSIX_FADV_WILLNEED`, a hint whose submission may wait for the
+/// disk's queue: never on the caller's path). A file it cannot open or advise is left to be
+/// read when needed; the thread ends once every file is advised.
+///
+/// Why: a restart's replay looks keys up while the store loads, and the staged files' pages
+/// were dropped as they were written (RocksDB's `SstFileWriter` invalidates them), so each
+/// lookup that passes a Bloom filter (a duplicate, or a false positive in any of the level-0
+/// files recovery keeps) read a block from disk, synchronously, on the thread that gives
+/// verdicts: `pread` was 14% of that thread's samples in a profile of a 10M-key restart.
+/// Read ahead in big sequential steps, the files are in memory by the time the replay needs
+/// them, or soon after.
+fn read_tables_ahead(path: &Path) {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    let tables: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|f| f.extension().is_some_and(|e| e == "sst"))
+        .collect();
+    let spawned = std::thread::Builder::new()
+        .name("tidemark-read-ahead".into())
+        .spawn(move || tables.iter().for_each(|t| advise_will_need(t)));
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "no thread to read the store's tables ahead");
+    }
+}
+
+/// `POSIX_FADV_WILLNEED` on the whole file at `path` (see [`read_tables_ahead`]).
+fn advise_will_need(path: &Path) {
+    #[cfg(target_os = "linux")]
+    if let Ok(file) = std::fs::File::open(path) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is open for the call; the advice reads nothing into our
+        // memory and changes no file.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+        if rc != 0 {
+            tracing::debug!(file = %path.display(), rc, "no read-ahead for a store table file");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = path;
+}
+
 /// Keys of a [`CheckpointStore::lookup_dedup_keys`] batch from which it is split over two
 /// threads: below it, a thread's start costs more than half the lookups.
 pub const PARALLEL_LOOKUP_KEYS: usize = 1024;
@@ -248,6 +293,7 @@ impl CheckpointStore {
         options: StoreOptions,
     ) -> Result<(Self, CompactionHold), StoreError> {
         let store = Self::open_with(path, options, true)?;
+        read_tables_ahead(path);
         let hold = CompactionHold {
             store: Some(store.clone()),
         };

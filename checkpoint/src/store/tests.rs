@@ -1126,3 +1126,63 @@ fn a_split_lookup_answers_as_one_on_one_thread() {
     let want: Vec<Option<i64>> = (0..n).map(|i| (i % 3 == 0).then_some(i as i64)).collect();
     assert_eq!(split, want);
 }
+
+/// A store opened for recovery (`open_holding_compactions`) has its table files read into the
+/// page cache in the background: files whose pages were dropped come back cached without
+/// any lookup reading them. (Skipped on file systems that keep files in memory anyway.)
+#[test]
+fn a_store_opened_for_recovery_reads_its_tables_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    if tidemark_fs::in_memory_file_system(dir.path()).unwrap_or(false) {
+        eprintln!(
+            "{} keeps files in memory: nothing to check",
+            dir.path().display()
+        );
+        return;
+    }
+    {
+        let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+        let pairs: Vec<(String, i64)> = (0..200_000).map(|i| (format!("k{i:08}"), 1)).collect();
+        let refs: Vec<(&str, i64)> = pairs.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+        ingest(&store, &refs);
+    }
+    let tables: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sst"))
+        .collect();
+    assert!(!tables.is_empty());
+    let pages = || -> (usize, usize) {
+        tables.iter().fold((0, 0), |(c, n), t| {
+            let (cached, all) = tidemark_fs::cached_pages(t).unwrap();
+            (c + cached, n + all)
+        })
+    };
+    let cached = || pages().0;
+    for t in &tables {
+        let f = std::fs::File::open(t).unwrap();
+        f.sync_all().unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: an open descriptor; the advice only drops clean cached pages.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+    let (dropped, all) = pages();
+    assert!(
+        dropped * 10 < all,
+        "{dropped} of {all} pages still cached after the drop"
+    );
+    let (_store, _hold) =
+        CheckpointStore::open_holding_compactions(dir.path(), StoreOptions::default()).unwrap();
+    // The open itself reads the tables' index and filter blocks, a small part of them: the
+    // data blocks come back only when read ahead. A liveness bound, not a timing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while cached() * 10 < all * 9 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tables were not read ahead: {} of {all} pages cached",
+            cached()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
