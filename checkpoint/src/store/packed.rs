@@ -36,10 +36,7 @@ impl PackedKeys {
     /// by `suffix` (a state delta's compact form). `shared` must be at most the last key's
     /// length (the decoder checks it).
     pub fn push_after_shared(&mut self, shared: usize, suffix: &[u8], event_time: i64) {
-        let last_start = match self.entries.len() {
-            0 | 1 => 0,
-            n => self.entries[n - 2].0,
-        };
+        let last_start = self.start(self.entries.len().saturating_sub(1));
         debug_assert!(
             shared <= self.bytes.len() - last_start,
             "shares more than the last key"
@@ -69,9 +66,16 @@ impl PackedKeys {
     /// The `i`th pair pushed (`i < len()`): random access for the state writer's sort, which
     /// reads a long key back by its index.
     pub fn get(&self, i: usize) -> (&[u8], i64) {
-        let start = if i == 0 { 0 } else { self.entries[i - 1].0 };
         let (end, t) = self.entries[i];
-        (&self.bytes[start..end], t)
+        (&self.bytes[self.start(i)..end], t)
+    }
+
+    /// Where the `i`th key's bytes begin: where the one before it ends.
+    fn start(&self, i: usize) -> usize {
+        match i {
+            0 => 0,
+            i => self.entries[i - 1].0,
+        }
     }
 
     /// Appends every pair of `other`, in order: one copy of its key bytes (the state writer
@@ -105,10 +109,7 @@ impl PackedKeys {
 
     /// `(key, event_time)` in the order they were pushed.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&[u8], i64)> + '_ {
-        self.entries.iter().enumerate().map(|(i, &(end, t))| {
-            let start = if i == 0 { 0 } else { self.entries[i - 1].0 };
-            (&self.bytes[start..end], t)
-        })
+        (0..self.len()).map(|i| self.get(i))
     }
 
     /// The pairs whose event time is at or above `watermark` (all when `None`), in order.

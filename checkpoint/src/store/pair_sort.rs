@@ -94,6 +94,14 @@ struct Entry {
     time: i64,
 }
 
+impl Entry {
+    /// True when the entry carries its whole key (it ends within the 16 bytes after the
+    /// `skip` bytes every key of the sort shares), so the pair need not be read back.
+    fn inline(&self, skip: usize) -> bool {
+        self.len as usize <= skip + 16
+    }
+}
+
 /// Pairs the sort reads by index: a delta as a slice of pairs, or packed (the state writer's
 /// gathered keys, sorted where they lie, without a vector of pairs built for them).
 pub(super) trait Pairs {
@@ -185,7 +193,6 @@ impl KeyOrder {
         // Over every pair, kept or not: a prefix they all share, the kept ones share.
         let skip = shared_prefix_len(pairs);
         self.skip = skip;
-        let inline_max = skip + 16;
         let floor = floor.unwrap_or(i64::MIN);
         entries.reserve(count);
         entries.extend((0..count).filter_map(|index| {
@@ -200,12 +207,11 @@ impl KeyOrder {
                 time,
             })
         }));
-        let inline = |e: &Entry| e.len as usize <= inline_max;
         // By the 16 bytes first, with the cheapest comparison (most keys differ there), then
         // each run of equal 16 bytes (a key given again, or keys longer than them) by the rest.
         entries.sort_unstable_by_key(|e| (u128::from(e.hi) << 64) | u128::from(e.lo));
         let rest = |a: &Entry, b: &Entry| {
-            if inline(a) && inline(b) {
+            if a.inline(skip) && b.inline(skip) {
                 a.len.cmp(&b.len)
             } else {
                 pairs
@@ -241,11 +247,10 @@ impl KeyOrder {
             return Ok(0);
         };
         let skip = self.skip;
-        let inline_max = skip + 16;
-        let inline = |e: &Entry| e.len as usize <= inline_max;
         let same_key = |a: &Entry, b: &Entry| {
             (a.hi, a.lo, a.len) == (b.hi, b.lo, b.len)
-                && (inline(a) || pairs.pair(a.index as usize).0 == pairs.pair(b.index as usize).0)
+                && (a.inline(skip)
+                    || pairs.pair(a.index as usize).0 == pairs.pair(b.index as usize).0)
         };
         let mut key = pairs.pair(first.index as usize).0[..skip].to_vec();
         let mut n = 0;
@@ -253,7 +258,7 @@ impl KeyOrder {
             if entries.get(i + 1).is_some_and(|next| same_key(e, next)) {
                 continue;
             }
-            if inline(e) {
+            if e.inline(skip) {
                 key.truncate(skip);
                 key.extend_from_slice(&e.hi.to_be_bytes());
                 key.extend_from_slice(&e.lo.to_be_bytes());

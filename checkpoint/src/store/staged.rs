@@ -181,11 +181,11 @@ impl CheckpointStore {
         first: u64,
         last: u64,
         keys: &PackedKeys,
-        floor: Option<i64>,
+        floor: i64,
         order: &mut KeyOrder,
     ) -> Result<StagedState, StoreError> {
-        let kept = |&(_, t): &(&[u8], i64)| floor.is_none_or(|f| t >= f);
-        if !order.sort(keys, floor) {
+        let kept = |&(_, t): &(&[u8], i64)| t >= floor;
+        if !order.sort(keys, Some(floor)) {
             return self.stage_state(first, last, keys.iter().filter(kept));
         }
         if order.is_empty() {

@@ -470,10 +470,13 @@ impl Gathered {
         };
         let floor = store.evict_below.load(Ordering::Acquire);
         let staged = if parts > 1 {
-            let pairs: Vec<(&[u8], i64)> = self.keys.iter().filter(|&(_, t)| t >= floor).collect();
+            // Sized once (collected from the filter, the pairs grew by doubling, each step a
+            // copy into fresh memory); the store collects the vector back into itself.
+            let mut pairs = Vec::with_capacity(self.keys.len());
+            pairs.extend(self.keys.iter().filter(|&(_, t)| t >= floor));
             store.stage_state_in_parts(first, last, pairs, parts)?
         } else {
-            store.stage_packed(first, last, &self.keys, Some(floor), &mut self.order)?
+            store.stage_packed(first, last, &self.keys, floor, &mut self.order)?
         };
         fault::hit(CrashPoint::AfterStateWrite);
         debug!(epochs = %format!("{first}..={last}"), keys = staged.entries(), files = staged.files(), "state deltas staged (not ingested)");
