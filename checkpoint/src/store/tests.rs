@@ -977,6 +977,15 @@ fn writer_given_old_new_and_later(store: &CheckpointStore) -> StateWriter {
     writer
 }
 
+/// What a writer given [`writer_given_old_new_and_later`]'s deltas leaves in `store`: "new"
+/// and "later" with their times, and "old" not written at all (a listing filters by the
+/// watermark; a lookup does not).
+fn assert_new_and_later_written_old_not(store: &CheckpointStore) {
+    let all: Vec<(Vec<u8>, i64)> = entries(store).into_iter().collect();
+    assert_eq!(all, vec![(b"later".to_vec(), 12), (b"new".to_vec(), 10)]);
+    assert_eq!(look(store, &["old"]), vec![None]);
+}
+
 /// Keys below the newest watermark the writer was given are not written at all (no record
 /// will ever read them); keys at or above it are.
 #[test]
@@ -985,9 +994,7 @@ fn the_state_writer_skips_keys_below_the_newest_watermark() {
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
     let writer = writer_given_old_new_and_later(&store);
     assert_eq!(writer.sync().unwrap(), 2);
-    let all: Vec<(Vec<u8>, i64)> = entries(&store).into_iter().collect();
-    assert_eq!(all, vec![(b"later".to_vec(), 12), (b"new".to_vec(), 10)]);
-    assert_eq!(look(&store, &["old"]), vec![None]);
+    assert_new_and_later_written_old_not(&store);
 }
 
 /// A second open of a store in use fails on RocksDB's lock and leaves the running writer's
@@ -1095,10 +1102,7 @@ fn a_timed_write_makes_the_gathered_keys_durable_above_the_watermark() {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let all: Vec<(Vec<u8>, i64)> = entries(&store).into_iter().collect();
-    assert_eq!(all, vec![(b"later".to_vec(), 12), (b"new".to_vec(), 10)]);
-    // Not written at all (a listing filters by the watermark; a lookup does not).
-    assert_eq!(look(&store, &["old"]), vec![None]);
+    assert_new_and_later_written_old_not(&store);
 }
 
 /// A batch big enough to be split over two threads gets the same answers, in the same order,
