@@ -6,10 +6,13 @@
 //! complete, as the engine does.
 //!
 //! `wal_open_after_crash`: the open of a log whose last segment a SIGKILL left with 8 MB of
-//! frames, as a new file (a torn half frame at its end) and as a reused 64 MB file (the older
-//! segment's frames after its own, which the open scans for a valid seal before cutting them),
-//! whose older frames are of epoch 1 or of epoch 2 (an epoch-2 frame's epoch field reads as a
-//! seal marker: the case that once cost a restart a second).
+//! frames, as a new file (a torn half frame at its end) and as a reused 64 MB file (after its
+//! own frames, the older segment's bytes: zeroed by the WAL when it reused the file, where the
+//! file system can, else the older frames, which the open searches for a valid seal before
+//! cutting them), whose older frames are of epoch 1 or of epoch 2 (an epoch-2 frame's epoch
+//! field reads as a seal marker: the case that once cost a restart a second). Each iteration
+//! opens a copy of the crashed log whose zeroed ranges are zeroed the same way (a plain copy
+//! would write them as data).
 
 use std::time::Duration;
 
@@ -126,6 +129,52 @@ fn crashed_log(dir: &std::path::Path, reused: Option<u64>) {
     }
 }
 
+/// The ranges of each file in `dir` that the file system knows to hold zeros (a reused
+/// segment's zeroed rest), by name. Asked once, before any copy reads them: once read, they
+/// are cached and count as data.
+fn zeroed_ranges(dir: &std::path::Path) -> Vec<(std::ffi::OsString, Vec<std::ops::Range<u64>>)> {
+    use tidemark_fs::ReadableFile;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("list") {
+        let e = e.expect("entry");
+        let len = e.metadata().expect("stat").len();
+        let parts = std::fs::File::open(e.path())
+            .expect("open")
+            .data_ranges(0, len)
+            .expect("data ranges");
+        let mut zeroed = Vec::new();
+        let mut at = 0;
+        for part in parts.into_iter().chain(std::iter::once(len..len)) {
+            if part.start > at {
+                zeroed.push(at..part.start);
+            }
+            at = part.end;
+        }
+        out.push((e.file_name(), zeroed));
+    }
+    out
+}
+
+/// Copies the files of `from` into `to`, zeroing in each copy the ranges `zeroed` lists the
+/// way the WAL zeroes them (`zero_range`): a plain copy writes those zeros as data, which a
+/// WAL open reads where, in the log a crash left, it skips them.
+fn copy_log(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    zeroed: &[(std::ffi::OsString, Vec<std::ops::Range<u64>>)],
+) {
+    for (name, ranges) in zeroed {
+        let copy = to.join(name);
+        std::fs::copy(from.join(name), &copy).expect("copy");
+        let mut out = tidemark_fs::std_fs().open_append(&copy).expect("open copy");
+        for r in ranges {
+            out.zero_range(r.start, r.end - r.start)
+                .expect("zero range");
+        }
+        out.sync_all().expect("sync");
+    }
+}
+
 fn bench_open_after_crash(c: &mut Criterion) {
     let mut group = c.benchmark_group("wal_open_after_crash");
     group.sample_size(10);
@@ -136,14 +185,12 @@ fn bench_open_after_crash(c: &mut Criterion) {
     ] {
         let template = tempfile::tempdir().expect("tempdir");
         crashed_log(template.path(), reused);
+        let zeroed = zeroed_ranges(template.path());
         group.bench_function(name, |b| {
             b.iter_batched(
                 || {
                     let copy = tempfile::tempdir().expect("tempdir");
-                    for e in std::fs::read_dir(template.path()).expect("list") {
-                        let e = e.expect("entry");
-                        std::fs::copy(e.path(), copy.path().join(e.file_name())).expect("copy");
-                    }
+                    copy_log(template.path(), copy.path(), &zeroed);
                     copy
                 },
                 |copy| {

@@ -262,6 +262,10 @@ impl ReadableFile for FaultReader {
     fn drop_cached(&self, offset: u64, len: u64) {
         self.inner.drop_cached(offset, len)
     }
+
+    fn data_ranges(&mut self, from: u64, len: u64) -> io::Result<Vec<std::ops::Range<u64>>> {
+        self.inner.data_ranges(from, len)
+    }
 }
 
 impl FileSystem for FaultFs {

@@ -290,6 +290,86 @@ pub fn in_memory_file_system(path: &Path) -> io::Result<bool> {
     }
 }
 
+/// Parts of a file [`data_ranges`] lists at most; the rest of the file after them is one
+/// more part (a file of many small holes is read as if it had none).
+const MAX_DATA_RANGES: usize = 64;
+
+/// The parts of `from..len` of `f` that may hold data (see
+/// [`crate::ReadableFile::data_ranges`]), by `SEEK_DATA` and `SEEK_HOLE` in turn; the whole
+/// range where either call fails for another reason than `ENXIO` (no data after).
+pub(crate) fn data_ranges(f: &File, from: u64, len: u64) -> Vec<std::ops::Range<u64>> {
+    let mut parts = Vec::new();
+    let mut at = from;
+    while at < len {
+        if parts.len() == MAX_DATA_RANGES {
+            parts.push(at..len);
+            break;
+        }
+        let data = match seek(f, at, Seek::Data) {
+            Found::At(d) => d.max(at),
+            Found::Nothing => break,
+            Found::Unknown => {
+                parts.push(at..len);
+                break;
+            }
+        };
+        if data >= len {
+            break;
+        }
+        let hole = match seek(f, data, Seek::Hole) {
+            Found::At(h) if h > data => h.min(len),
+            _ => len,
+        };
+        parts.push(data..hole);
+        at = hole;
+    }
+    parts
+}
+
+/// What `lseek` with `SEEK_DATA` or `SEEK_HOLE` is asked for.
+enum Seek {
+    Data,
+    Hole,
+}
+
+/// What `lseek` answered.
+enum Found {
+    At(u64),
+    /// `ENXIO`: no data (or no hole) at or after the offset.
+    Nothing,
+    /// Any other failure, or not Linux: nothing known.
+    Unknown,
+}
+
+fn seek(f: &File, offset: u64, what: Seek) -> Found {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let Ok(at) = libc::off_t::try_from(offset) else {
+            return Found::Unknown;
+        };
+        let whence = match what {
+            Seek::Data => libc::SEEK_DATA,
+            Seek::Hole => libc::SEEK_HOLE,
+        };
+        // SAFETY: the fd is open for the lifetime of `f`; the call reads no memory of ours
+        // (it moves the file's position, which every reader here sets before reading).
+        let found = unsafe { libc::lseek(f.as_raw_fd(), at, whence) };
+        if found >= 0 {
+            return Found::At(found as u64);
+        }
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+            return Found::Nothing;
+        }
+        Found::Unknown
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (f, offset, what);
+        Found::Unknown
+    }
+}
+
 /// `posix_fadvise(DONTNEED)` of `len` bytes at `offset` of `f` (see
 /// [`WritableFile::drop_cached`]); nothing for a `len` of 0 (which would mean "to the end").
 pub(crate) fn fadvise_dont_need(f: &File, offset: u64, len: u64) {

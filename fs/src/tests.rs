@@ -404,3 +404,35 @@ fn a_refused_zero_range_is_an_error_the_fault_file_system_can_inject() {
     f.zero_range(0, 4096).unwrap();
     assert!(read(&path)[..4096].iter().all(|b| *b == 0));
 }
+
+/// `data_ranges` leaves out what the file system knows to be zeros (a zeroed range, not yet
+/// read), and a range with no zeroed part is one part.
+#[test]
+fn data_ranges_leave_out_zeroed_ranges() {
+    use crate::ReadableFile;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let mut f = StdFs.create_new(&path).unwrap();
+    f.write_all(&vec![0xAB; 64 * 4096]).unwrap();
+    f.sync_all().unwrap();
+    let len = 64 * 4096;
+    let mut r = std::fs::File::open(&path).unwrap();
+    assert_eq!(
+        r.data_ranges(100, len).unwrap(),
+        Vec::from_iter(std::iter::once(100..len))
+    );
+    assert_eq!(r.data_ranges(len, len).unwrap(), []);
+    f.zero_range(4096, 62 * 4096).unwrap();
+    drop(f);
+    let parts = r.data_ranges(100, len).unwrap();
+    if in_memory_file_system(dir.path()).unwrap() {
+        eprintln!("parts on this file system: {parts:?}");
+        return;
+    }
+    assert_eq!(
+        parts,
+        [100..4096, 63 * 4096..len],
+        "the zeroed blocks are left out"
+    );
+    assert_eq!(r.data_ranges(8192, 63 * 4096).unwrap(), []);
+}

@@ -241,6 +241,11 @@ pub(crate) fn salvage_frames(
 /// What a seal frame's header holds at its offset 8: the kind byte, then three zero
 /// reserved bytes.
 const SEAL_MARKER: [u8; 4] = [format::FrameKind::Seal as u8, 0, 0, 0];
+// `seal_follows` skips zeros unread: no marker may begin with a zero byte.
+const _: () = assert!(
+    SEAL_MARKER[0] != 0,
+    "a seal marker must not begin with a zero byte"
+);
 /// Where [`SEAL_MARKER`] sits in a frame.
 const SEAL_MARKER_AT: usize = 8;
 
@@ -307,13 +312,41 @@ pub(crate) fn seal_follows(
     epochs: SealEpochs,
 ) -> std::io::Result<bool> {
     let mut buf: Vec<u8> = Vec::with_capacity(SCAN_CHUNK);
-    let mut chunk = from;
-    while chunk < len {
-        let want = (SCAN_CHUNK as u64).min(len - chunk);
+    // Only where the file may hold data: a marker begins with its frame kind, never zero, so
+    // none begins in what the file system knows to be zeros (a reused file's zeroed rest),
+    // which is skipped unread. A marker begun in the data may end in the zeros after it: each
+    // part is searched to a marker's length past its end. (A candidate's header before its
+    // marker may lie in zeros: it is read from the file.) The parts are asked for before
+    // anything is read: reading zeroed ranges caches them, and cached they count as data.
+    for part in file.data_ranges(from, len)? {
+        let end = (part.end + SEAL_MARKER.len() as u64 - 1).min(len);
+        if seal_in_part(file, &mut buf, from, part.start, end, len, bindings, epochs)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// [`seal_follows`] over the bytes `start..end` of `file` (`len` bytes long), for a search
+/// begun at `from`.
+#[allow(clippy::too_many_arguments)]
+fn seal_in_part(
+    file: &mut dyn ReadableFile,
+    buf: &mut Vec<u8>,
+    from: u64,
+    start: u64,
+    end: u64,
+    len: u64,
+    bindings: &[FrameBinding],
+    epochs: SealEpochs,
+) -> std::io::Result<bool> {
+    let mut chunk = start.max(from);
+    while chunk < end {
+        let want = (SCAN_CHUNK as u64).min(end - chunk);
         file.seek(SeekFrom::Start(chunk))?;
         buf.clear();
-        Read::take(&mut *file, want).read_to_end(&mut buf)?;
-        for m in memchr::memmem::find_iter(&buf, &SEAL_MARKER) {
+        Read::take(&mut *file, want).read_to_end(buf)?;
+        for m in memchr::memmem::find_iter(&buf[..], &SEAL_MARKER) {
             let Some(start) = (chunk + m as u64).checked_sub(SEAL_MARKER_AT as u64) else {
                 continue;
             };
@@ -548,12 +581,12 @@ mod tests {
     }
 
     /// Counts the bytes read through it.
-    struct Counted {
-        inner: std::io::Cursor<Vec<u8>>,
+    struct Counted<F = std::io::Cursor<Vec<u8>>> {
+        inner: F,
         read: u64,
     }
 
-    impl Read for Counted {
+    impl<F: Read> Read for Counted<F> {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
             let n = self.inner.read(buf)?;
             self.read += n as u64;
@@ -561,13 +594,185 @@ mod tests {
         }
     }
 
-    impl Seek for Counted {
+    impl<F: Seek> Seek for Counted<F> {
         fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
             self.inner.seek(to)
         }
     }
 
     impl tidemark_fs::ReadableFile for Counted {}
+
+    impl tidemark_fs::ReadableFile for Counted<std::fs::File> {
+        fn data_ranges(
+            &mut self,
+            from: u64,
+            len: u64,
+        ) -> std::io::Result<Vec<std::ops::Range<u64>>> {
+            self.inner.data_ranges(from, len)
+        }
+    }
+
+    /// A reused file's zeroed rest (`zero_range`, as the WAL zeroes a reused segment) is
+    /// skipped, not read, by the search for a seal after a torn tail: a seal after it is still
+    /// found, and with none after it the search reads a fraction of the zeros. Where the file
+    /// system cannot say where zeros are, every byte is read and the answers are the same.
+    #[test]
+    fn the_search_for_a_seal_skips_a_reused_files_zeroed_rest() {
+        let ours = FrameBinding::Segment(9);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0000000000000009.wal");
+        let fs = tidemark_fs::std_fs();
+        // Frames, then 32 MB of an older life, zeroed as a reused file is; then, in one file,
+        // a seal after the zeros.
+        let mut frames = Vec::new();
+        for i in 0..100u32 {
+            encode_frame(ours, FrameKind::Record, 3, &i.to_le_bytes(), &mut frames);
+        }
+        let mut seal = Vec::new();
+        encode_frame(ours, FrameKind::Seal, 3, b"seal", &mut seal);
+        let zeroed: u64 = 32 << 20;
+        let write = |tail: &[u8]| {
+            let mut f = fs.create_new(&path).unwrap();
+            f.write_all(&frames).unwrap();
+            f.write_all(&vec![0xA5u8; zeroed as usize]).unwrap();
+            f.write_all(tail).unwrap();
+            f.sync_all().unwrap();
+            if f.zero_range(frames.len() as u64, zeroed).is_err() {
+                // No zeroing here: write zeros (the search then reads them).
+                drop(f);
+                let mut bytes = std::fs::read(&path).unwrap();
+                bytes[frames.len()..frames.len() + zeroed as usize].fill(0);
+                std::fs::write(&path, bytes).unwrap();
+            }
+        };
+        let search = |skips: bool| {
+            let len = std::fs::metadata(&path).unwrap().len();
+            let file = std::fs::File::open(&path).unwrap();
+            if skips {
+                let mut counted = Counted {
+                    inner: file,
+                    read: 0,
+                };
+                let found = seal_follows(
+                    &mut counted,
+                    frames.len() as u64,
+                    len,
+                    &[ours],
+                    SealEpochs::Any,
+                )
+                .unwrap();
+                (found, counted.read)
+            } else {
+                let mut counted = Counted {
+                    inner: std::io::Cursor::new(std::fs::read(&path).unwrap()),
+                    read: 0,
+                };
+                let found = seal_follows(
+                    &mut counted,
+                    frames.len() as u64,
+                    len,
+                    &[ours],
+                    SealEpochs::Any,
+                )
+                .unwrap();
+                (found, counted.read)
+            }
+        };
+        // Whether this file system tells zeroed ranges apart, asked before anything reads
+        // them (read, they are cached and count as data).
+        let holes = |path: &Path| {
+            let len = std::fs::metadata(path).unwrap().len();
+            let parts = std::fs::File::open(path)
+                .unwrap()
+                .data_ranges(0, len)
+                .unwrap();
+            parts != Vec::from_iter(std::iter::once(0..len))
+        };
+        write(&seal);
+        let skips = holes(&path);
+        let (found, read) = search(true);
+        assert!(found, "the seal after the zeros is found");
+        assert_eq!(search(false).0, found);
+        if skips {
+            assert!(
+                read < zeroed / 4,
+                "read {read} bytes to cross {zeroed} zeroed bytes"
+            );
+        } else {
+            eprintln!("this file system does not report zeroed ranges: every byte read ({read})");
+        }
+        std::fs::remove_file(&path).unwrap();
+        write(&[]);
+        let skips = holes(&path);
+        let (found, read) = search(true);
+        assert!(!found);
+        assert_eq!(search(false).0, found);
+        if skips {
+            assert!(
+                read < zeroed / 4,
+                "read {read} bytes of zeros to find no seal"
+            );
+        }
+    }
+
+    /// A seal whose bytes after its kind are all zero (epoch 0, no payload), its kind the
+    /// last byte before a zeroed range: the part searched before the zeros runs on past them
+    /// for the rest of the marker, and the seal is found, as in the same bytes searched whole.
+    #[test]
+    fn a_seal_marker_running_into_a_zeroed_range_is_found() {
+        let ours = FrameBinding::Segment(9);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0000000000000009.wal");
+        // A record frame up to the seal's start, 8 bytes before block 1, so the seal's kind
+        // byte is the block's last; then more records, zeroed.
+        let mut bytes = Vec::new();
+        let seal_at = 4096 - SEAL_MARKER_AT - 1;
+        encode_frame(
+            ours,
+            FrameKind::Record,
+            0,
+            &vec![7u8; seal_at - FRAME_HEADER_LEN],
+            &mut bytes,
+        );
+        assert_eq!(bytes.len(), seal_at);
+        encode_frame(ours, FrameKind::Seal, 0, b"", &mut bytes);
+        assert!(
+            bytes[4096..].iter().all(|&b| b == 0),
+            "the seal's tail is zeros"
+        );
+        for i in 0..4_000u32 {
+            encode_frame(ours, FrameKind::Record, 0, &i.to_le_bytes(), &mut bytes);
+        }
+        let mut f = tidemark_fs::std_fs().create_new(&path).unwrap();
+        f.write_all(&bytes).unwrap();
+        f.sync_all().unwrap();
+        let zeroed = bytes.len() as u64 - 4096;
+        let zeroing = f.zero_range(4096, zeroed);
+        drop(f);
+        bytes[4096..].fill(0);
+        let len = bytes.len() as u64;
+        let parts = std::fs::File::open(&path)
+            .unwrap()
+            .data_ranges(0, len)
+            .unwrap();
+        if zeroing.is_err() || parts == Vec::from_iter(std::iter::once(0..len)) {
+            eprintln!("this file system does not report zeroed ranges ({zeroing:?}, {parts:?})");
+        } else {
+            // The last, partly filled block was zeroed by a write: data.
+            assert_eq!(
+                parts[0],
+                0..4096,
+                "the zeroed blocks are left out: {parts:?}"
+            );
+            assert!(
+                parts[1..].iter().all(|p| p.end - p.start < 4096),
+                "{parts:?}"
+            );
+        }
+        let mut file = std::fs::File::open(&path).unwrap();
+        assert!(seal_follows(&mut file, 0, len, &[ours], SealEpochs::Any).unwrap());
+        assert!(seal_in(ours, &bytes, 0), "the same bytes searched whole");
+    }
 
     /// A reused file's older life full of epoch-2 frames: each one's epoch field reads as a
     /// seal marker at its header's offset 12, and its CRC before it as a length (1 in 64 below
