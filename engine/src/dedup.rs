@@ -321,6 +321,8 @@ impl DedupState {
         let mut state = Self::loading(cold, table.watermark);
         state.keys = table.keys;
         state.oldest = table.oldest;
+        // Growth time counts what the thread that owns the state paid (`growth_time`).
+        state.keys.set_growth_time(Duration::ZERO);
         state
     }
 

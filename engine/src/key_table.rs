@@ -400,8 +400,9 @@ impl KeyTable {
 
     /// [`KeyTable::reserve`], then, when that grew the table, every page of it faulted in on
     /// two threads at once (`slots::Slots::populate`): for a restart that fills the table
-    /// right away. A table with room already is left as it is (its pages were faulted in when
-    /// it got that room, or are in use).
+    /// right away. A table with room already is left as it is: a restart's table built with
+    /// its pages faulted in (`ChangelogTable`) is not faulted in twice, and one made with its
+    /// room (`with_capacity`) has its pages faulted in as they are first touched.
     pub fn reserve_faulted_in(&mut self, additional: usize) {
         let homes = self.homes;
         self.reserve(additional);

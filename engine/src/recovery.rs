@@ -644,8 +644,9 @@ pub async fn recover(
             .await
         }
         StartCase::FromTable { reason, .. } => {
-            // The store's state is not used: the load ends before the store is reset.
-            drop(replay.preload);
+            // The store's state is not used: the load ends before the store is reset, and the
+            // changelog (with its table, if built) is dropped now, not held meanwhile.
+            drop(replay);
             let mut progress = progress;
             if reason == FromTableReason::Rewind {
                 if let Some(target) = options
@@ -791,20 +792,31 @@ const PROGRESS_STEP: u64 = 4 << 20;
 
 /// A changelog's table being built on a thread of its own ([`build_changelog_table`]), with
 /// the deltas it reads (shared with it until it ends).
+///
+/// Dropped unfinished (an error ended the WAL's open), it waits for its thread: no thread
+/// goes on filling a table after recovery has given up.
 struct BuildingTable {
     deltas: Arc<Vec<ChangelogDelta>>,
-    thread: std::thread::JoinHandle<ChangelogTable>,
+    thread: Option<std::thread::JoinHandle<ChangelogTable>>,
+}
+
+impl Drop for BuildingTable {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl BuildingTable {
     /// Waits for the table and puts it, and the deltas, back into `log`. A thread that
     /// panicked leaves no table: recovery then loads the deltas itself, as without one.
-    fn finish(self, log: &mut Changelog, wal: &Path) -> Result<(), RecoveryError> {
-        let Self { deltas, thread } = self;
-        match thread.join() {
-            Ok(table) => log.table = Some(table),
-            Err(_) => warn!("building the dedup changelog's table failed: it is loaded on the recovery's own thread"),
+    fn finish(mut self, log: &mut Changelog, wal: &Path) -> Result<(), RecoveryError> {
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(table)) => log.table = Some(table),
+            _ => warn!("building the dedup changelog's table failed: it is loaded on the recovery's own thread"),
         }
+        let deltas = std::mem::take(&mut self.deltas);
         log.deltas = sole_owner(deltas, wal)?;
         Ok(())
     }
@@ -859,7 +871,10 @@ fn build_changelog_table(
             table
         });
     match spawned {
-        Ok(thread) => Ok(Some(BuildingTable { deltas, thread })),
+        Ok(thread) => Ok(Some(BuildingTable {
+            deltas,
+            thread: Some(thread),
+        })),
         Err(e) => {
             warn!("no thread for building the dedup changelog's table ({e}): it is loaded after the WAL's open");
             log.deltas = sole_owner(deltas, wal)?;

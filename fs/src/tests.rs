@@ -406,7 +406,8 @@ fn a_refused_zero_range_is_an_error_the_fault_file_system_can_inject() {
 }
 
 /// `data_ranges` leaves out what the file system knows to be zeros (a zeroed range, not yet
-/// read), and a range with no zeroed part is one part.
+/// read), and a range with no zeroed part is one part. On a file system it does not trust
+/// ([`crate::reports_zeroed_ranges`]) it gives the whole range.
 #[test]
 fn data_ranges_leave_out_zeroed_ranges() {
     use crate::ReadableFile;
@@ -417,16 +418,14 @@ fn data_ranges_leave_out_zeroed_ranges() {
     f.sync_all().unwrap();
     let len = 64 * 4096;
     let mut r = std::fs::File::open(&path).unwrap();
-    assert_eq!(
-        r.data_ranges(100, len).unwrap(),
-        Vec::from_iter(std::iter::once(100..len))
-    );
+    let whole = Vec::from_iter(std::iter::once(100..len));
+    assert_eq!(r.data_ranges(100, len).unwrap(), whole);
     assert_eq!(r.data_ranges(len, len).unwrap(), []);
     f.zero_range(4096, 62 * 4096).unwrap();
     drop(f);
     let parts = r.data_ranges(100, len).unwrap();
-    if in_memory_file_system(dir.path()).unwrap() {
-        eprintln!("parts on this file system: {parts:?}");
+    if !crate::reports_zeroed_ranges(&r) {
+        assert_eq!(parts, whole, "not trusted here: everything is data");
         return;
     }
     assert_eq!(
@@ -435,4 +434,35 @@ fn data_ranges_leave_out_zeroed_ranges() {
         "the zeroed blocks are left out"
     );
     assert_eq!(r.data_ranges(8192, 63 * 4096).unwrap(), []);
+}
+
+/// A file of many zeroed ranges is listed as the first 64 data parts, then the rest whole:
+/// every byte of data is still in some part.
+#[test]
+fn data_ranges_list_at_most_64_parts_then_the_rest() {
+    use crate::ReadableFile;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let mut f = StdFs.create_new(&path).unwrap();
+    let blocks = 200u64;
+    f.write_all(&vec![0xAB; (blocks * 4096) as usize]).unwrap();
+    f.sync_all().unwrap();
+    // Every other block zeroed: 100 data blocks apart.
+    for b in (1..blocks).step_by(2) {
+        f.zero_range(b * 4096, 4096).unwrap();
+    }
+    drop(f);
+    let len = blocks * 4096;
+    let mut r = std::fs::File::open(&path).unwrap();
+    let parts = r.data_ranges(0, len).unwrap();
+    if !crate::reports_zeroed_ranges(&r) {
+        return;
+    }
+    assert_eq!(parts.len(), 65, "{parts:?}");
+    assert!(parts[..64].iter().all(|p| p.end - p.start == 4096));
+    assert_eq!(
+        parts[64],
+        127 * 4096..len,
+        "the rest after the 64th part, whole"
+    );
 }
