@@ -612,6 +612,17 @@ mod tests {
         }
     }
 
+    /// [`seal_follows`] for any seal from `from` in `inner`: whether one follows, and the bytes
+    /// read to say so.
+    fn search_counted<F>(inner: F, from: u64, len: u64, binding: FrameBinding) -> (bool, u64)
+    where
+        Counted<F>: tidemark_fs::ReadableFile,
+    {
+        let mut counted = Counted { inner, read: 0 };
+        let found = seal_follows(&mut counted, from, len, &[binding], SealEpochs::Any).unwrap();
+        (found, counted.read)
+    }
+
     /// A reused file's zeroed rest (`zero_range`, as the WAL zeroes a reused segment) is
     /// skipped, not read, by the search for a seal after a torn tail: a seal after it is still
     /// found, and with none after it the search reads a fraction of the zeros. Where the file
@@ -645,37 +656,16 @@ mod tests {
                 std::fs::write(&path, bytes).unwrap();
             }
         };
+        // Through the file (its zeroed ranges skipped where known), or through its bytes in
+        // memory (every byte read): whether a seal follows the frames, and the bytes read.
         let search = |skips: bool| {
             let len = std::fs::metadata(&path).unwrap().len();
-            let file = std::fs::File::open(&path).unwrap();
+            let from = frames.len() as u64;
             if skips {
-                let mut counted = Counted {
-                    inner: file,
-                    read: 0,
-                };
-                let found = seal_follows(
-                    &mut counted,
-                    frames.len() as u64,
-                    len,
-                    &[ours],
-                    SealEpochs::Any,
-                )
-                .unwrap();
-                (found, counted.read)
+                search_counted(std::fs::File::open(&path).unwrap(), from, len, ours)
             } else {
-                let mut counted = Counted {
-                    inner: std::io::Cursor::new(std::fs::read(&path).unwrap()),
-                    read: 0,
-                };
-                let found = seal_follows(
-                    &mut counted,
-                    frames.len() as u64,
-                    len,
-                    &[ours],
-                    SealEpochs::Any,
-                )
-                .unwrap();
-                (found, counted.read)
+                let bytes = std::io::Cursor::new(std::fs::read(&path).unwrap());
+                search_counted(bytes, from, len, ours)
             }
         };
         // Whether this file system tells zeroed ranges apart, asked before anything reads
