@@ -224,68 +224,6 @@ impl std::fmt::Debug for DedupState {
     }
 }
 
-/// The memory part of a restart's dedup state, built from the WAL's changelog before the
-/// state exists: on a thread of its own while the WAL is opened (`recovery`), then taken as
-/// the state's table by [`DedupState::loading_from`].
-///
-/// Why: filling a table with the changelog (millions of keys, the table's fresh pages faulted
-/// in) and opening the WAL (reading and checking its tail) were one after the other on a
-/// restart's path, ~0.2 s each at a 10M-key restart, and neither needs the other.
-///
-/// Invariant: `keys` and `oldest` are what [`DedupState::reserve_faulted_in`] of `room` and
-/// [`DedupState::load_changelog`] of each delta leave in a fresh state whose watermark is
-/// `watermark`; so a state made from it answers every check as that state would.
-pub struct ChangelogTable {
-    keys: KeyTable,
-    oldest: i64,
-    watermark: Option<i64>,
-}
-
-impl std::fmt::Debug for ChangelogTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChangelogTable")
-            .field("keys", &self.keys.len())
-            .field("watermark", &self.watermark)
-            .finish()
-    }
-}
-
-impl ChangelogTable {
-    /// The table of `deltas`' keys at or above `watermark`, with room for `room` keys in
-    /// all (the changelog and what the replay may add), its pages faulted in.
-    pub fn build<'d>(
-        deltas: impl IntoIterator<Item = &'d PackedKeys>,
-        watermark: Option<i64>,
-        room: usize,
-    ) -> Self {
-        let mut state = DedupState::with_capacity(0, watermark);
-        state.reserve_faulted_in(room);
-        for delta in deltas {
-            state.load_changelog(delta);
-        }
-        Self {
-            keys: state.keys,
-            oldest: state.oldest,
-            watermark,
-        }
-    }
-
-    /// Keys in the table.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    /// True when the changelog held no key at or above the watermark.
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    /// The watermark it was built under: the only one a state may take it with.
-    pub fn watermark(&self) -> Option<i64> {
-        self.watermark
-    }
-}
-
 impl DedupState {
     /// Empty state with room for `capacity` keys and `watermark` in effect: the start of a
     /// load from a checkpoint ([`DedupState::load`] each entry).
@@ -311,18 +249,6 @@ impl DedupState {
             keys: cold,
             probed: HashMap::default(),
         });
-        state
-    }
-
-    /// [`DedupState::loading`] with `table` (built under the same watermark, its own) as
-    /// what memory holds: the state [`DedupState::load_changelog`] of the same deltas would
-    /// give (the invariant of [`ChangelogTable`]).
-    pub fn loading_from(cold: Box<dyn ColdKeys>, table: ChangelogTable) -> Self {
-        let mut state = Self::loading(cold, table.watermark);
-        state.keys = table.keys;
-        state.oldest = table.oldest;
-        // Growth time counts what the thread that owns the state paid (`growth_time`).
-        state.keys.set_growth_time(Duration::ZERO);
         state
     }
 
@@ -1282,9 +1208,7 @@ mod tests {
         /// state at the restart, entries below the watermark not evicted yet, and for the
         /// changelog's keys the entry or not (a delta applied or not before the crash); the
         /// load ends after any number of polls (or not within the run); batches are prefetched
-        /// or not. The same holds for the state made from the changelog's table built
-        /// beforehand (`ChangelogTable`, the changelog split in two deltas, any room), as a
-        /// restart makes it while the WAL opens.
+        /// or not.
         #[test]
         fn a_state_still_loading_decides_as_the_loaded_one_at_any_load_progress(
             before in records(),
@@ -1296,7 +1220,6 @@ mod tests {
             marks in proptest::collection::vec(0i64..1_000, 8),
             loaded_after in 0usize..12,
             prefetch in proptest::collection::vec(any::<bool>(), 8),
-            room in 0usize..200,
         ) {
             use std::collections::BTreeMap;
             // The state at the restart.
@@ -1326,17 +1249,6 @@ mod tests {
                 }
             }
             let mut full = DedupState::from_entries(entries.iter().map(|&(k, t)| (key(k), t)), w0);
-            let (first, second) = (changelog.len() / 2, changelog.len());
-            let mut halves = [PackedKeys::default(), PackedKeys::default()];
-            for (i, (k, t)) in changelog.iter().enumerate() {
-                halves[usize::from(i >= first)].push(k, t);
-            }
-            prop_assert_eq!(halves[0].len() + halves[1].len(), second);
-            let table = ChangelogTable::build(halves.iter(), w0, room);
-            let mut built = DedupState::loading_from(
-                Box::new(ModelCold { store: store.clone(), watermark: w0, polls: 0, loaded_after }),
-                table,
-            );
             let mut partial = DedupState::loading(
                 Box::new(ModelCold { store, watermark: w0, polls: 0, loaded_after }),
                 w0,
@@ -1352,33 +1264,17 @@ mod tests {
                     let keys: Vec<Vec<u8>> = batch.iter().map(|&(k, _)| key(k)).collect();
                     partial.prefetch(keys.iter().map(|k| &k[..])).unwrap();
                 }
-                if prefetch[e] {
-                    let keys: Vec<Vec<u8>> = batch.iter().map(|&(k, _)| key(k)).collect();
-                    built.prefetch(keys.iter().map(|k| &k[..])).unwrap();
-                }
                 for &(k, t) in batch {
-                    let want = full.check(&key(k), t).unwrap();
-                    prop_assert_eq!(partial.check(&key(k), t).unwrap(), want);
-                    prop_assert_eq!(built.check(&key(k), t).unwrap(), want);
+                    prop_assert_eq!(partial.check(&key(k), t).unwrap(), full.check(&key(k), t).unwrap());
                 }
                 at = end;
-                let w = full.advance(Some(marks[e]));
-                prop_assert_eq!(partial.advance(Some(marks[e])), w);
-                prop_assert_eq!(built.advance(Some(marks[e])), w);
-                // Memory holds the same in both (`len` counts by `oldest` as well).
-                prop_assert_eq!(built.len(), partial.len());
-                let inserted = full.take_inserted();
-                prop_assert_eq!(partial.take_inserted(), inserted.clone());
-                prop_assert_eq!(built.take_inserted(), inserted);
+                prop_assert_eq!(partial.advance(Some(marks[e])), full.advance(Some(marks[e])));
+                prop_assert_eq!(partial.take_inserted(), full.take_inserted());
             }
             partial.finish_loading().unwrap();
-            built.finish_loading().unwrap();
             prop_assert_eq!(partial.sorted_entries(), full.sorted_entries());
-            prop_assert_eq!(built.sorted_entries(), full.sorted_entries());
             for &(k, t) in &after[at..] {
-                let want = full.check(&key(k), t).unwrap();
-                prop_assert_eq!(partial.check(&key(k), t).unwrap(), want);
-                prop_assert_eq!(built.check(&key(k), t).unwrap(), want);
+                prop_assert_eq!(partial.check(&key(k), t).unwrap(), full.check(&key(k), t).unwrap());
             }
         }
 

@@ -398,17 +398,11 @@ impl KeyTable {
         }
     }
 
-    /// [`KeyTable::reserve`], then, when that grew the table, every page of it faulted in on
-    /// two threads at once (`slots::Slots::populate`): for a restart that fills the table
-    /// right away. A table with room already is left as it is: a restart's table built with
-    /// its pages faulted in (`ChangelogTable`) is not faulted in twice, and one made with its
-    /// room (`with_capacity`) has its pages faulted in as they are first touched.
+    /// [`KeyTable::reserve`], then every page of the table faulted in on two threads at once
+    /// (`slots::Slots::populate`): for a restart that fills the table right away.
     pub fn reserve_faulted_in(&mut self, additional: usize) {
-        let homes = self.homes;
         self.reserve(additional);
-        if self.homes != homes {
-            self.slots.populate(2);
-        }
+        self.slots.populate(2);
     }
 
     /// Half as many homes again: a table never sized to a power of two holds ~11M keys in

@@ -28,7 +28,7 @@ use crate::committer::{
     CommitError, Committer, DeadLetterTable, EpochReport, LoggedDelta, SealedEpoch,
 };
 use crate::config::{PipelineConfig, WalSync};
-use crate::dedup::{ChangelogTable, ColdError, ColdKeys, DedupState, PackedKeys, WatermarkTracker};
+use crate::dedup::{ColdError, ColdKeys, DedupState, PackedKeys, WatermarkTracker};
 use crate::epoch::{
     settings_diff, settings_refusal, DedupRuntime, DedupSpec, KeySource, OpenEpoch, ProcessError,
     RecordProcessor,
@@ -136,10 +136,6 @@ pub struct RecoveryOutcome {
     /// and the WAL's open passed only what follows the checkpoint; false when the log was
     /// scanned from the state's position (no index, or one that did not match the log).
     pub changelog_indexed: bool,
-    /// True when that changelog's keys were put in the dedup state's table on a thread of
-    /// their own while the WAL opened, and the state took that table
-    /// (`build_changelog_table`).
-    pub changelog_table_built: bool,
     /// The epoch recovery itself committed (a redo, or a resumed epoch's replayed records),
     /// counted as the run's first commit.
     #[serde(skip)]
@@ -249,9 +245,6 @@ pub(crate) struct Changelog {
     pub complete: bool,
     /// True when it was read where the checkpoint's index puts it (not scanned).
     pub indexed: bool,
-    /// Its keys already in a table, built while the WAL was opened (see
-    /// [`build_changelog_table`]); `None` when it was not built.
-    pub table: Option<ChangelogTable>,
 }
 
 /// Reads the changelog checkpoint `c`'s state lacks from `frames` (the WAL read from
@@ -485,7 +478,6 @@ pub async fn recover(
         state,
         latest.as_ref(),
         processor.dedup().is_some(),
-        preload.is_some(),
     )?;
     log_wal_recovery(&wal_report, &mut outcome);
     let store_facts = StoreFacts::classify(
@@ -624,7 +616,6 @@ pub async fn recover(
         seal,
         logged_delta,
         changelog: changelog.deltas,
-        changelog_table: changelog.table,
         preload,
     };
     match decision {
@@ -644,9 +635,8 @@ pub async fn recover(
             .await
         }
         StartCase::FromTable { reason, .. } => {
-            // The store's state is not used: the load ends before the store is reset, and the
-            // changelog (with its table, if built) is dropped now, not held meanwhile.
-            drop(replay);
+            // The store's state is not used: the load ends before the store is reset.
+            drop(replay.preload);
             let mut progress = progress;
             if reason == FromTableReason::Rewind {
                 if let Some(target) = options
@@ -790,113 +780,15 @@ type Scanned = (Result<AfterCheckpointLog, RecoveryError>, Option<Changelog>);
 /// Bytes of WAL read between two progress updates.
 const PROGRESS_STEP: u64 = 4 << 20;
 
-/// A changelog's table being built on a thread of its own ([`build_changelog_table`]), with
-/// the deltas it reads (shared with it until it ends).
-///
-/// Dropped unfinished (an error ended the WAL's open), it waits for its thread: no thread
-/// goes on filling a table after recovery has given up.
-struct BuildingTable {
-    deltas: Arc<Vec<ChangelogDelta>>,
-    thread: Option<std::thread::JoinHandle<ChangelogTable>>,
-}
-
-impl Drop for BuildingTable {
-    fn drop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl BuildingTable {
-    /// Waits for the table and puts it, and the deltas, back into `log`. A thread that
-    /// panicked leaves no table: recovery then loads the deltas itself, as without one.
-    fn finish(mut self, log: &mut Changelog, wal: &Path) -> Result<(), RecoveryError> {
-        match self.thread.take().map(std::thread::JoinHandle::join) {
-            Some(Ok(table)) => log.table = Some(table),
-            _ => warn!("building the dedup changelog's table failed: it is loaded on the recovery's own thread"),
-        }
-        let deltas = std::mem::take(&mut self.deltas);
-        log.deltas = sole_owner(deltas, wal)?;
-        Ok(())
-    }
-}
-
-/// The deltas a table's thread shared, once it ended (or never started): their only owner.
-fn sole_owner(
-    deltas: Arc<Vec<ChangelogDelta>>,
-    wal: &Path,
-) -> Result<Vec<ChangelogDelta>, RecoveryError> {
-    Arc::try_unwrap(deltas).map_err(|_| RecoveryError::State {
-        path: wal.to_path_buf(),
-        message: "the dedup changelog read from this WAL is still shared after its table's thread ended (a bug)".into(),
-    })
-}
-
-/// Starts filling the dedup state's table with `log`'s keys (those at or above `watermark`,
-/// the checkpoint's) on a thread of its own, while the WAL opens: `log.deltas` are shared
-/// with that thread until [`BuildingTable::finish`] gives them back. `None` (the deltas left
-/// in `log`) when no thread can start.
-///
-/// Room: the changelog's keys and half as many again as its largest epoch's, for the records
-/// the replay may add (the epoch after the checkpoint, about one epoch's worth, read before
-/// the WAL's open counts them); a longer replay grows the table after the open.
-fn build_changelog_table(
-    log: &mut Changelog,
-    watermark: Option<i64>,
-    wal: &Path,
-) -> Result<Option<BuildingTable>, RecoveryError> {
-    let keys: usize = log.deltas.iter().map(|d| d.delta.inserts.len()).sum();
-    let largest = log
-        .deltas
-        .iter()
-        .map(|d| d.delta.inserts.len())
-        .max()
-        .unwrap_or(0);
-    let room = keys + largest + largest / 2;
-    let deltas = Arc::new(std::mem::take(&mut log.deltas));
-    let shared = deltas.clone();
-    let spawned = std::thread::Builder::new()
-        .name("tidemark-changelog-table".into())
-        .spawn(move || {
-            let started = Instant::now();
-            let table =
-                ChangelogTable::build(shared.iter().map(|d| &d.delta.inserts), watermark, room);
-            info!(
-                keys = table.len(),
-                room,
-                ms = started.elapsed().as_millis() as u64,
-                "the dedup changelog's keys in their table, built while the WAL opened"
-            );
-            table
-        });
-    match spawned {
-        Ok(thread) => Ok(Some(BuildingTable {
-            deltas,
-            thread: Some(thread),
-        })),
-        Err(e) => {
-            warn!("no thread for building the dedup changelog's table ({e}): it is loaded after the WAL's open");
-            log.deltas = sole_owner(deltas, wal)?;
-            Ok(None)
-        }
-    }
-}
-
 /// Reads `latest`'s state changelog (with `dedup`) where its index puts it, or else in the
 /// open's one pass from where the changelog begins, and what follows the checkpoint
 /// ([`crate::restart_scan`]) in that pass.
-///
-/// With `table_for_load` (a restart whose dedup state loads from the store in the background,
-/// the changelog's keys kept in memory beside it), an indexed changelog's keys go into their
-/// table on a thread of its own while the WAL opens ([`build_changelog_table`]).
 fn open_wal_and_scan(
     config: &PipelineConfig,
     fs: &SharedFs,
     state: &Path,
     latest: Option<&CheckpointRecord>,
     dedup: bool,
-    table_for_load: bool,
 ) -> Result<(Wal, WalRecovery, Option<Scanned>), RecoveryError> {
     let dir = wal_dir(state);
     let enabled = config.checkpoint.enabled;
@@ -944,11 +836,6 @@ fn open_wal_and_scan(
         ),
         _ => latest.map(state_position),
     };
-    let mut indexed = indexed;
-    let building = match (indexed.as_mut(), latest) {
-        (Some(log), Some(c)) if table_for_load => build_changelog_table(log, c.watermark, &dir)?,
-        _ => None,
-    };
     let mut after = enabled.then(|| {
         EpochScan::new(
             latest.map(wal_position).unwrap_or_default(),
@@ -992,9 +879,6 @@ fn open_wal_and_scan(
     )?;
     progress.add(unreported);
     progress.finish();
-    if let (Some(log), Some(building)) = (indexed.as_mut(), building) {
-        building.finish(log, &dir)?;
-    }
     let changelog = indexed.or_else(|| changelog.map(ChangelogScan::finish));
     let scanned = after.map(|a| (a.finish(), changelog));
     Ok((wal, report, scanned))
@@ -1057,8 +941,6 @@ struct AfterCheckpoint {
     logged_delta: Option<LoggedDelta>,
     /// The state deltas the checkpoint's state lacks (epochs after its `state_epoch`).
     changelog: Vec<ChangelogDelta>,
-    /// Their keys in a table already, when it was built while the WAL opened.
-    changelog_table: Option<ChangelogTable>,
     /// The store's dedup state, loading since the store opened.
     preload: Option<StateLoad>,
 }
@@ -1087,7 +969,6 @@ async fn from_checkpoint(
         seal,
         logged_delta,
         changelog,
-        changelog_table,
         preload,
     } = replay;
     // Dropped when this returns: after the replay's commit (or its failure).
@@ -1096,10 +977,6 @@ async fn from_checkpoint(
     if let Some(spec) = processor.dedup() {
         let started = std::time::Instant::now();
         let watermark = c.as_ref().and_then(|c| c.watermark);
-        // The changelog's table, when it was built under this watermark (the checkpoint's:
-        // always, as recovery builds it) for a state that loads in the background.
-        let changelog_table = changelog_table.filter(|t| t.watermark() == watermark);
-        let mut from_table = false;
         let mut state = match preload {
             // Queryable at once: the changelog in memory, the store's part by lookup until its
             // load ends. The load waits while the WAL's records are replayed and committed.
@@ -1107,13 +984,7 @@ async fn from_checkpoint(
                 if !records.is_empty() {
                     _load_paused = Some(load.pause());
                 }
-                match changelog_table {
-                    Some(table) => {
-                        from_table = true;
-                        DedupState::loading_from(Box::new(load), table)
-                    }
-                    None => DedupState::loading(Box::new(load), watermark),
-                }
+                DedupState::loading(Box::new(load), watermark)
             }
             None => load_dedup_state(committer.store(), watermark, spec.expected_keys)?,
         };
@@ -1128,16 +999,10 @@ async fn from_checkpoint(
         // changelog alone grew at the replay's first new keys, on the replay's path (measured
         // at a 1 s restart: ~0.11 s of the main thread's 0.34 s replay went to that growth,
         // moving ~1M entries and the kernel zeroing the new table's pages).
-        if from_table {
-            // The changelog is in already, in a table with room for about one epoch more
-            // (`build_changelog_table`): a longer replay grows it here, before the replay.
-            state.reserve_faulted_in(records.len());
-        } else {
-            let changelog_keys: usize = changelog.iter().map(|d| d.delta.inserts.len()).sum();
-            state.reserve_faulted_in(changelog_keys + records.len());
-            for d in &changelog {
-                state.load_changelog(&d.delta.inserts);
-            }
+        let changelog_keys: usize = changelog.iter().map(|d| d.delta.inserts.len()).sum();
+        state.reserve_faulted_in(changelog_keys + records.len());
+        for d in &changelog {
+            state.load_changelog(&d.delta.inserts);
         }
         let keys = if loading {
             stored + state.len()
@@ -1146,7 +1011,6 @@ async fn from_checkpoint(
         };
         outcome.dedup_keys_loaded = keys as u64;
         outcome.changelog_epochs = changelog.len() as u64;
-        outcome.changelog_table_built = from_table;
         committer.set_dedup(dedup_runtime(spec, state, &positions));
         info!(
             keys,

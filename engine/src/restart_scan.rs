@@ -165,7 +165,6 @@ impl ChangelogScan {
             complete: self.whole && self.next == self.last + 1,
             deltas: self.deltas,
             indexed: false,
-            table: None,
         }
     }
 }
