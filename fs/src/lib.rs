@@ -107,8 +107,14 @@ pub trait ReadableFile: Read + Seek + Send {
     /// and a file system that cannot tell, give `from..len` whole. Moves the read position
     /// (seek before reading).
     fn data_ranges(&mut self, from: u64, len: u64) -> io::Result<Vec<std::ops::Range<u64>>> {
-        Ok((from < len).then_some(from..len).into_iter().collect())
+        Ok(whole_range(from, len))
     }
+}
+
+/// `from..len` as the one part of [`ReadableFile::data_ranges`] where nothing is known to be
+/// zeros (none when it is empty).
+fn whole_range(from: u64, len: u64) -> Vec<std::ops::Range<u64>> {
+    (from < len).then_some(from..len).into_iter().collect()
 }
 
 impl ReadableFile for std::fs::File {

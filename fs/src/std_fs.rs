@@ -258,6 +258,26 @@ fn cached_pages_of(path: &Path) -> io::Result<(usize, usize)> {
     }
 }
 
+/// File system types by their `statfs` magic number (`f_type`).
+#[cfg(target_os = "linux")]
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+#[cfg(target_os = "linux")]
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+#[cfg(target_os = "linux")]
+const EXT4_MAGIC: i64 = 0xEF53;
+#[cfg(target_os = "linux")]
+const XFS_MAGIC: i64 = 0x5846_5342;
+#[cfg(target_os = "linux")]
+const BTRFS_MAGIC: i64 = 0x9123_683E;
+
+/// The file system type `statfs` or `fstatfs` filled `st` with.
+#[cfg(target_os = "linux")]
+fn magic(st: &libc::statfs) -> i64 {
+    #[allow(clippy::unnecessary_cast)]
+    let kind = st.f_type as i64;
+    kind
+}
+
 /// Whether `path` is on a file system whose files live only in memory (tmpfs, ramfs): their
 /// pages cannot be dropped from the page cache, since that is where the data is. Why: a test
 /// of [`WritableFile::drop_cached`] skips there instead of failing.
@@ -265,8 +285,6 @@ pub fn in_memory_file_system(path: &Path) -> io::Result<bool> {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::ffi::OsStrExt;
-        const TMPFS_MAGIC: i64 = 0x0102_1994;
-        const RAMFS_MAGIC: i64 = 0x8584_58f6;
         let c = std::ffi::CString::new(path.as_os_str().as_bytes())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         // SAFETY: `c` is a NUL-terminated path; `st` is written by the call before it is read.
@@ -279,9 +297,7 @@ pub fn in_memory_file_system(path: &Path) -> io::Result<bool> {
                 format!("statfs {}: {e}", path.display()),
             ));
         }
-        #[allow(clippy::unnecessary_cast)]
-        let kind = st.f_type as i64;
-        Ok(kind == TMPFS_MAGIC || kind == RAMFS_MAGIC)
+        Ok([TMPFS_MAGIC, RAMFS_MAGIC].contains(&magic(&st)))
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -298,13 +314,10 @@ const MAX_DATA_RANGES: usize = 64;
 /// [`crate::ReadableFile::data_ranges`]), by `SEEK_DATA` and `SEEK_HOLE` in turn; the whole
 /// range where either call fails for another reason than `ENXIO` (no data after).
 pub(crate) fn data_ranges(f: &File, from: u64, len: u64) -> Vec<std::ops::Range<u64>> {
-    let mut parts = Vec::new();
     if !reports_zeroed_ranges(f) {
-        if from < len {
-            parts.push(from..len);
-        }
-        return parts;
+        return crate::whole_range(from, len);
     }
+    let mut parts = Vec::new();
     let mut at = from;
     while at < len {
         if parts.len() == MAX_DATA_RANGES {
@@ -341,10 +354,6 @@ pub fn reports_zeroed_ranges(f: &File) -> bool {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        const EXT4: i64 = 0xEF53;
-        const XFS: i64 = 0x5846_5342;
-        const BTRFS: i64 = 0x9123_683E;
-        const TMPFS: i64 = 0x0102_1994;
         // SAFETY: `st` is written by the call before it is read; the fd is open for the
         // lifetime of `f`.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
@@ -352,9 +361,7 @@ pub fn reports_zeroed_ranges(f: &File) -> bool {
         if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } != 0 {
             return false;
         }
-        #[allow(clippy::unnecessary_cast)]
-        let kind = st.f_type as i64;
-        [EXT4, XFS, BTRFS, TMPFS].contains(&kind)
+        [EXT4_MAGIC, XFS_MAGIC, BTRFS_MAGIC, TMPFS_MAGIC].contains(&magic(&st))
     }
     #[cfg(not(target_os = "linux"))]
     {

@@ -220,6 +220,65 @@ fn damage_inside_a_reused_segment_is_still_told_from_its_end() {
     );
 }
 
+/// The same with segments of many pages: the reused file's older bytes past its first page
+/// were zeroed by the WAL (`zero_range`) and, after the crash, are still zeros the file system
+/// knows of, which the search for a seal after the damage skips unread
+/// (`ReadableFile::data_ranges`). The damage is flipped in place, so they stay so; the seal of
+/// the segment's own life, in the data before them, is still found.
+#[test]
+fn damage_inside_a_reused_segment_with_a_zeroed_rest_is_still_told_from_its_end() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let big = WalOptions {
+        segment_size: 64 << 10,
+        sync: SyncPolicy::EveryBatch,
+    };
+    let (mut wal, _) = Wal::open(dir.path(), big, None).unwrap();
+    write_epochs(&mut wal, 1..=6, 30, 2_000);
+    wal.truncate_before(5).unwrap();
+    assert!(!wal.spares().is_empty());
+    wal.start_new_segment(7).unwrap();
+    write_epochs(&mut wal, 7..=7, 3, 2_000);
+    let (last_id, _, written) = *wal.segments().last().unwrap();
+    std::mem::forget(wal);
+    let path = segment_path(dir.path(), last_id);
+    let at = (SEGMENT_HEADER_LEN + 25) as u64;
+    {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut byte = [0u8; 1];
+        f.read_exact_at(&mut byte, at).unwrap();
+        f.write_all_at(&[byte[0] ^ 0x10], at).unwrap();
+    }
+    let mut file = fs::File::open(&path).unwrap();
+    let len = file.metadata().unwrap().len();
+    assert!(
+        len > written + 8192,
+        "a reused file longer than its new life: {len}"
+    );
+    if tidemark_fs::reports_zeroed_ranges(&file) {
+        let parts = tidemark_fs::ReadableFile::data_ranges(&mut file, 0, len).unwrap();
+        let listed: u64 = parts.iter().map(|p| p.end - p.start).sum();
+        assert!(
+            listed < len / 2,
+            "the reused file's zeroed rest is left out: {parts:?} of {len} bytes"
+        );
+    }
+    drop(file);
+    let (_wal, report) = Wal::open(dir.path(), big, None).unwrap();
+    let m = report
+        .mid_log
+        .as_ref()
+        .expect("a valid seal of the segment follows the damage");
+    assert_eq!(
+        (m.at_segment, m.at_offset),
+        (last_id, SEGMENT_HEADER_LEN as u64)
+    );
+}
+
 /// A log with spares in `dir` as a roll leaves it between renaming its first spare to the
 /// next segment and writing that segment's header: the file under the new name still has the
 /// old header (another id) and the old frames. Returns the frames the log reads, the renamed

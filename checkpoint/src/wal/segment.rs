@@ -328,7 +328,7 @@ pub(crate) fn seal_follows(
 }
 
 /// [`seal_follows`] over the bytes `start..end` of `file` (`len` bytes long), for a search
-/// begun at `from`.
+/// begun at `from` (`start >= from`: the parts `data_ranges` gives from there).
 #[allow(clippy::too_many_arguments)]
 fn seal_in_part(
     file: &mut dyn ReadableFile,
@@ -340,7 +340,7 @@ fn seal_in_part(
     bindings: &[FrameBinding],
     epochs: SealEpochs,
 ) -> std::io::Result<bool> {
-    let mut chunk = start.max(from);
+    let mut chunk = start;
     while chunk < end {
         let want = (SCAN_CHUNK as u64).min(end - chunk);
         file.seek(SeekFrom::Start(chunk))?;

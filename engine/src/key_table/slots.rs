@@ -123,7 +123,9 @@ impl Slots {
             let parts = threads.min(size / HUGE_PAGE).max(1);
             let part = (size / parts).next_multiple_of(HUGE_PAGE);
             let populate = |from: usize| {
-                let len = part.min(size - from);
+                // Past the end when `parts` does not divide the array in whole huge pages
+                // (`parts - 1` parts rounded up can cover it all): nothing left for this one.
+                let len = part.min(size.saturating_sub(from));
                 if len == 0 {
                     return;
                 }
