@@ -398,11 +398,16 @@ impl KeyTable {
         }
     }
 
-    /// [`KeyTable::reserve`], then every page of the table faulted in on two threads at once
-    /// (`slots::Slots::populate`): for a restart that fills the table right away.
+    /// [`KeyTable::reserve`], then, when that grew the table, every page of it faulted in on
+    /// two threads at once (`slots::Slots::populate`): for a restart that fills the table
+    /// right away. A table with room already (a state loaded whole for `expected_keys`) is
+    /// left as it is: its pages are faulted in as they are first touched, not all at once.
     pub fn reserve_faulted_in(&mut self, additional: usize) {
+        let homes = self.homes;
         self.reserve(additional);
-        self.slots.populate(2);
+        if self.homes != homes {
+            self.slots.populate(2);
+        }
     }
 
     /// Half as many homes again: a table never sized to a power of two holds ~11M keys in

@@ -418,9 +418,15 @@ pub async fn recover(
     // (`DedupState::loading`).
     let preload = match (&latest, processor.dedup()) {
         // (A worker's state comes from the table at every start: no load.)
-        (Some(c), Some(spec)) if config.checkpoint.enabled && options.worker.is_none() => Some(
-            StateLoad::start(store.clone(), c.watermark, spec.expected_keys),
-        ),
+        (Some(c), Some(spec)) if config.checkpoint.enabled && options.worker.is_none() => {
+            // The replay's lookups read the store's tables while the load runs.
+            store.read_tables_ahead();
+            Some(StateLoad::start(
+                store.clone(),
+                c.watermark,
+                spec.expected_keys,
+            ))
+        }
         _ => None,
     };
 

@@ -294,11 +294,17 @@ impl CheckpointStore {
         options: StoreOptions,
     ) -> Result<(Self, CompactionHold), StoreError> {
         let store = Self::open_with(path, options, true)?;
-        read_tables_ahead(path);
         let hold = CompactionHold {
             store: Some(store.clone()),
         };
         Ok((store, hold))
+    }
+
+    /// Reads every table file of the store into the page cache from a thread of its own, and
+    /// returns at once ([`read_tables_ahead`]). For a restart whose replay looks keys up in
+    /// the store while its dedup state loads: other starts need not share the disk with it.
+    pub fn read_tables_ahead(&self) {
+        read_tables_ahead(&self.path);
     }
 
     fn open_with(path: &Path, options: StoreOptions, hold: bool) -> Result<Self, StoreError> {
