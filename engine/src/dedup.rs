@@ -209,9 +209,10 @@ pub struct DedupState {
     expected_keys: usize,
     /// Time spent sweeping evicted entries out of memory ([`DedupState::sweep_time`]).
     sweeping: Duration,
-    /// Where the state writer gives emptied delta buffers back; `None` until one runs
-    /// ([`DedupState::take_key_buffers_from`]).
-    key_buffers: Option<std::sync::Arc<tidemark_checkpoint::store::KeyBuffers>>,
+    /// Where the state writer gives emptied delta buffers back
+    /// ([`DedupState::take_key_buffers_from`]); until one runs, a pool nobody fills, whose
+    /// `take` allocates.
+    key_buffers: std::sync::Arc<tidemark_checkpoint::store::KeyBuffers>,
 }
 
 impl std::fmt::Debug for DedupState {
@@ -237,7 +238,7 @@ impl DedupState {
             batch_clock_ms: None,
             expected_keys: 0,
             sweeping: Duration::ZERO,
-            key_buffers: None,
+            key_buffers: std::sync::Arc::default(),
         }
     }
 
@@ -575,10 +576,7 @@ impl DedupState {
     pub fn take_inserted(&mut self) -> PackedKeys {
         let (keys, bytes) = (self.inserted.len(), self.inserted.key_bytes());
         let (keys, bytes) = (keys + keys / 8, bytes + bytes / 8);
-        let next = match &self.key_buffers {
-            Some(buffers) => buffers.take(keys, bytes),
-            None => PackedKeys::with_capacity(keys, bytes),
-        };
+        let next = self.key_buffers.take(keys, bytes);
         std::mem::replace(&mut self.inserted, next).at_or_above(self.watermark)
     }
 
@@ -590,16 +588,14 @@ impl DedupState {
         &mut self,
         buffers: std::sync::Arc<tidemark_checkpoint::store::KeyBuffers>,
     ) {
-        self.key_buffers = Some(buffers);
+        self.key_buffers = buffers;
     }
 
     /// Gives back what [`DedupState::take_inserted`] took, when its caller does not checkpoint
     /// it after all (a redo whose replayed delta is not the one its WAL logged): the next
     /// checkpoint inserts it as if it had never been taken. Keys accepted since are kept after it.
     pub fn restore_inserted(&mut self, mut keys: PackedKeys) {
-        for (k, t) in std::mem::take(&mut self.inserted).iter() {
-            keys.push(k, t);
-        }
+        keys.extend_from(&std::mem::take(&mut self.inserted));
         self.inserted = keys;
     }
 

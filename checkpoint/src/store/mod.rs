@@ -194,7 +194,7 @@ fn advise_will_need(path: &Path) {
 /// Keys of a [`CheckpointStore::lookup_dedup_keys`] batch from which it is split over two
 /// threads: half of such a batch (~0.27 µs a key on one thread in the `dedup_lookup` bench,
 /// so ~140 µs and more) is well above a thread's start (tens of µs). Not tuned by a bench.
-pub const PARALLEL_LOOKUP_KEYS: usize = 1024;
+pub(crate) const PARALLEL_LOOKUP_KEYS: usize = 1024;
 
 /// The options of `dedup_by_key`: [`db_options`], a Bloom filter (lookups of absent keys are
 /// cheap) and the compaction filter that drops entries below `evict_below` (the time is the
@@ -470,7 +470,7 @@ impl CheckpointStore {
     /// not there). A time below the caller's watermark means "not in state" (an eviction
     /// compaction has not applied yet). Batched: one RocksDB `MultiGet`, the Bloom filter
     /// answering most absent keys without reading a block; a batch of
-    /// [`PARALLEL_LOOKUP_KEYS`] or more is split in two, the second half looked up on a thread
+    /// `PARALLEL_LOOKUP_KEYS` (1,024) or more is split in two, the second half looked up on a thread
     /// of its own (the answers are the same: lookups only read).
     ///
     /// Why two threads: a restart's replay checks every record against the store while its

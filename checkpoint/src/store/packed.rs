@@ -97,14 +97,8 @@ impl PackedKeys {
     /// fraction of a copy's speed; a buffer refilled every second should stay put.
     pub fn clear_keeping_memory(&mut self) {
         let (keys, bytes) = (self.entries.len(), self.bytes.len());
-        self.entries.clear();
-        self.bytes.clear();
-        if self.entries.capacity() > 4 * keys {
-            self.entries.shrink_to(2 * keys);
-        }
-        if self.bytes.capacity() > 4 * bytes {
-            self.bytes.shrink_to(2 * bytes);
-        }
+        clear_keeping_room(&mut self.entries, keys);
+        clear_keeping_room(&mut self.bytes, bytes);
     }
 
     /// `(key, event_time)` in the order they were pushed.
@@ -112,19 +106,41 @@ impl PackedKeys {
         (0..self.len()).map(|i| self.get(i))
     }
 
-    /// The pairs whose event time is at or above `watermark` (all when `None`), in order.
-    pub fn at_or_above(self, watermark: Option<i64>) -> Self {
-        match watermark {
-            Some(w) if self.entries.iter().any(|&(_, t)| t < w) => {
-                // At most all of them: sized once, never doubled (`with_capacity`).
-                let mut kept = PackedKeys::with_capacity(self.len(), self.key_bytes());
-                for (k, t) in self.iter().filter(|&(_, t)| t >= w) {
-                    kept.push(k, t);
+    /// The pairs whose event time is at or above `watermark` (all when `None`), in order, in
+    /// this buffer's own memory: the kept pairs move to the front. (A copy into a new buffer
+    /// dropped this one, an epoch buffer taken from `KeyBuffers`, whenever a key was late.)
+    pub fn at_or_above(mut self, watermark: Option<i64>) -> Self {
+        let Some(w) = watermark else {
+            return self;
+        };
+        // Invariant: the first `kept` entries are the pairs kept so far, their bytes
+        // `..to`; every byte from `start` on is unread (`to <= start`).
+        let (mut kept, mut to, mut start) = (0, 0, 0);
+        for i in 0..self.entries.len() {
+            let (end, t) = self.entries[i];
+            if t >= w {
+                if to != start {
+                    self.bytes.copy_within(start..end, to);
                 }
-                kept
+                to += end - start;
+                self.entries[kept] = (to, t);
+                kept += 1;
             }
-            _ => self,
+            start = end;
         }
+        self.entries.truncate(kept);
+        self.bytes.truncate(to);
+        self
+    }
+}
+
+/// Empties `v` and keeps its memory while that is at most four times `used` (what its last
+/// fill held), else twice `used`: the rule of every buffer the state writer keeps between
+/// fills ([`PackedKeys::clear_keeping_memory`], the sort's entries).
+pub(super) fn clear_keeping_room<T>(v: &mut Vec<T>, used: usize) {
+    v.clear();
+    if v.capacity() > 4 * used {
+        v.shrink_to(2 * used);
     }
 }
 
@@ -268,9 +284,17 @@ mod tests {
             }
             let back: Vec<(Vec<u8>, i64)> = p.iter().map(|(k, t)| (k.to_vec(), t)).collect();
             prop_assert_eq!(&back, &pairs);
-            let kept: Vec<(Vec<u8>, i64)> = p.at_or_above(w).iter().map(|(k, t)| (k.to_vec(), t)).collect();
-            let want: Vec<(Vec<u8>, i64)> = pairs.into_iter().filter(|(_, t)| w.is_none_or(|w| *t >= w)).collect();
-            prop_assert_eq!(kept, want);
+            let room = p.capacity();
+            let mut filtered = p.at_or_above(w);
+            prop_assert_eq!(filtered.capacity(), room, "filtered in its own memory");
+            let kept: Vec<(Vec<u8>, i64)> = filtered.iter().map(|(k, t)| (k.to_vec(), t)).collect();
+            let mut want: Vec<(Vec<u8>, i64)> = pairs.into_iter().filter(|(_, t)| w.is_none_or(|w| *t >= w)).collect();
+            prop_assert_eq!(&kept, &want);
+            // Still a whole buffer: a pair pushed after the filter comes back after the rest.
+            filtered.push(b"after", 7);
+            want.push((b"after".to_vec(), 7));
+            let back: Vec<(Vec<u8>, i64)> = filtered.iter().map(|(k, t)| (k.to_vec(), t)).collect();
+            prop_assert_eq!(back, want);
         }
     }
 }

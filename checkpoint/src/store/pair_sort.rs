@@ -276,10 +276,7 @@ impl KeyOrder {
     /// that is at most four times the pairs the last sort was given, else twice them (as
     /// [`super::PackedKeys::clear_keeping_memory`] does).
     pub(super) fn clear(&mut self) {
-        self.entries.clear();
-        if self.entries.capacity() > 4 * self.given {
-            self.entries.shrink_to(2 * self.given);
-        }
+        super::packed::clear_keeping_room(&mut self.entries, self.given);
     }
 }
 

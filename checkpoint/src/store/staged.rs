@@ -93,6 +93,15 @@ impl StagedState {
     }
 }
 
+/// The staged file of epochs `first..=last` in `dir`, or of its `part` when it is written in
+/// parts (the layout in the module documentation).
+fn staged_file(dir: &Path, first: u64, last: u64, part: Option<usize>) -> PathBuf {
+    match part {
+        None => dir.join(format!("{first}-{last}.{CF_DEDUP_BY_KEY}.sst")),
+        Some(i) => dir.join(format!("{first}-{last}.{i}.{CF_DEDUP_BY_KEY}.sst")),
+    }
+}
+
 impl CheckpointStore {
     /// Writes `inserts` (the dedup deltas of epochs `first..=last`, in epoch order) into one
     /// sorted SST file, synced, in the staging directory (module documentation). A key given
@@ -125,10 +134,7 @@ impl CheckpointStore {
         }
         let dir = self.staging_dir()?;
         let groups = split_by_key_range(pairs, parts);
-        let file = |i: usize| match groups.len() {
-            1 => dir.join(format!("{first}-{last}.{CF_DEDUP_BY_KEY}.sst")),
-            _ => dir.join(format!("{first}-{last}.{i}.{CF_DEDUP_BY_KEY}.sst")),
-        };
+        let file = |i: usize| staged_file(&dir, first, last, (groups.len() > 1).then_some(i));
         let files: Vec<PathBuf> = (0..groups.len()).map(file).collect();
         // Each group only read, by its one writer: a group whose thread could not start is
         // still there to be written on this thread.
@@ -193,7 +199,7 @@ impl CheckpointStore {
             return Ok(StagedState::nothing());
         }
         let dir = self.staging_dir()?;
-        let path = dir.join(format!("{first}-{last}.{CF_DEDUP_BY_KEY}.sst"));
+        let path = staged_file(&dir, first, last, None);
         let mut entries = 0;
         self.write_sst(&path, |w| {
             entries =
