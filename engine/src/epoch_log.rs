@@ -879,16 +879,14 @@ mod tests {
             prop_assert_eq!(back, want);
         }
 
-        /// Any bytes after a compact marker read as keys or as damage, never a panic, and never
-        /// more key bytes than the bound for a frame (or its one key).
+        /// Any bytes after a compact marker read as keys or as damage, never a panic. (The
+        /// bound on the key bytes a frame stands for is tested with a frame built to pass it,
+        /// `a_frame_that_stands_for_too_many_key_bytes_is_damage`: 300 random bytes cannot.)
         #[test]
         fn any_compact_frame_reads_or_is_damage(body in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut f = vec![MARKER_STATE_DELTA_COMPACT];
             f.extend_from_slice(&body);
-            let mut out = PackedKeys::default();
-            if decode_state_delta(&f, &mut out).is_ok() {
-                prop_assert!(out.key_bytes() <= STATE_DELTA_RAW_BYTES.max(body.len()));
-            }
+            let _ = decode_state_delta(&f, &mut PackedKeys::default());
         }
 
         /// Varints and zigzag give back every value, and take no more bytes than they need.

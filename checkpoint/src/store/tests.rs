@@ -1086,6 +1086,34 @@ fn packed_keys_stage_above_the_floor_with_a_reused_order() {
     );
 }
 
+/// The writer's own write fails cleanly when its file cannot be made: the error names the
+/// staging directory, nothing is staged, and the same kept order writes the next delta once
+/// the way is clear. (The writer's sync on a machine of several cores writes in parts
+/// instead, `a_failed_state_write_stops_the_writer_and_claims_nothing`.)
+#[test]
+fn a_failed_packed_write_names_the_staging_directory_and_the_order_serves_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
+    let mut order = super::pair_sort::KeyOrder::default();
+    let staging = dir.path().join(staged::STAGING_DIR);
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).unwrap();
+    }
+    std::fs::write(&staging, b"in the way").unwrap();
+    let keys = packed(&[("b", 3), ("a", 9)]);
+    let err = store.stage_packed(1, 1, &keys, 0, &mut order).unwrap_err();
+    assert!(
+        err.to_string().contains(staged::STAGING_DIR),
+        "the error names the staging path: {err}"
+    );
+    assert_eq!(err.kind(), StoreErrorKind::Transient);
+    std::fs::remove_file(&staging).unwrap();
+    let staged = store.stage_packed(1, 1, &keys, 0, &mut order).unwrap();
+    assert_eq!((staged.files(), staged.entries()), (1, 2));
+    staged.ingest(&store).unwrap();
+    assert_eq!(look(&store, &["a", "b"]), vec![Some(9), Some(3)]);
+}
+
 /// A delta written by the writer's timed write (no sync asked: one part, `stage_packed`)
 /// becomes durable with the keys at or above the newest watermark received.
 #[test]

@@ -494,6 +494,22 @@ mod tests {
         assert!(slots.iter().all(|s| s.0 == Slot::EMPTY.0));
     }
 
+    /// Split in parts that do not divide it (5 huge pages over 4 threads: parts of 2, the
+    /// last one past the end), the array is populated whole, and no part reaches past it.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn an_array_split_unevenly_is_populated_whole() {
+        let slots = Slots::zeroed(HUGE_PAGE / 32 * 5);
+        let at = slots.as_ptr() as usize;
+        slots.populate(4);
+        let after = smaps_kb(at, "Rss:").expect("the array's mapping in smaps");
+        assert!(
+            after >= (5 * HUGE_PAGE / 1024) as u64,
+            "{after} kB resident after populating 10 MB"
+        );
+        assert!(slots.iter().all(|s| s.0 == Slot::EMPTY.0));
+    }
+
     #[test]
     fn a_huge_array_is_backed_by_huge_pages_where_the_kernel_allows_them() {
         let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
