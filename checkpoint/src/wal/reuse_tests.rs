@@ -209,15 +209,7 @@ fn damage_inside_a_reused_segment_is_still_told_from_its_end() {
     bytes[SEGMENT_HEADER_LEN + 25] ^= 0x10;
     fs::write(&path, &bytes).unwrap();
     assert!(written > SEGMENT_HEADER_LEN as u64 + 60);
-    let (_wal, report) = Wal::open(dir.path(), options(), None).unwrap();
-    let m = report
-        .mid_log
-        .as_ref()
-        .expect("a valid seal of the segment follows the damage");
-    assert_eq!(
-        (m.at_segment, m.at_offset),
-        (last_id, SEGMENT_HEADER_LEN as u64)
-    );
+    assert_damage_moved_aside_from_the_first_frame(dir.path(), options(), last_id);
 }
 
 /// The same with segments of many pages: the reused file's older bytes past its first page
@@ -268,15 +260,18 @@ fn damage_inside_a_reused_segment_with_a_zeroed_rest_is_still_told_from_its_end(
         );
     }
     drop(file);
-    let (_wal, report) = Wal::open(dir.path(), big, None).unwrap();
+    assert_damage_moved_aside_from_the_first_frame(dir.path(), big, last_id);
+}
+
+/// Opens the log in `dir`: the damage in segment `id`'s first frame is before the end (a valid
+/// seal of the segment follows it), so the open moves it aside from that frame.
+fn assert_damage_moved_aside_from_the_first_frame(dir: &Path, options: WalOptions, id: u64) {
+    let (_wal, report) = Wal::open(dir, options, None).unwrap();
     let m = report
         .mid_log
         .as_ref()
         .expect("a valid seal of the segment follows the damage");
-    assert_eq!(
-        (m.at_segment, m.at_offset),
-        (last_id, SEGMENT_HEADER_LEN as u64)
-    );
+    assert_eq!((m.at_segment, m.at_offset), (id, SEGMENT_HEADER_LEN as u64));
 }
 
 /// A log with spares in `dir` as a roll leaves it between renaming its first spare to the
