@@ -196,6 +196,38 @@ fn advise_will_need(path: &Path) {
 /// so ~140 µs and more) is well above a thread's start (tens of µs). Not tuned by a bench.
 pub(crate) const PARALLEL_LOOKUP_KEYS: usize = 1024;
 
+/// `look_up` of `keys` in two halves, the second on a thread made by `thread`, the answers
+/// joined in the order of `keys`. A thread that cannot start leaves its half to this thread
+/// (same answers, only slower); one that panics fails the lookup, naming the store at `path`.
+/// Apart from [`CheckpointStore::lookup_dedup_keys`] so that tests make both happen.
+fn in_two_halves<T: Send>(
+    keys: &[&[u8]],
+    thread: std::thread::Builder,
+    path: &Path,
+    look_up: impl Fn(&[&[u8]]) -> Result<Vec<T>, StoreError> + Sync,
+) -> Result<Vec<T>, StoreError> {
+    let (first, second) = keys.split_at(keys.len() / 2);
+    let look_up = &look_up;
+    let (first, second) = std::thread::scope(|scope| {
+        let other = thread.spawn_scoped(scope, || look_up(second));
+        let first = look_up(first);
+        let second = match other {
+            Ok(handle) => handle.join().unwrap_or_else(|_| {
+                Err(StoreError::Foreign {
+                    path: path.to_path_buf(),
+                    message: "a thread looking up dedup keys panicked".into(),
+                })
+            }),
+            // No thread: this one looks the second half up too.
+            Err(_) => look_up(second),
+        };
+        (first, second)
+    });
+    let mut answers = first?;
+    answers.extend(second?);
+    Ok(answers)
+}
+
 /// The options of `dedup_by_key`: [`db_options`], a Bloom filter (lookups of absent keys are
 /// cheap) and the compaction filter that drops entries below `evict_below` (the time is the
 /// value).
@@ -483,27 +515,10 @@ impl CheckpointStore {
         if keys.len() < PARALLEL_LOOKUP_KEYS {
             return self.lookup_dedup_keys_on_one_thread(keys);
         }
-        let (first, second) = keys.split_at(keys.len() / 2);
-        let (first, second) = std::thread::scope(|scope| {
-            let other = std::thread::Builder::new()
-                .name("tidemark-lookup".into())
-                .spawn_scoped(scope, || self.lookup_dedup_keys_on_one_thread(second));
-            let first = self.lookup_dedup_keys_on_one_thread(first);
-            let second = match other {
-                Ok(handle) => handle.join().unwrap_or_else(|_| {
-                    Err(StoreError::Foreign {
-                        path: self.path.clone(),
-                        message: "a thread looking up dedup keys panicked".into(),
-                    })
-                }),
-                // No thread: this one looks the second half up too.
-                Err(_) => self.lookup_dedup_keys_on_one_thread(second),
-            };
-            (first, second)
-        });
-        let mut times = first?;
-        times.extend(second?);
-        Ok(times)
+        let thread = std::thread::Builder::new().name("tidemark-lookup".into());
+        in_two_halves(keys, thread, &self.path, |half| {
+            self.lookup_dedup_keys_on_one_thread(half)
+        })
     }
 
     /// [`CheckpointStore::lookup_dedup_keys`] on this thread whatever the batch's size: one

@@ -1138,6 +1138,21 @@ fn a_timed_write_makes_the_gathered_keys_durable_above_the_watermark() {
 /// both sides of the split.
 #[test]
 fn a_split_lookup_answers_as_one_on_one_thread() {
+    let (_dir, store, keys, want) = split_lookup_store();
+    let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    let split = store.lookup_dedup_keys(&keys).unwrap();
+    assert_eq!(split, store.lookup_dedup_keys_on_one_thread(&keys).unwrap());
+    assert_eq!(split, want);
+}
+
+/// Keys `k000000..` of a batch twice the split size, every third in a store (time = its
+/// number), and the answers a lookup of all of them must give.
+fn split_lookup_store() -> (
+    tempfile::TempDir,
+    CheckpointStore,
+    Vec<String>,
+    Vec<Option<i64>>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let store = CheckpointStore::open(dir.path(), StoreOptions::default()).unwrap();
     let n = 2 * super::PARALLEL_LOOKUP_KEYS;
@@ -1147,12 +1162,59 @@ fn a_split_lookup_answers_as_one_on_one_thread() {
         .collect();
     let refs: Vec<(&str, i64)> = present.iter().map(|(k, t)| (k.as_str(), *t)).collect();
     ingest(&store, &refs);
-    let keys: Vec<String> = (0..n).map(|i| format!("k{i:06}")).collect();
+    let keys = (0..n).map(|i| format!("k{i:06}")).collect();
+    let want = (0..n).map(|i| (i % 3 == 0).then_some(i as i64)).collect();
+    (dir, store, keys, want)
+}
+
+/// A split lookup whose second thread cannot start looks both halves up on the calling
+/// thread, with the same answers in the same order. (A thread asked for a stack larger than
+/// the address space never starts.)
+#[test]
+fn a_split_lookup_whose_thread_cannot_start_answers_on_this_thread() {
+    let (dir, store, keys, want) = split_lookup_store();
     let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
-    let split = store.lookup_dedup_keys(&keys).unwrap();
-    assert_eq!(split, store.lookup_dedup_keys_on_one_thread(&keys).unwrap());
-    let want: Vec<Option<i64>> = (0..n).map(|i| (i % 3 == 0).then_some(i as i64)).collect();
-    assert_eq!(split, want);
+    let looked_up_on = std::sync::Mutex::new(Vec::new());
+    let unstartable = std::thread::Builder::new().stack_size(1 << 50);
+    let answers = super::in_two_halves(&keys, unstartable, dir.path(), |half| {
+        looked_up_on
+            .lock()
+            .unwrap()
+            .push(std::thread::current().id());
+        store.lookup_dedup_keys_on_one_thread(half)
+    })
+    .unwrap();
+    assert_eq!(answers, want);
+    let caller = std::thread::current().id();
+    assert_eq!(
+        looked_up_on.into_inner().unwrap(),
+        vec![caller, caller],
+        "both halves on the calling thread"
+    );
+}
+
+/// A split lookup whose second thread panics fails with an error naming the store, rather
+/// than answering for half the keys.
+#[test]
+fn a_split_lookup_whose_thread_panics_fails_naming_the_store() {
+    let (dir, store, keys, _) = split_lookup_store();
+    let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    let caller = std::thread::current().id();
+    let result = super::in_two_halves(&keys, std::thread::Builder::new(), dir.path(), |half| {
+        assert_eq!(
+            std::thread::current().id(),
+            caller,
+            "injected: the helper panics"
+        );
+        store.lookup_dedup_keys_on_one_thread(half)
+    });
+    match result {
+        Err(StoreError::Foreign { path, message }) => {
+            assert_eq!(path, dir.path());
+            assert!(message.contains("panicked"), "{message}");
+        }
+        other => panic!("expected the panic as an error, got {other:?}"),
+    }
 }
 
 /// A store a restart will look keys up in has its table files read into the page cache in
