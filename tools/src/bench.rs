@@ -73,6 +73,13 @@ pub struct BenchOptions {
     /// summary shows what the growth cost.
     #[arg(long, default_value_t = 0)]
     pub dedup_expected_keys: u64,
+    /// `checkpoint.max_records` of every run: an epoch also ends at this many records, if
+    /// its interval has not ended it first. 0 (default): no cap, so each epoch lasts its
+    /// interval, which is what the bench measures. A pipeline's own default is 100000: give
+    /// that to see restarts as such a pipeline has them (a restart replays at most the one
+    /// epoch its crash left open or uncommitted, so the cap bounds its replay).
+    #[arg(long, default_value_t = 0)]
+    pub epoch_max_records: u64,
     /// Another `tidemark` executable (e.g. a build of an older commit) to run every variant
     /// with as well, in the same rounds on the same stream (rows `<name>@base`), and print this
     /// build's throughput against it.
@@ -364,6 +371,8 @@ struct Setup {
     exe: PathBuf,
     /// `--keep-runs`: leave each run's table, WAL and store in place.
     keep_runs: bool,
+    /// `--epoch-max-records` (0: no cap).
+    epoch_max_records: u64,
 }
 
 /// Runs the benchmark, by stage: parse the intervals, prepare --dir, start the broker and
@@ -389,6 +398,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         bytes,
         exe,
         keep_runs: options.keep_runs,
+        epoch_max_records: options.epoch_max_records,
     };
     let rounds = options.repeat.max(1);
     let variants = variants(&intervals, &options);
@@ -532,6 +542,7 @@ fn throughput_runs(
                 v.interval,
                 setup.longest,
                 v.dedup.then_some(dedup),
+                setup.epoch_max_records,
             )?;
             let scraper = if v.metrics {
                 Some(Scraper::start(&config)?)
@@ -737,6 +748,7 @@ fn recovery_run(
             interval,
             setup.longest,
             variant.dedup.then_some(options.bench_dedup()),
+            options.epoch_max_records,
         )?;
         let log = rec_dir.join("run-1.log");
         let finished = run_child_killed(exe, &config, &log, Some(CONNECTED), kill_after)?;
@@ -1246,6 +1258,10 @@ pub(crate) async fn create_topic(
     Ok(())
 }
 
+/// `checkpoint.max_records` of a bench run without `--epoch-max-records`: more than any
+/// bench's epoch reads, so the interval alone ends its epochs.
+pub(crate) const UNCAPPED_EPOCH_RECORDS: u64 = 100_000_000;
+
 pub(crate) fn write_config(
     dir: &Path,
     brokers: &str,
@@ -1254,6 +1270,7 @@ pub(crate) fn write_config(
     interval: Option<u64>,
     longest: u64,
     dedup: Option<BenchDedup>,
+    epoch_max_records: u64,
 ) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let (interval_ms, enabled) = match interval {
@@ -1277,6 +1294,11 @@ pub(crate) fn write_config(
         }
         None => String::new(),
     };
+    let max_records = if epoch_max_records == 0 {
+        UNCAPPED_EPOCH_RECORDS
+    } else {
+        epoch_max_records
+    };
     let text = format!(
         r#"{MARK}
 pipeline_id = "bench"
@@ -1295,7 +1317,7 @@ columns = [
 ]
 [checkpoint]
 interval_ms = {interval_ms}
-max_records = 100000000
+max_records = {max_records}
 max_bytes = 4294967296
 enabled = {enabled}
 {dedup}"#
@@ -1757,6 +1779,37 @@ mod tests {
         assert!(follows(0, 0, 1) && follows(1, 1, 0));
     }
 
+    /// `--epoch-max-records` becomes `checkpoint.max_records`; without it the epochs are
+    /// uncapped, so the interval alone ends them.
+    #[test]
+    fn the_epoch_cap_is_the_runs_max_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |cap: u64| {
+            let path = write_config(
+                &dir.path().join(format!("c{cap}")),
+                "127.0.0.1:9092",
+                "t",
+                "table",
+                Some(1000),
+                1000,
+                None,
+                cap,
+            )
+            .unwrap();
+            std::fs::read_to_string(path).unwrap()
+        };
+        let checkpoint = |text: &str| {
+            let parsed: toml::Value = toml::from_str(text).unwrap();
+            parsed["checkpoint"]["max_records"].as_integer().unwrap()
+        };
+        assert_eq!(checkpoint(&config(100_000)), 100_000);
+        assert_eq!(
+            checkpoint(&config(0)),
+            UNCAPPED_EPOCH_RECORDS as i64,
+            "no cap given: uncapped"
+        );
+    }
+
     /// `dedup.expected_keys` is written only when set: a `--baseline-exe` older than the
     /// setting refuses a config that names it.
     #[test]
@@ -1775,6 +1828,7 @@ mod tests {
                 Some(200),
                 200,
                 Some(dedup),
+                0,
             )
             .unwrap();
             std::fs::read_to_string(path).unwrap()

@@ -307,6 +307,7 @@ fn workers_run(
         Some(interval_ms),
         interval_ms,
         None,
+        0,
     )?;
     let text = std::fs::read_to_string(&config)?;
     // A group of its own per run (a group per pipeline); static membership off: tansu 0.6.0
