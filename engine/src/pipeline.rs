@@ -28,7 +28,7 @@ use crate::io_faults;
 use crate::metrics;
 use crate::progress::Progress;
 use crate::read_ahead::{ReadAhead, ReadAheadLimits, READ_BATCH};
-use crate::recovery::{self, RecoveryError, RecoveryOutcome, StartOptions};
+use crate::recovery::{self, CommittedAtStart, RecoveryError, RecoveryOutcome, StartOptions};
 pub use crate::shutdown::{install_signal_handlers, Shutdown};
 use crate::state_lock::{RunId, StateLock, StateLockError};
 
@@ -330,7 +330,7 @@ pub async fn run(
     .await;
     committer.set_maintenance(maintenance);
     let committed_at_start = recovered.committed_at_start.take();
-    if let Some(report) = &committed_at_start {
+    if let Some(CommittedAtStart { report, .. }) = &committed_at_start {
         // Recovery committed an epoch (a redo, or the records read ahead before a crash)
         // before the maintenance existed: what is due after that commit is done now, so a
         // Delta checkpoint a crash left due is written at the first commit after the restart.
@@ -359,10 +359,11 @@ pub async fn run(
         ..RunSummary::default()
     };
     let mut stats = RunStats::new(started, cpu_at_start);
-    if let Some(report) = committed_at_start {
-        // A redone or resumed epoch committed during recovery: this run's first commit.
+    if let Some(CommittedAtStart { report, landed }) = committed_at_start {
+        // A redone or resumed epoch committed during recovery: this run's first commit, at
+        // the moment it landed.
         metrics::checkpointed(&report, &after_checkpoint(&committer));
-        stats.note(&report, &mut summary, false);
+        stats.note(&report, &mut summary, false, landed);
     }
 
     summary.cluster_id = check_cluster(
@@ -881,7 +882,7 @@ async fn run_epochs(
                 polls_during_commit = report.polls_during_commit,
                 "epoch committed"
             );
-            stats.note(&report, summary, true);
+            stats.note(&report, summary, true, Instant::now());
             continue;
         }
         if let Some(why) = stop {
@@ -978,11 +979,18 @@ impl RunStats {
         }
     }
 
-    /// Counts a committed epoch (`from_source`: read in this run, not replayed).
-    fn note(&mut self, report: &EpochReport, summary: &mut RunSummary, from_source: bool) {
+    /// Counts a committed epoch (`from_source`: read in this run, not replayed), whose commit
+    /// landed at `landed` (what the first-commit times measure).
+    fn note(
+        &mut self,
+        report: &EpochReport,
+        summary: &mut RunSummary,
+        from_source: bool,
+        landed: Instant,
+    ) {
         if report.version.is_some() {
             summary.epochs_committed += 1;
-            let ms = self.started.elapsed().as_millis() as u64;
+            let ms = landed.saturating_duration_since(self.started).as_millis() as u64;
             if from_source && summary.first_source_commit_ms.is_none() {
                 summary.first_source_commit_ms = Some(ms);
             }
@@ -1105,4 +1113,44 @@ fn check_schema(config: &PipelineConfig, sink: &DeltaSink) -> Result<(), Process
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit counts as the run's first at the moment it landed, not when it is noted: an
+    /// epoch recovery committed is noted only after recovery's and the run's own start-up
+    /// that follow it.
+    #[test]
+    fn the_first_commit_counts_from_when_it_landed() {
+        let started = Instant::now();
+        let mut stats = RunStats::new(started, CpuAtStart::now());
+        let mut summary = RunSummary::default();
+        let report = EpochReport {
+            version: Some(TableVersion::new(3)),
+            ..EpochReport::default()
+        };
+        std::thread::sleep(Duration::from_millis(60));
+        stats.note(
+            &report,
+            &mut summary,
+            false,
+            started + Duration::from_millis(5),
+        );
+        assert_eq!(summary.first_commit_ms, Some(5));
+        assert_eq!(summary.first_source_commit_ms, None, "a replayed epoch");
+        stats.note(
+            &report,
+            &mut summary,
+            true,
+            started + Duration::from_millis(7),
+        );
+        assert_eq!(
+            summary.first_commit_ms,
+            Some(5),
+            "the first stays the first"
+        );
+        assert_eq!(summary.first_source_commit_ms, Some(7));
+    }
 }
