@@ -77,7 +77,8 @@ pub struct BenchOptions {
     /// its interval has not ended it first. 0 (default): no cap, so each epoch lasts its
     /// interval, which is what the bench measures. A pipeline's own default is 100000: give
     /// that to see restarts as such a pipeline has them (a restart replays at most the one
-    /// epoch its crash left open or uncommitted, so the cap bounds its replay).
+    /// epoch its crash left open or uncommitted; the cap bounds that epoch's size). The
+    /// bench's `max_bytes` stays 4 GiB (a pipeline's default is 64 MiB).
     #[arg(long, default_value_t = 0)]
     pub epoch_max_records: u64,
     /// Another `tidemark` executable (e.g. a build of an older commit) to run every variant
@@ -140,6 +141,8 @@ pub struct BenchRow {
     pub interval: String,
     /// Interval in milliseconds (the epoch length for `none`).
     pub interval_ms: u64,
+    /// `checkpoint.max_records` of the run (`--epoch-max-records`, or the uncapped value).
+    pub epoch_max_records: u64,
     /// Records read.
     pub records: u64,
     /// Wall time of the run (process start to exit), seconds.
@@ -671,6 +674,7 @@ fn median_row(setup: &Setup, variant: &Variant, mut these: Vec<ThroughputRun>) -
     BenchRow {
         interval: name.to_string(),
         interval_ms: interval.unwrap_or(setup.longest),
+        epoch_max_records: epoch_max_records(setup.epoch_max_records),
         records: read,
         wall_secs: wall,
         records_per_sec: read as f64 / wall,
@@ -1262,6 +1266,17 @@ pub(crate) async fn create_topic(
 /// bench's epoch reads, so the interval alone ends its epochs.
 pub(crate) const UNCAPPED_EPOCH_RECORDS: u64 = 100_000_000;
 
+/// `checkpoint.max_records` of a run given `--epoch-max-records cap` (0: uncapped).
+fn epoch_max_records(cap: u64) -> u64 {
+    if cap == 0 {
+        UNCAPPED_EPOCH_RECORDS
+    } else {
+        cap
+    }
+}
+
+// One parameter per setting a bench run's config varies by, as the callers name them.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn write_config(
     dir: &Path,
     brokers: &str,
@@ -1294,11 +1309,7 @@ pub(crate) fn write_config(
         }
         None => String::new(),
     };
-    let max_records = if epoch_max_records == 0 {
-        UNCAPPED_EPOCH_RECORDS
-    } else {
-        epoch_max_records
-    };
+    let max_records = self::epoch_max_records(epoch_max_records);
     let text = format!(
         r#"{MARK}
 pipeline_id = "bench"
@@ -1639,15 +1650,16 @@ fn render_table(rows: &[BenchRow]) -> String {
 }
 
 fn render_csv(rows: &[BenchRow]) -> String {
-    let mut s = String::from("interval,interval_ms,records,wall_secs,records_per_sec,mb_per_sec,commit_ms_p50,commit_ms_p99,parquet_files,delta_versions,wal_bytes,checkpoint_share,peak_rss_mib,recovery_first_commit_ms,recovery_replayed,recovery_ms,cpu_secs,reading_thread_cpu_secs,reading_thread_waiting_secs\n");
+    let mut s = String::from("interval,interval_ms,epoch_max_records,records,wall_secs,records_per_sec,mb_per_sec,commit_ms_p50,commit_ms_p99,parquet_files,delta_versions,wal_bytes,checkpoint_share,peak_rss_mib,recovery_first_commit_ms,recovery_replayed,recovery_ms,cpu_secs,reading_thread_cpu_secs,reading_thread_waiting_secs\n");
     for r in rows {
         let o = |v: Option<u64>| v.map_or(String::new(), |v| v.to_string());
         let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
         let _ = writeln!(
             s,
-            "{},{},{},{:.3},{:.1},{:.2},{:.2},{:.2},{},{},{},{:.4},{:.1},{},{},{},{},{},{}",
+            "{},{},{},{},{:.3},{:.1},{:.2},{:.2},{:.2},{},{},{},{:.4},{:.1},{},{},{},{},{},{}",
             r.interval,
             r.interval_ms,
+            r.epoch_max_records,
             r.records,
             r.wall_secs,
             r.records_per_sec,
@@ -1779,8 +1791,8 @@ mod tests {
         assert!(follows(0, 0, 1) && follows(1, 1, 0));
     }
 
-    /// `--epoch-max-records` becomes `checkpoint.max_records`; without it the epochs are
-    /// uncapped, so the interval alone ends them.
+    /// `--epoch-max-records` becomes `checkpoint.max_records` (and the rows' cap); without it
+    /// the epochs are uncapped, so the interval alone ends them.
     #[test]
     fn the_epoch_cap_is_the_runs_max_records() {
         let dir = tempfile::tempdir().unwrap();
@@ -1803,6 +1815,7 @@ mod tests {
             parsed["checkpoint"]["max_records"].as_integer().unwrap()
         };
         assert_eq!(checkpoint(&config(100_000)), 100_000);
+        assert_eq!(epoch_max_records(100_000), 100_000, "the rows' cap");
         assert_eq!(
             checkpoint(&config(0)),
             UNCAPPED_EPOCH_RECORDS as i64,

@@ -1171,6 +1171,7 @@ fn split_lookup_store() -> (
 /// thread, with the same answers in the same order. (A thread asked for a stack larger than
 /// the address space never starts.)
 #[test]
+#[cfg(target_pointer_width = "64")]
 fn a_split_lookup_whose_thread_cannot_start_answers_on_this_thread() {
     let (dir, store, keys, want) = split_lookup_store();
     let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
