@@ -1791,25 +1791,29 @@ mod tests {
         assert!(follows(0, 0, 1) && follows(1, 1, 0));
     }
 
+    /// The text of a bench run's config written into `dir` (1 s interval), with `dedup` and
+    /// the epoch cap `cap`.
+    fn written_config(dir: &Path, dedup: Option<BenchDedup>, cap: u64) -> String {
+        let path = write_config(
+            dir,
+            "127.0.0.1:9092",
+            "t",
+            "table",
+            Some(1000),
+            1000,
+            dedup,
+            cap,
+        )
+        .unwrap();
+        std::fs::read_to_string(path).unwrap()
+    }
+
     /// `--epoch-max-records` becomes `checkpoint.max_records` (and the rows' cap); without it
     /// the epochs are uncapped, so the interval alone ends them.
     #[test]
     fn the_epoch_cap_is_the_runs_max_records() {
         let dir = tempfile::tempdir().unwrap();
-        let config = |cap: u64| {
-            let path = write_config(
-                &dir.path().join(format!("c{cap}")),
-                "127.0.0.1:9092",
-                "t",
-                "table",
-                Some(1000),
-                1000,
-                None,
-                cap,
-            )
-            .unwrap();
-            std::fs::read_to_string(path).unwrap()
-        };
+        let config = |cap: u64| written_config(&dir.path().join(format!("c{cap}")), None, cap);
         let checkpoint = |text: &str| {
             let parsed: toml::Value = toml::from_str(text).unwrap();
             parsed["checkpoint"]["max_records"].as_integer().unwrap()
@@ -1833,18 +1837,11 @@ mod tests {
                 lateness_ms: 1_000,
                 expected_keys,
             };
-            let path = write_config(
+            written_config(
                 &dir.path().join(format!("k{expected_keys}")),
-                "127.0.0.1:9092",
-                "t",
-                "table",
-                Some(200),
-                200,
                 Some(dedup),
                 0,
             )
-            .unwrap();
-            std::fs::read_to_string(path).unwrap()
         };
         let unset = config(0);
         assert!(unset.contains("allowed_lateness_ms = 1000"), "{unset}");
