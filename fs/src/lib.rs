@@ -26,7 +26,9 @@ use std::sync::Arc;
 pub use fault::{Fault, FaultFs, FaultKind, Op};
 pub use lock::{try_lock_file, LockAttempt};
 pub use power_cut::PowerCutFs;
-pub use std_fs::{cached_pages, in_memory_file_system, reports_zeroed_ranges, StdFs};
+pub use std_fs::{
+    cached_pages, fadvise_will_need, in_memory_file_system, reports_zeroed_ranges, StdFs,
+};
 
 /// A file open for writing through a [`FileSystem`].
 pub trait WritableFile: Send + fmt::Debug {

@@ -374,7 +374,8 @@ struct Setup {
     exe: PathBuf,
     /// `--keep-runs`: leave each run's table, WAL and store in place.
     keep_runs: bool,
-    /// `--epoch-max-records` (0: no cap).
+    /// `checkpoint.max_records` of every run: `--epoch-max-records`, or
+    /// [`UNCAPPED_EPOCH_RECORDS`] without it.
     epoch_max_records: u64,
 }
 
@@ -401,7 +402,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         bytes,
         exe,
         keep_runs: options.keep_runs,
-        epoch_max_records: options.epoch_max_records,
+        epoch_max_records: epoch_max_records(options.epoch_max_records),
     };
     let rounds = options.repeat.max(1);
     let variants = variants(&intervals, &options);
@@ -674,7 +675,7 @@ fn median_row(setup: &Setup, variant: &Variant, mut these: Vec<ThroughputRun>) -
     BenchRow {
         interval: name.to_string(),
         interval_ms: interval.unwrap_or(setup.longest),
-        epoch_max_records: epoch_max_records(setup.epoch_max_records),
+        epoch_max_records: setup.epoch_max_records,
         records: read,
         wall_secs: wall,
         records_per_sec: read as f64 / wall,
@@ -752,7 +753,7 @@ fn recovery_run(
             interval,
             setup.longest,
             variant.dedup.then_some(options.bench_dedup()),
-            options.epoch_max_records,
+            setup.epoch_max_records,
         )?;
         let log = rec_dir.join("run-1.log");
         let finished = run_child_killed(exe, &config, &log, Some(CONNECTED), kill_after)?;
@@ -1285,7 +1286,7 @@ pub(crate) fn write_config(
     interval: Option<u64>,
     longest: u64,
     dedup: Option<BenchDedup>,
-    epoch_max_records: u64,
+    max_records: u64,
 ) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let (interval_ms, enabled) = match interval {
@@ -1309,7 +1310,6 @@ pub(crate) fn write_config(
         }
         None => String::new(),
     };
-    let max_records = self::epoch_max_records(epoch_max_records);
     let text = format!(
         r#"{MARK}
 pipeline_id = "bench"
@@ -1792,8 +1792,8 @@ mod tests {
     }
 
     /// The text of a bench run's config written into `dir` (1 s interval), with `dedup` and
-    /// the epoch cap `cap`.
-    fn written_config(dir: &Path, dedup: Option<BenchDedup>, cap: u64) -> String {
+    /// `checkpoint.max_records = max_records`.
+    fn written_config(dir: &Path, dedup: Option<BenchDedup>, max_records: u64) -> String {
         let path = write_config(
             dir,
             "127.0.0.1:9092",
@@ -1802,18 +1802,22 @@ mod tests {
             Some(1000),
             1000,
             dedup,
-            cap,
+            max_records,
         )
         .unwrap();
         std::fs::read_to_string(path).unwrap()
     }
 
-    /// `--epoch-max-records` becomes `checkpoint.max_records` (and the rows' cap); without it
-    /// the epochs are uncapped, so the interval alone ends them.
+    /// `--epoch-max-records` becomes `checkpoint.max_records`; without it the epochs are
+    /// uncapped, so the interval alone ends them.
     #[test]
     fn the_epoch_cap_is_the_runs_max_records() {
         let dir = tempfile::tempdir().unwrap();
-        let config = |cap: u64| written_config(&dir.path().join(format!("c{cap}")), None, cap);
+        // As the bench writes it: the flag's value made a run's cap once, at setup.
+        let config = |cap: u64| {
+            let max_records = epoch_max_records(cap);
+            written_config(&dir.path().join(format!("c{cap}")), None, max_records)
+        };
         let checkpoint = |text: &str| {
             let parsed: toml::Value = toml::from_str(text).unwrap();
             parsed["checkpoint"]["max_records"].as_integer().unwrap()
@@ -1840,7 +1844,7 @@ mod tests {
             written_config(
                 &dir.path().join(format!("k{expected_keys}")),
                 Some(dedup),
-                0,
+                UNCAPPED_EPOCH_RECORDS,
             )
         };
         let unset = config(0);

@@ -27,6 +27,7 @@ use rdkafka::mocking::MockCluster;
 use crate::audit;
 use crate::bench::{
     check_consumed, consume_command, create_topic, produce, write_config, StreamShape,
+    UNCAPPED_EPOCH_RECORDS,
 };
 use crate::stats::median_f64;
 
@@ -307,7 +308,7 @@ fn workers_run(
         Some(interval_ms),
         interval_ms,
         None,
-        0,
+        UNCAPPED_EPOCH_RECORDS,
     )?;
     let text = std::fs::read_to_string(&config)?;
     // A group of its own per run (a group per pipeline); static membership off: tansu 0.6.0

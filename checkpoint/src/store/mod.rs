@@ -146,51 +146,6 @@ impl std::fmt::Debug for CheckpointStore {
     }
 }
 
-/// Asks the kernel to read every table file of the store at `path` into the page cache, from
-/// a thread of its own (`POSIX_FADV_WILLNEED`, a hint whose submission may wait for the
-/// disk's queue: never on the caller's path). A file it cannot open or advise is left to be
-/// read when needed; the thread ends once every file is advised.
-///
-/// Why: a restart's replay looks keys up while the store loads, and the staged files' pages
-/// were dropped as they were written (RocksDB's `SstFileWriter` invalidates them), so each
-/// lookup that passes a Bloom filter (a duplicate, or a false positive in any of the level-0
-/// files recovery keeps) read a block from disk, synchronously, on the thread that gives
-/// verdicts: `pread` was 14% of that thread's samples in a profile of a 10M-key restart.
-/// Read ahead in big sequential steps, the files are in memory by the time the replay needs
-/// them, or soon after.
-fn read_tables_ahead(path: &Path) {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return;
-    };
-    let tables: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|f| f.extension().is_some_and(|e| e == "sst"))
-        .collect();
-    let spawned = std::thread::Builder::new()
-        .name("tidemark-read-ahead".into())
-        .spawn(move || tables.iter().for_each(|t| advise_will_need(t)));
-    if let Err(e) = spawned {
-        tracing::debug!(error = %e, "no thread to read the store's tables ahead");
-    }
-}
-
-/// `POSIX_FADV_WILLNEED` on the whole file at `path` (see [`read_tables_ahead`]).
-fn advise_will_need(path: &Path) {
-    #[cfg(target_os = "linux")]
-    if let Ok(file) = std::fs::File::open(path) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: the descriptor is open for the call; the advice reads nothing into our
-        // memory and changes no file.
-        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
-        if rc != 0 {
-            tracing::debug!(file = %path.display(), rc, "no read-ahead for a store table file");
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = path;
-}
-
 /// Keys of a [`CheckpointStore::lookup_dedup_keys`] batch from which it is split over two
 /// threads: half of such a batch (~0.27 µs a key on one thread in the `dedup_lookup` bench,
 /// so ~140 µs and more) is well above a thread's start (tens of µs). Not tuned by a bench.
@@ -332,11 +287,43 @@ impl CheckpointStore {
         Ok((store, hold))
     }
 
-    /// Reads every table file of the store into the page cache from a thread of its own, and
-    /// returns at once ([`read_tables_ahead`]). For a restart whose replay looks keys up in
-    /// the store while its dedup state loads: other starts need not share the disk with it.
+    /// Asks the kernel to read every table file of the store into the page cache, from a
+    /// thread of its own ([`tidemark_fs::fadvise_will_need`], whose submission may wait for
+    /// the disk's queue: never on the caller's path), and returns at once. For a restart whose
+    /// replay looks keys up in the store while its dedup state loads: other starts need not
+    /// share the disk with it. A file it cannot open or advise is left to be read when needed;
+    /// the thread ends once every file is advised.
+    ///
+    /// Why: the staged files' pages were dropped as they were written (RocksDB's
+    /// `SstFileWriter` invalidates them), so each lookup that passes a Bloom filter (a
+    /// duplicate, or a false positive in any of the level-0 files recovery keeps) read a block
+    /// from disk, synchronously, on the thread that gives verdicts: `pread` was 14% of that
+    /// thread's samples in a profile of a 10M-key restart. Read ahead in big sequential
+    /// steps, the files are in memory by the time the replay needs them, or soon after.
     pub fn read_tables_ahead(&self) {
-        read_tables_ahead(&self.path);
+        let Ok(entries) = std::fs::read_dir(&self.path) else {
+            return;
+        };
+        let tables: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|f| f.extension().is_some_and(|e| e == "sst"))
+            .collect();
+        let advise = move || {
+            for table in &tables {
+                let advised =
+                    std::fs::File::open(table).and_then(|f| tidemark_fs::fadvise_will_need(&f));
+                if let Err(e) = advised {
+                    tracing::debug!(file = %table.display(), error = %e, "no read-ahead for a store table file");
+                }
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("tidemark-read-ahead".into())
+            .spawn(advise);
+        if let Err(e) = spawned {
+            tracing::debug!(error = %e, "no thread to read the store's tables ahead");
+        }
     }
 
     fn open_with(path: &Path, options: StoreOptions, hold: bool) -> Result<Self, StoreError> {

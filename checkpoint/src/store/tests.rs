@@ -1254,9 +1254,8 @@ fn a_store_read_ahead_for_a_restart_has_its_tables_cached() {
     for t in &tables {
         let f = std::fs::File::open(t).unwrap();
         f.sync_all().unwrap();
-        use std::os::fd::AsRawFd;
-        // SAFETY: an open descriptor; the advice only drops clean cached pages.
-        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        let len = f.metadata().unwrap().len();
+        tidemark_fs::ReadableFile::drop_cached(&f, 0, len);
     }
     let (dropped, all) = pages();
     assert!(
