@@ -23,6 +23,15 @@
 //! of the reading thread's time in a dedup bench whose state grew to 2M keys). The key table
 //! then moves its entries to their new homes inside the same array (`KeyTable::grow_to`).
 //!
+//! **Faulting in ahead** ([`Slots::fault_in_ahead`]). Moving pages is cheap, but the new
+//! part's fresh pages are faulted in when the moved entries first land on them, on the thread
+//! that grows the table: at ~0.36 GB/s of fresh memory on the VMs measured, most of a growth's
+//! time, and every check waits for it. So a table nearing its growth has the mapping moved to
+//! the size the growth will need first, and a thread of its own faults the new part in
+//! (`MADV_POPULATE_WRITE`) while checks go on in the old part; the growth then finds its
+//! memory resident. Invariant: while that thread runs, the mapping is neither moved nor
+//! unmapped, and no slot past `len` is written (every such step waits for it first).
+//!
 //! A smaller array, or any array off Linux, is an ordinary zeroed allocation, and growing it
 //! copies. Either way the contents are the same: every slot all zero bytes ([`Slot::EMPTY`])
 //! until written, and a grown array holds the old slots at the same indices.
@@ -57,6 +66,9 @@ pub(super) struct Slots {
     ptr: NonNull<Slot>,
     len: usize,
     backing: Backing,
+    /// The thread faulting in the mapping's part past the slots ([`Slots::fault_in_ahead`]),
+    /// while it may still run.
+    faulting: Option<std::thread::JoinHandle<()>>,
 }
 
 // SAFETY: `Slots` owns its allocation alone, like a `Vec<Slot>`, and `Slot` is plain bytes.
@@ -88,6 +100,7 @@ impl Slots {
                     ptr: ptr.cast(),
                     len,
                     backing: Backing::Mapped(size),
+                    faulting: None,
                 };
             }
             // No mapping to be had: the allocator says why below, or manages.
@@ -101,6 +114,7 @@ impl Slots {
             ptr,
             len,
             backing: Backing::Heap(array),
+            faulting: None,
         }
     }
 
@@ -115,7 +129,8 @@ impl Slots {
     /// by side while the store's load is paused: at 10M-key bench restarts, 255 and 289 ms to
     /// load 1.19M changelog keys against 419 ms for 1.24M on one thread (different kills;
     /// README, "Dedup's cost").
-    pub(super) fn populate(&self, threads: usize) {
+    pub(super) fn populate(&mut self, threads: usize) {
+        self.finish_faulting();
         #[cfg(target_os = "linux")]
         if let Backing::Mapped(size) = self.backing {
             let base = self.ptr.as_ptr() as usize;
@@ -126,26 +141,10 @@ impl Slots {
                 // Past the end when `parts` does not divide the array in whole huge pages
                 // (`parts - 1` parts rounded up can cover it all): nothing left for this one.
                 let len = part.min(size.saturating_sub(from));
-                if len == 0 {
-                    return;
-                }
                 // SAFETY: `base + from .. + len` lies inside this array's own mapping (`from`
-                // and `len` are whole huge pages within `size`); populating writes no byte
-                // the program sees (pages read as zeros either way).
-                let rc = unsafe {
-                    libc::madvise(
-                        (base + from) as *mut libc::c_void,
-                        len,
-                        libc::MADV_POPULATE_WRITE,
-                    )
-                };
-                if rc != 0 {
-                    tracing::debug!(
-                        bytes = len,
-                        error = %std::io::Error::last_os_error(),
-                        "the dedup key table's pages not faulted in ahead; they are on first touch"
-                    );
-                }
+                // and `len` are whole huge pages within `size`), which stays put until the
+                // scope below ends.
+                unsafe { mapping::populate(base + from, len) };
             };
             std::thread::scope(|scope| {
                 for i in 1..parts {
@@ -161,6 +160,51 @@ impl Slots {
         }
         #[cfg(not(target_os = "linux"))]
         let _ = threads;
+    }
+
+    /// Makes the mapping big enough for `len` slots (moved now, as [`Slots::extended`] would
+    /// move it) without adding any, and faults its new part in on a thread of its own (see
+    /// the module documentation). A hint: an array on the heap, one that has the room
+    /// already, a refused move or a thread that cannot start leave it as it was or its new
+    /// pages to their first touch. True when the mapping was moved.
+    pub(super) fn fault_in_ahead(&mut self, len: usize) -> bool {
+        #[cfg(target_os = "linux")]
+        if let Backing::Mapped(size) = self.backing {
+            let want = bytes_of(len).size().next_multiple_of(HUGE_PAGE);
+            if want <= size {
+                return false;
+            }
+            self.finish_faulting();
+            let Some(moved) = mapping::remap_aligned(self.ptr.cast(), size, want) else {
+                return false;
+            };
+            advise_huge_pages(moved.as_ptr(), want);
+            self.ptr = moved.cast();
+            self.backing = Backing::Mapped(want);
+            let from = moved.as_ptr() as usize + size;
+            // SAFETY: `from .. + want - size` is the new part of this array's own mapping,
+            // past every slot: the invariant keeps the mapping in place and those bytes
+            // unwritten until this thread is joined.
+            let fault_in = move || unsafe { mapping::populate(from, want - size) };
+            self.faulting = std::thread::Builder::new()
+                .name("tidemark-fault-in".into())
+                .spawn(fault_in)
+                .ok();
+            return true;
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = len;
+        false
+    }
+
+    /// Waits for the thread [`Slots::fault_in_ahead`] started, if one may still run: before
+    /// the mapping moves or goes, or slots past `len` are added.
+    fn finish_faulting(&mut self) {
+        if let Some(faulting) = self.faulting.take() {
+            // A panic there (none is expected: it only asks the kernel) has faulted nothing
+            // in that matters: the pages are faulted in on first touch.
+            let _ = faulting.join();
+        }
     }
 
     /// Starts fetching slot `at` into the CPU's caches without waiting for it (no effect
@@ -187,6 +231,7 @@ impl Slots {
     /// pages, moved, where the array is a mapping (see the module documentation); a copy
     /// otherwise.
     pub(super) fn extended(mut self, len: usize) -> Self {
+        self.finish_faulting();
         let len = len.max(self.len);
         #[cfg(target_os = "linux")]
         if let Backing::Mapped(size) = self.backing {
@@ -278,6 +323,28 @@ mod mapping {
         NonNull::new(moved.cast::<u8>())
     }
 
+    /// Faults in `len` bytes at `at` (`MADV_POPULATE_WRITE`): the pages read as zeros, as
+    /// before, but are resident. Where the kernel refuses (too old for the advice, or out of
+    /// memory), the pages are faulted in when first touched instead.
+    ///
+    /// # Safety
+    /// `at..at + len` must lie in a mapping of ours (page-aligned), which stays mapped until
+    /// this returns.
+    pub(super) unsafe fn populate(at: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        // SAFETY: the caller's promise; populating writes no byte the program sees.
+        let rc = unsafe { libc::madvise(at as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) };
+        if rc != 0 {
+            tracing::debug!(
+                bytes = len,
+                error = %std::io::Error::last_os_error(),
+                "the dedup key table's pages not faulted in ahead; they are on first touch"
+            );
+        }
+    }
+
     /// Unmaps a mapping made by [`map_aligned`] or [`remap_aligned`].
     ///
     /// # Safety
@@ -311,12 +378,14 @@ impl Default for Slots {
             ptr: NonNull::dangling(),
             len: 0,
             backing: Backing::Nothing,
+            faulting: None,
         }
     }
 }
 
 impl Drop for Slots {
     fn drop(&mut self) {
+        self.finish_faulting();
         match self.backing {
             Backing::Nothing => {}
             // SAFETY: allocated in `zeroed` with this layout, and owned by `self` alone.
@@ -422,6 +491,64 @@ mod tests {
         assert!(moved > 0, "no growth needed a bigger mapping");
     }
 
+    /// Faulting in ahead moves the mapping to the size asked for without adding a slot and
+    /// keeps every slot; its new part is resident before anything touches it, and the
+    /// extension that follows fits the same mapping, its new slots empty.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn faulting_in_ahead_readies_the_next_extension() {
+        let mut slots = Slots::zeroed(HUGE_PAGE / 32 * 2);
+        for (i, s) in slots.iter_mut().enumerate() {
+            s.0[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+        }
+        let len = slots.len();
+        slots.fault_in_ahead(len * 3);
+        assert_eq!(slots.len(), len, "no slot added");
+        slots.finish_faulting();
+        let kb = (len * 3 * std::mem::size_of::<Slot>() / 1024) as u64;
+        let resident = smaps_kb(slots.as_ptr() as usize, "Rss:").expect("the array in smaps");
+        assert!(
+            resident >= kb,
+            "{resident} kB resident of the {kb} kB made ready, 2/3 of it never touched"
+        );
+        let ready = slots.as_ptr();
+        let slots = slots.extended(len * 3);
+        assert_eq!(
+            slots.as_ptr(),
+            ready,
+            "the extension fits the mapping made ahead"
+        );
+        for (i, s) in slots.iter().enumerate() {
+            if i < len {
+                assert_eq!(s.0[..8], (i as u64 + 1).to_le_bytes(), "slot {i}");
+                assert!(s.0[8..].iter().all(|&b| b == 0));
+            } else {
+                assert_eq!(s.0, [0u8; 32], "new slot {i}");
+            }
+        }
+    }
+
+    /// An array dropped, or extended, while its pages are being faulted in ahead waits for
+    /// that thread first (the mapping never goes under it), and a heap array ignores the hint.
+    #[test]
+    fn an_array_faulting_in_ahead_can_be_dropped_or_grown_at_once() {
+        for _ in 0..20 {
+            let mut slots = Slots::zeroed(HUGE_PAGE / 32);
+            slots.fault_in_ahead(HUGE_PAGE / 32 * 16);
+            drop(slots);
+            let mut slots = Slots::zeroed(HUGE_PAGE / 32);
+            slots.fault_in_ahead(HUGE_PAGE / 32 * 16);
+            let slots = slots.extended(HUGE_PAGE / 32 * 20);
+            assert!(slots.iter().all(|s| s.0 == [0u8; 32]));
+        }
+        let mut small = Slots::zeroed(100);
+        small[3].0[0] = 1;
+        assert!(!small.fault_in_ahead(10_000));
+        assert_eq!(small.len(), 100);
+        assert_eq!(small[3].0[0], 1);
+        assert!(small.faulting.is_none());
+    }
+
     /// Growing never shrinks, and a small (heap) array grows by a copy with the same result.
     #[test]
     fn extending_to_fewer_slots_keeps_them_all() {
@@ -478,19 +605,19 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn a_populated_array_is_resident_and_empty() {
-        let slots = Slots::zeroed(HUGE_PAGE / 32 * 8);
+        let mut slots = Slots::zeroed(HUGE_PAGE / 32 * 8);
         let at = slots.as_ptr() as usize;
         let before = smaps_kb(at, "Rss:").expect("the array's mapping in smaps");
         assert!(
             before < 4 * 1024,
             "{before} kB resident before anything touched it"
         );
-        assert_populated_whole(&slots, 2);
+        assert_populated_whole(&mut slots, 2);
     }
 
     /// Populates `slots` on `threads` threads, then checks every page of it is resident and
     /// every slot still empty.
-    fn assert_populated_whole(slots: &Slots, threads: usize) {
+    fn assert_populated_whole(slots: &mut Slots, threads: usize) {
         slots.populate(threads);
         let at = slots.as_ptr() as usize;
         let kb = (slots.len() * std::mem::size_of::<Slot>() / 1024) as u64;
@@ -504,7 +631,7 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn an_array_split_unevenly_is_populated_whole() {
-        assert_populated_whole(&Slots::zeroed(HUGE_PAGE / 32 * 5), 4);
+        assert_populated_whole(&mut Slots::zeroed(HUGE_PAGE / 32 * 5), 4);
     }
 
     #[test]
