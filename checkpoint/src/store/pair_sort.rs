@@ -47,16 +47,69 @@ pub(super) const MIN_PART: usize = 1 << 15;
 /// decreases along the key order (the module's invariant), so a pair in a lower group has a
 /// smaller window, hence a smaller key.
 pub(super) fn split_by_key_range(pairs: Vec<Pair<'_>>, parts: usize) -> Vec<Vec<Pair<'_>>> {
-    let parts = parts.min(pairs.len() / MIN_PART.max(1));
-    if parts < 2 {
-        return vec![pairs];
-    }
     let skip = shared_prefix_len(pairs.as_slice());
-    let step = (pairs.len() / (64 * parts)).max(1);
-    let mut sample: Vec<u64> = pairs
-        .iter()
+    let Some(bounds) = range_bounds(pairs.as_slice(), skip, parts) else {
+        return vec![pairs];
+    };
+    let mut groups: Vec<Vec<Pair>> = (0..=bounds.len())
+        .map(|_| Vec::with_capacity(pairs.len() / (bounds.len() + 1) * 9 / 8))
+        .collect();
+    for pair in pairs {
+        groups[group_of(&bounds, window(pair.0, skip))].push(pair);
+    }
+    groups.retain(|g| !g.is_empty());
+    groups
+}
+
+/// [`split_by_key_range`] of the pairs of `pairs` whose time is at or above `floor`, as
+/// indices into `pairs` (a [`Subset`] each) written into `groups`, whose vectors keep their
+/// memory from one call to the next: no pair is copied and, after the first call of a
+/// writer, no memory is taken. Returns how many groups hold indices (the first ones; fewer
+/// than two means no split). `None` when `pairs` holds more pairs than a `u32` indexes.
+pub(super) fn split_indices_by_key_range<P: Pairs + ?Sized>(
+    pairs: &P,
+    floor: i64,
+    parts: usize,
+    groups: &mut Vec<Vec<u32>>,
+) -> Option<usize> {
+    u32::try_from(pairs.count()).ok()?;
+    for g in groups.iter_mut() {
+        g.clear();
+    }
+    // Over every pair, kept or not: a prefix they all share, the kept ones share.
+    let skip = shared_prefix_len(pairs);
+    let Some(bounds) = range_bounds(pairs, skip, parts) else {
+        return Some(0);
+    };
+    if groups.len() <= bounds.len() {
+        groups.resize_with(bounds.len() + 1, Vec::new);
+    }
+    for i in 0..pairs.count() {
+        let (key, time) = pairs.pair(i);
+        if time >= floor {
+            // `i` fits: the count was checked against `u32` above.
+            groups[group_of(&bounds, window(key, skip))].push(i as u32);
+        }
+    }
+    // Empty groups (a floor that dropped a whole range) go last, so the first ones are used.
+    groups[..=bounds.len()].sort_by_key(Vec::is_empty);
+    Some(groups.iter().take_while(|g| !g.is_empty()).count())
+}
+
+/// The bounds between at most `parts` groups of `pairs` ([`split_by_key_range`]'s
+/// quantiles of their windows after `skip` bytes), ascending and distinct, each above the
+/// smallest window sampled (so no group is empty for want of pairs below it); `None` where
+/// the pairs are too few to split or their keys do not spread.
+fn range_bounds<P: Pairs + ?Sized>(pairs: &P, skip: usize, parts: usize) -> Option<Vec<u64>> {
+    let count = pairs.count();
+    let parts = parts.min(count / MIN_PART.max(1));
+    if parts < 2 {
+        return None;
+    }
+    let step = (count / (64 * parts)).max(1);
+    let mut sample: Vec<u64> = (0..count)
         .step_by(step)
-        .map(|(key, _)| window(key, skip))
+        .map(|i| window(pairs.pair(i).0, skip))
         .collect();
     sample.sort_unstable();
     let mut bounds: Vec<u64> = (1..parts)
@@ -66,19 +119,30 @@ pub(super) fn split_by_key_range(pairs: Vec<Pair<'_>>, parts: usize) -> Vec<Vec<
     // between them.
     bounds.dedup();
     bounds.retain(|&b| b > sample[0]);
-    if bounds.is_empty() {
-        return vec![pairs];
+    (!bounds.is_empty()).then_some(bounds)
+}
+
+/// The group of a pair whose window is `w`: the number of bounds at or below it.
+fn group_of(bounds: &[u64], w: u64) -> usize {
+    bounds.partition_point(|&b| b <= w)
+}
+
+/// Some of a [`Pairs`]'s pairs, by index (a group of [`split_indices_by_key_range`]): sorted
+/// and written by a [`KeyOrder`] like any pairs, without a copy of them.
+pub(super) struct Subset<'a, P: ?Sized> {
+    /// All the pairs.
+    pub(super) pairs: &'a P,
+    /// The indices of this subset's, into `pairs`.
+    pub(super) indices: &'a [u32],
+}
+
+impl<P: Pairs + ?Sized> Pairs for Subset<'_, P> {
+    fn count(&self) -> usize {
+        self.indices.len()
     }
-    let mut groups: Vec<Vec<Pair>> = (0..=bounds.len())
-        .map(|_| Vec::with_capacity(pairs.len() / (bounds.len() + 1) * 9 / 8))
-        .collect();
-    for pair in pairs {
-        let w = window(pair.0, skip);
-        let g = bounds.partition_point(|&b| b <= w);
-        groups[g].push(pair);
+    fn pair(&self, i: usize) -> (&[u8], i64) {
+        self.pairs.pair(self.indices[i] as usize)
     }
-    groups.retain(|g| !g.is_empty());
-    groups
 }
 
 /// A pair as [`for_each_newest_in_key_order`] sorts it: the 16 bytes of its key after the
@@ -404,6 +468,59 @@ mod tests {
                 joined.extend(g);
             }
             prop_assert_eq!(&joined, &plain);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The index split, with its groups' memory kept from a call before (here of more
+        /// pairs and more parts), holds each pair at or above the floor once and no other;
+        /// its groups, each sorted, joined in order, are the plain sort of those pairs, equal
+        /// keys in one group; it splits in at most the parts asked.
+        #[test]
+        fn index_groups_sorted_and_joined_are_the_plain_sort_of_the_kept_pairs(
+            pairs in keys(),
+            copies in 1usize..400,
+            parts in 1usize..6,
+            floor in -3i64..3,
+        ) {
+            let big: Vec<(&[u8], i64)> = pairs
+                .iter()
+                .cycle()
+                .take(pairs.len() * copies.max(MIN_PART * parts / pairs.len().max(1) + 1))
+                .map(|(k, t)| (k.as_slice(), *t))
+                .collect();
+            let mut groups = Vec::new();
+            // An earlier, bigger call leaves stale indices that must not survive.
+            let earlier: Vec<Pair> = (0..MIN_PART * 6)
+                .map(|i| (&b"stale-key-0123456789"[i % 20..], -5))
+                .collect();
+            split_indices_by_key_range(earlier.as_slice(), i64::MIN, 6, &mut groups);
+            let used = split_indices_by_key_range(big.as_slice(), floor, parts, &mut groups)
+                .expect("the count fits a u32");
+            prop_assert!(used <= parts.max(1));
+            let mut kept: Vec<Pair> = big.iter().copied().filter(|p| p.1 >= floor).collect();
+            kept.sort_by(plain_order);
+            let used = if used < 2 {
+                // Not split: the caller sorts the kept pairs whole.
+                prop_assert!(groups.iter().skip(1).all(Vec::is_empty));
+                return Ok(());
+            } else {
+                used
+            };
+            prop_assert!(groups[used..].iter().all(Vec::is_empty));
+            let mut joined: Vec<Pair> = Vec::new();
+            for g in &groups[..used] {
+                prop_assert!(!g.is_empty());
+                let mut part: Vec<Pair> = g.iter().map(|&i| big[i as usize]).collect();
+                part.sort_by(plain_order);
+                if let (Some(last), Some(first)) = (joined.last(), part.first()) {
+                    prop_assert!(last.0 < first.0, "groups overlap or share a key");
+                }
+                joined.extend(part);
+            }
+            prop_assert_eq!(&joined, &kept);
         }
     }
 

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{IngestExternalFileOptions, SstFileWriter};
 
-use super::pair_sort::{split_by_key_range, KeyOrder, Pair};
+use super::pair_sort::{split_by_key_range, split_indices_by_key_range, KeyOrder, Pair, Subset};
 use super::{
     dedup_options, for_each_newest_in_key_order, record, CheckpointStore, PackedKeys, StoreError,
     CF_DEDUP_BY_KEY,
@@ -102,6 +102,64 @@ fn staged_file(dir: &Path, first: u64, last: u64, part: Option<usize>) -> PathBu
     }
 }
 
+/// The memory [`CheckpointStore::stage_packed_in_parts`] keeps from one write to the next:
+/// the parts' index lists, a sort for each part, and one for a write not split.
+#[derive(Default)]
+pub(super) struct PartsScratch {
+    /// Each part's indices into the gathered keys.
+    groups: Vec<Vec<u32>>,
+    /// Each part's sort (behind a lock only so that a part whose thread did not start can be
+    /// written on the calling thread with it; never contended).
+    orders: Vec<std::sync::Mutex<KeyOrder>>,
+    /// The sort of a write that is not split.
+    pub(super) whole: KeyOrder,
+}
+
+/// Runs `write(i)` for each of `parts` parts, the first on this thread and each other on a
+/// thread of its own (on this thread too when its thread cannot start); returns the entries
+/// they wrote in all and the CPU time of the other threads. The first error wins; a thread
+/// that panicked is an error naming `dir`.
+fn write_on_threads(
+    dir: &Path,
+    parts: usize,
+    write: impl Fn(usize) -> Result<usize, StoreError> + Sync,
+) -> Result<(usize, std::time::Duration), StoreError> {
+    let write = &write;
+    let mut helper_cpu = std::time::Duration::ZERO;
+    let written: Vec<Result<usize, StoreError>> = std::thread::scope(|scope| {
+        let others: Vec<_> = (1..parts)
+            .map(|i| {
+                std::thread::Builder::new()
+                    .name("tidemark-state-part".into())
+                    .spawn_scoped(scope, move || (write(i), crate::cpu_time::this_thread()))
+                    .map_err(|_| i)
+            })
+            .collect();
+        let mut results = vec![write(0)];
+        for other in others {
+            results.push(match other {
+                Ok(h) => match h.join() {
+                    Ok((written, cpu)) => {
+                        helper_cpu += cpu.unwrap_or_default();
+                        written
+                    }
+                    Err(_) => Err(StoreError::Foreign {
+                        path: dir.to_path_buf(),
+                        message: "a thread writing staged state panicked".into(),
+                    }),
+                },
+                Err(i) => write(i),
+            });
+        }
+        results
+    });
+    let mut entries = 0;
+    for w in written {
+        entries += w?;
+    }
+    Ok((entries, helper_cpu))
+}
+
 impl CheckpointStore {
     /// Writes `inserts` (the dedup deltas of epochs `first..=last`, in epoch order) into one
     /// sorted SST file, synced, in the staging directory (module documentation). A key given
@@ -134,44 +192,12 @@ impl CheckpointStore {
         }
         let dir = self.staging_dir()?;
         let groups = split_by_key_range(pairs, parts);
-        let file = |i: usize| staged_file(&dir, first, last, (groups.len() > 1).then_some(i));
-        let files: Vec<PathBuf> = (0..groups.len()).map(file).collect();
-        // Each group only read, by its one writer: a group whose thread could not start is
-        // still there to be written on this thread.
-        let write = |i: usize| self.write_sorted_group(&files[i], &groups[i]);
-        let mut helper_cpu = std::time::Duration::ZERO;
-        let written: Vec<Result<usize, StoreError>> = std::thread::scope(|scope| {
-            // The first group on this thread, the others each on its own.
-            let others: Vec<_> = (1..groups.len())
-                .map(|i| {
-                    std::thread::Builder::new()
-                        .name("tidemark-state-part".into())
-                        .spawn_scoped(scope, move || (write(i), crate::cpu_time::this_thread()))
-                        .map_err(|_| i)
-                })
-                .collect();
-            let mut results = vec![write(0)];
-            for other in others {
-                results.push(match other {
-                    Ok(h) => match h.join() {
-                        Ok((written, cpu)) => {
-                            helper_cpu += cpu.unwrap_or_default();
-                            written
-                        }
-                        Err(_) => Err(StoreError::Foreign {
-                            path: dir.clone(),
-                            message: "a thread writing staged state panicked".into(),
-                        }),
-                    },
-                    Err(i) => write(i),
-                });
-            }
-            results
-        });
-        let mut entries = 0;
-        for w in written {
-            entries += w?;
-        }
+        let files: Vec<PathBuf> = (0..groups.len())
+            .map(|i| staged_file(&dir, first, last, (groups.len() > 1).then_some(i)))
+            .collect();
+        let (entries, helper_cpu) = write_on_threads(&dir, groups.len(), |i| {
+            self.write_sorted_group(&files[i], &groups[i])
+        })?;
         Ok(StagedState {
             files,
             entries,
@@ -211,6 +237,66 @@ impl CheckpointStore {
             files: vec![path],
             entries,
             ..StagedState::nothing()
+        })
+    }
+
+    /// [`CheckpointStore::stage_packed`] in up to `parts` files written on as many threads
+    /// ([`CheckpointStore::stage_state_in_parts`]'s split), with the memory `scratch` keeps
+    /// from one write to the next: the parts are index lists into `keys` and each is sorted
+    /// by a [`KeyOrder`] of its own. Why: the parts path is taken when somebody waits for the
+    /// write (a run's last), and fresh memory for a copy of the pairs, their groups and each
+    /// group's sort was faulted in at every such write (~80 bytes a key; a third of the state
+    /// writer's samples at the end of a 2M-key bench run, README "Dedup's cost").
+    pub(super) fn stage_packed_in_parts(
+        &self,
+        first: u64,
+        last: u64,
+        keys: &PackedKeys,
+        floor: i64,
+        scratch: &mut PartsScratch,
+        parts: usize,
+    ) -> Result<StagedState, StoreError> {
+        let groups = match split_indices_by_key_range(keys, floor, parts, &mut scratch.groups) {
+            Some(n) if n >= 2 => n,
+            _ => return self.stage_packed(first, last, keys, floor, &mut scratch.whole),
+        };
+        let dir = self.staging_dir()?;
+        if scratch.orders.len() < groups {
+            scratch.orders.resize_with(groups, Default::default);
+        }
+        let files: Vec<PathBuf> = (0..groups)
+            .map(|i| staged_file(&dir, first, last, Some(i)))
+            .collect();
+        let (index_groups, orders) = (&scratch.groups, &scratch.orders);
+        let (entries, helper_cpu) = write_on_threads(&dir, groups, |i| {
+            let subset = Subset {
+                pairs: keys,
+                indices: &index_groups[i],
+            };
+            // A part whose thread panicked left its order as it was: sorted again here.
+            let mut order = orders[i]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !order.sort(&subset, None) {
+                // Unreachable: a subset's indices are `u32`s, so its count fits one.
+                return Err(StoreError::Foreign {
+                    path: files[i].clone(),
+                    message: "a part of the staged state has more keys than a u32 counts".into(),
+                });
+            }
+            let mut entries = 0;
+            self.write_sst(&files[i], |w| {
+                entries = order
+                    .for_each_newest(&subset, |key, time| w.put(key, record::time_prefix(time)))?;
+                Ok(())
+            })?;
+            order.clear();
+            Ok(entries)
+        })?;
+        Ok(StagedState {
+            files,
+            entries,
+            helper_cpu,
         })
     }
 

@@ -5,8 +5,8 @@
 //! hands the delta's own buffer back ([`KeyBuffers`]: the dedup state fills it again), gathers
 //! what comes for up to [`SYNC_EVERY`], then writes it all as one sorted SST file (sorted where
 //! it lies, `CheckpointStore::stage_packed`; in parts, one file each, on several threads
-//! when somebody waits for the write:
-//! [`CheckpointStore::stage_state_in_parts`]) and ingests it ([`StagedState::ingest`](super::StagedState::ingest)),
+//! when somebody waits for the write, each part an index list into the same buffer:
+//! `CheckpointStore::stage_packed_in_parts`) and ingests it ([`StagedState::ingest`](super::StagedState::ingest)),
 //! durable when that returns, and publishes the newest epoch whose delta is now durable
 //! ([`StateWriter::durable_epoch`]); the next checkpoint record names it as its `state_epoch`,
 //! and only then may the WAL drop the delta frames up to it. Keys below the newest watermark
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use super::pair_sort::KeyOrder;
+use super::staged::PartsScratch;
 use super::{CheckpointStore, KeyBuffers, PackedKeys, StoreError};
 use crate::fault::{self, CrashPoint};
 
@@ -310,7 +310,7 @@ impl Drop for StateWriter {
     }
 }
 
-/// Threads a write somebody waits for is made on ([`CheckpointStore::stage_state_in_parts`]):
+/// Threads a write somebody waits for is made on (`CheckpointStore::stage_packed_in_parts`):
 /// the machine's cores, at most 4 (beyond that the files' ingestion and the memory bandwidth
 /// gain little).
 fn write_parts() -> usize {
@@ -437,8 +437,8 @@ struct Gathered {
     epochs: Option<(u64, u64)>,
     /// The gathered deltas' keys, in epoch order.
     keys: PackedKeys,
-    /// Sorts `keys` for a write, its memory kept.
-    order: KeyOrder,
+    /// Sorts `keys` for a write, whole or in parts, its memory kept.
+    scratch: PartsScratch,
     /// CPU time the threads that wrote parts of the writes so far used (the writer's own
     /// thread time does not include it; [`StateWriter::cpu_time`] adds it).
     helper_cpu: Duration,
@@ -470,13 +470,9 @@ impl Gathered {
         };
         let floor = store.evict_below.load(Ordering::Acquire);
         let staged = if parts > 1 {
-            // Sized once (collected from the filter, the pairs grew by doubling, each step a
-            // copy into fresh memory); the store collects the vector back into itself.
-            let mut pairs = Vec::with_capacity(self.keys.len());
-            pairs.extend(self.keys.iter().filter(|&(_, t)| t >= floor));
-            store.stage_state_in_parts(first, last, pairs, parts)?
+            store.stage_packed_in_parts(first, last, &self.keys, floor, &mut self.scratch, parts)?
         } else {
-            store.stage_packed(first, last, &self.keys, floor, &mut self.order)?
+            store.stage_packed(first, last, &self.keys, floor, &mut self.scratch.whole)?
         };
         fault::hit(CrashPoint::AfterStateWrite);
         debug!(epochs = %format!("{first}..={last}"), keys = staged.entries(), files = staged.files(), "state deltas staged (not ingested)");

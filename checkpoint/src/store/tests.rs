@@ -791,6 +791,60 @@ fn staged_in_parts_is_the_state_staged_in_one() {
     );
 }
 
+/// The state writer's write in parts (`stage_packed_in_parts`: index lists into the gathered
+/// keys, a kept sort per part) gives the store exactly what one file gives it, above the
+/// floor; its kept memory serves a second, smaller write with other keys, which leaves no
+/// key of the first behind, and a write too small to split goes whole.
+#[test]
+fn packed_keys_staged_in_parts_with_kept_memory_are_the_state_staged_in_one() {
+    let n = 4 * super::pair_sort::MIN_PART;
+    let names: Vec<String> = (0..n as u64)
+        .map(|i| format!("order-{:012}", i.wrapping_mul(0x9E37_79B9) % 1_000_000_007))
+        .collect();
+    let later: Vec<String> = (0..n as u64 * 3 / 4)
+        .map(|i| format!("later-{:012}", i.wrapping_mul(0x85EB_CA6B) % 1_000_000_007))
+        .collect();
+    let first: Vec<(&str, i64)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i as i64 % 100))
+        .chain([(names[57].as_str(), 500)])
+        .collect();
+    let second: Vec<(&str, i64)> = later.iter().map(|k| (k.as_str(), 60)).collect();
+    let (parts_dir, one_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let in_parts = CheckpointStore::open(parts_dir.path(), StoreOptions::default()).unwrap();
+    let in_one = CheckpointStore::open(one_dir.path(), StoreOptions::default()).unwrap();
+    let mut scratch = staged::PartsScratch::default();
+    for (epoch, delta) in [(1, packed(&first)), (2, packed(&second))] {
+        let floor = 50;
+        let staged = in_parts
+            .stage_packed_in_parts(epoch, epoch, &delta, floor, &mut scratch, 3)
+            .unwrap();
+        assert_eq!(
+            staged.files(),
+            3,
+            "spread keys are split into the parts asked"
+        );
+        let kept = delta.iter().filter(|&(_, t)| t >= floor).count() - usize::from(epoch == 1);
+        assert_eq!(staged.entries(), kept, "epoch {epoch}");
+        staged.ingest(&in_parts).unwrap();
+        in_one
+            .stage_state(epoch, epoch, delta.iter().filter(|&(_, t)| t >= floor))
+            .unwrap()
+            .ingest(&in_one)
+            .unwrap();
+        assert_eq!(entries(&in_parts), entries(&in_one), "after epoch {epoch}");
+    }
+    assert_eq!(look(&in_parts, &[names[57].as_str()]), vec![Some(500)]);
+    let small = packed(&[("b", 3), ("a", 9)]);
+    let staged = in_parts
+        .stage_packed_in_parts(3, 3, &small, 0, &mut scratch, 3)
+        .unwrap();
+    assert_eq!((staged.files(), staged.entries()), (1, 2));
+    staged.ingest(&in_parts).unwrap();
+    assert_eq!(look(&in_parts, &["a", "b"]), vec![Some(9), Some(3)]);
+}
+
 /// A crash between staging and ingestion leaves files that were never part of the store: the
 /// next open deletes them, and no lookup or load sees their keys. An ingestion leaves nothing
 /// behind in the staging directory.
