@@ -435,6 +435,36 @@ mod tests {
             })
     }
 
+    /// The drawn pairs repeated, at least `copies` times and until there are enough to be
+    /// split in `parts` ([`MIN_PART`] a group).
+    fn enough_to_split(pairs: &[(Vec<u8>, i64)], copies: usize, parts: usize) -> Vec<Pair<'_>> {
+        pairs
+            .iter()
+            .cycle()
+            .take(pairs.len() * copies.max(MIN_PART * parts / pairs.len().max(1) + 1))
+            .map(|(k, t)| (k.as_slice(), *t))
+            .collect()
+    }
+
+    /// Checks that `groups`, none empty, each sorted, joined in order, are `plain` (sorted
+    /// plainly): no two groups overlap or share a key.
+    fn assert_joined_groups_are<'k>(
+        groups: impl IntoIterator<Item = Vec<Pair<'k>>>,
+        plain: &[Pair<'k>],
+    ) -> Result<(), TestCaseError> {
+        let mut joined: Vec<Pair> = Vec::new();
+        for mut g in groups {
+            prop_assert!(!g.is_empty());
+            g.sort_by(plain_order);
+            if let (Some(last), Some(first)) = (joined.last(), g.first()) {
+                prop_assert!(last.0 < first.0, "groups overlap or share a key");
+            }
+            joined.extend(g);
+        }
+        prop_assert_eq!(&joined, &plain);
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -446,33 +476,15 @@ mod tests {
             copies in 1usize..400,
             parts in 1usize..6,
         ) {
-            // Enough pairs to be split (MIN_PART a group): the drawn keys repeated.
-            let big: Vec<(&[u8], i64)> = pairs
-                .iter()
-                .cycle()
-                .take(pairs.len() * copies.max(MIN_PART * parts / pairs.len().max(1) + 1))
-                .map(|(k, t)| (k.as_slice(), *t))
-                .collect();
+            let big = enough_to_split(&pairs, copies, parts);
             let mut plain = big.clone();
-            plain.sort_by(|a, b| a.0.cmp(b.0).then(a.1.cmp(&b.1)));
+            plain.sort_by(plain_order);
             let groups = split_by_key_range(big, parts);
             prop_assert!(groups.len() <= parts.max(1));
-            prop_assert!(groups.iter().all(|g| !g.is_empty()) || plain.is_empty());
-            let mut joined = Vec::new();
-            for mut g in groups {
-                g.sort_unstable_by(plain_order);
-                if let (Some(last), Some(first)) = (joined.last(), g.first()) {
-                    let (last, first): (&Pair, &Pair) = (last, first);
-                    prop_assert!(last.0 < first.0, "groups overlap or share a key");
-                }
-                joined.extend(g);
+            if !plain.is_empty() {
+                assert_joined_groups_are(groups, &plain)?;
             }
-            prop_assert_eq!(&joined, &plain);
         }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
 
         /// The index split, with its groups' memory kept from a call before (here of more
         /// pairs and more parts), holds each pair at or above the floor once and no other;
@@ -485,12 +497,7 @@ mod tests {
             parts in 1usize..6,
             floor in -3i64..3,
         ) {
-            let big: Vec<(&[u8], i64)> = pairs
-                .iter()
-                .cycle()
-                .take(pairs.len() * copies.max(MIN_PART * parts / pairs.len().max(1) + 1))
-                .map(|(k, t)| (k.as_slice(), *t))
-                .collect();
+            let big = enough_to_split(&pairs, copies, parts);
             let mut groups = Vec::new();
             // An earlier, bigger call leaves stale indices that must not survive.
             let earlier: Vec<Pair> = (0..MIN_PART * 6)
@@ -500,27 +507,18 @@ mod tests {
             let used = split_indices_by_key_range(big.as_slice(), floor, parts, &mut groups)
                 .expect("the count fits a u32");
             prop_assert!(used <= parts.max(1));
-            let mut kept: Vec<Pair> = big.iter().copied().filter(|p| p.1 >= floor).collect();
-            kept.sort_by(plain_order);
-            let used = if used < 2 {
+            if used < 2 {
                 // Not split: the caller sorts the kept pairs whole.
                 prop_assert!(groups.iter().skip(1).all(Vec::is_empty));
                 return Ok(());
-            } else {
-                used
-            };
-            prop_assert!(groups[used..].iter().all(Vec::is_empty));
-            let mut joined: Vec<Pair> = Vec::new();
-            for g in &groups[..used] {
-                prop_assert!(!g.is_empty());
-                let mut part: Vec<Pair> = g.iter().map(|&i| big[i as usize]).collect();
-                part.sort_by(plain_order);
-                if let (Some(last), Some(first)) = (joined.last(), part.first()) {
-                    prop_assert!(last.0 < first.0, "groups overlap or share a key");
-                }
-                joined.extend(part);
             }
-            prop_assert_eq!(&joined, &kept);
+            prop_assert!(groups[used..].iter().all(Vec::is_empty));
+            let mut kept: Vec<Pair> = big.iter().copied().filter(|p| p.1 >= floor).collect();
+            kept.sort_by(plain_order);
+            let parts = groups[..used]
+                .iter()
+                .map(|g| g.iter().map(|&i| big[i as usize]).collect());
+            assert_joined_groups_are(parts, &kept)?;
         }
     }
 

@@ -728,15 +728,21 @@ fn a_state_writer_reports_its_threads_cpu_time_as_of_its_last_write() {
     assert!(stopped > after_second, "{after_second:?} then {stopped:?}");
 }
 
+/// `n` distinct keys, `<prefix>-` and 12 digits, spread over the key space by `mul` (not in
+/// key order).
+fn spread_keys(prefix: &str, n: usize, mul: u64) -> Vec<String> {
+    (0..n as u64)
+        .map(|i| format!("{prefix}-{:012}", i.wrapping_mul(mul) % 1_000_000_007))
+        .collect()
+}
+
 /// Staged in parts (files of disjoint key ranges written on threads of their own and ingested
 /// together), a delta gives the store exactly the state one file gives it: every key once, a
 /// key given twice with its newest time; nothing is left in the staging directory.
 #[test]
 fn staged_in_parts_is_the_state_staged_in_one() {
     let n = 4 * super::pair_sort::MIN_PART;
-    let names: Vec<String> = (0..n as u64)
-        .map(|i| format!("order-{:012}", i.wrapping_mul(0x9E37_79B9) % 1_000_000_007))
-        .collect();
+    let names = spread_keys("order", n, 0x9E37_79B9);
     let mut keys: Vec<(&str, i64)> = names
         .iter()
         .enumerate()
@@ -798,12 +804,8 @@ fn staged_in_parts_is_the_state_staged_in_one() {
 #[test]
 fn packed_keys_staged_in_parts_with_kept_memory_are_the_state_staged_in_one() {
     let n = 4 * super::pair_sort::MIN_PART;
-    let names: Vec<String> = (0..n as u64)
-        .map(|i| format!("order-{:012}", i.wrapping_mul(0x9E37_79B9) % 1_000_000_007))
-        .collect();
-    let later: Vec<String> = (0..n as u64 * 3 / 4)
-        .map(|i| format!("later-{:012}", i.wrapping_mul(0x85EB_CA6B) % 1_000_000_007))
-        .collect();
+    let names = spread_keys("order", n, 0x9E37_79B9);
+    let later = spread_keys("later", n * 3 / 4, 0x85EB_CA6B);
     let first: Vec<(&str, i64)> = names
         .iter()
         .enumerate()
