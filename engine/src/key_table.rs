@@ -32,7 +32,8 @@
 //! by taking the first empty slot from the home; [`KeyTable::retain`] keeps it by emptying a
 //! whole cluster (a maximal run of occupied slots) and inserting the cluster's kept entries
 //! again. Load stays at most [`MAX_LOAD_NUM`]/[`MAX_LOAD_DEN`] of the homes (the table grows by
-//! half, into memory faulted in ahead on another thread: [`KeyTable::fault_in_next_growth`]); a probe that would run past the last slot grows the table first, or, at a load under
+//! half, into memory faulted in ahead on another thread,
+//! [`KeyTable::fault_in_next_growth`]); a probe that would run past the last slot grows the table first, or, at a load under
 //! one half (keys whose hashes collide in their top bits), lengthens the overflow area instead:
 //! growing never separates a full 64-bit collision, and memory stays proportional to the keys.
 
@@ -194,8 +195,10 @@ impl KeyTable {
         ((u128::from(hash) * self.homes as u128) >> 64) as usize
     }
 
-    /// Time this table has spent growing to more homes (every entry moved, the new memory
-    /// faulted in), on whichever thread inserted: how much of a state's cost its growth is.
+    /// Time this table has spent growing to more homes on whichever thread inserted (every
+    /// entry moved, and what of the new memory was not faulted in ahead: the thread that
+    /// faults it in ahead, [`KeyTable::fault_in_next_growth`], is not counted): how long its
+    /// growth held the inserting thread up.
     /// (Lengthening the overflow area for colliding hashes is not counted: it moves nothing.)
     pub fn growth_time(&self) -> std::time::Duration {
         self.growth

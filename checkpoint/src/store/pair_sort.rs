@@ -47,8 +47,12 @@ pub(super) const MIN_PART: usize = 1 << 15;
 /// decreases along the key order (the module's invariant), so a pair in a lower group has a
 /// smaller window, hence a smaller key.
 pub(super) fn split_by_key_range(pairs: Vec<Pair<'_>>, parts: usize) -> Vec<Vec<Pair<'_>>> {
+    let parts = split_parts(pairs.len(), parts);
+    if parts < 2 {
+        return vec![pairs];
+    }
     let skip = shared_prefix_len(pairs.as_slice());
-    let Some(bounds) = range_bounds(pairs.as_slice(), skip, parts) else {
+    let Some(bounds) = range_bounds(pairs.as_slice(), skip, parts, pairs.len(), |_| true) else {
         return vec![pairs];
     };
     let mut groups: Vec<Vec<Pair>> = (0..=bounds.len())
@@ -63,9 +67,10 @@ pub(super) fn split_by_key_range(pairs: Vec<Pair<'_>>, parts: usize) -> Vec<Vec<
 
 /// [`split_by_key_range`] of the pairs of `pairs` whose time is at or above `floor`, as
 /// indices into `pairs` (a [`Subset`] each) written into `groups`, whose vectors keep their
-/// memory from one call to the next: no pair is copied and, after the first call of a
-/// writer, no memory is taken. Returns how many groups hold indices (the first ones; fewer
-/// than two means no split). `None` when `pairs` holds more pairs than a `u32` indexes.
+/// memory from one call to the next: no pair is copied, and the index lists, the largest
+/// memory a split takes, are not taken again. Returns how many groups hold indices (the
+/// first ones; fewer than two means no split: the kept pairs are too few, or their keys do
+/// not spread). `None` when `pairs` holds more pairs than a `u32` indexes.
 pub(super) fn split_indices_by_key_range<P: Pairs + ?Sized>(
     pairs: &P,
     floor: i64,
@@ -76,9 +81,19 @@ pub(super) fn split_indices_by_key_range<P: Pairs + ?Sized>(
     for g in groups.iter_mut() {
         g.clear();
     }
+    let keep = |time: i64| time >= floor;
+    // Split by the kept pairs only: pairs the floor drops neither make a split worth its
+    // threads nor place its bounds.
+    let kept = (0..pairs.count())
+        .filter(|&i| keep(pairs.pair(i).1))
+        .count();
+    let parts = split_parts(kept, parts);
+    if parts < 2 {
+        return Some(0);
+    }
     // Over every pair, kept or not: a prefix they all share, the kept ones share.
     let skip = shared_prefix_len(pairs);
-    let Some(bounds) = range_bounds(pairs, skip, parts) else {
+    let Some(bounds) = range_bounds(pairs, skip, parts, kept, keep) else {
         return Some(0);
     };
     if groups.len() <= bounds.len() {
@@ -86,39 +101,50 @@ pub(super) fn split_indices_by_key_range<P: Pairs + ?Sized>(
     }
     for i in 0..pairs.count() {
         let (key, time) = pairs.pair(i);
-        if time >= floor {
+        if keep(time) {
             // `i` fits: the count was checked against `u32` above.
             groups[group_of(&bounds, window(key, skip))].push(i as u32);
         }
     }
-    // Empty groups (a floor that dropped a whole range) go last, so the first ones are used.
+    // Empty groups go last, so the first ones are used (none is expected to be empty: each
+    // bound is a kept pair's window above the smallest sampled).
     groups[..=bounds.len()].sort_by_key(Vec::is_empty);
     Some(groups.iter().take_while(|g| !g.is_empty()).count())
 }
 
-/// The bounds between at most `parts` groups of `pairs` ([`split_by_key_range`]'s
-/// quantiles of their windows after `skip` bytes), ascending and distinct, each above the
-/// smallest window sampled (so no group is empty for want of pairs below it); `None` where
-/// the pairs are too few to split or their keys do not spread.
-fn range_bounds<P: Pairs + ?Sized>(pairs: &P, skip: usize, parts: usize) -> Option<Vec<u64>> {
-    let count = pairs.count();
-    let parts = parts.min(count / MIN_PART.max(1));
-    if parts < 2 {
-        return None;
-    }
-    let step = (count / (64 * parts)).max(1);
-    let mut sample: Vec<u64> = (0..count)
+/// The parts a split of `pairs` pairs into at most `parts` can have, [`MIN_PART`] pairs a
+/// part at least: fewer than two means no split.
+fn split_parts(pairs: usize, parts: usize) -> usize {
+    parts.min(pairs / MIN_PART.max(1))
+}
+
+/// The bounds between at most `parts` (at least two) groups of the `kept` pairs of `pairs`
+/// that `keep` accepts by their time ([`split_by_key_range`]'s quantiles of their windows
+/// after `skip` bytes), ascending and distinct, each above the smallest window sampled (so
+/// no group is empty for want of pairs below it); `None` where the keys do not spread.
+fn range_bounds<P: Pairs + ?Sized>(
+    pairs: &P,
+    skip: usize,
+    parts: usize,
+    kept: usize,
+    keep: impl Fn(i64) -> bool,
+) -> Option<Vec<u64>> {
+    let step = (kept / (64 * parts)).max(1);
+    let mut sample: Vec<u64> = (0..pairs.count())
+        .map(|i| pairs.pair(i))
+        .filter(|&(_, time)| keep(time))
         .step_by(step)
-        .map(|i| window(pairs.pair(i).0, skip))
+        .map(|(key, _)| window(key, skip))
         .collect();
     sample.sort_unstable();
+    let first = *sample.first()?;
     let mut bounds: Vec<u64> = (1..parts)
         .map(|j| sample[j * sample.len() / parts])
         .collect();
     // A bound at the smallest window would leave the first group empty, equal bounds one
     // between them.
     bounds.dedup();
-    bounds.retain(|&b| b > sample[0]);
+    bounds.retain(|&b| b > first);
     (!bounds.is_empty()).then_some(bounds)
 }
 
@@ -132,7 +158,7 @@ fn group_of(bounds: &[u64], w: u64) -> usize {
 pub(super) struct Subset<'a, P: ?Sized> {
     /// All the pairs.
     pub(super) pairs: &'a P,
-    /// The indices of this subset's, into `pairs`.
+    /// Which of `pairs` are in this subset (indices into it).
     pub(super) indices: &'a [u32],
 }
 

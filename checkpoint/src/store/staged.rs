@@ -108,8 +108,10 @@ fn staged_file(dir: &Path, first: u64, last: u64, part: Option<usize>) -> PathBu
 pub(super) struct PartsScratch {
     /// Each part's indices into the gathered keys.
     groups: Vec<Vec<u32>>,
-    /// Each part's sort (behind a lock only so that a part whose thread did not start can be
-    /// written on the calling thread with it; never contended).
+    /// Each part's sort, behind a lock because the parts' writer is shared by their threads
+    /// (each part locks its own: never contended). The index lists are not shrunk: at most
+    /// 4 bytes a key of the largest write (`MAX_GATHERED_KEYS` bounds it); the sorts shrink
+    /// as [`KeyOrder::clear`] does.
     orders: Vec<std::sync::Mutex<KeyOrder>>,
     /// The sort of a write that is not split.
     pub(super) whole: KeyOrder,
@@ -273,7 +275,8 @@ impl CheckpointStore {
                 pairs: keys,
                 indices: &index_groups[i],
             };
-            // A part whose thread panicked left its order as it was: sorted again here.
+            // A lock poisoned by a part that panicked in an earlier write: its order is
+            // sorted afresh here all the same.
             let mut order = orders[i]
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);

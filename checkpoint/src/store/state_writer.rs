@@ -6,7 +6,8 @@
 //! what comes for up to [`SYNC_EVERY`], then writes it all as one sorted SST file (sorted where
 //! it lies, `CheckpointStore::stage_packed`; in parts, one file each, on several threads
 //! when somebody waits for the write, each part an index list into the same buffer:
-//! `CheckpointStore::stage_packed_in_parts`) and ingests it ([`StagedState::ingest`](super::StagedState::ingest)),
+//! `CheckpointStore::stage_packed_in_parts`) and ingests it
+//! ([`StagedState::ingest`](super::StagedState::ingest)),
 //! durable when that returns, and publishes the newest epoch whose delta is now durable
 //! ([`StateWriter::durable_epoch`]); the next checkpoint record names it as its `state_epoch`,
 //! and only then may the WAL drop the delta frames up to it. Keys below the newest watermark

@@ -800,7 +800,8 @@ fn staged_in_parts_is_the_state_staged_in_one() {
 /// The state writer's write in parts (`stage_packed_in_parts`: index lists into the gathered
 /// keys, a kept sort per part) gives the store exactly what one file gives it, above the
 /// floor; its kept memory serves a second, smaller write with other keys, which leaves no
-/// key of the first behind, and a write too small to split goes whole.
+/// key of the first behind; a write whose kept pairs are too few to split goes whole, however
+/// many the floor dropped, as does a write too small to split.
 #[test]
 fn packed_keys_staged_in_parts_with_kept_memory_are_the_state_staged_in_one() {
     let n = 4 * super::pair_sort::MIN_PART;
@@ -817,18 +818,27 @@ fn packed_keys_staged_in_parts_with_kept_memory_are_the_state_staged_in_one() {
     let in_parts = CheckpointStore::open(parts_dir.path(), StoreOptions::default()).unwrap();
     let in_one = CheckpointStore::open(one_dir.path(), StoreOptions::default()).unwrap();
     let mut scratch = staged::PartsScratch::default();
+    let floor = 20;
     for (epoch, delta) in [(1, packed(&first)), (2, packed(&second))] {
-        let floor = 50;
         let staged = in_parts
             .stage_packed_in_parts(epoch, epoch, &delta, floor, &mut scratch, 3)
             .unwrap();
+        let kept = delta.iter().filter(|&(_, t)| t >= floor).count();
+        assert!(
+            kept >= 3 * super::pair_sort::MIN_PART,
+            "epoch {epoch}: {kept} kept"
+        );
         assert_eq!(
             staged.files(),
             3,
             "spread keys are split into the parts asked"
         );
-        let kept = delta.iter().filter(|&(_, t)| t >= floor).count() - usize::from(epoch == 1);
-        assert_eq!(staged.entries(), kept, "epoch {epoch}");
+        // The key given twice is written once.
+        assert_eq!(
+            staged.entries(),
+            kept - usize::from(epoch == 1),
+            "epoch {epoch}"
+        );
         staged.ingest(&in_parts).unwrap();
         in_one
             .stage_state(epoch, epoch, delta.iter().filter(|&(_, t)| t >= floor))
@@ -837,10 +847,16 @@ fn packed_keys_staged_in_parts_with_kept_memory_are_the_state_staged_in_one() {
             .unwrap();
         assert_eq!(entries(&in_parts), entries(&in_one), "after epoch {epoch}");
     }
+    // Many pairs, but too few kept to be worth a split: one file, whatever was dropped.
+    let staged = in_parts
+        .stage_packed_in_parts(3, 3, &packed(&first), 99, &mut scratch, 3)
+        .unwrap();
+    assert_eq!(staged.files(), 1, "the dropped pairs made a split");
+    staged.ingest(&in_parts).unwrap();
     assert_eq!(look(&in_parts, &[names[57].as_str()]), vec![Some(500)]);
     let small = packed(&[("b", 3), ("a", 9)]);
     let staged = in_parts
-        .stage_packed_in_parts(3, 3, &small, 0, &mut scratch, 3)
+        .stage_packed_in_parts(4, 4, &small, 0, &mut scratch, 3)
         .unwrap();
     assert_eq!((staged.files(), staged.entries()), (1, 2));
     staged.ingest(&in_parts).unwrap();
