@@ -63,6 +63,7 @@ mod pair_sort;
 pub mod record;
 mod staged;
 mod state_writer;
+mod threads;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -152,35 +153,21 @@ impl std::fmt::Debug for CheckpointStore {
 pub(crate) const PARALLEL_LOOKUP_KEYS: usize = 1024;
 
 /// `look_up` of `keys` in two halves, the second on a thread made by `thread`, the answers
-/// joined in the order of `keys`. A thread that cannot start leaves its half to this thread
-/// (same answers, only slower); one that panics fails the lookup, naming the store at `path`.
+/// joined in the order of `keys` ([`threads::on_threads`]: a thread that cannot start leaves
+/// its half to this thread; one that panics fails the lookup, naming the store at `path`).
 /// Apart from [`CheckpointStore::lookup_dedup_keys`] so that tests make both happen.
 fn in_two_halves<T: Send>(
     keys: &[&[u8]],
-    thread: std::thread::Builder,
+    thread: impl Fn() -> std::thread::Builder,
     path: &Path,
     look_up: impl Fn(&[&[u8]]) -> Result<Vec<T>, StoreError> + Sync,
 ) -> Result<Vec<T>, StoreError> {
-    let (first, second) = keys.split_at(keys.len() / 2);
-    let look_up = &look_up;
-    let (first, second) = std::thread::scope(|scope| {
-        let other = thread.spawn_scoped(scope, || look_up(second));
-        let first = look_up(first);
-        let second = match other {
-            Ok(handle) => handle.join().unwrap_or_else(|_| {
-                Err(StoreError::Foreign {
-                    path: path.to_path_buf(),
-                    message: "a thread looking up dedup keys panicked".into(),
-                })
-            }),
-            // No thread: this one looks the second half up too.
-            Err(_) => look_up(second),
-        };
-        (first, second)
-    });
-    let mut answers = first?;
-    answers.extend(second?);
-    Ok(answers)
+    let halves = keys.split_at(keys.len() / 2);
+    let half = |i: usize| if i == 0 { halves.0 } else { halves.1 };
+    let (answers, _) = threads::on_threads(2, thread, path, "looking up dedup keys", |i| {
+        look_up(half(i))
+    })?;
+    Ok(answers.into_iter().flatten().collect())
 }
 
 /// The options of `dedup_by_key`: [`db_options`], a Bloom filter (lookups of absent keys are
@@ -502,7 +489,7 @@ impl CheckpointStore {
         if keys.len() < PARALLEL_LOOKUP_KEYS {
             return self.lookup_dedup_keys_on_one_thread(keys);
         }
-        let thread = std::thread::Builder::new().name("tidemark-lookup".into());
+        let thread = || std::thread::Builder::new().name("tidemark-lookup".into());
         in_two_halves(keys, thread, &self.path, |half| {
             self.lookup_dedup_keys_on_one_thread(half)
         })

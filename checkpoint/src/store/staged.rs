@@ -11,8 +11,8 @@
 //! order: the second sort and file were half the state writer's work, issue 22.)
 //!
 //! Layout: `<store>/state-staging/<first>-<last>.dedup_by_key.sst`, epochs `first..=last`;
-//! written in parts ([`CheckpointStore::stage_state_in_parts`]), `<first>-<last>.<i>.dedup_by_key.sst`
-//! for part `i`, the parts' key ranges disjoint and ingested together.
+//! written in parts (`CheckpointStore::stage_packed_in_parts`),
+//! `<first>-<last>.<i>.dedup_by_key.sst` for part `i`, the parts' key ranges disjoint and ingested together.
 //! The directory holds only files being written or waiting for their ingestion: ingestion
 //! moves them into the store (`move_files`), and [`CheckpointStore::open`] deletes whatever a
 //! crash left there (never part of the store: only an ingestion makes a file part of it).
@@ -25,7 +25,8 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{IngestExternalFileOptions, SstFileWriter};
 
-use super::pair_sort::{split_by_key_range, split_indices_by_key_range, KeyOrder, Pair, Subset};
+use super::pair_sort::{split_indices_by_key_range, KeyOrder, Pair, Subset};
+use super::threads::on_threads;
 use super::{
     dedup_options, for_each_newest_in_key_order, record, CheckpointStore, PackedKeys, StoreError,
     CF_DEDUP_BY_KEY,
@@ -68,7 +69,7 @@ impl StagedState {
         self.helper_cpu
     }
 
-    /// Files staged (more than one when written in parts, [`CheckpointStore::stage_state_in_parts`]).
+    /// Files staged (more than one when written in parts, `CheckpointStore::stage_packed_in_parts`).
     pub fn files(&self) -> usize {
         self.files.len()
     }
@@ -114,52 +115,7 @@ pub(super) struct PartsScratch {
     /// as [`KeyOrder::clear`] does.
     orders: Vec<std::sync::Mutex<KeyOrder>>,
     /// The sort of a write that is not split.
-    pub(super) whole: KeyOrder,
-}
-
-/// Runs `write(i)` for each of `parts` parts, the first on this thread and each other on a
-/// thread of its own (on this thread too when its thread cannot start); returns the entries
-/// they wrote in all and the CPU time of the other threads. The first error wins; a thread
-/// that panicked is an error naming `dir`.
-fn write_on_threads(
-    dir: &Path,
-    parts: usize,
-    write: impl Fn(usize) -> Result<usize, StoreError> + Sync,
-) -> Result<(usize, std::time::Duration), StoreError> {
-    let write = &write;
-    let mut helper_cpu = std::time::Duration::ZERO;
-    let written: Vec<Result<usize, StoreError>> = std::thread::scope(|scope| {
-        let others: Vec<_> = (1..parts)
-            .map(|i| {
-                std::thread::Builder::new()
-                    .name("tidemark-state-part".into())
-                    .spawn_scoped(scope, move || (write(i), crate::cpu_time::this_thread()))
-                    .map_err(|_| i)
-            })
-            .collect();
-        let mut results = vec![write(0)];
-        for other in others {
-            results.push(match other {
-                Ok(h) => match h.join() {
-                    Ok((written, cpu)) => {
-                        helper_cpu += cpu.unwrap_or_default();
-                        written
-                    }
-                    Err(_) => Err(StoreError::Foreign {
-                        path: dir.to_path_buf(),
-                        message: "a thread writing staged state panicked".into(),
-                    }),
-                },
-                Err(i) => write(i),
-            });
-        }
-        results
-    });
-    let mut entries = 0;
-    for w in written {
-        entries += w?;
-    }
-    Ok((entries, helper_cpu))
+    whole: KeyOrder,
 }
 
 impl CheckpointStore {
@@ -173,37 +129,16 @@ impl CheckpointStore {
         last: u64,
         inserts: impl IntoIterator<Item = (&'k [u8], i64)>,
     ) -> Result<StagedState, StoreError> {
-        self.stage_state_in_parts(first, last, inserts, 1)
-    }
-
-    /// [`CheckpointStore::stage_state`] on up to `parts` threads: the keys split into
-    /// disjoint key ranges, each sorted and written as a file of its own by its own thread, and
-    /// the files ingested together ([`StagedState::ingest`]). Why: when something waits for
-    /// the write (a sync at the end of a run), the reading thread has stopped and the cores
-    /// would sit idle but one; in the steady state one part costs the least CPU. Fewer parts where the keys are few or do not spread.
-    pub fn stage_state_in_parts<'k>(
-        &self,
-        first: u64,
-        last: u64,
-        inserts: impl IntoIterator<Item = (&'k [u8], i64)>,
-        parts: usize,
-    ) -> Result<StagedState, StoreError> {
-        let pairs: Vec<(&[u8], i64)> = inserts.into_iter().collect();
+        let pairs: Vec<Pair> = inserts.into_iter().collect();
         if pairs.is_empty() {
             return Ok(StagedState::nothing());
         }
-        let dir = self.staging_dir()?;
-        let groups = split_by_key_range(pairs, parts);
-        let files: Vec<PathBuf> = (0..groups.len())
-            .map(|i| staged_file(&dir, first, last, (groups.len() > 1).then_some(i)))
-            .collect();
-        let (entries, helper_cpu) = write_on_threads(&dir, groups.len(), |i| {
-            self.write_sorted_group(&files[i], &groups[i])
-        })?;
+        let path = staged_file(&self.staging_dir()?, first, last, None);
+        let entries = self.write_sorted_group(&path, &pairs)?;
         Ok(StagedState {
-            files,
+            files: vec![path],
             entries,
-            helper_cpu,
+            ..StagedState::nothing()
         })
     }
 
@@ -242,8 +177,9 @@ impl CheckpointStore {
         })
     }
 
-    /// [`CheckpointStore::stage_packed`] in up to `parts` files written on as many threads
-    /// ([`CheckpointStore::stage_state_in_parts`]'s split), with the memory `scratch` keeps
+    /// [`CheckpointStore::stage_packed`] in up to `parts` files of disjoint key ranges,
+    /// written on as many threads and ingested together ([`StagedState::ingest`]; the split:
+    /// [`split_indices_by_key_range`]), with the memory `scratch` keeps
     /// from one write to the next: the parts are index lists into `keys` and each is sorted
     /// by a [`KeyOrder`] of its own. Why: the parts path is taken when somebody waits for the
     /// write (a run's last), and fresh memory for a copy of the pairs, their groups and each
@@ -270,35 +206,39 @@ impl CheckpointStore {
             .map(|i| staged_file(&dir, first, last, Some(i)))
             .collect();
         let (index_groups, orders) = (&scratch.groups, &scratch.orders);
-        let (entries, helper_cpu) = write_on_threads(&dir, groups, |i| {
-            let subset = Subset {
-                pairs: keys,
-                indices: &index_groups[i],
-            };
-            // A lock poisoned by a part that panicked in an earlier write: its order is
-            // sorted afresh here all the same.
-            let mut order = orders[i]
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !order.sort(&subset, None) {
-                // Unreachable: a subset's indices are `u32`s, so its count fits one.
-                return Err(StoreError::Foreign {
-                    path: files[i].clone(),
-                    message: "a part of the staged state has more keys than a u32 counts".into(),
-                });
-            }
-            let mut entries = 0;
-            self.write_sst(&files[i], |w| {
-                entries = order
-                    .for_each_newest(&subset, |key, time| w.put(key, record::time_prefix(time)))?;
-                Ok(())
+        let part_thread = || std::thread::Builder::new().name("tidemark-state-part".into());
+        let (written, helper_cpu) =
+            on_threads(groups, part_thread, &dir, "writing staged state", |i| {
+                let subset = Subset {
+                    pairs: keys,
+                    indices: &index_groups[i],
+                };
+                // A lock poisoned by a part that panicked in an earlier write: its order is
+                // sorted afresh here all the same.
+                let mut order = orders[i]
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !order.sort(&subset, None) {
+                    // Unreachable: a subset's indices are `u32`s, so its count fits one.
+                    return Err(StoreError::Foreign {
+                        path: files[i].clone(),
+                        message: "a part of the staged state has more keys than a u32 counts"
+                            .into(),
+                    });
+                }
+                let mut entries = 0;
+                self.write_sst(&files[i], |w| {
+                    entries = order.for_each_newest(&subset, |key, time| {
+                        w.put(key, record::time_prefix(time))
+                    })?;
+                    Ok(())
+                })?;
+                order.clear();
+                Ok(entries)
             })?;
-            order.clear();
-            Ok(entries)
-        })?;
         Ok(StagedState {
             files,
-            entries,
+            entries: written.iter().sum(),
             helper_cpu,
         })
     }

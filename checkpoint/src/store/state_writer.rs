@@ -470,11 +470,15 @@ impl Gathered {
             return Ok(());
         };
         let floor = store.evict_below.load(Ordering::Acquire);
-        let staged = if parts > 1 {
-            store.stage_packed_in_parts(first, last, &self.keys, floor, &mut self.scratch, parts)?
-        } else {
-            store.stage_packed(first, last, &self.keys, floor, &mut self.scratch.whole)?
-        };
+        // One part (`stage_packed`, whole) unless `parts` is more and the keys spread.
+        let staged = store.stage_packed_in_parts(
+            first,
+            last,
+            &self.keys,
+            floor,
+            &mut self.scratch,
+            parts,
+        )?;
         fault::hit(CrashPoint::AfterStateWrite);
         debug!(epochs = %format!("{first}..={last}"), keys = staged.entries(), files = staged.files(), "state deltas staged (not ingested)");
         self.helper_cpu += staged.helper_cpu();

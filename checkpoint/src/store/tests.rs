@@ -756,7 +756,7 @@ fn staged_in_parts_is_the_state_staged_in_one() {
     let in_parts = CheckpointStore::open(parts_dir.path(), StoreOptions::default()).unwrap();
     let in_one = CheckpointStore::open(one_dir.path(), StoreOptions::default()).unwrap();
     let staged = in_parts
-        .stage_state_in_parts(1, 1, delta.iter(), 3)
+        .stage_packed_in_parts(1, 1, &delta, i64::MIN, &mut Default::default(), 3)
         .unwrap();
     assert_eq!(
         staged.files(),
@@ -885,7 +885,7 @@ fn staged_state_is_not_in_the_store_until_ingested_and_a_crash_leaves_nothing() 
             .collect();
         let keys: Vec<(&str, i64)> = names.iter().map(|k| (k.as_str(), 9)).collect();
         let parts = store
-            .stage_state_in_parts(4, 4, packed(&keys).iter(), 2)
+            .stage_packed_in_parts(4, 4, &packed(&keys), i64::MIN, &mut Default::default(), 2)
             .unwrap();
         assert_eq!(parts.files(), 2);
         assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 3);
@@ -1015,7 +1015,7 @@ fn one_failed_part_fails_the_write_in_parts_and_ingests_nothing() {
             let in_the_way = staging.join(format!("5-5.{failed}.{CF_DEDUP_BY_KEY}.sst"));
             std::fs::create_dir_all(&in_the_way).unwrap();
             let err = store
-                .stage_state_in_parts(5, 5, packed(&keys).iter(), 2)
+                .stage_packed_in_parts(5, 5, &packed(&keys), i64::MIN, &mut Default::default(), 2)
                 .unwrap_err();
             assert!(
                 err.to_string().contains(&format!("5-5.{failed}.")),
@@ -1248,7 +1248,7 @@ fn a_split_lookup_whose_thread_cannot_start_answers_on_this_thread() {
     let (dir, store, keys, want) = split_lookup_store();
     let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
     let looked_up_on = std::sync::Mutex::new(Vec::new());
-    let unstartable = std::thread::Builder::new().stack_size(1 << 50);
+    let unstartable = || std::thread::Builder::new().stack_size(1 << 50);
     let answers = super::in_two_halves(&keys, unstartable, dir.path(), |half| {
         looked_up_on
             .lock()
@@ -1273,7 +1273,7 @@ fn a_split_lookup_whose_thread_panics_fails_naming_the_store() {
     let (dir, store, keys, _) = split_lookup_store();
     let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
     let caller = std::thread::current().id();
-    let result = super::in_two_halves(&keys, std::thread::Builder::new(), dir.path(), |half| {
+    let result = super::in_two_halves(&keys, std::thread::Builder::new, dir.path(), |half| {
         assert_eq!(
             std::thread::current().id(),
             caller,
