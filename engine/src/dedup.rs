@@ -511,7 +511,19 @@ impl DedupState {
         }
         self.inserted.push(key, event_time);
         self.oldest = self.oldest.min(event_time);
+        self.fault_in_growth_if_coming();
         Ok(Verdict::Accept)
+    }
+
+    /// Has the key table fault its next growth's memory in ahead, on another thread
+    /// ([`KeyTable::fault_in_next_growth`]), once it nears that growth with no entry below
+    /// the watermark: no sweep can free room then, so the growth is coming. With evicted
+    /// entries in the table, a sweep may free the room instead, and memory faulted in for a
+    /// growth that never comes would stay with the table (half its size again).
+    fn fault_in_growth_if_coming(&mut self) {
+        if self.keys.nearing_growth() && self.watermark.is_none_or(|w| self.oldest >= w) {
+            self.keys.fault_in_next_growth();
+        }
     }
 
     /// Moves the watermark to `to` (if higher), which evicts every key below it: they stop
@@ -858,6 +870,43 @@ mod tests {
             .collect();
         expected.sort();
         assert_eq!(s.sorted_entries(), expected);
+    }
+
+    /// A state whose table nears its growth with no entry below the watermark has the
+    /// growth's memory faulted in ahead, before the growth; one whose table holds an evicted
+    /// entry (a sweep may free room instead) does not, up to the sweep.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_growth_is_faulted_in_ahead_only_when_no_sweep_can_free_room() {
+        // Over 2 MB of slots: a mapping, which is what is faulted in ahead.
+        let mut s = DedupState::with_capacity(100_000, Some(0));
+        let room = s.keys.max_len();
+        let mut i = 1u64;
+        while !s.keys.growth_faulted_in_ahead() {
+            assert_eq!(
+                s.check(&i.to_be_bytes(), i as i64).unwrap(),
+                Verdict::Accept
+            );
+            assert_eq!(
+                s.keys.max_len(),
+                room,
+                "grew before its memory was faulted in"
+            );
+            i += 1;
+        }
+        let mut s = DedupState::with_capacity(100_000, Some(0));
+        s.check(b"evicted", 1).unwrap();
+        s.advance(Some(2));
+        let mut i = 2u64;
+        while s.keys.len() < s.keys.max_len() {
+            s.check(&i.to_be_bytes(), i as i64).unwrap();
+            assert!(
+                !s.keys.growth_faulted_in_ahead(),
+                "faulted in at {} keys with an evicted one",
+                s.keys.len()
+            );
+            i += 1;
+        }
     }
 
     /// A window that outgrows the table: a sweep that frees less than a quarter of the room

@@ -32,9 +32,9 @@
 //! by taking the first empty slot from the home; [`KeyTable::retain`] keeps it by emptying a
 //! whole cluster (a maximal run of occupied slots) and inserting the cluster's kept entries
 //! again. Load stays at most [`MAX_LOAD_NUM`]/[`MAX_LOAD_DEN`] of the homes (the table grows by
-//! half, into memory faulted in ahead on another thread,
-//! [`KeyTable::fault_in_next_growth`]); a probe that would run past the last slot grows the table first, or, at a load under
-//! one half (keys whose hashes collide in their top bits), lengthens the overflow area instead:
+//! half, into memory its owner may have faulted in ahead, [`KeyTable::fault_in_next_growth`]);
+//! a probe that would run past the last slot grows the table first, or, at a load under one
+//! half (keys whose hashes collide in their top bits), lengthens the overflow area instead:
 //! growing never separates a full 64-bit collision, and memory stays proportional to the keys.
 
 mod slots;
@@ -88,8 +88,8 @@ pub struct KeyTable {
     free_long: Vec<usize>,
     /// Time spent growing ([`KeyTable::growth_time`]).
     growth: std::time::Duration,
-    /// The number of keys at which the next growth's memory is faulted in ahead
-    /// ([`KeyTable::fault_in_next_growth`]); `usize::MAX` once that is done, until it grows.
+    /// The number of keys from which the next growth's memory may be faulted in ahead
+    /// ([`KeyTable::nearing_growth`]); `usize::MAX` once that is done, until it grows.
     fault_in_at: usize,
 }
 
@@ -99,7 +99,7 @@ impl Default for KeyTable {
     }
 }
 
-/// The keys at which a table of `homes` homes faults in its next growth's memory: two thirds
+/// The keys from which a table of `homes` homes may fault in its next growth's memory: two thirds
 /// of its homes, a twelfth of them before it grows (at three quarters). Why there: the new
 /// part (half the homes) is faulted in at ~0.36 GB/s of fresh memory on the VMs measured,
 /// 16 bytes a home, ~44 ns; a twelfth of the homes inserted at ~1 µs a record is ~80 ns a home,
@@ -295,23 +295,34 @@ impl KeyTable {
         set_time(&mut slot, time);
         self.slots[at] = slot;
         self.len += 1;
-        if self.len >= self.fault_in_at {
-            self.fault_in_next_growth();
-        }
+    }
+
+    /// True when the table holds two thirds of its homes or more ([`fault_in_at`]) and its
+    /// next growth's memory has not been faulted in ahead yet: the moment for
+    /// [`KeyTable::fault_in_next_growth`], if the owner expects the growth to come.
+    pub fn nearing_growth(&self) -> bool {
+        self.len >= self.fault_in_at
+    }
+
+    /// True once [`KeyTable::fault_in_next_growth`] ran for the coming growth.
+    #[cfg(test)]
+    pub(crate) fn growth_faulted_in_ahead(&self) -> bool {
+        self.fault_in_at == usize::MAX
     }
 
     /// Has the memory of the next growth faulted in on another thread while checks go on
     /// (`slots::Slots::fault_in_ahead`): the growth then moves entries only, instead of also
-    /// waiting for the kernel to fault in fresh pages under them.
+    /// waiting for the kernel to fault in fresh pages under them. Once per growth. The owner
+    /// calls it when it knows the growth is coming (the dedup state: when no sweep can free
+    /// room), since the memory stays with the table whether it grows or not.
     /// Counted in [`KeyTable::growth_time`] when it moved the array (the move and the
     /// thread's start; not the faulting, which that thread does).
-    fn fault_in_next_growth(&mut self) {
+    pub fn fault_in_next_growth(&mut self) {
         let started = std::time::Instant::now();
         self.fault_in_at = usize::MAX;
-        let overflow = self.slots.len() - self.homes;
         if self
             .slots
-            .fault_in_ahead(self.homes + self.homes / 2 + overflow)
+            .fault_in_ahead(self.next_homes() + self.overflow())
         {
             self.growth += started.elapsed();
         }
@@ -414,7 +425,7 @@ impl KeyTable {
 
     /// Twice the overflow area after the last home (the homes and every slot stay put).
     fn lengthen_overflow(&mut self) {
-        let longer = self.slots.len() + (self.slots.len() - self.homes);
+        let longer = self.slots.len() + self.overflow();
         self.slots = std::mem::take(&mut self.slots).extended(longer);
     }
 
@@ -450,7 +461,17 @@ impl KeyTable {
     /// Half as many homes again: a table never sized to a power of two holds ~11M keys in
     /// ~15M homes rather than 16M or (past 12M keys) 32M.
     fn grow(&mut self) {
-        self.grow_to(self.homes + self.homes / 2);
+        self.grow_to(self.next_homes());
+    }
+
+    /// The homes of the table after its next growth (half as many again).
+    fn next_homes(&self) -> usize {
+        self.homes + self.homes / 2
+    }
+
+    /// Slots after the last home (probes run into them instead of wrapping around).
+    fn overflow(&self) -> usize {
+        self.slots.len() - self.homes
     }
 
     /// Grows to `homes` homes (more than now): the slot array is extended (in place where it
@@ -460,7 +481,7 @@ impl KeyTable {
         let started = std::time::Instant::now();
         let homes = homes.max(self.homes);
         let used = self.slots.len();
-        let overflow = used - self.homes;
+        let overflow = self.overflow();
         self.slots = std::mem::take(&mut self.slots).extended(homes + overflow);
         self.homes = homes;
         self.fault_in_at = fault_in_at(homes);
@@ -880,11 +901,14 @@ mod tests {
         let mut table = KeyTable::with_capacity(100_000);
         let homes = table.homes;
         let mut i = 0u64;
-        while table.len() < fault_in_at(homes) {
+        while !table.nearing_growth() {
             table.insert_if_absent(&i.to_be_bytes(), i as i64);
             i += 1;
         }
+        assert_eq!(table.len(), fault_in_at(homes));
+        table.fault_in_next_growth();
         assert_eq!(table.fault_in_at, usize::MAX, "made ready once");
+        assert!(!table.nearing_growth());
         let ready = table.slots.as_ptr();
         while table.homes == homes {
             table.insert_if_absent(&i.to_be_bytes(), i as i64);

@@ -78,6 +78,12 @@ unsafe impl Send for Slots {}
 // SAFETY: shared access only reads, as for a `Vec<Slot>`.
 unsafe impl Sync for Slots {}
 
+/// The bytes of a mapping of `len` slots: whole huge pages.
+#[cfg(target_os = "linux")]
+fn mapped_bytes(len: usize) -> usize {
+    bytes_of(len).size().next_multiple_of(HUGE_PAGE)
+}
+
 /// The bytes of `len` slots, or a panic naming the count: a table that large cannot exist.
 fn bytes_of(len: usize) -> Layout {
     match Layout::array::<Slot>(len) {
@@ -95,7 +101,7 @@ impl Slots {
         }
         #[cfg(target_os = "linux")]
         if array.size() >= HUGE_PAGE {
-            let size = array.size().next_multiple_of(HUGE_PAGE);
+            let size = mapped_bytes(len);
             if let Some(ptr) = mapping::map_aligned(size) {
                 advise_huge_pages(ptr.as_ptr(), size);
                 return Self {
@@ -172,18 +178,11 @@ impl Slots {
     pub(super) fn fault_in_ahead(&mut self, len: usize) -> bool {
         #[cfg(target_os = "linux")]
         if let Backing::Mapped(size) = self.backing {
-            let want = bytes_of(len).size().next_multiple_of(HUGE_PAGE);
-            if want <= size {
+            let want = mapped_bytes(len);
+            if want <= size || !self.remap(want) {
                 return false;
             }
-            self.finish_faulting();
-            let Some(moved) = mapping::remap_aligned(self.ptr.cast(), size, want) else {
-                return false;
-            };
-            advise_huge_pages(moved.as_ptr(), want);
-            self.ptr = moved.cast();
-            self.backing = Backing::Mapped(want);
-            let from = moved.as_ptr() as usize + size;
+            let from = self.ptr.as_ptr() as usize + size;
             // SAFETY: `from .. + want - size` is the new part of this array's own mapping,
             // past every slot: the invariant keeps the mapping in place and those bytes
             // unwritten until this thread is joined.
@@ -203,6 +202,24 @@ impl Slots {
         #[cfg(not(target_os = "linux"))]
         let _ = len;
         false
+    }
+
+    /// Moves this array's mapping to a new one of `want` bytes (more than now): its pages
+    /// moved, the rest fresh zeros, advised huge pages; `len` unchanged. False, and nothing
+    /// changed, where the kernel refuses or the array is not a mapping.
+    #[cfg(target_os = "linux")]
+    fn remap(&mut self, want: usize) -> bool {
+        let Backing::Mapped(size) = self.backing else {
+            return false;
+        };
+        self.finish_faulting();
+        let Some(moved) = mapping::remap_aligned(self.ptr.cast(), size, want) else {
+            return false;
+        };
+        advise_huge_pages(moved.as_ptr(), want);
+        self.ptr = moved.cast();
+        self.backing = Backing::Mapped(want);
+        true
     }
 
     /// Waits for the thread [`Slots::fault_in_ahead`] started, if one may still run: before
@@ -243,17 +260,11 @@ impl Slots {
         let len = len.max(self.len);
         #[cfg(target_os = "linux")]
         if let Backing::Mapped(size) = self.backing {
-            let want = bytes_of(len).size().next_multiple_of(HUGE_PAGE);
-            if want <= size {
-                // The mapping's bytes past the old slots were never written (the invariant).
+            let want = mapped_bytes(len);
+            // Where it fits, the mapping's bytes past the old slots were never written (the
+            // invariant).
+            if want <= size || self.remap(want) {
                 self.len = len;
-                return self;
-            }
-            if let Some(moved) = mapping::remap_aligned(self.ptr.cast(), size, want) {
-                advise_huge_pages(moved.as_ptr(), want);
-                self.ptr = moved.cast();
-                self.len = len;
-                self.backing = Backing::Mapped(want);
                 return self;
             }
         }
