@@ -406,8 +406,9 @@ fn a_refused_zero_range_is_an_error_the_fault_file_system_can_inject() {
 }
 
 /// `data_ranges` leaves out what the file system knows to be zeros (a zeroed range, not yet
-/// read), and a range with no zeroed part is one part. On a file system it does not trust
-/// ([`crate::reports_zeroed_ranges`]) it gives the whole range.
+/// read), and a range with no zeroed part is one part, read directly or through [`FaultFs`].
+/// On a file system it does not trust ([`crate::reports_zeroed_ranges`]) it gives the whole
+/// range.
 #[test]
 fn data_ranges_leave_out_zeroed_ranges() {
     use crate::ReadableFile;
@@ -424,6 +425,10 @@ fn data_ranges_leave_out_zeroed_ranges() {
     f.zero_range(4096, 62 * 4096).unwrap();
     drop(f);
     let parts = r.data_ranges(100, len).unwrap();
+    // A file read through the file system the tests inject faults with answers the same.
+    let faults = FaultFs::new(Arc::new(StdFs));
+    let through_faults = faults.open_read(&path).unwrap().data_ranges(100, len);
+    assert_eq!(through_faults.unwrap(), parts, "through FaultFs");
     if !crate::reports_zeroed_ranges(&r) {
         assert_eq!(parts, whole, "not trusted here: everything is data");
         return;
