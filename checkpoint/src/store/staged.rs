@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{IngestExternalFileOptions, SstFileWriter};
 
-use super::pair_sort::{split_indices_by_key_range, KeyOrder, Pair, Subset};
+use super::pair_sort::{split_indices_by_key_range, KeyOrder, Pair, Pairs, Subset};
 use super::threads::on_threads;
 use super::{
     dedup_options, for_each_newest_in_key_order, record, CheckpointStore, PackedKeys, StoreError,
@@ -161,14 +161,8 @@ impl CheckpointStore {
             order.clear();
             return Ok(StagedState::nothing());
         }
-        let dir = self.staging_dir()?;
-        let path = staged_file(&dir, first, last, None);
-        let mut entries = 0;
-        self.write_sst(&path, |w| {
-            entries =
-                order.for_each_newest(keys, |key, time| w.put(key, record::time_prefix(time)))?;
-            Ok(())
-        })?;
+        let path = staged_file(&self.staging_dir()?, first, last, None);
+        let entries = self.write_sorted(&path, keys, order)?;
         order.clear();
         Ok(StagedState {
             files: vec![path],
@@ -226,13 +220,7 @@ impl CheckpointStore {
                             .into(),
                     });
                 }
-                let mut entries = 0;
-                self.write_sst(&files[i], |w| {
-                    entries = order.for_each_newest(&subset, |key, time| {
-                        w.put(key, record::time_prefix(time))
-                    })?;
-                    Ok(())
-                })?;
+                let entries = self.write_sorted(&files[i], &subset, &order)?;
                 order.clear();
                 Ok(entries)
             })?;
@@ -252,6 +240,23 @@ impl CheckpointStore {
             source,
         })?;
         Ok(dir)
+    }
+
+    /// Writes the pairs of `pairs` that `order` sorted last into the SST file at `path` in
+    /// key order (a key given twice once, with its newest time). Returns the entries written.
+    fn write_sorted<P: Pairs + ?Sized>(
+        &self,
+        path: &Path,
+        pairs: &P,
+        order: &KeyOrder,
+    ) -> Result<usize, StoreError> {
+        let mut entries = 0;
+        self.write_sst(path, |w| {
+            entries =
+                order.for_each_newest(pairs, |key, time| w.put(key, record::time_prefix(time)))?;
+            Ok(())
+        })?;
+        Ok(entries)
     }
 
     /// Writes `pairs` into the SST file at `path` in key order (a key given twice once, with
